@@ -1,0 +1,52 @@
+# learnops — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit integration bench up down status clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"learnops needs Python 3.11+, found {sys.version.split()[0]}"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## make test: lint, type-check, unit tests, then integration tests on real Kafka and PostgreSQL.
+test: lint typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+## make demo: local Kafka + PostgreSQL, the worker, a simulated orchestrator, and what happened.
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+bench: $(STAMP)
+	bash scripts/services.sh up >/dev/null
+	eval "$$(bash scripts/services.sh env)" && for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+up:
+	bash scripts/services.sh up
+
+down:
+	bash scripts/services.sh down
+
+status:
+	bash scripts/services.sh status
+
+clean: down
+	rm -rf .local

@@ -1,0 +1,121 @@
+"""The learnops Faust app: its settings, topics, PostgreSQL pool and dead-letter path."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import faust
+from prometheus_client import Counter
+
+from agents.settings import Settings, SettingsError, load_settings
+from agents.topics import TopicCatalog, TopicCatalogError, load_catalog, missing
+from storage.pool import create_pool
+
+log = logging.getLogger("learnops")
+
+DEAD_LETTERS = Counter(
+    "learnops_dead_letters_total",
+    "Events sent to learning.dlq, by the stage that rejected them and the kind of error.",
+    ["stage", "error_type"],
+)
+
+
+class LearnopsApp(faust.App):
+    """A Faust app that owns a PostgreSQL pool and checks its topics before it starts."""
+
+    def __init__(self, settings: Settings, catalog: TopicCatalog, **options: Any) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self._pool: Any = None
+        super().__init__(settings.learnops_app_id, **options)
+
+    @property
+    def pool(self) -> Any:
+        """The asyncpg pool; exists once the worker has started."""
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL pool is opened when the worker starts")
+        return self._pool
+
+    async def on_first_start(self) -> None:
+        """Refuse to run on a cluster that lacks our topics, then open the pool."""
+        absent = await missing(self.settings, self.catalog)
+        if absent:
+            # Faust would otherwise ignore a consumed-only topic, or a producer would
+            # auto-create it with the wrong partition count (see docs/operations.md).
+            log.error("missing topics=%s hint='run: learnops topics create'", ",".join(absent))
+            sys.exit(
+                f"learnops: topics missing on the cluster: {', '.join(absent)}. "
+                "Run `learnops topics create` first."
+            )
+        self._pool = await create_pool(
+            self.settings.database_dsn,
+            min_size=self.settings.database_pool_min,
+            max_size=self.settings.database_pool_max,
+        )
+        await super().on_first_start()
+
+    async def on_stop(self) -> None:
+        """Close the pool after Faust has stopped its agents."""
+        await super().on_stop()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+def _broker_credentials(settings: Settings) -> Any:
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    ssl_context = settings.ssl_context()
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=(
+                settings.kafka_sasl_password.get_secret_value()
+                if settings.kafka_sasl_password
+                else None
+            ),
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=ssl_context,
+        )
+    return faust.SSLCredentials(context=ssl_context)
+
+
+def build_app(settings: Settings) -> LearnopsApp:
+    """Create the app from settings; agents register themselves on import."""
+    catalog = load_catalog(settings.learnops_topics_file)
+    return LearnopsApp(
+        settings,
+        catalog,
+        broker=[f"kafka://{host}" for host in settings.kafka_hosts],
+        broker_credentials=_broker_credentials(settings),
+        store="memory://",
+        datadir=str(settings.learnops_data_dir),
+        # Every topic is keyed by doer and co-partitioned with the tables.
+        topic_partitions=catalog.partitions,
+        topic_replication_factor=catalog[next(iter(catalog.topics))].replication_factor,
+        topic_disable_leader=True,
+        # Events are validated by the agents themselves, so a bad one becomes a
+        # dead letter instead of Faust's silent skip.
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=settings.learnops_web_enabled,
+        web_bind=settings.learnops_web_host,
+        web_host=settings.learnops_web_host,
+        web_port=settings.learnops_web_port,
+        autodiscover=False,
+    )
+
+
+def _load() -> LearnopsApp:
+    try:
+        settings = load_settings()
+        return build_app(settings)
+    except (SettingsError, TopicCatalogError) as exc:
+        sys.exit(f"learnops: {exc}")
+
+
+app = _load()

@@ -1,0 +1,133 @@
+"""The one configuration object of a learnops process, read once at start-up.
+
+Every value comes from the environment or a ``.env`` file in the working
+directory; the environment wins.  Names are the variable names people set
+(``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``, …), so an error names exactly
+what to fix.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Connection, identity and tuning settings for the worker and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:19092",
+        description="Comma-separated host:port list of the Kafka brokers.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://learnops:learnops@127.0.0.1:15432/learnops"),
+        description="PostgreSQL DSN, postgresql://user:password@host:port/db.",
+    )
+    database_pool_min: int = Field(default=1, ge=0)
+    database_pool_max: int = Field(default=10, ge=1)
+
+    learnops_app_id: str = Field(default="learnops", min_length=1)
+    learnops_data_dir: Path = Field(default=REPO_ROOT / ".local" / "worker")
+    learnops_topics_file: Path = Field(default=REPO_ROOT / "topics.yaml")
+    learnops_web_host: str = "127.0.0.1"
+    learnops_web_port: int = Field(default=6066, ge=1, le=65535)
+    learnops_web_enabled: bool = True
+    learnops_log_level: str = "info"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts:
+            raise ValueError("needs at least one host:port")
+        for host in hosts:
+            _, sep, port = host.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"{host!r} is not host:port")
+        return ",".join(hosts)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_scheme(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (or postgres://)")
+        return value
+
+    @property
+    def kafka_hosts(self) -> list[str]:
+        """Bootstrap servers as a list of host:port strings."""
+        return self.kafka_bootstrap_servers.split(",")
+
+    @property
+    def database_dsn(self) -> str:
+        """The PostgreSQL DSN in clear, for the driver only (never log it)."""
+        return self.database_url.get_secret_value()
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL, from the configured CA, certificate and key."""
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        return context
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Security keyword arguments shared by every aiokafka client we build."""
+        options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        context = self.ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
+        if self.kafka_security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism or "PLAIN"
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return options
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation errors into one message per variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            variable = "_".join(str(part) for part in error["loc"]).upper()
+            secret = any(word in variable for word in ("URL", "PASSWORD", "KEY"))
+            shown = "" if secret else f" (got {error.get('input')!r})"
+            lines.append(f"{variable}: {error['msg']}{shown}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,315 @@
+"""The topic catalogue (topics.yaml) and applying it to a cluster through the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.admin.new_partitions import NewPartitions
+from aiokafka.errors import for_code
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# config_source values of a DescribeConfigs entry (KIP-226): only a topic's own
+# dynamic config is "set from the file"; everything else is a default.
+_DYNAMIC_TOPIC_CONFIG = 1
+
+
+class TopicCatalogError(ValueError):
+    """topics.yaml is missing, malformed, or cannot be applied to the cluster."""
+
+
+class TopicSpec(BaseModel):
+    """One topic as topics.yaml declares it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    partitions: int = Field(ge=1)
+    replication_factor: int = Field(ge=1)
+    key: str
+    value: str
+    description: str = ""
+    configs: dict[str, str] = Field(default_factory=dict)
+
+
+class _Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+
+class _TopicEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    value: str
+    description: str = ""
+    partitions: int | None = Field(default=None, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1)
+    configs: dict[str, str | int] = Field(default_factory=dict)
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    defaults: _Defaults = Field(default_factory=_Defaults)
+    topics: dict[str, _TopicEntry]
+
+
+@dataclass(frozen=True)
+class TopicCatalog:
+    """Every topic of the system, by name."""
+
+    topics: dict[str, TopicSpec]
+
+    @property
+    def partitions(self) -> int:
+        """The shared partition count (topics are co-partitioned by doer)."""
+        counts = {spec.partitions for spec in self.topics.values()}
+        if len(counts) != 1:
+            raise TopicCatalogError(
+                f"topics must share one partition count to be co-partitioned, found {counts}"
+            )
+        return counts.pop()
+
+    def __getitem__(self, name: str) -> TopicSpec:
+        try:
+            return self.topics[name]
+        except KeyError:
+            raise TopicCatalogError(f"topic {name!r} is not in topics.yaml") from None
+
+
+def load_catalog(path: Path, *, replication_factor: int | None = None) -> TopicCatalog:
+    """Read and validate topics.yaml, optionally overriding every replication factor."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TopicCatalogError(f"topic catalogue {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise TopicCatalogError(f"{path} is not valid YAML: {exc}") from None
+    try:
+        parsed = _CatalogFile.model_validate(raw)
+    except ValidationError as exc:
+        raise TopicCatalogError(f"{path} is malformed: {exc}") from None
+    topics = {
+        name: TopicSpec(
+            name=name,
+            partitions=entry.partitions or parsed.defaults.partitions,
+            replication_factor=replication_factor
+            or entry.replication_factor
+            or parsed.defaults.replication_factor,
+            key=entry.key,
+            value=entry.value,
+            description=entry.description,
+            configs={k: str(v) for k, v in entry.configs.items()},
+        )
+        for name, entry in parsed.topics.items()
+    }
+    return TopicCatalog(topics=topics)
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """A topic as the cluster has it: partition count and its own (non-default) configs."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TopicChange:
+    """What applying the catalogue did to one topic."""
+
+    name: str
+    action: str  # "created" | "updated" | "unchanged"
+    detail: str = ""
+
+
+def _admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.learnops_app_id}-admin",
+        request_timeout_ms=30_000,
+        **settings.kafka_client_options(),
+    )
+
+
+async def describe(settings: Settings, names: list[str]) -> dict[str, TopicState]:
+    """Read the partition count and explicitly set configs of the named topics that exist."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        return await _describe(admin, names)
+    finally:
+        await admin.close()
+
+
+async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, TopicState]:
+    existing = set(await admin.list_topics())
+    present = [n for n in names if n in existing]
+    if not present:
+        return {}
+    metadata = await admin.describe_topics(present)
+    partitions = {t["topic"]: len(t["partitions"]) for t in metadata if t["error_code"] == 0}
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in present]
+    )
+    configs: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"]:
+                raise for_code(resource["error_code"])(resource["error_message"])
+            configs[resource["resource_name"]] = {
+                entry["config_names"]: entry["config_value"]
+                for entry in resource["config_entries"]
+                if entry.get("config_source") == _DYNAMIC_TOPIC_CONFIG
+            }
+    return {
+        name: TopicState(name=name, partitions=partitions[name], configs=configs.get(name, {}))
+        for name in present
+        if name in partitions
+    }
+
+
+async def missing(settings: Settings, catalog: TopicCatalog) -> list[str]:
+    """Names of catalogue topics the cluster does not have."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    return sorted(set(catalog.topics) - existing)
+
+
+async def ensure(settings: Settings, catalog: TopicCatalog) -> list[TopicChange]:
+    """Create missing topics and bring existing ones to the catalogue's partitions and configs."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        return await _ensure(admin, catalog)
+    finally:
+        await admin.close()
+
+
+async def _ensure(admin: AIOKafkaAdminClient, catalog: TopicCatalog) -> list[TopicChange]:
+    names = sorted(catalog.topics)
+    current = await _describe(admin, names)
+    changes: list[TopicChange] = []
+
+    to_create = [catalog[n] for n in names if n not in current]
+    if to_create:
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=spec.replication_factor,
+                    topic_configs=dict(spec.configs),
+                )
+                for spec in to_create
+            ]
+        )
+        _raise_topic_errors(response.to_object())
+        await _wait_visible(admin, [s.name for s in to_create])
+        changes += [TopicChange(s.name, "created", f"{s.partitions} partitions") for s in to_create]
+
+    grow: dict[str, NewPartitions] = {}
+    alter: list[ConfigResource] = []
+    for name, state in current.items():
+        spec = catalog[name]
+        details = []
+        if state.partitions > spec.partitions:
+            raise TopicCatalogError(
+                f"{name} has {state.partitions} partitions on the cluster but topics.yaml "
+                f"asks for {spec.partitions}; Kafka cannot remove partitions"
+            )
+        if state.partitions < spec.partitions:
+            grow[name] = NewPartitions(total_count=spec.partitions)
+            details.append(f"partitions {state.partitions}→{spec.partitions}")
+        if state.configs != spec.configs:
+            # AlterConfigs replaces the topic's whole dynamic config: the file is the truth.
+            alter.append(ConfigResource(ConfigResourceType.TOPIC, name, dict(spec.configs)))
+            details.append(f"configs {state.configs}→{spec.configs}")
+        changes.append(TopicChange(name, "updated" if details else "unchanged", "; ".join(details)))
+    if grow:
+        await admin.create_partitions(grow)
+    if alter:
+        for response in await admin.alter_configs(alter):
+            for resource in response.to_object()["resources"]:
+                if resource["error_code"]:
+                    raise for_code(resource["error_code"])(resource["error_message"])
+    return sorted(changes, key=lambda c: c.name)
+
+
+async def _wait_visible(
+    admin: AIOKafkaAdminClient, names: list[str], timeout: float = 30.0
+) -> None:
+    """Wait until the new topics have leaders for every partition, so the next reader sees them."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        metadata = await admin.describe_topics(names)
+        ready = {
+            t["topic"]
+            for t in metadata
+            if t["error_code"] == 0
+            and t["partitions"]
+            and all(p["error_code"] == 0 for p in t["partitions"])
+        }
+        if ready >= set(names):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TopicCatalogError(
+                f"topics {sorted(set(names) - ready)} not ready after {timeout}s"
+            )
+        await asyncio.sleep(0.1)
+
+
+def _raise_topic_errors(response: dict[str, Any]) -> None:
+    for error in response.get("topic_errors", []):
+        code = error.get("error_code", 0)
+        # 36 = TOPIC_ALREADY_EXISTS: a concurrent `topics create` got there first.
+        if code and code != 36:
+            message = error.get("error_message") or ""
+            raise for_code(code)(f"creating {error.get('topic')}: {message}")
+
+
+async def read_from_start(settings: Settings, topic: str, *, timeout: float = 10.0) -> list[Any]:
+    """Every record now in ``topic``, read from the beginning without a consumer group."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **settings.kafka_client_options(),
+    )
+    await consumer.start()
+    try:
+        # Without a group the consumer assigns itself every partition once metadata arrives.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not consumer.assignment():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TopicCatalogError(f"no partitions of {topic} after {timeout}s")
+            await asyncio.sleep(0.05)
+        partitions = sorted(consumer.assignment())
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        while asyncio.get_running_loop().time() < deadline:
+            positions = [await consumer.position(tp) for tp in partitions]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)):
+                break
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()

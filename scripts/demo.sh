@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# make demo: bring up Kafka and PostgreSQL locally, create the topics and the
+# schema, run the worker, publish from a simulated orchestrator, and show what
+# happened. Kafka and PostgreSQL stay up afterwards (`make down` stops them).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+bin="$repo/.venv/bin"
+state="${LEARNOPS_STATE_DIR:-$repo/.local}/demo"
+mkdir -p "$state"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "Kafka and PostgreSQL"
+bash scripts/services.sh up
+eval "$(bash scripts/services.sh env)"
+export LEARNOPS_WEB_PORT="${LEARNOPS_WEB_PORT:-6066}"
+
+step "Topics (from topics.yaml) and schema (numbered migrations)"
+"$bin/learnops" topics create
+"$bin/learnops" db migrate
+
+step "Worker"
+log="$state/worker.log"
+: > "$log"
+"$bin/learnops" worker -l info >"$log" 2>&1 &
+worker=$!
+stop_worker() {
+  kill -TERM "$worker" 2>/dev/null || return 0
+  # Faust can hang in shutdown; give it 20 s, then kill it.
+  for _ in $(seq 1 40); do kill -0 "$worker" 2>/dev/null || return 0; sleep 0.5; done
+  kill -KILL "$worker" 2>/dev/null || true
+}
+trap stop_worker EXIT
+for _ in $(seq 1 180); do
+  grep -q '\[^Worker\]: Ready' "$log" && break
+  kill -0 "$worker" 2>/dev/null || { echo "worker exited:"; tail -30 "$log"; exit 1; }
+  sleep 0.5
+done
+grep -q '\[^Worker\]: Ready' "$log" || { echo "worker not ready after 90 s:"; tail -30 "$log"; exit 1; }
+echo "worker ready (pid $worker, log $log, web http://127.0.0.1:$LEARNOPS_WEB_PORT)"
+
+runs="${DEMO_RUNS:-500}"
+step "Simulated orchestrator"
+"$bin/learnops" demo simulate --runs "$runs" --bad 12 --redeliver 25
+
+step "What happened"
+"$bin/learnops" demo report --expect-runs "$runs" --timeout 90
+
+step "Done"
+echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
+echo "Look around: learnops topics describe · kcat -b $KAFKA_BOOTSTRAP_SERVERS -t learning.dlq -C -e · psql \"\$DATABASE_URL\""
+echo "Stop the services with: make down"

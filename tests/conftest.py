@@ -1,0 +1,135 @@
+"""Session fixtures: a real Kafka broker, a real PostgreSQL, topics, schema and a worker."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from tests.services import REPO, WorkerProcess, free_port, kafka_service, postgres_service
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration as an integration test."""
+    for item in items:
+        if "tests/integration/" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real Kafka broker."""
+    with kafka_service() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """DSN of a real PostgreSQL server (its own database, not ours)."""
+    with postgres_service() as dsn:
+        yield dsn
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server: str) -> AsyncIterator[str]:
+    """A fresh database for this test session, migrated to the latest schema."""
+    from storage.migrate import migrate
+    from storage.pool import create_pool
+
+    name = f"learnops_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = _with_database(postgres_server, name)
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+    finally:
+        await pool.close()
+    yield dsn
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[Any]:
+    """An asyncpg pool on the session's database."""
+    from storage.pool import create_pool
+
+    pool = await create_pool(database_url, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def settings_env(
+    kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment that points a learnops process at the test services."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "DATABASE_URL": database_url,
+        "LEARNOPS_WEB_PORT": str(free_port()),
+        "LEARNOPS_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(settings_env: dict[str, str]) -> Any:
+    """Settings for in-process clients (admin, producers) of the test services."""
+    from agents.settings import Settings
+
+    return Settings(
+        kafka_bootstrap_servers=settings_env["KAFKA_BOOTSTRAP_SERVERS"],
+        database_url=settings_env["DATABASE_URL"],
+    )
+
+
+@pytest.fixture(scope="session")
+async def topics(settings: Any) -> Any:
+    """The catalogue's topics, created on the broker."""
+    from agents.topics import ensure, load_catalog
+
+    catalog = load_catalog(REPO / "topics.yaml")
+    await ensure(settings, catalog)
+    return catalog
+
+
+@pytest.fixture(scope="session")
+def worker(
+    topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One `learnops worker` process for the session; tests use their own doers."""
+    process = WorkerProcess(
+        env=settings_env, log_path=tmp_path_factory.mktemp("logs") / "worker.log"
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+async def producer(kafka_bootstrap: str) -> AsyncIterator[Any]:
+    """An aiokafka producer on the test broker (acks=all)."""
+    from aiokafka import AIOKafkaProducer
+
+    prod = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    await prod.start()
+    yield prod
+    await prod.stop()

@@ -1,0 +1,65 @@
+"""The migration runner against real PostgreSQL: once each, recorded, checksum-guarded."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from storage.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
+from storage.pool import create_pool
+
+
+@pytest.fixture
+async def empty_db(postgres_server: str) -> AsyncIterator[Any]:
+    name = f"learnops_mig_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    parts = urlsplit(postgres_server)
+    pool = await create_pool(urlunsplit(parts._replace(path=f"/{name}")), min_size=1, max_size=2)
+    yield pool
+    await pool.close()
+    admin = await asyncpg.connect(postgres_server)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def test_migrations_apply_once_and_are_recorded_with_checksums(empty_db: Any) -> None:
+    first = await migrate(empty_db)
+    assert first.applied == [m.path.name for m in discover()]
+    second = await migrate(empty_db)
+    assert second.applied == []
+    assert second.already == first.applied
+    rows = await empty_db.fetch("SELECT version, checksum FROM schema_migrations ORDER BY version")
+    assert [(r["version"], r["checksum"]) for r in rows] == [
+        (m.version, m.checksum) for m in discover()
+    ]
+
+
+async def test_an_edited_applied_migration_stops_the_run(empty_db: Any, tmp_path: Path) -> None:
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    await migrate(empty_db, tmp_path)
+    first = sorted(tmp_path.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- an innocent-looking edit\n")
+    with pytest.raises(MigrationError, match="was edited after it was applied"):
+        await migrate(empty_db, tmp_path)
+
+
+async def test_a_failing_migration_leaves_nothing_behind(empty_db: Any, tmp_path: Path) -> None:
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    next_version = len(list(tmp_path.glob("*.sql"))) + 1
+    (tmp_path / f"{next_version:03d}_broken.sql").write_text(
+        "CREATE TABLE half_done (id int);\nSELECT no_such_function();\n"
+    )
+    with pytest.raises(MigrationError, match=f"{next_version:03d}_broken.sql failed"):
+        await migrate(empty_db, tmp_path)
+    assert await empty_db.fetchval("SELECT to_regclass('half_done')") is None
+    assert await empty_db.fetchval("SELECT max(version) FROM schema_migrations") == next_version - 1

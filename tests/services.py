@@ -1,0 +1,177 @@
+"""Real Kafka and PostgreSQL for the integration tests, and a worker run as a real process.
+
+Where each service comes from, in order:
+1. ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (an existing cluster);
+2. testcontainers, when ``docker info`` answers;
+3. the project's own scripts (scripts/kafka.sh, scripts/postgres.sh), on test-only
+   ports and state directories so they never clash with `make demo`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_STATE_DIR = REPO / ".local" / "test"
+TEST_PORTS = {"KAFKA_PORT": "19192", "KAFKA_CONTROLLER_PORT": "19193", "PG_PORT": "15532"}
+
+
+def docker_works() -> bool:
+    """True when a Docker engine answers (not just the client being installed)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        result = subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def _script_env() -> dict[str, str]:
+    return {**os.environ, **TEST_PORTS, "LEARNOPS_STATE_DIR": str(TEST_STATE_DIR)}
+
+
+def _run_script(script: str, action: str) -> str:
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / script), action],
+        env=_script_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"scripts/{script} {action} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result.stdout
+
+
+def _last_assignment(output: str, variable: str) -> str:
+    for line in reversed(output.splitlines()):
+        line = line.removeprefix("export ").strip()
+        if line.startswith(f"{variable}="):
+            return line.split("=", 1)[1].strip().strip("'\"")
+    raise RuntimeError(f"no {variable}=… line in:\n{output}")
+
+
+@contextlib.contextmanager
+def kafka_service() -> Iterator[str]:
+    """Bootstrap servers of a real broker for the session."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    if docker_works():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    output = _run_script("kafka.sh", "up")
+    try:
+        yield _last_assignment(output, "KAFKA_BOOTSTRAP_SERVERS")
+    finally:
+        if not os.environ.get("LEARNOPS_KEEP_SERVICES"):
+            _run_script("kafka.sh", "down")
+
+
+@contextlib.contextmanager
+def postgres_service() -> Iterator[str]:
+    """A DSN of a real PostgreSQL server for the session."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    if docker_works():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    output = _run_script("postgres.sh", "up")
+    try:
+        yield _last_assignment(output, "DATABASE_URL")
+    finally:
+        if not os.environ.get("LEARNOPS_KEEP_SERVICES"):
+            _run_script("postgres.sh", "down")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def learnops_command() -> list[str]:
+    """How to run the `learnops` console script of this environment."""
+    script = Path(sys.executable).parent / "learnops"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("learnops")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from agents.cli import main; main()"]
+
+
+@dataclass
+class WorkerProcess:
+    """A `learnops worker` subprocess with its own consumer group and log file."""
+
+    env: dict[str, str]
+    log_path: Path
+    app_id: str = field(default_factory=lambda: f"learnops-test-{uuid.uuid4().hex[:8]}")
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 90.0) -> None:
+        """Start the worker and wait until Faust reports it ready."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        env = {**self.env, "LEARNOPS_APP_ID": self.app_id}
+        self.process = subprocess.Popen(
+            [*learnops_command(), "worker", "-l", "info"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.tail()}")
+            if "[^Worker]: Ready" in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"worker not ready after {ready_timeout}s:\n{self.tail()}")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL if Faust hangs in shutdown; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(timeout=10)
+
+    def tail(self, lines: int = 60) -> str:
+        """The last lines of the worker's log."""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

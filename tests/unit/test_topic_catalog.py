@@ -1,0 +1,61 @@
+"""topics.yaml is complete, co-partitioned and validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.topics import TopicCatalogError, load_catalog
+
+REPO = Path(__file__).resolve().parents[2]
+DESIGN_TOPICS = {
+    "learning.run-completed",
+    "learning.task-routed",
+    "learning.crl-computed",
+    "learning.samples",
+    "learning.commands",
+    "learning.policy-changes",
+    "learning.decisions",
+    "learning.dlq",
+    "learning.alerts",
+}
+
+
+def test_catalogue_has_every_design_topic_keyed_by_doer_and_co_partitioned() -> None:
+    catalog = load_catalog(REPO / "topics.yaml")
+    assert set(catalog.topics) >= DESIGN_TOPICS
+    assert {spec.key for spec in catalog.topics.values()} == {"doer"}
+    assert catalog.partitions >= 1
+    assert catalog["learning.policy-changes"].configs["cleanup.policy"] == "compact"
+
+
+def test_every_value_model_exists() -> None:
+    import importlib
+
+    for spec in load_catalog(REPO / "topics.yaml").topics.values():
+        module, _, name = spec.value.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), spec.value
+
+
+def test_replication_factor_can_be_overridden() -> None:
+    catalog = load_catalog(REPO / "topics.yaml", replication_factor=3)
+    assert {s.replication_factor for s in catalog.topics.values()} == {3}
+
+
+def test_a_malformed_file_is_refused_with_its_path(tmp_path: Path) -> None:
+    bad = tmp_path / "topics.yaml"
+    bad.write_text("topics:\n  t:\n    key: doer\n    partitions: 0\n    value: x\n")
+    with pytest.raises(TopicCatalogError, match=r"topics\.yaml is malformed"):
+        load_catalog(bad)
+
+
+def test_mixed_partition_counts_are_refused(tmp_path: Path) -> None:
+    mixed = tmp_path / "topics.yaml"
+    mixed.write_text(
+        "topics:\n"
+        "  a: {key: doer, value: x, partitions: 2}\n"
+        "  b: {key: doer, value: x, partitions: 3}\n"
+    )
+    with pytest.raises(TopicCatalogError, match="co-partitioned"):
+        _ = load_catalog(mixed).partitions
