@@ -1,0 +1,210 @@
+"""Daily CRL aggregates, their 7- and 30-day windows, and the daily regression rule.
+
+A day's aggregate is sufficient statistics (``Moments``) plus a quantile
+sketch, never the list of losses, so it fits in a table row and days merge
+exactly: the mean of a window is the count-weighted mean of its days.
+
+Days are UTC calendar days.  "Today" is the day being judged; the *baseline*
+is the ``baseline_days`` days before it, excluding it; the 7- and 30-day
+windows end with today, inclusive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from learning.moments import Moments
+from learning.sketch import QuantileSketch
+
+
+@dataclass
+class DailyCRL:
+    """The CRL losses of one key on one day: count, mean, variance and a p95 sketch."""
+
+    moments: Moments = field(default_factory=Moments)
+    sketch: QuantileSketch = field(default_factory=QuantileSketch)
+
+    def add(self, loss: float) -> None:
+        """Fold one run's loss in."""
+        self.moments.add(loss)
+        self.sketch.add(loss)
+
+    def merge(self, other: DailyCRL) -> None:
+        """Fold another aggregate in (another partition's, or another day's for a window)."""
+        self.moments.merge(other.moments)
+        self.sketch.merge(other.sketch)
+
+    @property
+    def count(self) -> int:
+        """Number of runs."""
+        return self.moments.count
+
+    @property
+    def mean(self) -> float | None:
+        """Mean loss, or None with no runs."""
+        return self.moments.mean if self.moments.count else None
+
+    @property
+    def p95(self) -> float | None:
+        """95th percentile loss within the sketch's relative accuracy, or None with no runs."""
+        return self.sketch.quantile(0.95) if self.sketch.count else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe mapping for a table value."""
+        return {"moments": self.moments.to_dict(), "sketch": self.sketch.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DailyCRL:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            moments=Moments.from_dict(data["moments"]),
+            sketch=QuantileSketch.from_dict(data["sketch"]),
+        )
+
+
+def day_of(timestamp: datetime) -> date:
+    """Return the UTC calendar day of a timezone-aware timestamp; naive ones are rejected."""
+    if timestamp.tzinfo is None or timestamp.utcoffset() is None:
+        raise ValueError(f"timestamp {timestamp.isoformat()} has no timezone")
+    return timestamp.astimezone(UTC).date()
+
+
+def days_back(today: date, n: int) -> list[date]:
+    """Return the ``n`` days ending with ``today``, oldest first."""
+    return [today - timedelta(days=offset) for offset in range(n - 1, -1, -1)]
+
+
+def window(days: Mapping[date, DailyCRL], included: Iterable[date]) -> DailyCRL:
+    """Return the merged aggregate of the given days (days without data count as empty)."""
+    total = DailyCRL()
+    for day in included:
+        if day in days:
+            total.merge(days[day])
+    return total
+
+
+@dataclass(frozen=True)
+class TrendConfig:
+    """When a day's mean CRL counts as a regression against its baseline."""
+
+    baseline_days: int = 7
+    # Relative margin: alert when today's mean exceeds the baseline by more than 10 %.
+    max_relative_increase: float = 0.10
+    # Absolute floor of the margin, in CRL units, so a baseline near 0 (nearly
+    # perfect runs) does not alert on any tiny loss.
+    min_absolute_increase: float = 0.05
+    # A day needs this many runs, and the baseline this many, before either is
+    # judged: one bad run on a quiet day is not a regression.
+    min_today_count: int = 20
+    min_baseline_count: int = 50
+
+    def __post_init__(self) -> None:
+        if self.baseline_days < 1:
+            raise ValueError(f"baseline_days {self.baseline_days} is below 1")
+        if self.max_relative_increase < 0 or self.min_absolute_increase < 0:
+            raise ValueError("regression margins must be non-negative")
+        if self.min_today_count < 1 or self.min_baseline_count < 1:
+            raise ValueError("minimum counts must be at least 1")
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Today's CRL against its recent past."""
+
+    today: date
+    today_count: int
+    today_mean: float | None
+    mean_7d: float | None  # today and the 6 days before, count-weighted
+    count_7d: int
+    mean_30d: float | None  # today and the 29 days before, count-weighted
+    count_30d: int
+    p95_7d: float | None
+    baseline_mean: float | None  # the baseline_days before today, count-weighted
+    baseline_count: int
+    delta: float | None  # today_mean − baseline_mean
+    delta_pct: float | None  # delta / baseline_mean; None when the baseline mean is 0
+
+
+def trend(days: Mapping[date, DailyCRL], today: date, baseline_days: int = 7) -> Trend:
+    """Return today's mean, the 7- and 30-day means, and today's change against the baseline."""
+    day = days.get(today, DailyCRL())
+    last_7, last_30 = window(days, days_back(today, 7)), window(days, days_back(today, 30))
+    baseline = window(days, days_back(today - timedelta(days=1), baseline_days))
+    delta = delta_pct = None
+    if day.mean is not None and baseline.mean is not None:
+        delta = day.mean - baseline.mean
+        delta_pct = delta / baseline.mean if baseline.mean > 0 else None
+    return Trend(
+        today=today,
+        today_count=day.count,
+        today_mean=day.mean,
+        mean_7d=last_7.mean,
+        count_7d=last_7.count,
+        mean_30d=last_30.mean,
+        count_30d=last_30.count,
+        p95_7d=last_7.p95,
+        baseline_mean=baseline.mean,
+        baseline_count=baseline.count,
+        delta=delta,
+        delta_pct=delta_pct,
+    )
+
+
+@dataclass(frozen=True)
+class RegressionCheck:
+    """Whether today regressed, with the measured value, baseline and threshold for the alert."""
+
+    regressed: bool
+    reason: str
+    measured: float | None  # today's mean CRL
+    baseline: float | None  # the baseline's mean CRL
+    threshold: float | None  # the mean above which today is a regression
+    today_count: int
+    baseline_count: int
+
+
+def check_regression(
+    days: Mapping[date, DailyCRL], today: date, config: TrendConfig | None = None
+) -> RegressionCheck:
+    """Return whether today's mean CRL rose above the baseline by more than the margin.
+
+    threshold = baseline + max(max_relative_increase · baseline, min_absolute_increase);
+    a regression needs today_mean > threshold, and at least ``min_today_count``
+    runs today and ``min_baseline_count`` in the baseline.
+    """
+    cfg = config or TrendConfig()
+    t = trend(days, today, cfg.baseline_days)
+
+    def result(regressed: bool, reason: str, threshold: float | None = None) -> RegressionCheck:
+        return RegressionCheck(
+            regressed=regressed,
+            reason=reason,
+            measured=t.today_mean,
+            baseline=t.baseline_mean,
+            threshold=threshold,
+            today_count=t.today_count,
+            baseline_count=t.baseline_count,
+        )
+
+    if t.today_count < cfg.min_today_count:
+        return result(False, f"too few runs today ({t.today_count} < {cfg.min_today_count})")
+    if t.baseline_count < cfg.min_baseline_count:
+        return result(
+            False,
+            f"too few runs in the {cfg.baseline_days}-day baseline "
+            f"({t.baseline_count} < {cfg.min_baseline_count})",
+        )
+    assert t.today_mean is not None and t.baseline_mean is not None  # counts are positive
+    margin = max(cfg.max_relative_increase * t.baseline_mean, cfg.min_absolute_increase)
+    threshold = t.baseline_mean + margin
+    summary = (
+        f"today's mean CRL {t.today_mean:.4g} (n={t.today_count}) against the "
+        f"{cfg.baseline_days}-day baseline {t.baseline_mean:.4g} (n={t.baseline_count}), "
+        f"threshold {threshold:.4g}"
+    )
+    if t.today_mean > threshold:
+        return result(True, f"regression: {summary}", threshold)
+    return result(False, f"no regression: {summary}", threshold)

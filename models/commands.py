@@ -1,0 +1,121 @@
+"""Commands to the policy agent (topic ``learning.commands``), one model per ``command``.
+
+``PolicyCommand`` is the discriminated union of them all; decode with
+``POLICY_COMMANDS.validate_json(data)``, which picks the model by the
+``command`` field and names the expected values when it is unknown.
+Every command says who asked (``actor``) and why (``reason``), for the audit.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, JsonValue, TypeAdapter
+
+from models.base import Count, Event, Identifier, Sha256Hex, UnitFloat, Version
+
+
+class _Command(Event):
+    actor: Identifier
+    reason: Annotated[str, Field(min_length=1)]
+
+
+class RegisterPolicy(_Command):
+    """Register a new signed policy version for a doer."""
+
+    command: Literal["register"] = "register"
+    policy_id: Identifier
+    version: Version
+    artifact: dict[str, JsonValue]  # the policy: prompts, parameters, router rules, tools
+    content_hash: Sha256Hex  # of the artifact's canonical JSON (learning.signing)
+    signature: Annotated[str, Field(min_length=1)]  # base64 Ed25519 signature
+    signature_key_id: Identifier
+
+
+class StartShadow(_Command):
+    """Mirror a share of the doer's tasks to a candidate policy, without serving its output."""
+
+    command: Literal["start_shadow"] = "start_shadow"
+    policy_id: Identifier
+    version: Version
+    mirror_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
+class StartCanary(_Command):
+    """Start serving a candidate policy to a growing share of the doer's tasks."""
+
+    command: Literal["start_canary"] = "start_canary"
+    policy_id: Identifier
+    version: Version
+    # Candidate traffic shares, in order; None means the service's configured steps.
+    steps: list[UnitFloat] | None = None
+    require_approval: bool = False  # wait for approve_step before each step up
+
+
+class PromotePolicy(_Command):
+    """Make a policy version the doer's active policy."""
+
+    command: Literal["promote"] = "promote"
+    policy_id: Identifier
+    version: Version
+    deployment_id: Identifier | None = None
+
+
+class RollbackPolicy(_Command):
+    """End a deployment and return all traffic to the control (or to a named version)."""
+
+    command: Literal["rollback"] = "rollback"
+    deployment_id: Identifier | None = None
+    policy_id: Identifier | None = None  # roll back to this version instead
+    version: Version | None = None
+
+
+class ArchivePolicy(_Command):
+    """Retire a policy version that is not active."""
+
+    command: Literal["archive"] = "archive"
+    policy_id: Identifier
+    version: Version
+
+
+class ApproveStep(_Command):
+    """Let a deployment that waits for approval move to its next traffic step."""
+
+    command: Literal["approve_step"] = "approve_step"
+    deployment_id: Identifier
+    step: Count
+
+
+class CreateExperiment(_Command):
+    """Create an experiment testing a candidate policy against the doer's active one."""
+
+    command: Literal["create_experiment"] = "create_experiment"
+    experiment_id: Identifier
+    hypothesis: Annotated[str, Field(min_length=1)]
+    policy_id: Identifier
+    version: Version
+    plan: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class RequestExperiment(_Command):
+    """Ask for an experiment (from a person or a skill card) before a candidate exists."""
+
+    command: Literal["request_experiment"] = "request_experiment"
+    hypothesis: Annotated[str, Field(min_length=1)]
+    evidence: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+PolicyCommand = Annotated[
+    RegisterPolicy
+    | StartShadow
+    | StartCanary
+    | PromotePolicy
+    | RollbackPolicy
+    | ArchivePolicy
+    | ApproveStep
+    | CreateExperiment
+    | RequestExperiment,
+    Field(discriminator="command"),
+]
+
+POLICY_COMMANDS: TypeAdapter[PolicyCommand] = TypeAdapter(PolicyCommand)

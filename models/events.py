@@ -1,0 +1,455 @@
+"""One event model per topic (see topics.yaml); every event is keyed by ``doer``.
+
+The learning bundle is in ``models/bundle.py`` and policy commands in
+``models/commands.py``; both are re-exported here, so ``models.events.<Model>``
+names the value of every topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import date
+from typing import Annotated, Literal, Self
+from uuid import UUID
+
+from pydantic import Field, JsonValue, field_validator, model_validator
+
+from models.base import (
+    ContractModel,
+    Count,
+    Event,
+    Identifier,
+    NonNegativeFloat,
+    Sha256Hex,
+    UnitFloat,
+    UTCDatetime,
+    Version,
+)
+from models.bundle import (
+    QAV,
+    Arm,
+    Artifact,
+    Costs,
+    Gates,
+    Latency,
+    Origin,
+    RunCompleted,
+    Security,
+    SecurityFinding,
+)
+from models.commands import (
+    POLICY_COMMANDS,
+    ApproveStep,
+    ArchivePolicy,
+    CreateExperiment,
+    PolicyCommand,
+    PromotePolicy,
+    RegisterPolicy,
+    RequestExperiment,
+    RollbackPolicy,
+    StartCanary,
+    StartShadow,
+)
+from models.crl import CRLTerms
+
+__all__ = [
+    "POLICY_COMMANDS",
+    "QAV",
+    "UNKNOWN_DOER",
+    "Alert",
+    "ApproveStep",
+    "ArchivePolicy",
+    "Arm",
+    "Artifact",
+    "CRLComputed",
+    "Costs",
+    "CreateExperiment",
+    "DeadLetter",
+    "DecisionMade",
+    "DecisionReport",
+    "DeploymentRouting",
+    "ExperimentChanged",
+    "Gates",
+    "Guardrail",
+    "Latency",
+    "Origin",
+    "PolicyChange",
+    "PolicyCommand",
+    "PromotePolicy",
+    "RegisterPolicy",
+    "ReplayTask",
+    "RequestExperiment",
+    "RollbackPolicy",
+    "RunCompleted",
+    "SampleCurated",
+    "Security",
+    "SecurityFinding",
+    "SkillCard",
+    "StartCanary",
+    "StartShadow",
+    "TaskRouted",
+]
+
+# The doer of a dead letter whose event could not be parsed and whose key was
+# not a usable doer either.
+UNKNOWN_DOER = "unknown"
+
+
+# --- learning.task-routed ---------------------------------------------------
+
+
+class TaskRouted(Event):
+    """Which arm the orchestrator routed one task of a deployment to."""
+
+    occurred_at: UTCDatetime  # when the task was routed; required
+    task_id: Identifier
+    deployment_id: Identifier
+    arm: Arm
+    policy_id: Identifier  # the policy the task ran under (the arm's policy)
+    policy_version: Version
+    step: Count  # index of the deployment's traffic step at routing time
+    allocation: UnitFloat  # the candidate's share of traffic at that step
+
+
+# --- learning.crl-computed --------------------------------------------------
+
+
+class CRLComputed(Event):
+    """The Composite Run Loss of one run, with everything a canary or skill card needs."""
+
+    source_event_id: UUID  # event_id of the RunCompleted it was computed from
+    run_occurred_at: UTCDatetime  # the run's own timestamp; daily trends bucket on it
+    run_id: Identifier
+    phase: Identifier
+    policy_id: Identifier
+    policy_version: Version
+    tenant_id: Identifier
+    deployment_id: Identifier | None = None
+    arm: Arm | None = None
+    shadow: bool = False
+    replay_id: Identifier | None = None
+    model: str | None = None
+    terms: CRLTerms
+    loss: NonNegativeFloat
+    contributions: dict[str, NonNegativeFloat]
+    weights_version: Identifier
+    gate_failures: list[Identifier] = Field(default_factory=list)
+    security_criticals: Count
+
+    @model_validator(mode="after")
+    def _consistent_with_terms(self) -> Self:
+        unknown = sorted(set(self.contributions) - set(CRLTerms.model_fields))
+        if unknown:
+            raise ValueError(f"contributions name unknown terms: {', '.join(unknown)}")
+        total = sum(self.contributions.values())
+        if abs(total - self.loss) > 1e-9 * max(1.0, abs(self.loss)):
+            raise ValueError(f"loss {self.loss:g} is not the sum of contributions {total:g}")
+        if self.security_criticals != self.terms.security_criticals:
+            raise ValueError("security_criticals differs from terms.security_criticals")
+        return self
+
+
+# --- learning.policy-changes ------------------------------------------------
+
+
+class DeploymentRouting(ContractModel):
+    """What a router needs while a shadow or canary deployment is live."""
+
+    deployment_id: Identifier
+    salt: Identifier  # hashed with the task id to pick the arm (learning.routing.assign)
+    candidate_policy_id: Identifier
+    candidate_version: Version
+    allocation: UnitFloat  # the candidate's share of tasks (in shadow: the mirrored share)
+    step: Count = 0
+
+
+class PolicyChange(Event):
+    """A doer's live policy after a change; compaction keeps the latest per doer.
+
+    ``policy_id``/``version`` is the policy serving the doer's traffic (the
+    control), so reading the topic from the start gives every doer's current
+    policy.  ``change`` says what produced this record; ``deployment`` is set
+    exactly while a shadow or canary is live (``status`` "shadow"/"canary").
+    """
+
+    change: Literal[
+        "registered",
+        "promoted",
+        "rolled_back",
+        "shadow_started",
+        "canary_started",
+        "step_changed",
+        "paused",
+        "archived",
+    ]
+    status: Literal["active", "shadow", "canary"]
+    policy_id: Identifier
+    version: Version
+    content_hash: Sha256Hex
+    signature_key_id: Identifier
+    previous_policy_id: Identifier | None = None
+    previous_version: Version | None = None
+    deployment: DeploymentRouting | None = None
+    actor: Identifier | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _deployment_matches_status(self) -> Self:
+        if (self.status == "active") != (self.deployment is None):
+            raise ValueError(
+                "deployment is required while status is shadow or canary, and absent when active"
+            )
+        if (self.previous_policy_id is None) != (self.previous_version is None):
+            raise ValueError("previous_policy_id and previous_version go together")
+        return self
+
+
+# --- learning.decisions -----------------------------------------------------
+
+
+class Guardrail(ContractModel):
+    """One guardrail check of a canary decision."""
+
+    name: Identifier
+    value: float
+    threshold: float
+    statistic: Identifier  # what value is, e.g. "mean_crl", "p95_crl", "srm_p_value"
+    passed: bool
+
+
+class DecisionReport(ContractModel):
+    """The evidence of a canary decision: both arms' CRL, the difference and its uncertainty."""
+
+    control_mean: NonNegativeFloat
+    candidate_mean: NonNegativeFloat
+    control_count: Count
+    candidate_count: Count
+    delta: float  # candidate_mean - control_mean; negative is better
+    delta_pct: float | None = None  # delta / control_mean; None when control_mean is 0
+    p_value: UnitFloat
+    # None while the interval is not yet estimable (too few observations).
+    ci_low: float | None = None
+    ci_high: float | None = None
+    guardrails: list[Guardrail] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ordered_interval(self) -> Self:
+        if self.ci_low is not None and self.ci_high is not None and self.ci_low > self.ci_high:
+            raise ValueError(f"ci_low {self.ci_low:g} is above ci_high {self.ci_high:g}")
+        return self
+
+
+class DecisionMade(Event):
+    """A canary decision about one deployment, with its evidence."""
+
+    deployment_id: Identifier
+    candidate_policy_id: Identifier
+    candidate_version: Version
+    action: Literal["step_up", "promote", "rollback", "pause", "report", "continue"]
+    reason: Annotated[str, Field(min_length=1)]
+    step: Count
+    report: DecisionReport
+
+
+# --- learning.samples -------------------------------------------------------
+
+
+class SampleCurated(Event):
+    """A curated, redacted training sample from one artifact of a run, or a reject with reason."""
+
+    sample_id: Identifier
+    run_id: Identifier
+    phase: Identifier
+    policy_id: Identifier
+    policy_version: Version
+    artifact_id: Identifier
+    kind: Identifier
+    origin: Origin
+    accepted: bool
+    reject_reason: str | None = None
+    content: str | None = None  # redacted text; never raw PII
+    content_hash: Sha256Hex | None = None  # of the redacted content
+    redactions: dict[str, Count] = Field(default_factory=dict)  # placeholder kind → count
+    labels: dict[str, str] = Field(default_factory=dict)
+    loss: NonNegativeFloat | None = None  # the run's CRL, when known
+    near_duplicate_of: list[Identifier] = Field(default_factory=list)
+    dataset: Identifier | None = None
+    golden: bool = False
+
+    @model_validator(mode="after")
+    def _reject_has_reason(self) -> Self:
+        if self.accepted == (self.reject_reason is not None):
+            raise ValueError("reject_reason is required for a reject and absent for an accept")
+        return self
+
+
+# --- learning.dlq -----------------------------------------------------------
+
+
+class DeadLetter(Event):
+    """Input a stage could not process: the original bytes, where they came from, and why.
+
+    ``doer`` is the record's key when it was a usable doer, else ``"unknown"``:
+    a bad event often cannot be parsed far enough to know its doer.  Building a
+    dead letter must not fail on the very input it reports, so an unusable
+    ``doer`` (empty, padded with whitespace, too long) becomes ``"unknown"``
+    rather than an error; the original key bytes stay in ``key_b64``.
+    """
+
+    doer: Identifier = UNKNOWN_DOER
+    value_b64: str  # the original value, base64 (standard alphabet, padded)
+    key_b64: str | None = None
+    topic: Identifier
+    partition: Count
+    offset: Count
+    reason: Annotated[str, Field(min_length=1)]
+    stage: Identifier  # the agent that rejected it
+    error_type: Identifier  # e.g. "ValidationError", "BundleError"
+
+    @field_validator("doer", mode="before")
+    @classmethod
+    def _usable_doer_or_unknown(cls, value: object) -> object:
+        if isinstance(value, str) and not _usable_doer(value):
+            return UNKNOWN_DOER
+        return value
+
+    @field_validator("value_b64", "key_b64")
+    @classmethod
+    def _is_base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise ValueError("is not valid base64") from None
+        return value
+
+    @classmethod
+    def capture(
+        cls,
+        *,
+        value: bytes,
+        key: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        reason: str,
+        stage: str,
+        error_type: str,
+        doer: str | None = None,
+    ) -> DeadLetter:
+        """Return a dead letter holding ``value`` and ``key`` verbatim, keyed by the best doer."""
+        return cls(
+            doer=doer or _doer_from_key(key),
+            value_b64=base64.b64encode(value).decode("ascii"),
+            key_b64=None if key is None else base64.b64encode(key).decode("ascii"),
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            reason=reason,
+            stage=stage,
+            error_type=error_type,
+        )
+
+    @property
+    def value(self) -> bytes:
+        """The original value bytes."""
+        return base64.b64decode(self.value_b64)
+
+    @property
+    def key(self) -> bytes | None:
+        """The original key bytes, if there was a key."""
+        return None if self.key_b64 is None else base64.b64decode(self.key_b64)
+
+
+def _doer_from_key(key: bytes | None) -> str:
+    if not key:
+        return UNKNOWN_DOER
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return UNKNOWN_DOER
+    return text if _usable_doer(text) else UNKNOWN_DOER
+
+
+def _usable_doer(text: str) -> bool:
+    return bool(text) and text == text.strip() and len(text) <= 256
+
+
+# --- learning.alerts --------------------------------------------------------
+
+
+class Alert(Event):
+    """Something a person should look at, with the measured value, its baseline and threshold.
+
+    Known kinds: ``crl_regression``, ``contamination``, ``sample_ratio_mismatch``,
+    ``signature_refused``, ``guardrail``; stages may add their own.
+    """
+
+    kind: Identifier
+    severity: Literal["info", "warning", "critical"]
+    message: Annotated[str, Field(min_length=1)]
+    value: float | None = None  # the measured value
+    baseline: float | None = None
+    threshold: float | None = None
+    phase: Identifier | None = None
+    policy_id: Identifier | None = None
+    policy_version: Version | None = None
+    deployment_id: Identifier | None = None
+    evidence: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+# --- learning.experiments ---------------------------------------------------
+
+
+class ExperimentChanged(Event):
+    """An experiment's new state."""
+
+    experiment_id: Identifier
+    status: Literal["requested", "created", "running", "concluded", "cancelled"]
+    hypothesis: str = ""
+    policy_id: Identifier | None = None  # the candidate under test
+    policy_version: Version | None = None
+    deployment_id: Identifier | None = None
+    actor: Identifier | None = None
+    reason: str | None = None
+    outcome: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+# --- learning.replay-tasks --------------------------------------------------
+
+
+class ReplayTask(Event):
+    """One offline replay of a sample under a policy with a seed, for the orchestrator's sandbox."""
+
+    replay_id: Identifier
+    task_id: Identifier
+    sample_id: Identifier
+    seed: Count
+    phase: Identifier
+    policy_id: Identifier
+    policy_version: Version
+    input: str | None = None  # the (redacted) input to replay; None when the sandbox looks it up
+    input_hash: Sha256Hex | None = None
+
+
+# --- learning.skill-cards ---------------------------------------------------
+
+
+class SkillCard(Event):
+    """A doer's current skill card: how well it does, lately, and where it fails."""
+
+    as_of: date  # the UTC day the card summarises up to
+    policy_id: Identifier | None = None  # the doer's active policy
+    policy_version: Version | None = None
+    runs_7d: Count = 0
+    runs_30d: Count = 0
+    crl_mean_7d: NonNegativeFloat | None = None
+    crl_mean_30d: NonNegativeFloat | None = None
+    crl_p95_7d: NonNegativeFloat | None = None
+    crl_trend_7d: float | None = None  # today's mean minus the 7-day baseline
+    gate_failures_30d: dict[str, Count] = Field(default_factory=dict)
+    security_criticals_30d: Count = 0
+    strengths: list[str] = Field(default_factory=list)
+    weaknesses: list[str] = Field(default_factory=list)
+    details: dict[str, JsonValue] = Field(default_factory=dict)
