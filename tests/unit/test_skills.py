@@ -1,0 +1,324 @@
+"""Skill-card rules on constructed statistics, just above and just below each threshold."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from learning.moments import Moments
+from learning.signing import canonical_json
+from learning.skills import (
+    DoerStats,
+    SkillRules,
+    best_models,
+    skill_card,
+)
+
+
+def moments(mean: float, std: float, n: int) -> Moments:
+    """Statistics of n values with this mean and sample standard deviation."""
+    return Moments(count=n, mean=mean, m2=std * std * (n - 1))
+
+
+def stats(**overrides: Any) -> DoerStats:
+    """A doer with 100 runs and nothing remarkable, changed by ``overrides``."""
+    base: dict[str, Any] = {
+        "doer": "PRDWriter",
+        "runs": 100,
+        "gate_pass_rate": 0.8,
+        "contradiction_rate": 0.05,
+        "latency_p95_ms": 6000.0,
+        "latency_objective_ms": 8000.0,
+        "timeouts": 0,
+    }
+    base.update(overrides)
+    return DoerStats(**base)
+
+
+# --------------------------------------------------------------------------- strengths
+
+
+@pytest.mark.parametrize(
+    ("rate", "is_strength"), [(0.95, True), (0.901, True), (0.9, True), (0.899, False)]
+)
+def test_gate_pass_rate_at_or_above_threshold_is_a_strength(rate: float, is_strength: bool) -> None:
+    card = skill_card(stats(gate_pass_rate=rate))
+    assert bool(card.strengths) is is_strength
+    if is_strength:
+        (finding,) = card.strengths
+        assert finding.rule == "gate_pass_rate"
+        assert finding.measured == rate
+        assert finding.threshold == 0.9
+        assert finding.comparison == "≥"
+        assert "≥ 90.0%" in finding.text
+
+
+def test_strength_threshold_is_configurable() -> None:
+    assert skill_card(stats(gate_pass_rate=0.85), SkillRules(strength_gate_pass_rate=0.8)).strengths
+
+
+# --------------------------------------------------------------------------- weaknesses
+
+
+@pytest.mark.parametrize(
+    ("rate", "is_weakness"), [(0.2, True), (0.101, True), (0.1, False), (0.099, False)]
+)
+def test_contradiction_rate_above_threshold_is_a_weakness(rate: float, is_weakness: bool) -> None:
+    card = skill_card(stats(contradiction_rate=rate))
+    assert bool(card.weaknesses) is is_weakness
+    if is_weakness:
+        (finding,) = card.weaknesses
+        assert (finding.rule, finding.measured, finding.threshold) == (
+            "contradiction_rate",
+            rate,
+            0.1,
+        )
+        assert finding.comparison == ">"
+
+
+# --------------------------------------------------------------------------- failure modes
+
+
+@pytest.mark.parametrize(("failed", "is_mode"), [(21, True), (20, False), (19, False)])
+def test_gate_failing_in_more_than_a_fifth_of_runs_is_a_failure_mode(
+    failed: int, is_mode: bool
+) -> None:
+    card = skill_card(stats(runs=100, gate_failures={"lint": failed}))
+    assert bool(card.failure_modes) is is_mode
+    if is_mode:
+        (finding,) = card.failure_modes
+        assert finding.subject == "lint"
+        assert finding.measured == pytest.approx(0.21)
+        assert finding.threshold == 0.2
+        assert finding.text == "gate 'lint' fails in 21.0% of runs (> 20.0%)"
+
+
+def test_failure_modes_are_sorted_by_share_then_gate_name() -> None:
+    card = skill_card(
+        stats(runs=100, gate_failures={"tests": 30, "lint": 50, "api": 30, "docs": 5})
+    )
+    assert [f.subject for f in card.failure_modes] == ["lint", "api", "tests"]
+
+
+# --------------------------------------------------------------------------- resource issues
+
+
+@pytest.mark.parametrize(("p95", "is_issue"), [(8001.0, True), (8000.0, False), (7999.0, False)])
+def test_latency_p95_over_objective_is_a_resource_issue(p95: float, is_issue: bool) -> None:
+    card = skill_card(stats(latency_p95_ms=p95, latency_objective_ms=8000.0))
+    assert bool(card.resource_issues) is is_issue
+    if is_issue:
+        (finding,) = card.resource_issues
+        assert (finding.rule, finding.measured, finding.threshold) == ("latency_p95", p95, 8000.0)
+        assert "latency p95 8,001 ms > 8,000 ms" in finding.text
+
+
+def test_latency_allowance_scales_the_objective() -> None:
+    rules = SkillRules(latency_over_objective=1.2)
+    assert not skill_card(stats(latency_p95_ms=9600.0), rules).resource_issues
+    (finding,) = skill_card(stats(latency_p95_ms=9601.0), rules).resource_issues
+    assert finding.threshold == pytest.approx(9600.0)
+
+
+def test_unknown_latency_raises_no_issue() -> None:
+    assert not skill_card(stats(latency_p95_ms=None)).resource_issues
+    assert not skill_card(stats(latency_objective_ms=None)).resource_issues
+
+
+@pytest.mark.parametrize(("timeouts", "is_issue"), [(1, True), (0, False)])
+def test_any_timeout_is_a_resource_issue(timeouts: int, is_issue: bool) -> None:
+    card = skill_card(stats(timeouts=timeouts))
+    assert bool(card.resource_issues) is is_issue
+    if is_issue:
+        (finding,) = card.resource_issues
+        assert (finding.rule, finding.measured, finding.threshold) == ("timeouts", 1.0, 0.0)
+
+
+def test_timeout_allowance_is_configurable() -> None:
+    rules = SkillRules(max_timeouts=2)
+    assert not skill_card(stats(timeouts=2), rules).resource_issues
+    assert skill_card(stats(timeouts=3), rules).resource_issues
+
+
+def test_latency_and_timeouts_are_both_reported_latency_first() -> None:
+    card = skill_card(stats(latency_p95_ms=9000.0, timeouts=4))
+    assert [f.rule for f in card.resource_issues] == ["latency_p95", "timeouts"]
+
+
+# --------------------------------------------------------------------------- few runs
+
+
+def test_few_runs_give_no_strengths_weaknesses_or_failure_modes_but_resource_issues() -> None:
+    few = stats(
+        runs=9,
+        gate_pass_rate=1.0,
+        contradiction_rate=0.5,
+        gate_failures={"lint": 5},
+        timeouts=1,
+    )
+    card = skill_card(few)
+    assert card.strengths == card.weaknesses == card.failure_modes == ()
+    assert [f.rule for f in card.resource_issues] == ["timeouts"]
+    assert "9 runs, fewer than 10" in card.notes[0]
+    enough = skill_card(few, SkillRules(min_runs=9))
+    assert enough.strengths and enough.weaknesses and enough.failure_modes
+
+
+# --------------------------------------------------------------------------- CRL and deltas
+
+
+def test_mean_crl_and_deltas_against_the_baselines() -> None:
+    card = skill_card(
+        stats(
+            crl_today=moments(0.30, 0.1, 50),
+            crl_7d=moments(0.40, 0.1, 300),
+            crl_30d=moments(0.25, 0.1, 1500),
+        )
+    )
+    assert card.mean_crl == pytest.approx(0.30)
+    assert card.delta_7d == pytest.approx(-0.10)  # better than last week
+    assert card.delta_30d == pytest.approx(0.05)  # worse than the month
+
+
+def test_missing_windows_give_no_mean_or_delta() -> None:
+    card = skill_card(stats(crl_7d=moments(0.4, 0.1, 10)))
+    assert card.mean_crl is None and card.delta_7d is None and card.delta_30d is None
+    card = skill_card(stats(crl_today=moments(0.3, 0.1, 10)))
+    assert card.mean_crl == pytest.approx(0.3)
+    assert card.delta_7d is None and card.delta_30d is None
+
+
+# --------------------------------------------------------------------------- best models
+
+
+def test_best_models_are_ranked_by_mean_crl_with_a_normal_interval() -> None:
+    by_model = {
+        "gpt-large": moments(0.30, 0.10, 100),
+        "claude-mid": moments(0.25, 0.20, 400),
+        "small-fast": moments(0.45, 0.05, 30),
+    }
+    ranking, unranked = best_models(by_model)
+    assert unranked == 0
+    assert [m.model for m in ranking] == ["claude-mid", "gpt-large", "small-fast"]
+    assert [m.rank for m in ranking] == [1, 2, 3]
+    first = ranking[0]
+    half = 1.959963984540054 * 0.20 / math.sqrt(400)  # z(0.975) · s / √n
+    assert first.n == 400
+    assert first.mean_crl == pytest.approx(0.25)
+    assert (first.ci_low, first.ci_high) == (pytest.approx(0.25 - half), pytest.approx(0.25 + half))
+    # 0.25 + 0.0196 < 0.30 − 0.0196: the first two are told apart; the last has no next.
+    assert first.distinct_from_next is True
+    assert ranking[-1].distinct_from_next is None
+
+
+def test_overlapping_intervals_are_not_called_distinct() -> None:
+    ranking, _ = best_models({"a": moments(0.30, 0.2, 30), "b": moments(0.31, 0.2, 30)})
+    assert [m.model for m in ranking] == ["a", "b"]
+    assert ranking[0].distinct_from_next is False
+
+
+@pytest.mark.parametrize(("n", "ranked"), [(30, True), (29, False)])
+def test_a_model_needs_thirty_runs_to_be_ranked(n: int, ranked: bool) -> None:
+    ranking, unranked = best_models({"m": moments(0.1, 0.05, n)})
+    assert bool(ranking) is ranked
+    assert unranked == (0 if ranked else 1)
+
+
+def test_a_too_small_model_is_not_ranked_however_good_it_looks() -> None:
+    card = skill_card(
+        stats(
+            crl_by_model={
+                "lucky": moments(0.01, 0.0, 5),
+                "steady": moments(0.30, 0.1, 200),
+            }
+        )
+    )
+    assert [m.model for m in card.best_models] == ["steady"]
+    assert "1 model(s) with fewer than 30 runs not ranked" in card.notes
+
+
+def test_best_models_list_is_limited_and_ties_break_deterministically() -> None:
+    by_model = {name: moments(0.3, 0.1, 100) for name in ["d", "b", "c", "a"]}
+    by_model["tight"] = moments(0.3, 0.01, 100)
+    ranking, _ = best_models(by_model)
+    assert [m.model for m in ranking] == ["tight", "a", "b"]  # narrower interval, then name
+    assert len(best_models(by_model, SkillRules(best_models_limit=10))[0]) == 5
+
+
+def test_interval_follows_the_confidence_setting() -> None:
+    m = {"x": moments(0.5, 0.1, 100)}
+    (r95,), _ = best_models(m)
+    (r99,), _ = best_models(m, SkillRules(confidence=0.99))
+    assert r99.ci_high - r99.ci_low > r95.ci_high - r95.ci_low
+    assert r99.ci_high - r99.ci_low == pytest.approx(2 * 2.5758293035489 * 0.01)
+
+
+# --------------------------------------------------------------------------- the card
+
+
+def test_a_full_card_has_every_section_and_serialises_to_canonical_json() -> None:
+    card = skill_card(
+        stats(
+            gate_pass_rate=0.93,
+            contradiction_rate=0.12,
+            gate_failures={"security_scan": 25, "lint": 3},
+            latency_p95_ms=9000.0,
+            timeouts=2,
+            crl_today=moments(0.3, 0.1, 100),
+            crl_7d=moments(0.35, 0.1, 700),
+            crl_30d=moments(0.32, 0.1, 3000),
+            crl_by_model={"m1": moments(0.3, 0.1, 60), "m2": moments(0.4, 0.1, 40)},
+        )
+    )
+    assert card.doer == "PRDWriter" and card.runs == 100 and card.gate_pass_rate == 0.93
+    assert [f.rule for f in card.strengths] == ["gate_pass_rate"]
+    assert [f.rule for f in card.weaknesses] == ["contradiction_rate"]
+    assert [f.subject for f in card.failure_modes] == ["security_scan"]
+    assert [f.rule for f in card.resource_issues] == ["latency_p95", "timeouts"]
+    assert [m.model for m in card.best_models] == ["m1", "m2"]
+    data = card.to_dict()
+    assert canonical_json(data)
+    assert data["failure_modes"][0] == {
+        "rule": "gate_fail_share",
+        "subject": "security_scan",
+        "measured": 0.25,
+        "threshold": 0.2,
+        "comparison": ">",
+        "text": "gate 'security_scan' fails in 25.0% of runs (> 20.0%)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"gate_pass_rate": 1.4}, "gate_pass_rate 1.4 is outside"),
+        ({"contradiction_rate": -0.1}, "contradiction_rate -0.1 is outside"),
+        ({"gate_pass_rate": math.nan}, "not a finite number"),
+        ({"runs": -1}, "runs -1 must be a non-negative integer"),
+        ({"runs": 10, "gate_failures": {"lint": 11}}, "failed in 11 runs, more than the 10"),
+        ({"timeouts": 1.5}, "timeouts"),
+        ({"latency_p95_ms": 0.0}, "latency_p95_ms 0.0 must be a positive number"),
+    ],
+)
+def test_impossible_statistics_are_refused_with_a_reason(
+    overrides: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(ValueError, match=words):
+        stats(**overrides)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"strength_gate_pass_rate": 1.1},
+        {"latency_over_objective": 0.0},
+        {"max_timeouts": -1},
+        {"best_models_min_runs": 1},
+        {"confidence": 1.0},
+    ],
+)
+def test_impossible_rules_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        SkillRules(**kwargs)
