@@ -9,7 +9,13 @@ from typing import Any
 import faust
 from prometheus_client import Counter
 
-from agents.settings import Settings, SettingsError, load_settings
+from agents.settings import (
+    LearningConfig,
+    Settings,
+    SettingsError,
+    load_learning_config,
+    load_settings,
+)
 from agents.topics import TopicCatalog, TopicCatalogError, load_catalog, missing
 from storage.pool import create_pool
 
@@ -25,9 +31,16 @@ DEAD_LETTERS = Counter(
 class LearnopsApp(faust.App):
     """A Faust app that owns a PostgreSQL pool and checks its topics before it starts."""
 
-    def __init__(self, settings: Settings, catalog: TopicCatalog, **options: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: TopicCatalog,
+        learning: LearningConfig,
+        **options: Any,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
+        self.learning = learning
         self._pool: Any = None
         super().__init__(settings.learnops_app_id, **options)
 
@@ -88,6 +101,7 @@ def build_app(settings: Settings) -> LearnopsApp:
     return LearnopsApp(
         settings,
         catalog,
+        load_learning_config(settings.learnops_config_file),
         broker=[f"kafka://{host}" for host in settings.kafka_hosts],
         broker_credentials=_broker_credentials(settings),
         store="memory://",

@@ -208,7 +208,9 @@ async def schema_export(self: GroupedCommand, out: Path) -> None:
 def main() -> None:
     """Entry point of the `learnops` console script."""
     # Importing the stage modules registers their agents on the app.
+    import agents.crl
     import agents.demo
-    import agents.intake  # noqa: F401
+    import agents.results
+    import agents.web  # noqa: F401
 
     app.main()

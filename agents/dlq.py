@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from agents.app import DEAD_LETTERS, app
@@ -48,3 +51,21 @@ async def dead_letter(
         fields,
     )
     return letter
+
+
+@asynccontextmanager
+async def guarded(event: Any, *, stage: str) -> AsyncIterator[None]:
+    """Turn an unexpected error while handling one event into a dead letter.
+
+    Left alone, the exception would crash the agent and Faust's supervisor
+    would restart it past the event: a silent drop. Here the event's bytes and
+    the error go to learning.dlq (to be replayed once fixed), the error is
+    logged with its traceback, and the stream goes on.
+    """
+    try:
+        yield
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        reason = f"internal error {type(exc).__name__} at {frame.filename}:{frame.lineno}: {exc}"
+        log.exception("internal_error stage=%s", stage)
+        await dead_letter(event, stage=stage, error_type="internal", reason=reason[:1000])

@@ -9,11 +9,16 @@ what to fix.
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
+from learning.trends import TrendConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +60,7 @@ class Settings(BaseSettings):
     learnops_app_id: str = Field(default="learnops", min_length=1)
     learnops_data_dir: Path = Field(default=REPO_ROOT / ".local" / "worker")
     learnops_topics_file: Path = Field(default=REPO_ROOT / "topics.yaml")
+    learnops_config_file: Path = Field(default=REPO_ROOT / "config" / "learning.yaml")
     learnops_web_host: str = "127.0.0.1"
     learnops_web_port: int = Field(default=6066, ge=1, le=65535)
     learnops_web_enabled: bool = True
@@ -117,6 +123,34 @@ class Settings(BaseSettings):
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         return options
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """What the learning pipeline is tuned with: CRL weights, latency objectives, trend rules."""
+
+    weights: WeightBook
+    objectives: LatencyObjectives
+    trends: TrendConfig
+
+
+def load_learning_config(path: Path) -> LearningConfig:
+    """Read config/learning.yaml (or the file LEARNOPS_CONFIG_FILE names)."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {path} is not valid YAML: {exc}") from None
+    crl = raw.get("crl") or {}
+    try:
+        return LearningConfig(
+            weights=WeightBook.from_dict(crl.get("weights") or {}),
+            objectives=LatencyObjectives.from_dict(crl.get("latency_objectives") or {}),
+            trends=TrendConfig(**(raw.get("trends") or {})),
+        )
+    except (CRLConfigError, TypeError, ValueError) as exc:
+        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {path}: {exc}") from None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -37,8 +37,12 @@ class Orchestrator:
     tenant_id: str = "acme"
     start: datetime = field(default_factory=lambda: datetime(2026, 11, 1, tzinfo=UTC))
     quality: dict[str, float] = field(default_factory=dict)
+    # Run ids are "<run_prefix>-<n>"; give each scenario its own prefix when
+    # several share a topic, since run ids are unique across the system.
+    run_prefix: str = ""
 
     def __post_init__(self) -> None:
+        self.run_prefix = self.run_prefix or f"run-{self.seed}"
         self._rng = np.random.default_rng(self.seed)
         self._run = 0
 
@@ -70,11 +74,13 @@ class Orchestrator:
         words = rng.choice(_WORDS, size=int(rng.integers(40, 70)))
         content = " ".join(words)
         when = occurred_at or self.start + timedelta(seconds=self._run * 17)
+        run_id = f"{self.run_prefix}-{self._run:08d}"
         return RunCompleted.model_validate(
             {
-                "event_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
+                # Unique per run across scenarios (the seed alone would repeat ids).
+                "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"learnops:{run_id}")),
                 "occurred_at": when.isoformat(),
-                "run_id": f"run-{self.seed}-{self._run:08d}",
+                "run_id": run_id,
                 "doer": doer,
                 "phase": PHASES[int(rng.integers(len(PHASES)))],
                 "policy_id": policy_id,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from learning.canary import contrast_interval
 from learning.moments import Moments
 from learning.sketch import QuantileSketch
 
@@ -100,6 +101,14 @@ class TrendConfig:
     # judged: one bad run on a quiet day is not a regression.
     min_today_count: int = 20
     min_baseline_count: int = 50
+    # The rule is re-checked after every run, so it uses the canary's always-valid
+    # confidence sequence: over a whole day of looks, a doer whose CRL did not
+    # rise past the margin raises a false alert with probability at most alpha.
+    alpha: float = 0.01
+    # Mixing scale of that sequence, in units of the pooled standard deviation.
+    # The bound is tightest near 16 / mixing_sd² runs (see learning.canary):
+    # 0.5 suits a day of tens of runs, where the canary's 0.1 suits thousands.
+    mixing_sd: float = 0.5
 
     def __post_init__(self) -> None:
         if self.baseline_days < 1:
@@ -108,6 +117,8 @@ class TrendConfig:
             raise ValueError("regression margins must be non-negative")
         if self.min_today_count < 1 or self.min_baseline_count < 1:
             raise ValueError("minimum counts must be at least 1")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha {self.alpha} is not in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -164,21 +175,29 @@ class RegressionCheck:
     threshold: float | None  # the mean above which today is a regression
     today_count: int
     baseline_count: int
+    # Always-valid lower bound of today_mean − threshold; a regression needs it > 0.
+    lower_bound: float | None = None
 
 
 def check_regression(
     days: Mapping[date, DailyCRL], today: date, config: TrendConfig | None = None
 ) -> RegressionCheck:
-    """Return whether today's mean CRL rose above the baseline by more than the margin.
+    """Return whether today's mean CRL rose above the baseline by more than the margin, confidently.
 
-    threshold = baseline + max(max_relative_increase · baseline, min_absolute_increase);
-    a regression needs today_mean > threshold, and at least ``min_today_count``
-    runs today and ``min_baseline_count`` in the baseline.
+    threshold = baseline + max(max_relative_increase · baseline, min_absolute_increase).
+    Today regressed when the always-valid lower bound (level 1 − alpha) of
+    ``today_mean − threshold`` is above 0: the normal-mixture confidence sequence
+    of learning.canary (Johari et al. 2022) on the contrast between today's runs
+    and the baseline's, so re-checking after every run does not inflate false
+    alerts. It also needs ``min_today_count`` runs today and
+    ``min_baseline_count`` in the baseline.
     """
     cfg = config or TrendConfig()
     t = trend(days, today, cfg.baseline_days)
 
-    def result(regressed: bool, reason: str, threshold: float | None = None) -> RegressionCheck:
+    def result(
+        regressed: bool, reason: str, threshold: float | None = None, low: float | None = None
+    ) -> RegressionCheck:
         return RegressionCheck(
             regressed=regressed,
             reason=reason,
@@ -187,6 +206,7 @@ def check_regression(
             threshold=threshold,
             today_count=t.today_count,
             baseline_count=t.baseline_count,
+            lower_bound=low,
         )
 
     if t.today_count < cfg.min_today_count:
@@ -198,13 +218,33 @@ def check_regression(
             f"({t.baseline_count} < {cfg.min_baseline_count})",
         )
     assert t.today_mean is not None and t.baseline_mean is not None  # counts are positive
-    margin = max(cfg.max_relative_increase * t.baseline_mean, cfg.min_absolute_increase)
-    threshold = t.baseline_mean + margin
+    day = days[today]
+    base = window(days, days_back(today - timedelta(days=1), cfg.baseline_days))
+    relative = cfg.max_relative_increase * t.baseline_mean
+    if relative >= cfg.min_absolute_increase:
+        # today − (1 + r)·baseline > 0, with the baseline's own noise counted.
+        ratio, offset = 1.0 + cfg.max_relative_increase, 0.0
+    else:
+        # today − baseline > the absolute floor.
+        ratio, offset = 1.0, cfg.min_absolute_increase
+    _, low, _, _ = contrast_interval(
+        base.count,
+        t.baseline_mean,
+        base.moments.variance,
+        day.count,
+        t.today_mean,
+        day.moments.variance,
+        ratio=ratio,
+        alpha=cfg.alpha,
+        mixing_sd=cfg.mixing_sd,
+    )
+    lower_bound = float(low) - offset
+    threshold = t.baseline_mean + max(relative, cfg.min_absolute_increase)
     summary = (
         f"today's mean CRL {t.today_mean:.4g} (n={t.today_count}) against the "
         f"{cfg.baseline_days}-day baseline {t.baseline_mean:.4g} (n={t.baseline_count}), "
-        f"threshold {threshold:.4g}"
+        f"threshold {threshold:.4g}, always-valid lower bound of the excess {lower_bound:.4g}"
     )
-    if t.today_mean > threshold:
-        return result(True, f"regression: {summary}", threshold)
-    return result(False, f"no regression: {summary}", threshold)
+    if lower_bound > 0:
+        return result(True, f"regression: {summary}", threshold, lower_bound)
+    return result(False, f"no regression: {summary}", threshold, lower_bound)

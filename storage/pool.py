@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
+
+log = logging.getLogger("learnops.storage")
+T = TypeVar("T")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -24,3 +30,26 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs
     )
+
+
+# Connection trouble is waited out (the source offset does not move meanwhile);
+# anything else PostgreSQL refuses is a property of the data and is the caller's.
+TRANSIENT_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncio.TimeoutError,
+)
+
+
+async def durably(write: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run a database write, retrying with backoff while PostgreSQL is unreachable."""
+    delay = 0.2
+    while True:
+        try:
+            return await write()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("postgres_unavailable what=%s error=%r retry_in=%.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -1,0 +1,77 @@
+"""crl_results and learning_progress: the durable record of every run's loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from models.events import CRLComputed
+
+# One statement per batch: unnest turns the column arrays back into rows, so the
+# statement-level trigger folds the whole batch into learning_progress at once.
+_INSERT = """
+INSERT INTO crl_results (
+    run_id, event_id, source_event_id, doer, phase, policy_id, policy_version, tenant_id,
+    deployment_id, arm, shadow, replay_id, model, occurred_at, loss, terms, contributions,
+    weights_version, gate_failures, security_criticals
+)
+SELECT r.run_id, r.event_id, r.source_event_id, r.doer, r.phase, r.policy_id, r.policy_version,
+       r.tenant_id, r.deployment_id, r.arm, r.shadow, r.replay_id, r.model, r.occurred_at, r.loss,
+       r.terms::jsonb, r.contributions::jsonb, r.weights_version,
+       ARRAY(SELECT jsonb_array_elements_text(r.gate_failures::jsonb)), r.security_criticals
+FROM unnest(
+    $1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
+    $9::text[], $10::text[], $11::bool[], $12::text[], $13::text[], $14::timestamptz[],
+    $15::float8[], $16::text[], $17::text[], $18::text[], $19::text[], $20::int[]
+) AS r(run_id, event_id, source_event_id, doer, phase, policy_id, policy_version, tenant_id,
+       deployment_id, arm, shadow, replay_id, model, occurred_at, loss, terms, contributions,
+       weights_version, gate_failures, security_criticals)
+ON CONFLICT DO NOTHING
+"""
+
+
+async def insert_crl_results(pool: Any, results: Sequence[CRLComputed]) -> int:
+    """Store a batch of results; returns how many were new (redeliveries add nothing)."""
+    if not results:
+        return 0
+    # Within one batch the same run may appear twice (a redelivery in the same
+    # fetch); ON CONFLICT cannot see rows of its own statement, so keep the first.
+    unique = list({r.run_id: r for r in reversed(results)}.values())
+    columns = (
+        [r.run_id for r in unique],
+        [r.event_id for r in unique],
+        [r.source_event_id for r in unique],
+        [r.doer for r in unique],
+        [r.phase for r in unique],
+        [r.policy_id for r in unique],
+        [r.policy_version for r in unique],
+        [r.tenant_id for r in unique],
+        [r.deployment_id for r in unique],
+        [r.arm for r in unique],
+        [r.shadow for r in unique],
+        [r.replay_id for r in unique],
+        [r.model for r in unique],
+        [r.run_occurred_at for r in unique],
+        [r.loss for r in unique],
+        # JSON travels as text: asyncpg would read a list inside jsonb[] as a sub-array.
+        [orjson.dumps(r.terms.model_dump(mode="json")).decode() for r in unique],
+        [orjson.dumps(r.contributions).decode() for r in unique],
+        [r.weights_version for r in unique],
+        [orjson.dumps(r.gate_failures).decode() for r in unique],
+        [r.security_criticals for r in unique],
+    )
+    status = await pool.execute(_INSERT, *columns)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def count_results(pool: Any, doers: Sequence[str] | None = None) -> int:
+    """How many runs have a stored result (optionally only for some doers)."""
+    if doers is None:
+        return int(await pool.fetchval("SELECT count(*) FROM crl_results"))
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM crl_results WHERE doer = ANY($1::text[])", list(doers)
+        )
+    )
