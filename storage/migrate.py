@@ -42,7 +42,7 @@ class Migration:
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migration files in version order; malformed names and gaps are errors."""
+    """The migration files in version order; malformed names and repeated versions are errors."""
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
         match = _NAME.match(path.name)
@@ -56,12 +56,16 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
                 checksum=hashlib.sha256(path.read_bytes()).hexdigest(),
             )
         )
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
+    # Versions must be unique (two branches both adding 004 is the real danger);
+    # a gap is harmless, files still apply in version order.
+    seen: dict[int, str] = {}
+    for migration in found:
+        if migration.version in seen:
             raise MigrationError(
-                f"{migration.path.name}: expected version {expected:03d}; "
-                "versions run 001, 002, … with no gaps"
+                f"{migration.path.name} and {seen[migration.version]} share version "
+                f"{migration.version:03d}; renumber the newer one"
             )
+        seen[migration.version] = migration.path.name
     return found
 
 

@@ -63,3 +63,10 @@ async def test_a_failing_migration_leaves_nothing_behind(empty_db: Any, tmp_path
         await migrate(empty_db, tmp_path)
     assert await empty_db.fetchval("SELECT to_regclass('half_done')") is None
     assert await empty_db.fetchval("SELECT max(version) FROM schema_migrations") == next_version - 1
+
+
+def test_two_files_with_one_version_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "001_b.sql").write_text("SELECT 2;")
+    with pytest.raises(MigrationError, match="share version 001"):
+        discover(tmp_path)
