@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -15,8 +16,9 @@ from rich.table import Table
 
 from agents.cli import GroupedCommand, command
 from agents.topics import read_from_start
-from learning.simulation import Orchestrator, bad_inputs
-from models.events import DeadLetter
+from learning.simulation import DOERS, Orchestrator, bad_inputs
+from models.events import Alert, DeadLetter
+from storage.crl import count_results
 from storage.pool import create_pool
 
 
@@ -28,10 +30,9 @@ def demo() -> None:
 @command(
     demo,
     "simulate",
-    click.option("--runs", type=int, default=500, show_default=True, help="Bundles to publish."),
-    click.option(
-        "--bad", type=int, default=12, show_default=True, help="Malformed events mixed in."
-    ),
+    click.option("--runs", type=int, default=1400, show_default=True, help="Bundles to publish."),
+    click.option("--days", type=int, default=14, show_default=True, help="Days they span."),
+    click.option("--bad", type=int, default=12, show_default=True, help="Malformed events."),
     click.option(
         "--redeliver",
         type=int,
@@ -39,13 +40,40 @@ def demo() -> None:
         show_default=True,
         help="Bundles published a second time, as a redelivery would.",
     ),
+    click.option(
+        "--regress",
+        default="CodeReviewer",
+        show_default=True,
+        help="A doer whose runs get much worse on the last day ('' for none).",
+    ),
     click.option("--seed", type=int, default=7, show_default=True),
+    click.option("--run-prefix", default="", help="Prefix of the run ids (default: demo-<time>)."),
 )
-async def simulate(self: GroupedCommand, runs: int, bad: int, redeliver: int, seed: int) -> None:
+async def simulate(
+    self: GroupedCommand,
+    runs: int,
+    days: int,
+    bad: int,
+    redeliver: int,
+    regress: str,
+    seed: int,
+    run_prefix: str,
+) -> None:
     """Publish bundles as an orchestrator would, with bad input and redeliveries mixed in."""
     settings = self.lapp.settings
-    orchestrator = Orchestrator(seed=seed)
-    good = [(b.doer.encode(), b.to_json()) for b in orchestrator.bundles(runs)]
+    # Each simulation is new runs: with the same ids they would all be duplicates.
+    orchestrator = Orchestrator(seed=seed, run_prefix=run_prefix or f"demo-{int(time.time())}")
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
+        days=days - 1
+    )
+    step = timedelta(days=days) / max(1, runs)
+    bundles = []
+    for i in range(runs):
+        when = start + step * i
+        doer = orchestrator.doers[i % len(orchestrator.doers)]
+        worse = doer == regress and when >= start + timedelta(days=days - 1)
+        bundles.append(orchestrator.bundle(doer, occurred_at=when, quality=0.1 if worse else None))
+    good = [(b.doer.encode(), b.to_json()) for b in bundles]
     broken = [(b.key, b.value) for b in bad_inputs(orchestrator, bad)]
     # Spread the bad events and the redeliveries through the stream.
     messages = list(good)
@@ -70,7 +98,10 @@ async def simulate(self: GroupedCommand, runs: int, bad: int, redeliver: int, se
     elapsed = time.perf_counter() - started
     self.say(
         f"published {len(messages)} events to learning.run-completed in {elapsed:.2f}s: "
-        f"{runs} distinct runs, {redeliver} redelivered, {bad} malformed"
+        f"{runs} distinct runs ({orchestrator.run_prefix}-…) of {len(orchestrator.doers)} doers "
+        f"over {days} days "
+        f"(ending today), {redeliver} redelivered, {bad} malformed"
+        + (f"; {regress} regresses on the last day" if regress else "")
     )
 
 
@@ -80,42 +111,82 @@ async def simulate(self: GroupedCommand, runs: int, bad: int, redeliver: int, se
     click.option(
         "--expect-runs", type=int, default=0, help="Wait until this many runs are stored."
     ),
+    click.option("--run-prefix", default="", help="Count only runs whose id starts with this."),
     click.option("--timeout", type=float, default=60.0, show_default=True),
+    click.option("--doer", default="CodeReviewer", show_default=True, help="Whose trend to show."),
 )
-async def report(self: GroupedCommand, expect_runs: int, timeout: float) -> None:
-    """Show runs stored per doer and the dead letters, with their reasons."""
+async def report(
+    self: GroupedCommand, expect_runs: int, run_prefix: str, timeout: float, doer: str
+) -> None:
+    """Show CRL per doer, one doer's daily trend, the alerts and the dead letters."""
     settings = self.lapp.settings
-    console = Console(file=self.stdout)
+    console = Console(file=self.stdout, width=120)
+    doers = list(DOERS)
     pool = await create_pool(settings.database_dsn, min_size=1, max_size=2)
     try:
         deadline = time.monotonic() + timeout
         while True:
-            total = int(await pool.fetchval("SELECT count(*) FROM runs"))
-            if total >= expect_runs or time.monotonic() > deadline:
+            stored = int(await pool.fetchval(_STORED, f"{run_prefix}%"))
+            if stored >= expect_runs or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        rows = await pool.fetch(
-            "SELECT doer, count(*) AS runs, count(DISTINCT policy_id) AS policies, "
-            "min(occurred_at) AS first, max(occurred_at) AS last "
-            "FROM runs GROUP BY doer ORDER BY doer"
-        )
+        total = await count_results(pool, doers)
+        latest = await pool.fetch(_LATEST_PER_DOER, doers)
+        trend = list(reversed(await pool.fetch(_TREND, doer)))
     finally:
         await pool.close()
 
-    table = Table(title=f"PostgreSQL: runs ({total} rows, one per distinct run)")
-    for column in ("doer", "runs", "policies", "first run", "last run"):
-        table.add_column(column)
-    for row in rows:
+    table = Table(
+        title=f"CRL per doer: {stored} runs of this simulation stored, "
+        f"{total} in crl_results for these doers (one row per distinct run)"
+    )
+    for column in ("doer", "runs", "last day", "mean", "7-day", "30-day", "vs baseline"):
+        table.add_column(column, justify="left" if column == "doer" else "right")
+    for row in latest:
         table.add_row(
             row["doer"],
-            str(row["runs"]),
-            str(row["policies"]),
-            f"{row['first']:%Y-%m-%d %H:%M}",
-            f"{row['last']:%Y-%m-%d %H:%M}",
+            str(row["runs_30d"]),
+            f"{row['day']}",
+            _f(row["mean_crl"]),
+            _f(row["mean_crl_7d"]),
+            _f(row["mean_crl_30d"]),
+            _pct(row["delta_pct"]),
         )
     console.print(table)
 
-    letters = await _dead_letters(settings)
+    daily = Table(title=f"Daily CRL of {doer} (v_crl_trend_by_doer; lower is better)")
+    for column in ("day", "runs", "mean", "7-day", "baseline", ""):
+        daily.add_column(column, justify="right")
+    top = max((r["mean_crl"] for r in trend), default=1.0) or 1.0
+    for row in trend:
+        bar = "█" * max(1, round(30 * row["mean_crl"] / top))
+        daily.add_row(
+            f"{row['day']}",
+            str(row["runs"]),
+            _f(row["mean_crl"]),
+            _f(row["mean_crl_7d"]),
+            _f(row["baseline_crl"]),
+            f"[{'red' if _regressed(row) else 'green'}]{bar}",
+        )
+    console.print(daily)
+
+    records = await read_from_start(settings, "learning.alerts")
+    alerts = [a for a in (Alert.from_json(r.value) for r in records) if a.doer in doers]
+    shown = Table(title=f"learning.alerts: {len(alerts)} alerts")
+    for column in ("kind", "doer", "value", "baseline", "threshold", "message"):
+        shown.add_column(column, overflow="fold")
+    for alert in alerts[-10:]:
+        shown.add_row(
+            alert.kind,
+            alert.doer,
+            _f(alert.value),
+            _f(alert.baseline),
+            _f(alert.threshold),
+            alert.message[:70],
+        )
+    console.print(shown)
+
+    letters = [d for d in await _dead_letters(settings) if d.doer in doers]
     kinds = Counter((d.stage, d.error_type) for d in letters)
     dlq = Table(title=f"learning.dlq: {len(letters)} dead letters")
     for column in ("stage", "error", "count", "example reason", "from"):
@@ -130,8 +201,33 @@ async def report(self: GroupedCommand, expect_runs: int, timeout: float) -> None
             f"{example.topic}[{example.partition}]@{example.offset}",
         )
     console.print(dlq)
-    if expect_runs and total < expect_runs:
-        raise SystemExit(f"learnops: only {total} of {expect_runs} runs stored after {timeout}s")
+    if expect_runs and stored < expect_runs:
+        raise SystemExit(f"learnops: only {stored} of {expect_runs} runs stored after {timeout}s")
+
+
+_STORED = "SELECT count(*) FROM crl_results WHERE run_id LIKE $1"
+_LATEST_PER_DOER = """
+SELECT DISTINCT ON (doer) doer, day, mean_crl, mean_crl_7d, mean_crl_30d, runs_30d,
+       delta_vs_baseline / nullif(baseline_crl, 0) AS delta_pct
+FROM v_crl_trend_by_doer WHERE doer = ANY($1::text[]) ORDER BY doer, day DESC
+"""
+_TREND = """
+SELECT day, runs, mean_crl, mean_crl_7d, baseline_crl
+FROM v_crl_trend_by_doer WHERE doer = $1 ORDER BY day DESC LIMIT 14
+"""
+
+
+def _f(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.0%}"
+
+
+def _regressed(row: Any) -> bool:
+    base = row["baseline_crl"]
+    return base is not None and row["mean_crl"] > 1.1 * base
 
 
 async def _dead_letters(settings: Any) -> list[DeadLetter]:

@@ -40,12 +40,13 @@ done
 grep -q '\[^Worker\]: Ready' "$log" || { echo "worker not ready after 90 s:"; tail -30 "$log"; exit 1; }
 echo "worker ready (pid $worker, log $log, web http://127.0.0.1:$LEARNOPS_WEB_PORT)"
 
-runs="${DEMO_RUNS:-500}"
+runs="${DEMO_RUNS:-1400}"
+prefix="demo-$(date +%s)"
 step "Simulated orchestrator"
-"$bin/learnops" demo simulate --runs "$runs" --bad 12 --redeliver 25
+"$bin/learnops" demo simulate --runs "$runs" --days 14 --bad 12 --redeliver 25 --run-prefix "$prefix"
 
 step "What happened"
-"$bin/learnops" demo report --expect-runs "$runs" --timeout 90
+"$bin/learnops" demo report --expect-runs "$runs" --run-prefix "$prefix" --timeout 120
 
 step "Done"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
