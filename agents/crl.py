@@ -1,9 +1,16 @@
 """The CRL stage: learning.run-completed → the run's loss, daily aggregates, regression alerts.
 
-Decode → score (learning.crl) → fold into the daily tables (learning.trends) →
-emit learning.crl-computed, and learning.alerts when a doer's day regresses.
-Replay and shadow runs are scored and emitted like any run but never folded
-into the live aggregates.
+Per batch of events: decode → score (learning.crl) → emit learning.crl-computed
+per run; then fold the batch's live runs into the daily tables once per key
+(learning.trends) and check each touched doer-day for a regression
+(learning.alerts). Replay and shadow runs are scored and emitted like any run
+but never folded into the live aggregates.
+
+Batches, not single events, because each table write is a changelog record:
+folding 1,000 runs of 5 doers costs 15 writes instead of 3,000, and the
+regression check reads a doer's week once per batch instead of once per run.
+Faust acks a batch's offsets after the body returns, so nothing is acked
+before its effects are written (and flushed, before the commit).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from typing import Any
 
 from agents.app import app
 from agents.codecs import decode
-from agents.dlq import dead_letter, guarded
+from agents.dlq import dead_letter, guarded, guarded_batch
+from agents.tables import SEPARATOR, DoerPartitions, doer_table
 from learning.crl import BundleError, score_bundle
 from learning.trends import DailyCRL, check_regression, day_of, days_back
 from models.events import Alert, CRLComputed, RunCompleted
@@ -27,60 +35,49 @@ alerts = app.topic("learning.alerts", key_type=bytes, value_type=bytes)
 
 DAY = timedelta(days=1)
 HISTORY_DAYS = 30
+BATCH = 1000
+WITHIN_SECONDS = 0.02  # the longest a run waits for its batch to fill
+
+partitions = DoerPartitions()
 
 
-def _daily_table(name: str, help_: str) -> Any:
-    # One DailyCRL (Moments + quantile sketch) per key and UTC day, kept 30 days;
-    # with no key or value type, Faust serialises keys and values as JSON.
-    return app.Table(
+def _daily(name: str, help_: str, default: Any = dict) -> Any:
+    # One value per key and UTC day, kept 30 days; no key or value type, so
+    # Faust serialises both as JSON.
+    return doer_table(
+        app,
         name,
-        default=dict,
-        partitions=app.catalog.partitions,
-        help=help_,
-    ).tumbling(DAY, expires=timedelta(days=HISTORY_DAYS))
+        partitions,
+        default=default,
+        help_=help_,
+        window=DAY,
+        expires=timedelta(days=HISTORY_DAYS),
+    )
 
 
-by_doer = _daily_table("crl-daily-doer", "Daily CRL per doer")
-by_phase = _daily_table("crl-daily-phase", "Daily CRL per doer and phase")
-by_policy = _daily_table("crl-daily-policy", "Daily CRL per doer and policy version")
-# Runs already folded, by run id, over the same 30-day horizon as the aggregates:
-# a redelivered bundle must not be counted twice (older duplicates would only
+by_doer = _daily("crl-daily-doer", "Daily CRL (Moments + p95 sketch) per doer")
+by_phase = _daily("crl-daily-phase", "Daily CRL per doer/phase")
+by_policy = _daily("crl-daily-policy", "Daily CRL per doer/policy@version")
+# Runs already folded, by doer/run id, over the same 30-day horizon as the
+# aggregates: a redelivered bundle is folded once (older duplicates would only
 # touch expired days anyway).
-folded: Any = app.Table(
-    "crl-folded-runs",
-    default=bool,
-    partitions=app.catalog.partitions,
-    help="Run ids already folded into the daily aggregates",
-).tumbling(DAY, expires=timedelta(days=HISTORY_DAYS))
-# Which doer-days have already raised a regression alert (one alert per doer and day).
-alerted = app.Table(
-    "crl-alerted",
-    default=bool,
-    partitions=app.catalog.partitions,
-)
+folded = _daily("crl-folded-runs", "Run ids already folded into the aggregates", default=bool)
+# Doer-days that already raised a regression alert: one alert per doer and day.
+alerted = doer_table(app, "crl-alerted", partitions, default=bool, help_="Alerted doer/days")
 
 
 def _day_start(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
-def fold(table: Any, key: str, result: CRLComputed) -> None:
-    """Add the result's loss to the key's aggregate for the run's day."""
-    at = table.relative_to(result.run_occurred_at)
-    current = at[key].value()
-    daily = DailyCRL.from_dict(current) if current else DailyCRL()
-    daily.add(result.loss)
-    at[key] = daily.to_dict()
-
-
-def history(table: Any, key: str, today: date) -> dict[date, DailyCRL]:
-    """The key's daily aggregates for the 30 days ending today (days with data only)."""
-    days: dict[date, DailyCRL] = {}
-    for day in days_back(today, HISTORY_DAYS):
+def history(table: Any, key: str, today: date, days: int = HISTORY_DAYS) -> dict[date, DailyCRL]:
+    """The key's daily aggregates for the ``days`` ending today (days with data only)."""
+    found: dict[date, DailyCRL] = {}
+    for day in days_back(today, days):
         value = table.relative_to(_day_start(day))[key].value()
         if value:
-            days[day] = DailyCRL.from_dict(value)
-    return days
+            found[day] = DailyCRL.from_dict(value)
+    return found
 
 
 def counts_toward_live(result: CRLComputed) -> bool:
@@ -88,17 +85,74 @@ def counts_toward_live(result: CRLComputed) -> bool:
     return result.replay_id is None and not result.shadow
 
 
-async def _maybe_alert(result: CRLComputed) -> None:
-    today = day_of(result.run_occurred_at)
-    flag = f"{result.doer}|{today.isoformat()}"
+class BatchFold:
+    """The batch's live runs, folded per table, key and day before one write each."""
+
+    def __init__(self) -> None:
+        self.aggregates: dict[tuple[int, str, date], tuple[Any, DailyCRL]] = {}
+        self.runs: set[tuple[str, date]] = set()
+
+    def add(self, result: CRLComputed) -> bool:
+        """Fold one run unless it was folded before (in this batch or an earlier one)."""
+        day = day_of(result.run_occurred_at)
+        run_key = f"{result.doer}{SEPARATOR}{result.run_id}"
+        if (run_key, day) in self.runs or folded.relative_to(_day_start(day))[run_key].value():
+            return False
+        self.runs.add((run_key, day))
+        doer = result.doer
+        for table, key in (
+            (by_doer, doer),
+            (by_phase, f"{doer}{SEPARATOR}{result.phase}"),
+            (by_policy, f"{doer}{SEPARATOR}{result.policy_id}@{result.policy_version}"),
+        ):
+            slot = (id(table), key, day)
+            if slot not in self.aggregates:
+                stored = table.relative_to(_day_start(day))[key].value()
+                self.aggregates[slot] = (
+                    table,
+                    DailyCRL.from_dict(stored) if stored else DailyCRL(),
+                )
+            self.aggregates[slot][1].add(result.loss)
+        return True
+
+    def write(self) -> set[tuple[str, date]]:
+        """Write every touched aggregate and run mark once; the doer-days touched."""
+        touched = set()
+        for (_, key, day), (table, daily) in self.aggregates.items():
+            table.relative_to(_day_start(day))[key] = daily.to_dict()
+            if table is by_doer:
+                touched.add((key, day))
+        for run_key, day in self.runs:
+            folded.relative_to(_day_start(day))[run_key] = True
+        return touched
+
+
+async def _score(event: Any) -> CRLComputed | None:
+    bundle = await decode(event, RunCompleted, stage="crl")
+    if bundle is None:
+        return None
+    config = app.learning
+    try:
+        return score_bundle(bundle, config.weights, config.objectives)
+    except BundleError as exc:
+        await dead_letter(
+            event, stage="crl", error_type="bundle", reason=exc.reason, doer=bundle.doer
+        )
+        return None
+
+
+async def _check_regression(doer: str, today: date) -> None:
+    flag = f"{doer}{SEPARATOR}{today.isoformat()}"
     if alerted[flag]:
         return
-    check = check_regression(history(by_doer, result.doer, today), today, app.learning.trends)
+    trends = app.learning.trends
+    days = history(by_doer, doer, today, trends.baseline_days + 1)
+    check = check_regression(days, today, trends)
     if not check.regressed:
         return
     alerted[flag] = True
     alert = Alert(
-        doer=result.doer,
+        doer=doer,
         kind="crl_regression",
         severity="warning",
         message=check.reason,
@@ -109,13 +163,14 @@ async def _maybe_alert(result: CRLComputed) -> None:
             "day": today.isoformat(),
             "today_count": check.today_count,
             "baseline_count": check.baseline_count,
-            "baseline_days": app.learning.trends.baseline_days,
+            "baseline_days": trends.baseline_days,
+            "lower_bound": check.lower_bound,
         },
     )
-    await alerts.send(key=result.doer.encode(), value=alert.to_json())
+    await alerts.send(key=doer.encode(), value=alert.to_json())
     log.warning(
         "crl_regression doer=%s day=%s measured=%.4f baseline=%.4f threshold=%.4f",
-        result.doer,
+        doer,
         today,
         check.measured,
         check.baseline,
@@ -125,31 +180,20 @@ async def _maybe_alert(result: CRLComputed) -> None:
 
 @app.agent(run_completed, name="crl")
 async def crl(stream: Any) -> None:
-    """Decode → score → fold into the daily tables → emit; bad input to the DLQ."""
-    async for event in stream.events():
-        async with guarded(event, stage="crl"):
-            await _score(event)
-
-
-async def _score(event: Any) -> None:
-    config = app.learning
-    bundle = await decode(event, RunCompleted, stage="crl")
-    if bundle is None:
-        return
-    try:
-        result = score_bundle(bundle, config.weights, config.objectives)
-    except BundleError as exc:
-        await dead_letter(
-            event, stage="crl", error_type="bundle", reason=exc.reason, doer=bundle.doer
-        )
-        return
-    seen = folded.relative_to(result.run_occurred_at)
-    if counts_toward_live(result) and not seen[result.run_id].value():
-        seen[result.run_id] = True
-        fold(by_doer, result.doer, result)
-        fold(by_phase, f"{result.doer}/{result.phase}", result)
-        fold(by_policy, f"{result.doer}/{result.policy_id}@{result.policy_version}", result)
-        await _maybe_alert(result)
-    # Emitted for duplicates too: downstream writes are idempotent by run id,
-    # and a crash between the table writes and this send must not lose it.
-    await crl_computed.send(key=result.doer.encode(), value=result.to_json())
+    """Score each run and emit it; fold the batch into the daily tables; check regressions."""
+    async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+        async with guarded_batch(events, stage="crl"):
+            batch = BatchFold()
+            for event in events:
+                async with guarded(event, stage="crl"):
+                    result = await _score(event)
+                    if result is None:
+                        continue
+                    partitions.seen(result.doer, event.message.partition)
+                    if counts_toward_live(result):
+                        batch.add(result)
+                    # Emitted for duplicates too: downstream writes are idempotent by
+                    # run id, and a crash before the table writes must not lose it.
+                    await crl_computed.send(key=result.doer.encode(), value=result.to_json())
+            for doer, day in sorted(batch.write()):
+                await _check_regression(doer, day)

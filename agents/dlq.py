@@ -36,6 +36,7 @@ async def dead_letter(
         stage=stage,
         error_type=error_type,
         doer=doer,
+        consumer=app.conf.id,
     )
     await dlq_topic.send(key=letter.doer.encode(), value=letter.to_json())
     DEAD_LETTERS.labels(stage, error_type).inc()
@@ -69,3 +70,20 @@ async def guarded(event: Any, *, stage: str) -> AsyncIterator[None]:
         reason = f"internal error {type(exc).__name__} at {frame.filename}:{frame.lineno}: {exc}"
         log.exception("internal_error stage=%s", stage)
         await dead_letter(event, stage=stage, error_type="internal", reason=reason[:1000])
+
+
+@asynccontextmanager
+async def guarded_batch(events: list[Any], *, stage: str) -> AsyncIterator[None]:
+    """Like :func:`guarded` for a batch body: on an unexpected error every event is dead-lettered.
+
+    ``stream.take_events`` acks the whole batch when the body ends, even by an
+    exception, so without this a crash in a batch body would drop the batch.
+    """
+    try:
+        yield
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        reason = f"internal error {type(exc).__name__} at {frame.filename}:{frame.lineno}: {exc}"
+        log.exception("internal_error stage=%s batch=%d", stage, len(events))
+        for event in events:
+            await dead_letter(event, stage=stage, error_type="internal", reason=reason[:1000])

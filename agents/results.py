@@ -16,7 +16,7 @@ import asyncpg
 from agents.app import app
 from agents.codecs import decode
 from agents.crl import crl_computed
-from agents.dlq import dead_letter
+from agents.dlq import dead_letter, guarded_batch
 from models.events import CRLComputed
 from storage.crl import insert_crl_results
 from storage.pool import durably
@@ -31,23 +31,29 @@ WITHIN_SECONDS = 0.05  # at most this long between a result and its row, under l
 async def results(stream: Any) -> None:
     """Write each batch of CRL results to crl_results with one statement."""
     async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
-        decoded = [(event, await decode(event, CRLComputed, stage="results")) for event in events]
-        batch = [result for _, result in decoded if result is not None]
-        try:
-            await durably(partial(insert_crl_results, app.pool, batch), what="crl_results")
-        except asyncpg.PostgresError as exc:
-            # One bad row fails the statement; write row by row to find it.
-            log.warning("batch_rejected error=%r rows=%d; retrying one by one", exc, len(batch))
-            for event, result in decoded:
-                if result is None:
-                    continue
-                try:
-                    await durably(partial(insert_crl_results, app.pool, [result]), what="row")
-                except asyncpg.PostgresError as row_exc:
-                    await dead_letter(
-                        event,
-                        stage="results",
-                        error_type="storage",
-                        reason=str(row_exc),
-                        doer=result.doer,
-                    )
+        async with guarded_batch(events, stage="results"):
+            await _store(events)
+
+
+async def _store(events: list[Any]) -> None:
+    """Decode the batch and insert it with one statement; find a bad row one by one."""
+    decoded = [(event, await decode(event, CRLComputed, stage="results")) for event in events]
+    batch = [result for _, result in decoded if result is not None]
+    try:
+        await durably(partial(insert_crl_results, app.pool, batch), what="crl_results")
+    except asyncpg.PostgresError as exc:
+        # One bad row fails the statement; write row by row to find it.
+        log.warning("batch_rejected error=%r rows=%d; retrying one by one", exc, len(batch))
+        for event, result in decoded:
+            if result is None:
+                continue
+            try:
+                await durably(partial(insert_crl_results, app.pool, [result]), what="row")
+            except asyncpg.PostgresError as row_exc:
+                await dead_letter(
+                    event,
+                    stage="results",
+                    error_type="storage",
+                    reason=str(row_exc),
+                    doer=result.doer,
+                )

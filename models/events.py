@@ -306,6 +306,7 @@ class DeadLetter(Event):
     reason: Annotated[str, Field(min_length=1)]
     stage: Identifier  # the agent that rejected it
     error_type: Identifier  # e.g. "ValidationError", "BundleError"
+    consumer: Identifier | None = None  # the consumer group (app id) whose stage rejected it
 
     @field_validator("doer", mode="before")
     @classmethod
@@ -337,6 +338,7 @@ class DeadLetter(Event):
         stage: str,
         error_type: str,
         doer: str | None = None,
+        consumer: str | None = None,
     ) -> DeadLetter:
         """Return a dead letter holding ``value`` and ``key`` verbatim, keyed by the best doer."""
         return cls(
@@ -349,6 +351,7 @@ class DeadLetter(Event):
             reason=reason,
             stage=stage,
             error_type=error_type,
+            consumer=consumer,
         )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +12,16 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.services import REPO, WorkerProcess, free_port, kafka_service, postgres_service
+from tests.services import (
+    INPUT_TOPICS,
+    REPO,
+    WorkerProcess,
+    end_offsets,
+    free_port,
+    kafka_service,
+    postgres_service,
+    start_group_at,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -112,16 +122,20 @@ async def topics(settings: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def worker(
+async def worker(
     topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
+) -> AsyncIterator[WorkerProcess]:
     """One `learnops worker` process for the session; tests use their own doers."""
     process = WorkerProcess(
         env=settings_env, log_path=tmp_path_factory.mktemp("logs") / "worker.log"
     )
-    process.start()
+    # On a shared broker the input topics hold earlier sessions' events; this
+    # session's worker starts after them (tests use their own doers anyway).
+    bootstrap = settings_env["KAFKA_BOOTSTRAP_SERVERS"]
+    await start_group_at(bootstrap, process.app_id, await end_offsets(bootstrap, INPUT_TOPICS))
+    await asyncio.to_thread(process.start)
     yield process
-    process.stop()
+    await asyncio.to_thread(process.stop)
 
 
 @pytest.fixture(scope="session")

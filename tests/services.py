@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_STATE_DIR = REPO / ".local" / "test"
@@ -175,3 +176,57 @@ class WorkerProcess:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# Topics a fresh test worker need not read from the beginning: inputs whose
+# history belongs to earlier sessions on a shared broker. Compacted state
+# topics (learning.policy-changes, learning.skill-cards) are read from the start.
+INPUT_TOPICS = (
+    "learning.run-completed",
+    "learning.task-routed",
+    "learning.crl-computed",
+    "learning.commands",
+    "learning.decisions",
+    "learning.samples",
+    "learning.experiments",
+    "learning.replay-tasks",
+)
+
+
+async def end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[Any, int]:
+    """The current end offset of every partition of these topics."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        known = await consumer.topics()
+        partitions = []
+        for topic in topics:
+            if topic not in known:
+                continue
+            for _ in range(100):
+                found = consumer.partitions_for_topic(topic)
+                if found:
+                    break
+                await consumer._client.force_metadata_update()
+            partitions += [TopicPartition(topic, p) for p in sorted(found or ())]
+        return dict(await consumer.end_offsets(partitions)) if partitions else {}
+    finally:
+        await consumer.stop()
+
+
+async def start_group_at(bootstrap: str, group: str, offsets: dict[Any, int]) -> None:
+    """Commit ``offsets`` for ``group``, so a worker in that group reads only what follows."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import OffsetAndMetadata
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+    finally:
+        await consumer.stop()

@@ -1,0 +1,76 @@
+"""Faust tables keyed by doer that can be written once per batch, not once per event.
+
+Faust sends a table change to the changelog partition of the event being
+processed (``current_event()``), so that a partition's state is recovered by the
+worker that owns the partition. A batch body (``stream.take_events``) has no
+current event, and Faust refuses the write. Every key of ours starts with the
+doer, and every topic is keyed by doer, so the right partition is known: the
+one this doer's events arrived on. The agent records it per event (``seen``)
+and the table uses it, whatever partitioner the producer used.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from faust.tables.table import Table
+
+SEPARATOR = "/"
+
+
+def doer_of(key: Any) -> str:
+    """The doer a table key belongs to: the part before the first '/' (windowed keys too)."""
+    if isinstance(key, tuple | list):  # (key, window_range) of a windowed table
+        key = key[0]
+    return str(key).split(SEPARATOR, 1)[0]
+
+
+class DoerPartitions:
+    """Which source partition each doer's events arrived on, as the agent saw them."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[str, int] = {}
+
+    def seen(self, doer: str, partition: int) -> None:
+        """Record the partition of an event of this doer."""
+        self._partitions[doer] = partition
+
+    def of(self, key: Any) -> int:
+        """The partition of the doer a key belongs to; an error if none was seen."""
+        doer = doer_of(key)
+        try:
+            return self._partitions[doer]
+        except KeyError:
+            raise RuntimeError(
+                f"no event of doer {doer!r} seen yet: cannot place its table change"
+            ) from None
+
+
+class DoerTable(Table):
+    """A table whose changelog partition follows the doer in the key."""
+
+    partitions_of: DoerPartitions
+
+    def partition_for_key(self, key: Any) -> int | None:
+        """The partition of the key's doer (so batch bodies can write)."""
+        return self.partitions_of.of(key)
+
+
+def doer_table(
+    app: Any,
+    name: str,
+    partitions: DoerPartitions,
+    *,
+    default: Any,
+    help_: str,
+    window: timedelta | None = None,
+    expires: timedelta | None = None,
+) -> Any:
+    """Register a DoerTable on the app; tumbling-windowed when ``window`` is given."""
+    table = DoerTable(
+        app, name=name, default=default, partitions=app.catalog.partitions, help=help_
+    )
+    table.partitions_of = partitions
+    app.tables.add(table)
+    return table.tumbling(window, expires=expires) if window else table

@@ -1,0 +1,296 @@
+"""Throughput and latency of the CRL pipeline against raw aiokafka, on the same broker and messages.
+
+    KAFKA_BOOTSTRAP_SERVERS=… DATABASE_URL=… python bench/crl_pipeline.py [--events 50000]
+
+1. Publishes N realistic bundles (about 1 KB each) to learning.run-completed.
+2. Baselines, reading exactly those messages with raw aiokafka (getmany, no
+   consumer group): decode with orjson; decode and validate with pydantic
+   (what the pipeline does first); and validate + score in a loop with no
+   Kafka at all (the pipeline's own CPU work, for context).
+3. The pipeline: a real `learnops worker` process whose consumer group starts
+   at those messages (offsets committed before it starts). Throughput is N
+   over the time from the worker's first CRL result to its N-th on
+   learning.crl-computed, and to the N-th row in crl_results.
+4. Latency: bundles published at a paced rate (default 1,000/s for 10 s) while
+   the worker is running; publish → arrival on learning.crl-computed, p50/p99.
+
+Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agents.settings import load_learning_config  # noqa: E402
+from agents.topics import ensure, load_catalog  # noqa: E402
+from learning.crl import score_bundle  # noqa: E402
+from learning.simulation import Orchestrator  # noqa: E402
+from models.events import RunCompleted  # noqa: E402
+from storage.migrate import migrate  # noqa: E402
+from storage.pool import create_pool  # noqa: E402
+from tests.services import WorkerProcess, end_offsets, free_port, start_group_at  # noqa: E402
+
+SOURCE, OUTPUT = "learning.run-completed", "learning.crl-computed"
+console = Console()
+
+
+async def publish(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=1 << 20
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = [await producer.send(SOURCE, key=k, value=v) for k, v in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def raw_consume(
+    bootstrap: str, start: dict[TopicPartition, int], n: int, decode: str
+) -> float:
+    """Seconds for raw aiokafka to read and decode ``n`` messages from ``start``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        seen = 0
+        began = time.perf_counter()
+        while seen < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    if decode == "orjson":
+                        orjson.loads(record.value)
+                    else:
+                        RunCompleted.model_validate_json(record.value)
+                seen += sum(len(r) for r in batches.values())
+        return time.perf_counter() - began
+    finally:
+        await consumer.stop()
+
+
+async def count_new(bootstrap: str, start: dict[TopicPartition, int]) -> int:
+    ends = await end_offsets(bootstrap, (OUTPUT,))
+    return sum(ends[tp] - start[tp] for tp in start)
+
+
+async def wait_for_outputs(
+    bootstrap: str, start: dict[TopicPartition, int], n: int, timeout: float
+) -> tuple[float | None, float]:
+    """Times (perf_counter) of the first and the n-th output appearing on learning.crl-computed."""
+    first = None
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        done = await count_new(bootstrap, start)
+        now = time.perf_counter()
+        if done and first is None:
+            first = now
+        if done >= n:
+            return first, now
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"only {await count_new(bootstrap, start)} of {n} outputs after {timeout}s")
+
+
+async def latency(
+    bootstrap: str, orchestrator: Orchestrator, rate: int, seconds: float
+) -> list[float]:
+    """Publish at ``rate``/s and measure publish → arrival on learning.crl-computed (ms)."""
+    consumer = AIOKafkaConsumer(
+        OUTPUT,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=5,
+    )
+    await consumer.start()
+    while not consumer.assignment():
+        await asyncio.sleep(0.05)
+    for tp in consumer.assignment():
+        await consumer.seek_to_end(tp)
+        await consumer.position(tp)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    await producer.start()
+    sent: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    total = int(rate * seconds)
+
+    async def receive() -> None:
+        while len(arrived) < total:
+            for records in (await consumer.getmany(timeout_ms=50)).values():
+                now = time.perf_counter()
+                for record in records:
+                    run_id = orjson.loads(record.value)["run_id"]
+                    if run_id in sent:
+                        arrived.setdefault(run_id, now)
+
+    receiver = asyncio.create_task(receive())
+    bundles = [orchestrator.bundle() for _ in range(total)]
+    began = time.perf_counter()
+    for i, bundle in enumerate(bundles):
+        target = began + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent[bundle.run_id] = time.perf_counter()
+        await producer.send(SOURCE, key=bundle.doer.encode(), value=bundle.to_json())
+    try:
+        await asyncio.wait_for(receiver, timeout=seconds + 60)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return [(arrived[r] - sent[r]) * 1000 for r in arrived]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rate", type=int, default=1000, help="events/s in the latency phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    args = parser.parse_args()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    server_dsn = os.environ.get(
+        "DATABASE_URL", "postgresql://learnops:learnops@127.0.0.1:15432/learnops"
+    )
+    tag = uuid.uuid4().hex[:8]
+
+    from agents.settings import Settings
+
+    settings = Settings(kafka_bootstrap_servers=bootstrap, database_url=server_dsn)
+    await ensure(settings, load_catalog(REPO / "topics.yaml"))
+    database = f"learnops_bench_{tag}"
+    admin = await asyncpg.connect(server_dsn)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    await admin.close()
+    dsn = urlunsplit(urlsplit(server_dsn)._replace(path=f"/{database}"))
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    await migrate(pool)
+
+    n = args.events
+    orchestrator = Orchestrator(seed=11, run_prefix=f"bench-{tag}")
+    bundles = list(orchestrator.bundles(n))
+    messages = [(b.doer.encode(), b.to_json()) for b in bundles]
+    size = sum(len(v) for _, v in messages) / n
+    console.print(f"[bold]{n} bundles, {size:.0f} bytes each on average[/bold]")
+
+    source_start = await end_offsets(bootstrap, (SOURCE,))
+    output_start = await end_offsets(bootstrap, (OUTPUT,))
+    app_id = f"bench-{tag}"
+    await start_group_at(bootstrap, app_id, {**source_start, **output_start})
+    publish_s = await publish(bootstrap, messages)
+
+    orjson_s = await raw_consume(bootstrap, source_start, n, "orjson")
+    pydantic_s = await raw_consume(bootstrap, source_start, n, "pydantic")
+    config = load_learning_config(REPO / "config" / "learning.yaml")
+    began = time.perf_counter()
+    for _, value in messages:
+        score_bundle(RunCompleted.model_validate_json(value), config.weights, config.objectives)
+    compute_s = time.perf_counter() - began
+
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DATABASE_URL": dsn,
+        "LEARNOPS_WEB_PORT": str(free_port()),
+        "LEARNOPS_DATA_DIR": tempfile.mkdtemp(prefix="bench-worker-"),
+    }
+    worker = WorkerProcess(env=env, log_path=Path(tempfile.mkdtemp()) / "worker.log", app_id=app_id)
+    worker.start()
+    try:
+        ready = time.perf_counter()
+        first, last = await wait_for_outputs(bootstrap, output_start, n, timeout=900)
+        while int(await pool.fetchval("SELECT count(*) FROM crl_results")) < n:
+            await asyncio.sleep(0.05)
+        stored = time.perf_counter()
+        worker_cpu = _child_cpu(worker)
+        lat = await latency(bootstrap, orchestrator, args.rate, args.seconds)
+    finally:
+        worker.stop()
+        await pool.close()
+        admin = await asyncpg.connect(server_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+
+    assert first is not None
+    pipeline_rate = n / (last - first)
+    baseline_rate = n / pydantic_s
+    table = Table(title=f"CRL pipeline vs raw aiokafka, {n} events, same broker, same run")
+    for column in ("path", "events/s", "vs raw + pydantic"):
+        table.add_column(column, justify="right")
+    rows = [
+        ("publish (aiokafka producer, acks=all)", n / publish_s),
+        ("raw aiokafka getmany + orjson decode", n / orjson_s),
+        ("raw aiokafka getmany + pydantic validation  [baseline]", baseline_rate),
+        ("validate + score, no Kafka (CPU work per event)", n / compute_s),
+        ("pipeline: worker → learning.crl-computed", pipeline_rate),
+        ("pipeline: worker start → all rows in crl_results", n / (stored - ready)),
+    ]
+    for name, rate in rows:
+        table.add_row(name, f"{rate:,.0f}", f"{rate / baseline_rate:.2f}×")
+    console.print(table)
+    if worker_cpu is not None:
+        console.print(
+            f"worker CPU while catching up: {worker_cpu:.1f} s over {stored - ready:.1f} s wall"
+        )
+    lat_table = Table(
+        title=f"publish → learning.crl-computed at {args.rate}/s for {args.seconds:.0f} s"
+    )
+    for column in ("received", "p50 ms", "p99 ms", "max ms"):
+        lat_table.add_column(column, justify="right")
+    if lat:
+        lat_table.add_row(
+            f"{len(lat)}",
+            f"{statistics.median(lat):.1f}",
+            f"{pct(lat, 0.99):.1f}",
+            f"{max(lat):.1f}",
+        )
+    console.print(lat_table)
+
+
+def _child_cpu(worker: WorkerProcess) -> float | None:
+    if worker.process is None:
+        return None
+    try:
+        stat = Path(f"/proc/{worker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(stat[11]) + int(stat[12])) / ticks
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
