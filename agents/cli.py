@@ -210,6 +210,8 @@ def main() -> None:
     # Importing the stage modules registers their agents on the app.
     import agents.crl
     import agents.demo
+    import agents.policy
+    import agents.policy_cli
     import agents.results
     import agents.web  # noqa: F401
 

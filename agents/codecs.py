@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from agents.dlq import dead_letter
 from models.base import Event, describe_validation_error
 
 E = TypeVar("E", bound=Event)
+
+
+class _Keyed(Protocol):
+    @property
+    def doer(self) -> str: ...
+
+
+K = TypeVar("K", bound=_Keyed)
 
 
 async def decode(event: Any, model: type[E], *, stage: str) -> E | None:
@@ -19,9 +28,18 @@ async def decode(event: Any, model: type[E], *, stage: str) -> E | None:
     An event whose Kafka key is not its doer is refused too: it would land in
     another doer's partition and split that doer's state across workers.
     """
+    return await _decode(event, model.model_validate_json, stage=stage)
+
+
+async def decode_with(event: Any, adapter: TypeAdapter[K], *, stage: str) -> K | None:
+    """As :func:`decode`, for a topic whose value is a union of models (``POLICY_COMMANDS``)."""
+    return await _decode(event, adapter.validate_json, stage=stage)
+
+
+async def _decode(event: Any, parse: Callable[[Any], K], *, stage: str) -> K | None:
     value = event.message.value
     try:
-        decoded = model.model_validate_json(value)
+        decoded = parse(value)
     except ValidationError as exc:
         is_json = not any(e["type"] == "json_invalid" for e in exc.errors())
         await dead_letter(

@@ -8,9 +8,9 @@ Every command says who asked (``actor``) and why (``reason``), for the audit.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, JsonValue, TypeAdapter
+from pydantic import Field, JsonValue, TypeAdapter, model_validator
 
 from models.base import Count, Event, Identifier, Sha256Hex, UnitFloat, Version
 
@@ -30,6 +30,17 @@ class RegisterPolicy(_Command):
     content_hash: Sha256Hex  # of the artifact's canonical JSON (learning.signing)
     signature: Annotated[str, Field(min_length=1)]  # base64 Ed25519 signature
     signature_key_id: Identifier
+    # Provenance: the version it was derived from, the data it learned from, the experiment.
+    parent_policy_id: Identifier | None = None
+    parent_version: Version | None = None
+    dataset_ids: list[Identifier] = Field(default_factory=list)
+    experiment_id: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _parent_is_whole(self) -> Self:
+        if (self.parent_policy_id is None) != (self.parent_version is None):
+            raise ValueError("parent_policy_id and parent_version go together")
+        return self
 
 
 class StartShadow(_Command):
@@ -50,6 +61,7 @@ class StartCanary(_Command):
     # Candidate traffic shares, in order; None means the service's configured steps.
     steps: list[UnitFloat] | None = None
     require_approval: bool = False  # wait for approve_step before each step up
+    force: bool = False  # start from draft, skipping shadow; the reason is recorded
 
 
 class PromotePolicy(_Command):
@@ -58,16 +70,28 @@ class PromotePolicy(_Command):
     command: Literal["promote"] = "promote"
     policy_id: Identifier
     version: Version
-    deployment_id: Identifier | None = None
+    deployment_id: Identifier | None = None  # when set, only promote out of this deployment
+    force: bool = False  # promote from draft or shadow, skipping steps; the reason is recorded
 
 
 class RollbackPolicy(_Command):
-    """End a deployment and return all traffic to the control (or to a named version)."""
+    """End a shadow or canary deployment and return all traffic to the active policy.
+
+    Name the deployment, or the candidate version, or neither to roll back the
+    doer's live candidate.  An active policy is not rolled back: promote another
+    version (registering an old artifact again as a new version if need be).
+    """
 
     command: Literal["rollback"] = "rollback"
     deployment_id: Identifier | None = None
-    policy_id: Identifier | None = None  # roll back to this version instead
+    policy_id: Identifier | None = None  # the shadow or canary version to roll back
     version: Version | None = None
+
+    @model_validator(mode="after")
+    def _candidate_is_whole(self) -> Self:
+        if (self.policy_id is None) != (self.version is None):
+            raise ValueError("policy_id and version go together")
+        return self
 
 
 class ArchivePolicy(_Command):

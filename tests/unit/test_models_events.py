@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from models.base import Event, describe_validation_error, sha256_hex
-from models.commands import POLICY_COMMANDS, ArchivePolicy, RegisterPolicy, StartCanary
+from models.commands import (
+    POLICY_COMMANDS,
+    ArchivePolicy,
+    RegisterPolicy,
+    RollbackPolicy,
+    StartCanary,
+)
 from models.crl import DEFAULT_CRL_WEIGHTS, CRLResult, CRLTerms, CRLWeights
 from models.events import (
     UNKNOWN_DOER,
@@ -210,6 +216,40 @@ def test_register_policy_requires_a_signature_and_hash() -> None:
     )
     assert "content_hash: is required" in text
     assert "signature: is required" in text
+
+
+def test_register_policy_carries_provenance_and_a_whole_parent() -> None:
+    base = {
+        "doer": "d",
+        "actor": "a",
+        "reason": "r",
+        "policy_id": "p",
+        "version": 2,
+        "artifact": {"tools": ["search"]},
+        "content_hash": "0" * 64,
+        "signature": "c2ln",
+        "signature_key_id": "0123456789abcdef",
+    }
+    command = RegisterPolicy.model_validate(
+        {
+            **base,
+            "parent_policy_id": "p",
+            "parent_version": 1,
+            "dataset_ids": ["golden-1"],
+            "experiment_id": "exp-1",
+        }
+    )
+    assert POLICY_COMMANDS.validate_json(command.to_json()) == command
+    assert "parent_policy_id and parent_version go together" in reason(
+        RegisterPolicy, {**base, "parent_policy_id": "p"}
+    )
+
+
+def test_rollback_names_a_whole_candidate_or_none() -> None:
+    assert RollbackPolicy(doer="d", actor="a", reason="r").policy_id is None
+    assert "policy_id and version go together" in reason(
+        RollbackPolicy, {"doer": "d", "actor": "a", "reason": "r", "policy_id": "p"}
+    )
 
 
 def test_to_json_is_compact_utf8_with_utc_timestamps() -> None:

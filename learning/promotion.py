@@ -1,0 +1,326 @@
+"""Which policy move a doer may make now, what it changes, and whether a stored policy is genuine.
+
+The policy store (``storage/policies.py``) locks one doer, reads its state
+into a :class:`DoerState`, asks :func:`plan` about a :class:`MoveRequest`, and
+applies the returned :class:`Move` in the same transaction. Everything that
+decides lives here, with no I/O, so it is tested without a database.
+
+The rules, on top of :func:`learning.lifecycle.check_transition`:
+
+- one candidate at a time: a doer has at most one version in shadow or canary,
+  and no other version is promoted while it is live (its evidence would then
+  compare against a control that is no longer serving);
+- a shadow or canary needs an active policy to compare against, so a doer's
+  first policy reaches ``active`` by a forced promotion with a reason;
+- a move that names a deployment (every canary decision does) applies only
+  while that deployment is the target's live one, so a stale decision about an
+  ended deployment is refused rather than acted on;
+- promoting archives the previous active version in the same move.
+
+A version moves to shadow, canary or active only if :func:`verify_artifact`
+accepts its stored bytes under the trusted keyring; the store asks before it
+applies a move whose :attr:`Move.needs_signature` is true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from learning.lifecycle import DEPLOYED, PolicyStatus, check_transition
+from learning.signing import (
+    CanonicalJSONError,
+    Signature,
+    TrustedKeys,
+    VerifyResult,
+    canonical_json,
+)
+
+Action = Literal["start_shadow", "start_canary", "promote", "rollback", "archive"]
+
+#: The status each move asks for.
+TARGETS: dict[str, PolicyStatus] = {
+    "start_shadow": PolicyStatus.SHADOW,
+    "start_canary": PolicyStatus.CANARY,
+    "promote": PolicyStatus.ACTIVE,
+    "rollback": PolicyStatus.ROLLED_BACK,
+    "archive": PolicyStatus.ARCHIVED,
+}
+#: The ``PolicyChange.change`` of each move that changes what a doer serves.
+CHANGES: dict[str, str] = {
+    "start_shadow": "shadow_started",
+    "start_canary": "canary_started",
+    "promote": "promoted",
+    "rollback": "rolled_back",
+}
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """One stored policy version as the planner sees it."""
+
+    policy_id: str
+    version: int
+    doer: str
+    status: str
+
+    def __str__(self) -> str:
+        return f"{self.policy_id}@{self.version}"
+
+    def same(self, other: PolicyVersion | None) -> bool:
+        """Whether ``other`` is this version (whatever status each copy shows)."""
+        return other is not None and (other.policy_id, other.version) == (
+            self.policy_id,
+            self.version,
+        )
+
+
+@dataclass(frozen=True)
+class LiveDeployment:
+    """A shadow or canary deployment that has not ended."""
+
+    deployment_id: str
+    policy_id: str
+    version: int
+    mode: str  # "shadow" | "canary"
+
+    def serves(self, policy: PolicyVersion) -> bool:
+        """Whether this deployment is of ``policy``."""
+        return (self.policy_id, self.version) == (policy.policy_id, policy.version)
+
+
+@dataclass(frozen=True)
+class DoerState:
+    """What a doer runs now: its active version, its live candidate and that one's deployment."""
+
+    doer: str
+    active: PolicyVersion | None = None
+    candidate: PolicyVersion | None = None  # the version in shadow or canary
+    deployment: LiveDeployment | None = None
+
+
+@dataclass(frozen=True)
+class MoveRequest:
+    """A command or decision asking to move one version to another status."""
+
+    action: str
+    target: PolicyVersion
+    force: bool = False
+    reason: str = ""
+    deployment_id: str | None = None  # apply only while this deployment is live
+
+
+@dataclass(frozen=True)
+class Move:
+    """The verdict on a :class:`MoveRequest` and, when allowed, everything it changes.
+
+    ``verdict`` is what the audit records: the refusal reason, or the
+    transition (with the skipped steps when forced). ``archive`` is the active
+    version a promotion retires; ``end_deployment`` ends with ``end_outcome``
+    (``promoted``, ``rolled_back`` or ``advanced`` for shadow → canary);
+    ``start_mode`` starts a new deployment in that mode; ``change`` is the
+    ``PolicyChange.change`` to publish, or None when what the doer serves is
+    unchanged (archiving a draft).
+    """
+
+    ok: bool
+    verdict: str
+    action: str
+    from_status: str
+    to_status: str
+    forced: bool = False
+    archive: PolicyVersion | None = None
+    end_deployment: str | None = None
+    end_outcome: str | None = None
+    start_mode: str | None = None
+    change: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def needs_signature(self) -> bool:
+        """Whether the target must verify before the move: it is about to see traffic."""
+        return self.ok and self.to_status in {s.value for s in DEPLOYED}
+
+
+def plan(state: DoerState, request: MoveRequest) -> Move:
+    """Return whether the move may happen now and what it changes, or why it may not."""
+    target = request.target
+    wanted = TARGETS.get(request.action)
+    if wanted is None:
+        known = ", ".join(TARGETS)
+        return _refuse(request, f"unknown action {request.action!r}; known: {known}", "")
+
+    def refuse(reason: str) -> Move:
+        return _refuse(request, reason, wanted.value)
+
+    if target.doer != state.doer:
+        return refuse(f"{target} belongs to doer {target.doer!r}, not {state.doer!r}")
+    if request.action == "archive" and target.status == PolicyStatus.ACTIVE:
+        # check_transition allows active → archived: it is how a promotion retires
+        # the previous version. Alone, it would leave the doer serving nothing.
+        return refuse(
+            f"{target} is {state.doer}'s active policy; it is archived only when another "
+            "version is promoted"
+        )
+    check = check_transition(target.status, wanted, force=request.force, reason=request.reason)
+    if not check:
+        return refuse(f"{target}: {check.reason}")
+
+    other = state.candidate if not target.same(state.candidate) else None
+    own = state.deployment if state.deployment and state.deployment.serves(target) else None
+    if request.deployment_id is not None and (
+        own is None or own.deployment_id != request.deployment_id
+    ):
+        live = f"its live deployment is {own.deployment_id}" if own else "it has no live deployment"
+        return refuse(f"deployment {request.deployment_id} is not live for {target}; {live}")
+
+    verdict = f"{target}: {check.reason}"
+    move = Move(
+        ok=True,
+        verdict=verdict,
+        action=request.action,
+        from_status=target.status,
+        to_status=wanted.value,
+        forced=check.forced,
+        change=CHANGES.get(request.action),
+    )
+    if request.action in ("start_shadow", "start_canary"):
+        if other is not None:
+            return refuse(
+                f"{other} is already in {other.status} for {state.doer}; roll it back or "
+                "promote it first (one candidate at a time)"
+            )
+        if state.active is None:
+            return refuse(
+                f"{state.doer} has no active policy to compare {target} against; promote "
+                "its first policy with force and a reason"
+            )
+        return replace(
+            move,
+            start_mode=wanted.value,
+            end_deployment=own.deployment_id if own else None,
+            end_outcome="advanced" if own else None,
+        )
+    if request.action == "promote":
+        if other is not None:
+            return refuse(
+                f"{other} is in {other.status} for {state.doer}; roll it back or promote it "
+                f"before promoting {target}"
+            )
+        previous = state.active if state.active and not target.same(state.active) else None
+        return replace(
+            move,
+            archive=previous,
+            end_deployment=own.deployment_id if own else None,
+            end_outcome="promoted" if own else None,
+        )
+    if request.action == "rollback":
+        return replace(
+            move,
+            end_deployment=own.deployment_id if own else None,
+            end_outcome="rolled_back" if own else None,
+        )
+    return move  # archive: a draft withdrawn, nothing served changes
+
+
+def _refuse(request: MoveRequest, reason: str, to_status: str) -> Move:
+    return Move(
+        ok=False,
+        verdict=reason,
+        action=request.action,
+        from_status=request.target.status,
+        to_status=to_status,
+    )
+
+
+# --------------------------------------------------------------------------- deployments
+
+
+def check_steps(steps: Sequence[float]) -> str | None:
+    """Return why canary traffic steps are unusable, or None: non-empty, rising, in (0, 1]."""
+    if not steps:
+        return "a canary needs at least one traffic step"
+    if not all(0.0 < step <= 1.0 for step in steps):
+        return f"traffic steps {list(steps)} must each be above 0 and at most 1"
+    if any(b <= a for a, b in itertools.pairwise(steps)):
+        return f"traffic steps {list(steps)} must rise strictly"
+    return None
+
+
+def deployment_id_for(event_id: UUID, mode: str) -> str:
+    """Return the id of the deployment a command starts: derived from its event, so stable."""
+    return f"{mode}-{event_id.hex[:16]}"
+
+
+def routing_salt(event_id: UUID) -> str:
+    """Return the routing salt of the deployment a command starts (16 hex digits).
+
+    It only has to differ between deployments so that each splits tasks afresh
+    (``learning.routing.assign``); deriving it from the event keeps replays identical.
+    """
+    return hashlib.sha256(f"learnops.routing-salt:{event_id}".encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def same_artifact(stored: object, canonical: bytes) -> bool:
+    """Whether a stored (queryable) copy of an artifact is the JSON the canonical bytes hold.
+
+    Compared through the canonical form, so ``1`` and ``1.0`` match while
+    ``true`` and ``1`` (equal in Python) do not.
+    """
+    try:
+        return canonical_json(stored) == canonical
+    except CanonicalJSONError:
+        return False
+
+
+def verify_artifact(
+    canonical: bytes,
+    *,
+    content_hash: str,
+    signature: str,
+    key_id: str,
+    keyring: TrustedKeys,
+    signed_at: datetime | None,
+) -> VerifyResult:
+    """Return whether stored canonical bytes are what a trusted key signed, and why not.
+
+    ``canonical`` is the artifact's RFC 8785 form as signed; ``content_hash`` the
+    bare SHA-256 hex recorded beside it; ``signature`` the base64 Ed25519
+    signature by ``key_id``. ``signed_at`` is when the signature was recorded:
+    a key retired before then does not vouch for it (``TrustedKeys.verify``).
+    Checked in order: the bytes are canonical JSON, the hash is theirs, the
+    signature is well formed, and the keyring accepts it.
+    """
+    try:
+        artifact = json.loads(canonical)
+    except ValueError:
+        return VerifyResult(False, "the stored artifact bytes are not JSON", key_id)
+    try:
+        again = canonical_json(artifact)
+    except CanonicalJSONError as exc:
+        return VerifyResult(False, f"the stored artifact has no canonical form: {exc}", key_id)
+    if again != canonical:
+        return VerifyResult(False, "the stored artifact bytes are not in canonical form", key_id)
+    digest = hashlib.sha256(canonical).hexdigest()
+    if digest != content_hash:
+        return VerifyResult(
+            False,
+            f"content hash {content_hash[:12]}… is not the artifact's ({digest[:12]}…)",
+            key_id,
+        )
+    try:
+        parsed = Signature.from_parts(key_id, signature)
+    except ValueError as exc:
+        return VerifyResult(False, f"malformed signature: {exc}", key_id)
+    return keyring.verify(artifact, parsed, signed_at=signed_at)

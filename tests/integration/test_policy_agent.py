@@ -1,0 +1,373 @@
+"""Policy commands and decisions through a real worker: PostgreSQL rows, policy changes, alerts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.topics import read_from_start
+from learning.signing import SigningKey, content_digest, generate_key, sign
+from models.base import Event
+from models.commands import PromotePolicy, RegisterPolicy, RollbackPolicy, StartCanary
+from models.events import Alert, DeadLetter, DecisionMade, DecisionReport, PolicyChange
+from storage import policies as store
+from tests.integration.kafka_io import eventually, publish
+from tests.services import REPO, WorkerProcess, learnops_command
+
+COMMANDS = "learning.commands"
+DECISIONS = "learning.decisions"
+CHANGES = "learning.policy-changes"
+
+
+def artifact(n: int) -> dict[str, Any]:
+    return {
+        "prompts": {"system": f"You write PRDs, revision {n}. Keep them short; cite sources."},
+        "hyper": {"temperature": round(0.1 * n, 2), "max_tokens": 2048},
+        "tools": ["search", "repo_read"][: 1 + n % 2],
+    }
+
+
+def register(doer: str, key: SigningKey, n: int, body: dict[str, Any] | None = None) -> Any:
+    body = body if body is not None else artifact(n)
+    signature = sign(body, key)
+    return RegisterPolicy(
+        doer=doer,
+        actor="pipeline",
+        reason=f"trained revision {n}",
+        policy_id=doer.lower(),
+        version=n,
+        artifact=body,
+        content_hash=content_digest(body),
+        signature=signature.value_b64,
+        signature_key_id=signature.key_id,
+    )
+
+
+async def send(producer: Any, topic: str, *events: Event) -> None:
+    await publish(producer, topic, [(e.doer.encode(), e.to_json()) for e in events])
+
+
+async def verdict(db: Any, event: Event, timeout: float = 60.0) -> store.Outcome:
+    async def probe() -> store.Outcome | None:
+        return await store.outcome_of(db, event.event_id)
+
+    outcome = await eventually(probe, lambda o: o is not None, timeout=timeout)
+    assert outcome is not None, f"the worker never recorded {type(event).__name__}"
+    return outcome
+
+
+async def latest_changes(settings: Any) -> dict[str, PolicyChange]:
+    """learning.policy-changes read from the beginning, folded by key: the last record wins."""
+    latest: dict[str, PolicyChange] = {}
+    for record in await read_from_start(settings, CHANGES):
+        change = PolicyChange.from_json(record.value)
+        assert record.key == change.doer.encode()
+        latest[record.key.decode()] = change
+    return latest
+
+
+@pytest.fixture
+async def key(db: Any) -> SigningKey:
+    signing_key = generate_key()
+    await store.add_signing_key(db, signing_key.public_key, created_by="tests")
+    return signing_key
+
+
+async def test_commands_through_the_worker_are_stored_and_publish_the_live_policy(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    doer = f"AgentDoer{uuid.uuid4().hex[:8]}"
+    pid = doer.lower()
+    first = [register(doer, key, 1), register(doer, key, 2)]
+    await send(producer, COMMANDS, *first)
+    for event in first:
+        assert (await verdict(db, event)).applied
+    promote = PromotePolicy(
+        doer=doer, actor="ops", reason="first policy", policy_id=pid, version=1, force=True
+    )
+    canary = StartCanary(
+        doer=doer,
+        actor="ops",
+        reason="try v2",
+        policy_id=pid,
+        version=2,
+        force=True,
+        steps=[0.05, 0.5],
+    )
+    await send(producer, COMMANDS, promote, canary)
+    assert (await verdict(db, promote)).applied
+    started = await verdict(db, canary)
+    assert started.applied and started.deployment_id
+
+    async def live() -> PolicyChange | None:
+        return (await latest_changes(settings)).get(doer)
+
+    change = await eventually(live, lambda c: c is not None and c.status == "canary")
+    assert change is not None and change.change == "canary_started"
+    assert (change.policy_id, change.version, change.actor) == (pid, 1, "ops")
+    assert change.deployment is not None
+    assert change.deployment.deployment_id == started.deployment_id
+    assert (change.deployment.candidate_version, change.deployment.allocation) == (2, 0.05)
+    assert change == await store.current_change(db, doer)
+
+    rollback = RollbackPolicy(doer=doer, actor="ops", reason="latency up")
+    await send(producer, COMMANDS, rollback)
+    assert (await verdict(db, rollback)).applied
+    change = await eventually(live, lambda c: c is not None and c.change == "rolled_back")
+    assert change is not None and change.status == "active" and change.deployment is None
+    assert worker.process is not None and worker.process.poll() is None
+
+
+async def test_a_replayed_decision_through_the_worker_leaves_one_audit_row(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    doer = f"Decided{uuid.uuid4().hex[:8]}"
+    pid = doer.lower()
+    setup: list[Event] = [
+        register(doer, key, 1),
+        register(doer, key, 2),
+        PromotePolicy(doer=doer, actor="ops", reason="first", policy_id=pid, version=1, force=True),
+        StartCanary(doer=doer, actor="ops", reason="go", policy_id=pid, version=2, force=True),
+    ]
+    await send(producer, COMMANDS, *setup)
+    started = await verdict(db, setup[-1])
+    assert started.applied and started.deployment_id
+    made = DecisionMade(
+        doer=doer,
+        deployment_id=started.deployment_id,
+        candidate_policy_id=pid,
+        candidate_version=2,
+        action="promote",
+        reason="candidate better, p=0.002",
+        step=1,
+        report=DecisionReport(
+            control_mean=0.4,
+            candidate_mean=0.3,
+            control_count=500,
+            candidate_count=480,
+            delta=-0.1,
+            p_value=0.002,
+        ),
+    )
+    # The same bytes three times, as a redelivery would bring them.
+    await send(producer, DECISIONS, made, made, made)
+    outcome = await verdict(db, made)
+    assert outcome.applied and outcome.to_status == "active"
+
+    async def changes() -> PolicyChange | None:
+        return (await latest_changes(settings)).get(doer)
+
+    change = await eventually(changes, lambda c: c is not None and c.change == "promoted")
+    assert change is not None and (change.version, change.previous_version) == (2, 1)
+    # Let the two copies be handled, then count.
+    marker = register(doer, key, 3)
+    await send(producer, COMMANDS, marker)
+    await verdict(db, marker)
+    rows = await db.fetchval(
+        "SELECT count(*) FROM policy_promotions WHERE event_id = $1", made.event_id
+    )
+    assert rows == 1
+    report = await db.fetchval(
+        "SELECT decision_report FROM policy_promotions WHERE event_id = $1", made.event_id
+    )
+    assert report["p_value"] == 0.002
+
+
+async def test_a_tampered_registration_is_refused_recorded_and_alerted(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    doer = f"Tampered{uuid.uuid4().hex[:8]}"
+    honest = register(doer, key, 1)
+    tampered = honest.model_copy(update={"artifact": {**honest.artifact, "tools": ["shell"]}})
+    await send(producer, COMMANDS, tampered)
+    outcome = await verdict(db, tampered)
+    assert not outcome.applied and outcome.refusal == "signature"
+    assert await db.fetchval("SELECT count(*) FROM policies WHERE doer = $1", doer) == 0
+
+    async def alerts() -> list[Alert]:
+        records = await read_from_start(settings, "learning.alerts")
+        found = [Alert.from_json(r.value) for r in records if r.key == doer.encode()]
+        return [a for a in found if a.evidence.get("event_id") == str(tampered.event_id)]
+
+    # Workers of other test sessions on the same topics may alert on the same command
+    # (against their own databases); every copy carries the same derived event id.
+    found = await eventually(alerts, lambda got: any("content hash" in a.message for a in got))
+    assert {a.event_id for a in found} == {store.derived_event_id("alert", tampered.event_id)}
+    assert {(a.kind, a.severity) for a in found} == {("signature_refused", "critical")}
+    assert any("content hash" in a.message for a in found)
+
+
+async def test_an_undecodable_command_goes_to_the_dlq_and_the_agent_goes_on(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    doer = f"Garbled{uuid.uuid4().hex[:8]}"
+    bad = [
+        (doer.encode(), b'{"command": "promote", "doer": '),
+        (doer.encode(), json.dumps({"command": "explode", "doer": doer}).encode()),
+    ]
+    metadata = await publish(producer, COMMANDS, bad)
+    positions = {(m.topic, m.partition, m.offset) for m in metadata}
+
+    async def letters() -> dict[tuple[str, int, int], set[tuple[str, str]]]:
+        # By source position: other sessions' workers may dead-letter the same bytes.
+        by_position: dict[tuple[str, int, int], set[tuple[str, str]]] = {}
+        for record in await read_from_start(settings, "learning.dlq"):
+            if record.key != doer.encode():
+                continue
+            letter = DeadLetter.from_json(record.value)
+            position = (letter.topic, letter.partition, letter.offset)
+            if position in positions:
+                by_position.setdefault(position, set()).add((letter.stage, letter.error_type))
+        return by_position
+
+    found = await eventually(letters, lambda got: len(got) == len(positions))
+    assert [found[p] for p in sorted(positions)] == [{("policy", "json")}, {("policy", "schema")}]
+    after = register(doer, key, 1)
+    await send(producer, COMMANDS, after)
+    assert (await verdict(db, after)).applied
+
+
+async def test_the_compacted_topic_read_from_the_beginning_gives_each_doers_latest_policy(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    doers = [f"Fleet{tag}{i}" for i in range(4)]
+    last: list[Event] = []
+    for i, doer in enumerate(doers):
+        pid = doer.lower()
+        events: list[Event] = [register(doer, key, n) for n in (1, 2, 3)]
+        # Each doer ends in a different state: v1, v2 or v3 active, or v2 with a v3 canary.
+        for n in range(1, [2, 3, 4, 3][i]):
+            events.append(
+                PromotePolicy(
+                    doer=doer, actor="ops", reason=f"v{n}", policy_id=pid, version=n, force=True
+                )
+            )
+        if i == 3:
+            events.append(
+                StartCanary(
+                    doer=doer, actor="ops", reason="try v3", policy_id=pid, version=3, force=True
+                )
+            )
+        await send(producer, COMMANDS, *events)
+        last.append(events[-1])
+    for event in last:
+        outcome = await verdict(db, event)
+        assert outcome.applied, outcome
+
+    expected = {doer: await store.current_change(db, doer) for doer in doers}
+    assert [expected[d].version for d in doers] == [1, 2, 3, 2]  # type: ignore[union-attr]
+    assert expected[doers[3]].status == "canary"  # type: ignore[union-attr]
+
+    async def folded() -> dict[str, PolicyChange]:
+        return {d: c for d, c in (await latest_changes(settings)).items() if d in doers}
+
+    latest = await eventually(folded, lambda got: got == expected)
+    assert latest == expected
+
+
+def run_cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*learnops_command(), "policy", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if ok:
+        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    return result
+
+
+async def test_the_cli_round_trip_register_promote_inspect(
+    worker: WorkerProcess, settings_env: dict[str, str], tmp_path: Path, db: Any
+) -> None:
+    env = {**settings_env, "LEARNOPS_WEB_ENABLED": "false"}
+    doer = f"Cli{uuid.uuid4().hex[:8]}"
+    pid = doer  # the CLI's default policy id is the doer
+    key_file = tmp_path / "signer.pem"
+    generated = run_cli(env, "keys", "generate", "--out", str(key_file), "--note", "cli test")
+    assert "trusted" in generated.stdout
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    again = run_cli(env, "keys", "generate", "--out", str(key_file), ok=False)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+
+    v1 = tmp_path / "v1.yaml"
+    v1.write_text("prompts:\n  system: You write PRDs.\nhyper:\n  temperature: 0.2\n")
+    v2 = tmp_path / "v2.json"
+    v2.write_text(
+        json.dumps(
+            {
+                "prompts": {"system": "You write PRDs."},
+                "hyper": {"temperature": 0.4},
+                "tools": ["search"],
+            }
+        )
+    )
+    out = run_cli(
+        env,
+        "register",
+        str(v1),
+        "--doer",
+        doer,
+        "--key",
+        str(key_file),
+        "--dataset",
+        "golden-1",
+        "--actor",
+        "carol",
+    )
+    assert f"{pid}@1" in out.stdout and "applied" in out.stdout
+    out = run_cli(
+        env,
+        "register",
+        str(v2),
+        "--doer",
+        doer,
+        "--key",
+        str(key_file),
+        "--parent",
+        f"{pid}@1",
+        "--experiment",
+        "exp-9",
+        "--actor",
+        "carol",
+    )
+    assert f"{pid}@2" in out.stdout and "applied" in out.stdout
+
+    refused = run_cli(env, "promote", f"{pid}@1", ok=False)
+    assert refused.returncode == 1 and "refused (lifecycle)" in refused.stderr
+    run_cli(env, "promote", f"{pid}@1", "--force", "--reason", "first policy")
+    run_cli(env, "promote", pid, "--force", "--reason", "hotfix")  # latest: @2
+
+    listing = run_cli(env, "list", "--doer", doer).stdout
+    assert f"{pid}@2" in listing and "active" in listing and "archived" in listing
+    shown = run_cli(env, "show", f"{pid}@2", "--json").stdout
+    document = json.loads(shown)
+    assert document["policy"]["parent_policy_id"] == pid
+    assert [p["action"] for p in document["promotions"]] == ["register", "promote"]
+
+    diff = run_cli(env, "diff", f"{pid}@1", f"{pid}@2").stdout
+    assert "~ hyper.temperature: 0.2 → 0.4" in diff and '+ tools = ["search"]' in diff
+
+    now = datetime.now(UTC).isoformat()
+    history = run_cli(env, "history", doer, "--at", now).stdout
+    assert f"{pid}@2 was live" in history
+    naive = run_cli(env, "history", doer, "--at", "2026-01-01T00:00:00", ok=False)
+    assert "has no timezone" in naive.stderr
+
+    lineage = json.loads(run_cli(env, "lineage", f"{pid}@2", "--json").stdout)
+    assert [(e["version"], e["experiment_id"]) for e in lineage] == [(2, "exp-9"), (1, None)]
+    assert lineage[1]["dataset_ids"] == ["golden-1"]
+
+    keys = run_cli(env, "keys", "list").stdout
+    key_id = SigningKey.from_pem(key_file.read_bytes()).key_id
+    assert key_id in keys and "active" in keys

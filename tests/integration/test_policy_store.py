@@ -1,0 +1,552 @@
+"""The policy store on real PostgreSQL: signatures, lifecycle, idempotence, concurrency, history."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from learning.signing import SigningKey, content_digest, generate_key, sign
+from models.commands import (
+    ArchivePolicy,
+    PromotePolicy,
+    RegisterPolicy,
+    RollbackPolicy,
+    StartCanary,
+    StartShadow,
+)
+from models.events import DecisionMade, DecisionReport
+from storage import policies as store
+
+ARTIFACT = {
+    "prompts": {"system": "You write product requirement documents. Be precise. ✍️"},
+    "hyper": {"temperature": 0.2, "top_p": 0.95, "max_tokens": 4096},
+    "router": [{"if": "phase == 'draft'", "model": "small"}],
+    "tools": ["search", "repo_read"],
+}
+
+
+def unique_doer(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def trusted_key(db: Any) -> SigningKey:
+    key = generate_key()
+    await store.add_signing_key(db, key.public_key, created_by="tests", note="store tests")
+    return key
+
+
+def register(
+    doer: str,
+    key: SigningKey,
+    version: int,
+    artifact: dict[str, Any] | None = None,
+    *,
+    policy_id: str | None = None,
+    **extra: Any,
+) -> RegisterPolicy:
+    artifact = artifact if artifact is not None else {**ARTIFACT, "revision": version}
+    signature = sign(artifact, key)
+    return RegisterPolicy(
+        doer=doer,
+        actor="alice",
+        reason="new prompt",
+        policy_id=policy_id or doer.lower(),
+        version=version,
+        artifact=artifact,
+        content_hash=content_digest(artifact),
+        signature=signature.value_b64,
+        signature_key_id=signature.key_id,
+        **extra,
+    )
+
+
+def promote(doer: str, version: int, **extra: Any) -> PromotePolicy:
+    fields: dict[str, Any] = {"actor": "alice", "reason": "go", **extra}
+    return PromotePolicy(doer=doer, policy_id=doer.lower(), version=version, **fields)
+
+
+async def status_of(db: Any, doer: str) -> dict[int, str]:
+    rows = await db.fetch("SELECT version, status FROM policies WHERE doer = $1", doer)
+    return {r["version"]: r["status"] for r in rows}
+
+
+async def audit_rows(db: Any, event_id: uuid.UUID) -> int:
+    return int(
+        await db.fetchval("SELECT count(*) FROM policy_promotions WHERE event_id = $1", event_id)
+    )
+
+
+async def bootstrap(db: Any, doer: str, key: SigningKey, versions: int = 2) -> None:
+    """Register versions 1..n and make version 1 active (a forced first promotion)."""
+    for n in range(1, versions + 1):
+        outcome = await store.apply_command(db, register(doer, key, n))
+        assert outcome is not None and outcome.applied, outcome
+    first = await store.apply_command(db, promote(doer, 1, force=True, reason="first policy"))
+    assert first is not None and first.applied, first
+
+
+def decision(doer: str, version: int, deployment_id: str | None, action: str) -> DecisionMade:
+    assert deployment_id is not None
+    return DecisionMade(
+        doer=doer,
+        deployment_id=deployment_id,
+        candidate_policy_id=doer.lower(),
+        candidate_version=version,
+        action=action,
+        reason="candidate CRL lower with p=0.003",
+        step=3,
+        report=DecisionReport(
+            control_mean=0.41,
+            candidate_mean=0.35,
+            control_count=900,
+            candidate_count=880,
+            delta=-0.06,
+            delta_pct=-0.146,
+            p_value=0.003,
+            ci_low=-0.09,
+            ci_high=-0.03,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+async def test_a_tampered_artifact_is_refused_at_registration(db: Any) -> None:
+    doer = unique_doer("Tamper")
+    key = await trusted_key(db)
+    honest = register(doer, key, 1)
+    tampered = honest.model_copy(
+        update={"artifact": {**honest.artifact, "tools": ["search", "shell"]}}
+    )
+    outcome = await store.apply_command(db, tampered)
+    assert outcome is not None and not outcome.applied
+    assert outcome.refusal == "signature"
+    assert "content hash" in outcome.verdict
+    # Re-hashed by the tamperer: the signature still gives it away.
+    rehashed = tampered.model_copy(
+        update={"event_id": uuid.uuid4(), "content_hash": content_digest(tampered.artifact)}
+    )
+    outcome = await store.apply_command(db, rehashed)
+    assert outcome is not None and outcome.refusal == "signature"
+    assert "signature does not match the artifact" in outcome.verdict
+    assert await status_of(db, doer) == {}
+
+
+async def test_a_policy_tampered_in_the_database_never_reaches_shadow_canary_or_active(
+    db: Any,
+) -> None:
+    doer = unique_doer("Stored")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key)
+    # The row is immutable; someone with owner rights switches the guard off to edit it.
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE policies DISABLE TRIGGER trigger_policy_immutable")
+        await conn.execute(
+            "UPDATE policies SET artifact = jsonb_set(artifact, '{tools}', '[\"shell\"]') "
+            "WHERE doer = $1 AND version = 2",
+            doer,
+        )
+        await conn.execute("ALTER TABLE policies ENABLE TRIGGER trigger_policy_immutable")
+    for command in (
+        StartShadow(doer=doer, actor="bob", reason="try", policy_id=doer.lower(), version=2),
+        StartCanary(
+            doer=doer, actor="bob", reason="skip", policy_id=doer.lower(), version=2, force=True
+        ),
+        promote(doer, 2, force=True, reason="hotfix"),
+    ):
+        outcome = await store.apply_command(db, command)
+        assert outcome is not None and not outcome.applied, outcome
+        assert outcome.refusal == "signature"
+        assert "stored artifact differs from the signed bytes" in outcome.verdict
+        assert (outcome.from_status, outcome.to_status) == ("draft", "draft")
+    assert await status_of(db, doer) == {1: "active", 2: "draft"}
+    refusals = await db.fetchval(
+        "SELECT count(*) FROM policy_promotions WHERE doer = $1 AND refusal = 'signature'", doer
+    )
+    assert refusals == 3
+
+
+async def test_the_policy_row_and_the_audit_cannot_be_rewritten(db: Any) -> None:
+    doer = unique_doer("Immutable")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key, versions=1)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
+        await db.execute("UPDATE policies SET signature = 'x' WHERE doer = $1", doer)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="nothing is deleted"):
+        await db.execute("DELETE FROM policies WHERE doer = $1", doer)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+        await db.execute("UPDATE policy_promotions SET reason = 'x' WHERE doer = $1", doer)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+        await db.execute("DELETE FROM policy_promotions WHERE doer = $1", doer)
+
+
+async def test_updated_at_is_kept_by_the_trigger(db: Any) -> None:
+    doer = unique_doer("Updated")
+    key = await trusted_key(db)
+    await store.apply_command(db, register(doer, key, 1))
+    before = await db.fetchrow("SELECT created_at, updated_at FROM policies WHERE doer = $1", doer)
+    assert before["updated_at"] == before["created_at"]
+    await store.apply_command(db, promote(doer, 1, force=True, reason="first"))
+    after = await db.fetchval("SELECT updated_at FROM policies WHERE doer = $1", doer)
+    assert after > before["updated_at"]
+
+
+async def test_rotated_keys_old_signatures_still_deploy_new_ones_by_a_retired_key_do_not(
+    db: Any,
+) -> None:
+    doer = unique_doer("Rotate")
+    old_key = await trusted_key(db)
+    await bootstrap(db, doer, old_key)  # v1 active, v2 draft, both signed by the old key
+    new_key = await trusted_key(db)
+    await store.retire_signing_key(db, old_key.key_id)
+
+    late = await store.apply_command(db, register(doer, old_key, 3))
+    assert late is not None and late.refusal == "signature" and "retired" in late.verdict
+    fresh = await store.apply_command(db, register(doer, new_key, 3))
+    assert fresh is not None and fresh.applied
+
+    # v2 was registered before the old key retired: it may still be deployed.
+    shadow = StartShadow(doer=doer, actor="bob", reason="try", policy_id=doer.lower(), version=2)
+    outcome = await store.apply_command(db, shadow)
+    assert outcome is not None and outcome.applied, outcome
+
+    # Revoking the old key stops v2 in its tracks.
+    await store.revoke_signing_key(db, old_key.key_id, note="laptop stolen")
+    canary = StartCanary(doer=doer, actor="bob", reason="next", policy_id=doer.lower(), version=2)
+    outcome = await store.apply_command(db, canary)
+    assert outcome is not None and outcome.refusal == "signature"
+    assert f"key {old_key.key_id} revoked" in outcome.verdict
+    assert (await status_of(db, doer))[2] == "shadow"
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+async def test_the_full_lifecycle_with_deployments_and_the_previous_active_archived(
+    db: Any,
+) -> None:
+    doer = unique_doer("Lifecycle")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key)
+    pid = doer.lower()
+
+    skipped = await store.apply_command(db, promote(doer, 2))
+    assert skipped is not None and skipped.refusal == "lifecycle"
+    assert "skips shadow, canary" in skipped.verdict
+
+    shadow = await store.apply_command(
+        db,
+        StartShadow(
+            doer=doer, actor="bob", reason="mirror", policy_id=pid, version=2, mirror_fraction=0.5
+        ),
+    )
+    assert shadow is not None and shadow.applied and shadow.deployment_id
+    canary = await store.apply_command(
+        db,
+        StartCanary(
+            doer=doer, actor="bob", reason="serve", policy_id=pid, version=2, steps=[0.1, 0.5]
+        ),
+    )
+    assert canary is not None and canary.applied and canary.deployment_id != shadow.deployment_id
+    deployments = await db.fetch(
+        "SELECT deployment_id, mode, allocation, outcome, ended_at, control_version "
+        "FROM deployments WHERE doer = $1 ORDER BY started_at",
+        doer,
+    )
+    assert [(d["mode"], d["allocation"], d["outcome"]) for d in deployments] == [
+        ("shadow", 0.5, "advanced"),
+        ("canary", 0.1, None),
+    ]
+    assert {d["control_version"] for d in deployments} == {1}
+
+    change = await store.current_change(db, doer)
+    assert change is not None
+    assert (change.status, change.policy_id, change.version) == ("canary", pid, 1)
+    assert change.deployment is not None and change.deployment.candidate_version == 2
+    assert change.deployment.allocation == 0.1
+
+    promoted = await store.apply_decision(db, decision(doer, 2, canary.deployment_id, "promote"))
+    assert promoted is not None and promoted.applied, promoted
+    assert await status_of(db, doer) == {1: "archived", 2: "active"}
+    row = await db.fetchrow(
+        "SELECT source, actor, previous_version, decision_report FROM policy_promotions "
+        "WHERE event_id = $1",
+        promoted.event_id,
+    )
+    assert (row["source"], row["actor"], row["previous_version"]) == ("decision", "canary", 1)
+    assert row["decision_report"]["p_value"] == 0.003
+
+    change = await store.current_change(db, doer)
+    assert change is not None and change.change == "promoted" and change.deployment is None
+    assert (change.version, change.previous_version) == (2, 1)
+
+    archived = await store.apply_command(
+        db, ArchivePolicy(doer=doer, actor="bob", reason="done", policy_id=pid, version=2)
+    )
+    assert archived is not None and archived.refusal == "lifecycle"
+    assert "archived only when another version is promoted" in archived.verdict
+
+
+async def test_rollback_returns_traffic_to_the_active_policy_and_stale_decisions_are_refused(
+    db: Any,
+) -> None:
+    doer = unique_doer("Rollback")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key)
+    pid = doer.lower()
+    canary = await store.apply_command(
+        db,
+        StartCanary(
+            doer=doer, actor="bob", reason="skip shadow", policy_id=pid, version=2, force=True
+        ),
+    )
+    assert canary is not None and canary.applied, canary
+    rolled = await store.apply_command(
+        db, RollbackPolicy(doer=doer, actor="bob", reason="error rate up")
+    )
+    assert rolled is not None and rolled.applied and rolled.to_status == "rolled_back"
+    assert rolled.deployment_id == canary.deployment_id
+    assert await status_of(db, doer) == {1: "active", 2: "rolled_back"}
+    change = await store.current_change(db, doer)
+    assert change is not None and change.change == "rolled_back" and change.status == "active"
+
+    late = await store.apply_decision(db, decision(doer, 2, canary.deployment_id, "promote"))
+    assert late is not None and not late.applied
+    assert "rolled_back is final" in late.verdict
+    nothing = await store.apply_command(db, RollbackPolicy(doer=doer, actor="bob", reason="again"))
+    assert nothing is not None and nothing.refusal == "unknown"
+    assert "no shadow or canary policy to roll back" in nothing.verdict
+
+
+async def test_commands_for_unknown_versions_or_another_doers_version_are_refused(db: Any) -> None:
+    doer, other = unique_doer("Mine"), unique_doer("Theirs")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key, versions=1)
+    await store.apply_command(db, register(other, key, 1))
+    unknown = await store.apply_command(db, promote(doer, 9))
+    assert unknown is not None and unknown.refusal == "unknown"
+    assert "is not registered" in unknown.verdict
+    theirs = await store.apply_command(
+        db,
+        PromotePolicy(
+            doer=doer, actor="a", reason="r", policy_id=other.lower(), version=1, force=True
+        ),
+    )
+    assert theirs is not None and theirs.refusal == "lifecycle"
+    assert f"belongs to doer {other!r}" in theirs.verdict
+    line = await store.apply_command(db, register(other, key, 2, policy_id=doer.lower()))
+    assert line is not None and line.refusal == "conflict"
+    again = await store.apply_command(db, register(doer, key, 1))
+    assert again is not None and again.refusal == "conflict"
+    assert "already registered, with the same content" in again.verdict
+
+
+# --------------------------------------------------------------------------- idempotence
+
+
+async def test_a_replayed_decision_writes_one_audit_row(db: Any) -> None:
+    doer = unique_doer("Replay")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key)
+    pid = doer.lower()
+    canary = await store.apply_command(
+        db,
+        StartCanary(doer=doer, actor="bob", reason="go", policy_id=pid, version=2, force=True),
+    )
+    assert canary is not None and canary.deployment_id
+    made = decision(doer, 2, canary.deployment_id, "promote")
+    first = await store.apply_decision(db, made)
+    assert first is not None and first.applied and not first.replayed
+    # Redelivered three times, one of them concurrently with another copy.
+    again = [
+        await store.apply_decision(db, made),
+        *await asyncio.gather(store.apply_decision(db, made), store.apply_decision(db, made)),
+    ]
+    assert all(o is not None and o.replayed and o.applied for o in again)
+    assert await audit_rows(db, made.event_id) == 1
+    assert await db.fetchval("SELECT count(*) FROM policy_activations WHERE doer = $1", doer) == 2
+    assert await status_of(db, doer) == {1: "archived", 2: "active"}
+
+
+async def test_a_replayed_command_and_a_replayed_refusal_write_nothing_more(db: Any) -> None:
+    doer = unique_doer("ReplayCmd")
+    key = await trusted_key(db)
+    command = register(doer, key, 1)
+    first = await store.apply_command(db, command)
+    second = await store.apply_command(db, command)
+    assert first is not None and second is not None
+    assert first.applied and second.replayed and second.verdict == first.verdict
+    refused = promote(doer, 1)
+    assert (await store.apply_command(db, refused)).refusal == "lifecycle"  # type: ignore[union-attr]
+    replay = await store.apply_command(db, refused)
+    assert replay is not None and replay.replayed and replay.refusal == "lifecycle"
+    assert await audit_rows(db, command.event_id) == 1
+    assert await audit_rows(db, refused.event_id) == 1
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+async def test_concurrent_promotions_of_two_candidates_leave_exactly_one_active(db: Any) -> None:
+    doer = unique_doer("Race")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key, versions=3)
+    for _ in range(5):  # several rounds, each a fresh pair racing
+        rows = await db.fetch(
+            "SELECT version FROM policies WHERE doer = $1 AND status = 'draft' ORDER BY version",
+            doer,
+        )
+        if len(rows) < 2:
+            base = await store.next_version(db, doer.lower())
+            for n in (base, base + 1):
+                await store.apply_command(db, register(doer, key, n))
+            rows = await db.fetch(
+                "SELECT version FROM policies WHERE doer = $1 AND status = 'draft' "
+                "ORDER BY version",
+                doer,
+            )
+        a, b = rows[0]["version"], rows[1]["version"]
+        outcomes = await asyncio.gather(
+            store.apply_command(db, promote(doer, a, force=True, reason="race a")),
+            store.apply_command(db, promote(doer, b, force=True, reason="race b")),
+        )
+        assert all(o is not None and o.applied for o in outcomes), outcomes
+        statuses = await status_of(db, doer)
+        assert list(statuses.values()).count("active") == 1
+        # The doer lock applied them one after the other: the later archived the earlier,
+        # in the same transaction, and its audit row says so.
+        winner = next(v for v, s in statuses.items() if s == "active")
+        loser = b if winner == a else a
+        assert winner in (a, b) and statuses[loser] == "archived"
+        last = (await store.promotions(db, doer=doer))[-1]
+        assert (last.version, last.previous_version) == (winner, loser)
+    stretches = await store.activations(db, doer)
+    assert [s.active_to is None for s in stretches].count(True) == 1
+    for earlier, later in itertools.pairwise(stretches):
+        assert earlier.active_to is not None and earlier.active_to <= later.active_from
+
+
+async def test_the_database_itself_refuses_a_second_active_policy(db: Any) -> None:
+    doer = unique_doer("Guard")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key)
+    with pytest.raises(asyncpg.UniqueViolationError, match="policies_one_active_per_doer"):
+        await db.execute(
+            "UPDATE policies SET status = 'active' WHERE doer = $1 AND version = 2", doer
+        )
+    live = await db.fetchrow(
+        "SELECT * FROM policy_activations WHERE doer = $1 AND active_to IS NULL", doer
+    )
+    with pytest.raises(asyncpg.ExclusionViolationError, match="policy_activations_no_overlap"):
+        await db.execute(
+            "INSERT INTO policy_activations (doer, policy_id, version, active_from, active_to, "
+            "promoted_by, archived_by) VALUES ($1, $2, 2, $3, $4, $5, $5)",
+            doer,
+            doer.lower(),
+            live["active_from"] - timedelta(hours=1),
+            live["active_from"] + timedelta(hours=1),
+            live["promoted_by"],
+        )
+
+
+async def test_a_write_around_the_lock_is_refused_by_the_database_and_recorded(db: Any) -> None:
+    doer = unique_doer("Around")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key, versions=1)
+    await store.apply_command(db, register(doer, key, 2))
+    # Another writer holds version 2 as a candidate without telling the store (no lock,
+    # no audit); the store's view says there is no candidate when it reads.
+    command = StartShadow(doer=doer, actor="bob", reason="try", policy_id=doer.lower(), version=2)
+    async with db.acquire() as rogue:
+        tx = rogue.transaction()
+        await tx.start()
+        await rogue.execute(
+            "INSERT INTO policies (policy_id, version, doer, status, artifact, "
+            "artifact_canonical, content_hash, signature, key_id, created_by, registered_by) "
+            "SELECT policy_id, 99, doer, 'canary', artifact, artifact_canonical, content_hash, "
+            "signature, key_id, 'rogue', $2 FROM policies WHERE doer = $1 AND version = 1",
+            doer,
+            uuid.uuid4(),
+        )
+        pending = asyncio.create_task(store.apply_command(db, command))
+        await asyncio.sleep(0.5)  # the store now waits on the rogue row's index entry
+        await tx.commit()
+        outcome = await pending
+    assert outcome is not None and not outcome.applied
+    assert outcome.refusal == "conflict" and "policies_one_candidate_per_doer" in outcome.verdict
+    assert await audit_rows(db, command.event_id) == 1
+
+
+# --------------------------------------------------------------------------- history and lineage
+
+
+async def test_the_history_answers_what_was_live_when(db: Any) -> None:
+    doer = unique_doer("When")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key, versions=3)
+    await asyncio.sleep(0.05)
+    await store.apply_command(db, promote(doer, 2, force=True, reason="v2"))
+    await asyncio.sleep(0.05)
+    await store.apply_command(db, promote(doer, 3, force=True, reason="v3"))
+    stretches = await store.activations(db, doer)
+    assert [s.version for s in stretches] == [1, 2, 3]
+    v1, v2, v3 = stretches
+    assert v1.active_to == v2.active_from and v2.active_to == v3.active_from
+    assert v3.active_to is None
+
+    before = await store.live_at(db, doer, v1.active_from - timedelta(seconds=1))
+    assert before is None
+    for stretch in (v1, v2):
+        assert stretch.active_to is not None
+        middle = stretch.active_from + (stretch.active_to - stretch.active_from) / 2
+        found = await store.live_at(db, doer, middle)
+        assert found is not None and found.version == stretch.version
+    # At the instant of a promotion the new version is live (intervals are [from, to)).
+    at_switch = await store.live_at(db, doer, v2.active_from)
+    assert at_switch is not None and at_switch.version == 2
+    now = await store.live_at(db, doer, v3.active_from + timedelta(days=365))
+    assert now is not None and now.version == 3
+
+
+async def test_lineage_goes_from_datasets_and_experiment_through_parents_to_promotions(
+    db: Any,
+) -> None:
+    doer = unique_doer("Lineage")
+    key = await trusted_key(db)
+    dataset = f"golden-{uuid.uuid4().hex[:6]}"
+    pid = doer.lower()
+    await store.apply_command(db, register(doer, key, 1, dataset_ids=[dataset]))
+    await store.apply_command(db, promote(doer, 1, force=True, reason="first"))
+    await store.apply_command(
+        db,
+        register(
+            doer,
+            key,
+            2,
+            parent_policy_id=pid,
+            parent_version=1,
+            dataset_ids=[dataset, "fresh-1"],
+            experiment_id="exp-7",
+        ),
+    )
+    await store.apply_command(db, register(doer, key, 3, parent_policy_id=pid, parent_version=2))
+    orphan = await store.apply_command(
+        db, register(doer, key, 4, parent_policy_id=pid, parent_version=42)
+    )
+    assert orphan is not None and orphan.refusal == "unknown"
+
+    chain = await store.lineage(db, pid, 3)
+    assert [(e.depth, e.version) for e in chain] == [(0, 3), (1, 2), (2, 1)]
+    assert chain[1].experiment_id == "exp-7" and chain[1].dataset_ids == [dataset, "fresh-1"]
+    assert [p["action"] for p in chain[2].promotions] == ["register", "promote"]
+    assert chain[2].promotions[1]["to_status"] == "active"
+
+    descent = await store.dataset_lineage(db, dataset)
+    assert [(e.depth, e.version) for e in descent] == [(0, 1), (0, 2), (1, 3)]
