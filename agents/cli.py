@@ -212,7 +212,6 @@ def main() -> None:
     import agents.demo
     import agents.policy
     import agents.policy_cli
-    import agents.results
     import agents.web  # noqa: F401
 
     app.main()

@@ -1,10 +1,11 @@
 """The CRL stage: learning.run-completed → the run's loss, daily aggregates, regression alerts.
 
 Per batch of events: decode → score (learning.crl) → emit learning.crl-computed
-per run; then fold the batch's live runs into the daily tables once per key
-(learning.trends) and check each touched doer-day for a regression
-(learning.alerts). Replay and shadow runs are scored and emitted like any run
-but never folded into the live aggregates.
+per run; fold the batch's live runs into the daily tables once per key
+(learning.trends); store the batch in crl_results with one INSERT (idempotent
+on run_id); and check each touched doer-day for a regression
+(learning.alerts). Replay and shadow runs are scored, emitted and stored like
+any run but never folded into the live aggregates.
 
 Batches, not single events, because each table write is a changelog record:
 folding 1,000 runs of 5 doers costs 15 writes instead of 3,000, and the
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
+
+import asyncpg
 
 from agents.app import app
 from agents.codecs import decode
@@ -26,6 +30,8 @@ from agents.tables import SEPARATOR, DoerPartitions, doer_table
 from learning.crl import BundleError, score_bundle
 from learning.trends import DailyCRL, check_regression, day_of, days_back
 from models.events import Alert, CRLComputed, RunCompleted
+from storage.crl import insert_crl_results
+from storage.pool import durably
 
 log = logging.getLogger("learnops.crl")
 
@@ -178,12 +184,28 @@ async def _check_regression(doer: str, today: date) -> None:
     )
 
 
+async def _store(scored: list[tuple[Any, CRLComputed]]) -> None:
+    """Insert the batch's results with one statement; find a refused row one by one."""
+    try:
+        await durably(partial(insert_crl_results, app.pool, [r for _, r in scored]), what="crl")
+    except asyncpg.PostgresError as exc:
+        log.warning("batch_rejected error=%r rows=%d; retrying one by one", exc, len(scored))
+        for event, result in scored:
+            try:
+                await durably(partial(insert_crl_results, app.pool, [result]), what="crl row")
+            except asyncpg.PostgresError as row_exc:
+                await dead_letter(
+                    event, stage="crl", error_type="storage", reason=str(row_exc), doer=result.doer
+                )
+
+
 @app.agent(run_completed, name="crl")
 async def crl(stream: Any) -> None:
-    """Score each run and emit it; fold the batch into the daily tables; check regressions."""
+    """Score and emit each run; fold, store and check the batch; ack after all of it."""
     async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
         async with guarded_batch(events, stage="crl"):
             batch = BatchFold()
+            scored: list[tuple[Any, CRLComputed]] = []
             for event in events:
                 async with guarded(event, stage="crl"):
                     result = await _score(event)
@@ -192,8 +214,11 @@ async def crl(stream: Any) -> None:
                     partitions.seen(result.doer, event.message.partition)
                     if counts_toward_live(result):
                         batch.add(result)
+                    scored.append((event, result))
                     # Emitted for duplicates too: downstream writes are idempotent by
                     # run id, and a crash before the table writes must not lose it.
                     await crl_computed.send(key=result.doer.encode(), value=result.to_json())
-            for doer, day in sorted(batch.write()):
+            touched = batch.write()
+            await _store(scored)
+            for doer, day in sorted(touched):
                 await _check_regression(doer, day)

@@ -284,3 +284,16 @@ def test_scoring_a_redelivered_bundle_gives_the_same_event_id() -> None:
     again = score_bundle(bundle, WeightBook(), OBJECTIVES)
     assert first.event_id == again.event_id
     assert first.event_id != score_bundle(make_bundle(), WeightBook(), OBJECTIVES).event_id
+
+
+def test_scored_events_pass_full_validation_unchanged() -> None:
+    # score_bundle builds its event without validating; the full model must agree.
+    from learning.simulation import Orchestrator
+    from models.events import CRLComputed
+
+    book = WeightBook()
+    for bundle in Orchestrator(seed=5).bundles(300):
+        event = score_bundle(bundle, book, OBJECTIVES)
+        validated = CRLComputed.model_validate(event.model_dump())
+        assert validated == event
+        assert CRLComputed.from_json(event.to_json()) == event
