@@ -21,14 +21,17 @@ from typing import Any
 from agents.app import app
 from agents.codecs import decode, decode_with
 from agents.dlq import guarded
-from models.commands import POLICY_COMMANDS
+from models.commands import POLICY_COMMANDS, ApproveStep
 from models.events import Alert, DecisionMade
 from storage.policies import (
     Outcome,
     apply_command,
     apply_decision,
+    apply_step,
+    approve_step,
     current_change,
     derived_event_id,
+    pause_deployment,
 )
 from storage.pool import durably
 
@@ -56,10 +59,16 @@ async def _handle(event: Any) -> None:
         decision = await decode(event, DecisionMade, stage="policy")
         if decision is None:
             return
+        if decision.action in ("step_up", "pause"):
+            await _step(decision)
+            return
         outcome = await durably(partial(apply_decision, app.pool, decision), what="policies")
     else:
         command = await decode_with(event, POLICY_COMMANDS, stage="policy")
         if command is None:
+            return
+        if isinstance(command, ApproveStep):
+            await _approve(command)
             return
         outcome = await durably(partial(apply_command, app.pool, command), what="policies")
     if outcome is None:  # another stage's command, or a decision that moves no policy
@@ -81,6 +90,59 @@ async def _handle(event: Any) -> None:
     elif not outcome.applied:
         alert = refusal_alert(outcome)
         await alerts.send(key=alert.doer.encode(), value=alert.to_json())
+
+
+async def _step(decision: DecisionMade) -> None:
+    """A step-up moves the deployment and publishes its new allocation; a pause is recorded."""
+    if decision.action == "pause":
+        await durably(partial(pause_deployment, app.pool, decision), what="deployments")
+        log.warning(
+            "deployment_paused doer=%s deployment=%s", decision.doer, decision.deployment_id
+        )
+        return
+    change = await durably(partial(apply_step, app.pool, decision), what="deployments")
+    log.info(
+        "deployment_step doer=%s deployment=%s step=%d applied=%s",
+        decision.doer,
+        decision.deployment_id,
+        decision.step,
+        change is not None,
+    )
+    if change is not None:
+        await policy_changes.send(key=change.doer.encode(), value=change.to_json())
+
+
+async def _approve(command: ApproveStep) -> None:
+    """An approved step moves the deployment; a stale or wrong approval is alerted."""
+    change = await durably(
+        partial(
+            approve_step,
+            app.pool,
+            command.doer,
+            command.deployment_id,
+            command.step,
+            event_id=command.event_id,
+            actor=command.actor,
+            reason=command.reason,
+        ),
+        what="deployments",
+    )
+    if change is not None:
+        await policy_changes.send(key=change.doer.encode(), value=change.to_json())
+        return
+    alert = Alert(
+        event_id=derived_event_id("alert", command.event_id),
+        doer=command.doer,
+        kind="approval_refused",
+        severity="warning",
+        message=(
+            f"approve_step {command.step} of {command.deployment_id} refused: the deployment "
+            "is not a live, unpaused canary of this doer one step below"
+        ),
+        deployment_id=command.deployment_id,
+        evidence={"event_id": str(command.event_id), "actor": command.actor},
+    )
+    await alerts.send(key=alert.doer.encode(), value=alert.to_json())
 
 
 def refusal_alert(outcome: Outcome) -> Alert:

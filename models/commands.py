@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, JsonValue, TypeAdapter, model_validator
 
-from models.base import Count, Event, Identifier, Sha256Hex, UnitFloat, Version
+from models.base import ContractModel, Count, Event, Identifier, Sha256Hex, UnitFloat, Version
 
 
 class _Command(Event):
@@ -43,6 +43,34 @@ class RegisterPolicy(_Command):
         return self
 
 
+class CanarySettings(ContractModel):
+    """How a canary decides (``learning.canary.CanaryConfig``; see docs/canary.md).
+
+    Relative thresholds are fractions of the control's mean CRL. ``None`` for
+    ``max_duration_s`` means no time limit. ``report_every`` is how many CRL
+    results of the deployment pass between two periodic reports.
+    """
+
+    mode: Literal["superiority", "non_inferiority"] = "superiority"
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    min_sample_size: Annotated[int, Field(ge=2)] = 200
+    max_crl_increase: Annotated[float, Field(ge=0)] = 0.05
+    min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    non_inferiority_margin: Annotated[float, Field(ge=0)] = 0.02
+    max_duration_s: Annotated[float, Field(gt=0)] | None = 7 * 24 * 3600.0
+    report_every: Annotated[int, Field(ge=1)] = 500
+    guardrails: bool = True  # check learning.canary.DEFAULT_GUARDRAILS
+
+    @model_validator(mode="after")
+    def _margin_within_rollback(self) -> Self:
+        if self.non_inferiority_margin > self.max_crl_increase:
+            raise ValueError(
+                f"non_inferiority_margin {self.non_inferiority_margin} is above "
+                f"max_crl_increase {self.max_crl_increase}"
+            )
+        return self
+
+
 class StartShadow(_Command):
     """Mirror a share of the doer's tasks to a candidate policy, without serving its output."""
 
@@ -50,6 +78,7 @@ class StartShadow(_Command):
     policy_id: Identifier
     version: Version
     mirror_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    canary: CanarySettings = Field(default_factory=CanarySettings)  # how shadow runs are compared
 
 
 class StartCanary(_Command):
@@ -62,6 +91,7 @@ class StartCanary(_Command):
     steps: list[UnitFloat] | None = None
     require_approval: bool = False  # wait for approve_step before each step up
     force: bool = False  # start from draft, skipping shadow; the reason is recorded
+    canary: CanarySettings = Field(default_factory=CanarySettings)
 
 
 class PromotePolicy(_Command):

@@ -42,6 +42,7 @@ from models.commands import (
     POLICY_COMMANDS,
     ApproveStep,
     ArchivePolicy,
+    CanarySettings,
     CreateExperiment,
     PolicyCommand,
     PromotePolicy,
@@ -63,8 +64,10 @@ __all__ = [
     "Arm",
     "Artifact",
     "CRLComputed",
+    "CanarySettings",
     "Costs",
     "CreateExperiment",
+    "CurationLabels",
     "DeadLetter",
     "DecisionMade",
     "DecisionReport",
@@ -162,6 +165,13 @@ class DeploymentRouting(ContractModel):
     candidate_version: Version
     allocation: UnitFloat  # the candidate's share of tasks (in shadow: the mirrored share)
     step: Count = 0
+    # What the canary stage needs to judge the deployment (docs/canary.md).
+    control_policy_id: Identifier | None = None
+    control_version: Version | None = None
+    steps: list[UnitFloat] = Field(default_factory=list)  # canary traffic steps, in order
+    require_approval: bool = False
+    started_at: UTCDatetime | None = None
+    canary: CanarySettings | None = None
 
 
 class PolicyChange(Event):
@@ -255,6 +265,22 @@ class DecisionMade(Event):
 # --- learning.samples -------------------------------------------------------
 
 
+class CurationLabels(ContractModel):
+    """What a curated sample is labelled with (rules in docs/curation.md, "Labels").
+
+    ``grounding``, ``contradiction`` and ``correctness`` come from the run's QAV
+    results and gates, so every artifact of a run shares them; ``None`` when the
+    run had no QAV result (grounding, contradiction) or no gate (correctness).
+    """
+
+    grounding: UnitFloat | None = None
+    contradiction: UnitFloat | None = None
+    specificity: UnitFloat
+    correctness: UnitFloat | None = None
+    origin: Origin
+    synthetic_confidence: UnitFloat
+
+
 class SampleCurated(Event):
     """A curated, redacted training sample from one artifact of a run, or a reject with reason."""
 
@@ -269,13 +295,19 @@ class SampleCurated(Event):
     accepted: bool
     reject_reason: str | None = None
     content: str | None = None  # redacted text; never raw PII
-    content_hash: Sha256Hex | None = None  # of the redacted content
+    content_hash: Sha256Hex | None = None  # of the redacted content (learning.curation)
     redactions: dict[str, Count] = Field(default_factory=dict)  # placeholder kind → count
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: CurationLabels | None = None
     loss: NonNegativeFloat | None = None  # the run's CRL, when known
     near_duplicate_of: list[Identifier] = Field(default_factory=list)
+    self_loop_of: Identifier | None = None  # the artifact of ours it copies
+    diversity: UnitFloat | None = None  # 1 − max Jaccard with the dataset's recent samples
     dataset: Identifier | None = None
     golden: bool = False
+    source_event_id: UUID | None = None  # event_id of the RunCompleted it came from
+    run_occurred_at: UTCDatetime | None = None
+    model: str | None = None
+    curator: Identifier | None = None  # the app id (consumer group) that curated it
 
     @model_validator(mode="after")
     def _reject_has_reason(self) -> Self:

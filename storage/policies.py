@@ -28,6 +28,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from learning.canary import DEFAULT_STEPS
 from learning.lifecycle import PolicyStatus
@@ -55,6 +56,7 @@ from learning.signing import (
 )
 from models.commands import (
     ArchivePolicy,
+    CanarySettings,
     PolicyCommand,
     PromotePolicy,
     RegisterPolicy,
@@ -351,6 +353,7 @@ class _Ask:
     allocation: float | None = None  # shadow: the mirrored share
     steps: Sequence[float] | None = None  # canary: traffic steps (None: the defaults)
     require_approval: bool = False
+    canary: dict[str, Any] | None = None  # models.commands.CanarySettings as JSON
 
     @property
     def requested_status(self) -> str:
@@ -368,7 +371,11 @@ async def apply_command(pool: Any, command: PolicyCommand) -> Outcome | None:
         return await _in_doer_lock(pool, ask, partial(_register, ask=ask, command=command))
     if isinstance(command, StartShadow):
         ask = _ask(command, "start_shadow", command.policy_id, command.version)
-        ask = replace(ask, allocation=command.mirror_fraction)
+        ask = replace(
+            ask,
+            allocation=command.mirror_fraction,
+            canary=command.canary.model_dump(mode="json"),
+        )
     elif isinstance(command, StartCanary):
         ask = _ask(command, "start_canary", command.policy_id, command.version)
         ask = replace(
@@ -376,6 +383,7 @@ async def apply_command(pool: Any, command: PolicyCommand) -> Outcome | None:
             force=command.force,
             steps=command.steps,
             require_approval=command.require_approval,
+            canary=command.canary.model_dump(mode="json"),
         )
     elif isinstance(command, PromotePolicy):
         ask = _ask(command, "promote", command.policy_id, command.version)
@@ -608,7 +616,7 @@ async def _move(conn: Any, ask: _Ask) -> Outcome:
     if move.end_deployment is not None:
         await conn.execute(
             """
-            UPDATE deployments SET ended_at = $2, ended_by = $3, outcome = $4
+            UPDATE shadow_deployments SET ended_at = $2, ended_by = $3, outcome = $4
             WHERE deployment_id = $1 AND ended_at IS NULL
             """,
             move.end_deployment,
@@ -644,11 +652,12 @@ async def _move(conn: Any, ask: _Ask) -> Outcome:
         allocation = steps[0] if move.start_mode == "canary" else ask.allocation or 1.0
         await conn.execute(
             """
-            INSERT INTO deployments (
+            INSERT INTO shadow_deployments (
                 deployment_id, doer, policy_id, version, control_policy_id, control_version,
-                mode, salt, allocation, step, steps, require_approval, started_by, started_at
+                mode, salt, allocation, step, steps, require_approval, started_by, started_at,
+                canary
             )
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13, $14::jsonb)
             """,
             deployment_id,
             ask.doer,
@@ -663,6 +672,7 @@ async def _move(conn: Any, ask: _Ask) -> Outcome:
             ask.require_approval,
             ask.event_id,
             now,
+            orjson.dumps(ask.canary or {}).decode(),
         )
     return outcome
 
@@ -675,7 +685,7 @@ async def _doer_state(conn: Any, doer: str) -> DoerState:
     )
     versions = [_version(row) for row in rows]
     live = await conn.fetchrow(
-        "SELECT deployment_id, policy_id, version, mode FROM deployments "
+        "SELECT deployment_id, policy_id, version, mode FROM shadow_deployments "
         "WHERE doer = $1 AND ended_at IS NULL",
         doer,
     )
@@ -701,7 +711,7 @@ async def _target(conn: Any, ask: _Ask, state: DoerState) -> PolicyVersion | str
         return _version(row)
     if ask.deployment_id is not None:  # a rollback naming only its deployment
         row = await conn.fetchrow(
-            "SELECT p.policy_id, p.version, p.doer, p.status FROM deployments d "
+            "SELECT p.policy_id, p.version, p.doer, p.status FROM shadow_deployments d "
             "JOIN policies p USING (policy_id, version) WHERE d.deployment_id = $1",
             ask.deployment_id,
         )
@@ -859,20 +869,9 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
         list(CHANGES),
     )
     live = await pool.fetchrow(
-        "SELECT * FROM deployments WHERE doer = $1 AND ended_at IS NULL", doer
+        "SELECT * FROM shadow_deployments WHERE doer = $1 AND ended_at IS NULL", doer
     )
-    deployment = (
-        DeploymentRouting(
-            deployment_id=live["deployment_id"],
-            salt=live["salt"],
-            candidate_policy_id=live["policy_id"],
-            candidate_version=live["version"],
-            allocation=live["allocation"],
-            step=live["step"],
-        )
-        if live
-        else None
-    )
+    deployment = _routing(live) if live else None
     promoted = last is not None and last["action"] == "promote"
     return PolicyChange(
         event_id=derived_event_id("policy-change", last["event_id"]) if last else uuid.uuid4(),
@@ -889,6 +888,106 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
         deployment=deployment,
         actor=last["actor"] if last else None,
         reason=last["reason"] if last else None,
+    )
+
+
+def _routing(live: Any) -> DeploymentRouting:
+    canary = live["canary"]
+    if isinstance(canary, str | bytes):
+        canary = orjson.loads(canary)
+    return DeploymentRouting(
+        deployment_id=live["deployment_id"],
+        salt=live["salt"],
+        candidate_policy_id=live["policy_id"],
+        candidate_version=live["version"],
+        allocation=live["allocation"],
+        step=live["step"],
+        control_policy_id=live["control_policy_id"],
+        control_version=live["control_version"],
+        steps=list(live["steps"]),
+        require_approval=live["require_approval"],
+        started_at=live["started_at"],
+        canary=CanarySettings.model_validate(canary) if canary else None,
+    )
+
+
+# --------------------------------------------------------------------------- canary steps
+
+
+async def apply_step(pool: Any, decision: DecisionMade) -> PolicyChange | None:
+    """Move a live canary to the decision's step; the doer's new live state, None if stale.
+
+    A step-up names the step it moves to. It applies while the deployment is
+    live, not paused, and below that step, so a replayed or stale decision
+    changes nothing (and returns None). With ``require_approval`` the canary
+    stage asks for approval instead of deciding a step-up (:func:`approve_step`).
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SPACE, decision.doer
+        )
+        moved = await conn.execute(
+            """
+            UPDATE shadow_deployments SET step = $2, allocation = steps[$2 + 1]
+            WHERE deployment_id = $1 AND ended_at IS NULL AND paused_at IS NULL
+              AND mode = 'canary' AND step < $2 AND $2 < cardinality(steps)
+            """,
+            decision.deployment_id,
+            decision.step,
+        )
+    if moved != "UPDATE 1":
+        return None
+    return await _step_change(pool, decision.doer, decision.event_id, decision.reason, "canary")
+
+
+async def approve_step(
+    pool: Any, doer: str, deployment_id: str, step: int, *, event_id: UUID, actor: str, reason: str
+) -> PolicyChange | None:
+    """Let a deployment waiting for approval move to ``step``; its new live state, None if not."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SPACE, doer)
+        moved = await conn.execute(
+            """
+            UPDATE shadow_deployments SET step = $2, allocation = steps[$2 + 1]
+            WHERE deployment_id = $1 AND doer = $3 AND ended_at IS NULL AND paused_at IS NULL
+              AND mode = 'canary' AND step + 1 = $2 AND $2 < cardinality(steps)
+            """,
+            deployment_id,
+            step,
+            doer,
+        )
+    if moved != "UPDATE 1":
+        return None
+    return await _step_change(pool, doer, event_id, reason, actor)
+
+
+async def pause_deployment(pool: Any, decision: DecisionMade) -> bool:
+    """Mark a live deployment paused (routing stays as it is); whether it was running."""
+    paused = await pool.execute(
+        """
+        UPDATE shadow_deployments SET paused_at = $2, paused_reason = $3
+        WHERE deployment_id = $1 AND ended_at IS NULL AND paused_at IS NULL
+        """,
+        decision.deployment_id,
+        decision.occurred_at,
+        decision.reason,
+    )
+    return bool(paused == "UPDATE 1")
+
+
+async def _step_change(
+    pool: Any, doer: str, cause: UUID, reason: str, actor: str
+) -> PolicyChange | None:
+    change = await current_change(pool, doer)
+    if change is None or change.deployment is None:
+        return None
+    return change.model_copy(
+        update={
+            "event_id": derived_event_id("policy-change", cause),
+            "change": "step_changed",
+            "actor": actor,
+            "reason": reason,
+        }
     )
 
 

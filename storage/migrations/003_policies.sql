@@ -159,7 +159,7 @@ CREATE TRIGGER trigger_policy_promotions_no_truncate
 
 -- Shadow and canary deployments of candidate versions, each against the
 -- active version (the control) of when it started.
-CREATE TABLE deployments (
+CREATE TABLE shadow_deployments (
     deployment_id     text             PRIMARY KEY,
     doer              text             NOT NULL,
     policy_id         text             NOT NULL,
@@ -182,8 +182,8 @@ CREATE TABLE deployments (
     CHECK ((ended_at IS NULL) = (outcome IS NULL) AND (ended_at IS NULL) = (ended_by IS NULL))
 );
 
-CREATE UNIQUE INDEX deployments_one_live_per_doer ON deployments (doer) WHERE ended_at IS NULL;
-CREATE INDEX deployments_policy ON deployments (policy_id, version);
+CREATE UNIQUE INDEX shadow_deployments_one_live_per_doer ON shadow_deployments (doer) WHERE ended_at IS NULL;
+CREATE INDEX shadow_deployments_policy ON shadow_deployments (policy_id, version);
 
 -- Which version was active for each doer, from when to when (active_to NULL:
 -- still active). Intervals of one doer never overlap, so "what was live at T"

@@ -257,7 +257,7 @@ async def test_the_full_lifecycle_with_deployments_and_the_previous_active_archi
     assert canary is not None and canary.applied and canary.deployment_id != shadow.deployment_id
     deployments = await db.fetch(
         "SELECT deployment_id, mode, allocation, outcome, ended_at, control_version "
-        "FROM deployments WHERE doer = $1 ORDER BY started_at",
+        "FROM shadow_deployments WHERE doer = $1 ORDER BY started_at",
         doer,
     )
     assert [(d["mode"], d["allocation"], d["outcome"]) for d in deployments] == [
