@@ -209,6 +209,9 @@ def main() -> None:
     """Entry point of the `learnops` console script."""
     # Importing the stage modules registers their agents on the app.
     import agents.crl
+    import agents.curator
+    import agents.datasets
+    import agents.datasets_cli
     import agents.demo
     import agents.policy
     import agents.policy_cli

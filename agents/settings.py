@@ -9,7 +9,7 @@ what to fix.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
+from learning.samples import CurationConfig
 from learning.trends import TrendConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,11 +128,12 @@ class Settings(BaseSettings):
 
 @dataclass(frozen=True)
 class LearningConfig:
-    """What the learning pipeline is tuned with: CRL weights, latency objectives, trend rules."""
+    """What the learning pipeline is tuned with: CRL weights, objectives, trends and curation."""
 
     weights: WeightBook
     objectives: LatencyObjectives
     trends: TrendConfig
+    curation: CurationConfig = field(default_factory=CurationConfig)
 
 
 def load_learning_config(path: Path) -> LearningConfig:
@@ -148,6 +150,7 @@ def load_learning_config(path: Path) -> LearningConfig:
             weights=WeightBook.from_dict(crl.get("weights") or {}),
             objectives=LatencyObjectives.from_dict(crl.get("latency_objectives") or {}),
             trends=TrendConfig(**(raw.get("trends") or {})),
+            curation=CurationConfig.from_dict(raw.get("curation") or {}),
         )
     except (CRLConfigError, TypeError, ValueError) as exc:
         raise SettingsError(f"LEARNOPS_CONFIG_FILE: {path}: {exc}") from None

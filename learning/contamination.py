@@ -428,15 +428,30 @@ class SelfLoopGuard:
         self._hashes.setdefault(digest, artifact_id)
         self._index.add_signature(artifact_id, signature)
 
+    def record_hash(self, artifact_id: str, digest: str) -> None:
+        """Remember an artifact known only by a hash of its text (a bundle may carry no content).
+
+        It can then be recognised exactly, never nearly: pass the same kind of
+        hash of a later text as ``also_hashes`` to :meth:`match_signature`.
+        """
+        self._hashes.setdefault(digest, artifact_id)
+
     def match(self, text: str) -> str | None:
         """Id of the artifact of ours that ``text`` copies, exactly or nearly; ``None`` if none."""
         return self.match_signature(content_hash(text), self._index.hasher.signature(text))
 
-    def match_signature(self, digest: str, signature: bytes | Signature) -> str | None:
-        """As :meth:`match`, for a precomputed content hash and signature."""
-        exact = self._hashes.get(digest)
-        if exact is not None:
-            return exact
+    def match_signature(
+        self, digest: str, signature: bytes | Signature, also_hashes: Iterable[str] = ()
+    ) -> str | None:
+        """As :meth:`match`, for a precomputed content hash and signature.
+
+        ``also_hashes`` are other exact keys of the same text (e.g. the SHA-256
+        of the text before redaction), looked up like ``digest``.
+        """
+        for key in (digest, *also_hashes):
+            exact = self._hashes.get(key)
+            if exact is not None:
+                return exact
         near = self._index.similar_to_signature(signature)
         return near[0][0] if near else None
 
@@ -670,7 +685,9 @@ class ContaminationGuard:
     (a redelivery) returns the first verdict without counting it twice.
     """
 
-    def __init__(self, config: GuardConfig | None = None) -> None:
+    def __init__(
+        self, config: GuardConfig | None = None, *, self_loop: SelfLoopGuard | None = None
+    ) -> None:
         self.config = config or GuardConfig()
         c = self.config
         self.index = NearDuplicateIndex(
@@ -679,12 +696,21 @@ class ContaminationGuard:
             shingle_size=c.shingle_size,
             seed=c.seed,
         )
-        self.self_loop = SelfLoopGuard(
-            threshold=c.self_loop_threshold,
-            num_perm=c.num_perm,
-            shingle_size=c.shingle_size,
-            seed=c.seed,
-        )
+        if self_loop is None:
+            self_loop = SelfLoopGuard(
+                threshold=c.self_loop_threshold,
+                num_perm=c.num_perm,
+                shingle_size=c.shingle_size,
+                seed=c.seed,
+            )
+        elif (self_loop.hasher.num_perm, self_loop.hasher.shingle_size, self_loop.hasher.seed) != (
+            c.num_perm,
+            c.shingle_size,
+            c.seed,
+        ):
+            raise ValueError("a shared SelfLoopGuard must hash like the guard's config")
+        # Several guards (one per dataset) may share one memory of our outputs.
+        self.self_loop = self_loop
         self.window = DiversityWindow(
             size=c.diversity_window, num_perm=c.num_perm, shingle_size=c.shingle_size, seed=c.seed
         )
@@ -700,19 +726,34 @@ class ContaminationGuard:
         """Remember an artifact our policies generated that is not itself offered as a sample."""
         self.self_loop.record(artifact_id, text)
 
-    def check(self, sample_id: str, text: str, *, ai_generated_by_us: bool) -> GuardVerdict:
-        """The verdict on one sample; an accepted sample is added to the dataset's state."""
+    def check(
+        self,
+        sample_id: str,
+        text: str,
+        *,
+        ai_generated_by_us: bool,
+        also_hashes: Iterable[str] = (),
+        signature: bytes | Signature | None = None,
+    ) -> GuardVerdict:
+        """The verdict on one sample; an accepted sample is added to the dataset's state.
+
+        ``also_hashes`` are other exact keys of the sample looked up in the
+        self-loop memory (see :meth:`SelfLoopGuard.record_hash`);
+        ``signature`` is the text's signature when the caller has it already.
+        """
         digest = content_hash(text)
         replay = self._recent.get(sample_id)
         if replay is not None and replay.content_hash == digest:
             return replay
-        signature = self.hasher.signature(text)
+        signature = (
+            self.hasher.signature(text) if signature is None else self.hasher.coerce(signature)
+        )
 
         if ai_generated_by_us:
             self.self_loop.record_signature(sample_id, digest, signature)
             self_loop_of = sample_id if self.config.reject_own_outputs else None
         else:
-            self_loop_of = self.self_loop.match_signature(digest, signature)
+            self_loop_of = self.self_loop.match_signature(digest, signature, also_hashes)
         near = self.index.similar_to_signature(signature)
         diversity = self.window.score_signature(signature)
         exact_of = self._accepted_hashes.get(digest)
@@ -741,6 +782,35 @@ class ContaminationGuard:
         self.stats.record(verdict)
         self._remember(sample_id, verdict)
         return verdict
+
+    def restore(
+        self,
+        sample_id: str,
+        verdict: GuardVerdict,
+        signature: bytes | Signature | None,
+        *,
+        ai_generated_by_us: bool,
+    ) -> None:
+        """Put back a verdict :meth:`check` reached before, leaving the state as it left it.
+
+        For rebuilding a guard after a restart from stored verdicts, which must
+        be restored in the order they were reached.  ``signature`` is needed for
+        an accepted sample and for one of ours (they enter the index, window or
+        self-loop memory); it may be ``None`` for anyone else's reject.
+        """
+        if signature is None:
+            if verdict.accepted or ai_generated_by_us:
+                raise ValueError(f"sample {sample_id}: restoring it needs its signature")
+        else:
+            signature = self.hasher.coerce(signature)
+            if ai_generated_by_us:
+                self.self_loop.record_signature(sample_id, verdict.content_hash, signature)
+            if verdict.accepted:
+                self._accepted_hashes[verdict.content_hash] = sample_id
+                self.index.add_signature(sample_id, signature)
+                self.window.push_signature(sample_id, signature)
+        self.stats.record(verdict)
+        self._remember(sample_id, verdict)
 
     def check_many(self, samples: Iterable[tuple[str, str, bool]]) -> list[GuardVerdict]:
         """Verdicts for ``(sample_id, text, ai_generated_by_us)`` triples, in order."""

@@ -346,3 +346,77 @@ def test_alert_fires_only_above_the_rate_after_the_minimum_count() -> None:
     assert "40.0%" in message and "self_loop=30" in message and "near_duplicate=50" in message
     with pytest.raises(ValueError, match="max_rate"):
         ContaminationAlertRule(max_rate=2.0)
+
+
+# ------------------------------------------------------------------ restoring and sharing
+
+
+def _mixed_stream(rng: random.Random, vocabulary: list[str], n: int) -> list[tuple[str, str, bool]]:
+    """Samples with exact repeats, near copies and ours mixed in, as (id, text, ours)."""
+    out: list[tuple[str, str, bool]] = []
+    for i in range(n):
+        roll = rng.random()
+        if out and roll < 0.15:
+            text = rng.choice(out)[1]
+        elif out and roll < 0.3:
+            text, _ = edit_to_similarity(rng, rng.choice(out)[1], 0.9, vocabulary)
+        else:
+            text = make_document(rng, vocabulary)
+        out.append((f"s{i}", text, rng.random() < 0.3))
+    return out
+
+
+def test_a_restored_guard_decides_as_the_one_that_never_stopped(
+    docs: tuple[random.Random, list[str]],
+) -> None:
+    rng, vocabulary = docs
+    stream = _mixed_stream(rng, vocabulary, 240)
+    config = GuardConfig(diversity_window=50)
+    running = ContaminationGuard(config)
+    stored = []
+    for sample, text, ours in stream[:160]:
+        verdict = running.check(sample, text, ai_generated_by_us=ours)
+        signature = running.hasher.signature(text)
+        stored.append((sample, verdict, signature if verdict.accepted or ours else None, ours))
+
+    restored = ContaminationGuard(config)
+    for sample, verdict, signature, ours in stored:
+        restored.restore(sample, verdict, signature, ai_generated_by_us=ours)
+    assert restored.stats == running.stats
+    for sample, text, ours in stream[160:]:
+        assert restored.check(sample, text, ai_generated_by_us=ours) == running.check(
+            sample, text, ai_generated_by_us=ours
+        )
+    assert restored.stats == running.stats
+    assert {v.reason for _, v, _, _ in stored} >= {None, "exact_duplicate"}
+
+
+def test_restoring_an_accepted_sample_needs_its_signature() -> None:
+    guard = ContaminationGuard()
+    verdict = guard.check("s1", "one two three four five six", ai_generated_by_us=False)
+    with pytest.raises(ValueError, match="needs its signature"):
+        ContaminationGuard().restore("s1", verdict, None, ai_generated_by_us=False)
+
+
+def test_guards_sharing_a_self_loop_memory_see_each_others_outputs(
+    docs: tuple[random.Random, list[str]],
+) -> None:
+    rng, vocabulary = docs
+    shared = SelfLoopGuard()
+    drafts, reviews = ContaminationGuard(self_loop=shared), ContaminationGuard(self_loop=shared)
+    ours = make_document(rng, vocabulary)
+    assert drafts.check("d1", ours, ai_generated_by_us=True).accepted
+    verdict = reviews.check("r1", ours, ai_generated_by_us=False)
+    assert (verdict.reason, verdict.self_loop_of) == ("self_loop", "d1")
+    with pytest.raises(ValueError, match="hash like"):
+        ContaminationGuard(GuardConfig(num_perm=64), self_loop=shared)
+
+
+def test_our_output_known_by_hash_only_is_recognised_exactly() -> None:
+    guard = ContaminationGuard()
+    guard.self_loop.record_hash("run-1/diff", "ab" * 32)
+    text = "a diff someone pasted back into a human note, word for word"
+    plain = guard.check("s1", text, ai_generated_by_us=False)
+    assert plain.accepted
+    copied = guard.check("s2", text + " again", ai_generated_by_us=False, also_hashes=["ab" * 32])
+    assert (copied.reason, copied.self_loop_of) == ("self_loop", "run-1/diff")

@@ -1,0 +1,201 @@
+"""The curator stage: learning.run-completed → redacted, labelled, guarded learning.samples.
+
+Per bundle: decode → curate (learning.samples: redact, guard, label) → keep each
+verdict in a table → emit one SampleCurated per artifact with content, accepted
+or rejected with its reason → a contamination alert on learning.alerts when a
+dataset's contamination rate passes the rule (at most once per dataset and
+day).
+
+State. Each doer's guard state (near-duplicate index, exact hashes, diversity
+window, memory of our own outputs, statistics) lives in this worker's memory,
+rebuilt from two changelog-backed tables the first time the doer is seen after
+the worker starts or its partitions move: ``curator-samples`` (one verdict
+record per checked sample, with its MinHash signature when the state needs it)
+and ``curator-own-outputs`` (artifacts of ours that were not samples). A
+restart or rebalance therefore loses nothing, and a redelivered bundle gets
+the verdicts it got the first time (same sample and event ids).
+
+Bad input. The crl stage dead-letters what cannot be decoded from
+learning.run-completed, one letter per bad event; this stage skips the same
+events (counted by ``learnops_curator_skipped_total``) instead of writing a
+second letter. What it alone refuses (content under a reused artifact id) it
+dead-letters itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter
+from pydantic import ValidationError
+
+from agents.app import app
+from agents.dlq import dead_letter, guarded
+from agents.tables import SEPARATOR, DoerPartitions, doer_of, doer_table
+from learning.contamination import reason_kind
+from learning.samples import CurationError, DoerCuration
+from models.events import RunCompleted
+
+log = logging.getLogger("learnops.curator")
+
+run_completed = app.topic("learning.run-completed", key_type=bytes, value_type=bytes)
+curated_samples = app.topic("learning.samples", key_type=bytes, value_type=bytes)
+alerts = app.topic("learning.alerts", key_type=bytes, value_type=bytes)
+
+SAMPLES = Counter(
+    "learnops_samples_curated_total",
+    "Samples curated, by verdict (accepted, or the reject reason).",
+    ["verdict"],
+)
+SKIPPED = Counter(
+    "learnops_curator_skipped_total",
+    "Bundles the curator gave no samples: invalid (dead-lettered by crl), replay, shadow.",
+    ["reason"],
+)
+
+partitions = DoerPartitions()
+# Keys are "<doer>/<sample id>"; values are JSON records (learning.samples).
+verdicts = doer_table(
+    app, "curator-samples", partitions, default=None, help_="Curator verdict per sample"
+)
+own_outputs = doer_table(
+    app,
+    "curator-own-outputs",
+    partitions,
+    default=None,
+    help_="Artifacts of our policies that were not samples, for the self-loop check",
+)
+
+
+def _key(doer: str, sample: str) -> str:
+    return f"{doer}{SEPARATOR}{sample}"
+
+
+class CuratorMemory:
+    """Each doer's curation state in this worker, rebuilt from the tables when first needed."""
+
+    def __init__(self) -> None:
+        self._doers: dict[str, DoerCuration] = {}
+        self._grouped: dict[str, tuple[list[Any], list[tuple[str, Any]]]] | None = None
+
+    def of(self, doer: str) -> DoerCuration:
+        """The doer's state, restored from the tables if this worker has not built it yet."""
+        state = self._doers.get(doer)
+        if state is None:
+            if self._grouped is None:
+                self._grouped = self._group()
+            samples, own = self._grouped.pop(doer, ([], []))
+            state = DoerCuration(doer, app.learning.curation, curator=app.conf.id)
+            state.restore(samples, own)
+            self._doers[doer] = state
+            if samples or own:
+                log.info(
+                    "curator_restored doer=%s samples=%d own_outputs=%d datasets=%d",
+                    doer,
+                    len(samples),
+                    len(own),
+                    len(state.guards),
+                )
+        return state
+
+    def drop(self, doer: str) -> None:
+        """Forget one doer's state (it is rebuilt from the tables when next needed)."""
+        self._doers.pop(doer, None)
+        if self._grouped is not None:
+            self._grouped.pop(doer, None)
+
+    def forget(self, *_: Any, **__: Any) -> None:
+        """Forget every doer: partitions moved, the tables are the truth again."""
+        self._doers.clear()
+        self._grouped = None
+
+    @staticmethod
+    def _group() -> dict[str, tuple[list[Any], list[tuple[str, Any]]]]:
+        # One pass over the recovered tables, grouped by doer; each doer's
+        # share is consumed when the doer is first seen.
+        grouped: dict[str, tuple[list[Any], list[tuple[str, Any]]]] = defaultdict(lambda: ([], []))
+        for key, record in verdicts.items():
+            grouped[doer_of(key)][0].append(record)
+        for key, record in own_outputs.items():
+            grouped[doer_of(key)][1].append((str(key).split(SEPARATOR, 1)[1], record))
+        return dict(grouped)
+
+
+memory = CuratorMemory()
+# After a rebalance the tables hold what this worker now owns; rebuild from them.
+app.on_partitions_revoked.connect(memory.forget)
+app.on_partitions_assigned.connect(memory.forget)
+
+
+def _parse(event: Any) -> RunCompleted | None:
+    """The bundle, or None for what the crl stage dead-letters (so it is not sent twice)."""
+    message = event.message
+    try:
+        bundle = RunCompleted.model_validate_json(message.value)
+    except ValidationError:
+        SKIPPED.labels("invalid").inc()
+        return None
+    if message.key is not None and message.key != bundle.doer.encode():
+        SKIPPED.labels("invalid").inc()
+        return None
+    return bundle
+
+
+@app.agent(run_completed, name="curator")
+async def curator(stream: Any) -> None:
+    """Curate each bundle's artifacts into samples; keep the verdicts; emit samples and alerts."""
+    async for event in stream.events():
+        async with guarded(event, stage="curator"):
+            bundle = _parse(event)
+            if bundle is not None:
+                await _curate(event, bundle)
+
+
+async def _curate(event: Any, bundle: RunCompleted) -> None:
+    doer = bundle.doer
+    partitions.seen(doer, event.message.partition)
+    state = memory.of(doer)
+    try:
+        await _apply(state, bundle)
+    except CurationError as exc:
+        memory.drop(doer)
+        await dead_letter(
+            event, stage="curator", error_type="curation", reason=exc.reason, doer=doer
+        )
+    except Exception:
+        # The state in memory may now be ahead of the tables; rebuild it from them.
+        memory.drop(doer)
+        raise
+
+
+async def _apply(state: DoerCuration, bundle: RunCompleted) -> None:
+    doer = bundle.doer
+    curation = state.curate(
+        bundle, now=datetime.now(UTC), previous=lambda s: verdicts.get(_key(doer, s))
+    )
+    if curation.skipped:
+        SKIPPED.labels(curation.skipped).inc()
+    for sample, record in curation.own_outputs.items():
+        own_outputs[_key(doer, sample)] = record
+    for curated in curation.samples:
+        sample_event = curated.event
+        if curated.record is not None:
+            verdicts[_key(doer, sample_event.sample_id)] = curated.record
+            verdict = sample_event.reject_reason or "accepted"
+            SAMPLES.labels(reason_kind(verdict)).inc()
+        await curated_samples.send(key=doer.encode(), value=sample_event.to_json())
+        if curated.alert is not None:
+            # Sent again for a redelivered sample (same event id): a crash
+            # between the table write and this send must not lose it.
+            await alerts.send(key=doer.encode(), value=curated.alert.to_json())
+            if curated.record is not None:
+                log.warning(
+                    "contamination doer=%s dataset=%s rate=%.4f threshold=%.4f",
+                    doer,
+                    sample_event.dataset,
+                    curated.alert.value,
+                    curated.alert.threshold,
+                )

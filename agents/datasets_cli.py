@@ -1,0 +1,225 @@
+"""`learnops dataset …`: curated datasets, their statistics and samples; golden datasets.
+
+Datasets are named ``DOER/PHASE`` (one rolling dataset per doer and phase);
+golden datasets are named by whoever freezes them, ``NAME`` or ``NAME@VERSION``
+(the latest version when the version is left out). Everything here reads and
+writes PostgreSQL directly; freezing is one transaction, and the database
+refuses any later change to what it froze.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import click
+import orjson
+from faust.cli import base as faust_cli
+
+from agents.cli import GroupedCommand, command, fail
+from storage import datasets as store
+from storage.pool import create_pool
+
+
+@faust_cli.cli.group()
+def dataset() -> None:
+    """Curated datasets (DOER/PHASE) and golden datasets: list, show, samples, freeze, verify."""
+
+
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@asynccontextmanager
+async def _pool(self: GroupedCommand) -> AsyncIterator[Any]:
+    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def parse_golden(text: str) -> tuple[str, int | None]:
+    """Split ``NAME@VERSION`` into its parts; ``NAME`` alone gives version None."""
+    name, sep, version = text.rpartition("@")
+    if sep and version.isdigit() and name:
+        return name, int(version)
+    return text, None
+
+
+def _dump(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+def _rejects(rejected: dict[str, int]) -> str:
+    return ", ".join(f"{kind}={n}" for kind, n in sorted(rejected.items())) or "none"
+
+
+@command(dataset, "list", _json)
+async def dataset_list(self: GroupedCommand, as_json: bool) -> None:
+    """Every dataset with its clean rate and rejects by reason, and every golden dataset."""
+    async with _pool(self) as pool:
+        found = await store.list_datasets(pool)
+        goldens = await store.list_golden(pool)
+    if as_json:
+        self.say(
+            _dump(
+                {
+                    "datasets": [d.model_dump(mode="json") for d in found],
+                    "golden": [g.model_dump(mode="json") for g in goldens],
+                }
+            )
+        )
+        return
+    self.say(f"{'dataset':40} {'checked':>8} {'accepted':>8} {'clean':>7} {'contam.':>7}  rejects")
+    for d in found:
+        self.say(
+            f"{d.dataset:40} {d.checked:8d} {d.accepted:8d} {d.clean_rate:7.1%} "
+            f"{d.contamination_rate:7.1%}  {_rejects(d.rejected)}"
+        )
+    if goldens:
+        self.say("")
+        self.say(f"{'golden':30} {'from dataset':40} {'samples':>7}  frozen")
+        for g in goldens:
+            self.say(
+                f"{g.name + '@' + str(g.version):30} {g.dataset:40} {g.sample_count:7d}  "
+                f"{g.frozen_at:%Y-%m-%d %H:%M} by {g.frozen_by}"
+            )
+
+
+@command(dataset, "show", click.argument("name"), _json)
+async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
+    """A dataset's statistics (clean rate, rejects by reason), or a golden dataset's versions."""
+    golden_name, version = parse_golden(name)
+    async with _pool(self) as pool:
+        summary = await store.dataset_summary(pool, name)
+        versions = await store.golden_versions(pool, golden_name)
+    versions = [v for v in versions if version is None or v.version == version]
+    if summary is None and not versions:
+        fail(f"no dataset or golden dataset named {name}")
+    if as_json:
+        self.say(
+            _dump(
+                {
+                    "dataset": summary.model_dump(mode="json") if summary else None,
+                    "golden": [v.model_dump(mode="json") for v in versions],
+                }
+            )
+        )
+        return
+    if summary is not None:
+        s = summary
+        self.say(f"dataset            {s.dataset}")
+        self.say(f"doer               {s.doer}")
+        self.say(f"checked            {s.checked}")
+        self.say(f"accepted           {s.accepted}")
+        self.say(f"clean rate         {s.clean_rate:.1%}")
+        self.say(f"contamination rate {s.contamination_rate:.1%}")
+        self.say(f"rejects by reason  {_rejects(s.rejected)}")
+        self.say(
+            f"samples from       {s.first_sample_at:%Y-%m-%d %H:%M:%S} to "
+            f"{s.last_sample_at:%Y-%m-%d %H:%M:%S}"
+        )
+    for g in versions:
+        self.say(f"golden             {g.name}@{g.version}")
+        self.say(f"  frozen from      {g.dataset}")
+        self.say(f"  frozen at        {g.frozen_at:%Y-%m-%d %H:%M:%S} by {g.frozen_by}")
+        self.say(f"  samples          {g.sample_count}")
+        self.say(f"  manifest hash    {g.manifest_hash}")
+
+
+@command(
+    dataset,
+    "samples",
+    click.argument("name"),
+    click.option("--limit", type=int, default=20, show_default=True, help="Latest N samples."),
+    click.option(
+        "--only",
+        type=click.Choice(["all", "accepted", "rejected"]),
+        default="all",
+        show_default=True,
+    ),
+    _json,
+)
+async def dataset_samples(
+    self: GroupedCommand, name: str, limit: int, only: str, as_json: bool
+) -> None:
+    """A dataset's latest samples: verdict, reason, labels and the (redacted) content."""
+    accepted = {"all": None, "accepted": True, "rejected": False}[only]
+    async with _pool(self) as pool:
+        rows = await store.dataset_samples(pool, name, limit=limit, accepted=accepted)
+    if as_json:
+        self.say(_dump([dict(r) for r in rows]))
+        return
+    for r in rows:
+        verdict = "accepted" if r["accepted"] else f"rejected: {r['reject_reason']}"
+        labels = r["labels"]
+        self.say(
+            f"{r['sample_id']}  {r['kind']:10} {r['origin']:12} {verdict}  "
+            f"diversity={r['diversity']:.2f} specificity={labels['specificity']:.2f} "
+            f"synthetic={labels['synthetic_confidence']:.1f}"
+            + (f"  redacted={_rejects(r['redactions'])}" if r["redactions"] else "")
+        )
+        content = " ".join(r["content"].split())
+        self.say(f"    {content[:110]}{'…' if len(content) > 110 else ''}")
+
+
+@command(
+    dataset,
+    "freeze",
+    click.argument("name"),
+    click.option(
+        "--as", "golden", required=True, help="Name of the golden dataset (letters, digits, ._-)."
+    ),
+    click.option(
+        "--actor",
+        default=lambda: getpass.getuser(),
+        show_default="the current user",
+        help="Who froze it, for the record.",
+    ),
+)
+async def dataset_freeze(self: GroupedCommand, name: str, golden: str, actor: str) -> None:
+    """Freeze dataset NAME's accepted samples as the next version of golden dataset GOLDEN."""
+    async with _pool(self) as pool:
+        try:
+            frozen = await store.freeze(pool, name, golden, actor=actor)
+        except store.GoldenError as exc:
+            fail(str(exc))
+    self.say(
+        f"froze {frozen.sample_count} samples of {frozen.dataset} as "
+        f"{frozen.name}@{frozen.version} (manifest sha256 {frozen.manifest_hash})"
+    )
+
+
+@command(dataset, "verify", click.argument("golden"), _json)
+async def dataset_verify(self: GroupedCommand, golden: str, as_json: bool) -> None:
+    """Recompute GOLDEN[@VERSION]'s content hashes and manifest hash; exit 1 on any mismatch."""
+    name, version = parse_golden(golden)
+    async with _pool(self) as pool:
+        try:
+            frozen, result = await store.verify_golden(pool, name, version)
+        except store.GoldenError as exc:
+            fail(str(exc))
+    if as_json:
+        self.say(
+            _dump(
+                {
+                    "golden": frozen.model_dump(mode="json"),
+                    "ok": result.ok,
+                    "sample_count": result.sample_count,
+                    "manifest_hash": result.manifest_hash,
+                    "problems": result.problems,
+                }
+            )
+        )
+    elif result.ok:
+        self.say(
+            f"ok: {frozen.name}@{frozen.version}: {result.sample_count} samples, "
+            f"manifest sha256 {result.manifest_hash}"
+        )
+    else:
+        for problem in result.problems:
+            self.say(f"MISMATCH {problem}")
+    if not result.ok:
+        fail(f"{frozen.name}@{frozen.version} does not match what was frozen")

@@ -1,0 +1,552 @@
+"""From a run bundle to curated samples: dataset names, sample ids, labels, one doer's guard state.
+
+The curator stage (``agents/curator.py``) is this module plus Kafka.  For each
+live bundle, every artifact with content becomes a sample of the dataset
+``"{doer}/{phase}"``:
+
+1. redact it (``learning.curation.redact``, repeated until a last scan finds
+   nothing, so no PII reaches a topic or PostgreSQL),
+2. check it against the dataset's contamination guard (self-loop, exact and
+   near duplicate, diversity), sharing the doer's memory of our own outputs
+   across its datasets,
+3. label it from the bundle's QAV results and gates,
+4. give back the :class:`~models.events.SampleCurated` event, the verdict
+   record the stage keeps in a Faust table, and a contamination alert when
+   the dataset's contamination rate passes the rule (at most one per dataset
+   and UTC day).
+
+Replay and shadow bundles give no samples: a replay re-runs a sample we have
+already curated, and a shadow run was never served.  Their artifacts that our
+policies generated are remembered for the self-loop check all the same.
+
+:meth:`DoerCuration.restore` rebuilds the state from the stored records
+(after a restart or a rebalance), so the guard's verdicts do not depend on
+when the worker last started.  Pure logic: no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from learning.contamination import (
+    ContaminationAlertRule,
+    ContaminationGuard,
+    DatasetStats,
+    GuardConfig,
+    GuardVerdict,
+    SelfLoopGuard,
+)
+from learning.curation import content_hash, findings_only, label_sample, redact
+from models.base import sha256_hex
+from models.events import Alert, Artifact, CurationLabels, RunCompleted, SampleCurated
+
+#: Separates the doer from the phase in a dataset name.
+DATASET_SEPARATOR: Final = "/"
+#: Redaction is repeated until a scan of the result finds nothing, at most this often.
+REDACTION_ROUNDS: Final = 3
+# Namespace of the deterministic ids (uuid5) of samples, their events and alerts.
+_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "learnops:curation")
+
+
+class CurationError(ValueError):
+    """A bundle cannot be curated; ``reason`` says why in words a person can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------
+# Names and ids
+# --------------------------------------------------------------------------------------
+
+
+def dataset_name(doer: str, phase: str) -> str:
+    """The rolling dataset a sample of this doer and phase belongs to: ``"{doer}/{phase}"``.
+
+    One dataset per doer and phase: what a doer learns from differs by phase
+    (a plan is not a review), and keying by doer keeps a dataset's guard state
+    in the one worker that owns the doer's partition.
+    """
+    return f"{doer}{DATASET_SEPARATOR}{phase}"
+
+
+def sample_id(doer: str, run_id: str, artifact_id: str) -> str:
+    """The sample's id: the same for the same artifact of the same run, whoever computes it."""
+    return str(uuid.uuid5(_NAMESPACE, f"sample\x00{doer}\x00{run_id}\x00{artifact_id}"))
+
+
+def sample_event_id(sample: str) -> uuid.UUID:
+    """The event id of a sample's SampleCurated: a redelivered bundle re-emits the same id."""
+    return uuid.uuid5(_NAMESPACE, f"sample-curated\x00{sample}")
+
+
+def is_ours(artifact: Artifact) -> bool:
+    """Whether one of our policies generated the artifact (the bundle names the policy)."""
+    return artifact.policy_id is not None
+
+
+# --------------------------------------------------------------------------------------
+# Redaction and labels
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedactedText:
+    """Text with every finding replaced, and the number of findings per kind."""
+
+    text: str
+    counts: dict[str, int]
+
+
+def redact_fully(text: str) -> RedactedText:
+    """``text`` redacted until a last scan finds nothing; ``CurationError`` if it never does.
+
+    One round is enough on everything measured (``redact`` is idempotent on the
+    corpus), so the second round is the last scan before anything is stored.
+    """
+    counts: Counter[str] = Counter()
+    for _ in range(REDACTION_ROUNDS):
+        if not findings_only(text):
+            return RedactedText(text, dict(counts))
+        result = redact(text)
+        counts.update(result.counts)
+        text = result.text
+    if findings_only(text):
+        raise CurationError(f"PII is still found after {REDACTION_ROUNDS} rounds of redaction")
+    return RedactedText(text, dict(counts))
+
+
+def labels_for(
+    bundle: RunCompleted, artifact: Artifact, text: str, *, matches_our_output: bool
+) -> CurationLabels:
+    """The labels of one artifact of a bundle (rules in docs/curation.md, "Labels").
+
+    ``text`` is the redacted content (specificity never counts placeholders).
+    Without QAV results grounding and contradiction are unknown (``None``),
+    not 0.
+    """
+    qav = bundle.qav
+    labels = label_sample(
+        text=text,
+        grounding_score=qav.grounding_score if qav else None,
+        contradiction_count=qav.contradictions if qav else 0,
+        claim_count=qav.claims if qav else 0,
+        gates_passed=len(bundle.gates.passed),
+        gates_failed=len(bundle.gates.failed),
+        artifact_origin=artifact.origin,
+        produced_by_our_policy=is_ours(artifact),
+        matches_our_output=matches_our_output,
+    )
+    values = asdict(labels)
+    if qav is None:
+        values["contradiction"] = None
+    return CurationLabels.model_validate(values)
+
+
+# --------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """The contamination guard's thresholds and the contamination alert rule."""
+
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    alert: ContaminationAlertRule = field(default_factory=ContaminationAlertRule)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CurationConfig:
+        """From config/learning.yaml's ``curation`` section; unknown keys are errors."""
+        values = dict(raw)
+        alert = dict(values.pop("alert", None) or {})
+        guard_keys = set(GuardConfig.__dataclass_fields__)
+        unknown = sorted(set(values) - guard_keys)
+        if unknown:
+            raise ValueError(f"curation: unknown settings {', '.join(unknown)}")
+        alert_keys = {"max_contamination_rate": "max_rate", "min_samples": "min_count"}
+        unknown = sorted(set(alert) - set(alert_keys))
+        if unknown:
+            raise ValueError(f"curation.alert: unknown settings {', '.join(unknown)}")
+        return cls(
+            guard=GuardConfig(**values),
+            alert=ContaminationAlertRule(**{alert_keys[k]: v for k, v in alert.items()}),
+        )
+
+
+# --------------------------------------------------------------------------------------
+# One doer's curation state
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CuratedSample:
+    """One sample of a bundle: its event, the verdict record to keep, and an alert if one fired.
+
+    ``record`` is ``None`` when the sample was curated before (a redelivered
+    bundle): the event and any alert are the same as the first time.
+    """
+
+    event: SampleCurated
+    record: dict[str, Any] | None
+    alert: Alert | None
+
+
+@dataclass(frozen=True)
+class Curation:
+    """What curating one bundle gave: samples, and artifacts of ours to remember by sample id."""
+
+    samples: list[CuratedSample]
+    own_outputs: dict[str, dict[str, Any]]
+    skipped: str | None = None  # "replay" or "shadow": the bundle gives no samples
+
+
+@dataclass(frozen=True)
+class _Draft:
+    artifact: Artifact
+    sample_id: str
+    text: str
+    digest: str
+    redactions: dict[str, int]  # of the content and of the names below
+    raw_hash: str
+    # The orchestrator's ids and names, scanned too, so a careless id
+    # ("notes-jane@example.com") cannot carry PII past the curator.
+    run_id: str
+    phase: str
+    artifact_id: str
+    kind: str
+
+
+def _clean_names(*values: str) -> tuple[list[str], Counter[str]]:
+    counts: Counter[str] = Counter()
+    cleaned = []
+    for value in values:
+        result = redact_fully(value)
+        counts.update(result.counts)
+        cleaned.append(result.text)
+    return cleaned, counts
+
+
+def _b64(signature: bytes) -> str:
+    return base64.b64encode(signature).decode("ascii")
+
+
+class DoerCuration:
+    """The curation state of one doer: a guard per dataset sharing one memory of our outputs.
+
+    Records (plain JSON-able dicts) say everything the state holds: a verdict
+    record per checked sample, and an own-output record per artifact of ours
+    that was not a sample.  :meth:`restore` rebuilds the state from them, so a
+    doer's state can live in a changelog-backed table and move between
+    workers.
+    """
+
+    def __init__(
+        self, doer: str, config: CurationConfig | None = None, *, curator: str | None = None
+    ) -> None:
+        self.doer = doer
+        self.config = config or CurationConfig()
+        self.curator = curator
+        g = self.config.guard
+        self.self_loop = SelfLoopGuard(
+            threshold=g.self_loop_threshold,
+            num_perm=g.num_perm,
+            shingle_size=g.shingle_size,
+            seed=g.seed,
+        )
+        self.guards: dict[str, ContaminationGuard] = {}
+        self._alerted: set[tuple[str, str]] = set()  # (dataset, UTC day) that alerted
+
+    def guard(self, dataset: str) -> ContaminationGuard:
+        """The dataset's guard (created empty on first use)."""
+        found = self.guards.get(dataset)
+        if found is None:
+            found = self.guards[dataset] = ContaminationGuard(
+                self.config.guard, self_loop=self.self_loop
+            )
+        return found
+
+    def stats(self) -> dict[str, DatasetStats]:
+        """Verdict counts per dataset of this doer."""
+        return {name: guard.stats for name, guard in sorted(self.guards.items())}
+
+    # -- curating -------------------------------------------------------------------
+
+    def curate(
+        self,
+        bundle: RunCompleted,
+        *,
+        now: datetime,
+        previous: Callable[[str], Mapping[str, Any] | None] = lambda _: None,
+    ) -> Curation:
+        """The samples of one bundle, in artifact order; ``previous`` finds a stored verdict.
+
+        A sample whose verdict is already stored (a redelivery) gets that
+        verdict again and no new record.  A stored verdict for other content
+        under the same run and artifact id is a producer error:
+        :class:`CurationError`, before anything changes.
+        """
+        if bundle.doer != self.doer:
+            raise ValueError(f"bundle of {bundle.doer!r} given to the curation of {self.doer!r}")
+        live = bundle.replay_id is None and not bundle.shadow
+        drafts: list[_Draft] = []
+        if live:
+            (run_id, phase), bundle_counts = _clean_names(bundle.run_id, bundle.phase)
+            drafts = [
+                self._draft(bundle, a, run_id, phase, bundle_counts)
+                for a in bundle.artifacts
+                if a.content and a.content.strip()
+            ]
+        priors = {d.sample_id: previous(d.sample_id) for d in drafts}
+        if len(priors) != len(drafts):
+            raise CurationError("two artifacts of the bundle share one artifact id")
+        for draft in drafts:
+            prior = priors[draft.sample_id]
+            if prior is not None and prior["hash"] != draft.digest:
+                raise CurationError(
+                    f"artifact {draft.sample_id} (sample id) of this run was curated before "
+                    "with other content; artifact ids must not be reused"
+                )
+        # Nothing has changed so far; from here on the state moves.
+        own = self._own_outputs(bundle)
+        if not live:
+            return Curation([], own, "replay" if bundle.replay_id is not None else "shadow")
+        samples = []
+        for draft in drafts:
+            prior = priors[draft.sample_id]
+            if prior is not None:
+                samples.append(self._again(bundle, draft, prior, now))
+            else:
+                samples.append(self._check(bundle, draft, now))
+        return Curation(samples, own)
+
+    def _own_outputs(self, bundle: RunCompleted) -> dict[str, dict[str, Any]]:
+        # Artifacts of ours that are not offered as samples: all of them in a
+        # replay or shadow bundle, and those known by hash only in a live one.
+        live = bundle.replay_id is None and not bundle.shadow
+        records: dict[str, dict[str, Any]] = {}
+        for artifact in bundle.artifacts:
+            if not is_ours(artifact) or (live and artifact.content):
+                continue
+            # Remembered under the id it would have as a sample: ids from the
+            # bundle may hold anything, a uuid5 of them holds nothing.
+            key = sample_id(bundle.doer, bundle.run_id, artifact.artifact_id)
+            record: dict[str, Any]
+            if artifact.content:
+                text = redact_fully(artifact.content).text
+                signature = self.self_loop.hasher.to_bytes(self.self_loop.hasher.signature(text))
+                record = {
+                    "raw": sha256_hex(artifact.content),
+                    "hash": content_hash(text),
+                    "sig": _b64(signature),
+                }
+            else:
+                assert artifact.content_hash is not None  # the model requires one or the other
+                record = {"raw": artifact.content_hash, "hash": None, "sig": None}
+            self._remember_own(key, record)
+            records[key] = record
+        return records
+
+    def _remember_own(self, key: str, record: Mapping[str, Any]) -> None:
+        if record.get("sig"):
+            self.self_loop.record_signature(key, record["hash"], base64.b64decode(record["sig"]))
+        self.self_loop.record_hash(key, record["raw"])
+
+    def _draft(
+        self,
+        bundle: RunCompleted,
+        artifact: Artifact,
+        run_id: str,
+        phase: str,
+        bundle_counts: Counter[str],
+    ) -> _Draft:
+        assert artifact.content is not None
+        redacted = redact_fully(artifact.content)
+        (artifact_id, kind), counts = _clean_names(artifact.artifact_id, artifact.kind)
+        counts.update(bundle_counts)
+        counts.update(redacted.counts)
+        return _Draft(
+            artifact=artifact,
+            sample_id=sample_id(bundle.doer, bundle.run_id, artifact.artifact_id),
+            text=redacted.text,
+            digest=content_hash(redacted.text),
+            redactions=dict(counts),
+            raw_hash=sha256_hex(artifact.content),
+            run_id=run_id,
+            phase=phase,
+            artifact_id=artifact_id,
+            kind=kind,
+        )
+
+    def _check(self, bundle: RunCompleted, draft: _Draft, now: datetime) -> CuratedSample:
+        dataset = dataset_name(bundle.doer, draft.phase)
+        guard = self.guard(dataset)
+        ours = is_ours(draft.artifact)
+        signature = guard.hasher.signature(draft.text)
+        verdict = guard.check(
+            draft.sample_id,
+            draft.text,
+            ai_generated_by_us=ours,
+            also_hashes=() if ours else (draft.raw_hash,),
+            signature=signature,
+        )
+        alert = self._maybe_alert(bundle, draft.phase, dataset, guard.stats)
+        record: dict[str, Any] = {
+            "sample_id": draft.sample_id,
+            "dataset": dataset,
+            "seq": guard.stats.checked,
+            "hash": verdict.content_hash,
+            "accepted": verdict.accepted,
+            "reason": verdict.reason,
+            "diversity": verdict.diversity,
+            "near": verdict.near_duplicates,
+            "self_loop_of": verdict.self_loop_of,
+            "ours": ours,
+            # Only what a restore needs: accepted samples enter the index and
+            # window, ours the self-loop memory; others' rejects need no signature.
+            "sig": _b64(guard.hasher.to_bytes(signature)) if verdict.accepted or ours else None,
+            "alert": alert.model_dump(mode="json") if alert else None,
+        }
+        return CuratedSample(self._event(bundle, draft, dataset, verdict, now), record, alert)
+
+    def _again(
+        self, bundle: RunCompleted, draft: _Draft, prior: Mapping[str, Any], now: datetime
+    ) -> CuratedSample:
+        verdict = _verdict_of(prior)
+        alert = Alert.model_validate(prior["alert"]) if prior.get("alert") else None
+        event = self._event(bundle, draft, str(prior["dataset"]), verdict, now)
+        return CuratedSample(event, None, alert)
+
+    def _maybe_alert(
+        self, bundle: RunCompleted, phase: str, dataset: str, stats: DatasetStats
+    ) -> Alert | None:
+        day = bundle.occurred_at.date().isoformat()
+        if (dataset, day) in self._alerted:
+            return None
+        message = self.config.alert.evaluate(stats)
+        if message is None:
+            return None
+        self._alerted.add((dataset, day))
+        return contamination_alert(
+            bundle.doer, phase, dataset, day, message, stats, self.config.alert
+        )
+
+    def _event(
+        self,
+        bundle: RunCompleted,
+        draft: _Draft,
+        dataset: str,
+        verdict: GuardVerdict,
+        now: datetime,
+    ) -> SampleCurated:
+        artifact = draft.artifact
+        matches_ours = verdict.self_loop_of is not None and not is_ours(artifact)
+        labels = labels_for(bundle, artifact, draft.text, matches_our_output=matches_ours)
+        return SampleCurated(
+            event_id=sample_event_id(draft.sample_id),
+            occurred_at=now,
+            doer=bundle.doer,
+            sample_id=draft.sample_id,
+            run_id=draft.run_id,
+            phase=draft.phase,
+            policy_id=bundle.policy_id,
+            policy_version=bundle.policy_version,
+            artifact_id=draft.artifact_id,
+            kind=draft.kind,
+            origin=labels.origin,  # as reported, except that ours is never "human"
+            accepted=verdict.accepted,
+            reject_reason=verdict.reason,
+            content=draft.text,
+            content_hash=verdict.content_hash,
+            redactions=draft.redactions,
+            labels=labels,
+            near_duplicate_of=verdict.near_duplicates,
+            self_loop_of=verdict.self_loop_of,
+            diversity=min(1.0, max(0.0, verdict.diversity)),
+            dataset=dataset,
+            source_event_id=bundle.event_id,
+            run_occurred_at=bundle.occurred_at,
+            model=bundle.model,
+            curator=self.curator,
+        )
+
+    # -- restoring ------------------------------------------------------------------
+
+    def restore(
+        self,
+        samples: Iterable[Mapping[str, Any]],
+        own_outputs: Iterable[tuple[str, Mapping[str, Any]]] = (),
+    ) -> None:
+        """Rebuild the state from verdict records and own-output records (key, record).
+
+        Verdicts are put back per dataset in the order they were reached
+        (``seq``); own outputs in any order.  Checking the same bundles
+        afterwards gives what it would have given without the restart.
+        """
+        for key, record in own_outputs:
+            self._remember_own(key, record)
+        by_dataset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for record in samples:
+            by_dataset[str(record["dataset"])].append(record)
+        for dataset, records in by_dataset.items():
+            guard = self.guard(dataset)
+            for record in sorted(records, key=lambda r: int(r["seq"])):
+                sig = record.get("sig")
+                guard.restore(
+                    str(record["sample_id"]),
+                    _verdict_of(record),
+                    base64.b64decode(sig) if sig else None,
+                    ai_generated_by_us=bool(record["ours"]),
+                )
+                alert = record.get("alert")
+                if alert:
+                    self._alerted.add((dataset, str(alert["evidence"]["day"])))
+
+
+def _verdict_of(record: Mapping[str, Any]) -> GuardVerdict:
+    return GuardVerdict(
+        accepted=bool(record["accepted"]),
+        reason=record["reason"],
+        diversity=float(record["diversity"]),
+        near_duplicates=list(record["near"]),
+        content_hash=str(record["hash"]),
+        self_loop_of=record["self_loop_of"],
+    )
+
+
+def contamination_alert(
+    doer: str,
+    phase: str,
+    dataset: str,
+    day: str,
+    message: str,
+    stats: DatasetStats,
+    rule: ContaminationAlertRule,
+) -> Alert:
+    """The alert for a dataset whose contamination rate passed the rule on ``day``."""
+    return Alert(
+        event_id=uuid.uuid5(_NAMESPACE, f"contamination\x00{dataset}\x00{day}"),
+        doer=doer,
+        kind="contamination",
+        severity="warning",
+        message=f"dataset {dataset}: {message}",
+        value=stats.contamination_rate,
+        threshold=rule.max_rate,
+        phase=phase,
+        evidence={
+            "dataset": dataset,
+            "day": day,
+            "checked": stats.checked,
+            "accepted": stats.accepted,
+            "clean_rate": stats.clean_rate,
+            "rejected": dict(stats.rejected),
+            "min_samples": rule.min_count,
+        },
+    )

@@ -1,0 +1,33 @@
+"""Stored records of curation: a dataset's statistics and a golden dataset."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from models.base import ContractModel, Count, Identifier, Sha256Hex, UnitFloat, Version
+
+
+class DatasetSummary(ContractModel):
+    """One dataset's sample counts and rates (the view ``v_dataset_stats``)."""
+
+    dataset: Identifier
+    doer: Identifier
+    checked: Count
+    accepted: Count
+    clean_rate: UnitFloat  # accepted / checked
+    contamination_rate: UnitFloat  # (self-loops + exact + near duplicates) / checked
+    rejected: dict[str, Count]  # reject reason (without its detail) → count
+    first_sample_at: datetime
+    last_sample_at: datetime
+
+
+class GoldenDataset(ContractModel):
+    """A dataset's accepted samples frozen under a name and version, with their manifest hash."""
+
+    name: Identifier
+    version: Version
+    dataset: Identifier  # the dataset it was frozen from
+    frozen_at: datetime
+    frozen_by: Identifier
+    manifest_hash: Sha256Hex  # learning.golden.manifest_hash of sample_id → content_hash
+    sample_count: Count

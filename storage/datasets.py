@@ -1,0 +1,254 @@
+"""dataset_samples, v_dataset_stats and golden datasets: curated samples and frozen copies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from learning.golden import Verification, manifest_hash, manifest_of, verify
+from models.datasets import DatasetSummary, GoldenDataset
+from models.events import SampleCurated
+
+
+class GoldenError(ValueError):
+    """A golden dataset cannot be frozen or found; the message says why."""
+
+
+def unstorable(sample: SampleCurated) -> str | None:
+    """Why a sample cannot be stored (a field dataset_samples needs is missing), or ``None``."""
+    missing = [
+        name
+        for name in ("dataset", "content", "content_hash", "labels")
+        if getattr(sample, name) is None
+    ]
+    return f"{', '.join(missing)}: required to store a sample" if missing else None
+
+
+# One statement per batch: unnest turns the column arrays back into rows. The
+# BEFORE INSERT trigger turns an accepted exact duplicate into a reject.
+_INSERT = """
+INSERT INTO dataset_samples (
+    sample_id, event_id, dataset, doer, run_id, source_event_id, phase, policy_id, policy_version,
+    model, artifact_id, kind, origin, content, content_hash, redactions, labels, accepted,
+    reject_reason, near_duplicate_of, self_loop_of, diversity, run_occurred_at, curated_at, curator
+)
+SELECT r.sample_id, r.event_id, r.dataset, r.doer, r.run_id, r.source_event_id, r.phase,
+       r.policy_id, r.policy_version, r.model, r.artifact_id, r.kind, r.origin, r.content,
+       r.content_hash, r.redactions::jsonb, r.labels::jsonb, r.accepted, r.reject_reason,
+       ARRAY(SELECT jsonb_array_elements_text(r.near::jsonb)), r.self_loop_of, r.diversity,
+       r.run_occurred_at, r.curated_at, r.curator
+FROM unnest(
+    $1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
+    $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+    $15::text[], $16::text[], $17::text[], $18::bool[], $19::text[], $20::text[], $21::text[],
+    $22::float8[], $23::timestamptz[], $24::timestamptz[], $25::text[]
+) WITH ORDINALITY AS r(
+    sample_id, event_id, dataset, doer, run_id, source_event_id, phase, policy_id, policy_version,
+    model, artifact_id, kind, origin, content, content_hash, redactions, labels, accepted,
+    reject_reason, near, self_loop_of, diversity, run_occurred_at, curated_at, curator, position
+)
+ORDER BY r.position
+ON CONFLICT (sample_id) DO NOTHING
+"""
+
+
+def _json(value: Any) -> str:
+    # JSON travels as text: asyncpg would read a list inside jsonb[] as a sub-array.
+    return orjson.dumps(value).decode()
+
+
+async def insert_samples(pool: Any, samples: Sequence[SampleCurated]) -> int:
+    """Store a batch of curated samples in order; returns how many were new.
+
+    Idempotent by sample id (a redelivery adds nothing).  Every sample must be
+    storable (:func:`unstorable`).
+    """
+    if not samples:
+        return 0
+    # ON CONFLICT cannot see rows of its own statement: keep the first of a repeated id.
+    unique = list({s.sample_id: s for s in reversed(samples)}.values())[::-1]
+    for sample in unique:
+        reason = unstorable(sample)
+        if reason is not None:
+            raise ValueError(f"sample {sample.sample_id}: {reason}")
+    columns = (
+        [s.sample_id for s in unique],
+        [s.event_id for s in unique],
+        [s.dataset for s in unique],
+        [s.doer for s in unique],
+        [s.run_id for s in unique],
+        [s.source_event_id for s in unique],
+        [s.phase for s in unique],
+        [s.policy_id for s in unique],
+        [s.policy_version for s in unique],
+        [s.model for s in unique],
+        [s.artifact_id for s in unique],
+        [s.kind for s in unique],
+        [s.origin for s in unique],
+        [s.content for s in unique],
+        [s.content_hash for s in unique],
+        [_json(s.redactions) for s in unique],
+        [_json(s.labels.model_dump(mode="json") if s.labels else None) for s in unique],
+        [s.accepted for s in unique],
+        [s.reject_reason for s in unique],
+        [_json(s.near_duplicate_of) for s in unique],
+        [s.self_loop_of for s in unique],
+        [s.diversity for s in unique],
+        [s.run_occurred_at for s in unique],
+        [s.occurred_at for s in unique],
+        [s.curator for s in unique],
+    )
+    status = await pool.execute(_INSERT, *columns)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# --- datasets -----------------------------------------------------------------------
+
+_STATS = """
+SELECT dataset, doer, checked, accepted, clean_rate, contamination_rate, rejected,
+       first_sample_at, last_sample_at
+FROM v_dataset_stats
+"""
+
+
+async def list_datasets(pool: Any) -> list[DatasetSummary]:
+    """Every dataset with its counts and rates, by name."""
+    rows = await pool.fetch(_STATS + " ORDER BY dataset")
+    return [DatasetSummary.model_validate(dict(row)) for row in rows]
+
+
+async def dataset_summary(pool: Any, dataset: str) -> DatasetSummary | None:
+    """One dataset's counts and rates, or ``None`` if it has no sample."""
+    row = await pool.fetchrow(_STATS + " WHERE dataset = $1", dataset)
+    return None if row is None else DatasetSummary.model_validate(dict(row))
+
+
+async def dataset_samples(
+    pool: Any, dataset: str, *, limit: int = 20, accepted: bool | None = None
+) -> list[Any]:
+    """The dataset's latest samples (all, or only accepted or only rejected ones)."""
+    return list(
+        await pool.fetch(
+            """
+            SELECT sample_id, run_id, artifact_id, kind, origin, accepted, reject_reason,
+                   content_hash, diversity, labels, redactions, content, created_at
+            FROM dataset_samples
+            WHERE dataset = $1 AND ($2::boolean IS NULL OR accepted = $2)
+            ORDER BY created_at DESC, sample_id
+            LIMIT $3
+            """,
+            dataset,
+            accepted,
+            limit,
+        )
+    )
+
+
+# --- golden datasets ----------------------------------------------------------------
+
+_COPY = """
+INSERT INTO golden_dataset_samples (
+    golden_name, golden_version, sample_id, doer, run_id, artifact_id, kind, origin, content,
+    content_hash, redactions, labels
+)
+SELECT $1, $2, sample_id, doer, run_id, artifact_id, kind, origin, content, content_hash,
+       redactions, labels
+FROM dataset_samples WHERE dataset = $3 AND accepted
+RETURNING sample_id, content_hash
+"""
+
+_GOLDEN = """
+SELECT name, version, dataset, frozen_at, frozen_by, manifest_hash, sample_count
+FROM golden_datasets
+"""
+
+
+async def freeze(pool: Any, dataset: str, golden: str, *, actor: str) -> GoldenDataset:
+    """Freeze the dataset's accepted samples as the next version of golden dataset ``golden``.
+
+    One transaction: the samples are copied, the manifest is built from the
+    copied rows, then the golden_datasets row closes the set; from then on the
+    database refuses any change to it.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        # Two freezes of one name at once would pick the same version.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('golden:' || $1))", golden)
+        version = int(
+            await conn.fetchval(
+                "SELECT coalesce(max(version), 0) + 1 FROM golden_datasets WHERE name = $1", golden
+            )
+        )
+        copied = await conn.fetch(_COPY, golden, version, dataset)
+        if not copied:
+            raise GoldenError(f"dataset {dataset} has no accepted sample to freeze")
+        manifest = manifest_of((row["sample_id"], row["content_hash"]) for row in copied)
+        row = await conn.fetchrow(
+            """
+            INSERT INTO golden_datasets
+                (name, version, dataset, frozen_by, manifest, manifest_hash, sample_count)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            RETURNING name, version, dataset, frozen_at, frozen_by, manifest_hash, sample_count
+            """,
+            golden,
+            version,
+            dataset,
+            actor,
+            manifest,
+            manifest_hash(manifest),
+            len(manifest),
+        )
+    return GoldenDataset.model_validate(dict(row))
+
+
+async def golden_versions(pool: Any, name: str) -> list[GoldenDataset]:
+    """Every frozen version of a golden dataset, oldest first."""
+    rows = await pool.fetch(_GOLDEN + " WHERE name = $1 ORDER BY version", name)
+    return [GoldenDataset.model_validate(dict(row)) for row in rows]
+
+
+async def list_golden(pool: Any) -> list[GoldenDataset]:
+    """Every golden dataset version, by name and version."""
+    rows = await pool.fetch(_GOLDEN + " ORDER BY name, version")
+    return [GoldenDataset.model_validate(dict(row)) for row in rows]
+
+
+async def golden(pool: Any, name: str, version: int | None = None) -> GoldenDataset | None:
+    """A golden dataset's version (the latest when ``version`` is None), or ``None``."""
+    row = await pool.fetchrow(
+        _GOLDEN + " WHERE name = $1 AND ($2::int IS NULL OR version = $2)"
+        " ORDER BY version DESC LIMIT 1",
+        name,
+        version,
+    )
+    return None if row is None else GoldenDataset.model_validate(dict(row))
+
+
+async def verify_golden(
+    pool: Any, name: str, version: int | None = None
+) -> tuple[GoldenDataset, Verification]:
+    """Recompute a golden dataset's content hashes and manifest hash from its stored rows."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        frozen = await golden(conn, name, version)
+        if frozen is None:
+            shown = name if version is None else f"{name}@{version}"
+            raise GoldenError(f"no golden dataset {shown}")
+        stored = await conn.fetchrow(
+            "SELECT manifest FROM golden_datasets WHERE name = $1 AND version = $2",
+            frozen.name,
+            frozen.version,
+        )
+        rows = await conn.fetch(
+            "SELECT sample_id, content, content_hash FROM golden_dataset_samples "
+            "WHERE golden_name = $1 AND golden_version = $2",
+            frozen.name,
+            frozen.version,
+        )
+    result = verify(
+        stored_manifest=stored["manifest"],
+        stored_manifest_hash=frozen.manifest_hash,
+        stored_count=frozen.sample_count,
+        samples=((r["sample_id"], r["content"], r["content_hash"]) for r in rows),
+    )
+    return frozen, result
