@@ -17,6 +17,7 @@ from agents.settings import (
     load_settings,
 )
 from agents.topics import TopicCatalog, TopicCatalogError, load_catalog, missing
+from agents.transport import PRODUCER_LINGER_S, PRODUCER_MAX_BATCH_BYTES, broker_urls
 from storage.pool import create_pool
 
 log = logging.getLogger("learnops")
@@ -77,6 +78,29 @@ class LearnopsApp(faust.App):
             self._pool = None
 
 
+def select_stages(app: LearnopsApp) -> None:
+    """Keep only the agents named in ``LEARNOPS_STAGES``; an unknown name is an error.
+
+    Every stage module registers its agent on import, so the command line can
+    use any stage's topics; a worker then starts only the selected agents. A
+    stage's consumer group stays the app id's: workers running different stages
+    must use different ``LEARNOPS_APP_ID``s, or the group would hand a stage's
+    partitions to a worker that does not run it.
+    """
+    wanted = app.settings.stages
+    if wanted is None:
+        return
+    unknown = sorted(wanted - set(app.agents))
+    if unknown:
+        raise SettingsError(
+            f"LEARNOPS_STAGES: unknown stage(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(app.agents))}"
+        )
+    for name in [name for name in app.agents if name not in wanted]:
+        del app.agents[name]
+    log.info("stages selected=%s", ",".join(sorted(wanted)))
+
+
 def _broker_credentials(settings: Settings) -> Any:
     if settings.kafka_security_protocol == "PLAINTEXT":
         return None
@@ -102,7 +126,8 @@ def build_app(settings: Settings) -> LearnopsApp:
         settings,
         catalog,
         load_learning_config(settings.learnops_config_file),
-        broker=[f"kafka://{host}" for host in settings.kafka_hosts],
+        # Faust's aiokafka transport without its one-second waits (agents/transport.py).
+        broker=broker_urls(settings.kafka_hosts),
         broker_credentials=_broker_credentials(settings),
         store="memory://",
         datadir=str(settings.learnops_data_dir),
@@ -116,6 +141,9 @@ def build_app(settings: Settings) -> LearnopsApp:
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # aiokafka sends one batch per partition per round trip: let batches fill.
+        producer_linger=PRODUCER_LINGER_S,
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         web_enabled=settings.learnops_web_enabled,
         web_bind=settings.learnops_web_host,
         web_host=settings.learnops_web_host,

@@ -20,7 +20,8 @@ import orjson
 from aiokafka.errors import KafkaConnectionError
 from faust.cli import base as faust_cli
 
-from agents.app import LearnopsApp, app
+from agents.app import LearnopsApp, app, select_stages
+from agents.settings import SettingsError
 from agents.topics import TopicCatalogError, describe, ensure, load_catalog
 from storage.migrate import MigrationError, migrate
 from storage.pool import create_pool
@@ -217,4 +218,8 @@ def main() -> None:
     import agents.policy_cli
     import agents.web  # noqa: F401
 
+    try:
+        select_stages(app)
+    except SettingsError as exc:
+        sys.exit(f"learnops: {exc}")
     app.main()

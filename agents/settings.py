@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     database_pool_max: int = Field(default=10, ge=1)
 
     learnops_app_id: str = Field(default="learnops", min_length=1)
+    # Which stages (agents) this worker runs, comma-separated: "all", or e.g.
+    # "crl,policy" to give a heavy stage its own workers (docs/operations.md).
+    learnops_stages: str = Field(default="all", min_length=1)
     learnops_data_dir: Path = Field(default=REPO_ROOT / ".local" / "worker")
     learnops_topics_file: Path = Field(default=REPO_ROOT / "topics.yaml")
     learnops_config_file: Path = Field(default=REPO_ROOT / "config" / "learning.yaml")
@@ -96,6 +99,12 @@ class Settings(BaseSettings):
     def database_dsn(self) -> str:
         """The PostgreSQL DSN in clear, for the driver only (never log it)."""
         return self.database_url.get_secret_value()
+
+    @property
+    def stages(self) -> frozenset[str] | None:
+        """The stages named in ``LEARNOPS_STAGES``; ``None`` means all of them."""
+        names = frozenset(n.strip() for n in self.learnops_stages.split(",") if n.strip())
+        return None if not names or "all" in names else names
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for SSL and SASL_SSL, from the configured CA, certificate and key."""

@@ -181,6 +181,12 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rate", type=int, default=1000, help="events/s in the latency phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    parser.add_argument(
+        "--stages",
+        default="crl",
+        help="LEARNOPS_STAGES of the measured worker (default: the CRL stage alone; 'all' adds "
+        "the curator and the other stages that read the same topic)",
+    )
     args = parser.parse_args()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     server_dsn = os.environ.get(
@@ -205,7 +211,9 @@ async def main() -> None:
     bundles = list(orchestrator.bundles(n))
     messages = [(b.doer.encode(), b.to_json()) for b in bundles]
     size = sum(len(v) for _, v in messages) / n
-    console.print(f"[bold]{n} bundles, {size:.0f} bytes each on average[/bold]")
+    console.print(
+        f"[bold]{n} bundles, {size:.0f} bytes each on average; worker stages: {args.stages}[/bold]"
+    )
 
     source_start = await end_offsets(bootstrap, (SOURCE,))
     output_start = await end_offsets(bootstrap, (OUTPUT,))
@@ -227,6 +235,7 @@ async def main() -> None:
         "DATABASE_URL": dsn,
         "LEARNOPS_WEB_PORT": str(free_port()),
         "LEARNOPS_DATA_DIR": tempfile.mkdtemp(prefix="bench-worker-"),
+        "LEARNOPS_STAGES": args.stages,
     }
     worker = WorkerProcess(env=env, log_path=Path(tempfile.mkdtemp()) / "worker.log", app_id=app_id)
     worker.start()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from agents.settings import SettingsError, load_settings
+from agents.app import LearnopsApp, build_app, select_stages
+from agents.settings import Settings, SettingsError, load_settings
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +56,41 @@ def test_sasl_settings_become_client_options(monkeypatch: pytest.MonkeyPatch) ->
         "sasl_plain_username": "svc",
         "sasl_plain_password": "pw",
     }
+
+
+def _app_with_two_stages(stages: str) -> LearnopsApp:
+    app = build_app(Settings(learnops_stages=stages, learnops_app_id=f"stages-{stages}"))
+
+    @app.agent(name="first")
+    async def first(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    @app.agent(name="second")
+    async def second(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    return app
+
+
+def test_learnops_stages_keeps_only_the_named_agents() -> None:
+    app = _app_with_two_stages("second")
+    select_stages(app)
+    assert list(app.agents) == ["second"]
+
+
+def test_all_stages_is_the_default() -> None:
+    assert Settings().stages is None
+    app = _app_with_two_stages("all")
+    select_stages(app)
+    assert sorted(app.agents) == ["first", "second"]
+
+
+def test_an_unknown_stage_is_named_with_the_known_ones() -> None:
+    app = _app_with_two_stages("first, thrid")
+    with pytest.raises(
+        SettingsError, match=r"LEARNOPS_STAGES: unknown stage\(s\) thrid; known: first, second"
+    ):
+        select_stages(app)
+    assert sorted(app.agents) == ["first", "second"]  # nothing removed on error
