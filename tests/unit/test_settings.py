@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +95,16 @@ def test_an_unknown_stage_is_named_with_the_known_ones() -> None:
     ):
         select_stages(app)
     assert sorted(app.agents) == ["first", "second"]  # nothing removed on error
+
+
+def test_the_example_env_file_is_valid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    for variable in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    (tmp_path / ".env").write_text(example.read_text())  # type: ignore[operator]
+    settings = load_settings()
+    assert settings.kafka_hosts == ["127.0.0.1:19092"]
+    assert settings.database_dsn.endswith("@127.0.0.1:15432/learnops")
