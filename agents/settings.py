@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
 from learning.samples import CurationConfig
+from learning.skills import SkillConfig
 from learning.trends import TrendConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +144,7 @@ class LearningConfig:
     objectives: LatencyObjectives
     trends: TrendConfig
     curation: CurationConfig = field(default_factory=CurationConfig)
+    skills: SkillConfig = field(default_factory=SkillConfig)
 
 
 def load_learning_config(path: Path) -> LearningConfig:
@@ -160,6 +162,7 @@ def load_learning_config(path: Path) -> LearningConfig:
             objectives=LatencyObjectives.from_dict(crl.get("latency_objectives") or {}),
             trends=TrendConfig(**(raw.get("trends") or {})),
             curation=CurationConfig.from_dict(raw.get("curation") or {}),
+            skills=SkillConfig.from_dict(raw.get("skills") or {}),
         )
     except (CRLConfigError, TypeError, ValueError) as exc:
         raise SettingsError(f"LEARNOPS_CONFIG_FILE: {path}: {exc}") from None

@@ -214,4 +214,7 @@ def score_bundle(
         weights_version=result.weights_version,
         gate_failures=list(bundle.gates.failed),
         security_criticals=terms.security_criticals,
+        # terms_from_bundle refused a bundle without latency.
+        latency_p95_ms=bundle.latency.p95_ms if bundle.latency else None,
+        timeouts=bundle.latency.timeouts if bundle.latency else 0,
     )

@@ -18,12 +18,19 @@ minimum sample.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from hashlib import sha256
 from statistics import NormalDist
 from typing import Any
+from uuid import uuid4
 
 from learning.moments import Moments
+from learning.signing import canonical_json
+from learning.sketch import QuantileSketch
+from learning.trends import DailyCRL, days_back, window
+from models.events import CRLComputed, SkillCard
 
 
 def _rate(value: float, name: str) -> None:
@@ -363,3 +370,359 @@ def _delta(today: Moments, baseline: Moments) -> float | None:
     if today.count == 0 or baseline.count == 0:
         return None
     return today.mean - baseline.mean
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class DailySkillStats:
+    """One doer's live runs on one UTC day as sufficient statistics: a table value.
+
+    Rates are kept as sums of the runs' own rates (a card shows their mean),
+    latency as a sketch of the runs' p95 latencies, CRL as a DailyCRL overall
+    and as Moments per model. Days merge exactly, so any window is a merge.
+    """
+
+    runs: int = 0
+    gate_pass_rate_sum: float = 0.0
+    contradiction_rate_sum: float = 0.0
+    gate_failures: dict[str, int] = field(default_factory=dict)
+    timeouts: int = 0
+    security_criticals: int = 0
+    crl: DailyCRL = field(default_factory=DailyCRL)
+    latency: QuantileSketch = field(default_factory=QuantileSketch)
+    by_model: dict[str, Moments] = field(default_factory=dict)
+
+    def add(self, result: CRLComputed) -> None:
+        """Fold one scored run in (the caller keeps replays and shadow runs out)."""
+        self.runs += 1
+        self.gate_pass_rate_sum += result.terms.gate_pass_rate
+        self.contradiction_rate_sum += result.terms.contradiction_rate
+        for gate in result.gate_failures:
+            self.gate_failures[gate] = self.gate_failures.get(gate, 0) + 1
+        self.timeouts += result.timeouts
+        self.security_criticals += result.security_criticals
+        self.crl.add(result.loss)
+        if result.latency_p95_ms is not None:
+            self.latency.add(result.latency_p95_ms)
+        if result.model is not None:
+            self.by_model.setdefault(result.model, Moments()).add(result.loss)
+
+    def merge(self, other: DailySkillStats) -> None:
+        """Fold another day's (or partition's) statistics in."""
+        self.runs += other.runs
+        self.gate_pass_rate_sum += other.gate_pass_rate_sum
+        self.contradiction_rate_sum += other.contradiction_rate_sum
+        for gate, failed in other.gate_failures.items():
+            self.gate_failures[gate] = self.gate_failures.get(gate, 0) + failed
+        self.timeouts += other.timeouts
+        self.security_criticals += other.security_criticals
+        self.crl.merge(other.crl)
+        self.latency.merge(other.latency)
+        for model, moments in other.by_model.items():
+            self.by_model.setdefault(model, Moments()).merge(moments)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe mapping for a table value."""
+        return {
+            "runs": self.runs,
+            "gate_pass_rate_sum": self.gate_pass_rate_sum,
+            "contradiction_rate_sum": self.contradiction_rate_sum,
+            "gate_failures": dict(self.gate_failures),
+            "timeouts": self.timeouts,
+            "security_criticals": self.security_criticals,
+            "crl": self.crl.to_dict(),
+            "latency": self.latency.to_dict(),
+            "by_model": {m: v.to_dict() for m, v in self.by_model.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DailySkillStats:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            runs=int(data["runs"]),
+            gate_pass_rate_sum=float(data["gate_pass_rate_sum"]),
+            contradiction_rate_sum=float(data["contradiction_rate_sum"]),
+            gate_failures={g: int(n) for g, n in data["gate_failures"].items()},
+            timeouts=int(data["timeouts"]),
+            security_criticals=int(data["security_criticals"]),
+            crl=DailyCRL.from_dict(data["crl"]),
+            latency=QuantileSketch.from_dict(data["latency"]),
+            by_model={m: Moments.from_dict(v) for m, v in data["by_model"].items()},
+        )
+
+
+def merged(days: Mapping[date, DailySkillStats], included: Iterable[date]) -> DailySkillStats:
+    """The statistics of the given days together (days without data count as empty)."""
+    total = DailySkillStats()
+    for day in included:
+        if day in days:
+            total.merge(days[day])
+    return total
+
+
+def doer_stats(
+    doer: str,
+    days: Mapping[date, DailySkillStats],
+    today: date,
+    latency_objective_ms: float | None = None,
+) -> DoerStats:
+    """The card's input: today's runs against the 7 and 30 days before today (the baselines).
+
+    Rates are the mean of the runs' own rates; latency p95 is the 95th
+    percentile of the runs' p95 latencies; best models use the 30 days ending
+    today, since a day rarely gives a model the minimum sample.
+    """
+    day = days.get(today, DailySkillStats())
+    yesterday = today - timedelta(days=1)
+    month = merged(days, days_back(today, 30))
+    runs = day.runs
+    return DoerStats(
+        doer=doer,
+        runs=runs,
+        gate_pass_rate=_clamped(day.gate_pass_rate_sum / runs) if runs else 0.0,
+        gate_failures=dict(day.gate_failures),
+        crl_today=day.crl.moments,
+        crl_7d=window(_crl(days), days_back(yesterday, 7)).moments,
+        crl_30d=window(_crl(days), days_back(yesterday, 30)).moments,
+        contradiction_rate=_clamped(day.contradiction_rate_sum / runs) if runs else 0.0,
+        latency_p95_ms=day.latency.quantile(0.95) if day.latency.count else None,
+        latency_objective_ms=latency_objective_ms,
+        timeouts=day.timeouts,
+        crl_by_model=month.by_model,
+    )
+
+
+def _crl(days: Mapping[date, DailySkillStats]) -> dict[date, DailyCRL]:
+    return {day: stats.crl for day, stats in days.items()}
+
+
+def _clamped(rate: float) -> float:
+    # A mean of rates in [0, 1] can leave the interval by a rounding error only.
+    return min(1.0, max(0.0, rate))
+
+
+# Fields of a SkillCard that say when it was made, not what it says.
+_NOT_CONTENT = {"event_id", "occurred_at", "content_hash", "schema_version"}
+
+
+def skill_card_event(
+    content: SkillCardContent,
+    days: Mapping[date, DailySkillStats],
+    *,
+    as_of: date,
+    now: datetime,
+    policy: tuple[str, int] | None = None,
+    experiments: Iterable[Mapping[str, Any]] = (),
+    open_requests: Iterable[Mapping[str, Any]] = (),
+) -> SkillCard:
+    """The card as the event of learning.skill-cards, with the hash of its content.
+
+    ``runs_7d``, ``crl_mean_7d`` and the other window fields cover the 7 or 30
+    days ending with ``as_of``, inclusive (as learning.trends); ``delta_7d`` and
+    ``delta_30d`` compare ``as_of`` with the days before it. Two cards with the
+    same content have the same ``content_hash`` whenever they were made.
+    """
+    week, month = days_back(as_of, 7), days_back(as_of, 30)
+    last_7, last_30 = merged(days, week), merged(days, month)
+    findings = {
+        "strengths": [f.to_dict() for f in content.strengths],
+        "weaknesses": [f.to_dict() for f in content.weaknesses],
+        "failure_modes": [f.to_dict() for f in content.failure_modes],
+        "resource_issues": [f.to_dict() for f in content.resource_issues],
+    }
+    body: dict[str, Any] = {
+        "doer": content.doer,
+        "as_of": as_of.isoformat(),
+        "policy_id": policy[0] if policy else None,
+        "policy_version": policy[1] if policy else None,
+        "runs_7d": last_7.runs,
+        "runs_30d": last_30.runs,
+        "crl_mean_7d": last_7.crl.mean,
+        "crl_mean_30d": last_30.crl.mean,
+        "crl_p95_7d": last_7.crl.p95,
+        "crl_trend_7d": content.delta_7d,
+        "gate_failures_30d": dict(sorted(last_30.gate_failures.items())),
+        "security_criticals_30d": last_30.security_criticals,
+        "strengths": [f.text for f in content.strengths],
+        "weaknesses": [f.text for f in content.weaknesses],
+        "details": {"open_requests": [dict(r) for r in open_requests]},
+        "runs": content.runs,
+        "gate_pass_rate": content.gate_pass_rate if content.runs else None,
+        "mean_crl": content.mean_crl,
+        "delta_7d": content.delta_7d,
+        "delta_30d": content.delta_30d,
+        "findings": findings,
+        "best_models": [m.to_dict() for m in content.best_models],
+        "experiments": [dict(e) for e in experiments],
+        "notes": list(content.notes),
+    }
+    card = SkillCard.model_validate({**body, "event_id": uuid4(), "occurred_at": now})
+    digest = sha256(canonical_json(card.model_dump(mode="json", exclude=_NOT_CONTENT)))
+    return card.model_copy(update={"content_hash": digest.hexdigest()})
+
+
+# --------------------------------------------------------------------------- refreshing
+
+
+@dataclass(frozen=True)
+class RefreshPacing:
+    """How often cards are rebuilt: see :class:`RefreshSchedule`."""
+
+    min_interval_s: float = 5.0
+    max_age_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_interval_s <= self.max_age_s:
+            raise ValueError(
+                f"need 0 ≤ min_interval_s ({self.min_interval_s}) ≤ max_age_s ({self.max_age_s})"
+            )
+
+
+class RefreshSchedule:
+    """Which doers' cards are due now: changed ones, rate-limited, and all of them now and then.
+
+    A card is rebuilt when its doer's statistics changed and the last build is
+    at least ``min_interval_s`` old (a burst of runs gives one rebuild, not one
+    per run), and in any case once ``max_age_s`` has passed (so a day rolling
+    over shows on the card without new runs). Times are plain seconds.
+    """
+
+    def __init__(self, pacing: RefreshPacing | None = None) -> None:
+        self.pacing = pacing or RefreshPacing()
+        self._changed: set[str] = set()
+        self._built: dict[str, float] = {}
+
+    def changed(self, doer: str) -> None:
+        """Note that the doer's statistics changed."""
+        self._changed.add(doer)
+
+    def due(self, now: float, known: Iterable[str] = ()) -> list[str]:
+        """The doers whose card should be rebuilt now, sorted; ``known`` adds doers seen before."""
+        due = set()
+        for doer in self._changed | set(known):
+            built = self._built.get(doer)
+            age = math.inf if built is None else now - built
+            pacing = self.pacing
+            if (doer in self._changed and age >= pacing.min_interval_s) or age >= pacing.max_age_s:
+                due.add(doer)
+        return sorted(due)
+
+    def built(self, doer: str, now: float) -> None:
+        """Note that the doer's card was rebuilt at ``now`` from all changes so far."""
+        self._built[doer] = now
+        self._changed.discard(doer)
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """When a weakness asks for an experiment (docs/skill-cards.md, "Learning triggers")."""
+
+    # A gate failing in more than this share of a day's runs asks for an experiment;
+    # None follows the card's failure-mode threshold.
+    gate_fail_share: float | None = None
+    min_runs: int = 20  # the day needs this many runs before a gate's share is judged
+    regression_kinds: tuple[str, ...] = ("crl_regression",)  # alert kinds that trigger
+
+    def __post_init__(self) -> None:
+        if self.gate_fail_share is not None:
+            _rate(self.gate_fail_share, "gate_fail_share")
+        _count(self.min_runs, "min_runs")
+
+
+@dataclass(frozen=True)
+class ExperimentTrigger:
+    """A reason to experiment on a doer: at most one open request per (doer, reason)."""
+
+    doer: str
+    reason: str  # the dedup key: "crl_regression" or "gate_failure:<gate>"
+    hypothesis: str
+    message: str  # what was measured, against which threshold
+    evidence: dict[str, Any]
+
+
+def regression_trigger(
+    doer: str, kind: str, message: str, evidence: Mapping[str, Any]
+) -> ExperimentTrigger:
+    """The trigger of a CRL regression alert (one reason per doer, whatever the day)."""
+    return ExperimentTrigger(
+        doer=doer,
+        reason=kind,
+        hypothesis=(
+            f"a new policy for {doer} brings its CRL back to the baseline it regressed from"
+        ),
+        message=message,
+        evidence=dict(evidence),
+    )
+
+
+def gate_triggers(
+    stats: DoerStats, rules: SkillRules, config: TriggerConfig
+) -> tuple[ExperimentTrigger, ...]:
+    """One trigger per gate whose failure share is above the threshold, with enough runs."""
+    if stats.runs == 0 or stats.runs < config.min_runs:
+        return ()
+    threshold = (
+        rules.failure_mode_gate_fail_share
+        if config.gate_fail_share is None
+        else config.gate_fail_share
+    )
+    found = []
+    for gate, failed in sorted(stats.gate_failures.items()):
+        share = failed / stats.runs
+        if share > threshold:
+            found.append(
+                ExperimentTrigger(
+                    doer=stats.doer,
+                    reason=f"gate_failure:{gate}",
+                    hypothesis=f"a new policy for {stats.doer} fails gate {gate!r} less often",
+                    message=(
+                        f"gate {gate!r} failed in {failed} of {stats.runs} runs "
+                        f"({share:.1%} > {threshold:.1%})"
+                    ),
+                    evidence={
+                        "gate": gate,
+                        "failed_runs": failed,
+                        "runs": stats.runs,
+                        "share": share,
+                        "threshold": threshold,
+                    },
+                )
+            )
+    return tuple(found)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SkillConfig:
+    """The ``skills`` section of config/learning.yaml: rules, refresh pacing and triggers."""
+
+    rules: SkillRules = field(default_factory=SkillRules)
+    refresh: RefreshPacing = field(default_factory=RefreshPacing)
+    triggers: TriggerConfig = field(default_factory=TriggerConfig)
+    tick_s: float = 1.0  # how often the stage looks for due cards
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SkillConfig:
+        """Build from the YAML mapping; unknown keys are an error naming them."""
+        unknown = set(data) - {"rules", "refresh", "triggers", "tick_s"}
+        if unknown:
+            raise ValueError(f"skills: unknown keys {sorted(unknown)}")
+        triggers = dict(data.get("triggers") or {})
+        if "regression_kinds" in triggers:
+            triggers["regression_kinds"] = tuple(triggers["regression_kinds"])
+        tick_s = float(data.get("tick_s", 1.0))
+        if not (math.isfinite(tick_s) and tick_s > 0):
+            raise ValueError(f"skills: tick_s {tick_s} must be a positive number")
+        return cls(
+            rules=SkillRules(**(data.get("rules") or {})),
+            refresh=RefreshPacing(**(data.get("refresh") or {})),
+            triggers=TriggerConfig(**triggers),
+            tick_s=tick_s,
+        )

@@ -139,6 +139,9 @@ class CRLComputed(Event):
     weights_version: Identifier
     gate_failures: list[Identifier] = Field(default_factory=list)
     security_criticals: Count
+    # The run's own latency figures, for skill cards (the terms hold only the normalised p95).
+    latency_p95_ms: NonNegativeFloat | None = None
+    timeouts: Count = 0
 
     @model_validator(mode="after")
     def _consistent_with_terms(self) -> Self:
@@ -488,3 +491,15 @@ class SkillCard(Event):
     strengths: list[str] = Field(default_factory=list)
     weaknesses: list[str] = Field(default_factory=list)
     details: dict[str, JsonValue] = Field(default_factory=dict)
+    # The card of learning.skills.skill_card (docs/skill-cards.md): today's figures and
+    # every finding with its measured figure and threshold.
+    runs: Count = 0  # live runs on as_of
+    gate_pass_rate: UnitFloat | None = None
+    mean_crl: NonNegativeFloat | None = None
+    delta_7d: float | None = None
+    delta_30d: float | None = None
+    findings: dict[str, list[dict[str, JsonValue]]] = Field(default_factory=dict)
+    best_models: list[dict[str, JsonValue]] = Field(default_factory=list)
+    experiments: list[dict[str, JsonValue]] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    content_hash: Sha256Hex | None = None  # of the card's content, without timestamps

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from learning.crl import LatencyObjectives, WeightBook, score_bundle
 from learning.moments import Moments
 from learning.signing import canonical_json
 from learning.skills import (
+    DailySkillStats,
     DoerStats,
+    RefreshPacing,
+    RefreshSchedule,
+    SkillConfig,
     SkillRules,
+    TriggerConfig,
     best_models,
+    doer_stats,
+    gate_triggers,
+    regression_trigger,
     skill_card,
+    skill_card_event,
 )
+from models.events import CRLComputed
+from tests.unit.sample_bundles import make_bundle
 
 
 def moments(mean: float, std: float, n: int) -> Moments:
@@ -322,3 +335,230 @@ def test_impossible_statistics_are_refused_with_a_reason(
 def test_impossible_rules_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SkillRules(**kwargs)
+
+
+# --------------------------------------------------------------------------- daily statistics
+
+OBJECTIVES = LatencyObjectives(default_ms=8000.0)
+TODAY = date(2026, 3, 10)
+
+
+def scored(
+    *,
+    day: date = TODAY,
+    failed: tuple[str, ...] = (),
+    passed: tuple[str, ...] | None = None,
+    contradictions: int = 0,
+    p95_ms: float = 5000.0,
+    timeouts: int = 0,
+    model: str | None = "m1",
+    run: int = 1,
+) -> CRLComputed:
+    """A scored run with the figures a skill card reads (gates lint and tests by default)."""
+    if passed is None:
+        passed = tuple(g for g in ("lint", "tests") if g not in failed)
+    bundle = make_bundle(
+        run_id=f"run-{run}",
+        occurred_at=datetime(day.year, day.month, day.day, 12, tzinfo=UTC).isoformat(),
+        gates={"passed": list(passed), "failed": list(failed)},
+        qav={"grounding_score": 0.9, "contradictions": contradictions, "claims": 10},
+        latency={"p95_ms": p95_ms, "timeouts": timeouts},
+        model=model,
+        security={"criticals": 0},
+        api_breakages=0,
+        db_migration="not_applicable",
+    )
+    return score_bundle(bundle, WeightBook(), OBJECTIVES)
+
+
+def test_daily_statistics_fold_the_figures_a_card_reads() -> None:
+    day = DailySkillStats()
+    day.add(scored(failed=("lint",), passed=("tests",), contradictions=2, p95_ms=9000.0, run=1))
+    day.add(scored(timeouts=2, model="m2", run=2))
+    assert day.runs == 2
+    assert day.gate_pass_rate_sum == pytest.approx(0.5 + 1.0)
+    assert day.contradiction_rate_sum == pytest.approx(0.2)
+    assert day.gate_failures == {"lint": 1}
+    assert day.timeouts == 2
+    assert day.crl.count == 2
+    assert day.latency.count == 2 and day.latency.max == 9000.0
+    assert sorted(day.by_model) == ["m1", "m2"] and day.by_model["m1"].count == 1
+
+
+def test_daily_statistics_merge_exactly_and_survive_a_table_round_trip() -> None:
+    runs = [scored(failed=("lint",) if i % 3 else (), p95_ms=1000.0 + i, run=i) for i in range(30)]
+    whole, first, second = DailySkillStats(), DailySkillStats(), DailySkillStats()
+    for i, r in enumerate(runs):
+        whole.add(r)
+        (first if i < 11 else second).add(r)
+    first.merge(DailySkillStats.from_dict(second.to_dict()))
+    assert first.runs == whole.runs and first.gate_failures == whole.gate_failures
+    assert first.crl.mean == pytest.approx(whole.crl.mean)
+    assert first.crl.moments.m2 == pytest.approx(whole.crl.moments.m2)
+    assert first.latency == whole.latency
+    assert first.by_model["m1"].count == 30
+    assert DailySkillStats.from_dict(whole.to_dict()).to_dict() == whole.to_dict()
+
+
+def test_doer_stats_take_today_against_the_days_before() -> None:
+    days: dict[date, DailySkillStats] = {}
+    for offset, (n, fail_every) in {0: (20, 2), 1: (10, 0), 8: (5, 0), 40: (7, 0)}.items():
+        day = TODAY - timedelta(days=offset)
+        stats_of_day = DailySkillStats()
+        for i in range(n):
+            failed = ("lint",) if fail_every and i % fail_every == 0 else ()
+            stats_of_day.add(scored(day=day, failed=failed, timeouts=1 if i == 0 else 0, run=i))
+        days[day] = stats_of_day
+    got = doer_stats("PRDWriter", days, TODAY, 8000.0)
+    assert got.runs == 20 and got.gate_failures == {"lint": 10} and got.timeouts == 1
+    assert got.gate_pass_rate == pytest.approx((10 * 0.5 + 10 * 1.0) / 20)
+    assert got.crl_today.count == 20
+    assert got.crl_7d.count == 10  # yesterday only: 8 days ago is outside the week before today
+    assert got.crl_30d.count == 15  # yesterday and 8 days ago; 40 days ago is too old
+    assert got.crl_by_model["m1"].count == 35  # best models use the 30 days ending today
+    assert got.latency_p95_ms == pytest.approx(5000.0, rel=0.01)
+    assert got.latency_objective_ms == 8000.0
+
+
+def test_a_day_without_runs_gives_a_card_with_no_figures_but_its_baselines() -> None:
+    days = {TODAY - timedelta(days=1): DailySkillStats()}
+    days[TODAY - timedelta(days=1)].add(scored(day=TODAY - timedelta(days=1)))
+    got = doer_stats("PRDWriter", days, TODAY)
+    assert got.runs == 0 and got.gate_pass_rate == 0.0 and got.latency_p95_ms is None
+    card = skill_card(got)
+    assert card.mean_crl is None and card.delta_7d is None
+    assert "0 runs, fewer than 10" in card.notes[0]
+
+
+# --------------------------------------------------------------------------- the card event
+
+
+def _event(day_stats: dict[date, DailySkillStats], now: datetime, **kwargs: Any) -> Any:
+    content = skill_card(doer_stats("PRDWriter", day_stats, TODAY, 8000.0))
+    return skill_card_event(content, day_stats, as_of=TODAY, now=now, **kwargs)
+
+
+def test_card_event_carries_every_finding_and_a_content_hash_independent_of_time() -> None:
+    day = DailySkillStats()
+    for i in range(12):
+        day.add(scored(failed=("security_scan",) if i < 6 else (), p95_ms=9500.0, run=i))
+    days = {TODAY: day}
+    now = datetime(2026, 3, 10, 13, tzinfo=UTC)
+    first = _event(days, now, policy=("prd-policy", 3))
+    later = _event(days, now + timedelta(minutes=5), policy=("prd-policy", 3))
+    assert first.content_hash == later.content_hash and first.event_id != later.event_id
+    assert first.runs == 12 and first.runs_7d == 12 and first.as_of == TODAY
+    assert (first.policy_id, first.policy_version) == ("prd-policy", 3)
+    (mode,) = first.findings["failure_modes"]
+    assert (mode["subject"], mode["measured"], mode["threshold"]) == ("security_scan", 0.5, 0.2)
+    assert [f["rule"] for f in first.findings["resource_issues"]] == ["latency_p95"]
+    assert first.gate_failures_30d == {"security_scan": 6}
+    other_policy = _event(days, now, policy=("prd-policy", 4))
+    assert other_policy.content_hash != first.content_hash
+    with_experiment = _event(days, now, experiments=[{"experiment_id": "e1", "status": "created"}])
+    assert with_experiment.content_hash != first.content_hash
+    assert with_experiment.experiments == [{"experiment_id": "e1", "status": "created"}]
+
+
+def test_card_event_of_a_doer_without_runs_today_has_no_pass_rate() -> None:
+    event = _event({}, datetime(2026, 3, 10, tzinfo=UTC))
+    assert event.runs == 0 and event.gate_pass_rate is None and event.mean_crl is None
+
+
+# --------------------------------------------------------------------------- refreshing
+
+
+def test_a_burst_of_changes_rebuilds_a_card_once_per_interval() -> None:
+    schedule = RefreshSchedule(RefreshPacing(min_interval_s=5.0, max_age_s=300.0))
+    schedule.changed("A")
+    assert schedule.due(0.0) == ["A"]
+    schedule.built("A", 0.0)
+    assert schedule.due(1.0) == []
+    for _ in range(100):  # a storm of runs within the interval
+        schedule.changed("A")
+    assert schedule.due(4.9) == []
+    assert schedule.due(5.0) == ["A"]
+    schedule.built("A", 5.0)
+    assert schedule.due(6.0) == [], "changes folded into the last build are not rebuilt again"
+
+
+def test_every_known_card_is_rebuilt_when_it_is_old_even_without_changes() -> None:
+    schedule = RefreshSchedule(RefreshPacing(min_interval_s=5.0, max_age_s=60.0))
+    assert schedule.due(0.0, known=["B", "A"]) == ["A", "B"], "never built: due at once"
+    schedule.built("A", 0.0)
+    schedule.built("B", 30.0)
+    assert schedule.due(59.0, known=["A", "B"]) == []
+    assert schedule.due(60.0, known=["A", "B"]) == ["A"]
+
+
+def test_refresh_pacing_refuses_an_interval_above_the_age() -> None:
+    with pytest.raises(ValueError, match="min_interval_s"):
+        RefreshPacing(min_interval_s=10.0, max_age_s=5.0)
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+@pytest.mark.parametrize(("failed", "triggered"), [(5, True), (4, False)])
+def test_a_gate_failing_above_its_share_triggers_an_experiment(
+    failed: int, triggered: bool
+) -> None:
+    # 20 runs, threshold 0.2: 5 failures (25 %) trigger, 4 (exactly 20 %) do not.
+    got = gate_triggers(
+        stats(runs=20, gate_failures={"lint": failed}), SkillRules(), TriggerConfig()
+    )
+    assert bool(got) is triggered
+    if triggered:
+        (trigger,) = got
+        assert trigger.reason == "gate_failure:lint"
+        assert trigger.evidence == {
+            "gate": "lint",
+            "failed_runs": 5,
+            "runs": 20,
+            "share": 0.25,
+            "threshold": 0.2,
+        }
+        assert "failed in 5 of 20 runs (25.0% > 20.0%)" in trigger.message
+
+
+def test_gate_triggers_need_enough_runs_and_follow_their_own_threshold() -> None:
+    few = stats(runs=19, gate_failures={"lint": 19})
+    assert gate_triggers(few, SkillRules(), TriggerConfig()) == ()
+    many = stats(runs=100, gate_failures={"lint": 25, "tests": 40})
+    assert [t.reason for t in gate_triggers(many, SkillRules(), TriggerConfig())] == [
+        "gate_failure:lint",
+        "gate_failure:tests",
+    ]
+    strict = TriggerConfig(gate_fail_share=0.3)
+    assert [t.reason for t in gate_triggers(many, SkillRules(), strict)] == ["gate_failure:tests"]
+
+
+def test_a_storm_of_failures_gives_one_dedup_key_per_doer_and_reason() -> None:
+    # The dedup is the (doer, reason) pair: every refresh during a storm, and
+    # every day's regression alert, names the same request.
+    keys = set()
+    for runs in range(20, 200, 10):
+        for t in gate_triggers(
+            stats(runs=runs, gate_failures={"lint": runs}), SkillRules(), TriggerConfig()
+        ):
+            keys.add((t.doer, t.reason))
+    for day in range(1, 10):
+        t = regression_trigger("PRDWriter", "crl_regression", "worse", {"day": f"2026-03-0{day}"})
+        keys.add((t.doer, t.reason))
+    assert keys == {("PRDWriter", "gate_failure:lint"), ("PRDWriter", "crl_regression")}
+
+
+def test_skill_config_reads_the_yaml_section_and_refuses_unknown_keys() -> None:
+    config = SkillConfig.from_dict(
+        {
+            "rules": {"min_runs": 5},
+            "refresh": {"min_interval_s": 1, "max_age_s": 10},
+            "triggers": {"min_runs": 3, "regression_kinds": ["crl_regression", "guardrail"]},
+        }
+    )
+    assert config.rules.min_runs == 5 and config.refresh.max_age_s == 10
+    assert config.triggers.regression_kinds == ("crl_regression", "guardrail")
+    with pytest.raises(ValueError, match="unknown keys"):
+        SkillConfig.from_dict({"rule": {}})
+    with pytest.raises(TypeError):
+        SkillConfig.from_dict({"rules": {"min_run": 5}})
