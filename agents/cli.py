@@ -216,6 +216,9 @@ def main() -> None:
     import agents.demo
     import agents.policy
     import agents.policy_cli
+    import agents.skills
+    import agents.skills_cli
+    import agents.triggers
     import agents.web  # noqa: F401
 
     try:

@@ -190,6 +190,7 @@ INPUT_TOPICS = (
     "learning.samples",
     "learning.experiments",
     "learning.replay-tasks",
+    "learning.alerts",
 )
 
 

@@ -1,0 +1,229 @@
+"""`learnops skills show DOER` and `learnops skills list`, and the demo's skill-card step.
+
+Both read the current cards from PostgreSQL (``skill_cards``), which the
+skill-card stage (agents/skills.py) keeps; `--json` prints the stored events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import click
+import orjson
+from faust.cli import base as faust_cli
+from rich.console import Console
+from rich.table import Table
+
+from agents.cli import GroupedCommand, command, fail
+from agents.demo import demo
+from models.events import SkillCard
+from storage.pool import create_pool
+from storage.skills import card_history, current_card, current_cards, open_requests
+
+
+@faust_cli.cli.group()
+def skills() -> None:
+    """Skill cards: what each doer is good and bad at, with the figures that say so."""
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _policy(card: SkillCard) -> str:
+    return "–" if card.policy_id is None else f"{card.policy_id}@{card.policy_version}"
+
+
+def cards_table(cards: list[SkillCard], title: str = "Skill cards (current)") -> Table:
+    """One row per doer: runs, gate pass rate, CRL and its deltas, and how many findings."""
+    table = Table(title=title)
+    for name, justify in (
+        ("doer", "left"),
+        ("as of", "left"),
+        ("runs", "right"),
+        ("gate pass", "right"),
+        ("mean CRL", "right"),
+        ("Δ 7d", "right"),
+        ("Δ 30d", "right"),
+        ("strengths", "right"),
+        ("weaknesses", "right"),
+        ("failure modes", "right"),
+        ("resource issues", "right"),
+        ("best model", "left"),
+        ("policy", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for card in cards:
+        f = card.findings
+        best = card.best_models[0]["model"] if card.best_models else "–"
+        table.add_row(
+            card.doer,
+            card.as_of.isoformat(),
+            str(card.runs),
+            _pct(card.gate_pass_rate),
+            _f(card.mean_crl),
+            _signed(card.delta_7d),
+            _signed(card.delta_30d),
+            str(len(f.get("strengths", []))),
+            str(len(f.get("weaknesses", []))),
+            str(len(f.get("failure_modes", []))),
+            str(len(f.get("resource_issues", []))),
+            str(best),
+            _policy(card),
+        )
+    return table
+
+
+def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> None:  # type: ignore[assignment]
+    """The whole card: figures, findings with measured value and threshold, models, experiments."""
+    summary = Table(title=f"Skill card of {card.doer} as of {card.as_of} (lower CRL is better)")
+    summary.add_column("figure")
+    summary.add_column("value", justify="right")
+    for name, value in (
+        ("runs today", str(card.runs)),
+        ("gate pass rate", _pct(card.gate_pass_rate)),
+        ("mean CRL today", _f(card.mean_crl)),
+        ("Δ vs 7 days before", _signed(card.delta_7d)),
+        ("Δ vs 30 days before", _signed(card.delta_30d)),
+        ("runs, last 7 days", str(card.runs_7d)),
+        ("mean CRL, last 7 days", _f(card.crl_mean_7d)),
+        ("p95 CRL, last 7 days", _f(card.crl_p95_7d)),
+        ("runs, last 30 days", str(card.runs_30d)),
+        ("security criticals, 30 days", str(card.security_criticals_30d)),
+        ("active policy", _policy(card)),
+    ):
+        summary.add_row(name, value)
+    console.print(summary)
+
+    findings = Table(title="Findings (each with its measured figure and threshold)")
+    for name in ("section", "rule", "subject", "measured", "threshold", "finding"):
+        findings.add_column(name)
+    for section in ("strengths", "weaknesses", "failure_modes", "resource_issues"):
+        for item in card.findings.get(section, []):
+            findings.add_row(
+                section.replace("_", " "),
+                str(item["rule"]),
+                str(item["subject"]),
+                f"{item['measured']:g}" if isinstance(item["measured"], float) else "",
+                f"{item['comparison']} {item['threshold']:g}"
+                if isinstance(item["threshold"], float)
+                else "",
+                str(item["text"]),
+            )
+    console.print(findings)
+
+    models = Table(title="Best models (mean CRL, 95 % interval; ≥ minimum sample)")
+    for name in ("rank", "model", "mean CRL", "interval", "runs", "distinct from next"):
+        models.add_column(name)
+    for m in card.best_models:
+        models.add_row(
+            str(m["rank"]),
+            str(m["model"]),
+            _f(m["mean_crl"]),  # type: ignore[arg-type]
+            f"[{_f(m['ci_low'])}, {_f(m['ci_high'])}]",  # type: ignore[arg-type]
+            str(m["n"]),
+            {True: "yes", False: "no", None: "–"}[m["distinct_from_next"]],  # type: ignore[index]
+        )
+    console.print(models)
+
+    if card.experiments:
+        experiments = Table(title="Recent experiments")
+        for name in ("experiment", "type", "status", "created"):
+            experiments.add_column(name)
+        for e in card.experiments:
+            experiments.add_row(
+                str(e.get("experiment_id")),
+                str(e.get("experiment_type", "")),
+                str(e.get("status", "")),
+                str(e.get("created_at", "")),
+            )
+        console.print(experiments)
+    if requests:
+        shown = Table(title="Open experiment requests (learning triggers)")
+        for name in ("reason", "opened", "message"):
+            shown.add_column(name)
+        for r in requests:
+            shown.add_row(r["reason"], r["opened_at"].isoformat(timespec="seconds"), r["message"])
+        console.print(shown)
+    for note in card.notes:
+        console.print(f"note: {note}")
+
+
+@command(
+    skills,
+    "show",
+    click.argument("doer"),
+    click.option("--json", "as_json", is_flag=True, help="Print the card as JSON."),
+    click.option("--history", "history", type=int, default=0, help="Also list N earlier cards."),
+)
+async def skills_show(self: GroupedCommand, doer: str, as_json: bool, history: int) -> None:
+    """Show a doer's current skill card."""
+    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
+    try:
+        card = await current_card(pool, doer)
+        if card is None:
+            fail(f"no skill card for {doer!r} yet (does the worker see its runs?)")
+            return
+        requests = await open_requests(pool, doer)
+        earlier = await card_history(pool, doer, history + 1) if history else []
+    finally:
+        await pool.close()
+    if as_json:
+        self.say(orjson.dumps(card.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+        return
+    console = Console(file=self.stdout, width=140)
+    print_card(console, card, requests)
+    if earlier[1:]:
+        console.print(cards_table(earlier[1:], title=f"Earlier cards of {doer}, newest first"))
+
+
+@command(skills, "list", click.option("--json", "as_json", is_flag=True, help="Print JSON."))
+async def skills_list(self: GroupedCommand, as_json: bool) -> None:
+    """List every doer's current skill card."""
+    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
+    try:
+        cards = await current_cards(pool)
+    finally:
+        await pool.close()
+    if as_json:
+        rows = [c.model_dump(mode="json") for c in cards]
+        self.say(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    Console(file=self.stdout, width=160).print(cards_table(cards))
+
+
+@command(
+    demo,
+    "skills",
+    click.option("--timeout", type=float, default=60.0, show_default=True),
+    click.option("--min-runs", type=int, default=1, help="Wait until a card has this many runs."),
+)
+async def demo_skills(self: GroupedCommand, timeout: float, min_runs: int) -> None:
+    """Show every doer's skill card, and the worst doer's in full."""
+    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
+    try:
+        deadline = time.monotonic() + timeout
+        cards = await current_cards(pool)
+        while not any(c.runs >= min_runs for c in cards) and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            cards = await current_cards(pool)
+        if not cards:
+            fail("no skill cards yet: is the worker running?")
+            return
+        worst = max(cards, key=lambda c: (c.mean_crl or 0.0, c.doer))
+        requests = await open_requests(pool, worst.doer)
+    finally:
+        await pool.close()
+    console = Console(file=self.stdout, width=160)
+    console.print(cards_table(cards))
+    print_card(console, worst, requests)
