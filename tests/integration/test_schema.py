@@ -1,0 +1,64 @@
+"""The seed's schema, complete: every table, view and trigger, read back from PostgreSQL's catalog.
+
+The session database is built by the same migrations `learnops db migrate` applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TABLES = {
+    "crl_results",
+    "policies",
+    "policy_promotions",
+    "experiments",
+    "offline_replays",
+    "shadow_deployments",
+    "deployment_routings",
+    "skill_cards",
+    "golden_datasets",
+    "learning_progress",
+    "dataset_samples",
+}
+VIEWS = {"v_crl_trend_by_doer", "v_policy_performance", "v_experiment_success_rate"}
+TRIGGERS = {"trigger_policy_updated": "policies", "trigger_crl_progress": "crl_results"}
+
+
+async def test_every_table_of_the_schema_exists(db: Any) -> None:
+    rows = await db.fetch(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+    )
+    missing = TABLES - {r["table_name"] for r in rows}
+    assert not missing, f"tables missing: {sorted(missing)}"
+
+
+async def test_every_view_exists_and_can_be_queried(db: Any) -> None:
+    rows = await db.fetch(
+        "SELECT table_name FROM information_schema.views WHERE table_schema = 'public'"
+    )
+    missing = VIEWS - {r["table_name"] for r in rows}
+    assert not missing, f"views missing: {sorted(missing)}"
+    for view in sorted(VIEWS):
+        # A view whose query no longer matches its tables fails here, not in a report.
+        assert await db.fetchval(f"SELECT count(*) FROM {view}") >= 0
+
+
+async def test_every_trigger_exists_on_its_table(db: Any) -> None:
+    rows = await db.fetch(
+        "SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE NOT t.tgisinternal"
+    )
+    found = {r["tgname"]: r["relname"] for r in rows}
+    for trigger, table in TRIGGERS.items():
+        assert found.get(trigger) == table, f"{trigger} is not on {table}: {found.get(trigger)}"
+
+
+async def test_skill_cards_keep_one_current_card_per_doer(db: Any) -> None:
+    # The database, not only the code, refuses a second current card.
+    indexes = await db.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'skill_cards'"
+    )
+    defs = {r["indexname"]: r["indexdef"] for r in indexes}
+    assert "UNIQUE" in defs["skill_cards_one_current_per_doer"]
+    assert "WHERE is_current" in defs["skill_cards_one_current_per_doer"]
