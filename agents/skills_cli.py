@@ -114,7 +114,7 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
                 section.replace("_", " "),
                 str(item["rule"]),
                 str(item["subject"]),
-                f"{item['measured']:g}" if isinstance(item["measured"], float) else "",
+                f"{item['measured']:.4g}" if isinstance(item["measured"], float) else "",
                 f"{item['comparison']} {item['threshold']:g}"
                 if isinstance(item["threshold"], float)
                 else "",

@@ -48,6 +48,9 @@ step "Simulated orchestrator"
 step "What happened"
 "$bin/learnops" demo report --expect-runs "$runs" --run-prefix "$prefix" --timeout 120
 
+step "Skill cards: what each doer is good and bad at (learning.skill-cards, skill_cards)"
+"$bin/learnops" demo skills --min-runs 10 --timeout 60
+
 step "Done"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
 echo "Look around: learnops topics describe · kcat -b $KAFKA_BOOTSTRAP_SERVERS -t learning.dlq -C -e · psql \"\$DATABASE_URL\""
