@@ -560,6 +560,9 @@ def _find_phones(
     return out
 
 
+_DECIMAL = re.compile(r"\d+\.\d+")
+
+
 def _phone_context_ok(text: str, start: int, end: int) -> bool:
     before = text[start - 1] if start > 0 else " "
     after = text[end] if end < len(text) else " "
@@ -567,6 +570,8 @@ def _phone_context_ok(text: str, start: int, end: int) -> bool:
     if before.isalnum() or before in "-#_/.:" or after.isalnum() or after in "-_":
         return False
     raw = text[start:end]
+    if _DECIMAL.fullmatch(raw):
+        return False  # 0.168067, 12.5000001: a fraction, as scores and JSON floats print
     digits = sum(c.isdigit() for c in raw)
     if not raw.startswith(("+", "00")) and digits > _NATIONAL_PHONE_MAX_DIGITS:
         return False  # card-shaped: 4-4-4-4 groups are no national number
@@ -681,6 +686,15 @@ def findings_only(text: str) -> list[Finding]:
 def contains_pii(text: str) -> bool:
     """Whether any detector finds PII or a secret in ``text`` (the last scan before storage)."""
     return bool(_DEFAULT_REDACTOR.findings(text))
+
+
+def pii_values(text: str) -> set[str]:
+    """The PII values and secrets themselves that :func:`redact` would replace in ``text``.
+
+    For scans of what was stored: a value found in the input must not appear
+    verbatim anywhere downstream.  Never log or print what this returns.
+    """
+    return {text[f.start : f.end] for f in _DEFAULT_REDACTOR.findings(text)}
 
 
 # --------------------------------------------------------------------------------------

@@ -464,6 +464,15 @@ LOOKALIKES: dict[str, Callable[[random.Random], str]] = {
             f"{r.randint(100000, 99999999)} tokens",
         ]
     ),
+    # Decimal fractions, as scores and measurements print them (JSON floats included).
+    "decimal": lambda r: r.choice(
+        [
+            f"0.{r.randint(100000, 999999)}",
+            f"{r.randint(1, 99)}.{r.randint(100000, 99999999)}",
+            f'"specificity": 0.{r.randint(100000, 999999)}',
+            f"p = 0.0{r.randint(10000, 99999)}",
+        ]
+    ),
     "not_personal_ip": lambda r: r.choice(
         ["127.0.0.1", "0.0.0.0", "255.255.255.0", "255.255.0.0", "::1"]
     ),
