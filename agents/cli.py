@@ -209,6 +209,8 @@ async def schema_export(self: GroupedCommand, out: Path) -> None:
 def main() -> None:
     """Entry point of the `learnops` console script."""
     # Importing the stage modules registers their agents on the app.
+    import agents.canary
+    import agents.canary_demo
     import agents.crl
     import agents.curator
     import agents.datasets

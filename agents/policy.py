@@ -59,7 +59,8 @@ async def _handle(event: Any) -> None:
         decision = await decode(event, DecisionMade, stage="policy")
         if decision is None:
             return
-        if decision.action in ("step_up", "pause"):
+        shadow = decision.report.deployment_mode == "shadow"
+        if decision.action == "pause" or (decision.action == "step_up" and not shadow):
             await _step(decision)
             return
         outcome = await durably(partial(apply_decision, app.pool, decision), what="policies")
@@ -93,12 +94,17 @@ async def _handle(event: Any) -> None:
 
 
 async def _step(decision: DecisionMade) -> None:
-    """A step-up moves the deployment and publishes its new allocation; a pause is recorded."""
+    """A step-up moves the deployment, a pause stops it; either publishes the doer's new state."""
     if decision.action == "pause":
-        await durably(partial(pause_deployment, app.pool, decision), what="deployments")
+        change = await durably(partial(pause_deployment, app.pool, decision), what="deployments")
         log.warning(
-            "deployment_paused doer=%s deployment=%s", decision.doer, decision.deployment_id
+            "deployment_paused doer=%s deployment=%s applied=%s",
+            decision.doer,
+            decision.deployment_id,
+            change is not None,
         )
+        if change is not None:
+            await policy_changes.send(key=change.doer.encode(), value=change.to_json())
         return
     change = await durably(partial(apply_step, app.pool, decision), what="deployments")
     log.info(

@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from models.events import PolicyChange
 
 Arm = Literal["control", "candidate"]
 
@@ -85,3 +87,45 @@ class RouteSpec:
     def with_allocation(self, allocation: float) -> RouteSpec:
         """The same deployment at another traffic share (same salt, so assignments nest)."""
         return replace(self, allocation=allocation)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one task runs: the policy that serves it, its arm, and whether to mirror it.
+
+    ``deployment_id`` is None when the doer has no live deployment (``arm`` is
+    then None too). In a shadow every task is served by the control; ``mirror``
+    says whether to run it under the candidate as well (a shadow run).
+    """
+
+    policy_id: str
+    version: int
+    deployment_id: str | None = None
+    arm: Arm | None = None
+    step: int = 0
+    allocation: float = 0.0
+    mirror: bool = False
+    candidate_policy_id: str | None = None
+    candidate_version: int | None = None
+
+
+def route(change: PolicyChange, task_id: str) -> Route:
+    """The route of a task under a doer's live state (its latest ``PolicyChange``)."""
+    live = change.deployment
+    if live is None:
+        return Route(change.policy_id, change.version)
+    arm = assign(task_id, live)
+    common: dict[str, Any] = {
+        "deployment_id": live.deployment_id,
+        "step": live.step,
+        "allocation": live.allocation,
+        "candidate_policy_id": live.candidate_policy_id,
+        "candidate_version": live.candidate_version,
+    }
+    if change.status == "shadow":
+        return Route(
+            change.policy_id, change.version, arm="control", mirror=arm == "candidate", **common
+        )
+    if arm == "candidate":
+        return Route(live.candidate_policy_id, live.candidate_version, arm=arm, **common)
+    return Route(change.policy_id, change.version, arm=arm, **common)

@@ -60,6 +60,9 @@ class CanarySettings(ContractModel):
     max_duration_s: Annotated[float, Field(gt=0)] | None = 7 * 24 * 3600.0
     report_every: Annotated[int, Field(ge=1)] = 500
     guardrails: bool = True  # check learning.canary.DEFAULT_GUARDRAILS
+    # Shadow only: once the shadow passes, move it to canary (default steps) without
+    # waiting for a start_canary command.
+    advance_shadow: bool = False
 
     @model_validator(mode="after")
     def _margin_within_rollback(self) -> Self:

@@ -175,6 +175,7 @@ class DeploymentRouting(ContractModel):
     require_approval: bool = False
     started_at: UTCDatetime | None = None
     canary: CanarySettings | None = None
+    paused: bool = False  # a canary stage pause (sample ratio mismatch, missing data)
 
 
 class PolicyChange(Event):
@@ -229,6 +230,11 @@ class Guardrail(ContractModel):
     threshold: float
     statistic: Identifier  # what value is, e.g. "mean_crl", "p95_crl", "srm_p_value"
     passed: bool
+    # The test statistic decided on (e.g. the always-valid lower bound of the excess
+    # harm, failing above 0); None while it cannot be computed yet.
+    bound: float | None = None
+    critical: bool = False  # a failing critical guardrail rolls the canary back
+    reason: str | None = None
 
 
 class DecisionReport(ContractModel):
@@ -245,6 +251,13 @@ class DecisionReport(ContractModel):
     ci_low: float | None = None
     ci_high: float | None = None
     guardrails: list[Guardrail] = Field(default_factory=list)
+    # Where the deployment stands (set by the canary stage; docs/canary.md).
+    deployment_mode: Literal["shadow", "canary"] | None = None
+    decision_mode: Literal["superiority", "non_inferiority"] | None = None
+    step: Count | None = None
+    allocation: UnitFloat | None = None
+    confidence: UnitFloat | None = None  # level of the always-valid interval
+    recommendation: str | None = None  # step_up | promote | rollback | pause | continue
 
     @model_validator(mode="after")
     def _ordered_interval(self) -> Self:

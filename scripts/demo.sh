@@ -48,6 +48,9 @@ step "Simulated orchestrator"
 step "What happened"
 "$bin/learnops" demo report --expect-runs "$runs" --run-prefix "$prefix" --timeout 120
 
+step "Canary: a better candidate walks its steps and is promoted, a worse one is rolled back"
+"$bin/learnops" demo canary --timeout 240
+
 step "Skill cards: what each doer is good and bad at (learning.skill-cards, skill_cards)"
 "$bin/learnops" demo skills --min-runs 10 --timeout 60
 

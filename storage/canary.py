@@ -10,7 +10,8 @@ from uuid import UUID
 
 import orjson
 
-from models.events import DecisionMade, TaskRouted
+from models.events import DecisionMade, DeploymentRouting, TaskRouted
+from storage.policies import deployment_routing
 
 # One statement per batch; unnest turns the column arrays back into rows.
 _INSERT_ROUTINGS = """
@@ -128,3 +129,28 @@ async def routed_counts(pool: Any, deployment_id: str) -> dict[tuple[int, str], 
         deployment_id,
     )
     return {(row["step"], row["arm"]): int(row["n"]) for row in rows}
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """A stored shadow or canary deployment as the canary stage follows it."""
+
+    doer: str
+    mode: str  # shadow | canary
+    routing: DeploymentRouting
+    ended: bool
+
+
+async def deployment(pool: Any, deployment_id: str) -> DeploymentRecord | None:
+    """The deployment with this id, ended or not; None if there is none."""
+    row = await pool.fetchrow(
+        "SELECT * FROM shadow_deployments WHERE deployment_id = $1", deployment_id
+    )
+    if row is None:
+        return None
+    return DeploymentRecord(
+        doer=row["doer"],
+        mode=row["mode"],
+        routing=deployment_routing(row),
+        ended=row["ended_at"] is not None,
+    )

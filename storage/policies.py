@@ -399,13 +399,26 @@ async def apply_command(pool: Any, command: PolicyCommand) -> Outcome | None:
 
 
 async def apply_decision(pool: Any, decision: DecisionMade) -> Outcome | None:
-    """Apply a canary decision to promote or roll back its candidate; None for other actions."""
-    if decision.action not in ("promote", "rollback"):
+    """Apply a canary decision to promote or roll back its candidate; None for other actions.
+
+    A ``step_up`` of a shadow (``report.deployment_mode == "shadow"``) that passed
+    moves it to canary with the default steps and the shadow's canary settings.
+    """
+    shadow_passed = decision.action == "step_up" and decision.report.deployment_mode == "shadow"
+    if decision.action not in ("promote", "rollback") and not shadow_passed:
         return None
+    canary = None
+    if shadow_passed:
+        canary = await pool.fetchval(
+            "SELECT canary FROM shadow_deployments WHERE deployment_id = $1",
+            decision.deployment_id,
+        )
+        canary = orjson.loads(canary) if isinstance(canary, str | bytes) else canary
     ask = _Ask(
         event_id=decision.event_id,
         source="decision",
-        action=decision.action,
+        action="start_canary" if shadow_passed else decision.action,
+        canary=canary,
         doer=decision.doer,
         actor=DECISION_ACTOR,
         reason=decision.reason,
@@ -871,7 +884,7 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
     live = await pool.fetchrow(
         "SELECT * FROM shadow_deployments WHERE doer = $1 AND ended_at IS NULL", doer
     )
-    deployment = _routing(live) if live else None
+    deployment = deployment_routing(live) if live else None
     promoted = last is not None and last["action"] == "promote"
     return PolicyChange(
         event_id=derived_event_id("policy-change", last["event_id"]) if last else uuid.uuid4(),
@@ -891,7 +904,8 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
     )
 
 
-def _routing(live: Any) -> DeploymentRouting:
+def deployment_routing(live: Any) -> DeploymentRouting:
+    """What a router and the canary stage need of a ``shadow_deployments`` row."""
     canary = live["canary"]
     if isinstance(canary, str | bytes):
         canary = orjson.loads(canary)
@@ -908,6 +922,7 @@ def _routing(live: Any) -> DeploymentRouting:
         require_approval=live["require_approval"],
         started_at=live["started_at"],
         canary=CanarySettings.model_validate(canary) if canary else None,
+        paused=live["paused_at"] is not None,
     )
 
 
@@ -961,8 +976,11 @@ async def approve_step(
     return await _step_change(pool, doer, event_id, reason, actor)
 
 
-async def pause_deployment(pool: Any, decision: DecisionMade) -> bool:
-    """Mark a live deployment paused (routing stays as it is); whether it was running."""
+async def pause_deployment(pool: Any, decision: DecisionMade) -> PolicyChange | None:
+    """Mark a live deployment paused (routing stays as it is); the doer's new state, None if not.
+
+    None when the deployment had ended or was paused already (a replayed pause).
+    """
     paused = await pool.execute(
         """
         UPDATE shadow_deployments SET paused_at = $2, paused_reason = $3
@@ -972,11 +990,15 @@ async def pause_deployment(pool: Any, decision: DecisionMade) -> bool:
         decision.occurred_at,
         decision.reason,
     )
-    return bool(paused == "UPDATE 1")
+    if paused != "UPDATE 1":
+        return None
+    return await _step_change(
+        pool, decision.doer, decision.event_id, decision.reason, DECISION_ACTOR, "paused"
+    )
 
 
 async def _step_change(
-    pool: Any, doer: str, cause: UUID, reason: str, actor: str
+    pool: Any, doer: str, cause: UUID, reason: str, actor: str, kind: str = "step_changed"
 ) -> PolicyChange | None:
     change = await current_change(pool, doer)
     if change is None or change.deployment is None:
@@ -984,7 +1006,7 @@ async def _step_change(
     return change.model_copy(
         update={
             "event_id": derived_event_id("policy-change", cause),
-            "change": "step_changed",
+            "change": kind,
             "actor": actor,
             "reason": reason,
         }

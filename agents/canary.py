@@ -1,0 +1,269 @@
+"""The canary stage: CRL results and routed tasks of live deployments → decisions.
+
+Reads learning.crl-computed, learning.task-routed and learning.policy-changes
+(all keyed by doer, so one doer's deployment lives in one worker). Per batch:
+decode → fold into the deployment's state (``learning.deployments``: arm
+statistics, guardrail metrics, routed counts) → judge after every counted
+result → write the states to the table once → store the batch's routings and
+decisions in PostgreSQL with one statement each → emit the decisions on
+learning.decisions and alerts on learning.alerts. The policy agent applies the
+decisions (step up, promote, roll back, pause); their effect comes back on
+learning.policy-changes, which this stage follows.
+
+A deployment is only followed once the policy store knows it (a look-up by id
+in PostgreSQL), so a deployment of another database is never acted on; a
+result or routing naming an unknown deployment is a dead letter. Redelivered
+results and routings are counted once (``canary-seen``).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+from agents.app import app
+from agents.codecs import decode
+from agents.dlq import dead_letter, guarded, guarded_batch
+from agents.tables import SEPARATOR, DoerPartitions, doer_table
+from learning.deployments import DeploymentState, Verdict, event_time
+from models.events import Alert, CRLComputed, DecisionMade, PolicyChange, TaskRouted
+from storage.canary import deployment, insert_decisions, insert_routings
+from storage.policies import derived_event_id
+from storage.pool import durably
+
+log = logging.getLogger("learnops.canary")
+
+CRL = "learning.crl-computed"
+ROUTED = "learning.task-routed"
+CHANGES = "learning.policy-changes"
+BATCH = 1000
+WITHIN_SECONDS = 0.05
+
+canary_inputs = app.topic(CRL, ROUTED, CHANGES, key_type=bytes, value_type=bytes)
+decisions = app.topic("learning.decisions", key_type=bytes, value_type=bytes)
+alerts = app.topic("learning.alerts", key_type=bytes, value_type=bytes)
+
+partitions = DoerPartitions()
+states = doer_table(
+    app, "canary-deployments", partitions, default=dict, help_="Canary state per doer/deployment"
+)
+live = doer_table(app, "canary-live", partitions, default=str, help_="Live deployment per doer")
+seen = doer_table(
+    app, "canary-seen", partitions, default=bool, help_="Counted runs and routings per doer"
+)
+
+
+class Batch:
+    """One batch's deployment states, loaded once and written once, and what it emits."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, DeploymentState] = {}
+        self.unknown: set[str] = set()
+        self.seen: set[str] = set()
+        self.routings: list[TaskRouted] = []
+        self.verdicts: list[tuple[DeploymentState, Verdict]] = []
+
+    async def state(self, doer: str, deployment_id: str) -> DeploymentState | None:
+        """The deployment's state: this batch's, the table's, or new from the policy store."""
+        key = f"{doer}{SEPARATOR}{deployment_id}"
+        if key in self.states:
+            return self.states[key]
+        if key in self.unknown:
+            return None
+        stored = states.get(key)
+        if stored:
+            found = DeploymentState.from_dict(stored)
+        else:
+            record = await durably(partial(deployment, app.pool, deployment_id), what="deployment")
+            if record is None or record.doer != doer:
+                self.unknown.add(key)
+                return None
+            found = DeploymentState(
+                doer,
+                record.routing,
+                "shadow" if record.mode == "shadow" else "canary",
+                ended=record.ended,
+            )
+        self.states[key] = found
+        return found
+
+    def first_time(self, key: str) -> bool:
+        """Whether a run or routing is counted for the first time (and mark it counted)."""
+        if key in self.seen or seen.get(key):
+            return False
+        self.seen.add(key)
+        return True
+
+    async def flush(self) -> None:
+        """Store routings and decisions, emit, then write states and marks.
+
+        In this order a crash part-way leaves the table behind, never ahead: the
+        redelivered batch is judged again from the older state and gives the same
+        decisions with the same ids, which PostgreSQL and the policy store take once.
+        """
+        made = [_decision(state, verdict) for state, verdict in self.verdicts]
+        if self.routings:
+            await durably(partial(insert_routings, app.pool, self.routings), what="routings")
+        if made:
+            await durably(partial(insert_decisions, app.pool, made), what="decisions")
+        for (state, verdict), decision in zip(self.verdicts, made, strict=True):
+            await decisions.send(key=decision.doer.encode(), value=decision.to_json())
+            log.info(
+                "canary_decision doer=%s deployment=%s action=%s step=%d control=%d candidate=%d "
+                "delta_pct=%s p=%.3g",
+                decision.doer,
+                decision.deployment_id,
+                decision.action,
+                decision.step,
+                decision.report.control_count,
+                decision.report.candidate_count,
+                decision.report.delta_pct,
+                decision.report.p_value,
+            )
+            alert = _alert(state, verdict, decision)
+            if alert is not None:
+                await alerts.send(key=alert.doer.encode(), value=alert.to_json())
+        for key, state in self.states.items():
+            states[key] = state.to_dict()
+        for key in self.seen:
+            seen[key] = True
+
+
+def _decision(state: DeploymentState, verdict: Verdict) -> DecisionMade:
+    routing = state.routing
+    return DecisionMade(
+        event_id=verdict.event_id,
+        doer=state.doer,
+        deployment_id=routing.deployment_id,
+        candidate_policy_id=routing.candidate_policy_id,
+        candidate_version=routing.candidate_version,
+        action=verdict.action,
+        reason=verdict.reason,
+        step=verdict.step,
+        report=verdict.report,
+    )
+
+
+def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> Alert | None:
+    """The alert of a pause (sample ratio mismatch, missing data) or an approval request."""
+    common: dict[str, Any] = {
+        "event_id": derived_event_id("alert", verdict.event_id),
+        "doer": decision.doer,
+        "deployment_id": decision.deployment_id,
+        "policy_id": decision.candidate_policy_id,
+        "policy_version": decision.candidate_version,
+        "message": f"{decision.deployment_id}: {verdict.reason}",
+    }
+    if verdict.action == "pause" and verdict.missing_arm is not None:
+        arm = verdict.missing_arm
+        return Alert(
+            kind="missing_data",
+            severity="critical",
+            value=float(state.step_runs[arm]),
+            baseline=float(state.routed[arm]),
+            evidence={"arm": arm, "step": state.step, "routed": dict(state.routed)},
+            **common,
+        )
+    if verdict.action == "pause" and verdict.srm is not None:
+        srm = verdict.srm
+        return Alert(
+            kind="sample_ratio_mismatch",
+            severity="critical",
+            value=srm.p_value,
+            threshold=state.config().srm_p_threshold,
+            evidence={
+                "step": state.step,
+                "allocation": state.routing.allocation,
+                "observed": dict(srm.observed),
+                "expected": dict(srm.expected),
+                "chi_square": srm.statistic,
+            },
+            **common,
+        )
+    if verdict.action == "report" and state.awaiting_approval is not None:
+        return Alert(
+            kind="approval_needed",
+            severity="info",
+            evidence={"step": state.awaiting_approval},
+            **common,
+        )
+    return None
+
+
+async def _follow(change: PolicyChange, batch: Batch) -> None:
+    """Follow the doer's live deployment: new, stepped, paused, or ended."""
+    doer = change.doer
+    current = live.get(doer) or ""
+    now = change.deployment.deployment_id if change.deployment else ""
+    if current and current != now:
+        ended = await batch.state(doer, current)
+        if ended is not None:
+            ended.ended = True
+    if change.deployment is not None:
+        state = await batch.state(doer, now)
+        if state is None:
+            return
+        state.follow(change.deployment, "shadow" if change.status == "shadow" else "canary")
+    if current != now:
+        live[doer] = now
+
+
+async def _take(event: Any, batch: Batch) -> None:
+    topic = event.message.topic
+    if topic == CHANGES:
+        change = await decode(event, PolicyChange, stage="canary")
+        if change is not None:
+            partitions.seen(change.doer, event.message.partition)
+            await _follow(change, batch)
+        return
+    if topic == ROUTED:
+        routed = await decode(event, TaskRouted, stage="canary")
+        if routed is None:
+            return
+        partitions.seen(routed.doer, event.message.partition)
+        state = await _deployment_of(event, batch, routed.doer, routed.deployment_id)
+        if state is None:
+            return
+        batch.routings.append(routed)  # stored idempotently by event id, counted once
+        if batch.first_time(f"{routed.doer}/task/{routed.event_id}"):
+            state.route(routed.arm, routed.step)
+        return
+    result = await decode(event, CRLComputed, stage="canary")
+    if result is None or result.deployment_id is None or result.replay_id is not None:
+        return  # not a deployment's run, or a replay: never counted
+    partitions.seen(result.doer, event.message.partition)
+    state = await _deployment_of(event, batch, result.doer, result.deployment_id)
+    if state is None or not batch.first_time(f"{result.doer}/run/{result.run_id}"):
+        return
+    if state.observe(result):
+        verdict = state.judge(event_time(result))
+        if verdict is not None:
+            batch.verdicts.append((state, verdict))
+
+
+async def _deployment_of(
+    event: Any, batch: Batch, doer: str, deployment_id: str
+) -> DeploymentState | None:
+    state = await batch.state(doer, deployment_id)
+    if state is None:
+        await dead_letter(
+            event,
+            stage="canary",
+            error_type="unknown_deployment",
+            reason=f"deployment {deployment_id} of {doer} is not in the policy store",
+            doer=doer,
+        )
+    return state
+
+
+@app.agent(canary_inputs, name="canary")
+async def canary(stream: Any) -> None:
+    """Fold each batch into the deployments' states, judge, store and emit; ack after all of it."""
+    async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+        async with guarded_batch(events, stage="canary"):
+            batch = Batch()
+            for event in events:
+                async with guarded(event, stage="canary"):
+                    await _take(event, batch)
+            await batch.flush()

@@ -1,0 +1,119 @@
+"""The orchestrator's routing client: follows learning.policy-changes, routes tasks locally.
+
+An orchestrator keeps one :class:`Router`. It reads the compacted
+``learning.policy-changes`` topic from the beginning (every doer's latest
+state) and keeps following it in the background, so ``route(doer, task_id)``
+is a dictionary look-up and a hash (``learning.routing.route``), with no
+network call per task. The orchestrator then runs the task under the route's
+policy and publishes a ``TaskRouted`` on ``learning.task-routed``
+(``learning.canary_sim`` shows how).
+
+    router = Router(settings)
+    await router.start()
+    found = router.route("PRDWriter", task_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer
+from pydantic import ValidationError
+
+from agents.settings import Settings
+from learning.routing import Route, route
+from models.events import PolicyChange
+
+log = logging.getLogger("learnops.router")
+
+CHANGES = "learning.policy-changes"
+
+
+class UnknownDoer(LookupError):
+    """The doer has no active policy on learning.policy-changes (yet)."""
+
+
+class Router:
+    """Routes tasks from the latest PolicyChange of each doer, kept up to date in the background."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._live: dict[str, PolicyChange] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self.skipped = 0  # records that were not a valid PolicyChange
+
+    async def start(self) -> None:
+        """Read every doer's latest state, then keep following the topic."""
+        self._consumer = AIOKafkaConsumer(
+            CHANGES,
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **self._settings.kafka_client_options(),
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._follow(), name="router-follow")
+
+    async def stop(self) -> None:
+        """Stop following."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def __aenter__(self) -> Router:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    self.apply(record.value)
+
+    def apply(self, value: bytes) -> PolicyChange | None:
+        """Take one record of the topic; one that is not a PolicyChange is counted, not used."""
+        try:
+            change = PolicyChange.from_json(value)
+        except ValidationError as exc:
+            self.skipped += 1
+            log.warning("router_skipped_record error_count=%d", exc.error_count())
+            return None
+        self._live[change.doer] = change
+        self._changed.set()
+        return change
+
+    def live(self, doer: str) -> PolicyChange | None:
+        """The doer's latest known state."""
+        return self._live.get(doer)
+
+    def route(self, doer: str, task_id: str) -> Route:
+        """The route of a task: which policy serves it, its arm, whether to mirror it."""
+        change = self._live.get(doer)
+        if change is None:
+            raise UnknownDoer(f"{doer} has no active policy on {CHANGES} yet")
+        return route(change, task_id)
+
+    async def wait_for(
+        self, doer: str, predicate: Callable[[PolicyChange], bool], timeout: float = 60.0
+    ) -> PolicyChange:
+        """The doer's state once ``predicate`` holds for it; TimeoutError otherwise."""
+        async with asyncio.timeout(timeout):
+            while True:
+                change = self._live.get(doer)
+                if change is not None and predicate(change):
+                    return change
+                self._changed.clear()
+                await self._changed.wait()

@@ -1,0 +1,457 @@
+"""One shadow or canary deployment as the canary stage follows it: its statistics and its next move.
+
+The canary agent keeps one :class:`DeploymentState` per deployment in a Faust
+table (``to_dict``/``from_dict``), feeds it every CRL result of the
+deployment's runs (:meth:`DeploymentState.observe`) and every routed task
+(:meth:`DeploymentState.route`), and asks :meth:`DeploymentState.judge` what to
+do after each result. Everything here is pure, so the rules are tested without
+Kafka. The statistics are :mod:`learning.canary`'s (mSPRT, always valid).
+
+Rules on top of :func:`learning.canary.advance`:
+
+* replay runs never count; in a canary, shadow runs are ignored; in a shadow,
+  the shadow (candidate) runs are compared with the deployment's control runs;
+* a shadow never changes what is live: its "promote" is reported (and, with
+  ``advance_shadow``, becomes a ``step_up`` into a canary); its "rollback"
+  ends the shadow;
+* a canary that needs approval before a step reports ``step_up`` as its
+  recommendation and waits for ``approve_step``;
+* pause on a sample ratio mismatch of this step's routed counts (canary only:
+  a shadow mirrors, it does not split) and on missing data: an arm whose
+  routed tasks at this step are at least ``missing_min_routed`` while fewer
+  than ``missing_ratio`` of them have a CRL result, when the other arm has
+  results for more than half of its tasks (its bundles are being lost);
+* after a final move (promote, rollback) or a pause, nothing more is decided.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from learning.canary import (
+    DEFAULT_GUARDRAILS,
+    ArmStats,
+    CanaryConfig,
+    Decision,
+    GuardrailResult,
+    SRMResult,
+    StepState,
+    advance,
+    evaluate,
+    evaluate_guardrails,
+    srm_check,
+)
+from learning.moments import Moments
+from models.commands import CanarySettings
+from models.events import CRLComputed, DecisionReport, DeploymentRouting, Guardrail
+
+ARMS = ("control", "candidate")
+Move = Literal["step_up", "promote", "rollback", "pause", "report"]
+# Missing data: see the module notes.
+MISSING_MIN_ROUTED = 100
+MISSING_RATIO = 0.1
+_DECISION_NAMESPACE = uuid.UUID("0c5e7d62-3f1a-4c1e-9a77-52a4c1d0e8b1")
+
+
+def config_of(settings: CanarySettings, steps: list[float]) -> CanaryConfig:
+    """The statistics' configuration of a deployment's settings and traffic steps."""
+    return CanaryConfig(
+        alpha=settings.alpha,
+        min_sample_size=settings.min_sample_size,
+        max_crl_increase=settings.max_crl_increase,
+        min_improvement=settings.min_improvement,
+        max_duration=settings.max_duration_s,
+        steps=tuple(steps) if steps else CanaryConfig.steps,
+        mode=settings.mode,
+        non_inferiority_margin=settings.non_inferiority_margin,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A move to publish on learning.decisions, with its reason and report."""
+
+    action: Move
+    reason: str
+    step: int
+    report: DecisionReport
+    event_id: uuid.UUID
+    srm: SRMResult | None = None
+    missing_arm: str | None = None
+
+
+@dataclass
+class DeploymentState:
+    """What the canary stage knows of one deployment (a Faust table value via ``to_dict``)."""
+
+    doer: str
+    routing: DeploymentRouting
+    mode: Literal["shadow", "canary"]
+    arms: dict[str, ArmStats] = field(default_factory=lambda: {a: ArmStats() for a in ARMS})
+    metrics: dict[str, dict[str, Moments]] = field(default_factory=lambda: {a: {} for a in ARMS})
+    step_runs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ARMS, 0))
+    routed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ARMS, 0))
+    p_value: float | None = None
+    results: int = 0  # CRL results counted
+    reported_at: int = 0  # ``results`` at the last report
+    pending_step: int | None = None  # a step-up sent, not yet applied
+    awaiting_approval: int | None = None  # the step an approval was asked for
+    final: str | None = None  # promote | rollback, once decided
+    recommended: str | None = None  # the last report's recommendation
+    paused: bool = False
+    ended: bool = False
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def deployment_id(self) -> str:
+        return self.routing.deployment_id
+
+    @property
+    def settings(self) -> CanarySettings:
+        return self.routing.canary or CanarySettings()
+
+    @property
+    def step(self) -> int:
+        return self.routing.step
+
+    def config(self) -> CanaryConfig:
+        """The deployment's statistics configuration (a shadow: one step at its mirror share)."""
+        steps = self.routing.steps if self.mode == "canary" else [self.routing.allocation]
+        return config_of(self.settings, steps)
+
+    def arm_of(self, result: CRLComputed) -> str | None:
+        """The arm a result counts toward, or None when it does not count here."""
+        if result.deployment_id != self.deployment_id or result.replay_id is not None:
+            return None
+        if result.arm == "candidate" and result.shadow != (self.mode == "shadow"):
+            return None  # a shadow run in a canary, or a served candidate run in a shadow
+        return result.arm
+
+    def observe(self, result: CRLComputed) -> bool:
+        """Count one CRL result; whether it counted."""
+        arm = self.arm_of(result)
+        if arm is None or self.ended:
+            return False
+        self.arms[arm].add(result.loss)
+        for metric, value in result.terms.model_dump().items():
+            self.metrics[arm].setdefault(metric, Moments()).add(float(value))
+        self.step_runs[arm] += 1
+        self.results += 1
+        return True
+
+    def route(self, arm: str, step: int) -> bool:
+        """Count one routed task of the current step; whether it counted."""
+        if self.ended or step != self.step or arm not in ARMS:
+            return False
+        self.routed[arm] += 1
+        return True
+
+    def follow(self, routing: DeploymentRouting, mode: Literal["shadow", "canary"]) -> None:
+        """Take the store's latest view of the deployment (a step change resets per-step counts)."""
+        if routing.step < self.step:  # an older view (read again after a restart)
+            return
+        if routing.step > self.step:
+            self.step_runs = dict.fromkeys(ARMS, 0)
+            self.routed = dict.fromkeys(ARMS, 0)
+        if self.pending_step is not None and routing.step >= self.pending_step:
+            self.pending_step = None
+        if self.awaiting_approval is not None and routing.step >= self.awaiting_approval:
+            self.awaiting_approval = None
+        self.routing = routing
+        self.mode = mode
+        self.paused = routing.paused
+
+    # ---------------------------------------------------------------- judging
+
+    def srm(self, config: CanaryConfig) -> SRMResult | None:
+        """The sample-ratio-mismatch check of this step's routings (canary with a split only)."""
+        allocation = self.routing.allocation
+        if self.mode != "canary" or not 0.0 < allocation < 1.0:
+            return None
+        return srm_check(self.routed, allocation, p_threshold=config.srm_p_threshold)
+
+    def missing_arm(self) -> str | None:
+        """An arm whose bundles are not arriving (module notes), or None."""
+        if self.mode != "canary":
+            return None
+
+        def share(arm: str) -> float:
+            return self.step_runs[arm] / self.routed[arm] if self.routed[arm] else 1.0
+
+        for arm, other in (("candidate", "control"), ("control", "candidate")):
+            if (
+                self.routed[arm] >= MISSING_MIN_ROUTED
+                and share(arm) < MISSING_RATIO
+                and share(other) > 0.5
+            ):
+                return arm
+        return None
+
+    def guardrails(self, config: CanaryConfig) -> list[GuardrailResult]:
+        """The default guardrails on CRL terms, each at alpha / their number."""
+        if not self.settings.guardrails:
+            return []
+        return evaluate_guardrails(
+            self.metrics["control"],
+            self.metrics["candidate"],
+            DEFAULT_GUARDRAILS,
+            config.alpha / len(DEFAULT_GUARDRAILS),
+            min_sample_size=config.min_sample_size,
+            mixing_sd=config.mixing_sd,
+        )
+
+    def judge(self, now: datetime) -> Verdict | None:
+        """The move to publish after the latest result, or None (keep watching).
+
+        ``now`` is the event time of that result; the maximum duration counts
+        from the deployment's start.
+        """
+        if self.ended or self.final is not None or self.paused:
+            return None
+        config = self.config()
+        started = self.routing.started_at
+        elapsed = (now - started).total_seconds() if started else None
+        decision = evaluate(
+            self.arms["control"],
+            self.arms["candidate"],
+            config,
+            elapsed=elapsed,
+            previous_p_value=self.p_value,
+        )
+        self.p_value = decision.p_value
+        guardrails = self.guardrails(config)
+        srm = self.srm(config)
+        missing = self.missing_arm()
+        if missing is not None:
+            reason = (
+                f"missing data: {self.routed[missing]} {missing} tasks routed at step "
+                f"{self.step} but only {self.step_runs[missing]} CRL results arrived"
+            )
+            return self._verdict("pause", reason, decision, guardrails, srm, missing=missing)
+        step_state = StepState(
+            step_index=min(self.step, len(config.steps) - 1),
+            control_runs_in_step=self.step_runs["control"],
+            candidate_runs_in_step=self.step_runs["candidate"],
+        )
+        step = advance(step_state, decision, config, guardrails=guardrails, srm=srm)
+        action, reason = step.action, step.reason
+        if self.mode == "shadow":
+            return self._shadow(action, reason, decision, guardrails)
+        if action == "pause":
+            return self._verdict("pause", reason, decision, guardrails, srm)
+        if action in ("promote", "rollback"):
+            return self._verdict(action, reason, decision, guardrails, srm)
+        if action == "step_up":
+            if self.pending_step is not None or self.awaiting_approval is not None:
+                return self._report_due(decision, guardrails, srm, "step_up")
+            if self.routing.require_approval:
+                self.awaiting_approval = step.step_index
+                return self._verdict(
+                    "report",
+                    f"awaiting approval of step {step.step_index}: {reason}",
+                    decision,
+                    guardrails,
+                    srm,
+                    recommendation="step_up",
+                    target_step=step.step_index,
+                )
+            return self._verdict(
+                "step_up", reason, decision, guardrails, srm, target_step=step.step_index
+            )
+        return self._report_due(decision, guardrails, srm, "continue")
+
+    def _shadow(
+        self, action: str, reason: str, decision: Decision, guardrails: list[GuardrailResult]
+    ) -> Verdict | None:
+        if action == "rollback":
+            return self._verdict("rollback", f"shadow failed: {reason}", decision, guardrails)
+        if action in ("promote", "step_up"):
+            if self.settings.advance_shadow:
+                if self.pending_step is not None:  # asked already; the store moves it
+                    return None
+                return self._verdict(
+                    "step_up",
+                    f"shadow passed, moving to canary: {decision.reason}",
+                    decision,
+                    guardrails,
+                    target_step=0,
+                )
+            if self.recommended != "promote" or self._due():
+                return self._verdict(
+                    "report",
+                    f"shadow passed (never changes what is live; start_canary to go on): "
+                    f"{decision.reason}",
+                    decision,
+                    guardrails,
+                    recommendation="promote",
+                )
+            return None
+        return self._report_due(decision, guardrails, None, "continue")
+
+    def _due(self) -> bool:
+        return self.results - self.reported_at >= self.settings.report_every
+
+    def _report_due(
+        self,
+        decision: Decision,
+        guardrails: list[GuardrailResult],
+        srm: SRMResult | None,
+        recommendation: str,
+    ) -> Verdict | None:
+        if not self._due():
+            return None
+        return self._verdict(
+            "report", decision.reason, decision, guardrails, srm, recommendation=recommendation
+        )
+
+    def _verdict(
+        self,
+        action: Move,
+        reason: str,
+        decision: Decision,
+        guardrails: list[GuardrailResult],
+        srm: SRMResult | None = None,
+        *,
+        missing: str | None = None,
+        recommendation: str | None = None,
+        target_step: int | None = None,
+    ) -> Verdict:
+        step = self.step if target_step is None else target_step
+        if action in ("promote", "rollback"):
+            self.final = action
+        elif action == "pause":
+            self.paused = True
+        elif action == "step_up":
+            self.pending_step = step
+        self.reported_at = self.results
+        self.recommended = recommendation or action
+        # Stable ids: a replay of the same inputs decides the same event again.
+        key = f"{self.deployment_id}:{action}:{step}:{self.results}"
+        report = self.report(decision, guardrails, srm, recommendation or action)
+        return Verdict(
+            action=action,
+            reason=reason,
+            step=step,
+            report=report,
+            event_id=uuid.uuid5(_DECISION_NAMESPACE, key),
+            srm=srm,
+            missing_arm=missing,
+        )
+
+    def report(
+        self,
+        decision: Decision,
+        guardrails: list[GuardrailResult],
+        srm: SRMResult | None,
+        recommendation: str,
+    ) -> DecisionReport:
+        """Both arms' CRL, the difference and its always-valid uncertainty, and every guardrail."""
+        rows = [
+            Guardrail(
+                name=g.name,
+                value=g.measured,
+                threshold=g.threshold,
+                statistic="mean_difference",
+                passed=g.passed,
+                bound=_finite(g.statistic),
+                critical=g.critical,
+                reason=g.reason,
+            )
+            for g in guardrails
+        ]
+        if srm is not None:
+            rows.append(
+                Guardrail(
+                    name="sample_ratio",
+                    value=srm.p_value,
+                    threshold=self.config().srm_p_threshold,
+                    statistic="srm_p_value",
+                    passed=not srm.mismatch,
+                    bound=srm.statistic,
+                    critical=False,
+                    reason=f"routed {srm.observed}, expected "
+                    f"{ {k: round(v, 1) for k, v in srm.expected.items()} }",
+                )
+            )
+        return DecisionReport(
+            control_mean=max(0.0, decision.control_mean),
+            candidate_mean=max(0.0, decision.candidate_mean),
+            control_count=decision.control_count,
+            candidate_count=decision.candidate_count,
+            delta=decision.delta,
+            delta_pct=_finite(decision.delta_pct),
+            p_value=min(1.0, max(0.0, decision.p_value)),
+            ci_low=_finite(decision.ci_low),
+            ci_high=_finite(decision.ci_high),
+            guardrails=rows,
+            deployment_mode=self.mode,
+            decision_mode=self.settings.mode,
+            step=self.step,
+            allocation=self.routing.allocation,
+            confidence=1.0 - self.settings.alpha,
+            recommendation=recommendation,
+        )
+
+    # ----------------------------------------------------------- serialising
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict for a Faust table value."""
+        return {
+            "doer": self.doer,
+            "routing": self.routing.model_dump(mode="json"),
+            "mode": self.mode,
+            "arms": {a: s.to_dict() for a, s in self.arms.items()},
+            "metrics": {
+                a: {m: s.to_dict() for m, s in ms.items()} for a, ms in self.metrics.items()
+            },
+            "step_runs": dict(self.step_runs),
+            "routed": dict(self.routed),
+            "p_value": self.p_value,
+            "results": self.results,
+            "reported_at": self.reported_at,
+            "pending_step": self.pending_step,
+            "awaiting_approval": self.awaiting_approval,
+            "final": self.final,
+            "recommended": self.recommended,
+            "paused": self.paused,
+            "ended": self.ended,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeploymentState:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            doer=data["doer"],
+            routing=DeploymentRouting.model_validate(data["routing"]),
+            mode=data["mode"],
+            arms={a: ArmStats.from_dict(s) for a, s in data["arms"].items()},
+            metrics={
+                a: {m: Moments.from_dict(s) for m, s in ms.items()}
+                for a, ms in data["metrics"].items()
+            },
+            step_runs=dict(data["step_runs"]),
+            routed=dict(data["routed"]),
+            p_value=data["p_value"],
+            results=data["results"],
+            reported_at=data["reported_at"],
+            pending_step=data["pending_step"],
+            awaiting_approval=data["awaiting_approval"],
+            final=data["final"],
+            recommended=data["recommended"],
+            paused=data["paused"],
+            ended=data["ended"],
+        )
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def event_time(result: CRLComputed) -> datetime:
+    """The time a result speaks for: its run's, in UTC."""
+    return result.run_occurred_at.astimezone(UTC)

@@ -1,0 +1,189 @@
+"""Canaries through a real worker, Kafka and PostgreSQL, driven by a simulated orchestrator."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agents.canary_scenario import CanaryScenario
+from agents.router import Router
+from agents.topics import read_from_start
+from learning.signing import SigningKey, generate_key
+from models.commands import CanarySettings
+from models.events import Alert, PolicyChange
+from storage import canary as canary_store
+from tests.integration.kafka_io import eventually
+from tests.services import WorkerProcess
+
+QUICK = CanarySettings(min_sample_size=50, report_every=100)
+
+
+@pytest.fixture(scope="module")
+async def key(db: Any) -> SigningKey:
+    from storage import policies as store
+
+    signing_key = generate_key()
+    await store.add_signing_key(db, signing_key.public_key, created_by="tests")
+    return signing_key
+
+
+@pytest.fixture
+async def router(settings: Any) -> AsyncIterator[Router]:
+    async with Router(settings) as running:
+        yield running
+
+
+def scenario(db: Any, producer: Any, router: Router, key: SigningKey, name: str, q: float) -> Any:
+    doer = f"{name}{uuid.uuid4().hex[:8]}"
+    return CanaryScenario(db, producer, router, doer, key, {1: 0.8, 2: q})
+
+
+async def changes_of(settings: Any, doer: str) -> list[PolicyChange]:
+    records = await read_from_start(settings, "learning.policy-changes")
+    return [PolicyChange.from_json(r.value) for r in records if r.key == doer.encode()]
+
+
+async def audit(db: Any, deployment_id: str) -> list[Any]:
+    return list(
+        await db.fetch(
+            "SELECT * FROM policy_promotions WHERE deployment_id = $1 AND source = 'decision' "
+            "ORDER BY id",
+            deployment_id,
+        )
+    )
+
+
+async def test_a_better_candidate_walks_the_steps_and_is_promoted(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
+) -> None:
+    run = scenario(db, producer, router, key, "Better", 0.95)
+    await run.setup()
+    deployment_id = await run.start_canary(2, QUICK, [0.1, 0.5])
+    decisions = await run.run_until(run.simulator())
+    actions = [d.action for d in decisions if d.action != "report"]
+    assert actions == ["step_up", "promote"], (actions, worker.tail())
+    step_up, promote = (d for d in decisions if d.action != "report")
+    assert step_up.step == 1 and promote.step == 1
+    report = promote.report
+    assert report["candidate_mean"] < report["control_mean"] and report["ci_high"] < 0
+    assert report["candidate_count"] >= 50 and report["control_count"] >= 50
+    assert {"security", "cost", "latency", "sample_ratio"} <= {
+        g["name"] for g in report["guardrails"]
+    }
+    # The policy agent applied it: the audit row carries the report, the live policy moved.
+    rows = await eventually(lambda: audit(db, deployment_id), lambda r: len(r) == 1)
+    assert [(r["action"], r["outcome"], r["to_status"]) for r in rows] == [
+        ("promote", "applied", "active")
+    ]
+    assert rows[0]["decision_report"]["p_value"] == report["p_value"]
+    live = await router.wait_for(run.doer, lambda c: c.change == "promoted")
+    assert (live.version, live.previous_version, live.deployment) == (2, 1, None)
+    kinds = [c.change for c in await changes_of(settings, run.doer)]
+    assert kinds[-3:] == ["canary_started", "step_changed", "promoted"]
+    stored = await canary_store.routed_counts(db, deployment_id)
+    assert set(stored) == {(0, "control"), (0, "candidate"), (1, "control"), (1, "candidate")}
+
+
+async def test_a_worse_candidate_is_rolled_back(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
+) -> None:
+    run = scenario(db, producer, router, key, "Worse", 0.6)
+    await run.setup()
+    deployment_id = await run.start_canary(2, QUICK, [0.1, 0.5])
+    decisions = await run.run_until(run.simulator())
+    final = [d for d in decisions if d.action != "report"]
+    assert [d.action for d in final] == ["rollback"], worker.tail()
+    assert final[0].report["delta"] > 0
+    rows = await eventually(lambda: audit(db, deployment_id), lambda r: len(r) == 1)
+    assert [(r["action"], r["to_status"]) for r in rows] == [("rollback", "rolled_back")]
+    live = await router.wait_for(run.doer, lambda c: c.change == "rolled_back")
+    assert (live.version, live.deployment) == (1, None)
+
+
+async def test_a_biased_router_pauses_the_canary_and_alerts(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
+) -> None:
+    run = scenario(db, producer, router, key, "Biased", 0.8)
+    await run.setup()
+    deployment_id = await run.start_canary(2, QUICK, [0.1, 0.5])
+    decisions = await run.run_until(run.simulator(bias=0.15))
+    pauses = [d for d in decisions if d.action == "pause"]
+    assert len(pauses) == 1 and "sample ratio mismatch" in pauses[0].reason, worker.tail()
+    srm = next(g for g in pauses[0].report["guardrails"] if g["name"] == "sample_ratio")
+    assert not srm["passed"] and srm["value"] < 0.001
+    live = await router.wait_for(run.doer, lambda c: c.change == "paused")
+    assert live.deployment is not None and live.deployment.paused
+    assert await db.fetchval(
+        "SELECT paused_at IS NOT NULL FROM shadow_deployments WHERE deployment_id = $1",
+        deployment_id,
+    )
+
+    async def alerts() -> list[Alert]:
+        records = await read_from_start(settings, "learning.alerts")
+        found = [Alert.from_json(r.value) for r in records if r.key == run.doer.encode()]
+        return [a for a in found if a.deployment_id == deployment_id]
+
+    found = await eventually(alerts, lambda a: len(a) > 0)
+    assert [(a.kind, a.severity) for a in found] == [("sample_ratio_mismatch", "critical")]
+    assert found[0].value is not None and found[0].value < 0.001
+
+
+async def test_a_passing_shadow_moves_to_canary_and_never_serves_meanwhile(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
+) -> None:
+    run = scenario(db, producer, router, key, "Shadowed", 0.95)
+    await run.setup()
+    advance = QUICK.model_copy(update={"advance_shadow": True})
+    shadow_id = await run.start_shadow(2, advance, mirror=0.5)
+    assert all(router.route(run.doer, f"t{i}").version == 1 for i in range(200))
+    decisions = await run.run_until(
+        run.simulator(), lambda d: any(x.action == "step_up" for x in d)
+    )
+    moves = [(d.action, d.reason) for d in decisions if d.action != "report"]
+    assert [m[0] for m in moves] == ["step_up"], moves
+    assert decisions[-1].report["deployment_mode"] == "shadow"
+    live = await router.wait_for(run.doer, lambda c: c.status == "canary")
+    assert live.deployment is not None and live.deployment.deployment_id != shadow_id
+    assert live.version == 1  # the control still serves; the candidate now earns traffic
+    rows = await db.fetch(
+        "SELECT * FROM policy_promotions WHERE doer = $1 AND source = 'decision'", run.doer
+    )
+    assert [(r["action"], r["to_status"]) for r in rows] == [("start_canary", "canary")]
+
+
+async def test_a_worker_restart_mid_canary_loses_no_statistics(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
+) -> None:
+    run = scenario(db, producer, router, key, "Restarted", 0.8)
+    await run.setup()
+    # Never decides (min sample size out of reach): it only reports, every 50 results.
+    patient = CanarySettings(min_sample_size=100_000, report_every=50)
+    deployment_id = await run.start_canary(2, patient, [0.5])
+    simulator = run.simulator()
+    before = 600
+    await run.run_until(simulator, lambda _: False, pause=lambda n: n >= before, timeout=60)
+
+    def counted(decisions: list[Any]) -> int:
+        return max(
+            (d.report["control_count"] + d.report["candidate_count"] for d in decisions), default=0
+        )
+
+    async def routed() -> int:
+        return sum((await canary_store.routed_counts(db, deployment_id)).values())
+
+    found = await eventually(run.decisions, lambda d: counted(d) >= before - 50, timeout=60)
+    assert counted(found) >= before - 50
+    assert await eventually(routed, lambda n: n == before) == before
+    await asyncio.to_thread(worker.stop)
+    await asyncio.to_thread(worker.start)
+    after = 300
+    total = before + after
+    found = await run.run_until(
+        simulator, lambda d: counted(d) >= total - 50, pause=lambda n: n >= total, timeout=120
+    )
+    # Lost state would start counting again from zero: at most `after` runs.
+    assert total - 50 <= counted(found) <= total, worker.tail()

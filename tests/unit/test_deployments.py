@@ -1,0 +1,221 @@
+"""The canary stage's per-deployment rules, without Kafka: steps, promotion, rollback, pauses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from learning.crl import compute_crl
+from learning.deployments import DeploymentState
+from learning.routing import assign, route
+from models.commands import CanarySettings
+from models.crl import CRLTerms
+from models.events import CRLComputed, DeploymentRouting, PolicyChange
+
+START = datetime(2026, 11, 1, tzinfo=UTC)
+SETTINGS = CanarySettings(min_sample_size=50, report_every=100)
+
+
+def routing(step: int = 0, **changes: Any) -> DeploymentRouting:
+    steps = [0.1, 0.5]
+    fields: dict[str, Any] = {
+        "deployment_id": "canary-abc",
+        "salt": "s1",
+        "candidate_policy_id": "p",
+        "candidate_version": 2,
+        "allocation": steps[step],
+        "step": step,
+        "control_policy_id": "p",
+        "control_version": 1,
+        "steps": steps,
+        "started_at": START,
+        "canary": SETTINGS,
+    }
+    return DeploymentRouting(**{**fields, **changes})
+
+
+def result(arm: str, loss: float, n: int, **changes: Any) -> CRLComputed:
+    terms = CRLTerms(
+        gate_pass_rate=1.0,
+        contradiction_rate=0.0,
+        grounding_score=1.0,
+        cost_over_budget_pct=loss,
+        latency_p95_norm=0.0,
+        security_criticals=0,
+        api_breakages=0,
+        db_migration_fail=0,
+        rag_coverage=1.0,
+    )
+    crl = compute_crl(terms)
+    fields: dict[str, Any] = {
+        "doer": "Doer",
+        "source_event_id": uuid.uuid4(),
+        "run_occurred_at": START + timedelta(seconds=n),
+        "run_id": f"r-{arm}-{n}",
+        "phase": "draft",
+        "policy_id": "p",
+        "policy_version": 2 if arm == "candidate" else 1,
+        "tenant_id": "t",
+        "deployment_id": "canary-abc",
+        "arm": arm,
+        "terms": terms,
+        "loss": crl.loss,
+        "contributions": crl.contributions,
+        "weights_version": "default-v1",
+        "security_criticals": 0,
+    }
+    return CRLComputed(**{**fields, **changes})
+
+
+def feed(state: DeploymentState, candidate_mean: float, n: int, seed: int = 1) -> list[Any]:
+    """n results per arm at the step's split; every verdict judged on the way."""
+    rng = np.random.default_rng(seed)
+    verdicts = []
+    share = state.routing.allocation
+    for i in range(n):
+        arm = "candidate" if rng.random() < share else "control"
+        mean = candidate_mean if arm == "candidate" else 0.3
+        state.route(arm, state.step)
+        state.observe(result(arm, max(0.0, float(rng.normal(mean, 0.15))), seed * 10**6 + i))
+        verdict = state.judge(START + timedelta(seconds=i))
+        if verdict is not None:
+            verdicts.append(verdict)
+    return verdicts
+
+
+def test_a_better_candidate_steps_up_then_is_promoted() -> None:
+    state = DeploymentState("Doer", routing(), "canary")
+    verdicts = feed(state, 0.2, 3000)
+    step_ups = [v for v in verdicts if v.action == "step_up"]
+    assert step_ups and step_ups[0].step == 1
+    assert not any(v.action == "promote" for v in verdicts)  # not before the step is applied
+    state.follow(routing(step=1), "canary")
+    assert state.step_runs == {"control": 0, "candidate": 0} and state.pending_step is None
+    verdicts = feed(state, 0.2, 3000, seed=2)
+    final = [v for v in verdicts if v.action == "promote"]
+    assert len(final) == 1 and state.final == "promote"
+    report = final[0].report
+    assert report.candidate_mean < report.control_mean and report.delta_pct is not None
+    assert report.ci_high is not None and report.ci_high < 0
+    assert report.step == 1 and report.recommendation == "promote"
+    assert {g.name for g in report.guardrails} >= {"security", "cost", "sample_ratio"}
+    assert state.judge(START) is None  # nothing after a final move
+
+
+def test_a_worse_candidate_is_rolled_back() -> None:
+    state = DeploymentState("Doer", routing(), "canary")
+    verdicts = feed(state, 0.45, 4000)
+    assert [v.action for v in verdicts if v.action != "report"] == ["rollback"]
+    assert verdicts[-1].report.delta > 0
+
+
+def test_a_biased_split_pauses_with_the_srm_guardrail_failing() -> None:
+    state = DeploymentState("Doer", routing(), "canary")
+    for i in range(400):
+        state.route("candidate" if i % 4 == 0 else "control", 0)  # 25 % at a 10 % step
+    state.observe(result("control", 0.3, 1))
+    verdict = state.judge(START)
+    assert verdict is not None and verdict.action == "pause" and verdict.srm is not None
+    srm = next(g for g in verdict.report.guardrails if g.name == "sample_ratio")
+    assert not srm.passed and srm.value < 0.001
+    assert state.paused and state.judge(START) is None
+
+
+def test_bundles_missing_from_one_arm_pause_the_canary() -> None:
+    state = DeploymentState("Doer", routing(step=1), "canary")
+    for i in range(300):
+        arm = "candidate" if i % 2 else "control"
+        state.route(arm, 1)
+        if arm == "control":
+            state.observe(result("control", 0.3, i))
+    verdict = state.judge(START)
+    assert verdict is not None and verdict.action == "pause" and verdict.missing_arm == "candidate"
+
+
+def test_replays_and_shadow_runs_do_not_count_in_a_canary() -> None:
+    state = DeploymentState("Doer", routing(), "canary")
+    assert not state.observe(result("candidate", 0.3, 1, replay_id="rep-1"))
+    assert not state.observe(result("candidate", 0.3, 2, shadow=True))
+    assert not state.observe(result("candidate", 0.3, 3, deployment_id="other"))
+    assert state.observe(result("candidate", 0.3, 4))
+    assert state.arms["candidate"].count == 1 and state.results == 1
+
+
+def test_a_passing_shadow_is_reported_and_never_promoted() -> None:
+    shadow = routing(allocation=1.0, steps=[])
+    state = DeploymentState("Doer", shadow, "shadow")
+    rng = np.random.default_rng(3)
+    actions = []
+    for i in range(1500):
+        for arm, mean in (("control", 0.3), ("candidate", 0.2)):
+            loss = max(0.0, float(rng.normal(mean, 0.15)))
+            state.observe(result(arm, loss, i, shadow=arm == "candidate"))
+            verdict = state.judge(START)
+            if verdict is not None:
+                actions.append((verdict.action, verdict.report.recommendation))
+    assert ("report", "promote") in actions
+    assert all(action == "report" for action, _ in actions)
+
+
+def test_a_passing_shadow_with_advance_moves_to_canary() -> None:
+    settings = SETTINGS.model_copy(update={"advance_shadow": True})
+    state = DeploymentState("Doer", routing(allocation=1.0, steps=[], canary=settings), "shadow")
+    rng = np.random.default_rng(4)
+    moves = []
+    for i in range(1500):
+        for arm, mean in (("control", 0.3), ("candidate", 0.2)):
+            loss = max(0.0, float(rng.normal(mean, 0.15)))
+            state.observe(result(arm, loss, i, shadow=arm == "candidate"))
+            verdict = state.judge(START)
+            if verdict is not None and verdict.action != "report":
+                moves.append((verdict.action, verdict.report.deployment_mode))
+    assert moves == [("step_up", "shadow")]  # asked once; the policy store moves it
+
+
+def test_approval_is_asked_once_instead_of_stepping_up() -> None:
+    state = DeploymentState("Doer", routing(require_approval=True), "canary")
+    verdicts = feed(state, 0.2, 3000)
+    asked = [v for v in verdicts if v.report.recommendation == "step_up"]
+    assert asked and asked[0].action == "report" and "approval" in asked[0].reason
+    assert not any(v.action == "step_up" for v in verdicts)
+    assert state.awaiting_approval == 1
+
+
+def test_the_state_survives_the_table_round_trip() -> None:
+    state = DeploymentState("Doer", routing(), "canary")
+    feed(state, 0.25, 500)
+    again = DeploymentState.from_dict(state.to_dict())
+    assert again == state
+
+
+def test_a_max_duration_without_a_win_rolls_back() -> None:
+    settings = SETTINGS.model_copy(update={"max_duration_s": 60.0})
+    state = DeploymentState("Doer", routing(canary=settings), "canary")
+    state.observe(result("control", 0.3, 1))
+    verdict = state.judge(START + timedelta(minutes=2))
+    assert verdict is not None and verdict.action == "rollback" and "max_duration" in verdict.reason
+
+
+def test_routes_follow_the_live_state_and_nest_as_the_allocation_grows() -> None:
+    base = {
+        "doer": "Doer",
+        "policy_id": "p",
+        "version": 1,
+        "content_hash": "0" * 64,
+        "signature_key_id": "k",
+    }
+    active = PolicyChange(change="promoted", status="active", **base)
+    assert route(active, "t1").deployment_id is None and route(active, "t1").policy_id == "p"
+    tasks = [f"task-{i}" for i in range(2000)]
+    small = PolicyChange(change="canary_started", status="canary", deployment=routing(), **base)
+    large = small.model_copy(update={"deployment": routing(step=1)})
+    in_small = {t for t in tasks if route(small, t).arm == "candidate"}
+    in_large = {t for t in tasks if route(large, t).arm == "candidate"}
+    assert in_small <= in_large and 150 < len(in_small) < 250 and 900 < len(in_large) < 1100
+    assert all(route(large, t).version == 2 for t in in_large)
+    shadow = small.model_copy(update={"status": "shadow"})
+    found = route(shadow, tasks[0])
+    assert found.version == 1 and found.mirror == (assign(tasks[0], routing()) == "candidate")
