@@ -104,8 +104,9 @@ class CuratorMemory:
     def drop(self, doer: str) -> None:
         """Forget one doer's state (it is rebuilt from the tables when next needed)."""
         self._doers.pop(doer, None)
-        if self._grouped is not None:
-            self._grouped.pop(doer, None)
+        # The doer's share of the last pass is gone (consumed when it was
+        # built): the next doer to be built takes a fresh pass over the tables.
+        self._grouped = None
 
     def forget(self, *_: Any, **__: Any) -> None:
         """Forget every doer: partitions moved, the tables are the truth again."""
@@ -161,7 +162,7 @@ async def _curate(event: Any, bundle: RunCompleted) -> None:
     try:
         await _apply(state, bundle)
     except CurationError as exc:
-        memory.drop(doer)
+        # Refused before anything changed (DoerCuration.curate): the state stays.
         await dead_letter(
             event, stage="curator", error_type="curation", reason=exc.reason, doer=doer
         )

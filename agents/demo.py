@@ -16,7 +16,7 @@ from rich.table import Table
 
 from agents.cli import GroupedCommand, command
 from agents.topics import read_from_start
-from learning.simulation import DOERS, Orchestrator, bad_inputs
+from learning.simulation import DOERS, NoteMix, Orchestrator, bad_inputs
 from models.events import Alert, DeadLetter
 from storage.crl import count_results
 from storage.pool import create_pool
@@ -48,6 +48,18 @@ def demo() -> None:
     ),
     click.option("--seed", type=int, default=7, show_default=True),
     click.option("--run-prefix", default="", help="Prefix of the run ids (default: demo-<time>)."),
+    click.option(
+        "--notes/--no-notes",
+        default=True,
+        show_default=True,
+        help="Give every bundle a human note (PII, duplicates, copies of our documents).",
+    ),
+    click.option(
+        "--contaminate",
+        default="TestWriter",
+        show_default=True,
+        help="A doer whose notes are mostly duplicates and copies, in one phase ('' for none).",
+    ),
 )
 async def simulate(
     self: GroupedCommand,
@@ -58,6 +70,8 @@ async def simulate(
     regress: str,
     seed: int,
     run_prefix: str,
+    notes: bool,
+    contaminate: str,
 ) -> None:
     """Publish bundles as an orchestrator would, with bad input and redeliveries mixed in."""
     settings = self.lapp.settings
@@ -72,7 +86,17 @@ async def simulate(
         when = start + step * i
         doer = orchestrator.doers[i % len(orchestrator.doers)]
         worse = doer == regress and when >= start + timedelta(days=days - 1)
-        bundles.append(orchestrator.bundle(doer, occurred_at=when, quality=0.1 if worse else None))
+        # Notes draw from their own generator: the bundles' CRL is the same with or without.
+        mix, phase = (_CONTAMINATED, "draft") if doer == contaminate else (NoteMix(), None)
+        bundles.append(
+            orchestrator.bundle(
+                doer,
+                occurred_at=when,
+                quality=0.1 if worse else None,
+                notes=mix if notes else None,
+                phase=phase if notes else None,
+            )
+        )
     good = [(b.doer.encode(), b.to_json()) for b in bundles]
     broken = [(b.key, b.value) for b in bad_inputs(orchestrator, bad)]
     # Spread the bad events and the redeliveries through the stream.
@@ -102,7 +126,17 @@ async def simulate(
         f"over {days} days "
         f"(ending today), {redeliver} redelivered, {bad} malformed"
         + (f"; {regress} regresses on the last day" if regress else "")
+        + (
+            f"; human notes with PII{f', mostly copies for {contaminate}' if contaminate else ''}"
+            if notes
+            else ""
+        )
     )
+
+
+# Mostly duplicates, near duplicates and pasted copies of our documents: enough to
+# pass the contamination alert rule (config/learning.yaml, curation.alert).
+_CONTAMINATED = NoteMix(duplicate=0.3, near_duplicate=0.2, self_loop=0.2)
 
 
 @command(

@@ -252,3 +252,70 @@ async def verify_golden(
         samples=((r["sample_id"], r["content"], r["content_hash"]) for r in rows),
     )
     return frozen, result
+
+
+# --- scans and summaries of a simulation (learnops demo curation) ---------------------
+
+#: Every table the curation writes; a PII scan reads every text column of each.
+CURATION_TABLES = ("dataset_samples", "golden_datasets", "golden_dataset_samples")
+
+
+async def text_columns(pool: Any, tables: Sequence[str] = CURATION_TABLES) -> list[tuple[str, str]]:
+    """(table, column) of every text, JSON or text-array column of these tables."""
+    rows = await pool.fetch(
+        """
+        SELECT table_name, column_name FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = ANY($1::text[])
+          AND (data_type IN ('text', 'character varying', 'json', 'jsonb')
+               OR (data_type = 'ARRAY' AND udt_name IN ('_text', '_varchar')))
+        ORDER BY table_name, ordinal_position
+        """,
+        list(tables),
+    )
+    return [(r["table_name"], r["column_name"]) for r in rows]
+
+
+async def column_texts(pool: Any, table: str, column: str) -> list[str]:
+    """Every non-null value of one column as text (JSON and arrays in their text form)."""
+    # Names come from information_schema (text_columns), quoted as identifiers.
+    query = 'SELECT "{c}"::text AS v FROM "{t}" WHERE "{c}" IS NOT NULL'.format(
+        c=column.replace('"', '""'), t=table.replace('"', '""')
+    )
+    return [r["v"] for r in await pool.fetch(query)]
+
+
+async def run_verdicts(pool: Any, run_prefix: str) -> dict[str, dict[str, int]]:
+    """Per dataset, samples of runs whose id starts with ``run_prefix`` by verdict.
+
+    The verdict is ``accepted`` or the reject reason without its detail.
+    """
+    rows = await pool.fetch(
+        "SELECT dataset, coalesce(reject_kind, 'accepted') AS verdict, count(*) AS n"
+        " FROM dataset_samples WHERE starts_with(run_id, $1)"
+        " GROUP BY dataset, verdict ORDER BY dataset, verdict",
+        run_prefix,
+    )
+    found: dict[str, dict[str, int]] = {}
+    for r in rows:
+        found.setdefault(r["dataset"], {})[r["verdict"]] = int(r["n"])
+    return found
+
+
+async def run_redactions(pool: Any, run_prefix: str) -> dict[str, int]:
+    """Redactions by placeholder kind among the samples of these runs."""
+    rows = await pool.fetch(
+        "SELECT r.key AS kind, sum(r.value::int) AS n"
+        " FROM dataset_samples, jsonb_each_text(redactions) AS r"
+        " WHERE starts_with(run_id, $1) GROUP BY r.key ORDER BY r.key",
+        run_prefix,
+    )
+    return {r["kind"]: int(r["n"]) for r in rows}
+
+
+async def count_run_samples(pool: Any, run_prefix: str) -> int:
+    """How many samples of runs whose id starts with ``run_prefix`` are stored."""
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM dataset_samples WHERE starts_with(run_id, $1)", run_prefix
+        )
+    )

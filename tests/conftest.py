@@ -13,14 +13,12 @@ import asyncpg
 import pytest
 
 from tests.services import (
-    INPUT_TOPICS,
     REPO,
     WorkerProcess,
-    end_offsets,
     free_port,
     kafka_service,
     postgres_service,
-    start_group_at,
+    start_after_inputs,
 )
 
 
@@ -129,11 +127,7 @@ async def worker(
     process = WorkerProcess(
         env=settings_env, log_path=tmp_path_factory.mktemp("logs") / "worker.log"
     )
-    # On a shared broker the input topics hold earlier sessions' events; this
-    # session's worker starts after them (tests use their own doers anyway).
-    bootstrap = settings_env["KAFKA_BOOTSTRAP_SERVERS"]
-    await start_group_at(bootstrap, process.app_id, await end_offsets(bootstrap, INPUT_TOPICS))
-    await asyncio.to_thread(process.start)
+    await start_after_inputs(process)
     yield process
     await asyncio.to_thread(process.stop)
 

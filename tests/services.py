@@ -9,6 +9,7 @@ Where each service comes from, in order:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -231,3 +232,27 @@ async def start_group_at(bootstrap: str, group: str, offsets: dict[Any, int]) ->
         await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
     finally:
         await consumer.stop()
+
+
+async def start_after_inputs(process: WorkerProcess) -> None:
+    """Start a worker whose consumer group begins after the input events already on the broker.
+
+    On a shared broker the input topics hold earlier sessions' events; tests use
+    their own doers, and a new group reading all of that history would only be slow.
+    """
+    bootstrap = process.env["KAFKA_BOOTSTRAP_SERVERS"]
+    await start_group_at(bootstrap, process.app_id, await end_offsets(bootstrap, INPUT_TOPICS))
+    await asyncio.to_thread(process.start)
+
+
+def run_learnops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `learnops ARGS…` in the repository with ``env``; its output as text, never raising."""
+    return subprocess.run(
+        [*learnops_command(), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

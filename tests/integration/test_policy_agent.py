@@ -18,7 +18,7 @@ from models.commands import PromotePolicy, RegisterPolicy, RollbackPolicy, Start
 from models.events import Alert, DeadLetter, DecisionMade, DecisionReport, PolicyChange
 from storage import policies as store
 from tests.integration.kafka_io import eventually, publish
-from tests.services import REPO, WorkerProcess, learnops_command
+from tests.services import WorkerProcess, run_learnops
 
 COMMANDS = "learning.commands"
 DECISIONS = "learning.decisions"
@@ -273,15 +273,7 @@ async def test_the_compacted_topic_read_from_the_beginning_gives_each_doers_late
 
 
 def run_cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*learnops_command(), "policy", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_learnops(env, "policy", *args)
     if ok:
         assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
     return result
