@@ -212,6 +212,7 @@ def main() -> None:
     import agents.canary
     import agents.canary_demo
     import agents.crl
+    import agents.curation_demo
     import agents.curator
     import agents.datasets
     import agents.datasets_cli

@@ -54,6 +54,10 @@ step "Canary: a better candidate walks its steps and is promoted, a worse one is
 step "Skill cards: what each doer is good and bad at (learning.skill-cards, skill_cards)"
 "$bin/learnops" demo skills --min-runs 10 --timeout 60
 
+step "Curated samples: datasets, rejects, redactions, and a PII scan"
+# Every simulated run gives two samples: its document and a human note.
+"$bin/learnops" demo curation --run-prefix "$prefix" --expect-samples "$((runs * 2))" --timeout 120
+
 step "Done"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
 echo "Look around: learnops topics describe · kcat -b $KAFKA_BOOTSTRAP_SERVERS -t learning.dlq -C -e · psql \"\$DATABASE_URL\""
