@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
+from learning.replay import ReplayConfig
 from learning.samples import CurationConfig
 from learning.skills import SkillConfig
 from learning.trends import TrendConfig
@@ -144,6 +145,7 @@ class LearningConfig:
     objectives: LatencyObjectives
     trends: TrendConfig
     curation: CurationConfig = field(default_factory=CurationConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     skills: SkillConfig = field(default_factory=SkillConfig)
 
 
@@ -162,6 +164,7 @@ def load_learning_config(path: Path) -> LearningConfig:
             objectives=LatencyObjectives.from_dict(crl.get("latency_objectives") or {}),
             trends=TrendConfig(**(raw.get("trends") or {})),
             curation=CurationConfig.from_dict(raw.get("curation") or {}),
+            replay=ReplayConfig.from_dict(raw.get("replay") or {}),
             skills=SkillConfig.from_dict(raw.get("skills") or {}),
         )
     except (CRLConfigError, TypeError, ValueError) as exc:

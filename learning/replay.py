@@ -41,6 +41,7 @@ import numpy as np
 
 from learning.moments import Moments
 from learning.signing import canonical_json, content_hash
+from models.bundle import QAV, Costs, Gates, Latency, RunCompleted, Security
 
 # Fixed namespaces: changing either changes every id ever issued.
 TASK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:replay-task")
@@ -446,3 +447,111 @@ def _clip(x: float, low: float, high: float) -> float:
 
 def _r(x: float) -> float:
     return round(x, 6)
+
+
+class LocalExecutor:
+    """The local, deterministic executor: a task's result is :func:`deterministic_output`.
+
+    It stands in for the orchestrator's sandbox in tests and the demo; the same
+    task always gives the same bytes, so a retried or repeated task is harmless.
+    """
+
+    async def execute(self, task: ReplayTask) -> dict[str, Any]:
+        """Return the synthetic result of running the task's policy on its sample with its seed."""
+        return deterministic_output(task.policy, task.sample, task.seed)
+
+
+def replay_bundle(
+    output: Mapping[str, Any],
+    *,
+    doer: str,
+    phase: str,
+    policy_id: str,
+    policy_version: int,
+    replay_id: str,
+    run_id: str,
+    occurred_at: Any,
+) -> RunCompleted:
+    """Return the learning bundle that reports one replay task's output, tagged with the replay.
+
+    The bundle carries what the CRL stage scores (gates, QAV, costs, latency,
+    security, breakages, migration), so the loss is the same pure function of
+    policy, sample and seed as the output. Its event id derives from the run
+    id, so a re-executed task publishes the same event.
+    """
+    m = output["measurements"]
+    terms = output["terms"]
+    gates = [f"gate-{i + 1}" for i in range(m["gates_total"])]
+    return RunCompleted(
+        event_id=uuid.uuid5(TASK_NAMESPACE, f"bundle/{run_id}"),
+        occurred_at=occurred_at,
+        doer=doer,
+        run_id=run_id,
+        phase=phase,
+        policy_id=policy_id,
+        policy_version=policy_version,
+        tenant_id="replay",
+        replay_id=replay_id,
+        model="local-deterministic",
+        gates=Gates(passed=gates[: m["gates_passed"]], failed=gates[m["gates_passed"] :]),
+        qav=QAV(
+            grounding_score=terms["grounding_score"],
+            contradictions=m["contradictions"],
+            claims=m["claims"],
+            rag_coverage=terms["rag_coverage"],
+        ),
+        costs=Costs(spent=m["cost_usd"], budget=m["budget_usd"]),
+        latency=Latency(p95_ms=m["latency_ms"], timeouts=int(m["timed_out"])),
+        security=Security(criticals=terms["security_criticals"]),
+        api_breakages=terms["api_breakages"],
+        db_migration="failed" if terms["db_migration_fail"] else "ok",
+    )
+
+
+def fold_task_losses(losses: Iterable[tuple[int, str, float]]) -> dict[int, SeedResult]:
+    """Each seed's mean CRL and run count from (seed, sample id, loss), in a fixed order.
+
+    Sorting by seed and sample id before folding makes the floats bit-for-bit
+    the same whatever order the results arrived in.
+    """
+    return per_seed_results((seed, loss) for seed, _, loss in sorted(losses))
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """How replays run and are judged (config/learning.yaml, ``replay``)."""
+
+    rule: ReplayRule = field(default_factory=ReplayRule)
+    seeds: tuple[int, ...] = (42, 43, 44)
+    timeout_s: float = 600.0
+    check_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("replay.seeds: at least one seed")
+        for seed in self.seeds:
+            _require_seed(seed)
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"replay.timeout_s {self.timeout_s} must be a positive number")
+        if not (math.isfinite(self.check_interval_s) and self.check_interval_s > 0):
+            raise ValueError(
+                f"replay.check_interval_s {self.check_interval_s} must be a positive number"
+            )
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ReplayConfig:
+        """From config/learning.yaml's ``replay`` section; unknown keys are errors."""
+        values = dict(raw)
+        rule = dict(values.pop("rule", None) or {})
+        unknown = sorted(set(values) - {"seeds", "timeout_s", "check_interval_s"})
+        if unknown:
+            raise ValueError(f"replay: unknown settings {', '.join(unknown)}")
+        unknown = sorted(set(rule) - set(ReplayRule.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"replay.rule: unknown settings {', '.join(unknown)}")
+        if "seeds" in values:
+            values["seeds"] = tuple(values["seeds"])
+        return cls(rule=ReplayRule(**rule), **values)

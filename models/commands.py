@@ -143,8 +143,17 @@ class ApproveStep(_Command):
     step: Count
 
 
+ExperimentType = Literal["prompt_synthesis", "adapter_training", "tool_tuning", "rag_optimization"]
+
+
 class CreateExperiment(_Command):
-    """Create an experiment testing a candidate policy against the doer's active one."""
+    """Create an experiment testing a candidate policy against the doer's active one.
+
+    The candidate is replayed with the control on a golden dataset (``dataset``,
+    its latest version unless ``name@version``; when None, the latest golden
+    dataset frozen from ``{doer}/{phase}``) under ``seeds`` (None: the configured
+    seeds), then deployed in ``deploy`` mode if the replay passes (docs/experiments.md).
+    """
 
     command: Literal["create_experiment"] = "create_experiment"
     experiment_id: Identifier
@@ -152,6 +161,28 @@ class CreateExperiment(_Command):
     policy_id: Identifier
     version: Version
     plan: dict[str, JsonValue] = Field(default_factory=dict)
+    experiment_type: ExperimentType = "prompt_synthesis"
+    phase: Identifier | None = None
+    dataset: Identifier | None = None
+    seeds: Annotated[list[int], Field(min_length=1)] | None = None
+    deploy: Literal["shadow", "canary"] = "shadow"
+
+
+class RunReplay(_Command):
+    """Replay a policy and the doer's active policy offline on a golden dataset under seeds.
+
+    The replay id is a function of the policy's content hash, the dataset's
+    manifest hash and the seed set; a replay already recorded is answered from
+    its record unless ``force`` (docs/experiments.md).
+    """
+
+    command: Literal["run_replay"] = "run_replay"
+    policy_id: Identifier
+    version: Version
+    dataset: Identifier  # golden dataset name, or name@version
+    seeds: Annotated[list[int], Field(min_length=1)]
+    force: bool = False
+    timeout_s: Annotated[float, Field(gt=0)] | None = None  # None: the configured timeout
 
 
 class RequestExperiment(_Command):
@@ -171,7 +202,8 @@ PolicyCommand = Annotated[
     | ArchivePolicy
     | ApproveStep
     | CreateExperiment
-    | RequestExperiment,
+    | RequestExperiment
+    | RunReplay,
     Field(discriminator="command"),
 ]
 

@@ -457,8 +457,26 @@ class ExperimentChanged(Event):
     """An experiment's new state."""
 
     experiment_id: Identifier
-    status: Literal["requested", "created", "running", "concluded", "cancelled"]
+    status: Literal[
+        "requested",
+        "created",
+        "running",
+        "concluded",
+        "cancelled",
+        # The experiment registry's lifecycle (docs/experiments.md).
+        "replaying",
+        "shadow",
+        "canary",
+        "promoted",
+        "rolled_back",
+        "failed",
+        "incomplete",
+    ]
     hypothesis: str = ""
+    experiment_type: Identifier | None = None
+    phase: Identifier | None = None
+    previous_status: Identifier | None = None
+    replay_id: Identifier | None = None
     policy_id: Identifier | None = None  # the candidate under test
     policy_version: Version | None = None
     deployment_id: Identifier | None = None
@@ -482,6 +500,11 @@ class ReplayTask(Event):
     policy_version: Version
     input: str | None = None  # the (redacted) input to replay; None when the sandbox looks it up
     input_hash: Sha256Hex | None = None
+    # The run id the result bundle must carry (it names the attempt), and the content
+    # hashes the task id derives from: the policy artifact's (a blob) and the manifest's.
+    run_id: Identifier | None = None
+    policy_hash: Sha256Hex | None = None
+    manifest_hash: Sha256Hex | None = None
 
 
 # --- learning.skill-cards ---------------------------------------------------

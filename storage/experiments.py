@@ -1,0 +1,736 @@
+"""Experiments, offline replays, their tasks and the content-addressed blobs (006_experiments.sql).
+
+Every write is idempotent: a replay's id and its tasks' ids are functions of
+what is replayed (learning.replay), a task's result is taken once per attempt
+(by run id), a replay completes once (its row is locked and its status checked),
+and an experiment moves only along learning.experiments' lifecycle, each move
+appending one history row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from learning.experiments import OPEN, may_move
+from learning.replay import (
+    ReplayRule,
+    ReplaySummary,
+    decide,
+    fold_task_losses,
+    replay_id,
+    summarize,
+    task_id,
+)
+from learning.signing import canonical_json
+from models.events import CRLComputed, ExperimentChanged, ReplayTask
+
+# UUIDv5 namespace of the events this module derives from durable rows.
+EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:experiments")
+_LOCK_SPACE = 0x65787072  # "expr": advisory locks on a replay id
+
+
+class ReplayError(RuntimeError):
+    """A replay cannot start: unknown policy, dataset or an empty dataset; the message says why."""
+
+
+def derived_id(*parts: object) -> uuid.UUID:
+    """A stable event id from the parts that identify what the event reports."""
+    return uuid.uuid5(EVENT_NAMESPACE, "/".join(str(p) for p in parts))
+
+
+# --------------------------------------------------------------------------- blobs
+
+
+async def put_blob(conn: Any, content: bytes, media_type: str = "application/json") -> str:
+    """Store bytes under their SHA-256 (once); returns the hex digest."""
+    digest = hashlib.sha256(content).hexdigest()
+    await conn.execute(
+        "INSERT INTO blobs (sha256, content, media_type) VALUES ($1, $2, $3) "
+        "ON CONFLICT (sha256) DO NOTHING",
+        digest,
+        content,
+        media_type,
+    )
+    return digest
+
+
+async def get_blob(pool: Any, digest: str) -> bytes | None:
+    """The bytes stored under ``digest``, or None."""
+    content = await pool.fetchval("SELECT content FROM blobs WHERE sha256 = $1", digest)
+    return bytes(content) if content is not None else None
+
+
+# --------------------------------------------------------------------------- resolving inputs
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A frozen golden dataset version and its samples (id → redacted content)."""
+
+    name: str
+    version: int
+    dataset: str
+    manifest_hash: str
+    samples: dict[str, str]
+
+    @property
+    def phase(self) -> str:
+        """The phase of the dataset it was frozen from (``{doer}/{phase}``)."""
+        return self.dataset.split("/", 1)[1] if "/" in self.dataset else self.dataset
+
+
+async def find_golden(
+    pool: Any, name: str | None, version: int | None = None, *, dataset: str | None = None
+) -> Golden | None:
+    """A golden dataset version (latest unless ``version``), by name or by source dataset."""
+    row = await pool.fetchrow(
+        """
+        SELECT name, version, dataset, manifest_hash FROM golden_datasets
+        WHERE ($1::text IS NULL OR name = $1) AND ($2::integer IS NULL OR version = $2)
+          AND ($3::text IS NULL OR dataset = $3)
+        ORDER BY frozen_at DESC, version DESC LIMIT 1
+        """,
+        name,
+        version,
+        dataset,
+    )
+    if row is None:
+        return None
+    samples = await pool.fetch(
+        "SELECT sample_id, content FROM golden_dataset_samples "
+        "WHERE golden_name = $1 AND golden_version = $2 ORDER BY sample_id",
+        row["name"],
+        row["version"],
+    )
+    return Golden(
+        name=row["name"],
+        version=row["version"],
+        dataset=row["dataset"],
+        manifest_hash=row["manifest_hash"],
+        samples={s["sample_id"]: s["content"] for s in samples},
+    )
+
+
+async def find_policy_row(pool: Any, policy_id: str, version: int | None = None) -> Any:
+    """A stored policy version with its canonical artifact bytes (latest unless ``version``)."""
+    return await pool.fetchrow(
+        """
+        SELECT policy_id, version, doer, status, content_hash, artifact, artifact_canonical
+        FROM policies WHERE policy_id = $1 AND ($2::integer IS NULL OR version = $2)
+        ORDER BY version DESC LIMIT 1
+        """,
+        policy_id,
+        version,
+    )
+
+
+async def active_policy_row(pool: Any, doer: str) -> Any:
+    """The doer's active policy (with its canonical bytes), or None."""
+    return await pool.fetchrow(
+        "SELECT policy_id, version, doer, status, content_hash, artifact, artifact_canonical "
+        "FROM policies WHERE doer = $1 AND status = 'active'",
+        doer,
+    )
+
+
+# --------------------------------------------------------------------------- replays
+
+
+@dataclass
+class ReplayStart:
+    """What starting (or asking again for) a replay did, and the tasks to publish."""
+
+    replay_id: str
+    status: str
+    attempt: int
+    from_record: bool  # answered from the recorded replay; nothing to run
+    tasks: list[ReplayTask] = field(default_factory=list)
+
+
+async def start_replay(
+    pool: Any,
+    *,
+    policy: Any,
+    golden: Golden,
+    seeds: Sequence[int],
+    requested_by: uuid.UUID,
+    actor: str,
+    timeout_s: float,
+    force: bool,
+    phase: str | None = None,
+    control_replay_id: str | None = None,
+) -> ReplayStart:
+    """Record a replay of ``policy`` on ``golden`` under ``seeds``; the tasks to publish, if any.
+
+    A replay already complete or running is answered from its record (no
+    tasks) unless ``force``; an incomplete one, or a forced one, starts the
+    next attempt with every task again. The same request delivered twice
+    publishes the same tasks again (same ids), so a crash between the commit
+    and the sends loses nothing.
+    """
+    if not golden.samples:
+        raise ReplayError(f"golden dataset {golden.name}@{golden.version} has no samples")
+    seed_set = sorted(set(seeds))
+    policy_hash = policy["content_hash"]
+    rid = replay_id(policy_hash, golden.manifest_hash, seed_set)
+    phase = phase or golden.phase
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SPACE, rid)
+        row = await conn.fetchrow("SELECT * FROM offline_replays WHERE replay_id = $1", rid)
+        if row is not None and row["control_replay_id"] != control_replay_id:
+            # Compared against another control than before: that comparison is new.
+            await conn.execute(
+                "UPDATE offline_replays SET control_replay_id = $2, verdict = NULL "
+                "WHERE replay_id = $1",
+                rid,
+                control_replay_id,
+            )
+        redelivered = row is not None and row["requested_by"] == requested_by
+        if row is not None and not force and row["status"] != "incomplete" and not redelivered:
+            return ReplayStart(rid, row["status"], row["attempt"], from_record=True)
+        if row is not None and redelivered and row["status"] != "running":
+            return ReplayStart(rid, row["status"], row["attempt"], from_record=True)
+        deadline = now + timedelta(seconds=timeout_s)
+        if row is None:
+            attempt = 1
+            await put_blob(conn, bytes(policy["artifact_canonical"]))
+            await conn.execute(
+                """
+                INSERT INTO offline_replays (
+                    replay_id, doer, phase, policy_id, policy_version, policy_hash, dataset_name,
+                    dataset_version, manifest_hash, seeds, status, attempt, requested_by, actor,
+                    task_count, timeout_s, started_at, deadline, control_replay_id
+                ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running', 1, $11, $12, $13,
+                          $14, $15, $16, $17)
+                """,
+                rid,
+                policy["doer"],
+                phase,
+                policy["policy_id"],
+                policy["version"],
+                policy_hash,
+                golden.name,
+                golden.version,
+                golden.manifest_hash,
+                seed_set,
+                requested_by,
+                actor,
+                len(golden.samples) * len(seed_set),
+                timeout_s,
+                now,
+                deadline,
+                control_replay_id,
+            )
+        elif redelivered:
+            attempt = row["attempt"]
+        else:
+            attempt = row["attempt"] + 1
+            await conn.execute(
+                """
+                UPDATE offline_replays SET status = 'running', attempt = $2, requested_by = $3,
+                    actor = $4, timeout_s = $5, started_at = $6, deadline = $7,
+                    completed_at = NULL, per_seed = NULL, mean_crl = NULL, std_crl = NULL,
+                    stability = NULL, runs = NULL, result_hash = NULL, missing_tasks = NULL,
+                    verdict = NULL
+                WHERE replay_id = $1
+                """,
+                rid,
+                attempt,
+                requested_by,
+                actor,
+                timeout_s,
+                now,
+                deadline,
+            )
+        tasks = []
+        for seed in seed_set:
+            for sample_id in sorted(golden.samples):
+                content = golden.samples[sample_id]
+                input_hash = await put_blob(conn, content.encode("utf-8"), "text/plain")
+                tid = task_id(policy_hash, golden.manifest_hash, sample_id, seed)
+                run_id = f"replay:{tid}:{attempt}"
+                await conn.execute(
+                    """
+                    INSERT INTO offline_replay_tasks
+                        (task_id, replay_id, sample_id, seed, input_hash, run_id)
+                    VALUES ($1, $2, $3, $4, $5, $6)
+                    ON CONFLICT (task_id) DO UPDATE SET run_id = EXCLUDED.run_id,
+                        loss = NULL, output_hash = NULL, completed_at = NULL
+                    WHERE offline_replay_tasks.run_id <> EXCLUDED.run_id
+                    """,
+                    tid,
+                    rid,
+                    sample_id,
+                    seed,
+                    input_hash,
+                    run_id,
+                )
+                tasks.append(
+                    ReplayTask(
+                        event_id=derived_id("replay-task", run_id),
+                        doer=policy["doer"],
+                        replay_id=rid,
+                        task_id=tid,
+                        sample_id=sample_id,
+                        seed=seed,
+                        phase=phase,
+                        policy_id=policy["policy_id"],
+                        policy_version=policy["version"],
+                        input=content,
+                        input_hash=input_hash,
+                        run_id=run_id,
+                        policy_hash=policy_hash,
+                        manifest_hash=golden.manifest_hash,
+                    )
+                )
+    return ReplayStart(rid, "running", attempt, from_record=False, tasks=tasks)
+
+
+async def record_result(pool: Any, result: CRLComputed) -> str | None:
+    """Take a replay bundle's scored result for its task; the replay id if it just completed.
+
+    A result whose run id is not a task's current attempt (a stale or unknown
+    run), or that was taken before, changes nothing.
+    """
+    output = canonical_json(
+        {
+            "run_id": result.run_id,
+            "loss": result.loss,
+            "terms": result.terms.model_dump(mode="json"),
+            "contributions": result.contributions,
+            "weights_version": result.weights_version,
+        }
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        rid = await conn.fetchval(
+            "SELECT replay_id FROM offline_replay_tasks WHERE run_id = $1 AND replay_id = $2",
+            result.run_id,
+            result.replay_id,
+        )
+        if rid is None:
+            return None
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SPACE, rid)
+        output_hash = await put_blob(conn, output)
+        taken = await conn.execute(
+            """
+            UPDATE offline_replay_tasks SET loss = $2, output_hash = $3, completed_at = now()
+            WHERE run_id = $1 AND loss IS NULL
+            """,
+            result.run_id,
+            result.loss,
+            output_hash,
+        )
+        if taken != "UPDATE 1":
+            return None
+        replay = await conn.fetchrow(
+            "SELECT status FROM offline_replays WHERE replay_id = $1 FOR UPDATE", rid
+        )
+        if replay["status"] != "running":
+            return None
+        open_tasks = await conn.fetchval(
+            "SELECT count(*) FROM offline_replay_tasks WHERE replay_id = $1 AND loss IS NULL", rid
+        )
+        if open_tasks:
+            return None
+        await _complete(conn, rid)
+        return str(rid)
+
+
+async def _complete(conn: Any, rid: str) -> None:
+    rows = await conn.fetch(
+        "SELECT seed, sample_id, loss FROM offline_replay_tasks WHERE replay_id = $1", rid
+    )
+    per_seed = fold_task_losses((r["seed"], r["sample_id"], r["loss"]) for r in rows)
+    summary = summarize(per_seed)
+    per_seed_json = {
+        str(seed): {"mean_crl": r.mean_crl, "runs": r.runs} for seed, r in per_seed.items()
+    }
+    result_hash = await put_blob(
+        conn,
+        canonical_json(
+            {
+                "replay_id": rid,
+                "per_seed": per_seed_json,
+                "mean_crl": summary.mean_crl,
+                "std_crl": summary.std_crl,
+                "stability": summary.stability,
+                "runs": summary.runs,
+            }
+        ),
+    )
+    await conn.execute(
+        """
+        UPDATE offline_replays SET status = 'complete', completed_at = now(), per_seed = $2,
+            mean_crl = $3, std_crl = $4, stability = $5, runs = $6, result_hash = $7
+        WHERE replay_id = $1
+        """,
+        rid,
+        per_seed_json,
+        summary.mean_crl,
+        summary.std_crl,
+        summary.stability,
+        summary.runs,
+        result_hash,
+    )
+
+
+async def expire_replays(pool: Any, now: datetime | None = None) -> list[str]:
+    """Mark running replays past their deadline incomplete, listing their missing tasks."""
+    now = now or datetime.now(UTC)
+    expired = []
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT replay_id FROM offline_replays WHERE status = 'running' AND deadline < $1 "
+            "FOR UPDATE SKIP LOCKED",
+            now,
+        )
+        for row in rows:
+            missing = await conn.fetch(
+                "SELECT task_id, sample_id, seed FROM offline_replay_tasks "
+                "WHERE replay_id = $1 AND loss IS NULL ORDER BY seed, sample_id",
+                row["replay_id"],
+            )
+            await conn.execute(
+                "UPDATE offline_replays SET status = 'incomplete', completed_at = $2, "
+                "missing_tasks = $3 WHERE replay_id = $1",
+                row["replay_id"],
+                now,
+                [dict(m) for m in missing],
+            )
+            expired.append(str(row["replay_id"]))
+    return expired
+
+
+def summary_of(row: Any) -> ReplaySummary:
+    """The stored summary of a complete replay."""
+    return summarize({int(seed): v["mean_crl"] for seed, v in row["per_seed"].items()})
+
+
+def verdict_of(row: Any, control: Any | None, rule: ReplayRule) -> dict[str, Any]:
+    """The verdict of a finished replay against its finished control (or the lack of one)."""
+    if row["status"] == "incomplete":
+        missing = len(row["missing_tasks"])
+        return {
+            "passed": False,
+            "incomplete": True,
+            "reason": f"replay incomplete: {missing} of {row['task_count']} tasks did not return",
+            "numbers": {"missing_tasks": missing, "task_count": row["task_count"]},
+        }
+    if control is None:
+        return {
+            "passed": False,
+            "incomplete": False,
+            "reason": "no control: the doer had no active policy to replay against",
+            "numbers": {"candidate_mean_crl": row["mean_crl"]},
+        }
+    if control["status"] == "incomplete":
+        return {
+            "passed": False,
+            "incomplete": True,
+            "reason": f"control replay {control['replay_id']} incomplete: "
+            f"{len(control['missing_tasks'])} of {control['task_count']} tasks did not return",
+            "numbers": {"control_missing_tasks": len(control["missing_tasks"])},
+        }
+    decided = decide(summary_of(row), summary_of(control), rule)
+    return {
+        "passed": decided.passed,
+        "incomplete": False,
+        "reason": decided.reason,
+        "numbers": decided.numbers,
+    }
+
+
+async def settle_verdicts(pool: Any, finished: str, rule: ReplayRule) -> list[str]:
+    """Give a verdict to every replay that waited on ``finished`` (itself or as its control)."""
+    settled = []
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT * FROM offline_replays WHERE (replay_id = $1 OR control_replay_id = $1) "
+            "AND verdict IS NULL AND status <> 'running' FOR UPDATE",
+            finished,
+        )
+        for row in rows:
+            control = None
+            if row["control_replay_id"] is not None:
+                control = await conn.fetchrow(
+                    "SELECT * FROM offline_replays WHERE replay_id = $1", row["control_replay_id"]
+                )
+                if control["status"] == "running":
+                    continue
+            verdict = verdict_of(row, control, rule)
+            await conn.execute(
+                "UPDATE offline_replays SET verdict = $2 WHERE replay_id = $1",
+                row["replay_id"],
+                verdict,
+            )
+            settled.append(str(row["replay_id"]))
+    return settled
+
+
+async def get_replay(pool: Any, rid: str) -> Any:
+    """A replay's row, or None."""
+    return await pool.fetchrow("SELECT * FROM offline_replays WHERE replay_id = $1", rid)
+
+
+async def replay_tasks(pool: Any, rid: str) -> list[Any]:
+    """A replay's tasks, by seed and sample."""
+    return list(
+        await pool.fetch(
+            "SELECT * FROM offline_replay_tasks WHERE replay_id = $1 ORDER BY seed, sample_id", rid
+        )
+    )
+
+
+async def list_replays(pool: Any, limit: int = 50) -> list[Any]:
+    """The latest replays, newest first."""
+    return list(
+        await pool.fetch("SELECT * FROM offline_replays ORDER BY started_at DESC LIMIT $1", limit)
+    )
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+async def insert_experiment(
+    pool: Any,
+    *,
+    experiment_id: str,
+    created_by: uuid.UUID,
+    experiment_type: str,
+    doer: str,
+    phase: str,
+    hypothesis: str,
+    actor: str,
+    reason: str,
+    golden: Golden | None,
+    seeds: Sequence[int],
+    policy_id: str,
+    policy_version: int,
+    control: Any | None,
+    deploy: str,
+    plan: dict[str, Any],
+    created_at: datetime,
+) -> bool:
+    """Record a new experiment as ``created`` (with its first history row); False if it exists."""
+    async with pool.acquire() as conn, conn.transaction():
+        inserted = await conn.execute(
+            """
+            INSERT INTO experiments (
+                experiment_id, created_by, experiment_type, doer, phase, hypothesis, actor,
+                reason, dataset_name, dataset_version, seeds, policy_id, policy_version,
+                control_policy_id, control_version, deploy, plan, status, created_at
+            ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                      $17, 'created', $18)
+            ON CONFLICT DO NOTHING
+            """,
+            experiment_id,
+            created_by,
+            experiment_type,
+            doer,
+            phase,
+            hypothesis,
+            actor,
+            reason,
+            golden.name if golden else None,
+            golden.version if golden else None,
+            sorted(set(seeds)),
+            policy_id,
+            policy_version,
+            control["policy_id"] if control else None,
+            control["version"] if control else None,
+            deploy,
+            plan,
+            created_at,
+        )
+        if inserted != "INSERT 0 1":
+            return False
+        await conn.execute(
+            "INSERT INTO experiment_history (experiment_id, seq, from_status, to_status, reason, "
+            "evidence, occurred_at) VALUES ($1, 0, NULL, 'created', $2, $3, $4)",
+            experiment_id,
+            reason,
+            {"actor": actor, "event_id": str(created_by)},
+            created_at,
+        )
+        return True
+
+
+async def move_experiment(
+    pool: Any,
+    experiment_id: str,
+    to_status: str,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+    **updates: Any,
+) -> ExperimentChanged | None:
+    """Move an experiment (if its lifecycle allows), append the history row; the event to send."""
+    columns = {"replay_id", "control_replay_id", "deploy_command_id", "deployment_id", "outcome"}
+    unknown = set(updates) - columns
+    if unknown:
+        raise ValueError(f"cannot set {', '.join(sorted(unknown))} on an experiment")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT * FROM experiments WHERE experiment_id = $1 FOR UPDATE", experiment_id
+        )
+        if row is None or not may_move(row["status"], to_status):
+            return None
+        seq = await conn.fetchval(
+            "SELECT max(seq) + 1 FROM experiment_history WHERE experiment_id = $1", experiment_id
+        )
+        sets = ["status = $2", "updated_at = now()"]
+        values: list[Any] = [experiment_id, to_status]
+        if to_status in ("promoted", "rolled_back", "failed"):
+            sets.append("concluded_at = now()")
+        for name, value in updates.items():
+            values.append(value)
+            sets.append(f"{name} = ${len(values)}")
+        await conn.execute(
+            f"UPDATE experiments SET {', '.join(sets)} WHERE experiment_id = $1", *values
+        )
+        occurred = await conn.fetchval(
+            "INSERT INTO experiment_history (experiment_id, seq, from_status, to_status, reason, "
+            "evidence) VALUES ($1, $2, $3, $4, $5, $6) RETURNING occurred_at",
+            experiment_id,
+            seq,
+            row["status"],
+            to_status,
+            reason,
+            evidence or {},
+        )
+        moved = await conn.fetchrow(
+            "SELECT * FROM experiments WHERE experiment_id = $1", experiment_id
+        )
+    return change_event(moved, seq, row["status"], reason, occurred, evidence or {})
+
+
+def change_event(
+    row: Any,
+    seq: int,
+    previous: str | None,
+    reason: str,
+    occurred_at: datetime,
+    evidence: dict[str, Any],
+) -> ExperimentChanged:
+    """The learning.experiments event of one history row (its id derives from the row)."""
+    return ExperimentChanged(
+        event_id=derived_id("experiment", row["experiment_id"], seq),
+        occurred_at=occurred_at,
+        doer=row["doer"],
+        experiment_id=row["experiment_id"],
+        status=row["status"] if seq >= 0 else "created",
+        previous_status=previous,
+        hypothesis=row["hypothesis"],
+        experiment_type=row["experiment_type"],
+        phase=row["phase"],
+        policy_id=row["policy_id"],
+        policy_version=row["policy_version"],
+        deployment_id=row["deployment_id"],
+        replay_id=row["replay_id"],
+        actor=row["actor"],
+        reason=reason,
+        outcome=orjson.loads(orjson.dumps(evidence)),
+    )
+
+
+async def history_events(pool: Any, experiment_id: str) -> list[ExperimentChanged]:
+    """Every recorded transition of an experiment as its event (for re-sending after a crash)."""
+    row = await get_experiment(pool, experiment_id)
+    if row is None:
+        return []
+    events = []
+    for h in await experiment_history(pool, experiment_id):
+        events.append(
+            change_event(
+                {**dict(row), "status": h["to_status"]},
+                h["seq"],
+                h["from_status"],
+                h["reason"],
+                h["occurred_at"],
+                h["evidence"],
+            )
+        )
+    return events
+
+
+async def get_experiment(pool: Any, experiment_id: str) -> Any:
+    """An experiment's row, or None."""
+    return await pool.fetchrow("SELECT * FROM experiments WHERE experiment_id = $1", experiment_id)
+
+
+async def experiment_history(pool: Any, experiment_id: str) -> list[Any]:
+    """An experiment's transitions, oldest first."""
+    return list(
+        await pool.fetch(
+            "SELECT * FROM experiment_history WHERE experiment_id = $1 ORDER BY seq", experiment_id
+        )
+    )
+
+
+async def list_experiments(
+    pool: Any, *, doer: str | None = None, status: str | None = None, limit: int = 100
+) -> list[Any]:
+    """Experiments, newest first, optionally of one doer or in one status."""
+    return list(
+        await pool.fetch(
+            """
+            SELECT * FROM experiments
+            WHERE ($1::text IS NULL OR doer = $1) AND ($2::text IS NULL OR status = $2)
+            ORDER BY created_at DESC LIMIT $3
+            """,
+            doer,
+            status,
+            limit,
+        )
+    )
+
+
+async def experiments_waiting_on(pool: Any, rid: str) -> list[Any]:
+    """Experiments replaying ``rid`` (as candidate or control) that have not deployed yet."""
+    return list(
+        await pool.fetch(
+            "SELECT * FROM experiments WHERE status = 'replaying' AND deploy_command_id IS NULL "
+            "AND (replay_id = $1 OR control_replay_id = $1)",
+            rid,
+        )
+    )
+
+
+async def open_experiments(pool: Any, doer: str) -> list[Any]:
+    """A doer's experiments that are not concluded."""
+    return list(
+        await pool.fetch(
+            "SELECT * FROM experiments WHERE doer = $1 AND status = ANY($2::text[]) "
+            "ORDER BY created_at",
+            doer,
+            sorted(OPEN),
+        )
+    )
+
+
+async def refused_deployments(pool: Any) -> list[Any]:
+    """Experiments whose deployment command the policy store refused, with its verdict."""
+    return list(
+        await pool.fetch(
+            """
+            SELECT e.experiment_id, p.verdict, p.refusal
+            FROM experiments AS e JOIN policy_promotions AS p ON p.event_id = e.deploy_command_id
+            WHERE e.status = 'replaying' AND p.outcome = 'refused'
+            """
+        )
+    )
+
+
+async def policy_status(pool: Any, policy_id: str, version: int) -> str | None:
+    """A policy version's status in the store."""
+    status = await pool.fetchval(
+        "SELECT status FROM policies WHERE policy_id = $1 AND version = $2", policy_id, version
+    )
+    return str(status) if status is not None else None

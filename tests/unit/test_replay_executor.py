@@ -1,0 +1,126 @@
+"""The local executor, replay bundles, task ids across seed sets and the replay configuration."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from learning.crl import LatencyObjectives, WeightBook, score_bundle
+from learning.replay import (
+    Executor,
+    LocalExecutor,
+    ReplayConfig,
+    ReplayRule,
+    ReplayTask,
+    deterministic_output,
+    fold_task_losses,
+    replay_bundle,
+    replay_id,
+    task_id,
+)
+from learning.signing import canonical_json, content_digest
+
+POLICY = {"prompts": {"system": "write short PRDs"}, "quality": 0.7}
+SAMPLE = "Sample: a PRD for exporting invoices as CSV."
+P_HASH = content_digest(POLICY)
+M_HASH = "ab" * 32
+WHEN = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def task(seed: int, policy: dict[str, Any] = POLICY, sample: str = SAMPLE) -> ReplayTask:
+    return ReplayTask(
+        task_id=task_id(content_digest(policy), M_HASH, "s1", seed),
+        replay_id=replay_id(content_digest(policy), M_HASH, [seed]),
+        policy_hash=content_digest(policy),
+        manifest_hash=M_HASH,
+        sample_id="s1",
+        seed=seed,
+        policy=policy,
+        sample=sample,
+    )
+
+
+def bundle_of(output: dict[str, Any], run_id: str = "replay:t:1") -> Any:
+    return replay_bundle(
+        output,
+        doer="PRDWriter",
+        phase="draft",
+        policy_id="prd",
+        policy_version=2,
+        replay_id="r1",
+        run_id=run_id,
+        occurred_at=WHEN,
+    )
+
+
+async def test_the_local_executor_is_an_executor_and_a_pure_function() -> None:
+    executor = LocalExecutor()
+    assert isinstance(executor, Executor)
+    first = await executor.execute(task(42))
+    again = await LocalExecutor().execute(task(42))
+    assert canonical_json(first) == canonical_json(again)
+    assert first == deterministic_output(POLICY, SAMPLE, 42)
+    assert canonical_json(await executor.execute(task(43))) != canonical_json(first)
+    other = {**POLICY, "quality": 0.3}
+    assert canonical_json(await executor.execute(task(42, other))) != canonical_json(first)
+
+
+async def test_the_local_executor_refuses_a_policy_without_a_usable_quality() -> None:
+    with pytest.raises(ValueError, match="quality"):
+        await LocalExecutor().execute(task(1, {"quality": 1.5}))
+
+
+def test_a_replay_bundle_is_tagged_scored_and_the_same_every_time() -> None:
+    output = deterministic_output(POLICY, SAMPLE, 42)
+    bundle = bundle_of(output)
+    assert bundle.replay_id == "r1" and bundle.run_id == "replay:t:1"
+    assert bundle.deployment_id is None and not bundle.shadow
+    assert bundle.to_json() == bundle_of(deterministic_output(POLICY, SAMPLE, 42)).to_json()
+    assert bundle_of(output, "replay:t:2").event_id != bundle.event_id
+    scored = score_bundle(bundle, WeightBook.from_dict({}), LatencyObjectives.from_dict({}))
+    # The CRL stage sees the terms the executor produced (latency against the same objective).
+    for name, value in output["terms"].items():
+        assert getattr(scored.terms, name) == pytest.approx(value, abs=1e-6)
+    assert scored.replay_id == "r1"
+
+
+@given(st.lists(st.floats(0, 10, allow_nan=False), min_size=6, max_size=6))
+def test_folding_task_losses_ignores_arrival_order(losses: list[float]) -> None:
+    rows = [(seed, f"s{i}", losses[2 * (seed - 1) + i]) for seed in (1, 2, 3) for i in (0, 1)]
+    shuffled = rows[:]
+    random.Random(7).shuffle(shuffled)
+    assert fold_task_losses(shuffled) == fold_task_losses(rows)
+    assert {s: r.runs for s, r in fold_task_losses(rows).items()} == {1: 2, 2: 2, 3: 2}
+
+
+def test_different_seed_sets_give_different_task_and_replay_ids() -> None:
+    samples = ["s1", "s2", "s3"]
+    ids_a = {task_id(P_HASH, M_HASH, s, seed) for s in samples for seed in (42, 43, 44)}
+    ids_b = {task_id(P_HASH, M_HASH, s, seed) for s in samples for seed in (45, 46, 47)}
+    assert len(ids_a) == len(ids_b) == 9
+    assert ids_a.isdisjoint(ids_b)
+    assert replay_id(P_HASH, M_HASH, [42, 43, 44]) != replay_id(P_HASH, M_HASH, [45, 46, 47])
+    # The same inputs give the same ids, whatever the order of the seeds.
+    assert replay_id(P_HASH, M_HASH, [44, 42, 43]) == replay_id(P_HASH, M_HASH, [42, 43, 44])
+
+
+def test_replay_config_reads_its_section_and_refuses_unknown_keys() -> None:
+    config = ReplayConfig.from_dict(
+        {"seeds": [1, 2], "timeout_s": 30, "rule": {"min_stability": 0.8, "min_seeds": 2}}
+    )
+    assert config.seeds == (1, 2) and config.timeout_s == 30
+    assert config.rule == ReplayRule(min_stability=0.8, min_seeds=2)
+    assert ReplayConfig.from_dict({}) == ReplayConfig()
+    with pytest.raises(ValueError, match="unknown settings tiemout_s"):
+        ReplayConfig.from_dict({"tiemout_s": 3})
+    with pytest.raises(ValueError, match=r"replay.rule: unknown settings stability"):
+        ReplayConfig.from_dict({"rule": {"stability": 0.9}})
+    with pytest.raises(ValueError, match="timeout_s"):
+        ReplayConfig(timeout_s=0)
+    with pytest.raises(ValueError, match="at least one seed"):
+        ReplayConfig(seeds=())
