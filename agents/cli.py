@@ -217,6 +217,8 @@ def main() -> None:
     import agents.datasets
     import agents.datasets_cli
     import agents.demo
+    import agents.experiments
+    import agents.experiments_cli
     import agents.policy
     import agents.policy_cli
     import agents.skills

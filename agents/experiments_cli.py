@@ -1,0 +1,391 @@
+"""`learnops replay …` and `learnops experiment …`: offline replays and the experiment registry."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+import uuid
+from typing import Any
+
+import click
+from faust.cli import base as faust_cli
+
+from agents.cli import GroupedCommand, command, fail
+from agents.policy_cli import COMMANDS_TOPIC, _dump, _find, _pool, _send, _when
+from agents.replay_executor import serve
+from learning.experiments import STATUSES, parse_seeds, split_versioned
+from learning.replay import replay_id
+from models.commands import CreateExperiment, RunReplay
+from storage import experiments as store
+
+TYPES = ("prompt_synthesis", "adapter_training", "tool_tuning", "rag_optimization")
+
+
+@faust_cli.cli.group()
+def replay() -> None:
+    """Deterministic offline replays of a policy on a golden dataset, against the control."""
+
+
+@faust_cli.cli.group()
+def experiment() -> None:
+    """The experiment registry: create, show and list experiments."""
+
+
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+_actor = click.option(
+    "--actor", default=lambda: getpass.getuser(), show_default="the current user", help="Who asks."
+)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        fail(str(exc))
+        raise
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def _side(row: Any) -> dict[str, Any]:
+    per_seed = row["per_seed"] or {}
+    return {
+        "replay_id": row["replay_id"],
+        "policy": f"{row['policy_id']}@{row['policy_version']}",
+        "status": row["status"],
+        "per_seed": {seed: per_seed[seed] for seed in sorted(per_seed, key=int)},
+        "mean_crl": row["mean_crl"],
+        "std_crl": row["std_crl"],
+        "stability": row["stability"],
+        "runs": row["runs"],
+        "missing_tasks": row["missing_tasks"],
+    }
+
+
+async def replay_report(pool: Any, rid: str) -> dict[str, Any] | None:
+    """The replay as `learnops replay show --json` prints it, or None when unknown."""
+    row = await store.get_replay(pool, rid)
+    if row is None:
+        return None
+    control = None
+    if row["control_replay_id"] is not None:
+        control_row = await store.get_replay(pool, row["control_replay_id"])
+        control = _side(control_row) if control_row else None
+    return {
+        **_side(row),
+        "doer": row["doer"],
+        "phase": row["phase"],
+        "dataset": f"{row['dataset_name']}@{row['dataset_version']}",
+        "manifest_hash": row["manifest_hash"],
+        "policy_hash": row["policy_hash"],
+        "seeds": list(row["seeds"]),
+        "attempt": row["attempt"],
+        "task_count": row["task_count"],
+        "result_hash": row["result_hash"],
+        "started_at": _when(row["started_at"]),
+        "completed_at": _when(row["completed_at"]),
+        "control": control,
+        "verdict": row["verdict"],
+    }
+
+
+def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        self.say(_dump(report))
+        return
+    self.say(
+        f"replay {report['replay_id']}  {report['policy']} on {report['dataset']}  "
+        f"seeds {','.join(map(str, report['seeds']))}  {report['status']} "
+        f"(attempt {report['attempt']}, {report['task_count']} tasks)"
+    )
+    sides = [("candidate", report)] + (
+        [("control", report["control"])] if report["control"] else []
+    )
+    self.say(f"{'':10} {'policy':24} {'seed':>6} {'runs':>5} {'mean CRL':>10}")
+    for name, side in sides:
+        for seed, figures in side["per_seed"].items():
+            self.say(
+                f"{name:10} {side['policy']:24} {seed:>6} {figures['runs']:>5} "
+                f"{figures['mean_crl']:>10.4f}"
+            )
+        if side["mean_crl"] is not None:
+            self.say(
+                f"{name:10} {side['policy']:24} {'all':>6} {side['runs']:>5} "
+                f"{side['mean_crl']:>10.4f}  std {side['std_crl']:.4f}  "
+                f"stability {side['stability']:.3f}"
+            )
+        if side["missing_tasks"]:
+            self.say(f"{name:10} missing {len(side['missing_tasks'])} tasks:")
+            for task in side["missing_tasks"]:
+                self.say(
+                    f"{'':10}   {task['task_id']} sample {task['sample_id']} seed {task['seed']}"
+                )
+    verdict = report["verdict"]
+    if verdict is not None:
+        self.say(
+            f"verdict: {'PASSED' if verdict['passed'] else 'NOT PASSED'} — {verdict['reason']}"
+        )
+
+
+@command(
+    replay,
+    "run",
+    click.option("--policy", "policy_ref", required=True, help="POLICY_ID or POLICY_ID@VERSION."),
+    click.option("--dataset", required=True, help="Golden dataset NAME or NAME@VERSION."),
+    click.option("--seeds", default="42,43,44", show_default=True, help="Comma-separated seeds."),
+    click.option("--force", is_flag=True, help="Run again even if a result is recorded."),
+    click.option("--timeout", type=float, default=None, help="Seconds the tasks may take."),
+    click.option("--wait", "wait_s", type=float, default=None, help="Seconds to wait here."),
+    _actor,
+    _json,
+)
+async def replay_run(
+    self: GroupedCommand,
+    policy_ref: str,
+    dataset: str,
+    seeds: str,
+    force: bool,
+    timeout: float | None,
+    wait_s: float | None,
+    actor: str,
+    as_json: bool,
+) -> None:
+    """Replay a policy and the doer's active policy on a golden dataset; print the verdict."""
+    seed_list = _seeds(seeds)
+    async with _pool(self) as pool:
+        policy = await _find(pool, policy_ref)
+        try:
+            name, version = split_versioned(dataset)
+        except ValueError as exc:
+            fail(str(exc))
+            raise
+        golden = await store.find_golden(pool, name, version)
+        if golden is None:
+            fail(f"no golden dataset {dataset} (`learnops dataset freeze` makes one)")
+        assert golden is not None
+        rid = replay_id(policy.content_hash, golden.manifest_hash, seed_list)
+        recorded = await store.get_replay(pool, rid)
+        request = RunReplay(
+            doer=policy.doer,
+            actor=actor,
+            reason="learnops replay run",
+            policy_id=policy.policy_id,
+            version=policy.version,
+            dataset=f"{golden.name}@{golden.version}",
+            seeds=seed_list,
+            force=force,
+            timeout_s=timeout,
+        )
+        answered = recorded is not None and not force and _finished(recorded)
+        if not answered:
+            await _send(self, request)
+        budget = wait_s or (timeout or self.lapp.learning.replay.timeout_s) + 30.0
+        deadline = time.monotonic() + budget
+        while True:
+            row = await store.get_replay(pool, rid)
+            fresh = row is not None and (not force or row["requested_by"] == request.event_id)
+            if fresh and _finished(row):
+                break
+            if time.monotonic() > deadline:
+                fail(f"replay {rid} not finished after {budget:g}s; is a worker running?")
+            await asyncio.sleep(0.25)
+        report = await replay_report(pool, rid)
+        assert report is not None
+        report["from_record"] = answered
+        _print_replay(self, report, as_json)
+        if report["status"] == "incomplete":
+            raise SystemExit(1)
+
+
+def _finished(row: Any) -> bool:
+    return bool(row["status"] == "incomplete" or row["verdict"] is not None)
+
+
+@command(replay, "show", click.argument("replay_id"), _json)
+async def replay_show(self: GroupedCommand, replay_id: str, as_json: bool) -> None:
+    """A replay's per-seed results, summary, control and verdict."""
+    async with _pool(self) as pool:
+        report = await replay_report(pool, replay_id)
+    if report is None:
+        fail(f"no replay {replay_id}")
+    assert report is not None
+    _print_replay(self, report, as_json)
+
+
+@command(
+    replay,
+    "executor",
+    click.option("--group", default="learnops-replay-executor", show_default=True),
+    click.option("--doers", default=".*", show_default=True, help="Regex of doers it serves."),
+)
+async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
+    """Run the local deterministic executor: replay tasks in, learning bundles out."""
+    await serve(self.lapp.settings, group_id=group, doers=doers)
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+@command(
+    experiment,
+    "create",
+    click.option("--policy", "policy_ref", required=True, help="Candidate POLICY_ID@VERSION."),
+    click.option("--hypothesis", required=True, help="What the candidate should improve."),
+    click.option("--type", "experiment_type", type=click.Choice(TYPES), default=TYPES[0]),
+    click.option("--id", "experiment_id", default=None, help="Experiment id (default: new)."),
+    click.option("--phase", default=None, help="Phase (default: the golden dataset's)."),
+    click.option("--dataset", default=None, help="Golden dataset NAME or NAME@VERSION."),
+    click.option("--seeds", default=None, help="Comma-separated seeds (default: configured)."),
+    click.option("--deploy", type=click.Choice(("shadow", "canary")), default="shadow"),
+    click.option("--reason", default="learnops experiment create", show_default=True),
+    _actor,
+    _json,
+)
+async def experiment_create(
+    self: GroupedCommand,
+    policy_ref: str,
+    hypothesis: str,
+    experiment_type: str,
+    experiment_id: str | None,
+    phase: str | None,
+    dataset: str | None,
+    seeds: str | None,
+    deploy: str,
+    reason: str,
+    actor: str,
+    as_json: bool,
+) -> None:
+    """Create an experiment: replay the candidate against the control, then deploy if it passes."""
+    async with _pool(self) as pool:
+        policy = await _find(pool, policy_ref)
+    event = CreateExperiment.model_validate(
+        {
+            "doer": policy.doer,
+            "actor": actor,
+            "reason": reason,
+            "experiment_id": experiment_id or f"exp-{uuid.uuid4().hex[:12]}",
+            "hypothesis": hypothesis,
+            "policy_id": policy.policy_id,
+            "version": policy.version,
+            "experiment_type": experiment_type,
+            "phase": phase,
+            "dataset": dataset,
+            "seeds": _seeds(seeds) if seeds else None,
+            "deploy": deploy,
+        }
+    )
+    await _send(self, event)
+    if as_json:
+        self.say(_dump({"experiment_id": event.experiment_id, "event_id": str(event.event_id)}))
+    else:
+        self.say(f"sent experiment {event.experiment_id} ({event.event_id}) to {COMMANDS_TOPIC}")
+
+
+async def experiment_report(pool: Any, experiment_id: str) -> dict[str, Any] | None:
+    """An experiment with its history and replays, as `learnops experiment show --json` prints."""
+    row = await store.get_experiment(pool, experiment_id)
+    if row is None:
+        return None
+    history = await store.experiment_history(pool, experiment_id)
+    replay = await replay_report(pool, row["replay_id"]) if row["replay_id"] else None
+    return {
+        "experiment_id": row["experiment_id"],
+        "type": row["experiment_type"],
+        "doer": row["doer"],
+        "phase": row["phase"],
+        "status": row["status"],
+        "hypothesis": row["hypothesis"],
+        "candidate": f"{row['policy_id']}@{row['policy_version']}",
+        "control": (
+            f"{row['control_policy_id']}@{row['control_version']}"
+            if row["control_policy_id"]
+            else None
+        ),
+        "dataset": f"{row['dataset_name']}@{row['dataset_version']}"
+        if row["dataset_name"]
+        else None,
+        "seeds": list(row["seeds"]),
+        "deploy": row["deploy"],
+        "deployment_id": row["deployment_id"],
+        "replay": replay,
+        "outcome": row["outcome"],
+        "created_at": _when(row["created_at"]),
+        "concluded_at": _when(row["concluded_at"]),
+        "history": [
+            {
+                "from": h["from_status"],
+                "to": h["to_status"],
+                "reason": h["reason"],
+                "at": _when(h["occurred_at"], "milliseconds"),
+                "evidence": h["evidence"],
+            }
+            for h in history
+        ],
+    }
+
+
+@command(experiment, "show", click.argument("experiment_id"), _json)
+async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: bool) -> None:
+    """An experiment: its candidate and control, replay, status and every transition."""
+    async with _pool(self) as pool:
+        report = await experiment_report(pool, experiment_id)
+    if report is None:
+        fail(f"no experiment {experiment_id}")
+    assert report is not None
+    if as_json:
+        self.say(_dump(report))
+        return
+    self.say(
+        f"experiment {report['experiment_id']} ({report['type']}) — {report['doer']}/"
+        f"{report['phase']}: {report['status']}"
+    )
+    self.say(f"  hypothesis: {report['hypothesis']}")
+    self.say(
+        f"  candidate {report['candidate']} vs control {report['control']} on "
+        f"{report['dataset']}, seeds {','.join(map(str, report['seeds']))}"
+    )
+    for h in report["history"]:
+        self.say(f"  {h['at']}  {h['from'] or '-':>11} → {h['to']:<11} {h['reason']}")
+    if report["replay"] is not None:
+        _print_replay(self, report["replay"], False)
+
+
+@command(
+    experiment,
+    "list",
+    click.option("--doer", default=None),
+    click.option("--status", type=click.Choice(STATUSES), default=None),
+    click.option("--limit", type=int, default=100, show_default=True),
+    _json,
+)
+async def experiment_list(
+    self: GroupedCommand, doer: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """Experiments, newest first."""
+    async with _pool(self) as pool:
+        rows = await store.list_experiments(pool, doer=doer, status=status, limit=limit)
+    items = [
+        {
+            "experiment_id": r["experiment_id"],
+            "type": r["experiment_type"],
+            "doer": r["doer"],
+            "phase": r["phase"],
+            "status": r["status"],
+            "candidate": f"{r['policy_id']}@{r['policy_version']}",
+            "created_at": _when(r["created_at"]),
+        }
+        for r in rows
+    ]
+    if as_json:
+        self.say(_dump(items))
+        return
+    for item in items:
+        self.say(
+            f"{item['experiment_id']:<24} {item['type']:<18} {item['doer']:<20} "
+            f"{item['candidate']:<24} {item['status']:<12} {item['created_at']}"
+        )
+
+
+__all__ = ["experiment", "replay"]

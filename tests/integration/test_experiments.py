@@ -1,0 +1,459 @@
+"""Experiments and offline replays through a real worker, the local executor, Kafka, PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agents.topics import read_from_start
+from learning.curation import content_hash
+from learning.replay import replay_id, task_id
+from learning.signing import SigningKey, content_digest, generate_key
+from models.base import Event
+from models.commands import CreateExperiment, PromotePolicy, RunReplay, StartCanary
+from models.events import Alert, CurationLabels, DeadLetter, ExperimentChanged, SampleCurated
+from storage import experiments as experiments_store
+from storage import policies as store
+from storage.datasets import freeze, insert_samples
+from storage.experiments import derived_id
+from tests.integration.kafka_io import eventually, publish
+from tests.integration.test_policy_agent import register, verdict
+from tests.services import (
+    REPO,
+    WorkerProcess,
+    end_offsets,
+    learnops_command,
+    start_group_at,
+)
+
+COMMANDS = "learning.commands"
+SEEDS = [42, 43, 44]
+# Fixed artifacts and samples: the local executor's results are a pure function of
+# them, so these figures are the same in every session (checked when chosen: the
+# better candidate passes with stability ≈ 0.91, the worse one fails).
+CONTROL = {"prompts": {"system": "control"}, "quality": 0.5}
+BETTER = {"prompts": {"system": "better"}, "quality": 0.85}
+WORSE = {"prompts": {"system": "worse"}, "quality": 0.2}
+SAMPLES = [f"Sample {i}: write a PRD for feature {i} with acceptance criteria." for i in range(12)]
+
+
+@dataclass
+class Doer:
+    name: str
+    policy_id: str
+    golden: str
+    manifest_hash: str
+    sample_ids: list[str]
+
+
+@pytest.fixture(scope="session")
+async def signing_key(db: Any) -> SigningKey:
+    key = generate_key()
+    await store.add_signing_key(db, key.public_key, created_by="tests")
+    return key
+
+
+@pytest.fixture(scope="session")
+async def executor(
+    topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkerProcess]:
+    """The local executor as its own process; doers named Unserved* are left to nobody."""
+    group = f"learnops-test-executor-{uuid.uuid4().hex[:8]}"
+    bootstrap = settings_env["KAFKA_BOOTSTRAP_SERVERS"]
+    await start_group_at(bootstrap, group, await end_offsets(bootstrap, ("learning.replay-tasks",)))
+    log_path = tmp_path_factory.mktemp("executor") / "executor.log"
+    process = WorkerProcess(env=settings_env, log_path=log_path)
+    with log_path.open("ab") as log:
+        process.process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
+            [
+                *learnops_command(),
+                "replay",
+                "executor",
+                "--group",
+                group,
+                "--doers",
+                "(?!Unserved).*",
+            ],
+            env=settings_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    yield process
+    await asyncio.to_thread(process.stop)
+
+
+async def send(producer: Any, *events: Event) -> None:
+    await publish(producer, COMMANDS, [(e.doer.encode(), e.to_json()) for e in events])
+
+
+async def make_doer(db: Any, producer: Any, key: SigningKey, prefix: str) -> Doer:
+    """A doer with CONTROL active (v1), BETTER (v2) and WORSE (v3) registered, and a golden set."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    pid = name.lower()
+    commands = [
+        register(name, key, 1, CONTROL),
+        register(name, key, 2, BETTER),
+        register(name, key, 3, WORSE),
+        PromotePolicy(
+            doer=name, actor="tests", reason="first", policy_id=pid, version=1, force=True
+        ),
+    ]
+    await send(producer, *commands)
+    for command in commands:
+        assert (await verdict(db, command)).applied
+    dataset = f"{name}/draft"
+    samples = [
+        SampleCurated(
+            doer=name,
+            sample_id=f"{name}-s{i:02d}",
+            run_id=f"{name}-run{i}",
+            phase="draft",
+            policy_id=pid,
+            policy_version=1,
+            artifact_id=f"a{i}",
+            kind="prd",
+            origin="human",
+            accepted=True,
+            content=text,
+            content_hash=content_hash(text),
+            labels=CurationLabels(specificity=0.5, origin="human", synthetic_confidence=0.0),
+            dataset=dataset,
+        )
+        for i, text in enumerate(SAMPLES)
+    ]
+    await insert_samples(db, samples)
+    golden = await freeze(db, dataset, f"golden-{pid}", actor="tests")
+    return Doer(name, pid, golden.name, golden.manifest_hash, [s.sample_id for s in samples])
+
+
+def learnops(settings_env: dict[str, str], *args: str, timeout: float = 120) -> Any:
+    return subprocess.run(
+        [*learnops_command(), *args],
+        env=settings_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+async def replay_json(settings_env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    result = await asyncio.to_thread(learnops, settings_env, "replay", "run", *args, "--json")
+    assert result.stdout.strip(), result.stderr[-3000:]
+    return result.returncode, json.loads(result.stdout[result.stdout.index("{") :])
+
+
+@pytest.fixture(scope="session")
+async def replayed(
+    worker: WorkerProcess,
+    executor: WorkerProcess,
+    producer: Any,
+    db: Any,
+    signing_key: SigningKey,
+    settings_env: dict[str, str],
+) -> tuple[Doer, dict[str, Any]]:
+    doer = await make_doer(db, producer, signing_key, "Replayed")
+    code, report = await replay_json(
+        settings_env,
+        "--policy",
+        f"{doer.policy_id}@2",
+        "--dataset",
+        doer.golden,
+        "--seeds",
+        ",".join(map(str, SEEDS)),
+    )
+    assert code == 0, report
+    return doer, report
+
+
+async def test_a_replay_runs_through_the_topics_and_passes_against_the_control(
+    replayed: tuple[Doer, dict[str, Any]], db: Any
+) -> None:
+    doer, report = replayed
+    policy_hash = content_digest(BETTER)
+    assert report["replay_id"] == replay_id(policy_hash, doer.manifest_hash, SEEDS)
+    assert report["status"] == "complete" and report["from_record"] is False
+    assert set(report["per_seed"]) == {"42", "43", "44"}
+    assert all(seed["runs"] == len(SAMPLES) for seed in report["per_seed"].values())
+    means = [seed["mean_crl"] for seed in report["per_seed"].values()]
+    assert report["mean_crl"] == pytest.approx(sum(means) / 3)
+    assert report["std_crl"] > 0 and 0.9 <= report["stability"] <= 1
+    control = report["control"]
+    assert control["policy"] == f"{doer.policy_id}@1"
+    assert control["replay_id"] == replay_id(content_digest(CONTROL), doer.manifest_hash, SEEDS)
+    assert control["mean_crl"] > report["mean_crl"]
+    assert report["verdict"]["passed"] is True
+    assert report["verdict"]["numbers"]["control_mean_crl"] == control["mean_crl"]
+    # One task per (sample, seed), each with the id its inputs determine.
+    tasks = await experiments_store.replay_tasks(db, report["replay_id"])
+    expected = {
+        task_id(policy_hash, doer.manifest_hash, sample, seed)
+        for seed in SEEDS
+        for sample in doer.sample_ids
+    }
+    assert {t["task_id"] for t in tasks} == expected and len(tasks) == 36
+    assert all(t["loss"] is not None and t["output_hash"] for t in tasks)
+    # Inputs and outputs are stored content-addressed.
+    blob = await experiments_store.get_blob(db, policy_hash)
+    assert blob is not None and json.loads(blob) == BETTER
+    assert await experiments_store.get_blob(db, report["result_hash"]) is not None
+
+
+async def test_the_same_replay_twice_gives_byte_identical_per_seed_results(
+    replayed: tuple[Doer, dict[str, Any]], settings_env: dict[str, str], db: Any
+) -> None:
+    doer, first = replayed
+    args = ["--policy", f"{doer.policy_id}@2", "--dataset", doer.golden, "--seeds", "44,42,43"]
+    code, recorded = await replay_json(settings_env, *args)
+    assert code == 0 and recorded["from_record"] is True and recorded["attempt"] == 1
+    code, forced = await replay_json(settings_env, *args, "--force")
+    assert code == 0 and forced["from_record"] is False and forced["attempt"] == 2
+    assert forced["replay_id"] == first["replay_id"]
+    assert json.dumps(forced["per_seed"], sort_keys=True) == json.dumps(
+        first["per_seed"], sort_keys=True
+    )
+    assert forced["result_hash"] == first["result_hash"]
+    assert (forced["mean_crl"], forced["std_crl"]) == (first["mean_crl"], first["std_crl"])
+    runs = await db.fetch(
+        "SELECT run_id FROM offline_replay_tasks WHERE replay_id = $1", first["replay_id"]
+    )
+    assert all(r["run_id"].endswith(":2") for r in runs)  # the second attempt's results
+
+
+async def test_replay_bundles_do_not_move_live_statistics(
+    replayed: tuple[Doer, dict[str, Any]], db: Any, settings: Any, settings_env: dict[str, str]
+) -> None:
+    doer, _ = replayed
+    stored = await db.fetchval(
+        "SELECT count(*) FROM crl_results WHERE doer = $1 AND replay_id IS NOT NULL", doer.name
+    )
+    assert stored >= 72  # candidate and control, scored by the CRL stage
+    assert (
+        await db.fetchval("SELECT count(*) FROM learning_progress WHERE doer = $1", doer.name) == 0
+    )
+    performance = await db.fetch(
+        "SELECT version, runs FROM v_policy_performance WHERE doer = $1 ORDER BY version",
+        doer.name,
+    )
+    assert [(r["version"], r["runs"]) for r in performance] == [(1, 0), (2, 0), (3, 0)]
+    port = settings_env["LEARNOPS_WEB_PORT"]
+    url = f"http://127.0.0.1:{port}/crl/{doer.name}/"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        view = await response.json()
+    assert view["days"] == {}
+    # No regression alert: replay runs never reach the daily aggregates. (Other
+    # alerts may name this doer: test workers of other sessions share the broker.)
+    alerts = [
+        Alert.from_json(r.value)
+        for r in await read_from_start(settings, "learning.alerts")
+        if r.key == doer.name.encode()
+    ]
+    assert [a for a in alerts if a.kind == "crl_regression"] == []
+
+
+async def wait_experiment(db: Any, experiment_id: str, statuses: set[str]) -> Any:
+    async def probe() -> Any:
+        return await experiments_store.get_experiment(db, experiment_id)
+
+    row = await eventually(probe, lambda r: r is not None and r["status"] in statuses, timeout=90)
+    assert row is not None and row["status"] in statuses, row and dict(row)
+    return row
+
+
+def experiment(doer: Doer, version: int, **extra: Any) -> CreateExperiment:
+    return CreateExperiment(
+        doer=doer.name,
+        actor="tests",
+        reason="gate failures up",
+        experiment_id=f"exp-{uuid.uuid4().hex[:10]}",
+        hypothesis="a stricter prompt cuts contradictions",
+        policy_id=doer.policy_id,
+        version=version,
+        experiment_type="prompt_synthesis",
+        dataset=doer.golden,
+        seeds=SEEDS,
+        **extra,
+    )
+
+
+async def test_a_worse_candidate_ends_failed_at_replay_with_its_numbers(
+    worker: WorkerProcess,
+    executor: WorkerProcess,
+    producer: Any,
+    db: Any,
+    signing_key: SigningKey,
+    settings: Any,
+) -> None:
+    doer = await make_doer(db, producer, signing_key, "Worse")
+    create = experiment(doer, 3)
+    await send(producer, create)
+    row = await wait_experiment(db, create.experiment_id, {"failed"})
+    history = await experiments_store.experiment_history(db, create.experiment_id)
+    assert [h["to_status"] for h in history] == ["created", "replaying", "failed"]
+    numbers = row["outcome"]["verdict"]["numbers"]
+    assert numbers["candidate_mean_crl"] > numbers["control_mean_crl"] > 0
+    assert numbers["improvement"] < 0
+    assert "candidate mean CRL" in history[-1]["reason"]
+    assert row["control_policy_id"] == doer.policy_id and row["control_version"] == 1
+    worse = await store.find_policy(db, doer.policy_id, 3)
+    assert worse is not None and worse.status == "draft"  # never deployed
+    # Every transition was published, with an id derived from its history row.
+    events = {
+        (e.event_id, e.status)
+        for r in await read_from_start(settings, "learning.experiments")
+        if r.key == doer.name.encode()
+        for e in [ExperimentChanged.from_json(r.value)]
+        if e.experiment_id == create.experiment_id
+    }
+    for h in history:
+        assert (derived_id("experiment", create.experiment_id, h["seq"]), h["to_status"]) in events
+    rates = await db.fetchrow("SELECT * FROM v_experiment_success_rate WHERE doer = $1", doer.name)
+    assert (rates["experiments"], rates["concluded"], rates["promoted"]) == (1, 1, 0)
+    assert rates["success_rate"] == 0
+
+
+async def test_a_better_candidate_goes_to_shadow_then_follows_its_deployment_to_promotion(
+    worker: WorkerProcess,
+    executor: WorkerProcess,
+    producer: Any,
+    db: Any,
+    signing_key: SigningKey,
+) -> None:
+    doer = await make_doer(db, producer, signing_key, "Better")
+    create = experiment(doer, 2)
+    await send(producer, create)
+    row = await wait_experiment(db, create.experiment_id, {"shadow", "canary"})
+    assert row["deployment_id"] is not None
+    assert row["outcome"]["verdict"]["passed"] is True
+    shadow = await store.outcome_of(db, row["deploy_command_id"])
+    assert shadow is not None and shadow.applied and shadow.action == "start_shadow"
+    if row["status"] == "shadow":
+        # An operator (or the canary stage) moves the shadow on to canary.
+        canary = StartCanary(
+            doer=doer.name,
+            actor="ops",
+            reason="shadow looks fine",
+            policy_id=doer.policy_id,
+            version=2,
+        )
+        await send(producer, canary)
+        assert (await verdict(db, canary)).applied
+        await wait_experiment(db, create.experiment_id, {"canary"})
+    promote = PromotePolicy(
+        doer=doer.name, actor="ops", reason="canary won", policy_id=doer.policy_id, version=2
+    )
+    await send(producer, promote)
+    assert (await verdict(db, promote)).applied
+    row = await wait_experiment(db, create.experiment_id, {"promoted"})
+    history = await experiments_store.experiment_history(db, create.experiment_id)
+    assert [h["to_status"] for h in history] == [
+        "created",
+        "replaying",
+        "shadow",
+        "canary",
+        "promoted",
+    ]
+    assert all(h["reason"] for h in history)
+    assert row["concluded_at"] is not None
+    rates = await db.fetchrow("SELECT * FROM v_experiment_success_rate WHERE doer = $1", doer.name)
+    assert (rates["promoted"], rates["success_rate"]) == (1, 1.0)
+    performance = await db.fetchrow(
+        "SELECT promotions, rollbacks FROM v_policy_performance "
+        "WHERE policy_id = $1 AND version = 2",
+        doer.policy_id,
+    )
+    assert (performance["promotions"], performance["rollbacks"]) == (1, 0)
+
+
+async def test_a_replay_whose_tasks_do_not_return_ends_incomplete_listing_them(
+    worker: WorkerProcess,
+    executor: WorkerProcess,
+    producer: Any,
+    db: Any,
+    signing_key: SigningKey,
+    settings_env: dict[str, str],
+) -> None:
+    doer = await make_doer(db, producer, signing_key, "Unserved")
+    code, report = await replay_json(
+        settings_env,
+        "--policy",
+        f"{doer.policy_id}@2",
+        "--dataset",
+        doer.golden,
+        "--seeds",
+        "1,2",
+        "--timeout",
+        "2",
+    )
+    assert code == 1
+    assert report["status"] == "incomplete" and report["mean_crl"] is None
+    assert report["per_seed"] == {}
+    missing = report["missing_tasks"]
+    assert len(missing) == 2 * len(SAMPLES)
+    assert {(m["sample_id"], m["seed"]) for m in missing} == {
+        (s, seed) for s in doer.sample_ids for seed in (1, 2)
+    }
+
+
+async def test_a_replay_of_an_unknown_policy_goes_to_the_dlq(
+    worker: WorkerProcess, producer: Any, settings: Any
+) -> None:
+    doer = f"Nobody{uuid.uuid4().hex[:8]}"
+    request = RunReplay(
+        doer=doer,
+        actor="tests",
+        reason="typo",
+        policy_id="no-such-policy",
+        version=1,
+        dataset="no-such-golden",
+        seeds=[1],
+    )
+    await send(producer, request)
+
+    async def letters() -> list[DeadLetter]:
+        found = [
+            DeadLetter.from_json(r.value) for r in await read_from_start(settings, "learning.dlq")
+        ]
+        # This session's worker only: other sessions' workers share the broker.
+        return [
+            d
+            for d in found
+            if d.doer == doer and d.stage == "experiments" and d.consumer == worker.app_id
+        ]
+
+    found = await eventually(letters, bool, timeout=60)
+    assert len(found) == 1 and "not registered" in found[0].reason
+    assert found[0].value == request.to_json()
+
+
+async def test_a_malformed_replay_task_goes_to_the_dlq_and_the_executor_goes_on(
+    executor: WorkerProcess, producer: Any, settings: Any
+) -> None:
+    doer = f"BadTask{uuid.uuid4().hex[:8]}"
+    await publish(
+        producer,
+        "learning.replay-tasks",
+        [(doer.encode(), b'{"doer": "' + doer.encode() + b'", "seed": -1}')],
+    )
+
+    async def letters() -> list[DeadLetter]:
+        found = [
+            DeadLetter.from_json(r.value) for r in await read_from_start(settings, "learning.dlq")
+        ]
+        return [d for d in found if d.stage == "replay-executor" and d.doer == doer]
+
+    found = await eventually(letters, bool, timeout=60)
+    assert found and "seed" in found[0].reason
+    assert executor.process is not None and executor.process.poll() is None
