@@ -78,6 +78,17 @@ async def guarded_batch(events: list[Any], *, stage: str) -> AsyncIterator[None]
 
     ``stream.take_events`` acks the whole batch when the body ends, even by an
     exception, so without this a crash in a batch body would drop the batch.
+
+    It acks it too when the body is cancelled or the generator closed, which is
+    how a stopping worker ends an agent in the middle of a batch. Faust 0.15
+    stops the consumer (and makes its last commit) before it cancels the
+    agents, so those acks come too late to commit anything; but a commit after
+    them would commit offsets of events whose effects never happened. So a
+    body that does not finish takes one more reference on each event's message:
+    take_events' ack then leaves them unacked, and whoever owns the partition
+    next processes them again (every write is idempotent).
+    tests/integration/test_transport.py stops a worker in mid-batch and checks
+    that no offset was committed unprocessed.
     """
     try:
         yield
@@ -87,3 +98,8 @@ async def guarded_batch(events: list[Any], *, stage: str) -> AsyncIterator[None]
         log.exception("internal_error stage=%s batch=%d", stage, len(events))
         for event in events:
             await dead_letter(event, stage=stage, error_type="internal", reason=reason[:1000])
+    except BaseException:  # CancelledError, GeneratorExit: the worker is stopping
+        for event in events:
+            event.message.incref()
+        log.info("batch_unfinished stage=%s batch=%d left unacked", stage, len(events))
+        raise

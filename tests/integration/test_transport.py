@@ -46,6 +46,7 @@ def run_worker(argv: Sequence[str] | None = None) -> None:
     for name in ("--bootstrap", "--topic", "--group", "--seen", "--datadir"):
         parser.add_argument(name, required=True)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--batch", type=int, default=0, help="take_events batches of this size")
     args = parser.parse_args(argv)
 
     app = faust.App(
@@ -67,6 +68,21 @@ def run_worker(argv: Sequence[str] | None = None) -> None:
     )
     source = app.topic(args.topic, key_type=bytes, value_type=bytes)
     seen = Path(args.seen).open("a", buffering=1)  # noqa: SIM115 - open for the worker's life
+
+    if args.batch:
+        from agents.dlq import guarded_batch
+
+        @app.agent(source, name="record")
+        async def record_batches(stream: Any) -> None:
+            # As the stages do: the effect (here, the line per offset) at the end of the body.
+            async for events in stream.take_events(args.batch, within=0.05):
+                async with guarded_batch(events, stage="record"):
+                    await asyncio.sleep(args.delay)
+                    for event in events:
+                        seen.write(f"{event.message.partition} {event.message.offset}\n")
+
+        Worker(app, loglevel="info", quiet=True, redirect_stdouts=False).execute_from_commandline()
+        return
 
     @app.agent(source, name="record")
     async def record(stream: Any) -> None:
@@ -108,7 +124,7 @@ class RecordingWorker:
 
 
 def start_worker(
-    bootstrap: str, topic: str, group: str, workdir: Path, *, delay: float = 0.0
+    bootstrap: str, topic: str, group: str, workdir: Path, *, delay: float = 0.0, batch: int = 0
 ) -> RecordingWorker:
     """Start a recording worker and wait until Faust reports it ready."""
     name = uuid.uuid4().hex[:8]
@@ -122,6 +138,7 @@ def start_worker(
                 "tests.integration.test_transport",
                 *("--bootstrap", bootstrap, "--topic", topic, "--group", group),
                 *("--seen", str(seen), "--datadir", str(datadir), "--delay", str(delay)),
+                *("--batch", str(batch)),
             ],
             cwd=REPO,
             stdout=sink,
@@ -238,6 +255,46 @@ async def test_a_rebalance_loses_no_offset(
     assert all(split), f"both members processed events after the rebalance: {split}"
     # At-least-once: a redelivery after the handover is allowed, a loss is not.
     assert len(processed) - len(set(processed)) < len(processed) // 2
+
+
+async def test_a_worker_stopped_mid_batch_does_not_commit_the_unfinished_batch(
+    kafka_bootstrap: str, topic: str, producer: Any, tmp_path: Path
+) -> None:
+    doers = tuple(f"Doer{i}" for i in range(40))
+    await publish(producer, topic, bundles(3_000, seed=24, doers=doers))
+    ends = await end_offsets(kafka_bootstrap, (topic,))
+    group = f"test-transport-{uuid.uuid4().hex[:8]}"
+
+    # Each batch body takes 0.5 s before its effect: a SIGTERM lands inside one.
+    first = start_worker(kafka_bootstrap, topic, group, tmp_path, delay=0.5, batch=200)
+    try:
+
+        async def processed_by_first() -> int:
+            return len(first.processed())
+
+        await eventually(processed_by_first, lambda n: n >= 200, timeout=60)
+    finally:
+        first.stop()
+    stopped = await committed(kafka_bootstrap, group)
+    done_before = set(first.processed())
+    assert len(done_before) < sum(ends.values()), "the first worker stopped before the end"
+    below_commit = {
+        (tp.partition, offset) for tp, end in stopped.items() for offset in range(max(end, 0))
+    }
+    assert below_commit <= done_before, (
+        f"{len(below_commit - done_before)} offsets committed without being processed"
+    )
+
+    second = start_worker(kafka_bootstrap, topic, group, tmp_path, delay=0.0, batch=200)
+    try:
+        await eventually(
+            lambda: committed(kafka_bootstrap, group),
+            lambda offsets: all(offsets.get(tp, 0) == end for tp, end in ends.items()),
+            timeout=120,
+        )
+    finally:
+        second.stop()
+    assert done_before | set(second.processed()) == every_offset(ends)
 
 
 if __name__ == "__main__":
