@@ -313,8 +313,11 @@ class _Request:
 
 
 async def _scored(event: Any) -> None:
-    if _field(event.message.value, "replay_id") is None:
-        return  # a live run: the canary and skill stages' business, not ours
+    value = event.message.value
+    # Most results are live runs (the canary and skill stages' business, not ours):
+    # skip the ones the CRL stage wrote without a replay id before parsing them.
+    if b'"replay_id":null' in value or _field(value, "replay_id") is None:
+        return
     result = await decode(event, CRLComputed, stage="experiments")
     if result is None:
         return

@@ -261,6 +261,11 @@ async def test_replay_bundles_do_not_move_live_statistics(
         if r.key == doer.name.encode()
     ]
     assert [a for a in alerts if a.kind == "crl_regression"] == []
+    # Nor a skill card: the doer has had no live run.
+    cards = await db.fetchval(
+        "SELECT coalesce(max(runs), 0) FROM skill_cards WHERE doer = $1", doer.name
+    )
+    assert cards == 0
 
 
 async def wait_experiment(db: Any, experiment_id: str, statuses: set[str]) -> Any:
