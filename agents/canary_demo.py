@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -55,7 +56,13 @@ async def canary(self: GroupedCommand, min_samples: int, timeout: float) -> None
                 console.rule(f"[bold]{doer}: canary of revision 2 ({name} than revision 1)")
                 decisions = await scenario.run_until(scenario.simulator(), timeout=timeout)
                 show(console, deployment_id, decisions, scenario.published_tasks)
+                # The decision is out; the policy agent's change follows it on policy-changes.
                 change = router.live(doer)
+                for _ in range(100):
+                    if change is not None and change.status == "active":
+                        break
+                    await asyncio.sleep(0.1)
+                    change = router.live(doer)
                 if change is not None:
                     console.print(
                         f"live policy now: [bold]{change.policy_id}@{change.version}[/bold] "

@@ -483,7 +483,7 @@ def evaluate(
         )
     if bool(look.promote):
         if config.mode == "superiority":
-            what = f"better by at least min_improvement={_pct(-config.min_improvement)}"
+            what = f"better by at least min_improvement={config.min_improvement * 100:.1f} %"
         else:
             what = f"non-inferior within margin {_pct(config.non_inferiority_margin)}"
         return decision(
