@@ -206,10 +206,16 @@ async def report(
 
     records = await read_from_start(settings, "learning.alerts")
     alerts = [a for a in (Alert.from_json(r.value) for r in records) if a.doer in doers]
-    shown = Table(title=f"learning.alerts: {len(alerts)} alerts")
+    kinds_seen = Counter(a.kind for a in alerts)
+    shown = Table(
+        title=f"learning.alerts: {len(alerts)} alerts "
+        f"({', '.join(f'{n} {kind}' for kind, n in sorted(kinds_seen.items()))}); "
+        "the latest 3 of each kind"
+    )
     for column in ("kind", "doer", "value", "baseline", "threshold", "message"):
         shown.add_column(column, overflow="fold")
-    for alert in alerts[-10:]:
+    latest = [a for kind in sorted(kinds_seen) for a in [a for a in alerts if a.kind == kind][-3:]]
+    for alert in latest:
         shown.add_row(
             alert.kind,
             alert.doer,
