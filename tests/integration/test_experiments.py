@@ -13,12 +13,21 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agents.canary_scenario import CanaryScenario
+from agents.router import Router
 from agents.topics import read_from_start
 from learning.curation import content_hash
 from learning.replay import replay_id, task_id
 from learning.signing import SigningKey, content_digest, generate_key
 from models.base import Event
-from models.commands import CreateExperiment, PromotePolicy, RunReplay, StartCanary
+from models.commands import (
+    CanarySettings,
+    CreateExperiment,
+    PromotePolicy,
+    RollbackPolicy,
+    RunReplay,
+    StartCanary,
+)
 from models.events import Alert, CurationLabels, DeadLetter, ExperimentChanged, SampleCurated
 from storage import experiments as experiments_store
 from storage import policies as store
@@ -329,57 +338,37 @@ async def test_a_worse_candidate_ends_failed_at_replay_with_its_numbers(
     assert rates["success_rate"] == 0
 
 
-async def test_a_better_candidate_goes_to_shadow_then_follows_its_deployment_to_promotion(
+async def test_an_experiment_follows_its_shadow_to_a_rollback(
     worker: WorkerProcess,
     executor: WorkerProcess,
     producer: Any,
     db: Any,
     signing_key: SigningKey,
 ) -> None:
-    doer = await make_doer(db, producer, signing_key, "Better")
+    doer = await make_doer(db, producer, signing_key, "RolledBack")
     create = experiment(doer, 2)
     await send(producer, create)
-    row = await wait_experiment(db, create.experiment_id, {"shadow", "canary"})
+    row = await wait_experiment(db, create.experiment_id, {"shadow"})
     assert row["deployment_id"] is not None
     assert row["outcome"]["verdict"]["passed"] is True
     shadow = await store.outcome_of(db, row["deploy_command_id"])
     assert shadow is not None and shadow.applied and shadow.action == "start_shadow"
-    if row["status"] == "shadow":
-        # An operator (or the canary stage) moves the shadow on to canary.
-        canary = StartCanary(
-            doer=doer.name,
-            actor="ops",
-            reason="shadow looks fine",
-            policy_id=doer.policy_id,
-            version=2,
-        )
-        await send(producer, canary)
-        assert (await verdict(db, canary)).applied
-        await wait_experiment(db, create.experiment_id, {"canary"})
-    promote = PromotePolicy(
-        doer=doer.name, actor="ops", reason="canary won", policy_id=doer.policy_id, version=2
-    )
-    await send(producer, promote)
-    assert (await verdict(db, promote)).applied
-    row = await wait_experiment(db, create.experiment_id, {"promoted"})
+    rollback = RollbackPolicy(doer=doer.name, actor="ops", reason="shadow cost too much")
+    await send(producer, rollback)
+    assert (await verdict(db, rollback)).applied
+    row = await wait_experiment(db, create.experiment_id, {"rolled_back"})
     history = await experiments_store.experiment_history(db, create.experiment_id)
-    assert [h["to_status"] for h in history] == [
-        "created",
-        "replaying",
-        "shadow",
-        "canary",
-        "promoted",
-    ]
-    assert all(h["reason"] for h in history)
+    assert [h["to_status"] for h in history] == ["created", "replaying", "shadow", "rolled_back"]
+    assert "shadow cost too much" in history[-1]["reason"]
     assert row["concluded_at"] is not None
     rates = await db.fetchrow("SELECT * FROM v_experiment_success_rate WHERE doer = $1", doer.name)
-    assert (rates["promoted"], rates["success_rate"]) == (1, 1.0)
+    assert (rates["concluded"], rates["promoted"], rates["success_rate"]) == (1, 0, 0.0)
     performance = await db.fetchrow(
         "SELECT promotions, rollbacks FROM v_policy_performance "
         "WHERE policy_id = $1 AND version = 2",
         doer.policy_id,
     )
-    assert (performance["promotions"], performance["rollbacks"]) == (1, 0)
+    assert (performance["promotions"], performance["rollbacks"]) == (0, 1)
 
 
 async def test_a_replay_whose_tasks_do_not_return_ends_incomplete_listing_them(
@@ -462,3 +451,62 @@ async def test_a_malformed_replay_task_goes_to_the_dlq_and_the_executor_goes_on(
     found = await eventually(letters, bool, timeout=60)
     assert found and "seed" in found[0].reason
     assert executor.process is not None and executor.process.poll() is None
+
+
+async def test_a_better_candidate_goes_through_shadow_and_canary_to_promotion_by_the_canary_stage(
+    worker: WorkerProcess,
+    executor: WorkerProcess,
+    producer: Any,
+    db: Any,
+    signing_key: SigningKey,
+    settings: Any,
+) -> None:
+    doer = await make_doer(db, producer, signing_key, "Looped")
+    quick = CanarySettings(min_sample_size=50, report_every=100)
+    create = experiment(doer, 2, plan={"canary": quick.model_dump(mode="json")})
+    await send(producer, create)
+    row = await wait_experiment(db, create.experiment_id, {"shadow"})
+    shadow_deployment = row["deployment_id"]
+    async with Router(settings) as router:
+        await router.wait_for(doer.name, lambda c: c.status == "shadow")
+        # An operator moves the shadow on to a two-step canary; the canary stage decides.
+        canary = StartCanary(
+            doer=doer.name,
+            actor="ops",
+            reason="shadow looks fine",
+            policy_id=doer.policy_id,
+            version=2,
+            steps=[0.1, 0.5],
+            canary=quick,
+        )
+        await send(producer, canary)
+        assert (await verdict(db, canary)).applied
+        live = await router.wait_for(doer.name, lambda c: c.status == "canary")
+        assert live.deployment is not None
+        # Live traffic: the control and the candidate as the orchestrator would run them.
+        run = CanaryScenario(db, producer, router, doer.name, signing_key, {1: 0.8, 2: 0.95})
+        run.deployment_id = live.deployment.deployment_id
+        decisions = await run.run_until(run.simulator())
+    assert [d.action for d in decisions if d.action != "report"][-1:] == ["promote"]
+    row = await wait_experiment(db, create.experiment_id, {"promoted"})
+    history = await experiments_store.experiment_history(db, create.experiment_id)
+    assert [h["to_status"] for h in history] == [
+        "created",
+        "replaying",
+        "shadow",
+        "canary",
+        "promoted",
+    ]
+    assert row["deployment_id"] == run.deployment_id != shadow_deployment
+    assert history[2]["evidence"]["change"] == "shadow_started"
+    assert history[3]["evidence"]["change"] == "canary_started"
+    rates = await db.fetchrow("SELECT * FROM v_experiment_success_rate WHERE doer = $1", doer.name)
+    assert (rates["promoted"], rates["success_rate"]) == (1, 1.0)
+    performance = await db.fetchrow(
+        "SELECT runs, mean_crl, ci_low, ci_high, promotions FROM v_policy_performance "
+        "WHERE policy_id = $1 AND version = 2",
+        doer.policy_id,
+    )
+    assert performance["runs"] >= 50 and performance["promotions"] == 1
+    assert performance["ci_low"] < performance["mean_crl"] < performance["ci_high"]
+    assert history[-1]["evidence"]["change"] == "promoted"
