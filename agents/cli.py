@@ -219,6 +219,7 @@ def main() -> None:
     import agents.demo
     import agents.experiments
     import agents.experiments_cli
+    import agents.experiments_demo
     import agents.policy
     import agents.policy_cli
     import agents.skills

@@ -51,6 +51,9 @@ step "What happened"
 step "Canary: a better candidate walks its steps and is promoted, a worse one is rolled back"
 "$bin/learnops" demo canary --timeout 240
 
+step "Experiments: offline replay against the control, then shadow, canary and promotion"
+"$bin/learnops" demo experiments --timeout 240
+
 step "Skill cards: what each doer is good and bad at (learning.skill-cards, skill_cards)"
 "$bin/learnops" demo skills --min-runs 10 --timeout 60
 
