@@ -197,6 +197,12 @@ async def test_the_same_replay_twice_gives_byte_identical_per_seed_results(
         "SELECT run_id FROM offline_replay_tasks WHERE replay_id = $1", first["replay_id"]
     )
     assert all(r["run_id"].endswith(":2") for r in runs)  # the second attempt's results
+    shown = await asyncio.to_thread(
+        learnops, settings_env, "replay", "show", first["replay_id"], "--json"
+    )
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout[shown.stdout.index("{") :])
+    assert report["per_seed"] == forced["per_seed"] and report["verdict"] == forced["verdict"]
 
 
 async def test_replay_bundles_do_not_move_live_statistics(
@@ -303,11 +309,31 @@ async def test_an_experiment_follows_its_shadow_to_a_rollback(
     producer: Any,
     db: Any,
     signing_key: SigningKey,
+    settings_env: dict[str, str],
 ) -> None:
     doer = await make_doer(db, producer, signing_key, "RolledBack")
-    create = experiment(doer, 2)
-    await send(producer, create)
-    row = await wait_experiment(db, create.experiment_id, {"shadow"})
+    experiment_id = f"exp-{uuid.uuid4().hex[:10]}"
+    created = await asyncio.to_thread(
+        learnops,
+        settings_env,
+        "experiment",
+        "create",
+        "--policy",
+        f"{doer.policy_id}@2",
+        "--hypothesis",
+        "better grounding",
+        "--type",
+        "rag_optimization",
+        "--id",
+        experiment_id,
+        "--dataset",
+        doer.golden,
+        "--seeds",
+        "42,43,44",
+    )
+    assert created.returncode == 0, created.stderr
+    row = await wait_experiment(db, experiment_id, {"shadow"})
+    assert row["experiment_type"] == "rag_optimization" and row["phase"] == "draft"
     assert row["deployment_id"] is not None
     assert row["outcome"]["verdict"]["passed"] is True
     shadow = await store.outcome_of(db, row["deploy_command_id"])
@@ -315,8 +341,8 @@ async def test_an_experiment_follows_its_shadow_to_a_rollback(
     rollback = RollbackPolicy(doer=doer.name, actor="ops", reason="shadow cost too much")
     await send(producer, rollback)
     assert (await verdict(db, rollback)).applied
-    row = await wait_experiment(db, create.experiment_id, {"rolled_back"})
-    history = await experiments_store.experiment_history(db, create.experiment_id)
+    row = await wait_experiment(db, experiment_id, {"rolled_back"})
+    history = await experiments_store.experiment_history(db, experiment_id)
     assert [h["to_status"] for h in history] == ["created", "replaying", "shadow", "rolled_back"]
     assert "shadow cost too much" in history[-1]["reason"]
     assert row["concluded_at"] is not None
@@ -328,6 +354,18 @@ async def test_an_experiment_follows_its_shadow_to_a_rollback(
         doer.policy_id,
     )
     assert (performance["promotions"], performance["rollbacks"]) == (0, 1)
+    shown = await asyncio.to_thread(
+        learnops, settings_env, "experiment", "show", experiment_id, "--json"
+    )
+    report = json.loads(shown.stdout[shown.stdout.index("{") :])
+    assert [h["to"] for h in report["history"]] == ["created", "replaying", "shadow", "rolled_back"]
+    assert report["replay"]["verdict"]["passed"] is True
+    assert report["control"] == f"{doer.policy_id}@1"
+    listed = await asyncio.to_thread(
+        learnops, settings_env, "experiment", "list", "--doer", doer.name, "--json"
+    )
+    items = json.loads(listed.stdout[listed.stdout.index("[") :])
+    assert [(i["experiment_id"], i["status"]) for i in items] == [(experiment_id, "rolled_back")]
 
 
 async def test_a_replay_whose_tasks_do_not_return_ends_incomplete_listing_them(
