@@ -64,6 +64,13 @@ untouched; at-least-once delivery is unchanged. The fetch wait is set on the
 consumer thread's event loop, the loop whose fetcher task reads it, so nothing
 races.
 
+One correction to Faust's commit bookkeeping
+--------------------------------------------
+``Consumer._new_offset`` refuses to commit while the message at the committed
+offset is unacked. Faust 0.15.3 checks ``first acked − committed > 1`` although
+its committed offset is already the next to read, so a single unacked message
+followed by acked ones was committed past and never redelivered.
+
 The transport is chosen by the broker URL scheme ``learnops-kafka://host:port``
 (:func:`broker_urls`).
 """
@@ -143,6 +150,27 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit for ``tp``; None while the message at the committed one is unacked.
+
+        Faust's own check lets one unacked message through: the committed offset is
+        the next to read, yet it only refuses when the first acked offset is more
+        than one past it. With offset N unacked and N+1… acked it commits past N,
+        and a restart never sees N again. Here the head must be acked (or a gap:
+        offsets with no record) before anything is committed.
+        """
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None:
+            head = min(acked)
+            gaps = self._gap[tp]
+            if gaps:
+                head = min(head, min(interval.begin for interval in gaps))
+            if head > committed:
+                return None
+        found: int | None = super()._new_offset(tp)
+        return found
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         """Poll for records; for at most 10 ms while a partition is held back for pressure."""

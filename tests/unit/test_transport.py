@@ -98,3 +98,20 @@ async def test_poll_returns_in_ms_not_a_second_when_every_partition_is_held_back
     assert active == set()
     assert polls.timeouts == [], "nothing to poll: every partition is held back"
     assert time.monotonic() - started < 0.5, "Faust's own path sleeps a whole second here"
+
+
+def test_no_commit_passes_one_unacked_message(consumer: Any) -> None:
+    tp = TP("learning.task-routed", 1)
+    consumer._committed_offset[tp] = 10729  # the next to read: 10729 is not done
+    consumer._acked[tp] = list(range(10730, 10761))
+    assert consumer._new_offset(tp) is None, "Faust's own check commits 10761 here"
+    consumer._acked[tp].append(10729)  # done now: everything up to 10760 may go
+    assert consumer._new_offset(tp) == 10761
+
+
+def test_a_gap_at_the_head_still_commits(consumer: Any) -> None:
+    tp = TP("learning.policy-changes", 0)
+    consumer._committed_offset[tp] = 10  # 10 and 11 hold no record (compacted away)
+    consumer._gap[tp].addi(10, 12)
+    consumer._acked[tp] = [12, 13]
+    assert consumer._new_offset(tp) == 14
