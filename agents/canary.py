@@ -197,6 +197,14 @@ async def _follow(change: PolicyChange, batch: Batch) -> None:
     current = live.get(doer) or ""
     now = change.deployment.deployment_id if change.deployment else ""
     if current and current != now:
+        # The store ends a doer's live deployment before any change can name another
+        # one (or none); a change that does while it is still live is an older one
+        # delivered again (a restart before its offset was committed). Taking it
+        # would end the live deployment for good: its results would count no more.
+        record = await durably(partial(deployment, app.pool, current), what="deployment")
+        if record is not None and not record.ended:
+            log.info("stale_policy_change doer=%s change=%s live=%s", doer, change.change, current)
+            return
         ended = await batch.state(doer, current)
         if ended is not None:
             ended.ended = True

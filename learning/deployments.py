@@ -164,7 +164,8 @@ class DeploymentState:
             self.awaiting_approval = None
         self.routing = routing
         self.mode = mode
-        self.paused = routing.paused
+        # A pause is final here; an older view of the same step, delivered again, has none.
+        self.paused = self.paused or routing.paused
 
     # ---------------------------------------------------------------- judging
 

@@ -14,7 +14,7 @@ from agents.router import Router
 from agents.topics import read_from_start
 from learning.signing import SigningKey, generate_key
 from models.commands import CanarySettings
-from models.events import Alert, PolicyChange
+from models.events import Alert, PolicyChange, TaskRouted
 from storage import canary as canary_store
 from tests.integration.kafka_io import eventually
 from tests.services import WorkerProcess
@@ -35,6 +35,16 @@ async def key(db: Any) -> SigningKey:
 async def router(settings: Any) -> AsyncIterator[Router]:
     async with Router(settings) as running:
         yield running
+
+
+async def patient_canary(run: CanaryScenario) -> tuple[str, Any]:
+    """A started canary that never decides (min sample size out of reach), and a simulator.
+
+    It only reports, every 50 results, so the reports show what was counted.
+    """
+    await run.setup()
+    patient = CanarySettings(min_sample_size=100_000, report_every=50)
+    return await run.start_canary(2, patient, [0.5]), run.simulator()
 
 
 def scenario(db: Any, producer: Any, router: Router, key: SigningKey, name: str, q: float) -> Any:
@@ -159,11 +169,7 @@ async def test_a_worker_restart_mid_canary_loses_no_statistics(
     worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
 ) -> None:
     run = scenario(db, producer, router, key, "Restarted", 0.8)
-    await run.setup()
-    # Never decides (min sample size out of reach): it only reports, every 50 results.
-    patient = CanarySettings(min_sample_size=100_000, report_every=50)
-    deployment_id = await run.start_canary(2, patient, [0.5])
-    simulator = run.simulator()
+    deployment_id, simulator = await patient_canary(run)
     before = 600
     await run.run_until(simulator, lambda _: False, pause=lambda n: n >= before, timeout=60)
 
@@ -187,3 +193,75 @@ async def test_a_worker_restart_mid_canary_loses_no_statistics(
     )
     # Lost state would start counting again from zero: at most `after` runs.
     assert total - 50 <= counted(found) <= total, worker.tail()
+    # Every routing, before and after the restart, is stored exactly once, and every
+    # run is counted once: the report at `total` results has each arm's routings.
+    stored = await eventually(
+        lambda: routed_per_arm(db, deployment_id), lambda r: sum(r.values()) == total
+    )
+    assert sum(stored.values()) == total, await missing_routings(settings, db, run.doer, worker)
+    assert await distinct_tasks(db, deployment_id) == total
+    found = await eventually(run.decisions, lambda d: sum(last_counts(d).values()) >= total)
+    assert last_counts(found) == stored, worker.tail()
+
+
+async def routed_per_arm(db: Any, deployment_id: str) -> dict[str, int]:
+    """Stored routings of a deployment per arm."""
+    found = {"control": 0, "candidate": 0}
+    for (_, arm), n in (await canary_store.routed_counts(db, deployment_id)).items():
+        found[arm] += n
+    return found
+
+
+async def distinct_tasks(db: Any, deployment_id: str) -> int:
+    return int(
+        await db.fetchval(
+            "SELECT count(DISTINCT task_id) FROM deployment_routings WHERE deployment_id = $1",
+            deployment_id,
+        )
+    )
+
+
+def last_counts(decisions: list[Any]) -> dict[str, int]:
+    """Results counted per arm in the decision that had counted the most."""
+    counts = [(d.report["control_count"], d.report["candidate_count"]) for d in decisions]
+    control, candidate = max(counts, key=sum, default=(0, 0))
+    return {"control": control, "candidate": candidate}
+
+
+async def missing_routings(settings: Any, db: Any, doer: str, worker: WorkerProcess) -> str:
+    """Where the doer's routings that never reached PostgreSQL sit on the topic, and the log."""
+    records = await read_from_start(settings, "learning.task-routed")
+    mine = [r for r in records if r.key == doer.encode()]
+    stored = {
+        str(row["event_id"])
+        for row in await db.fetch("SELECT event_id FROM deployment_routings WHERE doer = $1", doer)
+    }
+    lost = [
+        (r.partition, r.offset)
+        for r in mine
+        if str(TaskRouted.from_json(r.value).event_id) not in stored
+    ]
+    return f"{len(mine)} on the topic, not stored (partition, offset): {lost}\n{worker.tail(150)}"
+
+
+async def test_a_policy_change_delivered_again_does_not_end_the_live_canary(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
+) -> None:
+    run = scenario(db, producer, router, key, "Redelivered", 0.8)
+    deployment_id, simulator = await patient_canary(run)
+    await run.publish_tasks(simulator, 200)
+    found = await eventually(run.decisions, lambda d: sum(last_counts(d).values()) >= 200)
+    assert sum(last_counts(found).values()) == 200, worker.tail()
+    # What a restart before the commit of their offsets does: the doer's earlier changes
+    # (v1 promoted with no deployment, then the canary started) arrive once more.
+    earlier = await changes_of(settings, run.doer)
+    assert [c.change for c in earlier][-2:] == ["promoted", "canary_started"]
+    await run.send("learning.policy-changes", *earlier[-2:])
+    await router.wait_for(run.doer, lambda c: c.event_id == earlier[-1].event_id)
+    await run.publish_tasks(simulator, 200)
+    found = await eventually(run.decisions, lambda d: sum(last_counts(d).values()) >= 400)
+    stored = await eventually(
+        lambda: routed_per_arm(db, deployment_id), lambda r: sum(r.values()) == 400
+    )
+    assert last_counts(found) == stored, worker.tail()
+    assert sum(stored.values()) == 400

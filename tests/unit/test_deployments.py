@@ -219,3 +219,14 @@ def test_routes_follow_the_live_state_and_nest_as_the_allocation_grows() -> None
     shadow = small.model_copy(update={"status": "shadow"})
     found = route(shadow, tasks[0])
     assert found.version == 1 and found.mirror == (assign(tasks[0], routing()) == "candidate")
+
+
+def test_an_older_view_delivered_again_neither_unpauses_nor_moves_back() -> None:
+    state = DeploymentState("Doer", routing(), "canary")
+    state.follow(routing(step=1), "canary")
+    state.follow(routing(step=1, paused=True), "canary")
+    assert state.paused
+    state.follow(routing(step=1), "canary")  # the step change, read again after a restart
+    state.follow(routing(step=0), "canary")  # the start, read again
+    assert state.paused and state.step == 1
+    assert state.judge(START + timedelta(seconds=1)) is None
