@@ -12,6 +12,10 @@ so this stage keeps no Faust table; every step is idempotent.
 - When a replay's last task is scored it completes; once its control is
   finished too, learning.replay gives the verdict. A timer marks replays past
   their deadline ``incomplete`` with the missing tasks.
+- An experiment created with a ``request_id`` answers that experiment request
+  (from a learning trigger, agents/triggers.py): the link is stored and the
+  request closed in the transaction that creates the experiment; a request
+  that does not exist or belongs to another doer sends the command to the DLQ.
 - An experiment whose replay passes sends start_shadow (or start_canary) to the
   policy agent and then follows its candidate's status in the policy store;
   one that fails ends ``failed`` with the numbers. Every move is published on
@@ -42,6 +46,7 @@ from models.commands import (
 from models.events import CRLComputed, ExperimentChanged, PolicyChange
 from storage import experiments as store
 from storage.pool import durably
+from storage.skills import request_row
 
 log = logging.getLogger("learnops.experiments")
 
@@ -204,6 +209,17 @@ async def _create_experiment(event: Any, command: CreateExperiment) -> None:
                 doer=command.doer,
             )
         return
+    request = None
+    if command.request_id is not None:
+        request = await durably(
+            partial(request_row, app.pool, command.request_id), what="experiment_requests"
+        )
+        problem = _unanswerable(command, request)
+        if problem is not None:
+            await dead_letter(
+                event, stage="experiments", error_type="unknown", reason=problem, doer=command.doer
+            )
+            return
     config = app.learning.replay
     phase = command.phase
     golden: store.Golden | None = None
@@ -244,15 +260,38 @@ async def _create_experiment(event: Any, command: CreateExperiment) -> None:
             deploy=command.deploy,
             plan=dict(command.plan),
             created_at=command.occurred_at,
+            request=request,
         ),
         what="experiments",
     )
+    if request is not None:
+        log.info(
+            "experiment_request_answered request=%s doer=%s reason=%s experiment=%s",
+            request["request_id"],
+            command.doer,
+            request["reason"],
+            command.experiment_id,
+        )
     for change in await store.history_events(app.pool, command.experiment_id):
         await _publish(change)
     if problem is not None:
         await _move(command.experiment_id, "failed", problem)
         return
     await _begin(command.experiment_id)
+
+
+def _unanswerable(command: CreateExperiment, request: Any) -> str | None:
+    """Why the command cannot answer the request it names, or None when it can."""
+    if request is None:
+        return (
+            f"no experiment request {command.request_id} "
+            "(`learnops experiment requests` lists the open ones)"
+        )
+    if request["doer"] != command.doer:
+        return (
+            f"experiment request {command.request_id} is for {request['doer']}, not {command.doer}"
+        )
+    return None
 
 
 async def _begin(experiment_id: str) -> None:
@@ -452,6 +491,8 @@ async def _policy_change(event: Any) -> None:
 @app.timer(interval=app.learning.replay.check_interval_s)
 async def expire_replays() -> None:
     """End overdue replays as incomplete; fail experiments whose deployment was refused."""
+    if "experiments" not in app.agents:  # a worker without the stage (LEARNOPS_STAGES)
+        return
     try:
         pool = app.pool
     except RuntimeError:  # the worker has not opened its pool yet

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import click
+import orjson
 from faust.cli import base as faust_cli
 
 from agents.cli import GroupedCommand, command, fail
@@ -18,6 +19,7 @@ from learning.experiments import STATUSES, parse_seeds, split_versioned
 from learning.replay import replay_id
 from models.commands import CreateExperiment, RunReplay
 from storage import experiments as store
+from storage.skills import list_requests, request_row
 
 TYPES = ("prompt_synthesis", "adapter_training", "tool_tuning", "rag_optimization")
 
@@ -232,7 +234,17 @@ async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
     experiment,
     "create",
     click.option("--policy", "policy_ref", required=True, help="Candidate POLICY_ID@VERSION."),
-    click.option("--hypothesis", required=True, help="What the candidate should improve."),
+    click.option(
+        "--hypothesis",
+        default=None,
+        help="What the candidate should improve (default: the request's hypothesis).",
+    ),
+    click.option(
+        "--request",
+        "request_id",
+        default=None,
+        help="The experiment request it answers (`learnops experiment requests`).",
+    ),
     click.option("--type", "experiment_type", type=click.Choice(TYPES), default=TYPES[0]),
     click.option("--id", "experiment_id", default=None, help="Experiment id (default: new)."),
     click.option("--phase", default=None, help="Phase (default: the golden dataset's)."),
@@ -246,7 +258,8 @@ async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
 async def experiment_create(
     self: GroupedCommand,
     policy_ref: str,
-    hypothesis: str,
+    hypothesis: str | None,
+    request_id: str | None,
     experiment_type: str,
     experiment_id: str | None,
     phase: str | None,
@@ -257,9 +270,22 @@ async def experiment_create(
     actor: str,
     as_json: bool,
 ) -> None:
-    """Create an experiment: replay the candidate against the control, then deploy if it passes."""
+    """Create an experiment: replay the candidate against the control, then deploy if it passes.
+
+    With --request it answers that experiment request (a learning trigger's),
+    which the experiments stage then closes.
+    """
     async with _pool(self) as pool:
         policy = await _find(pool, policy_ref)
+        request = await _request(pool, request_id) if request_id else None
+    if request is not None:
+        if request["doer"] != policy.doer:
+            fail(f"request {request_id} is for {request['doer']}, not {policy.doer}")
+        if request["status"] != "open":
+            self.say(f"note: request {request_id} is {request['status']} already")
+        hypothesis = hypothesis or request["hypothesis"]
+    if not hypothesis:
+        fail("--hypothesis is required without --request")
     event = CreateExperiment.model_validate(
         {
             "doer": policy.doer,
@@ -267,6 +293,7 @@ async def experiment_create(
             "reason": reason,
             "experiment_id": experiment_id or f"exp-{uuid.uuid4().hex[:12]}",
             "hypothesis": hypothesis,
+            "request_id": str(request["request_id"]) if request is not None else None,
             "policy_id": policy.policy_id,
             "version": policy.version,
             "experiment_type": experiment_type,
@@ -290,6 +317,7 @@ async def experiment_report(pool: Any, experiment_id: str) -> dict[str, Any] | N
         return None
     history = await store.experiment_history(pool, experiment_id)
     replay = await replay_report(pool, row["replay_id"]) if row["replay_id"] else None
+    request = await request_row(pool, row["request_id"]) if row["request_id"] else None
     return {
         "experiment_id": row["experiment_id"],
         "type": row["experiment_type"],
@@ -310,6 +338,7 @@ async def experiment_report(pool: Any, experiment_id: str) -> dict[str, Any] | N
         "deploy": row["deploy"],
         "deployment_id": row["deployment_id"],
         "replay": replay,
+        "request": _request_report(request) if request is not None else None,
         "outcome": row["outcome"],
         "created_at": _when(row["created_at"]),
         "concluded_at": _when(row["concluded_at"]),
@@ -342,6 +371,14 @@ async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: boo
         f"{report['phase']}: {report['status']}"
     )
     self.say(f"  hypothesis: {report['hypothesis']}")
+    asked = report["request"]
+    if asked is not None:
+        self.say(
+            f"  answers request {asked['request_id']} ({asked['reason']}, opened "
+            f"{asked['opened_at']}, {asked['status']}): {asked['message']}"
+        )
+        evidence = orjson.dumps(asked["evidence"], option=orjson.OPT_SORT_KEYS).decode()
+        self.say(f"    evidence: {evidence}")
     self.say(
         f"  candidate {report['candidate']} vs control {report['control']} on "
         f"{report['dataset']}, seeds {','.join(map(str, report['seeds']))}"
@@ -374,6 +411,7 @@ async def experiment_list(
             "phase": r["phase"],
             "status": r["status"],
             "candidate": f"{r['policy_id']}@{r['policy_version']}",
+            "request_id": str(r["request_id"]) if r["request_id"] else None,
             "created_at": _when(r["created_at"]),
         }
         for r in rows
@@ -386,6 +424,76 @@ async def experiment_list(
             f"{item['experiment_id']:<24} {item['type']:<18} {item['doer']:<20} "
             f"{item['candidate']:<24} {item['status']:<12} {item['created_at']}"
         )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+async def _request(pool: Any, request_id: str) -> Any:
+    try:
+        parsed = uuid.UUID(request_id)
+    except ValueError:
+        fail(f"{request_id!r} is not a request id (a UUID)")
+        raise
+    row = await request_row(pool, parsed)
+    if row is None:
+        fail(f"no experiment request {request_id} (`learnops experiment requests` lists them)")
+    return row
+
+
+def _request_report(row: Any) -> dict[str, Any]:
+    """An experiment request as `learnops experiment requests --json` prints it."""
+    return {
+        "request_id": str(row["request_id"]),
+        "doer": row["doer"],
+        "reason": row["reason"],
+        "status": row["status"],
+        "hypothesis": row["hypothesis"],
+        "message": row["message"],
+        "evidence": row["evidence"],
+        "opened_at": _when(row["opened_at"]),
+        "last_triggered_at": _when(row["last_triggered_at"]),
+        "published": row["published_at"] is not None,
+        "experiment_id": row["experiment_id"],
+        "closed_at": _when(row["closed_at"]),
+        "closed_reason": row["closed_reason"],
+    }
+
+
+@command(
+    experiment,
+    "requests",
+    click.option("--doer", default=None),
+    click.option("--all", "include_closed", is_flag=True, help="Closed requests too."),
+    click.option("--limit", type=int, default=100, show_default=True),
+    _json,
+)
+async def experiment_requests(
+    self: GroupedCommand, doer: str | None, include_closed: bool, limit: int, as_json: bool
+) -> None:
+    """Experiment requests the learning triggers raised: open ones (--all: every one), newest first.
+
+    Answer one with `learnops experiment create --request ID --policy CANDIDATE`.
+    """
+    async with _pool(self) as pool:
+        rows = await list_requests(pool, doer=doer, include_closed=include_closed, limit=limit)
+    items = [{**_request_report(r), "experiment_status": r["answered_status"]} for r in rows]
+    if as_json:
+        self.say(_dump(items))
+        return
+    if not items:
+        self.say("no open experiment requests" if not include_closed else "no experiment requests")
+    for item in items:
+        answered = (
+            f"→ {item['experiment_id']} ({item['experiment_status']})"
+            if item["experiment_id"]
+            else ""
+        )
+        self.say(
+            f"{item['request_id']}  {item['doer']:<20} {item['reason']:<28} {item['status']:<6} "
+            f"{item['opened_at']}  {answered}"
+        )
+        self.say(f"    {item['message']}")
 
 
 __all__ = ["experiment", "replay"]

@@ -1,6 +1,7 @@
 """A doer ready for experiments: signed policies of known quality, an active control, a golden set.
 
-Used by `learnops demo experiments` and the integration tests. The artifacts
+Used by `learnops demo experiments` and the integration tests, with the runs
+of a regression that raises an experiment request. The artifacts
 and sample texts are fixed, so the local executor's results — a pure function
 of policy, sample and seed — are the same on every run.
 """
@@ -10,13 +11,24 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID, uuid4
 
+from agents.canary_scenario import CanaryScenario
+from agents.router import Router
 from learning.curation import content_hash
 from learning.signing import SigningKey, content_digest, sign
+from learning.simulation import Orchestrator
 from models.base import Event
-from models.commands import PromotePolicy, RegisterPolicy
-from models.events import CurationLabels, SampleCurated
+from models.commands import (
+    CanarySettings,
+    CreateExperiment,
+    PromotePolicy,
+    RegisterPolicy,
+    StartCanary,
+)
+from models.events import CurationLabels, RunCompleted, SampleCurated
 from storage import experiments as experiments_store
 from storage import policies as store
 from storage.datasets import freeze, insert_samples
@@ -27,6 +39,15 @@ SAMPLES = [f"Sample {i}: write a PRD for feature {i} with acceptance criteria." 
 def artifact(name: str, quality: float) -> dict[str, Any]:
     """A policy artifact whose ``quality`` steers the local executor (learning.replay)."""
     return {"prompts": {"system": name}, "quality": quality}
+
+
+# Fixed artifacts: on SAMPLES under seeds 42, 43, 44 the local executor gives the
+# better one a lower mean CRL than the control with stability ≈ 0.91 (it passes),
+# and the worse one a higher mean CRL than either (it fails).
+CONTROL = artifact("control", 0.5)
+BETTER = artifact("better", 0.85)
+WORSE = artifact("worse", 0.2)
+SEEDS = [42, 43, 44]
 
 
 @dataclass
@@ -55,6 +76,39 @@ async def submit(pool: Any, producer: Any, event: Event, timeout: float = 60.0) 
     raise RuntimeError(f"no worker handled {type(event).__name__} for {event.doer} in {timeout:g}s")
 
 
+async def register(
+    pool: Any,
+    producer: Any,
+    key: SigningKey,
+    doer: str,
+    version: int,
+    body: dict[str, Any],
+    *,
+    actor: str = "experiments-demo",
+    reason: str | None = None,
+) -> str:
+    """Register ``body`` signed as version ``version`` of the doer's policy; the policy id."""
+    policy_id = doer.lower()
+    signature = sign(body, key)
+    registered = await submit(
+        pool,
+        producer,
+        RegisterPolicy(
+            doer=doer,
+            actor=actor,
+            reason=reason or f"revision {version}",
+            policy_id=policy_id,
+            version=version,
+            artifact=body,
+            content_hash=content_digest(body),
+            signature=signature.value_b64,
+            signature_key_id=signature.key_id,
+        ),
+    )
+    assert registered.applied, registered.verdict
+    return policy_id
+
+
 async def prepare(
     pool: Any,
     producer: Any,
@@ -67,23 +121,7 @@ async def prepare(
     """Register every version signed, make the lowest active, and freeze a golden dataset."""
     policy_id = doer.lower()
     for version, body in sorted(versions.items()):
-        signature = sign(body, key)
-        registered = await submit(
-            pool,
-            producer,
-            RegisterPolicy(
-                doer=doer,
-                actor=actor,
-                reason=f"revision {version}",
-                policy_id=policy_id,
-                version=version,
-                artifact=body,
-                content_hash=content_digest(body),
-                signature=signature.value_b64,
-                signature_key_id=signature.key_id,
-            ),
-        )
-        assert registered.applied, registered.verdict
+        await register(pool, producer, key, doer, version, body, actor=actor)
     promoted = await submit(
         pool,
         producer,
@@ -134,3 +172,136 @@ async def wait_experiment(
         await asyncio.sleep(0.3)
         row = await experiments_store.get_experiment(pool, experiment_id)
     return row
+
+
+def regression_runs(
+    doer: str,
+    policy: tuple[str, int],
+    now: datetime,
+    *,
+    run_prefix: str,
+    baseline_per_day: int = 10,
+    today: int = 30,
+) -> list[RunCompleted]:
+    """A week of good runs of the doer under ``policy``, then today's bad ones: a CRL regression.
+
+    Every gate passes in every run, so the regression (grounding, contradictions,
+    cost, latency) is the only learning trigger they give: one experiment request.
+    """
+    orchestrator = Orchestrator(seed=20261125, doers=(doer,), run_prefix=run_prefix)
+    start = now - timedelta(minutes=10)
+    if start.date() != now.date():  # keep today's runs on today
+        start = now.replace(hour=0, minute=0, second=1, microsecond=0)
+    runs = []
+    for day in range(1, 8):
+        for k in range(baseline_per_day):
+            when = now - timedelta(days=day, seconds=k)
+            runs.append(orchestrator.bundle(doer, occurred_at=when, policy=policy, quality=0.95))
+    for i in range(today):
+        when = start + timedelta(seconds=i)
+        runs.append(orchestrator.bundle(doer, occurred_at=when, policy=policy, quality=0.1))
+    return [_all_gates_pass(run) for run in runs]
+
+
+def _all_gates_pass(run: RunCompleted) -> RunCompleted:
+    gates = run.gates
+    passed = sorted({*gates.passed, *gates.failed})
+    passing = gates.model_copy(update={"passed": passed, "failed": []})
+    return run.model_copy(update={"gates": passing})
+
+
+async def wait_request(
+    pool: Any, doer: str, reason: str = "crl_regression", timeout: float = 90.0
+) -> Any:
+    """The doer's open experiment request for ``reason`` once it is published, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = await pool.fetchrow(
+            "SELECT * FROM experiment_requests WHERE doer = $1 AND reason = $2 "
+            "AND status = 'open' AND published_at IS NOT NULL",
+            doer,
+            reason,
+        )
+        if row is not None:
+            return row
+        await asyncio.sleep(0.3)
+    return None
+
+
+def create_experiment(
+    prepared: ExperimentDoer,
+    version: int,
+    *,
+    actor: str,
+    reason: str,
+    hypothesis: str,
+    request_id: UUID | None = None,
+    canary: CanarySettings | None = None,
+) -> CreateExperiment:
+    """The command creating an experiment of candidate ``version`` on the prepared golden set."""
+    return CreateExperiment(
+        doer=prepared.name,
+        actor=actor,
+        reason=reason,
+        experiment_id=f"exp-{uuid4().hex[:10]}",
+        hypothesis=hypothesis,
+        policy_id=prepared.policy_id,
+        version=version,
+        dataset=prepared.golden,
+        seeds=SEEDS,
+        request_id=request_id,
+        plan={"canary": canary.model_dump(mode="json")} if canary is not None else {},
+    )
+
+
+async def canary_until_decided(
+    settings: Any,
+    pool: Any,
+    producer: Any,
+    key: SigningKey,
+    prepared: ExperimentDoer,
+    version: int,
+    canary: CanarySettings,
+    *,
+    actor: str,
+    run_prefix: str,
+    timeout: float = 240.0,
+) -> tuple[store.Outcome, CanaryScenario, list[Any]]:
+    """Move the candidate's shadow on to a two-step canary; run live traffic until it decides.
+
+    The control serves at quality 0.8 and the candidate at 0.95 (lower CRL), so
+    the canary stage's own decision is a promotion. Gives the start_canary
+    outcome, the scenario (its deployment id) and the deployment's decisions.
+    """
+    async with Router(settings) as router:
+        await router.wait_for(prepared.name, lambda c: c.status == "shadow", timeout=timeout)
+        started = await submit(
+            pool,
+            producer,
+            StartCanary(
+                doer=prepared.name,
+                actor=actor,
+                reason="the shadow ran clean",
+                policy_id=prepared.policy_id,
+                version=version,
+                steps=[0.1, 0.5],
+                canary=canary,
+            ),
+        )
+        if not started.applied:
+            return started, CanaryScenario(pool, producer, router, prepared.name, key, {}), []
+        live = await router.wait_for(prepared.name, lambda c: c.status == "canary")
+        assert live.deployment is not None
+        scenario = CanaryScenario(
+            pool,
+            producer,
+            router,
+            prepared.name,
+            key,
+            {live.version: 0.8, version: 0.95},
+            actor=actor,
+            orchestrator=Orchestrator(seed=version, run_prefix=run_prefix),
+        )
+        scenario.deployment_id = live.deployment.deployment_id
+        decisions = await scenario.run_until(scenario.simulator(), timeout=timeout)
+    return started, scenario, decisions

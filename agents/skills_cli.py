@@ -138,13 +138,23 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
 
     if card.experiments:
         experiments = Table(title="Recent experiments")
-        for name in ("experiment", "type", "status", "created"):
+        for name in ("experiment", "type", "candidate", "status", "answers request", "created"):
             experiments.add_column(name)
         for e in card.experiments:
+            candidate = (
+                f"{e['policy_id']}@{e['policy_version']}" if e.get("policy_id") is not None else ""
+            )
+            request = (
+                f"{e.get('request_reason')} ({str(e['request_id'])[:8]})"
+                if e.get("request_id")
+                else "–"
+            )
             experiments.add_row(
                 str(e.get("experiment_id")),
                 str(e.get("experiment_type", "")),
+                candidate,
                 str(e.get("status", "")),
+                request,
                 str(e.get("created_at", "")),
             )
         console.print(experiments)

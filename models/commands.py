@@ -9,6 +9,7 @@ Every command says who asked (``actor``) and why (``reason``), for the audit.
 from __future__ import annotations
 
 from typing import Annotated, Literal, Self
+from uuid import UUID
 
 from pydantic import Field, JsonValue, TypeAdapter, model_validator
 
@@ -166,6 +167,9 @@ class CreateExperiment(_Command):
     dataset: Identifier | None = None
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
     deploy: Literal["shadow", "canary"] = "shadow"
+    # The experiment request this answers (a RequestExperiment's event id, from a
+    # learning trigger): the experiments stage links the two and closes the request.
+    request_id: UUID | None = None
 
 
 class RunReplay(_Command):

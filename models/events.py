@@ -483,6 +483,7 @@ class ExperimentChanged(Event):
     actor: Identifier | None = None
     reason: str | None = None
     outcome: dict[str, JsonValue] = Field(default_factory=dict)
+    request_id: UUID | None = None  # the experiment request it answers, if any
 
 
 # --- learning.replay-tasks --------------------------------------------------

@@ -30,6 +30,7 @@ from learning.replay import (
 )
 from learning.signing import canonical_json
 from models.events import CRLComputed, ExperimentChanged, ReplayTask
+from storage.skills import close_request
 
 # UUIDv5 namespace of the events this module derives from durable rows.
 EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:experiments")
@@ -518,17 +519,23 @@ async def insert_experiment(
     deploy: str,
     plan: dict[str, Any],
     created_at: datetime,
+    request: Any | None = None,
 ) -> bool:
-    """Record a new experiment as ``created`` (with its first history row); False if it exists."""
+    """Record a new experiment as ``created`` (with its first history row); False if it exists.
+
+    With ``request`` (an ``experiment_requests`` row of the same doer) the
+    experiment answers it: the link is stored and the request, if still open,
+    is closed with the experiment's id, in the same transaction.
+    """
     async with pool.acquire() as conn, conn.transaction():
         inserted = await conn.execute(
             """
             INSERT INTO experiments (
                 experiment_id, created_by, experiment_type, doer, phase, hypothesis, actor,
                 reason, dataset_name, dataset_version, seeds, policy_id, policy_version,
-                control_policy_id, control_version, deploy, plan, status, created_at
+                control_policy_id, control_version, deploy, plan, status, created_at, request_id
             ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                      $17, 'created', $18)
+                      $17, 'created', $18, $19)
             ON CONFLICT DO NOTHING
             """,
             experiment_id,
@@ -549,15 +556,30 @@ async def insert_experiment(
             deploy,
             plan,
             created_at,
+            request["request_id"] if request is not None else None,
         )
         if inserted != "INSERT 0 1":
             return False
+        evidence: dict[str, Any] = {"actor": actor, "event_id": str(created_by)}
+        if request is not None:
+            evidence["request"] = {
+                "request_id": str(request["request_id"]),
+                "reason": request["reason"],
+                "message": request["message"],
+                "evidence": request["evidence"],
+            }
+            await close_request(
+                conn,
+                request["request_id"],
+                reason=f"answered by experiment {experiment_id}",
+                experiment_id=experiment_id,
+            )
         await conn.execute(
             "INSERT INTO experiment_history (experiment_id, seq, from_status, to_status, reason, "
             "evidence, occurred_at) VALUES ($1, 0, NULL, 'created', $2, $3, $4)",
             experiment_id,
             reason,
-            {"actor": actor, "event_id": str(created_by)},
+            evidence,
             created_at,
         )
         return True
@@ -637,6 +659,7 @@ def change_event(
         actor=row["actor"],
         reason=reason,
         outcome=orjson.loads(orjson.dumps(evidence)),
+        request_id=row["request_id"],
     )
 
 

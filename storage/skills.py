@@ -95,23 +95,35 @@ _EXPERIMENT_FIELDS = (
 
 
 async def recent_experiments(pool: Any, doer: str, limit: int = 5) -> list[dict[str, Any]]:
-    """The doer's latest experiments, newest first; empty while there is no experiments table.
+    """The doer's latest experiments, newest first, each with the request it answers, if any.
 
+    Empty while there is no experiments table.
     The experiment registry has its own migration; a card is still built on a
     database without it, and reads only the columns listed above that exist.
     """
     if await pool.fetchval("SELECT to_regclass('experiments')") is None:
         return []
     try:
+        # The request each answers (experiments.request_id, migration 008), read
+        # through to_jsonb so a database without that column still gives cards.
         rows = await pool.fetch(
-            "SELECT to_jsonb(e) AS row FROM experiments e WHERE e.doer = $1 "
-            "ORDER BY e.created_at DESC LIMIT $2",
+            "SELECT to_jsonb(e) AS row, q.request_id, q.reason AS request_reason "
+            "FROM experiments e LEFT JOIN experiment_requests q "
+            "ON q.request_id = (to_jsonb(e) ->> 'request_id')::uuid "
+            "WHERE e.doer = $1 ORDER BY e.created_at DESC LIMIT $2",
             doer,
             limit,
         )
     except asyncpg.UndefinedColumnError:
         return []
-    return [{k: r["row"][k] for k in _EXPERIMENT_FIELDS if k in r["row"]} for r in rows]
+    found = []
+    for r in rows:
+        item = {k: r["row"][k] for k in _EXPERIMENT_FIELDS if k in r["row"]}
+        if r["request_id"] is not None:
+            item["request_id"] = str(r["request_id"])
+            item["request_reason"] = r["request_reason"]
+        found.append(item)
+    return found
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,9 @@ async def close_request(
 ) -> bool:
     """Close an open request (answered by an experiment, or dismissed); False if not open.
 
-    After this the same doer and reason can raise a new request.
+    ``pool`` may be a connection inside a transaction (the experiments stage
+    closes a request in the transaction that creates its experiment). After
+    this the same doer and reason can raise a new request.
     """
     status = await pool.execute(
         "UPDATE experiment_requests SET status = 'closed', closed_at = now(), "
@@ -199,5 +213,28 @@ async def open_requests(pool: Any, doer: str | None = None) -> list[Any]:
             "SELECT * FROM experiment_requests WHERE status = 'open' "
             "AND ($1::text IS NULL OR doer = $1) ORDER BY opened_at, doer, reason",
             doer,
+        )
+    )
+
+
+async def list_requests(
+    pool: Any, *, doer: str | None = None, include_closed: bool = False, limit: int = 100
+) -> list[Any]:
+    """Experiment requests (open ones, or all), newest first, with the experiment answering each.
+
+    ``answered_status`` is the status of the experiment that closed the request, if one did.
+    """
+    return list(
+        await pool.fetch(
+            """
+            SELECT r.*, e.status AS answered_status
+            FROM experiment_requests AS r
+            LEFT JOIN experiments AS e ON e.experiment_id = r.experiment_id
+            WHERE ($1::text IS NULL OR r.doer = $1) AND ($2 OR r.status = 'open')
+            ORDER BY r.opened_at DESC, r.doer, r.reason LIMIT $3
+            """,
+            doer,
+            include_closed,
+            limit,
         )
     )

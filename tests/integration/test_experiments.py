@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,16 +13,19 @@ import pytest
 
 from agents.canary_scenario import CanaryScenario
 from agents.experiments_scenario import (
+    BETTER,
+    CONTROL,
     SAMPLES,
+    SEEDS,
+    WORSE,
     ExperimentDoer,
-    artifact,
     prepare,
 )
 from agents.experiments_scenario import wait_experiment as wait_for_experiment
 from agents.router import Router
 from agents.topics import read_from_start
 from learning.replay import replay_id, task_id
-from learning.signing import SigningKey, content_digest, generate_key
+from learning.signing import SigningKey, content_digest
 from models.base import Event
 from models.commands import (
     CanarySettings,
@@ -41,57 +43,10 @@ from tests.integration.test_policy_agent import verdict
 from tests.services import (
     REPO,
     WorkerProcess,
-    end_offsets,
     learnops_command,
-    start_group_at,
 )
 
 COMMANDS = "learning.commands"
-SEEDS = [42, 43, 44]
-# Fixed artifacts and samples: the local executor's results are a pure function of
-# them, so these figures are the same in every session (checked when chosen: the
-# better candidate passes with stability ≈ 0.91, the worse one fails).
-CONTROL = artifact("control", 0.5)
-BETTER = artifact("better", 0.85)
-WORSE = artifact("worse", 0.2)
-
-
-@pytest.fixture(scope="session")
-async def signing_key(db: Any) -> SigningKey:
-    key = generate_key()
-    await store.add_signing_key(db, key.public_key, created_by="tests")
-    return key
-
-
-@pytest.fixture(scope="session")
-async def executor(
-    topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[WorkerProcess]:
-    """The local executor as its own process; doers named Unserved* are left to nobody."""
-    group = f"learnops-test-executor-{uuid.uuid4().hex[:8]}"
-    bootstrap = settings_env["KAFKA_BOOTSTRAP_SERVERS"]
-    await start_group_at(bootstrap, group, await end_offsets(bootstrap, ("learning.replay-tasks",)))
-    log_path = tmp_path_factory.mktemp("executor") / "executor.log"
-    process = WorkerProcess(env=settings_env, log_path=log_path)
-    with log_path.open("ab") as log:
-        process.process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
-            [
-                *learnops_command(),
-                "replay",
-                "executor",
-                "--group",
-                group,
-                "--doers",
-                "(?!Unserved).*",
-            ],
-            env=settings_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
-    yield process
-    await asyncio.to_thread(process.stop)
 
 
 async def send(producer: Any, *events: Event) -> None:

@@ -1,0 +1,53 @@
+"""Fixtures shared by the experiment and learning-loop tests: a signing key, the local executor."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from learning.signing import SigningKey, generate_key
+from storage import policies as store
+from tests.services import REPO, WorkerProcess, end_offsets, learnops_command, start_group_at
+
+
+@pytest.fixture(scope="session")
+async def signing_key(db: Any) -> SigningKey:
+    key = generate_key()
+    await store.add_signing_key(db, key.public_key, created_by="tests")
+    return key
+
+
+@pytest.fixture(scope="session")
+async def executor(
+    topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkerProcess]:
+    """The local executor as its own process; doers named Unserved* are left to nobody."""
+    group = f"learnops-test-executor-{uuid.uuid4().hex[:8]}"
+    bootstrap = settings_env["KAFKA_BOOTSTRAP_SERVERS"]
+    await start_group_at(bootstrap, group, await end_offsets(bootstrap, ("learning.replay-tasks",)))
+    log_path = tmp_path_factory.mktemp("executor") / "executor.log"
+    process = WorkerProcess(env=settings_env, log_path=log_path)
+    with log_path.open("ab") as log:
+        process.process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
+            [
+                *learnops_command(),
+                "replay",
+                "executor",
+                "--group",
+                group,
+                "--doers",
+                "(?!Unserved).*",
+            ],
+            env=settings_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    yield process
+    await asyncio.to_thread(process.stop)
