@@ -1,30 +1,53 @@
-"""`learnops demo experiments`: a worse candidate fails its replay; a better one replays, canaries
-and is promoted. Runs the local replay executor in-process."""
+"""`learnops demo experiments`: the learning loop, end to end, printed with rich.
+
+A doer's runs regress → the learning triggers raise one experiment request →
+a stand-in synthesizer answers it with a signed candidate and an experiment
+naming the request → the replay table (candidate and control per seed) →
+shadow → canary, promoted by the canary stage → a worse candidate fails its
+replay against the new policy → the doer's updated skill card. Runs the local
+replay executor in-process; talks to the worker only through Kafka.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import time
-import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import click
+import orjson
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from agents.canary_scenario import CanaryScenario
 from agents.cli import GroupedCommand, command
 from agents.demo import demo
 from agents.experiments_cli import experiment_report
-from agents.experiments_scenario import artifact, prepare, submit, wait_experiment
+from agents.experiments_scenario import (
+    BETTER,
+    CONTROL,
+    WORSE,
+    ExperimentDoer,
+    canary_until_decided,
+    create_experiment,
+    prepare,
+    register,
+    regression_runs,
+    wait_experiment,
+    wait_request,
+)
 from agents.replay_executor import serve
-from agents.router import Router
-from learning.signing import generate_key
-from models.commands import CanarySettings, CreateExperiment, StartCanary
+from agents.skills_cli import print_card
+from learning.signing import SigningKey, generate_key
+from learning.simulation import Orchestrator
+from models.commands import CanarySettings
 from storage import policies as store
 from storage.pool import create_pool
+from storage.skills import current_card, list_requests
+
+ACTOR = "experiments-demo"
 
 
 @command(
@@ -34,9 +57,9 @@ from storage.pool import create_pool
     click.option("--timeout", type=float, default=240.0, show_default=True),
 )
 async def experiments(self: GroupedCommand, min_samples: int, timeout: float) -> None:
-    """Replay a worse and a better candidate against the control; take the better one live."""
+    """Regression → request → experiment → replay → canary → promotion → updated skill card."""
     settings = self.lapp.settings
-    console = Console()
+    console = Console(file=self.stdout, width=150)
     pool = await create_pool(settings.database_dsn, min_size=1, max_size=4)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -46,49 +69,44 @@ async def experiments(self: GroupedCommand, min_samples: int, timeout: float) ->
     )
     await producer.start()
     stop = asyncio.Event()
-    doer = f"ExperimentDemo{int(time.time())}"
+    stamp = int(time.time())
+    doer = f"LoopDemo{stamp}"
     # The sandbox: the local executor, serving this demo's doer only.
     sandbox = asyncio.create_task(
         serve(settings, group_id="learnops-demo-executor", doers=re.escape(doer), stop=stop)
     )
     try:
         key = generate_key()
-        await store.add_signing_key(pool, key.public_key, created_by="experiments-demo")
-        versions = {1: artifact("control", 0.5), 2: artifact("better", 0.85)}
-        versions[3] = artifact("worse", 0.2)
-        prepared = await prepare(pool, producer, key, doer, versions)
+        await store.add_signing_key(pool, key.public_key, created_by=ACTOR)
+        prepared = await prepare(pool, producer, key, doer, {1: CONTROL}, actor=ACTOR)
         console.print(
-            f"{doer}: control {prepared.policy_id}@1 active; golden dataset {prepared.golden} "
-            f"({len(prepared.sample_ids)} samples), seeds 42,43,44"
+            f"{doer}: policy {prepared.policy_id}@1 active; golden dataset {prepared.golden} "
+            f"({len(prepared.sample_ids)} samples)"
         )
         quick = CanarySettings(min_sample_size=min_samples, report_every=200)
-        for version, label in ((3, "worse"), (2, "better")):
-            create = CreateExperiment(
-                doer=doer,
-                actor="experiments-demo",
-                reason=f"try the {label} revision",
-                experiment_id=f"exp-demo-{uuid.uuid4().hex[:8]}",
-                hypothesis=f"revision {version} lowers the CRL",
-                policy_id=prepared.policy_id,
-                version=version,
-                dataset=prepared.golden,
-                seeds=[42, 43, 44],
-                plan={"canary": quick.model_dump(mode="json")},
-            )
-            await producer.send_and_wait(
-                "learning.commands", key=doer.encode(), value=create.to_json()
-            )
-            done = {"failed", "incomplete", "shadow", "canary"}
-            row = await wait_experiment(pool, create.experiment_id, done, timeout)
-            console.rule(f"[bold]experiment {create.experiment_id}: {label} candidate")
-            await show(console, pool, create.experiment_id)
-            if row is None or row["status"] != "shadow":
-                continue
-            await canary(
-                console, settings, pool, producer, key, prepared.policy_id, doer, quick, timeout
-            )
-            await wait_experiment(pool, create.experiment_id, {"promoted", "rolled_back"}, 30)
-            await show(console, pool, create.experiment_id, replay=False)
+        request = await regress(console, pool, producer, prepared, stamp, timeout)
+        if request is None:
+            return
+        promoted = await answer(
+            console, settings, pool, producer, key, prepared, request, quick, timeout
+        )
+        if promoted is None:
+            return
+        console.rule("[bold]5. another synthesized candidate (worse) against the new policy")
+        await register(pool, producer, key, doer, 3, WORSE, actor=ACTOR, reason="synthesized")
+        worse = create_experiment(
+            prepared,
+            3,
+            actor=ACTOR,
+            reason="another synthesized revision",
+            hypothesis="revision 3 lowers the CRL further",
+        )
+        await producer.send_and_wait("learning.commands", key=doer.encode(), value=worse.to_json())
+        await wait_experiment(
+            pool, worse.experiment_id, {"failed", "incomplete", "shadow"}, timeout
+        )
+        await show(console, pool, worse.experiment_id)
+        await updated_card(console, pool, producer, prepared, stamp, promoted, worse.experiment_id)
         rates = await pool.fetch(
             "SELECT * FROM v_experiment_success_rate WHERE doer = $1 ORDER BY experiment_type", doer
         )
@@ -105,45 +123,139 @@ async def experiments(self: GroupedCommand, min_samples: int, timeout: float) ->
         await pool.close()
 
 
-async def canary(
+async def regress(
+    console: Console,
+    pool: Any,
+    producer: Any,
+    prepared: ExperimentDoer,
+    stamp: int,
+    timeout: float,
+) -> Any:
+    """Publish a week of good runs and today's bad ones; the experiment request they raise."""
+    console.rule("[bold]1. regression: the doer's runs get worse today")
+    runs = regression_runs(
+        prepared.name, (prepared.policy_id, 1), datetime.now(UTC), run_prefix=f"loop-{stamp}"
+    )
+    sent = [
+        await producer.send("learning.run-completed", key=r.doer.encode(), value=r.to_json())
+        for r in runs
+    ]
+    await asyncio.gather(*sent)
+    today = sum(1 for r in runs if r.occurred_at.date() == datetime.now(UTC).date())
+    console.print(
+        f"published {len(runs) - today} runs over the last 7 days (good) and {today} today (bad)"
+    )
+    request = await wait_request(pool, prepared.name, timeout=timeout)
+    if request is None:
+        console.print("[red]no experiment request was raised: is the worker running?[/red]")
+        return None
+    console.rule("[bold]2. learning trigger: one experiment request")
+    table = Table(title=f"open experiment requests of {prepared.name} (experiment_requests)")
+    for name in ("request", "reason", "opened", "message"):
+        table.add_column(name)
+    for r in await list_requests(pool, doer=prepared.name):
+        table.add_row(
+            str(r["request_id"]),
+            r["reason"],
+            r["opened_at"].isoformat(timespec="seconds"),
+            r["message"],
+        )
+    console.print(table)
+    evidence = {k: request["evidence"].get(k) for k in ("day", "value", "baseline", "threshold")}
+    console.print(f"evidence: {orjson.dumps(evidence).decode()}")
+    return request
+
+
+async def answer(
     console: Console,
     settings: Any,
     pool: Any,
     producer: Any,
-    key: Any,
-    policy_id: str,
-    doer: str,
+    key: SigningKey,
+    prepared: ExperimentDoer,
+    request: Any,
     quick: CanarySettings,
     timeout: float,
+) -> str | None:
+    """A synthesizer's answer: a signed candidate and an experiment naming the request."""
+    console.rule("[bold]3. experiment: a synthesized candidate answers the request")
+    await register(pool, producer, key, prepared.name, 2, BETTER, actor="synthesizer")
+    create = create_experiment(
+        prepared,
+        2,
+        actor="synthesizer",
+        reason=f"answers request {request['request_id']}",
+        hypothesis=request["hypothesis"],
+        request_id=request["request_id"],
+        canary=quick,
+    )
+    await producer.send_and_wait(
+        "learning.commands", key=prepared.name.encode(), value=create.to_json()
+    )
+    done = {"failed", "incomplete", "shadow", "canary"}
+    row = await wait_experiment(pool, create.experiment_id, done, timeout)
+    await show(console, pool, create.experiment_id)
+    if row is None or row["status"] != "shadow":
+        return None
+    console.rule("[bold]4. shadow → canary, decided by the canary stage")
+    started, scenario, decisions = await canary_until_decided(
+        settings,
+        pool,
+        producer,
+        key,
+        prepared,
+        2,
+        quick,
+        actor=ACTOR,
+        run_prefix=f"loop-{int(time.time())}-canary",
+        timeout=timeout,
+    )
+    console.print(f"start_canary: {started.verdict}")
+    final = [d for d in decisions if d.action != "report"]
+    console.print(
+        "canary decisions: "
+        + ", ".join(f"{d.action} (step {d.step})" for d in final)
+        + f" after {scenario.published_tasks} live tasks"
+    )
+    await wait_experiment(pool, create.experiment_id, {"promoted", "rolled_back"}, 30)
+    await show(console, pool, create.experiment_id, replay=False)
+    return create.experiment_id
+
+
+async def updated_card(
+    console: Console,
+    pool: Any,
+    producer: Any,
+    prepared: ExperimentDoer,
+    stamp: int,
+    *experiment_ids: str,
 ) -> None:
-    """Move the shadow on to a canary and run live traffic until the canary stage decides."""
-    async with Router(settings) as router:
-        await router.wait_for(doer, lambda c: c.status == "shadow")
-        started = await submit(
-            pool,
-            producer,
-            StartCanary(
-                doer=doer,
-                actor="experiments-demo",
-                reason="the shadow ran clean",
-                policy_id=policy_id,
-                version=2,
-                steps=[0.1, 0.25, 0.5],
-                canary=quick,
-            ),
+    """Run the doer a little under its new policy; print its card once it has both experiments."""
+    console.rule("[bold]6. the doer's updated skill card (skill_cards, learning.skill-cards)")
+    orchestrator = Orchestrator(seed=3, run_prefix=f"loop-{stamp}-after")
+    for _ in range(5):
+        run = orchestrator.bundle(
+            prepared.name,
+            occurred_at=datetime.now(UTC),
+            policy=(prepared.policy_id, 2),
+            quality=0.95,
         )
-        console.print(f"start_canary: {started.verdict}")
-        live = await router.wait_for(doer, lambda c: c.status == "canary")
-        assert live.deployment is not None
-        scenario = CanaryScenario(pool, producer, router, doer, key, {1: 0.8, 2: 0.95})
-        scenario.deployment_id = live.deployment.deployment_id
-        decisions = await scenario.run_until(scenario.simulator(), timeout=timeout)
-        final = [d for d in decisions if d.action != "report"]
-        console.print(
-            "canary decisions: "
-            + ", ".join(f"{d.action} (step {d.step})" for d in final)
-            + f" after {scenario.published_tasks} live tasks"
+        await producer.send_and_wait(
+            "learning.run-completed", key=prepared.name.encode(), value=run.to_json()
         )
+    deadline = time.monotonic() + 60
+    card = await current_card(pool, prepared.name)
+    while time.monotonic() < deadline and not (
+        card is not None
+        and {e["experiment_id"] for e in card.experiments} >= set(experiment_ids)
+        and card.policy_version == 2
+    ):
+        await asyncio.sleep(0.5)
+        card = await current_card(pool, prepared.name)
+    if card is None:
+        console.print(f"[red]no skill card for {prepared.name}[/red]")
+        return
+    print_card(console, card, await list_requests(pool, doer=prepared.name))
 
 
 async def show(console: Console, pool: Any, experiment_id: str, replay: bool = True) -> None:
@@ -152,6 +264,15 @@ async def show(console: Console, pool: Any, experiment_id: str, replay: bool = T
     if report is None:
         console.print(f"[red]no experiment {experiment_id}[/red]")
         return
+    console.print(
+        f"experiment {experiment_id}: candidate {report['candidate']} vs control "
+        f"{report['control']}, status [bold]{report['status']}[/bold]"
+    )
+    if report["request"] is not None:
+        asked = report["request"]
+        console.print(
+            f"answers request {asked['request_id']} ({asked['reason']}), now {asked['status']}"
+        )
     side = report["replay"]
     if replay and side is not None:
         table = Table(title=f"replay {side['replay_id']} on {side['dataset']}")

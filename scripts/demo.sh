@@ -51,7 +51,7 @@ step "What happened"
 step "Canary: a better candidate walks its steps and is promoted, a worse one is rolled back"
 "$bin/learnops" demo canary --timeout 240
 
-step "Experiments: offline replay against the control, then shadow, canary and promotion"
+step "The learning loop: regression → experiment request → experiment → replay → canary → promotion → skill card"
 "$bin/learnops" demo experiments --timeout 240
 
 step "Skill cards: what each doer is good and bad at (learning.skill-cards, skill_cards)"
