@@ -25,6 +25,7 @@ from typing import Any
 from agents.app import app
 from agents.codecs import decode
 from agents.dlq import dead_letter, guarded, guarded_batch
+from agents.streams import batches
 from agents.tables import SEPARATOR, DoerPartitions, doer_table
 from learning.deployments import DeploymentState, Verdict, event_time
 from models.events import Alert, CRLComputed, DecisionMade, PolicyChange, TaskRouted
@@ -268,7 +269,7 @@ async def _deployment_of(
 @app.agent(canary_inputs, name="canary")
 async def canary(stream: Any) -> None:
     """Fold each batch into the deployments' states, judge, store and emit; ack after all of it."""
-    async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+    async for events in batches(stream, BATCH, WITHIN_SECONDS):
         async with guarded_batch(events, stage="canary"):
             batch = Batch()
             for event in events:

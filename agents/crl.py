@@ -26,6 +26,7 @@ import asyncpg
 from agents.app import app
 from agents.codecs import decode
 from agents.dlq import dead_letter, guarded, guarded_batch
+from agents.streams import batches
 from agents.tables import SEPARATOR, DoerPartitions, doer_table
 from learning.crl import BundleError, score_bundle
 from learning.trends import DailyCRL, check_regression, day_of, days_back
@@ -202,7 +203,7 @@ async def _store(scored: list[tuple[Any, CRLComputed]]) -> None:
 @app.agent(run_completed, name="crl")
 async def crl(stream: Any) -> None:
     """Score and emit each run; fold, store and check the batch; ack after all of it."""
-    async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+    async for events in batches(stream, BATCH, WITHIN_SECONDS):
         async with guarded_batch(events, stage="crl"):
             batch = BatchFold()
             scored: list[tuple[Any, CRLComputed]] = []

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from agents.app import app
 from agents.dlq import dead_letter, guarded
+from agents.streams import each
 from agents.tables import SEPARATOR, DoerPartitions, doer_of, doer_table
 from learning.contamination import reason_kind
 from learning.samples import CurationError, DoerCuration
@@ -148,7 +149,7 @@ def _parse(event: Any) -> RunCompleted | None:
 @app.agent(run_completed, name="curator")
 async def curator(stream: Any) -> None:
     """Curate each bundle's artifacts into samples; keep the verdicts; emit samples and alerts."""
-    async for event in stream.events():
+    async for event in each(stream):
         async with guarded(event, stage="curator"):
             bundle = _parse(event)
             if bundle is not None:

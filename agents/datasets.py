@@ -24,6 +24,7 @@ from agents.app import app
 from agents.codecs import decode
 from agents.curator import curated_samples
 from agents.dlq import dead_letter, guarded_batch
+from agents.streams import batches
 from models.events import SampleCurated
 from storage.datasets import insert_samples, unstorable
 from storage.pool import durably
@@ -37,7 +38,7 @@ WITHIN_SECONDS = 0.05  # at most this long between a sample and its row, under l
 @app.agent(curated_samples, name="datasets")
 async def datasets(stream: Any) -> None:
     """Write each batch of curated samples to dataset_samples with one statement."""
-    async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+    async for events in batches(stream, BATCH, WITHIN_SECONDS):
         async with guarded_batch(events, stage="datasets"):
             await _store(events)
 

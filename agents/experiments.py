@@ -33,6 +33,7 @@ import orjson
 from agents.app import app
 from agents.codecs import decode, decode_with
 from agents.dlq import dead_letter, guarded
+from agents.streams import each
 from learning.experiments import follow_policy, split_versioned
 from learning.replay import replay_id
 from models.commands import (
@@ -66,7 +67,7 @@ replay_tasks_topic = app.topic("learning.replay-tasks", key_type=bytes, value_ty
 @app.agent(experiment_inputs, name="experiments")
 async def experiments(stream: Any) -> None:
     """Decode → record in PostgreSQL → publish tasks, experiment changes and policy commands."""
-    async for event in stream.events():
+    async for event in each(stream):
         async with guarded(event, stage="experiments"):
             topic = event.message.topic
             if topic == COMMANDS:

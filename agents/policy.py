@@ -21,6 +21,7 @@ from typing import Any
 from agents.app import app
 from agents.codecs import decode, decode_with
 from agents.dlq import guarded
+from agents.streams import each
 from models.commands import POLICY_COMMANDS, ApproveStep
 from models.events import Alert, DecisionMade
 from storage.policies import (
@@ -48,7 +49,7 @@ alerts = app.topic("learning.alerts", key_type=bytes, value_type=bytes)
 @app.agent(policy_inputs, name="policy")
 async def policy(stream: Any) -> None:
     """Decode → apply to the policy store → publish the live policy, or alert on a refusal."""
-    async for event in stream.events():
+    async for event in each(stream):
         async with guarded(event, stage="policy"):
             await _handle(event)
 

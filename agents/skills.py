@@ -27,6 +27,7 @@ from agents.app import app
 from agents.codecs import decode
 from agents.crl import counts_toward_live
 from agents.dlq import guarded, guarded_batch
+from agents.streams import batches
 from agents.tables import SEPARATOR, DoerPartitions, doer_table
 from agents.triggers import raise_request
 from learning.skills import (
@@ -124,7 +125,7 @@ def _fold(events: list[tuple[Any, CRLComputed]]) -> set[str]:
 @app.agent(crl_computed, name="skills")
 async def skills(stream: Any) -> None:
     """Fold each batch of scored runs into the daily statistics; the timer builds the cards."""
-    async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+    async for events in batches(stream, BATCH, WITHIN_SECONDS):
         async with guarded_batch(events, stage="skills"):
             decoded = []
             for event in events:

@@ -21,6 +21,7 @@ from uuid import UUID
 from agents.app import app
 from agents.codecs import decode
 from agents.dlq import guarded
+from agents.streams import each
 from learning.skills import ExperimentTrigger, regression_trigger
 from models.events import Alert, RequestExperiment
 from storage.pool import durably
@@ -90,7 +91,7 @@ async def raise_request(trigger: ExperimentTrigger, source_event_id: UUID | None
 async def triggers(stream: Any) -> None:
     """Decode each alert; a regression alert raises (at most one open) experiment request."""
     kinds = app.learning.skills.triggers.regression_kinds
-    async for event in stream.events():
+    async for event in each(stream):
         async with guarded(event, stage="triggers"):
             alert = await decode(event, Alert, stage="triggers")
             if alert is None or alert.kind not in kinds:
