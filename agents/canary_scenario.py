@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agents.router import Router
@@ -56,7 +57,13 @@ class CanaryScenario:
     actor: str = "canary-demo"
     published_tasks: int = 0
     deployment_id: str | None = None
-    orchestrator: Orchestrator = field(default_factory=Orchestrator)
+    # Run ids must not repeat across scenarios sharing a database: crl_results keeps
+    # the first row of a run id. None: this doer's own prefix, unique per scenario.
+    orchestrator: Orchestrator = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.orchestrator is None:
+            self.orchestrator = Orchestrator(run_prefix=f"{self.doer}-{uuid.uuid4().hex[:8]}")
 
     @property
     def policy_id(self) -> str:
