@@ -14,11 +14,18 @@ A deployment is only followed once the policy store knows it (a look-up by id
 in PostgreSQL), so a deployment of another database is never acted on; a
 result or routing naming an unknown deployment is a dead letter. Redelivered
 results and routings are counted once (``canary-seen``).
+
+A timer pauses the deployments of this worker's partitions that have heard
+nothing for longer than their ``max_silence_s`` (``DeploymentState.judge_silence``);
+the time of the last event is kept in the table, so a restart does not reset it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -26,7 +33,7 @@ from agents.app import app
 from agents.codecs import decode
 from agents.dlq import dead_letter, guarded, guarded_batch
 from agents.streams import batches
-from agents.tables import SEPARATOR, DoerPartitions, doer_table
+from agents.tables import SEPARATOR, DoerPartitions, doer_of, doer_table
 from learning.deployments import DeploymentState, Verdict, event_time
 from models.events import Alert, CRLComputed, DecisionMade, PolicyChange, TaskRouted
 from storage.canary import deployment, insert_decisions, insert_routings
@@ -40,6 +47,10 @@ ROUTED = "learning.task-routed"
 CHANGES = "learning.policy-changes"
 BATCH = 1000
 WITHIN_SECONDS = 0.05
+SILENCE_CHECK_S = 1.0  # how often the timer looks for silent deployments
+# After a start or a rebalance the timer waits this long before judging silence,
+# so that events waiting on the topics (a worker down for a while) are read first.
+CATCH_UP_S = 30.0
 
 canary_inputs = app.topic(CRL, ROUTED, CHANGES, key_type=bytes, value_type=bytes)
 decisions = app.topic("learning.decisions", key_type=bytes, value_type=bytes)
@@ -53,6 +64,11 @@ live = doer_table(app, "canary-live", partitions, default=str, help_="Live deplo
 seen = doer_table(
     app, "canary-seen", partitions, default=bool, help_="Counted runs and routings per doer"
 )
+# The partition each doer's events arrive on, plus one (0: never seen): the silence
+# timer judges the deployments of the partitions this worker owns.
+doers = doer_table(app, "canary-doers", partitions, default=int, help_="Doer → source partition")
+# The agent and the timer both load, judge and write deployment states.
+judging = asyncio.Lock()
 
 
 class Batch:
@@ -64,6 +80,12 @@ class Batch:
         self.seen: set[str] = set()
         self.routings: list[TaskRouted] = []
         self.verdicts: list[tuple[DeploymentState, Verdict]] = []
+        self.partitions: dict[str, int] = {}
+
+    def arrived(self, doer: str, event: Any) -> None:
+        """Note the partition an event of this doer arrived on."""
+        partitions.seen(doer, event.message.partition)
+        self.partitions[doer] = event.message.partition
 
     async def state(self, doer: str, deployment_id: str) -> DeploymentState | None:
         """The deployment's state: this batch's, the table's, or new from the policy store."""
@@ -129,6 +151,9 @@ class Batch:
             states[key] = state.to_dict()
         for key in self.seen:
             seen[key] = True
+        for doer, partition in self.partitions.items():
+            if doers[doer] != partition + 1:
+                doers[doer] = partition + 1
 
 
 def _decision(state: DeploymentState, verdict: Verdict) -> DecisionMade:
@@ -156,16 +181,9 @@ def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> 
         "policy_version": decision.candidate_version,
         "message": f"{decision.deployment_id}: {verdict.reason}",
     }
-    if verdict.action == "pause" and verdict.missing_arm is not None:
-        arm = verdict.missing_arm
-        return Alert(
-            kind="missing_data",
-            severity="critical",
-            value=float(state.step_runs[arm]),
-            baseline=float(state.routed[arm]),
-            evidence={"arm": arm, "step": state.step, "routed": dict(state.routed)},
-            **common,
-        )
+    missing = _missing(state, verdict)
+    if verdict.action == "pause" and missing is not None:
+        return Alert(kind="missing_data", severity="critical", **missing, **common)
     if verdict.action == "pause" and verdict.srm is not None:
         srm = verdict.srm
         return Alert(
@@ -189,6 +207,24 @@ def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> 
             evidence={"step": state.awaiting_approval},
             **common,
         )
+    return None
+
+
+def _missing(state: DeploymentState, verdict: Verdict) -> dict[str, Any] | None:
+    """The alert fields of the missing data a verdict found (an arm's, a silence), or None."""
+    arm, silence = verdict.missing_arm, verdict.silence
+    if arm is not None:
+        return {
+            "value": float(state.step_runs[arm]),
+            "baseline": float(state.routed[arm]),
+            "evidence": {"arm": arm, "step": state.step, "routed": dict(state.routed)},
+        }
+    if silence is not None:
+        return {
+            "value": silence.silent_s,
+            "threshold": silence.max_silence_s,
+            "evidence": {"step": state.step, "last_event_at": silence.since.isoformat()},
+        }
     return None
 
 
@@ -223,17 +259,18 @@ async def _take(event: Any, batch: Batch) -> None:
     if topic == CHANGES:
         change = await decode(event, PolicyChange, stage="canary")
         if change is not None:
-            partitions.seen(change.doer, event.message.partition)
+            batch.arrived(change.doer, event)
             await _follow(change, batch)
         return
     if topic == ROUTED:
         routed = await decode(event, TaskRouted, stage="canary")
         if routed is None:
             return
-        partitions.seen(routed.doer, event.message.partition)
+        batch.arrived(routed.doer, event)
         state = await _deployment_of(event, batch, routed.doer, routed.deployment_id)
         if state is None:
             return
+        state.heard(datetime.now(UTC))
         batch.routings.append(routed)  # stored idempotently by event id, counted once
         if batch.first_time(f"{routed.doer}/task/{routed.event_id}"):
             state.route(routed.arm, routed.step)
@@ -241,9 +278,12 @@ async def _take(event: Any, batch: Batch) -> None:
     result = await decode(event, CRLComputed, stage="canary")
     if result is None or result.deployment_id is None or result.replay_id is not None:
         return  # not a deployment's run, or a replay: never counted
-    partitions.seen(result.doer, event.message.partition)
+    batch.arrived(result.doer, event)
     state = await _deployment_of(event, batch, result.doer, result.deployment_id)
-    if state is None or not batch.first_time(f"{result.doer}/run/{result.run_id}"):
+    if state is None:
+        return
+    state.heard(datetime.now(UTC))
+    if not batch.first_time(f"{result.doer}/run/{result.run_id}"):
         return
     if state.observe(result):
         verdict = state.judge(event_time(result))
@@ -270,9 +310,64 @@ async def _deployment_of(
 async def canary(stream: Any) -> None:
     """Fold each batch into the deployments' states, judge, store and emit; ack after all of it."""
     async for events in batches(stream, BATCH, WITHIN_SECONDS):
-        async with guarded_batch(events, stage="canary"):
+        async with judging, guarded_batch(events, stage="canary"):
             batch = Batch()
             for event in events:
                 async with guarded(event, stage="canary"):
                     await _take(event, batch)
             await batch.flush()
+
+
+class CatchUp:
+    """Whether the worker has run undisturbed (no recovery, no rebalance) for ``CATCH_UP_S``."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def ready(self, settled: bool, now: float) -> bool:
+        """Note whether the worker is settled now; whether it has been for long enough."""
+        if not settled:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+        return now - self.since >= CATCH_UP_S
+
+
+catch_up = CatchUp()
+
+
+def _owned_partitions() -> set[int]:
+    """The input partitions this worker actively owns (the inputs are co-partitioned by doer)."""
+    inputs = (CRL, ROUTED, CHANGES)
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in inputs}
+
+
+@app.timer(interval=SILENCE_CHECK_S)
+async def pause_silent_deployments() -> None:
+    """Pause this worker's deployments that have heard nothing for longer than max_silence_s."""
+    if "canary" not in app.agents:  # a worker without the stage (LEARNOPS_STAGES)
+        return
+    try:
+        app.pool  # noqa: B018
+    except RuntimeError:  # the worker has not opened its pool yet
+        return
+    if not catch_up.ready(not (app.in_recovery or app.rebalancing), time.monotonic()):
+        return
+    async with judging:
+        owned = _owned_partitions()
+        now = datetime.now(UTC)
+        batch = Batch()
+        for key, value in list(states.items()):
+            doer = doer_of(key)
+            partition = (doers.get(doer) or 0) - 1
+            if partition not in owned or value.get("ended") or value.get("paused"):
+                continue
+            state = DeploymentState.from_dict(value)
+            verdict = state.judge_silence(now)
+            if verdict is None:
+                continue
+            partitions.seen(doer, partition)  # so the table write finds the doer's partition
+            batch.states[key] = state
+            batch.verdicts.append((state, verdict))
+        await batch.flush()

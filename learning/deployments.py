@@ -21,6 +21,10 @@ Rules on top of :func:`learning.canary.advance`:
   routed tasks at this step are at least ``missing_min_routed`` while fewer
   than ``missing_ratio`` of them have a CRL result, when the other arm has
   results for more than half of its tasks (its bundles are being lost);
+* pause on silence too: a deployment that has heard nothing (no routed task,
+  no CRL result) for longer than ``max_silence_s`` since its last event (or its
+  start, before any) is paused for missing data (:func:`silence`,
+  :meth:`DeploymentState.judge_silence`, asked by the stage's timer);
 * after a final move (promote, rollback) or a pause, nothing more is decided.
 """
 
@@ -72,6 +76,25 @@ def config_of(settings: CanarySettings, steps: list[float]) -> CanaryConfig:
 
 
 @dataclass(frozen=True)
+class Silence:
+    """How long a deployment has heard nothing, past its limit."""
+
+    since: datetime  # its last event (or its start, before any)
+    silent_s: float
+    max_silence_s: float
+
+
+def silence(last_event_at: datetime, now: datetime, max_silence_s: float | None) -> Silence | None:
+    """The silence since ``last_event_at`` when it is longer than ``max_silence_s``, else None."""
+    if max_silence_s is None:
+        return None
+    silent_s = (now - last_event_at).total_seconds()
+    if silent_s <= max_silence_s:
+        return None
+    return Silence(since=last_event_at, silent_s=silent_s, max_silence_s=max_silence_s)
+
+
+@dataclass(frozen=True)
 class Verdict:
     """A move to publish on learning.decisions, with its reason and report."""
 
@@ -82,6 +105,7 @@ class Verdict:
     event_id: uuid.UUID
     srm: SRMResult | None = None
     missing_arm: str | None = None
+    silence: Silence | None = None
 
 
 @dataclass
@@ -104,6 +128,7 @@ class DeploymentState:
     recommended: str | None = None  # the last report's recommendation
     paused: bool = False
     ended: bool = False
+    last_event_at: datetime | None = None  # when the stage last heard of it (routing, result)
 
     # ------------------------------------------------------------------ inputs
 
@@ -150,6 +175,11 @@ class DeploymentState:
             return False
         self.routed[arm] += 1
         return True
+
+    def heard(self, at: datetime) -> None:
+        """Note an event of the deployment (a routed task or a CRL result) received at ``at``."""
+        if self.last_event_at is None or at > self.last_event_at:
+            self.last_event_at = at
 
     def follow(self, routing: DeploymentRouting, mode: Literal["shadow", "canary"]) -> None:
         """Take the store's latest view of the deployment (a step change resets per-step counts)."""
@@ -215,15 +245,7 @@ class DeploymentState:
         if self.ended or self.final is not None or self.paused:
             return None
         config = self.config()
-        started = self.routing.started_at
-        elapsed = (now - started).total_seconds() if started else None
-        decision = evaluate(
-            self.arms["control"],
-            self.arms["candidate"],
-            config,
-            elapsed=elapsed,
-            previous_p_value=self.p_value,
-        )
+        decision = self._evaluate(config, now)
         self.p_value = decision.p_value
         guardrails = self.guardrails(config)
         srm = self.srm(config)
@@ -265,6 +287,48 @@ class DeploymentState:
                 "step_up", reason, decision, guardrails, srm, target_step=step.step_index
             )
         return self._report_due(decision, guardrails, srm, "continue")
+
+    def judge_silence(self, now: datetime) -> Verdict | None:
+        """A pause when the deployment has heard nothing for longer than ``max_silence_s``.
+
+        The silence counts from the last routed task or CRL result, or from the
+        start before any; never for a deployment that ended, was decided or paused.
+        """
+        if self.ended or self.final is not None or self.paused:
+            return None
+        since = max(
+            (t for t in (self.last_event_at, self.routing.started_at) if t is not None),
+            default=None,
+        )
+        found = silence(since, now, self.settings.max_silence_s) if since is not None else None
+        if found is None:
+            return None
+        config = self.config()
+        decision = self._evaluate(config, now)
+        reason = (
+            f"missing data: no routed task or CRL result for {found.silent_s:.0f} s "
+            f"(max_silence_s {found.max_silence_s:g}) since {found.since.isoformat()}"
+        )
+        return self._verdict(
+            "pause",
+            reason,
+            decision,
+            self.guardrails(config),
+            self.srm(config),
+            silence=found,
+        )
+
+    def _evaluate(self, config: CanaryConfig, now: datetime) -> Decision:
+        """The arms compared as of ``now`` (the maximum duration counts from the start)."""
+        started = self.routing.started_at
+        elapsed = (now - started).total_seconds() if started else None
+        return evaluate(
+            self.arms["control"],
+            self.arms["candidate"],
+            config,
+            elapsed=elapsed,
+            previous_p_value=self.p_value,
+        )
 
     def _shadow(
         self, action: str, reason: str, decision: Decision, guardrails: list[GuardrailResult]
@@ -319,6 +383,7 @@ class DeploymentState:
         srm: SRMResult | None = None,
         *,
         missing: str | None = None,
+        silence: Silence | None = None,
         recommendation: str | None = None,
         target_step: int | None = None,
     ) -> Verdict:
@@ -333,7 +398,7 @@ class DeploymentState:
         self.recommended = recommendation or action
         # Stable ids: a replay of the same inputs decides the same event again.
         key = f"{self.deployment_id}:{action}:{step}:{self.results}"
-        report = self.report(decision, guardrails, srm, recommendation or action)
+        report = self.report(decision, guardrails, srm, recommendation or action, silence)
         return Verdict(
             action=action,
             reason=reason,
@@ -342,6 +407,7 @@ class DeploymentState:
             event_id=uuid.uuid5(_DECISION_NAMESPACE, key),
             srm=srm,
             missing_arm=missing,
+            silence=silence,
         )
 
     def report(
@@ -350,6 +416,7 @@ class DeploymentState:
         guardrails: list[GuardrailResult],
         srm: SRMResult | None,
         recommendation: str,
+        silence: Silence | None = None,
     ) -> DecisionReport:
         """Both arms' CRL, the difference and its always-valid uncertainty, and every guardrail."""
         rows = [
@@ -377,6 +444,18 @@ class DeploymentState:
                     critical=False,
                     reason=f"routed {srm.observed}, expected "
                     f"{ {k: round(v, 1) for k, v in srm.expected.items()} }",
+                )
+            )
+        if silence is not None:
+            rows.append(
+                Guardrail(
+                    name="silence",
+                    value=silence.silent_s,
+                    threshold=silence.max_silence_s,
+                    statistic="seconds_since_last_event",
+                    passed=False,
+                    critical=False,
+                    reason=f"no routed task or CRL result since {silence.since.isoformat()}",
                 )
             )
         return DecisionReport(
@@ -421,6 +500,7 @@ class DeploymentState:
             "recommended": self.recommended,
             "paused": self.paused,
             "ended": self.ended,
+            "last_event_at": self.last_event_at.isoformat() if self.last_event_at else None,
         }
 
     @classmethod
@@ -446,6 +526,10 @@ class DeploymentState:
             recommended=data["recommended"],
             paused=data["paused"],
             ended=data["ended"],
+            # States written before the silence rule have no last event time.
+            last_event_at=datetime.fromisoformat(data["last_event_at"])
+            if data.get("last_event_at")
+            else None,
         )
 
 

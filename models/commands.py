@@ -50,6 +50,8 @@ class CanarySettings(ContractModel):
     Relative thresholds are fractions of the control's mean CRL. ``None`` for
     ``max_duration_s`` means no time limit. ``report_every`` is how many CRL
     results of the deployment pass between two periodic reports.
+    ``max_silence_s`` is how long a deployment may hear nothing (no routed task,
+    no CRL result) before it is paused for missing data; ``None`` never pauses.
     """
 
     mode: Literal["superiority", "non_inferiority"] = "superiority"
@@ -60,6 +62,7 @@ class CanarySettings(ContractModel):
     non_inferiority_margin: Annotated[float, Field(ge=0)] = 0.02
     max_duration_s: Annotated[float, Field(gt=0)] | None = 7 * 24 * 3600.0
     report_every: Annotated[int, Field(ge=1)] = 500
+    max_silence_s: Annotated[float, Field(gt=0)] | None = 3600.0
     guardrails: bool = True  # check learning.canary.DEFAULT_GUARDRAILS
     # Shadow only: once the shadow passes, move it to canary (default steps) without
     # waiting for a start_canary command.

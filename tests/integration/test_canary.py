@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -114,6 +115,23 @@ async def test_a_worse_candidate_is_rolled_back(
     assert (live.version, live.deployment) == (1, None)
 
 
+async def alerts(settings: Any, doer: str, deployment_id: str) -> list[Alert]:
+    """The alerts raised for a deployment."""
+    records = await read_from_start(settings, "learning.alerts")
+    found = [Alert.from_json(r.value) for r in records if r.key == doer.encode()]
+    return [a for a in found if a.deployment_id == deployment_id]
+
+
+async def assert_paused(db: Any, router: Router, doer: str, deployment_id: str) -> None:
+    """The policy store paused the deployment, and the router sees it paused."""
+    live = await router.wait_for(doer, lambda c: c.change == "paused")
+    assert live.deployment is not None and live.deployment.paused
+    assert await db.fetchval(
+        "SELECT paused_at IS NOT NULL FROM shadow_deployments WHERE deployment_id = $1",
+        deployment_id,
+    )
+
+
 async def test_a_biased_router_pauses_the_canary_and_alerts(
     worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
 ) -> None:
@@ -125,19 +143,10 @@ async def test_a_biased_router_pauses_the_canary_and_alerts(
     assert len(pauses) == 1 and "sample ratio mismatch" in pauses[0].reason, worker.tail()
     srm = next(g for g in pauses[0].report["guardrails"] if g["name"] == "sample_ratio")
     assert not srm["passed"] and srm["value"] < 0.001
-    live = await router.wait_for(run.doer, lambda c: c.change == "paused")
-    assert live.deployment is not None and live.deployment.paused
-    assert await db.fetchval(
-        "SELECT paused_at IS NOT NULL FROM shadow_deployments WHERE deployment_id = $1",
-        deployment_id,
+    await assert_paused(db, router, run.doer, deployment_id)
+    found = await eventually(
+        partial(alerts, settings, run.doer, deployment_id), lambda a: len(a) > 0
     )
-
-    async def alerts() -> list[Alert]:
-        records = await read_from_start(settings, "learning.alerts")
-        found = [Alert.from_json(r.value) for r in records if r.key == run.doer.encode()]
-        return [a for a in found if a.deployment_id == deployment_id]
-
-    found = await eventually(alerts, lambda a: len(a) > 0)
     assert [(a.kind, a.severity) for a in found] == [("sample_ratio_mismatch", "critical")]
     assert found[0].value is not None and found[0].value < 0.001
 
@@ -265,3 +274,33 @@ async def test_a_policy_change_delivered_again_does_not_end_the_live_canary(
     )
     assert last_counts(found) == stored, worker.tail()
     assert sum(stored.values()) == 400
+
+
+async def test_a_canary_that_stops_hearing_anything_is_paused_once_and_alerts(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, router: Router, key: SigningKey
+) -> None:
+    run = scenario(db, producer, router, key, "Silent", 0.8)
+    await run.setup()
+    quiet = CanarySettings(min_sample_size=100_000, report_every=50, max_silence_s=3.0)
+    deployment_id = await run.start_canary(2, quiet, [0.5])
+    await run.publish_tasks(run.simulator(), 100)  # some traffic, then none
+    found = await eventually(
+        run.decisions, lambda d: any(x.action == "pause" for x in d), timeout=120
+    )
+    pauses = [d for d in found if d.action == "pause"]
+    assert len(pauses) == 1 and "missing data" in pauses[0].reason, worker.tail()
+    assert "no routed task or CRL result" in pauses[0].reason
+    row = next(g for g in pauses[0].report["guardrails"] if g["name"] == "silence")
+    assert row["value"] > 3.0 and row["threshold"] == 3.0 and not row["passed"]
+    # The silence began after the traffic: every run was counted before the pause.
+    assert pauses[0].report["control_count"] + pauses[0].report["candidate_count"] == 100
+    await assert_paused(db, router, run.doer, deployment_id)
+    of_deployment = partial(alerts, settings, run.doer, deployment_id)
+    raised = await eventually(of_deployment, lambda a: len(a) > 0)
+    assert [(a.kind, a.severity, a.threshold) for a in raised] == [
+        ("missing_data", "critical", 3.0)
+    ]
+    # The silence goes on: still one pause and one alert some ticks later.
+    await asyncio.sleep(4)
+    assert [d.action for d in await run.decisions()].count("pause") == 1
+    assert len(await of_deployment()) == 1

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from learning.crl import compute_crl
-from learning.deployments import DeploymentState
+from learning.deployments import DeploymentState, silence
 from learning.routing import assign, route
 from models.commands import CanarySettings
 from models.crl import CRLTerms
@@ -133,6 +133,74 @@ def test_bundles_missing_from_one_arm_pause_the_canary() -> None:
             state.observe(result("control", 0.3, i))
     verdict = state.judge(START)
     assert verdict is not None and verdict.action == "pause" and verdict.missing_arm == "candidate"
+
+
+def silent(max_silence_s: float | None = 600.0, **changes: Any) -> DeploymentState:
+    """A canary with traffic until START + 10 s, then nothing."""
+    settings = SETTINGS.model_copy(update={"max_silence_s": max_silence_s})
+    state = DeploymentState("Doer", routing(canary=settings, **changes), "canary")
+    for i in range(20):
+        state.route("control", 0)
+        state.observe(result("control", 0.3, i))
+        state.heard(START + timedelta(seconds=i / 2))
+    return state
+
+
+def test_silence_pauses_only_past_max_silence_s() -> None:
+    last = START + timedelta(seconds=10)
+    assert silence(last, last + timedelta(seconds=600), 600.0) is None
+    found = silence(last, last + timedelta(seconds=600.5), 600.0)
+    assert found is not None and (found.silent_s, found.max_silence_s) == (600.5, 600.0)
+    assert silence(last, last + timedelta(days=30), None) is None  # None: never pauses
+
+
+def test_a_silent_canary_is_paused_once_with_the_silence_in_its_report() -> None:
+    state = silent()
+    last = START + timedelta(seconds=9.5)
+    assert state.judge_silence(last + timedelta(seconds=599)) is None
+    assert not state.paused
+    verdict = state.judge_silence(last + timedelta(seconds=601))
+    assert verdict is not None and verdict.action == "pause"
+    assert "missing data" in verdict.reason and "601 s" in verdict.reason
+    assert verdict.silence is not None and verdict.missing_arm is None
+    row = next(g for g in verdict.report.guardrails if g.name == "silence")
+    assert (row.value, row.threshold, row.passed) == (601.0, 600.0, False)
+    assert verdict.report.control_count == 20
+    assert state.paused  # once per silence: a later tick finds it paused
+    assert state.judge_silence(last + timedelta(seconds=1200)) is None
+
+
+def test_an_event_restarts_the_silence_and_survives_the_table_round_trip() -> None:
+    state = silent()
+    state.heard(START + timedelta(seconds=500))
+    state.heard(START + timedelta(seconds=400))  # late and out of order: the latest stays
+    again = DeploymentState.from_dict(state.to_dict())
+    assert again.last_event_at == START + timedelta(seconds=500)
+    assert again.judge_silence(START + timedelta(seconds=1099)) is None
+    assert again.judge_silence(START + timedelta(seconds=1101)) is not None
+
+
+def test_a_deployment_that_never_heard_anything_counts_from_its_start() -> None:
+    settings = SETTINGS.model_copy(update={"max_silence_s": 60.0})
+    state = DeploymentState("Doer", routing(canary=settings), "canary")
+    assert state.judge_silence(START + timedelta(seconds=59)) is None
+    verdict = state.judge_silence(START + timedelta(seconds=61))
+    assert verdict is not None and verdict.silence is not None
+    assert verdict.silence.since == START
+
+
+def test_an_ended_paused_or_decided_deployment_is_never_paused_for_silence() -> None:
+    later = START + timedelta(days=1)
+    ended = silent()
+    ended.ended = True
+    assert ended.judge_silence(later) is None
+    paused = silent(paused=True)
+    paused.follow(paused.routing, "canary")
+    assert paused.paused and paused.judge_silence(later) is None
+    decided = silent()
+    decided.final = "rollback"
+    assert decided.judge_silence(later) is None
+    assert silent(max_silence_s=None).judge_silence(later) is None
 
 
 def test_replays_and_shadow_runs_do_not_count_in_a_canary() -> None:
