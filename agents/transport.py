@@ -77,11 +77,15 @@ The transport is chosen by the broker URL scheme ``learnops-kafka://host:port``
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger(__name__)
 
 #: URL scheme that selects this transport in Faust's ``broker`` setting.
 SCHEME = "learnops-kafka"
@@ -92,6 +96,9 @@ FETCH_WAIT_BUSY_MS = 10
 FETCH_WAIT_IDLE_MS = 1500
 #: Longest a poll waits while a partition is held back because its stream buffer is full.
 BUFFER_PRESSURE_POLL_S = 0.01
+
+#: Longest a stop or rebalance waits for in-flight messages before it commits what is acked.
+WAIT_EMPTY_S = 8.0
 
 #: Faust ``producer_linger``: how long a produce batch may wait for more records.
 PRODUCER_LINGER_S = 0.005
@@ -171,6 +178,26 @@ class Consumer(faust_aiokafka.Consumer):
                 return None
         found: int | None = super()._new_offset(tp)
         return found
+
+    async def wait_empty(self) -> None:
+        """Wait for in-flight messages to be acked, for at most ``WAIT_EMPTY_S``, then commit.
+
+        Faust waits without end. A message that no stream will ack any more (seen
+        at shutdown: one ``learning.run-completed`` record, every agent idle) kept a
+        stopping worker alive until it was killed; a killed worker does not leave
+        its consumer group, and the rebalance that follows its session timeout
+        cost events. After the bound, offsets are committed up to the first
+        unacked message only (:meth:`_new_offset`), so what was not acked is
+        processed again by the partition's next owner.
+        """
+        try:
+            await asyncio.wait_for(super().wait_empty(), timeout=WAIT_EMPTY_S)
+        except TimeoutError:
+            unacked = sorted((m.tp.topic, m.tp.partition, m.offset) for m in self._unacked_messages)
+            log.warning(
+                "wait_empty gave up after %.0f s; left uncommitted: %s", WAIT_EMPTY_S, unacked[:20]
+            )
+            await self.commit_and_end_transactions()
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         """Poll for records; for at most 10 ms while a partition is held back for pressure."""
