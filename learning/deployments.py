@@ -20,7 +20,8 @@ Rules on top of :func:`learning.canary.advance`:
   a shadow mirrors, it does not split) and on missing data: an arm whose
   routed tasks at this step are at least ``missing_min_routed`` while fewer
   than ``missing_ratio`` of them have a CRL result, when the other arm has
-  results for more than half of its tasks (its bundles are being lost);
+  results for more than half of its tasks (its bundles are being lost), for
+  ``MISSING_GRACE_S`` in a row (results trail routings; a burst is no loss);
 * pause on silence too: a deployment that has heard nothing (no routed task,
   no CRL result) for longer than ``max_silence_s`` since its last event (or its
   start, before any) is paused for missing data (:func:`silence`,
@@ -58,6 +59,9 @@ Move = Literal["step_up", "promote", "rollback", "pause", "report"]
 # Missing data: see the module notes.
 MISSING_MIN_ROUTED = 100
 MISSING_RATIO = 0.1
+# ...for at least this long: results trail their routings by a batch or two of
+# the CRL stage, and under load a burst of routings alone looks like a lost arm.
+MISSING_GRACE_S = 30.0
 _DECISION_NAMESPACE = uuid.UUID("0c5e7d62-3f1a-4c1e-9a77-52a4c1d0e8b1")
 
 
@@ -129,6 +133,7 @@ class DeploymentState:
     paused: bool = False
     ended: bool = False
     last_event_at: datetime | None = None  # when the stage last heard of it (routing, result)
+    missing_since: datetime | None = None  # when an arm's results first fell short
 
     # ------------------------------------------------------------------ inputs
 
@@ -250,7 +255,13 @@ class DeploymentState:
         guardrails = self.guardrails(config)
         srm = self.srm(config)
         missing = self.missing_arm()
-        if missing is not None:
+        since = None if missing is None else min(self.missing_since or now, now)
+        self.missing_since = since
+        if (
+            missing is not None
+            and since is not None
+            and (now - since).total_seconds() >= MISSING_GRACE_S
+        ):
             reason = (
                 f"missing data: {self.routed[missing]} {missing} tasks routed at step "
                 f"{self.step} but only {self.step_runs[missing]} CRL results arrived"
@@ -501,6 +512,7 @@ class DeploymentState:
             "paused": self.paused,
             "ended": self.ended,
             "last_event_at": self.last_event_at.isoformat() if self.last_event_at else None,
+            "missing_since": self.missing_since.isoformat() if self.missing_since else None,
         }
 
     @classmethod
@@ -529,6 +541,9 @@ class DeploymentState:
             # States written before the silence rule have no last event time.
             last_event_at=datetime.fromisoformat(data["last_event_at"])
             if data.get("last_event_at")
+            else None,
+            missing_since=datetime.fromisoformat(data["missing_since"])
+            if data.get("missing_since")
             else None,
         )
 

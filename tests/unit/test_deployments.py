@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from learning.crl import compute_crl
-from learning.deployments import DeploymentState, silence
+from learning.deployments import MISSING_GRACE_S, DeploymentState, silence
 from learning.routing import assign, route
 from models.commands import CanarySettings
 from models.crl import CRLTerms
@@ -131,8 +131,30 @@ def test_bundles_missing_from_one_arm_pause_the_canary() -> None:
         state.route(arm, 1)
         if arm == "control":
             state.observe(result("control", 0.3, i))
-    verdict = state.judge(START)
+    # A shortfall is only missing data once it has lasted MISSING_GRACE_S.
+    assert not pauses(state.judge(START))
+    assert not pauses(state.judge(START + timedelta(seconds=MISSING_GRACE_S - 1)))
+    restored = DeploymentState.from_dict(state.to_dict())  # the clock survives a restart
+    verdict = restored.judge(START + timedelta(seconds=MISSING_GRACE_S))
     assert verdict is not None and verdict.action == "pause" and verdict.missing_arm == "candidate"
+
+
+def test_results_that_catch_up_within_the_grace_period_pause_nothing() -> None:
+    state = DeploymentState("Doer", routing(step=1), "canary")
+    for i in range(300):  # a burst of routings, results not there yet for the candidate
+        arm = "candidate" if i % 2 else "control"
+        state.route(arm, 1)
+        if arm == "control":
+            state.observe(result("control", 0.3, i))
+    assert not pauses(state.judge(START))
+    for i in range(150):  # then they arrive
+        state.observe(result("candidate", 0.3, 1000 + i))
+    assert not pauses(state.judge(START + timedelta(seconds=MISSING_GRACE_S + 5)))
+    assert state.missing_since is None
+
+
+def pauses(verdict: Any) -> bool:
+    return verdict is not None and verdict.action == "pause"
 
 
 def silent(max_silence_s: float | None = 600.0, **changes: Any) -> DeploymentState:
