@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -169,16 +170,36 @@ async def topics_describe(self: GroupedCommand, as_json: bool) -> None:
         fail("the cluster does not match topics.yaml; run `learnops topics create`")
 
 
+#: ``--json`` for commands that can print JSON instead of tables.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@asynccontextmanager
+async def database(self: GroupedCommand) -> AsyncIterator[Any]:
+    """A small PostgreSQL pool for one command, closed when it is done."""
+    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def split_ref(text: str) -> tuple[str, int | None]:
+    """Split ``NAME@VERSION``; ``NAME`` alone, or a non-numeric suffix, gives version None."""
+    name, sep, version = text.rpartition("@")
+    if sep and version.isdigit() and name:
+        return name, int(version)
+    return text, None
+
+
 @command(db, "migrate")
 async def db_migrate(self: GroupedCommand) -> None:
     """Apply pending SQL migrations (each once, in a transaction, checksum-guarded)."""
-    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
-    try:
-        report = await migrate(pool)
-    except MigrationError as exc:
-        fail(str(exc))
-    finally:
-        await pool.close()
+    async with database(self) as pool:
+        try:
+            report = await migrate(pool)
+        except MigrationError as exc:
+            fail(str(exc))
     for name in report.applied:
         self.say(f"applied   {name}")
     self.say(f"{len(report.applied)} applied, {len(report.already)} already applied")

@@ -10,42 +10,19 @@ refuses any later change to what it froze.
 from __future__ import annotations
 
 import getpass
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import click
 import orjson
 from faust.cli import base as faust_cli
 
-from agents.cli import GroupedCommand, command, fail
+from agents.cli import GroupedCommand, command, database, fail, json_option, split_ref
 from storage import datasets as store
-from storage.pool import create_pool
 
 
 @faust_cli.cli.group()
 def dataset() -> None:
     """Curated datasets (DOER/PHASE) and golden datasets: list, show, samples, freeze, verify."""
-
-
-_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-@asynccontextmanager
-async def _pool(self: GroupedCommand) -> AsyncIterator[Any]:
-    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-def parse_golden(text: str) -> tuple[str, int | None]:
-    """Split ``NAME@VERSION`` into its parts; ``NAME`` alone gives version None."""
-    name, sep, version = text.rpartition("@")
-    if sep and version.isdigit() and name:
-        return name, int(version)
-    return text, None
 
 
 def _dump(value: Any) -> str:
@@ -56,10 +33,10 @@ def _rejects(rejected: dict[str, int]) -> str:
     return ", ".join(f"{kind}={n}" for kind, n in sorted(rejected.items())) or "none"
 
 
-@command(dataset, "list", _json)
+@command(dataset, "list", json_option)
 async def dataset_list(self: GroupedCommand, as_json: bool) -> None:
     """Every dataset with its clean rate and rejects by reason, and every golden dataset."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         found = await store.list_datasets(pool)
         goldens = await store.list_golden(pool)
     if as_json:
@@ -88,11 +65,11 @@ async def dataset_list(self: GroupedCommand, as_json: bool) -> None:
             )
 
 
-@command(dataset, "show", click.argument("name"), _json)
+@command(dataset, "show", click.argument("name"), json_option)
 async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
     """A dataset's statistics (clean rate, rejects by reason), or a golden dataset's versions."""
-    golden_name, version = parse_golden(name)
-    async with _pool(self) as pool:
+    golden_name, version = split_ref(name)
+    async with database(self) as pool:
         summary = await store.dataset_summary(pool, name)
         versions = await store.golden_versions(pool, golden_name)
     versions = [v for v in versions if version is None or v.version == version]
@@ -140,14 +117,14 @@ async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
         default="all",
         show_default=True,
     ),
-    _json,
+    json_option,
 )
 async def dataset_samples(
     self: GroupedCommand, name: str, limit: int, only: str, as_json: bool
 ) -> None:
     """A dataset's latest samples: verdict, reason, labels and the (redacted) content."""
     accepted = {"all": None, "accepted": True, "rejected": False}[only]
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         rows = await store.dataset_samples(pool, name, limit=limit, accepted=accepted)
     if as_json:
         self.say(_dump([dict(r) for r in rows]))
@@ -181,7 +158,7 @@ async def dataset_samples(
 )
 async def dataset_freeze(self: GroupedCommand, name: str, golden: str, actor: str) -> None:
     """Freeze dataset NAME's accepted samples as the next version of golden dataset GOLDEN."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         try:
             frozen = await store.freeze(pool, name, golden, actor=actor)
         except store.GoldenError as exc:
@@ -192,11 +169,11 @@ async def dataset_freeze(self: GroupedCommand, name: str, golden: str, actor: st
     )
 
 
-@command(dataset, "verify", click.argument("golden"), _json)
+@command(dataset, "verify", click.argument("golden"), json_option)
 async def dataset_verify(self: GroupedCommand, golden: str, as_json: bool) -> None:
     """Recompute GOLDEN[@VERSION]'s content hashes and manifest hash; exit 1 on any mismatch."""
-    name, version = parse_golden(golden)
-    async with _pool(self) as pool:
+    name, version = split_ref(golden)
+    async with database(self) as pool:
         try:
             frozen, result = await store.verify_golden(pool, name, version)
         except store.GoldenError as exc:

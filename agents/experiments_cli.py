@@ -12,8 +12,8 @@ import click
 import orjson
 from faust.cli import base as faust_cli
 
-from agents.cli import GroupedCommand, command, fail
-from agents.policy_cli import COMMANDS_TOPIC, _dump, _find, _pool, _send, _when
+from agents.cli import GroupedCommand, command, database, fail, json_option
+from agents.policy_cli import COMMANDS_TOPIC, _dump, _find, _send, _when
 from agents.replay_executor import serve
 from learning.experiments import STATUSES, parse_seeds, split_versioned
 from learning.replay import replay_id
@@ -34,7 +34,6 @@ def experiment() -> None:
     """The experiment registry: create, show and list experiments."""
 
 
-_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 _actor = click.option(
     "--actor", default=lambda: getpass.getuser(), show_default="the current user", help="Who asks."
 )
@@ -141,7 +140,7 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
     click.option("--timeout", type=float, default=None, help="Seconds the tasks may take."),
     click.option("--wait", "wait_s", type=float, default=None, help="Seconds to wait here."),
     _actor,
-    _json,
+    json_option,
 )
 async def replay_run(
     self: GroupedCommand,
@@ -156,7 +155,7 @@ async def replay_run(
 ) -> None:
     """Replay a policy and the doer's active policy on a golden dataset; print the verdict."""
     seed_list = _seeds(seeds)
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         policy = await _find(pool, policy_ref)
         try:
             name, version = split_versioned(dataset)
@@ -205,10 +204,10 @@ def _finished(row: Any) -> bool:
     return bool(row["status"] == "incomplete" or row["verdict"] is not None)
 
 
-@command(replay, "show", click.argument("replay_id"), _json)
+@command(replay, "show", click.argument("replay_id"), json_option)
 async def replay_show(self: GroupedCommand, replay_id: str, as_json: bool) -> None:
     """A replay's per-seed results, summary, control and verdict."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         report = await replay_report(pool, replay_id)
     if report is None:
         fail(f"no replay {replay_id}")
@@ -253,7 +252,7 @@ async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
     click.option("--deploy", type=click.Choice(("shadow", "canary")), default="shadow"),
     click.option("--reason", default="learnops experiment create", show_default=True),
     _actor,
-    _json,
+    json_option,
 )
 async def experiment_create(
     self: GroupedCommand,
@@ -275,7 +274,7 @@ async def experiment_create(
     With --request it answers that experiment request (a learning trigger's),
     which the experiments stage then closes.
     """
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         policy = await _find(pool, policy_ref)
         request = await _request(pool, request_id) if request_id else None
     if request is not None:
@@ -355,10 +354,10 @@ async def experiment_report(pool: Any, experiment_id: str) -> dict[str, Any] | N
     }
 
 
-@command(experiment, "show", click.argument("experiment_id"), _json)
+@command(experiment, "show", click.argument("experiment_id"), json_option)
 async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: bool) -> None:
     """An experiment: its candidate and control, replay, status and every transition."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         report = await experiment_report(pool, experiment_id)
     if report is None:
         fail(f"no experiment {experiment_id}")
@@ -395,13 +394,13 @@ async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: boo
     click.option("--doer", default=None),
     click.option("--status", type=click.Choice(STATUSES), default=None),
     click.option("--limit", type=int, default=100, show_default=True),
-    _json,
+    json_option,
 )
 async def experiment_list(
     self: GroupedCommand, doer: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """Experiments, newest first."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         rows = await store.list_experiments(pool, doer=doer, status=status, limit=limit)
     items = [
         {
@@ -466,7 +465,7 @@ def _request_report(row: Any) -> dict[str, Any]:
     click.option("--doer", default=None),
     click.option("--all", "include_closed", is_flag=True, help="Closed requests too."),
     click.option("--limit", type=int, default=100, show_default=True),
-    _json,
+    json_option,
 )
 async def experiment_requests(
     self: GroupedCommand, doer: str | None, include_closed: bool, limit: int, as_json: bool
@@ -475,7 +474,7 @@ async def experiment_requests(
 
     Answer one with `learnops experiment create --request ID --policy CANDIDATE`.
     """
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         rows = await list_requests(pool, doer=doer, include_closed=include_closed, limit=limit)
     items = [{**_request_report(r), "experiment_status": r["answered_status"]} for r in rows]
     if as_json:

@@ -18,8 +18,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from faust.cli import base as faust_cli
 
-from agents.cli import GroupedCommand, command, fail
+from agents.cli import GroupedCommand, command, database, fail, json_option, split_ref
 from learning.signing import (
     CanonicalJSONError,
     PublicKey,
@@ -50,7 +48,6 @@ from models.commands import (
     StartShadow,
 )
 from storage import policies as store
-from storage.pool import create_pool
 
 COMMANDS_TOPIC = "learning.commands"
 
@@ -79,28 +76,10 @@ _wait = click.option(
 _timeout = click.option(
     "--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait."
 )
-_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-@asynccontextmanager
-async def _pool(self: GroupedCommand) -> AsyncIterator[Any]:
-    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-def parse_ref(text: str) -> tuple[str, int | None]:
-    """Split ``POLICY_ID@VERSION`` into its parts; ``POLICY_ID`` alone gives version None."""
-    policy_id, sep, version = text.rpartition("@")
-    if sep and version.isdigit() and policy_id:
-        return policy_id, int(version)
-    return text, None
 
 
 async def _find(pool: Any, ref: str) -> store.PolicyRecord:
-    policy_id, version = parse_ref(ref)
+    policy_id, version = split_ref(ref)
     found = await store.find_policy(pool, policy_id, version)
     if found is None:
         fail(f"no policy {ref} is registered")
@@ -234,10 +213,10 @@ async def policy_register(
         fail(f"{file}: {exc}")
         raise
     policy_id = policy_id or doer
-    parent_id, parent_version = parse_ref(parent) if parent else (None, None)
+    parent_id, parent_version = split_ref(parent) if parent else (None, None)
     if parent and parent_version is None:
         fail(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         allowed = (await store.load_keyring(pool)).check_signing_key(key)
         if not allowed:
             fail(f"key {key.key_id} cannot sign: {allowed.reason}")
@@ -280,7 +259,7 @@ async def policy_shadow(
     timeout: float,
 ) -> None:
     """Start mirroring a share of the doer's tasks to draft REF (outputs recorded, never served)."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         found = await _find(pool, ref)
         event = StartShadow(
             doer=found.doer,
@@ -324,7 +303,7 @@ async def policy_canary(
     except ValueError:
         fail(f"--steps {steps!r} must be comma-separated numbers, e.g. 0.05,0.25,0.5")
         raise
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         found = await _find(pool, ref)
         event = StartCanary(
             doer=found.doer,
@@ -363,7 +342,7 @@ async def policy_promote(
     """Make REF its doer's active policy; the previous active version is archived."""
     if force and not reason:
         fail("--force needs --reason: a skipped step is recorded with why")
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         found = await _find(pool, ref)
         event = PromotePolicy(
             doer=found.doer,
@@ -399,7 +378,7 @@ async def policy_rollback(
     timeout: float,
 ) -> None:
     """End the shadow or canary of REF (or --doer's live candidate); traffic returns to active."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         policy_id: str | None = None
         version: int | None = None
         if ref:
@@ -432,7 +411,7 @@ async def policy_archive(
     self: GroupedCommand, ref: str, reason: str, actor: str, wait: bool, timeout: float
 ) -> None:
     """Withdraw draft REF; it is kept, and never deployed."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         found = await _find(pool, ref)
         event = ArchivePolicy(
             doer=found.doer,
@@ -453,13 +432,13 @@ async def policy_archive(
     click.option("--doer", default=None),
     click.option("--status", default=None),
     click.option("--limit", type=int, default=200, show_default=True),
-    _json,
+    json_option,
 )
 async def policy_list(
     self: GroupedCommand, doer: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List policy versions, newest first."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         found = await store.list_policies(pool, doer=doer, status=status, limit=limit)
     if as_json:
         self.say(_dump([{k: v for k, v in r.__dict__.items() if k != "artifact"} for r in found]))
@@ -471,10 +450,10 @@ async def policy_list(
         )
 
 
-@command(policy, "show", click.argument("ref"), _json)
+@command(policy, "show", click.argument("ref"), json_option)
 async def policy_show(self: GroupedCommand, ref: str, as_json: bool) -> None:
     """Show a version: provenance, signature, artifact and its audit trail."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         found = await _find(pool, ref)
         trail = await store.promotions(pool, policy_id=found.policy_id, version=found.version)
     if as_json:
@@ -525,11 +504,11 @@ def _parse_time(text: str) -> datetime:
     "history",
     click.argument("doer"),
     click.option("--at", "at", default=None, help="Only the version live at this ISO time."),
-    _json,
+    json_option,
 )
 async def policy_history(self: GroupedCommand, doer: str, at: str | None, as_json: bool) -> None:
     """Show which version was live for DOER over time (or at one moment), and the audit trail."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         if at is not None:
             moment = _parse_time(at)
             live = await store.live_at(pool, doer, moment)
@@ -561,7 +540,7 @@ async def policy_history(self: GroupedCommand, doer: str, at: str | None, as_jso
 @command(policy, "diff", click.argument("a"), click.argument("b"))
 async def policy_diff(self: GroupedCommand, a: str, b: str) -> None:
     """Show how artifact B differs from A (each a POLICY_ID@VERSION or a JSON/YAML file)."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         left = await _artifact_of(pool, a)
         right = await _artifact_of(pool, b)
     try:
@@ -587,7 +566,7 @@ async def _artifact_of(pool: Any, ref: str) -> Any:
     "lineage",
     click.argument("ref", required=False),
     click.option("--dataset", default=None, help="Every version trained on this dataset instead."),
-    _json,
+    json_option,
 )
 async def policy_lineage(
     self: GroupedCommand, ref: str | None, dataset: str | None, as_json: bool
@@ -595,7 +574,7 @@ async def policy_lineage(
     """Show datasets → experiment → version (and its ancestors) → promotions, in one query."""
     if bool(ref) == bool(dataset):
         fail("name a version (REF) or a --dataset, not both")
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         if dataset:
             chain = await store.dataset_lineage(pool, dataset)
         else:
@@ -636,7 +615,7 @@ async def policy_lineage(
 async def keys_generate(self: GroupedCommand, out: Path, note: str, actor: str) -> None:
     """Create an Ed25519 signing key: the private half to OUT, the public half to the keyring."""
     key = generate_key()
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         try:
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -667,15 +646,15 @@ async def keys_add(self: GroupedCommand, public_pem: Path, note: str, actor: str
     except ValueError as exc:
         fail(f"{public_pem}: {exc}")
         raise
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         record = await store.add_signing_key(pool, public_key, created_by=actor, note=note)
     self.say(f"key {record.key_id} trusted ({record.status})")
 
 
-@command(keys, "list", _json)
+@command(keys, "list", json_option)
 async def keys_list(self: GroupedCommand, as_json: bool) -> None:
     """List the keyring: every key, and whether it is active, retired or revoked."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         found = await store.signing_keys(pool)
     if as_json:
         self.say(_dump(found))
@@ -692,7 +671,7 @@ async def keys_list(self: GroupedCommand, as_json: bool) -> None:
 @command(keys, "retire", click.argument("key_id"))
 async def keys_retire(self: GroupedCommand, key_id: str) -> None:
     """Stop KEY_ID vouching for new registrations; versions it signed before still deploy."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         record = await store.retire_signing_key(pool, key_id)
     if record is None:
         fail(f"no key {key_id} in the keyring")
@@ -703,7 +682,7 @@ async def keys_retire(self: GroupedCommand, key_id: str) -> None:
 @command(keys, "revoke", click.argument("key_id"), click.option("--reason", required=True))
 async def keys_revoke(self: GroupedCommand, key_id: str, reason: str) -> None:
     """Distrust KEY_ID: nothing it signed moves to shadow, canary or active again."""
-    async with _pool(self) as pool:
+    async with database(self) as pool:
         record = await store.revoke_signing_key(pool, key_id, note=reason)
     if record is None:
         fail(f"no key {key_id} in the keyring")

@@ -16,10 +16,9 @@ from faust.cli import base as faust_cli
 from rich.console import Console
 from rich.table import Table
 
-from agents.cli import GroupedCommand, command, fail
+from agents.cli import GroupedCommand, command, database, fail, json_option
 from agents.demo import demo
 from models.events import SkillCard
-from storage.pool import create_pool
 from storage.skills import card_history, current_card, current_cards, open_requests
 
 
@@ -178,16 +177,13 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
 )
 async def skills_show(self: GroupedCommand, doer: str, as_json: bool, history: int) -> None:
     """Show a doer's current skill card."""
-    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
-    try:
+    async with database(self) as pool:
         card = await current_card(pool, doer)
         if card is None:
             fail(f"no skill card for {doer!r} yet (does the worker see its runs?)")
             return
         requests = await open_requests(pool, doer)
         earlier = await card_history(pool, doer, history + 1) if history else []
-    finally:
-        await pool.close()
     if as_json:
         self.say(orjson.dumps(card.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
         return
@@ -197,14 +193,11 @@ async def skills_show(self: GroupedCommand, doer: str, as_json: bool, history: i
         console.print(cards_table(earlier[1:], title=f"Earlier cards of {doer}, newest first"))
 
 
-@command(skills, "list", click.option("--json", "as_json", is_flag=True, help="Print JSON."))
+@command(skills, "list", json_option)
 async def skills_list(self: GroupedCommand, as_json: bool) -> None:
     """List every doer's current skill card."""
-    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
-    try:
+    async with database(self) as pool:
         cards = await current_cards(pool)
-    finally:
-        await pool.close()
     if as_json:
         rows = [c.model_dump(mode="json") for c in cards]
         self.say(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
@@ -220,8 +213,7 @@ async def skills_list(self: GroupedCommand, as_json: bool) -> None:
 )
 async def demo_skills(self: GroupedCommand, timeout: float, min_runs: int) -> None:
     """Show every doer's skill card, and the worst doer's in full."""
-    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
-    try:
+    async with database(self) as pool:
         deadline = time.monotonic() + timeout
         cards = await current_cards(pool)
         while not any(c.runs >= min_runs for c in cards) and time.monotonic() < deadline:
@@ -232,8 +224,6 @@ async def demo_skills(self: GroupedCommand, timeout: float, min_runs: int) -> No
             return
         worst = max(cards, key=lambda c: (c.mean_crl or 0.0, c.doer))
         requests = await open_requests(pool, worst.doer)
-    finally:
-        await pool.close()
     console = Console(file=self.stdout, width=160)
     console.print(cards_table(cards))
     print_card(console, worst, requests)
