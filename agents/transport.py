@@ -71,6 +71,15 @@ offset is unacked. Faust 0.15.3 checks ``first acked − committed > 1`` althoug
 its committed offset is already the next to read, so a single unacked message
 followed by acked ones was committed past and never redelivered.
 
+Records fetched but never delivered
+-----------------------------------
+Faust counts an offset jump between two delivered records as a gap with
+nothing stored in it, and commits past it; records it fetched and then dropped
+(around the seek that ends a rebalance, or a fetched batch cut short when the
+flow stops) were lost that way. :class:`agents.offsets.OffsetGuard` stands
+between the fetched records and the delivery loop and fetches them again; see
+agents/offsets.py.
+
 The transport is chosen by the broker URL scheme ``learnops-kafka://host:port``
 (:func:`broker_urls`).
 """
@@ -78,12 +87,17 @@ The transport is chosen by the broker URL scheme ``learnops-kafka://host:port``
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from agents.offsets import OffsetGuard, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +166,95 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return records
 
 
+def guarded_topics(app: Any) -> frozenset[str]:
+    """The app's topics whose offsets have no gaps: every catalogue topic that is not compacted."""
+    catalog = getattr(app, "catalog", None)
+    if catalog is None:
+        return frozenset()
+    return frozenset(
+        name
+        for name, spec in catalog.topics.items()
+        if "compact" not in str(spec.configs.get("cleanup.policy", "delete"))
+    )
+
+
 class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer on :class:`ConsumerThread`, polling briefly under pressure."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._guard: OffsetGuard[TP] = OffsetGuard()
+        self._guarded = guarded_topics(self.app)
+        self._fetched_epochs: dict[TP, int] = {}
+        self._seeking = 0
+        self._seek_done = asyncio.Event()
+        self._seek_done.set()
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        """Seek every assigned partition to its committed offset; tell the guard which moved."""
+        self._seeking += 1
+        self._seek_done.clear()
+        try:
+            found: Mapping[Any, int] = await super().seek_to_committed()
+            # aiokafka moves only the partitions with a committed offset above zero.
+            moved = {tp: offset for tp, offset in found.items() if offset and offset > 0}
+            self._guard.sought(moved)
+            return found
+        finally:
+            self._seeking -= 1
+            if not self._seeking:
+                self._seek_done.set()
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        """Seek one partition; the guard expects it to continue from ``offset``."""
+        await super().seek(partition, offset)
+        self._guard.sought({partition: offset})
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Forget what the guard knew of partitions that are no longer ours."""
+        self._guard.forget(set(revoked))
+        await super().on_partitions_revoked(revoked)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        """Faust's records, minus those to fetch again (agents/offsets.py)."""
+        async for tp, message in super().getmany(timeout):
+            if tp.topic not in self._guarded:
+                yield tp, message
+                continue
+            if self._seeking:
+                await self._seek_done.wait()
+            decision = self._guard.judge(tp, message.offset, self._fetched_epochs)
+            if decision.verdict is Verdict.DELIVER:
+                yield tp, message
+            elif decision.verdict is Verdict.GAP:
+                assert decision.offset is not None
+                # The log holds nothing from decision.offset up to this record: those
+                # offsets count as acked, so the commit can move past them.
+                self._gap[tp].addi(decision.offset, message.offset)
+                self._gap[tp].merge_overlaps()
+                yield tp, message
+            elif decision.verdict is Verdict.REWIND:
+                assert decision.offset is not None
+                log.info(
+                    "refetch topic=%s partition=%d from=%d fetched=%d",
+                    tp.topic,
+                    tp.partition,
+                    decision.offset,
+                    message.offset,
+                )
+                await self._rewind(tp, decision.offset)
+
+    async def _rewind(self, tp: Any, offset: int) -> None:
+        """Seek back for the guard (which counted this seek already)."""
+        try:
+            await faust_aiokafka.Consumer.seek(self, tp, offset)
+        except IllegalStateError:
+            # No longer assigned (a rebalance is under way): its next owner
+            # starts from the committed offset, which is not past the records.
+            self._guard.forget({tp})
 
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``; None while the message at the committed one is unacked.
@@ -182,25 +280,48 @@ class Consumer(faust_aiokafka.Consumer):
     async def wait_empty(self) -> None:
         """Wait for in-flight messages to be acked, for at most ``WAIT_EMPTY_S``, then commit.
 
-        Faust waits without end. A message that no stream will ack any more (seen
-        at shutdown: one ``learning.run-completed`` record, every agent idle) kept a
-        stopping worker alive until it was killed; a killed worker does not leave
-        its consumer group, and the rebalance that follows its session timeout
-        cost events. After the bound, offsets are committed up to the first
-        unacked message only (:meth:`_new_offset`), so what was not acked is
-        processed again by the partition's next owner.
+        Faust waits without end (and swallows the cancellation of a timeout
+        around it). A message read by two stages (learning.run-completed: crl and
+        curator) holds one reference per stream; when a stop clears the streams'
+        queues, one that the other stage had already processed keeps its last
+        reference for good, and the stopping worker waited until it was killed. A
+        killed worker does not leave its consumer group, so the next one waits
+        out its session before it gets the partitions. After the bound, offsets
+        are committed up to the first unacked message only (:meth:`_new_offset`),
+        so what was not acked is processed again by the partition's next owner.
         """
-        try:
-            await asyncio.wait_for(super().wait_empty(), timeout=WAIT_EMPTY_S)
-        except TimeoutError:
+        deadline = self.loop.time() + WAIT_EMPTY_S
+        waited = False
+        while self._unacked_messages and not self.should_stop:
+            waited = True
+            gc.collect()  # as Faust does: messages nothing refers to leave the weak set
+            await self.commit()
+            left = deadline - self.loop.time()
+            if not self._unacked_messages or left <= 0:
+                break
+            # Faust's ack() resolves this future: wake up on the next ack.
+            self._waiting_for_ack = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self._waiting_for_ack, timeout=min(1.0, left))
+            except TimeoutError:
+                pass
+            finally:
+                self._waiting_for_ack = None
+            self._clean_unacked_messages()
+        if waited and self._unacked_messages:
             unacked = sorted((m.tp.topic, m.tp.partition, m.offset) for m in self._unacked_messages)
             log.warning(
                 "wait_empty gave up after %.0f s; left uncommitted: %s", WAIT_EMPTY_S, unacked[:20]
             )
-            await self.commit_and_end_transactions()
+        await self.commit_and_end_transactions()
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         """Poll for records; for at most 10 ms while a partition is held back for pressure."""
+        for tp, offset in self._guard.rewinds().items():
+            log.info("refetch topic=%s partition=%d from=%d", tp.topic, tp.partition, offset)
+            await self._rewind(tp, offset)
+        # The records this poll returns are judged against the seeks known now.
+        fetched = self._fetched_epochs = self._guard.epochs()
         if self._buffered_partitions and not self.app.client_only:
             # on_buffer_drop puts the partition back but wakes no poll in progress.
             timeout = min(timeout, BUFFER_PRESSURE_POLL_S)
@@ -208,7 +329,11 @@ class Consumer(faust_aiokafka.Consumer):
                 # Every partition is held back: Faust would sleep a whole second here.
                 await self.sleep(timeout)
                 return {}, self._get_active_partitions()
-        return await super()._wait_next_records(timeout)
+        records, active = await super()._wait_next_records(timeout)
+        for tp, batch in (records or {}).items():
+            if batch and tp.topic in self._guarded:
+                self._guard.fetched(tp, batch[0].offset, batch[-1].offset, fetched)
+        return records, active
 
 
 class Transport(faust_aiokafka.Transport):

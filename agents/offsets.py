@@ -1,0 +1,154 @@
+"""Which fetched records the consumer may hand to the streams: none skipped unseen.
+
+Faust's consumer assumes a fetched record whose offset jumps past the last one
+it delivered means the log holds nothing in between (compaction, transaction
+markers): it records the jump as a *gap*, and gap offsets count as acked, so
+the next commit moves past them. But a jump also happens when records were
+fetched and then dropped before delivery, and Faust drops them in several
+places without moving the fetch position back:
+
+* the recovery service resumes the flow to read changelogs, then resumes the
+  input partitions and seeks them to their committed offsets while that flow
+  is on; records fetched before the seek reach the streams, records fetched
+  around it are lost between the two, and the first one delivered after it
+  lands past them (seen after every worker restart under traffic:
+  ``tests/integration/test_canary.py``);
+* ``Consumer.getmany`` stops handing out a fetched batch when the flow stops
+  or the group generation changes; the rest of the batch is gone, while the
+  fetch position is already past it.
+
+Those records were never processed, and the gap commits past them: a silent
+loss. The guard sits between the fetched records and Faust's delivery loop
+and keeps, per partition, the offset it expects next:
+
+* a record at the expected offset (or of a partition it knows nothing about)
+  is delivered, and the expectation moves past it;
+* a record before it is delivered (Faust itself drops what it has read);
+* a record fetched before the latest seek of its partition is dropped
+  (:attr:`Verdict.STALE`), once the guard has sought the partition back to
+  the expected offset (:attr:`Verdict.REWIND`): it will be fetched again;
+* a record past the expected offset makes the guard seek the partition back
+  to it (:attr:`Verdict.REWIND`); the records in between are fetched again.
+  So does a poll whose records were not all judged (:meth:`OffsetGuard.rewinds`,
+  before the next poll): a batch cut short at its end has no later record to
+  reveal the jump.
+  Only when the first record of a fetch made after that seek is still past the
+  expected offset does the log really hold nothing there (compaction, transaction
+  markers): then, and only then, the offsets in between are a gap
+  (:attr:`Verdict.GAP`), counted as acked.
+
+No record is judged while a seek of every partition (Faust's ``perform_seek``)
+is under way: the transport waits for it to end, so the guard knows which
+partitions it moved. The guard is pure bookkeeping; agents/transport.py feeds
+it the seeks and the records and acts on its verdicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Generic, TypeVar
+
+#: A partition as the consumer names it (Faust's TP).
+P = TypeVar("P", bound=Hashable)
+
+
+class Verdict(Enum):
+    """What to do with one fetched record."""
+
+    DELIVER = "deliver"  #: hand it to the streams
+    STALE = "stale"  #: fetched before a seek that is already in place: drop, it comes again
+    REWIND = "rewind"  #: seek the partition back to ``Decision.offset``, drop the record
+    GAP = "gap"  #: deliver; ``Decision.offset`` up to the record hold nothing: a gap
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict; for REWIND the offset to seek to, for GAP the first offset of the gap."""
+
+    verdict: Verdict
+    offset: int | None = None
+
+
+class OffsetGuard(Generic[P]):
+    """Per partition: the next offset the streams must see, and the seeks that moved it."""
+
+    def __init__(self) -> None:
+        self._expected: dict[P, int] = {}
+        self._epoch: dict[P, int] = {}
+        # Partitions sought back to their expected offset, with the epoch of that seek.
+        self._rewound: dict[P, tuple[int, int]] = {}
+        # The first and last offsets the latest poll returned, and the epoch it was fetched in.
+        self._fetched: dict[P, tuple[int, int, int]] = {}
+
+    def sought(self, positions: Mapping[P, int | None]) -> None:
+        """These partitions will be fetched from these offsets (None: position unchanged)."""
+        for tp, offset in positions.items():
+            if offset is None or offset < 0:
+                continue
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+            self._expected[tp] = offset
+
+    def epochs(self) -> dict[P, int]:
+        """Taken when a fetch starts: its records are stale if their partition was sought since."""
+        return dict(self._epoch)
+
+    def judge(self, tp: P, offset: int, fetched: Mapping[P, int]) -> Decision:
+        """What to do with the record at ``offset`` of ``tp``, from a fetch begun at ``fetched``."""
+        epoch = self._epoch.get(tp, 0)
+        expected = self._expected.get(tp)
+        if fetched.get(tp, 0) != epoch:  # fetched before the partition was sought
+            if expected is None or self._rewound.get(tp) == (expected, epoch):
+                return Decision(Verdict.STALE)
+            return self._rewind(tp, expected)
+        if expected is None or offset == expected:
+            self._expected[tp] = offset + 1
+            self._rewound.pop(tp, None)
+            return Decision(Verdict.DELIVER)
+        if offset < expected:  # already seen: Faust drops what it has read
+            return Decision(Verdict.DELIVER)
+        first = self._fetched.get(tp, (None,))[0]
+        if self._rewound.get(tp) == (expected, epoch) and offset == first:
+            # The first record fetched after seeking back to `expected`: the log
+            # holds nothing before it.
+            self._expected[tp] = offset + 1
+            del self._rewound[tp]
+            return Decision(Verdict.GAP, expected)
+        return self._rewind(tp, expected)
+
+    def fetched(self, tp: P, first: int, last: int, fetched: Mapping[P, int]) -> None:
+        """The poll begun at ``fetched`` returned records of ``tp`` from ``first`` to ``last``."""
+        self._fetched[tp] = (first, last, fetched.get(tp, 0))
+
+    def rewinds(self) -> dict[P, int]:
+        """Before the next poll: partitions to seek back, because records fetched were not judged.
+
+        Faust stops handing out a polled batch when the flow stops or the group
+        generation changes; the fetch position is past those records already.
+        Those with no record judged after them are found here.
+        """
+        found: dict[P, int] = {}
+        for tp, (_, last, epoch) in self._fetched.items():
+            expected = self._expected.get(tp)
+            if expected is None or last < expected:
+                continue
+            if epoch != self._epoch.get(tp, 0):
+                continue  # fetched before a seek that is in place: they come again
+            self._rewind(tp, expected)
+            found[tp] = expected
+        self._fetched.clear()
+        return found
+
+    def forget(self, tps: set[P]) -> None:
+        """These partitions are no longer ours."""
+        for tp in tps:
+            self._expected.pop(tp, None)
+            self._rewound.pop(tp, None)
+            self._fetched.pop(tp, None)
+
+    def _rewind(self, tp: P, expected: int) -> Decision:
+        """Seek back to ``expected``; the records of earlier fetches are stale from now on."""
+        self.sought({tp: expected})
+        self._rewound[tp] = (expected, self._epoch[tp])
+        return Decision(Verdict.REWIND, expected)
