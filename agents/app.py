@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from typing import Any
@@ -27,6 +28,25 @@ DEAD_LETTERS = Counter(
     "Events sent to learning.dlq, by the stage that rejected them and the kind of error.",
     ["stage", "error_type"],
 )
+
+
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect garbage less often in a worker: it allocates a few objects per event.
+
+    With CPython's default (a young collection every 700 allocations, and
+    every tenth of those scanning the older generation) the CRL worker spent
+    a fifth of its CPU collecting: in bench/crl_pipeline.py its CPU for 20,000
+    bundles went from ~10.0 s to ~8.0 s with the thresholds below (events/s
+    ~2,750 → ~3,000, within the run-to-run noise). ``gc.freeze`` first
+    moves everything loaded at start-up (modules, settings, tables) out of
+    the collector's way for good. Reference cycles are still collected.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 class LearnopsApp(faust.App):
@@ -68,6 +88,7 @@ class LearnopsApp(faust.App):
             min_size=self.settings.database_pool_min,
             max_size=self.settings.database_pool_max,
         )
+        tune_gc()
         await super().on_first_start()
 
     async def on_stop(self) -> None:
