@@ -198,14 +198,13 @@ async def refresh_due_cards() -> None:
     for doer in schedule.due(now, owned):
         if doer not in owned:
             continue  # its partition moved to another worker
+        # Before the rebuild: runs folded while it runs make the card due again.
+        schedule.building(doer, now)
         try:
             await refresh(doer)
         except (asyncpg.PostgresError, ValueError) as exc:
             log.error("skill_card_failed doer=%s error=%r", doer, exc)
-            schedule.built(doer, now)
             schedule.changed(doer)  # try again after min_interval_s, not every tick
-            continue
-        schedule.built(doer, now)
 
 
 def _pool_open() -> bool:

@@ -609,8 +609,13 @@ class RefreshSchedule:
                 due.add(doer)
         return sorted(due)
 
-    def built(self, doer: str, now: float) -> None:
-        """Note that the doer's card was rebuilt at ``now`` from all changes so far."""
+    def building(self, doer: str, now: float) -> None:
+        """Note that the doer's card is being rebuilt at ``now`` from all changes so far.
+
+        Call it before the rebuild reads the statistics: a change noted while the
+        rebuild is under way (the stage folds runs meanwhile) makes the card due
+        again, instead of being cleared with the ones the rebuild saw.
+        """
         self._built[doer] = now
         self._changed.discard(doer)
 

@@ -472,21 +472,32 @@ def test_a_burst_of_changes_rebuilds_a_card_once_per_interval() -> None:
     schedule = RefreshSchedule(RefreshPacing(min_interval_s=5.0, max_age_s=300.0))
     schedule.changed("A")
     assert schedule.due(0.0) == ["A"]
-    schedule.built("A", 0.0)
+    schedule.building("A", 0.0)
     assert schedule.due(1.0) == []
     for _ in range(100):  # a storm of runs within the interval
         schedule.changed("A")
     assert schedule.due(4.9) == []
     assert schedule.due(5.0) == ["A"]
-    schedule.built("A", 5.0)
+    schedule.building("A", 5.0)
     assert schedule.due(6.0) == [], "changes folded into the last build are not rebuilt again"
+
+
+def test_runs_folded_while_a_card_is_rebuilt_make_it_due_again() -> None:
+    """A card rebuilt from 33 of 80 runs stayed at 33 for max_age_s (seen in a test)."""
+    schedule = RefreshSchedule(RefreshPacing(min_interval_s=5.0, max_age_s=300.0))
+    schedule.changed("A")
+    assert schedule.due(0.0) == ["A"]
+    schedule.building("A", 0.0)
+    schedule.changed("A")  # the stage folds more runs while the card is built
+    assert schedule.due(4.9) == []
+    assert schedule.due(5.0) == ["A"]
 
 
 def test_every_known_card_is_rebuilt_when_it_is_old_even_without_changes() -> None:
     schedule = RefreshSchedule(RefreshPacing(min_interval_s=5.0, max_age_s=60.0))
     assert schedule.due(0.0, known=["B", "A"]) == ["A", "B"], "never built: due at once"
-    schedule.built("A", 0.0)
-    schedule.built("B", 30.0)
+    schedule.building("A", 0.0)
+    schedule.building("B", 30.0)
     assert schedule.due(59.0, known=["A", "B"]) == []
     assert schedule.due(60.0, known=["A", "B"]) == ["A"]
 
