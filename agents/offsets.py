@@ -27,15 +27,14 @@ and keeps, per partition, the offset it expects next:
 * a record fetched before the latest seek of its partition is dropped
   (:attr:`Verdict.STALE`), once the guard has sought the partition back to
   the expected offset (:attr:`Verdict.REWIND`): it will be fetched again;
-* a record past the expected offset makes the guard seek the partition back
-  to it (:attr:`Verdict.REWIND`); the records in between are fetched again.
-  So does a poll whose records were not all judged (:meth:`OffsetGuard.rewinds`,
-  before the next poll): a batch cut short at its end has no later record to
-  reveal the jump.
-  Only when the first record of a fetch made after that seek is still past the
-  expected offset does the log really hold nothing there (compaction, transaction
-  markers): then, and only then, the offsets in between are a gap
-  (:attr:`Verdict.GAP`), counted as acked.
+* a record past the expected offset is a gap in the log (compaction,
+  transaction markers: :attr:`Verdict.GAP`, its offsets counted as acked) only
+  if the guard has judged every record its fetch returned before it, and that
+  fetch began where the guard expects (the position follows the records
+  judged: a poll whose records were not all judged is sought back before the
+  next one, :meth:`OffsetGuard.rewinds`). Otherwise records were skipped: the
+  guard seeks the partition back to the expected offset
+  (:attr:`Verdict.REWIND`) and they are fetched again.
 
 No record is judged while a seek of every partition (Faust's ``perform_seek``)
 is under way: the transport waits for it to end, so the guard knows which
@@ -79,8 +78,10 @@ class OffsetGuard(Generic[P]):
         self._epoch: dict[P, int] = {}
         # Partitions sought back to their expected offset, with the epoch of that seek.
         self._rewound: dict[P, tuple[int, int]] = {}
-        # The first and last offsets the latest poll returned, and the epoch it was fetched in.
-        self._fetched: dict[P, tuple[int, int, int]] = {}
+        # The offsets the latest poll returned, the epoch it was fetched in, and
+        # how many of them have been judged (records are judged in fetch order).
+        self._fetched: dict[P, tuple[list[int], int]] = {}
+        self._judged: dict[P, int] = {}
 
     def sought(self, positions: Mapping[P, int | None]) -> None:
         """These partitions will be fetched from these offsets (None: position unchanged)."""
@@ -94,6 +95,11 @@ class OffsetGuard(Generic[P]):
         """Taken when a fetch starts: its records are stale if their partition was sought since."""
         return dict(self._epoch)
 
+    def fetched(self, tp: P, offsets: list[int], fetched: Mapping[P, int]) -> None:
+        """The poll begun at ``fetched`` returned the records of ``tp`` at ``offsets``."""
+        self._fetched[tp] = (offsets, fetched.get(tp, 0))
+        self._judged[tp] = 0
+
     def judge(self, tp: P, offset: int, fetched: Mapping[P, int]) -> Decision:
         """What to do with the record at ``offset`` of ``tp``, from a fetch begun at ``fetched``."""
         epoch = self._epoch.get(tp, 0)
@@ -102,24 +108,27 @@ class OffsetGuard(Generic[P]):
             if expected is None or self._rewound.get(tp) == (expected, epoch):
                 return Decision(Verdict.STALE)
             return self._rewind(tp, expected)
+        # Is it the next record of its fetch, with every one before it judged?
+        offsets, _ = self._fetched.get(tp, ((), 0))
+        judged = self._judged.get(tp, 0)
+        in_order = judged < len(offsets) and offsets[judged] == offset
+        if in_order:
+            self._judged[tp] = judged + 1
         if expected is None or offset == expected:
             self._expected[tp] = offset + 1
             self._rewound.pop(tp, None)
             return Decision(Verdict.DELIVER)
         if offset < expected:  # already seen: Faust drops what it has read
             return Decision(Verdict.DELIVER)
-        first = self._fetched.get(tp, (None,))[0]
-        if self._rewound.get(tp) == (expected, epoch) and offset == first:
-            # The first record fetched after seeking back to `expected`: the log
-            # holds nothing before it.
+        if in_order:
+            # The fetch began at `expected` (the position follows what was judged;
+            # rewinds() sees to that) and returned nothing before this record, or
+            # returned it right after the record judged last: the log holds
+            # nothing in between.
             self._expected[tp] = offset + 1
-            del self._rewound[tp]
+            self._rewound.pop(tp, None)
             return Decision(Verdict.GAP, expected)
         return self._rewind(tp, expected)
-
-    def fetched(self, tp: P, first: int, last: int, fetched: Mapping[P, int]) -> None:
-        """The poll begun at ``fetched`` returned records of ``tp`` from ``first`` to ``last``."""
-        self._fetched[tp] = (first, last, fetched.get(tp, 0))
 
     def rewinds(self) -> dict[P, int]:
         """Before the next poll: partitions to seek back, because records fetched were not judged.
@@ -129,15 +138,16 @@ class OffsetGuard(Generic[P]):
         Those with no record judged after them are found here.
         """
         found: dict[P, int] = {}
-        for tp, (_, last, epoch) in self._fetched.items():
+        for tp, (offsets, epoch) in self._fetched.items():
             expected = self._expected.get(tp)
-            if expected is None or last < expected:
+            if expected is None or not offsets or offsets[-1] < expected:
                 continue
             if epoch != self._epoch.get(tp, 0):
                 continue  # fetched before a seek that is in place: they come again
             self._rewind(tp, expected)
             found[tp] = expected
         self._fetched.clear()
+        self._judged.clear()
         return found
 
     def forget(self, tps: set[P]) -> None:
@@ -146,6 +156,7 @@ class OffsetGuard(Generic[P]):
             self._expected.pop(tp, None)
             self._rewound.pop(tp, None)
             self._fetched.pop(tp, None)
+            self._judged.pop(tp, None)
 
     def _rewind(self, tp: P, expected: int) -> Decision:
         """Seek back to ``expected``; the records of earlier fetches are stale from now on."""

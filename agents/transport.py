@@ -166,29 +166,20 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return records
 
 
-def guarded_topics(app: Any) -> frozenset[str]:
-    """The app's topics whose offsets have no gaps: every catalogue topic that is not compacted."""
-    catalog = getattr(app, "catalog", None)
-    if catalog is None:
-        return frozenset()
-    return frozenset(
-        name
-        for name, spec in catalog.topics.items()
-        if "compact" not in str(spec.configs.get("cleanup.policy", "delete"))
-    )
-
-
 class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer on :class:`ConsumerThread`, polling briefly under pressure."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._guard: OffsetGuard[TP] = OffsetGuard()
-        self._guarded = guarded_topics(self.app)
         self._fetched_epochs: dict[TP, int] = {}
         self._seeking = 0
         self._seek_done = asyncio.Event()
         self._seek_done.set()
+
+    def _acks_enabled_for(self, topic: str) -> bool:
+        enabled: bool = self.app.topics.acks_enabled_for(topic)
+        return enabled
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -221,7 +212,7 @@ class Consumer(faust_aiokafka.Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
         """Faust's records, minus those to fetch again (agents/offsets.py)."""
         async for tp, message in super().getmany(timeout):
-            if tp.topic not in self._guarded:
+            if not self._acks_enabled_for(tp.topic):  # changelogs: Faust tracks no acks
                 yield tp, message
                 continue
             if self._seeking:
@@ -331,8 +322,8 @@ class Consumer(faust_aiokafka.Consumer):
                 return {}, self._get_active_partitions()
         records, active = await super()._wait_next_records(timeout)
         for tp, batch in (records or {}).items():
-            if batch and tp.topic in self._guarded:
-                self._guard.fetched(tp, batch[0].offset, batch[-1].offset, fetched)
+            if batch and self._acks_enabled_for(tp.topic):
+                self._guard.fetched(tp, [record.offset for record in batch], fetched)
         return records, active
 
 

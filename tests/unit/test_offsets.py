@@ -14,7 +14,7 @@ OTHER = ("learning.task-routed", 1)
 def fresh(guard: OffsetGuard[object], offsets: list[int], tp: object = TP) -> list[Decision]:
     """Judge records of one fetch that started now."""
     fetched = guard.epochs()
-    guard.fetched(tp, offsets[0], offsets[-1], fetched)
+    guard.fetched(tp, offsets, fetched)
     return [guard.judge(tp, offset, fetched) for offset in offsets]
 
 
@@ -24,19 +24,38 @@ def test_consecutive_records_are_delivered() -> None:
     assert [d.verdict for d in fresh(guard, [100, 101, 102])] == [Verdict.DELIVER] * 3
 
 
+def skipping(guard: OffsetGuard[object], offsets: list[int], seen: list[int]) -> list[Decision]:
+    """A fetch returned ``offsets``; only ``seen`` reached the guard (the rest were dropped)."""
+    fetched = guard.epochs()
+    guard.fetched(TP, offsets, fetched)
+    return [guard.judge(TP, offset, fetched) for offset in seen]
+
+
 def test_a_partition_never_sought_starts_wherever_its_first_record_is() -> None:
     guard: OffsetGuard[object] = OffsetGuard()
     assert [d.verdict for d in fresh(guard, [7, 8])] == [Verdict.DELIVER] * 2
     # …and from then on it is held to that sequence.
-    assert fresh(guard, [10]) == [Decision(Verdict.REWIND, 9)]
+    assert skipping(guard, [9, 10], [10]) == [Decision(Verdict.REWIND, 9)]
 
 
-def test_a_jump_rewinds_to_the_first_missing_offset() -> None:
+def test_a_record_skipped_before_the_guard_is_fetched_again() -> None:
     guard: OffsetGuard[object] = OffsetGuard()
     guard.sought({TP: 100})
-    assert fresh(guard, [100, 103]) == [Decision(Verdict.DELIVER), Decision(Verdict.REWIND, 101)]
+    found = skipping(guard, [100, 101, 102, 103], [100, 103])
+    assert found == [Decision(Verdict.DELIVER), Decision(Verdict.REWIND, 101)]
     # The refetch starts where the jump was: everything is delivered in order.
     assert [d.verdict for d in fresh(guard, [101, 102, 103])] == [Verdict.DELIVER] * 3
+
+
+def test_a_jump_between_records_fetched_one_after_the_other_is_a_gap() -> None:
+    guard: OffsetGuard[object] = OffsetGuard()
+    guard.sought({TP: 100})
+    # Compaction left 101–102 empty: the broker returned 103 right after 100.
+    assert fresh(guard, [100, 103, 104]) == [
+        Decision(Verdict.DELIVER),
+        Decision(Verdict.GAP, 101),
+        Decision(Verdict.DELIVER),
+    ]
 
 
 def test_records_fetched_before_a_rewind_are_dropped_without_seeking_again() -> None:
@@ -49,22 +68,18 @@ def test_records_fetched_before_a_rewind_are_dropped_without_seeking_again() -> 
     assert [d.verdict for d in fresh(guard, [100, 101])] == [Verdict.DELIVER] * 2
 
 
-def test_a_jump_fetched_again_after_the_rewind_is_a_real_gap() -> None:
+def test_a_fetch_from_the_expected_offset_that_starts_later_shows_a_gap() -> None:
     guard: OffsetGuard[object] = OffsetGuard()
     guard.sought({TP: 100})
-    assert fresh(guard, [105]) == [Decision(Verdict.REWIND, 100)]
-    # Fetched from 100 again, and the log still starts at 105: 100–104 hold nothing.
+    # Fetched from 100 and the log starts at 105: 100–104 hold nothing.
     assert fresh(guard, [105, 106]) == [Decision(Verdict.GAP, 100), Decision(Verdict.DELIVER)]
 
 
-def test_a_jump_after_the_rewind_is_no_gap_unless_it_is_the_first_record_fetched() -> None:
+def test_a_jump_is_no_gap_when_records_of_its_fetch_before_it_were_not_judged() -> None:
     guard: OffsetGuard[object] = OffsetGuard()
     guard.sought({TP: 100})
-    assert fresh(guard, [103]) == [Decision(Verdict.REWIND, 100)]
-    # The refetch returned 100–104, but 100–102 never reached the guard: no gap.
-    fetched = guard.epochs()
-    guard.fetched(TP, 100, 104, fetched)
-    assert guard.judge(TP, 103, fetched) == Decision(Verdict.REWIND, 100)
+    # The fetch returned 100–104, but 100–102 never reached the guard.
+    assert skipping(guard, [100, 101, 102, 103, 104], [103]) == [Decision(Verdict.REWIND, 100)]
 
 
 def test_records_fetched_before_a_seek_of_their_partition_are_fetched_again() -> None:
@@ -97,7 +112,7 @@ def test_an_unknown_position_keeps_what_the_guard_expected() -> None:
     fresh(guard, [10, 11])
     guard.sought({TP: None, OTHER: -1})  # no committed offset: aiokafka does not move them
     assert fresh(guard, [12]) == [Decision(Verdict.DELIVER)]
-    assert fresh(guard, [14]) == [Decision(Verdict.REWIND, 13)]
+    assert skipping(guard, [13, 14], [14]) == [Decision(Verdict.REWIND, 13)]
 
 
 def test_records_already_seen_are_passed_on() -> None:
@@ -112,7 +127,7 @@ def test_a_poll_cut_short_at_its_end_is_fetched_again() -> None:
     guard: OffsetGuard[object] = OffsetGuard()
     guard.sought({TP: 10})
     fetched = guard.epochs()
-    guard.fetched(TP, 10, 13, fetched)
+    guard.fetched(TP, [10, 11, 12, 13], fetched)
     # Faust handed out 10 and 11, then stopped: 12 and 13 were never judged.
     assert [guard.judge(TP, o, fetched).verdict for o in (10, 11)] == [Verdict.DELIVER] * 2
     assert guard.rewinds() == {TP: 12}
@@ -165,7 +180,7 @@ def test_every_stored_record_is_delivered_exactly_in_order(
             break
         fetched = guard.epochs()
         position = served[-1] + 1
-        guard.fetched(TP, served[0], served[-1], fetched)
+        guard.fetched(TP, served, fetched)
         for record in served:
             if next(lost, False):
                 continue  # fetched, then lost before the guard saw it
