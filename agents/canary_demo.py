@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import click
-from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
@@ -32,12 +31,7 @@ async def canary(self: GroupedCommand, min_samples: int, timeout: float) -> None
     settings = self.lapp.settings
     console = Console()
     pool = await create_pool(settings.database_dsn, min_size=1, max_size=4)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        linger_ms=5,
-        **settings.kafka_client_options(),
-    )
+    producer = settings.kafka_producer(linger_ms=5)
     await producer.start()
     try:
         key = generate_key()

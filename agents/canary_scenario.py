@@ -20,7 +20,7 @@ from typing import Any
 
 from agents.router import Router
 from learning.canary_sim import CanaryOrchestrator
-from learning.signing import SigningKey, content_digest, sign
+from learning.signing import SigningKey, signed_artifact
 from learning.simulation import Orchestrator
 from models.base import Event
 from models.commands import CanarySettings, PromotePolicy, RegisterPolicy, StartCanary, StartShadow
@@ -90,8 +90,6 @@ class CanaryScenario:
     async def setup(self) -> None:
         """Register every version, signed, and make the first one active."""
         for version in sorted(self.quality):
-            body = artifact(self.doer, version)
-            signature = sign(body, self.key)
             outcome = await self.command(
                 RegisterPolicy(
                     doer=self.doer,
@@ -99,10 +97,7 @@ class CanaryScenario:
                     reason=f"revision {version}",
                     policy_id=self.policy_id,
                     version=version,
-                    artifact=body,
-                    content_hash=content_digest(body),
-                    signature=signature.value_b64,
-                    signature_key_id=signature.key_id,
+                    **signed_artifact(artifact(self.doer, version), self.key),
                 )
             )
             assert outcome.applied, outcome.verdict

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from aiokafka import AIOKafkaProducer
 from faust.cli import base as faust_cli
 from rich.console import Console
 from rich.table import Table
@@ -103,12 +102,7 @@ async def simulate(
     messages = list(good)
     for i, item in enumerate(broken + good[:redeliver]):
         messages.insert((i * 37) % max(1, len(messages)), item)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        linger_ms=5,
-        **settings.kafka_client_options(),
-    )
+    producer = settings.kafka_producer(linger_ms=5)
     await producer.start()
     started = time.perf_counter()
     try:

@@ -18,7 +18,6 @@ from typing import Any
 
 import click
 import orjson
-from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
@@ -61,12 +60,7 @@ async def experiments(self: GroupedCommand, min_samples: int, timeout: float) ->
     settings = self.lapp.settings
     console = Console(file=self.stdout, width=150)
     pool = await create_pool(settings.database_dsn, min_size=1, max_size=4)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        linger_ms=5,
-        **settings.kafka_client_options(),
-    )
+    producer = settings.kafka_producer(linger_ms=5)
     await producer.start()
     stop = asyncio.Event()
     stamp = int(time.time())

@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 from agents.canary_scenario import CanaryScenario
 from agents.router import Router
 from learning.curation import content_hash
-from learning.signing import SigningKey, content_digest, sign
+from learning.signing import SigningKey, signed_artifact
 from learning.simulation import Orchestrator
 from models.base import Event
 from models.commands import (
@@ -89,7 +89,6 @@ async def register(
 ) -> str:
     """Register ``body`` signed as version ``version`` of the doer's policy; the policy id."""
     policy_id = doer.lower()
-    signature = sign(body, key)
     registered = await submit(
         pool,
         producer,
@@ -99,10 +98,7 @@ async def register(
             reason=reason or f"revision {version}",
             policy_id=policy_id,
             version=version,
-            artifact=body,
-            content_hash=content_digest(body),
-            signature=signature.value_b64,
-            signature_key_id=signature.key_id,
+            **signed_artifact(body, key),
         ),
     )
     assert registered.applied, registered.verdict

@@ -25,7 +25,6 @@ from typing import Any
 import click
 import orjson
 import yaml
-from aiokafka import AIOKafkaProducer
 from faust.cli import base as faust_cli
 
 from agents.cli import GroupedCommand, command, database, fail, json_option, split_ref
@@ -33,10 +32,9 @@ from learning.signing import (
     CanonicalJSONError,
     PublicKey,
     SigningKey,
-    content_digest,
     diff_artifacts,
     generate_key,
-    sign,
+    signed_artifact,
 )
 from models.base import Event
 from models.commands import (
@@ -89,11 +87,7 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
 
 async def _send(self: GroupedCommand, event: Event) -> None:
     settings = self.lapp.settings
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        **settings.kafka_client_options(),
-    )
+    producer = settings.kafka_producer()
     await producer.start()
     try:
         await producer.send_and_wait(COMMANDS_TOPIC, key=event.doer.encode(), value=event.to_json())
@@ -207,8 +201,7 @@ async def policy_register(
         fail(f"{key_file} is not an Ed25519 private key PEM: {exc}")
         raise
     try:
-        digest = content_digest(artifact)
-        signature = sign(artifact, key)
+        signed = signed_artifact(artifact, key)
     except CanonicalJSONError as exc:
         fail(f"{file}: {exc}")
         raise
@@ -226,16 +219,14 @@ async def policy_register(
             reason=reason or f"register {file.name}",
             policy_id=policy_id,
             version=version or await store.next_version(pool, policy_id),
-            artifact=artifact,
-            content_hash=digest,
-            signature=signature.value_b64,
-            signature_key_id=signature.key_id,
+            **signed,
             parent_policy_id=parent_id,
             parent_version=parent_version,
             dataset_ids=list(datasets),
             experiment_id=experiment,
         )
-        self.say(f"{event.policy_id}@{event.version} sha256:{digest} signed by key {key.key_id}")
+        ref = f"{event.policy_id}@{event.version}"
+        self.say(f"{ref} sha256:{event.content_hash} signed by key {key.key_id}")
         await _submit(self, pool, event, wait=wait, timeout=timeout)
 
 

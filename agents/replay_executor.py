@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from agents.settings import Settings
@@ -117,12 +117,7 @@ async def serve(
         auto_offset_reset="earliest",
         **settings.kafka_client_options(),
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        linger_ms=5,
-        **settings.kafka_client_options(),
-    )
+    producer = settings.kafka_producer(linger_ms=5)
     await consumer.start()
     await producer.start()
     log.info("replay_executor_ready group=%s doers=%s", group_id, doers)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from aiokafka import AIOKafkaProducer
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -135,6 +136,15 @@ class Settings(BaseSettings):
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         return options
+
+    def kafka_producer(self, **options: object) -> AIOKafkaProducer:
+        """A producer for this cluster (not started): acks=all, our security, then ``options``."""
+        return AIOKafkaProducer(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            acks="all",
+            **self.kafka_client_options(),
+            **options,
+        )
 
 
 @dataclass(frozen=True)

@@ -229,17 +229,11 @@ class Consumer(faust_aiokafka.Consumer):
                 yield tp, message
             elif decision.verdict is Verdict.REWIND:
                 assert decision.offset is not None
-                log.info(
-                    "refetch topic=%s partition=%d from=%d fetched=%d",
-                    tp.topic,
-                    tp.partition,
-                    decision.offset,
-                    message.offset,
-                )
                 await self._rewind(tp, decision.offset)
 
     async def _rewind(self, tp: Any, offset: int) -> None:
         """Seek back for the guard (which counted this seek already)."""
+        log.info("refetch topic=%s partition=%d from=%d", tp.topic, tp.partition, offset)
         try:
             await faust_aiokafka.Consumer.seek(self, tp, offset)
         except IllegalStateError:
@@ -309,7 +303,6 @@ class Consumer(faust_aiokafka.Consumer):
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         """Poll for records; for at most 10 ms while a partition is held back for pressure."""
         for tp, offset in self._guard.rewinds().items():
-            log.info("refetch topic=%s partition=%d from=%d", tp.topic, tp.partition, offset)
             await self._rewind(tp, offset)
         # The records this poll returns are judged against the seeks known now.
         fetched = self._fetched_epochs = self._guard.epochs()

@@ -434,6 +434,21 @@ def sign(artifact: object, private_key: SigningKey | Ed25519PrivateKey) -> Signa
     return Signature(private_key.key_id, value)
 
 
+def signed_artifact(artifact: Any, key: SigningKey) -> dict[str, Any]:
+    """A policy registration's artifact fields: the artifact, its digest and its signature.
+
+    Spread them into ``RegisterPolicy(...)``. Raises :class:`CanonicalJSONError`
+    if the artifact has no canonical form.
+    """
+    signature = sign(artifact, key)
+    return {
+        "artifact": artifact,
+        "content_hash": content_digest(artifact),
+        "signature": signature.value_b64,
+        "signature_key_id": signature.key_id,
+    }
+
+
 def verify(
     artifact: object,
     signature: Signature | str,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agents.topics import read_from_start
-from learning.signing import SigningKey, content_digest, generate_key, sign
+from learning.signing import SigningKey, generate_key, signed_artifact
 from models.base import Event
 from models.commands import PromotePolicy, RegisterPolicy, RollbackPolicy, StartCanary
 from models.events import Alert, DeadLetter, DecisionMade, DecisionReport, PolicyChange
@@ -35,17 +35,13 @@ def artifact(n: int) -> dict[str, Any]:
 
 def register(doer: str, key: SigningKey, n: int, body: dict[str, Any] | None = None) -> Any:
     body = body if body is not None else artifact(n)
-    signature = sign(body, key)
     return RegisterPolicy(
         doer=doer,
         actor="pipeline",
         reason=f"trained revision {n}",
         policy_id=doer.lower(),
         version=n,
-        artifact=body,
-        content_hash=content_digest(body),
-        signature=signature.value_b64,
-        signature_key_id=signature.key_id,
+        **signed_artifact(body, key),
     )
 
 

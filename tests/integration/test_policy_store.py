@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from learning.signing import SigningKey, content_digest, generate_key, sign
+from learning.signing import SigningKey, content_digest, generate_key, signed_artifact
 from models.commands import (
     ArchivePolicy,
     PromotePolicy,
@@ -51,17 +51,13 @@ def register(
     **extra: Any,
 ) -> RegisterPolicy:
     artifact = artifact if artifact is not None else {**ARTIFACT, "revision": version}
-    signature = sign(artifact, key)
     return RegisterPolicy(
         doer=doer,
         actor="alice",
         reason="new prompt",
         policy_id=policy_id or doer.lower(),
         version=version,
-        artifact=artifact,
-        content_hash=content_digest(artifact),
-        signature=signature.value_b64,
-        signature_key_id=signature.key_id,
+        **signed_artifact(artifact, key),
         **extra,
     )
 

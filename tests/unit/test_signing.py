@@ -31,6 +31,7 @@ from learning.signing import (
     generate_key,
     key_id_of,
     sign,
+    signed_artifact,
     verify,
 )
 
@@ -377,6 +378,16 @@ def test_sign_then_verify_round_trips() -> None:
     signature = sign(POLICY, key)
     assert signature.key_id == key.key_id
     assert len(signature.value) == 64
+    assert verify(POLICY, signature, key.public_key) is True
+
+
+def test_signed_artifact_gives_the_fields_a_policy_registration_carries() -> None:
+    key = generate_key()
+    fields = signed_artifact(POLICY, key)
+    assert fields["artifact"] is POLICY
+    assert fields["content_hash"] == content_digest(POLICY)
+    assert fields["signature_key_id"] == key.key_id
+    signature = Signature.from_parts(fields["signature_key_id"], fields["signature"])
     assert verify(POLICY, signature, key.public_key) is True
 
 
