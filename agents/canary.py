@@ -45,8 +45,7 @@ log = logging.getLogger("learnops.canary")
 CRL = "learning.crl-computed"
 ROUTED = "learning.task-routed"
 CHANGES = "learning.policy-changes"
-BATCH = 1000
-WITHIN_SECONDS = 0.05
+BATCH = 1000  # at most this many events per batch
 SILENCE_CHECK_S = 1.0  # how often the timer looks for silent deployments
 # After a start or a rebalance the timer waits this long before judging silence,
 # so that events waiting on the topics (a worker down for a while) are read first.
@@ -309,7 +308,7 @@ async def _deployment_of(
 @app.agent(canary_inputs, name="canary")
 async def canary(stream: Any) -> None:
     """Fold each batch into the deployments' states, judge, store and emit; ack after all of it."""
-    async for events in batches(stream, BATCH, WITHIN_SECONDS):
+    async for events in batches(stream, BATCH):
         async with judging, guarded_batch(events, stage="canary"):
             batch = Batch()
             for event in events:

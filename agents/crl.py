@@ -42,8 +42,7 @@ alerts = app.topic("learning.alerts", key_type=bytes, value_type=bytes)
 
 DAY = timedelta(days=1)
 HISTORY_DAYS = 30
-BATCH = 1000
-WITHIN_SECONDS = 0.02  # the longest a run waits for its batch to fill
+BATCH = 1000  # at most this many events per batch (agents/streams.py)
 
 partitions = DoerPartitions()
 
@@ -203,7 +202,7 @@ async def _store(scored: list[tuple[Any, CRLComputed]]) -> None:
 @app.agent(run_completed, name="crl")
 async def crl(stream: Any) -> None:
     """Score and emit each run; fold, store and check the batch; ack after all of it."""
-    async for events in batches(stream, BATCH, WITHIN_SECONDS):
+    async for events in batches(stream, BATCH):
         async with guarded_batch(events, stage="crl"):
             batch = BatchFold()
             scored: list[tuple[Any, CRLComputed]] = []

@@ -31,14 +31,13 @@ from storage.pool import durably
 
 log = logging.getLogger("learnops.datasets")
 
-BATCH = 500
-WITHIN_SECONDS = 0.05  # at most this long between a sample and its row, under light load
+BATCH = 500  # at most this many samples per batch (agents/streams.py)
 
 
 @app.agent(curated_samples, name="datasets")
 async def datasets(stream: Any) -> None:
     """Write each batch of curated samples to dataset_samples with one statement."""
-    async for events in batches(stream, BATCH, WITHIN_SECONDS):
+    async for events in batches(stream, BATCH):
         async with guarded_batch(events, stage="datasets"):
             await _store(events)
 

@@ -76,19 +76,17 @@ async def guarded(event: Any, *, stage: str) -> AsyncIterator[None]:
 async def guarded_batch(events: list[Any], *, stage: str) -> AsyncIterator[None]:
     """Like :func:`guarded` for a batch body: on an unexpected error every event is dead-lettered.
 
-    ``stream.take_events`` acks the whole batch when the body ends, even by an
-    exception, so without this a crash in a batch body would drop the batch.
+    The batch is acked once the body has ended (:func:`agents.streams.batches`),
+    so without this a crash in a batch body would drop the batch.
 
-    It acks it too when the body is cancelled or the generator closed, which is
-    how a stopping worker ends an agent in the middle of a batch. Faust 0.15
-    stops the consumer (and makes its last commit) before it cancels the
-    agents, so those acks come too late to commit anything; but a commit after
-    them would commit offsets of events whose effects never happened. So a
-    body that does not finish takes one more reference on each event's message:
-    take_events' ack then leaves them unacked, and whoever owns the partition
-    next processes them again (every write is idempotent).
-    tests/integration/test_transport.py stops a worker in mid-batch and checks
-    that no offset was committed unprocessed.
+    A body that does not finish (cancelled, or its generator closed: how a
+    stopping worker ends an agent in the middle of a batch) leaves the batch
+    unacked, and this also takes one more reference on each event's message, so
+    that no ack that might still come for them (Faust's own ``take_events`` acks
+    a closed batch) lets a commit move past events whose effects never happened.
+    Whoever owns the partition next processes them again (every write is
+    idempotent). tests/integration/test_transport.py stops a worker in
+    mid-batch and checks that no offset was committed unprocessed.
     """
     try:
         yield

@@ -51,8 +51,7 @@ skill_cards = app.topic("learning.skill-cards", key_type=bytes, value_type=bytes
 
 DAY = timedelta(days=1)
 HISTORY_DAYS = 31  # the 30-day baseline before today, and today
-BATCH = 1000
-WITHIN_SECONDS = 0.05
+BATCH = 1000  # at most this many events per batch (agents/streams.py)
 
 partitions = DoerPartitions()
 daily = doer_table(
@@ -125,7 +124,7 @@ def _fold(events: list[tuple[Any, CRLComputed]]) -> set[str]:
 @app.agent(crl_computed, name="skills")
 async def skills(stream: Any) -> None:
     """Fold each batch of scored runs into the daily statistics; the timer builds the cards."""
-    async for events in batches(stream, BATCH, WITHIN_SECONDS):
+    async for events in batches(stream, BATCH):
         async with guarded_batch(events, stage="skills"):
             decoded = []
             for event in events:

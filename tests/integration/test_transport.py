@@ -46,7 +46,7 @@ def run_worker(argv: Sequence[str] | None = None) -> None:
     for name in ("--bootstrap", "--topic", "--group", "--seen", "--datadir"):
         parser.add_argument(name, required=True)
     parser.add_argument("--delay", type=float, default=0.0)
-    parser.add_argument("--batch", type=int, default=0, help="take_events batches of this size")
+    parser.add_argument("--batch", type=int, default=0, help="batches of this size at most")
     args = parser.parse_args(argv)
 
     app = faust.App(
@@ -71,11 +71,12 @@ def run_worker(argv: Sequence[str] | None = None) -> None:
 
     if args.batch:
         from agents.dlq import guarded_batch
+        from agents.streams import batches
 
         @app.agent(source, name="record")
         async def record_batches(stream: Any) -> None:
             # As the stages do: the effect (here, the line per offset) at the end of the body.
-            async for events in stream.take_events(args.batch, within=0.05):
+            async for events in batches(stream, args.batch):
                 async with guarded_batch(events, stage="record"):
                     await asyncio.sleep(args.delay)
                     for event in events:

@@ -1,0 +1,60 @@
+"""agents.streams.batches: a batch is what is ready now, up to the maximum, with no timer.
+
+Faust's ``agent.test_context()`` runs the agent on an in-memory channel (no
+broker is contacted); the acks and commits are covered by the integration tests
+(tests/integration/test_transport.py stops a worker in mid-batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+import pytest
+
+from agents.streams import batches
+
+MAX = 3
+
+app = faust.App(
+    "test-streams",
+    broker="kafka://127.0.0.1:1",  # never contacted by test_context
+    store="memory://",
+    autodiscover=False,
+    web_enabled=False,
+)
+seen: list[list[int]] = []
+
+
+@app.agent()
+async def grouped(stream: Any) -> None:
+    async for batch in batches(stream, MAX):
+        seen.append([event.value for event in batch])
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+async def test_waiting_events_come_in_full_batches_and_a_lone_event_comes_at_once() -> None:
+    seen.clear()
+    async with grouped.test_context() as agent:
+        # Queued before the agent runs: the first batches are full.
+        for value in range(7):
+            await agent.put(value, wait=False)
+        await asyncio.wait_for(_until(lambda: sum(map(len, seen)) == 7), timeout=10)
+        assert seen[:2] == [[0, 1, 2], [3, 4, 5]]
+        assert [value for batch in seen for value in batch] == list(range(7))
+        assert all(1 <= len(batch) <= MAX for batch in seen)
+
+        # Nothing else waiting: the next event is a batch of its own, with no timer to wait
+        # out (take_events with no ``within`` would hold it until two more arrived).
+        await asyncio.wait_for(agent.put(99), timeout=10)
+        assert seen[-1] == [99]
+
+
+async def test_max_events_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        await anext(batches(object(), 0))
