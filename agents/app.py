@@ -10,6 +10,11 @@ from typing import Any
 import faust
 from prometheus_client import Counter
 
+from agents.faust_internals.transport import (
+    PRODUCER_LINGER_S,
+    PRODUCER_MAX_BATCH_BYTES,
+    broker_urls,
+)
 from agents.settings import (
     LearningConfig,
     Settings,
@@ -18,7 +23,6 @@ from agents.settings import (
     load_settings,
 )
 from agents.topics import TopicCatalog, TopicCatalogError, load_catalog, missing
-from agents.transport import PRODUCER_LINGER_S, PRODUCER_MAX_BATCH_BYTES, broker_urls
 from storage.pool import create_pool
 
 log = logging.getLogger("learnops")
@@ -147,7 +151,8 @@ def build_app(settings: Settings) -> LearnopsApp:
         settings,
         catalog,
         load_learning_config(settings.learnops_config_file),
-        # Faust's aiokafka transport without its one-second waits (agents/transport.py).
+        # Faust's aiokafka transport without its one-second waits
+        # (agents/faust_internals/transport.py).
         broker=broker_urls(settings.kafka_hosts),
         broker_credentials=_broker_credentials(settings),
         store="memory://",

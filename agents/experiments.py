@@ -7,7 +7,7 @@ experiment's candidate went). State lives in PostgreSQL (storage.experiments),
 so this stage keeps no Faust table; every step is idempotent.
 
 - A replay publishes one task per (sample, seed) on learning.replay-tasks;
-  the orchestrator's sandbox (or the local executor, agents/replay_executor.py)
+  the orchestrator's sandbox (or the local executor, learnops/client/replay_executor.py)
   answers each with a learning bundle tagged with the replay id.
 - When a replay's last task is scored it completes; once its control is
   finished too, learning.replay gives the verdict. A timer marks replays past

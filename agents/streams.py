@@ -17,7 +17,7 @@ and ack themselves:
   way; a batch body cut short is kept unacked (see also
   :func:`agents.dlq.guarded_batch`).
 
-An unacked event's offset is never committed (agents/transport.py), so the next
+An unacked event's offset is never committed (agents/faust_internals/transport.py), so the next
 owner of the partition processes it again; every write is idempotent.
 
 How big a batch is

@@ -12,7 +12,7 @@ times and interleaved so both sides see the same machine:
 * a minimal Faust app (``value_serializer="raw"``, memory store) whose agent
   counts (``count``), validates (``validate``) or validates and sends the raw
   bytes on to an output topic (``forward``), each with Faust's stock aiokafka
-  transport (``kafka://``) and with ``agents.transport`` (``learnops-kafka://``).
+  transport (``kafka://``) and with ``agents.faust_internals.transport`` (``learnops-kafka://``).
 
 Every consumer runs in its own process from its first event to its Nth, so its
 ``time.process_time()`` (all threads) over that wall time is its CPU use.
@@ -122,7 +122,11 @@ def consume_faust(spec: dict[str, Any]) -> None:
 
     if spec["transport"] == "fixed":
         # What build_app configures: our transport and producer batching.
-        from agents.transport import PRODUCER_LINGER_S, PRODUCER_MAX_BATCH_BYTES, broker_urls
+        from agents.faust_internals.transport import (
+            PRODUCER_LINGER_S,
+            PRODUCER_MAX_BATCH_BYTES,
+            broker_urls,
+        )
 
         tuning: dict[str, Any] = {
             "broker": broker_urls([spec["bootstrap"]]),

@@ -124,7 +124,7 @@ def learnops_command() -> list[str]:
     found = shutil.which("learnops")
     if found:
         return [found]
-    return [sys.executable, "-c", "from agents.cli import main; main()"]
+    return [sys.executable, "-c", "from learnops.cli.main import main; main()"]
 
 
 @dataclass

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from agents.canary_scenario import CanaryScenario
-from agents.router import Router
 from agents.topics import read_from_start
 from learning.signing import SigningKey, generate_key
+from learnops.client.router import Router
+from learnops.demo.canary_scenario import CanaryScenario
 from models.commands import CanarySettings
 from models.events import Alert, PolicyChange, TaskRouted
 from storage import canary as canary_store
@@ -319,7 +319,8 @@ async def test_a_worker_stopped_while_tasks_flow_stores_every_routing_once(
 
     publisher = asyncio.create_task(publish())
     # Stop the worker while routings and results are in flight, start it again: the
-    # records fetched around the restart's seek used to be skipped (agents/offsets.py).
+    # records fetched around the restart's seek used to be skipped
+    # (agents/faust_internals/offsets.py).
     await eventually(lambda: routed_per_arm(db, deployment_id), lambda r: sum(r.values()) >= 300)
     await asyncio.to_thread(worker.stop)
     await asyncio.to_thread(worker.start)

@@ -11,8 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agents.canary_scenario import CanaryScenario
-from agents.experiments_scenario import (
+from agents.topics import read_from_start
+from learning.replay import replay_id, task_id
+from learning.signing import SigningKey, content_digest
+from learnops.client.router import Router
+from learnops.demo.canary_scenario import CanaryScenario
+from learnops.demo.experiments_scenario import (
     BETTER,
     CONTROL,
     SAMPLES,
@@ -21,11 +25,7 @@ from agents.experiments_scenario import (
     ExperimentDoer,
     prepare,
 )
-from agents.experiments_scenario import wait_experiment as wait_for_experiment
-from agents.router import Router
-from agents.topics import read_from_start
-from learning.replay import replay_id, task_id
-from learning.signing import SigningKey, content_digest
+from learnops.demo.experiments_scenario import wait_experiment as wait_for_experiment
 from models.base import Event
 from models.commands import (
     CanarySettings,

@@ -20,7 +20,10 @@ from typing import Any
 
 import pytest
 
-from agents.experiments_scenario import (
+from agents.topics import read_from_start
+from learning.signing import SigningKey
+from learning.simulation import Orchestrator
+from learnops.demo.experiments_scenario import (
     BETTER,
     CONTROL,
     WORSE,
@@ -33,9 +36,6 @@ from agents.experiments_scenario import (
     wait_experiment,
     wait_request,
 )
-from agents.topics import read_from_start
-from learning.signing import SigningKey
-from learning.simulation import Orchestrator
 from models.commands import POLICY_COMMANDS, CanarySettings, RequestExperiment
 from models.events import DeadLetter, ExperimentChanged, SkillCard
 from storage import experiments as experiments_store

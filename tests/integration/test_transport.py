@@ -1,6 +1,6 @@
 """The learnops transport on the real broker: every offset processed, every offset committed.
 
-The workers are minimal Faust apps on ``agents.transport`` with a small stream
+The workers are minimal Faust apps on ``agents.faust_internals.transport`` with a small stream
 buffer, so buffer pressure (and the short polls that follow it) happens all the
 time; each worker appends ``partition offset`` per event to its own file. This
 module is also the worker: ``python -m tests.integration.test_transport ...``.
@@ -39,7 +39,11 @@ def run_worker(argv: Sequence[str] | None = None) -> None:
     import faust
     from faust.worker import Worker
 
-    from agents.transport import PRODUCER_LINGER_S, PRODUCER_MAX_BATCH_BYTES, broker_urls
+    from agents.faust_internals.transport import (
+        PRODUCER_LINGER_S,
+        PRODUCER_MAX_BATCH_BYTES,
+        broker_urls,
+    )
     from models.events import RunCompleted
 
     parser = argparse.ArgumentParser()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.offsets import Decision, OffsetGuard, Verdict
+from agents.faust_internals.offsets import Decision, OffsetGuard, Verdict
 
 TP = ("learning.task-routed", 0)
 OTHER = ("learning.task-routed", 1)

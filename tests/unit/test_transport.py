@@ -10,7 +10,7 @@ import pytest
 from faust.transport import by_url
 from faust.types import TP
 
-from agents.transport import (
+from agents.faust_internals.transport import (
     BUFFER_PRESSURE_POLL_S,
     FETCH_WAIT_BUSY_MS,
     FETCH_WAIT_IDLE_MS,

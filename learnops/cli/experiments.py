@@ -12,11 +12,11 @@ import click
 import orjson
 from faust.cli import base as faust_cli
 
-from agents.cli import GroupedCommand, command, database, fail, json_option
-from agents.policy_cli import COMMANDS_TOPIC, _dump, _find, _send, _when
-from agents.replay_executor import serve
 from learning.experiments import STATUSES, parse_seeds, split_versioned
 from learning.replay import replay_id
+from learnops.cli.main import GroupedCommand, command, database, fail, json_option
+from learnops.cli.policy import COMMANDS_TOPIC, _dump, _find, _send, _when
+from learnops.client.replay_executor import serve
 from models.commands import CreateExperiment, RunReplay
 from storage import experiments as store
 from storage.skills import list_requests, request_row

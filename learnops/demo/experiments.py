@@ -21,10 +21,14 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from agents.cli import GroupedCommand, command
-from agents.demo import demo
-from agents.experiments_cli import experiment_report
-from agents.experiments_scenario import (
+from learning.signing import SigningKey, generate_key
+from learning.simulation import Orchestrator
+from learnops.cli.experiments import experiment_report
+from learnops.cli.main import GroupedCommand, command
+from learnops.cli.skills import print_card
+from learnops.client.replay_executor import serve
+from learnops.demo.commands import demo
+from learnops.demo.experiments_scenario import (
     BETTER,
     CONTROL,
     WORSE,
@@ -37,10 +41,6 @@ from agents.experiments_scenario import (
     wait_experiment,
     wait_request,
 )
-from agents.replay_executor import serve
-from agents.skills_cli import print_card
-from learning.signing import SigningKey, generate_key
-from learning.simulation import Orchestrator
 from models.commands import CanarySettings
 from storage import policies as store
 from storage.pool import create_pool

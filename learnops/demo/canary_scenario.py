@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agents.router import Router
 from learning.canary_sim import CanaryOrchestrator
 from learning.signing import SigningKey, signed_artifact
 from learning.simulation import Orchestrator
+from learnops.client.router import Router
 from models.base import Event
 from models.commands import CanarySettings, PromotePolicy, RegisterPolicy, StartCanary, StartShadow
 from models.events import PolicyChange

@@ -21,12 +21,12 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from agents.cli import GroupedCommand, command
-from agents.demo import demo
 from agents.topics import read_from_start
 from learning.contamination import CONTAMINATION_REASONS
 from learning.curation import contains_pii, pii_values
 from learning.simulation import DOERS
+from learnops.cli.main import GroupedCommand, command
+from learnops.demo.commands import demo
 from models.events import Alert, RunCompleted, SampleCurated
 from storage import datasets as store
 from storage.pool import create_pool

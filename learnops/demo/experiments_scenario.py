@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from agents.canary_scenario import CanaryScenario
-from agents.router import Router
 from learning.curation import content_hash
 from learning.signing import SigningKey, signed_artifact
 from learning.simulation import Orchestrator
+from learnops.client.router import Router
+from learnops.demo.canary_scenario import CanaryScenario
 from models.base import Event
 from models.commands import (
     CanarySettings,

@@ -76,9 +76,9 @@ Records fetched but never delivered
 Faust counts an offset jump between two delivered records as a gap with
 nothing stored in it, and commits past it; records it fetched and then dropped
 (around the seek that ends a rebalance, or a fetched batch cut short when the
-flow stops) were lost that way. :class:`agents.offsets.OffsetGuard` stands
+flow stops) were lost that way. :class:`agents.faust_internals.offsets.OffsetGuard` stands
 between the fetched records and the delivery loop and fetches them again; see
-agents/offsets.py.
+agents/faust_internals/offsets.py.
 
 The transport is chosen by the broker URL scheme ``learnops-kafka://host:port``
 (:func:`broker_urls`).
@@ -97,7 +97,7 @@ from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from agents.offsets import OffsetGuard, Verdict
+from agents.faust_internals.offsets import OffsetGuard, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             # Failing here beats a silent no-op that brings the 1.5 s stall back.
             raise RuntimeError(
                 "aiokafka's Fetcher lacks _fetch_max_wait_ms or _records; "
-                "agents/transport.py needs updating for this aiokafka version"
+                "agents/faust_internals/transport.py needs updating for this aiokafka version"
             )
 
     async def _fetch_records(
@@ -210,7 +210,7 @@ class Consumer(faust_aiokafka.Consumer):
         await super().on_partitions_revoked(revoked)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
-        """Faust's records, minus those to fetch again (agents/offsets.py)."""
+        """Faust's records, minus those to fetch again (agents/faust_internals/offsets.py)."""
         async for tp, message in super().getmany(timeout):
             if not self._acks_enabled_for(tp.topic):  # changelogs: Faust tracks no acks
                 yield tp, message

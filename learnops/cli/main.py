@@ -231,20 +231,12 @@ def main() -> None:
     """Entry point of the `learnops` console script."""
     # Importing the stage modules registers their agents on the app.
     import agents.canary
-    import agents.canary_demo
     import agents.crl
-    import agents.curation_demo
     import agents.curator
     import agents.datasets
-    import agents.datasets_cli
-    import agents.demo
     import agents.experiments
-    import agents.experiments_cli
-    import agents.experiments_demo
     import agents.policy
-    import agents.policy_cli
     import agents.skills
-    import agents.skills_cli
     import agents.triggers
     import agents.web  # noqa: F401
 

@@ -10,11 +10,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from agents.canary_scenario import CanaryScenario
-from agents.cli import GroupedCommand, command
-from agents.demo import demo
-from agents.router import Router
 from learning.signing import generate_key
+from learnops.cli.main import GroupedCommand, command
+from learnops.client.router import Router
+from learnops.demo.canary_scenario import CanaryScenario
+from learnops.demo.commands import demo
 from models.commands import CanarySettings
 from storage import policies as store
 from storage.pool import create_pool

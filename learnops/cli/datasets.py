@@ -16,7 +16,7 @@ import click
 import orjson
 from faust.cli import base as faust_cli
 
-from agents.cli import GroupedCommand, command, database, fail, json_option, split_ref
+from learnops.cli.main import GroupedCommand, command, database, fail, json_option, split_ref
 from storage import datasets as store
 
 

@@ -16,8 +16,8 @@ from faust.cli import base as faust_cli
 from rich.console import Console
 from rich.table import Table
 
-from agents.cli import GroupedCommand, command, database, fail, json_option
-from agents.demo import demo
+from learnops.cli.main import GroupedCommand, command, database, fail, json_option
+from learnops.demo.commands import demo
 from models.events import SkillCard
 from storage.skills import card_history, current_card, current_cards, open_requests
 

@@ -38,7 +38,7 @@ and keeps, per partition, the offset it expects next:
 
 No record is judged while a seek of every partition (Faust's ``perform_seek``)
 is under way: the transport waits for it to end, so the guard knows which
-partitions it moved. The guard is pure bookkeeping; agents/transport.py feeds
+partitions it moved. The guard is pure bookkeeping; agents/faust_internals/transport.py feeds
 it the seeks and the records and acts on its verdicts.
 """
 

@@ -27,7 +27,6 @@ import orjson
 import yaml
 from faust.cli import base as faust_cli
 
-from agents.cli import GroupedCommand, command, database, fail, json_option, split_ref
 from learning.signing import (
     CanonicalJSONError,
     PublicKey,
@@ -36,6 +35,7 @@ from learning.signing import (
     generate_key,
     signed_artifact,
 )
+from learnops.cli.main import GroupedCommand, command, database, fail, json_option, split_ref
 from models.base import Event
 from models.commands import (
     ArchivePolicy,

@@ -13,9 +13,9 @@ from faust.cli import base as faust_cli
 from rich.console import Console
 from rich.table import Table
 
-from agents.cli import GroupedCommand, command
 from agents.topics import read_from_start
 from learning.simulation import DOERS, NoteMix, Orchestrator, bad_inputs
+from learnops.cli.main import GroupedCommand, command
 from models.events import Alert, DeadLetter
 from storage.crl import count_results
 from storage.pool import create_pool
