@@ -1,6 +1,6 @@
 """A simulated orchestrator under a canary: it routes each task, reports the routing, runs it.
 
-It asks a router for each task's route (the :class:`agents.router.Router`
+It asks a router for each task's route (the :class:`learnops.client.router.Router`
 client in the integration tests and the demo; any ``(doer, task_id) → Route``
 function here), publishes what ``learning.task-routed`` and
 ``learning.run-completed`` would carry, and draws each run's bundle from
