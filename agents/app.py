@@ -178,6 +178,27 @@ def build_app(settings: Settings) -> LearnopsApp:
     )
 
 
+def create_app(settings: Settings) -> LearnopsApp:
+    """The Faust app with the stages ``settings.stages`` names registered on it.
+
+    Transitional: today the stages still register on the module-level app at
+    import; this factory is the interface the CLI and the tests use, and is
+    becoming the only place an app is built.
+    """
+    import agents.canary
+    import agents.crl
+    import agents.curator
+    import agents.datasets
+    import agents.experiments
+    import agents.policy
+    import agents.skills
+    import agents.triggers
+    import agents.web  # noqa: F401
+
+    select_stages(app)
+    return app
+
+
 def _load() -> LearnopsApp:
     try:
         settings = load_settings()
