@@ -1,15 +1,23 @@
-"""The learnops Faust app: its settings, topics, PostgreSQL pool and dead-letter path."""
+"""The learnops Faust app, built by :func:`create_app` from settings with the stages it runs.
+
+Nothing happens at import: ``create_app(settings)`` reads the topic catalogue
+and the learning configuration, builds the app, and lets each selected stage
+(``LEARNOPS_STAGES``) declare its tables, agents and timers on it.
+"""
 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import faust
-from prometheus_client import Counter
 
+from agents.dlq import DeadLetters
+from agents.event_topics import EventTopics
 from agents.faust_internals.transport import (
     PRODUCER_LINGER_S,
     PRODUCER_MAX_BATCH_BYTES,
@@ -20,19 +28,11 @@ from agents.settings import (
     Settings,
     SettingsError,
     load_learning_config,
-    load_settings,
 )
-from agents.topics import TopicCatalog, TopicCatalogError, load_catalog, missing
+from agents.topics import TopicCatalog, load_catalog, missing
 from storage.pool import create_pool
 
 log = logging.getLogger("learnops")
-
-DEAD_LETTERS = Counter(
-    "learnops_dead_letters_total",
-    "Events sent to learning.dlq, by the stage that rejected them and the kind of error.",
-    ["stage", "error_type"],
-)
-
 
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 50_000
@@ -53,6 +53,19 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
+#: Every stage: its name (the agent's, and what LEARNOPS_STAGES lists) → its class.
+STAGES: dict[str, str] = {
+    "crl": "agents.crl:CRLStage",
+    "canary": "agents.canary:CanaryStage",
+    "curator": "agents.curator:CuratorStage",
+    "datasets": "agents.datasets:DatasetsStage",
+    "experiments": "agents.experiments:ExperimentsStage",
+    "policy": "agents.policy:PolicyStage",
+    "skills": "agents.skills:SkillsStage",
+    "triggers": "agents.triggers:TriggersStage",
+}
+
+
 class LearnopsApp(faust.App):
     """A Faust app that owns a PostgreSQL pool and checks its topics before it starts."""
 
@@ -67,14 +80,28 @@ class LearnopsApp(faust.App):
         self.catalog = catalog
         self.learning = learning
         self._pool: Any = None
+        #: Where sends go instead of the broker, when set (in-process tests).
+        self.outbox: list[tuple[str, Any]] | None = None
+        self.stages: dict[str, Any] = {}
         super().__init__(settings.learnops_app_id, **options)
+        self.event_topics = EventTopics(self)
+        self.dead_letters = DeadLetters(self)
 
     @property
     def pool(self) -> Any:
-        """The asyncpg pool; exists once the worker has started."""
+        """The asyncpg pool; exists once the worker has started (or :meth:`use_pool` gave one)."""
         if self._pool is None:
             raise RuntimeError("the PostgreSQL pool is opened when the worker starts")
         return self._pool
+
+    @property
+    def pool_open(self) -> bool:
+        """True while the app has a usable pool (timers check this before they touch it)."""
+        return self._pool is not None and not self._pool.is_closing()
+
+    def use_pool(self, pool: Any) -> None:
+        """Use a pool opened elsewhere (in-process tests); the app will not close it."""
+        self._pool = pool
 
     async def on_first_start(self) -> None:
         """Refuse to run on a cluster that lacks our topics, then open the pool."""
@@ -103,27 +130,31 @@ class LearnopsApp(faust.App):
             self._pool = None
 
 
-def select_stages(app: LearnopsApp) -> None:
-    """Keep only the agents named in ``LEARNOPS_STAGES``; an unknown name is an error.
+def selected_stages(names: Iterable[str] | None) -> list[str]:
+    """The stages to run, in a fixed order; ``None`` means all; an unknown name is an error.
 
-    Every stage module registers its agent on import, so the command line can
-    use any stage's topics; a worker then starts only the selected agents. A
-    stage's consumer group stays the app id's: workers running different stages
+    A stage's consumer group stays the app id's: workers running different stages
     must use different ``LEARNOPS_APP_ID``s, or the group would hand a stage's
     partitions to a worker that does not run it.
     """
-    wanted = app.settings.stages
-    if wanted is None:
-        return
-    unknown = sorted(wanted - set(app.agents))
+    if names is None:
+        return list(STAGES)
+    wanted = set(names)
+    unknown = sorted(wanted - set(STAGES))
     if unknown:
         raise SettingsError(
             f"LEARNOPS_STAGES: unknown stage(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(app.agents))}"
+            f"known: {', '.join(sorted(STAGES))}"
         )
-    for name in [name for name in app.agents if name not in wanted]:
-        del app.agents[name]
-    log.info("stages selected=%s", ",".join(sorted(wanted)))
+    return [name for name in STAGES if name in wanted]
+
+
+def register_stage(app: LearnopsApp, name: str) -> Any:
+    """Build stage ``name`` on the app (it declares its tables, agents and timers)."""
+    module, _, cls = STAGES[name].partition(":")
+    stage = getattr(importlib.import_module(module), cls)(app)
+    app.stages[name] = stage
+    return stage
 
 
 def _broker_credentials(settings: Settings) -> Any:
@@ -144,13 +175,22 @@ def _broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context=ssl_context)
 
 
-def build_app(settings: Settings) -> LearnopsApp:
-    """Create the app from settings; agents register themselves on import."""
+def create_app(
+    settings: Settings,
+    *,
+    stages: Iterable[str] | None = None,
+    learning: LearningConfig | None = None,
+) -> LearnopsApp:
+    """The Faust app for ``settings``, with the stages ``stages`` names (default: the settings').
+
+    Raises :class:`SettingsError` or :class:`TopicCatalogError` with a message
+    that names what to fix.
+    """
     catalog = load_catalog(settings.learnops_topics_file)
-    return LearnopsApp(
+    app = LearnopsApp(
         settings,
         catalog,
-        load_learning_config(settings.learnops_config_file),
+        learning or load_learning_config(settings.learnops_config_file),
         # Faust's aiokafka transport without its one-second waits
         # (agents/faust_internals/transport.py).
         broker=broker_urls(settings.kafka_hosts),
@@ -176,35 +216,6 @@ def build_app(settings: Settings) -> LearnopsApp:
         web_port=settings.learnops_web_port,
         autodiscover=False,
     )
-
-
-def create_app(settings: Settings) -> LearnopsApp:
-    """The Faust app with the stages ``settings.stages`` names registered on it.
-
-    Transitional: today the stages still register on the module-level app at
-    import; this factory is the interface the CLI and the tests use, and is
-    becoming the only place an app is built.
-    """
-    import agents.canary
-    import agents.crl
-    import agents.curator
-    import agents.datasets
-    import agents.experiments
-    import agents.policy
-    import agents.skills
-    import agents.triggers
-    import agents.web  # noqa: F401
-
-    select_stages(app)
+    for name in selected_stages(settings.stages if stages is None else stages):
+        register_stage(app, name)
     return app
-
-
-def _load() -> LearnopsApp:
-    try:
-        settings = load_settings()
-        return build_app(settings)
-    except (SettingsError, TopicCatalogError) as exc:
-        sys.exit(f"learnops: {exc}")
-
-
-app = _load()

@@ -27,18 +27,19 @@ import logging
 import time
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agents.app import app
-from agents.codecs import decode
-from agents.dlq import dead_letter, guarded, guarded_batch
+from agents.stage import Stage
 from agents.streams import batches
-from agents.tables import SEPARATOR, DoerPartitions, doer_of, doer_table
+from agents.tables import SEPARATOR, doer_of
 from learning.deployments import DeploymentState, Verdict, event_time
 from models.events import Alert, CRLComputed, DecisionMade, PolicyChange, TaskRouted
 from storage.canary import deployment, insert_decisions, insert_routings
 from storage.policies import derived_event_id
 from storage.pool import durably
+
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.canary")
 
@@ -51,29 +52,12 @@ SILENCE_CHECK_S = 1.0  # how often the timer looks for silent deployments
 # so that events waiting on the topics (a worker down for a while) are read first.
 CATCH_UP_S = 30.0
 
-canary_inputs = app.topic(CRL, ROUTED, CHANGES, key_type=bytes, value_type=bytes)
-decisions = app.topic("learning.decisions", key_type=bytes, value_type=bytes)
-alerts = app.topic("learning.alerts", key_type=bytes, value_type=bytes)
-
-partitions = DoerPartitions()
-states = doer_table(
-    app, "canary-deployments", partitions, default=dict, help_="Canary state per doer/deployment"
-)
-live = doer_table(app, "canary-live", partitions, default=str, help_="Live deployment per doer")
-seen = doer_table(
-    app, "canary-seen", partitions, default=bool, help_="Counted runs and routings per doer"
-)
-# The partition each doer's events arrive on, plus one (0: never seen): the silence
-# timer judges the deployments of the partitions this worker owns.
-doers = doer_table(app, "canary-doers", partitions, default=int, help_="Doer → source partition")
-# The agent and the timer both load, judge and write deployment states.
-judging = asyncio.Lock()
-
 
 class Batch:
     """One batch's deployment states, loaded once and written once, and what it emits."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage: CanaryStage) -> None:
+        self.stage = stage
         self.states: dict[str, DeploymentState] = {}
         self.unknown: set[str] = set()
         self.seen: set[str] = set()
@@ -83,7 +67,7 @@ class Batch:
 
     def arrived(self, doer: str, event: Any) -> None:
         """Note the partition an event of this doer arrived on."""
-        partitions.seen(doer, event.message.partition)
+        self.stage.partitions.seen(doer, event.message.partition)
         self.partitions[doer] = event.message.partition
 
     async def state(self, doer: str, deployment_id: str) -> DeploymentState | None:
@@ -93,11 +77,12 @@ class Batch:
             return self.states[key]
         if key in self.unknown:
             return None
-        stored = states.get(key)
+        stored = self.stage.states.get(key)
         if stored:
             found = DeploymentState.from_dict(stored)
         else:
-            record = await durably(partial(deployment, app.pool, deployment_id), what="deployment")
+            pool = self.stage.app.pool
+            record = await durably(partial(deployment, pool, deployment_id), what="deployment")
             if record is None or record.doer != doer:
                 self.unknown.add(key)
                 return None
@@ -112,7 +97,7 @@ class Batch:
 
     def first_time(self, key: str) -> bool:
         """Whether a run or routing is counted for the first time (and mark it counted)."""
-        if key in self.seen or seen.get(key):
+        if key in self.seen or self.stage.seen.get(key):
             return False
         self.seen.add(key)
         return True
@@ -124,13 +109,15 @@ class Batch:
         redelivered batch is judged again from the older state and gives the same
         decisions with the same ids, which PostgreSQL and the policy store take once.
         """
+        stage = self.stage
+        pool = stage.app.pool
         made = [_decision(state, verdict) for state, verdict in self.verdicts]
         if self.routings:
-            await durably(partial(insert_routings, app.pool, self.routings), what="routings")
+            await durably(partial(insert_routings, pool, self.routings), what="routings")
         if made:
-            await durably(partial(insert_decisions, app.pool, made), what="decisions")
+            await durably(partial(insert_decisions, pool, made), what="decisions")
         for (state, verdict), decision in zip(self.verdicts, made, strict=True):
-            await decisions.send(key=decision.doer.encode(), value=decision.to_json())
+            await stage.topics.decisions.send(decision)
             log.info(
                 "canary_decision doer=%s deployment=%s action=%s step=%d control=%d candidate=%d "
                 "delta_pct=%s p=%.3g",
@@ -145,14 +132,14 @@ class Batch:
             )
             alert = _alert(state, verdict, decision)
             if alert is not None:
-                await alerts.send(key=alert.doer.encode(), value=alert.to_json())
+                await stage.topics.alerts.send(alert)
         for key, state in self.states.items():
-            states[key] = state.to_dict()
+            stage.states[key] = state.to_dict()
         for key in self.seen:
-            seen[key] = True
+            stage.seen[key] = True
         for doer, partition in self.partitions.items():
-            if doers[doer] != partition + 1:
-                doers[doer] = partition + 1
+            if stage.doers[doer] != partition + 1:
+                stage.doers[doer] = partition + 1
 
 
 def _decision(state: DeploymentState, verdict: Verdict) -> DecisionMade:
@@ -227,96 +214,6 @@ def _missing(state: DeploymentState, verdict: Verdict) -> dict[str, Any] | None:
     return None
 
 
-async def _follow(change: PolicyChange, batch: Batch) -> None:
-    """Follow the doer's live deployment: new, stepped, paused, or ended."""
-    doer = change.doer
-    current = live.get(doer) or ""
-    now = change.deployment.deployment_id if change.deployment else ""
-    if current and current != now:
-        # The store ends a doer's live deployment before any change can name another
-        # one (or none); a change that does while it is still live is an older one
-        # delivered again (a restart before its offset was committed). Taking it
-        # would end the live deployment for good: its results would count no more.
-        record = await durably(partial(deployment, app.pool, current), what="deployment")
-        if record is not None and not record.ended:
-            log.info("stale_policy_change doer=%s change=%s live=%s", doer, change.change, current)
-            return
-        ended = await batch.state(doer, current)
-        if ended is not None:
-            ended.ended = True
-    if change.deployment is not None:
-        state = await batch.state(doer, now)
-        if state is None:
-            return
-        state.follow(change.deployment, "shadow" if change.status == "shadow" else "canary")
-    if current != now:
-        live[doer] = now
-
-
-async def _take(event: Any, batch: Batch) -> None:
-    topic = event.message.topic
-    if topic == CHANGES:
-        change = await decode(event, PolicyChange, stage="canary")
-        if change is not None:
-            batch.arrived(change.doer, event)
-            await _follow(change, batch)
-        return
-    if topic == ROUTED:
-        routed = await decode(event, TaskRouted, stage="canary")
-        if routed is None:
-            return
-        batch.arrived(routed.doer, event)
-        state = await _deployment_of(event, batch, routed.doer, routed.deployment_id)
-        if state is None:
-            return
-        state.heard(datetime.now(UTC))
-        batch.routings.append(routed)  # stored idempotently by event id, counted once
-        if batch.first_time(f"{routed.doer}/task/{routed.event_id}"):
-            state.route(routed.arm, routed.step)
-        return
-    result = await decode(event, CRLComputed, stage="canary")
-    if result is None or result.deployment_id is None or result.replay_id is not None:
-        return  # not a deployment's run, or a replay: never counted
-    batch.arrived(result.doer, event)
-    state = await _deployment_of(event, batch, result.doer, result.deployment_id)
-    if state is None:
-        return
-    state.heard(datetime.now(UTC))
-    if not batch.first_time(f"{result.doer}/run/{result.run_id}"):
-        return
-    if state.observe(result):
-        verdict = state.judge(event_time(result))
-        if verdict is not None:
-            batch.verdicts.append((state, verdict))
-
-
-async def _deployment_of(
-    event: Any, batch: Batch, doer: str, deployment_id: str
-) -> DeploymentState | None:
-    state = await batch.state(doer, deployment_id)
-    if state is None:
-        await dead_letter(
-            event,
-            stage="canary",
-            error_type="unknown_deployment",
-            reason=f"deployment {deployment_id} of {doer} is not in the policy store",
-            doer=doer,
-        )
-    return state
-
-
-@app.agent(canary_inputs, name="canary")
-async def canary(stream: Any) -> None:
-    """Fold each batch into the deployments' states, judge, store and emit; ack after all of it."""
-    async for events in batches(stream, BATCH):
-        async with judging, guarded_batch(events, stage="canary"):
-            batch = Batch()
-            for event in events:
-                async with guarded(event, stage="canary"):
-                    await _take(event, batch)
-            await batch.flush()
-
-
 class CatchUp:
     """Whether the worker has run undisturbed (no recovery, no rebalance) for ``CATCH_UP_S``."""
 
@@ -333,40 +230,150 @@ class CatchUp:
         return now - self.since >= CATCH_UP_S
 
 
-catch_up = CatchUp()
+class CanaryStage(Stage):
+    """CRL results, routings and policy changes of live deployments → decisions and alerts."""
 
+    name = "canary"
 
-def _owned_partitions() -> set[int]:
-    """The input partitions this worker actively owns (the inputs are co-partitioned by doer)."""
-    inputs = (CRL, ROUTED, CHANGES)
-    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in inputs}
+    def __init__(self, app: LearnopsApp) -> None:
+        super().__init__(app)
+        self.states = self.table(
+            "canary-deployments", default=dict, help_="Canary state per doer/deployment"
+        )
+        self.live = self.table("canary-live", default=str, help_="Live deployment per doer")
+        self.seen = self.table(
+            "canary-seen", default=bool, help_="Counted runs and routings per doer"
+        )
+        # The partition each doer's events arrive on, plus one (0: never seen): the
+        # silence timer judges the deployments of the partitions this worker owns.
+        self.doers = self.table("canary-doers", default=int, help_="Doer → source partition")
+        # The agent and the timer both load, judge and write deployment states.
+        self.judging = asyncio.Lock()
+        self.catch_up = CatchUp()
+        topics = self.topics
+        self.inputs = (topics.crl_computed.name, topics.task_routed.name, CHANGES)
 
+        async def canary(stream: Any) -> None:
+            """Fold each batch into the deployments, judge, store and emit; ack after all of it."""
+            async for events in batches(stream, BATCH):
+                async with self.judging, self.guarded_batch(events):
+                    await self.process(events)
 
-@app.timer(interval=SILENCE_CHECK_S)
-async def pause_silent_deployments() -> None:
-    """Pause this worker's deployments that have heard nothing for longer than max_silence_s."""
-    if "canary" not in app.agents:  # a worker without the stage (LEARNOPS_STAGES)
-        return
-    try:
-        app.pool  # noqa: B018
-    except RuntimeError:  # the worker has not opened its pool yet
-        return
-    if not catch_up.ready(not (app.in_recovery or app.rebalancing), time.monotonic()):
-        return
-    async with judging:
-        owned = _owned_partitions()
-        now = datetime.now(UTC)
-        batch = Batch()
-        for key, value in list(states.items()):
-            doer = doer_of(key)
-            partition = (doers.get(doer) or 0) - 1
-            if partition not in owned or value.get("ended") or value.get("paused"):
-                continue
-            state = DeploymentState.from_dict(value)
-            verdict = state.judge_silence(now)
-            if verdict is None:
-                continue
-            partitions.seen(doer, partition)  # so the table write finds the doer's partition
-            batch.states[key] = state
-            batch.verdicts.append((state, verdict))
+        source = topics.source(topics.crl_computed, topics.task_routed, topics.policy_changes)
+        app.agent(source, name=self.name)(canary)
+        app.timer(interval=SILENCE_CHECK_S)(self.pause_silent_deployments)
+
+    async def process(self, events: list[Any]) -> None:
+        """One batch: take every event into its deployment's state, then flush."""
+        batch = Batch(self)
+        for event in events:
+            async with self.guarded(event):
+                await self._take(event, batch)
         await batch.flush()
+
+    async def _follow(self, change: PolicyChange, batch: Batch) -> None:
+        """Follow the doer's live deployment: new, stepped, paused, or ended."""
+        doer = change.doer
+        current = self.live.get(doer) or ""
+        now = change.deployment.deployment_id if change.deployment else ""
+        if current and current != now:
+            # The store ends a doer's live deployment before any change can name another
+            # one (or none); a change that does while it is still live is an older one
+            # delivered again (a restart before its offset was committed). Taking it
+            # would end the live deployment for good: its results would count no more.
+            pool = self.app.pool
+            record = await durably(partial(deployment, pool, current), what="deployment")
+            if record is not None and not record.ended:
+                log.info(
+                    "stale_policy_change doer=%s change=%s live=%s", doer, change.change, current
+                )
+                return
+            ended = await batch.state(doer, current)
+            if ended is not None:
+                ended.ended = True
+        if change.deployment is not None:
+            state = await batch.state(doer, now)
+            if state is None:
+                return
+            state.follow(change.deployment, "shadow" if change.status == "shadow" else "canary")
+        if current != now:
+            self.live[doer] = now
+
+    async def _take(self, event: Any, batch: Batch) -> None:
+        topic = event.message.topic
+        if topic == CHANGES:
+            change = await self.decode(event, PolicyChange)
+            if change is not None:
+                batch.arrived(change.doer, event)
+                await self._follow(change, batch)
+            return
+        if topic == ROUTED:
+            routed = await self.decode(event, TaskRouted)
+            if routed is None:
+                return
+            batch.arrived(routed.doer, event)
+            state = await self._deployment_of(event, batch, routed.doer, routed.deployment_id)
+            if state is None:
+                return
+            state.heard(datetime.now(UTC))
+            batch.routings.append(routed)  # stored idempotently by event id, counted once
+            if batch.first_time(f"{routed.doer}/task/{routed.event_id}"):
+                state.route(routed.arm, routed.step)
+            return
+        result = await self.decode(event, CRLComputed)
+        if result is None or result.deployment_id is None or result.replay_id is not None:
+            return  # not a deployment's run, or a replay: never counted
+        batch.arrived(result.doer, event)
+        state = await self._deployment_of(event, batch, result.doer, result.deployment_id)
+        if state is None:
+            return
+        state.heard(datetime.now(UTC))
+        if not batch.first_time(f"{result.doer}/run/{result.run_id}"):
+            return
+        if state.observe(result):
+            verdict = state.judge(event_time(result))
+            if verdict is not None:
+                batch.verdicts.append((state, verdict))
+
+    async def _deployment_of(
+        self, event: Any, batch: Batch, doer: str, deployment_id: str
+    ) -> DeploymentState | None:
+        state = await batch.state(doer, deployment_id)
+        if state is None:
+            await self.dead_letter(
+                event,
+                error_type="unknown_deployment",
+                reason=f"deployment {deployment_id} of {doer} is not in the policy store",
+                doer=doer,
+            )
+        return state
+
+    def _owned_partitions(self) -> set[int]:
+        """The input partitions this worker actively owns (inputs are co-partitioned by doer)."""
+        assigned = self.app.assignor.assigned_actives()
+        return {tp.partition for tp in assigned if tp.topic in self.inputs}
+
+    async def pause_silent_deployments(self) -> None:
+        """Pause this worker's deployments that have heard nothing for longer than max_silence_s."""
+        app = self.app
+        if not app.pool_open:  # the worker has not opened its pool yet
+            return
+        if not self.catch_up.ready(not (app.in_recovery or app.rebalancing), time.monotonic()):
+            return
+        async with self.judging:
+            owned = self._owned_partitions()
+            now = datetime.now(UTC)
+            batch = Batch(self)
+            for key, value in list(self.states.items()):
+                doer = doer_of(key)
+                partition = (self.doers.get(doer) or 0) - 1
+                if partition not in owned or value.get("ended") or value.get("paused"):
+                    continue
+                state = DeploymentState.from_dict(value)
+                verdict = state.judge_silence(now)
+                if verdict is None:
+                    continue
+                self.partitions.seen(doer, partition)  # so the table write finds its partition
+                batch.states[key] = state
+                batch.verdicts.append((state, verdict))
+            await batch.flush()

@@ -27,24 +27,22 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from agents.app import app
-from agents.dlq import dead_letter, guarded
+from agents.stage import Stage
 from agents.streams import each
-from agents.tables import SEPARATOR, DoerPartitions, doer_of, doer_table
+from agents.tables import SEPARATOR, doer_of
 from learning.contamination import reason_kind
 from learning.samples import CurationError, DoerCuration
 from models.events import RunCompleted
 
-log = logging.getLogger("learnops.curator")
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
 
-run_completed = app.topic("learning.run-completed", key_type=bytes, value_type=bytes)
-curated_samples = app.topic("learning.samples", key_type=bytes, value_type=bytes)
-alerts = app.topic("learning.alerts", key_type=bytes, value_type=bytes)
+log = logging.getLogger("learnops.curator")
 
 SAMPLES = Counter(
     "learnops_samples_curated_total",
@@ -57,19 +55,6 @@ SKIPPED = Counter(
     ["reason"],
 )
 
-partitions = DoerPartitions()
-# Keys are "<doer>/<sample id>"; values are JSON records (learning.samples).
-verdicts = doer_table(
-    app, "curator-samples", partitions, default=None, help_="Curator verdict per sample"
-)
-own_outputs = doer_table(
-    app,
-    "curator-own-outputs",
-    partitions,
-    default=None,
-    help_="Artifacts of our policies that were not samples, for the self-loop check",
-)
-
 
 def _key(doer: str, sample: str) -> str:
     return f"{doer}{SEPARATOR}{sample}"
@@ -78,7 +63,8 @@ def _key(doer: str, sample: str) -> str:
 class CuratorMemory:
     """Each doer's curation state in this worker, rebuilt from the tables when first needed."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage: CuratorStage) -> None:
+        self.stage = stage
         self._doers: dict[str, DoerCuration] = {}
         self._grouped: dict[str, tuple[list[Any], list[tuple[str, Any]]]] | None = None
 
@@ -89,6 +75,7 @@ class CuratorMemory:
             if self._grouped is None:
                 self._grouped = self._group()
             samples, own = self._grouped.pop(doer, ([], []))
+            app = self.stage.app
             state = DoerCuration(doer, app.learning.curation, curator=app.conf.id)
             state.restore(samples, own)
             self._doers[doer] = state
@@ -114,22 +101,15 @@ class CuratorMemory:
         self._doers.clear()
         self._grouped = None
 
-    @staticmethod
-    def _group() -> dict[str, tuple[list[Any], list[tuple[str, Any]]]]:
+    def _group(self) -> dict[str, tuple[list[Any], list[tuple[str, Any]]]]:
         # One pass over the recovered tables, grouped by doer; each doer's
         # share is consumed when the doer is first seen.
         grouped: dict[str, tuple[list[Any], list[tuple[str, Any]]]] = defaultdict(lambda: ([], []))
-        for key, record in verdicts.items():
+        for key, record in self.stage.verdicts.items():
             grouped[doer_of(key)][0].append(record)
-        for key, record in own_outputs.items():
+        for key, record in self.stage.own_outputs.items():
             grouped[doer_of(key)][1].append((str(key).split(SEPARATOR, 1)[1], record))
         return dict(grouped)
-
-
-memory = CuratorMemory()
-# After a rebalance the tables hold what this worker now owns; rebuild from them.
-app.on_partitions_revoked.connect(memory.forget)
-app.on_partitions_assigned.connect(memory.forget)
 
 
 def _parse(event: Any) -> RunCompleted | None:
@@ -146,58 +126,77 @@ def _parse(event: Any) -> RunCompleted | None:
     return bundle
 
 
-@app.agent(run_completed, name="curator")
-async def curator(stream: Any) -> None:
-    """Curate each bundle's artifacts into samples; keep the verdicts; emit samples and alerts."""
-    async for event in each(stream):
-        async with guarded(event, stage="curator"):
-            bundle = _parse(event)
-            if bundle is not None:
-                await _curate(event, bundle)
+class CuratorStage(Stage):
+    """learning.run-completed → redacted, labelled, guarded samples on learning.samples."""
 
+    name = "curator"
 
-async def _curate(event: Any, bundle: RunCompleted) -> None:
-    doer = bundle.doer
-    partitions.seen(doer, event.message.partition)
-    state = memory.of(doer)
-    try:
-        await _apply(state, bundle)
-    except CurationError as exc:
-        # Refused before anything changed (DoerCuration.curate): the state stays.
-        await dead_letter(
-            event, stage="curator", error_type="curation", reason=exc.reason, doer=doer
+    def __init__(self, app: LearnopsApp) -> None:
+        super().__init__(app)
+        # Keys are "<doer>/<sample id>"; values are JSON records (learning.samples).
+        self.verdicts = self.table(
+            "curator-samples", default=None, help_="Curator verdict per sample"
         )
-    except Exception:
-        # The state in memory may now be ahead of the tables; rebuild it from them.
-        memory.drop(doer)
-        raise
+        self.own_outputs = self.table(
+            "curator-own-outputs",
+            default=None,
+            help_="Artifacts of our policies that were not samples, for the self-loop check",
+        )
+        self.memory = CuratorMemory(self)
+        # After a rebalance the tables hold what this worker now owns; rebuild from them.
+        app.on_partitions_revoked.connect(self.memory.forget)
+        app.on_partitions_assigned.connect(self.memory.forget)
 
+        async def curator(stream: Any) -> None:
+            """Curate each bundle's artifacts into samples; keep verdicts; emit samples, alerts."""
+            async for event in each(stream):
+                async with self.guarded(event):
+                    bundle = _parse(event)
+                    if bundle is not None:
+                        await self.curate(event, bundle)
 
-async def _apply(state: DoerCuration, bundle: RunCompleted) -> None:
-    doer = bundle.doer
-    curation = state.curate(
-        bundle, now=datetime.now(UTC), previous=lambda s: verdicts.get(_key(doer, s))
-    )
-    if curation.skipped:
-        SKIPPED.labels(curation.skipped).inc()
-    for sample, record in curation.own_outputs.items():
-        own_outputs[_key(doer, sample)] = record
-    for curated in curation.samples:
-        sample_event = curated.event
-        if curated.record is not None:
-            verdicts[_key(doer, sample_event.sample_id)] = curated.record
-            verdict = sample_event.reject_reason or "accepted"
-            SAMPLES.labels(reason_kind(verdict)).inc()
-        await curated_samples.send(key=doer.encode(), value=sample_event.to_json())
-        if curated.alert is not None:
-            # Sent again for a redelivered sample (same event id): a crash
-            # between the table write and this send must not lose it.
-            await alerts.send(key=doer.encode(), value=curated.alert.to_json())
+        app.agent(self.topics.run_completed.channel, name=self.name)(curator)
+
+    async def curate(self, event: Any, bundle: RunCompleted) -> None:
+        """Curate one bundle; a curation refusal is a dead letter and leaves the state as it was."""
+        doer = bundle.doer
+        self.partitions.seen(doer, event.message.partition)
+        state = self.memory.of(doer)
+        try:
+            await self._apply(state, bundle)
+        except CurationError as exc:
+            # Refused before anything changed (DoerCuration.curate): the state stays.
+            await self.dead_letter(event, error_type="curation", reason=exc.reason, doer=doer)
+        except Exception:
+            # The state in memory may now be ahead of the tables; rebuild it from them.
+            self.memory.drop(doer)
+            raise
+
+    async def _apply(self, state: DoerCuration, bundle: RunCompleted) -> None:
+        doer = bundle.doer
+        curation = state.curate(
+            bundle, now=datetime.now(UTC), previous=lambda s: self.verdicts.get(_key(doer, s))
+        )
+        if curation.skipped:
+            SKIPPED.labels(curation.skipped).inc()
+        for sample, record in curation.own_outputs.items():
+            self.own_outputs[_key(doer, sample)] = record
+        for curated in curation.samples:
+            sample_event = curated.event
             if curated.record is not None:
-                log.warning(
-                    "contamination doer=%s dataset=%s rate=%.4f threshold=%.4f",
-                    doer,
-                    sample_event.dataset,
-                    curated.alert.value,
-                    curated.alert.threshold,
-                )
+                self.verdicts[_key(doer, sample_event.sample_id)] = curated.record
+                verdict = sample_event.reject_reason or "accepted"
+                SAMPLES.labels(reason_kind(verdict)).inc()
+            await self.topics.samples.send(sample_event)
+            if curated.alert is not None:
+                # Sent again for a redelivered sample (same event id): a crash
+                # between the table write and this send must not lose it.
+                await self.topics.alerts.send(curated.alert)
+                if curated.record is not None:
+                    log.warning(
+                        "contamination doer=%s dataset=%s rate=%.4f threshold=%.4f",
+                        doer,
+                        sample_event.dataset,
+                        curated.alert.value,
+                        curated.alert.threshold,
+                    )

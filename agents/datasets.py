@@ -16,60 +16,63 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from agents.app import app
-from agents.codecs import decode
-from agents.curator import curated_samples
-from agents.dlq import dead_letter, guarded_batch
+from agents.stage import Stage
 from agents.streams import batches
 from models.events import SampleCurated
 from storage.datasets import insert_samples, unstorable
 from storage.pool import durably
+
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.datasets")
 
 BATCH = 500  # at most this many samples per batch (agents/streams.py)
 
 
-@app.agent(curated_samples, name="datasets")
-async def datasets(stream: Any) -> None:
-    """Write each batch of curated samples to dataset_samples with one statement."""
-    async for events in batches(stream, BATCH):
-        async with guarded_batch(events, stage="datasets"):
-            await _store(events)
+class DatasetsStage(Stage):
+    """learning.samples → dataset_samples in PostgreSQL, one statement per batch."""
 
+    name = "datasets"
 
-async def _store(events: list[Any]) -> None:
-    """Decode the batch and insert it with one statement; find a bad row one by one."""
-    decoded: list[tuple[Any, SampleCurated]] = []
-    for event in events:
-        sample = await decode(event, SampleCurated, stage="datasets")
-        if sample is None:
-            continue
-        reason = unstorable(sample)
-        if reason is not None:
-            await dead_letter(
-                event, stage="datasets", error_type="schema", reason=reason, doer=sample.doer
-            )
-            continue
-        decoded.append((event, sample))
-    batch = [sample for _, sample in decoded]
-    try:
-        await durably(partial(insert_samples, app.pool, batch), what="dataset_samples")
-    except asyncpg.PostgresError as exc:
-        # One bad row fails the statement; write row by row to find it.
-        log.warning("batch_rejected error=%r rows=%d; retrying one by one", exc, len(batch))
-        for event, sample in decoded:
-            try:
-                await durably(partial(insert_samples, app.pool, [sample]), what="row")
-            except asyncpg.PostgresError as row_exc:
-                await dead_letter(
-                    event,
-                    stage="datasets",
-                    error_type="storage",
-                    reason=str(row_exc),
-                    doer=sample.doer,
-                )
+    def __init__(self, app: LearnopsApp) -> None:
+        super().__init__(app)
+
+        async def datasets(stream: Any) -> None:
+            """Write each batch of curated samples to dataset_samples with one statement."""
+            async for events in batches(stream, BATCH):
+                async with self.guarded_batch(events):
+                    await self.store(events)
+
+        app.agent(self.topics.samples.channel, name=self.name)(datasets)
+
+    async def store(self, events: list[Any]) -> None:
+        """Decode the batch and insert it with one statement; find a bad row one by one."""
+        decoded: list[tuple[Any, SampleCurated]] = []
+        for event in events:
+            sample = await self.decode(event, SampleCurated)
+            if sample is None:
+                continue
+            reason = unstorable(sample)
+            if reason is not None:
+                await self.dead_letter(event, error_type="schema", reason=reason, doer=sample.doer)
+                continue
+            decoded.append((event, sample))
+        batch = [sample for _, sample in decoded]
+        pool = self.app.pool
+        try:
+            await durably(partial(insert_samples, pool, batch), what="dataset_samples")
+        except asyncpg.PostgresError as exc:
+            # One bad row fails the statement; write row by row to find it.
+            log.warning("batch_rejected error=%r rows=%d; retrying one by one", exc, len(batch))
+            for event, sample in decoded:
+                try:
+                    await durably(partial(insert_samples, pool, [sample]), what="row")
+                except asyncpg.PostgresError as row_exc:
+                    await self.dead_letter(
+                        event, error_type="storage", reason=str(row_exc), doer=sample.doer
+                    )

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agents.app import app
-from agents.codecs import decode, decode_with
-from agents.dlq import dead_letter, guarded
+from agents.stage import Stage
 from agents.streams import each
 from learning.experiments import follow_policy, split_versioned
 from learning.replay import replay_id
@@ -45,9 +43,13 @@ from models.commands import (
     StartShadow,
 )
 from models.events import CRLComputed, ExperimentChanged, PolicyChange
+from models.ids import experiment_event_id
 from storage import experiments as store
 from storage.pool import durably
 from storage.skills import request_row
+
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.experiments")
 
@@ -55,27 +57,6 @@ COMMANDS = "learning.commands"
 CRL_COMPUTED = "learning.crl-computed"
 POLICY_CHANGES = "learning.policy-changes"
 OURS = {"create_experiment", "run_replay"}
-
-experiment_inputs = app.topic(
-    COMMANDS, CRL_COMPUTED, POLICY_CHANGES, key_type=bytes, value_type=bytes
-)
-commands_topic = app.topic(COMMANDS, key_type=bytes, value_type=bytes)
-experiments_topic = app.topic("learning.experiments", key_type=bytes, value_type=bytes)
-replay_tasks_topic = app.topic("learning.replay-tasks", key_type=bytes, value_type=bytes)
-
-
-@app.agent(experiment_inputs, name="experiments")
-async def experiments(stream: Any) -> None:
-    """Decode → record in PostgreSQL → publish tasks, experiment changes and policy commands."""
-    async for event in each(stream):
-        async with guarded(event, stage="experiments"):
-            topic = event.message.topic
-            if topic == COMMANDS:
-                await _command(event)
-            elif topic == CRL_COMPUTED:
-                await _scored(event)
-            else:
-                await _policy_change(event)
 
 
 def _field(value: Any, name: str) -> Any:
@@ -88,197 +69,6 @@ def _field(value: Any, name: str) -> Any:
 
 
 # --------------------------------------------------------------------------- commands
-
-
-async def _command(event: Any) -> None:
-    # Commands that are not ours (and undecodable ones) are the policy agent's to
-    # store or dead-letter; decoding them here as well would dead-letter them twice.
-    if _field(event.message.value, "command") not in OURS:
-        return
-    command = await decode_with(event, POLICY_COMMANDS, stage="experiments")
-    if isinstance(command, CreateExperiment):
-        await _create_experiment(event, command)
-    elif isinstance(command, RunReplay):
-        await _run_replay(event, command)
-
-
-async def _resolve_golden(name: str) -> store.Golden | None:
-    base, version = split_versioned(name)
-    return await durably(partial(store.find_golden, app.pool, base, version), what="golden")
-
-
-async def _run_replay(event: Any, command: RunReplay) -> None:
-    policy = await durably(
-        partial(store.find_policy_row, app.pool, command.policy_id, command.version),
-        what="policies",
-    )
-    try:
-        golden = await _resolve_golden(command.dataset)
-    except ValueError as exc:
-        golden, problem = None, str(exc)
-    else:
-        problem = f"no golden dataset {command.dataset}"
-    if policy is None or policy["doer"] != command.doer or golden is None:
-        reason = (
-            f"policy {command.policy_id}@{command.version} of {command.doer} is not registered"
-            if policy is None or policy["doer"] != command.doer
-            else problem
-        )
-        await dead_letter(
-            event, stage="experiments", error_type="unknown", reason=reason, doer=command.doer
-        )
-        return
-    config = app.learning.replay
-    control = await durably(partial(store.active_policy_row, app.pool, command.doer), what="pol")
-    timeout = command.timeout_s or config.timeout_s
-    starts = []
-    control_id = None
-    if control is not None:
-        starts.append(await _start(control, golden, command.seeds, command, timeout, False))
-        control_id = starts[-1].replay_id
-    starts.append(
-        await _start(policy, golden, command.seeds, command, timeout, command.force, control_id)
-    )
-    for start in starts:
-        if start.status != "running":  # answered from the record: judge it now
-            await _finished(start.replay_id)
-
-
-async def _start(
-    policy: Any,
-    golden: store.Golden,
-    seeds: list[int],
-    command: Any,
-    timeout_s: float,
-    force: bool,
-    control_replay_id: str | None = None,
-    phase: str | None = None,
-) -> store.ReplayStart:
-    """Start (or find) one replay, publish its tasks, and settle what it completes."""
-    if control_replay_id is None and policy["status"] == "active":
-        # The active policy is its own control; its replay id is known before it exists.
-        control_replay_id = replay_id(policy["content_hash"], golden.manifest_hash, seeds)
-    start = await durably(
-        partial(
-            store.start_replay,
-            app.pool,
-            policy=policy,
-            golden=golden,
-            seeds=seeds,
-            requested_by=command.event_id,
-            actor=command.actor,
-            timeout_s=timeout_s,
-            force=force,
-            phase=phase,
-            control_replay_id=control_replay_id,
-        ),
-        what="offline_replays",
-    )
-    for task in start.tasks:
-        await replay_tasks_topic.send(key=task.doer.encode(), value=task.to_json())
-    log.info(
-        "replay replay_id=%s policy=%s@%s dataset=%s@%s seeds=%s tasks=%d from_record=%s",
-        start.replay_id,
-        policy["policy_id"],
-        policy["version"],
-        golden.name,
-        golden.version,
-        ",".join(map(str, sorted(set(seeds)))),
-        len(start.tasks),
-        start.from_record,
-    )
-    return start
-
-
-async def _create_experiment(event: Any, command: CreateExperiment) -> None:
-    existing = await durably(
-        partial(store.get_experiment, app.pool, command.experiment_id), what="experiments"
-    )
-    if existing is not None:
-        if existing["created_by"] == command.event_id:
-            # A redelivery: send what was recorded again (same event ids), then carry on.
-            for change in await store.history_events(app.pool, command.experiment_id):
-                await _publish(change)
-            if existing["status"] == "created":
-                await _begin(command.experiment_id)
-        else:
-            await dead_letter(
-                event,
-                stage="experiments",
-                error_type="conflict",
-                reason=f"experiment {command.experiment_id} exists (created by another command)",
-                doer=command.doer,
-            )
-        return
-    request = None
-    if command.request_id is not None:
-        request = await durably(
-            partial(request_row, app.pool, command.request_id), what="experiment_requests"
-        )
-        problem = _unanswerable(command, request)
-        if problem is not None:
-            await dead_letter(
-                event, stage="experiments", error_type="unknown", reason=problem, doer=command.doer
-            )
-            return
-    config = app.learning.replay
-    phase = command.phase
-    golden: store.Golden | None = None
-    problem = None
-    try:
-        if command.dataset is not None:
-            golden = await _resolve_golden(command.dataset)
-            problem = None if golden else f"no golden dataset {command.dataset}"
-        elif phase is not None:
-            golden = await durably(
-                partial(store.find_golden, app.pool, None, dataset=f"{command.doer}/{phase}"),
-                what="golden",
-            )
-            problem = None if golden else f"no golden dataset frozen from {command.doer}/{phase}"
-        else:
-            problem = "the experiment names neither a golden dataset nor a phase"
-    except ValueError as exc:
-        problem = str(exc)
-    phase = phase or (golden.phase if golden else "unknown")
-    control = await durably(partial(store.active_policy_row, app.pool, command.doer), what="pol")
-    await durably(
-        partial(
-            store.insert_experiment,
-            app.pool,
-            experiment_id=command.experiment_id,
-            created_by=command.event_id,
-            experiment_type=command.experiment_type,
-            doer=command.doer,
-            phase=phase,
-            hypothesis=command.hypothesis,
-            actor=command.actor,
-            reason=command.reason,
-            golden=golden,
-            seeds=command.seeds or list(config.seeds),
-            policy_id=command.policy_id,
-            policy_version=command.version,
-            control=control,
-            deploy=command.deploy,
-            plan=dict(command.plan),
-            created_at=command.occurred_at,
-            request=request,
-        ),
-        what="experiments",
-    )
-    if request is not None:
-        log.info(
-            "experiment_request_answered request=%s doer=%s reason=%s experiment=%s",
-            request["request_id"],
-            command.doer,
-            request["reason"],
-            command.experiment_id,
-        )
-    for change in await store.history_events(app.pool, command.experiment_id):
-        await _publish(change)
-    if problem is not None:
-        await _move(command.experiment_id, "failed", problem)
-        return
-    await _begin(command.experiment_id)
 
 
 def _unanswerable(command: CreateExperiment, request: Any) -> str | None:
@@ -295,52 +85,6 @@ def _unanswerable(command: CreateExperiment, request: Any) -> str | None:
     return None
 
 
-async def _begin(experiment_id: str) -> None:
-    """Start an experiment's replays (candidate and control) and move it to ``replaying``."""
-    row = await store.get_experiment(app.pool, experiment_id)
-    policy = await store.find_policy_row(app.pool, row["policy_id"], row["policy_version"])
-    if policy is None or policy["doer"] != row["doer"]:
-        await _move(
-            experiment_id,
-            "failed",
-            f"candidate {row['policy_id']}@{row['policy_version']} is not a registered policy "
-            f"of {row['doer']}",
-        )
-        return
-    if row["control_policy_id"] is None:
-        await _move(experiment_id, "failed", f"{row['doer']} has no active policy to compare with")
-        return
-    control = await store.find_policy_row(
-        app.pool, row["control_policy_id"], row["control_version"]
-    )
-    golden = await store.find_golden(app.pool, row["dataset_name"], row["dataset_version"])
-    assert golden is not None and control is not None  # both are foreign keys of the row
-    config = app.learning.replay
-    seeds = list(row["seeds"])
-    control_id = replay_id(control["content_hash"], golden.manifest_hash, seeds)
-    candidate_id = replay_id(policy["content_hash"], golden.manifest_hash, seeds)
-    request = _Request(row["created_by"], row["actor"])
-    starts = [
-        await _start(control, golden, seeds, request, config.timeout_s, False, phase=row["phase"]),
-        await _start(
-            policy, golden, seeds, request, config.timeout_s, False, control_id, phase=row["phase"]
-        ),
-    ]
-    await _move(
-        experiment_id,
-        "replaying",
-        f"replaying {policy['policy_id']}@{policy['version']} and the control "
-        f"{control['policy_id']}@{control['version']} on {golden.name}@{golden.version} "
-        f"under seeds {','.join(map(str, seeds))}",
-        {"replay_id": candidate_id, "control_replay_id": control_id},
-        replay_id=candidate_id,
-        control_replay_id=control_id,
-    )
-    for start in starts:
-        if start.status != "running":  # answered from the record: judge it now
-            await _finished(start.replay_id)
-
-
 class _Request:
     """Who asked for a replay an experiment starts: the experiment's create command."""
 
@@ -352,107 +96,6 @@ class _Request:
 # --------------------------------------------------------------------------- results
 
 
-async def _scored(event: Any) -> None:
-    value = event.message.value
-    # Most results are live runs (the canary and skill stages' business, not ours):
-    # skip the ones the CRL stage wrote without a replay id before parsing them.
-    if b'"replay_id":null' in value or _field(value, "replay_id") is None:
-        return
-    result = await decode(event, CRLComputed, stage="experiments")
-    if result is None:
-        return
-    completed = await durably(partial(store.record_result, app.pool, result), what="replays")
-    if completed is not None:
-        log.info("replay_complete replay_id=%s", completed)
-        await _finished(completed)
-
-
-async def _finished(replay_id: str) -> None:
-    """A replay finished (complete or incomplete): give verdicts, then move its experiments."""
-    rule = app.learning.replay.rule
-    settled = await durably(
-        partial(store.settle_verdicts, app.pool, replay_id, rule), what="replays"
-    )
-    for rid in {replay_id, *settled}:
-        for row in await store.experiments_waiting_on(app.pool, rid):
-            await _judge(row)
-
-
-async def _judge(row: Any) -> None:
-    """Act on the verdict of an experiment's replay, once both replays have finished."""
-    replay = await store.get_replay(app.pool, row["replay_id"])
-    if replay is None or replay["verdict"] is None:
-        return
-    if replay["control_replay_id"] != row["control_replay_id"]:
-        return  # judged against another control; the experiment's own comparison is pending
-    verdict = replay["verdict"]
-    evidence = {
-        "replay_id": row["replay_id"],
-        "control_replay_id": row["control_replay_id"],
-        "verdict": verdict,
-    }
-    if verdict.get("incomplete"):
-        missing = replay["missing_tasks"]
-        if missing is None:
-            control = await store.get_replay(app.pool, row["control_replay_id"])
-            missing = control["missing_tasks"] if control else []
-        evidence["missing_tasks"] = missing
-        await _move(
-            row["experiment_id"], "incomplete", verdict["reason"], evidence, outcome=evidence
-        )
-        return
-    if not verdict["passed"]:
-        await _move(row["experiment_id"], "failed", verdict["reason"], evidence, outcome=evidence)
-        return
-    await _deploy(row, evidence)
-
-
-async def _deploy(row: Any, evidence: dict[str, Any]) -> None:
-    """Send the candidate to shadow (or canary) through the policy agent."""
-    event_id = store.derived_id("deploy", row["experiment_id"])
-    reason = f"experiment {row['experiment_id']}: offline replay passed"
-    plan = row["plan"] or {}
-    canary = CanarySettings.model_validate(plan.get("canary") or _default_canary())
-    command: StartShadow | StartCanary
-    if row["deploy"] == "canary":
-        command = StartCanary(
-            event_id=event_id,
-            doer=row["doer"],
-            actor="experiments",
-            reason=f"{reason}; the plan goes straight to canary",
-            policy_id=row["policy_id"],
-            version=row["policy_version"],
-            force=True,
-            canary=canary,
-        )
-    else:
-        command = StartShadow(
-            event_id=event_id,
-            doer=row["doer"],
-            actor="experiments",
-            reason=reason,
-            policy_id=row["policy_id"],
-            version=row["policy_version"],
-            canary=canary,
-        )
-    async with app.pool.acquire() as conn:
-        await conn.execute(
-            "UPDATE experiments SET deploy_command_id = $2, outcome = $3, updated_at = now() "
-            "WHERE experiment_id = $1 AND deploy_command_id IS NULL",
-            row["experiment_id"],
-            event_id,
-            evidence,
-        )
-    await commands_topic.send(key=row["doer"].encode(), value=command.to_json())
-    log.info(
-        "experiment_deploy experiment=%s command=%s policy=%s@%s",
-        row["experiment_id"],
-        command.command,
-        row["policy_id"],
-        row["policy_version"],
-    )
-
-
 def _default_canary() -> dict[str, Any]:
     # A shadow that passes moves on to canary by itself when the canary stage supports it.
     return {"advance_shadow": True} if "advance_shadow" in CanarySettings.model_fields else {}
@@ -461,78 +104,468 @@ def _default_canary() -> dict[str, Any]:
 # --------------------------------------------------------------------------- deployments
 
 
-async def _policy_change(event: Any) -> None:
-    change = await decode(event, PolicyChange, stage="experiments")
-    if change is None:
-        return
-    for row in await durably(partial(store.open_experiments, app.pool, change.doer), what="exp"):
-        if row["status"] == "replaying" and row["deploy_command_id"] is None:
-            continue  # not deployed yet: nothing of the store's to follow
-        status = await store.policy_status(app.pool, row["policy_id"], row["policy_version"])
-        target = follow_policy(row["status"], status or "")
-        if target is None:
-            continue
-        deployment = change.deployment
-        updates: dict[str, Any] = {}
-        if deployment is not None and (
-            deployment.candidate_policy_id,
-            deployment.candidate_version,
-        ) == (row["policy_id"], row["policy_version"]):
-            updates["deployment_id"] = deployment.deployment_id
-        await _move(
+class ExperimentsStage(Stage):
+    """Experiment and replay commands → offline replays → verdicts → deployments."""
+
+    name = "experiments"
+
+    def __init__(self, app: LearnopsApp) -> None:
+        super().__init__(app)
+        topics = self.topics
+
+        async def experiments(stream: Any) -> None:
+            """Decode → record in PostgreSQL → publish tasks, experiment changes and commands."""
+            async for event in each(stream):
+                async with self.guarded(event):
+                    await self.handle(event)
+
+        source = topics.source(topics.commands, topics.crl_computed, topics.policy_changes)
+        app.agent(source, name=self.name)(experiments)
+        app.timer(interval=app.learning.replay.check_interval_s)(self.expire_replays)
+
+    async def handle(self, event: Any) -> None:
+        """One event of the stage's three topics."""
+        topic = event.message.topic
+        if topic == COMMANDS:
+            await self._command(event)
+        elif topic == CRL_COMPUTED:
+            await self._scored(event)
+        else:
+            await self._policy_change(event)
+
+    async def _command(self, event: Any) -> None:
+        # Commands that are not ours (and undecodable ones) are the policy agent's to
+        # store or dead-letter; decoding them here as well would dead-letter them twice.
+        if _field(event.message.value, "command") not in OURS:
+            return
+        command = await self.decode_with(event, POLICY_COMMANDS)
+        if isinstance(command, CreateExperiment):
+            await self._create_experiment(event, command)
+        elif isinstance(command, RunReplay):
+            await self._run_replay(event, command)
+
+    async def _resolve_golden(self, name: str) -> store.Golden | None:
+        base, version = split_versioned(name)
+        return await durably(
+            partial(store.find_golden, self.app.pool, base, version), what="golden"
+        )
+
+    async def _run_replay(self, event: Any, command: RunReplay) -> None:
+        policy = await durably(
+            partial(store.find_policy_row, self.app.pool, command.policy_id, command.version),
+            what="policies",
+        )
+        try:
+            golden = await self._resolve_golden(command.dataset)
+        except ValueError as exc:
+            golden, problem = None, str(exc)
+        else:
+            problem = f"no golden dataset {command.dataset}"
+        if policy is None or policy["doer"] != command.doer or golden is None:
+            reason = (
+                f"policy {command.policy_id}@{command.version} of {command.doer} is not registered"
+                if policy is None or policy["doer"] != command.doer
+                else problem
+            )
+            await self.dead_letter(event, error_type="unknown", reason=reason, doer=command.doer)
+            return
+        config = self.app.learning.replay
+        control = await durably(
+            partial(store.active_policy_row, self.app.pool, command.doer), what="pol"
+        )
+        timeout = command.timeout_s or config.timeout_s
+        starts = []
+        control_id = None
+        if control is not None:
+            starts.append(
+                await self._start(control, golden, command.seeds, command, timeout, False)
+            )
+            control_id = starts[-1].replay_id
+        starts.append(
+            await self._start(
+                policy, golden, command.seeds, command, timeout, command.force, control_id
+            )
+        )
+        for start in starts:
+            if start.status != "running":  # answered from the record: judge it now
+                await self._finished(start.replay_id)
+
+    async def _start(
+        self,
+        policy: Any,
+        golden: store.Golden,
+        seeds: list[int],
+        command: Any,
+        timeout_s: float,
+        force: bool,
+        control_replay_id: str | None = None,
+        phase: str | None = None,
+    ) -> store.ReplayStart:
+        """Start (or find) one replay, publish its tasks, and settle what it completes."""
+        if control_replay_id is None and policy["status"] == "active":
+            # The active policy is its own control; its replay id is known before it exists.
+            control_replay_id = replay_id(policy["content_hash"], golden.manifest_hash, seeds)
+        start = await durably(
+            partial(
+                store.start_replay,
+                self.app.pool,
+                policy=policy,
+                golden=golden,
+                seeds=seeds,
+                requested_by=command.event_id,
+                actor=command.actor,
+                timeout_s=timeout_s,
+                force=force,
+                phase=phase,
+                control_replay_id=control_replay_id,
+            ),
+            what="offline_replays",
+        )
+        for task in start.tasks:
+            await self.topics.replay_tasks.send(task)
+        log.info(
+            "replay replay_id=%s policy=%s@%s dataset=%s@%s seeds=%s tasks=%d from_record=%s",
+            start.replay_id,
+            policy["policy_id"],
+            policy["version"],
+            golden.name,
+            golden.version,
+            ",".join(map(str, sorted(set(seeds)))),
+            len(start.tasks),
+            start.from_record,
+        )
+        return start
+
+    async def _create_experiment(self, event: Any, command: CreateExperiment) -> None:
+        existing = await durably(
+            partial(store.get_experiment, self.app.pool, command.experiment_id), what="experiments"
+        )
+        if existing is not None:
+            if existing["created_by"] == command.event_id:
+                # A redelivery: send what was recorded again (same event ids), then carry on.
+                for change in await store.history_events(self.app.pool, command.experiment_id):
+                    await self._publish(change)
+                if existing["status"] == "created":
+                    await self._begin(command.experiment_id)
+            else:
+                await self.dead_letter(
+                    event,
+                    error_type="conflict",
+                    reason=(
+                        f"experiment {command.experiment_id} exists (created by another command)"
+                    ),
+                    doer=command.doer,
+                )
+            return
+        request = None
+        if command.request_id is not None:
+            request = await durably(
+                partial(request_row, self.app.pool, command.request_id), what="experiment_requests"
+            )
+            problem = _unanswerable(command, request)
+            if problem is not None:
+                await self.dead_letter(
+                    event, error_type="unknown", reason=problem, doer=command.doer
+                )
+                return
+        config = self.app.learning.replay
+        phase = command.phase
+        golden: store.Golden | None = None
+        problem = None
+        try:
+            if command.dataset is not None:
+                golden = await self._resolve_golden(command.dataset)
+                problem = None if golden else f"no golden dataset {command.dataset}"
+            elif phase is not None:
+                golden = await durably(
+                    partial(
+                        store.find_golden, self.app.pool, None, dataset=f"{command.doer}/{phase}"
+                    ),
+                    what="golden",
+                )
+                problem = (
+                    None if golden else f"no golden dataset frozen from {command.doer}/{phase}"
+                )
+            else:
+                problem = "the experiment names neither a golden dataset nor a phase"
+        except ValueError as exc:
+            problem = str(exc)
+        phase = phase or (golden.phase if golden else "unknown")
+        control = await durably(
+            partial(store.active_policy_row, self.app.pool, command.doer), what="pol"
+        )
+        await durably(
+            partial(
+                store.insert_experiment,
+                self.app.pool,
+                experiment_id=command.experiment_id,
+                created_by=command.event_id,
+                experiment_type=command.experiment_type,
+                doer=command.doer,
+                phase=phase,
+                hypothesis=command.hypothesis,
+                actor=command.actor,
+                reason=command.reason,
+                golden=golden,
+                seeds=command.seeds or list(config.seeds),
+                policy_id=command.policy_id,
+                policy_version=command.version,
+                control=control,
+                deploy=command.deploy,
+                plan=dict(command.plan),
+                created_at=command.occurred_at,
+                request=request,
+            ),
+            what="experiments",
+        )
+        if request is not None:
+            log.info(
+                "experiment_request_answered request=%s doer=%s reason=%s experiment=%s",
+                request["request_id"],
+                command.doer,
+                request["reason"],
+                command.experiment_id,
+            )
+        for change in await store.history_events(self.app.pool, command.experiment_id):
+            await self._publish(change)
+        if problem is not None:
+            await self._move(command.experiment_id, "failed", problem)
+            return
+        await self._begin(command.experiment_id)
+
+    async def _begin(self, experiment_id: str) -> None:
+        """Start an experiment's replays (candidate and control) and move it to ``replaying``."""
+        row = await store.get_experiment(self.app.pool, experiment_id)
+        policy = await store.find_policy_row(self.app.pool, row["policy_id"], row["policy_version"])
+        if policy is None or policy["doer"] != row["doer"]:
+            await self._move(
+                experiment_id,
+                "failed",
+                f"candidate {row['policy_id']}@{row['policy_version']} is not a registered policy "
+                f"of {row['doer']}",
+            )
+            return
+        if row["control_policy_id"] is None:
+            await self._move(
+                experiment_id, "failed", f"{row['doer']} has no active policy to compare with"
+            )
+            return
+        control = await store.find_policy_row(
+            self.app.pool, row["control_policy_id"], row["control_version"]
+        )
+        golden = await store.find_golden(self.app.pool, row["dataset_name"], row["dataset_version"])
+        assert golden is not None and control is not None  # both are foreign keys of the row
+        config = self.app.learning.replay
+        seeds = list(row["seeds"])
+        control_id = replay_id(control["content_hash"], golden.manifest_hash, seeds)
+        candidate_id = replay_id(policy["content_hash"], golden.manifest_hash, seeds)
+        request = _Request(row["created_by"], row["actor"])
+        starts = [
+            await self._start(
+                control, golden, seeds, request, config.timeout_s, False, phase=row["phase"]
+            ),
+            await self._start(
+                policy,
+                golden,
+                seeds,
+                request,
+                config.timeout_s,
+                False,
+                control_id,
+                phase=row["phase"],
+            ),
+        ]
+        await self._move(
+            experiment_id,
+            "replaying",
+            f"replaying {policy['policy_id']}@{policy['version']} and the control "
+            f"{control['policy_id']}@{control['version']} on {golden.name}@{golden.version} "
+            f"under seeds {','.join(map(str, seeds))}",
+            {"replay_id": candidate_id, "control_replay_id": control_id},
+            replay_id=candidate_id,
+            control_replay_id=control_id,
+        )
+        for start in starts:
+            if start.status != "running":  # answered from the record: judge it now
+                await self._finished(start.replay_id)
+
+    async def _scored(self, event: Any) -> None:
+        value = event.message.value
+        # Most results are live runs (the canary and skill stages' business, not ours):
+        # skip the ones the CRL stage wrote without a replay id before parsing them.
+        if b'"replay_id":null' in value or _field(value, "replay_id") is None:
+            return
+        result = await self.decode(event, CRLComputed)
+        if result is None:
+            return
+        completed = await durably(
+            partial(store.record_result, self.app.pool, result), what="replays"
+        )
+        if completed is not None:
+            log.info("replay_complete replay_id=%s", completed)
+            await self._finished(completed)
+
+    async def _finished(self, replay_id: str) -> None:
+        """A replay finished (complete or incomplete): give verdicts, then move its experiments."""
+        rule = self.app.learning.replay.rule
+        settled = await durably(
+            partial(store.settle_verdicts, self.app.pool, replay_id, rule), what="replays"
+        )
+        for rid in {replay_id, *settled}:
+            for row in await store.experiments_waiting_on(self.app.pool, rid):
+                await self._judge(row)
+
+    async def _judge(self, row: Any) -> None:
+        """Act on the verdict of an experiment's replay, once both replays have finished."""
+        replay = await store.get_replay(self.app.pool, row["replay_id"])
+        if replay is None or replay["verdict"] is None:
+            return
+        if replay["control_replay_id"] != row["control_replay_id"]:
+            return  # judged against another control; the experiment's own comparison is pending
+        verdict = replay["verdict"]
+        evidence = {
+            "replay_id": row["replay_id"],
+            "control_replay_id": row["control_replay_id"],
+            "verdict": verdict,
+        }
+        if verdict.get("incomplete"):
+            missing = replay["missing_tasks"]
+            if missing is None:
+                control = await store.get_replay(self.app.pool, row["control_replay_id"])
+                missing = control["missing_tasks"] if control else []
+            evidence["missing_tasks"] = missing
+            await self._move(
+                row["experiment_id"], "incomplete", verdict["reason"], evidence, outcome=evidence
+            )
+            return
+        if not verdict["passed"]:
+            await self._move(
+                row["experiment_id"], "failed", verdict["reason"], evidence, outcome=evidence
+            )
+            return
+        await self._deploy(row, evidence)
+
+    async def _deploy(self, row: Any, evidence: dict[str, Any]) -> None:
+        """Send the candidate to shadow (or canary) through the policy agent."""
+        event_id = experiment_event_id("deploy", row["experiment_id"])
+        reason = f"experiment {row['experiment_id']}: offline replay passed"
+        plan = row["plan"] or {}
+        canary = CanarySettings.model_validate(plan.get("canary") or _default_canary())
+        command: StartShadow | StartCanary
+        if row["deploy"] == "canary":
+            command = StartCanary(
+                event_id=event_id,
+                doer=row["doer"],
+                actor="experiments",
+                reason=f"{reason}; the plan goes straight to canary",
+                policy_id=row["policy_id"],
+                version=row["policy_version"],
+                force=True,
+                canary=canary,
+            )
+        else:
+            command = StartShadow(
+                event_id=event_id,
+                doer=row["doer"],
+                actor="experiments",
+                reason=reason,
+                policy_id=row["policy_id"],
+                version=row["policy_version"],
+                canary=canary,
+            )
+        async with self.app.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE experiments SET deploy_command_id = $2, outcome = $3, updated_at = now() "
+                "WHERE experiment_id = $1 AND deploy_command_id IS NULL",
+                row["experiment_id"],
+                event_id,
+                evidence,
+            )
+        await self.topics.commands.send(command)
+        log.info(
+            "experiment_deploy experiment=%s command=%s policy=%s@%s",
             row["experiment_id"],
-            target,
-            f"candidate {row['policy_id']}@{row['policy_version']} is {status} "
-            f"({change.change}: {change.reason or 'no reason given'})",
-            {"change": change.change, "policy_status": status, "actor": change.actor},
-            **updates,
+            command.command,
+            row["policy_id"],
+            row["policy_version"],
         )
 
+    async def _policy_change(self, event: Any) -> None:
+        change = await self.decode(event, PolicyChange)
+        if change is None:
+            return
+        for row in await durably(
+            partial(store.open_experiments, self.app.pool, change.doer), what="exp"
+        ):
+            if row["status"] == "replaying" and row["deploy_command_id"] is None:
+                continue  # not deployed yet: nothing of the store's to follow
+            status = await store.policy_status(
+                self.app.pool, row["policy_id"], row["policy_version"]
+            )
+            target = follow_policy(row["status"], status or "")
+            if target is None:
+                continue
+            deployment = change.deployment
+            updates: dict[str, Any] = {}
+            if deployment is not None and (
+                deployment.candidate_policy_id,
+                deployment.candidate_version,
+            ) == (row["policy_id"], row["policy_version"]):
+                updates["deployment_id"] = deployment.deployment_id
+            await self._move(
+                row["experiment_id"],
+                target,
+                f"candidate {row['policy_id']}@{row['policy_version']} is {status} "
+                f"({change.change}: {change.reason or 'no reason given'})",
+                {"change": change.change, "policy_status": status, "actor": change.actor},
+                **updates,
+            )
 
-@app.timer(interval=app.learning.replay.check_interval_s)
-async def expire_replays() -> None:
-    """End overdue replays as incomplete; fail experiments whose deployment was refused."""
-    if "experiments" not in app.agents:  # a worker without the stage (LEARNOPS_STAGES)
-        return
-    try:
-        pool = app.pool
-    except RuntimeError:  # the worker has not opened its pool yet
-        return
-    for rid in await store.expire_replays(pool):
-        log.warning("replay_incomplete replay_id=%s", rid)
-        await _finished(rid)
-    for refused in await store.refused_deployments(pool):
-        await _move(
-            refused["experiment_id"],
-            "failed",
-            f"the policy store refused the deployment: {refused['verdict']}",
-            {"refusal": refused["refusal"]},
+    async def expire_replays(self) -> None:
+        """End overdue replays as incomplete; fail experiments whose deployment was refused."""
+        if not self.app.pool_open:  # the worker has not opened its pool yet
+            return
+        pool = self.app.pool
+        for rid in await store.expire_replays(pool):
+            log.warning("replay_incomplete replay_id=%s", rid)
+            await self._finished(rid)
+        for refused in await store.refused_deployments(pool):
+            await self._move(
+                refused["experiment_id"],
+                "failed",
+                f"the policy store refused the deployment: {refused['verdict']}",
+                {"refusal": refused["refusal"]},
+            )
+
+    async def _move(
+        self,
+        experiment_id: str,
+        to_status: str,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+        **updates: Any,
+    ) -> None:
+        change = await durably(
+            partial(
+                store.move_experiment,
+                self.app.pool,
+                experiment_id,
+                to_status,
+                reason,
+                evidence,
+                **updates,
+            ),
+            what="experiments",
         )
+        if change is not None:
+            await self._publish(change)
 
-
-async def _move(
-    experiment_id: str,
-    to_status: str,
-    reason: str,
-    evidence: dict[str, Any] | None = None,
-    **updates: Any,
-) -> None:
-    change = await durably(
-        partial(
-            store.move_experiment, app.pool, experiment_id, to_status, reason, evidence, **updates
-        ),
-        what="experiments",
-    )
-    if change is not None:
-        await _publish(change)
-
-
-async def _publish(change: ExperimentChanged) -> None:
-    log.info(
-        "experiment experiment=%s status=%s previous=%s reason=%r",
-        change.experiment_id,
-        change.status,
-        change.previous_status,
-        change.reason,
-    )
-    await experiments_topic.send(key=change.doer.encode(), value=change.to_json())
+    async def _publish(self, change: ExperimentChanged) -> None:
+        log.info(
+            "experiment experiment=%s status=%s previous=%s reason=%r",
+            change.experiment_id,
+            change.status,
+            change.previous_status,
+            change.reason,
+        )
+        await self.topics.experiments.send(change)

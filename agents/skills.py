@@ -19,16 +19,14 @@ import logging
 import time
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from agents.app import app
-from agents.codecs import decode
 from agents.crl import counts_toward_live
-from agents.dlq import guarded, guarded_batch
+from agents.stage import Stage
 from agents.streams import batches
-from agents.tables import SEPARATOR, DoerPartitions, doer_table
+from agents.tables import SEPARATOR, day_start
 from agents.triggers import raise_request
 from learning.skills import (
     DailySkillStats,
@@ -43,172 +41,166 @@ from models.events import CRLComputed, SkillCard
 from storage.pool import durably
 from storage.skills import active_policy, open_requests, recent_experiments, store_card
 
-log = logging.getLogger("learnops.skills")
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
 
-SOURCE = "learning.crl-computed"
-crl_computed = app.topic(SOURCE, key_type=bytes, value_type=bytes)
-skill_cards = app.topic("learning.skill-cards", key_type=bytes, value_type=bytes)
+log = logging.getLogger("learnops.skills")
 
 DAY = timedelta(days=1)
 HISTORY_DAYS = 31  # the 30-day baseline before today, and today
 BATCH = 1000  # at most this many events per batch (agents/streams.py)
 
-partitions = DoerPartitions()
-daily = doer_table(
-    app,
-    "skills-daily",
-    partitions,
-    default=dict,
-    help_="Daily skill statistics per doer (learning.skills.DailySkillStats)",
-    window=DAY,
-    expires=timedelta(days=HISTORY_DAYS),
-)
-# Runs already folded, per doer/run id and day: a redelivered result counts once.
-folded = doer_table(
-    app,
-    "skills-folded-runs",
-    partitions,
-    default=bool,
-    help_="Run ids already folded into the skill statistics",
-    window=DAY,
-    expires=timedelta(days=HISTORY_DAYS),
-)
-# Every doer with statistics, and the partition its results arrive on: the
-# timer rebuilds the cards of the doers whose partition this worker owns.
-doers = doer_table(app, "skills-doers", partitions, default=int, help_="Doer → source partition")
 
-schedule = RefreshSchedule(app.learning.skills.refresh)
-published: set[str] = set()  # doers whose card this process has published
+class SkillsStage(Stage):
+    """learning.crl-computed → daily skill statistics per doer → skill cards on a timer."""
 
+    name = "skills"
 
-def _day_start(day: date) -> float:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
-
-
-def history(doer: str, today: date) -> dict[date, DailySkillStats]:
-    """The doer's daily statistics for the 31 days ending today (days with data only)."""
-    found = {}
-    for day in days_back(today, HISTORY_DAYS):
-        value = daily.relative_to(_day_start(day))[doer].value()
-        if value:
-            found[day] = DailySkillStats.from_dict(value)
-    return found
-
-
-def _fold(events: list[tuple[Any, CRLComputed]]) -> set[str]:
-    """Fold the batch's live, not yet folded runs into the tables; the doers changed."""
-    stats: dict[tuple[str, date], DailySkillStats] = {}
-    runs: set[tuple[str, date]] = set()
-    for event, result in events:
-        doer, day = result.doer, day_of(result.run_occurred_at)
-        partitions.seen(doer, event.message.partition)
-        if doers[doer] != event.message.partition + 1:  # 0 is "never seen"
-            doers[doer] = event.message.partition + 1
-        run_key = f"{doer}{SEPARATOR}{result.run_id}"
-        if not counts_toward_live(result) or (run_key, day) in runs:
-            continue
-        if folded.relative_to(_day_start(day))[run_key].value():
-            continue
-        runs.add((run_key, day))
-        if (doer, day) not in stats:
-            stored = daily.relative_to(_day_start(day))[doer].value()
-            stats[(doer, day)] = DailySkillStats.from_dict(stored) if stored else DailySkillStats()
-        stats[(doer, day)].add(result)
-    for (doer, day), value in stats.items():
-        daily.relative_to(_day_start(day))[doer] = value.to_dict()
-    for run_key, day in runs:
-        folded.relative_to(_day_start(day))[run_key] = True
-    return {doer for doer, _ in stats}
-
-
-@app.agent(crl_computed, name="skills")
-async def skills(stream: Any) -> None:
-    """Fold each batch of scored runs into the daily statistics; the timer builds the cards."""
-    async for events in batches(stream, BATCH):
-        async with guarded_batch(events, stage="skills"):
-            decoded = []
-            for event in events:
-                async with guarded(event, stage="skills"):
-                    result = await decode(event, CRLComputed, stage="skills")
-                    if result is not None:
-                        decoded.append((event, result))
-            for doer in _fold(decoded):
-                schedule.changed(doer)
-
-
-async def build_card(doer: str, now: datetime) -> tuple[SkillCard, Any]:
-    """The doer's card as of now, and its statistics (for the triggers)."""
-    config = app.learning
-    today = now.date()
-    days = history(doer, today)
-    stats = doer_stats(doer, days, today, config.objectives.for_doer(doer))
-    pool = app.pool
-    policy = await durably(partial(active_policy, pool, doer), what="policies")
-    experiments = await durably(partial(recent_experiments, pool, doer), what="experiments")
-    requests = await durably(partial(open_requests, pool, doer), what="requests")
-    card = skill_card_event(
-        skill_card(stats, config.skills.rules),
-        days,
-        as_of=today,
-        now=now,
-        policy=policy,
-        experiments=experiments,
-        open_requests=[
-            {
-                "request_id": str(r["request_id"]),
-                "reason": r["reason"],
-                "opened_at": r["opened_at"].isoformat(),
-            }
-            for r in requests
-        ],
-    )
-    return card, stats
-
-
-async def refresh(doer: str) -> None:
-    """Rebuild, store and publish one doer's card; raise its gate triggers."""
-    card, stats = await build_card(doer, datetime.now(UTC))
-    changed = await durably(partial(store_card, app.pool, card), what="skill_cards")
-    if changed or doer not in published:
-        await (await skill_cards.send(key=doer.encode(), value=card.to_json()))
-        published.add(doer)
-        log.info(
-            "skill_card doer=%s as_of=%s runs=%d changed=%s", doer, card.as_of, card.runs, changed
+    def __init__(self, app: LearnopsApp) -> None:
+        super().__init__(app)
+        self.daily = self.table(
+            "skills-daily",
+            default=dict,
+            help_="Daily skill statistics per doer (learning.skills.DailySkillStats)",
+            window=DAY,
+            expires=timedelta(days=HISTORY_DAYS),
         )
-    config = app.learning.skills
-    for trigger in gate_triggers(stats, config.rules, config.triggers):
-        await raise_request(trigger)
+        # Runs already folded, per doer/run id and day: a redelivered result counts once.
+        self.folded = self.table(
+            "skills-folded-runs",
+            default=bool,
+            help_="Run ids already folded into the skill statistics",
+            window=DAY,
+            expires=timedelta(days=HISTORY_DAYS),
+        )
+        # Every doer with statistics, and the partition its results arrive on: the
+        # timer rebuilds the cards of the doers whose partition this worker owns.
+        self.doers = self.table("skills-doers", default=int, help_="Doer → source partition")
+        self.schedule = RefreshSchedule(app.learning.skills.refresh)
+        self.published: set[str] = set()  # doers whose card this process has published
 
+        async def skills(stream: Any) -> None:
+            """Fold each batch of scored runs into the daily statistics; the timer builds cards."""
+            async for events in batches(stream, BATCH):
+                async with self.guarded_batch(events):
+                    await self.process(events)
 
-def _owned_doers() -> list[str]:
-    """Doers whose results arrive on a partition this worker actively owns."""
-    owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == SOURCE}
-    return [doer for doer, partition in doers.items() if partition and partition - 1 in owned]
+        app.agent(self.topics.crl_computed.channel, name=self.name)(skills)
+        app.timer(interval=app.learning.skills.tick_s)(self.refresh_due_cards)
 
+    def history(self, doer: str, today: date) -> dict[date, DailySkillStats]:
+        """The doer's daily statistics for the 31 days ending today (days with data only)."""
+        found = {}
+        for day in days_back(today, HISTORY_DAYS):
+            value = self.daily.relative_to(day_start(day))[doer].value()
+            if value:
+                found[day] = DailySkillStats.from_dict(value)
+        return found
 
-@app.timer(interval=app.learning.skills.tick_s)
-async def refresh_due_cards() -> None:
-    """Rebuild the cards that are due; skipped while tables recover or partitions move."""
-    # Nothing to do on a worker that does not run the stage (LEARNOPS_STAGES).
-    if "skills" not in app.agents or app.in_recovery or app.rebalancing or not _pool_open():
-        return
-    now = time.monotonic()
-    owned = _owned_doers()
-    for doer in schedule.due(now, owned):
-        if doer not in owned:
-            continue  # its partition moved to another worker
-        # Before the rebuild: runs folded while it runs make the card due again.
-        schedule.building(doer, now)
-        try:
-            await refresh(doer)
-        except (asyncpg.PostgresError, ValueError) as exc:
-            log.error("skill_card_failed doer=%s error=%r", doer, exc)
-            schedule.changed(doer)  # try again after min_interval_s, not every tick
+    async def process(self, events: list[Any]) -> None:
+        """Decode a batch of scored runs, fold the live ones, mark their doers changed."""
+        decoded = []
+        for event in events:
+            async with self.guarded(event):
+                result = await self.decode(event, CRLComputed)
+                if result is not None:
+                    decoded.append((event, result))
+        for doer in self.fold(decoded):
+            self.schedule.changed(doer)
 
+    def fold(self, events: list[tuple[Any, CRLComputed]]) -> set[str]:
+        """Fold the batch's live, not yet folded runs into the tables; the doers changed."""
+        stats: dict[tuple[str, date], DailySkillStats] = {}
+        runs: set[tuple[str, date]] = set()
+        for event, result in events:
+            doer, day = result.doer, day_of(result.run_occurred_at)
+            self.partitions.seen(doer, event.message.partition)
+            if self.doers[doer] != event.message.partition + 1:  # 0 is "never seen"
+                self.doers[doer] = event.message.partition + 1
+            run_key = f"{doer}{SEPARATOR}{result.run_id}"
+            if not counts_toward_live(result) or (run_key, day) in runs:
+                continue
+            if self.folded.relative_to(day_start(day))[run_key].value():
+                continue
+            runs.add((run_key, day))
+            if (doer, day) not in stats:
+                stored = self.daily.relative_to(day_start(day))[doer].value()
+                stats[(doer, day)] = (
+                    DailySkillStats.from_dict(stored) if stored else DailySkillStats()
+                )
+            stats[(doer, day)].add(result)
+        for (doer, day), value in stats.items():
+            self.daily.relative_to(day_start(day))[doer] = value.to_dict()
+        for run_key, day in runs:
+            self.folded.relative_to(day_start(day))[run_key] = True
+        return {doer for doer, _ in stats}
 
-def _pool_open() -> bool:
-    try:
-        app.pool  # noqa: B018
-    except RuntimeError:  # the worker has not finished starting
-        return False
-    return True
+    async def build_card(self, doer: str, now: datetime) -> tuple[SkillCard, Any]:
+        """The doer's card as of now, and its statistics (for the triggers)."""
+        config = self.app.learning
+        today = now.date()
+        days = self.history(doer, today)
+        stats = doer_stats(doer, days, today, config.objectives.for_doer(doer))
+        pool = self.app.pool
+        policy = await durably(partial(active_policy, pool, doer), what="policies")
+        experiments = await durably(partial(recent_experiments, pool, doer), what="experiments")
+        requests = await durably(partial(open_requests, pool, doer), what="requests")
+        card = skill_card_event(
+            skill_card(stats, config.skills.rules),
+            days,
+            as_of=today,
+            now=now,
+            policy=policy,
+            experiments=experiments,
+            open_requests=[
+                {
+                    "request_id": str(r["request_id"]),
+                    "reason": r["reason"],
+                    "opened_at": r["opened_at"].isoformat(),
+                }
+                for r in requests
+            ],
+        )
+        return card, stats
+
+    async def refresh(self, doer: str) -> None:
+        """Rebuild, store and publish one doer's card; raise its gate triggers."""
+        card, stats = await self.build_card(doer, datetime.now(UTC))
+        changed = await durably(partial(store_card, self.app.pool, card), what="skill_cards")
+        if changed or doer not in self.published:
+            await (await self.topics.skill_cards.send(card))
+            self.published.add(doer)
+            log.info(
+                "skill_card doer=%s as_of=%s runs=%d changed=%s",
+                doer,
+                card.as_of,
+                card.runs,
+                changed,
+            )
+        config = self.app.learning.skills
+        for trigger in gate_triggers(stats, config.rules, config.triggers):
+            await raise_request(self.app, trigger)
+
+    def _owned_doers(self) -> list[str]:
+        """Doers whose results arrive on a partition this worker actively owns."""
+        source = self.topics.crl_computed.name
+        owned = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == source}
+        return [d for d, partition in self.doers.items() if partition and partition - 1 in owned]
+
+    async def refresh_due_cards(self) -> None:
+        """Rebuild the cards that are due; skipped while tables recover or partitions move."""
+        app = self.app
+        if app.in_recovery or app.rebalancing or not app.pool_open:
+            return
+        now = time.monotonic()
+        owned = self._owned_doers()
+        for doer in self.schedule.due(now, owned):
+            if doer not in owned:
+                continue  # its partition moved to another worker
+            # Before the rebuild: runs folded while it runs make the card due again.
+            self.schedule.building(doer, now)
+            try:
+                await self.refresh(doer)
+            except (asyncpg.PostgresError, ValueError) as exc:
+                log.error("skill_card_failed doer=%s error=%r", doer, exc)
+                self.schedule.changed(doer)  # try again after min_interval_s, not every tick

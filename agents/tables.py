@@ -11,12 +11,30 @@ and the table uses it, whatever partitioner the producer used.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from faust.tables.table import Table
 
+from learning.trends import DailyCRL, days_back
+
 SEPARATOR = "/"
+HISTORY_DAYS = 30  # how long daily aggregates are kept
+
+
+def day_start(day: date) -> float:
+    """The POSIX time a UTC day starts at: how a tumbling daily window is addressed."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def history(table: Any, key: str, today: date, days: int = HISTORY_DAYS) -> dict[date, DailyCRL]:
+    """The key's daily CRL aggregates for the ``days`` ending today (days with data only)."""
+    found: dict[date, DailyCRL] = {}
+    for day in days_back(today, days):
+        value = table.relative_to(day_start(day))[key].value()
+        if value:
+            found[day] = DailyCRL.from_dict(value)
+    return found
 
 
 def doer_of(key: Any) -> str:

@@ -15,27 +15,27 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from agents.app import app
-from agents.codecs import decode
-from agents.dlq import guarded
+from agents.stage import Stage
 from agents.streams import each
 from learning.skills import ExperimentTrigger, regression_trigger
 from models.events import Alert, RequestExperiment
 from storage.pool import durably
 from storage.skills import mark_published, open_request, request_row
 
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
+
 log = logging.getLogger("learnops.triggers")
 
 ACTOR = "learnops-triggers"
 
-alerts = app.topic("learning.alerts", key_type=bytes, value_type=bytes)
-commands = app.topic("learning.commands", key_type=bytes, value_type=bytes)
 
-
-async def raise_request(trigger: ExperimentTrigger, source_event_id: UUID | None = None) -> bool:
+async def raise_request(
+    app: LearnopsApp, trigger: ExperimentTrigger, source_event_id: UUID | None = None
+) -> bool:
     """Open (or find) the request of the trigger's doer and reason; True if this call opened it."""
     opened = await durably(
         partial(
@@ -75,7 +75,7 @@ async def raise_request(trigger: ExperimentTrigger, source_event_id: UUID | None
         },
     )
     # Wait for the broker's acknowledgement before recording it as published.
-    await (await commands.send(key=request.doer.encode(), value=request.to_json()))
+    await (await app.event_topics.commands.send(request))
     await durably(partial(mark_published, app.pool, opened.request_id), what="requests")
     log.warning(
         "experiment_requested doer=%s reason=%s request=%s message=%r",
@@ -87,28 +87,40 @@ async def raise_request(trigger: ExperimentTrigger, source_event_id: UUID | None
     return opened.opened
 
 
-@app.agent(alerts, name="triggers")
-async def triggers(stream: Any) -> None:
-    """Decode each alert; a regression alert raises (at most one open) experiment request."""
-    kinds = app.learning.skills.triggers.regression_kinds
-    async for event in each(stream):
-        async with guarded(event, stage="triggers"):
-            alert = await decode(event, Alert, stage="triggers")
-            if alert is None or alert.kind not in kinds:
-                continue
-            trigger = regression_trigger(
-                alert.doer,
-                alert.kind,
-                alert.message,
-                {
-                    "alert_event_id": str(alert.event_id),
-                    "value": alert.value,
-                    "baseline": alert.baseline,
-                    "threshold": alert.threshold,
-                    "phase": alert.phase,
-                    "policy_id": alert.policy_id,
-                    "policy_version": alert.policy_version,
-                    **alert.evidence,
-                },
-            )
-            await raise_request(trigger, source_event_id=alert.event_id)
+class TriggersStage(Stage):
+    """learning.alerts → at most one open experiment request per doer and reason."""
+
+    name = "triggers"
+
+    def __init__(self, app: LearnopsApp) -> None:
+        super().__init__(app)
+
+        async def triggers(stream: Any) -> None:
+            """Decode each alert; a regression alert raises at most one open experiment request."""
+            async for event in each(stream):
+                async with self.guarded(event):
+                    await self.handle(event)
+
+        app.agent(self.topics.alerts.channel, name=self.name)(triggers)
+
+    async def handle(self, event: Any) -> None:
+        """A regression alert of a kind the triggers follow opens an experiment request."""
+        alert = await self.decode(event, Alert)
+        if alert is None or alert.kind not in self.app.learning.skills.triggers.regression_kinds:
+            return
+        trigger = regression_trigger(
+            alert.doer,
+            alert.kind,
+            alert.message,
+            {
+                "alert_event_id": str(alert.event_id),
+                "value": alert.value,
+                "baseline": alert.baseline,
+                "threshold": alert.threshold,
+                "phase": alert.phase,
+                "policy_id": alert.policy_id,
+                "policy_version": alert.policy_version,
+                **alert.evidence,
+            },
+        )
+        await raise_request(self.app, trigger, source_event_id=alert.event_id)

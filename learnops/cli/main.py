@@ -21,7 +21,7 @@ import orjson
 from aiokafka.errors import KafkaConnectionError
 from faust.cli import base as faust_cli
 
-from agents.app import LearnopsApp, app, select_stages
+from agents.app import LearnopsApp, create_app
 from agents.settings import SettingsError
 from agents.topics import TopicCatalogError, describe, ensure, load_catalog
 from storage.migrate import MigrationError, migrate
@@ -229,19 +229,19 @@ async def schema_export(self: GroupedCommand, out: Path) -> None:
 
 def main() -> None:
     """Entry point of the `learnops` console script."""
-    # Importing the stage modules registers their agents on the app.
-    import agents.canary
-    import agents.crl
-    import agents.curator
-    import agents.datasets
-    import agents.experiments
-    import agents.policy
-    import agents.skills
-    import agents.triggers
-    import agents.web  # noqa: F401
+    # Importing the command modules registers their commands.
+    import learnops.cli.datasets
+    import learnops.cli.experiments
+    import learnops.cli.policy
+    import learnops.cli.skills
+    import learnops.demo.canary
+    import learnops.demo.commands
+    import learnops.demo.curation
+    import learnops.demo.experiments  # noqa: F401
+    from agents.settings import load_settings
 
     try:
-        select_stages(app)
-    except SettingsError as exc:
+        app = create_app(load_settings())
+    except (SettingsError, TopicCatalogError) as exc:
         sys.exit(f"learnops: {exc}")
     app.main()

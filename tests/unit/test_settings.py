@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from agents.app import LearnopsApp, build_app, select_stages
+from agents.app import STAGES, create_app
 from agents.settings import Settings, SettingsError, load_settings
 
 
@@ -59,42 +58,35 @@ def test_sasl_settings_become_client_options(monkeypatch: pytest.MonkeyPatch) ->
     }
 
 
-def _app_with_two_stages(stages: str) -> LearnopsApp:
-    app = build_app(Settings(learnops_stages=stages, learnops_app_id=f"stages-{stages}"))
-
-    @app.agent(name="first")
-    async def first(stream: Any) -> None:
-        async for _ in stream:
-            pass
-
-    @app.agent(name="second")
-    async def second(stream: Any) -> None:
-        async for _ in stream:
-            pass
-
-    return app
-
-
-def test_learnops_stages_keeps_only_the_named_agents() -> None:
-    app = _app_with_two_stages("second")
-    select_stages(app)
-    assert list(app.agents) == ["second"]
+def test_learnops_stages_registers_only_the_named_stages() -> None:
+    app = create_app(Settings(learnops_stages="crl, policy", learnops_app_id="stages-two"))
+    assert sorted(app.agents) == ["crl", "policy"]
+    assert sorted(app.stages) == ["crl", "policy"]
+    # Only the crl stage's tables exist: the others were never declared.
+    assert {t.split("-")[0] for t in app.tables} == {"crl"}
 
 
 def test_all_stages_is_the_default() -> None:
     assert Settings().stages is None
-    app = _app_with_two_stages("all")
-    select_stages(app)
-    assert sorted(app.agents) == ["first", "second"]
+    app = create_app(Settings(learnops_app_id="stages-all"))
+    assert sorted(app.agents) == sorted(STAGES)
 
 
 def test_an_unknown_stage_is_named_with_the_known_ones() -> None:
-    app = _app_with_two_stages("first, thrid")
     with pytest.raises(
-        SettingsError, match=r"LEARNOPS_STAGES: unknown stage\(s\) thrid; known: first, second"
+        SettingsError,
+        match=r"LEARNOPS_STAGES: unknown stage\(s\) thrid; known: canary, crl, curator",
     ):
-        select_stages(app)
-    assert sorted(app.agents) == ["first", "second"]  # nothing removed on error
+        create_app(Settings(learnops_stages="crl, thrid", learnops_app_id="stages-bad"))
+
+
+def test_building_an_app_touches_no_broker_and_registers_nothing_at_import() -> None:
+    import agents.crl
+
+    assert not hasattr(agents.crl, "app")
+    first = create_app(Settings(learnops_stages="crl", learnops_app_id="stages-a"))
+    second = create_app(Settings(learnops_stages="crl", learnops_app_id="stages-b"))
+    assert first.stages["crl"].by_doer is not second.stages["crl"].by_doer
 
 
 def test_the_example_env_file_is_valid(

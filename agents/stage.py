@@ -1,0 +1,166 @@
+"""What every stream stage shares: its app, its name, decoding, dead letters and error guards.
+
+A stage is a class built by :func:`agents.app.create_app` with the app it runs
+on; its constructor declares its tables and registers its agent (and timers)
+on that app, so nothing happens at import and a test can build an app with one
+stage and drive it in process (``test_context()``).
+
+The processing-error policy is the same for every stage: an event that breaks
+the contract is a dead letter with a reason (:meth:`Stage.decode`); an
+unexpected error while handling one event or a batch dead-letters what was in
+hand and the stream goes on (:meth:`Stage.guarded`, :meth:`Stage.guarded_batch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+from agents.tables import DoerPartitions, doer_table
+from models.base import Event, describe_validation_error
+
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
+
+log = logging.getLogger("learnops.stage")
+
+E = TypeVar("E", bound=Event)
+
+
+class _Keyed(Protocol):
+    @property
+    def doer(self) -> str: ...
+
+
+K = TypeVar("K", bound=_Keyed)
+
+
+class Stage:
+    """The base of every stage: ``name`` is the agent's name and the one LEARNOPS_STAGES uses."""
+
+    name: ClassVar[str]
+
+    def __init__(self, app: LearnopsApp) -> None:
+        self.app = app
+        self.topics = app.event_topics
+        self.partitions = DoerPartitions()
+
+    def table(
+        self,
+        name: str,
+        *,
+        default: Any,
+        help_: str,
+        window: timedelta | None = None,
+        expires: timedelta | None = None,
+    ) -> Any:
+        """A table keyed by doer (agents.tables), on this stage's partitions."""
+        return doer_table(
+            self.app,
+            name,
+            self.partitions,
+            default=default,
+            help_=help_,
+            window=window,
+            expires=expires,
+        )
+
+    async def dead_letter(
+        self, event: Any, *, error_type: str, reason: str, doer: str | None = None
+    ) -> None:
+        """Send ``event`` to learning.dlq as refused by this stage."""
+        await self.app.dead_letters.send(
+            event, stage=self.name, error_type=error_type, reason=reason, doer=doer
+        )
+
+    async def decode(self, event: Any, model: type[E]) -> E | None:
+        """The validated event, or None after its bytes went to learning.dlq with the reason.
+
+        Bad JSON and schema violations both surface as a pydantic ValidationError.
+        An event whose Kafka key is not its doer is refused too: it would land in
+        another doer's partition and split that doer's state across workers.
+        """
+        return await self._decode(event, model.model_validate_json)
+
+    async def decode_with(self, event: Any, adapter: TypeAdapter[K]) -> K | None:
+        """As :meth:`decode`, for a topic whose value is a union of models (``POLICY_COMMANDS``)."""
+        return await self._decode(event, adapter.validate_json)
+
+    async def _decode(self, event: Any, parse: Callable[[Any], K]) -> K | None:
+        value = event.message.value
+        try:
+            decoded = parse(value)
+        except ValidationError as exc:
+            is_json = not any(e["type"] == "json_invalid" for e in exc.errors())
+            await self.dead_letter(
+                event,
+                error_type="schema" if is_json else "json",
+                reason=describe_validation_error(exc),
+            )
+            return None
+        key = event.message.key
+        if key is not None and key != decoded.doer.encode():
+            await self.dead_letter(
+                event,
+                error_type="key",
+                reason=f"key {key[:64]!r} is not the event's doer {decoded.doer!r}",
+                doer=decoded.doer,
+            )
+            return None
+        return decoded
+
+    @asynccontextmanager
+    async def guarded(self, event: Any) -> AsyncIterator[None]:
+        """Turn an unexpected error while handling one event into a dead letter.
+
+        Left alone, the exception would crash the agent and Faust's supervisor
+        would restart it past the event: a silent drop. Here the event's bytes and
+        the error go to learning.dlq (to be replayed once fixed), the error is
+        logged with its traceback, and the stream goes on.
+        """
+        try:
+            yield
+        except Exception as exc:
+            log.exception("internal_error stage=%s", self.name)
+            await self.dead_letter(event, error_type="internal", reason=_internal_reason(exc))
+
+    @asynccontextmanager
+    async def guarded_batch(self, events: list[Any]) -> AsyncIterator[None]:
+        """Like :meth:`guarded` for a batch body: an unexpected error dead-letters every event.
+
+        The batch is acked once the body has ended (:func:`agents.streams.batches`),
+        so without this a crash in a batch body would drop the batch.
+
+        A body that does not finish (cancelled, or its generator closed: how a
+        stopping worker ends an agent in the middle of a batch) leaves the batch
+        unacked, and this also takes one more reference on each event's message, so
+        that no ack that might still come for them (Faust's own ``take_events`` acks
+        a closed batch) lets a commit move past events whose effects never happened.
+        Whoever owns the partition next processes them again (every write is
+        idempotent). tests/integration/test_transport.py stops a worker in
+        mid-batch and checks that no offset was committed unprocessed.
+        """
+        try:
+            yield
+        except Exception as exc:
+            log.exception("internal_error stage=%s batch=%d", self.name, len(events))
+            reason = _internal_reason(exc)
+            for event in events:
+                await self.dead_letter(event, error_type="internal", reason=reason)
+        except BaseException:  # CancelledError, GeneratorExit: the worker is stopping
+            for event in events:
+                event.message.incref()
+            log.info("batch_unfinished stage=%s batch=%d left unacked", self.name, len(events))
+            raise
+
+
+def _internal_reason(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    reason = f"internal error {type(exc).__name__} at {frame.filename}:{frame.lineno}: {exc}"
+    return reason[:1000]
