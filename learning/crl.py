@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid5
 
 from pydantic import ValidationError
 
+from models import ids
 from models.base import describe_validation_error
 from models.crl import DEFAULT_CRL_WEIGHTS, CRLResult, CRLTerms, CRLWeights
 from models.events import CRLComputed, RunCompleted
@@ -194,7 +194,7 @@ def score_bundle(
     return CRLComputed.model_construct(
         schema_version=1,
         occurred_at=datetime.now(UTC),
-        event_id=uuid5(bundle.event_id, f"learning.crl-computed/{doer_weights.version}"),
+        event_id=ids.crl_event_id(bundle.event_id, doer_weights.version),
         doer=bundle.doer,
         source_event_id=bundle.event_id,
         run_occurred_at=bundle.occurred_at,

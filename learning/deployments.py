@@ -51,6 +51,7 @@ from learning.canary import (
     srm_check,
 )
 from learning.moments import Moments
+from models import ids
 from models.commands import CanarySettings
 from models.events import CRLComputed, DecisionReport, DeploymentRouting, Guardrail
 
@@ -62,7 +63,6 @@ MISSING_RATIO = 0.1
 # ...for at least this long: results trail their routings by a batch or two of
 # the CRL stage, and under load a burst of routings alone looks like a lost arm.
 MISSING_GRACE_S = 30.0
-_DECISION_NAMESPACE = uuid.UUID("0c5e7d62-3f1a-4c1e-9a77-52a4c1d0e8b1")
 
 
 def config_of(settings: CanarySettings, steps: list[float]) -> CanaryConfig:
@@ -407,15 +407,14 @@ class DeploymentState:
             self.pending_step = step
         self.reported_at = self.results
         self.recommended = recommendation or action
-        # Stable ids: a replay of the same inputs decides the same event again.
-        key = f"{self.deployment_id}:{action}:{step}:{self.results}"
         report = self.report(decision, guardrails, srm, recommendation or action, silence)
         return Verdict(
             action=action,
             reason=reason,
             step=step,
             report=report,
-            event_id=uuid.uuid5(_DECISION_NAMESPACE, key),
+            # Stable ids: a replay of the same inputs decides the same event again.
+            event_id=ids.canary_decision_id(self.deployment_id, action, step, self.results),
             srm=srm,
             missing_arm=missing,
             silence=silence,

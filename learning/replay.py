@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -41,12 +40,8 @@ import numpy as np
 
 from learning.moments import Moments
 from learning.signing import canonical_json, content_hash
+from models import ids
 from models.bundle import QAV, Costs, Gates, Latency, RunCompleted, Security
-
-# Fixed namespaces: changing either changes every id ever issued.
-TASK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:replay-task")
-REPLAY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:replay")
-
 
 # --------------------------------------------------------------------------- summaries
 
@@ -253,9 +248,7 @@ def task_id(policy_hash: str, manifest_hash: str, sample_id: str, seed: int) -> 
     _require_text(manifest_hash, "manifest_hash")
     _require_text(sample_id, "sample_id")
     _require_seed(seed)
-    # A JSON array names the parts unambiguously, whatever characters they hold.
-    name = canonical_json(["task", policy_hash, manifest_hash, sample_id, seed])
-    return str(uuid.uuid5(TASK_NAMESPACE, name.decode("utf-8")))
+    return ids.replay_task_id(policy_hash, manifest_hash, sample_id, seed)
 
 
 def replay_id(policy_hash: str, manifest_hash: str, seeds: Iterable[int]) -> str:
@@ -265,8 +258,7 @@ def replay_id(policy_hash: str, manifest_hash: str, seeds: Iterable[int]) -> str
     seed_set = sorted({_require_seed(s) for s in seeds})
     if not seed_set:
         raise ValueError("a replay needs at least one seed")
-    name = canonical_json(["replay", policy_hash, manifest_hash, seed_set])
-    return str(uuid.uuid5(REPLAY_NAMESPACE, name.decode("utf-8")))
+    return ids.replay_id(policy_hash, manifest_hash, seed_set)
 
 
 def manifest_hash(samples: Mapping[str, object]) -> str:
@@ -483,7 +475,7 @@ def replay_bundle(
     terms = output["terms"]
     gates = [f"gate-{i + 1}" for i in range(m["gates_total"])]
     return RunCompleted(
-        event_id=uuid.uuid5(TASK_NAMESPACE, f"bundle/{run_id}"),
+        event_id=ids.replay_bundle_event_id(run_id),
         occurred_at=occurred_at,
         doer=doer,
         run_id=run_id,

@@ -27,7 +27,6 @@ when the worker last started.  Pure logic: no I/O.
 from __future__ import annotations
 
 import base64
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -45,13 +44,12 @@ from learning.contamination import (
 from learning.curation import content_hash, findings_only, label_sample, redact
 from models.base import sha256_hex
 from models.events import Alert, Artifact, CurationLabels, RunCompleted, SampleCurated
+from models.ids import contamination_alert_id, sample_event_id, sample_id
 
 #: Separates the doer from the phase in a dataset name.
 DATASET_SEPARATOR: Final = "/"
 #: Redaction is repeated until a scan of the result finds nothing, at most this often.
 REDACTION_ROUNDS: Final = 3
-# Namespace of the deterministic ids (uuid5) of samples, their events and alerts.
-_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "learnops:curation")
 
 
 class CurationError(ValueError):
@@ -75,16 +73,6 @@ def dataset_name(doer: str, phase: str) -> str:
     in the one worker that owns the doer's partition.
     """
     return f"{doer}{DATASET_SEPARATOR}{phase}"
-
-
-def sample_id(doer: str, run_id: str, artifact_id: str) -> str:
-    """The sample's id: the same for the same artifact of the same run, whoever computes it."""
-    return str(uuid.uuid5(_NAMESPACE, f"sample\x00{doer}\x00{run_id}\x00{artifact_id}"))
-
-
-def sample_event_id(sample: str) -> uuid.UUID:
-    """The event id of a sample's SampleCurated: a redelivered bundle re-emits the same id."""
-    return uuid.uuid5(_NAMESPACE, f"sample-curated\x00{sample}")
 
 
 def is_ours(artifact: Artifact) -> bool:
@@ -532,7 +520,7 @@ def contamination_alert(
 ) -> Alert:
     """The alert for a dataset whose contamination rate passed the rule on ``day``."""
     return Alert(
-        event_id=uuid.uuid5(_NAMESPACE, f"contamination\x00{dataset}\x00{day}"),
+        event_id=contamination_alert_id(dataset, day),
         doer=doer,
         kind="contamination",
         severity="warning",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import string
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ import numpy as np
 import orjson
 import phonenumbers
 
+from models import ids
 from models.events import RunCompleted
 
 DOERS = ("PRDWriter", "CodeReviewer", "TestWriter", "SchemaMigrator", "RAGAnswerer")
@@ -121,7 +121,7 @@ class Orchestrator:
         return RunCompleted.model_validate(
             {
                 # Unique per run across scenarios (the seed alone would repeat ids).
-                "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"learnops:{run_id}")),
+                "event_id": str(ids.simulated_bundle_event_id(run_id)),
                 "occurred_at": when.isoformat(),
                 "run_id": run_id,
                 "doer": doer,

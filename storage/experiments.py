@@ -30,20 +30,14 @@ from learning.replay import (
 )
 from learning.signing import canonical_json
 from models.events import CRLComputed, ExperimentChanged, ReplayTask
+from models.ids import experiment_event_id
 from storage.skills import close_request
 
-# UUIDv5 namespace of the events this module derives from durable rows.
-EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:experiments")
 _LOCK_SPACE = 0x65787072  # "expr": advisory locks on a replay id
 
 
 class ReplayError(RuntimeError):
     """A replay cannot start: unknown policy, dataset or an empty dataset; the message says why."""
-
-
-def derived_id(*parts: object) -> uuid.UUID:
-    """A stable event id from the parts that identify what the event reports."""
-    return uuid.uuid5(EVENT_NAMESPACE, "/".join(str(p) for p in parts))
 
 
 # --------------------------------------------------------------------------- blobs
@@ -276,7 +270,7 @@ async def start_replay(
                 )
                 tasks.append(
                     ReplayTask(
-                        event_id=derived_id("replay-task", run_id),
+                        event_id=experiment_event_id("replay-task", run_id),
                         doer=policy["doer"],
                         replay_id=rid,
                         task_id=tid,
@@ -643,7 +637,7 @@ def change_event(
 ) -> ExperimentChanged:
     """The learning.experiments event of one history row (its id derives from the row)."""
     return ExperimentChanged(
-        event_id=derived_id("experiment", row["experiment_id"], seq),
+        event_id=experiment_event_id("experiment", row["experiment_id"], seq),
         occurred_at=occurred_at,
         doer=row["doer"],
         experiment_id=row["experiment_id"],

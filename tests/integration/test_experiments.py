@@ -35,9 +35,9 @@ from models.commands import (
     StartCanary,
 )
 from models.events import Alert, DeadLetter, ExperimentChanged
+from models.ids import experiment_event_id
 from storage import experiments as experiments_store
 from storage import policies as store
-from storage.experiments import derived_id
 from tests.integration.kafka_io import eventually, publish
 from tests.integration.test_policy_agent import verdict
 from tests.services import (
@@ -252,7 +252,10 @@ async def test_a_worse_candidate_ends_failed_at_replay_with_its_numbers(
         if e.experiment_id == create.experiment_id
     }
     for h in history:
-        assert (derived_id("experiment", create.experiment_id, h["seq"]), h["to_status"]) in events
+        assert (
+            experiment_event_id("experiment", create.experiment_id, h["seq"]),
+            h["to_status"],
+        ) in events
     rates = await db.fetchrow("SELECT * FROM v_experiment_success_rate WHERE doer = $1", doer.name)
     assert (rates["experiments"], rates["concluded"], rates["promoted"]) == (1, 1, 0)
     assert rates["success_rate"] == 0
