@@ -53,7 +53,7 @@ TARGETS: dict[str, PolicyStatus] = {
     "archive": PolicyStatus.ARCHIVED,
 }
 #: The ``PolicyChange.change`` of each move that changes what a doer serves.
-CHANGES: dict[str, str] = {
+CHANGES: dict[str, Literal["shadow_started", "canary_started", "promoted", "rolled_back"]] = {
     "start_shadow": "shadow_started",
     "start_canary": "canary_started",
     "promote": "promoted",

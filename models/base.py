@@ -3,7 +3,14 @@
 Every model of the wire contract is strict in the same way: unknown fields are
 rejected (a typo is an error, not a silently ignored field), floats must be
 finite (NaN and infinities are rejected, never propagated into a loss or a
-mean), and instances are immutable.
+mean), and instances are immutable.  Nothing is coerced: ``"1"`` is not 1 and
+``1`` is not ``true``; only timestamps, dates and UUIDs are read from ISO or
+UUID text, because JSON has no type of its own for them.
+
+What PostgreSQL would refuse is refused here first, so an event either has
+all its effects or none and one dead letter: integers fit the column that
+holds them (``integer`` unless stated) and no text, at any depth, carries a
+NUL character or an unpaired surrogate.
 
 Timestamps must carry a timezone and are normalised to UTC.  A naive
 timestamp is *rejected*, not assumed to be UTC: day buckets, trends and
@@ -16,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar, Self
 from uuid import UUID, uuid4
 
@@ -25,8 +32,10 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
 )
@@ -49,7 +58,72 @@ def _identifier(value: str) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00+01:00 is a valid ISO timestamp whose UTC is year 0.
+        raise PydanticCustomError(
+            f"{_OWN_ERROR}datetime_range",
+            "is outside the years 1 to 9999 once converted to UTC",
+            {},
+        ) from None
+
+
+# A date or timestamp as JSON text starts with the calendar date; anything else
+# (a number, "1700000000") would be read as Unix time by pydantic's lax mode.
+_ISO_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+_UUID_TEXT = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+)
+
+
+def _iso_text_or(kind: type, what: str) -> Any:
+    def check(value: object) -> object:
+        if isinstance(value, kind):
+            return value
+        if isinstance(value, str) and _ISO_DATE_START.match(value):
+            return value
+        raise PydanticCustomError(
+            f"{_OWN_ERROR}{what}_type",
+            "must be an ISO 8601 {what} as text (e.g. {example}), not {type}",
+            {
+                "what": what,
+                "example": _EXAMPLES[what],
+                "type": _json_type(value, "text in another form"),
+            },
+        )
+
+    return check
+
+
+def _uuid_text(value: object) -> object:
+    if isinstance(value, UUID) or (isinstance(value, str) and _UUID_TEXT.fullmatch(value)):
+        return value
+    raise PydanticCustomError(
+        f"{_OWN_ERROR}uuid_type",
+        "must be a UUID as text (e.g. 123e4567-e89b-12d3-a456-426614174000), not {type}",
+        {"type": _json_type(value, "text in another form")},
+    )
+
+
+_EXAMPLES = {"timestamp": "2026-03-01T12:00:00Z", "date": "2026-03-01"}
+
+
+def _json_type(value: object, text: str = "text") -> str:
+    """Name the JSON type of ``value`` (never its content: the reason may be logged)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return text
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -65,16 +139,39 @@ def _sha256_hex(value: str) -> str:
     return value
 
 
+# PostgreSQL's integer (int4) and bigint (int8) ranges: a value past them is
+# refused by the contract, not by an INSERT after the event was counted.
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+INT8_MAX = 2**63 - 1
+
 # An id or name: non-empty, no surrounding whitespace (it becomes a Kafka key or
 # a database key, where " PRDWriter" and "PRDWriter" would silently differ).
 Identifier = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_identifier)]
 # Timezone-aware, normalised to UTC; naive timestamps are rejected (see module docstring).
-UTCDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+# Read from ISO 8601 text (JSON has no timestamp type); never from a number.
+UTCDatetime = Annotated[
+    AwareDatetime,
+    Strict(False),
+    BeforeValidator(_iso_text_or(datetime, "timestamp")),
+    AfterValidator(_utc),
+]
+# A timestamp whose zone the producer may omit (stored records, not wire events).
+TextDatetime = Annotated[
+    datetime, Strict(False), BeforeValidator(_iso_text_or(datetime, "timestamp"))
+]
+# A calendar day, from ISO 8601 text ("2026-03-01").
+TextDate = Annotated[date, Strict(False), BeforeValidator(_iso_text_or(date, "date"))]
+# A UUID, from its text form.
+TextUUID = Annotated[UUID, Strict(False), BeforeValidator(_uuid_text)]
 # A rate or score in [0, 1].
 UnitFloat = Annotated[float, Field(ge=0, le=1)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
-Count = Annotated[int, Field(ge=0)]
-Version = Annotated[int, Field(ge=1)]
+# Integers stored in an ``integer`` column (counts, versions, steps, seeds).
+Int4 = Annotated[int, Field(ge=INT4_MIN, le=INT4_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT4_MAX)]
+Version = Annotated[int, Field(ge=1, le=INT4_MAX)]
+# A Kafka offset (int64).
+Offset = Annotated[int, Field(ge=0, le=INT8_MAX)]
 Sha256Hex = Annotated[
     str,
     AfterValidator(_sha256_hex),
@@ -87,10 +184,48 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class ContractModel(BaseModel):
-    """A part of the wire contract: unknown fields rejected, finite floats, immutable."""
+def storable_text_problem(value: object) -> str | None:
+    """Return why PostgreSQL could not store the text in ``value`` (at any depth), else None.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    PostgreSQL refuses NUL in ``text`` and ``jsonb`` (keys too), and an
+    unpaired surrogate cannot be encoded as UTF-8 at all.  Models are not
+    entered: each nested model checks its own fields.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "contains a NUL character (\\u0000), which PostgreSQL cannot store"
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "contains an unpaired surrogate, which is not valid UTF-8"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return None
+
+
+class ContractModel(BaseModel):
+    """A part of the wire contract: strict types, no unknown fields, finite floats, storable text.
+
+    Instances are immutable.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        if isinstance(value, str | dict | list):
+            problem = storable_text_problem(value)
+            if problem is not None:
+                raise PydanticCustomError(f"{_OWN_ERROR}text", problem, {})
+        return value
 
 
 class Event(ContractModel):
@@ -103,7 +238,7 @@ class Event(ContractModel):
 
     SCHEMA_VERSIONS: ClassVar[frozenset[int]] = frozenset({1})
 
-    event_id: UUID = Field(default_factory=uuid4)
+    event_id: TextUUID = Field(default_factory=uuid4)
     occurred_at: UTCDatetime = Field(default_factory=lambda: datetime.now(UTC))
     schema_version: int = Field(default=1, validate_default=True)
     doer: Identifier
@@ -116,7 +251,7 @@ class Event(ContractModel):
                 f"{_OWN_ERROR}schema_version",
                 "version {version} is not supported by {model} (supported: {supported})",
                 {
-                    "version": value,
+                    "version": _show(value),
                     "model": cls.__name__,
                     "supported": ", ".join(str(v) for v in sorted(cls.SCHEMA_VERSIONS)),
                 },
@@ -140,7 +275,32 @@ def describe_validation_error(error: ValidationError) -> str:
     Numbers are quoted from the input; text never is, because the reason is
     logged and may be read by people who must not see the payload's content.
     """
-    return "; ".join(_describe_one(item) for item in error.errors(include_url=False))
+    items = error.errors(include_url=False)
+    described = [_describe_one(item) for item in items[:_MAX_DESCRIBED]]
+    if len(items) > _MAX_DESCRIBED:
+        described.append(f"and {len(items) - _MAX_DESCRIBED} more")
+    return "; ".join(described)
+
+
+# A reason names at most this many errors: it travels in a dead letter and a log
+# line, and an array of 100,000 bad items must not make it megabytes long.
+_MAX_DESCRIBED = 10
+
+# What a strict type error expected, in words (the input's own text is never quoted).
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "uuid_type": "a UUID as text",
+    "datetime_type": "an ISO 8601 timestamp as text",
+    "date_type": "an ISO 8601 date as text",
+}
 
 
 def _describe_one(item: Any) -> str:
@@ -152,7 +312,9 @@ def _describe_one(item: Any) -> str:
 def _location(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        # A dict key is payload text: shown short, like any quoted value.
+        name = _show(part, limit=40)
+        out += f"[{name}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out
 
 
@@ -173,6 +335,10 @@ def _message(item: Any) -> str:
         return f"{_show(value)} is not a finite number"
     if kind == "missing":
         return "is required"
+    if kind in _EXPECTED:
+        # Numbers are quoted (as everywhere); text, arrays and objects only by type.
+        got = _show_number(value) if _is_number(value) else _json_type(value)
+        return f"must be {_EXPECTED[kind]}, not {got}"
     if kind == "extra_forbidden":
         return "is not a known field"
     if kind == "string_too_short" and ctx.get("min_length") == 1:
@@ -185,6 +351,15 @@ def _message(item: Any) -> str:
     if isinstance(value, int | float) and kind not in ("value_error", "assertion_error"):
         return f"{message} (input {_show(value)})"
     return message
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _show_number(value: int | float) -> str:
+    # 1.0 stays "1.0" here: the complaint may be that it is not an integer.
+    return _show(repr(value)) if isinstance(value, float) else _show(value)
 
 
 def _show(value: Any, limit: int = 60) -> str:

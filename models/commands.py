@@ -9,11 +9,21 @@ Every command says who asked (``actor``) and why (``reason``), for the audit.
 from __future__ import annotations
 
 from typing import Annotated, Literal, Self
-from uuid import UUID
 
 from pydantic import Field, JsonValue, TypeAdapter, model_validator
 
-from models.base import ContractModel, Count, Event, Identifier, Sha256Hex, UnitFloat, Version
+from models.base import (
+    INT4_MAX,
+    ContractModel,
+    Count,
+    Event,
+    Identifier,
+    Int4,
+    Sha256Hex,
+    TextUUID,
+    UnitFloat,
+    Version,
+)
 
 
 class _Command(Event):
@@ -56,12 +66,12 @@ class CanarySettings(ContractModel):
 
     mode: Literal["superiority", "non_inferiority"] = "superiority"
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    min_sample_size: Annotated[int, Field(ge=2)] = 200
+    min_sample_size: Annotated[int, Field(ge=2, le=INT4_MAX)] = 200
     max_crl_increase: Annotated[float, Field(ge=0)] = 0.05
     min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.0
     non_inferiority_margin: Annotated[float, Field(ge=0)] = 0.02
     max_duration_s: Annotated[float, Field(gt=0)] | None = 7 * 24 * 3600.0
-    report_every: Annotated[int, Field(ge=1)] = 500
+    report_every: Annotated[int, Field(ge=1, le=INT4_MAX)] = 500
     max_silence_s: Annotated[float, Field(gt=0)] | None = 3600.0
     guardrails: bool = True  # check learning.canary.DEFAULT_GUARDRAILS
     # Shadow only: once the shadow passes, move it to canary (default steps) without
@@ -168,11 +178,11 @@ class CreateExperiment(_Command):
     experiment_type: ExperimentType = "prompt_synthesis"
     phase: Identifier | None = None
     dataset: Identifier | None = None
-    seeds: Annotated[list[int], Field(min_length=1)] | None = None
+    seeds: Annotated[list[Int4], Field(min_length=1)] | None = None
     deploy: Literal["shadow", "canary"] = "shadow"
     # The experiment request this answers (a RequestExperiment's event id, from a
     # learning trigger): the experiments stage links the two and closes the request.
-    request_id: UUID | None = None
+    request_id: TextUUID | None = None
 
 
 class RunReplay(_Command):
@@ -187,7 +197,7 @@ class RunReplay(_Command):
     policy_id: Identifier
     version: Version
     dataset: Identifier  # golden dataset name, or name@version
-    seeds: Annotated[list[int], Field(min_length=1)]
+    seeds: Annotated[list[Int4], Field(min_length=1)]
     force: bool = False
     timeout_s: Annotated[float, Field(gt=0)] | None = None  # None: the configured timeout
 

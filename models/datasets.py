@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from models.base import ContractModel, Count, Identifier, Sha256Hex, UnitFloat, Version
+from models.base import (
+    ContractModel,
+    Count,
+    Identifier,
+    Sha256Hex,
+    TextDatetime,
+    UnitFloat,
+    Version,
+)
 
 
 class DatasetSummary(ContractModel):
@@ -17,8 +23,8 @@ class DatasetSummary(ContractModel):
     clean_rate: UnitFloat  # accepted / checked
     contamination_rate: UnitFloat  # (self-loops + exact + near duplicates) / checked
     rejected: dict[str, Count]  # reject reason (without its detail) → count
-    first_sample_at: datetime
-    last_sample_at: datetime
+    first_sample_at: TextDatetime
+    last_sample_at: TextDatetime
 
 
 class GoldenDataset(ContractModel):
@@ -27,7 +33,7 @@ class GoldenDataset(ContractModel):
     name: Identifier
     version: Version
     dataset: Identifier  # the dataset it was frozen from
-    frozen_at: datetime
+    frozen_at: TextDatetime
     frozen_by: Identifier
     manifest_hash: Sha256Hex  # learning.golden.manifest_hash of sample_id → content_hash
     sample_count: Count

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import date
 from typing import Annotated, Literal, Self
-from uuid import UUID
 
 from pydantic import Field, JsonValue, field_validator, model_validator
 
@@ -21,7 +19,10 @@ from models.base import (
     Event,
     Identifier,
     NonNegativeFloat,
+    Offset,
     Sha256Hex,
+    TextDate,
+    TextUUID,
     UnitFloat,
     UTCDatetime,
     Version,
@@ -121,7 +122,7 @@ class TaskRouted(Event):
 class CRLComputed(Event):
     """The Composite Run Loss of one run, with everything a canary or skill card needs."""
 
-    source_event_id: UUID  # event_id of the RunCompleted it was computed from
+    source_event_id: TextUUID  # event_id of the RunCompleted it was computed from
     run_occurred_at: UTCDatetime  # the run's own timestamp; daily trends bucket on it
     run_id: Identifier
     phase: Identifier
@@ -320,7 +321,7 @@ class SampleCurated(Event):
     diversity: UnitFloat | None = None  # 1 − max Jaccard with the dataset's recent samples
     dataset: Identifier | None = None
     golden: bool = False
-    source_event_id: UUID | None = None  # event_id of the RunCompleted it came from
+    source_event_id: TextUUID | None = None  # event_id of the RunCompleted it came from
     run_occurred_at: UTCDatetime | None = None
     model: str | None = None
     curator: Identifier | None = None  # the app id (consumer group) that curated it
@@ -350,7 +351,7 @@ class DeadLetter(Event):
     key_b64: str | None = None
     topic: Identifier
     partition: Count
-    offset: Count
+    offset: Offset
     reason: Annotated[str, Field(min_length=1)]
     stage: Identifier  # the agent that rejected it
     error_type: Identifier  # e.g. "ValidationError", "BundleError"
@@ -483,7 +484,7 @@ class ExperimentChanged(Event):
     actor: Identifier | None = None
     reason: str | None = None
     outcome: dict[str, JsonValue] = Field(default_factory=dict)
-    request_id: UUID | None = None  # the experiment request it answers, if any
+    request_id: TextUUID | None = None  # the experiment request it answers, if any
 
 
 # --- learning.replay-tasks --------------------------------------------------
@@ -514,7 +515,7 @@ class ReplayTask(Event):
 class SkillCard(Event):
     """A doer's current skill card: how well it does, lately, and where it fails."""
 
-    as_of: date  # the UTC day the card summarises up to
+    as_of: TextDate  # the UTC day the card summarises up to
     policy_id: Identifier | None = None  # the doer's active policy
     policy_version: Version | None = None
     runs_7d: Count = 0

@@ -238,7 +238,7 @@ class TestWeightBook:
         [
             ({"per_doer": {"d": {"ws": 1.0}}}, "per_doer.d: must be a mapping with a version"),
             ({"default": {"version": "v", "ws": -1}}, "ws: -1 is below 0"),
-            ({"default": {"version": "v", "wq": "heavy"}}, "wq: Input should be a valid number"),
+            ({"default": {"version": "v", "wq": "heavy"}}, "wq: must be a number, not text"),
             ({"weights": {}}, "unknown keys"),
         ],
     )

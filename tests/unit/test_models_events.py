@@ -505,7 +505,9 @@ class TestDeadLetter:
     st.floats(min_value=0, max_value=1),
     st.integers(min_value=0, max_value=10_000),
     st.dictionaries(
-        st.text(min_size=1, max_size=8), st.floats(allow_nan=False, allow_infinity=False)
+        # Any text PostgreSQL can store: no NUL, no unpaired surrogate.
+        st.text(st.characters(exclude_characters="\x00", codec="utf-8"), min_size=1, max_size=8),
+        st.floats(allow_nan=False, allow_infinity=False),
     ),
 )
 def test_valid_bundles_round_trip(grounding: float, claims: int, metrics: dict[str, float]) -> None:
