@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, JsonValue, field_validator, model_validator
@@ -98,6 +99,15 @@ __all__ = [
 # The doer of a dead letter whose event could not be parsed and whose key was
 # not a usable doer either.
 UNKNOWN_DOER = "unknown"
+
+# The largest dead letter, as JSON, that DeadLetter.capture builds by default:
+# under Kafka's default max.request.size and message.max.bytes (1 MiB) with room
+# for the record's key, headers and batch overhead.
+DEAD_LETTER_MAX_BYTES = 900_000
+# A dead letter's reason is cut to this many characters; a key past this many
+# bytes is kept as a prefix.
+DEAD_LETTER_MAX_REASON = 2_000
+DEAD_LETTER_MAX_KEY = 4_096
 
 
 # --- learning.task-routed ---------------------------------------------------
@@ -339,6 +349,11 @@ class SampleCurated(Event):
 class DeadLetter(Event):
     """Input a stage could not process: the original bytes, where they came from, and why.
 
+    A value too large to carry whole (see ``capture``) is kept as a prefix:
+    ``truncated`` is then true, and ``payload_size`` and ``payload_sha256``
+    describe the whole original value (set on every captured letter; None on
+    letters written before they existed).
+
     ``doer`` is the record's key when it was a usable doer, else ``"unknown"``:
     a bad event often cannot be parsed far enough to know its doer.  Building a
     dead letter must not fail on the very input it reports, so an unusable
@@ -356,6 +371,10 @@ class DeadLetter(Event):
     stage: Identifier  # the agent that rejected it
     error_type: Identifier  # e.g. "ValidationError", "BundleError"
     consumer: Identifier | None = None  # the consumer group (app id) whose stage rejected it
+    truncated: bool = False  # value_b64 (or, past DEAD_LETTER_MAX_KEY, key_b64) is a prefix
+    payload_size: Offset | None = None  # bytes in the original value
+    payload_sha256: Sha256Hex | None = None  # of the original value
+    key_size: Offset | None = None  # bytes in the original key
 
     @field_validator("doer", mode="before")
     @classmethod
@@ -388,30 +407,64 @@ class DeadLetter(Event):
         error_type: str,
         doer: str | None = None,
         consumer: str | None = None,
+        max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> DeadLetter:
-        """Return a dead letter holding ``value`` and ``key`` verbatim, keyed by the best doer."""
-        return cls(
+        """Return a dead letter of ``value`` and ``key`` whose JSON fits in ``max_bytes``.
+
+        The value is kept whole when the letter's JSON stays within ``max_bytes``
+        and as its longest prefix that fits otherwise (``truncated``); its size
+        and sha256 are recorded either way.  The reason is cut to
+        DEAD_LETTER_MAX_REASON characters and a key to DEAD_LETTER_MAX_KEY bytes,
+        so a letter is always sendable: a poison message never stops a partition
+        because its dead letter is refused by the producer.
+        """
+        key_prefix = (
+            key if key is None or len(key) <= DEAD_LETTER_MAX_KEY else key[:DEAD_LETTER_MAX_KEY]
+        )
+        metadata = cls(
             doer=doer or _doer_from_key(key),
-            value_b64=base64.b64encode(value).decode("ascii"),
-            key_b64=None if key is None else base64.b64encode(key).decode("ascii"),
+            value_b64="",
+            key_b64=None if key_prefix is None else base64.b64encode(key_prefix).decode("ascii"),
             topic=topic,
             partition=partition,
             offset=offset,
-            reason=reason,
+            reason=_bounded_reason(reason),
             stage=stage,
             error_type=error_type,
             consumer=consumer,
+            truncated=key_prefix is not key,
+            payload_size=len(value),
+            payload_sha256=hashlib.sha256(value).hexdigest(),
+            key_size=None if key is None else len(key),
+        )
+        whole = base64.b64encode(value).decode("ascii")
+        # Base64 needs no JSON escaping, so the letter's size is its metadata plus this
+        # field's length; "true" for truncated is no longer than "false".
+        room = max(0, max_bytes - len(metadata.to_json()))
+        if len(whole) <= room:
+            return metadata.model_copy(update={"value_b64": whole})
+        prefix = value[: room // 4 * 3]
+        return metadata.model_copy(
+            update={"value_b64": base64.b64encode(prefix).decode("ascii"), "truncated": True}
         )
 
     @property
     def value(self) -> bytes:
-        """The original value bytes."""
+        """The original value bytes (their prefix when ``truncated``)."""
         return base64.b64decode(self.value_b64)
 
     @property
     def key(self) -> bytes | None:
-        """The original key bytes, if there was a key."""
+        """The original key bytes, if there was a key (a prefix when ``key_size`` is larger)."""
         return None if self.key_b64 is None else base64.b64decode(self.key_b64)
+
+
+def _bounded_reason(reason: str) -> str:
+    """The reason, storable (no NUL, valid UTF-8) and at most DEAD_LETTER_MAX_REASON characters."""
+    text = reason.replace("\x00", "\\u0000").encode("utf-8", "replace").decode("utf-8")
+    if len(text) > DEAD_LETTER_MAX_REASON:
+        text = text[: DEAD_LETTER_MAX_REASON - 1] + "…"
+    return text or "no reason given"
 
 
 def _doer_from_key(key: bytes | None) -> str:
@@ -425,7 +478,7 @@ def _doer_from_key(key: bytes | None) -> str:
 
 
 def _usable_doer(text: str) -> bool:
-    return bool(text) and text == text.strip() and len(text) <= 256
+    return bool(text) and text == text.strip() and len(text) <= 256 and "\x00" not in text
 
 
 # --- learning.alerts --------------------------------------------------------
