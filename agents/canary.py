@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from agents.stage import Stage
 from agents.streams import batches
-from agents.tables import SEPARATOR, doer_of
+from agents.tables import SEPARATOR, SOURCE_OFFSETS, doer_of
 from learning.deployments import DeploymentState, Verdict, event_time
 from models.events import Alert, CRLComputed, DecisionMade, PolicyChange, TaskRouted
 from storage.canary import deployment, insert_decisions, insert_routings
+from storage.claims import Claim, owned_claims
 from storage.policies import derived_event_id
 from storage.pool import durably
 
@@ -51,6 +52,14 @@ SILENCE_CHECK_S = 1.0  # how often the timer looks for silent deployments
 # After a start or a rebalance the timer waits this long before judging silence,
 # so that events waiting on the topics (a worker down for a while) are read first.
 CATCH_UP_S = 30.0
+CLAIMS = "canary"  # this stage's name in fold_claims
+
+
+def _item(value: TaskRouted | CRLComputed) -> str:
+    """A routing's or a run's id among the stage's fold claims."""
+    if isinstance(value, TaskRouted):
+        return f"task/{value.event_id}"
+    return f"run/{value.run_id}"
 
 
 class Batch:
@@ -60,7 +69,9 @@ class Batch:
         self.stage = stage
         self.states: dict[str, DeploymentState] = {}
         self.unknown: set[str] = set()
-        self.seen: set[str] = set()
+        # Per state key, the source offsets folded into it (agents.tables.SOURCE_OFFSETS).
+        self.marks: dict[str, dict[str, int]] = {}
+        self.owned: set[Claim] = set()
         self.routings: list[TaskRouted] = []
         self.verdicts: list[tuple[DeploymentState, Verdict]] = []
         self.partitions: dict[str, int] = {}
@@ -79,7 +90,7 @@ class Batch:
             return None
         stored = self.stage.states.get(key)
         if stored:
-            found = DeploymentState.from_dict(stored)
+            found = self.adopt(key, stored)
         else:
             pool = self.stage.app.pool
             record = await durably(partial(deployment, pool, deployment_id), what="deployment")
@@ -95,11 +106,27 @@ class Batch:
         self.states[key] = found
         return found
 
-    def first_time(self, key: str) -> bool:
-        """Whether a run or routing is counted for the first time (and mark it counted)."""
-        if key in self.seen or self.stage.seen.get(key):
+    def adopt(self, key: str, stored: dict[str, Any]) -> DeploymentState:
+        """Take a stored state (and the source marks written with it) into this batch."""
+        self.marks[key] = dict(stored.get(SOURCE_OFFSETS) or {})
+        state = self.states[key] = DeploymentState.from_dict(stored)
+        return state
+
+    def counts(self, state: DeploymentState, item: str, event: Any) -> bool:
+        """Whether the record counts for the state: it owns ``item``, and the state lacks it.
+
+        The record owns the item when it first delivered it (storage.claims), and a
+        state skips records at or below its mark for their topic and partition.
+        """
+        message = event.message
+        if (item, message.partition, message.offset) not in self.owned:
             return False
-        self.seen.add(key)
+        key = f"{state.doer}{SEPARATOR}{state.routing.deployment_id}"
+        marks = self.marks.setdefault(key, {})
+        source = f"{message.topic}#{message.partition}"
+        if message.offset <= marks.get(source, -1):
+            return False
+        marks[source] = message.offset
         return True
 
     async def flush(self) -> None:
@@ -134,9 +161,7 @@ class Batch:
             if alert is not None:
                 await stage.topics.alerts.send(alert)
         for key, state in self.states.items():
-            stage.states[key] = state.to_dict()
-        for key in self.seen:
-            stage.seen[key] = True
+            stage.states[key] = {**state.to_dict(), SOURCE_OFFSETS: self.marks.get(key, {})}
         for doer, partition in self.partitions.items():
             if stage.doers[doer] != partition + 1:
                 stage.doers[doer] = partition + 1
@@ -241,9 +266,6 @@ class CanaryStage(Stage):
             "canary-deployments", default=dict, help_="Canary state per doer/deployment"
         )
         self.live = self.table("canary-live", default=str, help_="Live deployment per doer")
-        self.seen = self.table(
-            "canary-seen", default=bool, help_="Counted runs and routings per doer"
-        )
         # The partition each doer's events arrive on, plus one (0: never seen): the
         # silence timer judges the deployments of the partitions this worker owns.
         self.doers = self.table("canary-doers", default=int, help_="Doer → source partition")
@@ -264,12 +286,38 @@ class CanaryStage(Stage):
         app.timer(interval=SILENCE_CHECK_S)(self.pause_silent_deployments)
 
     async def process(self, events: list[Any]) -> None:
-        """One batch: take every event into its deployment's state, then flush."""
+        """One batch: decode, claim its runs and routings, take each into its state, flush."""
         batch = Batch(self)
+        decoded: list[tuple[Any, Any]] = []
         for event in events:
             async with self.guarded(event):
-                await self._take(event, batch)
+                item = await self._decode(event)
+                if item is not None:
+                    decoded.append((event, item))
+        claims = [
+            (_item(value), event.message.partition, event.message.offset)
+            for event, value in decoded
+            if not isinstance(value, PolicyChange)
+        ]
+        batch.owned = await durably(
+            partial(owned_claims, self.app.pool, CLAIMS, claims), what="fold_claims"
+        )
+        for event, value in decoded:
+            async with self.guarded(event):
+                await self._take(event, value, batch)
         await batch.flush()
+
+    async def _decode(self, event: Any) -> PolicyChange | TaskRouted | CRLComputed | None:
+        """The event of one of the three inputs; None when bad (dead-lettered) or not ours."""
+        topic = event.message.topic
+        if topic == CHANGES:
+            return await self.decode(event, PolicyChange)
+        if topic == ROUTED:
+            return await self.decode(event, TaskRouted)
+        result = await self.decode(event, CRLComputed)
+        if result is None or result.deployment_id is None or result.replay_id is not None:
+            return None  # not a deployment's run, or a replay: never counted
+        return result
 
     async def _follow(self, change: PolicyChange, batch: Batch) -> None:
         """Follow the doer's live deployment: new, stepped, paused, or ended."""
@@ -299,39 +347,26 @@ class CanaryStage(Stage):
         if current != now:
             self.live[doer] = now
 
-    async def _take(self, event: Any, batch: Batch) -> None:
-        topic = event.message.topic
-        if topic == CHANGES:
-            change = await self.decode(event, PolicyChange)
-            if change is not None:
-                batch.arrived(change.doer, event)
-                await self._follow(change, batch)
+    async def _take(
+        self, event: Any, value: PolicyChange | TaskRouted | CRLComputed, batch: Batch
+    ) -> None:
+        batch.arrived(value.doer, event)
+        if isinstance(value, PolicyChange):
+            await self._follow(value, batch)
             return
-        if topic == ROUTED:
-            routed = await self.decode(event, TaskRouted)
-            if routed is None:
-                return
-            batch.arrived(routed.doer, event)
-            state = await self._deployment_of(event, batch, routed.doer, routed.deployment_id)
-            if state is None:
-                return
-            state.heard(datetime.now(UTC))
-            batch.routings.append(routed)  # stored idempotently by event id, counted once
-            if batch.first_time(f"{routed.doer}/task/{routed.event_id}"):
-                state.route(routed.arm, routed.step)
+        if value.deployment_id is None:
             return
-        result = await self.decode(event, CRLComputed)
-        if result is None or result.deployment_id is None or result.replay_id is not None:
-            return  # not a deployment's run, or a replay: never counted
-        batch.arrived(result.doer, event)
-        state = await self._deployment_of(event, batch, result.doer, result.deployment_id)
+        state = await self._deployment_of(event, batch, value.doer, value.deployment_id)
         if state is None:
             return
         state.heard(datetime.now(UTC))
-        if not batch.first_time(f"{result.doer}/run/{result.run_id}"):
+        if isinstance(value, TaskRouted):
+            batch.routings.append(value)  # stored idempotently by event id, counted once
+            if batch.counts(state, _item(value), event):
+                state.route(value.arm, value.step)
             return
-        if state.observe(result):
-            verdict = state.judge(event_time(result))
+        if batch.counts(state, _item(value), event) and state.observe(value):
+            verdict = state.judge(event_time(value))
             if verdict is not None:
                 batch.verdicts.append((state, verdict))
 
@@ -374,6 +409,7 @@ class CanaryStage(Stage):
                 if verdict is None:
                     continue
                 self.partitions.seen(doer, partition)  # so the table write finds its partition
+                batch.adopt(key, value)
                 batch.states[key] = state
                 batch.verdicts.append((state, verdict))
             await batch.flush()

@@ -25,12 +25,12 @@ import asyncpg
 
 from agents.stage import Stage
 from agents.streams import batches
-from agents.tables import HISTORY_DAYS, SEPARATOR, day_start, history
+from agents.tables import HISTORY_DAYS, SEPARATOR, day_start, folded_up_to, history, marked
 from agents.web import register_views
 from learning.crl import BundleError, score_bundle
 from learning.trends import DailyCRL, check_regression, day_of
 from models.events import Alert, CRLComputed, RunCompleted
-from storage.crl import insert_crl_results
+from storage.crl import Source, store_crl_results
 from storage.pool import durably
 
 if TYPE_CHECKING:
@@ -47,47 +47,59 @@ def counts_toward_live(result: CRLComputed) -> bool:
     return result.replay_id is None and not result.shadow
 
 
+class _Slot:
+    """One aggregate a batch touches: its table, its value so far, and its source mark."""
+
+    def __init__(self, table: Any, stored: Any, partition: int) -> None:
+        self.table = table
+        self.daily = DailyCRL.from_dict(stored) if stored else DailyCRL()
+        self.partition = partition
+        self.mark = folded_up_to(stored, partition)
+        self.changed = False
+
+
 class BatchFold:
     """The batch's live runs, folded per table, key and day before one write each."""
 
     def __init__(self, stage: CRLStage) -> None:
         self.stage = stage
-        self.aggregates: dict[tuple[int, str, date], tuple[Any, DailyCRL]] = {}
-        self.runs: set[tuple[str, date]] = set()
+        self.slots: dict[tuple[int, str, date], _Slot] = {}
 
-    def add(self, result: CRLComputed) -> bool:
-        """Fold one run unless it was folded before (in this batch or an earlier one)."""
+    def add(self, result: CRLComputed, partition: int, offset: int) -> None:
+        """Fold the run that the record at (partition, offset) owns into its three aggregates.
+
+        An aggregate whose mark is at or past the offset already holds the run
+        (folded before a crash, written with its mark in one changelog record).
+        """
         stage = self.stage
         day = day_of(result.run_occurred_at)
-        run_key = f"{result.doer}{SEPARATOR}{result.run_id}"
-        if (run_key, day) in self.runs or stage.folded.relative_to(day_start(day))[run_key].value():
-            return False
-        self.runs.add((run_key, day))
         doer = result.doer
         for table, key in (
             (stage.by_doer, doer),
             (stage.by_phase, f"{doer}{SEPARATOR}{result.phase}"),
             (stage.by_policy, f"{doer}{SEPARATOR}{result.policy_id}@{result.policy_version}"),
         ):
-            slot = (id(table), key, day)
-            if slot not in self.aggregates:
+            slot_key = (id(table), key, day)
+            slot = self.slots.get(slot_key)
+            if slot is None:
                 stored = table.relative_to(day_start(day))[key].value()
-                self.aggregates[slot] = (
-                    table,
-                    DailyCRL.from_dict(stored) if stored else DailyCRL(),
-                )
-            self.aggregates[slot][1].add(result.loss)
-        return True
+                slot = self.slots[slot_key] = _Slot(table, stored, partition)
+            if offset <= slot.mark:
+                continue
+            slot.daily.add(result.loss)
+            slot.mark = offset
+            slot.changed = True
 
     def write(self) -> set[tuple[str, date]]:
-        """Write every touched aggregate and run mark once; the doer-days touched."""
+        """Write every changed aggregate, with its mark, once; the doer-days touched."""
         touched = set()
-        for (_, key, day), (table, daily) in self.aggregates.items():
-            table.relative_to(day_start(day))[key] = daily.to_dict()
-            if table is self.stage.by_doer:
+        for (_, key, day), slot in self.slots.items():
+            if not slot.changed:
+                continue
+            value = marked(slot.daily.to_dict(), slot.partition, slot.mark)
+            slot.table.relative_to(day_start(day))[key] = value
+            if slot.table is self.stage.by_doer:
                 touched.add((key, day))
-        for run_key, day in self.runs:
-            self.stage.folded.relative_to(day_start(day))[run_key] = True
         return touched
 
 
@@ -101,12 +113,6 @@ class CRLStage(Stage):
         self.by_doer = self._daily("crl-daily-doer", "Daily CRL (Moments + p95 sketch) per doer")
         self.by_phase = self._daily("crl-daily-phase", "Daily CRL per doer/phase")
         self.by_policy = self._daily("crl-daily-policy", "Daily CRL per doer/policy@version")
-        # Runs already folded, by doer/run id, over the same 30-day horizon as the
-        # aggregates: a redelivered bundle is folded once (older duplicates would only
-        # touch expired days anyway).
-        self.folded = self._daily(
-            "crl-folded-runs", "Run ids already folded into the aggregates", default=bool
-        )
         # Doer-days that already raised a regression alert: one alert per doer and day.
         self.alerted = self.table("crl-alerted", default=bool, help_="Alerted doer/days")
 
@@ -131,23 +137,31 @@ class CRLStage(Stage):
         )
 
     async def process(self, events: list[Any]) -> None:
-        """One batch: score and emit each run, fold the live ones, store all, check regressions."""
-        batch = BatchFold(self)
+        """One batch: score, store, then emit each stored run and fold the runs it owns.
+
+        PostgreSQL first: a run it refuses is a dead letter, never emitted or
+        folded. A run is folded by the record that owns it (the first to store
+        it), so a publisher's duplicate is stored and emitted once, folded never.
+        """
         scored: list[tuple[Any, CRLComputed]] = []
         for event in events:
             async with self.guarded(event):
                 result = await self._score(event)
-                if result is None:
-                    continue
-                self.partitions.seen(result.doer, event.message.partition)
-                if counts_toward_live(result):
-                    batch.add(result)
-                scored.append((event, result))
-                # Emitted for duplicates too: downstream writes are idempotent by
-                # run id, and a crash before the table writes must not lose it.
-                await self.topics.crl_computed.send(result)
+                if result is not None:
+                    scored.append((event, result))
+        owners = await self._store(scored)
+        batch = BatchFold(self)
+        for event, result in scored:
+            if result.run_id not in owners:
+                continue  # refused by PostgreSQL: dead-lettered
+            source = (event.message.partition, event.message.offset)
+            self.partitions.seen(result.doer, source[0])
+            if counts_toward_live(result) and owners[result.run_id] == source:
+                batch.add(result, *source)
+            # Emitted again when redelivered: downstream writes are idempotent by
+            # run id, and a crash before this send must not lose it.
+            await self.topics.crl_computed.send(result)
         touched = batch.write()
-        await self._store(scored)
         for doer, day in sorted(touched):
             await self._check_regression(doer, day)
 
@@ -198,17 +212,37 @@ class CRLStage(Stage):
             check.threshold,
         )
 
-    async def _store(self, scored: list[tuple[Any, CRLComputed]]) -> None:
-        """Insert the batch's results with one statement; find a refused row one by one."""
+    async def _store(self, scored: list[tuple[Any, CRLComputed]]) -> dict[str, Source]:
+        """Store the batch with one statement (a refused row is found one by one); run owners."""
         pool = self.app.pool
+        results = [r for _, r in scored]
+        sources: list[Source] = [(e.message.partition, e.message.offset) for e, _ in scored]
         try:
-            await durably(partial(insert_crl_results, pool, [r for _, r in scored]), what="crl")
+            return await durably(
+                partial(store_crl_results, pool, results, sources), what="crl_results"
+            )
         except asyncpg.PostgresError as exc:
-            log.warning("batch_rejected error=%r rows=%d; retrying one by one", exc, len(scored))
-            for event, result in scored:
-                try:
-                    await durably(partial(insert_crl_results, pool, [result]), what="crl row")
-                except asyncpg.PostgresError as row_exc:
-                    await self.dead_letter(
-                        event, error_type="storage", reason=str(row_exc), doer=result.doer
+            log.warning(
+                "batch_rejected error=%s rows=%d; storing one by one", _sqlstate(exc), len(scored)
+            )
+        owners: dict[str, Source] = {}
+        for (event, result), source in zip(scored, sources, strict=True):
+            try:
+                owners.update(
+                    await durably(
+                        partial(store_crl_results, pool, [result], [source]), what="crl_results row"
                     )
+                )
+            except asyncpg.PostgresError as row_exc:
+                await self.dead_letter(
+                    event,
+                    error_type="storage",
+                    reason=f"PostgreSQL refused the result ({_sqlstate(row_exc)})",
+                    doer=result.doer,
+                )
+        return owners
+
+
+def _sqlstate(exc: asyncpg.PostgresError) -> str:
+    """The error's class and SQLSTATE, without its message (which may quote input values)."""
+    return f"{type(exc).__name__} {getattr(exc, 'sqlstate', '?')}"

@@ -26,7 +26,7 @@ import asyncpg
 from agents.crl import counts_toward_live
 from agents.stage import Stage
 from agents.streams import batches
-from agents.tables import SEPARATOR, day_start
+from agents.tables import day_start, folded_up_to, marked
 from agents.triggers import raise_request
 from learning.skills import (
     DailySkillStats,
@@ -38,6 +38,7 @@ from learning.skills import (
 )
 from learning.trends import day_of, days_back
 from models.events import CRLComputed, SkillCard
+from storage.claims import Claim, owned_claims
 from storage.pool import durably
 from storage.skills import active_policy, open_requests, recent_experiments, store_card
 
@@ -49,6 +50,7 @@ log = logging.getLogger("learnops.skills")
 DAY = timedelta(days=1)
 HISTORY_DAYS = 31  # the 30-day baseline before today, and today
 BATCH = 1000  # at most this many events per batch (agents/streams.py)
+CLAIMS = "skills"  # this stage's name in fold_claims
 
 
 class SkillsStage(Stage):
@@ -62,14 +64,6 @@ class SkillsStage(Stage):
             "skills-daily",
             default=dict,
             help_="Daily skill statistics per doer (learning.skills.DailySkillStats)",
-            window=DAY,
-            expires=timedelta(days=HISTORY_DAYS),
-        )
-        # Runs already folded, per doer/run id and day: a redelivered result counts once.
-        self.folded = self.table(
-            "skills-folded-runs",
-            default=bool,
-            help_="Run ids already folded into the skill statistics",
             window=DAY,
             expires=timedelta(days=HISTORY_DAYS),
         )
@@ -98,42 +92,55 @@ class SkillsStage(Stage):
         return found
 
     async def process(self, events: list[Any]) -> None:
-        """Decode a batch of scored runs, fold the live ones, mark their doers changed."""
+        """Decode a batch of scored runs, fold the live runs it owns, mark their doers changed."""
         decoded = []
         for event in events:
             async with self.guarded(event):
                 result = await self.decode(event, CRLComputed)
                 if result is not None:
                     decoded.append((event, result))
-        for doer in self.fold(decoded):
+        claims = [
+            (result.run_id, event.message.partition, event.message.offset)
+            for event, result in decoded
+            if counts_toward_live(result)
+        ]
+        owned = await durably(
+            partial(owned_claims, self.app.pool, CLAIMS, claims), what="fold_claims"
+        )
+        for doer in self.fold(decoded, owned):
             self.schedule.changed(doer)
 
-    def fold(self, events: list[tuple[Any, CRLComputed]]) -> set[str]:
-        """Fold the batch's live, not yet folded runs into the tables; the doers changed."""
-        stats: dict[tuple[str, date], DailySkillStats] = {}
-        runs: set[tuple[str, date]] = set()
+    def fold(self, events: list[tuple[Any, CRLComputed]], owned: set[Claim]) -> set[str]:
+        """Fold the runs the batch's records own into the daily values; the doers changed.
+
+        A record owns a run when it was the first to deliver it (storage.claims),
+        and a daily value skips records at or below its source mark: both a
+        duplicate result and a redelivery after a crash are folded once.
+        """
+        stats: dict[tuple[str, date], tuple[DailySkillStats, int, int]] = {}
+        folded: set[tuple[str, date]] = set()
         for event, result in events:
             doer, day = result.doer, day_of(result.run_occurred_at)
-            self.partitions.seen(doer, event.message.partition)
-            if self.doers[doer] != event.message.partition + 1:  # 0 is "never seen"
-                self.doers[doer] = event.message.partition + 1
-            run_key = f"{doer}{SEPARATOR}{result.run_id}"
-            if not counts_toward_live(result) or (run_key, day) in runs:
+            partition, offset = event.message.partition, event.message.offset
+            self.partitions.seen(doer, partition)
+            if self.doers[doer] != partition + 1:  # 0 is "never seen"
+                self.doers[doer] = partition + 1
+            if (result.run_id, partition, offset) not in owned:
                 continue
-            if self.folded.relative_to(day_start(day))[run_key].value():
-                continue
-            runs.add((run_key, day))
             if (doer, day) not in stats:
                 stored = self.daily.relative_to(day_start(day))[doer].value()
-                stats[(doer, day)] = (
-                    DailySkillStats.from_dict(stored) if stored else DailySkillStats()
-                )
-            stats[(doer, day)].add(result)
-        for (doer, day), value in stats.items():
-            self.daily.relative_to(day_start(day))[doer] = value.to_dict()
-        for run_key, day in runs:
-            self.folded.relative_to(day_start(day))[run_key] = True
-        return {doer for doer, _ in stats}
+                value = DailySkillStats.from_dict(stored) if stored else DailySkillStats()
+                stats[(doer, day)] = (value, partition, folded_up_to(stored, partition))
+            value, _, mark = stats[(doer, day)]
+            if offset <= mark:
+                continue
+            value.add(result)
+            stats[(doer, day)] = (value, partition, offset)
+            folded.add((doer, day))
+        for doer, day in folded:
+            value, partition, mark = stats[(doer, day)]
+            self.daily.relative_to(day_start(day))[doer] = marked(value.to_dict(), partition, mark)
+        return {doer for doer, _ in folded}
 
     async def build_card(self, doer: str, now: datetime) -> tuple[SkillCard, Any]:
         """The doer's card as of now, and its statistics (for the triggers)."""

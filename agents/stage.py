@@ -86,13 +86,13 @@ class Stage:
         An event whose Kafka key is not its doer is refused too: it would land in
         another doer's partition and split that doer's state across workers.
         """
-        return await self._decode(event, model.model_validate_json)
+        return await self._validated(event, model.model_validate_json)
 
     async def decode_with(self, event: Any, adapter: TypeAdapter[K]) -> K | None:
         """As :meth:`decode`, for a topic whose value is a union of models (``POLICY_COMMANDS``)."""
-        return await self._decode(event, adapter.validate_json)
+        return await self._validated(event, adapter.validate_json)
 
-    async def _decode(self, event: Any, parse: Callable[[Any], K]) -> K | None:
+    async def _validated(self, event: Any, parse: Callable[[Any], K]) -> K | None:
         value = event.message.value
         try:
             decoded = parse(value)

@@ -27,6 +27,29 @@ def day_start(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
+#: The key, in a table value, of the highest source offset folded into it, per partition.
+SOURCE_OFFSETS = "source_offsets"
+
+
+def folded_up_to(value: Any, source: int | str) -> int:
+    """The highest offset of ``source`` (a partition) already folded into a table value (-1: none).
+
+    A value and its mark are one changelog record, so they are written together
+    or not at all: after a kill -9 the redelivered records at or below the mark
+    are the ones this value already holds (docs/operations.md, "Exactly once").
+    """
+    if not value:
+        return -1
+    return int((value.get(SOURCE_OFFSETS) or {}).get(str(source), -1))
+
+
+def marked(value: dict[str, Any], source: int | str, offset: int) -> dict[str, Any]:
+    """``value`` with the mark of ``source`` (a partition) moved up to ``offset``."""
+    marks = dict(value.get(SOURCE_OFFSETS) or {})
+    marks[str(source)] = max(offset, int(marks.get(str(source), -1)))
+    return {**value, SOURCE_OFFSETS: marks}
+
+
 def history(table: Any, key: str, today: date, days: int = HISTORY_DAYS) -> dict[date, DailyCRL]:
     """The key's daily CRL aggregates for the ``days`` ending today (days with data only)."""
     found: dict[date, DailyCRL] = {}

@@ -32,13 +32,20 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
     )
 
 
-# Connection trouble is waited out (the source offset does not move meanwhile);
-# anything else PostgreSQL refuses is a property of the data and is the caller's.
+# Connection trouble, a server shutting down and lost concurrency races are waited
+# out and retried (the source offset does not move meanwhile): SQLSTATE class 08,
+# 57P01-57P03, 53300, 40001 and 40P01. Anything else PostgreSQL refuses is a
+# property of the data and is the caller's.
 TRANSIENT_ERRORS = (
     OSError,
     asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
     asyncio.TimeoutError,
 )
 
