@@ -206,6 +206,9 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        # A killed worker's partitions move in seconds, not Faust's default minute.
+        broker_session_timeout=settings.learnops_session_timeout_s,
+        broker_heartbeat_interval=settings.learnops_session_timeout_s / 5,
         producer_acks=-1,
         # aiokafka sends one batch per partition per round trip: let batches fill.
         producer_linger=PRODUCER_LINGER_S,

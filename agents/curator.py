@@ -38,6 +38,7 @@ from agents.tables import SEPARATOR, doer_of
 from learning.contamination import reason_kind
 from learning.samples import CurationError, DoerCuration
 from models.events import RunCompleted
+from models.keys import key_problem
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -120,7 +121,7 @@ def _parse(event: Any) -> RunCompleted | None:
     except ValidationError:
         SKIPPED.labels("invalid").inc()
         return None
-    if message.key is not None and message.key != bundle.doer.encode():
+    if key_problem(message.key, bundle) is not None:
         SKIPPED.labels("invalid").inc()
         return None
     return bundle

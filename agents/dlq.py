@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from models.events import DeadLetter
@@ -15,6 +16,11 @@ DEAD_LETTERS = Counter(
     "learnops_dead_letters_total",
     "Events sent to learning.dlq, by the stage that rejected them and the kind of error.",
     ["stage", "error_type"],
+)
+DEAD_LETTERS_FAILED = Counter(
+    "learnops_dead_letters_failed_total",
+    "Dead letters the producer refused (logged with their origin instead), by stage.",
+    ["stage"],
 )
 
 
@@ -46,7 +52,25 @@ class DeadLetters:
             doer=doer,
             consumer=self._app.conf.id,
         )
-        await self._app.event_topics.dlq.send(letter)
+        try:
+            await self._app.event_topics.dlq.send(letter)
+        except KafkaError as exc:
+            # The letter is bounded (DeadLetter.capture), so this is the broker or the
+            # producer refusing it. Raising would crash the agent and stall the
+            # partition; the event's origin and reason go to the log instead.
+            DEAD_LETTERS_FAILED.labels(stage).inc()
+            log.error(
+                "dead_letter_failed stage=%s error_type=%s topic=%s partition=%s offset=%s "
+                "size=%s error=%s",
+                stage,
+                error_type,
+                message.topic,
+                message.partition,
+                message.offset,
+                letter.payload_size,
+                type(exc).__name__,
+            )
+            return letter
         DEAD_LETTERS.labels(stage, error_type).inc()
         # The log names the offending fields only: values may be payload text (PII).
         fields = "; ".join(part.split(":", 1)[0] for part in reason.split("; "))

@@ -13,32 +13,36 @@ hand and the stream goes on (:meth:`Stage.guarded`, :meth:`Stage.guarded_batch`)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from prometheus_client import Gauge
 from pydantic import TypeAdapter, ValidationError
 
 from agents.tables import DoerPartitions, doer_table
 from models.base import Event, describe_validation_error
+from models.keys import key_problem
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.stage")
 
+STAGE_HALTED = Gauge(
+    "learnops_stage_halted",
+    "1 when a stage stopped after too many internal errors in a row (it needs a fix).",
+    ["stage"],
+)
+
 E = TypeVar("E", bound=Event)
 
 
-class _Keyed(Protocol):
-    @property
-    def doer(self) -> str: ...
-
-
-K = TypeVar("K", bound=_Keyed)
+K = TypeVar("K", bound=Event)
 
 
 class Stage:
@@ -50,6 +54,7 @@ class Stage:
         self.app = app
         self.topics = app.event_topics
         self.partitions = DoerPartitions()
+        self.internal_errors = 0  # in a row; reset by any event handled without one
 
     def table(
         self,
@@ -83,8 +88,9 @@ class Stage:
         """The validated event, or None after its bytes went to learning.dlq with the reason.
 
         Bad JSON and schema violations both surface as a pydantic ValidationError.
-        An event whose Kafka key is not its doer is refused too: it would land in
-        another doer's partition and split that doer's state across workers.
+        An event with no key, or a key that is not its doer, is refused too: it
+        would land in another doer's partition and split that doer's state
+        across workers (models.keys).
         """
         return await self._validated(event, model.model_validate_json)
 
@@ -104,14 +110,9 @@ class Stage:
                 reason=describe_validation_error(exc),
             )
             return None
-        key = event.message.key
-        if key is not None and key != decoded.doer.encode():
-            await self.dead_letter(
-                event,
-                error_type="key",
-                reason=f"key {key[:64]!r} is not the event's doer {decoded.doer!r}",
-                doer=decoded.doer,
-            )
+        problem = key_problem(event.message.key, decoded)
+        if problem is not None:
+            await self.dead_letter(event, error_type="key", reason=problem, doer=decoded.doer)
             return None
         return decoded
 
@@ -128,7 +129,10 @@ class Stage:
             yield
         except Exception as exc:
             log.exception("internal_error stage=%s", self.name)
+            await self._internal_error()
             await self.dead_letter(event, error_type="internal", reason=_internal_reason(exc))
+        else:
+            self.internal_errors = 0
 
     @asynccontextmanager
     async def guarded_batch(self, events: list[Any]) -> AsyncIterator[None]:
@@ -150,6 +154,7 @@ class Stage:
             yield
         except Exception as exc:
             log.exception("internal_error stage=%s batch=%d", self.name, len(events))
+            await self._internal_error()
             reason = _internal_reason(exc)
             for event in events:
                 await self.dead_letter(event, error_type="internal", reason=reason)
@@ -158,6 +163,28 @@ class Stage:
                 event.message.incref()
             log.info("batch_unfinished stage=%s batch=%d left unacked", self.name, len(events))
             raise
+
+
+    async def _internal_error(self) -> None:
+        """Count an internal error; past the limit, stop the stage here for good.
+
+        An error on every event is a bug, not bad input: dead-lettering would
+        empty the stage's input into the DLQ. Instead the stage waits here,
+        holding its events unacked (so no offset is committed past them), until
+        the worker is stopped; after a fix, the next worker processes them.
+        """
+        self.internal_errors += 1
+        limit = self.app.settings.learnops_max_internal_errors
+        if self.internal_errors < limit:
+            return
+        STAGE_HALTED.labels(self.name).set(1)
+        log.critical(
+            "stage_halted stage=%s internal_errors_in_a_row=%d hint='fix the error logged above "
+            "and restart the worker: its input waits, unacked'",
+            self.name,
+            self.internal_errors,
+        )
+        await asyncio.Event().wait()
 
 
 def _internal_reason(exc: BaseException) -> str:
