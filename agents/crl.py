@@ -30,6 +30,7 @@ from agents.web import register_views
 from learning.crl import BundleError, score_bundle
 from learning.trends import DailyCRL, check_regression, day_of
 from models.events import Alert, CRLComputed, RunCompleted
+from models.ids import regression_alert_id
 from storage.crl import Source, store_crl_results
 from storage.pool import durably
 
@@ -187,6 +188,9 @@ class CRLStage(Stage):
             return
         self.alerted[flag] = True
         alert = Alert(
+            # One id per doer and day: a regression alert sent again after a restart
+            # (its table mark lost with the kill) is recognisably the same alert.
+            event_id=regression_alert_id(doer, today.isoformat()),
             doer=doer,
             kind="crl_regression",
             severity="warning",

@@ -27,6 +27,8 @@ REPLAY_TASK_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:repl
 REPLAY_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:replay")
 #: Curated samples, their events and the contamination alerts of datasets.
 CURATION_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "learnops:curation")
+#: Alerts the CRL stage raises (one regression alert per key and day).
+CRL_ALERT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:crl-alert")
 #: The bundles of the simulated orchestrator (the demo and the tests).
 SIMULATION_NAMESPACE: Final = uuid.NAMESPACE_URL
 
@@ -43,6 +45,11 @@ _STRING_ESCAPES.update(
 def caused_event_id(kind: str, cause: UUID) -> UUID:
     """Return the id of the ``kind`` event (``policy-change``, ``alert``) that ``cause`` led to."""
     return uuid.uuid5(POLICY_EVENT_NAMESPACE, f"{kind}:{cause}")
+
+
+def regression_alert_id(key: str, day: str) -> UUID:
+    """Return the id of the CRL regression alert of a doer (or doer/phase) on a UTC day."""
+    return uuid.uuid5(CRL_ALERT_NAMESPACE, f"crl_regression:{key}:{day}")
 
 
 def experiment_event_id(*parts: object) -> UUID:

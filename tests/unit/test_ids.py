@@ -111,3 +111,10 @@ def test_replay_names_are_the_canonical_json_that_signing_writes(
     assert ids.replay_id(policy_hash, manifest_hash, [seed]) == str(
         uuid.uuid5(ids.REPLAY_NAMESPACE, name)
     )
+
+
+def test_regression_alert_id_is_pinned_and_one_per_doer_and_day() -> None:
+    first = ids.regression_alert_id("PRDWriter", "2026-12-03")
+    assert str(first) == "f56b562e-a922-529d-9107-1f35a5190bfd"
+    assert ids.regression_alert_id("PRDWriter", "2026-12-04") != first
+    assert ids.regression_alert_id("PRDWriter/draft", "2026-12-03") != first
