@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +34,9 @@ from agents.streams import batches
 from agents.tables import SEPARATOR, SOURCE_OFFSETS, doer_of
 from learning.deployments import DeploymentState, Verdict, event_time
 from models.events import Alert, CRLComputed, DecisionMade, PolicyChange, TaskRouted
+from models.ids import caused_event_id
 from storage.canary import deployment, insert_decisions, insert_routings
 from storage.claims import Claim, owned_claims
-from storage.policies import derived_event_id
 from storage.pool import durably
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def _decision(state: DeploymentState, verdict: Verdict) -> DecisionMade:
 def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> Alert | None:
     """The alert of a pause (sample ratio mismatch, missing data) or an approval request."""
     common: dict[str, Any] = {
-        "event_id": derived_event_id("alert", verdict.event_id),
+        "event_id": caused_event_id("alert", verdict.event_id),
         "doer": decision.doer,
         "deployment_id": decision.deployment_id,
         "policy_id": decision.candidate_policy_id,
@@ -284,6 +284,8 @@ class CanaryStage(Stage):
         source = topics.source(topics.crl_computed, topics.task_routed, topics.policy_changes)
         app.agent(source, name=self.name)(canary)
         app.timer(interval=SILENCE_CHECK_S)(self.pause_silent_deployments)
+        # A deployment lives days, not months: its runs' claims go after 90 days.
+        self.expire_claims_every(CLAIMS, 3600.0, timedelta(days=90))
 
     async def process(self, events: list[Any]) -> None:
         """One batch: decode, claim its runs and routings, take each into its state, flush."""

@@ -27,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from agents.tables import DoerPartitions, doer_table
 from models.base import Event, describe_validation_error
 from models.keys import key_problem
+from storage.claims import expire_claims
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -75,6 +76,23 @@ class Stage:
             window=window,
             expires=expires,
         )
+
+    def expire_claims_every(self, consumer: str, interval_s: float, keep: timedelta) -> None:
+        """Delete this stage's fold claims older than ``keep`` every ``interval_s`` seconds.
+
+        A claim only matters while a duplicate of its run could still be folded
+        into a live aggregate; after the aggregates' horizon it is dead weight.
+        """
+
+        async def expire() -> None:
+            if not self.app.pool_open:
+                return
+            removed = await expire_claims(self.app.pool, consumer, keep)
+            if removed:
+                log.info("fold_claims_expired stage=%s removed=%d", self.name, removed)
+
+        expire.__qualname__ = f"{type(self).__qualname__}.expire_claims"
+        self.app.timer(interval=interval_s)(expire)
 
     async def dead_letter(
         self, event: Any, *, error_type: str, reason: str, doer: str | None = None

@@ -50,9 +50,11 @@ async def owned_claims(pool: Any, consumer: str, claims: Sequence[Claim]) -> set
     return {claim for claim in claims if claim in owners}
 
 
-async def expire_claims(pool: Any, older_than: timedelta) -> int:
-    """Delete claims older than ``older_than`` (their aggregates have expired); how many."""
+async def expire_claims(pool: Any, consumer: str, older_than: timedelta) -> int:
+    """Delete a stage's claims older than ``older_than`` (their aggregates expired); how many."""
     status = await pool.execute(
-        "DELETE FROM fold_claims WHERE claimed_at < now() - $1::interval", older_than
+        "DELETE FROM fold_claims WHERE consumer = $1 AND claimed_at < now() - $2::interval",
+        consumer,
+        older_than,
     )
     return int(status.rsplit(" ", 1)[-1])
