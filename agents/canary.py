@@ -44,9 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("learnops.canary")
 
-CRL = "learning.crl-computed"
-ROUTED = "learning.task-routed"
-CHANGES = "learning.policy-changes"
 BATCH = 1000  # at most this many events per batch
 SILENCE_CHECK_S = 1.0  # how often the timer looks for silent deployments
 # After a start or a rebalance the timer waits this long before judging silence,
@@ -273,7 +270,11 @@ class CanaryStage(Stage):
         self.judging = asyncio.Lock()
         self.catch_up = CatchUp()
         topics = self.topics
-        self.inputs = (topics.crl_computed.name, topics.task_routed.name, CHANGES)
+        self.inputs = (
+            topics.crl_computed.name,
+            topics.task_routed.name,
+            topics.policy_changes.name,
+        )
 
         async def canary(stream: Any) -> None:
             """Fold each batch into the deployments, judge, store and emit; ack after all of it."""
@@ -312,9 +313,9 @@ class CanaryStage(Stage):
     async def _decode(self, event: Any) -> PolicyChange | TaskRouted | CRLComputed | None:
         """The event of one of the three inputs; None when bad (dead-lettered) or not ours."""
         topic = event.message.topic
-        if topic == CHANGES:
+        if topic == self.topics.policy_changes.name:
             return await self.decode(event, PolicyChange)
-        if topic == ROUTED:
+        if topic == self.topics.task_routed.name:
             return await self.decode(event, TaskRouted)
         result = await self.decode(event, CRLComputed)
         if result is None or result.deployment_id is None or result.replay_id is not None:

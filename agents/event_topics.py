@@ -13,25 +13,23 @@ producing them; everything else goes to the broker through Faust's producer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from models.base import Event
+from models.events import (
+    Alert,
+    CRLComputed,
+    DeadLetter,
+    DecisionMade,
+    ExperimentChanged,
+    PolicyChange,
+    ReplayTask,
+    RunCompleted,
+    SampleCurated,
+    SkillCard,
+    TaskRouted,
+)
 from models.registry import TOPIC_EVENTS
-
-if TYPE_CHECKING:
-    from models.events import (
-        Alert,
-        CRLComputed,
-        DeadLetter,
-        DecisionMade,
-        ExperimentChanged,
-        PolicyChange,
-        ReplayTask,
-        RunCompleted,
-        SampleCurated,
-        SkillCard,
-        TaskRouted,
-    )
 
 E = TypeVar("E", bound=Event)
 

@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("learnops.experiments")
 
-COMMANDS = "learning.commands"
-CRL_COMPUTED = "learning.crl-computed"
-POLICY_CHANGES = "learning.policy-changes"
 OURS = {"create_experiment", "run_replay"}
 
 
@@ -126,9 +123,9 @@ class ExperimentsStage(Stage):
     async def handle(self, event: Any) -> None:
         """One event of the stage's three topics."""
         topic = event.message.topic
-        if topic == COMMANDS:
+        if topic == self.topics.commands.name:
             await self._command(event)
-        elif topic == CRL_COMPUTED:
+        elif topic == self.topics.crl_computed.name:
             await self._scored(event)
         else:
             await self._policy_change(event)

@@ -1,6 +1,6 @@
 """The policy stage: commands and canary decisions → the policy store → each doer's live policy.
 
-Decode → apply to PostgreSQL (``storage.policies``: checked, signature-verified,
+Decode → apply to PostgreSQL (``storage.policy_commands``: checked, signature-verified,
 idempotent by event id) → publish the doer's live state on
 learning.policy-changes (compacted, keyed by doer) when what it serves changed,
 or an alert on learning.alerts when the command or decision was refused.
@@ -22,24 +22,16 @@ from agents.stage import Stage
 from agents.streams import each
 from models.commands import POLICY_COMMANDS, ApproveStep
 from models.events import Alert, DecisionMade
-from storage.policies import (
-    Outcome,
-    apply_command,
-    apply_decision,
-    apply_step,
-    approve_step,
-    current_change,
-    derived_event_id,
-    pause_deployment,
-)
+from models.ids import caused_event_id
+from storage.audit import Outcome
+from storage.deployments import apply_step, approve_step, current_change, pause_deployment
+from storage.policy_commands import apply_command, apply_decision
 from storage.pool import durably
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.policy")
-
-DECISIONS = "learning.decisions"
 
 
 class PolicyStage(Stage):
@@ -61,7 +53,7 @@ class PolicyStage(Stage):
 
     async def handle(self, event: Any) -> None:
         outcome: Outcome | None
-        if event.message.topic == DECISIONS:
+        if event.message.topic == self.topics.decisions.name:
             decision = await self.decode(event, DecisionMade)
             if decision is None:
                 return
@@ -147,7 +139,7 @@ class PolicyStage(Stage):
             await self.topics.policy_changes.send(change)
             return
         alert = Alert(
-            event_id=derived_event_id("alert", command.event_id),
+            event_id=caused_event_id("alert", command.event_id),
             doer=command.doer,
             kind="approval_refused",
             severity="warning",
@@ -165,7 +157,7 @@ def refusal_alert(outcome: Outcome) -> Alert:
     """The alert for a refused command or decision; a refused signature is critical."""
     signature = outcome.refusal == "signature"
     return Alert(
-        event_id=derived_event_id("alert", outcome.event_id),
+        event_id=caused_event_id("alert", outcome.event_id),
         doer=outcome.doer,
         kind="signature_refused" if signature else "policy_refused",
         severity="critical" if signature else "warning",
