@@ -1,0 +1,171 @@
+"""The streaming state a worker keeps per doer, for 10,000 doers × 30 days, beside the old design.
+
+    .venv/bin/python bench/state_size.py [--doers N] [--runs-per-day R] [--days D]
+
+Builds each table value the way the stages do (one doer-day of R scored runs
+folded into the CRL aggregates per doer, phase and policy, and into the skill
+statistics; one live canary deployment with R runs per arm) and reports, per
+doer and for ``--doers``: the changelog bytes (the JSON Faust writes) and the
+Python heap the in-memory store holds for them (tracemalloc over the decoded
+values of ``--measured`` doers, scaled).
+
+The baseline is the design before fold claims: the same values plus one
+changelog key per folded run in crl-folded-runs and skills-folded-runs, and
+one per counted run and routing in canary-seen, all kept 30 days.
+
+Prints the figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from agents.tables import marked
+from learning.crl import LatencyObjectives, WeightBook, score_bundle
+from learning.simulation import PHASES, Orchestrator
+from learning.skills import DailySkillStats
+from learning.trends import DailyCRL
+from models.events import DeploymentRouting
+
+
+def _scored(runs: int) -> list[Any]:
+    orchestrator = Orchestrator(seed=11, doers=("StateDoer",))
+    return [
+        score_bundle(bundle, WeightBook.from_dict({}), LatencyObjectives.from_dict({}))
+        for bundle in orchestrator.bundles(runs)
+    ]
+
+
+def _values(results: list[Any]) -> dict[str, list[tuple[bytes, bytes]]]:
+    """One doer-day's (key, value) changelog records per table, as the stages write them."""
+    doer = results[0].doer
+    by_doer = DailyCRL()
+    by_phase = {phase: DailyCRL() for phase in PHASES}
+    by_policy = {version: DailyCRL() for version in (1, 2)}
+    skills = DailySkillStats()
+    for offset, result in enumerate(results):
+        by_doer.add(result.loss)
+        by_phase[result.phase].add(result.loss)
+        by_policy[1 + offset % 2].add(result.loss)
+        skills.add(result)
+    last = 10_000_000 + len(results)
+
+    def record(key: str, value: dict[str, Any]) -> tuple[bytes, bytes]:
+        return orjson.dumps([key, [0.0, 86399.9]]), orjson.dumps(marked(value, 0, last))
+
+    return {
+        "crl-daily-doer": [record(doer, by_doer.to_dict())],
+        "crl-daily-phase": [record(f"{doer}/{p}", v.to_dict()) for p, v in by_phase.items()],
+        "crl-daily-policy": [
+            record(f"{doer}/{doer.lower()}-policy@{v}", d.to_dict()) for v, d in by_policy.items()
+        ],
+        "skills-daily": [record(doer, skills.to_dict())],
+        "folded-run marks (baseline only)": [
+            (orjson.dumps([f"{doer}/{r.run_id}", [0.0, 86399.9]]), b"true") for r in results
+        ]
+        * 2,  # crl-folded-runs and skills-folded-runs
+    }
+
+
+def _canary_value(results: list[Any]) -> tuple[bytes, bytes]:
+    from learning.deployments import DeploymentState
+
+    doer = results[0].doer
+    routing = DeploymentRouting(
+        deployment_id="dep-1",
+        salt="salt-1",
+        candidate_policy_id=f"{doer.lower()}-policy",
+        candidate_version=2,
+        allocation=0.05,
+        control_policy_id=f"{doer.lower()}-policy",
+        control_version=1,
+        steps=[0.05, 0.1, 0.25, 0.5],
+    )
+    state = DeploymentState(doer, routing, "canary")
+    for i, result in enumerate(results):
+        state.route("candidate" if i % 2 else "control", 0)
+        state.observe(
+            result.model_copy(
+                update={"deployment_id": "dep-1", "arm": "candidate" if i % 2 else "control"}
+            )
+        )
+    value = {**state.to_dict(), "source_offsets": {"learning.crl-computed#0": len(results)}}
+    return orjson.dumps(f"{doer}/dep-1"), orjson.dumps(value, default=str)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--doers", type=int, default=10_000)
+    parser.add_argument("--runs-per-day", type=int, default=200)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--measured", type=int, default=200, help="doers decoded for the heap")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = _scored(args.runs_per_day)
+    per_day = _values(results)
+    canary_key, canary_value = _canary_value(results)
+    marks = per_day.pop("folded-run marks (baseline only)")
+    canary_seen = [(b"k" * 60, b"true")] * (2 * args.runs_per_day * args.days)
+
+    def size(records: list[tuple[bytes, bytes]]) -> int:
+        return sum(len(k) + len(v) for k, v in records)
+
+    now_day = sum(size(r) for r in per_day.values())
+    now_doer = now_day * args.days + len(canary_key) + len(canary_value)
+    base_doer = now_doer + size(marks) * args.days + size(canary_seen)
+
+    # The heap the memory:// store holds: decoded values of --measured doers.
+    tracemalloc.start()
+    kept = []
+    for _ in range(args.measured):
+        for records in per_day.values():
+            for _, value in records:
+                kept.extend(orjson.loads(value) for _ in range(args.days))
+        kept.append(orjson.loads(canary_value))
+    heap_now = tracemalloc.get_traced_memory()[0] / args.measured
+    mark_heap = []
+    for _ in range(max(1, args.measured // 20)):
+        mark_heap.extend({f"{i}": True} for i in range(len(marks) * args.days))
+    heap_marks = tracemalloc.get_traced_memory()[0] / args.measured - heap_now
+    tracemalloc.stop()
+    heap_marks *= 20  # the marks were built for a twentieth of the doers
+    del kept, mark_heap
+
+    table = Table(
+        title=(
+            f"Streaming state per doer ({args.runs_per_day} runs/day, {args.days} days, "
+            f"{len(PHASES)} phases, 2 policy versions, 1 live canary)"
+        )
+    )
+    for column in ("design", "changelog bytes/doer", f"{args.doers:,} doers", "heap/doer"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "values with their source marks (now)",
+        f"{now_doer:,.0f}",
+        f"{now_doer * args.doers / 2**30:.2f} GiB",
+        f"{heap_now:,.0f} B",
+    )
+    table.add_row(
+        "baseline: + one key per folded run",
+        f"{base_doer:,.0f}",
+        f"{base_doer * args.doers / 2**30:.2f} GiB",
+        f"{heap_now + heap_marks:,.0f} B",
+    )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"heap for {args.doers:,} doers now: {heap_now * args.doers / 2**30:.2f} GiB "
+        f"(baseline {(heap_now + heap_marks) * args.doers / 2**30:.2f} GiB); "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
