@@ -1,9 +1,12 @@
 """Which policy move a doer may make now, what it changes, and whether a stored policy is genuine.
 
-The policy store (``storage/policies.py``) locks one doer, reads its state
-into a :class:`DoerState`, asks :func:`plan` about a :class:`MoveRequest`, and
-applies the returned :class:`Move` in the same transaction. Everything that
-decides lives here, with no I/O, so it is tested without a database.
+The policy store (``storage/policy_commands.py``) locks one doer, reads its
+state into a :class:`DoerState`, asks :func:`plan` about a :class:`MoveRequest`,
+and applies the returned :class:`Move` in the same transaction; a registration
+is judged by :func:`check_registration`, a deployment's step, approval or pause
+(``storage/deployments.py``) by :func:`check_step_up`, :func:`check_approval`
+and :func:`check_pause`. Everything that decides lives here, with no I/O, so it
+is tested without a database.
 
 The rules, on top of :func:`learning.lifecycle.check_transition`:
 
@@ -33,6 +36,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
+from learning.canary import DEFAULT_STEPS
 from learning.lifecycle import DEPLOYED, PolicyStatus, check_transition
 from learning.signing import (
     CanonicalJSONError,
@@ -43,6 +47,10 @@ from learning.signing import (
 )
 
 Action = Literal["start_shadow", "start_canary", "promote", "rollback", "archive"]
+#: Why the store refused an event, as the audit records it.
+Refusal = Literal["signature", "lifecycle", "unknown", "conflict", "artifact"]
+#: The ``PolicyChange.change`` of a move that changes what a doer serves.
+Change = Literal["shadow_started", "canary_started", "promoted", "rolled_back"]
 
 #: The status each move asks for.
 TARGETS: dict[str, PolicyStatus] = {
@@ -53,7 +61,7 @@ TARGETS: dict[str, PolicyStatus] = {
     "archive": PolicyStatus.ARCHIVED,
 }
 #: The ``PolicyChange.change`` of each move that changes what a doer serves.
-CHANGES: dict[str, Literal["shadow_started", "canary_started", "promoted", "rolled_back"]] = {
+CHANGES: dict[str, Change] = {
     "start_shadow": "shadow_started",
     "start_canary": "canary_started",
     "promote": "promoted",
@@ -139,7 +147,7 @@ class Move:
     end_deployment: str | None = None
     end_outcome: str | None = None
     start_mode: str | None = None
-    change: str | None = None
+    change: Change | None = None
 
     def __bool__(self) -> bool:
         return self.ok
@@ -241,7 +249,213 @@ def _refuse(request: MoveRequest, reason: str, to_status: str) -> Move:
     )
 
 
+# --------------------------------------------------------------------------- what an event asks
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why the store refuses an event: the verdict the audit records, and its kind."""
+
+    verdict: str
+    refusal: Refusal
+
+
+def requested_status(action: str) -> str:
+    """Return the status an event asks for: ``draft`` for a registration, else its move's."""
+    return "draft" if action == "register" else TARGETS[action].value
+
+
+def decision_action(action: str, deployment_mode: str | None) -> str | None:
+    """Return the move a canary decision asks of the policy store, or None if it asks none.
+
+    ``promote`` and ``rollback`` move the candidate. A shadow's ``step_up`` means
+    it passed: it moves to canary (``start_canary``). A canary's ``step_up`` and
+    a ``pause`` change its deployment (:func:`check_step_up`, :func:`check_pause`),
+    not its status; a report changes nothing.
+    """
+    if action in ("promote", "rollback"):
+        return action
+    if action == "step_up" and deployment_mode == "shadow":
+        return "start_canary"
+    return None
+
+
+def default_target(state: DoerState) -> PolicyVersion | str:
+    """Return the version an event that names none is about (the live candidate), or why none."""
+    if state.candidate is None:
+        return f"{state.doer} has no shadow or canary policy to roll back"
+    return state.candidate
+
+
+@dataclass(frozen=True)
+class StoredLine:
+    """What is stored under a policy id, as a registration of one of its versions sees it."""
+
+    doer: str  # the doer the policy id belongs to
+    taken: bool  # the version asked for is registered already
+    same_content: bool  # ... with the content hash asked for
+
+
+def check_registration(
+    policy_id: str,
+    version: int,
+    doer: str,
+    *,
+    line: StoredLine | None,
+    parent: str | None = None,
+    parent_registered: bool = False,
+) -> Refused | None:
+    """Return why a version may not be registered, or None; its signature is checked after.
+
+    A policy id belongs to one doer; a version is registered once (a new
+    artifact is a new version); a named parent (``policy_id@version``) must be
+    registered already.
+    """
+    ref = f"{policy_id}@{version}"
+    if line is not None and line.doer != doer:
+        return Refused(
+            f"policy {policy_id} belongs to doer {line.doer!r}, not {doer!r}", "conflict"
+        )
+    if line is not None and line.taken:
+        what = "the same content" if line.same_content else "different content"
+        return Refused(
+            f"{ref} is already registered, with {what}; register a new version", "conflict"
+        )
+    if parent is not None and not parent_registered:
+        return Refused(f"parent {parent} is not registered", "unknown")
+    return None
+
+
+def unsigned(ref: object, reason: str, to_status: str | None = None) -> Refused:
+    """Return the refusal of a version whose signature does not verify (``to_status``: its move)."""
+    verdict = f"{ref}: signature check failed: {reason}"
+    if to_status is not None:
+        verdict = f"{verdict}; not moved to {to_status}"
+    return Refused(verdict, "signature")
+
+
 # --------------------------------------------------------------------------- deployments
+
+
+@dataclass(frozen=True)
+class DeploymentStart:
+    """The deployment a move to shadow or canary starts."""
+
+    deployment_id: str
+    mode: str  # "shadow" | "canary"
+    salt: str
+    steps: tuple[float, ...]  # the canary's traffic steps; empty for a shadow
+    allocation: float  # the canary's first step, or the shadow's mirrored share
+
+
+def start_deployment(
+    move: Move,
+    target: PolicyVersion,
+    event_id: UUID,
+    *,
+    steps: Sequence[float] | None = None,
+    mirror_fraction: float | None = None,
+) -> DeploymentStart | Refused | None:
+    """Return the deployment an allowed move starts, why its steps are unusable, or None.
+
+    A canary takes ``steps`` (None: ``DEFAULT_STEPS``) and serves the first; a
+    shadow mirrors ``mirror_fraction`` of the traffic (None or 0: all of it).
+    Id and salt derive from the event, so a replayed command starts the same one.
+    """
+    if move.start_mode is None:
+        return None
+    chosen: tuple[float, ...] = ()
+    if move.start_mode == "canary":
+        chosen = tuple(DEFAULT_STEPS if steps is None else steps)
+        problem = check_steps(chosen)
+        if problem:
+            return Refused(f"{target}: {problem}", "lifecycle")
+    return DeploymentStart(
+        deployment_id=deployment_id_for(event_id, move.start_mode),
+        mode=move.start_mode,
+        salt=routing_salt(event_id),
+        steps=chosen,
+        allocation=chosen[0] if chosen else mirror_fraction or 1.0,
+    )
+
+
+def audited_deployment(move: Move, start: DeploymentStart | None, named: str | None) -> str | None:
+    """Return the deployment an applied move's audit row names: started, else ended, else named."""
+    if start is not None:
+        return start.deployment_id
+    return move.end_deployment or named
+
+
+@dataclass(frozen=True)
+class DeploymentSteps:
+    """A deployment's traffic as the step, approval and pause rules see it."""
+
+    deployment_id: str
+    doer: str
+    mode: str  # "shadow" | "canary"
+    step: int  # index in ``steps`` of the share served now
+    steps: tuple[float, ...]
+    ended: bool
+    paused: bool
+
+
+def check_step_up(deployment: DeploymentSteps, step: int) -> str | None:
+    """Return why a canary decision may not move the deployment to ``step``, or None.
+
+    It applies while the deployment is a live, unpaused canary below that step
+    and the step exists, so a replayed or stale step-up changes nothing.
+    """
+    problem = _not_serving(deployment) or _no_step(deployment, step)
+    if problem:
+        return problem
+    if step <= deployment.step:
+        return f"{deployment.deployment_id} is at step {deployment.step} already"
+    return None
+
+
+def check_approval(deployment: DeploymentSteps, doer: str, step: int) -> str | None:
+    """Return why an operator's approval may not move the deployment to ``step``, or None.
+
+    An approval is for the doer's own live, unpaused canary and for its next
+    step only, so approving twice or out of turn changes nothing.
+    """
+    if deployment.doer != doer:
+        return f"{deployment.deployment_id} belongs to doer {deployment.doer!r}, not {doer!r}"
+    problem = _not_serving(deployment) or _no_step(deployment, step)
+    if problem:
+        return problem
+    if step != deployment.step + 1:
+        return (
+            f"{deployment.deployment_id} is at step {deployment.step}; only step "
+            f"{deployment.step + 1} can be approved"
+        )
+    return None
+
+
+def check_pause(deployment: DeploymentSteps) -> str | None:
+    """Return why the deployment may not be paused now, or None (live and not paused yet)."""
+    if deployment.ended:
+        return f"{deployment.deployment_id} has ended"
+    if deployment.paused:
+        return f"{deployment.deployment_id} is paused already"
+    return None
+
+
+def _not_serving(deployment: DeploymentSteps) -> str | None:
+    if deployment.ended:
+        return f"{deployment.deployment_id} has ended"
+    if deployment.paused:
+        return f"{deployment.deployment_id} is paused"
+    if deployment.mode != "canary":
+        return f"{deployment.deployment_id} is a {deployment.mode}, which has no traffic steps"
+    return None
+
+
+def _no_step(deployment: DeploymentSteps, step: int) -> str | None:
+    if 0 <= step < len(deployment.steps):
+        return None
+    last = len(deployment.steps) - 1
+    return f"{deployment.deployment_id} has no step {step} (its steps are 0 to {last})"
 
 
 def check_steps(steps: Sequence[float]) -> str | None:

@@ -11,7 +11,7 @@ from uuid import UUID
 import orjson
 
 from models.events import DecisionMade, DeploymentRouting, TaskRouted
-from storage.policies import deployment_routing
+from storage.deployments import deployment_routing
 
 # One statement per batch; unnest turns the column arrays back into rows.
 _INSERT_ROUTINGS = """

@@ -45,7 +45,9 @@ from models.commands import (
     StartCanary,
     StartShadow,
 )
+from storage import audit as audit_store
 from storage import policies as store
+from storage import signing_keys as keys_store
 
 COMMANDS_TOPIC = "learning.commands"
 
@@ -104,7 +106,7 @@ async def _submit(
     if not wait:
         return
     deadline = time.monotonic() + timeout
-    while (outcome := await store.outcome_of(pool, event.event_id)) is None:
+    while (outcome := await audit_store.outcome_of(pool, event.event_id)) is None:
         if time.monotonic() > deadline:
             fail(
                 f"no verdict on {event.event_id} after {timeout:g}s; is a worker running? "
@@ -210,7 +212,7 @@ async def policy_register(
     if parent and parent_version is None:
         fail(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
     async with database(self) as pool:
-        allowed = (await store.load_keyring(pool)).check_signing_key(key)
+        allowed = (await keys_store.load_keyring(pool)).check_signing_key(key)
         if not allowed:
             fail(f"key {key.key_id} cannot sign: {allowed.reason}")
         event = RegisterPolicy(
@@ -446,7 +448,7 @@ async def policy_show(self: GroupedCommand, ref: str, as_json: bool) -> None:
     """Show a version: provenance, signature, artifact and its audit trail."""
     async with database(self) as pool:
         found = await _find(pool, ref)
-        trail = await store.promotions(pool, policy_id=found.policy_id, version=found.version)
+        trail = await audit_store.promotions(pool, policy_id=found.policy_id, version=found.version)
     if as_json:
         self.say(_dump({"policy": found, "promotions": trail}))
         return
@@ -471,7 +473,7 @@ async def policy_show(self: GroupedCommand, ref: str, as_json: bool) -> None:
         self.say(_audit_line(row))
 
 
-def _audit_line(row: store.PromotionRecord) -> str:
+def _audit_line(row: audit_store.PromotionRecord) -> str:
     moved = f"{row.from_status or '-'} → {row.to_status or '-'}"
     return (
         f"  {_when(row.recorded_at)} {row.action:12} {row.outcome:7} {moved:22} "
@@ -515,7 +517,7 @@ async def policy_history(self: GroupedCommand, doer: str, at: str | None, as_jso
                 )
             return
         stretches = await store.activations(pool, doer)
-        trail = await store.promotions(pool, doer=doer)
+        trail = await audit_store.promotions(pool, doer=doer)
     if as_json:
         self.say(_dump({"activations": stretches, "promotions": trail}))
         return
@@ -618,7 +620,7 @@ async def keys_generate(self: GroupedCommand, out: Path, note: str, actor: str) 
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o600)
             handle.write(key.to_pem())
-        record = await store.add_signing_key(pool, key.public_key, created_by=actor, note=note)
+        record = await keys_store.add_signing_key(pool, key.public_key, created_by=actor, note=note)
     self.say(f"key {record.key_id} trusted; private key written to {out} (mode 0600)")
     self.say(f"public key (base64): {key.public_key.to_b64()}")
 
@@ -638,7 +640,7 @@ async def keys_add(self: GroupedCommand, public_pem: Path, note: str, actor: str
         fail(f"{public_pem}: {exc}")
         raise
     async with database(self) as pool:
-        record = await store.add_signing_key(pool, public_key, created_by=actor, note=note)
+        record = await keys_store.add_signing_key(pool, public_key, created_by=actor, note=note)
     self.say(f"key {record.key_id} trusted ({record.status})")
 
 
@@ -646,7 +648,7 @@ async def keys_add(self: GroupedCommand, public_pem: Path, note: str, actor: str
 async def keys_list(self: GroupedCommand, as_json: bool) -> None:
     """List the keyring: every key, and whether it is active, retired or revoked."""
     async with database(self) as pool:
-        found = await store.signing_keys(pool)
+        found = await keys_store.signing_keys(pool)
     if as_json:
         self.say(_dump(found))
         return
@@ -663,7 +665,7 @@ async def keys_list(self: GroupedCommand, as_json: bool) -> None:
 async def keys_retire(self: GroupedCommand, key_id: str) -> None:
     """Stop KEY_ID vouching for new registrations; versions it signed before still deploy."""
     async with database(self) as pool:
-        record = await store.retire_signing_key(pool, key_id)
+        record = await keys_store.retire_signing_key(pool, key_id)
     if record is None:
         fail(f"no key {key_id} in the keyring")
     assert record is not None
@@ -674,7 +676,7 @@ async def keys_retire(self: GroupedCommand, key_id: str) -> None:
 async def keys_revoke(self: GroupedCommand, key_id: str, reason: str) -> None:
     """Distrust KEY_ID: nothing it signed moves to shadow, canary or active again."""
     async with database(self) as pool:
-        record = await store.revoke_signing_key(pool, key_id, note=reason)
+        record = await keys_store.revoke_signing_key(pool, key_id, note=reason)
     if record is None:
         fail(f"no key {key_id} in the keyring")
     assert record is not None

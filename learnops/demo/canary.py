@@ -16,7 +16,7 @@ from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
 from learnops.demo.commands import demo
 from models.commands import CanarySettings
-from storage import policies as store
+from storage import signing_keys as store
 from storage.pool import create_pool
 
 

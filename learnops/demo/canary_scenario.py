@@ -25,8 +25,8 @@ from learnops.client.router import Router
 from models.base import Event
 from models.commands import CanarySettings, PromotePolicy, RegisterPolicy, StartCanary, StartShadow
 from models.events import PolicyChange
+from storage import audit as store
 from storage import canary as canary_store
-from storage import policies as store
 
 FINAL = ("promote", "rollback", "pause")
 

@@ -42,7 +42,7 @@ from learnops.demo.experiments_scenario import (
     wait_request,
 )
 from models.commands import CanarySettings
-from storage import policies as store
+from storage import signing_keys as store
 from storage.pool import create_pool
 from storage.skills import current_card, list_requests
 

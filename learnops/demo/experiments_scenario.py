@@ -29,8 +29,8 @@ from models.commands import (
     StartCanary,
 )
 from models.events import CurationLabels, RunCompleted, SampleCurated
+from storage import audit as store
 from storage import experiments as experiments_store
-from storage import policies as store
 from storage.datasets import freeze, insert_samples
 
 SAMPLES = [f"Sample {i}: write a PRD for feature {i} with acceptance criteria." for i in range(12)]

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from learning.signing import SigningKey, generate_key
-from storage import policies as store
+from storage import signing_keys as keys_store
 from tests.services import REPO, WorkerProcess, end_offsets, learnops_command, start_group_at
 
 
 @pytest.fixture(scope="session")
 async def signing_key(db: Any) -> SigningKey:
     key = generate_key()
-    await store.add_signing_key(db, key.public_key, created_by="tests")
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests")
     return key
 
 

@@ -25,10 +25,10 @@ QUICK = CanarySettings(min_sample_size=50, report_every=100)
 
 @pytest.fixture(scope="module")
 async def key(db: Any) -> SigningKey:
-    from storage import policies as store
+    from storage import signing_keys as keys_store
 
     signing_key = generate_key()
-    await store.add_signing_key(db, signing_key.public_key, created_by="tests")
+    await keys_store.add_signing_key(db, signing_key.public_key, created_by="tests")
     return signing_key
 
 

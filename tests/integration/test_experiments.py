@@ -36,6 +36,7 @@ from models.commands import (
 )
 from models.events import Alert, DeadLetter, ExperimentChanged
 from models.ids import experiment_event_id
+from storage import audit as audit_store
 from storage import experiments as experiments_store
 from storage import policies as store
 from tests.integration.kafka_io import eventually, publish
@@ -294,7 +295,7 @@ async def test_an_experiment_follows_its_shadow_to_a_rollback(
     assert row["experiment_type"] == "rag_optimization" and row["phase"] == "draft"
     assert row["deployment_id"] is not None
     assert row["outcome"]["verdict"]["passed"] is True
-    shadow = await store.outcome_of(db, row["deploy_command_id"])
+    shadow = await audit_store.outcome_of(db, row["deploy_command_id"])
     assert shadow is not None and shadow.applied and shadow.action == "start_shadow"
     rollback = RollbackPolicy(doer=doer.name, actor="ops", reason="shadow cost too much")
     await send(producer, rollback)

@@ -13,10 +13,13 @@ import pytest
 
 from agents.topics import read_from_start
 from learning.signing import SigningKey, generate_key, signed_artifact
+from models import ids
 from models.base import Event
 from models.commands import PromotePolicy, RegisterPolicy, RollbackPolicy, StartCanary
 from models.events import Alert, DeadLetter, DecisionMade, DecisionReport, PolicyChange
-from storage import policies as store
+from storage import audit as audit_store
+from storage import deployments as deployments_store
+from storage import signing_keys as keys_store
 from tests.integration.kafka_io import eventually, publish
 from tests.services import WorkerProcess, run_learnops
 
@@ -49,9 +52,9 @@ async def send(producer: Any, topic: str, *events: Event) -> None:
     await publish(producer, topic, [(e.doer.encode(), e.to_json()) for e in events])
 
 
-async def verdict(db: Any, event: Event, timeout: float = 60.0) -> store.Outcome:
-    async def probe() -> store.Outcome | None:
-        return await store.outcome_of(db, event.event_id)
+async def verdict(db: Any, event: Event, timeout: float = 60.0) -> audit_store.Outcome:
+    async def probe() -> audit_store.Outcome | None:
+        return await audit_store.outcome_of(db, event.event_id)
 
     outcome = await eventually(probe, lambda o: o is not None, timeout=timeout)
     assert outcome is not None, f"the worker never recorded {type(event).__name__}"
@@ -71,7 +74,7 @@ async def latest_changes(settings: Any) -> dict[str, PolicyChange]:
 @pytest.fixture
 async def key(db: Any) -> SigningKey:
     signing_key = generate_key()
-    await store.add_signing_key(db, signing_key.public_key, created_by="tests")
+    await keys_store.add_signing_key(db, signing_key.public_key, created_by="tests")
     return signing_key
 
 
@@ -110,7 +113,7 @@ async def test_commands_through_the_worker_are_stored_and_publish_the_live_polic
     assert change.deployment is not None
     assert change.deployment.deployment_id == started.deployment_id
     assert (change.deployment.candidate_version, change.deployment.allocation) == (2, 0.05)
-    assert change == await store.current_change(db, doer)
+    assert change == await deployments_store.current_change(db, doer)
 
     rollback = RollbackPolicy(doer=doer, actor="ops", reason="latency up")
     await send(producer, COMMANDS, rollback)
@@ -194,7 +197,7 @@ async def test_a_tampered_registration_is_refused_recorded_and_alerted(
     # Workers of other test sessions on the same topics may alert on the same command
     # (against their own databases); every copy carries the same derived event id.
     found = await eventually(alerts, lambda got: any("content hash" in a.message for a in got))
-    assert {a.event_id for a in found} == {store.derived_event_id("alert", tampered.event_id)}
+    assert {a.event_id for a in found} == {ids.caused_event_id("alert", tampered.event_id)}
     assert {(a.kind, a.severity) for a in found} == {("signature_refused", "critical")}
     assert any("content hash" in a.message for a in found)
 
@@ -257,7 +260,7 @@ async def test_the_compacted_topic_read_from_the_beginning_gives_each_doers_late
         outcome = await verdict(db, event)
         assert outcome.applied, outcome
 
-    expected = {doer: await store.current_change(db, doer) for doer in doers}
+    expected = {doer: await deployments_store.current_change(db, doer) for doer in doers}
     assert [expected[d].version for d in doers] == [1, 2, 3, 2]  # type: ignore[union-attr]
     assert expected[doers[3]].status == "canary"  # type: ignore[union-attr]
 

@@ -21,7 +21,11 @@ from models.commands import (
     StartShadow,
 )
 from models.events import DecisionMade, DecisionReport
+from storage import audit as audit_store
+from storage import deployments as deployments_store
 from storage import policies as store
+from storage import policy_commands as commands_store
+from storage import signing_keys as keys_store
 
 ARTIFACT = {
     "prompts": {"system": "You write product requirement documents. Be precise. ✍️"},
@@ -37,7 +41,7 @@ def unique_doer(prefix: str) -> str:
 
 async def trusted_key(db: Any) -> SigningKey:
     key = generate_key()
-    await store.add_signing_key(db, key.public_key, created_by="tests", note="store tests")
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="store tests")
     return key
 
 
@@ -81,9 +85,11 @@ async def audit_rows(db: Any, event_id: uuid.UUID) -> int:
 async def bootstrap(db: Any, doer: str, key: SigningKey, versions: int = 2) -> None:
     """Register versions 1..n and make version 1 active (a forced first promotion)."""
     for n in range(1, versions + 1):
-        outcome = await store.apply_command(db, register(doer, key, n))
+        outcome = await commands_store.apply_command(db, register(doer, key, n))
         assert outcome is not None and outcome.applied, outcome
-    first = await store.apply_command(db, promote(doer, 1, force=True, reason="first policy"))
+    first = await commands_store.apply_command(
+        db, promote(doer, 1, force=True, reason="first policy")
+    )
     assert first is not None and first.applied, first
 
 
@@ -121,7 +127,7 @@ async def test_a_tampered_artifact_is_refused_at_registration(db: Any) -> None:
     tampered = honest.model_copy(
         update={"artifact": {**honest.artifact, "tools": ["search", "shell"]}}
     )
-    outcome = await store.apply_command(db, tampered)
+    outcome = await commands_store.apply_command(db, tampered)
     assert outcome is not None and not outcome.applied
     assert outcome.refusal == "signature"
     assert "content hash" in outcome.verdict
@@ -129,7 +135,7 @@ async def test_a_tampered_artifact_is_refused_at_registration(db: Any) -> None:
     rehashed = tampered.model_copy(
         update={"event_id": uuid.uuid4(), "content_hash": content_digest(tampered.artifact)}
     )
-    outcome = await store.apply_command(db, rehashed)
+    outcome = await commands_store.apply_command(db, rehashed)
     assert outcome is not None and outcome.refusal == "signature"
     assert "signature does not match the artifact" in outcome.verdict
     assert await status_of(db, doer) == {}
@@ -157,7 +163,7 @@ async def test_a_policy_tampered_in_the_database_never_reaches_shadow_canary_or_
         ),
         promote(doer, 2, force=True, reason="hotfix"),
     ):
-        outcome = await store.apply_command(db, command)
+        outcome = await commands_store.apply_command(db, command)
         assert outcome is not None and not outcome.applied, outcome
         assert outcome.refusal == "signature"
         assert "stored artifact differs from the signed bytes" in outcome.verdict
@@ -186,10 +192,10 @@ async def test_the_policy_row_and_the_audit_cannot_be_rewritten(db: Any) -> None
 async def test_updated_at_is_kept_by_the_trigger(db: Any) -> None:
     doer = unique_doer("Updated")
     key = await trusted_key(db)
-    await store.apply_command(db, register(doer, key, 1))
+    await commands_store.apply_command(db, register(doer, key, 1))
     before = await db.fetchrow("SELECT created_at, updated_at FROM policies WHERE doer = $1", doer)
     assert before["updated_at"] == before["created_at"]
-    await store.apply_command(db, promote(doer, 1, force=True, reason="first"))
+    await commands_store.apply_command(db, promote(doer, 1, force=True, reason="first"))
     after = await db.fetchval("SELECT updated_at FROM policies WHERE doer = $1", doer)
     assert after > before["updated_at"]
 
@@ -201,22 +207,22 @@ async def test_rotated_keys_old_signatures_still_deploy_new_ones_by_a_retired_ke
     old_key = await trusted_key(db)
     await bootstrap(db, doer, old_key)  # v1 active, v2 draft, both signed by the old key
     new_key = await trusted_key(db)
-    await store.retire_signing_key(db, old_key.key_id)
+    await keys_store.retire_signing_key(db, old_key.key_id)
 
-    late = await store.apply_command(db, register(doer, old_key, 3))
+    late = await commands_store.apply_command(db, register(doer, old_key, 3))
     assert late is not None and late.refusal == "signature" and "retired" in late.verdict
-    fresh = await store.apply_command(db, register(doer, new_key, 3))
+    fresh = await commands_store.apply_command(db, register(doer, new_key, 3))
     assert fresh is not None and fresh.applied
 
     # v2 was registered before the old key retired: it may still be deployed.
     shadow = StartShadow(doer=doer, actor="bob", reason="try", policy_id=doer.lower(), version=2)
-    outcome = await store.apply_command(db, shadow)
+    outcome = await commands_store.apply_command(db, shadow)
     assert outcome is not None and outcome.applied, outcome
 
     # Revoking the old key stops v2 in its tracks.
-    await store.revoke_signing_key(db, old_key.key_id, note="laptop stolen")
+    await keys_store.revoke_signing_key(db, old_key.key_id, note="laptop stolen")
     canary = StartCanary(doer=doer, actor="bob", reason="next", policy_id=doer.lower(), version=2)
-    outcome = await store.apply_command(db, canary)
+    outcome = await commands_store.apply_command(db, canary)
     assert outcome is not None and outcome.refusal == "signature"
     assert f"key {old_key.key_id} revoked" in outcome.verdict
     assert (await status_of(db, doer))[2] == "shadow"
@@ -233,18 +239,18 @@ async def test_the_full_lifecycle_with_deployments_and_the_previous_active_archi
     await bootstrap(db, doer, key)
     pid = doer.lower()
 
-    skipped = await store.apply_command(db, promote(doer, 2))
+    skipped = await commands_store.apply_command(db, promote(doer, 2))
     assert skipped is not None and skipped.refusal == "lifecycle"
     assert "skips shadow, canary" in skipped.verdict
 
-    shadow = await store.apply_command(
+    shadow = await commands_store.apply_command(
         db,
         StartShadow(
             doer=doer, actor="bob", reason="mirror", policy_id=pid, version=2, mirror_fraction=0.5
         ),
     )
     assert shadow is not None and shadow.applied and shadow.deployment_id
-    canary = await store.apply_command(
+    canary = await commands_store.apply_command(
         db,
         StartCanary(
             doer=doer, actor="bob", reason="serve", policy_id=pid, version=2, steps=[0.1, 0.5]
@@ -262,13 +268,15 @@ async def test_the_full_lifecycle_with_deployments_and_the_previous_active_archi
     ]
     assert {d["control_version"] for d in deployments} == {1}
 
-    change = await store.current_change(db, doer)
+    change = await deployments_store.current_change(db, doer)
     assert change is not None
     assert (change.status, change.policy_id, change.version) == ("canary", pid, 1)
     assert change.deployment is not None and change.deployment.candidate_version == 2
     assert change.deployment.allocation == 0.1
 
-    promoted = await store.apply_decision(db, decision(doer, 2, canary.deployment_id, "promote"))
+    promoted = await commands_store.apply_decision(
+        db, decision(doer, 2, canary.deployment_id, "promote")
+    )
     assert promoted is not None and promoted.applied, promoted
     assert await status_of(db, doer) == {1: "archived", 2: "active"}
     row = await db.fetchrow(
@@ -279,11 +287,11 @@ async def test_the_full_lifecycle_with_deployments_and_the_previous_active_archi
     assert (row["source"], row["actor"], row["previous_version"]) == ("decision", "canary", 1)
     assert row["decision_report"]["p_value"] == 0.003
 
-    change = await store.current_change(db, doer)
+    change = await deployments_store.current_change(db, doer)
     assert change is not None and change.change == "promoted" and change.deployment is None
     assert (change.version, change.previous_version) == (2, 1)
 
-    archived = await store.apply_command(
+    archived = await commands_store.apply_command(
         db, ArchivePolicy(doer=doer, actor="bob", reason="done", policy_id=pid, version=2)
     )
     assert archived is not None and archived.refusal == "lifecycle"
@@ -297,26 +305,30 @@ async def test_rollback_returns_traffic_to_the_active_policy_and_stale_decisions
     key = await trusted_key(db)
     await bootstrap(db, doer, key)
     pid = doer.lower()
-    canary = await store.apply_command(
+    canary = await commands_store.apply_command(
         db,
         StartCanary(
             doer=doer, actor="bob", reason="skip shadow", policy_id=pid, version=2, force=True
         ),
     )
     assert canary is not None and canary.applied, canary
-    rolled = await store.apply_command(
+    rolled = await commands_store.apply_command(
         db, RollbackPolicy(doer=doer, actor="bob", reason="error rate up")
     )
     assert rolled is not None and rolled.applied and rolled.to_status == "rolled_back"
     assert rolled.deployment_id == canary.deployment_id
     assert await status_of(db, doer) == {1: "active", 2: "rolled_back"}
-    change = await store.current_change(db, doer)
+    change = await deployments_store.current_change(db, doer)
     assert change is not None and change.change == "rolled_back" and change.status == "active"
 
-    late = await store.apply_decision(db, decision(doer, 2, canary.deployment_id, "promote"))
+    late = await commands_store.apply_decision(
+        db, decision(doer, 2, canary.deployment_id, "promote")
+    )
     assert late is not None and not late.applied
     assert "rolled_back is final" in late.verdict
-    nothing = await store.apply_command(db, RollbackPolicy(doer=doer, actor="bob", reason="again"))
+    nothing = await commands_store.apply_command(
+        db, RollbackPolicy(doer=doer, actor="bob", reason="again")
+    )
     assert nothing is not None and nothing.refusal == "unknown"
     assert "no shadow or canary policy to roll back" in nothing.verdict
 
@@ -325,11 +337,11 @@ async def test_commands_for_unknown_versions_or_another_doers_version_are_refuse
     doer, other = unique_doer("Mine"), unique_doer("Theirs")
     key = await trusted_key(db)
     await bootstrap(db, doer, key, versions=1)
-    await store.apply_command(db, register(other, key, 1))
-    unknown = await store.apply_command(db, promote(doer, 9))
+    await commands_store.apply_command(db, register(other, key, 1))
+    unknown = await commands_store.apply_command(db, promote(doer, 9))
     assert unknown is not None and unknown.refusal == "unknown"
     assert "is not registered" in unknown.verdict
-    theirs = await store.apply_command(
+    theirs = await commands_store.apply_command(
         db,
         PromotePolicy(
             doer=doer, actor="a", reason="r", policy_id=other.lower(), version=1, force=True
@@ -337,9 +349,9 @@ async def test_commands_for_unknown_versions_or_another_doers_version_are_refuse
     )
     assert theirs is not None and theirs.refusal == "lifecycle"
     assert f"belongs to doer {other!r}" in theirs.verdict
-    line = await store.apply_command(db, register(other, key, 2, policy_id=doer.lower()))
+    line = await commands_store.apply_command(db, register(other, key, 2, policy_id=doer.lower()))
     assert line is not None and line.refusal == "conflict"
-    again = await store.apply_command(db, register(doer, key, 1))
+    again = await commands_store.apply_command(db, register(doer, key, 1))
     assert again is not None and again.refusal == "conflict"
     assert "already registered, with the same content" in again.verdict
 
@@ -352,18 +364,20 @@ async def test_a_replayed_decision_writes_one_audit_row(db: Any) -> None:
     key = await trusted_key(db)
     await bootstrap(db, doer, key)
     pid = doer.lower()
-    canary = await store.apply_command(
+    canary = await commands_store.apply_command(
         db,
         StartCanary(doer=doer, actor="bob", reason="go", policy_id=pid, version=2, force=True),
     )
     assert canary is not None and canary.deployment_id
     made = decision(doer, 2, canary.deployment_id, "promote")
-    first = await store.apply_decision(db, made)
+    first = await commands_store.apply_decision(db, made)
     assert first is not None and first.applied and not first.replayed
     # Redelivered three times, one of them concurrently with another copy.
     again = [
-        await store.apply_decision(db, made),
-        *await asyncio.gather(store.apply_decision(db, made), store.apply_decision(db, made)),
+        await commands_store.apply_decision(db, made),
+        *await asyncio.gather(
+            commands_store.apply_decision(db, made), commands_store.apply_decision(db, made)
+        ),
     ]
     assert all(o is not None and o.replayed and o.applied for o in again)
     assert await audit_rows(db, made.event_id) == 1
@@ -375,13 +389,13 @@ async def test_a_replayed_command_and_a_replayed_refusal_write_nothing_more(db: 
     doer = unique_doer("ReplayCmd")
     key = await trusted_key(db)
     command = register(doer, key, 1)
-    first = await store.apply_command(db, command)
-    second = await store.apply_command(db, command)
+    first = await commands_store.apply_command(db, command)
+    second = await commands_store.apply_command(db, command)
     assert first is not None and second is not None
     assert first.applied and second.replayed and second.verdict == first.verdict
     refused = promote(doer, 1)
-    assert (await store.apply_command(db, refused)).refusal == "lifecycle"  # type: ignore[union-attr]
-    replay = await store.apply_command(db, refused)
+    assert (await commands_store.apply_command(db, refused)).refusal == "lifecycle"  # type: ignore[union-attr]
+    replay = await commands_store.apply_command(db, refused)
     assert replay is not None and replay.replayed and replay.refusal == "lifecycle"
     assert await audit_rows(db, command.event_id) == 1
     assert await audit_rows(db, refused.event_id) == 1
@@ -402,7 +416,7 @@ async def test_concurrent_promotions_of_two_candidates_leave_exactly_one_active(
         if len(rows) < 2:
             base = await store.next_version(db, doer.lower())
             for n in (base, base + 1):
-                await store.apply_command(db, register(doer, key, n))
+                await commands_store.apply_command(db, register(doer, key, n))
             rows = await db.fetch(
                 "SELECT version FROM policies WHERE doer = $1 AND status = 'draft' "
                 "ORDER BY version",
@@ -410,8 +424,8 @@ async def test_concurrent_promotions_of_two_candidates_leave_exactly_one_active(
             )
         a, b = rows[0]["version"], rows[1]["version"]
         outcomes = await asyncio.gather(
-            store.apply_command(db, promote(doer, a, force=True, reason="race a")),
-            store.apply_command(db, promote(doer, b, force=True, reason="race b")),
+            commands_store.apply_command(db, promote(doer, a, force=True, reason="race a")),
+            commands_store.apply_command(db, promote(doer, b, force=True, reason="race b")),
         )
         assert all(o is not None and o.applied for o in outcomes), outcomes
         statuses = await status_of(db, doer)
@@ -421,7 +435,7 @@ async def test_concurrent_promotions_of_two_candidates_leave_exactly_one_active(
         winner = next(v for v, s in statuses.items() if s == "active")
         loser = b if winner == a else a
         assert winner in (a, b) and statuses[loser] == "archived"
-        last = (await store.promotions(db, doer=doer))[-1]
+        last = (await audit_store.promotions(db, doer=doer))[-1]
         assert (last.version, last.previous_version) == (winner, loser)
     stretches = await store.activations(db, doer)
     assert [s.active_to is None for s in stretches].count(True) == 1
@@ -456,7 +470,7 @@ async def test_a_write_around_the_lock_is_refused_by_the_database_and_recorded(d
     doer = unique_doer("Around")
     key = await trusted_key(db)
     await bootstrap(db, doer, key, versions=1)
-    await store.apply_command(db, register(doer, key, 2))
+    await commands_store.apply_command(db, register(doer, key, 2))
     # Another writer holds version 2 as a candidate without telling the store (no lock,
     # no audit); the store's view says there is no candidate when it reads.
     command = StartShadow(doer=doer, actor="bob", reason="try", policy_id=doer.lower(), version=2)
@@ -471,7 +485,7 @@ async def test_a_write_around_the_lock_is_refused_by_the_database_and_recorded(d
             doer,
             uuid.uuid4(),
         )
-        pending = asyncio.create_task(store.apply_command(db, command))
+        pending = asyncio.create_task(commands_store.apply_command(db, command))
         await asyncio.sleep(0.5)  # the store now waits on the rogue row's index entry
         await tx.commit()
         outcome = await pending
@@ -488,9 +502,9 @@ async def test_the_history_answers_what_was_live_when(db: Any) -> None:
     key = await trusted_key(db)
     await bootstrap(db, doer, key, versions=3)
     await asyncio.sleep(0.05)
-    await store.apply_command(db, promote(doer, 2, force=True, reason="v2"))
+    await commands_store.apply_command(db, promote(doer, 2, force=True, reason="v2"))
     await asyncio.sleep(0.05)
-    await store.apply_command(db, promote(doer, 3, force=True, reason="v3"))
+    await commands_store.apply_command(db, promote(doer, 3, force=True, reason="v3"))
     stretches = await store.activations(db, doer)
     assert [s.version for s in stretches] == [1, 2, 3]
     v1, v2, v3 = stretches
@@ -518,9 +532,9 @@ async def test_lineage_goes_from_datasets_and_experiment_through_parents_to_prom
     key = await trusted_key(db)
     dataset = f"golden-{uuid.uuid4().hex[:6]}"
     pid = doer.lower()
-    await store.apply_command(db, register(doer, key, 1, dataset_ids=[dataset]))
-    await store.apply_command(db, promote(doer, 1, force=True, reason="first"))
-    await store.apply_command(
+    await commands_store.apply_command(db, register(doer, key, 1, dataset_ids=[dataset]))
+    await commands_store.apply_command(db, promote(doer, 1, force=True, reason="first"))
+    await commands_store.apply_command(
         db,
         register(
             doer,
@@ -532,8 +546,10 @@ async def test_lineage_goes_from_datasets_and_experiment_through_parents_to_prom
             experiment_id="exp-7",
         ),
     )
-    await store.apply_command(db, register(doer, key, 3, parent_policy_id=pid, parent_version=2))
-    orphan = await store.apply_command(
+    await commands_store.apply_command(
+        db, register(doer, key, 3, parent_policy_id=pid, parent_version=2)
+    )
+    orphan = await commands_store.apply_command(
         db, register(doer, key, 4, parent_policy_id=pid, parent_version=42)
     )
     assert orphan is not None and orphan.refusal == "unknown"
@@ -546,3 +562,70 @@ async def test_lineage_goes_from_datasets_and_experiment_through_parents_to_prom
 
     descent = await store.dataset_lineage(db, dataset)
     assert [(e.depth, e.version) for e in descent] == [(0, 1), (0, 2), (1, 3)]
+
+
+# --------------------------------------------------------------------- steps, approvals, pauses
+
+
+async def test_steps_move_up_once_approvals_only_to_the_next_step_and_a_pause_holds_them(
+    db: Any,
+) -> None:
+    doer = unique_doer("Steps")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key)
+    canary = await commands_store.apply_command(
+        db,
+        StartCanary(
+            doer=doer,
+            actor="bob",
+            reason="skip the shadow",
+            policy_id=doer.lower(),
+            version=2,
+            steps=[0.1, 0.25, 0.5, 1.0],
+            force=True,
+        ),
+    )
+    assert canary is not None and canary.applied and canary.deployment_id
+    deployment_id = canary.deployment_id
+
+    def step_up(step: int) -> DecisionMade:
+        return decision(doer, 2, deployment_id, "step_up").model_copy(
+            update={"step": step, "event_id": uuid.uuid4()}
+        )
+
+    up = step_up(1)
+    change = await deployments_store.apply_step(db, up)
+    assert change is not None and change.change == "step_changed"
+    assert change.deployment is not None
+    assert (change.deployment.step, change.deployment.allocation) == (1, 0.25)
+    assert await deployments_store.apply_step(db, up) is None  # replayed: at step 1 already
+    assert await deployments_store.apply_step(db, step_up(4)) is None  # no such step
+
+    def approve(step: int, approver_doer: str = doer) -> Any:
+        event_id = uuid.uuid4()
+        return deployments_store.approve_step(
+            db, approver_doer, deployment_id, step, event_id=event_id, actor="ops", reason="ok"
+        )
+
+    assert await approve(3) is None  # only the next step (2) can be approved
+    assert await approve(2, "SomeoneElse") is None  # not that doer's deployment
+    approved = await approve(2)
+    assert approved is not None and approved.deployment is not None
+    assert (approved.deployment.step, approved.deployment.allocation, approved.actor) == (
+        2,
+        0.5,
+        "ops",
+    )
+
+    pause = decision(doer, 2, deployment_id, "pause")
+    paused = await deployments_store.pause_deployment(db, pause)
+    assert paused is not None and paused.change == "paused"
+    assert paused.deployment is not None and paused.deployment.paused
+    assert await deployments_store.pause_deployment(db, pause) is None  # paused already
+    assert await deployments_store.apply_step(db, step_up(3)) is None
+    assert await approve(3) is None
+    row = await db.fetchrow(
+        "SELECT step, allocation, paused_reason FROM shadow_deployments WHERE deployment_id = $1",
+        deployment_id,
+    )
+    assert (row["step"], row["allocation"], row["paused_reason"]) == (2, 0.5, pause.reason)

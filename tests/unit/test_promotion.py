@@ -5,23 +5,40 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from learning.canary import DEFAULT_STEPS
 from learning.lifecycle import PolicyStatus
 from learning.promotion import (
     TARGETS,
+    DeploymentStart,
+    DeploymentSteps,
     DoerState,
     LiveDeployment,
+    Move,
     MoveRequest,
     PolicyVersion,
+    Refused,
+    StoredLine,
+    audited_deployment,
+    check_approval,
+    check_pause,
+    check_registration,
+    check_step_up,
     check_steps,
+    decision_action,
+    default_target,
     deployment_id_for,
     plan,
+    requested_status,
     routing_salt,
     same_artifact,
+    start_deployment,
+    unsigned,
     verify_artifact,
 )
 from learning.signing import TrustedKeys, canonical_json, content_digest, generate_key, sign
@@ -305,3 +322,184 @@ def test_the_queryable_copy_must_be_the_signed_json_with_true_not_one() -> None:
     assert same_artifact({"n": 1, "enabled": True}, canonical)
     assert not same_artifact({"n": 1, "enabled": 1}, canonical)
     assert not same_artifact({"n": float("nan"), "enabled": True}, canonical)
+
+
+# --------------------------------------------------------------------------- what an event asks
+
+
+def test_each_event_asks_for_its_status_and_a_registration_for_draft() -> None:
+    assert requested_status("register") == "draft"
+    for action, status in TARGETS.items():
+        assert requested_status(action) == status.value
+
+
+@pytest.mark.parametrize(
+    ("action", "mode", "expected"),
+    [
+        ("promote", "canary", "promote"),
+        ("rollback", "shadow", "rollback"),
+        ("step_up", "shadow", "start_canary"),  # the shadow passed: on to canary
+        ("step_up", "canary", None),  # a canary's traffic step, not a status change
+        ("pause", "canary", None),
+        ("report", "shadow", None),
+        ("continue", "canary", None),
+    ],
+)
+def test_a_decision_moves_a_policy_only_to_promote_roll_back_or_advance_a_shadow(
+    action: str, mode: str, expected: str | None
+) -> None:
+    assert decision_action(action, mode) == expected
+
+
+def test_an_event_naming_no_version_is_about_the_live_candidate() -> None:
+    candidate = version(2, "canary")
+    assert default_target(DoerState(DOER, ACTIVE, candidate)) == candidate
+    assert default_target(DoerState(DOER, ACTIVE)) == (
+        f"{DOER} has no shadow or canary policy to roll back"
+    )
+
+
+def test_a_policy_id_belongs_to_one_doer_and_a_version_is_registered_once() -> None:
+    def check(line: StoredLine | None, **extra: Any) -> Refused | None:
+        return check_registration("prd", 3, DOER, line=line, **extra)
+
+    assert check(None) is None
+    assert check(StoredLine(DOER, taken=False, same_content=False)) is None
+    other = check(StoredLine("Reviewer", taken=False, same_content=False))
+    assert other == Refused(f"policy prd belongs to doer 'Reviewer', not '{DOER}'", "conflict")
+    same = check(StoredLine(DOER, taken=True, same_content=True))
+    assert same is not None and same.refusal == "conflict" and "the same content" in same.verdict
+    changed = check(StoredLine(DOER, taken=True, same_content=False))
+    assert changed is not None and "different content" in changed.verdict
+    orphan = check(None, parent="prd@2", parent_registered=False)
+    assert orphan == Refused("parent prd@2 is not registered", "unknown")
+    assert check(None, parent="prd@2", parent_registered=True) is None
+
+
+def test_an_unsigned_version_is_refused_with_the_move_it_was_denied() -> None:
+    assert unsigned("prd@2", "bad key") == Refused(
+        "prd@2: signature check failed: bad key", "signature"
+    )
+    refused = unsigned(version(2, "draft"), "bad key", "canary")
+    assert refused.verdict == "prd@2: signature check failed: bad key; not moved to canary"
+
+
+# --------------------------------------------------------------------------- starting deployments
+
+EVENT = uuid.UUID("11111111-2222-3333-4444-555555555555")
+
+
+def allowed(action: str, target: PolicyVersion) -> Move:
+    candidate = target if target.status in ("shadow", "canary") else None
+    deployment = live(target, target.status) if candidate else None
+    move = plan(DoerState(DOER, ACTIVE, candidate, deployment), MoveRequest(action, target))
+    assert move.ok, move.verdict
+    return move
+
+
+def test_a_canary_starts_at_its_first_step_with_the_default_steps_unless_given() -> None:
+    target = version(2, "shadow")
+    move = allowed("start_canary", target)
+    start = start_deployment(move, target, EVENT)
+    assert isinstance(start, DeploymentStart)
+    assert (start.mode, start.steps, start.allocation) == (
+        "canary",
+        DEFAULT_STEPS,
+        DEFAULT_STEPS[0],
+    )
+    assert start.deployment_id == deployment_id_for(EVENT, "canary")
+    assert start.salt == routing_salt(EVENT)
+    given_steps = start_deployment(move, target, EVENT, steps=[0.2, 1.0])
+    assert isinstance(given_steps, DeploymentStart)
+    assert (given_steps.steps, given_steps.allocation) == ((0.2, 1.0), 0.2)
+
+
+def test_a_canary_with_unusable_steps_is_refused_before_it_starts() -> None:
+    target = version(2, "shadow")
+    refused = start_deployment(allowed("start_canary", target), target, EVENT, steps=[0.5, 0.2])
+    assert refused == Refused("prd@2: traffic steps [0.5, 0.2] must rise strictly", "lifecycle")
+
+
+def test_a_shadow_mirrors_its_fraction_or_all_traffic_and_has_no_steps() -> None:
+    target = version(2, "draft")
+    move = allowed("start_shadow", target)
+    half = start_deployment(move, target, EVENT, mirror_fraction=0.5)
+    every = start_deployment(move, target, EVENT)
+    assert isinstance(half, DeploymentStart) and isinstance(every, DeploymentStart)
+    assert (half.mode, half.steps, half.allocation, every.allocation) == ("shadow", (), 0.5, 1.0)
+
+
+def test_a_move_that_starts_nothing_names_the_deployment_it_ends_or_the_one_asked_about() -> None:
+    candidate = version(2, "canary")
+    move = allowed("promote", candidate)
+    assert start_deployment(move, candidate, EVENT) is None
+    assert audited_deployment(move, None, "named") == "dep-1"
+    archive = plan(DoerState(DOER, ACTIVE), MoveRequest("archive", version(3, "draft")))
+    assert audited_deployment(archive, None, "named") == "named"
+    target = version(3, "draft")
+    start = start_deployment(allowed("start_shadow", target), target, EVENT)
+    assert isinstance(start, DeploymentStart)
+    assert audited_deployment(allowed("start_shadow", target), start, None) == start.deployment_id
+
+
+# --------------------------------------------------------------------- steps, approvals, pauses
+
+deployments = st.builds(
+    DeploymentSteps,
+    deployment_id=st.just("canary-1"),
+    doer=st.sampled_from([DOER, "Reviewer"]),
+    mode=st.sampled_from(["shadow", "canary"]),
+    step=st.integers(min_value=0, max_value=5),
+    steps=st.lists(st.floats(0.01, 1.0), min_size=0, max_size=6).map(tuple),
+    ended=st.booleans(),
+    paused=st.booleans(),
+)
+
+
+@given(deployments, st.integers(min_value=-2, max_value=8))
+def test_a_step_up_applies_only_to_a_live_unpaused_canary_below_an_existing_step(
+    deployment: DeploymentSteps, step: int
+) -> None:
+    serving = not deployment.ended and not deployment.paused and deployment.mode == "canary"
+    expected = serving and deployment.step < step < len(deployment.steps)
+    assert (check_step_up(deployment, step) is None) == expected
+    if expected:  # idempotent: once there, the same decision again changes nothing
+        assert check_step_up(replace(deployment, step=step), step) is not None
+
+
+@given(deployments, st.sampled_from([DOER, "Reviewer"]), st.integers(min_value=-2, max_value=8))
+def test_an_approval_moves_the_doers_own_canary_to_its_next_step_only(
+    deployment: DeploymentSteps, doer: str, step: int
+) -> None:
+    serving = not deployment.ended and not deployment.paused and deployment.mode == "canary"
+    expected = (
+        serving
+        and deployment.doer == doer
+        and step == deployment.step + 1
+        and step < len(deployment.steps)
+    )
+    assert (check_approval(deployment, doer, step) is None) == expected
+    if expected:  # approving twice changes nothing
+        assert check_approval(replace(deployment, step=step), doer, step) is not None
+
+
+@given(deployments)
+def test_a_live_deployment_is_paused_once(deployment: DeploymentSteps) -> None:
+    expected = not deployment.ended and not deployment.paused
+    assert (check_pause(deployment) is None) == expected
+    assert check_pause(replace(deployment, paused=True)) is not None
+    assert check_step_up(replace(deployment, paused=True), deployment.step + 1) is not None
+
+
+def test_refusals_of_steps_say_why() -> None:
+    canary = DeploymentSteps("canary-1", DOER, "canary", 1, (0.1, 0.5, 1.0), False, False)
+    assert check_step_up(canary, 1) == "canary-1 is at step 1 already"
+    assert check_step_up(canary, 3) == "canary-1 has no step 3 (its steps are 0 to 2)"
+    assert check_step_up(replace(canary, mode="shadow"), 2) == (
+        "canary-1 is a shadow, which has no traffic steps"
+    )
+    assert check_approval(canary, DOER, 0) == ("canary-1 is at step 1; only step 2 can be approved")
+    assert check_approval(canary, "Reviewer", 2) == (
+        f"canary-1 belongs to doer '{DOER}', not 'Reviewer'"
+    )
+    assert check_pause(replace(canary, ended=True)) == "canary-1 has ended"
