@@ -444,7 +444,12 @@ def verdict_of(row: Any, control: Any | None, rule: ReplayRule) -> dict[str, Any
 
 
 async def settle_verdicts(pool: Any, finished: str, rule: ReplayRule) -> list[str]:
-    """Give a verdict to every replay that waited on ``finished`` (itself or as its control)."""
+    """Give a verdict to every replay that waited on ``finished`` (itself or as its control).
+
+    Each verdict is also recorded in ``replay_comparisons`` (append-only), with
+    both replays' attempts and result blobs: the shared replay row keeps only
+    the latest comparison, the comparison rows keep every one.
+    """
     settled = []
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
@@ -466,13 +471,90 @@ async def settle_verdicts(pool: Any, finished: str, rule: ReplayRule) -> list[st
                 row["replay_id"],
                 verdict,
             )
+            await conn.execute(
+                """
+                INSERT INTO replay_comparisons (
+                    replay_id, attempt, control_replay_id, control_attempt, verdict,
+                    result_hash, control_result_hash
+                ) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT DO NOTHING
+                """,
+                row["replay_id"],
+                row["attempt"],
+                row["control_replay_id"],
+                control["attempt"] if control is not None else None,
+                verdict,
+                row["result_hash"],
+                control["result_hash"] if control is not None else None,
+            )
             settled.append(str(row["replay_id"]))
     return settled
 
 
-async def get_replay(pool: Any, rid: str) -> Any:
-    """A replay's row, or None."""
-    return await pool.fetchrow("SELECT * FROM offline_replays WHERE replay_id = $1", rid)
+async def get_replay(
+    pool: Any, rid: str, *, comparison_id: int | None = None, result_hash: str | None = None
+) -> Any:
+    """A replay's row, or None; as it stood for one comparison or one result, when named.
+
+    The row is shared by every experiment that replays the same policy, dataset
+    and seeds, and holds the latest comparison and attempt only.  With
+    ``comparison_id`` (an experiment's, see :func:`experiment_comparison`) the
+    row's ``control_replay_id``, ``verdict``, ``attempt`` and figures are those
+    that comparison recorded, plus its ``control_result_hash``; with
+    ``result_hash`` (a comparison's ``control_result_hash``) the figures are
+    those of that result.  Figures come from the content-addressed result blob.
+    """
+    row = await pool.fetchrow("SELECT * FROM offline_replays WHERE replay_id = $1", rid)
+    if row is None or (comparison_id is None and result_hash is None):
+        return row
+    replay = dict(row)
+    if comparison_id is not None:
+        comparison = await pool.fetchrow(
+            "SELECT * FROM replay_comparisons WHERE id = $1 AND replay_id = $2",
+            comparison_id,
+            rid,
+        )
+        if comparison is None:
+            raise ValueError(f"comparison {comparison_id} is not one of replay {rid}")
+        replay.update(
+            control_replay_id=comparison["control_replay_id"],
+            verdict=comparison["verdict"],
+            attempt=comparison["attempt"],
+            control_result_hash=comparison["control_result_hash"],
+        )
+        result_hash = comparison["result_hash"]
+        if result_hash is None and comparison["attempt"] != row["attempt"]:
+            # That attempt ended incomplete; a later one has replaced its figures.
+            nothing = ("per_seed", "mean_crl", "std_crl", "stability", "runs", "result_hash")
+            replay.update(dict.fromkeys(nothing), status="incomplete")
+    if result_hash is not None and result_hash != row["result_hash"]:
+        replay.update(await _figures(pool, result_hash), result_hash=result_hash)
+    return replay
+
+
+async def _figures(pool: Any, result_hash: str) -> dict[str, Any]:
+    """The per-seed results and summary a replay result blob holds (see :func:`_complete`)."""
+    blob = await get_blob(pool, result_hash)
+    if blob is None:
+        raise ValueError(f"result blob {result_hash} is missing")
+    result = orjson.loads(blob)
+    figures = ("per_seed", "mean_crl", "std_crl", "stability", "runs")
+    return {name: result[name] for name in figures} | {"status": "complete"}
+
+
+async def experiment_comparison(pool: Any, experiment_id: str) -> Any:
+    """The comparison an experiment was decided on (both replays, attempts, verdict), or None.
+
+    Captured when the decision was recorded and never changed afterwards, unlike
+    the shared replay row's latest ``control_replay_id`` and ``verdict``.
+    """
+    return await pool.fetchrow(
+        """
+        SELECT c.* FROM experiments AS e JOIN replay_comparisons AS c ON c.id = e.comparison_id
+        WHERE e.experiment_id = $1
+        """,
+        experiment_id,
+    )
 
 
 async def replay_tasks(pool: Any, rid: str) -> list[Any]:
