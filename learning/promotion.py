@@ -45,6 +45,7 @@ from learning.signing import (
     VerifyResult,
     canonical_json,
 )
+from models import ids
 
 Action = Literal["start_shadow", "start_canary", "promote", "rollback", "archive"]
 #: Why the store refused an event, as the audit records it.
@@ -371,7 +372,7 @@ def start_deployment(
         if problem:
             return Refused(f"{target}: {problem}", "lifecycle")
     return DeploymentStart(
-        deployment_id=deployment_id_for(event_id, move.start_mode),
+        deployment_id=ids.deployment_id(event_id, move.start_mode),
         mode=move.start_mode,
         salt=routing_salt(event_id),
         steps=chosen,
@@ -467,11 +468,6 @@ def check_steps(steps: Sequence[float]) -> str | None:
     if any(b <= a for a, b in itertools.pairwise(steps)):
         return f"traffic steps {list(steps)} must rise strictly"
     return None
-
-
-def deployment_id_for(event_id: UUID, mode: str) -> str:
-    """Return the id of the deployment a command starts: derived from its event, so stable."""
-    return f"{mode}-{event_id.hex[:16]}"
 
 
 def routing_salt(event_id: UUID) -> str:

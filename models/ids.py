@@ -62,6 +62,11 @@ def canary_decision_id(deployment_id: str, action: str, step: int, results: int)
     return uuid.uuid5(CANARY_DECISION_NAMESPACE, f"{deployment_id}:{action}:{step}:{results}")
 
 
+def deployment_id(event_id: UUID, mode: str) -> str:
+    """Return the id of the shadow or canary deployment the event ``event_id`` starts."""
+    return f"{mode}-{event_id.hex[:16]}"
+
+
 def replay_task_id(policy_hash: str, manifest_hash: str, sample_id: str, seed: int) -> str:
     """Return the id of one replay task (policy, manifest, sample, seed).
 

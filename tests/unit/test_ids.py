@@ -52,6 +52,11 @@ def test_canary_decision_id_is_pinned() -> None:
     assert str(got) == "42ec8d9f-fc9e-5a31-921a-f461806685d4"
 
 
+def test_deployment_ids_are_pinned() -> None:
+    assert ids.deployment_id(CAUSE, "canary") == "canary-1111111122223333"
+    assert ids.deployment_id(CAUSE, "shadow") == "shadow-1111111122223333"
+
+
 def test_replay_task_ids_are_pinned() -> None:
     assert ids.replay_task_id("sha256:aa", "m" * 64, "sample-1", 7) == (
         "52543a51-be16-5bab-b22f-96646cfd1190"

@@ -32,7 +32,6 @@ from learning.promotion import (
     check_steps,
     decision_action,
     default_target,
-    deployment_id_for,
     plan,
     requested_status,
     routing_salt,
@@ -42,6 +41,7 @@ from learning.promotion import (
     verify_artifact,
 )
 from learning.signing import TrustedKeys, canonical_json, content_digest, generate_key, sign
+from models import ids
 
 DOER = "PRDWriter"
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -245,8 +245,8 @@ def test_usable_canary_steps_pass() -> None:
 
 def test_deployment_ids_and_salts_are_stable_per_event_and_differ_between_events() -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
-    assert deployment_id_for(a, "canary") == deployment_id_for(a, "canary")
-    assert deployment_id_for(a, "canary").startswith("canary-")
+    assert ids.deployment_id(a, "canary") == ids.deployment_id(a, "canary")
+    assert ids.deployment_id(a, "canary").startswith("canary-")
     assert routing_salt(a) == routing_salt(a) != routing_salt(b)
     assert len(routing_salt(a)) == 16
 
@@ -407,7 +407,7 @@ def test_a_canary_starts_at_its_first_step_with_the_default_steps_unless_given()
         DEFAULT_STEPS,
         DEFAULT_STEPS[0],
     )
-    assert start.deployment_id == deployment_id_for(EVENT, "canary")
+    assert start.deployment_id == ids.deployment_id(EVENT, "canary")
     assert start.salt == routing_salt(EVENT)
     given_steps = start_deployment(move, target, EVENT, steps=[0.2, 1.0])
     assert isinstance(given_steps, DeploymentStart)
