@@ -18,12 +18,11 @@ from learning.samples import (
     dataset_name,
     labels_for,
     redact_fully,
-    sample_event_id,
-    sample_id,
 )
 from learning.simulation import NoteMix, Orchestrator
 from models.base import sha256_hex
 from models.events import Artifact, RunCompleted, SampleCurated
+from models.ids import sample_event_id, sample_id
 from tests.unit.sample_bundles import make_bundle
 
 NOW = datetime(2026, 11, 2, tzinfo=UTC)
