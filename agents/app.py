@@ -23,6 +23,7 @@ from agents.faust_internals.transport import (
     PRODUCER_MAX_BATCH_BYTES,
     broker_urls,
 )
+from agents.health import register_pages
 from agents.settings import (
     LearningConfig,
     Settings,
@@ -221,4 +222,6 @@ def create_app(
     )
     for name in selected_stages(settings.stages if stages is None else stages):
         register_stage(app, name)
+    if settings.learnops_web_enabled:
+        register_pages(app)
     return app

@@ -29,8 +29,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from agents.health import DECISIONS
 from agents.stage import Stage
-from agents.streams import batches
 from agents.tables import SEPARATOR, SOURCE_OFFSETS, doer_of
 from learning.deployments import DeploymentState, Verdict, event_time
 from models.events import Alert, CRLComputed, DecisionMade, PolicyChange, TaskRouted
@@ -142,6 +142,7 @@ class Batch:
             await durably(partial(insert_decisions, pool, made), what="decisions")
         for (state, verdict), decision in zip(self.verdicts, made, strict=True):
             await stage.topics.decisions.send(decision)
+            DECISIONS.labels(decision.action).inc()
             log.info(
                 "canary_decision doer=%s deployment=%s action=%s step=%d control=%d candidate=%d "
                 "delta_pct=%s p=%.3g",
@@ -278,7 +279,7 @@ class CanaryStage(Stage):
 
         async def canary(stream: Any) -> None:
             """Fold each batch into the deployments, judge, store and emit; ack after all of it."""
-            async for events in batches(stream, BATCH):
+            async for events in self.batches(stream, BATCH):
                 async with self.judging, self.guarded_batch(events):
                     await self.process(events)
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from agents.stage import Stage
-from agents.streams import batches
 from agents.tables import HISTORY_DAYS, SEPARATOR, day_start, folded_up_to, history, marked
 from agents.web import register_views
 from learning.crl import BundleError, score_bundle
@@ -119,7 +118,7 @@ class CRLStage(Stage):
 
         async def crl(stream: Any) -> None:
             """Score and emit each run; fold, store and check the batch; ack after all of it."""
-            async for events in batches(stream, BATCH):
+            async for events in self.batches(stream, BATCH):
                 async with self.guarded_batch(events):
                     await self.process(events)
 

@@ -33,7 +33,6 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from agents.stage import Stage
-from agents.streams import each
 from agents.tables import SEPARATOR, doer_of
 from learning.contamination import reason_kind
 from learning.samples import CurationError, DoerCuration
@@ -150,7 +149,7 @@ class CuratorStage(Stage):
 
         async def curator(stream: Any) -> None:
             """Curate each bundle's artifacts into samples; keep verdicts; emit samples, alerts."""
-            async for event in each(stream):
+            async for event in self.each(stream):
                 async with self.guarded(event):
                     bundle = _parse(event)
                     if bundle is not None:

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from agents.stage import Stage
-from agents.streams import batches
 from models.events import SampleCurated
 from storage.datasets import insert_samples, unstorable
 from storage.pool import durably
@@ -44,7 +43,7 @@ class DatasetsStage(Stage):
 
         async def datasets(stream: Any) -> None:
             """Write each batch of curated samples to dataset_samples with one statement."""
-            async for events in batches(stream, BATCH):
+            async for events in self.batches(stream, BATCH):
                 async with self.guarded_batch(events):
                     await self.store(events)
 

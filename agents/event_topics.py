@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
+from agents.health import EVENTS_OUT
 from models.base import Event
 from models.events import (
     Alert,
@@ -71,6 +72,7 @@ class EventTopic(Generic[E]):
             outbox.append((self.name, event))
             return Sent()
         future = await self.channel.send(key=event.doer.encode(), value=event.to_json())
+        EVENTS_OUT.labels(self.name).inc()
         return Sent(future)
 
 

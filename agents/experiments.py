@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agents.stage import Stage
-from agents.streams import each
 from learning.experiments import follow_policy, split_versioned
 from learning.replay import replay_id
 from models.commands import (
@@ -112,7 +111,7 @@ class ExperimentsStage(Stage):
 
         async def experiments(stream: Any) -> None:
             """Decode → record in PostgreSQL → publish tasks, experiment changes and commands."""
-            async for event in each(stream):
+            async for event in self.each(stream):
                 async with self.guarded(event):
                     await self.handle(event)
 

@@ -19,7 +19,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from agents.stage import Stage
-from agents.streams import each
 from models.commands import POLICY_COMMANDS, ApproveStep
 from models.events import Alert, DecisionMade
 from models.ids import caused_event_id
@@ -45,7 +44,7 @@ class PolicyStage(Stage):
 
         async def policy(stream: Any) -> None:
             """Decode → apply to the policy store → publish the live policy, or alert a refusal."""
-            async for event in each(stream):
+            async for event in self.each(stream):
                 async with self.guarded(event):
                     await self.handle(event)
 

@@ -25,7 +25,6 @@ import asyncpg
 
 from agents.crl import counts_toward_live
 from agents.stage import Stage
-from agents.streams import batches
 from agents.tables import day_start, folded_up_to, marked
 from agents.triggers import raise_request
 from learning.skills import (
@@ -75,7 +74,7 @@ class SkillsStage(Stage):
 
         async def skills(stream: Any) -> None:
             """Fold each batch of scored runs into the daily statistics; the timer builds cards."""
-            async for events in batches(stream, BATCH):
+            async for events in self.batches(stream, BATCH):
                 async with self.guarded_batch(events):
                     await self.process(events)
 

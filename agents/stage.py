@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from prometheus_client import Gauge
 from pydantic import TypeAdapter, ValidationError
 
+from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
+from agents.streams import batches, each
 from agents.tables import DoerPartitions, doer_table
 from models.base import Event, describe_validation_error
 from models.keys import key_problem
@@ -56,6 +59,23 @@ class Stage:
         self.topics = app.event_topics
         self.partitions = DoerPartitions()
         self.internal_errors = 0  # in a row; reset by any event handled without one
+
+    async def batches(self, stream: Any, max_events: int) -> AsyncIterator[list[Any]]:
+        """The stream's batches (agents.streams.batches), measured for /metrics."""
+        async for batch in batches(stream, max_events):
+            EVENTS_IN.labels(self.name).inc(len(batch))
+            BATCH_SIZE.labels(self.name).observe(len(batch))
+            started = time.perf_counter()
+            yield batch
+            BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+
+    async def each(self, stream: Any) -> AsyncIterator[Any]:
+        """The stream's events one by one (agents.streams.each), measured for /metrics."""
+        async for event in each(stream):
+            EVENTS_IN.labels(self.name).inc()
+            started = time.perf_counter()
+            yield event
+            BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
 
     def table(
         self,
@@ -181,7 +201,6 @@ class Stage:
                 event.message.incref()
             log.info("batch_unfinished stage=%s batch=%d left unacked", self.name, len(events))
             raise
-
 
     async def _internal_error(self) -> None:
         """Count an internal error; past the limit, stop the stage here for good.

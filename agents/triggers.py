@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from agents.stage import Stage
-from agents.streams import each
 from learning.skills import ExperimentTrigger, regression_trigger
 from models.events import Alert, RequestExperiment
 from storage.pool import durably
@@ -97,7 +96,7 @@ class TriggersStage(Stage):
 
         async def triggers(stream: Any) -> None:
             """Decode each alert; a regression alert raises at most one open experiment request."""
-            async for event in each(stream):
+            async for event in self.each(stream):
                 async with self.guarded(event):
                     await self.handle(event)
 

@@ -9,8 +9,15 @@ from typing import Any, TypeVar
 
 import asyncpg
 import orjson
+from prometheus_client import Counter
 
 log = logging.getLogger("learnops.storage")
+
+POSTGRES_RETRIES = Counter(
+    "learnops_postgres_retries_total",
+    "Writes retried because PostgreSQL was unreachable or shutting down, by what was written.",
+    ["what"],
+)
 T = TypeVar("T")
 
 
@@ -57,6 +64,7 @@ async def durably(write: Callable[[], Awaitable[T]], *, what: str) -> T:
         try:
             return await write()
         except TRANSIENT_ERRORS as exc:
+            POSTGRES_RETRIES.labels(what).inc()
             log.warning("postgres_unavailable what=%s error=%r retry_in=%.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

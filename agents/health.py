@@ -1,0 +1,122 @@
+"""The worker's health, readiness and Prometheus pages, and the metrics every stage reports.
+
+* ``GET /healthz``: the process answers (200).
+* ``GET /readyz``: 200 once table recovery has finished, no rebalance is under
+  way, PostgreSQL answers ``SELECT 1`` and the Kafka cluster answers a metadata
+  request; 503 with the reasons otherwise. Orchestrators route and restart on it.
+* ``GET /metrics``: Prometheus text: the project's counters (this module,
+  agents/dlq.py, agents/stage.py, storage/pool.py) and Faust's own sensor
+  (messages per topic, commit latency, rebalances, ...). No label grows with
+  the data: stages, topics, partitions, error types and actions only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agents.faust_internals.introspection import committed_offsets, kafka_client
+
+EVENTS_IN = Counter(
+    "learnops_events_in_total", "Events a stage took from its input topics.", ["stage"]
+)
+EVENTS_OUT = Counter("learnops_events_out_total", "Events the worker sent, by topic.", ["topic"])
+BATCH_SIZE = Histogram(
+    "learnops_batch_size",
+    "Events per batch, by stage.",
+    ["stage"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+BATCH_SECONDS = Histogram(
+    "learnops_batch_duration_seconds",
+    "Time to process one batch (or one event, for stages that take them one by one).",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+DECISIONS = Counter(
+    "learnops_canary_decisions_total", "Canary decisions emitted, by action.", ["action"]
+)
+CONSUMER_LAG = Gauge(
+    "learnops_consumer_lag",
+    "Records between the partition's end and its committed offset (at the last scrape).",
+    ["topic", "partition"],
+)
+RECOVERING = Gauge(
+    "learnops_table_recovery",
+    "1 while the worker recovers its tables from their changelogs or rebalances.",
+)
+READY_CHECK_S = 2.0  # how long /readyz waits for PostgreSQL or Kafka
+
+
+async def readiness(app: Any) -> list[str]:
+    """Why the worker is not ready; an empty list when it is."""
+    problems = []
+    if app.in_recovery or not app.tables.recovery.completed.is_set():
+        problems.append("tables are recovering from their changelogs")
+    if app.rebalancing:
+        problems.append("a rebalance is under way")
+    if not app.pool_open:
+        problems.append("the PostgreSQL pool is not open yet")
+    else:
+        try:
+            await asyncio.wait_for(app.pool.fetchval("SELECT 1"), READY_CHECK_S)
+        except (OSError, TimeoutError) as exc:
+            problems.append(f"PostgreSQL does not answer ({type(exc).__name__})")
+        except Exception as exc:  # noqa: BLE001 - any driver error means "not ready", named
+            problems.append(f"PostgreSQL refused a query ({type(exc).__name__})")
+    client = kafka_client(app)
+    if client is None:
+        problems.append("the Kafka producer has not started")
+    else:
+        try:
+            await asyncio.wait_for(client.fetch_all_metadata(), READY_CHECK_S)
+        except Exception as exc:  # noqa: BLE001 - any client error means "not ready", named
+            problems.append(f"Kafka does not answer ({type(exc).__name__})")
+    return problems
+
+
+def observe_lag(app: Any) -> None:
+    """Set the lag gauge of every partition this worker has committed on."""
+    consumer = app.consumer
+    for tp, committed in committed_offsets(app).items():
+        end = consumer.highwater(tp)
+        if end is not None:
+            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - committed))
+
+
+def register_pages(app: Any) -> None:
+    """Serve /healthz, /readyz and /metrics on the worker's web server."""
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    # Faust's sensor in a registry of this app's own: tests build several apps in
+    # one process, and Prometheus refuses a metric registered twice.
+    faust_registry = CollectorRegistry(auto_describe=True)
+    setup_prometheus_sensors(app, pattern="/faust-metrics", registry=faust_registry)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        problems = await readiness(app)
+        if problems:
+            return web.json({"status": "not ready", "reasons": problems}, status=503)
+        return web.json({"status": "ready"})
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        RECOVERING.set(1 if app.in_recovery or app.rebalancing else 0)
+        observe_lag(app)
+        body = generate_latest(REGISTRY) + generate_latest(faust_registry)
+        return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -1,0 +1,68 @@
+"""The worker's /healthz, /readyz and /metrics, on a real worker; readiness reasons in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from agents.app import create_app
+from agents.health import readiness
+from agents.settings import Settings
+from tests.integration.kafka_io import eventually
+
+
+def _get(port: str, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_a_running_worker_is_live_ready_and_serves_its_metrics(
+    worker: Any, settings_env: dict[str, str], producer: Any
+) -> None:
+    port = settings_env["LEARNOPS_WEB_PORT"]
+    status, body = await asyncio.to_thread(_get, port, "/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+    async def ready() -> tuple[int, bytes]:
+        return await asyncio.to_thread(_get, port, "/readyz")
+
+    status, body = await eventually(ready, lambda r: r[0] == 200, timeout=60)
+    assert (status, json.loads(body)) == (200, {"status": "ready"})
+
+    # An undecodable bundle: the crl stage takes it in and dead-letters it.
+    await producer.send_and_wait("learning.run-completed", b"{not json", key=b"HealthDoer")
+
+    async def metrics() -> str:
+        return (await asyncio.to_thread(_get, port, "/metrics"))[1].decode()
+
+    text = await eventually(
+        metrics,
+        lambda t: 'learnops_dead_letters_total{error_type="json",stage="crl"}' in t,
+        timeout=60,
+    )
+    assert 'learnops_dead_letters_total{error_type="json",stage="crl"}' in text
+    for name in (
+        "learnops_events_in_total",
+        "learnops_batch_size_bucket",
+        "learnops_batch_duration_seconds_bucket",
+        "learnops_consumer_lag",
+        "learnops_table_recovery",
+        "learnops_postgres_retries_total",
+    ):
+        assert name in text, name
+    # Faust's own sensor is served beside ours.
+    assert "messages_received" in text
+
+
+async def test_readiness_names_what_is_missing_before_the_worker_starts() -> None:
+    app = create_app(Settings(learnops_app_id="readiness-test"), stages=["crl"])
+    reasons = await readiness(app)
+    assert "the PostgreSQL pool is not open yet" in reasons
+    assert "the Kafka producer has not started" in reasons
+    assert any("recovering" in reason for reason in reasons)
