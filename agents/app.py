@@ -64,6 +64,7 @@ STAGES: dict[str, str] = {
     "policy": "agents.policy:PolicyStage",
     "skills": "agents.skills:SkillsStage",
     "triggers": "agents.triggers:TriggersStage",
+    "notify": "agents.notify:NotifyStage",
 }
 
 

@@ -1,0 +1,127 @@
+"""The notify stage: learning.alerts → the webhooks people read (generic JSON, Alertmanager, Slack).
+
+Per alert, per receiver (``LEARNOPS_ALERT_WEBHOOKS``): skip it if this receiver
+already got this event id (a redelivered or re-sent alert), else POST its
+payload (learning.alerting), retrying passing trouble (no answer, 408, 429,
+5xx) with backoff. A receiver that stays down, or refuses the request, turns
+the alert into a dead letter naming the receiver and the last status, and the
+stage goes on: one broken receiver never holds back the others or the stream.
+
+Which ids each receiver got lives in a table value per doer (the last
+``DEDUP_KEEP`` per receiver). Delivery is at least once: a crash between a POST
+and the table write sends that alert again, with the same event id (the
+Alertmanager payload's fingerprint) for the receiver to drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from prometheus_client import Counter
+
+from agents.stage import Stage
+from learning.alerting import RetryPolicy, Webhook, parse_webhooks, payload, recent_ids, retryable
+from models.events import Alert
+
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
+
+log = logging.getLogger("learnops.notify")
+
+DELIVERIES = Counter(
+    "learnops_alert_deliveries_total",
+    "Alert deliveries to webhooks, by receiver format and outcome.",
+    ["format", "outcome"],
+)
+DEDUP_KEEP = 256  # event ids remembered per doer and receiver
+TIMEOUT_S = 5.0  # per request
+
+
+class NotifyStage(Stage):
+    """learning.alerts → webhooks, deduplicated by event id, retried, dead-lettered when down."""
+
+    name = "notify"
+
+    def __init__(self, app: LearnopsApp) -> None:
+        super().__init__(app)
+        settings = app.settings
+        self.hooks: tuple[Webhook, ...] = parse_webhooks(settings.learnops_alert_webhooks)
+        self.dashboard_url = settings.learnops_dashboard_url
+        self.retry = RetryPolicy()
+        self.sent = self.table("notify-sent", default=dict, help_="Alert ids sent per receiver")
+
+        async def notify(stream: Any) -> None:
+            """Deliver each alert to every receiver; a receiver that stays down gets a letter."""
+            async for event in self.each(stream):
+                async with self.guarded(event):
+                    await self.handle(event)
+
+        app.agent(self.topics.alerts.channel, name=self.name)(notify)
+
+    async def handle(self, event: Any) -> None:
+        """Deliver one alert to the receivers that have not had it."""
+        if not self.hooks:
+            return
+        alert = await self.decode(event, Alert)
+        if alert is None:
+            return
+        self.partitions.seen(alert.doer, event.message.partition)
+        memory = dict(self.sent[alert.doer] or {})
+        changed = False
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
+            for hook in self.hooks:
+                ids = recent_ids(memory.get(hook.name), DEDUP_KEEP)
+                if str(alert.event_id) in ids:
+                    DELIVERIES.labels(hook.format, "duplicate").inc()
+                    continue
+                status = await self._deliver(http, hook, alert)
+                if status is not None and 200 <= status < 300:
+                    memory[hook.name] = {"sent": [*ids, str(alert.event_id)][-DEDUP_KEEP:]}
+                    changed = True
+                    continue
+                await self.dead_letter(
+                    event,
+                    error_type="delivery",
+                    reason=(
+                        f"webhook {hook.name} did not take the alert after "
+                        f"{self.retry.attempts} tries (last status: {status or 'no answer'})"
+                    ),
+                    doer=alert.doer,
+                )
+        if changed:
+            self.sent[alert.doer] = memory
+
+    async def _deliver(
+        self, http: aiohttp.ClientSession, hook: Webhook, alert: Alert
+    ) -> int | None:
+        """POST the alert until the receiver takes it or the tries run out; the last status."""
+        body = payload(hook, alert, self.dashboard_url)
+        status: int | None = None
+        for wait in [0.0, *self.retry.delays()]:
+            if wait:
+                await asyncio.sleep(wait)
+            try:
+                async with http.post(hook.url, json=body) as response:
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = None
+            if status is not None and 200 <= status < 300:
+                DELIVERIES.labels(hook.format, "delivered").inc()
+                log.info(
+                    "alert_delivered receiver=%s kind=%s doer=%s", hook.name, alert.kind, alert.doer
+                )
+                return status
+            if not retryable(status):
+                break
+        DELIVERIES.labels(hook.format, "failed").inc()
+        log.error(
+            "alert_delivery_failed receiver=%s kind=%s doer=%s status=%s",
+            hook.name,
+            alert.kind,
+            alert.doer,
+            status,
+        )
+        return status
