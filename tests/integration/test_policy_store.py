@@ -26,6 +26,7 @@ from storage import deployments as deployments_store
 from storage import policies as store
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
+from tests.integration.kafka_io import eventually
 
 ARTIFACT = {
     "prompts": {"system": "You write product requirement documents. Be precise. ✍️"},
@@ -486,7 +487,15 @@ async def test_a_write_around_the_lock_is_refused_by_the_database_and_recorded(d
             uuid.uuid4(),
         )
         pending = asyncio.create_task(commands_store.apply_command(db, command))
-        await asyncio.sleep(0.5)  # the store now waits on the rogue row's index entry
+        # Commit once the store waits on the rogue row's index entry (blocked by it).
+        await eventually(
+            lambda: db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                rogue.get_server_pid(),
+            ),
+            lambda blocked: blocked >= 1,
+            timeout=10,
+        )
         await tx.commit()
         outcome = await pending
     assert outcome is not None and not outcome.applied
@@ -497,13 +506,28 @@ async def test_a_write_around_the_lock_is_refused_by_the_database_and_recorded(d
 # --------------------------------------------------------------------------- history and lineage
 
 
+async def clock_past_last_activation(db: Any, doer: str) -> None:
+    """Wait until PostgreSQL's clock is past the doer's latest activation.
+
+    The next promotion then starts a stretch of its own: none is empty.
+    """
+    await eventually(
+        lambda: db.fetchval(
+            "SELECT clock_timestamp() > max(active_from) FROM policy_activations WHERE doer = $1",
+            doer,
+        ),
+        bool,
+        timeout=5,
+    )
+
+
 async def test_the_history_answers_what_was_live_when(db: Any) -> None:
     doer = unique_doer("When")
     key = await trusted_key(db)
     await bootstrap(db, doer, key, versions=3)
-    await asyncio.sleep(0.05)
+    await clock_past_last_activation(db, doer)
     await commands_store.apply_command(db, promote(doer, 2, force=True, reason="v2"))
-    await asyncio.sleep(0.05)
+    await clock_past_last_activation(db, doer)
     await commands_store.apply_command(db, promote(doer, 3, force=True, reason="v3"))
     stretches = await store.activations(db, doer)
     assert [s.version for s in stretches] == [1, 2, 3]
