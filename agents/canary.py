@@ -209,6 +209,21 @@ def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> 
             },
             **common,
         )
+    if verdict.action == "rollback":
+        report = decision.report
+        return Alert(
+            kind="canary_rollback",
+            severity="critical",
+            value=report.delta_pct,
+            baseline=report.control_mean,
+            threshold=state.config().max_crl_increase,
+            evidence={
+                "step": state.step,
+                "reason": verdict.reason,
+                **report.model_dump(mode="json"),
+            },
+            **common,
+        )
     if verdict.action == "report" and state.awaiting_approval is not None:
         return Alert(
             kind="approval_needed",

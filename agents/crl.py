@@ -90,17 +90,16 @@ class BatchFold:
             slot.mark = offset
             slot.changed = True
 
-    def write(self) -> set[tuple[str, date]]:
-        """Write every changed aggregate, with its mark, once; the doer-days touched."""
-        touched = set()
+    def write(self) -> list[tuple[Any, str, date]]:
+        """Write every changed aggregate, with its mark, once; the (table, key, day)s written."""
+        written = []
         for (_, key, day), slot in self.slots.items():
             if not slot.changed:
                 continue
             value = marked(slot.daily.to_dict(), slot.partition, slot.mark)
             slot.table.relative_to(day_start(day))[key] = value
-            if slot.table is self.stage.by_doer:
-                touched.add((key, day))
-        return touched
+            written.append((slot.table, key, day))
+        return written
 
 
 class CRLStage(Stage):
@@ -161,9 +160,8 @@ class CRLStage(Stage):
             # Emitted again when redelivered: downstream writes are idempotent by
             # run id, and a crash before this send must not lose it.
             await self.topics.crl_computed.send(result)
-        touched = batch.write()
-        for doer, day in sorted(touched):
-            await self._check_regression(doer, day)
+        for table, key, day in batch.write():
+            await self._check_regression(table, key, day)
 
     async def _score(self, event: Any) -> CRLComputed | None:
         bundle = await self.decode(event, RunCompleted)
@@ -176,39 +174,54 @@ class CRLStage(Stage):
             await self.dead_letter(event, error_type="bundle", reason=exc.reason, doer=bundle.doer)
             return None
 
-    async def _check_regression(self, doer: str, today: date) -> None:
-        flag = f"{doer}{SEPARATOR}{today.isoformat()}"
+    async def _check_regression(self, table: Any, key: str, today: date) -> None:
+        """Alert once per key and day when the key's day regresses against its baseline.
+
+        ``key`` is a doer (by_doer), doer/phase (by_phase) or doer/policy@version
+        (by_policy): a regression confined to one phase or one policy version is
+        found even when the doer's overall mean hides it.
+        """
+        flag = f"{key}{SEPARATOR}{today.isoformat()}"
         if self.alerted[flag]:
             return
         trends = self.app.learning.trends
-        days = history(self.by_doer, doer, today, trends.baseline_days + 1)
+        days = history(table, key, today, trends.baseline_days + 1)
         check = check_regression(days, today, trends)
         if not check.regressed:
             return
         self.alerted[flag] = True
+        doer, _, rest = key.partition(SEPARATOR)
+        scope: dict[str, Any] = {}
+        if table is self.by_phase:
+            scope["phase"] = rest
+        elif table is self.by_policy:
+            policy_id, _, version = rest.rpartition("@")
+            scope.update(policy_id=policy_id, policy_version=int(version))
         alert = Alert(
-            # One id per doer and day: a regression alert sent again after a restart
+            # One id per key and day: a regression alert sent again after a restart
             # (its table mark lost with the kill) is recognisably the same alert.
-            event_id=regression_alert_id(doer, today.isoformat()),
+            event_id=regression_alert_id(key, today.isoformat()),
             doer=doer,
             kind="crl_regression",
             severity="warning",
-            message=check.reason,
+            message=check.reason if not rest else f"{rest}: {check.reason}",
             value=check.measured,
             baseline=check.baseline,
             threshold=check.threshold,
             evidence={
                 "day": today.isoformat(),
+                "scope": "doer" if not rest else ("phase" if "phase" in scope else "policy"),
                 "today_count": check.today_count,
                 "baseline_count": check.baseline_count,
                 "baseline_days": trends.baseline_days,
                 "lower_bound": check.lower_bound,
             },
+            **scope,
         )
         await self.topics.alerts.send(alert)
         log.warning(
-            "crl_regression doer=%s day=%s measured=%.4f baseline=%.4f threshold=%.4f",
-            doer,
+            "crl_regression key=%s day=%s measured=%.4f baseline=%.4f threshold=%.4f",
+            key,
             today,
             check.measured,
             check.baseline,
