@@ -24,12 +24,8 @@ from agents.faust_internals.transport import (
     broker_urls,
 )
 from agents.health import register_pages
-from agents.settings import (
-    LearningConfig,
-    Settings,
-    SettingsError,
-    load_learning_config,
-)
+from agents.config import LearningConfig, load_learning_config
+from agents.settings import Settings, SettingsError
 from agents.topics import TopicCatalog, load_catalog, missing
 from storage.pool import create_pool
 

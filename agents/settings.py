@@ -4,27 +4,49 @@ Every value comes from the environment or a ``.env`` file in the working
 directory; the environment wins.  Names are the variable names people set
 (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``, …), so an error names exactly
 what to fix.
+
+Import-light on purpose: the CLI and the orchestrator-side tools import this
+module before they know whether they need Kafka, so it imports no aiokafka,
+Faust, numpy or scipy (``tests/unit/test_settings.py`` checks).  The learning
+configuration (config/learning.yaml) is read by :mod:`agents.config`.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
-from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import yaml
-from aiokafka import AIOKafkaProducer
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
-from learning.replay import ReplayConfig
-from learning.samples import CurationConfig
-from learning.skills import SkillConfig
-from learning.trends import TrendConfig
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: The package that ships the default topics.yaml and learning.yaml (agents/resources/).
+RESOURCES = "agents.resources"
+
+
+def packaged(name: str) -> Traversable:
+    """A data file shipped in the package (``topics.yaml``, ``learning.yaml``)."""
+    return files(RESOURCES) / name
+
+
+def _default_data_dir() -> Path:
+    """Where a worker keeps its local state when LEARNOPS_DATA_DIR is unset.
+
+    In a checkout, ``.local/worker`` beside the code (``make clean`` removes it);
+    in an installed package, the user's state directory, never site-packages.
+    """
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / ".local" / "worker"
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "learnops" / "worker"
 
 
 class SettingsError(RuntimeError):
@@ -65,9 +87,11 @@ class Settings(BaseSettings):
     # Which stages (agents) this worker runs, comma-separated: "all", or e.g.
     # "crl,policy" to give a heavy stage its own workers (docs/operations.md).
     learnops_stages: str = Field(default="all", min_length=1)
-    learnops_data_dir: Path = Field(default=REPO_ROOT / ".local" / "worker")
-    learnops_topics_file: Path = Field(default=REPO_ROOT / "topics.yaml")
-    learnops_config_file: Path = Field(default=REPO_ROOT / "config" / "learning.yaml")
+    learnops_data_dir: Path = Field(default_factory=_default_data_dir)
+    # Unset: the copies shipped in the package (agents/resources/, read with
+    # importlib.resources); set: a file of the operator's own.
+    learnops_topics_file: Path | None = None
+    learnops_config_file: Path | None = None
     learnops_web_host: str = "127.0.0.1"
     learnops_web_port: int = Field(default=6066, ge=1, le=65535)
     learnops_web_enabled: bool = True
@@ -78,20 +102,6 @@ class Settings(BaseSettings):
     # A stage whose events fail this many times in a row for an internal error (a
     # bug, not bad input) stops instead of emptying its input into the DLQ.
     learnops_max_internal_errors: int = Field(default=20, ge=1)
-    # Where alerts go besides learning.alerts: FORMAT=URL entries, comma-separated,
-    # FORMAT one of json, alertmanager, slack (agents/notify.py).
-    learnops_alert_webhooks: str = ""
-    # The dashboard's base URL, for the evidence links alerts carry.
-    learnops_dashboard_url: str | None = None
-
-    @field_validator("learnops_alert_webhooks")
-    @classmethod
-    def _webhooks_parse(cls, value: str) -> str:
-        if value.strip():
-            from learning.alerting import parse_webhooks
-
-            parse_webhooks(value)  # WebhookConfigError is a ValueError: named by pydantic
-        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -157,48 +167,24 @@ class Settings(BaseSettings):
             )
         return options
 
+    def topics_source(self) -> Traversable:
+        """The topic catalogue to read: LEARNOPS_TOPICS_FILE, or the packaged topics.yaml."""
+        return self.learnops_topics_file or packaged("topics.yaml")
+
+    def config_source(self) -> Traversable:
+        """The learning configuration to read: LEARNOPS_CONFIG_FILE, or the packaged one."""
+        return self.learnops_config_file or packaged("learning.yaml")
+
     def kafka_producer(self, **options: object) -> AIOKafkaProducer:
         """A producer for this cluster (not started): acks=all, our security, then ``options``."""
+        from aiokafka import AIOKafkaProducer
+
         return AIOKafkaProducer(
             bootstrap_servers=self.kafka_bootstrap_servers,
             acks="all",
             **self.kafka_client_options(),
             **options,
         )
-
-
-@dataclass(frozen=True)
-class LearningConfig:
-    """What the learning pipeline is tuned with: CRL weights, objectives, trends and curation."""
-
-    weights: WeightBook
-    objectives: LatencyObjectives
-    trends: TrendConfig
-    curation: CurationConfig = field(default_factory=CurationConfig)
-    replay: ReplayConfig = field(default_factory=ReplayConfig)
-    skills: SkillConfig = field(default_factory=SkillConfig)
-
-
-def load_learning_config(path: Path) -> LearningConfig:
-    """Read config/learning.yaml (or the file LEARNOPS_CONFIG_FILE names)."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {path} is not valid YAML: {exc}") from None
-    crl = raw.get("crl") or {}
-    try:
-        return LearningConfig(
-            weights=WeightBook.from_dict(crl.get("weights") or {}),
-            objectives=LatencyObjectives.from_dict(crl.get("latency_objectives") or {}),
-            trends=TrendConfig(**(raw.get("trends") or {})),
-            curation=CurationConfig.from_dict(raw.get("curation") or {}),
-            replay=ReplayConfig.from_dict(raw.get("replay") or {}),
-            skills=SkillConfig.from_dict(raw.get("skills") or {}),
-        )
-    except (CRLConfigError, TypeError, ValueError) as exc:
-        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {path}: {exc}") from None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -41,7 +41,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agents.settings import load_learning_config  # noqa: E402
+from agents.config import load_learning_config  # noqa: E402
 from agents.topics import ensure, load_catalog  # noqa: E402
 from learning.crl import score_bundle  # noqa: E402
 from learning.simulation import Orchestrator  # noqa: E402

@@ -52,7 +52,7 @@ CURATION_TABLES = ("dataset_samples", "golden_datasets", "golden_dataset_samples
 
 
 def _config() -> CurationConfig:
-    from agents.settings import load_learning_config
+    from agents.config import load_learning_config
 
     return load_learning_config(REPO / "config" / "learning.yaml").curation
 

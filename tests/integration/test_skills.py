@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agents.settings import load_learning_config
+from agents.config import load_learning_config
 from agents.topics import read_from_start
 from learning.crl import score_bundle
 from learning.simulation import Orchestrator

@@ -1,0 +1,55 @@
+"""The learning configuration (config/learning.yaml): CRL weights, objectives, trends, curation.
+
+Apart from :mod:`agents.settings` because reading it imports ``learning.*``
+(numpy, scipy, datasketch), which the CLI and the settings must not pay for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import yaml
+
+from agents.settings import SettingsError, packaged
+from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
+from learning.replay import ReplayConfig
+from learning.samples import CurationConfig
+from learning.skills import SkillConfig
+from learning.trends import TrendConfig
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """What the learning pipeline is tuned with: CRL weights, objectives, trends and curation."""
+
+    weights: WeightBook
+    objectives: LatencyObjectives
+    trends: TrendConfig
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    skills: SkillConfig = field(default_factory=SkillConfig)
+
+
+def load_learning_config(source: Path | Traversable | None = None) -> LearningConfig:
+    """Read the file LEARNOPS_CONFIG_FILE names, or (``None``) the packaged learning.yaml."""
+    source = packaged("learning.yaml") if source is None else source
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {source} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {source} is not valid YAML: {exc}") from None
+    crl = raw.get("crl") or {}
+    try:
+        return LearningConfig(
+            weights=WeightBook.from_dict(crl.get("weights") or {}),
+            objectives=LatencyObjectives.from_dict(crl.get("latency_objectives") or {}),
+            trends=TrendConfig(**(raw.get("trends") or {})),
+            curation=CurationConfig.from_dict(raw.get("curation") or {}),
+            replay=ReplayConfig.from_dict(raw.get("replay") or {}),
+            skills=SkillConfig.from_dict(raw.get("skills") or {}),
+        )
+    except (CRLConfigError, TypeError, ValueError) as exc:
+        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {source}: {exc}") from None
