@@ -25,13 +25,20 @@ so this stage keeps no Faust table; every step is idempotent.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from agents.stage import Stage
-from learning.experiments import follow_policy, split_versioned
+from learning.experiments import (
+    ENDED_STATUSES,
+    FailureRate,
+    FailureRateRule,
+    follow_policy,
+    split_versioned,
+)
 from learning.replay import replay_id
 from models.commands import (
     POLICY_COMMANDS,
@@ -41,7 +48,7 @@ from models.commands import (
     StartCanary,
     StartShadow,
 )
-from models.events import CRLComputed, ExperimentChanged, PolicyChange
+from models.events import Alert, CRLComputed, ExperimentChanged, PolicyChange
 from models.ids import experiment_event_id
 from storage import experiments as store
 from storage.pool import durably
@@ -565,3 +572,29 @@ class ExperimentsStage(Stage):
             change.reason,
         )
         await self.topics.experiments.send(change)
+        if change.status in ENDED_STATUSES:
+            await self._check_failure_rate(change.doer)
+
+    async def _check_failure_rate(self, doer: str) -> None:
+        """Alert when too many of the doer's recent experiments failed (once a doer and day)."""
+        rule = FailureRateRule()
+        ended, failed = await durably(
+            partial(store.ended_experiments, self.app.pool, doer, rule.window_days),
+            what="experiments",
+        )
+        rate = FailureRate(ended, failed, rule)
+        if not rate.too_high:
+            return
+        day = datetime.now(UTC).date().isoformat()
+        alert = Alert(
+            event_id=experiment_event_id("failure-rate-alert", doer, day),
+            doer=doer,
+            kind="experiment_failure_rate",
+            severity="warning",
+            message=rate.message(),
+            value=rate.rate,
+            threshold=rule.threshold,
+            evidence={"ended": ended, "failed": failed, "window_days": rule.window_days},
+        )
+        await self.topics.alerts.send(alert)
+        log.warning("experiment_failure_rate doer=%s failed=%d ended=%d", doer, failed, ended)

@@ -25,6 +25,7 @@ Pure logic: no I/O.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 Status = Literal[
@@ -107,3 +108,45 @@ def parse_seeds(text: str) -> list[int]:
         except ValueError:
             raise ValueError(f"seed {part!r} is not an integer") from None
     return seeds
+
+
+#: The end states that count as a failed experiment for the failure-rate alert.
+FAILED_STATUSES = frozenset({"failed", "rolled_back", "incomplete"})
+#: Every end state.
+ENDED_STATUSES = FAILED_STATUSES | {"promoted"}
+
+
+@dataclass(frozen=True)
+class FailureRateRule:
+    """When a doer's experiments fail too often: over ``window_days``, at least ``min_ended``."""
+
+    window_days: int = 7
+    threshold: float = 0.5  # failed / ended above this alerts
+    min_ended: int = 4  # fewer ended experiments than this say nothing yet
+
+
+@dataclass(frozen=True)
+class FailureRate:
+    """A doer's ended and failed experiments over the rule's window, and whether it alerts."""
+
+    ended: int
+    failed: int
+    rule: FailureRateRule
+
+    @property
+    def rate(self) -> float:
+        """Failed over ended (0 when none ended)."""
+        return self.failed / self.ended if self.ended else 0.0
+
+    @property
+    def too_high(self) -> bool:
+        """Enough experiments ended, and the share that failed is above the threshold."""
+        return self.ended >= self.rule.min_ended and self.rate > self.rule.threshold
+
+    def message(self) -> str:
+        """What a person reads: the measured rate against the threshold, and the counts."""
+        return (
+            f"{self.failed} of {self.ended} experiments ended failed, rolled back or incomplete "
+            f"over {self.rule.window_days} days ({self.rate:.0%}, threshold "
+            f"{self.rule.threshold:.0%})"
+        )

@@ -833,3 +833,20 @@ async def policy_status(pool: Any, policy_id: str, version: int) -> str | None:
         "SELECT status FROM policies WHERE policy_id = $1 AND version = $2", policy_id, version
     )
     return str(status) if status is not None else None
+
+
+async def ended_experiments(pool: Any, doer: str, days: int) -> tuple[int, int]:
+    """How many of a doer's experiments ended in the last ``days``, and how many of them failed."""
+    row = await pool.fetchrow(
+        """
+        SELECT count(*) AS ended,
+               count(*) FILTER (WHERE status IN ('failed', 'rolled_back', 'incomplete')) AS failed
+        FROM experiments
+        WHERE doer = $1
+          AND status IN ('promoted', 'failed', 'rolled_back', 'incomplete')
+          AND coalesce(concluded_at, updated_at) >= now() - make_interval(days => $2)
+        """,
+        doer,
+        days,
+    )
+    return int(row["ended"]), int(row["failed"])

@@ -85,3 +85,18 @@ def test_seeds_parse_from_a_comma_separated_list() -> None:
         parse_seeds(" , ")
     with pytest.raises(ValueError, match="seed 'x' is not an integer"):
         parse_seeds("1,x")
+
+
+def test_failure_rate_alerts_only_above_the_threshold_with_enough_ended() -> None:
+    from learning.experiments import FailureRate, FailureRateRule
+
+    rule = FailureRateRule(window_days=7, threshold=0.5, min_ended=4)
+    assert not FailureRate(ended=3, failed=3, rule=rule).too_high  # too few to say
+    assert not FailureRate(ended=4, failed=2, rule=rule).too_high  # at the threshold
+    high = FailureRate(ended=4, failed=3, rule=rule)
+    assert high.too_high and high.rate == 0.75
+    assert high.message() == (
+        "3 of 4 experiments ended failed, rolled back or incomplete over 7 days "
+        "(75%, threshold 50%)"
+    )
+    assert FailureRate(ended=0, failed=0, rule=rule).rate == 0.0
