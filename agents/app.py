@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 
+from agents.config import LearningConfig, load_learning_config
 from agents.dlq import DeadLetters
 from agents.event_topics import EventTopics
 from agents.faust_internals.transport import (
@@ -24,7 +25,7 @@ from agents.faust_internals.transport import (
     broker_urls,
 )
 from agents.health import register_pages
-from agents.config import LearningConfig, load_learning_config
+from agents.logs import use_json_logs
 from agents.settings import Settings, SettingsError
 from agents.topics import TopicCatalog, load_catalog, missing
 from storage.pool import create_pool
@@ -118,6 +119,8 @@ class LearnopsApp(faust.App):
             max_size=self.settings.database_pool_max,
         )
         tune_gc()
+        if self.settings.learnops_log_format == "json":
+            use_json_logs()
         await super().on_first_start()
 
     async def on_stop(self) -> None:

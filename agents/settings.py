@@ -96,12 +96,28 @@ class Settings(BaseSettings):
     learnops_web_port: int = Field(default=6066, ge=1, le=65535)
     learnops_web_enabled: bool = True
     learnops_log_level: str = "info"
+    # "text" (Faust's) or "json": one JSON object per line, fields from key=value pairs.
+    learnops_log_format: Literal["text", "json"] = "text"
     # A worker that stops heart-beating loses its partitions after this long (Kafka's
     # session timeout); the broker accepts 6-300 s by default. Faust's default is 60 s.
     learnops_session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
     # A stage whose events fail this many times in a row for an internal error (a
     # bug, not bad input) stops instead of emptying its input into the DLQ.
     learnops_max_internal_errors: int = Field(default=20, ge=1)
+    # Where alerts go besides learning.alerts: FORMAT=URL entries, comma-separated,
+    # FORMAT one of json, alertmanager, slack (agents/notify.py).
+    learnops_alert_webhooks: str = ""
+    # The dashboard's base URL, for the evidence links alerts carry.
+    learnops_dashboard_url: str | None = None
+
+    @field_validator("learnops_alert_webhooks")
+    @classmethod
+    def _webhooks_parse(cls, value: str) -> str:
+        if value.strip():
+            from learning.alerting import parse_webhooks
+
+            parse_webhooks(value)  # WebhookConfigError is a ValueError: named by pydantic
+        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
