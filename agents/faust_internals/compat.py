@@ -1,0 +1,256 @@
+"""Every private name of Faust and aiokafka that learnops relies on, and a check that it holds.
+
+The overrides in this subpackage (transport.py, offsets.py, introspection.py)
+and the stage helpers (agents/streams.py, agents/tables.py) subclass private
+classes, override private methods and read private state of the exact
+versions in :data:`PINNED` (pyproject.toml pins the same). A new release can
+rename any of it without notice; an override of a method that no longer
+exists is silently never called. :func:`check` runs at worker start and in
+``tests/unit/test_faust_internals.py`` and fails with one message naming every
+name that moved, so an upgrade fails loudly instead of losing records.
+
+Upgrading: read each override against the new code, update :data:`NAMES` and
+:data:`PINNED`, then run the unit and integration tests (tests/faults too).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+#: The versions the overrides were written for; pyproject.toml pins exactly these.
+PINNED: dict[str, str] = {
+    "faust-streaming": "0.15.3",
+    "aiokafka": "0.14.0",
+    "mode-streaming": "0.7.1",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method we override or call: ``owner`` (``module:Class``) has it with these parameters."""
+
+    dist: str
+    owner: str
+    name: str
+    params: tuple[str, ...]
+    used_by: str
+
+    @property
+    def target(self) -> str:
+        module, _, cls = self.owner.partition(":")
+        return f"{module}.{cls}.{self.name}"
+
+
+@dataclass(frozen=True)
+class State:
+    """Instance state we read or write: assigned as ``self.<name>`` in ``owner.assigned_in``."""
+
+    dist: str
+    owner: str
+    name: str
+    assigned_in: str
+    used_by: str
+
+    @property
+    def target(self) -> str:
+        module, _, cls = self.owner.partition(":")
+        return f"{module}.{cls}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A module- or class-level attribute we use: ``owner`` (``module`` or ``module:Class``)."""
+
+    dist: str
+    owner: str
+    name: str
+    used_by: str
+
+    @property
+    def target(self) -> str:
+        return f"{self.owner.replace(':', '.')}.{self.name}"
+
+
+FAUST = "faust-streaming"
+AIOKAFKA = "aiokafka"
+_DRIVER = "faust.transport.drivers.aiokafka"
+_CONSUMER = "faust.transport.consumer:Consumer"
+_TRANSPORT = "agents/faust_internals/transport.py"
+
+#: Every private (or internal) name the overrides and helpers use, with what they expect.
+NAMES: tuple[Method | State | Attribute, ...] = (
+    # transport.py: the transport registry and the classes it subclasses.
+    Attribute(FAUST, "faust.transport.drivers", "TRANSPORTS", _TRANSPORT),
+    Attribute(FAUST, f"{_DRIVER}:Transport", "Consumer", _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:AIOKafkaConsumerThread", "on_start", ("self",), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:AIOKafkaConsumerThread", "_ensure_consumer", ("self",), _TRANSPORT),
+    Method(
+        FAUST,
+        f"{_DRIVER}:AIOKafkaConsumerThread",
+        "_fetch_records",
+        ("self", "consumer", "active_partitions", "timeout", "max_records"),
+        _TRANSPORT,
+    ),
+    Method(FAUST, f"{_DRIVER}:Consumer", "_new_consumer_thread", ("self",), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "seek_to_committed", ("self",), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "seek", ("self", "partition", "offset"), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "on_partitions_revoked", ("self", "revoked"), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "getmany", ("self", "timeout"), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "_new_offset", ("self", "tp"), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "wait_empty", ("self",), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "_wait_next_records", ("self", "timeout"), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "commit_and_end_transactions", ("self",), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "_clean_unacked_messages", ("self",), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "_get_active_partitions", ("self",), _TRANSPORT),
+    Method(
+        FAUST,
+        f"{_DRIVER}:Consumer",
+        "commit",
+        ("self", "topics", "start_new_transaction"),
+        _TRANSPORT,
+    ),
+    Method(FAUST, f"{_DRIVER}:Consumer", "highwater", ("self", "tp"), "agents/health.py"),
+    # transport.py: the consumer's bookkeeping it reads and corrects.
+    State(FAUST, _CONSUMER, "_acked", "__init__", _TRANSPORT),
+    State(FAUST, _CONSUMER, "_gap", "__init__", _TRANSPORT),
+    State(FAUST, _CONSUMER, "_committed_offset", "__init__", _TRANSPORT),
+    State(FAUST, _CONSUMER, "_unacked_messages", "__init__", _TRANSPORT),
+    State(FAUST, _CONSUMER, "_waiting_for_ack", "__init__", _TRANSPORT),
+    State(FAUST, _CONSUMER, "_buffered_partitions", "__init__", _TRANSPORT),
+    State(FAUST, _CONSUMER, "flow_active", "_reset_state", _TRANSPORT),
+    # transport.py: aiokafka's fetcher, whose wait it sets per poll.
+    State(AIOKAFKA, "aiokafka.consumer.consumer:AIOKafkaConsumer", "_fetcher", "start", _TRANSPORT),
+    State(
+        AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_fetch_max_wait_ms", "__init__", _TRANSPORT
+    ),
+    State(AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_records", "__init__", _TRANSPORT),
+    # introspection.py: the producer under Faust's, for /readyz.
+    State(
+        FAUST,
+        f"{_DRIVER}:Producer",
+        "_producer",
+        "on_start",
+        "agents/faust_internals/introspection.py",
+    ),
+    State(
+        AIOKAFKA,
+        "aiokafka.producer.producer:AIOKafkaProducer",
+        "client",
+        "__init__",
+        "agents/health.py",
+    ),
+    # agents/streams.py: stages ack events themselves.
+    State(FAUST, "faust.streams:Stream", "enable_acks", "__init__", "agents/streams.py"),
+    State(FAUST, "faust.streams:Stream", "channel", "__init__", "agents/streams.py"),
+    Method(FAUST, "faust.streams:Stream", "events", ("self",), "agents/streams.py"),
+    Method(FAUST, "faust.streams:Stream", "ack", ("self", "event"), "agents/streams.py"),
+    Method(FAUST, "faust.channels:Channel", "empty", ("self",), "agents/streams.py"),
+    # agents/tables.py: a table whose changelog partition follows the doer.
+    Method(
+        FAUST, "faust.tables.table:Table", "partition_for_key", ("self", "key"), "agents/tables.py"
+    ),
+    Method(
+        FAUST,
+        "faust.tables.table:Table",
+        "tumbling",
+        ("self", "size", "expires", "key_index"),
+        "agents/tables.py",
+    ),
+)
+
+
+class IncompatibleInternals(RuntimeError):
+    """An installed Faust or aiokafka lacks, or changed, a private name the overrides use."""
+
+
+def installed_versions() -> dict[str, str | None]:
+    """The installed version of every pinned distribution (None when it is not installed)."""
+    found: dict[str, str | None] = {}
+    for dist in PINNED:
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def _resolve(owner: str) -> object:
+    module, _, qualname = owner.partition(":")
+    found: object = importlib.import_module(module)
+    for part in filter(None, qualname.split(".")):
+        found = getattr(found, part)
+    return found
+
+
+def _problem(name: Method | State | Attribute) -> str | None:
+    """What is wrong with one name, or None when it is as expected."""
+    try:
+        owner = _resolve(name.owner)
+    except (ImportError, AttributeError):
+        return f"{name.owner.replace(':', '.')} is missing"
+    if isinstance(name, Attribute):
+        return None if hasattr(owner, name.name) else "is missing"
+    if isinstance(name, Method):
+        function = getattr(owner, name.name, None)
+        if not callable(function):
+            return "is missing"
+        try:
+            params = tuple(inspect.signature(function).parameters)
+        except (TypeError, ValueError):
+            return "has no signature to check"
+        if params != name.params:
+            expected, now = ", ".join(name.params), ", ".join(params)
+            return f"changed signature: expected ({expected}), found ({now})"
+        return None
+    method = inspect.getattr_static(owner, name.assigned_in, None)
+    if method is None:
+        return (
+            f"is no longer assigned: {name.owner.replace(':', '.')}.{name.assigned_in} is missing"
+        )
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError):
+        return f"cannot be checked: no source for {name.assigned_in}"
+    if not re.search(rf"self\.{re.escape(name.name)}\s*(:[^=\n]*)?=[^=]", source):
+        return f"is no longer assigned in {name.assigned_in}"
+    return None
+
+
+def problems() -> list[str]:
+    """One line per private name that is missing or changed; empty when all are as expected."""
+    versions = installed_versions()
+    found = []
+    for name in NAMES:
+        problem = _problem(name)
+        if problem is not None:
+            found.append(
+                f"{name.dist} {versions.get(name.dist) or '(not installed)'}: "
+                f"{name.target} {problem} (used by {name.used_by})"
+            )
+    return found
+
+
+def check() -> None:
+    """Raise :class:`IncompatibleInternals` naming every private name that moved, and the versions.
+
+    Call it once at worker start, before the app is built.
+    """
+    found = problems()
+    if not found:
+        return
+    versions = installed_versions()
+    pins = ", ".join(
+        f"{dist}=={pinned} (installed: {versions[dist] or 'none'})"
+        for dist, pinned in PINNED.items()
+    )
+    raise IncompatibleInternals(
+        "learnops's Faust overrides (agents/faust_internals/) do not fit the installed "
+        "versions:\n  "
+        + "\n  ".join(found)
+        + f"\nThey were written for {pins} — pin them (pip install -e . does), "
+        "or update agents/faust_internals/ and compat.NAMES for the new versions."
+    )

@@ -1,0 +1,92 @@
+"""The private Faust and aiokafka names the overrides use exist, and a change is named clearly."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import tomllib
+from typing import Any
+
+import pytest
+from aiokafka.consumer.fetcher import Fetcher
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from agents.faust_internals import compat, transport
+from tests.services import REPO
+
+
+def test_the_installed_versions_have_every_private_name_the_overrides_use() -> None:
+    assert compat.problems() == []
+    compat.check()
+
+
+def test_the_installed_versions_are_the_pinned_ones() -> None:
+    assert compat.installed_versions() == compat.PINNED
+
+
+def test_pyproject_pins_exactly_the_versions_compat_was_written_for() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for requirement in project["dependencies"]:
+        found = re.fullmatch(r"([A-Za-z0-9_.-]+)==([0-9.]+)", requirement)
+        if found:
+            pins[found[1]] = found[2]
+    assert pins == compat.PINNED
+
+
+def test_every_method_the_transport_overrides_is_listed() -> None:
+    listed = {(n.owner, n.name) for n in compat.NAMES if isinstance(n, compat.Method)}
+    for ours, theirs in (
+        (transport.Consumer, faust_aiokafka.Consumer),
+        (transport.ConsumerThread, faust_aiokafka.AIOKafkaConsumerThread),
+    ):
+        owner = f"{theirs.__module__}:{theirs.__qualname__}"
+        overridden = {
+            name
+            for name, value in vars(ours).items()
+            if inspect.isfunction(value) and hasattr(theirs, name) and name != "__post_init__"
+        }
+        assert overridden, ours
+        missing = {name for name in overridden if (owner, name) not in listed}
+        assert not missing, f"{ours.__qualname__} overrides {missing}: add them to compat.NAMES"
+
+
+def _raised() -> str:
+    with pytest.raises(compat.IncompatibleInternals) as info:
+        compat.check()
+    return str(info.value)
+
+
+def test_a_changed_signature_names_the_method_the_versions_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def changed(self: Any, timeout: float, max_records: int) -> Any:  # a new parameter
+        raise NotImplementedError
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_wait_next_records", changed)
+    message = _raised()
+    assert (
+        "faust-streaming 0.15.3: faust.transport.drivers.aiokafka.Consumer._wait_next_records "
+        "changed signature: expected (self, timeout), found (self, timeout, max_records)"
+    ) in message
+    assert "faust-streaming==0.15.3 (installed: 0.15.3)" in message
+    assert "aiokafka==0.14.0 (installed: 0.14.0)" in message
+    assert "pin them" in message
+    assert message.count("\n  ") == 1  # only the changed name is reported
+
+
+def test_a_removed_method_is_reported_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records")
+    assert "AIOKafkaConsumerThread._fetch_records is missing" in _raised()
+
+
+def test_private_state_no_longer_assigned_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def renamed(self: Any, *args: Any, **kwargs: Any) -> None:
+        self._max_wait_ms = 500  # was _fetch_max_wait_ms
+
+    monkeypatch.setattr(Fetcher, "__init__", renamed)
+    message = _raised()
+    assert (
+        "aiokafka 0.14.0: aiokafka.consumer.fetcher.Fetcher._fetch_max_wait_ms "
+        "is no longer assigned in __init__"
+    ) in message
