@@ -9,7 +9,6 @@ experiment request; replay and shadow bundles must leave a card unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -26,7 +25,7 @@ from learning.trends import day_of
 from models.commands import POLICY_COMMANDS, RequestExperiment
 from models.events import Alert, RunCompleted, SkillCard
 from storage.skills import current_card
-from tests.integration.kafka_io import eventually, publish
+from tests.integration.kafka_io import consumed, eventually, publish
 from tests.services import REPO, WorkerProcess
 
 RUNS = "learning.run-completed"
@@ -187,8 +186,15 @@ async def test_a_gate_failing_in_every_run_gives_one_experiment_request(
         more.append(b.model_copy(update={"gates": gates}))
     await publish(producer, RUNS, [(b.doer.encode(), b.to_json()) for b in more])
     await _card_with_runs(db, doer, 60)
-    await asyncio.sleep(CONFIG.skills.refresh.min_interval_s + 2)
-    rows = await db.fetch("SELECT * FROM experiment_requests WHERE doer = $1", doer)
+    # The refresh of the 60-run card saw the failures again: it touched the open
+    # request (last_triggered_at) instead of opening another one.
+    rows = await eventually(
+        lambda: db.fetch("SELECT * FROM experiment_requests WHERE doer = $1", doer),
+        lambda got: any(
+            r["last_triggered_at"] > r["opened_at"] and r["published_at"] is not None for r in got
+        ),
+        timeout=60,
+    )
     assert [(r["reason"], r["status"]) for r in rows] == [("gate_failure:security_scan", "open")]
     assert rows[0]["published_at"] is not None
     requests = await _requests(settings, doer, worker)
@@ -218,7 +224,9 @@ async def test_a_storm_of_regression_alerts_gives_one_experiment_request(
         alerts[0].model_copy(update={"event_id": uuid.uuid4(), "occurred_at": _now()})
         for _ in range(15)
     ]
-    await publish(producer, "learning.alerts", [(a.doer.encode(), a.to_json()) for a in storm])
+    sent = await publish(
+        producer, "learning.alerts", [(a.doer.encode(), a.to_json()) for a in storm]
+    )
 
     async def opened() -> list[Any]:
         return list(
@@ -229,15 +237,8 @@ async def test_a_storm_of_regression_alerts_gives_one_experiment_request(
         )
 
     rows = await eventually(opened, lambda r: len(r) >= 1 and r[0]["published_at"] is not None)
-    # Give the worker time to handle every alert of the storm before counting.
-    await eventually(
-        opened,
-        lambda r: (
-            r[0]["last_triggered_at"] > max(a.occurred_at for a in storm) - timedelta(seconds=5)
-        ),
-        timeout=30,
-    )
-    await asyncio.sleep(3)
+    # Count once the worker has handled (and committed past) every alert of the storm.
+    await consumed(settings, worker.app_id, sent, timeout=60)
     rows = await opened()
     assert len(rows) == 1 and rows[0]["status"] == "open"
     requests = [
