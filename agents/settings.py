@@ -18,7 +18,7 @@ import ssl
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -104,20 +104,6 @@ class Settings(BaseSettings):
     # A stage whose events fail this many times in a row for an internal error (a
     # bug, not bad input) stops instead of emptying its input into the DLQ.
     learnops_max_internal_errors: int = Field(default=20, ge=1)
-    # Where alerts go besides learning.alerts: FORMAT=URL entries, comma-separated,
-    # FORMAT one of json, alertmanager, slack (agents/notify.py).
-    learnops_alert_webhooks: str = ""
-    # The dashboard's base URL, for the evidence links alerts carry.
-    learnops_dashboard_url: str | None = None
-
-    @field_validator("learnops_alert_webhooks")
-    @classmethod
-    def _webhooks_parse(cls, value: str) -> str:
-        if value.strip():
-            from learning.alerting import parse_webhooks
-
-            parse_webhooks(value)  # WebhookConfigError is a ValueError: named by pydantic
-        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -182,6 +168,10 @@ class Settings(BaseSettings):
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         return options
+
+    def kafka_connection(self) -> dict[str, Any]:
+        """Bootstrap servers and security options, as aiokafka clients and ``Router`` take them."""
+        return {"bootstrap_servers": self.kafka_bootstrap_servers, **self.kafka_client_options()}
 
     def topics_source(self) -> Traversable:
         """The topic catalogue to read: LEARNOPS_TOPICS_FILE, or the packaged topics.yaml."""

@@ -223,7 +223,13 @@ async def replay_show(self: GroupedCommand, replay_id: str, as_json: bool) -> No
 )
 async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
     """Run the local deterministic executor: replay tasks in, learning bundles out."""
-    await serve(self.lapp.settings, group_id=group, doers=doers)
+    async with database(self) as pool:
+        await serve(
+            **self.lapp.settings.kafka_connection(),
+            fetch_blob=lambda digest: store.get_blob(pool, digest),
+            group_id=group,
+            doers=doers,
+        )
 
 
 # --------------------------------------------------------------------------- experiment

@@ -9,6 +9,10 @@ scores like any run. A task it cannot run goes to learning.dlq with the reason.
 A plain aiokafka loop, not a Faust agent: it is a separate process (as the
 sandbox would be), in its own consumer group, and commits a batch's offsets
 only after the batch's bundles are acknowledged by the broker.
+
+It reads blobs through the async callable its caller gives (``fetch_blob``:
+content hash → bytes or None; ``learnops replay executor`` wires in
+``storage.experiments.get_blob``), so the client never imports the storage layer.
 """
 
 from __future__ import annotations
@@ -16,20 +20,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from agents.settings import Settings
 from learning.replay import Executor, LocalExecutor, ReplayTask, replay_bundle
 from learning.signing import content_digest
 from models.base import describe_validation_error
 from models.events import DeadLetter
 from models.events import ReplayTask as ReplayTaskEvent
-from storage.experiments import get_blob
-from storage.pool import create_pool
 
 log = logging.getLogger("learnops.replay_executor")
 
@@ -38,16 +40,19 @@ RUNS = "learning.run-completed"
 DLQ = "learning.dlq"
 STAGE = "replay-executor"
 
+#: Reads a blob by content hash: the bytes, or None when no blob has that hash.
+BlobFetcher = Callable[[str], Awaitable[bytes | None]]
+
 
 class TaskError(ValueError):
     """A task the executor cannot run; the message says why."""
 
 
-async def resolve(pool: Any, task: ReplayTaskEvent) -> ReplayTask:
+async def resolve(fetch_blob: BlobFetcher, task: ReplayTaskEvent) -> ReplayTask:
     """The runnable task: the policy artifact from its blob, the sample from the task or a blob."""
     if task.policy_hash is None:
         raise TaskError("policy_hash is required: the executor runs policies by content hash")
-    raw = await get_blob(pool, task.policy_hash)
+    raw = await fetch_blob(task.policy_hash)
     if raw is None:
         raise TaskError(f"no blob {task.policy_hash} holds the policy artifact")
     policy = orjson.loads(raw)
@@ -57,7 +62,7 @@ async def resolve(pool: Any, task: ReplayTaskEvent) -> ReplayTask:
     if sample is None:
         if task.input_hash is None:
             raise TaskError("the task has neither input nor input_hash")
-        blob = await get_blob(pool, task.input_hash)
+        blob = await fetch_blob(task.input_hash)
         if blob is None:
             raise TaskError(f"no blob {task.input_hash} holds the sample")
         sample = blob.decode("utf-8")
@@ -75,9 +80,9 @@ async def resolve(pool: Any, task: ReplayTaskEvent) -> ReplayTask:
     )
 
 
-async def run_task(executor: Executor, pool: Any, task: ReplayTaskEvent) -> bytes:
+async def run_task(executor: Executor, fetch_blob: BlobFetcher, task: ReplayTaskEvent) -> bytes:
     """Execute one task and return its result bundle as wire bytes."""
-    runnable = await resolve(pool, task)
+    runnable = await resolve(fetch_blob, task)
     try:
         output = await executor.execute(runnable)
     except ValueError as exc:  # e.g. a policy quality outside [0, 1]
@@ -97,27 +102,34 @@ async def run_task(executor: Executor, pool: Any, task: ReplayTaskEvent) -> byte
 
 
 async def serve(
-    settings: Settings,
+    bootstrap_servers: str,
+    fetch_blob: BlobFetcher,
     *,
     group_id: str,
     doers: str = ".*",
     executor: Executor | None = None,
     stop: asyncio.Event | None = None,
+    **client_options: Any,
 ) -> None:
-    """Consume replay tasks of doers matching ``doers`` and publish their bundles until stopped."""
+    """Consume replay tasks of doers matching ``doers`` and publish their bundles until stopped.
+
+    ``client_options`` (aiokafka's security options, e.g. ``security_protocol``,
+    ``ssl_context``, ``sasl_*``) go to both the consumer and the producer.
+    """
     executor = executor or LocalExecutor()
     pattern = re.compile(doers)
     stop = stop or asyncio.Event()
-    pool = await create_pool(settings.database_dsn, min_size=1, max_size=2)
     consumer = AIOKafkaConsumer(
         TASKS,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        bootstrap_servers=bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **settings.kafka_client_options(),
+        **client_options,
     )
-    producer = settings.kafka_producer(linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, **client_options
+    )
     await consumer.start()
     await producer.start()
     log.info("replay_executor_ready group=%s doers=%s", group_id, doers)
@@ -127,7 +139,7 @@ async def serve(
             sends = []
             for records in batches.values():
                 for record in records:
-                    sends.append(await _handle(executor, pool, producer, record, pattern))
+                    sends.append(await _handle(executor, fetch_blob, producer, record, pattern))
             acks = [s for s in sends if s is not None]
             if acks:
                 await asyncio.gather(*acks)
@@ -136,11 +148,14 @@ async def serve(
     finally:
         await consumer.stop()
         await producer.stop()
-        await pool.close()
 
 
 async def _handle(
-    executor: Executor, pool: Any, producer: Any, record: Any, pattern: re.Pattern[str]
+    executor: Executor,
+    fetch_blob: BlobFetcher,
+    producer: Any,
+    record: Any,
+    pattern: re.Pattern[str],
 ) -> Any:
     try:
         task = ReplayTaskEvent.model_validate_json(record.value)
@@ -149,7 +164,7 @@ async def _handle(
     if not pattern.fullmatch(task.doer):
         return None  # another sandbox serves this doer
     try:
-        value = await run_task(executor, pool, task)
+        value = await run_task(executor, fetch_blob, task)
     except TaskError as exc:
         return await _dead_letter(producer, record, str(exc), "task", task.doer)
     log.info(

@@ -8,9 +8,12 @@ network call per task. The orchestrator then runs the task under the route's
 policy and publishes a ``TaskRouted`` on ``learning.task-routed``
 (``learning.canary_sim`` shows how).
 
-    router = Router(settings)
-    await router.start()
-    found = router.route("PRDWriter", task_id)
+    async with Router("kafka:9092") as router:   # plus aiokafka security options, if any
+        found = router.route("PRDWriter", task_id)
+
+It needs only the event contract (``models``), the routing rules
+(``learning.routing``) and aiokafka: an orchestrator embeds it without the
+service's Faust, database or numerical dependencies.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from agents.settings import Settings
 from learning.routing import Route, route
 from models.events import PolicyChange
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
 
 log = logging.getLogger("learnops.router")
 
@@ -39,8 +44,15 @@ class UnknownDoer(LookupError):
 class Router:
     """Routes tasks from the latest PolicyChange of each doer, kept up to date in the background."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, bootstrap_servers: str, **client_options: Any) -> None:
+        """Follow the cluster at ``bootstrap_servers`` (``host:port,…``).
+
+        ``client_options`` go to aiokafka's consumer as they are: its security
+        (``security_protocol``, ``ssl_context``, ``sasl_mechanism``,
+        ``sasl_plain_username``, ``sasl_plain_password``) or any other option.
+        """
+        self._bootstrap_servers = bootstrap_servers
+        self._client_options = client_options
         self._live: dict[str, PolicyChange] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -49,12 +61,16 @@ class Router:
 
     async def start(self) -> None:
         """Read every doer's latest state, then keep following the topic."""
+        # Imported here: an orchestrator importing the client pays for aiokafka
+        # (~0.1-0.3 s) only when it starts following.
+        from aiokafka import AIOKafkaConsumer
+
         self._consumer = AIOKafkaConsumer(
             CHANGES,
-            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            bootstrap_servers=self._bootstrap_servers,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            **self._settings.kafka_client_options(),
+            **self._client_options,
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._follow(), name="router-follow")

@@ -37,7 +37,7 @@ async def canary(self: GroupedCommand, min_samples: int, timeout: float) -> None
         key = generate_key()
         await store.add_signing_key(pool, key.public_key, created_by="canary-demo")
         tag = int(time.time())
-        async with Router(settings) as router:
+        async with Router(**settings.kafka_connection()) as router:
             for name, candidate in (("better", 0.95), ("worse", 0.6)):
                 doer = f"CanaryDemo{name.title()}{tag}"
                 scenario = CanaryScenario(pool, producer, router, doer, key, {1: 0.8, 2: candidate})

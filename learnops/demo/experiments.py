@@ -43,6 +43,7 @@ from learnops.demo.experiments_scenario import (
 )
 from models.commands import CanarySettings
 from storage import signing_keys as store
+from storage.experiments import get_blob
 from storage.pool import create_pool
 from storage.skills import current_card, list_requests
 
@@ -67,7 +68,13 @@ async def experiments(self: GroupedCommand, min_samples: int, timeout: float) ->
     doer = f"LoopDemo{stamp}"
     # The sandbox: the local executor, serving this demo's doer only.
     sandbox = asyncio.create_task(
-        serve(settings, group_id="learnops-demo-executor", doers=re.escape(doer), stop=stop)
+        serve(
+            **settings.kafka_connection(),
+            fetch_blob=lambda digest: get_blob(pool, digest),
+            group_id="learnops-demo-executor",
+            doers=re.escape(doer),
+            stop=stop,
+        )
     )
     try:
         key = generate_key()

@@ -269,7 +269,7 @@ async def canary_until_decided(
     the canary stage's own decision is a promotion. Gives the start_canary
     outcome, the scenario (its deployment id) and the deployment's decisions.
     """
-    async with Router(settings) as router:
+    async with Router(**settings.kafka_connection()) as router:
         await router.wait_for(prepared.name, lambda c: c.status == "shadow", timeout=timeout)
         started = await submit(
             pool,

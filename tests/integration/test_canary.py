@@ -34,7 +34,7 @@ async def key(db: Any) -> SigningKey:
 
 @pytest.fixture
 async def router(settings: Any) -> AsyncIterator[Router]:
-    async with Router(settings) as running:
+    async with Router(**settings.kafka_connection()) as running:
         yield running
 
 
