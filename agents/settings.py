@@ -104,6 +104,20 @@ class Settings(BaseSettings):
     # A stage whose events fail this many times in a row for an internal error (a
     # bug, not bad input) stops instead of emptying its input into the DLQ.
     learnops_max_internal_errors: int = Field(default=20, ge=1)
+    # Where alerts go besides learning.alerts: FORMAT=URL entries, comma-separated,
+    # FORMAT one of json, alertmanager, slack (agents/notify.py).
+    learnops_alert_webhooks: str = ""
+    # The dashboard's base URL, for the evidence links alerts carry.
+    learnops_dashboard_url: str | None = None
+
+    @field_validator("learnops_alert_webhooks")
+    @classmethod
+    def _webhooks_parse(cls, value: str) -> str:
+        if value.strip():
+            from learning.alerting import parse_webhooks
+
+            parse_webhooks(value)  # WebhookConfigError is a ValueError: named by pydantic
+        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
