@@ -1,0 +1,707 @@
+"""The stages' glue driven in process: Faust's ``test_context()``, the real PostgreSQL, no broker.
+
+Each test builds an app with one stage (``create_app``), gives it the session's
+pool, turns its sends into an outbox (``app.outbox``) and puts records on the
+agent's in-memory channel as the broker would deliver them: raw bytes, keyed
+by doer, at a topic, partition and offset of the test's choosing. Tables are
+Faust's ``memory://`` tables; their changelog records go to the producer's
+buffer, which nothing flushes (there is no broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import Message
+from prometheus_client import REGISTRY
+
+from agents.app import LearnopsApp, create_app
+from agents.canary import CATCH_UP_S
+from agents.settings import Settings
+from agents.tables import SEPARATOR, history
+from learning.canary_sim import CanaryOrchestrator
+from learning.crl import score_bundle
+from learning.deployments import MISSING_GRACE_S, MISSING_MIN_ROUTED
+from learning.routing import route
+from learning.signing import SigningKey
+from learning.simulation import Orchestrator
+from learning.trends import DailyCRL
+from models.base import Event
+from models.commands import CanarySettings, PromotePolicy, RollbackPolicy, StartCanary
+from models.events import (
+    Alert,
+    CRLComputed,
+    DeadLetter,
+    DecisionMade,
+    PolicyChange,
+    RunCompleted,
+    TaskRouted,
+)
+from models.ids import caused_event_id, regression_alert_id
+from storage import canary as canary_store
+from storage.audit import outcome_of
+from storage.deployments import current_change
+from storage.policy_commands import apply_command
+from tests.integration.test_policy_agent import register
+
+# How long a test waits for an effect before it fails.
+WAIT_S = 10.0
+
+
+async def until(done: Callable[[], bool], *, what: str, timeout: float = WAIT_S) -> None:
+    """Return once ``done()`` holds; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still waiting for {what} after {timeout:g} s")
+        await asyncio.sleep(0.01)
+
+
+class Progress:
+    """How far a stage has got, read from its /metrics: events taken, bodies finished.
+
+    A stage counts every event it takes (``learnops_events_in_total``) and
+    observes a duration each time a batch body, or an event body for stages
+    that take events one by one, has finished (``..._batch_duration_seconds``).
+    The counters are the process's, so a test reads them relative to its start.
+    """
+
+    def __init__(self, stage: Any) -> None:
+        self.labels = {"stage": stage.name}
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        value = REGISTRY.get_sample_value
+        return (
+            value("learnops_events_in_total", self.labels) or 0.0,
+            value("learnops_batch_size_count", self.labels) or 0.0,
+            value("learnops_batch_duration_seconds_count", self.labels) or 0.0,
+        )
+
+    @property
+    def events(self) -> int:
+        """Events taken since the start."""
+        return int(self._read()[0] - self.start[0])
+
+    @property
+    def batches(self) -> int:
+        """Batches taken since the start (stages that take batches)."""
+        return int(self._read()[1] - self.start[1])
+
+    @property
+    def finished(self) -> int:
+        """Batch (or event) bodies finished since the start."""
+        return int(self._read()[2] - self.start[2])
+
+    async def done(self, events: int, *, batched: bool = True) -> None:
+        """Wait until ``events`` events were taken and every body that took them has finished."""
+
+        def idle() -> bool:
+            taken = self.batches if batched else self.events
+            return self.events >= events and self.finished == taken
+
+        await until(idle, what=f"{events} events handled (taken {self.events})")
+        assert self.events == events, f"the stage took {self.events} events, {events} were put"
+
+
+class Feed:
+    """Records put on an agent's test channel as the broker delivers them: raw bytes, placed."""
+
+    def __init__(self, app: LearnopsApp, agent: Any) -> None:
+        self.app = app
+        self.agent = agent
+        self.next_offset: dict[tuple[str, int], int] = {}
+
+    async def put(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        partition: int = 0,
+        offset: int | None = None,
+    ) -> Message:
+        """Deliver one record at ``offset`` (default: the next of the topic's partition).
+
+        As ``AgentTestWrapper.put`` does, but with the record's own topic: an
+        agent that reads several topics tells them apart by ``message.topic``,
+        which Faust's ``put`` sets to "<internal>" for such an agent.
+        """
+        where = (topic, partition)
+        if offset is None:
+            offset = self.next_offset.get(where, 0)
+        self.next_offset[where] = max(self.next_offset.get(where, 0), offset + 1)
+        message = Message(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            timestamp=time.time(),
+            timestamp_type=0,
+            headers=None,
+            key=key,
+            value=value,
+            checksum=b"",
+            serialized_key_size=len(key or b""),
+            serialized_value_size=len(value),
+            generation_id=self.app.consumer_generation_id,
+        )
+        channel = self.agent.stream().channel
+        await channel.put(await channel.decode(message))
+        return message
+
+    async def event(self, topic: str, event: Event, **where: int) -> Message:
+        """Deliver a contract event, keyed by its doer as every producer keys it."""
+        return await self.put(topic, event.doer.encode(), event.to_json(), **where)
+
+
+def changelog(app: LearnopsApp) -> list[tuple[str, str]]:
+    """The table writes since the last call: (table, key without its window), in order.
+
+    Every write is a changelog record for the producer; with no broker they
+    wait in the producer's buffer, which nothing flushes. Taking them out here
+    is how a test sees how often a stage writes its tables.
+    """
+    pending = app.producer.buffer.pending
+    writes = []
+    while not pending.empty():
+        message = pending.get_nowait().message
+        table = message.channel.get_topic_name()
+        table = table.removeprefix(f"{app.conf.id}-").removesuffix("-changelog")
+        key = orjson.loads(message.key)
+        writes.append((table, key[0] if isinstance(key, list) else key))
+    return writes
+
+
+def sent(app: LearnopsApp, topic: str) -> list[Any]:
+    """What the app sent to ``topic`` so far, in order."""
+    assert app.outbox is not None
+    return [event for name, event in app.outbox if name == topic]
+
+
+@pytest.fixture
+def make_app(database_url: str, db: Any, tmp_path: Path) -> Callable[..., LearnopsApp]:
+    """Build an app with the named stages, the session's pool and an outbox."""
+
+    def build(*stages: str) -> LearnopsApp:
+        settings = Settings(
+            kafka_bootstrap_servers="127.0.0.1:1",  # never contacted: test_context has no broker
+            database_url=database_url,
+            learnops_app_id=f"inproc-{uuid.uuid4().hex[:8]}",
+            learnops_web_enabled=False,
+            learnops_data_dir=tmp_path,
+        )
+        app = create_app(settings, stages=stages)
+        app.use_pool(db)
+        app.outbox = []
+        return app
+
+    return build
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+# ------------------------------------------------------------------------- CRL
+
+RUNS = "learning.run-completed"
+RESULTS = "learning.crl-computed"
+DLQ = "learning.dlq"
+ALERTS = "learning.alerts"
+
+
+def daily(table: Any, key: str, day: date) -> DailyCRL | None:
+    """The table's aggregate of ``key`` on ``day``, or None."""
+    return history(table, key, day, 1).get(day)
+
+
+def expected_daily(losses: list[float]) -> DailyCRL:
+    found = DailyCRL()
+    for loss in losses:
+        found.add(loss)
+    return found
+
+
+async def stored_runs(db: Any, doer: str) -> dict[str, tuple[int, int]]:
+    """The doer's crl_results rows: run id → the source (partition, offset) that stored it."""
+    rows = await db.fetch(
+        "SELECT run_id, source_partition, source_offset FROM crl_results WHERE doer = $1", doer
+    )
+    return {r["run_id"]: (r["source_partition"], r["source_offset"]) for r in rows}
+
+
+async def test_crl_folds_a_batch_once_per_run_and_emits_one_result_per_event(
+    make_app: Callable[..., LearnopsApp], db: Any
+) -> None:
+    app = make_app("crl")
+    stage = app.stages["crl"]
+    config = app.learning
+    doer = f"Fold{tag()}"
+    pid = doer.lower()
+    today = datetime.now(UTC).date()
+    noon = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=12)
+    orchestrator = Orchestrator(seed=11, doers=(doer,), run_prefix=f"fold-{tag()}")
+    # Six runs of one doer and day: two phases, two policy versions.
+    bundles = [
+        orchestrator.bundle(
+            doer,
+            occurred_at=noon + timedelta(minutes=i),
+            phase=("plan", "review")[i % 2],
+            policy=(pid, 1 + i // 4),
+        )
+        for i in range(6)
+    ]
+    late = orchestrator.bundle(
+        doer, occurred_at=noon + timedelta(hours=1), phase="plan", policy=(pid, 1)
+    )
+    loss = {b.run_id: score_bundle(b, config.weights, config.objectives).loss for b in bundles}
+    loss[late.run_id] = score_bundle(late, config.weights, config.objectives).loss
+
+    progress = Progress(stage)
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        # One batch (all queued before the agent runs): the six runs at offsets 0-5
+        # and a publisher's duplicate of the third, byte for byte, at offset 6.
+        for bundle in [*bundles, bundles[2]]:
+            await feed.event(RUNS, bundle)
+        await progress.done(7)
+        assert progress.batches == 1, "the seven records were meant to be one batch"
+        # One table write per aggregate the batch touched, not one per run.
+        assert sorted(changelog(app)) == [
+            ("crl-daily-doer", doer),
+            ("crl-daily-phase", f"{doer}{SEPARATOR}plan"),
+            ("crl-daily-phase", f"{doer}{SEPARATOR}review"),
+            ("crl-daily-policy", f"{doer}{SEPARATOR}{pid}@1"),
+            ("crl-daily-policy", f"{doer}{SEPARATOR}{pid}@2"),
+        ]
+
+        results = sent(app, RESULTS)
+        assert [r.run_id for r in results] == [b.run_id for b in [*bundles, bundles[2]]]
+        assert await stored_runs(db, doer) == {b.run_id: (0, i) for i, b in enumerate(bundles)}
+        by_doer = daily(stage.by_doer, doer, today)
+        assert by_doer is not None and by_doer.count == 6, "the duplicate was folded"
+        want = expected_daily([loss[b.run_id] for b in bundles])
+        assert by_doer.mean == pytest.approx(want.mean, rel=1e-12)
+        assert by_doer.moments.variance == pytest.approx(want.moments.variance, rel=1e-9)
+        for phase in ("plan", "review"):
+            folded = daily(stage.by_phase, f"{doer}{SEPARATOR}{phase}", today)
+            assert folded is not None and folded.count == 3, phase
+        for version, count in ((1, 4), (2, 2)):
+            folded = daily(stage.by_policy, f"{doer}{SEPARATOR}{pid}@{version}", today)
+            assert folded is not None and folded.count == count, version
+
+        # A restart before the commit brings offsets 0-2 again, then a new run.
+        for offset in range(3):
+            await feed.event(RUNS, bundles[offset], offset=offset)
+        await feed.event(RUNS, late, offset=7)
+        await progress.done(11)
+
+        results = sent(app, RESULTS)
+        assert [r.run_id for r in results[7:]] == [*(b.run_id for b in bundles[:3]), late.run_id]
+        assert len(await stored_runs(db, doer)) == 7
+        by_doer = daily(stage.by_doer, doer, today)
+        assert by_doer is not None and by_doer.count == 7, "a redelivered record was folded again"
+        want = expected_daily([loss[b.run_id] for b in [*bundles, late]])
+        assert by_doer.mean == pytest.approx(want.mean, rel=1e-12)
+        plan = daily(stage.by_phase, f"{doer}{SEPARATOR}plan", today)
+        assert plan is not None and plan.count == 4
+        # Only the new run's aggregates were written again.
+        assert sorted(changelog(app)) == [
+            ("crl-daily-doer", doer),
+            ("crl-daily-phase", f"{doer}{SEPARATOR}plan"),
+            ("crl-daily-policy", f"{doer}{SEPARATOR}{pid}@1"),
+        ]
+        assert sent(app, DLQ) == [] and sent(app, ALERTS) == []
+
+
+async def test_a_regressing_doer_day_raises_one_alert_and_a_steady_doer_none(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    app = make_app("crl")
+    stage = app.stages["crl"]
+    trends = app.learning.trends
+    regressing, steady = f"Regress{tag()}", f"Steady{tag()}"
+    orchestrator = Orchestrator(
+        seed=20261203, doers=(regressing, steady), run_prefix=f"reg-{tag()}"
+    )
+    today = datetime.now(UTC).date()
+    midnight = datetime.combine(today, datetime.min.time(), UTC)
+    per_day = 10  # x 7 baseline days: past min_baseline_count
+    assert per_day * trends.baseline_days >= trends.min_baseline_count
+    baseline = [
+        orchestrator.bundle(doer, occurred_at=midnight - timedelta(days=d, hours=-i))
+        for d in range(trends.baseline_days, 0, -1)
+        for i in range(per_day)
+        for doer in (regressing, steady)
+    ]
+
+    def day_runs(n: int, start: int) -> list[RunCompleted]:
+        runs = []
+        for i in range(start, start + n):
+            when = midnight + timedelta(minutes=i)
+            runs.append(orchestrator.bundle(regressing, occurred_at=when, quality=0.1))
+            runs.append(orchestrator.bundle(steady, occurred_at=when))
+        return runs
+
+    first = day_runs(trends.min_today_count + 10, 0)
+    more = day_runs(15, 100)
+    progress = Progress(stage)
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        for bundle in baseline:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(baseline))
+        assert sent(app, ALERTS) == [], "the baseline days alone are no regression"
+        for bundle in first:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(baseline) + len(first))
+        alerts = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
+        assert {a.doer for a in alerts} == {regressing}, [a.message for a in alerts]
+        of_doer = [a for a in alerts if a.phase is None and a.policy_id is None]
+        assert len(of_doer) == 1, [a.message for a in alerts]
+        alert = of_doer[0]
+        assert alert.event_id == regression_alert_id(regressing, today.isoformat())
+        assert alert.value is not None and alert.baseline is not None
+        assert alert.threshold is not None
+        assert alert.value > alert.threshold > alert.baseline
+        assert alert.evidence["day"] == today.isoformat()
+        assert alert.evidence["today_count"] == len(first) // 2
+
+        # More bad runs the same day: the doer-day has alerted already.
+        for bundle in more:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(baseline) + len(first) + len(more))
+        again = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
+        assert len(again) == len(alerts), [a.message for a in again[len(alerts) :]]
+        assert stage.alerted[f"{regressing}{SEPARATOR}{today.isoformat()}"]
+        assert not stage.alerted[f"{steady}{SEPARATOR}{today.isoformat()}"]
+
+
+async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(
+    make_app: Callable[..., LearnopsApp], db: Any
+) -> None:
+    app = make_app("crl")
+    stage = app.stages["crl"]
+    doer = f"Garbled{tag()}"
+    orchestrator = Orchestrator(seed=5, doers=(doer,), run_prefix=f"bad-{tag()}")
+    good_before, good_after = orchestrator.bundle(doer), orchestrator.bundle(doer)
+    truncated = orchestrator.bundle(doer).to_json()[:60]
+    out_of_range = orchestrator.bundle(doer).model_dump(mode="json")
+    out_of_range["qav"]["grounding_score"] = 1.4
+    misplaced = orchestrator.bundle(doer)
+    unscoreable = orchestrator.bundle(doer).model_copy(update={"qav": None})
+    bad = [
+        (doer.encode(), truncated, "json"),
+        (doer.encode(), orjson.dumps(out_of_range), "schema"),
+        (b"SomeoneElse", misplaced.to_json(), "key"),
+        (doer.encode(), unscoreable.to_json(), "bundle"),
+    ]
+    progress = Progress(stage)
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(RUNS, good_before)
+        for key, value, _ in bad:
+            await feed.put(RUNS, key, value)
+        await feed.event(RUNS, good_after)
+        await progress.done(2 + len(bad))
+
+        letters: list[DeadLetter] = sent(app, DLQ)
+        assert [(d.offset, d.error_type) for d in letters] == [
+            (1 + i, kind) for i, (_, _, kind) in enumerate(bad)
+        ]
+        for letter, (key, value, _) in zip(letters, bad, strict=True):
+            assert (letter.topic, letter.partition, letter.stage) == (RUNS, 0, "crl")
+            assert base64.b64decode(letter.value_b64) == value
+            assert letter.key_b64 is not None and base64.b64decode(letter.key_b64) == key
+            assert letter.consumer == app.conf.id
+        reasons = {d.error_type: d.reason for d in letters}
+        assert "grounding_score" in reasons["schema"], reasons["schema"]
+        assert "is not the event's doer" in reasons["key"], reasons["key"]
+        assert [d.doer for d in letters if d.error_type in ("key", "bundle")] == [doer, doer]
+        assert "qav" in reasons["bundle"], reasons["bundle"]
+        assert reasons["json"]
+        # The good records on either side went through.
+        assert [r.run_id for r in sent(app, RESULTS)] == [good_before.run_id, good_after.run_id]
+        assert set(await stored_runs(db, doer)) == {good_before.run_id, good_after.run_id}
+
+
+# ---------------------------------------------------------------------- canary
+
+ROUTED = "learning.task-routed"
+CHANGES = "learning.policy-changes"
+DECISIONS = "learning.decisions"
+COMMANDS = "learning.commands"
+# Never decides on the statistics: only missing data, silence or a change can move it.
+PATIENT = CanarySettings(min_sample_size=100_000, report_every=100_000)
+
+
+async def applied(db: Any, command: Any) -> Any:
+    """Apply a policy command to the store as the policy stage would; its outcome."""
+    outcome = await apply_command(db, command)
+    assert outcome is not None and outcome.applied, outcome
+    return outcome
+
+
+async def live_change(db: Any, doer: str) -> PolicyChange:
+    """The doer's live state, as the policy stage publishes it after a change."""
+    change = await current_change(db, doer)
+    assert change is not None
+    return change
+
+
+async def canary_of(
+    db: Any, doer: str, version: int, settings: CanarySettings
+) -> tuple[str, PolicyChange]:
+    """Start a canary of ``version`` (one 50 % step); its deployment id and its policy change."""
+    started = await applied(
+        db,
+        StartCanary(
+            doer=doer,
+            actor="tests",
+            reason=f"try v{version}",
+            policy_id=doer.lower(),
+            version=version,
+            force=True,
+            steps=[0.5],
+            canary=settings,
+        ),
+    )
+    return started.deployment_id, await live_change(db, doer)
+
+
+async def registered(db: Any, key: SigningKey, doer: str, versions: int) -> PolicyChange:
+    """Register signed versions 1..``versions`` and promote the first; the doer's change."""
+    for n in range(1, versions + 1):
+        await applied(db, register(doer, key, n))
+    await applied(
+        db,
+        PromotePolicy(
+            doer=doer, actor="tests", reason="first", policy_id=doer.lower(), version=1, force=True
+        ),
+    )
+    return await live_change(db, doer)
+
+
+class Tasks:
+    """An orchestrator routing tasks by a doer's live state; its routings and scored runs."""
+
+    def __init__(self, app: LearnopsApp, change: PolicyChange, lose: str | None = None) -> None:
+        self.config = app.learning
+        self.simulator = CanaryOrchestrator(
+            route=lambda _doer, task_id: route(change, task_id),
+            quality={},
+            orchestrator=Orchestrator(run_prefix=f"{change.doer}-{tag()}"),
+            lose=lose,
+        )
+
+    def run(self, doer: str, n: int) -> tuple[list[TaskRouted], list[CRLComputed]]:
+        """Route and run ``n`` tasks: the routings, and the results the CRL stage would emit."""
+        routings: list[TaskRouted] = []
+        results: list[CRLComputed] = []
+        for _ in range(n):
+            for event in self.simulator.task(doer):
+                if isinstance(event, TaskRouted):
+                    routings.append(event)
+                elif isinstance(event, RunCompleted):
+                    config = self.config
+                    results.append(score_bundle(event, config.weights, config.objectives))
+        return routings, results
+
+
+def state_of(stage: Any, doer: str, deployment_id: str) -> dict[str, Any]:
+    """The canary table's state of a deployment (empty when it has none)."""
+    return dict(stage.states.get(f"{doer}{SEPARATOR}{deployment_id}") or {})
+
+
+async def test_an_arm_whose_results_stop_arriving_pauses_the_canary_and_alerts_once(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    app = make_app("canary")
+    stage = app.stages["canary"]
+    doer = f"Lossy{tag()}"
+    promoted = await registered(db, signing_key, doer, 2)
+    deployment_id, started = await canary_of(db, doer, 2, PATIENT)
+    # The candidate's bundles never arrive: its routings do, its results do not.
+    routings, results = Tasks(app, started, lose="candidate").run(doer, 240)
+    control = sum(r.arm == "control" for r in routings)
+    assert sum(r.arm == "candidate" for r in routings) >= MISSING_MIN_ROUTED
+    assert {r.arm for r in results} == {"control"} and len(results) == control
+    # Results arrive one second apart (event time): the arm counts as missing once the
+    # control has results for more than half its tasks, and pauses MISSING_GRACE_S later.
+    t0 = datetime.now(UTC)
+    results = [
+        r.model_copy(update={"run_occurred_at": t0 + timedelta(seconds=i)})
+        for i, r in enumerate(results)
+    ]
+    first_missing = control // 2  # index of the result that takes the control past half
+    pause_at = first_missing + int(MISSING_GRACE_S)
+    assert pause_at < len(results), "too few control results to outlast the grace period"
+
+    progress = Progress(stage)
+    async with app.agents["canary"].test_context() as agent:
+        feed = Feed(app, agent)
+        for change in (promoted, started):
+            await feed.event(CHANGES, change)
+        for routing in routings:
+            await feed.event(ROUTED, routing)
+        for result in results:
+            await feed.event(RESULTS, result)
+        await progress.done(2 + len(routings) + len(results))
+
+    decisions: list[DecisionMade] = sent(app, DECISIONS)
+    assert [(d.action, d.deployment_id) for d in decisions] == [("pause", deployment_id)]
+    pause = decisions[0]
+    assert "missing data" in pause.reason and "candidate" in pause.reason, pause.reason
+    assert (pause.report.control_count, pause.report.candidate_count) == (pause_at + 1, 0)
+    alerts: list[Alert] = sent(app, ALERTS)
+    assert [(a.kind, a.severity, a.deployment_id) for a in alerts] == [
+        ("missing_data", "critical", deployment_id)
+    ]
+    assert alerts[0].evidence["arm"] == "candidate"
+    assert alerts[0].event_id == caused_event_id("alert", pause.event_id)
+    stored = await canary_store.decisions(db, deployment_id)
+    assert [d.action for d in stored] == ["pause"]
+    assert sum((await canary_store.routed_counts(db, deployment_id)).values()) == len(routings)
+    state = state_of(stage, doer, deployment_id)
+    assert state["paused"] and state["step_runs"] == {"control": len(results), "candidate": 0}
+    assert sent(app, DLQ) == []
+
+
+async def test_a_stale_policy_change_delivered_again_leaves_the_live_canary_counting(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    app = make_app("canary")
+    stage = app.stages["canary"]
+    doer = f"Stale{tag()}"
+    promoted = await registered(db, signing_key, doer, 3)
+    ended_id, first = await canary_of(db, doer, 2, PATIENT)
+    await applied(db, RollbackPolicy(doer=doer, actor="tests", reason="not this one"))
+    rolled_back = await live_change(db, doer)
+    live_id, second = await canary_of(db, doer, 3, PATIENT)
+    assert rolled_back.deployment is None and live_id != ended_id
+    changes = [promoted, first, rolled_back, second]
+    tasks = Tasks(app, second)
+
+    progress = Progress(stage)
+    async with app.agents["canary"].test_context() as agent:
+        feed = Feed(app, agent)
+        at = [await feed.event(CHANGES, change) for change in changes]
+        routings, results = tasks.run(doer, 30)
+        for event in [*routings, *results]:
+            await feed.event(ROUTED if isinstance(event, TaskRouted) else RESULTS, event)
+        handled = len(changes) + len(routings) + len(results)
+        await progress.done(handled)
+        assert stage.live[doer] == live_id
+        assert state_of(stage, doer, ended_id)["ended"], "a rollback must end the deployment"
+        assert state_of(stage, doer, live_id)["results"] == len(results)
+
+        # A restart before the commit: the first two changes come again, at their offsets.
+        for change, message in zip(changes[:2], at[:2], strict=True):
+            await feed.event(CHANGES, change, offset=message.offset)
+        more_routings, more_results = tasks.run(doer, 30)
+        for event in [*more_routings, *more_results]:
+            await feed.event(ROUTED if isinstance(event, TaskRouted) else RESULTS, event)
+        await progress.done(handled + 2 + len(more_routings) + len(more_results))
+
+    assert stage.live[doer] == live_id, "a stale change moved the live deployment"
+    state = state_of(stage, doer, live_id)
+    assert not state["ended"], "a stale change ended the live deployment"
+    assert state["results"] == len(results) + len(more_results)
+    assert sum(state["routed"].values()) == len(routings) + len(more_routings)
+    assert sent(app, DLQ) == [] and sent(app, DECISIONS) == []
+
+
+async def test_a_deployment_that_hears_nothing_is_paused_by_the_silence_timer(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    app = make_app("canary")
+    stage = app.stages["canary"]
+    doer = f"Quiet{tag()}"
+    promoted = await registered(db, signing_key, doer, 2)
+    quiet = PATIENT.model_copy(update={"max_silence_s": 0.2})
+    deployment_id, started = await canary_of(db, doer, 2, quiet)
+    routings, results = Tasks(app, started).run(doer, 10)
+
+    progress = Progress(stage)
+    async with app.agents["canary"].test_context() as agent:
+        feed = Feed(app, agent)
+        for event in [promoted, started, *routings, *results]:
+            topic = {PolicyChange: CHANGES, TaskRouted: ROUTED}.get(type(event), RESULTS)
+            await feed.event(topic, event)
+        await progress.done(2 + len(routings) + len(results))
+        assert sent(app, DECISIONS) == []
+        # Then nothing, for longer than max_silence_s; the timer's catch-up wait is over.
+        await asyncio.sleep(0.3)
+        stage.catch_up.since = time.monotonic() - CATCH_UP_S
+        await stage.pause_silent_deployments()
+        # Twice: a paused deployment is not paused again.
+        await stage.pause_silent_deployments()
+
+    decisions: list[DecisionMade] = sent(app, DECISIONS)
+    assert [d.action for d in decisions] == ["pause"], (
+        "the silence timer judged no deployment: it only judges the partitions the worker's "
+        "assignor holds (CanaryStage._owned_partitions), and test_context assigns none"
+    )
+    assert "no routed task or CRL result" in decisions[0].reason
+    alerts: list[Alert] = sent(app, ALERTS)
+    assert [(a.kind, a.threshold) for a in alerts] == [("missing_data", 0.2)]
+    assert state_of(stage, doer, deployment_id)["paused"]
+
+
+# ---------------------------------------------------------------------- policy
+
+
+async def test_the_policy_stage_alerts_refused_commands_and_publishes_applied_ones(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    app = make_app("policy")
+    stage = app.stages["policy"]
+    doer = f"Refused{tag()}"
+    pid = doer.lower()
+    honest = register(doer, signing_key, 1)
+    tampered = register(doer, signing_key, 2)
+    tampered = tampered.model_copy(update={"artifact": {**tampered.artifact, "tools": ["shell"]}})
+    unknown = PromotePolicy(doer=doer, actor="ops", reason="typo", policy_id=pid, version=9)
+    promote = PromotePolicy(
+        doer=doer, actor="ops", reason="first", policy_id=pid, version=1, force=True
+    )
+    progress = Progress(stage)
+    async with app.agents["policy"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(COMMANDS, honest)
+        await feed.event(COMMANDS, tampered)
+        await feed.put(COMMANDS, doer.encode(), b'{"command": "promote", "doer": ')
+        await feed.event(COMMANDS, unknown)
+        await feed.event(COMMANDS, promote)
+        await progress.done(5, batched=False)
+
+    alerts: list[Alert] = sent(app, ALERTS)
+    assert [(a.kind, a.severity) for a in alerts] == [
+        ("signature_refused", "critical"),
+        ("policy_refused", "warning"),
+    ], [a.message for a in alerts]
+    assert [a.event_id for a in alerts] == [
+        caused_event_id("alert", tampered.event_id),
+        caused_event_id("alert", unknown.event_id),
+    ]
+    assert (alerts[0].policy_id, alerts[0].policy_version) == (pid, 2)
+    assert alerts[0].evidence["refusal"] == "signature"
+    assert (alerts[1].policy_id, alerts[1].policy_version) == (pid, 9)
+    refused = await outcome_of(db, tampered.event_id)
+    assert refused is not None and not refused.applied and refused.refusal == "signature"
+    assert await db.fetchval("SELECT count(*) FROM policies WHERE doer = $1", doer) == 1
+    # The applied promotion is the one policy change; the garbled command one dead letter.
+    changes: list[PolicyChange] = sent(app, CHANGES)
+    assert [(c.change, c.policy_id, c.version) for c in changes] == [("promoted", pid, 1)]
+    assert changes == [await current_change(db, doer)]
+    letters: list[DeadLetter] = sent(app, DLQ)
+    assert [(d.stage, d.error_type, d.offset) for d in letters] == [("policy", "json", 2)]
