@@ -620,6 +620,48 @@ async def test_a_stale_policy_change_delivered_again_leaves_the_live_canary_coun
     assert sent(app, DLQ) == [] and sent(app, DECISIONS) == []
 
 
+async def test_the_canary_dead_letters_bad_input_of_each_topic_and_goes_on(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    app = make_app("canary")
+    stage = app.stages["canary"]
+    doer = f"Muddled{tag()}"
+    promoted = await registered(db, signing_key, doer, 2)
+    deployment_id, started = await canary_of(db, doer, 2, PATIENT)
+    routings, results = Tasks(app, started).run(doer, 4)
+    stranger = routings[0].model_copy(
+        update={"event_id": uuid.uuid4(), "deployment_id": f"dep-{tag()}"}
+    )
+    progress = Progress(stage)
+    async with app.agents["canary"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(CHANGES, promoted)
+        await feed.put(CHANGES, doer.encode(), started.to_json()[:50])
+        await feed.event(CHANGES, started)
+        await feed.put(ROUTED, b"SomeoneElse", routings[0].to_json())
+        await feed.event(ROUTED, stranger)
+        await feed.put(RESULTS, doer.encode(), b'{"loss": NaN}')
+        for event in [*routings, *results]:
+            await feed.event(ROUTED if isinstance(event, TaskRouted) else RESULTS, event)
+        await progress.done(6 + len(routings) + len(results))
+
+    letters: list[DeadLetter] = sent(app, DLQ)
+    by_origin = {(d.topic, d.offset): d for d in letters}
+    assert len(by_origin) == len(letters), "one dead letter per record"
+    assert {origin: d.error_type for origin, d in by_origin.items()} == {
+        (CHANGES, 1): "json",
+        (ROUTED, 0): "key",
+        (ROUTED, 1): "unknown_deployment",
+        (RESULTS, 0): "schema",
+    }
+    assert all(d.stage == "canary" and d.reason for d in letters)
+    assert stranger.deployment_id in by_origin[(ROUTED, 1)].reason
+    # The good records around them were counted.
+    state = state_of(stage, doer, deployment_id)
+    assert sum(state["routed"].values()) == len(routings)
+    assert state["results"] == len(results)
+
+
 async def test_a_deployment_that_hears_nothing_is_paused_by_the_silence_timer(
     make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
 ) -> None:
