@@ -19,6 +19,7 @@ import faust
 from agents.config import LearningConfig, load_learning_config
 from agents.dlq import DeadLetters
 from agents.event_topics import EventTopics
+from agents.faust_internals import compat
 from agents.faust_internals.transport import (
     PRODUCER_LINGER_S,
     PRODUCER_MAX_BATCH_BYTES,
@@ -103,7 +104,12 @@ class LearnopsApp(faust.App):
         self._pool = pool
 
     async def on_first_start(self) -> None:
-        """Refuse to run on a cluster that lacks our topics, then open the pool."""
+        """Refuse to run on Faust internals we do not fit or a cluster that lacks our topics."""
+        try:
+            compat.check()
+        except compat.IncompatibleInternals as exc:
+            log.error("incompatible_faust_internals")
+            sys.exit(f"learnops: {exc}")
         absent = await missing(self.settings, self.catalog)
         if absent:
             # Faust would otherwise ignore a consumed-only topic, or a producer would
