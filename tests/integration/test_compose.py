@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.test_wheel import MIGRATE_ARGS, TOPICS_ARGS, WORKER_ARGS
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DATABASE_URL = "postgresql://learnops:learnops@postgres:5432/learnops"
@@ -159,12 +161,69 @@ def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -
         assert healthcheck.get("test"), name
 
 
-def test_dockerfile_installs_the_package_on_python_311_with_learnops_entrypoint() -> None:
-    lines = [
-        line.strip()
-        for line in (REPO / "Dockerfile").read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    assert lines[0] == "FROM python:3.11-slim"
-    assert any(line.startswith("RUN pip install .") for line in lines)
-    assert 'ENTRYPOINT ["learnops"]' in lines
+def _dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions (continuation lines joined), one list per build stage."""
+    instructions: list[str] = []
+    pending = ""
+    for raw in (REPO / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending = f"{pending} {line}".strip() if pending else line
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        instructions.append(" ".join(pending.split()))
+        pending = ""
+    stages: list[list[str]] = []
+    for instruction in instructions:
+        if instruction.startswith("FROM "):
+            stages.append([])
+        stages[-1].append(instruction)
+    return stages
+
+
+def _image_env(stage: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.startswith("ENV "):
+            for pair in instruction.removeprefix("ENV ").split():
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def test_the_image_builds_the_wheel_then_installs_only_the_wheel() -> None:
+    build, runtime = _dockerfile_stages()
+    assert build[0] == "FROM python:3.11-slim AS wheel"
+    assert any(i.startswith("RUN pip wheel --no-deps") for i in build)
+    assert runtime[0] == "FROM python:3.11-slim"
+    copies = [i for i in runtime if i.startswith(("COPY", "ADD"))]
+    assert copies and all(i.startswith("COPY --from=wheel /wheels ") for i in copies), copies
+    assert any(i.startswith("RUN pip install /tmp/wheels/learnops-") for i in runtime)
+
+
+def test_the_image_sets_no_path_the_wheel_provides_and_serves_on_every_interface() -> None:
+    env = _image_env(_dockerfile_stages()[-1])
+    assert "LEARNOPS_TOPICS_FILE" not in env
+    assert "LEARNOPS_CONFIG_FILE" not in env
+    # Published ports reach only a server bound to every interface; the package's
+    # own default stays loopback (agents/settings.py).
+    assert env["LEARNOPS_WEB_HOST"] == "0.0.0.0"
+    from agents.settings import Settings
+
+    assert Settings.model_fields["learnops_web_host"].default == "127.0.0.1"
+
+
+def test_the_image_runs_the_command_lines_the_wheel_test_runs(compose: dict[str, Any]) -> None:
+    runtime = _dockerfile_stages()[-1]
+    assert 'ENTRYPOINT ["learnops"]' in runtime
+    assert f"CMD {json.dumps(list(WORKER_ARGS))}" in runtime
+    services = compose["services"]
+    assert services["topics"]["command"] == list(TOPICS_ARGS)
+    assert services["migrate"]["command"] == list(MIGRATE_ARGS)
+    assert services["worker"]["command"] == list(WORKER_ARGS)
+    for name in APP_SERVICES:
+        env = _env(services[name])
+        assert not {"LEARNOPS_TOPICS_FILE", "LEARNOPS_CONFIG_FILE"} & set(env), name
+        assert not services[name].get("volumes"), name  # nothing of the checkout mounted
