@@ -408,15 +408,17 @@ class CanaryStage(Stage):
         return {tp.partition for tp in assigned if tp.topic in self.inputs}
 
     async def pause_silent_deployments(self) -> None:
-        """Pause this worker's deployments that have heard nothing for longer than max_silence_s."""
+        """The timer: judge silence in the partitions this worker owns, once it has settled."""
         app = self.app
         if not app.pool_open:  # the worker has not opened its pool yet
             return
         if not self.catch_up.ready(not (app.in_recovery or app.rebalancing), time.monotonic()):
             return
+        await self.pause_silent(datetime.now(UTC), self._owned_partitions())
+
+    async def pause_silent(self, now: datetime, owned: set[int]) -> None:
+        """Pause the deployments of ``owned`` partitions silent for longer than max_silence_s."""
         async with self.judging:
-            owned = self._owned_partitions()
-            now = datetime.now(UTC)
             batch = Batch(self)
             for key, value in list(self.states.items()):
                 doer = doer_of(key)

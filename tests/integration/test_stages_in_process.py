@@ -25,7 +25,6 @@ from faust.types import Message
 from prometheus_client import REGISTRY
 
 from agents.app import LearnopsApp, create_app
-from agents.canary import CATCH_UP_S
 from agents.settings import Settings
 from agents.tables import SEPARATOR, history
 from learning.canary_sim import CanaryOrchestrator
@@ -681,18 +680,18 @@ async def test_a_deployment_that_hears_nothing_is_paused_by_the_silence_timer(
             await feed.event(topic, event)
         await progress.done(2 + len(routings) + len(results))
         assert sent(app, DECISIONS) == []
-        # Then nothing, for longer than max_silence_s; the timer's catch-up wait is over.
-        await asyncio.sleep(0.3)
-        stage.catch_up.since = time.monotonic() - CATCH_UP_S
-        await stage.pause_silent_deployments()
+        # Then nothing, for longer than max_silence_s.
+        owned = {stage.doers[doer] - 1}
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        # A worker that does not own the doer's partition leaves the deployment alone.
+        await stage.pause_silent(later, {p + 1 for p in owned})
+        assert sent(app, DECISIONS) == []
+        await stage.pause_silent(later, owned)
         # Twice: a paused deployment is not paused again.
-        await stage.pause_silent_deployments()
+        await stage.pause_silent(later + timedelta(seconds=1), owned)
 
     decisions: list[DecisionMade] = sent(app, DECISIONS)
-    assert [d.action for d in decisions] == ["pause"], (
-        "the silence timer judged no deployment: it only judges the partitions the worker's "
-        "assignor holds (CanaryStage._owned_partitions), and test_context assigns none"
-    )
+    assert [d.action for d in decisions] == ["pause"]
     assert "no routed task or CRL result" in decisions[0].reason
     alerts: list[Alert] = sent(app, ALERTS)
     assert [(a.kind, a.threshold) for a in alerts] == [("missing_data", 0.2)]
