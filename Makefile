@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench up down status clean
+.PHONY: demo test lint typecheck unit integration bench faults up down status clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"learnops needs Python 3.11+, found {sys.version.split()[0]}"'
@@ -35,6 +35,13 @@ integration: $(STAMP)
 ## make demo: local Kafka + PostgreSQL, the worker, a simulated orchestrator, and what happened.
 demo: $(STAMP)
 	bash scripts/demo.sh
+
+## make faults: kill -9, broker and PostgreSQL outages, two workers, a fuzz corpus; exact counts.
+## Each script starts its own Kafka and PostgreSQL on free ports (docs/operations.md, "Fault suite").
+faults: $(STAMP)
+	@status=0; for f in kill9 outages two_workers fuzz; do \
+		echo "== tests.faults.$$f"; $(BIN)/python -m tests.faults.$$f || status=1; \
+	done; exit $$status
 
 bench: $(STAMP)
 	bash scripts/services.sh up >/dev/null

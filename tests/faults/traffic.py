@@ -1,0 +1,166 @@
+"""What a fault script publishes: bundles of plain doers, and routed tasks of two live canaries.
+
+Every event published is remembered (run ids, routing event ids), so the
+ledger can say what was lost and what was counted twice. A round that the
+broker refuses (a restart in progress) is sent again with the same events: a
+publisher's duplicate, which the system must store and count once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from learning.signing import SigningKey, generate_key
+from learning.simulation import Orchestrator
+from learnops.client.router import Router
+from learnops.demo.canary_scenario import CanaryScenario
+from models.base import Event
+from models.commands import CanarySettings
+from models.events import RunCompleted, TaskRouted
+from storage import signing_keys as keys_store
+
+log = logging.getLogger("faults.traffic")
+
+#: A canary that never decides (its sample size is out of reach) and reports every 50 results:
+#: its arm counts must equal the routings stored, run for run.
+PATIENT = CanarySettings(min_sample_size=100_000, report_every=50)
+#: A canary that steps up once and promotes: neither may happen twice.
+QUICK = CanarySettings(min_sample_size=50, report_every=100)
+
+
+@dataclass
+class Published:
+    """Every event sent, by id (a resend adds nothing here)."""
+
+    runs: dict[str, RunCompleted] = field(default_factory=dict)
+    routings: dict[str, TaskRouted] = field(default_factory=dict)
+    resent_rounds: int = 0
+
+    def note(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, RunCompleted):
+                self.runs[event.run_id] = event
+            elif isinstance(event, TaskRouted):
+                self.routings[str(event.event_id)] = event
+
+
+@dataclass
+class Traffic:
+    """Plain doers' bundles and two canaries' routed tasks, for one run of a fault script."""
+
+    pool: Any
+    producer: Any
+    router: Router
+    prefix: str = field(default_factory=lambda: f"F{uuid.uuid4().hex[:6]}")
+    plain_doers: int = 4
+    canaries: bool = True
+    published: Published = field(default_factory=Published)
+    scenarios: list[CanaryScenario] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.doers = [f"{self.prefix}Plain{i}" for i in range(self.plain_doers)]
+        self.orchestrator = Orchestrator(
+            seed=int(uuid.uuid4().int % 10_000),
+            doers=tuple(self.doers),
+            run_prefix=f"{self.prefix}-plain",
+        )
+
+    @property
+    def all_doers(self) -> list[str]:
+        """Every doer this traffic publishes for."""
+        return self.doers + [s.doer for s in self.scenarios]
+
+    async def setup(self, key: SigningKey | None = None) -> None:
+        """Register and promote signed policies, and start a patient and a quick canary.
+
+        Needs a running worker (the policy stage applies the commands).
+        """
+        if not self.canaries:
+            return
+        if key is None:
+            key = generate_key()
+            await keys_store.add_signing_key(self.pool, key.public_key, created_by="faults")
+        for name, quality, settings, steps in (
+            ("Patient", 0.8, PATIENT, [0.5]),
+            ("Quick", 0.95, QUICK, [0.1, 0.5]),
+        ):
+            scenario = CanaryScenario(
+                self.pool,
+                self.producer,
+                self.router,
+                f"{self.prefix}{name}",
+                key,
+                {1: 0.8, 2: quality},
+            )
+            await scenario.setup()
+            await scenario.start_canary(2, settings, steps)
+            scenario.simulation = scenario.simulator()  # type: ignore[attr-defined]
+            self.scenarios.append(scenario)
+
+    @property
+    def patient(self) -> CanaryScenario | None:
+        """The canary that never decides, if any."""
+        return self.scenarios[0] if self.scenarios else None
+
+    @property
+    def quick(self) -> CanaryScenario | None:
+        """The canary that steps up and promotes, if any."""
+        return self.scenarios[1] if len(self.scenarios) > 1 else None
+
+    def round(self, bundles: int, tasks: int) -> list[Event]:
+        """One round: ``bundles`` plain bundles (today and yesterday) and ``tasks`` per canary."""
+        now = datetime.now(UTC)
+        events: list[Event] = []
+        for i in range(bundles):
+            at = now - timedelta(days=1) if i % 5 == 0 else now
+            events.append(self.orchestrator.bundle(occurred_at=at))
+        for scenario in self.scenarios:
+            simulation = scenario.simulation  # type: ignore[attr-defined]
+            for _ in range(tasks):
+                events.extend(simulation.task(scenario.doer))
+            scenario.published_tasks += tasks
+        return events
+
+    async def send(self, events: list[Event], *, attempts: int = 30) -> None:
+        """Send a round keyed by doer (routings first); again, whole, if the broker refuses it."""
+        events = sorted(events, key=lambda e: 0 if isinstance(e, TaskRouted) else 1)
+        for attempt in range(attempts):
+            try:
+                futures = []
+                for event in events:
+                    topic = (
+                        "learning.task-routed"
+                        if isinstance(event, TaskRouted)
+                        else "learning.run-completed"
+                    )
+                    futures.append(
+                        await self.producer.send(
+                            topic, key=event.doer.encode(), value=event.to_json()
+                        )
+                    )
+                await asyncio.gather(*futures)
+                self.published.note(events)
+                return
+            except KafkaError as exc:
+                self.published.resent_rounds += 1
+                log.warning("round refused (%s); sending it again", type(exc).__name__)
+                self.published.note(events)  # some may have landed: they count as published
+                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+        raise RuntimeError(f"the broker refused a round {attempts} times")
+
+    async def flow(
+        self, stop: asyncio.Event, *, bundles: int = 20, tasks: int = 5, every: float = 0.5
+    ) -> None:
+        """Publish a round every ``every`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            started = time.monotonic()
+            await self.send(self.round(bundles, tasks))
+            await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))

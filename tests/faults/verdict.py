@@ -1,0 +1,81 @@
+"""The end of every traffic-driven fault run: let it finish, stop cleanly, then count everything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.faults.ledger import (
+    Report,
+    caught_up,
+    check_aggregates,
+    check_canary,
+    check_logs,
+    check_offsets,
+    check_runs,
+    crl_rows,
+    dead_letters,
+)
+from tests.faults.rig import Services, Workers, wait_for
+from tests.faults.traffic import Traffic
+
+
+async def stored_runs(pool: Any, doers: list[str]) -> int:
+    """How many of this run's runs crl_results holds."""
+    return int(
+        await pool.fetchval("SELECT count(*) FROM crl_results WHERE doer = ANY($1::text[])", doers)
+    )
+
+
+async def stored_per_doer(pool: Any, doers: list[str]) -> dict[str, int]:
+    """How many runs crl_results holds per doer of this run."""
+    rows = await pool.fetch(
+        "SELECT doer, count(*) AS n FROM crl_results WHERE doer = ANY($1::text[]) GROUP BY doer",
+        doers,
+    )
+    return {r["doer"]: int(r["n"]) for r in rows}
+
+
+async def finish(
+    report: Report, found: Services, pool: Any, group: Workers, traffic: Traffic
+) -> None:
+    """Wait for every published run and every commit, stop the workers cleanly, then check."""
+    published = traffic.published
+    doers = traffic.all_doers
+    total = len(published.runs)
+    await wait_for(
+        lambda: stored_runs(pool, doers),
+        lambda n: n >= total,
+        timeout=300,
+        interval=1.0,
+        what=f"all {total} runs stored",
+    )
+    # Every stage done with every event (its offsets committed), then a clean stop.
+    try:
+        waited = await caught_up(found.bootstrap, group.app_id, timeout=600)
+        report.notes.append(f"caught up {waited:.0f}s after the last run was stored")
+    except TimeoutError as exc:
+        report.fail(str(exc))
+    codes = await group.stop_all()
+    if any(code not in (0, None) for code in codes.values()):
+        report.notes.append(f"clean stop exit codes: {codes}")
+    rows = await crl_rows(pool, doers)
+    letters = await dead_letters(found.bootstrap, group.app_id)
+    check_runs(report, published.runs, rows, dlq=len(letters))
+    await check_aggregates(report, pool, found.bootstrap, group.app_id, rows, set(doers))
+    await check_canary(
+        report,
+        pool,
+        found.bootstrap,
+        group.app_id,
+        traffic.patient,
+        published.routings,
+        set(doers),
+    )
+    if letters:
+        report.fail(f"{len(letters)} dead letters from valid traffic: {letters[0].reason}")
+    await check_offsets(report, found.bootstrap, group.app_id)
+    check_logs(report, group.log_text())
+    report.notes.append(
+        f"{total} runs and {len(published.routings)} routings published, "
+        f"{published.resent_rounds} rounds resent; logs in {group.log_dir}"
+    )
