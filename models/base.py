@@ -35,12 +35,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     Strict,
     ValidationError,
     field_validator,
 )
 from pydantic.json_schema import WithJsonSchema
-from pydantic_core import PydanticCustomError
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 # Error types raised by our own validators start with this prefix, so the
 # error describer knows their message is already written for a person.
@@ -210,6 +211,65 @@ def storable_text_problem(value: object) -> str | None:
     return None
 
 
+# Every str of the contract matches this (pydantic-core checks it, in Rust).
+_NO_NUL = r"^[^\x00]*$"
+_NUL_MESSAGE = "contains a NUL character (\\u0000), which PostgreSQL cannot store"
+_CHECKED = "learnops_storable_json"
+
+
+def _make_text_storable(schema: Any) -> None:
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("type")
+        if kind == "str" and "pattern" not in node:
+            node["pattern"] = _NO_NUL
+        elif kind == "model-fields":
+            for field in node["fields"].values():
+                _check_free_json(field)
+        stack.extend(value for key, value in node.items() if key != "metadata")
+
+
+def _check_free_json(field: dict[str, Any]) -> None:
+    """Wrap a model field that may hold free JSON in a check of all its text."""
+    inner = field["schema"]
+    target, key = (inner, "schema") if inner.get("type") == "default" else (field, "schema")
+    if target[key].get("metadata", {}).get(_CHECKED) or not _holds_free_json(target[key]):
+        return
+    target[key] = core_schema.no_info_after_validator_function(
+        _storable_json, target[key], metadata={_CHECKED: True}
+    )
+
+
+def _holds_free_json(schema: Any) -> bool:
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind in ("any", "json-or-python") or (
+                kind == "definition-ref" and "JsonValue" in str(node.get("schema_ref"))
+            ):
+                return True
+            if kind != "model":  # a nested model checks its own fields
+                stack.extend(value for key, value in node.items() if key != "metadata")
+    return False
+
+
+def _storable_json(value: Any) -> Any:
+    problem = storable_text_problem(value)
+    if problem is not None:
+        raise PydanticCustomError(f"{_OWN_ERROR}text", problem, {})
+    return value
+
+
 class ContractModel(BaseModel):
     """A part of the wire contract: strict types, no unknown fields, finite floats, storable text.
 
@@ -218,14 +278,16 @@ class ContractModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
-    @field_validator("*", mode="after")
     @classmethod
-    def _storable_text(cls, value: Any) -> Any:
-        if isinstance(value, str | dict | list):
-            problem = storable_text_problem(value)
-            if problem is not None:
-                raise PydanticCustomError(f"{_OWN_ERROR}text", problem, {})
-        return value
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        # Storable text is checked where it is cheap: every str (fields, list items,
+        # dict keys) gets a no-NUL pattern checked by pydantic-core; a field that
+        # holds free JSON (JsonValue, Any) gets one Python check of its whole value.
+        schema = handler(source)
+        _make_text_storable(schema)
+        return schema
 
 
 class Event(ContractModel):
@@ -314,7 +376,10 @@ def _location(loc: tuple[str | int, ...]) -> str:
     for part in loc:
         # A dict key is payload text: shown short, like any quoted value.
         name = _show(part, limit=40)
-        out += f"[{name}]" if isinstance(part, int) else (f".{name}" if out else name)
+        if part == "[key]":  # pydantic's mark of an error in a dict key, not a value
+            out += " (key)"
+        else:
+            out += f"[{name}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out
 
 
@@ -335,6 +400,10 @@ def _message(item: Any) -> str:
         return f"{_show(value)} is not a finite number"
     if kind == "missing":
         return "is required"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == _NO_NUL:
+        return _NUL_MESSAGE
+    if kind == "string_unicode":
+        return "contains an unpaired surrogate, which is not valid UTF-8"
     if kind in _EXPECTED:
         # Numbers are quoted (as everywhere); text, arrays and objects only by type.
         got = _show_number(value) if _is_number(value) else _json_type(value)
@@ -367,5 +436,5 @@ def _show(value: Any, limit: int = 60) -> str:
         text = str(int(value))
     else:
         text = str(value)
-    text = text.replace("\n", "\\n")
+    text = text.replace("\n", "\\n").replace("\x00", "\\u0000")
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -72,8 +72,8 @@ def test_a_nul_in_model_is_refused_without_quoting_the_text() -> None:
     [
         ({"run_id": "run\x00"}, "run_id"),
         ({"doer": "PRD\x00Writer"}, "doer"),
-        ({"metrics": {"tok\x00ens": 1.0}}, "metrics"),
-        ({"gates": {"passed": ["lint\x00"], "failed": []}}, "gates.passed"),
+        ({"metrics": {"tok\x00ens": 1.0}}, "metrics.tok\\u0000ens (key)"),
+        ({"gates": {"passed": ["lint\x00"], "failed": []}}, "gates.passed[0]"),
         (
             {
                 "artifacts": [
