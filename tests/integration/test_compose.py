@@ -80,7 +80,15 @@ def test_compose_has_kafka_postgres_and_the_three_learnops_services(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    assert set(services) == {"kafka", "postgres", "topics", "migrate", "worker"}
+    assert set(services) == {
+        "kafka",
+        "postgres",
+        "topics",
+        "migrate",
+        "worker",
+        "prometheus",
+        "grafana",
+    }
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
     assert services["postgres"]["image"] == "postgres:16"
     for name in APP_SERVICES:
@@ -153,6 +161,21 @@ def test_kafka_advertises_kafka_9092_inside_and_localhost_9092_outside(
 
     published = {_published_and_target(port) for port in compose["services"]["kafka"]["ports"]}
     assert (9092, external_port) in published
+
+
+def test_the_worker_is_healthy_when_ready_and_prometheus_and_grafana_watch_it(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert "/readyz" in " ".join(services["worker"]["healthcheck"]["test"])
+    volumes = " ".join(str(v) for s in ("prometheus", "grafana") for v in services[s]["volumes"])
+    for path in ("prometheus/prometheus.yml", "grafana/provisioning", "grafana/dashboards"):
+        assert path in volumes, path
+        assert (REPO / "deploy" / path).exists(), path
+    datasource = yaml.safe_load(
+        (REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
 def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
