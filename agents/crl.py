@@ -160,8 +160,12 @@ class CRLStage(Stage):
             # Emitted again when redelivered: downstream writes are idempotent by
             # run id, and a crash before this send must not lose it.
             await self.topics.crl_computed.send(result)
-        for table, key, day in batch.write():
-            await self._check_regression(table, key, day)
+        # Doers first: a phase or policy of a doer that regressed as a whole that day
+        # adds nothing; its own alert is for a regression the doer's mean hides.
+        written = sorted(batch.write(), key=lambda w: w[0] is not self.by_doer)
+        for table, key, day in written:
+            if table is self.by_doer or not self._doer_alerted(key, day):
+                await self._check_regression(table, key, day)
 
     async def _score(self, event: Any) -> CRLComputed | None:
         bundle = await self.decode(event, RunCompleted)
@@ -173,6 +177,11 @@ class CRLStage(Stage):
         except BundleError as exc:
             await self.dead_letter(event, error_type="bundle", reason=exc.reason, doer=bundle.doer)
             return None
+
+    def _doer_alerted(self, key: str, day: date) -> bool:
+        """Whether the doer of a phase or policy key already raised its regression alert today."""
+        doer = key.split(SEPARATOR, 1)[0]
+        return bool(self.alerted[f"{doer}{SEPARATOR}{day.isoformat()}"])
 
     async def _check_regression(self, table: Any, key: str, today: date) -> None:
         """Alert once per key and day when the key's day regresses against its baseline.
@@ -200,7 +209,7 @@ class CRLStage(Stage):
         alert = Alert(
             # One id per key and day: a regression alert sent again after a restart
             # (its table mark lost with the kill) is recognisably the same alert.
-            event_id=regression_alert_id(key, today.isoformat()),
+            event_id=regression_alert_id(self.app.conf.id, key, today.isoformat()),
             doer=doer,
             kind="crl_regression",
             severity="warning",

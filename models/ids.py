@@ -47,9 +47,13 @@ def caused_event_id(kind: str, cause: UUID) -> UUID:
     return uuid.uuid5(POLICY_EVENT_NAMESPACE, f"{kind}:{cause}")
 
 
-def regression_alert_id(key: str, day: str) -> UUID:
-    """Return the id of the CRL regression alert of a doer (or doer/phase) on a UTC day."""
-    return uuid.uuid5(CRL_ALERT_NAMESPACE, f"crl_regression:{key}:{day}")
+def regression_alert_id(raised_by: str, key: str, day: str) -> UUID:
+    """Return the id of the CRL regression alert a service (its app id) raises for a key and day.
+
+    ``key`` is a doer, doer/phase or doer/policy@version. Two learnops services
+    (app ids) watching the same doer raise two alerts: each its own id.
+    """
+    return uuid.uuid5(CRL_ALERT_NAMESPACE, f"crl_regression:{raised_by}:{key}:{day}")
 
 
 def experiment_event_id(*parts: object) -> UUID:

@@ -365,10 +365,11 @@ async def test_a_regressing_doer_day_raises_one_alert_and_a_steady_doer_none(
         await progress.done(len(baseline) + len(first))
         alerts = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
         assert {a.doer for a in alerts} == {regressing}, [a.message for a in alerts]
-        of_doer = [a for a in alerts if a.phase is None and a.policy_id is None]
-        assert len(of_doer) == 1, [a.message for a in alerts]
-        alert = of_doer[0]
-        assert alert.event_id == regression_alert_id(regressing, today.isoformat())
+        # The doer regressed as a whole: one alert, none again for its phases or policy.
+        assert len(alerts) == 1, [a.message for a in alerts]
+        alert = alerts[0]
+        assert alert.phase is None and alert.policy_id is None
+        assert alert.event_id == regression_alert_id(app.conf.id, regressing, today.isoformat())
         assert alert.value is not None and alert.baseline is not None
         assert alert.threshold is not None
         assert alert.value > alert.threshold > alert.baseline
@@ -383,6 +384,52 @@ async def test_a_regressing_doer_day_raises_one_alert_and_a_steady_doer_none(
         assert len(again) == len(alerts), [a.message for a in again[len(alerts) :]]
         assert stage.alerted[f"{regressing}{SEPARATOR}{today.isoformat()}"]
         assert not stage.alerted[f"{steady}{SEPARATOR}{today.isoformat()}"]
+
+
+async def test_a_regression_in_one_phase_alerts_for_that_phase_when_the_doer_mean_hides_it(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    app = make_app("crl")
+    trends = app.learning.trends
+    doer = f"Phased{tag()}"
+    orchestrator = Orchestrator(seed=20261204, doers=(doer,), run_prefix=f"ph-{tag()}")
+    today = datetime.now(UTC).date()
+    midnight = datetime.combine(today, datetime.min.time(), UTC)
+    healthy = ("plan", "draft", "finalize")
+    baseline = [
+        orchestrator.bundle(doer, occurred_at=midnight - timedelta(days=d, minutes=-i), phase=p)
+        for d in range(trends.baseline_days, 0, -1)
+        for i in range(8)  # x 7 days: past min_baseline_count
+        for p in (*healthy, "review")
+    ]
+    # Today the review phase goes bad, in a tenth of the doer's runs.
+    assert 8 * trends.baseline_days >= trends.min_baseline_count
+    count = trends.min_today_count + 10
+    bad = [
+        orchestrator.bundle(
+            doer, occurred_at=midnight + timedelta(minutes=i), phase="review", quality=0.05
+        )
+        for i in range(count)
+    ]
+    good = [
+        orchestrator.bundle(doer, occurred_at=midnight + timedelta(minutes=i, seconds=1), phase=p)
+        for i in range(3 * count)
+        for p in healthy
+    ]
+    progress = Progress(app.stages["crl"])
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        for bundle in [*baseline, *good, *bad]:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(baseline) + len(good) + len(bad))
+    alerts = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
+    scopes = sorted((a.phase, a.policy_id) for a in alerts)
+    assert ("review", None) in scopes, [a.message for a in alerts]
+    assert (None, None) not in scopes, "the doer as a whole did not regress"
+    assert all(a.phase in (None, "review") for a in alerts)
+    (review,) = [a for a in alerts if a.phase == "review"]
+    assert review.evidence["scope"] == "phase"
+    assert review.message.startswith("review: ")
 
 
 async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(

@@ -118,8 +118,9 @@ def test_replay_names_are_the_canonical_json_that_signing_writes(
     )
 
 
-def test_regression_alert_id_is_pinned_and_one_per_doer_and_day() -> None:
-    first = ids.regression_alert_id("PRDWriter", "2026-12-03")
-    assert str(first) == "f56b562e-a922-529d-9107-1f35a5190bfd"
-    assert ids.regression_alert_id("PRDWriter", "2026-12-04") != first
-    assert ids.regression_alert_id("PRDWriter/draft", "2026-12-03") != first
+def test_regression_alert_id_is_pinned_and_one_per_service_key_and_day() -> None:
+    first = ids.regression_alert_id("learnops", "PRDWriter", "2026-12-03")
+    assert str(first) == "a8280ed8-5b95-5024-a53d-8c91c08f4ae5"
+    assert ids.regression_alert_id("learnops", "PRDWriter", "2026-12-04") != first
+    assert ids.regression_alert_id("learnops", "PRDWriter/draft", "2026-12-03") != first
+    assert ids.regression_alert_id("learnops-eu", "PRDWriter", "2026-12-03") != first
