@@ -276,7 +276,11 @@ class ContractModel(BaseModel):
     Instances are immutable.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+    # defer_build: a model's validator is built on first use, not at import, so a
+    # process that imports the contract but uses a few models (the Router) starts fast.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, strict=True, defer_build=True
+    )
 
     @classmethod
     def __get_pydantic_core_schema__(

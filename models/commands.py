@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, JsonValue, TypeAdapter, model_validator
+from pydantic import ConfigDict, Field, JsonValue, TypeAdapter, model_validator
 
 from models.base import (
     INT4_MAX,
@@ -224,4 +224,6 @@ PolicyCommand = Annotated[
     Field(discriminator="command"),
 ]
 
-POLICY_COMMANDS: TypeAdapter[PolicyCommand] = TypeAdapter(PolicyCommand)
+POLICY_COMMANDS: TypeAdapter[PolicyCommand] = TypeAdapter(
+    PolicyCommand, config=ConfigDict(defer_build=True)
+)
