@@ -450,13 +450,19 @@ async def check_offsets(report: Report, bootstrap: str, app_id: str) -> None:
 
 
 async def settle(
-    probe: Any, *, quiet_s: float = 8.0, timeout: float = 300.0, interval: float = 1.0
+    probe: Any,
+    *,
+    quiet_s: float = 8.0,
+    timeout: float = 300.0,
+    interval: float = 1.0,
+    until: Any = None,
 ) -> Any:
-    """Wait until ``await probe()`` has not changed for ``quiet_s``; its last value."""
+    """Wait until ``until(value)`` holds, or ``await probe()`` has not changed for ``quiet_s``,
+    or ``timeout``; the last value."""
     deadline = time.monotonic() + timeout
     last = await probe()
     since = time.monotonic()
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (until and until(last)):
         await asyncio.sleep(interval)
         value = await probe()
         if value != last:
@@ -471,9 +477,57 @@ def check_logs(report: Report, text: str) -> None:
     halted = text.count("stage_halted")
     crashed = sum(1 for line in text.splitlines() if "crashed" in line.lower() and "Agent" in line)
     internal = text.count("internal_error stage=")
+    app_crashed = text.count("Crashed reason=")
+    if app_crashed:
+        report.fail(f"{app_crashed} app crash lines (Crashed reason=) in the worker logs")
     if halted:
         report.fail(f"{halted} stage_halted lines in the worker logs")
     if crashed:
         report.fail(f"{crashed} agent crash lines in the worker logs")
     if internal:
         report.notes.append(f"{internal} internal_error lines in the worker logs")
+
+
+def _stamp(line: str) -> datetime | None:
+    try:
+        return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+    except ValueError:
+        return None
+
+
+def startup_times(logs: Iterable[Any]) -> list[tuple[float, float]]:
+    """Per worker log that reached Ready: (seconds from its first line to Ready, of which
+    seconds reading the changelogs), from Faust's own log lines."""
+    found = []
+    for path in logs:
+        first = restoring = restored = ready = None
+        for line in path.read_text(errors="replace").splitlines():
+            at = _stamp(line)
+            if at is None:
+                continue
+            first = first or at
+            if "Restoring state from changelog topics" in line:
+                restoring = at
+            elif "Done reading from changelog topics" in line:
+                restored = at
+            elif "[^Worker]: Ready" in line:
+                ready = at
+                break
+        if first and ready:
+            restore = (restored - restoring).total_seconds() if restoring and restored else 0.0
+            found.append(((ready - first).total_seconds(), restore))
+    return found
+
+
+def describe_startups(report: Report, logs: Iterable[Any]) -> None:
+    """A note: how long the workers took from their first log line to Ready, and the restore."""
+    times = startup_times(logs)
+    if not times:
+        return
+    ready = sorted(t for t, _ in times)
+    restore = sorted(r for _, r in times)
+    report.notes.append(
+        f"worker start (first log line) to Ready: median {ready[len(ready) // 2]:.1f}s, "
+        f"max {ready[-1]:.1f}s; of which reading the changelogs: median "
+        f"{restore[len(restore) // 2]:.1f}s, max {restore[-1]:.1f}s ({len(times)} starts)"
+    )

@@ -41,30 +41,43 @@ async def in_flight(pool: Any, traffic: Traffic) -> int:
     return len(traffic.published.runs) - (stored or 0)
 
 
-def worker_alive(report: Report, group: Workers, when: str) -> bool:
-    """Whether the worker survived; a worker that exited is a failure, and is started again."""
+async def revive(report: Report, group: Workers, when: str) -> None:
+    """A worker that exited, or whose app crashed (Faust then hangs in its shutdown), is a
+    failure; it is killed and started again so that the run can still be counted."""
     process = group.running.get("a")
     code = process.process.poll() if process and process.process else None
-    if code is None:
-        return True
-    report.fail(f"the worker exited with {code} {when}")
-    group.running.pop("a")
-    return False
+    crashed = process is not None and "Crashed reason=" in process.log_path.read_text(
+        errors="replace"
+    )
+    if process is not None and code is None and not crashed:
+        return
+    why = f"exited with {code}" if code is not None else "crashed (its app stopped; see its log)"
+    report.fail(f"the worker {why} {when}: {process.log_path if process else ''}")
+    if process is not None:
+        group.kill9("a")
+    await group.start()
 
 
-async def progress_after(pool: Any, doers: list[str], since: float, what: str) -> float:
-    """Seconds from ``since`` until a run more is stored than when asked."""
-    before = await wait_for(
-        lambda: stored_or_none(pool, doers), lambda n: n is not None, timeout=120, what=what
-    )
-    await wait_for(
-        lambda: stored_or_none(pool, doers),
-        lambda n: n is not None and n > before,
-        timeout=300,
-        interval=0.2,
-        what=what,
-    )
-    return time.monotonic() - since
+async def progress_after(
+    report: Report, pool: Any, doers: list[str], since: float, what: str
+) -> None:
+    """Note the seconds from ``since`` until a run more is stored than when asked."""
+    try:
+        before = await wait_for(
+            lambda: stored_or_none(pool, doers), lambda n: n is not None, timeout=120, what=what
+        )
+        await wait_for(
+            lambda: stored_or_none(pool, doers),
+            lambda n: n is not None and n > before,
+            timeout=120,
+            interval=0.2,
+            what=f"progress after the {what}",
+        )
+    except TimeoutError as exc:
+        report.fail(str(exc))
+        return
+    report.recovery_s.append(time.monotonic() - since)
+    print(f"{what}: progress {report.recovery_s[-1]:.1f}s after it was back", flush=True)
 
 
 async def outages(
@@ -76,6 +89,7 @@ async def outages(
     bundles: int = 6,
     tasks: int = 2,
     every: float = 0.5,
+    burst: int = 1500,
 ) -> Report:
     """Restart the broker, then stop PostgreSQL for ``pg_outage_s``, with traffic in flight."""
     report = Report(
@@ -97,7 +111,8 @@ async def outages(
             flow = asyncio.create_task(
                 traffic.flow(stop, bundles=bundles, tasks=tasks, every=every)
             )
-            # A backlog first, so the faults land mid-stream.
+            # A burst first, so the fault lands mid-stream with runs not stored yet.
+            await traffic.send(traffic.round(burst, 0))
             await wait_for(lambda: in_flight(pool, traffic), lambda n: n >= 50, timeout=60)
             report.notes.append(
                 f"broker stopped with {await in_flight(pool, traffic)} runs unstored"
@@ -106,11 +121,11 @@ async def outages(
             await asyncio.sleep(broker_down_s)
             await asyncio.to_thread(found.kafka, "up")
             back = time.monotonic()
-            if not worker_alive(report, group, "after the broker restart"):
-                await group.start()
-            report.recovery_s.append(await progress_after(pool, doers, back, "broker restart"))
-            print(f"broker restart: progress {report.recovery_s[-1]:.1f}s after it was back")
+            await progress_after(report, pool, doers, back, "broker restart")
+            await asyncio.sleep(10)
+            await revive(report, group, "after the broker restart")
 
+            await traffic.send(traffic.round(burst, 0))
             await wait_for(lambda: in_flight(pool, traffic), lambda n: n >= 50, timeout=60)
             report.notes.append(
                 f"PostgreSQL stopped with {await in_flight(pool, traffic)} runs unstored"
@@ -119,16 +134,11 @@ async def outages(
             await asyncio.sleep(pg_outage_s)
             await asyncio.to_thread(found.postgres, "up")
             back = time.monotonic()
-            if not worker_alive(report, group, "during the PostgreSQL outage"):
-                await group.start()
-            report.recovery_s.append(await progress_after(pool, doers, back, "PostgreSQL outage"))
-            print(f"PostgreSQL outage: progress {report.recovery_s[-1]:.1f}s after it was back")
+            await progress_after(report, pool, doers, back, "PostgreSQL outage")
             await asyncio.sleep(10)  # traffic after both faults
+            await revive(report, group, "after the PostgreSQL outage")
             stop.set()
             await flow
-            worker_alive(report, group, "by the end")
-            if "a" not in group.running:
-                await group.start()
             await finish(report, found, pool, group, traffic)
     finally:
         await producer.stop()

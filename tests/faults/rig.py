@@ -262,6 +262,7 @@ def run_script(name: str, scenario: Any) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     # aiokafka logs every retry of a new topic or a restarted broker; the report says what matters.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)  # its reconnects in an outage
 
     async def body(found: Services) -> Any:
         pool = await prepare(found)
