@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any
 
+from agents.settings import Settings
 from learnops.client.router import Router
 from tests.faults.ledger import Report
 from tests.faults.rig import Services, run_script, settings_for, wait_for, workers
@@ -40,9 +41,10 @@ async def two_workers(
     every: float = 0.5,
 ) -> Report:
     """Kill one of two workers ``kills`` times (alternating), restarting it after the takeover."""
-    timeout = os.environ.get("LEARNOPS_SESSION_TIMEOUT_S", "the default")
+    default = Settings.model_fields["learnops_session_timeout_s"].default
+    timeout = os.environ.get("LEARNOPS_SESSION_TIMEOUT_S", f"{default:g}")
     report = Report(
-        f"two_workers: {kills} kills -9 of one of two workers (session timeout {timeout})"
+        f"two_workers: {kills} kills -9 of one of two workers (session timeout {timeout} s)"
     )
     settings = settings_for(found)
     producer = settings.kafka_producer(linger_ms=5)
