@@ -300,7 +300,7 @@ class CanaryStage(Stage):
 
         source = topics.source(topics.crl_computed, topics.task_routed, topics.policy_changes)
         app.agent(source, name=self.name)(canary)
-        app.timer(interval=SILENCE_CHECK_S)(self.pause_silent_deployments)
+        self.every(SILENCE_CHECK_S, self.pause_silent_deployments)
         # A deployment lives days, not months: its runs' claims go after 90 days.
         self.expire_claims_every(CLAIMS, 3600.0, timedelta(days=90))
 

@@ -124,7 +124,7 @@ class ExperimentsStage(Stage):
 
         source = topics.source(topics.commands, topics.crl_computed, topics.policy_changes)
         app.agent(source, name=self.name)(experiments)
-        app.timer(interval=app.learning.replay.check_interval_s)(self.expire_replays)
+        self.every(app.learning.replay.check_interval_s, self.expire_replays)
 
     async def handle(self, event: Any) -> None:
         """One event of the stage's three topics."""

@@ -79,7 +79,7 @@ class SkillsStage(Stage):
                     await self.process(events)
 
         app.agent(self.topics.crl_computed.channel, name=self.name)(skills)
-        app.timer(interval=app.learning.skills.tick_s)(self.refresh_due_cards)
+        self.every(app.learning.skills.tick_s, self.refresh_due_cards)
         self.expire_claims_every(CLAIMS, 3600.0, timedelta(days=HISTORY_DAYS + 1))
 
     def history(self, doer: str, today: date) -> dict[date, DailySkillStats]:

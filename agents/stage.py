@@ -17,12 +17,12 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
 
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
@@ -31,12 +31,18 @@ from agents.tables import DoerPartitions, doer_table
 from models.base import Event, describe_validation_error
 from models.keys import key_problem
 from storage.claims import expire_claims
+from storage.pool import TRANSIENT_ERRORS
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.stage")
 
+TIMER_ERRORS = Counter(
+    "learnops_timer_errors_total",
+    "Timer ticks that failed for an internal error (logged; the timer goes on), by stage.",
+    ["stage"],
+)
 STAGE_HALTED = Gauge(
     "learnops_stage_halted",
     "1 when a stage stopped after too many internal errors in a row (it needs a fix).",
@@ -97,6 +103,28 @@ class Stage:
             expires=expires,
         )
 
+    def every(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:
+        """Run ``tick`` every ``interval_s`` seconds on the worker; a failed tick never crashes it.
+
+        An exception in a Faust timer crashes the whole app (every stage stops,
+        and the process may hang in its shutdown). A tick that meets PostgreSQL
+        down is skipped and tried again at the next interval; any other error is
+        logged with its traceback and counted, and the timer goes on.
+        """
+        name = f"{type(self).__qualname__}.{getattr(tick, '__name__', 'tick')}"
+
+        async def guarded_tick() -> None:
+            try:
+                await tick()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("timer_skipped stage=%s timer=%s error=%r", self.name, name, exc)
+            except Exception:
+                TIMER_ERRORS.labels(self.name).inc()
+                log.exception("timer_failed stage=%s timer=%s", self.name, name)
+
+        guarded_tick.__qualname__ = name
+        self.app.timer(interval=interval_s)(guarded_tick)
+
     def expire_claims_every(self, consumer: str, interval_s: float, keep: timedelta) -> None:
         """Delete this stage's fold claims older than ``keep`` every ``interval_s`` seconds.
 
@@ -111,8 +139,8 @@ class Stage:
             if removed:
                 log.info("fold_claims_expired stage=%s removed=%d", self.name, removed)
 
-        expire.__qualname__ = f"{type(self).__qualname__}.expire_claims"
-        self.app.timer(interval=interval_s)(expire)
+        expire.__name__ = "expire_claims"
+        self.every(interval_s, expire)
 
     async def dead_letter(
         self, event: Any, *, error_type: str, reason: str, doer: str | None = None

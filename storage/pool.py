@@ -41,12 +41,16 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
 
 # Connection trouble, a server shutting down and lost concurrency races are waited
 # out and retried (the source offset does not move meanwhile): SQLSTATE class 08,
-# 57P01-57P03, 53300, 40001 and 40P01. Anything else PostgreSQL refuses is a
-# property of the data and is the caller's.
+# 57P01-57P03, 53300, 40001 and 40P01, and a connection the server dropped.
+# Anything else PostgreSQL refuses is a property of the data and is the caller's.
 TRANSIENT_ERRORS = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.ConnectionDoesNotExistError,
+    # A server that terminates connections mid-query leaves asyncpg's protocol in
+    # a state it reports as an internal client error ("cannot switch to state
+    # 12"); the next try gets a fresh connection.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
