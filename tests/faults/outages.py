@@ -95,6 +95,12 @@ async def outages(
     report = Report(
         f"outages: broker restart ({broker_down_s:.0f}s down), PostgreSQL down {pg_outage_s:.0f}s"
     )
+    if not found.own:
+        report.fail(
+            "outages stops and starts the broker and PostgreSQL: it needs its own; "
+            "unset KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL"
+        )
+        return report
     settings = settings_for(found)
     producer = settings.kafka_producer(linger_ms=5, request_timeout_ms=15_000)
     await producer.start()

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from learning.signing import SigningKey, generate_key
 from learning.simulation import Orchestrator
@@ -52,6 +53,19 @@ class Published:
                 self.routings[str(event.event_id)] = event
 
 
+def covering(prefix: str, per_partition: int, partitions: int = 4) -> list[str]:
+    """Plain doer names whose keys hash (the producer's murmur2) onto every partition."""
+    chosen: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    i = 0
+    while any(len(names) < per_partition for names in chosen.values()):
+        name = f"{prefix}Plain{i}"
+        part = DefaultPartitioner()(name.encode(), list(range(partitions)), list(range(partitions)))
+        if len(chosen[part]) < per_partition:
+            chosen[part].append(name)
+        i += 1
+    return [name for names in chosen.values() for name in names]
+
+
 @dataclass
 class Traffic:
     """Plain doers' bundles and two canaries' routed tasks, for one run of a fault script."""
@@ -65,8 +79,14 @@ class Traffic:
     published: Published = field(default_factory=Published)
     scenarios: list[CanaryScenario] = field(default_factory=list)
 
+    #: Doers whose keys land on every partition, this many per partition (0: no such care).
+    per_partition: int = 0
+
     def __post_init__(self) -> None:
-        self.doers = [f"{self.prefix}Plain{i}" for i in range(self.plain_doers)]
+        if self.per_partition:
+            self.doers = covering(self.prefix, self.per_partition)
+        else:
+            self.doers = [f"{self.prefix}Plain{i}" for i in range(self.plain_doers)]
         self.orchestrator = Orchestrator(
             seed=int(uuid.uuid4().int % 10_000),
             doers=tuple(self.doers),

@@ -55,8 +55,8 @@ async def two_workers(
             workers(found, "two_workers") as group,
         ):
             await group.start("a")
-            # Eight plain doers: their keys hash onto every one of the four partitions.
-            traffic = Traffic(pool, producer, router, plain_doers=8)
+            # Two plain doers on each of the four partitions, so every partition moves.
+            traffic = Traffic(pool, producer, router, per_partition=2)
             await traffic.setup()
             await group.start("b")
             doers = traffic.doers
