@@ -65,14 +65,24 @@ def _side(row: Any) -> dict[str, Any]:
     }
 
 
-async def replay_report(pool: Any, rid: str) -> dict[str, Any] | None:
-    """The replay as `learnops replay show --json` prints it, or None when unknown."""
-    row = await store.get_replay(pool, rid)
+async def replay_report(
+    pool: Any, rid: str, comparison_id: int | None = None
+) -> dict[str, Any] | None:
+    """The replay as `learnops replay show --json` prints it, or None when unknown.
+
+    With ``comparison_id`` (an experiment's), the replay, its control and verdict
+    as that experiment's decision recorded them: a replay row shared with later
+    experiments holds only the latest comparison.
+    """
+    row = await store.get_replay(pool, rid, comparison_id=comparison_id)
     if row is None:
         return None
     control = None
     if row["control_replay_id"] is not None:
-        control_row = await store.get_replay(pool, row["control_replay_id"])
+        control_hash = row.get("control_result_hash") if comparison_id is not None else None
+        control_row = await store.get_replay(
+            pool, row["control_replay_id"], result_hash=control_hash
+        )
         control = _side(control_row) if control_row else None
     return {
         **_side(row),
@@ -321,7 +331,11 @@ async def experiment_report(pool: Any, experiment_id: str) -> dict[str, Any] | N
     if row is None:
         return None
     history = await store.experiment_history(pool, experiment_id)
-    replay = await replay_report(pool, row["replay_id"]) if row["replay_id"] else None
+    replay = (
+        await replay_report(pool, row["replay_id"], row["comparison_id"])
+        if row["replay_id"]
+        else None
+    )
     request = await request_row(pool, row["request_id"]) if row["request_id"] else None
     return {
         "experiment_id": row["experiment_id"],

@@ -213,6 +213,14 @@ async def test_two_experiments_sharing_a_replay_keep_their_own_control_and_verdi
     assert as_judged["mean_crl"] == pytest.approx(0.3)
     control = await store.get_replay(db, r1, result_hash=as_judged["control_result_hash"])
     assert control["mean_crl"] == pytest.approx(0.5)
+    # What `learnops experiment show` prints for A: its own control and verdict.
+    from learnops.cli.experiments import experiment_report
+
+    report = await experiment_report(db, a)
+    assert report is not None
+    assert report["replay"]["control"]["replay_id"] == r1
+    assert report["replay"]["control"]["mean_crl"] == pytest.approx(0.5)
+    assert report["replay"]["verdict"] == a_evidence["verdict"]
     b_comparison = await store.experiment_comparison(db, b)
     assert (b_comparison["replay_id"], b_comparison["control_replay_id"]) == (r3, r2)
     assert b_comparison["verdict"] == b_evidence["verdict"]
