@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
 
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
-from agents.streams import batches, each
+from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
 from models.base import Event, describe_validation_error
 from models.keys import key_problem
@@ -205,30 +205,19 @@ class Stage:
         """Like :meth:`guarded` for a batch body: an unexpected error dead-letters every event.
 
         The batch is acked once the body has ended (:func:`agents.streams.batches`),
-        so without this a crash in a batch body would drop the batch.
-
-        A body that does not finish (cancelled, or its generator closed: how a
-        stopping worker ends an agent in the middle of a batch) leaves the batch
-        unacked, and this also takes one more reference on each event's message, so
-        that no ack that might still come for them (Faust's own ``take_events`` acks
-        a closed batch) lets a commit move past events whose effects never happened.
-        Whoever owns the partition next processes them again (every write is
-        idempotent). tests/integration/test_transport.py stops a worker in
-        mid-batch and checks that no offset was committed unprocessed.
+        so without this a crash in a batch body would drop the batch. A body that
+        does not finish leaves the batch unacked for good
+        (:func:`agents.streams.unacked_if_cut_short`).
         """
-        try:
-            yield
-        except Exception as exc:
-            log.exception("internal_error stage=%s batch=%d", self.name, len(events))
-            await self._internal_error()
-            reason = _internal_reason(exc)
-            for event in events:
-                await self.dead_letter(event, error_type="internal", reason=reason)
-        except BaseException:  # CancelledError, GeneratorExit: the worker is stopping
-            for event in events:
-                event.message.incref()
-            log.info("batch_unfinished stage=%s batch=%d left unacked", self.name, len(events))
-            raise
+        async with unacked_if_cut_short(events, stage=self.name):
+            try:
+                yield
+            except Exception as exc:
+                log.exception("internal_error stage=%s batch=%d", self.name, len(events))
+                await self._internal_error()
+                reason = _internal_reason(exc)
+                for event in events:
+                    await self.dead_letter(event, error_type="internal", reason=reason)
 
     async def _internal_error(self) -> None:
         """Count an internal error; past the limit, stop the stage here for good.

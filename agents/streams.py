@@ -35,8 +35,12 @@ every batch before it hands over the next, however many events are waiting; at
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+
+log = logging.getLogger("learnops.streams")
 
 
 async def each(stream: Any) -> AsyncIterator[Any]:
@@ -65,3 +69,26 @@ async def batches(stream: Any, max_events: int) -> AsyncIterator[list[Any]]:
         yield batch
         for event in batch:
             await stream.ack(event)
+
+
+@asynccontextmanager
+async def unacked_if_cut_short(events: list[Any], *, stage: str) -> AsyncIterator[None]:
+    """Keep a batch unacked, for good, when its body does not finish.
+
+    A body that is cancelled or whose generator is closed (how a stopping worker
+    ends an agent in the middle of a batch) takes one more reference on each
+    event's message, so that no ack that might still come for them (Faust's own
+    ``take_events`` acks a closed batch) lets a commit move past events whose
+    effects never happened. Whoever owns the partition next processes them
+    again (every write is idempotent). tests/integration/test_transport.py stops
+    a worker in mid-batch and checks that no offset was committed unprocessed.
+    """
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException:  # CancelledError, GeneratorExit: the worker is stopping
+        for event in events:
+            event.message.incref()
+        log.info("batch_unfinished stage=%s batch=%d left unacked", stage, len(events))
+        raise

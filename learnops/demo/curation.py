@@ -71,12 +71,14 @@ async def curation(
     bundles = [
         bundle
         for record in await read_from_start(settings, "learning.run-completed", timeout=60)
-        if prefix in record.value and (bundle := _bundle(record.value)) is not None
+        if record.value is not None
+        and prefix in record.value
+        and (bundle := _bundle(record.value)) is not None
     ]
     samples = [
         SampleCurated.model_validate_json(record.value)
         for record in await read_from_start(settings, "learning.samples", timeout=60)
-        if prefix in record.value
+        if record.value is not None and prefix in record.value
     ]
     alerts = [
         alert

@@ -74,14 +74,13 @@ def run_worker(argv: Sequence[str] | None = None) -> None:
     seen = Path(args.seen).open("a", buffering=1)  # noqa: SIM115 - open for the worker's life
 
     if args.batch:
-        from agents.dlq import guarded_batch
-        from agents.streams import batches
+        from agents.streams import batches, unacked_if_cut_short
 
         @app.agent(source, name="record")
         async def record_batches(stream: Any) -> None:
             # As the stages do: the effect (here, the line per offset) at the end of the body.
             async for events in batches(stream, args.batch):
-                async with guarded_batch(events, stage="record"):
+                async with unacked_if_cut_short(events, stage="record"):
                     await asyncio.sleep(args.delay)
                     for event in events:
                         seen.write(f"{event.message.partition} {event.message.offset}\n")
