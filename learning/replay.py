@@ -20,7 +20,11 @@ design.md):
 
 :func:`decide` applies a :class:`ReplayRule`: the candidate passes when its
 mean CRL is below the control's by at least the required margin *and* its
-stability is at least ``min_stability`` (0.9 by default). Lower CRL is better.
+stability is at least ``min_stability`` (0.9 by default), over at least
+``min_seeds`` seeds. Given :func:`paired_improvement` of the two replays'
+task losses, it also needs the lower confidence bound of the paired
+improvement above the margin, so an identical candidate passes at most
+``alpha`` of the time. Lower CRL is better.
 
 :func:`deterministic_output` is the pure core of the local executor: a
 synthetic learning-bundle result that depends only on the policy artifact,
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from scipy import stats
 
 from learning.moments import Moments
 from learning.signing import canonical_json, content_hash
@@ -149,8 +154,12 @@ class ReplayRule:
     at least ``max(min_improvement, min_improvement_pct × control mean)``, and
     its stability must be at least ``min_stability`` ("at least" forgives float
     rounding, so 0.50 − 0.45 meets a margin of 0.05). ``min_seeds`` guards
-    against a one-seed replay, whose stability is 1 by definition; 3 or more is
-    advisable, 1 keeps the rule as design.md states it. With
+    against a one-seed replay, whose stability is 1 by definition (1 keeps the
+    rule as design.md states it). Given the paired task losses, :func:`decide`
+    also needs ``min_paired_seeds`` (3) seeds, a lower confidence bound of the
+    improvement above the margin, and checks the per-run
+    ``seed_stability`` against ``min_seed_stability`` instead of the per-seed-mean
+    stability (see :class:`PairedImprovement`). With
     ``require_same_seeds`` both replays must have used the same seed set, so
     the comparison is paired.
     """
@@ -160,6 +169,8 @@ class ReplayRule:
     min_improvement_pct: float = 0.0
     min_seeds: int = 1
     require_same_seeds: bool = True
+    min_seed_stability: float = 0.5
+    min_paired_seeds: int = 3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_stability <= 1.0:
@@ -172,6 +183,10 @@ class ReplayRule:
             )
         if self.min_seeds < 1:
             raise ValueError(f"min_seeds {self.min_seeds} must be at least 1")
+        if self.min_paired_seeds < 2:
+            raise ValueError(f"min_paired_seeds {self.min_paired_seeds} must be at least 2")
+        if not 0.0 <= self.min_seed_stability <= 1.0:
+            raise ValueError(f"min_seed_stability {self.min_seed_stability} is outside [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -186,12 +201,118 @@ class ReplayVerdict:
         return self.passed
 
 
+@dataclass(frozen=True)
+class PairedImprovement:
+    """The paired improvement (control − candidate loss per sample and seed) and its bounds.
+
+    ``lower`` is the one-sided level-(1 − alpha) lower confidence bound of the
+    mean improvement on the golden set. The golden set is frozen, so the claim
+    is about these samples and the randomness is the seeds': each sample's
+    improvement is averaged over the seeds both replays ran, and the bound uses
+    the pooled within-sample variance across seeds. ``seed_stability`` is
+    ``1 − sqrt(mean within-sample variance across seeds) / mean loss`` of the
+    candidate, clamped to [0, 1]: the
+    run-to-run noise of one task under re-seeding, which does not shrink or
+    grow with the number of runs per seed (the per-seed-means CV does).
+    """
+
+    mean: float
+    lower: float
+    alpha: float
+    samples: int
+    seeds: int
+    seed_stability: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain mapping for a JSON column or an event."""
+        return {
+            "mean": self.mean,
+            "lower": self.lower,
+            "alpha": self.alpha,
+            "samples": self.samples,
+            "seeds": self.seeds,
+            "seed_stability": self.seed_stability,
+        }
+
+
+def paired_improvement(
+    candidate: Iterable[tuple[int, str, float]],
+    control: Iterable[tuple[int, str, float]],
+    *,
+    alpha: float = 0.05,
+) -> PairedImprovement:
+    """Paired improvement of the candidate over the control on the (seed, sample) pairs both ran.
+
+    Takes the same (seed, sample id, loss) triples as :func:`fold_task_losses`.
+    The bound is Student's one-sided t for the mean of per-sample means in a
+    one-way layout with fixed sample effects: with ``d_is`` the improvement of
+    sample i under seed s, ``S_i`` its seeds and the pooled within-sample
+    variance ``σ̂² = Σ_i Σ_s (d_is − d̄_i)² / Σ_i (S_i − 1)``,
+
+        lower = d̄ − t_{1−α, Σ(S_i−1)} · sqrt(σ̂² · Σ_i 1/S_i) / n
+
+    (Scheffé, The Analysis of Variance, 1959, ch. 3). It needs a sample run
+    under at least two seeds; otherwise the bound is −inf.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha {alpha} is not between 0 and 1")
+    cand = {(int(seed), str(sample)): float(loss) for seed, sample, loss in candidate}
+    ctrl = {(int(seed), str(sample)): float(loss) for seed, sample, loss in control}
+    pairs = sorted(set(cand) & set(ctrl))
+    if not pairs:
+        raise ValueError("no (seed, sample) ran in both replays: nothing to pair")
+    samples = sorted({sample for _, sample in pairs})
+    seeds = sorted({seed for seed, _ in pairs})
+    index = {sample: i for i, sample in enumerate(samples)}
+    diff_sum = np.zeros(len(samples))
+    count = np.zeros(len(samples))
+    within = Moments()
+    by_sample: dict[str, Moments] = {}
+    for key in pairs:
+        i = index[key[1]]
+        diff_sum[i] += ctrl[key] - cand[key]
+        count[i] += 1
+        by_sample.setdefault(key[1], Moments()).add(cand[key])
+    per_sample = diff_sum / count
+    mean = float(per_sample.mean())
+    n = len(samples)
+    squares = sum((ctrl[key] - cand[key] - per_sample[index[key[1]]]) ** 2 for key in pairs)
+    dof = int(count.sum()) - n
+    if dof >= 1:
+        se = math.sqrt(squares / dof * float(np.sum(1.0 / count))) / n
+        lower = mean - float(stats.t.ppf(1.0 - alpha, dof)) * se
+    else:
+        lower = -math.inf
+    for m in by_sample.values():
+        if m.count >= 2:
+            within.add(m.variance)
+    loss_mean = float(np.mean([cand[k] for k in pairs]))
+    noise = math.sqrt(within.mean) if within.count else 0.0
+    return PairedImprovement(
+        mean=mean,
+        lower=lower,
+        alpha=alpha,
+        samples=n,
+        seeds=len(seeds),
+        seed_stability=stability(loss_mean, noise) if within.count else 1.0,
+    )
+
+
 def decide(
     candidate: ReplaySummary,
     control: ReplaySummary,
     rule: ReplayRule | None = None,
+    *,
+    paired: PairedImprovement | None = None,
 ) -> ReplayVerdict:
-    """Apply the replay rule to a candidate and its control; every failed condition is named."""
+    """Apply the replay rule to a candidate and its control; every failed condition is named.
+
+    With ``paired`` (from :func:`paired_improvement` on the two replays' task
+    losses) the improvement must be shown: its lower confidence bound must be
+    above 0 and at least the required margin, and the stability checked is the
+    paired ``seed_stability``. Without it the rule compares means only (the
+    old behaviour, which passes an identical candidate about half the time).
+    """
     rule = rule or ReplayRule()
     improvement = control.mean_crl - candidate.mean_crl
     improvement_pct = improvement / control.mean_crl if control.mean_crl > 0 else None
@@ -227,7 +348,33 @@ def decide(
         failures.append(f"{len(candidate.seeds)} seed(s), fewer than the {rule.min_seeds} required")
     if not (improvement > 0 and _at_least(improvement, required)):
         failures.append(crl_text)
-    if not _at_least(candidate.stability, rule.min_stability):
+    if paired is not None:
+        numbers.update(
+            paired_improvement_mean=paired.mean,
+            paired_improvement_lower=paired.lower,
+            paired_alpha=paired.alpha,
+            paired_samples=paired.samples,
+            paired_seeds=paired.seeds,
+            candidate_seed_stability=paired.seed_stability,
+        )
+        bound_text = (
+            f"paired improvement {paired.mean:.4f}, {1 - paired.alpha:.0%} lower bound "
+            f"{paired.lower:.4f} over {paired.samples} samples × {paired.seeds} seeds, "
+            f"required > 0 and ≥ {required:.4f}"
+        )
+        crl_text = f"{crl_text}; {bound_text}"
+        if not (paired.lower > 0 and _at_least(paired.lower, required)):
+            failures.append(bound_text)
+        stability_text = (
+            f"candidate seed stability {paired.seed_stability:.3f} vs minimum "
+            f"{rule.min_seed_stability:.3f}"
+        )
+        if paired.seeds < max(rule.min_seeds, rule.min_paired_seeds):
+            needed = max(rule.min_seeds, rule.min_paired_seeds)
+            failures.append(f"{paired.seeds} paired seed(s), fewer than the {needed} required")
+        if not _at_least(paired.seed_stability, rule.min_seed_stability):
+            failures.append(stability_text)
+    elif not _at_least(candidate.stability, rule.min_stability):
         failures.append(stability_text)
     if failures:
         return ReplayVerdict(False, "failed: " + "; ".join(failures), numbers)

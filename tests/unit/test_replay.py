@@ -20,7 +20,9 @@ from learning.replay import (
     SeedResult,
     decide,
     deterministic_output,
+    fold_task_losses,
     manifest_hash,
+    paired_improvement,
     per_seed_results,
     plan_tasks,
     replay_id,
@@ -214,7 +216,7 @@ def test_candidate_worse_than_control_fails() -> None:
 
 
 def test_absolute_margin_must_be_met() -> None:
-    candidate, control = summary(0.45, 0.45), summary(0.50, 0.50)
+    candidate, control = summary(0.45, 0.45, 0.45), summary(0.50, 0.50, 0.50)
     assert decide(candidate, control, ReplayRule(min_improvement=0.04)).passed
     assert decide(candidate, control, ReplayRule(min_improvement=0.05)).passed  # "at least"
     failed = decide(candidate, control, ReplayRule(min_improvement=0.06))
@@ -224,7 +226,7 @@ def test_absolute_margin_must_be_met() -> None:
 
 
 def test_relative_margin_is_a_share_of_the_control_mean() -> None:
-    candidate, control = summary(0.45, 0.45), summary(0.50, 0.50)
+    candidate, control = summary(0.45, 0.45, 0.45), summary(0.50, 0.50, 0.50)
     assert decide(candidate, control, ReplayRule(min_improvement_pct=0.09)).passed
     failed = decide(candidate, control, ReplayRule(min_improvement_pct=0.11))
     assert not failed.passed
@@ -246,9 +248,9 @@ def test_unstable_candidate_fails_even_when_better() -> None:
 
 
 def test_stability_threshold_is_configurable_and_inclusive() -> None:
-    candidate = summary(1.8, 2.2)  # mean 2, std 0.2828…, stability 0.8586
-    control = summary(3.0, 3.0)
-    assert not decide(candidate, control).passed
+    candidate = summary(1.8, 2.0, 2.2)  # mean 2, std 0.2, stability 0.9
+    control = summary(3.0, 3.0, 3.0)
+    assert not decide(candidate, control, ReplayRule(min_stability=0.95)).passed
     assert decide(candidate, control, ReplayRule(min_stability=0.85)).passed
     exact = candidate.stability
     assert decide(candidate, control, ReplayRule(min_stability=exact)).passed
@@ -260,8 +262,8 @@ def test_every_failed_condition_is_named() -> None:
 
 
 def test_replays_over_different_seeds_are_not_compared() -> None:
-    candidate = summary(0.3, 0.3, seeds=(1, 2))
-    control = summary(0.5, 0.5, seeds=(1, 3))
+    candidate = summary(0.3, 0.3, 0.3, seeds=(1, 2, 4))
+    control = summary(0.5, 0.5, 0.5, seeds=(1, 3, 4))
     verdict = decide(candidate, control)
     assert not verdict.passed
     assert "seed sets differ" in verdict.reason
@@ -475,3 +477,93 @@ async def test_a_local_executor_satisfies_the_protocol_and_is_repeatable() -> No
     first, again = await executor.execute(task), await executor.execute(task)
     assert canonical_json(first) == canonical_json(again)
     assert first == deterministic_output(POLICY, SAMPLE, 7)
+
+
+# --------------------------------------------------------------------------- paired bound
+
+
+def _replay_losses(
+    rng: np.random.Generator, scale: float, samples: int, seeds: int
+) -> tuple[list[tuple[int, str, float]], list[tuple[int, str, float]]]:
+    """Control and candidate (seed, sample, loss): a per-sample difficulty, skewed seed noise."""
+    difficulty = rng.lognormal(0.0, 0.5, samples)
+    control, candidate = [], []
+    for seed in range(seeds):
+        for i in range(samples):
+            control.append((seed, f"s{i}", float(difficulty[i] * rng.lognormal(0.0, 0.3))))
+            candidate.append(
+                (seed, f"s{i}", float(scale * difficulty[i] * rng.lognormal(0.0, 0.3)))
+            )
+    return candidate, control
+
+
+def _passes(scale: float, replications: int, seed: int, seeds: int = 3) -> float:
+    rng = np.random.default_rng(seed)
+    passed = 0
+    for _ in range(replications):
+        candidate, control = _replay_losses(rng, scale, samples=12, seeds=seeds)
+        paired = paired_improvement(candidate, control)
+        verdict = decide(
+            summarize(fold_task_losses(candidate)),
+            summarize(fold_task_losses(control)),
+            ReplayRule(min_stability=0.0),
+            paired=paired,
+        )
+        passed += verdict.passed
+    return passed / replications
+
+
+def test_an_identical_candidate_passes_a_paired_replay_at_most_alpha_of_the_time() -> None:
+    assert _passes(1.0, 400, seed=1) <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 400)
+
+
+def test_a_candidate_ten_percent_better_passes_once_there_are_enough_seeds() -> None:
+    # Seed noise with a 30 % CV per run: 12 samples × 3 seeds is too few to show
+    # 10 % at 95 % confidence (about a third pass); 12 × 20 passes ≥ 90 %.
+    assert _passes(0.9, 200, seed=2, seeds=3) < 0.5
+    assert _passes(0.9, 200, seed=3, seeds=20) >= 0.90
+
+
+def test_paired_bound_is_below_the_mean_and_needs_two_seeds_per_sample() -> None:
+    candidate = [(1, "a", 0.4), (2, "a", 0.5), (1, "b", 0.3), (2, "b", 0.35)]
+    control = [(1, "a", 0.5), (2, "a", 0.6), (1, "b", 0.4), (2, "b", 0.5)]
+    paired = paired_improvement(candidate, control)
+    assert paired.mean == pytest.approx(0.1125)
+    assert paired.lower < paired.mean
+    assert (paired.samples, paired.seeds) == (2, 2)
+    one_seed = paired_improvement(candidate[::2], control[::2])
+    assert one_seed.lower == -math.inf
+
+
+def test_seed_stability_does_not_depend_on_the_runs_per_seed() -> None:
+    rng = np.random.default_rng(4)
+    small = paired_improvement(*_replay_losses(rng, 1.0, samples=100, seeds=3)).seed_stability
+    large = paired_improvement(*_replay_losses(rng, 1.0, samples=1000, seeds=3)).seed_stability
+    assert abs(small - large) < 0.03
+    per_seed_small = summarize(fold_task_losses(_replay_losses(rng, 1.0, 100, 3)[0])).stability
+    per_seed_large = summarize(fold_task_losses(_replay_losses(rng, 1.0, 1000, 3)[0])).stability
+    assert per_seed_large > per_seed_small  # the old measure drifts with runs per seed
+
+
+def test_a_paired_verdict_needs_three_seeds() -> None:
+    candidate = [(s, f"x{i}", 0.1) for s in (1, 2) for i in range(5)]
+    control = [(s, f"x{i}", 0.9 + 0.01 * s) for s in (1, 2) for i in range(5)]
+    verdict = decide(
+        summarize(fold_task_losses(candidate)),
+        summarize(fold_task_losses(control)),
+        paired=paired_improvement(candidate, control),
+    )
+    assert not verdict.passed
+    assert "2 paired seed(s), fewer than the 3 required" in verdict.reason
+
+
+def test_a_paired_verdict_names_the_bound_and_fails_without_evidence() -> None:
+    candidate = [(s, "a", 0.5) for s in (1, 2, 3)]
+    control = [(s, "a", 0.5) for s in (1, 2, 3)]
+    verdict = decide(
+        summarize(fold_task_losses(candidate)),
+        summarize(fold_task_losses(control)),
+        paired=paired_improvement(candidate, control),
+    )
+    assert not verdict.passed
+    assert "lower bound" in verdict.reason
