@@ -1,0 +1,26 @@
+"""Read-only queries of the operator console (issue 18), over the dashboard views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def crl_trend_overall(pool: Any, days: int = 30) -> list[dict[str, Any]]:
+    """CRL over all doers per day for the last DAYS days, with the 7-day baseline."""
+    rows = await pool.fetch(
+        "SELECT day, runs, mean_crl, baseline_crl, delta_vs_baseline FROM v_crl_trend_overall"
+        " WHERE day > (SELECT max(day) FROM v_crl_trend_overall) - $1::int ORDER BY day",
+        days,
+    )
+    return [dict(row) for row in rows]
+
+
+async def experiments_per_day(pool: Any, days: int = 30) -> list[dict[str, Any]]:
+    """Experiments started per day and type for the last DAYS days."""
+    rows = await pool.fetch(
+        "SELECT day, experiment_type, experiments, concluded, promoted FROM v_experiments_per_day"
+        " WHERE day > (SELECT max(day) FROM v_experiments_per_day) - $1::int"
+        " ORDER BY day, experiment_type",
+        days,
+    )
+    return [dict(row) for row in rows]
