@@ -32,3 +32,38 @@ async def test_experiments_per_day_answers_on_any_data(db: Any) -> None:
     rows = await experiments_per_day(db)
     total = await db.fetchval("SELECT count(*) FROM experiments")
     assert sum(row["experiments"] for row in rows) <= total
+
+
+async def test_api_and_overview_show_the_database_figures(db: Any, database_url: str) -> None:
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from learnops.console import create_console
+
+    await db.execute(
+        "INSERT INTO learning_progress (doer, day, runs, mean_crl, m2) VALUES"
+        " ('console-c', $1, 5, 0.5, 0)"
+        " ON CONFLICT DO NOTHING",
+        date(2001, 1, 3),
+    )
+    expected = await db.fetch("SELECT day, runs, mean_crl FROM v_crl_trend_overall ORDER BY day")
+    shown = await crl_trend_overall(db)
+
+    def call() -> tuple[Any, str, Any, int]:
+        with TestClient(create_console(database_url)) as client:
+            api = client.get("/api/crl/trend", params={"days": 10000}).json()
+            page = client.get("/").text
+            spec = client.get("/openapi.json").json()
+            js = client.get("/static/plotly.min.js").status_code
+        return api, page, spec, js
+
+    api, page, spec, js = await asyncio.to_thread(call)
+    assert [(row["day"], row["runs"]) for row in api] == [
+        (str(r["day"]), r["runs"]) for r in expected
+    ]
+    assert [row["mean_crl"] for row in api] == pytest.approx([r["mean_crl"] for r in expected])
+    assert "/api/crl/trend" in spec["paths"] and "/api/experiments/per-day" in spec["paths"]
+    for row in shown:
+        assert f'data-day="{row["day"]}"' in page and f"{row['mean_crl']:.4f}" in page
+    assert js == 200

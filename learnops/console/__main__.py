@@ -1,0 +1,22 @@
+"""`python -m learnops.console [--host H] [--port P]`: run the console with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from agents.settings import load_settings
+from learnops.console.app import create_console
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="learnops-console")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+    uvicorn.run(create_console(load_settings().database_dsn), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()
