@@ -245,3 +245,12 @@ def main() -> None:
     except (SettingsError, TopicCatalogError) as exc:
         sys.exit(f"learnops: {exc}")
     app.main()
+
+
+@faust_cli.cli.command("serve", help="Start the read-only operator console (dashboard, JSON API).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+def serve(host: str, port: int) -> None:
+    from learnops.console.__main__ import serve as run
+
+    run(host, port)

@@ -10,12 +10,17 @@ from agents.settings import load_settings
 from learnops.console.app import create_console
 
 
+def serve(host: str, port: int) -> None:
+    """Run the console on HOST:PORT until interrupted."""
+    uvicorn.run(create_console(load_settings().database_dsn), host=host, port=port)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="learnops-console")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
-    uvicorn.run(create_console(load_settings().database_dsn), host=args.host, port=args.port)
+    serve(args.host, args.port)
 
 
 if __name__ == "__main__":
