@@ -65,3 +65,10 @@ step "Done"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
 echo "Look around: learnops topics describe · kcat -b $KAFKA_BOOTSTRAP_SERVERS -t learning.dlq -C -e · psql \"\$DATABASE_URL\""
 echo "Stop the services with: make down"
+
+step "The operator console (read-only dashboard and JSON API)"
+console_port="${LEARNOPS_CONSOLE_PORT:-8080}"
+mkdir -p "$state"
+nohup "$bin/learnops" serve --host 127.0.0.1 --port "$console_port" >"$state/console.log" 2>&1 &
+echo "$!" >"$state/console.pid"
+echo "Dashboard: http://127.0.0.1:$console_port/  (API: /api/…, OpenAPI: /openapi.json; log $state/console.log; stop: kill \$(cat $state/console.pid))"
