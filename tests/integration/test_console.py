@@ -67,3 +67,88 @@ async def test_api_and_overview_show_the_database_figures(db: Any, database_url:
     for row in shown:
         assert f'data-day="{row["day"]}"' in page and f"{row['mean_crl']:.4f}" in page
     assert js == 200
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_overview_in_headless_chromium_shows_the_database_figures(
+    db: Any, database_url: str
+) -> None:
+    """Real browser: Debian's chromium + chromedriver via Selenium; saves a screenshot."""
+    import asyncio
+    import subprocess
+    import threading
+    import time
+    from pathlib import Path
+
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+
+    from learnops.console import create_console
+
+    repo = Path(__file__).resolve().parents[2]
+    await asyncio.to_thread(
+        subprocess.run, ["bash", str(repo / "scripts" / "chromium.sh")], check=True, timeout=600
+    )
+    await db.execute(
+        "INSERT INTO learning_progress (doer, day, runs, mean_crl, m2) VALUES"
+        " ('console-d', $1, 4, 0.25, 0) ON CONFLICT DO NOTHING",
+        date(2001, 1, 4),
+    )
+    shown = await crl_trend_overall(db)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_console(database_url), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def browse() -> tuple[list[tuple[str, str]], bool]:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        options = webdriver.ChromeOptions()
+        options.binary_location = "/usr/bin/chromium"
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--window-size=1000,900",
+        ):
+            options.add_argument(arg)
+        service = webdriver.ChromeService(executable_path="/usr/bin/chromedriver")
+        driver = webdriver.Chrome(options=options, service=service)
+        try:
+            driver.get(f"http://127.0.0.1:{port}/")
+            rows = [
+                (
+                    str(row.get_attribute("data-day")),
+                    row.find_element(By.CLASS_NAME, "mean-crl").text,
+                )
+                for row in driver.find_elements(By.CSS_SELECTOR, "#crl-table tr[data-day]")
+            ]
+            time.sleep(0.5)
+            charted = bool(driver.find_elements(By.CSS_SELECTOR, "#crl-chart .main-svg"))
+            out = repo / "docs" / "screenshots"
+            out.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(out / "console-overview.png"))
+            return rows, charted
+        finally:
+            driver.quit()
+
+    try:
+        rows, charted = await asyncio.to_thread(browse)
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 10)
+    assert rows == [(str(row["day"]), f"{row['mean_crl']:.4f}") for row in shown]
+    assert charted, "the plotly chart did not render"
