@@ -24,3 +24,25 @@ async def experiments_per_day(pool: Any, days: int = 30) -> list[dict[str, Any]]
         days,
     )
     return [dict(row) for row in rows]
+
+
+async def doers(pool: Any) -> list[dict[str, Any]]:
+    """Every doer with its latest day, 7-day mean CRL and change against its baseline."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT ON (doer) doer, day, mean_crl_7d, delta_vs_baseline"
+        " FROM v_crl_trend_by_doer ORDER BY doer, day DESC"
+    )
+    return [dict(row) for row in rows]
+
+
+async def doer_trend(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:
+    """DOER's CRL per day for its last DAYS days, with the 7-day baseline."""
+    rows = await pool.fetch(
+        "SELECT day, runs, mean_crl, baseline_crl, delta_vs_baseline FROM v_crl_trend_by_doer"
+        " WHERE doer = $1"
+        " AND day > (SELECT max(day) FROM learning_progress WHERE doer = $1) - $2::int"
+        " ORDER BY day",
+        doer,
+        days,
+    )
+    return [dict(row) for row in rows]

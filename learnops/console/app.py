@@ -35,6 +35,13 @@ class ExperimentsDay(BaseModel):
     promoted: int
 
 
+class DoerSummary(BaseModel):
+    doer: str
+    day: date
+    mean_crl_7d: float
+    delta_vs_baseline: float | None
+
+
 def plotly_bundle() -> Path | None:
     """plotly.min.js from the installed plotly package (the machines are offline: no CDN)."""
     spec = importlib.util.find_spec("plotly")
@@ -71,6 +78,33 @@ def create_console(database_dsn: str) -> FastAPI:
         """Experiments started per day and type, concluded and promoted."""
         return await dashboard.experiments_per_day(pool(request), days)
 
+    @app.get("/api/doers", response_model=list[DoerSummary])
+    async def api_doers(request: Request) -> list[dict[str, Any]]:
+        """Every doer with its latest 7-day mean CRL and change against its baseline."""
+        return await dashboard.doers(pool(request))
+
+    @app.get("/api/doers/{doer}/trend", response_model=list[CRLDay])
+    async def api_doer_trend(request: Request, doer: str, days: int = 30) -> list[dict[str, Any]]:
+        """The doer's CRL per day, with the trailing 7-day baseline."""
+        return await dashboard.doer_trend(pool(request), doer, days)
+
+    @app.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
+    async def doer_page(request: Request, doer: str) -> HTMLResponse:
+        trend = await dashboard.doer_trend(pool(request), doer)
+        if not trend:
+            raise HTTPException(404, f"no runs of {doer}")
+        return TEMPLATES.TemplateResponse(
+            request,
+            "doer.html",
+            {
+                "doer": doer,
+                "trend": trend,
+                "days": [str(row["day"]) for row in trend],
+                "crl": [row["mean_crl"] for row in trend],
+                "baseline": [row["baseline_crl"] for row in trend],
+            },
+        )
+
     @app.get("/static/plotly.min.js", include_in_schema=False)
     async def plotly_js() -> FileResponse:
         path = plotly_bundle()
@@ -82,12 +116,14 @@ def create_console(database_dsn: str) -> FastAPI:
     async def overview(request: Request) -> HTMLResponse:
         trend = await dashboard.crl_trend_overall(pool(request))
         experiments = await dashboard.experiments_per_day(pool(request))
+        doers = await dashboard.doers(pool(request))
         return TEMPLATES.TemplateResponse(
             request,
             "overview.html",
             {
                 "trend": trend,
                 "experiments": experiments,
+                "doers": doers,
                 "days": [str(row["day"]) for row in trend],
                 "crl": [row["mean_crl"] for row in trend],
                 "baseline": [row["baseline_crl"] for row in trend],

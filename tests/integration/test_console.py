@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from storage.dashboard import crl_trend_overall, experiments_per_day
+from storage.dashboard import crl_trend_overall, doer_trend, experiments_per_day
 
 
 async def test_crl_trend_overall_weights_doers_by_runs_and_has_a_baseline(db: Any) -> None:
@@ -103,6 +103,7 @@ async def test_overview_in_headless_chromium_shows_the_database_figures(
         date(2001, 1, 4),
     )
     shown = await crl_trend_overall(db)
+    doer_shown = await doer_trend(db, "console-d")
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -112,7 +113,7 @@ async def test_overview_in_headless_chromium_shows_the_database_figures(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
 
-    def browse() -> tuple[list[tuple[str, str]], bool]:
+    def browse() -> tuple[list[tuple[str, str]], bool, list[tuple[str, str]]]:
         deadline = time.monotonic() + 20
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -141,14 +142,27 @@ async def test_overview_in_headless_chromium_shows_the_database_figures(
             out = repo / "docs" / "screenshots"
             out.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(out / "console-overview.png"))
-            return rows, charted
+            driver.find_element(By.LINK_TEXT, "console-d").click()
+            assert driver.find_element(By.ID, "doer").text == "console-d"
+            doer_rows = [
+                (
+                    str(row.get_attribute("data-day")),
+                    row.find_element(By.CLASS_NAME, "mean-crl").text,
+                )
+                for row in driver.find_elements(By.CSS_SELECTOR, "#crl-table tr[data-day]")
+            ]
+            time.sleep(0.5)
+            driver.save_screenshot(str(out / "console-doer.png"))
+            return rows, charted, doer_rows
         finally:
             driver.quit()
 
     try:
-        rows, charted = await asyncio.to_thread(browse)
+        rows, charted, doer_rows = await asyncio.to_thread(browse)
     finally:
         server.should_exit = True
         await asyncio.to_thread(thread.join, 10)
     assert rows == [(str(row["day"]), f"{row['mean_crl']:.4f}") for row in shown]
     assert charted, "the plotly chart did not render"
+    assert doer_rows == [(str(row["day"]), f"{row['mean_crl']:.4f}") for row in doer_shown]
+    assert doer_rows, "the doer page shows no days"
