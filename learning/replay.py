@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from scipy import stats
 
 from learning.moments import Moments
 from learning.signing import canonical_json, content_hash
@@ -280,6 +279,10 @@ def paired_improvement(
     dof = int(count.sum()) - n
     if dof >= 1:
         se = math.sqrt(squares / dof * float(np.sum(1.0 / count))) / n
+        # scipy on first use only: the replay executor (learnops.client) imports this
+        # module and must not pull in scipy.
+        from scipy import stats
+
         lower = mean - float(stats.t.ppf(1.0 - alpha, dof)) * se
     else:
         lower = -math.inf
