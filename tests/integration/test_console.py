@@ -97,10 +97,10 @@ async def test_overview_in_headless_chromium_shows_the_database_figures(
     await asyncio.to_thread(
         subprocess.run, ["bash", str(repo / "scripts" / "chromium.sh")], check=True, timeout=600
     )
-    await db.execute(
+    await db.executemany(
         "INSERT INTO learning_progress (doer, day, runs, mean_crl, m2) VALUES"
-        " ('console-d', $1, 4, 0.25, 0) ON CONFLICT DO NOTHING",
-        date(2001, 1, 4),
+        " ('console-d', $1, 4, $2, 0) ON CONFLICT DO NOTHING",
+        [(date(2001, 1, 2), 0.6), (date(2001, 1, 3), 0.4), (date(2001, 1, 4), 0.25)],
     )
     shown = await crl_trend_overall(db)
     doer_shown = await doer_trend(db, "console-d")
