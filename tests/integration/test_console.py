@@ -10,6 +10,48 @@ import pytest
 from storage.dashboard import crl_trend_overall, doer_trend, experiments_per_day
 
 
+# The console's views aggregate over every doer and answer relative to their latest
+# day, so these tests get a database of their own instead of the session's, which
+# holds every earlier test's runs.
+@pytest.fixture(scope="module")
+async def database_url(postgres_server: str) -> Any:
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    from storage.migrate import migrate
+    from storage.pool import create_pool
+
+    name = f"learnops_console_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = urlunsplit(urlsplit(postgres_server)._replace(path=f"/{name}"))
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+    finally:
+        await pool.close()
+    yield dsn
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def db(database_url: str) -> Any:
+    from storage.pool import create_pool
+
+    pool = await create_pool(database_url, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
 async def test_crl_trend_overall_weights_doers_by_runs_and_has_a_baseline(db: Any) -> None:
     await db.executemany(
         "INSERT INTO learning_progress (doer, day, runs, mean_crl, m2) VALUES ($1, $2, $3, $4, 0)"
