@@ -125,7 +125,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from learning.moments import Moments
 
@@ -762,6 +761,8 @@ def srm_check(
     expected = {"control": total * (1.0 - allocation), "candidate": total * allocation}
     if total == 0:
         return SRMResult(1.0, 0.0, False, expected, observed)
+    from scipy import stats  # on first use: the CLI and storage import this module for constants
+
     chi2, p = stats.chisquare(
         [observed["control"], observed["candidate"]],
         [expected["control"], expected["candidate"]],

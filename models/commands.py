@@ -157,6 +157,20 @@ class ApproveStep(_Command):
     step: Count
 
 
+class PauseDeployment(_Command):
+    """Hold a live shadow or canary deployment at its current step (routing stays as it is)."""
+
+    command: Literal["pause_deployment"] = "pause_deployment"
+    deployment_id: Identifier
+
+
+class ResumeDeployment(_Command):
+    """Let a paused deployment carry on from the step it was held at."""
+
+    command: Literal["resume_deployment"] = "resume_deployment"
+    deployment_id: Identifier
+
+
 ExperimentType = Literal["prompt_synthesis", "adapter_training", "tool_tuning", "rag_optimization"]
 
 
@@ -218,6 +232,8 @@ PolicyCommand = Annotated[
     | RollbackPolicy
     | ArchivePolicy
     | ApproveStep
+    | PauseDeployment
+    | ResumeDeployment
     | CreateExperiment
     | RequestExperiment
     | RunReplay,

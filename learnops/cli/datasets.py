@@ -13,20 +13,37 @@ import getpass
 from typing import Any
 
 import click
-import orjson
-from faust.cli import base as faust_cli
 
-from learnops.cli.main import GroupedCommand, command, database, fail, json_option, split_ref
+from learnops.cli.main import (
+    GroupedCommand,
+    closest,
+    command,
+    database,
+    dumps,
+    fail,
+    group,
+    json_option,
+    limit_option,
+    split_ref,
+    table,
+)
 from storage import datasets as store
 
 
-@faust_cli.cli.group()
+@group("Curated datasets (DOER/PHASE) and golden datasets: list, show, samples, freeze, verify.")
 def dataset() -> None:
-    """Curated datasets (DOER/PHASE) and golden datasets: list, show, samples, freeze, verify."""
+    pass
 
 
 def _dump(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    return dumps(value)
+
+
+async def _no_such(pool: Any, name: str) -> None:
+    """Fail naming the closest dataset or golden dataset."""
+    known = {d.dataset for d in await store.list_datasets(pool)}
+    known |= {g.name for g in await store.list_golden(pool)}
+    fail(f"no such dataset {name!r}{closest(name, known)} (`learnops dataset list` shows them)")
 
 
 def _rejects(rejected: dict[str, int]) -> str:
@@ -49,20 +66,31 @@ async def dataset_list(self: GroupedCommand, as_json: bool) -> None:
             )
         )
         return
-    self.say(f"{'dataset':40} {'checked':>8} {'accepted':>8} {'clean':>7} {'contam.':>7}  rejects")
+    console = self.console()
+    shown = table("dataset", "checked", "accepted", "clean", "contam.", "rejects")
     for d in found:
-        self.say(
-            f"{d.dataset:40} {d.checked:8d} {d.accepted:8d} {d.clean_rate:7.1%} "
-            f"{d.contamination_rate:7.1%}  {_rejects(d.rejected)}"
+        shown.add_row(
+            d.dataset,
+            str(d.checked),
+            str(d.accepted),
+            f"{d.clean_rate:.1%}",
+            f"{d.contamination_rate:.1%}",
+            _rejects(d.rejected),
         )
+    console.print(shown)
+    if not found:
+        self.say("no datasets yet: the curator stores samples as runs arrive")
     if goldens:
-        self.say("")
-        self.say(f"{'golden':30} {'from dataset':40} {'samples':>7}  frozen")
+        frozen = table("golden", "from dataset", "samples", "frozen", "by", ids=2)
         for g in goldens:
-            self.say(
-                f"{g.name + '@' + str(g.version):30} {g.dataset:40} {g.sample_count:7d}  "
-                f"{g.frozen_at:%Y-%m-%d %H:%M} by {g.frozen_by}"
+            frozen.add_row(
+                f"{g.name}@{g.version}",
+                g.dataset,
+                str(g.sample_count),
+                f"{g.frozen_at:%Y-%m-%d %H:%M}",
+                g.frozen_by,
             )
+        console.print(frozen)
 
 
 @command(dataset, "show", click.argument("name"), json_option)
@@ -72,9 +100,9 @@ async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
     async with database(self) as pool:
         summary = await store.dataset_summary(pool, name)
         versions = await store.golden_versions(pool, golden_name)
-    versions = [v for v in versions if version is None or v.version == version]
-    if summary is None and not versions:
-        fail(f"no dataset or golden dataset named {name}")
+        versions = [v for v in versions if version is None or v.version == version]
+        if summary is None and not versions:
+            await _no_such(pool, name)
     if as_json:
         self.say(
             _dump(
@@ -110,7 +138,7 @@ async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
     dataset,
     "samples",
     click.argument("name"),
-    click.option("--limit", type=int, default=20, show_default=True, help="Latest N samples."),
+    limit_option(20),
     click.option(
         "--only",
         type=click.Choice(["all", "accepted", "rejected"]),
@@ -126,20 +154,38 @@ async def dataset_samples(
     accepted = {"all": None, "accepted": True, "rejected": False}[only]
     async with database(self) as pool:
         rows = await store.dataset_samples(pool, name, limit=limit, accepted=accepted)
+        if not rows and await store.dataset_summary(pool, name) is None:
+            await _no_such(pool, name)
     if as_json:
         self.say(_dump([dict(r) for r in rows]))
         return
+    shown = table(
+        "sample",
+        "kind",
+        "origin",
+        "verdict",
+        "diversity",
+        "specificity",
+        "synthetic",
+        "redacted",
+        "content",
+    )
     for r in rows:
         verdict = "accepted" if r["accepted"] else f"rejected: {r['reject_reason']}"
         labels = r["labels"]
-        self.say(
-            f"{r['sample_id']}  {r['kind']:10} {r['origin']:12} {verdict}  "
-            f"diversity={r['diversity']:.2f} specificity={labels['specificity']:.2f} "
-            f"synthetic={labels['synthetic_confidence']:.1f}"
-            + (f"  redacted={_rejects(r['redactions'])}" if r["redactions"] else "")
-        )
         content = " ".join(r["content"].split())
-        self.say(f"    {content[:110]}{'…' if len(content) > 110 else ''}")
+        shown.add_row(
+            str(r["sample_id"]),
+            r["kind"],
+            r["origin"],
+            verdict,
+            f"{r['diversity']:.2f}",
+            f"{labels['specificity']:.2f}",
+            f"{labels['synthetic_confidence']:.1f}",
+            _rejects(r["redactions"]) if r["redactions"] else "",
+            f"{content[:110]}{'…' if len(content) > 110 else ''}",
+        )
+    self.console().print(shown)
 
 
 @command(
@@ -155,14 +201,20 @@ async def dataset_samples(
         show_default="the current user",
         help="Who froze it, for the record.",
     ),
+    json_option,
 )
-async def dataset_freeze(self: GroupedCommand, name: str, golden: str, actor: str) -> None:
+async def dataset_freeze(
+    self: GroupedCommand, name: str, golden: str, actor: str, as_json: bool
+) -> None:
     """Freeze dataset NAME's accepted samples as the next version of golden dataset GOLDEN."""
     async with database(self) as pool:
         try:
             frozen = await store.freeze(pool, name, golden, actor=actor)
         except store.GoldenError as exc:
             fail(str(exc))
+    if as_json:
+        self.say(_dump(frozen.model_dump(mode="json")))
+        return
     self.say(
         f"froze {frozen.sample_count} samples of {frozen.dataset} as "
         f"{frozen.name}@{frozen.version} (manifest sha256 {frozen.manifest_hash})"

@@ -10,28 +10,34 @@ from typing import Any
 
 import click
 import orjson
-from faust.cli import base as faust_cli
 
 from learning.experiments import STATUSES, parse_seeds, split_versioned
-from learning.replay import replay_id
-from learnops.cli.main import GroupedCommand, command, database, fail, json_option
+from learnops.cli.main import (
+    GroupedCommand,
+    closest,
+    command,
+    database,
+    fail,
+    group,
+    json_option,
+    limit_option,
+    table,
+)
 from learnops.cli.policy import COMMANDS_TOPIC, _dump, _find, _send, _when
-from learnops.client.replay_executor import serve
-from models.commands import CreateExperiment, RunReplay
 from storage import experiments as store
 from storage.skills import list_requests, request_row
 
 TYPES = ("prompt_synthesis", "adapter_training", "tool_tuning", "rag_optimization")
 
 
-@faust_cli.cli.group()
+@group("Deterministic offline replays of a policy on a golden dataset, against the control.")
 def replay() -> None:
-    """Deterministic offline replays of a policy on a golden dataset, against the control."""
+    pass
 
 
-@faust_cli.cli.group()
+@group("The experiment registry: create, show and list experiments and requests.")
 def experiment() -> None:
-    """The experiment registry: create, show and list experiments."""
+    pass
 
 
 _actor = click.option(
@@ -147,8 +153,19 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
     click.option("--dataset", required=True, help="Golden dataset NAME or NAME@VERSION."),
     click.option("--seeds", default="42,43,44", show_default=True, help="Comma-separated seeds."),
     click.option("--force", is_flag=True, help="Run again even if a result is recorded."),
-    click.option("--timeout", type=float, default=None, help="Seconds the tasks may take."),
-    click.option("--wait", "wait_s", type=float, default=None, help="Seconds to wait here."),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Seconds the tasks may take.",
+    ),
+    click.option(
+        "--wait",
+        "wait_s",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Seconds to wait here.",
+    ),
     _actor,
     json_option,
 )
@@ -164,6 +181,9 @@ async def replay_run(
     as_json: bool,
 ) -> None:
     """Replay a policy and the doer's active policy on a golden dataset; print the verdict."""
+    from learning.replay import replay_id
+    from models.commands import RunReplay
+
     seed_list = _seeds(seeds)
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
@@ -192,7 +212,7 @@ async def replay_run(
         answered = recorded is not None and not force and _finished(recorded)
         if not answered:
             await _send(self, request)
-        budget = wait_s or (timeout or self.lapp.learning.replay.timeout_s) + 30.0
+        budget = wait_s or (timeout or self.learning.replay.timeout_s) + 30.0
         deadline = time.monotonic() + budget
         while True:
             row = await store.get_replay(pool, rid)
@@ -233,9 +253,11 @@ async def replay_show(self: GroupedCommand, replay_id: str, as_json: bool) -> No
 )
 async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
     """Run the local deterministic executor: replay tasks in, learning bundles out."""
+    from learnops.client.replay_executor import serve
+
     async with database(self) as pool:
         await serve(
-            **self.lapp.settings.kafka_connection(),
+            **self.settings.kafka_connection(),
             fetch_blob=lambda digest: store.get_blob(pool, digest),
             group_id=group,
             doers=doers,
@@ -290,6 +312,8 @@ async def experiment_create(
     With --request it answers that experiment request (a learning trigger's),
     which the experiments stage then closes.
     """
+    from models.commands import CreateExperiment
+
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
         request = await _request(pool, request_id) if request_id else None
@@ -379,8 +403,13 @@ async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: boo
     """An experiment: its candidate and control, replay, status and every transition."""
     async with database(self) as pool:
         report = await experiment_report(pool, experiment_id)
-    if report is None:
-        fail(f"no experiment {experiment_id}")
+        if report is None:
+            rows = await store.list_experiments(pool, doer=None, status=None, limit=100000)
+            known = {r["experiment_id"] for r in rows}
+            fail(
+                f"no such experiment {experiment_id!r}{closest(experiment_id, known)} "
+                "(`learnops experiment list` shows them)"
+            )
     assert report is not None
     if as_json:
         self.say(_dump(report))
@@ -413,7 +442,7 @@ async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: boo
     "list",
     click.option("--doer", default=None),
     click.option("--status", type=click.Choice(STATUSES), default=None),
-    click.option("--limit", type=int, default=100, show_default=True),
+    limit_option(100),
     json_option,
 )
 async def experiment_list(
@@ -422,6 +451,8 @@ async def experiment_list(
     """Experiments, newest first."""
     async with database(self) as pool:
         rows = await store.list_experiments(pool, doer=doer, status=status, limit=limit)
+        if doer is not None and not rows:
+            await _known_doer(pool, doer)
     items = [
         {
             "experiment_id": r["experiment_id"],
@@ -438,11 +469,31 @@ async def experiment_list(
     if as_json:
         self.say(_dump(items))
         return
+    shown = table("experiment", "type", "doer", "candidate", "status", "created", ids=1)
     for item in items:
-        self.say(
-            f"{item['experiment_id']:<24} {item['type']:<18} {item['doer']:<20} "
-            f"{item['candidate']:<24} {item['status']:<12} {item['created_at']}"
+        shown.add_row(
+            item["experiment_id"],
+            item["type"],
+            item["doer"],
+            item["candidate"],
+            item["status"],
+            item["created_at"],
         )
+    self.console().print(shown)
+    if not items:
+        self.say("no experiments" + (f" of {doer}" if doer else ""))
+
+
+async def _known_doer(pool: Any, doer: str) -> None:
+    """Fail with the closest name when ``doer`` has no policy and no experiment request."""
+    requests = await list_requests(pool, include_closed=True, limit=100000)
+    if any(r["doer"] == doer for r in requests):
+        return
+    known = {r["doer"] for r in requests}
+    rows = await pool.fetch("SELECT DISTINCT doer FROM policies")
+    known |= {r["doer"] for r in rows}
+    if doer not in known:
+        fail(f"no such doer {doer!r}{closest(doer, known)} (no policy and no experiment request)")
 
 
 # --------------------------------------------------------------------------- requests
@@ -484,7 +535,7 @@ def _request_report(row: Any) -> dict[str, Any]:
     "requests",
     click.option("--doer", default=None),
     click.option("--all", "include_closed", is_flag=True, help="Closed requests too."),
-    click.option("--limit", type=int, default=100, show_default=True),
+    limit_option(100),
     json_option,
 )
 async def experiment_requests(
@@ -496,23 +547,31 @@ async def experiment_requests(
     """
     async with database(self) as pool:
         rows = await list_requests(pool, doer=doer, include_closed=include_closed, limit=limit)
+        if doer is not None and not rows:
+            await _known_doer(pool, doer)
     items = [{**_request_report(r), "experiment_status": r["answered_status"]} for r in rows]
     if as_json:
         self.say(_dump(items))
         return
-    if not items:
-        self.say("no open experiment requests" if not include_closed else "no experiment requests")
+    shown = table("request", "doer", "reason", "status", "opened", "answered by", "message")
     for item in items:
         answered = (
-            f"→ {item['experiment_id']} ({item['experiment_status']})"
+            f"{item['experiment_id']} ({item['experiment_status']})"
             if item["experiment_id"]
             else ""
         )
-        self.say(
-            f"{item['request_id']}  {item['doer']:<20} {item['reason']:<28} {item['status']:<6} "
-            f"{item['opened_at']}  {answered}"
+        shown.add_row(
+            item["request_id"],
+            item["doer"],
+            item["reason"],
+            item["status"],
+            item["opened_at"],
+            answered,
+            item["message"],
         )
-        self.say(f"    {item['message']}")
+    self.console().print(shown)
+    if not items:
+        self.say("no open experiment requests" if not include_closed else "no experiment requests")
 
 
 __all__ = ["experiment", "replay"]

@@ -1,119 +1,428 @@
-"""The `learnops` command: Faust's own command line plus the project's command groups.
+"""The `learnops` command: plain click groups that import what a command needs when it runs.
 
-`learnops worker` and every other Faust command come from Faust.  Our commands
-are Faust app commands too (they get the app, its settings and Faust's
-logging), registered under click groups so they read `learnops topics create`,
-`learnops db migrate`, and so on.
+The root lists its groups from :data:`GROUPS` without importing them, so
+`learnops --help` costs click alone; `learnops policy list` imports the policy
+commands and what they use, nothing of Faust.  A command is an
+``async def f(ctx, **options)`` declared with :func:`command`; ``ctx`` is a
+:class:`CommandContext` (settings read on first use, ``ctx.say``).
+
+Errors a user can cause end as one line on stderr naming the cause and the fix:
+exit 2 for usage errors, 1 for the rest; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
+import importlib
+import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
+from functools import cached_property, update_wrapper
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import asyncpg
 import click
-import orjson
-from aiokafka.errors import KafkaConnectionError
-from faust.cli import base as faust_cli
 
-from agents.app import LearnopsApp, create_app
-from agents.settings import SettingsError
-from agents.topics import TopicCatalogError, describe, ensure, load_catalog
-from storage.migrate import MigrationError, migrate
-from storage.pool import create_pool
+if TYPE_CHECKING:
+    from agents.config import LearningConfig
+    from agents.settings import Settings
+    from agents.topics import TopicCatalog
+
+PROG = "learnops"
+
+#: Exit status of a command whose output pipe closed early (128 + SIGPIPE), as a shell reports.
+EXIT_BROKEN_PIPE = 141
 
 
-class GroupedCommand(faust_cli.AppCommand):
-    """An app command registered as `learnops <group> <name>` rather than at the top level."""
+# --------------------------------------------------------------------------- errors
 
-    abstract: ClassVar[bool] = True
-    group: ClassVar[click.Group]
-    command_name: ClassVar[str]
 
-    @classmethod
-    def as_click_command(cls) -> Callable[..., Any]:
-        """Register the command in its group instead of Faust's root group."""
+class CliError(click.ClickException):
+    """A runtime error the user can act on: one line on stderr, exit 1."""
 
-        @click.pass_context
-        def _inner(*args: Any, **kwargs: Any) -> None:
-            cls(*args, **kwargs)()
+    exit_code = 1
 
-        _inner.__doc__ = cls.__doc__
-        decorated = _inner
-        for option in reversed(cls.options or []):
-            decorated = option(decorated)
-        return cls.group.command(name=cls.command_name, help=cls.__doc__)(decorated)
+    def show(self, file: Any = None) -> None:
+        """Print ``learnops: MESSAGE`` on stderr."""
+        click.echo(f"{PROG}: {self.format_message()}", file=file or sys.stderr)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        """Run the command on a fresh event loop; no Faust worker is needed for one-shot work."""
-        settings = self.lapp.settings
-        try:
-            asyncio.run(self.execute(*self.args, *args, **{**self.kwargs, **kwargs}))
-        except KafkaConnectionError as exc:
-            fail(
-                f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc}); "
-                "is it running? (`make up` starts a local one)"
+
+def fail(message: str) -> NoReturn:
+    """Stop the command with exit status 1 and a one-line message on stderr."""
+    raise CliError(message)
+
+
+def usage_error(message: str) -> NoReturn:
+    """Stop the command with exit status 2: the command line is wrong."""
+    raise click.UsageError(message)
+
+
+def explain(exc: BaseException, settings: Settings | None) -> str | None:
+    """The one sentence for an error a user can cause (and fix), or None for a bug."""
+    from agents.settings import SettingsError
+
+    if isinstance(exc, SettingsError):
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:]) or str(exc)
+        return f"invalid settings: {details} (fix the environment or .env)"
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        if isinstance(exc, asyncpg.UndefinedTableError):
+            return (
+                f"the database has no learnops schema ({exc}); run `learnops db migrate` "
+                "(an older schema: the same command brings it up to date)"
             )
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InvalidPasswordError) as exc:
-            fail(f"cannot reach PostgreSQL ({type(exc).__name__}: {exc}); is DATABASE_URL right?")
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return f"{exc} on the PostgreSQL server; create it, or fix the name in DATABASE_URL"
+        if isinstance(
+            exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+        ):
+            return (
+                f"PostgreSQL refused the login ({exc}); check the user and password in DATABASE_URL"
+            )
+    kafka_errors = sys.modules.get("aiokafka.errors")
+    if kafka_errors is not None and isinstance(exc, kafka_errors.KafkaConnectionError):
+        where = settings.kafka_bootstrap_servers if settings else "KAFKA_BOOTSTRAP_SERVERS"
+        return (
+            f"cannot reach Kafka at {where} ({exc}); is it running, and is "
+            "KAFKA_BOOTSTRAP_SERVERS right? (`make up` starts a local one)"
+        )
+    return None
 
-    @property
-    def lapp(self) -> LearnopsApp:
-        """The app, typed as ours."""
-        assert isinstance(self.app, LearnopsApp)
-        return self.app
 
-    def say(self, message: str, file: Any = None, err: Any = None, **kwargs: Any) -> None:
+class ServiceUnreachable(CliError):
+    """PostgreSQL or Kafka did not answer a connection."""
+
+
+def _database_host(dsn: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path}"
+
+
+def postgres_unreachable(settings: Settings, exc: BaseException) -> ServiceUnreachable:
+    """The error for a PostgreSQL that did not answer (the DSN's password is never shown)."""
+    return ServiceUnreachable(
+        f"cannot reach PostgreSQL at {_database_host(settings.database_dsn)} "
+        f"({type(exc).__name__}: {exc}); is it running, and is DATABASE_URL right? "
+        "(`make up` starts a local one)"
+    )
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """What a failed connection raises: refused, unknown host, timed out, closed by the server."""
+    import socket
+
+    import asyncpg
+
+    return (
+        ConnectionRefusedError,
+        ConnectionResetError,
+        socket.gaierror,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+    )
+
+
+# --------------------------------------------------------------------------- command context
+
+
+class CommandContext:
+    """What a command gets: the settings (read on first use), the learning config, ``say``."""
+
+    def __init__(self, debug: bool = False) -> None:
+        self.debug = debug
+        self.stdout = sys.stdout
+        self.stderr = sys.stderr
+
+    @cached_property
+    def settings(self) -> Settings:
+        """The process settings (environment and .env), read once."""
+        from agents.settings import load_settings
+
+        return load_settings()
+
+    @cached_property
+    def learning(self) -> LearningConfig:
+        """The learning configuration (config/learning.yaml or LEARNOPS_CONFIG_FILE)."""
+        from agents.config import load_learning_config
+
+        return load_learning_config(self.settings.learnops_config_file)
+
+    @cached_property
+    def catalog(self) -> TopicCatalog:
+        """The topic catalogue (topics.yaml or LEARNOPS_TOPICS_FILE)."""
+        from agents.topics import TopicCatalogError, load_catalog
+
+        try:
+            return load_catalog(self.settings.learnops_topics_file)
+        except TopicCatalogError as exc:
+            fail(str(exc))
+
+    def say(self, message: str = "", file: Any = None, **_: Any) -> None:
         """Print a line of human output (stdout unless ``file`` is given)."""
         print(message, file=file or self.stdout, flush=True)
+
+    def console(self) -> Any:
+        """A rich console on stdout: a wide one when stdout is not a terminal, so nothing is cut."""
+        from rich.console import Console
+
+        if self.stdout.isatty():
+            console = Console(file=self.stdout)
+        else:
+            console = Console(file=self.stdout, width=400, no_color=True, highlight=False)
+        console.on_broken_pipe = _quiet_broken_pipe  # type: ignore[method-assign]
+        return console
+
+
+def quiet_client_logs(debug: bool) -> None:
+    """Keep the Kafka client's own connection logs off a command's stderr (``--debug`` shows them).
+
+    A command reports a failure itself, in one sentence; aiokafka would log it
+    first, with its own wording, through logging's last-resort handler.
+    """
+    import logging
+
+    logging.getLogger("aiokafka").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+#: The context of the command being run (for the error messages that name a setting).
+_running: CommandContext | None = None
+
+#: Kept as a name for the command modules' annotations.
+GroupedCommand = CommandContext
 
 
 def command(
     group: click.Group, name: str, *options: Any
-) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-    """Declare `learnops <group> <name>` from an async function taking (self, **options)."""
+) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], click.Command]:
+    """Declare `learnops <group> <name>` from ``async def f(ctx, **options)``."""
 
-    def register(fun: Callable[..., Awaitable[Any]]) -> Any:
-        return type(
-            fun.__name__,
-            (GroupedCommand,),
-            {
-                "run": fun,
-                "__doc__": fun.__doc__,
-                "__module__": fun.__module__,
-                "options": list(options),
-                "group": group,
-                "command_name": name,
-            },
-        )
+    def register(fun: Callable[..., Coroutine[Any, Any, Any]]) -> click.Command:
+        def run(**kwargs: Any) -> None:
+            global _running
+            root = click.get_current_context().find_root()
+            ctx = CommandContext(debug=bool((root.obj or {}).get("debug")))
+            _running = ctx
+            quiet_client_logs(ctx.debug)
+            try:
+                asyncio.run(fun(ctx, **kwargs))
+            except BrokenPipeError:  # before click, which would exit 1
+                _quiet_broken_pipe()
+
+        update_wrapper(run, fun)
+        decorated: Any = run
+        for option in reversed(options):
+            decorated = option(decorated)
+        return group.command(name=name, help=fun.__doc__)(decorated)
 
     return register
 
 
-def fail(message: str) -> None:
-    """Exit with status 1 and a one-line message on stderr."""
-    print(f"learnops: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(1)
+@asynccontextmanager
+async def database(ctx: CommandContext) -> AsyncIterator[Any]:
+    """A small PostgreSQL pool for one command, closed when it is done."""
+    from storage.pool import create_pool
+
+    settings = ctx.settings
+    try:
+        pool = await create_pool(settings.database_dsn, min_size=1, max_size=2)
+    except connection_errors() as exc:
+        raise postgres_unreachable(settings, exc) from exc
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
-@faust_cli.cli.group()
+def split_ref(text: str) -> tuple[str, int | None]:
+    """Split ``NAME@VERSION``; ``NAME`` alone, or a non-numeric suffix, gives version None."""
+    name, sep, version = text.rpartition("@")
+    if sep and version.isdigit() and name:
+        return name, int(version)
+    return text, None
+
+
+def closest(name: str, known: Iterator[str] | list[str] | set[str]) -> str:
+    """``; did you mean 'X'?`` for the closest known name (case-insensitive), or ''."""
+    known = list(known)
+    by_lower = {k.lower(): k for k in known}
+    match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[match[0]]!r}?" if match else ""
+
+
+#: ``--json`` for commands that can print JSON instead of tables.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def limit_option(default: int) -> Callable[[Any], Any]:
+    """``--limit N``, a positive number of rows."""
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        help="At most this many rows.",
+    )
+
+
+def table(*columns: str, title: str | None = None, ids: int = 1) -> Any:
+    """A rich table with headers; its first ``ids`` columns hold identifiers, never cut."""
+    from rich import box
+    from rich.table import Table
+
+    shown = Table(
+        title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False
+    )
+    for i, name in enumerate(columns):
+        if i < ids:
+            shown.add_column(name, no_wrap=True, overflow="fold")
+        else:
+            shown.add_column(name, overflow="fold")
+    return shown
+
+
+# --------------------------------------------------------------------------- the root
+
+
+class LearnopsGroup(click.Group):
+    """A group whose subgroups are imported only when a command of theirs runs."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            # "module[,module…]:attribute": the first module defines the group, the
+            # others register commands on it.
+            modules, _, attribute = self.lazy[cmd_name][0].partition(":")
+            first, *others = modules.split(",")
+            found = getattr(importlib.import_module(first), attribute)
+            for extra in others:
+                importlib.import_module(extra)
+            self.add_command(found, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                cmd = self.commands[name]
+                if cmd.hidden:
+                    continue
+                rows.append((name, cmd.get_short_help_str(limit)))
+            else:
+                rows.append((name, self.lazy[name][1]))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            hint = closest(name, self.list_commands(ctx))
+            ctx.fail(
+                f"no such command {name!r}{hint} (`{ctx.command_path} --help` lists the commands)"
+            )
+        return super().resolve_command(ctx, args)
+
+
+class SubGroup(LearnopsGroup):
+    """A command group whose unknown commands get the same "did you mean" answer."""
+
+
+def group(help: str) -> Callable[[Callable[..., Any]], click.Group]:
+    """A command group (``@group("…") def policy(): …``) that suggests the closest command."""
+
+    def make(fun: Callable[..., Any]) -> click.Group:
+        return click.group(cls=SubGroup, help=help)(fun)
+
+    return make
+
+
+GROUPS: dict[str, tuple[str, str]] = {
+    "policy": (
+        "learnops.cli.policy:policy",
+        "Signed policy versions: register, shadow, canary, approve, promote, roll back, inspect.",
+    ),
+    "dataset": (
+        "learnops.cli.datasets:dataset",
+        "Curated datasets (DOER/PHASE) and golden datasets: list, show, freeze, verify.",
+    ),
+    "replay": (
+        "learnops.cli.experiments:replay",
+        "Deterministic offline replays of a policy on a golden dataset.",
+    ),
+    "experiment": (
+        "learnops.cli.experiments:experiment",
+        "The experiment registry: create, show and list experiments and requests.",
+    ),
+    "skills": (
+        "learnops.cli.skills:skills",
+        "Skill cards: what each doer is good and bad at, with the figures.",
+    ),
+    "demo": (
+        "learnops.demo.commands,learnops.demo.canary,learnops.demo.curation,"
+        "learnops.demo.experiments:demo",
+        "A simulated orchestrator and walk-throughs of what the worker does.",
+    ),
+}
+
+
+def _debug_option(ctx: click.Context, _: Any, value: bool) -> bool:
+    ctx.ensure_object(dict)["debug"] = value
+    return value
+
+
+@click.group(
+    cls=LearnopsGroup,
+    lazy=GROUPS,
+    context_settings={"max_content_width": 100},
+)
+@click.version_option(package_name="learnops", prog_name=PROG, message="%(prog)s %(version)s")
+@click.option(
+    "--debug",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_debug_option,
+    help="Show the traceback of an error instead of one line.",
+)
+def cli() -> None:
+    """learnops: run loss, curated samples, signed policies and safe rollouts for AI agents."""
+
+
+@group("Create, check and describe the topics in topics.yaml.")
 def topics() -> None:
-    """Create, check and describe the topics in topics.yaml."""
+    pass
 
 
-@faust_cli.cli.group()
+@group("PostgreSQL schema migrations.")
 def db() -> None:
-    """PostgreSQL schema migrations."""
+    pass
 
 
-@faust_cli.cli.group()
+@group("JSON Schemas of every event, for services in other languages.")
 def schema() -> None:
-    """JSON Schemas of every event, for services in other languages."""
+    pass
+
+
+cli.add_command(topics)
+cli.add_command(db)
+cli.add_command(schema)
+
+
+# --------------------------------------------------------------------------- topics, db, schema
 
 
 @command(
@@ -121,30 +430,38 @@ def schema() -> None:
     "create",
     click.option(
         "--replication-factor",
-        type=int,
+        type=click.IntRange(min=1),
         default=None,
         help="Override every topic's replication factor (e.g. 3 on a real cluster).",
     ),
+    json_option,
 )
-async def topics_create(self: GroupedCommand, replication_factor: int | None) -> None:
+async def topics_create(ctx: CommandContext, replication_factor: int | None, as_json: bool) -> None:
     """Create missing topics and update partitions and configs to match topics.yaml."""
-    settings = self.lapp.settings
+    from agents.topics import TopicCatalogError, ensure, load_catalog
+
+    settings = ctx.settings
     try:
         catalog = load_catalog(settings.learnops_topics_file, replication_factor=replication_factor)
         changes = await ensure(settings, catalog)
     except TopicCatalogError as exc:
         fail(str(exc))
+    if as_json:
+        ctx.say(dumps([{"action": c.action, "topic": c.name, "detail": c.detail} for c in changes]))
+        return
     for change in changes:
-        self.say(
+        ctx.say(
             f"{change.action:9} {change.name}" + (f"  ({change.detail})" if change.detail else "")
         )
 
 
-@command(topics, "describe", click.option("--json", "as_json", is_flag=True, help="Print JSON."))
-async def topics_describe(self: GroupedCommand, as_json: bool) -> None:
+@command(topics, "describe", json_option)
+async def topics_describe(ctx: CommandContext, as_json: bool) -> None:
     """Show each catalogue topic as the cluster has it, and whether it matches the file."""
-    catalog = self.lapp.catalog
-    states = await describe(self.lapp.settings, sorted(catalog.topics))
+    from agents.topics import describe
+
+    catalog = ctx.catalog
+    states = await describe(ctx.settings, sorted(catalog.topics))
     rows = []
     for name, spec in sorted(catalog.topics.items()):
         state = states.get(name)
@@ -161,48 +478,37 @@ async def topics_describe(self: GroupedCommand, as_json: bool) -> None:
             }
         )
     if as_json:
-        self.say(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
-        return
-    for row in rows:
-        status = "ok" if row["matches_file"] else ("MISSING" if not row["exists"] else "DIFFERS")
-        self.say(f"{status:8} {row['topic']:28} partitions={row['partitions']}")
+        ctx.say(dumps(rows))
+    else:
+        shown = table("topic", "status", "partitions", "in file")
+        for row in rows:
+            spec = catalog.topics[str(row["topic"])]
+            status = (
+                "ok" if row["matches_file"] else ("MISSING" if not row["exists"] else "DIFFERS")
+            )
+            partitions = "-" if row["partitions"] is None else str(row["partitions"])
+            shown.add_row(row["topic"], status, partitions, str(spec.partitions))
+        ctx.console().print(shown)
     if not all(row["matches_file"] for row in rows):
         fail("the cluster does not match topics.yaml; run `learnops topics create`")
 
 
-#: ``--json`` for commands that can print JSON instead of tables.
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-@asynccontextmanager
-async def database(self: GroupedCommand) -> AsyncIterator[Any]:
-    """A small PostgreSQL pool for one command, closed when it is done."""
-    pool = await create_pool(self.lapp.settings.database_dsn, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-def split_ref(text: str) -> tuple[str, int | None]:
-    """Split ``NAME@VERSION``; ``NAME`` alone, or a non-numeric suffix, gives version None."""
-    name, sep, version = text.rpartition("@")
-    if sep and version.isdigit() and name:
-        return name, int(version)
-    return text, None
-
-
-@command(db, "migrate")
-async def db_migrate(self: GroupedCommand) -> None:
+@command(db, "migrate", json_option)
+async def db_migrate(ctx: CommandContext, as_json: bool) -> None:
     """Apply pending SQL migrations (each once, in a transaction, checksum-guarded)."""
-    async with database(self) as pool:
+    from storage.migrate import MigrationError, migrate
+
+    async with database(ctx) as pool:
         try:
             report = await migrate(pool)
         except MigrationError as exc:
             fail(str(exc))
+    if as_json:
+        ctx.say(dumps({"applied": list(report.applied), "already": list(report.already)}))
+        return
     for name in report.applied:
-        self.say(f"applied   {name}")
-    self.say(f"{len(report.applied)} applied, {len(report.already)} already applied")
+        ctx.say(f"applied   {name}")
+    ctx.say(f"{len(report.applied)} applied, {len(report.already)} already applied")
 
 
 @command(
@@ -210,47 +516,233 @@ async def db_migrate(self: GroupedCommand) -> None:
     "export",
     click.option(
         "--out",
-        type=click.Path(path_type=Path),
+        type=click.Path(path_type=Path, file_okay=False),
         default=Path("schemas"),
         show_default=True,
         help="Directory to write into.",
     ),
+    json_option,
 )
-async def schema_export(self: GroupedCommand, out: Path) -> None:
+async def schema_export(ctx: CommandContext, out: Path, as_json: bool) -> None:
     """Write the JSON Schema of every event to OUT/<topic>.schema.json."""
+    import orjson
+
     from models.registry import json_schemas
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create {out}: {exc.strerror}; choose another --out")
+    written = []
     for topic, document in sorted(json_schemas().items()):
         path = out / f"{topic}.schema.json"
         path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-        self.say(f"wrote {path}")
+        written.append(str(path))
+    if as_json:
+        ctx.say(dumps(written))
+        return
+    for path_text in written:
+        ctx.say(f"wrote {path_text}")
 
 
-def main() -> None:
-    """Entry point of the `learnops` console script."""
-    # Importing the command modules registers their commands.
-    import learnops.cli.datasets
-    import learnops.cli.experiments
-    import learnops.cli.policy
-    import learnops.cli.skills
-    import learnops.demo.canary
-    import learnops.demo.commands
-    import learnops.demo.curation
-    import learnops.demo.experiments  # noqa: F401
-    from agents.settings import load_settings
+def dumps(value: Any) -> str:
+    """Indented JSON with sorted keys; bytes as hex, UUIDs and dataclasses as orjson can."""
+    import uuid
+
+    import orjson
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, bytes):
+            return obj.hex()
+        if isinstance(obj, uuid.UUID):  # asyncpg's own UUID subclass, which orjson skips
+            return str(obj)
+        if hasattr(obj, "model_dump"):
+            return obj.model_dump(mode="json")
+        raise TypeError
+
+    options = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+    return orjson.dumps(value, default=default, option=options).decode()
+
+
+# --------------------------------------------------------------------------- worker, serve
+
+
+@cli.command()
+@click.option(
+    "-l",
+    "--loglevel",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
+    default=lambda: os.environ.get("LEARNOPS_LOG_LEVEL", "info").lower(),
+    show_default="LEARNOPS_LOG_LEVEL, else info",
+    help="Logging level.",
+)
+@click.option(
+    "--web-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    show_default="LEARNOPS_WEB_PORT, else 6066",
+    help="Port of the worker's web server (health, metrics, pages).",
+)
+@click.option(
+    "--web-host",
+    default=None,
+    show_default="LEARNOPS_WEB_HOST, else 127.0.0.1",
+    help="Address the web server binds and announces.",
+)
+@click.option(
+    "--without-web",
+    is_flag=True,
+    help="Run no web server (same as LEARNOPS_WEB_ENABLED=false).",
+)
+@click.option(
+    "--logfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the log to this file instead of stderr.",
+)
+@click.option(
+    "--blocking-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Log a warning when the event loop is blocked this many seconds (debugging).",
+)
+def worker(
+    loglevel: str,
+    web_port: int | None,
+    web_host: str | None,
+    without_web: bool,
+    logfile: Path | None,
+    blocking_timeout: float | None,
+) -> None:
+    """Run the stream stages until stopped (LEARNOPS_STAGES picks them; default all)."""
+    global _running
+    _running = CommandContext()
+    settings = _running.settings
+    overrides: dict[str, Any] = {}
+    if web_port is not None:
+        overrides["learnops_web_port"] = web_port
+    if web_host is not None:
+        overrides["learnops_web_host"] = web_host
+    if without_web:
+        overrides["learnops_web_enabled"] = False
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(_preflight(settings))
+    run_worker(
+        settings,
+        loop=loop,
+        loglevel=loglevel,
+        logfile=str(logfile) if logfile else None,
+        blocking_timeout=blocking_timeout,
+    )
+
+
+async def _preflight(settings: Settings) -> None:
+    """Fail in one sentence when PostgreSQL or Kafka does not answer, before Faust starts."""
+    import asyncpg
+
+    from agents.topics import load_catalog, missing
 
     try:
-        app = create_app(load_settings())
-    except (SettingsError, TopicCatalogError) as exc:
-        sys.exit(f"learnops: {exc}")
-    app.main()
+        conn = await asyncpg.connect(settings.database_dsn, timeout=10)
+    except connection_errors() as exc:
+        raise postgres_unreachable(settings, exc) from exc
+    try:
+        await conn.fetchval("SELECT 1 FROM schema_migrations LIMIT 1")
+    finally:
+        await conn.close()
+    absent = await missing(settings, load_catalog(settings.learnops_topics_file))
+    if absent:
+        fail(f"topics missing on the cluster: {', '.join(absent)}; run `learnops topics create`")
 
 
-@faust_cli.cli.command("serve", help="Start the read-only operator console (dashboard, JSON API).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8080, show_default=True)
+def run_worker(settings: Settings, *, loop: asyncio.AbstractEventLoop, **options: Any) -> NoReturn:
+    """Build the app from ``settings`` and run Faust's worker on it in this process."""
+    import faust
+
+    from agents.app import create_app
+
+    app = create_app(settings)
+    # What Faust's own `worker` command does before it starts the worker
+    # (faust/cli/base.py prepare_app, faust/cli/worker.py _init_worker_options).
+    app.finalize()
+    app.conf._origin = "agents.app"
+    app.worker_init()
+    app.worker_init_post_autodiscover()
+    app.conf.web_enabled = settings.learnops_web_enabled
+    app.conf.web_port = settings.learnops_web_port
+    app.conf.web_bind = settings.learnops_web_host
+    app.conf.web_host = settings.learnops_web_host
+    app.conf.canonical_url = f"http://{settings.learnops_web_host}:{settings.learnops_web_port}"  # type: ignore[assignment]
+    worker = faust.Worker(
+        app,
+        loglevel=options["loglevel"],
+        logfile=options.get("logfile"),
+        blocking_timeout=options.get("blocking_timeout"),
+        redirect_stdouts=True,
+        daemon=True,
+        loop=loop,
+    )
+    worker.execute_from_commandline()
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def serve(host: str, port: int) -> None:
+    """Start the read-only operator console (dashboard, JSON API)."""
     from learnops.console.__main__ import serve as run
 
     run(host, port)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _quiet_broken_pipe() -> NoReturn:
+    """Output went to a reader that left (`| head`): stop quietly, as other Unix tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os._exit(EXIT_BROKEN_PIPE)
+
+
+def _usage(exc: click.UsageError) -> int:
+    if exc.ctx is not None:
+        click.echo(exc.ctx.get_usage(), file=sys.stderr)
+    command_path = exc.ctx.command_path if exc.ctx is not None else PROG
+    click.echo(f"{command_path}: {exc.format_message()}", file=sys.stderr)
+    return exc.exit_code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `learnops` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
+    except click.UsageError as exc:
+        code = _usage(exc)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.Abort:
+        click.echo(f"{PROG}: aborted", file=sys.stderr)
+        code = 1
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        settings = _running.__dict__.get("settings") if _running is not None else None
+        message = explain(exc, settings)
+        if message is None or debug:
+            raise
+        click.echo(f"{PROG}: {message}", file=sys.stderr)
+        code = 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    sys.exit(code if isinstance(code, int) else 0)

@@ -17,50 +17,45 @@ import getpass
 import json
 import os
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import orjson
-import yaml
-from faust.cli import base as faust_cli
 
-from learning.signing import (
-    CanonicalJSONError,
-    PublicKey,
-    SigningKey,
-    diff_artifacts,
-    generate_key,
-    signed_artifact,
+from learnops.cli.main import (
+    CommandContext,
+    closest,
+    command,
+    database,
+    dumps,
+    fail,
+    group,
+    json_option,
+    limit_option,
+    split_ref,
+    table,
+    usage_error,
 )
-from learnops.cli.main import GroupedCommand, command, database, fail, json_option, split_ref
-from models.base import Event
-from models.commands import (
-    ArchivePolicy,
-    PromotePolicy,
-    RegisterPolicy,
-    RollbackPolicy,
-    StartCanary,
-    StartShadow,
-)
-from storage import audit as audit_store
 from storage import policies as store
-from storage import signing_keys as keys_store
+
+if TYPE_CHECKING:
+    from models.base import Event
 
 COMMANDS_TOPIC = "learning.commands"
 
 
-@faust_cli.cli.group()
+@group("Signed policy versions: register, shadow, canary, approve, promote, roll back, inspect.")
 def policy() -> None:
-    """Signed policy versions: register, shadow, canary, promote, roll back, inspect."""
+    pass
 
 
-@policy.group()
+@group("The Ed25519 keys trusted to sign policy artifacts.")
 def keys() -> None:
-    """The Ed25519 keys trusted to sign policy artifacts."""
+    pass
 
+
+policy.add_command(keys)
 
 # --------------------------------------------------------------------------- shared options
 
@@ -74,22 +69,66 @@ _wait = click.option(
     "--wait/--no-wait", default=True, show_default=True, help="Wait for the agent's verdict."
 )
 _timeout = click.option(
-    "--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait."
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait.",
 )
+
+# Names that exist, for "did you mean": the doers and policy ids of registered versions.
+_KNOWN = "SELECT DISTINCT doer, policy_id FROM policies"
+
+
+async def known_names(pool: Any) -> tuple[set[str], set[str]]:
+    """The doers and the policy ids that have registered versions."""
+    rows = await pool.fetch(_KNOWN)
+    return {r["doer"] for r in rows}, {r["policy_id"] for r in rows}
+
+
+async def resolve_doer(pool: Any, doer: str) -> str:
+    """The doer as stored (case-insensitively); one sentence with the closest name if none."""
+    doers, _ = await known_names(pool)
+    if doer in doers:
+        return doer
+    folded = [d for d in doers if d.lower() == doer.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    fail(f"no such doer {doer!r}{closest(doer, doers)} (`learnops policy list` shows them)")
 
 
 async def _find(pool: Any, ref: str) -> store.PolicyRecord:
+    """The version REF names: ``POLICY_ID@VERSION`` or ``POLICY_ID`` (its latest).
+
+    The policy id is matched exactly, then lower-cased (ids default to the doer's
+    name), then as a doer's name when that doer has one policy id.
+    """
     policy_id, version = split_ref(ref)
     found = await store.find_policy(pool, policy_id, version)
-    if found is None:
-        fail(f"no policy {ref} is registered")
-    assert found is not None
-    return found
+    if found is not None:
+        return found
+    doers, ids = await known_names(pool)
+    candidates = [i for i in ids if i.lower() == policy_id.lower()]
+    if not candidates:
+        rows = await pool.fetch(
+            "SELECT DISTINCT policy_id FROM policies WHERE lower(doer) = lower($1)", policy_id
+        )
+        candidates = [r["policy_id"] for r in rows]
+    if len(candidates) == 1:
+        found = await store.find_policy(pool, candidates[0], version)
+        if found is not None:
+            return found
+        versions = await pool.fetch(
+            "SELECT version FROM policies WHERE policy_id = $1 ORDER BY version", candidates[0]
+        )
+        known = ", ".join(f"{candidates[0]}@{r['version']}" for r in versions)
+        fail(f"no such policy version {ref!r}; {candidates[0]} has {known}")
+    hint = closest(policy_id, ids) or closest(policy_id, doers)
+    fail(f"no such policy {policy_id!r}{hint} (`learnops policy list` shows what exists)")
 
 
-async def _send(self: GroupedCommand, event: Event) -> None:
-    settings = self.lapp.settings
-    producer = settings.kafka_producer()
+async def _send(ctx: CommandContext, event: Event) -> None:
+    producer = ctx.settings.kafka_producer()
     await producer.start()
     try:
         await producer.send_and_wait(COMMANDS_TOPIC, key=event.doer.encode(), value=event.to_json())
@@ -98,12 +137,24 @@ async def _send(self: GroupedCommand, event: Event) -> None:
 
 
 async def _submit(
-    self: GroupedCommand, pool: Any, event: Event, *, wait: bool, timeout: float
+    ctx: CommandContext,
+    pool: Any,
+    event: Event,
+    *,
+    wait: bool,
+    timeout: float,
+    as_json: bool = False,
 ) -> None:
     """Send a command; with ``wait``, report the agent's verdict (exit 1 when refused)."""
-    await _send(self, event)
-    self.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
+    from storage import audit as audit_store
+
+    await _send(ctx, event)
+    sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}  # type: ignore[attr-defined]
+    if not as_json:
+        ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
     if not wait:
+        if as_json:
+            ctx.say(dumps({**sent, "outcome": None}))
         return
     deadline = time.monotonic() + timeout
     while (outcome := await audit_store.outcome_of(pool, event.event_id)) is None:
@@ -113,29 +164,45 @@ async def _submit(
                 f"(`learnops policy history {event.doer}` shows it once handled)"
             )
         await asyncio.sleep(0.25)
-    if outcome.applied:
-        self.say(f"applied: {outcome.verdict}")
-        return
-    fail(f"refused ({outcome.refusal}): {outcome.verdict}")
+    if as_json:
+        ctx.say(
+            dumps(
+                {
+                    **sent,
+                    "outcome": {
+                        "applied": outcome.applied,
+                        "verdict": outcome.verdict,
+                        "refusal": outcome.refusal,
+                        "from_status": outcome.from_status,
+                        "to_status": outcome.to_status,
+                    },
+                }
+            )
+        )
+    elif outcome.applied:
+        ctx.say(f"applied: {outcome.verdict}")
+    if not outcome.applied:
+        fail(f"refused ({outcome.refusal}): {outcome.verdict}")
 
 
 def _load_artifact(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}")
-        raise
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             artifact = yaml.safe_load(text)
         else:
             artifact = json.loads(text)
     except (yaml.YAMLError, ValueError) as exc:
-        fail(f"{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}")
-        raise
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+        first = " ".join(str(exc).split())
+        fail(f"{path} is not valid {kind}: {first}")
     if not isinstance(artifact, dict):
         fail(f"{path} must hold a JSON object (prompts, parameters, router rules, tools, …)")
-    assert isinstance(artifact, dict)
     return artifact
 
 
@@ -144,15 +211,34 @@ def _when(value: datetime | None, timespec: str = "seconds") -> str:
 
 
 def _dump(value: Any) -> str:
-    def default(obj: Any) -> Any:
-        if isinstance(obj, bytes):
-            return obj.hex()
-        if isinstance(obj, uuid.UUID):  # asyncpg's own UUID subclass, which orjson skips
-            return str(obj)
-        raise TypeError
+    return dumps(value)
 
-    options = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
-    return orjson.dumps(value, default=default, option=options).decode()
+
+def _fraction(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise click.BadParameter(
+            f"{value:g} is a share of the doer's tasks: give a number in (0, 1], e.g. 0.25"
+        )
+    return value
+
+
+def _steps(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        shares = [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} must be comma-separated shares, e.g. 0.05,0.25,0.5"
+        ) from None
+    if not shares:
+        raise click.BadParameter("give at least one share, e.g. 0.05,0.25,0.5")
+    from learning.promotion import check_steps
+
+    problem = check_steps(shares)
+    if problem:
+        raise click.BadParameter(f"{problem}; e.g. 0.05,0.25,0.5")
+    return shares
 
 
 # --------------------------------------------------------------------------- changes
@@ -171,7 +257,9 @@ def _dump(value: Any) -> str:
         help="Private key PEM (from `learnops policy keys generate`).",
     ),
     click.option("--policy-id", default=None, help="Policy id (default: the doer)."),
-    click.option("--version", type=int, default=None, help="Version (default: the next one)."),
+    click.option(
+        "--version", type=click.IntRange(min=1), default=None, help="Version (default: next)."
+    ),
     click.option("--parent", default=None, help="The version it derives from, POLICY_ID@VERSION."),
     click.option("--dataset", "datasets", multiple=True, help="A dataset it learned from."),
     click.option("--experiment", default=None, help="The experiment that produced it."),
@@ -179,9 +267,10 @@ def _dump(value: Any) -> str:
     _actor,
     _wait,
     _timeout,
+    json_option,
 )
 async def policy_register(
-    self: GroupedCommand,
+    ctx: CommandContext,
     file: Path,
     doer: str,
     key_file: Path,
@@ -194,24 +283,30 @@ async def policy_register(
     actor: str,
     wait: bool,
     timeout: float,
+    as_json: bool,
 ) -> None:
     """Sign FILE (JSON or YAML) and register it as a new draft version of a doer's policy."""
+    from learning.signing import CanonicalJSONError, SigningKey, signed_artifact
+    from models.commands import RegisterPolicy
+    from storage import signing_keys as keys_store
+
     artifact = _load_artifact(file)
     try:
         key = SigningKey.from_pem(key_file.read_bytes())
     except (ValueError, TypeError) as exc:
-        fail(f"{key_file} is not an Ed25519 private key PEM: {exc}")
-        raise
+        fail(
+            f"{key_file} is not an Ed25519 private key PEM ({exc}); make one with "
+            "`learnops policy keys generate`"
+        )
     try:
         signed = signed_artifact(artifact, key)
     except CanonicalJSONError as exc:
         fail(f"{file}: {exc}")
-        raise
     policy_id = policy_id or doer
     parent_id, parent_version = split_ref(parent) if parent else (None, None)
     if parent and parent_version is None:
-        fail(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
-    async with database(self) as pool:
+        usage_error(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
+    async with database(ctx) as pool:
         allowed = (await keys_store.load_keyring(pool)).check_signing_key(key)
         if not allowed:
             fail(f"key {key.key_id} cannot sign: {allowed.reason}")
@@ -228,31 +323,43 @@ async def policy_register(
             experiment_id=experiment,
         )
         ref = f"{event.policy_id}@{event.version}"
-        self.say(f"{ref} sha256:{event.content_hash} signed by key {key.key_id}")
-        await _submit(self, pool, event, wait=wait, timeout=timeout)
+        if not as_json:
+            ctx.say(f"{ref} sha256:{event.content_hash} signed by key {key.key_id}")
+        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
 
 
 @command(
     policy,
     "shadow",
     click.argument("ref"),
-    click.option("--fraction", type=float, default=1.0, show_default=True, help="Share mirrored."),
+    click.option(
+        "--fraction",
+        type=float,
+        default=1.0,
+        show_default=True,
+        callback=_fraction,
+        help="Share of the doer's tasks mirrored, in (0, 1].",
+    ),
     click.option("--reason", default="start shadow", show_default=True),
     _actor,
     _wait,
     _timeout,
+    json_option,
 )
 async def policy_shadow(
-    self: GroupedCommand,
+    ctx: CommandContext,
     ref: str,
     fraction: float,
     reason: str,
     actor: str,
     wait: bool,
     timeout: float,
+    as_json: bool,
 ) -> None:
     """Start mirroring a share of the doer's tasks to draft REF (outputs recorded, never served)."""
-    async with database(self) as pool:
+    from models.commands import StartShadow
+
+    async with database(ctx) as pool:
         found = await _find(pool, ref)
         event = StartShadow(
             doer=found.doer,
@@ -262,41 +369,49 @@ async def policy_shadow(
             version=found.version,
             mirror_fraction=fraction,
         )
-        await _submit(self, pool, event, wait=wait, timeout=timeout)
+        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
 
 
 @command(
     policy,
     "canary",
     click.argument("ref"),
-    click.option("--steps", default=None, help="Traffic shares, e.g. 0.05,0.25,0.5."),
-    click.option("--require-approval", is_flag=True, help="Wait for approval at each step."),
+    click.option(
+        "--steps",
+        default=None,
+        callback=_steps,
+        help="Growing traffic shares in (0, 1], e.g. 0.05,0.25,0.5 (default: configured).",
+    ),
+    click.option(
+        "--require-approval",
+        is_flag=True,
+        help="Wait at each step for `learnops policy approve`.",
+    ),
     click.option("--force", is_flag=True, help="Start from draft, skipping shadow."),
     click.option("--reason", default=None, help="Why (required with --force)."),
     _actor,
     _wait,
     _timeout,
+    json_option,
 )
 async def policy_canary(
-    self: GroupedCommand,
+    ctx: CommandContext,
     ref: str,
-    steps: str | None,
+    steps: list[float] | None,
     require_approval: bool,
     force: bool,
     reason: str | None,
     actor: str,
     wait: bool,
     timeout: float,
+    as_json: bool,
 ) -> None:
     """Start serving REF to a growing share of the doer's tasks against its active policy."""
+    from models.commands import StartCanary
+
     if force and not reason:
-        fail("--force needs --reason: a skipped step is recorded with why")
-    try:
-        shares = [float(s) for s in steps.split(",")] if steps else None
-    except ValueError:
-        fail(f"--steps {steps!r} must be comma-separated numbers, e.g. 0.05,0.25,0.5")
-        raise
-    async with database(self) as pool:
+        usage_error("--force needs --reason: a skipped step is recorded with why")
+    async with database(ctx) as pool:
         found = await _find(pool, ref)
         event = StartCanary(
             doer=found.doer,
@@ -304,26 +419,36 @@ async def policy_canary(
             reason=reason or "start canary",
             policy_id=found.policy_id,
             version=found.version,
-            steps=shares,
+            steps=steps,
             require_approval=require_approval,
             force=force,
         )
-        await _submit(self, pool, event, wait=wait, timeout=timeout)
+        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+
+
+def _versioned(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if split_ref(value)[1] is None:
+        raise click.BadParameter(
+            f"{value!r} names no version; promote one explicitly, e.g. {value}@2 "
+            f"(`learnops policy list --doer …` shows the versions)"
+        )
+    return value
 
 
 @command(
     policy,
     "promote",
-    click.argument("ref"),
+    click.argument("ref", callback=_versioned),
     click.option("--force", is_flag=True, help="Skip steps (draft or shadow → active)."),
     click.option("--reason", default=None, help="Why (required with --force)."),
     click.option("--deployment", default=None, help="Only promote out of this deployment."),
     _actor,
     _wait,
     _timeout,
+    json_option,
 )
 async def policy_promote(
-    self: GroupedCommand,
+    ctx: CommandContext,
     ref: str,
     force: bool,
     reason: str | None,
@@ -331,11 +456,14 @@ async def policy_promote(
     actor: str,
     wait: bool,
     timeout: float,
+    as_json: bool,
 ) -> None:
-    """Make REF its doer's active policy; the previous active version is archived."""
+    """Make REF (POLICY_ID@VERSION) its doer's active policy; the previous one is archived."""
+    from models.commands import PromotePolicy
+
     if force and not reason:
-        fail("--force needs --reason: a skipped step is recorded with why")
-    async with database(self) as pool:
+        usage_error("--force needs --reason: a skipped step is recorded with why")
+    async with database(ctx) as pool:
         found = await _find(pool, ref)
         event = PromotePolicy(
             doer=found.doer,
@@ -346,7 +474,7 @@ async def policy_promote(
             deployment_id=deployment,
             force=force,
         )
-        await _submit(self, pool, event, wait=wait, timeout=timeout)
+        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
 
 
 @command(
@@ -359,9 +487,10 @@ async def policy_promote(
     _actor,
     _wait,
     _timeout,
+    json_option,
 )
 async def policy_rollback(
-    self: GroupedCommand,
+    ctx: CommandContext,
     ref: str | None,
     doer: str | None,
     deployment: str | None,
@@ -369,17 +498,22 @@ async def policy_rollback(
     actor: str,
     wait: bool,
     timeout: float,
+    as_json: bool,
 ) -> None:
     """End the shadow or canary of REF (or --doer's live candidate); traffic returns to active."""
-    async with database(self) as pool:
+    from models.commands import RollbackPolicy
+
+    if not ref and not doer:
+        usage_error("name the candidate (REF) or its doer (--doer)")
+    async with database(ctx) as pool:
         policy_id: str | None = None
         version: int | None = None
         if ref:
             found = await _find(pool, ref)
             doer, policy_id, version = found.doer, found.policy_id, found.version
-        if not doer:
-            fail("name the candidate (REF) or its doer (--doer)")
-        assert doer is not None
+        else:
+            assert doer is not None
+            doer = await resolve_doer(pool, doer)
         event = RollbackPolicy(
             doer=doer,
             actor=actor,
@@ -388,23 +522,32 @@ async def policy_rollback(
             version=version,
             deployment_id=deployment,
         )
-        await _submit(self, pool, event, wait=wait, timeout=timeout)
+        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
 
 
 @command(
     policy,
     "archive",
-    click.argument("ref"),
+    click.argument("ref", callback=_versioned),
     click.option("--reason", required=True, help="Why."),
     _actor,
     _wait,
     _timeout,
+    json_option,
 )
 async def policy_archive(
-    self: GroupedCommand, ref: str, reason: str, actor: str, wait: bool, timeout: float
+    ctx: CommandContext,
+    ref: str,
+    reason: str,
+    actor: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
 ) -> None:
-    """Withdraw draft REF; it is kept, and never deployed."""
-    async with database(self) as pool:
+    """Withdraw draft REF (POLICY_ID@VERSION); it is kept, and never deployed."""
+    from models.commands import ArchivePolicy
+
+    async with database(ctx) as pool:
         found = await _find(pool, ref)
         event = ArchivePolicy(
             doer=found.doer,
@@ -413,7 +556,269 @@ async def policy_archive(
             policy_id=found.policy_id,
             version=found.version,
         )
-        await _submit(self, pool, event, wait=wait, timeout=timeout)
+        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+
+
+# --------------------------------------------------------------------------- deployments
+
+_DEPLOYMENTS = """
+SELECT deployment_id, doer, policy_id, version, control_policy_id, control_version, mode,
+       allocation, step, steps, require_approval, started_at, ended_at, outcome,
+       paused_at, paused_reason
+FROM shadow_deployments
+WHERE ($1::text IS NULL OR doer = $1) AND ($2 OR ended_at IS NULL)
+ORDER BY started_at DESC
+LIMIT $3
+"""
+
+
+def _deployment_report(row: Any) -> dict[str, Any]:
+    return {
+        "deployment_id": row["deployment_id"],
+        "doer": row["doer"],
+        "mode": row["mode"],
+        "candidate": f"{row['policy_id']}@{row['version']}",
+        "control": f"{row['control_policy_id']}@{row['control_version']}",
+        "allocation": row["allocation"],
+        "step": row["step"],
+        "steps": list(row["steps"]),
+        "require_approval": row["require_approval"],
+        "paused": row["paused_at"] is not None,
+        "paused_reason": row["paused_reason"],
+        "started_at": _when(row["started_at"]),
+        "ended_at": _when(row["ended_at"]) if row["ended_at"] else None,
+        "outcome": row["outcome"],
+    }
+
+
+async def _deployment(pool: Any, text: str) -> dict[str, Any]:
+    """The deployment TEXT names: its id, or a doer whose live deployment it is."""
+    rows = await pool.fetch(_DEPLOYMENTS, None, True, 100000)
+    for row in rows:
+        if row["deployment_id"] == text:
+            return _deployment_report(row)
+    live = [r for r in rows if r["ended_at"] is None and r["doer"].lower() == text.lower()]
+    if len(live) == 1:
+        return _deployment_report(live[0])
+    names = {r["deployment_id"] for r in rows if r["ended_at"] is None}
+    names |= {r["doer"] for r in rows if r["ended_at"] is None}
+    fail(
+        f"no such deployment {text!r}{closest(text, names)} "
+        "(`learnops policy deployments` lists the live ones)"
+    )
+
+
+async def _wait_for(
+    pool: Any, deployment_id: str, done: Any, timeout: float, what: str
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = await pool.fetchrow(
+            "SELECT * FROM shadow_deployments WHERE deployment_id = $1", deployment_id
+        )
+        if row is not None and done(row):
+            return _deployment_report(row)
+        if time.monotonic() > deadline:
+            fail(
+                f"{deployment_id} not {what} after {timeout:g}s; is a worker running? "
+                "(a refused request raises an alert on learning.alerts)"
+            )
+        await asyncio.sleep(0.25)
+
+
+@command(
+    policy,
+    "deployments",
+    click.option("--doer", default=None, help="Only this doer's."),
+    click.option("--all", "include_ended", is_flag=True, help="Ended deployments too."),
+    limit_option(100),
+    json_option,
+)
+async def policy_deployments(
+    ctx: CommandContext, doer: str | None, include_ended: bool, limit: int, as_json: bool
+) -> None:
+    """Shadow and canary deployments (live ones unless --all): step, share, pause, approval."""
+    async with database(ctx) as pool:
+        if doer is not None:
+            doer = await resolve_doer(pool, doer)
+        rows = await pool.fetch(_DEPLOYMENTS, doer, include_ended, limit)
+    items = [_deployment_report(r) for r in rows]
+    if as_json:
+        ctx.say(dumps(items))
+        return
+    shown = table(
+        "deployment", "doer", "mode", "candidate", "control", "step", "share", "state", ids=2
+    )
+    for d in items:
+        state = (
+            d["outcome"] or "ended"
+            if d["ended_at"]
+            else ("paused" if d["paused"] else "live")
+            + (" (approval)" if d["require_approval"] else "")
+        )
+        shown.add_row(
+            d["deployment_id"],
+            d["doer"],
+            d["mode"],
+            d["candidate"],
+            d["control"],
+            f"{d['step']}/{max(0, len(d['steps']) - 1)}" if d["steps"] else "-",
+            f"{d['allocation']:g}",
+            state,
+        )
+    ctx.console().print(shown)
+    if not items:
+        ctx.say("no live deployments" if not include_ended else "no deployments")
+
+
+@command(
+    policy,
+    "approve",
+    click.argument("deployment"),
+    click.option(
+        "--step",
+        type=click.IntRange(min=1),
+        required=True,
+        help="The step to move to (index into the deployment's steps; the next one).",
+    ),
+    click.option("--reason", default="approved", show_default=True),
+    _actor,
+    _wait,
+    _timeout,
+    json_option,
+)
+async def policy_approve(
+    ctx: CommandContext,
+    deployment: str,
+    step: int,
+    reason: str,
+    actor: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Let canary DEPLOYMENT (or a doer's live one), waiting for approval, move to --step."""
+    from models.commands import ApproveStep
+
+    async with database(ctx) as pool:
+        found = await _deployment(pool, deployment)
+        did = found["deployment_id"]
+        if found["ended_at"]:
+            fail(f"{did} has ended ({found['outcome']}); there is nothing to approve")
+        if found["mode"] != "canary":
+            fail(f"{did} is a shadow; only a canary steps up (`learnops policy canary`)")
+        if found["paused"]:
+            fail(f"{did} is paused; resume it first (`learnops policy resume {did}`)")
+        if step != found["step"] + 1 or step >= len(found["steps"]):
+            last = len(found["steps"]) - 1
+            nxt = (
+                f"the next step is {found['step'] + 1}"
+                if found["step"] < last
+                else "it is at its last step; promote it instead"
+            )
+            usage_error(f"{did} is at step {found['step']} of 0..{last}; {nxt}")
+        event = ApproveStep(
+            doer=found["doer"], actor=actor, reason=reason, deployment_id=did, step=step
+        )
+        await _send(ctx, event)
+        sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}
+        if not wait:
+            ctx.say(dumps(sent) if as_json else f"sent {event.event_id} to {COMMANDS_TOPIC}")
+            return
+        if not as_json:
+            ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
+        moved = await _wait_for(
+            pool, did, lambda row: row["step"] >= step, timeout, f"at step {step}"
+        )
+    if as_json:
+        ctx.say(dumps({**sent, "deployment": moved}))
+    else:
+        ctx.say(f"applied: {did} at step {moved['step']}, {moved['allocation']:g} of the traffic")
+
+
+async def _pause_or_resume(
+    ctx: CommandContext,
+    deployment: str,
+    pause: bool,
+    reason: str,
+    actor: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    from models.commands import PauseDeployment, ResumeDeployment
+
+    async with database(ctx) as pool:
+        found = await _deployment(pool, deployment)
+        did = found["deployment_id"]
+        if found["ended_at"]:
+            fail(f"{did} has ended ({found['outcome']})")
+        if found["paused"] == pause:
+            state = "paused" if pause else "not paused"
+            fail(f"{did} is {state} already")
+        kind = PauseDeployment if pause else ResumeDeployment
+        event = kind(doer=found["doer"], actor=actor, reason=reason, deployment_id=did)
+        await _send(ctx, event)
+        sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}
+        if not wait:
+            ctx.say(dumps(sent) if as_json else f"sent {event.event_id} to {COMMANDS_TOPIC}")
+            return
+        if not as_json:
+            ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
+        what = "paused" if pause else "resumed"
+        changed = await _wait_for(
+            pool, did, lambda row: (row["paused_at"] is not None) == pause, timeout, what
+        )
+    if as_json:
+        ctx.say(dumps({**sent, "deployment": changed}))
+    else:
+        ctx.say(f"applied: {did} {what} at step {changed['step']}")
+
+
+@command(
+    policy,
+    "pause",
+    click.argument("deployment"),
+    click.option("--reason", default="paused by an operator", show_default=True),
+    _actor,
+    _wait,
+    _timeout,
+    json_option,
+)
+async def policy_pause(
+    ctx: CommandContext,
+    deployment: str,
+    reason: str,
+    actor: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Hold DEPLOYMENT (or a doer's live one) at its step; routing stays as it is."""
+    await _pause_or_resume(ctx, deployment, True, reason, actor, wait, timeout, as_json)
+
+
+@command(
+    policy,
+    "resume",
+    click.argument("deployment"),
+    click.option("--reason", default="resumed by an operator", show_default=True),
+    _actor,
+    _wait,
+    _timeout,
+    json_option,
+)
+async def policy_resume(
+    ctx: CommandContext,
+    deployment: str,
+    reason: str,
+    actor: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Let paused DEPLOYMENT (or a doer's) carry on from the step it was held at."""
+    await _pause_or_resume(ctx, deployment, False, reason, actor, wait, timeout, as_json)
 
 
 # --------------------------------------------------------------------------- reading
@@ -422,35 +827,52 @@ async def policy_archive(
 @command(
     policy,
     "list",
-    click.option("--doer", default=None),
-    click.option("--status", default=None),
-    click.option("--limit", type=int, default=200, show_default=True),
+    click.option("--doer", default=None, help="Only this doer's versions."),
+    click.option(
+        "--status",
+        type=click.Choice(["draft", "shadow", "canary", "active", "archived", "rolled_back"]),
+        default=None,
+    ),
+    limit_option(200),
     json_option,
 )
 async def policy_list(
-    self: GroupedCommand, doer: str | None, status: str | None, limit: int, as_json: bool
+    ctx: CommandContext, doer: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List policy versions, newest first."""
-    async with database(self) as pool:
+    async with database(ctx) as pool:
+        if doer is not None:
+            doer = await resolve_doer(pool, doer)
         found = await store.list_policies(pool, doer=doer, status=status, limit=limit)
     if as_json:
-        self.say(_dump([{k: v for k, v in r.__dict__.items() if k != "artifact"} for r in found]))
+        ctx.say(_dump([{k: v for k, v in r.__dict__.items() if k != "artifact"} for r in found]))
         return
+    shown = table("policy", "doer", "status", "content", "key", "created", "by", ids=2)
     for r in found:
-        self.say(
-            f"{r.ref:32} {r.doer:20} {r.status:12} sha256:{r.content_hash[:12]} "
-            f"key {r.key_id} {_when(r.created_at)} by {r.created_by}"
+        shown.add_row(
+            r.ref,
+            r.doer,
+            r.status,
+            f"sha256:{r.content_hash[:12]}",
+            r.key_id,
+            _when(r.created_at),
+            r.created_by,
         )
+    ctx.console().print(shown)
+    if not found:
+        ctx.say("no policy versions" + (f" in status {status}" if status else ""))
 
 
 @command(policy, "show", click.argument("ref"), json_option)
-async def policy_show(self: GroupedCommand, ref: str, as_json: bool) -> None:
+async def policy_show(ctx: CommandContext, ref: str, as_json: bool) -> None:
     """Show a version: provenance, signature, artifact and its audit trail."""
-    async with database(self) as pool:
+    from storage import audit as audit_store
+
+    async with database(ctx) as pool:
         found = await _find(pool, ref)
         trail = await audit_store.promotions(pool, policy_id=found.policy_id, version=found.version)
     if as_json:
-        self.say(_dump({"policy": found, "promotions": trail}))
+        ctx.say(_dump({"policy": found, "promotions": trail}))
         return
     parent = f"{found.parent_policy_id}@{found.parent_version}" if found.parent_policy_id else "-"
     for label, value in (
@@ -465,30 +887,36 @@ async def policy_show(self: GroupedCommand, ref: str, as_json: bool) -> None:
         ("created", f"{_when(found.created_at)} by {found.created_by}"),
         ("updated", _when(found.updated_at)),
     ):
-        self.say(f"{label:11} {value}")
-    self.say("artifact:")
-    self.say(_dump(found.artifact))
-    self.say("audit:")
+        ctx.say(f"{label:11} {value}")
+    ctx.say("artifact:")
+    ctx.say(_dump(found.artifact))
+    ctx.console().print(_audit_table(trail, "audit"))
+
+
+def _audit_table(trail: list[Any], title: str, with_ref: bool = False) -> Any:
+    columns = ["recorded", "action", "outcome", "moved", "by", "source", "verdict"]
+    shown = table(*(["policy", *columns] if with_ref else columns), title=title)
     for row in trail:
-        self.say(_audit_line(row))
-
-
-def _audit_line(row: audit_store.PromotionRecord) -> str:
-    moved = f"{row.from_status or '-'} → {row.to_status or '-'}"
-    return (
-        f"  {_when(row.recorded_at)} {row.action:12} {row.outcome:7} {moved:22} "
-        f"by {row.actor} ({row.source}): {row.verdict}"
-    )
+        cells = [
+            _when(row.recorded_at),
+            row.action,
+            row.outcome,
+            f"{row.from_status or '-'} → {row.to_status or '-'}",
+            row.actor,
+            row.source,
+            row.verdict,
+        ]
+        shown.add_row(*([f"{row.policy_id}@{row.version}", *cells] if with_ref else cells))
+    return shown
 
 
 def _parse_time(text: str) -> datetime:
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        fail(f"--at {text!r} is not an ISO 8601 time, e.g. 2026-03-03T14:03:00+00:00")
-        raise
+        usage_error(f"--at {text!r} is not an ISO 8601 time, e.g. 2026-03-03T14:03:00+00:00")
     if at.utcoffset() is None:
-        fail(f"--at {text!r} has no timezone; add one, e.g. +00:00 or Z")
+        usage_error(f"--at {text!r} has no timezone; add one, e.g. +00:00 or Z")
     return at
 
 
@@ -499,18 +927,21 @@ def _parse_time(text: str) -> datetime:
     click.option("--at", "at", default=None, help="Only the version live at this ISO time."),
     json_option,
 )
-async def policy_history(self: GroupedCommand, doer: str, at: str | None, as_json: bool) -> None:
+async def policy_history(ctx: CommandContext, doer: str, at: str | None, as_json: bool) -> None:
     """Show which version was live for DOER over time (or at one moment), and the audit trail."""
-    async with database(self) as pool:
-        if at is not None:
-            moment = _parse_time(at)
+    from storage import audit as audit_store
+
+    moment = _parse_time(at) if at is not None else None
+    async with database(ctx) as pool:
+        doer = await resolve_doer(pool, doer)
+        if moment is not None:
             live = await store.live_at(pool, doer, moment)
             if as_json:
-                self.say(_dump(live))
+                ctx.say(_dump(live))
             elif live is None:
-                self.say(f"no active policy for {doer} at {moment.isoformat()}")
+                ctx.say(f"no active policy for {doer} at {moment.isoformat()}")
             else:
-                self.say(
+                ctx.say(
                     f"{live.ref} was live for {doer} at {moment.isoformat()} "
                     f"(active {_when(live.active_from, 'milliseconds')} → "
                     f"{_when(live.active_to, 'milliseconds') if live.active_to else 'now'})"
@@ -519,32 +950,40 @@ async def policy_history(self: GroupedCommand, doer: str, at: str | None, as_jso
         stretches = await store.activations(pool, doer)
         trail = await audit_store.promotions(pool, doer=doer)
     if as_json:
-        self.say(_dump({"activations": stretches, "promotions": trail}))
+        ctx.say(_dump({"activations": stretches, "promotions": trail}))
         return
-    self.say(f"live history of {doer}:")
+    live = table("policy", "active from", "until", title=f"live history of {doer}")
     for a in stretches:
         until = _when(a.active_to, "milliseconds") if a.active_to else "now"
-        self.say(f"  {_when(a.active_from, 'milliseconds')} → {until:29} {a.ref}")
-    self.say("audit:")
-    for row in trail:
-        self.say(f"{_audit_line(row)} [{row.policy_id}@{row.version}]")
+        live.add_row(a.ref, _when(a.active_from, "milliseconds"), until)
+    console = ctx.console()
+    console.print(live)
+    console.print(_audit_table(trail, "audit", with_ref=True))
 
 
-@command(policy, "diff", click.argument("a"), click.argument("b"))
-async def policy_diff(self: GroupedCommand, a: str, b: str) -> None:
+@command(policy, "diff", click.argument("a"), click.argument("b"), json_option)
+async def policy_diff(ctx: CommandContext, a: str, b: str, as_json: bool) -> None:
     """Show how artifact B differs from A (each a POLICY_ID@VERSION or a JSON/YAML file)."""
-    async with database(self) as pool:
-        left = await _artifact_of(pool, a)
-        right = await _artifact_of(pool, b)
+    from learning.signing import CanonicalJSONError, diff_artifacts
+
+    if Path(a).is_file() and Path(b).is_file():
+        left, right = _load_artifact(Path(a)), _load_artifact(Path(b))
+    else:
+        async with database(ctx) as pool:
+            left = await _artifact_of(pool, a)
+            right = await _artifact_of(pool, b)
     try:
         lines = diff_artifacts(left, right)
     except CanonicalJSONError as exc:
         fail(str(exc))
-    self.say(f"--- {a}\n+++ {b}")
+    if as_json:
+        ctx.say(dumps({"a": a, "b": b, "differences": lines}))
+        return
+    ctx.say(f"--- {a}\n+++ {b}")
     if not lines:
-        self.say("no differences: the content hashes are equal")
+        ctx.say("no differences: the content hashes are equal")
     for line in lines:
-        self.say(line)
+        ctx.say(line)
 
 
 async def _artifact_of(pool: Any, ref: str) -> Any:
@@ -562,12 +1001,12 @@ async def _artifact_of(pool: Any, ref: str) -> Any:
     json_option,
 )
 async def policy_lineage(
-    self: GroupedCommand, ref: str | None, dataset: str | None, as_json: bool
+    ctx: CommandContext, ref: str | None, dataset: str | None, as_json: bool
 ) -> None:
     """Show datasets → experiment → version (and its ancestors) → promotions, in one query."""
     if bool(ref) == bool(dataset):
-        fail("name a version (REF) or a --dataset, not both")
-    async with database(self) as pool:
+        usage_error("name a version (REF) or a --dataset, not both")
+    async with database(ctx) as pool:
         if dataset:
             chain = await store.dataset_lineage(pool, dataset)
         else:
@@ -575,16 +1014,18 @@ async def policy_lineage(
             found = await _find(pool, ref)
             chain = await store.lineage(pool, found.policy_id, found.version)
     if as_json:
-        self.say(_dump(chain))
+        ctx.say(_dump(chain))
         return
+    if dataset and not chain:
+        fail(f"no policy version names dataset {dataset!r}")
     for entry in chain:
         pad = "  " * entry.depth
-        self.say(
+        ctx.say(
             f"{pad}{entry.ref} ({entry.doer}, {entry.status}) sha256:{entry.content_hash[:12]} "
             f"datasets=[{', '.join(entry.dataset_ids)}] experiment={entry.experiment_id or '-'}"
         )
         for p in entry.promotions:
-            self.say(
+            ctx.say(
                 f"{pad}  {p['recorded_at'][:19]} {p['action']:12} {p['outcome']:7} "
                 f"{p['from_status'] or '-'} → {p['to_status'] or '-'} by {p['actor']}"
             )
@@ -604,25 +1045,40 @@ async def policy_lineage(
     ),
     click.option("--note", default="", help="What the key is for, e.g. 'ci signer 2026'."),
     _actor,
+    json_option,
 )
-async def keys_generate(self: GroupedCommand, out: Path, note: str, actor: str) -> None:
+async def keys_generate(
+    ctx: CommandContext, out: Path, note: str, actor: str, as_json: bool
+) -> None:
     """Create an Ed25519 signing key: the private half to OUT, the public half to the keyring."""
+    from learning.signing import generate_key
+    from storage import signing_keys as keys_store
+
     key = generate_key()
-    async with database(self) as pool:
+    async with database(ctx) as pool:
         try:
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            fail(f"{out} exists; refusing to overwrite a key")
-            raise
+            fail(f"{out} exists; refusing to overwrite a key (choose another --out)")
         except OSError as exc:
             fail(f"cannot create {out}: {exc.strerror}")
-            raise
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o600)
             handle.write(key.to_pem())
         record = await keys_store.add_signing_key(pool, key.public_key, created_by=actor, note=note)
-    self.say(f"key {record.key_id} trusted; private key written to {out} (mode 0600)")
-    self.say(f"public key (base64): {key.public_key.to_b64()}")
+    if as_json:
+        ctx.say(
+            dumps(
+                {
+                    "key_id": record.key_id,
+                    "private_key_file": str(out),
+                    "public_key": key.public_key.to_b64(),
+                }
+            )
+        )
+        return
+    ctx.say(f"key {record.key_id} trusted; private key written to {out} (mode 0600)")
+    ctx.say(f"public key (base64): {key.public_key.to_b64()}")
 
 
 @command(
@@ -631,53 +1087,88 @@ async def keys_generate(self: GroupedCommand, out: Path, note: str, actor: str) 
     click.argument("public_pem", type=click.Path(path_type=Path, exists=True, dir_okay=False)),
     click.option("--note", default=""),
     _actor,
+    json_option,
 )
-async def keys_add(self: GroupedCommand, public_pem: Path, note: str, actor: str) -> None:
+async def keys_add(
+    ctx: CommandContext, public_pem: Path, note: str, actor: str, as_json: bool
+) -> None:
     """Trust a public key made elsewhere (a PEM `PUBLIC KEY` block)."""
+    from learning.signing import PublicKey
+    from storage import signing_keys as keys_store
+
     try:
         public_key = PublicKey.from_pem(public_pem.read_bytes())
     except ValueError as exc:
         fail(f"{public_pem}: {exc}")
-        raise
-    async with database(self) as pool:
+    async with database(ctx) as pool:
         record = await keys_store.add_signing_key(pool, public_key, created_by=actor, note=note)
-    self.say(f"key {record.key_id} trusted ({record.status})")
+    if as_json:
+        ctx.say(dumps({"key_id": record.key_id, "status": record.status}))
+        return
+    ctx.say(f"key {record.key_id} trusted ({record.status})")
 
 
 @command(keys, "list", json_option)
-async def keys_list(self: GroupedCommand, as_json: bool) -> None:
+async def keys_list(ctx: CommandContext, as_json: bool) -> None:
     """List the keyring: every key, and whether it is active, retired or revoked."""
-    async with database(self) as pool:
+    from storage import signing_keys as keys_store
+
+    async with database(ctx) as pool:
         found = await keys_store.signing_keys(pool)
     if as_json:
-        self.say(_dump(found))
+        ctx.say(_dump(found))
         return
+    shown = table("key", "status", "added", "by", "retired", "revoked", "note")
     for k in found:
-        self.say(
-            f"{k.key_id} {k.status:8} added {_when(k.created_at)} by {k.created_by}"
-            + (f" retired {_when(k.retired_at)}" if k.retired_at else "")
-            + (f" revoked {_when(k.revoked_at)}" if k.revoked_at else "")
-            + (f"  {k.note}" if k.note else "")
+        shown.add_row(
+            k.key_id,
+            k.status,
+            _when(k.created_at),
+            k.created_by,
+            _when(k.retired_at),
+            _when(k.revoked_at),
+            k.note or "",
         )
+    ctx.console().print(shown)
 
 
-@command(keys, "retire", click.argument("key_id"))
-async def keys_retire(self: GroupedCommand, key_id: str) -> None:
+async def _known_key(pool: Any, key_id: str) -> None:
+    from storage import signing_keys as keys_store
+
+    found = await keys_store.signing_keys(pool)
+    ids = {k.key_id for k in found}
+    fail(f"no key {key_id!r} in the keyring{closest(key_id, ids)} (`learnops policy keys list`)")
+
+
+@command(keys, "retire", click.argument("key_id"), json_option)
+async def keys_retire(ctx: CommandContext, key_id: str, as_json: bool) -> None:
     """Stop KEY_ID vouching for new registrations; versions it signed before still deploy."""
-    async with database(self) as pool:
+    from storage import signing_keys as keys_store
+
+    async with database(ctx) as pool:
         record = await keys_store.retire_signing_key(pool, key_id)
-    if record is None:
-        fail(f"no key {key_id} in the keyring")
+        if record is None:
+            await _known_key(pool, key_id)
     assert record is not None
-    self.say(f"key {key_id} retired at {_when(record.retired_at)}")
+    if as_json:
+        ctx.say(dumps({"key_id": key_id, "retired_at": _when(record.retired_at)}))
+        return
+    ctx.say(f"key {key_id} retired at {_when(record.retired_at)}")
 
 
-@command(keys, "revoke", click.argument("key_id"), click.option("--reason", required=True))
-async def keys_revoke(self: GroupedCommand, key_id: str, reason: str) -> None:
+@command(
+    keys, "revoke", click.argument("key_id"), click.option("--reason", required=True), json_option
+)
+async def keys_revoke(ctx: CommandContext, key_id: str, reason: str, as_json: bool) -> None:
     """Distrust KEY_ID: nothing it signed moves to shadow, canary or active again."""
-    async with database(self) as pool:
+    from storage import signing_keys as keys_store
+
+    async with database(ctx) as pool:
         record = await keys_store.revoke_signing_key(pool, key_id, note=reason)
-    if record is None:
-        fail(f"no key {key_id} in the keyring")
+        if record is None:
+            await _known_key(pool, key_id)
     assert record is not None
-    self.say(f"key {key_id} revoked at {_when(record.revoked_at)}")
+    if as_json:
+        ctx.say(dumps({"key_id": key_id, "revoked_at": _when(record.revoked_at)}))
+        return
+    ctx.say(f"key {key_id} revoked at {_when(record.revoked_at)}")

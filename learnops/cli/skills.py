@@ -6,25 +6,31 @@ skill-card stage (agents/skills.py) keeps; `--json` prints the stored events.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
-from faust.cli import base as faust_cli
 from rich.console import Console
 from rich.table import Table
 
-from learnops.cli.main import GroupedCommand, command, database, fail, json_option
-from learnops.demo.commands import demo
-from models.events import SkillCard
+from learnops.cli.main import (
+    GroupedCommand,
+    closest,
+    command,
+    database,
+    fail,
+    group,
+    json_option,
+)
 from storage.skills import card_history, current_card, current_cards, open_requests
 
+if TYPE_CHECKING:
+    from models.events import SkillCard
 
-@faust_cli.cli.group()
+
+@group("Skill cards: what each doer is good and bad at, with the figures that say so.")
 def skills() -> None:
-    """Skill cards: what each doer is good and bad at, with the figures that say so."""
+    pass
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -45,7 +51,7 @@ def _policy(card: SkillCard) -> str:
 
 def cards_table(cards: list[SkillCard], title: str = "Skill cards (current)") -> Table:
     """One row per doer: runs, gate pass rate, CRL and its deltas, and how many findings."""
-    table = Table(title=title)
+    table = Table(title=title, title_justify="left")
     for name, justify in (
         ("doer", "left"),
         ("as of", "left"),
@@ -61,7 +67,12 @@ def cards_table(cards: list[SkillCard], title: str = "Skill cards (current)") ->
         ("best model", "left"),
         ("policy", "left"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=name == "doer",
+            overflow="fold",
+        )
     for card in cards:
         f = card.findings
         best = card.best_models[0]["model"] if card.best_models else "–"
@@ -173,21 +184,36 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
     "show",
     click.argument("doer"),
     click.option("--json", "as_json", is_flag=True, help="Print the card as JSON."),
-    click.option("--history", "history", type=int, default=0, help="Also list N earlier cards."),
+    click.option(
+        "--history",
+        "history",
+        type=click.IntRange(min=0),
+        default=0,
+        help="Also list N earlier cards.",
+    ),
 )
 async def skills_show(self: GroupedCommand, doer: str, as_json: bool, history: int) -> None:
     """Show a doer's current skill card."""
     async with database(self) as pool:
         card = await current_card(pool, doer)
         if card is None:
-            fail(f"no skill card for {doer!r} yet (does the worker see its runs?)")
-            return
+            doers = {c.doer for c in await current_cards(pool)}
+            folded = [d for d in doers if d.lower() == doer.lower()]
+            if len(folded) == 1:
+                doer = folded[0]
+                card = await current_card(pool, doer)
+        if card is None:
+            fail(
+                f"no skill card for doer {doer!r}{closest(doer, doers)} "
+                "(a card appears once the worker has scored a run of the doer; "
+                "`learnops skills list` shows them)"
+            )
         requests = await open_requests(pool, doer)
         earlier = await card_history(pool, doer, history + 1) if history else []
     if as_json:
         self.say(orjson.dumps(card.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
         return
-    console = Console(file=self.stdout, width=140)
+    console = self.console()
     print_card(console, card, requests)
     if earlier[1:]:
         console.print(cards_table(earlier[1:], title=f"Earlier cards of {doer}, newest first"))
@@ -202,28 +228,6 @@ async def skills_list(self: GroupedCommand, as_json: bool) -> None:
         rows = [c.model_dump(mode="json") for c in cards]
         self.say(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    Console(file=self.stdout, width=160).print(cards_table(cards))
-
-
-@command(
-    demo,
-    "skills",
-    click.option("--timeout", type=float, default=60.0, show_default=True),
-    click.option("--min-runs", type=int, default=1, help="Wait until a card has this many runs."),
-)
-async def demo_skills(self: GroupedCommand, timeout: float, min_runs: int) -> None:
-    """Show every doer's skill card, and the worst doer's in full."""
-    async with database(self) as pool:
-        deadline = time.monotonic() + timeout
-        cards = await current_cards(pool)
-        while not any(c.runs >= min_runs for c in cards) and time.monotonic() < deadline:
-            await asyncio.sleep(1.0)
-            cards = await current_cards(pool)
-        if not cards:
-            fail("no skill cards yet: is the worker running?")
-            return
-        worst = max(cards, key=lambda c: (c.mean_crl or 0.0, c.doer))
-        requests = await open_requests(pool, worst.doer)
-    console = Console(file=self.stdout, width=160)
-    console.print(cards_table(cards))
-    print_card(console, worst, requests)
+    self.console().print(cards_table(cards))
+    if not cards:
+        self.say("no skill cards yet: the worker writes one per doer as runs are scored")

@@ -28,8 +28,8 @@ from storage.pool import create_pool
 )
 async def canary(self: GroupedCommand, min_samples: int, timeout: float) -> None:
     """Run a better candidate through its canary steps to promotion, and a worse one to rollback."""
-    settings = self.lapp.settings
-    console = Console()
+    settings = self.settings
+    console = self.console()
     pool = await create_pool(settings.database_dsn, min_size=1, max_size=4)
     producer = settings.kafka_producer(linger_ms=5)
     await producer.start()

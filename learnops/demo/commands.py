@@ -1,4 +1,8 @@
-"""`learnops simulate` (a simulated orchestrator) and `learnops report` (what happened)."""
+"""`learnops demo …`: a simulated orchestrator (`simulate`), what happened (`report`), skill cards.
+
+The demo's other walk-throughs (canary, curation, experiments) register on the
+same group from their own modules.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from faust.cli import base as faust_cli
-from rich.console import Console
 from rich.table import Table
 
 from agents.topics import read_from_start
 from learning.simulation import DOERS, NoteMix, Orchestrator, bad_inputs
-from learnops.cli.main import GroupedCommand, command
+from learnops.cli.main import GroupedCommand, command, fail, group
 from models.events import Alert, DeadLetter
 from storage.crl import count_results
 from storage.pool import create_pool
 
 
-@faust_cli.cli.group()
+@group("A simulated orchestrator and walk-throughs of what the worker does.")
 def demo() -> None:
-    """A simulated orchestrator and a report of what the worker did."""
+    pass
 
 
 @command(
@@ -73,7 +75,7 @@ async def simulate(
     contaminate: str,
 ) -> None:
     """Publish bundles as an orchestrator would, with bad input and redeliveries mixed in."""
-    settings = self.lapp.settings
+    settings = self.settings
     # Each simulation is new runs: with the same ids they would all be duplicates.
     orchestrator = Orchestrator(seed=seed, run_prefix=run_prefix or f"demo-{int(time.time())}")
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
@@ -147,8 +149,8 @@ async def report(
     self: GroupedCommand, expect_runs: int, run_prefix: str, timeout: float, doer: str
 ) -> None:
     """Show CRL per doer, one doer's daily trend, the alerts and the dead letters."""
-    settings = self.lapp.settings
-    console = Console(file=self.stdout, width=120)
+    settings = self.settings
+    console = self.console()
     doers = list(DOERS)
     pool = await create_pool(settings.database_dsn, min_size=1, max_size=2)
     try:
@@ -267,3 +269,30 @@ def _regressed(row: Any) -> bool:
 async def _dead_letters(settings: Any) -> list[DeadLetter]:
     records = await read_from_start(settings, "learning.dlq")
     return [DeadLetter.from_json(r.value) for r in records]
+
+
+@command(
+    demo,
+    "skills",
+    click.option("--timeout", type=float, default=60.0, show_default=True),
+    click.option("--min-runs", type=int, default=1, help="Wait until a card has this many runs."),
+)
+async def demo_skills(self: GroupedCommand, timeout: float, min_runs: int) -> None:
+    """Show every doer's skill card, and the worst doer's in full."""
+    from learnops.cli.main import database
+    from learnops.cli.skills import cards_table, print_card
+    from storage.skills import current_cards, open_requests
+
+    async with database(self) as pool:
+        deadline = time.monotonic() + timeout
+        cards = await current_cards(pool)
+        while not any(c.runs >= min_runs for c in cards) and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            cards = await current_cards(pool)
+        if not cards:
+            fail("no skill cards yet: is the worker running?")
+        worst = max(cards, key=lambda c: (c.mean_crl or 0.0, c.doer))
+        requests = await open_requests(pool, worst.doer)
+    console = self.console()
+    console.print(cards_table(cards))
+    print_card(console, worst, requests)

@@ -18,7 +18,6 @@ import time
 
 import click
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from agents.topics import read_from_start
@@ -52,8 +51,8 @@ async def curation(
     self: GroupedCommand, run_prefix: str, expect_samples: int, timeout: float
 ) -> None:
     """Samples per dataset, rejects by reason, redactions by kind, and a PII scan of the store."""
-    settings = self.lapp.settings
-    console = Console(file=self.stdout, width=120)
+    settings = self.settings
+    console = self.console()
     pool = await create_pool(settings.database_dsn, min_size=1, max_size=2)
     try:
         deadline = time.monotonic() + timeout

@@ -58,8 +58,8 @@ ACTOR = "experiments-demo"
 )
 async def experiments(self: GroupedCommand, min_samples: int, timeout: float) -> None:
     """Regression → request → experiment → replay → canary → promotion → updated skill card."""
-    settings = self.lapp.settings
-    console = Console(file=self.stdout, width=150)
+    settings = self.settings
+    console = self.console()
     pool = await create_pool(settings.database_dsn, min_size=1, max_size=4)
     producer = settings.kafka_producer(linger_ms=5)
     await producer.start()

@@ -337,7 +337,7 @@ async def test_the_cli_round_trip_register_promote_inspect(
     refused = run_cli(env, "promote", f"{pid}@1", ok=False)
     assert refused.returncode == 1 and "refused (lifecycle)" in refused.stderr
     run_cli(env, "promote", f"{pid}@1", "--force", "--reason", "first policy")
-    run_cli(env, "promote", pid, "--force", "--reason", "hotfix")  # latest: @2
+    run_cli(env, "promote", f"{pid}@2", "--force", "--reason", "hotfix")
 
     listing = run_cli(env, "list", "--doer", doer).stdout
     assert f"{pid}@2" in listing and "active" in listing and "archived" in listing
