@@ -629,7 +629,12 @@ def worker(
         settings = settings.model_copy(update=overrides)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    debug = bool((click.get_current_context().find_root().obj or {}).get("debug"))
+    quiet_client_logs(debug)
     loop.run_until_complete(_preflight(settings))
+    import logging
+
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # the worker logs at --loglevel
     run_worker(
         settings,
         loop=loop,

@@ -1,0 +1,490 @@
+"""The `learnops` command as a user meets it: start-up time, one-line errors, exit codes, --json.
+
+Every error a user can cause ends in one sentence on stderr naming the cause
+and the fix, exit 2 for a wrong command line and 1 otherwise, and no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from learning.signing import SigningKey, generate_key, signed_artifact
+from models.commands import PromotePolicy, RegisterPolicy, StartCanary
+from storage import policy_commands as commands_store
+from storage import signing_keys as keys_store
+from tests.services import REPO, WorkerProcess, end_offsets, free_port, learnops_command
+
+#: The issue's bound on `learnops --help` and a read-only command (the target is 0.5 s).
+STARTUP_LIMIT_S = 1.0
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*learnops_command(), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def learnops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(run, env, *args)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+    """The error's message, checked: exit code, no traceback, one line (after a usage line)."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    if code == 2:
+        assert lines[0].startswith("Usage: learnops"), result.stderr
+        lines = lines[1:]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def with_database(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+def with_port(dsn: str, port: int) -> str:
+    parts = urlsplit(dsn)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+ARTIFACT = {"prompts": {"system": "You test the CLI."}, "hyper": {"temperature": 0.2}}
+
+
+async def a_doer_with_a_canary(db: Any, prefix: str = "CliDoer") -> tuple[str, str]:
+    """A doer (policy id: its name lower-cased) whose v2 waits in a canary for approval."""
+    doer = f"{prefix}{uuid.uuid4().hex[:8]}"
+    key: SigningKey = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="cli tests")
+    pid = doer.lower()
+    for version in (1, 2):
+        registered = await commands_store.apply_command(
+            db,
+            RegisterPolicy(
+                doer=doer,
+                actor="alice",
+                reason="cli test",
+                policy_id=pid,
+                version=version,
+                **signed_artifact({**ARTIFACT, "revision": version}, key),
+            ),
+        )
+        assert registered is not None and registered.applied, registered
+    first = await commands_store.apply_command(
+        db,
+        PromotePolicy(
+            doer=doer, actor="alice", reason="first", policy_id=pid, version=1, force=True
+        ),
+    )
+    assert first is not None and first.applied, first
+    canary = await commands_store.apply_command(
+        db,
+        StartCanary(
+            doer=doer,
+            actor="alice",
+            reason="cli test",
+            policy_id=pid,
+            version=2,
+            steps=[0.1, 0.5],
+            require_approval=True,
+            force=True,
+        ),
+    )
+    assert canary is not None and canary.applied and canary.deployment_id, canary
+    return doer, canary.deployment_id
+
+
+async def command_on_topic(bootstrap: str, since: dict[Any, int], event_id: str) -> dict[str, Any]:
+    """The command with ``event_id`` on learning.commands after ``since``, as JSON."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(since))
+        for tp, offset in since.items():
+            consumer.seek(tp, offset)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    value = json.loads(record.value)
+                    if value.get("event_id") == event_id:
+                        assert record.key == value["doer"].encode()
+                        return dict(value)
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"command {event_id} not on learning.commands after 30 s")
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+async def test_help_and_a_read_only_command_answer_within_a_second(
+    settings_env: dict[str, str], db: Any
+) -> None:
+    figures = {}
+    for args in (("--help",), ("policy", "list", "--limit", "5"), ("skills", "list")):
+        started = time.perf_counter()
+        result = await learnops(settings_env, *args)
+        figures[" ".join(args)] = time.perf_counter() - started
+        assert result.returncode == 0, result.stderr
+    print(
+        "learnops start-up (wall, incl. the query): "
+        + ", ".join(f"{name}: {seconds:.2f} s" for name, seconds in figures.items())
+    )
+    slow = {name: seconds for name, seconds in figures.items() if seconds > STARTUP_LIMIT_S}
+    assert not slow, f"slower than {STARTUP_LIMIT_S} s: {slow}"
+
+
+async def test_the_root_shows_our_name_version_and_groups_and_nothing_of_faust(
+    settings_env: dict[str, str],
+) -> None:
+    version = await learnops(settings_env, "--version")
+    assert version.returncode == 0 and version.stdout.strip() == "learnops 0.1.0"
+    shown = (await learnops(settings_env, "--help")).stdout
+    for name in ("topics", "db", "schema", "policy", "dataset", "replay", "experiment", "skills"):
+        assert f"\n  {name} " in shown, name
+    assert "demo" in shown and "worker" in shown and "--debug" in shown
+    assert "faust" not in shown.lower() and "\n  agents" not in shown
+    worker = (await learnops(settings_env, "worker", "--help")).stdout
+    assert "127.0.0.1" in worker and "0.0.0.0" not in worker and "-h," not in worker
+    assert "LEARNOPS_LOG_LEVEL" in worker
+
+
+# -------------------------------------------------------------------------- usage errors (exit 2)
+
+
+async def test_an_unknown_command_is_a_usage_error_naming_the_closest(
+    settings_env: dict[str, str],
+) -> None:
+    one_line_error(await learnops(settings_env, "agents"), 2, "no such command 'agents'")
+    one_line_error(
+        await learnops(settings_env, "policy", "lsit"),
+        2,
+        "no such command 'lsit'; did you mean 'list'?",
+    )
+
+
+async def test_a_shadow_fraction_above_one_is_a_usage_error(
+    settings_env: dict[str, str],
+) -> None:
+    one_line_error(
+        await learnops(settings_env, "policy", "shadow", "x@1", "--fraction", "7"),
+        2,
+        "--fraction",
+        "(0, 1]",
+    )
+
+
+async def test_canary_steps_above_one_are_a_usage_error(settings_env: dict[str, str]) -> None:
+    one_line_error(
+        await learnops(settings_env, "policy", "canary", "x@1", "--steps", "2"),
+        2,
+        "--steps",
+        "at most 1",
+    )
+    one_line_error(
+        await learnops(settings_env, "policy", "canary", "x@1", "--steps", "0.5,0.2"),
+        2,
+        "rise strictly",
+    )
+
+
+async def test_a_negative_limit_is_a_usage_error(settings_env: dict[str, str]) -> None:
+    for group in (("policy", "list"), ("experiment", "list"), ("dataset", "samples", "a/b")):
+        one_line_error(await learnops(settings_env, *group, "--limit", "-5"), 2, "--limit", "-5")
+
+
+async def test_promote_without_a_version_is_a_usage_error(settings_env: dict[str, str]) -> None:
+    one_line_error(
+        await learnops(settings_env, "policy", "promote", "loopdemo"),
+        2,
+        "names no version",
+        "loopdemo@",
+    )
+
+
+# ------------------------------------------------------------------------ runtime errors (exit 1)
+
+
+async def test_an_unmigrated_database_says_run_db_migrate(
+    settings_env: dict[str, str], database_url: str
+) -> None:
+    name = f"learnops_empty_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        env = {**settings_env, "DATABASE_URL": with_database(database_url, name)}
+        for args in (("policy", "list"), ("dataset", "list"), ("skills", "list")):
+            one_line_error(
+                await learnops(env, *args), 1, "no learnops schema", "run `learnops db migrate`"
+            )
+        one_line_error(await learnops(env, "worker"), 1, "run `learnops db migrate`")
+    finally:
+        admin = await asyncpg.connect(database_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        finally:
+            await admin.close()
+
+
+async def test_a_wrong_database_name_says_so(
+    settings_env: dict[str, str], database_url: str
+) -> None:
+    env = {**settings_env, "DATABASE_URL": with_database(database_url, "no_such_learnops_db")}
+    one_line_error(
+        await learnops(env, "policy", "list"),
+        1,
+        'database "no_such_learnops_db" does not exist',
+        "DATABASE_URL",
+    )
+
+
+async def test_an_unreachable_postgres_says_so_for_commands_and_the_worker(
+    settings_env: dict[str, str], database_url: str
+) -> None:
+    env = {**settings_env, "DATABASE_URL": with_port(database_url, free_port())}
+    one_line_error(
+        await learnops(env, "policy", "list"), 1, "cannot reach PostgreSQL", "DATABASE_URL"
+    )
+    one_line_error(await learnops(env, "db", "migrate"), 1, "cannot reach PostgreSQL")
+    one_line_error(await learnops(env, "worker"), 1, "cannot reach PostgreSQL")
+
+
+async def test_an_unreachable_kafka_says_so_for_commands_and_the_worker(
+    settings_env: dict[str, str],
+) -> None:
+    env = {**settings_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    one_line_error(
+        await learnops(env, "topics", "describe"),
+        1,
+        "cannot reach Kafka",
+        "KAFKA_BOOTSTRAP_SERVERS",
+    )
+    one_line_error(await learnops(env, "worker"), 1, "cannot reach Kafka")
+
+
+async def test_invalid_settings_name_the_variable(settings_env: dict[str, str]) -> None:
+    env = {**settings_env, "KAFKA_BOOTSTRAP_SERVERS": "no-port-here"}
+    one_line_error(
+        await learnops(env, "policy", "list"),
+        1,
+        "invalid settings",
+        "KAFKA_BOOTSTRAP_SERVERS",
+    )
+
+
+async def test_debug_shows_the_traceback(settings_env: dict[str, str], database_url: str) -> None:
+    env = {**settings_env, "DATABASE_URL": with_database(database_url, "no_such_learnops_db")}
+    result = await learnops(env, "--debug", "policy", "list")
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+async def test_output_into_a_closed_pipe_ends_quietly(
+    settings_env: dict[str, str], db: Any
+) -> None:
+    await a_doer_with_a_canary(db)
+
+    def closed_early(*args: str) -> tuple[int, str]:
+        process = subprocess.Popen(
+            [*learnops_command(), *args],
+            env=settings_env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # as `| head` does once it has what it wants
+        error = process.stderr.read().decode()
+        return process.wait(timeout=60), error
+
+    for args in (("policy", "list"), ("policy", "list", "--json")):
+        code, error = await asyncio.to_thread(closed_early, *args)
+        assert code in (0, 141), (args, code, error)
+        assert error == "", error
+
+
+async def test_an_unknown_doer_or_policy_names_the_closest_and_ids_match_any_case(
+    settings_env: dict[str, str], db: Any
+) -> None:
+    doer, _ = await a_doer_with_a_canary(db)
+    shown = await learnops(settings_env, "policy", "show", f"{doer}@2", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["policy"]["policy_id"] == doer.lower()
+    one_line_error(
+        await learnops(settings_env, "policy", "show", f"{doer}x@1"),
+        1,
+        f"no such policy '{doer}x'; did you mean '{doer.lower()}'?",
+    )
+    one_line_error(
+        await learnops(settings_env, "policy", "show", f"{doer}@9"),
+        1,
+        f"no such policy version '{doer}@9'",
+        f"{doer.lower()}@1, {doer.lower()}@2",
+    )
+    one_line_error(
+        await learnops(settings_env, "policy", "history", f"{doer}x"),
+        1,
+        f"no such doer '{doer}x'; did you mean '{doer}'?",
+    )
+    one_line_error(
+        await learnops(settings_env, "policy", "list", "--doer", f"{doer}x"),
+        1,
+        f"no such doer '{doer}x'; did you mean '{doer}'?",
+    )
+    listed = await learnops(settings_env, "policy", "list", "--doer", doer.upper(), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {p["doer"] for p in json.loads(listed.stdout)} == {doer}
+    one_line_error(
+        await learnops(settings_env, "skills", "show", f"{doer}x"),
+        1,
+        f"no skill card for doer '{doer}x'",
+    )
+
+
+# ------------------------------------------------------------------------ approve, pause, resume
+
+
+async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
+    worker: WorkerProcess,
+    settings_env: dict[str, str],
+    kafka_bootstrap: str,
+    db: Any,
+) -> None:
+    doer, deployment = await a_doer_with_a_canary(db, "CliApprove")
+    one_line_error(
+        await learnops(settings_env, "policy", "approve", deployment, "--step", "2"),
+        2,
+        "at step 0",
+        "the next step is 1",
+    )
+    since = await end_offsets(kafka_bootstrap, ("learning.commands",))
+    approved = await learnops(
+        settings_env, "policy", "approve", deployment, "--step", "1", "--json"
+    )
+    assert approved.returncode == 0, approved.stderr + worker.tail()
+    answer = json.loads(approved.stdout)
+    assert answer["deployment"]["step"] == 1 and answer["deployment"]["allocation"] == 0.5
+    sent = await command_on_topic(kafka_bootstrap, since, answer["event_id"])
+    assert sent["command"] == "approve_step"
+    assert (sent["doer"], sent["deployment_id"], sent["step"]) == (doer, deployment, 1)
+    step = await db.fetchval(
+        "SELECT step FROM shadow_deployments WHERE deployment_id = $1", deployment
+    )
+    assert step == 1
+
+
+async def test_pause_and_resume_reach_the_policy_stage(
+    settings_env: dict[str, str], kafka_bootstrap: str, db: Any, topics: Any
+) -> None:
+    doer, deployment = await a_doer_with_a_canary(db, "CliPause")
+    since = await end_offsets(kafka_bootstrap, ("learning.commands",))
+    # By the doer's name: its live deployment.
+    paused = await learnops(
+        settings_env, "policy", "pause", doer.lower(), "--no-wait", "--json", "--reason", "look"
+    )
+    assert paused.returncode == 0, paused.stderr
+    sent = await command_on_topic(kafka_bootstrap, since, json.loads(paused.stdout)["event_id"])
+    assert (sent["command"], sent["doer"], sent["deployment_id"]) == (
+        "pause_deployment",
+        doer,
+        deployment,
+    )
+    assert sent["reason"] == "look" and sent["actor"]
+    # What the stage does with it (routing stays, paused_at set), so resume has a pause to end.
+    await db.execute(
+        "UPDATE shadow_deployments SET paused_at = coalesce(paused_at, now()) "
+        "WHERE deployment_id = $1",
+        deployment,
+    )
+    one_line_error(
+        await learnops(settings_env, "policy", "pause", deployment, "--no-wait"),
+        1,
+        "is paused already",
+    )
+    resumed = await learnops(settings_env, "policy", "resume", deployment, "--no-wait", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    sent = await command_on_topic(kafka_bootstrap, since, json.loads(resumed.stdout)["event_id"])
+    assert (sent["command"], sent["deployment_id"]) == ("resume_deployment", deployment)
+    one_line_error(
+        await learnops(settings_env, "policy", "pause", "NoSuchDeploymentAnywhere"),
+        1,
+        "no such deployment 'NoSuchDeploymentAnywhere'",
+    )
+
+
+# --------------------------------------------------------------------------- --json
+
+
+async def test_every_printing_command_prints_json_that_parses(
+    settings_env: dict[str, str], db: Any, topics: Any, tmp_path: Path
+) -> None:
+    doer, deployment = await a_doer_with_a_canary(db, "CliJson")
+    pid = doer.lower()
+    policy_file = tmp_path / "artifact.json"
+    policy_file.write_text(json.dumps(ARTIFACT))
+    commands = [
+        ("topics", "describe"),
+        ("db", "migrate"),
+        ("schema", "export", "--out", str(tmp_path / "schemas")),
+        ("policy", "list"),
+        ("policy", "list", "--doer", doer),
+        ("policy", "show", f"{pid}@2"),
+        ("policy", "history", doer),
+        ("policy", "lineage", f"{pid}@2"),
+        ("policy", "diff", f"{pid}@1", f"{pid}@2"),
+        ("policy", "diff", f"{pid}@1", str(policy_file)),
+        ("policy", "deployments", "--doer", doer),
+        ("policy", "keys", "list"),
+        ("policy", "keys", "generate", "--out", str(tmp_path / "k.pem")),
+        ("dataset", "list"),
+        ("experiment", "list"),
+        ("experiment", "requests", "--all"),
+        ("skills", "list"),
+    ]
+    for args in commands:
+        result = await learnops(settings_env, *args, "--json")
+        assert result.returncode == 0, (args, result.stderr)
+        json.loads(result.stdout)
+    deployments = json.loads(
+        (await learnops(settings_env, "policy", "deployments", "--doer", doer, "--json")).stdout
+    )
+    assert [d["deployment_id"] for d in deployments] == [deployment]
+
+
+async def test_tables_have_headers_and_never_cut_an_identifier(
+    settings_env: dict[str, str], db: Any
+) -> None:
+    doer, _ = await a_doer_with_a_canary(db, "CliTableWithAVeryLongDoerNameThatMustStayWhole")
+    listed = await learnops(settings_env, "policy", "list", "--doer", doer)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["policy", "doer", "status"]
+    assert f"{doer.lower()}@2" in listed.stdout and doer in listed.stdout
+    deployments = await learnops(settings_env, "policy", "deployments", "--doer", doer)
+    assert deployments.stdout.splitlines()[0].split()[:2] == ["deployment", "doer"]
