@@ -572,7 +572,7 @@ def dumps(value: Any) -> str:
     "-l",
     "--loglevel",
     type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
-    default=lambda: os.environ.get("LEARNOPS_LOG_LEVEL", "info").lower(),
+    default=None,
     show_default="LEARNOPS_LOG_LEVEL, else info",
     help="Logging level.",
 )
@@ -607,7 +607,7 @@ def dumps(value: Any) -> str:
     help="Log a warning when the event loop is blocked this many seconds (debugging).",
 )
 def worker(
-    loglevel: str,
+    loglevel: str | None,
     web_port: int | None,
     web_host: str | None,
     without_web: bool,
@@ -638,7 +638,7 @@ def worker(
     run_worker(
         settings,
         loop=loop,
-        loglevel=loglevel,
+        loglevel=(loglevel or settings.learnops_log_level).lower(),
         logfile=str(logfile) if logfile else None,
         blocking_timeout=blocking_timeout,
     )
