@@ -21,7 +21,7 @@ Rules on top of :func:`learning.canary.advance`:
   routed tasks at this step are at least ``missing_min_routed`` while fewer
   than ``missing_ratio`` of them have a CRL result, when the other arm has
   results for more than half of its tasks (its bundles are being lost), for
-  ``MISSING_GRACE_S`` in a row (results trail routings; a burst is no loss);
+  ``missing_grace_s`` in a row (results trail routings; a burst is no loss);
 * pause on silence too: a deployment that has heard nothing (no routed task,
   no CRL result) for longer than ``max_silence_s`` since its last event (or its
   start, before any) is paused for missing data (:func:`silence`,
@@ -60,8 +60,9 @@ Move = Literal["step_up", "promote", "rollback", "pause", "report"]
 # Missing data: see the module notes.
 MISSING_MIN_ROUTED = 100
 MISSING_RATIO = 0.1
-# ...for at least this long: results trail their routings by a batch or two of
-# the CRL stage, and under load a burst of routings alone looks like a lost arm.
+# ...for at least this long (the default of CanarySettings.missing_grace_s): results
+# trail their routings by a batch or two of the CRL stage, and under load a burst
+# of routings alone looks like a lost arm.
 MISSING_GRACE_S = 30.0
 
 
@@ -260,7 +261,7 @@ class DeploymentState:
         if (
             missing is not None
             and since is not None
-            and (now - since).total_seconds() >= MISSING_GRACE_S
+            and (now - since).total_seconds() >= self.settings.missing_grace_s
         ):
             reason = (
                 f"missing data: {self.routed[missing]} {missing} tasks routed at step "

@@ -62,6 +62,8 @@ class CanarySettings(ContractModel):
     results of the deployment pass between two periodic reports.
     ``max_silence_s`` is how long a deployment may hear nothing (no routed task,
     no CRL result) before it is paused for missing data; ``None`` never pauses.
+    ``missing_grace_s`` is how long one arm's results may trail its routings
+    (fewer than half arrived) before the deployment is paused for missing data.
     """
 
     mode: Literal["superiority", "non_inferiority"] = "superiority"
@@ -73,6 +75,7 @@ class CanarySettings(ContractModel):
     max_duration_s: Annotated[float, Field(gt=0)] | None = 7 * 24 * 3600.0
     report_every: Annotated[int, Field(ge=1, le=INT4_MAX)] = 500
     max_silence_s: Annotated[float, Field(gt=0)] | None = 3600.0
+    missing_grace_s: Annotated[float, Field(gt=0)] = 30.0
     guardrails: bool = True  # check learning.canary.DEFAULT_GUARDRAILS
     # Shadow only: once the shadow passes, move it to canary (default steps) without
     # waiting for a start_canary command.

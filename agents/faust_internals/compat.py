@@ -128,6 +128,13 @@ NAMES: tuple[Method | State | Attribute, ...] = (
         AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_fetch_max_wait_ms", "__init__", _TRANSPORT
     ),
     State(AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_records", "__init__", _TRANSPORT),
+    # transport.py: the producer buffer whose flush waits for acknowledgements.
+    Method(FAUST, "faust.transport.producer:ProducerBuffer", "put", ("self", "fut"), _TRANSPORT),
+    Method(FAUST, "faust.transport.producer:ProducerBuffer", "flush", ("self",), _TRANSPORT),
+    Method(
+        FAUST, "faust.transport.producer:ProducerBuffer", "__post_init__", ("self",), _TRANSPORT
+    ),
+    State(FAUST, "faust.transport.producer:Producer", "buffer", "__init__", _TRANSPORT),
     # introspection.py: the producer under Faust's, for /readyz.
     State(
         FAUST,

@@ -80,6 +80,20 @@ flow stops) were lost that way. :class:`agents.faust_internals.offsets.OffsetGua
 between the fetched records and the delivery loop and fetches them again; see
 agents/faust_internals/offsets.py.
 
+Changelog writes acknowledged before the commit
+-----------------------------------------------
+A table write is a record handed to the producer's buffer (``send_soon``), and
+before each commit Faust calls ``Producer.flush``. Faust 0.15.3's buffer flush
+returns as soon as 0.1 s passes without a record leaving the buffer, so records
+still queued there (or on their way to aiokafka: a send waiting for metadata
+right after a restart) were not flushed, yet the input offsets that wrote them
+were committed. A kill -9 then lost table updates whose input would never be
+read again: ``tests/faults/kill9.py`` found a daily aggregate 11 runs behind
+PostgreSQL. :class:`Producer` keeps every record put in its buffer until the
+broker acknowledges it, and its flush waits for all of them (at most
+:data:`FLUSH_TIMEOUT_S`; past that, or if one failed, the flush raises and
+nothing is committed: the worker stops and the records are read again).
+
 The transport is chosen by the broker URL scheme ``learnops-kafka://host:port``
 (:func:`broker_urls`).
 """
@@ -95,6 +109,7 @@ from typing import Any
 from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from agents.faust_internals.offsets import OffsetGuard, Verdict
@@ -113,6 +128,9 @@ BUFFER_PRESSURE_POLL_S = 0.01
 
 #: Longest a stop or rebalance waits for in-flight messages before it commits what is acked.
 WAIT_EMPTY_S = 8.0
+
+#: Longest a flush before a commit waits for the broker to acknowledge the buffered records.
+FLUSH_TIMEOUT_S = 120.0
 
 #: Faust ``producer_linger``: how long a produce batch may wait for more records.
 PRODUCER_LINGER_S = 0.005
@@ -320,10 +338,62 @@ class Consumer(faust_aiokafka.Consumer):
         return records, active
 
 
+class ChangelogFlushError(RuntimeError):
+    """Buffered records were not acknowledged: committing the offsets behind them loses them."""
+
+
+class AcknowledgedBuffer(ProducerBuffer):
+    """Faust's producer buffer that also remembers each record until the broker acknowledges it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.unacknowledged: set[asyncio.Future[Any]] = set()
+        self.failures: list[BaseException] = []
+
+    def put(self, fut: Any) -> None:
+        self.unacknowledged.add(fut)
+        fut.add_done_callback(self._acknowledged)
+        super().put(fut)
+
+    def _acknowledged(self, fut: asyncio.Future[Any]) -> None:
+        self.unacknowledged.discard(fut)
+        failure = None if fut.cancelled() else fut.exception()
+        if failure is not None or fut.cancelled():
+            self.failures.append(failure or asyncio.CancelledError())
+
+    async def flush(self) -> None:
+        """Return once every record put so far is acknowledged; raise if one failed or hung."""
+        waiting = set(self.unacknowledged)
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=FLUSH_TIMEOUT_S)
+            if pending:
+                raise ChangelogFlushError(
+                    f"{len(pending)} buffered records not acknowledged after {FLUSH_TIMEOUT_S:g} s"
+                )
+        if self.failures:
+            failure = self.failures[0]
+            raise ChangelogFlushError(
+                f"{len(self.failures)} buffered records failed: {failure!r}"
+            ) from failure
+
+
+class Producer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer whose flush waits for every buffered record's acknowledgement."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.app.conf.producer_threaded:  # pragma: no cover - learnops never sets it
+            raise RuntimeError("learnops' producer buffer does not support producer_threaded")
+        buffer = AcknowledgedBuffer(loop=self.loop, beacon=self.beacon)
+        buffer.app = self.app
+        self.buffer = buffer
+
+
 class Transport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with :class:`Consumer`; the producer is Faust's."""
+    """Faust's aiokafka transport with :class:`Consumer` and :class:`Producer`."""
 
     Consumer = Consumer
+    Producer = Producer
 
 
 # Faust picks the transport class from the broker URL's scheme through this registry.

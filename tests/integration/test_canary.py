@@ -17,10 +17,10 @@ from learnops.demo.canary_scenario import CanaryScenario
 from models.commands import CanarySettings
 from models.events import Alert, PolicyChange, TaskRouted
 from storage import canary as canary_store
-from tests.integration.kafka_io import eventually, stays
+from tests.integration.kafka_io import LAG_S, eventually, stays
 from tests.services import WorkerProcess
 
-QUICK = CanarySettings(min_sample_size=50, report_every=100)
+QUICK = CanarySettings(min_sample_size=50, report_every=100, missing_grace_s=LAG_S)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ async def patient_canary(run: CanaryScenario) -> tuple[str, Any]:
     It only reports, every 50 results, so the reports show what was counted.
     """
     await run.setup()
-    patient = CanarySettings(min_sample_size=100_000, report_every=50)
+    patient = CanarySettings(min_sample_size=100_000, report_every=50, missing_grace_s=LAG_S)
     return await run.start_canary(2, patient, [0.5]), run.simulator()
 
 
@@ -280,7 +280,9 @@ async def test_a_canary_that_stops_hearing_anything_is_paused_once_and_alerts(
 ) -> None:
     run = scenario(db, producer, router, key, "Silent", 0.8)
     await run.setup()
-    quiet = CanarySettings(min_sample_size=100_000, report_every=50, max_silence_s=3.0)
+    quiet = CanarySettings(
+        min_sample_size=100_000, report_every=50, max_silence_s=3.0, missing_grace_s=LAG_S
+    )
     deployment_id = await run.start_canary(2, quiet, [0.5])
     await run.publish_tasks(run.simulator(), 100)  # some traffic, then none
     found = await eventually(

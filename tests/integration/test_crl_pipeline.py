@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import aiohttp
@@ -27,7 +27,9 @@ from tests.services import REPO, WorkerProcess
 
 TOPIC = "learning.run-completed"
 DAYS = 10
-START = datetime(2026, 10, 1, tzinfo=UTC)
+# Relative to today: the daily tables keep 30 days behind the newest event of their
+# partition, and other tests publish runs of today (fixed dates aged out of them).
+START = datetime.combine(datetime.now(UTC).date() - timedelta(days=DAYS + 4), time(), tzinfo=UTC)
 
 
 def _unscoreable(bundle: RunCompleted) -> bytes:

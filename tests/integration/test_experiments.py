@@ -39,7 +39,7 @@ from models.ids import experiment_event_id
 from storage import audit as audit_store
 from storage import experiments as experiments_store
 from storage import policies as store
-from tests.integration.kafka_io import eventually, publish
+from tests.integration.kafka_io import LAG_S, eventually, publish
 from tests.integration.test_policy_agent import verdict
 from tests.services import (
     REPO,
@@ -418,7 +418,7 @@ async def test_a_better_candidate_goes_through_shadow_and_canary_to_promotion_by
     settings: Any,
 ) -> None:
     doer = await make_doer(db, producer, signing_key, "Looped")
-    quick = CanarySettings(min_sample_size=50, report_every=100)
+    quick = CanarySettings(min_sample_size=50, report_every=100, missing_grace_s=LAG_S)
     create = experiment(doer, 2, plan={"canary": quick.model_dump(mode="json")})
     await send(producer, create)
     row = await wait_experiment(db, create.experiment_id, {"shadow"})

@@ -40,11 +40,11 @@ from models.commands import POLICY_COMMANDS, CanarySettings, RequestExperiment
 from models.events import DeadLetter, ExperimentChanged, SkillCard
 from storage import experiments as experiments_store
 from storage.skills import current_card
-from tests.integration.kafka_io import eventually, publish
+from tests.integration.kafka_io import LAG_S, eventually, publish
 from tests.services import REPO, WorkerProcess, learnops_command
 
 RUNS = "learning.run-completed"
-QUICK = CanarySettings(min_sample_size=50, report_every=100)
+QUICK = CanarySettings(min_sample_size=50, report_every=100, missing_grace_s=LAG_S)
 ACTOR = "synthesizer"
 
 
