@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import tomllib
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 
 from agents.faust_internals import compat, transport
 from tests.services import REPO
@@ -39,6 +41,7 @@ def test_every_method_the_transport_overrides_is_listed() -> None:
     for ours, theirs in (
         (transport.Consumer, faust_aiokafka.Consumer),
         (transport.ConsumerThread, faust_aiokafka.AIOKafkaConsumerThread),
+        (transport.AcknowledgedBuffer, ProducerBuffer),
     ):
         owner = f"{theirs.__module__}:{theirs.__qualname__}"
         overridden = {
@@ -90,3 +93,47 @@ def test_private_state_no_longer_assigned_is_reported(monkeypatch: pytest.Monkey
         "aiokafka 0.14.0: aiokafka.consumer.fetcher.Fetcher._fetch_max_wait_ms "
         "is no longer assigned in __init__"
     ) in message
+
+
+def _buffer() -> transport.AcknowledgedBuffer:
+    import faust
+
+    buffer = transport.AcknowledgedBuffer()
+    buffer.app = faust.App("buffer-test", broker="memory://")
+    return buffer
+
+
+async def test_a_flush_waits_until_every_buffered_record_is_acknowledged() -> None:
+    # Faust's own flush returned 0.1 s after the last record left the buffer,
+    # so the offsets behind records still in it were committed (kill -9 lost them).
+    buffer = _buffer()
+    first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    second: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    buffer.put(first)
+    buffer.put(second)
+    flush = asyncio.ensure_future(buffer.flush())
+    await asyncio.sleep(0.3)
+    assert not flush.done()
+    first.set_result("acked")
+    await asyncio.sleep(0.05)
+    assert not flush.done()
+    second.set_result("acked")
+    await asyncio.wait_for(flush, 1.0)
+    assert buffer.unacknowledged == set()
+
+
+async def test_a_flush_after_a_failed_record_raises_so_nothing_is_committed() -> None:
+    buffer = _buffer()
+    record: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    buffer.put(record)
+    record.set_exception(OSError("broker went away"))
+    with pytest.raises(transport.ChangelogFlushError, match="1 buffered records failed"):
+        await buffer.flush()
+
+
+async def test_a_flush_that_waits_too_long_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport, "FLUSH_TIMEOUT_S", 0.1)
+    buffer = _buffer()
+    buffer.put(asyncio.get_running_loop().create_future())
+    with pytest.raises(transport.ChangelogFlushError, match=r"not acknowledged after 0\.1 s"):
+        await buffer.flush()
