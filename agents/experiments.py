@@ -25,9 +25,10 @@ so this stage keeps no Faust table; every step is idempotent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -53,6 +54,8 @@ from models.ids import experiment_event_id
 from storage import experiments as store
 from storage.pool import durably
 from storage.skills import request_row
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -125,6 +128,10 @@ class ExperimentsStage(Stage):
         source = topics.source(topics.commands, topics.crl_computed, topics.policy_changes)
         app.agent(source, name=self.name)(experiments)
         self.every(app.learning.replay.check_interval_s, self.expire_replays)
+
+    async def _read(self, query: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """A read of the store, retried while PostgreSQL is unreachable (never dead-lettered)."""
+        return await durably(partial(query, self.app.pool, *args), what="experiments")
 
     async def handle(self, event: Any) -> None:
         """One event of the stage's three topics."""
@@ -246,7 +253,7 @@ class ExperimentsStage(Stage):
         if existing is not None:
             if existing["created_by"] == command.event_id:
                 # A redelivery: send what was recorded again (same event ids), then carry on.
-                for change in await store.history_events(self.app.pool, command.experiment_id):
+                for change in await self._read(store.history_events, command.experiment_id):
                     await self._publish(change)
                 if existing["status"] == "created":
                     await self._begin(command.experiment_id)
@@ -329,7 +336,7 @@ class ExperimentsStage(Stage):
                 request["reason"],
                 command.experiment_id,
             )
-        for change in await store.history_events(self.app.pool, command.experiment_id):
+        for change in await self._read(store.history_events, command.experiment_id):
             await self._publish(change)
         if problem is not None:
             await self._move(command.experiment_id, "failed", problem)
@@ -338,8 +345,8 @@ class ExperimentsStage(Stage):
 
     async def _begin(self, experiment_id: str) -> None:
         """Start an experiment's replays (candidate and control) and move it to ``replaying``."""
-        row = await store.get_experiment(self.app.pool, experiment_id)
-        policy = await store.find_policy_row(self.app.pool, row["policy_id"], row["policy_version"])
+        row = await self._read(store.get_experiment, experiment_id)
+        policy = await self._read(store.find_policy_row, row["policy_id"], row["policy_version"])
         if policy is None or policy["doer"] != row["doer"]:
             await self._move(
                 experiment_id,
@@ -353,10 +360,10 @@ class ExperimentsStage(Stage):
                 experiment_id, "failed", f"{row['doer']} has no active policy to compare with"
             )
             return
-        control = await store.find_policy_row(
-            self.app.pool, row["control_policy_id"], row["control_version"]
+        control = await self._read(
+            store.find_policy_row, row["control_policy_id"], row["control_version"]
         )
-        golden = await store.find_golden(self.app.pool, row["dataset_name"], row["dataset_version"])
+        golden = await self._read(store.find_golden, row["dataset_name"], row["dataset_version"])
         assert golden is not None and control is not None  # both are foreign keys of the row
         config = self.app.learning.replay
         seeds = list(row["seeds"])
@@ -415,12 +422,12 @@ class ExperimentsStage(Stage):
             partial(store.settle_verdicts, self.app.pool, replay_id, rule), what="replays"
         )
         for rid in {replay_id, *settled}:
-            for row in await store.experiments_waiting_on(self.app.pool, rid):
+            for row in await self._read(store.experiments_waiting_on, rid):
                 await self._judge(row)
 
     async def _judge(self, row: Any) -> None:
         """Act on the verdict of an experiment's replay, once both replays have finished."""
-        replay = await store.get_replay(self.app.pool, row["replay_id"])
+        replay = await self._read(store.get_replay, row["replay_id"])
         if replay is None or replay["verdict"] is None:
             return
         if replay["control_replay_id"] != row["control_replay_id"]:
@@ -434,7 +441,7 @@ class ExperimentsStage(Stage):
         if verdict.get("incomplete"):
             missing = replay["missing_tasks"]
             if missing is None:
-                control = await store.get_replay(self.app.pool, row["control_replay_id"])
+                control = await self._read(store.get_replay, row["control_replay_id"])
                 missing = control["missing_tasks"] if control else []
             evidence["missing_tasks"] = missing
             await self._move(
@@ -476,14 +483,17 @@ class ExperimentsStage(Stage):
                 version=row["policy_version"],
                 canary=canary,
             )
-        async with self.app.pool.acquire() as conn:
-            await conn.execute(
+        await durably(
+            partial(
+                self.app.pool.execute,
                 "UPDATE experiments SET deploy_command_id = $2, outcome = $3, updated_at = now() "
                 "WHERE experiment_id = $1 AND deploy_command_id IS NULL",
                 row["experiment_id"],
                 event_id,
                 evidence,
-            )
+            ),
+            what="experiments",
+        )
         await self.topics.commands.send(command)
         log.info(
             "experiment_deploy experiment=%s command=%s policy=%s@%s",
@@ -502,9 +512,7 @@ class ExperimentsStage(Stage):
         ):
             if row["status"] == "replaying" and row["deploy_command_id"] is None:
                 continue  # not deployed yet: nothing of the store's to follow
-            status = await store.policy_status(
-                self.app.pool, row["policy_id"], row["policy_version"]
-            )
+            status = await self._read(store.policy_status, row["policy_id"], row["policy_version"])
             target = follow_policy(row["status"], status or "")
             if target is None:
                 continue
