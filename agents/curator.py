@@ -13,7 +13,10 @@ the worker starts or its partitions move: ``curator-samples`` (one verdict
 record per checked sample, with its MinHash signature when the state needs it)
 and ``curator-own-outputs`` (artifacts of ours that were not samples). A
 restart or rebalance therefore loses nothing, and a redelivered bundle gets
-the verdicts it got the first time (same sample and event ids).
+the verdicts it got the first time (same sample and event ids). Records
+older than ``curation.memory_days`` are deleted on the doer's first bundle of
+a day (:meth:`CuratorStage.prune`), so the state is bounded by what a doer
+sends in that time.
 
 Bad input. The crl stage dead-letters what cannot be decoded from
 learning.run-completed, one letter per bad event; this stage skips the same
@@ -26,7 +29,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
@@ -48,6 +52,10 @@ SAMPLES = Counter(
     "learnops_samples_curated_total",
     "Samples curated, by verdict (accepted, or the reject reason).",
     ["verdict"],
+)
+EXPIRED = Counter(
+    "learnops_curator_records_expired_total",
+    "Curator verdict and own-output records deleted after curation.memory_days.",
 )
 SKIPPED = Counter(
     "learnops_curator_skipped_total",
@@ -88,6 +96,10 @@ class CuratorMemory:
                     len(state.guards),
                 )
         return state
+
+    def replace(self, doer: str, state: DoerCuration) -> None:
+        """Use ``state`` for the doer from now on (rebuilt after some of its records expired)."""
+        self._doers[doer] = state
 
     def drop(self, doer: str) -> None:
         """Forget one doer's state (it is rebuilt from the tables when next needed)."""
@@ -143,6 +155,8 @@ class CuratorStage(Stage):
             help_="Artifacts of our policies that were not samples, for the self-loop check",
         )
         self.memory = CuratorMemory(self)
+        self._pruned: dict[str, date] = {}  # doer -> the day its expired records were last pruned
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # a test may set it
         # After a rebalance the tables hold what this worker now owns; rebuild from them.
         app.on_partitions_revoked.connect(self.memory.forget)
         app.on_partitions_assigned.connect(self.memory.forget)
@@ -162,6 +176,10 @@ class CuratorStage(Stage):
         doer = bundle.doer
         self.partitions.seen(doer, event.message.partition)
         state = self.memory.of(doer)
+        today = self.clock().date()
+        if self._pruned.get(doer) != today:
+            state = self.prune(doer, state, today)
+            self._pruned[doer] = today
         try:
             await self._apply(state, bundle)
         except CurationError as exc:
@@ -172,10 +190,46 @@ class CuratorStage(Stage):
             self.memory.drop(doer)
             raise
 
+    def prune(self, doer: str, state: DoerCuration, today: date) -> DoerCuration:
+        """Delete the doer's records older than ``memory_days``; the state rebuilt without them.
+
+        Runs in the agent, on an event of the doer, so the deletions (and the
+        dates given to undated records) go to the changelog partition of the
+        doer's records. Returns the state to curate with from now on.
+        """
+        tables = {"sample": self.verdicts, "own": self.own_outputs}
+        for kind, sample in state.undated():
+            key = _key(doer, sample)
+            record = tables[kind].get(key)
+            if record is not None:
+                tables[kind][key] = {**record, "day": today.isoformat()}
+        expired = set(state.expiring(today))
+        if not expired:
+            return state
+        for kind, sample in expired:
+            tables[kind].pop(_key(doer, sample), None)
+        samples, own = [], []
+        for kind, sample in state.kept:
+            if (kind, sample) in expired:
+                continue
+            record = tables[kind].get(_key(doer, sample))
+            if record is None:
+                continue
+            if kind == "sample":
+                samples.append(record)
+            else:
+                own.append((sample, record))
+        fresh = DoerCuration(doer, self.app.learning.curation, curator=self.app.conf.id)
+        fresh.restore(samples, own)
+        self.memory.replace(doer, fresh)
+        EXPIRED.inc(len(expired))
+        log.info("curator_expired doer=%s records=%d kept=%d", doer, len(expired), len(fresh.kept))
+        return fresh
+
     async def _apply(self, state: DoerCuration, bundle: RunCompleted) -> None:
         doer = bundle.doer
         curation = state.curate(
-            bundle, now=datetime.now(UTC), previous=lambda s: self.verdicts.get(_key(doer, s))
+            bundle, now=self.clock(), previous=lambda s: self.verdicts.get(_key(doer, s))
         )
         if curation.skipped:
             SKIPPED.labels(curation.skipped).inc()

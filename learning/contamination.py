@@ -645,8 +645,13 @@ class GuardConfig:
     shingle_size: int = 5
     seed: int = 1
     replay_memory: int = 10_000
+    # How long a doer's guard remembers a checked sample or an output of ours
+    # (days since it was curated); older records expire with the samples they guard.
+    memory_days: int = 90
 
     def __post_init__(self) -> None:
+        if self.memory_days < 1:
+            raise ValueError(f"memory_days {self.memory_days} is below 1")
         for name in ("near_duplicate_threshold", "self_loop_threshold"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:

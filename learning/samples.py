@@ -30,7 +30,7 @@ import base64
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 from learning.contamination import (
@@ -251,6 +251,10 @@ class DoerCuration:
         )
         self.guards: dict[str, ContaminationGuard] = {}
         self._alerted: set[tuple[str, str]] = set()  # (dataset, UTC day) that alerted
+        # Every record the state holds: ("sample" | "own", sample id) -> the UTC day
+        # it was curated (None for a record written before records had days).
+        self.kept: dict[tuple[str, str], str | None] = {}
+        self._last_seq: dict[str, int] = {}  # per dataset, the seq of its latest verdict
 
     def guard(self, dataset: str) -> ContaminationGuard:
         """The dataset's guard (created empty on first use)."""
@@ -303,7 +307,7 @@ class DoerCuration:
                     "with other content; artifact ids must not be reused"
                 )
         # Nothing has changed so far; from here on the state moves.
-        own = self._own_outputs(bundle)
+        own = self._own_outputs(bundle, now.date().isoformat())
         if not live:
             return Curation([], own, "replay" if bundle.replay_id is not None else "shadow")
         samples = []
@@ -315,7 +319,7 @@ class DoerCuration:
                 samples.append(self._check(bundle, draft, now))
         return Curation(samples, own)
 
-    def _own_outputs(self, bundle: RunCompleted) -> dict[str, dict[str, Any]]:
+    def _own_outputs(self, bundle: RunCompleted, day: str) -> dict[str, dict[str, Any]]:
         # Artifacts of ours that are not offered as samples: all of them in a
         # replay or shadow bundle, and those known by hash only in a live one.
         live = bundle.replay_id is None and not bundle.shadow
@@ -338,11 +342,13 @@ class DoerCuration:
             else:
                 assert artifact.content_hash is not None  # the model requires one or the other
                 record = {"raw": artifact.content_hash, "hash": None, "sig": None}
+            record["day"] = day
             self._remember_own(key, record)
             records[key] = record
         return records
 
     def _remember_own(self, key: str, record: Mapping[str, Any]) -> None:
+        self.kept[("own", key)] = record.get("day")
         if record.get("sig"):
             self.self_loop.record_signature(key, record["hash"], base64.b64decode(record["sig"]))
         self.self_loop.record_hash(key, record["raw"])
@@ -389,7 +395,8 @@ class DoerCuration:
         record: dict[str, Any] = {
             "sample_id": draft.sample_id,
             "dataset": dataset,
-            "seq": guard.stats.checked,
+            "seq": self._next_seq(dataset),
+            "day": now.date().isoformat(),
             "hash": verdict.content_hash,
             "accepted": verdict.accepted,
             "reason": verdict.reason,
@@ -402,7 +409,12 @@ class DoerCuration:
             "sig": _b64(guard.hasher.to_bytes(signature)) if verdict.accepted or ours else None,
             "alert": alert.model_dump(mode="json") if alert else None,
         }
+        self.kept[("sample", draft.sample_id)] = record["day"]
         return CuratedSample(self._event(bundle, draft, dataset, verdict, now), record, alert)
+
+    def _next_seq(self, dataset: str) -> int:
+        seq = self._last_seq[dataset] = self._last_seq.get(dataset, 0) + 1
+        return seq
 
     def _again(
         self, bundle: RunCompleted, draft: _Draft, prior: Mapping[str, Any], now: datetime
@@ -465,6 +477,17 @@ class DoerCuration:
             curator=self.curator,
         )
 
+    # -- expiring -------------------------------------------------------------------
+
+    def expiring(self, today: date) -> list[tuple[str, str]]:
+        """The records (kind, sample id) curated more than ``memory_days`` before ``today``."""
+        horizon = (today - timedelta(days=self.config.guard.memory_days)).isoformat()
+        return sorted(k for k, day in self.kept.items() if day is not None and day < horizon)
+
+    def undated(self) -> list[tuple[str, str]]:
+        """The records written before records had a day (they are dated when next pruned)."""
+        return sorted(k for k, day in self.kept.items() if day is None)
+
     # -- restoring ------------------------------------------------------------------
 
     def restore(
@@ -486,6 +509,8 @@ class DoerCuration:
         for dataset, records in by_dataset.items():
             guard = self.guard(dataset)
             for record in sorted(records, key=lambda r: int(r["seq"])):
+                self._last_seq[dataset] = int(record["seq"])
+                self.kept[("sample", str(record["sample_id"]))] = record.get("day")
                 sig = record.get("sig")
                 guard.restore(
                     str(record["sample_id"]),

@@ -366,3 +366,43 @@ def test_sample_events_validate_against_the_wire_model() -> None:
     for _, curation in curated:
         for sample in curation.samples:
             assert SampleCurated.from_json(sample.event.to_json()) == sample.event
+
+
+def test_records_older_than_memory_days_are_expiring_and_a_rebuilt_state_forgets_them() -> None:
+    _, bundles = _scenario(60, NoteMix(duplicate=0.3), seed=11)
+    bundles = [b for b in bundles if b.doer == "Alpha"]
+    config = CurationConfig(guard=GuardConfig(memory_days=2))
+    state = DoerCuration("Alpha", config)
+    old, recent = bundles[:10], bundles[10:]
+    kept: list[dict[str, Any]] = []
+    old_ids = set()
+    for bundle in old:
+        curation = state.curate(bundle, now=NOW)
+        kept += [s.record for s in curation.samples if s.record]
+        old_ids |= {("sample", s.event.sample_id) for s in curation.samples}
+    later = NOW + timedelta(days=2)
+    for bundle in recent:
+        kept += [s.record for s in state.curate(bundle, now=later).samples if s.record]
+    assert all(r["day"] in (NOW.date().isoformat(), later.date().isoformat()) for r in kept)
+    # Two days after NOW nothing has expired; the day after, exactly NOW's records.
+    assert state.expiring(later.date()) == []
+    expired = state.expiring(later.date() + timedelta(days=1))
+    assert set(expired) == old_ids and old_ids
+    # The state rebuilt from the other records forgets the old samples...
+    fresh = DoerCuration("Alpha", config)
+    fresh.restore(r for r in kept if ("sample", r["sample_id"]) not in old_ids)
+    assert not old_ids & set(fresh.kept)
+    # ...so an old sample sent again is new to it, while the running state calls it a duplicate.
+    again = old[0].model_copy(update={"run_id": "resent-1"})
+    assert state.curate(again, now=later).samples[0].event.reject_reason == "exact_duplicate"
+    verdict = fresh.curate(again, now=later).samples[0].event
+    assert verdict.accepted, verdict.reject_reason
+    # Sequence numbers go on past every kept record (a restore keeps the order).
+    seqs = [r["seq"] for r in kept if ("sample", r["sample_id"]) not in old_ids]
+    record = fresh.curate(recent[0].model_copy(update={"run_id": "new-1"}), now=later)
+    assert all(s.record["seq"] > max(seqs) for s in record.samples if s.record)
+
+
+def test_memory_days_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="memory_days 0 is below 1"):
+        GuardConfig(memory_days=0)
