@@ -24,7 +24,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from models.events import PolicyChange
+from models.policy_change import PolicyChange
 
 Arm = Literal["control", "candidate"]
 

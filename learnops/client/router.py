@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from learning.routing import Route, route
-from models.events import PolicyChange
+from models.policy_change import PolicyChange
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
