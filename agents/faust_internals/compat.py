@@ -80,6 +80,7 @@ AIOKAFKA = "aiokafka"
 _DRIVER = "faust.transport.drivers.aiokafka"
 _CONSUMER = "faust.transport.consumer:Consumer"
 _TRANSPORT = "agents/faust_internals/transport.py"
+_SUBSCRIPTIONS = "aiokafka.consumer.subscription_state"
 
 #: Every private (or internal) name the overrides and helpers use, with what they expect.
 NAMES: tuple[Method | State | Attribute, ...] = (
@@ -128,6 +129,23 @@ NAMES: tuple[Method | State | Attribute, ...] = (
         AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_fetch_max_wait_ms", "__init__", _TRANSPORT
     ),
     State(AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_records", "__init__", _TRANSPORT),
+    # transport.py: the positions it reads for the offset guard (fetch_positions).
+    State(
+        AIOKAFKA,
+        "aiokafka.consumer.consumer:AIOKafkaConsumer",
+        "_subscription",
+        "__init__",
+        _TRANSPORT,
+    ),
+    Attribute(AIOKAFKA, f"{_SUBSCRIPTIONS}:SubscriptionState", "subscription", _TRANSPORT),
+    Attribute(AIOKAFKA, f"{_SUBSCRIPTIONS}:Subscription", "assignment", _TRANSPORT),
+    Attribute(AIOKAFKA, f"{_SUBSCRIPTIONS}:Assignment", "tps", _TRANSPORT),
+    Method(AIOKAFKA, f"{_SUBSCRIPTIONS}:Assignment", "state_value", ("self", "tp"), _TRANSPORT),
+    Attribute(AIOKAFKA, f"{_SUBSCRIPTIONS}:TopicPartitionState", "has_valid_position", _TRANSPORT),
+    Attribute(AIOKAFKA, f"{_SUBSCRIPTIONS}:TopicPartitionState", "position", _TRANSPORT),
+    State(
+        FAUST, "faust.transport.consumer:ThreadDelegateConsumer", "_thread", "__init__", _TRANSPORT
+    ),
     # transport.py: the producer buffer whose flush waits for acknowledgements.
     Method(FAUST, "faust.transport.producer:ProducerBuffer", "put", ("self", "fut"), _TRANSPORT),
     Method(FAUST, "faust.transport.producer:ProducerBuffer", "flush", ("self",), _TRANSPORT),

@@ -30,11 +30,22 @@ and keeps, per partition, the offset it expects next:
 * a record past the expected offset is a gap in the log (compaction,
   transaction markers: :attr:`Verdict.GAP`, its offsets counted as acked) only
   if the guard has judged every record its fetch returned before it, and that
-  fetch began where the guard expects (the position follows the records
-  judged: a poll whose records were not all judged is sought back before the
-  next one, :meth:`OffsetGuard.rewinds`). Otherwise records were skipped: the
-  guard seeks the partition back to the expected offset
-  (:attr:`Verdict.REWIND`) and they are fetched again.
+  fetch is known to have begun at or before the expected offset (the
+  consumer's position when the records were handed over, which aiokafka
+  keeps equal to where their fetch began). Otherwise records were skipped:
+  the guard seeks the partition back to the expected offset
+  (:attr:`Verdict.REWIND`) and they are fetched again. A poll whose records
+  were not all judged is sought back before the next one
+  (:meth:`OffsetGuard.rewinds`).
+
+The guard expects, per partition, the committed offset it was sought to (0
+included: aiokafka does not move a partition committed at 0, but that is
+where it reads from), or, for a partition with no commit, the position its
+first fetch began at (where the reset policy put it). A kill -9 test found
+the hole this closes: a partition committed at 0 was never sought, the
+guard expected nothing, a restarted worker's first fetch handed over
+records 64… while 3…63 had been fetched and dropped during start-up, and
+the CRL aggregates' source marks jumped past runs they never folded.
 
 No record is judged while a seek of every partition (Faust's ``perform_seek``)
 is under way: the transport waits for it to end, so the guard knows which
@@ -82,6 +93,8 @@ class OffsetGuard(Generic[P]):
         # how many of them have been judged (records are judged in fetch order).
         self._fetched: dict[P, tuple[list[int], int]] = {}
         self._judged: dict[P, int] = {}
+        # Where the latest poll's fetch of each partition began (None: unknown).
+        self._start: dict[P, int | None] = {}
 
     def sought(self, positions: Mapping[P, int | None]) -> None:
         """These partitions will be fetched from these offsets (None: position unchanged)."""
@@ -95,10 +108,20 @@ class OffsetGuard(Generic[P]):
         """Taken when a fetch starts: its records are stale if their partition was sought since."""
         return dict(self._epoch)
 
-    def fetched(self, tp: P, offsets: list[int], fetched: Mapping[P, int]) -> None:
-        """The poll begun at ``fetched`` returned the records of ``tp`` at ``offsets``."""
+    def fetched(
+        self, tp: P, offsets: list[int], fetched: Mapping[P, int], start: int | None
+    ) -> None:
+        """The poll begun at ``fetched`` returned the records of ``tp`` at ``offsets``.
+
+        ``start`` is the consumer's position for ``tp`` when they were handed
+        over: where their fetch began (None when unknown). A partition the guard
+        expects nothing of (never committed) is expected from there on.
+        """
         self._fetched[tp] = (offsets, fetched.get(tp, 0))
         self._judged[tp] = 0
+        self._start[tp] = start
+        if start is not None and start >= 0 and tp not in self._expected:
+            self._expected[tp] = start
 
     def judge(self, tp: P, offset: int, fetched: Mapping[P, int]) -> Decision:
         """What to do with the record at ``offset`` of ``tp``, from a fetch begun at ``fetched``."""
@@ -120,11 +143,10 @@ class OffsetGuard(Generic[P]):
             return Decision(Verdict.DELIVER)
         if offset < expected:  # already seen: Faust drops what it has read
             return Decision(Verdict.DELIVER)
-        if in_order:
-            # The fetch began at `expected` (the position follows what was judged;
-            # rewinds() sees to that) and returned nothing before this record, or
-            # returned it right after the record judged last: the log holds
-            # nothing in between.
+        start = self._start.get(tp)
+        if in_order and (judged > 0 or (start is not None and start <= expected)):
+            # Returned right after the record judged last, or first by a fetch
+            # that began at or before `expected`: the log holds nothing in between.
             self._expected[tp] = offset + 1
             self._rewound.pop(tp, None)
             return Decision(Verdict.GAP, expected)
@@ -148,6 +170,7 @@ class OffsetGuard(Generic[P]):
             found[tp] = expected
         self._fetched.clear()
         self._judged.clear()
+        self._start.clear()
         return found
 
     def forget(self, tps: set[P]) -> None:
@@ -157,6 +180,7 @@ class OffsetGuard(Generic[P]):
             self._rewound.pop(tp, None)
             self._fetched.pop(tp, None)
             self._judged.pop(tp, None)
+            self._start.pop(tp, None)
 
     def _rewind(self, tp: P, expected: int) -> Decision:
         """Seek back to ``expected``; the records of earlier fetches are stale from now on."""

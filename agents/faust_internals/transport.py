@@ -104,6 +104,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from aiokafka.errors import IllegalStateError
@@ -150,8 +151,25 @@ def broker_urls(hosts: Iterable[str]) -> list[str]:
     return [f"{SCHEME}://{host}" for host in hosts]
 
 
+def fetch_positions(consumer: Any) -> dict[Any, int]:
+    """The position of every assigned partition that has one (the offset its next fetch reads)."""
+    assignment = consumer._subscription.subscription
+    assignment = None if assignment is None else assignment.assignment
+    if assignment is None:
+        return {}
+    positions = {}
+    for tp in assignment.tps:
+        state = assignment.state_value(tp)
+        if state.has_valid_position:
+            positions[tp] = state.position
+    return positions
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's aiokafka consumer thread, with the fetch wait following the backlog."""
+
+    #: Per partition, its position when the latest records were handed over.
+    fetch_starts: Mapping[Any, int] = MappingProxyType({})
 
     async def on_start(self) -> None:
         """Start the aiokafka consumer and check that the fetcher has the fields we use."""
@@ -173,7 +191,16 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         timeout: float | None = None,
         max_records: int | None = None,
     ) -> Mapping[Any, list[Any]]:
-        """Hand the buffered records over and set the wait of the fetches that follow."""
+        """Hand the buffered records over and set the wait of the fetches that follow.
+
+        Also notes each assigned partition's position first (:attr:`fetch_starts`):
+        aiokafka hands a partition's fetched records over only while its
+        position is where their fetch began, so it tells the offset guard where
+        the records it gets began, and whether a jump before the first one is a
+        gap in the log or records skipped (agents/faust_internals/offsets.py).
+        A seek while this call waits is told apart by the guard's epochs.
+        """
+        self.fetch_starts = MappingProxyType(fetch_positions(consumer))
         records: Mapping[Any, list[Any]] = await super()._fetch_records(
             consumer, active_partitions, timeout=timeout, max_records=max_records
         )
@@ -208,9 +235,10 @@ class Consumer(faust_aiokafka.Consumer):
         self._seek_done.clear()
         try:
             found: Mapping[Any, int] = await super().seek_to_committed()
-            # aiokafka moves only the partitions with a committed offset above zero.
-            moved = {tp: offset for tp, offset in found.items() if offset and offset > 0}
-            self._guard.sought(moved)
+            # aiokafka seeks only the partitions committed above zero, but one
+            # committed at 0 is read from 0 too: the guard expects every commit.
+            committed = {tp: offset for tp, offset in found.items() if offset is not None}
+            self._guard.sought(committed)
             return found
         finally:
             self._seeking -= 1
@@ -332,9 +360,11 @@ class Consumer(faust_aiokafka.Consumer):
                 await self.sleep(timeout)
                 return {}, self._get_active_partitions()
         records, active = await super()._wait_next_records(timeout)
+        starts = self._thread.fetch_starts if isinstance(self._thread, ConsumerThread) else {}
         for tp, batch in (records or {}).items():
             if batch and self._acks_enabled_for(tp.topic):
-                self._guard.fetched(tp, [record.offset for record in batch], fetched)
+                offsets = [record.offset for record in batch]
+                self._guard.fetched(tp, offsets, fetched, starts.get(tp))
         return records, active
 
 

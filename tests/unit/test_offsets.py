@@ -11,10 +11,12 @@ TP = ("learning.task-routed", 0)
 OTHER = ("learning.task-routed", 1)
 
 
-def fresh(guard: OffsetGuard[object], offsets: list[int], tp: object = TP) -> list[Decision]:
-    """Judge records of one fetch that started now."""
+def fresh(
+    guard: OffsetGuard[object], offsets: list[int], tp: object = TP, start: int | None = None
+) -> list[Decision]:
+    """Judge records of one fetch that started now, at ``start`` (default: its first record)."""
     fetched = guard.epochs()
-    guard.fetched(tp, offsets, fetched)
+    guard.fetched(tp, offsets, fetched, offsets[0] if start is None else start)
     return [guard.judge(tp, offset, fetched) for offset in offsets]
 
 
@@ -25,9 +27,9 @@ def test_consecutive_records_are_delivered() -> None:
 
 
 def skipping(guard: OffsetGuard[object], offsets: list[int], seen: list[int]) -> list[Decision]:
-    """A fetch returned ``offsets``; only ``seen`` reached the guard (the rest were dropped)."""
+    """A fetch from ``offsets[0]`` returned ``offsets``; only ``seen`` reached the guard."""
     fetched = guard.epochs()
-    guard.fetched(TP, offsets, fetched)
+    guard.fetched(TP, offsets, fetched, offsets[0])
     return [guard.judge(TP, offset, fetched) for offset in seen]
 
 
@@ -72,7 +74,41 @@ def test_a_fetch_from_the_expected_offset_that_starts_later_shows_a_gap() -> Non
     guard: OffsetGuard[object] = OffsetGuard()
     guard.sought({TP: 100})
     # Fetched from 100 and the log starts at 105: 100–104 hold nothing.
-    assert fresh(guard, [105, 106]) == [Decision(Verdict.GAP, 100), Decision(Verdict.DELIVER)]
+    assert fresh(guard, [105, 106], start=100) == [
+        Decision(Verdict.GAP, 100),
+        Decision(Verdict.DELIVER),
+    ]
+
+
+def test_a_fetch_that_began_past_the_expected_offset_is_no_gap() -> None:
+    """The kill -9 case: committed at 3, the first records handed over began at 64."""
+    guard: OffsetGuard[object] = OffsetGuard()
+    guard.sought({TP: 3})
+    assert fresh(guard, [64, 65], start=64)[0] == Decision(Verdict.REWIND, 3)
+    assert [d.verdict for d in fresh(guard, [3, 4, 5])] == [Verdict.DELIVER] * 3
+
+
+def test_a_fetch_whose_start_is_unknown_shows_no_gap() -> None:
+    guard: OffsetGuard[object] = OffsetGuard()
+    guard.sought({TP: 100})
+    fetched = guard.epochs()
+    guard.fetched(TP, [105], fetched, None)
+    assert guard.judge(TP, 105, fetched) == Decision(Verdict.REWIND, 100)
+
+
+def test_a_partition_committed_at_zero_is_held_to_zero() -> None:
+    guard: OffsetGuard[object] = OffsetGuard()
+    guard.sought({TP: 0})
+    assert fresh(guard, [64], start=64) == [Decision(Verdict.REWIND, 0)]
+
+
+def test_a_partition_never_committed_is_expected_from_its_first_fetch() -> None:
+    """Records fetched from the reset position and dropped unseen are fetched again."""
+    guard: OffsetGuard[object] = OffsetGuard()
+    fetched = guard.epochs()
+    guard.fetched(TP, [0, 1, 2], fetched, 0)  # Faust dropped all three (partition inactive)
+    assert guard.rewinds() == {TP: 0}
+    assert [d.verdict for d in fresh(guard, [0, 1, 2])] == [Verdict.DELIVER] * 3
 
 
 def test_a_jump_is_no_gap_when_records_of_its_fetch_before_it_were_not_judged() -> None:
@@ -127,7 +163,7 @@ def test_a_poll_cut_short_at_its_end_is_fetched_again() -> None:
     guard: OffsetGuard[object] = OffsetGuard()
     guard.sought({TP: 10})
     fetched = guard.epochs()
-    guard.fetched(TP, [10, 11, 12, 13], fetched)
+    guard.fetched(TP, [10, 11, 12, 13], fetched, 10)
     # Faust handed out 10 and 11, then stopped: 12 and 13 were never judged.
     assert [guard.judge(TP, o, fetched).verdict for o in (10, 11)] == [Verdict.DELIVER] * 2
     assert guard.rewinds() == {TP: 12}
@@ -148,17 +184,20 @@ def test_a_revoked_partition_is_forgotten() -> None:
 @given(
     log=st.lists(st.integers(0, 3), min_size=1, max_size=40),
     drops=st.lists(st.booleans(), min_size=1, max_size=40),
+    jumps=st.lists(st.integers(0, 3), max_size=40),
     batch=st.integers(1, 8),
 )
 def test_every_stored_record_is_delivered_exactly_in_order(
-    log: list[int], drops: list[bool], batch: int
+    log: list[int], drops: list[bool], jumps: list[int], batch: int
 ) -> None:
     """A log with holes (compaction), a fetcher that loses records: all arrive, gaps are real.
 
     ``log`` gives the holes before each stored record; ``drops`` says which
     fetched records the consumer loses before the guard sees them (as Faust did
-    around a seek). The simulated fetcher serves ``batch`` records from its
-    position and moves past what it served, as aiokafka does.
+    around a seek); ``jumps`` moves the fetcher's position ahead unseen before a
+    fetch (records fetched and dropped where the guard does not look, as at a
+    restart). The simulated fetcher serves ``batch`` records from its position
+    and moves past what it served, as aiokafka does.
     """
     stored: list[int] = []
     offset = 0
@@ -172,15 +211,19 @@ def test_every_stored_record_is_delivered_exactly_in_order(
     delivered: list[int] = []
     gaps: list[tuple[int, int]] = []
     lost = iter(drops)
-    for _ in range(10 * len(stored) + 10):
+    skips = iter(jumps)
+    for _ in range(20 * len(stored) + 40):
         for sought in guard.rewinds().values():
             position = sought
+        jump = next(skips, 0)
+        if stored[-1] >= position + jump:  # a later record shows a jump; none swallows the end
+            position += jump
         served = [o for o in stored if o >= position][:batch]
         if not served:
             break
         fetched = guard.epochs()
+        guard.fetched(TP, served, fetched, position)
         position = served[-1] + 1
-        guard.fetched(TP, served, fetched)
         for record in served:
             if next(lost, False):
                 continue  # fetched, then lost before the guard saw it
