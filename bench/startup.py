@@ -33,6 +33,12 @@ PROBES: dict[str, list[str]] = {
         "-c",
         "from learnops.client import Router",
     ],
+    # What a Router pays by its first record: the contract, imported on first use.
+    "... and parse one PolicyChange": [
+        sys.executable,
+        "-c",
+        "from learnops.client import Router; Router('127.0.0.1:9').apply(b'{}')",
+    ],
     "learnops --help": [LEARNOPS, "--help"],
     "learnops --version": [LEARNOPS, "--version"],
     "learnops policy --help": [LEARNOPS, "policy", "--help"],

@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from models.policy_change import PolicyChange
+if TYPE_CHECKING:  # the Router's import stays free of pydantic until it reads a record
+    from models.policy_change import PolicyChange
 
 Arm = Literal["control", "candidate"]
 

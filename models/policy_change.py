@@ -1,16 +1,18 @@
 """learning.policy-changes: a doer's live policy, the one event the orchestrator's Router reads.
 
 Its own module so that the Router (learnops.client) imports this contract and
-nothing of the other events; ``models.events`` exports both names too.
+nothing of the other events (``CanarySettings``, the deployment's settings, lives
+here for that reason); ``models.events`` and ``models.commands`` export them too.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
 from models.base import (
+    INT4_MAX,
     ContractModel,
     Count,
     Event,
@@ -20,9 +22,45 @@ from models.base import (
     UTCDatetime,
     Version,
 )
-from models.commands import CanarySettings
 
-__all__ = ["DeploymentRouting", "PolicyChange"]
+__all__ = ["CanarySettings", "DeploymentRouting", "PolicyChange"]
+
+
+class CanarySettings(ContractModel):
+    """How a canary decides (``learning.canary.CanaryConfig``; see docs/canary.md).
+
+    Relative thresholds are fractions of the control's mean CRL. ``None`` for
+    ``max_duration_s`` means no time limit. ``report_every`` is how many CRL
+    results of the deployment pass between two periodic reports.
+    ``max_silence_s`` is how long a deployment may hear nothing (no routed task,
+    no CRL result) before it is paused for missing data; ``None`` never pauses.
+    ``missing_grace_s`` is how long one arm's results may trail its routings
+    (fewer than half arrived) before the deployment is paused for missing data.
+    """
+
+    mode: Literal["superiority", "non_inferiority"] = "superiority"
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    min_sample_size: Annotated[int, Field(ge=2, le=INT4_MAX)] = 200
+    max_crl_increase: Annotated[float, Field(ge=0)] = 0.05
+    min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    non_inferiority_margin: Annotated[float, Field(ge=0)] = 0.02
+    max_duration_s: Annotated[float, Field(gt=0)] | None = 7 * 24 * 3600.0
+    report_every: Annotated[int, Field(ge=1, le=INT4_MAX)] = 500
+    max_silence_s: Annotated[float, Field(gt=0)] | None = 3600.0
+    missing_grace_s: Annotated[float, Field(gt=0)] = 30.0
+    guardrails: bool = True  # check learning.canary.DEFAULT_GUARDRAILS
+    # Shadow only: once the shadow passes, move it to canary (default steps) without
+    # waiting for a start_canary command.
+    advance_shadow: bool = False
+
+    @model_validator(mode="after")
+    def _margin_within_rollback(self) -> Self:
+        if self.non_inferiority_margin > self.max_crl_increase:
+            raise ValueError(
+                f"non_inferiority_margin {self.non_inferiority_margin} is above "
+                f"max_crl_increase {self.max_crl_increase}"
+            )
+        return self
 
 
 class DeploymentRouting(ContractModel):

@@ -13,7 +13,8 @@ policy and publishes a ``TaskRouted`` on ``learning.task-routed``
 
 It needs only the event contract (``models``), the routing rules
 (``learning.routing``) and aiokafka: an orchestrator embeds it without the
-service's Faust, database or numerical dependencies.
+service's Faust, database or numerical dependencies. aiokafka and the
+contract are imported when the Router starts and reads its first record.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from learning.routing import Route, route
-from models.policy_change import PolicyChange
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
+
+    from models.policy_change import PolicyChange
 
 log = logging.getLogger("learnops.router")
 
@@ -101,6 +101,13 @@ class Router:
 
     def apply(self, value: bytes) -> PolicyChange | None:
         """Take one record of the topic; one that is not a PolicyChange is counted, not used."""
+        # Imported at the first record, not with the client: the contract is
+        # pydantic models (~0.2 s to import), and importing the client is kept
+        # to what an orchestrator pays up front (bench/startup.py).
+        from pydantic import ValidationError
+
+        from models.policy_change import PolicyChange
+
         try:
             change = PolicyChange.from_json(value)
         except ValidationError as exc:

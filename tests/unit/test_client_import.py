@@ -45,6 +45,16 @@ def test_the_router_imports_only_the_contract_and_the_routing_rules() -> None:
     strays = [m for m in ours if m not in ALLOWED and not _under(m, ("models",))]
     assert strays == []
     assert "learning.routing" in modules
+    # The contract (pydantic models) is imported when the Router reads its first record.
+    assert [m for m in modules if _under(m, ("pydantic", "models"))] == []
+
+
+def test_the_router_reads_a_record_with_the_contract_imported_on_first_use() -> None:
+    from learnops.client import Router
+
+    router = Router("127.0.0.1:9")
+    assert router.apply(b'{"not": "a policy change"}') is None
+    assert router.skipped == 1
 
 
 def test_the_replay_executor_is_loaded_on_first_use_only() -> None:
