@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from agents.config import load_learning_config  # noqa: E402
 from agents.topics import ensure, load_catalog  # noqa: E402
 from learning.crl import score_bundle  # noqa: E402
-from learning.simulation import Orchestrator  # noqa: E402
+from learnops.simulation.orchestrator import Orchestrator  # noqa: E402
 from models.events import RunCompleted  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
 from storage.pool import create_pool  # noqa: E402

@@ -4,7 +4,7 @@
         [--repeat 3] [--rate 1000] [--seconds 10] [--only throughput|latency]
 
 Throughput: creates a topic with 4 partitions, publishes ``--events`` realistic
-bundles from ``learning.simulation.Orchestrator`` keyed by doer, then, ``--repeat``
+bundles from ``learnops.simulation.orchestrator.Orchestrator`` keyed by doer, then, ``--repeat``
 times and interleaved so both sides see the same machine:
 
 * raw aiokafka ``getmany`` over the 4 partitions, decoding with orjson, and
@@ -287,7 +287,7 @@ async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
 
 def bundles(n: int, seed: int) -> list[tuple[bytes, bytes]]:
     """``n`` serialized (doer, bundle) pairs from the simulated orchestrator."""
-    from learning.simulation import Orchestrator
+    from learnops.simulation.orchestrator import Orchestrator
 
     return [(b.doer.encode(), b.to_json()) for b in Orchestrator(seed=seed).bundles(n)]
 

@@ -29,9 +29,9 @@ from rich.table import Table
 
 from agents.tables import marked
 from learning.crl import LatencyObjectives, WeightBook, score_bundle
-from learning.simulation import PHASES, Orchestrator
 from learning.skills import DailySkillStats
 from learning.trends import DailyCRL
+from learnops.simulation.orchestrator import PHASES, Orchestrator
 from models.events import DeploymentRouting
 
 

@@ -6,7 +6,7 @@ state) and keeps following it in the background, so ``route(doer, task_id)``
 is a dictionary look-up and a hash (``learning.routing.route``), with no
 network call per task. The orchestrator then runs the task under the route's
 policy and publishes a ``TaskRouted`` on ``learning.task-routed``
-(``learning.canary_sim`` shows how).
+(``learnops.simulation.canary`` shows how).
 
     async with Router("kafka:9092") as router:   # plus aiokafka security options, if any
         found = router.route("PRDWriter", task_id)

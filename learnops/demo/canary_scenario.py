@@ -4,7 +4,7 @@ Used by ``learnops demo canary`` and the integration tests: register signed
 policy versions for a doer, promote the first, start a shadow or canary of
 another through learning.commands, then route tasks with the :class:`Router`
 and publish learning.task-routed and learning.run-completed from a
-:class:`learning.canary_sim.CanaryOrchestrator` until the canary stage decides.
+:class:`learnops.simulation.canary.CanaryOrchestrator` until the canary stage decides.
 It talks to a running worker only through Kafka, and reads PostgreSQL to see
 what happened.
 """
@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from learning.canary_sim import CanaryOrchestrator
 from learning.signing import SigningKey, signed_artifact
-from learning.simulation import Orchestrator
 from learnops.client.router import Router
+from learnops.simulation.canary import CanaryOrchestrator
+from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
 from models.commands import CanarySettings, PromotePolicy, RegisterPolicy, StartCanary, StartShadow
 from models.events import PolicyChange

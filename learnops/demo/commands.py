@@ -16,8 +16,8 @@ import click
 from rich.table import Table
 
 from agents.topics import read_from_start
-from learning.simulation import DOERS, NoteMix, Orchestrator, bad_inputs
 from learnops.cli.main import GroupedCommand, command, fail, group
+from learnops.simulation.orchestrator import DOERS, NoteMix, Orchestrator, bad_inputs
 from models.events import Alert, DeadLetter
 from storage.crl import count_results
 from storage.pool import create_pool

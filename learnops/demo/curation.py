@@ -23,9 +23,9 @@ from rich.table import Table
 from agents.topics import read_from_start
 from learning.contamination import CONTAMINATION_REASONS
 from learning.curation import contains_pii, pii_values
-from learning.simulation import DOERS
 from learnops.cli.main import GroupedCommand, command
 from learnops.demo.commands import demo
+from learnops.simulation.orchestrator import DOERS
 from models.events import Alert, RunCompleted, SampleCurated
 from storage import datasets as store
 from storage.pool import create_pool

@@ -22,7 +22,6 @@ from rich.console import Console
 from rich.table import Table
 
 from learning.signing import SigningKey, generate_key
-from learning.simulation import Orchestrator
 from learnops.cli.experiments import experiment_report
 from learnops.cli.main import GroupedCommand, command
 from learnops.cli.skills import print_card
@@ -41,6 +40,7 @@ from learnops.demo.experiments_scenario import (
     wait_experiment,
     wait_request,
 )
+from learnops.simulation.orchestrator import Orchestrator
 from models.commands import CanarySettings
 from storage import signing_keys as store
 from storage.experiments import get_blob

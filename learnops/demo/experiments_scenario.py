@@ -17,9 +17,9 @@ from uuid import UUID, uuid4
 
 from learning.curation import content_hash
 from learning.signing import SigningKey, signed_artifact
-from learning.simulation import Orchestrator
 from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
+from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
 from models.commands import (
     CanarySettings,

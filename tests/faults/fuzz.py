@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from learning.simulation import Orchestrator
+from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
 from models.commands import PromotePolicy
 from models.events import TaskRouted

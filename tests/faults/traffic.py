@@ -20,9 +20,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from learning.signing import SigningKey, generate_key
-from learning.simulation import Orchestrator
 from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
+from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
 from models.commands import CanarySettings
 from models.events import RunCompleted, TaskRouted

@@ -19,8 +19,8 @@ import pytest
 from agents.config import load_learning_config
 from agents.topics import read_from_start
 from learning.crl import score_bundle
-from learning.simulation import Orchestrator, bad_inputs
 from learning.trends import DailyCRL, day_of
+from learnops.simulation.orchestrator import Orchestrator, bad_inputs
 from models.events import Alert, DeadLetter, RunCompleted
 from tests.integration.kafka_io import eventually, publish
 from tests.services import REPO, WorkerProcess

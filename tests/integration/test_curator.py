@@ -31,7 +31,7 @@ import pytest
 from agents.topics import read_from_start
 from learning.contamination import reason_kind
 from learning.samples import CurationConfig, DoerCuration
-from learning.simulation import NoteMix, Orchestrator, bad_inputs
+from learnops.simulation.orchestrator import NoteMix, Orchestrator, bad_inputs
 from models.events import Alert, DeadLetter, RunCompleted, SampleCurated
 from models.ids import sample_id
 from tests.integration.kafka_io import eventually, publish

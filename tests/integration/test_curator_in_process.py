@@ -11,7 +11,7 @@ import pytest
 
 from agents.app import LearnopsApp
 from agents.tables import SEPARATOR
-from learning.simulation import Orchestrator
+from learnops.simulation.orchestrator import Orchestrator
 from tests.integration.test_stages_in_process import RUNS, Feed, Progress, make_app, tag
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,6 @@ import pytest
 
 from agents.topics import read_from_start
 from learning.signing import SigningKey
-from learning.simulation import Orchestrator
 from learnops.demo.experiments_scenario import (
     BETTER,
     CONTROL,
@@ -36,6 +35,7 @@ from learnops.demo.experiments_scenario import (
     wait_experiment,
     wait_request,
 )
+from learnops.simulation.orchestrator import Orchestrator
 from models.commands import POLICY_COMMANDS, CanarySettings, RequestExperiment
 from models.events import DeadLetter, ExperimentChanged, SkillCard
 from storage import experiments as experiments_store

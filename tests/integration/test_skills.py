@@ -19,9 +19,9 @@ import pytest
 from agents.config import load_learning_config
 from agents.topics import read_from_start
 from learning.crl import score_bundle
-from learning.simulation import Orchestrator
 from learning.skills import DailySkillStats, doer_stats, skill_card
 from learning.trends import day_of
+from learnops.simulation.orchestrator import Orchestrator
 from models.commands import POLICY_COMMANDS, RequestExperiment
 from models.events import Alert, RunCompleted, SkillCard
 from storage.skills import current_card

@@ -27,13 +27,13 @@ from prometheus_client import REGISTRY
 from agents.app import LearnopsApp, create_app
 from agents.settings import Settings
 from agents.tables import SEPARATOR, history
-from learning.canary_sim import CanaryOrchestrator
 from learning.crl import score_bundle
 from learning.deployments import MISSING_GRACE_S, MISSING_MIN_ROUTED
 from learning.routing import route
 from learning.signing import SigningKey
-from learning.simulation import Orchestrator
 from learning.trends import DailyCRL
+from learnops.simulation.canary import CanaryOrchestrator
+from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
 from models.commands import CanarySettings, PromotePolicy, RollbackPolicy, StartCanary
 from models.events import (

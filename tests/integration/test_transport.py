@@ -27,7 +27,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from learning.simulation import Orchestrator
+from learnops.simulation.orchestrator import Orchestrator
 from tests.integration.kafka_io import eventually, publish
 from tests.services import REPO, end_offsets
 

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from learning.canary_sim import CanaryOrchestrator
 from learning.routing import route
-from learning.simulation import NoteMix, Orchestrator, bad_inputs
+from learnops.simulation.canary import CanaryOrchestrator
+from learnops.simulation.orchestrator import NoteMix, Orchestrator, bad_inputs
 from models.base import INT4_MAX, INT8_MAX, describe_validation_error, sha256_hex
 from models.commands import POLICY_COMMANDS
 from models.events import (

@@ -288,7 +288,7 @@ def test_scoring_a_redelivered_bundle_gives_the_same_event_id() -> None:
 
 def test_scored_events_pass_full_validation_unchanged() -> None:
     # score_bundle builds its event without validating; the full model must agree.
-    from learning.simulation import Orchestrator
+    from learnops.simulation.orchestrator import Orchestrator
     from models.events import CRLComputed
 
     book = WeightBook()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from learning.simulation import Orchestrator, bad_inputs
+from learnops.simulation.orchestrator import Orchestrator, bad_inputs
 from models.events import RunCompleted
 from models.keys import key_problem
 from tests.unit.sample_bundles import make_bundle

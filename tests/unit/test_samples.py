@@ -19,7 +19,7 @@ from learning.samples import (
     labels_for,
     redact_fully,
 )
-from learning.simulation import NoteMix, Orchestrator
+from learnops.simulation.orchestrator import NoteMix, Orchestrator
 from models.base import sha256_hex
 from models.events import Artifact, RunCompleted, SampleCurated
 from models.ids import sample_event_id, sample_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from learning.curation import redact
-from learning.simulation import NoteMix, Orchestrator
+from learnops.simulation.orchestrator import NoteMix, Orchestrator
 
 
 def test_human_notes_and_a_fixed_phase_leave_the_default_bundle_alone() -> None:

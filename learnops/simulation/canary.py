@@ -4,7 +4,7 @@ It asks a router for each task's route (the :class:`learnops.client.router.Route
 client in the integration tests and the demo; any ``(doer, task_id) → Route``
 function here), publishes what ``learning.task-routed`` and
 ``learning.run-completed`` would carry, and draws each run's bundle from
-:class:`learning.simulation.Orchestrator` with a quality per policy version, so
+:class:`learnops.simulation.orchestrator.Orchestrator` with a quality per policy version, so
 the CRL depends on the arm. Faults for the tests: a ``bias`` that sends that
 share of control tasks to the candidate anyway (a broken router: sample ratio
 mismatch), and ``lose`` an arm's bundles (missing data).
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from learning.routing import Route
-from learning.simulation import Orchestrator
+from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
 from models.events import RunCompleted, TaskRouted
 
