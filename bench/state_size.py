@@ -13,6 +13,11 @@ The baseline is the design before fold claims: the same values plus one
 changelog key per folded run in crl-folded-runs and skills-folded-runs, and
 one per counted run and routing in canary-seen, all kept 30 days.
 
+The curator's guard state is measured apart (``--samples``): one verdict
+record per checked sample and one record per artifact of ours, each kept
+``curation.memory_days`` (90) days, then deleted (docs/curation.md). Printed
+per sample, and per doer at ``--samples-per-day``.
+
 Prints the figures; asserts nothing.
 """
 
@@ -29,6 +34,7 @@ from rich.table import Table
 
 from agents.tables import marked
 from learning.crl import LatencyObjectives, WeightBook, score_bundle
+from learning.samples import CurationConfig, DoerCuration
 from learning.skills import DailySkillStats
 from learning.trends import DailyCRL
 from learnops.simulation.orchestrator import PHASES, Orchestrator
@@ -100,12 +106,50 @@ def _canary_value(results: list[Any]) -> tuple[bytes, bytes]:
     return orjson.dumps(f"{doer}/dep-1"), orjson.dumps(value, default=str)
 
 
+def _curator_state(samples: int) -> tuple[int, int, float, int]:
+    """Curate bundles until ``samples`` records are kept; (records, changelog bytes, heap, days).
+
+    The heap is that of a state restored from the records, as a restarted worker holds it.
+    """
+    config = CurationConfig()
+    orchestrator = Orchestrator(seed=13, doers=("StateDoer",))
+    state = DoerCuration("StateDoer", config, curator="bench")
+    verdicts: dict[str, dict[str, Any]] = {}
+    own: dict[str, dict[str, Any]] = {}
+    now = time.time()
+    from datetime import UTC, datetime
+
+    for bundle in orchestrator.bundles(samples * 4):
+        curation = state.curate(bundle, now=datetime.fromtimestamp(now, UTC), previous=verdicts.get)
+        own.update(curation.own_outputs)
+        for curated in curation.samples:
+            if curated.record is not None:
+                verdicts[curated.event.sample_id] = curated.record
+        if len(verdicts) + len(own) >= samples:
+            break
+    changelog = sum(
+        len(orjson.dumps(f"StateDoer/{key}")) + len(orjson.dumps(record))
+        for key, record in (*verdicts.items(), *own.items())
+    )
+    records = [orjson.loads(orjson.dumps(r)) for r in verdicts.values()]
+    owned = [(k, orjson.loads(orjson.dumps(r))) for k, r in own.items()]
+    tracemalloc.start()
+    restored = DoerCuration("StateDoer", config, curator="bench")
+    restored.restore(records, owned)
+    heap = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del restored
+    return len(verdicts) + len(own), changelog, heap, config.guard.memory_days
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--doers", type=int, default=10_000)
     parser.add_argument("--runs-per-day", type=int, default=200)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--measured", type=int, default=200, help="doers decoded for the heap")
+    parser.add_argument("--samples", type=int, default=2_000, help="curator records measured")
+    parser.add_argument("--samples-per-day", type=int, default=20, help="curated per doer a day")
     args = parser.parse_args()
     started = time.perf_counter()
     results = _scored(args.runs_per_day)
@@ -165,6 +209,27 @@ def main() -> None:
         f"(baseline {(heap_now + heap_marks) * args.doers / 2**30:.2f} GiB); "
         f"{time.perf_counter() - started:.1f} s"
     )
+
+    count, changelog, heap, memory_days = _curator_state(args.samples)
+    kept = args.samples_per_day * memory_days
+    curator = Table(
+        title=(
+            f"Curator guard state ({count:,} records measured; {args.samples_per_day} "
+            f"samples/day kept {memory_days} days = {kept:,} records per doer)"
+        )
+    )
+    for column in ("", "changelog bytes", "heap (restored)"):
+        curator.add_column(column, justify="right")
+    curator.add_row("per record", f"{changelog / count:,.0f}", f"{heap / count:,.0f} B")
+    curator.add_row(
+        "per doer", f"{changelog / count * kept:,.0f}", f"{heap / count * kept / 2**20:.1f} MiB"
+    )
+    curator.add_row(
+        f"{args.doers:,} doers",
+        f"{changelog / count * kept * args.doers / 2**30:.2f} GiB",
+        f"{heap / count * kept * args.doers / 2**30:.2f} GiB",
+    )
+    console.print(curator)
 
 
 if __name__ == "__main__":
