@@ -205,7 +205,7 @@ def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> 
                 "allocation": state.routing.allocation,
                 "observed": dict(srm.observed),
                 "expected": dict(srm.expected),
-                "chi_square": srm.statistic,
+                "log_bayes_factor": srm.statistic,
             },
             **common,
         )

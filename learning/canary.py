@@ -732,7 +732,12 @@ def evaluate_guardrails(
 
 @dataclass(frozen=True)
 class SRMResult:
-    """Chi-square goodness of fit of the routed counts to the configured split."""
+    """A sample-ratio-mismatch check: its p-value, statistic and verdict, and the counts.
+
+    The canary's (``DeploymentState.srm``) is the sequential test of
+    ``learning.srm`` (statistic: the running maximum of the log Bayes factor);
+    :func:`srm_check`'s is the fixed-level chi-square (statistic: chi-square).
+    """
 
     p_value: float
     statistic: float
@@ -745,6 +750,10 @@ def srm_check(
     routed_counts: Mapping[str, int], allocation: float, *, p_threshold: float = 0.001
 ) -> SRMResult:
     """Sample-ratio-mismatch test of ``{"control": n, "candidate": m}`` against ``allocation``.
+
+    The naive test, kept as the baseline the simulations compare against: at
+    every routing it pauses healthy canaries far more often than its level
+    (issue 16; tests/unit/test_srm.py). The canary uses ``learning.srm``.
 
     Pearson's chi-square with one degree of freedom (``scipy.stats.chisquare``).
     The counts must be those routed under this allocation only (reset them at a

@@ -48,9 +48,9 @@ from learning.canary import (
     advance,
     evaluate,
     evaluate_guardrails,
-    srm_check,
 )
 from learning.moments import Moments
+from learning.srm import SequentialSRM
 from models import ids
 from models.commands import CanarySettings
 from models.events import CRLComputed, DecisionReport, DeploymentRouting, Guardrail
@@ -135,6 +135,8 @@ class DeploymentState:
     ended: bool = False
     last_event_at: datetime | None = None  # when the stage last heard of it (routing, result)
     missing_since: datetime | None = None  # when an arm's results first fell short
+    # Every routing of the canary, per allocation in force: the sequential SRM test.
+    srm_test: SequentialSRM = field(default_factory=SequentialSRM)
 
     # ------------------------------------------------------------------ inputs
 
@@ -180,6 +182,8 @@ class DeploymentState:
         if self.ended or step != self.step or arm not in ARMS:
             return False
         self.routed[arm] += 1
+        if self.mode == "canary":
+            self.srm_test.add(arm, self.routing.allocation)
         return True
 
     def heard(self, at: datetime) -> None:
@@ -206,11 +210,26 @@ class DeploymentState:
     # ---------------------------------------------------------------- judging
 
     def srm(self, config: CanaryConfig) -> SRMResult | None:
-        """The sample-ratio-mismatch check of this step's routings (canary with a split only)."""
+        """The sample-ratio-mismatch check (canary with a split only).
+
+        The always-valid p-value of the sequential test over every routing of
+        the canary, all steps (``learning.srm``): checked after every routing,
+        a healthy split pauses with probability at most ``srm_p_threshold``
+        over the whole canary. The observed and expected counts reported are
+        this step's.
+        """
         allocation = self.routing.allocation
         if self.mode != "canary" or not 0.0 < allocation < 1.0:
             return None
-        return srm_check(self.routed, allocation, p_threshold=config.srm_p_threshold)
+        total = sum(self.routed.values())
+        p_value = self.srm_test.p_value
+        return SRMResult(
+            p_value=p_value,
+            statistic=self.srm_test.max_log_bf,
+            mismatch=p_value < config.srm_p_threshold,
+            expected={"control": total * (1.0 - allocation), "candidate": total * allocation},
+            observed={arm: int(self.routed.get(arm, 0)) for arm in ARMS},
+        )
 
     def missing_arm(self) -> str | None:
         """An arm whose bundles are not arriving (module notes), or None."""
@@ -513,6 +532,7 @@ class DeploymentState:
             "ended": self.ended,
             "last_event_at": self.last_event_at.isoformat() if self.last_event_at else None,
             "missing_since": self.missing_since.isoformat() if self.missing_since else None,
+            "srm": self.srm_test.to_dict(),
         }
 
     @classmethod
@@ -545,6 +565,8 @@ class DeploymentState:
             missing_since=datetime.fromisoformat(data["missing_since"])
             if data.get("missing_since")
             else None,
+            # States written before the sequential SRM start its count afresh.
+            srm_test=SequentialSRM.from_dict(data.get("srm") or {}),
         )
 
 

@@ -30,11 +30,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-from scipy.special import betaln
+if TYPE_CHECKING:  # numpy and scipy load in first_pause only: the CLI imports this module
+    import numpy as np
+    import numpy.typing as npt
 
 DEFAULT_CONCENTRATION = 100.0
 ARMS = ("control", "candidate")
@@ -52,9 +52,14 @@ def log_bayes_factor(
         raise ValueError(f"allocation {allocation} is not strictly between 0 and 1")
     a = concentration * allocation
     b = concentration * (1.0 - allocation)
-    mixture = betaln(a + candidate, b + control) - betaln(a, b)
+    mixture = _betaln(a + candidate, b + control) - _betaln(a, b)
     null = candidate * math.log(allocation) + control * math.log1p(-allocation)
     return float(mixture - null)
+
+
+def _betaln(a: float, b: float) -> float:
+    """log B(a, b), from the standard library's log-gamma."""
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
 
 def _key(allocation: float) -> str:
@@ -139,6 +144,9 @@ def first_pause(
     ``to_candidate`` is (replications, routings); ``allocation`` the share in
     force at each routing (shared by all rows). Used by the simulations.
     """
+    import numpy as np
+    from scipy.special import betaln
+
     routed = np.atleast_2d(np.asarray(to_candidate, dtype=bool))
     shares = np.broadcast_to(np.asarray(allocation, dtype=float), routed.shape[1:])
     log_bf = np.zeros(routed.shape, dtype=float)

@@ -11,6 +11,7 @@ import numpy as np
 from learning.crl import compute_crl
 from learning.deployments import MISSING_GRACE_S, DeploymentState, silence
 from learning.routing import assign, route
+from learning.srm import SequentialSRM
 from models.commands import CanarySettings
 from models.crl import CRLTerms
 from models.events import CRLComputed, DeploymentRouting, PolicyChange
@@ -122,6 +123,26 @@ def test_a_biased_split_pauses_with_the_srm_guardrail_failing() -> None:
     srm = next(g for g in verdict.report.guardrails if g.name == "sample_ratio")
     assert not srm.passed and srm.value < 0.001
     assert state.paused and state.judge(START) is None
+
+
+def test_one_routing_to_the_small_arm_is_no_mismatch_and_the_test_spans_the_steps() -> None:
+    """The naive chi-square gave p ≈ 1e-5 for one routing at a 5-10 % step and paused."""
+    state = DeploymentState("Doer", routing(), "canary")
+    state.route("candidate", 0)
+    srm = state.srm(state.config())
+    assert srm is not None and not srm.mismatch and srm.p_value > 0.99
+    for i in range(99):
+        state.route("candidate" if i % 10 == 0 else "control", 0)
+    state.follow(routing(step=1), "canary")
+    for i in range(100):
+        state.route("candidate" if i % 2 else "control", 1)
+    expected = SequentialSRM()
+    for i in range(100):
+        expected.add("candidate" if i == 0 or (i - 1) % 10 == 0 else "control", 0.1)
+    for i in range(100):
+        expected.add("candidate" if i % 2 else "control", 0.5)
+    assert state.srm_test == expected  # one test over both steps, not reset at the step-up
+    assert DeploymentState.from_dict(state.to_dict()).srm_test == expected
 
 
 def test_bundles_missing_from_one_arm_pause_the_canary() -> None:
