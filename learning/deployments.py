@@ -49,6 +49,8 @@ from learning.canary import (
     evaluate,
     evaluate_guardrails,
 )
+from learning.event_guardrails import DEFAULT_ALPHA as EVENT_ALPHA
+from learning.event_guardrails import EventGuardrail
 from learning.moments import Moments
 from learning.srm import SequentialSRM
 from models import ids
@@ -64,6 +66,11 @@ MISSING_RATIO = 0.1
 # trail their routings by a batch or two of the CRL stage, and under load a burst
 # of routings alone looks like a lost arm.
 MISSING_GRACE_S = 30.0
+
+
+#: The count guardrails judged on their events (learning.event_guardrails), not their means:
+#: each at EVENT_ALPHA (0.005), so a healthy candidate is rolled back by either at most 1 %.
+EVENT_METRICS = ("security_criticals", "api_breakages")
 
 
 def config_of(settings: CanarySettings, steps: list[float]) -> CanaryConfig:
@@ -137,6 +144,10 @@ class DeploymentState:
     missing_since: datetime | None = None  # when an arm's results first fell short
     # Every routing of the canary, per allocation in force: the sequential SRM test.
     srm_test: SequentialSRM = field(default_factory=SequentialSRM)
+    # The count guardrails' event tests, fed by the canary's results.
+    events: dict[str, EventGuardrail] = field(
+        default_factory=lambda: {m: EventGuardrail() for m in EVENT_METRICS}
+    )
 
     # ------------------------------------------------------------------ inputs
 
@@ -175,6 +186,12 @@ class DeploymentState:
             self.metrics[arm].setdefault(metric, Moments()).add(float(value))
         self.step_runs[arm] += 1
         self.results += 1
+        if self.mode == "canary":
+            # The share in force now stands for the run's: a result of the step
+            # before, arriving after a step-up, is taken at the new share.
+            for metric in EVENT_METRICS:
+                events = int(getattr(result.terms, metric))
+                self.events[metric].add(arm, events, self.routing.allocation)
         return True
 
     def route(self, arm: str, step: int) -> bool:
@@ -249,16 +266,46 @@ class DeploymentState:
         return None
 
     def guardrails(self, config: CanaryConfig) -> list[GuardrailResult]:
-        """The default guardrails on CRL terms, each at alpha / their number."""
+        """The default guardrails on CRL terms, each at alpha / their number.
+
+        Security criticals and API breakages (``EVENT_METRICS``) are judged in a
+        canary by the sequential event test instead (at ``EVENT_ALPHA``): a count
+        that is nearly always 0 has almost no variance until its first event,
+        so a test on the means learns too slowly (issue 16).
+        """
         if not self.settings.guardrails:
             return []
-        return evaluate_guardrails(
+        results = evaluate_guardrails(
             self.metrics["control"],
             self.metrics["candidate"],
             DEFAULT_GUARDRAILS,
             config.alpha / len(DEFAULT_GUARDRAILS),
             min_sample_size=config.min_sample_size,
             mixing_sd=config.mixing_sd,
+        )
+        if self.mode != "canary":
+            return results
+        return [self._event_result(r) if r.metric in EVENT_METRICS else r for r in results]
+
+    def _event_result(self, means: GuardrailResult) -> GuardrailResult:
+        test = self.events[means.metric]
+        harmful = test.harmful(EVENT_ALPHA)
+        trials = test.trials
+        return GuardrailResult(
+            name=means.name,
+            metric=means.metric,
+            passed=not harmful,
+            critical=means.critical,
+            measured=means.measured,
+            threshold=means.threshold,
+            statistic=test.max_log_mixture,
+            control_mean=means.control_mean,
+            candidate_mean=means.candidate_mean,
+            reason=(
+                f"runs with {means.metric}: candidate {trials['candidate']}, control "
+                f"{trials['control']}; always-valid p {test.p_value:.3g} "
+                f"{'≤' if harmful else '>'} {EVENT_ALPHA:g} that the candidate has no more"
+            ),
         )
 
     def judge(self, now: datetime) -> Verdict | None:
@@ -533,6 +580,7 @@ class DeploymentState:
             "last_event_at": self.last_event_at.isoformat() if self.last_event_at else None,
             "missing_since": self.missing_since.isoformat() if self.missing_since else None,
             "srm": self.srm_test.to_dict(),
+            "events": {m: t.to_dict() for m, t in self.events.items()},
         }
 
     @classmethod
@@ -567,6 +615,10 @@ class DeploymentState:
             else None,
             # States written before the sequential SRM start its count afresh.
             srm_test=SequentialSRM.from_dict(data.get("srm") or {}),
+            events={
+                m: EventGuardrail.from_dict((data.get("events") or {}).get(m) or {})
+                for m in EVENT_METRICS
+            },
         )
 
 

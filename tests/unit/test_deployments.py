@@ -145,6 +145,31 @@ def test_one_routing_to_the_small_arm_is_no_mismatch_and_the_test_spans_the_step
     assert DeploymentState.from_dict(state.to_dict()).srm_test == expected
 
 
+def test_a_candidate_shipping_security_criticals_is_rolled_back_on_its_events() -> None:
+    """The control never has one, the candidate in 1 % of its runs (issue 16: median 1,941
+    candidate runs with the test on the means); the event test rolls back at the third."""
+    state = DeploymentState("Doer", routing(), "canary")
+    rng = np.random.default_rng(4)
+    criticals = 0
+    for n in range(200_000):
+        arm = "candidate" if rng.random() < state.routing.allocation else "control"
+        state.route(arm, 0)
+        found = result(arm, 0.3, n)
+        if arm == "candidate" and rng.random() < 0.01:
+            criticals += 1
+            terms = found.terms.model_copy(update={"security_criticals": 1})
+            found = found.model_copy(update={"terms": terms, "security_criticals": 1})
+        state.observe(found)
+        verdict = state.judge(START)
+        if verdict is not None and verdict.action != "report":
+            break
+    assert verdict is not None and verdict.action == "rollback", verdict
+    security = next(g for g in verdict.report.guardrails if g.name == "security")
+    assert not security.passed and "candidate 3, control 0" in security.reason
+    assert criticals == 3
+    assert DeploymentState.from_dict(state.to_dict()).events == state.events
+
+
 def test_bundles_missing_from_one_arm_pause_the_canary() -> None:
     state = DeploymentState("Doer", routing(step=1), "canary")
     for i in range(300):
