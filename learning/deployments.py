@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -291,16 +291,10 @@ class DeploymentState:
         test = self.events[means.metric]
         harmful = test.harmful(EVENT_ALPHA)
         trials = test.trials
-        return GuardrailResult(
-            name=means.name,
-            metric=means.metric,
+        return replace(
+            means,
             passed=not harmful,
-            critical=means.critical,
-            measured=means.measured,
-            threshold=means.threshold,
             statistic=test.max_log_mixture,
-            control_mean=means.control_mean,
-            candidate_mean=means.candidate_mean,
             reason=(
                 f"runs with {means.metric}: candidate {trials['candidate']}, control "
                 f"{trials['control']}; always-valid p {test.p_value:.3g} "
