@@ -102,16 +102,47 @@ Assumptions
   earlier control runs are re-weighted, so the argument becomes approximate.
   The simulation with stepped allocations keeps the A/A false-promotion rate
   under α.
-* Plug-in variance: validity is asymptotic. With skewed losses and a small
-  candidate arm (5 % traffic) the sample mean and variance of a few dozen runs
-  are too optimistic (right skew: a low mean comes with a low variance). In
-  simulation (2,000 A/A canaries, allocation 5 → 10 → 25 → 50 %, 600 runs of
-  the candidate per step, a look every 10), false promotion was, for lognormal
-  losses (σ_log = 0.8) and zero-inflated ones (70 % zeros, else Exp(1)):
-  8.9 % and 21 % with ``min_sample_size = 10``, 5.1 % and 5.6 % with 100,
-  3.8 % and 3.5 % with 200, 3.1 % and 2.5 % with 300. Hence the default
-  ``min_sample_size = 200`` runs per arm (also per step, see :func:`advance`).
-  For normal losses the minimum hardly matters.
+* Variance guard (issue 16): the plug-in variance makes validity asymptotic.
+  With a right-skewed or zero-heavy loss and a small candidate arm (5 %
+  traffic), a low candidate mean comes with a low sample variance, so the
+  bound crossed on the promote side in 11 % of A/A canaries at a constant 5 %
+  share (31 % with 98 % zeros), judged after every result. Under the null both
+  arms have the same variance and the control's, from ~19 times more runs, is
+  the better estimate of it; so each arm's variance term is taken as the larger
+  of the two sample variances (``variance_guard``). With a correct variance
+  the promote side is conservative for right-skewed losses (the mean's left
+  tail is lighter than the normal's). ``bench/canary_sim.py`` and
+  ``tests/unit/test_canary_flow.py`` check A/A false promotion ≤ α/2 after
+  every result for heavy and zero-inflated losses, at a 5 % share and in the
+  stepped flow (docs/canary.md has the table). Not covered: a candidate with
+  the control's mean but a heavier tail (lognormal σ 1.5 against 1, same
+  mean) is promoted in ~11 % of A/A canaries at a 5 % share; no test on an
+  unbounded mean can hold for every distribution in finite samples (Bahadur
+  & Savage 1956) — a confidence sequence on the loss capped at a
+  pre-registered bound would (Waudby-Smith & Ramdas 2023), for the capped mean.
+* ``min_sample_size`` (200 runs per arm, and per arm within each step) keeps
+  the first looks, where the normal approximation is worst, out of the rules.
+
+Harm and step-ups
+-----------------
+The rollback rule proves "worse by more than ``max_crl_increase``", which a
+candidate 10 % worse at a 5 % share took a median 245,000 results to show;
+while it waited for promotion evidence it never left the 5 % step. Two rules
+change that (issue 16):
+
+* **harm rule** — roll back once the lower bound of ``mean_t − h · mean_c`` at
+  level ``harm_alpha`` (0.025) is above 0, with ``h = 1`` in superiority (the
+  candidate is shown worse at all, so it can never be promoted) and
+  ``h = 1 + non_inferiority_margin`` in non-inferiority. Its one-sided error
+  on an A/A candidate is at most ``harm_alpha`` = α/2;
+* **dwell step-ups** (``step_up="dwell"``) — a step ends after
+  ``min_sample_size`` runs per arm when nothing holds it (no rollback, no
+  failing guardrail), so at most 200 candidate runs are exposed at the 5 %
+  step (about 4,000 results) and a harmful candidate meets the harm rule with
+  more traffic. The schedule depends on run counts, not on outcomes, so the
+  mixture's validity argument is the one above. Promotion still needs the
+  promote bound at the last step. ``step_up="evidence"`` is the old rule
+  (shadows use it: a shadow's step-up is its pass).
 """
 
 from __future__ import annotations
@@ -131,10 +162,12 @@ from learning.moments import Moments
 Action = Literal["promote", "rollback", "continue"]
 StepAction = Literal["step_up", "promote", "rollback", "continue", "pause"]
 Mode = Literal["superiority", "non_inferiority"]
+StepUpRule = Literal["dwell", "evidence"]
 FloatArray = npt.NDArray[np.float64]
 
 DEFAULT_MIXING_SD = 0.1
 DEFAULT_STEPS: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50)
+DEFAULT_HARM_ALPHA = 0.025
 
 
 # --------------------------------------------------------------------------- arms
@@ -186,6 +219,15 @@ class CanaryConfig:
       with confidence, worse by less than this fraction; must not exceed
       ``max_crl_increase``.
     * ``mixing_sd`` — τ of the mSPRT in pooled standard deviations (module notes).
+    * ``harm_alpha`` — level of the harm rule: roll back once the candidate is,
+      with always-valid confidence, worse than the control at all (zero margin);
+      ``None`` turns it off.
+    * ``step_up`` — ``"dwell"``: step up once the step has ``min_sample_size``
+      runs per arm and nothing holds it (no rollback, no failing guardrail);
+      ``"evidence"``: step up only with evidence to promote (the rule before
+      issue 16, kept for shadows and for comparison). Promotion always needs it.
+    * ``variance_guard`` — take each arm's variance as the larger of the two
+      arms' sample variances (module notes); ``False`` is the plain plug-in.
     """
 
     alpha: float = 0.05
@@ -198,6 +240,9 @@ class CanaryConfig:
     mode: Mode = "superiority"
     non_inferiority_margin: float = 0.02
     mixing_sd: float = DEFAULT_MIXING_SD
+    harm_alpha: float | None = DEFAULT_HARM_ALPHA
+    step_up: StepUpRule = "dwell"
+    variance_guard: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -220,6 +265,10 @@ class CanaryConfig:
             raise ValueError(f"srm_p_threshold {self.srm_p_threshold} is not between 0 and 1")
         if not self.mixing_sd > 0.0:
             raise ValueError(f"mixing_sd {self.mixing_sd} is not positive")
+        if self.harm_alpha is not None and not 0.0 < self.harm_alpha < 1.0:
+            raise ValueError(f"harm_alpha {self.harm_alpha} is not between 0 and 1")
+        if self.step_up not in ("dwell", "evidence"):
+            raise ValueError(f"step_up {self.step_up!r} is not 'dwell' or 'evidence'")
         steps = tuple(float(s) for s in self.steps)
         if not steps or any(not 0.0 < s <= 1.0 for s in steps):
             raise ValueError(f"steps {steps} must be non-empty shares in (0, 1]")
@@ -246,6 +295,15 @@ class CanaryConfig:
         if self.mode == "superiority":
             return 1.0 - self.min_improvement
         return 1.0 + self.non_inferiority_margin
+
+    @property
+    def harm_ratio(self) -> float:
+        """r in the harm contrast ``mean_t − r · mean_c`` (a lower bound above 0 rolls back).
+
+        1 in superiority (worse at all); ``1 + non_inferiority_margin`` in
+        non-inferiority, where a slightly worse candidate is what is being tested.
+        """
+        return 1.0 if self.mode == "superiority" else 1.0 + self.non_inferiority_margin
 
     @property
     def rollback_ratio(self) -> float:
@@ -295,13 +353,16 @@ def contrast_interval(
     ratio: float,
     alpha: float,
     mixing_sd: float = DEFAULT_MIXING_SD,
+    variance_guard: bool = False,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Estimate, always-valid bounds and p-value (vs 0) of ``mean_t − ratio · mean_c``.
 
     Elementwise on scalars or arrays. The interval is the normal-mixture
     confidence sequence at level 1−alpha with ``τ = mixing_sd · s_pooled`` (module
     notes); arms with fewer than two runs give an unbounded interval and p = 1.
-    The p-value is the one of this look, not yet a running minimum.
+    The p-value is the one of this look, not yet a running minimum. With
+    ``variance_guard`` each arm's variance term uses the larger of the two
+    sample variances (module notes).
     """
     nc = np.asarray(n_c, dtype=np.float64)
     nt = np.asarray(n_t, dtype=np.float64)
@@ -312,6 +373,8 @@ def contrast_interval(
     enough = (nc >= 2) & (nt >= 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         tau2 = mixing_sd**2 * _pooled_variance(nc, vc, nt, vt)
+        if variance_guard:
+            vc = vt = np.maximum(vc, vt)
         variance = vt / nt + ratio * ratio * (vc / nc)
     estimate = mt - ratio * mc
     half = np.where(enough, _mixture_half_width(variance, tau2, alpha), np.inf)
@@ -329,6 +392,7 @@ class LookStatistics:
     p_value: FloatArray
     rollback_low: FloatArray  # lower bound of mean_t − rollback_ratio · mean_c
     promote_high: FloatArray  # upper bound of mean_t − promote_ratio · mean_c
+    harm_low: FloatArray  # lower bound of mean_t − mean_c at harm_alpha (−inf: no harm rule)
     ready: npt.NDArray[np.bool_]
     rollback: npt.NDArray[np.bool_]
     promote: npt.NDArray[np.bool_]
@@ -349,14 +413,30 @@ def look_statistics(
     it for one look, :func:`simulate` for every canary and look at once.
     """
     arms = (n_c, mean_c, var_c, n_t, mean_t, var_t)
-    kw = {"alpha": config.alpha, "mixing_sd": config.mixing_sd}
-    delta, ci_low, ci_high, p_value = contrast_interval(*arms, ratio=1.0, **kw)
-    _, rollback_low, _, _ = contrast_interval(*arms, ratio=config.rollback_ratio, **kw)
-    _, _, promote_high, _ = contrast_interval(*arms, ratio=config.promote_ratio, **kw)
+    guard, tau = config.variance_guard, config.mixing_sd
+    delta, ci_low, ci_high, p_value = contrast_interval(
+        *arms, ratio=1.0, alpha=config.alpha, mixing_sd=tau, variance_guard=guard
+    )
+    _, rollback_low, _, _ = contrast_interval(
+        *arms, ratio=config.rollback_ratio, alpha=config.alpha, mixing_sd=tau, variance_guard=guard
+    )
+    _, _, promote_high, _ = contrast_interval(
+        *arms, ratio=config.promote_ratio, alpha=config.alpha, mixing_sd=tau, variance_guard=guard
+    )
+    if config.harm_alpha is None:
+        harm_low = np.full_like(rollback_low, -np.inf)
+    else:
+        _, harm_low, _, _ = contrast_interval(
+            *arms,
+            ratio=config.harm_ratio,
+            alpha=config.harm_alpha,
+            mixing_sd=tau,
+            variance_guard=guard,
+        )
     ready = (np.asarray(n_c) >= config.min_sample_size) & (
         np.asarray(n_t) >= config.min_sample_size
     )
-    rollback = ready & (rollback_low > 0)
+    rollback = ready & ((rollback_low > 0) | (harm_low > 0))
     promote = ready & (promote_high < 0) & ~rollback
     return LookStatistics(
         delta=delta,
@@ -365,6 +445,7 @@ def look_statistics(
         p_value=p_value,
         rollback_low=rollback_low,
         promote_high=promote_high,
+        harm_low=harm_low,
         ready=ready,
         rollback=rollback,
         promote=promote,
@@ -473,12 +554,24 @@ def evaluate(
         if expired:
             return decision("rollback", f"max_duration {limit:g} s passed with {waiting}")
         return decision("continue", f"waiting: {waiting}")
-    if bool(look.rollback):
+    if bool(look.rollback) and float(look.rollback_low) > 0:
         return decision(
             "rollback",
             f"candidate worse by more than max_crl_increase={_pct(config.max_crl_increase)}: "
             f"lower bound {float(look.rollback_low):+.4g} of candidate − {r_back:g}·control "
             "is above 0",
+        )
+    if bool(look.rollback):
+        margin = (
+            ""
+            if config.mode == "superiority"
+            else f" by more than the margin {_pct(config.non_inferiority_margin)}"
+        )
+        return decision(
+            "rollback",
+            f"candidate worse than control{margin} (harm rule at harm_alpha="
+            f"{config.harm_alpha:g}): lower bound {float(look.harm_low):+.4g} of candidate − "
+            f"{config.harm_ratio:g}·control is above 0",
         )
     if bool(look.promote):
         if config.mode == "superiority":
@@ -829,10 +922,14 @@ def advance(
     * ``"rollback"`` — a critical guardrail failed, or the decision is rollback;
     * ``"pause"`` — sample ratio mismatch: routing is broken, so the statistics
       cannot be trusted either way; an operator must look (nothing is promoted);
-    * the decision is promote: ``"continue"`` while a non-critical guardrail
-      fails or the current step has fewer than ``min_sample_size`` runs per arm;
-      then ``"step_up"`` to the next allocation, or ``"promote"`` at the last
-      step (the candidate takes all traffic);
+    * ``"step_up"`` to the next allocation once the step has ``min_sample_size``
+      runs per arm and no non-critical guardrail fails — with ``step_up="dwell"``
+      (the default) whatever the decision, with ``"evidence"`` only when it is
+      promote. A harmful candidate then meets the harm rule with more traffic
+      instead of sitting at the first step (issue 16); the schedule depends on
+      run counts, not on outcomes;
+    * ``"promote"`` at the last step, when the decision is promote under the same
+      two conditions (the candidate takes all traffic);
     * ``"continue"`` otherwise.
 
     A step-up resets only the caller's per-step run and routing counts; the arm
@@ -857,23 +954,31 @@ def advance(
             f"sample ratio mismatch: observed {srm.observed}, expected "
             f"{ {k: round(v, 1) for k, v in srm.expected.items()} }, p {srm.p_value:.3g}",
         )
-    if decision.action != "promote":
+    dwell = config.step_up == "dwell" and here is not None
+    if decision.action != "promote" and not dwell:
         return move("continue", decision.reason)
     failing = [g.name for g in guardrails if not g.passed]
     if failing:
-        return move("continue", f"promotion held: guardrail {', '.join(failing)} failing")
+        held = "promotion" if decision.action == "promote" else "step-up"
+        return move("continue", f"{held} held: guardrail {', '.join(failing)} failing")
     in_step = min(state.control_runs_in_step, state.candidate_runs_in_step)
     if in_step < config.min_sample_size:
+        why = "evidence to promote" if decision.action == "promote" else decision.reason
         return move(
             "continue",
-            f"evidence to promote, waiting for {config.min_sample_size} runs per arm at step "
+            f"{why}; waiting for {config.min_sample_size} runs per arm at step "
             f"{state.step_index} ({_pct(steps[state.step_index])} traffic; have {in_step})",
         )
     if here is None:
         return move("promote", decision.reason)
+    because = (
+        decision.reason
+        if decision.action == "promote"
+        else f"{in_step} runs per arm at this step and no rollback ({decision.reason})"
+    )
     return move(
         "step_up",
-        f"step {state.step_index} → {here} ({_pct(steps[here])} traffic): {decision.reason}",
+        f"step {state.step_index} → {here} ({_pct(steps[here])} traffic): {because}",
         here,
     )
 

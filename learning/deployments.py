@@ -84,6 +84,8 @@ def config_of(settings: CanarySettings, steps: list[float]) -> CanaryConfig:
         steps=tuple(steps) if steps else CanaryConfig.steps,
         mode=settings.mode,
         non_inferiority_margin=settings.non_inferiority_margin,
+        harm_alpha=settings.harm_alpha,
+        step_up=settings.step_up,
     )
 
 
@@ -164,9 +166,14 @@ class DeploymentState:
         return self.routing.step
 
     def config(self) -> CanaryConfig:
-        """The deployment's statistics configuration (a shadow: one step at its mirror share)."""
-        steps = self.routing.steps if self.mode == "canary" else [self.routing.allocation]
-        return config_of(self.settings, steps)
+        """The deployment's statistics configuration (a shadow: one step at its mirror share).
+
+        A shadow passes on evidence only: stepping up by dwell is a canary's way
+        of bringing a candidate to more traffic, and a shadow's "step up" is its pass.
+        """
+        if self.mode == "canary":
+            return config_of(self.settings, self.routing.steps)
+        return replace(config_of(self.settings, [self.routing.allocation]), step_up="evidence")
 
     def arm_of(self, result: CRLComputed) -> str | None:
         """The arm a result counts toward, or None when it does not count here."""

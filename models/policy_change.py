@@ -49,6 +49,12 @@ class CanarySettings(ContractModel):
     max_silence_s: Annotated[float, Field(gt=0)] | None = 3600.0
     missing_grace_s: Annotated[float, Field(gt=0)] = 30.0
     guardrails: bool = True  # check learning.canary.DEFAULT_GUARDRAILS
+    # Roll back a candidate shown worse than the control at all (non-inferiority: by more
+    # than its margin) at this level; None turns the harm rule off.
+    harm_alpha: Annotated[float, Field(gt=0, lt=1)] | None = 0.025
+    # "dwell": a step ends after min_sample_size runs per arm unless something holds it;
+    # "evidence": only with promotion evidence (docs/canary.md).
+    step_up: Literal["dwell", "evidence"] = "dwell"
     # Shadow only: once the shadow passes, move it to canary (default steps) without
     # waiting for a start_canary command.
     advance_shadow: bool = False

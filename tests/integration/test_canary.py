@@ -107,8 +107,10 @@ async def test_a_worse_candidate_is_rolled_back(
     deployment_id = await run.start_canary(2, QUICK, [0.1, 0.5])
     decisions = await run.run_until(run.simulator())
     final = [d for d in decisions if d.action != "report"]
-    assert [d.action for d in final] == ["rollback"], worker.tail()
-    assert final[0].report["delta"] > 0
+    # A step ends after min_sample_size runs per arm (dwell), so the worse candidate may
+    # meet its rollback at the second step; it is never promoted.
+    assert [d.action for d in final if d.action != "step_up"] == ["rollback"], worker.tail()
+    assert final[-1].action == "rollback" and final[-1].report["delta"] > 0
     rows = await eventually(lambda: audit(db, deployment_id), lambda r: len(r) == 1)
     assert [(r["action"], r["to_status"]) for r in rows] == [("rollback", "rolled_back")]
     live = await router.wait_for(run.doer, lambda c: c.change == "rolled_back")

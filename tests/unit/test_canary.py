@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -167,11 +168,32 @@ def test_clearly_worse_candidate_is_rolled_back_with_the_bound_in_the_reason() -
     assert "candidate − 1.05·control is above 0" in d.reason
 
 
-def test_candidate_slightly_worse_but_within_the_limit_is_not_rolled_back() -> None:
+def test_slightly_worse_within_the_limit_is_not_rolled_back_by_the_margin_rule() -> None:
     # 3 % worse with a very tight interval: worse, but by less than 5 %.
-    d = evaluate(arm(0.30, 0.05, 50_000, 1), arm(0.309, 0.05, 50_000, 2), CONFIG)
+    config = replace(CONFIG, harm_alpha=None)
+    d = evaluate(arm(0.30, 0.05, 50_000, 1), arm(0.309, 0.05, 50_000, 2), config)
     assert d.ci_low > 0
     assert d.action == "continue"
+
+
+def test_harm_rule_rolls_back_a_candidate_shown_worse_at_all() -> None:
+    # The same 3 % worse candidate: within max_crl_increase, but shown worse than
+    # the control, so it can never be promoted; the harm rule ends it.
+    d = evaluate(arm(0.30, 0.05, 50_000, 1), arm(0.309, 0.05, 50_000, 2), CONFIG)
+    assert d.action == "rollback"
+    assert "harm rule at harm_alpha=0.025" in d.reason
+    assert "candidate − 1·control is above 0" in d.reason
+
+
+def test_harm_rule_in_non_inferiority_mode_uses_the_margin() -> None:
+    ni = replace(CONFIG, mode="non_inferiority", non_inferiority_margin=0.05)
+    # 3 % worse is inside the 5 % margin: not harm.
+    inside = evaluate(arm(0.30, 0.05, 50_000, 1), arm(0.309, 0.05, 50_000, 2), ni)
+    assert inside.action == "promote"
+    ni2 = replace(CONFIG, mode="non_inferiority", non_inferiority_margin=0.02)
+    beyond = evaluate(arm(0.30, 0.05, 50_000, 1), arm(0.309, 0.05, 50_000, 2), ni2)
+    assert beyond.action == "rollback"
+    assert "by more than the margin +2.0 %" in beyond.reason
 
 
 def test_clearly_better_candidate_is_promoted() -> None:

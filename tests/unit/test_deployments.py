@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from learning.canary import DEFAULT_STEPS, CanaryConfig
 from learning.crl import compute_crl
 from learning.deployments import MISSING_GRACE_S, DeploymentState, silence
 from learning.routing import assign, route
@@ -147,13 +148,21 @@ def test_one_routing_to_the_small_arm_is_no_mismatch_and_the_test_spans_the_step
 
 def test_a_candidate_shipping_security_criticals_is_rolled_back_on_its_events() -> None:
     """The control never has one, the candidate in 1 % of its runs (issue 16: median 1,941
-    candidate runs with the test on the means); the event test rolls back at the third."""
-    state = DeploymentState("Doer", routing(), "canary")
+    candidate runs with the test on the means); with the default steps and dwell the event
+    test rolls back at the third (here at the 5 % step, 110 candidate runs)."""
+    steps = list(DEFAULT_STEPS)
+    settings = CanarySettings(min_sample_size=200, report_every=100)
+
+    def at(step: int) -> DeploymentRouting:
+        return routing(step, steps=steps, allocation=steps[step], canary=settings)
+
+    state = DeploymentState("Doer", at(0), "canary")
     rng = np.random.default_rng(4)
-    criticals = 0
+    criticals = candidate_runs = 0
     for n in range(200_000):
         arm = "candidate" if rng.random() < state.routing.allocation else "control"
-        state.route(arm, 0)
+        candidate_runs += arm == "candidate"
+        state.route(arm, state.step)
         found = result(arm, 0.3, n)
         if arm == "candidate" and rng.random() < 0.01:
             criticals += 1
@@ -161,12 +170,14 @@ def test_a_candidate_shipping_security_criticals_is_rolled_back_on_its_events() 
             found = found.model_copy(update={"terms": terms, "security_criticals": 1})
         state.observe(found)
         verdict = state.judge(START)
-        if verdict is not None and verdict.action != "report":
+        if verdict is not None and verdict.action == "step_up":  # by dwell: the store applies it
+            state.follow(at(verdict.step), "canary")
+        elif verdict is not None and verdict.action != "report":
             break
     assert verdict is not None and verdict.action == "rollback", verdict
     security = next(g for g in verdict.report.guardrails if g.name == "security")
     assert not security.passed and "candidate 3, control 0" in security.reason
-    assert criticals == 3
+    assert criticals == 3 and candidate_runs < 300
     assert DeploymentState.from_dict(state.to_dict()).events == state.events
 
 
@@ -366,3 +377,20 @@ def test_an_older_view_delivered_again_neither_unpauses_nor_moves_back() -> None
     state.follow(routing(step=0), "canary")  # the start, read again
     assert state.paused and state.step == 1
     assert state.judge(START + timedelta(seconds=1)) is None
+
+
+def test_the_contract_defaults_are_the_statistics_defaults() -> None:
+    """CanarySettings (models) repeats learning.canary's defaults: they must agree."""
+    config = DeploymentState("Doer", routing(canary=CanarySettings()), "canary").config()
+    defaults = CanaryConfig(steps=config.steps)
+    assert (config.harm_alpha, config.step_up) == (defaults.harm_alpha, defaults.step_up)
+    assert (config.alpha, config.min_sample_size, config.max_crl_increase) == (
+        defaults.alpha,
+        defaults.min_sample_size,
+        defaults.max_crl_increase,
+    )
+    shadow = DeploymentState("Doer", routing(canary=CanarySettings()), "shadow").config()
+    assert shadow.step_up == "evidence"
+    conservative = CanarySettings(step_up="evidence", harm_alpha=None)
+    chosen = DeploymentState("Doer", routing(canary=conservative), "canary").config()
+    assert (chosen.step_up, chosen.harm_alpha) == ("evidence", None)
