@@ -191,4 +191,4 @@ def test_aa_false_promotion_stays_under_alpha_with_stepped_allocation_and_skewed
         result = simulate(control, candidate, CONFIG, control_counts=n_c, candidate_counts=n_t)
         actions.append(result.action)
     promoted = float(np.mean(np.concatenate(actions) == "promote"))
-    assert promoted <= CONFIG.alpha
+    assert promoted <= CONFIG.alpha / 2  # one side of the two-sided level (issue 16)
