@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 ## make test: lint, type-check, unit tests, then integration tests on real Kafka and PostgreSQL.
 test: lint typecheck
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
