@@ -28,7 +28,7 @@ from pydantic import TypeAdapter, ValidationError
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
-from models.base import Event, describe_validation_error
+from models.base import Event, describe_exception, describe_validation_error
 from models.keys import key_problem
 from storage.claims import expire_claims
 from storage.pool import TRANSIENT_ERRORS
@@ -242,6 +242,7 @@ class Stage:
 
 
 def _internal_reason(exc: BaseException) -> str:
+    """The error's kind and where it was raised; never its message, which may quote the input."""
     frame = traceback.extract_tb(exc.__traceback__)[-1]
-    reason = f"internal error {type(exc).__name__} at {frame.filename}:{frame.lineno}: {exc}"
+    reason = f"internal error {describe_exception(exc)} at {frame.filename}:{frame.lineno}"
     return reason[:1000]

@@ -72,7 +72,7 @@ def test_a_nul_in_model_is_refused_without_quoting_the_text() -> None:
     [
         ({"run_id": "run\x00"}, "run_id"),
         ({"doer": "PRD\x00Writer"}, "doer"),
-        ({"metrics": {"tok\x00ens": 1.0}}, "metrics.tok\\u0000ens (key)"),
+        ({"metrics": {"tok\x00ens": 1.0}}, "metrics.<key> (key)"),
         ({"gates": {"passed": ["lint\x00"], "failed": []}}, "gates.passed[0]"),
         (
             {
@@ -327,3 +327,63 @@ def test_crl_computed_still_checks_its_uuid_source() -> None:
     assert isinstance(computed.source_event_id, UUID)
     assert CRLComputed.model_validate(computed.model_dump()) == computed
     assert CRLComputed.model_validate(computed.model_dump(mode="json")) == computed
+
+
+# ------------------------------------------------------------------ no value in a reason
+
+PLANTED = "Hunter2Secret!"
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in [(*path, k), *_paths(v, (*path, k))]]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in [(*path, i), *_paths(v, (*path, i))]]
+    return []
+
+
+def _planted(document: Any, path: tuple[Any, ...], value: Any) -> bytes:
+    copy = json.loads(json.dumps(document))
+    target = copy
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return orjson.dumps(copy)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        PLANTED,
+        [PLANTED],
+        {PLANTED: PLANTED},
+        {"note": PLANTED},
+        PLANTED + "\x00",
+        "2026-13-01T00:00:00" + PLANTED,
+    ],
+    ids=["text", "array", "object-key", "object", "nul", "timestamp"],
+)
+def test_a_secret_planted_anywhere_in_a_bad_bundle_is_not_in_the_reason(planted: Any) -> None:
+    bundle = bundle_dict()
+    for path in _paths(bundle):
+        try:
+            RunCompleted.model_validate_json(_planted(bundle, path, planted))
+        except ValidationError as error:
+            reason = describe_validation_error(error)
+            assert PLANTED not in reason, (path, reason)
+
+
+def test_a_secret_as_an_unknown_field_or_command_is_not_in_the_reason() -> None:
+    cases = [
+        (RunCompleted, orjson.dumps({**bundle_dict(), PLANTED: 1})),
+        (RunCompleted, orjson.dumps({**bundle_dict(), "metrics": {PLANTED: "x"}})),
+        (RunCompleted, b'{"doer": "' + PLANTED.encode() + b'", oops'),
+    ]
+    for model, raw in cases:
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate_json(raw)
+        assert PLANTED not in describe_validation_error(caught.value)
+    for command in ({"command": PLANTED, "doer": "d"}, {"command": "promote", "version": PLANTED}):
+        with pytest.raises(ValidationError) as caught:
+            POLICY_COMMANDS.validate_json(orjson.dumps(command))
+        assert PLANTED not in describe_validation_error(caught.value)
