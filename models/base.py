@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar, Self
 from uuid import UUID, uuid4
 
+import jiter
 import orjson
 from pydantic import (
     AfterValidator,
@@ -332,6 +333,28 @@ class Event(ContractModel):
     def from_json(cls, data: bytes | str) -> Self:
         """Return the event parsed and validated from JSON; raises ``ValidationError``."""
         return cls.model_validate_json(data)
+
+
+_DUPLICATE_KEY = "Detected duplicate key"
+
+
+def duplicate_key_problem(data: bytes | str) -> str | None:
+    """Return where a JSON object in ``data`` repeats a key, else None.
+
+    Every parser keeps the last of two equal keys silently, so ``{"version": 1,
+    "version": 2}`` reads as 2 here and as 1 elsewhere. jiter (the parser
+    pydantic-core is built on) finds repeats while it parses; the key itself is
+    not quoted. Invalid JSON gives None: the validation that follows names it.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    try:
+        jiter.from_json(raw, catch_duplicate_keys=True, cache_mode=False)
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith(_DUPLICATE_KEY):
+            where = message.rsplit(" at ", 1)[-1] if " at line " in message else "some object"
+            return f"an object repeats a key at {where}; JSON keys must be unique (RFC 8259 §4)"
+    return None
 
 
 def describe_validation_error(error: ValidationError) -> str:

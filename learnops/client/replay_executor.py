@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from learning.replay import Executor, LocalExecutor, ReplayTask, replay_bundle
 from learning.signing import content_digest
-from models.base import describe_exception, describe_validation_error
+from models.base import describe_exception, describe_validation_error, duplicate_key_problem
 from models.events import DeadLetter
 from models.events import ReplayTask as ReplayTaskEvent
 
@@ -158,6 +158,9 @@ async def _handle(
     record: Any,
     pattern: re.Pattern[str],
 ) -> Any:
+    repeated = duplicate_key_problem(record.value)
+    if repeated is not None:
+        return await _dead_letter(producer, record, repeated, "json")
     try:
         task = ReplayTaskEvent.model_validate_json(record.value)
     except ValidationError as exc:

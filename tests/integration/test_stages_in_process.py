@@ -496,6 +496,8 @@ async def test_a_secret_planted_in_bad_bundles_is_in_no_dead_letter_reason(
         {**good, "occurred_at": f"2026-13-01T00:00:00Z {secret}"},  # an unparsable timestamp
     ]
     raws = [orjson.dumps(b) for b in bad] + [b'{"doer": "' + secret.encode() + b'", oops']
+    # A repeated key: the last would win silently; refused before validation.
+    raws.append(orjson.dumps(good)[:-1] + b', "run_id": "' + secret.encode() + b'"}')
     progress = Progress(stage)
     async with app.agents["crl"].test_context() as agent:
         feed = Feed(app, agent)
@@ -508,6 +510,8 @@ async def test_a_secret_planted_in_bad_bundles_is_in_no_dead_letter_reason(
         assert letter.reason, letter
         assert "Hunter2Secret" not in letter.reason, letter.reason
         assert "Hunter2Secret" in base64.b64decode(letter.value_b64).decode()  # kept to replay
+    assert letters[-1].error_type == "json"
+    assert letters[-1].reason.startswith("an object repeats a key at line 1 column ")
 
 
 # ---------------------------------------------------------------------- canary

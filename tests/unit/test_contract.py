@@ -16,7 +16,13 @@ from pydantic import ValidationError
 from learning.routing import route
 from learnops.simulation.canary import CanaryOrchestrator
 from learnops.simulation.orchestrator import NoteMix, Orchestrator, bad_inputs
-from models.base import INT4_MAX, INT8_MAX, describe_validation_error, sha256_hex
+from models.base import (
+    INT4_MAX,
+    INT8_MAX,
+    describe_validation_error,
+    duplicate_key_problem,
+    sha256_hex,
+)
 from models.commands import POLICY_COMMANDS
 from models.events import (
     CRLComputed,
@@ -387,3 +393,15 @@ def test_a_secret_as_an_unknown_field_or_command_is_not_in_the_reason() -> None:
         with pytest.raises(ValidationError) as caught:
             POLICY_COMMANDS.validate_json(orjson.dumps(command))
         assert PLANTED not in describe_validation_error(caught.value)
+
+
+def test_a_repeated_key_at_any_depth_is_found_without_naming_it() -> None:
+    assert duplicate_key_problem(b'{"a": 1, "b": {"c": 2}}') is None
+    problem = duplicate_key_problem(b'{"a": 1, "b": {"secret": 2, "secret": 3}}')
+    assert problem is not None
+    assert problem.startswith("an object repeats a key at line 1 column ")
+    assert "secret" not in problem
+    assert duplicate_key_problem(b'{"a": ') is None  # invalid JSON is the validator's to name
+    bundle = orjson.dumps(bundle_dict())
+    assert duplicate_key_problem(bundle) is None
+    assert duplicate_key_problem(bundle[:-1] + b', "run_id": "again"}') is not None
