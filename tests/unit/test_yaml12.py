@@ -51,3 +51,22 @@ def test_the_topic_catalogue_refuses_a_repeated_key(tmp_path: Path) -> None:
 def test_the_packaged_files_read_as_yaml_1_2() -> None:
     load_catalog(None)
     load_learning_config(None)
+
+
+def test_a_policy_file_is_read_as_yaml_1_2_and_a_repeated_json_key_is_refused(
+    tmp_path: Path,
+) -> None:
+    from learnops.cli.main import CliError
+    from learnops.cli.policy import _load_artifact
+
+    yaml_file = tmp_path / "policy.yaml"
+    yaml_file.write_text("router:\n  fallback: NO\n  mode: 0755\nversion_label: '1.10'\n")
+    assert _load_artifact(yaml_file) == {
+        "router": {"fallback": "NO", "mode": 755},
+        "version_label": "1.10",
+    }
+    json_file = tmp_path / "policy.json"
+    json_file.write_text('{"prompt": "a", "tools": [], "prompt": "b"}')
+    with pytest.raises(CliError, match="repeats a key at line 1 column") as caught:
+        _load_artifact(json_file)
+    assert '"b"' not in str(caught.value)
