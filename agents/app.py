@@ -26,7 +26,7 @@ from agents.faust_internals.transport import (
     broker_urls,
 )
 from agents.health import register_pages
-from agents.logs import use_json_logs
+from agents.logs import hide_exception_values, use_json_logs
 from agents.settings import Settings, SettingsError
 from agents.topics import TopicCatalog, load_catalog, missing
 from storage.pool import create_pool
@@ -125,6 +125,7 @@ class LearnopsApp(faust.App):
             max_size=self.settings.database_pool_max,
         )
         tune_gc()
+        hide_exception_values()
         if self.settings.learnops_log_format == "json":
             use_json_logs()
         await super().on_first_start()

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-import yaml
-
 from agents.settings import SettingsError, packaged
+from agents.yaml12 import YAMLFileError, load_yaml
 from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
 from learning.replay import ReplayConfig
 from learning.samples import CurationConfig
@@ -36,11 +35,11 @@ def load_learning_config(source: Path | Traversable | None = None) -> LearningCo
     """Read the file LEARNOPS_CONFIG_FILE names, or (``None``) the packaged learning.yaml."""
     source = packaged("learning.yaml") if source is None else source
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(source.read_text(encoding="utf-8"), source) or {}
     except FileNotFoundError:
         raise SettingsError(f"LEARNOPS_CONFIG_FILE: {source} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {source} is not valid YAML: {exc}") from None
+    except YAMLFileError as exc:
+        raise SettingsError(f"LEARNOPS_CONFIG_FILE: {exc}") from None
     crl = raw.get("crl") or {}
     try:
         return LearningConfig(

@@ -40,6 +40,7 @@ from agents.stage import Stage
 from agents.tables import SEPARATOR, doer_of
 from learning.contamination import reason_kind
 from learning.samples import CurationError, DoerCuration
+from models.base import duplicate_key_problem
 from models.events import RunCompleted
 from models.keys import key_problem
 
@@ -127,6 +128,9 @@ class CuratorMemory:
 def _parse(event: Any) -> RunCompleted | None:
     """The bundle, or None for what the crl stage dead-letters (so it is not sent twice)."""
     message = event.message
+    if duplicate_key_problem(message.value) is not None:
+        SKIPPED.labels("invalid").inc()
+        return None
     try:
         bundle = RunCompleted.model_validate_json(message.value)
     except ValidationError:

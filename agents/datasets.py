@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from agents.stage import Stage
+from models.base import describe_exception
 from models.events import SampleCurated
 from storage.datasets import insert_samples, unstorable
 from storage.pool import durably
@@ -67,11 +68,18 @@ class DatasetsStage(Stage):
             await durably(partial(insert_samples, pool, batch), what="dataset_samples")
         except asyncpg.PostgresError as exc:
             # One bad row fails the statement; write row by row to find it.
-            log.warning("batch_rejected error=%r rows=%d; retrying one by one", exc, len(batch))
+            log.warning(
+                "batch_rejected error=%r rows=%d; retrying one by one",
+                describe_exception(exc),
+                len(batch),
+            )
             for event, sample in decoded:
                 try:
                     await durably(partial(insert_samples, pool, [sample]), what="row")
                 except asyncpg.PostgresError as row_exc:
                     await self.dead_letter(
-                        event, error_type="storage", reason=str(row_exc), doer=sample.doer
+                        event,
+                        error_type="storage",
+                        reason=f"PostgreSQL refused the sample ({describe_exception(row_exc)})",
+                        doer=sample.doer,
                     )

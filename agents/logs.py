@@ -6,16 +6,24 @@ field, so a log pipeline can filter on stage, topic, partition and offset
 without parsing text. Values stay strings: a line is never dropped for a value
 that does not parse. Lines of other libraries (Faust, aiokafka) keep their text
 in ``message``.
+
+Tracebacks are printed without exception messages (:class:`ValueFreeTracebacks`):
+a message often quotes the input it was raised about, and logs must carry no
+payload text, secret or personal data. The frames, the exception types and the
+rule a validation error names stay, which is what a fix needs.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from models.base import describe_exception
 
 # key=value, key='quoted value' or key="quoted value"; keys are identifiers.
 _PAIR = re.compile(r"""(?P<key>[a-z_][a-z0-9_]*)=(?P<value>'[^']*'|"[^"]*"|\S+)""")
@@ -46,8 +54,54 @@ class JsonFormatter(logging.Formatter):
             **fields_of(message),
         }
         if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
+            document["exception"] = record.exc_text or self.formatException(record.exc_info)
         return orjson.dumps(document).decode()
+
+
+def value_free_traceback(error: BaseException) -> str:
+    """The traceback of ``error`` and its causes: frames and source lines, no messages."""
+    # Walk from the exception logged to its first cause; print in Python's order,
+    # the first cause first.
+    blocks: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        blocks.append(f"Traceback (most recent call last):\n{frames}{describe_exception(current)}")
+        if current.__cause__ is not None:
+            blocks.append(_CAUSE)
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            blocks.append(_CONTEXT)
+            current = current.__context__
+        else:
+            current = None
+    return "\n\n".join(reversed(blocks))
+
+
+_CAUSE = "The above exception was the direct cause of the following exception:"
+_CONTEXT = "During handling of the above exception, another exception occurred:"
+
+
+class ValueFreeTracebacks(logging.Filter):
+    """A handler filter that gives a record's exception a traceback without messages.
+
+    Formatters print ``record.exc_text`` when it is set, so every formatter of
+    the handler (Faust's, the JSON one) prints the value-free form.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = value_free_traceback(record.exc_info[1])
+        return True
+
+
+def hide_exception_values() -> None:
+    """Make every handler of the root logger print tracebacks without exception messages."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ValueFreeTracebacks) for f in handler.filters):
+            handler.addFilter(ValueFreeTracebacks())
 
 
 def use_json_logs() -> None:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.base import validation_messages
+
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
@@ -212,10 +214,9 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            variable = "_".join(str(part) for part in error["loc"]).upper()
-            secret = any(word in variable for word in ("URL", "PASSWORD", "KEY"))
-            shown = "" if secret else f" (got {error.get('input')!r})"
-            lines.append(f"{variable}: {error['msg']}{shown}")
+        # The variable and the rule, never the value: a URL or a password may be in it.
+        lines = [
+            f"{'_'.join(str(part) for part in loc).upper()}: {message}"
+            for loc, message in validation_messages(exc)
+        ]
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -36,6 +36,7 @@ from learning.skills import (
     skill_card_event,
 )
 from learning.trends import day_of, days_back
+from models.base import describe_exception
 from models.events import CRLComputed, SkillCard
 from storage.claims import Claim, owned_claims
 from storage.pool import durably
@@ -209,5 +210,5 @@ class SkillsStage(Stage):
             try:
                 await self.refresh(doer)
             except (asyncpg.PostgresError, ValueError) as exc:
-                log.error("skill_card_failed doer=%s error=%r", doer, exc)
+                log.error("skill_card_failed doer=%s error=%r", doer, describe_exception(exc))
                 self.schedule.changed(doer)  # try again after min_interval_s, not every tick

@@ -28,7 +28,12 @@ from pydantic import TypeAdapter, ValidationError
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
-from models.base import Event, describe_validation_error
+from models.base import (
+    Event,
+    describe_exception,
+    describe_validation_error,
+    duplicate_key_problem,
+)
 from models.keys import key_problem
 from storage.claims import expire_claims
 from storage.pool import TRANSIENT_ERRORS
@@ -153,7 +158,8 @@ class Stage:
     async def decode(self, event: Any, model: type[E]) -> E | None:
         """The validated event, or None after its bytes went to learning.dlq with the reason.
 
-        Bad JSON and schema violations both surface as a pydantic ValidationError.
+        Bad JSON and schema violations both surface as a pydantic ValidationError;
+        an object that repeats a key is refused first (models.base.duplicate_key_problem).
         An event with no key, or a key that is not its doer, is refused too: it
         would land in another doer's partition and split that doer's state
         across workers (models.keys).
@@ -166,6 +172,10 @@ class Stage:
 
     async def _validated(self, event: Any, parse: Callable[[Any], K]) -> K | None:
         value = event.message.value
+        repeated = duplicate_key_problem(value) if value is not None else None
+        if repeated is not None:
+            await self.dead_letter(event, error_type="json", reason=repeated)
+            return None
         try:
             decoded = parse(value)
         except ValidationError as exc:
@@ -242,6 +252,7 @@ class Stage:
 
 
 def _internal_reason(exc: BaseException) -> str:
+    """The error's kind and where it was raised; never its message, which may quote the input."""
     frame = traceback.extract_tb(exc.__traceback__)[-1]
-    reason = f"internal error {type(exc).__name__} at {frame.filename}:{frame.lineno}: {exc}"
+    reason = f"internal error {describe_exception(exc)} at {frame.filename}:{frame.lineno}"
     return reason[:1000]

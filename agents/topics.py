@@ -13,10 +13,11 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.settings import Settings, packaged
+from agents.yaml12 import YAMLFileError, load_yaml
+from models.base import describe_validation_error
 
 if TYPE_CHECKING:
     from aiokafka.admin import AIOKafkaAdminClient
@@ -100,17 +101,17 @@ def load_catalog(
     """
     path = packaged("topics.yaml") if path is None else path
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"), path)
     except FileNotFoundError:
         raise TopicCatalogError(
             f"LEARNOPS_TOPICS_FILE: topic catalogue {path} does not exist"
         ) from None
-    except yaml.YAMLError as exc:
-        raise TopicCatalogError(f"{path} is not valid YAML: {exc}") from None
+    except YAMLFileError as exc:
+        raise TopicCatalogError(str(exc)) from None
     try:
         parsed = _CatalogFile.model_validate(raw)
     except ValidationError as exc:
-        raise TopicCatalogError(f"{path} is malformed: {exc}") from None
+        raise TopicCatalogError(f"{path} is malformed: {describe_validation_error(exc)}") from None
     topics = {
         name: TopicSpec(
             name=name,

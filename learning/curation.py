@@ -46,6 +46,9 @@ KINDS: Final[tuple[str, ...]] = (
     "JWT",
     "API_KEY",
     "BEARER_TOKEN",
+    "BASIC_AUTH",
+    "URL_CREDENTIALS",
+    "SECRET",
     "IBAN",
     "CARD",
     "EMAIL",
@@ -328,6 +331,164 @@ def _find_bearer_tokens(text: str) -> list[Finding]:
         token = m.group(1).rstrip(".")
         if any(c.isdigit() for c in token) and any(c.isalpha() for c in token):
             out.append(Finding("BEARER_TOKEN", m.start(1), m.start(1) + len(token)))
+    return out
+
+
+# Credentials by the name they are given: ``password=…``, ``"client_secret": "…"``,
+# ``DB_PASSWORD: …``, ``X-Api-Key: …``.  The name must *end* in a credential word
+# (``max_tokens``, ``token_count`` and ``password_min_length`` are not credentials).
+_CREDENTIAL_NAME = re.compile(
+    r"(?i)(password|passwd|passphrase|pwd|secret|token|credentials?"
+    r"|api[_-]?key|access[_-]?key|private[_-]?key|secret[_-]?key|signing[_-]?key)"
+    r"([\"']?)[ \t]*(?::=|=|:)[ \t]*"
+)
+_CREDENTIAL_WORDS: Final = ("pass", "pwd", "secret", "token", "key", "credential")
+# An unquoted value runs to white space, a quote or markup; a ",", ";" or "&"
+# ends it only where a sentence, a list or a query string goes on after it
+# ("a=1, b", "a=1;b=2", "?token=x&page=2"), so "Tr0ub4dor&3" stays whole.
+_UNQUOTED_VALUE = re.compile(r"[^\s\"'`<>]+")
+_VALUE_ENDS = re.compile(r"[,;](?=\s|$)|[,;&](?=[A-Za-z_][\w.-]*=)")
+# Values that name a credential rather than hold one (templates, references,
+# masks, literals, types), so ``password: ${DB_PASSWORD}`` or ``token: null`` stay.
+_NOT_A_VALUE_START: Final = ("$", "%(", "{", "<", "[")
+_NOT_A_VALUE: Final = frozenset(
+    {
+        "null", "none", "nil", "true", "false", "undefined", "empty", "redacted", "hidden",
+        "masked", "required", "optional", "str", "string", "bytes", "secretstr", "secretbytes",
+        "any", "int", "text",
+    }
+)  # fmt: skip
+_MASK = re.compile(r"[*xX•#.\-_]+")
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+_CALL_OR_INDEX = re.compile(r"[A-Za-z_][\w.]*[(\[].*")
+_BARE_NAME = re.compile(r"[A-Za-z_][A-Za-z_]*")
+_CREDENTIAL_MIN_LENGTH: Final = 3
+_OPENER: Final = {")": "(", "]": "[", "}": "{"}
+
+
+def _credential_value(text: str, pos: int, quote: str) -> tuple[int, int]:
+    """The span of the value that starts at ``pos`` (quoted by ``quote``, or bare)."""
+    if quote:
+        end = pos
+        while end < len(text) and text[end] not in (quote, "\n"):
+            end += 2 if text[end] == "\\" else 1
+        return pos, min(end, len(text))
+    m = _UNQUOTED_VALUE.match(text, pos)
+    if m is None:
+        return pos, pos
+    cut = _VALUE_ENDS.search(m.group())
+    value = m.group() if cut is None else m.group()[: cut.start()]
+    end = pos + len(value)
+    # A full stop that ends a sentence, as the other context rules read it.
+    if value.endswith(".") and (end == len(text) or text[end].isspace()):
+        value, end = value[:-1], end - 1
+    # A closing bracket that opened before the value: "(password=abc123)".
+    while (
+        value and value[-1] in _OPENER and value.count(value[-1]) > value.count(_OPENER[value[-1]])
+    ):
+        value, end = value[:-1], end - 1
+    return pos, end
+
+
+def _names_a_credential(value: str) -> bool:
+    """Whether ``value`` is a template, reference, mask, literal or type, not a secret."""
+    lowered = value.lower()
+    if lowered in _NOT_A_VALUE or value.startswith(_NOT_A_VALUE_START) or _MASK.fullmatch(value):
+        return True
+    if _DOTTED_NAME.fullmatch(value) or _CALL_OR_INDEX.fullmatch(value):
+        return True  # settings.api_key, os.environ["TOKEN"], getpass()
+    # A variable or placeholder name: password=password, token: YOUR_TOKEN_HERE.
+    return bool(_BARE_NAME.fullmatch(value)) and any(w in lowered for w in _CREDENTIAL_WORDS)
+
+
+def _find_named_credentials(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    lowered = text.lower()
+    if not any(word in lowered for word in _CREDENTIAL_WORDS):
+        return out
+    for m in _CREDENTIAL_NAME.finditer(text):
+        # Any prefix may come before the word (DB_PASSWORD, dbPassword, PGPASSWORD,
+        # csrftoken): the name ends in it, and that is what makes it a credential.
+        # A quote right after the name must be the one that closed it ("password": …),
+        # and then the value may be quoted too.
+        pos = m.end()
+        quote = ""
+        if pos < len(text) and text[pos] in "\"'":
+            quote, pos = text[pos], pos + 1
+        value_start, value_end = _credential_value(text, pos, quote)
+        value = text[value_start:value_end]
+        if len(value) < _CREDENTIAL_MIN_LENGTH or _names_a_credential(value):
+            continue
+        out.append(Finding("SECRET", value_start, value_end))
+    return out
+
+
+# The user information of a URL (RFC 3986 §3.2.1) when it holds a password:
+# ``https://user:pass@host/``.  A user name alone (``ssh://git@host``) is left.
+_URL_USERINFO = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://([A-Za-z0-9\-._~%!$&'()*+,;=]*:[A-Za-z0-9\-._~%!$&'()*+,;=:]+)@"
+)
+
+
+def _find_url_credentials(text: str) -> list[Finding]:
+    if "://" not in text or "@" not in text:
+        return []
+    return [
+        Finding("URL_CREDENTIALS", m.start(1), m.end(1))
+        for m in _URL_USERINFO.finditer(text)
+        if not _PLACEHOLDER_VALUE.fullmatch(m.group(1))
+    ]
+
+
+# An HTTP Authorization (or Proxy-Authorization) header, RFC 9110 §11.6.2, as a
+# header line, a JSON/YAML field or a curl argument: the scheme is kept, the
+# credentials are replaced.
+_AUTHORIZATION = re.compile(
+    r"(?i)(?<![A-Za-z0-9_-])(?:proxy-)?authorization([\"']?)[ \t]*[:=][ \t]*([\"']?)"
+    r"([A-Za-z][A-Za-z0-9_-]*)[ \t]+"
+)
+# IANA's HTTP Authentication Scheme Registry, and schemes common in the wild.
+_AUTH_SCHEMES: Final = frozenset(
+    {
+        "basic", "bearer", "digest", "hoba", "mutual", "negotiate", "ntlm", "oauth",
+        "scram-sha-1", "scram-sha-256", "vapid", "dpop", "privatetoken", "concealed",
+        "aws4-hmac-sha256", "token", "apikey", "api-key", "key", "sso-key", "splunk",
+        "gssapi", "kerberos",
+    }
+)  # fmt: skip
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_PLACEHOLDER_VALUE = re.compile(r"\[[A-Z_]+\]")
+
+
+def _find_authorization_headers(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    if "uthorization" not in text and "UTHORIZATION" not in text:
+        return out
+    for m in _AUTHORIZATION.finditer(text):
+        scheme = m.group(3).lower()
+        if scheme not in _AUTH_SCHEMES:
+            continue
+        pos = m.end()
+        if scheme in ("basic", "bearer"):
+            token = _TOKEN68.match(text, pos)
+            if token is None:
+                continue
+            end = token.end()
+            if text[end - 1] == "." and (end == len(text) or text[end].isspace()):
+                end -= 1  # a full stop that ends a sentence
+            kind = "BASIC_AUTH" if scheme == "basic" else "BEARER_TOKEN"
+            if end > pos:
+                out.append(Finding(kind, pos, end))
+            continue
+        # Other schemes (Digest username="…", AWS4-HMAC-SHA256 Credential=…): the
+        # rest of the header, up to the quote that opened it or the end of the line.
+        closing = m.group(2) or m.group(1)
+        end = pos
+        while end < len(text) and text[end] not in "\r\n" and text[end] != (closing or "\n"):
+            end += 1
+        value = text[pos:end].rstrip()
+        if value and not _PLACEHOLDER_VALUE.fullmatch(value):
+            out.append(Finding("SECRET", pos, pos + len(value)))
     return out
 
 
@@ -642,7 +803,14 @@ class Redactor:
         candidates += _find_jwts(text)
         candidates += _find_api_keys(text)
         candidates += _find_bearer_tokens(text)
-        candidates += _find_emails(text)
+        candidates += _find_authorization_headers(text)
+        candidates += _find_named_credentials(text)
+        userinfo = _find_url_credentials(text)
+        candidates += userinfo
+        # In https://user:pass@host the "pass@host" is no address: the host stays readable.
+        candidates += [
+            e for e in _find_emails(text) if not any(u.start < e.start < u.end for u in userinfo)
+        ]
         if any(c.isdigit() for c in text):
             candidates += _find_ibans(text)
             candidates += _find_cards(text)

@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar, Self
 from uuid import UUID, uuid4
 
+import jiter
 import orjson
 from pydantic import (
     AfterValidator,
@@ -334,6 +335,28 @@ class Event(ContractModel):
         return cls.model_validate_json(data)
 
 
+_DUPLICATE_KEY = "Detected duplicate key"
+
+
+def duplicate_key_problem(data: bytes | str) -> str | None:
+    """Return where a JSON object in ``data`` repeats a key, else None.
+
+    Every parser keeps the last of two equal keys silently, so ``{"version": 1,
+    "version": 2}`` reads as 2 here and as 1 elsewhere. jiter (the parser
+    pydantic-core is built on) finds repeats while it parses; the key itself is
+    not quoted. Invalid JSON gives None: the validation that follows names it.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    try:
+        jiter.from_json(raw, catch_duplicate_keys=True, cache_mode=False)
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith(_DUPLICATE_KEY):
+            where = message.rsplit(" at ", 1)[-1] if " at line " in message else "some object"
+            return f"an object repeats a key at {where}; JSON keys must be unique (RFC 8259 §4)"
+    return None
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """Return one line a person can act on, naming every invalid field and why.
 
@@ -346,6 +369,30 @@ def describe_validation_error(error: ValidationError) -> str:
     if len(items) > _MAX_DESCRIBED:
         described.append(f"and {len(items) - _MAX_DESCRIBED} more")
     return "; ".join(described)
+
+
+def describe_exception(error: BaseException) -> str:
+    """Return what went wrong in ``error`` without any value it was raised about.
+
+    An exception's own message often quotes its input (pydantic's
+    ``input_value=…``, ``invalid literal for int(): '…'``, PostgreSQL's
+    ``invalid input syntax for type uuid: "…"``), and a reason is logged and
+    kept in the DLQ. So only what names the rule survives: a ValidationError
+    as :func:`describe_validation_error` words it, an error with a SQLSTATE by
+    that code, anything else by its type.
+    """
+    name = type(error).__name__
+    if isinstance(error, ValidationError):
+        return f"{name}: {describe_validation_error(error)}"
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return f"{name} (SQLSTATE {sqlstate})"
+    return name
+
+
+def validation_messages(error: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """Return each error's location and its message, worded as describe_validation_error does."""
+    return [(tuple(item["loc"]), _message(item)) for item in error.errors(include_url=False)]
 
 
 # A reason names at most this many errors: it travels in a dead letter and a log
@@ -375,11 +422,20 @@ def _describe_one(item: Any) -> str:
     return f"{where}: {message}" if where else message
 
 
+# A name from the payload (an object key, a discriminator's tag) is shown only
+# when it looks like a field of the contract; anything else may be a value.
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+
+
+def shown_name(name: object) -> str:
+    """Return ``name`` if it is a plain snake_case name, else ``<key>``: payload never echoes."""
+    return name if isinstance(name, str) and _PLAIN_NAME.fullmatch(name) else "<key>"
+
+
 def _location(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
-        # A dict key is payload text: shown short, like any quoted value.
-        name = _show(part, limit=40)
+        name = str(part) if isinstance(part, int) else shown_name(part)
         if part == "[key]":  # pydantic's mark of an error in a dict key, not a value
             out += " (key)"
         else:
@@ -406,6 +462,12 @@ def _message(item: Any) -> str:
         return "is required"
     if kind == "string_pattern_mismatch" and ctx.get("pattern") == _NO_NUL:
         return _NUL_MESSAGE
+    if kind == "union_tag_invalid":
+        tags = ", ".join(str(t).strip("'") for t in str(ctx.get("expected_tags", "")).split(", "))
+        field = shown_name(str(ctx.get("discriminator", "")).strip("'"))
+        return f"{field} must be one of {tags}"
+    if kind == "uuid_parsing":
+        return "must be a UUID as text (e.g. 123e4567-e89b-12d3-a456-426614174000)"
     if kind == "string_unicode":
         return "contains an unpaired surrogate, which is not valid UTF-8"
     if kind in _EXPECTED:

@@ -27,6 +27,7 @@ from models.base import (
     UnitFloat,
     UTCDatetime,
     Version,
+    shown_name,
 )
 from models.bundle import (
     QAV,
@@ -159,7 +160,8 @@ class CRLComputed(Event):
     def _consistent_with_terms(self) -> Self:
         unknown = sorted(set(self.contributions) - set(CRLTerms.model_fields))
         if unknown:
-            raise ValueError(f"contributions name unknown terms: {', '.join(unknown)}")
+            names = ", ".join(shown_name(name) for name in unknown)
+            raise ValueError(f"contributions name unknown terms: {names}")
         total = sum(self.contributions.values())
         if abs(total - self.loss) > 1e-9 * max(1.0, abs(self.loss)):
             raise ValueError(f"loss {self.loss:g} is not the sum of contributions {total:g}")

@@ -186,21 +186,26 @@ async def _submit(
 
 
 def _load_artifact(path: Path) -> dict[str, Any]:
-    import yaml
+    from agents.yaml12 import YAMLFileError, load_yaml
+    from models.base import duplicate_key_problem
 
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            artifact = yaml.safe_load(text)
-        else:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            artifact = load_yaml(text, path)
+        except YAMLFileError as exc:
+            fail(f"{exc}; fix the file (YAML 1.2: quote values such as '1.10' meant as text)")
+    else:
+        repeated = duplicate_key_problem(text)
+        if repeated is not None:
+            fail(f"{path}: {repeated}; keep one of them")
+        try:
             artifact = json.loads(text)
-    except (yaml.YAMLError, ValueError) as exc:
-        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
-        first = " ".join(str(exc).split())
-        fail(f"{path} is not valid {kind}: {first}")
+        except ValueError as exc:
+            fail(f"{path} is not valid JSON: {' '.join(str(exc).split())}")
     if not isinstance(artifact, dict):
         fail(f"{path} must hold a JSON object (prompts, parameters, router rules, tools, …)")
     return artifact

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from learning.replay import Executor, LocalExecutor, ReplayTask, replay_bundle
 from learning.signing import content_digest
-from models.base import describe_validation_error
+from models.base import describe_exception, describe_validation_error, duplicate_key_problem
 from models.events import DeadLetter
 from models.events import ReplayTask as ReplayTaskEvent
 
@@ -86,7 +86,8 @@ async def run_task(executor: Executor, fetch_blob: BlobFetcher, task: ReplayTask
     try:
         output = await executor.execute(runnable)
     except ValueError as exc:  # e.g. a policy quality outside [0, 1]
-        raise TaskError(f"the executor refused the task: {exc}") from None
+        # The executor's message may quote the sample; the reason is kept in the DLQ.
+        raise TaskError(f"the executor refused the task ({describe_exception(exc)})") from None
     assert task.run_id is not None  # checked by resolve
     bundle = replay_bundle(
         output,
@@ -157,6 +158,9 @@ async def _handle(
     record: Any,
     pattern: re.Pattern[str],
 ) -> Any:
+    repeated = duplicate_key_problem(record.value)
+    if repeated is not None:
+        return await _dead_letter(producer, record, repeated, "json")
     try:
         task = ReplayTaskEvent.model_validate_json(record.value)
     except ValidationError as exc:

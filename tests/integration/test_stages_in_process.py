@@ -480,6 +480,40 @@ async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(
         assert set(await stored_runs(db, doer)) == {good_before.run_id, good_after.run_id}
 
 
+async def test_a_secret_planted_in_bad_bundles_is_in_no_dead_letter_reason(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    app = make_app("crl")
+    stage = app.stages["crl"]
+    doer = f"Planted{tag()}"
+    secret = "password=Hunter2Secret!"
+    orchestrator = Orchestrator(seed=6, doers=(doer,), run_prefix=f"planted-{tag()}")
+    good = orchestrator.bundle(doer).model_dump(mode="json")
+    bad = [
+        {**good, secret: 1},  # an unknown field named by the secret
+        {**good, "run_id": [secret]},  # a wrong type holding it
+        {**good, "metrics": {secret: secret}},  # a free map keyed by it
+        {**good, "occurred_at": f"2026-13-01T00:00:00Z {secret}"},  # an unparsable timestamp
+    ]
+    raws = [orjson.dumps(b) for b in bad] + [b'{"doer": "' + secret.encode() + b'", oops']
+    # A repeated key: the last would win silently; refused before validation.
+    raws.append(orjson.dumps(good)[:-1] + b', "run_id": "' + secret.encode() + b'"}')
+    progress = Progress(stage)
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        for raw in raws:
+            await feed.put(RUNS, doer.encode(), raw)
+        await progress.done(len(raws))
+        letters: list[DeadLetter] = sent(app, DLQ)
+    assert len(letters) == len(raws)
+    for letter in letters:
+        assert letter.reason, letter
+        assert "Hunter2Secret" not in letter.reason, letter.reason
+        assert "Hunter2Secret" in base64.b64decode(letter.value_b64).decode()  # kept to replay
+    assert letters[-1].error_type == "json"
+    assert letters[-1].reason.startswith("an object repeats a key at line 1 column ")
+
+
 # ---------------------------------------------------------------------- canary
 
 ROUTED = "learning.task-routed"

@@ -340,6 +340,53 @@ def gen_pem(rng: random.Random) -> str:
     )
 
 
+# Password characters: no white space, quotes or markup, nothing that ends a
+# sentence, and a letter first (a leading "$" or "{" reads as a template).
+PASSWORD_SYMBOLS = "!#$%*+-/=?@^_|~"
+
+
+def gen_password(rng: random.Random) -> str:
+    body = _with_digit(rng, ALNUM + PASSWORD_SYMBOLS, rng.randint(7, 15))
+    return rng.choice(string.ascii_letters) + body
+
+
+def gen_named_secret(rng: random.Random) -> tuple[str, str, str]:
+    """A credential after its name: (lead, value, trail)."""
+    value = gen_password(rng)
+    form = rng.randrange(7)
+    if form == 0:
+        return "password=", value, ""
+    if form == 1:
+        return '"password": "', value + rng.choice(["", " and more"]), '"'
+    if form == 2:
+        return rng.choice(["DB_PASSWORD=", "PGPASSWORD=", "MYSQL_PWD="]), value, ""
+    if form == 3:
+        return rng.choice(["passwd: ", "passphrase: ", "dbPassword: "]), value, ""
+    if form == 4:
+        return rng.choice(["client_secret=", "webhook_secret: ", "X-Api-Key: "]), value, ""
+    if form == 5:
+        return "?user=bob&token=", value, "&page=2"
+    return "secret: '", value, "'"
+
+
+URL_SAFE = ALNUM + "-._~!*+"
+
+
+def gen_url_credentials(rng: random.Random) -> tuple[str, str, str]:
+    scheme = rng.choice(["https", "postgresql", "redis", "amqp", "mongodb+srv", "ftp"])
+    user = _rand(rng, string.ascii_lowercase, rng.randint(3, 8))
+    password = rng.choice(string.ascii_letters) + _rand(rng, URL_SAFE, rng.randint(5, 14))
+    host = rng.choice(["db.example.com", "db.internal:5432", "cache.internal", "example.org"])
+    return f"{scheme}://", f"{user}:{password}", f"@{host}/" + _rand(rng, ALNUM, 4)
+
+
+def gen_basic_auth(rng: random.Random) -> tuple[str, str, str]:
+    user = _rand(rng, string.ascii_lowercase, rng.randint(3, 8))
+    token = base64.b64encode(f"{user}:{gen_password(rng)}".encode()).decode()
+    lead = rng.choice(["Authorization: Basic ", '"Authorization": "Basic ', "authorization=Basic "])
+    return lead, token, '"' if lead.endswith('"') else ""
+
+
 # ------------------------------------------------------------------ look-alikes
 
 
@@ -452,6 +499,27 @@ LOOKALIKES: dict[str, Callable[[random.Random], str]] = {
             "config.prod.yaml",
         ]
     ),
+    # Names of credentials that hold none: settings, code, templates, masks, prose.
+    "credential_name": lambda r: r.choice(
+        [
+            "password_min_length: 12",
+            "max_tokens=4096",
+            "token_count: 17",
+            "password = getpass()",
+            "def login(user: str, password: str)",
+            "token=self.token",
+            "password: ${DB_PASSWORD}",
+            "api_key: null",
+            "secret_santa: bob",
+            "password: '********'",
+            "token: <redacted>",
+            "client_secret=REDACTED",
+            "public_key: ssh-ed25519",
+            "Authorization: required for admins",
+            "https://example.com:8443/path",
+            "password=os.environ['DB_PASSWORD']",
+        ]
+    ),
     "number": lambda r: r.choice(
         [
             f"{r.randint(1, 999)},{r.randint(0, 999):03d},{r.randint(0, 999):03d}",
@@ -530,6 +598,12 @@ def positive_example(
         return rng.choice(["", "Authorization: Bearer ", "id_token="]), gen_jwt(rng), ""
     if kind == "PRIVATE_KEY":
         return "\n", gen_pem(rng), "\n"
+    if kind == "SECRET":
+        return gen_named_secret(rng)
+    if kind == "URL_CREDENTIALS":
+        return gen_url_credentials(rng)
+    if kind == "BASIC_AUTH":
+        return gen_basic_auth(rng)
     raise ValueError(kind)
 
 

@@ -16,7 +16,13 @@ from pydantic import ValidationError
 from learning.routing import route
 from learnops.simulation.canary import CanaryOrchestrator
 from learnops.simulation.orchestrator import NoteMix, Orchestrator, bad_inputs
-from models.base import INT4_MAX, INT8_MAX, describe_validation_error, sha256_hex
+from models.base import (
+    INT4_MAX,
+    INT8_MAX,
+    describe_validation_error,
+    duplicate_key_problem,
+    sha256_hex,
+)
 from models.commands import POLICY_COMMANDS
 from models.events import (
     CRLComputed,
@@ -72,7 +78,7 @@ def test_a_nul_in_model_is_refused_without_quoting_the_text() -> None:
     [
         ({"run_id": "run\x00"}, "run_id"),
         ({"doer": "PRD\x00Writer"}, "doer"),
-        ({"metrics": {"tok\x00ens": 1.0}}, "metrics.tok\\u0000ens (key)"),
+        ({"metrics": {"tok\x00ens": 1.0}}, "metrics.<key> (key)"),
         ({"gates": {"passed": ["lint\x00"], "failed": []}}, "gates.passed[0]"),
         (
             {
@@ -327,3 +333,75 @@ def test_crl_computed_still_checks_its_uuid_source() -> None:
     assert isinstance(computed.source_event_id, UUID)
     assert CRLComputed.model_validate(computed.model_dump()) == computed
     assert CRLComputed.model_validate(computed.model_dump(mode="json")) == computed
+
+
+# ------------------------------------------------------------------ no value in a reason
+
+PLANTED = "Hunter2Secret!"
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in [(*path, k), *_paths(v, (*path, k))]]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in [(*path, i), *_paths(v, (*path, i))]]
+    return []
+
+
+def _planted(document: Any, path: tuple[Any, ...], value: Any) -> bytes:
+    copy = json.loads(json.dumps(document))
+    target = copy
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return orjson.dumps(copy)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        PLANTED,
+        [PLANTED],
+        {PLANTED: PLANTED},
+        {"note": PLANTED},
+        PLANTED + "\x00",
+        "2026-13-01T00:00:00" + PLANTED,
+    ],
+    ids=["text", "array", "object-key", "object", "nul", "timestamp"],
+)
+def test_a_secret_planted_anywhere_in_a_bad_bundle_is_not_in_the_reason(planted: Any) -> None:
+    bundle = bundle_dict()
+    for path in _paths(bundle):
+        try:
+            RunCompleted.model_validate_json(_planted(bundle, path, planted))
+        except ValidationError as error:
+            reason = describe_validation_error(error)
+            assert PLANTED not in reason, (path, reason)
+
+
+def test_a_secret_as_an_unknown_field_or_command_is_not_in_the_reason() -> None:
+    cases = [
+        (RunCompleted, orjson.dumps({**bundle_dict(), PLANTED: 1})),
+        (RunCompleted, orjson.dumps({**bundle_dict(), "metrics": {PLANTED: "x"}})),
+        (RunCompleted, b'{"doer": "' + PLANTED.encode() + b'", oops'),
+    ]
+    for model, raw in cases:
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate_json(raw)
+        assert PLANTED not in describe_validation_error(caught.value)
+    for command in ({"command": PLANTED, "doer": "d"}, {"command": "promote", "version": PLANTED}):
+        with pytest.raises(ValidationError) as caught:
+            POLICY_COMMANDS.validate_json(orjson.dumps(command))
+        assert PLANTED not in describe_validation_error(caught.value)
+
+
+def test_a_repeated_key_at_any_depth_is_found_without_naming_it() -> None:
+    assert duplicate_key_problem(b'{"a": 1, "b": {"c": 2}}') is None
+    problem = duplicate_key_problem(b'{"a": 1, "b": {"secret": 2, "secret": 3}}')
+    assert problem is not None
+    assert problem.startswith("an object repeats a key at line 1 column ")
+    assert "secret" not in problem
+    assert duplicate_key_problem(b'{"a": ') is None  # invalid JSON is the validator's to name
+    bundle = orjson.dumps(bundle_dict())
+    assert duplicate_key_problem(bundle) is None
+    assert duplicate_key_problem(bundle[:-1] + b', "run_id": "again"}') is not None

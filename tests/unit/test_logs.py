@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 
 import orjson
+import pytest
+from pydantic import ValidationError
 
-from agents.logs import JsonFormatter, fields_of
+from agents.logs import JsonFormatter, ValueFreeTracebacks, fields_of
+from models.base import describe_exception
+from models.events import RunCompleted
 
 
 def test_a_project_line_becomes_fields() -> None:
@@ -40,3 +44,60 @@ def test_the_formatter_writes_one_json_object_with_level_logger_and_fields() -> 
     assert document["message"] == "batch_rejected rows=5"
     assert (document["event"], document["rows"]) == ("batch_rejected", "5")
     assert document["time"].endswith("+00:00")
+
+
+SECRET = "Hunter2Secret!"
+
+
+def _raised(error: ValueError) -> ValueError:
+    try:
+        raise error
+    except ValueError as caught:
+        return caught
+
+
+def _logged_line(formatter: logging.Formatter, error: BaseException) -> str:
+    record = logging.LogRecord(
+        "learnops.stage", logging.ERROR, __file__, 1, "internal_error stage=crl", (), None
+    )
+    record.exc_info = (type(error), error, error.__traceback__)
+    handler = logging.Handler()
+    handler.setFormatter(formatter)
+    handler.addFilter(ValueFreeTracebacks())
+    assert handler.filter(record)
+    return handler.format(record)
+
+
+def test_a_logged_traceback_keeps_frames_and_types_but_not_the_message() -> None:
+    try:
+        try:
+            int(SECRET)
+        except ValueError as inner:
+            raise RuntimeError(f"could not read {SECRET}") from inner
+    except RuntimeError as outer:
+        error = outer
+    for formatter in (logging.Formatter(), JsonFormatter()):
+        line = _logged_line(formatter, error)
+        assert SECRET not in line
+        assert "ValueError" in line and "RuntimeError" in line
+        assert "direct cause" in line
+        assert "test_logs.py" in line
+
+
+def test_a_logged_validation_error_names_the_rule_and_field_not_the_value() -> None:
+    with pytest.raises(ValidationError) as caught:
+        RunCompleted.model_validate({"doer": "PRDWriter", "run_id": 5, "phase": [SECRET]})
+    line = _logged_line(logging.Formatter(), caught.value)
+    assert SECRET not in line
+    assert "ValidationError: " in line
+    assert "phase: must be text, not an array" in line
+
+
+def test_describe_exception_keeps_only_the_type_and_sqlstate() -> None:
+    class FakePostgresError(Exception):
+        sqlstate = "22P02"
+
+    assert describe_exception(_raised(ValueError(SECRET))) == "ValueError"
+    assert describe_exception(FakePostgresError(f'invalid input: "{SECRET}"')) == (
+        "FakePostgresError (SQLSTATE 22P02)"
+    )

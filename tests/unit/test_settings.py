@@ -100,3 +100,12 @@ def test_the_example_env_file_is_valid(
     settings = load_settings()
     assert settings.kafka_hosts == ["127.0.0.1:19092"]
     assert settings.database_dsn.endswith("@127.0.0.1:15432/learnops")
+
+
+def test_a_bad_setting_names_the_variable_and_rule_without_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LEARNOPS_WEB_PORT", "Hunter2Secret!")
+    with pytest.raises(SettingsError, match="LEARNOPS_WEB_PORT: ") as info:
+        load_settings()
+    assert "Hunter2Secret!" not in str(info.value)
