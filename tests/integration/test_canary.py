@@ -182,7 +182,10 @@ async def test_a_worker_restart_mid_canary_loses_no_statistics(
     run = scenario(db, producer, router, key, "Restarted", 0.8)
     deployment_id, simulator = await patient_canary(run)
     before = 600
-    await run.run_until(simulator, lambda _: False, pause=lambda n: n >= before, timeout=60)
+    await run.run_until(
+        simulator, lambda _: run.published_tasks >= before, pause=lambda n: n >= before, timeout=60
+    )
+    assert run.published_tasks == before  # published, not timed out (it used to idle 60 s here)
 
     async def routed() -> int:
         return sum((await routed_per_arm(db, deployment_id)).values())
