@@ -18,13 +18,15 @@ design.md):
   coefficient of variation): 1 when mean and std are both 0, 0 when the mean
   is 0 and the std is not.
 
-:func:`decide` applies a :class:`ReplayRule`: the candidate passes when its
-mean CRL is below the control's by at least the required margin *and* its
-stability is at least ``min_stability`` (0.9 by default), over at least
-``min_seeds`` seeds. Given :func:`paired_improvement` of the two replays'
-task losses, it also needs the lower confidence bound of the paired
-improvement above the margin, so an identical candidate passes at most
-``alpha`` of the time. Lower CRL is better.
+The per-seed summary describes a replay; it does not judge it (its stability
+rises with the runs per seed). :func:`decide` judges the candidate on the
+pairs both replays ran, one (sample, seed) each: it passes when the lower
+confidence bound of the paired improvement (:func:`paired_improvement`) is
+above 0 and the required margin, with every sample run under at least 3
+seeds, and its seed
+stability (one task's run-to-run spread, whatever the runs per seed) is high
+enough, so an identical candidate passes at most ``alpha`` of the time.
+Lower CRL is better.
 
 :func:`deterministic_output` is the pure core of the local executor: a
 synthetic learning-bundle result that depends only on the policy artifact,
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 
 from learning.moments import Moments
 from learning.signing import canonical_json, content_hash
@@ -144,48 +147,56 @@ def per_seed_results(runs: Iterable[tuple[int, float]]) -> dict[int, SeedResult]
 
 # --------------------------------------------------------------------------- decision
 
+MIN_SEEDS = 3  # the fewest seeds a replay rule may ask for
+
 
 @dataclass(frozen=True)
 class ReplayRule:
-    """When a candidate's replay beats the control's.
+    """When a candidate's replay beats the control's (see :func:`decide`).
 
-    The candidate's mean CRL must be below the control's by more than 0 and by
-    at least ``max(min_improvement, min_improvement_pct × control mean)``, and
-    its stability must be at least ``min_stability`` ("at least" forgives float
-    rounding, so 0.50 − 0.45 meets a margin of 0.05). ``min_seeds`` guards
-    against a one-seed replay, whose stability is 1 by definition (1 keeps the
-    rule as design.md states it). Given the paired task losses, :func:`decide`
-    also needs ``min_paired_seeds`` (3) seeds, a lower confidence bound of the
-    improvement above the margin, and checks the per-run
-    ``seed_stability`` against ``min_seed_stability`` instead of the per-seed-mean
-    stability (see :class:`PairedImprovement`). With
-    ``require_same_seeds`` both replays must have used the same seed set, so
-    the comparison is paired.
+    The improvement must be *shown*, not only observed: the one-sided
+    level-(1 − ``alpha``) lower confidence bound of the paired improvement
+    (:func:`paired_improvement`) must be above 0 and at least
+    ``min_improvement`` (absolute CRL), and the bound of the improvement beyond
+    ``min_improvement_pct`` of the control's mean at least 0 ("at least"
+    forgives float rounding). Each is a level-alpha test, and passing needs
+    both, so the pair is one (Berger, Technometrics 24, 1982, on
+    intersection-union tests). Every sample must be paired under at least
+    ``min_seeds`` seeds (3 or more), and the candidate's ``seed_stability``
+    must be at least ``min_seed_stability``. With ``require_same_seeds`` both
+    replays must have used the same seed set.
     """
 
-    min_stability: float = 0.9
+    alpha: float = 0.05
     min_improvement: float = 0.0
     min_improvement_pct: float = 0.0
-    min_seeds: int = 1
-    require_same_seeds: bool = True
+    min_seeds: int = MIN_SEEDS
     min_seed_stability: float = 0.5
-    min_paired_seeds: int = 3
+    require_same_seeds: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_stability <= 1.0:
-            raise ValueError(f"min_stability {self.min_stability} is outside [0, 1]")
+        if not (isinstance(self.alpha, int | float) and 0.0 < self.alpha < 0.5):
+            raise ValueError(f"replay.rule.alpha {self.alpha} must be between 0 and 0.5")
         if not (math.isfinite(self.min_improvement) and self.min_improvement >= 0):
-            raise ValueError(f"min_improvement {self.min_improvement} must be finite and ≥ 0")
-        if not (math.isfinite(self.min_improvement_pct) and self.min_improvement_pct >= 0):
             raise ValueError(
-                f"min_improvement_pct {self.min_improvement_pct} must be finite and ≥ 0"
+                f"replay.rule.min_improvement {self.min_improvement} must be finite and ≥ 0"
             )
-        if self.min_seeds < 1:
-            raise ValueError(f"min_seeds {self.min_seeds} must be at least 1")
-        if self.min_paired_seeds < 2:
-            raise ValueError(f"min_paired_seeds {self.min_paired_seeds} must be at least 2")
+        if not (math.isfinite(self.min_improvement_pct) and 0 <= self.min_improvement_pct < 1):
+            raise ValueError(
+                f"replay.rule.min_improvement_pct {self.min_improvement_pct} must be in [0, 1)"
+            )
+        if isinstance(self.min_seeds, bool) or not isinstance(self.min_seeds, int):
+            raise ValueError(f"replay.rule.min_seeds {self.min_seeds!r} is not an integer")
+        if self.min_seeds < MIN_SEEDS:
+            raise ValueError(
+                f"replay.rule.min_seeds {self.min_seeds} is below {MIN_SEEDS}: the paired bound "
+                f"and the seed stability need every sample re-run under at least {MIN_SEEDS} "
+                f"seeds; set min_seeds to {MIN_SEEDS} or more"
+            )
         if not 0.0 <= self.min_seed_stability <= 1.0:
-            raise ValueError(f"min_seed_stability {self.min_seed_stability} is outside [0, 1]")
+            raise ValueError(
+                f"replay.rule.min_seed_stability {self.min_seed_stability} is outside [0, 1]"
+            )
 
 
 @dataclass(frozen=True)
@@ -204,20 +215,24 @@ class ReplayVerdict:
 class PairedImprovement:
     """The paired improvement (control − candidate loss per sample and seed) and its bounds.
 
-    ``lower`` is the one-sided level-(1 − alpha) lower confidence bound of the
-    mean improvement on the golden set. The golden set is frozen, so the claim
-    is about these samples and the randomness is the seeds': each sample's
-    improvement is averaged over the seeds both replays ran, and the bound uses
-    the pooled within-sample variance across seeds. ``seed_stability`` is
-    ``1 − sqrt(mean within-sample variance across seeds) / mean loss`` of the
-    candidate, clamped to [0, 1]: the
-    run-to-run noise of one task under re-seeding, which does not shrink or
-    grow with the number of runs per seed (the per-seed-means CV does).
+    ``mean`` is the mean over samples of each sample's improvement averaged
+    over its seeds; ``lower`` its one-sided level-(1 − alpha) lower confidence
+    bound, and ``excess_lower`` the same bound for the improvement beyond
+    ``min_improvement_pct`` of the control's mean (equal to ``lower`` when that
+    share is 0). The golden set is frozen, so the claim is about these samples
+    and the randomness is the seeds'. ``seeds`` is the fewest seeds any sample
+    was paired under. ``seed_stability`` is ``1 − sqrt(mean within-sample
+    variance across seeds) / mean loss`` of the candidate, clamped to [0, 1]:
+    one minus the coefficient of variation of one task's loss under
+    re-seeding, which does not move with the number of runs per seed (one
+    minus the CV of the per-seed means does, as 1/√runs).
     """
 
     mean: float
     lower: float
+    excess_lower: float
     alpha: float
+    min_improvement_pct: float
     samples: int
     seeds: int
     seed_stability: float
@@ -227,7 +242,9 @@ class PairedImprovement:
         return {
             "mean": self.mean,
             "lower": self.lower,
+            "excess_lower": self.excess_lower,
             "alpha": self.alpha,
+            "min_improvement_pct": self.min_improvement_pct,
             "samples": self.samples,
             "seeds": self.seeds,
             "seed_stability": self.seed_stability,
@@ -239,65 +256,90 @@ def paired_improvement(
     control: Iterable[tuple[int, str, float]],
     *,
     alpha: float = 0.05,
+    min_improvement_pct: float = 0.0,
 ) -> PairedImprovement:
     """Paired improvement of the candidate over the control on the (seed, sample) pairs both ran.
 
     Takes the same (seed, sample id, loss) triples as :func:`fold_task_losses`.
-    The bound is Student's one-sided t for the mean of per-sample means in a
-    one-way layout with fixed sample effects: with ``d_is`` the improvement of
-    sample i under seed s, ``S_i`` its seeds and the pooled within-sample
-    variance ``σ̂² = Σ_i Σ_s (d_is − d̄_i)² / Σ_i (S_i − 1)``,
+    With ``d_is`` the improvement of sample i under seed s, ``d̄_i`` its mean
+    over the sample's ``S_i`` seeds, ``v_i`` their sample variance and n
+    samples, the mean ``d̄ = Σ d̄_i / n`` has variance ``V = Σ_i v_i / S_i / n²``
+    and the bound is Welch's one-sided t with Satterthwaite's degrees of
+    freedom ``ν = V² / Σ_i (v_i / S_i / n²)² / (S_i − 1)`` (Satterthwaite,
+    Biometrics Bulletin 2, 1946):
 
-        lower = d̄ − t_{1−α, Σ(S_i−1)} · sqrt(σ̂² · Σ_i 1/S_i) / n
+        lower = d̄ − t_{1−α, ν} · √V
 
-    (Scheffé, The Analysis of Variance, 1959, ch. 3). It needs a sample run
-    under at least two seeds; otherwise the bound is −inf.
+    Per-sample variances, not a pooled one, because zero-heavy losses make
+    them very unequal (a sample every policy solves has none): a pooled
+    variance then over-states the degrees of freedom, and an identical
+    candidate passes up to twice as often as alpha. ``excess_lower`` bounds
+    the contrast ``(1 − min_improvement_pct)·control − candidate`` the same
+    way, so a relative margin carries the control's noise too. The runs of a
+    task under different seeds are taken as independent; a seed that shifts
+    every sample of one policy alike is not modelled. Every sample needs two
+    paired seeds; otherwise the bounds are −inf. With no spread at all (every
+    pair repeats its improvement) the bounds are the means.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha {alpha} is not between 0 and 1")
+    if not (math.isfinite(min_improvement_pct) and 0.0 <= min_improvement_pct < 1.0):
+        raise ValueError(f"min_improvement_pct {min_improvement_pct} is not in [0, 1)")
     cand = {(int(seed), str(sample)): float(loss) for seed, sample, loss in candidate}
     ctrl = {(int(seed), str(sample)): float(loss) for seed, sample, loss in control}
     pairs = sorted(set(cand) & set(ctrl))
     if not pairs:
         raise ValueError("no (seed, sample) ran in both replays: nothing to pair")
     samples = sorted({sample for _, sample in pairs})
-    seeds = sorted({seed for seed, _ in pairs})
     index = {sample: i for i, sample in enumerate(samples)}
-    diff_sum = np.zeros(len(samples))
-    count = np.zeros(len(samples))
-    within = Moments()
-    by_sample: dict[str, Moments] = {}
-    for key in pairs:
-        i = index[key[1]]
-        diff_sum[i] += ctrl[key] - cand[key]
-        count[i] += 1
-        by_sample.setdefault(key[1], Moments()).add(cand[key])
-    per_sample = diff_sum / count
-    mean = float(per_sample.mean())
+    which = np.fromiter((index[sample] for _, sample in pairs), dtype=np.intp, count=len(pairs))
+    loss = np.fromiter((cand[key] for key in pairs), dtype=float, count=len(pairs))
+    base = np.fromiter((ctrl[key] for key in pairs), dtype=float, count=len(pairs))
     n = len(samples)
-    squares = sum((ctrl[key] - cand[key] - per_sample[index[key[1]]]) ** 2 for key in pairs)
-    dof = int(count.sum()) - n
-    if dof >= 1:
-        se = math.sqrt(squares / dof * float(np.sum(1.0 / count))) / n
+    count = np.bincount(which, minlength=n).astype(float)
+    fewest = int(count.min())
+
+    def sample_means(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.bincount(which, weights=x, minlength=n) / count
+
+    def bound(diff: npt.NDArray[np.float64]) -> tuple[float, float]:
+        per_sample = sample_means(diff)
+        mean = float(per_sample.mean())
+        if fewest < 2:
+            return mean, -math.inf
+        squares = np.bincount(which, weights=(diff - per_sample[which]) ** 2, minlength=n)
+        part = squares / (count - 1) / count / n**2  # v_i / S_i / n²
+        variance = float(part.sum())
+        if variance == 0:
+            return mean, mean
+        dof = variance**2 / float(np.sum(part**2 / (count - 1)))
         # scipy on first use only: the replay executor (learnops.client) imports this
         # module and must not pull in scipy.
         from scipy import stats
 
-        lower = mean - float(stats.t.ppf(1.0 - alpha, dof)) * se
+        return mean, mean - float(stats.t.ppf(1.0 - alpha, dof)) * math.sqrt(variance)
+
+    mean, lower = bound(base - loss)
+    excess_lower = lower
+    if min_improvement_pct > 0:
+        excess_lower = bound((1.0 - min_improvement_pct) * base - loss)[1]
+    # The candidate's within-sample variance, over samples run under two seeds or more.
+    several = count >= 2
+    if several.any():
+        spread = np.bincount(which, weights=(loss - sample_means(loss)[which]) ** 2, minlength=n)
+        noise = math.sqrt(float(np.mean(spread[several] / (count[several] - 1))))
+        seed_stability = stability(float(loss.mean()), noise)
     else:
-        lower = -math.inf
-    for m in by_sample.values():
-        if m.count >= 2:
-            within.add(m.variance)
-    loss_mean = float(np.mean([cand[k] for k in pairs]))
-    noise = math.sqrt(within.mean) if within.count else 0.0
+        seed_stability = 1.0
     return PairedImprovement(
         mean=mean,
         lower=lower,
+        excess_lower=excess_lower,
         alpha=alpha,
+        min_improvement_pct=min_improvement_pct,
         samples=n,
-        seeds=len(seeds),
-        seed_stability=stability(loss_mean, noise) if within.count else 1.0,
+        seeds=fewest,
+        seed_stability=seed_stability,
     )
 
 
@@ -306,17 +348,24 @@ def decide(
     control: ReplaySummary,
     rule: ReplayRule | None = None,
     *,
-    paired: PairedImprovement | None = None,
+    paired: PairedImprovement,
 ) -> ReplayVerdict:
     """Apply the replay rule to a candidate and its control; every failed condition is named.
 
-    With ``paired`` (from :func:`paired_improvement` on the two replays' task
-    losses) the improvement must be shown: its lower confidence bound must be
-    above 0 and at least the required margin, and the stability checked is the
-    paired ``seed_stability``. Without it the rule compares means only (the
-    old behaviour, which passes an identical candidate about half the time).
+    ``paired`` is :func:`paired_improvement` of the two replays' task losses at
+    the rule's ``alpha`` and ``min_improvement_pct`` (:func:`decide_from_losses`
+    computes it). The summaries give the mean CRLs and seed sets reported
+    beside it; the verdict rests on the paired bounds, the paired seeds and the
+    seed stability. The summaries' ``stability`` (per-seed means) is reported,
+    not judged: it moves with the number of runs per seed.
     """
     rule = rule or ReplayRule()
+    if paired.alpha > rule.alpha or paired.min_improvement_pct != rule.min_improvement_pct:
+        raise ValueError(
+            f"the paired bound was computed at alpha {paired.alpha:g} and min_improvement_pct "
+            f"{paired.min_improvement_pct:g}, the rule asks {rule.alpha:g} and "
+            f"{rule.min_improvement_pct:g}: compute it with the rule's (decide_from_losses does)"
+        )
     improvement = control.mean_crl - candidate.mean_crl
     improvement_pct = improvement / control.mean_crl if control.mean_crl > 0 else None
     required = max(rule.min_improvement, rule.min_improvement_pct * control.mean_crl)
@@ -329,17 +378,32 @@ def decide(
         "candidate_std_crl": candidate.std_crl,
         "control_std_crl": control.std_crl,
         "candidate_stability": candidate.stability,
-        "min_stability": rule.min_stability,
+        "paired_improvement_mean": paired.mean,
+        "paired_improvement_lower": _finite_or_none(paired.lower),
+        "paired_excess_lower": _finite_or_none(paired.excess_lower),
+        "paired_alpha": paired.alpha,
+        "paired_samples": paired.samples,
+        "paired_seeds": paired.seeds,
+        "candidate_seed_stability": paired.seed_stability,
+        "min_seed_stability": rule.min_seed_stability,
         "seeds": len(candidate.seeds),
         "min_seeds": rule.min_seeds,
     }
     pct = f" ({improvement_pct:.1%})" if improvement_pct is not None else ""
-    crl_text = (
+    share = (
+        f", beyond {rule.min_improvement_pct:.1%} of the control's mean {paired.excess_lower:.4f}"
+        if rule.min_improvement_pct > 0
+        else ""
+    )
+    bound_text = (
         f"candidate mean CRL {candidate.mean_crl:.4f} vs control {control.mean_crl:.4f}: "
-        f"improvement {improvement:.4f}{pct}, required > 0 and ≥ {required:.4f}"
+        f"improvement {improvement:.4f}{pct}; paired over {paired.samples} samples, each "
+        f"under ≥ {paired.seeds} seeds, {1 - paired.alpha:.0%} lower bound "
+        f"{paired.lower:.4f}{share}; required > 0 and ≥ {required:.4f}"
     )
     stability_text = (
-        f"candidate stability {candidate.stability:.3f} vs minimum {rule.min_stability:.3f}"
+        f"candidate seed stability {paired.seed_stability:.3f} vs minimum "
+        f"{rule.min_seed_stability:.3f}"
     )
     failures = []
     if rule.require_same_seeds and set(candidate.seeds) != set(control.seeds):
@@ -347,41 +411,52 @@ def decide(
             f"seed sets differ (candidate {sorted(candidate.seeds)}, "
             f"control {sorted(control.seeds)}); replays must be paired"
         )
-    if len(candidate.seeds) < rule.min_seeds:
-        failures.append(f"{len(candidate.seeds)} seed(s), fewer than the {rule.min_seeds} required")
-    if not (improvement > 0 and _at_least(improvement, required)):
-        failures.append(crl_text)
-    if paired is not None:
-        numbers.update(
-            paired_improvement_mean=paired.mean,
-            paired_improvement_lower=paired.lower,
-            paired_alpha=paired.alpha,
-            paired_samples=paired.samples,
-            paired_seeds=paired.seeds,
-            candidate_seed_stability=paired.seed_stability,
+    if paired.seeds < rule.min_seeds:
+        failures.append(
+            f"a sample paired under {paired.seeds} seed(s), fewer than the {rule.min_seeds} "
+            "required"
         )
-        bound_text = (
-            f"paired improvement {paired.mean:.4f}, {1 - paired.alpha:.0%} lower bound "
-            f"{paired.lower:.4f} over {paired.samples} samples × {paired.seeds} seeds, "
-            f"required > 0 and ≥ {required:.4f}"
-        )
-        crl_text = f"{crl_text}; {bound_text}"
-        if not (paired.lower > 0 and _at_least(paired.lower, required)):
-            failures.append(bound_text)
-        stability_text = (
-            f"candidate seed stability {paired.seed_stability:.3f} vs minimum "
-            f"{rule.min_seed_stability:.3f}"
-        )
-        if paired.seeds < max(rule.min_seeds, rule.min_paired_seeds):
-            needed = max(rule.min_seeds, rule.min_paired_seeds)
-            failures.append(f"{paired.seeds} paired seed(s), fewer than the {needed} required")
-        if not _at_least(paired.seed_stability, rule.min_seed_stability):
-            failures.append(stability_text)
-    elif not _at_least(candidate.stability, rule.min_stability):
+    shown = (
+        paired.lower > 0
+        and _at_least(paired.lower, rule.min_improvement)
+        and _at_least(paired.excess_lower, 0.0)
+    )
+    if not shown:
+        failures.append(bound_text)
+    if not _at_least(paired.seed_stability, rule.min_seed_stability):
         failures.append(stability_text)
     if failures:
         return ReplayVerdict(False, "failed: " + "; ".join(failures), numbers)
-    return ReplayVerdict(True, f"passed: {crl_text}; {stability_text}", numbers)
+    return ReplayVerdict(True, f"passed: {bound_text}; {stability_text}", numbers)
+
+
+def decide_from_losses(
+    candidate: Iterable[tuple[int, str, float]],
+    control: Iterable[tuple[int, str, float]],
+    rule: ReplayRule | None = None,
+) -> ReplayVerdict:
+    """The verdict of two replays from their task losses, (seed, sample id, loss) each."""
+    rule = rule or ReplayRule()
+    candidate, control = list(candidate), list(control)
+    if not {(s, x) for s, x, _ in candidate} & {(s, x) for s, x, _ in control}:
+        return ReplayVerdict(
+            False,
+            "failed: no (seed, sample) ran in both replays, so there is nothing to pair",
+            {"candidate_tasks": len(candidate), "control_tasks": len(control)},
+        )
+    paired = paired_improvement(
+        candidate, control, alpha=rule.alpha, min_improvement_pct=rule.min_improvement_pct
+    )
+    return decide(
+        summarize(fold_task_losses(candidate)),
+        summarize(fold_task_losses(control)),
+        rule,
+        paired=paired,
+    )
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _at_least(value: float, threshold: float) -> bool:
@@ -676,6 +751,12 @@ class ReplayConfig:
             raise ValueError("replay.seeds: at least one seed")
         for seed in self.seeds:
             _require_seed(seed)
+        if len(set(self.seeds)) < self.rule.min_seeds:
+            raise ValueError(
+                f"replay.seeds: {len(set(self.seeds))} distinct seed(s), fewer than "
+                f"replay.rule.min_seeds {self.rule.min_seeds}, so no replay could pass; "
+                f"list at least {self.rule.min_seeds}"
+            )
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise ValueError(f"replay.timeout_s {self.timeout_s} must be a positive number")
         if not (math.isfinite(self.check_interval_s) and self.check_interval_s > 0):
@@ -691,6 +772,12 @@ class ReplayConfig:
         unknown = sorted(set(values) - {"seeds", "timeout_s", "check_interval_s"})
         if unknown:
             raise ValueError(f"replay: unknown settings {', '.join(unknown)}")
+        if "min_stability" in rule:
+            raise ValueError(
+                "replay.rule.min_stability is no longer judged: 1 − CV of the per-seed mean "
+                "CRLs rises with the runs per seed, not with the policy; remove it and set "
+                "min_seed_stability (1 − CV of one task's loss across seeds, default 0.5)"
+            )
         unknown = sorted(set(rule) - set(ReplayRule.__dataclass_fields__))
         if unknown:
             raise ValueError(f"replay.rule: unknown settings {', '.join(unknown)}")

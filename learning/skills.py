@@ -6,13 +6,21 @@ the rules in :class:`SkillRules`. Every finding carries the figure measured
 and the threshold it was compared with, so a reader can see why it is there.
 The rules and their defaults are documented in docs/skill-cards.md.
 
-Best models are ranked by mean CRL (lower is better) among models with at
-least ``best_models_min_runs`` runs, each with a normal-approximation
-confidence interval ``mean ± z·s/√n`` (``s`` the sample standard deviation,
-ddof = 1; ``z`` = 1.96 for 95 %). With 30 or more runs the central limit
-theorem makes the normal approximation reasonable for a bounded loss; with
-fewer runs the interval would be too narrow, which is one reason for the
-minimum sample.
+Best models are ranked by mean CRL (lower is better) among the K models with
+at least ``best_models_min_runs`` runs. What the card claims about the order
+holds jointly at level ``confidence`` = 1 − α: every pair's difference of
+means gets a Welch interval (Welch–Satterthwaite degrees of freedom) at
+α/(K(K−1)/2) (Bonferroni), and from those come each model's rank confidence
+set and ``distinct_from_next`` (Mogstad, Romano, Shaikh and Wilhelm,
+"Inference for ranks with applications to mobility across neighbourhoods and
+academic achievement across countries", Review of Economic Studies 91, 2024,
+with Bonferroni in place of their bootstrap max-t). The card shows no
+interval for one model's mean: CRL is not bounded (cost, latency and counts
+have no upper limit), so no upper confidence bound for a mean can hold its
+level for every loss distribution (Bahadur and Savage, Ann. Math. Statist. 27,
+1956), and at 30 runs of skewed, zero-heavy losses the t-interval does not
+come close. Differences of identically shaped losses are another matter
+(symmetric under no difference); docs/skill-cards.md gives the measured levels.
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from hashlib import sha256
-from statistics import NormalDist
 from typing import Any
 from uuid import uuid4
+
+import numpy as np
+import numpy.typing as npt
 
 from learning.moments import Moments
 from learning.signing import canonical_json
@@ -98,7 +108,7 @@ class SkillRules:
     min_runs: int = 10  # strengths, weaknesses, failure modes need this many runs
     best_models_min_runs: int = 30  # a model is ranked only with this many runs
     best_models_limit: int = 3  # how many ranked models the card lists
-    confidence: float = 0.95  # of the best-model intervals
+    confidence: float = 0.95  # joint level of the best models' rank sets and gaps
 
     def __post_init__(self) -> None:
         for name in (
@@ -115,11 +125,6 @@ class SkillRules:
             raise ValueError("best_models_min_runs must be at least 2 to estimate a spread")
         if not 0.0 < self.confidence < 1.0:
             raise ValueError(f"confidence {self.confidence} must be strictly between 0 and 1")
-
-    @property
-    def z(self) -> float:
-        """The two-sided normal quantile of ``confidence`` (1.96 for 95 %)."""
-        return NormalDist().inv_cdf(0.5 + self.confidence / 2.0)
 
 
 DEFAULT_SKILL_RULES = SkillRules()
@@ -150,19 +155,28 @@ class Finding:
 
 @dataclass(frozen=True)
 class ModelRanking:
-    """A model's place among the doer's best: mean CRL, its interval, and the sample size.
+    """A model's place among the doer's best: mean CRL, the ranks it could hold, sample size.
 
-    ``distinct_from_next``: the interval ends below the next model's interval,
-    so the order of these two is established; None for the last listed model.
+    ``rank`` is the place by mean CRL (1 = lowest); ``rank_low``..``rank_high``
+    is the model's rank confidence set among all K ranked models, and
+    ``distinct_from_next`` says the next listed model's mean CRL is shown
+    higher (None for the last listed model). Both hold jointly for every ranked
+    model at the rules' ``confidence`` (see :func:`best_models`), as does
+    ``next_gap_low``..``next_gap_high``, the interval of the next listed
+    model's mean CRL minus this one's. ``std_error`` (s/√n) describes the mean's
+    spread; it is not a confidence statement.
     """
 
     rank: int
     model: str
     mean_crl: float
-    ci_low: float
-    ci_high: float
+    std_error: float
     n: int
+    rank_low: int
+    rank_high: int
     distinct_from_next: bool | None
+    next_gap_low: float | None = None
+    next_gap_high: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping for a JSON column."""
@@ -170,10 +184,13 @@ class ModelRanking:
             "rank": self.rank,
             "model": self.model,
             "mean_crl": self.mean_crl,
-            "ci_low": self.ci_low,
-            "ci_high": self.ci_high,
+            "std_error": self.std_error,
             "n": self.n,
+            "rank_low": self.rank_low,
+            "rank_high": self.rank_high,
             "distinct_from_next": self.distinct_from_next,
+            "next_gap_low": self.next_gap_low,
+            "next_gap_high": self.next_gap_high,
         }
 
 
@@ -251,25 +268,74 @@ def best_models(
 ) -> tuple[tuple[ModelRanking, ...], int]:
     """Rank models with enough runs by mean CRL; return the top ones and how many were too few.
 
-    Ties in mean are broken by the narrower interval, then by name, so the
-    order is deterministic.
+    With K ranked models, m = K(K−1)/2 pairs and α = 1 − ``confidence``, the
+    difference of two means ``d = x̄_k − x̄_j`` gets the Welch interval
+    ``d ± t_{1−α/(2m), ν}·√(s_j²/n_j + s_k²/n_k)`` with Welch–Satterthwaite
+    ν (Welch, Biometrika 34, 1947), so the m intervals hold jointly at 1 − α
+    (Bonferroni). Model k is *shown lower* than j when the interval of
+    x̄_j − x̄_k is above 0. Model j's rank set runs from 1 + (models shown lower)
+    to K − (models shown higher): the joint rank confidence set of Mogstad et
+    al. (2024), which covers every model's true rank (1 + the models with a
+    strictly lower true mean) at 1 − α. Ties in mean are broken by the smaller
+    standard error, then by name, so the order is deterministic.
     """
-    z = rules.z
-    eligible = []
-    for model, m in crl_by_model.items():
-        if m.count < rules.best_models_min_runs:
-            continue
-        half = z * m.std / math.sqrt(m.count)
-        eligible.append((m.mean, half, model, m.count))
+    eligible = sorted(
+        (m.mean, m.std / math.sqrt(m.count), model, m.count)
+        for model, m in crl_by_model.items()
+        if m.count >= rules.best_models_min_runs
+    )
     unranked = len(crl_by_model) - len(eligible)
-    eligible.sort()
+    k = len(eligible)
+    if not k:
+        return (), unranked
+    low, high = _gaps(eligible, (1.0 - rules.confidence) / max(1, k * (k - 1) // 2))
+    shown_lower = low > 0  # [j, i]: model j's mean CRL is shown lower than model i's
     listed = eligible[: rules.best_models_limit]
     ranking = []
-    for i, (mean, half, model, n) in enumerate(listed):
-        following = listed[i + 1] if i + 1 < len(listed) else None
-        distinct = None if following is None else mean + half < following[0] - following[1]
-        ranking.append(ModelRanking(i + 1, model, mean, mean - half, mean + half, n, distinct))
+    for j, (mean, se, model, n) in enumerate(listed):
+        last = j + 1 == len(listed)
+        ranking.append(
+            ModelRanking(
+                rank=j + 1,
+                model=model,
+                mean_crl=mean,
+                std_error=se,
+                n=n,
+                rank_low=1 + int(shown_lower[:, j].sum()),
+                rank_high=k - int(shown_lower[j, :].sum()),
+                distinct_from_next=None if last else bool(shown_lower[j, j + 1]),
+                next_gap_low=None if last else float(low[j, j + 1]),
+                next_gap_high=None if last else float(high[j, j + 1]),
+            )
+        )
     return tuple(ranking), unranked
+
+
+def _gaps(
+    eligible: list[tuple[float, float, str, int]], alpha: float
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Welch intervals of every model's mean CRL minus every other's, each at level 1 − alpha.
+
+    ``[j, i]`` bounds model i's mean minus model j's; the diagonal is 0. Two
+    models that each always scored one loss (no spread) have a known gap.
+    """
+    mean = np.array([e[0] for e in eligible])
+    se2 = np.array([e[1] for e in eligible]) ** 2
+    n = np.array([e[3] for e in eligible], dtype=float)
+    d = mean[None, :] - mean[:, None]
+    v = se2[:, None] + se2[None, :]
+    spread = v > 0
+    part = se2**2 / (n - 1)
+    dof = np.divide(v**2, part[:, None] + part[None, :], out=np.ones_like(v), where=spread)
+    half = np.where(spread, _t_quantile(1.0 - alpha / 2.0, dof) * np.sqrt(v), 0.0)
+    return d - half, d + half
+
+
+def _t_quantile(p: float, dof: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Student's t quantiles at ``p`` for each of ``dof`` degrees of freedom."""
+    from scipy import stats  # on first use, so importing the skill rules stays light
+
+    return np.asarray(stats.t.ppf(p, dof), dtype=float)
 
 
 def _strengths(stats: DoerStats, rules: SkillRules) -> tuple[Finding, ...]:

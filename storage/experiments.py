@@ -21,8 +21,7 @@ import orjson
 from learning.experiments import OPEN, may_move
 from learning.replay import (
     ReplayRule,
-    ReplaySummary,
-    decide,
+    decide_from_losses,
     fold_task_losses,
     replay_id,
     summarize,
@@ -404,13 +403,18 @@ async def expire_replays(pool: Any, now: datetime | None = None) -> list[str]:
     return expired
 
 
-def summary_of(row: Any) -> ReplaySummary:
-    """The stored summary of a complete replay."""
-    return summarize({int(seed): v["mean_crl"] for seed, v in row["per_seed"].items()})
+def verdict_of(
+    row: Any,
+    control: Any | None,
+    rule: ReplayRule,
+    losses: tuple[list[tuple[int, str, float]], list[tuple[int, str, float]]],
+) -> dict[str, Any]:
+    """The verdict of a finished replay against its finished control (or the lack of one).
 
-
-def verdict_of(row: Any, control: Any | None, rule: ReplayRule) -> dict[str, Any]:
-    """The verdict of a finished replay against its finished control (or the lack of one)."""
+    ``losses`` are the candidate's and the control's task losses, (seed,
+    sample id, loss) each (:func:`task_losses`), read only when both replays
+    completed: the verdict rests on the (seed, sample) pairs they share.
+    """
     if row["status"] == "incomplete":
         missing = len(row["missing_tasks"])
         return {
@@ -434,13 +438,23 @@ def verdict_of(row: Any, control: Any | None, rule: ReplayRule) -> dict[str, Any
             f"{len(control['missing_tasks'])} of {control['task_count']} tasks did not return",
             "numbers": {"control_missing_tasks": len(control["missing_tasks"])},
         }
-    decided = decide(summary_of(row), summary_of(control), rule)
+    decided = decide_from_losses(*losses, rule)
     return {
         "passed": decided.passed,
         "incomplete": False,
         "reason": decided.reason,
         "numbers": decided.numbers,
     }
+
+
+async def task_losses(conn: Any, rid: str) -> list[tuple[int, str, float]]:
+    """A replay's scored tasks as (seed, sample id, loss), in that order."""
+    rows = await conn.fetch(
+        "SELECT seed, sample_id, loss FROM offline_replay_tasks "
+        "WHERE replay_id = $1 AND loss IS NOT NULL ORDER BY seed, sample_id",
+        rid,
+    )
+    return [(r["seed"], r["sample_id"], r["loss"]) for r in rows]
 
 
 async def settle_verdicts(pool: Any, finished: str, rule: ReplayRule) -> list[str]:
@@ -465,7 +479,13 @@ async def settle_verdicts(pool: Any, finished: str, rule: ReplayRule) -> list[st
                 )
                 if control["status"] == "running":
                     continue
-            verdict = verdict_of(row, control, rule)
+            losses: tuple[list[tuple[int, str, float]], list[tuple[int, str, float]]] = ([], [])
+            if control is not None and row["status"] == control["status"] == "complete":
+                losses = (
+                    await task_losses(conn, row["replay_id"]),
+                    await task_losses(conn, control["replay_id"]),
+                )
+            verdict = verdict_of(row, control, rule, losses)
             await conn.execute(
                 "UPDATE offline_replays SET verdict = $2 WHERE replay_id = $1",
                 row["replay_id"],

@@ -132,15 +132,16 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
             )
     console.print(findings)
 
-    models = Table(title="Best models (mean CRL, 95 % interval; ≥ minimum sample)")
-    for name in ("rank", "model", "mean CRL", "interval", "runs", "distinct from next"):
+    models = Table(title="Best models (rank sets and 'distinct' hold jointly at the rules' level)")
+    for name in ("rank", "model", "mean CRL", "could rank", "runs", "distinct from next"):
         models.add_column(name)
     for m in card.best_models:
+        low, high = m.get("rank_low"), m.get("rank_high")
         models.add_row(
             str(m["rank"]),
             str(m["model"]),
             _f(m["mean_crl"]),  # type: ignore[arg-type]
-            f"[{_f(m['ci_low'])}, {_f(m['ci_high'])}]",  # type: ignore[arg-type]
+            "–" if low is None else (str(low) if low == high else f"{low}–{high}"),
             str(m["n"]),
             {True: "yes", False: "no", None: "–"}[m["distinct_from_next"]],  # type: ignore[index]
         )

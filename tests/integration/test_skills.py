@@ -138,7 +138,9 @@ async def test_runs_give_each_doer_the_card_of_the_rules_in_postgres_and_on_the_
         assert [m["model"] for m in card.best_models] == [m.model for m in want.best_models]
         for got_m, want_m in zip(card.best_models, want.best_models, strict=True):
             assert got_m["mean_crl"] == pytest.approx(want_m.mean_crl, rel=1e-9)
-            assert got_m["ci_low"] == pytest.approx(want_m.ci_low, rel=1e-9)
+            assert got_m["std_error"] == pytest.approx(want_m.std_error, rel=1e-9)
+            assert (got_m["rank_low"], got_m["rank_high"]) == (want_m.rank_low, want_m.rank_high)
+            assert got_m["distinct_from_next"] == want_m.distinct_from_next
         current = await db.fetchval(
             "SELECT count(*) FROM skill_cards WHERE doer = $1 AND is_current", doer
         )

@@ -111,10 +111,10 @@ def test_different_seed_sets_give_different_task_and_replay_ids() -> None:
 
 def test_replay_config_reads_its_section_and_refuses_unknown_keys() -> None:
     config = ReplayConfig.from_dict(
-        {"seeds": [1, 2], "timeout_s": 30, "rule": {"min_stability": 0.8, "min_seeds": 2}}
+        {"seeds": [1, 2, 3, 4], "timeout_s": 30, "rule": {"alpha": 0.01, "min_seeds": 4}}
     )
-    assert config.seeds == (1, 2) and config.timeout_s == 30
-    assert config.rule == ReplayRule(min_stability=0.8, min_seeds=2)
+    assert config.seeds == (1, 2, 3, 4) and config.timeout_s == 30
+    assert config.rule == ReplayRule(alpha=0.01, min_seeds=4)
     assert ReplayConfig.from_dict({}) == ReplayConfig()
     with pytest.raises(ValueError, match="unknown settings tiemout_s"):
         ReplayConfig.from_dict({"tiemout_s": 3})
@@ -124,3 +124,12 @@ def test_replay_config_reads_its_section_and_refuses_unknown_keys() -> None:
         ReplayConfig(timeout_s=0)
     with pytest.raises(ValueError, match="at least one seed"):
         ReplayConfig(seeds=())
+
+
+def test_replay_config_refuses_what_no_replay_could_pass_and_the_old_stability_rule() -> None:
+    with pytest.raises(
+        ValueError, match=r"2 distinct seed\(s\), fewer than replay\.rule\.min_seeds 3"
+    ):
+        ReplayConfig(seeds=(1, 2, 2))
+    with pytest.raises(ValueError, match="min_stability is no longer judged"):
+        ReplayConfig.from_dict({"rule": {"min_stability": 0.9}})

@@ -7,6 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
 
 from learning.crl import LatencyObjectives, WeightBook, score_bundle
 from learning.moments import Moments
@@ -206,7 +209,7 @@ def test_missing_windows_give_no_mean_or_delta() -> None:
 # --------------------------------------------------------------------------- best models
 
 
-def test_best_models_are_ranked_by_mean_crl_with_a_normal_interval() -> None:
+def test_best_models_are_ranked_by_mean_crl_with_rank_sets_and_gaps() -> None:
     by_model = {
         "gpt-large": moments(0.30, 0.10, 100),
         "claude-mid": moments(0.25, 0.20, 400),
@@ -217,19 +220,65 @@ def test_best_models_are_ranked_by_mean_crl_with_a_normal_interval() -> None:
     assert [m.model for m in ranking] == ["claude-mid", "gpt-large", "small-fast"]
     assert [m.rank for m in ranking] == [1, 2, 3]
     first = ranking[0]
-    half = 1.959963984540054 * 0.20 / math.sqrt(400)  # z(0.975) · s / √n
-    assert first.n == 400
-    assert first.mean_crl == pytest.approx(0.25)
-    assert (first.ci_low, first.ci_high) == (pytest.approx(0.25 - half), pytest.approx(0.25 + half))
-    # 0.25 + 0.0196 < 0.30 − 0.0196: the first two are told apart; the last has no next.
+    assert (first.n, first.mean_crl, first.std_error) == (400, 0.25, pytest.approx(0.01))
+    # Gap 0.05 with standard error √(0.01² + 0.01²); Welch dof ≈ 165; Bonferroni over 3 pairs.
+    se = math.hypot(0.01, 0.01)
+    dof = se**4 / (0.01**4 / 399 + 0.01**4 / 99)
+    half = scipy_stats.t.ppf(1 - 0.05 / 6, dof) * se
+    assert (first.next_gap_low, first.next_gap_high) == (
+        pytest.approx(0.05 - half),
+        pytest.approx(0.05 + half),
+    )
     assert first.distinct_from_next is True
-    assert ranking[-1].distinct_from_next is None
+    assert [(m.rank_low, m.rank_high) for m in ranking] == [(1, 1), (2, 2), (3, 3)]
+    last = ranking[-1]
+    assert (last.distinct_from_next, last.next_gap_low, last.next_gap_high) == (None, None, None)
 
 
-def test_overlapping_intervals_are_not_called_distinct() -> None:
-    ranking, _ = best_models({"a": moments(0.30, 0.2, 30), "b": moments(0.31, 0.2, 30)})
-    assert [m.model for m in ranking] == ["a", "b"]
+def test_models_that_cannot_be_told_apart_share_their_rank_set() -> None:
+    ranking, _ = best_models(
+        {"a": moments(0.30, 0.2, 30), "b": moments(0.31, 0.2, 30), "c": moments(0.9, 0.1, 30)}
+    )
+    assert [m.model for m in ranking] == ["a", "b", "c"]
     assert ranking[0].distinct_from_next is False
+    assert ranking[1].distinct_from_next is True
+    assert [(m.rank_low, m.rank_high) for m in ranking] == [(1, 2), (1, 2), (3, 3)]
+
+
+def test_the_rank_set_counts_every_ranked_model_not_only_the_listed_ones() -> None:
+    by_model = {f"m{i}": moments(0.30, 0.2, 30) for i in range(5)}
+    ranking, _ = best_models(by_model)  # three listed out of five alike
+    assert len(ranking) == 3
+    assert {(m.rank_low, m.rank_high) for m in ranking} == {(1, 5)}
+
+
+@given(
+    st.tuples(st.floats(0.0, 2.0), st.floats(0.01, 1.0), st.integers(30, 500)),
+    st.tuples(st.floats(0.0, 2.0), st.floats(0.01, 1.0), st.integers(30, 500)),
+    st.sampled_from([0.9, 0.95, 0.99]),
+)
+@settings(max_examples=60, deadline=None)
+def test_distinct_from_next_is_welch_s_test_at_the_bonferroni_level(
+    a: tuple[float, float, int], b: tuple[float, float, int], confidence: float
+) -> None:
+    """Two models, one pair: "distinct" is Welch's two-sided test rejecting at 1 − confidence."""
+    ranking, _ = best_models(
+        {"a": moments(*a), "b": moments(*b)}, SkillRules(confidence=confidence)
+    )
+    (mean_a, sd_a, n_a), (mean_b, sd_b, n_b) = a, b
+    welch = scipy_stats.ttest_ind_from_stats(mean_a, sd_a, n_a, mean_b, sd_b, n_b, equal_var=False)
+    p = welch.pvalue
+    assume(abs(p - (1 - confidence)) > 1e-9)
+    assert ranking[0].distinct_from_next is bool(p < 1 - confidence)
+
+
+def test_models_that_always_scored_one_loss_have_a_known_gap() -> None:
+    ranking, _ = best_models({"zero": moments(0.0, 0.0, 40), "one": moments(1.0, 0.0, 40)})
+    assert (ranking[0].next_gap_low, ranking[0].next_gap_high) == (1.0, 1.0)
+    assert ranking[0].distinct_from_next is True
+    alike, _ = best_models({"a": moments(0.0, 0.0, 40), "b": moments(0.0, 0.0, 40)})
+    assert alike[0].distinct_from_next is False
+    assert (alike[0].rank_low, alike[0].rank_high) == (1, 2)
 
 
 @pytest.mark.parametrize(("n", "ranked"), [(30, True), (29, False)])
@@ -256,16 +305,18 @@ def test_best_models_list_is_limited_and_ties_break_deterministically() -> None:
     by_model = {name: moments(0.3, 0.1, 100) for name in ["d", "b", "c", "a"]}
     by_model["tight"] = moments(0.3, 0.01, 100)
     ranking, _ = best_models(by_model)
-    assert [m.model for m in ranking] == ["tight", "a", "b"]  # narrower interval, then name
+    assert [m.model for m in ranking] == ["tight", "a", "b"]  # smaller standard error, then name
     assert len(best_models(by_model, SkillRules(best_models_limit=10))[0]) == 5
 
 
-def test_interval_follows_the_confidence_setting() -> None:
-    m = {"x": moments(0.5, 0.1, 100)}
-    (r95,), _ = best_models(m)
-    (r99,), _ = best_models(m, SkillRules(confidence=0.99))
-    assert r99.ci_high - r99.ci_low > r95.ci_high - r95.ci_low
-    assert r99.ci_high - r99.ci_low == pytest.approx(2 * 2.5758293035489 * 0.01)
+def test_a_higher_confidence_widens_the_gap_interval() -> None:
+    m = {"x": moments(0.5, 0.1, 100), "y": moments(0.53, 0.1, 100)}
+    (r95, _), _ = best_models(m)
+    (r99, _), _ = best_models(m, SkillRules(confidence=0.99))
+    assert r95.next_gap_low is not None and r95.next_gap_high is not None
+    assert r99.next_gap_low is not None and r99.next_gap_high is not None
+    assert r99.next_gap_low < r95.next_gap_low and r99.next_gap_high > r95.next_gap_high
+    assert r95.distinct_from_next is True and r99.distinct_from_next is False
 
 
 # --------------------------------------------------------------------------- the card
