@@ -151,7 +151,9 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
     "run",
     click.option("--policy", "policy_ref", required=True, help="POLICY_ID or POLICY_ID@VERSION."),
     click.option("--dataset", required=True, help="Golden dataset NAME or NAME@VERSION."),
-    click.option("--seeds", default="42,43,44", show_default=True, help="Comma-separated seeds."),
+    click.option(
+        "--seeds", default=None, help="Comma-separated seeds (default: replay.seeds configured)."
+    ),
     click.option("--force", is_flag=True, help="Run again even if a result is recorded."),
     click.option(
         "--timeout",
@@ -173,7 +175,7 @@ async def replay_run(
     self: GroupedCommand,
     policy_ref: str,
     dataset: str,
-    seeds: str,
+    seeds: str | None,
     force: bool,
     timeout: float | None,
     wait_s: float | None,
@@ -184,7 +186,7 @@ async def replay_run(
     from learning.replay import replay_id
     from models.commands import RunReplay
 
-    seed_list = _seeds(seeds)
+    seed_list = _seeds(seeds) if seeds else list(self.learning.replay.seeds)
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
         try:

@@ -41,15 +41,15 @@ def artifact(name: str, quality: float) -> dict[str, Any]:
     return {"prompts": {"system": name}, "quality": quality}
 
 
-# Fixed artifacts: on SAMPLES under seeds 42, 43, 44 the local executor gives the
-# better one a mean CRL about 55 % below the control's, far beyond what 12 samples ×
-# 3 seeds can show (it passes: the paired 95 % lower bound is well above 0), and the
-# worse one a higher mean CRL than either (it fails). A 10 % improvement would need
-# about 15 seeds on these 12 samples (docs/experiments.md).
+# Fixed artifacts: on SAMPLES under the 16 seeds below the local executor gives the
+# better one a mean CRL about 55 % below the control's (it passes: the paired 95 %
+# lower bound is well above 0) and the worse one a higher mean CRL than either (it
+# fails). 16 seeds on these 12 samples are what a 10 % improvement needs to pass in
+# about 95 % of replays (3 seeds: about a third; docs/experiments.md).
 CONTROL = artifact("control", 0.5)
 BETTER = artifact("better", 0.85)
 WORSE = artifact("worse", 0.2)
-SEEDS = [42, 43, 44]
+SEEDS = list(range(42, 58))
 
 
 @dataclass

@@ -25,6 +25,8 @@ from learning.signing import SigningKey
 from learnops.demo.experiments_scenario import (
     BETTER,
     CONTROL,
+    SAMPLES,
+    SEEDS,
     WORSE,
     ExperimentDoer,
     canary_until_decided,
@@ -196,7 +198,7 @@ async def test_the_answer_replays_beats_the_control_and_is_promoted_by_the_canar
     assert replay["status"] == control["status"] == "complete"
     assert replay["verdict"]["passed"] is True
     assert replay["mean_crl"] < control["mean_crl"] and replay["stability"] >= 0.9
-    assert replay["runs"] == control["runs"] == 36
+    assert replay["runs"] == control["runs"] == len(SAMPLES) * len(SEEDS)  # 12 × 16
     active = await db.fetchrow(
         "SELECT policy_id, version FROM policies WHERE doer = $1 AND status = 'active'",
         prepared.name,
