@@ -46,3 +46,38 @@ async def doer_trend(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any
         days,
     )
     return [dict(row) for row in rows]
+
+
+async def canaries(
+    pool: Any, limit: int = 100, *, in_flight: bool | None = None
+) -> list[dict[str, Any]]:
+    """Shadow and canary deployments, in flight first, then the latest started; at most LIMIT.
+
+    IN_FLIGHT True keeps only the deployments in flight, False only the ended ones.
+    """
+    rows = await pool.fetch(
+        "SELECT * FROM v_canary_deployments WHERE $2::boolean IS NULL OR in_flight = $2"
+        " ORDER BY in_flight DESC, started_at DESC, deployment_id LIMIT $1",
+        limit,
+        in_flight,
+    )
+    return [dict(row) for row in rows]
+
+
+async def canary(pool: Any, deployment_id: str) -> dict[str, Any] | None:
+    """The deployment DEPLOYMENT_ID as canaries() shows it; None if there is none."""
+    row = await pool.fetchrow(
+        "SELECT * FROM v_canary_deployments WHERE deployment_id = $1", deployment_id
+    )
+    return dict(row) if row is not None else None
+
+
+async def canary_decisions(pool: Any, deployment_id: str) -> list[dict[str, Any]]:
+    """Every decision of DEPLOYMENT_ID, oldest first, with its results and interval."""
+    rows = await pool.fetch(
+        "SELECT id, action, reason, step, decided_at, results, control_count, candidate_count,"
+        " control_mean, candidate_mean, delta, ci_low, ci_high, p_value, confidence"
+        " FROM v_canary_intervals WHERE deployment_id = $1 ORDER BY decided_at, id",
+        deployment_id,
+    )
+    return [dict(row) for row in rows]

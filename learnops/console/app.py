@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
@@ -40,6 +40,79 @@ class DoerSummary(BaseModel):
     day: date
     mean_crl_7d: float
     delta_vs_baseline: float | None
+
+
+class CanarySummary(BaseModel):
+    """A shadow or canary deployment, where it stands, and its latest decision."""
+
+    deployment_id: str
+    doer: str
+    mode: Literal["shadow", "canary"]
+    candidate_policy_id: str
+    candidate_version: int
+    control_policy_id: str
+    control_version: int
+    step: int
+    allocation: float
+    steps: list[float]
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    paused_at: datetime | None
+    paused_reason: str | None
+    in_flight: bool
+    state: Literal["running", "paused", "promoted", "rolled_back", "advanced"]
+    decisions: int
+    latest_action: str | None
+    latest_reason: str | None
+    latest_decided_at: datetime | None
+
+
+class CanaryDecision(BaseModel):
+    """One decision of a deployment with the results it saw and its always-valid interval."""
+
+    id: int
+    action: str
+    reason: str
+    step: int
+    decided_at: datetime
+    results: int
+    control_count: int
+    candidate_count: int
+    control_mean: float
+    candidate_mean: float
+    delta: float
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float
+    confidence: float | None
+
+
+class CanaryDetail(BaseModel):
+    """A deployment and its decision history, oldest first."""
+
+    deployment: CanarySummary
+    decisions: list[CanaryDecision]
+
+
+#: Decisions that move a deployment (the others only report where it stands).
+MOVES = frozenset({"step_up", "promote", "rollback", "pause"})
+
+
+def interval_chart(decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The canary page's chart series: delta and its interval per result count, and the moves."""
+    moves = [row for row in decisions if row["action"] in MOVES]
+    return {
+        "results": [row["results"] for row in decisions],
+        "delta": [row["delta"] for row in decisions],
+        "ci_low": [row["ci_low"] for row in decisions],
+        "ci_high": [row["ci_high"] for row in decisions],
+        "moves": {
+            "results": [row["results"] for row in moves],
+            "delta": [row["delta"] for row in moves],
+            "action": [row["action"] for row in moves],
+        },
+    }
 
 
 def plotly_bundle() -> Path | None:
@@ -88,6 +161,51 @@ def create_console(database_dsn: str) -> FastAPI:
         """The doer's CRL per day, with the trailing 7-day baseline."""
         return await dashboard.doer_trend(pool(request), doer, days)
 
+    @app.get("/api/canaries", response_model=list[CanarySummary])
+    async def api_canaries(
+        request: Request, limit: int = 100, in_flight: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Shadow and canary deployments, in flight first, with their latest decision."""
+        return await dashboard.canaries(pool(request), limit, in_flight=in_flight)
+
+    @app.get(
+        "/api/canaries/{deployment_id}",
+        response_model=CanaryDetail,
+        responses={404: {"description": "No deployment has this id"}},
+    )
+    async def api_canary(request: Request, deployment_id: str) -> dict[str, Any]:
+        """The deployment and every decision about it, with the always-valid interval."""
+        return await _canary(request, deployment_id)
+
+    async def _canary(request: Request, deployment_id: str) -> dict[str, Any]:
+        deployment = await dashboard.canary(pool(request), deployment_id)
+        if deployment is None:
+            raise HTTPException(404, f"no deployment {deployment_id}")
+        decisions = await dashboard.canary_decisions(pool(request), deployment_id)
+        return {"deployment": deployment, "decisions": decisions}
+
+    @app.get("/canaries", response_class=HTMLResponse, include_in_schema=False)
+    async def canaries_page(request: Request) -> HTMLResponse:
+        rows = await dashboard.canaries(pool(request))
+        return TEMPLATES.TemplateResponse(
+            request,
+            "canaries.html",
+            {"canaries": rows, "in_flight": sum(1 for row in rows if row["in_flight"])},
+        )
+
+    @app.get("/canaries/{deployment_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def canary_page(request: Request, deployment_id: str) -> HTMLResponse:
+        detail = await _canary(request, deployment_id)
+        return TEMPLATES.TemplateResponse(
+            request,
+            "canary.html",
+            {
+                "canary": detail["deployment"],
+                "decisions": detail["decisions"],
+                "chart": interval_chart(detail["decisions"]),
+            },
+        )
+
     @app.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
     async def doer_page(request: Request, doer: str) -> HTMLResponse:
         trend = await dashboard.doer_trend(pool(request), doer)
@@ -117,6 +235,7 @@ def create_console(database_dsn: str) -> FastAPI:
         trend = await dashboard.crl_trend_overall(pool(request))
         experiments = await dashboard.experiments_per_day(pool(request))
         doers = await dashboard.doers(pool(request))
+        canaries = await dashboard.canaries(pool(request), in_flight=True)
         return TEMPLATES.TemplateResponse(
             request,
             "overview.html",
@@ -124,6 +243,7 @@ def create_console(database_dsn: str) -> FastAPI:
                 "trend": trend,
                 "experiments": experiments,
                 "doers": doers,
+                "canaries": canaries,
                 "days": [str(row["day"]) for row in trend],
                 "crl": [row["mean_crl"] for row in trend],
                 "baseline": [row["baseline_crl"] for row in trend],

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import date
+import math
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from storage.dashboard import crl_trend_overall, doer_trend, experiments_per_day
+from learning.signing import SigningKey, generate_key, signed_artifact
+from models.commands import PromotePolicy, RegisterPolicy, StartCanary
+from models.events import DecisionMade, DecisionReport
+from storage import canary as canary_store
+from storage import deployments as deployments_store
+from storage import policy_commands as commands_store
+from storage import signing_keys as keys_store
+from storage.dashboard import (
+    canaries,
+    canary_decisions,
+    crl_trend_overall,
+    doer_trend,
+    experiments_per_day,
+)
 
 
 # The console's views aggregate over every doer and answer relative to their latest
@@ -111,6 +127,207 @@ async def test_api_and_overview_show_the_database_figures(db: Any, database_url:
     assert js == 200
 
 
+async def _start_canary(db: Any, key: SigningKey, doer: str) -> str:
+    """Register versions 1 and 2 of DOER's policy, make 1 active, start a canary of 2."""
+    policy_id = doer.lower()
+    for version in (1, 2):
+        registered = await commands_store.apply_command(
+            db,
+            RegisterPolicy(
+                doer=doer,
+                actor="tests",
+                reason="console",
+                policy_id=policy_id,
+                version=version,
+                **signed_artifact({"prompts": {"system": "Write."}, "revision": version}, key),
+            ),
+        )
+        assert registered is not None and registered.applied, registered
+    for command in (
+        PromotePolicy(
+            doer=doer, actor="tests", reason="first", policy_id=policy_id, version=1, force=True
+        ),
+        StartCanary(
+            doer=doer, actor="tests", reason="try", policy_id=policy_id, version=2, force=True
+        ),
+    ):
+        outcome = await commands_store.apply_command(db, command)
+        assert outcome is not None and outcome.applied, outcome
+    deployment_id = await db.fetchval(
+        "SELECT deployment_id FROM shadow_deployments WHERE doer = $1 AND ended_at IS NULL", doer
+    )
+    assert deployment_id
+    return str(deployment_id)
+
+
+def _decisions(doer: str, deployment_id: str, actions: list[str], start: datetime) -> list[Any]:
+    """Decisions a minute apart, 100 more results per arm each, the interval narrowing as 1/√n.
+
+    The first has no interval yet (too few results to estimate it).
+    """
+    made = []
+    for n, action in enumerate(actions, start=1):
+        half_width = None if n == 1 else 0.4 / math.sqrt(n)
+        delta = -0.02 - 0.001 * n
+        made.append(
+            DecisionMade(
+                doer=doer,
+                occurred_at=start + timedelta(minutes=n),
+                deployment_id=deployment_id,
+                candidate_policy_id=doer.lower(),
+                candidate_version=2,
+                action=action,
+                reason=f"{action} after {200 * n} results",
+                step=min(n // 2, 3),
+                report=DecisionReport(
+                    control_mean=0.40,
+                    candidate_mean=0.40 + delta,
+                    control_count=100 * n,
+                    candidate_count=100 * n,
+                    delta=delta,
+                    p_value=min(1.0, 0.5 / n),
+                    ci_low=None if half_width is None else delta - half_width,
+                    ci_high=None if half_width is None else delta + half_width,
+                    confidence=0.95,
+                ),
+            )
+        )
+    return made
+
+
+@pytest.fixture(scope="module")
+async def seeded_canaries(db: Any) -> dict[str, str]:
+    """Two deployments: 'running' (in flight, six decisions) and 'ended' (rolled back)."""
+    key = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="console")
+    start = datetime.now(UTC)
+    running_doer = f"ConsoleRunning{uuid.uuid4().hex[:6]}"
+    ended_doer = f"ConsoleEnded{uuid.uuid4().hex[:6]}"
+    ended = await _start_canary(db, key, ended_doer)
+    running = await _start_canary(db, key, running_doer)
+    actions = ["report", "step_up", "report", "step_up", "report", "report"]
+    made = _decisions(running_doer, running, actions, start)
+    assert await canary_store.insert_decisions(db, made) == len(actions)
+    for decision in made:
+        if decision.action == "step_up":
+            assert await deployments_store.apply_step(db, decision) is not None
+    ended_decisions = _decisions(ended_doer, ended, ["report", "rollback"], start)
+    await canary_store.insert_decisions(db, ended_decisions)
+    rolled_back = await commands_store.apply_decision(db, ended_decisions[-1])
+    assert rolled_back is not None and rolled_back.applied, rolled_back
+    return {"running": running, "ended": ended}
+
+
+async def test_canaries_are_listed_in_flight_first_with_their_latest_decision(
+    db: Any, seeded_canaries: dict[str, str]
+) -> None:
+    listed = {row["deployment_id"]: row for row in await canaries(db)}
+    running = listed[seeded_canaries["running"]]
+    ended = listed[seeded_canaries["ended"]]
+    assert (running["in_flight"], running["state"]) == (True, "running")
+    assert (ended["in_flight"], ended["state"]) == (False, "rolled_back")
+    order = [row["deployment_id"] for row in await canaries(db)]
+    assert order.index(seeded_canaries["running"]) < order.index(seeded_canaries["ended"])
+    assert [row["in_flight"] for row in await canaries(db)] == sorted(
+        (row["in_flight"] for row in listed.values()), reverse=True
+    )
+    for deployment_id, row in listed.items():
+        latest = await db.fetchrow(
+            "SELECT action, count(*) OVER () AS n FROM deployment_decisions"
+            " WHERE deployment_id = $1 ORDER BY decided_at DESC, id DESC LIMIT 1",
+            deployment_id,
+        )
+        stored = await db.fetchrow(
+            "SELECT step, allocation, mode, version, control_version FROM shadow_deployments"
+            " WHERE deployment_id = $1",
+            deployment_id,
+        )
+        assert row["latest_action"] == (latest["action"] if latest else None)
+        assert row["decisions"] == (latest["n"] if latest else 0)
+        assert (row["step"], row["allocation"], row["mode"]) == (
+            stored["step"],
+            stored["allocation"],
+            stored["mode"],
+        )
+        assert (row["candidate_version"], row["control_version"]) == (2, 1)
+    assert running["latest_action"] == "report" and running["decisions"] == 6
+    assert ended["latest_action"] == "rollback" and ended["decisions"] == 2
+    only_running = await canaries(db, in_flight=True)
+    assert seeded_canaries["running"] in {row["deployment_id"] for row in only_running}
+    assert all(row["in_flight"] for row in only_running)
+
+
+async def test_canary_decisions_carry_the_results_and_interval_of_their_report(
+    db: Any, seeded_canaries: dict[str, str]
+) -> None:
+    shown = await canary_decisions(db, seeded_canaries["running"])
+    stored = await canary_store.decisions(db, seeded_canaries["running"])
+    assert [row["action"] for row in shown] == [d.action for d in stored]
+    for row, decision in zip(shown, stored, strict=True):
+        report = decision.report
+        assert row["results"] == report["control_count"] + report["candidate_count"]
+        assert row["delta"] == pytest.approx(report["delta"])
+        assert row["ci_low"] == report["ci_low"] and row["ci_high"] == report["ci_high"]
+    widths = [row["ci_high"] - row["ci_low"] for row in shown if row["ci_low"] is not None]
+    assert shown[0]["ci_low"] is None and len(widths) == 5
+    assert widths == sorted(widths, reverse=True), "the seeded interval narrows"
+
+
+async def test_canary_api_and_pages_show_the_database_figures(
+    db: Any, database_url: str, seeded_canaries: dict[str, str]
+) -> None:
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from learnops.console import create_console
+
+    running = seeded_canaries["running"]
+    listed = await canaries(db)
+    decisions = await canary_decisions(db, running)
+
+    def call() -> dict[str, Any]:
+        with TestClient(create_console(database_url)) as client:
+            return {
+                "list": client.get("/api/canaries").json(),
+                "detail": client.get(f"/api/canaries/{running}").json(),
+                "missing": client.get("/api/canaries/no-such-deployment").status_code,
+                "missing_page": client.get("/canaries/no-such-deployment").status_code,
+                "spec": client.get("/openapi.json").json(),
+                "list_page": client.get("/canaries").text,
+                "page": client.get(f"/canaries/{running}").text,
+                "overview": client.get("/").text,
+            }
+
+    got = await asyncio.to_thread(call)
+    assert [row["deployment_id"] for row in got["list"]] == [r["deployment_id"] for r in listed]
+    assert [row["latest_action"] for row in got["list"]] == [r["latest_action"] for r in listed]
+    detail = got["detail"]
+    assert detail["deployment"]["deployment_id"] == running
+    assert [(d["id"], d["results"], d["ci_low"]) for d in detail["decisions"]] == [
+        (d["id"], d["results"], d["ci_low"]) for d in decisions
+    ]
+    assert got["missing"] == 404 and got["missing_page"] == 404
+    paths = got["spec"]["paths"]
+    assert "/api/canaries" in paths and "/api/canaries/{deployment_id}" in paths
+    schemas = got["spec"]["components"]["schemas"]
+    assert {"CanarySummary", "CanaryDecision", "CanaryDetail"} <= set(schemas)
+    assert f'data-deployment="{running}"' in got["list_page"]
+    assert f'data-deployment="{seeded_canaries["ended"]}"' in got["list_page"]
+    for row in decisions:
+        assert f'data-decision="{row["id"]}"' in got["page"]
+        assert f"{row['delta']:+.4f}" in got["page"]
+        if row["ci_low"] is not None:
+            assert f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" in got["page"]
+    assert f'href="/canaries/{running}"' in got["overview"]
+    assert f'href="/canaries/{seeded_canaries["ended"]}"' not in got["overview"]
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
 def _free_port() -> int:
     import socket
 
@@ -119,33 +336,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_overview_in_headless_chromium_shows_the_database_figures(
-    db: Any, database_url: str
-) -> None:
-    """Real browser: Debian's chromium + chromedriver via Selenium; saves a screenshot."""
-    import asyncio
-    import subprocess
+@pytest.fixture(scope="module")
+def console_url(database_url: str) -> Any:
+    """The console served by uvicorn on a free loopback port, in a thread, for the browser."""
     import threading
     import time
-    from pathlib import Path
 
     import uvicorn
-    from selenium import webdriver
-    from selenium.webdriver.common.by import By
 
     from learnops.console import create_console
 
-    repo = Path(__file__).resolve().parents[2]
-    await asyncio.to_thread(
-        subprocess.run, ["bash", str(repo / "scripts" / "chromium.sh")], check=True, timeout=600
-    )
-    await db.executemany(
-        "INSERT INTO learning_progress (doer, day, runs, mean_crl, m2) VALUES"
-        " ('console-d', $1, 4, $2, 0) ON CONFLICT DO NOTHING",
-        [(date(2001, 1, 2), 0.6), (date(2001, 1, 3), 0.4), (date(2001, 1, 4), 0.25)],
-    )
-    shown = await crl_trend_overall(db)
-    doer_shown = await doer_trend(db, "console-d")
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -154,57 +354,133 @@ async def test_overview_in_headless_chromium_shows_the_database_figures(
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the console did not start on port {port}")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
 
-    def browse() -> tuple[list[tuple[str, str]], bool, list[tuple[str, str]]]:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        options = webdriver.ChromeOptions()
-        options.binary_location = "/usr/bin/chromium"
-        for arg in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-dev-shm-usage",
-            "--window-size=1000,900",
-        ):
-            options.add_argument(arg)
-        service = webdriver.ChromeService(executable_path="/usr/bin/chromedriver")
-        driver = webdriver.Chrome(options=options, service=service)
-        try:
-            driver.get(f"http://127.0.0.1:{port}/")
-            rows = [
-                (
-                    str(row.get_attribute("data-day")),
-                    row.find_element(By.CLASS_NAME, "mean-crl").text,
-                )
-                for row in driver.find_elements(By.CSS_SELECTOR, "#crl-table tr[data-day]")
-            ]
-            time.sleep(0.5)
-            charted = bool(driver.find_elements(By.CSS_SELECTOR, "#crl-chart .main-svg"))
-            out = repo / "docs" / "screenshots"
-            out.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(str(out / "console-overview.png"))
-            driver.find_element(By.LINK_TEXT, "console-d").click()
-            assert driver.find_element(By.ID, "doer").text == "console-d"
-            doer_rows = [
-                (
-                    str(row.get_attribute("data-day")),
-                    row.find_element(By.CLASS_NAME, "mean-crl").text,
-                )
-                for row in driver.find_elements(By.CSS_SELECTOR, "#crl-table tr[data-day]")
-            ]
-            time.sleep(0.5)
-            driver.save_screenshot(str(out / "console-doer.png"))
-            return rows, charted, doer_rows
-        finally:
-            driver.quit()
 
-    try:
-        rows, charted, doer_rows = await asyncio.to_thread(browse)
-    finally:
-        server.should_exit = True
-        await asyncio.to_thread(thread.join, 10)
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    """Headless Chromium from Debian's packages, driven by Selenium through chromedriver."""
+    import subprocess
+
+    from selenium import webdriver
+
+    subprocess.run(
+        ["bash", str(SCREENSHOTS.parents[1] / "scripts" / "chromium.sh")], check=True, timeout=600
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    service = webdriver.ChromeService(executable_path="/usr/bin/chromedriver")
+    driver = webdriver.Chrome(options=options, service=service)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _chart_drawn(driver: Any, chart_id: str) -> None:
+    """Wait until plotly has drawn CHART_ID; raises TimeoutException if it never does."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 10).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f"#{chart_id} .main-svg")
+    )
+
+
+def _rows(driver: Any, table: str, key: str, *classes: str) -> list[tuple[str, ...]]:
+    """(KEY attribute, text of each cell of CLASSES) for every row of TABLE that has KEY."""
+    from selenium.webdriver.common.by import By
+
+    return [
+        (
+            str(row.get_attribute(key)),
+            *(row.find_element(By.CLASS_NAME, name).text for name in classes),
+        )
+        for row in driver.find_elements(By.CSS_SELECTOR, f"#{table} tr[{key}]")
+    ]
+
+
+async def test_overview_in_headless_chromium_shows_the_database_figures(
+    db: Any, console_url: str, browser: Any
+) -> None:
+    """The overview and a doer's page, clicked through; saves their screenshots."""
+    from selenium.webdriver.common.by import By
+
+    await db.executemany(
+        "INSERT INTO learning_progress (doer, day, runs, mean_crl, m2) VALUES"
+        " ('console-d', $1, 4, $2, 0) ON CONFLICT DO NOTHING",
+        [(date(2001, 1, 2), 0.6), (date(2001, 1, 3), 0.4), (date(2001, 1, 4), 0.25)],
+    )
+    shown = await crl_trend_overall(db)
+    doer_shown = await doer_trend(db, "console-d")
+
+    browser.get(f"{console_url}/")
+    rows = _rows(browser, "crl-table", "data-day", "mean-crl")
+    _chart_drawn(browser, "crl-chart")
+    browser.save_screenshot(str(SCREENSHOTS / "console-overview.png"))
+    browser.find_element(By.LINK_TEXT, "console-d").click()
+    assert browser.find_element(By.ID, "doer").text == "console-d"
+    doer_rows = _rows(browser, "crl-table", "data-day", "mean-crl")
+    _chart_drawn(browser, "crl-chart")
+    browser.save_screenshot(str(SCREENSHOTS / "console-doer.png"))
+
     assert rows == [(str(row["day"]), f"{row['mean_crl']:.4f}") for row in shown]
-    assert charted, "the plotly chart did not render"
     assert doer_rows == [(str(row["day"]), f"{row['mean_crl']:.4f}") for row in doer_shown]
     assert doer_rows, "the doer page shows no days"
+
+
+async def test_a_canary_clicked_from_the_overview_shows_its_decisions_and_interval(
+    db: Any, console_url: str, browser: Any, seeded_canaries: dict[str, str]
+) -> None:
+    """Overview → canary page in Chromium: decisions and chart against the database."""
+    from selenium.webdriver.common.by import By
+
+    running = seeded_canaries["running"]
+    decisions = await canary_decisions(db, running)
+    listed = await canaries(db)
+
+    browser.get(f"{console_url}/")
+    browser.find_element(By.LINK_TEXT, running).click()
+    assert browser.find_element(By.ID, "deployment").text == running
+    rows = _rows(browser, "decisions-table", "data-decision", "action", "results", "interval")
+    _chart_drawn(browser, "interval-chart")
+    charted = browser.execute_script(
+        "const data = document.getElementById('interval-chart').data;"
+        "return {results: data[2].x, low: data[1].y, moves: data[3].x, labels: data[3].text};"
+    )
+    browser.save_screenshot(str(SCREENSHOTS / "console-canary.png"))
+    browser.find_element(By.LINK_TEXT, "canaries").click()
+    listed_rows = _rows(browser, "canaries-table", "data-deployment", "state", "latest-action")
+    browser.save_screenshot(str(SCREENSHOTS / "console-canaries.png"))
+
+    assert rows == [
+        (
+            str(row["id"]),
+            row["action"],
+            str(row["results"]),
+            "–" if row["ci_low"] is None else f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]",
+        )
+        for row in decisions
+    ]
+    assert charted["results"] == [row["results"] for row in decisions]
+    assert charted["low"] == pytest.approx([row["ci_low"] for row in decisions], nan_ok=True)
+    moves = [row for row in decisions if row["action"] != "report"]
+    assert len(moves) == 2
+    assert charted["moves"] == [row["results"] for row in moves]
+    assert charted["labels"] == ["step_up", "step_up"]
+    assert listed_rows == [
+        (row["deployment_id"], row["state"], row["latest_action"] or "–") for row in listed
+    ]
