@@ -81,3 +81,23 @@ async def canary_decisions(pool: Any, deployment_id: str) -> list[dict[str, Any]
         deployment_id,
     )
     return [dict(row) for row in rows]
+
+
+async def dead_letters_by_stage(pool: Any) -> list[dict[str, Any]]:
+    """Dead letters per stage with how many reasons and the latest time, most letters first."""
+    rows = await pool.fetch(
+        "SELECT stage, letters, reasons, latest_at FROM v_dead_letters_by_stage"
+        " ORDER BY letters DESC, stage"
+    )
+    return [dict(row) for row in rows]
+
+
+async def dead_letters_by_reason(pool: Any, limit: int = 200) -> list[dict[str, Any]]:
+    """Dead letters per stage, error type and reason, the latest first; at most LIMIT groups."""
+    rows = await pool.fetch(
+        "SELECT stage, error_type, reason, letters, doers, first_at, latest_at"
+        " FROM v_dead_letters_by_reason"
+        " ORDER BY latest_at DESC, stage, error_type, reason LIMIT $1",
+        limit,
+    )
+    return [dict(row) for row in rows]

@@ -95,6 +95,34 @@ class CanaryDetail(BaseModel):
     decisions: list[CanaryDecision]
 
 
+class DeadLetterStage(BaseModel):
+    """Dead letters one stage refused."""
+
+    stage: str
+    letters: int
+    reasons: int
+    latest_at: datetime
+
+
+class DeadLetterReason(BaseModel):
+    """Dead letters of one stage, error type and reason (metadata only: never a payload)."""
+
+    stage: str
+    error_type: str
+    reason: str
+    letters: int
+    doers: int
+    first_at: datetime
+    latest_at: datetime
+
+
+class DeadLetterSummary(BaseModel):
+    """The dead-letter queue by stage, and by stage and reason."""
+
+    by_stage: list[DeadLetterStage]
+    by_reason: list[DeadLetterReason]
+
+
 #: Decisions that move a deployment (the others only report where it stands).
 MOVES = frozenset({"step_up", "promote", "rollback", "pause"})
 
@@ -203,6 +231,25 @@ def create_console(database_dsn: str) -> FastAPI:
                 "canary": detail["deployment"],
                 "decisions": detail["decisions"],
                 "chart": interval_chart(detail["decisions"]),
+            },
+        )
+
+    @app.get("/api/dead-letters", response_model=DeadLetterSummary)
+    async def api_dead_letters(request: Request, limit: int = 200) -> dict[str, Any]:
+        """The dead-letter queue by stage, and by stage, error type and reason (latest first)."""
+        return {
+            "by_stage": await dashboard.dead_letters_by_stage(pool(request)),
+            "by_reason": await dashboard.dead_letters_by_reason(pool(request), limit),
+        }
+
+    @app.get("/dead-letters", response_class=HTMLResponse, include_in_schema=False)
+    async def dead_letters_page(request: Request) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(
+            request,
+            "dead_letters.html",
+            {
+                "by_stage": await dashboard.dead_letters_by_stage(pool(request)),
+                "by_reason": await dashboard.dead_letters_by_reason(pool(request)),
             },
         )
 

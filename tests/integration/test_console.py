@@ -21,9 +21,12 @@ from storage.dashboard import (
     canaries,
     canary_decisions,
     crl_trend_overall,
+    dead_letters_by_reason,
+    dead_letters_by_stage,
     doer_trend,
     experiments_per_day,
 )
+from storage.dead_letters import DeadLetterRecord, insert_dead_letters
 
 
 # The console's views aggregate over every doer and answer relative to their latest
@@ -323,6 +326,95 @@ async def test_canary_api_and_pages_show_the_database_figures(
     assert f'href="/canaries/{seeded_canaries["ended"]}"' not in got["overview"]
 
 
+LETTERS = [  # (stage, error_type, reason, doer, minutes after the first)
+    ("crl", "schema", "qav.grounding_score: 1.4 is above 1", "PRDWriter", 0),
+    ("crl", "schema", "qav.grounding_score: 1.4 is above 1", "PRDWriter", 5),
+    ("crl", "schema", "qav.grounding_score: 1.4 is above 1", "Planner", 9),
+    ("crl", "json", "Invalid JSON: EOF while parsing at line 1", "unknown", 3),
+    ("curator", "curation", "artifact text is empty", "PRDWriter", 7),
+]
+
+
+@pytest.fixture(scope="module")
+async def seeded_dead_letters(db: Any) -> list[DeadLetterRecord]:
+    """Five letters of two stages and three reasons, minutes apart."""
+    start = datetime(2001, 1, 6, 8, tzinfo=UTC)
+    records = [
+        DeadLetterRecord(
+            event_id=uuid.uuid4(),
+            doer=doer,
+            stage=stage,
+            error_type=error_type,
+            reason=reason,
+            topic="learning.run-completed",
+            partition=n % 4,
+            offset=100 + n,
+            consumer="learnops",
+            payload_size=512,
+            occurred_at=start + timedelta(minutes=minutes),
+        )
+        for n, (stage, error_type, reason, doer, minutes) in enumerate(LETTERS)
+    ]
+    assert await insert_dead_letters(db, records) == len(records)
+    assert await insert_dead_letters(db, records) == 0, "a redelivered letter adds a row"
+    return records
+
+
+async def test_dead_letters_are_counted_by_stage_and_reason_with_the_latest_time(
+    db: Any, seeded_dead_letters: list[DeadLetterRecord]
+) -> None:
+    by_stage = {row["stage"]: row for row in await dead_letters_by_stage(db)}
+    for stage in ("crl", "curator"):
+        mine = [r for r in seeded_dead_letters if r.stage == stage]
+        assert by_stage[stage]["letters"] == len(mine)
+        assert by_stage[stage]["reasons"] == len({r.reason for r in mine})
+        assert by_stage[stage]["latest_at"] == max(r.occurred_at for r in mine)
+    by_reason = await dead_letters_by_reason(db)
+    grounding = next(row for row in by_reason if row["reason"].startswith("qav.grounding"))
+    assert (grounding["stage"], grounding["error_type"]) == ("crl", "schema")
+    assert (grounding["letters"], grounding["doers"]) == (3, 2)
+    assert grounding["first_at"] == seeded_dead_letters[0].occurred_at
+    assert grounding["latest_at"] == seeded_dead_letters[2].occurred_at
+    assert [row["latest_at"] for row in by_reason] == sorted(
+        (row["latest_at"] for row in by_reason), reverse=True
+    )
+    assert sum(row["letters"] for row in by_reason) == await db.fetchval(
+        "SELECT count(*) FROM dead_letters"
+    )
+
+
+async def test_dead_letter_api_and_page_show_the_counts_and_no_payload(
+    db: Any, database_url: str, seeded_dead_letters: list[DeadLetterRecord]
+) -> None:
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from learnops.console import create_console
+
+    by_reason = await dead_letters_by_reason(db)
+
+    def call() -> tuple[Any, str, Any]:
+        with TestClient(create_console(database_url)) as client:
+            return (
+                client.get("/api/dead-letters").json(),
+                client.get("/dead-letters").text,
+                client.get("/openapi.json").json(),
+            )
+
+    api, page, spec = await asyncio.to_thread(call)
+    assert [(r["stage"], r["reason"], r["letters"]) for r in api["by_reason"]] == [
+        (r["stage"], r["reason"], r["letters"]) for r in by_reason
+    ]
+    assert {r["stage"]: r["letters"] for r in api["by_stage"]} == {"crl": 4, "curator": 1}
+    assert "/api/dead-letters" in spec["paths"]
+    assert "DeadLetterSummary" in spec["components"]["schemas"]
+    assert "value_b64" not in str(api) and "payload" not in str(api)
+    for row in by_reason:
+        assert row["reason"] in page
+        assert f'<td class="letters">{row["letters"]}</td>' in page
+
+
 # --------------------------------------------------------------------------- in a real browser
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -483,4 +575,27 @@ async def test_a_canary_clicked_from_the_overview_shows_its_decisions_and_interv
     assert charted["labels"] == ["step_up", "step_up"]
     assert listed_rows == [
         (row["deployment_id"], row["state"], row["latest_action"] or "–") for row in listed
+    ]
+
+
+async def test_the_dead_letter_page_in_chromium_shows_the_counts_of_the_database(
+    db: Any, console_url: str, browser: Any, seeded_dead_letters: list[DeadLetterRecord]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    by_stage = await dead_letters_by_stage(db)
+    by_reason = await dead_letters_by_reason(db)
+
+    browser.get(f"{console_url}/")
+    browser.find_element(By.LINK_TEXT, "dead letters").click()
+    stages = _rows(browser, "stages-table", "data-stage", "letters", "latest")
+    reasons = _rows(browser, "reasons-table", "data-stage", "error-type", "reason", "letters")
+    browser.save_screenshot(str(SCREENSHOTS / "console-dead-letters.png"))
+
+    assert stages == [
+        (row["stage"], str(row["letters"]), row["latest_at"].strftime("%Y-%m-%d %H:%M:%S"))
+        for row in by_stage
+    ]
+    assert reasons == [
+        (row["stage"], row["error_type"], row["reason"], str(row["letters"])) for row in by_reason
     ]
