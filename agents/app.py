@@ -64,6 +64,7 @@ STAGES: dict[str, str] = {
     "skills": "agents.skills:SkillsStage",
     "triggers": "agents.triggers:TriggersStage",
     "notify": "agents.notify:NotifyStage",
+    "alerts": "agents.alerts:AlertsStage",
 }
 
 

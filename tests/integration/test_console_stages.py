@@ -1,4 +1,4 @@
-"""The dead-letter stage in process on the real PostgreSQL: metadata and reason, never bytes."""
+"""The stages that record for the console, in process on the real PostgreSQL: dead letters, alerts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from agents.app import create_app
 from agents.settings import Settings
-from models.events import DeadLetter
+from models.events import Alert, DeadLetter
 from models.ids import unreadable_letter_id
 
 
@@ -21,17 +21,61 @@ async def _until(condition: Callable[[], Any], timeout: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_letters_are_recorded_once_without_payload_and_a_bad_one_never_loops(
-    database_url: str, db: Any, tmp_path: Path
-) -> None:
-    settings = Settings(
+def _settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
         kafka_bootstrap_servers="127.0.0.1:1",  # never contacted: test_context has no broker
         database_url=database_url,
         learnops_app_id=f"inproc-{uuid.uuid4().hex[:8]}",
         learnops_web_enabled=False,
         learnops_data_dir=tmp_path,
     )
-    app = create_app(settings, stages=["dead_letters"])
+
+
+async def test_alerts_are_recorded_once_with_their_figures_and_a_bad_one_is_a_letter(
+    database_url: str, db: Any, tmp_path: Path
+) -> None:
+    app = create_app(_settings(database_url, tmp_path), stages=["alerts"])
+    app.use_pool(db)
+    app.outbox = []
+    doer = f"Alerted{uuid.uuid4().hex[:6]}"
+    alert = Alert(
+        doer=doer,
+        kind="canary_rollback",
+        severity="critical",
+        message="canary rolled back: candidate CRL 8 % above control",
+        value=0.08,
+        threshold=0.05,
+        deployment_id="canary-0123456789abcdef",
+        evidence={"report": {"delta": 0.031}},
+    )
+    async with app.agents["alerts"].test_context() as agent:
+        await agent.put(alert.to_json(), key=doer.encode(), wait=False)
+        await agent.put(alert.to_json(), key=doer.encode(), wait=False)  # redelivered
+        await agent.put(b'{"kind": "x"}', key=doer.encode(), wait=False)
+
+        async def recorded_and_refused() -> bool:
+            count = await db.fetchval("SELECT count(*) FROM alerts WHERE doer = $1", doer)
+            return bool(count == 1) and any(t == "learning.dlq" for t, _ in app.outbox or [])
+
+        await _until(recorded_and_refused)
+
+    row = await db.fetchrow("SELECT * FROM alerts WHERE event_id = $1", alert.event_id)
+    assert (row["kind"], row["severity"], row["value"], row["threshold"]) == (
+        "canary_rollback",
+        "critical",
+        0.08,
+        0.05,
+    )
+    assert row["deployment_id"] == "canary-0123456789abcdef"
+    assert row["evidence"] == {"report": {"delta": 0.031}}
+    (letter,) = [event for topic, event in app.outbox if topic == "learning.dlq"]
+    assert letter.stage == "alerts" and letter.error_type == "schema"
+
+
+async def test_letters_are_recorded_once_without_payload_and_a_bad_one_never_loops(
+    database_url: str, db: Any, tmp_path: Path
+) -> None:
+    app = create_app(_settings(database_url, tmp_path), stages=["dead_letters"])
     app.use_pool(db)
     app.outbox = []
     doer = f"Lettered{uuid.uuid4().hex[:6]}"
