@@ -101,3 +101,44 @@ async def dead_letters_by_reason(pool: Any, limit: int = 200) -> list[dict[str, 
         limit,
     )
     return [dict(row) for row in rows]
+
+
+_ALERT_COLUMNS = "id, doer, kind, severity, message, value, threshold, deployment_id, occurred_at"
+_DECISION_COLUMNS = (
+    "id, deployment_id, doer, action, reason, step, decided_at, results, delta, ci_low, ci_high"
+)
+
+
+async def alerts_after(pool: Any, after: int | None, limit: int = 50) -> list[dict[str, Any]]:
+    """Alerts with an id above AFTER, oldest first (at most LIMIT); the latest LIMIT if None."""
+    if after is None:
+        rows = await pool.fetch(
+            "SELECT * FROM (SELECT " + _ALERT_COLUMNS + " FROM alerts ORDER BY id DESC LIMIT $1)"
+            " latest ORDER BY id",
+            limit,
+        )
+    else:
+        rows = await pool.fetch(
+            "SELECT " + _ALERT_COLUMNS + " FROM alerts WHERE id > $2 ORDER BY id LIMIT $1",
+            limit,
+            after,
+        )
+    return [dict(row) for row in rows]
+
+
+async def decisions_after(pool: Any, after: int | None, limit: int = 50) -> list[dict[str, Any]]:
+    """Canary decisions with an id above AFTER, oldest first; the latest LIMIT if None."""
+    if after is None:
+        rows = await pool.fetch(
+            "SELECT * FROM (SELECT " + _DECISION_COLUMNS + " FROM v_canary_intervals"
+            " ORDER BY id DESC LIMIT $1) latest ORDER BY id",
+            limit,
+        )
+    else:
+        rows = await pool.fetch(
+            "SELECT " + _DECISION_COLUMNS + " FROM v_canary_intervals WHERE id > $2"
+            " ORDER BY id LIMIT $1",
+            limit,
+            after,
+        )
+    return [dict(row) for row in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
@@ -121,6 +122,63 @@ class DeadLetterSummary(BaseModel):
 
     by_stage: list[DeadLetterStage]
     by_reason: list[DeadLetterReason]
+
+
+class LiveAlert(BaseModel):
+    """An alert as the live page shows it."""
+
+    id: int
+    doer: str
+    kind: str
+    severity: str
+    message: str
+    value: float | None
+    threshold: float | None
+    deployment_id: str | None
+    occurred_at: datetime
+
+
+class LiveDecision(BaseModel):
+    """A canary decision as the live page shows it."""
+
+    id: int
+    deployment_id: str
+    doer: str
+    action: str
+    reason: str
+    step: int
+    decided_at: datetime
+    results: int
+    delta: float
+    ci_low: float | None
+    ci_high: float | None
+
+
+class LiveBatch(BaseModel):
+    """Alerts and decisions after the given ids, oldest first."""
+
+    alerts: list[LiveAlert]
+    decisions: list[LiveDecision]
+
+
+#: How often the live stream looks for new rows, and sends a comment when there is none
+#: (so a proxy keeps the connection and a gone client is noticed).
+LIVE_POLL_S = 1.0
+LIVE_KEEPALIVE_POLLS = 15
+
+
+def last_event_ids(header: str | None) -> tuple[int | None, int | None]:
+    """The (alert, decision) ids of an SSE Last-Event-ID "ALERT:DECISION"; Nones if unusable."""
+    if header:
+        alert, _, decision = header.partition(":")
+        if alert.isdigit() and decision.isdigit():
+            return int(alert), int(decision)
+    return None, None
+
+
+def sse(kind: str, data: BaseModel, last: tuple[int, int]) -> str:
+    """One server-sent event: its type, the id to resume after, and its JSON."""
+    return f"event: {kind}\nid: {last[0]}:{last[1]}\ndata: {data.model_dump_json()}\n\n"
 
 
 #: Decisions that move a deployment (the others only report where it stands).
@@ -252,6 +310,61 @@ def create_console(database_dsn: str) -> FastAPI:
                 "by_reason": await dashboard.dead_letters_by_reason(pool(request)),
             },
         )
+
+    @app.get("/api/live", response_model=LiveBatch)
+    async def api_live(
+        request: Request, after_alert: int | None = None, after_decision: int | None = None
+    ) -> dict[str, Any]:
+        """Alerts and decisions with ids above the given ones (the latest 50 of each if none)."""
+        return {
+            "alerts": await dashboard.alerts_after(pool(request), after_alert),
+            "decisions": await dashboard.decisions_after(pool(request), after_decision),
+        }
+
+    @app.get(
+        "/api/live/stream",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "Server-sent events: `alert` (LiveAlert) and `decision`"
+                " (LiveDecision), the latest 50 of each first, then each new one as it is"
+                " stored. An event's id is `ALERT_ID:DECISION_ID`; a client that reconnects"
+                " with it as Last-Event-ID resumes after it.",
+                "content": {"text/event-stream": {}},
+            }
+        },
+    )
+    async def api_live_stream(request: Request) -> StreamingResponse:
+        """Alerts and decisions as they are stored, as server-sent events."""
+        after_alert, after_decision = last_event_ids(request.headers.get("last-event-id"))
+
+        async def events() -> AsyncIterator[str]:
+            nonlocal after_alert, after_decision
+            quiet = 0
+            while not await request.is_disconnected():
+                alerts = await dashboard.alerts_after(pool(request), after_alert)
+                decisions = await dashboard.decisions_after(pool(request), after_decision)
+                # Before the first row of a kind, resume from 0: a later row is new.
+                after_alert = after_alert or 0
+                after_decision = after_decision or 0
+                for row in alerts:
+                    after_alert = row["id"]
+                    yield sse("alert", LiveAlert(**row), (after_alert, after_decision))
+                for row in decisions:
+                    after_decision = row["id"]
+                    yield sse("decision", LiveDecision(**row), (after_alert, after_decision))
+                quiet = 0 if alerts or decisions else quiet + 1
+                if quiet and quiet % LIVE_KEEPALIVE_POLLS == 0:
+                    yield ": nothing new\n\n"
+                await asyncio.sleep(LIVE_POLL_S)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    @app.get("/live", response_class=HTMLResponse, include_in_schema=False)
+    async def live_page(request: Request) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, "live.html", {})
 
     @app.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
     async def doer_page(request: Request, doer: str) -> HTMLResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,17 +13,20 @@ import pytest
 
 from learning.signing import SigningKey, generate_key, signed_artifact
 from models.commands import PromotePolicy, RegisterPolicy, StartCanary
-from models.events import DecisionMade, DecisionReport
+from models.events import Alert, DecisionMade, DecisionReport
 from storage import canary as canary_store
 from storage import deployments as deployments_store
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
+from storage.alerts import insert_alerts
 from storage.dashboard import (
+    alerts_after,
     canaries,
     canary_decisions,
     crl_trend_overall,
     dead_letters_by_reason,
     dead_letters_by_stage,
+    decisions_after,
     doer_trend,
     experiments_per_day,
 )
@@ -415,6 +419,107 @@ async def test_dead_letter_api_and_page_show_the_counts_and_no_payload(
         assert f'<td class="letters">{row["letters"]}</td>' in page
 
 
+def _alert(doer: str, n: int) -> Alert:
+    return Alert(
+        doer=doer,
+        kind="crl_regression",
+        severity="warning",
+        message=f"CRL {n} % above its 7-day baseline",
+        value=0.3 + n / 100,
+        baseline=0.3,
+        threshold=0.05,
+    )
+
+
+async def test_alerts_and_decisions_after_an_id_come_oldest_first(
+    db: Any, seeded_canaries: dict[str, str]
+) -> None:
+    doer = f"ConsoleAlerted{uuid.uuid4().hex[:6]}"
+    assert await insert_alerts(db, [_alert(doer, n) for n in range(3)]) == 3
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM alerts ORDER BY id")]
+    assert [row["id"] for row in await alerts_after(db, None, limit=2)] == ids[-2:]
+    assert [row["id"] for row in await alerts_after(db, ids[0])] == ids[1:]
+    assert await alerts_after(db, ids[-1]) == []
+    decision_ids = [
+        r["id"] for r in await db.fetch("SELECT id FROM deployment_decisions ORDER BY id")
+    ]
+    assert [row["id"] for row in await decisions_after(db, None, limit=3)] == decision_ids[-3:]
+    assert [row["id"] for row in await decisions_after(db, decision_ids[1], limit=2)] == (
+        decision_ids[2:4]
+    )
+
+
+async def _read_events(
+    lines: Any, wanted: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """Server-sent events from LINES until WANTED(events) holds; raises TimeoutError after 15 s."""
+    import asyncio
+    import json
+
+    events: list[dict[str, Any]] = []
+    event: dict[str, Any] = {}
+    async with asyncio.timeout(15):
+        async for line in lines:
+            if line.startswith(("event: ", "id: ")):
+                name, _, value = line.partition(": ")
+                event[name] = value
+            elif line.startswith("data: "):
+                event["data"] = json.loads(line.removeprefix("data: "))
+            elif not line and event:
+                events.append(event)
+                event = {}
+                if wanted(events):
+                    return events
+    raise AssertionError(f"the stream ended after {len(events)} events")
+
+
+async def test_the_live_stream_sends_the_latest_rows_then_each_new_one_and_resumes(
+    db: Any, console_url: str, seeded_canaries: dict[str, str]
+) -> None:
+    import httpx
+
+    doer = f"ConsoleLive{uuid.uuid4().hex[:6]}"
+    await insert_alerts(db, [_alert(doer, 1)])
+    latest_alerts = await alerts_after(db, None)
+    latest_decisions = await decisions_after(db, None)
+    async with (
+        httpx.AsyncClient(base_url=console_url, timeout=20) as client,
+        client.stream("GET", "/api/live/stream") as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        first = await _read_events(
+            lines, lambda got: len(got) == len(latest_alerts) + len(latest_decisions)
+        )
+        assert [e["data"]["id"] for e in first if e["event"] == "alert"] == [
+            row["id"] for row in latest_alerts
+        ]
+        assert [e["data"]["id"] for e in first if e["event"] == "decision"] == [
+            row["id"] for row in latest_decisions
+        ]
+        new_alert = _alert(doer, 7)
+        await insert_alerts(db, [new_alert])
+        stored = await db.fetchrow(
+            "SELECT id, value FROM alerts WHERE event_id = $1", new_alert.event_id
+        )
+        (arrived,) = await _read_events(lines, lambda got: len(got) == 1)
+    assert arrived["event"] == "alert" and arrived["data"]["id"] == stored["id"]
+    assert arrived["data"]["value"] == pytest.approx(stored["value"])
+    assert arrived["id"] == f"{stored['id']}:{latest_decisions[-1]['id']}"
+
+    # A client that reconnects with the last id it saw gets only what came after.
+    later = _alert(doer, 9)
+    await insert_alerts(db, [later])
+    async with (
+        httpx.AsyncClient(base_url=console_url, timeout=20) as client,
+        client.stream(
+            "GET", "/api/live/stream", headers={"Last-Event-ID": arrived["id"]}
+        ) as response,
+    ):
+        (resumed,) = await _read_events(response.aiter_lines(), lambda got: len(got) == 1)
+    assert resumed["data"]["message"] == later.message
+
+
 # --------------------------------------------------------------------------- in a real browser
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -441,7 +546,11 @@ def console_url(database_url: str) -> Any:
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_console(database_url), host="127.0.0.1", port=port, log_level="warning"
+            create_console(database_url),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,  # the live stream is endless
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -454,6 +563,7 @@ def console_url(database_url: str) -> Any:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+    assert not thread.is_alive(), "the console did not stop"
 
 
 @pytest.fixture(scope="module")
@@ -598,4 +708,53 @@ async def test_the_dead_letter_page_in_chromium_shows_the_counts_of_the_database
     ]
     assert reasons == [
         (row["stage"], row["error_type"], row["reason"], str(row["letters"])) for row in by_reason
+    ]
+
+
+async def test_the_live_page_in_chromium_appends_a_new_alert_without_a_reload(
+    db: Any, console_url: str, browser: Any, seeded_canaries: dict[str, str]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    alerts = await alerts_after(db, None)
+    decisions = await decisions_after(db, None)
+
+    browser.get(f"{console_url}/")
+    browser.find_element(By.LINK_TEXT, "live").click()
+    WebDriverWait(browser, 10).until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#decisions-table tr[data-decision]"))
+            == len(decisions)
+            and len(d.find_elements(By.CSS_SELECTOR, "#alerts-table tr[data-alert]")) == len(alerts)
+        )
+    )
+    page = browser.execute_script("return performance.timeOrigin")
+    alert = Alert(
+        doer="ConsoleLivePage",
+        kind="canary_rollback",
+        severity="critical",
+        message="canary rolled back: candidate CRL 6 % above control",
+        value=0.0612,
+        threshold=0.05,
+    )
+    await insert_alerts(db, [alert])
+    alert_id = await db.fetchval("SELECT id FROM alerts WHERE event_id = $1", alert.event_id)
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'#alerts-table tr[data-alert="{alert_id}"]')
+    )
+    top = browser.find_element(By.CSS_SELECTOR, "#alerts-table tbody tr")
+    shown = (
+        top.get_attribute("data-alert"),
+        top.find_element(By.CLASS_NAME, "kind").text,
+        top.find_element(By.CLASS_NAME, "value").text,
+    )
+    decision_rows = _rows(browser, "decisions-table", "data-decision", "action", "results")
+    assert browser.execute_script("return performance.timeOrigin") == page, "the page reloaded"
+    assert browser.find_element(By.ID, "live-state").text == "live"
+    browser.save_screenshot(str(SCREENSHOTS / "console-live.png"))
+
+    assert shown == (str(alert_id), "canary_rollback", "0.0612")
+    assert decision_rows == [
+        (str(row["id"]), row["action"], str(row["results"])) for row in reversed(decisions)
     ]
