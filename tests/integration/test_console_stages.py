@@ -1,4 +1,4 @@
-"""The stages that record for the console, in process on the real PostgreSQL: dead letters, alerts."""
+"""The stages that record for the console, on the real PostgreSQL: dead letters, alerts."""
 
 from __future__ import annotations
 
