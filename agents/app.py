@@ -58,11 +58,13 @@ STAGES: dict[str, str] = {
     "canary": "agents.canary:CanaryStage",
     "curator": "agents.curator:CuratorStage",
     "datasets": "agents.datasets:DatasetsStage",
+    "dead_letters": "agents.dead_letters:DeadLettersStage",
     "experiments": "agents.experiments:ExperimentsStage",
     "policy": "agents.policy:PolicyStage",
     "skills": "agents.skills:SkillsStage",
     "triggers": "agents.triggers:TriggersStage",
     "notify": "agents.notify:NotifyStage",
+    "alerts": "agents.alerts:AlertsStage",
 }
 
 

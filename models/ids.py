@@ -29,6 +29,8 @@ REPLAY_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:replay")
 CURATION_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "learnops:curation")
 #: Alerts the CRL stage raises (one regression alert per key and day).
 CRL_ALERT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:crl-alert")
+#: Records of dead letters that could not be read themselves (the dead-letter stage).
+DEAD_LETTER_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:dead-letter")
 #: The bundles of the simulated orchestrator (the demo and the tests).
 SIMULATION_NAMESPACE: Final = uuid.NAMESPACE_URL
 
@@ -64,6 +66,11 @@ def experiment_event_id(*parts: object) -> UUID:
 def canary_decision_id(deployment_id: str, action: str, step: int, results: int) -> UUID:
     """Return the id of a canary decision: a deployment's action at a step after ``results``."""
     return uuid.uuid5(CANARY_DECISION_NAMESPACE, f"{deployment_id}:{action}:{step}:{results}")
+
+
+def unreadable_letter_id(topic: str, partition: int, offset: int) -> UUID:
+    """Return the record id of the unreadable message at ``topic``/``partition``/``offset``."""
+    return uuid.uuid5(DEAD_LETTER_NAMESPACE, f"{topic}/{partition}/{offset}")
 
 
 def deployment_id(event_id: UUID, mode: str) -> str:

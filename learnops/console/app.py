@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
@@ -40,6 +41,164 @@ class DoerSummary(BaseModel):
     day: date
     mean_crl_7d: float
     delta_vs_baseline: float | None
+
+
+class CanarySummary(BaseModel):
+    """A shadow or canary deployment, where it stands, and its latest decision."""
+
+    deployment_id: str
+    doer: str
+    mode: Literal["shadow", "canary"]
+    candidate_policy_id: str
+    candidate_version: int
+    control_policy_id: str
+    control_version: int
+    step: int
+    allocation: float
+    steps: list[float]
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    paused_at: datetime | None
+    paused_reason: str | None
+    in_flight: bool
+    state: Literal["running", "paused", "promoted", "rolled_back", "advanced"]
+    decisions: int
+    latest_action: str | None
+    latest_reason: str | None
+    latest_decided_at: datetime | None
+
+
+class CanaryDecision(BaseModel):
+    """One decision of a deployment with the results it saw and its always-valid interval."""
+
+    id: int
+    action: str
+    reason: str
+    step: int
+    decided_at: datetime
+    results: int
+    control_count: int
+    candidate_count: int
+    control_mean: float
+    candidate_mean: float
+    delta: float
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float
+    confidence: float | None
+
+
+class CanaryDetail(BaseModel):
+    """A deployment and its decision history, oldest first."""
+
+    deployment: CanarySummary
+    decisions: list[CanaryDecision]
+
+
+class DeadLetterStage(BaseModel):
+    """Dead letters one stage refused."""
+
+    stage: str
+    letters: int
+    reasons: int
+    latest_at: datetime
+
+
+class DeadLetterReason(BaseModel):
+    """Dead letters of one stage, error type and reason (metadata only: never a payload)."""
+
+    stage: str
+    error_type: str
+    reason: str
+    letters: int
+    doers: int
+    first_at: datetime
+    latest_at: datetime
+
+
+class DeadLetterSummary(BaseModel):
+    """The dead-letter queue by stage, and by stage and reason."""
+
+    by_stage: list[DeadLetterStage]
+    by_reason: list[DeadLetterReason]
+
+
+class LiveAlert(BaseModel):
+    """An alert as the live page shows it."""
+
+    id: int
+    doer: str
+    kind: str
+    severity: str
+    message: str
+    value: float | None
+    threshold: float | None
+    deployment_id: str | None
+    occurred_at: datetime
+
+
+class LiveDecision(BaseModel):
+    """A canary decision as the live page shows it."""
+
+    id: int
+    deployment_id: str
+    doer: str
+    action: str
+    reason: str
+    step: int
+    decided_at: datetime
+    results: int
+    delta: float
+    ci_low: float | None
+    ci_high: float | None
+
+
+class LiveBatch(BaseModel):
+    """Alerts and decisions after the given ids, oldest first."""
+
+    alerts: list[LiveAlert]
+    decisions: list[LiveDecision]
+
+
+#: How often the live stream looks for new rows, and sends a comment when there is none
+#: (so a proxy keeps the connection and a gone client is noticed).
+LIVE_POLL_S = 1.0
+LIVE_KEEPALIVE_POLLS = 15
+
+
+def last_event_ids(header: str | None) -> tuple[int | None, int | None]:
+    """The (alert, decision) ids of an SSE Last-Event-ID "ALERT:DECISION"; Nones if unusable."""
+    if header:
+        alert, _, decision = header.partition(":")
+        if alert.isdigit() and decision.isdigit():
+            return int(alert), int(decision)
+    return None, None
+
+
+def sse(kind: str, data: BaseModel, last: tuple[int, int]) -> str:
+    """One server-sent event: its type, the id to resume after, and its JSON."""
+    return f"event: {kind}\nid: {last[0]}:{last[1]}\ndata: {data.model_dump_json()}\n\n"
+
+
+#: Decisions that move a deployment (the others only report where it stands).
+MOVES = frozenset({"step_up", "promote", "rollback", "pause"})
+
+
+def interval_chart(decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The canary page's chart series: delta and its interval per result count, and the moves."""
+    moves = [row for row in decisions if row["action"] in MOVES]
+    return {
+        "results": [row["results"] for row in decisions],
+        "delta": [row["delta"] for row in decisions],
+        "ci_low": [row["ci_low"] for row in decisions],
+        "ci_high": [row["ci_high"] for row in decisions],
+        "moves": {
+            "results": [row["results"] for row in moves],
+            "delta": [row["delta"] for row in moves],
+            "action": [row["action"] for row in moves],
+        },
+    }
 
 
 def plotly_bundle() -> Path | None:
@@ -88,6 +247,125 @@ def create_console(database_dsn: str) -> FastAPI:
         """The doer's CRL per day, with the trailing 7-day baseline."""
         return await dashboard.doer_trend(pool(request), doer, days)
 
+    @app.get("/api/canaries", response_model=list[CanarySummary])
+    async def api_canaries(
+        request: Request, limit: int = 100, in_flight: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Shadow and canary deployments, in flight first, with their latest decision."""
+        return await dashboard.canaries(pool(request), limit, in_flight=in_flight)
+
+    @app.get(
+        "/api/canaries/{deployment_id}",
+        response_model=CanaryDetail,
+        responses={404: {"description": "No deployment has this id"}},
+    )
+    async def api_canary(request: Request, deployment_id: str) -> dict[str, Any]:
+        """The deployment and every decision about it, with the always-valid interval."""
+        return await _canary(request, deployment_id)
+
+    async def _canary(request: Request, deployment_id: str) -> dict[str, Any]:
+        deployment = await dashboard.canary(pool(request), deployment_id)
+        if deployment is None:
+            raise HTTPException(404, f"no deployment {deployment_id}")
+        decisions = await dashboard.canary_decisions(pool(request), deployment_id)
+        return {"deployment": deployment, "decisions": decisions}
+
+    @app.get("/canaries", response_class=HTMLResponse, include_in_schema=False)
+    async def canaries_page(request: Request) -> HTMLResponse:
+        rows = await dashboard.canaries(pool(request))
+        return TEMPLATES.TemplateResponse(
+            request,
+            "canaries.html",
+            {"canaries": rows, "in_flight": sum(1 for row in rows if row["in_flight"])},
+        )
+
+    @app.get("/canaries/{deployment_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def canary_page(request: Request, deployment_id: str) -> HTMLResponse:
+        detail = await _canary(request, deployment_id)
+        return TEMPLATES.TemplateResponse(
+            request,
+            "canary.html",
+            {
+                "canary": detail["deployment"],
+                "decisions": detail["decisions"],
+                "chart": interval_chart(detail["decisions"]),
+            },
+        )
+
+    @app.get("/api/dead-letters", response_model=DeadLetterSummary)
+    async def api_dead_letters(request: Request, limit: int = 200) -> dict[str, Any]:
+        """The dead-letter queue by stage, and by stage, error type and reason (latest first)."""
+        return {
+            "by_stage": await dashboard.dead_letters_by_stage(pool(request)),
+            "by_reason": await dashboard.dead_letters_by_reason(pool(request), limit),
+        }
+
+    @app.get("/dead-letters", response_class=HTMLResponse, include_in_schema=False)
+    async def dead_letters_page(request: Request) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(
+            request,
+            "dead_letters.html",
+            {
+                "by_stage": await dashboard.dead_letters_by_stage(pool(request)),
+                "by_reason": await dashboard.dead_letters_by_reason(pool(request)),
+            },
+        )
+
+    @app.get("/api/live", response_model=LiveBatch)
+    async def api_live(
+        request: Request, after_alert: int | None = None, after_decision: int | None = None
+    ) -> dict[str, Any]:
+        """Alerts and decisions with ids above the given ones (the latest 50 of each if none)."""
+        return {
+            "alerts": await dashboard.alerts_after(pool(request), after_alert),
+            "decisions": await dashboard.decisions_after(pool(request), after_decision),
+        }
+
+    @app.get(
+        "/api/live/stream",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "Server-sent events: `alert` (LiveAlert) and `decision`"
+                " (LiveDecision), the latest 50 of each first, then each new one as it is"
+                " stored. An event's id is `ALERT_ID:DECISION_ID`; a client that reconnects"
+                " with it as Last-Event-ID resumes after it.",
+                "content": {"text/event-stream": {}},
+            }
+        },
+    )
+    async def api_live_stream(request: Request) -> StreamingResponse:
+        """Alerts and decisions as they are stored, as server-sent events."""
+        after_alert, after_decision = last_event_ids(request.headers.get("last-event-id"))
+
+        async def events() -> AsyncIterator[str]:
+            nonlocal after_alert, after_decision
+            quiet = 0
+            while not await request.is_disconnected():
+                alerts = await dashboard.alerts_after(pool(request), after_alert)
+                decisions = await dashboard.decisions_after(pool(request), after_decision)
+                # Before the first row of a kind, resume from 0: a later row is new.
+                after_alert = after_alert or 0
+                after_decision = after_decision or 0
+                for row in alerts:
+                    after_alert = row["id"]
+                    yield sse("alert", LiveAlert(**row), (after_alert, after_decision))
+                for row in decisions:
+                    after_decision = row["id"]
+                    yield sse("decision", LiveDecision(**row), (after_alert, after_decision))
+                quiet = 0 if alerts or decisions else quiet + 1
+                if quiet and quiet % LIVE_KEEPALIVE_POLLS == 0:
+                    yield ": nothing new\n\n"
+                await asyncio.sleep(LIVE_POLL_S)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    @app.get("/live", response_class=HTMLResponse, include_in_schema=False)
+    async def live_page(request: Request) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, "live.html", {})
+
     @app.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
     async def doer_page(request: Request, doer: str) -> HTMLResponse:
         trend = await dashboard.doer_trend(pool(request), doer)
@@ -117,6 +395,7 @@ def create_console(database_dsn: str) -> FastAPI:
         trend = await dashboard.crl_trend_overall(pool(request))
         experiments = await dashboard.experiments_per_day(pool(request))
         doers = await dashboard.doers(pool(request))
+        canaries = await dashboard.canaries(pool(request), in_flight=True)
         return TEMPLATES.TemplateResponse(
             request,
             "overview.html",
@@ -124,6 +403,7 @@ def create_console(database_dsn: str) -> FastAPI:
                 "trend": trend,
                 "experiments": experiments,
                 "doers": doers,
+                "canaries": canaries,
                 "days": [str(row["day"]) for row in trend],
                 "crl": [row["mean_crl"] for row in trend],
                 "baseline": [row["baseline_crl"] for row in trend],

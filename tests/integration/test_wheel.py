@@ -133,6 +133,9 @@ def test_the_wheel_ships_the_topic_catalogue_and_learning_config(installed: Inst
     migrations = sorted(p.name for p in (REPO / "storage" / "migrations").glob("*.sql"))
     assert migrations
     assert {f"storage/migrations/{m}" for m in migrations} <= names
+    templates = sorted(p.name for p in (REPO / "learnops" / "console" / "templates").glob("*"))
+    assert templates
+    assert {f"learnops/console/templates/{t}" for t in templates} <= names
 
 
 def test_the_installed_package_is_imported_not_the_checkout(installed: Installed) -> None:

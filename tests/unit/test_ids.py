@@ -26,6 +26,7 @@ def test_namespaces_are_pinned() -> None:
     assert str(ids.REPLAY_NAMESPACE) == "e988cc8e-52fd-5fb2-bdb4-9a94eecb6a28"
     assert str(ids.CURATION_NAMESPACE) == "6a5979fc-ce91-5fd3-a0d5-3a6ed16e9f99"
     assert ids.SIMULATION_NAMESPACE == uuid.NAMESPACE_URL
+    assert str(ids.DEAD_LETTER_NAMESPACE) == "755a0775-9fa7-5949-97db-8530068aa0ed"
 
 
 def test_caused_event_ids_are_pinned() -> None:
@@ -50,6 +51,13 @@ def test_experiment_event_ids_are_pinned() -> None:
 def test_canary_decision_id_is_pinned() -> None:
     got = ids.canary_decision_id("shadow-0123456789abcdef", "step_up", 2, 150)
     assert str(got) == "42ec8d9f-fc9e-5a31-921a-f461806685d4"
+
+
+def test_unreadable_letter_ids_are_pinned_and_one_per_position() -> None:
+    got = ids.unreadable_letter_id("learning.dlq", 2, 17)
+    assert str(got) == "ebf3d8ce-0151-5279-85da-566f5592267d"
+    assert ids.unreadable_letter_id("learning.dlq", 2, 18) != got
+    assert ids.unreadable_letter_id("learning.dlq", 1, 17) != got
 
 
 def test_deployment_ids_are_pinned() -> None:

@@ -1,0 +1,80 @@
+"""dead_letters: what the dead-letter stage records of each letter, without its payload."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from models.events import DeadLetter
+
+# One statement per batch; unnest turns the column arrays back into rows.
+_INSERT = """
+INSERT INTO dead_letters (
+    event_id, doer, stage, error_type, reason, topic, partition, "offset", consumer,
+    payload_size, occurred_at
+)
+SELECT * FROM unnest(
+    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
+    $8::bigint[], $9::text[], $10::bigint[], $11::timestamptz[]
+)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """A dead letter's metadata and reason: what the table keeps (no payload, no key)."""
+
+    event_id: UUID
+    doer: str
+    stage: str
+    error_type: str
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    consumer: str | None
+    payload_size: int | None
+    occurred_at: datetime
+
+    @classmethod
+    def of(cls, letter: DeadLetter) -> DeadLetterRecord:
+        """The record of ``letter``: everything but its value and key bytes."""
+        return cls(
+            event_id=letter.event_id,
+            doer=letter.doer,
+            stage=letter.stage,
+            error_type=letter.error_type,
+            reason=letter.reason,
+            topic=letter.topic,
+            partition=letter.partition,
+            offset=letter.offset,
+            consumer=letter.consumer,
+            payload_size=letter.payload_size,
+            occurred_at=letter.occurred_at,
+        )
+
+
+async def insert_dead_letters(pool: Any, records: Sequence[DeadLetterRecord]) -> int:
+    """Store a batch of records with one statement; returns how many were new."""
+    unique = list({r.event_id: r for r in records}.values())
+    if not unique:
+        return 0
+    status = await pool.execute(
+        _INSERT,
+        [r.event_id for r in unique],
+        [r.doer for r in unique],
+        [r.stage for r in unique],
+        [r.error_type for r in unique],
+        [r.reason for r in unique],
+        [r.topic for r in unique],
+        [r.partition for r in unique],
+        [r.offset for r in unique],
+        [r.consumer for r in unique],
+        [r.payload_size for r in unique],
+        [r.occurred_at for r in unique],
+    )
+    return int(status.rsplit(" ", 1)[-1])
