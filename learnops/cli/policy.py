@@ -303,10 +303,6 @@ async def policy_register(
             f"{key_file} is not an Ed25519 private key PEM ({exc}); make one with "
             "`learnops policy keys generate`"
         )
-    try:
-        signed = signed_artifact(artifact, key)
-    except CanonicalJSONError as exc:
-        fail(f"{file}: {exc}")
     policy_id = policy_id or doer
     parent_id, parent_version = split_ref(parent) if parent else (None, None)
     if parent and parent_version is None:
@@ -315,12 +311,18 @@ async def policy_register(
         allowed = (await keys_store.load_keyring(pool)).check_signing_key(key)
         if not allowed:
             fail(f"key {key.key_id} cannot sign: {allowed.reason}")
+        version = version or await store.next_version(pool, policy_id)
+        try:
+            # The signature covers the doer, policy id and version with the artifact.
+            signed = signed_artifact(artifact, key, doer=doer, policy_id=policy_id, version=version)
+        except CanonicalJSONError as exc:
+            fail(f"{file}: {exc}")
         event = RegisterPolicy(
             doer=doer,
             actor=actor,
             reason=reason or f"register {file.name}",
             policy_id=policy_id,
-            version=version or await store.next_version(pool, policy_id),
+            version=version,
             **signed,
             parent_policy_id=parent_id,
             parent_version=parent_version,

@@ -86,7 +86,13 @@ async def a_doer_with_a_canary(db: Any, prefix: str = "CliDoer") -> tuple[str, s
                 reason="cli test",
                 policy_id=pid,
                 version=version,
-                **signed_artifact({**ARTIFACT, "revision": version}, key),
+                **signed_artifact(
+                    {**ARTIFACT, "revision": version},
+                    key,
+                    doer=doer,
+                    policy_id=pid,
+                    version=version,
+                ),
             ),
         )
         assert registered is not None and registered.applied, registered
