@@ -9,6 +9,7 @@ policy verify`` and for a key's revocation — with the keyring as it is now.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from learning.promotion import (
@@ -18,6 +19,8 @@ from learning.promotion import (
     verify_artifact,
 )
 from learning.signing import TrustedKeys, VerifyResult
+from models.events import Alert
+from models.ids import key_revoked_alert_id
 from storage.signing_keys import load_keyring
 
 #: The ``policies`` columns :func:`verify_stored` reads.
@@ -118,3 +121,46 @@ async def verify_live(
             )
         )
     return checks
+
+
+def revocation_alerts(
+    key_id: str, revoked_at: datetime, reason: str, actor: str, live: list[LiveCheck]
+) -> list[Alert]:
+    """The alerts for a revoked key: one per doer with live versions it signed (none if none).
+
+    Each lists that doer's live versions; the ids derive from the key, its
+    revocation time and the doer, so revoking again repeats the same alerts.
+    """
+    by_doer: dict[str, list[LiveCheck]] = {}
+    for check in live:
+        by_doer.setdefault(check.doer, []).append(check)
+    alerts = []
+    for doer, checks in by_doer.items():
+        refs = [f"{c.ref} ({c.status})" for c in checks]
+        only = checks[0] if len(checks) == 1 else None
+        alerts.append(
+            Alert(
+                event_id=key_revoked_alert_id(key_id, revoked_at, doer),
+                occurred_at=revoked_at,
+                doer=doer,
+                kind="signing_key_revoked",
+                severity="critical",
+                message=(
+                    f"signing key {key_id} was revoked ({reason}) while it vouches for live "
+                    f"{', '.join(refs)}; roll back or promote a version signed by another key"
+                ),
+                policy_id=only.policy_id if only else None,
+                policy_version=only.version if only else None,
+                evidence={
+                    "key_id": key_id,
+                    "revoked_at": revoked_at.isoformat(),
+                    "reason": reason,
+                    "actor": actor,
+                    "live_versions": [
+                        {"policy_id": c.policy_id, "version": c.version, "status": c.status}
+                        for c in checks
+                    ],
+                },
+            )
+        )
+    return alerts
