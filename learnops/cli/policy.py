@@ -1268,9 +1268,9 @@ async def keys_revoke(
         assert record is not None and record.revoked_at is not None
         live = await verify_live(pool, key_id=key_id)
     alerts = revocation_alerts(key_id, record.revoked_at, reason, actor, live)
-    if alerts:
-        await _send_alerts(ctx, alerts)
     if as_json:
+        if alerts:
+            await _send_alerts(ctx, alerts)
         ctx.say(
             dumps(
                 {
@@ -1292,6 +1292,8 @@ async def keys_revoke(
     for c in live:
         shown.add_row(c.ref, c.doer, c.status)
     ctx.console().print(shown)
+    # Said before sending, so that an unreachable Kafka cannot hide that the key is revoked.
+    await _send_alerts(ctx, alerts)
     ctx.say(
         f"{len(live)} live version(s) still serve; alerted on {ALERTS_TOPIC}. Roll them back or "
         "promote a version signed by another key; `learnops policy verify` lists them again"

@@ -411,6 +411,13 @@ async def test_revoking_a_key_lists_and_alerts_its_live_versions_and_verify_then
         (pid, 2),
     ]
     assert alert["evidence"]["key_id"] == key_id and alert["evidence"]["reason"] == "laptop lost"
+    again = await learnops(
+        settings_env, "policy", "keys", "revoke", key_id, "--reason", "laptop lost"
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"live versions signed by {key_id}" in again.stdout
+    assert f"{pid}@1" in again.stdout and f"{pid}@2" in again.stdout
+    assert "2 live version(s) still serve; alerted on learning.alerts" in again.stdout
 
     failed = await learnops(settings_env, "policy", "verify", doer)
     one_line_error(failed, 1, "2 live version(s) do not verify")
