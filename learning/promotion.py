@@ -21,8 +21,9 @@ The rules, on top of :func:`learning.lifecycle.check_transition`:
 - promoting archives the previous active version in the same move.
 
 A version moves to shadow, canary or active only if :func:`verify_artifact`
-accepts its stored bytes under the trusted keyring; the store asks before it
-applies a move whose :attr:`Move.needs_signature` is true.
+accepts its stored bytes, doer, policy id and version under the trusted
+keyring; the store asks before it applies a move whose
+:attr:`Move.needs_signature` is true.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ from uuid import UUID
 from learning.canary import DEFAULT_STEPS
 from learning.lifecycle import DEPLOYED, PolicyStatus, check_transition
 from learning.signing import (
+    SIGNATURE_MISMATCH,
     CanonicalJSONError,
     Signature,
     TrustedKeys,
     VerifyResult,
     canonical_json,
+    policy_payload,
 )
 from models import ids
 
@@ -494,23 +497,54 @@ def same_artifact(stored: object, canonical: bytes) -> bool:
         return False
 
 
+#: ``policies.signature_format`` of a signature over :func:`learning.signing.policy_payload`.
+SIGNATURE_FORMAT = 2
+#: ``policies.signature_format`` of a signature over the artifact alone, as made before
+#: format 2; accepted only for versions stored before migration 013.
+LEGACY_SIGNATURE_FORMAT = 1
+#: The rule a signature made for another identity breaks, as refusals name it.
+IDENTITY_RULE = (
+    "a policy signature covers its doer, policy id and version with the artifact "
+    "(docs/security.md#signatures)"
+)
+
+
+@dataclass(frozen=True)
+class SignedIdentity:
+    """What a policy signature vouches for besides the artifact: whose policy, which version."""
+
+    doer: str
+    policy_id: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.policy_id}@{self.version} of doer {self.doer}"
+
+
 def verify_artifact(
     canonical: bytes,
     *,
+    identity: SignedIdentity,
     content_hash: str,
     signature: str,
     key_id: str,
     keyring: TrustedKeys,
     signed_at: datetime | None,
+    signature_format: int = SIGNATURE_FORMAT,
 ) -> VerifyResult:
-    """Return whether stored canonical bytes are what a trusted key signed, and why not.
+    """Return whether stored canonical bytes are what a trusted key signed for this identity.
 
-    ``canonical`` is the artifact's RFC 8785 form as signed; ``content_hash`` the
-    bare SHA-256 hex recorded beside it; ``signature`` the base64 Ed25519
-    signature by ``key_id``. ``signed_at`` is when the signature was recorded:
-    a key retired before then does not vouch for it (``TrustedKeys.verify``).
+    ``canonical`` is the artifact's RFC 8785 form; ``content_hash`` the bare
+    SHA-256 hex recorded beside it; ``signature`` the base64 Ed25519 signature
+    by ``key_id`` over :func:`~learning.signing.policy_payload` of ``identity``
+    and that hash. ``signed_at`` is when the signature was recorded: a key
+    retired before then does not vouch for it (``TrustedKeys.verify``).
     Checked in order: the bytes are canonical JSON, the hash is theirs, the
-    signature is well formed, and the keyring accepts it.
+    signature is well formed, and the keyring accepts it over the payload.
+
+    With ``signature_format`` 1 (a version stored before identities were
+    signed) the signature is checked over the artifact alone and, when it
+    verifies, the reason says that its identity is not signed.
     """
     try:
         artifact = json.loads(canonical)
@@ -533,4 +567,34 @@ def verify_artifact(
         parsed = Signature.from_parts(key_id, signature)
     except ValueError as exc:
         return VerifyResult(False, f"malformed signature: {exc}", key_id)
-    return keyring.verify(artifact, parsed, signed_at=signed_at)
+    if signature_format == LEGACY_SIGNATURE_FORMAT:
+        result = keyring.verify(artifact, parsed, signed_at=signed_at)
+        if not result:
+            return result
+        return replace(
+            result,
+            reason=f"{result.reason}; format 1 signature: it covers the artifact alone, "
+            f"not {identity} (sign it again as a new version)",
+        )
+    if signature_format != SIGNATURE_FORMAT:
+        return VerifyResult(False, f"unknown signature format {signature_format}", key_id)
+    payload = policy_payload(
+        doer=identity.doer,
+        policy_id=identity.policy_id,
+        version=identity.version,
+        content_hash=content_hash,
+    )
+    result = keyring.verify(payload, parsed, signed_at=signed_at)
+    if result or result.reason != SIGNATURE_MISMATCH:
+        return result
+    if keyring.verify(artifact, parsed, signed_at=signed_at):
+        why = (
+            "it was made over the artifact alone (format 1); sign the artifact again "
+            f"for {identity} with `learnops policy register`"
+        )
+    else:
+        why = (
+            f"it was not made for {identity} with this artifact: {IDENTITY_RULE}, so a "
+            "signature made for another doer, policy id or version does not verify"
+        )
+    return VerifyResult(False, f"signature does not match: {why}", key_id)

@@ -38,6 +38,14 @@ so that keys can rotate: :class:`TrustedKeys` maps key ids to public keys that
 are active, retired (still verify old signatures, never sign new ones) or
 revoked (never verify).
 
+A *policy* signature covers more than the artifact: :func:`policy_payload`
+is ``{"format": "learnops.policy-signature/2", "doer": …, "policy_id": …,
+"version": …, "content_hash": "sha256:<hex of the artifact's canonical JSON>"}``,
+signed in its canonical form, so the signature binds the artifact to the one
+doer, policy id and version it was made for (docs/security.md#signatures).
+Format 1, before that, signed the artifact's canonical JSON alone; the
+policy store accepts it only for versions it stored before format 2.
+
 Nothing here reads or writes files: keys and keyrings convert to and from
 bytes (PEM, base64, JSON) and the caller stores them.
 """
@@ -65,6 +73,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 ALGORITHM = "ed25519"
 KEYRING_FORMAT = "learnops.keyring/1"
+#: The ``format`` member of the payload a policy signature covers (:func:`policy_payload`).
+POLICY_SIGNATURE_FORMAT = "learnops.policy-signature/2"
+#: The reason :func:`verify` and :meth:`TrustedKeys.verify` give when the key is right
+#: but the signed bytes are not these.
+SIGNATURE_MISMATCH = "signature does not match the artifact"
 
 # I-JSON (RFC 7493 §2.2): integers beyond this magnitude are not exact in a double.
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -434,16 +447,38 @@ def sign(artifact: object, private_key: SigningKey | Ed25519PrivateKey) -> Signa
     return Signature(private_key.key_id, value)
 
 
-def signed_artifact(artifact: Any, key: SigningKey) -> dict[str, Any]:
+def policy_payload(*, doer: str, policy_id: str, version: int, content_hash: str) -> dict[str, Any]:
+    """Return the JSON value a policy signature covers: the artifact's digest and its identity.
+
+    ``content_hash`` is the bare 64-hex SHA-256 of the artifact's canonical
+    JSON (:func:`content_digest`). The signed bytes are the canonical JSON of
+    this object, so a signature made for one doer, policy id and version does
+    not verify for any other, and the artifact is bound through its digest.
+    """
+    return {
+        "format": POLICY_SIGNATURE_FORMAT,
+        "doer": doer,
+        "policy_id": policy_id,
+        "version": version,
+        "content_hash": "sha256:" + content_hash,
+    }
+
+
+def signed_artifact(
+    artifact: Any, key: SigningKey, *, doer: str, policy_id: str, version: int
+) -> dict[str, Any]:
     """A policy registration's artifact fields: the artifact, its digest and its signature.
 
-    Spread them into ``RegisterPolicy(...)``. Raises :class:`CanonicalJSONError`
-    if the artifact has no canonical form.
+    The signature covers :func:`policy_payload` of this doer, policy id and
+    version, so spread the fields into a ``RegisterPolicy`` with the same
+    three. Raises :class:`CanonicalJSONError` if the artifact has no canonical form.
     """
-    signature = sign(artifact, key)
+    digest = content_digest(artifact)
+    payload = policy_payload(doer=doer, policy_id=policy_id, version=version, content_hash=digest)
+    signature = sign(payload, key)
     return {
         "artifact": artifact,
-        "content_hash": content_digest(artifact),
+        "content_hash": digest,
         "signature": signature.value_b64,
         "signature_key_id": signature.key_id,
     }
@@ -485,7 +520,7 @@ def _check(
     try:
         public_key.to_cryptography().verify(signature.value, message)
     except InvalidSignature:
-        return False, "signature does not match the artifact"
+        return False, SIGNATURE_MISMATCH
     return True, f"signed by key {public_key.key_id}"
 
 

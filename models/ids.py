@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Final
 from uuid import UUID
 
@@ -47,6 +48,13 @@ _STRING_ESCAPES.update(
 def caused_event_id(kind: str, cause: UUID) -> UUID:
     """Return the id of the ``kind`` event (``policy-change``, ``alert``) that ``cause`` led to."""
     return uuid.uuid5(POLICY_EVENT_NAMESPACE, f"{kind}:{cause}")
+
+
+def key_revoked_alert_id(key_id: str, revoked_at: datetime, doer: str) -> UUID:
+    """The id of the alert that a signing key's revocation raises for one doer's live versions."""
+    return uuid.uuid5(
+        POLICY_EVENT_NAMESPACE, f"key-revoked:{key_id}:{revoked_at.isoformat()}:{doer}"
+    )
 
 
 def regression_alert_id(raised_by: str, key: str, day: str) -> UUID:

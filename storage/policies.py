@@ -44,6 +44,7 @@ class PolicyRecord:
     artifact: Any
     content_hash: str
     signature: str
+    signature_format: int  # 2: over doer, policy id, version and hash; 1: the artifact alone
     key_id: str
     parent_policy_id: str | None
     parent_version: int | None

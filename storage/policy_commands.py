@@ -31,19 +31,20 @@ import orjson
 
 from learning.lifecycle import PolicyStatus
 from learning.promotion import (
+    SIGNATURE_FORMAT,
     DeploymentStart,
     DoerState,
     LiveDeployment,
     MoveRequest,
     PolicyVersion,
     Refused,
+    SignedIdentity,
     StoredLine,
     audited_deployment,
     check_registration,
     decision_action,
     default_target,
     plan,
-    same_artifact,
     start_deployment,
     unsigned,
     verify_artifact,
@@ -62,6 +63,7 @@ from models.events import DecisionMade
 from storage.audit import DECISION_ACTOR, Ask, Outcome, recall, record_applied, record_refused
 from storage.policies import lock_doer
 from storage.signing_keys import load_keyring
+from storage.verification import STORED_SIGNATURE_COLUMNS, verify_stored
 
 # --------------------------------------------------------------------------- applying events
 
@@ -227,8 +229,10 @@ async def _register(conn: Any, ask: Ask, command: RegisterPolicy) -> Outcome:
     now = await conn.fetchval("SELECT clock_timestamp()")
     # Recorded now, so the signature is judged as of now: a key retired before
     # this moment vouches for nothing new.
+    identity = SignedIdentity(command.doer, command.policy_id, command.version)
     check = verify_artifact(
         canonical,
+        identity=identity,
         content_hash=command.content_hash,
         signature=command.signature,
         key_id=command.signature_key_id,
@@ -236,17 +240,18 @@ async def _register(conn: Any, ask: Ask, command: RegisterPolicy) -> Outcome:
         signed_at=now,
     )
     if not check:
-        return await _refused(conn, ask, unsigned(ref, check.reason))
+        reason = check.reason + await _signed_for(conn, command.signature, identity)
+        return await _refused(conn, ask, unsigned(ref, reason))
     outcome = await record_applied(conn, ask, f"{ref} registered as draft; {check.reason}", "draft")
     await conn.execute(
         """
         INSERT INTO policies (
             policy_id, version, doer, artifact, artifact_canonical, content_hash, signature,
             key_id, parent_policy_id, parent_version, dataset_ids, experiment_id, created_by,
-            registered_by, created_at, updated_at
+            registered_by, created_at, updated_at, signature_format
         )
         VALUES ($1, $2, $3, convert_from($4, 'UTF8')::jsonb, $4, $5, $6, $7, $8, $9, $10, $11,
-                $12, $13, $14, $14)
+                $12, $13, $14, $14, $15)
         """,
         command.policy_id,
         command.version,
@@ -262,8 +267,22 @@ async def _register(conn: Any, ask: Ask, command: RegisterPolicy) -> Outcome:
         command.actor,
         command.event_id,
         now,
+        SIGNATURE_FORMAT,
     )
     return outcome
+
+
+async def _signed_for(conn: Any, signature: str, identity: SignedIdentity) -> str:
+    """Name the stored version a reused signature was made for, as a clause ("" if none)."""
+    row = await conn.fetchrow(
+        "SELECT doer, policy_id, version FROM policies WHERE signature = $1 LIMIT 1", signature
+    )
+    if row is None:
+        return ""
+    signed = SignedIdentity(row["doer"], row["policy_id"], row["version"])
+    if signed == identity:
+        return ""
+    return f" (this signature was made for {signed})"
 
 
 async def _move(conn: Any, ask: Ask) -> Outcome:
@@ -440,22 +459,8 @@ def _version(row: Any) -> PolicyVersion:
 
 async def _verify_stored(conn: Any, target: PolicyVersion) -> VerifyResult:
     row = await conn.fetchrow(
-        "SELECT artifact, artifact_canonical, content_hash, signature, key_id, created_at "
-        "FROM policies WHERE policy_id = $1 AND version = $2",
+        f"SELECT {STORED_SIGNATURE_COLUMNS} FROM policies WHERE policy_id = $1 AND version = $2",
         target.policy_id,
         target.version,
     )
-    canonical = bytes(row["artifact_canonical"])
-    check = verify_artifact(
-        canonical,
-        content_hash=row["content_hash"],
-        signature=row["signature"],
-        key_id=row["key_id"],
-        keyring=await load_keyring(conn),
-        signed_at=row["created_at"],
-    )
-    if check and not same_artifact(row["artifact"], canonical):
-        return VerifyResult(
-            False, "the stored artifact differs from the signed bytes", check.key_id
-        )
-    return check
+    return verify_stored(row, await load_keyring(conn))

@@ -82,6 +82,12 @@ async def signing_keys(pool: Any) -> list[KeyRecord]:
     return [_key(row) for row in rows]
 
 
+async def find_signing_key(pool: Any, key_id: str) -> KeyRecord | None:
+    """The keyring's entry for a key id, or None."""
+    row = await pool.fetchrow("SELECT * FROM signing_keys WHERE key_id = $1", key_id)
+    return _key(row) if row else None
+
+
 async def load_keyring(conn: Any) -> TrustedKeys:
     """The trusted keyring as it is now in the database."""
     return TrustedKeys(

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from models.base import Event
 
 COMMANDS_TOPIC = "learning.commands"
+ALERTS_TOPIC = "learning.alerts"
 
 
 @group("Signed policy versions: register, shadow, canary, approve, promote, roll back, inspect.")
@@ -303,10 +304,6 @@ async def policy_register(
             f"{key_file} is not an Ed25519 private key PEM ({exc}); make one with "
             "`learnops policy keys generate`"
         )
-    try:
-        signed = signed_artifact(artifact, key)
-    except CanonicalJSONError as exc:
-        fail(f"{file}: {exc}")
     policy_id = policy_id or doer
     parent_id, parent_version = split_ref(parent) if parent else (None, None)
     if parent and parent_version is None:
@@ -315,12 +312,18 @@ async def policy_register(
         allowed = (await keys_store.load_keyring(pool)).check_signing_key(key)
         if not allowed:
             fail(f"key {key.key_id} cannot sign: {allowed.reason}")
+        version = version or await store.next_version(pool, policy_id)
+        try:
+            # The signature covers the doer, policy id and version with the artifact.
+            signed = signed_artifact(artifact, key, doer=doer, policy_id=policy_id, version=version)
+        except CanonicalJSONError as exc:
+            fail(f"{file}: {exc}")
         event = RegisterPolicy(
             doer=doer,
             actor=actor,
             reason=reason or f"register {file.name}",
             policy_id=policy_id,
-            version=version or await store.next_version(pool, policy_id),
+            version=version,
             **signed,
             parent_policy_id=parent_id,
             parent_version=parent_version,
@@ -871,21 +874,33 @@ async def policy_list(
 @command(policy, "show", click.argument("ref"), json_option)
 async def policy_show(ctx: CommandContext, ref: str, as_json: bool) -> None:
     """Show a version: provenance, signature, artifact and its audit trail."""
+    from learning.promotion import LEGACY_SIGNATURE_FORMAT
     from storage import audit as audit_store
+    from storage import signing_keys as keys_store
 
     async with database(ctx) as pool:
         found = await _find(pool, ref)
         trail = await audit_store.promotions(pool, policy_id=found.policy_id, version=found.version)
+        key = await keys_store.find_signing_key(pool, found.key_id)
+    assert key is not None  # policies.key_id references signing_keys
     if as_json:
-        ctx.say(_dump({"policy": found, "promotions": trail}))
+        ctx.say(_dump({"policy": found, "key_status": key.status, "promotions": trail}))
         return
     parent = f"{found.parent_policy_id}@{found.parent_version}" if found.parent_policy_id else "-"
+    signed_by = f"key {found.key_id} ({key.status}"
+    if key.revoked_at is not None:
+        signed_by += f" at {_when(key.revoked_at)}: nothing it signed deploys"
+    elif key.retired_at is not None:
+        signed_by += f" at {_when(key.retired_at)}"
+    signed_by += ")"
+    if found.signature_format == LEGACY_SIGNATURE_FORMAT:
+        signed_by += "; format 1: the signature covers the artifact alone, not this identity"
     for label, value in (
         ("policy", found.ref),
         ("doer", found.doer),
         ("status", found.status),
         ("content", f"sha256:{found.content_hash}"),
-        ("signed by", f"key {found.key_id}"),
+        ("signed by", signed_by),
         ("parent", parent),
         ("datasets", ", ".join(found.dataset_ids) or "-"),
         ("experiment", found.experiment_id or "-"),
@@ -896,6 +911,71 @@ async def policy_show(ctx: CommandContext, ref: str, as_json: bool) -> None:
     ctx.say("artifact:")
     ctx.say(_dump(found.artifact))
     ctx.console().print(_audit_table(trail, "audit"))
+
+
+@command(
+    policy,
+    "verify",
+    click.argument("doer", required=False),
+    click.option(
+        "--strict",
+        is_flag=True,
+        help="Count format 1 signatures (the artifact alone, not its identity) as failures.",
+    ),
+    json_option,
+)
+async def policy_verify(ctx: CommandContext, doer: str | None, strict: bool, as_json: bool) -> None:
+    """Re-check every live version's signature and key now (of DOER, or of every doer).
+
+    Live means active, shadow or canary. Exits 1 with a table of the versions
+    that fail (a revoked or unknown key, a signature that does not match its
+    doer, policy id, version and artifact, a changed row); format 1 signatures
+    are listed as warnings, and as failures with --strict.
+    """
+    from storage.verification import verify_live
+
+    async with database(ctx) as pool:
+        if doer is not None:
+            doer = await resolve_doer(pool, doer)
+        checks = await verify_live(pool, doer=doer)
+    failed = [c for c in checks if not c.ok or (strict and c.legacy)]
+    if as_json:
+        ctx.say(
+            dumps(
+                {
+                    "checked": len(checks),
+                    "failed": len(failed),
+                    "versions": [
+                        {
+                            "doer": c.doer,
+                            "policy": c.ref,
+                            "status": c.status,
+                            "key_id": c.key_id,
+                            "key_status": c.key_status,
+                            "signature_format": c.signature_format,
+                            "ok": c.ok,
+                            "reason": c.reason,
+                        }
+                        for c in checks
+                    ],
+                }
+            )
+        )
+    else:
+        noted = [c for c in checks if not c.ok or c.legacy]
+        if noted:
+            shown = table("policy", "doer", "status", "key", "key status", "problem", ids=2)
+            for c in noted:
+                problem = c.reason if not c.ok else "format 1 signature: identity not signed"
+                shown.add_row(c.ref, c.doer, c.status, c.key_id, c.key_status, problem)
+            ctx.console().print(shown)
+        scope = f"of {doer}" if doer else "of every doer"
+        ctx.say(f"{len(checks) - len(failed)} of {len(checks)} live versions {scope} verify")
+    if failed:
+        fail(
+            f"{len(failed)} live version(s) do not verify; roll them back or promote a version "
+            "signed by an active key (`learnops policy show POLICY_ID@VERSION` for each)"
+        )
 
 
 def _audit_table(trail: list[Any], title: str, with_ref: bool = False) -> Any:
@@ -1162,18 +1242,71 @@ async def keys_retire(ctx: CommandContext, key_id: str, as_json: bool) -> None:
 
 
 @command(
-    keys, "revoke", click.argument("key_id"), click.option("--reason", required=True), json_option
+    keys,
+    "revoke",
+    click.argument("key_id"),
+    click.option("--reason", required=True),
+    _actor,
+    json_option,
 )
-async def keys_revoke(ctx: CommandContext, key_id: str, reason: str, as_json: bool) -> None:
-    """Distrust KEY_ID: nothing it signed moves to shadow, canary or active again."""
+async def keys_revoke(
+    ctx: CommandContext, key_id: str, reason: str, actor: str, as_json: bool
+) -> None:
+    """Distrust KEY_ID: nothing it signed moves to shadow, canary or active again.
+
+    Lists the live versions it signed and raises a critical alert on
+    learning.alerts for each doer that has one: they keep serving until an
+    operator rolls them back or promotes a version signed by another key.
+    """
     from storage import signing_keys as keys_store
+    from storage.verification import revocation_alerts, verify_live
 
     async with database(ctx) as pool:
         record = await keys_store.revoke_signing_key(pool, key_id, note=reason)
         if record is None:
             await _known_key(pool, key_id)
-    assert record is not None
+        assert record is not None and record.revoked_at is not None
+        live = await verify_live(pool, key_id=key_id)
+    alerts = revocation_alerts(key_id, record.revoked_at, reason, actor, live)
     if as_json:
-        ctx.say(dumps({"key_id": key_id, "revoked_at": _when(record.revoked_at)}))
+        if alerts:
+            await _send_alerts(ctx, alerts)
+        ctx.say(
+            dumps(
+                {
+                    "key_id": key_id,
+                    "revoked_at": _when(record.revoked_at),
+                    "live_versions": [
+                        {"doer": c.doer, "policy": c.ref, "status": c.status} for c in live
+                    ],
+                    "alerts": [str(a.event_id) for a in alerts],
+                }
+            )
+        )
         return
     ctx.say(f"key {key_id} revoked at {_when(record.revoked_at)}")
+    if not live:
+        ctx.say("no live version was signed by it")
+        return
+    shown = table("policy", "doer", "status", title=f"live versions signed by {key_id}", ids=2)
+    for c in live:
+        shown.add_row(c.ref, c.doer, c.status)
+    ctx.console().print(shown)
+    # Said before sending, so that an unreachable Kafka cannot hide that the key is revoked.
+    await _send_alerts(ctx, alerts)
+    ctx.say(
+        f"{len(live)} live version(s) still serve; alerted on {ALERTS_TOPIC}. Roll them back or "
+        "promote a version signed by another key; `learnops policy verify` lists them again"
+    )
+
+
+async def _send_alerts(ctx: CommandContext, alerts: list[Any]) -> None:
+    producer = ctx.settings.kafka_producer()
+    await producer.start()
+    try:
+        for alert in alerts:
+            await producer.send_and_wait(
+                ALERTS_TOPIC, key=alert.doer.encode(), value=alert.to_json()
+            )
+    finally:
+        await producer.stop()

@@ -97,7 +97,13 @@ class CanaryScenario:
                     reason=f"revision {version}",
                     policy_id=self.policy_id,
                     version=version,
-                    **signed_artifact(artifact(self.doer, version), self.key),
+                    **signed_artifact(
+                        artifact(self.doer, version),
+                        self.key,
+                        doer=self.doer,
+                        policy_id=self.policy_id,
+                        version=version,
+                    ),
                 )
             )
             assert outcome.applied, outcome.verdict

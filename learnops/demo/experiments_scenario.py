@@ -100,7 +100,7 @@ async def register(
             reason=reason or f"revision {version}",
             policy_id=policy_id,
             version=version,
-            **signed_artifact(body, key),
+            **signed_artifact(body, key, doer=doer, policy_id=policy_id, version=version),
         ),
     )
     assert registered.applied, registered.verdict

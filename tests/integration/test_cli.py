@@ -86,7 +86,13 @@ async def a_doer_with_a_canary(db: Any, prefix: str = "CliDoer") -> tuple[str, s
                 reason="cli test",
                 policy_id=pid,
                 version=version,
-                **signed_artifact({**ARTIFACT, "revision": version}, key),
+                **signed_artifact(
+                    {**ARTIFACT, "revision": version},
+                    key,
+                    doer=doer,
+                    policy_id=pid,
+                    version=version,
+                ),
             ),
         )
         assert registered is not None and registered.applied, registered
@@ -114,8 +120,8 @@ async def a_doer_with_a_canary(db: Any, prefix: str = "CliDoer") -> tuple[str, s
     return doer, canary.deployment_id
 
 
-async def command_on_topic(bootstrap: str, since: dict[Any, int], event_id: str) -> dict[str, Any]:
-    """The command with ``event_id`` on learning.commands after ``since``, as JSON."""
+async def record_on_topic(bootstrap: str, since: dict[Any, int], event_id: str) -> dict[str, Any]:
+    """The event with ``event_id`` on the partitions of ``since`` after those offsets, as JSON."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -135,7 +141,8 @@ async def command_on_topic(bootstrap: str, since: dict[Any, int], event_id: str)
                         return dict(value)
     finally:
         await consumer.stop()
-    raise AssertionError(f"command {event_id} not on learning.commands after 30 s")
+    topics = sorted({tp.topic for tp in since})
+    raise AssertionError(f"event {event_id} not on {', '.join(topics)} after 30 s")
 
 
 # --------------------------------------------------------------------------- start-up
@@ -367,6 +374,65 @@ async def test_an_unknown_doer_or_policy_names_the_closest_and_ids_match_any_cas
     )
 
 
+# ------------------------------------------------------------------------ key revocation
+
+
+async def test_revoking_a_key_lists_and_alerts_its_live_versions_and_verify_then_fails(
+    settings_env: dict[str, str], kafka_bootstrap: str, db: Any, topics: Any
+) -> None:
+    doer, _ = await a_doer_with_a_canary(db, "CliRevoke")
+    pid = doer.lower()
+    key_id = await db.fetchval("SELECT key_id FROM policies WHERE doer = $1 LIMIT 1", doer)
+    verified = await learnops(settings_env, "policy", "verify", doer)
+    assert verified.returncode == 0, verified.stderr
+    assert f"2 of 2 live versions of {doer} verify" in verified.stdout
+    shown = await learnops(settings_env, "policy", "show", f"{pid}@1")
+    assert f"signed by   key {key_id} (active)" in shown.stdout, shown.stdout
+
+    since = await end_offsets(kafka_bootstrap, ("learning.alerts",))
+    revoked = await learnops(
+        settings_env, "policy", "keys", "revoke", key_id, "--reason", "laptop lost", "--json"
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    answer = json.loads(revoked.stdout)
+    assert answer["live_versions"] == [
+        {"doer": doer, "policy": f"{pid}@1", "status": "active"},
+        {"doer": doer, "policy": f"{pid}@2", "status": "canary"},
+    ]
+    assert len(answer["alerts"]) == 1
+    alert = await record_on_topic(kafka_bootstrap, since, answer["alerts"][0])
+    assert (alert["kind"], alert["severity"], alert["doer"]) == (
+        "signing_key_revoked",
+        "critical",
+        doer,
+    )
+    assert [(v["policy_id"], v["version"]) for v in alert["evidence"]["live_versions"]] == [
+        (pid, 1),
+        (pid, 2),
+    ]
+    assert alert["evidence"]["key_id"] == key_id and alert["evidence"]["reason"] == "laptop lost"
+    again = await learnops(
+        settings_env, "policy", "keys", "revoke", key_id, "--reason", "laptop lost"
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"live versions signed by {key_id}" in again.stdout
+    assert f"{pid}@1" in again.stdout and f"{pid}@2" in again.stdout
+    assert "2 live version(s) still serve; alerted on learning.alerts" in again.stdout
+
+    failed = await learnops(settings_env, "policy", "verify", doer)
+    one_line_error(failed, 1, "2 live version(s) do not verify")
+    assert f"{pid}@1" in failed.stdout and f"{pid}@2" in failed.stdout
+    assert f"key {key_id} revoked" in failed.stdout
+    assert f"0 of 2 live versions of {doer} verify" in failed.stdout
+    as_json = await learnops(settings_env, "policy", "verify", doer, "--json")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert (report["checked"], report["failed"]) == (2, 2)
+    assert {v["key_status"] for v in report["versions"]} == {"revoked"}
+    shown = await learnops(settings_env, "policy", "show", f"{pid}@1")
+    assert f"signed by   key {key_id} (revoked at " in shown.stdout, shown.stdout
+
+
 # ------------------------------------------------------------------------ approve, pause, resume
 
 
@@ -390,7 +456,7 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
     assert approved.returncode == 0, approved.stderr + worker.tail()
     answer = json.loads(approved.stdout)
     assert answer["deployment"]["step"] == 1 and answer["deployment"]["allocation"] == 0.5
-    sent = await command_on_topic(kafka_bootstrap, since, answer["event_id"])
+    sent = await record_on_topic(kafka_bootstrap, since, answer["event_id"])
     assert sent["command"] == "approve_step"
     assert (sent["doer"], sent["deployment_id"], sent["step"]) == (doer, deployment, 1)
     step = await db.fetchval(
@@ -409,7 +475,7 @@ async def test_pause_and_resume_reach_the_policy_stage(
         settings_env, "policy", "pause", doer.lower(), "--no-wait", "--json", "--reason", "look"
     )
     assert paused.returncode == 0, paused.stderr
-    sent = await command_on_topic(kafka_bootstrap, since, json.loads(paused.stdout)["event_id"])
+    sent = await record_on_topic(kafka_bootstrap, since, json.loads(paused.stdout)["event_id"])
     assert (sent["command"], sent["doer"], sent["deployment_id"]) == (
         "pause_deployment",
         doer,
@@ -429,7 +495,7 @@ async def test_pause_and_resume_reach_the_policy_stage(
     )
     resumed = await learnops(settings_env, "policy", "resume", deployment, "--no-wait", "--json")
     assert resumed.returncode == 0, resumed.stderr
-    sent = await command_on_topic(kafka_bootstrap, since, json.loads(resumed.stdout)["event_id"])
+    sent = await record_on_topic(kafka_bootstrap, since, json.loads(resumed.stdout)["event_id"])
     assert (sent["command"], sent["deployment_id"]) == ("resume_deployment", deployment)
     one_line_error(
         await learnops(settings_env, "policy", "pause", "NoSuchDeploymentAnywhere"),
@@ -455,6 +521,7 @@ async def test_every_printing_command_prints_json_that_parses(
         ("policy", "list"),
         ("policy", "list", "--doer", doer),
         ("policy", "show", f"{pid}@2"),
+        ("policy", "verify", doer),
         ("policy", "history", doer),
         ("policy", "lineage", f"{pid}@2"),
         ("policy", "diff", f"{pid}@1", f"{pid}@2"),

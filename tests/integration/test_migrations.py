@@ -11,8 +11,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from learning.signing import canonical_json, content_digest, generate_key, sign
+from storage import signing_keys as keys_store
 from storage.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
 from storage.pool import create_pool
+from storage.verification import verify_live
 
 
 @pytest.fixture
@@ -70,3 +73,35 @@ def test_two_files_with_one_version_are_refused(tmp_path: Path) -> None:
     (tmp_path / "001_b.sql").write_text("SELECT 2;")
     with pytest.raises(MigrationError, match="share version 001"):
         discover(tmp_path)
+
+
+async def test_versions_stored_before_identity_signing_still_verify_flagged_as_format_1(
+    empty_db: Any, tmp_path: Path
+) -> None:
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if int(path.name[:3]) < 13:
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    await migrate(empty_db, tmp_path)
+    key = generate_key()
+    await keys_store.add_signing_key(empty_db, key.public_key, created_by="tests")
+    artifact = {"prompts": {"system": "Stored before migration 013."}}
+    legacy = sign(artifact, key)  # what every signer made then: the artifact alone
+    await empty_db.execute(
+        "INSERT INTO policies (policy_id, version, doer, status, artifact, artifact_canonical, "
+        "content_hash, signature, key_id, created_by, registered_by) "
+        "VALUES ('old', 1, 'Old', 'active', convert_from($1, 'UTF8')::jsonb, $1, $2, $3, $4, "
+        "'tests', $5)",
+        canonical_json(artifact),
+        content_digest(artifact),
+        legacy.value_b64,
+        key.key_id,
+        uuid.uuid4(),
+    )
+    await migrate(empty_db)
+    assert await empty_db.fetchval("SELECT signature_format FROM policies") == 1
+    [check] = await verify_live(empty_db)
+    assert check.ok and check.legacy, check
+    assert "format 1" in check.reason and "old@1 of doer Old" in check.reason
+    await keys_store.revoke_signing_key(empty_db, key.key_id)
+    [revoked] = await verify_live(empty_db)
+    assert not revoked.ok and revoked.key_status == "revoked"

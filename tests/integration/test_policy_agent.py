@@ -44,7 +44,7 @@ def register(doer: str, key: SigningKey, n: int, body: dict[str, Any] | None = N
         reason=f"trained revision {n}",
         policy_id=doer.lower(),
         version=n,
-        **signed_artifact(body, key),
+        **signed_artifact(body, key, doer=doer, policy_id=doer.lower(), version=n),
     )
 
 

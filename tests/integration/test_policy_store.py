@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from learning.promotion import IDENTITY_RULE
 from learning.signing import SigningKey, content_digest, generate_key, signed_artifact
 from models.commands import (
     ArchivePolicy,
@@ -26,6 +27,7 @@ from storage import deployments as deployments_store
 from storage import policies as store
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
+from storage import verification
 from tests.integration.kafka_io import eventually
 
 ARTIFACT = {
@@ -56,13 +58,14 @@ def register(
     **extra: Any,
 ) -> RegisterPolicy:
     artifact = artifact if artifact is not None else {**ARTIFACT, "revision": version}
+    policy_id = policy_id or doer.lower()
     return RegisterPolicy(
         doer=doer,
         actor="alice",
         reason="new prompt",
-        policy_id=policy_id or doer.lower(),
+        policy_id=policy_id,
         version=version,
-        **signed_artifact(artifact, key),
+        **signed_artifact(artifact, key, doer=doer, policy_id=policy_id, version=version),
         **extra,
     )
 
@@ -138,8 +141,124 @@ async def test_a_tampered_artifact_is_refused_at_registration(db: Any) -> None:
     )
     outcome = await commands_store.apply_command(db, rehashed)
     assert outcome is not None and outcome.refusal == "signature"
-    assert "signature does not match the artifact" in outcome.verdict
+    assert "signature does not match" in outcome.verdict
+    assert "with this artifact" in outcome.verdict
     assert await status_of(db, doer) == {}
+
+
+async def live_of(db: Any, doer: str) -> list[tuple[str, int, str]]:
+    rows = await db.fetch(
+        "SELECT policy_id, version, status FROM policies WHERE doer = $1 "
+        "AND status IN ('active', 'shadow', 'canary') ORDER BY policy_id, version",
+        doer,
+    )
+    return [(r["policy_id"], r["version"], r["status"]) for r in rows]
+
+
+async def test_an_artifact_signed_for_one_doer_is_refused_under_another_and_nothing_moves(
+    db: Any,
+) -> None:
+    victim, attacker_target = unique_doer("Signed"), unique_doer("Target")
+    key = await trusted_key(db)
+    await bootstrap(db, victim, key, versions=1)
+    await bootstrap(db, attacker_target, key, versions=1)
+    before = await live_of(db, attacker_target)
+    # Everything the attacker needs is readable on learning.commands: the signed registration.
+    signed = register(victim, key, 1)
+    stolen = {
+        k: getattr(signed, k) for k in ("artifact", "content_hash", "signature", "signature_key_id")
+    }
+    policy_id = attacker_target.lower()
+    replanted = RegisterPolicy(
+        doer=attacker_target,
+        actor="mallory",
+        reason="hotfix",
+        policy_id=policy_id,
+        version=2,
+        **stolen,
+    )
+    outcome = await commands_store.apply_command(db, replanted)
+    assert outcome is not None and not outcome.applied and outcome.refusal == "signature"
+    assert IDENTITY_RULE in outcome.verdict
+    assert f"this signature was made for {victim.lower()}@1 of doer {victim}" in outcome.verdict
+    assert await store.find_policy(db, policy_id, 2) is None
+    forced = await commands_store.apply_command(
+        db,
+        PromotePolicy(
+            doer=attacker_target,
+            actor="mallory",
+            reason="urgent",
+            policy_id=policy_id,
+            version=2,
+            force=True,
+        ),
+    )
+    assert forced is not None and not forced.applied and forced.refusal == "unknown"
+    assert await live_of(db, attacker_target) == before == [(policy_id, 1, "active")]
+
+
+async def test_a_version_number_changed_after_signing_is_refused(db: Any) -> None:
+    doer = unique_doer("Renumbered")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key, versions=1)
+    signed_as_2 = register(doer, key, 2)
+    renumbered = signed_as_2.model_copy(update={"version": 3, "event_id": uuid.uuid4()})
+    outcome = await commands_store.apply_command(db, renumbered)
+    assert outcome is not None and not outcome.applied and outcome.refusal == "signature"
+    assert f"not made for {doer.lower()}@3 of doer {doer}" in outcome.verdict
+    assert IDENTITY_RULE in outcome.verdict
+    assert await status_of(db, doer) == {1: "active"}
+    # The same signature under the number it was made for registers.
+    honest = await commands_store.apply_command(db, signed_as_2)
+    assert honest is not None and honest.applied, honest
+
+
+async def test_the_database_refuses_a_new_version_signed_over_the_artifact_alone(db: Any) -> None:
+    doer = unique_doer("Unbound")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key, versions=1)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="signature format 2"):
+        await db.execute(
+            "INSERT INTO policies (policy_id, version, doer, artifact, artifact_canonical, "
+            "content_hash, signature, signature_format, key_id, created_by, registered_by) "
+            "SELECT policy_id, 7, doer, artifact, artifact_canonical, content_hash, signature, "
+            "1, key_id, 'rogue', $2 FROM policies WHERE doer = $1 AND version = 1",
+            doer,
+            uuid.uuid4(),
+        )
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
+        await db.execute(
+            "UPDATE policies SET signature_format = 1 WHERE doer = $1 AND version = 1", doer
+        )
+
+
+async def test_a_revoked_keys_live_versions_are_reported_by_verify(db: Any) -> None:
+    doer = unique_doer("Revoked")
+    old, new = await trusted_key(db), await trusted_key(db)
+    await bootstrap(db, doer, old, versions=1)
+    registered = await commands_store.apply_command(db, register(doer, new, 2))
+    assert registered is not None and registered.applied
+    canary = await commands_store.apply_command(
+        db,
+        StartCanary(
+            doer=doer, actor="alice", reason="try", policy_id=doer.lower(), version=2, force=True
+        ),
+    )
+    assert canary is not None and canary.applied, canary
+    before = await verification.verify_live(db, doer=doer)
+    assert [(c.ref, c.ok, c.key_status) for c in before] == [
+        (f"{doer.lower()}@1", True, "active"),
+        (f"{doer.lower()}@2", True, "active"),
+    ]
+    await keys_store.revoke_signing_key(db, old.key_id, note="laptop lost")
+    after = await verification.verify_live(db, doer=doer)
+    assert [(c.ref, c.status, c.ok, c.key_status) for c in after] == [
+        (f"{doer.lower()}@1", "active", False, "revoked"),
+        (f"{doer.lower()}@2", "canary", True, "active"),
+    ]
+    assert f"key {old.key_id} revoked" in after[0].reason
+    signed_by_old = await verification.verify_live(db, key_id=old.key_id)
+    assert [(c.doer, c.ref) for c in signed_by_old] == [(doer, f"{doer.lower()}@1")]
 
 
 async def test_a_policy_tampered_in_the_database_never_reaches_shadow_canary_or_active(

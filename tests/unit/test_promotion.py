@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from learning.canary import DEFAULT_STEPS
 from learning.lifecycle import PolicyStatus
 from learning.promotion import (
+    IDENTITY_RULE,
+    LEGACY_SIGNATURE_FORMAT,
     TARGETS,
     DeploymentStart,
     DeploymentSteps,
@@ -23,6 +25,7 @@ from learning.promotion import (
     MoveRequest,
     PolicyVersion,
     Refused,
+    SignedIdentity,
     StoredLine,
     audited_deployment,
     check_approval,
@@ -40,7 +43,14 @@ from learning.promotion import (
     unsigned,
     verify_artifact,
 )
-from learning.signing import TrustedKeys, canonical_json, content_digest, generate_key, sign
+from learning.signing import (
+    TrustedKeys,
+    canonical_json,
+    content_digest,
+    generate_key,
+    policy_payload,
+    sign,
+)
 from models import ids
 
 DOER = "PRDWriter"
@@ -256,17 +266,83 @@ def test_deployment_ids_and_salts_are_stable_per_event_and_differ_between_events
 ARTIFACT = {"prompts": {"system": "You write PRDs. ✍️"}, "temperature": 0.2, "tools": ["search"]}
 
 
-def signed(artifact: object = ARTIFACT) -> tuple[TrustedKeys, dict[str, str], bytes]:
+WHO = SignedIdentity("PRDWriter", "prdwriter", 3)
+
+
+def signed(
+    artifact: object = ARTIFACT, identity: SignedIdentity = WHO
+) -> tuple[TrustedKeys, dict[str, Any], bytes]:
+    """A keyring, the stored fields of ``artifact`` signed for ``identity``, its canonical bytes."""
     key = generate_key()
     keyring = TrustedKeys()
     keyring.add(key.public_key, added_at=T0)
-    signature = sign(artifact, key)
+    digest = content_digest(artifact)
+    payload = policy_payload(
+        doer=identity.doer,
+        policy_id=identity.policy_id,
+        version=identity.version,
+        content_hash=digest,
+    )
+    signature = sign(payload, key)
     fields = {
-        "content_hash": content_digest(artifact),
+        "identity": identity,
+        "content_hash": digest,
         "signature": signature.value_b64,
         "key_id": signature.key_id,
     }
     return keyring, fields, canonical_json(artifact)
+
+
+@pytest.mark.parametrize(
+    "claimed",
+    [
+        SignedIdentity("Coder", "prdwriter", 3),  # another doer
+        SignedIdentity("PRDWriter", "coder", 3),  # another policy id
+        SignedIdentity("PRDWriter", "prdwriter", 4),  # the version changed after signing
+    ],
+)
+def test_a_signature_made_for_one_identity_is_refused_for_another_naming_the_rule(
+    claimed: SignedIdentity,
+) -> None:
+    keyring, fields, canonical = signed()
+    result = verify_artifact(
+        canonical, keyring=keyring, signed_at=T0, **{**fields, "identity": claimed}
+    )
+    assert not result.ok
+    assert IDENTITY_RULE in result.reason and str(claimed) in result.reason
+
+
+def test_a_format_1_signature_verifies_only_as_format_1_and_says_its_identity_is_not_signed() -> (
+    None
+):
+    key = generate_key()
+    keyring = TrustedKeys()
+    keyring.add(key.public_key, added_at=T0)
+    legacy = sign(ARTIFACT, key)  # over the artifact alone, as before format 2
+    fields = {
+        "identity": WHO,
+        "content_hash": content_digest(ARTIFACT),
+        "signature": legacy.value_b64,
+        "key_id": legacy.key_id,
+    }
+    canonical = canonical_json(ARTIFACT)
+    stored = verify_artifact(
+        canonical, keyring=keyring, signed_at=T0, signature_format=LEGACY_SIGNATURE_FORMAT, **fields
+    )
+    assert stored.ok and "format 1" in stored.reason and str(WHO) in stored.reason
+    registered = verify_artifact(canonical, keyring=keyring, signed_at=T0, **fields)
+    assert not registered.ok and "over the artifact alone (format 1)" in registered.reason
+    keyring.revoke(legacy.key_id, at=T0)
+    revoked = verify_artifact(
+        canonical, keyring=keyring, signed_at=T0, signature_format=LEGACY_SIGNATURE_FORMAT, **fields
+    )
+    assert not revoked.ok and "revoked" in revoked.reason
+
+
+def test_an_unknown_signature_format_is_refused() -> None:
+    keyring, fields, canonical = signed()
+    result = verify_artifact(canonical, keyring=keyring, signed_at=T0, signature_format=3, **fields)
+    assert not result.ok and "unknown signature format 3" in result.reason
 
 
 def test_stored_bytes_signed_by_a_trusted_key_verify() -> None:

@@ -30,6 +30,7 @@ from learning.signing import (
     diff_artifacts,
     generate_key,
     key_id_of,
+    policy_payload,
     sign,
     signed_artifact,
     verify,
@@ -381,14 +382,49 @@ def test_sign_then_verify_round_trips() -> None:
     assert verify(POLICY, signature, key.public_key) is True
 
 
+IDENTITY: dict[str, Any] = {"doer": "PRDWriter", "policy_id": "prdwriter", "version": 3}
+
+
 def test_signed_artifact_gives_the_fields_a_policy_registration_carries() -> None:
     key = generate_key()
-    fields = signed_artifact(POLICY, key)
+    fields = signed_artifact(POLICY, key, **IDENTITY)
     assert fields["artifact"] is POLICY
     assert fields["content_hash"] == content_digest(POLICY)
     assert fields["signature_key_id"] == key.key_id
     signature = Signature.from_parts(fields["signature_key_id"], fields["signature"])
-    assert verify(POLICY, signature, key.public_key) is True
+    payload = policy_payload(**IDENTITY, content_hash=content_digest(POLICY))
+    assert verify(payload, signature, key.public_key) is True
+    # The artifact alone is no longer what is signed.
+    assert verify(POLICY, signature, key.public_key) is False
+
+
+def test_the_policy_payload_is_canonical_json_of_the_documented_members() -> None:
+    digest = "ab" * 32
+    payload = policy_payload(
+        doer="PRDWriter", policy_id="prdwriter", version=3, content_hash=digest
+    )
+    assert canonical_json(payload) == (
+        b'{"content_hash":"sha256:' + digest.encode() + b'","doer":"PRDWriter",'
+        b'"format":"learnops.policy-signature/2","policy_id":"prdwriter","version":3}'
+    )
+
+
+SIGNER = generate_key()
+
+
+@given(
+    doer=st.sampled_from(["PRDWriter", "prdwriter", "PRDWriter2", "Coder"]),
+    policy_id=st.sampled_from(["prdwriter", "PRDWriter", "coder"]),
+    version=st.integers(min_value=1, max_value=5),
+)
+def test_a_policy_signature_verifies_for_its_own_identity_only(
+    doer: str, policy_id: str, version: int
+) -> None:
+    digest = content_digest(POLICY)
+    signature = sign(policy_payload(**IDENTITY, content_hash=digest), SIGNER)
+    claimed = policy_payload(doer=doer, policy_id=policy_id, version=version, content_hash=digest)
+    same = (doer, policy_id, version) == ("PRDWriter", "prdwriter", 3)
+    assert verify(claimed, signature, SIGNER.public_key) is same
 
 
 def test_signature_text_form_round_trips() -> None:
