@@ -500,7 +500,7 @@ def same_artifact(stored: object, canonical: bytes) -> bool:
 #: ``policies.signature_format`` of a signature over :func:`learning.signing.policy_payload`.
 SIGNATURE_FORMAT = 2
 #: ``policies.signature_format`` of a signature over the artifact alone, as made before
-#: format 2; accepted only for versions stored before migration 013.
+#: format 2; accepted only for versions stored before migration 016.
 LEGACY_SIGNATURE_FORMAT = 1
 #: The rule a signature made for another identity breaks, as refusals name it.
 IDENTITY_RULE = (

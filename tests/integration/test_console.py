@@ -146,7 +146,13 @@ async def _start_canary(db: Any, key: SigningKey, doer: str) -> str:
                 reason="console",
                 policy_id=policy_id,
                 version=version,
-                **signed_artifact({"prompts": {"system": "Write."}, "revision": version}, key),
+                **signed_artifact(
+                    {"prompts": {"system": "Write."}, "revision": version},
+                    key,
+                    doer=doer,
+                    policy_id=policy_id,
+                    version=version,
+                ),
             ),
         )
         assert registered is not None and registered.applied, registered

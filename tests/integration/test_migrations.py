@@ -79,12 +79,12 @@ async def test_versions_stored_before_identity_signing_still_verify_flagged_as_f
     empty_db: Any, tmp_path: Path
 ) -> None:
     for path in MIGRATIONS_DIR.glob("*.sql"):
-        if int(path.name[:3]) < 13:
+        if int(path.name[:3]) < 16:
             (tmp_path / path.name).write_bytes(path.read_bytes())
     await migrate(empty_db, tmp_path)
     key = generate_key()
     await keys_store.add_signing_key(empty_db, key.public_key, created_by="tests")
-    artifact = {"prompts": {"system": "Stored before migration 013."}}
+    artifact = {"prompts": {"system": "Stored before migration 016."}}
     legacy = sign(artifact, key)  # what every signer made then: the artifact alone
     await empty_db.execute(
         "INSERT INTO policies (policy_id, version, doer, status, artifact, artifact_canonical, "

@@ -18,7 +18,7 @@ BEGIN
     IF NEW.signature_format <> 2 THEN
         RAISE EXCEPTION 'policy %@%: a new version must be signed over its doer, policy id '
             'and version (signature format 2); format 1 is kept only for versions stored '
-            'before migration 013', NEW.policy_id, NEW.version
+            'before migration 016', NEW.policy_id, NEW.version
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
     RETURN NEW;
