@@ -33,6 +33,7 @@ from learning.replay import (
     summarize,
     task_id,
 )
+from learning.replay_simulation import GOLDEN, RUN_CV, pass_rate, simulated_losses
 from learning.signing import canonical_json, content_hash
 from models.crl import CRLTerms
 
@@ -573,41 +574,16 @@ async def test_a_local_executor_satisfies_the_protocol_and_is_repeatable() -> No
 # allow three of them above α (or below the power target).
 
 ALPHA = 0.05
-GOLDEN = 12  # samples in the demo's golden dataset (learnops.demo.experiments_scenario)
-RUN_CV = 0.31  # σ of the lognormal run-to-run noise: the executor's CV per run (tested below)
 
 
 def slack(p: float, replications: int) -> float:
     return 3 * math.sqrt(p * (1 - p) / replications)
 
 
-def _replay_losses(
-    rng: np.random.Generator, scale: float, samples: int, seeds: int, zero_share: float = 0.0
-) -> tuple[Losses, Losses]:
-    """Candidate and control (seed, sample, loss): a per-sample difficulty, skewed seed noise.
-
-    With ``zero_share`` that share of samples is solved by both policies under
-    every seed (loss 0): per-sample variances then differ wildly.
-    """
-    difficulty = 2.4 * rng.lognormal(0.0, 0.15, samples) * (rng.random(samples) >= zero_share)
-    noise = rng.lognormal(-(RUN_CV**2) / 2, RUN_CV, (2, seeds, samples))
-    control, candidate = [], []
-    for seed in range(seeds):
-        for i in range(samples):
-            control.append((seed, f"s{i}", float(difficulty[i] * noise[0, seed, i])))
-            candidate.append((seed, f"s{i}", float(scale * difficulty[i] * noise[1, seed, i])))
-    return candidate, control
-
-
 def _pass_rate(
     scale: float, replications: int, seed: int, seeds: int, zero_share: float = 0.0
 ) -> float:
-    rng = np.random.default_rng(seed)
-    passed = 0
-    for _ in range(replications):
-        candidate, control = _replay_losses(rng, scale, GOLDEN, seeds, zero_share)
-        passed += decide_from_losses(candidate, control).passed
-    return passed / replications
+    return pass_rate(scale, replications, seed=seed, seeds=seeds, zero_share=zero_share)
 
 
 def test_the_simulated_noise_is_the_executor_s() -> None:
@@ -631,7 +607,7 @@ def test_a_pooled_variance_would_pass_an_identical_candidate_too_often() -> None
     rng = np.random.default_rng(7)
     replications, passed = 2000, 0
     for _ in range(replications):
-        candidate, control = _replay_losses(rng, 1.0, GOLDEN, 3, zero_share=0.75)
+        candidate, control = simulated_losses(rng, 1.0, seeds=3, zero_share=0.75)
         d = (
             np.array([x for *_, x in sorted(control)])
             - np.array([x for *_, x in sorted(candidate)])
@@ -681,7 +657,7 @@ def test_seed_stability_does_not_depend_on_the_runs_per_seed() -> None:
         """Mean seed stability and mean per-seed-means stability over 20 replays."""
         seed, per_seed = [], []
         for _ in range(20):
-            candidate, control = _replay_losses(rng, 1.0, samples=samples, seeds=3)
+            candidate, control = simulated_losses(rng, 1.0, samples=samples, seeds=3)
             seed.append(paired_improvement(candidate, control).seed_stability)
             per_seed.append(summarize(fold_task_losses(candidate)).stability)
         return statistics.fmean(seed), statistics.fmean(per_seed)
