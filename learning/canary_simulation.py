@@ -92,11 +92,6 @@ class FlowResult:
         hit = self.action == action
         return float(np.median(self.results[hit])) if hit.any() else None
 
-    def median_candidate_runs(self, action: str) -> float | None:
-        """Median candidate runs at ``action`` over the canaries that took it."""
-        hit = self.action == action
-        return float(np.median(self.candidate_runs[hit])) if hit.any() else None
-
     @staticmethod
     def concat(parts: list[FlowResult]) -> FlowResult:
         """One result of several chunks of canaries."""

@@ -580,12 +580,6 @@ def slack(p: float, replications: int) -> float:
     return 3 * math.sqrt(p * (1 - p) / replications)
 
 
-def _pass_rate(
-    scale: float, replications: int, seed: int, seeds: int, zero_share: float = 0.0
-) -> float:
-    return pass_rate(scale, replications, seed=seed, seeds=seeds, zero_share=zero_share)
-
-
 def test_the_simulated_noise_is_the_executor_s() -> None:
     losses = np.array([x for _, _, x in executor_losses({"quality": 0.5}, GOLDEN, range(20))])
     per_task = losses.reshape(20, GOLDEN)
@@ -598,7 +592,7 @@ def test_an_identical_candidate_passes_at_most_alpha_of_the_time(
     seeds: int, zero_share: float
 ) -> None:
     replications = 2000
-    rate = _pass_rate(1.0, replications, seed=seeds, seeds=seeds, zero_share=zero_share)
+    rate = pass_rate(1.0, replications, seed=seeds, seeds=seeds, zero_share=zero_share)
     assert rate <= ALPHA + slack(ALPHA, replications)
 
 
@@ -624,9 +618,9 @@ def test_a_candidate_ten_percent_better_passes_with_the_default_seeds() -> None:
     from agents.config import load_learning_config
 
     default = len(load_learning_config().replay.seeds)
-    assert _pass_rate(0.9, 300, seed=2, seeds=3) < 0.5
-    assert _pass_rate(0.9, 300, seed=3, seeds=default) >= 0.90 - slack(0.90, 300)
-    assert _pass_rate(1.0, 300, seed=4, seeds=default) <= ALPHA + slack(ALPHA, 300)
+    assert pass_rate(0.9, 300, seed=2, seeds=3) < 0.5
+    assert pass_rate(0.9, 300, seed=3, seeds=default) >= 0.90 - slack(0.90, 300)
+    assert pass_rate(1.0, 300, seed=4, seeds=default) <= ALPHA + slack(ALPHA, 300)
 
 
 def test_paired_bound_is_below_the_mean_and_needs_two_seeds_per_sample() -> None:
