@@ -5,39 +5,45 @@ from __future__ import annotations
 from typing import Any
 
 
+async def _fetch(pool: Any, query: str, *args: Any) -> list[dict[str, Any]]:
+    """The rows QUERY gives with ARGS, as dicts."""
+    return [dict(row) for row in await pool.fetch(query, *args)]
+
+
 async def crl_trend_overall(pool: Any, days: int = 30) -> list[dict[str, Any]]:
     """CRL over all doers per day for the last DAYS days, with the 7-day baseline."""
-    rows = await pool.fetch(
+    return await _fetch(
+        pool,
         "SELECT day, runs, mean_crl, baseline_crl, delta_vs_baseline FROM v_crl_trend_overall"
         " WHERE day > (SELECT max(day) FROM v_crl_trend_overall) - $1::int ORDER BY day",
         days,
     )
-    return [dict(row) for row in rows]
 
 
 async def experiments_per_day(pool: Any, days: int = 30) -> list[dict[str, Any]]:
     """Experiments started per day and type for the last DAYS days."""
-    rows = await pool.fetch(
+    return await _fetch(
+        pool,
         "SELECT day, experiment_type, experiments, concluded, promoted FROM v_experiments_per_day"
         " WHERE day > (SELECT max(day) FROM v_experiments_per_day) - $1::int"
         " ORDER BY day, experiment_type",
         days,
     )
-    return [dict(row) for row in rows]
 
 
 async def doers(pool: Any) -> list[dict[str, Any]]:
     """Every doer with its latest day, 7-day mean CRL and change against its baseline."""
-    rows = await pool.fetch(
+    return await _fetch(
+        pool,
         "SELECT DISTINCT ON (doer) doer, day, mean_crl_7d, delta_vs_baseline"
-        " FROM v_crl_trend_by_doer ORDER BY doer, day DESC"
+        " FROM v_crl_trend_by_doer ORDER BY doer, day DESC",
     )
-    return [dict(row) for row in rows]
 
 
 async def doer_trend(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:
     """DOER's CRL per day for its last DAYS days, with the 7-day baseline."""
-    rows = await pool.fetch(
+    return await _fetch(
+        pool,
         "SELECT day, runs, mean_crl, baseline_crl, delta_vs_baseline FROM v_crl_trend_by_doer"
         " WHERE doer = $1"
         " AND day > (SELECT max(day) FROM learning_progress WHERE doer = $1) - $2::int"
@@ -45,7 +51,6 @@ async def doer_trend(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any
         doer,
         days,
     )
-    return [dict(row) for row in rows]
 
 
 async def canaries(
@@ -55,13 +60,13 @@ async def canaries(
 
     IN_FLIGHT True keeps only the deployments in flight, False only the ended ones.
     """
-    rows = await pool.fetch(
+    return await _fetch(
+        pool,
         "SELECT * FROM v_canary_deployments WHERE $2::boolean IS NULL OR in_flight = $2"
         " ORDER BY in_flight DESC, started_at DESC, deployment_id LIMIT $1",
         limit,
         in_flight,
     )
-    return [dict(row) for row in rows]
 
 
 async def canary(pool: Any, deployment_id: str) -> dict[str, Any] | None:
@@ -74,33 +79,33 @@ async def canary(pool: Any, deployment_id: str) -> dict[str, Any] | None:
 
 async def canary_decisions(pool: Any, deployment_id: str) -> list[dict[str, Any]]:
     """Every decision of DEPLOYMENT_ID, oldest first, with its results and interval."""
-    rows = await pool.fetch(
+    return await _fetch(
+        pool,
         "SELECT id, action, reason, step, decided_at, results, control_count, candidate_count,"
         " control_mean, candidate_mean, delta, ci_low, ci_high, p_value, confidence"
         " FROM v_canary_intervals WHERE deployment_id = $1 ORDER BY decided_at, id",
         deployment_id,
     )
-    return [dict(row) for row in rows]
 
 
 async def dead_letters_by_stage(pool: Any) -> list[dict[str, Any]]:
     """Dead letters per stage with how many reasons and the latest time, most letters first."""
-    rows = await pool.fetch(
+    return await _fetch(
+        pool,
         "SELECT stage, letters, reasons, latest_at FROM v_dead_letters_by_stage"
-        " ORDER BY letters DESC, stage"
+        " ORDER BY letters DESC, stage",
     )
-    return [dict(row) for row in rows]
 
 
 async def dead_letters_by_reason(pool: Any, limit: int = 200) -> list[dict[str, Any]]:
     """Dead letters per stage, error type and reason, the latest first; at most LIMIT groups."""
-    rows = await pool.fetch(
+    return await _fetch(
+        pool,
         "SELECT stage, error_type, reason, letters, doers, first_at, latest_at"
         " FROM v_dead_letters_by_reason"
         " ORDER BY latest_at DESC, stage, error_type, reason LIMIT $1",
         limit,
     )
-    return [dict(row) for row in rows]
 
 
 _ALERT_COLUMNS = "id, doer, kind, severity, message, value, threshold, deployment_id, occurred_at"
@@ -112,33 +117,188 @@ _DECISION_COLUMNS = (
 async def alerts_after(pool: Any, after: int | None, limit: int = 50) -> list[dict[str, Any]]:
     """Alerts with an id above AFTER, oldest first (at most LIMIT); the latest LIMIT if None."""
     if after is None:
-        rows = await pool.fetch(
+        return await _fetch(
+            pool,
             "SELECT * FROM (SELECT " + _ALERT_COLUMNS + " FROM alerts ORDER BY id DESC LIMIT $1)"
             " latest ORDER BY id",
             limit,
         )
-    else:
-        rows = await pool.fetch(
-            "SELECT " + _ALERT_COLUMNS + " FROM alerts WHERE id > $2 ORDER BY id LIMIT $1",
-            limit,
-            after,
-        )
-    return [dict(row) for row in rows]
+    return await _fetch(
+        pool,
+        "SELECT " + _ALERT_COLUMNS + " FROM alerts WHERE id > $2 ORDER BY id LIMIT $1",
+        limit,
+        after,
+    )
 
 
 async def decisions_after(pool: Any, after: int | None, limit: int = 50) -> list[dict[str, Any]]:
     """Canary decisions with an id above AFTER, oldest first; the latest LIMIT if None."""
     if after is None:
-        rows = await pool.fetch(
+        return await _fetch(
+            pool,
             "SELECT * FROM (SELECT " + _DECISION_COLUMNS + " FROM v_canary_intervals"
             " ORDER BY id DESC LIMIT $1) latest ORDER BY id",
             limit,
         )
-    else:
-        rows = await pool.fetch(
-            "SELECT " + _DECISION_COLUMNS + " FROM v_canary_intervals WHERE id > $2"
-            " ORDER BY id LIMIT $1",
-            limit,
-            after,
-        )
-    return [dict(row) for row in rows]
+    return await _fetch(
+        pool,
+        "SELECT " + _DECISION_COLUMNS + " FROM v_canary_intervals WHERE id > $2"
+        " ORDER BY id LIMIT $1",
+        limit,
+        after,
+    )
+
+
+# --------------------------------------------------------------------------- migration 017
+
+_TREND_COLUMNS = "day, runs, mean_crl, baseline_crl, delta_vs_baseline"
+
+
+async def crl_trend_by_phase(pool: Any, days: int = 30) -> list[dict[str, Any]]:
+    """CRL per phase and day over all doers for the last DAYS days, with each phase's baseline."""
+    return await _fetch(
+        pool,
+        "SELECT phase, " + _TREND_COLUMNS + " FROM v_crl_trend_by_phase"
+        " WHERE day > (SELECT max(day) FROM crl_daily) - $1::int ORDER BY phase, day",
+        days,
+    )
+
+
+async def doer_trend_by_phase(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:
+    """DOER's CRL per phase and day for its last DAYS days, with each phase's baseline."""
+    return await _fetch(
+        pool,
+        "SELECT phase, " + _TREND_COLUMNS + " FROM v_crl_trend_by_doer_phase"
+        " WHERE doer = $1 AND day > (SELECT max(day) FROM crl_daily WHERE doer = $1) - $2::int"
+        " ORDER BY phase, day",
+        doer,
+        days,
+    )
+
+
+async def doer_trend_by_policy(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:
+    """DOER's CRL per policy version and day for its last DAYS days, with each one's baseline."""
+    return await _fetch(
+        pool,
+        "SELECT policy_id, policy_version, " + _TREND_COLUMNS + " FROM v_crl_trend_by_policy"
+        " WHERE doer = $1 AND day > (SELECT max(day) FROM crl_daily WHERE doer = $1) - $2::int"
+        " ORDER BY policy_id, policy_version, day",
+        doer,
+        days,
+    )
+
+
+async def experiment_success_by_type(pool: Any) -> list[dict[str, Any]]:
+    """Per experiment type: started, concluded, promoted, success rate, and mean improvement."""
+    return await _fetch(
+        pool,
+        "SELECT s.experiment_type, s.experiments, s.concluded, s.promoted, s.success_rate,"
+        " i.mean_improvement, i.mean_improvement_pct"
+        " FROM v_experiment_success_by_type s"
+        " LEFT JOIN v_experiment_improvement_by_type i USING (experiment_type)"
+        " ORDER BY s.experiment_type",
+    )
+
+
+async def promoted_experiments(pool: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """Promoted experiments with the CRL improvement their canary measured, latest first."""
+    return await _fetch(
+        pool,
+        "SELECT experiment_id, experiment_type, doer, policy_id, policy_version, concluded_at,"
+        " control_mean, candidate_mean, improvement, improvement_pct FROM v_promoted_experiments"
+        " ORDER BY concluded_at DESC NULLS LAST, experiment_id LIMIT $1",
+        limit,
+    )
+
+
+async def active_policies(pool: Any) -> list[dict[str, Any]]:
+    """Every doer's active policy version, since when, and who promoted it."""
+    return await _fetch(
+        pool,
+        "SELECT doer, policy_id, version, active_from, promoted_by, reason"
+        " FROM v_active_policies ORDER BY doer",
+    )
+
+
+async def policy_moves_per_week(pool: Any, weeks: int = 26) -> list[dict[str, Any]]:
+    """Promotions, rollbacks, shadows and canaries started per week for the last WEEKS weeks."""
+    return await _fetch(
+        pool,
+        "SELECT week, promotions, rollbacks, shadows_started, canaries_started, rollback_rate"
+        " FROM v_policy_moves_per_week"
+        " WHERE week > (SELECT max(week) FROM v_policy_moves_per_week) - 7 * $1::int"
+        " ORDER BY week",
+        weeks,
+    )
+
+
+async def deployments_in_flight(pool: Any) -> dict[str, int]:
+    """How many shadow and how many canary deployments are in flight."""
+    rows = await pool.fetch(
+        "SELECT mode, count(*) AS n FROM shadow_deployments WHERE ended_at IS NULL GROUP BY mode"
+    )
+    counts = {"shadow": 0, "canary": 0}
+    counts.update({row["mode"]: row["n"] for row in rows})
+    return counts
+
+
+_RANKING = (
+    "SELECT doer, as_of, runs, mean_crl, delta_7d, gate_pass_rate, policy_id, policy_version"
+    " FROM v_skill_card_ranking"
+)
+
+
+async def skill_ranking(pool: Any, limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """The LIMIT best performing doers and the LIMIT struggling most, by their card's mean CRL."""
+    return {
+        "top": await _fetch(pool, _RANKING + " WHERE rank_best <= $1 ORDER BY rank_best", limit),
+        "struggling": await _fetch(
+            pool, _RANKING + " WHERE rank_worst <= $1 ORDER BY rank_worst", limit
+        ),
+    }
+
+
+async def failure_modes(pool: Any, limit: int = 20) -> list[dict[str, Any]]:
+    """The gates that fail across doers, most doers first, with their 30-day failures."""
+    return await _fetch(
+        pool,
+        "SELECT gate, doers, failures FROM v_failure_modes"
+        " ORDER BY doers DESC, failures DESC, gate LIMIT $1",
+        limit,
+    )
+
+
+async def skill_card(pool: Any, doer: str) -> dict[str, Any] | None:
+    """DOER's current skill card (the whole card as JSON text in "card"); None if it has none."""
+    row = await pool.fetchrow(
+        "SELECT doer, as_of, runs, gate_pass_rate, mean_crl, delta_7d, delta_30d,"
+        " policy_id, policy_version, card::text AS card, computed_at"
+        " FROM skill_cards WHERE doer = $1 AND is_current",
+        doer,
+    )
+    return dict(row) if row is not None else None
+
+
+async def policy_history(pool: Any, doer: str, limit: int = 50) -> list[dict[str, Any]]:
+    """DOER's applied policy moves (register, shadow, canary, promote, rollback), latest first."""
+    return await _fetch(
+        pool,
+        "SELECT id, action, policy_id, version, from_status, to_status, actor, reason,"
+        " deployment_id, occurred_at FROM policy_promotions"
+        " WHERE doer = $1 AND outcome = 'applied' ORDER BY id DESC LIMIT $2",
+        doer,
+        limit,
+    )
+
+
+async def doer_experiments(pool: Any, doer: str, limit: int = 50) -> list[dict[str, Any]]:
+    """DOER's experiments, latest first, with the improvement of the promoted ones."""
+    return await _fetch(
+        pool,
+        "SELECT e.experiment_id, e.experiment_type, e.phase, e.status, e.policy_id,"
+        " e.policy_version, e.deployment_id, e.created_at, e.concluded_at, p.improvement"
+        " FROM experiments e LEFT JOIN v_promoted_experiments p USING (experiment_id)"
+        " WHERE e.doer = $1 ORDER BY e.created_at DESC, e.experiment_id LIMIT $2",
+        doer,
+        limit,
+    )

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
+from learnops.console import concerns
 from storage import dashboard
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -223,6 +224,7 @@ def create_console(database_dsn: str) -> FastAPI:
             await app.state.pool.close()
 
     app = FastAPI(title="learnops console", version="1", lifespan=lifespan)
+    app.include_router(concerns.router)
 
     def pool(request: Request) -> Any:
         return request.app.state.pool
@@ -366,23 +368,6 @@ def create_console(database_dsn: str) -> FastAPI:
     async def live_page(request: Request) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, "live.html", {})
 
-    @app.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
-    async def doer_page(request: Request, doer: str) -> HTMLResponse:
-        trend = await dashboard.doer_trend(pool(request), doer)
-        if not trend:
-            raise HTTPException(404, f"no runs of {doer}")
-        return TEMPLATES.TemplateResponse(
-            request,
-            "doer.html",
-            {
-                "doer": doer,
-                "trend": trend,
-                "days": [str(row["day"]) for row in trend],
-                "crl": [row["mean_crl"] for row in trend],
-                "baseline": [row["baseline_crl"] for row in trend],
-            },
-        )
-
     @app.get("/static/plotly.min.js", include_in_schema=False)
     async def plotly_js() -> FileResponse:
         path = plotly_bundle()
@@ -396,6 +381,7 @@ def create_console(database_dsn: str) -> FastAPI:
         experiments = await dashboard.experiments_per_day(pool(request))
         doers = await dashboard.doers(pool(request))
         canaries = await dashboard.canaries(pool(request), in_flight=True)
+        phases = await dashboard.crl_trend_by_phase(pool(request))
         return TEMPLATES.TemplateResponse(
             request,
             "overview.html",
@@ -407,6 +393,8 @@ def create_console(database_dsn: str) -> FastAPI:
                 "days": [str(row["day"]) for row in trend],
                 "crl": [row["mean_crl"] for row in trend],
                 "baseline": [row["baseline_crl"] for row in trend],
+                "phases": phases,
+                "phase_series": concerns.series(phases, "phase"),
             },
         )
 

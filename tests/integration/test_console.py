@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from learning.signing import SigningKey, generate_key, signed_artifact
-from models.commands import PromotePolicy, RegisterPolicy, StartCanary
-from models.events import Alert, DecisionMade, DecisionReport
+from learning.signing import generate_key
+from models.events import Alert
 from storage import canary as canary_store
 from storage import deployments as deployments_store
 from storage import policy_commands as commands_store
@@ -31,48 +28,21 @@ from storage.dashboard import (
     experiments_per_day,
 )
 from storage.dead_letters import DeadLetterRecord, insert_dead_letters
+from tests.integration import console_fixtures
+from tests.integration.console_fixtures import (
+    SCREENSHOTS,
+    chart_drawn,
+    decisions_made,
+    start_canary,
+    table_rows,
+)
 
-
-# The console's views aggregate over every doer and answer relative to their latest
-# day, so these tests get a database of their own instead of the session's, which
-# holds every earlier test's runs.
-@pytest.fixture(scope="module")
-async def database_url(postgres_server: str) -> Any:
-    import uuid
-    from urllib.parse import urlsplit, urlunsplit
-
-    import asyncpg
-
-    from storage.migrate import migrate
-    from storage.pool import create_pool
-
-    name = f"learnops_console_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = urlunsplit(urlsplit(postgres_server)._replace(path=f"/{name}"))
-    pool = await create_pool(dsn, min_size=1, max_size=2)
-    try:
-        await migrate(pool)
-    finally:
-        await pool.close()
-    yield dsn
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@pytest.fixture(scope="module")
-async def db(database_url: str) -> Any:
-    from storage.pool import create_pool
-
-    pool = await create_pool(database_url, min_size=1, max_size=5)
-    yield pool
-    await pool.close()
+# The console's fixtures, shared with test_console_concerns.py (module-scoped: each
+# module gets a database of its own).
+database_url = console_fixtures.database_url
+db = console_fixtures.db
+console_url = console_fixtures.console_url
+browser = console_fixtures.browser
 
 
 async def test_crl_trend_overall_weights_doers_by_runs_and_has_a_baseline(db: Any) -> None:
@@ -134,80 +104,6 @@ async def test_api_and_overview_show_the_database_figures(db: Any, database_url:
     assert js == 200
 
 
-async def _start_canary(db: Any, key: SigningKey, doer: str) -> str:
-    """Register versions 1 and 2 of DOER's policy, make 1 active, start a canary of 2."""
-    policy_id = doer.lower()
-    for version in (1, 2):
-        registered = await commands_store.apply_command(
-            db,
-            RegisterPolicy(
-                doer=doer,
-                actor="tests",
-                reason="console",
-                policy_id=policy_id,
-                version=version,
-                **signed_artifact(
-                    {"prompts": {"system": "Write."}, "revision": version},
-                    key,
-                    doer=doer,
-                    policy_id=policy_id,
-                    version=version,
-                ),
-            ),
-        )
-        assert registered is not None and registered.applied, registered
-    for command in (
-        PromotePolicy(
-            doer=doer, actor="tests", reason="first", policy_id=policy_id, version=1, force=True
-        ),
-        StartCanary(
-            doer=doer, actor="tests", reason="try", policy_id=policy_id, version=2, force=True
-        ),
-    ):
-        outcome = await commands_store.apply_command(db, command)
-        assert outcome is not None and outcome.applied, outcome
-    deployment_id = await db.fetchval(
-        "SELECT deployment_id FROM shadow_deployments WHERE doer = $1 AND ended_at IS NULL", doer
-    )
-    assert deployment_id
-    return str(deployment_id)
-
-
-def _decisions(doer: str, deployment_id: str, actions: list[str], start: datetime) -> list[Any]:
-    """Decisions a minute apart, 100 more results per arm each, the interval narrowing as 1/√n.
-
-    The first has no interval yet (too few results to estimate it).
-    """
-    made = []
-    for n, action in enumerate(actions, start=1):
-        half_width = None if n == 1 else 0.4 / math.sqrt(n)
-        delta = -0.02 - 0.001 * n
-        made.append(
-            DecisionMade(
-                doer=doer,
-                occurred_at=start + timedelta(minutes=n),
-                deployment_id=deployment_id,
-                candidate_policy_id=doer.lower(),
-                candidate_version=2,
-                action=action,
-                reason=f"{action} after {200 * n} results",
-                step=min(n // 2, 3),
-                report=DecisionReport(
-                    control_mean=0.40,
-                    candidate_mean=0.40 + delta,
-                    control_count=100 * n,
-                    candidate_count=100 * n,
-                    delta=delta,
-                    p_value=min(1.0, 0.5 / n),
-                    ci_low=None if half_width is None else delta - half_width,
-                    ci_high=None if half_width is None else delta + half_width,
-                    confidence=0.95,
-                ),
-            )
-        )
-    return made
-
-
 @pytest.fixture(scope="module")
 async def seeded_canaries(db: Any) -> dict[str, str]:
     """Two deployments: 'running' (in flight, six decisions) and 'ended' (rolled back)."""
@@ -216,15 +112,15 @@ async def seeded_canaries(db: Any) -> dict[str, str]:
     start = datetime.now(UTC)
     running_doer = f"ConsoleRunning{uuid.uuid4().hex[:6]}"
     ended_doer = f"ConsoleEnded{uuid.uuid4().hex[:6]}"
-    ended = await _start_canary(db, key, ended_doer)
-    running = await _start_canary(db, key, running_doer)
+    ended = await start_canary(db, key, ended_doer)
+    running = await start_canary(db, key, running_doer)
     actions = ["report", "step_up", "report", "step_up", "report", "report"]
-    made = _decisions(running_doer, running, actions, start)
+    made = decisions_made(running_doer, running, actions, start)
     assert await canary_store.insert_decisions(db, made) == len(actions)
     for decision in made:
         if decision.action == "step_up":
             assert await deployments_store.apply_step(db, decision) is not None
-    ended_decisions = _decisions(ended_doer, ended, ["report", "rollback"], start)
+    ended_decisions = decisions_made(ended_doer, ended, ["report", "rollback"], start)
     await canary_store.insert_decisions(db, ended_decisions)
     rolled_back = await commands_store.apply_decision(db, ended_decisions[-1])
     assert rolled_back is not None and rolled_back.applied, rolled_back
@@ -528,98 +424,6 @@ async def test_the_live_stream_sends_the_latest_rows_then_each_new_one_and_resum
 
 # --------------------------------------------------------------------------- in a real browser
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def console_url(database_url: str) -> Any:
-    """The console served by uvicorn on a free loopback port, in a thread, for the browser."""
-    import threading
-    import time
-
-    import uvicorn
-
-    from learnops.console import create_console
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_console(database_url),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            timeout_graceful_shutdown=5,  # the live stream is endless
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the console did not start on port {port}")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    assert not thread.is_alive(), "the console did not stop"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    """Headless Chromium from Debian's packages, driven by Selenium through chromedriver."""
-    import subprocess
-
-    from selenium import webdriver
-
-    subprocess.run(
-        ["bash", str(SCREENSHOTS.parents[1] / "scripts" / "chromium.sh")], check=True, timeout=600
-    )
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(arg)
-    service = webdriver.ChromeService(executable_path="/usr/bin/chromedriver")
-    driver = webdriver.Chrome(options=options, service=service)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
-
-
-def _chart_drawn(driver: Any, chart_id: str) -> None:
-    """Wait until plotly has drawn CHART_ID; raises TimeoutException if it never does."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, 10).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, f"#{chart_id} .main-svg")
-    )
-
-
-def _rows(driver: Any, table: str, key: str, *classes: str) -> list[tuple[str, ...]]:
-    """(KEY attribute, text of each cell of CLASSES) for every row of TABLE that has KEY."""
-    from selenium.webdriver.common.by import By
-
-    return [
-        (
-            str(row.get_attribute(key)),
-            *(row.find_element(By.CLASS_NAME, name).text for name in classes),
-        )
-        for row in driver.find_elements(By.CSS_SELECTOR, f"#{table} tr[{key}]")
-    ]
-
 
 async def test_overview_in_headless_chromium_shows_the_database_figures(
     db: Any, console_url: str, browser: Any
@@ -636,14 +440,13 @@ async def test_overview_in_headless_chromium_shows_the_database_figures(
     doer_shown = await doer_trend(db, "console-d")
 
     browser.get(f"{console_url}/")
-    rows = _rows(browser, "crl-table", "data-day", "mean-crl")
-    _chart_drawn(browser, "crl-chart")
+    rows = table_rows(browser, "crl-table", "data-day", "mean-crl")
+    chart_drawn(browser, "crl-chart")
     browser.save_screenshot(str(SCREENSHOTS / "console-overview.png"))
     browser.find_element(By.LINK_TEXT, "console-d").click()
     assert browser.find_element(By.ID, "doer").text == "console-d"
-    doer_rows = _rows(browser, "crl-table", "data-day", "mean-crl")
-    _chart_drawn(browser, "crl-chart")
-    browser.save_screenshot(str(SCREENSHOTS / "console-doer.png"))
+    doer_rows = table_rows(browser, "crl-table", "data-day", "mean-crl")
+    chart_drawn(browser, "crl-chart")
 
     assert rows == [(str(row["day"]), f"{row['mean_crl']:.4f}") for row in shown]
     assert doer_rows == [(str(row["day"]), f"{row['mean_crl']:.4f}") for row in doer_shown]
@@ -663,15 +466,15 @@ async def test_a_canary_clicked_from_the_overview_shows_its_decisions_and_interv
     browser.get(f"{console_url}/")
     browser.find_element(By.LINK_TEXT, running).click()
     assert browser.find_element(By.ID, "deployment").text == running
-    rows = _rows(browser, "decisions-table", "data-decision", "action", "results", "interval")
-    _chart_drawn(browser, "interval-chart")
+    rows = table_rows(browser, "decisions-table", "data-decision", "action", "results", "interval")
+    chart_drawn(browser, "interval-chart")
     charted = browser.execute_script(
         "const data = document.getElementById('interval-chart').data;"
         "return {results: data[2].x, low: data[1].y, moves: data[3].x, labels: data[3].text};"
     )
     browser.save_screenshot(str(SCREENSHOTS / "console-canary.png"))
     browser.find_element(By.LINK_TEXT, "canaries").click()
-    listed_rows = _rows(browser, "canaries-table", "data-deployment", "state", "latest-action")
+    listed_rows = table_rows(browser, "canaries-table", "data-deployment", "state", "latest-action")
     browser.save_screenshot(str(SCREENSHOTS / "console-canaries.png"))
 
     assert rows == [
@@ -704,8 +507,8 @@ async def test_the_dead_letter_page_in_chromium_shows_the_counts_of_the_database
 
     browser.get(f"{console_url}/")
     browser.find_element(By.LINK_TEXT, "dead letters").click()
-    stages = _rows(browser, "stages-table", "data-stage", "letters", "latest")
-    reasons = _rows(browser, "reasons-table", "data-stage", "error-type", "reason", "letters")
+    stages = table_rows(browser, "stages-table", "data-stage", "letters", "latest")
+    reasons = table_rows(browser, "reasons-table", "data-stage", "error-type", "reason", "letters")
     browser.save_screenshot(str(SCREENSHOTS / "console-dead-letters.png"))
 
     assert stages == [
@@ -755,7 +558,7 @@ async def test_the_live_page_in_chromium_appends_a_new_alert_without_a_reload(
         top.find_element(By.CLASS_NAME, "kind").text,
         top.find_element(By.CLASS_NAME, "value").text,
     )
-    decision_rows = _rows(browser, "decisions-table", "data-decision", "action", "results")
+    decision_rows = table_rows(browser, "decisions-table", "data-decision", "action", "results")
     assert browser.execute_script("return performance.timeOrigin") == page, "the page reloaded"
     assert browser.find_element(By.ID, "live-state").text == "live"
     browser.save_screenshot(str(SCREENSHOTS / "console-live.png"))

@@ -1,0 +1,309 @@
+"""The console's concern pages and their API: CRL per phase and policy, learning progress,
+policy performance, skill cards, and the doer page that brings a doer's figures together."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
+
+from storage import dashboard
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+router = APIRouter()
+
+
+class PhaseDay(BaseModel):
+    """One phase's CRL on one day, with the phase's trailing 7-day baseline."""
+
+    phase: str
+    day: date
+    runs: int
+    mean_crl: float
+    baseline_crl: float | None
+    delta_vs_baseline: float | None
+
+
+class PolicyDay(BaseModel):
+    """One policy version's CRL on one day, with the version's trailing 7-day baseline."""
+
+    policy_id: str
+    policy_version: int
+    day: date
+    runs: int
+    mean_crl: float
+    baseline_crl: float | None
+    delta_vs_baseline: float | None
+
+
+class ExperimentType(BaseModel):
+    """Experiments of one type: started, concluded, promoted, success rate, mean improvement."""
+
+    experiment_type: str
+    experiments: int
+    concluded: int
+    promoted: int
+    success_rate: float | None
+    mean_improvement: float | None
+    mean_improvement_pct: float | None
+
+
+class PromotedExperiment(BaseModel):
+    """A promoted experiment and the CRL improvement (control − candidate) its canary measured."""
+
+    experiment_id: str
+    experiment_type: str
+    doer: str
+    policy_id: str
+    policy_version: int
+    concluded_at: datetime | None
+    control_mean: float | None
+    candidate_mean: float | None
+    improvement: float | None
+    improvement_pct: float | None
+
+
+class LearningProgress(BaseModel):
+    """Success rate and improvement by experiment type, and the latest promoted experiments."""
+
+    by_type: list[ExperimentType]
+    promoted: list[PromotedExperiment]
+
+
+class ActivePolicy(BaseModel):
+    doer: str
+    policy_id: str
+    version: int
+    active_from: datetime
+    promoted_by: str
+    reason: str
+
+
+class PolicyWeek(BaseModel):
+    """Policy moves of one week (starting Monday, UTC)."""
+
+    week: date
+    promotions: int
+    rollbacks: int
+    shadows_started: int
+    canaries_started: int
+    rollback_rate: float | None
+
+
+class PolicyPerformance(BaseModel):
+    """Active versions, moves per week, and the shadow and canary deployments in flight."""
+
+    active: list[ActivePolicy]
+    weeks: list[PolicyWeek]
+    in_flight: dict[str, int]
+
+
+class RankedDoer(BaseModel):
+    doer: str
+    as_of: date
+    runs: int
+    mean_crl: float
+    delta_7d: float | None
+    gate_pass_rate: float | None
+    policy_id: str | None
+    policy_version: int | None
+
+
+class FailureMode(BaseModel):
+    """A gate failing across doers: in how many, and how often over 30 days."""
+
+    gate: str
+    doers: int
+    failures: int
+
+
+class SkillOverview(BaseModel):
+    """Top performing and struggling doers by their card's mean CRL, and common failure modes."""
+
+    top: list[RankedDoer]
+    struggling: list[RankedDoer]
+    failure_modes: list[FailureMode]
+
+
+class PolicyMove(BaseModel):
+    id: int
+    action: str
+    policy_id: str | None
+    version: int | None
+    from_status: str | None
+    to_status: str | None
+    actor: str
+    reason: str
+    deployment_id: str | None
+    occurred_at: datetime
+
+
+class DoerExperiment(BaseModel):
+    experiment_id: str
+    experiment_type: str
+    phase: str
+    status: str
+    policy_id: str
+    policy_version: int
+    deployment_id: str | None
+    created_at: datetime
+    concluded_at: datetime | None
+    improvement: float | None
+
+
+def pool(request: Request) -> Any:
+    return request.app.state.pool
+
+
+def series(rows: list[dict[str, Any]], *key: str) -> list[dict[str, Any]]:
+    """Chart series of trend ROWS, one per value of the KEY columns: days, CRL and baseline."""
+    grouped: dict[str, dict[str, list[Any]]] = defaultdict(
+        lambda: {"days": [], "crl": [], "baseline": []}
+    )
+    for row in rows:
+        name = "@".join(str(row[k]) for k in key)
+        grouped[name]["days"].append(str(row["day"]))
+        grouped[name]["crl"].append(row["mean_crl"])
+        grouped[name]["baseline"].append(row["baseline_crl"])
+    return [{"name": name, **values} for name, values in grouped.items()]
+
+
+@router.get("/api/crl/trend/phases", response_model=list[PhaseDay])
+async def api_trend_by_phase(request: Request, days: int = 30) -> list[dict[str, Any]]:
+    """CRL per phase and day over all doers, with each phase's trailing 7-day baseline."""
+    return await dashboard.crl_trend_by_phase(pool(request), days)
+
+
+@router.get("/api/doers/{doer}/trend/phases", response_model=list[PhaseDay])
+async def api_doer_trend_by_phase(
+    request: Request, doer: str, days: int = 30
+) -> list[dict[str, Any]]:
+    """The doer's CRL per phase and day, with each phase's trailing 7-day baseline."""
+    return await dashboard.doer_trend_by_phase(pool(request), doer, days)
+
+
+@router.get("/api/doers/{doer}/trend/policies", response_model=list[PolicyDay])
+async def api_doer_trend_by_policy(
+    request: Request, doer: str, days: int = 30
+) -> list[dict[str, Any]]:
+    """The doer's CRL per policy version and day, with each version's trailing 7-day baseline."""
+    return await dashboard.doer_trend_by_policy(pool(request), doer, days)
+
+
+@router.get("/api/doers/{doer}/skill-card")
+async def api_skill_card(request: Request, doer: str) -> dict[str, Any]:
+    """The doer's current skill card as stored (the SkillCard event); 404 if it has none."""
+    card = await dashboard.skill_card(pool(request), doer)
+    if card is None:
+        raise HTTPException(404, f"no skill card of {doer}")
+    return dict(orjson.loads(card["card"]))
+
+
+@router.get("/api/doers/{doer}/policy-history", response_model=list[PolicyMove])
+async def api_policy_history(request: Request, doer: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The doer's applied policy moves, latest first."""
+    return await dashboard.policy_history(pool(request), doer, limit)
+
+
+@router.get("/api/doers/{doer}/experiments", response_model=list[DoerExperiment])
+async def api_doer_experiments(
+    request: Request, doer: str, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The doer's experiments, latest first, with the improvement of the promoted ones."""
+    return await dashboard.doer_experiments(pool(request), doer, limit)
+
+
+async def _progress(request: Request) -> dict[str, Any]:
+    return {
+        "by_type": await dashboard.experiment_success_by_type(pool(request)),
+        "promoted": await dashboard.promoted_experiments(pool(request)),
+    }
+
+
+@router.get("/api/progress", response_model=LearningProgress)
+async def api_progress(request: Request) -> dict[str, Any]:
+    """Success rate and mean CRL improvement by experiment type; the latest promoted ones."""
+    return await _progress(request)
+
+
+async def _policies(request: Request) -> dict[str, Any]:
+    return {
+        "active": await dashboard.active_policies(pool(request)),
+        "weeks": await dashboard.policy_moves_per_week(pool(request)),
+        "in_flight": await dashboard.deployments_in_flight(pool(request)),
+    }
+
+
+@router.get("/api/policies", response_model=PolicyPerformance)
+async def api_policies(request: Request) -> dict[str, Any]:
+    """Active version per doer, promotions and rollbacks per week, deployments in flight."""
+    return await _policies(request)
+
+
+async def _skills(request: Request) -> dict[str, Any]:
+    ranking = await dashboard.skill_ranking(pool(request))
+    return {**ranking, "failure_modes": await dashboard.failure_modes(pool(request))}
+
+
+@router.get("/api/skills", response_model=SkillOverview)
+async def api_skills(request: Request) -> dict[str, Any]:
+    """Top performing and struggling doers, and the failure modes common across doers."""
+    return await _skills(request)
+
+
+@router.get("/progress", response_class=HTMLResponse, include_in_schema=False)
+async def progress_page(request: Request) -> HTMLResponse:
+    experiments = await dashboard.experiments_per_day(pool(request))
+    per_day: dict[str, int] = defaultdict(int)
+    for row in experiments:
+        per_day[str(row["day"])] += row["experiments"]
+    return TEMPLATES.TemplateResponse(
+        request,
+        "progress.html",
+        {**await _progress(request), "experiments": experiments, "per_day": dict(per_day)},
+    )
+
+
+@router.get("/policies", response_class=HTMLResponse, include_in_schema=False)
+async def policies_page(request: Request) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "policies.html", await _policies(request))
+
+
+@router.get("/skills", response_class=HTMLResponse, include_in_schema=False)
+async def skills_page(request: Request) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "skills.html", await _skills(request))
+
+
+@router.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
+async def doer_page(request: Request, doer: str) -> HTMLResponse:
+    trend = await dashboard.doer_trend(pool(request), doer)
+    if not trend:
+        raise HTTPException(404, f"no runs of {doer}")
+    phases = await dashboard.doer_trend_by_phase(pool(request), doer)
+    policies = await dashboard.doer_trend_by_policy(pool(request), doer)
+    return TEMPLATES.TemplateResponse(
+        request,
+        "doer.html",
+        {
+            "doer": doer,
+            "trend": trend,
+            "days": [str(row["day"]) for row in trend],
+            "crl": [row["mean_crl"] for row in trend],
+            "baseline": [row["baseline_crl"] for row in trend],
+            "card": await dashboard.skill_card(pool(request), doer),
+            "phases": phases,
+            "phase_series": series(phases, "phase"),
+            "policies": policies,
+            "policy_series": series(policies, "policy_id", "policy_version"),
+            "history": await dashboard.policy_history(pool(request), doer),
+            "experiments": await dashboard.doer_experiments(pool(request), doer),
+        },
+    )
