@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 from models.events import Alert
 
@@ -68,10 +69,23 @@ def parse_webhooks(text: str) -> tuple[Webhook, ...]:
 
 
 def evidence_link(alert: Alert, dashboard_url: str | None) -> str | None:
-    """Where a person sees the evidence of an alert: the doer's dashboard page."""
+    """Where a person sees the evidence of an alert on the console.
+
+    A canary's alert links its deployment's page (decisions and interval); a regression
+    of one phase or one policy version links that section of the doer's page (its trend
+    against the 7-day baseline); any other alert links the doer's page.
+    """
     if not dashboard_url:
         return None
-    return f"{dashboard_url.rstrip('/')}/doers/{alert.doer}"
+    base = dashboard_url.rstrip("/")
+    if alert.deployment_id:
+        return f"{base}/canaries/{quote(alert.deployment_id, safe='')}"
+    doer = f"{base}/doers/{quote(alert.doer, safe='')}"
+    if alert.phase:
+        return f"{doer}#phase"
+    if alert.policy_id:
+        return f"{doer}#policy"
+    return doer
 
 
 def _figure(value: float | None) -> str:

@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from agents.app import LearnopsApp, create_app
 from agents.settings import Settings
 from agents.tables import SEPARATOR, history
+from learning.alerting import evidence_link
 from learning.crl import score_bundle
 from learning.deployments import MISSING_GRACE_S, MISSING_MIN_ROUTED
 from learning.routing import route
@@ -386,8 +387,9 @@ async def test_a_regressing_doer_day_raises_one_alert_and_a_steady_doer_none(
         assert not stage.alerted[f"{steady}{SEPARATOR}{today.isoformat()}"]
 
 
-async def test_a_regression_in_one_phase_alerts_for_that_phase_when_the_doer_mean_hides_it(
-    make_app: Callable[..., LearnopsApp],
+@pytest.mark.parametrize("scope", ["phase", "policy"])
+async def test_a_regression_in_one_phase_or_policy_alerts_for_it_when_the_doer_mean_hides_it(
+    make_app: Callable[..., LearnopsApp], scope: str
 ) -> None:
     app = make_app("crl")
     trends = app.learning.trends
@@ -395,26 +397,33 @@ async def test_a_regression_in_one_phase_alerts_for_that_phase_when_the_doer_mea
     orchestrator = Orchestrator(seed=20261204, doers=(doer,), run_prefix=f"ph-{tag()}")
     today = datetime.now(UTC).date()
     midnight = datetime.combine(today, datetime.min.time(), UTC)
-    healthy = ("plan", "draft", "finalize")
+    # Four phases, or four versions of the doer's policy in one phase (the phase is then
+    # the doer as a whole, and does not regress either).
+    parts: list[dict[str, Any]] = (
+        [{"phase": p} for p in ("plan", "draft", "finalize", "review")]
+        if scope == "phase"
+        else [{"phase": "plan", "policy": (doer.lower(), v)} for v in (1, 2, 3, 4)]
+    )
+    *healthy, failing = parts
     baseline = [
-        orchestrator.bundle(doer, occurred_at=midnight - timedelta(days=d, minutes=-i), phase=p)
+        orchestrator.bundle(doer, occurred_at=midnight - timedelta(days=d, minutes=-i), **part)
         for d in range(trends.baseline_days, 0, -1)
         for i in range(8)  # x 7 days: past min_baseline_count
-        for p in (*healthy, "review")
+        for part in parts
     ]
-    # Today the review phase goes bad, in a tenth of the doer's runs.
+    # Today the last phase (or version) goes bad, in a tenth of the doer's runs.
     assert 8 * trends.baseline_days >= trends.min_baseline_count
     count = trends.min_today_count + 10
     bad = [
         orchestrator.bundle(
-            doer, occurred_at=midnight + timedelta(minutes=i), phase="review", quality=0.05
+            doer, occurred_at=midnight + timedelta(minutes=i), quality=0.05, **failing
         )
         for i in range(count)
     ]
     good = [
-        orchestrator.bundle(doer, occurred_at=midnight + timedelta(minutes=i, seconds=1), phase=p)
+        orchestrator.bundle(doer, occurred_at=midnight + timedelta(minutes=i, seconds=1), **part)
         for i in range(3 * count)
-        for p in healthy
+        for part in healthy
     ]
     progress = Progress(app.stages["crl"])
     async with app.agents["crl"].test_context() as agent:
@@ -423,13 +432,16 @@ async def test_a_regression_in_one_phase_alerts_for_that_phase_when_the_doer_mea
             await feed.event(RUNS, bundle)
         await progress.done(len(baseline) + len(good) + len(bad))
     alerts = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
-    scopes = sorted((a.phase, a.policy_id) for a in alerts)
-    assert ("review", None) in scopes, [a.message for a in alerts]
-    assert (None, None) not in scopes, "the doer as a whole did not regress"
-    assert all(a.phase in (None, "review") for a in alerts)
-    (review,) = [a for a in alerts if a.phase == "review"]
-    assert review.evidence["scope"] == "phase"
-    assert review.message.startswith("review: ")
+    scopes = sorted((a.phase, a.policy_id, a.policy_version) for a in alerts)
+    expected = ("review", None, None) if scope == "phase" else (None, doer.lower(), 4)
+    assert scopes == [expected], [a.message for a in alerts]
+    (alert,) = alerts
+    assert alert.evidence["scope"] == scope
+    assert alert.value is not None and alert.threshold is not None
+    assert alert.value > alert.threshold, "the alert carries the figure above its threshold"
+    name = "review" if scope == "phase" else f"{doer.lower()}@4"
+    assert alert.message.startswith(f"{name}: ")
+    assert evidence_link(alert, "http://console") == f"http://console/doers/{doer}#{scope}"
 
 
 async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(

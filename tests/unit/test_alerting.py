@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -11,6 +12,7 @@ from learning.alerting import (
     RetryPolicy,
     Webhook,
     WebhookConfigError,
+    evidence_link,
     parse_webhooks,
     payload,
     retryable,
@@ -69,19 +71,43 @@ def test_alertmanager_payload_is_a_version_4_message_with_one_firing_alert() -> 
     }
     assert alert["annotations"]["threshold"] == "0.345"
     assert alert["fingerprint"] == str(ALERT.event_id)
-    assert alert["generatorURL"] == "http://dash:8080/doers/PRDWriter"
+    assert alert["generatorURL"] == "http://dash:8080/doers/PRDWriter#phase"
 
 
 def test_json_and_slack_payloads_link_the_evidence() -> None:
     body = payload(Webhook("json", "http://x"), ALERT, "http://dash")
     assert body["event_id"] == str(ALERT.event_id)
-    assert body["evidence_url"] == "http://dash/doers/PRDWriter"
+    assert body["evidence_url"] == "http://dash/doers/PRDWriter#phase"
     slack = payload(Webhook("slack", "http://x"), ALERT, "http://dash")
     assert slack["text"].startswith("[warning] crl_regression")
-    assert "<http://dash/doers/PRDWriter|evidence>" in slack["blocks"][0]["text"]["text"]
+    assert "<http://dash/doers/PRDWriter#phase|evidence>" in slack["blocks"][0]["text"]["text"]
     assert (
         "evidence" not in payload(Webhook("slack", "http://x"), ALERT)["blocks"][0]["text"]["text"]
     )
+
+
+@pytest.mark.parametrize(
+    ("scope", "link"),
+    [
+        ({"phase": "draft"}, "http://dash/doers/PRDWriter#phase"),
+        (
+            {"phase": None, "policy_id": "prd", "policy_version": 3},
+            "http://dash/doers/PRDWriter#policy",
+        ),
+        ({"phase": None}, "http://dash/doers/PRDWriter"),
+        (
+            {"phase": None, "kind": "canary_rollback", "deployment_id": "dep/1"},
+            "http://dash/canaries/dep%2F1",
+        ),
+    ],
+)
+def test_the_evidence_link_is_the_console_page_of_the_alert_s_scope(
+    scope: dict[str, Any], link: str
+) -> None:
+    """A phase or policy regression links its trend section; a canary alert its deployment."""
+    alert = ALERT.model_copy(update=scope)
+    assert evidence_link(alert, "http://dash/") == link
+    assert evidence_link(alert, None) is None
 
 
 @pytest.mark.parametrize(
