@@ -524,18 +524,22 @@ async def db_migrate(ctx: CommandContext, as_json: bool) -> None:
     json_option,
 )
 async def schema_export(ctx: CommandContext, out: Path, as_json: bool) -> None:
-    """Write the JSON Schema of every event to OUT/<topic>.schema.json."""
+    """Write the JSON Schema of every event to OUT/<topic>.schema.json, and OUT/asyncapi.json."""
     import orjson
 
-    from models.registry import json_schemas
+    from agents.asyncapi import asyncapi_document, event_schemas, schema_file
 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot create {out}: {exc.strerror}; choose another --out")
+    documents: dict[str, Any] = {
+        schema_file(topic): document for topic, document in sorted(event_schemas().items())
+    }
+    documents["asyncapi.json"] = asyncapi_document(ctx.catalog)
     written = []
-    for topic, document in sorted(json_schemas().items()):
-        path = out / f"{topic}.schema.json"
+    for name, document in documents.items():
+        path = out / name
         path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
         written.append(str(path))
     if as_json:

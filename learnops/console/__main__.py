@@ -12,7 +12,9 @@ from learnops.console.app import create_console
 
 def serve(host: str, port: int) -> None:
     """Run the console on HOST:PORT until interrupted."""
-    uvicorn.run(create_console(load_settings().database_dsn), host=host, port=port)
+    settings = load_settings()
+    console = create_console(settings.database_dsn, settings.learnops_topics_file)
+    uvicorn.run(console, host=host, port=port)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
-from learnops.console import concerns
+from learnops.console import concerns, contract
 from storage import dashboard
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -211,8 +211,9 @@ def plotly_bundle() -> Path | None:
     return path if path.exists() else None
 
 
-def create_console(database_dsn: str) -> FastAPI:
-    """The read-only console over the database at DATABASE_DSN."""
+def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAPI:
+    """The read-only console over the database at DATABASE_DSN (topics: TOPICS_FILE or packaged)."""
+    from agents.topics import load_catalog
     from storage.pool import create_pool
 
     @asynccontextmanager
@@ -224,7 +225,9 @@ def create_console(database_dsn: str) -> FastAPI:
             await app.state.pool.close()
 
     app = FastAPI(title="learnops console", version="1", lifespan=lifespan)
+    app.state.catalog = load_catalog(topics_file)
     app.include_router(concerns.router)
+    app.include_router(contract.router)
 
     def pool(request: Request) -> Any:
         return request.app.state.pool
@@ -367,6 +370,17 @@ def create_console(database_dsn: str) -> FastAPI:
     @app.get("/live", response_class=HTMLResponse, include_in_schema=False)
     async def live_page(request: Request) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, "live.html", {})
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """The process answers (no database round trip: the benchmarks' baseline)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> dict[str, str]:
+        """PostgreSQL answers a SELECT 1 (503 from the error handler if it does not)."""
+        await pool(request).fetchval("SELECT 1")
+        return {"status": "ready"}
 
     @app.get("/static/plotly.min.js", include_in_schema=False)
     async def plotly_js() -> FileResponse:
