@@ -35,8 +35,7 @@ async def doers(pool: Any) -> list[dict[str, Any]]:
     """Every doer with its latest day, 7-day mean CRL and change against its baseline."""
     return await _fetch(
         pool,
-        "SELECT DISTINCT ON (doer) doer, day, mean_crl_7d, delta_vs_baseline"
-        " FROM v_crl_trend_by_doer ORDER BY doer, day DESC",
+        "SELECT doer, day, mean_crl_7d, delta_vs_baseline FROM v_doers_latest ORDER BY doer",
     )
 
 

@@ -391,11 +391,14 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def overview(request: Request) -> HTMLResponse:
-        trend = await dashboard.crl_trend_overall(pool(request))
-        experiments = await dashboard.experiments_per_day(pool(request))
-        doers = await dashboard.doers(pool(request))
-        canaries = await dashboard.canaries(pool(request), in_flight=True)
-        phases = await dashboard.crl_trend_by_phase(pool(request))
+        # Independent reads: run at once on the pool's connections, not one after another.
+        trend, experiments, doers, canaries, phases = await asyncio.gather(
+            dashboard.crl_trend_overall(pool(request)),
+            dashboard.experiments_per_day(pool(request)),
+            dashboard.doers(pool(request)),
+            dashboard.canaries(pool(request), in_flight=True),
+            dashboard.crl_trend_by_phase(pool(request)),
+        )
         return TEMPLATES.TemplateResponse(
             request,
             "overview.html",

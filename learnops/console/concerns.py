@@ -3,6 +3,7 @@ policy performance, skill cards, and the doer page that brings a doer's figures 
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from datetime import date, datetime
 from pathlib import Path
@@ -235,11 +236,12 @@ async def api_progress(request: Request) -> dict[str, Any]:
 
 
 async def _policies(request: Request) -> dict[str, Any]:
-    return {
-        "active": await dashboard.active_policies(pool(request)),
-        "weeks": await dashboard.policy_moves_per_week(pool(request)),
-        "in_flight": await dashboard.deployments_in_flight(pool(request)),
-    }
+    active, weeks, in_flight = await asyncio.gather(
+        dashboard.active_policies(pool(request)),
+        dashboard.policy_moves_per_week(pool(request)),
+        dashboard.deployments_in_flight(pool(request)),
+    )
+    return {"active": active, "weeks": weeks, "in_flight": in_flight}
 
 
 @router.get("/api/policies", response_model=PolicyPerformance)

@@ -201,3 +201,20 @@ FROM skill_cards c
 CROSS JOIN LATERAL jsonb_each_text(coalesce(c.card -> 'gate_failures_30d', '{}'::jsonb)) f
 WHERE c.is_current AND f.value::bigint > 0
 GROUP BY f.key;
+
+-- Each doer's latest day with its 7-day mean CRL and change against its
+-- baseline: the figures v_crl_trend_by_doer has on that day, read from the
+-- doer's last 8 days only (through the primary key) instead of windowing every
+-- doer's whole history, which the overview cannot afford with 1,000 doers.
+CREATE VIEW v_doers_latest AS
+SELECT l.doer, l.day, w.mean_crl_7d, w.mean_crl - w.baseline_crl AS delta_vs_baseline
+FROM (SELECT doer, max(day) AS day FROM learning_progress GROUP BY doer) l
+CROSS JOIN LATERAL (
+    SELECT sum(p.mean_crl * p.runs) FILTER (WHERE p.day > l.day - 7)
+               / sum(p.runs) FILTER (WHERE p.day > l.day - 7) AS mean_crl_7d,
+           sum(p.mean_crl * p.runs) FILTER (WHERE p.day < l.day)
+               / nullif(sum(p.runs) FILTER (WHERE p.day < l.day), 0) AS baseline_crl,
+           max(p.mean_crl) FILTER (WHERE p.day = l.day) AS mean_crl
+    FROM learning_progress p
+    WHERE p.doer = l.doer AND p.day BETWEEN l.day - 7 AND l.day
+) w;

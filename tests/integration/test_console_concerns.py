@@ -424,3 +424,21 @@ async def test_progress_policies_and_skills_pages_in_chromium(
         (str(r["week"]), str(r["promotions"]), str(r["rollbacks"])) for r in weeks
     ]
     assert shown_modes == [(r["gate"], str(r["doers"]), str(r["failures"])) for r in modes]
+
+
+async def test_the_doer_list_has_the_figures_of_each_doer_s_latest_day_in_the_trend_view(
+    db: Any, seeded: dict[str, Any]
+) -> None:
+    expected = await db.fetch(
+        "SELECT DISTINCT ON (doer) doer, day, mean_crl_7d, delta_vs_baseline"
+        " FROM v_crl_trend_by_doer ORDER BY doer, day DESC"
+    )
+    shown = await dashboard.doers(db)
+    assert [(r["doer"], r["day"]) for r in shown] == [(r["doer"], r["day"]) for r in expected]
+    assert seeded["doers"]["a"] in {r["doer"] for r in shown}
+    for row, want in zip(shown, expected, strict=True):
+        assert row["mean_crl_7d"] == pytest.approx(want["mean_crl_7d"])
+        if want["delta_vs_baseline"] is None:
+            assert row["delta_vs_baseline"] is None
+        else:
+            assert row["delta_vs_baseline"] == pytest.approx(want["delta_vs_baseline"])

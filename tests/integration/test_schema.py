@@ -19,9 +19,30 @@ TABLES = {
     "golden_datasets",
     "learning_progress",
     "dataset_samples",
+    "crl_daily",
 }
-VIEWS = {"v_crl_trend_by_doer", "v_policy_performance", "v_experiment_success_rate"}
-TRIGGERS = {"trigger_policy_updated": "policies", "trigger_crl_progress": "crl_results"}
+VIEWS = {
+    "v_crl_trend_by_doer",
+    "v_policy_performance",
+    "v_experiment_success_rate",
+    # The console's (migration 017).
+    "v_crl_trend_by_phase",
+    "v_crl_trend_by_doer_phase",
+    "v_crl_trend_by_policy",
+    "v_doers_latest",
+    "v_experiment_success_by_type",
+    "v_promoted_experiments",
+    "v_experiment_improvement_by_type",
+    "v_active_policies",
+    "v_policy_moves_per_week",
+    "v_skill_card_ranking",
+    "v_failure_modes",
+}
+TRIGGERS = {
+    "trigger_policy_updated": "policies",
+    "trigger_crl_progress": "crl_results",
+    "trigger_crl_daily_fold": "crl_results",
+}
 
 
 async def test_every_table_of_the_schema_exists(db: Any) -> None:
