@@ -202,6 +202,18 @@ def interval_chart(decisions: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: How many doers the overview lists (the API lists them all): those moving most.
+OVERVIEW_DOERS = 25
+
+
+def moving_most(doers: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The LIMIT doers whose CRL rose most against their baseline; those with none last."""
+    rising = sorted(
+        doers, key=lambda row: (row["delta_vs_baseline"] is None, -(row["delta_vs_baseline"] or 0))
+    )
+    return rising[:limit]
+
+
 def plotly_bundle() -> Path | None:
     """plotly.min.js from the installed plotly package (the machines are offline: no CDN)."""
     spec = importlib.util.find_spec("plotly")
@@ -405,7 +417,8 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
             {
                 "trend": trend,
                 "experiments": experiments,
-                "doers": doers,
+                "doers": moving_most(doers, OVERVIEW_DOERS),
+                "doer_count": len(doers),
                 "canaries": canaries,
                 "days": [str(row["day"]) for row in trend],
                 "crl": [row["mean_crl"] for row in trend],

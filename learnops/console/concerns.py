@@ -274,9 +274,19 @@ async def progress_page(request: Request) -> HTMLResponse:
     )
 
 
+#: How many activations the policies page lists (the API lists every active version).
+RECENT_ACTIVATIONS = 50
+
+
 @router.get("/policies", response_class=HTMLResponse, include_in_schema=False)
 async def policies_page(request: Request) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(request, "policies.html", await _policies(request))
+    figures = await _policies(request)
+    active = sorted(figures["active"], key=lambda row: row["active_from"], reverse=True)
+    return TEMPLATES.TemplateResponse(
+        request,
+        "policies.html",
+        {**figures, "active": active[:RECENT_ACTIVATIONS], "active_count": len(active)},
+    )
 
 
 @router.get("/skills", response_class=HTMLResponse, include_in_schema=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import uuid
 from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
@@ -315,6 +316,7 @@ async def test_api_and_pages_show_the_figures_of_the_views(
         "/skills",
         f"/doers/{doer}",
         "/openapi.json",
+        "/",
     )
     phases, d_phases, d_policies, card, history, experiments = (r.json() for r in responses[:6])
     progress, policies, skills = (r.json() for r in responses[6:9])
@@ -350,6 +352,18 @@ async def test_api_and_pages_show_the_figures_of_the_views(
         assert f'data-key="{row["phase"]}/{row["day"]}"' in doer_page
         assert f"{row['mean_crl']:.4f}" in doer_page
     assert f'class="mean-crl">{0.25:.4f}<' in doer_page and "exp-" in doer_page
+
+    overview = responses[14].text
+    doers = await dashboard.doers(db)
+    rising = sorted(
+        (r for r in doers if r["delta_vs_baseline"] is not None),
+        key=lambda r: -r["delta_vs_baseline"],
+    )
+    listed = re.findall(r'class="doer-link" href="/doers/([^"]+)"', overview)
+    assert listed[: len(rising)] == [r["doer"] for r in rising][: len(listed)]
+    assert f'id="doer-count">{len(doers)}<' in overview
+    active = await dashboard.active_policies(db)
+    assert f'id="active-count">{len(active)}<' in policies_page
 
 
 async def test_overview_to_doer_to_canary_in_chromium_shows_the_database_figures(
