@@ -41,6 +41,7 @@ from storage import experiments as experiments_store
 from storage import policies as store
 from tests.integration.kafka_io import LAG_S, eventually, publish
 from tests.integration.test_policy_agent import verdict
+from tests.operators import signed
 from tests.services import (
     REPO,
     WorkerProcess,
@@ -51,7 +52,8 @@ COMMANDS = "learning.commands"
 
 
 async def send(producer: Any, *events: Event) -> None:
-    await publish(producer, COMMANDS, [(e.doer.encode(), e.to_json()) for e in events])
+    """Publish commands signed as an owner would (tests.operators)."""
+    await publish(producer, COMMANDS, [(e.doer.encode(), signed(e).to_json()) for e in events])
 
 
 async def make_doer(db: Any, producer: Any, key: SigningKey, prefix: str) -> ExperimentDoer:

@@ -21,6 +21,7 @@ from storage import audit as audit_store
 from storage import deployments as deployments_store
 from storage import signing_keys as keys_store
 from tests.integration.kafka_io import eventually, publish
+from tests.operators import signed
 from tests.services import WorkerProcess, run_learnops
 
 COMMANDS = "learning.commands"
@@ -49,6 +50,9 @@ def register(doer: str, key: SigningKey, n: int, body: dict[str, Any] | None = N
 
 
 async def send(producer: Any, topic: str, *events: Event) -> None:
+    """Publish events; commands signed as an owner would (tests.operators)."""
+    if topic == COMMANDS:
+        events = tuple(signed(e) for e in events)
     await publish(producer, topic, [(e.doer.encode(), e.to_json()) for e in events])
 
 
