@@ -41,10 +41,14 @@ async def register(pool: Any) -> None:
 
 
 def write_keys(directory: Path) -> dict[str, str]:
-    """Write the owner's and the worker's private keys; the environment that points at them."""
+    """Write the three private keys; the environment that points at them.
+
+    ``LEARNOPS_TEST_APPROVER_KEY`` is no setting: CLI tests pass it to ``--approver-key``.
+    """
     paths = {
         "LEARNOPS_OPERATOR_KEY": (OWNER, "operator.pem"),
         "LEARNOPS_WORKER_KEY": (WORKER, "worker.pem"),
+        "LEARNOPS_TEST_APPROVER_KEY": (APPROVER, "approver.pem"),
     }
     env = {}
     for variable, (key, name) in paths.items():
