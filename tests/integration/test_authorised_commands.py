@@ -8,6 +8,7 @@ stage), leave no audit row and leave the doer's live policy as it was.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -250,3 +251,71 @@ async def test_operator_key_history_is_append_only(db: Any) -> None:
         await db.execute("DELETE FROM operator_key_events")
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="not registered"):
         await grant_role(db, "0123456789abcdef", "*", "owner", actor="mallory")
+
+
+def operator_cli(env: dict[str, str], *args: str) -> Any:
+    from tests.services import run_learnops
+
+    return run_learnops(env, "operator", "keys", *args)
+
+
+async def test_operator_keys_cli_adds_grants_lists_and_revokes_with_an_audited_history(
+    settings_env: dict[str, str], db: Any, tmp_path: Any
+) -> None:
+    env = {**settings_env, "LEARNOPS_WEB_ENABLED": "false"}
+    name = f"carol{uuid.uuid4().hex[:6]}"
+    key_file = tmp_path / "carol.pem"
+    added = operator_cli(
+        env, "add", "--operator", name, "--generate", "--out", str(key_file),
+        "--doer", "PRD*", "--role", "owner", "--actor", "admin", "--json",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    key_id = json.loads(added.stdout)["key_id"]
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    again = operator_cli(env, "add", "--operator", name, "--generate", "--out", str(key_file))
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    granted = operator_cli(env, "grant", key_id, "Coder", "operator", "--actor", "admin")
+    assert granted.returncode == 0, granted.stderr
+    unknown = operator_cli(env, "grant", "0123456789abcdef", "*", "owner")
+    assert unknown.returncode == 1 and "no operator key" in unknown.stderr
+    listed = json.loads(operator_cli(env, "list", "--json").stdout)
+    mine = next(k for k in listed if k["key_id"] == key_id)
+    assert mine["operator"] == name and mine["status"] == "active"
+    assert {(g["doer_pattern"], g["role"]) for g in mine["grants"]} == {
+        ("PRD*", "owner"),
+        ("Coder", "operator"),
+    }
+    revoked = operator_cli(env, "revoke", key_id, "--note", "left", "--actor", "admin")
+    assert revoked.returncode == 0, revoked.stderr
+    listed = json.loads(operator_cli(env, "list", "--json").stdout)
+    assert next(k for k in listed if k["key_id"] == key_id)["status"] == "revoked"
+    history = await db.fetch(
+        "SELECT kind, actor FROM operator_key_events WHERE key_id = $1 ORDER BY id", key_id
+    )
+    assert [(r["kind"], r["actor"]) for r in history] == [
+        ("add", "admin"),
+        ("grant", "admin"),
+        ("grant", "admin"),
+        ("revoke", "admin"),
+    ]
+
+
+async def test_the_cli_refuses_to_send_a_command_without_an_operator_key(
+    settings_env: dict[str, str], db: Any, tmp_path: Any
+) -> None:
+    from tests.services import run_learnops
+
+    env = {k: v for k, v in settings_env.items() if k != "LEARNOPS_OPERATOR_KEY"}
+    env["LEARNOPS_WEB_ENABLED"] = "false"
+    signer = tmp_path / "signer.pem"
+    made = run_learnops(env, "policy", "keys", "generate", "--out", str(signer))
+    assert made.returncode == 0, made.stderr
+    body = tmp_path / "v1.json"
+    body.write_text(json.dumps({"prompts": {"system": "You write PRDs."}}))
+    doer = f"Keyless{uuid.uuid4().hex[:8]}"
+    result = run_learnops(
+        env, "policy", "register", str(body), "--doer", doer, "--key", str(signer), "--no-wait"
+    )
+    assert result.returncode == 1
+    assert "set LEARNOPS_OPERATOR_KEY" in result.stderr
+    assert await db.fetchval("SELECT count(*) FROM policies WHERE doer = $1", doer) == 0
