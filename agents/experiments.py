@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from agents.stage import Stage
+from agents.worker_key import worker_signed
 from learning.experiments import (
     ENDED_STATUSES,
     FailureRate,
@@ -494,7 +495,7 @@ class ExperimentsStage(Stage):
             ),
             what="experiments",
         )
-        await self.topics.commands.send(command)
+        await self.topics.commands.send(worker_signed(self.app.settings, command))
         log.info(
             "experiment_deploy experiment=%s command=%s policy=%s@%s",
             row["experiment_id"],

@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     learnops_alert_webhooks: str = ""
     # The dashboard's base URL, for the evidence links alerts carry.
     learnops_dashboard_url: str | None = None
+    # Signed commands (docs/security.md#commands): how far the signer's clock may be
+    # off when checking issued_at/expires_at, how long a command the CLI signs lasts,
+    # the operator's private key (PEM) the CLI signs with, and the worker's own key
+    # (PEM) the experiments stage signs the deployments it starts with.
+    learnops_command_clock_skew_s: float = Field(default=30.0, ge=0.0, le=600.0)
+    learnops_command_ttl_s: float = Field(default=600.0, gt=0.0, le=86400.0)
+    learnops_operator_key: Path | None = None
+    learnops_worker_key: Path | None = None
 
     @field_validator("learnops_alert_webhooks")
     @classmethod

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from agents.stage import Stage
+from agents.worker_key import worker_signed
 from learning.skills import ExperimentTrigger, regression_trigger
 from models.events import Alert, RequestExperiment
 from storage.pool import durably
@@ -74,7 +75,7 @@ async def raise_request(
         },
     )
     # Wait for the broker's acknowledgement before recording it as published.
-    await (await app.event_topics.commands.send(request))
+    await (await app.event_topics.commands.send(worker_signed(app.settings, request)))
     await durably(partial(mark_published, app.pool, opened.request_id), what="requests")
     log.warning(
         "experiment_requested doer=%s reason=%s request=%s message=%r",

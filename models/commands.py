@@ -4,6 +4,14 @@
 ``POLICY_COMMANDS.validate_json(data)``, which picks the model by the
 ``command`` field and names the expected values when it is unknown.
 Every command says who asked (``actor``) and why (``reason``), for the audit.
+
+Every command is also a signed envelope (``learning.commands`` is a control
+plane): ``issued_at`` and ``expires_at`` bound when it may be applied, and
+``operator_signature`` is an operator key's Ed25519 signature over the
+command's other fields (``learning.commands.command_payload``). A forced
+promotion carries ``approver_signature`` too, a second owner's signature of the
+same payload. The policy stage refuses a command whose envelope does not verify
+and records the key's operator, not ``actor``, as who asked (docs/security.md).
 """
 
 from __future__ import annotations
@@ -20,14 +28,27 @@ from models.base import (
     Sha256Hex,
     TextUUID,
     UnitFloat,
+    UTCDatetime,
     Version,
 )
 from models.policy_change import CanarySettings
 
 
 class _Command(Event):
-    actor: Identifier
+    actor: Identifier  # self-declared; the policy stage audits the signing key's operator
     reason: Annotated[str, Field(min_length=1)]
+    # The envelope (learning.commands.sign_command fills it in).
+    issued_at: UTCDatetime | None = None
+    expires_at: UTCDatetime | None = None
+    operator_signature: Annotated[str, Field(min_length=1)] | None = None  # ed25519:<key>:<b64>
+    approver_signature: Annotated[str, Field(min_length=1)] | None = None  # a forced promotion's
+
+    @model_validator(mode="after")
+    def _expiry_after_issue(self) -> Self:
+        issued, expires = self.issued_at, self.expires_at
+        if issued is not None and expires is not None and expires <= issued:
+            raise ValueError("expires_at must be after issued_at")
+        return self
 
 
 class RegisterPolicy(_Command):

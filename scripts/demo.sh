@@ -20,6 +20,18 @@ step "Topics (from topics.yaml) and schema (numbered migrations)"
 "$bin/learnops" topics create
 "$bin/learnops" db migrate
 
+step "Operator keys (commands are signed: docs/security.md#commands)"
+# Fresh keys each run, registered in this database: the worker's own key (operator
+# role, for the deployments the experiments stage starts) and an owner key for you
+# to try `learnops policy …` with. The demo's walk-throughs enrol keys of their own.
+keys="$state/keys-$(date +%s)"
+mkdir -p "$keys"
+"$bin/learnops" operator keys add --operator worker --generate --out "$keys/worker.pem" \
+  --doer '*' --role operator --actor demo
+"$bin/learnops" operator keys add --operator "${USER:-operator}" --generate \
+  --out "$keys/operator.pem" --doer '*' --role owner --actor demo
+export LEARNOPS_WORKER_KEY="$keys/worker.pem" LEARNOPS_OPERATOR_KEY="$keys/operator.pem"
+
 step "Worker"
 log="$state/worker.log"
 : > "$log"
@@ -63,6 +75,7 @@ step "Curated samples: datasets, rejects, redactions, and a PII scan"
 
 step "Done"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
+echo "Sign commands as the demo's owner: export LEARNOPS_OPERATOR_KEY=$LEARNOPS_OPERATOR_KEY"
 echo "Look around: learnops topics describe · kcat -b $KAFKA_BOOTSTRAP_SERVERS -t learning.dlq -C -e · psql \"\$DATABASE_URL\""
 echo "Stop the services with: make down"
 

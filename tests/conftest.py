@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from tests import operators
 from tests.services import (
     REPO,
     WorkerProcess,
@@ -64,6 +65,7 @@ async def database_url(postgres_server: str) -> AsyncIterator[str]:
     pool = await create_pool(dsn, min_size=1, max_size=2)
     try:
         await migrate(pool)
+        await operators.register(pool)
     finally:
         await pool.close()
     yield dsn
@@ -102,6 +104,8 @@ def settings_env(
         "DATABASE_URL": database_url,
         "LEARNOPS_WEB_PORT": str(free_port()),
         "LEARNOPS_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
+        # The CLI signs commands with the tests' owner key, the worker with its own.
+        **operators.write_keys(tmp_path_factory.mktemp("operator-keys")),
     }
 
 
@@ -113,6 +117,8 @@ def settings(settings_env: dict[str, str]) -> Any:
     return Settings(
         kafka_bootstrap_servers=settings_env["KAFKA_BOOTSTRAP_SERVERS"],
         database_url=settings_env["DATABASE_URL"],
+        learnops_operator_key=settings_env["LEARNOPS_OPERATOR_KEY"],
+        learnops_worker_key=settings_env["LEARNOPS_WORKER_KEY"],
     )
 
 

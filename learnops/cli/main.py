@@ -359,6 +359,10 @@ GROUPS: dict[str, tuple[str, str]] = {
         "learnops.cli.datasets:dataset",
         "Curated datasets (DOER/PHASE) and golden datasets: list, show, freeze, verify.",
     ),
+    "operator": (
+        "learnops.cli.operator:operator",
+        "Operator keys that sign commands, and their roles per doer.",
+    ),
     "replay": (
         "learnops.cli.experiments:replay",
         "Deterministic offline replays of a policy on a golden dataset.",

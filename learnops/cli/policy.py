@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -128,13 +127,18 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
     fail(f"no such policy {policy_id!r}{hint} (`learnops policy list` shows what exists)")
 
 
-async def _send(ctx: CommandContext, event: Event) -> None:
+async def _send(ctx: CommandContext, event: Event, approver_key: Path | None = None) -> Event:
+    """Sign the command with the operator's key and send it; the signed command is returned."""
+    from learnops.cli.operator import signed
+
+    event = signed(ctx, event, approver_key)
     producer = ctx.settings.kafka_producer()
     await producer.start()
     try:
         await producer.send_and_wait(COMMANDS_TOPIC, key=event.doer.encode(), value=event.to_json())
     finally:
         await producer.stop()
+    return event
 
 
 async def _submit(
@@ -145,11 +149,13 @@ async def _submit(
     wait: bool,
     timeout: float,
     as_json: bool = False,
+    approver_key: Path | None = None,
 ) -> None:
     """Send a command; with ``wait``, report the agent's verdict (exit 1 when refused)."""
+    from models.ids import caused_event_id
     from storage import audit as audit_store
 
-    await _send(ctx, event)
+    await _send(ctx, event, approver_key)
     sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}  # type: ignore[attr-defined]
     if not as_json:
         ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
@@ -158,7 +164,15 @@ async def _submit(
             ctx.say(dumps({**sent, "outcome": None}))
         return
     deadline = time.monotonic() + timeout
+    # A command whose signature or role is refused leaves no audit row, only an alert.
+    refusal_alert = caused_event_id("alert", event.event_id)
     while (outcome := await audit_store.outcome_of(pool, event.event_id)) is None:
+        message = await pool.fetchval(
+            "SELECT message FROM alerts WHERE event_id = $1 AND kind = 'command_refused'",
+            refusal_alert,
+        )
+        if message is not None:
+            fail(f"refused: {message}")
         if time.monotonic() > deadline:
             fail(
                 f"no verdict on {event.event_id} after {timeout:g}s; is a worker running? "
@@ -450,6 +464,12 @@ def _versioned(ctx: click.Context, param: click.Parameter, value: str) -> str:
     click.option("--force", is_flag=True, help="Skip steps (draft or shadow → active)."),
     click.option("--reason", default=None, help="Why (required with --force)."),
     click.option("--deployment", default=None, help="Only promote out of this deployment."),
+    click.option(
+        "--approver-key",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        default=None,
+        help="With --force: the second owner's private key PEM, who approves the forced promotion.",
+    ),
     _actor,
     _wait,
     _timeout,
@@ -461,12 +481,16 @@ async def policy_promote(
     force: bool,
     reason: str | None,
     deployment: str | None,
+    approver_key: Path | None,
     actor: str,
     wait: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Make REF (POLICY_ID@VERSION) its doer's active policy; the previous one is archived."""
+    """Make REF (POLICY_ID@VERSION) its doer's active policy; the previous one is archived.
+
+    A forced promotion is applied only with a second owner's signature (--approver-key).
+    """
     from models.commands import PromotePolicy
 
     if force and not reason:
@@ -482,7 +506,15 @@ async def policy_promote(
             deployment_id=deployment,
             force=force,
         )
-        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+        await _submit(
+            ctx,
+            pool,
+            event,
+            wait=wait,
+            timeout=timeout,
+            as_json=as_json,
+            approver_key=approver_key,
+        )
 
 
 @command(
@@ -1137,19 +1169,12 @@ async def keys_generate(
 ) -> None:
     """Create an Ed25519 signing key: the private half to OUT, the public half to the keyring."""
     from learning.signing import generate_key
+    from learnops.cli.operator import write_private_key
     from storage import signing_keys as keys_store
 
     key = generate_key()
     async with database(ctx) as pool:
-        try:
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            fail(f"{out} exists; refusing to overwrite a key (choose another --out)")
-        except OSError as exc:
-            fail(f"cannot create {out}: {exc.strerror}")
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(key.to_pem())
+        write_private_key(out, key)
         record = await keys_store.add_signing_key(pool, key.public_key, created_by=actor, note=note)
     if as_json:
         ctx.say(

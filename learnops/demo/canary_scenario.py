@@ -20,6 +20,7 @@ from typing import Any
 
 from learning.signing import SigningKey, signed_artifact
 from learnops.client.router import Router
+from learnops.demo.operators import demo_signed
 from learnops.simulation.canary import CanaryOrchestrator
 from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
@@ -77,8 +78,8 @@ class CanaryScenario:
         await asyncio.gather(*futures)
 
     async def command(self, event: Event, timeout: float = 60.0) -> store.Outcome:
-        """Send a command and wait until the policy store has handled it."""
-        await self.send("learning.commands", event)
+        """Send a command, signed, and wait until the policy store has handled it."""
+        await self.send("learning.commands", await demo_signed(self.pool, event))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             outcome = await store.outcome_of(self.pool, event.event_id)

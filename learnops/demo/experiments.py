@@ -40,6 +40,7 @@ from learnops.demo.experiments_scenario import (
     wait_experiment,
     wait_request,
 )
+from learnops.demo.operators import demo_signed
 from learnops.simulation.orchestrator import Orchestrator
 from models.commands import CanarySettings
 from storage import signing_keys as store
@@ -102,6 +103,7 @@ async def experiments(self: GroupedCommand, min_samples: int, timeout: float) ->
             reason="another synthesized revision",
             hypothesis="revision 3 lowers the CRL further",
         )
+        worse = await demo_signed(pool, worse)
         await producer.send_and_wait("learning.commands", key=doer.encode(), value=worse.to_json())
         await wait_experiment(
             pool, worse.experiment_id, {"failed", "incomplete", "shadow"}, timeout
@@ -190,6 +192,7 @@ async def answer(
         request_id=request["request_id"],
         canary=quick,
     )
+    create = await demo_signed(pool, create)
     await producer.send_and_wait(
         "learning.commands", key=prepared.name.encode(), value=create.to_json()
     )

@@ -19,6 +19,7 @@ from learning.curation import content_hash
 from learning.signing import SigningKey, signed_artifact
 from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
+from learnops.demo.operators import demo_signed
 from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
 from models.commands import (
@@ -65,6 +66,7 @@ class ExperimentDoer:
 
 async def submit(pool: Any, producer: Any, event: Event, timeout: float = 60.0) -> store.Outcome:
     """Send a policy command and wait until the policy store has handled it."""
+    event = await demo_signed(pool, event)
     await producer.send_and_wait(
         "learning.commands", key=event.doer.encode(), value=event.to_json()
     )

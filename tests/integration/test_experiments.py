@@ -41,6 +41,7 @@ from storage import experiments as experiments_store
 from storage import policies as store
 from tests.integration.kafka_io import LAG_S, eventually, publish
 from tests.integration.test_policy_agent import verdict
+from tests.operators import signed
 from tests.services import (
     REPO,
     WorkerProcess,
@@ -50,8 +51,11 @@ from tests.services import (
 COMMANDS = "learning.commands"
 
 
-async def send(producer: Any, *events: Event) -> None:
-    await publish(producer, COMMANDS, [(e.doer.encode(), e.to_json()) for e in events])
+async def send(producer: Any, *events: Event) -> list[Event]:
+    """Publish commands signed as an owner would (tests.operators); what was sent."""
+    sent = [signed(e) for e in events]
+    await publish(producer, COMMANDS, [(e.doer.encode(), e.to_json()) for e in sent])
+    return sent
 
 
 async def make_doer(db: Any, producer: Any, key: SigningKey, prefix: str) -> ExperimentDoer:
@@ -371,7 +375,7 @@ async def test_a_replay_of_an_unknown_policy_goes_to_the_dlq(
         dataset="no-such-golden",
         seeds=[1],
     )
-    await send(producer, request)
+    (sent,) = await send(producer, request)
 
     async def letters() -> list[DeadLetter]:
         found = [
@@ -386,7 +390,7 @@ async def test_a_replay_of_an_unknown_policy_goes_to_the_dlq(
 
     found = await eventually(letters, bool, timeout=60)
     assert len(found) == 1 and "not registered" in found[0].reason
-    assert found[0].value == request.to_json()
+    assert found[0].value == sent.to_json()
 
 
 async def test_a_malformed_replay_task_goes_to_the_dlq_and_the_executor_goes_on(

@@ -21,6 +21,7 @@ from storage import audit as audit_store
 from storage import deployments as deployments_store
 from storage import signing_keys as keys_store
 from tests.integration.kafka_io import eventually, publish
+from tests.operators import signed
 from tests.services import WorkerProcess, run_learnops
 
 COMMANDS = "learning.commands"
@@ -49,6 +50,9 @@ def register(doer: str, key: SigningKey, n: int, body: dict[str, Any] | None = N
 
 
 async def send(producer: Any, topic: str, *events: Event) -> None:
+    """Publish events; commands signed as an owner would (tests.operators)."""
+    if topic == COMMANDS:
+        events = tuple(signed(e) for e in events)
     await publish(producer, topic, [(e.doer.encode(), e.to_json()) for e in events])
 
 
@@ -109,7 +113,8 @@ async def test_commands_through_the_worker_are_stored_and_publish_the_live_polic
 
     change = await eventually(live, lambda c: c is not None and c.status == "canary")
     assert change is not None and change.change == "canary_started"
-    assert (change.policy_id, change.version, change.actor) == (pid, 1, "ops")
+    # The verified signer (tests.operators' owner), not the declared "ops".
+    assert (change.policy_id, change.version, change.actor) == (pid, 1, "tests")
     assert change.deployment is not None
     assert change.deployment.deployment_id == started.deployment_id
     assert (change.deployment.candidate_version, change.deployment.allocation) == (2, 0.05)
@@ -336,8 +341,12 @@ async def test_the_cli_round_trip_register_promote_inspect(
 
     refused = run_cli(env, "promote", f"{pid}@1", ok=False)
     assert refused.returncode == 1 and "refused (lifecycle)" in refused.stderr
-    run_cli(env, "promote", f"{pid}@1", "--force", "--reason", "first policy")
-    run_cli(env, "promote", f"{pid}@2", "--force", "--reason", "hotfix")
+    alone = run_cli(env, "promote", f"{pid}@1", "--force", "--reason", "first", ok=False)
+    assert alone.returncode == 1 and "second owner" in alone.stderr
+    # A forced promotion carries a second owner's approval.
+    approver = ("--approver-key", env["LEARNOPS_TEST_APPROVER_KEY"])
+    run_cli(env, "promote", f"{pid}@1", "--force", "--reason", "first policy", *approver)
+    run_cli(env, "promote", f"{pid}@2", "--force", "--reason", "hotfix", *approver)
 
     listing = run_cli(env, "list", "--doer", doer).stdout
     assert f"{pid}@2" in listing and "active" in listing and "archived" in listing

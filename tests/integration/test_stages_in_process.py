@@ -52,6 +52,7 @@ from storage.audit import outcome_of
 from storage.deployments import current_change
 from storage.policy_commands import apply_command
 from tests.integration.test_policy_agent import register
+from tests.operators import signed
 
 # How long a test waits for an effect before it fails.
 WAIT_S = 10.0
@@ -811,11 +812,11 @@ async def test_the_policy_stage_alerts_refused_commands_and_publishes_applied_on
     progress = Progress(stage)
     async with app.agents["policy"].test_context() as agent:
         feed = Feed(app, agent)
-        await feed.event(COMMANDS, honest)
-        await feed.event(COMMANDS, tampered)
+        await feed.event(COMMANDS, signed(honest))
+        await feed.event(COMMANDS, signed(tampered))
         await feed.put(COMMANDS, doer.encode(), b'{"command": "promote", "doer": ')
-        await feed.event(COMMANDS, unknown)
-        await feed.event(COMMANDS, promote)
+        await feed.event(COMMANDS, signed(unknown))
+        await feed.event(COMMANDS, signed(promote))
         await progress.done(5, batched=False)
 
     alerts: list[Alert] = sent(app, ALERTS)
