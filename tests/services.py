@@ -44,9 +44,9 @@ def _script_env() -> dict[str, str]:
     return {**os.environ, **TEST_PORTS, "LEARNOPS_STATE_DIR": str(TEST_STATE_DIR)}
 
 
-def _run_script(script: str, action: str) -> str:
+def _run_script(script: str, action: str, *args: str) -> str:
     result = subprocess.run(
-        ["bash", str(REPO / "scripts" / script), action],
+        ["bash", str(REPO / "scripts" / script), action, *args],
         env=_script_env(),
         capture_output=True,
         text=True,
@@ -107,6 +107,24 @@ def postgres_service() -> Iterator[str]:
     finally:
         if not os.environ.get("LEARNOPS_KEEP_SERVICES"):
             _run_script("postgres.sh", "down")
+
+
+#: The least-privilege database roles besides the owner (migration 021).
+DATABASE_ROLES = ("worker", "reader", "keyadmin")
+
+
+def role_database_url(role: str) -> str | None:
+    """A URL that logs in as ``learnops_<role>``, or None when this server has no such login.
+
+    ``LEARNOPS_<ROLE>_DATABASE_URL`` when set (beside an external DATABASE_URL);
+    otherwise, on the cluster scripts/postgres.sh runs for the tests, its URL.
+    """
+    given = os.environ.get(f"LEARNOPS_{role.upper()}_DATABASE_URL")
+    if given:
+        return given
+    if os.environ.get("DATABASE_URL") or docker_works():
+        return None
+    return _run_script("postgres.sh", "url", role).strip()
 
 
 def free_port() -> int:
