@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 import pytest
 
 from learning.signing import generate_key
 from storage import signing_keys as keys_store
 from storage.migrate import MIGRATIONS_DIR, migrate
 from storage.pool import create_pool
+from tests.services import run_learnops
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +215,25 @@ async def test_the_session_worker_runs_the_pipeline_as_learnops_worker(
         urlsplit(database_url).path.lstrip("/"),
     )
     assert "learnops_worker" in {row["usename"] for row in users}
+
+
+async def test_keys_history_shows_who_revoked_a_key_through_the_cli(
+    settings_env: dict[str, str], db: Any
+) -> None:
+    key = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="erin", note="ci signer")
+    revoked = await asyncio.to_thread(
+        run_learnops,
+        settings_env,
+        *("policy", "keys", "revoke", key.key_id, "--reason", "leaked", "--actor", "frank"),
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    shown = await asyncio.to_thread(
+        run_learnops, settings_env, "policy", "keys", "history", key.key_id, "--json"
+    )
+    assert shown.returncode == 0, shown.stderr
+    events = orjson.loads(shown.stdout)
+    assert [(e["action"], e["actor"], e["note"], e["db_role"]) for e in events] == [
+        ("added", "erin", "ci signer", "learnops"),
+        ("revoked", "frank", "leaked", "learnops_keyadmin"),
+    ]
