@@ -109,6 +109,35 @@ def postgres_service() -> Iterator[str]:
             _run_script("postgres.sh", "down")
 
 
+@contextlib.contextmanager
+def sasl_kafka_service(state_dir: Path) -> Iterator[dict[str, str]]:
+    """A second broker of scripts/kafka.sh with SASL/SCRAM, on free ports; its client settings.
+
+    Yields KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM,
+    KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD as the script printed them.
+    """
+    env = {
+        **os.environ,
+        "KAFKA_SASL": "scram",
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_HEAP_OPTS": "-Xmx256m -Xms128m",
+        "LEARNOPS_STATE_DIR": str(state_dir),
+    }
+    script = ["bash", str(REPO / "scripts" / "kafka.sh")]
+    result = subprocess.run(
+        [*script, "up"], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    try:
+        if result.returncode != 0:
+            raise RuntimeError(f"kafka.sh up (KAFKA_SASL=scram) failed:\n{result.stderr[-3000:]}")
+        yield dict(
+            line.split("=", 1) for line in result.stdout.splitlines() if line.startswith("KAFKA_")
+        )
+    finally:
+        subprocess.run([*script, "down"], env=env, capture_output=True, timeout=120, check=False)
+
+
 #: The least-privilege database roles besides the owner (migration 021).
 DATABASE_ROLES = ("worker", "reader", "keyadmin")
 
