@@ -1,4 +1,9 @@
-"""The trusted keyring: the public keys whose signatures let a policy version be deployed."""
+"""The trusted keyring: the public keys whose signatures let a policy version be deployed.
+
+A key's row never changes but for ``retired_at`` and ``revoked_at``, which a
+trigger sets from the key's append-only history (``signing_key_events``, with
+the actor); see migration 021 and docs/security.md.
+"""
 
 from __future__ import annotations
 
