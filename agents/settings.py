@@ -20,7 +20,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.base import validation_messages
@@ -51,6 +51,10 @@ def _default_data_dir() -> Path:
     return Path(state) / "learnops" / "worker"
 
 
+#: The local scripts' schema owner (scripts/postgres.sh); never used in production.
+DEVELOPMENT_DATABASE_URL = "postgresql://learnops:learnops@127.0.0.1:15432/learnops"
+
+
 class SettingsError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -78,10 +82,16 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
 
+    # "production" refuses to start on the development DATABASE_URL below.
+    learnops_env: Literal["development", "production"] = "development"
     database_url: SecretStr = Field(
-        default=SecretStr("postgresql://learnops:learnops@127.0.0.1:15432/learnops"),
+        default=SecretStr(DEVELOPMENT_DATABASE_URL),
         description="PostgreSQL DSN, postgresql://user:password@host:port/db.",
     )
+    # Optional connections of their own for the commands that need another
+    # database role (docs/security.md, "Database roles"); unset, DATABASE_URL.
+    learnops_migrate_database_url: SecretStr | None = None
+    learnops_keyadmin_database_url: SecretStr | None = None
     database_pool_min: int = Field(default=1, ge=0)
     database_pool_max: int = Field(default=10, ge=1)
 
@@ -141,13 +151,28 @@ class Settings(BaseSettings):
                 raise ValueError(f"{host!r} is not host:port")
         return ",".join(hosts)
 
-    @field_validator("database_url")
+    @field_validator(
+        "database_url", "learnops_migrate_database_url", "learnops_keyadmin_database_url"
+    )
     @classmethod
-    def _database_url_scheme(cls, value: SecretStr) -> SecretStr:
-        raw = value.get_secret_value()
-        if not raw.startswith(("postgresql://", "postgres://")):
+    def _database_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
             raise ValueError("must start with postgresql:// (or postgres://)")
         return value
+
+    @model_validator(mode="after")
+    def _production_names_its_database(self) -> Settings:
+        if self.learnops_env == "production" and (
+            "database_url" not in self.model_fields_set
+            or self.database_url.get_secret_value() == DEVELOPMENT_DATABASE_URL
+        ):
+            raise ValueError(
+                "DATABASE_URL must be set explicitly when LEARNOPS_ENV=production "
+                "(the development default, learnops:learnops on 127.0.0.1, is refused)"
+            )
+        return self
 
     @property
     def kafka_hosts(self) -> list[str]:
@@ -158,6 +183,14 @@ class Settings(BaseSettings):
     def database_dsn(self) -> str:
         """The PostgreSQL DSN in clear, for the driver only (never log it)."""
         return self.database_url.get_secret_value()
+
+    def database_dsn_for(self, purpose: Literal["default", "migrate", "keyadmin"]) -> str:
+        """The DSN for one kind of work: migrations, key administration, or everything else."""
+        chosen = {
+            "migrate": self.learnops_migrate_database_url,
+            "keyadmin": self.learnops_keyadmin_database_url,
+        }.get(purpose)
+        return (chosen or self.database_url).get_secret_value()
 
     @property
     def stages(self) -> frozenset[str] | None:
@@ -224,7 +257,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         # The variable and the rule, never the value: a URL or a password may be in it.
         lines = [
-            f"{'_'.join(str(part) for part in loc).upper()}: {message}"
+            f"{'_'.join(str(part) for part in loc).upper()}: {message}" if loc else message
             for loc, message in validation_messages(exc)
         ]
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

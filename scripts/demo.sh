@@ -35,7 +35,9 @@ export LEARNOPS_WORKER_KEY="$keys/worker.pem" LEARNOPS_OPERATOR_KEY="$keys/opera
 step "Worker"
 log="$state/worker.log"
 : > "$log"
-"$bin/learnops" worker -l info >"$log" 2>&1 &
+# The worker logs in as learnops_worker: it writes rows, but cannot change the
+# schema, rewrite the audit log or touch the keyring (docs/security.md).
+DATABASE_URL="$LEARNOPS_WORKER_DATABASE_URL" "$bin/learnops" worker -l info >"$log" 2>&1 &
 worker=$!
 stop_worker() {
   kill -TERM "$worker" 2>/dev/null || return 0
@@ -82,6 +84,7 @@ echo "Stop the services with: make down"
 step "The operator console (read-only dashboard and JSON API)"
 console_port="${LEARNOPS_CONSOLE_PORT:-8080}"
 mkdir -p "$state"
-nohup "$bin/learnops" serve --host 127.0.0.1 --port "$console_port" >"$state/console.log" 2>&1 &
+# As learnops_reader: the dashboard reads and can write nothing.
+DATABASE_URL="$LEARNOPS_READER_DATABASE_URL" nohup "$bin/learnops" serve --host 127.0.0.1 --port "$console_port" >"$state/console.log" 2>&1 &
 echo "$!" >"$state/console.pid"
 echo "Dashboard: http://127.0.0.1:$console_port/  (API: /api/…, OpenAPI: /openapi.json; log $state/console.log; stop: kill \$(cat $state/console.pid))"

@@ -12,12 +12,20 @@
 # (a generated throwaway pom.xml), cached once per version. Progress goes to
 # stderr; `up` ends with KAFKA_BOOTSTRAP_SERVERS=host:port on stdout.
 #
+# KAFKA_SASL=scram serves the client listener as SASL_PLAINTEXT with SCRAM-SHA-256
+# (loopback only, so no TLS): the credentials of a broker user `admin` and a client
+# user `learnops` are generated into <state>/kafka/scram/ and written into the
+# storage when it is formatted, and `up` also prints KAFKA_SECURITY_PROTOCOL,
+# KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD for the
+# learnops settings. A state dir formatted without it cannot switch to it: use a new one.
+#
 # Environment:
 #   KAFKA_VERSION          Apache Kafka version                         (4.1.1)
 #   KAFKA_PORT             client listener on 127.0.0.1                 (19092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener on 127.0.0.1       (19093)
 #   KAFKA_HEAP_OPTS        JVM heap options                             (-Xmx512m -Xms256m)
 #   KAFKA_START_TIMEOUT    seconds `up` waits for the broker to answer  (60)
+#   KAFKA_SASL             "scram" for SASL/SCRAM-SHA-256 on the client listener, else none
 #   LEARNOPS_CACHE_DIR     downloaded jars            ($HOME/.cache/learnops)
 #   LEARNOPS_STATE_DIR     data, config, log and pid  (<repo>/.local), this script uses ./kafka in it
 #   LEARNOPS_AUTO_INSTALL  when root and not 0, apt-get installs a missing java or mvn (1)
@@ -50,6 +58,13 @@ LOG_FILE="$STATE_DIR/kafka.log"
 PID_FILE="$STATE_DIR/kafka.pid"
 
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+
+KAFKA_SASL="${KAFKA_SASL:-}"
+[[ -z "$KAFKA_SASL" || "$KAFKA_SASL" == scram ]] ||
+    { printf 'kafka: error: KAFKA_SASL=%s; the one choice is scram\n' "$KAFKA_SASL" >&2; exit 64; }
+SCRAM_DIR="$STATE_DIR/scram"
+SCRAM_MECHANISM=SCRAM-SHA-256
+CLIENT_USER=learnops
 
 say() { printf 'kafka: %s\n' "$*" >&2; }
 die() { local code="$1"; shift; say "error: $*"; exit "$code"; }
@@ -155,6 +170,57 @@ ensure_libs() {
     say "cached $(find "$LIBS_DIR" -name '*.jar' | wc -l) jars ($(du -sh "$LIBS_DIR" | cut -f1)) in $LIBS_DIR"
 }
 
+# --- SASL/SCRAM -----------------------------------------------------------------
+
+# The password of a SCRAM user (admin, learnops), generated once.
+scram_password() {
+    local file="$SCRAM_DIR/$1"
+    if [[ ! -s "$file" ]]; then
+        mkdir -p "$SCRAM_DIR"
+        chmod 700 "$SCRAM_DIR"
+        # 128 random bits as hex (od reads exactly 16 bytes: no SIGPIPE under pipefail).
+        (umask 077 && od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$file")
+    fi
+    cat "$file"
+}
+
+jaas_login() {
+    printf 'org.apache.kafka.common.security.scram.ScramLoginModule required username="%s" password="%s";' \
+        "$1" "$(scram_password "$1")"
+}
+
+# The client listener's part of server.properties.
+listener_config() {
+    if [[ "$KAFKA_SASL" != scram ]]; then
+        cat <<EOF
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+EOF
+        return 0
+    fi
+    cat <<EOF
+listeners=SASL_PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:$KAFKA_PORT
+inter.broker.listener.name=SASL_PLAINTEXT
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=$SCRAM_MECHANISM
+sasl.mechanism.inter.broker.protocol=$SCRAM_MECHANISM
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=$(jaas_login admin)
+EOF
+}
+
+# What the admin tools (the readiness check) need to log in.
+tools_security_config() {
+    [[ "$KAFKA_SASL" == scram ]] || return 0
+    cat <<EOF
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=$SCRAM_MECHANISM
+sasl.jaas.config=$(jaas_login admin)
+EOF
+}
+
 # --- config --------------------------------------------------------------------
 
 write_config() {
@@ -165,10 +231,7 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+$(listener_config)
 log.dirs=$DATA_DIR
 
 # Topics come from topics.yaml (learnops topics create), never from a producer
@@ -214,10 +277,12 @@ rootLogger.appenderRef.err.ref = err
 EOF
     # Short admin-client timeouts so a check of a broker that is not there
     # fails in seconds, not after the 60 s default.
-    cat >"$TOOLS_CLIENT_PROPERTIES" <<'EOF'
+    (umask 077 && cat >"$TOOLS_CLIENT_PROPERTIES" <<EOF
 request.timeout.ms=5000
 default.api.timeout.ms=8000
+$(tools_security_config)
 EOF
+    )
 }
 
 run_tool() {
@@ -226,11 +291,36 @@ run_tool() {
 }
 
 format_storage_once() {
-    [[ -f "$DATA_DIR/meta.properties" ]] && return 0
-    local cluster_id
+    if [[ -f "$DATA_DIR/meta.properties" ]]; then
+        if [[ "$KAFKA_SASL" == scram && ! -f "$SCRAM_DIR/.formatted" ]]; then
+            die 1 "$DATA_DIR was formatted without SCRAM users; KAFKA_SASL=scram needs a new" \
+                "LEARNOPS_STATE_DIR (or scripts/kafka.sh down and remove $STATE_DIR)"
+        fi
+        return 0
+    fi
+    local cluster_id scram=()
     cluster_id="$(run_tool kafka.tools.StorageTool random-uuid)"
-    say "formatting $DATA_DIR (cluster id $cluster_id)"
-    run_tool kafka.tools.StorageTool format -t "$cluster_id" -c "$SERVER_PROPERTIES" >&2
+    if [[ "$KAFKA_SASL" == scram ]]; then
+        # KRaft keeps SCRAM credentials in the metadata log: they go in at format time.
+        local user
+        for user in admin "$CLIENT_USER"; do
+            scram+=(--add-scram "$SCRAM_MECHANISM=[name=$user,password=$(scram_password "$user")]")
+        done
+    fi
+    say "formatting $DATA_DIR (cluster id $cluster_id${KAFKA_SASL:+, SASL/$SCRAM_MECHANISM users admin and $CLIENT_USER})"
+    run_tool kafka.tools.StorageTool format -t "$cluster_id" -c "$SERVER_PROPERTIES" \
+        "${scram[@]}" >&2
+    [[ "$KAFKA_SASL" == scram ]] && touch "$SCRAM_DIR/.formatted"
+    return 0
+}
+
+# The settings a learnops process needs for this broker, as VAR=value lines.
+print_settings() {
+    printf 'KAFKA_BOOTSTRAP_SERVERS=%s\n' "$BOOTSTRAP"
+    [[ "$KAFKA_SASL" == scram ]] || return 0
+    printf 'KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT\nKAFKA_SASL_MECHANISM=%s\n' "$SCRAM_MECHANISM"
+    printf 'KAFKA_SASL_USERNAME=%s\nKAFKA_SASL_PASSWORD=%s\n' "$CLIENT_USER" \
+        "$(scram_password "$CLIENT_USER")"
 }
 
 # --- process -------------------------------------------------------------------
@@ -287,7 +377,7 @@ cmd_up() {
     if pid="$(running_pid)"; then
         if answers_metadata; then
             say "already running (pid $pid) on $BOOTSTRAP"
-            printf 'KAFKA_BOOTSTRAP_SERVERS=%s\n' "$BOOTSTRAP"
+            print_settings
             return 0
         fi
         say "pid $pid is running but not answering yet; waiting for it"
@@ -332,7 +422,7 @@ cmd_up() {
         sleep 0.5
     done
     say "ready (pid $pid)"
-    printf 'KAFKA_BOOTSTRAP_SERVERS=%s\n' "$BOOTSTRAP"
+    print_settings
 }
 
 cmd_down() {

@@ -3,16 +3,24 @@
 # tests, run from Debian's server binaries with no Docker.
 #
 #   scripts/postgres.sh up      create the cluster once, start it, wait for pg_isready,
-#                               ensure role and database learnops, print DATABASE_URL=...
+#                               ensure the roles and database learnops, print DATABASE_URL=...
+#                               and LEARNOPS_<ROLE>_DATABASE_URL=... for the other roles
 #   scripts/postgres.sh down    stop it (pg_ctl stop -m fast)
 #   scripts/postgres.sh status  exit 0 when running and accepting connections, 1 otherwise
-#   scripts/postgres.sh url     print the connection URL
+#   scripts/postgres.sh url [ROLE]  print a connection URL: owner (the default), worker,
+#                               reader or keyadmin (docs/security.md, "Database roles")
 #   scripts/postgres.sh logs [N] last N (default 100) lines of the server log
 #
 # initdb and pg_ctl refuse to run as root, so as root they run as the `postgres`
 # user (runuser), which must be able to reach the state dir; when it cannot (a
 # parent directory it may not enter), a state dir under /var/tmp is used and
 # named. Progress goes to stderr; `up` ends with DATABASE_URL=... on stdout.
+#
+# Every role, the postgres superuser too, logs in with a password (scram-sha-256,
+# over TCP and the socket alike; nothing is trusted). The owner `learnops` keeps
+# the development password `learnops` (the settings' development default); the
+# superuser and the roles learnops_worker, learnops_reader and learnops_keyadmin
+# get random passwords, generated once into <state>/postgres/passwords/ (mode 0600).
 #
 # Environment:
 #   PG_PORT                port on 127.0.0.1                               (15432)
@@ -29,7 +37,8 @@ PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 DB_NAME=learnops
 DB_USER=learnops
 DB_PASSWORD=learnops
-DATABASE_URL="postgresql://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME"
+# The least-privilege roles (migration 021 grants them what they may do).
+ROLES=(worker reader keyadmin)
 OS_USER=postgres  # the account the server runs as when this script runs as root
 
 say() { printf 'postgres: %s\n' "$*" >&2; }
@@ -117,21 +126,72 @@ init_cluster_once() {
     [[ -f "$DATA_DIR/PG_VERSION" ]] && return 0
     say "creating a cluster in $DATA_DIR ($("$BIN_DIR/postgres" --version))"
     # -U postgres: the superuser has the same name whoever runs the script.
-    as_server_user "$BIN_DIR/initdb" -D "$DATA_DIR" -U postgres --auth=trust \
+    password_of superuser >/dev/null
+    as_server_user "$BIN_DIR/initdb" -D "$DATA_DIR" -U postgres --auth=scram-sha-256 \
+        --pwfile="$(password_file superuser)" \
         --encoding=UTF8 --no-locale --no-sync >"$PG_STATE/initdb.log" 2>&1 ||
         { cat "$PG_STATE/initdb.log" >&2; die 1 "initdb failed (output above)"; }
     printf "\ninclude_if_exists = 'learnops.conf'\n" |
         as_server_user tee -a "$DATA_DIR/postgresql.conf" >/dev/null
-    # Superuser without a password on loopback (this is a throwaway cluster);
-    # every other role, learnops included, must give its password, so a wrong
-    # DATABASE_URL fails here as it would elsewhere.
+}
+
+# Every role gives its password, the superuser too, so a wrong DATABASE_URL
+# fails here as it would elsewhere. Rewritten on every start: a cluster made by
+# an older version of this script (which trusted the superuser) is tightened.
+write_hba() {
     write_file_as_server_user "$DATA_DIR/pg_hba.conf" <<'EOF'
-# Written by scripts/postgres.sh.
+# Written by scripts/postgres.sh on every start; edit the script, not this file.
 # TYPE  DATABASE  USER      ADDRESS        METHOD
-local   all       all                      trust
-host    all       postgres  127.0.0.1/32   trust
+local   all       all                      scram-sha-256
 host    all       all       127.0.0.1/32   scram-sha-256
 EOF
+}
+
+# --- passwords -----------------------------------------------------------------
+
+password_file() { printf '%s/passwords/%s' "$PG_STATE" "$1"; }
+
+# The password of superuser, worker, reader or keyadmin, generated once.
+password_of() {
+    local file
+    file="$(password_file "$1")"
+    if [[ ! -s "$file" ]]; then
+        mkdir -p "$(dirname "$file")"
+        chmod 700 "$(dirname "$file")"
+        # 128 random bits as hex (od reads exactly 16 bytes: no SIGPIPE under pipefail).
+        (umask 077 && od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$file")
+        if [[ $EUID -eq 0 ]]; then
+            chown -R "$OS_USER:" "$(dirname "$file")"
+        fi
+    fi
+    cat "$file"
+}
+
+role_name() {
+    case "$1" in
+        owner) printf '%s' "$DB_USER" ;;
+        worker | reader | keyadmin) printf 'learnops_%s' "$1" ;;
+        *) die 64 "unknown role '$1' (owner, worker, reader or keyadmin)" ;;
+    esac
+}
+
+url_of() {
+    local password="$DB_PASSWORD"
+    [[ "$1" == owner ]] || password="$(password_of "$1")"
+    printf 'postgresql://%s:%s@127.0.0.1:%s/%s' "$(role_name "$1")" "$password" "$PG_PORT" "$DB_NAME"
+}
+
+# The superuser's password is set with the server stopped (single-user mode), so
+# a cluster made when the superuser was trusted gets one without trusting it again.
+set_superuser_password_once() {
+    local marker
+    marker="$(password_file .superuser-set)"
+    [[ -f "$marker" ]] && return 0
+    printf "ALTER ROLE postgres PASSWORD '%s';\n" "$(password_of superuser)" |
+        as_server_user "$BIN_DIR/postgres" --single -D "$DATA_DIR" postgres \
+            >"$PG_STATE/single-user.log" 2>&1 ||
+        { cat "$PG_STATE/single-user.log" >&2; die 1 "could not set the superuser's password (output above)"; }
+    touch "$marker"
 }
 
 # Rewritten on every start so a new PG_PORT takes effect.
@@ -172,8 +232,8 @@ port_open() {
 
 # Runs the SQL on stdin as the superuser.
 psql_admin() {
-    "$BIN_DIR/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
-        -X -q -v ON_ERROR_STOP=1
+    PGPASSWORD="$(password_of superuser)" "$BIN_DIR/psql" -h 127.0.0.1 -p "$PG_PORT" \
+        -U postgres -d postgres -X -q -v ON_ERROR_STOP=1
 }
 
 ensure_role_and_database() {
@@ -185,6 +245,24 @@ ALTER ROLE $DB_USER LOGIN CREATEDB PASSWORD '$DB_PASSWORD';
 SELECT format('CREATE DATABASE %I OWNER %I', '$DB_NAME', '$DB_USER')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$DB_NAME') \gexec
 EOF
+    # The least-privilege roles log in and own nothing; migration 021 grants them.
+    local role name
+    for role in "${ROLES[@]}"; do
+        name="$(role_name "$role")"
+        psql_admin <<EOF
+SELECT format('CREATE ROLE %I LOGIN', '$name')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$name') \gexec
+ALTER ROLE $name LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$(password_of "$role")';
+EOF
+    done
+}
+
+print_urls() {
+    printf 'DATABASE_URL=%s\n' "$(url_of owner)"
+    local role
+    for role in "${ROLES[@]}"; do
+        printf 'LEARNOPS_%s_DATABASE_URL=%s\n' "${role^^}" "$(url_of "$role")"
+    done
 }
 
 # One `up` or `down` at a time per state dir. The server must not inherit the
@@ -208,6 +286,8 @@ cmd_up() {
         prepare_state_dir
         init_cluster_once
         write_settings
+        write_hba
+        set_superuser_password_once
         say "starting on 127.0.0.1:$PG_PORT, log $LOG_FILE"
         as_server_user "$BIN_DIR/pg_ctl" -D "$DATA_DIR" -l "$LOG_FILE" \
             -w -t "$PG_START_TIMEOUT" start >/dev/null 8>&- ||
@@ -223,7 +303,7 @@ cmd_up() {
     done
     ensure_role_and_database
     say "ready"
-    printf 'DATABASE_URL=%s\n' "$DATABASE_URL"
+    print_urls
 }
 
 cmd_down() {
@@ -262,10 +342,14 @@ case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    url) printf '%s\n' "$DATABASE_URL" ;;
+    url)
+        resolve_state_dir
+        url_of "${2:-owner}"
+        printf '\n'
+        ;;
     logs) shift; cmd_logs "$@" ;;
     *)
-        printf 'usage: %s up|down|status|url|logs [N]\n' "$0" >&2
+        printf 'usage: %s up|down|status|url [ROLE]|logs [N]\n' "$0" >&2
         exit 64
         ;;
 esac

@@ -3,7 +3,9 @@
 Files are ``storage/migrations/NNN_name.sql``.  Each applied file is recorded in
 ``schema_migrations`` with its SHA-256; a recorded file whose content has since
 changed stops the run, because migrations are never edited after they land
-(a change is a new file).
+(a change is a new file).  After every run the least-privilege roles' grants are
+re-applied (``learnops_grant_roles()``, migration 021), so a table a later
+migration adds is usable by the worker and readable by the reader.
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ async def migrate(pool: Any, directory: Path = MIGRATIONS_DIR) -> MigrationRepor
                 if migration.version not in recorded:
                     await _apply(conn, migration)
                     applied.append(migration.path.name)
+            # Grants follow the schema: tables added since the last run get
+            # theirs (migration 021 defines what each role may do).
+            if await conn.fetchval("SELECT to_regprocedure('learnops_grant_roles()')"):
+                await conn.execute("SELECT learnops_grant_roles()")
             already = [m.path.name for m in migrations if m.version in recorded]
             return MigrationReport(applied=applied, already=already)
         finally:

@@ -1,4 +1,9 @@
-"""The trusted keyring: the public keys whose signatures let a policy version be deployed."""
+"""The trusted keyring: the public keys whose signatures let a policy version be deployed.
+
+A key's row never changes but for ``retired_at`` and ``revoked_at``, which a
+trigger sets from the key's append-only history (``signing_key_events``, with
+the actor); see migration 021 and docs/security.md.
+"""
 
 from __future__ import annotations
 
@@ -49,31 +54,66 @@ async def add_signing_key(
     return _key(row)
 
 
-async def retire_signing_key(pool: Any, key_id: str) -> KeyRecord | None:
+@dataclass(frozen=True)
+class KeyEvent:
+    """One entry of a key's append-only history: added, retired or revoked, by whom."""
+
+    id: int
+    key_id: str
+    action: str
+    actor: str
+    note: str
+    at: datetime
+    db_role: str
+
+
+async def retire_signing_key(
+    pool: Any, key_id: str, *, actor: str, note: str = ""
+) -> KeyRecord | None:
     """Stop a key vouching for new registrations; what it signed before keeps verifying."""
-    row = await pool.fetchrow(
-        """
-        UPDATE signing_keys SET retired_at = coalesce(retired_at, now())
-        WHERE key_id = $1 RETURNING *
-        """,
-        key_id,
-    )
-    return _key(row) if row else None
+    return await _record_event(pool, key_id, "retired", actor=actor, note=note)
 
 
-async def revoke_signing_key(pool: Any, key_id: str, *, note: str = "") -> KeyRecord | None:
+async def revoke_signing_key(
+    pool: Any, key_id: str, *, actor: str, note: str = ""
+) -> KeyRecord | None:
     """Distrust a key entirely: nothing it signed moves to shadow, canary or active again."""
-    row = await pool.fetchrow(
+    return await _record_event(pool, key_id, "revoked", actor=actor, note=note)
+
+
+async def _record_event(
+    pool: Any, key_id: str, action: str, *, actor: str, note: str
+) -> KeyRecord | None:
+    # The event sets the keyring's timestamp (migration 021's trigger); a key
+    # already retired or revoked gets no second event, so a repeat is a no-op.
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO signing_key_events (key_id, action, actor, note)
+            SELECT key_id, $2, $3, $4 FROM signing_keys
+            WHERE key_id = $1
+              AND (CASE WHEN $2 = 'retired' THEN retired_at ELSE revoked_at END) IS NULL
+            """,
+            key_id,
+            action,
+            actor,
+            note,
+        )
+        row = await conn.fetchrow("SELECT * FROM signing_keys WHERE key_id = $1", key_id)
+    return _key(row) if row else None
+
+
+async def key_history(pool: Any, key_id: str | None = None) -> list[KeyEvent]:
+    """Every status change of one key (or of all keys), oldest first."""
+    rows = await pool.fetch(
         """
-        UPDATE signing_keys
-        SET revoked_at = coalesce(revoked_at, now()),
-            note = CASE WHEN $2 = '' THEN note ELSE $2 END
-        WHERE key_id = $1 RETURNING *
+        SELECT * FROM signing_key_events
+        WHERE $1::text IS NULL OR key_id = $1
+        ORDER BY id
         """,
         key_id,
-        note,
     )
-    return _key(row) if row else None
+    return [record_of(KeyEvent, row) for row in rows]
 
 
 async def signing_keys(pool: Any) -> list[KeyRecord]:

@@ -14,11 +14,13 @@ import pytest
 
 from tests import operators
 from tests.services import (
+    DATABASE_ROLES,
     REPO,
     WorkerProcess,
     free_port,
     kafka_service,
     postgres_service,
+    role_database_url,
     start_after_inputs,
 )
 
@@ -84,6 +86,14 @@ async def database_url(postgres_server: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
+def role_urls(database_url: str) -> dict[str, str]:
+    """The session database's URLs as learnops_worker, _reader and _keyadmin, if they log in."""
+    database = urlsplit(database_url).path.lstrip("/")
+    found = {role: role_database_url(role) for role in DATABASE_ROLES}
+    return {role: _with_database(url, database) for role, url in found.items() if url}
+
+
+@pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[Any]:
     """An asyncpg pool on the session's database."""
     from storage.pool import create_pool
@@ -95,10 +105,17 @@ async def db(database_url: str) -> AsyncIterator[Any]:
 
 @pytest.fixture(scope="session")
 def settings_env(
-    kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str,
+    database_url: str,
+    role_urls: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
-    """Environment that points a learnops process at the test services."""
-    return {
+    """Environment that points a learnops process at the test services.
+
+    The CLI's key commands log in as learnops_keyadmin when it exists, as an
+    operator's would; everything else as the owner of the session's database.
+    """
+    env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "DATABASE_URL": database_url,
@@ -107,6 +124,11 @@ def settings_env(
         # The CLI signs commands with the tests' owner key, the worker with its own.
         **operators.write_keys(tmp_path_factory.mktemp("operator-keys")),
     }
+    for variable in ("LEARNOPS_MIGRATE_DATABASE_URL", "LEARNOPS_KEYADMIN_DATABASE_URL"):
+        env.pop(variable, None)
+    if "keyadmin" in role_urls:
+        env["LEARNOPS_KEYADMIN_DATABASE_URL"] = role_urls["keyadmin"]
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -134,12 +156,16 @@ async def topics(settings: Any) -> Any:
 
 @pytest.fixture(scope="session")
 async def worker(
-    topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    topics: Any,
+    settings_env: dict[str, str],
+    role_urls: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[WorkerProcess]:
-    """One `learnops worker` process for the session; tests use their own doers."""
-    process = WorkerProcess(
-        env=settings_env, log_path=tmp_path_factory.mktemp("logs") / "worker.log"
-    )
+    """One `learnops worker` process for the session, as learnops_worker when that role logs in."""
+    env = dict(settings_env)
+    if "worker" in role_urls:
+        env["DATABASE_URL"] = role_urls["worker"]
+    process = WorkerProcess(env=env, log_path=tmp_path_factory.mktemp("logs") / "worker.log")
     await start_after_inputs(process)
     yield process
     await asyncio.to_thread(process.stop)

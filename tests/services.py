@@ -44,9 +44,9 @@ def _script_env() -> dict[str, str]:
     return {**os.environ, **TEST_PORTS, "LEARNOPS_STATE_DIR": str(TEST_STATE_DIR)}
 
 
-def _run_script(script: str, action: str) -> str:
+def _run_script(script: str, action: str, *args: str) -> str:
     result = subprocess.run(
-        ["bash", str(REPO / "scripts" / script), action],
+        ["bash", str(REPO / "scripts" / script), action, *args],
         env=_script_env(),
         capture_output=True,
         text=True,
@@ -107,6 +107,53 @@ def postgres_service() -> Iterator[str]:
     finally:
         if not os.environ.get("LEARNOPS_KEEP_SERVICES"):
             _run_script("postgres.sh", "down")
+
+
+@contextlib.contextmanager
+def sasl_kafka_service(state_dir: Path) -> Iterator[dict[str, str]]:
+    """A second broker of scripts/kafka.sh with SASL/SCRAM, on free ports; its client settings.
+
+    Yields KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM,
+    KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD as the script printed them.
+    """
+    env = {
+        **os.environ,
+        "KAFKA_SASL": "scram",
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_HEAP_OPTS": "-Xmx256m -Xms128m",
+        "LEARNOPS_STATE_DIR": str(state_dir),
+    }
+    script = ["bash", str(REPO / "scripts" / "kafka.sh")]
+    result = subprocess.run(
+        [*script, "up"], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    try:
+        if result.returncode != 0:
+            raise RuntimeError(f"kafka.sh up (KAFKA_SASL=scram) failed:\n{result.stderr[-3000:]}")
+        yield dict(
+            line.split("=", 1) for line in result.stdout.splitlines() if line.startswith("KAFKA_")
+        )
+    finally:
+        subprocess.run([*script, "down"], env=env, capture_output=True, timeout=120, check=False)
+
+
+#: The least-privilege database roles besides the owner (migration 021).
+DATABASE_ROLES = ("worker", "reader", "keyadmin")
+
+
+def role_database_url(role: str) -> str | None:
+    """A URL that logs in as ``learnops_<role>``, or None when this server has no such login.
+
+    ``LEARNOPS_<ROLE>_DATABASE_URL`` when set (beside an external DATABASE_URL);
+    otherwise, on the cluster scripts/postgres.sh runs for the tests, its URL.
+    """
+    given = os.environ.get(f"LEARNOPS_{role.upper()}_DATABASE_URL")
+    if given:
+        return given
+    if os.environ.get("DATABASE_URL") or docker_works():
+        return None
+    return _run_script("postgres.sh", "url", role).strip()
 
 
 def free_port() -> int:

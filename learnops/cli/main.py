@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from functools import cached_property, update_wrapper
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 
@@ -75,6 +75,13 @@ def explain(exc: BaseException, settings: Settings | None) -> str | None:
             )
         if isinstance(exc, asyncpg.InvalidCatalogNameError):
             return f"{exc} on the PostgreSQL server; create it, or fix the name in DATABASE_URL"
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            return (
+                f"the database role may not do this ({exc}); `db migrate` connects with "
+                "LEARNOPS_MIGRATE_DATABASE_URL and `policy keys` with "
+                "LEARNOPS_KEYADMIN_DATABASE_URL when set, everything else with DATABASE_URL "
+                "(docs/security.md, Database roles)"
+            )
         if isinstance(
             exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
         ):
@@ -224,13 +231,19 @@ def command(
 
 
 @asynccontextmanager
-async def database(ctx: CommandContext) -> AsyncIterator[Any]:
-    """A small PostgreSQL pool for one command, closed when it is done."""
+async def database(
+    ctx: CommandContext, purpose: Literal["default", "migrate", "keyadmin"] = "default"
+) -> AsyncIterator[Any]:
+    """A small PostgreSQL pool for one command, closed when it is done.
+
+    ``purpose`` picks the role: LEARNOPS_MIGRATE_DATABASE_URL for migrations,
+    LEARNOPS_KEYADMIN_DATABASE_URL for the keyring, each falling back to DATABASE_URL.
+    """
     from storage.pool import create_pool
 
     settings = ctx.settings
     try:
-        pool = await create_pool(settings.database_dsn, min_size=1, max_size=2)
+        pool = await create_pool(settings.database_dsn_for(purpose), min_size=1, max_size=2)
     except connection_errors() as exc:
         raise postgres_unreachable(settings, exc) from exc
     try:
@@ -502,7 +515,7 @@ async def db_migrate(ctx: CommandContext, as_json: bool) -> None:
     """Apply pending SQL migrations (each once, in a transaction, checksum-guarded)."""
     from storage.migrate import MigrationError, migrate
 
-    async with database(ctx) as pool:
+    async with database(ctx, "migrate") as pool:
         try:
             report = await migrate(pool)
         except MigrationError as exc:

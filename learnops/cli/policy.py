@@ -1173,7 +1173,7 @@ async def keys_generate(
     from storage import signing_keys as keys_store
 
     key = generate_key()
-    async with database(ctx) as pool:
+    async with database(ctx, "keyadmin") as pool:
         write_private_key(out, key)
         record = await keys_store.add_signing_key(pool, key.public_key, created_by=actor, note=note)
     if as_json:
@@ -1210,7 +1210,7 @@ async def keys_add(
         public_key = PublicKey.from_pem(public_pem.read_bytes())
     except ValueError as exc:
         fail(f"{public_pem}: {exc}")
-    async with database(ctx) as pool:
+    async with database(ctx, "keyadmin") as pool:
         record = await keys_store.add_signing_key(pool, public_key, created_by=actor, note=note)
     if as_json:
         ctx.say(dumps({"key_id": record.key_id, "status": record.status}))
@@ -1242,6 +1242,24 @@ async def keys_list(ctx: CommandContext, as_json: bool) -> None:
     ctx.console().print(shown)
 
 
+@command(keys, "history", click.argument("key_id", required=False), json_option)
+async def keys_history(ctx: CommandContext, key_id: str | None, as_json: bool) -> None:
+    """Show who added, retired and revoked each key (or KEY_ID), oldest first; append-only."""
+    from storage import signing_keys as keys_store
+
+    async with database(ctx) as pool:
+        events = await keys_store.key_history(pool, key_id)
+        if key_id is not None and not events:
+            await _known_key(pool, key_id)
+    if as_json:
+        ctx.say(_dump(events))
+        return
+    shown = table("when", "key", "action", "actor", "database role", "note")
+    for e in events:
+        shown.add_row(_when(e.at), e.key_id, e.action, e.actor, e.db_role, e.note or "")
+    ctx.console().print(shown)
+
+
 async def _known_key(pool: Any, key_id: str) -> None:
     from storage import signing_keys as keys_store
 
@@ -1250,13 +1268,22 @@ async def _known_key(pool: Any, key_id: str) -> None:
     fail(f"no key {key_id!r} in the keyring{closest(key_id, ids)} (`learnops policy keys list`)")
 
 
-@command(keys, "retire", click.argument("key_id"), json_option)
-async def keys_retire(ctx: CommandContext, key_id: str, as_json: bool) -> None:
+@command(
+    keys,
+    "retire",
+    click.argument("key_id"),
+    click.option("--reason", default="", help="Why, for the key's history."),
+    _actor,
+    json_option,
+)
+async def keys_retire(
+    ctx: CommandContext, key_id: str, reason: str, actor: str, as_json: bool
+) -> None:
     """Stop KEY_ID vouching for new registrations; versions it signed before still deploy."""
     from storage import signing_keys as keys_store
 
-    async with database(ctx) as pool:
-        record = await keys_store.retire_signing_key(pool, key_id)
+    async with database(ctx, "keyadmin") as pool:
+        record = await keys_store.retire_signing_key(pool, key_id, actor=actor, note=reason)
         if record is None:
             await _known_key(pool, key_id)
     assert record is not None
@@ -1286,8 +1313,8 @@ async def keys_revoke(
     from storage import signing_keys as keys_store
     from storage.verification import revocation_alerts, verify_live
 
-    async with database(ctx) as pool:
-        record = await keys_store.revoke_signing_key(pool, key_id, note=reason)
+    async with database(ctx, "keyadmin") as pool:
+        record = await keys_store.revoke_signing_key(pool, key_id, actor=actor, note=reason)
         if record is None:
             await _known_key(pool, key_id)
         assert record is not None and record.revoked_at is not None

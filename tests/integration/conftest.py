@@ -1,4 +1,4 @@
-"""Fixtures shared by the experiment and learning-loop tests: a signing key, the local executor."""
+"""Fixtures shared by integration tests: an empty database, a signing key, the executor."""
 
 from __future__ import annotations
 
@@ -7,12 +7,31 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 from learning.signing import SigningKey, generate_key
 from storage import signing_keys as keys_store
+from storage.pool import create_pool
 from tests.services import REPO, WorkerProcess, end_offsets, learnops_command, start_group_at
+
+
+@pytest.fixture
+async def empty_db(postgres_server: str) -> AsyncIterator[Any]:
+    """A pool on a new, empty database of its own (no migrations), dropped afterwards."""
+    name = f"learnops_mig_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    parts = urlsplit(postgres_server)
+    pool = await create_pool(urlunsplit(parts._replace(path=f"/{name}")), min_size=1, max_size=2)
+    yield pool
+    await pool.close()
+    admin = await asyncpg.connect(postgres_server)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
 
 
 @pytest.fixture(scope="session")

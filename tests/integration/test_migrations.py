@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from learning.signing import canonical_json, content_digest, generate_key, sign
 from storage import signing_keys as keys_store
 from storage.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
-from storage.pool import create_pool
 from storage.verification import verify_live
-
-
-@pytest.fixture
-async def empty_db(postgres_server: str) -> AsyncIterator[Any]:
-    name = f"learnops_mig_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres_server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    parts = urlsplit(postgres_server)
-    pool = await create_pool(urlunsplit(parts._replace(path=f"/{name}")), min_size=1, max_size=2)
-    yield pool
-    await pool.close()
-    admin = await asyncpg.connect(postgres_server)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def test_migrations_apply_once_and_are_recorded_with_checksums(empty_db: Any) -> None:
@@ -102,6 +83,6 @@ async def test_versions_stored_before_identity_signing_still_verify_flagged_as_f
     [check] = await verify_live(empty_db)
     assert check.ok and check.legacy, check
     assert "format 1" in check.reason and "old@1 of doer Old" in check.reason
-    await keys_store.revoke_signing_key(empty_db, key.key_id)
+    await keys_store.revoke_signing_key(empty_db, key.key_id, actor="tests")
     [revoked] = await verify_live(empty_db)
     assert not revoked.ok and revoked.key_status == "revoked"

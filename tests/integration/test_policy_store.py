@@ -250,7 +250,7 @@ async def test_a_revoked_keys_live_versions_are_reported_by_verify(db: Any) -> N
         (f"{doer.lower()}@1", True, "active"),
         (f"{doer.lower()}@2", True, "active"),
     ]
-    await keys_store.revoke_signing_key(db, old.key_id, note="laptop lost")
+    await keys_store.revoke_signing_key(db, old.key_id, actor="tests", note="laptop lost")
     after = await verification.verify_live(db, doer=doer)
     assert [(c.ref, c.status, c.ok, c.key_status) for c in after] == [
         (f"{doer.lower()}@1", "active", False, "revoked"),
@@ -327,7 +327,7 @@ async def test_rotated_keys_old_signatures_still_deploy_new_ones_by_a_retired_ke
     old_key = await trusted_key(db)
     await bootstrap(db, doer, old_key)  # v1 active, v2 draft, both signed by the old key
     new_key = await trusted_key(db)
-    await keys_store.retire_signing_key(db, old_key.key_id)
+    await keys_store.retire_signing_key(db, old_key.key_id, actor="tests")
 
     late = await commands_store.apply_command(db, register(doer, old_key, 3))
     assert late is not None and late.refusal == "signature" and "retired" in late.verdict
@@ -340,7 +340,7 @@ async def test_rotated_keys_old_signatures_still_deploy_new_ones_by_a_retired_ke
     assert outcome is not None and outcome.applied, outcome
 
     # Revoking the old key stops v2 in its tracks.
-    await keys_store.revoke_signing_key(db, old_key.key_id, note="laptop stolen")
+    await keys_store.revoke_signing_key(db, old_key.key_id, actor="tests", note="laptop stolen")
     canary = StartCanary(doer=doer, actor="bob", reason="next", policy_id=doer.lower(), version=2)
     outcome = await commands_store.apply_command(db, canary)
     assert outcome is not None and outcome.refusal == "signature"

@@ -109,3 +109,35 @@ def test_a_bad_setting_names_the_variable_and_rule_without_its_value(
     with pytest.raises(SettingsError, match="LEARNOPS_WEB_PORT: ") as info:
         load_settings()
     assert "Hunter2Secret!" not in str(info.value)
+
+
+def test_production_without_database_url_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("LEARNOPS_ENV", "production")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "DATABASE_URL must be set explicitly when LEARNOPS_ENV=production" in str(info.value)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://learnops:learnops@127.0.0.1:15432/learnops")
+    with pytest.raises(SettingsError, match=r"development default, .*, is refused"):
+        load_settings()
+    monkeypatch.setenv("DATABASE_URL", "postgresql://worker:s3cret@db.internal/learnops")
+    assert load_settings().database_dsn.startswith("postgresql://worker:")
+
+
+def test_development_falls_back_to_the_local_owner(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for variable in ("DATABASE_URL", "LEARNOPS_ENV", "LEARNOPS_KEYADMIN_DATABASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    settings = load_settings()
+    assert settings.database_dsn_for("keyadmin") == settings.database_dsn
+    monkeypatch.setenv("LEARNOPS_KEYADMIN_DATABASE_URL", "postgresql://keys:pw@db/learnops")
+    monkeypatch.setenv("LEARNOPS_MIGRATE_DATABASE_URL", "postgresql://owner:pw@db/learnops")
+    settings = load_settings()
+    assert settings.database_dsn_for("keyadmin") == "postgresql://keys:pw@db/learnops"
+    assert settings.database_dsn_for("migrate") == "postgresql://owner:pw@db/learnops"
+    assert settings.database_dsn_for("default") == settings.database_dsn
