@@ -158,7 +158,7 @@ async def keys_add(
             public_key = PublicKey.from_pem(public_pem.read_bytes())
         except ValueError as exc:
             fail(f"{public_pem}: {exc}")
-    async with database(ctx) as pool:
+    async with database(ctx, "keyadmin") as pool:
         added = await store.add_operator_key(
             pool, public_key, operator=name, actor=actor, note=note
         )
@@ -192,7 +192,7 @@ async def keys_grant(
 
     from storage import operator_keys as store
 
-    async with database(ctx) as pool:
+    async with database(ctx, "keyadmin") as pool:
         try:
             await store.grant_role(pool, key_id, doer_pattern, role, actor=actor)
         except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError):
@@ -207,7 +207,7 @@ async def keys_revoke(ctx: CommandContext, key_id: str, note: str, actor: str) -
 
     from storage import operator_keys as store
 
-    async with database(ctx) as pool:
+    async with database(ctx, "keyadmin") as pool:
         try:
             await store.revoke_operator_key(pool, key_id, actor=actor, note=note)
         except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError):

@@ -161,9 +161,12 @@ BEGIN
         EXECUTE format('REVOKE UPDATE, DELETE ON %s FROM learnops_worker', append_only);
     END LOOP;
 
-    REVOKE INSERT, UPDATE, DELETE ON schema_migrations, signing_keys, signing_key_events
+    -- The keyrings: policy signing keys, and operator keys with their roles (018).
+    -- A worker that could write them could grant itself any role.
+    REVOKE INSERT, UPDATE, DELETE
+        ON schema_migrations, signing_keys, signing_key_events, operator_key_events
         FROM learnops_worker;
-    GRANT INSERT ON signing_keys, signing_key_events TO learnops_keyadmin;
+    GRANT INSERT ON signing_keys, signing_key_events, operator_key_events TO learnops_keyadmin;
     GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO learnops_keyadmin;
 END
 $$;

@@ -68,6 +68,9 @@ async def test_the_worker_cannot_rewrite_the_audit_log_or_the_key_history(
             "INSERT INTO signing_key_events (key_id, action, actor) "
             "SELECT key_id, 'retired', 'worker' FROM signing_keys",
             "DELETE FROM schema_migrations",
+            # An operator key the worker enrolled could grant it any role.
+            "INSERT INTO operator_key_events (key_id, kind, doer_pattern, role, actor) "
+            "VALUES ('00000000000000aa', 'grant', '*', 'owner', 'worker')",
             match="permission denied",
         )
         # What the worker does need, it has.
