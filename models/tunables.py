@@ -8,7 +8,10 @@ and their options::
                                              "model-c-small"],
                             "rag.top_k": ["4", "8", "16"]}}}
 
-Options are names (text), as the bundle reports them. A run names the option
+Options are names (text), as the bundle reports them. A parameter a policy
+has settled is under ``"fixed"`` (phase → parameter → option); the bandit's
+candidate policies move a parameter from ``"tunables"`` to ``"fixed"``
+(``learning.tuning``). A run names the option
 it used of each parameter in ``RunCompleted.options`` (parameter → option);
 :func:`undeclared_options` says why a run's options are not the active
 policy's, for the DLQ.
@@ -24,6 +27,7 @@ from pydantic import Field, RootModel, ValidationError, model_validator
 from models.base import Identifier
 
 TUNABLES_KEY = "tunables"
+FIXED_KEY = "fixed"
 
 Options = Annotated[list[Identifier], Field(min_length=2, max_length=50)]
 

@@ -7,16 +7,7 @@ from models.bundle import RunCompleted
 from models.events import CRLComputed
 from models.tunables import Tunables, tunables_of, undeclared_options
 from tests.unit.sample_bundles import bundle_dict, make_bundle
-
-ARTIFACT = {
-    "prompt": "Write the PRD.",
-    "tunables": {
-        "draft": {
-            "router.model": ["model-a-large", "model-b-medium", "model-c-small"],
-            "rag.top_k": ["4", "8", "16"],
-        }
-    },
-}
+from tests.unit.sample_policies import ARTIFACT
 
 
 def test_an_artifact_without_tunables_declares_none() -> None:
@@ -62,8 +53,8 @@ def test_an_undeclared_option_gets_a_reason_that_names_the_declared_ones() -> No
 
 
 def test_a_parameter_the_phase_does_not_leave_open_gets_a_reason() -> None:
-    reason = undeclared_options({"router.model": "model-a-large"}, "review", tunables_of(ARTIFACT))
-    assert reason == "parameter 'router.model' is not tunable in phase 'review' of the policy"
+    reason = undeclared_options({"rag.top_k": "8"}, "review", tunables_of(ARTIFACT))
+    assert reason == "parameter 'rag.top_k' is not tunable in phase 'review' of the policy"
 
 
 def test_a_bundle_without_options_is_still_valid_and_names_none() -> None:
