@@ -17,14 +17,50 @@ the reason (``models.tunables.undeclared_options``), for the DLQ.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from learning.bandit import Allocation, BanditConfig, BanditState, allocate
+from models.bandit import BanditAllocations, ParameterAllocation
 from models.events import CRLComputed
 from models.tunables import Tunables, undeclared_options
+
+
+@dataclass(frozen=True)
+class BookConfig:
+    """How the bandit stage keeps its books (``bandit:`` in learning.yaml).
+
+    ``every`` — runs of a parameter between two allocations; ``seed`` — mixed
+    with each allocation's sequence number into its generator; ``bandit`` —
+    the statistics' settings (:class:`learning.bandit.BanditConfig`).
+    """
+
+    every: int = 100
+    seed: int = 20
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"bandit.every {self.every} is below 1")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BookConfig:
+        """Build from the YAML mapping; an unknown key is an error naming it."""
+        own = {"every", "seed"}
+        known = own | {f.name for f in fields(BanditConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"bandit: unknown setting(s) {', '.join(unknown)}")
+        statistics = {k: v for k, v in data.items() if k not in own}
+        if "guardrail_metrics" in statistics:
+            statistics["guardrail_metrics"] = tuple(statistics["guardrail_metrics"])
+        return cls(
+            every=int(data.get("every", cls.every)),
+            seed=int(data.get("seed", cls.seed)),
+            bandit=BanditConfig(**statistics),
+        )
 
 
 def counts(result: CRLComputed) -> bool:
@@ -140,6 +176,29 @@ class BanditBook:
         bandit.sequence += 1
         bandit.runs_since_published = 0
         return allocation
+
+    def event(self, doer: str) -> BanditAllocations:
+        """The doer's allocations in force, as published on learning.bandit-allocations."""
+        allocations = []
+        for key, bandit in sorted(self.bandits.items()):
+            phase, parameter = key.split("/", 1)
+            allocations.append(
+                ParameterAllocation(
+                    phase=phase,
+                    parameter=parameter,
+                    policy_id=bandit.policy_id,
+                    policy_version=bandit.version,
+                    shares=bandit.shares,
+                    sequence=bandit.sequence,
+                    runs=sum(s.runs for s in bandit.state.options.values()),
+                )
+            )
+        return BanditAllocations(
+            doer=doer,
+            sequence=sum(b.sequence for b in self.bandits.values()),
+            frozen=self.frozen,
+            allocations=allocations,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
