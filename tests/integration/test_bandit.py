@@ -20,6 +20,7 @@ import pytest
 
 from agents.topics import read_from_start
 from learning.signing import SigningKey, signed_artifact
+from learnops.client import Allocations
 from learnops.simulation.orchestrator import Orchestrator
 from models.bandit import BanditAllocations, BanditControl
 from models.commands import RegisterPolicy
@@ -165,6 +166,14 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     thawed = await freeze(doer, settings, False)
     assert _runs(thawed) == 300 and thawed.sequence == frozen.sequence + 1
 
+    # The orchestrator's client reads the same shares and routes tasks by them.
+    async with Allocations(bootstrap) as client:
+        await eventually(lambda: _held(client, doer.name), lambda a: a is not None and a == thawed)
+        picks = [client.option(doer.name, "draft", PARAMETER, f"task-{i}") for i in range(2000)]
+    share = thawed.allocation("draft", PARAMETER)
+    assert share is not None
+    assert picks.count(SMALL) / len(picks) == pytest.approx(share.shares[SMALL], abs=0.03)
+
     # A restart that reads every record again (and re-scores every bundle) counts none twice.
     await asyncio.to_thread(bandit_worker.stop)
     await start_group_at(bootstrap, bandit_worker.app_id, start)
@@ -179,6 +188,10 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
         "model-y-unknown",
         "model-z-unknown",
     ]
+
+
+async def _held(client: Allocations, doer: str) -> BanditAllocations | None:
+    return client.latest(doer)
 
 
 async def freeze(doer: Doer, settings: Any, frozen: bool) -> BanditAllocations:
