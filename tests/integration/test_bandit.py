@@ -22,7 +22,7 @@ from agents.topics import read_from_start
 from learning.signing import SigningKey, signed_artifact
 from learnops.client import Allocations
 from learnops.simulation.orchestrator import Orchestrator
-from models.bandit import BanditAllocations, BanditControl
+from models.bandit import BanditAllocations
 from models.commands import RegisterPolicy
 from models.events import DeadLetter, RunCompleted
 from storage.policies import find_policy
@@ -32,6 +32,7 @@ from tests.services import (
     WorkerProcess,
     end_offsets,
     free_port,
+    run_learnops,
     start_after_inputs,
     start_group_at,
 )
@@ -39,7 +40,6 @@ from tests.services import (
 RUNS = "learning.run-completed"
 SCORED = "learning.crl-computed"
 ALLOCATIONS = "learning.bandit-allocations"
-CONTROLS = "learning.bandit-controls"
 PARAMETER = "router.model"
 LARGE, SMALL = "model-a-large", "model-c-small"
 EVERY = 20
@@ -99,7 +99,8 @@ def _runs(allocations: BanditAllocations) -> int:
 class Doer:
     """A doer whose policy declares two models, and bundles naming one of them."""
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(self, producer: Any, env: dict[str, str]) -> None:
+        self.env = env
         self.name = f"Bandit{uuid.uuid4().hex[:8]}"
         self.policy = self.name.lower()
         self.producer = producer
@@ -123,7 +124,7 @@ class Doer:
 async def test_allocations_move_to_the_better_option_and_survive_freeze_and_restart(
     bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
 ) -> None:
-    doer = Doer(producer)
+    doer = Doer(producer, bandit_worker.env)
     bootstrap = settings.kafka_bootstrap_servers
     start = await end_offsets(bootstrap, (RUNS, SCORED))
     body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
@@ -182,6 +183,9 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     await doer.send(RUNS, doer.bundle("model-w-unknown"))
     await _dead_letter_naming(settings, doer.name, "model-w-unknown")
     assert _runs(await freeze(doer, settings, True)) == 300 + EVERY
+    shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert BanditAllocations.model_validate_json(shown.stdout).frozen
     letters = await _dead_letters(settings, doer.name)
     assert sorted(d.reason.split("'")[1] for d in letters) == [
         "model-w-unknown",
@@ -195,10 +199,14 @@ async def _held(client: Allocations, doer: str) -> BanditAllocations | None:
 
 
 async def freeze(doer: Doer, settings: Any, frozen: bool) -> BanditAllocations:
-    """Freeze or unfreeze the doer; the allocations record the stage publishes in answer."""
-    control = BanditControl(doer=doer.name, frozen=frozen, actor="ops", reason="test")
+    """`learnops bandit freeze|unfreeze DOER`; the allocations record the stage publishes after."""
     before = len(await _allocations(settings, doer.name))
-    await doer.send(CONTROLS, control)
+    verb = "freeze" if frozen else "unfreeze"
+    done = await asyncio.to_thread(
+        run_learnops, doer.env, "bandit", verb, doer.name, "--actor", "ops", "--reason", "test"
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"allocations {'frozen' if frozen else 'unfrozen'} by ops" in done.stdout
 
     async def probe() -> list[BanditAllocations]:
         return await _allocations(settings, doer.name)
