@@ -24,7 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from agents.stage import Stage
 from agents.tables import folded_up_to, marked
+from agents.triggers import raise_request
+from learning.bandit import Allocation
 from learning.bandit_book import BanditBook, counts
+from learning.skills import ExperimentTrigger
+from learning.tuning import tuning_proposal
 from models.bandit import BanditControl
 from models.events import CRLComputed
 from models.tunables import Tunables, tunables_of
@@ -64,8 +68,8 @@ class BanditStage(Stage):
             default=dict,
             help_="Each doer's bandits (learning.bandit_book.BanditBook) and source marks",
         )
-        # A registered version's artifact never changes: its tunables are read once.
-        self.declared: dict[tuple[str, int], Tunables | str] = {}
+        # A registered version's artifact never changes: it and its tunables are read once.
+        self.declared: dict[tuple[str, int], tuple[dict[str, Any], Tunables | str]] = {}
 
         async def bandit(stream: Any) -> None:
             """Fold each batch into the books, reallocate, write, publish; ack after all of it."""
@@ -153,26 +157,60 @@ class BanditStage(Stage):
     async def _tunables(self, result: CRLComputed) -> Tunables | str:
         """The tunables the run's policy version declares, or why there are none to go by."""
         ref = (result.policy_id, result.policy_version)
-        if ref in self.declared:
-            return self.declared[ref]
-        record = await durably(partial(find_policy, self.app.pool, *ref), what="policies")
-        if record is None:
-            # Not cached: the version may be registered later.
-            return f"policy {ref[0]}@{ref[1]} is not in the policy store"
-        try:
-            found: Tunables | str = tunables_of(record.artifact)
-        except ValueError as exc:
-            found = str(exc)
-        self.declared[ref] = found
-        return found
+        if ref not in self.declared:
+            record = await durably(partial(find_policy, self.app.pool, *ref), what="policies")
+            if record is None:
+                # Not cached: the version may be registered later.
+                return f"policy {ref[0]}@{ref[1]} is not in the policy store"
+            try:
+                found: Tunables | str = tunables_of(record.artifact)
+            except ValueError as exc:
+                found = str(exc)
+            self.declared[ref] = (dict(record.artifact), found)
+        return self.declared[ref][1]
+
+    async def _propose(self, doer: str, book: BanditBook, key: str, allocation: Allocation) -> None:
+        """Request the experiment fixing a confidently best option (one open request per option)."""
+        bandit = book.bandits[key]
+        phase, parameter = key.split("/", 1)
+        artifact, _ = self.declared.get((bandit.policy_id, bandit.version), ({}, ""))
+        proposal = tuning_proposal(
+            doer=doer,
+            policy_id=bandit.policy_id,
+            version=bandit.version,
+            artifact=artifact,
+            phase=phase,
+            parameter=parameter,
+            allocation=allocation,
+            runs={o: s.runs for o, s in bandit.state.options.items()},
+        )
+        if proposal is None or not artifact:
+            return
+        trigger = ExperimentTrigger(
+            doer=doer,
+            reason=f"bandit:{bandit.policy_id}@{bandit.version}:{key}={proposal.option}",
+            hypothesis=proposal.hypothesis,
+            message=f"{key}: {proposal.option} is best ({proposal.experiment_type})",
+            evidence={
+                **proposal.evidence,
+                "experiment_id": proposal.experiment_id,
+                "experiment_type": proposal.experiment_type,
+                "phase": phase,
+                "parameter": parameter,
+                "option": proposal.option,
+                "candidate_artifact": proposal.artifact,
+            },
+        )
+        await raise_request(self.app, trigger)
 
     async def _flush(self, slots: dict[str, _Slot]) -> None:
         """Reallocate what is due, write each changed book once, publish the doers' shares."""
         config = self.app.learning.bandit
         for doer, slot in slots.items():
             due = slot.book.due(config.every)
-            for key in due:
-                slot.book.reallocate(key, config.bandit, config.seed)
+            proposals = [
+                (key, slot.book.reallocate(key, config.bandit, config.seed)) for key in due
+            ]
             if slot.changed or due:
                 self.books[doer] = marked(slot.book.to_dict(), slot.partition, slot.mark)
             if (due or slot.publish) and slot.book.bandits:
@@ -185,3 +223,6 @@ class BanditStage(Stage):
                         allocations.sequence,
                         ",".join(due),
                     )
+            for key, allocation in proposals:
+                if allocation.confident:
+                    await self._propose(doer, slot.book, key, allocation)

@@ -26,6 +26,7 @@ from models.bandit import BanditAllocations
 from models.commands import RegisterPolicy
 from models.events import DeadLetter, RunCompleted
 from storage.policies import find_policy
+from storage.skills import open_requests
 from tests.integration.kafka_io import eventually, publish
 from tests.services import (
     REPO,
@@ -49,11 +50,19 @@ EVERY = 20
 async def bandit_worker(
     topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
-    """A worker with the crl, policy and bandit stages, allocating every 20 runs."""
+    """A worker with the crl, policy and bandit stages, allocating every 20 runs.
+
+    An option is confidently best after 50 runs of it (not 200), so the test
+    sees the experiment request.
+    """
     folder = tmp_path_factory.mktemp("bandit")
     config = folder / "learning.yaml"
     packaged = (REPO / "config" / "learning.yaml").read_text()
-    config.write_text(packaged.replace("  every: 100 ", f"  every: {EVERY} "))
+    config.write_text(
+        packaged.replace("  every: 100 ", f"  every: {EVERY} ").replace(
+            "  min_runs: 200 ", "  min_runs: 50 "
+        )
+    )
     env = {
         **settings_env,
         "LEARNOPS_STAGES": "crl,policy,bandit",
@@ -155,6 +164,15 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     assert 1 <= learned.sequence <= 200 // EVERY  # at most one allocation per batch
     assert learned.shares[SMALL] > 0.9 > learned.shares[LARGE]
 
+    # Confidently best: one open request for the experiment that fixes it.
+    requests = await eventually(lambda: open_requests(db, doer.name), lambda r: len(r) == 1)
+    (request,) = requests
+    assert request["reason"] == f"bandit:{doer.policy}@1:draft/{PARAMETER}={SMALL}"
+    evidence = request["evidence"]
+    assert evidence["experiment_type"] == "tool_tuning" and evidence["option"] == SMALL
+    assert evidence["candidate_artifact"]["fixed"] == {"draft": {PARAMETER: SMALL}}
+    assert "tunables" not in evidence["candidate_artifact"]
+
     # Frozen: the record shows every live run folded; runs still arrive, shares stay.
     frozen = await freeze(doer, settings, True)
     assert _runs(frozen) == 200
@@ -186,6 +204,7 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name, "--json")
     assert shown.returncode == 0, shown.stderr
     assert BanditAllocations.model_validate_json(shown.stdout).frozen
+    assert len(await open_requests(db, doer.name)) == 1
     letters = await _dead_letters(settings, doer.name)
     assert sorted(d.reason.split("'")[1] for d in letters) == [
         "model-w-unknown",
