@@ -62,6 +62,7 @@ STAGES: dict[str, str] = {
     "experiments": "agents.experiments:ExperimentsStage",
     "policy": "agents.policy:PolicyStage",
     "skills": "agents.skills:SkillsStage",
+    "bandit": "agents.bandit:BanditStage",
     "triggers": "agents.triggers:TriggersStage",
     "notify": "agents.notify:NotifyStage",
     "alerts": "agents.alerts:AlertsStage",

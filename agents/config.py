@@ -1,4 +1,4 @@
-"""The learning configuration (config/learning.yaml): CRL weights, objectives, trends, curation.
+"""The learning configuration (config/learning.yaml): CRL weights, trends, curation, bandits.
 
 Apart from :mod:`agents.settings` because reading it imports ``learning.*``
 (numpy, scipy, datasketch), which the CLI and the settings must not pay for.
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agents.settings import SettingsError, packaged
 from agents.yaml12 import YAMLFileError, load_yaml
+from learning.bandit_book import BookConfig
 from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
 from learning.replay import ReplayConfig
 from learning.samples import CurationConfig
@@ -29,6 +30,7 @@ class LearningConfig:
     curation: CurationConfig = field(default_factory=CurationConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     skills: SkillConfig = field(default_factory=SkillConfig)
+    bandit: BookConfig = field(default_factory=BookConfig)
 
 
 def load_learning_config(source: Path | Traversable | None = None) -> LearningConfig:
@@ -49,6 +51,7 @@ def load_learning_config(source: Path | Traversable | None = None) -> LearningCo
             curation=CurationConfig.from_dict(raw.get("curation") or {}),
             replay=ReplayConfig.from_dict(raw.get("replay") or {}),
             skills=SkillConfig.from_dict(raw.get("skills") or {}),
+            bandit=BookConfig.from_dict(raw.get("bandit") or {}),
         )
     except (CRLConfigError, TypeError, ValueError) as exc:
         raise SettingsError(f"LEARNOPS_CONFIG_FILE: {source}: {exc}") from None

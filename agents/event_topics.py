@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from agents.health import EVENTS_OUT
+from models.bandit import BanditAllocations, BanditControl
 from models.base import Event
 from models.events import (
     Alert,
@@ -91,6 +92,8 @@ class EventTopics:
     experiments: EventTopic[ExperimentChanged]
     replay_tasks: EventTopic[ReplayTask]
     skill_cards: EventTopic[SkillCard]
+    bandit_allocations: EventTopic[BanditAllocations]
+    bandit_controls: EventTopic[BanditControl]
 
     def __init__(self, app: Any) -> None:
         self._app = app

@@ -155,6 +155,18 @@ class Stage:
             event, stage=self.name, error_type=error_type, reason=reason, doer=doer
         )
 
+    async def decode_each(
+        self, events: list[Any], decode: Callable[[Any], Awaitable[K | None]]
+    ) -> list[tuple[Any, K]]:
+        """Each event with what ``decode`` made of it, leaving out those it refused (guarded)."""
+        decoded: list[tuple[Any, K]] = []
+        for event in events:
+            async with self.guarded(event):
+                item = await decode(event)
+                if item is not None:
+                    decoded.append((event, item))
+        return decoded
+
     async def decode(self, event: Any, model: type[E]) -> E | None:
         """The validated event, or None after its bytes went to learning.dlq with the reason.
 

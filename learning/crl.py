@@ -208,6 +208,7 @@ def score_bundle(
         shadow=bundle.shadow,
         replay_id=bundle.replay_id,
         model=bundle.model,
+        options=dict(bundle.options),
         terms=terms,
         loss=result.loss,
         contributions=result.contributions,

@@ -146,6 +146,8 @@ class RunCompleted(Event):
     shadow: bool = False  # a mirrored candidate run: scored, never served
     replay_id: Identifier | None = None  # replay bundles never count toward live statistics
     model: str | None = None  # the model the doer used
+    # The option the run used of each tunable parameter of its policy (models.tunables).
+    options: dict[Identifier, Identifier] = Field(default_factory=dict)
     artifacts: list[Artifact] = Field(default_factory=list)
     gates: Gates
     qav: QAV | None = None

@@ -146,6 +146,7 @@ class CRLComputed(Event):
     shadow: bool = False
     replay_id: Identifier | None = None
     model: str | None = None
+    options: dict[Identifier, Identifier] = Field(default_factory=dict)  # RunCompleted.options
     terms: CRLTerms
     loss: NonNegativeFloat
     contributions: dict[str, NonNegativeFloat]

@@ -32,6 +32,8 @@ CURATION_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "learnops:curation")
 CRL_ALERT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:crl-alert")
 #: Records of dead letters that could not be read themselves (the dead-letter stage).
 DEAD_LETTER_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:dead-letter")
+#: Experiments the bandit files when one option of a tunable parameter is best.
+BANDIT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:learnops:bandit")
 #: The bundles of the simulated orchestrator (the demo and the tests).
 SIMULATION_NAMESPACE: Final = uuid.NAMESPACE_URL
 
@@ -131,6 +133,14 @@ def sample_event_id(sample: str) -> UUID:
 def contamination_alert_id(dataset: str, day: str) -> UUID:
     """Return the id of a dataset's contamination alert of one day (at most one a day)."""
     return uuid.uuid5(CURATION_NAMESPACE, f"contamination\x00{dataset}\x00{day}")
+
+
+def tuning_experiment_id(
+    doer: str, policy_id: str, version: int, phase: str, parameter: str, option: str
+) -> str:
+    """Return the id of the experiment that fixes ``option`` of a policy version's parameter."""
+    name = _json_array(["tuning-experiment", doer, policy_id, version, phase, parameter, option])
+    return str(uuid.uuid5(BANDIT_NAMESPACE, name))
 
 
 def _json_array(parts: list[object]) -> str:

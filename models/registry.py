@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from models.bandit import BanditAllocations, BanditControl
 from models.base import Event
 from models.commands import POLICY_COMMANDS
 from models.events import (
@@ -43,6 +44,8 @@ TOPIC_EVENTS: Mapping[str, Any] = {
     "learning.experiments": ExperimentChanged,
     "learning.replay-tasks": ReplayTask,
     "learning.skill-cards": SkillCard,
+    "learning.bandit-allocations": BanditAllocations,
+    "learning.bandit-controls": BanditControl,
 }
 
 

@@ -388,6 +388,10 @@ GROUPS: dict[str, tuple[str, str]] = {
         "learnops.cli.skills:skills",
         "Skill cards: what each doer is good and bad at, with the figures.",
     ),
+    "bandit": (
+        "learnops.cli.bandit:bandit",
+        "The bandit optimizer: a doer's option shares; freeze, unfreeze, show.",
+    ),
     "demo": (
         "learnops.demo.commands,learnops.demo.canary,learnops.demo.curation,"
         "learnops.demo.experiments:demo",

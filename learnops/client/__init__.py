@@ -5,6 +5,9 @@
     async with Router("kafka:9092") as router:
         route = router.route("PRDWriter", task_id)
 
+:class:`Allocations` follows the bandit's shares the same way and picks a
+task's option of a tunable parameter (``learnops.client.allocations``).
+
 :class:`Router` needs only the event contract (``models``), the routing rules
 (``learning.routing``) and aiokafka; importing this package loads nothing of
 the service (no Faust, storage or numerical libraries). The replay executor
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from learnops.client.allocations import Allocations
 from learnops.client.router import Router, UnknownDoer
 
 if TYPE_CHECKING:
     from learnops.client.replay_executor import BlobFetcher, TaskError, serve
 
-__all__ = ["BlobFetcher", "Router", "TaskError", "UnknownDoer", "serve"]
+__all__ = ["Allocations", "BlobFetcher", "Router", "TaskError", "UnknownDoer", "serve"]
 
 _EXECUTOR_NAMES = frozenset({"BlobFetcher", "TaskError", "serve"})
 

@@ -21,7 +21,15 @@ print(json.dumps({"seconds": seconds, "modules": sorted(sys.modules)}))
 FORBIDDEN = ("agents", "storage", "learnops.cli", "learnops.demo", "faust", "scipy", "asyncpg")
 #: Our top-level packages, and the only modules of ours the Router may load (models.* too).
 OURS = ("agents", "storage", "learning", "learnops", "models")
-ALLOWED = ("learnops", "learnops.client", "learnops.client.router", "learning", "learning.routing")
+ALLOWED = (
+    "learnops",
+    "learnops.client",
+    "learnops.client.allocations",
+    "learnops.client.follower",
+    "learnops.client.router",
+    "learning",
+    "learning.routing",
+)
 
 
 def _imported() -> tuple[float, list[str]]:

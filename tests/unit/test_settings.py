@@ -75,7 +75,7 @@ def test_all_stages_is_the_default() -> None:
 def test_an_unknown_stage_is_named_with_the_known_ones() -> None:
     with pytest.raises(
         SettingsError,
-        match=r"LEARNOPS_STAGES: unknown stage\(s\) thrid; known: alerts, canary, crl, curator",
+        match=r"LEARNOPS_STAGES: unknown stage\(s\) thrid; known: alerts, bandit, canary, crl",
     ):
         create_app(Settings(learnops_stages="crl, thrid", learnops_app_id="stages-bad"))
 

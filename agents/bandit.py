@@ -1,0 +1,228 @@
+"""The bandit stage: learning.crl-computed → each doer's option statistics → allocations.
+
+Per batch: decode → claim the live runs that name options (storage.claims) →
+fold each owned run once into its doer's book (learning.bandit_book, one
+Faust table value per doer with its source mark) → reallocate the parameters
+that are due → write the book once → publish the doer's allocations on the
+compacted learning.bandit-allocations topic, keyed by doer.
+
+The options a run may name are those its policy version declares
+(``"tunables"`` in the signed artifact, read from the policy store once per
+version); a run naming another goes to the DLQ with the reason. Replays,
+shadow runs and canary candidate runs never fold in. An operator's freeze
+arrives on learning.bandit-controls (co-partitioned): a frozen book keeps
+learning but publishes no new shares until it is unfrozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from agents.stage import Stage
+from agents.tables import folded_up_to, marked
+from agents.triggers import raise_request
+from learning.bandit import Allocation
+from learning.bandit_book import BanditBook, counts
+from learning.skills import ExperimentTrigger
+from learning.tuning import tuning_proposal
+from models.bandit import BanditControl
+from models.events import CRLComputed
+from models.tunables import Tunables, tunables_of
+from storage.claims import Claim, owned_claims
+from storage.policies import find_policy
+from storage.pool import durably
+
+if TYPE_CHECKING:
+    from agents.app import LearnopsApp
+
+log = logging.getLogger("learnops.bandit")
+
+BATCH = 1000  # at most this many events per batch (agents/streams.py)
+CLAIMS = "bandit"  # this stage's name in fold_claims
+
+
+@dataclass
+class _Slot:
+    """One doer's book as a batch changes it: its source mark and what to write and send."""
+
+    book: BanditBook
+    partition: int
+    mark: int
+    changed: bool = False
+    publish: bool = False
+
+
+class BanditStage(Stage):
+    """learning.crl-computed and learning.bandit-controls → books per doer → allocations."""
+
+    name = "bandit"
+
+    def __init__(self, app: LearnopsApp) -> None:
+        super().__init__(app)
+        self.books = self.table(
+            "bandit-books",
+            default=dict,
+            help_="Each doer's bandits (learning.bandit_book.BanditBook) and source marks",
+        )
+        # A registered version's artifact never changes: it and its tunables are read once.
+        self.declared: dict[tuple[str, int], tuple[dict[str, Any], Tunables | str]] = {}
+
+        async def bandit(stream: Any) -> None:
+            """Fold each batch into the books, reallocate, write, publish; ack after all of it."""
+            async for events in self.batches(stream, BATCH):
+                async with self.guarded_batch(events):
+                    await self.process(events)
+
+        topics = self.topics
+        source = topics.source(topics.crl_computed, topics.bandit_controls)
+        app.agent(source, name=self.name)(bandit)
+        # Claims matter while a duplicate could still arrive: the CRL topic keeps 30 days.
+        self.expire_claims_every(CLAIMS, 3600.0, timedelta(days=31))
+
+    async def process(self, events: list[Any]) -> None:
+        """One batch: decode, claim its runs, take each into its doer's book, write and send."""
+        decoded: list[tuple[Any, CRLComputed | BanditControl]]
+        decoded = await self.decode_each(events, self._decode)
+        claims = [
+            (item.run_id, event.message.partition, event.message.offset)
+            for event, item in decoded
+            if isinstance(item, CRLComputed)
+        ]
+        owned = await durably(
+            partial(owned_claims, self.app.pool, CLAIMS, claims), what="fold_claims"
+        )
+        slots: dict[str, _Slot] = {}
+        for event, item in decoded:
+            async with self.guarded(event):
+                await self._take(event, item, owned, slots)
+        await self._flush(slots)
+
+    async def _decode(self, event: Any) -> CRLComputed | BanditControl | None:
+        """The control or the scored run; None when bad (dead-lettered) or not the bandit's."""
+        if event.message.topic == self.topics.bandit_controls.name:
+            return await self.decode(event, BanditControl)
+        result = await self.decode(event, CRLComputed)
+        if result is None or not counts(result) or not result.options:
+            return None  # a replay, shadow or candidate run, or one that chose nothing
+        return result
+
+    def _slot(self, doer: str, partition: int, slots: dict[str, _Slot]) -> _Slot:
+        self.partitions.seen(doer, partition)
+        slot = slots.get(doer)
+        if slot is None:
+            stored = self.books[doer]
+            slot = slots[doer] = _Slot(
+                BanditBook.from_dict(stored or {}), partition, folded_up_to(stored, partition)
+            )
+        return slot
+
+    async def _take(
+        self,
+        event: Any,
+        item: CRLComputed | BanditControl,
+        owned: set[Claim],
+        slots: dict[str, _Slot],
+    ) -> None:
+        """Fold one owned run in (once: a run at or below the book's mark is in it already)."""
+        partition, offset = event.message.partition, event.message.offset
+        slot = self._slot(item.doer, partition, slots)
+        if isinstance(item, BanditControl):
+            log.info(
+                "bandit_control doer=%s frozen=%s actor=%s", item.doer, item.frozen, item.actor
+            )
+            slot.changed |= slot.book.frozen != item.frozen
+            slot.book.frozen = item.frozen
+            slot.publish = True
+            return
+        if (item.run_id, partition, offset) not in owned:
+            return  # a duplicate of a run another record delivered
+        if offset <= slot.mark:
+            slot.publish = True  # redelivered after a crash: its allocation may be unsent
+            return
+        declared = await self._tunables(item)
+        config = self.app.learning.bandit
+        if isinstance(declared, str):
+            reason: str | None = declared
+        else:
+            reason = slot.book.fold(item, declared, config.bandit)
+        slot.mark = offset
+        slot.changed = True
+        if reason is not None:
+            await self.dead_letter(event, error_type="option", reason=reason, doer=item.doer)
+
+    async def _tunables(self, result: CRLComputed) -> Tunables | str:
+        """The tunables the run's policy version declares, or why there are none to go by."""
+        ref = (result.policy_id, result.policy_version)
+        if ref not in self.declared:
+            record = await durably(partial(find_policy, self.app.pool, *ref), what="policies")
+            if record is None:
+                # Not cached: the version may be registered later.
+                return f"policy {ref[0]}@{ref[1]} is not in the policy store"
+            try:
+                found: Tunables | str = tunables_of(record.artifact)
+            except ValueError as exc:
+                found = str(exc)
+            self.declared[ref] = (dict(record.artifact), found)
+        return self.declared[ref][1]
+
+    async def _propose(self, doer: str, book: BanditBook, key: str, allocation: Allocation) -> None:
+        """Request the experiment fixing a confidently best option (one open request per option)."""
+        bandit = book.bandits[key]
+        phase, parameter = key.split("/", 1)
+        artifact, _ = self.declared.get((bandit.policy_id, bandit.version), ({}, ""))
+        proposal = tuning_proposal(
+            doer=doer,
+            policy_id=bandit.policy_id,
+            version=bandit.version,
+            artifact=artifact,
+            phase=phase,
+            parameter=parameter,
+            allocation=allocation,
+            runs={o: s.runs for o, s in bandit.state.options.items()},
+        )
+        if proposal is None or not artifact:
+            return
+        trigger = ExperimentTrigger(
+            doer=doer,
+            reason=f"bandit:{bandit.policy_id}@{bandit.version}:{key}={proposal.option}",
+            hypothesis=proposal.hypothesis,
+            message=f"{key}: {proposal.option} is best ({proposal.experiment_type})",
+            evidence={
+                **proposal.evidence,
+                "experiment_id": proposal.experiment_id,
+                "experiment_type": proposal.experiment_type,
+                "phase": phase,
+                "parameter": parameter,
+                "option": proposal.option,
+                "candidate_artifact": proposal.artifact,
+            },
+        )
+        await raise_request(self.app, trigger)
+
+    async def _flush(self, slots: dict[str, _Slot]) -> None:
+        """Reallocate what is due, write each changed book once, publish the doers' shares."""
+        config = self.app.learning.bandit
+        for doer, slot in slots.items():
+            due = slot.book.due(config.every)
+            proposals = [
+                (key, slot.book.reallocate(key, config.bandit, config.seed)) for key in due
+            ]
+            if slot.changed or due:
+                self.books[doer] = marked(slot.book.to_dict(), slot.partition, slot.mark)
+            if (due or slot.publish) and slot.book.bandits:
+                allocations = slot.book.event(doer)
+                await self.topics.bandit_allocations.send(allocations)
+                if due:
+                    log.info(
+                        "bandit_allocation doer=%s sequence=%d parameters=%s",
+                        doer,
+                        allocations.sequence,
+                        ",".join(due),
+                    )
+            for key, allocation in proposals:
+                if allocation.confident:
+                    await self._propose(doer, slot.book, key, allocation)

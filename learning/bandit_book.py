@@ -1,0 +1,218 @@
+"""One doer's bandits: what the bandit stage keeps in its table value, and how a run folds in.
+
+The value is one per doer (one changelog record holds everything that must
+change together): per phase and parameter of the active policy, its
+:class:`learning.bandit.BanditState`, the shares in force and the sequence
+number of the last allocation published; and whether an operator froze the
+doer's allocations.
+
+A scored run folds in when it is live and served by the active policy
+(:func:`counts`): replays, shadow runs and a canary's candidate runs never
+move the bandit, whose options are the active policy's. A run of a new
+policy version starts that version's bandits afresh (its declared options may
+differ). A run naming an option its policy does not declare is refused with
+the reason (``models.tunables.undeclared_options``), for the DLQ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from learning.bandit import Allocation, BanditConfig, BanditState, allocate
+from models.bandit import BanditAllocations, ParameterAllocation
+from models.events import CRLComputed
+from models.tunables import Tunables, undeclared_options
+
+
+@dataclass(frozen=True)
+class BookConfig:
+    """How the bandit stage keeps its books (``bandit:`` in learning.yaml).
+
+    ``every`` — runs of a parameter between two allocations; ``seed`` — mixed
+    with each allocation's sequence number into its generator; ``bandit`` —
+    the statistics' settings (:class:`learning.bandit.BanditConfig`).
+    """
+
+    every: int = 100
+    seed: int = 20
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"bandit.every {self.every} is below 1")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BookConfig:
+        """Build from the YAML mapping; an unknown key is an error naming it."""
+        own = {"every", "seed"}
+        known = own | {f.name for f in fields(BanditConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"bandit: unknown setting(s) {', '.join(unknown)}")
+        statistics = {k: v for k, v in data.items() if k not in own}
+        if "guardrail_metrics" in statistics:
+            statistics["guardrail_metrics"] = tuple(statistics["guardrail_metrics"])
+        return cls(
+            every=int(data.get("every", cls.every)),
+            seed=int(data.get("seed", cls.seed)),
+            bandit=BanditConfig(**statistics),
+        )
+
+
+def counts(result: CRLComputed) -> bool:
+    """Whether a scored run moves the bandit: live, and served by the active policy."""
+    return result.replay_id is None and not result.shadow and result.arm != "candidate"
+
+
+def parameter_key(phase: str, parameter: str) -> str:
+    """The key of one bandit in a doer's book."""
+    return f"{phase}/{parameter}"
+
+
+@dataclass
+class ParameterBandit:
+    """The bandit of one phase and parameter of one policy version."""
+
+    policy_id: str
+    version: int
+    state: BanditState
+    shares: dict[str, float]
+    sequence: int = 0
+    runs_since_published: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for a table value."""
+        return {
+            "policy_id": self.policy_id,
+            "version": self.version,
+            "state": self.state.to_dict(),
+            "shares": dict(self.shares),
+            "sequence": self.sequence,
+            "runs_since_published": self.runs_since_published,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParameterBandit:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            policy_id=str(data["policy_id"]),
+            version=int(data["version"]),
+            state=BanditState.from_dict(data["state"]),
+            shares={o: float(s) for o, s in data["shares"].items()},
+            sequence=int(data["sequence"]),
+            runs_since_published=int(data["runs_since_published"]),
+        )
+
+
+@dataclass
+class BanditBook:
+    """Every bandit of one doer, and whether its allocations are frozen."""
+
+    bandits: dict[str, ParameterBandit] = field(default_factory=dict)
+    frozen: bool = False
+
+    def fold(self, result: CRLComputed, tunables: Tunables, config: BanditConfig) -> str | None:
+        """Fold one scored run of the doer in; the reason it is refused, or None.
+
+        ``tunables`` are those of the run's policy version. Runs that do not
+        :func:`count`, and runs that name no option, change nothing.
+        """
+        if not counts(result) or not result.options:
+            return None
+        reason = undeclared_options(result.options, result.phase, tunables)
+        if reason is not None:
+            return reason
+        events = {
+            "security_criticals": result.terms.security_criticals,
+            "api_breakages": result.terms.api_breakages,
+        }
+        for parameter, option in sorted(result.options.items()):
+            bandit = self._bandit(result, parameter, tunables)
+            bandit.state.observe(
+                option, result.loss, bandit.shares, events=events, discount=config.discount
+            )
+            bandit.runs_since_published += 1
+        return None
+
+    def _bandit(self, result: CRLComputed, parameter: str, tunables: Tunables) -> ParameterBandit:
+        """The run's bandit, started afresh for a policy version not seen before."""
+        key = parameter_key(result.phase, parameter)
+        bandit = self.bandits.get(key)
+        if bandit is None or (bandit.policy_id, bandit.version) != (
+            result.policy_id,
+            result.policy_version,
+        ):
+            options = tunables.options(result.phase, parameter) or []
+            bandit = ParameterBandit(
+                policy_id=result.policy_id,
+                version=result.policy_version,
+                state=BanditState.for_options(options),
+                shares=dict.fromkeys(options, 1.0 / len(options)),
+                sequence=bandit.sequence if bandit else 0,  # sequences only go up per key
+            )
+            self.bandits[key] = bandit
+        return bandit
+
+    def due(self, every: int) -> list[str]:
+        """Keys with at least ``every`` runs since their last allocation; none while frozen."""
+        if self.frozen:
+            return []
+        return sorted(k for k, b in self.bandits.items() if b.runs_since_published >= every)
+
+    def reallocate(self, key: str, config: BanditConfig, seed: int) -> Allocation:
+        """Compute the key's next allocation, put it in force and number it.
+
+        The generator is seeded from the key's sequence number and ``seed``, so
+        recomputing after a crash gives the same allocation.
+        """
+        bandit = self.bandits[key]
+        rng = np.random.default_rng([seed, bandit.sequence + 1])
+        allocation = allocate(bandit.state, config, rng)
+        bandit.shares = dict(allocation.shares)
+        bandit.sequence += 1
+        bandit.runs_since_published = 0
+        return allocation
+
+    def event(self, doer: str) -> BanditAllocations:
+        """The doer's allocations in force, as published on learning.bandit-allocations."""
+        allocations = []
+        for key, bandit in sorted(self.bandits.items()):
+            phase, parameter = key.split("/", 1)
+            allocations.append(
+                ParameterAllocation(
+                    phase=phase,
+                    parameter=parameter,
+                    policy_id=bandit.policy_id,
+                    policy_version=bandit.version,
+                    shares=bandit.shares,
+                    sequence=bandit.sequence,
+                    runs=sum(s.runs for s in bandit.state.options.values()),
+                )
+            )
+        return BanditAllocations(
+            doer=doer,
+            sequence=sum(b.sequence for b in self.bandits.values()),
+            frozen=self.frozen,
+            allocations=allocations,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for a table value."""
+        return {
+            "bandits": {k: b.to_dict() for k, b in self.bandits.items()},
+            "frozen": self.frozen,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BanditBook:
+        """Rebuild from :meth:`to_dict` output (an empty mapping is an empty book)."""
+        return cls(
+            bandits={
+                k: ParameterBandit.from_dict(b) for k, b in (data.get("bandits") or {}).items()
+            },
+            frozen=bool(data.get("frozen", False)),
+        )

@@ -1,0 +1,151 @@
+"""Bandits simulated as the bandit stage runs them: allocate, route a batch, learn, re-allocate.
+
+An environment is a set of options whose losses are a shape from
+:mod:`learning.canary_simulation` (lognormal with zeros and rare ×10 runs, or
+zero-inflated) scaled by the option's factor, so an option's mean loss is
+proportional to its factor. ``drift_at`` swaps in ``after`` factors at that
+run (the best option changes). An option may emit guardrail events (security
+criticals) with a per-run probability.
+
+Policies at the same budget:
+
+* ``"thompson"`` — :func:`learning.bandit.allocate` every ``batch`` runs;
+* ``"uniform"`` — every option 1/K of the traffic;
+* ``"explore_then_commit"`` — uniform for ``explore`` runs, then every run to
+  the option with the lowest observed mean.
+
+Regret is pseudo-regret against the oracle that always routes to the option
+with the lowest expected loss at that time: the sum over runs of the chosen
+option's expected loss minus the best one's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from learning.bandit import BanditConfig, BanditState, allocate
+from learning.canary_simulation import LossShape, heavy, zero_inflated
+
+FloatArray = npt.NDArray[np.float64]
+Policy = Literal["thompson", "uniform", "explore_then_commit"]
+POLICIES: tuple[Policy, ...] = ("thompson", "uniform", "explore_then_commit")
+
+SHAPES: dict[str, LossShape] = {"heavy": heavy, "zero-heavy (90 % zeros)": zero_inflated(0.9)}
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Options with loss scale factors, an optional drift and per-run guardrail event rates."""
+
+    factors: tuple[float, ...]
+    shape: LossShape = heavy
+    drift_at: int | None = None
+    after: tuple[float, ...] | None = None
+    event_rates: tuple[float, ...] | None = None
+
+    def factors_at(self, run: int) -> tuple[float, ...]:
+        """The scale factors in force at ``run``."""
+        if self.drift_at is not None and self.after is not None and run >= self.drift_at:
+            return self.after
+        return self.factors
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Cumulative regret, and the shares in force at each batch (batches × options)."""
+
+    regret: float
+    shares: FloatArray
+    batch: int
+    excluded_at: dict[int, int]
+
+
+def _mean_loss(shape: LossShape, rng: np.random.Generator) -> float:
+    """Mean of the unit-scale shape, by a large seeded sample."""
+    return float(shape(rng, (200_000, 1)).mean())
+
+
+def simulate(
+    env: Environment,
+    policy: Policy,
+    runs: int,
+    seed: int,
+    *,
+    config: BanditConfig | None = None,
+    batch: int = 100,
+    explore: int = 1000,
+) -> SimulationResult:
+    """Route ``runs`` runs in batches of ``batch`` with ``policy`` and report its regret."""
+    config = config or BanditConfig()
+    rng = np.random.default_rng(seed)
+    k = len(env.factors)
+    names = [f"option-{i}" for i in range(k)]
+    state = BanditState.for_options(names)
+    unit_mean = _mean_loss(env.shape, np.random.default_rng(0))
+    sums, counts = np.zeros(k), np.zeros(k)
+    regret = 0.0
+    history: list[list[float]] = []
+    excluded_at: dict[int, int] = {}
+    for start in range(0, runs, batch):
+        size = min(batch, runs - start)
+        if policy == "thompson":
+            alloc = allocate(state, config, rng)
+            shares = np.array([alloc.shares[n] for n in names])
+            for name in alloc.excluded:
+                excluded_at.setdefault(names.index(name), start)
+        elif policy == "uniform" or start < explore:
+            shares = np.full(k, 1.0 / k)
+        else:
+            shares = np.eye(k)[int(np.argmin(sums / np.maximum(counts, 1)))]
+        history.append(shares.tolist())
+        chosen = rng.choice(k, size=size, p=shares / shares.sum())
+        losses = env.shape(rng, (size, 1))[:, 0]
+        for i, option in enumerate(chosen):
+            run = start + i
+            factors = np.asarray(env.factors_at(run))
+            loss = float(losses[i] * factors[option])
+            regret += unit_mean * float(factors[option] - factors.min())
+            sums[option] += loss
+            counts[option] += 1
+            if policy != "thompson":
+                continue
+            events = {}
+            if env.event_rates is not None and rng.random() < env.event_rates[option]:
+                events = {"security_criticals": 1}
+            state.observe(
+                names[option],
+                loss,
+                dict(zip(names, shares.tolist(), strict=True)),
+                events=events,
+                discount=config.discount,
+            )
+    return SimulationResult(regret, np.array(history), batch, excluded_at)
+
+
+def runs_to_majority(result: SimulationResult, option: int, since: int) -> int | None:
+    """Runs after ``since`` until ``option`` first holds more than half the traffic, or None."""
+    for b, shares in enumerate(result.shares):
+        start = b * result.batch
+        if start >= since and shares[option] > 0.5:
+            return start - since
+    return None
+
+
+def max_share_after(result: SimulationResult, option: int, since: int) -> float:
+    """The largest share ``option`` held in the batches that start at or after ``since``."""
+    rows = [s[option] for b, s in enumerate(result.shares) if b * result.batch >= since]
+    return max(rows) if rows else 0.0
+
+
+def mean_regret(
+    env: Environment, policy: Policy, runs: int, seeds: Sequence[int], **kwargs: object
+) -> float:
+    """Mean cumulative regret over ``seeds``."""
+    return float(
+        np.mean([simulate(env, policy, runs, s, **kwargs).regret for s in seeds])  # type: ignore[arg-type]
+    )

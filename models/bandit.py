@@ -1,0 +1,68 @@
+"""learning.bandit-allocations and learning.bandit-controls: the bandit's shares and its freeze.
+
+Both topics are compacted and keyed by doer, so one record per doer carries
+everything: :class:`BanditAllocations` lists every phase/parameter bandit of
+the doer with the shares in force, and :class:`BanditControl` says whether an
+operator froze the doer's allocations. The Router (``learnops.client``)
+imports this module and nothing else of the contract's events.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Self
+
+from pydantic import Field, model_validator
+
+from models.base import INT4_MAX, ContractModel, Count, Event, Identifier, UnitFloat, Version
+
+__all__ = ["BanditAllocations", "BanditControl", "ParameterAllocation"]
+
+#: Shares may miss 1 by rounding; more than this is a broken record.
+SHARE_TOLERANCE = 1e-6
+
+
+class ParameterAllocation(ContractModel):
+    """The shares in force for one phase and parameter of a doer's policy version."""
+
+    phase: Identifier
+    parameter: Identifier
+    policy_id: Identifier
+    policy_version: Version
+    shares: Annotated[dict[Identifier, UnitFloat], Field(min_length=2)]
+    sequence: Count  # this parameter's allocation number; 0: uniform, none computed yet
+    runs: Count = 0  # runs of this policy version folded in (undiscounted)
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> Self:
+        total = sum(self.shares.values())
+        if abs(total - 1.0) > SHARE_TOLERANCE:
+            raise ValueError(f"shares of {self.phase}/{self.parameter} sum to {total}, not 1")
+        return self
+
+
+class BanditAllocations(Event):
+    """Every bandit allocation of one doer; compaction keeps the latest.
+
+    ``sequence`` only rises for a doer (the sum of its parameters' sequences), so
+    a reader keeps the record with the highest one. ``frozen`` is true while an
+    operator holds the doer's allocations where they are.
+    """
+
+    sequence: Annotated[int, Field(ge=0, le=INT4_MAX)]
+    frozen: bool = False
+    allocations: list[ParameterAllocation]
+
+    def allocation(self, phase: str, parameter: str) -> ParameterAllocation | None:
+        """The allocation of ``parameter`` in ``phase``, or None."""
+        for found in self.allocations:
+            if (found.phase, found.parameter) == (phase, parameter):
+                return found
+        return None
+
+
+class BanditControl(Event):
+    """An operator's freeze or unfreeze of a doer's bandit allocations (compacted per doer)."""
+
+    frozen: bool
+    actor: Identifier
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]

@@ -1,0 +1,236 @@
+"""The bandit stage through a real worker, real Kafka and real PostgreSQL.
+
+One doer's policy declares two models for its draft phase; bundles of the
+small model score far better. The worker (crl, policy and bandit stages) must
+publish allocations that move to the small model, send a run naming an
+undeclared option to the DLQ with its reason, ignore replays, hold a frozen
+doer's shares, and count each run once across a restart that redelivers
+everything it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.topics import read_from_start
+from learning.signing import SigningKey, signed_artifact
+from learnops.client import Allocations
+from learnops.simulation.orchestrator import Orchestrator
+from models.bandit import BanditAllocations
+from models.commands import RegisterPolicy
+from models.events import DeadLetter, RunCompleted
+from storage.policies import find_policy
+from storage.skills import open_requests
+from tests.integration.kafka_io import eventually, publish
+from tests.services import (
+    REPO,
+    WorkerProcess,
+    end_offsets,
+    free_port,
+    run_learnops,
+    start_after_inputs,
+    start_group_at,
+)
+
+RUNS = "learning.run-completed"
+SCORED = "learning.crl-computed"
+ALLOCATIONS = "learning.bandit-allocations"
+PARAMETER = "router.model"
+LARGE, SMALL = "model-a-large", "model-c-small"
+EVERY = 20
+
+
+@pytest.fixture(scope="module")
+async def bandit_worker(
+    topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkerProcess]:
+    """A worker with the crl, policy and bandit stages, allocating every 20 runs.
+
+    An option is confidently best after 50 runs of it (not 200), so the test
+    sees the experiment request.
+    """
+    folder = tmp_path_factory.mktemp("bandit")
+    config = folder / "learning.yaml"
+    packaged = (REPO / "config" / "learning.yaml").read_text()
+    config.write_text(
+        packaged.replace("  every: 100 ", f"  every: {EVERY} ").replace(
+            "  min_runs: 200 ", "  min_runs: 50 "
+        )
+    )
+    env = {
+        **settings_env,
+        "LEARNOPS_STAGES": "crl,policy,bandit",
+        "LEARNOPS_CONFIG_FILE": str(config),
+        "LEARNOPS_WEB_PORT": str(free_port()),
+    }
+    process = WorkerProcess(env=env, log_path=Path(folder) / "worker.log")
+    await start_after_inputs(process)
+    yield process
+    await asyncio.to_thread(process.stop)
+
+
+async def _allocations(settings: Any, doer: str) -> list[BanditAllocations]:
+    return [
+        BanditAllocations.from_json(r.value)
+        for r in await read_from_start(settings, ALLOCATIONS)
+        if r.key == doer.encode()
+    ]
+
+
+async def _dead_letters(settings: Any, doer: str) -> list[DeadLetter]:
+    return [
+        letter
+        for r in await read_from_start(settings, "learning.dlq")
+        if r.key == doer.encode() and (letter := DeadLetter.from_json(r.value)).stage == "bandit"
+    ]
+
+
+async def _dead_letter_naming(settings: Any, doer: str, option: str) -> DeadLetter:
+    letters = await eventually(
+        lambda: _dead_letters(settings, doer),
+        lambda found: any(option in d.reason for d in found),
+        timeout=90.0,
+    )
+    return next(d for d in letters if option in d.reason)
+
+
+def _runs(allocations: BanditAllocations) -> int:
+    found = allocations.allocation("draft", PARAMETER)
+    return found.runs if found else 0
+
+
+class Doer:
+    """A doer whose policy declares two models, and bundles naming one of them."""
+
+    def __init__(self, producer: Any, env: dict[str, str]) -> None:
+        self.env = env
+        self.name = f"Bandit{uuid.uuid4().hex[:8]}"
+        self.policy = self.name.lower()
+        self.producer = producer
+        self.orchestrator = Orchestrator(seed=20, doers=(self.name,), run_prefix=self.policy)
+
+    def bundle(self, option: str, **update: Any) -> RunCompleted:
+        quality = 0.95 if option == SMALL else 0.3
+        b = self.orchestrator.bundle(
+            self.name, policy=(self.policy, 1), quality=quality, phase="draft"
+        )
+        return b.model_copy(update={"options": {PARAMETER: option}, **update})
+
+    async def run(self, n: int, **update: Any) -> None:
+        bundles = [self.bundle((LARGE, SMALL)[i % 2], **update) for i in range(n)]
+        await self.send(RUNS, *bundles)
+
+    async def send(self, topic: str, *events: Any) -> None:
+        await publish(self.producer, topic, [(e.doer.encode(), e.to_json()) for e in events])
+
+
+async def test_allocations_move_to_the_better_option_and_survive_freeze_and_restart(
+    bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
+) -> None:
+    doer = Doer(producer, bandit_worker.env)
+    bootstrap = settings.kafka_bootstrap_servers
+    start = await end_offsets(bootstrap, (RUNS, SCORED))
+    body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
+    register = RegisterPolicy(
+        doer=doer.name,
+        actor="tests",
+        reason="two models to choose from",
+        policy_id=doer.policy,
+        version=1,
+        **signed_artifact(body, signing_key, doer=doer.name, policy_id=doer.policy, version=1),
+    )
+    await doer.send("learning.commands", register)
+    await eventually(lambda: find_policy(db, doer.policy, 1), lambda p: p is not None)
+
+    # 200 live runs, replays that must not count, and one undeclared option.
+    await doer.run(200)
+    await doer.run(40, replay_id="rp-bandit")
+    await doer.send(RUNS, doer.bundle("model-z-unknown"))
+    letter = await _dead_letter_naming(settings, doer.name, "model-z-unknown")
+    assert letter.error_type == "option"
+    assert "is not one the policy declares" in letter.reason
+    history = await _allocations(settings, doer.name)
+    assert history, "no allocation published"
+    assert all(a.allocations[0].shares[SMALL] > 0.5 for a in history)
+    assert [a.sequence for a in history] == sorted(a.sequence for a in history)
+    learned = history[-1].allocation("draft", PARAMETER)
+    assert learned is not None
+    assert 1 <= learned.sequence <= 200 // EVERY  # at most one allocation per batch
+    assert learned.shares[SMALL] > 0.9 > learned.shares[LARGE]
+
+    # Confidently best: one open request for the experiment that fixes it.
+    requests = await eventually(lambda: open_requests(db, doer.name), lambda r: len(r) == 1)
+    (request,) = requests
+    assert request["reason"] == f"bandit:{doer.policy}@1:draft/{PARAMETER}={SMALL}"
+    evidence = request["evidence"]
+    assert evidence["experiment_type"] == "tool_tuning" and evidence["option"] == SMALL
+    assert evidence["candidate_artifact"]["fixed"] == {"draft": {PARAMETER: SMALL}}
+    assert "tunables" not in evidence["candidate_artifact"]
+
+    # Frozen: the record shows every live run folded; runs still arrive, shares stay.
+    frozen = await freeze(doer, settings, True)
+    assert _runs(frozen) == 200
+    await doer.run(100)
+    await doer.send(RUNS, doer.bundle("model-y-unknown"))
+    await _dead_letter_naming(settings, doer.name, "model-y-unknown")  # the 100 are folded
+    assert (await _allocations(settings, doer.name))[-1] == frozen
+
+    # Unfrozen: the runs folded while frozen count at once.
+    thawed = await freeze(doer, settings, False)
+    assert _runs(thawed) == 300 and thawed.sequence == frozen.sequence + 1
+
+    # The orchestrator's client reads the same shares and routes tasks by them.
+    async with Allocations(bootstrap) as client:
+        await eventually(lambda: _held(client, doer.name), lambda a: a is not None and a == thawed)
+        picks = [client.option(doer.name, "draft", PARAMETER, f"task-{i}") for i in range(2000)]
+    share = thawed.allocation("draft", PARAMETER)
+    assert share is not None
+    assert picks.count(SMALL) / len(picks) == pytest.approx(share.shares[SMALL], abs=0.03)
+
+    # A restart that reads every record again (and re-scores every bundle) counts none twice.
+    await asyncio.to_thread(bandit_worker.stop)
+    await start_group_at(bootstrap, bandit_worker.app_id, start)
+    await asyncio.to_thread(bandit_worker.start)
+    await doer.run(EVERY)
+    await doer.send(RUNS, doer.bundle("model-w-unknown"))
+    await _dead_letter_naming(settings, doer.name, "model-w-unknown")
+    assert _runs(await freeze(doer, settings, True)) == 300 + EVERY
+    shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert BanditAllocations.model_validate_json(shown.stdout).frozen
+    assert len(await open_requests(db, doer.name)) == 1
+    letters = await _dead_letters(settings, doer.name)
+    assert sorted(d.reason.split("'")[1] for d in letters) == [
+        "model-w-unknown",
+        "model-y-unknown",
+        "model-z-unknown",
+    ]
+
+
+async def _held(client: Allocations, doer: str) -> BanditAllocations | None:
+    return client.latest(doer)
+
+
+async def freeze(doer: Doer, settings: Any, frozen: bool) -> BanditAllocations:
+    """`learnops bandit freeze|unfreeze DOER`; the allocations record the stage publishes after."""
+    before = len(await _allocations(settings, doer.name))
+    verb = "freeze" if frozen else "unfreeze"
+    done = await asyncio.to_thread(
+        run_learnops, doer.env, "bandit", verb, doer.name, "--actor", "ops", "--reason", "test"
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"allocations {'frozen' if frozen else 'unfrozen'} by ops" in done.stdout
+
+    async def probe() -> list[BanditAllocations]:
+        return await _allocations(settings, doer.name)
+
+    found = await eventually(
+        probe, lambda a: any(r.frozen == frozen for r in a[before:]), timeout=90.0
+    )
+    return next(r for r in found[before:] if r.frozen == frozen)

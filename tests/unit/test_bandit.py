@@ -1,0 +1,183 @@
+"""Thompson-sampling allocations: statistics, discounting, floors, guardrails, the "best" rule."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learning.bandit import Allocation, BanditConfig, BanditState, OptionStats, allocate
+
+OPTIONS = ("model-a-large", "model-b-medium", "model-c-small")
+EVEN = dict.fromkeys(OPTIONS, 1 / 3)
+
+
+def _fed(losses_by_option: dict[str, list[float]], discount: float = 1.0) -> BanditState:
+    """A state that saw the given losses, interleaved option by option."""
+    state = BanditState.for_options(list(losses_by_option))
+    longest = max(len(v) for v in losses_by_option.values())
+    for i in range(longest):
+        for option, losses in losses_by_option.items():
+            if i < len(losses):
+                state.observe(option, losses[i], EVEN, discount=discount)
+    return state
+
+
+def test_undiscounted_statistics_are_the_sample_mean_and_variance() -> None:
+    values = [0.0, 0.4, 2.5, 0.0, 1.1]
+    stats = OptionStats()
+    for v in values:
+        stats.add(v)
+    assert stats.runs == 5 and stats.weight == 5
+    assert stats.mean == pytest.approx(np.mean(values))
+    assert stats.variance == pytest.approx(np.var(values, ddof=1))
+
+
+def test_discounting_weights_older_runs_geometrically() -> None:
+    state = BanditState.for_options(["a", "b"])
+    for loss in (1.0, 2.0, 3.0):
+        state.observe("a", loss, {"a": 0.5, "b": 0.5}, discount=0.5)
+    a = state.options["a"]
+    weights = np.array([0.25, 0.5, 1.0])
+    assert a.weight == pytest.approx(weights.sum())
+    assert a.mean == pytest.approx(float(np.average([1.0, 2.0, 3.0], weights=weights)))
+    assert a.runs == 3  # the run count is not discounted
+
+
+def test_a_run_of_one_option_discounts_the_others() -> None:
+    state = BanditState.for_options(["a", "b"])
+    state.observe("b", 1.0, {"a": 0.5, "b": 0.5}, discount=0.9)
+    state.observe("a", 1.0, {"a": 0.5, "b": 0.5}, discount=0.9)
+    assert state.options["b"].weight == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("loss", [-0.1, math.nan, math.inf])
+def test_a_negative_or_non_finite_loss_is_rejected(loss: float) -> None:
+    state = BanditState.for_options(["a", "b"])
+    with pytest.raises(ValueError, match="loss"):
+        state.observe("a", loss, {"a": 0.5, "b": 0.5})
+
+
+def test_an_undeclared_option_is_rejected_with_the_declared_ones() -> None:
+    state = BanditState.for_options(["a", "b"])
+    with pytest.raises(ValueError, match=r"'c' is not one of \['a', 'b'\]"):
+        state.observe("c", 0.1, {"a": 0.5, "b": 0.5})
+
+
+def test_state_round_trips_through_its_dict() -> None:
+    state = _fed({"a": [0.1, 0.2], "b": [0.4]}, discount=0.99)
+    state.observe("a", 0.3, {"a": 0.5, "b": 0.5}, events={"security_criticals": 1})
+    assert BanditState.from_dict(state.to_dict()) == state
+
+
+def test_no_data_gives_equal_shares_up_to_monte_carlo_noise() -> None:
+    alloc = allocate(BanditState.for_options(OPTIONS), BanditConfig(), np.random.default_rng(1))
+    assert sum(alloc.shares.values()) == pytest.approx(1.0)
+    for share in alloc.shares.values():
+        assert share == pytest.approx(1 / 3, abs=0.03)
+    assert not alloc.confident
+
+
+def test_the_same_statistics_and_seed_give_the_same_allocation() -> None:
+    state = _fed({o: [0.5, 0.7, 0.2] for o in OPTIONS})
+    first = allocate(state, BanditConfig(), np.random.default_rng(42))
+    assert allocate(state, BanditConfig(), np.random.default_rng(42)) == first
+
+
+def test_a_clearly_better_option_gets_almost_all_traffic_but_the_others_keep_the_floor() -> None:
+    rng = np.random.default_rng(5)
+    state = _fed(
+        {
+            "model-a-large": list(rng.lognormal(0, 1, 400)),
+            "model-b-medium": list(rng.lognormal(0, 1, 400) * 1.5),
+            "model-c-small": list(rng.lognormal(0, 1, 400) * 0.5),
+        }
+    )
+    config = BanditConfig(min_share=0.05)
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert alloc.best == "model-c-small"
+    assert alloc.confident
+    assert alloc.shares["model-c-small"] > 0.85
+    assert min(alloc.shares.values()) >= config.min_share
+    assert sum(alloc.shares.values()) == pytest.approx(1.0)
+
+
+def test_equal_options_are_not_declared_best() -> None:
+    rng = np.random.default_rng(8)
+    state = _fed({o: list(rng.lognormal(0, 1, 500)) for o in OPTIONS})
+    alloc = allocate(state, BanditConfig(), np.random.default_rng(0))
+    assert not alloc.confident
+    assert max(alloc.p_best.values()) < 0.95
+
+
+def test_too_few_runs_are_not_enough_however_large_the_gap() -> None:
+    state = _fed({"model-a-large": [5.0, 6.0, 5.5] * 10, "model-c-small": [0.1, 0.2] * 15})
+    alloc = allocate(state, BanditConfig(min_runs=200), np.random.default_rng(0))
+    assert alloc.best == "model-c-small" and alloc.p_best["model-c-small"] > 0.99
+    assert not alloc.confident
+
+
+def test_a_run_of_zeros_on_a_zero_heavy_loss_does_not_look_certain() -> None:
+    # 20 zeros of a loss that is 0 on 90 % of runs: its own variance is 0, the
+    # pooled one is not, so it must not win with near certainty.
+    rng = np.random.default_rng(2)
+    other = rng.lognormal(0, 1, 2000) * (rng.random(2000) > 0.9)
+    state = _fed({"a": list(other), "b": [0.0] * 20})
+    alloc = allocate(state, BanditConfig(), np.random.default_rng(0))
+    assert alloc.p_best["b"] < 0.95
+
+
+def test_an_option_with_its_own_security_criticals_gets_only_the_floor() -> None:
+    state = BanditState.for_options(OPTIONS)
+    rng = np.random.default_rng(3)
+    config = BanditConfig(min_share=0.02)
+    for _ in range(300):
+        for option in OPTIONS:
+            # The small model is the cheapest but breaks security on 5 % of runs.
+            loss = 0.2 if option == "model-c-small" else 1.0
+            events = {"security_criticals": int(option == "model-c-small" and rng.random() < 0.05)}
+            state.observe(option, loss, EVEN, events=events, discount=config.discount)
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert "model-c-small" in alloc.excluded
+    assert "security_criticals" in alloc.excluded["model-c-small"]
+    assert alloc.shares["model-c-small"] == pytest.approx(config.min_share)
+    assert alloc.best != "model-c-small"
+
+
+def test_events_spread_evenly_exclude_nobody() -> None:
+    state = BanditState.for_options(OPTIONS)
+    for i in range(600):
+        option = OPTIONS[i % 3]
+        state.observe(option, 0.5, EVEN, events={"api_breakages": 1})
+    assert allocate(state, BanditConfig(), np.random.default_rng(0)).excluded == {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    means=st.lists(st.floats(0.0, 5.0), min_size=2, max_size=5),
+    runs=st.integers(0, 50),
+    min_share=st.floats(0.0, 0.2),
+    seed=st.integers(0, 2**16),
+)
+def test_shares_sum_to_one_and_respect_the_floor(
+    means: list[float], runs: int, min_share: float, seed: int
+) -> None:
+    names = [f"o{i}" for i in range(len(means))]
+    state = BanditState.for_options(names)
+    for _ in range(runs):
+        for name, mean in zip(names, means, strict=True):
+            state.observe(name, mean, dict.fromkeys(names, 1 / len(names)))
+    config = BanditConfig(min_share=min_share, draws=200)
+    if len(names) * min_share > 1:
+        return
+    alloc: Allocation = allocate(state, config, np.random.default_rng(seed))
+    assert sum(alloc.shares.values()) == pytest.approx(1.0)
+    assert min(alloc.shares.values()) >= min_share - 1e-12
+    assert sum(alloc.p_best.values()) == pytest.approx(1.0)
+
+
+def test_floors_that_exceed_the_traffic_are_refused() -> None:
+    state = BanditState.for_options(["a", "b", "c"])
+    with pytest.raises(ValueError, match="exceed the traffic"):
+        allocate(state, BanditConfig(min_share=0.4), np.random.default_rng(0))

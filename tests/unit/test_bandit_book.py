@@ -1,0 +1,112 @@
+"""One doer's bandits as the stage keeps them: which runs fold in, versions, freezing, sequences."""
+
+from typing import Any
+
+import pytest
+
+from learning.bandit import BanditConfig
+from learning.bandit_book import BanditBook, counts
+from learning.crl import LatencyObjectives, WeightBook, score_bundle
+from models.events import CRLComputed
+from models.tunables import tunables_of
+from tests.unit.sample_bundles import make_bundle
+from tests.unit.sample_policies import ARTIFACT
+
+TUNABLES = tunables_of(ARTIFACT)
+CONFIG = BanditConfig()
+
+
+def scored(option: str = "model-c-small", loss: float = 0.5, **bundle: Any) -> CRLComputed:
+    fields = {"phase": "draft", "policy_id": "prd", "policy_version": 3, **bundle}
+    event = score_bundle(
+        make_bundle(options={"router.model": option}, **fields), WeightBook(), LatencyObjectives()
+    )
+    return event.model_copy(update={"loss": loss})
+
+
+def test_a_live_run_of_the_active_policy_folds_into_its_parameter() -> None:
+    book = BanditBook()
+    assert book.fold(scored(), TUNABLES, CONFIG) is None
+    bandit = book.bandits["draft/router.model"]
+    assert (bandit.policy_id, bandit.version) == ("prd", 3)
+    assert bandit.state.options["model-c-small"].runs == 1
+    assert bandit.shares == pytest.approx(dict.fromkeys(bandit.state.options, 1 / 3))
+
+
+@pytest.mark.parametrize(
+    "bundle",
+    [
+        {"replay_id": "replay-1"},
+        {"shadow": True, "arm": "candidate", "deployment_id": "dep-1"},
+        {"arm": "candidate", "deployment_id": "dep-1"},
+    ],
+)
+def test_replays_shadow_runs_and_canary_candidates_never_move_the_bandit(
+    bundle: dict[str, Any],
+) -> None:
+    result = scored(**bundle)
+    assert not counts(result)
+    book = BanditBook()
+    assert book.fold(result, TUNABLES, CONFIG) is None
+    assert book.bandits == {}
+
+
+def test_a_canary_control_run_counts() -> None:
+    assert counts(scored(arm="control", deployment_id="dep-1"))
+
+
+def test_an_undeclared_option_is_refused_with_its_reason_and_changes_nothing() -> None:
+    book = BanditBook()
+    reason = book.fold(scored(option="model-z"), TUNABLES, CONFIG)
+    assert reason is not None and "'model-z'" in reason and "model-c-small" in reason
+    assert book.bandits == {}
+
+
+def test_a_new_policy_version_starts_afresh_and_keeps_the_sequence_going() -> None:
+    book = BanditBook()
+    for _ in range(3):
+        book.fold(scored(), TUNABLES, CONFIG)
+    book.reallocate("draft/router.model", CONFIG, seed=1)
+    book.fold(scored(policy_version=4), TUNABLES, CONFIG)
+    bandit = book.bandits["draft/router.model"]
+    assert bandit.version == 4
+    assert bandit.state.options["model-c-small"].runs == 1
+    assert bandit.sequence == 1
+
+
+def test_allocations_fall_due_every_n_runs_and_never_while_frozen() -> None:
+    book = BanditBook()
+    for _ in range(4):
+        book.fold(scored(), TUNABLES, CONFIG)
+    assert book.due(every=5) == []
+    book.fold(scored(), TUNABLES, CONFIG)
+    assert book.due(every=5) == ["draft/router.model"]
+    book.frozen = True
+    assert book.due(every=5) == []
+
+
+def test_reallocating_numbers_the_allocation_and_puts_it_in_force() -> None:
+    book = BanditBook()
+    for i in range(300):
+        option = ("model-a-large", "model-b-medium", "model-c-small")[i % 3]
+        book.fold(scored(option, loss=0.2 if option == "model-c-small" else 1.0), TUNABLES, CONFIG)
+    allocation = book.reallocate("draft/router.model", CONFIG, seed=7)
+    bandit = book.bandits["draft/router.model"]
+    assert bandit.sequence == 1 and bandit.runs_since_published == 0
+    assert bandit.shares == allocation.shares
+    assert allocation.best == "model-c-small"
+
+
+def test_the_same_book_and_seed_give_the_same_allocation_after_a_restart() -> None:
+    book = BanditBook()
+    for i in range(30):
+        book.fold(scored(("model-a-large", "model-c-small")[i % 2], loss=i / 10), TUNABLES, CONFIG)
+    restored = BanditBook.from_dict(book.to_dict())
+    assert restored == book
+    assert book.reallocate("draft/router.model", CONFIG, seed=3) == restored.reallocate(
+        "draft/router.model", CONFIG, seed=3
+    )
+
+
+def test_an_empty_value_is_an_empty_unfrozen_book() -> None:
+    assert BanditBook.from_dict({}) == BanditBook()

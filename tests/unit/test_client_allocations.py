@@ -1,0 +1,70 @@
+"""The Router-side allocation client: options picked by share, deterministic per task id."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from learning.bandit_book import BanditBook, BookConfig
+from learnops.client.allocations import Allocations, choose, option_for
+from models.bandit import BanditAllocations, ParameterAllocation
+
+
+def _allocations(doer: str, sequence: int, small: float) -> BanditAllocations:
+    return BanditAllocations(
+        doer=doer,
+        sequence=sequence,
+        allocations=[
+            ParameterAllocation(
+                phase="draft",
+                parameter="router.model",
+                policy_id="p",
+                policy_version=1,
+                shares={"large": 1 - small, "small": small},
+                sequence=sequence,
+            )
+        ],
+    )
+
+
+@given(st.floats(min_value=0, max_value=0.999999))
+def test_choose_gives_an_option_for_every_point(point: float) -> None:
+    assert choose({"a": 0.25, "b": 0.75}, point) == ("a" if point < 0.25 else "b")
+
+
+def test_tasks_get_options_in_proportion_to_their_shares_and_always_the_same_one() -> None:
+    allocations = _allocations("Doer", 3, 0.8)
+    picks = [option_for(allocations, "draft", "router.model", f"t{i}") for i in range(5000)]
+    assert picks.count("small") / len(picks) == pytest.approx(0.8, abs=0.02)
+    again = [option_for(allocations, "draft", "router.model", f"t{i}") for i in range(5000)]
+    assert picks == again
+
+
+def test_an_older_sequence_never_replaces_a_newer_one() -> None:
+    client = Allocations("unused:9092")
+    client.apply(_allocations("Doer", 5, 0.9).to_json())
+    assert client.apply(_allocations("Doer", 4, 0.1).to_json()) is None
+    held = client.latest("Doer")
+    assert held is not None and held.sequence == 5
+    assert client.option("Doer", "draft", "other", "t1") is None
+    assert client.apply(b"{not json") is None and client.skipped == 1
+
+
+def test_shares_that_do_not_sum_to_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="sum to"):
+        ParameterAllocation(
+            phase="d",
+            parameter="p",
+            policy_id="p",
+            policy_version=1,
+            shares={"a": 0.5, "b": 0.6},
+            sequence=1,
+        )
+
+
+def test_an_empty_book_publishes_no_allocation_and_config_names_unknown_keys() -> None:
+    assert BanditBook().event("Doer").allocations == []
+    assert BookConfig.from_dict({"every": 5, "min_share": 0.1}).bandit.min_share == 0.1
+    with pytest.raises(ValueError, match="unknown setting"):
+        BookConfig.from_dict({"evry": 5})
