@@ -18,12 +18,20 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pydantic import JsonValue
+
 from agents.stage import Stage
 from models.commands import POLICY_COMMANDS, ApproveStep
 from models.events import Alert, DecisionMade
 from models.ids import caused_event_id
 from storage.audit import Outcome
-from storage.deployments import apply_step, approve_step, current_change, pause_deployment
+from storage.deployments import (
+    StepOutcome,
+    apply_step,
+    approve_step,
+    current_change,
+    pause_deployment,
+)
 from storage.policy_commands import apply_command, apply_decision
 from storage.pool import durably
 
@@ -108,20 +116,12 @@ class PolicyStage(Stage):
             if change is not None:
                 await self.topics.policy_changes.send(change)
             return
-        change = await durably(partial(apply_step, self.app.pool, decision), what="deployments")
-        log.info(
-            "deployment_step doer=%s deployment=%s step=%d applied=%s",
-            decision.doer,
-            decision.deployment_id,
-            decision.step,
-            change is not None,
-        )
-        if change is not None:
-            await self.topics.policy_changes.send(change)
+        outcome = await durably(partial(apply_step, self.app.pool, decision), what="deployments")
+        await self._stepped(outcome)
 
     async def _approve(self, command: ApproveStep) -> None:
-        """An approved step moves the deployment; a stale or wrong approval is alerted."""
-        change = await durably(
+        """An approved step moves the deployment; a wrong approval is alerted."""
+        outcome = await durably(
             partial(
                 approve_step,
                 self.app.pool,
@@ -131,25 +131,51 @@ class PolicyStage(Stage):
                 event_id=command.event_id,
                 actor=command.actor,
                 reason=command.reason,
+                occurred_at=command.occurred_at,
             ),
             what="deployments",
         )
-        if change is not None:
-            await self.topics.policy_changes.send(change)
-            return
-        alert = Alert(
-            event_id=caused_event_id("alert", command.event_id),
-            doer=command.doer,
-            kind="approval_refused",
-            severity="warning",
-            message=(
-                f"approve_step {command.step} of {command.deployment_id} refused: the deployment "
-                "is not a live, unpaused canary of this doer one step below"
-            ),
-            deployment_id=command.deployment_id,
-            evidence={"event_id": str(command.event_id), "actor": command.actor},
+        await self._stepped(outcome)
+
+    async def _stepped(self, outcome: StepOutcome) -> None:
+        """Publish the doer's new state after a step, or alert a refused one."""
+        log.info(
+            "deployment_step action=%s doer=%s deployment=%s step=%d outcome=%s refusal=%s "
+            "replayed=%s verdict=%r",
+            outcome.action,
+            outcome.doer,
+            outcome.deployment_id,
+            outcome.to_step,
+            "applied" if outcome.applied else "refused",
+            outcome.refusal,
+            outcome.replayed,
+            outcome.verdict,
         )
-        await self.topics.alerts.send(alert)
+        if outcome.change is not None:
+            await self.topics.policy_changes.send(outcome.change)
+        elif outcome.worth_an_alert:
+            await self.topics.alerts.send(step_refusal_alert(outcome))
+
+
+def step_refusal_alert(outcome: StepOutcome) -> Alert:
+    """The alert for a refused step-up or approval; a candidate that fails to verify is critical."""
+    signature = outcome.refusal == "signature"
+    evidence: dict[str, JsonValue] = {
+        "event_id": str(outcome.event_id),
+        "action": outcome.action,
+        "refusal": outcome.refusal,
+        "actor": outcome.actor,
+        "step": outcome.to_step,
+    }
+    return Alert(
+        event_id=caused_event_id("alert", outcome.event_id),
+        doer=outcome.doer,
+        kind="signature_refused" if signature else "step_refused",
+        severity="critical" if signature else "warning",
+        message=f"{outcome.action} to step {outcome.to_step} refused: {outcome.verdict}",
+        deployment_id=outcome.deployment_id,
+        evidence=evidence,
+    )
 
 
 def refusal_alert(outcome: Outcome) -> Alert:
