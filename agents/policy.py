@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from agents.stage import Stage
+from learning.signing import POLICY_CHANGE_KIND, sign_event
 from models.commands import POLICY_COMMANDS, ApproveStep
-from models.events import Alert, DecisionMade
+from models.events import Alert, DecisionMade, PolicyChange
 from models.ids import caused_event_id
 from storage.audit import Outcome
 from storage.deployments import (
@@ -30,6 +31,8 @@ from storage.deployments import (
     apply_step,
     approve_step,
     current_change,
+    decision_refusal,
+    next_change_sequence,
     pause_deployment,
 )
 from storage.policy_commands import apply_command, apply_decision
@@ -57,12 +60,33 @@ class PolicyStage(Stage):
                     await self.handle(event)
 
         app.agent(topics.source(topics.commands, topics.decisions), name=self.name)(policy)
+        self.key = app.settings.worker_key()
+
+    async def _publish(self, change: PolicyChange) -> None:
+        """Number the doer's change, sign it with the worker's key and send it."""
+        sequence = await durably(
+            partial(next_change_sequence, self.app.pool, change.doer), what="policies"
+        )
+        change = change.model_copy(update={"sequence": sequence, "signature": None})
+        if self.key is not None:
+            signature = sign_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self.key)
+            change = change.model_copy(update={"signature": signature})
+        await self.topics.policy_changes.send(change)
 
     async def handle(self, event: Any) -> None:
         outcome: Outcome | None
         if event.message.topic == self.topics.decisions.name:
             decision = await self.decode(event, DecisionMade)
             if decision is None:
+                return
+            # A report or a continue changes nothing, so only a decision that acts is checked.
+            refused = None
+            if decision.action in ("step_up", "promote", "rollback", "pause"):
+                refused = await durably(
+                    partial(decision_refusal, self.app.pool, decision), what="deployments"
+                )
+            if refused is not None:
+                await self._refuse_decision(decision, *refused)
                 return
             shadow = decision.report.deployment_mode == "shadow"
             if decision.action == "pause" or (decision.action == "step_up" and not shadow):
@@ -96,10 +120,35 @@ class PolicyStage(Stage):
                 partial(current_change, self.app.pool, outcome.doer), what="policies"
             )
             if change is not None:
-                await self.topics.policy_changes.send(change)
+                await self._publish(change)
         elif not outcome.applied:
             alert = refusal_alert(outcome)
             await self.topics.alerts.send(alert)
+
+    async def _refuse_decision(self, decision: DecisionMade, refusal: str, reason: str) -> None:
+        """Apply nothing of a decision that does not verify or is not its doer's; alert it."""
+        log.warning(
+            "decision_refused doer=%s deployment=%s action=%s refusal=%s verdict=%r",
+            decision.doer,
+            decision.deployment_id,
+            decision.action,
+            refusal,
+            reason,
+        )
+        signature = refusal == "signature"
+        await self.topics.alerts.send(
+            Alert(
+                event_id=caused_event_id("alert", decision.event_id),
+                doer=decision.doer,
+                kind="signature_refused" if signature else "decision_refused",
+                severity="critical" if signature else "warning",
+                message=f"canary decision {decision.action} refused: {reason}",
+                policy_id=decision.candidate_policy_id,
+                policy_version=decision.candidate_version,
+                deployment_id=decision.deployment_id,
+                evidence={"event_id": str(decision.event_id), "refusal": refusal},
+            )
+        )
 
     async def _step(self, decision: DecisionMade) -> None:
         """A step-up moves the deployment, a pause stops it; both publish the doer's new state."""
@@ -114,7 +163,7 @@ class PolicyStage(Stage):
                 change is not None,
             )
             if change is not None:
-                await self.topics.policy_changes.send(change)
+                await self._publish(change)
             return
         outcome = await durably(partial(apply_step, self.app.pool, decision), what="deployments")
         await self._stepped(outcome)
@@ -152,7 +201,7 @@ class PolicyStage(Stage):
             outcome.verdict,
         )
         if outcome.change is not None:
-            await self.topics.policy_changes.send(outcome.change)
+            await self._publish(outcome.change)
         elif outcome.worth_an_alert:
             await self.topics.alerts.send(step_refusal_alert(outcome))
 

@@ -28,6 +28,8 @@ from models.base import validation_messages
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
+    from learning.signing import SigningKey
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: The package that ships the default topics.yaml and learning.yaml (agents/resources/).
@@ -111,6 +113,11 @@ class Settings(BaseSettings):
     learnops_alert_webhooks: str = ""
     # The dashboard's base URL, for the evidence links alerts carry.
     learnops_dashboard_url: str | None = None
+    # The worker's Ed25519 private key, a PEM file (`learnops policy keys generate --out`
+    # writes one and trusts its public half): the canary stage signs its decisions with
+    # it, and the policy stage applies only decisions whose key is trusted
+    # (docs/security.md, "Signed decisions"). Unset: decisions go out unsigned, refused.
+    learnops_worker_signing_key_file: Path | None = None
 
     @field_validator("learnops_alert_webhooks")
     @classmethod
@@ -140,6 +147,26 @@ class Settings(BaseSettings):
         if not raw.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (or postgres://)")
         return value
+
+    def worker_key(self) -> SigningKey | None:
+        """The worker's signing key (``LEARNOPS_WORKER_SIGNING_KEY_FILE``), or None when unset.
+
+        Raises SettingsError naming the variable when the file is unreadable or
+        holds no Ed25519 private key.
+        """
+        path = self.learnops_worker_signing_key_file
+        if path is None:
+            return None
+        from learning.signing import SigningKey
+
+        try:
+            return SigningKey.from_pem(path.read_bytes())
+        except OSError as exc:
+            raise SettingsError(
+                f"LEARNOPS_WORKER_SIGNING_KEY_FILE {path}: {exc.strerror}"
+            ) from None
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"LEARNOPS_WORKER_SIGNING_KEY_FILE {path}: {exc}") from None
 
     @property
     def kafka_hosts(self) -> list[str]:

@@ -230,6 +230,9 @@ class DecisionMade(Event):
     reason: Annotated[str, Field(min_length=1)]
     step: Count
     report: DecisionReport
+    # The canary worker's signature over every other field ("ed25519:<key id>:<base64>",
+    # learning.signing.sign_event); the policy stage applies only decisions that verify.
+    signature: Annotated[str, Field(max_length=200)] | None = None
 
 
 # --- learning.samples -------------------------------------------------------

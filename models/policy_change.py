@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from models.base import (
     INT4_MAX,
+    INT8_MAX,
     ContractModel,
     Count,
     Event,
@@ -86,6 +87,10 @@ class DeploymentRouting(ContractModel):
     started_at: UTCDatetime | None = None
     canary: CanarySettings | None = None
     paused: bool = False  # a canary stage pause (sample ratio mismatch, missing data)
+    # The candidate's own signature ("ed25519:<key id>:<base64>", format 2: its doer,
+    # policy id, version and content hash), so a router can check it before serving it.
+    candidate_content_hash: Sha256Hex | None = None
+    candidate_signature: Annotated[str, Field(max_length=200)] | None = None
 
 
 class PolicyChange(Event):
@@ -117,6 +122,15 @@ class PolicyChange(Event):
     deployment: DeploymentRouting | None = None
     actor: Identifier | None = None
     reason: str | None = None
+    # The live version's own signature (format 2, "ed25519:<key id>:<base64>"): a router
+    # checks it against its pinned keys before serving the version.
+    policy_signature: Annotated[str, Field(max_length=200)] | None = None
+    # Per doer, rising with every change the policy stage publishes (PostgreSQL holds the
+    # counter): a router refuses a record whose sequence is below the last it took.
+    sequence: Annotated[int, Field(ge=1, le=INT8_MAX)] | None = None
+    # The policy stage's signature over every other field (learning.signing.sign_event,
+    # kind "policy-change").
+    signature: Annotated[str, Field(max_length=200)] | None = None
 
     @model_validator(mode="after")
     def _deployment_matches_status(self) -> Self:

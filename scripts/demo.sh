@@ -20,6 +20,12 @@ step "Topics (from topics.yaml) and schema (numbered migrations)"
 "$bin/learnops" topics create
 "$bin/learnops" db migrate
 
+step "The worker's signing key (it signs its canary decisions; docs/security.md)"
+worker_key="$state/worker-key.pem"
+rm -f "$worker_key"
+"$bin/learnops" policy keys generate --out "$worker_key" --note "demo worker" --actor demo
+export LEARNOPS_WORKER_SIGNING_KEY_FILE="$worker_key"
+
 step "Worker"
 log="$state/worker.log"
 : > "$log"

@@ -27,7 +27,7 @@ from learning.promotion import (
     check_pause,
     check_step_up,
 )
-from learning.signing import VerifyResult
+from learning.signing import DECISION_KIND, Signature, VerifyResult, verify_event
 from models.commands import CanarySettings
 from models.events import DecisionMade, DeploymentRouting, PolicyChange
 from models.ids import caused_event_id
@@ -48,8 +48,8 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
     that produced the state.
     """
     active = await pool.fetchrow(
-        "SELECT policy_id, version, content_hash, key_id, updated_at FROM policies "
-        "WHERE doer = $1 AND status = 'active'",
+        "SELECT policy_id, version, content_hash, key_id, signature, signature_format, "
+        "updated_at FROM policies WHERE doer = $1 AND status = 'active'",
         doer,
     )
     if active is None:
@@ -64,7 +64,15 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
         list(CHANGES),
     )
     live = await pool.fetchrow(
-        "SELECT * FROM shadow_deployments WHERE doer = $1 AND ended_at IS NULL", doer
+        """
+        SELECT d.*, p.content_hash AS candidate_content_hash,
+               p.key_id AS candidate_key_id, p.signature AS candidate_signature,
+               p.signature_format AS candidate_signature_format
+        FROM shadow_deployments d
+        JOIN policies p ON p.policy_id = d.policy_id AND p.version = d.version
+        WHERE d.doer = $1 AND d.ended_at IS NULL
+        """,
+        doer,
     )
     deployment = deployment_routing(live) if live else None
     promoted = last is not None and last["action"] == "promote"
@@ -83,7 +91,30 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
         deployment=deployment,
         actor=last["actor"] if last else None,
         reason=last["reason"] if last else None,
+        policy_signature=_policy_signature(
+            active["key_id"], active["signature"], active["signature_format"]
+        ),
     )
+
+
+def _policy_signature(key_id: str, signature: str, signature_format: int) -> str | None:
+    """A stored version's signature in its text form; None for a format 1 one (artifact only)."""
+    if signature_format != 2:
+        return None
+    return str(Signature.from_parts(key_id, signature))
+
+
+async def next_change_sequence(pool: Any, doer: str) -> int:
+    """The next sequence number of the doer's published policy changes (1, 2, …), durable."""
+    sequence: int = await pool.fetchval(
+        """
+        INSERT INTO policy_change_sequences (doer, sequence) VALUES ($1, 1)
+        ON CONFLICT (doer) DO UPDATE SET sequence = policy_change_sequences.sequence + 1
+        RETURNING sequence
+        """,
+        doer,
+    )
+    return sequence
 
 
 def deployment_routing(live: Any) -> DeploymentRouting:
@@ -105,7 +136,22 @@ def deployment_routing(live: Any) -> DeploymentRouting:
         started_at=live["started_at"],
         canary=CanarySettings.model_validate(canary) if canary else None,
         paused=live["paused_at"] is not None,
+        **_candidate_signature(live),
     )
+
+
+def _candidate_signature(live: Any) -> dict[str, Any]:
+    """The candidate's content hash and signature, when the row was read with them."""
+    if "candidate_signature" not in live:
+        return {}
+    return {
+        "candidate_content_hash": live["candidate_content_hash"],
+        "candidate_signature": _policy_signature(
+            live["candidate_key_id"],
+            live["candidate_signature"],
+            live["candidate_signature_format"],
+        ),
+    }
 
 
 # --------------------------------------------------------------------- steps, approvals, pauses
@@ -150,6 +196,30 @@ class _StepAsk:
     actor: str
     reason: str
     occurred_at: datetime
+
+
+async def decision_refusal(pool: Any, decision: DecisionMade) -> tuple[str, str] | None:
+    """Why a canary decision may not be applied, as (refusal, reason); None when it may.
+
+    Its signature must verify against the trusted keyring as it is now (a
+    worker key, ``LEARNOPS_WORKER_SIGNING_KEY``; unknown, revoked or retired
+    after signing is refused), and its deployment must be its own doer's.
+    """
+    async with pool.acquire() as conn:
+        keyring = await load_keyring(conn)
+        check = verify_event(DECISION_KIND, decision.model_dump(mode="json"), keyring)
+        if not check:
+            return "signature", f"the decision's signature is refused: {check.reason}"
+        owner = await conn.fetchval(
+            "SELECT doer FROM shadow_deployments WHERE deployment_id = $1", decision.deployment_id
+        )
+    if owner is None:
+        return "rule", f"there is no deployment {decision.deployment_id}"
+    if owner != decision.doer:
+        return "rule", (
+            f"{decision.deployment_id} belongs to doer {owner!r}, not {decision.doer!r}"
+        )
+    return None
 
 
 async def apply_step(pool: Any, decision: DecisionMade) -> StepOutcome:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -92,8 +93,24 @@ async def db(database_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture(scope="session")
+async def worker_key_file(db: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test workers' signing key (a PEM file), its public half in the trusted keyring."""
+    from learning.signing import generate_key
+    from storage.signing_keys import add_signing_key
+
+    key = generate_key()
+    path = tmp_path_factory.mktemp("worker-key") / "worker.pem"
+    path.write_bytes(key.to_pem())
+    await add_signing_key(db, key.public_key, created_by="tests", note="test workers")
+    return path
+
+
+@pytest.fixture(scope="session")
 def settings_env(
-    kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str,
+    database_url: str,
+    worker_key_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """Environment that points a learnops process at the test services."""
     return {
@@ -102,6 +119,7 @@ def settings_env(
         "DATABASE_URL": database_url,
         "LEARNOPS_WEB_PORT": str(free_port()),
         "LEARNOPS_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
+        "LEARNOPS_WORKER_SIGNING_KEY_FILE": str(worker_key_file),
     }
 
 
@@ -113,6 +131,7 @@ def settings(settings_env: dict[str, str]) -> Any:
     return Settings(
         kafka_bootstrap_servers=settings_env["KAFKA_BOOTSTRAP_SERVERS"],
         database_url=settings_env["DATABASE_URL"],
+        learnops_worker_signing_key_file=settings_env["LEARNOPS_WORKER_SIGNING_KEY_FILE"],
     )
 
 

@@ -78,3 +78,12 @@ $$;
 CREATE TRIGGER trigger_shadow_deployments_step_rules
     BEFORE UPDATE ON shadow_deployments
     FOR EACH ROW EXECUTE FUNCTION check_deployment_step();
+
+-- The sequence number of each doer's signed policy changes: the policy stage
+-- takes the next one for every PolicyChange it publishes, and a router refuses
+-- a record whose number is below the last it took (a stale or replanted record
+-- on the compacted topic cannot win at a restart).
+CREATE TABLE policy_change_sequences (
+    doer     text   PRIMARY KEY,
+    sequence bigint NOT NULL CHECK (sequence > 0)
+);

@@ -50,6 +50,7 @@ from storage import canary as canary_store
 from storage.audit import outcome_of
 from storage.deployments import current_change
 from storage.policy_commands import apply_command
+from tests.integration.kafka_io import unsigned
 from tests.integration.test_policy_agent import register
 
 # How long a test waits for an effect before it fails.
@@ -187,7 +188,9 @@ def sent(app: LearnopsApp, topic: str) -> list[Any]:
 
 
 @pytest.fixture
-def make_app(database_url: str, db: Any, tmp_path: Path) -> Callable[..., LearnopsApp]:
+def make_app(
+    database_url: str, db: Any, tmp_path: Path, worker_key_file: Path
+) -> Callable[..., LearnopsApp]:
     """Build an app with the named stages, the session's pool and an outbox."""
 
     def build(*stages: str) -> LearnopsApp:
@@ -197,6 +200,7 @@ def make_app(database_url: str, db: Any, tmp_path: Path) -> Callable[..., Learno
             learnops_app_id=f"inproc-{uuid.uuid4().hex[:8]}",
             learnops_web_enabled=False,
             learnops_data_dir=tmp_path,
+            learnops_worker_signing_key_file=worker_key_file,
         )
         app = create_app(settings, stages=stages)
         app.use_pool(db)
@@ -824,6 +828,6 @@ async def test_the_policy_stage_alerts_refused_commands_and_publishes_applied_on
     # The applied promotion is the one policy change; the garbled command one dead letter.
     changes: list[PolicyChange] = sent(app, CHANGES)
     assert [(c.change, c.policy_id, c.version) for c in changes] == [("promoted", pid, 1)]
-    assert changes == [await current_change(db, doer)]
+    assert [unsigned(c) for c in changes] == [await current_change(db, doer)]
     letters: list[DeadLetter] = sent(app, DLQ)
     assert [(d.stage, d.error_type, d.offset) for d in letters] == [("policy", "json", 2)]
