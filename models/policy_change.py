@@ -18,6 +18,7 @@ from models.base import (
     Count,
     Event,
     Identifier,
+    Name,
     Sha256Hex,
     UnitFloat,
     UTCDatetime,
@@ -75,12 +76,12 @@ class DeploymentRouting(ContractModel):
 
     deployment_id: Identifier
     salt: Identifier  # hashed with the task id to pick the arm (learning.routing.assign)
-    candidate_policy_id: Identifier
+    candidate_policy_id: Name
     candidate_version: Version
     allocation: UnitFloat  # the candidate's share of tasks (in shadow: the mirrored share)
     step: Count = 0
     # What the canary stage needs to judge the deployment (docs/canary.md).
-    control_policy_id: Identifier | None = None
+    control_policy_id: Name | None = None
     control_version: Version | None = None
     steps: list[UnitFloat] = Field(default_factory=list)  # canary traffic steps, in order
     require_approval: bool = False
@@ -113,11 +114,11 @@ class PolicyChange(Event):
         "archived",
     ]
     status: Literal["active", "shadow", "canary"]
-    policy_id: Identifier
+    policy_id: Name
     version: Version
     content_hash: Sha256Hex
     signature_key_id: Identifier
-    previous_policy_id: Identifier | None = None
+    previous_policy_id: Name | None = None
     previous_version: Version | None = None
     deployment: DeploymentRouting | None = None
     actor: Identifier | None = None

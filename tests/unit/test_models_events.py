@@ -378,7 +378,7 @@ def test_the_bundle_timestamp_is_required() -> None:
 def test_doer_must_be_a_clean_non_empty_key(doer: str) -> None:
     text = reason(RunCompleted, bundle_dict(doer=doer))
     assert text.startswith("doer: ")
-    assert "must not be empty" in text or "whitespace" in text
+    assert "is empty" in text or "space character" in text
 
 
 def test_events_are_immutable() -> None:
