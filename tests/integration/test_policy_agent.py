@@ -165,10 +165,8 @@ async def test_commands_through_the_worker_are_stored_and_publish_the_live_polic
     assert worker.process is not None and worker.process.poll() is None
 
 
-async def test_a_replayed_decision_through_the_worker_leaves_one_audit_row(
-    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
-) -> None:
-    doer = f"Decided{uuid.uuid4().hex[:8]}"
+async def start_canary(producer: Any, db: Any, doer: str, key: SigningKey) -> str:
+    """Versions 1 and 2 of the doer registered, 1 active, 2 in a canary; the deployment's id."""
     pid = doer.lower()
     setup: list[Event] = [
         register(doer, key, 1),
@@ -179,7 +177,15 @@ async def test_a_replayed_decision_through_the_worker_leaves_one_audit_row(
     await send(producer, COMMANDS, *setup)
     started = await verdict(db, setup[-1])
     assert started.applied and started.deployment_id
-    made = signed_decision(promote_decision(doer, started.deployment_id), settings.worker_key())
+    return started.deployment_id
+
+
+async def test_a_replayed_decision_through_the_worker_leaves_one_audit_row(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    doer = f"Decided{uuid.uuid4().hex[:8]}"
+    deployment_id = await start_canary(producer, db, doer, key)
+    made = signed_decision(promote_decision(doer, deployment_id), settings.worker_key())
     # The same bytes three times, as a redelivery would bring them.
     await send(producer, DECISIONS, made, made, made)
     outcome = await verdict(db, made)
@@ -392,20 +398,6 @@ async def test_the_cli_round_trip_register_promote_inspect(
 
 
 # ------------------------------------------------------------- decisions, as an attacker would try
-
-
-async def start_canary(producer: Any, db: Any, doer: str, key: SigningKey) -> str:
-    pid = doer.lower()
-    setup: list[Event] = [
-        register(doer, key, 1),
-        register(doer, key, 2),
-        PromotePolicy(doer=doer, actor="ops", reason="first", policy_id=pid, version=1, force=True),
-        StartCanary(doer=doer, actor="ops", reason="go", policy_id=pid, version=2, force=True),
-    ]
-    await send(producer, COMMANDS, *setup)
-    started = await verdict(db, setup[-1])
-    assert started.applied and started.deployment_id
-    return started.deployment_id
 
 
 async def test_forged_unsigned_revoked_and_misaddressed_decisions_are_refused_and_alerted(

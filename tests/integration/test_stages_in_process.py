@@ -449,8 +449,10 @@ async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(
     out_of_range["qav"]["grounding_score"] = 1.4
     misplaced = orchestrator.bundle(doer)
     unscoreable = orchestrator.bundle(doer).model_copy(update={"qav": None})
+    slashed = {**orchestrator.bundle(doer).model_dump(mode="json"), "doer": f"{doer}/x"}
     bad = [
         (doer.encode(), truncated, "json"),
+        (f"{doer}/x".encode(), orjson.dumps(slashed), "schema"),  # no name: docs/security.md
         (doer.encode(), orjson.dumps(out_of_range), "schema"),
         (b"SomeoneElse", misplaced.to_json(), "key"),
         (doer.encode(), unscoreable.to_json(), "bundle"),
@@ -475,6 +477,8 @@ async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(
             assert letter.consumer == app.conf.id
         reasons = {d.error_type: d.reason for d in letters}
         assert "grounding_score" in reasons["schema"], reasons["schema"]
+        assert letters[1].reason.startswith("doer: has a '/'"), letters[1].reason
+        assert f"{doer}/x" not in letters[1].reason and letters[1].doer == "unknown"
         assert "is not the event's doer" in reasons["key"], reasons["key"]
         assert [d.doer for d in letters if d.error_type in ("key", "bundle")] == [doer, doer]
         assert "qav" in reasons["bundle"], reasons["bundle"]

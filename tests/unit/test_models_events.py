@@ -484,9 +484,10 @@ class TestDeadLetter:
         )
         assert letter.doer == UNKNOWN_DOER
 
-    def test_an_unusable_doer_does_not_stop_the_dead_letter(self) -> None:
+    @pytest.mark.parametrize("doer", [" bad key ", "A/x", "PRD\u200bWriter"])
+    def test_an_unusable_doer_does_not_stop_the_dead_letter(self, doer: str) -> None:
         letter = DeadLetter(
-            doer=" bad key ",
+            doer=doer,
             value_b64="",
             topic="t",
             partition=0,

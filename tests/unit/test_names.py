@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from learning.samples import dataset_name
 from models.base import NAME_RULE, describe_validation_error, name_problem
-from models.events import Alert, DeadLetter
+from models.events import Alert
 
 
 @pytest.mark.parametrize("name", ["PRDWriter", "a", "doer-1.v2_x", "0abc", "A" * 128])
@@ -66,17 +66,3 @@ def test_an_event_with_a_broken_doer_is_refused_with_the_rule() -> None:
         Alert(doer="PRD\u200bWriter", kind="k", severity="info", message="m")
     reason = describe_validation_error(caught.value)
     assert "doer" in reason and "U+200B" in reason and NAME_RULE in reason
-
-
-def test_a_dead_letter_of_a_broken_doer_is_filed_under_unknown() -> None:
-    letter = DeadLetter(
-        doer="A/x",
-        value_b64="",
-        topic="t",
-        partition=0,
-        offset=0,
-        reason="r",
-        stage="s",
-        error_type="e",
-    )
-    assert letter.doer == "unknown"
