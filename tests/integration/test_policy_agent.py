@@ -435,12 +435,16 @@ async def test_forged_unsigned_revoked_and_misaddressed_decisions_are_refused_an
         ),
     }
     for name, decision in attempts.items():
-        found = await eventually(
-            partial(alerts_caused_by, settings, doer, decision), lambda got: bool(got)
-        )
         kind, reason = expected[name]
-        assert {a.kind for a in found} == {kind}, name
-        assert all(reason in a.message for a in found), (name, [a.message for a in found])
+        # Workers of other test sessions on the same broker refuse it too, against their
+        # own keyrings and databases, with their own reasons: ours is among them.
+        found = await eventually(
+            partial(alerts_caused_by, settings, doer, decision),
+            lambda got, kind=kind, reason=reason: any(
+                a.kind == kind and reason in a.message for a in got
+            ),
+        )
+        assert found, name
         assert await audit_store.outcome_of(db, decision.event_id) is None, name
     statuses = {
         (r["doer"], r["version"]): r["status"]
