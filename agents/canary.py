@@ -33,6 +33,7 @@ from agents.health import DECISIONS
 from agents.stage import Stage
 from agents.tables import SEPARATOR, SOURCE_OFFSETS, doer_of
 from learning.deployments import DeploymentState, Verdict, event_time
+from learning.signing import DECISION_KIND, SigningKey, sign_event
 from models.events import Alert, CRLComputed, DecisionMade, PolicyChange, TaskRouted
 from models.ids import caused_event_id
 from storage.canary import deployment, insert_decisions, insert_routings
@@ -135,7 +136,7 @@ class Batch:
         """
         stage = self.stage
         pool = stage.app.pool
-        made = [_decision(state, verdict) for state, verdict in self.verdicts]
+        made = [_decision(state, verdict, stage.key) for state, verdict in self.verdicts]
         if self.routings:
             await durably(partial(insert_routings, pool, self.routings), what="routings")
         if made:
@@ -165,9 +166,10 @@ class Batch:
                 stage.doers[doer] = partition + 1
 
 
-def _decision(state: DeploymentState, verdict: Verdict) -> DecisionMade:
+def _decision(state: DeploymentState, verdict: Verdict, key: SigningKey | None) -> DecisionMade:
+    """The decision of a verdict, signed with the worker's key when it has one."""
     routing = state.routing
-    return DecisionMade(
+    decision = DecisionMade(
         event_id=verdict.event_id,
         doer=state.doer,
         deployment_id=routing.deployment_id,
@@ -178,6 +180,13 @@ def _decision(state: DeploymentState, verdict: Verdict) -> DecisionMade:
         step=verdict.step,
         report=verdict.report,
     )
+    return decision if key is None else signed_decision(decision, key)
+
+
+def signed_decision(decision: DecisionMade, key: SigningKey) -> DecisionMade:
+    """The decision with the worker's signature over every other field."""
+    signature = sign_event(DECISION_KIND, decision.model_dump(mode="json"), key)
+    return decision.model_copy(update={"signature": signature})
 
 
 def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> Alert | None:
@@ -275,6 +284,12 @@ class CanaryStage(Stage):
 
     def __init__(self, app: LearnopsApp) -> None:
         super().__init__(app)
+        self.key = app.settings.worker_key()
+        if self.key is None:
+            log.warning(
+                "canary_unsigned LEARNOPS_WORKER_SIGNING_KEY_FILE is unset: decisions go out "
+                "unsigned and the policy stage refuses them"
+            )
         self.states = self.table(
             "canary-deployments", default=dict, help_="Canary state per doer/deployment"
         )

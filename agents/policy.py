@@ -19,13 +19,24 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pydantic import JsonValue
+
 from agents.stage import Stage
 from learning.command_signing import REQUIRED_ROLE, Verdict, authorise
+from learning.signing import POLICY_CHANGE_KIND, sign_event
 from models.commands import POLICY_COMMANDS, ApproveStep, PolicyCommand
-from models.events import Alert, DecisionMade
+from models.events import Alert, DecisionMade, PolicyChange
 from models.ids import caused_event_id
 from storage.audit import Outcome
-from storage.deployments import apply_step, approve_step, current_change, pause_deployment
+from storage.deployments import (
+    StepOutcome,
+    apply_step,
+    approve_step,
+    current_change,
+    decision_refusal,
+    next_change_sequence,
+    pause_deployment,
+)
 from storage.operator_keys import applied_at, operator_keyring, record_applied_command
 from storage.policy_commands import apply_command, apply_decision
 from storage.pool import durably
@@ -52,12 +63,33 @@ class PolicyStage(Stage):
                     await self.handle(event)
 
         app.agent(topics.source(topics.commands, topics.decisions), name=self.name)(policy)
+        self.key = app.settings.worker_key()
+
+    async def _send_change(self, change: PolicyChange) -> None:
+        """Number the doer's change, sign it with the worker's key and send it."""
+        sequence = await durably(
+            partial(next_change_sequence, self.app.pool, change.doer), what="policies"
+        )
+        change = change.model_copy(update={"sequence": sequence, "signature": None})
+        if self.key is not None:
+            signature = sign_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self.key)
+            change = change.model_copy(update={"signature": signature})
+        await self.topics.policy_changes.send(change)
 
     async def handle(self, event: Any) -> None:
         outcome: Outcome | None
         if event.message.topic == self.topics.decisions.name:
             decision = await self.decode(event, DecisionMade)
             if decision is None:
+                return
+            # A report or a continue changes nothing, so only a decision that acts is checked.
+            refused = None
+            if decision.action in ("step_up", "promote", "rollback", "pause"):
+                refused = await durably(
+                    partial(decision_refusal, self.app.pool, decision), what="deployments"
+                )
+            if refused is not None:
+                await self._refuse_decision(decision, *refused)
                 return
             shadow = decision.report.deployment_mode == "shadow"
             if decision.action == "pause" or (decision.action == "step_up" and not shadow):
@@ -151,10 +183,35 @@ class PolicyStage(Stage):
                 partial(current_change, self.app.pool, outcome.doer), what="policies"
             )
             if change is not None:
-                await self.topics.policy_changes.send(change)
+                await self._send_change(change)
         elif not outcome.applied:
             alert = refusal_alert(outcome)
             await self.topics.alerts.send(alert)
+
+    async def _refuse_decision(self, decision: DecisionMade, refusal: str, reason: str) -> None:
+        """Apply nothing of a decision that does not verify or is not its doer's; alert it."""
+        log.warning(
+            "decision_refused doer=%s deployment=%s action=%s refusal=%s verdict=%r",
+            decision.doer,
+            decision.deployment_id,
+            decision.action,
+            refusal,
+            reason,
+        )
+        signature = refusal == "signature"
+        await self.topics.alerts.send(
+            Alert(
+                event_id=caused_event_id("alert", decision.event_id),
+                doer=decision.doer,
+                kind="signature_refused" if signature else "decision_refused",
+                severity="critical" if signature else "warning",
+                message=f"canary decision {decision.action} refused: {reason}",
+                policy_id=decision.candidate_policy_id,
+                policy_version=decision.candidate_version,
+                deployment_id=decision.deployment_id,
+                evidence={"event_id": str(decision.event_id), "refusal": refusal},
+            )
+        )
 
     async def _step(self, decision: DecisionMade) -> None:
         """A step-up moves the deployment, a pause stops it; both publish the doer's new state."""
@@ -169,22 +226,14 @@ class PolicyStage(Stage):
                 change is not None,
             )
             if change is not None:
-                await self.topics.policy_changes.send(change)
+                await self._send_change(change)
             return
-        change = await durably(partial(apply_step, self.app.pool, decision), what="deployments")
-        log.info(
-            "deployment_step doer=%s deployment=%s step=%d applied=%s",
-            decision.doer,
-            decision.deployment_id,
-            decision.step,
-            change is not None,
-        )
-        if change is not None:
-            await self.topics.policy_changes.send(change)
+        outcome = await durably(partial(apply_step, self.app.pool, decision), what="deployments")
+        await self._stepped(outcome)
 
     async def _approve(self, command: ApproveStep) -> None:
-        """An approved step moves the deployment; a stale or wrong approval is alerted."""
-        change = await durably(
+        """An approved step moves the deployment; a wrong approval is alerted."""
+        outcome = await durably(
             partial(
                 approve_step,
                 self.app.pool,
@@ -194,25 +243,51 @@ class PolicyStage(Stage):
                 event_id=command.event_id,
                 actor=command.actor,
                 reason=command.reason,
+                occurred_at=command.occurred_at,
             ),
             what="deployments",
         )
-        if change is not None:
-            await self.topics.policy_changes.send(change)
-            return
-        alert = Alert(
-            event_id=caused_event_id("alert", command.event_id),
-            doer=command.doer,
-            kind="approval_refused",
-            severity="warning",
-            message=(
-                f"approve_step {command.step} of {command.deployment_id} refused: the deployment "
-                "is not a live, unpaused canary of this doer one step below"
-            ),
-            deployment_id=command.deployment_id,
-            evidence={"event_id": str(command.event_id), "actor": command.actor},
+        await self._stepped(outcome)
+
+    async def _stepped(self, outcome: StepOutcome) -> None:
+        """Publish the doer's new state after a step, or alert a refused one."""
+        log.info(
+            "deployment_step action=%s doer=%s deployment=%s step=%d outcome=%s refusal=%s "
+            "replayed=%s verdict=%r",
+            outcome.action,
+            outcome.doer,
+            outcome.deployment_id,
+            outcome.to_step,
+            "applied" if outcome.applied else "refused",
+            outcome.refusal,
+            outcome.replayed,
+            outcome.verdict,
         )
-        await self.topics.alerts.send(alert)
+        if outcome.change is not None:
+            await self._send_change(outcome.change)
+        elif outcome.worth_an_alert:
+            await self.topics.alerts.send(step_refusal_alert(outcome))
+
+
+def step_refusal_alert(outcome: StepOutcome) -> Alert:
+    """The alert for a refused step-up or approval; a candidate that fails to verify is critical."""
+    signature = outcome.refusal == "signature"
+    evidence: dict[str, JsonValue] = {
+        "event_id": str(outcome.event_id),
+        "action": outcome.action,
+        "refusal": outcome.refusal,
+        "actor": outcome.actor,
+        "step": outcome.to_step,
+    }
+    return Alert(
+        event_id=caused_event_id("alert", outcome.event_id),
+        doer=outcome.doer,
+        kind="signature_refused" if signature else "step_refused",
+        severity="critical" if signature else "warning",
+        message=f"{outcome.action} to step {outcome.to_step} refused: {outcome.verdict}",
+        deployment_id=outcome.deployment_id,
+        evidence=evidence,
+    )
 
 
 def refusal_alert(outcome: Outcome) -> Alert:

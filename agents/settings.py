@@ -28,6 +28,8 @@ from models.base import validation_messages
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
+    from learning.signing import SigningKey
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: The package that ships the default topics.yaml and learning.yaml (agents/resources/).
@@ -129,6 +131,11 @@ class Settings(BaseSettings):
     learnops_command_ttl_s: float = Field(default=600.0, gt=0.0, le=86400.0)
     learnops_operator_key: Path | None = None
     learnops_worker_key: Path | None = None
+    # The worker's Ed25519 private key, a PEM file (`learnops policy keys generate --out`
+    # writes one and trusts its public half): the canary stage signs its decisions with
+    # it, and the policy stage applies only decisions whose key is trusted
+    # (docs/security.md, "Signed decisions"). Unset: decisions go out unsigned, refused.
+    learnops_worker_signing_key_file: Path | None = None
 
     @field_validator("learnops_alert_webhooks")
     @classmethod
@@ -173,6 +180,26 @@ class Settings(BaseSettings):
                 "(the development default, learnops:learnops on 127.0.0.1, is refused)"
             )
         return self
+
+    def worker_key(self) -> SigningKey | None:
+        """The worker's signing key (``LEARNOPS_WORKER_SIGNING_KEY_FILE``), or None when unset.
+
+        Raises SettingsError naming the variable when the file is unreadable or
+        holds no Ed25519 private key.
+        """
+        path = self.learnops_worker_signing_key_file
+        if path is None:
+            return None
+        from learning.signing import SigningKey
+
+        try:
+            return SigningKey.from_pem(path.read_bytes())
+        except OSError as exc:
+            raise SettingsError(
+                f"LEARNOPS_WORKER_SIGNING_KEY_FILE {path}: {exc.strerror}"
+            ) from None
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"LEARNOPS_WORKER_SIGNING_KEY_FILE {path}: {exc}") from None
 
     @property
     def kafka_hosts(self) -> list[str]:

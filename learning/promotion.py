@@ -401,20 +401,43 @@ class DeploymentSteps:
     steps: tuple[float, ...]
     ended: bool
     paused: bool
+    require_approval: bool = False
 
 
-def check_step_up(deployment: DeploymentSteps, step: int) -> str | None:
-    """Return why a canary decision may not move the deployment to ``step``, or None.
+def check_step_up(deployment: DeploymentSteps, doer: str, step: int) -> str | None:
+    """Return why a canary decision of ``doer`` may not move the deployment to ``step``, or None.
 
-    It applies while the deployment is a live, unpaused canary below that step
-    and the step exists, so a replayed or stale step-up changes nothing.
+    It applies to the doer's own live, unpaused canary, for its next step only,
+    and never to a deployment that waits for an operator's approval, so a
+    replayed, stale, forged or skipping step-up changes nothing.
     """
+    if deployment.doer != doer:
+        return _not_the_doers(deployment, doer)
     problem = _not_serving(deployment) or _no_step(deployment, step)
     if problem:
         return problem
     if step <= deployment.step:
-        return f"{deployment.deployment_id} is at step {deployment.step} already"
+        return already_at(deployment)
+    if step != deployment.step + 1:
+        return (
+            f"{deployment.deployment_id} is at step {deployment.step}; a step-up moves to step "
+            f"{deployment.step + 1} only, not {step}"
+        )
+    if deployment.require_approval:
+        return (
+            f"{deployment.deployment_id} requires an operator's approval for each step; "
+            "a canary decision cannot step it up"
+        )
     return None
+
+
+def already_at(deployment: DeploymentSteps) -> str:
+    """The refusal of a step the deployment has reached already (a stale or replayed one)."""
+    return f"{deployment.deployment_id} is at step {deployment.step} already"
+
+
+def _not_the_doers(deployment: DeploymentSteps, doer: str) -> str:
+    return f"{deployment.deployment_id} belongs to doer {deployment.doer!r}, not {doer!r}"
 
 
 def check_approval(deployment: DeploymentSteps, doer: str, step: int) -> str | None:
@@ -424,7 +447,7 @@ def check_approval(deployment: DeploymentSteps, doer: str, step: int) -> str | N
     step only, so approving twice or out of turn changes nothing.
     """
     if deployment.doer != doer:
-        return f"{deployment.deployment_id} belongs to doer {deployment.doer!r}, not {doer!r}"
+        return _not_the_doers(deployment, doer)
     problem = _not_serving(deployment) or _no_step(deployment, step)
     if problem:
         return problem

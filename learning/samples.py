@@ -42,7 +42,7 @@ from learning.contamination import (
     SelfLoopGuard,
 )
 from learning.curation import content_hash, findings_only, label_sample, redact
-from models.base import sha256_hex
+from models.base import name_problem, sha256_hex
 from models.events import Alert, Artifact, CurationLabels, RunCompleted, SampleCurated
 from models.ids import contamination_alert_id, sample_event_id, sample_id
 
@@ -70,8 +70,14 @@ def dataset_name(doer: str, phase: str) -> str:
 
     One dataset per doer and phase: what a doer learns from differs by phase
     (a plan is not a review), and keying by doer keeps a dataset's guard state
-    in the one worker that owns the doer's partition.
+    in the one worker that owns the doer's partition. Both are names
+    (``models.base.NAME_RULE``: no ``/``), so a dataset name splits one way only;
+    ValueError names the broken rule otherwise.
     """
+    for what, name in (("doer", doer), ("phase", phase)):
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(f"the {what} of a dataset name {problem}")
     return f"{doer}{DATASET_SEPARATOR}{phase}"
 
 

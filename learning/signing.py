@@ -464,6 +464,41 @@ def policy_payload(*, doer: str, policy_id: str, version: int, content_hash: str
     }
 
 
+#: The ``format`` member of the payload an event signature covers (:func:`event_payload`).
+EVENT_SIGNATURE_FORMAT = "learnops.event-signature/1"
+#: The kind a canary decision (learning.decisions) is signed as.
+DECISION_KIND = "decision"
+#: The kind a policy change (learning.policy-changes) is signed as.
+POLICY_CHANGE_KIND = "policy-change"
+
+
+def event_payload(kind: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the JSON value a worker's signature of an event covers.
+
+    ``event`` is the event's JSON object (``model_dump(mode="json")``); every
+    member but ``signature`` is covered, and ``kind`` (the topic) is signed
+    with it, so a signed decision is never taken for a signed policy change.
+    """
+    return {
+        "format": EVENT_SIGNATURE_FORMAT,
+        "kind": kind,
+        "event": {name: value for name, value in event.items() if name != "signature"},
+    }
+
+
+def sign_event(kind: str, event: Mapping[str, Any], key: SigningKey) -> str:
+    """Return the text form of a worker's signature of an event of ``kind``."""
+    return str(sign(event_payload(kind, event), key))
+
+
+def verify_event(kind: str, event: Mapping[str, Any], keyring: TrustedKeys) -> VerifyResult:
+    """Whether an event's ``signature`` member verifies against the keyring, and why not."""
+    signature = event.get("signature")
+    if not isinstance(signature, str) or not signature:
+        return VerifyResult(False, f"the {kind} event is not signed")
+    return keyring.verify(event_payload(kind, event), signature)
+
+
 def signed_artifact(
     artifact: Any, key: SigningKey, *, doer: str, policy_id: str, version: int
 ) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import unicodedata
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar, Self
 from uuid import UUID, uuid4
@@ -56,6 +57,51 @@ def _identifier(value: str) -> str:
             "has leading or trailing whitespace",
             {},
         )
+    return value
+
+
+#: The rule of a name (doer, phase, policy id): docs/security.md, "Names".
+NAME_RULE = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_NAME = re.compile(NAME_RULE)
+_NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._-]")
+_INVISIBLE = frozenset({"Cf", "Zs", "Zl", "Zp", "Cc"})
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` is not a name (ASCII letters, digits, ``.``, ``_``, ``-``), or None.
+
+    The reason names the broken rule and a position, never the text itself
+    (it may travel to a dead letter). Non-ASCII is refused outright: a name
+    becomes a Kafka key, a table key and part of a dataset's name, where
+    look-alike letters (Cyrillic ``а`` for Latin ``a``), zero-width
+    characters or a ``/`` would make two different names read the same.
+    """
+    if not value:
+        return "is empty"
+    if len(value) > 128:
+        return f"is {len(value)} characters long; a name has at most 128"
+    for position, character in enumerate(value, start=1):
+        if _NAME_CHARACTERS.fullmatch(character):
+            continue
+        code = f"U+{ord(character):04X}"
+        if character == "/":
+            kind = "a '/', which separates a dataset's doer and phase"
+        elif unicodedata.category(character) in _INVISIBLE or character.isspace():
+            kind = f"an invisible or space character ({code})"
+        elif not character.isascii():
+            kind = f"a non-ASCII character ({code}; look-alikes of ASCII letters are refused)"
+        else:
+            kind = f"the character {code}"
+        return f"has {kind} at position {position}; a name matches {NAME_RULE}"
+    if not _NAME.fullmatch(value):
+        return f"must start with a letter or digit; a name matches {NAME_RULE}"
+    return None
+
+
+def _name(value: str) -> str:
+    problem = name_problem(unicodedata.normalize("NFC", value))
+    if problem is not None:
+        raise PydanticCustomError(f"{_OWN_ERROR}name", problem, {})
     return value
 
 
@@ -149,6 +195,13 @@ INT8_MAX = 2**63 - 1
 # An id or name: non-empty, no surrounding whitespace (it becomes a Kafka key or
 # a database key, where " PRDWriter" and "PRDWriter" would silently differ).
 Identifier = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_identifier)]
+# A doer, phase or policy id: ASCII letters, digits, ".", "_", "-", starting with a letter
+# or digit, at most 128 characters (NAME_RULE); no "/", no invisible or look-alike characters.
+Name = Annotated[
+    str,
+    AfterValidator(_name),
+    WithJsonSchema({"type": "string", "pattern": f"^{NAME_RULE}$"}),
+]
 # Timezone-aware, normalised to UTC; naive timestamps are rejected (see module docstring).
 # Read from ISO 8601 text (JSON has no timestamp type); never from a number.
 UTCDatetime = Annotated[
@@ -308,7 +361,7 @@ class Event(ContractModel):
     event_id: TextUUID = Field(default_factory=uuid4)
     occurred_at: UTCDatetime = Field(default_factory=lambda: datetime.now(UTC))
     schema_version: int = Field(default=1, validate_default=True)
-    doer: Identifier
+    doer: Name
 
     @field_validator("schema_version")
     @classmethod

@@ -16,6 +16,7 @@ from models.base import (
     Count,
     Event,
     Identifier,
+    Name,
     NonNegativeFloat,
     Sha256Hex,
     UnitFloat,
@@ -37,7 +38,7 @@ class Artifact(ContractModel):
     # sha256 hex of the content encoded as UTF-8.
     content_hash: Sha256Hex | None = None
     origin: Origin
-    policy_id: Identifier | None = None  # the policy that generated it, when one did
+    policy_id: Name | None = None  # the policy that generated it, when one did
 
     @model_validator(mode="after")
     def _content_or_hash(self) -> Self:
@@ -137,8 +138,8 @@ class RunCompleted(Event):
 
     occurred_at: UTCDatetime  # when the run completed; required, trends bucket on it
     run_id: Identifier
-    phase: Identifier
-    policy_id: Identifier
+    phase: Name
+    policy_id: Name
     policy_version: Version
     tenant_id: Identifier
     deployment_id: Identifier | None = None

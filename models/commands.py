@@ -25,6 +25,7 @@ from models.base import (
     Event,
     Identifier,
     Int4,
+    Name,
     Sha256Hex,
     TextUUID,
     UnitFloat,
@@ -55,14 +56,14 @@ class RegisterPolicy(_Command):
     """Register a new signed policy version for a doer."""
 
     command: Literal["register"] = "register"
-    policy_id: Identifier
+    policy_id: Name
     version: Version
     artifact: dict[str, JsonValue]  # the policy: prompts, parameters, router rules, tools
     content_hash: Sha256Hex  # of the artifact's canonical JSON (learning.signing)
     signature: Annotated[str, Field(min_length=1)]  # base64 Ed25519 signature
     signature_key_id: Identifier
     # Provenance: the version it was derived from, the data it learned from, the experiment.
-    parent_policy_id: Identifier | None = None
+    parent_policy_id: Name | None = None
     parent_version: Version | None = None
     dataset_ids: list[Identifier] = Field(default_factory=list)
     experiment_id: Identifier | None = None
@@ -78,7 +79,7 @@ class StartShadow(_Command):
     """Mirror a share of the doer's tasks to a candidate policy, without serving its output."""
 
     command: Literal["start_shadow"] = "start_shadow"
-    policy_id: Identifier
+    policy_id: Name
     version: Version
     mirror_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     canary: CanarySettings = Field(default_factory=CanarySettings)  # how shadow runs are compared
@@ -88,7 +89,7 @@ class StartCanary(_Command):
     """Start serving a candidate policy to a growing share of the doer's tasks."""
 
     command: Literal["start_canary"] = "start_canary"
-    policy_id: Identifier
+    policy_id: Name
     version: Version
     # Candidate traffic shares, in order; None means the service's configured steps.
     steps: list[UnitFloat] | None = None
@@ -101,7 +102,7 @@ class PromotePolicy(_Command):
     """Make a policy version the doer's active policy."""
 
     command: Literal["promote"] = "promote"
-    policy_id: Identifier
+    policy_id: Name
     version: Version
     deployment_id: Identifier | None = None  # when set, only promote out of this deployment
     force: bool = False  # promote from draft or shadow, skipping steps; the reason is recorded
@@ -117,7 +118,7 @@ class RollbackPolicy(_Command):
 
     command: Literal["rollback"] = "rollback"
     deployment_id: Identifier | None = None
-    policy_id: Identifier | None = None  # the shadow or canary version to roll back
+    policy_id: Name | None = None  # the shadow or canary version to roll back
     version: Version | None = None
 
     @model_validator(mode="after")
@@ -131,7 +132,7 @@ class ArchivePolicy(_Command):
     """Retire a policy version that is not active."""
 
     command: Literal["archive"] = "archive"
-    policy_id: Identifier
+    policy_id: Name
     version: Version
 
 
@@ -172,11 +173,11 @@ class CreateExperiment(_Command):
     command: Literal["create_experiment"] = "create_experiment"
     experiment_id: Identifier
     hypothesis: Annotated[str, Field(min_length=1)]
-    policy_id: Identifier
+    policy_id: Name
     version: Version
     plan: dict[str, JsonValue] = Field(default_factory=dict)
     experiment_type: ExperimentType = "prompt_synthesis"
-    phase: Identifier | None = None
+    phase: Name | None = None
     dataset: Identifier | None = None
     seeds: Annotated[list[Int4], Field(min_length=1)] | None = None
     deploy: Literal["shadow", "canary"] = "shadow"
@@ -194,7 +195,7 @@ class RunReplay(_Command):
     """
 
     command: Literal["run_replay"] = "run_replay"
-    policy_id: Identifier
+    policy_id: Name
     version: Version
     dataset: Identifier  # golden dataset name, or name@version
     seeds: Annotated[list[Int4], Field(min_length=1)]

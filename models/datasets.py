@@ -6,6 +6,7 @@ from models.base import (
     ContractModel,
     Count,
     Identifier,
+    Name,
     Sha256Hex,
     TextDatetime,
     UnitFloat,
@@ -17,7 +18,7 @@ class DatasetSummary(ContractModel):
     """One dataset's sample counts and rates (the view ``v_dataset_stats``)."""
 
     dataset: Identifier
-    doer: Identifier
+    doer: Name
     checked: Count
     accepted: Count
     clean_rate: UnitFloat  # accepted / checked

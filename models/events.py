@@ -19,6 +19,7 @@ from models.base import (
     Count,
     Event,
     Identifier,
+    Name,
     NonNegativeFloat,
     Offset,
     Sha256Hex,
@@ -27,6 +28,7 @@ from models.base import (
     UnitFloat,
     UTCDatetime,
     Version,
+    name_problem,
     shown_name,
 )
 from models.bundle import (
@@ -122,7 +124,7 @@ class TaskRouted(Event):
     task_id: Identifier
     deployment_id: Identifier
     arm: Arm
-    policy_id: Identifier  # the policy the task ran under (the arm's policy)
+    policy_id: Name  # the policy the task ran under (the arm's policy)
     policy_version: Version
     step: Count  # index of the deployment's traffic step at routing time
     allocation: UnitFloat  # the candidate's share of traffic at that step
@@ -137,8 +139,8 @@ class CRLComputed(Event):
     source_event_id: TextUUID  # event_id of the RunCompleted it was computed from
     run_occurred_at: UTCDatetime  # the run's own timestamp; daily trends bucket on it
     run_id: Identifier
-    phase: Identifier
-    policy_id: Identifier
+    phase: Name
+    policy_id: Name
     policy_version: Version
     tenant_id: Identifier
     deployment_id: Identifier | None = None
@@ -225,12 +227,15 @@ class DecisionMade(Event):
     """A canary decision about one deployment, with its evidence."""
 
     deployment_id: Identifier
-    candidate_policy_id: Identifier
+    candidate_policy_id: Name
     candidate_version: Version
     action: Literal["step_up", "promote", "rollback", "pause", "report", "continue"]
     reason: Annotated[str, Field(min_length=1)]
     step: Count
     report: DecisionReport
+    # The canary worker's signature over every other field ("ed25519:<key id>:<base64>",
+    # learning.signing.sign_event); the policy stage applies only decisions that verify.
+    signature: Annotated[str, Field(max_length=200)] | None = None
 
 
 # --- learning.samples -------------------------------------------------------
@@ -257,8 +262,8 @@ class SampleCurated(Event):
 
     sample_id: Identifier
     run_id: Identifier
-    phase: Identifier
-    policy_id: Identifier
+    phase: Name
+    policy_id: Name
     policy_version: Version
     artifact_id: Identifier
     kind: Identifier
@@ -301,11 +306,11 @@ class DeadLetter(Event):
     ``doer`` is the record's key when it was a usable doer, else ``"unknown"``:
     a bad event often cannot be parsed far enough to know its doer.  Building a
     dead letter must not fail on the very input it reports, so an unusable
-    ``doer`` (empty, padded with whitespace, too long) becomes ``"unknown"``
+    ``doer`` (not a name: models.base.NAME_RULE) becomes ``"unknown"``
     rather than an error; the original key bytes stay in ``key_b64``.
     """
 
-    doer: Identifier = UNKNOWN_DOER
+    doer: Name = UNKNOWN_DOER
     value_b64: str  # the original value, base64 (standard alphabet, padded)
     key_b64: str | None = None
     topic: Identifier
@@ -422,7 +427,7 @@ def _doer_from_key(key: bytes | None) -> str:
 
 
 def _usable_doer(text: str) -> bool:
-    return bool(text) and text == text.strip() and len(text) <= 256 and "\x00" not in text
+    return name_problem(text) is None
 
 
 # --- learning.alerts --------------------------------------------------------
@@ -441,8 +446,8 @@ class Alert(Event):
     value: float | None = None  # the measured value
     baseline: float | None = None
     threshold: float | None = None
-    phase: Identifier | None = None
-    policy_id: Identifier | None = None
+    phase: Name | None = None
+    policy_id: Name | None = None
     policy_version: Version | None = None
     deployment_id: Identifier | None = None
     evidence: dict[str, JsonValue] = Field(default_factory=dict)
@@ -472,10 +477,10 @@ class ExperimentChanged(Event):
     ]
     hypothesis: str = ""
     experiment_type: Identifier | None = None
-    phase: Identifier | None = None
+    phase: Name | None = None
     previous_status: Identifier | None = None
     replay_id: Identifier | None = None
-    policy_id: Identifier | None = None  # the candidate under test
+    policy_id: Name | None = None  # the candidate under test
     policy_version: Version | None = None
     deployment_id: Identifier | None = None
     actor: Identifier | None = None
@@ -494,8 +499,8 @@ class ReplayTask(Event):
     task_id: Identifier
     sample_id: Identifier
     seed: Count
-    phase: Identifier
-    policy_id: Identifier
+    phase: Name
+    policy_id: Name
     policy_version: Version
     input: str | None = None  # the (redacted) input to replay; None when the sandbox looks it up
     input_hash: Sha256Hex | None = None
@@ -513,7 +518,7 @@ class SkillCard(Event):
     """A doer's current skill card: how well it does, lately, and where it fails."""
 
     as_of: TextDate  # the UTC day the card summarises up to
-    policy_id: Identifier | None = None  # the doer's active policy
+    policy_id: Name | None = None  # the doer's active policy
     policy_version: Version | None = None
     runs_7d: Count = 0
     runs_30d: Count = 0

@@ -13,10 +13,12 @@ from pydantic import Field, model_validator
 
 from models.base import (
     INT4_MAX,
+    INT8_MAX,
     ContractModel,
     Count,
     Event,
     Identifier,
+    Name,
     Sha256Hex,
     UnitFloat,
     UTCDatetime,
@@ -74,18 +76,22 @@ class DeploymentRouting(ContractModel):
 
     deployment_id: Identifier
     salt: Identifier  # hashed with the task id to pick the arm (learning.routing.assign)
-    candidate_policy_id: Identifier
+    candidate_policy_id: Name
     candidate_version: Version
     allocation: UnitFloat  # the candidate's share of tasks (in shadow: the mirrored share)
     step: Count = 0
     # What the canary stage needs to judge the deployment (docs/canary.md).
-    control_policy_id: Identifier | None = None
+    control_policy_id: Name | None = None
     control_version: Version | None = None
     steps: list[UnitFloat] = Field(default_factory=list)  # canary traffic steps, in order
     require_approval: bool = False
     started_at: UTCDatetime | None = None
     canary: CanarySettings | None = None
     paused: bool = False  # a canary stage pause (sample ratio mismatch, missing data)
+    # The candidate's own signature ("ed25519:<key id>:<base64>", format 2: its doer,
+    # policy id, version and content hash), so a router can check it before serving it.
+    candidate_content_hash: Sha256Hex | None = None
+    candidate_signature: Annotated[str, Field(max_length=200)] | None = None
 
 
 class PolicyChange(Event):
@@ -108,15 +114,24 @@ class PolicyChange(Event):
         "archived",
     ]
     status: Literal["active", "shadow", "canary"]
-    policy_id: Identifier
+    policy_id: Name
     version: Version
     content_hash: Sha256Hex
     signature_key_id: Identifier
-    previous_policy_id: Identifier | None = None
+    previous_policy_id: Name | None = None
     previous_version: Version | None = None
     deployment: DeploymentRouting | None = None
     actor: Identifier | None = None
     reason: str | None = None
+    # The live version's own signature (format 2, "ed25519:<key id>:<base64>"): a router
+    # checks it against its pinned keys before serving the version.
+    policy_signature: Annotated[str, Field(max_length=200)] | None = None
+    # Per doer, rising with every change the policy stage publishes (PostgreSQL holds the
+    # counter): a router refuses a record whose sequence is below the last it took.
+    sequence: Annotated[int, Field(ge=1, le=INT8_MAX)] | None = None
+    # The policy stage's signature over every other field (learning.signing.sign_event,
+    # kind "policy-change").
+    signature: Annotated[str, Field(max_length=200)] | None = None
 
     @model_validator(mode="after")
     def _deployment_matches_status(self) -> Self:

@@ -32,6 +32,12 @@ mkdir -p "$keys"
   --out "$keys/operator.pem" --doer '*' --role owner --actor demo
 export LEARNOPS_WORKER_KEY="$keys/worker.pem" LEARNOPS_OPERATOR_KEY="$keys/operator.pem"
 
+step "The worker's signing key (it signs its canary decisions; docs/security.md)"
+worker_key="$state/worker-key.pem"
+rm -f "$worker_key"
+"$bin/learnops" policy keys generate --out "$worker_key" --note "demo worker" --actor demo
+export LEARNOPS_WORKER_SIGNING_KEY_FILE="$worker_key"
+
 step "Worker"
 log="$state/worker.log"
 : > "$log"

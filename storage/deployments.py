@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -25,11 +27,14 @@ from learning.promotion import (
     check_pause,
     check_step_up,
 )
+from learning.signing import DECISION_KIND, Signature, VerifyResult, verify_event
 from models.commands import CanarySettings
 from models.events import DecisionMade, DeploymentRouting, PolicyChange
 from models.ids import caused_event_id
 from storage.audit import DECISION_ACTOR
 from storage.policies import lock_doer
+from storage.signing_keys import load_keyring
+from storage.verification import STORED_SIGNATURE_COLUMNS, verify_stored
 
 # --------------------------------------------------------------------------- the live policy
 
@@ -43,8 +48,8 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
     that produced the state.
     """
     active = await pool.fetchrow(
-        "SELECT policy_id, version, content_hash, key_id, updated_at FROM policies "
-        "WHERE doer = $1 AND status = 'active'",
+        "SELECT policy_id, version, content_hash, key_id, signature, signature_format, "
+        "updated_at FROM policies WHERE doer = $1 AND status = 'active'",
         doer,
     )
     if active is None:
@@ -59,7 +64,15 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
         list(CHANGES),
     )
     live = await pool.fetchrow(
-        "SELECT * FROM shadow_deployments WHERE doer = $1 AND ended_at IS NULL", doer
+        """
+        SELECT d.*, p.content_hash AS candidate_content_hash,
+               p.key_id AS candidate_key_id, p.signature AS candidate_signature,
+               p.signature_format AS candidate_signature_format
+        FROM shadow_deployments d
+        JOIN policies p ON p.policy_id = d.policy_id AND p.version = d.version
+        WHERE d.doer = $1 AND d.ended_at IS NULL
+        """,
+        doer,
     )
     deployment = deployment_routing(live) if live else None
     promoted = last is not None and last["action"] == "promote"
@@ -78,7 +91,30 @@ async def current_change(pool: Any, doer: str) -> PolicyChange | None:
         deployment=deployment,
         actor=last["actor"] if last else None,
         reason=last["reason"] if last else None,
+        policy_signature=_policy_signature(
+            active["key_id"], active["signature"], active["signature_format"]
+        ),
     )
+
+
+def _policy_signature(key_id: str, signature: str, signature_format: int) -> str | None:
+    """A stored version's signature in its text form; None for a format 1 one (artifact only)."""
+    if signature_format != 2:
+        return None
+    return str(Signature.from_parts(key_id, signature))
+
+
+async def next_change_sequence(pool: Any, doer: str) -> int:
+    """The next sequence number of the doer's published policy changes (1, 2, …), durable."""
+    sequence: int = await pool.fetchval(
+        """
+        INSERT INTO policy_change_sequences (doer, sequence) VALUES ($1, 1)
+        ON CONFLICT (doer) DO UPDATE SET sequence = policy_change_sequences.sequence + 1
+        RETURNING sequence
+        """,
+        doer,
+    )
+    return sequence
 
 
 def deployment_routing(live: Any) -> DeploymentRouting:
@@ -100,51 +136,263 @@ def deployment_routing(live: Any) -> DeploymentRouting:
         started_at=live["started_at"],
         canary=CanarySettings.model_validate(canary) if canary else None,
         paused=live["paused_at"] is not None,
+        **_candidate_signature(live),
     )
+
+
+def _candidate_signature(live: Any) -> dict[str, Any]:
+    """The candidate's content hash and signature, when the row was read with them."""
+    if "candidate_signature" not in live:
+        return {}
+    return {
+        "candidate_content_hash": live["candidate_content_hash"],
+        "candidate_signature": _policy_signature(
+            live["candidate_key_id"],
+            live["candidate_signature"],
+            live["candidate_signature_format"],
+        ),
+    }
 
 
 # --------------------------------------------------------------------- steps, approvals, pauses
 
 
-async def apply_step(pool: Any, decision: DecisionMade) -> PolicyChange | None:
-    """Move a live canary to the decision's step; the doer's new live state, None if stale.
+@dataclass(frozen=True)
+class StepOutcome:
+    """What the store did with a step-up decision or an approval, as its audit row records it.
 
-    A step-up names the step it moves to. It applies while the deployment is
-    live, not paused, and below that step (``learning.promotion.check_step_up``),
-    so a replayed or stale decision changes nothing (and returns None). With
-    ``require_approval`` the canary stage asks for approval instead of deciding
-    a step-up (:func:`approve_step`).
+    ``change`` is the doer's new live state when the step applied (also for a
+    replayed event, so its PolicyChange can be sent again); ``refusal`` says
+    why not: ``stale`` (the deployment is at that step already), ``rule`` (a
+    jump, another doer's deployment, a missing approval, an ended or paused
+    one) or ``signature`` (the candidate no longer verifies).
     """
-    moved = await _change_deployment(
-        pool,
+
+    event_id: UUID
+    doer: str
+    deployment_id: str
+    action: str  # "step_up" | "approve"
+    to_step: int
+    applied: bool
+    verdict: str
+    refusal: str | None
+    actor: str
+    replayed: bool = False
+    change: PolicyChange | None = None
+
+    @property
+    def worth_an_alert(self) -> bool:
+        """Whether a person should hear of it: every refusal but a stale step."""
+        return self.refusal in ("rule", "signature")
+
+
+@dataclass(frozen=True)
+class _StepAsk:
+    event_id: UUID
+    doer: str
+    deployment_id: str
+    action: str
+    to_step: int
+    actor: str
+    reason: str
+    occurred_at: datetime
+
+
+async def decision_refusal(pool: Any, decision: DecisionMade) -> tuple[str, str] | None:
+    """Why a canary decision may not be applied, as (refusal, reason); None when it may.
+
+    Its signature must verify against the trusted keyring as it is now (a
+    worker key, ``LEARNOPS_WORKER_SIGNING_KEY``; unknown, revoked or retired
+    after signing is refused), and its deployment must be its own doer's.
+    """
+    async with pool.acquire() as conn:
+        keyring = await load_keyring(conn)
+        check = verify_event(DECISION_KIND, decision.model_dump(mode="json"), keyring)
+        if not check:
+            return "signature", f"the decision's signature is refused: {check.reason}"
+        owner = await conn.fetchval(
+            "SELECT doer FROM shadow_deployments WHERE deployment_id = $1", decision.deployment_id
+        )
+    if owner is None:
+        return "rule", f"there is no deployment {decision.deployment_id}"
+    if owner != decision.doer:
+        return "rule", (
+            f"{decision.deployment_id} belongs to doer {owner!r}, not {decision.doer!r}"
+        )
+    return None
+
+
+async def apply_step(pool: Any, decision: DecisionMade) -> StepOutcome:
+    """Move the doer's live canary one step up, as a canary decision asks, and audit it.
+
+    It applies only to the decision's own doer's live, unpaused canary, only
+    to the next step, never to a deployment that requires approval
+    (``learning.promotion.check_step_up``), and only while the candidate's
+    signature and key still verify; migration 019 holds the database to the
+    same rules. A replayed decision changes nothing and returns what it did.
+    """
+    ask = _StepAsk(
+        decision.event_id,
         decision.doer,
         decision.deployment_id,
-        lambda deployment: check_step_up(deployment, decision.step),
-        _to_step(decision.step),
+        "step_up",
+        decision.step,
+        DECISION_ACTOR,
+        decision.reason,
+        decision.occurred_at,
     )
-    if not moved:
-        return None
-    return await _step_change(pool, decision.doer, decision.event_id, decision.reason, "canary")
+    return await _step(
+        pool, ask, lambda deployment: check_step_up(deployment, ask.doer, ask.to_step)
+    )
 
 
 async def approve_step(
-    pool: Any, doer: str, deployment_id: str, step: int, *, event_id: UUID, actor: str, reason: str
-) -> PolicyChange | None:
-    """Let a deployment waiting for approval move to ``step``; its new live state, None if not.
+    pool: Any,
+    doer: str,
+    deployment_id: str,
+    step: int,
+    *,
+    event_id: UUID,
+    actor: str,
+    reason: str,
+    occurred_at: datetime | None = None,
+) -> StepOutcome:
+    """Let a doer's deployment move to its next ``step`` on an operator's approval, and audit it.
 
     Only the next step of the doer's live, unpaused canary can be approved
-    (``learning.promotion.check_approval``).
+    (``learning.promotion.check_approval``), and only while the candidate
+    still verifies.
     """
-    moved = await _change_deployment(
-        pool,
+    ask = _StepAsk(
+        event_id,
         doer,
         deployment_id,
-        lambda deployment: check_approval(deployment, doer, step),
-        _to_step(step),
+        "approve",
+        step,
+        actor,
+        reason,
+        occurred_at or datetime.now(UTC),
     )
-    if not moved:
-        return None
-    return await _step_change(pool, doer, event_id, reason, actor)
+    return await _step(pool, ask, lambda deployment: check_approval(deployment, doer, step))
+
+
+async def _step(
+    pool: Any, ask: _StepAsk, rule: Callable[[DeploymentSteps], str | None]
+) -> StepOutcome:
+    """Check, audit and (when allowed) apply one step under the doer's lock."""
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_doer(conn, ask.doer)
+        earlier = await conn.fetchrow(
+            "SELECT * FROM deployment_steps WHERE event_id = $1", ask.event_id
+        )
+        if earlier is not None:
+            outcome = _step_outcome(earlier, replayed=True)
+        else:
+            outcome = await _decide_step(conn, ask, rule)
+    if not outcome.applied:
+        return outcome
+    change = await _step_change(pool, ask.doer, ask.event_id, ask.reason, ask.actor)
+    return replace(outcome, change=change)
+
+
+async def _decide_step(
+    conn: Any, ask: _StepAsk, rule: Callable[[DeploymentSteps], str | None]
+) -> StepOutcome:
+    row = await conn.fetchrow(
+        "SELECT deployment_id, doer, mode, step, steps, ended_at, paused_at, require_approval, "
+        "policy_id, version FROM shadow_deployments WHERE deployment_id = $1 FOR UPDATE",
+        ask.deployment_id,
+    )
+    deployment = _steps_of(row) if row is not None else None
+    refusal: str | None = None
+    if deployment is None:
+        verdict: str | None = f"there is no deployment {ask.deployment_id}"
+        refusal = "rule"
+    else:
+        verdict = rule(deployment)
+        if verdict is not None:
+            stale = deployment.doer == ask.doer and ask.to_step <= deployment.step
+            refusal = "stale" if stale else "rule"
+        else:
+            check = await _verify_candidate(conn, row)
+            if not check:
+                verdict = (
+                    f"candidate {row['policy_id']}@{row['version']} no longer verifies: "
+                    f"{check.reason}"
+                )
+                refusal = "signature"
+    audit = await conn.fetchrow(
+        """
+        INSERT INTO deployment_steps (
+            event_id, deployment_id, doer, action, from_step, to_step, outcome, refusal,
+            actor, reason, verdict, occurred_at
+        )
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        RETURNING *
+        """,
+        ask.event_id,
+        ask.deployment_id,
+        ask.doer,
+        ask.action,
+        deployment.step if deployment else None,
+        ask.to_step,
+        "refused" if refusal else "applied",
+        refusal,
+        ask.actor,
+        ask.reason,
+        verdict or f"{ask.deployment_id} moved to step {ask.to_step}",
+        ask.occurred_at,
+    )
+    if refusal is None:
+        assert deployment is not None
+        await _to_step(ask.to_step)(conn, deployment)
+    return _step_outcome(audit)
+
+
+async def _verify_candidate(conn: Any, deployment: Any) -> VerifyResult:
+    """Whether the deployment's candidate still verifies, with the keyring as it is now."""
+    row = await conn.fetchrow(
+        f"SELECT {STORED_SIGNATURE_COLUMNS} FROM policies WHERE policy_id = $1 AND version = $2",
+        deployment["policy_id"],
+        deployment["version"],
+    )
+    return verify_stored(row, await load_keyring(conn))
+
+
+def _steps_of(row: Any) -> DeploymentSteps:
+    return DeploymentSteps(
+        deployment_id=row["deployment_id"],
+        doer=row["doer"],
+        mode=row["mode"],
+        step=row["step"],
+        steps=tuple(row["steps"]),
+        ended=row["ended_at"] is not None,
+        paused=row["paused_at"] is not None,
+        require_approval=row["require_approval"],
+    )
+
+
+def _step_outcome(row: Any, *, replayed: bool = False) -> StepOutcome:
+    return StepOutcome(
+        event_id=row["event_id"],
+        doer=row["doer"],
+        deployment_id=row["deployment_id"],
+        action=row["action"],
+        to_step=row["to_step"],
+        applied=row["outcome"] == "applied",
+        verdict=row["verdict"],
+        refusal=row["refusal"],
+        actor=row["actor"],
+        replayed=replayed,
+    )
+
+
+async def step_audit(pool: Any, deployment_id: str) -> list[StepOutcome]:
+    """Every step-up and approval of a deployment, applied or refused, oldest first."""
+    rows = await pool.fetch(
+        "SELECT * FROM deployment_steps WHERE deployment_id = $1 ORDER BY id", deployment_id
+    )
+    return [_step_outcome(row) for row in rows]
 
 
 async def pause_deployment(pool: Any, decision: DecisionMade) -> PolicyChange | None:
@@ -183,21 +431,13 @@ async def _change_deployment(
     async with pool.acquire() as conn, conn.transaction():
         await lock_doer(conn, doer)
         row = await conn.fetchrow(
-            "SELECT deployment_id, doer, mode, step, steps, ended_at, paused_at "
+            "SELECT deployment_id, doer, mode, step, steps, ended_at, paused_at, require_approval "
             "FROM shadow_deployments WHERE deployment_id = $1 FOR UPDATE",
             deployment_id,
         )
-        if row is None:
+        if row is None or row["doer"] != doer:
             return False
-        deployment = DeploymentSteps(
-            deployment_id=row["deployment_id"],
-            doer=row["doer"],
-            mode=row["mode"],
-            step=row["step"],
-            steps=tuple(row["steps"]),
-            ended=row["ended_at"] is not None,
-            paused=row["paused_at"] is not None,
-        )
+        deployment = _steps_of(row)
         if rule(deployment) is not None:
             return False
         await change(conn, deployment)

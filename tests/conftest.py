@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -104,10 +105,24 @@ async def db(database_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture(scope="session")
+async def worker_key_file(db: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test workers' signing key (a PEM file), its public half in the trusted keyring."""
+    from learning.signing import generate_key
+    from storage.signing_keys import add_signing_key
+
+    key = generate_key()
+    path = tmp_path_factory.mktemp("worker-key") / "worker.pem"
+    path.write_bytes(key.to_pem())
+    await add_signing_key(db, key.public_key, created_by="tests", note="test workers")
+    return path
+
+
+@pytest.fixture(scope="session")
 def settings_env(
     kafka_bootstrap: str,
     database_url: str,
     role_urls: dict[str, str],
+    worker_key_file: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """Environment that points a learnops process at the test services.
@@ -123,6 +138,7 @@ def settings_env(
         "LEARNOPS_DATA_DIR": str(tmp_path_factory.mktemp("worker-data")),
         # The CLI signs commands with the tests' owner key, the worker with its own.
         **operators.write_keys(tmp_path_factory.mktemp("operator-keys")),
+        "LEARNOPS_WORKER_SIGNING_KEY_FILE": str(worker_key_file),
     }
     for variable in ("LEARNOPS_MIGRATE_DATABASE_URL", "LEARNOPS_KEYADMIN_DATABASE_URL"):
         env.pop(variable, None)
@@ -141,6 +157,7 @@ def settings(settings_env: dict[str, str]) -> Any:
         database_url=settings_env["DATABASE_URL"],
         learnops_operator_key=settings_env["LEARNOPS_OPERATOR_KEY"],
         learnops_worker_key=settings_env["LEARNOPS_WORKER_KEY"],
+        learnops_worker_signing_key_file=settings_env["LEARNOPS_WORKER_SIGNING_KEY_FILE"],
     )
 
 

@@ -8,8 +8,16 @@ network call per task. The orchestrator then runs the task under the route's
 policy and publishes a ``TaskRouted`` on ``learning.task-routed``
 (``learnops.simulation.canary`` shows how).
 
-    async with Router("kafka:9092") as router:   # plus aiokafka security options, if any
+    async with Router("kafka:9092", trusted_keys=pinned) as router:  # plus aiokafka options
         found = router.route("PRDWriter", task_id)
+
+With ``trusted_keys`` (the public keys the orchestrator pins: the learnops
+workers' keys and the policy signers' keys), a record is served only when its
+Kafka key is its doer, the policy stage's signature verifies, its sequence
+number is not below the doer's last, and the live version's (and the
+candidate's) own signature verifies; anything else is refused with a reason,
+counted in ``refused`` and logged, and the doer keeps its last good state
+(docs/security.md, "Signed policy changes").
 
 It needs only the event contract (``models``), the routing rules
 (``learning.routing``) and aiokafka: an orchestrator embeds it without the
@@ -22,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from learning.routing import Route, route
@@ -30,6 +39,7 @@ from learning.routing import Route, route
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
 
+    from learning.signing import PublicKey, TrustedKeys
     from models.policy_change import PolicyChange
 
 log = logging.getLogger("learnops.router")
@@ -44,15 +54,27 @@ class UnknownDoer(LookupError):
 class Router:
     """Routes tasks from the latest PolicyChange of each doer, kept up to date in the background."""
 
-    def __init__(self, bootstrap_servers: str, **client_options: Any) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        trusted_keys: TrustedKeys | Iterable[PublicKey] | None = None,
+        **client_options: Any,
+    ) -> None:
         """Follow the cluster at ``bootstrap_servers`` (``host:port,…``).
 
-        ``client_options`` go to aiokafka's consumer as they are: its security
-        (``security_protocol``, ``ssl_context``, ``sasl_mechanism``,
-        ``sasl_plain_username``, ``sasl_plain_password``) or any other option.
+        ``trusted_keys`` pins the keys whose signatures the Router accepts;
+        without them every valid record is served unverified (a warning says
+        so at start). ``client_options`` go to aiokafka's consumer as they
+        are: its security (``security_protocol``, ``ssl_context``,
+        ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``)
+        or any other option.
         """
         self._bootstrap_servers = bootstrap_servers
         self._client_options = client_options
+        self._keys = _keyring(trusted_keys)
+        self._sequences: dict[str, int] = {}
+        self.refused: Counter[str] = Counter()  # refused records by reason kind
         self._live: dict[str, PolicyChange] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -65,6 +87,8 @@ class Router:
         # (~0.1-0.3 s) only when it starts following.
         from aiokafka import AIOKafkaConsumer
 
+        if self._keys is None:
+            log.warning("router_unpinned policy changes are served without verification")
         self._consumer = AIOKafkaConsumer(
             CHANGES,
             bootstrap_servers=self._bootstrap_servers,
@@ -97,10 +121,15 @@ class Router:
             batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    self.apply(record.value)
+                    self.apply(record.value, record.key)
 
-    def apply(self, value: bytes) -> PolicyChange | None:
-        """Take one record of the topic; one that is not a PolicyChange is counted, not used."""
+    def apply(self, value: bytes, key: bytes | None = None) -> PolicyChange | None:
+        """Take one record of the topic (its value and Kafka key); the change served, or None.
+
+        A record that is not a PolicyChange is counted in ``skipped``; with
+        pinned keys, one that does not verify is counted in ``refused`` and
+        the doer keeps its last good state.
+        """
         # Imported at the first record, not with the client: the contract is
         # pydantic models (~0.2 s to import), and importing the client is kept
         # to what an orchestrator pays up front (bench/startup.py).
@@ -114,6 +143,17 @@ class Router:
             self.skipped += 1
             log.warning("router_skipped_record error_count=%d", exc.error_count())
             return None
+        if self._keys is not None:
+            refusal = check_change(change, key, self._keys, self._sequences.get(change.doer))
+            if refusal is not None:
+                kind, reason = refusal
+                self.refused[kind] += 1
+                log.warning(
+                    "router_refused doer=%s refusal=%s reason=%r", change.doer, kind, reason
+                )
+                return None
+            if change.sequence is not None:
+                self._sequences[change.doer] = change.sequence
         self._live[change.doer] = change
         self._changed.set()
         return change
@@ -140,3 +180,65 @@ class Router:
                     return change
                 self._changed.clear()
                 await self._changed.wait()
+
+
+def check_change(
+    change: PolicyChange, key: bytes | None, keys: TrustedKeys, last_sequence: int | None
+) -> tuple[str, str] | None:
+    """Why a record may not be served, as (kind, reason); None when it verifies.
+
+    Kinds: ``key`` (the record's Kafka key is not its doer), ``signature``
+    (the policy stage's signature), ``sequence`` (missing, or below the
+    doer's last), ``policy`` (the live version's or the candidate's own
+    signature, by :func:`learning.signing.policy_payload`).
+    """
+    from learning.signing import POLICY_CHANGE_KIND, policy_payload, verify_event
+
+    if key is not None and key != change.doer.encode():
+        return "key", f"record key {key!r} is not the doer {change.doer!r}"
+    signed = verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keys)
+    if not signed:
+        return "signature", f"the change's signature is refused: {signed.reason}"
+    if change.sequence is None:
+        return "sequence", "the change has no sequence number"
+    if last_sequence is not None and change.sequence < last_sequence:
+        return "sequence", (
+            f"sequence {change.sequence} is below {last_sequence}, the last one taken"
+        )
+    versions: list[tuple[str, int, str | None, str | None]] = [
+        (change.policy_id, change.version, change.content_hash, change.policy_signature)
+    ]
+    live = change.deployment
+    if live is not None:
+        versions.append(
+            (
+                live.candidate_policy_id,
+                live.candidate_version,
+                live.candidate_content_hash,
+                live.candidate_signature,
+            )
+        )
+    for policy_id, version, content_hash, signature in versions:
+        ref = f"{policy_id}@{version}"
+        if content_hash is None or signature is None:
+            return "policy", f"{ref} carries no format 2 signature to check"
+        payload = policy_payload(
+            doer=change.doer, policy_id=policy_id, version=version, content_hash=content_hash
+        )
+        check = keys.verify(payload, signature)
+        if not check:
+            return "policy", f"{ref} does not verify: {check.reason}"
+    return None
+
+
+def _keyring(keys: TrustedKeys | Iterable[PublicKey] | None) -> TrustedKeys | None:
+    if keys is None:
+        return None
+    from learning.signing import TrustedKeys
+
+    if isinstance(keys, TrustedKeys):
+        return keys
+    ring = TrustedKeys()
+    for public_key in keys:
+        ring.add(public_key)
+    return ring

@@ -15,6 +15,7 @@ from learnops.cli.main import GroupedCommand, command
 from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
 from learnops.demo.commands import demo
+from learnops.demo.experiments_scenario import pinned_keys
 from models.commands import CanarySettings
 from storage import signing_keys as store
 from storage.pool import create_pool
@@ -37,7 +38,8 @@ async def canary(self: GroupedCommand, min_samples: int, timeout: float) -> None
         key = generate_key()
         await store.add_signing_key(pool, key.public_key, created_by="canary-demo")
         tag = int(time.time())
-        async with Router(**settings.kafka_connection()) as router:
+        pinned = pinned_keys(settings, key)
+        async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
             for name, candidate in (("better", 0.95), ("worse", 0.6)):
                 doer = f"CanaryDemo{name.title()}{tag}"
                 scenario = CanaryScenario(pool, producer, router, doer, key, {1: 0.8, 2: candidate})

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from learning.curation import content_hash
-from learning.signing import SigningKey, signed_artifact
+from learning.signing import PublicKey, SigningKey, signed_artifact
 from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
 from learnops.demo.operators import demo_signed
@@ -62,6 +62,18 @@ class ExperimentDoer:
     golden: str
     manifest_hash: str
     sample_ids: list[str]
+
+
+def pinned_keys(settings: Any, *signers: SigningKey) -> list[PublicKey] | None:
+    """The keys a demo Router pins: the worker's and the policy signers'; None without a worker key.
+
+    A worker without ``LEARNOPS_WORKER_SIGNING_KEY_FILE`` publishes unsigned changes, which a
+    pinned Router would refuse, so the demo then follows them unverified.
+    """
+    worker = settings.worker_key()
+    if worker is None:
+        return None
+    return [worker.public_key, *(signer.public_key for signer in signers)]
 
 
 async def submit(pool: Any, producer: Any, event: Event, timeout: float = 60.0) -> store.Outcome:
@@ -273,7 +285,8 @@ async def canary_until_decided(
     the canary stage's own decision is a promotion. Gives the start_canary
     outcome, the scenario (its deployment id) and the deployment's decisions.
     """
-    async with Router(**settings.kafka_connection()) as router:
+    pinned = pinned_keys(settings, key)
+    async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
         await router.wait_for(prepared.name, lambda c: c.status == "shadow", timeout=timeout)
         started = await submit(
             pool,

@@ -52,6 +52,9 @@ class Services:
     own: bool
     state_dir: Path
     ports: dict[str, str] = field(default_factory=dict)
+    # The workers' signing key (a PEM file, trusted by prepare()): their canary
+    # decisions are signed with it, or the policy stage refuses them.
+    worker_key_file: Path | None = None
 
     def _script(self, script: str, action: str) -> str:
         if not self.own:
@@ -133,7 +136,20 @@ async def prepare(found: Services) -> Any:
     await ensure(settings_for(found), load_catalog(REPO / "topics.yaml"))
     pool = await create_pool(found.database_url, min_size=1, max_size=4)
     await migrate(pool)
+    await trust_worker_key(found, pool)
     return pool
+
+
+async def trust_worker_key(found: Services, pool: Any) -> None:
+    """Give the workers a signing key and trust its public half."""
+    from learning.signing import generate_key
+    from storage.signing_keys import add_signing_key
+
+    key = generate_key()
+    found.state_dir.mkdir(parents=True, exist_ok=True)
+    found.worker_key_file = found.state_dir / f"worker-{key.key_id}.pem"
+    found.worker_key_file.write_bytes(key.to_pem())
+    await add_signing_key(pool, key.public_key, created_by="faults", note="fault-suite workers")
 
 
 @dataclass
@@ -159,6 +175,11 @@ class Workers:
             "LEARNOPS_WEB_PORT": str(free_port()),
             "LEARNOPS_WEB_HOST": "127.0.0.1",
             "LEARNOPS_DATA_DIR": str(data_dir),
+            **(
+                {"LEARNOPS_WORKER_SIGNING_KEY_FILE": str(self.found.worker_key_file)}
+                if self.found.worker_key_file
+                else {}
+            ),
             **self.extra_env,
         }
 

@@ -102,3 +102,11 @@ async def consumed(settings: Any, group: str, sent: list[Any], *, timeout: float
         }
 
     await eventually(behind, lambda waiting: not waiting, timeout=timeout)
+
+
+def unsigned(change: Any) -> Any:
+    """A published PolicyChange without what publishing adds (its sequence number and signature).
+
+    What remains is what ``storage.deployments.current_change`` builds from the database.
+    """
+    return change.model_copy(update={"sequence": None, "signature": None})

@@ -33,8 +33,14 @@ async def key(db: Any) -> SigningKey:
 
 
 @pytest.fixture
-async def router(settings: Any) -> AsyncIterator[Router]:
-    async with Router(**settings.kafka_connection()) as running:
+async def router(settings: Any, key: SigningKey) -> AsyncIterator[Router]:
+    """A Router pinned to the test workers' key and the policy signer's.
+
+    The scenarios wait on it for every state they route under, so they pass only
+    when the worker's own changes verify (older sessions' records are refused).
+    """
+    pinned = [settings.worker_key().public_key, key.public_key]
+    async with Router(**settings.kafka_connection(), trusted_keys=pinned) as running:
         yield running
 
 

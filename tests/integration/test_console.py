@@ -119,7 +119,7 @@ async def seeded_canaries(db: Any) -> dict[str, str]:
     assert await canary_store.insert_decisions(db, made) == len(actions)
     for decision in made:
         if decision.action == "step_up":
-            assert await deployments_store.apply_step(db, decision) is not None
+            assert (await deployments_store.apply_step(db, decision)).applied
     ended_decisions = decisions_made(ended_doer, ended, ["report", "rollback"], start)
     await canary_store.insert_decisions(db, ended_decisions)
     rolled_back = await commands_store.apply_decision(db, ended_decisions[-1])

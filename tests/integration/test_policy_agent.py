@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agents.canary import signed_decision
 from agents.topics import read_from_start
-from learning.signing import SigningKey, generate_key, signed_artifact
+from learning.signing import (
+    POLICY_CHANGE_KIND,
+    SigningKey,
+    generate_key,
+    sign_event,
+    signed_artifact,
+)
+from learnops.client.router import Router
 from models import ids
 from models.base import Event
 from models.commands import PromotePolicy, RegisterPolicy, RollbackPolicy, StartCanary
@@ -20,7 +30,7 @@ from models.events import Alert, DeadLetter, DecisionMade, DecisionReport, Polic
 from storage import audit as audit_store
 from storage import deployments as deployments_store
 from storage import signing_keys as keys_store
-from tests.integration.kafka_io import eventually, publish
+from tests.integration.kafka_io import eventually, publish, unsigned
 from tests.operators import signed
 from tests.services import WorkerProcess, run_learnops
 
@@ -66,13 +76,45 @@ async def verdict(db: Any, event: Event, timeout: float = 60.0) -> audit_store.O
 
 
 async def latest_changes(settings: Any) -> dict[str, PolicyChange]:
-    """learning.policy-changes read from the beginning, folded by key: the last record wins."""
+    """learning.policy-changes read from the beginning, folded by key: the last record wins.
+
+    Only records keyed by their own doer count: the Router test plants one under
+    another key, as a forger would, and the Router refuses it too.
+    """
     latest: dict[str, PolicyChange] = {}
     for record in await read_from_start(settings, CHANGES):
         change = PolicyChange.from_json(record.value)
-        assert record.key == change.doer.encode()
-        latest[record.key.decode()] = change
+        if record.key == change.doer.encode():
+            latest[record.key.decode()] = change
     return latest
+
+
+def promote_decision(doer: str, deployment_id: str, **update: Any) -> DecisionMade:
+    """An unsigned canary decision to promote version 2 of the doer's policy."""
+    return DecisionMade(
+        doer=doer,
+        deployment_id=deployment_id,
+        candidate_policy_id=doer.lower(),
+        candidate_version=2,
+        action="promote",
+        reason="candidate better, p=0.002",
+        step=1,
+        report=DecisionReport(
+            control_mean=0.4,
+            candidate_mean=0.3,
+            control_count=500,
+            candidate_count=480,
+            delta=-0.1,
+            p_value=0.002,
+        ),
+    ).model_copy(update=update)
+
+
+async def alerts_caused_by(settings: Any, doer: str, event: Event) -> list[Alert]:
+    """The alerts on learning.alerts (key ``doer``) that ``event`` caused."""
+    records = await read_from_start(settings, "learning.alerts")
+    found = [Alert.from_json(r.value) for r in records if r.key == doer.encode()]
+    return [a for a in found if a.evidence.get("event_id") == str(event.event_id)]
 
 
 @pytest.fixture
@@ -118,7 +160,7 @@ async def test_commands_through_the_worker_are_stored_and_publish_the_live_polic
     assert change.deployment is not None
     assert change.deployment.deployment_id == started.deployment_id
     assert (change.deployment.candidate_version, change.deployment.allocation) == (2, 0.05)
-    assert change == await deployments_store.current_change(db, doer)
+    assert unsigned(change) == await deployments_store.current_change(db, doer)
 
     rollback = RollbackPolicy(doer=doer, actor="ops", reason="latency up")
     await send(producer, COMMANDS, rollback)
@@ -128,10 +170,8 @@ async def test_commands_through_the_worker_are_stored_and_publish_the_live_polic
     assert worker.process is not None and worker.process.poll() is None
 
 
-async def test_a_replayed_decision_through_the_worker_leaves_one_audit_row(
-    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
-) -> None:
-    doer = f"Decided{uuid.uuid4().hex[:8]}"
+async def start_canary(producer: Any, db: Any, doer: str, key: SigningKey) -> str:
+    """Versions 1 and 2 of the doer registered, 1 active, 2 in a canary; the deployment's id."""
     pid = doer.lower()
     setup: list[Event] = [
         register(doer, key, 1),
@@ -142,23 +182,15 @@ async def test_a_replayed_decision_through_the_worker_leaves_one_audit_row(
     await send(producer, COMMANDS, *setup)
     started = await verdict(db, setup[-1])
     assert started.applied and started.deployment_id
-    made = DecisionMade(
-        doer=doer,
-        deployment_id=started.deployment_id,
-        candidate_policy_id=pid,
-        candidate_version=2,
-        action="promote",
-        reason="candidate better, p=0.002",
-        step=1,
-        report=DecisionReport(
-            control_mean=0.4,
-            candidate_mean=0.3,
-            control_count=500,
-            candidate_count=480,
-            delta=-0.1,
-            p_value=0.002,
-        ),
-    )
+    return started.deployment_id
+
+
+async def test_a_replayed_decision_through_the_worker_leaves_one_audit_row(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    doer = f"Decided{uuid.uuid4().hex[:8]}"
+    deployment_id = await start_canary(producer, db, doer, key)
+    made = signed_decision(promote_decision(doer, deployment_id), settings.worker_key())
     # The same bytes three times, as a redelivery would bring them.
     await send(producer, DECISIONS, made, made, made)
     outcome = await verdict(db, made)
@@ -270,7 +302,8 @@ async def test_the_compacted_topic_read_from_the_beginning_gives_each_doers_late
     assert expected[doers[3]].status == "canary"  # type: ignore[union-attr]
 
     async def folded() -> dict[str, PolicyChange]:
-        return {d: c for d, c in (await latest_changes(settings)).items() if d in doers}
+        latest = (await latest_changes(settings)).items()
+        return {d: unsigned(c) for d, c in latest if d in doers}
 
     latest = await eventually(folded, lambda got: got == expected)
     assert latest == expected
@@ -371,3 +404,131 @@ async def test_the_cli_round_trip_register_promote_inspect(
     keys = run_cli(env, "keys", "list").stdout
     key_id = SigningKey.from_pem(key_file.read_bytes()).key_id
     assert key_id in keys and "active" in keys
+
+
+# ------------------------------------------------------------- decisions, as an attacker would try
+
+
+async def test_forged_unsigned_revoked_and_misaddressed_decisions_are_refused_and_alerted(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    doer = f"Forged{uuid.uuid4().hex[:8]}"
+    deployment_id = await start_canary(producer, db, doer, key)
+    other = f"Other{uuid.uuid4().hex[:8]}"
+    other_deployment = await start_canary(producer, db, other, key)
+    revoked = generate_key()
+    await keys_store.add_signing_key(db, revoked.public_key, created_by="tests")
+    await keys_store.revoke_signing_key(db, revoked.key_id, note="worker host lost")
+    worker_key = settings.worker_key()
+    honest = promote_decision(doer, deployment_id)
+    attempts = {
+        "forged": signed_decision(honest, generate_key()),  # a key nobody trusts
+        "unsigned": promote_decision(doer, deployment_id),
+        "revoked": signed_decision(promote_decision(doer, deployment_id), revoked),
+        # Signed by the worker's key, then changed: the signature gives it away.
+        "tampered": signed_decision(promote_decision(doer, deployment_id), worker_key).model_copy(
+            update={"candidate_version": 1}
+        ),
+        # A decision of doer A naming doer B's deployment.
+        "misaddressed": signed_decision(promote_decision(doer, other_deployment), worker_key),
+    }
+    await send(producer, DECISIONS, *attempts.values())
+    expected = {
+        "forged": ("signature_refused", "unknown key id"),
+        "unsigned": ("signature_refused", "the decision event is not signed"),
+        "revoked": ("signature_refused", f"key {revoked.key_id} revoked"),
+        "tampered": ("signature_refused", "signature does not match"),
+        "misaddressed": (
+            "decision_refused",
+            f"{other_deployment} belongs to doer {other!r}, not {doer!r}",
+        ),
+    }
+    for name, decision in attempts.items():
+        kind, reason = expected[name]
+        # Workers of other test sessions on the same broker refuse it too, against their
+        # own keyrings and databases, with their own reasons: ours is among them.
+        found = await eventually(
+            partial(alerts_caused_by, settings, doer, decision),
+            lambda got, kind=kind, reason=reason: any(
+                a.kind == kind and reason in a.message for a in got
+            ),
+        )
+        assert found, name
+        assert await audit_store.outcome_of(db, decision.event_id) is None, name
+    statuses = {
+        (r["doer"], r["version"]): r["status"]
+        for r in await db.fetch(
+            "SELECT doer, version, status FROM policies WHERE doer = ANY($1::text[])",
+            [doer, other],
+        )
+    }
+    assert statuses == {
+        (doer, 1): "active",
+        (doer, 2): "canary",
+        (other, 1): "active",
+        (other, 2): "canary",
+    }
+    # The worker's own signature is accepted: the same decision, signed, promotes.
+    signed = signed_decision(promote_decision(doer, deployment_id), worker_key)
+    await send(producer, DECISIONS, signed)
+    assert (await verdict(db, signed)).to_status == "active"
+
+
+# --------------------------------------------------------- the Router, as an attacker would try
+
+
+async def test_the_router_serves_signed_changes_and_keeps_the_last_good_one_against_forgeries(
+    worker: WorkerProcess, producer: Any, db: Any, settings: Any, key: SigningKey
+) -> None:
+    doer = f"Routed{uuid.uuid4().hex[:8]}"
+    pid = doer.lower()
+    worker_key = settings.worker_key()
+    pinned = [worker_key.public_key, key.public_key]
+    async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
+        setup: list[Event] = [
+            register(doer, key, 1),
+            register(doer, key, 2),
+            PromotePolicy(
+                doer=doer, actor="ops", reason="1st", policy_id=pid, version=1, force=True
+            ),
+        ]
+        await send(producer, COMMANDS, *setup)
+        live = await router.wait_for(doer, lambda c: c.version == 1)
+        assert live.sequence is not None and live.signature is not None
+        assert live.policy_signature is not None
+        assert router.route(doer, "task-1").version == 1
+
+        # A forger who can write the topic: version 2, its own key, a replay of an older
+        # record under a higher-looking key, a record under another doer's key.
+        forged = live.model_copy(update={"version": 2, "sequence": live.sequence + 1})
+        forged = forged.model_copy(
+            update={
+                "signature": sign_event(
+                    POLICY_CHANGE_KIND, forged.model_dump(mode="json"), generate_key()
+                )
+            }
+        )
+        elsewhere = live.model_copy(update={"event_id": uuid.uuid4()})
+        await publish(
+            producer,
+            CHANGES,
+            [(doer.encode(), forged.to_json()), (b"SomeoneElse", elsewhere.to_json())],
+        )
+        # The worker's own next change (a promotion of version 2) still gets through.
+        promote = PromotePolicy(
+            doer=doer, actor="ops", reason="2nd", policy_id=pid, version=2, force=True
+        )
+        await send(producer, COMMANDS, promote)
+        await verdict(db, promote)
+        await router.wait_for(doer, lambda c: c.version == 2)
+        await eventually(
+            lambda: asyncio.sleep(0.2, dict(router.refused)),
+            lambda got: got.get("signature", 0) >= 1 and got.get("key", 0) >= 1,
+        )
+        stale = live  # version 1's record again, signed, with its old sequence number
+        await publish(producer, CHANGES, [(doer.encode(), stale.to_json())])
+        await eventually(lambda: asyncio.sleep(0.2, router.refused["sequence"]), lambda n: n >= 1)
+        served = router.live(doer)
+        assert served is not None and served.sequence is not None
+        assert served.sequence > live.sequence
+        assert router.route(doer, "task-1").version == served.version

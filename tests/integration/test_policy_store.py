@@ -710,12 +710,12 @@ async def test_lineage_goes_from_datasets_and_experiment_through_parents_to_prom
 # --------------------------------------------------------------------- steps, approvals, pauses
 
 
-async def test_steps_move_up_once_approvals_only_to_the_next_step_and_a_pause_holds_them(
-    db: Any,
-) -> None:
-    doer = unique_doer("Steps")
+async def start_canary(
+    db: Any, doer: str, *, require_approval: bool = False, versions: int = 2
+) -> tuple[SigningKey, str]:
+    """A doer with version 1 active and version 2 in a four-step canary; its key and deployment."""
     key = await trusted_key(db)
-    await bootstrap(db, doer, key)
+    await bootstrap(db, doer, key, versions)
     canary = await commands_store.apply_command(
         db,
         StartCanary(
@@ -725,50 +725,192 @@ async def test_steps_move_up_once_approvals_only_to_the_next_step_and_a_pause_ho
             policy_id=doer.lower(),
             version=2,
             steps=[0.1, 0.25, 0.5, 1.0],
+            require_approval=require_approval,
             force=True,
         ),
     )
     assert canary is not None and canary.applied and canary.deployment_id
-    deployment_id = canary.deployment_id
+    return key, canary.deployment_id
 
-    def step_up(step: int) -> DecisionMade:
-        return decision(doer, 2, deployment_id, "step_up").model_copy(
-            update={"step": step, "event_id": uuid.uuid4()}
-        )
 
-    up = step_up(1)
-    change = await deployments_store.apply_step(db, up)
-    assert change is not None and change.change == "step_changed"
-    assert change.deployment is not None
-    assert (change.deployment.step, change.deployment.allocation) == (1, 0.25)
-    assert await deployments_store.apply_step(db, up) is None  # replayed: at step 1 already
-    assert await deployments_store.apply_step(db, step_up(4)) is None  # no such step
-
-    def approve(step: int, approver_doer: str = doer) -> Any:
-        event_id = uuid.uuid4()
-        return deployments_store.approve_step(
-            db, approver_doer, deployment_id, step, event_id=event_id, actor="ops", reason="ok"
-        )
-
-    assert await approve(3) is None  # only the next step (2) can be approved
-    assert await approve(2, "SomeoneElse") is None  # not that doer's deployment
-    approved = await approve(2)
-    assert approved is not None and approved.deployment is not None
-    assert (approved.deployment.step, approved.deployment.allocation, approved.actor) == (
-        2,
-        0.5,
-        "ops",
+def step_up(doer: str, deployment_id: str, step: int, **update: Any) -> DecisionMade:
+    return decision(doer, 2, deployment_id, "step_up").model_copy(
+        update={"step": step, "event_id": uuid.uuid4(), **update}
     )
+
+
+async def approve(db: Any, doer: str, deployment_id: str, step: int) -> Any:
+    return await deployments_store.approve_step(
+        db, doer, deployment_id, step, event_id=uuid.uuid4(), actor="ops", reason="ok"
+    )
+
+
+async def step_of(db: Any, deployment_id: str) -> tuple[int, float]:
+    row = await db.fetchrow(
+        "SELECT step, allocation FROM shadow_deployments WHERE deployment_id = $1", deployment_id
+    )
+    return row["step"], row["allocation"]
+
+
+async def test_steps_move_up_once_approvals_only_to_the_next_step_and_a_pause_holds_them(
+    db: Any,
+) -> None:
+    doer = unique_doer("Steps")
+    _, deployment_id = await start_canary(db, doer)
+
+    up = step_up(doer, deployment_id, 1)
+    moved = await deployments_store.apply_step(db, up)
+    assert moved.applied and moved.change is not None and moved.change.change == "step_changed"
+    assert moved.change.deployment is not None
+    assert (moved.change.deployment.step, moved.change.deployment.allocation) == (1, 0.25)
+    again = await deployments_store.apply_step(db, up)  # replayed: the same outcome, once
+    assert again.replayed and again.applied and again.change is not None
+    stale = await deployments_store.apply_step(db, step_up(doer, deployment_id, 1))
+    assert (stale.applied, stale.refusal, stale.worth_an_alert) == (False, "stale", False)
+    missing = await deployments_store.apply_step(db, step_up(doer, deployment_id, 4))
+    assert (missing.refusal, missing.verdict) == (
+        "rule",
+        f"{deployment_id} has no step 4 (its steps are 0 to 3)",
+    )
+
+    assert not (await approve(db, doer, deployment_id, 3)).applied  # only the next step (2)
+    assert not (await approve(db, "SomeoneElse", deployment_id, 2)).applied  # not that doer's
+    approved = await approve(db, doer, deployment_id, 2)
+    assert approved.applied and approved.change is not None
+    assert approved.change.deployment is not None
+    assert (
+        approved.change.deployment.step,
+        approved.change.deployment.allocation,
+        approved.change.actor,
+    ) == (2, 0.5, "ops")
 
     pause = decision(doer, 2, deployment_id, "pause")
     paused = await deployments_store.pause_deployment(db, pause)
     assert paused is not None and paused.change == "paused"
     assert paused.deployment is not None and paused.deployment.paused
     assert await deployments_store.pause_deployment(db, pause) is None  # paused already
-    assert await deployments_store.apply_step(db, step_up(3)) is None
-    assert await approve(3) is None
+    assert not (await deployments_store.apply_step(db, step_up(doer, deployment_id, 3))).applied
+    assert not (await approve(db, doer, deployment_id, 3)).applied
     row = await db.fetchrow(
         "SELECT step, allocation, paused_reason FROM shadow_deployments WHERE deployment_id = $1",
         deployment_id,
     )
     assert (row["step"], row["allocation"], row["paused_reason"]) == (2, 0.5, pause.reason)
+    audit = await deployments_store.step_audit(db, deployment_id)
+    assert [(a.action, a.to_step, a.applied) for a in audit] == [
+        ("step_up", 1, True),
+        ("step_up", 1, False),
+        ("step_up", 4, False),
+        ("approve", 3, False),
+        ("approve", 2, False),
+        ("approve", 2, True),
+        ("step_up", 3, False),
+        ("approve", 3, False),
+    ]
+    assert audit[5].actor == "ops" and audit[0].actor == "canary"
+
+
+# ------------------------------------------------------------- steps, as an attacker would try
+
+
+async def test_a_step_jump_is_refused_with_its_reason_and_audited(db: Any) -> None:
+    doer = unique_doer("Jump")
+    _, deployment_id = await start_canary(db, doer)
+    jump = await deployments_store.apply_step(db, step_up(doer, deployment_id, 3))
+    assert (jump.applied, jump.refusal, jump.worth_an_alert) == (False, "rule", True)
+    assert jump.verdict == f"{deployment_id} is at step 0; a step-up moves to step 1 only, not 3"
+    assert await step_of(db, deployment_id) == (0, 0.1)
+    assert [a.verdict for a in await deployments_store.step_audit(db, deployment_id)] == [
+        jump.verdict
+    ]
+
+
+async def test_a_step_up_for_another_doers_deployment_changes_nothing(db: Any) -> None:
+    victim = unique_doer("Victim")
+    _, deployment_id = await start_canary(db, victim)
+    forged = step_up(unique_doer("Intruder"), deployment_id, 1)
+    outcome = await deployments_store.apply_step(db, forged)
+    assert (outcome.applied, outcome.refusal) == (False, "rule")
+    assert outcome.verdict == f"{deployment_id} belongs to doer {victim!r}, not {forged.doer!r}"
+    assert await step_of(db, deployment_id) == (0, 0.1)
+    paused = await deployments_store.pause_deployment(
+        db, decision(forged.doer, 2, deployment_id, "pause")
+    )
+    assert paused is None
+    assert (
+        await db.fetchval(
+            "SELECT paused_at FROM shadow_deployments WHERE deployment_id = $1", deployment_id
+        )
+    ) is None
+
+
+async def test_a_step_up_without_the_required_approval_is_refused(db: Any) -> None:
+    doer = unique_doer("Approval")
+    _, deployment_id = await start_canary(db, doer, require_approval=True)
+    outcome = await deployments_store.apply_step(db, step_up(doer, deployment_id, 1))
+    assert (outcome.applied, outcome.refusal) == (False, "rule")
+    assert "requires an operator's approval" in outcome.verdict
+    assert await step_of(db, deployment_id) == (0, 0.1)
+    approved = await approve(db, doer, deployment_id, 1)
+    assert approved.applied and await step_of(db, deployment_id) == (1, 0.25)
+
+
+async def test_a_revoked_keys_candidate_is_not_stepped_up(db: Any) -> None:
+    doer = unique_doer("RevokedStep")
+    key, deployment_id = await start_canary(db, doer)
+    await keys_store.revoke_signing_key(db, key.key_id, note="laptop stolen")
+    outcome = await deployments_store.apply_step(db, step_up(doer, deployment_id, 1))
+    assert (outcome.applied, outcome.refusal, outcome.worth_an_alert) == (
+        False,
+        "signature",
+        True,
+    )
+    assert f"key {key.key_id} revoked" in outcome.verdict
+    assert await step_of(db, deployment_id) == (0, 0.1)
+    approved = await approve(db, doer, deployment_id, 1)
+    assert (approved.applied, approved.refusal) == (False, "signature")
+    assert await step_of(db, deployment_id) == (0, 0.1)
+
+
+async def test_the_database_refuses_a_step_change_that_skips_the_rules(db: Any) -> None:
+    doer = unique_doer("SqlSteps")
+    _, deployment_id = await start_canary(db, doer, require_approval=True)
+
+    async def set_step(step: int, allocation: float) -> None:
+        await db.execute(
+            "UPDATE shadow_deployments SET step = $2, allocation = $3 WHERE deployment_id = $1",
+            deployment_id,
+            step,
+            allocation,
+        )
+
+    with pytest.raises(asyncpg.CheckViolationError, match="only step 1 may follow, not 2"):
+        await set_step(2, 0.5)
+    with pytest.raises(asyncpg.CheckViolationError, match="has no audited approval"):
+        await set_step(1, 0.25)
+    # An audited step-up is no approval.
+    with pytest.raises(asyncpg.CheckViolationError, match="has no audited approval"):
+        async with db.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO deployment_steps (event_id, deployment_id, doer, action, from_step, "
+                "to_step, outcome, actor, reason, verdict, occurred_at) "
+                "VALUES ($1, $2, $3, 'step_up', 0, 1, 'applied', 'canary', 'x', 'x', now())",
+                uuid.uuid4(),
+                deployment_id,
+                doer,
+            )
+            await conn.execute(
+                "UPDATE shadow_deployments SET step = 1, allocation = 0.25 "
+                "WHERE deployment_id = $1",
+                deployment_id,
+            )
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="fixed at its start"):
+        await db.execute(
+            "UPDATE shadow_deployments SET require_approval = false WHERE deployment_id = $1",
+            deployment_id,
+        )
+    approved = await approve(db, doer, deployment_id, 1)
+    assert approved.applied
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+        await db.execute("DELETE FROM deployment_steps WHERE deployment_id = $1", deployment_id)
+    assert await step_of(db, deployment_id) == (1, 0.25)

@@ -51,6 +51,7 @@ from storage import canary as canary_store
 from storage.audit import outcome_of
 from storage.deployments import current_change
 from storage.policy_commands import apply_command
+from tests.integration.kafka_io import unsigned
 from tests.integration.test_policy_agent import register
 from tests.operators import signed
 
@@ -189,7 +190,9 @@ def sent(app: LearnopsApp, topic: str) -> list[Any]:
 
 
 @pytest.fixture
-def make_app(database_url: str, db: Any, tmp_path: Path) -> Callable[..., LearnopsApp]:
+def make_app(
+    database_url: str, db: Any, tmp_path: Path, worker_key_file: Path
+) -> Callable[..., LearnopsApp]:
     """Build an app with the named stages, the session's pool and an outbox."""
 
     def build(*stages: str) -> LearnopsApp:
@@ -199,6 +202,7 @@ def make_app(database_url: str, db: Any, tmp_path: Path) -> Callable[..., Learno
             learnops_app_id=f"inproc-{uuid.uuid4().hex[:8]}",
             learnops_web_enabled=False,
             learnops_data_dir=tmp_path,
+            learnops_worker_signing_key_file=worker_key_file,
         )
         app = create_app(settings, stages=stages)
         app.use_pool(db)
@@ -458,8 +462,10 @@ async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(
     out_of_range["qav"]["grounding_score"] = 1.4
     misplaced = orchestrator.bundle(doer)
     unscoreable = orchestrator.bundle(doer).model_copy(update={"qav": None})
+    slashed = {**orchestrator.bundle(doer).model_dump(mode="json"), "doer": f"{doer}/x"}
     bad = [
         (doer.encode(), truncated, "json"),
+        (f"{doer}/x".encode(), orjson.dumps(slashed), "schema"),  # no name: docs/security.md
         (doer.encode(), orjson.dumps(out_of_range), "schema"),
         (b"SomeoneElse", misplaced.to_json(), "key"),
         (doer.encode(), unscoreable.to_json(), "bundle"),
@@ -484,6 +490,8 @@ async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(
             assert letter.consumer == app.conf.id
         reasons = {d.error_type: d.reason for d in letters}
         assert "grounding_score" in reasons["schema"], reasons["schema"]
+        assert letters[1].reason.startswith("doer: has a '/'"), letters[1].reason
+        assert f"{doer}/x" not in letters[1].reason and letters[1].doer == "unknown"
         assert "is not the event's doer" in reasons["key"], reasons["key"]
         assert [d.doer for d in letters if d.error_type in ("key", "bundle")] == [doer, doer]
         assert "qav" in reasons["bundle"], reasons["bundle"]
@@ -837,6 +845,6 @@ async def test_the_policy_stage_alerts_refused_commands_and_publishes_applied_on
     # The applied promotion is the one policy change; the garbled command one dead letter.
     changes: list[PolicyChange] = sent(app, CHANGES)
     assert [(c.change, c.policy_id, c.version) for c in changes] == [("promoted", pid, 1)]
-    assert changes == [await current_change(db, doer)]
+    assert [unsigned(c) for c in changes] == [await current_change(db, doer)]
     letters: list[DeadLetter] = sent(app, DLQ)
     assert [(d.stage, d.error_type, d.offset) for d in letters] == [("policy", "json", 2)]

@@ -10,7 +10,8 @@ from models.events import RunCompleted
 from models.keys import key_problem
 from tests.unit.sample_bundles import make_bundle
 
-doers = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40)
+# Names: models.base.NAME_RULE.
+doers = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,39}\Z")
 
 
 def test_the_doer_as_key_is_fine() -> None:

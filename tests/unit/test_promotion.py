@@ -529,18 +529,25 @@ deployments = st.builds(
     steps=st.lists(st.floats(0.01, 1.0), min_size=0, max_size=6).map(tuple),
     ended=st.booleans(),
     paused=st.booleans(),
+    require_approval=st.booleans(),
 )
 
 
-@given(deployments, st.integers(min_value=-2, max_value=8))
-def test_a_step_up_applies_only_to_a_live_unpaused_canary_below_an_existing_step(
-    deployment: DeploymentSteps, step: int
+@given(deployments, st.sampled_from([DOER, "Reviewer"]), st.integers(min_value=-2, max_value=8))
+def test_a_step_up_moves_the_doers_own_canary_without_approval_to_its_next_step_only(
+    deployment: DeploymentSteps, doer: str, step: int
 ) -> None:
     serving = not deployment.ended and not deployment.paused and deployment.mode == "canary"
-    expected = serving and deployment.step < step < len(deployment.steps)
-    assert (check_step_up(deployment, step) is None) == expected
+    expected = (
+        serving
+        and deployment.doer == doer
+        and not deployment.require_approval
+        and step == deployment.step + 1
+        and step < len(deployment.steps)
+    )
+    assert (check_step_up(deployment, doer, step) is None) == expected
     if expected:  # idempotent: once there, the same decision again changes nothing
-        assert check_step_up(replace(deployment, step=step), step) is not None
+        assert check_step_up(replace(deployment, step=step), doer, step) is not None
 
 
 @given(deployments, st.sampled_from([DOER, "Reviewer"]), st.integers(min_value=-2, max_value=8))
@@ -564,15 +571,27 @@ def test_a_live_deployment_is_paused_once(deployment: DeploymentSteps) -> None:
     expected = not deployment.ended and not deployment.paused
     assert (check_pause(deployment) is None) == expected
     assert check_pause(replace(deployment, paused=True)) is not None
-    assert check_step_up(replace(deployment, paused=True), deployment.step + 1) is not None
+    paused = replace(deployment, paused=True)
+    assert check_step_up(paused, deployment.doer, deployment.step + 1) is not None
 
 
 def test_refusals_of_steps_say_why() -> None:
     canary = DeploymentSteps("canary-1", DOER, "canary", 1, (0.1, 0.5, 1.0), False, False)
-    assert check_step_up(canary, 1) == "canary-1 is at step 1 already"
-    assert check_step_up(canary, 3) == "canary-1 has no step 3 (its steps are 0 to 2)"
-    assert check_step_up(replace(canary, mode="shadow"), 2) == (
+    assert check_step_up(canary, DOER, 1) == "canary-1 is at step 1 already"
+    assert check_step_up(canary, DOER, 3) == "canary-1 has no step 3 (its steps are 0 to 2)"
+    assert check_step_up(replace(canary, mode="shadow"), DOER, 2) == (
         "canary-1 is a shadow, which has no traffic steps"
+    )
+    jump = replace(canary, step=0)
+    assert check_step_up(jump, DOER, 2) == (
+        "canary-1 is at step 0; a step-up moves to step 1 only, not 2"
+    )
+    assert check_step_up(canary, "Reviewer", 2) == (
+        f"canary-1 belongs to doer '{DOER}', not 'Reviewer'"
+    )
+    assert check_step_up(replace(canary, require_approval=True), DOER, 2) == (
+        "canary-1 requires an operator's approval for each step; "
+        "a canary decision cannot step it up"
     )
     assert check_approval(canary, DOER, 0) == ("canary-1 is at step 1; only step 2 can be approved")
     assert check_approval(canary, "Reviewer", 2) == (

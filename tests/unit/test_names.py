@@ -1,0 +1,68 @@
+"""Names (doer, phase, policy id): one documented character set, and the rule a bad one breaks."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from learning.samples import dataset_name
+from models.base import NAME_RULE, describe_validation_error, name_problem
+from models.events import Alert
+
+
+@pytest.mark.parametrize("name", ["PRDWriter", "a", "doer-1.v2_x", "0abc", "A" * 128])
+def test_names_of_the_documented_set_are_accepted(name: str) -> None:
+    assert name_problem(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("A/x", "a '/', which separates a dataset's doer and phase at position 2"),
+        ("PRD\u200bWriter", "an invisible or space character (U+200B) at position 4"),
+        ("PRDWriter\u2060", "an invisible or space character (U+2060) at position 10"),
+        ("PRDWr\u0456ter", "a non-ASCII character (U+0456; look-alikes"),  # Cyrillic і
+        ("Cafe\u0301", "a non-ASCII character (U+0301"),  # decomposed é
+        ("Caf\u00e9", "a non-ASCII character (U+00E9"),  # composed é
+        (" PRDWriter", "an invisible or space character (U+0020) at position 1"),
+        ("a b", "an invisible or space character (U+0020) at position 2"),
+        ("a:b", "the character U+003A at position 2"),
+        (".hidden", "must start with a letter or digit"),
+        ("", "is empty"),
+        ("A" * 129, "is 129 characters long; a name has at most 128"),
+    ],
+)
+def test_a_broken_name_names_the_rule_and_never_the_text(name: str, rule: str) -> None:
+    problem = name_problem(name)
+    assert problem is not None and rule in problem
+    if len(name) > 1 and name.strip():
+        assert name not in problem
+
+
+@given(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20), st.text(max_size=20))
+def test_two_different_doer_phase_pairs_never_share_a_dataset_name(
+    doer_a: str, phase_a: str, doer_b: str, phase_b: str
+) -> None:
+    try:
+        first = dataset_name(doer_a, phase_a)
+        second = dataset_name(doer_b, phase_b)
+    except ValueError:
+        return
+    assert (first == second) == ((doer_a, phase_a) == (doer_b, phase_b))
+
+
+def test_the_ambiguous_dataset_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="the doer of a dataset name has a '/'"):
+        dataset_name("A/x", "y")
+    with pytest.raises(ValueError, match="the phase of a dataset name has a '/'"):
+        dataset_name("A", "x/y")
+    assert dataset_name("A", "x") == "A/x"
+
+
+def test_an_event_with_a_broken_doer_is_refused_with_the_rule() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Alert(doer="PRD\u200bWriter", kind="k", severity="info", message="m")
+    reason = describe_validation_error(caught.value)
+    assert "doer" in reason and "U+200B" in reason and NAME_RULE in reason
