@@ -27,9 +27,10 @@ from agents.tables import folded_up_to, marked
 from agents.triggers import raise_request
 from learning.bandit import Allocation
 from learning.bandit_book import BanditBook, counts
+from learning.signing import BANDIT_ALLOCATIONS_KIND, sign_event
 from learning.skills import ExperimentTrigger
 from learning.tuning import tuning_proposal
-from models.bandit import BanditControl
+from models.bandit import BanditAllocations, BanditControl
 from models.events import CRLComputed
 from models.tunables import Tunables, tunables_of
 from storage.claims import Claim, owned_claims
@@ -70,6 +71,8 @@ class BanditStage(Stage):
         )
         # A registered version's artifact never changes: it and its tunables are read once.
         self.declared: dict[tuple[str, int], tuple[dict[str, Any], Tunables | str]] = {}
+        # The worker's key signs the allocations, as the policy stage signs policy changes.
+        self.key = app.settings.worker_key()
 
         async def bandit(stream: Any) -> None:
             """Fold each batch into the books, reallocate, write, publish; ack after all of it."""
@@ -203,6 +206,15 @@ class BanditStage(Stage):
         )
         await raise_request(self.app, trigger)
 
+    def _signed(self, allocations: BanditAllocations) -> BanditAllocations:
+        """The allocations signed with the worker's key; unsigned when the worker has none."""
+        if self.key is None:
+            return allocations
+        signature = sign_event(
+            BANDIT_ALLOCATIONS_KIND, allocations.model_dump(mode="json"), self.key
+        )
+        return allocations.model_copy(update={"signature": signature})
+
     async def _flush(self, slots: dict[str, _Slot]) -> None:
         """Reallocate what is due, write each changed book once, publish the doers' shares."""
         config = self.app.learning.bandit
@@ -214,7 +226,7 @@ class BanditStage(Stage):
             if slot.changed or due:
                 self.books[doer] = marked(slot.book.to_dict(), slot.partition, slot.mark)
             if (due or slot.publish) and slot.book.bandits:
-                allocations = slot.book.event(doer)
+                allocations = self._signed(slot.book.event(doer))
                 await self.topics.bandit_allocations.send(allocations)
                 if due:
                     log.info(

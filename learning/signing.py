@@ -470,6 +470,8 @@ EVENT_SIGNATURE_FORMAT = "learnops.event-signature/1"
 DECISION_KIND = "decision"
 #: The kind a policy change (learning.policy-changes) is signed as.
 POLICY_CHANGE_KIND = "policy-change"
+#: The kind a doer's bandit allocations (learning.bandit-allocations) are signed as.
+BANDIT_ALLOCATIONS_KIND = "bandit-allocations"
 
 
 def event_payload(kind: str, event: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class BanditAllocations(Event):
     sequence: Annotated[int, Field(ge=0, le=INT4_MAX)]
     frozen: bool = False
     allocations: list[ParameterAllocation]
+    # The worker's signature over every other field (learning.signing.sign_event,
+    # kind "bandit-allocations"); a client that pins keys refuses a record without it.
+    signature: Annotated[str, Field(max_length=200)] | None = None
 
     def allocation(self, phase: str, parameter: str) -> ParameterAllocation | None:
         """The allocation of ``parameter`` in ``phase``, or None."""

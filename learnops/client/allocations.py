@@ -14,18 +14,27 @@ under the same shares, so a replay of the routing agrees without talking.
 
 The orchestrator records the option in the bundle (``RunCompleted.options``).
 Like the Router it needs only the contract, the routing rules and aiokafka.
+
+With ``trusted_keys`` (the workers' public keys the orchestrator pins, as for
+the Router) a record is taken only when its Kafka key is its doer, the
+worker's signature verifies and its sequence does not go back; anything else
+is counted in ``refused`` by kind and logged, and the doer keeps its last good
+shares. Without pinned keys every valid record is taken.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from learning.routing import bucket
 from learnops.client.follower import TopicFollower
+from learnops.client.router import pinned_keyring
 
 if TYPE_CHECKING:
+    from learning.signing import PublicKey, TrustedKeys
     from models.bandit import BanditAllocations
 
 log = logging.getLogger("learnops.allocations")
@@ -61,14 +70,32 @@ class Allocations(TopicFollower):
 
     topic = ALLOCATIONS
 
-    def __init__(self, bootstrap_servers: str, **client_options: Any) -> None:
-        """Follow the cluster at ``bootstrap_servers``; ``client_options`` go to aiokafka."""
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        trusted_keys: TrustedKeys | Iterable[PublicKey] | None = None,
+        **client_options: Any,
+    ) -> None:
+        """Follow the cluster at ``bootstrap_servers``; ``client_options`` go to aiokafka.
+
+        ``trusted_keys`` pins the worker keys whose signatures are accepted;
+        None takes every valid record (and logs that once at start).
+        """
         super().__init__(bootstrap_servers, **client_options)
+        self._keys = pinned_keyring(trusted_keys)
+        if self._keys is None:
+            log.warning("allocations_unpinned: records are taken without checking a signature")
         self._latest: dict[str, BanditAllocations] = {}
         self.skipped = 0  # records that were not valid BanditAllocations
+        self.refused: Counter[str] = Counter()  # records refused by the pinned keys, by kind
 
-    def apply(self, value: bytes) -> BanditAllocations | None:
-        """Take one record; an older sequence than the one held is ignored, a bad one counted."""
+    def apply(self, value: bytes, key: bytes | None = None) -> BanditAllocations | None:
+        """Take one record (its value and Kafka key); the allocations taken, or None.
+
+        An older sequence than the one held is ignored (refused, with pinned
+        keys), a record that is not valid is counted in ``skipped``.
+        """
         from pydantic import ValidationError
 
         from models.bandit import BanditAllocations
@@ -80,7 +107,20 @@ class Allocations(TopicFollower):
             log.warning("allocations_skipped_record error_count=%d", exc.error_count())
             return None
         held = self._latest.get(allocations.doer)
-        if held is not None and held.sequence > allocations.sequence:
+        stale = held is not None and held.sequence > allocations.sequence
+        if self._keys is not None:
+            refusal = check_allocations(allocations, key, self._keys, stale=stale)
+            if refusal is not None:
+                kind, reason = refusal
+                self.refused[kind] += 1
+                log.warning(
+                    "allocations_refused doer=%s refusal=%s reason=%r",
+                    allocations.doer,
+                    kind,
+                    reason,
+                )
+                return None
+        if stale:
             return None
         self._latest[allocations.doer] = allocations
         return allocations
@@ -95,3 +135,19 @@ class Allocations(TopicFollower):
         if allocations is None or allocations.allocation(phase, parameter) is None:
             return None
         return option_for(allocations, phase, parameter, task_id)
+
+
+def check_allocations(
+    allocations: BanditAllocations, key: bytes | None, keys: TrustedKeys, *, stale: bool
+) -> tuple[str, str] | None:
+    """Why a record of allocations is refused under pinned keys, as (kind, reason); None if not."""
+    from learning.signing import BANDIT_ALLOCATIONS_KIND, verify_event
+
+    if key is None or key.decode("utf-8", "replace") != allocations.doer:
+        return "key", f"the record's key is not its doer {allocations.doer!r}"
+    signed = verify_event(BANDIT_ALLOCATIONS_KIND, allocations.model_dump(mode="json"), keys)
+    if not signed:
+        return "signature", f"the allocations' signature is refused: {signed.reason}"
+    if stale:
+        return "sequence", f"sequence {allocations.sequence} goes back for {allocations.doer}"
+    return None

@@ -32,8 +32,8 @@ class TopicFollower:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def apply(self, value: bytes) -> Any:
-        """Take one record of the topic."""
+    def apply(self, value: bytes, key: bytes | None = None) -> Any:
+        """Take one record of the topic: its value and its Kafka key."""
         raise NotImplementedError
 
     async def start(self) -> None:
@@ -72,4 +72,4 @@ class TopicFollower:
             batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    self.apply(record.value)
+                    self.apply(record.value, record.key)

@@ -72,7 +72,7 @@ class Router:
         """
         self._bootstrap_servers = bootstrap_servers
         self._client_options = client_options
-        self._keys = _keyring(trusted_keys)
+        self._keys = pinned_keyring(trusted_keys)
         self._sequences: dict[str, int] = {}
         self.refused: Counter[str] = Counter()  # refused records by reason kind
         self._live: dict[str, PolicyChange] = {}
@@ -231,7 +231,8 @@ def check_change(
     return None
 
 
-def _keyring(keys: TrustedKeys | Iterable[PublicKey] | None) -> TrustedKeys | None:
+def pinned_keyring(keys: TrustedKeys | Iterable[PublicKey] | None) -> TrustedKeys | None:
+    """The keyring of the public keys a client pins, or None when it pins none."""
     if keys is None:
         return None
     from learning.signing import TrustedKeys

@@ -185,9 +185,14 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     thawed = await freeze(doer, settings, False)
     assert _runs(thawed) == 300 and thawed.sequence == frozen.sequence + 1
 
-    # The orchestrator's client reads the same shares and routes tasks by them.
-    async with Allocations(bootstrap) as client:
+    # The orchestrator's client, pinning the worker's key, takes the same signed shares and
+    # routes tasks by them.
+    assert all(a.signature for a in await _allocations(settings, doer.name))
+    worker_key = settings.worker_key()
+    assert worker_key is not None
+    async with Allocations(bootstrap, trusted_keys=[worker_key.public_key]) as client:
         await eventually(lambda: _held(client, doer.name), lambda a: a is not None and a == thawed)
+        assert not client.refused
         picks = [client.option(doer.name, "draft", PARAMETER, f"task-{i}") for i in range(2000)]
     share = thawed.allocation("draft", PARAMETER)
     assert share is not None

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from learning.bandit_book import BanditBook, BookConfig
+from learning.signing import BANDIT_ALLOCATIONS_KIND, SigningKey, generate_key, sign_event
 from learnops.client.allocations import Allocations, choose, option_for
 from models.bandit import BanditAllocations, ParameterAllocation
 
@@ -26,6 +27,40 @@ def _allocations(doer: str, sequence: int, small: float) -> BanditAllocations:
             )
         ],
     )
+
+
+WORKER = generate_key()
+
+
+def _signed(allocations: BanditAllocations, key: SigningKey = WORKER) -> bytes:
+    signature = sign_event(BANDIT_ALLOCATIONS_KIND, allocations.model_dump(mode="json"), key)
+    return allocations.model_copy(update={"signature": signature}).to_json()
+
+
+def test_with_pinned_keys_only_signed_records_under_their_doer_in_sequence_are_taken() -> None:
+    client = Allocations("unused:9092", trusted_keys=[WORKER.public_key])
+    assert client.apply(_signed(_allocations("Doer", 5, 0.9)), b"Doer") is not None
+    refusals = {
+        "signature": [
+            (_allocations("Doer", 6, 0.1).to_json(), b"Doer"),  # unsigned
+            (_signed(_allocations("Doer", 6, 0.1), generate_key()), b"Doer"),  # unpinned key
+        ],
+        "key": [(_signed(_allocations("Doer", 6, 0.1)), b"Other")],
+        "sequence": [(_signed(_allocations("Doer", 4, 0.1)), b"Doer")],
+    }
+    for kind, records in refusals.items():
+        for value, key in records:
+            assert client.apply(value, key) is None, kind
+        assert client.refused[kind] == len(records)
+    # Altered after signing: the shares moved, the signature no longer covers them.
+    altered = BanditAllocations.from_json(_signed(_allocations("Doer", 7, 0.9)))
+    moved = altered.allocations[0].model_copy(update={"shares": {"large": 0.9, "small": 0.1}})
+    assert (
+        client.apply(altered.model_copy(update={"allocations": [moved]}).to_json(), b"Doer") is None
+    )
+    assert client.refused["signature"] == 3
+    held = client.latest("Doer")
+    assert held is not None and held.sequence == 5 and held.allocations[0].shares["small"] == 0.9
 
 
 @given(st.floats(min_value=0, max_value=0.999999))
