@@ -11,22 +11,28 @@ The options a run may name are those its policy version declares
 version); a run naming another goes to the DLQ with the reason. Replays,
 shadow runs and canary candidate runs never fold in. An operator's freeze
 arrives on learning.bandit-controls (co-partitioned): a frozen book keeps
-learning but publishes no new shares until it is unfrozen.
+learning but publishes no new shares until it is unfrozen. A freeze or
+unfreeze is a signed command (agents/command_auth.py): applied only when an
+operator key holding the operator role on the doer signed it, in the order
+they were issued (the book keeps the last), and recorded in
+``applied_commands`` with its signer once the book is written.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from agents.command_auth import authorised, record_applied, refuse
 from agents.stage import Stage
 from agents.tables import folded_up_to, marked
 from agents.triggers import raise_request
 from learning.bandit import Allocation
 from learning.bandit_book import BanditBook, counts
+from learning.command_signing import Verdict
 from learning.signing import BANDIT_ALLOCATIONS_KIND, sign_event
 from learning.skills import ExperimentTrigger
 from learning.tuning import tuning_proposal
@@ -55,6 +61,8 @@ class _Slot:
     mark: int
     changed: bool = False
     publish: bool = False
+    # Freezes and unfreezes applied in this batch, audited once the book is written.
+    applied: list[tuple[BanditControl, Verdict]] = field(default_factory=list)
 
 
 class BanditStage(Stage):
@@ -134,12 +142,7 @@ class BanditStage(Stage):
         partition, offset = event.message.partition, event.message.offset
         slot = self._slot(item.doer, partition, slots)
         if isinstance(item, BanditControl):
-            log.info(
-                "bandit_control doer=%s frozen=%s actor=%s", item.doer, item.frozen, item.actor
-            )
-            slot.changed |= slot.book.frozen != item.frozen
-            slot.book.frozen = item.frozen
-            slot.publish = True
+            await self._control(item, slot)
             return
         if (item.run_id, partition, offset) not in owned:
             return  # a duplicate of a run another record delivered
@@ -156,6 +159,27 @@ class BanditStage(Stage):
         slot.changed = True
         if reason is not None:
             await self.dead_letter(event, error_type="option", reason=reason, doer=item.doer)
+
+    async def _control(self, control: BanditControl, slot: _Slot) -> None:
+        """Apply a freeze or unfreeze whose envelope verifies and that is newer than the last."""
+        verdict = await authorised(self, control, replays=False)
+        if verdict is None:
+            return  # refused and alerted: the allocations stay as they are
+        assert control.issued_at is not None  # authorise refuses a command without one
+        replayed = slot.book.take_control(control.frozen, control.issued_at, str(control.event_id))
+        if replayed is not None:
+            await refuse(self, control, Verdict(False, replayed, "replayed", verdict.key_id))
+            return
+        log.info(
+            "bandit_control doer=%s frozen=%s operator=%s key=%s",
+            control.doer,
+            control.frozen,
+            verdict.operator,
+            verdict.key_id,
+        )
+        slot.changed = True
+        slot.publish = True
+        slot.applied.append((control.model_copy(update={"actor": verdict.operator}), verdict))
 
     async def _tunables(self, result: CRLComputed) -> Tunables | str:
         """The tunables the run's policy version declares, or why there are none to go by."""
@@ -235,6 +259,8 @@ class BanditStage(Stage):
                         allocations.sequence,
                         ",".join(due),
                     )
+            for control, verdict in slot.applied:
+                await record_applied(self, control, verdict)
             for key, allocation in proposals:
                 if allocation.confident:
                     await self._propose(doer, slot.book, key, allocation)

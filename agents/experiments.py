@@ -1,8 +1,10 @@
 """The experiments stage: experiment and replay commands → offline replays → verdicts → deployments.
 
 Reads learning.commands (``create_experiment``, ``run_replay``; the policy
-agent takes the rest), learning.crl-computed (replay bundles only: the CRL
-stage scores them like any run) and learning.policy-changes (where the
+agent takes the rest; each is acted on only once its signed envelope verifies,
+agents/command_auth.py, and is then recorded in ``applied_commands``),
+learning.crl-computed (replay bundles only: the CRL stage scores them like any
+run) and learning.policy-changes (where the
 experiment's candidate went). State lives in PostgreSQL (storage.experiments),
 so this stage keeps no Faust table; every step is idempotent.
 
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from agents.command_auth import authorised, record_applied
 from agents.stage import Stage
 from agents.worker_key import worker_signed
 from learning.experiments import (
@@ -150,10 +153,18 @@ class ExperimentsStage(Stage):
         if _field(event.message.value, "command") not in OURS:
             return
         command = await self.decode_with(event, POLICY_COMMANDS)
+        if not isinstance(command, CreateExperiment | RunReplay):
+            return
+        verdict = await authorised(self, command)
+        if verdict is None:
+            return  # refused and alerted: nothing is created, replayed or deployed
+        # The records name the verified signer, never the self-declared actor.
+        command = command.model_copy(update={"actor": verdict.operator})
         if isinstance(command, CreateExperiment):
             await self._create_experiment(event, command)
-        elif isinstance(command, RunReplay):
+        else:
             await self._run_replay(event, command)
+        await record_applied(self, command, verdict)
 
     async def _resolve_golden(self, name: str) -> store.Golden | None:
         base, version = split_versioned(name)

@@ -15,16 +15,16 @@ the commit and the send must not lose it, and consumers can drop the duplicate.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
+from agents.command_auth import authorised, record_applied
 from agents.stage import Stage
-from learning.command_signing import REQUIRED_ROLE, Verdict, authorise
+from learning.command_signing import REQUIRED_ROLE
 from learning.signing import POLICY_CHANGE_KIND, sign_event
-from models.commands import POLICY_COMMANDS, ApproveStep, PolicyCommand
+from models.commands import POLICY_COMMANDS, ApproveStep
 from models.events import Alert, DecisionMade, PolicyChange
 from models.ids import caused_event_id
 from storage.audit import Outcome
@@ -37,7 +37,6 @@ from storage.deployments import (
     next_change_sequence,
     pause_deployment,
 )
-from storage.operator_keys import applied_at, operator_keyring, record_applied_command
 from storage.policy_commands import apply_command, apply_decision
 from storage.pool import durably
 
@@ -102,7 +101,7 @@ class PolicyStage(Stage):
             command = await self.decode_with(event, POLICY_COMMANDS)
             if command is None or command.command not in REQUIRED_ROLE:
                 return  # undecodable (dead-lettered), or another stage's command
-            verdict = await self._authorised(command)
+            verdict = await authorised(self, command)
             if verdict is None:
                 return
             # The audit names the verified signer, never the self-declared actor.
@@ -114,55 +113,9 @@ class PolicyStage(Stage):
                     partial(apply_command, self.app.pool, command), what="policies"
                 )
                 await self._publish(outcome)
-            await durably(
-                partial(record_applied_command, self.app.pool, command, verdict),
-                what="applied_commands",
-            )
+            await record_applied(self, command, verdict)
             return
         await self._publish(outcome)
-
-    async def _authorised(self, command: PolicyCommand) -> Verdict | None:
-        """The verdict on a command's envelope; None, and an alert, when it is refused.
-
-        A command already applied (its event id is in ``applied_commands``) is a
-        replay and is refused too. It is recorded only after its effect and its
-        PolicyChange are out, so a redelivery after a crash before that point is
-        applied again, idempotently, and publishes what the crash may have lost.
-        """
-        when = await durably(
-            partial(applied_at, self.app.pool, command.event_id), what="applied_commands"
-        )
-        if when is not None:
-            verdict = Verdict(
-                False,
-                f"replayed: the command {command.event_id} was already applied at "
-                f"{when.isoformat()}",
-                "replayed",
-            )
-        else:
-            keys, grants = await durably(
-                partial(operator_keyring, self.app.pool), what="operator_keys"
-            )
-            verdict = authorise(
-                command.model_dump(mode="json"),
-                keys,
-                grants,
-                now=datetime.now(UTC),
-                clock_skew=timedelta(seconds=self.app.settings.learnops_command_clock_skew_s),
-            )
-        if verdict:
-            return verdict
-        log.warning(
-            "command_refused action=%s doer=%s event=%s refusal=%s key=%s reason=%r",
-            command.command,
-            command.doer,
-            command.event_id,
-            verdict.refusal,
-            verdict.key_id,
-            verdict.reason,
-        )
-        await self.topics.alerts.send(command_refusal_alert(command, verdict))
-        return None
 
     async def _publish(self, outcome: Outcome | None) -> None:
         """Publish the doer's live policy when it changed, or alert a refusal."""
@@ -309,26 +262,5 @@ def refusal_alert(outcome: Outcome) -> Alert:
             "actor": outcome.actor,
             "status": outcome.from_status,
             "requested_status": outcome.requested_status,
-        },
-    )
-
-
-def command_refusal_alert(command: PolicyCommand, verdict: Verdict) -> Alert:
-    """The alert for a command whose envelope was refused: forged, expired, replayed, …"""
-    return Alert(
-        event_id=caused_event_id("alert", command.event_id),
-        doer=command.doer,
-        kind="command_refused",
-        severity="warning" if verdict.refusal == "replayed" else "critical",
-        message=f"{command.command} refused: {verdict.reason}",
-        policy_id=getattr(command, "policy_id", None),
-        policy_version=getattr(command, "version", None),
-        deployment_id=getattr(command, "deployment_id", None),
-        evidence={
-            "event_id": str(command.event_id),
-            "action": command.command,
-            "refusal": verdict.refusal,
-            "key_id": verdict.key_id,
-            "declared_actor": command.actor,
         },
     )

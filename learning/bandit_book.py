@@ -4,7 +4,7 @@ The value is one per doer (one changelog record holds everything that must
 change together): per phase and parameter of the active policy, its
 :class:`learning.bandit.BanditState`, the shares in force and the sequence
 number of the last allocation published; and whether an operator froze the
-doer's allocations.
+doer's allocations, with the last freeze or unfreeze applied (to refuse older ones).
 
 A scored run folds in when it is live and served by the active policy
 (:func:`counts`): replays, shadow runs and a canary's candidate runs never
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,28 @@ class BanditBook:
 
     bandits: dict[str, ParameterBandit] = field(default_factory=dict)
     frozen: bool = False
+    # The last freeze or unfreeze applied: (issued_at as ISO 8601, event id).
+    control: tuple[str, str] | None = None
+
+    def take_control(self, frozen: bool, issued_at: datetime, event_id: str) -> str | None:
+        """Apply a verified freeze or unfreeze; the reason it is refused, or None.
+
+        Controls apply in the order they were issued: one issued before the last
+        applied is a replay (an old unfreeze must not undo a newer freeze) and is
+        refused. The last one again is a redelivery and changes nothing. The
+        order lives in this value, so it is written with the freeze it guards.
+        """
+        mark = (issued_at.isoformat(), event_id)
+        if self.control is not None and self.control[1] != event_id:
+            last_issued, last_id = datetime.fromisoformat(self.control[0]), self.control[1]
+            if (issued_at, event_id) <= (last_issued, last_id):
+                return (
+                    f"replayed: issued at {mark[0]}, not after the control {last_id} "
+                    f"applied last (issued at {self.control[0]})"
+                )
+        self.control = mark
+        self.frozen = frozen
+        return None
 
     def fold(self, result: CRLComputed, tunables: Tunables, config: BanditConfig) -> str | None:
         """Fold one scored run of the doer in; the reason it is refused, or None.
@@ -205,14 +228,17 @@ class BanditBook:
         return {
             "bandits": {k: b.to_dict() for k, b in self.bandits.items()},
             "frozen": self.frozen,
+            "control": list(self.control) if self.control is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BanditBook:
         """Rebuild from :meth:`to_dict` output (an empty mapping is an empty book)."""
+        control = data.get("control")
         return cls(
             bandits={
                 k: ParameterBandit.from_dict(b) for k, b in (data.get("bandits") or {}).items()
             },
             frozen=bool(data.get("frozen", False)),
+            control=(str(control[0]), str(control[1])) if control else None,
         )

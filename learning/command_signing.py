@@ -10,7 +10,8 @@ them breaks the signature.
 
 Operator keys hold roles per doer pattern (``fnmatch``, case-sensitive):
 ``viewer`` < ``operator`` (shadow, canary, approve steps, pause/resume,
-rollback) < ``owner`` (also register, promote, archive and force). A forced
+rollback, create experiments, run replays, freeze and unfreeze the bandit) <
+``owner`` (also register, promote, archive and force) (:data:`COMMAND_ROLES`). A forced
 promotion needs, besides the owner's signature, ``approver_signature`` by a
 *second* key of a *different* operator that is owner of the doer too.
 
@@ -39,8 +40,7 @@ Role = Literal["viewer", "operator", "owner"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "owner")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 
-#: The role each command needs on its doer; a command not listed here is not
-#: applied by the policy stage and needs no role from it.
+#: The role each command the policy stage applies needs on its doer.
 REQUIRED_ROLE: dict[str, Role] = {
     "register": "owner",
     "promote": "owner",
@@ -51,6 +51,18 @@ REQUIRED_ROLE: dict[str, Role] = {
     "pause_deployment": "operator",
     "resume_deployment": "operator",
     "rollback": "operator",
+}
+
+#: The role every command needs on its doer, whichever stage applies it. A
+#: request raised by the worker's triggers is signed by the worker's key, which
+#: holds the operator role; an action not listed here is refused.
+COMMAND_ROLES: dict[str, Role] = {
+    **REQUIRED_ROLE,
+    "create_experiment": "operator",
+    "run_replay": "operator",
+    "request_experiment": "operator",
+    "freeze_bandit": "operator",
+    "unfreeze_bandit": "operator",
 }
 
 _SIGNATURE_FIELDS = frozenset({"operator_signature", "approver_signature"})
@@ -172,17 +184,18 @@ def authorise(
     timing = _timing(command, now=now, clock_skew=clock_skew)
     if timing is not None:
         return Verdict(False, timing, "expired", key.key_id)
-    needed = REQUIRED_ROLE.get(action)
-    if needed is not None:
-        held = role_on(grants, key.key_id, doer)
-        if held is None or _RANK[held] < _RANK[needed]:
-            return Verdict(
-                False,
-                f"{action} needs the {needed} role on doer {doer}; key {key.key_id} of "
-                f"{key.operator} holds {held or 'no role'} there",
-                "role",
-                key.key_id,
-            )
+    needed = COMMAND_ROLES.get(action)
+    if needed is None:
+        return Verdict(False, f"{action} is not a command any role may send", "role", key.key_id)
+    held = role_on(grants, key.key_id, doer)
+    if held is None or _RANK[held] < _RANK[needed]:
+        return Verdict(
+            False,
+            f"{action} needs the {needed} role on doer {doer}; key {key.key_id} of "
+            f"{key.operator} holds {held or 'no role'} there",
+            "role",
+            key.key_id,
+        )
     approver: str | None = None
     if is_forced_promotion(command):
         second = _signer(command, "approver_signature", keys)

@@ -2,18 +2,19 @@
 
 Both topics are compacted and keyed by doer, so one record per doer carries
 everything: :class:`BanditAllocations` lists every phase/parameter bandit of
-the doer with the shares in force, and :class:`BanditControl` says whether an
-operator froze the doer's allocations. The Router (``learnops.client``)
+the doer with the shares in force, and :class:`BanditControl` is an operator's
+signed freeze or unfreeze of the doer's allocations. The Router (``learnops.client``)
 imports this module and nothing else of the contract's events.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
 from models.base import INT4_MAX, ContractModel, Count, Event, Identifier, UnitFloat, Version
+from models.commands import SignedCommand
 
 __all__ = ["BanditAllocations", "BanditControl", "ParameterAllocation"]
 
@@ -63,9 +64,18 @@ class BanditAllocations(Event):
         return None
 
 
-class BanditControl(Event):
-    """An operator's freeze or unfreeze of a doer's bandit allocations (compacted per doer)."""
+class BanditControl(SignedCommand):
+    """An operator's signed freeze or unfreeze of a doer's bandit allocations (compacted per doer).
 
-    frozen: bool
-    actor: Identifier
+    Like every command it is a signed envelope (``models.commands.SignedCommand``):
+    the bandit stage applies it only when an operator key holding the operator
+    role on the doer signed it and it has not expired (docs/security.md#commands).
+    """
+
+    command: Literal["freeze_bandit", "unfreeze_bandit"]
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+    @property
+    def frozen(self) -> bool:
+        """True for a freeze, False for an unfreeze."""
+        return self.command == "freeze_bandit"

@@ -35,7 +35,9 @@ from models.base import (
 from models.policy_change import CanarySettings
 
 
-class _Command(Event):
+class SignedCommand(Event):
+    """A command as a signed envelope: who asked, why, when it expires, the operator's signature."""
+
     actor: Identifier  # self-declared; the policy stage audits the signing key's operator
     reason: Annotated[str, Field(min_length=1)]
     # The envelope (learning.commands.sign_command fills it in).
@@ -52,7 +54,7 @@ class _Command(Event):
         return self
 
 
-class RegisterPolicy(_Command):
+class RegisterPolicy(SignedCommand):
     """Register a new signed policy version for a doer."""
 
     command: Literal["register"] = "register"
@@ -75,7 +77,7 @@ class RegisterPolicy(_Command):
         return self
 
 
-class StartShadow(_Command):
+class StartShadow(SignedCommand):
     """Mirror a share of the doer's tasks to a candidate policy, without serving its output."""
 
     command: Literal["start_shadow"] = "start_shadow"
@@ -85,7 +87,7 @@ class StartShadow(_Command):
     canary: CanarySettings = Field(default_factory=CanarySettings)  # how shadow runs are compared
 
 
-class StartCanary(_Command):
+class StartCanary(SignedCommand):
     """Start serving a candidate policy to a growing share of the doer's tasks."""
 
     command: Literal["start_canary"] = "start_canary"
@@ -98,7 +100,7 @@ class StartCanary(_Command):
     canary: CanarySettings = Field(default_factory=CanarySettings)
 
 
-class PromotePolicy(_Command):
+class PromotePolicy(SignedCommand):
     """Make a policy version the doer's active policy."""
 
     command: Literal["promote"] = "promote"
@@ -108,7 +110,7 @@ class PromotePolicy(_Command):
     force: bool = False  # promote from draft or shadow, skipping steps; the reason is recorded
 
 
-class RollbackPolicy(_Command):
+class RollbackPolicy(SignedCommand):
     """End a shadow or canary deployment and return all traffic to the active policy.
 
     Name the deployment, or the candidate version, or neither to roll back the
@@ -128,7 +130,7 @@ class RollbackPolicy(_Command):
         return self
 
 
-class ArchivePolicy(_Command):
+class ArchivePolicy(SignedCommand):
     """Retire a policy version that is not active."""
 
     command: Literal["archive"] = "archive"
@@ -136,7 +138,7 @@ class ArchivePolicy(_Command):
     version: Version
 
 
-class ApproveStep(_Command):
+class ApproveStep(SignedCommand):
     """Let a deployment that waits for approval move to its next traffic step."""
 
     command: Literal["approve_step"] = "approve_step"
@@ -144,14 +146,14 @@ class ApproveStep(_Command):
     step: Count
 
 
-class PauseDeployment(_Command):
+class PauseDeployment(SignedCommand):
     """Hold a live shadow or canary deployment at its current step (routing stays as it is)."""
 
     command: Literal["pause_deployment"] = "pause_deployment"
     deployment_id: Identifier
 
 
-class ResumeDeployment(_Command):
+class ResumeDeployment(SignedCommand):
     """Let a paused deployment carry on from the step it was held at."""
 
     command: Literal["resume_deployment"] = "resume_deployment"
@@ -161,7 +163,7 @@ class ResumeDeployment(_Command):
 ExperimentType = Literal["prompt_synthesis", "adapter_training", "tool_tuning", "rag_optimization"]
 
 
-class CreateExperiment(_Command):
+class CreateExperiment(SignedCommand):
     """Create an experiment testing a candidate policy against the doer's active one.
 
     The candidate is replayed with the control on a golden dataset (``dataset``,
@@ -186,7 +188,7 @@ class CreateExperiment(_Command):
     request_id: TextUUID | None = None
 
 
-class RunReplay(_Command):
+class RunReplay(SignedCommand):
     """Replay a policy and the doer's active policy offline on a golden dataset under seeds.
 
     The replay id is a function of the policy's content hash, the dataset's
@@ -203,7 +205,7 @@ class RunReplay(_Command):
     timeout_s: Annotated[float, Field(gt=0)] | None = None  # None: the configured timeout
 
 
-class RequestExperiment(_Command):
+class RequestExperiment(SignedCommand):
     """Ask for an experiment (from a person or a skill card) before a candidate exists."""
 
     command: Literal["request_experiment"] = "request_experiment"

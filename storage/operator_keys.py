@@ -12,7 +12,7 @@ from typing import Any
 
 from learning.command_signing import Grant, OperatorKey, Role, Verdict
 from learning.signing import PublicKey
-from models.commands import PolicyCommand
+from models.commands import SignedCommand
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ async def applied_at(pool: Any, event_id: Any) -> datetime | None:
     return value
 
 
-async def record_applied_command(pool: Any, command: PolicyCommand, verdict: Verdict) -> None:
+async def record_applied_command(pool: Any, command: SignedCommand, verdict: Verdict) -> None:
     """Remember that a verified command was applied, so its event id is never applied again."""
     await pool.execute(
         """
@@ -126,7 +126,7 @@ async def record_applied_command(pool: Any, command: PolicyCommand, verdict: Ver
         ON CONFLICT (event_id) DO NOTHING
         """,
         command.event_id,
-        command.command,
+        command.command,  # type: ignore[attr-defined]  # every concrete command has one
         command.doer,
         verdict.key_id,
         verdict.operator,

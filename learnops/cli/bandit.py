@@ -1,9 +1,10 @@
 """`learnops bandit freeze|unfreeze|show DOER`: hold a doer's bandit allocations, or read them.
 
-``freeze`` and ``unfreeze`` publish a :class:`models.bandit.BanditControl` on the
-compacted learning.bandit-controls topic (keyed by doer, so the latest record is
-the doer's state); the bandit stage (agents/bandit.py) applies it at its next
-batch and republishes the allocations with ``frozen`` set. ``show`` reads the
+``freeze`` and ``unfreeze`` publish a :class:`models.bandit.BanditControl`, signed
+with the operator's key (``LEARNOPS_OPERATOR_KEY``) like every command, on the
+compacted learning.bandit-controls topic (keyed by doer); the bandit stage
+(agents/bandit.py) verifies it, applies it at its next batch and republishes
+the allocations with ``frozen`` set. ``show`` reads the
 doer's latest record of learning.bandit-allocations.
 """
 
@@ -24,7 +25,7 @@ _actor = click.option(
     "--actor",
     default=lambda: getpass.getuser(),
     show_default="the current user",
-    help="Who is asking, for the record.",
+    help="Who is asking, as declared (the record names the key's operator).",
 )
 _reason = click.option("--reason", required=True, help="Why, for the record.")
 _doer = click.argument("doer")
@@ -36,9 +37,18 @@ def bandit() -> None:
 
 
 async def _control(ctx: GroupedCommand, doer: str, frozen: bool, actor: str, reason: str) -> None:
+    from learnops.cli.operator import signed
     from models.bandit import BanditControl
 
-    control = BanditControl(doer=doer, frozen=frozen, actor=actor, reason=reason)
+    control = signed(
+        ctx,
+        BanditControl(
+            doer=doer,
+            command="freeze_bandit" if frozen else "unfreeze_bandit",
+            actor=actor,
+            reason=reason,
+        ),
+    )
     producer = ctx.settings.kafka_producer()
     await producer.start()
     try:
@@ -47,7 +57,8 @@ async def _control(ctx: GroupedCommand, doer: str, frozen: bool, actor: str, rea
         await producer.stop()
     verb = "frozen" if frozen else "unfrozen"
     ctx.say(
-        f"{doer}: allocations {verb} by {actor} (the bandit stage applies it at its next batch)"
+        f"{doer}: {verb} sent as {control.event_id}, signed with your operator key (the bandit "
+        "stage applies it at its next batch if your key holds the operator role on the doer)"
     )
 
 

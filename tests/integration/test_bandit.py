@@ -5,7 +5,8 @@ small model score far better. The worker (crl, policy and bandit stages) must
 publish allocations that move to the small model, send a run naming an
 undeclared option to the DLQ with its reason, ignore replays, hold a frozen
 doer's shares, and count each run once across a restart that redelivers
-everything it read.
+everything it read. A freeze is a signed command: an unsigned or forged one is
+refused with its reason and the shares keep moving.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from agents.topics import read_from_start
 from learning.signing import SigningKey, signed_artifact
 from learnops.client import Allocations
 from learnops.simulation.orchestrator import Orchestrator
-from models.bandit import BanditAllocations
+from models.bandit import BanditAllocations, BanditControl
 from models.commands import RegisterPolicy
-from models.events import DeadLetter, RunCompleted
+from models.events import Alert, DeadLetter, RunCompleted
+from models.ids import caused_event_id
 from storage.policies import find_policy
 from storage.skills import open_requests
 from tests.integration.kafka_io import eventually, publish
+from tests.operators import signed
 from tests.services import (
     REPO,
     WorkerProcess,
@@ -41,6 +44,7 @@ from tests.services import (
 RUNS = "learning.run-completed"
 SCORED = "learning.crl-computed"
 ALLOCATIONS = "learning.bandit-allocations"
+CONTROLS = "learning.bandit-controls"
 PARAMETER = "router.model"
 LARGE, SMALL = "model-a-large", "model-c-small"
 EVERY = 20
@@ -130,12 +134,9 @@ class Doer:
         await publish(self.producer, topic, [(e.doer.encode(), e.to_json()) for e in events])
 
 
-async def test_allocations_move_to_the_better_option_and_survive_freeze_and_restart(
-    bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
-) -> None:
-    doer = Doer(producer, bandit_worker.env)
-    bootstrap = settings.kafka_bootstrap_servers
-    start = await end_offsets(bootstrap, (RUNS, SCORED))
+async def registered_doer(producer: Any, env: dict[str, str], db: Any, key: SigningKey) -> Doer:
+    """A fresh doer whose signed policy v1 declares the two models, registered in the store."""
+    doer = Doer(producer, env)
     body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
     register = RegisterPolicy(
         doer=doer.name,
@@ -143,10 +144,19 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
         reason="two models to choose from",
         policy_id=doer.policy,
         version=1,
-        **signed_artifact(body, signing_key, doer=doer.name, policy_id=doer.policy, version=1),
+        **signed_artifact(body, key, doer=doer.name, policy_id=doer.policy, version=1),
     )
-    await doer.send("learning.commands", register)
+    await doer.send("learning.commands", signed(register))
     await eventually(lambda: find_policy(db, doer.policy, 1), lambda p: p is not None)
+    return doer
+
+
+async def test_allocations_move_to_the_better_option_and_survive_freeze_and_restart(
+    bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
+) -> None:
+    doer = await registered_doer(producer, bandit_worker.env, db, signing_key)
+    bootstrap = settings.kafka_bootstrap_servers
+    start = await end_offsets(bootstrap, (RUNS, SCORED, CONTROLS))
 
     # 200 live runs, replays that must not count, and one undeclared option.
     await doer.run(200)
@@ -174,7 +184,7 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     assert "tunables" not in evidence["candidate_artifact"]
 
     # Frozen: the record shows every live run folded; runs still arrive, shares stay.
-    frozen = await freeze(doer, settings, True)
+    frozen = await freeze(doer, settings, db, True)
     assert _runs(frozen) == 200
     await doer.run(100)
     await doer.send(RUNS, doer.bundle("model-y-unknown"))
@@ -182,7 +192,7 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     assert (await _allocations(settings, doer.name))[-1] == frozen
 
     # Unfrozen: the runs folded while frozen count at once.
-    thawed = await freeze(doer, settings, False)
+    thawed = await freeze(doer, settings, db, False)
     assert _runs(thawed) == 300 and thawed.sequence == frozen.sequence + 1
 
     # The orchestrator's client, pinning the worker's key, takes the same signed shares and
@@ -205,7 +215,15 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     await doer.run(EVERY)
     await doer.send(RUNS, doer.bundle("model-w-unknown"))
     await _dead_letter_naming(settings, doer.name, "model-w-unknown")
-    assert _runs(await freeze(doer, settings, True)) == 300 + EVERY
+    assert _runs(await freeze(doer, settings, db, True)) == 300 + EVERY
+    # The first freeze, read again, is older than the unfreeze applied after it: refused.
+    first_freeze = await db.fetchval(
+        "SELECT event_id FROM applied_commands WHERE doer = $1 AND action = 'freeze_bandit' "
+        "ORDER BY issued_at LIMIT 1",
+        doer.name,
+    )
+    replayed = await _refusal(settings, doer.name, first_freeze)
+    assert replayed.evidence["refusal"] == "replayed", replayed.message
     shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name, "--json")
     assert shown.returncode == 0, shown.stderr
     assert BanditAllocations.model_validate_json(shown.stdout).frozen
@@ -222,7 +240,7 @@ async def _held(client: Allocations, doer: str) -> BanditAllocations | None:
     return client.latest(doer)
 
 
-async def freeze(doer: Doer, settings: Any, frozen: bool) -> BanditAllocations:
+async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllocations:
     """`learnops bandit freeze|unfreeze DOER`; the allocations record the stage publishes after."""
     before = len(await _allocations(settings, doer.name))
     verb = "freeze" if frozen else "unfreeze"
@@ -230,7 +248,8 @@ async def freeze(doer: Doer, settings: Any, frozen: bool) -> BanditAllocations:
         run_learnops, doer.env, "bandit", verb, doer.name, "--actor", "ops", "--reason", "test"
     )
     assert done.returncode == 0, done.stderr
-    assert f"allocations {'frozen' if frozen else 'unfrozen'} by ops" in done.stdout
+    assert f"{'frozen' if frozen else 'unfrozen'} sent as" in done.stdout
+    event_id = done.stdout.split(" sent as ")[1].split(",")[0]
 
     async def probe() -> list[BanditAllocations]:
         return await _allocations(settings, doer.name)
@@ -238,4 +257,61 @@ async def freeze(doer: Doer, settings: Any, frozen: bool) -> BanditAllocations:
     found = await eventually(
         probe, lambda a: any(r.frozen == frozen for r in a[before:]), timeout=90.0
     )
+    # The audit names the key's operator (tests.operators: "tests"), not the declared actor.
+    applied = await db.fetchrow(
+        "SELECT action, operator FROM applied_commands WHERE event_id = $1", uuid.UUID(event_id)
+    )
+    assert applied is not None, f"no applied_commands row for {verb} {event_id}"
+    assert (applied["action"], applied["operator"]) == (f"{verb}_bandit", "tests")
     return next(r for r in found[before:] if r.frozen == frozen)
+
+
+async def test_an_unsigned_or_forged_freeze_is_refused_and_the_allocations_keep_moving(
+    bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
+) -> None:
+    doer = await registered_doer(producer, bandit_worker.env, db, signing_key)
+    await doer.run(EVERY)
+    first = await eventually(
+        lambda: _allocations(settings, doer.name), lambda a: len(a) > 0, timeout=90.0
+    )
+    unsigned = BanditControl(doer=doer.name, command="freeze_bandit", actor="ops", reason="hold it")
+    # Signed by a registered owner, then altered: the signature no longer matches.
+    forged = signed(
+        BanditControl(doer=doer.name, command="unfreeze_bandit", actor="ops", reason="go")
+    ).model_copy(update={"command": "freeze_bandit"})
+    await doer.send(CONTROLS, unsigned, forged)
+
+    for control, refusal in ((unsigned, "unsigned"), (forged, "signature")):
+        alert = await _refusal(settings, control.doer, control.event_id)
+        assert alert.evidence["refusal"] == refusal, alert.message
+        assert alert.message.startswith("freeze_bandit refused: ")
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM applied_commands WHERE event_id = $1", control.event_id
+            )
+            == 0
+        )
+
+    # Not frozen: the next runs move the shares again.
+    await doer.run(EVERY)
+    later = await eventually(
+        lambda: _allocations(settings, doer.name),
+        lambda a: a[-1].sequence > first[-1].sequence,
+        timeout=90.0,
+    )
+    assert not any(a.frozen for a in later)
+
+
+async def _refusal(settings: Any, doer: str, event_id: uuid.UUID) -> Alert:
+    """The command_refused alert of a control on learning.alerts (waits, fails loudly if none)."""
+    wanted = caused_event_id("alert", event_id)
+
+    async def probe() -> list[Alert]:
+        records = await read_from_start(settings, "learning.alerts")
+        alerts = [Alert.from_json(r.value) for r in records if r.key == doer.encode()]
+        return [a for a in alerts if a.event_id == wanted]
+
+    found = await eventually(probe, lambda a: len(a) > 0, timeout=90.0)
+    assert found, f"no refusal alert for {event_id}"
+    assert found[0].kind == "command_refused"
+    return found[0]

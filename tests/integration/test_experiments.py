@@ -40,6 +40,7 @@ from storage import audit as audit_store
 from storage import experiments as experiments_store
 from storage import policies as store
 from tests.integration.kafka_io import LAG_S, eventually, publish
+from tests.integration.test_authorised_commands import raw, refusal
 from tests.integration.test_policy_agent import verdict
 from tests.operators import signed
 from tests.services import (
@@ -265,6 +266,48 @@ async def test_a_worse_candidate_ends_failed_at_replay_with_its_numbers(
     rates = await db.fetchrow("SELECT * FROM v_experiment_success_rate WHERE doer = $1", doer.name)
     assert (rates["experiments"], rates["concluded"], rates["promoted"]) == (1, 1, 0)
     assert rates["success_rate"] == 0
+
+
+async def test_a_forged_or_unsigned_experiment_or_replay_is_refused_and_nothing_starts(
+    worker: WorkerProcess, producer: Any, db: Any, signing_key: SigningKey
+) -> None:
+    doer = await make_doer(db, producer, signing_key, "Attacked")
+    unsigned = experiment(doer, 2, deploy="canary")
+    # Signed by a registered owner for a shadow, then altered to go straight to canary.
+    forged = signed(experiment(doer, 2)).model_copy(update={"deploy": "canary"})
+    replay = RunReplay(
+        doer=doer.name,
+        actor="tests",
+        reason="unsigned",
+        policy_id=doer.policy_id,
+        version=2,
+        dataset=doer.golden,
+        seeds=SEEDS,
+    )
+    await raw(producer, unsigned, forged, replay)
+    for command, why in ((unsigned, "unsigned"), (forged, "signature"), (replay, "unsigned")):
+        alert = await refusal(db, command)
+        assert alert["evidence"]["refusal"] == why, alert["message"]
+        assert alert["message"].startswith(f"{command.command} refused: ")
+    # Each refusal is sent before anything is acted on, and the doer's events are handled in order.
+    created = await db.fetchval(
+        "SELECT count(*) FROM experiments WHERE experiment_id = ANY($1::text[])",
+        [unsigned.experiment_id, forged.experiment_id],
+    )
+    replays = await db.fetchval(
+        "SELECT count(*) FROM offline_replays WHERE requested_by = ANY($1::uuid[])",
+        [unsigned.event_id, forged.event_id, replay.event_id],
+    )
+    deployments = await db.fetchval(
+        "SELECT count(*) FROM shadow_deployments WHERE doer = $1", doer.name
+    )
+    applied = await db.fetchval(
+        "SELECT count(*) FROM applied_commands WHERE event_id = ANY($1::uuid[])",
+        [unsigned.event_id, forged.event_id, replay.event_id],
+    )
+    assert (created, replays, deployments, applied) == (0, 0, 0, 0)
+    candidate = await store.find_policy(db, doer.policy_id, 2)
+    assert candidate is not None and candidate.status == "draft"
 
 
 async def test_an_experiment_follows_its_shadow_to_a_rollback(

@@ -1,5 +1,6 @@
 """One doer's bandits as the stage keeps them: which runs fold in, versions, freezing, sequences."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -110,3 +111,20 @@ def test_the_same_book_and_seed_give_the_same_allocation_after_a_restart() -> No
 
 def test_an_empty_value_is_an_empty_unfrozen_book() -> None:
     assert BanditBook.from_dict({}) == BanditBook()
+
+
+def test_freezes_apply_in_issue_order_and_an_older_one_is_refused_as_a_replay() -> None:
+    book = BanditBook()
+    t0 = datetime(2026, 12, 4, 7, 0, tzinfo=UTC)
+    assert book.take_control(True, t0, "freeze-1") is None
+    assert book.take_control(False, t0 + timedelta(minutes=1), "unfreeze-1") is None
+    assert not book.frozen
+    # The first freeze sent again must not undo the newer unfreeze.
+    refused = book.take_control(True, t0, "freeze-1")
+    assert refused is not None and refused.startswith("replayed")
+    assert not book.frozen
+    # The last control redelivered changes nothing and is not refused.
+    assert book.take_control(False, t0 + timedelta(minutes=1), "unfreeze-1") is None
+    restored = BanditBook.from_dict(book.to_dict())
+    assert restored == book
+    assert restored.take_control(True, t0 + timedelta(seconds=30), "freeze-2") is not None

@@ -15,9 +15,17 @@ from learning.command_signing import (
     authorise,
     role_on,
     sign_command,
+    sign_payload,
 )
 from learning.signing import generate_key
-from models.commands import POLICY_COMMANDS, PromotePolicy, StartCanary
+from models.bandit import BanditControl
+from models.commands import (
+    POLICY_COMMANDS,
+    CreateExperiment,
+    PromotePolicy,
+    RunReplay,
+    StartCanary,
+)
 
 NOW = datetime(2026, 12, 4, 7, 0, tzinfo=UTC)
 SKEW = timedelta(seconds=30)
@@ -147,3 +155,35 @@ def test_an_approval_signed_over_another_command_does_not_count() -> None:
     verdict = check(spliced)
     assert verdict.refusal == "signature"
     assert "second approver" in verdict.reason
+
+
+ASKED = {"doer": "PRDWriter", "actor": "a", "reason": "r"}
+CANDIDATE = {**ASKED, "policy_id": "p", "version": 2}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        CreateExperiment(**CANDIDATE, experiment_id="exp-1", hypothesis="h", dataset="g"),
+        RunReplay(**CANDIDATE, dataset="g", seeds=[1]),
+        BanditControl(**ASKED, command="freeze_bandit"),
+    ],
+    ids=["create_experiment", "run_replay", "freeze_bandit"],
+)
+def test_experiment_replay_and_bandit_commands_need_the_operator_role(command: Any) -> None:
+    def signed_by(key: Any) -> Any:
+        body = sign_command(command, key, now=NOW).model_dump(mode="json")
+        return authorise(body, KEYS, GRANTS, now=NOW, clock_skew=SKEW)
+
+    refused = signed_by(VIC)
+    assert refused.refusal == "role" and "needs the operator role" in refused.reason
+    allowed = signed_by(BOB)
+    assert allowed.allowed and allowed.operator == "bob", allowed.reason
+
+
+def test_an_action_no_role_covers_is_refused_even_when_signed_by_an_owner() -> None:
+    command = sign_command(promote(), ALICE, now=NOW).model_dump(mode="json")
+    command["command"] = "launch_missiles"
+    command["operator_signature"] = sign_payload(command, ALICE)
+    verdict = authorise(command, KEYS, GRANTS, now=NOW, clock_skew=SKEW)
+    assert verdict.refusal == "role" and "not a command" in verdict.reason

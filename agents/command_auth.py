@@ -1,0 +1,112 @@
+"""Whether a stage may act on a signed command: the one check every stage that acts on one makes.
+
+The policy stage (policy commands), the experiments stage (experiments and
+replays) and the bandit stage (freezes) call :func:`authorised` before they act:
+the envelope's signature, its key (registered, not revoked), its expiry and
+the role the action needs on the doer (``learning.command_signing.authorise``),
+and, unless the stage guards replays itself, that its event id was never
+applied. A refusal is logged and alerted (``command_refused``) with its reason,
+and the stage does nothing else with the command.
+
+The stage records the command as applied (:func:`record_applied`) only after
+its effect, so a redelivery after a crash before that point is applied again,
+idempotently, and publishes what the crash may have lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING
+
+from learning.command_signing import Verdict, authorise
+from models.commands import SignedCommand
+from models.events import Alert
+from models.ids import caused_event_id
+from storage.operator_keys import applied_at, operator_keyring, record_applied_command
+from storage.pool import durably
+
+if TYPE_CHECKING:
+    from agents.stage import Stage
+
+log = logging.getLogger("learnops.commands")
+
+
+async def authorised(
+    stage: Stage, command: SignedCommand, *, replays: bool = True
+) -> Verdict | None:
+    """The verdict on a command's envelope; None, and an alert, when it is refused.
+
+    With ``replays``, a command already applied (its event id is in
+    ``applied_commands``) is refused as a replay; a stage whose effect lives in
+    a Faust table orders its commands itself instead (agents/bandit.py).
+    """
+    pool = stage.app.pool
+    when = None
+    if replays:
+        when = await durably(partial(applied_at, pool, command.event_id), what="applied_commands")
+    if when is not None:
+        verdict = Verdict(
+            False,
+            f"replayed: the command {command.event_id} was already applied at {when.isoformat()}",
+            "replayed",
+        )
+    else:
+        keys, grants = await durably(partial(operator_keyring, pool), what="operator_keys")
+        verdict = authorise(
+            command.model_dump(mode="json"),
+            keys,
+            grants,
+            now=datetime.now(UTC),
+            clock_skew=timedelta(seconds=stage.app.settings.learnops_command_clock_skew_s),
+        )
+    if verdict:
+        return verdict
+    await refuse(stage, command, verdict)
+    return None
+
+
+async def refuse(stage: Stage, command: SignedCommand, verdict: Verdict) -> None:
+    """Log and alert a refused command with its reason."""
+    log.warning(
+        "command_refused stage=%s action=%s doer=%s event=%s refusal=%s key=%s reason=%r",
+        stage.name,
+        getattr(command, "command", "?"),
+        command.doer,
+        command.event_id,
+        verdict.refusal,
+        verdict.key_id,
+        verdict.reason,
+    )
+    await stage.topics.alerts.send(command_refusal_alert(command, verdict))
+
+
+async def record_applied(stage: Stage, command: SignedCommand, verdict: Verdict) -> None:
+    """Record a verified command as applied, with its signer: the audit and the replay guard."""
+    await durably(
+        partial(record_applied_command, stage.app.pool, command, verdict),
+        what="applied_commands",
+    )
+
+
+def command_refusal_alert(command: SignedCommand, verdict: Verdict) -> Alert:
+    """The alert for a command whose envelope was refused: forged, expired, replayed, …"""
+    action = getattr(command, "command", "?")
+    return Alert(
+        event_id=caused_event_id("alert", command.event_id),
+        doer=command.doer,
+        kind="command_refused",
+        severity="warning" if verdict.refusal == "replayed" else "critical",
+        message=f"{action} refused: {verdict.reason}",
+        policy_id=getattr(command, "policy_id", None),
+        policy_version=getattr(command, "version", None),
+        deployment_id=getattr(command, "deployment_id", None),
+        evidence={
+            "event_id": str(command.event_id),
+            "action": action,
+            "refusal": verdict.refusal,
+            "key_id": verdict.key_id,
+            "declared_actor": command.actor,
+        },
+    )
