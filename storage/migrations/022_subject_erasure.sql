@@ -16,6 +16,9 @@
 --                           erased_golden_samples;
 --   golden_datasets         a golden dataset whose latest version held the
 --                           subject gets a NEW version without those samples;
+--   blobs                   text/plain blobs (replay inputs: a golden sample's
+--                           text) holding the subject are deleted, and
+--   offline_replay_tasks    tasks that read one point at the '[ERASED]' blob;
 --   subject_erasures        one audit row: who, when, why, rows per table, the
 --                           new versions, and the subject only as a keyed hash.
 -- The frozen tables' triggers allow these tombstones only inside that function
@@ -166,7 +169,15 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM erased_golden_samples e
                             WHERE (e.golden_name, e.golden_version, e.sample_id)
                                 = (s.golden_name, s.golden_version, s.sample_id));
+    -- Replay inputs: a golden sample's text as a text/plain blob (storage/experiments.py).
+    CREATE TEMP TABLE erasing_blobs ON COMMIT DROP AS
+        SELECT sha256 FROM blobs
+         WHERE media_type = 'text/plain' AND content <> convert_to('[ERASED]', 'UTF8')
+           AND learnops_holds_subject(convert_from(content, 'UTF8'), needle);
     counts := jsonb_build_object(
+        'blobs', (SELECT count(*) FROM erasing_blobs),
+        'offline_replay_tasks',
+        (SELECT count(*) FROM offline_replay_tasks WHERE input_hash IN (SELECT sha256 FROM erasing_blobs)),
         'dataset_samples',
         (SELECT count(*) FROM dataset_samples
           WHERE learnops_holds_subject(content, needle)
@@ -233,6 +244,18 @@ BEGIN
       FROM erasing_golden e
      WHERE (e.golden_name, e.golden_version, e.sample_id)
          = (s.golden_name, s.golden_version, s.sample_id);
+    -- A replay task that read the subject's text now points at a tombstone blob;
+    -- the blob itself goes (it is content-addressed, so it cannot be edited).
+    IF EXISTS (SELECT 1 FROM erasing_blobs) THEN
+        INSERT INTO blobs (sha256, content, media_type)
+        VALUES (encode(sha256(convert_to('[ERASED]', 'UTF8')), 'hex'),
+                convert_to('[ERASED]', 'UTF8'), 'text/plain')
+        ON CONFLICT (sha256) DO NOTHING;
+        UPDATE offline_replay_tasks
+           SET input_hash = encode(sha256(convert_to('[ERASED]', 'UTF8')), 'hex')
+         WHERE input_hash IN (SELECT sha256 FROM erasing_blobs);
+        DELETE FROM blobs WHERE sha256 IN (SELECT sha256 FROM erasing_blobs);
+    END IF;
     DELETE FROM dataset_samples
      WHERE learnops_holds_subject(content, needle)
         OR learnops_holds_subject(labels::text, needle);

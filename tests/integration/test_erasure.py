@@ -11,6 +11,8 @@ import pytest
 
 from learning.curation import content_hash
 from storage import datasets as store
+from storage import experiments
+from tests.integration.test_policy_store import bootstrap, trusted_key
 from tests.services import run_learnops
 
 _INSERT = """
@@ -21,10 +23,11 @@ INSERT INTO dataset_samples (
 """
 
 
-async def _seed(db: Any, texts: list[str]) -> tuple[str, str, list[str]]:
+async def _seed(db: Any, texts: list[str], doer: str | None = None) -> tuple[str, str, list[str]]:
     """A dataset of ``texts`` frozen as a golden dataset: (dataset, golden, sample ids)."""
     tag = uuid.uuid4().hex[:10]
-    doer, dataset, golden = f"Erase{tag}", f"Erase{tag}/prd", f"erase-{tag}"
+    doer = doer or f"Erase{tag}"
+    dataset, golden = f"{doer}/prd", f"erase-{tag}"
     ids = []
     for n, text in enumerate(texts):
         sample = f"{tag}-{n}"
@@ -33,7 +36,6 @@ async def _seed(db: Any, texts: list[str]) -> tuple[str, str, list[str]]:
             _INSERT, sample, uuid.uuid4(), dataset, doer, f"run-{sample}", f"a{n}", text,
             content_hash(text),
         )  # fmt: skip
-        # Each sample is unique to this test; the subject is unique too.
     await store.freeze(db, dataset, golden, actor="tests")
     return dataset, golden, ids
 
@@ -59,11 +61,28 @@ async def test_erase_removes_the_subject_everywhere_and_keeps_the_others(
     db: Any, settings_env: dict[str, str]
 ) -> None:
     subject = f"alice_{uuid.uuid4().hex[:8]}"
-    dataset, golden, ids = await _seed(db, _texts(subject))
+    doer = f"Erase{uuid.uuid4().hex[:8]}"
+    await bootstrap(db, doer, await trusted_key(db), versions=1)
+    dataset, golden, ids = await _seed(db, _texts(subject), doer)
+    # A replay of the golden dataset: its tasks' inputs are the samples' text.
+    frozen = await experiments.find_golden(db, golden)
+    assert frozen is not None
+    replay = await experiments.start_replay(
+        db,
+        policy=await experiments.find_policy_row(db, doer.lower(), 1),
+        golden=frozen,
+        seeds=[1, 2],
+        requested_by=uuid.uuid4(),
+        actor="tests",
+        timeout_s=600,
+        force=False,
+    )
 
     result = await _erase(settings_env, f"  {subject.title()} ", "--reason", "request 42")
 
     assert result["rows"] == {
+        "blobs": 2,
+        "offline_replay_tasks": 4,
         "dataset_samples": 2,
         "golden_dataset_samples": 2,
         "golden_datasets": 1,
@@ -75,6 +94,21 @@ async def test_erase_removes_the_subject_everywhere_and_keeps_the_others(
             f"SELECT count(*) FROM {table} WHERE content ILIKE $1 OR labels::text ILIKE $1", needle
         )
         assert left == 0, f"{table} still holds the subject"
+    tasks = await db.fetch(
+        "SELECT t.sample_id, convert_from(b.content, 'UTF8') AS input FROM offline_replay_tasks t "
+        "JOIN blobs b ON b.sha256 = t.input_hash WHERE t.replay_id = $1 ORDER BY t.sample_id",
+        replay.replay_id,
+    )
+    assert sorted({(t["sample_id"], t["input"]) for t in tasks}) == [
+        (ids[0], "[ERASED]"),
+        (ids[1], "[ERASED]"),
+        (ids[2], _texts(subject)[2]),
+    ]
+    assert not await db.fetchval(
+        "SELECT count(*) FROM blobs WHERE convert_from(content, 'UTF8') ILIKE $1 "
+        "AND media_type = 'text/plain'",
+        needle,
+    )
     # The other person's sample stays: in the dataset and in both golden versions.
     assert (
         await db.fetchval("SELECT count(*) FROM dataset_samples WHERE dataset = $1", dataset) == 1
@@ -120,8 +154,9 @@ async def test_a_dry_run_prints_the_counts_and_changes_nothing(
     done = run_learnops(settings_env, "dataset", "erase", "--subject", subject, "--dry-run")
 
     assert done.returncode == 0, done.stderr
-    assert "would erase: dataset_samples=2, golden_dataset_samples=2, golden_datasets=1" in (
-        done.stdout
+    assert (
+        "would erase: blobs=0, dataset_samples=2, golden_dataset_samples=2, golden_datasets=1, "
+        "offline_replay_tasks=0" in done.stdout
     )
     assert f"{golden}@2" in done.stdout
     assert (
