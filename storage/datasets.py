@@ -173,7 +173,10 @@ async def freeze(pool: Any, dataset: str, golden: str, *, actor: str) -> GoldenD
     database refuses any change to it.
     """
     async with pool.acquire() as conn, conn.transaction():
-        # Two freezes of one name at once would pick the same version.
+        # Two freezes of one name at once would pick the same version; and a
+        # freeze during an erasure (which holds this lock exclusively) could
+        # copy a sample the erasure is about to delete.
+        await conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext('learnops:erasure'))")
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('golden:' || $1))", golden)
         version = int(
             await conn.fetchval(

@@ -37,10 +37,27 @@ CREATE TABLE learnops_private.erasure_key (
 INSERT INTO learnops_private.erasure_key (key)
 VALUES (sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')));
 
+-- HMAC-SHA256 (RFC 2104) of ``message`` under ``key`` (at most 64 bytes): the
+-- server has sha256() but, without pgcrypto, no hmac().
+CREATE FUNCTION learnops_private.hmac_sha256(key bytea, message bytea) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    padded bytea := key || decode(repeat('00', 64 - length(key)), 'hex');
+    inner_pad bytea := padded;
+    outer_pad bytea := padded;
+BEGIN
+    FOR i IN 0..63 LOOP
+        inner_pad := set_byte(inner_pad, i, get_byte(padded, i) # 54);   -- 0x36
+        outer_pad := set_byte(outer_pad, i, get_byte(padded, i) # 92);   -- 0x5c
+    END LOOP;
+    RETURN sha256(outer_pad || sha256(inner_pad || message));
+END
+$$;
+
 -- One row per erasure. Append-only; written only by learnops_erase_subject().
 CREATE TABLE subject_erasures (
     id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    subject_hash text        NOT NULL CHECK (subject_hash ~ '^[0-9a-f]{64}$'),
+    subject_hash text        NOT NULL CHECK (subject_hash ~ '^[0-9a-f]{64}$'),  -- HMAC-SHA256
     actor        text        NOT NULL CHECK (actor <> ''),
     reason       text        NOT NULL,
     row_counts   jsonb       NOT NULL,   -- table -> rows erased
@@ -157,9 +174,10 @@ BEGIN
     IF coalesce(btrim(actor), '') = '' THEN
         RAISE EXCEPTION 'an erasure needs an actor' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    hash := encode(sha256((SELECT key FROM learnops_private.erasure_key)
-                          || convert_to(needle, 'UTF8')), 'hex');
-    -- One erasure (or freeze of a golden dataset) at a time.
+    hash := encode(learnops_private.hmac_sha256(
+        (SELECT key FROM learnops_private.erasure_key), convert_to(needle, 'UTF8')), 'hex');
+    -- One erasure at a time, and no freeze during one (storage/datasets.freeze
+    -- holds this lock shared): what is read below is what is erased.
     PERFORM pg_advisory_xact_lock(hashtext('learnops:erasure'));
 
     CREATE TEMP TABLE erasing_golden ON COMMIT DROP AS

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from typing import Any
 
@@ -137,6 +139,10 @@ async def test_erase_removes_the_subject_everywhere_and_keeps_the_others(
     assert (audit["actor"], audit["reason"]) == ("dpo", "request 42")
     assert audit["row_counts"] == result["rows"]
     assert audit["subject_hash"] == result["subject_hash"]
+    # The hash is HMAC-SHA256 of the normalised subject under the private key.
+    key = await db.fetchval("SELECT key FROM learnops_private.erasure_key")
+    expected = hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()
+    assert audit["subject_hash"] == expected
     assert subject not in orjson.dumps(dict(audit), default=str).decode().lower()
     # Erasing again finds nothing and makes no version; the hash is the same.
     again = await _erase(settings_env, subject)
