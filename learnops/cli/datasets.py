@@ -241,12 +241,14 @@ async def dataset_verify(self: GroupedCommand, golden: str, as_json: bool) -> No
                     "sample_count": result.sample_count,
                     "manifest_hash": result.manifest_hash,
                     "problems": result.problems,
+                    "erased": result.erased,
                 }
             )
         )
     elif result.ok:
+        erased = f" ({result.erased} erased)" if result.erased else ""
         self.say(
-            f"ok: {frozen.name}@{frozen.version}: {result.sample_count} samples, "
+            f"ok: {frozen.name}@{frozen.version}: {result.sample_count} samples{erased}, "
             f"manifest sha256 {result.manifest_hash}"
         )
     else:
