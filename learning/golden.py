@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from learning.curation import content_hash
@@ -44,6 +44,7 @@ class Verification:
     sample_count: int
     manifest_hash: str  # recomputed from the stored samples' content
     problems: list[str]
+    erased: int = 0  # samples that are tombstones of an erasure (not checked against content)
 
     @property
     def ok(self) -> bool:
@@ -56,16 +57,22 @@ def verify(
     stored_manifest_hash: str,
     stored_count: int,
     samples: Iterable[tuple[str, str, str]],
+    erased: Collection[str] = frozenset(),
 ) -> Verification:
     """Recompute a golden dataset's manifest from its ``(sample_id, content, content_hash)`` rows.
 
     Problems name the sample and what differs: content whose hash is not the
     stored one, a sample missing from the rows or from the manifest, a manifest
     entry that differs, a manifest hash or count that is not what was frozen.
+    A sample in ``erased`` is a tombstone left by `learnops dataset erase`: its
+    content is gone, so its stored hash stands in for the content's.
     """
     problems: list[str] = []
     recomputed: dict[str, str] = {}
     for sample, content, digest in samples:
+        if sample in erased:
+            recomputed[sample] = digest
+            continue
         actual = content_hash(content)
         if actual != digest:
             problems.append(
@@ -89,4 +96,9 @@ def verify(
         )
     if len(recomputed) != stored_count:
         problems.append(f"{len(recomputed)} samples stored, {stored_count} frozen")
-    return Verification(sample_count=len(recomputed), manifest_hash=digest, problems=problems)
+    return Verification(
+        sample_count=len(recomputed),
+        manifest_hash=digest,
+        problems=problems,
+        erased=len(set(erased) & set(recomputed)),
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -173,7 +173,10 @@ async def freeze(pool: Any, dataset: str, golden: str, *, actor: str) -> GoldenD
     database refuses any change to it.
     """
     async with pool.acquire() as conn, conn.transaction():
-        # Two freezes of one name at once would pick the same version.
+        # Two freezes of one name at once would pick the same version; and a
+        # freeze during an erasure (which holds this lock exclusively) could
+        # copy a sample the erasure is about to delete.
+        await conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext('learnops:erasure'))")
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('golden:' || $1))", golden)
         version = int(
             await conn.fetchval(
@@ -245,13 +248,63 @@ async def verify_golden(
             frozen.name,
             frozen.version,
         )
+        erased = await conn.fetch(
+            "SELECT sample_id FROM erased_golden_samples "
+            "WHERE golden_name = $1 AND golden_version = $2",
+            frozen.name,
+            frozen.version,
+        )
     result = verify(
         stored_manifest=stored["manifest"],
         stored_manifest_hash=frozen.manifest_hash,
         stored_count=frozen.sample_count,
         samples=((r["sample_id"], r["content"], r["content_hash"]) for r in rows),
+        erased=frozenset(r["sample_id"] for r in erased),
     )
     return frozen, result
+
+
+# --- erasure of a subject (migration 022) -------------------------------------------
+
+
+class Erasure(NamedTuple):
+    """What an erasure did (or, on a dry run, would do); never the subject itself."""
+
+    subject_hash: str  # keyed SHA-256 of the normalised subject
+    rows: dict[str, int]  # table -> rows erased
+    new_versions: dict[str, int]  # golden dataset -> the version made without the subject
+    erasure_id: int | None  # the subject_erasures row; None on a dry run
+
+
+async def erase_subject(
+    pool: Any, subject: str, *, reason: str, actor: str, dry_run: bool
+) -> Erasure:
+    """Erase ``subject`` from every sample and golden dataset, or count it with ``dry_run``.
+
+    One call of learnops_erase_subject(), which only the migrating role may run;
+    a dry run's transaction is rolled back, so it leaves nothing behind.
+    """
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            raw = await conn.fetchval(
+                "SELECT learnops_erase_subject($1, $2, $3, $4)", subject, reason, actor, dry_run
+            )
+        except BaseException:
+            await transaction.rollback()
+            raise
+        if dry_run:
+            await transaction.rollback()
+        else:
+            await transaction.commit()
+    found = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+    return Erasure(
+        subject_hash=found["subject_hash"],
+        rows={table: int(n) for table, n in found["rows"].items()},
+        new_versions={name: int(v) for name, v in found["new_versions"].items()},
+        erasure_id=found["erasure_id"],
+    )
 
 
 # --- scans and summaries of a simulation (learnops demo curation) ---------------------

@@ -30,7 +30,9 @@ from learnops.cli.main import (
 from storage import datasets as store
 
 
-@group("Curated datasets (DOER/PHASE) and golden datasets: list, show, samples, freeze, verify.")
+@group(
+    "Curated datasets (DOER/PHASE) and golden datasets: list, show, samples, freeze, verify, erase."
+)
 def dataset() -> None:
     pass
 
@@ -239,12 +241,14 @@ async def dataset_verify(self: GroupedCommand, golden: str, as_json: bool) -> No
                     "sample_count": result.sample_count,
                     "manifest_hash": result.manifest_hash,
                     "problems": result.problems,
+                    "erased": result.erased,
                 }
             )
         )
     elif result.ok:
+        erased = f" ({result.erased} erased)" if result.erased else ""
         self.say(
-            f"ok: {frozen.name}@{frozen.version}: {result.sample_count} samples, "
+            f"ok: {frozen.name}@{frozen.version}: {result.sample_count} samples{erased}, "
             f"manifest sha256 {result.manifest_hash}"
         )
     else:
@@ -252,3 +256,47 @@ async def dataset_verify(self: GroupedCommand, golden: str, as_json: bool) -> No
             self.say(f"MISMATCH {problem}")
     if not result.ok:
         fail(f"{frozen.name}@{frozen.version} does not match what was frozen")
+
+
+@command(
+    dataset,
+    "erase",
+    click.option(
+        "--subject",
+        required=True,
+        help="The person's identifier as it appears in sample text (user id, name, handle).",
+    ),
+    click.option("--reason", default="", help="Why, for the audit record (e.g. a request id)."),
+    click.option(
+        "--actor",
+        default=lambda: getpass.getuser(),
+        show_default="the current user",
+        help="Who erased it, for the audit record.",
+    ),
+    click.option("--dry-run", is_flag=True, help="Count what would be erased; change nothing."),
+    json_option,
+)
+async def dataset_erase(
+    self: GroupedCommand, subject: str, reason: str, actor: str, dry_run: bool, as_json: bool
+) -> None:
+    """Erase SUBJECT from samples and golden datasets (frozen ones too), with an audit record.
+
+    Runs as the migrating role (LEARNOPS_MIGRATE_DATABASE_URL): no other role may.
+    """
+    import asyncpg
+
+    async with database(self, "migrate") as pool:
+        try:
+            done = await store.erase_subject(
+                pool, subject, reason=reason, actor=actor, dry_run=dry_run
+            )
+        except asyncpg.InvalidParameterValueError as exc:
+            fail(f"{exc.args[0] if exc.args else exc} (docs/curation.md, Erasing a subject)")
+    if as_json:
+        self.say(_dump({**done._asdict(), "dry_run": dry_run}))
+        return
+    counts = ", ".join(f"{table}={n}" for table, n in sorted(done.rows.items()))
+    versions = ", ".join(f"{name}@{v}" for name, v in sorted(done.new_versions.items()))
+    verb = "would erase" if dry_run else f"erased (record {done.erasure_id})"
+    self.say(f"{verb}: {counts}; new golden versions: {versions or 'none'}")
+    self.say(f"subject hash {done.subject_hash}")

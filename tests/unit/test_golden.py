@@ -95,3 +95,22 @@ def test_missing_and_extra_samples_and_an_edited_manifest_are_found() -> None:
         stored_manifest=manifest, stored_manifest_hash=digest, stored_count=4, samples=rows
     )
     assert result.problems == ["3 samples stored, 4 frozen"]
+
+
+def test_an_erased_sample_verifies_as_a_tombstone_and_only_when_listed_as_erased() -> None:
+    manifest, digest, rows = _frozen()
+    tombstoned = [rows[0], ("s-2", "[ERASED]", rows[1][2]), rows[2]]
+    result = verify(
+        stored_manifest=manifest,
+        stored_manifest_hash=digest,
+        stored_count=3,
+        samples=tombstoned,
+        erased={"s-2"},
+    )
+    assert result.ok, result.problems
+    assert (result.erased, result.manifest_hash) == (1, digest)
+    # The same tombstone with no erasure record is tampering.
+    unlisted = verify(
+        stored_manifest=manifest, stored_manifest_hash=digest, stored_count=3, samples=tombstoned
+    )
+    assert any(p.startswith("sample s-2: content hashes to") for p in unlisted.problems)
