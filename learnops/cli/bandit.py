@@ -152,11 +152,15 @@ def proposal_of(request: Any) -> dict[str, Any]:
     missing = [name for name in _PROPOSAL_FIELDS if name not in evidence]
     if missing:
         fail(f"request {request_id} carries no {', '.join(missing)} in its evidence")
-    if request["experiment_id"] is not None or request["status"] != "open":
-        answered = request["experiment_id"] or request["closed_reason"] or "closed"
+    if request["experiment_id"] is not None:
         fail(
-            f"request {request_id} is {request['status']} (answered by {answered}); "
-            "`learnops experiment show` shows its experiment"
+            f"request {request_id} is answered already by experiment {request['experiment_id']} "
+            "(`learnops experiment show` shows it)"
+        )
+    if request["status"] != "open":
+        fail(
+            f"request {request_id} is {request['status']} ({request['closed_reason']}); "
+            "`learnops experiment requests --all` shows it"
         )
     return dict(evidence)
 
