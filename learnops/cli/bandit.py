@@ -6,17 +6,35 @@ compacted learning.bandit-controls topic (keyed by doer); the bandit stage
 (agents/bandit.py) verifies it, applies it at its next batch and republishes
 the allocations with ``frozen`` set. ``show`` reads the
 doer's latest record of learning.bandit-allocations.
+
+``propose REQUEST_ID`` turns the bandit's experiment request (a confidently
+best option) into a policy: the worker never signs policies, so an owner
+signs the request's candidate artifact with their policy signing key, sends
+it as a RegisterPolicy (as ``learnops policy register``), then files the
+``tool_tuning``/``rag_optimization`` experiment answering the request (as
+``learnops experiment create``).
 """
 
 from __future__ import annotations
 
 import getpass
+from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
-from learnops.cli.main import GroupedCommand, command, fail, group, json_option, table
+from learnops.cli.main import (
+    GroupedCommand,
+    command,
+    database,
+    fail,
+    group,
+    json_option,
+    split_ref,
+    table,
+)
+from learnops.cli.policy import policy_key_option, timeout_option
 
 CONTROLS = "learning.bandit-controls"
 ALLOCATIONS = "learning.bandit-allocations"
@@ -115,3 +133,120 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
                 str(allocation.runs),
             )
     ctx.console().print(shown)
+
+
+# The reason the bandit stage gives its requests (agents/bandit.py): "bandit:POLICY@V:KEY=OPTION".
+BANDIT_REASON = "bandit:"
+_PROPOSAL_FIELDS = ("experiment_id", "experiment_type", "phase", "candidate_artifact", "parent")
+
+
+def proposal_of(request: Any) -> dict[str, Any]:
+    """The bandit's proposal a request carries; one sentence and exit 1 when it carries none."""
+    request_id = request["request_id"]
+    evidence = request["evidence"] or {}
+    if not str(request["reason"]).startswith(BANDIT_REASON):
+        fail(
+            f"request {request_id} was raised by {request['reason']!r}, not by the bandit; "
+            "answer it with `learnops experiment create --request ID --policy CANDIDATE`"
+        )
+    missing = [name for name in _PROPOSAL_FIELDS if name not in evidence]
+    if missing:
+        fail(f"request {request_id} carries no {', '.join(missing)} in its evidence")
+    if request["experiment_id"] is not None:
+        fail(
+            f"request {request_id} is answered already by experiment {request['experiment_id']} "
+            "(`learnops experiment show` shows it)"
+        )
+    if request["status"] != "open":
+        fail(
+            f"request {request_id} is {request['status']} ({request['closed_reason']}); "
+            "`learnops experiment requests --all` shows it"
+        )
+    return dict(evidence)
+
+
+@command(
+    bandit,
+    "propose",
+    click.argument("request_id"),
+    policy_key_option,
+    click.option("--golden", default=None, help="Golden dataset NAME or NAME@VERSION to replay."),
+    click.option("--deploy", type=click.Choice(("shadow", "canary")), default="shadow"),
+    timeout_option,
+    _actor,
+)
+async def propose(
+    ctx: GroupedCommand,
+    request_id: str,
+    key_file: Path,
+    golden: str | None,
+    deploy: str,
+    timeout: float,
+    actor: str,
+) -> None:
+    """Sign the bandit's proposal in REQUEST_ID as a policy and file its experiment.
+
+    The candidate (the policy with the best option fixed) is registered as the
+    next version of the doer's policy, then the tool_tuning or rag_optimization
+    experiment answering the request replays, shadows and canaries it.
+    """
+    from learnops.cli.experiments import find_request, send_experiment
+    from learnops.cli.policy import load_signing_key, register_artifact
+    from storage import experiments as experiments_store
+    from storage import policies as policies_store
+
+    key = load_signing_key(key_file)
+    async with database(ctx) as pool:
+        request = await find_request(pool, request_id)
+        proposal = proposal_of(request)
+        experiment_id = str(proposal["experiment_id"])
+        if await experiments_store.get_experiment(pool, experiment_id) is not None:
+            fail(f"experiment {experiment_id} exists already (`learnops experiment show` shows it)")
+        parent_id, parent_version = split_ref(str(proposal["parent"]))
+        # Proposed before but the experiment not filed: the registered candidate is reused.
+        version = await pool.fetchval(
+            "SELECT max(version) FROM policies WHERE policy_id = $1 AND experiment_id = $2",
+            parent_id,
+            experiment_id,
+        )
+        if version is None:
+            registered = await register_artifact(
+                ctx,
+                pool,
+                proposal["candidate_artifact"],
+                key,
+                source=f"request {request_id}",
+                doer=request["doer"],
+                policy_id=parent_id,
+                version=None,
+                parent=(parent_id, parent_version),
+                datasets=[],
+                experiment=experiment_id,
+                reason=f"bandit proposal {request['reason']}",
+                actor=actor,
+                wait=True,
+                timeout=timeout,
+                as_json=False,
+            )
+            version = registered.version
+        policy = await policies_store.find_policy(pool, parent_id, version)
+    assert policy is not None  # applied above, or found registered
+    event = await send_experiment(
+        ctx,
+        policy,
+        request,
+        hypothesis=None,
+        experiment_type=str(proposal["experiment_type"]),
+        experiment_id=experiment_id,
+        phase=str(proposal["phase"]),
+        dataset=golden,
+        seeds=None,
+        deploy=deploy,
+        reason=f"bandit proposal {request['reason']}",
+        actor=actor,
+        as_json=False,
+    )
+    ctx.say(
+        f"{event.experiment_type} experiment {event.experiment_id} answers request "
+        f"{request['request_id']} with candidate {policy.policy_id}@{policy.version}"
+    )

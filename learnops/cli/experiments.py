@@ -6,7 +6,7 @@ import asyncio
 import getpass
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -26,6 +26,10 @@ from learnops.cli.main import (
 from learnops.cli.policy import COMMANDS_TOPIC, _dump, _find, _send, _when
 from storage import experiments as store
 from storage.skills import list_requests, request_row
+
+if TYPE_CHECKING:
+    from models.commands import CreateExperiment
+    from storage.policies import PolicyRecord
 
 TYPES = ("prompt_synthesis", "adapter_training", "tool_tuning", "rag_optimization")
 
@@ -314,16 +318,51 @@ async def experiment_create(
     With --request it answers that experiment request (a learning trigger's),
     which the experiments stage then closes.
     """
-    from models.commands import CreateExperiment
-
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
-        request = await _request(pool, request_id) if request_id else None
+        request = await find_request(pool, request_id) if request_id else None
     if request is not None:
         if request["doer"] != policy.doer:
             fail(f"request {request_id} is for {request['doer']}, not {policy.doer}")
         if request["status"] != "open":
             self.say(f"note: request {request_id} is {request['status']} already")
+    await send_experiment(
+        self,
+        policy,
+        request,
+        hypothesis=hypothesis,
+        experiment_type=experiment_type,
+        experiment_id=experiment_id,
+        phase=phase,
+        dataset=dataset,
+        seeds=_seeds(seeds) if seeds else None,
+        deploy=deploy,
+        reason=reason,
+        actor=actor,
+        as_json=as_json,
+    )
+
+
+async def send_experiment(
+    ctx: GroupedCommand,
+    policy: PolicyRecord,
+    request: Any,
+    *,
+    hypothesis: str | None,
+    experiment_type: str,
+    experiment_id: str | None,
+    phase: str | None,
+    dataset: str | None,
+    seeds: list[int] | None,
+    deploy: str,
+    reason: str,
+    actor: str,
+    as_json: bool,
+) -> CreateExperiment:
+    """Send the signed CreateExperiment of candidate ``policy``, answering ``request`` if given."""
+    from models.commands import CreateExperiment
+
+    if request is not None:
         hypothesis = hypothesis or request["hypothesis"]
     if not hypothesis:
         fail("--hypothesis is required without --request")
@@ -340,15 +379,16 @@ async def experiment_create(
             "experiment_type": experiment_type,
             "phase": phase,
             "dataset": dataset,
-            "seeds": _seeds(seeds) if seeds else None,
+            "seeds": seeds,
             "deploy": deploy,
         }
     )
-    await _send(self, event)
+    await _send(ctx, event)
     if as_json:
-        self.say(_dump({"experiment_id": event.experiment_id, "event_id": str(event.event_id)}))
+        ctx.say(_dump({"experiment_id": event.experiment_id, "event_id": str(event.event_id)}))
     else:
-        self.say(f"sent experiment {event.experiment_id} ({event.event_id}) to {COMMANDS_TOPIC}")
+        ctx.say(f"sent experiment {event.experiment_id} ({event.event_id}) to {COMMANDS_TOPIC}")
+    return event
 
 
 async def experiment_report(pool: Any, experiment_id: str) -> dict[str, Any] | None:
@@ -501,7 +541,7 @@ async def _known_doer(pool: Any, doer: str) -> None:
 # --------------------------------------------------------------------------- requests
 
 
-async def _request(pool: Any, request_id: str) -> Any:
+async def find_request(pool: Any, request_id: str) -> Any:
     try:
         parsed = uuid.UUID(request_id)
     except ValueError:

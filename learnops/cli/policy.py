@@ -39,7 +39,9 @@ from learnops.cli.main import (
 from storage import policies as store
 
 if TYPE_CHECKING:
+    from learning.signing import SigningKey
     from models.base import Event
+    from models.commands import RegisterPolicy
 
 COMMANDS_TOPIC = "learning.commands"
 ALERTS_TOPIC = "learning.alerts"
@@ -75,6 +77,16 @@ _timeout = click.option(
     show_default=True,
     help="Seconds to wait.",
 )
+
+# The policy signing key a registration is signed with (``--key``, a PEM file).
+policy_key_option = click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Private key PEM (from `learnops policy keys generate`).",
+)
+timeout_option = _timeout
 
 # Names that exist, for "did you mean": the doers and policy ids of registered versions.
 _KNOWN = "SELECT DISTINCT doer, policy_id FROM policies"
@@ -269,13 +281,7 @@ def _steps(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     "register",
     click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False)),
     click.option("--doer", required=True, help="The doer this policy is for."),
-    click.option(
-        "--key",
-        "key_file",
-        required=True,
-        type=click.Path(path_type=Path, exists=True, dir_okay=False),
-        help="Private key PEM (from `learnops policy keys generate`).",
-    ),
+    policy_key_option,
     click.option("--policy-id", default=None, help="Policy id (default: the doer)."),
     click.option(
         "--version", type=click.IntRange(min=1), default=None, help="Version (default: next)."
@@ -306,48 +312,99 @@ async def policy_register(
     as_json: bool,
 ) -> None:
     """Sign FILE (JSON or YAML) and register it as a new draft version of a doer's policy."""
-    from learning.signing import CanonicalJSONError, SigningKey, signed_artifact
-    from models.commands import RegisterPolicy
-    from storage import signing_keys as keys_store
-
     artifact = _load_artifact(file)
+    key = load_signing_key(key_file)
+    parent_id, parent_version = split_ref(parent) if parent else (None, None)
+    if parent and parent_version is None:
+        usage_error(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
+    async with database(ctx) as pool:
+        await register_artifact(
+            ctx,
+            pool,
+            artifact,
+            key,
+            source=str(file),
+            doer=doer,
+            policy_id=policy_id or doer,
+            version=version,
+            parent=(parent_id, parent_version),
+            datasets=list(datasets),
+            experiment=experiment,
+            reason=reason or f"register {file.name}",
+            actor=actor,
+            wait=wait,
+            timeout=timeout,
+            as_json=as_json,
+        )
+
+
+def load_signing_key(key_file: Path) -> SigningKey:
+    """The policy signing key in ``key_file``; one sentence on how to make one if it is not."""
+    from learning.signing import SigningKey
+
     try:
-        key = SigningKey.from_pem(key_file.read_bytes())
+        return SigningKey.from_pem(key_file.read_bytes())
     except (ValueError, TypeError) as exc:
         fail(
             f"{key_file} is not an Ed25519 private key PEM ({exc}); make one with "
             "`learnops policy keys generate`"
         )
-    policy_id = policy_id or doer
-    parent_id, parent_version = split_ref(parent) if parent else (None, None)
-    if parent and parent_version is None:
-        usage_error(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
-    async with database(ctx) as pool:
-        allowed = (await keys_store.load_keyring(pool)).check_signing_key(key)
-        if not allowed:
-            fail(f"key {key.key_id} cannot sign: {allowed.reason}")
-        version = version or await store.next_version(pool, policy_id)
-        try:
-            # The signature covers the doer, policy id and version with the artifact.
-            signed = signed_artifact(artifact, key, doer=doer, policy_id=policy_id, version=version)
-        except CanonicalJSONError as exc:
-            fail(f"{file}: {exc}")
-        event = RegisterPolicy(
-            doer=doer,
-            actor=actor,
-            reason=reason or f"register {file.name}",
-            policy_id=policy_id,
-            version=version,
-            **signed,
-            parent_policy_id=parent_id,
-            parent_version=parent_version,
-            dataset_ids=list(datasets),
-            experiment_id=experiment,
-        )
-        ref = f"{event.policy_id}@{event.version}"
-        if not as_json:
-            ctx.say(f"{ref} sha256:{event.content_hash} signed by key {key.key_id}")
-        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+
+
+async def register_artifact(
+    ctx: CommandContext,
+    pool: Any,
+    artifact: dict[str, Any],
+    key: SigningKey,
+    *,
+    source: str,
+    doer: str,
+    policy_id: str,
+    version: int | None,
+    parent: tuple[str | None, int | None],
+    datasets: list[str],
+    experiment: str | None,
+    reason: str,
+    actor: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> RegisterPolicy:
+    """Sign ``artifact`` with a trusted policy key and send it as a signed RegisterPolicy.
+
+    ``version`` None takes the policy's next; with ``wait`` it returns once the
+    policy agent applied it (and fails with its refusal otherwise).
+    """
+    from learning.signing import CanonicalJSONError, signed_artifact
+    from models.commands import RegisterPolicy
+    from storage import signing_keys as keys_store
+
+    allowed = (await keys_store.load_keyring(pool)).check_signing_key(key)
+    if not allowed:
+        fail(f"key {key.key_id} cannot sign: {allowed.reason}")
+    version = version or await store.next_version(pool, policy_id)
+    try:
+        # The signature covers the doer, policy id and version with the artifact.
+        signed = signed_artifact(artifact, key, doer=doer, policy_id=policy_id, version=version)
+    except CanonicalJSONError as exc:
+        fail(f"{source}: {exc}")
+    event = RegisterPolicy(
+        doer=doer,
+        actor=actor,
+        reason=reason,
+        policy_id=policy_id,
+        version=version,
+        **signed,
+        parent_policy_id=parent[0],
+        parent_version=parent[1],
+        dataset_ids=datasets,
+        experiment_id=experiment,
+    )
+    ref = f"{event.policy_id}@{event.version}"
+    if not as_json:
+        ctx.say(f"{ref} sha256:{event.content_hash} signed by key {key.key_id}")
+    await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+    return event
 
 
 @command(

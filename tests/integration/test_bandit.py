@@ -6,7 +6,9 @@ publish allocations that move to the small model, send a run naming an
 undeclared option to the DLQ with its reason, ignore replays, hold a frozen
 doer's shares, and count each run once across a restart that redelivers
 everything it read. A freeze is a signed command: an unsigned or forged one is
-refused with its reason and the shares keep moving.
+refused with its reason and the shares keep moving. An owner's `learnops bandit
+propose` turns the confident request into a signed candidate version and the
+tool_tuning experiment answering it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from models.bandit import BanditAllocations, BanditControl
 from models.commands import RegisterPolicy
 from models.events import Alert, DeadLetter, RunCompleted
 from models.ids import caused_event_id
+from storage.experiments import get_experiment
 from storage.policies import find_policy
-from storage.skills import open_requests
+from storage.skills import open_requests, request_row
 from tests.integration.kafka_io import eventually, publish
 from tests.operators import signed
 from tests.services import (
@@ -54,7 +57,7 @@ EVERY = 20
 async def bandit_worker(
     topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
-    """A worker with the crl, policy and bandit stages, allocating every 20 runs.
+    """A worker with the crl, policy, bandit and experiments stages, allocating every 20 runs.
 
     An option is confidently best after 50 runs of it (not 200), so the test
     sees the experiment request.
@@ -69,7 +72,7 @@ async def bandit_worker(
     )
     env = {
         **settings_env,
-        "LEARNOPS_STAGES": "crl,policy,bandit",
+        "LEARNOPS_STAGES": "crl,policy,bandit,experiments",
         "LEARNOPS_CONFIG_FILE": str(config),
         "LEARNOPS_WEB_PORT": str(free_port()),
     }
@@ -315,3 +318,60 @@ async def _refusal(settings: Any, doer: str, event_id: uuid.UUID) -> Alert:
     assert found, f"no refusal alert for {event_id}"
     assert found[0].kind == "command_refused"
     return found[0]
+
+
+async def test_an_owner_proposes_the_confident_option_as_a_signed_tool_tuning_experiment(
+    bandit_worker: WorkerProcess,
+    producer: Any,
+    db: Any,
+    settings: Any,
+    signing_key: SigningKey,
+    tmp_path: Path,
+) -> None:
+    doer = await registered_doer(producer, bandit_worker.env, db, signing_key)
+    await doer.run(200)
+    (request,) = await eventually(
+        lambda: open_requests(db, doer.name), lambda r: len(r) == 1, timeout=90.0
+    )
+    evidence = request["evidence"]
+    key_file = tmp_path / "owner-policy-key.pem"
+    key_file.write_bytes(signing_key.to_pem())
+
+    def propose(request_id: str) -> Any:
+        return run_learnops(
+            doer.env, "bandit", "propose", request_id, "--key", str(key_file), "--actor", "owner"
+        )
+
+    done = await asyncio.to_thread(propose, str(request["request_id"]))
+    assert done.returncode == 0, done.stderr
+    assert f"tool_tuning experiment {evidence['experiment_id']} answers request" in done.stdout
+
+    # The candidate: the next version, signed by the owner's policy key, fixing the small model.
+    candidate = await find_policy(db, doer.policy, 2)
+    assert candidate is not None
+    assert candidate.key_id == signing_key.key_id
+    assert candidate.artifact["fixed"] == {"draft": {PARAMETER: SMALL}}
+    assert "tunables" not in candidate.artifact
+    assert (candidate.parent_policy_id, candidate.parent_version) == (doer.policy, 1)
+    assert candidate.experiment_id == evidence["experiment_id"]
+
+    # The experiment in the registry, of the request's type and id, answering it.
+    experiment = await eventually(
+        lambda: get_experiment(db, evidence["experiment_id"]), lambda e: e is not None
+    )
+    assert experiment["experiment_type"] == "tool_tuning"
+    assert experiment["request_id"] == request["request_id"]
+    assert (experiment["policy_id"], experiment["policy_version"]) == (doer.policy, 2)
+    answered = await eventually(
+        lambda: request_row(db, request["request_id"]),
+        lambda r: r["experiment_id"] == evidence["experiment_id"],
+    )
+    assert answered["experiment_id"] == evidence["experiment_id"]
+
+    # Proposing it again is refused with its reason; nothing more is registered.
+    again = await asyncio.to_thread(propose, str(request["request_id"]))
+    assert again.returncode == 1
+    assert evidence["experiment_id"] in again.stderr
+    assert await find_policy(db, doer.policy, 3) is None
+    unknown = await asyncio.to_thread(propose, str(uuid.uuid4()))
+    assert unknown.returncode == 1 and "no experiment request" in unknown.stderr
