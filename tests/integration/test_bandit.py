@@ -204,8 +204,9 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     worker_key = settings.worker_key()
     assert worker_key is not None
     async with Allocations(bootstrap, trusted_keys=[worker_key.public_key]) as client:
+        # Taken under the pinned key (doers of other sessions on a shared broker, signed with
+        # their own workers' keys, are refused: test_client_allocations covers refusals).
         await eventually(lambda: _held(client, doer.name), lambda a: a is not None and a == thawed)
-        assert not client.refused
         picks = [client.option(doer.name, "draft", PARAMETER, f"task-{i}") for i in range(2000)]
     share = thawed.allocation("draft", PARAMETER)
     assert share is not None
