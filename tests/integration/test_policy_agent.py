@@ -418,7 +418,7 @@ async def test_forged_unsigned_revoked_and_misaddressed_decisions_are_refused_an
     other_deployment = await start_canary(producer, db, other, key)
     revoked = generate_key()
     await keys_store.add_signing_key(db, revoked.public_key, created_by="tests")
-    await keys_store.revoke_signing_key(db, revoked.key_id, note="worker host lost")
+    await keys_store.revoke_signing_key(db, revoked.key_id, actor="tests", note="worker host lost")
     worker_key = settings.worker_key()
     honest = promote_decision(doer, deployment_id)
     attempts = {

@@ -858,7 +858,7 @@ async def test_a_step_up_without_the_required_approval_is_refused(db: Any) -> No
 async def test_a_revoked_keys_candidate_is_not_stepped_up(db: Any) -> None:
     doer = unique_doer("RevokedStep")
     key, deployment_id = await start_canary(db, doer)
-    await keys_store.revoke_signing_key(db, key.key_id, note="laptop stolen")
+    await keys_store.revoke_signing_key(db, key.key_id, actor="tests", note="laptop stolen")
     outcome = await deployments_store.apply_step(db, step_up(doer, deployment_id, 1))
     assert (outcome.applied, outcome.refusal, outcome.worth_an_alert) == (
         False,
