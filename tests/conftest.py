@@ -179,9 +179,14 @@ async def worker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[WorkerProcess]:
     """One `learnops worker` process for the session, as learnops_worker when that role logs in."""
+    from agents.app import STAGES
+
     env = dict(settings_env)
     if "worker" in role_urls:
         env["DATABASE_URL"] = role_urls["worker"]
+    # Every stage but the bandit: tests/integration/test_bandit.py runs its own, allocating
+    # every 20 runs, and two bandit stages would publish two sequences for its doers.
+    env["LEARNOPS_STAGES"] = ",".join(name for name in STAGES if name != "bandit")
     process = WorkerProcess(env=env, log_path=tmp_path_factory.mktemp("logs") / "worker.log")
     await start_after_inputs(process)
     yield process
