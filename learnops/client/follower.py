@@ -1,7 +1,7 @@
 """A client that reads a compacted topic from the beginning and keeps following it.
 
-The orchestrator's clients (:class:`learnops.client.allocations.Allocations`;
-the Router follows learning.policy-changes the same way) hold each doer's
+The orchestrator's clients (:class:`learnops.client.router.Router` on
+learning.policy-changes, :class:`learnops.client.allocations.Allocations`) hold each doer's
 latest record in memory, so a look-up per task makes no network call.
 aiokafka is imported when the follower starts, not with the client.
 """

@@ -28,17 +28,15 @@ contract are imported when the Router starts and reads its first record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from learning.routing import Route, route
+from learnops.client.follower import TopicFollower
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer
-
     from learning.signing import PublicKey, TrustedKeys
     from models.policy_change import PolicyChange
 
@@ -51,8 +49,10 @@ class UnknownDoer(LookupError):
     """The doer has no active policy on learning.policy-changes (yet)."""
 
 
-class Router:
+class Router(TopicFollower):
     """Routes tasks from the latest PolicyChange of each doer, kept up to date in the background."""
+
+    topic = CHANGES
 
     def __init__(
         self,
@@ -70,58 +70,19 @@ class Router:
         ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``)
         or any other option.
         """
-        self._bootstrap_servers = bootstrap_servers
-        self._client_options = client_options
+        super().__init__(bootstrap_servers, **client_options)
         self._keys = pinned_keyring(trusted_keys)
         self._sequences: dict[str, int] = {}
         self.refused: Counter[str] = Counter()  # refused records by reason kind
         self._live: dict[str, PolicyChange] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.skipped = 0  # records that were not a valid PolicyChange
 
     async def start(self) -> None:
         """Read every doer's latest state, then keep following the topic."""
-        # Imported here: an orchestrator importing the client pays for aiokafka
-        # (~0.1-0.3 s) only when it starts following.
-        from aiokafka import AIOKafkaConsumer
-
         if self._keys is None:
             log.warning("router_unpinned policy changes are served without verification")
-        self._consumer = AIOKafkaConsumer(
-            CHANGES,
-            bootstrap_servers=self._bootstrap_servers,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **self._client_options,
-        )
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._follow(), name="router-follow")
-
-    async def stop(self) -> None:
-        """Stop following."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    async def __aenter__(self) -> Router:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    self.apply(record.value, record.key)
+        await super().start()
 
     def apply(self, value: bytes, key: bytes | None = None) -> PolicyChange | None:
         """Take one record of the topic (its value and Kafka key); the change served, or None.
