@@ -43,6 +43,7 @@ from models.events import DeadLetter, ExperimentChanged, SkillCard
 from storage import experiments as experiments_store
 from storage.skills import current_card
 from tests.integration.kafka_io import LAG_S, eventually, publish
+from tests.operators import signed
 from tests.services import REPO, WorkerProcess, learnops_command
 
 RUNS = "learning.run-completed"
@@ -135,14 +136,16 @@ async def answered(
     await register(
         db, producer, signing_key, prepared.name, 2, BETTER, actor=ACTOR, reason="synthesized"
     )
-    create = create_experiment(
-        prepared,
-        2,
-        actor=ACTOR,
-        reason=f"answers {event.event_id}",
-        hypothesis=event.hypothesis,
-        request_id=event.event_id,
-        canary=QUICK,
+    create = signed(
+        create_experiment(
+            prepared,
+            2,
+            actor=ACTOR,
+            reason=f"answers {event.event_id}",
+            hypothesis=event.hypothesis,
+            request_id=event.event_id,
+            canary=QUICK,
+        )
     )
     await publish(producer, "learning.commands", [(prepared.name.encode(), create.to_json())])
     shadow = await wait_experiment(db, create.experiment_id, {"shadow", "failed", "incomplete"})
@@ -261,12 +264,14 @@ async def worse(
     """A second, worse candidate (v3) for the same doer, against the new active policy."""
     prepared: ExperimentDoer = regressed["doer"]
     await register(db, producer, signing_key, prepared.name, 3, WORSE, actor=ACTOR)
-    create = create_experiment(
-        prepared,
-        3,
-        actor=ACTOR,
-        reason="another synthesized revision",
-        hypothesis="revision 3 lowers the CRL further",
+    create = signed(
+        create_experiment(
+            prepared,
+            3,
+            actor=ACTOR,
+            reason="another synthesized revision",
+            hypothesis="revision 3 lowers the CRL further",
+        )
     )
     await publish(producer, "learning.commands", [(prepared.name.encode(), create.to_json())])
     row = await wait_experiment(db, create.experiment_id, {"failed", "shadow", "incomplete"})
@@ -348,13 +353,15 @@ async def test_an_experiment_naming_an_unknown_request_goes_to_the_dlq(
     regressed: dict[str, Any], worker: WorkerProcess, producer: Any, db: Any, settings: Any
 ) -> None:
     prepared: ExperimentDoer = regressed["doer"]
-    create = create_experiment(
-        prepared,
-        1,
-        actor=ACTOR,
-        reason="answers a request nobody raised",
-        hypothesis="none",
-        request_id=uuid.uuid4(),
+    create = signed(
+        create_experiment(
+            prepared,
+            1,
+            actor=ACTOR,
+            reason="answers a request nobody raised",
+            hypothesis="none",
+            request_id=uuid.uuid4(),
+        )
     )
     await publish(producer, "learning.commands", [(prepared.name.encode(), create.to_json())])
 
