@@ -101,7 +101,7 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
         console.rule("[bold]4. shadow → canary (non-inferiority), decided by the canary stage")
         canary = CanarySettings(
             mode="non_inferiority",
-            non_inferiority_margin=0.05,
+            non_inferiority_margin=0.1,
             max_crl_increase=0.1,
             min_sample_size=100,
             report_every=200,
@@ -178,7 +178,7 @@ async def learn(
     evidence = request["evidence"]
     console.print(
         f"request {request['request_id']} ({request['reason']}): P(best) of {SMALL} "
-        f"{evidence['p_best']:.3f} after {evidence['runs']} runs; proposes "
+        f"{evidence['p_best'][SMALL]:.3f} after {evidence['runs']} runs; proposes "
         f"{evidence['experiment_type']} experiment {evidence['experiment_id']} fixing "
         f"{evidence['candidate_artifact']['fixed']}"
     )

@@ -86,10 +86,11 @@ class TwoModelOrchestrator(Orchestrator):
         kwargs["quality"] = QUALITY
         run = super().bundle(doer, **kwargs)
         model = self.fixed.get(run.policy_version)
-        options: dict[str, str] | None = None
-        if model is None:
+        update: dict[str, Any] = {}
+        if model is None:  # the bundle names the option it used
             model = self.choose(run.doer, run.run_id) or LARGE
-            options = {PARAMETER: model}
+            update["options"] = {PARAMETER: model}
         assert run.costs is not None  # the simulated orchestrator always reports its cost
-        costs = run.costs.model_copy(update={"spent": run.costs.spent * COST[model]})
-        return run.model_copy(update={"options": options, "costs": costs, "model": model})
+        update["costs"] = run.costs.model_copy(update={"spent": run.costs.spent * COST[model]})
+        # Validated again: a bundle the schema refuses must fail here, not in the worker's DLQ.
+        return RunCompleted.model_validate({**run.model_dump(), **update, "model": model})

@@ -20,6 +20,7 @@ from learnops.demo.bandit_scenario import (
 )
 from learnops.demo.experiments_scenario import SAMPLES, SEEDS
 from models.crl import CRLTerms
+from models.events import RunCompleted
 
 
 def candidate_artifact() -> dict[str, object]:
@@ -72,7 +73,8 @@ def test_bundles_name_the_chosen_model_and_a_fixed_version_runs_its_own() -> Non
     assert all(r.phase == PHASE for r in runs)
     fixed = orchestrator().bundle("D", policy=("d", 2))
     again = orchestrator().bundle("D", policy=("d", 1))  # the same draws, the default model
-    assert fixed.options is None and fixed.model == SMALL
+    assert not fixed.options and fixed.model == SMALL
+    assert RunCompleted.from_json(fixed.to_json()) == fixed  # what the CRL stage decodes
     assert fixed.gates == again.gates and fixed.qav == again.qav
     assert fixed.costs is not None and again.costs is not None
     assert fixed.costs.spent * 2 == pytest.approx(again.costs.spent)
