@@ -127,7 +127,7 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
             fail(f"experiment {experiment_id} was not promoted")
         await updated_card(console, pool, producer, prepared, stamp, experiment_id)
         console.print(
-            f"The console shows it: /experiments/{experiment_id} and the skill card of {doer}"
+            f"The console shows it: /api/doers/{doer}/experiments and /api/doers/{doer}/skill-card"
         )
 
 
