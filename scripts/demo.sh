@@ -81,6 +81,9 @@ step "Curated samples: datasets, rejects, redactions, and a PII scan"
 # Every simulated run gives two samples: its document and a human note.
 "$bin/learnops" demo curation --run-prefix "$prefix" --expect-samples "$((runs * 2))" --timeout 120
 
+step "The bandit: a cheaper model as good as the large one → request → bandit propose → replay → canary → promotion"
+"$bin/learnops" demo bandit --timeout 240
+
 step "Done"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
 echo "Sign commands as the demo's owner: export LEARNOPS_OPERATOR_KEY=$LEARNOPS_OPERATOR_KEY"

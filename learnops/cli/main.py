@@ -394,7 +394,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     ),
     "demo": (
         "learnops.demo.commands,learnops.demo.canary,learnops.demo.curation,"
-        "learnops.demo.experiments:demo",
+        "learnops.demo.experiments,learnops.demo.bandit:demo",
         "A simulated orchestrator and walk-throughs of what the worker does.",
     ),
 }

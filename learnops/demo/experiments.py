@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +23,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from learning.replay import Executor
 from learning.signing import SigningKey, generate_key
 from learnops.cli.experiments import experiment_report
 from learnops.cli.main import GroupedCommand, command
@@ -61,23 +64,9 @@ async def experiments(self: GroupedCommand, min_samples: int, timeout: float) ->
     """Regression → request → experiment → replay → canary → promotion → updated skill card."""
     settings = self.settings
     console = self.console()
-    pool = await create_pool(settings.database_dsn, min_size=1, max_size=4)
-    producer = settings.kafka_producer(linger_ms=5)
-    await producer.start()
-    stop = asyncio.Event()
     stamp = int(time.time())
     doer = f"LoopDemo{stamp}"
-    # The sandbox: the local executor, serving this demo's doer only.
-    sandbox = asyncio.create_task(
-        serve(
-            **settings.kafka_connection(),
-            fetch_blob=lambda digest: get_blob(pool, digest),
-            group_id="learnops-demo-executor",
-            doers=re.escape(doer),
-            stop=stop,
-        )
-    )
-    try:
+    async with sandboxed(settings, doer, "learnops-demo-executor") as (pool, producer):
         key = generate_key()
         await store.add_signing_key(pool, key.public_key, created_by=ACTOR)
         prepared = await prepare(pool, producer, key, doer, {1: CONTROL}, actor=ACTOR)
@@ -119,6 +108,29 @@ async def experiments(self: GroupedCommand, min_samples: int, timeout: float) ->
                 f"{rate['promoted']} promoted of {rate['concluded']} concluded "
                 f"({(rate['success_rate'] or 0) * 100:.0f} %)"
             )
+
+
+@asynccontextmanager
+async def sandboxed(
+    settings: Any, doer: str, group_id: str, executor: Executor | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A pool, a started producer, and the sandbox (a replay executor) serving ``doer`` only."""
+    pool = await create_pool(settings.database_dsn, min_size=1, max_size=4)
+    producer = settings.kafka_producer(linger_ms=5)
+    await producer.start()
+    stop = asyncio.Event()
+    sandbox = asyncio.create_task(
+        serve(
+            **settings.kafka_connection(),
+            fetch_blob=lambda digest: get_blob(pool, digest),
+            group_id=group_id,
+            doers=re.escape(doer),
+            executor=executor,
+            stop=stop,
+        )
+    )
+    try:
+        yield pool, producer
     finally:
         stop.set()
         await sandbox
@@ -214,6 +226,14 @@ async def answer(
         run_prefix=f"loop-{int(time.time())}-canary",
         timeout=timeout,
     )
+    print_canary(console, started, scenario, decisions)
+    await wait_experiment(pool, create.experiment_id, {"promoted", "rolled_back"}, 30)
+    await show(console, pool, create.experiment_id, replay=False)
+    return create.experiment_id
+
+
+def print_canary(console: Console, started: Any, scenario: Any, decisions: list[Any]) -> None:
+    """The start_canary verdict and the canary stage's decisions (its reports left out)."""
     console.print(f"start_canary: {started.verdict}")
     final = [d for d in decisions if d.action != "report"]
     console.print(
@@ -221,9 +241,6 @@ async def answer(
         + ", ".join(f"{d.action} (step {d.step})" for d in final)
         + f" after {scenario.published_tasks} live tasks"
     )
-    await wait_experiment(pool, create.experiment_id, {"promoted", "rolled_back"}, 30)
-    await show(console, pool, create.experiment_id, replay=False)
-    return create.experiment_id
 
 
 async def updated_card(

@@ -278,12 +278,17 @@ async def canary_until_decided(
     actor: str,
     run_prefix: str,
     timeout: float = 240.0,
+    orchestrator: Orchestrator | None = None,
+    quality: tuple[float, float] = (0.8, 0.95),
+    steps: tuple[float, ...] = (0.1, 0.5),
 ) -> tuple[store.Outcome, CanaryScenario, list[Any]]:
-    """Move the candidate's shadow on to a two-step canary; run live traffic until it decides.
+    """Move the candidate's shadow on to a canary of ``steps``; run live traffic until it decides.
 
-    The control serves at quality 0.8 and the candidate at 0.95 (lower CRL), so
-    the canary stage's own decision is a promotion. Gives the start_canary
-    outcome, the scenario (its deployment id) and the deployment's decisions.
+    By default the control serves at quality 0.8 and the candidate at 0.95
+    (lower CRL), so the canary stage's own decision is a promotion;
+    ``orchestrator`` may draw the bundles its own way (the bandit demo's
+    cheaper model). Gives the start_canary outcome, the scenario (its
+    deployment id) and the deployment's decisions.
     """
     pinned = pinned_keys(settings, key)
     async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
@@ -297,7 +302,7 @@ async def canary_until_decided(
                 reason="the shadow ran clean",
                 policy_id=prepared.policy_id,
                 version=version,
-                steps=[0.1, 0.5],
+                steps=list(steps),
                 canary=canary,
             ),
         )
@@ -311,9 +316,9 @@ async def canary_until_decided(
             router,
             prepared.name,
             key,
-            {live.version: 0.8, version: 0.95},
+            {live.version: quality[0], version: quality[1]},
             actor=actor,
-            orchestrator=Orchestrator(seed=version, run_prefix=run_prefix),
+            orchestrator=orchestrator or Orchestrator(seed=version, run_prefix=run_prefix),
         )
         scenario.deployment_id = live.deployment.deployment_id
         decisions = await scenario.run_until(scenario.simulator(), timeout=timeout)

@@ -1,0 +1,80 @@
+"""The bandit demo's doer: the small model is as good as the large one, and cheaper."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from learning.crl import compute_crl
+from learning.replay import ReplayTask
+from learnops.demo.bandit_scenario import (
+    LARGE,
+    PARAMETER,
+    PHASE,
+    SMALL,
+    DeclaredModelExecutor,
+    TwoModelOrchestrator,
+    control_artifact,
+    declared_model,
+)
+from learnops.demo.experiments_scenario import SAMPLES, SEEDS
+from models.crl import CRLTerms
+from models.events import RunCompleted
+
+
+def candidate_artifact() -> dict[str, object]:
+    body = control_artifact()
+    body.pop("tunables")
+    return {**body, "fixed": {PHASE: {PARAMETER: SMALL}}}
+
+
+def run(policy: dict[str, object], sample: str, seed: int) -> dict[str, object]:
+    task = ReplayTask("t", "r", "p", "m", "s", seed, policy, sample)
+    return asyncio.run(DeclaredModelExecutor().execute(task))
+
+
+def test_a_policy_runs_the_model_it_fixes_or_its_first_option() -> None:
+    assert declared_model(control_artifact()) == LARGE
+    assert declared_model(candidate_artifact()) == SMALL
+
+
+def test_the_sandbox_gives_the_small_model_the_same_quality_and_a_lower_loss() -> None:
+    control, candidate = [], []
+    for sample in SAMPLES:
+        for seed in SEEDS:
+            large = run(control_artifact(), sample, seed)
+            small = run(candidate_artifact(), sample, seed)
+            terms = {k: v for k, v in large["terms"].items() if k != "cost_over_budget_pct"}  # type: ignore[attr-defined]
+            assert terms == {
+                k: v
+                for k, v in small["terms"].items()  # type: ignore[attr-defined]
+                if k != "cost_over_budget_pct"
+            }
+            assert small["measurements"]["cost_usd"] < large["measurements"]["cost_usd"]  # type: ignore[index]
+            control.append(compute_crl(CRLTerms(**large["terms"])).loss)  # type: ignore[arg-type]
+            candidate.append(compute_crl(CRLTerms(**small["terms"])).loss)  # type: ignore[arg-type]
+    assert all(s <= c for s, c in zip(candidate, control, strict=True))
+    assert sum(control) - sum(candidate) > 0.2 * len(control)
+
+
+def test_bundles_name_the_chosen_model_and_a_fixed_version_runs_its_own() -> None:
+    chosen = [None, SMALL, LARGE]
+
+    def choose(doer: str, run_id: str) -> str | None:
+        return chosen.pop(0) if chosen else None
+
+    def orchestrator() -> TwoModelOrchestrator:
+        return TwoModelOrchestrator(choose, {2: SMALL}, seed=1, doers=("D",), run_prefix="d")
+
+    first = orchestrator()
+    runs = [first.bundle("D", policy=("d", 1)) for _ in range(3)]
+    assert [r.options for r in runs] == [{PARAMETER: LARGE}, {PARAMETER: SMALL}, {PARAMETER: LARGE}]
+    assert all(r.phase == PHASE for r in runs)
+    fixed = orchestrator().bundle("D", policy=("d", 2))
+    again = orchestrator().bundle("D", policy=("d", 1))  # the same draws, the default model
+    assert not fixed.options and fixed.model == SMALL
+    assert RunCompleted.from_json(fixed.to_json()) == fixed  # what the CRL stage decodes
+    assert fixed.gates == again.gates and fixed.qav == again.qav
+    assert fixed.costs is not None and again.costs is not None
+    assert fixed.costs.spent * 2 == pytest.approx(again.costs.spent)
