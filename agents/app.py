@@ -131,6 +131,9 @@ class LearnopsApp(faust.App):
         hide_exception_values()
         if self.settings.learnops_log_format == "json":
             use_json_logs()
+        # Faust makes only the last directory of its datadir; a fresh checkout or
+        # state directory has no parents yet (LEARNOPS_DATA_DIR=/new/path/worker).
+        self.settings.learnops_data_dir.mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
 
     async def on_stop(self) -> None:

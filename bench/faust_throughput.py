@@ -136,7 +136,7 @@ def consume_faust(spec: dict[str, Any]) -> None:
     else:
         tuning = {"broker": [f"kafka://{spec['bootstrap']}"]}
     app = faust.App(
-        f"bench-{spec['transport']}-{uuid.uuid4().hex[:8]}",
+        spec.get("app_id") or f"bench-{spec['transport']}-{uuid.uuid4().hex[:8]}",
         **tuning,
         store="memory://",
         datadir=spec["datadir"],

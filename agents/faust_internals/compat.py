@@ -114,6 +114,10 @@ NAMES: tuple[Method | State | Attribute, ...] = (
         ("self", "topics", "start_new_transaction"),
         _TRANSPORT,
     ),
+    # transport.py: the delivery loop's call its ``wait_first`` runs inline (see there).
+    Method(FAUST, _CONSUMER, "_drain_messages", ("self", "fetcher"), _TRANSPORT),
+    Method(FAUST, f"{_DRIVER}:Consumer", "wait_first", ("self", "coros", "timeout"), _TRANSPORT),
+    State(FAUST, _CONSUMER, "suspend_flow", "__init__", _TRANSPORT),
     Method(FAUST, f"{_DRIVER}:Consumer", "highwater", ("self", "tp"), "agents/health.py"),
     # transport.py: the consumer's bookkeeping it reads and corrects.
     State(FAUST, _CONSUMER, "_acked", "__init__", _TRANSPORT),
@@ -149,6 +153,22 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     # transport.py: the producer buffer whose flush waits for acknowledgements.
     Method(FAUST, "faust.transport.producer:ProducerBuffer", "put", ("self", "fut"), _TRANSPORT),
     Method(FAUST, "faust.transport.producer:ProducerBuffer", "flush", ("self",), _TRANSPORT),
+    Attribute(FAUST, "faust.transport.producer:ProducerBuffer", "_handle_pending", _TRANSPORT),
+    Method(
+        FAUST,
+        "faust.transport.producer:ProducerBuffer",
+        "_send_pending",
+        ("self", "fut"),
+        _TRANSPORT,
+    ),
+    State(FAUST, "faust.transport.producer:ProducerBuffer", "pending", "__post_init__", _TRANSPORT),
+    State(
+        FAUST,
+        "faust.transport.producer:ProducerBuffer",
+        "message_sent",
+        "__post_init__",
+        _TRANSPORT,
+    ),
     Method(
         FAUST, "faust.transport.producer:ProducerBuffer", "__post_init__", ("self",), _TRANSPORT
     ),

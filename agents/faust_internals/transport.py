@@ -94,6 +94,23 @@ broker acknowledges it, and its flush waits for all of them (at most
 :data:`FLUSH_TIMEOUT_S`; past that, or if one failed, the flush raises and
 nothing is committed: the worker stops and the records are read again).
 
+Records handed to the streams without a task each
+-------------------------------------------------
+Faust's delivery loop (``Consumer._drain_messages``) hands each record to the
+conductor with ``wait_first(callback(message), suspend_flow.wait())``, so a
+flow stopped by a rebalance can interrupt a delivery blocked on a full stream
+queue. ``wait_first`` makes four tasks and an ``asyncio.wait`` per record, and
+the record reaches its stream's queue only on a later turn of the event loop.
+In a worker with every stage that cost twice over: the tasks themselves, and
+batches of one or two events (agents/streams.py takes what is queued), so every
+stage paid its per-batch work (a PostgreSQL round trip, table writes, checks)
+per event. :meth:`Consumer.wait_first` first runs the delivery inline: the
+conductor's ``on_message`` only waits when a queue is full or the flow or the
+producer's buffer is held, and otherwise finishes without suspending, with the
+same effect as the stock path. Only a delivery that does wait goes the stock
+way, interruptible as before (:class:`_Resumed` carries on the started
+coroutine). The loop still yields every 100 records.
+
 The transport is chosen by the broker URL scheme ``learnops-kafka://host:port``
 (:func:`broker_urls`).
 """
@@ -112,6 +129,8 @@ from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
+from mode import Service
+from mode.services import WaitResults
 
 from agents.faust_internals.offsets import OffsetGuard, Verdict
 
@@ -211,6 +230,47 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return records
 
 
+class _Resumed:
+    """A coroutine already started by one ``send(None)``, awaitable from where it stopped.
+
+    ``await _Resumed(coro, waiting_on)`` behaves as ``await coro`` would have from
+    its first suspension on: the future it waits on goes up to the task, and what
+    the task sends or throws (a cancellation) goes down to the coroutine.
+    """
+
+    def __init__(self, coro: Any, waiting_on: Any) -> None:
+        self.coro = coro
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Any:
+        coro, value = self.coro, self.waiting_on
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+def _waits_for_flow(coro: Any, flow: asyncio.Event) -> bool:
+    """Whether ``coro`` is ``flow.wait()`` not yet started (the delivery loop's second argument)."""
+    return (
+        getattr(coro, "cr_code", None) is asyncio.Event.wait.__code__
+        and coro.cr_frame is not None
+        and coro.cr_frame.f_locals.get("self") is flow
+    )
+
+
 class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer on :class:`ConsumerThread`, polling briefly under pressure."""
 
@@ -221,6 +281,31 @@ class Consumer(faust_aiokafka.Consumer):
         self._seeking = 0
         self._seek_done = asyncio.Event()
         self._seek_done.set()
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        """Deliver a record inline when it needs no wait; otherwise Faust's ``wait_first``.
+
+        Only the delivery loop's call, ``(callback(message), suspend_flow.wait())``
+        while the flow is not suspended, takes the inline path (module docstring).
+        """
+        if (
+            len(coros) == 2
+            and timeout is None
+            and asyncio.iscoroutine(coros[0])
+            and not self.suspend_flow.is_set()
+            and _waits_for_flow(coros[1], self.suspend_flow)
+        ):
+            delivery, flow = coros
+            try:
+                waiting_on = delivery.send(None)
+            except StopIteration as done:
+                flow.close()
+                return WaitResults([delivery], [done.value], False)
+            except BaseException:
+                flow.close()
+                raise
+            coros = (_Resumed(delivery, waiting_on), flow)
+        return await super().wait_first(*coros, timeout=timeout)
 
     def _acks_enabled_for(self, topic: str) -> bool:
         enabled: bool = self.app.topics.acks_enabled_for(topic)
@@ -375,6 +460,8 @@ class ChangelogFlushError(RuntimeError):
 class AcknowledgedBuffer(ProducerBuffer):
     """Faust's producer buffer that also remembers each record until the broker acknowledges it."""
 
+    max_messages = 10_000
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.unacknowledged: set[asyncio.Future[Any]] = set()
@@ -384,6 +471,22 @@ class AcknowledgedBuffer(ProducerBuffer):
         self.unacknowledged.add(fut)
         fut.add_done_callback(self._acknowledged)
         super().put(fut)
+
+    @Service.task
+    async def _handle_pending(self) -> None:
+        """Hand every queued record to the producer in one turn of the event loop.
+
+        Faust's task hands over one record per turn, and its conductor stops
+        delivering input (``wait_until_ebb``) while more than 100 wait: a stage
+        that writes a few hundred table values at the end of a batch held its
+        input back for as many turns of the loop, each shared with every stage.
+        """
+        pending = self.pending
+        while not self.should_stop:
+            await self._send_pending(await pending.get())
+            while not pending.empty():
+                await self._send_pending(pending.get_nowait())
+            self.message_sent.set()
 
     def _acknowledged(self, fut: asyncio.Future[Any]) -> None:
         self.unacknowledged.discard(fut)

@@ -162,7 +162,14 @@ async def test_daily_tables_hold_exactly_the_expected_aggregates(
     last_day = (START + timedelta(days=DAYS - 1)).date()
     for doer in doers:
         expected = _expected_days(published, doer)
-        view = await _view(settings_env, doer, last_day)
+        # A batch's rows are in PostgreSQL before its runs are folded into the tables
+        # (the stage stores, emits, then folds): wait until the doer's last are in.
+        total_runs = sum(d.count for d in expected.values())
+        view = await eventually(
+            lambda doer=doer: _view(settings_env, doer, last_day),
+            lambda v, n=total_runs: v["trend"]["count_30d"] >= n,
+            timeout=60,
+        )
         assert sorted(view["days"]) == sorted(d.isoformat() for d in expected)
         for day, daily in expected.items():
             got = view["days"][day.isoformat()]
