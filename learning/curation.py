@@ -29,6 +29,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final, Literal
 
 import phonenumbers
@@ -698,6 +699,8 @@ def _find_phones(
         # libphonenumber looks a few characters either side of a candidate to
         # reject things like "abc123"; give it that much context.
         lo, hi = max(0, w.start() - 8), min(len(text), w.end() + 8)
+        if not _may_start_phone(text, lo, hi):
+            continue
         window = text[lo:hi]
         digits_in_window = sum(c.isdigit() for c in w.group())
         covered = 0
@@ -721,6 +724,31 @@ def _find_phones(
     return out
 
 
+# What a candidate of libphonenumber's matcher starts with: an opening bracket,
+# a plus sign or a digit (phonenumbermatcher's _LEAD_CLASS, then \d); the
+# numbers it gives back start at or after the start of their candidate.
+_PHONE_LEAD: Final = "([\uff08\uff3b+\uff0b"
+_NOT_BEFORE_PHONE: Final = "-#_/.:"
+
+
+def _may_start_phone(text: str, lo: int, hi: int) -> bool:
+    """Whether a number libphonenumber finds in ``text[lo:hi]`` may pass ``_phone_context_ok``.
+
+    It could not when every position from the first possible candidate start
+    on follows a letter, a digit or a character of ``-#_/.:`` (an id such as
+    ``run-00000123``), so the parse, the costliest step of redaction, is skipped.
+    """
+    first = next((i for i in range(lo, hi) if text[i].isdigit() or text[i] in _PHONE_LEAD), None)
+    if first is None:
+        return False
+    if first == 0:
+        return True  # the start of the text is a boundary
+    return any(
+        not (text[i - 1].isalnum() or text[i - 1] in _NOT_BEFORE_PHONE)
+        for i in range(first, hi + 1)
+    )
+
+
 _DECIMAL = re.compile(r"\d+\.\d+")
 
 
@@ -728,7 +756,7 @@ def _phone_context_ok(text: str, start: int, end: int) -> bool:
     before = text[start - 1] if start > 0 else " "
     after = text[end] if end < len(text) else " "
     # Part of an identifier: ORD-2024-000123, #5551234, id_5551234567, 12345.678
-    if before.isalnum() or before in "-#_/.:" or after.isalnum() or after in "-_":
+    if before.isalnum() or before in _NOT_BEFORE_PHONE or after.isalnum() or after in "-_":
         return False
     raw = text[start:end]
     if _DECIMAL.fullmatch(raw):
@@ -811,7 +839,7 @@ class Redactor:
         candidates += [
             e for e in _find_emails(text) if not any(u.start < e.start < u.end for u in userinfo)
         ]
-        if any(c.isdigit() for c in text):
+        if any(map(str.isdigit, text)):
             candidates += _find_ibans(text)
             candidates += _find_cards(text)
             candidates += _find_ssns(text)
@@ -822,15 +850,19 @@ class Redactor:
 
     def redact(self, text: str) -> Redaction:
         """``text`` with each finding replaced by its placeholder, and the findings."""
-        found = self.findings(text)
-        parts: list[str] = []
-        pos = 0
-        for f in found:
-            parts.append(text[pos : f.start])
-            parts.append(PLACEHOLDERS[f.kind])
-            pos = f.end
-        parts.append(text[pos:])
-        return Redaction(text="".join(parts), findings=tuple(found))
+        return replace_findings(text, self.findings(text))
+
+
+def replace_findings(text: str, found: Sequence[Finding]) -> Redaction:
+    """``text`` with each of ``found`` (non-overlapping, in order) replaced by its placeholder."""
+    parts: list[str] = []
+    pos = 0
+    for f in found:
+        parts.append(text[pos : f.start])
+        parts.append(PLACEHOLDERS[f.kind])
+        pos = f.end
+    parts.append(text[pos:])
+    return Redaction(text="".join(parts), findings=tuple(found))
 
 
 _DEFAULT_REDACTOR = Redactor()
@@ -909,11 +941,31 @@ _SPECIFIC_TOKEN = re.compile(
 )
 _PLACEHOLDER_TOKEN = re.compile(r"\[(?:" + "|".join(KINDS) + r")\]")
 _SENTENCE_END = (".", "!", "?", ":", ";")
+_TOKEN_CACHE_SIZE: Final = 1 << 16
+_CACHED_TOKEN_LENGTH: Final = 64
 
 #: A text whose share of specific tokens reaches this scores full density.
 SPECIFIC_SHARE_FOR_FULL_SCORE: Final = 0.25
 #: Texts shorter than this many tokens are scaled down linearly.
 TOKENS_FOR_FULL_LENGTH: Final = 40
+
+
+@lru_cache(maxsize=_TOKEN_CACHE_SIZE)
+def _token_class(raw: str) -> tuple[bool, bool, bool]:
+    """Whether a token is specific inside a sentence, at its start, and whether it ends one.
+
+    Tokens repeat (words of a language, names of a code base), so this is
+    cached: it is most of what :func:`specificity` costs.
+    """
+    token = raw.strip("\"'()[]{}<>,;:!?")
+    ends_sentence = raw.endswith(_SENTENCE_END)
+    if not token or _PLACEHOLDER_TOKEN.fullmatch(raw.strip(",;:!?.")):
+        return False, False, ends_sentence
+    bare = token.rstrip(".")
+    if _SPECIFIC_TOKEN.fullmatch(bare):
+        return True, True, ends_sentence
+    # A capitalised word that does not start a sentence: a cheap named entity.
+    return bare[:1].isupper() and bare[1:].islower(), False, ends_sentence
 
 
 def specificity(text: str) -> float:
@@ -931,14 +983,11 @@ def specificity(text: str) -> float:
     specific = 0
     sentence_start = True
     for raw in tokens:
-        token = raw.strip("\"'()[]{}<>,;:!?")
-        if token and not _PLACEHOLDER_TOKEN.fullmatch(raw.strip(",;:!?.")):
-            bare = token.rstrip(".")
-            if _SPECIFIC_TOKEN.fullmatch(bare) or (
-                not sentence_start and bare[:1].isupper() and bare[1:].islower()
-            ):
-                specific += 1
-        sentence_start = raw.endswith(_SENTENCE_END)
+        # Long tokens (a pasted blob) are rare and would fill the cache.
+        classify = _token_class if len(raw) <= _CACHED_TOKEN_LENGTH else _token_class.__wrapped__
+        inside, first, ends_sentence = classify(raw)
+        specific += first if sentence_start else inside
+        sentence_start = ends_sentence
     share = specific / len(tokens)
     density = min(1.0, share / SPECIFIC_SHARE_FOR_FULL_SCORE)
     length = min(1.0, len(tokens) / TOKENS_FOR_FULL_LENGTH)

@@ -41,7 +41,7 @@ from learning.contamination import (
     GuardVerdict,
     SelfLoopGuard,
 )
-from learning.curation import content_hash, findings_only, label_sample, redact
+from learning.curation import content_hash, findings_only, label_sample, replace_findings
 from models.base import name_problem, sha256_hex
 from models.events import Alert, Artifact, CurationLabels, RunCompleted, SampleCurated
 from models.ids import contamination_alert_id, sample_event_id, sample_id
@@ -106,13 +106,15 @@ def redact_fully(text: str) -> RedactedText:
     corpus), so the second round is the last scan before anything is stored.
     """
     counts: Counter[str] = Counter()
+    found = findings_only(text)
     for _ in range(REDACTION_ROUNDS):
-        if not findings_only(text):
+        if not found:
             return RedactedText(text, dict(counts))
-        result = redact(text)
+        result = replace_findings(text, found)  # each text is scanned once
         counts.update(result.counts)
         text = result.text
-    if findings_only(text):
+        found = findings_only(text)
+    if found:
         raise CurationError(f"PII is still found after {REDACTION_ROUNDS} rounds of redaction")
     return RedactedText(text, dict(counts))
 
