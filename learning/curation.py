@@ -807,6 +807,15 @@ def _resolve(candidates: Iterable[Finding]) -> list[Finding]:
     return sorted(chosen, key=lambda f: f.start)
 
 
+# Something every finding needs somewhere in the text: a digit (numbers, and every
+# key and token the detectors accept), "@" (addresses, URL credentials) or a word
+# the context rules look for. A text without any holds nothing to redact: most
+# names and many documents are dismissed by this one search.
+_MAY_HOLD_PII = re.compile(
+    r"(?i)\d|@|-----BEGIN|eyJ|uthorization|pass|pwd|secret|token|key|credential"
+)
+
+
 class Redactor:
     """Finds PII and secrets in text and replaces them with typed placeholders."""
 
@@ -826,11 +835,15 @@ class Redactor:
 
     def findings(self, text: str) -> list[Finding]:
         """Every finding in ``text``, non-overlapping, in order of position."""
+        if not _MAY_HOLD_PII.search(text):
+            return []
         candidates: list[Finding] = []
         candidates += _find_private_keys(text)
         candidates += _find_jwts(text)
-        candidates += _find_api_keys(text)
-        candidates += _find_bearer_tokens(text)
+        digits = any(map(str.isdigit, text))
+        if digits:  # every API key and bearer token found holds a digit
+            candidates += _find_api_keys(text)
+            candidates += _find_bearer_tokens(text)
         candidates += _find_authorization_headers(text)
         candidates += _find_named_credentials(text)
         userinfo = _find_url_credentials(text)
@@ -839,7 +852,7 @@ class Redactor:
         candidates += [
             e for e in _find_emails(text) if not any(u.start < e.start < u.end for u in userinfo)
         ]
-        if any(map(str.isdigit, text)):
+        if digits:
             candidates += _find_ibans(text)
             candidates += _find_cards(text)
             candidates += _find_ssns(text)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
@@ -140,7 +140,7 @@ def labels_for(
         produced_by_our_policy=is_ours(artifact),
         matches_our_output=matches_our_output,
     )
-    values = asdict(labels)
+    values = dict(vars(labels))  # flat values: no need for asdict's deep copy
     if qav is None:
         values["contradiction"] = None
     return CurationLabels.model_validate(values)
