@@ -230,7 +230,11 @@ class BandTable:
     def insert(self, row: int, signature: Signature) -> None:
         """File ``row`` under each band of its signature."""
         for buckets, key in zip(self._buckets, self._keys(signature), strict=True):
-            buckets.setdefault(key, set()).add(row)
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = {row}
+            else:
+                bucket.add(row)
         self._members.add(row)
 
     def remove(self, row: int, signature: Signature) -> None:

@@ -27,7 +27,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final, Literal
@@ -199,6 +199,28 @@ def _starts_word(text: str, start: int, also: str = "") -> bool:
     return not (before.isalnum() or before in also)
 
 
+def _ascii_folded(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """A ``(?i)`` pattern whose literals are lower case, made case-sensitive for lower-cased text.
+
+    On ASCII text, ``_finditer_folded`` with it gives the spans the original
+    gives, several times faster: the regex engine cannot skip ahead on
+    case-insensitive literals (tests/unit/test_curation.py checks the spans).
+    """
+    source = pattern.pattern
+    if not source.startswith("(?i)"):
+        raise ValueError(f"not a case-insensitive pattern: {source[:20]}")
+    return re.compile(source.removeprefix("(?i)"))
+
+
+def _finditer_folded(
+    pattern: re.Pattern[str], folded: re.Pattern[str], text: str
+) -> Iterator[re.Match[str]]:
+    """The matches of the ``(?i)`` ``pattern`` in ``text`` (take values from ``text``)."""
+    if text.isascii():
+        return folded.finditer(text.lower())
+    return pattern.finditer(text)
+
+
 def _b64url_json(segment: str) -> object:
     padded = segment + "=" * (-len(segment) % 4)
     try:
@@ -288,6 +310,7 @@ _KEY_CONTEXT = re.compile(
     r"|access[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?token"
     r"|token)[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9_\-+/.=]{20,})"
 )
+_KEY_CONTEXT_FOLDED = _ascii_folded(_KEY_CONTEXT)
 _CONTEXT_SECRET_MIN_BITS: Final = 3.5
 
 
@@ -309,10 +332,10 @@ def _find_api_keys(text: str) -> list[Finding]:
     lowered = text.lower()
     if "key" not in lowered and "secret" not in lowered and "token" not in lowered:
         return out
-    for m in _KEY_CONTEXT.finditer(text):
+    for m in _finditer_folded(_KEY_CONTEXT, _KEY_CONTEXT_FOLDED, text):
         if not _starts_word(text, m.start()):
             continue
-        value = m.group(1).rstrip(".")
+        value = text[m.start(1) : m.end(1)].rstrip(".")
         if _looks_random(value):
             out.append(Finding("API_KEY", m.start(1), m.start(1) + len(value)))
     return out
@@ -343,6 +366,7 @@ _CREDENTIAL_NAME = re.compile(
     r"|api[_-]?key|access[_-]?key|private[_-]?key|secret[_-]?key|signing[_-]?key)"
     r"([\"']?)[ \t]*(?::=|=|:)[ \t]*"
 )
+_CREDENTIAL_NAME_FOLDED = _ascii_folded(_CREDENTIAL_NAME)
 _CREDENTIAL_WORDS: Final = ("pass", "pwd", "secret", "token", "key", "credential")
 # An unquoted value runs to white space, a quote or markup; a ",", ";" or "&"
 # ends it only where a sentence, a list or a query string goes on after it
@@ -407,7 +431,7 @@ def _find_named_credentials(text: str) -> list[Finding]:
     lowered = text.lower()
     if not any(word in lowered for word in _CREDENTIAL_WORDS):
         return out
-    for m in _CREDENTIAL_NAME.finditer(text):
+    for m in _finditer_folded(_CREDENTIAL_NAME, _CREDENTIAL_NAME_FOLDED, text):
         # Any prefix may come before the word (DB_PASSWORD, dbPassword, PGPASSWORD,
         # csrftoken): the name ends in it, and that is what makes it a credential.
         # A quote right after the name must be the one that closed it ("password": …),
@@ -807,13 +831,23 @@ def _resolve(candidates: Iterable[Finding]) -> list[Finding]:
     return sorted(chosen, key=lambda f: f.start)
 
 
-# Something every finding needs somewhere in the text: a digit (numbers, and every
-# key and token the detectors accept), "@" (addresses, URL credentials) or a word
-# the context rules look for. A text without any holds nothing to redact: most
-# names and many documents are dismissed by this one search.
-_MAY_HOLD_PII = re.compile(
-    r"(?i)\d|@|-----BEGIN|eyJ|uthorization|pass|pwd|secret|token|key|credential"
-)
+# Digits in the sense of the detectors' patterns (\d): a text with none holds no
+# number any of them can find, nor a key or token they accept.
+_DIGIT = re.compile(r"\d")
+# What each detector that needs no digit looks for before anything else
+# (a PEM header, a JWT header, an address or URL credentials, an Authorization
+# header); credential names are looked for in the lower-cased text.
+_NO_DIGIT_MARKERS: Final = ("@", "eyJ", "-----BEGIN", "uthorization", "UTHORIZATION")
+
+
+def _may_hold_pii(text: str, digits: bool) -> bool:
+    """Whether any detector could find something in ``text``: most names and many documents
+    hold none of what the detectors first look for, and are dismissed here."""
+    return (
+        digits
+        or any(marker in text for marker in _NO_DIGIT_MARKERS)
+        or any(word in text.lower() for word in _CREDENTIAL_WORDS)
+    )
 
 
 class Redactor:
@@ -835,12 +869,12 @@ class Redactor:
 
     def findings(self, text: str) -> list[Finding]:
         """Every finding in ``text``, non-overlapping, in order of position."""
-        if not _MAY_HOLD_PII.search(text):
+        digits = _DIGIT.search(text) is not None
+        if not _may_hold_pii(text, digits):
             return []
         candidates: list[Finding] = []
         candidates += _find_private_keys(text)
         candidates += _find_jwts(text)
-        digits = any(map(str.isdigit, text))
         if digits:  # every API key and bearer token found holds a digit
             candidates += _find_api_keys(text)
             candidates += _find_bearer_tokens(text)
