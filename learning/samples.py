@@ -105,8 +105,10 @@ def redact_fully(text: str) -> RedactedText:
     One round is enough on everything measured (``redact`` is idempotent on the
     corpus), so the second round is the last scan before anything is stored.
     """
-    counts: Counter[str] = Counter()
     found = findings_only(text)
+    if not found:
+        return RedactedText(text, {})  # most texts and names
+    counts: Counter[str] = Counter()
     for _ in range(REDACTION_ROUNDS):
         if not found:
             return RedactedText(text, dict(counts))
