@@ -20,6 +20,7 @@ from learning.contamination import (
     MinHasher,
     NearDuplicateIndex,
     SelfLoopGuard,
+    _most_true_per_row,
     candidate_probability,
     estimate_jaccard,
     lsh_bands,
@@ -169,6 +170,17 @@ def test_signature_of_shingles_equals_datasketchs_affine32_minhash(
     mine = hasher.signature_of_shingles(np.array(shingles, dtype=np.uint32))
     assert mine.dtype == np.uint32
     assert mine.tolist() == np.asarray(reference.hashvalues, dtype=np.uint32).tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.sampled_from([8, 16, 128, 130, 256]), st.floats(0, 1), st.integers())
+def test_most_true_per_row_counts_like_count_nonzero(
+    rows: int, width: int, share: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed % 2**32)
+    matrix = rng.random((rows, width)) < share
+    expected = int(np.count_nonzero(matrix, axis=1).max())
+    assert _most_true_per_row(matrix) == expected
 
 
 def test_band_table_proposes_the_candidates_datasketchs_lsh_proposes() -> None:
