@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from datasketch import MinHash, MinHashLSH
+from datasketch import MinHash
 
 from learning.curation import content_hash
 
@@ -62,10 +62,6 @@ def _token_hash(token: str) -> int:
     # Stable across processes (unlike hash()), so signatures computed by one
     # worker match those of another and those stored in a table.
     return int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def _identity(value: Any) -> Any:
-    return value
 
 
 def candidate_probability(similarity: float, bands: int, rows: int) -> float:
@@ -113,6 +109,8 @@ class MinHasher:
         self.seed = seed
         self._template = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME)
         self.permutations = self._template.permutations
+        self._a = np.asarray(self.permutations[0], dtype=np.uint32)
+        self._b = np.asarray(self.permutations[1], dtype=np.uint32)
 
     @property
     def signature_bytes(self) -> int:
@@ -128,7 +126,7 @@ class MinHasher:
         tokens = self.tokens(text)
         if not tokens:
             return np.empty(0, dtype=np.uint32)
-        hashes = np.fromiter((_token_hash(t) for t in tokens), dtype=np.uint64, count=len(tokens))
+        hashes = np.fromiter(map(_token_hash, tokens), dtype=np.uint64, count=len(tokens))
         k = min(self.shingle_size, len(hashes))
         n = len(hashes) - k + 1
         rolled = hashes[:n].copy()
@@ -141,17 +139,25 @@ class MinHasher:
         return self.signature_of_shingles(self.shingles(text))
 
     def signature_of_shingles(self, shingles: npt.NDArray[np.uint32]) -> Signature:
-        """The MinHash signature of a set of 32-bit shingle hashes."""
-        mh = MinHash(
-            num_perm=self.num_perm,
-            seed=self.seed,
-            hashfunc=_identity,
-            permutations=self.permutations,
-            scheme=SCHEME,
-        )
-        if len(shingles):
-            mh.update_batch(shingles.tolist())
-        return np.asarray(mh.hashvalues, dtype=np.uint32)
+        """The MinHash signature of a set of 32-bit shingle hashes.
+
+        datasketch's ``affine32`` scheme, computed here in one numpy expression
+        (datasketch builds a Python list of the hashes first, most of the
+        cost): each hash is mixed by the MurmurHash3 32-bit finaliser, then
+        slot ``k`` keeps the minimum of ``a_k · h + b_k mod 2**32`` over the
+        shingles.  Equal to ``MinHash.update_batch`` (tests/unit/test_contamination.py).
+        """
+        if not len(shingles):
+            return np.full(self.num_perm, _EMPTY, dtype=np.uint32)
+        h = np.asarray(shingles, dtype=np.uint32).reshape(-1, 1)
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        h = h ^ (h >> np.uint32(16))
+        permuted = h * self._a  # uint32 arithmetic wraps: mod 2**32
+        permuted += self._b
+        return permuted.min(axis=0)
 
     def minhash(self, signature: Signature) -> MinHash:
         """A datasketch MinHash holding ``signature`` (for datasketch's LSH and ``jaccard``)."""
@@ -191,7 +197,8 @@ def estimate_jaccard(a: Signature, b: Signature) -> float:
 
 def is_empty(signature: Signature) -> bool:
     """Whether a signature is that of a text with no words."""
-    return bool(np.all(signature == _EMPTY))
+    # The first slot settles it for nearly every signature of a text with words.
+    return bool(signature[0] == _EMPTY) and bool(np.all(signature == _EMPTY))
 
 
 # --------------------------------------------------------------------------------------
@@ -201,10 +208,62 @@ def is_empty(signature: Signature) -> bool:
 _INDEX_MAGIC: Final = b"LNDX1"
 
 
+class BandTable:
+    """Banded LSH: the rows whose signatures agree on every slot of at least one band.
+
+    Band ``i`` is slots ``[i·r, (i+1)·r)``, as datasketch's ``MinHashLSH``
+    bands them, and two signatures share a bucket when those slots are equal,
+    so the candidates are the ones ``MinHashLSH`` gives; a band's key is the
+    bytes of its slots, without building a ``MinHash`` for every insert and
+    query (which cost more than the lookup itself).
+    """
+
+    def __init__(self, bands: int, rows: int) -> None:
+        self.bands, self.rows = bands, rows
+        self._buckets: list[dict[bytes, set[int]]] = [{} for _ in range(bands)]
+        self._members: set[int] = set()
+
+    def _keys(self, signature: Signature) -> list[bytes]:
+        width = 4 * self.rows  # bytes of one band of uint32 slots
+        raw = np.ascontiguousarray(signature[: self.bands * self.rows], dtype=np.uint32).tobytes()
+        return [raw[at : at + width] for at in range(0, len(raw), width)]
+
+    def insert(self, row: int, signature: Signature) -> None:
+        """File ``row`` under each band of its signature."""
+        for buckets, key in zip(self._buckets, self._keys(signature), strict=True):
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = {row}
+            else:
+                bucket.add(row)
+        self._members.add(row)
+
+    def remove(self, row: int, signature: Signature) -> None:
+        """Take ``row`` (filed with ``signature``) out of every band."""
+        for buckets, key in zip(self._buckets, self._keys(signature), strict=True):
+            bucket = buckets[key]
+            bucket.discard(row)
+            if not bucket:
+                del buckets[key]
+        self._members.discard(row)
+
+    def query(self, signature: Signature) -> set[int]:
+        """The rows that share at least one band with ``signature``."""
+        found: set[int] = set()
+        for buckets, key in zip(self._buckets, self._keys(signature), strict=True):
+            bucket = buckets.get(key)
+            if bucket:
+                found |= bucket
+        return found
+
+    def __contains__(self, row: object) -> bool:
+        return row in self._members
+
+
 class NearDuplicateIndex:
     """Ids of stored texts whose shingle Jaccard with a query is at or above ``threshold``.
 
-    LSH (datasketch ``MinHashLSH``, banding from :func:`lsh_bands`) proposes
+    LSH (:class:`BandTable`, banding from :func:`lsh_bands`) proposes
     candidates in time independent of the index size; each candidate is then
     kept only if the MinHash estimate of its Jaccard with the query is ≥
     ``threshold``.  Signatures live in one contiguous ``uint32`` matrix
@@ -225,7 +284,7 @@ class NearDuplicateIndex:
         self.threshold = threshold
         self.hasher = MinHasher(num_perm=num_perm, shingle_size=shingle_size, seed=seed)
         self.bands = bands if bands is not None else lsh_bands(threshold, num_perm)
-        self._lsh = MinHashLSH(num_perm=num_perm, params=self.bands)
+        self._lsh = BandTable(*self.bands)
         self._rows: dict[str, int] = {}
         self._ids: list[str | None] = []
         self._free: list[int] = []
@@ -261,21 +320,18 @@ class NearDuplicateIndex:
         first = len(self._ids)
         self._grow(first + len(sample_ids))
         self._sigs[first : first + len(sample_ids)] = matrix
-        with self._lsh.insertion_session() as session:
-            for offset, sample_id in enumerate(sample_ids):
-                row = first + offset
-                self._ids.append(sample_id)
-                self._rows[sample_id] = row
-                if not is_empty(matrix[offset]):
-                    session.insert(
-                        row, self.hasher.minhash(matrix[offset]), check_duplication=False
-                    )
+        for offset, sample_id in enumerate(sample_ids):
+            row = first + offset
+            self._ids.append(sample_id)
+            self._rows[sample_id] = row
+            if not is_empty(matrix[offset]):
+                self._lsh.insert(row, matrix[offset])
 
     def remove(self, sample_id: str) -> None:
         """Forget ``sample_id``; raises ``KeyError`` if it is not stored."""
         row = self._rows.pop(sample_id)
         if row in self._lsh:
-            self._lsh.remove(row)
+            self._lsh.remove(row, self._sigs[row])
         self._ids[row] = None
         self._free.append(row)
 
@@ -302,7 +358,7 @@ class NearDuplicateIndex:
         self._sigs[row] = signature
         self._rows[sample_id] = row
         if not is_empty(signature):
-            self._lsh.insert(row, self.hasher.minhash(signature), check_duplication=False)
+            self._lsh.insert(row, signature)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -315,7 +371,7 @@ class NearDuplicateIndex:
         signature = self.hasher.coerce(signature)
         if is_empty(signature) or not self._rows:
             return []
-        rows = self._lsh.query(self.hasher.minhash(signature))
+        rows = self._lsh.query(signature)
         if not rows:
             return []
         rows_arr = np.fromiter(rows, dtype=np.int64, count=len(rows))
@@ -340,7 +396,7 @@ class NearDuplicateIndex:
         """How many candidates LSH proposes for a signature before verification (for the bench)."""
         if is_empty(signature) or not self._rows:
             return 0
-        return len(self._lsh.query(self.hasher.minhash(signature)))
+        return len(self._lsh.query(signature))
 
     def stored_signature(self, sample_id: str) -> Signature:
         """The signature stored under ``sample_id``."""
@@ -464,6 +520,24 @@ class SelfLoopGuard:
 # --------------------------------------------------------------------------------------
 
 
+_BYTE_SUM: Final = np.uint64(0x0101010101010101)
+
+
+def _most_true_per_row(matrix: npt.NDArray[np.bool_]) -> int:
+    """The largest number of true values in a row of a boolean matrix.
+
+    Read eight booleans (bytes of 0 or 1) at a time as one uint64: the row sum
+    of those words holds a count per byte lane (at most width / 8), and multiplying by
+    0x0101…01 adds the bytes into the top one (a SIMD-within-a-register sum,
+    several times cheaper than ``count_nonzero(axis=1)`` on a numpy bool matrix).
+    """
+    width = matrix.shape[1]
+    if width % 8 or width > 255 or not matrix.flags.c_contiguous:
+        return int(np.count_nonzero(matrix, axis=1).max())
+    words = matrix.view(np.uint64).sum(axis=1, dtype=np.uint64)
+    return int(((words * _BYTE_SUM) >> np.uint64(56)).max())
+
+
 class DiversityWindow:
     """How different a sample is from the last ``size`` accepted ones: 1 − max estimated Jaccard.
 
@@ -491,9 +565,8 @@ class DiversityWindow:
         signature = self.hasher.coerce(signature)
         if self._count == 0 or is_empty(signature):
             return 1.0
-        filled = self._sigs[: self._count]
-        best = int(np.count_nonzero(filled == signature, axis=1).max())
-        return 1.0 - best / len(signature)
+        equal = self._sigs[: self._count] == signature
+        return 1.0 - _most_true_per_row(equal) / len(signature)
 
     def push(self, sample_id: str, text: str) -> None:
         """Add a sample to the window, evicting the oldest when full."""

@@ -27,8 +27,9 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final, Literal
 
 import phonenumbers
@@ -198,6 +199,28 @@ def _starts_word(text: str, start: int, also: str = "") -> bool:
     return not (before.isalnum() or before in also)
 
 
+def _ascii_folded(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """A ``(?i)`` pattern whose literals are lower case, made case-sensitive for lower-cased text.
+
+    On ASCII text, ``_finditer_folded`` with it gives the spans the original
+    gives, several times faster: the regex engine cannot skip ahead on
+    case-insensitive literals (tests/unit/test_curation.py checks the spans).
+    """
+    source = pattern.pattern
+    if not source.startswith("(?i)"):
+        raise ValueError(f"not a case-insensitive pattern: {source[:20]}")
+    return re.compile(source.removeprefix("(?i)"))
+
+
+def _finditer_folded(
+    pattern: re.Pattern[str], folded: re.Pattern[str], text: str
+) -> Iterator[re.Match[str]]:
+    """The matches of the ``(?i)`` ``pattern`` in ``text`` (take values from ``text``)."""
+    if text.isascii():
+        return folded.finditer(text.lower())
+    return pattern.finditer(text)
+
+
 def _b64url_json(segment: str) -> object:
     padded = segment + "=" * (-len(segment) % 4)
     try:
@@ -281,12 +304,19 @@ _API_KEY = re.compile(
     )
     + ")(?![A-Za-z0-9_-])"
 )
+# The literal each alternative of _API_KEY starts with: a text with none of them
+# is not searched (the alternation is the slowest scan of a note without keys).
+_API_KEY_PREFIXES: Final = (
+    "sk-", "sk_", "rk_", "whsec_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
+    "AKIA", "ASIA", "xox", "AIza", "glpat-", "npm_", "hf_", "SG.",
+)  # fmt: skip
 # A secret-looking value right after a key name: ``api_key=…``, ``"token": "…"``.
 _KEY_CONTEXT = re.compile(
     r"(?i)(?:api[_-]?key|apikey|secret[_-]?key|client[_-]?secret|secret"
     r"|access[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?token"
     r"|token)[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9_\-+/.=]{20,})"
 )
+_KEY_CONTEXT_FOLDED = _ascii_folded(_KEY_CONTEXT)
 _CONTEXT_SECRET_MIN_BITS: Final = 3.5
 
 
@@ -302,16 +332,17 @@ def _looks_random(value: str) -> bool:
 
 def _find_api_keys(text: str) -> list[Finding]:
     out: list[Finding] = []
-    for m in _API_KEY.finditer(text):
+    matches = _API_KEY.finditer(text) if any(p in text for p in _API_KEY_PREFIXES) else ()
+    for m in matches:
         if _starts_word(text, m.start(), "_-") and any(c.isdigit() for c in m.group()):
             out.append(Finding("API_KEY", m.start(), m.end()))
     lowered = text.lower()
     if "key" not in lowered and "secret" not in lowered and "token" not in lowered:
         return out
-    for m in _KEY_CONTEXT.finditer(text):
+    for m in _finditer_folded(_KEY_CONTEXT, _KEY_CONTEXT_FOLDED, text):
         if not _starts_word(text, m.start()):
             continue
-        value = m.group(1).rstrip(".")
+        value = text[m.start(1) : m.end(1)].rstrip(".")
         if _looks_random(value):
             out.append(Finding("API_KEY", m.start(1), m.start(1) + len(value)))
     return out
@@ -342,6 +373,7 @@ _CREDENTIAL_NAME = re.compile(
     r"|api[_-]?key|access[_-]?key|private[_-]?key|secret[_-]?key|signing[_-]?key)"
     r"([\"']?)[ \t]*(?::=|=|:)[ \t]*"
 )
+_CREDENTIAL_NAME_FOLDED = _ascii_folded(_CREDENTIAL_NAME)
 _CREDENTIAL_WORDS: Final = ("pass", "pwd", "secret", "token", "key", "credential")
 # An unquoted value runs to white space, a quote or markup; a ",", ";" or "&"
 # ends it only where a sentence, a list or a query string goes on after it
@@ -406,7 +438,7 @@ def _find_named_credentials(text: str) -> list[Finding]:
     lowered = text.lower()
     if not any(word in lowered for word in _CREDENTIAL_WORDS):
         return out
-    for m in _CREDENTIAL_NAME.finditer(text):
+    for m in _finditer_folded(_CREDENTIAL_NAME, _CREDENTIAL_NAME_FOLDED, text):
         # Any prefix may come before the word (DB_PASSWORD, dbPassword, PGPASSWORD,
         # csrftoken): the name ends in it, and that is what makes it a credential.
         # A quote right after the name must be the one that closed it ("password": …),
@@ -559,16 +591,20 @@ _EMAIL = re.compile(
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})"
     r"(?![A-Za-z0-9-]|\.[A-Za-z0-9])"
 )
+_LOCAL_PART_MAX: Final = 64
 # Asset names such as ``icon@2x.png`` look like addresses; these endings are no TLD.
 _FILE_ENDINGS: Final = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "pdf"})
 
 
 def _find_emails(text: str) -> list[Finding]:
-    if "@" not in text:
+    at = text.find("@")
+    if at < 0:
         return []
+    # A local part has at most 64 characters: no address starts before that much
+    # ahead of the first "@" (the look-behind still sees what precedes the start).
     return [
         Finding("EMAIL", m.start(), m.end())
-        for m in _EMAIL.finditer(text)
+        for m in _EMAIL.finditer(text, max(0, at - _LOCAL_PART_MAX))
         if m.group(1).lower() not in _FILE_ENDINGS and ".." not in m.group()
     ]
 
@@ -698,6 +734,8 @@ def _find_phones(
         # libphonenumber looks a few characters either side of a candidate to
         # reject things like "abc123"; give it that much context.
         lo, hi = max(0, w.start() - 8), min(len(text), w.end() + 8)
+        if not _may_start_phone(text, lo, hi):
+            continue
         window = text[lo:hi]
         digits_in_window = sum(c.isdigit() for c in w.group())
         covered = 0
@@ -721,6 +759,31 @@ def _find_phones(
     return out
 
 
+# What a candidate of libphonenumber's matcher starts with: an opening bracket,
+# a plus sign or a digit (phonenumbermatcher's _LEAD_CLASS, then \d); the
+# numbers it gives back start at or after the start of their candidate.
+_PHONE_LEAD: Final = "([\uff08\uff3b+\uff0b"
+_NOT_BEFORE_PHONE: Final = "-#_/.:"
+
+
+def _may_start_phone(text: str, lo: int, hi: int) -> bool:
+    """Whether a number libphonenumber finds in ``text[lo:hi]`` may pass ``_phone_context_ok``.
+
+    It could not when every position from the first possible candidate start
+    on follows a letter, a digit or a character of ``-#_/.:`` (an id such as
+    ``run-00000123``), so the parse, the costliest step of redaction, is skipped.
+    """
+    first = next((i for i in range(lo, hi) if text[i].isdigit() or text[i] in _PHONE_LEAD), None)
+    if first is None:
+        return False
+    if first == 0:
+        return True  # the start of the text is a boundary
+    return any(
+        not (text[i - 1].isalnum() or text[i - 1] in _NOT_BEFORE_PHONE)
+        for i in range(first, hi + 1)
+    )
+
+
 _DECIMAL = re.compile(r"\d+\.\d+")
 
 
@@ -728,7 +791,7 @@ def _phone_context_ok(text: str, start: int, end: int) -> bool:
     before = text[start - 1] if start > 0 else " "
     after = text[end] if end < len(text) else " "
     # Part of an identifier: ORD-2024-000123, #5551234, id_5551234567, 12345.678
-    if before.isalnum() or before in "-#_/.:" or after.isalnum() or after in "-_":
+    if before.isalnum() or before in _NOT_BEFORE_PHONE or after.isalnum() or after in "-_":
         return False
     raw = text[start:end]
     if _DECIMAL.fullmatch(raw):
@@ -779,6 +842,25 @@ def _resolve(candidates: Iterable[Finding]) -> list[Finding]:
     return sorted(chosen, key=lambda f: f.start)
 
 
+# Digits in the sense of the detectors' patterns (\d): a text with none holds no
+# number any of them can find, nor a key or token they accept.
+_DIGIT = re.compile(r"\d")
+# What each detector that needs no digit looks for before anything else
+# (a PEM header, a JWT header, an address or URL credentials, an Authorization
+# header); credential names are looked for in the lower-cased text.
+_NO_DIGIT_MARKERS: Final = ("@", "eyJ", "-----BEGIN", "uthorization", "UTHORIZATION")
+
+
+def _may_hold_pii(text: str, digits: bool) -> bool:
+    """Whether any detector could find something in ``text``: most names and many documents
+    hold none of what the detectors first look for, and are dismissed here."""
+    return (
+        digits
+        or any(marker in text for marker in _NO_DIGIT_MARKERS)
+        or any(word in text.lower() for word in _CREDENTIAL_WORDS)
+    )
+
+
 class Redactor:
     """Finds PII and secrets in text and replaces them with typed placeholders."""
 
@@ -798,11 +880,15 @@ class Redactor:
 
     def findings(self, text: str) -> list[Finding]:
         """Every finding in ``text``, non-overlapping, in order of position."""
+        digits = _DIGIT.search(text) is not None
+        if not _may_hold_pii(text, digits):
+            return []
         candidates: list[Finding] = []
         candidates += _find_private_keys(text)
         candidates += _find_jwts(text)
-        candidates += _find_api_keys(text)
-        candidates += _find_bearer_tokens(text)
+        if digits:  # every API key and bearer token found holds a digit
+            candidates += _find_api_keys(text)
+            candidates += _find_bearer_tokens(text)
         candidates += _find_authorization_headers(text)
         candidates += _find_named_credentials(text)
         userinfo = _find_url_credentials(text)
@@ -811,7 +897,7 @@ class Redactor:
         candidates += [
             e for e in _find_emails(text) if not any(u.start < e.start < u.end for u in userinfo)
         ]
-        if any(c.isdigit() for c in text):
+        if digits:
             candidates += _find_ibans(text)
             candidates += _find_cards(text)
             candidates += _find_ssns(text)
@@ -822,15 +908,19 @@ class Redactor:
 
     def redact(self, text: str) -> Redaction:
         """``text`` with each finding replaced by its placeholder, and the findings."""
-        found = self.findings(text)
-        parts: list[str] = []
-        pos = 0
-        for f in found:
-            parts.append(text[pos : f.start])
-            parts.append(PLACEHOLDERS[f.kind])
-            pos = f.end
-        parts.append(text[pos:])
-        return Redaction(text="".join(parts), findings=tuple(found))
+        return replace_findings(text, self.findings(text))
+
+
+def replace_findings(text: str, found: Sequence[Finding]) -> Redaction:
+    """``text`` with each of ``found`` (non-overlapping, in order) replaced by its placeholder."""
+    parts: list[str] = []
+    pos = 0
+    for f in found:
+        parts.append(text[pos : f.start])
+        parts.append(PLACEHOLDERS[f.kind])
+        pos = f.end
+    parts.append(text[pos:])
+    return Redaction(text="".join(parts), findings=tuple(found))
 
 
 _DEFAULT_REDACTOR = Redactor()
@@ -909,11 +999,31 @@ _SPECIFIC_TOKEN = re.compile(
 )
 _PLACEHOLDER_TOKEN = re.compile(r"\[(?:" + "|".join(KINDS) + r")\]")
 _SENTENCE_END = (".", "!", "?", ":", ";")
+_TOKEN_CACHE_SIZE: Final = 1 << 16
+_CACHED_TOKEN_LENGTH: Final = 64
 
 #: A text whose share of specific tokens reaches this scores full density.
 SPECIFIC_SHARE_FOR_FULL_SCORE: Final = 0.25
 #: Texts shorter than this many tokens are scaled down linearly.
 TOKENS_FOR_FULL_LENGTH: Final = 40
+
+
+@lru_cache(maxsize=_TOKEN_CACHE_SIZE)
+def _token_class(raw: str) -> tuple[bool, bool, bool]:
+    """Whether a token is specific inside a sentence, at its start, and whether it ends one.
+
+    Tokens repeat (words of a language, names of a code base), so this is
+    cached: it is most of what :func:`specificity` costs.
+    """
+    token = raw.strip("\"'()[]{}<>,;:!?")
+    ends_sentence = raw.endswith(_SENTENCE_END)
+    if not token or _PLACEHOLDER_TOKEN.fullmatch(raw.strip(",;:!?.")):
+        return False, False, ends_sentence
+    bare = token.rstrip(".")
+    if _SPECIFIC_TOKEN.fullmatch(bare):
+        return True, True, ends_sentence
+    # A capitalised word that does not start a sentence: a cheap named entity.
+    return bare[:1].isupper() and bare[1:].islower(), False, ends_sentence
 
 
 def specificity(text: str) -> float:
@@ -931,14 +1041,11 @@ def specificity(text: str) -> float:
     specific = 0
     sentence_start = True
     for raw in tokens:
-        token = raw.strip("\"'()[]{}<>,;:!?")
-        if token and not _PLACEHOLDER_TOKEN.fullmatch(raw.strip(",;:!?.")):
-            bare = token.rstrip(".")
-            if _SPECIFIC_TOKEN.fullmatch(bare) or (
-                not sentence_start and bare[:1].isupper() and bare[1:].islower()
-            ):
-                specific += 1
-        sentence_start = raw.endswith(_SENTENCE_END)
+        # Long tokens (a pasted blob) are rare and would fill the cache.
+        classify = _token_class if len(raw) <= _CACHED_TOKEN_LENGTH else _token_class.__wrapped__
+        inside, first, ends_sentence = classify(raw)
+        specific += first if sentence_start else inside
+        sentence_start = ends_sentence
     share = specific / len(tokens)
     density = min(1.0, share / SPECIFIC_SHARE_FOR_FULL_SCORE)
     length = min(1.0, len(tokens) / TOKENS_FOR_FULL_LENGTH)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
@@ -41,7 +41,7 @@ from learning.contamination import (
     GuardVerdict,
     SelfLoopGuard,
 )
-from learning.curation import content_hash, findings_only, label_sample, redact
+from learning.curation import content_hash, findings_only, label_sample, replace_findings
 from models.base import name_problem, sha256_hex
 from models.events import Alert, Artifact, CurationLabels, RunCompleted, SampleCurated
 from models.ids import contamination_alert_id, sample_event_id, sample_id
@@ -105,14 +105,18 @@ def redact_fully(text: str) -> RedactedText:
     One round is enough on everything measured (``redact`` is idempotent on the
     corpus), so the second round is the last scan before anything is stored.
     """
+    found = findings_only(text)
+    if not found:
+        return RedactedText(text, {})  # most texts and names
     counts: Counter[str] = Counter()
     for _ in range(REDACTION_ROUNDS):
-        if not findings_only(text):
+        if not found:
             return RedactedText(text, dict(counts))
-        result = redact(text)
+        result = replace_findings(text, found)  # each text is scanned once
         counts.update(result.counts)
         text = result.text
-    if findings_only(text):
+        found = findings_only(text)
+    if found:
         raise CurationError(f"PII is still found after {REDACTION_ROUNDS} rounds of redaction")
     return RedactedText(text, dict(counts))
 
@@ -138,7 +142,7 @@ def labels_for(
         produced_by_our_policy=is_ours(artifact),
         matches_our_output=matches_our_output,
     )
-    values = asdict(labels)
+    values = dict(vars(labels))  # flat values: no need for asdict's deep copy
     if qav is None:
         values["contradiction"] = None
     return CurationLabels.model_validate(values)

@@ -76,6 +76,8 @@ def name_problem(value: str) -> str | None:
     look-alike letters (Cyrillic ``а`` for Latin ``a``), zero-width
     characters or a ``/`` would make two different names read the same.
     """
+    if _NAME.fullmatch(value):
+        return None  # the common case, in one match
     if not value:
         return "is empty"
     if len(value) > 128:

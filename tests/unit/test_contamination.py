@@ -6,10 +6,12 @@ import random
 
 import numpy as np
 import pytest
+from datasketch import MinHash, MinHashLSH
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learning.contamination import (
+    BandTable,
     ContaminationAlertRule,
     ContaminationGuard,
     DatasetStats,
@@ -18,6 +20,7 @@ from learning.contamination import (
     MinHasher,
     NearDuplicateIndex,
     SelfLoopGuard,
+    _most_true_per_row,
     candidate_probability,
     estimate_jaccard,
     lsh_bands,
@@ -154,6 +157,49 @@ def test_signatures_are_stable_across_processes_and_versions() -> None:
     # hashing, shingling or datasketch's affine32 permutations breaks them.
     sig = MinHasher().signature("the quick brown fox jumps over the lazy dog")
     assert sig[:4].tolist() == [585472853, 221079748, 746728428, 120711585]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=300), st.integers(0, 2**16))
+def test_signature_of_shingles_equals_datasketchs_affine32_minhash(
+    shingles: list[int], seed: int
+) -> None:
+    hasher = MinHasher(seed=seed)
+    reference = MinHash(num_perm=hasher.num_perm, seed=seed, hashfunc=int, scheme="affine32")
+    reference.update_batch(shingles)
+    mine = hasher.signature_of_shingles(np.array(shingles, dtype=np.uint32))
+    assert mine.dtype == np.uint32
+    assert mine.tolist() == np.asarray(reference.hashvalues, dtype=np.uint32).tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.sampled_from([8, 16, 128, 130, 256]), st.floats(0, 1), st.integers())
+def test_most_true_per_row_counts_like_count_nonzero(
+    rows: int, width: int, share: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed % 2**32)
+    matrix = rng.random((rows, width)) < share
+    expected = int(np.count_nonzero(matrix, axis=1).max())
+    assert _most_true_per_row(matrix) == expected
+
+
+def test_band_table_proposes_the_candidates_datasketchs_lsh_proposes() -> None:
+    rng = np.random.default_rng(3)
+    hasher = MinHasher()
+    bases = rng.integers(0, 2**32 - 1, size=(40, hasher.num_perm), dtype=np.uint32)
+    # Each stored signature is a base with some slots changed: many share bands, few all.
+    sigs = bases[rng.integers(0, len(bases), size=400)].copy()
+    changed = rng.random(sigs.shape) < rng.uniform(0.02, 0.4, size=(len(sigs), 1))
+    sigs[changed] = rng.integers(0, 2**32 - 1, size=int(changed.sum()), dtype=np.uint32)
+    table, reference = BandTable(13, 7), MinHashLSH(num_perm=hasher.num_perm, params=(13, 7))
+    for row, sig in enumerate(sigs[:300]):
+        table.insert(row, sig)
+        reference.insert(row, hasher.minhash(sig))
+    for row in range(0, 300, 7):
+        table.remove(row, sigs[row])
+        reference.remove(row)
+    for sig in sigs:
+        assert table.query(sig) == set(reference.query(hasher.minhash(sig)))
 
 
 @settings(max_examples=60, deadline=None)

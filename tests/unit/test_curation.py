@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from learning import curation
 from learning.curation import (
     DEFAULT_PHONE_REGIONS,
     KINDS,
@@ -393,3 +394,28 @@ def test_specificity_prefers_concrete_text() -> None:
 @given(st.text(max_size=300))
 def test_specificity_is_in_the_unit_interval(text: str) -> None:
     assert 0.0 <= specificity(text) <= 1.0
+
+
+_CREDENTIAL_TEXT = st.text(
+    alphabet=st.sampled_from(list("aeiknoprstwyAEKNPSTWY_-:= \t'\"\n0123456789/.+")), max_size=80
+).map(lambda noise: noise.replace("w", "Password").replace("K", "API-key").replace("y", "Token="))
+
+
+def _assert_folded_spans_equal(text: str) -> None:
+    for pattern, folded in (
+        (curation._CREDENTIAL_NAME, curation._CREDENTIAL_NAME_FOLDED),
+        (curation._KEY_CONTEXT, curation._KEY_CONTEXT_FOLDED),
+    ):
+        expected = [m.regs for m in pattern.finditer(text)]
+        assert [m.regs for m in curation._finditer_folded(pattern, folded, text)] == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CREDENTIAL_TEXT)
+def test_folded_patterns_find_the_spans_of_the_case_insensitive_ones(text: str) -> None:
+    _assert_folded_spans_equal(text)
+
+
+def test_folded_patterns_agree_on_the_labelled_corpus(corpus: list[Labelled]) -> None:
+    for example in corpus:
+        _assert_folded_spans_equal(example.text)
