@@ -55,6 +55,7 @@ def bundle_of(output: dict[str, Any], run_id: str = "replay:t:1") -> Any:
         replay_id="r1",
         run_id=run_id,
         occurred_at=WHEN,
+        tenant_id="acme",
     )
 
 
