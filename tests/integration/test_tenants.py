@@ -47,14 +47,10 @@ def _bundle(tenant: str, doer: str, run_id: str, text: str) -> RunCompleted:
     return RunCompleted.model_validate(data)
 
 
-async def _rows(db: Any, doer: str) -> list[Any]:
-    return list(
-        await db.fetch(
-            "SELECT sample_id, tenant_id, dataset, run_id, content, accepted, reject_reason,"
-            " near_duplicate_of FROM dataset_samples WHERE doer = $1 ORDER BY tenant_id, run_id",
-            doer,
-        )
-    )
+_ROWS = (
+    "SELECT sample_id, tenant_id, dataset, run_id, content, accepted, reject_reason,"
+    " near_duplicate_of FROM dataset_samples WHERE doer = $1 ORDER BY tenant_id, run_id"
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +68,7 @@ async def two_tenants(worker: WorkerProcess, producer: Any, db: Any) -> dict[str
         _bundle(b, doer, "run-3", secret_b),
     ]
     await publish(producer, TOPIC, [(x.doer.encode(), x.to_json()) for x in bundles])
-    rows = await eventually(lambda: _rows(db, doer), lambda r: len(r) == 6, timeout=90)
+    rows = await eventually(lambda: db.fetch(_ROWS, doer), lambda r: len(r) == 6, timeout=90)
     return {
         "doer": doer,
         "a": a,
