@@ -6,6 +6,11 @@ or rejected with its reason → a contamination alert on learning.alerts when a
 dataset's contamination rate passes the rule (at most once per dataset and
 day).
 
+Tenants. A bundle's samples go to its tenant's dataset (``tenant/doer/phase``)
+and are checked against that tenant's samples and our outputs for that tenant
+only (learning.samples, docs/curation.md "Tenants"); the state stays one per
+doer, so it keeps the doer's partition.
+
 State. Each doer's guard state (near-duplicate index, exact hashes, diversity
 window, memory of our own outputs, statistics) lives in this worker's memory,
 rebuilt from two changelog-backed tables the first time the doer is seen after

@@ -678,6 +678,10 @@ class LocalExecutor:
         return deterministic_output(task.policy, task.sample, task.seed)
 
 
+#: The tenant of a replay task published before tasks named theirs (migration 023's backfill).
+PRE_TENANT_REPLAY = "default"
+
+
 def replay_bundle(
     output: Mapping[str, Any],
     *,
@@ -688,13 +692,16 @@ def replay_bundle(
     replay_id: str,
     run_id: str,
     occurred_at: Any,
+    tenant_id: str,
 ) -> RunCompleted:
     """Return the learning bundle that reports one replay task's output, tagged with the replay.
 
     The bundle carries what the CRL stage scores (gates, QAV, costs, latency,
     security, breakages, migration), so the loss is the same pure function of
     policy, sample and seed as the output. Its event id derives from the run
-    id, so a re-executed task publishes the same event.
+    id, so a re-executed task publishes the same event. ``tenant_id`` is the
+    tenant whose golden dataset the sample came from: no synthetic tenant that
+    a real one could be called, and the bundle (replay_id set) gives no sample.
     """
     m = output["measurements"]
     terms = output["terms"]
@@ -707,7 +714,7 @@ def replay_bundle(
         phase=phase,
         policy_id=policy_id,
         policy_version=policy_version,
-        tenant_id="replay",
+        tenant_id=tenant_id,
         replay_id=replay_id,
         model="local-deterministic",
         gates=Gates(passed=gates[: m["gates_passed"]], failed=gates[m["gates_passed"] :]),

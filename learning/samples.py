@@ -2,13 +2,14 @@
 
 The curator stage (``agents/curator.py``) is this module plus Kafka.  For each
 live bundle, every artifact with content becomes a sample of the dataset
-``"{doer}/{phase}"``:
+``"{tenant}/{doer}/{phase}"``:
 
 1. redact it (``learning.curation.redact``, repeated until a last scan finds
    nothing, so no PII reaches a topic or PostgreSQL),
 2. check it against the dataset's contamination guard (self-loop, exact and
    near duplicate, diversity), sharing the doer's memory of our own outputs
-   across its datasets,
+   across the datasets of one tenant (never across tenants: a verdict names
+   the sample it matched, and one tenant must not learn another's ids),
 3. label it from the bundle's QAV results and gates,
 4. give back the :class:`~models.events.SampleCurated` event, the verdict
    record the stage keeps in a Faust table, and a contamination alert when
@@ -43,11 +44,10 @@ from learning.contamination import (
 )
 from learning.curation import content_hash, findings_only, label_sample, replace_findings
 from models.base import name_problem, sha256_hex
+from models.datasets import DATASET_SEPARATOR, DEFAULT_TENANT, tenant_of
 from models.events import Alert, Artifact, CurationLabels, RunCompleted, SampleCurated
 from models.ids import contamination_alert_id, sample_event_id, sample_id
 
-#: Separates the doer from the phase in a dataset name.
-DATASET_SEPARATOR: Final = "/"
 #: Redaction is repeated until a scan of the result finds nothing, at most this often.
 REDACTION_ROUNDS: Final = 3
 
@@ -65,20 +65,21 @@ class CurationError(ValueError):
 # --------------------------------------------------------------------------------------
 
 
-def dataset_name(doer: str, phase: str) -> str:
-    """The rolling dataset a sample of this doer and phase belongs to: ``"{doer}/{phase}"``.
+def dataset_name(tenant: str, doer: str, phase: str) -> str:
+    """The rolling dataset a sample of this tenant, doer and phase belongs to.
 
-    One dataset per doer and phase: what a doer learns from differs by phase
-    (a plan is not a review), and keying by doer keeps a dataset's guard state
-    in the one worker that owns the doer's partition. Both are names
-    (``models.base.NAME_RULE``: no ``/``), so a dataset name splits one way only;
-    ValueError names the broken rule otherwise.
+    ``"{tenant}/{doer}/{phase}"``: one dataset per tenant, doer and phase. What
+    a doer learns from differs by phase (a plan is not a review); one tenant's
+    text never joins another's; and keying the state by doer keeps a
+    dataset's guard in the one worker that owns the doer's partition. All
+    three are names (``models.base.NAME_RULE``: no ``/``), so a dataset name
+    splits one way only; ValueError names the broken rule otherwise.
     """
-    for what, name in (("doer", doer), ("phase", phase)):
+    for what, name in (("tenant", tenant), ("doer", doer), ("phase", phase)):
         problem = name_problem(name)
         if problem is not None:
             raise ValueError(f"the {what} of a dataset name {problem}")
-    return f"{doer}{DATASET_SEPARATOR}{phase}"
+    return DATASET_SEPARATOR.join((tenant, doer, phase))
 
 
 def is_ours(artifact: Artifact) -> bool:
@@ -237,7 +238,7 @@ def _b64(signature: bytes) -> str:
 
 
 class DoerCuration:
-    """The curation state of one doer: a guard per dataset sharing one memory of our outputs.
+    """The curation state of one doer: a guard per dataset, one memory of our outputs per tenant.
 
     Records (plain JSON-able dicts) say everything the state holds: a verdict
     record per checked sample, and an own-output record per artifact of ours
@@ -252,13 +253,7 @@ class DoerCuration:
         self.doer = doer
         self.config = config or CurationConfig()
         self.curator = curator
-        g = self.config.guard
-        self.self_loop = SelfLoopGuard(
-            threshold=g.self_loop_threshold,
-            num_perm=g.num_perm,
-            shingle_size=g.shingle_size,
-            seed=g.seed,
-        )
+        self.self_loops: dict[str, SelfLoopGuard] = {}  # per tenant
         self.guards: dict[str, ContaminationGuard] = {}
         self._alerted: set[tuple[str, str]] = set()  # (dataset, UTC day) that alerted
         # Every record the state holds: ("sample" | "own", sample id) -> the UTC day
@@ -266,12 +261,25 @@ class DoerCuration:
         self.kept: dict[tuple[str, str], str | None] = {}
         self._last_seq: dict[str, int] = {}  # per dataset, the seq of its latest verdict
 
+    def self_loop(self, tenant: str) -> SelfLoopGuard:
+        """The tenant's memory of our outputs for this doer (created empty on first use)."""
+        found = self.self_loops.get(tenant)
+        if found is None:
+            g = self.config.guard
+            found = self.self_loops[tenant] = SelfLoopGuard(
+                threshold=g.self_loop_threshold,
+                num_perm=g.num_perm,
+                shingle_size=g.shingle_size,
+                seed=g.seed,
+            )
+        return found
+
     def guard(self, dataset: str) -> ContaminationGuard:
-        """The dataset's guard (created empty on first use)."""
+        """The dataset's guard (created empty on first use), with its tenant's self-loop memory."""
         found = self.guards.get(dataset)
         if found is None:
             found = self.guards[dataset] = ContaminationGuard(
-                self.config.guard, self_loop=self.self_loop
+                self.config.guard, self_loop=self.self_loop(tenant_of(dataset))
             )
         return found
 
@@ -339,11 +347,12 @@ class DoerCuration:
                 continue
             # Remembered under the id it would have as a sample: ids from the
             # bundle may hold anything, a uuid5 of them holds nothing.
-            key = sample_id(bundle.doer, bundle.run_id, artifact.artifact_id)
+            key = sample_id(bundle.tenant_id, bundle.doer, bundle.run_id, artifact.artifact_id)
+            hasher = self.self_loop(bundle.tenant_id).hasher
             record: dict[str, Any]
             if artifact.content:
                 text = redact_fully(artifact.content).text
-                signature = self.self_loop.hasher.to_bytes(self.self_loop.hasher.signature(text))
+                signature = hasher.to_bytes(hasher.signature(text))
                 record = {
                     "raw": sha256_hex(artifact.content),
                     "hash": content_hash(text),
@@ -353,15 +362,17 @@ class DoerCuration:
                 assert artifact.content_hash is not None  # the model requires one or the other
                 record = {"raw": artifact.content_hash, "hash": None, "sig": None}
             record["day"] = day
+            record["tenant"] = bundle.tenant_id
             self._remember_own(key, record)
             records[key] = record
         return records
 
     def _remember_own(self, key: str, record: Mapping[str, Any]) -> None:
         self.kept[("own", key)] = record.get("day")
+        self_loop = self.self_loop(str(record.get("tenant") or DEFAULT_TENANT))
         if record.get("sig"):
-            self.self_loop.record_signature(key, record["hash"], base64.b64decode(record["sig"]))
-        self.self_loop.record_hash(key, record["raw"])
+            self_loop.record_signature(key, record["hash"], base64.b64decode(record["sig"]))
+        self_loop.record_hash(key, record["raw"])
 
     def _draft(
         self,
@@ -378,7 +389,7 @@ class DoerCuration:
         counts.update(redacted.counts)
         return _Draft(
             artifact=artifact,
-            sample_id=sample_id(bundle.doer, bundle.run_id, artifact.artifact_id),
+            sample_id=sample_id(bundle.tenant_id, bundle.doer, bundle.run_id, artifact.artifact_id),
             text=redacted.text,
             digest=content_hash(redacted.text),
             redactions=dict(counts),
@@ -390,7 +401,7 @@ class DoerCuration:
         )
 
     def _check(self, bundle: RunCompleted, draft: _Draft, now: datetime) -> CuratedSample:
-        dataset = dataset_name(bundle.doer, draft.phase)
+        dataset = dataset_name(bundle.tenant_id, bundle.doer, draft.phase)
         guard = self.guard(dataset)
         ours = is_ours(draft.artifact)
         signature = guard.hasher.signature(draft.text)
@@ -481,6 +492,7 @@ class DoerCuration:
             self_loop_of=verdict.self_loop_of,
             diversity=min(1.0, max(0.0, verdict.diversity)),
             dataset=dataset,
+            tenant_id=bundle.tenant_id,
             source_event_id=bundle.event_id,
             run_occurred_at=bundle.occurred_at,
             model=bundle.model,

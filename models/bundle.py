@@ -141,7 +141,7 @@ class RunCompleted(Event):
     phase: Name
     policy_id: Name
     policy_version: Version
-    tenant_id: Identifier
+    tenant_id: Name  # whose run: every sample, dataset and golden dataset is kept per tenant
     deployment_id: Identifier | None = None
     arm: Arm | None = None
     shadow: bool = False  # a mirrored candidate run: scored, never served

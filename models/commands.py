@@ -168,8 +168,9 @@ class CreateExperiment(SignedCommand):
 
     The candidate is replayed with the control on a golden dataset (``dataset``,
     its latest version unless ``name@version``; when None, the latest golden
-    dataset frozen from ``{doer}/{phase}``) under ``seeds`` (None: the configured
-    seeds), then deployed in ``deploy`` mode if the replay passes (docs/experiments.md).
+    dataset frozen from a ``{tenant}/{doer}/{phase}`` dataset, one tenant's samples)
+    under ``seeds`` (None: the configured seeds), then deployed in ``deploy`` mode if
+    the replay passes (docs/experiments.md).
     """
 
     command: Literal["create_experiment"] = "create_experiment"

@@ -142,7 +142,7 @@ class CRLComputed(Event):
     phase: Name
     policy_id: Name
     policy_version: Version
-    tenant_id: Identifier
+    tenant_id: Name
     deployment_id: Identifier | None = None
     arm: Arm | None = None
     shadow: bool = False
@@ -279,6 +279,9 @@ class SampleCurated(Event):
     self_loop_of: Identifier | None = None  # the artifact of ours it copies
     diversity: UnitFloat | None = None  # 1 − max Jaccard with the dataset's recent samples
     dataset: Identifier | None = None
+    # The bundle's tenant; None only on samples curated before tenants were kept apart
+    # (stored as "default", migration 023).
+    tenant_id: Name | None = None
     golden: bool = False
     source_event_id: TextUUID | None = None  # event_id of the RunCompleted it came from
     run_occurred_at: UTCDatetime | None = None
@@ -509,6 +512,8 @@ class ReplayTask(Event):
     run_id: Identifier | None = None
     policy_hash: Sha256Hex | None = None
     manifest_hash: Sha256Hex | None = None
+    # The tenant whose golden dataset the sample comes from; its result bundle carries it.
+    tenant_id: Name | None = None
 
 
 # --- learning.skill-cards ---------------------------------------------------

@@ -120,9 +120,14 @@ def crl_event_id(bundle_event_id: UUID, weights_version: str) -> UUID:
     return uuid.uuid5(bundle_event_id, f"learning.crl-computed/{weights_version}")
 
 
-def sample_id(doer: str, run_id: str, artifact_id: str) -> str:
-    """Return a sample's id: the same for the same artifact of the same run."""
-    return str(uuid.uuid5(CURATION_NAMESPACE, f"sample\x00{doer}\x00{run_id}\x00{artifact_id}"))
+def sample_id(tenant: str, doer: str, run_id: str, artifact_id: str) -> str:
+    """Return a sample's id: the same for the same artifact of the same run of one tenant.
+
+    The tenant is part of it: two tenants may use the same run and artifact
+    ids, and neither may see (or be answered with) the other's verdict.
+    """
+    name = f"sample\x00{tenant}\x00{doer}\x00{run_id}\x00{artifact_id}"
+    return str(uuid.uuid5(CURATION_NAMESPACE, name))
 
 
 def sample_event_id(sample: str) -> UUID:

@@ -8,12 +8,22 @@ from typing import Any, NamedTuple
 import orjson
 
 from learning.golden import Verification, manifest_hash, manifest_of, verify
-from models.datasets import DatasetSummary, GoldenDataset
+from models.datasets import DATASET_SEPARATOR, DatasetSummary, GoldenDataset, tenant_of
 from models.events import SampleCurated
 
 
 class GoldenError(ValueError):
     """A golden dataset cannot be frozen or found; the message says why."""
+
+
+def sample_tenant(sample: SampleCurated) -> str:
+    """The tenant a sample is stored under: its own, or its dataset's for a pre-tenant event."""
+    return sample.tenant_id or tenant_of(sample.dataset or "")
+
+
+def stored_dataset(sample: SampleCurated) -> str:
+    """The three-part dataset name a sample is stored under (a pre-tenant name gets its tenant)."""
+    return tenant_dataset(sample_tenant(sample), sample.dataset or "")
 
 
 def unstorable(sample: SampleCurated) -> str | None:
@@ -23,7 +33,12 @@ def unstorable(sample: SampleCurated) -> str | None:
         for name in ("dataset", "content", "content_hash", "labels")
         if getattr(sample, name) is None
     ]
-    return f"{', '.join(missing)}: required to store a sample" if missing else None
+    if missing:
+        return f"{', '.join(missing)}: required to store a sample"
+    assert sample.dataset is not None
+    if sample.tenant_id is not None and tenant_of(sample.dataset) != sample.tenant_id:
+        return f"dataset {sample.dataset} is not a dataset of tenant {sample.tenant_id}"
+    return None
 
 
 # One statement per batch: unnest turns the column arrays back into rows. The
@@ -32,22 +47,24 @@ _INSERT = """
 INSERT INTO dataset_samples (
     sample_id, event_id, dataset, doer, run_id, source_event_id, phase, policy_id, policy_version,
     model, artifact_id, kind, origin, content, content_hash, redactions, labels, accepted,
-    reject_reason, near_duplicate_of, self_loop_of, diversity, run_occurred_at, curated_at, curator
+    reject_reason, near_duplicate_of, self_loop_of, diversity, run_occurred_at, curated_at, curator,
+    tenant_id
 )
 SELECT r.sample_id, r.event_id, r.dataset, r.doer, r.run_id, r.source_event_id, r.phase,
        r.policy_id, r.policy_version, r.model, r.artifact_id, r.kind, r.origin, r.content,
        r.content_hash, r.redactions::jsonb, r.labels::jsonb, r.accepted, r.reject_reason,
        ARRAY(SELECT jsonb_array_elements_text(r.near::jsonb)), r.self_loop_of, r.diversity,
-       r.run_occurred_at, r.curated_at, r.curator
+       r.run_occurred_at, r.curated_at, r.curator, r.tenant_id
 FROM unnest(
     $1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[],
     $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
     $15::text[], $16::text[], $17::text[], $18::bool[], $19::text[], $20::text[], $21::text[],
-    $22::float8[], $23::timestamptz[], $24::timestamptz[], $25::text[]
+    $22::float8[], $23::timestamptz[], $24::timestamptz[], $25::text[], $26::text[]
 ) WITH ORDINALITY AS r(
     sample_id, event_id, dataset, doer, run_id, source_event_id, phase, policy_id, policy_version,
     model, artifact_id, kind, origin, content, content_hash, redactions, labels, accepted,
-    reject_reason, near, self_loop_of, diversity, run_occurred_at, curated_at, curator, position
+    reject_reason, near, self_loop_of, diversity, run_occurred_at, curated_at, curator, tenant_id,
+    position
 )
 ORDER BY r.position
 ON CONFLICT (sample_id) DO NOTHING
@@ -76,7 +93,7 @@ async def insert_samples(pool: Any, samples: Sequence[SampleCurated]) -> int:
     columns = (
         [s.sample_id for s in unique],
         [s.event_id for s in unique],
-        [s.dataset for s in unique],
+        [stored_dataset(s) for s in unique],
         [s.doer for s in unique],
         [s.run_id for s in unique],
         [s.source_event_id for s in unique],
@@ -99,6 +116,7 @@ async def insert_samples(pool: Any, samples: Sequence[SampleCurated]) -> int:
         [s.run_occurred_at for s in unique],
         [s.occurred_at for s in unique],
         [s.curator for s in unique],
+        [sample_tenant(s) for s in unique],
     )
     status = await pool.execute(_INSERT, *columns)
     return int(status.rsplit(" ", 1)[-1])
@@ -106,40 +124,63 @@ async def insert_samples(pool: Any, samples: Sequence[SampleCurated]) -> int:
 
 # --- datasets -----------------------------------------------------------------------
 
+# A dataset's tenant is the first part of its name (migration 023 renamed every dataset).
 _STATS = """
-SELECT dataset, doer, checked, accepted, clean_rate, contamination_rate, rejected,
-       first_sample_at, last_sample_at
-FROM v_dataset_stats
+SELECT * FROM (
+    SELECT dataset, split_part(dataset, '/', 1) AS tenant_id, doer, checked, accepted,
+           clean_rate, contamination_rate, rejected, first_sample_at, last_sample_at
+    FROM v_dataset_stats
+) AS stats
 """
 
 
-async def list_datasets(pool: Any) -> list[DatasetSummary]:
-    """Every dataset with its counts and rates, by name."""
-    rows = await pool.fetch(_STATS + " ORDER BY dataset")
+def tenant_dataset(tenant: str, dataset: str) -> str:
+    """The full name of a tenant's dataset given as ``doer/phase`` or ``tenant/doer/phase``.
+
+    A three-part name of another tenant is returned as it is: the reads below
+    filter on the tenant as well, so it finds nothing.
+    """
+    if dataset.count(DATASET_SEPARATOR) == 1:
+        return f"{tenant}{DATASET_SEPARATOR}{dataset}"
+    return dataset
+
+
+async def list_datasets(pool: Any, tenant: str | None) -> list[DatasetSummary]:
+    """The tenant's datasets with their counts and rates, by name; every tenant's if None.
+
+    Only counts and rates: no sample text, so the platform operator may list
+    every tenant's datasets (each row names its tenant).
+    """
+    rows = await pool.fetch(
+        _STATS + " WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY dataset", tenant
+    )
     return [DatasetSummary.model_validate(dict(row)) for row in rows]
 
 
-async def dataset_summary(pool: Any, dataset: str) -> DatasetSummary | None:
-    """One dataset's counts and rates, or ``None`` if it has no sample."""
-    row = await pool.fetchrow(_STATS + " WHERE dataset = $1", dataset)
+async def dataset_summary(pool: Any, tenant: str, dataset: str) -> DatasetSummary | None:
+    """One of the tenant's datasets' counts and rates, or ``None`` if it has no sample."""
+    row = await pool.fetchrow(
+        _STATS + " WHERE tenant_id = $1 AND dataset = $2", tenant, tenant_dataset(tenant, dataset)
+    )
     return None if row is None else DatasetSummary.model_validate(dict(row))
 
 
 async def dataset_samples(
-    pool: Any, dataset: str, *, limit: int = 20, accepted: bool | None = None
+    pool: Any, tenant: str, dataset: str, *, limit: int = 20, accepted: bool | None = None
 ) -> list[Any]:
-    """The dataset's latest samples (all, or only accepted or only rejected ones)."""
+    """The tenant's dataset's latest samples (all, or only accepted or only rejected ones)."""
     return list(
         await pool.fetch(
             """
             SELECT sample_id, run_id, artifact_id, kind, origin, accepted, reject_reason,
                    content_hash, diversity, labels, redactions, content, created_at
             FROM dataset_samples
-            WHERE dataset = $1 AND ($2::boolean IS NULL OR accepted = $2)
+            WHERE tenant_id = $1 AND dataset = $2 AND ($3::boolean IS NULL OR accepted = $3)
             ORDER BY created_at DESC, sample_id
-            LIMIT $3
+            LIMIT $4
             """,
-            dataset,
+            tenant,
+            tenant_dataset(tenant, dataset),
             accepted,
             limit,
         )
@@ -155,44 +196,55 @@ INSERT INTO golden_dataset_samples (
 )
 SELECT $1, $2, sample_id, doer, run_id, artifact_id, kind, origin, content, content_hash,
        redactions, labels
-FROM dataset_samples WHERE dataset = $3 AND accepted
+FROM dataset_samples WHERE tenant_id = $4 AND dataset = $3 AND accepted
 RETURNING sample_id, content_hash
 """
 
 _GOLDEN = """
-SELECT name, version, dataset, frozen_at, frozen_by, manifest_hash, sample_count
+SELECT name, version, dataset, tenant_id, frozen_at, frozen_by, manifest_hash, sample_count
 FROM golden_datasets
 """
 
 
-async def freeze(pool: Any, dataset: str, golden: str, *, actor: str) -> GoldenDataset:
-    """Freeze the dataset's accepted samples as the next version of golden dataset ``golden``.
+async def freeze(pool: Any, tenant: str, dataset: str, golden: str, *, actor: str) -> GoldenDataset:
+    """Freeze one tenant's dataset's accepted samples as the next version of ``golden``.
 
     One transaction: the samples are copied, the manifest is built from the
     copied rows, then the golden_datasets row closes the set; from then on the
-    database refuses any change to it.
+    database refuses any change to it. A golden name belongs to one tenant:
+    freezing under another tenant's name is refused.
     """
+    dataset = tenant_dataset(tenant, dataset)
     async with pool.acquire() as conn, conn.transaction():
         # Two freezes of one name at once would pick the same version; and a
         # freeze during an erasure (which holds this lock exclusively) could
         # copy a sample the erasure is about to delete.
         await conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext('learnops:erasure'))")
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('golden:' || $1))", golden)
+        owner = await conn.fetchval(
+            "SELECT tenant_id FROM golden_datasets WHERE name = $1 LIMIT 1", golden
+        )
+        if owner is not None and owner != tenant:
+            raise GoldenError(
+                f"golden dataset name {golden} is taken by another tenant; choose another name"
+            )
         version = int(
             await conn.fetchval(
                 "SELECT coalesce(max(version), 0) + 1 FROM golden_datasets WHERE name = $1", golden
             )
         )
-        copied = await conn.fetch(_COPY, golden, version, dataset)
+        copied = await conn.fetch(_COPY, golden, version, dataset, tenant)
         if not copied:
             raise GoldenError(f"dataset {dataset} has no accepted sample to freeze")
         manifest = manifest_of((row["sample_id"], row["content_hash"]) for row in copied)
         row = await conn.fetchrow(
             """
             INSERT INTO golden_datasets
-                (name, version, dataset, frozen_by, manifest, manifest_hash, sample_count)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            RETURNING name, version, dataset, frozen_at, frozen_by, manifest_hash, sample_count
+                (name, version, dataset, frozen_by, manifest, manifest_hash, sample_count,
+                 tenant_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            RETURNING name, version, dataset, tenant_id, frozen_at, frozen_by, manifest_hash,
+                      sample_count
             """,
             golden,
             version,
@@ -201,27 +253,38 @@ async def freeze(pool: Any, dataset: str, golden: str, *, actor: str) -> GoldenD
             manifest,
             manifest_hash(manifest),
             len(manifest),
+            tenant,
         )
     return GoldenDataset.model_validate(dict(row))
 
 
-async def golden_versions(pool: Any, name: str) -> list[GoldenDataset]:
-    """Every frozen version of a golden dataset, oldest first."""
-    rows = await pool.fetch(_GOLDEN + " WHERE name = $1 ORDER BY version", name)
+async def golden_versions(pool: Any, tenant: str, name: str) -> list[GoldenDataset]:
+    """Every frozen version of one of the tenant's golden datasets, oldest first."""
+    rows = await pool.fetch(
+        _GOLDEN + " WHERE tenant_id = $1 AND name = $2 ORDER BY version", tenant, name
+    )
     return [GoldenDataset.model_validate(dict(row)) for row in rows]
 
 
-async def list_golden(pool: Any) -> list[GoldenDataset]:
-    """Every golden dataset version, by name and version."""
-    rows = await pool.fetch(_GOLDEN + " ORDER BY name, version")
+async def list_golden(pool: Any, tenant: str | None) -> list[GoldenDataset]:
+    """The tenant's golden dataset versions (every tenant's if None), by name and version.
+
+    Names, counts and hashes only: no sample text.
+    """
+    rows = await pool.fetch(
+        _GOLDEN + " WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY name, version", tenant
+    )
     return [GoldenDataset.model_validate(dict(row)) for row in rows]
 
 
-async def golden(pool: Any, name: str, version: int | None = None) -> GoldenDataset | None:
-    """A golden dataset's version (the latest when ``version`` is None), or ``None``."""
+async def golden(
+    pool: Any, tenant: str, name: str, version: int | None = None
+) -> GoldenDataset | None:
+    """One of the tenant's golden datasets' versions (the latest when None), or ``None``."""
     row = await pool.fetchrow(
-        _GOLDEN + " WHERE name = $1 AND ($2::int IS NULL OR version = $2)"
+        _GOLDEN + " WHERE tenant_id = $1 AND name = $2 AND ($3::int IS NULL OR version = $3)"
         " ORDER BY version DESC LIMIT 1",
+        tenant,
         name,
         version,
     )
@@ -229,11 +292,11 @@ async def golden(pool: Any, name: str, version: int | None = None) -> GoldenData
 
 
 async def verify_golden(
-    pool: Any, name: str, version: int | None = None
+    pool: Any, tenant: str, name: str, version: int | None = None
 ) -> tuple[GoldenDataset, Verification]:
-    """Recompute a golden dataset's content hashes and manifest hash from its stored rows."""
+    """Recompute a tenant's golden dataset's content hashes and manifest hash from its rows."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-        frozen = await golden(conn, name, version)
+        frozen = await golden(conn, tenant, name, version)
         if frozen is None:
             shown = name if version is None else f"{name}@{version}"
             raise GoldenError(f"no golden dataset {shown}")

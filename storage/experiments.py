@@ -28,6 +28,8 @@ from learning.replay import (
     task_id,
 )
 from learning.signing import canonical_json
+from models.base import name_problem
+from models.datasets import DEFAULT_TENANT
 from models.events import CRLComputed, ExperimentChanged, ReplayTask
 from models.ids import experiment_event_id
 from storage.skills import close_request
@@ -73,22 +75,28 @@ class Golden:
     dataset: str
     manifest_hash: str
     samples: dict[str, str]
+    tenant_id: str = DEFAULT_TENANT  # whose samples: a golden dataset holds one tenant's
 
     @property
     def phase(self) -> str:
-        """The phase of the dataset it was frozen from (``{doer}/{phase}``)."""
-        return self.dataset.split("/", 1)[1] if "/" in self.dataset else self.dataset
+        """The phase of the dataset it was frozen from (``{tenant}/{doer}/{phase}``)."""
+        return self.dataset.rsplit("/", 1)[-1]
 
 
 async def find_golden(
     pool: Any, name: str | None, version: int | None = None, *, dataset: str | None = None
 ) -> Golden | None:
-    """A golden dataset version (latest unless ``version``), by name or by source dataset."""
+    """A golden dataset version (latest unless ``version``), by name or by source dataset.
+
+    ``dataset`` is ``tenant/doer/phase``, or ``doer/phase`` for the latest
+    golden dataset of that doer and phase of any one tenant.
+    """
     row = await pool.fetchrow(
         """
-        SELECT name, version, dataset, manifest_hash FROM golden_datasets
+        SELECT name, version, dataset, manifest_hash, tenant_id FROM golden_datasets
         WHERE ($1::text IS NULL OR name = $1) AND ($2::integer IS NULL OR version = $2)
-          AND ($3::text IS NULL OR dataset = $3)
+          AND ($3::text IS NULL OR dataset = $3
+               OR substr(dataset, strpos(dataset, '/') + 1) = $3)
         ORDER BY frozen_at DESC, version DESC LIMIT 1
         """,
         name,
@@ -109,6 +117,7 @@ async def find_golden(
         dataset=row["dataset"],
         manifest_hash=row["manifest_hash"],
         samples={s["sample_id"]: s["content"] for s in samples},
+        tenant_id=row["tenant_id"],
     )
 
 
@@ -171,6 +180,11 @@ async def start_replay(
     """
     if not golden.samples:
         raise ReplayError(f"golden dataset {golden.name}@{golden.version} has no samples")
+    if name_problem(golden.tenant_id) is not None:
+        raise ReplayError(
+            f"golden dataset {golden.name}@{golden.version} mixes tenants (frozen before "
+            "tenants were kept apart); freeze a new one from one tenant's dataset"
+        )
     seed_set = sorted(set(seeds))
     policy_hash = policy["content_hash"]
     rid = replay_id(policy_hash, golden.manifest_hash, seed_set)
@@ -283,6 +297,7 @@ async def start_replay(
                         run_id=run_id,
                         policy_hash=policy_hash,
                         manifest_hash=golden.manifest_hash,
+                        tenant_id=golden.tenant_id,
                     )
                 )
     return ReplayStart(rid, "running", attempt, from_record=False, tasks=tasks)

@@ -1,10 +1,14 @@
 """`learnops dataset …`: curated datasets, their statistics and samples; golden datasets.
 
-Datasets are named ``DOER/PHASE`` (one rolling dataset per doer and phase);
-golden datasets are named by whoever freezes them, ``NAME`` or ``NAME@VERSION``
-(the latest version when the version is left out). Everything here reads and
-writes PostgreSQL directly; freezing is one transaction, and the database
-refuses any later change to what it froze.
+Datasets are named ``TENANT/DOER/PHASE`` (one rolling dataset per tenant, doer
+and phase; given as ``DOER/PHASE`` with ``--tenant``); golden datasets are
+named by whoever freezes them, ``NAME`` or ``NAME@VERSION`` (the latest
+version when the version is left out), and belong to one tenant. Every command
+that shows or copies samples takes ``--tenant`` and never shows another
+tenant's text; ``list`` shows counts only, of one tenant or (without
+``--tenant``) of every tenant, each row naming its tenant. Everything here
+reads and writes PostgreSQL directly; freezing is one transaction, and the
+database refuses any later change to what it froze.
 """
 
 from __future__ import annotations
@@ -27,37 +31,61 @@ from learnops.cli.main import (
     split_ref,
     table,
 )
+from models.base import name_problem
 from storage import datasets as store
 
 
 @group(
-    "Curated datasets (DOER/PHASE) and golden datasets: list, show, samples, freeze, verify, erase."
+    "Curated datasets (TENANT/DOER/PHASE) and golden datasets: list, show, samples, freeze, "
+    "verify, erase."
 )
 def dataset() -> None:
     pass
+
+
+def _tenant(_: Any, __: Any, value: str | None) -> str | None:
+    problem = None if value is None else name_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"the tenant {problem}")
+    return value
+
+
+def tenant_option(*, required: bool) -> Any:
+    """``--tenant T``: whose datasets (a name); required where sample text is shown or copied."""
+    return click.option(
+        "--tenant",
+        required=required,
+        callback=_tenant,
+        help="The tenant whose datasets these are"
+        + ("." if required else " (every tenant's counts when left out)."),
+    )
 
 
 def _dump(value: Any) -> str:
     return dumps(value)
 
 
-async def _no_such(pool: Any, name: str) -> None:
-    """Fail naming the closest dataset or golden dataset."""
-    known = {d.dataset for d in await store.list_datasets(pool)}
-    known |= {g.name for g in await store.list_golden(pool)}
-    fail(f"no such dataset {name!r}{closest(name, known)} (`learnops dataset list` shows them)")
+async def _no_such(pool: Any, tenant: str, name: str) -> None:
+    """Fail naming the closest of the tenant's datasets or golden datasets."""
+    known = {d.dataset for d in await store.list_datasets(pool, tenant)}
+    known |= {d.split("/", 1)[1] for d in known}
+    known |= {g.name for g in await store.list_golden(pool, tenant)}
+    fail(
+        f"no such dataset {name!r} of tenant {tenant}{closest(name, known)} "
+        f"(`learnops dataset list --tenant {tenant}` shows them)"
+    )
 
 
 def _rejects(rejected: dict[str, int]) -> str:
     return ", ".join(f"{kind}={n}" for kind, n in sorted(rejected.items())) or "none"
 
 
-@command(dataset, "list", json_option)
-async def dataset_list(self: GroupedCommand, as_json: bool) -> None:
-    """Every dataset with its clean rate and rejects by reason, and every golden dataset."""
+@command(dataset, "list", tenant_option(required=False), json_option)
+async def dataset_list(self: GroupedCommand, tenant: str | None, as_json: bool) -> None:
+    """The tenant's (or every tenant's) datasets with clean rate and rejects, and golden ones."""
     async with database(self) as pool:
-        found = await store.list_datasets(pool)
-        goldens = await store.list_golden(pool)
+        found = await store.list_datasets(pool, tenant)
+        goldens = await store.list_golden(pool, tenant)
     if as_json:
         self.say(
             _dump(
@@ -69,9 +97,10 @@ async def dataset_list(self: GroupedCommand, as_json: bool) -> None:
         )
         return
     console = self.console()
-    shown = table("dataset", "checked", "accepted", "clean", "contam.", "rejects")
+    shown = table("tenant", "dataset", "checked", "accepted", "clean", "contam.", "rejects", ids=2)
     for d in found:
         shown.add_row(
+            d.tenant_id,
             d.dataset,
             str(d.checked),
             str(d.accepted),
@@ -83,9 +112,10 @@ async def dataset_list(self: GroupedCommand, as_json: bool) -> None:
     if not found:
         self.say("no datasets yet: the curator stores samples as runs arrive")
     if goldens:
-        frozen = table("golden", "from dataset", "samples", "frozen", "by", ids=2)
+        frozen = table("tenant", "golden", "from dataset", "samples", "frozen", "by", ids=3)
         for g in goldens:
             frozen.add_row(
+                g.tenant_id,
                 f"{g.name}@{g.version}",
                 g.dataset,
                 str(g.sample_count),
@@ -95,16 +125,16 @@ async def dataset_list(self: GroupedCommand, as_json: bool) -> None:
         console.print(frozen)
 
 
-@command(dataset, "show", click.argument("name"), json_option)
-async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
-    """A dataset's statistics (clean rate, rejects by reason), or a golden dataset's versions."""
+@command(dataset, "show", click.argument("name"), tenant_option(required=True), json_option)
+async def dataset_show(self: GroupedCommand, name: str, tenant: str, as_json: bool) -> None:
+    """A tenant's dataset's statistics (clean rate, rejects), or its golden dataset's versions."""
     golden_name, version = split_ref(name)
     async with database(self) as pool:
-        summary = await store.dataset_summary(pool, name)
-        versions = await store.golden_versions(pool, golden_name)
+        summary = await store.dataset_summary(pool, tenant, name)
+        versions = await store.golden_versions(pool, tenant, golden_name)
         versions = [v for v in versions if version is None or v.version == version]
         if summary is None and not versions:
-            await _no_such(pool, name)
+            await _no_such(pool, tenant, name)
     if as_json:
         self.say(
             _dump(
@@ -118,6 +148,7 @@ async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
     if summary is not None:
         s = summary
         self.say(f"dataset            {s.dataset}")
+        self.say(f"tenant             {s.tenant_id}")
         self.say(f"doer               {s.doer}")
         self.say(f"checked            {s.checked}")
         self.say(f"accepted           {s.accepted}")
@@ -140,6 +171,7 @@ async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
     dataset,
     "samples",
     click.argument("name"),
+    tenant_option(required=True),
     limit_option(20),
     click.option(
         "--only",
@@ -150,14 +182,14 @@ async def dataset_show(self: GroupedCommand, name: str, as_json: bool) -> None:
     json_option,
 )
 async def dataset_samples(
-    self: GroupedCommand, name: str, limit: int, only: str, as_json: bool
+    self: GroupedCommand, name: str, tenant: str, limit: int, only: str, as_json: bool
 ) -> None:
-    """A dataset's latest samples: verdict, reason, labels and the (redacted) content."""
+    """A tenant's dataset's latest samples: verdict, reason, labels and the (redacted) content."""
     accepted = {"all": None, "accepted": True, "rejected": False}[only]
     async with database(self) as pool:
-        rows = await store.dataset_samples(pool, name, limit=limit, accepted=accepted)
-        if not rows and await store.dataset_summary(pool, name) is None:
-            await _no_such(pool, name)
+        rows = await store.dataset_samples(pool, tenant, name, limit=limit, accepted=accepted)
+        if not rows and await store.dataset_summary(pool, tenant, name) is None:
+            await _no_such(pool, tenant, name)
     if as_json:
         self.say(_dump([dict(r) for r in rows]))
         return
@@ -194,6 +226,7 @@ async def dataset_samples(
     dataset,
     "freeze",
     click.argument("name"),
+    tenant_option(required=True),
     click.option(
         "--as", "golden", required=True, help="Name of the golden dataset (letters, digits, ._-)."
     ),
@@ -206,12 +239,12 @@ async def dataset_samples(
     json_option,
 )
 async def dataset_freeze(
-    self: GroupedCommand, name: str, golden: str, actor: str, as_json: bool
+    self: GroupedCommand, name: str, tenant: str, golden: str, actor: str, as_json: bool
 ) -> None:
-    """Freeze dataset NAME's accepted samples as the next version of golden dataset GOLDEN."""
+    """Freeze the tenant's dataset NAME's accepted samples as the next version of GOLDEN."""
     async with database(self) as pool:
         try:
-            frozen = await store.freeze(pool, name, golden, actor=actor)
+            frozen = await store.freeze(pool, tenant, name, golden, actor=actor)
         except store.GoldenError as exc:
             fail(str(exc))
     if as_json:
@@ -223,13 +256,13 @@ async def dataset_freeze(
     )
 
 
-@command(dataset, "verify", click.argument("golden"), json_option)
-async def dataset_verify(self: GroupedCommand, golden: str, as_json: bool) -> None:
+@command(dataset, "verify", click.argument("golden"), tenant_option(required=True), json_option)
+async def dataset_verify(self: GroupedCommand, golden: str, tenant: str, as_json: bool) -> None:
     """Recompute GOLDEN[@VERSION]'s content hashes and manifest hash; exit 1 on any mismatch."""
     name, version = split_ref(golden)
     async with database(self) as pool:
         try:
-            frozen, result = await store.verify_golden(pool, name, version)
+            frozen, result = await store.verify_golden(pool, tenant, name, version)
         except store.GoldenError as exc:
             fail(str(exc))
     if as_json:

@@ -27,7 +27,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from learning.replay import Executor, LocalExecutor, ReplayTask, replay_bundle
+from learning.replay import (
+    PRE_TENANT_REPLAY,
+    Executor,
+    LocalExecutor,
+    ReplayTask,
+    replay_bundle,
+)
 from learning.signing import content_digest
 from models.base import describe_exception, describe_validation_error, duplicate_key_problem
 from models.events import DeadLetter
@@ -98,6 +104,7 @@ async def run_task(executor: Executor, fetch_blob: BlobFetcher, task: ReplayTask
         replay_id=task.replay_id,
         run_id=task.run_id,
         occurred_at=task.occurred_at,
+        tenant_id=task.tenant_id or PRE_TENANT_REPLAY,
     )
     return bundle.to_json()
 

@@ -246,7 +246,7 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
 
     @app.get("/api/crl/trend", response_model=list[CRLDay])
     async def api_crl_trend(request: Request, days: int = 30) -> list[dict[str, Any]]:
-        """CRL over all doers per day, with the trailing 7-day baseline."""
+        """CRL over all doers and all tenants per day, with the trailing 7-day baseline."""
         return await dashboard.crl_trend_overall(pool(request), days)
 
     @app.get("/api/experiments/per-day", response_model=list[ExperimentsDay])
@@ -256,12 +256,12 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
 
     @app.get("/api/doers", response_model=list[DoerSummary])
     async def api_doers(request: Request) -> list[dict[str, Any]]:
-        """Every doer with its latest 7-day mean CRL and change against its baseline."""
+        """Every doer with its latest 7-day mean CRL over all tenants and change vs its baseline."""
         return await dashboard.doers(pool(request))
 
     @app.get("/api/doers/{doer}/trend", response_model=list[CRLDay])
     async def api_doer_trend(request: Request, doer: str, days: int = 30) -> list[dict[str, Any]]:
-        """The doer's CRL per day, with the trailing 7-day baseline."""
+        """The doer's CRL per day over all tenants, with the trailing 7-day baseline."""
         return await dashboard.doer_trend(pool(request), doer, days)
 
     @app.get("/api/canaries", response_model=list[CanarySummary])

@@ -34,6 +34,9 @@ from storage import audit as store
 from storage import experiments as experiments_store
 from storage.datasets import freeze, insert_samples
 
+#: The tenant whose samples the demo freezes (the simulated orchestrator's tenant).
+DEMO_TENANT = "acme"
+
 SAMPLES = [f"Sample {i}: write a PRD for feature {i} with acceptance criteria." for i in range(12)]
 
 
@@ -147,7 +150,7 @@ async def prepare(
         ),
     )
     assert promoted.applied, promoted.verdict
-    dataset = f"{doer}/draft"
+    dataset = f"{DEMO_TENANT}/{doer}/draft"
     samples = [
         SampleCurated(
             doer=doer,
@@ -164,11 +167,12 @@ async def prepare(
             content_hash=content_hash(text),
             labels=CurationLabels(specificity=0.5, origin="human", synthetic_confidence=0.0),
             dataset=dataset,
+            tenant_id=DEMO_TENANT,
         )
         for i, text in enumerate(SAMPLES)
     ]
     await insert_samples(pool, samples)
-    golden = await freeze(pool, dataset, f"golden-{policy_id}", actor=actor)
+    golden = await freeze(pool, DEMO_TENANT, dataset, f"golden-{policy_id}", actor=actor)
     return ExperimentDoer(
         doer, policy_id, golden.name, golden.manifest_hash, [s.sample_id for s in samples]
     )

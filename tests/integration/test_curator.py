@@ -220,16 +220,19 @@ async def test_planted_duplicates_near_duplicates_and_self_loops_are_rejects_wit
     for bundle in published["good"]:
         note = bundle.artifacts[-1]
         planted = orchestrator.planted[note.artifact_id]
-        row = by_id[sample_id(bundle.doer, bundle.run_id, note.artifact_id)]
+        row = by_id[sample_id(bundle.tenant_id, bundle.doer, bundle.run_id, note.artifact_id)]
         verdict = "accepted" if row["accepted"] else reason_kind(row["reject_reason"])
         assert verdict == ("accepted" if planted.kind == "fresh" else planted.kind), planted
         seen[(planted.kind, verdict)] += 1
         if planted.kind == "exact_duplicate":
             assert planted.source is not None
-            assert sample_id(bundle.doer, *planted.source) in row["near_duplicate_of"]
+            assert (
+                sample_id(bundle.tenant_id, bundle.doer, *planted.source)
+                in row["near_duplicate_of"]
+            )
         if planted.kind == "self_loop":
             assert planted.source is not None
-            assert row["self_loop_of"] == sample_id(bundle.doer, *planted.source)
+            assert row["self_loop_of"] == sample_id(bundle.tenant_id, bundle.doer, *planted.source)
     for kind in ("exact_duplicate", "near_duplicate", "self_loop"):
         assert seen[(kind, kind)] >= 5, seen
     rejects = [r for r in rows if not r["accepted"]]
@@ -260,7 +263,7 @@ async def test_dataset_statistics_give_clean_rate_and_rejects_by_reason(
         assert row["clean_rate"] == pytest.approx(counts["accepted"] / counts["checked"])
         rejected = {k: v for k, v in counts.items() if k not in ("checked", "accepted")}
         assert row["rejected"] == rejected
-    heavy = stats[f"{published['heavy']}/draft"]
+    heavy = stats[f"acme/{published['heavy']}/draft"]
     assert heavy["contamination_rate"] > 0.2 and heavy["checked"] >= 200
 
 
@@ -268,7 +271,7 @@ async def test_the_contaminated_dataset_raises_one_contamination_alert(
     published: dict[str, Any], settings: Any, db: Any
 ) -> None:
     expected: Expected = published["expected"]
-    assert [a.evidence["dataset"] for a in expected.alerts] == [f"{published['heavy']}/draft"]
+    assert [a.evidence["dataset"] for a in expected.alerts] == [f"acme/{published['heavy']}/draft"]
     await _stored(published, db)
 
     async def alerts() -> list[Alert]:
@@ -319,7 +322,7 @@ async def test_bad_input_is_dead_lettered_once_and_a_reused_artifact_id_by_the_c
     note = light.artifacts[-1]
     row = await db.fetchrow(
         "SELECT content FROM dataset_samples WHERE sample_id = $1",
-        sample_id(light.doer, light.run_id, note.artifact_id),
+        sample_id(light.tenant_id, light.doer, light.run_id, note.artifact_id),
     )
     assert row["content"] != "Other words entirely."
 
@@ -330,9 +333,11 @@ async def test_golden_dataset_freezes_verifies_and_refuses_any_later_change(
     await _stored(published, db)
 
     async def dataset_cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(run_learnops, settings_env, "dataset", *args)
+        return await asyncio.to_thread(
+            run_learnops, settings_env, "dataset", *args, "--tenant", "acme"
+        )
 
-    dataset = f"{published['heavy']}/draft"
+    dataset = f"acme/{published['heavy']}/draft"
     golden = f"golden-{published['heavy'].lower()}"
     accepted = await db.fetchval(
         "SELECT count(*) FROM dataset_samples WHERE dataset = $1 AND accepted", dataset
@@ -472,10 +477,14 @@ async def _copies_are_caught(
     accepted = next(
         b
         for b in mine
-        if expected.samples[sample_id(light, b.run_id, b.artifacts[-1].artifact_id)].accepted
+        if expected.samples[
+            sample_id(b.tenant_id, light, b.run_id, b.artifacts[-1].artifact_id)
+        ].accepted
         and published["orchestrator"].planted[b.artifacts[-1].artifact_id].kind == "fresh"
     )
-    note = expected.samples[sample_id(light, accepted.run_id, accepted.artifacts[-1].artifact_id)]
+    note = expected.samples[
+        sample_id(accepted.tenant_id, light, accepted.run_id, accepted.artifacts[-1].artifact_id)
+    ]
     assert note.content is not None
     words = note.content.split(" ")
     ours = accepted.artifacts[0].content
@@ -491,7 +500,7 @@ async def _copies_are_caught(
     expected.curate(later)
     await publish(producer, TOPIC, [(b.doer.encode(), b.to_json()) for b in later])
     new_ids = {
-        sample_id(b.doer, b.run_id, a.artifact_id): b.run_id
+        sample_id(b.tenant_id, b.doer, b.run_id, a.artifact_id): b.run_id
         for b in later
         for a in b.artifacts
         if a.content

@@ -20,8 +20,8 @@ from tests.services import run_learnops
 _INSERT = """
 INSERT INTO dataset_samples (
     sample_id, event_id, dataset, doer, run_id, phase, policy_id, policy_version, artifact_id,
-    kind, origin, content, content_hash, labels, accepted, curated_at
-) VALUES ($1, $2, $3, $4, $5, 'prd', 'p', 1, $6, 'prd', 'human', $7, $8, '{}', true, now())
+    kind, origin, content, content_hash, labels, accepted, curated_at, tenant_id
+) VALUES ($1, $2, $3, $4, $5, 'prd', 'p', 1, $6, 'prd', 'human', $7, $8, '{}', true, now(), 'acme')
 """
 
 
@@ -29,7 +29,7 @@ async def _seed(db: Any, texts: list[str], doer: str | None = None) -> tuple[str
     """A dataset of ``texts`` frozen as a golden dataset: (dataset, golden, sample ids)."""
     tag = uuid.uuid4().hex[:10]
     doer = doer or f"Erase{tag}"
-    dataset, golden = f"{doer}/prd", f"erase-{tag}"
+    dataset, golden = f"acme/{doer}/prd", f"erase-{tag}"
     ids = []
     for n, text in enumerate(texts):
         sample = f"{tag}-{n}"
@@ -38,7 +38,7 @@ async def _seed(db: Any, texts: list[str], doer: str | None = None) -> tuple[str
             _INSERT, sample, uuid.uuid4(), dataset, doer, f"run-{sample}", f"a{n}", text,
             content_hash(text),
         )  # fmt: skip
-    await store.freeze(db, dataset, golden, actor="tests")
+    await store.freeze(db, "acme", dataset, golden, actor="tests")
     return dataset, golden, ids
 
 
@@ -128,13 +128,13 @@ async def test_erase_removes_the_subject_everywhere_and_keeps_the_others(
     ]
     # The new version is a manifest of its own that verifies; the old one keeps
     # its manifest and verifies with its tombstones.
-    new, checked = await store.verify_golden(db, golden, 2)
+    new, checked = await store.verify_golden(db, "acme", golden, 2)
     assert checked.ok, checked.problems
     assert (new.sample_count, new.frozen_by) == (1, "dpo")
-    old, checked_old = await store.verify_golden(db, golden, 1)
+    old, checked_old = await store.verify_golden(db, "acme", golden, 1)
     assert checked_old.ok and checked_old.erased == 2, checked_old.problems
     assert old.sample_count == 3
-    shown = run_learnops(settings_env, "dataset", "verify", f"{golden}@1")
+    shown = run_learnops(settings_env, "dataset", "verify", f"{golden}@1", "--tenant", "acme")
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert f"ok: {golden}@1: 3 samples (2 erased)" in shown.stdout
     # The audit row: counts, actor, reason, and the subject only as a hash.
@@ -171,7 +171,7 @@ async def test_a_dry_run_prints_the_counts_and_changes_nothing(
     assert (
         await db.fetchval("SELECT count(*) FROM dataset_samples WHERE dataset = $1", dataset) == 3
     )
-    assert [g.version for g in await store.golden_versions(db, golden)] == [1]
+    assert [g.version for g in await store.golden_versions(db, "acme", golden)] == [1]
     assert (
         await db.fetchval(
             "SELECT count(*) FROM golden_dataset_samples "

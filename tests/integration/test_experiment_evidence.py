@@ -136,7 +136,7 @@ class Doer:
 async def make_doer(db: Any) -> Doer:
     name = f"Evidence{uuid.uuid4().hex[:8]}"
     await bootstrap(db, name, await trusted_key(db), versions=3)
-    dataset = f"{name}/draft"
+    dataset = f"acme/{name}/draft"
     texts = ["Write the PRD for search.", "Write the PRD for checkout."]
     await insert_samples(
         db,
@@ -156,11 +156,12 @@ async def make_doer(db: Any) -> Doer:
                 content_hash=content_hash(text),
                 labels=CurationLabels(specificity=0.5, origin="human", synthetic_confidence=0.0),
                 dataset=dataset,
+                tenant_id="acme",
             )
             for i, text in enumerate(texts)
         ],
     )
-    frozen = await freeze(db, dataset, f"golden-{name.lower()}", actor="tests")
+    frozen = await freeze(db, "acme", dataset, f"golden-{name.lower()}", actor="tests")
     golden = await store.find_golden(db, frozen.name, frozen.version)
     assert golden is not None
     return Doer(db, name, golden)

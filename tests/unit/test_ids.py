@@ -92,9 +92,9 @@ def test_bundle_event_ids_are_pinned() -> None:
 
 
 def test_curation_ids_are_pinned() -> None:
-    sample = ids.sample_id("PRDWriter", "run-1", "a-1")
-    assert sample == "c384e274-48ee-5aab-91ff-4aa83c76f792"
-    assert str(ids.sample_event_id(sample)) == "78c71db0-4bc5-5082-a0d3-a7636b419d7a"
+    sample = ids.sample_id("acme", "PRDWriter", "run-1", "a-1")
+    assert sample == "6c6a8942-0585-5067-9739-cd446b19cbc2"
+    assert str(ids.sample_event_id(sample)) == "99207213-03ea-5888-8ce5-bfdb7654d170"
     assert str(ids.contamination_alert_id("PRDWriter/plan", "2026-12-03")) == (
         "fd22ce84-4c44-51bc-a885-f244048d7520"
     )

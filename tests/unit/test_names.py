@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from learning.samples import dataset_name
 from models.base import NAME_RULE, describe_validation_error, name_problem
+from models.datasets import tenant_of
 from models.events import Alert
 
 
@@ -41,24 +42,31 @@ def test_a_broken_name_names_the_rule_and_never_the_text(name: str, rule: str) -
         assert name not in problem
 
 
-@given(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20), st.text(max_size=20))
-def test_two_different_doer_phase_pairs_never_share_a_dataset_name(
-    doer_a: str, phase_a: str, doer_b: str, phase_b: str
+_PART = st.text(alphabet="ab/.-", max_size=6)
+
+
+@given(st.tuples(_PART, _PART, _PART), st.tuples(_PART, _PART, _PART))
+def test_two_different_tenant_doer_phase_triples_never_share_a_dataset_name(
+    a: tuple[str, str, str], b: tuple[str, str, str]
 ) -> None:
     try:
-        first = dataset_name(doer_a, phase_a)
-        second = dataset_name(doer_b, phase_b)
+        first = dataset_name(*a)
+        second = dataset_name(*b)
     except ValueError:
         return
-    assert (first == second) == ((doer_a, phase_a) == (doer_b, phase_b))
+    assert (first == second) == (a == b)
+    assert tenant_of(first) == a[0]
 
 
 def test_the_ambiguous_dataset_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="the tenant of a dataset name has a '/'"):
+        dataset_name("t/A", "x", "y")
     with pytest.raises(ValueError, match="the doer of a dataset name has a '/'"):
-        dataset_name("A/x", "y")
+        dataset_name("t", "A/x", "y")
     with pytest.raises(ValueError, match="the phase of a dataset name has a '/'"):
-        dataset_name("A", "x/y")
-    assert dataset_name("A", "x") == "A/x"
+        dataset_name("t", "A", "x/y")
+    assert dataset_name("t", "A", "x") == "t/A/x"
+    assert tenant_of("A/x") == "default"  # a dataset named before tenants were kept apart
 
 
 def test_an_event_with_a_broken_doer_is_refused_with_the_rule() -> None:

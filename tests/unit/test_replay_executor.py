@@ -24,6 +24,9 @@ from learning.replay import (
     task_id,
 )
 from learning.signing import canonical_json, content_digest
+from learnops.client.replay_executor import run_task
+from models.bundle import RunCompleted
+from models.events import ReplayTask as ReplayTaskEvent
 
 POLICY = {"prompts": {"system": "write short PRDs"}, "quality": 0.7}
 SAMPLE = "Sample: a PRD for exporting invoices as CSV."
@@ -55,6 +58,7 @@ def bundle_of(output: dict[str, Any], run_id: str = "replay:t:1") -> Any:
         replay_id="r1",
         run_id=run_id,
         occurred_at=WHEN,
+        tenant_id="acme",
     )
 
 
@@ -133,3 +137,25 @@ def test_replay_config_refuses_what_no_replay_could_pass_and_the_old_stability_r
         ReplayConfig(seeds=(1, 2, 2))
     with pytest.raises(ValueError, match="min_stability is no longer judged"):
         ReplayConfig.from_dict({"rule": {"min_stability": 0.9}})
+
+
+@pytest.mark.parametrize(("tenant", "expected"), [("globex", "globex"), (None, "default")])
+async def test_a_replay_tasks_bundle_is_a_run_of_the_golden_datasets_tenant(
+    tenant: str | None, expected: str
+) -> None:
+    artifact = canonical_json(POLICY)
+
+    async def fetch_blob(digest: str) -> bytes | None:
+        return artifact if digest == P_HASH else None
+
+    runnable = task(42)
+    names = ("replay_id", "task_id", "sample_id", "seed", "policy_hash", "manifest_hash")
+    event = ReplayTaskEvent.model_validate(
+        {name: getattr(runnable, name) for name in names}
+        | {"doer": "PRDWriter", "occurred_at": WHEN, "phase": "draft", "policy_id": "prd"}
+        | {"policy_version": 2, "input": SAMPLE, "run_id": "replay:t1:1", "tenant_id": tenant}
+    )
+    bundle = RunCompleted.model_validate_json(await run_task(LocalExecutor(), fetch_blob, event))
+    # The golden dataset's tenant, or (a task published before tasks named theirs) the tenant
+    # migration 023 gave pre-tenant samples; never a made-up tenant a real one could be called.
+    assert (bundle.tenant_id, bundle.replay_id) == (expected, runnable.replay_id)

@@ -71,13 +71,16 @@ def _without_time(event: SampleCurated) -> dict[str, Any]:
 # ------------------------------------------------------------------ names and labels
 
 
-def test_dataset_is_doer_and_phase_and_ids_are_stable() -> None:
-    assert dataset_name("PRDWriter", "draft") == "PRDWriter/draft"
-    first = sample_id("PRDWriter", "run-1", "a1")
-    assert first == sample_id("PRDWriter", "run-1", "a1")
-    assert (
-        len({first, sample_id("PRDWriter", "run-1", "a2"), sample_id("Other", "run-1", "a1")}) == 3
-    )
+def test_dataset_is_tenant_doer_and_phase_and_ids_are_stable() -> None:
+    assert dataset_name("acme", "PRDWriter", "draft") == "acme/PRDWriter/draft"
+    first = sample_id("acme", "PRDWriter", "run-1", "a1")
+    assert first == sample_id("acme", "PRDWriter", "run-1", "a1")
+    others = {
+        sample_id("acme", "PRDWriter", "run-1", "a2"),
+        sample_id("acme", "Other", "run-1", "a1"),
+        sample_id("globex", "PRDWriter", "run-1", "a1"),
+    }
+    assert len({first} | others) == 4
     assert sample_event_id(first) == sample_event_id(first)
 
 
@@ -149,7 +152,7 @@ def test_planted_duplicates_near_duplicates_and_self_loops_get_their_reasons() -
             want = "accepted" if planted.kind == "fresh" else planted.kind
             assert verdict == want, (planted, event.reject_reason)
             if planted.source is not None and planted.kind != "near_duplicate":
-                source = sample_id(bundle.doer, *planted.source)
+                source = sample_id(bundle.tenant_id, bundle.doer, *planted.source)
                 assert source in [*event.near_duplicate_of, event.self_loop_of]
             seen[(planted.kind, verdict)] += 1
     assert {kind for kind, _ in seen} == {"fresh", "exact_duplicate", "near_duplicate", "self_loop"}
@@ -181,7 +184,7 @@ def test_every_artifact_with_content_gives_one_sample_accepted_or_with_a_reason(
         ]
         for sample in curation.samples:
             event = sample.event
-            assert event.dataset == dataset_name(bundle.doer, bundle.phase)
+            assert event.dataset == dataset_name(bundle.tenant_id, bundle.doer, bundle.phase)
             assert event.accepted == (event.reject_reason is None)
             assert sample.record is not None and sample.record["hash"] == event.content_hash
 
@@ -192,7 +195,7 @@ def test_a_redelivered_bundle_gets_the_same_samples_and_changes_nothing() -> Non
     records = {
         (b.doer, s.event.sample_id): s.record for b, c in curated for s in c.samples if s.record
     }
-    before = {d: s.stats()[f"{d}/draft"].to_dict() for d, s in states.items()}
+    before = {d: s.stats()[f"acme/{d}/draft"].to_dict() for d, s in states.items()}
     for bundle, first in curated[-10:]:
         again = states[bundle.doer].curate(
             bundle,
@@ -203,7 +206,7 @@ def test_a_redelivered_bundle_gets_the_same_samples_and_changes_nothing() -> Non
             _without_time(s.event) for s in first.samples
         ]
         assert all(s.record is None for s in again.samples)
-    assert {d: s.stats()[f"{d}/draft"].to_dict() for d, s in states.items()} == before
+    assert {d: s.stats()[f"acme/{d}/draft"].to_dict() for d, s in states.items()} == before
 
 
 def test_a_restored_doer_curates_the_rest_exactly_as_one_that_never_stopped() -> None:
@@ -239,7 +242,7 @@ def test_replay_and_shadow_bundles_give_no_samples_but_are_remembered_as_ours() 
     state = DoerCuration("Gamma")
     result = state.curate(replay, now=NOW)
     assert (result.samples, result.skipped) == ([], "replay")
-    assert sample_id("Gamma", "replayed-1", document.artifact_id) in result.own_outputs
+    assert sample_id("acme", "Gamma", "replayed-1", document.artifact_id) in result.own_outputs
 
     shadow = make_bundle(
         doer="Gamma", run_id="sh-1", shadow=True, arm="candidate", deployment_id="dep-1"
@@ -255,7 +258,9 @@ def test_replay_and_shadow_bundles_give_no_samples_but_are_remembered_as_ours() 
     )
     [sample] = state.curate(pasted, now=NOW).samples
     assert sample.event.reject_reason == "self_loop"
-    assert sample.event.self_loop_of == sample_id("Gamma", "replayed-1", document.artifact_id)
+    assert sample.event.self_loop_of == sample_id(
+        "acme", "Gamma", "replayed-1", document.artifact_id
+    )
     assert sample.event.labels is not None and sample.event.labels.synthetic_confidence == 0.8
 
 
@@ -283,10 +288,10 @@ def test_content_under_a_reused_artifact_id_is_refused_before_anything_changes()
     changed = make_bundle(
         artifacts=[{"artifact_id": "a1", "kind": "prd", "content": "# Other", "origin": "human"}]
     )
-    before = state.stats()["PRDWriter/prd"].to_dict()
+    before = state.stats()["acme/PRDWriter/prd"].to_dict()
     with pytest.raises(CurationError, match="other content"):
         state.curate(changed, now=NOW, previous=records.get)
-    assert state.stats()["PRDWriter/prd"].to_dict() == before
+    assert state.stats()["acme/PRDWriter/prd"].to_dict() == before
     twice = make_bundle(
         artifacts=[
             {"artifact_id": "x", "kind": "prd", "content": "one", "origin": "human"},
@@ -311,7 +316,9 @@ def test_pii_in_the_orchestrators_ids_does_not_pass_either() -> None:
     [sample] = DoerCuration("PRDWriter").curate(bundle, now=NOW).samples
     assert sample.event.artifact_id == "[EMAIL]/notes"
     assert sample.event.redactions == {"EMAIL": 1}
-    assert sample.event.sample_id == sample_id("PRDWriter", "run-1", "jane.doe@example.com/notes")
+    assert sample.event.sample_id == sample_id(
+        "acme", "PRDWriter", "run-1", "jane.doe@example.com/notes"
+    )
 
 
 def test_blank_artifacts_are_not_samples() -> None:
