@@ -209,7 +209,7 @@ def create_app(
         # (agents/faust_internals/transport.py).
         broker=broker_urls(settings.kafka_hosts),
         broker_credentials=_broker_credentials(settings),
-        store="memory://",
+        store=f"{settings.learnops_table_store}://",
         datadir=str(settings.learnops_data_dir),
         # Every topic is keyed by doer and co-partitioned with the tables.
         topic_partitions=catalog.partitions,

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     learnops_log_level: str = "info"
     # "text" (Faust's) or "json": one JSON object per line, fields from key=value pairs.
     learnops_log_format: Literal["text", "json"] = "text"
+    # Where a worker keeps its tables: "memory" reads every changelog back at each start;
+    # "rocksdb" (needs the rocksdict package, extra "rocksdb") keeps them on disk under
+    # learnops_data_dir and reads only what it lacks (docs/operations.md, "Memory and recovery").
+    learnops_table_store: Literal["memory", "rocksdb"] = "memory"
     # A worker that stops heart-beating loses its partitions after this long (Kafka's
     # session timeout); the broker accepts 6-300 s by default. Faust's default is 60 s.
     learnops_session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)

@@ -35,7 +35,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -51,9 +50,14 @@ from agents.topics import ensure, load_catalog  # noqa: E402
 from learning.crl import score_bundle  # noqa: E402
 from learnops.simulation.orchestrator import Orchestrator  # noqa: E402
 from models.events import RunCompleted  # noqa: E402
-from storage.migrate import migrate  # noqa: E402
 from storage.pool import create_pool  # noqa: E402
-from tests.services import WorkerProcess, end_offsets, free_port, start_group_at  # noqa: E402
+from tests.services import (  # noqa: E402
+    WorkerProcess,
+    create_migrated_database,
+    end_offsets,
+    free_port,
+    start_group_at,
+)
 
 SOURCE, OUTPUT = "learning.run-completed", "learning.crl-computed"
 console = Console()
@@ -213,12 +217,8 @@ async def main() -> None:
     settings = Settings(kafka_bootstrap_servers=bootstrap, database_url=server_dsn)
     await ensure(settings, load_catalog(REPO / "topics.yaml"))
     database = f"learnops_bench_{tag}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    await admin.close()
-    dsn = urlunsplit(urlsplit(server_dsn)._replace(path=f"/{database}"))
+    dsn = await create_migrated_database(server_dsn, database)
     pool = await create_pool(dsn, min_size=1, max_size=2)
-    await migrate(pool)
 
     n = args.events
     orchestrator = Orchestrator(seed=11, run_prefix=f"bench-{tag}")

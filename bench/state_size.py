@@ -41,7 +41,8 @@ from learnops.simulation.orchestrator import PHASES, Orchestrator
 from models.events import DeploymentRouting
 
 
-def _scored(runs: int) -> list[Any]:
+def scored_runs(runs: int) -> list[Any]:
+    """The CRL results of ``runs`` simulated bundles of one doer, StateDoer."""
     orchestrator = Orchestrator(seed=11, doers=("StateDoer",))
     return [
         score_bundle(bundle, WeightBook.from_dict({}), LatencyObjectives.from_dict({}))
@@ -49,7 +50,7 @@ def _scored(runs: int) -> list[Any]:
     ]
 
 
-def _values(results: list[Any]) -> dict[str, list[tuple[bytes, bytes]]]:
+def doer_day_records(results: list[Any]) -> dict[str, list[tuple[bytes, bytes]]]:
     """One doer-day's (key, value) changelog records per table, as the stages write them."""
     doer = results[0].doer
     by_doer = DailyCRL()
@@ -80,7 +81,8 @@ def _values(results: list[Any]) -> dict[str, list[tuple[bytes, bytes]]]:
     }
 
 
-def _canary_value(results: list[Any]) -> tuple[bytes, bytes]:
+def canary_record(results: list[Any]) -> tuple[bytes, bytes]:
+    """StateDoer's canary-deployments (key, value) with ``results`` routed and observed."""
     from learning.deployments import DeploymentState
 
     doer = results[0].doer
@@ -152,9 +154,9 @@ def main() -> None:
     parser.add_argument("--samples-per-day", type=int, default=20, help="curated per doer a day")
     args = parser.parse_args()
     started = time.perf_counter()
-    results = _scored(args.runs_per_day)
-    per_day = _values(results)
-    canary_key, canary_value = _canary_value(results)
+    results = scored_runs(args.runs_per_day)
+    per_day = doer_day_records(results)
+    canary_key, canary_value = canary_record(results)
     marks = per_day.pop("folded-run marks (baseline only)")
     canary_seen = [(b"k" * 60, b"true")] * (2 * args.runs_per_day * args.days)
 

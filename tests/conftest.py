@@ -18,6 +18,7 @@ from tests.services import (
     DATABASE_ROLES,
     REPO,
     WorkerProcess,
+    create_migrated_database,
     free_port,
     kafka_service,
     postgres_service,
@@ -55,23 +56,8 @@ def _with_database(dsn: str, database: str) -> str:
 @pytest.fixture(scope="session")
 async def database_url(postgres_server: str) -> AsyncIterator[str]:
     """A fresh database for this test session, migrated to the latest schema."""
-    from storage.migrate import migrate
-    from storage.pool import create_pool
-
     name = f"learnops_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = _with_database(postgres_server, name)
-    pool = await create_pool(dsn, min_size=1, max_size=2)
-    try:
-        await migrate(pool)
-        await operators.register(pool)
-    finally:
-        await pool.close()
-    yield dsn
+    yield await create_migrated_database(postgres_server, name, operators=True)
     admin = await asyncpg.connect(postgres_server)
     try:
         for _ in range(30):

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_STATE_DIR = REPO / ".local" / "test"
@@ -303,3 +304,31 @@ def run_learnops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
         timeout=120,
         check=False,
     )
+
+
+async def create_migrated_database(server_dsn: str, name: str, *, operators: bool = False) -> str:
+    """Create database ``name`` on the server and migrate it to the latest schema; its DSN.
+
+    With ``operators``, the test operators (tests/operators.py) are registered in it.
+    """
+    import asyncpg
+
+    from storage.migrate import migrate
+    from storage.pool import create_pool
+
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = urlunsplit(urlsplit(server_dsn)._replace(path=f"/{name}"))
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        if operators:
+            from tests import operators as test_operators
+
+            await test_operators.register(pool)
+    finally:
+        await pool.close()
+    return dsn

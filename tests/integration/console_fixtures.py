@@ -22,26 +22,13 @@ from storage import policy_commands as commands_store
 @pytest.fixture(scope="module")
 async def database_url(postgres_server: str) -> Any:
     import uuid
-    from urllib.parse import urlsplit, urlunsplit
 
     import asyncpg
 
-    from storage.migrate import migrate
-    from storage.pool import create_pool
+    from tests.services import create_migrated_database
 
     name = f"learnops_console_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = urlunsplit(urlsplit(postgres_server)._replace(path=f"/{name}"))
-    pool = await create_pool(dsn, min_size=1, max_size=2)
-    try:
-        await migrate(pool)
-    finally:
-        await pool.close()
-    yield dsn
+    yield await create_migrated_database(postgres_server, name)
     admin = await asyncpg.connect(postgres_server)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

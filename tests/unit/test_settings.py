@@ -141,3 +141,20 @@ def test_development_falls_back_to_the_local_owner(
     assert settings.database_dsn_for("keyadmin") == "postgresql://keys:pw@db/learnops"
     assert settings.database_dsn_for("migrate") == "postgresql://owner:pw@db/learnops"
     assert settings.database_dsn_for("default") == settings.database_dsn
+
+
+def test_the_table_store_is_memory_unless_rocksdb_is_asked_for() -> None:
+    default = create_app(Settings(learnops_stages="crl", learnops_app_id="store-default"))
+    rocksdb = create_app(
+        Settings(
+            learnops_stages="crl", learnops_app_id="store-rocks", learnops_table_store="rocksdb"
+        )
+    )
+    assert default.conf.store.scheme == "memory"
+    assert rocksdb.conf.store.scheme == "rocksdb"
+
+
+def test_an_unknown_table_store_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEARNOPS_TABLE_STORE", "redis")
+    with pytest.raises(SettingsError, match="LEARNOPS_TABLE_STORE: "):
+        load_settings()
