@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 ## make test: lint, type-check, unit tests, then integration tests on real Kafka and PostgreSQL.
+## Two pytest-xdist processes share the files out (whole files, so module workers stay
+## shared); each starts its own Kafka and PostgreSQL (tests/services.py).
+PYTEST_WORKERS ?= 2
 test: lint typecheck
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -n $(PYTEST_WORKERS) --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -27,6 +27,21 @@ from tests.services import (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse pytest-xdist workers on one given broker: each session worker would read the others'.
+
+    Without KAFKA_BOOTSTRAP_SERVERS every xdist worker starts its own services
+    (tests/services.py); with it, run the tests in one process (``-n 0``).
+    """
+    processes = getattr(config.option, "numprocesses", None)
+    if processes and processes != 1 and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        raise pytest.UsageError(
+            f"-n {processes} with KAFKA_BOOTSTRAP_SERVERS set: the xdist workers' session "
+            "workers would all consume that broker's topics; use -n 0, or unset it so each "
+            "xdist worker starts its own Kafka and PostgreSQL"
+        )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark everything under tests/integration as an integration test."""
     for item in items:

@@ -4,7 +4,9 @@ Where each service comes from, in order:
 1. ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (an existing cluster);
 2. testcontainers, when ``docker info`` answers;
 3. the project's own scripts (scripts/kafka.sh, scripts/postgres.sh), on test-only
-   ports and state directories so they never clash with `make demo`'s.
+   ports and state directories so they never clash with `make demo`'s; under
+   pytest-xdist (`make test` runs ``-n 2``) each worker process starts its own pair,
+   so two session workers never read each other's topics.
 """
 
 from __future__ import annotations
@@ -28,6 +30,29 @@ from urllib.parse import urlsplit, urlunsplit
 REPO = Path(__file__).resolve().parent.parent
 TEST_STATE_DIR = REPO / ".local" / "test"
 TEST_PORTS = {"KAFKA_PORT": "19192", "KAFKA_CONTROLLER_PORT": "19193", "PG_PORT": "15532"}
+# pytest-xdist worker gwN runs its own broker and server, TEST_PORTS shifted by N * this.
+XDIST_PORT_STEP = 10
+
+
+def service_ports() -> dict[str, str]:
+    """This test process's service ports: TEST_PORTS, shifted for xdist worker gwN.
+
+    ``LEARNOPS_TEST_PORT_OFFSET`` shifts them all (two checkouts on one machine).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    offset = int(os.environ.get("LEARNOPS_TEST_PORT_OFFSET", "0") or 0)
+    offset += XDIST_PORT_STEP * int(worker or 0)
+    return {name: str(int(port) + offset) for name, port in TEST_PORTS.items()}
+
+
+def service_state_dir() -> Path:
+    """The state directory of this test process's own services (one per set of ports)."""
+    port = service_ports()["KAFKA_PORT"]
+    return (
+        TEST_STATE_DIR
+        if port == TEST_PORTS["KAFKA_PORT"]
+        else TEST_STATE_DIR.with_name(f"test-{port}")
+    )
 
 
 def docker_works() -> bool:
@@ -42,7 +67,7 @@ def docker_works() -> bool:
 
 
 def _script_env() -> dict[str, str]:
-    return {**os.environ, **TEST_PORTS, "LEARNOPS_STATE_DIR": str(TEST_STATE_DIR)}
+    return {**os.environ, **service_ports(), "LEARNOPS_STATE_DIR": str(service_state_dir())}
 
 
 def _run_script(script: str, action: str, *args: str) -> str:

