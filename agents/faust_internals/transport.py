@@ -250,7 +250,7 @@ class _Resumed:
             except GeneratorExit:
                 coro.close()
                 raise
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the coroutine, as await does
                 try:
                     value = coro.throw(exc)
                 except StopIteration as done:
