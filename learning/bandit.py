@@ -462,10 +462,15 @@ def model_for(state: BanditState, names: Sequence[str], config: BanditConfig) ->
 
     The hurdle model is used while no named option's positive losses are more
     than ``misfit_z`` standard errors from their lognormal mean
-    (:meth:`OptionStats.misfit`); otherwise the sample mean's normal model.
+    (:meth:`OptionStats.misfit`); otherwise the sample mean's normal model, as
+    for statistics folded in before the hurdle parts existed (an option whose
+    positive runs are not all in its log moments).
     """
     if config.model != "hurdle":
         return "normal"
+    stats = [state.options[n] for n in names]
+    if any(abs(s.weight - s.zeros - s.log_weight) > 0.5 for s in stats):
+        return "normal"  # a book written before the hurdle statistics: they are not complete
     log_var = state.pooled_log_var()
     if any(state.options[n].misfit(log_var) > config.misfit_z for n in names):
         return "normal"

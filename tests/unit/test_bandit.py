@@ -70,7 +70,8 @@ def test_a_value_written_before_the_hurdle_statistics_still_reads() -> None:
     old = {"options": {o: {"weight": 3.0, "mean": 0.5, "m2": 0.2, "runs": 3} for o in ("a", "b")}}
     state = BanditState.from_dict(old)
     assert state.baseline == "a" and state.options["b"].fresh == 3
-    assert allocate(state, BanditConfig(), np.random.default_rng(0)).shares
+    alloc = allocate(state, BanditConfig(probation_runs=0), np.random.default_rng(0))
+    assert alloc.model == "normal"  # its hurdle parts are empty, its moments are not
 
 
 def test_state_round_trips_through_its_dict() -> None:
