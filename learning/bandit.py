@@ -78,6 +78,7 @@ from learning.event_guardrails import DEFAULT_ALPHA, EventGuardrail
 
 GUARDRAIL_METRICS: tuple[str, ...] = ("security_criticals", "api_breakages")
 CLIP = 3.0  # the change detector's bound on one run's standardised deviation
+RECALL = 3.0  # count-test wealth that sends a released option back on probation
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class OptionStats:
     fresh: int = 0
     changes: int = 0
     cusum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    released: bool = False
 
     def decay(self, factor: float) -> None:
         """Forget: scale the effective counts and the sums of squares by ``factor``."""
@@ -246,16 +248,29 @@ class OptionStats:
                 return metric
         return None
 
-    def cleared(self, probation_runs: int) -> bool:
-        """Whether the option is off probation: enough runs, and no excess of events now.
+    def review_probation(self, probation_runs: int) -> None:
+        """Release the option from probation, or recall it, from its runs and count tests.
 
-        At least ``probation_runs`` runs, and on every guardrail metric the count
-        test's current wealth (not its running maximum) at or below 1: what events
-        the option had are explained by the others' rate at the shares in force.
+        Released once it has ``probation_runs`` runs and, on every guardrail
+        metric, its count test's current wealth (not its running maximum) is at
+        most 1: what events it had are explained by the others' rate at the
+        shares in force. Recalled when a test's wealth rises above ``RECALL``:
+        one event at the floor share does that (wealth about 23), while one
+        event at a large share (wealth about 1.02) does not, so an option
+        holding most of the traffic does not flap back to the floor on the
+        events any option has.
         """
-        if self.runs < probation_runs:
-            return False
-        return all(test.log_mixture <= 0.0 for test in self.guardrails.values())
+        if self.released:
+            recall = math.log(RECALL)
+            self.released = all(t.log_mixture <= recall for t in self.guardrails.values())
+        else:
+            self.released = self.releasable(probation_runs)
+
+    def releasable(self, probation_runs: int) -> bool:
+        """Whether the option has its probation runs and no count test above wealth 1 now."""
+        return self.runs >= probation_runs and all(
+            test.log_mixture <= 0.0 for test in self.guardrails.values()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
@@ -272,6 +287,7 @@ class OptionStats:
             "fresh": self.fresh,
             "changes": self.changes,
             "cusum": list(self.cusum),
+            "released": self.released,
         }
 
     @classmethod
@@ -292,6 +308,7 @@ class OptionStats:
             fresh=int(data.get("fresh", data["runs"])),
             changes=int(data.get("changes", 0)),
             cusum=[float(c) for c in data.get("cusum") or [0.0, 0.0, 0.0, 0.0]],
+            released=bool(data.get("released", False)),
         )
 
 
@@ -362,6 +379,9 @@ class BanditState:
                 test = other.guardrails.setdefault(metric, EventGuardrail())
                 arm = "candidate" if name == option else "control"
                 test.add(arm, int(count), float(shares.get(name, 0.0)))
+        for name, other in self.options.items():
+            if name != self.baseline:
+                other.review_probation(config.probation_runs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
@@ -501,7 +521,7 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
     """Shares = P(best) among the competing options, floored at ``min_share``.
 
     Competing: not excluded by a guardrail, and the baseline or off probation
-    (:meth:`OptionStats.cleared`). The others get exactly the floor.
+    (:meth:`OptionStats.review_probation`). The others get exactly the floor.
     """
     names = list(state.options)
     k = len(names)
@@ -517,7 +537,8 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
     probation = tuple(
         n
         for n in eligible
-        if n != state.baseline and not state.options[n].cleared(config.probation_runs)
+        if n != state.baseline
+        and not (state.options[n].released or state.options[n].releasable(config.probation_runs))
     )
     competing = [n for n in eligible if n not in probation] or eligible
     p_best = dict.fromkeys(names, 0.0)

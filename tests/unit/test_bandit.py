@@ -118,6 +118,24 @@ def test_an_option_competes_after_its_probation_runs_without_events() -> None:
     assert not alloc.excluded  # one event is not yet proof of harm
 
 
+@pytest.mark.parametrize(("share", "recalled"), [(0.98, False), (0.02, True)])
+def test_an_event_recalls_a_released_option_only_when_its_share_makes_it_surprising(
+    share: float, recalled: bool
+) -> None:
+    # At 98 % of the traffic most events are the option's whatever it is like: one more
+    # must not send it back to the floor (the demo's small model flapped so).
+    config = BanditConfig(probation_runs=20)
+    state = BanditState.for_options(["default", "other"])
+    shares = {"default": 1.0 - share, "other": share}
+    for _ in range(20):
+        state.observe("other", 1.0, shares, config=config)
+    assert state.options["other"].released
+    state.observe("other", 1.0, shares, events={"api_breakages": 1}, config=config)
+    assert state.options["other"].released is not recalled
+    probation = allocate(state, config, np.random.default_rng(0)).probation
+    assert probation == (("other",) if recalled else ())
+
+
 def test_a_shift_in_one_options_losses_restarts_its_statistics_only() -> None:
     config = BanditConfig()
     even = {"a": 0.5, "b": 0.5}
