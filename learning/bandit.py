@@ -537,7 +537,8 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
     probation = tuple(
         n
         for n in eligible
-        if n != state.baseline
+        if config.probation_runs > 0
+        and n != state.baseline
         and not (state.options[n].released or state.options[n].releasable(config.probation_runs))
     )
     competing = [n for n in eligible if n not in probation] or eligible

@@ -14,8 +14,9 @@ stage of the path, and the doer's skill card lists it.
 Workers: the session worker (every stage but the bandit, packaged settings) and
 a bandit-only worker of this module whose small model (not the policy's
 default) leaves the floor after 2 runs without a guardrail event (not 20) and
-is confidently best at P(best) 0.9 (not 0.95) after 50 runs (not 200), so the
-walk takes about two minutes.
+is confidently best at P(best) 0.85 (not 0.95) after 50 runs (not 200), so the
+walk takes about two minutes. (The small model's CRL is lower by about 8 %; at
+0.9 one run in two needed more than 800 runs.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from learnops.demo.experiments_scenario import canary_until_decided, prepare, wa
 from storage.experiments import experiment_history
 from storage.policies import find_policy
 from storage.skills import active_policy, current_card
-from tests.integration.kafka_io import LAG_S
+from tests.integration.kafka_io import LAG_S, eventually
 from tests.services import REPO, WorkerProcess, free_port, run_learnops, start_after_inputs
 
 TIMEOUT = 90.0
@@ -49,7 +50,7 @@ TIMEOUT = 90.0
 async def bandit_stage(
     topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
-    """A worker running only the bandit stage: probation 2 runs, P(best) 0.9 after 50 runs.
+    """A worker running only the bandit stage: probation 2 runs, P(best) 0.85 after 50 runs.
 
     It allocates every 100 runs, as packaged: the rounds of 100 runs below wait for each
     round's allocation (one allocation per batch at most, so a smaller ``every`` may
@@ -61,7 +62,7 @@ async def bandit_stage(
     small = (
         packaged.replace("  min_runs: 200 ", "  min_runs: 50 ")
         .replace("  probation_runs: 20 ", "  probation_runs: 2 ")
-        .replace("  level: 0.95 ", "  level: 0.9 ")
+        .replace("  level: 0.95 ", "  level: 0.85 ")
     )
     assert small != packaged, "the packaged bandit settings moved: update this fixture"
     config.write_text(small)
@@ -113,9 +114,11 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
         reason = (
             f"bandit:{prepared.policy_id}@1:{scenario.PHASE}/{scenario.PARAMETER}={scenario.SMALL}"
         )
-        request = await learn(quiet, producer, pool, client, orchestrator, doer, reason, 8, TIMEOUT)
+        request = await learn(
+            quiet, producer, pool, client, orchestrator, doer, reason, 20, TIMEOUT
+        )
         evidence = request["evidence"]
-        assert evidence["p_best"][scenario.SMALL] >= 0.9
+        assert evidence["p_best"][scenario.SMALL] >= 0.85
         experiment_id = str(evidence["experiment_id"])
 
         # The owner signs the candidate and files the experiment, as an operator would.
@@ -182,9 +185,17 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
         assert " ".join(h["to_status"] for h in history) == path
         assert await active_policy(pool, doer) == (prepared.policy_id, 2)
 
-        # The skill card lists the promoted experiment once the doer runs under version 2.
-        await updated_card(quiet, pool, producer, prepared, uuid.uuid4().int % 10**9, experiment_id)
-        card = await current_card(pool, doer)
-        assert card is not None and card.policy_version == 2
-        listed = {str(e["experiment_id"]): e for e in card.experiments}
-        assert experiment_id in listed and listed[experiment_id]["status"] == "promoted"
+        # The skill card lists the promoted experiment once the doer runs under version 2 (a
+        # card built from runs scored before the promotion was recorded may still say canary:
+        # each probe runs the doer a little more).
+        async def card_after_runs() -> Any:
+            await updated_card(quiet, pool, producer, prepared, uuid.uuid4().int % 10**9)
+            return await current_card(pool, doer)
+
+        def lists_promoted(card: Any) -> bool:
+            if card is None or card.policy_version != 2:
+                return False
+            listed = {str(e["experiment_id"]): e["status"] for e in card.experiments}
+            return listed.get(experiment_id) == "promoted"
+
+        await eventually(card_after_runs, lists_promoted, timeout=TIMEOUT)
