@@ -14,9 +14,9 @@ stage of the path, and the doer's skill card lists it.
 Workers: the session worker (every stage but the bandit, packaged settings) and
 a bandit-only worker of this module whose small model (not the policy's
 default) leaves the floor after 2 runs without a guardrail event (not 20) and
-is confidently best at P(best) 0.85 (not 0.95) after 50 runs (not 200), so the
-walk takes about two minutes. (The small model's CRL is lower by about 8 %; at
-0.9 one run in two needed more than 800 runs.)
+is confidently best at P(best) 0.85 (not 0.95) after 50 runs (not 200): the
+small model's CRL is lower by about 8 %, and at 0.9 one run in two needed more
+than 800 runs. The walk takes two to four minutes on the shared VM.
 """
 
 from __future__ import annotations
