@@ -16,7 +16,18 @@ zero-heavy (90 % zeros, else lognormal) — scaled by 1.0, 0.75, 1.25 and 1.5
   (option-0 becomes best): regret, and runs after the drift until option-0
   holds the majority of the traffic (median and worst over seeds);
 * **harmful** — option-1 has the lowest loss (0.6) but a security critical on
-  5 % of its runs: runs until it is excluded and its largest share afterwards.
+  5 % of its runs: runs until it is excluded, its largest share ever, and on
+  how many seeds it ever held more than the floor;
+* **probation** — the trade-off of safe exploration's ``probation_runs``:
+  heavy stationary regret against the harmful option's seeds above the floor;
+* **misfit** — option-3's losses are not lognormal (rare catastrophes,
+  ``learning.bandit_simulation.rare_catastrophes``): its logs look best, its
+  mean is the worst but one; the hurdle model against the normal one.
+
+Every row is printed for the defaults of ``BanditConfig`` and, beside them in
+the same run, for the model before issue 20's second round (``BEFORE``: a
+discounted normal model of the mean, discount 0.999, no change detection, no
+probation).
 
 Writes the allocation-over-time plots (seed 0) to ``--plots`` (default
 docs/bandits/). Asserts nothing: ``tests/unit/test_bandit_simulation.py``
@@ -26,7 +37,9 @@ checks the targets over several seeds.
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -45,14 +58,19 @@ from learning.bandit_simulation import (
     Environment,
     SimulationResult,
     max_share_after,
+    rare_catastrophes,
     runs_to_majority,
     simulate,
 )
+from learning.canary_simulation import heavy
 
 FACTORS = (1.0, 0.75, 1.25, 1.5)
 DRIFTED = (0.6, 1.25, 1.0, 1.5)
 HARMFUL = (1.0, 0.6, 1.25, 1.5)
 HARM_RATES = (0.0, 0.05, 0.0, 0.0)
+MISFIT = (1.0, 1.25, 1.5, 1.7)  # option-3 rare_catastrophes: mean ≈ 1.2 × option-0's
+BEFORE = BanditConfig(model="normal", discount=0.999, change_threshold=0.0, probation_runs=0)
+MODELS = {"defaults": BanditConfig(), "before": BEFORE}
 
 
 def median_worst(values: list[int | None]) -> str:
@@ -69,6 +87,7 @@ def regret_table(seeds: int, runs: int) -> tuple[Table, dict[str, SimulationResu
     for col in (
         "loss",
         "environment",
+        "model",
         *POLICIES,
         "Thompson / uniform",
         "ETC / uniform",
@@ -80,51 +99,127 @@ def regret_table(seeds: int, runs: int) -> tuple[Table, dict[str, SimulationResu
         for kind in ("stationary", "drift"):
             drift = runs // 2 if kind == "drift" else None
             env = Environment(FACTORS, shape, drift_at=drift, after=DRIFTED if drift else None)
-            regret = {}
-            for policy in POLICIES:
-                results = [simulate(env, policy, runs, s) for s in range(seeds)]
-                regret[policy] = float(np.mean([r.regret for r in results]))
-                if policy == "thompson":
+            fixed = {
+                p: float(np.mean([simulate(env, p, runs, s).regret for s in range(seeds)]))
+                for p in POLICIES
+                if p != "thompson"
+            }
+            for model, config in MODELS.items():
+                results = [simulate(env, "thompson", runs, s, config=config) for s in range(seeds)]
+                regret = {**fixed, "thompson": float(np.mean([r.regret for r in results]))}
+                majority = ""
+                if model == "defaults":
                     examples[f"{kind} {shape_name}"] = results[0]
-                    if drift is not None:
-                        majority = median_worst([runs_to_majority(r, 0, drift) for r in results])
-            table.add_row(
-                "heavy" if shape_name == "heavy" else shape_name,
-                kind,
-                *(f"{regret[p]:.1f}" for p in POLICIES),
-                f"{regret['thompson'] / regret['uniform']:.2f}",
-                f"{regret['explore_then_commit'] / regret['uniform']:.2f}",
-                majority if drift is not None else "",
-            )
+                if drift is not None:
+                    majority = median_worst([runs_to_majority(r, 0, drift) for r in results])
+                table.add_row(
+                    "heavy" if shape_name == "heavy" else shape_name,
+                    kind,
+                    model,
+                    *(f"{regret[p]:.1f}" for p in POLICIES),
+                    f"{regret['thompson'] / regret['uniform']:.2f}",
+                    f"{regret['explore_then_commit'] / regret['uniform']:.2f}",
+                    majority,
+                )
     return table, examples
 
 
 def harm_table(seeds: int, runs: int) -> tuple[Table, SimulationResult]:
-    config = BanditConfig()
     table = Table(
         title=f"Harmful option (lowest loss, 5 % security criticals): {seeds} seeds × {runs:,} runs"
     )
-    for col in ("loss", "runs to exclusion (median, max)", "largest share after", "floor"):
+    for col in (
+        "loss",
+        "model",
+        "runs to exclusion (median, max)",
+        "largest share ever",
+        "seeds above the floor",
+        "floor",
+    ):
         table.add_column(col, justify="right")
     example = None
     for shape_name, shape in SHAPES.items():
         env = Environment(HARMFUL, shape, event_rates=HARM_RATES)
-        results = [simulate(env, "thompson", runs, s, config=config) for s in range(seeds)]
-        example = example or results[0]
-        excluded = [r.excluded_at.get(1) for r in results]
-        after = [
-            max_share_after(r, 1, e + r.batch)
-            for r, e in zip(results, excluded, strict=True)
-            if e is not None
-        ]
-        table.add_row(
-            shape_name,
-            median_worst(excluded),
-            f"{max(after):.3f}" if after else "–",
-            f"{config.min_share:.3f}",
-        )
+        for model, config in MODELS.items():
+            results = [simulate(env, "thompson", runs, s, config=config) for s in range(seeds)]
+            if model == "defaults":
+                example = example or results[0]
+            excluded = [r.excluded_at.get(1) for r in results]
+            largest = [max_share_after(r, 1, 0) for r in results]
+            above = sum(share > config.min_share + 1e-9 for share in largest)
+            table.add_row(
+                shape_name,
+                model,
+                median_worst(excluded),
+                f"{max(largest):.3f}",
+                f"{above} of {seeds}",
+                f"{config.min_share:.3f}",
+            )
     assert example is not None
     return table, example
+
+
+def probation_table(seeds: int, runs: int) -> Table:
+    """Safe exploration's price: stationary regret and harmful releases by probation length."""
+    table = Table(title=f"Probation length (heavy loss, {seeds} seeds × {runs:,} runs)")
+    for col in (
+        "probation_runs",
+        "stationary Thompson / uniform",
+        "harmful above the floor (seeds)",
+        "0.95^runs",
+    ):
+        table.add_column(col, justify="right")
+    stationary = Environment(FACTORS)
+    harmful = Environment(HARMFUL, event_rates=HARM_RATES)
+    uniform = float(
+        np.mean([simulate(stationary, "uniform", runs, s).regret for s in range(seeds)])
+    )
+    for length in (0, 10, 20, 40, 60):
+        config = replace(BanditConfig(), probation_runs=length)
+        regret = np.mean(
+            [simulate(stationary, "thompson", runs, s, config=config).regret for s in range(seeds)]
+        )
+        above = sum(
+            max_share_after(simulate(harmful, "thompson", runs, s, config=config), 1, 0)
+            > config.min_share + 1e-9
+            for s in range(seeds)
+        )
+        table.add_row(
+            str(length), f"{regret / uniform:.2f}", f"{above} of {seeds}", f"{0.95**length:.2f}"
+        )
+    return table
+
+
+def misfit_table(seeds: int, runs: int) -> Table:
+    """Options whose positive losses are not lognormal: does the hurdle model mis-rank?"""
+    env = Environment(MISFIT, shapes=(heavy, heavy, heavy, rare_catastrophes))
+    table = Table(
+        title=f"Misfit: option-3 has rare catastrophes (mean 1.2 × the best's): {seeds} seeds"
+    )
+    for col in (
+        "model",
+        "Thompson / uniform",
+        "option-0 (best) final share (median)",
+        "option-3 largest share (median)",
+        "seeds confident of option-3",
+    ):
+        table.add_column(col, justify="right")
+    uniform = float(np.mean([simulate(env, "uniform", runs, s).regret for s in range(seeds)]))
+    for model, config in {
+        "hurdle (defaults)": BanditConfig(),
+        "hurdle, no misfit check": replace(BanditConfig(), misfit_z=math.inf),
+        "normal": replace(BanditConfig(), model="normal"),
+        "before": BEFORE,
+    }.items():
+        results = [simulate(env, "thompson", runs, s, config=config) for s in range(seeds)]
+        table.add_row(
+            model,
+            f"{np.mean([r.regret for r in results]) / uniform:.2f}",
+            f"{np.median([r.shares[-1][0] for r in results]):.2f}",
+            f"{np.median([r.shares[:, 3].max() for r in results]):.2f}",
+            f"{sum(3 in r.confident for r in results)} of {seeds}",
+        )
+    return table
 
 
 def plot(result: SimulationResult, title: str, path: Path, drift_at: int | None = None) -> None:
@@ -154,12 +249,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 seeds")
     args = parser.parse_args()
     seeds = 4 if args.quick else args.seeds
-    console = Console()
+    console = Console(width=220)
     started = time.perf_counter()
     table, examples = regret_table(seeds, args.runs)
     console.print(table)
     harm, harmful_example = harm_table(seeds, args.runs)
     console.print(harm)
+    console.print(probation_table(seeds, args.runs))
+    console.print(misfit_table(seeds, args.runs))
     args.plots.mkdir(parents=True, exist_ok=True)
     out = args.plots
     plot(

@@ -77,6 +77,8 @@ import numpy as np
 from learning.event_guardrails import DEFAULT_ALPHA, EventGuardrail
 
 GUARDRAIL_METRICS: tuple[str, ...] = ("security_criticals", "api_breakages")
+CLIP = 3.0  # the change detector's bound on one run's standardised deviation
+RECALL = 3.0  # count-test wealth that sends a released option back on probation
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,14 @@ class BanditConfig:
     pseudo-runs at the pooled mean; ``guardrail_alpha`` — level of the count test.
     """
 
-    discount: float = 0.999
+    discount: float = 0.9995
+    model: str = "hurdle"
+    change_threshold: float = 15.0
+    change_drift: float = 0.25
+    change_min_runs: int = 20
+    misfit_z: float = 3.0
+    probation_runs: int = 20
+    temper: float = 1.0
     min_share: float = 0.02
     draws: int = 4000
     level: float = 0.95
@@ -99,12 +108,19 @@ class BanditConfig:
     min_runs_other: int = 30
     prior_weight: float = 1.0
     variance_prior_weight: float = 20.0
+    rate_prior_weight: float = 5.0
     guardrail_alpha: float = DEFAULT_ALPHA
     guardrail_metrics: tuple[str, ...] = GUARDRAIL_METRICS
 
     def __post_init__(self) -> None:
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"discount {self.discount} is not in (0, 1]")
+        if self.model not in ("hurdle", "normal"):
+            raise ValueError(f"model {self.model!r} is not 'hurdle' or 'normal'")
+        if self.change_threshold < 0 or self.change_drift < 0:
+            raise ValueError("change_threshold and change_drift must not be negative")
+        if self.probation_runs < 0:
+            raise ValueError(f"probation_runs {self.probation_runs} is negative")
         if not 0.0 <= self.min_share < 1.0:
             raise ValueError(f"min_share {self.min_share} is not in [0, 1)")
         if self.draws < 1:
@@ -119,33 +135,111 @@ class BanditConfig:
 
 @dataclass
 class OptionStats:
-    """Discounted count, mean and sum of squares of one option's loss, and its guardrails."""
+    """One option's loss statistics (all runs, and the hurdle parts), change detector, guardrails.
+
+    ``weight``/``mean``/``m2`` are the (discounted) count, mean and sum of squares
+    of the loss; ``zeros`` the weight of runs with a loss of exactly 0;
+    ``log_weight``/``log_mean``/``log_m2`` the same moments of ``log(loss)`` over
+    the runs with a positive loss. ``runs`` counts every run folded in, ``fresh``
+    those since the option's last detected change; ``cusum`` holds the two-sided
+    CUSUM sums of the standardised log loss and of the zero/positive indicator.
+    """
 
     weight: float = 0.0
     mean: float = 0.0
     m2: float = 0.0
     runs: int = 0
     guardrails: dict[str, EventGuardrail] = field(default_factory=dict)
+    zeros: float = 0.0
+    log_weight: float = 0.0
+    log_mean: float = 0.0
+    log_m2: float = 0.0
+    fresh: int = 0
+    changes: int = 0
+    cusum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    released: bool = False
 
     def decay(self, factor: float) -> None:
-        """Forget: scale the effective count and the sum of squares by ``factor``."""
+        """Forget: scale the effective counts and the sums of squares by ``factor``."""
         self.weight *= factor
         self.m2 *= factor
+        self.zeros *= factor
+        self.log_weight *= factor
+        self.log_m2 *= factor
 
     def add(self, loss: float) -> None:
         """Fold one run's loss in with weight 1 (West's weighted update)."""
         if not math.isfinite(loss) or loss < 0:
             raise ValueError(f"loss {loss!r} is not a finite non-negative number")
         self.runs += 1
+        self.fresh += 1
         self.weight += 1.0
         delta = loss - self.mean
         self.mean += delta / self.weight
         self.m2 += delta * (loss - self.mean)
+        if loss == 0.0:
+            self.zeros += 1.0
+            return
+        log_loss = math.log(loss)
+        self.log_weight += 1.0
+        delta = log_loss - self.log_mean
+        self.log_mean += delta / self.log_weight
+        self.log_m2 += delta * (log_loss - self.log_mean)
+
+    def restart(self) -> None:
+        """Drop the loss statistics after a detected change (runs and guardrails are kept)."""
+        self.weight = self.mean = self.m2 = self.zeros = 0.0
+        self.log_weight = self.log_mean = self.log_m2 = 0.0
+        self.fresh = 0
+        self.changes += 1
+        self.cusum = [0.0, 0.0, 0.0, 0.0]
+
+    def changed(self, loss: float, log_sd: float, config: BanditConfig) -> bool:
+        """Feed the change detector one run's loss; whether it signals a shift in the option.
+
+        Two two-sided CUSUMs (Page 1954): of ``log(loss)`` standardised by the
+        pooled ``log_sd`` (positive runs), and of the positive/zero indicator
+        standardised by its Bernoulli variance. Each adds the standardised
+        deviation (clipped to ±``CLIP``, so that rare outliers, a shape of the
+        loss, do not add up to a shift) minus ``change_drift`` and signals above
+        ``change_threshold``;
+        they start once the option has ``change_min_runs`` positive runs since its
+        last change, so an estimate exists to deviate from.
+        """
+        if config.change_threshold <= 0 or self.log_weight < config.change_min_runs:
+            return False
+        steps = []
+        if loss > 0 and log_sd > 0:
+            steps.append((0, (math.log(loss) - self.log_mean) / log_sd))
+        p = (self.weight - self.zeros + 1.0) / (self.weight + 2.0)
+        steps.append((2, ((loss > 0) - p) / math.sqrt(p * (1.0 - p))))
+        for i, raw in steps:
+            z = min(max(raw, -CLIP), CLIP)  # one outlier is not a shift
+            self.cusum[i] = max(0.0, self.cusum[i] + z - config.change_drift)
+            self.cusum[i + 1] = max(0.0, self.cusum[i + 1] - z - config.change_drift)
+        return max(self.cusum) > config.change_threshold
 
     @property
     def variance(self) -> float:
         """Weighted variance (reliability weights); 0 with one effective run or fewer."""
         return self.m2 / (self.weight - 1.0) if self.weight > 1.0 else 0.0
+
+    def misfit(self, log_var: float) -> float:
+        """How far the lognormal mean of the positive losses is from their sample mean, in SEs.
+
+        The sample mean of the positive part against ``exp(μ + σ²/2)`` of its logs
+        (``σ²`` the pooled ``log_var``), in standard errors of the sample mean;
+        0 with fewer than 30 positive runs. A large value says the positive part is
+        not lognormal, so the hurdle model may mis-rank means.
+        """
+        positive = self.weight - self.zeros
+        if self.log_weight < 30 or positive < 30:
+            return 0.0
+        pos_mean = self.mean * self.weight / positive
+        pos_m2 = self.m2 - self.zeros * self.mean**2 - positive * (pos_mean - self.mean) ** 2
+        se = math.sqrt(max(pos_m2, 0.0) / (positive - 1.0) / positive)
+        lognormal = math.exp(self.log_mean + log_var / 2.0)
+        return abs(pos_mean - lognormal) / se if se > 0 else 0.0
 
     def harmful(self, alpha: float) -> str | None:
         """The first guardrail metric on which this option has more events than the rest."""
@@ -153,6 +247,30 @@ class OptionStats:
             if test.harmful(alpha):
                 return metric
         return None
+
+    def review_probation(self, probation_runs: int) -> None:
+        """Release the option from probation, or recall it, from its runs and count tests.
+
+        Released once it has ``probation_runs`` runs and, on every guardrail
+        metric, its count test's current wealth (not its running maximum) is at
+        most 1: what events it had are explained by the others' rate at the
+        shares in force. Recalled when a test's wealth rises above ``RECALL``:
+        one event at the floor share does that (wealth about 23), while one
+        event at a large share (wealth about 1.02) does not, so an option
+        holding most of the traffic does not flap back to the floor on the
+        events any option has.
+        """
+        if self.released:
+            recall = math.log(RECALL)
+            self.released = all(t.log_mixture <= recall for t in self.guardrails.values())
+        else:
+            self.released = self.releasable(probation_runs)
+
+    def releasable(self, probation_runs: int) -> bool:
+        """Whether the option has its probation runs and no count test above wealth 1 now."""
+        return self.runs >= probation_runs and all(
+            test.log_mixture <= 0.0 for test in self.guardrails.values()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
@@ -162,11 +280,19 @@ class OptionStats:
             "m2": self.m2,
             "runs": self.runs,
             "guardrails": {m: g.to_dict() for m, g in self.guardrails.items()},
+            "zeros": self.zeros,
+            "log_weight": self.log_weight,
+            "log_mean": self.log_mean,
+            "log_m2": self.log_m2,
+            "fresh": self.fresh,
+            "changes": self.changes,
+            "cusum": list(self.cusum),
+            "released": self.released,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OptionStats:
-        """Rebuild from :meth:`to_dict` output."""
+        """Rebuild from :meth:`to_dict` output (a value written before the hurdle parts too)."""
         return cls(
             weight=float(data["weight"]),
             mean=float(data["mean"]),
@@ -175,21 +301,45 @@ class OptionStats:
             guardrails={
                 m: EventGuardrail.from_dict(g) for m, g in (data.get("guardrails") or {}).items()
             },
+            zeros=float(data.get("zeros", 0.0)),
+            log_weight=float(data.get("log_weight", 0.0)),
+            log_mean=float(data.get("log_mean", 0.0)),
+            log_m2=float(data.get("log_m2", 0.0)),
+            fresh=int(data.get("fresh", data["runs"])),
+            changes=int(data.get("changes", 0)),
+            cusum=[float(c) for c in data.get("cusum") or [0.0, 0.0, 0.0, 0.0]],
+            released=bool(data.get("released", False)),
         )
 
 
 @dataclass
 class BanditState:
-    """The statistics of every declared option of one (doer, phase, parameter)."""
+    """The statistics of every declared option of one (doer, phase, parameter).
+
+    ``baseline`` is the policy's default option, the first declared: the one
+    safe exploration measures the others' guardrail events against.
+    """
 
     options: dict[str, OptionStats]
+    baseline: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.baseline:
+            self.baseline = next(iter(self.options))
+        if self.baseline not in self.options:
+            raise ValueError(f"baseline {self.baseline!r} is not one of {sorted(self.options)}")
 
     @classmethod
     def for_options(cls, options: Sequence[str]) -> BanditState:
-        """Empty statistics for the given options (at least two, no repeats)."""
+        """Empty statistics of the options (at least two, none twice); the first is the baseline."""
         if len(options) < 2 or len(set(options)) != len(options):
             raise ValueError(f"options {list(options)} must be at least two distinct names")
-        return cls(options={o: OptionStats() for o in options})
+        return cls(options={o: OptionStats() for o in options}, baseline=options[0])
+
+    def pooled_log_var(self) -> float:
+        """The pooled within-option variance of ``log(loss)`` over positive runs (1 before any)."""
+        dof = sum(max(s.log_weight - 1.0, 0.0) for s in self.options.values())
+        return sum(s.log_m2 for s in self.options.values()) / dof if dof > 0 else 1.0
 
     def observe(
         self,
@@ -198,42 +348,63 @@ class BanditState:
         shares: Mapping[str, float],
         *,
         events: Mapping[str, int] | None = None,
-        discount: float = BanditConfig.discount,
+        config: BanditConfig | None = None,
+        discount: float | None = None,
     ) -> None:
-        """Fold one run of ``option`` in: discount every option, add the loss, test the counts.
+        """Fold one run of ``option`` in: discount, detect a change, add the loss, test the counts.
 
         ``shares`` is the allocation in force when the run was routed; ``events``
-        maps a guardrail metric to the run's count of it.
+        maps a guardrail metric to the run's count of it; ``discount`` overrides
+        ``config.discount``. A change the option's detector signals restarts its
+        loss statistics before this run is added (its first of the new regime).
         """
         if option not in self.options:
             raise ValueError(f"option {option!r} is not one of {sorted(self.options)}")
+        config = config or BanditConfig()
+        factor = config.discount if discount is None else discount
         for stats in self.options.values():
-            stats.decay(discount)
-        self.options[option].add(loss)
+            stats.decay(factor)
+        stats = self.options[option]
+        if (
+            math.isfinite(loss)
+            and loss >= 0
+            and stats.changed(loss, math.sqrt(self.pooled_log_var()), config)
+        ):
+            stats.restart()
+        stats.add(loss)
         for metric, count in (events or {}).items():
             if count <= 0:
                 continue
-            for name, stats in self.options.items():
-                test = stats.guardrails.setdefault(metric, EventGuardrail())
+            for name, other in self.options.items():
+                test = other.guardrails.setdefault(metric, EventGuardrail())
                 arm = "candidate" if name == option else "control"
                 test.add(arm, int(count), float(shares.get(name, 0.0)))
+        for name, other in self.options.items():
+            if name != self.baseline:
+                other.review_probation(config.probation_runs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
-        return {"options": {o: s.to_dict() for o, s in self.options.items()}}
+        return {
+            "options": {o: s.to_dict() for o, s in self.options.items()},
+            "baseline": self.baseline,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BanditState:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(options={o: OptionStats.from_dict(s) for o, s in data["options"].items()})
+        """Rebuild from :meth:`to_dict` output (without a baseline: the first option)."""
+        options = {o: OptionStats.from_dict(s) for o, s in data["options"].items()}
+        return cls(options=options, baseline=str(data.get("baseline") or ""))
 
 
 @dataclass(frozen=True)
 class Allocation:
     """Shares to route by, each option's P(best), the excluded options and the verdict.
 
-    ``best`` is the eligible option with the highest P(best); ``confident`` is
-    the "one option is best" rule of :class:`BanditConfig`.
+    ``best`` is the competing option with the highest P(best); ``confident`` is
+    the "one option is best" rule of :class:`BanditConfig`; ``probation`` the
+    options held at the floor until their guardrail events are shown no worse
+    than the baseline's; ``model`` the model of the mean the draws came from.
     """
 
     shares: dict[str, float]
@@ -241,12 +412,14 @@ class Allocation:
     excluded: dict[str, str]
     best: str | None
     confident: bool
+    probation: tuple[str, ...] = ()
+    model: str = "normal"
 
 
-def posterior_draws(
+def normal_draws(
     state: BanditState, names: Sequence[str], config: BanditConfig, rng: np.random.Generator
 ) -> np.ndarray:
-    """Draws of each named option's mean loss, shape (draws, len(names))."""
+    """Draws of each named option's mean loss by the normal model, shape (draws, len(names))."""
     stats = [state.options[n] for n in names]
     total_weight = sum(s.weight for s in stats)
     pooled_mean = sum(s.weight * s.mean for s in stats) / total_weight if total_weight else 0.0
@@ -268,8 +441,88 @@ def posterior_draws(
     return draws
 
 
+def hurdle_draws(
+    state: BanditState, names: Sequence[str], config: BanditConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Draws of each named option's mean loss by the hurdle model, shape (draws, len(names)).
+
+    mean = P(loss > 0) · E[loss | loss > 0], with P(loss > 0) from a Beta posterior
+    and the positive part lognormal: ``exp(μ + σ²/2)`` with ``(μ, σ²)`` from the
+    normal-inverse-χ² posterior of the logs. Both are shrunk to the pooled values
+    of the named options (``variance_prior_weight`` pseudo-runs for the rate and
+    ``σ²``, ``prior_weight`` for ``μ``), so an option with few runs is as
+    uncertain as the losses' spread says: twenty zeros of a loss that is zero on
+    90 % of runs are not evidence of a rate near 0.
+    """
+    stats = [state.options[n] for n in names]
+    total = sum(s.weight for s in stats)
+    rate = sum(s.weight - s.zeros for s in stats) / total if total > 0 else 0.5
+    rate = min(max(rate, 0.01), 0.99)
+    log_total = sum(s.log_weight for s in stats)
+    log_centre = sum(s.log_weight * s.log_mean for s in stats) / log_total if log_total else 0.0
+    log_var = state.pooled_log_var() if log_total else 1.0
+    n0, v0 = config.prior_weight, config.variance_prior_weight
+    draws = np.empty((config.draws, len(stats)))
+    for j, s in enumerate(stats):
+        positive = max(s.weight - s.zeros, 0.0)
+        r0 = config.rate_prior_weight
+        p = rng.beta(positive + r0 * rate, s.zeros + r0 * (1.0 - rate), size=config.draws)
+        dof = max(s.log_weight - 1.0, 0.0) + v0
+        scale = (s.log_m2 + v0 * log_var) / dof
+        sigma2 = dof * scale / rng.chisquare(dof, size=config.draws)
+        n = s.log_weight + n0
+        centre = (s.log_weight * s.log_mean + n0 * log_centre) / n
+        mu = centre + np.sqrt(sigma2 / n) * rng.standard_normal(config.draws)
+        draws[:, j] = p * np.exp(mu + sigma2 / 2.0)
+    return draws
+
+
+def model_for(state: BanditState, names: Sequence[str], config: BanditConfig) -> str:
+    """The model of the mean to draw from: the configured one, normal if the hurdle misfits.
+
+    The hurdle model is used while no named option's positive losses are more
+    than ``misfit_z`` standard errors from their lognormal mean
+    (:meth:`OptionStats.misfit`); otherwise the sample mean's normal model, as
+    for statistics folded in before the hurdle parts existed (an option whose
+    positive runs are not all in its log moments).
+    """
+    if config.model != "hurdle":
+        return "normal"
+    stats = [state.options[n] for n in names]
+    if any(abs(s.weight - s.zeros - s.log_weight) > 0.5 for s in stats):
+        return "normal"  # a book written before the hurdle statistics: they are not complete
+    log_var = state.pooled_log_var()
+    if any(state.options[n].misfit(log_var) > config.misfit_z for n in names):
+        return "normal"
+    return "hurdle"
+
+
+def posterior_draws(
+    state: BanditState, names: Sequence[str], config: BanditConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Draws of each named option's mean loss, shape (draws, len(names)), by :func:`model_for`."""
+    if model_for(state, names, config) == "hurdle":
+        draws = hurdle_draws(state, names, config, rng)
+    else:
+        draws = normal_draws(state, names, config, rng)
+    if config.temper != 1.0:
+        centre = np.median(draws, axis=0)
+        draws = centre + config.temper * (draws - centre)
+    return draws
+
+
+def _p_best(draws: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """Share of draws in which each option has the lowest mean."""
+    wins = np.bincount(draws.argmin(axis=1), minlength=len(names))
+    return {n: float(w) / draws.shape[0] for n, w in zip(names, wins, strict=True)}
+
+
 def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator) -> Allocation:
-    """Shares = P(best) among the options no guardrail excludes, floored at ``min_share``."""
+    """Shares = P(best) among the competing options, floored at ``min_share``.
+
+    Competing: not excluded by a guardrail, and the baseline or off probation
+    (:meth:`OptionStats.review_probation`). The others get exactly the floor.
+    """
     names = list(state.options)
     k = len(names)
     if k * config.min_share > 1.0:
@@ -281,22 +534,32 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
             excluded[name] = f"{metric} worse than the other options"
     # Exclusion is "worse than the others": if every option is, none is preferred.
     eligible = [n for n in names if n not in excluded] or names
+    probation = tuple(
+        n
+        for n in eligible
+        if config.probation_runs > 0
+        and n != state.baseline
+        and not (state.options[n].released or state.options[n].releasable(config.probation_runs))
+    )
+    competing = [n for n in eligible if n not in probation] or eligible
     p_best = dict.fromkeys(names, 0.0)
-    if len(eligible) == 1:
-        p_best[eligible[0]] = 1.0
+    model = model_for(state, competing, config)
+    if len(competing) == 1:
+        p_best[competing[0]] = 1.0
     else:
-        wins = np.bincount(
-            posterior_draws(state, eligible, config, rng).argmin(axis=1), minlength=len(eligible)
-        )
-        for name, w in zip(eligible, wins, strict=True):
-            p_best[name] = float(w) / config.draws
+        p_best.update(_p_best(posterior_draws(state, competing, config, rng), competing))
     free = 1.0 - k * config.min_share
     shares = {n: config.min_share + free * p_best[n] for n in names}
-    best = max(eligible, key=lambda n: p_best[n])
+    best = max(competing, key=lambda n: p_best[n])
     others = [n for n in eligible if n != best]
     confident = (
         p_best[best] >= config.level
-        and state.options[best].runs >= config.min_runs
-        and all(state.options[n].runs >= config.min_runs_other for n in others)
+        and state.options[best].fresh >= config.min_runs
+        and all(state.options[n].fresh >= config.min_runs_other for n in others)
+        and not probation
     )
-    return Allocation(shares, p_best, excluded, best, confident)
+    if confident and model == "hurdle":
+        # The canary tests the sample mean: propose only what its model is as sure of.
+        normal = _p_best(normal_draws(state, competing, config, rng), competing)
+        confident = normal[best] >= config.level
+    return Allocation(shares, p_best, excluded, best, confident, probation, model)

@@ -155,9 +155,7 @@ class BanditBook:
         }
         for parameter, option in sorted(result.options.items()):
             bandit = self._bandit(result, parameter, tunables)
-            bandit.state.observe(
-                option, result.loss, bandit.shares, events=events, discount=config.discount
-            )
+            bandit.state.observe(option, result.loss, bandit.shares, events=events, config=config)
             bandit.runs_since_published += 1
         return None
 

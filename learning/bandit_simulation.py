@@ -47,6 +47,7 @@ class Environment:
     drift_at: int | None = None
     after: tuple[float, ...] | None = None
     event_rates: tuple[float, ...] | None = None
+    shapes: tuple[LossShape, ...] | None = None  # per option, instead of ``shape``
 
     def factors_at(self, run: int) -> tuple[float, ...]:
         """The scale factors in force at ``run``."""
@@ -63,6 +64,22 @@ class SimulationResult:
     shares: FloatArray
     batch: int
     excluded_at: dict[int, int]
+    confident: frozenset[int] = frozenset()  # options the bandit was ever confident of
+
+
+def rare_catastrophes(rng: np.random.Generator, shape: tuple[int, int]) -> FloatArray:
+    """Losses usually small, 1.5 % of runs catastrophic (50): a positive part far from lognormal.
+
+    2 % exact zeros, else lognormal(log 0.4, 0.5), except 1.5 % of runs at 50:
+    mean about 1.21 (the heavy shape's is about 1.72). Its logs are far smaller
+    than the heavy shape's, so a lognormal fit of its positive part puts its
+    mean near 0.4 of the truth and ranks it too well.
+    """
+    x = rng.lognormal(np.log(0.4), 0.5, shape)
+    u = rng.random(shape)
+    x[u < 0.02] = 0.0
+    x[u > 0.985] = 50.0
+    return x
 
 
 def _mean_loss(shape: LossShape, rng: np.random.Generator) -> float:
@@ -86,11 +103,13 @@ def simulate(
     k = len(env.factors)
     names = [f"option-{i}" for i in range(k)]
     state = BanditState.for_options(names)
-    unit_mean = _mean_loss(env.shape, np.random.default_rng(0))
+    shapes = env.shapes or (env.shape,) * k
+    unit_means = np.array([_mean_loss(s, np.random.default_rng(0)) for s in shapes])
     sums, counts = np.zeros(k), np.zeros(k)
     regret = 0.0
     history: list[list[float]] = []
     excluded_at: dict[int, int] = {}
+    confident: set[int] = set()
     for start in range(0, runs, batch):
         size = min(batch, runs - start)
         if policy == "thompson":
@@ -98,18 +117,23 @@ def simulate(
             shares = np.array([alloc.shares[n] for n in names])
             for name in alloc.excluded:
                 excluded_at.setdefault(names.index(name), start)
+            if alloc.confident and alloc.best is not None:
+                confident.add(names.index(alloc.best))
         elif policy == "uniform" or start < explore:
             shares = np.full(k, 1.0 / k)
         else:
             shares = np.eye(k)[int(np.argmin(sums / np.maximum(counts, 1)))]
         history.append(shares.tolist())
         chosen = rng.choice(k, size=size, p=shares / shares.sum())
-        losses = env.shape(rng, (size, 1))[:, 0]
+        if env.shapes is None:
+            losses = env.shape(rng, (size, 1))[:, 0]
+        else:
+            losses = np.array([env.shapes[o](rng, (1, 1))[0, 0] for o in chosen])
         for i, option in enumerate(chosen):
             run = start + i
-            factors = np.asarray(env.factors_at(run))
-            loss = float(losses[i] * factors[option])
-            regret += unit_mean * float(factors[option] - factors.min())
+            expected = unit_means * np.asarray(env.factors_at(run))
+            loss = float(losses[i] * env.factors_at(run)[option])
+            regret += float(expected[option] - expected.min())
             sums[option] += loss
             counts[option] += 1
             if policy != "thompson":
@@ -122,9 +146,9 @@ def simulate(
                 loss,
                 dict(zip(names, shares.tolist(), strict=True)),
                 events=events,
-                discount=config.discount,
+                config=config,
             )
-    return SimulationResult(regret, np.array(history), batch, excluded_at)
+    return SimulationResult(regret, np.array(history), batch, excluded_at, frozenset(confident))
 
 
 def runs_to_majority(result: SimulationResult, option: int, since: int) -> int | None:

@@ -46,12 +46,21 @@ from models.commands import CanarySettings
 from storage import signing_keys as store
 
 ACTOR = "bandit-demo"
+# Non-inferiority: the live control already runs mostly the small model, so "as good" is
+# what the canary can show.
+CANARY = CanarySettings(
+    mode="non_inferiority",
+    non_inferiority_margin=0.1,
+    max_crl_increase=0.1,
+    min_sample_size=100,
+    report_every=200,
+)
 
 
 @command(
     demo,
     "bandit",
-    click.option("--rounds", type=int, default=10, show_default=True, help="At most, of 100 runs."),
+    click.option("--rounds", type=int, default=30, show_default=True, help="At most, of 100 runs."),
     click.option("--timeout", type=float, default=240.0, show_default=True),
 )
 async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
@@ -99,13 +108,6 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
         if row is None or row["status"] != "shadow":
             fail(f"experiment {experiment_id} did not reach its shadow")
         console.rule("[bold]4. shadow → canary (non-inferiority), decided by the canary stage")
-        canary = CanarySettings(
-            mode="non_inferiority",
-            non_inferiority_margin=0.1,
-            max_crl_increase=0.1,
-            min_sample_size=100,
-            report_every=200,
-        )
         started, scenario, decisions = await canary_until_decided(
             settings,
             pool,
@@ -113,7 +115,7 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
             key,
             prepared,
             2,
-            canary,
+            CANARY,
             actor=ACTOR,
             run_prefix=f"bandit-{stamp}-canary",
             timeout=timeout,

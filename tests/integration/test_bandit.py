@@ -60,15 +60,16 @@ async def bandit_worker(
     """A worker with the crl, policy, bandit and experiments stages, allocating every 20 runs.
 
     An option is confidently best after 50 runs of it (not 200), so the test
-    sees the experiment request.
+    sees the experiment request, and the small model (not the policy's default)
+    is off probation after 4 runs (not 20), so the first allocation may favour it.
     """
     folder = tmp_path_factory.mktemp("bandit")
     config = folder / "learning.yaml"
     packaged = (REPO / "config" / "learning.yaml").read_text()
     config.write_text(
-        packaged.replace("  every: 100 ", f"  every: {EVERY} ").replace(
-            "  min_runs: 200 ", "  min_runs: 50 "
-        )
+        packaged.replace("  every: 100 ", f"  every: {EVERY} ")
+        .replace("  min_runs: 200 ", "  min_runs: 50 ")
+        .replace("  probation_runs: 20 ", "  probation_runs: 4 ")
     )
     env = {
         **settings_env,

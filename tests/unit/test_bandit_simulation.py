@@ -11,6 +11,7 @@ from learning.bandit_simulation import (
     runs_to_majority,
     simulate,
 )
+from learning.canary_simulation import zero_inflated
 
 FACTORS = (1.0, 0.75, 1.25, 1.5)  # option-1 is best
 SEEDS = range(5)
@@ -37,23 +38,52 @@ def test_after_a_drift_the_new_best_option_has_the_majority_within_1000_runs(see
     assert runs is not None and runs <= 1000, f"new best took {runs} runs"
 
 
+HARMFUL = Environment((1.0, 0.6, 1.25, 1.5), event_rates=(0.0, 0.05, 0.0, 0.0))
+# The model before issue 20's second round: discounted normal model, no detector, no probation.
+BEFORE = BanditConfig(model="normal", discount=0.999, change_threshold=0.0, probation_runs=0)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_a_harmful_option_is_excluded_and_then_never_above_the_floor(seed: int) -> None:
-    # option-1 has the lowest loss but a security critical on 5 % of its runs.
+def test_a_harmful_option_on_probation_never_gets_more_than_the_floor(seed: int) -> None:
+    # option-1 has the lowest loss but a security critical on 5 % of its runs. With 60 runs
+    # of probation it leaves the floor only if none of them had an event (0.95^60 ≈ 5 %).
+    config = BanditConfig(probation_runs=60)
+    result = simulate(HARMFUL, "thompson", 3000, seed, config=config)
+    assert max_share_after(result, 1, 0) == pytest.approx(config.min_share)
+    assert set(result.excluded_at) <= {1}  # no harmless option is excluded
+
+
+def test_without_probation_a_harmful_option_gets_far_more_than_the_floor() -> None:
+    for config in (BEFORE, BanditConfig(probation_runs=0)):
+        shares = [
+            max_share_after(simulate(HARMFUL, "thompson", 3000, s, config=config), 1, 0)
+            for s in SEEDS
+        ]
+        assert min(shares) > 0.1, shares
+
+
+def test_a_harmful_option_once_excluded_stays_on_the_floor() -> None:
     config = BanditConfig()
-    env = Environment((1.0, 0.6, 1.25, 1.5), event_rates=(0.0, 0.05, 0.0, 0.0))
-    result = simulate(env, "thompson", 3000, seed, config=config)
-    excluded = result.excluded_at.get(1)
-    assert excluded is not None and excluded <= 2000
-    assert max_share_after(result, 1, excluded) == pytest.approx(config.min_share)
-    assert set(result.excluded_at) == {1}
+    results = [simulate(HARMFUL, "thompson", 5000, seed, config=config) for seed in SEEDS]
+    excluded = [(r, r.excluded_at[1]) for r in results if 1 in r.excluded_at]
+    assert len(excluded) >= 4  # two of its events at the floor share are enough
+    for result, at in excluded:
+        assert max_share_after(result, 1, at) == pytest.approx(config.min_share)
 
 
-def test_without_discounting_the_drift_target_is_missed() -> None:
-    # The same check on an undiscounted bandit: the discount is what meets it.
+def test_without_change_detection_the_drift_target_is_missed() -> None:
+    # The same check on a bandit that neither discounts nor detects changes.
     env = Environment(FACTORS, drift_at=2500, after=(0.6, 1.25, 1.0, 1.5))
-    config = BanditConfig(discount=1.0)
+    config = BanditConfig(discount=1.0, change_threshold=0.0)
     slow = [
         runs_to_majority(simulate(env, "thompson", 3500, s, config=config), 0, 2500) for s in SEEDS
     ]
     assert any(r is None or r > 1000 for r in slow), slow
+
+
+def test_on_a_zero_heavy_loss_the_regret_is_lower_than_before() -> None:
+    env = Environment(FACTORS, zero_inflated(0.9))
+    now = mean_regret(env, "thompson", 5000, SEEDS, config=BanditConfig())
+    before = mean_regret(env, "thompson", 5000, SEEDS, config=BEFORE)
+    uniform = mean_regret(env, "uniform", 5000, SEEDS)
+    assert now < 0.8 * before, (now / uniform, before / uniform)
