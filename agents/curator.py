@@ -133,7 +133,7 @@ class CuratorMemory:
 def _parse(event: Any) -> RunCompleted | None:
     """The bundle, or None for what the crl stage dead-letters (so it is not sent twice)."""
     message = event.message
-    if duplicate_key_problem(message.value) is not None:
+    if message.value is None or duplicate_key_problem(message.value) is not None:
         SKIPPED.labels("invalid").inc()
         return None
     try:
