@@ -15,11 +15,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 ## make test: lint, type-check, unit tests, then integration tests on real Kafka and PostgreSQL.
-## One pytest process by default: with two (PYTEST_WORKERS=2, whole files per process,
-## each with its own Kafka and PostgreSQL) the fault subset ran after tests that leave
-## records on learning.policy-changes and learning.bandit-controls, and its worker's
-## group never committed past them (docs/operations.md, "Tests"): being looked into.
-PYTEST_WORKERS ?= 0
+## Two pytest-xdist processes share the files out (whole files, so module workers stay
+## shared); each starts its own Kafka and PostgreSQL (tests/services.py).
+PYTEST_WORKERS ?= 2
 test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 -n $(PYTEST_WORKERS) --dist loadfile tests
 
