@@ -460,6 +460,10 @@ class ChangelogFlushError(RuntimeError):
 class AcknowledgedBuffer(ProducerBuffer):
     """Faust's producer buffer that also remembers each record until the broker acknowledges it."""
 
+    #: Records waiting for the producer above which the conductor holds input back
+    #: (``wait_until_ebb``). Faust's 100 stalled delivery after any batch that wrote a
+    #: few hundred table values; the queue is now handed over whole each turn
+    #: (:meth:`_handle_pending`), so this only bounds memory if the producer itself stalls.
     max_messages = 10_000
 
     def __post_init__(self) -> None:
