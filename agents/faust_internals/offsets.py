@@ -104,6 +104,10 @@ class OffsetGuard(Generic[P]):
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
             self._expected[tp] = offset
 
+    def expected(self, tp: P) -> int | None:
+        """The next offset the streams must see of ``tp`` (None: nothing known yet)."""
+        return self._expected.get(tp)
+
     def epochs(self) -> dict[P, int]:
         """Taken when a fetch starts: its records are stale if their partition was sought since."""
         return dict(self._epoch)

@@ -149,6 +149,9 @@ BUFFER_PRESSURE_POLL_S = 0.01
 #: Longest a stop or rebalance waits for in-flight messages before it commits what is acked.
 WAIT_EMPTY_S = 8.0
 
+#: How long a partition's commit may stand still behind one unacked offset before it is logged.
+COMMIT_STALL_LOG_S = 30.0
+
 #: Longest a flush before a commit waits for the broker to acknowledge the buffered records.
 FLUSH_TIMEOUT_S = 120.0
 
@@ -281,6 +284,8 @@ class Consumer(faust_aiokafka.Consumer):
         self._seeking = 0
         self._seek_done = asyncio.Event()
         self._seek_done.set()
+        # Per partition: since when its commit has waited on the offset it names.
+        self._stalled: dict[TP, tuple[int, float, bool]] = {}
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
         """Deliver a record inline when it needs no wait; otherwise Faust's ``wait_first``.
@@ -389,9 +394,40 @@ class Consumer(faust_aiokafka.Consumer):
             if gaps:
                 head = min(head, min(interval.begin for interval in gaps))
             if head > committed:
+                self._note_stall(tp, committed, head)
                 return None
+        self._stalled.pop(tp, None)
         found: int | None = super()._new_offset(tp)
         return found
+
+    def _note_stall(self, tp: Any, committed: int, head: int) -> None:
+        """Log, once per offset, a commit held for ``COMMIT_STALL_LOG_S`` behind an unacked offset.
+
+        Everything after the offset is acked, so one record holds the partition:
+        whether it is in hand (unacked, and by how many streams) or was never
+        delivered tells a stuck stage from a record lost between fetch and delivery.
+        """
+        now = self.loop.time()
+        offset, since, logged = self._stalled.get(tp, (committed, now, False))
+        if offset != committed:
+            offset, since, logged = committed, now, False
+        if not logged and now - since >= COMMIT_STALL_LOG_S:
+            logged = True
+            held = [m for m in list(self._unacked_messages) if m.tp == tp and m.offset == committed]
+            log.warning(
+                "commit_stalled topic=%s partition=%d committed=%d first_acked=%d for_s=%.0f "
+                "in_hand=%s refcount=%s read_offset=%s guard_expects=%s",
+                tp.topic,
+                tp.partition,
+                committed,
+                head,
+                now - since,
+                bool(held),
+                [m.refcount for m in held],
+                self._read_offset.get(tp),
+                self._guard.expected(tp),
+            )
+        self._stalled[tp] = (offset, since, logged)
 
     async def wait_empty(self) -> None:
         """Wait for in-flight messages to be acked, for at most ``WAIT_EMPTY_S``, then commit.
