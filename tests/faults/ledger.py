@@ -40,6 +40,8 @@ CONSUMED_TOPICS = (
     "learning.samples",
     "learning.alerts",
     "learning.policy-changes",
+    "learning.bandit-controls",
+    "learning.dlq",
 )
 
 
@@ -204,6 +206,11 @@ async def committed_behind(bootstrap: str, group: str) -> dict[str, int]:
         starts = await consumer.beginning_offsets(tps)
     finally:
         await consumer.stop()
+    unknown = sorted({tp.topic for tp in committed} - set(CONSUMED_TOPICS))
+    if unknown:
+        # A stage reads a topic this list lacks: the run would neither start its
+        # group after that topic's history nor check its commits.
+        raise AssertionError(f"group {group} commits {unknown}; add them to CONSUMED_TOPICS")
     behind = {}
     for tp in tps:
         at = committed[tp].offset if tp in committed else starts[tp]
