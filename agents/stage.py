@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("learnops.stage")
 
+#: The reason a record with no value (a null, as a compacted topic's delete marker) is refused.
+NO_VALUE = "the record has no value (null); every event is a JSON object"
+
 TIMER_ERRORS = Counter(
     "learnops_timer_errors_total",
     "Timer ticks that failed for an internal error (logged; the timer goes on), by stage.",
@@ -184,7 +187,10 @@ class Stage:
 
     async def _validated(self, event: Any, parse: Callable[[Any], K]) -> K | None:
         value = event.message.value
-        repeated = duplicate_key_problem(value) if value is not None else None
+        if value is None:
+            await self.dead_letter(event, error_type="json", reason=NO_VALUE)
+            return None
+        repeated = duplicate_key_problem(value)
         if repeated is not None:
             await self.dead_letter(event, error_type="json", reason=repeated)
             return None

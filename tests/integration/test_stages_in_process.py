@@ -127,7 +127,7 @@ class Feed:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         *,
         partition: int = 0,
         offset: int | None = None,
@@ -153,7 +153,7 @@ class Feed:
             value=value,
             checksum=b"",
             serialized_key_size=len(key or b""),
-            serialized_value_size=len(value),
+            serialized_value_size=len(value or b""),
             generation_id=self.app.consumer_generation_id,
         )
         channel = self.agent.stream().channel
@@ -499,6 +499,31 @@ async def test_bad_records_become_one_dead_letter_each_and_the_stage_goes_on(
         # The good records on either side went through.
         assert [r.run_id for r in sent(app, RESULTS)] == [good_before.run_id, good_after.run_id]
         assert set(await stored_runs(db, doer)) == {good_before.run_id, good_after.run_id}
+
+
+async def test_a_record_with_no_value_is_dead_lettered_as_such_by_crl_and_skipped_by_the_curator(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    app = make_app("crl", "curator")
+    doer = f"Nulled{tag()}"
+    good = Orchestrator(seed=8, doers=(doer,), run_prefix=f"null-{tag()}").bundle(doer)
+    progress = Progress(app.stages["crl"])
+    curated = Progress(app.stages["curator"])
+    async with (
+        app.agents["crl"].test_context() as crl,
+        app.agents["curator"].test_context() as curator,
+    ):
+        for agent in (crl, curator):
+            feed = Feed(app, agent)
+            await feed.put(RUNS, doer.encode(), None)
+            await feed.event(RUNS, good)
+        await progress.done(2)
+        await curated.done(2, batched=False)
+        letters: list[DeadLetter] = sent(app, DLQ)
+        # One letter, the crl stage's: the curator skips what crl dead-letters, without an error.
+        assert [(d.stage, d.offset, d.error_type) for d in letters] == [("crl", 0, "json")]
+        assert letters[0].reason == "the record has no value (null); every event is a JSON object"
+        assert [r.run_id for r in sent(app, RESULTS)] == [good.run_id]
 
 
 async def test_a_secret_planted_in_bad_bundles_is_in_no_dead_letter_reason(
