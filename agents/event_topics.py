@@ -67,12 +67,12 @@ class EventTopic(Generic[E]):
         self.channel: Any = app.topic(name, key_type=bytes, value_type=bytes)
 
     async def send(self, event: E) -> Sent:
-        """Send the event keyed by its doer; the result, awaited, waits for the broker's ack."""
+        """Send the event under its key (its doer, Event.record_key); awaited, the broker's ack."""
         outbox = self._app.outbox
         if outbox is not None:
             outbox.append((self.name, event))
             return Sent()
-        future = await self.channel.send(key=event.doer.encode(), value=event.to_json())
+        future = await self.channel.send(key=event.record_key().encode(), value=event.to_json())
         EVENTS_OUT.labels(self.name).inc()
         return Sent(future)
 

@@ -40,6 +40,7 @@ from learning.moments import Moments
 from learning.signing import canonical_json
 from learning.sketch import QuantileSketch
 from learning.trends import DailyCRL, days_back, window
+from models.datasets import DEFAULT_TENANT
 from models.events import CRLComputed, SkillCard
 
 
@@ -582,8 +583,9 @@ def skill_card_event(
     policy: tuple[str, int] | None = None,
     experiments: Iterable[Mapping[str, Any]] = (),
     open_requests: Iterable[Mapping[str, Any]] = (),
+    tenant: str = DEFAULT_TENANT,
 ) -> SkillCard:
-    """The card as the event of learning.skill-cards, with the hash of its content.
+    """The card of ``tenant``'s runs as the event of learning.skill-cards, with its content's hash.
 
     ``runs_7d``, ``crl_mean_7d`` and the other window fields cover the 7 or 30
     days ending with ``as_of``, inclusive (as learning.trends); ``delta_7d`` and
@@ -599,6 +601,7 @@ def skill_card_event(
         "resource_issues": [f.to_dict() for f in content.resource_issues],
     }
     body: dict[str, Any] = {
+        "tenant_id": tenant,
         "doer": content.doer,
         "as_of": as_of.isoformat(),
         "policy_id": policy[0] if policy else None,
@@ -627,6 +630,21 @@ def skill_card_event(
     card = SkillCard.model_validate({**body, "event_id": uuid4(), "occurred_at": now})
     digest = sha256(canonical_json(card.model_dump(mode="json", exclude=_NOT_CONTENT)))
     return card.model_copy(update={"content_hash": digest.hexdigest()})
+
+
+def stats_key(doer: str, tenant: str) -> str:
+    """The key of one tenant's statistics and card of a doer: ``doer/tenant``.
+
+    Doer first, as every Faust table key of learnops (agents/tables.py places a
+    change by the doer before the first ``/``); names hold no ``/``.
+    """
+    return f"{doer}/{tenant}"
+
+
+def doer_and_tenant(key: str) -> tuple[str, str]:
+    """The doer and tenant of a statistics key; a key without a tenant predates tenants."""
+    doer, _, tenant = key.partition("/")
+    return doer, (tenant or DEFAULT_TENANT)
 
 
 # --------------------------------------------------------------------------- refreshing

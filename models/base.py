@@ -380,6 +380,10 @@ class Event(ContractModel):
             )
         return value
 
+    def record_key(self) -> str:
+        """The Kafka key of the event's record: its doer (the skill card differs)."""
+        return self.doer
+
     def to_json(self) -> bytes:
         """Return the event as compact UTF-8 JSON bytes (orjson), as it goes on the wire."""
         return orjson.dumps(self.model_dump(mode="json"))

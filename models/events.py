@@ -58,6 +58,7 @@ from models.commands import (
     StartShadow,
 )
 from models.crl import CRLTerms
+from models.datasets import DEFAULT_TENANT
 from models.policy_change import DeploymentRouting, PolicyChange
 
 __all__ = [
@@ -520,8 +521,15 @@ class ReplayTask(Event):
 
 
 class SkillCard(Event):
-    """A doer's current skill card: how well it does, lately, and where it fails."""
+    """A doer's current skill card for one tenant: how well it does, lately, and where it fails.
 
+    Keyed ``tenant/doer`` on the compacted learning.skill-cards: one card per
+    tenant and doer stays (:meth:`record_key`).
+    """
+
+    # Whose runs the card summarises; a card stored before tenants were kept apart
+    # (migration 024) summarised every tenant's runs and reads as the default tenant's.
+    tenant_id: Name = DEFAULT_TENANT
     as_of: TextDate  # the UTC day the card summarises up to
     policy_id: Name | None = None  # the doer's active policy
     policy_version: Version | None = None
@@ -548,3 +556,7 @@ class SkillCard(Event):
     experiments: list[dict[str, JsonValue]] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     content_hash: Sha256Hex | None = None  # of the card's content, without timestamps
+
+    def record_key(self) -> str:
+        """``tenant/doer``: the compacted topic keeps each tenant's card of the doer."""
+        return f"{self.tenant_id}/{self.doer}"

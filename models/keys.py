@@ -11,6 +11,8 @@ from __future__ import annotations
 from models.base import Event
 
 _RULE = "every record is keyed by its doer (UTF-8)"
+# learning.skill-cards is compacted and holds one card per tenant and doer.
+_CARD_RULE = "a skill card is keyed by its tenant and doer, 'tenant/doer' (UTF-8)"
 
 
 def key_problem(key: bytes | None, event: Event) -> str | None:
@@ -28,6 +30,8 @@ def key_problem(key: bytes | None, event: Event) -> str | None:
         text = key.decode("utf-8")
     except UnicodeDecodeError:
         return f"the record's key ({len(key)} bytes) is not UTF-8 text; {_RULE}"
-    if text != event.doer:
-        return f"the record's key ({len(key)} bytes) is not the event's doer; {_RULE}"
+    if text != event.record_key():
+        if text != event.doer or event.record_key() == event.doer:
+            return f"the record's key ({len(key)} bytes) is not the event's doer; {_RULE}"
+        return f"the record's key ({len(key)} bytes) is not the card's tenant/doer; {_CARD_RULE}"
     return None

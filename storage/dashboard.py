@@ -242,40 +242,57 @@ async def deployments_in_flight(pool: Any) -> dict[str, int]:
 
 
 _RANKING = (
-    "SELECT doer, as_of, runs, mean_crl, delta_7d, gate_pass_rate, policy_id, policy_version"
-    " FROM v_skill_card_ranking"
+    "SELECT tenant_id, doer, as_of, runs, mean_crl, delta_7d, gate_pass_rate, policy_id,"
+    " policy_version FROM v_skill_card_ranking"
 )
 
 
-async def skill_ranking(pool: Any, limit: int = 10) -> dict[str, list[dict[str, Any]]]:
-    """The LIMIT best performing doers and the LIMIT struggling most, by their card's mean CRL."""
+async def skill_ranking(
+    pool: Any, limit: int = 10, tenant: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The LIMIT best and LIMIT struggling cards by mean CRL: of ``tenant``, or of every tenant."""
+    args: tuple[Any, ...]
+    if tenant is None:
+        best, worst, args = "rank_best_all <= $1", "rank_worst_all <= $1", (limit,)
+        order_best, order_worst = "rank_best_all", "rank_worst_all"
+    else:
+        best = "tenant_id = $2 AND rank_best <= $1"
+        worst = "tenant_id = $2 AND rank_worst <= $1"
+        args, order_best, order_worst = (limit, tenant), "rank_best", "rank_worst"
     return {
-        "top": await _fetch(pool, _RANKING + " WHERE rank_best <= $1 ORDER BY rank_best", limit),
-        "struggling": await _fetch(
-            pool, _RANKING + " WHERE rank_worst <= $1 ORDER BY rank_worst", limit
-        ),
+        "top": await _fetch(pool, f"{_RANKING} WHERE {best} ORDER BY {order_best}", *args),
+        "struggling": await _fetch(pool, f"{_RANKING} WHERE {worst} ORDER BY {order_worst}", *args),
     }
 
 
-async def failure_modes(pool: Any, limit: int = 20) -> list[dict[str, Any]]:
-    """The gates that fail across doers, most doers first, with their 30-day failures."""
+async def failure_modes(
+    pool: Any, limit: int = 20, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """The gates that fail across cards (of ``tenant``, or all), most cards first, 30 days."""
     return await _fetch(
         pool,
-        "SELECT gate, doers, failures FROM v_failure_modes"
+        "SELECT gate, sum(doers)::bigint AS doers, sum(failures)::bigint AS failures"
+        " FROM v_failure_modes WHERE ($2::text IS NULL OR tenant_id = $2) GROUP BY gate"
         " ORDER BY doers DESC, failures DESC, gate LIMIT $1",
         limit,
+        tenant,
     )
 
 
-async def skill_card(pool: Any, doer: str) -> dict[str, Any] | None:
-    """DOER's current skill card (the whole card as JSON text in "card"); None if it has none."""
-    row = await pool.fetchrow(
-        "SELECT doer, as_of, runs, gate_pass_rate, mean_crl, delta_7d, delta_30d,"
+async def skill_cards(pool: Any, doer: str, tenant: str | None = None) -> list[dict[str, Any]]:
+    """DOER's current skill cards, one per tenant (only ``tenant``'s when named), by tenant.
+
+    Each holds the whole card as JSON text in "card".
+    """
+    return await _fetch(
+        pool,
+        "SELECT tenant_id, doer, as_of, runs, gate_pass_rate, mean_crl, delta_7d, delta_30d,"
         " policy_id, policy_version, card::text AS card, computed_at"
-        " FROM skill_cards WHERE doer = $1 AND is_current",
+        " FROM skill_cards WHERE doer = $1 AND is_current"
+        " AND ($2::text IS NULL OR tenant_id = $2) ORDER BY tenant_id",
         doer,
+        tenant,
     )
-    return dict(row) if row is not None else None
 
 
 async def policy_history(pool: Any, doer: str, limit: int = 50) -> list[dict[str, Any]]:

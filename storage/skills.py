@@ -1,4 +1,4 @@
-"""skill_cards and experiment_requests: each doer's card with its history, and open requests."""
+"""skill_cards and experiment_requests: each tenant's card of each doer, its history, requests."""
 
 from __future__ import annotations
 
@@ -10,22 +10,26 @@ import asyncpg
 
 from models.events import SkillCard
 
-# Serialises card writers of one doer (the timer of two workers during a rebalance).
-_CARD_LOCK = "SELECT pg_advisory_xact_lock(hashtext('skill_cards/' || $1))"
+# Serialises writers of one tenant's card of a doer (two workers' timers in a rebalance).
+_CARD_LOCK = "SELECT pg_advisory_xact_lock(hashtext('skill_cards/' || $1 || '/' || $2))"
 
 
 async def store_card(pool: Any, card: SkillCard) -> bool:
-    """Make ``card`` the doer's current card; False (no write) if its content is unchanged."""
+    """Make ``card`` its tenant's current card of the doer; False (no write) if unchanged."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(_CARD_LOCK, card.doer)
+        await conn.execute(_CARD_LOCK, card.tenant_id, card.doer)
         current = await conn.fetchval(
-            "SELECT content_hash FROM skill_cards WHERE doer = $1 AND is_current", card.doer
+            "SELECT content_hash FROM skill_cards"
+            " WHERE tenant_id = $1 AND doer = $2 AND is_current",
+            card.tenant_id,
+            card.doer,
         )
         if current == card.content_hash:
             return False
         await conn.execute(
-            "UPDATE skill_cards SET is_current = false, superseded_at = $2 "
-            "WHERE doer = $1 AND is_current",
+            "UPDATE skill_cards SET is_current = false, superseded_at = $3 "
+            "WHERE tenant_id = $1 AND doer = $2 AND is_current",
+            card.tenant_id,
             card.doer,
             card.occurred_at,
         )
@@ -33,8 +37,8 @@ async def store_card(pool: Any, card: SkillCard) -> bool:
             """
             INSERT INTO skill_cards (
                 doer, event_id, as_of, content_hash, runs, gate_pass_rate, mean_crl,
-                delta_7d, delta_30d, policy_id, policy_version, card, computed_at
-            ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13)
+                delta_7d, delta_30d, policy_id, policy_version, card, computed_at, tenant_id
+            ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14)
             ON CONFLICT (event_id) DO NOTHING
             """,
             card.doer,
@@ -50,28 +54,46 @@ async def store_card(pool: Any, card: SkillCard) -> bool:
             card.policy_version,
             card.model_dump(mode="json"),
             card.occurred_at,
+            card.tenant_id,
         )
         return True
 
 
-async def current_card(pool: Any, doer: str) -> SkillCard | None:
-    """The doer's current card, or None when it has none."""
-    row = await pool.fetchrow("SELECT card FROM skill_cards WHERE doer = $1 AND is_current", doer)
-    return None if row is None else SkillCard.model_validate(row["card"])
+def _card(row: Any) -> SkillCard:
+    # The column is the truth for a card stored before 024 (its JSON has no tenant).
+    return SkillCard.model_validate({**row["card"], "tenant_id": row["tenant_id"]})
 
 
-async def current_cards(pool: Any) -> list[SkillCard]:
-    """Every doer's current card, by doer."""
-    rows = await pool.fetch("SELECT card FROM skill_cards WHERE is_current ORDER BY doer")
-    return [SkillCard.model_validate(r["card"]) for r in rows]
-
-
-async def card_history(pool: Any, doer: str, limit: int = 20) -> list[SkillCard]:
-    """The doer's cards, newest first (the current one first)."""
-    rows = await pool.fetch(
-        "SELECT card FROM skill_cards WHERE doer = $1 ORDER BY id DESC LIMIT $2", doer, limit
+async def current_card(pool: Any, doer: str, tenant: str) -> SkillCard | None:
+    """``tenant``'s current card of ``doer``, or None when there is none."""
+    row = await pool.fetchrow(
+        "SELECT card, tenant_id FROM skill_cards WHERE tenant_id = $1 AND doer = $2 AND is_current",
+        tenant,
+        doer,
     )
-    return [SkillCard.model_validate(r["card"]) for r in rows]
+    return None if row is None else _card(row)
+
+
+async def current_cards(pool: Any, tenant: str | None = None) -> list[SkillCard]:
+    """Every current card by doer then tenant; only ``tenant``'s when one is named."""
+    rows = await pool.fetch(
+        "SELECT card, tenant_id FROM skill_cards"
+        " WHERE is_current AND ($1::text IS NULL OR tenant_id = $1) ORDER BY doer, tenant_id",
+        tenant,
+    )
+    return [_card(r) for r in rows]
+
+
+async def card_history(pool: Any, doer: str, tenant: str, limit: int = 20) -> list[SkillCard]:
+    """``tenant``'s cards of ``doer``, newest first (the current one first)."""
+    rows = await pool.fetch(
+        "SELECT card, tenant_id FROM skill_cards WHERE tenant_id = $1 AND doer = $2"
+        " ORDER BY id DESC LIMIT $3",
+        tenant,
+        doer,
+        limit,
+    )
+    return [_card(r) for r in rows]
 
 
 async def active_policy(pool: Any, doer: str) -> tuple[str, int] | None:

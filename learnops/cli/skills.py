@@ -1,7 +1,8 @@
 """`learnops skills show DOER` and `learnops skills list`, and the demo's skill-card step.
 
 Both read the current cards from PostgreSQL (``skill_cards``), which the
-skill-card stage (agents/skills.py) keeps; `--json` prints the stored events.
+skill-card stage (agents/skills.py) keeps, one per tenant and doer; `--tenant`
+shows one tenant's only, and `--json` prints the stored events.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from learnops.cli.main import (
     group,
     json_option,
 )
-from storage.skills import card_history, current_card, current_cards, open_requests
+from storage.skills import card_history, current_cards, open_requests
 
 if TYPE_CHECKING:
     from models.events import SkillCard
@@ -50,10 +51,11 @@ def _policy(card: SkillCard) -> str:
 
 
 def cards_table(cards: list[SkillCard], title: str = "Skill cards (current)") -> Table:
-    """One row per doer: runs, gate pass rate, CRL and its deltas, and how many findings."""
+    """One row per card: runs, gate pass rate, CRL and its deltas, and how many findings."""
     table = Table(title=title, title_justify="left")
     for name, justify in (
         ("doer", "left"),
+        ("tenant", "left"),
         ("as of", "left"),
         ("runs", "right"),
         ("gate pass", "right"),
@@ -78,6 +80,7 @@ def cards_table(cards: list[SkillCard], title: str = "Skill cards (current)") ->
         best = card.best_models[0]["model"] if card.best_models else "–"
         table.add_row(
             card.doer,
+            card.tenant_id,
             card.as_of.isoformat(),
             str(card.runs),
             _pct(card.gate_pass_rate),
@@ -96,7 +99,10 @@ def cards_table(cards: list[SkillCard], title: str = "Skill cards (current)") ->
 
 def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> None:  # type: ignore[assignment]
     """The whole card: figures, findings with measured value and threshold, models, experiments."""
-    summary = Table(title=f"Skill card of {card.doer} as of {card.as_of} (lower CRL is better)")
+    summary = Table(
+        title=f"Skill card of {card.doer}, tenant {card.tenant_id}, as of {card.as_of}"
+        " (lower CRL is better)"
+    )
     summary.add_column("figure")
     summary.add_column("value", justify="right")
     for name, value in (
@@ -184,6 +190,7 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
     skills,
     "show",
     click.argument("doer"),
+    click.option("--tenant", help="The tenant whose card to show (needed if several have one)."),
     click.option("--json", "as_json", is_flag=True, help="Print the card as JSON."),
     click.option(
         "--history",
@@ -193,38 +200,45 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
         help="Also list N earlier cards.",
     ),
 )
-async def skills_show(self: GroupedCommand, doer: str, as_json: bool, history: int) -> None:
-    """Show a doer's current skill card."""
+async def skills_show(
+    self: GroupedCommand, doer: str, tenant: str | None, as_json: bool, history: int
+) -> None:
+    """Show a doer's current skill card (of one tenant: each tenant has its own)."""
     async with database(self) as pool:
-        card = await current_card(pool, doer)
-        if card is None:
-            doers = {c.doer for c in await current_cards(pool)}
+        cards = await current_cards(pool, tenant)
+        doers = {c.doer for c in cards}
+        if doer not in doers:
             folded = [d for d in doers if d.lower() == doer.lower()]
-            if len(folded) == 1:
-                doer = folded[0]
-                card = await current_card(pool, doer)
-        if card is None:
+            doer = folded[0] if len(folded) == 1 else doer
+        mine = [c for c in cards if c.doer == doer]
+        if not mine:
+            whose = f" of tenant {tenant!r}" if tenant else ""
             fail(
-                f"no skill card for doer {doer!r}{closest(doer, doers)} "
+                f"no skill card{whose} for doer {doer!r}{closest(doer, doers)} "
                 "(a card appears once the worker has scored a run of the doer; "
                 "`learnops skills list` shows them)"
             )
+        if len(mine) > 1:
+            tenants = ", ".join(c.tenant_id for c in mine)
+            fail(f"doer {doer!r} has a card for each of the tenants {tenants}: name one (--tenant)")
+        card = mine[0]
         requests = await open_requests(pool, doer)
-        earlier = await card_history(pool, doer, history + 1) if history else []
+        earlier = await card_history(pool, doer, card.tenant_id, history + 1) if history else []
     if as_json:
         self.say(orjson.dumps(card.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
         return
     console = self.console()
     print_card(console, card, requests)
     if earlier[1:]:
-        console.print(cards_table(earlier[1:], title=f"Earlier cards of {doer}, newest first"))
+        title = f"Earlier cards of {doer} (tenant {card.tenant_id}), newest first"
+        console.print(cards_table(earlier[1:], title=title))
 
 
-@command(skills, "list", json_option)
-async def skills_list(self: GroupedCommand, as_json: bool) -> None:
-    """List every doer's current skill card."""
+@command(skills, "list", click.option("--tenant", help="Only this tenant's cards."), json_option)
+async def skills_list(self: GroupedCommand, tenant: str | None, as_json: bool) -> None:
+    """List the current skill cards: one per tenant and doer."""
     async with database(self) as pool:
-        cards = await current_cards(pool)
+        cards = await current_cards(pool, tenant)
     if as_json:
         rows = [c.model_dump(mode="json") for c in cards]
         self.say(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())

@@ -108,6 +108,7 @@ class PolicyPerformance(BaseModel):
 
 
 class RankedDoer(BaseModel):
+    tenant_id: str  # whose runs the card summarises
     doer: str
     as_of: date
     runs: int
@@ -119,7 +120,7 @@ class RankedDoer(BaseModel):
 
 
 class FailureMode(BaseModel):
-    """A gate failing across doers: in how many, and how often over 30 days."""
+    """A gate failing across cards: in how many (one card per tenant and doer), how often."""
 
     gate: str
     doers: int
@@ -127,8 +128,12 @@ class FailureMode(BaseModel):
 
 
 class SkillOverview(BaseModel):
-    """Top performing and struggling doers by their card's mean CRL, and common failure modes."""
+    """Top performing and struggling cards by mean CRL, and common failure modes.
 
+    Of one tenant's cards when ``tenant`` is set, else of every tenant's.
+    """
+
+    tenant: str | None = None
     top: list[RankedDoer]
     struggling: list[RankedDoer]
     failure_modes: list[FailureMode]
@@ -200,12 +205,20 @@ async def api_doer_trend_by_policy(
 
 
 @router.get("/api/doers/{doer}/skill-card")
-async def api_skill_card(request: Request, doer: str) -> dict[str, Any]:
-    """The doer's current skill card as stored (the SkillCard event); 404 if it has none."""
-    card = await dashboard.skill_card(pool(request), doer)
-    if card is None:
-        raise HTTPException(404, f"no skill card of {doer}")
-    return dict(orjson.loads(card["card"]))
+async def api_skill_card(request: Request, doer: str, tenant: str | None = None) -> dict[str, Any]:
+    """The doer's current skill card of ``tenant`` as stored (the SkillCard event).
+
+    Each tenant has its own card of a doer; without ``tenant`` the doer's only
+    card is returned, and 409 names the tenants when it has several. 404 if none.
+    """
+    cards = await dashboard.skill_cards(pool(request), doer, tenant)
+    if not cards:
+        whose = f" for tenant {tenant}" if tenant else ""
+        raise HTTPException(404, f"no skill card of {doer}{whose}")
+    if len(cards) > 1:
+        tenants = ", ".join(c["tenant_id"] for c in cards)
+        raise HTTPException(409, f"{doer} has a card for each of {tenants}: give ?tenant=")
+    return dict(orjson.loads(cards[0]["card"]))
 
 
 @router.get("/api/doers/{doer}/policy-history", response_model=list[PolicyMove])
@@ -250,15 +263,16 @@ async def api_policies(request: Request) -> dict[str, Any]:
     return await _policies(request)
 
 
-async def _skills(request: Request) -> dict[str, Any]:
-    ranking = await dashboard.skill_ranking(pool(request))
-    return {**ranking, "failure_modes": await dashboard.failure_modes(pool(request))}
+async def _skills(request: Request, tenant: str | None) -> dict[str, Any]:
+    ranking = await dashboard.skill_ranking(pool(request), tenant=tenant)
+    modes = await dashboard.failure_modes(pool(request), tenant=tenant)
+    return {**ranking, "failure_modes": modes, "tenant": tenant}
 
 
 @router.get("/api/skills", response_model=SkillOverview)
-async def api_skills(request: Request) -> dict[str, Any]:
-    """Top performing and struggling doers, and the failure modes common across doers."""
-    return await _skills(request)
+async def api_skills(request: Request, tenant: str | None = None) -> dict[str, Any]:
+    """Top performing and struggling cards, and common failure modes: of ``tenant``, or all."""
+    return await _skills(request, tenant)
 
 
 @router.get("/progress", response_class=HTMLResponse, include_in_schema=False)
@@ -290,12 +304,12 @@ async def policies_page(request: Request) -> HTMLResponse:
 
 
 @router.get("/skills", response_class=HTMLResponse, include_in_schema=False)
-async def skills_page(request: Request) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(request, "skills.html", await _skills(request))
+async def skills_page(request: Request, tenant: str | None = None) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "skills.html", await _skills(request, tenant))
 
 
 @router.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
-async def doer_page(request: Request, doer: str) -> HTMLResponse:
+async def doer_page(request: Request, doer: str, tenant: str | None = None) -> HTMLResponse:
     trend = await dashboard.doer_trend(pool(request), doer)
     if not trend:
         raise HTTPException(404, f"no runs of {doer}")
@@ -310,7 +324,7 @@ async def doer_page(request: Request, doer: str) -> HTMLResponse:
             "days": [str(row["day"]) for row in trend],
             "crl": [row["mean_crl"] for row in trend],
             "baseline": [row["baseline_crl"] for row in trend],
-            "card": await dashboard.skill_card(pool(request), doer),
+            "cards": await dashboard.skill_cards(pool(request), doer, tenant),
             "phases": phases,
             "phase_series": series(phases, "phase"),
             "policies": policies,

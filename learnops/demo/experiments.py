@@ -265,14 +265,14 @@ async def updated_card(
             "learning.run-completed", key=prepared.name.encode(), value=run.to_json()
         )
     deadline = time.monotonic() + 60
-    card = await current_card(pool, prepared.name)
+    card = await current_card(pool, prepared.name, orchestrator.tenant_id)
     while time.monotonic() < deadline and not (
         card is not None
         and {e["experiment_id"] for e in card.experiments} >= set(experiment_ids)
         and card.policy_version == 2
     ):
         await asyncio.sleep(0.5)
-        card = await current_card(pool, prepared.name)
+        card = await current_card(pool, prepared.name, orchestrator.tenant_id)
     if card is None:
         console.print(f"[red]no skill card for {prepared.name}[/red]")
         return

@@ -30,13 +30,17 @@ _WORDS = tuple(
 )
 
 
+#: The tenant of the simulated orchestrator's runs unless one is given.
+SIMULATED_TENANT = "acme"
+
+
 @dataclass
 class Orchestrator:
     """Generates bundles for a few doers; ``quality`` per policy id shifts their loss."""
 
     seed: int = 7
     doers: tuple[str, ...] = DOERS
-    tenant_id: str = "acme"
+    tenant_id: str = SIMULATED_TENANT
     start: datetime = field(default_factory=lambda: datetime(2026, 11, 1, tzinfo=UTC))
     quality: dict[str, float] = field(default_factory=dict)
     # Run ids are "<run_prefix>-<n>"; give each scenario its own prefix when

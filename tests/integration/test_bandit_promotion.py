@@ -37,6 +37,7 @@ from learnops.demo import bandit_scenario as scenario
 from learnops.demo.bandit import CANARY, learn
 from learnops.demo.experiments import sandboxed, updated_card
 from learnops.demo.experiments_scenario import canary_until_decided, prepare, wait_experiment
+from learnops.simulation.orchestrator import SIMULATED_TENANT
 from storage.experiments import experiment_history
 from storage.policies import find_policy
 from storage.skills import active_policy, current_card
@@ -190,7 +191,7 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
         # each probe runs the doer a little more).
         async def card_after_runs() -> Any:
             await updated_card(quiet, pool, producer, prepared, uuid.uuid4().int % 10**9)
-            return await current_card(pool, doer)
+            return await current_card(pool, doer, SIMULATED_TENANT)
 
         def lists_promoted(card: Any) -> bool:
             if card is None or card.policy_version != 2:

@@ -94,8 +94,11 @@ async def _insert_runs(db: Any, runs: list[tuple[Any, ...]], **flags: Any) -> No
     )
 
 
-def _card(doer: str, mean_crl: float, failures: dict[str, int]) -> SkillCard:
+def _card(
+    doer: str, mean_crl: float, failures: dict[str, int], tenant: str = "default"
+) -> SkillCard:
     return SkillCard(
+        tenant_id=tenant,
         doer=doer,
         as_of=str(FIRST_DAY + timedelta(days=DAYS - 1)),
         runs=4,
@@ -103,7 +106,7 @@ def _card(doer: str, mean_crl: float, failures: dict[str, int]) -> SkillCard:
         delta_7d=0.01,
         gate_pass_rate=0.75,
         gate_failures_30d=failures,
-        content_hash=hashlib.sha256(f"{doer}{mean_crl}{failures}".encode()).hexdigest(),
+        content_hash=hashlib.sha256(f"{tenant}{doer}{mean_crl}{failures}".encode()).hexdigest(),
     )
 
 
@@ -293,6 +296,44 @@ def _get(database_url: str, *paths: str) -> list[Any]:
     for path, response in zip(paths, responses, strict=True):
         assert response.status_code == 200, (path, response.text)
     return responses
+
+
+async def test_each_tenant_has_its_card_and_the_api_filters_by_tenant(
+    db: Any, database_url: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    doer, t1, t2 = f"ConcernT{suffix}", f"t1-{suffix}", f"t2-{suffix}"
+    # Gates of this test's own: the other tests count the failure modes of every card.
+    lint, tests = f"lint-{suffix}", f"tests-{suffix}"
+    assert await store_card(db, _card(doer, 0.2, {lint: 4}, tenant=t1))
+    assert await store_card(db, _card(doer, 0.7, {tests: 1}, tenant=t2))
+    assert await store_card(db, _card(f"ConcernU{suffix}", 0.9, {lint: 1}, tenant=t1))
+    from fastapi.testclient import TestClient
+
+    from learnops.console import create_console
+
+    def fetch() -> list[Any]:
+        with TestClient(create_console(database_url)) as client:
+            return [
+                client.get(f"/api/doers/{doer}/skill-card"),
+                client.get(f"/api/doers/{doer}/skill-card?tenant={t2}"),
+                client.get(f"/api/skills?tenant={t1}"),
+            ]
+
+    ambiguous, second, ranked = await asyncio.to_thread(fetch)
+    # Two tenants' cards: the API names them rather than pick one.
+    assert ambiguous.status_code == 409 and f"{t1}, {t2}" in ambiguous.text
+    assert second.status_code == 200, second.text
+    assert (second.json()["tenant_id"], second.json()["mean_crl"]) == (t2, 0.7)
+    overview = ranked.json()
+    assert overview["tenant"] == t1
+    assert {r["tenant_id"] for r in overview["top"] + overview["struggling"]} == {t1}
+    assert [r["doer"] for r in overview["top"]] == [doer, f"ConcernU{suffix}"]
+    assert {m["gate"]: (m["doers"], m["failures"]) for m in overview["failure_modes"]} == {
+        lint: (2, 5)
+    }
+    by_tenant = await dashboard.skill_cards(db, doer)
+    assert [(c["tenant_id"], c["mean_crl"]) for c in by_tenant] == [(t1, 0.2), (t2, 0.7)]
 
 
 async def test_api_and_pages_show_the_figures_of_the_views(

@@ -37,7 +37,7 @@ from learnops.demo.experiments_scenario import (
     wait_experiment,
     wait_request,
 )
-from learnops.simulation.orchestrator import Orchestrator
+from learnops.simulation.orchestrator import SIMULATED_TENANT, Orchestrator
 from models.commands import POLICY_COMMANDS, CanarySettings, RequestExperiment
 from models.events import DeadLetter, ExperimentChanged, SkillCard
 from storage import experiments as experiments_store
@@ -326,7 +326,9 @@ async def test_the_skill_card_lists_both_experiments_and_the_new_active_policy(
             card.policy_version,
         ) == (prepared.policy_id, 2)
 
-    card = await eventually(lambda: current_card(db, prepared.name), complete, timeout=90)
+    card = await eventually(
+        lambda: current_card(db, prepared.name, SIMULATED_TENANT), complete, timeout=90
+    )
     assert complete(card), card and card.experiments
     assert card is not None
     by_id = {e["experiment_id"]: e for e in card.experiments}
@@ -339,7 +341,7 @@ async def test_the_skill_card_lists_both_experiments_and_the_new_active_policy(
     async def latest_on_topic() -> SkillCard | None:
         latest = None
         for record in await read_from_start(settings, "learning.skill-cards"):
-            if record.key == prepared.name.encode():
+            if record.key == f"{SIMULATED_TENANT}/{prepared.name}".encode():
                 latest = SkillCard.from_json(record.value)
         return latest
 

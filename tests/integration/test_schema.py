@@ -5,7 +5,10 @@ The session database is built by the same migrations `learnops db migrate` appli
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+import pytest
 
 TABLES = {
     "crl_results",
@@ -75,11 +78,30 @@ async def test_every_trigger_exists_on_its_table(db: Any) -> None:
         assert found.get(trigger) == table, f"{trigger} is not on {table}: {found.get(trigger)}"
 
 
-async def test_skill_cards_keep_one_current_card_per_doer(db: Any) -> None:
-    # The database, not only the code, refuses a second current card.
+async def test_skill_cards_keep_one_current_card_per_tenant_and_doer(db: Any) -> None:
+    # The database, not only the code, refuses a second current card of a tenant's doer.
     indexes = await db.fetch(
         "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'skill_cards'"
     )
     defs = {r["indexname"]: r["indexdef"] for r in indexes}
-    assert "UNIQUE" in defs["skill_cards_one_current_per_doer"]
-    assert "WHERE is_current" in defs["skill_cards_one_current_per_doer"]
+    unique = defs["skill_cards_one_current_per_tenant_doer"]
+    assert "UNIQUE" in unique and "(tenant_id, doer)" in unique
+    assert "WHERE is_current" in unique
+
+
+async def test_a_second_current_card_of_one_tenant_is_refused_and_another_tenant_has_its_own(
+    db: Any,
+) -> None:
+    import asyncpg
+
+    doer = f"Schema{uuid.uuid4().hex[:8]}"
+    insert = (
+        "INSERT INTO skill_cards (tenant_id, doer, event_id, as_of, content_hash, runs, card,"
+        " computed_at) VALUES ($1, $2, $3, CURRENT_DATE, repeat('a', 64), 0, '{}', now())"
+    )
+    await db.execute(insert, "acme", doer, uuid.uuid4())
+    await db.execute(insert, "globex", doer, uuid.uuid4())
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute(insert, "acme", doer, uuid.uuid4())
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute(insert, "not/a-name", doer, uuid.uuid4())

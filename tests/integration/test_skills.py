@@ -21,12 +21,12 @@ from agents.topics import read_from_start
 from learning.crl import score_bundle
 from learning.skills import DailySkillStats, doer_stats, skill_card
 from learning.trends import day_of
-from learnops.simulation.orchestrator import Orchestrator
+from learnops.simulation.orchestrator import SIMULATED_TENANT, Orchestrator
 from models.commands import POLICY_COMMANDS, RequestExperiment
 from models.events import Alert, RunCompleted, SkillCard
 from storage.skills import current_card
 from tests.integration.kafka_io import consumed, eventually, publish
-from tests.services import REPO, WorkerProcess
+from tests.services import REPO, WorkerProcess, run_learnops
 
 RUNS = "learning.run-completed"
 CONFIG = load_learning_config(REPO / "config" / "learning.yaml")
@@ -36,12 +36,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def expected_card(bundles: list[RunCompleted], doer: str, today: date) -> Any:
-    """The card the pure rules give for the doer's live runs among ``bundles``."""
+def expected_card(
+    bundles: list[RunCompleted], doer: str, today: date, tenant: str = SIMULATED_TENANT
+) -> Any:
+    """The card the pure rules give for the live runs of ``tenant``'s doer among ``bundles``."""
     days: dict[date, DailySkillStats] = defaultdict(DailySkillStats)
     seen = set()
     for b in bundles:
-        if b.doer != doer or b.replay_id is not None or b.shadow or b.run_id in seen:
+        if b.doer != doer or b.tenant_id != tenant or b.run_id in seen:
+            continue
+        if b.replay_id is not None or b.shadow:
             continue
         seen.add(b.run_id)
         days[day_of(b.occurred_at)].add(score_bundle(b, CONFIG.weights, CONFIG.objectives))
@@ -114,7 +118,7 @@ async def scenario(producer: Any, worker: WorkerProcess) -> dict[str, Any]:
 
 async def _card_with_runs(db: Any, doer: str, runs: int, timeout: float = 90.0) -> SkillCard:
     card = await eventually(
-        lambda: current_card(db, doer),
+        lambda: current_card(db, doer, SIMULATED_TENANT),
         lambda c: c is not None and c.runs >= runs,
         timeout=timeout,
     )
@@ -145,8 +149,8 @@ async def test_runs_give_each_doer_the_card_of_the_rules_in_postgres_and_on_the_
             "SELECT count(*) FROM skill_cards WHERE doer = $1 AND is_current", doer
         )
         assert current == 1
-    good = await current_card(db, scenario["good"])
-    fair = await current_card(db, scenario["fair"])
+    good = await current_card(db, scenario["good"], SIMULATED_TENANT)
+    fair = await current_card(db, scenario["fair"], SIMULATED_TENANT)
     assert good is not None and fair is not None
     assert good.mean_crl is not None and fair.mean_crl is not None
     assert good.mean_crl < fair.mean_crl, "the better doer has the lower CRL"
@@ -155,12 +159,14 @@ async def test_runs_give_each_doer_the_card_of_the_rules_in_postgres_and_on_the_
         latest: dict[str, SkillCard] = {}
         for record in await read_from_start(settings, "learning.skill-cards"):
             card = SkillCard.from_json(record.value)
-            assert record.key == card.doer.encode(), "keyed by doer"
+            if card.doer not in doers:
+                continue  # another test's (or, on a shared broker, an older worker's)
+            assert record.key == f"{card.tenant_id}/{card.doer}".encode(), "keyed tenant/doer"
             latest[card.doer] = card  # offsets grow within a doer's partition
         return latest
 
     async def stored_hashes() -> dict[str, str | None]:
-        cards = [await current_card(db, d) for d in doers]
+        cards = [await current_card(db, d, SIMULATED_TENANT) for d in doers]
         return {c.doer: c.content_hash for c in cards if c is not None}
 
     hashes = await stored_hashes()
@@ -303,3 +309,57 @@ async def test_replay_and_shadow_bundles_do_not_change_a_card(
     )
     assert with_replays.mean_crl is not None and after.mean_crl is not None
     assert after.mean_crl < with_replays.mean_crl, "the bad replays would have raised the CRL"
+
+
+async def test_two_tenants_of_one_doer_get_two_cards_each_of_its_own_runs_only(
+    producer: Any, worker: WorkerProcess, db: Any, settings: Any, settings_env: dict[str, str]
+) -> None:
+    doer = f"SkTwo{uuid.uuid4().hex[:8]}"
+    start = _now().replace(microsecond=0) - timedelta(minutes=10)
+    if start.date() != _now().date():
+        start = _now().replace(hour=0, minute=0, second=1)
+    acme = Orchestrator(seed=11, doers=(doer,), run_prefix=f"{doer}-a")
+    globex = Orchestrator(seed=12, doers=(doer,), tenant_id="globex", run_prefix=f"{doer}-g")
+    bundles = [
+        acme.bundle(doer, occurred_at=start + timedelta(seconds=i), quality=0.95) for i in range(30)
+    ] + [
+        globex.bundle(doer, occurred_at=start + timedelta(seconds=i), quality=0.1)
+        for i in range(20)
+    ]
+    await publish(producer, RUNS, [(b.doer.encode(), b.to_json()) for b in bundles])
+
+    mine = await eventually(
+        lambda: _cards_of(db, doer),
+        lambda cards: {t: c.runs for t, c in cards.items()} == {SIMULATED_TENANT: 30, "globex": 20},
+        timeout=90,
+    )
+    for tenant, card in mine.items():
+        want = expected_card(bundles, doer, card.as_of, tenant)
+        assert card.tenant_id == tenant
+        assert card.mean_crl == pytest.approx(want.mean_crl, rel=1e-9), tenant
+        assert card.gate_pass_rate == pytest.approx(want.gate_pass_rate, rel=1e-9), tenant
+    # Globex's poor runs are on its card only.
+    assert mine["globex"].mean_crl > mine[SIMULATED_TENANT].mean_crl
+
+    async def keys_on_topic() -> set[bytes]:
+        return {
+            record.key
+            for record in await read_from_start(settings, "learning.skill-cards")
+            if SkillCard.from_json(record.value).doer == doer
+        }
+
+    want_keys = {f"{SIMULATED_TENANT}/{doer}".encode(), f"globex/{doer}".encode()}
+    assert await eventually(keys_on_topic, lambda keys: keys == want_keys, timeout=30) == want_keys
+
+    # The CLI names both tenants instead of picking one, and shows the one asked for.
+    both = run_learnops(settings_env, "skills", "show", doer)
+    assert both.returncode != 0 and "acme, globex" in both.stderr + both.stdout, both
+    one = run_learnops(settings_env, "skills", "show", doer, "--tenant", "globex", "--json")
+    assert one.returncode == 0, one.stderr
+    shown = SkillCard.model_validate_json(one.stdout)
+    assert (shown.tenant_id, shown.runs) == ("globex", 20)
+
+
+async def _cards_of(db: Any, doer: str) -> dict[str, SkillCard]:
+    cards = [await current_card(db, doer, t) for t in (SIMULATED_TENANT, "globex")]
+    return {c.tenant_id: c for c in cards if c is not None}
