@@ -84,6 +84,23 @@ async def current_cards(pool: Any, tenant: str | None = None) -> list[SkillCard]
     return [_card(r) for r in rows]
 
 
+async def doer_cards(pool: Any, doer: str, tenant: str | None = None) -> list[SkillCard]:
+    """``doer``'s current cards by tenant (only ``tenant``'s when named); matched exactly."""
+    rows = await pool.fetch(
+        "SELECT card, tenant_id FROM skill_cards WHERE doer = $1 AND is_current"
+        " AND ($2::text IS NULL OR tenant_id = $2) ORDER BY tenant_id",
+        doer,
+        tenant,
+    )
+    return [_card(r) for r in rows]
+
+
+async def carded_doers(pool: Any) -> list[str]:
+    """Every doer with a current card (of any tenant)."""
+    rows = await pool.fetch("SELECT DISTINCT doer FROM skill_cards WHERE is_current ORDER BY doer")
+    return [r["doer"] for r in rows]
+
+
 async def card_history(pool: Any, doer: str, tenant: str, limit: int = 20) -> list[SkillCard]:
     """``tenant``'s cards of ``doer``, newest first (the current one first)."""
     rows = await pool.fetch(

@@ -23,7 +23,13 @@ from learnops.cli.main import (
     group,
     json_option,
 )
-from storage.skills import card_history, current_cards, open_requests
+from storage.skills import (
+    card_history,
+    carded_doers,
+    current_cards,
+    doer_cards,
+    open_requests,
+)
 
 if TYPE_CHECKING:
     from models.events import SkillCard
@@ -205,12 +211,14 @@ async def skills_show(
 ) -> None:
     """Show a doer's current skill card (of one tenant: each tenant has its own)."""
     async with database(self) as pool:
-        cards = await current_cards(pool, tenant)
-        doers = {c.doer for c in cards}
-        if doer not in doers:
+        mine = await doer_cards(pool, doer, tenant)
+        doers: list[str] = []
+        if not mine:
+            doers = await carded_doers(pool)
             folded = [d for d in doers if d.lower() == doer.lower()]
-            doer = folded[0] if len(folded) == 1 else doer
-        mine = [c for c in cards if c.doer == doer]
+            if len(folded) == 1:
+                doer = folded[0]
+                mine = await doer_cards(pool, doer, tenant)
         if not mine:
             whose = f" of tenant {tenant!r}" if tenant else ""
             fail(

@@ -99,9 +99,19 @@ async def test_a_second_current_card_of_one_tenant_is_refused_and_another_tenant
         "INSERT INTO skill_cards (tenant_id, doer, event_id, as_of, content_hash, runs, card,"
         " computed_at) VALUES ($1, $2, $3, CURRENT_DATE, repeat('a', 64), 0, '{}', now())"
     )
-    await db.execute(insert, "acme", doer, uuid.uuid4())
-    await db.execute(insert, "globex", doer, uuid.uuid4())
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await db.execute(insert, "acme", doer, uuid.uuid4())
-    with pytest.raises(asyncpg.CheckViolationError):
-        await db.execute(insert, "not/a-name", doer, uuid.uuid4())
+    # In a transaction rolled back: no test after this one meets these bare rows.
+    async with db.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute(insert, "acme", doer, uuid.uuid4())
+            await conn.execute(insert, "globex", doer, uuid.uuid4())
+            # Each refused INSERT in a savepoint, rolled back alone.
+            with pytest.raises(asyncpg.UniqueViolationError):
+                async with conn.transaction():
+                    await conn.execute(insert, "acme", doer, uuid.uuid4())
+            with pytest.raises(asyncpg.CheckViolationError):
+                async with conn.transaction():
+                    await conn.execute(insert, "not/a-name", doer, uuid.uuid4())
+        finally:
+            await transaction.rollback()
