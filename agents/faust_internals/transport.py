@@ -360,6 +360,13 @@ class Consumer(faust_aiokafka.Consumer):
                 assert decision.offset is not None
                 # The log holds nothing from decision.offset up to this record: those
                 # offsets count as acked, so the commit can move past them.
+                log.info(
+                    "offset_gap topic=%s partition=%d from=%d to=%d",
+                    tp.topic,
+                    tp.partition,
+                    decision.offset,
+                    message.offset,
+                )
                 self._gap[tp].addi(decision.offset, message.offset)
                 self._gap[tp].merge_overlaps()
                 yield tp, message

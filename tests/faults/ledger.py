@@ -493,6 +493,13 @@ def check_logs(report: Report, text: str) -> None:
         report.fail(f"{crashed} agent crash lines in the worker logs")
     if internal:
         report.notes.append(f"{internal} internal_error lines in the worker logs")
+    # Gaps the offset guard judged (records it counts as absent) and partitions it
+    # sought back: expected around restarts and compacted topics, telling otherwise.
+    gaps = [line for line in text.splitlines() if "offset_gap " in line]
+    refetches = text.count("refetch topic=")
+    if gaps or refetches:
+        shown = "; ".join(line.split("offset_gap ", 1)[1].strip() for line in gaps[:5])
+        report.notes.append(f"{len(gaps)} offset gaps ({shown}), {refetches} refetches")
 
 
 def _stamp(line: str) -> datetime | None:
