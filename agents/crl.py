@@ -30,7 +30,7 @@ from learning.crl import BundleError, score_bundle
 from learning.trends import DailyCRL, check_regression, day_of
 from models.events import Alert, CRLComputed, RunCompleted
 from models.ids import regression_alert_id
-from storage.crl import Source, store_crl_results
+from storage.crl import Owner, Source, store_crl_results
 from storage.pool import durably
 
 if TYPE_CHECKING:
@@ -40,6 +40,13 @@ log = logging.getLogger("learnops.crl")
 
 DAY = timedelta(days=1)
 BATCH = 1000  # at most this many events per batch (agents/streams.py)
+
+#: Why a bundle whose run id another doer's or tenant's stored run holds is refused.
+#: It names neither: the reason is logged and kept, and the other run is not the sender's.
+RUN_ID_TAKEN = (
+    "the run_id is already stored for another doer or tenant; run ids must be unique "
+    "across doers and tenants (docs/security.md, Tenants)"
+)
 
 
 def counts_toward_live(result: CRLComputed) -> bool:
@@ -151,11 +158,18 @@ class CRLStage(Stage):
         owners = await self._store(scored)
         batch = BatchFold(self)
         for event, result in scored:
-            if result.run_id not in owners:
+            owner = owners.get(result.run_id)
+            if owner is None:
                 continue  # refused by PostgreSQL: dead-lettered
+            if not owner.owns(result):
+                # Another doer's or tenant's run holds the id: never merge the two.
+                await self.dead_letter(
+                    event, error_type="run_id", reason=RUN_ID_TAKEN, doer=result.doer
+                )
+                continue
             source = (event.message.partition, event.message.offset)
             self.partitions.seen(result.doer, source[0])
-            if counts_toward_live(result) and owners[result.run_id] == source:
+            if counts_toward_live(result) and owner.source == source:
                 batch.add(result, *source)
             # Emitted again when redelivered: downstream writes are idempotent by
             # run id, and a crash before this send must not lose it.
@@ -237,7 +251,7 @@ class CRLStage(Stage):
             check.threshold,
         )
 
-    async def _store(self, scored: list[tuple[Any, CRLComputed]]) -> dict[str, Source]:
+    async def _store(self, scored: list[tuple[Any, CRLComputed]]) -> dict[str, Owner]:
         """Store the batch with one statement (a refused row is found one by one); run owners."""
         pool = self.app.pool
         results = [r for _, r in scored]
@@ -250,7 +264,7 @@ class CRLStage(Stage):
             log.warning(
                 "batch_rejected error=%s rows=%d; storing one by one", _sqlstate(exc), len(scored)
             )
-        owners: dict[str, Source] = {}
+        owners: dict[str, Owner] = {}
         for (event, result), source in zip(scored, sources, strict=True):
             try:
                 owners.update(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,33 +32,50 @@ FROM unnest(
        deployment_id, arm, shadow, replay_id, model, occurred_at, loss, terms, contributions,
        weights_version, gate_failures, security_criticals, source_partition, source_offset)
 ON CONFLICT DO NOTHING
-RETURNING run_id, source_partition, source_offset
+RETURNING run_id, source_partition, source_offset, doer, tenant_id
 )
--- The owner (source partition and offset) of every run of the batch: the rows
--- inserted now, and the rows that were there before the statement.
-SELECT run_id, source_partition, source_offset FROM inserted
+-- The owner (source partition and offset, doer and tenant) of every run of the
+-- batch: the rows inserted now, and the rows that were there before the statement.
+SELECT run_id, source_partition, source_offset, doer, tenant_id FROM inserted
 UNION ALL
-SELECT run_id, source_partition, source_offset FROM crl_results WHERE run_id = ANY($1::text[])
+SELECT run_id, source_partition, source_offset, doer, tenant_id
+FROM crl_results WHERE run_id = ANY($1::text[])
 """
 
 #: Where a result came from: its source partition and offset, or None (not from Kafka).
 Source = tuple[int, int] | None
 
 
+class Owner(NamedTuple):
+    """The stored row of a run: the record that first stored it, and whose run it is."""
+
+    source: Source
+    doer: str
+    tenant: str
+
+    def owns(self, result: CRLComputed) -> bool:
+        """Whether ``result`` is this run (same doer and tenant), not another under its id."""
+        return (self.doer, self.tenant) == (result.doer, result.tenant_id)
+
+
 async def store_crl_results(
     pool: Any, results: Sequence[CRLComputed], sources: Sequence[Source]
-) -> dict[str, Source]:
+) -> dict[str, Owner]:
     """Store a batch of results; the owner of each run: the source that first stored it.
 
     A run is folded into the streaming aggregates only by the record that owns
-    it (storage/migrations/010_fold_claims.sql), so a duplicate never is.
+    it (storage/migrations/010_fold_claims.sql), so a duplicate never is. The
+    owner also names the doer and tenant of the stored run: a result of another
+    doer or tenant under the same run id is not that run (``Owner.owns``).
     """
     if not results:
         return {}
     rows = await pool.fetch(_INSERT_OWNERS, *_columns(results, sources))
     return {
-        r["run_id"]: (
-            None if r["source_partition"] is None else (r["source_partition"], r["source_offset"])
+        r["run_id"]: Owner(
+            None if r["source_partition"] is None else (r["source_partition"], r["source_offset"]),
+            r["doer"],
+            r["tenant_id"],
         )
         for r in rows
     }

@@ -526,6 +526,41 @@ async def test_a_record_with_no_value_is_dead_lettered_as_such_by_crl_and_skippe
         assert [r.run_id for r in sent(app, RESULTS)] == [good.run_id]
 
 
+async def test_a_run_id_another_tenant_or_doer_holds_is_dead_lettered_not_merged(
+    make_app: Callable[..., LearnopsApp], db: Any
+) -> None:
+    app = make_app("crl")
+    doer, other_doer = f"Owner{tag()}", f"Other{tag()}"
+    prefix = f"shared-{tag()}"
+    acme = Orchestrator(seed=9, doers=(doer,), run_prefix=prefix)
+    globex = Orchestrator(seed=9, doers=(doer, other_doer), tenant_id="globex", run_prefix=prefix)
+    first = acme.bundle(doer)
+    # The same run id from another tenant (same doer), and from another doer (same tenant).
+    theirs = globex.bundle(doer).model_copy(update={"run_id": first.run_id})
+    elsewhere = acme.bundle(doer).model_copy(update={"run_id": first.run_id, "doer": other_doer})
+    resent = first.model_copy()  # the publisher's duplicate of the first: the same run
+    progress = Progress(app.stages["crl"])
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        for bundle in (first, theirs, elsewhere, resent):
+            await feed.event(RUNS, bundle)
+            await progress.done(progress.events + 1)
+        letters: list[DeadLetter] = sent(app, DLQ)
+        assert [(d.offset, d.error_type, d.doer) for d in letters] == [
+            (1, "run_id", doer),
+            (2, "run_id", other_doer),
+        ]
+        assert all("globex" not in d.reason and "acme" not in d.reason for d in letters)
+        assert letters[0].reason.startswith("the run_id is already stored for another doer")
+        # Stored once, as the first sender's; emitted for the first and its duplicate only.
+        row = await db.fetchrow(
+            "SELECT doer, tenant_id, source_offset FROM crl_results WHERE run_id = $1",
+            first.run_id,
+        )
+        assert (row["doer"], row["tenant_id"], row["source_offset"]) == (doer, "acme", 0)
+        assert [(r.doer, r.tenant_id) for r in sent(app, RESULTS)] == [(doer, "acme")] * 2
+
+
 async def test_a_secret_planted_in_bad_bundles_is_in_no_dead_letter_reason(
     make_app: Callable[..., LearnopsApp],
 ) -> None:
