@@ -253,4 +253,4 @@ async def skills_list(self: GroupedCommand, tenant: str | None, as_json: bool) -
         return
     self.console().print(cards_table(cards))
     if not cards:
-        self.say("no skill cards yet: the worker writes one per doer as runs are scored")
+        self.say("no skill cards yet: the worker writes one per tenant and doer as runs are scored")
