@@ -10,8 +10,12 @@ async def _fetch(pool: Any, query: str, *args: Any) -> list[dict[str, Any]]:
     return [dict(row) for row in await pool.fetch(query, *args)]
 
 
-async def crl_trend_overall(pool: Any, days: int = 30) -> list[dict[str, Any]]:
-    """CRL over all doers per day for the last DAYS days, with the 7-day baseline."""
+async def crl_trend_overall(
+    pool: Any, days: int = 30, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """CRL over all doers per day for the last DAYS days, with the 7-day baseline (of TENANT)."""
+    if tenant is not None:
+        return await tenant_trend(pool, tenant, days=days)
     return await _fetch(
         pool,
         "SELECT day, runs, mean_crl, baseline_crl, delta_vs_baseline FROM v_crl_trend_overall"
@@ -39,8 +43,12 @@ async def doers(pool: Any) -> list[dict[str, Any]]:
     )
 
 
-async def doer_trend(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:
-    """DOER's CRL per day for its last DAYS days, with the 7-day baseline."""
+async def doer_trend(
+    pool: Any, doer: str, days: int = 30, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """DOER's CRL per day for its last DAYS days, with the 7-day baseline (of TENANT's runs)."""
+    if tenant is not None:
+        return await tenant_trend(pool, tenant, doer=doer, days=days)
     return await _fetch(
         pool,
         "SELECT day, runs, mean_crl, baseline_crl, delta_vs_baseline FROM v_crl_trend_by_doer"
@@ -153,8 +161,12 @@ async def decisions_after(pool: Any, after: int | None, limit: int = 50) -> list
 _TREND_COLUMNS = "day, runs, mean_crl, baseline_crl, delta_vs_baseline"
 
 
-async def crl_trend_by_phase(pool: Any, days: int = 30) -> list[dict[str, Any]]:
+async def crl_trend_by_phase(
+    pool: Any, days: int = 30, tenant: str | None = None
+) -> list[dict[str, Any]]:
     """CRL per phase and day over all doers for the last DAYS days, with each phase's baseline."""
+    if tenant is not None:
+        return await tenant_trend(pool, tenant, by=("phase",), days=days)
     return await _fetch(
         pool,
         "SELECT phase, " + _TREND_COLUMNS + " FROM v_crl_trend_by_phase"
@@ -163,8 +175,12 @@ async def crl_trend_by_phase(pool: Any, days: int = 30) -> list[dict[str, Any]]:
     )
 
 
-async def doer_trend_by_phase(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:
+async def doer_trend_by_phase(
+    pool: Any, doer: str, days: int = 30, tenant: str | None = None
+) -> list[dict[str, Any]]:
     """DOER's CRL per phase and day for its last DAYS days, with each phase's baseline."""
+    if tenant is not None:
+        return await tenant_trend(pool, tenant, doer=doer, by=("phase",), days=days)
     return await _fetch(
         pool,
         "SELECT phase, " + _TREND_COLUMNS + " FROM v_crl_trend_by_doer_phase"
@@ -175,8 +191,13 @@ async def doer_trend_by_phase(pool: Any, doer: str, days: int = 30) -> list[dict
     )
 
 
-async def doer_trend_by_policy(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:
+async def doer_trend_by_policy(
+    pool: Any, doer: str, days: int = 30, tenant: str | None = None
+) -> list[dict[str, Any]]:
     """DOER's CRL per policy version and day for its last DAYS days, with each one's baseline."""
+    if tenant is not None:
+        by = ("policy_id", "policy_version")
+        return await tenant_trend(pool, tenant, doer=doer, by=by, days=days)
     return await _fetch(
         pool,
         "SELECT policy_id, policy_version, " + _TREND_COLUMNS + " FROM v_crl_trend_by_policy"
@@ -185,6 +206,51 @@ async def doer_trend_by_policy(pool: Any, doer: str, days: int = 30) -> list[dic
         doer,
         days,
     )
+
+
+#: The columns a tenant's trend may be split by (crl_daily's, migration 025).
+_TREND_BY = frozenset({"phase", "policy_id", "policy_version"})
+
+
+async def tenant_trend(
+    pool: Any,
+    tenant: str,
+    *,
+    doer: str | None = None,
+    by: tuple[str, ...] = (),
+    days: int = 30,
+) -> list[dict[str, Any]]:
+    """TENANT's CRL per day (of one doer, split ``by`` phase or policy), with the 7-day baseline.
+
+    The same figures as the views of migrations 014 and 017, from crl_daily's
+    rows of one tenant only (migration 025): the run-weighted mean per day,
+    and the baseline of the 7 days before each day.
+    """
+    if not set(by) <= _TREND_BY:
+        raise ValueError(f"a trend is split by {sorted(_TREND_BY)}, not {by}")
+    keys = "".join(f"{column}, " for column in by)
+    partition = f"PARTITION BY {', '.join(by)} " if by else ""
+    query = f"""
+    WITH days AS (
+        SELECT {keys}day, sum(runs) AS runs, sum(mean_crl * runs) / sum(runs) AS mean_crl
+        FROM crl_daily
+        WHERE tenant_id = $1 AND ($2::text IS NULL OR doer = $2)
+        GROUP BY {keys}day
+    ), windowed AS (
+        SELECT {keys}day, runs, mean_crl,
+               sum(mean_crl * runs) OVER wb AS sum_base, sum(runs) OVER wb AS runs_base
+        FROM days
+        WINDOW wb AS ({partition}ORDER BY day
+                      RANGE BETWEEN INTERVAL '7 days' PRECEDING AND INTERVAL '1 day' PRECEDING)
+    )
+    SELECT {keys}day, runs, mean_crl,
+           sum_base / nullif(runs_base, 0) AS baseline_crl,
+           mean_crl - sum_base / nullif(runs_base, 0) AS delta_vs_baseline
+    FROM windowed
+    WHERE day > (SELECT max(day) FROM days) - $3::int
+    ORDER BY {keys}day
+    """
+    return await _fetch(pool, query, tenant, doer, days)
 
 
 async def experiment_success_by_type(pool: Any) -> list[dict[str, Any]]:

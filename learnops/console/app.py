@@ -245,9 +245,11 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         return request.app.state.pool
 
     @app.get("/api/crl/trend", response_model=list[CRLDay])
-    async def api_crl_trend(request: Request, days: int = 30) -> list[dict[str, Any]]:
-        """CRL over all doers and all tenants per day, with the trailing 7-day baseline."""
-        return await dashboard.crl_trend_overall(pool(request), days)
+    async def api_crl_trend(
+        request: Request, days: int = 30, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """CRL over all doers per day (every tenant, or ``tenant``'s), with the 7-day baseline."""
+        return await dashboard.crl_trend_overall(pool(request), days, tenant)
 
     @app.get("/api/experiments/per-day", response_model=list[ExperimentsDay])
     async def api_experiments_per_day(request: Request, days: int = 30) -> list[dict[str, Any]]:
@@ -260,9 +262,11 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         return await dashboard.doers(pool(request))
 
     @app.get("/api/doers/{doer}/trend", response_model=list[CRLDay])
-    async def api_doer_trend(request: Request, doer: str, days: int = 30) -> list[dict[str, Any]]:
-        """The doer's CRL per day over all tenants, with the trailing 7-day baseline."""
-        return await dashboard.doer_trend(pool(request), doer, days)
+    async def api_doer_trend(
+        request: Request, doer: str, days: int = 30, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The doer's CRL per day (of every tenant, or ``tenant``'s), with the 7-day baseline."""
+        return await dashboard.doer_trend(pool(request), doer, days, tenant)
 
     @app.get("/api/canaries", response_model=list[CanarySummary])
     async def api_canaries(

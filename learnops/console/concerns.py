@@ -183,25 +183,27 @@ def series(rows: list[dict[str, Any]], *key: str) -> list[dict[str, Any]]:
 
 
 @router.get("/api/crl/trend/phases", response_model=list[PhaseDay])
-async def api_trend_by_phase(request: Request, days: int = 30) -> list[dict[str, Any]]:
-    """CRL per phase and day over all doers, with each phase's trailing 7-day baseline."""
-    return await dashboard.crl_trend_by_phase(pool(request), days)
+async def api_trend_by_phase(
+    request: Request, days: int = 30, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """CRL per phase and day over all doers (or ``tenant``'s runs), with each phase's baseline."""
+    return await dashboard.crl_trend_by_phase(pool(request), days, tenant)
 
 
 @router.get("/api/doers/{doer}/trend/phases", response_model=list[PhaseDay])
 async def api_doer_trend_by_phase(
-    request: Request, doer: str, days: int = 30
+    request: Request, doer: str, days: int = 30, tenant: str | None = None
 ) -> list[dict[str, Any]]:
-    """The doer's CRL per phase and day, with each phase's trailing 7-day baseline."""
-    return await dashboard.doer_trend_by_phase(pool(request), doer, days)
+    """The doer's CRL per phase and day (or ``tenant``'s runs), with each phase's baseline."""
+    return await dashboard.doer_trend_by_phase(pool(request), doer, days, tenant)
 
 
 @router.get("/api/doers/{doer}/trend/policies", response_model=list[PolicyDay])
 async def api_doer_trend_by_policy(
-    request: Request, doer: str, days: int = 30
+    request: Request, doer: str, days: int = 30, tenant: str | None = None
 ) -> list[dict[str, Any]]:
-    """The doer's CRL per policy version and day, with each version's trailing 7-day baseline."""
-    return await dashboard.doer_trend_by_policy(pool(request), doer, days)
+    """The doer's CRL per policy version and day (or ``tenant``'s runs), with each baseline."""
+    return await dashboard.doer_trend_by_policy(pool(request), doer, days, tenant)
 
 
 @router.get("/api/doers/{doer}/skill-card")
@@ -310,16 +312,18 @@ async def skills_page(request: Request, tenant: str | None = None) -> HTMLRespon
 
 @router.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
 async def doer_page(request: Request, doer: str, tenant: str | None = None) -> HTMLResponse:
-    trend = await dashboard.doer_trend(pool(request), doer)
+    trend = await dashboard.doer_trend(pool(request), doer, tenant=tenant)
     if not trend:
-        raise HTTPException(404, f"no runs of {doer}")
-    phases = await dashboard.doer_trend_by_phase(pool(request), doer)
-    policies = await dashboard.doer_trend_by_policy(pool(request), doer)
+        whose = f" of tenant {tenant}" if tenant else ""
+        raise HTTPException(404, f"no runs of {doer}{whose}")
+    phases = await dashboard.doer_trend_by_phase(pool(request), doer, tenant=tenant)
+    policies = await dashboard.doer_trend_by_policy(pool(request), doer, tenant=tenant)
     return TEMPLATES.TemplateResponse(
         request,
         "doer.html",
         {
             "doer": doer,
+            "tenant": tenant,
             "trend": trend,
             "days": [str(row["day"]) for row in trend],
             "crl": [row["mean_crl"] for row in trend],

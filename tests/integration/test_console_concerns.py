@@ -71,23 +71,26 @@ def _trend(runs: list[tuple[Any, ...]], key: Any) -> dict[tuple[Any, date], tupl
     return out
 
 
-async def _insert_runs(db: Any, runs: list[tuple[Any, ...]], **flags: Any) -> None:
+async def _insert_runs(
+    db: Any, runs: list[tuple[Any, ...]], tenant: str = "t", **flags: Any
+) -> None:
     await db.executemany(
         "INSERT INTO crl_results (run_id, event_id, source_event_id, doer, phase, policy_id,"
         " policy_version, tenant_id, occurred_at, loss, terms, contributions, weights_version,"
         " shadow, replay_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, 't', $8, $9, '{}', '{}', 'v1', $10, $11)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $12, $8, $9, '{}', '{}', 'v1', $10, $11)"
         " ON CONFLICT DO NOTHING",
         [
             (
-                f"run-{uuid.uuid5(uuid.NAMESPACE_URL, repr((run, flags)))}",
-                uuid.uuid5(uuid.NAMESPACE_DNS, repr((run, flags))),
+                f"run-{uuid.uuid5(uuid.NAMESPACE_URL, repr((run, tenant, flags)))}",
+                uuid.uuid5(uuid.NAMESPACE_DNS, repr((run, tenant, flags))),
                 uuid.uuid4(),
                 *run[:4],
                 datetime.combine(run[4], time(12), UTC),
                 run[5],
                 flags.get("shadow", False),
                 flags.get("replay_id"),
+                tenant,
             )
             for run in runs
         ],
@@ -296,6 +299,47 @@ def _get(database_url: str, *paths: str) -> list[Any]:
     for path, response in zip(paths, responses, strict=True):
         assert response.status_code == 200, (path, response.text)
     return responses
+
+
+async def test_a_doers_trend_of_one_tenant_counts_that_tenants_runs_only(
+    db: Any, database_url: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    doer = f"TwoTenants{suffix}a"
+    mine = _runs({"a": doer})
+    theirs = [(*run[:5], round(run[5] + 0.3, 6)) for run in mine[::2]]
+    await _insert_runs(db, mine, tenant=f"ta-{suffix}")
+    await _insert_runs(db, theirs, tenant=f"tb-{suffix}")
+    for tenant, runs in ((f"ta-{suffix}", mine), (f"tb-{suffix}", theirs)):
+        want = _trend(runs, key=lambda run: run[0])
+        got = await dashboard.doer_trend(db, doer, tenant=tenant)
+        assert [row["day"] for row in got] == sorted({run[4] for run in runs})
+        for row in got:
+            mean, base = want[(doer, row["day"])]
+            assert row["runs"] == sum(1 for run in runs if run[4] == row["day"])
+            assert row["mean_crl"] == pytest.approx(mean)
+            if row["baseline_crl"] is not None:
+                assert row["baseline_crl"] == pytest.approx(base)
+        phases = await dashboard.doer_trend_by_phase(db, doer, tenant=tenant)
+        want_phases = _trend(runs, key=lambda run: run[1])
+        assert {(r["phase"], r["day"]): r["mean_crl"] for r in phases} == pytest.approx(
+            {key: mean for key, (mean, _) in want_phases.items()}
+        )
+    # Without a tenant: both tenants' runs together, as before.
+    every = await dashboard.doer_trend(db, doer)
+    assert sum(r["runs"] for r in every) == len(mine) + len(theirs)
+
+    from fastapi.testclient import TestClient
+
+    from learnops.console import create_console
+
+    def fetch() -> Any:
+        with TestClient(create_console(database_url)) as client:
+            return client.get(f"/api/doers/{doer}/trend?tenant=tb-{suffix}&days=30")
+
+    response = await asyncio.to_thread(fetch)
+    assert response.status_code == 200, response.text
+    assert sum(r["runs"] for r in response.json()) == len(theirs)
 
 
 async def test_each_tenant_has_its_card_and_the_api_filters_by_tenant(

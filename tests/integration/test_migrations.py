@@ -86,3 +86,44 @@ async def test_versions_stored_before_identity_signing_still_verify_flagged_as_f
     await keys_store.revoke_signing_key(empty_db, key.key_id, actor="tests")
     [revoked] = await verify_live(empty_db)
     assert not revoked.ok and revoked.key_status == "revoked"
+
+
+async def test_crl_daily_is_rebuilt_per_tenant_from_the_runs_stored_before_migration_025(
+    empty_db: Any, tmp_path: Path
+) -> None:
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if int(path.name[:3]) < 25:
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    await migrate(empty_db, tmp_path)
+    runs = [("acme", 0.2), ("acme", 0.4), ("globex", 0.9), ("acme", 0.6)]
+    for n, (tenant, loss) in enumerate(runs):
+        await empty_db.execute(
+            "INSERT INTO crl_results (run_id, event_id, source_event_id, doer, phase, policy_id,"
+            " policy_version, tenant_id, occurred_at, loss, terms, contributions,"
+            " weights_version) VALUES ($1, $2, $3, 'Doer', 'plan', 'p', 1, $4,"
+            " '2026-12-01T12:00:00Z', $5, '{}', '{}', 'v1')",
+            f"r{n}",
+            uuid.uuid4(),
+            uuid.uuid4(),
+            tenant,
+            loss,
+        )
+    # Before 025 the day is one row of both tenants' runs.
+    assert await empty_db.fetchval("SELECT runs FROM crl_daily") == 4
+    await migrate(empty_db)
+    rows = await empty_db.fetch("SELECT tenant_id, runs, mean_crl FROM crl_daily ORDER BY 1")
+    assert [(r["tenant_id"], r["runs"]) for r in rows] == [("acme", 3), ("globex", 1)]
+    assert [r["mean_crl"] for r in rows] == pytest.approx([0.4, 0.9])
+    # And the trigger folds new runs per tenant from then on.
+    await empty_db.execute(
+        "INSERT INTO crl_results (run_id, event_id, source_event_id, doer, phase, policy_id,"
+        " policy_version, tenant_id, occurred_at, loss, terms, contributions, weights_version)"
+        " VALUES ('r9', $1, $2, 'Doer', 'plan', 'p', 1, 'globex', '2026-12-01T13:00:00Z', 0.5,"
+        " '{}', '{}', 'v1')",
+        uuid.uuid4(),
+        uuid.uuid4(),
+    )
+    globex = await empty_db.fetchrow(
+        "SELECT runs, mean_crl FROM crl_daily WHERE tenant_id = 'globex'"
+    )
+    assert (globex["runs"], globex["mean_crl"]) == (2, pytest.approx(0.7))
