@@ -89,8 +89,20 @@ async def find_golden(
     """A golden dataset version (latest unless ``version``), by name or by source dataset.
 
     ``dataset`` is ``tenant/doer/phase``, or ``doer/phase`` for the latest
-    golden dataset of that doer and phase of any one tenant.
+    golden dataset of that doer and phase when one tenant has them; a
+    ``ValueError`` when several tenants have, rather than pick one of them.
     """
+    if dataset is not None and dataset.count("/") == 1:
+        tenants = await pool.fetch(
+            "SELECT DISTINCT tenant_id FROM golden_datasets"
+            " WHERE substr(dataset, strpos(dataset, '/') + 1) = $1 ORDER BY 1",
+            dataset,
+        )
+        if len(tenants) > 1:
+            raise ValueError(
+                f"golden datasets of {dataset} were frozen for {len(tenants)} tenants; "
+                "name one (the experiment's dataset, tenant/doer/phase)"
+            )
     row = await pool.fetchrow(
         """
         SELECT name, version, dataset, manifest_hash, tenant_id FROM golden_datasets

@@ -171,3 +171,12 @@ async def test_golden_datasets_and_replay_tasks_hold_one_tenants_samples(
     assert {t.sample_id for t in started.tasks} == set(accepted_a)
     assert {t.input for t in started.tasks} == {r["content"] for r in accepted_a.values()}
     assert two_tenants["secrets"][b] not in {t.input for t in started.tasks}
+    # An experiment naming only doer/phase gets A's golden dataset while A alone has one;
+    # once B freezes one too, the lookup names the ambiguity instead of picking either.
+    only = await experiments_store.find_golden(db, None, dataset=f"{doer}/draft")
+    assert only is not None and only.tenant_id == a
+    await store.freeze(db, b, f"{doer}/draft", f"golden-{b}", actor="tests")
+    with pytest.raises(ValueError, match="frozen for 2 tenants"):
+        await experiments_store.find_golden(db, None, dataset=f"{doer}/draft")
+    named = await experiments_store.find_golden(db, None, dataset=f"{b}/{doer}/draft")
+    assert named is not None and named.tenant_id == b
