@@ -50,13 +50,32 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 _OWN_ERROR = "learnops_"
 
 
-def _identifier(value: str) -> str:
+def identifier_problem(value: str) -> str | None:
+    """Why ``value`` is not an identifier (docs/security.md, "Names"), or None.
+
+    An identifier (a deployment id, an actor, a run id, a gate or model name)
+    may be any printable Unicode text in NFC form, with no leading or trailing
+    white space and no invisible or control character inside (a zero-width
+    space, a no-break space, a tab): two identifiers that look the same are
+    the same. The reason names the rule and a position, never the text.
+    """
     if value != value.strip():
-        raise PydanticCustomError(
-            f"{_OWN_ERROR}identifier",
-            "has leading or trailing whitespace",
-            {},
-        )
+        return "has leading or trailing whitespace"
+    if unicodedata.normalize("NFC", value) != value:
+        return "is not in Unicode NFC form (compose it first: an identifier is compared as stored)"
+    for position, character in enumerate(value, 1):
+        if character != " " and unicodedata.category(character) in _INVISIBLE:
+            return (
+                f"has an invisible or control character (U+{ord(character):04X}) at position "
+                f"{position}; an identifier is printable text, spaces only between words"
+            )
+    return None
+
+
+def _identifier(value: str) -> str:
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise PydanticCustomError(f"{_OWN_ERROR}identifier", problem, {})
     return value
 
 

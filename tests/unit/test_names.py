@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from learning.samples import dataset_name
-from models.base import NAME_RULE, describe_validation_error, name_problem
+from models.base import NAME_RULE, describe_validation_error, identifier_problem, name_problem
+from models.commands import StartShadow
 from models.datasets import tenant_of
 from models.events import Alert
 
@@ -74,3 +75,33 @@ def test_an_event_with_a_broken_doer_is_refused_with_the_rule() -> None:
         Alert(doer="PRD\u200bWriter", kind="k", severity="info", message="m")
     reason = describe_validation_error(caught.value)
     assert "doer" in reason and "U+200B" in reason and NAME_RULE in reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["canary-3f2a9c", "alice@example.com", "José", "security scan", "run:42/a"],
+)
+def test_identifiers_of_printable_nfc_text_are_accepted(value: str) -> None:
+    assert identifier_problem(value) is None
+    assert StartShadow(doer="D", actor=value, reason="r", policy_id="p", version=1).actor == value
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("canary-\u200b3f2a", "invisible or control character (U+200B) at position 8"),
+        ("alice\u00a0smith", "invisible or control character (U+00A0) at position 6"),
+        ("run\t1", "invisible or control character (U+0009) at position 4"),
+        ("Jose\u0301", "not in Unicode NFC form"),
+        (" alice", "leading or trailing whitespace"),
+    ],
+)
+def test_an_identifier_that_could_look_like_another_is_refused_naming_the_rule(
+    value: str, rule: str
+) -> None:
+    problem = identifier_problem(value)
+    assert problem is not None and rule in problem
+    with pytest.raises(ValidationError) as refused:
+        StartShadow(doer="D", actor=value, reason="r", policy_id="p", version=1)
+    message = describe_validation_error(refused.value)
+    assert rule in message and value not in message
