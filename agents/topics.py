@@ -138,6 +138,63 @@ class TopicState:
     configs: dict[str, str]
 
 
+#: Topics whose records may hold a person's text: raw bundles (run-completed, and the
+#: bad ones in the DLQ), redacted samples, and replay tasks with their input. An
+#: erasure cannot edit a Kafka log; these age out by retention (docs/curation.md).
+TEXT_TOPICS = (
+    "learning.run-completed",
+    "learning.samples",
+    "learning.dlq",
+    "learning.replay-tasks",
+)
+
+#: Kafka's defaults for a topic that sets neither: log.retention.hours and log.roll.hours, 168.
+KAFKA_DEFAULT_RETENTION_MS = KAFKA_DEFAULT_SEGMENT_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """How long a record sent to a topic now may stay there, by the topic's configs."""
+
+    topic: str
+    exists: bool
+    retention_ms: int | None  # None: never deleted by age (compacted, or retention -1)
+    segment_ms: int
+    assumed: bool  # a Kafka default stands in for a config the topic does not set
+
+    @property
+    def bound_ms(self) -> int | None:
+        """At most this long: a segment is deleted once its newest record passes retention."""
+        return None if self.retention_ms is None else self.retention_ms + self.segment_ms
+
+
+def expiry(states: dict[str, TopicState], topics: tuple[str, ...] = TEXT_TOPICS) -> list[Expiry]:
+    """Each topic's bound on how long a record stays, from the configs the cluster has."""
+    found = []
+    for topic in topics:
+        state = states.get(topic)
+        configs = state.configs if state is not None else {}
+        retention = configs.get("retention.ms")
+        segment = configs.get("segment.ms")
+        retention_ms: int | None = (
+            int(retention) if retention is not None else KAFKA_DEFAULT_RETENTION_MS
+        )
+        if "delete" not in configs.get("cleanup.policy", "delete") or (
+            retention_ms is not None and retention_ms < 0
+        ):
+            retention_ms = None
+        found.append(
+            Expiry(
+                topic=topic,
+                exists=state is not None,
+                retention_ms=retention_ms,
+                segment_ms=int(segment) if segment is not None else KAFKA_DEFAULT_SEGMENT_MS,
+                assumed=retention is None or segment is None,
+            )
+        )
+    return found
+
+
 @dataclass(frozen=True)
 class TopicChange:
     """What applying the catalogue did to one topic."""

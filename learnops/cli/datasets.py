@@ -13,7 +13,9 @@ database refuses any later change to what it froze.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -325,11 +327,47 @@ async def dataset_erase(
             )
         except asyncpg.InvalidParameterValueError as exc:
             fail(f"{exc.args[0] if exc.args else exc} (docs/curation.md, Erasing a subject)")
+    kafka, unreached = await _kafka_copies(self)
     if as_json:
-        self.say(_dump({**done._asdict(), "dry_run": dry_run}))
+        self.say(
+            _dump({**done._asdict(), "dry_run": dry_run, "kafka": kafka, "kafka_error": unreached})
+        )
         return
     counts = ", ".join(f"{table}={n}" for table, n in sorted(done.rows.items()))
     versions = ", ".join(f"{name}@{v}" for name, v in sorted(done.new_versions.items()))
     verb = "would erase" if dry_run else f"erased (record {done.erasure_id})"
     self.say(f"{verb}: {counts}; new golden versions: {versions or 'none'}")
     self.say(f"subject hash {done.subject_hash}")
+    if unreached is not None:
+        self.say(f"Kafka not reached ({unreached}): copies age out by each topic's retention")
+    for copy in kafka:
+        until = copy["gone_by"] or "never by age (compacted or unlimited retention): delete it"
+        self.say(f"Kafka {copy['topic']}: copies sent until now are gone by {until}")
+
+
+async def _kafka_copies(self: GroupedCommand) -> tuple[list[dict[str, Any]], str | None]:
+    """When the copies in Kafka of what was just erased age out, per text topic (or why unknown).
+
+    A Kafka log cannot be edited: a record stays until its segment passes the
+    topic's retention (agents.topics.expiry), read from the cluster's configs.
+    """
+    from agents.topics import TEXT_TOPICS, describe, expiry
+
+    try:
+        states = await asyncio.wait_for(describe(self.settings, list(TEXT_TOPICS)), 30)
+    except Exception as exc:  # noqa: BLE001 - the erasure is done; say why this part is not
+        return [], f"{type(exc).__name__}: {exc}"[:200]
+    now = datetime.now(UTC)
+    return [
+        {
+            "topic": e.topic,
+            "exists": e.exists,
+            "retention_ms": e.retention_ms,
+            "segment_ms": e.segment_ms,
+            "assumed_kafka_default": e.assumed,
+            "gone_by": None
+            if e.bound_ms is None
+            else (now + timedelta(milliseconds=e.bound_ms)).isoformat(timespec="seconds"),
+        }
+        for e in expiry(states)
+    ], None

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
 
+from agents.topics import TEXT_TOPICS
 from learning.curation import content_hash
 from storage import datasets as store
 from storage import experiments
@@ -60,7 +62,7 @@ async def _erase(settings_env: dict[str, str], subject: str, *more: str) -> dict
 
 
 async def test_erase_removes_the_subject_everywhere_and_keeps_the_others(
-    db: Any, settings_env: dict[str, str]
+    db: Any, settings_env: dict[str, str], topics: Any
 ) -> None:
     subject = f"alice_{uuid.uuid4().hex[:8]}"
     doer = f"Erase{uuid.uuid4().hex[:8]}"
@@ -81,6 +83,20 @@ async def test_erase_removes_the_subject_everywhere_and_keeps_the_others(
     )
 
     result = await _erase(settings_env, f"  {subject.title()} ", "--reason", "request 42")
+    erased_at = datetime.now(UTC)
+
+    # Kafka cannot be edited: the command says by when each text topic's copies age out,
+    # from the cluster's own configs (topics.yaml: retention, and a segment a day).
+    assert result["kafka_error"] is None
+    kafka = {copy["topic"]: copy for copy in result["kafka"]}
+    assert set(kafka) == set(TEXT_TOPICS)
+    day = 86_400_000
+    for topic, days in {"learning.run-completed": 7, "learning.dlq": 30}.items():
+        copy = kafka[topic]
+        assert copy["exists"] and not copy["assumed_kafka_default"], copy
+        assert (copy["retention_ms"], copy["segment_ms"]) == (days * day, day)
+        gone_by = datetime.fromisoformat(copy["gone_by"])
+        assert abs(gone_by - (erased_at + timedelta(days=days + 1))) < timedelta(minutes=5)
 
     assert result["rows"] == {
         "blobs": 2,

@@ -62,3 +62,31 @@ def test_mixed_partition_counts_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(TopicCatalogError, match="co-partitioned"):
         _ = load_catalog(mixed).partitions
+
+
+def test_a_text_topics_records_are_bounded_by_retention_and_segment_unless_never_deleted() -> None:
+    from agents.topics import KAFKA_DEFAULT_RETENTION_MS, TopicState, expiry
+
+    day = 86_400_000
+    states = {
+        "a": TopicState("a", 4, {"retention.ms": str(7 * day), "segment.ms": str(day)}),
+        "b": TopicState("b", 4, {"cleanup.policy": "compact"}),
+        "c": TopicState("c", 4, {"retention.ms": "-1", "segment.ms": str(day)}),
+        "d": TopicState("d", 4, {}),
+    }
+    found = {e.topic: e for e in expiry(states, ("a", "b", "c", "d", "e"))}
+    assert found["a"].bound_ms == 8 * day and not found["a"].assumed
+    assert found["b"].bound_ms is None  # compacted: a record stays until a newer one of its key
+    assert found["c"].bound_ms is None  # retention -1: kept for ever
+    assert found["d"].bound_ms == 2 * KAFKA_DEFAULT_RETENTION_MS and found["d"].assumed
+    assert not found["e"].exists and found["e"].assumed
+    # What the catalogue declares for the text topics: retention plus one day.
+    catalog = load_catalog(REPO / "topics.yaml")
+    declared = {n: TopicState(n, s.partitions, s.configs) for n, s in catalog.topics.items()}
+    bounds = {e.topic: e.bound_ms for e in expiry(declared)}
+    assert bounds == {
+        "learning.run-completed": 8 * day,
+        "learning.samples": 8 * day,
+        "learning.dlq": 31 * day,
+        "learning.replay-tasks": 8 * day,
+    }
