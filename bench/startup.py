@@ -37,7 +37,8 @@ PROBES: dict[str, list[str]] = {
     "... and parse one PolicyChange": [
         sys.executable,
         "-c",
-        "from learnops.client import Router; Router('127.0.0.1:9').apply(b'{}')",
+        "from learnops.client import Router;"
+        " Router('127.0.0.1:9', allow_unverified=True).apply(b'{}')",
     ],
     "learnops --help": [LEARNOPS, "--help"],
     "learnops --version": [LEARNOPS, "--version"],

@@ -275,7 +275,7 @@ class Bench:
     async def _start_canary(self) -> None:
         key = generate_key()
         await add_signing_key(self.pool, key.public_key, created_by="bench", note="bench canary")
-        self.router_cm = Router(**self.settings.kafka_connection())
+        self.router_cm = Router(**self.settings.kafka_connection(), allow_unverified=True)
         router = await self.router_cm.__aenter__()
         self.scenario = CanaryScenario(
             self.pool, self.producer, router, self.canary_doer, key, {1: 0.8, 2: 0.8}

@@ -9,7 +9,7 @@ with the doer, phase and parameter, so it is independent of a canary's arm)
 falls in one option's share. The same task id always gets the same option
 under the same shares, so a replay of the routing agrees without talking.
 
-    async with Allocations("kafka:9092") as allocations:
+    async with Allocations("kafka:9092", trusted_keys=workers) as allocations:
         model = allocations.option("PRDWriter", "draft", "router.model", task_id)
 
 The orchestrator records the option in the bundle (``RunCompleted.options``).
@@ -75,13 +75,22 @@ class Allocations(TopicFollower):
         bootstrap_servers: str,
         *,
         trusted_keys: TrustedKeys | Iterable[PublicKey] | None = None,
+        allow_unverified: bool = False,
         **client_options: Any,
     ) -> None:
         """Follow the cluster at ``bootstrap_servers``; ``client_options`` go to aiokafka.
 
-        ``trusted_keys`` pins the worker keys whose signatures are accepted;
-        None takes every valid record (and logs that once at start).
+        ``trusted_keys`` pins the worker keys whose signatures are accepted, and
+        is required: unpinned, anyone who can write the topic would steer the
+        tasks. ``allow_unverified=True`` takes every valid record (and logs that
+        once at start), for a test bench only.
         """
+        if trusted_keys is None and not allow_unverified:
+            raise ValueError(
+                "Allocations needs trusted_keys: the public keys of the learnops workers "
+                "that sign the allocations; pass allow_unverified=True only where unsigned "
+                "allocations may be followed (docs/security.md)"
+            )
         super().__init__(bootstrap_servers, **client_options)
         self._keys = pinned_keyring(trusted_keys)
         if self._keys is None:

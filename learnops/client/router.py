@@ -59,17 +59,26 @@ class Router(TopicFollower):
         bootstrap_servers: str,
         *,
         trusted_keys: TrustedKeys | Iterable[PublicKey] | None = None,
+        allow_unverified: bool = False,
         **client_options: Any,
     ) -> None:
         """Follow the cluster at ``bootstrap_servers`` (``host:port,…``).
 
-        ``trusted_keys`` pins the keys whose signatures the Router accepts;
-        without them every valid record is served unverified (a warning says
-        so at start). ``client_options`` go to aiokafka's consumer as they
-        are: its security (``security_protocol``, ``ssl_context``,
-        ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``)
-        or any other option.
+        ``trusted_keys`` pins the keys whose signatures the Router accepts, and
+        is required: a Router without them would serve whatever anyone who can
+        write the topic sends. Only ``allow_unverified=True`` (a test bench, a
+        local experiment) serves every valid record unverified, with a warning
+        at start. ``client_options`` go to aiokafka's consumer as they are: its
+        security (``security_protocol``, ``ssl_context``, ``sasl_mechanism``,
+        ``sasl_plain_username``, ``sasl_plain_password``) or any other option.
         """
+        if trusted_keys is None and not allow_unverified:
+            raise ValueError(
+                "Router needs trusted_keys: the public keys of the learnops workers and the "
+                "policy signers it accepts (learnops operator keys / worker key); pass "
+                "allow_unverified=True only where unsigned changes may be served "
+                "(docs/security.md, Signed policy changes)"
+            )
         super().__init__(bootstrap_servers, **client_options)
         self._keys = pinned_keyring(trusted_keys)
         self._sequences: dict[str, int] = {}

@@ -46,7 +46,7 @@ async def kill9(
     await producer.start()
     try:
         async with (
-            Router(**settings.kafka_connection()) as router,
+            Router(**settings.kafka_connection(), allow_unverified=True) as router,
             workers(found, "kill9") as group,
         ):
             await group.start()

@@ -106,7 +106,7 @@ async def outages(
     await producer.start()
     try:
         async with (
-            Router(**settings.kafka_connection()) as router,
+            Router(**settings.kafka_connection(), allow_unverified=True) as router,
             workers(found, "outages") as group,
         ):
             await group.start()

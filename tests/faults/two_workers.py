@@ -51,7 +51,7 @@ async def two_workers(
     await producer.start()
     try:
         async with (
-            Router(**settings.kafka_connection()) as router,
+            Router(**settings.kafka_connection(), allow_unverified=True) as router,
             workers(found, "two_workers") as group,
         ):
             await group.start("a")

@@ -471,7 +471,7 @@ async def test_a_better_candidate_goes_through_shadow_and_canary_to_promotion_by
     await send(producer, create)
     row = await wait_experiment(db, create.experiment_id, {"shadow"})
     shadow_deployment = row["deployment_id"]
-    async with Router(**settings.kafka_connection()) as router:
+    async with Router(**settings.kafka_connection(), allow_unverified=True) as router:
         await router.wait_for(doer.name, lambda c: c.status == "shadow")
         # An operator moves the shadow on to a two-step canary; the canary stage decides.
         canary = StartCanary(

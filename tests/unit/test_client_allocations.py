@@ -76,8 +76,13 @@ def test_tasks_get_options_in_proportion_to_their_shares_and_always_the_same_one
     assert picks == again
 
 
+def test_an_unpinned_client_is_refused_unless_unverified_is_asked_for() -> None:
+    with pytest.raises(ValueError, match="Allocations needs trusted_keys"):
+        Allocations("unused:9092")
+
+
 def test_an_older_sequence_never_replaces_a_newer_one() -> None:
-    client = Allocations("unused:9092")
+    client = Allocations("unused:9092", allow_unverified=True)
     client.apply(_allocations("Doer", 5, 0.9).to_json())
     assert client.apply(_allocations("Doer", 4, 0.1).to_json()) is None
     held = client.latest("Doer")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from learning.signing import (
     POLICY_CHANGE_KIND,
     SigningKey,
@@ -126,6 +128,11 @@ def test_a_version_whose_own_signature_fails_is_not_served() -> None:
     assert router.route(DOER, "task-1").version == 1
 
 
-def test_without_pinned_keys_the_router_serves_what_it_reads() -> None:
-    router = Router("127.0.0.1:9")
+def test_a_router_without_pinned_keys_is_refused_unless_unverified_is_asked_for() -> None:
+    with pytest.raises(ValueError, match="Router needs trusted_keys"):
+        Router("127.0.0.1:9")
+
+
+def test_with_unverified_allowed_the_router_serves_what_it_reads() -> None:
+    router = Router("127.0.0.1:9", allow_unverified=True)
     assert router.apply(change(1, worker=generate_key()).to_json(), b"anything") is not None
