@@ -35,12 +35,37 @@ async def experiments_per_day(pool: Any, days: int = 30) -> list[dict[str, Any]]
     )
 
 
-async def doers(pool: Any) -> list[dict[str, Any]]:
-    """Every doer with its latest day, 7-day mean CRL and change against its baseline."""
+async def doers(pool: Any, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Every doer with its latest day, 7-day mean CRL and change against its baseline.
+
+    With ``tenant``: the doers with runs of that tenant, and the figures of those
+    runs only (crl_daily, migration 025), as v_doers_latest computes them.
+    """
+    if tenant is not None:
+        return await _fetch(pool, _TENANT_DOERS, tenant)
     return await _fetch(
         pool,
         "SELECT doer, day, mean_crl_7d, delta_vs_baseline FROM v_doers_latest ORDER BY doer",
     )
+
+
+_TENANT_DOERS = """
+WITH days AS (
+    SELECT doer, day, sum(runs) AS runs, sum(mean_crl * runs) / sum(runs) AS mean_crl
+    FROM crl_daily WHERE tenant_id = $1 GROUP BY doer, day
+), latest AS (
+    SELECT doer, max(day) AS day FROM days GROUP BY doer
+)
+SELECT l.doer, l.day,
+       sum(d.mean_crl * d.runs) FILTER (WHERE d.day > l.day - 7)
+           / sum(d.runs) FILTER (WHERE d.day > l.day - 7) AS mean_crl_7d,
+       max(d.mean_crl) FILTER (WHERE d.day = l.day)
+           - sum(d.mean_crl * d.runs) FILTER (WHERE d.day < l.day)
+             / nullif(sum(d.runs) FILTER (WHERE d.day < l.day), 0) AS delta_vs_baseline
+FROM latest l JOIN days d ON d.doer = l.doer AND d.day BETWEEN l.day - 7 AND l.day
+GROUP BY l.doer, l.day
+ORDER BY l.doer
+"""
 
 
 async def doer_trend(

@@ -257,9 +257,9 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         return await dashboard.experiments_per_day(pool(request), days)
 
     @app.get("/api/doers", response_model=list[DoerSummary])
-    async def api_doers(request: Request) -> list[dict[str, Any]]:
-        """Every doer with its latest 7-day mean CRL over all tenants and change vs its baseline."""
-        return await dashboard.doers(pool(request))
+    async def api_doers(request: Request, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every doer with its latest 7-day mean CRL (every tenant's runs, or ``tenant``'s)."""
+        return await dashboard.doers(pool(request), tenant)
 
     @app.get("/api/doers/{doer}/trend", response_model=list[CRLDay])
     async def api_doer_trend(

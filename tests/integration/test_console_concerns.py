@@ -328,6 +328,14 @@ async def test_a_doers_trend_of_one_tenant_counts_that_tenants_runs_only(
     # Without a tenant: both tenants' runs together, as before.
     every = await dashboard.doer_trend(db, doer)
     assert sum(r["runs"] for r in every) == len(mine) + len(theirs)
+    # The doer list of one tenant: its 7-day mean from that tenant's runs only.
+    for tenant, runs in ((f"ta-{suffix}", mine), (f"tb-{suffix}", theirs)):
+        listed = {r["doer"]: r for r in await dashboard.doers(db, tenant)}
+        assert set(listed) == {doer}
+        last = max(run[4] for run in runs)
+        week = [run[5] for run in runs if run[4] > last - timedelta(days=7)]
+        assert listed[doer]["day"] == last
+        assert listed[doer]["mean_crl_7d"] == pytest.approx(sum(week) / len(week))
 
     from fastapi.testclient import TestClient
 
