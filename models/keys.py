@@ -30,8 +30,8 @@ def key_problem(key: bytes | None, event: Event) -> str | None:
         text = key.decode("utf-8")
     except UnicodeDecodeError:
         return f"the record's key ({len(key)} bytes) is not UTF-8 text; {_RULE}"
-    if text != event.record_key():
-        if text != event.doer or event.record_key() == event.doer:
-            return f"the record's key ({len(key)} bytes) is not the event's doer; {_RULE}"
-        return f"the record's key ({len(key)} bytes) is not the card's tenant/doer; {_CARD_RULE}"
-    return None
+    if text == event.record_key():
+        return None
+    if event.record_key() == event.doer:
+        return f"the record's key ({len(key)} bytes) is not the event's doer; {_RULE}"
+    return f"the record's key ({len(key)} bytes) is not the card's tenant/doer; {_CARD_RULE}"

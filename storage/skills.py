@@ -66,31 +66,20 @@ def _card(row: Any) -> SkillCard:
 
 async def current_card(pool: Any, doer: str, tenant: str) -> SkillCard | None:
     """``tenant``'s current card of ``doer``, or None when there is none."""
-    row = await pool.fetchrow(
-        "SELECT card, tenant_id FROM skill_cards WHERE tenant_id = $1 AND doer = $2 AND is_current",
+    found = await current_cards(pool, tenant, doer=doer)
+    return found[0] if found else None
+
+
+async def current_cards(
+    pool: Any, tenant: str | None = None, *, doer: str | None = None
+) -> list[SkillCard]:
+    """The current cards by doer then tenant; only ``tenant``'s, or ``doer``'s, when named."""
+    rows = await pool.fetch(
+        "SELECT card, tenant_id FROM skill_cards WHERE is_current"
+        " AND ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR doer = $2)"
+        " ORDER BY doer, tenant_id",
         tenant,
         doer,
-    )
-    return None if row is None else _card(row)
-
-
-async def current_cards(pool: Any, tenant: str | None = None) -> list[SkillCard]:
-    """Every current card by doer then tenant; only ``tenant``'s when one is named."""
-    rows = await pool.fetch(
-        "SELECT card, tenant_id FROM skill_cards"
-        " WHERE is_current AND ($1::text IS NULL OR tenant_id = $1) ORDER BY doer, tenant_id",
-        tenant,
-    )
-    return [_card(r) for r in rows]
-
-
-async def doer_cards(pool: Any, doer: str, tenant: str | None = None) -> list[SkillCard]:
-    """``doer``'s current cards by tenant (only ``tenant``'s when named); matched exactly."""
-    rows = await pool.fetch(
-        "SELECT card, tenant_id FROM skill_cards WHERE doer = $1 AND is_current"
-        " AND ($2::text IS NULL OR tenant_id = $2) ORDER BY tenant_id",
-        doer,
-        tenant,
     )
     return [_card(r) for r in rows]
 

@@ -27,7 +27,6 @@ from storage.skills import (
     card_history,
     carded_doers,
     current_cards,
-    doer_cards,
     open_requests,
 )
 
@@ -211,14 +210,14 @@ async def skills_show(
 ) -> None:
     """Show a doer's current skill card (of one tenant: each tenant has its own)."""
     async with database(self) as pool:
-        mine = await doer_cards(pool, doer, tenant)
+        mine = await current_cards(pool, tenant, doer=doer)
         doers: list[str] = []
         if not mine:
             doers = await carded_doers(pool)
             folded = [d for d in doers if d.lower() == doer.lower()]
             if len(folded) == 1:
                 doer = folded[0]
-                mine = await doer_cards(pool, doer, tenant)
+                mine = await current_cards(pool, tenant, doer=doer)
         if not mine:
             whose = f" of tenant {tenant!r}" if tenant else ""
             fail(

@@ -90,3 +90,14 @@ def test_a_text_topics_records_are_bounded_by_retention_and_segment_unless_never
         "learning.dlq": 31 * day,
         "learning.replay-tasks": 8 * day,
     }
+
+
+def test_a_skill_card_under_any_other_key_is_told_the_cards_rule() -> None:
+    from models.events import SkillCard
+    from models.keys import key_problem
+
+    card = SkillCard(tenant_id="acme", doer="PRDWriter", as_of="2026-12-01")
+    assert key_problem(b"acme/PRDWriter", card) is None
+    for key in (b"PRDWriter", b"SomeoneElse", b"globex/PRDWriter"):
+        problem = key_problem(key, card)
+        assert problem is not None and "keyed by its tenant and doer" in problem, key
