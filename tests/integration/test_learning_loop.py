@@ -207,14 +207,20 @@ async def test_the_answer_replays_beats_the_control_and_is_promoted_by_the_canar
         prepared.name,
     )
     assert (active["policy_id"], active["version"]) == (prepared.policy_id, 2)
-    # Every transition is on learning.experiments, naming the request it answers.
-    events = [
-        ExperimentChanged.from_json(r.value)
-        for r in await read_from_start(settings, "learning.experiments")
-        if r.key == prepared.name.encode()
-    ]
-    mine = [e for e in events if e.experiment_id == create.experiment_id]
-    assert {e.status for e in mine} >= {"created", "replaying", "shadow", "canary", "promoted"}
+    # Every transition is on learning.experiments, naming the request it answers. The stage
+    # publishes a transition after it stores it, so the last one may still be on its way.
+    statuses = {"created", "replaying", "shadow", "canary", "promoted"}
+
+    async def published() -> list[ExperimentChanged]:
+        events = [
+            ExperimentChanged.from_json(r.value)
+            for r in await read_from_start(settings, "learning.experiments")
+            if r.key == prepared.name.encode()
+        ]
+        return [e for e in events if e.experiment_id == create.experiment_id]
+
+    mine = await eventually(published, lambda got: {e.status for e in got} >= statuses)
+    assert {e.status for e in mine} >= statuses
     assert {e.request_id for e in mine} == {regressed["request"]["request_id"]}
 
 
