@@ -25,9 +25,10 @@ zero-heavy (90 % zeros, else lognormal) — scaled by 1.0, 0.75, 1.25 and 1.5
   mean is the worst but one; the hurdle model against the normal one.
 
 Every row is printed for the defaults of ``BanditConfig`` and, beside them in
-the same run, for the model before issue 20's second round (``BEFORE``: a
-discounted normal model of the mean, discount 0.999, no change detection, no
-probation).
+the same run, for the defaults of issue 20's second round (``ROUND_2``: shares
+from the untempered posterior, each option's rate of positive losses on its
+own runs) and for the model before that round (``BEFORE``: a discounted
+normal model of the mean, discount 0.999, no change detection, no probation).
 
 Writes the allocation-over-time plots (seed 0) to ``--plots`` (default
 docs/bandits/). Asserts nothing: ``tests/unit/test_bandit_simulation.py``
@@ -69,8 +70,11 @@ DRIFTED = (0.6, 1.25, 1.0, 1.5)
 HARMFUL = (1.0, 0.6, 1.25, 1.5)
 HARM_RATES = (0.0, 0.05, 0.0, 0.0)
 MISFIT = (1.0, 1.25, 1.5, 1.7)  # option-3 rare_catastrophes: mean ≈ 1.2 × option-0's
-BEFORE = BanditConfig(model="normal", discount=0.999, change_threshold=0.0, probation_runs=0)
-MODELS = {"defaults": BanditConfig(), "before": BEFORE}
+BEFORE = BanditConfig(
+    model="normal", discount=0.999, change_threshold=0.0, probation_runs=0, temper=1.0
+)
+ROUND_2 = BanditConfig(temper=1.0, rate_pooling=False)  # the defaults before the third round
+MODELS = {"defaults": BanditConfig(), "round 2": ROUND_2, "before": BEFORE}
 
 
 def median_worst(values: list[int | None]) -> str:
@@ -209,6 +213,7 @@ def misfit_table(seeds: int, runs: int) -> Table:
         "hurdle (defaults)": BanditConfig(),
         "hurdle, no misfit check": replace(BanditConfig(), misfit_z=math.inf),
         "normal": replace(BanditConfig(), model="normal"),
+        "round 2": ROUND_2,
         "before": BEFORE,
     }.items():
         results = [simulate(env, "thompson", runs, s, config=config) for s in range(seeds)]

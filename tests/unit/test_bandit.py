@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learning.bandit import Allocation, BanditConfig, BanditState, OptionStats, allocate
+from learning.bandit import (
+    RATE_PRIOR_CAP,
+    Allocation,
+    BanditConfig,
+    BanditState,
+    OptionStats,
+    allocate,
+    rate_prior,
+)
 from learning.canary_simulation import heavy
 
 OPTIONS = ("model-a-large", "model-b-medium", "model-c-small")
@@ -176,6 +184,66 @@ def test_the_hurdle_model_is_surer_of_the_better_mean_than_the_normal_one() -> N
             sure[model] += allocate(state, config, np.random.default_rng(0)).p_best["good"] / 40
     assert sure["hurdle"] > sure["normal"] + 0.02, sure
     assert sure["hurdle"] > 0.9, sure
+
+
+def _zero_heavy(
+    rng: np.random.Generator, rate: float, runs: int, scale: float = 1.0
+) -> list[float]:
+    """Losses that are positive (lognormal × ``scale``) on ``rate`` of the runs, else 0."""
+    return list(rng.lognormal(0, 1, runs) * scale * (rng.random(runs) < rate))
+
+
+def test_rates_that_agree_are_pooled_and_rates_that_differ_are_not() -> None:
+    rng = np.random.default_rng(4)
+    config = BanditConfig()
+
+    def prior(rates: tuple[float, ...]) -> float:
+        state = _fed({f"o{i}": _zero_heavy(rng, r, 2000) for i, r in enumerate(rates)})
+        stats = list(state.options.values())
+        pooled = sum(s.weight - s.zeros for s in stats) / sum(s.weight for s in stats)
+        return rate_prior(stats, pooled, config)
+
+    # 10 % each: the spread of the rates is sampling noise, so each borrows the others' runs.
+    assert prior((0.1, 0.1, 0.1)) >= 2000
+    # 10 %, 30 %, 10 %: the moment estimate of the spread (about 7 pseudo-runs here).
+    assert config.rate_prior_weight <= prior((0.1, 0.3, 0.1)) < 20
+    unpooled = BanditConfig(rate_pooling=False)
+    assert rate_prior([OptionStats()], 0.5, unpooled) == unpooled.rate_prior_weight
+    assert RATE_PRIOR_CAP >= 2000
+
+
+def test_pooling_equal_rates_makes_the_hurdle_model_surer_of_the_smaller_losses() -> None:
+    # 90 % zeros for both; the good option's positive losses are 0.75 of the other's.
+    sure = {True: 0.0, False: 0.0}
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        state = _fed(
+            {"good": _zero_heavy(rng, 0.1, 1000, 0.75), "worse": _zero_heavy(rng, 0.1, 1000)}
+        )
+        for pooling in sure:
+            config = BanditConfig(probation_runs=0, rate_pooling=pooling)
+            sure[pooling] += allocate(state, config, np.random.default_rng(0)).p_best["good"] / 30
+    assert sure[True] > sure[False] + 0.03, sure
+
+
+def test_tempering_sharpens_the_shares_but_not_the_reported_certainty() -> None:
+    rng = np.random.default_rng(6)
+    state = _fed(
+        {
+            "model-a-large": list(rng.lognormal(0, 1, 150)),
+            "model-c-small": list(rng.lognormal(0, 1, 150) * 0.8),
+        }
+    )
+    plain = allocate(state, BanditConfig(temper=1.0, probation_runs=0), np.random.default_rng(0))
+    greedy = allocate(state, BanditConfig(temper=0.5, probation_runs=0), np.random.default_rng(0))
+    assert (greedy.p_best, greedy.best, greedy.confident) == (
+        plain.p_best,
+        plain.best,
+        plain.confident,
+    )
+    best = plain.best
+    assert best is not None and 0.5 < plain.p_best[best] < 0.99
+    assert greedy.shares[best] > plain.shares[best] + 0.02
 
 
 def test_a_positive_part_far_from_lognormal_falls_back_to_the_normal_model() -> None:

@@ -1,5 +1,7 @@
 """The issue's targets for the bandit by seeded simulation (bench/bandit_sim.py: the full table)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -40,7 +42,9 @@ def test_after_a_drift_the_new_best_option_has_the_majority_within_1000_runs(see
 
 HARMFUL = Environment((1.0, 0.6, 1.25, 1.5), event_rates=(0.0, 0.05, 0.0, 0.0))
 # The model before issue 20's second round: discounted normal model, no detector, no probation.
-BEFORE = BanditConfig(model="normal", discount=0.999, change_threshold=0.0, probation_runs=0)
+BEFORE = BanditConfig(
+    model="normal", discount=0.999, change_threshold=0.0, probation_runs=0, temper=1.0
+)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -87,3 +91,17 @@ def test_on_a_zero_heavy_loss_the_regret_is_lower_than_before() -> None:
     before = mean_regret(env, "thompson", 5000, SEEDS, config=BEFORE)
     uniform = mean_regret(env, "uniform", 5000, SEEDS)
     assert now < 0.8 * before, (now / uniform, before / uniform)
+
+
+def test_pooled_rates_and_tempered_shares_each_lower_the_zero_heavy_regret() -> None:
+    # The options differ in the size of their losses, not in how often there is one
+    # (90 % zeros each): pooling the rates leaves the positive part to rank them.
+    env = Environment(FACTORS, zero_inflated(0.9))
+    defaults = BanditConfig()
+    now = mean_regret(env, "thompson", 5000, SEEDS, config=defaults)
+    unpooled = mean_regret(
+        env, "thompson", 5000, SEEDS, config=replace(defaults, rate_pooling=False)
+    )
+    untempered = mean_regret(env, "thompson", 5000, SEEDS, config=replace(defaults, temper=1.0))
+    assert now < 0.85 * unpooled, (now, unpooled)
+    assert now < 0.85 * untempered, (now, untempered)
