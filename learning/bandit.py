@@ -87,8 +87,8 @@ from learning.event_guardrails import DEFAULT_ALPHA, EventGuardrail
 
 GUARDRAIL_METRICS: tuple[str, ...] = ("security_criticals", "api_breakages")
 CLIP = 3.0  # the change detector's bound on one run's standardised deviation
-RECALL = 3.0
-RATE_PRIOR_CAP = 10_000.0  # count-test wealth that sends a released option back on probation
+RECALL = 3.0  # count-test wealth that sends a released option back on probation
+RATE_PRIOR_CAP = 10_000.0  # most pseudo-runs at the pooled rate (rates that look equal)
 
 
 @dataclass(frozen=True)
