@@ -9,7 +9,9 @@ compacted learning.bandit-allocations topic, keyed by doer.
 The options a run may name are those its policy version declares
 (``"tunables"`` in the signed artifact, read from the policy store once per
 version); a run naming another goes to the DLQ with the reason. Replays,
-shadow runs and canary candidate runs never fold in. An operator's freeze
+a deployment's shadow runs and canary candidate runs never fold in; a
+bandit probe (a shadow run of no deployment that the allocation asked for)
+folds in its guardrail events only, toward its option's probation. An operator's freeze
 arrives on learning.bandit-controls (co-partitioned): a frozen book keeps
 learning but publishes no new shares until it is unfrozen. A freeze or
 unfreeze is a signed command (agents/command_auth.py): applied only when an
@@ -31,7 +33,7 @@ from agents.stage import Stage
 from agents.tables import folded_up_to, marked
 from agents.triggers import raise_request
 from learning.bandit import Allocation
-from learning.bandit_book import BanditBook, counts
+from learning.bandit_book import BanditBook, counts, probes
 from learning.command_signing import Verdict
 from learning.signing import BANDIT_ALLOCATIONS_KIND, sign_event
 from learning.skills import ExperimentTrigger
@@ -117,8 +119,8 @@ class BanditStage(Stage):
         if event.message.topic == self.topics.bandit_controls.name:
             return await self.decode(event, BanditControl)
         result = await self.decode(event, CRLComputed)
-        if result is None or not counts(result) or not result.options:
-            return None  # a replay, shadow or candidate run, or one that chose nothing
+        if result is None or not (counts(result) or probes(result)) or not result.options:
+            return None  # a replay, a deployment's shadow or candidate run, or no choice made
         return result
 
     def _slot(self, doer: str, partition: int, slots: dict[str, _Slot]) -> _Slot:
@@ -245,7 +247,8 @@ class BanditStage(Stage):
         for doer, slot in slots.items():
             due = slot.book.due(config.every)
             proposals = [
-                (key, slot.book.reallocate(key, config.bandit, config.seed)) for key in due
+                (key, slot.book.reallocate(key, config.bandit, config.seed, config.probe_share))
+                for key in due
             ]
             if slot.changed or due:
                 self.books[doer] = marked(slot.book.to_dict(), slot.partition, slot.mark)

@@ -20,6 +20,10 @@ zero-heavy (90 % zeros, else lognormal) — scaled by 1.0, 0.75, 1.25 and 1.5
   how many seeds it ever held more than the floor;
 * **probation** — the trade-off of safe exploration's ``probation_runs``:
   heavy stationary regret against the harmful option's seeds above the floor;
+* **probes** — probation served by shadow runs: each option on probation is
+  also run in shadow beside the routed option on a share of tasks
+  (``BanditState.observe_probe``); stationary regret, the harmful option's
+  seeds above the floor, and how many shadow runs that took;
 * **misfit** — option-3's losses are not lognormal (rare catastrophes,
   ``learning.bandit_simulation.rare_catastrophes``): its logs look best, its
   mean is the worst but one; the hurdle model against the normal one.
@@ -194,6 +198,39 @@ def probation_table(seeds: int, runs: int) -> Table:
     return table
 
 
+def probe_table(seeds: int, runs: int) -> Table:
+    """Probation served by shadow runs: both targets it traded, and the extra executions."""
+    table = Table(title=f"Probes: probation options also run in shadow ({seeds} × {runs:,} runs)")
+    for col in (
+        "probe share of tasks",
+        "loss",
+        "stationary Thompson / uniform",
+        "harmful above the floor (seeds)",
+        "probes (stationary, mean)",
+        "probes (harmful, mean)",
+    ):
+        table.add_column(col, justify="right")
+    for shape_name, shape in SHAPES.items():
+        stationary = Environment(FACTORS, shape)
+        harmful = Environment(HARMFUL, shape, event_rates=HARM_RATES)
+        uniform = float(
+            np.mean([simulate(stationary, "uniform", runs, s).regret for s in range(seeds)])
+        )
+        for share in (0.0, 0.25, 0.5):
+            plain = [simulate(stationary, "thompson", runs, s, probe=share) for s in range(seeds)]
+            harm = [simulate(harmful, "thompson", runs, s, probe=share) for s in range(seeds)]
+            above = sum(max_share_after(r, 1, 0) > BanditConfig().min_share + 1e-9 for r in harm)
+            table.add_row(
+                f"{share:.2f}",
+                "heavy" if shape_name == "heavy" else "zero-heavy",
+                f"{np.mean([r.regret for r in plain]) / uniform:.2f}",
+                f"{above} of {seeds}",
+                f"{np.mean([r.probe_runs for r in plain]):.0f}",
+                f"{np.mean([r.probe_runs for r in harm]):.0f}",
+            )
+    return table
+
+
 def misfit_table(seeds: int, runs: int) -> Table:
     """Options whose positive losses are not lognormal: does the hurdle model mis-rank?"""
     env = Environment(MISFIT, shapes=(heavy, heavy, heavy, rare_catastrophes))
@@ -261,6 +298,7 @@ def main() -> None:
     harm, harmful_example = harm_table(seeds, args.runs)
     console.print(harm)
     console.print(probation_table(seeds, args.runs))
+    console.print(probe_table(seeds, args.runs))
     console.print(misfit_table(seeds, args.runs))
     args.plots.mkdir(parents=True, exist_ok=True)
     out = args.plots

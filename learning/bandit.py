@@ -79,7 +79,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -89,6 +89,7 @@ GUARDRAIL_METRICS: tuple[str, ...] = ("security_criticals", "api_breakages")
 CLIP = 3.0  # the change detector's bound on one run's standardised deviation
 RECALL = 3.0  # count-test wealth that sends a released option back on probation
 RATE_PRIOR_CAP = 10_000.0  # most pseudo-runs at the pooled rate (rates that look equal)
+ProbeStatus = Literal["held", "unexplained", "cleared", "open"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class BanditConfig:
     change_min_runs: int = 20
     misfit_z: float = 3.0
     probation_runs: int = 20
+    probe_runs: int = 150
     temper: float = 0.6
     min_share: float = 0.02
     draws: int = 4000
@@ -137,6 +139,8 @@ class BanditConfig:
             raise ValueError("change_threshold and change_drift must not be negative")
         if self.probation_runs < 0:
             raise ValueError(f"probation_runs {self.probation_runs} is negative")
+        if self.probe_runs < 1:
+            raise ValueError(f"probe_runs {self.probe_runs} is below 1")
         if not 0.0 <= self.min_share < 1.0:
             raise ValueError(f"min_share {self.min_share} is not in [0, 1)")
         if self.draws < 1:
@@ -174,6 +178,8 @@ class OptionStats:
     changes: int = 0
     cusum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     released: bool = False
+    probe_runs: int = 0
+    probe_tests: dict[str, EventGuardrail] = field(default_factory=dict)
 
     def decay(self, factor: float) -> None:
         """Forget: scale the effective counts and the sums of squares by ``factor``."""
@@ -264,13 +270,15 @@ class OptionStats:
                 return metric
         return None
 
-    def review_probation(self, probation_runs: int) -> None:
+    def review_probation(self, probation_runs: int, probes: ProbeStatus = "open") -> None:
         """Release the option from probation, or recall it, from its runs and count tests.
 
-        Released once it has ``probation_runs`` runs and, on every guardrail
-        metric, its count test's current wealth (not its running maximum) is at
-        most 1: what events it had are explained by the others' rate at the
-        shares in force. Recalled when a test's wealth rises above ``RECALL``:
+        Released once it has ``probation_runs`` runs (or its probes cleared it,
+        and never while they are held or unexplained:
+        :meth:`BanditState.probe_status`) and, on every
+        guardrail metric, its count test's current wealth (not its running
+        maximum) is at most 1: what events it had are explained by the others'
+        rate at the shares in force. Recalled when a test's wealth rises above ``RECALL``:
         one event at the floor share does that (wealth about 23), while one
         event at a large share (wealth about 1.02) does not, so an option
         holding most of the traffic does not flap back to the floor on the
@@ -280,11 +288,13 @@ class OptionStats:
             recall = math.log(RECALL)
             self.released = all(t.log_mixture <= recall for t in self.guardrails.values())
         else:
-            self.released = self.releasable(probation_runs)
+            self.released = self.releasable(probation_runs, probes)
 
-    def releasable(self, probation_runs: int) -> bool:
-        """Whether the option has its probation runs and no count test above wealth 1 now."""
-        return self.runs >= probation_runs and all(
+    def releasable(self, probation_runs: int, probes: ProbeStatus = "open") -> bool:
+        """Its probation runs (or cleared probes), probes not against it, no count test above 1."""
+        if probes in ("held", "unexplained"):
+            return False
+        return (self.runs >= probation_runs or probes == "cleared") and all(
             test.log_mixture <= 0.0 for test in self.guardrails.values()
         )
 
@@ -304,6 +314,8 @@ class OptionStats:
             "changes": self.changes,
             "cusum": list(self.cusum),
             "released": self.released,
+            "probe_runs": self.probe_runs,
+            "probe_tests": {m: g.to_dict() for m, g in self.probe_tests.items()},
         }
 
     @classmethod
@@ -325,6 +337,10 @@ class OptionStats:
             changes=int(data.get("changes", 0)),
             cusum=[float(c) for c in data.get("cusum") or [0.0, 0.0, 0.0, 0.0]],
             released=bool(data.get("released", False)),
+            probe_runs=int(data.get("probe_runs", 0)),
+            probe_tests={
+                m: EventGuardrail.from_dict(g) for m, g in (data.get("probe_tests") or {}).items()
+            },
         )
 
 
@@ -366,13 +382,17 @@ class BanditState:
         events: Mapping[str, int] | None = None,
         config: BanditConfig | None = None,
         discount: float | None = None,
+        probe_share: float = 0.0,
     ) -> None:
         """Fold one run of ``option`` in: discount, detect a change, add the loss, test the counts.
 
         ``shares`` is the allocation in force when the run was routed; ``events``
         maps a guardrail metric to the run's count of it; ``discount`` overrides
-        ``config.discount``. A change the option's detector signals restarts its
-        loss statistics before this run is added (its first of the new regime).
+        ``config.discount``; ``probe_share`` is the share of tasks on which the
+        options on probation were to be probed when the run was routed (its
+        events are the control of their probes' count tests: :meth:`observe_probe`).
+        A change the option's detector signals restarts its loss statistics
+        before this run is added (its first of the new regime).
         """
         if option not in self.options:
             raise ValueError(f"option {option!r} is not one of {sorted(self.options)}")
@@ -395,9 +415,75 @@ class BanditState:
                 test = other.guardrails.setdefault(metric, EventGuardrail())
                 arm = "candidate" if name == option else "control"
                 test.add(arm, int(count), float(shares.get(name, 0.0)))
+                if name != option and probe_share > 0:
+                    probe_test = other.probe_tests.setdefault(metric, EventGuardrail())
+                    probe_test.add("control", int(count), probed(probe_share, shares, name))
+        self.review(config)
+
+    def review(self, config: BanditConfig) -> None:
+        """Review every option but the baseline for release from probation, or recall."""
         for name, other in self.options.items():
             if name != self.baseline:
-                other.review_probation(config.probation_runs)
+                other.review_probation(config.probation_runs, self.probe_status(name, config))
+
+    def observe_probe(
+        self,
+        option: str,
+        events: Mapping[str, int],
+        shares: Mapping[str, float],
+        probe_share: float,
+        config: BanditConfig | None = None,
+    ) -> None:
+        """Count one probe of ``option``: its guardrail events, for its probation only.
+
+        A probe is a shadow run: the option executed beside the routed one on
+        the same task, serving nobody, on ``probe_share`` of the tasks while
+        ``shares`` were in force. It changes no loss statistics (shadow runs
+        never move the allocation's estimates); what it shows is whether the
+        option has security criticals or API breakages, without exposing
+        anyone to them (:meth:`probe_status`).
+        """
+        if option not in self.options:
+            raise ValueError(f"option {option!r} is not one of {sorted(self.options)}")
+        if probe_share <= 0:
+            return  # nobody asked for it: its events could not be tested, so it counts for nothing
+        config = config or BanditConfig()
+        stats = self.options[option]
+        stats.probe_runs += 1
+        for metric, count in events.items():
+            if count > 0:
+                test = stats.probe_tests.setdefault(metric, EventGuardrail())
+                test.add("candidate", int(count), probed(probe_share, shares, option))
+        self.review(config)
+
+    def probe_status(self, option: str, config: BanditConfig) -> ProbeStatus:
+        """What ``option``'s probes say about its probation.
+
+        Each guardrail metric has a count test of the option's probes against
+        the other options' live runs (``learning.event_guardrails``, the
+        canary's test): a run with an event is a probe with the probability
+        :func:`probed` if probes have events at the others' rate.
+
+        * ``"held"`` — a test crossed ``1/guardrail_alpha``: the option stays on
+          probation for good and is not probed again;
+        * ``"unexplained"`` — a test's current wealth is above 1 (its probes had
+          events the others' rate does not explain yet): not released by any
+          route while so, and probed on;
+        * ``"cleared"`` — at least ``config.probe_runs`` probes and nothing
+          unexplained: the probes stand in for its live probation runs;
+        * ``"open"`` — fewer probes, nothing unexplained.
+
+        The test is anytime-valid (Ville's inequality), so probing as long as it
+        takes does not raise the chance of holding an option that is no worse.
+        """
+        tests = self.options[option].probe_tests.values()
+        if any(t.harmful(config.guardrail_alpha) for t in tests):
+            return "held"
+        if any(t.log_mixture > 0.0 for t in tests):
+            return "unexplained"
+        if self.options[option].probe_runs >= config.probe_runs:
+            return "cleared"
+        return "open"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
@@ -420,7 +506,10 @@ class Allocation:
     ``best`` is the competing option with the highest P(best); ``confident`` is
     the "one option is best" rule of :class:`BanditConfig`; ``probation`` the
     options held at the floor until their guardrail events are shown no worse
-    than the baseline's; ``model`` the model of the mean the draws came from.
+    than the baseline's; ``model`` the model of the mean the draws came from;
+    ``probes`` the options on probation whose probes have not yet cleared
+    or held them (:meth:`BanditState.probe_status`): the ones worth running
+    in shadow beside the routed option (``ParameterAllocation.probes``).
     """
 
     shares: dict[str, float]
@@ -430,6 +519,19 @@ class Allocation:
     confident: bool
     probation: tuple[str, ...] = ()
     model: str = "normal"
+    probes: tuple[str, ...] = ()
+
+
+def probed(probe_share: float, shares: Mapping[str, float], option: str) -> float:
+    """The share of the runs compared in ``option``'s probe tests that are its probes.
+
+    Per task, ``option`` is probed with probability ``probe_share`` and the other
+    options run live with probability ``1 − share(option)``: if the probes have
+    events at the others' rate, a run with an event is a probe with probability
+    ``probe_share / (probe_share + 1 − share(option))``.
+    """
+    others = 1.0 - float(shares.get(option, 0.0))
+    return probe_share / (probe_share + others) if probe_share + others > 0 else 0.0
 
 
 def normal_draws(
@@ -589,7 +691,10 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
         for n in eligible
         if config.probation_runs > 0
         and n != state.baseline
-        and not (state.options[n].released or state.options[n].releasable(config.probation_runs))
+        and not (
+            state.options[n].released
+            or state.options[n].releasable(config.probation_runs, state.probe_status(n, config))
+        )
     )
     competing = [n for n in eligible if n not in probation] or eligible
     p_best = dict.fromkeys(names, 0.0)
@@ -615,4 +720,5 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
         # The canary tests the sample mean: propose only what its model is as sure of.
         normal = _p_best(normal_draws(state, competing, config, rng), competing)
         confident = normal[best] >= config.level
-    return Allocation(shares, p_best, excluded, best, confident, probation, model)
+    probes = tuple(n for n in probation if state.probe_status(n, config) in ("open", "unexplained"))
+    return Allocation(shares, p_best, excluded, best, confident, probation, model, probes)

@@ -8,7 +8,9 @@ doer's allocations, with the last freeze or unfreeze applied (to refuse older on
 
 A scored run folds in when it is live and served by the active policy
 (:func:`counts`): replays, shadow runs and a canary's candidate runs never
-move the bandit, whose options are the active policy's. A run of a new
+move the bandit, whose options are the active policy's. A bandit probe (a
+shadow run without a deployment, :func:`probes`) folds in its guardrail
+events only, toward the probation of the option it ran. A run of a new
 policy version starts that version's bandits afresh (its declared options may
 differ). A run naming an option its policy does not declare is refused with
 the reason (``models.tunables.undeclared_options``), for the DLQ.
@@ -34,22 +36,27 @@ class BookConfig:
     """How the bandit stage keeps its books (``bandit:`` in learning.yaml).
 
     ``every`` — runs of a parameter between two allocations; ``seed`` — mixed
-    with each allocation's sequence number into its generator; ``bandit`` —
-    the statistics' settings (:class:`learning.bandit.BanditConfig`).
+    with each allocation's sequence number into its generator; ``probe_share``
+    — the share of tasks on which the orchestrator is asked to also run each
+    option on probation in shadow (0: never asked); ``bandit`` — the
+    statistics' settings (:class:`learning.bandit.BanditConfig`).
     """
 
     every: int = 100
     seed: int = 20
+    probe_share: float = 0.0
     bandit: BanditConfig = field(default_factory=BanditConfig)
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"bandit.every {self.every} is below 1")
+        if not 0.0 <= self.probe_share <= 1.0:
+            raise ValueError(f"bandit.probe_share {self.probe_share} is not in [0, 1]")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BookConfig:
         """Build from the YAML mapping; an unknown key is an error naming it."""
-        own = {"every", "seed"}
+        own = {"every", "seed", "probe_share"}
         known = own | {f.name for f in fields(BanditConfig)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -60,6 +67,7 @@ class BookConfig:
         return cls(
             every=int(data.get("every", cls.every)),
             seed=int(data.get("seed", cls.seed)),
+            probe_share=float(data.get("probe_share", cls.probe_share)),
             bandit=BanditConfig(**statistics),
         )
 
@@ -67,6 +75,16 @@ class BookConfig:
 def counts(result: CRLComputed) -> bool:
     """Whether a scored run moves the bandit: live, and served by the active policy."""
     return result.replay_id is None and not result.shadow and result.arm != "candidate"
+
+
+def probes(result: CRLComputed) -> bool:
+    """Whether a scored run is a bandit probe: a shadow run of no deployment, naming options."""
+    return (
+        result.shadow
+        and result.deployment_id is None
+        and result.replay_id is None
+        and bool(result.options)
+    )
 
 
 def parameter_key(phase: str, parameter: str) -> str:
@@ -84,6 +102,8 @@ class ParameterBandit:
     shares: dict[str, float]
     sequence: int = 0
     runs_since_published: int = 0
+    probes: list[str] = field(default_factory=list)  # options asked to be probed
+    probe_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
@@ -94,6 +114,8 @@ class ParameterBandit:
             "shares": dict(self.shares),
             "sequence": self.sequence,
             "runs_since_published": self.runs_since_published,
+            "probes": list(self.probes),
+            "probe_share": self.probe_share,
         }
 
     @classmethod
@@ -106,6 +128,8 @@ class ParameterBandit:
             shares={o: float(s) for o, s in data["shares"].items()},
             sequence=int(data["sequence"]),
             runs_since_published=int(data["runs_since_published"]),
+            probes=[str(o) for o in data.get("probes") or []],
+            probe_share=float(data.get("probe_share", 0.0)),
         )
 
 
@@ -141,10 +165,13 @@ class BanditBook:
     def fold(self, result: CRLComputed, tunables: Tunables, config: BanditConfig) -> str | None:
         """Fold one scored run of the doer in; the reason it is refused, or None.
 
-        ``tunables`` are those of the run's policy version. Runs that do not
+        ``tunables`` are those of the run's policy version. A probe
+        (:func:`probes`) counts its guardrail events toward the probation of
+        the options it names and nothing else; other runs that do not
         :func:`count`, and runs that name no option, change nothing.
         """
-        if not counts(result) or not result.options:
+        probe = probes(result)
+        if not (counts(result) or probe) or not result.options:
             return None
         reason = undeclared_options(result.options, result.phase, tunables)
         if reason is not None:
@@ -153,9 +180,23 @@ class BanditBook:
             "security_criticals": result.terms.security_criticals,
             "api_breakages": result.terms.api_breakages,
         }
+        if probe:
+            for parameter, option in sorted(result.options.items()):
+                bandit = self._bandit(result, parameter, tunables)
+                bandit.state.observe_probe(
+                    option, events, bandit.shares, bandit.probe_share, config
+                )
+            return None
         for parameter, option in sorted(result.options.items()):
             bandit = self._bandit(result, parameter, tunables)
-            bandit.state.observe(option, result.loss, bandit.shares, events=events, config=config)
+            bandit.state.observe(
+                option,
+                result.loss,
+                bandit.shares,
+                events=events,
+                config=config,
+                probe_share=bandit.probe_share,
+            )
             bandit.runs_since_published += 1
         return None
 
@@ -184,16 +225,21 @@ class BanditBook:
             return []
         return sorted(k for k, b in self.bandits.items() if b.runs_since_published >= every)
 
-    def reallocate(self, key: str, config: BanditConfig, seed: int) -> Allocation:
+    def reallocate(
+        self, key: str, config: BanditConfig, seed: int, probe_share: float = 0.0
+    ) -> Allocation:
         """Compute the key's next allocation, put it in force and number it.
 
         The generator is seeded from the key's sequence number and ``seed``, so
-        recomputing after a crash gives the same allocation.
+        recomputing after a crash gives the same allocation. With a
+        ``probe_share``, the options the allocation would probe are asked for.
         """
         bandit = self.bandits[key]
         rng = np.random.default_rng([seed, bandit.sequence + 1])
         allocation = allocate(bandit.state, config, rng)
         bandit.shares = dict(allocation.shares)
+        bandit.probes = list(allocation.probes) if probe_share > 0 else []
+        bandit.probe_share = probe_share if bandit.probes else 0.0
         bandit.sequence += 1
         bandit.runs_since_published = 0
         return allocation
@@ -212,6 +258,8 @@ class BanditBook:
                     shares=bandit.shares,
                     sequence=bandit.sequence,
                     runs=sum(s.runs for s in bandit.state.options.values()),
+                    probes=bandit.probes,
+                    probe_share=bandit.probe_share,
                 )
             )
         return BanditAllocations(

@@ -65,6 +65,7 @@ class SimulationResult:
     batch: int
     excluded_at: dict[int, int]
     confident: frozenset[int] = frozenset()  # options the bandit was ever confident of
+    probe_runs: int = 0  # shadow runs of options on probation (compute, not traffic)
 
 
 def rare_catastrophes(rng: np.random.Generator, shape: tuple[int, int]) -> FloatArray:
@@ -96,8 +97,16 @@ def simulate(
     config: BanditConfig | None = None,
     batch: int = 100,
     explore: int = 1000,
+    probe: float = 0.0,
 ) -> SimulationResult:
-    """Route ``runs`` runs in batches of ``batch`` with ``policy`` and report its regret."""
+    """Route ``runs`` runs in batches of ``batch`` with ``policy`` and report its regret.
+
+    ``probe``: the share of tasks on which each option the allocation names to
+    probe (on probation, not yet cleared or held) is also run in shadow
+    (:meth:`learning.bandit.BanditState.observe_probe`): its guardrail
+    events count toward its release, and nobody is served by it, so it adds no
+    regret; ``SimulationResult.probe_runs`` counts them.
+    """
     config = config or BanditConfig()
     rng = np.random.default_rng(seed)
     k = len(env.factors)
@@ -110,10 +119,13 @@ def simulate(
     history: list[list[float]] = []
     excluded_at: dict[int, int] = {}
     confident: set[int] = set()
+    probe_runs = 0
+    probing: tuple[str, ...] = ()
     for start in range(0, runs, batch):
         size = min(batch, runs - start)
         if policy == "thompson":
             alloc = allocate(state, config, rng)
+            probing = alloc.probes
             shares = np.array([alloc.shares[n] for n in names])
             for name in alloc.excluded:
                 excluded_at.setdefault(names.index(name), start)
@@ -141,14 +153,24 @@ def simulate(
             events = {}
             if env.event_rates is not None and rng.random() < env.event_rates[option]:
                 events = {"security_criticals": 1}
+            in_force = dict(zip(names, shares.tolist(), strict=True))
+            for name in probing if probe > 0 else ():
+                if rng.random() < probe:
+                    probe_runs += 1
+                    rate = env.event_rates[names.index(name)] if env.event_rates else 0.0
+                    events_of_probe = {"security_criticals": int(rng.random() < rate)}
+                    state.observe_probe(name, events_of_probe, in_force, probe, config)
             state.observe(
                 names[option],
                 loss,
-                dict(zip(names, shares.tolist(), strict=True)),
+                in_force,
                 events=events,
                 config=config,
+                probe_share=probe if probing else 0.0,
             )
-    return SimulationResult(regret, np.array(history), batch, excluded_at, frozenset(confident))
+    return SimulationResult(
+        regret, np.array(history), batch, excluded_at, frozenset(confident), probe_runs
+    )
 
 
 def runs_to_majority(result: SimulationResult, option: int, since: int) -> int | None:

@@ -22,8 +22,20 @@ __all__ = ["BanditAllocations", "BanditControl", "ParameterAllocation"]
 SHARE_TOLERANCE = 1e-6
 
 
+def _empty(value: object) -> bool:
+    """Left out of the record when empty or zero (records signed before it still verify)."""
+    return not value
+
+
 class ParameterAllocation(ContractModel):
-    """The shares in force for one phase and parameter of a doer's policy version."""
+    """The shares in force for one phase and parameter of a doer's policy version.
+
+    ``probes`` are the options on probation whose guardrail events the bandit
+    asks to see in shadow: on ``probe_share`` of the tasks, the orchestrator
+    also runs each of them beside the routed option and publishes that run as
+    a bandit probe (``RunCompleted.shadow`` without a deployment). Both are left
+    out of the record while there is nothing to probe.
+    """
 
     phase: Identifier
     parameter: Identifier
@@ -32,12 +44,17 @@ class ParameterAllocation(ContractModel):
     shares: Annotated[dict[Identifier, UnitFloat], Field(min_length=2)]
     sequence: Count  # this parameter's allocation number; 0: uniform, none computed yet
     runs: Count = 0  # runs of this policy version folded in (undiscounted)
+    probes: Annotated[list[Identifier], Field(default_factory=list, exclude_if=_empty)]
+    probe_share: Annotated[UnitFloat, Field(exclude_if=_empty)] = 0.0
 
     @model_validator(mode="after")
     def _shares_sum_to_one(self) -> Self:
         total = sum(self.shares.values())
         if abs(total - 1.0) > SHARE_TOLERANCE:
             raise ValueError(f"shares of {self.phase}/{self.parameter} sum to {total}, not 1")
+        unknown = sorted(set(self.probes) - set(self.shares))
+        if unknown:
+            raise ValueError(f"probes {unknown} of {self.phase}/{self.parameter} have no share")
         return self
 
 

@@ -144,7 +144,10 @@ class RunCompleted(Event):
     tenant_id: Name  # whose run: every sample, dataset and golden dataset is kept per tenant
     deployment_id: Identifier | None = None
     arm: Arm | None = None
-    shadow: bool = False  # a mirrored candidate run: scored, never served
+    # A mirrored run, scored and never served: a shadow or canary deployment's candidate
+    # (arm "candidate"), or, without a deployment, a bandit probe: the active policy run
+    # with an option on probation that the allocation asks to probe (options name it).
+    shadow: bool = False
     replay_id: Identifier | None = None  # replay bundles never count toward live statistics
     model: str | None = None  # the model the doer used
     # The option the run used of each tunable parameter of its policy (models.tunables).
@@ -163,6 +166,13 @@ class RunCompleted(Event):
     def _routing_is_consistent(self) -> Self:
         if (self.arm is None) != (self.deployment_id is None):
             raise ValueError("arm and deployment_id go together: give both or neither")
-        if self.shadow and self.arm != "candidate":
-            raise ValueError("a shadow run is a candidate run: arm must be 'candidate'")
+        if self.shadow and self.deployment_id is None and not self.options:
+            raise ValueError(
+                "a shadow run without a deployment is a bandit probe: options must name "
+                "the option it ran"
+            )
+        if self.shadow and self.deployment_id is not None and self.arm != "candidate":
+            raise ValueError(
+                "a shadow run of a deployment is a candidate run: arm must be 'candidate'"
+            )
         return self

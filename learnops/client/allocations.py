@@ -13,6 +13,17 @@ under the same shares, so a replay of the routing agrees without talking.
         model = allocations.option("PRDWriter", "draft", "router.model", task_id)
 
 The orchestrator records the option in the bundle (``RunCompleted.options``).
+
+While options are on probation the allocation may ask for probes:
+``probes(doer, phase, parameter, task_id)`` lists the options to also run on
+this task in shadow, beside the routed one (each on ``probe_share`` of the
+tasks, by its own bucket). The orchestrator runs them, serves nothing from
+them, and publishes each as a bundle with ``shadow: true``, no deployment,
+and ``options`` naming the probed option: the bandit counts its security
+criticals and API breakages toward that option's probation, and nothing else.
+
+    for probed in allocations.probes("PRDWriter", "draft", "router.model", task_id):
+        run_in_shadow(task, {"router.model": probed})  # published with shadow=True
 Like the Router it needs only the contract, the routing rules and aiokafka.
 
 With ``trusted_keys`` (the workers' public keys the orchestrator pins, as for
@@ -63,6 +74,17 @@ def option_for(allocations: BanditAllocations, phase: str, parameter: str, task_
         raise KeyError(f"{allocations.doer} has no allocation of {parameter} in {phase}")
     salt = f"bandit/{allocations.doer}/{phase}/{parameter}"
     return choose(found.shares, bucket(task_id, salt))
+
+
+def probes_for(
+    allocations: BanditAllocations, phase: str, parameter: str, task_id: str
+) -> list[str]:
+    """The options to probe on a task (each by its own bucket under ``probe_share``)."""
+    found = allocations.allocation(phase, parameter)
+    if found is None or found.probe_share <= 0:
+        return []
+    salt = f"bandit-probe/{allocations.doer}/{phase}/{parameter}"
+    return [o for o in found.probes if bucket(task_id, f"{salt}/{o}") < found.probe_share]
 
 
 class Allocations(TopicFollower):
@@ -144,6 +166,13 @@ class Allocations(TopicFollower):
         if allocations is None or allocations.allocation(phase, parameter) is None:
             return None
         return option_for(allocations, phase, parameter, task_id)
+
+    def probes(self, doer: str, phase: str, parameter: str, task_id: str) -> list[str]:
+        """Options to also run on the task in shadow, as bandit probes; [] when none are asked."""
+        allocations = self._latest.get(doer)
+        if allocations is None:
+            return []
+        return probes_for(allocations, phase, parameter, task_id)
 
 
 def check_allocations(

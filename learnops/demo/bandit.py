@@ -147,15 +147,28 @@ async def learn(
     """Publish rounds of 100 runs routed by the allocations until the bandit raises its request."""
     console.rule("[bold]1. the bandit's allocations over time (learning.bandit-allocations)")
     table = Table(title=f"{doer}: {PHASE}/{PARAMETER}")
-    for column in ("runs", "sequence", f"share {LARGE}", f"share {SMALL}", "runs of each"):
+    for column in (
+        "runs",
+        "sequence",
+        f"share {LARGE}",
+        f"share {SMALL}",
+        "runs of each",
+        "probes asked",
+        "probes run",
+    ):
         table.add_column(column)
     used = {LARGE: 0, SMALL: 0}
+    probed = 0
     request = None
     for _ in range(rounds):
         runs = [orchestrator.bundle(doer, policy=(doer.lower(), 1)) for _ in range(100)]
-        for run in runs:
+        for run in list(runs):
             assert run.options is not None
             used[run.options[PARAMETER]] += 1
+            # Options on probation the allocation asks to see in shadow on this task.
+            for option in allocations.probes(doer, PHASE, PARAMETER, run.run_id):
+                runs.append(orchestrator.probe(run, option))
+                probed += 1
         sent = [
             await producer.send("learning.run-completed", key=doer.encode(), value=r.to_json())
             for r in runs
@@ -169,6 +182,8 @@ async def learn(
             f"{latest.shares[LARGE]:.3f}",
             f"{latest.shares[SMALL]:.3f}",
             f"{used[LARGE]} / {used[SMALL]}",
+            ", ".join(latest.probes) or "none",
+            str(probed),
         )
         request = await wait_request(pool, doer, reason, timeout=5.0)
         if request is not None:

@@ -94,3 +94,29 @@ class TwoModelOrchestrator(Orchestrator):
         update["costs"] = run.costs.model_copy(update={"spent": run.costs.spent * COST[model]})
         # Validated again: a bundle the schema refuses must fail here, not in the worker's DLQ.
         return RunCompleted.model_validate({**run.model_dump(), **update, "model": model})
+
+    def probe(self, routed: RunCompleted, option: str) -> RunCompleted:
+        """The bandit probe the allocation asked for: ``option`` run in shadow on the same task.
+
+        A run of its own (its run id is the routed run's with ``-probe``), never
+        served: ``shadow`` with no deployment, ``options`` naming the probed option.
+        """
+        run = super().bundle(
+            routed.doer,
+            policy=(routed.policy_id, routed.policy_version),
+            phase=PHASE,
+            quality=QUALITY,
+        )
+        assert run.costs is not None
+        return RunCompleted.model_validate(
+            {
+                **run.model_dump(),
+                "run_id": f"{routed.run_id}-probe",
+                "shadow": True,
+                "options": {PARAMETER: option},
+                "model": option,
+                "costs": run.costs.model_copy(
+                    update={"spent": run.costs.spent * COST[option]}
+                ).model_dump(),
+            }
+        )

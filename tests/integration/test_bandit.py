@@ -26,6 +26,7 @@ from learning.signing import SigningKey, signed_artifact
 from learnops.client import Allocations
 from learnops.simulation.orchestrator import Orchestrator
 from models.bandit import BanditAllocations, BanditControl
+from models.bundle import Security
 from models.commands import RegisterPolicy
 from models.events import Alert, DeadLetter, RunCompleted
 from models.ids import caused_event_id
@@ -51,6 +52,8 @@ CONTROLS = "learning.bandit-controls"
 PARAMETER = "router.model"
 LARGE, SMALL = "model-a-large", "model-c-small"
 EVERY = 20
+PROBE_RUNS = 10
+RISKY = "model-r-risky"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,7 @@ async def bandit_worker(
         packaged.replace("  every: 100 ", f"  every: {EVERY} ")
         .replace("  min_runs: 200 ", "  min_runs: 50 ")
         .replace("  probation_runs: 20 ", "  probation_runs: 4 ")
+        .replace("  probe_runs: 150 ", f"  probe_runs: {PROBE_RUNS} ")
     )
     env = {
         **settings_env,
@@ -138,10 +142,13 @@ class Doer:
         await publish(self.producer, topic, [(e.doer.encode(), e.to_json()) for e in events])
 
 
-async def registered_doer(producer: Any, env: dict[str, str], db: Any, key: SigningKey) -> Doer:
-    """A fresh doer whose signed policy v1 declares the two models, registered in the store."""
+async def registered_doer(
+    producer: Any, env: dict[str, str], db: Any, key: SigningKey, models: tuple[str, ...] = ()
+) -> Doer:
+    """A fresh doer whose signed policy v1 declares the models (the two), registered."""
     doer = Doer(producer, env)
-    body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
+    declared = list(models or (LARGE, SMALL))
+    body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: declared}}}
     register = RegisterPolicy(
         doer=doer.name,
         actor="tests",
@@ -239,6 +246,52 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
         "model-y-unknown",
         "model-z-unknown",
     ]
+
+
+async def test_probes_release_a_clean_option_and_hold_one_with_a_security_critical(
+    bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
+) -> None:
+    doer = await registered_doer(
+        producer, bandit_worker.env, db, signing_key, models=(LARGE, SMALL, RISKY)
+    )
+    clean = {"security": Security(criticals=0), "api_breakages": 0}
+
+    async def live(n: int) -> BanditAllocations:
+        before = len(await _allocations(settings, doer.name))
+        await doer.send(RUNS, *(doer.bundle(LARGE, **clean) for _ in range(n)))
+        history = await eventually(
+            lambda: _allocations(settings, doer.name), lambda h: len(h) > before, timeout=90.0
+        )
+        return history[-1]
+
+    # The default model only: the other two are on probation, and the record asks for probes.
+    first = (await live(EVERY)).allocation("draft", PARAMETER)
+    assert first is not None
+    assert first.probes == [SMALL, RISKY] and first.probe_share == 0.5
+    assert first.shares[SMALL] == first.shares[RISKY] == pytest.approx(0.02)
+    worker_key = settings.worker_key()
+    assert worker_key is not None
+    async with Allocations(
+        settings.kafka_bootstrap_servers, trusted_keys=[worker_key.public_key]
+    ) as client:
+        await eventually(lambda: _held(client, doer.name), lambda a: a is not None)
+        asked = [client.probes(doer.name, "draft", PARAMETER, f"task-{i}") for i in range(2000)]
+    assert sum(SMALL in a for a in asked) / len(asked) == pytest.approx(0.5, abs=0.04)
+
+    # The orchestrator runs them in shadow: the small model's probes are clean, the risky
+    # one's first six have a security critical each, which no live run had.
+    probe = {"shadow": True, **clean}
+    await doer.send(RUNS, *(doer.bundle(SMALL, **probe) for _ in range(PROBE_RUNS)))
+    critical = {**probe, "security": Security(criticals=1)}
+    await doer.send(RUNS, *(doer.bundle(RISKY, **critical) for _ in range(6)))
+    await doer.send(RUNS, *(doer.bundle(RISKY, **probe) for _ in range(PROBE_RUNS)))
+    second = (await live(EVERY)).allocation("draft", PARAMETER)
+    assert second is not None
+    assert second.runs == 2 * EVERY  # probes are not live runs
+    assert second.shares[SMALL] > 0.02  # released by its probes, with no live run of its own
+    assert second.shares[RISKY] == pytest.approx(0.02)  # held on the floor for good
+    assert second.probes == []  # one cleared, one held: nothing left to probe
+    assert not await _dead_letters(settings, doer.name)
 
 
 async def _held(client: Allocations, doer: str) -> BanditAllocations | None:

@@ -85,6 +85,7 @@ def test_a_value_written_before_the_hurdle_statistics_still_reads() -> None:
 def test_state_round_trips_through_its_dict() -> None:
     state = _fed({"a": [0.1, 0.2], "b": [0.4]}, discount=0.99)
     state.observe("a", 0.3, {"a": 0.5, "b": 0.5}, events={"security_criticals": 1})
+    state.observe_probe("b", {"security_criticals": 1}, {"a": 0.5, "b": 0.5}, 0.5)
     assert BanditState.from_dict(state.to_dict()) == state
 
 
@@ -124,6 +125,75 @@ def test_an_option_competes_after_its_probation_runs_without_events() -> None:
     assert alloc.shares["flagged"] == pytest.approx(config.min_share)
     assert alloc.shares["clean"] > config.min_share
     assert not alloc.excluded  # one event is not yet proof of harm
+
+
+FLOORS = {"default": 0.96, "clean": 0.02, "flagged": 0.02}
+PROBED = 0.5  # the share of tasks on which an option on probation is probed
+
+
+def test_clean_probes_release_an_option_before_its_live_probation_runs() -> None:
+    config = BanditConfig(probation_runs=20, probe_runs=150)
+    state = BanditState.for_options(["default", "clean", "flagged"])
+    for _ in range(5):
+        for option in FLOORS:
+            state.observe(option, 1.0, FLOORS, probe_share=PROBED)
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert alloc.probes == alloc.probation == ("clean", "flagged")
+    before = state.options["clean"].to_dict()
+    for _ in range(149):
+        state.observe_probe("clean", {}, FLOORS, PROBED, config)
+    state.observe_probe("clean", {}, FLOORS, 0.0, config)  # not asked for: counts for nothing
+    assert state.probe_status("clean", config) == "open"
+    assert allocate(state, config, np.random.default_rng(0)).probation == ("clean", "flagged")
+    state.observe_probe("clean", {"security_criticals": 0}, FLOORS, PROBED, config)
+    assert state.probe_status("clean", config) == "cleared"
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert alloc.probation == alloc.probes == ("flagged",)  # 150 clean probes, 5 live runs
+    assert alloc.shares["clean"] > config.min_share
+    after = state.options["clean"].to_dict()
+    assert {k: after[k] for k in ("weight", "mean", "runs", "fresh")} == {
+        k: before[k] for k in ("weight", "mean", "runs", "fresh")
+    }  # a probe serves nobody: no loss statistics, no live run
+
+
+def test_probe_events_the_others_do_not_have_hold_an_option_on_probation() -> None:
+    config = BanditConfig(probation_runs=20)
+    state = BanditState.for_options(["default", "clean", "flagged"])
+    state.observe_probe("flagged", {"security_criticals": 1}, FLOORS, PROBED, config)
+    assert state.probe_status("flagged", config) == "unexplained"
+    for _ in range(40):  # twice its live probation runs, none with an event
+        for option in FLOORS:
+            state.observe(option, 1.0, FLOORS, probe_share=PROBED)
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert alloc.probation == alloc.probes == ("flagged",)  # not released; probed on
+    for _ in range(5):
+        state.observe_probe("flagged", {"security_criticals": 1}, FLOORS, PROBED, config)
+    assert state.probe_status("flagged", config) == "held"  # the canary's level crossed
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert alloc.probation == ("flagged",) and alloc.probes == ()  # held: no more probing
+    assert alloc.shares["flagged"] == pytest.approx(config.min_share)
+
+
+def test_probe_events_at_the_others_rate_are_explained_and_do_not_hold() -> None:
+    # Every option has a security critical on 10 % of its runs; the flagged one is probed
+    # on half the tasks. Its probe test's wealth ends at most 1 and never reached 200.
+    config = BanditConfig(probation_runs=1000, probe_runs=150)
+    held = cleared = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        state = BanditState.for_options(["default", "clean", "flagged"])
+        for _ in range(400):
+            routed = ("default", "clean")[int(rng.random() < 0.02 / 0.98)]
+            events = {"security_criticals": int(rng.random() < 0.1)}
+            state.observe(routed, 1.0, FLOORS, events=events, probe_share=PROBED)
+            if rng.random() < PROBED:
+                probe = {"security_criticals": int(rng.random() < 0.1)}
+                state.observe_probe("flagged", probe, FLOORS, PROBED, config)
+        status = state.probe_status("flagged", config)
+        held += status == "held"
+        cleared += status == "cleared"
+    assert held == 0
+    assert cleared >= 30, cleared  # the others' events explain its own most of the time
 
 
 @pytest.mark.parametrize(("share", "recalled"), [(0.98, False), (0.02, True)])

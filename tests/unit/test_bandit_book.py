@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from learning.bandit import BanditConfig
-from learning.bandit_book import BanditBook, counts
+from learning.bandit_book import BanditBook, counts, probes
 from learning.crl import LatencyObjectives, WeightBook, score_bundle
 from models.events import CRLComputed
 from models.tunables import tunables_of
@@ -50,6 +50,48 @@ def test_replays_shadow_runs_and_canary_candidates_never_move_the_bandit(
     book = BanditBook()
     assert book.fold(result, TUNABLES, CONFIG) is None
     assert book.bandits == {}
+
+
+def test_a_probe_counts_its_guardrail_events_toward_probation_and_nothing_else() -> None:
+    book = BanditBook()
+    book.fold(scored(option="model-a-large"), TUNABLES, CONFIG)
+    probe = scored(shadow=True)
+    assert probes(probe) and not counts(probe)
+    assert not probes(scored(shadow=True, arm="candidate", deployment_id="dep-1"))
+    clean, critical = (
+        probe.model_copy(
+            update={
+                "terms": probe.terms.model_copy(
+                    update={"security_criticals": n, "api_breakages": 0}
+                )
+            }
+        )
+        for n in (0, 1)
+    )
+    for event in (clean, critical):
+        assert book.fold(event, TUNABLES, CONFIG) is None
+    bandit = book.bandits["draft/router.model"]
+    small = bandit.state.options["model-c-small"]
+    assert small.probe_runs == 0  # no probes were asked for: they count for nothing
+    book.reallocate("draft/router.model", CONFIG, seed=1, probe_share=0.5)
+    for event in (clean, critical):
+        assert book.fold(event, TUNABLES, CONFIG) is None
+    assert small.probe_runs == 2 and small.probe_tests["security_criticals"].log_mixture > 0
+    assert (small.runs, small.weight, bandit.runs_since_published) == (0, 0.0, 0)
+    assert "'model-z'" in (book.fold(scored("model-z", shadow=True), TUNABLES, CONFIG) or "")
+
+
+def test_the_allocation_asks_for_probes_of_options_on_probation_when_configured() -> None:
+    book = BanditBook()
+    book.fold(scored(option="model-a-large"), TUNABLES, CONFIG)
+    key = "draft/router.model"
+    book.reallocate(key, CONFIG, seed=1)
+    assert book.event("Doer").allocations[0].probes == []  # no probe share: none asked
+    allocation = book.reallocate(key, CONFIG, seed=1, probe_share=0.5)
+    published = book.event("Doer").allocations[0]
+    assert published.probes == list(allocation.probes) == ["model-b-medium", "model-c-small"]
+    assert published.probe_share == 0.5
+    assert BanditBook.from_dict(book.to_dict()).event("Doer").allocations[0] == published
 
 
 def test_a_canary_control_run_counts() -> None:

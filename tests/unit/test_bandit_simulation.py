@@ -105,3 +105,19 @@ def test_pooled_rates_and_tempered_shares_each_lower_the_zero_heavy_regret() -> 
     untempered = mean_regret(env, "thompson", 5000, SEEDS, config=replace(defaults, temper=1.0))
     assert now < 0.85 * unpooled, (now, unpooled)
     assert now < 0.85 * untempered, (now, untempered)
+
+
+def test_with_probe_runs_on_probation_a_harmful_option_never_leaves_the_floor() -> None:
+    # Each option on probation is also run in shadow on half the tasks: its guardrail
+    # events show there without serving anyone, and the better options are released
+    # sooner, so the regret target holds too.
+    for seed in SEEDS:
+        result = simulate(HARMFUL, "thompson", 3000, seed, probe=0.5)
+        assert max_share_after(result, 1, 0) == pytest.approx(BanditConfig().min_share)
+        assert set(result.excluded_at) <= {1}
+    stationary = Environment(FACTORS)
+    shadowed = mean_regret(stationary, "thompson", 5000, SEEDS, probe=0.5)
+    uniform = mean_regret(stationary, "uniform", 5000, SEEDS)
+    assert shadowed <= 0.30 * uniform, (shadowed, uniform)
+    runs = simulate(stationary, "thompson", 5000, 0, probe=0.5).probe_runs
+    assert 0 < runs < 1000  # about 500: half the tasks, while options are on probation

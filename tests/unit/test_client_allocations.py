@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from learning.bandit_book import BanditBook, BookConfig
 from learning.signing import BANDIT_ALLOCATIONS_KIND, SigningKey, generate_key, sign_event
-from learnops.client.allocations import Allocations, choose, option_for
+from learnops.client.allocations import Allocations, choose, option_for, probes_for
 from models.bandit import BanditAllocations, ParameterAllocation
 
 
@@ -74,6 +74,31 @@ def test_tasks_get_options_in_proportion_to_their_shares_and_always_the_same_one
     assert picks.count("small") / len(picks) == pytest.approx(0.8, abs=0.02)
     again = [option_for(allocations, "draft", "router.model", f"t{i}") for i in range(5000)]
     assert picks == again
+
+
+def test_probes_are_asked_on_their_share_of_tasks_and_left_out_of_records_without_them() -> None:
+    plain = _allocations("Doer", 3, 0.02)
+    assert b"probes" not in plain.to_json()  # records signed before probes still verify
+    found = plain.allocations[0]
+    asking = plain.model_copy(
+        update={
+            "allocations": [found.model_copy(update={"probes": ["small"], "probe_share": 0.25})]
+        }
+    )
+    tasks = [f"task-{i}" for i in range(4000)]
+    probed = [probes_for(asking, "draft", "router.model", t) for t in tasks]
+    assert {tuple(p) for p in probed} == {(), ("small",)}
+    assert sum(bool(p) for p in probed) / len(tasks) == pytest.approx(0.25, abs=0.03)
+    assert probed == [probes_for(asking, "draft", "router.model", t) for t in tasks]
+    assert probes_for(plain, "draft", "router.model", "task-1") == []
+    client = Allocations("unused:9092", trusted_keys=[WORKER.public_key])
+    assert client.apply(_signed(asking), b"Doer") is not None
+    assert client.probes("Doer", "draft", "router.model", tasks[0]) == probed[0]
+    assert client.probes("Other", "draft", "router.model", tasks[0]) == []
+    with pytest.raises(
+        ValueError, match=r"probes \['large2'\] of draft/router.model have no share"
+    ):
+        ParameterAllocation.model_validate({**found.model_dump(), "probes": ["large2"]})
 
 
 def test_an_unpinned_client_is_refused_unless_unverified_is_asked_for() -> None:

@@ -404,6 +404,11 @@ def test_arm_and_deployment_go_together_and_shadow_is_a_candidate() -> None:
     assert "give both or neither" in reason(RunCompleted, bundle_dict(arm="control"))
     text = reason(RunCompleted, bundle_dict(deployment_id="d", arm="control", shadow=True))
     assert "arm must be 'candidate'" in text
+    # Without a deployment a shadow run is a bandit probe, which names the option it ran.
+    text = reason(RunCompleted, bundle_dict(shadow=True))
+    assert "a bandit probe: options must name the option it ran" in text
+    probe = make_bundle(shadow=True, options={"router.model": "model-c-small"})
+    assert probe.shadow and probe.deployment_id is None
 
 
 def test_crl_terms_reject_rates_out_of_range_and_non_finite_values() -> None:
