@@ -167,7 +167,9 @@ class BanditBook:
 
         ``tunables`` are those of the run's policy version. A probe
         (:func:`probes`) counts its guardrail events toward the probation of
-        the options it names and nothing else; other runs that do not
+        the one option it names, and nothing else, if the bandit of that policy
+        version asks for it (a late probe, of another version or of an option
+        no longer asked for, changes nothing); other runs that do not
         :func:`count`, and runs that name no option, change nothing.
         """
         probe = probes(result)
@@ -181,11 +183,14 @@ class BanditBook:
             "api_breakages": result.terms.api_breakages,
         }
         if probe:
-            for parameter, option in sorted(result.options.items()):
-                bandit = self._bandit(result, parameter, tunables)
-                bandit.state.observe_probe(
-                    option, events, bandit.shares, bandit.probe_share, config
-                )
+            ((parameter, option),) = result.options.items()  # a probe names exactly one
+            asked = self.bandits.get(parameter_key(result.phase, parameter))
+            if (
+                asked is not None
+                and (asked.policy_id, asked.version) == (result.policy_id, result.policy_version)
+                and option in asked.probes
+            ):
+                asked.state.observe_probe(option, events, asked.shares, asked.probe_share, config)
             return None
         for parameter, option in sorted(result.options.items()):
             bandit = self._bandit(result, parameter, tunables)
@@ -196,6 +201,7 @@ class BanditBook:
                 events=events,
                 config=config,
                 probe_share=bandit.probe_share,
+                probing=bandit.probes,
             )
             bandit.runs_since_published += 1
         return None

@@ -166,7 +166,8 @@ def simulate(
                 in_force,
                 events=events,
                 config=config,
-                probe_share=probe if probing else 0.0,
+                probe_share=probe,
+                probing=probing,
             )
     return SimulationResult(
         regret, np.array(history), batch, excluded_at, frozenset(confident), probe_runs

@@ -146,7 +146,8 @@ class RunCompleted(Event):
     arm: Arm | None = None
     # A mirrored run, scored and never served: a shadow or canary deployment's candidate
     # (arm "candidate"), or, without a deployment, a bandit probe: the active policy run
-    # with an option on probation that the allocation asks to probe (options name it).
+    # with an option on probation that the allocation asks to probe, under a run id of
+    # its own; its options name exactly that parameter and option.
     shadow: bool = False
     replay_id: Identifier | None = None  # replay bundles never count toward live statistics
     model: str | None = None  # the model the doer used
@@ -166,10 +167,10 @@ class RunCompleted(Event):
     def _routing_is_consistent(self) -> Self:
         if (self.arm is None) != (self.deployment_id is None):
             raise ValueError("arm and deployment_id go together: give both or neither")
-        if self.shadow and self.deployment_id is None and not self.options:
+        if self.shadow and self.deployment_id is None and len(self.options) != 1:
             raise ValueError(
                 "a shadow run without a deployment is a bandit probe: options must name "
-                "the option it ran"
+                f"exactly the one option it ran, not {len(self.options)}"
             )
         if self.shadow and self.deployment_id is not None and self.arm != "candidate":
             raise ValueError(

@@ -15,14 +15,18 @@ under the same shares, so a replay of the routing agrees without talking.
 The orchestrator records the option in the bundle (``RunCompleted.options``).
 
 While options are on probation the allocation may ask for probes:
-``probes(doer, phase, parameter, task_id)`` lists the options to also run on
-this task in shadow, beside the routed one (each on ``probe_share`` of the
-tasks, by its own bucket). The orchestrator runs them, serves nothing from
-them, and publishes each as a bundle with ``shadow: true``, no deployment,
-and ``options`` naming the probed option: the bandit counts its security
-criticals and API breakages toward that option's probation, and nothing else.
+``probes(doer, phase, parameter, task_id, arm=route.arm)`` lists the options to
+also run on this task in shadow, beside the routed one (each on ``probe_share``
+of the tasks, by its own bucket). The orchestrator runs them, serves nothing
+from them, and publishes each as a bundle of its own (its own run id) with
+``shadow: true``, no deployment, and ``options`` naming only the probed
+parameter and option: the bandit counts its security criticals and API
+breakages toward that option's probation, and nothing else. Their test
+compares them with the live runs of the same tasks, so only tasks whose live
+run the bandit counts are probed: none routed to a canary's candidate arm
+(pass the Router's arm; ``probes`` returns [] for ``"candidate"``).
 
-    for probed in allocations.probes("PRDWriter", "draft", "router.model", task_id):
+    for probed in allocations.probes("PRDWriter", "draft", "router.model", task_id, arm=arm):
         run_in_shadow(task, {"router.model": probed})  # published with shadow=True
 Like the Router it needs only the contract, the routing rules and aiokafka.
 
@@ -77,11 +81,19 @@ def option_for(allocations: BanditAllocations, phase: str, parameter: str, task_
 
 
 def probes_for(
-    allocations: BanditAllocations, phase: str, parameter: str, task_id: str
+    allocations: BanditAllocations,
+    phase: str,
+    parameter: str,
+    task_id: str,
+    arm: str | None = None,
 ) -> list[str]:
-    """The options to probe on a task (each by its own bucket under ``probe_share``)."""
+    """The options to probe on a task (each by its own bucket under ``probe_share``).
+
+    None on a task routed to a canary's candidate ``arm``: its live run does not
+    count for the bandit, so it cannot be the probes' comparison.
+    """
     found = allocations.allocation(phase, parameter)
-    if found is None or found.probe_share <= 0:
+    if found is None or found.probe_share <= 0 or arm == "candidate":
         return []
     salt = f"bandit-probe/{allocations.doer}/{phase}/{parameter}"
     return [o for o in found.probes if bucket(task_id, f"{salt}/{o}") < found.probe_share]
@@ -167,12 +179,18 @@ class Allocations(TopicFollower):
             return None
         return option_for(allocations, phase, parameter, task_id)
 
-    def probes(self, doer: str, phase: str, parameter: str, task_id: str) -> list[str]:
-        """Options to also run on the task in shadow, as bandit probes; [] when none are asked."""
+    def probes(
+        self, doer: str, phase: str, parameter: str, task_id: str, *, arm: str | None = None
+    ) -> list[str]:
+        """Options to also run on the task in shadow, as bandit probes; [] when none are asked.
+
+        ``arm`` is the task's canary arm from the Router (None without a deployment):
+        a task on the candidate arm is never probed.
+        """
         allocations = self._latest.get(doer)
         if allocations is None:
             return []
-        return probes_for(allocations, phase, parameter, task_id)
+        return probes_for(allocations, phase, parameter, task_id, arm)
 
 
 def check_allocations(

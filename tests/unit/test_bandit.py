@@ -8,15 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learning.bandit import (
-    RATE_PRIOR_CAP,
     Allocation,
     BanditConfig,
     BanditState,
     OptionStats,
     allocate,
+    probed,
     rate_prior,
 )
 from learning.canary_simulation import heavy
+from learning.event_guardrails import DEFAULT_ALPHA, first_rollback
 
 OPTIONS = ("model-a-large", "model-b-medium", "model-c-small")
 EVEN = dict.fromkeys(OPTIONS, 1 / 3)
@@ -174,26 +175,66 @@ def test_probe_events_the_others_do_not_have_hold_an_option_on_probation() -> No
     assert alloc.shares["flagged"] == pytest.approx(config.min_share)
 
 
-def test_probe_events_at_the_others_rate_are_explained_and_do_not_hold() -> None:
-    # Every option has a security critical on 10 % of its runs; the flagged one is probed
-    # on half the tasks. Its probe test's wealth ends at most 1 and never reached 200.
+@pytest.mark.parametrize(("rate", "held_at_least", "held_at_most"), [(0.1, 0, 0), (0.3, 35, 40)])
+def test_probe_events_at_the_others_rate_are_explained_and_three_times_it_are_held(
+    rate: float, held_at_least: int, held_at_most: int
+) -> None:
+    # The others have a security critical on 10 % of their runs; the flagged option,
+    # probed on half the tasks, on ``rate`` of its probes. 40 seeds of 400 tasks each.
     config = BanditConfig(probation_runs=1000, probe_runs=150)
-    held = cleared = 0
+    status: dict[str, int] = {}
     for seed in range(40):
         rng = np.random.default_rng(seed)
         state = BanditState.for_options(["default", "clean", "flagged"])
         for _ in range(400):
             routed = ("default", "clean")[int(rng.random() < 0.02 / 0.98)]
             events = {"security_criticals": int(rng.random() < 0.1)}
-            state.observe(routed, 1.0, FLOORS, events=events, probe_share=PROBED)
+            state.observe(
+                routed, 1.0, FLOORS, events=events, probe_share=PROBED, probing=("flagged",)
+            )
             if rng.random() < PROBED:
-                probe = {"security_criticals": int(rng.random() < 0.1)}
+                probe = {"security_criticals": int(rng.random() < rate)}
                 state.observe_probe("flagged", probe, FLOORS, PROBED, config)
-        status = state.probe_status("flagged", config)
-        held += status == "held"
-        cleared += status == "cleared"
-    assert held == 0
-    assert cleared >= 30, cleared  # the others' events explain its own most of the time
+        found = state.probe_status("flagged", config)
+        status[found] = status.get(found, 0) + 1
+    assert held_at_least <= status.get("held", 0) <= held_at_most, status
+    if rate == 0.1:
+        assert status == {"cleared": 40}
+
+
+def _held(probe_events: np.ndarray, live_events: np.ndarray, share: float) -> bool:
+    """Whether the probe test crosses its level on one task stream (events flagged by task)."""
+    tasks = np.concatenate([np.flatnonzero(probe_events), np.flatnonzero(live_events)])
+    is_probe = np.concatenate(
+        [np.ones(int(probe_events.sum()), bool), np.zeros(int(live_events.sum()), bool)]
+    )
+    in_task_order = is_probe[np.argsort(tasks, kind="stable")]
+    return bool(first_rollback(in_task_order[None, :], share)[0] >= 0)
+
+
+def test_the_probe_test_holds_an_option_no_worse_at_most_alpha_of_the_time() -> None:
+    # Task by task: the probed option is probed on half the tasks, the others run live on
+    # the 98 % of tasks not routed to it; every run has an event with the same chance.
+    # The event trials are the probe test's, at the share ``probed`` gives.
+    rng = np.random.default_rng(12)
+    replications, tasks, chance = 4000, 2000, 0.05
+    probe = rng.random((replications, tasks)) < PROBED
+    live = rng.random((replications, tasks)) < 0.98
+    probe_events = probe & (rng.random((replications, tasks)) < chance)
+    live_events = live & (rng.random((replications, tasks)) < chance)
+    share = probed(PROBED, FLOORS, "flagged")
+    assert share == pytest.approx(0.5 / 1.48)
+    held = sum(_held(probe_events[r], live_events[r], share) for r in range(replications))
+    assert held / replications <= DEFAULT_ALPHA + 0.003, held
+    # Power: probes with three times the others' chance are held almost always.
+    worse = probe & (rng.random((replications, tasks)) < 3 * chance)
+    caught = sum(_held(worse[r], live_events[r], share) for r in range(200))
+    assert caught >= 190, caught
+    # Why the client probes no task on a canary's candidate arm: if half the tasks' live
+    # runs are not the bandit's, the share is wrong and options no worse are held often.
+    missing = live_events & (rng.random((replications, tasks)) < 0.5)
+    wrong = sum(_held(probe_events[r], missing[r], share) for r in range(200))
+    assert wrong > 40, wrong
 
 
 @pytest.mark.parametrize(("share", "recalled"), [(0.98, False), (0.02, True)])
@@ -279,7 +320,22 @@ def test_rates_that_agree_are_pooled_and_rates_that_differ_are_not() -> None:
     assert config.rate_prior_weight <= prior((0.1, 0.3, 0.1)) < 20
     unpooled = BanditConfig(rate_pooling=False)
     assert rate_prior([OptionStats()], 0.5, unpooled) == unpooled.rate_prior_weight
-    assert RATE_PRIOR_CAP >= 2000
+    # An option without runs says nothing about the spread.
+    state = _fed({f"o{i}": _zero_heavy(rng, r, 2000) for i, r in enumerate((0.1, 0.3, 0.1))})
+    stats = list(state.options.values())
+    pooled = sum(s.weight - s.zeros for s in stats) / sum(s.weight for s in stats)
+    assert rate_prior([*stats, OptionStats()], pooled, config) == rate_prior(stats, pooled, config)
+
+
+def test_a_discounted_options_effective_run_count_is_below_its_weight() -> None:
+    state = BanditState.for_options(["a", "b"])
+    for _ in range(4000):
+        state.observe("a", 1.0, {"a": 0.5, "b": 0.5}, discount=0.999)
+    a = state.options["a"]
+    # Σw = (1 − d^n)/(1 − d) ≈ 982, Σw² = (1 − d^2n)/(1 − d²) ≈ 500: effective runs ≈ 1,930.
+    assert a.weight == pytest.approx(982.7, abs=1.0)
+    assert a.weight2 == pytest.approx(500.0, abs=1.0)
+    assert a.weight**2 / a.weight2 == pytest.approx(1931, abs=5)
 
 
 def test_pooling_equal_rates_makes_the_hurdle_model_surer_of_the_smaller_losses() -> None:

@@ -77,6 +77,17 @@ def test_a_probe_counts_its_guardrail_events_toward_probation_and_nothing_else()
     for event in (clean, critical):
         assert book.fold(event, TUNABLES, CONFIG) is None
     assert small.probe_runs == 2 and small.probe_tests["security_criticals"].log_mixture > 0
+    live = {o: s.to_dict()["guardrails"] for o, s in bandit.state.options.items()}
+    # Probes nobody asked for change nothing: of another version (which must not restart
+    # the bandit), of an option not on probation, or naming the baseline.
+    for late in (
+        scored(shadow=True, policy_version=4),
+        scored(option="model-a-large", shadow=True),
+    ):
+        assert book.fold(late, TUNABLES, CONFIG) is None
+    assert book.bandits["draft/router.model"] is bandit and bandit.version == 3
+    assert small.probe_runs == 2 and bandit.state.options["model-a-large"].probe_runs == 0
+    assert {o: s.to_dict()["guardrails"] for o, s in bandit.state.options.items()} == live
     assert (small.runs, small.weight, bandit.runs_since_published) == (0, 0.0, 0)
     assert "'model-z'" in (book.fold(scored("model-z", shadow=True), TUNABLES, CONFIG) or "")
 

@@ -95,6 +95,11 @@ def test_probes_are_asked_on_their_share_of_tasks_and_left_out_of_records_withou
     assert client.apply(_signed(asking), b"Doer") is not None
     assert client.probes("Doer", "draft", "router.model", tasks[0]) == probed[0]
     assert client.probes("Other", "draft", "router.model", tasks[0]) == []
+    # A task on a canary's candidate arm is never probed: its live run is not the bandit's.
+    assert all(
+        client.probes("Doer", "draft", "router.model", t, arm="candidate") == [] for t in tasks
+    )
+    assert client.probes("Doer", "draft", "router.model", tasks[0], arm="control") == probed[0]
     with pytest.raises(
         ValueError, match=r"probes \['large2'\] of draft/router.model have no share"
     ):

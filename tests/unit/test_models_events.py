@@ -406,7 +406,9 @@ def test_arm_and_deployment_go_together_and_shadow_is_a_candidate() -> None:
     assert "arm must be 'candidate'" in text
     # Without a deployment a shadow run is a bandit probe, which names the option it ran.
     text = reason(RunCompleted, bundle_dict(shadow=True))
-    assert "a bandit probe: options must name the option it ran" in text
+    assert "a bandit probe: options must name exactly the one option it ran, not 0" in text
+    two = {"router.model": "model-c-small", "rag.top_k": "8"}
+    assert "not 2" in reason(RunCompleted, bundle_dict(shadow=True, options=two))
     probe = make_bundle(shadow=True, options={"router.model": "model-c-small"})
     assert probe.shadow and probe.deployment_id is None
 
