@@ -75,7 +75,7 @@ class SkillsStage(Stage):
         )
         # Every card (doer/tenant) with statistics, and the partition its results arrive
         # on: the timer rebuilds the cards whose partition this worker owns.
-        self.doers = self.table(
+        self.cards = self.table(
             "skills-doers", default=int, help_="Card key (doer/tenant) → source partition"
         )
         self.schedule = RefreshSchedule(app.learning.skills.refresh)
@@ -132,8 +132,8 @@ class SkillsStage(Stage):
             key, day = stats_key(result.doer, result.tenant_id), day_of(result.run_occurred_at)
             partition, offset = event.message.partition, event.message.offset
             self.partitions.seen(result.doer, partition)
-            if self.doers[key] != partition + 1:  # 0 is "never seen"
-                self.doers[key] = partition + 1
+            if self.cards[key] != partition + 1:  # 0 is "never seen"
+                self.cards[key] = partition + 1
             if (result.run_id, partition, offset) not in owned:
                 continue
             if (key, day) not in stats:
@@ -200,11 +200,11 @@ class SkillsStage(Stage):
         for trigger in gate_triggers(stats, config.rules, config.triggers):
             await raise_request(self.app, trigger)
 
-    def _owned_doers(self) -> list[str]:
+    def _owned_cards(self) -> list[str]:
         """Cards (doer/tenant) whose results arrive on a partition this worker actively owns."""
         source = self.topics.crl_computed.name
         owned = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == source}
-        return [d for d, partition in self.doers.items() if partition and partition - 1 in owned]
+        return [k for k, partition in self.cards.items() if partition and partition - 1 in owned]
 
     async def refresh_due_cards(self) -> None:
         """Rebuild the cards that are due; skipped while tables recover or partitions move."""
@@ -212,7 +212,7 @@ class SkillsStage(Stage):
         if app.in_recovery or app.rebalancing or not app.pool_open:
             return
         now = time.monotonic()
-        owned = self._owned_doers()
+        owned = self._owned_cards()
         for key in self.schedule.due(now, owned):
             if key not in owned:
                 continue  # its partition moved to another worker

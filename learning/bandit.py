@@ -180,7 +180,7 @@ class OptionStats:
     released: bool = False
     probe_runs: int = 0
     probe_tests: dict[str, EventGuardrail] = field(default_factory=dict)
-    weight2: float = 0.0  # the sum of the squared run weights: the effective run count's
+    weight2: float = 0.0  # sum of the squared run weights: effective runs = weight² / weight2
 
     def decay(self, factor: float) -> None:
         """Forget: scale the effective counts and the sums of squares by ``factor``."""

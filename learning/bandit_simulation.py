@@ -136,6 +136,7 @@ def simulate(
         else:
             shares = np.eye(k)[int(np.argmin(sums / np.maximum(counts, 1)))]
         history.append(shares.tolist())
+        in_force = dict(zip(names, shares.tolist(), strict=True))
         chosen = rng.choice(k, size=size, p=shares / shares.sum())
         if env.shapes is None:
             losses = env.shape(rng, (size, 1))[:, 0]
@@ -153,7 +154,6 @@ def simulate(
             events = {}
             if env.event_rates is not None and rng.random() < env.event_rates[option]:
                 events = {"security_criticals": 1}
-            in_force = dict(zip(names, shares.tolist(), strict=True))
             for name in probing if probe > 0 else ():
                 if rng.random() < probe:
                     probe_runs += 1

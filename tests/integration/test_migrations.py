@@ -56,13 +56,18 @@ def test_two_files_with_one_version_are_refused(tmp_path: Path) -> None:
         discover(tmp_path)
 
 
+async def _migrate_before(db: Any, folder: Path, version: int) -> None:
+    """Apply the project's migrations numbered below ``version`` (a database of that time)."""
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if int(path.name[:3]) < version:
+            (folder / path.name).write_bytes(path.read_bytes())
+    await migrate(db, folder)
+
+
 async def test_versions_stored_before_identity_signing_still_verify_flagged_as_format_1(
     empty_db: Any, tmp_path: Path
 ) -> None:
-    for path in MIGRATIONS_DIR.glob("*.sql"):
-        if int(path.name[:3]) < 16:
-            (tmp_path / path.name).write_bytes(path.read_bytes())
-    await migrate(empty_db, tmp_path)
+    await _migrate_before(empty_db, tmp_path, 16)
     key = generate_key()
     await keys_store.add_signing_key(empty_db, key.public_key, created_by="tests")
     artifact = {"prompts": {"system": "Stored before migration 016."}}
@@ -91,10 +96,7 @@ async def test_versions_stored_before_identity_signing_still_verify_flagged_as_f
 async def test_crl_daily_is_rebuilt_per_tenant_from_the_runs_stored_before_migration_025(
     empty_db: Any, tmp_path: Path
 ) -> None:
-    for path in MIGRATIONS_DIR.glob("*.sql"):
-        if int(path.name[:3]) < 25:
-            (tmp_path / path.name).write_bytes(path.read_bytes())
-    await migrate(empty_db, tmp_path)
+    await _migrate_before(empty_db, tmp_path, 25)
     runs = [("acme", 0.2), ("acme", 0.4), ("globex", 0.9), ("acme", 0.6)]
     for n, (tenant, loss) in enumerate(runs):
         await empty_db.execute(
