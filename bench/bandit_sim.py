@@ -24,6 +24,10 @@ zero-heavy (90 % zeros, else lognormal) — scaled by 1.0, 0.75, 1.25 and 1.5
   also run in shadow beside the routed option on a share of tasks
   (``BanditState.observe_probe``); stationary regret, the harmful option's
   seeds above the floor, and how many shadow runs that took;
+* **drift tail** — the drift on more seeds (``--tail-seeds``, from seed 1,000),
+  with the packaged probes: the distribution of the runs after the drift until
+  the new best holds the majority (median, mean, 90th percentile, worst, and
+  on how many seeds within 1,000), and the stationary regret on the same seeds;
 * **misfit** — option-3's losses are not lognormal (rare catastrophes,
   ``learning.bandit_simulation.rare_catastrophes``): its logs look best, its
   mean is the worst but one; the hurdle model against the normal one.
@@ -44,6 +48,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -231,6 +236,60 @@ def probe_table(seeds: int, runs: int) -> Table:
     return table
 
 
+def _tail_run(job: tuple[str, str, str, int, int]) -> tuple[float, int | None]:
+    """One seed of the drift tail table: regret, and runs to the new best's majority."""
+    shape_name, kind, policy, runs, seed = job
+    drift = runs // 2 if kind == "drift" else None
+    env = Environment(FACTORS, SHAPES[shape_name], drift_at=drift, after=DRIFTED if drift else None)
+    probe = 0.5 if policy == "thompson" else 0.0
+    result = simulate(env, policy, runs, seed, probe=probe)  # type: ignore[arg-type]
+    return result.regret, runs_to_majority(result, 0, drift) if drift is not None else None
+
+
+def drift_tail_table(seeds: int, runs: int) -> Table:
+    """Runs to the new best's majority after a drift, as a distribution over many seeds."""
+    first = 1000
+    table = Table(
+        title=f"Drift tail: seeds {first}–{first + seeds - 1}, probes on half the tasks (packaged)"
+    )
+    for col in (
+        "loss",
+        "runs to majority: median",
+        "mean",
+        "90th pct",
+        "worst",
+        "seeds within 1,000",
+        "drift Thompson / uniform",
+        "stationary Thompson / uniform",
+    ):
+        table.add_column(col, justify="right")
+    never = 2 * runs  # a seed on which it never happened counts as this many runs
+    with ProcessPoolExecutor() as pool:
+        for shape_name in SHAPES:
+            regret: dict[tuple[str, str], float] = {}
+            majority: list[int] = []
+            for kind in ("stationary", "drift"):
+                for policy in ("thompson", "uniform"):
+                    jobs = [
+                        (shape_name, kind, policy, runs, s) for s in range(first, first + seeds)
+                    ]
+                    results = list(pool.map(_tail_run, jobs, chunksize=8))
+                    regret[(kind, policy)] = float(np.mean([r for r, _ in results]))
+                    if kind == "drift" and policy == "thompson":
+                        majority = [never if m is None else m for _, m in results]
+            table.add_row(
+                "heavy" if shape_name == "heavy" else "zero-heavy",
+                f"{np.median(majority):.0f}",
+                f"{np.mean(majority):.0f}",
+                f"{np.percentile(majority, 90):.0f}",
+                "never" if max(majority) == never else f"{max(majority)}",
+                f"{sum(m <= 1000 for m in majority)} of {seeds}",
+                f"{regret[('drift', 'thompson')] / regret[('drift', 'uniform')]:.3f}",
+                f"{regret[('stationary', 'thompson')] / regret[('stationary', 'uniform')]:.3f}",
+            )
+    return table
+
+
 def misfit_table(seeds: int, runs: int) -> Table:
     """Options whose positive losses are not lognormal: does the hurdle model mis-rank?"""
     env = Environment(MISFIT, shapes=(heavy, heavy, heavy, rare_catastrophes))
@@ -288,7 +347,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5000)
     parser.add_argument("--plots", type=Path, default=Path("docs/bandits"))
-    parser.add_argument("--quick", action="store_true", help="4 seeds")
+    parser.add_argument("--tail-seeds", type=int, default=200, help="seeds of the drift tail")
+    parser.add_argument("--quick", action="store_true", help="4 seeds, 20 for the drift tail")
     args = parser.parse_args()
     seeds = 4 if args.quick else args.seeds
     console = Console(width=220)
@@ -299,6 +359,7 @@ def main() -> None:
     console.print(harm)
     console.print(probation_table(seeds, args.runs))
     console.print(probe_table(seeds, args.runs))
+    console.print(drift_tail_table(20 if args.quick else args.tail_seeds, args.runs))
     console.print(misfit_table(seeds, args.runs))
     args.plots.mkdir(parents=True, exist_ok=True)
     out = args.plots

@@ -21,16 +21,21 @@ from learning.event_guardrails import DEFAULT_ALPHA, first_rollback
 
 OPTIONS = ("model-a-large", "model-b-medium", "model-c-small")
 EVEN = dict.fromkeys(OPTIONS, 1 / 3)
+STILL = BanditConfig(change_threshold=0.0)  # no change detector: every run stays in
 
 
-def _fed(losses_by_option: dict[str, list[float]], discount: float = 1.0) -> BanditState:
+def _fed(
+    losses_by_option: dict[str, list[float]],
+    discount: float = 1.0,
+    config: BanditConfig | None = None,
+) -> BanditState:
     """A state that saw the given losses, interleaved option by option."""
     state = BanditState.for_options(list(losses_by_option))
     longest = max(len(v) for v in losses_by_option.values())
     for i in range(longest):
         for option, losses in losses_by_option.items():
             if i < len(losses):
-                state.observe(option, losses[i], EVEN, discount=discount)
+                state.observe(option, losses[i], EVEN, discount=discount, config=config)
     return state
 
 
@@ -88,6 +93,16 @@ def test_state_round_trips_through_its_dict() -> None:
     state.observe("a", 0.3, {"a": 0.5, "b": 0.5}, events={"security_criticals": 1})
     state.observe_probe("b", {"security_criticals": 1}, {"a": 0.5, "b": 0.5}, 0.5)
     assert BanditState.from_dict(state.to_dict()) == state
+
+
+def test_the_change_detectors_reference_round_trips_and_defaults_to_the_log_mean() -> None:
+    rng = np.random.default_rng(3)
+    state = _fed({"a": list(rng.lognormal(0.0, 1.0, 300)), "b": [1.0] * 5}, discount=0.999)
+    a = state.options["a"]
+    assert a.cusum_ref != [0.0, 0.0]  # set once the detector started (40 positive runs)
+    assert BanditState.from_dict(state.to_dict()).options["a"].cusum_ref == a.cusum_ref
+    written_before = {k: v for k, v in a.to_dict().items() if k != "cusum_ref"}
+    assert OptionStats.from_dict(written_before).cusum_ref == [a.log_mean, a.log_mean]
 
 
 @pytest.mark.parametrize("model", ["hurdle", "normal"])
@@ -276,10 +291,51 @@ def test_a_shift_in_one_options_losses_restarts_its_statistics_only() -> None:
             detected += 1
             assert b.fresh < 400 and b.runs == 2400
             assert b.log_mean == pytest.approx(math.log(2.0), abs=0.35)  # the new regime only
-    assert false_alarms <= 5, false_alarms  # of 20 options × 2,000 runs and 10 × 400
-    # One seed misses: a false alarm shortly before the shift left b so few runs that the
-    # new losses pull its estimate along instead of adding up against it.
+    # Of 20 options × 2,000 runs and 10 × 400: a two-sided CUSUM at drift 0.25 and
+    # threshold 15 has an in-control run length of about 13,000 runs (Siegmund's
+    # approximation) with the reference known exactly; estimated from 40 or more runs
+    # after a restart, about a third of that (measured: 15).
+    assert false_alarms <= 20, false_alarms
     assert detected >= 9
+
+
+def _detected_after(
+    seed: int, factors: tuple[float, float], rates: tuple[float, float]
+) -> tuple[int, int | None]:
+    """False alarms in 2,000 runs of one regime, and the runs of the next until a restart."""
+    rng = np.random.default_rng(seed)
+    state = BanditState.for_options(["leader", "other"])
+    shares = {"leader": 0.9, "other": 0.1}
+    leader = state.options["leader"]
+
+    def loss(regime: int) -> float:
+        positive = rng.random() < rates[regime]
+        return float(rng.lognormal(0.0, 1.0)) * factors[regime] if positive else 0.0
+
+    for _ in range(2000):
+        state.observe("leader", loss(0), shares)
+    alarms = leader.changes
+    for run in range(1, 1501):
+        state.observe("leader", loss(1), shares)
+        if leader.changes > alarms:
+            return alarms, run
+    return alarms, None
+
+
+def test_the_change_detector_sees_a_zero_heavy_leaders_shift_and_few_false_alarms() -> None:
+    # A leader of the zero-heavy loss (positive on 10 % of runs) whose positive losses
+    # grow from 0.75 to 1.25 (the bench's drift): the shift shows on one run in ten.
+    # Measured on these 40 seeds: restarted within 1,000 runs on 37 (the detector that
+    # measured from its moving estimate: 25), false alarms 9 in the 80,000 runs before
+    # the shift (20). The rate of positive runs rising from 10 % to 25 %: restarted
+    # within 600 runs on 39. Nothing changing: 4 alarms in 60,000 runs (13).
+    shifted = [_detected_after(seed, (0.75, 1.25), (0.1, 0.1)) for seed in range(40)]
+    assert sum(d is not None and d <= 1000 for _, d in shifted) >= 34
+    rate = [_detected_after(seed, (1.0, 1.0), (0.1, 0.25)) for seed in range(40)]
+    assert sum(d is not None and d <= 600 for _, d in rate) >= 36
+    still = [_detected_after(seed, (1.0, 1.0), (0.1, 0.1)) for seed in range(40)]
+    false_alarms = sum(a for a, _ in shifted) + sum(d is not None for _, d in still)
+    assert false_alarms <= 16, false_alarms
 
 
 def test_the_hurdle_model_is_surer_of_the_better_mean_than_the_normal_one() -> None:
@@ -289,7 +345,8 @@ def test_the_hurdle_model_is_surer_of_the_better_mean_than_the_normal_one() -> N
     for seed in range(40):
         rng = np.random.default_rng(seed)
         good, worse = heavy(rng, (200, 1))[:, 0] * 0.75, heavy(rng, (200, 1))[:, 0]
-        state = _fed({"good": list(good), "worse": list(worse)})
+        # Without the change detector: the models are compared on all 200 runs.
+        state = _fed({"good": list(good), "worse": list(worse)}, config=STILL)
         for model in sure:
             config = BanditConfig(model=model, probation_runs=0)
             sure[model] += allocate(state, config, np.random.default_rng(0)).p_best["good"] / 40
