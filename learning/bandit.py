@@ -115,7 +115,7 @@ class BanditConfig:
     model: str = "hurdle"
     change_threshold: float = 15.0
     change_drift: float = 0.25
-    change_min_runs: int = 40
+    change_min_runs: int = 20
     change_odds: float = 2.0
     change_rate_llr: float = 12.0
     misfit_z: float = 3.0
@@ -187,8 +187,6 @@ class OptionStats:
     probe_runs: int = 0
     probe_tests: dict[str, EventGuardrail] = field(default_factory=dict)
     weight2: float = 0.0  # sum of the squared run weights: effective runs = weight² / weight2
-    # The log mean each log CUSUM (up, down) measures from: frozen while its sum is above 0.
-    cusum_ref: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
     def decay(self, factor: float) -> None:
         """Forget: scale the effective counts and the sums of squares by ``factor``."""
@@ -232,29 +230,28 @@ class OptionStats:
 
         Two two-sided CUSUMs (Page 1954). Of ``log(loss)`` over the positive runs,
         standardised by the pooled ``log_sd``: each run adds its deviation from the
-        reference (clipped to ±``CLIP``, so that rare outliers, a shape of the loss,
-        do not add up to a shift) minus ``change_drift``. The reference is the
-        option's log mean when the sum last stood at 0, frozen while the sum is
-        above 0: the estimate before the suspected change, which the suspect runs
-        would otherwise pull along (a zero-heavy leader whose positive losses grow
-        from 0.75 to 1.25, 40 seeds: restarted within 1,000 runs on 37 seeds, on 25
-        measuring from the moving estimate). And of the positive/zero indicator as
-        Bernoulli log-likelihood ratios against the option's rate with its odds times
-        and divided by ``change_odds`` (a normal approximation of the indicator, at
-        a 10 % rate, raised most of the false alarms on a zero-heavy loss); these sums signal
-        at ``change_rate_llr``. The detector starts once the option has
-        ``change_min_runs`` positive runs since its last change, so that the
-        reference is known to about ``1/√change_min_runs`` of the log spread.
+        option's estimate (clipped to ±``CLIP``, so that rare outliers, a shape of
+        the loss, do not add up to a shift) minus ``change_drift``. And of the
+        positive/zero indicator as Bernoulli log-likelihood ratios against the
+        option's rate with its odds times and divided by ``change_odds``: a normal
+        approximation of the indicator, at a 10 % rate, raised most of the false
+        alarms on a zero-heavy loss, since a few positive runs in a row looked like
+        a shift. These sums signal at a log-likelihood ratio of ``change_rate_llr``,
+        the others above ``change_threshold``. The detector starts once the option
+        has ``change_min_runs`` positive runs since its last change, so an estimate
+        exists to deviate from.
+
+        Measuring from the estimate before a suspected change (frozen while a sum
+        is above 0) finds a shift sooner, and was measured and not taken: with the
+        reference estimated from the runs it has, it raised false alarms at every
+        loss with many positive runs (docs/bandits.md).
         """
         if config.change_threshold <= 0 or self.log_weight < config.change_min_runs:
             return False
         if loss > 0 and log_sd > 0:
-            log_loss = math.log(loss)
-            for j, sign in ((0, 1.0), (1, -1.0)):
-                if self.cusum[j] == 0.0:
-                    self.cusum_ref[j] = self.log_mean
-                z = min(max((log_loss - self.cusum_ref[j]) / log_sd, -CLIP), CLIP)
-                self.cusum[j] = max(0.0, self.cusum[j] + sign * z - config.change_drift)
+            z = min(max((math.log(loss) - self.log_mean) / log_sd, -CLIP), CLIP)
+            self.cusum[0] = max(0.0, self.cusum[0] + z - config.change_drift)
+            self.cusum[1] = max(0.0, self.cusum[1] - z - config.change_drift)
         p = (self.weight - self.zeros + 1.0) / (self.weight + 2.0)
         to_threshold = config.change_threshold / config.change_rate_llr
         for j, odds in ((2, config.change_odds), (3, 1.0 / config.change_odds)):
@@ -336,7 +333,6 @@ class OptionStats:
             "fresh": self.fresh,
             "changes": self.changes,
             "cusum": list(self.cusum),
-            "cusum_ref": list(self.cusum_ref),
             "released": self.released,
             "probe_runs": self.probe_runs,
             "probe_tests": {m: g.to_dict() for m, g in self.probe_tests.items()},
@@ -362,8 +358,6 @@ class OptionStats:
             fresh=int(data.get("fresh", data["runs"])),
             changes=int(data.get("changes", 0)),
             cusum=[float(c) for c in data.get("cusum") or [0.0, 0.0, 0.0, 0.0]],
-            # Before it was kept the sums measured from the current log mean: start from it.
-            cusum_ref=[float(c) for c in data.get("cusum_ref") or [data.get("log_mean", 0.0)] * 2],
             released=bool(data.get("released", False)),
             probe_runs=int(data.get("probe_runs", 0)),
             probe_tests={

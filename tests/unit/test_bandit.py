@@ -95,16 +95,6 @@ def test_state_round_trips_through_its_dict() -> None:
     assert BanditState.from_dict(state.to_dict()) == state
 
 
-def test_the_change_detectors_reference_round_trips_and_defaults_to_the_log_mean() -> None:
-    rng = np.random.default_rng(3)
-    state = _fed({"a": list(rng.lognormal(0.0, 1.0, 300)), "b": [1.0] * 5}, discount=0.999)
-    a = state.options["a"]
-    assert a.cusum_ref != [0.0, 0.0]  # set once the detector started (40 positive runs)
-    assert BanditState.from_dict(state.to_dict()).options["a"].cusum_ref == a.cusum_ref
-    written_before = {k: v for k, v in a.to_dict().items() if k != "cusum_ref"}
-    assert OptionStats.from_dict(written_before).cusum_ref == [a.log_mean, a.log_mean]
-
-
 @pytest.mark.parametrize("model", ["hurdle", "normal"])
 def test_no_data_gives_equal_shares_up_to_monte_carlo_noise(model: str) -> None:
     config = BanditConfig(probation_runs=0, model=model)
@@ -291,11 +281,9 @@ def test_a_shift_in_one_options_losses_restarts_its_statistics_only() -> None:
             detected += 1
             assert b.fresh < 400 and b.runs == 2400
             assert b.log_mean == pytest.approx(math.log(2.0), abs=0.35)  # the new regime only
-    # Of 20 options × 2,000 runs and 10 × 400: a two-sided CUSUM at drift 0.25 and
-    # threshold 15 has an in-control run length of about 13,000 runs (Siegmund's
-    # approximation) with the reference known exactly; estimated from 40 or more runs
-    # after a restart, about a third of that (measured: 15).
-    assert false_alarms <= 20, false_alarms
+    assert false_alarms <= 5, false_alarms  # of 20 options × 2,000 runs and 10 × 400
+    # One seed misses: a false alarm shortly before the shift left b so few runs that the
+    # new losses pull its estimate along instead of adding up against it.
     assert detected >= 9
 
 
@@ -322,20 +310,20 @@ def _detected_after(
     return alarms, None
 
 
-def test_the_change_detector_sees_a_zero_heavy_leaders_shift_and_few_false_alarms() -> None:
-    # A leader of the zero-heavy loss (positive on 10 % of runs) whose positive losses
-    # grow from 0.75 to 1.25 (the bench's drift): the shift shows on one run in ten.
-    # Measured on these 40 seeds: restarted within 1,000 runs on 37 (the detector that
-    # measured from its moving estimate: 25), false alarms 9 in the 80,000 runs before
-    # the shift (20). The rate of positive runs rising from 10 % to 25 %: restarted
-    # within 600 runs on 39. Nothing changing: 4 alarms in 60,000 runs (13).
+def test_the_change_detector_raises_no_false_alarm_on_a_zero_heavy_loss() -> None:
+    # A leader of the zero-heavy loss (positive on 10 % of runs), 40 seeds. Measured:
+    # no false alarm in the 80,000 runs before a shift and none in 60,000 more without
+    # one (with the positive/zero indicator tested as a normal variable: 20 and 13, as
+    # a few positive runs in a row looked like a shift). Its positive losses growing
+    # from 0.75 to 1.25 (the bench's drift): restarted within 1,000 runs on 26 seeds.
+    # Its rate of positive runs rising from 10 % to 25 %: within 600 runs on all 40.
     shifted = [_detected_after(seed, (0.75, 1.25), (0.1, 0.1)) for seed in range(40)]
-    assert sum(d is not None and d <= 1000 for _, d in shifted) >= 34
-    rate = [_detected_after(seed, (1.0, 1.0), (0.1, 0.25)) for seed in range(40)]
-    assert sum(d is not None and d <= 600 for _, d in rate) >= 36
     still = [_detected_after(seed, (1.0, 1.0), (0.1, 0.1)) for seed in range(40)]
     false_alarms = sum(a for a, _ in shifted) + sum(d is not None for _, d in still)
-    assert false_alarms <= 16, false_alarms
+    assert false_alarms <= 3, false_alarms
+    assert sum(d is not None and d <= 1000 for _, d in shifted) >= 20
+    rate = [_detected_after(seed, (1.0, 1.0), (0.1, 0.25)) for seed in range(40)]
+    assert sum(d is not None and d <= 600 for _, d in rate) >= 36
 
 
 def test_the_hurdle_model_is_surer_of_the_better_mean_than_the_normal_one() -> None:
