@@ -95,18 +95,28 @@ def median_worst(values: list[int | None]) -> str:
     return f"{int(np.median(found))}, {max(found)}" + (f" ({missed} never)" if missed else "")
 
 
+def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...] = ()) -> Table:
+    """A table with these columns, right-aligned but for those in ``left``."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right")
+    return table
+
+
 def regret_table(seeds: int, runs: int) -> tuple[Table, dict[str, SimulationResult]]:
-    table = Table(title=f"Cumulative regret after {runs:,} runs, mean over {seeds} seeds")
-    for col in (
-        "loss",
-        "environment",
-        "model",
-        *POLICIES,
-        "Thompson / uniform",
-        "ETC / uniform",
-        "runs to majority after drift (median, max)",
-    ):
-        table.add_column(col, justify="left" if col in ("loss", "environment") else "right")
+    table = _table(
+        f"Cumulative regret after {runs:,} runs, mean over {seeds} seeds",
+        (
+            "loss",
+            "environment",
+            "model",
+            *POLICIES,
+            "Thompson / uniform",
+            "ETC / uniform",
+            "runs to majority after drift (median, max)",
+        ),
+        left=("loss", "environment"),
+    )
     examples: dict[str, SimulationResult] = {}
     for shape_name, shape in SHAPES.items():
         for kind in ("stationary", "drift"):
@@ -138,18 +148,17 @@ def regret_table(seeds: int, runs: int) -> tuple[Table, dict[str, SimulationResu
 
 
 def harm_table(seeds: int, runs: int) -> tuple[Table, SimulationResult]:
-    table = Table(
-        title=f"Harmful option (lowest loss, 5 % security criticals): {seeds} seeds × {runs:,} runs"
+    table = _table(
+        f"Harmful option (lowest loss, 5 % security criticals): {seeds} seeds × {runs:,} runs",
+        (
+            "loss",
+            "model",
+            "runs to exclusion (median, max)",
+            "largest share ever",
+            "seeds above the floor",
+            "floor",
+        ),
     )
-    for col in (
-        "loss",
-        "model",
-        "runs to exclusion (median, max)",
-        "largest share ever",
-        "seeds above the floor",
-        "floor",
-    ):
-        table.add_column(col, justify="right")
     example = None
     for shape_name, shape in SHAPES.items():
         env = Environment(HARMFUL, shape, event_rates=HARM_RATES)
@@ -174,14 +183,15 @@ def harm_table(seeds: int, runs: int) -> tuple[Table, SimulationResult]:
 
 def probation_table(seeds: int, runs: int) -> Table:
     """Safe exploration's price: stationary regret and harmful releases by probation length."""
-    table = Table(title=f"Probation length (heavy loss, {seeds} seeds × {runs:,} runs)")
-    for col in (
-        "probation_runs",
-        "stationary Thompson / uniform",
-        "harmful above the floor (seeds)",
-        "0.95^runs",
-    ):
-        table.add_column(col, justify="right")
+    table = _table(
+        f"Probation length (heavy loss, {seeds} seeds × {runs:,} runs)",
+        (
+            "probation_runs",
+            "stationary Thompson / uniform",
+            "harmful above the floor (seeds)",
+            "0.95^runs",
+        ),
+    )
     stationary = Environment(FACTORS)
     harmful = Environment(HARMFUL, event_rates=HARM_RATES)
     uniform = float(
@@ -205,16 +215,17 @@ def probation_table(seeds: int, runs: int) -> Table:
 
 def probe_table(seeds: int, runs: int) -> Table:
     """Probation served by shadow runs: both targets it traded, and the extra executions."""
-    table = Table(title=f"Probes: probation options also run in shadow ({seeds} × {runs:,} runs)")
-    for col in (
-        "probe share of tasks",
-        "loss",
-        "stationary Thompson / uniform",
-        "harmful above the floor (seeds)",
-        "probes (stationary, mean)",
-        "probes (harmful, mean)",
-    ):
-        table.add_column(col, justify="right")
+    table = _table(
+        f"Probes: probation options also run in shadow ({seeds} × {runs:,} runs)",
+        (
+            "probe share of tasks",
+            "loss",
+            "stationary Thompson / uniform",
+            "harmful above the floor (seeds)",
+            "probes (stationary, mean)",
+            "probes (harmful, mean)",
+        ),
+    )
     for shape_name, shape in SHAPES.items():
         stationary = Environment(FACTORS, shape)
         harmful = Environment(HARMFUL, shape, event_rates=HARM_RATES)
@@ -249,20 +260,19 @@ def _tail_run(job: tuple[str, str, str, int, int]) -> tuple[float, int | None]:
 def drift_tail_table(seeds: int, runs: int) -> Table:
     """Runs to the new best's majority after a drift, as a distribution over many seeds."""
     first = 1000
-    table = Table(
-        title=f"Drift tail: seeds {first}–{first + seeds - 1}, probes on half the tasks (packaged)"
+    table = _table(
+        f"Drift tail: seeds {first}–{first + seeds - 1}, probes on half the tasks (packaged)",
+        (
+            "loss",
+            "runs to majority: median",
+            "mean",
+            "90th pct",
+            "worst",
+            "seeds within 1,000",
+            "drift Thompson / uniform",
+            "stationary Thompson / uniform",
+        ),
     )
-    for col in (
-        "loss",
-        "runs to majority: median",
-        "mean",
-        "90th pct",
-        "worst",
-        "seeds within 1,000",
-        "drift Thompson / uniform",
-        "stationary Thompson / uniform",
-    ):
-        table.add_column(col, justify="right")
     never = 2 * runs  # a seed on which it never happened counts as this many runs
     with ProcessPoolExecutor() as pool:
         for shape_name in SHAPES:
@@ -293,17 +303,16 @@ def drift_tail_table(seeds: int, runs: int) -> Table:
 def misfit_table(seeds: int, runs: int) -> Table:
     """Options whose positive losses are not lognormal: does the hurdle model mis-rank?"""
     env = Environment(MISFIT, shapes=(heavy, heavy, heavy, rare_catastrophes))
-    table = Table(
-        title=f"Misfit: option-3 has rare catastrophes (mean 1.2 × the best's): {seeds} seeds"
+    table = _table(
+        f"Misfit: option-3 has rare catastrophes (mean 1.2 × the best's): {seeds} seeds",
+        (
+            "model",
+            "Thompson / uniform",
+            "option-0 (best) final share (median)",
+            "option-3 largest share (median)",
+            "seeds confident of option-3",
+        ),
     )
-    for col in (
-        "model",
-        "Thompson / uniform",
-        "option-0 (best) final share (median)",
-        "option-3 largest share (median)",
-        "seeds confident of option-3",
-    ):
-        table.add_column(col, justify="right")
     uniform = float(np.mean([simulate(env, "uniform", runs, s).regret for s in range(seeds)]))
     for model, config in {
         "hurdle (defaults)": BanditConfig(),
