@@ -28,6 +28,7 @@ from agents.faust_internals.transport import (
 from agents.health import register_pages
 from agents.logs import hide_exception_values, use_json_logs
 from agents.settings import Settings, SettingsError
+from agents.streams import Bodies
 from agents.topics import TopicCatalog, load_catalog, missing
 from storage.pool import create_pool
 
@@ -86,6 +87,8 @@ class LearnopsApp(faust.App):
         #: Where sends go instead of the broker, when set (in-process tests).
         self.outbox: list[tuple[str, Any]] | None = None
         self.stages: dict[str, Any] = {}
+        #: Stage bodies holding events they will still ack (the consumer's wait_empty reads it).
+        self.bodies = Bodies()
         super().__init__(settings.learnops_app_id, **options)
         self.event_topics = EventTopics(self)
         self.dead_letters = DeadLetters(self)

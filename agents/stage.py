@@ -76,7 +76,7 @@ class Stage:
 
     async def batches(self, stream: Any, max_events: int) -> AsyncIterator[list[Any]]:
         """The stream's batches (agents.streams.batches), measured for /metrics."""
-        async for batch in batches(stream, max_events):
+        async for batch in batches(stream, max_events, self.app.bodies, self.name):
             EVENTS_IN.labels(self.name).inc(len(batch))
             BATCH_SIZE.labels(self.name).observe(len(batch))
             started = time.perf_counter()
@@ -85,7 +85,7 @@ class Stage:
 
     async def each(self, stream: Any) -> AsyncIterator[Any]:
         """The stream's events one by one (agents.streams.each), measured for /metrics."""
-        async for event in each(stream):
+        async for event in each(stream, self.app.bodies, self.name):
             EVENTS_IN.labels(self.name).inc()
             started = time.perf_counter()
             yield event

@@ -20,6 +20,12 @@ and ack themselves:
 An unacked event's offset is never committed (agents/faust_internals/transport.py), so the next
 owner of the partition processes it again; every write is idempotent.
 
+Both count, in a :class:`Bodies` the app hands them, the bodies that hold
+events they will still ack. A stopping worker (or one giving up partitions)
+clears the streams' queues and waits for acks; once no body is running, none
+will come, so it stops waiting (``Consumer.wait_empty``) instead of sitting
+out its bound behind events a cleared queue dropped.
+
 How big a batch is
 ------------------
 A batch is the first event to arrive plus every event already fetched behind it
@@ -36,39 +42,71 @@ every batch before it hands over the next, however many events are waiting; at
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 log = logging.getLogger("learnops.streams")
 
 
-async def each(stream: Any) -> AsyncIterator[Any]:
+class Bodies:
+    """The stage bodies that hold events they will still ack, by stage (one per app)."""
+
+    def __init__(self) -> None:
+        self.by_stage: Counter[str] = Counter()
+
+    @property
+    def running(self) -> int:
+        """How many bodies hold events."""
+        return self.by_stage.total()
+
+    @contextmanager
+    def holding(self, stage: str) -> Iterator[None]:
+        """Count one body of ``stage`` while the block runs."""
+        self.by_stage[stage] += 1
+        try:
+            yield
+        finally:
+            self.by_stage[stage] -= 1
+
+
+async def each(stream: Any, bodies: Bodies | None = None, stage: str = "") -> AsyncIterator[Any]:
     """Every event of ``stream``, acked once the body that took it has finished."""
     stream.enable_acks = False
+    counted = bodies or Bodies()
     async for event in stream.events():
-        yield event
-        await stream.ack(event)
+        with counted.holding(stage):
+            yield event
+            await stream.ack(event)
 
 
-async def batches(stream: Any, max_events: int) -> AsyncIterator[list[Any]]:
+async def batches(
+    stream: Any, max_events: int, bodies: Bodies | None = None, stage: str = ""
+) -> AsyncIterator[list[Any]]:
     """Batches of the events ready now, up to ``max_events``; acked once the body has finished."""
     if max_events < 1:
         raise ValueError(f"max_events must be at least 1, not {max_events}")
     stream.enable_acks = False
+    counted = bodies or Bodies()
     ready = stream.channel.empty
     events = aiter(stream.events())
     while True:
         try:
             batch = [await anext(events)]
+        except StopAsyncIteration:
+            return  # the stream ended (the worker is stopping)
+        try:
             while len(batch) < max_events and not ready():
                 batch.append(await anext(events))
         except StopAsyncIteration:
-            # The stream ended (the worker is stopping): what was taken stays unacked.
-            return
-        yield batch
-        for event in batch:
-            await stream.ack(event)
+            return  # ended while taking the batch: what was taken stays unacked
+        # Not counted while taking: a stop that clears the queue between ``ready()``
+        # and the take leaves it waiting for an event that never comes.
+        with counted.holding(stage):
+            yield batch
+            for event in batch:
+                await stream.ack(event)
 
 
 @asynccontextmanager

@@ -448,8 +448,14 @@ class Consumer(faust_aiokafka.Consumer):
         out its session before it gets the partitions. After the bound, offsets
         are committed up to the first unacked message only (:meth:`_new_offset`),
         so what was not acked is processed again by the partition's next owner.
+
+        It stops waiting sooner when no ack can come: the flow is stopped (the
+        streams' queues were cleared) and no stage body holds events it will still
+        ack (``app.bodies``, agents/streams.py). Without that, every stop or
+        revocation behind such a message took the whole bound.
         """
         deadline = self.loop.time() + WAIT_EMPTY_S
+        bodies = getattr(self.app, "bodies", None)
         waited = False
         while self._unacked_messages and not self.should_stop:
             waited = True
@@ -458,6 +464,14 @@ class Consumer(faust_aiokafka.Consumer):
             left = deadline - self.loop.time()
             if not self._unacked_messages or left <= 0:
                 break
+            if bodies is not None and not bodies.running and not self.flow_active:
+                log.info(
+                    "wait_empty: no stage is processing; %d taken, unprocessed messages stay "
+                    "uncommitted for the partition's next owner",
+                    len(self._unacked_messages),
+                )
+                await self.commit_and_end_transactions()
+                return
             # Faust's ack() resolves this future: wake up on the next ack.
             self._waiting_for_ack = self.loop.create_future()
             try:
@@ -469,8 +483,12 @@ class Consumer(faust_aiokafka.Consumer):
             self._clean_unacked_messages()
         if waited and self._unacked_messages:
             unacked = sorted((m.tp.topic, m.tp.partition, m.offset) for m in self._unacked_messages)
+            running = dict(+bodies.by_stage) if bodies is not None else "unknown"
             log.warning(
-                "wait_empty gave up after %.0f s; left uncommitted: %s", WAIT_EMPTY_S, unacked[:20]
+                "wait_empty gave up after %.0f s; stage bodies running: %s; left uncommitted: %s",
+                WAIT_EMPTY_S,
+                running,
+                unacked[:20],
             )
         await self.commit_and_end_transactions()
 

@@ -13,7 +13,7 @@ from typing import Any
 import faust
 import pytest
 
-from agents.streams import batches
+from agents.streams import Bodies, batches
 
 MAX = 3
 
@@ -25,11 +25,15 @@ app = faust.App(
     web_enabled=False,
 )
 seen: list[list[int]] = []
+bodies = Bodies()
+#: bodies.running as each batch's body saw it.
+running_in_body: list[int] = []
 
 
 @app.agent()
 async def grouped(stream: Any) -> None:
-    async for batch in batches(stream, MAX):
+    async for batch in batches(stream, MAX, bodies):
+        running_in_body.append(bodies.running)
         seen.append([event.value for event in batch])
 
 
@@ -53,6 +57,18 @@ async def test_waiting_events_come_in_full_batches_and_a_lone_event_comes_at_onc
         # out (take_events with no ``within`` would hold it until two more arrived).
         await asyncio.wait_for(agent.put(99), timeout=10)
         assert seen[-1] == [99]
+
+
+async def test_a_body_counts_as_running_until_its_batch_is_acked() -> None:
+    seen.clear()
+    running_in_body.clear()
+    async with grouped.test_context() as agent:
+        for value in range(4):
+            await agent.put(value, wait=False)
+        await asyncio.wait_for(_until(lambda: sum(map(len, seen)) == 4), timeout=10)
+        assert running_in_body == [1, 1]
+        # The second batch's body has returned; the count drops once it asks for the next.
+        await asyncio.wait_for(_until(lambda: bodies.running == 0), timeout=10)
 
 
 async def test_max_events_must_be_positive() -> None:

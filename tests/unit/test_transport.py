@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import faust
 import pytest
 from faust.transport import by_url
-from faust.types import TP
+from faust.types import TP, Message
 
+from agents.faust_internals import transport
 from agents.faust_internals.transport import (
     BUFFER_PRESSURE_POLL_S,
     FETCH_WAIT_BUSY_MS,
@@ -20,6 +22,7 @@ from agents.faust_internals.transport import (
     broker_urls,
     fetch_wait_ms,
 )
+from agents.streams import Bodies
 
 
 def test_fetches_wait_briefly_while_records_flow() -> None:
@@ -115,3 +118,56 @@ def test_a_gap_at_the_head_still_commits(consumer: Any) -> None:
     consumer._gap[tp].addi(10, 12)
     consumer._acked[tp] = [12, 13]
     assert consumer._new_offset(tp) == 14
+
+
+class _Commits:
+    """Stands in for the consumer's commit (no broker here): counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> bool:
+        self.calls += 1
+        return False
+
+
+def _taken(consumer: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Message, _Commits]:
+    """A stopped flow with one message taken and not acked; commits recorded; no time bound."""
+    monkeypatch.setattr(transport, "WAIT_EMPTY_S", 3600.0)
+    commits = _Commits()
+    consumer.commit = commits
+    consumer.stop_flow()
+    message = Message("learning.run-completed", 0, 7, 0.0, 0, None, b"k", b"v", None)
+    consumer._unacked_messages.add(message)
+    consumer.app.bodies = Bodies()
+    return message, commits
+
+
+async def test_a_stop_waits_no_longer_once_no_stage_body_can_ack(
+    consumer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message, commits = _taken(consumer, monkeypatch)
+    # The old loop waited for an ack here until its bound (an hour, patched above).
+    await asyncio.wait_for(consumer.wait_empty(), timeout=30)
+    assert consumer._waiting_for_ack is None, "it never waited for an ack"
+    assert message in consumer._unacked_messages, "left unacked for the next owner"
+    assert commits.calls >= 2  # what was acked is committed, before and at the end
+
+
+async def test_a_stop_waits_for_a_stage_body_that_still_holds_events(
+    consumer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message, _ = _taken(consumer, monkeypatch)
+    consumer.app.bodies.by_stage["crl"] = 1
+    waiting = asyncio.create_task(consumer.wait_empty())
+    for _ in range(1000):
+        await asyncio.sleep(0)
+        if consumer._waiting_for_ack is not None:
+            break
+    assert consumer._waiting_for_ack is not None and not waiting.done(), "it waits for the body"
+    # The body finishes: it acks its events (Faust's ack resolves the future) and stops counting.
+    message.acked = True
+    consumer.app.bodies.by_stage["crl"] = 0
+    consumer._waiting_for_ack.set_result(None)
+    await asyncio.wait_for(waiting, timeout=30)
+    assert not consumer._unacked_messages
