@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from agents.faust_internals.introspection import committed_offsets
 from agents.health import DECISIONS
 from agents.stage import Stage
 from agents.tables import SEPARATOR, SOURCE_OFFSETS, doer_of
@@ -47,9 +48,9 @@ log = logging.getLogger("learnops.canary")
 
 BATCH = 1000  # at most this many events per batch
 SILENCE_CHECK_S = 1.0  # how often the timer looks for silent deployments
-# After a start or a rebalance the timer waits this long before judging silence,
-# so that events waiting on the topics (a worker down for a while) are read first.
-CATCH_UP_S = 30.0
+# After a start or a rebalance the timer judges silence only once the worker has
+# read what was waiting on its inputs then (a worker down for a while), or after this.
+CATCH_UP_MAX_S = 300.0
 CLAIMS = "canary"  # this stage's name in fold_claims
 
 
@@ -262,19 +263,41 @@ def _missing(state: DeploymentState, verdict: Verdict) -> dict[str, Any] | None:
 
 
 class CatchUp:
-    """Whether the worker has run undisturbed (no recovery, no rebalance) for ``CATCH_UP_S``."""
+    """Whether the worker has caught up since it last settled (no recovery, no rebalance).
+
+    Caught up: every input partition it owns has committed the end offset it had
+    when the worker settled, so the events that waited there (a worker down for
+    a while, a partition taken over) were read before any silence is judged; or
+    it has been settled for ``CATCH_UP_MAX_S`` (a partition whose commit stands
+    still is logged by the transport, and must not switch the silence guard off).
+    """
 
     def __init__(self) -> None:
         self.since: float | None = None
+        self.ends: dict[Any, int] = {}
 
-    def ready(self, settled: bool, now: float) -> bool:
-        """Note whether the worker is settled now; whether it has been for long enough."""
-        if not settled:
-            self.since = None
-            return False
+    def unsettled(self) -> None:
+        """The worker recovers or rebalances: catch up again once it settles."""
+        self.since = None
+        self.ends = {}
+
+    @property
+    def settled(self) -> bool:
+        """Whether the end offsets to reach are known."""
+        return self.since is not None
+
+    def settle(self, now: float, ends: dict[Any, int]) -> None:
+        """The worker settled at ``now``; ``ends`` are its input partitions' end offsets."""
+        self.since = now
+        self.ends = dict(ends)
+
+    def ready(self, now: float, committed: dict[Any, int]) -> bool:
+        """Whether every end offset is committed, or the worker settled long enough ago."""
         if self.since is None:
-            self.since = now
-        return now - self.since >= CATCH_UP_S
+            return False
+        if now - self.since >= CATCH_UP_MAX_S:
+            return True
+        return all(committed.get(tp, -1) >= end for tp, end in self.ends.items())
 
 
 class CanaryStage(Stage):
@@ -427,9 +450,29 @@ class CanaryStage(Stage):
         app = self.app
         if not app.pool_open:  # the worker has not opened its pool yet
             return
-        if not self.catch_up.ready(not (app.in_recovery or app.rebalancing), time.monotonic()):
+        if app.in_recovery or app.rebalancing:
+            self.catch_up.unsettled()
+            return
+        if not self.catch_up.settled:
+            ends = await self._input_ends()
+            if ends is None:
+                return
+            self.catch_up.settle(time.monotonic(), ends)
+        if not self.catch_up.ready(time.monotonic(), committed_offsets(app)):
             return
         await self.pause_silent(datetime.now(UTC), self._owned_partitions())
+
+    async def _input_ends(self) -> dict[Any, int] | None:
+        """The end offsets of the input partitions this worker owns; None if Kafka does not say."""
+        owned = [tp for tp in self.app.assignor.assigned_actives() if tp.topic in self.inputs]
+        if not owned:
+            return {}
+        try:
+            ends = await self.app.consumer.highwaters(*owned)
+        except Exception as exc:  # noqa: BLE001 - asked again on the next tick
+            log.warning("canary_catch_up end offsets unknown (%s)", type(exc).__name__)
+            return None
+        return {tp: end for tp, end in ends.items() if end is not None}
 
     async def pause_silent(self, now: datetime, owned: set[int]) -> None:
         """Pause the deployments of ``owned`` partitions silent for longer than max_silence_s."""
