@@ -36,8 +36,15 @@ async def kill9(
     every: float = 0.5,
     max_up_s: float = 6.0,
     starting_share: float = 0.25,
+    session_timeout_s: float | None = None,
 ) -> Report:
-    """Kill the worker ``kills`` times while traffic flows; the report of what was counted."""
+    """Kill the worker ``kills`` times while traffic flows; the report of what was counted.
+
+    A killed worker stays in its consumer group until its session times out, and
+    the restarted one gets the partitions only then: ``session_timeout_s``
+    (LEARNOPS_SESSION_TIMEOUT_S, default the worker's 10 s) sets most of the
+    recovery time, and nothing of what is checked.
+    """
     report = Report(f"kill9: {kills} kills -9 of one worker (all stages), seed {seed}")
     rng = random.Random(seed)
     in_start = 0
@@ -47,7 +54,7 @@ async def kill9(
     try:
         async with (
             Router(**settings.kafka_connection(), allow_unverified=True) as router,
-            workers(found, "kill9") as group,
+            workers(found, "kill9", extra_env=_session(session_timeout_s)) as group,
         ):
             await group.start()
             traffic = Traffic(pool, producer, router)
@@ -85,6 +92,11 @@ async def kill9(
     finally:
         await producer.stop()
     return report
+
+
+def _session(timeout_s: float | None) -> dict[str, str]:
+    """The workers' environment for a session timeout (none: the worker's default)."""
+    return {} if timeout_s is None else {"LEARNOPS_SESSION_TIMEOUT_S": f"{timeout_s:g}"}
 
 
 def main() -> None:
