@@ -9,9 +9,9 @@ value anywhere in PostgreSQL or on learning.samples; the contaminated dataset
 raises one alert; the guard's state survives a restart of the worker; a frozen
 golden dataset verifies and refuses any later change.
 
-The module runs its own worker (own consumer group, restarted by one test) on
-the session's database; should the session worker run too, it curates the
-same bundles to the same verdicts, and the stores are idempotent by sample id.
+The module uses the session worker (restarted by one test). It used to start a
+worker of its own beside it, so every bundle here was curated twice, by two
+consumer groups, which cost the run a worker start and the CPU of the second.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import re
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,9 +37,7 @@ from tests.integration.kafka_io import eventually, publish
 from tests.services import (
     REPO,
     WorkerProcess,
-    free_port,
     run_learnops,
-    start_after_inputs,
 )
 
 TOPIC = "learning.run-completed"
@@ -92,19 +89,9 @@ class Expected:
 
 
 @pytest.fixture(scope="module")
-async def curator_worker(
-    topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[WorkerProcess]:
-    """A worker of this module's own, started after the inputs already on the broker."""
-    env = {
-        **settings_env,
-        "LEARNOPS_WEB_PORT": str(free_port()),
-        "LEARNOPS_DATA_DIR": str(tmp_path_factory.mktemp("curator-data")),
-    }
-    process = WorkerProcess(env=env, log_path=tmp_path_factory.mktemp("logs") / "curator-1.log")
-    await start_after_inputs(process)
-    yield process
-    await asyncio.to_thread(process.stop)
+async def curator_worker(worker: WorkerProcess) -> WorkerProcess:
+    """The session worker, whose curator and datasets stages this module checks."""
+    return worker
 
 
 @pytest.fixture(scope="module")
@@ -443,22 +430,12 @@ async def test_the_guard_state_survives_a_restart_of_the_worker(
     settings: Any,
     producer: Any,
     curator_worker: WorkerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     await _stored(published, db)
     await asyncio.to_thread(curator_worker.stop)
-    restarted = WorkerProcess(
-        env=curator_worker.env,
-        log_path=tmp_path_factory.mktemp("logs") / "curator-2.log",
-        app_id=curator_worker.app_id,
-    )
-    await asyncio.to_thread(restarted.start)
-    try:
-        # The new process knows nothing until it restores the doer from the tables.
-        await _copies_are_caught(published, db, settings, producer, restarted, "restart")
-    finally:
-        await asyncio.to_thread(restarted.stop)
-        # The module fixture stops the first process, which has already stopped.
+    await asyncio.to_thread(curator_worker.start)
+    # The new process knows nothing until it restores the doer from the tables.
+    await _copies_are_caught(published, db, settings, producer, curator_worker, "restart")
 
 
 async def _copies_are_caught(
