@@ -50,7 +50,7 @@ BATCH = 1000  # at most this many events per batch
 SILENCE_CHECK_S = 1.0  # how often the timer looks for silent deployments
 # After a start or a rebalance the timer judges silence only once the worker has
 # read what was waiting on its inputs then (a worker down for a while), or after this.
-CATCH_UP_MAX_S = 300.0
+CATCH_UP_MAX_S = 30.0
 CLAIMS = "canary"  # this stage's name in fold_claims
 
 
@@ -268,18 +268,21 @@ class CatchUp:
     Caught up: every input partition it owns has committed the end offset it had
     when the worker settled, so the events that waited there (a worker down for
     a while, a partition taken over) were read before any silence is judged; or
-    it has been settled for ``CATCH_UP_MAX_S`` (a partition whose commit stands
-    still is logged by the transport, and must not switch the silence guard off).
+    it has been settled for ``CATCH_UP_MAX_S``, the fixed grace this replaces: a
+    commit that stands still (seen once on a clean clone, with messages taken
+    and never processed while the worker idled) must not hold the guard off.
     """
 
     def __init__(self) -> None:
         self.since: float | None = None
         self.ends: dict[Any, int] = {}
+        self.logged = False
 
     def unsettled(self) -> None:
         """The worker recovers or rebalances: catch up again once it settles."""
         self.since = None
         self.ends = {}
+        self.logged = False
 
     @property
     def settled(self) -> bool:
@@ -296,8 +299,19 @@ class CatchUp:
         if self.since is None:
             return False
         if now - self.since >= CATCH_UP_MAX_S:
+            if not self.logged and (behind := self.behind(committed)):
+                self.logged = True
+                log.warning("canary_catch_up gave up on (partition: read, end): %s", behind)
             return True
-        return all(committed.get(tp, -1) >= end for tp, end in self.ends.items())
+        return not self.behind(committed)
+
+    def behind(self, committed: dict[Any, int]) -> dict[str, tuple[int, int]]:
+        """The partitions not yet read up to their end offset: (read, end) by name."""
+        return {
+            f"{tp.topic}#{tp.partition}": (committed.get(tp, -1), end)
+            for tp, end in self.ends.items()
+            if committed.get(tp, -1) < end
+        }
 
 
 class CanaryStage(Stage):
@@ -458,9 +472,25 @@ class CanaryStage(Stage):
             if ends is None:
                 return
             self.catch_up.settle(time.monotonic(), ends)
-        if not self.catch_up.ready(time.monotonic(), committed_offsets(app)):
+        if not self.catch_up.ready(time.monotonic(), await self._reached()):
             return
         await self.pause_silent(datetime.now(UTC), self._owned_partitions())
+
+    async def _reached(self) -> dict[Any, int]:
+        """How far each partition to catch up on is read: its commit, or its position before one.
+
+        A partition this group never committed on (an empty one, or one it has not
+        been given a record of yet) has nothing committed to compare.
+        """
+        committed = committed_offsets(self.app)
+        reached: dict[Any, int] = {}
+        for tp in self.catch_up.ends:
+            offset = committed.get(tp)
+            if offset is None:
+                offset = await self.app.consumer.position(tp)
+            if offset is not None:
+                reached[tp] = offset
+        return reached
 
     async def _input_ends(self) -> dict[Any, int] | None:
         """The end offsets of the input partitions this worker owns; None if Kafka does not say."""

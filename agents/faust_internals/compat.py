@@ -120,6 +120,7 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     State(FAUST, _CONSUMER, "suspend_flow", "__init__", _TRANSPORT),
     Method(FAUST, f"{_DRIVER}:Consumer", "highwater", ("self", "tp"), "agents/health.py"),
     Method(FAUST, _CONSUMER, "highwaters", ("self", "partitions"), "agents/canary.py"),
+    Method(FAUST, _CONSUMER, "position", ("self", "tp"), "agents/canary.py"),
     # transport.py: the consumer's bookkeeping it reads and corrects.
     State(FAUST, _CONSUMER, "_acked", "__init__", _TRANSPORT),
     State(FAUST, _CONSUMER, "_gap", "__init__", _TRANSPORT),

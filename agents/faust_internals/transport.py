@@ -467,8 +467,9 @@ class Consumer(faust_aiokafka.Consumer):
             if bodies is not None and not bodies.running and not self.flow_active:
                 log.info(
                     "wait_empty: no stage is processing; %d taken, unprocessed messages stay "
-                    "uncommitted for the partition's next owner",
+                    "uncommitted for the partition's next owner: %s",
                     len(self._unacked_messages),
+                    _first_offsets(self._unacked_messages),
                 )
                 await self.commit_and_end_transactions()
                 return
@@ -482,13 +483,12 @@ class Consumer(faust_aiokafka.Consumer):
                 self._waiting_for_ack = None
             self._clean_unacked_messages()
         if waited and self._unacked_messages:
-            unacked = sorted((m.tp.topic, m.tp.partition, m.offset) for m in self._unacked_messages)
             running = dict(+bodies.by_stage) if bodies is not None else "unknown"
             log.warning(
                 "wait_empty gave up after %.0f s; stage bodies running: %s; left uncommitted: %s",
                 WAIT_EMPTY_S,
                 running,
-                unacked[:20],
+                _first_offsets(self._unacked_messages),
             )
         await self.commit_and_end_transactions()
 
@@ -512,6 +512,11 @@ class Consumer(faust_aiokafka.Consumer):
                 offsets = [record.offset for record in batch]
                 self._guard.fetched(tp, offsets, fetched, starts.get(tp))
         return records, active
+
+
+def _first_offsets(messages: Iterable[Any], count: int = 20) -> list[tuple[str, int, int]]:
+    """The lowest (topic, partition, offset)s of ``messages``, for a log line."""
+    return sorted((m.tp.topic, m.tp.partition, m.offset) for m in messages)[:count]
 
 
 class ChangelogFlushError(RuntimeError):

