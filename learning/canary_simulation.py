@@ -109,14 +109,17 @@ class _Prefix:
     def __init__(self, x: FloatArray) -> None:
         self.origin = x[:, :1].copy()  # sums around the first loss, against cancellation
         shifted = x - self.origin
-        zero = np.zeros((x.shape[0], 1))
-        self.s1 = np.concatenate([zero, np.cumsum(shifted, axis=1)], axis=1)
-        self.s2 = np.concatenate([zero, np.cumsum(shifted * shifted, axis=1)], axis=1)
+        canaries, runs = x.shape
+        self.s1 = np.zeros((canaries, runs + 1))
+        self.s2 = np.zeros((canaries, runs + 1))
+        np.cumsum(shifted, axis=1, out=self.s1[:, 1:])
+        np.cumsum(np.square(shifted, out=shifted), axis=1, out=self.s2[:, 1:])
 
     def at(self, rows: IntArray, n: IntArray) -> tuple[FloatArray, FloatArray]:
         """Mean and variance (ddof 1; 0 below two runs) of the first ``n`` losses of ``rows``."""
-        s1 = np.take_along_axis(self.s1[rows], n, axis=1)
-        s2 = np.take_along_axis(self.s2[rows], n, axis=1)
+        # Indexed in place: ``self.s1[rows]`` copied every row's whole prefix per look.
+        s1 = self.s1[rows[:, None], n]
+        s2 = self.s2[rows[:, None], n]
         safe = np.maximum(n, 1)
         mean = s1 / safe
         var = np.where(n > 1, np.maximum(s2 - s1 * mean, 0.0) / np.maximum(n - 1, 1), 0.0)
@@ -181,7 +184,7 @@ def judge_flow(
             break
         length = int(min(block, results - pos[rows].min()))
         cols = np.minimum(pos[rows, None] + np.arange(length), results - 1)
-        draws = np.take_along_axis(routing[rows], cols, axis=1)
+        draws = routing[rows[:, None], cols]
         to_candidate = draws < steps[step[rows]][:, None]
         took_t = np.cumsum(to_candidate, axis=1)
         took_c = np.arange(1, length + 1) - took_t
