@@ -42,12 +42,15 @@ every batch before it hands over the next, however many events are waiting; at
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 log = logging.getLogger("learnops.streams")
+
+SLOW_TAKE_S = 1.0  # a take inside a batch that waits this long is logged
 
 
 class Bodies:
@@ -98,7 +101,9 @@ async def batches(
             return  # the stream ended (the worker is stopping)
         try:
             while len(batch) < max_events and not ready():
+                asked = time.monotonic()
                 batch.append(await anext(events))
+                _note_slow_take(stage, len(batch) - 1, time.monotonic() - asked)
         except StopAsyncIteration:
             return  # ended while taking the batch: what was taken stays unacked
         # Not counted while taking: a stop that clears the queue between ``ready()``
@@ -107,6 +112,23 @@ async def batches(
             yield batch
             for event in batch:
                 await stream.ack(event)
+
+
+def _note_slow_take(stage: str, held: int, waited_s: float) -> None:
+    """Log a take that waited while holding events: the queue said ready, the event came late.
+
+    Faust skips a queued event (flow stopped, a stale generation) without handing
+    it over; when it was the last one, the take waits for the next event with
+    the batch unprocessed, its offsets uncommitted (suspected in a clean-clone
+    run, docs/canary.md).
+    """
+    if waited_s >= SLOW_TAKE_S:
+        log.warning(
+            "batch_take_waited stage=%s held=%d waited=%.1fs: events held unprocessed meanwhile",
+            stage,
+            held,
+            waited_s,
+        )
 
 
 @asynccontextmanager
