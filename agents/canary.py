@@ -269,8 +269,8 @@ class CatchUp:
     when the worker settled, so the events that waited there (a worker down for
     a while, a partition taken over) were read before any silence is judged; or
     it has been settled for ``CATCH_UP_MAX_S``, the fixed grace this replaces: a
-    commit that stands still (seen once on a clean clone, with messages taken
-    and never processed while the worker idled) must not hold the guard off.
+    commit that stands still (a batch held behind an event Faust skips did it,
+    docs/canary.md) must not hold the guard off.
     """
 
     def __init__(self) -> None:

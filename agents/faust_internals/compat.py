@@ -80,6 +80,7 @@ AIOKAFKA = "aiokafka"
 _DRIVER = "faust.transport.drivers.aiokafka"
 _CONSUMER = "faust.transport.consumer:Consumer"
 _TRANSPORT = "agents/faust_internals/transport.py"
+_INTROSPECTION = "agents/faust_internals/introspection.py"
 _SUBSCRIPTIONS = "aiokafka.consumer.subscription_state"
 
 #: Every private (or internal) name the overrides and helpers use, with what they expect.
@@ -121,6 +122,9 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     Method(FAUST, f"{_DRIVER}:Consumer", "highwater", ("self", "tp"), "agents/health.py"),
     Method(FAUST, _CONSUMER, "highwaters", ("self", "partitions"), "agents/canary.py"),
     Method(FAUST, _CONSUMER, "position", ("self", "tp"), "agents/canary.py"),
+    # introspection.py skips_next: the events Faust's stream iteration skips unseen.
+    Attribute(FAUST, "faust.app.base:App", "consumer_generation_id", _INTROSPECTION),
+    State(FAUST, "faust.types.tuples:Message", "generation_id", "__init__", _INTROSPECTION),
     # transport.py: the consumer's bookkeeping it reads and corrects.
     State(FAUST, _CONSUMER, "_acked", "__init__", _TRANSPORT),
     State(FAUST, _CONSUMER, "_gap", "__init__", _TRANSPORT),

@@ -1,4 +1,4 @@
-"""Read-only looks into Faust's private state that the health and metrics pages need.
+"""Read-only looks into Faust's private state (health and metrics pages, the stage helpers).
 
 Quarantined here with the transport overrides, pinned to the versions they were
 written for (agents/faust_internals/compat.py checks the names at start).
@@ -20,3 +20,24 @@ def kafka_client(app: Any) -> Any | None:
     """The aiokafka client under Faust's producer, or None before the producer started."""
     producer = getattr(app.producer, "_producer", None)
     return None if producer is None else producer.client
+
+
+def skips_next(stream: Any) -> bool:
+    """Whether Faust will skip, unseen, the event at the head of ``stream``'s queue.
+
+    The stream's iteration (``Stream._py_aiter``) drops an event while the flow
+    is stopped or when it was fetched under an older consumer generation (before
+    a rebalance), and then waits for the next one. A batch being taken must stop
+    before such an event (agents/streams.py). Reads the channel queue's deque,
+    ``asyncio.Queue._queue``.
+    """
+    queued = getattr(stream.channel.queue, "_queue", None)
+    if not queued:
+        return False
+    message = getattr(queued[0], "message", None)
+    if message is None:
+        return False
+    app = stream.app
+    return bool(
+        not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id
+    )

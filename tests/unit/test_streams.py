@@ -74,3 +74,23 @@ async def test_a_body_counts_as_running_until_its_batch_is_acked() -> None:
 async def test_max_events_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         await anext(batches(object(), 0))
+
+
+async def test_a_batch_is_handed_over_when_the_last_queued_event_is_one_faust_skips() -> None:
+    """Faust skips an event of an older consumer generation (after a rebalance) unseen.
+
+    Taken after the batch's first event, such a last queued event left the take
+    waiting for the next event to arrive, with the batch held unprocessed and its
+    offsets uncommitted until then.
+    """
+    seen.clear()
+    async with grouped.test_context() as agent:
+        channel = agent.stream().channel
+        first = await channel.decode(agent.to_message(None, 1, offset=0))
+        stale_message = agent.to_message(None, 2, offset=1)
+        stale_message.generation_id = app.consumer_generation_id - 1
+        stale = await channel.decode(stale_message)
+        await channel.put(first)
+        await channel.put(stale)
+        # Nothing else arrives: the batch must still come.
+        await asyncio.wait_for(_until(lambda: seen == [[1]]), timeout=10)
