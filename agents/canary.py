@@ -454,10 +454,13 @@ class CanaryStage(Stage):
             )
         return state
 
+    def _owned_inputs(self) -> list[Any]:
+        """The input partitions (topic and partition) this worker actively owns."""
+        return [tp for tp in self.app.assignor.assigned_actives() if tp.topic in self.inputs]
+
     def _owned_partitions(self) -> set[int]:
-        """The input partitions this worker actively owns (inputs are co-partitioned by doer)."""
-        assigned = self.app.assignor.assigned_actives()
-        return {tp.partition for tp in assigned if tp.topic in self.inputs}
+        """The input partition numbers this worker owns (inputs are co-partitioned by doer)."""
+        return {tp.partition for tp in self._owned_inputs()}
 
     async def pause_silent_deployments(self) -> None:
         """The timer: judge silence in the partitions this worker owns, once it has settled."""
@@ -494,7 +497,7 @@ class CanaryStage(Stage):
 
     async def _input_ends(self) -> dict[Any, int] | None:
         """The end offsets of the input partitions this worker owns; None if Kafka does not say."""
-        owned = [tp for tp in self.app.assignor.assigned_actives() if tp.topic in self.inputs]
+        owned = self._owned_inputs()
         if not owned:
             return {}
         try:
