@@ -52,7 +52,7 @@ from agents.faust_internals.introspection import skips_next
 
 log = logging.getLogger("learnops.streams")
 
-SLOW_TAKE_S = 1.0  # taking a batch that waits this long is logged
+SLOW_TAKE_S = 1.0  # a take inside a batch that waits this long is logged
 
 
 class Bodies:
@@ -101,15 +101,17 @@ async def batches(
             batch = [await anext(events)]
         except StopAsyncIteration:
             return  # the stream ended (the worker is stopping)
-        taking = time.monotonic()
         try:
             # Not past an event Faust will skip: with nothing behind it, the take would
             # wait for the next event with the batch held (tests/unit/test_streams.py).
             while len(batch) < max_events and not ready() and not skips_next(stream):
+                # Timed per take, not per batch: a full batch of queued events can take
+                # a second on a loaded loop without any one take waiting.
+                asked = time.monotonic()
                 batch.append(await anext(events))
+                _note_slow_take(stage, len(batch) - 1, time.monotonic() - asked)
         except StopAsyncIteration:
             return  # ended while taking the batch: what was taken stays unacked
-        _note_slow_take(stage, len(batch), time.monotonic() - taking)
         # Not counted while taking: a stop that clears the queue between ``ready()``
         # and the take leaves it waiting for an event that never comes.
         with counted.holding(stage):
@@ -118,8 +120,8 @@ async def batches(
                 await stream.ack(event)
 
 
-def _note_slow_take(stage: str, taken: int, waited_s: float) -> None:
-    """Log a batch whose taking waited: only queued events are taken, so that takes no time.
+def _note_slow_take(stage: str, held: int, waited_s: float) -> None:
+    """Log a take that waited while holding events: the queue said ready, the event came late.
 
     Faust skips a queued event (flow stopped, a stale generation) without handing
     it over; when it was the last one, the take waited for the next event with
@@ -129,9 +131,9 @@ def _note_slow_take(stage: str, taken: int, waited_s: float) -> None:
     """
     if waited_s >= SLOW_TAKE_S:
         log.warning(
-            "batch_take_waited stage=%s taken=%d waited=%.1fs: events held unprocessed meanwhile",
+            "batch_take_waited stage=%s held=%d waited=%.1fs: events held unprocessed meanwhile",
             stage,
-            taken,
+            held,
             waited_s,
         )
 
