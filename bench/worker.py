@@ -34,6 +34,10 @@ before the next starts. The baseline in the same run is the rate the
 orchestrator itself published (what the broker and the load generator alone
 sustain on this machine).
 
+``--backlog N`` then publishes N runs at once and times until every stage has
+committed them all: the worker's capacity with a backlog's large batches, a
+steadier figure than the ladder's pass or fail (``--rates ''`` runs it alone).
+
 Prints a table (``--markdown FILE`` also writes it); asserts nothing about time.
 """
 
@@ -145,6 +149,26 @@ class Window:
             if end > max(200, COMMIT_SLACK_S * rate) or growing:
                 worst.append(f"{name} lag {end} (+{slope:.0f}/s)")
         return (not worst, "; ".join(worst))
+
+
+@dataclass
+class Capacity:
+    """What the backlog measured: runs, seconds to publish them and to drain them, CPU seconds."""
+
+    runs: int
+    published_s: float
+    drained_s: float | None
+    cpu_s: float
+
+    def line(self) -> str:
+        if self.drained_s is None:
+            return f"backlog of {self.runs} runs: not drained within --drain seconds"
+        return (
+            f"backlog of {self.runs} runs: published in {self.published_s:.1f} s, every stage "
+            f"done in {self.drained_s:.1f} s: {self.runs / self.drained_s:.0f} runs/s, "
+            f"worker CPU {self.cpu_s / self.drained_s:.2f} cores, "
+            f"{1000 * self.cpu_s / self.runs:.2f} ms/run"
+        )
 
 
 def _slope(points: list[tuple[float, int]]) -> float:
@@ -305,11 +329,10 @@ class Bench:
 
     # -- load ---------------------------------------------------------------
 
-    def messages(self, rate: int) -> list[tuple[str, bytes, bytes, str | None]]:
-        """``rate × seconds`` messages: (topic, key, value, run id or None), in publish order."""
-        n = rate * self.args.seconds
+    def messages(self, n: int, seed: int, name: str) -> list[tuple[str, bytes, bytes, str | None]]:
+        """``n`` runs' messages: (topic, key, value, run id or None), in publish order."""
         orchestrator = Orchestrator(
-            seed=rate, doers=tuple(self.doers), run_prefix=f"b{self.tag}-r{rate}"
+            seed=seed, doers=tuple(self.doers), run_prefix=f"b{self.tag}-{name}"
         )
         now = datetime.now(UTC)
         out: list[tuple[str, bytes, bytes, str | None]] = []
@@ -473,7 +496,9 @@ class Bench:
 
     async def run_rate(self, rate: int) -> Window:
         console.print(f"[bold]{rate} runs/s[/bold] for {self.args.seconds} s: generating …")
-        messages = await asyncio.to_thread(self.messages, rate)
+        messages = await asyncio.to_thread(
+            self.messages, rate * self.args.seconds, rate, f"r{rate}"
+        )
         window = Window(rate=rate, published=sum(1 for m in messages if m[3]))
         self.window = window
         procs = [Proc(w.process.pid) for w in self.workers if w.process]
@@ -504,6 +529,61 @@ class Bench:
         self.window = None
         await asyncio.sleep(3.0)
         return window
+
+    async def lag_total(self, admin: Any, reader: Any) -> int:
+        """Records not yet committed, summed over every group's watched topics."""
+        total = 0
+        for number, group in enumerate(self.groups):
+            offsets = await admin.list_consumer_group_offsets(group)
+            tps = [tp for tp in offsets if tp.topic in self.reads[number]]
+            ends = await reader.end_offsets(tps) if tps else {}
+            total += sum(max(0, ends[tp] - offsets[tp].offset) for tp in tps)
+        return total
+
+    async def run_backlog(self, runs: int) -> Capacity:
+        """Publish ``runs`` runs at once and time until every stage has committed all of them.
+
+        The worker's capacity with the batches a backlog gives (the ladder's rates
+        give smaller ones): from the first publish until every run has its CRL
+        result and no group has an uncommitted record on a watched topic. The
+        load generator publishes as fast as it can meanwhile, on the same cores.
+        """
+        console.print(f"[bold]backlog of {runs} runs[/bold]: generating …")
+        messages = await asyncio.to_thread(self.messages, runs, 1, "backlog")
+        procs = [Proc(w.process.pid) for w in self.workers if w.process]
+        cpu0 = [p.cpu_s() for p in procs]
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        await reader.start()
+        try:
+            started = time.monotonic()
+            for _topic, _key, _value, run in messages:
+                if run is not None:
+                    self.published_at[run] = started
+            for chunk in range(0, len(messages), 1000):
+                futures = [
+                    await self.producer.send(topic, key=key, value=value)
+                    for topic, key, value, _run in messages[chunk : chunk + 1000]
+                ]
+                await asyncio.gather(*futures)
+            published_s = time.monotonic() - started
+            ids = [m[3] for m in messages if m[3]]
+            done: float | None = None
+            while time.monotonic() - started < self.args.drain + published_s:
+                if all(r in self.crl_at for r in ids) and await self.lag_total(admin, reader) == 0:
+                    done = time.monotonic() - started
+                    break
+                await asyncio.sleep(0.5)
+            cpu = sum(p.cpu_s() - c for p, c in zip(procs, cpu0, strict=True))
+            if done is None:
+                missing = sum(1 for r in ids if r not in self.crl_at)
+                lag = await self.lag_total(admin, reader)
+                console.print(f"  not drained: {missing} runs without a CRL result, lag {lag}")
+        finally:
+            await reader.stop()
+            await admin.close()
+        return Capacity(len(ids), published_s, done, cpu)
 
     async def rss(self, stop: asyncio.Event, procs: list[Proc], window: Window) -> None:
         while not stop.is_set():
@@ -572,10 +652,17 @@ async def main() -> None:
         help="Worker processes per stage group, sharing its app id (scale-out).",
     )
     parser.add_argument("--all", action="store_true", help="Run every rate, bounded or not.")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="After the ladder, publish this many runs at once and time every stage's drain.",
+    )
     parser.add_argument("--markdown", type=Path, help="Also write the table here.")
     args = parser.parse_args()
     bench = Bench(args)
     windows: list[Window] = []
+    capacity: Capacity | None = None
     await bench.setup()
     stop = asyncio.Event()
     followers = [
@@ -584,17 +671,22 @@ async def main() -> None:
     ]
     try:
         await asyncio.sleep(3.0)
-        for rate in (int(r) for r in args.rates.split(",")):
+        for rate in (int(r) for r in args.rates.split(",") if r):
             window = await bench.run_rate(rate)
             windows.append(window)
             ok, why = window.bounded()
             console.print(f"  {rate}/s: {'bounded' if ok else 'NOT bounded: ' + why}")
             if not ok and not args.all:
                 break
+        if args.backlog:
+            capacity = await bench.run_backlog(args.backlog)
     finally:
         stop.set()
         await asyncio.gather(*followers, return_exceptions=True)
         text = report(windows, args.split)
+        if capacity is not None:
+            console.print(capacity.line())
+            text += "\n\n" + capacity.line()
         if args.markdown:
             args.markdown.write_text(text + "\n")
         for worker in bench.workers:
