@@ -5,8 +5,9 @@
   way, PostgreSQL answers ``SELECT 1`` and the Kafka cluster answers a metadata
   request; 503 with the reasons otherwise. Orchestrators route and restart on it.
 * ``GET /metrics``: Prometheus text: the project's counters (this module,
-  agents/dlq.py, agents/stage.py, storage/pool.py) and Faust's own sensor
-  (messages per topic, commit latency, rebalances, ...). No label grows with
+  agents/dlq.py, agents/stage.py, storage/pool.py) and Faust's sensor
+  (agents/monitor.py: messages received and sent per topic, commit latency,
+  rebalances, assignments). No label grows with
   the data: stages, topics, partitions, error types and actions only.
 """
 
@@ -26,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agents.faust_internals.introspection import committed_offsets, kafka_client
+from agents.monitor import WorkerMonitor
 
 EVENTS_IN = Counter(
     "learnops_events_in_total", "Events a stage took from its input topics.", ["stage"]
@@ -96,12 +98,10 @@ def observe_lag(app: Any) -> None:
 
 def register_pages(app: Any) -> None:
     """Serve /healthz, /readyz and /metrics on the worker's web server."""
-    from faust.sensors.prometheus import setup_prometheus_sensors
-
     # Faust's sensor in a registry of this app's own: tests build several apps in
     # one process, and Prometheus refuses a metric registered twice.
     faust_registry = CollectorRegistry(auto_describe=True)
-    setup_prometheus_sensors(app, pattern="/faust-metrics", registry=faust_registry)
+    app.monitor = WorkerMonitor(registry=faust_registry)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
