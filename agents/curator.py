@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from agents.stage import Stage
+from agents.stage import Stage, remember_validated, validated_before
 from agents.tables import SEPARATOR, doer_of
 from learning.contamination import reason_kind
 from learning.samples import CurationError, DoerCuration
@@ -133,14 +133,20 @@ class CuratorMemory:
 def _parse(event: Any) -> RunCompleted | None:
     """The bundle, or None for what the crl stage dead-letters (so it is not sent twice)."""
     message = event.message
-    if message.value is None or duplicate_key_problem(message.value) is not None:
+    if message.value is None:
         SKIPPED.labels("invalid").inc()
         return None
-    try:
-        bundle = RunCompleted.model_validate_json(message.value)
-    except ValidationError:
-        SKIPPED.labels("invalid").inc()
-        return None
+    bundle: RunCompleted | None = validated_before(message, RunCompleted)
+    if bundle is None:
+        if duplicate_key_problem(message.value) is not None:
+            SKIPPED.labels("invalid").inc()
+            return None
+        try:
+            bundle = RunCompleted.model_validate_json(message.value)
+        except ValidationError:
+            SKIPPED.labels("invalid").inc()
+            return None
+        remember_validated(message, RunCompleted, bundle)
     if key_problem(message.key, bundle) is not None:
         SKIPPED.labels("invalid").inc()
         return None

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 import traceback
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -61,6 +62,34 @@ E = TypeVar("E", bound=Event)
 
 
 K = TypeVar("K", bound=Event)
+
+
+#: Per record, what it was validated as, kept while Faust holds the record. Every
+#: stream of a topic gets the same ``Message``, so a bundle the crl and curator
+#: stages both read, or a CRL result read by skills, canary and bandit, is
+#: checked and parsed once per worker (the models are frozen). Refusals are not
+#: kept: each stage dead-letters under its own name.
+_VALIDATED: weakref.WeakKeyDictionary[Any, dict[object, Any]] = weakref.WeakKeyDictionary()
+
+
+def validated_before(message: Any, schema: object) -> Any | None:
+    """What an earlier reader validated ``message`` as with ``schema`` (a model, an adapter)."""
+    try:
+        seen = _VALIDATED.get(message)
+    except TypeError:  # a stand-in record that cannot be weakly referenced (tests)
+        return None
+    return None if seen is None else seen.get(schema)
+
+
+def remember_validated(message: Any, schema: object, result: Any) -> None:
+    """Keep ``result`` (it passed the duplicate-key check and ``schema``) for the other readers."""
+    try:
+        seen = _VALIDATED.get(message)
+        if seen is None:
+            seen = _VALIDATED[message] = {}
+    except TypeError:
+        return
+    seen[schema] = result
 
 
 class Stage:
@@ -179,31 +208,35 @@ class Stage:
         would land in another doer's partition and split that doer's state
         across workers (models.keys).
         """
-        return await self._validated(event, model.model_validate_json)
+        return await self._validated(event, model, model.model_validate_json)
 
     async def decode_with(self, event: Any, adapter: TypeAdapter[K]) -> K | None:
         """As :meth:`decode`, for a topic whose value is a union of models (``POLICY_COMMANDS``)."""
-        return await self._validated(event, adapter.validate_json)
+        return await self._validated(event, adapter, adapter.validate_json)
 
-    async def _validated(self, event: Any, parse: Callable[[Any], K]) -> K | None:
-        value = event.message.value
+    async def _validated(self, event: Any, schema: object, parse: Callable[[Any], K]) -> K | None:
+        message = event.message
+        value = message.value
         if value is None:
             await self.dead_letter(event, error_type="json", reason=NO_VALUE)
             return None
-        repeated = duplicate_key_problem(value)
-        if repeated is not None:
-            await self.dead_letter(event, error_type="json", reason=repeated)
-            return None
-        try:
-            decoded = parse(value)
-        except ValidationError as exc:
-            is_json = not any(e["type"] == "json_invalid" for e in exc.errors())
-            await self.dead_letter(
-                event,
-                error_type="schema" if is_json else "json",
-                reason=describe_validation_error(exc),
-            )
-            return None
+        decoded: K | None = validated_before(message, schema)
+        if decoded is None:
+            repeated = duplicate_key_problem(value)
+            if repeated is not None:
+                await self.dead_letter(event, error_type="json", reason=repeated)
+                return None
+            try:
+                decoded = parse(value)
+            except ValidationError as exc:
+                is_json = not any(e["type"] == "json_invalid" for e in exc.errors())
+                await self.dead_letter(
+                    event,
+                    error_type="schema" if is_json else "json",
+                    reason=describe_validation_error(exc),
+                )
+                return None
+            remember_validated(message, schema, decoded)
         problem = key_problem(event.message.key, decoded)
         if problem is not None:
             await self.dead_letter(event, error_type="key", reason=problem, doer=decoded.doer)
