@@ -61,6 +61,8 @@ def identifier_problem(value: str) -> str | None:
     """
     if value != value.strip():
         return "has leading or trailing whitespace"
+    if value.isascii() and value.isprintable():
+        return None  # U+0020-U+007E: in NFC, and only the space is invisible (allowed inside)
     if unicodedata.normalize("NFC", value) != value:
         return "is not in Unicode NFC form (compose it first: an identifier is compared as stored)"
     for position, character in enumerate(value, 1):
