@@ -333,10 +333,15 @@ def _gaps(
 
 
 def _t_quantile(p: float, dof: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Student's t quantiles at ``p`` for each of ``dof`` degrees of freedom."""
-    from scipy import stats  # on first use, so importing the skill rules stays light
+    """Student's t quantiles at ``p`` for each of ``dof`` degrees of freedom.
 
-    return np.asarray(stats.t.ppf(p, dof), dtype=float)
+    ``scipy.special.stdtrit`` is the function ``scipy.stats.t.ppf`` evaluates,
+    without the distribution's argument handling (70 µs a call, 2 µs here; the
+    same values, tests/unit/test_skills.py): every card's refresh calls it.
+    """
+    from scipy import special  # on first use, so importing the skill rules stays light
+
+    return np.asarray(special.stdtrit(dof, p), dtype=float)
 
 
 def _strengths(stats: DoerStats, rules: SkillRules) -> tuple[Finding, ...]:

@@ -624,3 +624,15 @@ def test_skill_config_reads_the_yaml_section_and_refuses_unknown_keys() -> None:
         SkillConfig.from_dict({"rule": {}})
     with pytest.raises(TypeError):
         SkillConfig.from_dict({"rules": {"min_run": 5}})
+
+
+def test_t_quantiles_are_scipys_for_any_degrees_of_freedom() -> None:
+    import numpy as np
+
+    from learning.skills import _t_quantile
+
+    dof = np.concatenate(
+        [[1.0, 1.5, 2.0, 29.9, 1e6], np.random.default_rng(4).uniform(1, 900, 500)]
+    )
+    for p in (0.9, 0.975, 0.995):
+        assert np.array_equal(_t_quantile(p, dof), scipy_stats.t.ppf(p, dof))
