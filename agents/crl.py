@@ -208,7 +208,7 @@ class CRLStage(Stage):
         if self.alerted[flag]:
             return
         trends = self.app.learning.trends
-        days = history(table, key, today, trends.baseline_days + 1)
+        days = history(table, key, today, trends.baseline_days + 1, sketches=False)
         check = check_regression(days, today, trends)
         if not check.regressed:
             return

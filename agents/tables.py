@@ -16,6 +16,7 @@ from typing import Any
 
 from faust.tables.table import Table
 
+from learning.moments import Moments
 from learning.trends import DailyCRL, days_back
 
 SEPARATOR = "/"
@@ -50,13 +51,24 @@ def marked(value: dict[str, Any], source: int | str, offset: int) -> dict[str, A
     return {**value, SOURCE_OFFSETS: marks}
 
 
-def history(table: Any, key: str, today: date, days: int = HISTORY_DAYS) -> dict[date, DailyCRL]:
-    """The key's daily CRL aggregates for the ``days`` ending today (days with data only)."""
+def history(
+    table: Any, key: str, today: date, days: int = HISTORY_DAYS, *, sketches: bool = True
+) -> dict[date, DailyCRL]:
+    """The key's daily CRL aggregates for the ``days`` ending today (days with data only).
+
+    ``sketches=False`` reads the moments alone and leaves each day's quantile
+    sketch empty: enough for the regression rule, and the sketches' decoding
+    was most of its cost.
+    """
     found: dict[date, DailyCRL] = {}
     for day in days_back(today, days):
         value = table.relative_to(day_start(day))[key].value()
         if value:
-            found[day] = DailyCRL.from_dict(value)
+            found[day] = (
+                DailyCRL.from_dict(value)
+                if sketches
+                else DailyCRL(moments=Moments.from_dict(value["moments"]))
+            )
     return found
 
 

@@ -193,7 +193,16 @@ def check_regression(
     ``min_baseline_count`` in the baseline.
     """
     cfg = config or TrendConfig()
-    t = trend(days, today, cfg.baseline_days)
+    # Moments only: the rule needs counts, means and variances, and merging the
+    # days' quantile sketches as trend() does cost most of the CRL stage's
+    # per-batch check (docs/operations.md, "The whole worker under load").
+    day = days.get(today, DailyCRL())
+    base = Moments()
+    for earlier in days_back(today - timedelta(days=1), cfg.baseline_days):
+        if earlier in days:
+            base.merge(days[earlier].moments)
+    today_mean = day.mean
+    baseline_mean = base.mean if base.count else None
 
     def result(
         regressed: bool, reason: str, threshold: float | None = None, low: float | None = None
@@ -201,26 +210,24 @@ def check_regression(
         return RegressionCheck(
             regressed=regressed,
             reason=reason,
-            measured=t.today_mean,
-            baseline=t.baseline_mean,
+            measured=today_mean,
+            baseline=baseline_mean,
             threshold=threshold,
-            today_count=t.today_count,
-            baseline_count=t.baseline_count,
+            today_count=day.count,
+            baseline_count=base.count,
             lower_bound=low,
         )
 
-    if t.today_count < cfg.min_today_count:
-        return result(False, f"too few runs today ({t.today_count} < {cfg.min_today_count})")
-    if t.baseline_count < cfg.min_baseline_count:
+    if day.count < cfg.min_today_count:
+        return result(False, f"too few runs today ({day.count} < {cfg.min_today_count})")
+    if base.count < cfg.min_baseline_count:
         return result(
             False,
             f"too few runs in the {cfg.baseline_days}-day baseline "
-            f"({t.baseline_count} < {cfg.min_baseline_count})",
+            f"({base.count} < {cfg.min_baseline_count})",
         )
-    assert t.today_mean is not None and t.baseline_mean is not None  # counts are positive
-    day = days[today]
-    base = window(days, days_back(today - timedelta(days=1), cfg.baseline_days))
-    relative = cfg.max_relative_increase * t.baseline_mean
+    assert today_mean is not None and baseline_mean is not None  # counts are positive
+    relative = cfg.max_relative_increase * baseline_mean
     if relative >= cfg.min_absolute_increase:
         # today − (1 + r)·baseline > 0, with the baseline's own noise counted.
         ratio, offset = 1.0 + cfg.max_relative_increase, 0.0
@@ -229,20 +236,20 @@ def check_regression(
         ratio, offset = 1.0, cfg.min_absolute_increase
     _, low, _, _ = contrast_interval(
         base.count,
-        t.baseline_mean,
-        base.moments.variance,
+        baseline_mean,
+        base.variance,
         day.count,
-        t.today_mean,
+        today_mean,
         day.moments.variance,
         ratio=ratio,
         alpha=cfg.alpha,
         mixing_sd=cfg.mixing_sd,
     )
     lower_bound = float(low) - offset
-    threshold = t.baseline_mean + max(relative, cfg.min_absolute_increase)
+    threshold = baseline_mean + max(relative, cfg.min_absolute_increase)
     summary = (
-        f"today's mean CRL {t.today_mean:.4g} (n={t.today_count}) against the "
-        f"{cfg.baseline_days}-day baseline {t.baseline_mean:.4g} (n={t.baseline_count}), "
+        f"today's mean CRL {today_mean:.4g} (n={day.count}) against the "
+        f"{cfg.baseline_days}-day baseline {baseline_mean:.4g} (n={base.count}), "
         f"threshold {threshold:.4g}, always-valid lower bound of the excess {lower_bound:.4g}"
     )
     if lower_bound > 0:

@@ -173,3 +173,25 @@ class TestRegression:
     def test_invalid_configuration_is_rejected(self, bad: dict[str, float]) -> None:
         with pytest.raises(ValueError):
             TrendConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_regression_rule_needs_the_days_moments_only_and_agrees_with_the_trend(
+    seed: int,
+) -> None:
+    """The CRL stage reads moments alone for its check: the verdict is the one full days give."""
+    rng = np.random.default_rng(seed)
+    days: dict[date, DailyCRL] = {}
+    for back in range(int(rng.integers(0, 9))):
+        if rng.random() < 0.8:
+            n = int(rng.integers(1, 60))
+            days[TODAY - timedelta(days=back)] = day_with(
+                list(rng.lognormal(0.0, 1.0, n) * rng.uniform(0.5, 1.5))
+            )
+    config = TrendConfig(min_today_count=int(rng.integers(1, 30)), min_baseline_count=20)
+    full = check_regression(days, TODAY, config)
+    moments_only = {d: DailyCRL(moments=v.moments) for d, v in days.items()}
+    assert check_regression(moments_only, TODAY, config) == full
+    t = trend(days, TODAY, config.baseline_days)
+    assert (full.measured, full.baseline) == (t.today_mean, t.baseline_mean)
+    assert (full.today_count, full.baseline_count) == (t.today_count, t.baseline_count)
