@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from agents.faust_internals.introspection import consumer_generation
 from agents.stage import Stage
 from agents.tables import HISTORY_DAYS, SEPARATOR, day_start, folded_up_to, history, marked
 from agents.web import register_views
 from learning.crl import BundleError, score_bundle
-from learning.trends import DailyCRL, check_regression, day_of
+from learning.moments import Moments
+from learning.trends import DailyCRL, baseline, day_of, regression_against
 from models.events import Alert, CRLComputed, RunCompleted
 from models.ids import regression_alert_id
 from storage.crl import Owner, Source, store_crl_results
@@ -40,6 +42,7 @@ log = logging.getLogger("learnops.crl")
 
 DAY = timedelta(days=1)
 BATCH = 1000  # at most this many events per batch (agents/streams.py)
+MAX_BASELINES = 200_000  # cached baselines kept before the cache starts afresh
 
 #: Why a bundle whose run id another doer's or tenant's stored run holds is refused.
 #: It names neither: the reason is logged and kept, and the other run is not the sender's.
@@ -97,15 +100,15 @@ class BatchFold:
             slot.mark = offset
             slot.changed = True
 
-    def write(self) -> list[tuple[Any, str, date]]:
-        """Write every changed aggregate, with its mark, once; the (table, key, day)s written."""
+    def write(self) -> list[tuple[Any, str, date, Moments]]:
+        """Write each changed aggregate with its mark, once; the (table, key, day, moments)s."""
         written = []
         for (_, key, day), slot in self.slots.items():
             if not slot.changed:
                 continue
             value = marked(slot.daily.to_dict(), slot.partition, slot.mark)
             slot.table.relative_to(day_start(day))[key] = value
-            written.append((slot.table, key, day))
+            written.append((slot.table, key, day, slot.daily.moments))
         return written
 
 
@@ -121,6 +124,9 @@ class CRLStage(Stage):
         self.by_policy = self._daily("crl-daily-policy", "Daily CRL per doer/policy@version")
         # Doer-days that already raised a regression alert: one alert per doer and day.
         self.alerted = self.table("crl-alerted", default=bool, help_="Alerted doer/days")
+        # (table, key, day) → the moments of the day's baseline (:meth:`_baseline`).
+        self._baselines: dict[tuple[int, str, date], Moments] = {}
+        self._baselines_generation: int | None = None
 
         async def crl(stream: Any) -> None:
             """Score and emit each run; fold, store and check the batch; ack after all of it."""
@@ -177,9 +183,14 @@ class CRLStage(Stage):
         # Doers first: a phase or policy of a doer that regressed as a whole that day
         # adds nothing; its own alert is for a regression the doer's mean hides.
         written = sorted(batch.write(), key=lambda w: w[0] is not self.by_doer)
-        for table, key, day in written:
+        baseline_days = self.app.learning.trends.baseline_days
+        for table, key, day, _ in written:
+            # A write to a day changes the baselines of the days after it.
+            for later in range(1, baseline_days + 1):
+                self._baselines.pop((id(table), key, day + later * DAY), None)
+        for table, key, day, moments in written:
             if table is self.by_doer or not self._doer_alerted(key, day):
-                await self._check_regression(table, key, day)
+                await self._check_regression(table, key, day, moments)
 
     async def _score(self, event: Any) -> CRLComputed | None:
         bundle = await self.decode(event, RunCompleted)
@@ -197,7 +208,29 @@ class CRLStage(Stage):
         doer = key.split(SEPARATOR, 1)[0]
         return bool(self.alerted[f"{doer}{SEPARATOR}{day.isoformat()}"])
 
-    async def _check_regression(self, table: Any, key: str, today: date) -> None:
+    def _baseline(self, table: Any, key: str, today: date) -> Moments:
+        """The key's baseline before ``today``, cached while the worker's partitions stay put.
+
+        Only this stage writes these tables, and it drops the cached baselines a
+        write changes (:meth:`process`); a rebalance (a new consumer generation)
+        may hand back a partition another worker wrote meanwhile, so the cache
+        holds for one generation. Reading eight days from the tables for every
+        key of every batch was most of the stage's per-batch time at 1,000
+        bundles/s (docs/operations.md, "The whole worker under load").
+        """
+        trends = self.app.learning.trends
+        generation = consumer_generation(self.app)
+        if generation != self._baselines_generation or len(self._baselines) > MAX_BASELINES:
+            self._baselines.clear()
+            self._baselines_generation = generation
+        cache_key = (id(table), key, today)
+        cached = self._baselines.get(cache_key)
+        if cached is None:
+            days = history(table, key, today - DAY, trends.baseline_days, sketches=False)
+            cached = self._baselines[cache_key] = baseline(days, today, trends)
+        return cached
+
+    async def _check_regression(self, table: Any, key: str, today: date, moments: Moments) -> None:
         """Alert once per key and day when the key's day regresses against its baseline.
 
         ``key`` is a doer (by_doer), doer/phase (by_phase) or doer/policy@version
@@ -208,8 +241,7 @@ class CRLStage(Stage):
         if self.alerted[flag]:
             return
         trends = self.app.learning.trends
-        days = history(table, key, today, trends.baseline_days + 1, sketches=False)
-        check = check_regression(days, today, trends)
+        check = regression_against(moments, self._baseline(table, key, today), trends)
         if not check.regressed:
             return
         self.alerted[flag] = True

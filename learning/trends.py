@@ -193,15 +193,26 @@ def check_regression(
     ``min_baseline_count`` in the baseline.
     """
     cfg = config or TrendConfig()
-    # Moments only: the rule needs counts, means and variances, and merging the
-    # days' quantile sketches as trend() does cost most of the CRL stage's
-    # per-batch check (docs/operations.md, "The whole worker under load").
-    day = days.get(today, DailyCRL())
+    return regression_against(days.get(today, DailyCRL()).moments, baseline(days, today, cfg), cfg)
+
+
+def baseline(days: Mapping[date, DailyCRL], today: date, config: TrendConfig) -> Moments:
+    """The moments of the ``baseline_days`` days before ``today``, merged oldest first.
+
+    Moments only: the rule needs counts, means and variances, and merging the
+    days' quantile sketches as trend() does cost most of the CRL stage's
+    per-batch check (docs/operations.md, "The whole worker under load").
+    """
     base = Moments()
-    for earlier in days_back(today - timedelta(days=1), cfg.baseline_days):
+    for earlier in days_back(today - timedelta(days=1), config.baseline_days):
         if earlier in days:
             base.merge(days[earlier].moments)
-    today_mean = day.mean
+    return base
+
+
+def regression_against(day: Moments, base: Moments, cfg: TrendConfig) -> RegressionCheck:
+    """:func:`check_regression` of a day's moments against its baseline's (:func:`baseline`)."""
+    today_mean = day.mean if day.count else None
     baseline_mean = base.mean if base.count else None
 
     def result(
@@ -240,7 +251,7 @@ def check_regression(
         base.variance,
         day.count,
         today_mean,
-        day.moments.variance,
+        day.variance,
         ratio=ratio,
         alpha=cfg.alpha,
         mixing_sd=cfg.mixing_sd,

@@ -41,3 +41,13 @@ def skips_next(stream: Any) -> bool:
     return bool(
         not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id
     )
+
+
+def consumer_generation(app: Any) -> int:
+    """The consumer group generation the worker is in (``App.consumer_generation_id``).
+
+    It changes with every rebalance, so state cached from tables under one
+    generation (a partition's values, which another worker may have written
+    meanwhile) is known to be stale under the next.
+    """
+    return int(app.consumer_generation_id)

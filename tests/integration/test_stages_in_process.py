@@ -392,6 +392,43 @@ async def test_a_regressing_doer_day_raises_one_alert_and_a_steady_doer_none(
         assert not stage.alerted[f"{steady}{SEPARATOR}{today.isoformat()}"]
 
 
+async def test_baseline_days_that_arrive_after_todays_runs_count_in_todays_next_check(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    """The stage caches each key's baseline; a late run of a baseline day must replace it."""
+    app = make_app("crl")
+    trends = app.learning.trends
+    doer = f"Late{tag()}"
+    orchestrator = Orchestrator(seed=20261205, doers=(doer,), run_prefix=f"late-{tag()}")
+    midnight = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC)
+    today_runs = [
+        orchestrator.bundle(doer, occurred_at=midnight + timedelta(minutes=i), quality=0.1)
+        for i in range(trends.min_today_count + 10)
+    ]
+    baseline = [
+        orchestrator.bundle(doer, occurred_at=midnight - timedelta(days=d, hours=-i))
+        for d in range(trends.baseline_days, 0, -1)
+        for i in range(10)
+    ]
+    one_more = [orchestrator.bundle(doer, occurred_at=midnight + timedelta(hours=3), quality=0.1)]
+    progress = Progress(app.stages["crl"])
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        for bundle in today_runs:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(today_runs))
+        assert sent(app, ALERTS) == [], "no baseline yet: nothing to regress against"
+        for bundle in baseline:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(today_runs) + len(baseline))
+        for bundle in one_more:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(today_runs) + len(baseline) + 1)
+        alerts = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
+        assert [a.doer for a in alerts] == [doer], [a.message for a in alerts]
+        assert alerts[0].evidence["baseline_count"] == len(baseline)
+
+
 @pytest.mark.parametrize("scope", ["phase", "policy"])
 async def test_a_regression_in_one_phase_or_policy_alerts_for_it_when_the_doer_mean_hides_it(
     make_app: Callable[..., LearnopsApp], scope: str
