@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import shutil
 import sys
@@ -44,6 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,6 +195,16 @@ async def write_changelog(bootstrap: str, app_id: str, changelog: Changelog) -> 
     return time.perf_counter() - started
 
 
+def write_state(
+    bootstrap: str, app_id: str, shape: tuple[int, int, int, int]
+) -> tuple[int, int, float]:
+    """Build and write one case's changelog: its records, bytes and seconds to write."""
+    doers, days, runs_per_day, partitions = shape
+    changelog = synthetic_state(doers, days, runs_per_day, partitions)
+    written = asyncio.run(write_changelog(bootstrap, app_id, changelog)) if doers else 0.0
+    return changelog.count(), changelog.size(), written
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a process, in KiB; empty once it has gone."""
     try:
@@ -314,10 +326,19 @@ async def main() -> None:
         for store in args.stores.split(","):
             for doers, days in cases:
                 app_id = f"recovery-{tag}-{store}-{doers}-{days}"
-                changelog = synthetic_state(doers, days, args.runs_per_day, partitions)
-                records, size = changelog.count(), changelog.size()
-                written = await write_changelog(bootstrap, app_id, changelog) if doers else 0.0
-                del changelog
+                # In a child process: the records (and what aiokafka keeps of them) take
+                # gigabytes at 10,000 doers × 30 days, which this process would keep from
+                # the worker it starts next; the child's exit gives them back.
+                with ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn")
+                ) as pool:
+                    records, size, written = await asyncio.get_running_loop().run_in_executor(
+                        pool,
+                        write_state,
+                        bootstrap,
+                        app_id,
+                        (doers, days, args.runs_per_day, partitions),
+                    )
                 data_dir = tempfile.mkdtemp(prefix="recovery-data-")
                 port = str(free_port())
                 env = {
