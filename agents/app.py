@@ -25,7 +25,7 @@ from agents.faust_internals.transport import (
     PRODUCER_MAX_BATCH_BYTES,
     broker_urls,
 )
-from agents.health import register_pages
+from agents.health import register_pages, watch_gc_pauses
 from agents.logs import hide_exception_values, use_json_logs
 from agents.settings import Settings, SettingsError
 from agents.streams import Bodies
@@ -51,6 +51,7 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    watch_gc_pauses()
 
 
 #: Every stage: its name (the agent's, and what LEARNOPS_STAGES lists) → its class.

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from typing import Any
 
 from prometheus_client import (
@@ -57,7 +59,38 @@ RECOVERING = Gauge(
     "learnops_table_recovery",
     "1 while the worker recovers its tables from their changelogs or rebalances.",
 )
+GC_PAUSES = Histogram(
+    "learnops_gc_pause_seconds",
+    "How long the worker stood still for each garbage collection, by generation.",
+    ["generation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 READY_CHECK_S = 2.0  # how long /readyz waits for PostgreSQL or Kafka
+
+
+class GCPauses:
+    """A ``gc.callbacks`` entry that times every collection into ``learnops_gc_pause_seconds``.
+
+    A collection stops the event loop: its pause is added to the latency of every
+    event waiting meanwhile, and the oldest generation's grows with the objects
+    the worker keeps (tables in the memory store).
+    """
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pauses = [GC_PAUSES.labels(str(generation)) for generation in range(3)]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].observe(time.perf_counter() - self.started)
+
+
+def watch_gc_pauses() -> None:
+    """Time the process's garbage collections from now on (once per process)."""
+    if not any(isinstance(callback, GCPauses) for callback in gc.callbacks):
+        gc.callbacks.append(GCPauses())
 
 
 async def readiness(app: Any) -> list[str]:

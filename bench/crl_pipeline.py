@@ -34,11 +34,14 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -247,7 +250,7 @@ async def main() -> None:
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "DATABASE_URL": dsn,
-        "LEARNOPS_WEB_PORT": str(free_port()),
+        "LEARNOPS_WEB_PORT": (web_port := str(free_port())),
         "LEARNOPS_DATA_DIR": tempfile.mkdtemp(prefix="bench-worker-"),
         "LEARNOPS_STAGES": args.stages,
     }
@@ -261,9 +264,12 @@ async def main() -> None:
         stored = time.perf_counter()
         worker_cpu = _child_cpu(worker)
         lats = []
+        pauses = []
         for _ in range(args.latency_runs):
             await asyncio.sleep(args.settle)
+            before = await gc_pauses(web_port)
             lats.append(await latency(bootstrap, orchestrator, args.rate, args.seconds))
+            pauses.append((await gc_pauses(web_port)) - before)
     finally:
         worker.stop()
         await pool.close()
@@ -305,17 +311,69 @@ async def main() -> None:
         title=f"publish → learning.crl-computed at {args.rate}/s for {args.seconds:.0f} s, "
         f"after {args.settle:.0f} s idle"
     )
-    for column in ("received", "p50 ms", "p99 ms", "max ms"):
+    for column in (
+        "received",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "GC pauses (gen 0/1/2)",
+        "GC ms in all",
+        "GC pauses ≥ 25 ms",
+    ):
         lat_table.add_column(column, justify="right")
-    for lat in lats:
+    for lat, paused in zip(lats, pauses, strict=True):
         if lat:
             lat_table.add_row(
                 f"{len(lat)}",
                 f"{statistics.median(lat):.1f}",
                 f"{pct(lat, 0.99):.1f}",
                 f"{max(lat):.1f}",
+                "/".join(f"{n:.0f}" for n in paused.counts),
+                f"{1000 * paused.seconds:.0f}",
+                f"{paused.long:.0f}",
             )
     console.print(lat_table)
+
+
+@dataclass
+class Pauses:
+    """The worker's garbage-collection pauses so far (``learnops_gc_pause_seconds``)."""
+
+    counts: tuple[float, float, float]
+    seconds: float
+    long: float  # pauses of 25 ms or more
+
+    def __sub__(self, other: Pauses) -> Pauses:
+        return Pauses(
+            (
+                self.counts[0] - other.counts[0],
+                self.counts[1] - other.counts[1],
+                self.counts[2] - other.counts[2],
+            ),
+            self.seconds - other.seconds,
+            self.long - other.long,
+        )
+
+
+async def gc_pauses(port: str) -> Pauses:
+    """Read the worker's GC pause histogram from its /metrics page."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=10)).text
+    counts = [0.0, 0.0, 0.0]
+    seconds = 0.0
+    short = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "learnops_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            generation = int(sample.labels["generation"])
+            if sample.name.endswith("_count"):
+                counts[generation] = sample.value
+            elif sample.name.endswith("_sum"):
+                seconds += sample.value
+            elif sample.name.endswith("_bucket") and sample.labels["le"] == "0.025":
+                short += sample.value
+    return Pauses((counts[0], counts[1], counts[2]), seconds, sum(counts) - short)
 
 
 async def bare_faust_rate(bootstrap: str, start: dict[TopicPartition, int], n: int) -> float:
