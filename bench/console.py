@@ -40,6 +40,7 @@ from storage import canary as canary_store
 from storage import policy_commands, signing_keys
 from storage.migrate import migrate
 from storage.pool import create_pool
+from tests.services import drop_database
 
 RUNS = """
 INSERT INTO crl_results (run_id, event_id, source_event_id, doer, phase, policy_id,
@@ -357,12 +358,12 @@ async def timed_queries(dsn: str) -> list[tuple[float, str]]:
 
 
 async def database(server: str, name: str, create: bool) -> None:
+    if not create:
+        await drop_database(server, name)
+        return
     admin = await asyncpg.connect(server)
     try:
-        if create:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        else:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
 

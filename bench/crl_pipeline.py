@@ -37,7 +37,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -57,6 +56,7 @@ from storage.pool import create_pool  # noqa: E402
 from tests.services import (  # noqa: E402
     WorkerProcess,
     create_migrated_database,
+    drop_database,
     end_offsets,
     free_port,
     start_group_at,
@@ -270,12 +270,11 @@ async def main() -> None:
             before = await gc_pauses(web_port)
             lats.append(await latency(bootstrap, orchestrator, args.rate, args.seconds))
             pauses.append((await gc_pauses(web_port)) - before)
+        since_start = await gc_pauses(web_port)
     finally:
         worker.stop()
         await pool.close()
-        admin = await asyncpg.connect(server_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(server_dsn, database)
 
     bare_rate = await bare_faust_rate(bootstrap, source_start, n)
     assert first is not None
@@ -333,6 +332,11 @@ async def main() -> None:
                 f"{paused.long:.0f}",
             )
     console.print(lat_table)
+    console.print(
+        "GC pauses since the worker started (gen 0/1/2): "
+        + "/".join(f"{n:.0f}" for n in since_start.counts)
+        + f", {1000 * since_start.seconds:.0f} ms in all, {since_start.long:.0f} of 25 ms or more"
+    )
 
 
 @dataclass

@@ -51,7 +51,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -71,6 +70,7 @@ from tests.services import (  # noqa: E402
     INPUT_TOPICS,
     WorkerProcess,
     create_migrated_database,
+    drop_database,
     end_offsets,
     free_port,
     start_group_at,
@@ -386,9 +386,7 @@ async def main() -> None:
                 shutil.rmtree(data_dir, ignore_errors=True)
     finally:
         console.print(table)
-        admin = await asyncpg.connect(server_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(server_dsn, name)
     console.print(
         f"machine: {os.cpu_count()} CPUs, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM"

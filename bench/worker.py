@@ -81,7 +81,12 @@ from storage.migrate import migrate  # noqa: E402
 from storage.operator_keys import add_operator_key, grant_role  # noqa: E402
 from storage.pool import create_pool  # noqa: E402
 from storage.signing_keys import add_signing_key  # noqa: E402
-from tests.services import WorkerProcess, free_port, start_after_inputs  # noqa: E402
+from tests.services import (  # noqa: E402
+    WorkerProcess,
+    drop_database,
+    free_port,
+    start_after_inputs,
+)
 
 console = Console(width=220)
 TICK_S = 0.02
@@ -321,11 +326,7 @@ class Bench:
             await self.router_cm.__aexit__(None, None, None)
         if self.pool is not None:
             await self.pool.close()
-        admin = await asyncpg.connect(self.server_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(self.server_dsn, self.database)
 
     # -- load ---------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from tests import operators
@@ -19,6 +18,7 @@ from tests.services import (
     REPO,
     WorkerProcess,
     create_migrated_database,
+    drop_database,
     free_port,
     kafka_service,
     postgres_service,
@@ -73,18 +73,7 @@ async def database_url(postgres_server: str) -> AsyncIterator[str]:
     """A fresh database for this test session, migrated to the latest schema."""
     name = f"learnops_test_{uuid.uuid4().hex[:10]}"
     yield await create_migrated_database(postgres_server, name, operators=True)
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        for _ in range(30):
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                break
-            except asyncpg.InsufficientPrivilegeError:
-                # An autovacuum worker (the superuser's) is in the database after
-                # heavy writes (the fault suite's); FORCE may not end it: wait.
-                await asyncio.sleep(1)
-    finally:
-        await admin.close()
+    await drop_database(postgres_server, name)
 
 
 @pytest.fixture(scope="session")

@@ -331,6 +331,30 @@ def run_learnops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
     )
 
 
+async def drop_database(server_dsn: str, name: str, *, attempts: int = 30) -> None:
+    """Drop database ``name``, ending its sessions; wait for backends FORCE may not end.
+
+    ``WITH (FORCE)`` ends the sessions of the roles the caller may signal. An
+    autovacuum worker (the superuser's) after heavy writes, or a worker role's
+    backend still exiting after its process was killed, can outlive it for a
+    moment: each refusal waits a second, up to ``attempts`` times.
+    """
+    import asyncpg
+
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        for attempt in range(attempts):
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(1)
+    finally:
+        await admin.close()
+
+
 async def create_migrated_database(server_dsn: str, name: str, *, operators: bool = False) -> str:
     """Create database ``name`` on the server and migrate it to the latest schema; its DSN.
 

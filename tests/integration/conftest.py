@@ -15,7 +15,14 @@ import pytest
 from learning.signing import SigningKey, generate_key
 from storage import signing_keys as keys_store
 from storage.pool import create_pool
-from tests.services import REPO, WorkerProcess, end_offsets, learnops_command, start_group_at
+from tests.services import (
+    REPO,
+    WorkerProcess,
+    drop_database,
+    end_offsets,
+    learnops_command,
+    start_group_at,
+)
 
 
 @pytest.fixture
@@ -29,9 +36,7 @@ async def empty_db(postgres_server: str) -> AsyncIterator[Any]:
     pool = await create_pool(urlunsplit(parts._replace(path=f"/{name}")), min_size=1, max_size=2)
     yield pool
     await pool.close()
-    admin = await asyncpg.connect(postgres_server)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    await drop_database(postgres_server, name)
 
 
 @pytest.fixture(scope="session")

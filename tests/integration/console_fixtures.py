@@ -23,17 +23,11 @@ from storage import policy_commands as commands_store
 async def database_url(postgres_server: str) -> Any:
     import uuid
 
-    import asyncpg
-
-    from tests.services import create_migrated_database
+    from tests.services import create_migrated_database, drop_database
 
     name = f"learnops_console_{uuid.uuid4().hex[:10]}"
     yield await create_migrated_database(postgres_server, name)
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(postgres_server, name)
 
 
 @pytest.fixture(scope="module")

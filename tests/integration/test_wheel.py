@@ -36,7 +36,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.services import INPUT_TOPICS, REPO, end_offsets, free_port, start_group_at
+from tests.services import (
+    INPUT_TOPICS,
+    REPO,
+    drop_database,
+    end_offsets,
+    free_port,
+    start_group_at,
+)
 
 #: The command lines the Docker image and compose run (test_compose.py holds them to these).
 HELP_ARGS = ("--help",)
@@ -191,11 +198,7 @@ async def empty_database(postgres_server: str) -> AsyncIterator[str]:
     finally:
         await admin.close()
     yield _with_database(postgres_server, name)
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(postgres_server, name)
 
 
 async def test_db_migrate_applies_the_packaged_migrations(
