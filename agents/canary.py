@@ -30,7 +30,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from agents.faust_internals.introspection import committed_offsets
-from agents.health import DECISIONS
+from agents.health import DECISION_SECONDS, DECISIONS
 from agents.stage import Stage
 from agents.tables import SEPARATOR, SOURCE_OFFSETS, doer_of
 from learning.deployments import DeploymentState, Verdict, event_time
@@ -73,6 +73,8 @@ class Batch:
         self.owned: set[Claim] = set()
         self.routings: list[TaskRouted] = []
         self.verdicts: list[tuple[DeploymentState, Verdict]] = []
+        # Per verdict, the Kafka timestamp (s) of the result judged (None: the silence timer's).
+        self.judged: list[float | None] = []
         self.partitions: dict[str, int] = {}
 
     def arrived(self, doer: str, event: Any) -> None:
@@ -138,13 +140,19 @@ class Batch:
         stage = self.stage
         pool = stage.app.pool
         made = [_decision(state, verdict, stage.key) for state, verdict in self.verdicts]
-        if self.routings:
-            await durably(partial(insert_routings, pool, self.routings), what="routings")
-        if made:
-            await durably(partial(insert_decisions, pool, made), what="decisions")
-        for (state, verdict), decision in zip(self.verdicts, made, strict=True):
+        # Both before anything is emitted; at once, on two connections: a round trip to
+        # PostgreSQL is most of a decision's latency on a loaded host.
+        await asyncio.gather(
+            durably(partial(insert_routings, pool, self.routings), what="routings"),
+            durably(partial(insert_decisions, pool, made), what="decisions"),
+        )
+        for (state, verdict), decision, judged in zip(
+            self.verdicts, made, self.judged, strict=True
+        ):
             await stage.topics.decisions.send(decision)
             DECISIONS.labels(decision.action).inc()
+            if judged is not None:
+                DECISION_SECONDS.observe(max(0.0, time.time() - judged))
             log.info(
                 "canary_decision doer=%s deployment=%s action=%s step=%d control=%d candidate=%d "
                 "delta_pct=%s p=%.3g",
@@ -440,6 +448,7 @@ class CanaryStage(Stage):
             verdict = state.judge(event_time(value))
             if verdict is not None:
                 batch.verdicts.append((state, verdict))
+                batch.judged.append(event.message.timestamp)
 
     async def _deployment_of(
         self, event: Any, batch: Batch, doer: str, deployment_id: str
@@ -524,4 +533,5 @@ class CanaryStage(Stage):
                 batch.adopt(key, value)
                 batch.states[key] = state
                 batch.verdicts.append((state, verdict))
+                batch.judged.append(None)
             await batch.flush()

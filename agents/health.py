@@ -50,6 +50,11 @@ BATCH_SECONDS = Histogram(
 DECISIONS = Counter(
     "learnops_canary_decisions_total", "Canary decisions emitted, by action.", ["action"]
 )
+DECISION_SECONDS = Histogram(
+    "learnops_canary_decision_seconds",
+    "From a CRL result's Kafka timestamp to the canary decision that counts it, as sent.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 CONSUMER_LAG = Gauge(
     "learnops_consumer_lag",
     "Records between the partition's end and its committed offset (at the last scrape).",
