@@ -112,12 +112,15 @@ def consumed_topics(stages: str) -> set[str]:
     return {topic for agent in app.agents.values() for topic in agent.channel.topics}
 
 
-def stage_groups(split: bool) -> list[str]:
-    """The LEARNOPS_STAGES of each worker process."""
+def stage_groups(split: bool, alone: tuple[str, ...] = SPLIT) -> list[str]:
+    """The LEARNOPS_STAGES of each worker process: each of ``alone``, then the rest, when split."""
     if not split:
         return [",".join(STAGES)]
-    rest = ",".join(name for name in STAGES if name not in SPLIT)
-    return [*SPLIT, rest]
+    unknown = set(alone) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"--alone names no stage: {', '.join(sorted(unknown))}")
+    rest = ",".join(name for name in STAGES if name not in alone)
+    return [*alone, rest]
 
 
 @dataclass
@@ -263,7 +266,7 @@ class Bench:
             learnops_worker_signing_key_file=str(self.keys / "signing.pem"),
         )
         await ensure(self.settings, load_catalog(REPO / "topics.yaml"))
-        for stages in stage_groups(self.args.split):
+        for stages in stage_groups(self.args.split, self.args.alone):
             env = {
                 **os.environ,
                 "DATABASE_URL": self.dsn,
@@ -293,7 +296,7 @@ class Bench:
                 self.workers.append(worker)
         console.print(
             f"{len(self.workers)} worker process(es), {self.args.replicas} per group: "
-            + " · ".join(s for s in stage_groups(self.args.split))
+            + " · ".join(s for s in stage_groups(self.args.split, self.args.alone))
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, max_batch_size=256 << 10
@@ -312,7 +315,9 @@ class Bench:
         await self.scenario.setup()
         await self.scenario.start_canary(
             2,
-            CanarySettings(min_sample_size=1_000_000, report_every=100),
+            # A report every 10 counted runs: at 170 runs/s (a tenth of them the canary's)
+            # that is ~1.7 decisions a second, enough for a p99 over a 45 s window.
+            CanarySettings(min_sample_size=1_000_000, report_every=10),
             [0.5],
         )
         self.canary_sim = self.scenario.simulator()
@@ -477,7 +482,8 @@ class Bench:
                     for topic, lag in per.items():
                         name = topic.split(".", 1)[1]
                         if len(self.groups) > 1:
-                            name = f"{name} ({stage_groups(True)[number].split(',')[0]}…)"
+                            first = stage_groups(True, self.args.alone)[number].split(",")[0]
+                            name = f"{name} ({first}…)"
                         assert self.window is not None
                         self.window.lag[name].append((t, lag))
                 totals: dict[str, int] = defaultdict(int)
@@ -592,9 +598,13 @@ class Bench:
             await asyncio.sleep(1.0)
 
 
-def report(windows: list[Window], split: bool) -> str:
+def report(windows: list[Window], groups: list[str]) -> str:
     """The results as a markdown table (also printed)."""
-    layout = "stages split over 4 processes" if split else "one worker, every stage"
+    layout = (
+        f"stages split over {len(groups)} processes ({' · '.join(groups)})"
+        if len(groups) > 1
+        else "one worker, every stage"
+    )
     table = Table(title=f"bench/worker.py — {layout}")
     headers = [
         "runs/s offered",
@@ -603,7 +613,7 @@ def report(windows: list[Window], split: bool) -> str:
         "p50/p99 → crl (ms)",
         "p50/p99 → sample stored",
         "p50/p99 → skill card",
-        "p50/p99 crl → canary decision",
+        "p50/p99 crl → canary decision (decisions)",
         "CPU (cores)",
         "CPU ms/run",
         "RSS MB",
@@ -622,7 +632,8 @@ def report(windows: list[Window], split: bool) -> str:
             f"{_pct(w.crl_latency, 0.5)} / {_pct(w.crl_latency, 0.99)}",
             f"{_pct(w.sample_latency, 0.5)} / {_pct(w.sample_latency, 0.99)}",
             f"{_pct(w.card_latency, 0.5)} / {_pct(w.card_latency, 0.99)}",
-            f"{_pct(w.decision_latency, 0.5)} / {_pct(w.decision_latency, 0.99)}",
+            f"{_pct(w.decision_latency, 0.5)} / {_pct(w.decision_latency, 0.99)} "
+            f"({len(w.decision_latency)})",
             f"{w.cpu:.2f}",
             f"{1000 * w.cpu * max(w.publish_s, 1e-3) / max(w.crl_in_window, 1):.1f}",
             f"{w.rss_mb:.0f}",
@@ -646,6 +657,13 @@ async def main() -> None:
     )
     parser.add_argument("--doers", type=int, default=40)
     parser.add_argument("--split", action="store_true", help="Stages over four worker processes.")
+    parser.add_argument(
+        "--alone",
+        type=lambda text: tuple(name for name in text.split(",") if name),
+        default=SPLIT,
+        help=f"With --split, the stages that run each in a process of its own "
+        f"(default {','.join(SPLIT)}); every other stage shares one more.",
+    )
     parser.add_argument(
         "--replicas",
         type=int,
@@ -684,7 +702,7 @@ async def main() -> None:
     finally:
         stop.set()
         await asyncio.gather(*followers, return_exceptions=True)
-        text = report(windows, args.split)
+        text = report(windows, stage_groups(args.split, args.alone))
         if capacity is not None:
             console.print(capacity.line())
             text += "\n\n" + capacity.line()
