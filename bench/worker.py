@@ -155,7 +155,7 @@ class Window:
             # (Faust's 2.8 s) and after a batch: a few seconds of traffic is normal.
             growing = slope > 0.05 * rate and end > max(50, 2 * rate)
             if end > max(200, COMMIT_SLACK_S * rate) or growing:
-                worst.append(f"{name} lag {end} (+{slope:.0f}/s)")
+                worst.append(f"{name} lag {end} ({slope:+.0f}/s)")
         return (not worst, "; ".join(worst))
 
 
