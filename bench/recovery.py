@@ -65,6 +65,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from agents.tables import SOURCE_OFFSETS, day_start, marked  # noqa: E402
 from agents.topics import ensure, load_catalog  # noqa: E402
+from bench.crl_pipeline import gc_pauses  # noqa: E402
 from bench.state_size import canary_record, doer_day_records, scored_runs  # noqa: E402
 from learning.trends import days_back  # noqa: E402
 from tests import operators  # noqa: E402
@@ -321,6 +322,7 @@ async def main() -> None:
         "RSS during MiB",
         "RSS after MiB",
         "peak MiB",
+        "GC s (gen 2 count)",
         "view",
     ):
         table.add_column(column, justify="right")
@@ -365,6 +367,7 @@ async def main() -> None:
                         timed_start, worker, args.settle, args.timeout
                     )
                     view = check_view(port, doers, days, args.runs_per_day)
+                    paused = await gc_pauses(port)
                     await asyncio.to_thread(worker.stop)
                     console.print(
                         f"{store} {doers} doers × {days} days, {run}: {measured.seconds:.1f} s "
@@ -383,6 +386,7 @@ async def main() -> None:
                         f"{measured.rss_during:,.0f}",
                         f"{measured.rss_after:,.0f}",
                         f"{measured.peak:,.0f}",
+                        f"{paused.seconds:.1f} ({paused.counts[2]:.0f})",
                         view,
                     )
                 shutil.rmtree(data_dir, ignore_errors=True)
