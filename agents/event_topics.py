@@ -8,7 +8,9 @@ in step. A send keys the record by the event's doer, as every topic is keyed
 
 An app built with an ``outbox`` (tests that drive a stage in process with
 Faust's ``test_context()``) collects the events it would send there instead of
-producing them; everything else goes to the broker through Faust's producer.
+producing them; everything else goes to the broker through Faust's producer, straight to
+aiokafka (``Producer.send_acknowledged``): the commit after a send waits for
+the broker to acknowledge it.
 """
 
 from __future__ import annotations
@@ -72,7 +74,17 @@ class EventTopic(Generic[E]):
         if outbox is not None:
             outbox.append((self.name, event))
             return Sent()
-        future = await self.channel.send(key=event.record_key().encode(), value=event.to_json())
+        key, value = event.record_key().encode(), event.to_json()
+        app = self._app
+        producer = await app.maybe_start_producer()
+        send = getattr(producer, "send_acknowledged", None)
+        if send is None:  # a transport other than learnops' (agents/faust_internals/transport.py)
+            future = await self.channel.send(key=key, value=value)
+        else:
+            app.sensors.on_send_initiated(
+                producer, self.name, message=None, keysize=len(key), valsize=len(value)
+            )
+            future = await send(self.name, key, value)
         EVENTS_OUT.labels(self.name).inc()
         return Sent(future)
 

@@ -538,9 +538,13 @@ class AcknowledgedBuffer(ProducerBuffer):
         self.failures: list[BaseException] = []
 
     def put(self, fut: Any) -> None:
+        self.watch(fut)
+        super().put(fut)
+
+    def watch(self, fut: Any) -> None:
+        """Hold the next commit until the broker acknowledges ``fut``; fail it if that fails."""
         self.unacknowledged.add(fut)
         fut.add_done_callback(self._acknowledged)
-        super().put(fut)
 
     @Service.task
     async def _handle_pending(self) -> None:
@@ -582,6 +586,24 @@ class AcknowledgedBuffer(ProducerBuffer):
 
 class Producer(faust_aiokafka.Producer):
     """Faust's aiokafka producer whose flush waits for every buffered record's acknowledgement."""
+
+    async def send_acknowledged(self, topic: str, key: bytes, value: bytes) -> Any:
+        """Send one record through aiokafka; the next commit waits for the broker's ack.
+
+        The stages' output records (agents/event_topics.py). Faust's ``Topic.send``
+        wraps each record in a message, a future and sensor callbacks before it
+        reaches this producer, and then only logs a failed delivery: the offsets
+        behind a record the broker never took were committed all the same. Here
+        the record goes straight to aiokafka's accumulator (same partitioner, same
+        batching and linger) and its future joins the records that the flush before
+        every commit waits for (:class:`AcknowledgedBuffer`), so a failed send fails
+        the commit and the input is processed again.
+        """
+        future = await self.send(topic, key, value, None, None, None)
+        buffer = self.buffer
+        assert isinstance(buffer, AcknowledgedBuffer)
+        buffer.watch(future)
+        return future
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

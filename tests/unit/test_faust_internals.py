@@ -137,3 +137,35 @@ async def test_a_flush_that_waits_too_long_raises(monkeypatch: pytest.MonkeyPatc
     buffer.put(asyncio.get_running_loop().create_future())
     with pytest.raises(transport.ChangelogFlushError, match=r"not acknowledged after 0\.1 s"):
         await buffer.flush()
+
+
+async def test_a_record_sent_past_the_buffer_holds_the_commit_until_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stage outputs go straight to aiokafka (agents/event_topics.py); Faust's own
+    # Topic.send only logged a failed delivery, and the commit went ahead.
+    import faust
+
+    app = faust.App("direct-send-test", broker=f"{transport.SCHEME}://127.0.0.1:9")
+    producer = app.producer
+    assert isinstance(producer, transport.Producer)
+    sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+    records: list[asyncio.Future[Any]] = []
+
+    async def send(
+        topic: str, key: bytes | None, value: bytes | None, partition: int | None, *_: Any
+    ) -> asyncio.Future[Any]:
+        sent.append((topic, key, value, partition))
+        records.append(asyncio.get_running_loop().create_future())
+        return records[-1]
+
+    monkeypatch.setattr(producer, "send", send)
+    future = await producer.send_acknowledged("learning.alerts", b"DoerA", b"{}")
+    assert sent == [("learning.alerts", b"DoerA", b"{}", None)]  # aiokafka partitions by key
+    assert future is records[0]
+    flush = asyncio.ensure_future(producer.buffer.flush())
+    await asyncio.sleep(0.2)
+    assert not flush.done()
+    future.set_exception(OSError("broker went away"))
+    with pytest.raises(transport.ChangelogFlushError, match="1 buffered records failed"):
+        await asyncio.wait_for(flush, 1.0)
