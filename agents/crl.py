@@ -17,7 +17,7 @@ before its effects are written (and flushed, before the commit).
 from __future__ import annotations
 
 import logging
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ log = logging.getLogger("learnops.crl")
 DAY = timedelta(days=1)
 BATCH = 1000  # at most this many events per batch (agents/streams.py)
 MAX_BASELINES = 200_000  # cached baselines kept before the cache starts afresh
+EXPIRY_MARGIN_DAYS = 2  # baselines this close to table expiry are not cached (near_expiry)
 
 #: Why a bundle whose run id another doer's or tenant's stored run holds is refused.
 #: It names neither: the reason is logged and kept, and the other run is not the sender's.
@@ -110,6 +111,22 @@ class BatchFold:
             slot.table.relative_to(day_start(day))[key] = value
             written.append((slot.table, key, day, slot.daily.moments))
         return written
+
+
+def utc_today() -> date:
+    """Today's date in UTC, by the wall clock (what Faust's table expiry goes by)."""
+    return datetime.now(UTC).date()
+
+
+def near_expiry(oldest: date, today: date) -> bool:
+    """Whether a baseline reaching back to ``oldest`` may lose a day to table expiry soon.
+
+    Faust deletes a day's window by the wall clock once it is ``HISTORY_DAYS`` old,
+    without telling the stage; a baseline cached over such a day would go on
+    counting it. Baselines within ``EXPIRY_MARGIN_DAYS`` of that are read anew
+    each time (only late runs, weeks old, have them).
+    """
+    return (today - oldest).days >= HISTORY_DAYS - EXPIRY_MARGIN_DAYS
 
 
 class CRLStage(Stage):
@@ -180,14 +197,16 @@ class CRLStage(Stage):
             # Emitted again when redelivered: downstream writes are idempotent by
             # run id, and a crash before this send must not lose it.
             await self.topics.crl_computed.send(result)
+        # A write to a day changes the baselines of the days after it: dropped before
+        # the writes, so a write that fails part-way leaves no stale baseline behind.
+        baseline_days = self.app.learning.trends.baseline_days
+        for (table_id, key, day), slot in batch.slots.items():
+            if slot.changed:
+                for later in range(1, baseline_days + 1):
+                    self._baselines.pop((table_id, key, day + later * DAY), None)
         # Doers first: a phase or policy of a doer that regressed as a whole that day
         # adds nothing; its own alert is for a regression the doer's mean hides.
         written = sorted(batch.write(), key=lambda w: w[0] is not self.by_doer)
-        baseline_days = self.app.learning.trends.baseline_days
-        for table, key, day, _ in written:
-            # A write to a day changes the baselines of the days after it.
-            for later in range(1, baseline_days + 1):
-                self._baselines.pop((id(table), key, day + later * DAY), None)
         for table, key, day, moments in written:
             if table is self.by_doer or not self._doer_alerted(key, day):
                 await self._check_regression(table, key, day, moments)
@@ -227,7 +246,9 @@ class CRLStage(Stage):
         cached = self._baselines.get(cache_key)
         if cached is None:
             days = history(table, key, today - DAY, trends.baseline_days, sketches=False)
-            cached = self._baselines[cache_key] = baseline(days, today, trends)
+            cached = baseline(days, today, trends)
+            if not near_expiry(today - trends.baseline_days * DAY, utc_today()):
+                self._baselines[cache_key] = cached
         return cached
 
     async def _check_regression(self, table: Any, key: str, today: date, moments: Moments) -> None:

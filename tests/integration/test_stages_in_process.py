@@ -429,6 +429,42 @@ async def test_baseline_days_that_arrive_after_todays_runs_count_in_todays_next_
         assert alerts[0].evidence["baseline_count"] == len(baseline)
 
 
+async def test_a_write_that_fails_part_way_leaves_no_cached_baseline_behind(
+    make_app: Callable[..., LearnopsApp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The baselines a batch's writes change are dropped before it writes, not after."""
+    from agents.crl import BatchFold
+
+    app = make_app("crl")
+    stage = app.stages["crl"]
+    doer = f"Torn{tag()}"
+    orchestrator = Orchestrator(seed=20261206, doers=(doer,), run_prefix=f"torn-{tag()}")
+    today = datetime.now(UTC).date()
+    midnight = datetime.combine(today, datetime.min.time(), UTC)
+    today_runs = [
+        orchestrator.bundle(doer, occurred_at=midnight + timedelta(minutes=i)) for i in range(3)
+    ]
+    yesterday = orchestrator.bundle(doer, occurred_at=midnight - timedelta(hours=2))
+    progress = Progress(stage)
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        for bundle in today_runs:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(today_runs))
+        cached = (id(stage.by_doer), doer, today)
+        assert cached in stage._baselines, "today's check caches the doer's baseline"
+        written = BatchFold.write
+
+        def torn(self: BatchFold) -> Any:
+            written(self)  # the day is written (its changelog record may be sent) ...
+            raise RuntimeError("changelog send failed")  # ... and the batch fails after it
+
+        monkeypatch.setattr(BatchFold, "write", torn)
+        await feed.event(RUNS, yesterday)
+        await progress.done(len(today_runs) + 1)
+        assert cached not in stage._baselines
+
+
 @pytest.mark.parametrize("scope", ["phase", "policy"])
 async def test_a_regression_in_one_phase_or_policy_alerts_for_it_when_the_doer_mean_hides_it(
     make_app: Callable[..., LearnopsApp], scope: str

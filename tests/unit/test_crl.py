@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -297,3 +298,17 @@ def test_scored_events_pass_full_validation_unchanged() -> None:
         validated = CRLComputed.model_validate(event.model_dump())
         assert validated == event
         assert CRLComputed.from_json(event.to_json()) == event
+
+
+def test_a_baseline_that_table_expiry_may_shorten_is_not_cached() -> None:
+    # Faust deletes a day's window by the wall clock once it is HISTORY_DAYS old; a
+    # cached baseline over that day would go on counting it (a late run, weeks old).
+    from agents.crl import EXPIRY_MARGIN_DAYS, near_expiry
+    from agents.tables import HISTORY_DAYS
+
+    today = date(2026, 12, 5)
+    oldest_kept = HISTORY_DAYS - EXPIRY_MARGIN_DAYS
+    assert not near_expiry(today - timedelta(days=8), today)  # a run of today
+    assert not near_expiry(today - timedelta(days=oldest_kept - 1), today)
+    assert near_expiry(today - timedelta(days=oldest_kept), today)
+    assert near_expiry(today - timedelta(days=HISTORY_DAYS + 3), today)
