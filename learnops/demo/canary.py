@@ -38,7 +38,7 @@ async def canary(self: GroupedCommand, min_samples: int, timeout: float) -> None
         key = generate_key()
         await store.add_signing_key(pool, key.public_key, created_by="canary-demo")
         tag = int(time.time())
-        pinned = pinned_keys(settings, key)
+        pinned = await pinned_keys(settings, pool, key)
         async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
             for name, candidate in (("better", 0.95), ("worse", 0.6)):
                 doer = f"CanaryDemo{name.title()}{tag}"

@@ -33,6 +33,7 @@ from models.events import CurationLabels, RunCompleted, SampleCurated
 from storage import audit as store
 from storage import experiments as experiments_store
 from storage.datasets import freeze, insert_samples
+from storage.signing_keys import signing_keys
 
 #: The tenant whose samples the demo freezes (the simulated orchestrator's tenant).
 DEMO_TENANT = "acme"
@@ -67,16 +68,22 @@ class ExperimentDoer:
     sample_ids: list[str]
 
 
-def pinned_keys(settings: Any, *signers: SigningKey) -> list[PublicKey] | None:
-    """The keys a demo Router pins: the worker's and the policy signers'; None without a worker key.
+async def pinned_keys(settings: Any, pool: Any, *signers: SigningKey) -> list[PublicKey] | None:
+    """The keys a demo Router pins; None without a worker key.
 
-    A worker without ``LEARNOPS_WORKER_SIGNING_KEY_FILE`` publishes unsigned changes, which a
-    pinned Router would refuse, so the demo then follows them unverified.
+    The worker's, the section's policy signers', and every key of the store's
+    keyring that is not revoked, as an orchestrator pins the keyring it trusts:
+    the Router reads every doer's changes from the compacted topic, and the
+    earlier demo sections' doers are signed by their own sections' keys (pinning
+    only this section's signer logged a refusal for each of them). A worker
+    without ``LEARNOPS_WORKER_SIGNING_KEY_FILE`` publishes unsigned changes, which
+    a pinned Router would refuse, so the demo then follows them unverified.
     """
     worker = settings.worker_key()
     if worker is None:
         return None
-    return [worker.public_key, *(signer.public_key for signer in signers)]
+    keyring = [PublicKey(k.public_key) for k in await signing_keys(pool) if k.revoked_at is None]
+    return [worker.public_key, *(signer.public_key for signer in signers), *keyring]
 
 
 async def submit(pool: Any, producer: Any, event: Event, timeout: float = 60.0) -> store.Outcome:
@@ -294,7 +301,7 @@ async def canary_until_decided(
     cheaper model). Gives the start_canary outcome, the scenario (its
     deployment id) and the deployment's decisions.
     """
-    pinned = pinned_keys(settings, key)
+    pinned = await pinned_keys(settings, pool, key)
     async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
         await router.wait_for(prepared.name, lambda c: c.status == "shadow", timeout=timeout)
         started = await submit(
