@@ -72,9 +72,8 @@ class Batch:
         self.marks: dict[str, dict[str, int]] = {}
         self.owned: set[Claim] = set()
         self.routings: list[TaskRouted] = []
-        self.verdicts: list[tuple[DeploymentState, Verdict]] = []
-        # Per verdict, the Kafka timestamp (s) of the result judged (None: the silence timer's).
-        self.judged: list[float | None] = []
+        # Each verdict, with the Kafka timestamp (s) of the result judged (None: the timer's).
+        self.verdicts: list[tuple[DeploymentState, Verdict, float | None]] = []
         self.partitions: dict[str, int] = {}
 
     def arrived(self, doer: str, event: Any) -> None:
@@ -139,16 +138,14 @@ class Batch:
         """
         stage = self.stage
         pool = stage.app.pool
-        made = [_decision(state, verdict, stage.key) for state, verdict in self.verdicts]
+        made = [_decision(state, verdict, stage.key) for state, verdict, _ in self.verdicts]
         # Both before anything is emitted; at once, on two connections: a round trip to
         # PostgreSQL is most of a decision's latency on a loaded host.
         await asyncio.gather(
             durably(partial(insert_routings, pool, self.routings), what="routings"),
             durably(partial(insert_decisions, pool, made), what="decisions"),
         )
-        for (state, verdict), decision, judged in zip(
-            self.verdicts, made, self.judged, strict=True
-        ):
+        for (state, verdict, judged), decision in zip(self.verdicts, made, strict=True):
             await stage.topics.decisions.send(decision)
             DECISIONS.labels(decision.action).inc()
             if judged is not None:
@@ -447,8 +444,7 @@ class CanaryStage(Stage):
         if batch.counts(state, _item(value), event) and state.observe(value):
             verdict = state.judge(event_time(value))
             if verdict is not None:
-                batch.verdicts.append((state, verdict))
-                batch.judged.append(event.message.timestamp)
+                batch.verdicts.append((state, verdict, event.message.timestamp))
 
     async def _deployment_of(
         self, event: Any, batch: Batch, doer: str, deployment_id: str
@@ -532,6 +528,5 @@ class CanaryStage(Stage):
                 self.partitions.seen(doer, partition)  # so the table write finds its partition
                 batch.adopt(key, value)
                 batch.states[key] = state
-                batch.verdicts.append((state, verdict))
-                batch.judged.append(None)
+                batch.verdicts.append((state, verdict, None))
             await batch.flush()

@@ -113,11 +113,6 @@ class BatchFold:
         return written
 
 
-def utc_today() -> date:
-    """Today's date in UTC, by the wall clock (what Faust's table expiry goes by)."""
-    return datetime.now(UTC).date()
-
-
 def near_expiry(oldest: date, today: date) -> bool:
     """Whether a baseline reaching back to ``oldest`` may lose a day to table expiry soon.
 
@@ -247,7 +242,8 @@ class CRLStage(Stage):
         if cached is None:
             days = history(table, key, today - DAY, trends.baseline_days, sketches=False)
             cached = baseline(days, today, trends)
-            if not near_expiry(today - trends.baseline_days * DAY, utc_today()):
+            # Faust's table expiry goes by the wall clock.
+            if not near_expiry(today - trends.baseline_days * DAY, datetime.now(UTC).date()):
                 self._baselines[cache_key] = cached
         return cached
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
+from agents.faust_internals.transport import Producer
 from agents.health import EVENTS_OUT
 from models.bandit import BanditAllocations, BanditControl
 from models.base import Event
@@ -77,14 +78,11 @@ class EventTopic(Generic[E]):
         key, value = event.record_key().encode(), event.to_json()
         app = self._app
         producer = await app.maybe_start_producer()
-        send = getattr(producer, "send_acknowledged", None)
-        if send is None:  # a transport other than learnops' (agents/faust_internals/transport.py)
-            future = await self.channel.send(key=key, value=value)
-        else:
-            app.sensors.on_send_initiated(
-                producer, self.name, message=None, keysize=len(key), valsize=len(value)
-            )
-            future = await send(self.name, key, value)
+        assert isinstance(producer, Producer), "apps are built on learnops' transport (build_app)"
+        app.sensors.on_send_initiated(
+            producer, self.name, message=None, keysize=len(key), valsize=len(value)
+        )
+        future = await producer.send_acknowledged(self.name, key, value)
         EVENTS_OUT.labels(self.name).inc()
         return Sent(future)
 

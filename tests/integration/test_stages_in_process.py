@@ -14,7 +14,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,13 @@ class Feed:
     async def event(self, topic: str, event: Event, **where: int) -> Message:
         """Deliver a contract event, keyed by its doer as every producer keys it."""
         return await self.put(topic, event.doer.encode(), event.to_json(), **where)
+
+    async def runs(self, bundles: Sequence[RunCompleted], progress: Progress) -> None:
+        """Deliver run bundles; wait until the stage has handled them, and nothing more."""
+        handled = progress.events + len(bundles)
+        for bundle in bundles:
+            await self.event(RUNS, bundle)
+        await progress.done(handled)
 
 
 def changelog(app: LearnopsApp) -> list[tuple[str, str]]:
@@ -362,13 +369,9 @@ async def test_a_regressing_doer_day_raises_one_alert_and_a_steady_doer_none(
     progress = Progress(stage)
     async with app.agents["crl"].test_context() as agent:
         feed = Feed(app, agent)
-        for bundle in baseline:
-            await feed.event(RUNS, bundle)
-        await progress.done(len(baseline))
+        await feed.runs(baseline, progress)
         assert sent(app, ALERTS) == [], "the baseline days alone are no regression"
-        for bundle in first:
-            await feed.event(RUNS, bundle)
-        await progress.done(len(baseline) + len(first))
+        await feed.runs(first, progress)
         alerts = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
         assert {a.doer for a in alerts} == {regressing}, [a.message for a in alerts]
         # The doer regressed as a whole: one alert, none again for its phases or policy.
@@ -383,9 +386,7 @@ async def test_a_regressing_doer_day_raises_one_alert_and_a_steady_doer_none(
         assert alert.evidence["today_count"] == len(first) // 2
 
         # More bad runs the same day: the doer-day has alerted already.
-        for bundle in more:
-            await feed.event(RUNS, bundle)
-        await progress.done(len(baseline) + len(first) + len(more))
+        await feed.runs(more, progress)
         again = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
         assert len(again) == len(alerts), [a.message for a in again[len(alerts) :]]
         assert stage.alerted[f"{regressing}{SEPARATOR}{today.isoformat()}"]
@@ -414,16 +415,10 @@ async def test_baseline_days_that_arrive_after_todays_runs_count_in_todays_next_
     progress = Progress(app.stages["crl"])
     async with app.agents["crl"].test_context() as agent:
         feed = Feed(app, agent)
-        for bundle in today_runs:
-            await feed.event(RUNS, bundle)
-        await progress.done(len(today_runs))
+        await feed.runs(today_runs, progress)
         assert sent(app, ALERTS) == [], "no baseline yet: nothing to regress against"
-        for bundle in baseline:
-            await feed.event(RUNS, bundle)
-        await progress.done(len(today_runs) + len(baseline))
-        for bundle in one_more:
-            await feed.event(RUNS, bundle)
-        await progress.done(len(today_runs) + len(baseline) + 1)
+        await feed.runs(baseline, progress)
+        await feed.runs(one_more, progress)
         alerts = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
         assert [a.doer for a in alerts] == [doer], [a.message for a in alerts]
         assert alerts[0].evidence["baseline_count"] == len(baseline)
@@ -448,9 +443,7 @@ async def test_a_write_that_fails_part_way_leaves_no_cached_baseline_behind(
     progress = Progress(stage)
     async with app.agents["crl"].test_context() as agent:
         feed = Feed(app, agent)
-        for bundle in today_runs:
-            await feed.event(RUNS, bundle)
-        await progress.done(len(today_runs))
+        await feed.runs(today_runs, progress)
         cached = (id(stage.by_doer), doer, today)
         assert cached in stage._baselines, "today's check caches the doer's baseline"
         written = BatchFold.write
@@ -506,9 +499,7 @@ async def test_a_regression_in_one_phase_or_policy_alerts_for_it_when_the_doer_m
     progress = Progress(app.stages["crl"])
     async with app.agents["crl"].test_context() as agent:
         feed = Feed(app, agent)
-        for bundle in [*baseline, *good, *bad]:
-            await feed.event(RUNS, bundle)
-        await progress.done(len(baseline) + len(good) + len(bad))
+        await feed.runs([*baseline, *good, *bad], progress)
     alerts = [a for a in sent(app, ALERTS) if a.kind == "crl_regression"]
     scopes = sorted((a.phase, a.policy_id, a.policy_version) for a in alerts)
     expected = ("review", None, None) if scope == "phase" else (None, doer.lower(), 4)
