@@ -1,22 +1,27 @@
 """The CRL stage: learning.run-completed → the run's loss, daily aggregates, regression alerts.
 
-Per batch of events: decode → score (learning.crl) → emit learning.crl-computed
-per run; fold the batch's live runs into the daily tables once per key
-(learning.trends); store the batch in crl_results with one INSERT (idempotent
-on run_id); and check each touched doer-day for a regression
-(learning.alerts). Replay and shadow runs are scored, emitted and stored like
-any run but never folded into the live aggregates.
+Per batch of events: decode → score (learning.crl) → store the batch in
+crl_results with one INSERT (idempotent on run_id) → emit learning.crl-computed
+per run at once. The batch's live runs are folded into pending daily
+aggregates, which are written to the tables (learning.trends) and checked for
+a regression (learning.alerts) at most every ``LEARNOPS_CRL_FOLD_INTERVAL_S``
+(0.25 s), after a batch or by a timer. Replay and shadow runs are scored,
+emitted and stored like any run but never folded into the live aggregates.
 
-Batches, not single events, because each table write is a changelog record:
-folding 1,000 runs of 5 doers costs 15 writes instead of 3,000, and the
-regression check reads a doer's week once per batch instead of once per run.
-Faust acks a batch's offsets after the body returns, so nothing is acked
-before its effects are written (and flushed, before the commit).
+Coalesced, not per event or per batch, because each table write is a
+changelog record of the key's whole day (moments and quantile sketch): folding
+1,000 runs of 5 doers costs 15 writes instead of 3,000, and at 1,000 runs/s in
+batches of ~35 the per-batch writes were half the stage's time per run
+(docs/operations.md). A batch's events are acked only once their aggregates are
+written, and Faust commits an offset only after the changelog records before
+it are acknowledged, so nothing is committed before its effects are written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -140,13 +145,42 @@ class CRLStage(Stage):
         self._baselines: dict[tuple[int, str, date], Moments] = {}
         self._baselines_generation: int | None = None
 
+        # Runs folded into aggregates not yet written, and the events that hold them
+        # (acked once written); see :meth:`_write_folds`.
+        self.fold_interval_s = app.settings.learnops_crl_fold_interval_s
+        self._pending = BatchFold(self)
+        self._held: list[Any] = []
+        self._held_since: float | None = None
+        self._fold_lock = asyncio.Lock()
+        self._stream: Any = None
+        self._revocations = 0  # partition revocations seen (:meth:`_forget_folds`)
+
         async def crl(stream: Any) -> None:
-            """Score and emit each run; fold, store and check the batch; ack after all of it."""
-            async for events in self.batches(stream, BATCH):
-                async with self.guarded_batch(events):
-                    await self.process(events)
+            """Score, store and emit each batch; write the aggregates when due, then ack."""
+            self._stream = stream
+            async for events in self.batches(stream, BATCH, ack=False):
+                async with self._fold_lock:
+                    revocations = self._revocations
+                    folds: list[tuple[CRLComputed, int, int]] = []
+                    async with self.guarded_batch(events):
+                        folds = await self.process(events)
+                    if revocations != self._revocations:
+                        # Partitions moved while the batch was processed: its folds would
+                        # be written to partitions that may be another worker's now. It
+                        # stays unacked; the partitions' next owner processes it again.
+                        continue
+                    for result, partition, offset in folds:
+                        self._pending.add(result, partition, offset)
+                    self._held.extend(events)
+                    if self._held_since is None:
+                        self._held_since = time.monotonic()
+                    if self._folds_due():
+                        await self._write_folds()
 
         app.agent(self.topics.run_completed.channel, name=self.name)(crl)
+        if self.fold_interval_s > 0:
+            self.every(max(0.05, self.fold_interval_s / 2), self.write_due_folds)
+        app.on_partitions_revoked.connect(self._forget_folds)
         register_views(app, self)
 
     def _daily(self, name: str, help_: str, default: Any = dict) -> Any:
@@ -160,12 +194,15 @@ class CRLStage(Stage):
             expires=timedelta(days=HISTORY_DAYS),
         )
 
-    async def process(self, events: list[Any]) -> None:
-        """One batch: score, store, then emit each stored run and fold the runs it owns.
+    async def process(self, events: list[Any]) -> list[tuple[CRLComputed, int, int]]:
+        """One batch: score, store, then emit each stored run; the runs it owns, to fold.
 
         PostgreSQL first: a run it refuses is a dead letter, never emitted or
         folded. A run is folded by the record that owns it (the first to store
         it), so a publisher's duplicate is stored and emitted once, folded never.
+        The returned (result, partition, offset)s join the pending aggregates
+        once the whole batch went through (a batch that fails part-way adds
+        none); :meth:`_write_folds` writes them.
         """
         scored: list[tuple[Any, CRLComputed]] = []
         for event in events:
@@ -174,7 +211,7 @@ class CRLStage(Stage):
                 if result is not None:
                     scored.append((event, result))
         owners = await self._store(scored)
-        batch = BatchFold(self)
+        folds: list[tuple[CRLComputed, int, int]] = []
         for event, result in scored:
             owner = owners.get(result.run_id)
             if owner is None:
@@ -188,10 +225,62 @@ class CRLStage(Stage):
             source = (event.message.partition, event.message.offset)
             self.partitions.seen(result.doer, source[0])
             if counts_toward_live(result) and owner.source == source:
-                batch.add(result, *source)
+                folds.append((result, *source))
             # Emitted again when redelivered: downstream writes are idempotent by
             # run id, and a crash before this send must not lose it.
             await self.topics.crl_computed.send(result)
+        return folds
+
+    def _folds_due(self) -> bool:
+        held_since = self._held_since
+        return held_since is not None and time.monotonic() - held_since >= self.fold_interval_s
+
+    async def write_due_folds(self) -> None:
+        """The timer's turn: write the pending aggregates once they are due (no new batch came)."""
+        if not self._folds_due() or self.app.rebalancing:
+            return
+        async with self._fold_lock:
+            if self._folds_due():
+                await self._write_folds()
+
+    def _forget_folds(self, *_: Any, **__: Any) -> None:
+        """Partitions move: drop the unwritten folds; their runs are processed again.
+
+        Their events were never acked, so no offset past them was committed: the
+        partitions' next owner (this worker too, after the rebalance) reads them
+        again, stores and emits them again (idempotent) and folds them once, since
+        no aggregate's mark covers them.
+        """
+        self._revocations += 1
+        if self._held:
+            log.info("crl_folds_dropped events=%d: their offsets stay uncommitted", len(self._held))
+        self._pending = BatchFold(self)
+        self._held = []
+        self._held_since = None
+
+    async def _write_folds(self) -> None:
+        """Write the pending aggregates, check them for regressions, then ack their events.
+
+        Called with the fold lock held, after a batch or by the timer, at most
+        every ``LEARNOPS_CRL_FOLD_INTERVAL_S``: each aggregate a run touched is
+        written once per interval instead of once per batch, with its mark (the
+        last offset folded into it), in one changelog record. The events are
+        acked only after their aggregates are written, and Faust commits an offset
+        only after the changelog records before it are acknowledged, so a crash at
+        any point leaves each run either folded with its mark or uncommitted.
+        """
+        fold, events = self._pending, self._held
+        self._pending, self._held, self._held_since = BatchFold(self), [], None
+        if not events:
+            return
+        with self.app.bodies.holding(self.name):
+            async with self.guarded_batch(events):
+                await self._write(fold)
+            stream = self._stream
+            for event in events:
+                await stream.ack(event)
+
+    async def _write(self, batch: BatchFold) -> None:
         # A write to a day changes the baselines of the days after it: dropped before
         # the writes, so a write that fails part-way leaves no stale baseline behind.
         baseline_days = self.app.learning.trends.baseline_days

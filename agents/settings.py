@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     # A stage whose events fail this many times in a row for an internal error (a
     # bug, not bad input) stops instead of emptying its input into the DLQ.
     learnops_max_internal_errors: int = Field(default=20, ge=1)
+    # The CRL stage writes its daily aggregates (and checks them for regressions) at
+    # most this often, holding the runs' offsets uncommitted until then; 0 writes
+    # after every batch. Each write is a changelog record per key, whatever the batch
+    # size (docs/operations.md, "Coalesced aggregate writes").
+    learnops_crl_fold_interval_s: float = Field(default=0.25, ge=0.0, le=10.0)
     # Where alerts go besides learning.alerts: FORMAT=URL entries, comma-separated,
     # FORMAT one of json, alertmanager, slack (agents/notify.py).
     learnops_alert_webhooks: str = ""

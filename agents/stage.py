@@ -103,9 +103,11 @@ class Stage:
         self.partitions = DoerPartitions()
         self.internal_errors = 0  # in a row; reset by any event handled without one
 
-    async def batches(self, stream: Any, max_events: int) -> AsyncIterator[list[Any]]:
+    async def batches(
+        self, stream: Any, max_events: int, *, ack: bool = True
+    ) -> AsyncIterator[list[Any]]:
         """The stream's batches (agents.streams.batches), measured for /metrics."""
-        async for batch in batches(stream, max_events, self.app.bodies, self.name):
+        async for batch in batches(stream, max_events, self.app.bodies, self.name, ack=ack):
             EVENTS_IN.labels(self.name).inc(len(batch))
             BATCH_SIZE.labels(self.name).observe(len(batch))
             started = time.perf_counter()

@@ -87,9 +87,18 @@ async def each(stream: Any, bodies: Bodies | None = None, stage: str = "") -> As
 
 
 async def batches(
-    stream: Any, max_events: int, bodies: Bodies | None = None, stage: str = ""
+    stream: Any,
+    max_events: int,
+    bodies: Bodies | None = None,
+    stage: str = "",
+    *,
+    ack: bool = True,
 ) -> AsyncIterator[list[Any]]:
-    """Batches of the events ready now, up to ``max_events``; acked once the body has finished."""
+    """Batches of the events ready now, up to ``max_events``; acked once the body has finished.
+
+    With ``ack=False`` the body acks them itself (``stream.ack``), when their
+    effects are written: the CRL stage holds a batch until its aggregates are.
+    """
     if max_events < 1:
         raise ValueError(f"max_events must be at least 1, not {max_events}")
     stream.enable_acks = False
@@ -116,8 +125,9 @@ async def batches(
         # and the take leaves it waiting for an event that never comes.
         with counted.holding(stage):
             yield batch
-            for event in batch:
-                await stream.ack(event)
+            if ack:
+                for event in batch:
+                    await stream.ack(event)
 
 
 def _note_slow_take(stage: str, held: int, waited_s: float) -> None:

@@ -202,7 +202,9 @@ def make_app(
 ) -> Callable[..., LearnopsApp]:
     """Build an app with the named stages, the session's pool and an outbox."""
 
-    def build(*stages: str) -> LearnopsApp:
+    def build(*stages: str, crl_fold_interval_s: float = 0.0) -> LearnopsApp:
+        # The CRL stage writes its aggregates after every batch unless a test asks for
+        # the worker's interval, so a test sees a batch's writes once it has finished.
         settings = Settings(
             kafka_bootstrap_servers="127.0.0.1:1",  # never contacted: test_context has no broker
             database_url=database_url,
@@ -210,6 +212,7 @@ def make_app(
             learnops_web_enabled=False,
             learnops_data_dir=tmp_path,
             learnops_worker_signing_key_file=worker_key_file,
+            learnops_crl_fold_interval_s=crl_fold_interval_s,
         )
         app = create_app(settings, stages=stages)
         app.use_pool(db)
@@ -333,6 +336,121 @@ async def test_crl_folds_a_batch_once_per_run_and_emits_one_result_per_event(
             ("crl-daily-policy", f"{doer}{SEPARATOR}{pid}@1"),
         ]
         assert sent(app, DLQ) == [] and sent(app, ALERTS) == []
+
+
+def crl_writes(app: LearnopsApp) -> list[tuple[str, str]]:
+    """The CRL aggregates' table writes since the last call (changelog), sorted."""
+    return sorted(w for w in changelog(app) if w[0].startswith("crl-daily-"))
+
+
+async def test_at_the_worker_interval_batches_are_emitted_at_once_and_written_once_later(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    """Three batches within the interval: three emits, one write per aggregate, acks after it."""
+    interval = 1.0
+    app = make_app("crl", crl_fold_interval_s=interval)
+    stage = app.stages["crl"]
+    doer = f"Coal{tag()}"
+    today = datetime.now(UTC).date()
+    noon = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=12)
+    orchestrator = Orchestrator(seed=12, doers=(doer,), run_prefix=f"coal-{tag()}")
+    pid, version = orchestrator.policy_of(doer)
+    bundles = [
+        orchestrator.bundle(doer, occurred_at=noon + timedelta(minutes=i), phase="plan")
+        for i in range(3)
+    ]
+    progress = Progress(stage)
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        began = time.monotonic()
+        messages = []
+        for handled, bundle in enumerate(bundles, 1):
+            messages.append(await feed.event(RUNS, bundle))
+            await progress.done(handled)
+        assert time.monotonic() - began < interval, "the batches took longer than the interval"
+        assert [r.run_id for r in sent(app, RESULTS)] == [b.run_id for b in bundles]
+        assert progress.batches == 3
+        assert crl_writes(app) == [], "an aggregate was written before the interval"
+        assert daily(stage.by_doer, doer, today) is None
+        assert not any(m.acked for m in messages), "a run was acked before its aggregates"
+
+        await stage.write_due_folds()  # the timer's tick (test_context runs no timers)
+        assert crl_writes(app) == [], "written before the interval by the timer's tick"
+        await asyncio.sleep(interval)
+        await stage.write_due_folds()
+        assert all(m.acked for m in messages), "the runs were not acked after the write"
+        assert crl_writes(app) == [
+            ("crl-daily-doer", doer),
+            ("crl-daily-phase", f"{doer}{SEPARATOR}plan"),
+            ("crl-daily-policy", f"{doer}{SEPARATOR}{pid}@{version}"),
+        ]
+        by_doer = daily(stage.by_doer, doer, today)
+        assert by_doer is not None and by_doer.count == 3
+
+
+async def test_a_revocation_drops_the_unwritten_folds_and_the_redelivery_folds_them_once(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    interval = 0.5
+    app = make_app("crl", crl_fold_interval_s=interval)
+    stage = app.stages["crl"]
+    doer = f"Revo{tag()}"
+    today = datetime.now(UTC).date()
+    noon = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=12)
+    orchestrator = Orchestrator(seed=13, doers=(doer,), run_prefix=f"revo-{tag()}")
+    bundles = [orchestrator.bundle(doer, occurred_at=noon + timedelta(minutes=i)) for i in (0, 1)]
+    progress = Progress(stage)
+    async with app.agents["crl"].test_context() as agent:
+        feed = Feed(app, agent)
+        first = await feed.event(RUNS, bundles[0])
+        await progress.done(1)
+        await app.on_partitions_revoked.send(set())
+        await asyncio.sleep(interval)
+        await stage.write_due_folds()  # the timer's tick (test_context runs no timers)
+        assert crl_writes(app) == [], "a dropped fold was written"
+        assert not first.acked, "a dropped fold's run was acked: its offset could be committed"
+        assert daily(stage.by_doer, doer, today) is None
+
+        # The partition's next owner reads the run again, and the next one after it.
+        again = await feed.event(RUNS, bundles[0], offset=0)
+        after = await feed.event(RUNS, bundles[1], offset=1)
+        await progress.done(3)
+        await asyncio.sleep(interval)
+        await stage.write_due_folds()
+        assert again.acked and after.acked
+        by_doer = daily(stage.by_doer, doer, today)
+        assert by_doer is not None and by_doer.count == 2
+        assert not first.acked
+
+
+async def test_a_batch_in_flight_when_partitions_are_revoked_is_left_unacked_and_unfolded(
+    make_app: Callable[..., LearnopsApp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its folds would go to partitions that may be another worker's by the time they are written."""
+    app = make_app("crl", crl_fold_interval_s=0.0)
+    stage = app.stages["crl"]
+    doer = f"Flight{tag()}"
+    today = datetime.now(UTC).date()
+    noon = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=12)
+    bundle = Orchestrator(seed=14, doers=(doer,), run_prefix=f"flight-{tag()}").bundle(
+        doer, occurred_at=noon
+    )
+    processed = stage.process
+
+    async def revoked_meanwhile(events: list[Any]) -> Any:
+        folds = await processed(events)
+        await app.on_partitions_revoked.send(set())
+        return folds
+
+    monkeypatch.setattr(stage, "process", revoked_meanwhile)
+    progress = Progress(stage)
+    async with app.agents["crl"].test_context() as agent:
+        message = await Feed(app, agent).event(RUNS, bundle)
+        await progress.done(1)
+        await stage.write_due_folds()
+        assert [r.run_id for r in sent(app, RESULTS)] == [bundle.run_id], "emitted at once"
+        assert crl_writes(app) == [] and daily(stage.by_doer, doer, today) is None
+        assert not message.acked
 
 
 async def test_a_regressing_doer_day_raises_one_alert_and_a_steady_doer_none(
