@@ -338,6 +338,21 @@ async def test_crl_folds_a_batch_once_per_run_and_emits_one_result_per_event(
         assert sent(app, DLQ) == [] and sent(app, ALERTS) == []
 
 
+def noon_runs(
+    name: str, seed: int, count: int, **bundle: Any
+) -> tuple[str, date, Orchestrator, list[RunCompleted]]:
+    """A new doer's ``count`` runs at today's noon, a minute apart: (doer, today, source, runs)."""
+    doer = f"{name}{tag()}"
+    today = datetime.now(UTC).date()
+    noon = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=12)
+    orchestrator = Orchestrator(seed=seed, doers=(doer,), run_prefix=f"{name.lower()}-{tag()}")
+    runs = [
+        orchestrator.bundle(doer, occurred_at=noon + timedelta(minutes=i), **bundle)
+        for i in range(count)
+    ]
+    return doer, today, orchestrator, runs
+
+
 def crl_writes(app: LearnopsApp) -> list[tuple[str, str]]:
     """The CRL aggregates' table writes since the last call (changelog), sorted."""
     return sorted(w for w in changelog(app) if w[0].startswith("crl-daily-"))
@@ -350,15 +365,8 @@ async def test_at_the_worker_interval_batches_are_emitted_at_once_and_written_on
     interval = 1.0
     app = make_app("crl", crl_fold_interval_s=interval)
     stage = app.stages["crl"]
-    doer = f"Coal{tag()}"
-    today = datetime.now(UTC).date()
-    noon = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=12)
-    orchestrator = Orchestrator(seed=12, doers=(doer,), run_prefix=f"coal-{tag()}")
+    doer, today, orchestrator, bundles = noon_runs("Coal", 12, 3, phase="plan")
     pid, version = orchestrator.policy_of(doer)
-    bundles = [
-        orchestrator.bundle(doer, occurred_at=noon + timedelta(minutes=i), phase="plan")
-        for i in range(3)
-    ]
     progress = Progress(stage)
     async with app.agents["crl"].test_context() as agent:
         feed = Feed(app, agent)
@@ -394,11 +402,7 @@ async def test_a_revocation_drops_the_unwritten_folds_and_the_redelivery_folds_t
     interval = 0.5
     app = make_app("crl", crl_fold_interval_s=interval)
     stage = app.stages["crl"]
-    doer = f"Revo{tag()}"
-    today = datetime.now(UTC).date()
-    noon = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=12)
-    orchestrator = Orchestrator(seed=13, doers=(doer,), run_prefix=f"revo-{tag()}")
-    bundles = [orchestrator.bundle(doer, occurred_at=noon + timedelta(minutes=i)) for i in (0, 1)]
+    doer, today, _, bundles = noon_runs("Revo", 13, 2)
     progress = Progress(stage)
     async with app.agents["crl"].test_context() as agent:
         feed = Feed(app, agent)
@@ -426,15 +430,10 @@ async def test_a_revocation_drops_the_unwritten_folds_and_the_redelivery_folds_t
 async def test_a_batch_in_flight_when_partitions_are_revoked_is_left_unacked_and_unfolded(
     make_app: Callable[..., LearnopsApp], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its folds would go to partitions that may be another worker's by the time they are written."""
+    """Its folds would go to partitions that may be another worker's by the time of the write."""
     app = make_app("crl", crl_fold_interval_s=0.0)
     stage = app.stages["crl"]
-    doer = f"Flight{tag()}"
-    today = datetime.now(UTC).date()
-    noon = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=12)
-    bundle = Orchestrator(seed=14, doers=(doer,), run_prefix=f"flight-{tag()}").bundle(
-        doer, occurred_at=noon
-    )
+    doer, today, _, (bundle,) = noon_runs("Flight", 14, 1)
     processed = stage.process
 
     async def revoked_meanwhile(events: list[Any]) -> Any:
