@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.crl")
+
+#: A run to fold into the pending aggregates: its result and the (partition, offset) owning it.
+Fold = tuple[CRLComputed, int, int]
 
 DAY = timedelta(days=1)
 BATCH = 1000  # at most this many events per batch (agents/streams.py)
@@ -150,7 +154,8 @@ class CRLStage(Stage):
         self.fold_interval_s = app.settings.learnops_crl_fold_interval_s
         self._pending = BatchFold(self)
         self._held: list[Any] = []
-        self._held_since: float | None = None
+        self._held_since: float | None = None  # by ``clock``, when the oldest was held
+        self.clock: Callable[[], float] = time.monotonic
         self._fold_lock = asyncio.Lock()
         self._stream: Any = None
         self._revocations = 0  # partition revocations seen (:meth:`_forget_folds`)
@@ -161,7 +166,7 @@ class CRLStage(Stage):
             async for events in self.batches(stream, BATCH, ack=False):
                 async with self._fold_lock:
                     revocations = self._revocations
-                    folds: list[tuple[CRLComputed, int, int]] = []
+                    folds: list[Fold] = []
                     async with self.guarded_batch(events):
                         folds = await self.process(events)
                     if revocations != self._revocations:
@@ -173,7 +178,7 @@ class CRLStage(Stage):
                         self._pending.add(result, partition, offset)
                     self._held.extend(events)
                     if self._held_since is None:
-                        self._held_since = time.monotonic()
+                        self._held_since = self.clock()
                     if self._folds_due():
                         await self._write_folds()
 
@@ -194,7 +199,7 @@ class CRLStage(Stage):
             expires=timedelta(days=HISTORY_DAYS),
         )
 
-    async def process(self, events: list[Any]) -> list[tuple[CRLComputed, int, int]]:
+    async def process(self, events: list[Any]) -> list[Fold]:
         """One batch: score, store, then emit each stored run; the runs it owns, to fold.
 
         PostgreSQL first: a run it refuses is a dead letter, never emitted or
@@ -211,7 +216,7 @@ class CRLStage(Stage):
                 if result is not None:
                     scored.append((event, result))
         owners = await self._store(scored)
-        folds: list[tuple[CRLComputed, int, int]] = []
+        folds: list[Fold] = []
         for event, result in scored:
             owner = owners.get(result.run_id)
             if owner is None:
@@ -233,7 +238,7 @@ class CRLStage(Stage):
 
     def _folds_due(self) -> bool:
         held_since = self._held_since
-        return held_since is not None and time.monotonic() - held_since >= self.fold_interval_s
+        return held_since is not None and self.clock() - held_since >= self.fold_interval_s
 
     async def write_due_folds(self) -> None:
         """The timer's turn: write the pending aggregates once they are due (no new batch came)."""

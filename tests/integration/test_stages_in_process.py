@@ -353,6 +353,16 @@ def noon_runs(
     return doer, today, orchestrator, runs
 
 
+class Clock:
+    """A stage's monotonic clock that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def crl_writes(app: LearnopsApp) -> list[tuple[str, str]]:
     """The CRL aggregates' table writes since the last call (changelog), sorted."""
     return sorted(w for w in changelog(app) if w[0].startswith("crl-daily-"))
@@ -365,17 +375,17 @@ async def test_at_the_worker_interval_batches_are_emitted_at_once_and_written_on
     interval = 1.0
     app = make_app("crl", crl_fold_interval_s=interval)
     stage = app.stages["crl"]
+    stage.clock = clock = Clock()
     doer, today, orchestrator, bundles = noon_runs("Coal", 12, 3, phase="plan")
     pid, version = orchestrator.policy_of(doer)
     progress = Progress(stage)
     async with app.agents["crl"].test_context() as agent:
         feed = Feed(app, agent)
-        began = time.monotonic()
         messages = []
         for handled, bundle in enumerate(bundles, 1):
             messages.append(await feed.event(RUNS, bundle))
             await progress.done(handled)
-        assert time.monotonic() - began < interval, "the batches took longer than the interval"
+            clock.now += interval / 4
         assert [r.run_id for r in sent(app, RESULTS)] == [b.run_id for b in bundles]
         assert progress.batches == 3
         assert crl_writes(app) == [], "an aggregate was written before the interval"
@@ -384,7 +394,7 @@ async def test_at_the_worker_interval_batches_are_emitted_at_once_and_written_on
 
         await stage.write_due_folds()  # the timer's tick (test_context runs no timers)
         assert crl_writes(app) == [], "written before the interval by the timer's tick"
-        await asyncio.sleep(interval)
+        clock.now += interval / 4
         await stage.write_due_folds()
         assert all(m.acked for m in messages), "the runs were not acked after the write"
         assert crl_writes(app) == [
@@ -402,6 +412,7 @@ async def test_a_revocation_drops_the_unwritten_folds_and_the_redelivery_folds_t
     interval = 0.5
     app = make_app("crl", crl_fold_interval_s=interval)
     stage = app.stages["crl"]
+    stage.clock = clock = Clock()
     doer, today, _, bundles = noon_runs("Revo", 13, 2)
     progress = Progress(stage)
     async with app.agents["crl"].test_context() as agent:
@@ -409,7 +420,7 @@ async def test_a_revocation_drops_the_unwritten_folds_and_the_redelivery_folds_t
         first = await feed.event(RUNS, bundles[0])
         await progress.done(1)
         await app.on_partitions_revoked.send(set())
-        await asyncio.sleep(interval)
+        clock.now += interval
         await stage.write_due_folds()  # the timer's tick (test_context runs no timers)
         assert crl_writes(app) == [], "a dropped fold was written"
         assert not first.acked, "a dropped fold's run was acked: its offset could be committed"
@@ -419,7 +430,7 @@ async def test_a_revocation_drops_the_unwritten_folds_and_the_redelivery_folds_t
         again = await feed.event(RUNS, bundles[0], offset=0)
         after = await feed.event(RUNS, bundles[1], offset=1)
         await progress.done(3)
-        await asyncio.sleep(interval)
+        clock.now += interval
         await stage.write_due_folds()
         assert again.acked and after.acked
         by_doer = daily(stage.by_doer, doer, today)
