@@ -28,6 +28,10 @@ zero-heavy (90 % zeros, else lognormal) — scaled by 1.0, 0.75, 1.25 and 1.5
   with the packaged probes: the distribution of the runs after the drift until
   the new best holds the majority (median, mean, 90th percentile, worst, and
   on how many seeds within 1,000), and the stationary regret on the same seeds;
+* **what if** — the zero-heavy drift on the same seeds if options that did
+  not serve a task were run in shadow and scored into their statistics
+  (``simulate``'s ``score_unserved``, which the stage never does): what more
+  information per run would buy, and its price in shadow executions;
 * **misfit** — option-3's losses are not lognormal (rare catastrophes,
   ``learning.bandit_simulation.rare_catastrophes``): its logs look best, its
   mean is the worst but one; the hurdle model against the normal one.
@@ -247,14 +251,37 @@ def probe_table(seeds: int, runs: int) -> Table:
     return table
 
 
-def _tail_run(job: tuple[str, str, str, int, int]) -> tuple[float, int | None]:
-    """One seed of the drift tail table: regret, and runs to the new best's majority."""
+def _tail_run(
+    job: tuple[str, str, str, int, int], what_if: tuple[float, float, float] = (0.0, 1.0, 15.0)
+) -> tuple[float, int | None, int]:
+    """One seed of a drift tail table: regret, runs to the new best's majority, scored runs.
+
+    ``what_if``: ``simulate``'s ``score_unserved`` and ``score_below``, and the
+    change detector's threshold.
+    """
     shape_name, kind, policy, runs, seed = job
+    score_unserved, score_below, threshold = what_if
     drift = runs // 2 if kind == "drift" else None
     env = Environment(FACTORS, SHAPES[shape_name], drift_at=drift, after=DRIFTED if drift else None)
     probe = 0.5 if policy == "thompson" else 0.0
-    result = simulate(env, policy, runs, seed, probe=probe)  # type: ignore[arg-type]
-    return result.regret, runs_to_majority(result, 0, drift) if drift is not None else None
+    result = simulate(
+        env,
+        policy,  # type: ignore[arg-type]
+        runs,
+        seed,
+        probe=probe,
+        config=BanditConfig(change_threshold=threshold),
+        score_unserved=score_unserved,
+        score_below=score_below,
+    )
+    majority = runs_to_majority(result, 0, drift) if drift is not None else None
+    return result.regret, majority, result.scored_runs
+
+
+def _what_if_run(
+    job: tuple[tuple[str, str, str, int, int], tuple[float, float, float]],
+) -> tuple[float, int | None, int]:
+    return _tail_run(*job)
 
 
 def drift_tail_table(seeds: int, runs: int) -> Table:
@@ -284,9 +311,9 @@ def drift_tail_table(seeds: int, runs: int) -> Table:
                         (shape_name, kind, policy, runs, s) for s in range(first, first + seeds)
                     ]
                     results = list(pool.map(_tail_run, jobs, chunksize=8))
-                    regret[(kind, policy)] = float(np.mean([r for r, _ in results]))
+                    regret[(kind, policy)] = float(np.mean([r for r, _, _ in results]))
                     if kind == "drift" and policy == "thompson":
-                        majority = [never if m is None else m for _, m in results]
+                        majority = [never if m is None else m for _, m, _ in results]
             table.add_row(
                 "heavy" if shape_name == "heavy" else "zero-heavy",
                 f"{np.median(majority):.0f}",
@@ -296,6 +323,74 @@ def drift_tail_table(seeds: int, runs: int) -> Table:
                 f"{sum(m <= 1000 for m in majority)} of {seeds}",
                 f"{regret[('drift', 'thompson')] / regret[('drift', 'uniform')]:.3f}",
                 f"{regret[('stationary', 'thompson')] / regret[('stationary', 'uniform')]:.3f}",
+            )
+    return table
+
+
+WHAT_IFS: tuple[tuple[str, tuple[float, float, float]], ...] = (
+    ("packaged (losses of served runs only)", (0.0, 1.0, 15.0)),
+    ("threshold 10", (0.0, 1.0, 10.0)),
+    ("options below 10 % also scored on half the tasks", (0.5, 0.1, 15.0)),
+    ("every option scored on every task", (1.0, 1.01, 15.0)),
+    ("every option scored on every task, threshold 10", (1.0, 1.01, 10.0)),
+)
+
+
+def what_if_table(seeds: int, runs: int) -> Table:
+    """The zero-heavy drift with more information per run: shadow runs scored like live ones.
+
+    The stage never does this (shadow runs do not move its estimates); the rows
+    measure what the drift target would cost in shadow executions.
+    """
+    first = 1000
+    table = _table(
+        f"Zero-heavy drift, what if unserved options were scored too: seeds {first}–"
+        f"{first + seeds - 1}, probes on half the tasks",
+        (
+            "variant",
+            "runs to majority: median",
+            "90th pct",
+            "worst",
+            "seeds within 1,000",
+            "drift Thompson / uniform",
+            "stationary Thompson / uniform",
+            "scored shadow runs per live run",
+        ),
+    )
+    never = 2 * runs
+    shape = "zero-heavy (90 % zeros)"
+    with ProcessPoolExecutor() as pool:
+        uniform: dict[str, float] = {}
+        for kind in ("stationary", "drift"):
+            jobs = [(shape, kind, "uniform", runs, s) for s in range(first, first + seeds)]
+            uniform[kind] = float(
+                np.mean([r for r, _, _ in pool.map(_tail_run, jobs, chunksize=8)])
+            )
+        for label, what in WHAT_IFS:
+            out = {
+                kind: list(
+                    pool.map(
+                        _what_if_run,
+                        [
+                            ((shape, kind, "thompson", runs, s), what)
+                            for s in range(first, first + seeds)
+                        ],
+                        chunksize=8,
+                    )
+                )
+                for kind in ("stationary", "drift")
+            }
+            majority = [never if m is None else m for _, m, _ in out["drift"]]
+            scored = np.mean([n for _, _, n in out["drift"] + out["stationary"]]) / runs
+            table.add_row(
+                label,
+                f"{np.median(majority):.0f}",
+                f"{np.percentile(majority, 90):.0f}",
+                "never" if max(majority) == never else f"{max(majority)}",
+                f"{sum(m <= 1000 for m in majority)} of {seeds}",
+                f"{np.mean([r for r, _, _ in out['drift']]) / uniform['drift']:.3f}",
+                f"{np.mean([r for r, _, _ in out['stationary']]) / uniform['stationary']:.3f}",
+                f"{scored:.2f}",
             )
     return table
 
@@ -369,6 +464,7 @@ def main() -> None:
     console.print(probation_table(seeds, args.runs))
     console.print(probe_table(seeds, args.runs))
     console.print(drift_tail_table(20 if args.quick else args.tail_seeds, args.runs))
+    console.print(what_if_table(20 if args.quick else args.tail_seeds, args.runs))
     console.print(misfit_table(seeds, args.runs))
     args.plots.mkdir(parents=True, exist_ok=True)
     out = args.plots

@@ -21,6 +21,7 @@ option's expected loss minus the best one's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -66,6 +67,7 @@ class SimulationResult:
     excluded_at: dict[int, int]
     confident: frozenset[int] = frozenset()  # options the bandit was ever confident of
     probe_runs: int = 0  # shadow runs of options on probation (compute, not traffic)
+    scored_runs: int = 0  # what-if shadow runs scored into the statistics (``score_unserved``)
 
 
 def rare_catastrophes(rng: np.random.Generator, shape: tuple[int, int]) -> FloatArray:
@@ -98,6 +100,8 @@ def simulate(
     batch: int = 100,
     explore: int = 1000,
     probe: float = 0.0,
+    score_unserved: float = 0.0,
+    score_below: float = 1.0,
 ) -> SimulationResult:
     """Route ``runs`` runs in batches of ``batch`` with ``policy`` and report its regret.
 
@@ -106,6 +110,15 @@ def simulate(
     (:meth:`learning.bandit.BanditState.observe_probe`): its guardrail
     events count toward its release, and nobody is served by it, so it adds no
     regret; ``SimulationResult.probe_runs`` counts them.
+
+    ``score_unserved`` is a what-if the stage does not do (shadow runs never
+    move its estimates): on that share of tasks, every option whose share is
+    below ``score_below`` and that did not serve the task is also run in
+    shadow and its loss folded into its statistics like a live run's
+    (:func:`fold_scored`; ``SimulationResult.scored_runs`` counts them). It
+    measures how much more information per run would buy (docs/bandits.md).
+    Its losses come from a generator of their own, so with 0 every other draw
+    is what it was.
     """
     config = config or BanditConfig()
     rng = np.random.default_rng(seed)
@@ -121,6 +134,8 @@ def simulate(
     confident: set[int] = set()
     probe_runs = 0
     probing: tuple[str, ...] = ()
+    score_rng = np.random.default_rng([seed, 1])
+    scored_runs = 0
     for start in range(0, runs, batch):
         size = min(batch, runs - start)
         if policy == "thompson":
@@ -136,6 +151,7 @@ def simulate(
         else:
             shares = np.eye(k)[int(np.argmin(sums / np.maximum(counts, 1)))]
         history.append(shares.tolist())
+        scored = [j for j in range(k) if shares[j] < score_below] if score_unserved > 0 else []
         in_force = dict(zip(names, shares.tolist(), strict=True))
         chosen = rng.choice(k, size=size, p=shares / shares.sum())
         if env.shapes is None:
@@ -151,6 +167,11 @@ def simulate(
             counts[option] += 1
             if policy != "thompson":
                 continue
+            for j in scored:
+                if j != option and score_rng.random() < score_unserved:
+                    scored_runs += 1
+                    unit = shapes[j](score_rng, (1, 1))[0, 0]
+                    fold_scored(state, names[j], float(unit * env.factors_at(run)[j]), config)
             events = {}
             if env.event_rates is not None and rng.random() < env.event_rates[option]:
                 events = {"security_criticals": 1}
@@ -170,8 +191,20 @@ def simulate(
                 probing=probing,
             )
     return SimulationResult(
-        regret, np.array(history), batch, excluded_at, frozenset(confident), probe_runs
+        regret, np.array(history), batch, excluded_at, frozenset(confident), probe_runs, scored_runs
     )
+
+
+def fold_scored(state: BanditState, option: str, loss: float, config: BanditConfig) -> None:
+    """Fold a shadow run's loss into ``option``'s statistics as if it had been live (a what-if).
+
+    Its change detector sees it and its estimates take it in; no discount (that
+    is per run of the parameter) and no guardrail counts (it served nobody).
+    """
+    stats = state.options[option]
+    if stats.changed(loss, math.sqrt(state.pooled_log_var()), config):
+        stats.restart()
+    stats.add(loss)
 
 
 def runs_to_majority(result: SimulationResult, option: int, since: int) -> int | None:

@@ -121,3 +121,33 @@ def test_with_probe_runs_on_probation_a_harmful_option_never_leaves_the_floor() 
     assert shadowed <= 0.30 * uniform, (shadowed, uniform)
     runs = simulate(stationary, "thompson", 5000, 0, probe=0.5).probe_runs
     assert 0 < runs < 1000  # about 500: half the tasks, while options are on probation
+
+
+def test_scoring_every_option_on_every_task_finds_the_zero_heavy_drift_within_1000_runs() -> None:
+    """The what-if of docs/bandits.md: more information per run is what the zero-heavy drift needs.
+
+    The stage never scores unserved options (shadow runs do not move its
+    estimates); the simulation does, to measure what that would buy.
+    """
+    env = Environment(FACTORS, zero_inflated(0.9), drift_at=2500, after=(0.6, 1.25, 1.0, 1.5))
+    served: list[int] = []
+    scored: list[int] = []
+    for seed in range(1000, 1010):
+        plain = simulate(env, "thompson", 3500, seed, probe=0.5)
+        every = simulate(
+            env,
+            "thompson",
+            3500,
+            seed,
+            probe=0.5,
+            config=BanditConfig(change_threshold=10.0),
+            score_unserved=1.0,
+            score_below=1.01,
+        )
+        assert plain.scored_runs == 0
+        assert every.scored_runs > 2.9 * 3500  # three unserved options, each scored on every task
+        for runs, result in ((served, plain), (scored, every)):
+            majority = runs_to_majority(result, 0, 2500)
+            runs.append(10_000 if majority is None else majority)
+    assert max(scored) <= 1000, f"runs to the new best's majority, every option scored: {scored}"
+    assert np.mean(scored) < np.mean(served), f"{scored} against {served}"
