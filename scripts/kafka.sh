@@ -24,6 +24,8 @@
 #   KAFKA_PORT             client listener on 127.0.0.1                 (19092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener on 127.0.0.1       (19093)
 #   KAFKA_HEAP_OPTS        JVM heap options                             (-Xmx512m -Xms256m)
+#   KAFKA_JVM_OPTS         more JVM options for the broker, e.g. the tests' short-lived
+#                          profile "-XX:TieredStopAtLevel=1" (tests/services.py)  (none)
 #   KAFKA_START_TIMEOUT    seconds `up` waits for the broker to answer  (60)
 #   KAFKA_SASL             "scram" for SASL/SCRAM-SHA-256 on the client listener, else none
 #   LEARNOPS_CACHE_DIR     downloaded jars            ($HOME/.cache/learnops)
@@ -37,6 +39,7 @@ KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
+KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 # Kafka 4.x logs through SLF4J 1.7 to Log4j 2 but leaves the binding to the
 # distribution; log4j-slf4j-impl (not -slf4j2-impl) is the one for SLF4J 1.7.
@@ -396,8 +399,8 @@ cmd_up() {
         say "starting broker on $BOOTSTRAP (controller 127.0.0.1:$KAFKA_CONTROLLER_PORT), log $LOG_FILE"
         # setsid: the broker gets its own session, so it outlives this shell and
         # a Ctrl-C in the terminal that ran `up` does not reach it.
-        # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS holds several options
-        setsid nohup java $KAFKA_HEAP_OPTS \
+        # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS and KAFKA_JVM_OPTS hold several options
+        setsid nohup java $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS \
             -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
             -Djava.awt.headless=true \
             -Dlog4j2.configurationFile="$BROKER_LOG4J" \

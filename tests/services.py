@@ -66,8 +66,19 @@ def docker_works() -> bool:
     return result.returncode == 0
 
 
+# The test brokers live for one session and carry little traffic: the C1 compiler
+# alone and one GC thread halve their CPU (start-up 4.0 → 2.4 s; 20.6 → 12.5 s over
+# test_canary.py and test_transport.py), CPU the workers and tests share on two cores.
+TEST_BROKER_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1"
+
+
 def _script_env() -> dict[str, str]:
-    return {**os.environ, **service_ports(), "LEARNOPS_STATE_DIR": str(service_state_dir())}
+    return {
+        "KAFKA_JVM_OPTS": TEST_BROKER_JVM_OPTS,
+        **os.environ,
+        **service_ports(),
+        "LEARNOPS_STATE_DIR": str(service_state_dir()),
+    }
 
 
 def _run_script(script: str, action: str, *args: str) -> str:
@@ -148,6 +159,7 @@ def sasl_kafka_service(state_dir: Path) -> Iterator[dict[str, str]]:
         "KAFKA_PORT": str(free_port()),
         "KAFKA_CONTROLLER_PORT": str(free_port()),
         "KAFKA_HEAP_OPTS": "-Xmx256m -Xms128m",
+        "KAFKA_JVM_OPTS": os.environ.get("KAFKA_JVM_OPTS", TEST_BROKER_JVM_OPTS),
         "LEARNOPS_STATE_DIR": str(state_dir),
     }
     script = ["bash", str(REPO / "scripts" / "kafka.sh")]
