@@ -9,10 +9,14 @@ installed() { [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; }
 if installed; then
     exit 0
 fi
-exec 9>"${TMPDIR:-/tmp}/learnops-chromium.lock"
-flock -w 900 9 || { echo "chromium.sh: another install held the lock for 15 minutes" >&2; exit 1; }
-if installed; then
-    exit 0
+lock="${TMPDIR:-/tmp}/learnops-chromium.lock"
+# A lock file another user created and this one cannot open: go on without the
+# queue (apt-get still waits for the dpkg lock below).
+if { exec 9>>"$lock"; } 2>/dev/null; then
+    flock -w 900 9 || { echo "chromium.sh: another install held $lock for 15 minutes" >&2; exit 1; }
+    if installed; then
+        exit 0
+    fi
 fi
 sudo=""
 if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
