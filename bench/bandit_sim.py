@@ -252,12 +252,13 @@ def probe_table(seeds: int, runs: int) -> Table:
 
 
 def _tail_run(
-    job: tuple[str, str, str, int, int], what_if: tuple[float, float, float] = (0.0, 1.0, 15.0)
+    job: tuple[str, str, str, int, int],
+    what_if: tuple[float, float, float | None] = (0.0, 1.0, None),
 ) -> tuple[float, int | None, int]:
     """One seed of a drift tail table: regret, runs to the new best's majority, scored runs.
 
     ``what_if``: ``simulate``'s ``score_unserved`` and ``score_below``, and the
-    change detector's threshold.
+    change detector's threshold (None: ``BanditConfig``'s default).
     """
     shape_name, kind, policy, runs, seed = job
     score_unserved, score_below, threshold = what_if
@@ -270,7 +271,7 @@ def _tail_run(
         runs,
         seed,
         probe=probe,
-        config=BanditConfig(change_threshold=threshold),
+        config=BanditConfig() if threshold is None else BanditConfig(change_threshold=threshold),
         score_unserved=score_unserved,
         score_below=score_below,
     )
@@ -279,7 +280,7 @@ def _tail_run(
 
 
 def _what_if_run(
-    job: tuple[tuple[str, str, str, int, int], tuple[float, float, float]],
+    job: tuple[tuple[str, str, str, int, int], tuple[float, float, float | None]],
 ) -> tuple[float, int | None, int]:
     return _tail_run(*job)
 
@@ -327,11 +328,11 @@ def drift_tail_table(seeds: int, runs: int) -> Table:
     return table
 
 
-WHAT_IFS: tuple[tuple[str, tuple[float, float, float]], ...] = (
-    ("packaged (losses of served runs only)", (0.0, 1.0, 15.0)),
+WHAT_IFS: tuple[tuple[str, tuple[float, float, float | None]], ...] = (
+    ("packaged (losses of served runs only)", (0.0, 1.0, None)),
     ("threshold 10", (0.0, 1.0, 10.0)),
-    ("options below 10 % also scored on half the tasks", (0.5, 0.1, 15.0)),
-    ("every option scored on every task", (1.0, 1.01, 15.0)),
+    ("options below 10 % also scored on half the tasks", (0.5, 0.1, None)),
+    ("every option scored on every task", (1.0, 1.01, None)),
     ("every option scored on every task, threshold 10", (1.0, 1.01, 10.0)),
 )
 

@@ -199,12 +199,17 @@ def fold_scored(state: BanditState, option: str, loss: float, config: BanditConf
     """Fold a shadow run's loss into ``option``'s statistics as if it had been live (a what-if).
 
     Its change detector sees it and its estimates take it in; no discount (that
-    is per run of the parameter) and no guardrail counts (it served nobody).
+    is per run of the parameter), no guardrail counts (it served nobody) and
+    not a run of the option's probation (``runs``, which only live runs with
+    their guardrail events may count: a scored run would release a harmful
+    option from probation without its events being seen).
     """
     stats = state.options[option]
     if stats.changed(loss, math.sqrt(state.pooled_log_var()), config):
         stats.restart()
+    runs = stats.runs
     stats.add(loss)
+    stats.runs = runs
 
 
 def runs_to_majority(result: SimulationResult, option: int, since: int) -> int | None:

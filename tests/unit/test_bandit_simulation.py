@@ -133,7 +133,10 @@ def test_scoring_every_option_on_every_task_finds_the_zero_heavy_drift_within_10
     served: list[int] = []
     scored: list[int] = []
     for seed in range(1000, 1010):
-        plain = simulate(env, "thompson", 3500, seed, probe=0.5)
+        # The same faster detector without the scored runs: what the information adds.
+        plain = simulate(
+            env, "thompson", 3500, seed, probe=0.5, config=BanditConfig(change_threshold=10.0)
+        )
         every = simulate(
             env,
             "thompson",
@@ -150,4 +153,12 @@ def test_scoring_every_option_on_every_task_finds_the_zero_heavy_drift_within_10
             majority = runs_to_majority(result, 0, 2500)
             runs.append(10_000 if majority is None else majority)
     assert max(scored) <= 1000, f"runs to the new best's majority, every option scored: {scored}"
-    assert np.mean(scored) < np.mean(served), f"{scored} against {served}"
+    assert np.mean(scored) < 0.5 * np.mean(served), f"{scored} against {served}"
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_scored_shadow_runs_do_not_release_a_harmful_option_from_probation(seed: int) -> None:
+    """A scored run has no guardrail events seen, so it must not count as a probation run."""
+    result = simulate(HARMFUL, "thompson", 3000, seed, probe=0.5, score_unserved=1.0)
+    assert result.scored_runs > 0
+    assert max_share_after(result, option=1, since=0) <= 0.02 + 1e-9
