@@ -399,10 +399,11 @@ cmd_up() {
         say "starting broker on $BOOTSTRAP (controller 127.0.0.1:$KAFKA_CONTROLLER_PORT), log $LOG_FILE"
         # setsid: the broker gets its own session, so it outlives this shell and
         # a Ctrl-C in the terminal that ran `up` does not reach it.
+        # KAFKA_JVM_OPTS comes after the fixed flags, so that its flags win.
         # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS and KAFKA_JVM_OPTS hold several options
-        setsid nohup java $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS \
+        setsid nohup java $KAFKA_HEAP_OPTS \
             -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
-            -Djava.awt.headless=true \
+            -Djava.awt.headless=true $KAFKA_JVM_OPTS \
             -Dlog4j2.configurationFile="$BROKER_LOG4J" \
             -cp "$LIBS_DIR/*" kafka.Kafka "$SERVER_PROPERTIES" \
             >>"$LOG_FILE" 2>&1 </dev/null 8>&- 9>&- &

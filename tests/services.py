@@ -67,7 +67,7 @@ def docker_works() -> bool:
 
 
 # The test brokers live for one session and carry little traffic: the C1 compiler
-# alone and one GC thread halve their CPU (start-up 4.0 → 2.4 s; 20.6 → 12.5 s over
+# alone and one GC thread cut their CPU by about 40 % (start-up 4.0 → 2.4 s; 20.6 → 12.5 s over
 # test_canary.py and test_transport.py), CPU the workers and tests share on two cores.
 TEST_BROKER_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1"
 
