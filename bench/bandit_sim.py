@@ -279,12 +279,6 @@ def _tail_run(
     return result.regret, majority, result.scored_runs
 
 
-def _what_if_run(
-    job: tuple[tuple[str, str, str, int, int], tuple[float, float, float | None]],
-) -> tuple[float, int | None, int]:
-    return _tail_run(*job)
-
-
 def drift_tail_table(seeds: int, runs: int) -> Table:
     """Runs to the new best's majority after a drift, as a distribution over many seeds."""
     first = 1000
@@ -368,19 +362,10 @@ def what_if_table(seeds: int, runs: int) -> Table:
                 np.mean([r for r, _, _ in pool.map(_tail_run, jobs, chunksize=8)])
             )
         for label, what in WHAT_IFS:
-            out = {
-                kind: list(
-                    pool.map(
-                        _what_if_run,
-                        [
-                            ((shape, kind, "thompson", runs, s), what)
-                            for s in range(first, first + seeds)
-                        ],
-                        chunksize=8,
-                    )
-                )
-                for kind in ("stationary", "drift")
-            }
+            out = {}
+            for kind in ("stationary", "drift"):
+                jobs = [(shape, kind, "thompson", runs, s) for s in range(first, first + seeds)]
+                out[kind] = list(pool.map(_tail_run, jobs, [what] * seeds, chunksize=8))
             majority = [never if m is None else m for _, m, _ in out["drift"]]
             scored = np.mean([n for _, _, n in out["drift"] + out["stationary"]]) / runs
             table.add_row(

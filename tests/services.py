@@ -154,12 +154,12 @@ def sasl_kafka_service(state_dir: Path) -> Iterator[dict[str, str]]:
     KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD as the script printed them.
     """
     env = {
+        "KAFKA_JVM_OPTS": TEST_BROKER_JVM_OPTS,
         **os.environ,
         "KAFKA_SASL": "scram",
         "KAFKA_PORT": str(free_port()),
         "KAFKA_CONTROLLER_PORT": str(free_port()),
         "KAFKA_HEAP_OPTS": "-Xmx256m -Xms128m",
-        "KAFKA_JVM_OPTS": os.environ.get("KAFKA_JVM_OPTS", TEST_BROKER_JVM_OPTS),
         "LEARNOPS_STATE_DIR": str(state_dir),
     }
     script = ["bash", str(REPO / "scripts" / "kafka.sh")]
