@@ -133,10 +133,13 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     State(FAUST, _CONSUMER, "_waiting_for_ack", "__init__", _TRANSPORT),
     State(FAUST, _CONSUMER, "_buffered_partitions", "__init__", _TRANSPORT),
     State(FAUST, _CONSUMER, "flow_active", "_reset_state", _TRANSPORT),
-    # transport.py: aiokafka's fetcher, whose wait it sets per poll.
+    # transport.py: aiokafka's fetcher, whose wait and minimum bytes it sets per poll.
     State(AIOKAFKA, "aiokafka.consumer.consumer:AIOKafkaConsumer", "_fetcher", "start", _TRANSPORT),
     State(
         AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_fetch_max_wait_ms", "__init__", _TRANSPORT
+    ),
+    State(
+        AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_fetch_min_bytes", "__init__", _TRANSPORT
     ),
     State(AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_records", "__init__", _TRANSPORT),
     # transport.py: the positions it reads for the offset guard (fetch_positions).

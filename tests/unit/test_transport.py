@@ -14,25 +14,28 @@ from faust.types import TP, Message
 from agents.faust_internals import transport
 from agents.faust_internals.transport import (
     BUFFER_PRESSURE_POLL_S,
+    FETCH_MIN_BYTES_BUSY,
     FETCH_WAIT_BUSY_MS,
     FETCH_WAIT_IDLE_MS,
     Consumer,
     ConsumerThread,
     Transport,
     broker_urls,
-    fetch_wait_ms,
+    fetch_limits,
 )
 from agents.streams import Bodies
 
 
-def test_fetches_wait_briefly_while_records_flow() -> None:
-    assert fetch_wait_ms(records_returned=1, records_buffered=False) == FETCH_WAIT_BUSY_MS
-    assert fetch_wait_ms(records_returned=0, records_buffered=True) == FETCH_WAIT_BUSY_MS
-    assert fetch_wait_ms(records_returned=5000, records_buffered=True) == FETCH_WAIT_BUSY_MS
+def test_fetches_wait_briefly_for_a_batch_while_records_flow() -> None:
+    busy = (FETCH_WAIT_BUSY_MS, FETCH_MIN_BYTES_BUSY)
+    assert fetch_limits(records_returned=1, records_buffered=False) == busy
+    assert fetch_limits(records_returned=0, records_buffered=True) == busy
+    assert fetch_limits(records_returned=5000, records_buffered=True) == busy
+    assert FETCH_MIN_BYTES_BUSY > 1
 
 
-def test_fetches_long_poll_once_caught_up() -> None:
-    assert fetch_wait_ms(records_returned=0, records_buffered=False) == FETCH_WAIT_IDLE_MS
+def test_fetches_long_poll_for_the_first_record_once_caught_up() -> None:
+    assert fetch_limits(records_returned=0, records_buffered=False) == (FETCH_WAIT_IDLE_MS, 1)
     assert FETCH_WAIT_BUSY_MS < FETCH_WAIT_IDLE_MS
 
 
