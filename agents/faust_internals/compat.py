@@ -47,12 +47,12 @@ class Method:
 
 @dataclass(frozen=True)
 class State:
-    """Instance state we read or write: assigned as ``self.<name>`` in ``owner.assigned_in``."""
+    """Instance state we read or write: assigned as ``self.<name>`` in ``owner.method``."""
 
     dist: str
     owner: str
     name: str
-    assigned_in: str
+    method: str
     used_by: str
 
     @property
@@ -73,6 +73,15 @@ class Attribute:
     @property
     def target(self) -> str:
         return f"{self.owner.replace(':', '.')}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Reads(State):
+    """State a method reads each time it runs: ``self.<name>`` appears in ``owner.method``.
+
+    For state we set between calls (the fetch limits): a release that read it once,
+    at start-up, would turn the setting into a silent no-op.
+    """
 
 
 FAUST = "faust-streaming"
@@ -132,6 +141,7 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     State(FAUST, _CONSUMER, "_unacked_messages", "__init__", _TRANSPORT),
     State(FAUST, _CONSUMER, "_waiting_for_ack", "__init__", _TRANSPORT),
     State(FAUST, _CONSUMER, "_buffered_partitions", "__init__", _TRANSPORT),
+    State(FAUST, _CONSUMER, "_paused_partitions", "_reset_state", _TRANSPORT),
     State(FAUST, _CONSUMER, "flow_active", "_reset_state", _TRANSPORT),
     # transport.py: aiokafka's fetcher, whose wait and minimum bytes it sets per poll.
     State(AIOKAFKA, "aiokafka.consumer.consumer:AIOKafkaConsumer", "_fetcher", "start", _TRANSPORT),
@@ -140,6 +150,21 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     ),
     State(
         AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_fetch_min_bytes", "__init__", _TRANSPORT
+    ),
+    # ... and reads again for every fetch request it builds.
+    Reads(
+        AIOKAFKA,
+        "aiokafka.consumer.fetcher:Fetcher",
+        "_fetch_max_wait_ms",
+        "_get_actions_per_node",
+        _TRANSPORT,
+    ),
+    Reads(
+        AIOKAFKA,
+        "aiokafka.consumer.fetcher:Fetcher",
+        "_fetch_min_bytes",
+        "_get_actions_per_node",
+        _TRANSPORT,
     ),
     State(AIOKAFKA, "aiokafka.consumer.fetcher:Fetcher", "_records", "__init__", _TRANSPORT),
     # transport.py: the positions it reads for the offset guard (fetch_positions).
@@ -260,17 +285,19 @@ def _problem(name: Method | State | Attribute) -> str | None:
             expected, now = ", ".join(name.params), ", ".join(params)
             return f"changed signature: expected ({expected}), found ({now})"
         return None
-    method = inspect.getattr_static(owner, name.assigned_in, None)
+    if isinstance(name, Reads):
+        verb, pattern = "read", rf"self\.{re.escape(name.name)}\b"
+    else:
+        verb, pattern = "assigned", rf"self\.{re.escape(name.name)}\s*(:[^=\n]*)?=[^=]"
+    method = inspect.getattr_static(owner, name.method, None)
     if method is None:
-        return (
-            f"is no longer assigned: {name.owner.replace(':', '.')}.{name.assigned_in} is missing"
-        )
+        return f"is no longer {verb}: {name.owner.replace(':', '.')}.{name.method} is missing"
     try:
         source = inspect.getsource(method)
     except (OSError, TypeError):
-        return f"cannot be checked: no source for {name.assigned_in}"
-    if not re.search(rf"self\.{re.escape(name.name)}\s*(:[^=\n]*)?=[^=]", source):
-        return f"is no longer assigned in {name.assigned_in}"
+        return f"cannot be checked: no source for {name.method}"
+    if not re.search(pattern, source):
+        return f"is no longer {verb} in {name.method}"
     return None
 
 

@@ -95,6 +95,23 @@ def test_private_state_no_longer_assigned_is_reported(monkeypatch: pytest.Monkey
     ) in message
 
 
+def test_state_set_between_calls_and_no_longer_read_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    minimum = Fetcher.__init__  # stands in for a release that reads it once, at start-up
+
+    def actions(self: Any, assignment: Any) -> Any:
+        return minimum, self._fetch_max_wait_ms
+
+    monkeypatch.setattr(Fetcher, "_get_actions_per_node", actions)
+    message = _raised()
+    assert (
+        "aiokafka 0.14.0: aiokafka.consumer.fetcher.Fetcher._fetch_min_bytes "
+        "is no longer read in _get_actions_per_node"
+    ) in message
+    assert "_fetch_max_wait_ms" not in message
+
+
 def _buffer() -> transport.AcknowledgedBuffer:
     import faust
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
+from aiokafka import TopicPartition
 from faust.transport import by_url
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
 from agents.faust_internals import transport
 from agents.faust_internals.transport import (
     BUFFER_PRESSURE_POLL_S,
     FETCH_MIN_BYTES_BUSY,
+    FETCH_MIN_BYTES_IDLE,
     FETCH_WAIT_BUSY_MS,
     FETCH_WAIT_IDLE_MS,
     Consumer,
@@ -35,7 +39,11 @@ def test_fetches_wait_briefly_for_a_batch_while_records_flow() -> None:
 
 
 def test_fetches_long_poll_for_the_first_record_once_caught_up() -> None:
-    assert fetch_limits(records_returned=0, records_buffered=False) == (FETCH_WAIT_IDLE_MS, 1)
+    assert fetch_limits(records_returned=0, records_buffered=False) == (
+        FETCH_WAIT_IDLE_MS,
+        FETCH_MIN_BYTES_IDLE,
+    )
+    assert FETCH_MIN_BYTES_IDLE == 1  # Faust's own: the broker answers at the first record
     assert FETCH_WAIT_BUSY_MS < FETCH_WAIT_IDLE_MS
 
 
@@ -59,6 +67,80 @@ async def consumer() -> Any:
     assert isinstance(made, Consumer)
     assert isinstance(made._thread, ConsumerThread)
     return made
+
+
+def _aiokafka_consumer(**fetcher: Any) -> Any:
+    """An aiokafka consumer as _fetch_records sees it: a fetcher and no subscription yet."""
+    state = {"_fetch_max_wait_ms": 1500, "_fetch_min_bytes": 1, "_records": {}, **fetcher}
+    return SimpleNamespace(
+        _fetcher=SimpleNamespace(**state), _subscription=SimpleNamespace(subscription=None)
+    )
+
+
+@pytest.fixture
+def polled(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What Faust's own _fetch_records hands over next (set ``polled["records"]``)."""
+    polled: dict[str, Any] = {"records": {}}
+
+    async def handed_over(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return polled["records"]
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", handed_over)
+    return polled
+
+
+async def test_each_poll_sets_the_fetchers_wait_and_minimum_bytes(
+    consumer: Any, polled: dict[str, Any]
+) -> None:
+    thread, aiokafka_consumer = consumer._thread, _aiokafka_consumer()
+    fetcher = aiokafka_consumer._fetcher
+    polled["records"] = {TopicPartition("learning.run-completed", 0): ["a record"]}
+    await thread._fetch_records(aiokafka_consumer, set())
+    assert fetcher._fetch_max_wait_ms == FETCH_WAIT_BUSY_MS <= 50
+    assert fetcher._fetch_min_bytes == FETCH_MIN_BYTES_BUSY
+    polled["records"] = {}
+    await thread._fetch_records(aiokafka_consumer, set())
+    assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (FETCH_WAIT_IDLE_MS, 1)
+    fetcher._records = {TopicPartition("learning.run-completed", 1): object()}
+    await thread._fetch_records(aiokafka_consumer, set())
+    assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (
+        FETCH_WAIT_BUSY_MS,
+        FETCH_MIN_BYTES_BUSY,
+    )
+
+
+async def test_records_kept_for_a_paused_partition_do_not_keep_the_fetches_busy(
+    consumer: Any, polled: dict[str, Any]
+) -> None:
+    # Faust pauses an active table's changelog after recovery in its own bookkeeping
+    # only: aiokafka fetches it and keeps the records, which Faust never takes.
+    changelog = TP("learnops-crl-daily-doer-changelog", 0)
+    consumer._paused_partitions.add(changelog)
+    thread = consumer._thread
+    aiokafka_consumer = _aiokafka_consumer(_records={TopicPartition(*changelog): object()})
+    fetcher = aiokafka_consumer._fetcher
+    await thread._fetch_records(aiokafka_consumer, set())
+    assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (FETCH_WAIT_IDLE_MS, 1)
+    # A partition held back for buffer pressure is not paused: its records still count.
+    pressed = TP("learning.run-completed", 2)
+    consumer._buffered_partitions.add(pressed)
+    fetcher._records[TopicPartition(*pressed)] = object()
+    await thread._fetch_records(aiokafka_consumer, set())
+    assert fetcher._fetch_max_wait_ms == FETCH_WAIT_BUSY_MS
+
+
+async def test_a_fetcher_without_the_minimum_bytes_field_stops_the_start(
+    consumer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def started(self: Any) -> None:
+        return None
+
+    aiokafka_consumer = _aiokafka_consumer()
+    del aiokafka_consumer._fetcher._fetch_min_bytes
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_start", started)
+    monkeypatch.setattr(ConsumerThread, "_ensure_consumer", lambda self: aiokafka_consumer)
+    with pytest.raises(RuntimeError, match=r"Fetcher lacks _fetch_min_bytes;"):
+        await consumer._thread.on_start()
 
 
 class _Polls:
