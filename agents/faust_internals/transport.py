@@ -51,10 +51,10 @@ The fix
    worker with every stage, back to back): worker CPU at 100 bundles/s 0.88 →
    0.56 cores, at 170/s 0.96 → 0.82 (p99 → CRL result 182 → 85 ms), 250/s
    carried with bounded lag (it was not), a 10,000-run backlog drained at 294
-   runs/s against 248. The price is at most 25 ms more per hop when records
-   trickle (p50 → CRL result at 100/s 27 → 37 ms); at a backlog the 64 KB is
-   there at once. A partition whose records were buffered while a fetch was in
-   flight waits for that fetch and then its own, so up to about 50 ms in all.
+   runs/s against 248. The price, when records trickle, is up to 25 ms per
+   fetch (p50 → CRL result at 100/s 27 → 37 ms), and up to about 50 ms for a
+   partition whose records were buffered while a fetch was in flight (it waits
+   for that fetch, then its own); at a backlog the 64 KB is there at once.
    "Caught up" counts only records Faust can hand over: records aiokafka keeps
    for a partition Faust paused (an active table's changelog after recovery)
    would otherwise keep every fetch busy (an idle worker's consumer thread

@@ -98,10 +98,8 @@ def test_private_state_no_longer_assigned_is_reported(monkeypatch: pytest.Monkey
 def test_state_set_between_calls_and_no_longer_read_is_reported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    minimum = Fetcher.__init__  # stands in for a release that reads it once, at start-up
-
-    def actions(self: Any, assignment: Any) -> Any:
-        return minimum, self._fetch_max_wait_ms
+    def actions(self: Any, assignment: Any) -> Any:  # reads the wait, no longer the minimum
+        return self._fetch_max_wait_ms
 
     monkeypatch.setattr(Fetcher, "_get_actions_per_node", actions)
     message = _raised()
