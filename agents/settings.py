@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     # after every batch. Each write is a changelog record per key, whatever the batch
     # size (docs/operations.md, "Coalesced aggregate writes").
     learnops_crl_fold_interval_s: float = Field(default=0.25, ge=0.0, le=10.0)
+    # While records flow, a fetch asks the broker for this many bytes (or 25 ms) before
+    # it answers: fewer, larger fetches and stage batches. 1 answers at the first record:
+    # up to 25 ms less per hop for a fetch per few records (more CPU), for a process whose
+    # stages want latency, e.g. the canary alone (docs/operations.md, "Fetches that wait
+    # for a batch"). At most the 1 MB a partition's fetch returns.
+    learnops_fetch_min_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
     # Where alerts go besides learning.alerts: FORMAT=URL entries, comma-separated,
     # FORMAT one of json, alertmanager, slack (agents/notify.py).
     learnops_alert_webhooks: str = ""

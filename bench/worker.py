@@ -276,6 +276,8 @@ class Bench:
                 "LEARNOPS_WORKER_SIGNING_KEY_FILE": str(self.keys / "signing.pem"),
                 "LEARNOPS_STAGES": stages,
             }
+            if stages == "canary" and self.args.canary_fetch_min_bytes is not None:
+                env["LEARNOPS_FETCH_MIN_BYTES"] = str(self.args.canary_fetch_min_bytes)
             for variable in ("LEARNOPS_MIGRATE_DATABASE_URL", "LEARNOPS_KEYADMIN_DATABASE_URL"):
                 env.pop(variable, None)
             group = f"bench-{self.tag}-{len(self.groups)}"
@@ -297,6 +299,11 @@ class Bench:
         console.print(
             f"{len(self.workers)} worker process(es), {self.args.replicas} per group: "
             + " · ".join(s for s in stage_groups(self.args.split, self.args.alone))
+            + (
+                ""
+                if self.args.canary_fetch_min_bytes is None
+                else f" (canary: LEARNOPS_FETCH_MIN_BYTES={self.args.canary_fetch_min_bytes})"
+            )
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, max_batch_size=256 << 10
@@ -665,6 +672,12 @@ async def main() -> None:
         f"(default {','.join(SPLIT)}); every other stage shares one more.",
     )
     parser.add_argument(
+        "--canary-fetch-min-bytes",
+        type=int,
+        help="LEARNOPS_FETCH_MIN_BYTES of the process that runs the canary alone "
+        "(--split --alone …,canary); unset, the worker's default.",
+    )
+    parser.add_argument(
         "--replicas",
         type=int,
         default=1,
@@ -679,6 +692,8 @@ async def main() -> None:
     )
     parser.add_argument("--markdown", type=Path, help="Also write the table here.")
     args = parser.parse_args()
+    if args.canary_fetch_min_bytes is not None and not (args.split and "canary" in args.alone):
+        parser.error("--canary-fetch-min-bytes needs the canary alone: --split --alone …,canary")
     bench = Bench(args)
     windows: list[Window] = []
     capacity: Capacity | None = None

@@ -41,10 +41,11 @@ The fix
    the broker 100 times a second (~3 % of a core). The broker answers a parked
    fetch as soon as data arrives either way.
 
-   While records flow, a fetch also asks for ``FETCH_MIN_BYTES_BUSY`` (64 KB)
-   before the broker answers early, and may wait ``FETCH_WAIT_BUSY_MS`` (25 ms)
-   for it. With Faust's ``fetch_min_bytes=1`` a worker reading a steady trickle
-   on some sixty partitions sent a fetch for every few records: at 100 bundles/s
+   While records flow, a fetch also asks for ``FETCH_MIN_BYTES_BUSY`` (64 KB;
+   ``LEARNOPS_FETCH_MIN_BYTES`` sets it per process) before the broker answers
+   early, and may wait ``FETCH_WAIT_BUSY_MS`` (25 ms) for it. With Faust's
+   ``fetch_min_bytes=1`` a worker reading a steady trickle on some sixty
+   partitions sent a fetch for every few records: at 100 bundles/s
    its consumer thread took 0.26 cores, the fetch requests' encoding and
    responses' decoding in pure Python, and each small fetch became small stage
    batches. Waiting for 64 KB or 25 ms (2026-12-05, ``bench/worker.py``, one
@@ -161,7 +162,8 @@ SCHEME = "learnops-kafka"
 
 #: Longest the broker may hold a fetch while records are flowing.
 FETCH_WAIT_BUSY_MS = 25
-#: Bytes a fetch asks for before the broker may answer early, while records are flowing.
+#: Bytes a fetch asks for before the broker may answer early, while records are flowing
+#: (the default of ``LEARNOPS_FETCH_MIN_BYTES``: an app's ``fetch_min_bytes`` overrides it).
 FETCH_MIN_BYTES_BUSY = 64 * 1024
 #: The same once the worker has caught up (Faust's own value: answer at the first record).
 FETCH_MIN_BYTES_IDLE = 1
@@ -185,10 +187,12 @@ PRODUCER_LINGER_S = 0.005
 PRODUCER_MAX_BATCH_BYTES = 256 * 1024
 
 
-def fetch_limits(records_returned: int, records_buffered: bool) -> tuple[int, int]:
+def fetch_limits(
+    records_returned: int, records_buffered: bool, busy_min_bytes: int = FETCH_MIN_BYTES_BUSY
+) -> tuple[int, int]:
     """The next fetches' longest wait (ms) and the bytes that end it early, given the last poll."""
     if records_returned > 0 or records_buffered:
-        return FETCH_WAIT_BUSY_MS, FETCH_MIN_BYTES_BUSY
+        return FETCH_WAIT_BUSY_MS, busy_min_bytes
     return FETCH_WAIT_IDLE_MS, FETCH_MIN_BYTES_IDLE
 
 
@@ -216,6 +220,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     #: Per partition, its position when the latest records were handed over.
     fetch_starts: Mapping[Any, int] = MappingProxyType({})
+    #: The bytes a fetch asks for while records flow (:func:`fetch_limits`); the app's
+    #: ``fetch_min_bytes`` when it has one (``LEARNOPS_FETCH_MIN_BYTES``).
+    busy_min_bytes: int = FETCH_MIN_BYTES_BUSY
 
     async def on_start(self) -> None:
         """Start the aiokafka consumer and check that the fetcher has the fields we use."""
@@ -265,7 +272,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         paused = frozenset(self.consumer._paused_partitions)
         deliverable = any(tp not in paused for tp in fetcher._records)
         fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = fetch_limits(
-            sum(len(batch) for batch in records.values()), deliverable
+            sum(len(batch) for batch in records.values()), deliverable, self.busy_min_bytes
         )
         return records
 
@@ -354,7 +361,11 @@ class Consumer(faust_aiokafka.Consumer):
         return enabled
 
     def _new_consumer_thread(self) -> ConsumerThread:
-        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread = ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        # The learnops app carries LEARNOPS_FETCH_MIN_BYTES; a plain Faust app on this
+        # transport (bench/faust_throughput.py) keeps the default.
+        thread.busy_min_bytes = getattr(self.app, "fetch_min_bytes", FETCH_MIN_BYTES_BUSY)
+        return thread
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
         """Seek every assigned partition to its committed offset; tell the guard which moved."""

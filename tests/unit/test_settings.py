@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agents.app import STAGES, create_app
+from agents.faust_internals.transport import FETCH_MIN_BYTES_BUSY
 from agents.settings import Settings, SettingsError, load_settings
 
 
@@ -157,4 +158,20 @@ def test_the_table_store_is_memory_unless_rocksdb_is_asked_for() -> None:
 def test_an_unknown_table_store_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEARNOPS_TABLE_STORE", "redis")
     with pytest.raises(SettingsError, match="LEARNOPS_TABLE_STORE: "):
+        load_settings()
+
+
+def test_the_busy_fetch_size_is_the_transports_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    default = create_app(Settings(learnops_stages="canary", learnops_app_id="fetch-default"))
+    monkeypatch.setenv("LEARNOPS_FETCH_MIN_BYTES", "1")
+    eager = create_app(load_settings().model_copy(update={"learnops_app_id": "fetch-eager"}))
+    assert default.fetch_min_bytes == FETCH_MIN_BYTES_BUSY
+    assert default.consumer._thread.busy_min_bytes == FETCH_MIN_BYTES_BUSY
+    assert eager.consumer._thread.busy_min_bytes == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-5", str(2 * 1024 * 1024), "64KB"])
+def test_a_bad_fetch_size_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("LEARNOPS_FETCH_MIN_BYTES", value)
+    with pytest.raises(SettingsError, match="LEARNOPS_FETCH_MIN_BYTES: "):
         load_settings()

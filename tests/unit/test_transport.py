@@ -38,6 +38,13 @@ def test_fetches_wait_briefly_for_a_batch_while_records_flow() -> None:
     assert FETCH_MIN_BYTES_BUSY > 1
 
 
+def test_a_process_may_ask_for_the_first_record_while_records_flow() -> None:
+    # LEARNOPS_FETCH_MIN_BYTES=1: the busy wait stays, the broker answers at once.
+    assert fetch_limits(1, False, busy_min_bytes=1) == (FETCH_WAIT_BUSY_MS, 1)
+    assert fetch_limits(0, True, busy_min_bytes=4096) == (FETCH_WAIT_BUSY_MS, 4096)
+    assert fetch_limits(0, False, busy_min_bytes=1) == (FETCH_WAIT_IDLE_MS, FETCH_MIN_BYTES_IDLE)
+
+
 def test_fetches_long_poll_for_the_first_record_once_caught_up() -> None:
     assert fetch_limits(records_returned=0, records_buffered=False) == (
         FETCH_WAIT_IDLE_MS,
@@ -107,6 +114,19 @@ async def test_each_poll_sets_the_fetchers_wait_and_minimum_bytes(
         FETCH_WAIT_BUSY_MS,
         FETCH_MIN_BYTES_BUSY,
     )
+
+
+async def test_the_consumer_thread_asks_for_the_apps_fetch_size(
+    consumer: Any, polled: dict[str, Any]
+) -> None:
+    thread, aiokafka_consumer = consumer._thread, _aiokafka_consumer()
+    assert thread.busy_min_bytes == FETCH_MIN_BYTES_BUSY  # a plain Faust app: the default
+    consumer.app.fetch_min_bytes = 1
+    thread = consumer._new_consumer_thread()
+    polled["records"] = {TopicPartition("learning.crl-computed", 0): ["a record"]}
+    await thread._fetch_records(aiokafka_consumer, set())
+    fetcher = aiokafka_consumer._fetcher
+    assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (FETCH_WAIT_BUSY_MS, 1)
 
 
 async def test_records_kept_for_a_paused_partition_do_not_keep_the_fetches_busy(
