@@ -88,7 +88,8 @@ class LearnopsApp(faust.App):
         #: Where sends go instead of the broker, when set (in-process tests).
         self.outbox: list[tuple[str, Any]] | None = None
         self.stages: dict[str, Any] = {}
-        #: Bytes a fetch asks for while records flow (the transport's consumer thread reads it).
+        #: Bytes a fetch asks for while records flow; the transport's consumer thread reads
+        #: it once, when Faust creates the thread (changing it later changes nothing).
         self.fetch_min_bytes = settings.learnops_fetch_min_bytes
         #: Stage bodies holding events they will still ack (the consumer's wait_empty reads it).
         self.bodies = Bodies()

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     # it answers: fewer, larger fetches and stage batches. 1 answers at the first record:
     # up to 25 ms less per hop for a fetch per few records (more CPU), for a process whose
     # stages want latency, e.g. the canary alone (docs/operations.md, "Fetches that wait
-    # for a batch"). At most the 1 MB a partition's fetch returns.
+    # for a batch"). Capped at 1 MB, a policy: more would hold a fetch its whole 25 ms.
     learnops_fetch_min_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
     # Where alerts go besides learning.alerts: FORMAT=URL entries, comma-separated,
     # FORMAT one of json, alertmanager, slack (agents/notify.py).

@@ -276,8 +276,11 @@ class Bench:
                 "LEARNOPS_WORKER_SIGNING_KEY_FILE": str(self.keys / "signing.pem"),
                 "LEARNOPS_STAGES": stages,
             }
-            if stages == "canary" and self.args.canary_fetch_min_bytes is not None:
-                env["LEARNOPS_FETCH_MIN_BYTES"] = str(self.args.canary_fetch_min_bytes)
+            if self.args.canary_fetch_min_bytes is not None:
+                # Only the canary's process: the others keep the worker's default.
+                env.pop("LEARNOPS_FETCH_MIN_BYTES", None)
+                if stages == "canary":
+                    env["LEARNOPS_FETCH_MIN_BYTES"] = str(self.args.canary_fetch_min_bytes)
             for variable in ("LEARNOPS_MIGRATE_DATABASE_URL", "LEARNOPS_KEYADMIN_DATABASE_URL"):
                 env.pop(variable, None)
             group = f"bench-{self.tag}-{len(self.groups)}"
@@ -692,8 +695,11 @@ async def main() -> None:
     )
     parser.add_argument("--markdown", type=Path, help="Also write the table here.")
     args = parser.parse_args()
-    if args.canary_fetch_min_bytes is not None and not (args.split and "canary" in args.alone):
-        parser.error("--canary-fetch-min-bytes needs the canary alone: --split --alone …,canary")
+    if args.canary_fetch_min_bytes is not None:
+        if not (args.split and "canary" in args.alone):
+            parser.error("--canary-fetch-min-bytes needs --split --alone …,canary")
+        if not 1 <= args.canary_fetch_min_bytes <= 1024 * 1024:
+            parser.error("--canary-fetch-min-bytes must be 1 to 1048576 (LEARNOPS_FETCH_MIN_BYTES)")
     bench = Bench(args)
     windows: list[Window] = []
     capacity: Capacity | None = None

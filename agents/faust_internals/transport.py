@@ -58,8 +58,8 @@ The fix
    for that fetch, then its own); at a backlog the 64 KB is there at once.
    A process that reads few records and wants them soon sets
    ``LEARNOPS_FETCH_MIN_BYTES=1``: the canary alone, at 170 runs/s, p50 / p99
-   from a CRL result to its decision 30 / 53–63 ms → 15 / 38–44 ms, for about
-   0.04 cores (docs/operations.md).
+   from a CRL result to its decision 30–31 / 53–63 ms → 15–16 / 38–44 ms (two
+   90 s windows each, back to back), for at most 0.04 cores (docs/operations.md).
    "Caught up" counts only records Faust can hand over: records aiokafka keeps
    for a partition Faust paused (an active table's changelog after recovery)
    would otherwise keep every fetch busy (an idle worker's consumer thread

@@ -162,12 +162,17 @@ def test_an_unknown_table_store_names_the_variable(monkeypatch: pytest.MonkeyPat
 
 
 def test_the_busy_fetch_size_is_the_transports_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    default = create_app(Settings(learnops_stages="canary", learnops_app_id="fetch-default"))
+    monkeypatch.delenv("LEARNOPS_FETCH_MIN_BYTES", raising=False)
+    default = create_app(load_settings().model_copy(update={"learnops_app_id": "fetch-default"}))
     monkeypatch.setenv("LEARNOPS_FETCH_MIN_BYTES", "1")
     eager = create_app(load_settings().model_copy(update={"learnops_app_id": "fetch-eager"}))
+    monkeypatch.setenv("LEARNOPS_FETCH_MIN_BYTES", str(1024 * 1024))
+    largest = create_app(load_settings().model_copy(update={"learnops_app_id": "fetch-largest"}))
+    # Every consumer (and its thread) made before any is checked: a value kept on the
+    # class instead of the thread would show in the others.
+    threads = [app.consumer._thread for app in (default, eager, largest)]
     assert default.fetch_min_bytes == FETCH_MIN_BYTES_BUSY
-    assert default.consumer._thread.busy_min_bytes == FETCH_MIN_BYTES_BUSY
-    assert eager.consumer._thread.busy_min_bytes == 1
+    assert [thread.busy_min_bytes for thread in threads] == [FETCH_MIN_BYTES_BUSY, 1, 1024 * 1024]
 
 
 @pytest.mark.parametrize("value", ["0", "-5", str(2 * 1024 * 1024), "64KB"])

@@ -42,7 +42,10 @@ def test_a_process_may_ask_for_the_first_record_while_records_flow() -> None:
     # LEARNOPS_FETCH_MIN_BYTES=1: the busy wait stays, the broker answers at once.
     assert fetch_limits(1, False, busy_min_bytes=1) == (FETCH_WAIT_BUSY_MS, 1)
     assert fetch_limits(0, True, busy_min_bytes=4096) == (FETCH_WAIT_BUSY_MS, 4096)
-    assert fetch_limits(0, False, busy_min_bytes=1) == (FETCH_WAIT_IDLE_MS, FETCH_MIN_BYTES_IDLE)
+    assert fetch_limits(0, False, busy_min_bytes=4096) == (
+        FETCH_WAIT_IDLE_MS,
+        FETCH_MIN_BYTES_IDLE,
+    )
 
 
 def test_fetches_long_poll_for_the_first_record_once_caught_up() -> None:
