@@ -68,6 +68,7 @@ class EventTopic(Generic[E]):
         self.model = model
         self._app = app
         self.channel: Any = app.topic(name, key_type=bytes, value_type=bytes)
+        self._sent_counter = EVENTS_OUT.labels(name)
 
     async def send(self, event: E) -> Sent:
         """Send the event under its key (its doer, Event.record_key); awaited, the broker's ack."""
@@ -83,7 +84,7 @@ class EventTopic(Generic[E]):
             producer, self.name, message=None, keysize=len(key), valsize=len(value)
         )
         future = await producer.send_acknowledged(self.name, key, value)
-        EVENTS_OUT.labels(self.name).inc()
+        self._sent_counter.inc()
         return Sent(future)
 
 

@@ -114,7 +114,7 @@ def _result_columns(unique: Sequence[CRLComputed]) -> tuple[Any, ...]:
         [r.run_occurred_at for r in unique],
         [r.loss for r in unique],
         # JSON travels as text: asyncpg would read a list inside jsonb[] as a sub-array.
-        [orjson.dumps(r.terms.model_dump(mode="json")).decode() for r in unique],
+        [r.terms.to_json().decode() for r in unique],
         [orjson.dumps(r.contributions).decode() for r in unique],
         [r.weights_version for r in unique],
         [orjson.dumps(r.gate_failures).decode() for r in unique],

@@ -303,3 +303,66 @@ async def test_a_worker_stopped_mid_batch_does_not_commit_the_unfinished_batch(
 
 if __name__ == "__main__":
     run_worker()
+
+
+async def test_stage_outputs_land_on_the_default_partitioners_partition(
+    kafka_bootstrap: str, topic: str, tmp_path: Path
+) -> None:
+    # send_acknowledged picks the partition itself (a cached murmur2 per key) once
+    # the topic's metadata is known; a doer's records must still land where
+    # aiokafka's and Java's default partitioners put them, or its events and
+    # table state would part.
+    import faust
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.partitioner import DefaultPartitioner
+    from prometheus_client import REGISTRY
+
+    from agents.event_topics import EventTopic
+    from agents.faust_internals.transport import Producer, broker_urls
+    from models.events import Alert
+
+    app = faust.App(
+        f"partition-test-{uuid.uuid4().hex[:8]}",
+        broker=broker_urls([kafka_bootstrap]),
+        datadir=str(tmp_path),
+        web_enabled=False,
+        autodiscover=False,
+    )
+    app.outbox = None  # as LearnopsApp's, outside tests that collect sends in process
+    producer = app.producer
+    assert isinstance(producer, Producer)
+    keys = [f"Doer{i}".encode() for i in range(200)]
+    outputs: EventTopic[Alert] = EventTopic(app, topic, Alert)
+    counted = {"topic": topic}
+    before = REGISTRY.get_sample_value("learnops_events_out_total", counted) or 0.0
+    await producer.start()
+    try:
+        assert producer.partition_of(topic, keys[0]) is None  # no metadata yet: aiokafka picks
+        sent = []
+        for key in keys:
+            alert = Alert(doer=key.decode(), kind="crl_regression", severity="info", message="m")
+            sent.append(await outputs.send(alert))
+        chosen = [producer.partition_of(topic, key) for key in keys]
+        for acknowledged in sent:
+            await acknowledged
+    finally:
+        await producer.stop()
+    assert REGISTRY.get_sample_value("learnops_events_out_total", counted) == before + len(keys)
+    every = list(range(PARTITIONS))
+    expected = {key: DefaultPartitioner()(key, every, every) for key in keys}
+    assert chosen == [expected[key] for key in keys]
+    assert len(set(chosen)) == PARTITIONS
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    landed: dict[bytes, int] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while len(landed) < len(keys) and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                landed.update((record.key, record.partition) for record in records)
+    finally:
+        await consumer.stop()
+    assert landed == expected

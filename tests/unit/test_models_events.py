@@ -531,3 +531,70 @@ def test_invalid_json_reason_does_not_echo_the_payload() -> None:
     text = reason(RunCompleted, b'{"doer": "alice@example.com", ')
     assert text.startswith("Invalid JSON")
     assert "alice" not in text
+
+
+def _orjson_bytes(event: Event) -> bytes:
+    """The wire bytes as learnops wrote them before to_json used pydantic's serializer."""
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("event", one_of_each_event(), ids=lambda e: type(e).__name__)
+def test_the_wire_bytes_are_orjsons_compact_form(event: Event) -> None:
+    assert event.to_json() == _orjson_bytes(event)
+
+
+def test_simulated_bundles_and_their_crl_results_keep_their_wire_bytes() -> None:
+    from agents.config import load_learning_config
+    from learning.crl import score_bundle
+    from learnops.simulation.orchestrator import Orchestrator
+
+    config = load_learning_config()
+    orchestrator = Orchestrator(seed=5, run_prefix="wire", start=datetime(2026, 3, 1, tzinfo=UTC))
+    checked = 0
+    for bundle in orchestrator.bundles(300):
+        result = score_bundle(bundle, config.weights, config.objectives)
+        assert bundle.to_json() == _orjson_bytes(bundle)
+        assert result.to_json() == _orjson_bytes(result)
+        assert result.terms.to_json() == orjson.dumps(result.terms.model_dump(mode="json"))
+        checked += 1
+    assert checked == 300
+
+
+_JSON_LEAF = (
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+    | st.booleans()
+    | st.none()
+)
+_JSON = st.recursive(
+    _JSON_LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    value=st.floats(allow_nan=False, allow_infinity=False),
+    message=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    evidence=st.dictionaries(st.text(max_size=8).filter(lambda k: "\x00" not in k), _JSON),
+)
+def test_floats_text_and_free_json_serialize_as_orjson_did(
+    value: float, message: str, evidence: dict[str, Any]
+) -> None:
+    alert = Alert(
+        doer="PRDWriter",
+        kind="crl_regression",
+        severity="warning",
+        message=message or "m",
+        value=value,
+        evidence=evidence,
+    )
+    assert alert.to_json() == _orjson_bytes(alert)
