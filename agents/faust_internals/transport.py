@@ -654,8 +654,9 @@ class Producer(faust_aiokafka.Producer):
         wraps each record in a message, a future and sensor callbacks before it
         reaches this producer, and then only logs a failed delivery: the offsets
         behind a record the broker never took were committed all the same. Here
-        the record goes straight to aiokafka's accumulator (same partitioner, same
-        batching and linger) and its future joins the records that the flush before
+        the record goes straight to aiokafka's accumulator (on the partition the
+        default partitioner picks, :meth:`partition_of`; same batching and linger)
+        and its future joins the records that the flush before
         every commit waits for (:class:`AcknowledgedBuffer`), so a failed send fails
         the commit and the input is processed again.
         """
