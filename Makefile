@@ -79,6 +79,7 @@ up:
 	bash scripts/services.sh up
 
 down:
+	bash scripts/demo.sh stop-console
 	bash scripts/services.sh down
 
 status:

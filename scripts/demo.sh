@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
 # make demo: bring up Kafka and PostgreSQL locally, create the topics and the
 # schema, run the worker, publish from a simulated orchestrator, and show what
-# happened. Kafka and PostgreSQL stay up afterwards (`make down` stops them).
+# happened. Kafka, PostgreSQL and the console stay up afterwards (`make down`
+# stops them; `bash scripts/demo.sh stop-console` the console alone).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bin="$repo/.venv/bin"
 state="${LEARNOPS_STATE_DIR:-$repo/.local}/demo"
-mkdir -p "$state"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# The console a demo leaves running (`make down` stops it too, through this).
+console_pid="$state/console.pid"
+stop_console() {
+  [ -f "$console_pid" ] || return 0
+  local pid
+  pid="$(cat "$console_pid")"
+  # Only a console of ours: a stale file must not kill a process that reused the pid.
+  if ps -p "$pid" -o args= 2>/dev/null | grep -q 'learnops serve'; then
+    kill -TERM "$pid" 2>/dev/null && echo "stopped the demo's console (pid $pid)"
+  fi
+  rm -f "$console_pid"
+}
+if [ "${1:-}" = stop-console ]; then
+  stop_console
+  exit 0
+fi
+mkdir -p "$state"
 
 step "Kafka and PostgreSQL"
 bash scripts/services.sh up
@@ -86,14 +104,34 @@ step "The bandit: a cheaper model as good as the large one → request → bandi
 
 step "Done"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
-echo "Sign commands as the demo's owner: export LEARNOPS_OPERATOR_KEY=$LEARNOPS_OPERATOR_KEY"
-echo "Look around: learnops topics describe · kcat -b $KAFKA_BOOTSTRAP_SERVERS -t learning.dlq -C -e · psql \"\$DATABASE_URL\""
-echo "Stop the services with: make down"
+echo "The demo's worker stops with this script; Kafka, PostgreSQL and the console below run on."
+echo "To look around and send commands, in your shell (from $repo):"
+echo "  eval \"\$(bash scripts/services.sh env)\"; export PATH=\"$bin:\$PATH\""
+echo "  learnops topics describe · learnops policy list · learnops skills list · psql \"\$DATABASE_URL\""
+echo "  export LEARNOPS_OPERATOR_KEY=$LEARNOPS_OPERATOR_KEY   # sign commands as the demo's owner"
+echo "  DATABASE_URL=\"\$LEARNOPS_WORKER_DATABASE_URL\" LEARNOPS_WORKER_SIGNING_KEY_FILE=$worker_key learnops worker -l info &"
+echo "     # a worker: commands (learnops policy …, bandit freeze) take effect only when one runs"
+echo "Stop the services and the console with: make down"
 
 step "The operator console (read-only dashboard and JSON API)"
 console_port="${LEARNOPS_CONSOLE_PORT:-8080}"
-mkdir -p "$state"
+stop_console  # a previous demo's, which would hold the port
 # As learnops_reader: the dashboard reads and can write nothing.
 DATABASE_URL="$LEARNOPS_READER_DATABASE_URL" nohup "$bin/learnops" serve --host 127.0.0.1 --port "$console_port" >"$state/console.log" 2>&1 &
-echo "$!" >"$state/console.pid"
-echo "Dashboard: http://127.0.0.1:$console_port/  (API: /api/…, OpenAPI: /openapi.json; log $state/console.log; stop: kill \$(cat $state/console.pid))"
+echo "$!" >"$console_pid"
+console_up() {
+  "$bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+    "http://127.0.0.1:$console_port/healthz" 2>/dev/null
+}
+for _ in $(seq 1 60); do
+  console_up && break
+  kill -0 "$(cat "$console_pid")" 2>/dev/null || break
+  sleep 0.5
+done
+if ! console_up; then
+  echo "the console did not start on port $console_port (LEARNOPS_CONSOLE_PORT picks another):"
+  tail -20 "$state/console.log"
+  stop_console
+  exit 1
+fi
+echo "Dashboard: http://127.0.0.1:$console_port/  (API: /api/…, OpenAPI: /openapi.json; log $state/console.log; stop: make down)"

@@ -26,6 +26,7 @@ import orjson
 
 from learnops.cli.main import (
     GroupedCommand,
+    closest,
     command,
     database,
     fail,
@@ -99,15 +100,19 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
     from models.bandit import BanditAllocations
 
     latest: Any = None
+    doers: set[str] = set()
     for record in await read_from_start(ctx.settings, ALLOCATIONS):
+        if record.key is not None:
+            doers.add(record.key.decode("utf-8", "replace"))
         if record.key == doer.encode():
             found = BanditAllocations.from_json(record.value)
             if latest is None or found.sequence >= latest.sequence:
                 latest = found
     if latest is None:
+        hint = closest(doer, doers)
         fail(
-            f"no allocations of {doer!r} on {ALLOCATIONS}; the bandit stage publishes them once "
-            "the doer's runs name options its policy declares (docs/bandits.md)"
+            f"no allocations of {doer!r} on {ALLOCATIONS}{hint}; the bandit stage publishes "
+            "them once the doer's runs name options its policy declares (docs/bandits.md)"
         )
     if as_json:
         ctx.say(orjson.dumps(latest.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())

@@ -135,6 +135,13 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
         )
         known = ", ".join(f"{candidates[0]}@{r['version']}" for r in versions)
         fail(f"no such policy version {ref!r}; {candidates[0]} has {known}")
+    if len(candidates) > 1:
+        fail(f"doer {policy_id!r} has policies {', '.join(sorted(candidates))}: name one")
+    if await pool.fetchval("SELECT EXISTS (SELECT 1 FROM crl_results WHERE doer = $1)", policy_id):
+        fail(
+            f"doer {policy_id!r} has runs but no policy yet (`learnops policy register FILE "
+            f"--doer {policy_id} --key KEY.pem` registers its first)"
+        )
     hint = closest(policy_id, ids) or closest(policy_id, doers)
     fail(f"no such policy {policy_id!r}{hint} (`learnops policy list` shows what exists)")
 
@@ -552,6 +559,12 @@ async def policy_promote(
 
     if force and not reason:
         usage_error("--force needs --reason: a skipped step is recorded with why")
+    if force and approver_key is None:
+        usage_error(
+            "--force needs --approver-key SECOND.pem: a forced promotion is applied only "
+            "with a second owner's signature (another operator, enrolled with `learnops "
+            'operator keys add --role owner`; docs/security.md, "Commands")'
+        )
     async with database(ctx) as pool:
         found = await _find(pool, ref)
         event = PromotePolicy(

@@ -239,6 +239,11 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name, "--json")
     assert shown.returncode == 0, shown.stderr
     assert BanditAllocations.model_validate_json(shown.stdout).frozen
+    misspelt = await asyncio.to_thread(
+        run_learnops, doer.env, "bandit", "show", doer.name.lower() + "x"
+    )
+    assert misspelt.returncode == 1
+    assert f"did you mean '{doer.name}'?" in misspelt.stderr, misspelt.stderr
     assert len(await open_requests(db, doer.name)) == 1
     letters = await _dead_letters(settings, doer.name)
     assert sorted(d.reason.split("'")[1] for d in letters) == [

@@ -387,6 +387,23 @@ async def test_an_unknown_doer_or_policy_names_the_closest_and_ids_match_any_cas
         1,
         f"no skill card for doer '{doer}x'",
     )
+    # A doer that has runs but no policy is named as such, with how to register one.
+    newcomer = f"Newcomer{uuid.uuid4().hex[:6]}"
+    await db.execute(
+        "INSERT INTO crl_results (run_id, event_id, source_event_id, doer, phase, policy_id,"
+        " policy_version, tenant_id, occurred_at, loss, terms, contributions, weights_version)"
+        " VALUES ($1, $2, $3, $4, 'draft', 'someone-elses', 1, 't', now(), 1.0, '{}', '{}', 'v1')",
+        f"run-{newcomer}",
+        uuid.uuid4(),
+        uuid.uuid4(),
+        newcomer,
+    )
+    one_line_error(
+        await learnops(settings_env, "policy", "show", newcomer),
+        1,
+        f"doer '{newcomer}' has runs but no policy yet",
+        f"learnops policy register FILE --doer {newcomer}",
+    )
 
 
 # ------------------------------------------------------------------------ key revocation

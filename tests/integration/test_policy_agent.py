@@ -375,7 +375,9 @@ async def test_the_cli_round_trip_register_promote_inspect(
     refused = run_cli(env, "promote", f"{pid}@1", ok=False)
     assert refused.returncode == 1 and "refused (lifecycle)" in refused.stderr
     alone = run_cli(env, "promote", f"{pid}@1", "--force", "--reason", "first", ok=False)
-    assert alone.returncode == 1 and "second owner" in alone.stderr
+    # Refused before anything is sent (the agent's own refusal: test_authorised_commands).
+    assert alone.returncode == 2 and "--approver-key" in alone.stderr, alone.stderr
+    assert "second owner" in alone.stderr
     # A forced promotion carries a second owner's approval.
     approver = ("--approver-key", env["LEARNOPS_TEST_APPROVER_KEY"])
     run_cli(env, "promote", f"{pid}@1", "--force", "--reason", "first policy", *approver)
