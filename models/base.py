@@ -261,17 +261,26 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# orjson's integer range, which the jsonb columns are written with.
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
 def storable_text_problem(value: object) -> str | None:
     """Return why PostgreSQL could not store the text in ``value`` (at any depth), else None.
 
     PostgreSQL refuses NUL in ``text`` and ``jsonb`` (keys too), and an
-    unpaired surrogate cannot be encoded as UTF-8 at all.  Models are not
+    unpaired surrogate cannot be encoded as UTF-8 at all.  An integer beyond
+    64 bits is refused too: the jsonb encoder (orjson) cannot write it, so it
+    would fail where the value is stored rather than here.  Models are not
     entered: each nested model checks its own fields.
     """
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not _INT64_MIN <= item <= _UINT64_MAX:
+                return "holds an integer beyond 64 bits, which cannot be stored as JSON here"
+        elif isinstance(item, str):
             if "\x00" in item:
                 return "contains a NUL character (\\u0000), which PostgreSQL cannot store"
             if not item.isascii():

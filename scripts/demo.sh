@@ -19,7 +19,10 @@ stop_console() {
   pid="$(cat "$console_pid")"
   # Only a console of ours: a stale file must not kill a process that reused the pid.
   if ps -p "$pid" -o args= 2>/dev/null | grep -q 'learnops serve'; then
-    kill -TERM "$pid" 2>/dev/null && echo "stopped the demo's console (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+    echo "stopped the demo's console (pid $pid)"
   fi
   rm -f "$console_pid"
 }
@@ -105,23 +108,35 @@ step "The bandit: a cheaper model as good as the large one → request → bandi
 step "Done"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
 echo "The demo's worker stops with this script; Kafka, PostgreSQL and the console below run on."
-echo "To look around and send commands, in your shell (from $repo):"
-echo "  eval \"\$(bash scripts/services.sh env)\"; export PATH=\"$bin:\$PATH\""
+echo "To look around and send commands, in your shell:"
+printf '  cd %q && eval "$(bash scripts/services.sh env)" && export PATH=%q:"$PATH"\n' "$repo" "$bin"
 echo "  learnops topics describe · learnops policy list · learnops skills list · psql \"\$DATABASE_URL\""
-echo "  export LEARNOPS_OPERATOR_KEY=$LEARNOPS_OPERATOR_KEY   # sign commands as the demo's owner"
-echo "  DATABASE_URL=\"\$LEARNOPS_WORKER_DATABASE_URL\" LEARNOPS_WORKER_SIGNING_KEY_FILE=$worker_key learnops worker -l info &"
-echo "     # a worker: commands (learnops policy …, bandit freeze) take effect only when one runs"
+printf '  export LEARNOPS_OPERATOR_KEY=%q   # sign commands as the demo owner\n' "$LEARNOPS_OPERATOR_KEY"
+echo "  # commands (learnops policy …, bandit freeze) take effect only while a worker runs:"
+printf '  DATABASE_URL="$LEARNOPS_WORKER_DATABASE_URL" LEARNOPS_WORKER_KEY=%q LEARNOPS_WORKER_SIGNING_KEY_FILE=%q learnops worker -l info &\n' \
+  "$LEARNOPS_WORKER_KEY" "$worker_key"
 echo "Stop the services and the console with: make down"
 
 step "The operator console (read-only dashboard and JSON API)"
 console_port="${LEARNOPS_CONSOLE_PORT:-8080}"
 stop_console  # a previous demo's, which would hold the port
+if "$bin/python" -c '
+import socket, sys
+with socket.socket() as s:
+    sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$console_port"; then
+  echo "port $console_port is taken by another program; LEARNOPS_CONSOLE_PORT=N make demo picks another"
+  exit 1
+fi
 # As learnops_reader: the dashboard reads and can write nothing.
 DATABASE_URL="$LEARNOPS_READER_DATABASE_URL" nohup "$bin/learnops" serve --host 127.0.0.1 --port "$console_port" >"$state/console.log" 2>&1 &
 echo "$!" >"$console_pid"
 console_up() {
-  "$bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-    "http://127.0.0.1:$console_port/healthz" 2>/dev/null
+  # Our process, alive and answering (not another program on the port; no proxy).
+  kill -0 "$(cat "$console_pid")" 2>/dev/null && "$bin/python" -c '
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+opener.open(sys.argv[1], timeout=2)' "http://127.0.0.1:$console_port/healthz" 2>/dev/null &&
+    kill -0 "$(cat "$console_pid")" 2>/dev/null
 }
 for _ in $(seq 1 60); do
   console_up && break

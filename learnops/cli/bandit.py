@@ -109,10 +109,11 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
             if latest is None or found.sequence >= latest.sequence:
                 latest = found
     if latest is None:
-        hint = closest(doer, doers)
+        hint = closest(doer, doers).removeprefix("; ")
         fail(
-            f"no allocations of {doer!r} on {ALLOCATIONS}{hint}; the bandit stage publishes "
-            "them once the doer's runs name options its policy declares (docs/bandits.md)"
+            f"no allocations of {doer!r} on {ALLOCATIONS} ({hint or 'none under that name'}); "
+            "the bandit stage publishes them once the doer's runs name options its policy "
+            "declares (docs/bandits.md)"
         )
     if as_json:
         ctx.say(orjson.dumps(latest.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())

@@ -136,11 +136,15 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
         known = ", ".join(f"{candidates[0]}@{r['version']}" for r in versions)
         fail(f"no such policy version {ref!r}; {candidates[0]} has {known}")
     if len(candidates) > 1:
-        fail(f"doer {policy_id!r} has policies {', '.join(sorted(candidates))}: name one")
-    if await pool.fetchval("SELECT EXISTS (SELECT 1 FROM crl_results WHERE doer = $1)", policy_id):
+        fail(f"{policy_id!r} could be {', '.join(sorted(candidates))}: name one")
+    # learning_progress has a row per doer and day of stored runs: small, any case.
+    with_runs = await pool.fetchval(
+        "SELECT doer FROM learning_progress WHERE lower(doer) = lower($1) LIMIT 1", policy_id
+    )
+    if with_runs is not None:
         fail(
-            f"doer {policy_id!r} has runs but no policy yet (`learnops policy register FILE "
-            f"--doer {policy_id} --key KEY.pem` registers its first)"
+            f"doer {with_runs!r} has runs but no policy yet (`learnops policy register FILE "
+            f"--doer {with_runs} --key KEY.pem` registers its first)"
         )
     hint = closest(policy_id, ids) or closest(policy_id, doers)
     fail(f"no such policy {policy_id!r}{hint} (`learnops policy list` shows what exists)")

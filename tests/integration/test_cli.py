@@ -399,7 +399,7 @@ async def test_an_unknown_doer_or_policy_names_the_closest_and_ids_match_any_cas
         newcomer,
     )
     one_line_error(
-        await learnops(settings_env, "policy", "show", newcomer),
+        await learnops(settings_env, "policy", "show", newcomer.lower()),
         1,
         f"doer '{newcomer}' has runs but no policy yet",
         f"learnops policy register FILE --doer {newcomer}",

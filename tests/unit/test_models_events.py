@@ -598,3 +598,24 @@ def test_floats_text_and_free_json_serialize_as_orjson_did(
         evidence=evidence,
     )
     assert alert.to_json() == _orjson_bytes(alert)
+
+
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30])
+def test_free_json_integers_beyond_64_bits_are_refused_where_they_enter(number: int) -> None:
+    # orjson writes the jsonb columns and cannot write them: refused with a reason on
+    # the way in, not at the INSERT of a whole batch.
+    raw = (
+        orjson.dumps(
+            {"doer": "PRDWriter", "kind": "crl_regression", "severity": "info", "message": "m"}
+        )[:-1]
+        + f',"evidence":{{"n":[{number}]}}}}'.encode()
+    )
+    assert (
+        reason(Alert, raw)
+        == "evidence: holds an integer beyond 64 bits, which cannot be stored as JSON here"
+    )
+    for edge in (2**64 - 1, -(2**63)):
+        alert = Alert(
+            doer="D", kind="crl_regression", severity="info", message="m", evidence={"n": edge}
+        )
+        assert alert.to_json() == _orjson_bytes(alert)
