@@ -29,6 +29,9 @@
 #   LEARNOPS_STATE_DIR     data, log and socket dir (<repo>/.local), this script uses ./postgres in it
 #   LEARNOPS_AUTO_INSTALL  when root and not 0, apt-get installs a missing server (1)
 set -euo pipefail
+# runuser and apt-get live in the sbin directories, which a minimal PATH (env -i,
+# cron, some CI runners) leaves out: without runuser, root picked the wrong state dir.
+PATH="$PATH:/usr/sbin:/sbin"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
