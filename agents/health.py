@@ -125,13 +125,27 @@ async def readiness(app: Any) -> list[str]:
     return problems
 
 
+_LAG_SERIES: set[tuple[str, str]] = set()
+
+
 def observe_lag(app: Any) -> None:
-    """Set the lag gauge of every partition this worker has committed on."""
+    """Set the lag gauge of every partition this worker has committed on.
+
+    A partition it no longer has (a rebalance gave it to another worker) loses
+    its series: left, it would show the lag of the moment it moved, frozen.
+    """
     consumer = app.consumer
+    seen: set[tuple[str, str]] = set()
     for tp, committed in committed_offsets(app).items():
         end = consumer.highwater(tp)
         if end is not None:
-            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - committed))
+            labels = (tp.topic, str(tp.partition))
+            CONSUMER_LAG.labels(*labels).set(max(0, end - committed))
+            seen.add(labels)
+    for labels in _LAG_SERIES - seen:
+        CONSUMER_LAG.remove(*labels)
+    _LAG_SERIES.clear()
+    _LAG_SERIES.update(seen)
 
 
 def register_pages(app: Any) -> None:

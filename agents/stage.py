@@ -102,6 +102,9 @@ class Stage:
         self.topics = app.event_topics
         self.partitions = DoerPartitions()
         self.internal_errors = 0  # in a row; reset by any event handled without one
+        # 0 from the start, so an alert on == 1 has a series to watch and a missing
+        # series means a missing worker (deploy/prometheus/alerts.yml).
+        STAGE_HALTED.labels(self.name).set(0)
 
     async def batches(
         self, stream: Any, max_events: int, *, ack: bool = True
