@@ -18,7 +18,7 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -850,89 +850,37 @@ async def policy_approve(
         ctx.say(f"applied: {did} at step {moved['step']}, {moved['allocation']:g} of the traffic")
 
 
-async def _pause_or_resume(
-    ctx: CommandContext,
-    deployment: str,
-    pause: bool,
-    reason: str,
-    actor: str,
-    wait: bool,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    from models.commands import PauseDeployment, ResumeDeployment
+async def _pause_or_resume(ctx: CommandContext, deployment: str, pause: bool) -> NoReturn:
+    """Refuse, naming why: the policy stage does not apply operator pauses and resumes yet.
 
+    The commands are in the contract (models/commands.py) and their role is set
+    (learning/command_signing.py), but sent, they would be verified and then
+    ignored, and the CLI's wait would end in a timeout. The deployment is still
+    looked up, so a wrong name gets its own answer.
+    """
     async with database(ctx) as pool:
         found = await _deployment(pool, deployment)
-        did = found["deployment_id"]
-        if found["ended_at"]:
-            fail(f"{did} has ended ({found['outcome']})")
-        if found["paused"] == pause:
-            state = "paused" if pause else "not paused"
-            fail(f"{did} is {state} already")
-        kind = PauseDeployment if pause else ResumeDeployment
-        event = kind(doer=found["doer"], actor=actor, reason=reason, deployment_id=did)
-        await _send(ctx, event)
-        sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}
-        if not wait:
-            ctx.say(dumps(sent) if as_json else f"sent {event.event_id} to {COMMANDS_TOPIC}")
-            return
-        if not as_json:
-            ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
-        what = "paused" if pause else "resumed"
-        changed = await _wait_for(
-            pool, did, lambda row: (row["paused_at"] is not None) == pause, timeout, what
-        )
-    if as_json:
-        ctx.say(dumps({**sent, "deployment": changed}))
-    else:
-        ctx.say(f"applied: {did} {what} at step {changed['step']}")
+    did = found["deployment_id"]
+    if found["ended_at"]:
+        fail(f"{did} has ended ({found['outcome']})")
+    what = "pauses" if pause else "resumes"
+    fail(
+        f"not sent: the policy stage does not apply operator {what} yet (docs/policy-store.md, "
+        f"'Deployments'); to stop {did} now, roll it back: "
+        f"learnops policy rollback --deployment {did} --reason R"
+    )
 
 
-@command(
-    policy,
-    "pause",
-    click.argument("deployment"),
-    click.option("--reason", default="paused by an operator", show_default=True),
-    _actor,
-    _wait,
-    _timeout,
-    json_option,
-)
-async def policy_pause(
-    ctx: CommandContext,
-    deployment: str,
-    reason: str,
-    actor: str,
-    wait: bool,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    """Hold DEPLOYMENT (or a doer's live one) at its step; routing stays as it is."""
-    await _pause_or_resume(ctx, deployment, True, reason, actor, wait, timeout, as_json)
+@command(policy, "pause", click.argument("deployment"))
+async def policy_pause(ctx: CommandContext, deployment: str) -> None:
+    """Not applied yet: refused without sending (docs/policy-store.md); roll back instead."""
+    await _pause_or_resume(ctx, deployment, True)
 
 
-@command(
-    policy,
-    "resume",
-    click.argument("deployment"),
-    click.option("--reason", default="resumed by an operator", show_default=True),
-    _actor,
-    _wait,
-    _timeout,
-    json_option,
-)
-async def policy_resume(
-    ctx: CommandContext,
-    deployment: str,
-    reason: str,
-    actor: str,
-    wait: bool,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    """Let paused DEPLOYMENT (or a doer's) carry on from the step it was held at."""
-    await _pause_or_resume(ctx, deployment, False, reason, actor, wait, timeout, as_json)
+@command(policy, "resume", click.argument("deployment"))
+async def policy_resume(ctx: CommandContext, deployment: str) -> None:
+    """Not applied yet: refused without sending (docs/policy-store.md)."""
+    await _pause_or_resume(ctx, deployment, False)
 
 
 # --------------------------------------------------------------------------- reading
