@@ -723,8 +723,22 @@ async def _deployment(pool: Any, text: str) -> dict[str, Any]:
 
 
 async def _wait_for(
-    pool: Any, deployment_id: str, done: Any, timeout: float, what: str
+    pool: Any,
+    deployment_id: str,
+    done: Any,
+    timeout: float,
+    what: str,
+    *,
+    step_event: Any = None,
 ) -> dict[str, Any]:
+    """Wait until the deployment's row is ``done``; with ``step_event``, fail at its refusal.
+
+    An approval the policy stage refuses (a rule, a stale step, a candidate that
+    no longer verifies) leaves a refused ``deployment_steps`` row; one whose
+    signature or role is refused leaves only a ``command_refused`` alert.
+    """
+    from models.ids import caused_event_id
+
     deadline = time.monotonic() + timeout
     while True:
         row = await pool.fetchrow(
@@ -732,6 +746,20 @@ async def _wait_for(
         )
         if row is not None and done(row):
             return _deployment_report(row)
+        if step_event is not None:
+            refused = await pool.fetchrow(
+                "SELECT refusal, verdict FROM deployment_steps "
+                "WHERE event_id = $1 AND outcome = 'refused'",
+                step_event,
+            )
+            if refused is not None:
+                fail(f"refused ({refused['refusal']}): {refused['verdict']}")
+            message = await pool.fetchval(
+                "SELECT message FROM alerts WHERE event_id = $1 AND kind = 'command_refused'",
+                caused_event_id("alert", step_event),
+            )
+            if message is not None:
+                fail(f"refused: {message}")
         if time.monotonic() > deadline:
             fail(
                 f"{deployment_id} not {what} after {timeout:g}s; is a worker running? "
@@ -822,7 +850,10 @@ async def policy_approve(
         if found["mode"] != "canary":
             fail(f"{did} is a shadow; only a canary steps up (`learnops policy canary`)")
         if found["paused"]:
-            fail(f"{did} is paused; resume it first (`learnops policy resume {did}`)")
+            fail(
+                f"{did} is paused and cannot step up; nothing resumes a pause yet "
+                f"(docs/policy-store.md), so roll it back or promote it"
+            )
         if step != found["step"] + 1 or step >= len(found["steps"]):
             last = len(found["steps"]) - 1
             nxt = (
@@ -842,7 +873,12 @@ async def policy_approve(
         if not as_json:
             ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
         moved = await _wait_for(
-            pool, did, lambda row: row["step"] >= step, timeout, f"at step {step}"
+            pool,
+            did,
+            lambda row: row["step"] >= step,
+            timeout,
+            f"at step {step}",
+            step_event=event.event_id,
         )
     if as_json:
         ctx.say(dumps({**sent, "deployment": moved}))

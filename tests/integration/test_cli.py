@@ -497,6 +497,25 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
     assert step == 1
 
 
+async def test_an_approval_the_stage_refuses_is_reported_at_once_with_its_reason(
+    worker: WorkerProcess, settings_env: dict[str, str], db: Any
+) -> None:
+    # The candidate's key is revoked: the policy stage refuses the step (signature).
+    doer, deployment = await a_doer_with_a_canary(db, "CliRefused")
+    key_id = await db.fetchval(
+        "SELECT key_id FROM policies WHERE policy_id = $1 AND version = 2", doer.lower()
+    )
+    revoked = await learnops(settings_env, "policy", "keys", "revoke", key_id, "--reason", "lost")
+    assert revoked.returncode == 0, revoked.stderr
+    started = time.monotonic()
+    refused = await learnops(
+        settings_env, "policy", "approve", deployment, "--step", "1", "--timeout", "60"
+    )
+    one_line_error(refused, 1, "refused (signature)", "no longer verifies")
+    # Answered by the refusal, not by the 60 s wait running out.
+    assert time.monotonic() - started < 45, refused.stderr + worker.tail()
+
+
 async def test_pause_and_resume_say_the_stage_does_not_apply_them_and_send_nothing(
     settings_env: dict[str, str], db: Any
 ) -> None:
