@@ -213,7 +213,8 @@ def plan(state: DoerState, request: MoveRequest) -> Move:
         if state.active is None:
             return refuse(
                 f"{state.doer} has no active policy to compare {target} against; promote "
-                "its first policy with force and a reason"
+                "its first policy with force, a reason and a second owner's approval "
+                "(`learnops policy promote ID@1 --force --reason R --approver-key SECOND.pem`)"
             )
         return replace(
             move,

@@ -11,8 +11,10 @@ naming who made it.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,23 @@ _actor = click.option(
     show_default="the current user",
     help="Who makes this change, for the key history.",
 )
+
+
+@contextlib.contextmanager
+def private_key_kept_if(out: Path, key: SigningKey) -> Iterator[None]:
+    """Write the private key to OUT first; remove it again if the block fails.
+
+    First, so a key is never trusted whose private half could not be written (OUT
+    exists, a read-only directory); removed on failure (the database refused the
+    role, a network error), so a retry does not meet 'OUT exists' for a key that
+    was never trusted.
+    """
+    write_private_key(out, key)
+    try:
+        yield
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
 
 
 def write_private_key(out: Path, key: SigningKey) -> None:
@@ -158,20 +177,25 @@ async def keys_add(
             public_key = PublicKey.from_pem(public_pem.read_bytes())
         except ValueError as exc:
             fail(f"{public_pem}: {exc}")
-    async with database(ctx, "keyadmin") as pool:
-        added = await store.add_operator_key(
-            pool, public_key, operator=name, actor=actor, note=note
-        )
-        if generate and out is not None:
-            write_private_key(out, key)
-        if doer_pattern is not None and role is not None:
-            await store.grant_role(pool, public_key.key_id, doer_pattern, role, actor=actor)
+    written = (
+        private_key_kept_if(out, key) if generate and out is not None else contextlib.nullcontext()
+    )
+    with written:
+        async with database(ctx, "keyadmin") as pool:
+            added = await store.add_operator_key(
+                pool, public_key, operator=name, actor=actor, note=note
+            )
+            if doer_pattern is not None and role is not None:
+                await store.grant_role(pool, public_key.key_id, doer_pattern, role, actor=actor)
     if as_json:
         ctx.say(dumps({"key_id": public_key.key_id, "operator": name, "added": added}))
         return
     ctx.say(f"operator key {public_key.key_id} of {name} {'added' if added else 'already known'}")
     if generate:
-        ctx.say(f"private key written to {out} (mode 0600); set LEARNOPS_OPERATOR_KEY={out}")
+        ctx.say(
+            f"private key written to {out} (mode 0600); sign your commands with it: "
+            f"LEARNOPS_OPERATOR_KEY={out} (a worker's: LEARNOPS_WORKER_KEY={out})"
+        )
     if doer_pattern is not None:
         ctx.say(f"granted {role} on {doer_pattern}")
 

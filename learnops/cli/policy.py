@@ -1227,13 +1227,15 @@ async def keys_generate(
 ) -> None:
     """Create an Ed25519 signing key: the private half to OUT, the public half to the keyring."""
     from learning.signing import generate_key
-    from learnops.cli.operator import write_private_key
+    from learnops.cli.operator import private_key_kept_if
     from storage import signing_keys as keys_store
 
     key = generate_key()
-    async with database(ctx, "keyadmin") as pool:
-        write_private_key(out, key)
-        record = await keys_store.add_signing_key(pool, key.public_key, created_by=actor, note=note)
+    with private_key_kept_if(out, key):
+        async with database(ctx, "keyadmin") as pool:
+            record = await keys_store.add_signing_key(
+                pool, key.public_key, created_by=actor, note=note
+            )
     if as_json:
         ctx.say(
             dumps(

@@ -245,3 +245,23 @@ async def test_keys_history_shows_who_revoked_a_key_through_the_cli(
         ("added", "erin", "ci signer", "learnops"),
         ("revoked", "frank", "leaked", "learnops_keyadmin"),
     ]
+
+
+async def test_a_key_the_database_refuses_leaves_no_private_key_file_behind(
+    settings_env: dict[str, str], urls: dict[str, str], tmp_path: Path
+) -> None:
+    # As the reader, the keyring refuses the INSERT: the private half written first
+    # is removed again, so the retry with the right role meets no 'exists'.
+    as_reader = {**settings_env, "LEARNOPS_KEYADMIN_DATABASE_URL": urls["reader"]}
+    for command in (
+        ("policy", "keys", "generate", "--note", "refused"),
+        ("operator", "keys", "add", "--operator", "refused", "--generate"),
+    ):
+        out = tmp_path / f"{command[0]}.pem"
+        refused = await asyncio.to_thread(run_learnops, as_reader, *command, "--out", str(out))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "permission denied" in refused.stderr, refused.stderr
+        assert not out.exists(), command
+        retried = await asyncio.to_thread(run_learnops, settings_env, *command, "--out", str(out))
+        assert retried.returncode == 0, retried.stderr
+        assert out.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
