@@ -686,6 +686,36 @@ async def _preflight(settings: Settings) -> None:
     absent = await missing(settings, load_catalog(settings.learnops_topics_file))
     if absent:
         fail(f"topics missing on the cluster: {', '.join(absent)}; run `learnops topics create`")
+    if settings.learnops_env == "production":
+        unkeyed = production_keys_missing(settings)
+        if unkeyed:
+            fail(
+                f"LEARNOPS_ENV=production: {'; '.join(unkeyed)} "
+                "(docs/operations.md, 'Before the first worker')"
+            )
+
+
+def production_keys_missing(settings: Settings) -> list[str]:
+    """What a production worker's stages would send unsigned, to be refused downstream."""
+    stages = settings.stages
+
+    def runs(name: str) -> bool:
+        return stages is None or name in stages
+
+    missing = []
+    if runs("canary") and settings.learnops_worker_signing_key_file is None:
+        missing.append(
+            "the canary stage needs LEARNOPS_WORKER_SIGNING_KEY_FILE (the policy stage "
+            "refuses unsigned decisions)"
+        )
+    commanding = [name for name in ("experiments", "triggers") if runs(name)]
+    if commanding and settings.learnops_worker_key is None:
+        several = len(commanding) > 1
+        missing.append(
+            f"the {' and '.join(commanding)} stage{'s need' if several else ' needs'} "
+            "LEARNOPS_WORKER_KEY (commands sent unsigned are refused)"
+        )
+    return missing
 
 
 def run_worker(settings: Settings, *, loop: asyncio.AbstractEventLoop, **options: Any) -> NoReturn:

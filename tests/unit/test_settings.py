@@ -180,3 +180,30 @@ def test_a_bad_fetch_size_names_the_variable(monkeypatch: pytest.MonkeyPatch, va
     monkeypatch.setenv("LEARNOPS_FETCH_MIN_BYTES", value)
     with pytest.raises(SettingsError, match="LEARNOPS_FETCH_MIN_BYTES: "):
         load_settings()
+
+
+def test_a_production_worker_names_the_keys_its_stages_would_sign_with() -> None:
+    from learnops.cli.main import production_keys_missing
+
+    url = "postgresql://worker:s3cret@db.internal/learnops"
+    bare = Settings(database_url=url, learnops_env="production")
+    missing = production_keys_missing(bare)
+    assert len(missing) == 2
+    assert "canary stage needs LEARNOPS_WORKER_SIGNING_KEY_FILE" in missing[0]
+    assert "experiments and triggers stages need LEARNOPS_WORKER_KEY" in missing[1]
+    keyed = Settings(
+        database_url=url,
+        learnops_env="production",
+        learnops_worker_signing_key_file=Path("/secrets/signing.pem"),
+        learnops_worker_key=Path("/secrets/operator.pem"),
+    )
+    assert production_keys_missing(keyed) == []
+    # A worker that runs neither kind of stage needs neither key.
+    crl_only = Settings(database_url=url, learnops_env="production", learnops_stages="crl,curator")
+    assert production_keys_missing(crl_only) == []
+    experiments = Settings(
+        database_url=url, learnops_env="production", learnops_stages="experiments"
+    )
+    assert production_keys_missing(experiments) == [
+        "the experiments stage needs LEARNOPS_WORKER_KEY (commands sent unsigned are refused)"
+    ]
