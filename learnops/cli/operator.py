@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from learnops.cli.main import CommandContext, command, database, dumps, fail, group, json_option
+from learnops.cli.main import (
+    CommandContext,
+    command,
+    database,
+    dumps,
+    fail,
+    group,
+    json_option,
+    table,
+)
 
 if TYPE_CHECKING:
     from learning.signing import SigningKey
@@ -262,6 +271,16 @@ async def keys_list(ctx: CommandContext, as_json: bool) -> None:
         return
     if not rows:
         ctx.say("no operator keys (`learnops operator keys add` registers one)")
+        return
+    shown = table("key", "operator", "status", "roles", "added by", "added at")
     for row in rows:
         grants = ", ".join(f"{g['role']} on {g['doer_pattern']}" for g in row["grants"]) or "none"
-        ctx.say(f"{row['key_id']}  {row['operator']}  {row['status']}  roles: {grants}")
+        shown.add_row(
+            row["key_id"],
+            row["operator"],
+            row["status"],
+            grants,
+            row["added_by"],
+            row["added_at"][:19],
+        )
+    ctx.console().print(shown)

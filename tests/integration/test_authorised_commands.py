@@ -285,6 +285,13 @@ async def test_operator_keys_cli_adds_grants_lists_and_revokes_with_an_audited_h
         ("PRD*", "owner"),
         ("Coder", "operator"),
     }
+    text = operator_cli(env, "list").stdout
+    header = text.splitlines()[0].split()
+    assert header[:4] == ["key", "operator", "status", "roles"], text
+    assert next(line for line in text.splitlines() if key_id in line).split()[1:3] == [
+        name,
+        "active",
+    ]
     revoked = operator_cli(env, "revoke", key_id, "--note", "left", "--actor", "admin")
     assert revoked.returncode == 0, revoked.stderr
     listed = json.loads(operator_cli(env, "list", "--json").stdout)
