@@ -125,9 +125,6 @@ async def readiness(app: Any) -> list[str]:
     return problems
 
 
-_LAG_SERIES: set[tuple[str, str]] = set()
-
-
 def observe_lag(app: Any) -> None:
     """Set the lag gauge of every partition this worker has committed on.
 
@@ -135,6 +132,8 @@ def observe_lag(app: Any) -> None:
     its series: left, it would show the lag of the moment it moved, frozen.
     """
     consumer = app.consumer
+    # Per app: tests run several in one process, each with its own partitions.
+    previous: set[tuple[str, str]] = getattr(app, "_learnops_lag_series", set())
     seen: set[tuple[str, str]] = set()
     for tp, committed in committed_offsets(app).items():
         end = consumer.highwater(tp)
@@ -142,10 +141,9 @@ def observe_lag(app: Any) -> None:
             labels = (tp.topic, str(tp.partition))
             CONSUMER_LAG.labels(*labels).set(max(0, end - committed))
             seen.add(labels)
-    for labels in _LAG_SERIES - seen:
+    for labels in previous - seen:
         CONSUMER_LAG.remove(*labels)
-    _LAG_SERIES.clear()
-    _LAG_SERIES.update(seen)
+    app._learnops_lag_series = seen
 
 
 def register_pages(app: Any) -> None:

@@ -49,6 +49,8 @@ class NotifyStage(Stage):
         super().__init__(app)
         settings = app.settings
         self.hooks: tuple[Webhook, ...] = parse_webhooks(settings.learnops_alert_webhooks)
+        for hook in self.hooks:  # a series from the start: alerts on its increase need a 0
+            DELIVERIES.labels(hook.format, "failed")
         self.dashboard_url = settings.learnops_dashboard_url
         self.retry = RetryPolicy()
         self.sent = self.table("notify-sent", default=dict, help_="Alert ids sent per receiver")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
 
+from agents.dlq import DEAD_LETTERS_FAILED
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
@@ -105,6 +106,8 @@ class Stage:
         # 0 from the start, so an alert on == 1 has a series to watch and a missing
         # series means a missing worker (deploy/prometheus/alerts.yml).
         STAGE_HALTED.labels(self.name).set(0)
+        # Likewise a failed dead letter's counter: an alert on its increase needs a 0 first.
+        DEAD_LETTERS_FAILED.labels(self.name)
 
     async def batches(
         self, stream: Any, max_events: int, *, ack: bool = True

@@ -702,18 +702,24 @@ def production_keys_missing(settings: Settings) -> list[str]:
     def runs(name: str) -> bool:
         return stages is None or name in stages
 
+    def named(stages: list[str]) -> str:
+        several = len(stages) > 1
+        listed = ", ".join(stages[:-1]) + " and " + stages[-1] if several else stages[0]
+        return f"the {listed} stage{'s need' if several else ' needs'}"
+
     missing = []
-    if runs("canary") and settings.learnops_worker_signing_key_file is None:
+    # Signed with the worker's signing key: canary decisions, policy changes, allocations.
+    signing = [name for name in ("canary", "policy", "bandit") if runs(name)]
+    if signing and settings.learnops_worker_signing_key_file is None:
         missing.append(
-            "the canary stage needs LEARNOPS_WORKER_SIGNING_KEY_FILE (the policy stage "
-            "refuses unsigned decisions)"
+            f"{named(signing)} LEARNOPS_WORKER_SIGNING_KEY_FILE (what they publish unsigned "
+            "is refused by the policy stage and by Routers that pin keys)"
         )
-    commanding = [name for name in ("experiments", "triggers") if runs(name)]
+    # Signed with the worker's operator key: the commands they send on learning.commands.
+    commanding = [n for n in ("experiments", "triggers", "skills", "bandit") if runs(n)]
     if commanding and settings.learnops_worker_key is None:
-        several = len(commanding) > 1
         missing.append(
-            f"the {' and '.join(commanding)} stage{'s need' if several else ' needs'} "
-            "LEARNOPS_WORKER_KEY (commands sent unsigned are refused)"
+            f"{named(commanding)} LEARNOPS_WORKER_KEY (commands sent unsigned are refused)"
         )
     return missing
 

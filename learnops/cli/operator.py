@@ -190,12 +190,18 @@ async def keys_add(
         private_key_kept_if(out, key) if generate and out is not None else contextlib.nullcontext()
     )
     with written:
-        async with database(ctx, "keyadmin") as pool:
+        # One transaction: a key is trusted with its grant or not at all, so removing
+        # the private half on a failure never strands a trusted key.
+        async with (
+            database(ctx, "keyadmin") as pool,
+            pool.acquire() as conn,
+            conn.transaction(),
+        ):
             added = await store.add_operator_key(
-                pool, public_key, operator=name, actor=actor, note=note
+                conn, public_key, operator=name, actor=actor, note=note
             )
             if doer_pattern is not None and role is not None:
-                await store.grant_role(pool, public_key.key_id, doer_pattern, role, actor=actor)
+                await store.grant_role(conn, public_key.key_id, doer_pattern, role, actor=actor)
     if as_json:
         ctx.say(dumps({"key_id": public_key.key_id, "operator": name, "added": added}))
         return
@@ -272,15 +278,16 @@ async def keys_list(ctx: CommandContext, as_json: bool) -> None:
     if not rows:
         ctx.say("no operator keys (`learnops operator keys add` registers one)")
         return
+    from rich.markup import escape
+
     shown = table("key", "operator", "status", "roles", "added by", "added at")
     for row in rows:
         grants = ", ".join(f"{g['role']} on {g['doer_pattern']}" for g in row["grants"]) or "none"
+        # fnmatch patterns hold brackets, which rich would read as markup.
         shown.add_row(
-            row["key_id"],
-            row["operator"],
-            row["status"],
-            grants,
-            row["added_by"],
+            *(escape(str(cell)) for cell in (row["key_id"], row["operator"], row["status"])),
+            escape(grants),
+            escape(str(row["added_by"])),
             row["added_at"][:19],
         )
     ctx.console().print(shown)

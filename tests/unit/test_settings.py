@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,24 +187,34 @@ def test_a_production_worker_names_the_keys_its_stages_would_sign_with() -> None
     from learnops.cli.main import production_keys_missing
 
     url = "postgresql://worker:s3cret@db.internal/learnops"
-    bare = Settings(database_url=url, learnops_env="production")
-    missing = production_keys_missing(bare)
-    assert len(missing) == 2
-    assert "canary stage needs LEARNOPS_WORKER_SIGNING_KEY_FILE" in missing[0]
-    assert "experiments and triggers stages need LEARNOPS_WORKER_KEY" in missing[1]
-    keyed = Settings(
-        database_url=url,
-        learnops_env="production",
-        learnops_worker_signing_key_file=Path("/secrets/signing.pem"),
-        learnops_worker_key=Path("/secrets/operator.pem"),
+
+    def missing(**settings: Any) -> list[str]:
+        return production_keys_missing(
+            Settings(database_url=url, learnops_env="production", **settings)
+        )
+
+    everything = missing()
+    assert len(everything) == 2
+    assert "canary, policy and bandit stages need LEARNOPS_WORKER_SIGNING_KEY_FILE" in everything[0]
+    assert (
+        "experiments, triggers, skills and bandit stages need LEARNOPS_WORKER_KEY" in everything[1]
     )
-    assert production_keys_missing(keyed) == []
+    keys = {
+        "learnops_worker_signing_key_file": Path("/secrets/signing.pem"),
+        "learnops_worker_key": Path("/secrets/operator.pem"),
+    }
+    assert missing(**keys) == []
     # A worker that runs neither kind of stage needs neither key.
-    crl_only = Settings(database_url=url, learnops_env="production", learnops_stages="crl,curator")
-    assert production_keys_missing(crl_only) == []
-    experiments = Settings(
-        database_url=url, learnops_env="production", learnops_stages="experiments"
-    )
-    assert production_keys_missing(experiments) == [
-        "the experiments stage needs LEARNOPS_WORKER_KEY (commands sent unsigned are refused)"
-    ]
+    assert missing(learnops_stages="crl,curator,datasets") == []
+    # Each stage that signs is named on its own.
+    for stage, signs, commands in (
+        ("canary", True, False),
+        ("policy", True, False),
+        ("bandit", True, True),
+        ("experiments", False, True),
+        ("triggers", False, True),
+        ("skills", False, True),
+    ):
+        named = missing(learnops_stages=stage)
+        assert len(named) == signs + commands, (stage, named)
+        assert all(f"the {stage} stage needs" in line for line in named), named

@@ -30,3 +30,10 @@ async def test_a_stage_reports_0_until_its_internal_errors_reach_the_limit_then_
     assert not third.done()
     assert _halted("crl") == 1.0
     third.cancel()
+
+
+def test_a_stage_has_a_failed_dead_letter_series_at_0_from_the_start() -> None:
+    # The LearnopsDeadLetterNotWritten alert watches its increase: it needs a 0 first.
+    settings = Settings(learnops_app_id="dlq-series-test", learnops_web_enabled=False)
+    CRLStage(create_app(settings, stages=[]))
+    assert REGISTRY.get_sample_value("learnops_dead_letters_failed_total", {"stage": "crl"}) == 0.0
