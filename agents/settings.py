@@ -61,6 +61,12 @@ class SettingsError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+_PRODUCTION_DATABASE_URL = (
+    "DATABASE_URL must be set explicitly when LEARNOPS_ENV=production "
+    "(the development default, learnops:learnops on 127.0.0.1, is refused)"
+)
+
+
 class Settings(BaseSettings):
     """Connection, identity and tuning settings for the worker and the CLI."""
 
@@ -186,14 +192,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_names_its_database(self) -> Settings:
-        if self.learnops_env == "production" and (
-            "database_url" not in self.model_fields_set
-            or self.database_url.get_secret_value() == DEVELOPMENT_DATABASE_URL
+        if self.learnops_env != "production":
+            return self
+        if "database_url" in self.model_fields_set:
+            if self.database_url.get_secret_value() == DEVELOPMENT_DATABASE_URL:
+                raise ValueError(_PRODUCTION_DATABASE_URL)
+        elif self.learnops_migrate_database_url is None and (
+            self.learnops_keyadmin_database_url is None
         ):
-            raise ValueError(
-                "DATABASE_URL must be set explicitly when LEARNOPS_ENV=production "
-                "(the development default, learnops:learnops on 127.0.0.1, is refused)"
-            )
+            # A migrate- or key-admin-only process may name only its own URL; anything
+            # else it does asks database_dsn, which refuses then (below).
+            raise ValueError(_PRODUCTION_DATABASE_URL)
         return self
 
     def worker_key(self) -> SigningKey | None:
@@ -224,6 +233,8 @@ class Settings(BaseSettings):
     @property
     def database_dsn(self) -> str:
         """The PostgreSQL DSN in clear, for the driver only (never log it)."""
+        if self.learnops_env == "production" and "database_url" not in self.model_fields_set:
+            raise SettingsError(f"invalid settings:\n  {_PRODUCTION_DATABASE_URL}")
         return self.database_url.get_secret_value()
 
     def database_dsn_for(self, purpose: Literal["default", "migrate", "keyadmin"]) -> str:
@@ -232,7 +243,7 @@ class Settings(BaseSettings):
             "migrate": self.learnops_migrate_database_url,
             "keyadmin": self.learnops_keyadmin_database_url,
         }.get(purpose)
-        return (chosen or self.database_url).get_secret_value()
+        return chosen.get_secret_value() if chosen is not None else self.database_dsn
 
     @property
     def stages(self) -> frozenset[str] | None:

@@ -218,3 +218,19 @@ def test_a_production_worker_names_the_keys_its_stages_would_sign_with() -> None
         named = missing(learnops_stages=stage)
         assert len(named) == signs + commands, (stage, named)
         assert all(f"the {stage} stage needs" in line for line in named), named
+
+
+def test_production_migrations_may_name_only_the_migrating_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # docs/operations.md: LEARNOPS_ENV=production on every process, the migrating one too.
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("LEARNOPS_ENV", "production")
+    monkeypatch.setenv("LEARNOPS_MIGRATE_DATABASE_URL", "postgresql://owner:s3cret@db/learnops")
+    settings = load_settings()
+    assert settings.database_dsn_for("migrate") == "postgresql://owner:s3cret@db/learnops"
+    # Anything else it would do needs DATABASE_URL, still refused with the reason.
+    for ask in (lambda: settings.database_dsn, lambda: settings.database_dsn_for("default")):
+        with pytest.raises(SettingsError, match="DATABASE_URL must be set explicitly"):
+            ask()
