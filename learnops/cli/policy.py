@@ -164,6 +164,21 @@ async def _send(ctx: CommandContext, event: Event, approver_key: Path | None = N
     return event
 
 
+async def _fail_if_refused_on_arrival(pool: Any, event_id: Any) -> None:
+    """Stop with the reason when the stage refused the command's signature or role.
+
+    Such a command leaves no audit or step row, only a ``command_refused`` alert.
+    """
+    from models.ids import caused_event_id
+
+    message = await pool.fetchval(
+        "SELECT message FROM alerts WHERE event_id = $1 AND kind = 'command_refused'",
+        caused_event_id("alert", event_id),
+    )
+    if message is not None:
+        fail(f"refused: {message}")
+
+
 async def _submit(
     ctx: CommandContext,
     pool: Any,
@@ -175,7 +190,6 @@ async def _submit(
     approver_key: Path | None = None,
 ) -> None:
     """Send a command; with ``wait``, report the agent's verdict (exit 1 when refused)."""
-    from models.ids import caused_event_id
     from storage import audit as audit_store
 
     await _send(ctx, event, approver_key)
@@ -187,15 +201,8 @@ async def _submit(
             ctx.say(dumps({**sent, "outcome": None}))
         return
     deadline = time.monotonic() + timeout
-    # A command whose signature or role is refused leaves no audit row, only an alert.
-    refusal_alert = caused_event_id("alert", event.event_id)
     while (outcome := await audit_store.outcome_of(pool, event.event_id)) is None:
-        message = await pool.fetchval(
-            "SELECT message FROM alerts WHERE event_id = $1 AND kind = 'command_refused'",
-            refusal_alert,
-        )
-        if message is not None:
-            fail(f"refused: {message}")
+        await _fail_if_refused_on_arrival(pool, event.event_id)
         if time.monotonic() > deadline:
             fail(
                 f"no verdict on {event.event_id} after {timeout:g}s; is a worker running? "
@@ -737,8 +744,6 @@ async def _wait_for(
     no longer verifies) leaves a refused ``deployment_steps`` row; one whose
     signature or role is refused leaves only a ``command_refused`` alert.
     """
-    from models.ids import caused_event_id
-
     deadline = time.monotonic() + timeout
     while True:
         row = await pool.fetchrow(
@@ -754,12 +759,7 @@ async def _wait_for(
             )
             if refused is not None:
                 fail(f"refused ({refused['refusal']}): {refused['verdict']}")
-            message = await pool.fetchval(
-                "SELECT message FROM alerts WHERE event_id = $1 AND kind = 'command_refused'",
-                caused_event_id("alert", step_event),
-            )
-            if message is not None:
-                fail(f"refused: {message}")
+            await _fail_if_refused_on_arrival(pool, step_event)
         if time.monotonic() > deadline:
             fail(
                 f"{deployment_id} not {what} after {timeout:g}s; is a worker running? "

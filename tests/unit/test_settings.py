@@ -113,12 +113,19 @@ def test_a_bad_setting_names_the_variable_and_rule_without_its_value(
     assert "Hunter2Secret!" not in str(info.value)
 
 
-def test_production_without_database_url_refuses_to_start(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """LEARNOPS_ENV=production with no DATABASE_URL and no .env; set more on it."""
     monkeypatch.chdir(tmp_path)  # no .env
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("LEARNOPS_ENV", "production")
+    return monkeypatch
+
+
+def test_production_without_database_url_refuses_to_start(
+    production: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch = production
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert "DATABASE_URL must be set explicitly when LEARNOPS_ENV=production" in str(info.value)
@@ -221,13 +228,10 @@ def test_a_production_worker_names_the_keys_its_stages_would_sign_with() -> None
 
 
 def test_production_migrations_may_name_only_the_migrating_url(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    production: pytest.MonkeyPatch,
 ) -> None:
     # docs/operations.md: LEARNOPS_ENV=production on every process, the migrating one too.
-    monkeypatch.chdir(tmp_path)  # no .env
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("LEARNOPS_ENV", "production")
-    monkeypatch.setenv("LEARNOPS_MIGRATE_DATABASE_URL", "postgresql://owner:s3cret@db/learnops")
+    production.setenv("LEARNOPS_MIGRATE_DATABASE_URL", "postgresql://owner:s3cret@db/learnops")
     settings = load_settings()
     assert settings.database_dsn_for("migrate") == "postgresql://owner:s3cret@db/learnops"
     # Anything else it would do needs DATABASE_URL, still refused with the reason.
