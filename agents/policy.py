@@ -24,7 +24,7 @@ from agents.command_auth import authorised, record_applied
 from agents.stage import Stage
 from learning.command_signing import REQUIRED_ROLE
 from learning.signing import POLICY_CHANGE_KIND, sign_event
-from models.commands import POLICY_COMMANDS, ApproveStep
+from models.commands import POLICY_COMMANDS, ApproveStep, PauseDeployment, ResumeDeployment
 from models.events import Alert, DecisionMade, PolicyChange
 from models.ids import caused_event_id
 from storage.audit import Outcome
@@ -35,6 +35,7 @@ from storage.deployments import (
     current_change,
     decision_refusal,
     next_change_sequence,
+    operator_pause,
     pause_deployment,
 )
 from storage.policy_commands import apply_command, apply_decision
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.policy")
+
+#: An operator's command about a live deployment (not a policy move).
+OperatorStep = ApproveStep | PauseDeployment | ResumeDeployment
 
 
 class PolicyStage(Stage):
@@ -106,8 +110,8 @@ class PolicyStage(Stage):
                 return
             # The audit names the verified signer, never the self-declared actor.
             command = command.model_copy(update={"actor": verdict.operator})
-            if isinstance(command, ApproveStep):
-                await self._approve(command)
+            if isinstance(command, OperatorStep):
+                await self._operator_step(command)
             else:
                 outcome = await durably(
                     partial(apply_command, self.app.pool, command), what="policies"
@@ -184,26 +188,24 @@ class PolicyStage(Stage):
         outcome = await durably(partial(apply_step, self.app.pool, decision), what="deployments")
         await self._stepped(outcome)
 
-    async def _approve(self, command: ApproveStep) -> None:
-        """An approved step moves the deployment; a wrong approval is alerted."""
-        outcome = await durably(
-            partial(
-                approve_step,
-                self.app.pool,
-                command.doer,
-                command.deployment_id,
-                command.step,
-                event_id=command.event_id,
-                actor=command.actor,
-                reason=command.reason,
-                occurred_at=command.occurred_at,
-            ),
-            what="deployments",
-        )
-        await self._stepped(outcome)
+    async def _operator_step(self, command: OperatorStep) -> None:
+        """An operator moves a deployment on, holds it or lets it carry on; a refusal is alerted."""
+        pool, doer, deployment_id = self.app.pool, command.doer, command.deployment_id
+        asked: dict[str, Any] = {
+            "event_id": command.event_id,
+            "actor": command.actor,
+            "reason": command.reason,
+            "occurred_at": command.occurred_at,
+        }
+        if isinstance(command, ApproveStep):
+            apply = partial(approve_step, pool, doer, deployment_id, command.step, **asked)
+        else:
+            pause = isinstance(command, PauseDeployment)
+            apply = partial(operator_pause, pool, doer, deployment_id, pause=pause, **asked)
+        await self._stepped(await durably(apply, what="deployments"))
 
     async def _stepped(self, outcome: StepOutcome) -> None:
-        """Publish the doer's new state after a step, or alert a refused one."""
+        """Publish the doer's new state after a step, pause or resume, or alert a refused one."""
         log.info(
             "deployment_step action=%s doer=%s deployment=%s step=%d outcome=%s refusal=%s "
             "replayed=%s verdict=%r",
@@ -237,7 +239,11 @@ def step_refusal_alert(outcome: StepOutcome) -> Alert:
         doer=outcome.doer,
         kind="signature_refused" if signature else "step_refused",
         severity="critical" if signature else "warning",
-        message=f"{outcome.action} to step {outcome.to_step} refused: {outcome.verdict}",
+        message=(
+            f"{outcome.action} of {outcome.deployment_id} refused: {outcome.verdict}"
+            if outcome.action in ("pause", "resume")
+            else f"{outcome.action} to step {outcome.to_step} refused: {outcome.verdict}"
+        ),
         deployment_id=outcome.deployment_id,
         evidence=evidence,
     )

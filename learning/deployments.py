@@ -216,10 +216,19 @@ class DeploymentState:
             self.last_event_at = at
 
     def follow(self, routing: DeploymentRouting, mode: Literal["shadow", "canary"]) -> None:
-        """Take the store's latest view of the deployment (a step change resets per-step counts)."""
-        if routing.step < self.step:  # an older view (read again after a restart)
+        """Take the store's latest view of the deployment (a step change resets per-step counts).
+
+        Views are ordered by (step, resumes): both only grow in the store, so a
+        view below the one held is an older one read again after a restart and
+        changes nothing. Within one (step, resumes) a pause is final, since an
+        older view of the same step has none; only an operator's resume (one
+        more ``resumes``) lifts it (:meth:`_resumed`).
+        """
+        held = (self.step, self.routing.resumes)
+        if (routing.step, routing.resumes) < held:  # an older view (read again after a restart)
             return
-        if routing.step > self.step:
+        resumed = routing.resumes > self.routing.resumes
+        if routing.step > self.step or resumed:
             self.step_runs = dict.fromkeys(ARMS, 0)
             self.routed = dict.fromkeys(ARMS, 0)
         if self.pending_step is not None and routing.step >= self.pending_step:
@@ -228,8 +237,28 @@ class DeploymentState:
             self.awaiting_approval = None
         self.routing = routing
         self.mode = mode
-        # A pause is final here; an older view of the same step, delivered again, has none.
-        self.paused = self.paused or routing.paused
+        if resumed:
+            self._resumed(routing)
+        else:
+            # A pause is final here; an older view of the same step, delivered again, has none.
+            self.paused = self.paused or routing.paused
+
+    def _resumed(self, routing: DeploymentRouting) -> None:
+        """An operator resumed the deployment: judge it again, its per-step checks afresh.
+
+        What stopped it is not carried over: the step's routed and result counts
+        (reset by :meth:`follow`) and the missing-arm clock, which a missing-data
+        pause left behind, and the sample-ratio test, whose evidence came from
+        the routing that an SRM pause reported as broken (a fresh always-valid
+        test holds its level from here). The arms' evidence stays: results are
+        counted while paused, and a canary's comparison is over all its steps.
+        Silence counts from the resume (:meth:`judge_silence`).
+        """
+        self.paused = routing.paused  # paused again already if the view says so
+        self.missing_since = None
+        self.srm_test = SequentialSRM()
+        self.pending_step = None
+        self.awaiting_approval = None
 
     # ---------------------------------------------------------------- judging
 
@@ -370,13 +399,18 @@ class DeploymentState:
     def judge_silence(self, now: datetime) -> Verdict | None:
         """A pause when the deployment has heard nothing for longer than ``max_silence_s``.
 
-        The silence counts from the last routed task or CRL result, or from the
-        start before any; never for a deployment that ended, was decided or paused.
+        The silence counts from the last routed task or CRL result, the start or
+        an operator's resume, whichever is latest; never for a deployment that
+        ended, was decided or paused.
         """
         if self.ended or self.final is not None or self.paused:
             return None
         since = max(
-            (t for t in (self.last_event_at, self.routing.started_at) if t is not None),
+            (
+                t
+                for t in (self.last_event_at, self.routing.started_at, self.routing.resumed_at)
+                if t is not None
+            ),
             default=None,
         )
         found = silence(since, now, self.settings.max_silence_s) if since is not None else None

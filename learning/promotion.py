@@ -3,9 +3,10 @@
 The policy store (``storage/policy_commands.py``) locks one doer, reads its
 state into a :class:`DoerState`, asks :func:`plan` about a :class:`MoveRequest`,
 and applies the returned :class:`Move` in the same transaction; a registration
-is judged by :func:`check_registration`, a deployment's step, approval or pause
-(``storage/deployments.py``) by :func:`check_step_up`, :func:`check_approval`
-and :func:`check_pause`. Everything that decides lives here, with no I/O, so it
+is judged by :func:`check_registration`, a deployment's step, approval, pause
+or resume (``storage/deployments.py``) by :func:`check_step_up`,
+:func:`check_approval`, :func:`check_pause`, :func:`check_operator_pause` and
+:func:`check_resume`. Everything that decides lives here, with no I/O, so it
 is tested without a database.
 
 The rules, on top of :func:`learning.lifecycle.check_transition`:
@@ -466,6 +467,29 @@ def check_pause(deployment: DeploymentSteps) -> str | None:
         return f"{deployment.deployment_id} has ended"
     if deployment.paused:
         return f"{deployment.deployment_id} is paused already"
+    return None
+
+
+def check_operator_pause(deployment: DeploymentSteps, doer: str) -> str | None:
+    """Return why an operator may not pause the deployment now, or None.
+
+    Any live deployment of the doer that is not paused already: a shadow or a
+    canary, at any step. Pausing never moves traffic; it holds the deployment
+    where it is until a resume.
+    """
+    if deployment.doer != doer:
+        return _not_the_doers(deployment, doer)
+    return check_pause(deployment)
+
+
+def check_resume(deployment: DeploymentSteps, doer: str) -> str | None:
+    """Return why an operator may not resume the deployment now, or None (live and paused)."""
+    if deployment.doer != doer:
+        return _not_the_doers(deployment, doer)
+    if deployment.ended:
+        return f"{deployment.deployment_id} has ended"
+    if not deployment.paused:
+        return f"{deployment.deployment_id} is not paused"
     return None
 
 

@@ -28,6 +28,14 @@ from models.base import (
 __all__ = ["CanarySettings", "DeploymentRouting", "PolicyChange"]
 
 
+def _zero(value: int) -> bool:
+    return value == 0
+
+
+def _none(value: object) -> bool:
+    return value is None
+
+
 class CanarySettings(ContractModel):
     """How a canary decides (``learning.canary.CanaryConfig``; see docs/canary.md).
 
@@ -87,7 +95,15 @@ class DeploymentRouting(ContractModel):
     require_approval: bool = False
     started_at: UTCDatetime | None = None
     canary: CanarySettings | None = None
-    paused: bool = False  # a canary stage pause (sample ratio mismatch, missing data)
+    # Held at its step by the canary stage (sample ratio mismatch, missing data) or an
+    # operator (``pause_deployment``); routing stays as it is while paused.
+    paused: bool = False
+    # Operator resumes so far, and when the last one was applied: the canary stage
+    # takes a view with more resumes as newer than a paused one of the same step.
+    # Left out of the record until the first resume, so records signed before these
+    # fields existed verify as they were.
+    resumes: Annotated[Count, Field(exclude_if=_zero)] = 0
+    resumed_at: Annotated[UTCDatetime | None, Field(exclude_if=_none)] = None
     # The candidate's own signature ("ed25519:<key id>:<base64>", format 2: its doer,
     # policy id, version and content hash), so a router can check it before serving it.
     candidate_content_hash: Sha256Hex | None = None
@@ -111,6 +127,7 @@ class PolicyChange(Event):
         "canary_started",
         "step_changed",
         "paused",
+        "resumed",
         "archived",
     ]
     status: Literal["active", "shadow", "canary"]

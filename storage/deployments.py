@@ -3,10 +3,12 @@
 A deployment starts and ends with the policy move that starts or ends it
 (``storage.policy_commands``). In between, a canary decision steps its traffic
 up, an operator approves the next step of one that waits for approval, and a
-decision pauses it; ``learning.promotion`` says whether each may happen now
+decision or an operator pauses it, and an operator resumes it;
+``learning.promotion`` says whether each may happen now
 (:func:`~learning.promotion.check_step_up`, :func:`~learning.promotion.check_approval`,
-:func:`~learning.promotion.check_pause`) and this module applies it under the
-doer's lock. :func:`current_change` is what a doer serves, as a PolicyChange.
+:func:`~learning.promotion.check_pause`, :func:`~learning.promotion.check_resume`)
+and this module applies it under the doer's lock, with an audit row.
+:func:`current_change` is what a doer serves, as a PolicyChange.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from learning.promotion import (
     CHANGES,
     DeploymentSteps,
     check_approval,
+    check_operator_pause,
     check_pause,
+    check_resume,
     check_step_up,
 )
 from learning.signing import DECISION_KIND, Signature, VerifyResult, verify_event
@@ -136,6 +140,8 @@ def deployment_routing(live: Any) -> DeploymentRouting:
         started_at=live["started_at"],
         canary=CanarySettings.model_validate(canary) if canary else None,
         paused=live["paused_at"] is not None,
+        resumes=live["resumes"],
+        resumed_at=live["resumed_at"],
         **_candidate_signature(live),
     )
 
@@ -163,15 +169,17 @@ class StepOutcome:
 
     ``change`` is the doer's new live state when the step applied (also for a
     replayed event, so its PolicyChange can be sent again); ``refusal`` says
-    why not: ``stale`` (the deployment is at that step already), ``rule`` (a
-    jump, another doer's deployment, a missing approval, an ended or paused
-    one) or ``signature`` (the candidate no longer verifies).
+    why not: ``stale`` (the deployment is at that step, or paused or running,
+    already), ``rule`` (a jump, another doer's deployment, a missing approval,
+    an ended or paused one) or ``signature`` (the candidate no longer verifies).
+    An operator's pause or resume is recorded the same way, at the step it
+    holds (``to_step`` is the deployment's step then).
     """
 
     event_id: UUID
     doer: str
     deployment_id: str
-    action: str  # "step_up" | "approve"
+    action: str  # "step_up" | "approve" | "pause" | "resume" (an operator's)
     to_step: int
     applied: bool
     verdict: str
@@ -192,7 +200,7 @@ class _StepAsk:
     doer: str
     deployment_id: str
     action: str
-    to_step: int
+    to_step: int | None  # None: the deployment's own step (a pause or resume holds it)
     actor: str
     reason: str
     occurred_at: datetime
@@ -242,7 +250,7 @@ async def apply_step(pool: Any, decision: DecisionMade) -> StepOutcome:
         decision.occurred_at,
     )
     return await _step(
-        pool, ask, lambda deployment: check_step_up(deployment, ask.doer, ask.to_step)
+        pool, ask, lambda deployment: check_step_up(deployment, ask.doer, decision.step)
     )
 
 
@@ -276,6 +284,41 @@ async def approve_step(
     return await _step(pool, ask, lambda deployment: check_approval(deployment, doer, step))
 
 
+async def operator_pause(
+    pool: Any,
+    doer: str,
+    deployment_id: str,
+    *,
+    pause: bool,
+    event_id: UUID,
+    actor: str,
+    reason: str,
+    occurred_at: datetime | None = None,
+) -> StepOutcome:
+    """Hold a doer's live deployment at its step (``pause``), or let it carry on; audited.
+
+    An operator's ``pause_deployment`` or ``resume_deployment`` command, once
+    its signature and role are verified (agents/command_auth.py). A pause
+    applies to any live deployment of the doer not paused already (routing
+    stays as it is; no step moves while paused); a resume to a paused one,
+    however it was paused, and only while the candidate still verifies, since
+    it lets the canary move the candidate on. A replayed command changes
+    nothing and returns what it did.
+    """
+    ask = _StepAsk(
+        event_id,
+        doer,
+        deployment_id,
+        "pause" if pause else "resume",
+        None,
+        actor,
+        reason,
+        occurred_at or datetime.now(UTC),
+    )
+    check = check_operator_pause if pause else check_resume
+    return await _step(pool, ask, lambda deployment: check(deployment, doer))
+
+
 async def _step(
     pool: Any, ask: _StepAsk, rule: Callable[[DeploymentSteps], str | None]
 ) -> StepOutcome:
@@ -291,7 +334,8 @@ async def _step(
             outcome = await _decide_step(conn, ask, rule)
     if not outcome.applied:
         return outcome
-    change = await _step_change(pool, ask.doer, ask.event_id, ask.reason, ask.actor)
+    kind = {"pause": "paused", "resume": "resumed"}.get(ask.action, "step_changed")
+    change = await _step_change(pool, ask.doer, ask.event_id, ask.reason, ask.actor, kind)
     return replace(outcome, change=change)
 
 
@@ -304,6 +348,9 @@ async def _decide_step(
         ask.deployment_id,
     )
     deployment = _steps_of(row) if row is not None else None
+    to_step = ask.to_step
+    if to_step is None:
+        to_step = deployment.step if deployment is not None else 0
     refusal: str | None = None
     if deployment is None:
         verdict: str | None = f"there is no deployment {ask.deployment_id}"
@@ -311,9 +358,10 @@ async def _decide_step(
     else:
         verdict = rule(deployment)
         if verdict is not None:
-            stale = deployment.doer == ask.doer and ask.to_step <= deployment.step
-            refusal = "stale" if stale else "rule"
-        else:
+            refusal = "stale" if _stale(ask, deployment, to_step) else "rule"
+        elif ask.action != "pause":
+            # Pausing is always safe; anything that lets the candidate move on is
+            # checked against the keyring as it is now.
             check = await _verify_candidate(conn, row)
             if not check:
                 verdict = (
@@ -335,18 +383,56 @@ async def _decide_step(
         ask.doer,
         ask.action,
         deployment.step if deployment else None,
-        ask.to_step,
+        to_step,
         "refused" if refusal else "applied",
         refusal,
         ask.actor,
         ask.reason,
-        verdict or f"{ask.deployment_id} moved to step {ask.to_step}",
+        verdict or _applied_verdict(ask, to_step),
         ask.occurred_at,
     )
     if refusal is None:
         assert deployment is not None
-        await _to_step(ask.to_step)(conn, deployment)
+        await _apply_move(conn, ask, deployment, to_step)
     return _step_outcome(audit)
+
+
+def _stale(ask: _StepAsk, deployment: DeploymentSteps, to_step: int) -> bool:
+    """Whether a refused move asked for what the deployment already is (not worth an alert)."""
+    if deployment.doer != ask.doer or deployment.ended:
+        return False
+    if ask.action == "pause":
+        return deployment.paused
+    if ask.action == "resume":
+        return not deployment.paused
+    return to_step <= deployment.step
+
+
+def _applied_verdict(ask: _StepAsk, to_step: int) -> str:
+    if ask.action == "pause":
+        return f"{ask.deployment_id} paused at step {to_step}"
+    if ask.action == "resume":
+        return f"{ask.deployment_id} resumed at step {to_step}"
+    return f"{ask.deployment_id} moved to step {to_step}"
+
+
+async def _apply_move(conn: Any, ask: _StepAsk, deployment: DeploymentSteps, to_step: int) -> None:
+    """The deployment's row after an applied move (its audit row is written already)."""
+    if ask.action == "pause":
+        await conn.execute(
+            "UPDATE shadow_deployments SET paused_at = now(), paused_reason = $2 "
+            "WHERE deployment_id = $1",
+            deployment.deployment_id,
+            f"paused by {ask.actor}: {ask.reason}",
+        )
+    elif ask.action == "resume":
+        await conn.execute(
+            "UPDATE shadow_deployments SET paused_at = NULL, paused_reason = NULL, "
+            "resumes = resumes + 1, resumed_at = now() WHERE deployment_id = $1",
+            deployment.deployment_id,
+        )
+    else:
+        await _to_step(to_step)(conn, deployment)
 
 
 async def _verify_candidate(conn: Any, deployment: Any) -> VerifyResult:

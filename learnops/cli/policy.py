@@ -18,7 +18,7 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -685,7 +685,7 @@ async def policy_archive(
 _DEPLOYMENTS = """
 SELECT deployment_id, doer, policy_id, version, control_policy_id, control_version, mode,
        allocation, step, steps, require_approval, started_at, ended_at, outcome,
-       paused_at, paused_reason
+       paused_at, paused_reason, resumes
 FROM shadow_deployments
 WHERE ($1::text IS NULL OR doer = $1) AND ($2 OR ended_at IS NULL)
 ORDER BY started_at DESC
@@ -706,6 +706,7 @@ def _deployment_report(row: Any) -> dict[str, Any]:
         "require_approval": row["require_approval"],
         "paused": row["paused_at"] is not None,
         "paused_reason": row["paused_reason"],
+        "resumes": row["resumes"],
         "started_at": _when(row["started_at"]),
         "ended_at": _when(row["ended_at"]) if row["ended_at"] else None,
         "outcome": row["outcome"],
@@ -851,8 +852,8 @@ async def policy_approve(
             fail(f"{did} is a shadow; only a canary steps up (`learnops policy canary`)")
         if found["paused"]:
             fail(
-                f"{did} is paused and cannot step up; nothing resumes a pause yet "
-                f"(docs/policy-store.md), so roll it back or promote it"
+                f"{did} is paused and cannot step up ({found['paused_reason']}); resume it "
+                f"first: learnops policy resume {did}"
             )
         if step != found["step"] + 1 or step >= len(found["steps"]):
             last = len(found["steps"]) - 1
@@ -865,58 +866,131 @@ async def policy_approve(
         event = ApproveStep(
             doer=found["doer"], actor=actor, reason=reason, deployment_id=did, step=step
         )
-        await _send(ctx, event)
-        sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}
-        if not wait:
-            ctx.say(dumps(sent) if as_json else f"sent {event.event_id} to {COMMANDS_TOPIC}")
-            return
-        if not as_json:
-            ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
-        moved = await _wait_for(
+        moved = await _send_and_wait(
+            ctx,
             pool,
-            did,
+            event,
             lambda row: row["step"] >= step,
-            timeout,
             f"at step {step}",
-            step_event=event.event_id,
+            wait,
+            timeout,
+            as_json,
         )
+    if moved is None:
+        return
     if as_json:
-        ctx.say(dumps({**sent, "deployment": moved}))
+        ctx.say(dumps(moved))
     else:
+        moved = moved["deployment"]
         ctx.say(f"applied: {did} at step {moved['step']}, {moved['allocation']:g} of the traffic")
 
 
-async def _pause_or_resume(ctx: CommandContext, deployment: str, pause: bool) -> NoReturn:
-    """Refuse, naming why: the policy stage does not apply operator pauses and resumes yet.
+async def _send_and_wait(
+    ctx: CommandContext,
+    pool: Any,
+    event: Any,
+    done: Any,
+    what: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> dict[str, Any] | None:
+    """Send an operator's command about a deployment; with ``wait``, the answer once it is ``done``.
 
-    The commands are in the contract (models/commands.py) and their role is set
-    (learning/command_signing.py), but sent, they would be verified and then
-    ignored, and the CLI's wait would end in a timeout. The deployment is still
-    looked up, so a wrong name gets its own answer.
+    The answer is what was sent with the deployment as it is then (``--json``
+    prints it); None when not waiting (what was sent is printed here).
     """
+    await _send(ctx, event)
+    sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}
+    if not wait:
+        ctx.say(dumps(sent) if as_json else f"sent {event.event_id} to {COMMANDS_TOPIC}")
+        return None
+    if not as_json:
+        ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
+    changed = await _wait_for(
+        pool, event.deployment_id, done, timeout, what, step_event=event.event_id
+    )
+    return {**sent, "deployment": changed}
+
+
+async def _pause_or_resume(
+    ctx: CommandContext,
+    deployment: str,
+    pause: bool,
+    reason: str,
+    actor: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Send a signed pause or resume of DEPLOYMENT and, by default, wait for the stage's verdict."""
+    from models.commands import PauseDeployment, ResumeDeployment
+
     async with database(ctx) as pool:
         found = await _deployment(pool, deployment)
-    did = found["deployment_id"]
-    if found["ended_at"]:
-        fail(f"{did} has ended ({found['outcome']})")
-    what = "pauses" if pause else "resumes"
-    fail(
-        f"not sent: the policy stage does not apply operator {what} yet (docs/policy-store.md, "
-        f"'Deployments'); to stop {did} now, roll it back: "
-        f"learnops policy rollback --deployment {did} --reason R"
-    )
+        did = found["deployment_id"]
+        if found["ended_at"]:
+            fail(f"{did} has ended ({found['outcome']}); there is nothing to pause or resume")
+        if found["paused"] == pause:
+            fail(
+                f"{did} is paused already ({found['paused_reason']})"
+                if pause
+                else f"{did} is not paused"
+            )
+        kind = PauseDeployment if pause else ResumeDeployment
+        event = kind(doer=found["doer"], actor=actor, reason=reason, deployment_id=did)
+        resumes = found["resumes"]
+
+        def done(row: Any) -> bool:
+            return row["paused_at"] is not None if pause else row["resumes"] > resumes
+
+        what = "paused" if pause else "resumed"
+        answer = await _send_and_wait(ctx, pool, event, done, what, wait, timeout, as_json)
+    if answer is None:
+        return
+    step = answer["deployment"]["step"]
+    if as_json:
+        ctx.say(dumps(answer))
+    elif pause:
+        ctx.say(f"applied: {did} paused at step {step}; routing stays as it is")
+    else:
+        ctx.say(f"applied: {did} resumed at step {step}")
 
 
-@command(policy, "pause", click.argument("deployment"))
-async def policy_pause(ctx: CommandContext, deployment: str) -> None:
-    """Not applied yet: refused without sending (docs/policy-store.md); roll back instead."""
-    await _pause_or_resume(ctx, deployment, True)
+def _pause_command(verb: str, help_: str) -> click.Command:
+    """`learnops policy pause|resume DEPLOYMENT`: the same options, the one command each sends."""
+
+    async def run(
+        ctx: CommandContext,
+        deployment: str,
+        reason: str,
+        actor: str,
+        wait: bool,
+        timeout: float,
+        as_json: bool,
+    ) -> None:
+        pause = verb == "pause"
+        await _pause_or_resume(ctx, deployment, pause, reason, actor, wait, timeout, as_json)
+
+    run.__doc__, run.__name__ = help_, f"policy_{verb}"
+    return command(
+        policy,
+        verb,
+        click.argument("deployment"),
+        click.option("--reason", default=f"{verb}d by an operator", show_default=True),
+        _actor,
+        _wait,
+        _timeout,
+        json_option,
+    )(run)
 
 
-@command(policy, "resume", click.argument("deployment"))
-async def policy_resume(ctx: CommandContext, deployment: str) -> None:
-    """Not applied yet: refused without sending (docs/policy-store.md)."""
-    await _pause_or_resume(ctx, deployment, False)
+policy_pause = _pause_command(
+    "pause", "Hold DEPLOYMENT (or a doer's live one) at its step: routing stays, nothing moves it."
+)
+policy_resume = _pause_command(
+    "resume", "Let paused DEPLOYMENT (or a doer's) carry on from its step, however it was paused."
+)
 
 
 # --------------------------------------------------------------------------- reading

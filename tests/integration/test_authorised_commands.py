@@ -18,7 +18,7 @@ import pytest
 from learning.command_signing import approve_command, sign_command
 from learning.signing import SigningKey, generate_key
 from models.base import Event
-from models.commands import PromotePolicy, StartCanary
+from models.commands import PauseDeployment, PromotePolicy, StartCanary
 from models.ids import caused_event_id
 from storage.operator_keys import add_operator_key, grant_role, revoke_operator_key
 from tests.integration.kafka_io import eventually, publish
@@ -218,6 +218,59 @@ async def test_viewers_and_operators_lacking_the_role_are_refused(
     )
     await raw(producer, rollback_attempt)
     assert (await refusal(db, rollback_attempt))["evidence"]["refusal"] == "revoked_key"
+
+
+async def test_only_an_operator_pauses_a_canary_and_the_audit_names_the_signer(
+    worker: WorkerProcess, producer: Any, db: Any, key: SigningKey
+) -> None:
+    doer = await doer_with_v1_live(producer, db, key)
+    start = StartCanary(
+        doer=doer, actor="ops", reason="try", policy_id=doer.lower(), version=2, force=True
+    )
+    await send(producer, COMMANDS, start)
+    assert (await verdict(db, start)).applied
+    deployment = await db.fetchval(
+        "SELECT deployment_id FROM shadow_deployments WHERE doer = $1 AND ended_at IS NULL", doer
+    )
+    viewer, operator = generate_key(), generate_key()
+    await add_operator_key(db, viewer.public_key, operator="vera", actor="tests")
+    await grant_role(db, viewer.key_id, doer, "viewer", actor="tests")
+    await add_operator_key(db, operator.public_key, operator="otto", actor="tests")
+    await grant_role(db, operator.key_id, doer, "operator", actor="tests")
+
+    def pause(by: SigningKey) -> Event:
+        asked = PauseDeployment(doer=doer, actor="mallory", reason="x", deployment_id=deployment)
+        return sign_command(asked, by, now=datetime.now(UTC))
+
+    by_viewer = pause(viewer)
+    await raw(producer, by_viewer)
+    seen = await refusal(db, by_viewer)
+    assert seen["evidence"]["refusal"] == "role" and "needs the operator role" in seen["message"]
+    by_operator = pause(operator)
+    await raw(producer, by_operator)
+
+    async def audited() -> Any:
+        return await db.fetchrow(
+            "SELECT action, outcome, actor FROM deployment_steps WHERE event_id = $1",
+            by_operator.event_id,
+        )
+
+    row = await eventually(audited, lambda r: r is not None, timeout=60)
+    assert row is not None and dict(row) == {
+        "action": "pause",
+        "outcome": "applied",
+        "actor": "otto",  # the verified signer, not the declared "mallory"
+    }
+    steps = await db.fetch(
+        "SELECT event_id FROM deployment_steps WHERE deployment_id = $1", deployment
+    )
+    assert [r["event_id"] for r in steps] == [by_operator.event_id]  # none for the viewer's
+    assert (
+        await db.fetchval(
+            "SELECT paused_reason FROM shadow_deployments WHERE deployment_id = $1", deployment
+        )
+        == "paused by otto: x"
+    )
 
 
 async def test_a_forced_promotion_without_a_second_approver_is_refused(

@@ -19,6 +19,7 @@ import asyncpg
 
 from learning.signing import SigningKey, generate_key, signed_artifact
 from models.commands import PromotePolicy, RegisterPolicy, StartCanary
+from models.ids import caused_event_id
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
 from tests.services import REPO, WorkerProcess, end_offsets, free_port, learnops_command
@@ -516,21 +517,59 @@ async def test_an_approval_the_stage_refuses_is_reported_at_once_with_its_reason
     assert time.monotonic() - started < 45, refused.stderr + worker.tail()
 
 
-async def test_pause_and_resume_say_the_stage_does_not_apply_them_and_send_nothing(
-    settings_env: dict[str, str], db: Any
+async def test_pause_and_resume_reach_the_policy_stage_which_holds_and_releases_the_canary(
+    worker: WorkerProcess, settings_env: dict[str, str], kafka_bootstrap: str, db: Any
 ) -> None:
-    # The policy stage does not apply operator pauses yet: sending one would be
-    # verified, ignored, and end the CLI's wait in a timeout.
     doer, deployment = await a_doer_with_a_canary(db, "CliPause")
-    for verb, what in (("pause", "pauses"), ("resume", "resumes")):
-        result = await learnops(settings_env, "policy", verb, doer.lower())
-        one_line_error(
-            result,
-            1,
-            f"not sent: the policy stage does not apply operator {what} yet",
-            f"learnops policy rollback --deployment {deployment}",
-        )
-        assert result.stdout == ""  # no "sent <event id>" line
+    since = await end_offsets(kafka_bootstrap, ("learning.commands", "learning.policy-changes"))
+    # By the doer's name: its live deployment.
+    paused = await learnops(
+        settings_env, "policy", "pause", doer.lower(), "--reason", "look", "--json"
+    )
+    assert paused.returncode == 0, paused.stderr + worker.tail()
+    answer = json.loads(paused.stdout)
+    assert answer["deployment"]["paused"] and answer["deployment"]["step"] == 0
+    sent = await record_on_topic(kafka_bootstrap, since, answer["event_id"])
+    assert (sent["command"], sent["doer"], sent["deployment_id"], sent["reason"]) == (
+        "pause_deployment",
+        doer,
+        deployment,
+        "look",
+    )
+    change = await record_on_topic(
+        kafka_bootstrap, since, str(caused_event_id("policy-change", uuid.UUID(answer["event_id"])))
+    )
+    assert change["change"] == "paused" and change["deployment"]["paused"]
+    assert change["signature"]  # signed by the worker, like every policy change
+
+    one_line_error(
+        await learnops(settings_env, "policy", "pause", deployment), 1, "is paused already"
+    )
+    one_line_error(
+        await learnops(settings_env, "policy", "approve", deployment, "--step", "1"),
+        1,
+        "is paused and cannot step up",
+        f"learnops policy resume {deployment}",
+    )
+    listed = await learnops(settings_env, "policy", "deployments", "--doer", doer)
+    assert "paused" in listed.stdout, listed.stdout
+
+    resumed = await learnops(settings_env, "policy", "resume", deployment)
+    assert resumed.returncode == 0, resumed.stderr + worker.tail()
+    assert f"applied: {deployment} resumed at step 0" in resumed.stdout
+    row = await db.fetchrow(
+        "SELECT paused_at, resumes FROM shadow_deployments WHERE deployment_id = $1", deployment
+    )
+    assert row["paused_at"] is None and row["resumes"] == 1
+    audit = await db.fetch(
+        "SELECT action, outcome, actor FROM deployment_steps WHERE deployment_id = $1 ORDER BY id",
+        deployment,
+    )
+    assert [(a["action"], a["outcome"]) for a in audit] == [
+        ("pause", "applied"),
+        ("resume", "applied"),
+    ]
+    one_line_error(await learnops(settings_env, "policy", "resume", deployment), 1, "is not paused")
     one_line_error(
         await learnops(settings_env, "policy", "pause", "NoSuchDeploymentAnywhere"),
         1,

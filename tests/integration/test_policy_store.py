@@ -810,6 +810,149 @@ async def test_steps_move_up_once_approvals_only_to_the_next_step_and_a_pause_ho
     assert audit[5].actor == "ops" and audit[0].actor == "canary"
 
 
+async def operator(db: Any, doer: str, deployment_id: str, *, pause: bool, **update: Any) -> Any:
+    """An operator's verified pause or resume, as the policy stage applies it."""
+    fields: dict[str, Any] = {"event_id": uuid.uuid4(), "actor": "ops", "reason": "look"}
+    return await deployments_store.operator_pause(
+        db, doer, deployment_id, pause=pause, **{**fields, **update}
+    )
+
+
+async def test_an_operator_pauses_and_resumes_a_canary_once_each_with_an_audit_row(
+    db: Any,
+) -> None:
+    doer = unique_doer("OpPause")
+    _, deployment_id = await start_canary(db, doer)
+    assert (await deployments_store.apply_step(db, step_up(doer, deployment_id, 1))).applied
+
+    paused = await operator(db, doer, deployment_id, pause=True, reason="checking a spike")
+    assert paused.applied and paused.change is not None
+    assert (paused.change.change, paused.change.actor, paused.change.reason) == (
+        "paused",
+        "ops",
+        "checking a spike",
+    )
+    assert paused.change.deployment is not None and paused.change.deployment.paused
+    assert paused.change.deployment.step == 1 and paused.change.deployment.resumes == 0
+    again = await deployments_store.operator_pause(
+        db,
+        doer,
+        deployment_id,
+        pause=True,
+        event_id=paused.event_id,
+        actor="ops",
+        reason="checking a spike",
+    )
+    assert again.replayed and again.applied and again.change is not None  # sent again, once
+    twice = await operator(db, doer, deployment_id, pause=True)
+    assert (twice.applied, twice.refusal, twice.worth_an_alert) == (False, "stale", False)
+    assert twice.verdict == f"{deployment_id} is paused already"
+    # Held: no step moves, routing stays at step 1's share.
+    assert not (await deployments_store.apply_step(db, step_up(doer, deployment_id, 2))).applied
+    assert await step_of(db, deployment_id) == (1, 0.25)
+    reason = await db.fetchval(
+        "SELECT paused_reason FROM shadow_deployments WHERE deployment_id = $1", deployment_id
+    )
+    assert reason == "paused by ops: checking a spike"
+
+    intruder = await operator(db, unique_doer("Intruder"), deployment_id, pause=False)
+    assert (intruder.applied, intruder.refusal) == (False, "rule")
+    resumed = await operator(db, doer, deployment_id, pause=False, reason="spike explained")
+    assert resumed.applied and resumed.change is not None
+    assert resumed.change.change == "resumed" and resumed.change.deployment is not None
+    routing = resumed.change.deployment
+    assert (routing.paused, routing.resumes, routing.step) == (False, 1, 1)
+    assert routing.resumed_at is not None
+    not_paused = await operator(db, doer, deployment_id, pause=False)
+    assert (not_paused.refusal, not_paused.verdict) == ("stale", f"{deployment_id} is not paused")
+    # Moving again.
+    assert (await deployments_store.apply_step(db, step_up(doer, deployment_id, 2))).applied
+
+    audit = await deployments_store.step_audit(db, deployment_id)
+    assert [(a.action, a.to_step, a.applied, a.actor) for a in audit] == [
+        ("step_up", 1, True, "canary"),
+        ("pause", 1, True, "ops"),
+        ("pause", 1, False, "ops"),
+        ("step_up", 2, False, "canary"),
+        ("resume", 1, False, "ops"),
+        ("resume", 1, True, "ops"),
+        ("resume", 1, False, "ops"),
+        ("step_up", 2, True, "canary"),
+    ]
+    assert audit[5].verdict == f"{deployment_id} resumed at step 1"
+
+
+async def test_a_canary_paused_for_missing_data_is_resumed_only_while_its_candidate_verifies(
+    db: Any,
+) -> None:
+    doer = unique_doer("OpResume")
+    key, deployment_id = await start_canary(db, doer)
+    pause = decision(doer, 2, deployment_id, "pause")
+    assert await deployments_store.pause_deployment(db, pause) is not None  # the canary's own
+    await keys_store.revoke_signing_key(db, key.key_id, actor="tests", note="laptop stolen")
+    refused = await operator(db, doer, deployment_id, pause=False)
+    assert (refused.applied, refused.refusal, refused.worth_an_alert) == (
+        False,
+        "signature",
+        True,
+    )
+    assert f"key {key.key_id} revoked" in refused.verdict
+    row = await db.fetchrow(
+        "SELECT paused_at, resumes FROM shadow_deployments WHERE deployment_id = $1",
+        deployment_id,
+    )
+    assert row["paused_at"] is not None and row["resumes"] == 0
+
+
+async def test_the_database_refuses_a_resume_without_its_audit_row(db: Any) -> None:
+    doer = unique_doer("SqlResume")
+    _, deployment_id = await start_canary(db, doer)
+    assert (await operator(db, doer, deployment_id, pause=True)).applied
+
+    async def clear(resumes: str) -> None:
+        await db.execute(
+            f"UPDATE shadow_deployments SET paused_at = NULL, resumes = {resumes} "
+            "WHERE deployment_id = $1",
+            deployment_id,
+        )
+
+    with pytest.raises(asyncpg.CheckViolationError, match="has no audited resume"):
+        await clear("resumes + 1")
+    with pytest.raises(asyncpg.CheckViolationError, match="clears its pause and counts one"):
+        await clear("resumes")  # unpaused without counting a resume
+    # A refused resume row is no resume, and a resume row of another doer neither.
+    for row_doer, outcome, refusal in ((doer, "refused", "rule"), ("Other", "applied", None)):
+        with pytest.raises(asyncpg.CheckViolationError, match="has no audited resume"):
+            async with db.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO deployment_steps (event_id, deployment_id, doer, action, "
+                    "from_step, to_step, outcome, refusal, actor, reason, verdict, occurred_at) "
+                    "VALUES ($1, $2, $3, 'resume', 0, 0, $4, $5, 'ops', 'x', 'x', now())",
+                    uuid.uuid4(),
+                    deployment_id,
+                    row_doer,
+                    outcome,
+                    refusal,
+                )
+                await clear("resumes + 1")
+    with pytest.raises(asyncpg.CheckViolationError, match="deployment_steps_moves_one_step"):
+        await db.execute(
+            "INSERT INTO deployment_steps (event_id, deployment_id, doer, action, from_step, "
+            "to_step, outcome, actor, reason, verdict, occurred_at) "
+            "VALUES ($1, $2, $3, 'pause', 0, 1, 'applied', 'ops', 'x', 'x', now())",
+            uuid.uuid4(),
+            deployment_id,
+            doer,
+        )
+    assert (await operator(db, doer, deployment_id, pause=False)).applied
+    assert (
+        await db.fetchval(
+            "SELECT resumes FROM shadow_deployments WHERE deployment_id = $1", deployment_id
+        )
+        == 1
+    )
+
+
 # ------------------------------------------------------------- steps, as an attacker would try
 
 

@@ -49,7 +49,7 @@ from models.events import (
 from models.ids import caused_event_id, regression_alert_id
 from storage import canary as canary_store
 from storage.audit import outcome_of
-from storage.deployments import current_change
+from storage.deployments import current_change, operator_pause, pause_deployment
 from storage.policy_commands import apply_command
 from tests.integration.kafka_io import unsigned
 from tests.integration.test_policy_agent import register
@@ -875,16 +875,16 @@ def state_of(stage: Any, doer: str, deployment_id: str) -> dict[str, Any]:
     return dict(stage.states.get(f"{doer}{SEPARATOR}{deployment_id}") or {})
 
 
-async def test_an_arm_whose_results_stop_arriving_pauses_the_canary_and_alerts_once(
-    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
-) -> None:
-    app = make_app("canary")
-    stage = app.stages["canary"]
-    doer = f"Lossy{tag()}"
-    promoted = await registered(db, signing_key, doer, 2)
-    deployment_id, started = await canary_of(db, doer, 2, PATIENT)
-    # The candidate's bundles never arrive: its routings do, its results do not.
-    tasks = Tasks(app, started, lose="candidate")
+def lossy_traffic(
+    app: LearnopsApp, doer: str, change: PolicyChange, t0: datetime
+) -> tuple[list[TaskRouted], list[CRLComputed], int]:
+    """Routings and results of a canary whose candidate bundles never arrive.
+
+    The results (the control's only) arrive one second apart from ``t0`` (event
+    time): the arm counts as missing once the control has results for more than
+    half its tasks, and pauses MISSING_GRACE_S later, at the returned index.
+    """
+    tasks = Tasks(app, change, lose="candidate")
     routings, results = tasks.run(doer, 240)
     # Routing hashes random task ids, so 240 tasks gave the candidate fewer routings
     # than the missing-arm rule needs about once in 250 runs (99 of 100 once): top up.
@@ -897,9 +897,6 @@ async def test_an_arm_whose_results_stop_arriving_pauses_the_canary_and_alerts_o
     control = sum(r.arm == "control" for r in routings)
     assert sum(r.arm == "candidate" for r in routings) >= MISSING_MIN_ROUTED
     assert {r.arm for r in results} == {"control"} and len(results) == control
-    # Results arrive one second apart (event time): the arm counts as missing once the
-    # control has results for more than half its tasks, and pauses MISSING_GRACE_S later.
-    t0 = datetime.now(UTC)
     results = [
         r.model_copy(update={"run_occurred_at": t0 + timedelta(seconds=i)})
         for i, r in enumerate(results)
@@ -907,6 +904,18 @@ async def test_an_arm_whose_results_stop_arriving_pauses_the_canary_and_alerts_o
     first_missing = control // 2  # index of the result that takes the control past half
     pause_at = first_missing + int(MISSING_GRACE_S)
     assert pause_at < len(results), "too few control results to outlast the grace period"
+    return routings, results, pause_at
+
+
+async def test_an_arm_whose_results_stop_arriving_pauses_the_canary_and_alerts_once(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    app = make_app("canary")
+    stage = app.stages["canary"]
+    doer = f"Lossy{tag()}"
+    promoted = await registered(db, signing_key, doer, 2)
+    deployment_id, started = await canary_of(db, doer, 2, PATIENT)
+    routings, results, pause_at = lossy_traffic(app, doer, started, datetime.now(UTC))
 
     progress = Progress(stage)
     async with app.agents["canary"].test_context() as agent:
@@ -935,6 +944,66 @@ async def test_an_arm_whose_results_stop_arriving_pauses_the_canary_and_alerts_o
     assert sum((await canary_store.routed_counts(db, deployment_id)).values()) == len(routings)
     state = state_of(stage, doer, deployment_id)
     assert state["paused"] and state["step_runs"] == {"control": len(results), "candidate": 0}
+    assert sent(app, DLQ) == []
+
+
+async def test_an_operator_resumes_a_canary_paused_for_missing_data_and_it_is_judged_again(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    app = make_app("canary")
+    stage = app.stages["canary"]
+    doer = f"Resumed{tag()}"
+    promoted = await registered(db, signing_key, doer, 2)
+    deployment_id, started = await canary_of(db, doer, 2, PATIENT)
+    t0 = datetime.now(UTC)
+    routings, results, _ = lossy_traffic(app, doer, started, t0)
+
+    progress = Progress(stage)
+    async with app.agents["canary"].test_context() as agent:
+        feed = Feed(app, agent)
+        for change in (promoted, started):
+            await feed.event(CHANGES, change)
+        for routing in routings:
+            await feed.event(ROUTED, routing)
+        for result in results:
+            await feed.event(RESULTS, result)
+        fed = 2 + len(routings) + len(results)
+        await progress.done(fed)
+        [pause] = sent(app, DECISIONS)
+        assert pause.action == "pause" and "missing data" in pause.reason
+        # The policy stage applies the pause; the orchestrator's loss is fixed, and an
+        # operator resumes the canary. Its PolicyChange is what the stage follows.
+        paused = await pause_deployment(db, pause)
+        assert paused is not None
+        resumed = await operator_pause(
+            db,
+            doer,
+            deployment_id,
+            pause=False,
+            event_id=uuid.uuid4(),
+            actor="ops",
+            reason="the lost bundles were a broken exporter, fixed",
+        )
+        assert resumed.applied and resumed.change is not None
+        await feed.event(CHANGES, paused)
+        await feed.event(CHANGES, resumed.change)
+        await progress.done(fed + 2)
+        state = state_of(stage, doer, deployment_id)
+        assert not state["paused"] and state["routing"]["resumes"] == 1
+        assert state["step_runs"] == {"control": 0, "candidate": 0}
+        # Not fixed after all: the canary is judged again, and pauses again.
+        again_at = t0 + timedelta(seconds=len(results) + 60)
+        more_routings, more_results, _ = lossy_traffic(app, doer, resumed.change, again_at)
+        for routing in more_routings:
+            await feed.event(ROUTED, routing)
+        for result in more_results:
+            await feed.event(RESULTS, result)
+        await progress.done(fed + 2 + len(more_routings) + len(more_results))
+
+    decisions: list[DecisionMade] = sent(app, DECISIONS)
+    assert [d.action for d in decisions] == ["pause", "pause"]
+    assert "missing data" in decisions[1].reason and decisions[1].event_id != pause.event_id
+    assert state_of(stage, doer, deployment_id)["paused"]
     assert sent(app, DLQ) == []
 
 

@@ -394,3 +394,107 @@ def test_the_contract_defaults_are_the_statistics_defaults() -> None:
     conservative = CanarySettings(step_up="evidence", harm_alpha=None)
     chosen = DeploymentState("Doer", routing(canary=conservative), "canary").config()
     assert (chosen.step_up, chosen.harm_alpha) == ("evidence", None)
+
+
+# ------------------------------------------------------------------ an operator's resume
+
+
+def test_a_resume_lifts_a_pause_and_no_older_view_brings_it_back_or_lifts_the_next() -> None:
+    state = DeploymentState("Doer", routing(step=1), "canary")
+    state.follow(routing(step=1, paused=True), "canary")
+    assert state.paused and state.judge(START) is None
+    resumed_at = START + timedelta(hours=1)
+    state.follow(routing(step=1, resumes=1, resumed_at=resumed_at), "canary")
+    assert not state.paused and state.routing.resumes == 1
+    # The pause and the views before it, read again after a restart: older, nothing changes.
+    for older in (routing(step=1, paused=True), routing(step=1), routing(step=0)):
+        state.follow(older, "canary")
+        assert not state.paused and state.routing.resumes == 1
+    # Paused again (by the canary or an operator): final until the next resume, as before.
+    state.follow(routing(step=1, resumes=1, resumed_at=resumed_at, paused=True), "canary")
+    state.follow(routing(step=1, resumes=1, resumed_at=resumed_at), "canary")
+    assert state.paused
+    restored = DeploymentState.from_dict(state.to_dict())
+    assert restored.paused and restored.routing.resumes == 1
+    assert restored.routing.resumed_at == resumed_at
+    restored.follow(routing(step=1, resumes=2, resumed_at=resumed_at), "canary")
+    assert not restored.paused
+
+
+def test_a_resumed_canary_whose_arm_went_missing_is_judged_afresh_and_pauses_again() -> None:
+    state = DeploymentState("Doer", routing(step=1), "canary")
+
+    def lose_the_candidate(offset: int) -> None:
+        for i in range(300):
+            arm = "candidate" if i % 2 else "control"
+            state.route(arm, 1)
+            if arm == "control":
+                state.observe(result("control", 0.3, offset + i))
+
+    lose_the_candidate(0)
+    state.judge(START)
+    assert pauses(state.judge(START + timedelta(seconds=MISSING_GRACE_S)))
+    state.follow(routing(step=1, paused=True), "canary")
+    counted = state.results
+    state.follow(routing(step=1, resumes=1, resumed_at=START + timedelta(minutes=5)), "canary")
+    # What stopped it starts afresh; the arms' evidence stays.
+    assert not state.paused and state.missing_since is None
+    assert state.routed == {"control": 0, "candidate": 0}
+    assert state.step_runs == {"control": 0, "candidate": 0}
+    assert state.results == counted and state.arms["control"].count == 150
+    # The orchestrator fixed: both arms' results arrive; nothing pauses it.
+    for i in range(200):
+        arm = "candidate" if i % 2 else "control"
+        state.route(arm, 1)
+        state.observe(result(arm, 0.3, 10_000 + i))
+    later = START + timedelta(minutes=10)
+    assert not pauses(state.judge(later))
+    assert not pauses(state.judge(later + timedelta(seconds=MISSING_GRACE_S)))
+    # Not fixed after all: judged as before, it pauses again once the grace has passed
+    # (under a tenth of the candidate's routings with a result: 100 of 1,150).
+    for round_ in range(7):
+        lose_the_candidate(20_000 + 1_000 * round_)
+    assert not pauses(state.judge(later + timedelta(seconds=MISSING_GRACE_S + 1)))
+    verdict = state.judge(later + timedelta(seconds=2 * MISSING_GRACE_S + 1))
+    assert verdict is not None and verdict.action == "pause" and verdict.missing_arm == "candidate"
+
+
+def test_a_resume_after_a_sample_ratio_pause_starts_the_sequential_test_afresh() -> None:
+    state = DeploymentState("Doer", routing(), "canary")
+    for i in range(400):
+        state.route("candidate" if i % 4 == 0 else "control", 0)
+    state.observe(result("control", 0.3, 1))
+    assert pauses(state.judge(START))
+    state.follow(routing(paused=True), "canary")
+    state.follow(routing(resumes=1, resumed_at=START + timedelta(minutes=1)), "canary")
+    srm = state.srm(state.config())
+    assert srm is not None and not srm.mismatch and srm.p_value == 1.0
+    for i in range(400):  # the router fixed: 10 % to the candidate at the 10 % step
+        state.route("candidate" if i % 10 == 0 else "control", 0)
+    state.observe(result("control", 0.3, 2))
+    assert not pauses(state.judge(START + timedelta(minutes=2)))
+
+
+def test_silence_counts_from_the_resume() -> None:
+    state = silent()  # heard last at START + 9.5 s, max_silence_s 600
+    assert pauses(state.judge_silence(START + timedelta(seconds=700)))
+    resumed_at = START + timedelta(hours=2)
+    state.follow(state.routing.model_copy(update={"paused": True}), "canary")
+    state.follow(
+        state.routing.model_copy(update={"paused": False, "resumes": 1, "resumed_at": resumed_at}),
+        "canary",
+    )
+    assert not state.paused
+    assert state.judge_silence(resumed_at + timedelta(seconds=599)) is None
+    verdict = state.judge_silence(resumed_at + timedelta(seconds=601))
+    assert verdict is not None and verdict.silence is not None
+    assert verdict.silence.since == resumed_at
+
+
+def test_a_routing_without_resumes_keeps_the_record_it_was_signed_as() -> None:
+    """Records signed before ``resumes`` existed dump, and so verify, as they were."""
+    plain = routing().model_dump(mode="json")
+    assert "resumes" not in plain and "resumed_at" not in plain
+    resumed = routing(resumes=1, resumed_at=START).model_dump(mode="json")
+    assert resumed["resumes"] == 1 and resumed["resumed_at"] == "2026-11-01T00:00:00Z"
+    assert DeploymentRouting.model_validate_json(routing().to_json()) == routing()

@@ -29,8 +29,10 @@ from learning.promotion import (
     StoredLine,
     audited_deployment,
     check_approval,
+    check_operator_pause,
     check_pause,
     check_registration,
+    check_resume,
     check_step_up,
     check_steps,
     decision_action,
@@ -573,6 +575,33 @@ def test_a_live_deployment_is_paused_once(deployment: DeploymentSteps) -> None:
     assert check_pause(replace(deployment, paused=True)) is not None
     paused = replace(deployment, paused=True)
     assert check_step_up(paused, deployment.doer, deployment.step + 1) is not None
+
+
+@given(deployments, st.sampled_from([DOER, "Reviewer"]))
+def test_an_operator_pauses_a_live_deployment_of_the_doer_and_resumes_a_paused_one(
+    deployment: DeploymentSteps, doer: str
+) -> None:
+    live_and_own = not deployment.ended and deployment.doer == doer
+    paused = check_operator_pause(deployment, doer) is None
+    resumed = check_resume(deployment, doer) is None
+    assert paused == (live_and_own and not deployment.paused)
+    assert resumed == (live_and_own and deployment.paused)
+    assert not (paused and resumed)  # exactly one of the two applies to a live own deployment
+    if paused:  # once paused, a second pause changes nothing and a resume applies
+        held = replace(deployment, paused=True)
+        assert check_operator_pause(held, doer) is not None
+        assert check_resume(held, doer) is None
+        assert check_step_up(held, doer, deployment.step + 1) is not None
+
+
+def test_refusals_of_pauses_and_resumes_say_why() -> None:
+    canary = DeploymentSteps("canary-1", DOER, "canary", 1, (0.1, 0.5, 1.0), False, False)
+    assert check_resume(canary, DOER) == "canary-1 is not paused"
+    held = replace(canary, paused=True)
+    assert check_operator_pause(held, DOER) == "canary-1 is paused already"
+    assert check_resume(held, "Reviewer") == f"canary-1 belongs to doer '{DOER}', not 'Reviewer'"
+    assert check_resume(replace(held, ended=True), DOER) == "canary-1 has ended"
+    assert check_operator_pause(replace(canary, ended=True), DOER) == "canary-1 has ended"
 
 
 def test_refusals_of_steps_say_why() -> None:
