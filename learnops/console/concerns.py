@@ -312,12 +312,18 @@ async def skills_page(request: Request, tenant: str | None = None) -> HTMLRespon
 
 @router.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
 async def doer_page(request: Request, doer: str, tenant: str | None = None) -> HTMLResponse:
-    trend = await dashboard.doer_trend(pool(request), doer, tenant=tenant)
-    if not trend:
+    db = pool(request)
+    trend = await dashboard.doer_trend(db, doer, tenant=tenant)
+    cards = await dashboard.skill_cards(db, doer, tenant)
+    history = await dashboard.policy_history(db, doer)
+    experiments = await dashboard.doer_experiments(db, doer)
+    if not (trend or cards or history or experiments):
+        # A doer with a policy or an experiment but no run yet has a page (its
+        # history); a name nothing is known of has none.
         whose = f" of tenant {tenant}" if tenant else ""
-        raise HTTPException(404, f"no runs of {doer}{whose}")
-    phases = await dashboard.doer_trend_by_phase(pool(request), doer, tenant=tenant)
-    policies = await dashboard.doer_trend_by_policy(pool(request), doer, tenant=tenant)
+        raise HTTPException(404, f"no runs, policies or experiments of {doer}{whose}")
+    phases = await dashboard.doer_trend_by_phase(db, doer, tenant=tenant)
+    policies = await dashboard.doer_trend_by_policy(db, doer, tenant=tenant)
     return TEMPLATES.TemplateResponse(
         request,
         "doer.html",
@@ -328,12 +334,12 @@ async def doer_page(request: Request, doer: str, tenant: str | None = None) -> H
             "days": [str(row["day"]) for row in trend],
             "crl": [row["mean_crl"] for row in trend],
             "baseline": [row["baseline_crl"] for row in trend],
-            "cards": await dashboard.skill_cards(pool(request), doer, tenant),
+            "cards": cards,
             "phases": phases,
             "phase_series": series(phases, "phase"),
             "policies": policies,
             "policy_series": series(policies, "policy_id", "policy_version"),
-            "history": await dashboard.policy_history(pool(request), doer),
-            "experiments": await dashboard.doer_experiments(pool(request), doer),
+            "history": history,
+            "experiments": experiments,
         },
     )

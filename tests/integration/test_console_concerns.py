@@ -301,6 +301,44 @@ def _get(database_url: str, *paths: str) -> list[Any]:
     return responses
 
 
+async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_none(
+    postgres_server: str,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from learnops.console import create_console
+    from storage.pool import create_pool
+    from tests.services import create_migrated_database, drop_database
+
+    # A database of its own: the module's counts canaries in flight across its tests.
+    suffix = uuid.uuid4().hex[:6]
+    name = f"learnops_console_noruns_{suffix}"
+    url = await create_migrated_database(postgres_server, name)
+    doer = f"NoRunsYet{suffix}"
+    key = generate_key()
+    own = await create_pool(url, min_size=1, max_size=2)
+    try:
+        await keys_store.add_signing_key(own, key.public_key, created_by="tests", note="no runs")
+        deployment = await start_canary(own, key, doer)
+    finally:
+        await own.close()
+
+    def get(*paths: str) -> list[Any]:
+        with TestClient(create_console(url)) as client:
+            return [client.get(path) for path in paths]
+
+    try:
+        page, unknown = await asyncio.to_thread(get, f"/doers/{doer}", f"/doers/Nobody{suffix}")
+    finally:
+        await drop_database(postgres_server, name)
+    assert page.status_code == 200, page.text
+    assert 'id="no-runs"' in page.text and 'id="crl-chart"' not in page.text
+    assert f'href="/canaries/{deployment}"' in page.text  # its policy history
+    assert 'class="text action">start_canary<' in page.text
+    assert unknown.status_code == 404
+    assert f"no runs, policies or experiments of Nobody{suffix}" in unknown.text
+
+
 async def test_a_doers_trend_of_one_tenant_counts_that_tenants_runs_only(
     db: Any, database_url: str
 ) -> None:
