@@ -102,6 +102,7 @@ class Batch:
                 record.routing,
                 "shadow" if record.mode == "shadow" else "canary",
                 ended=record.ended,
+                paused=record.routing.paused,
             )
         self.states[key] = found
         return found
@@ -185,6 +186,7 @@ def _decision(state: DeploymentState, verdict: Verdict, key: SigningKey | None) 
         reason=verdict.reason,
         step=verdict.step,
         report=verdict.report,
+        resumes=routing.resumes,
     )
     return decision if key is None else signed_decision(decision, key)
 

@@ -171,21 +171,9 @@ class PolicyStage(Stage):
         )
 
     async def _step(self, decision: DecisionMade) -> None:
-        """A step-up moves the deployment, a pause stops it; both publish the doer's new state."""
-        if decision.action == "pause":
-            change = await durably(
-                partial(pause_deployment, self.app.pool, decision), what="deployments"
-            )
-            log.warning(
-                "deployment_paused doer=%s deployment=%s applied=%s",
-                decision.doer,
-                decision.deployment_id,
-                change is not None,
-            )
-            if change is not None:
-                await self._send_change(change)
-            return
-        outcome = await durably(partial(apply_step, self.app.pool, decision), what="deployments")
+        """A step-up moves the deployment, a pause holds it; both publish the doer's new state."""
+        apply = apply_step if decision.action == "step_up" else pause_deployment
+        outcome = await durably(partial(apply, self.app.pool, decision), what="deployments")
         await self._stepped(outcome)
 
     async def _operator_step(self, command: OperatorStep) -> None:

@@ -255,6 +255,9 @@ class DeploymentState:
         Silence counts from the resume (:meth:`judge_silence`).
         """
         self.paused = routing.paused  # paused again already if the view says so
+        # A promote or rollback decided while paused was refused by the store (a
+        # decision moves a paused deployment on only after a resume): judge again.
+        self.final = None
         self.missing_since = None
         self.srm_test = SequentialSRM()
         self.pending_step = None
@@ -516,7 +519,9 @@ class DeploymentState:
             step=step,
             report=report,
             # Stable ids: a replay of the same inputs decides the same event again.
-            event_id=ids.canary_decision_id(self.deployment_id, action, step, self.results),
+            event_id=ids.canary_decision_id(
+                self.deployment_id, action, step, self.results, self.routing.resumes
+            ),
             srm=srm,
             missing_arm=missing,
             silence=silence,

@@ -102,6 +102,7 @@ class LiveDeployment:
     policy_id: str
     version: int
     mode: str  # "shadow" | "canary"
+    paused: bool = False
 
     def serves(self, policy: PolicyVersion) -> bool:
         """Whether this deployment is of ``policy``."""
@@ -127,6 +128,7 @@ class MoveRequest:
     force: bool = False
     reason: str = ""
     deployment_id: str | None = None  # apply only while this deployment is live
+    decided: bool = False  # a canary decision's, not an operator's command
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,12 @@ def plan(state: DoerState, request: MoveRequest) -> Move:
     ):
         live = f"its live deployment is {own.deployment_id}" if own else "it has no live deployment"
         return refuse(f"deployment {request.deployment_id} is not live for {target}; {live}")
+    if request.decided and own is not None and own.paused and request.action != "rollback":
+        # Decided before the canary stage saw the pause: an operator holds it there.
+        return refuse(
+            f"{own.deployment_id} is paused; a canary decision moves it on only after a "
+            "resume (`learnops policy resume`)"
+        )
 
     verdict = f"{target}: {check.reason}"
     move = Move(
@@ -404,6 +412,22 @@ class DeploymentSteps:
     ended: bool
     paused: bool
     require_approval: bool = False
+    resumes: int = 0  # operator resumes so far
+
+
+def check_decided_pause(deployment: DeploymentSteps, doer: str, resumes: int) -> str | None:
+    """Return why a canary's pause decision may not pause the deployment now, or None.
+
+    As :func:`check_pause`, for the decision's own doer, and never once an
+    operator resumed the deployment after the decision was made (``resumes``,
+    the count the canary stage saw): a pause delivered late or again after a
+    restart must not undo the resume.
+    """
+    if deployment.doer != doer:
+        return _not_the_doers(deployment, doer)
+    if resumes < deployment.resumes:
+        return f"{deployment.deployment_id} was resumed by an operator after this pause was decided"
+    return check_pause(deployment)
 
 
 def check_step_up(deployment: DeploymentSteps, doer: str, step: int) -> str | None:

@@ -13,18 +13,22 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
-from models.base import INT4_MAX, ContractModel, Count, Event, Identifier, UnitFloat, Version
+from models.base import (
+    INT4_MAX,
+    ContractModel,
+    Count,
+    Event,
+    Identifier,
+    UnitFloat,
+    Version,
+    left_out_when_empty,
+)
 from models.commands import SignedCommand
 
 __all__ = ["BanditAllocations", "BanditControl", "ParameterAllocation"]
 
 #: Shares may miss 1 by rounding; more than this is a broken record.
 SHARE_TOLERANCE = 1e-6
-
-
-def _empty(value: object) -> bool:
-    """Left out of the record when empty or zero (records signed before it still verify)."""
-    return not value
 
 
 class ParameterAllocation(ContractModel):
@@ -44,8 +48,8 @@ class ParameterAllocation(ContractModel):
     shares: Annotated[dict[Identifier, UnitFloat], Field(min_length=2)]
     sequence: Count  # this parameter's allocation number; 0: uniform, none computed yet
     runs: Count = 0  # runs of this policy version folded in (undiscounted)
-    probes: Annotated[list[Identifier], Field(default_factory=list, exclude_if=_empty)]
-    probe_share: Annotated[UnitFloat, Field(exclude_if=_empty)] = 0.0
+    probes: Annotated[list[Identifier], Field(default_factory=list, exclude_if=left_out_when_empty)]
+    probe_share: Annotated[UnitFloat, Field(exclude_if=left_out_when_empty)] = 0.0
 
     @model_validator(mode="after")
     def _shares_sum_to_one(self) -> Self:

@@ -433,6 +433,15 @@ class Event(ContractModel):
 _DUPLICATE_KEY = "Detected duplicate key"
 
 
+def left_out_when_empty(value: object) -> bool:
+    """``Field(exclude_if=…)`` of a field added to a signed record: left out while empty or 0.
+
+    Signatures cover the record's JSON (``learning.signing.event_payload``), so a
+    record signed before the field existed dumps, and so verifies, as it was.
+    """
+    return not value
+
+
 def duplicate_key_problem(data: bytes | str) -> str | None:
     """Return where a JSON object in ``data`` repeats a key, else None.
 

@@ -28,6 +28,7 @@ from models.base import (
     UnitFloat,
     UTCDatetime,
     Version,
+    left_out_when_empty,
     name_problem,
     shown_name,
 )
@@ -234,6 +235,9 @@ class DecisionMade(Event):
     reason: Annotated[str, Field(min_length=1)]
     step: Count
     report: DecisionReport
+    # The deployment's operator resumes when it was decided (DeploymentRouting.resumes):
+    # a pause decided before a resume is not applied after it. Left out while 0.
+    resumes: Annotated[Count, Field(exclude_if=left_out_when_empty)] = 0
     # The canary worker's signature over every other field ("ed25519:<key id>:<base64>",
     # learning.signing.sign_event); the policy stage applies only decisions that verify.
     signature: Annotated[str, Field(max_length=200)] | None = None

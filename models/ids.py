@@ -73,9 +73,16 @@ def experiment_event_id(*parts: object) -> UUID:
     return uuid.uuid5(EXPERIMENT_EVENT_NAMESPACE, "/".join(str(p) for p in parts))
 
 
-def canary_decision_id(deployment_id: str, action: str, step: int, results: int) -> UUID:
-    """Return the id of a canary decision: a deployment's action at a step after ``results``."""
-    return uuid.uuid5(CANARY_DECISION_NAMESPACE, f"{deployment_id}:{action}:{step}:{results}")
+def canary_decision_id(
+    deployment_id: str, action: str, step: int, results: int, resumes: int = 0
+) -> UUID:
+    """Return the id of a canary decision: a deployment's action at a step after ``results``.
+
+    After an operator's resume (``resumes``), a second pause at the same step and
+    result count (a silence, which counts no result) is another decision.
+    """
+    name = f"{deployment_id}:{action}:{step}:{results}"
+    return uuid.uuid5(CANARY_DECISION_NAMESPACE, f"{name}:r{resumes}" if resumes else name)
 
 
 def unreadable_letter_id(topic: str, partition: int, offset: int) -> UUID:

@@ -23,17 +23,10 @@ from models.base import (
     UnitFloat,
     UTCDatetime,
     Version,
+    left_out_when_empty,
 )
 
 __all__ = ["CanarySettings", "DeploymentRouting", "PolicyChange"]
-
-
-def _zero(value: int) -> bool:
-    return value == 0
-
-
-def _none(value: object) -> bool:
-    return value is None
 
 
 class CanarySettings(ContractModel):
@@ -100,10 +93,9 @@ class DeploymentRouting(ContractModel):
     paused: bool = False
     # Operator resumes so far, and when the last one was applied: the canary stage
     # takes a view with more resumes as newer than a paused one of the same step.
-    # Left out of the record until the first resume, so records signed before these
-    # fields existed verify as they were.
-    resumes: Annotated[Count, Field(exclude_if=_zero)] = 0
-    resumed_at: Annotated[UTCDatetime | None, Field(exclude_if=_none)] = None
+    # Left out of the record until the first resume.
+    resumes: Annotated[Count, Field(exclude_if=left_out_when_empty)] = 0
+    resumed_at: Annotated[UTCDatetime | None, Field(exclude_if=left_out_when_empty)] = None
     # The candidate's own signature ("ed25519:<key id>:<base64>", format 2: its doer,
     # policy id, version and content hash), so a router can check it before serving it.
     candidate_content_hash: Sha256Hex | None = None

@@ -26,8 +26,8 @@ from learning.promotion import (
     CHANGES,
     DeploymentSteps,
     check_approval,
+    check_decided_pause,
     check_operator_pause,
-    check_pause,
     check_resume,
     check_step_up,
 )
@@ -204,6 +204,7 @@ class _StepAsk:
     actor: str
     reason: str
     occurred_at: datetime
+    resumes: int | None = None  # a canary's pause: the resumes it was decided after
 
 
 async def decision_refusal(pool: Any, decision: DecisionMade) -> tuple[str, str] | None:
@@ -344,7 +345,7 @@ async def _decide_step(
 ) -> StepOutcome:
     row = await conn.fetchrow(
         "SELECT deployment_id, doer, mode, step, steps, ended_at, paused_at, require_approval, "
-        "policy_id, version FROM shadow_deployments WHERE deployment_id = $1 FOR UPDATE",
+        "resumes, policy_id, version FROM shadow_deployments WHERE deployment_id = $1 FOR UPDATE",
         ask.deployment_id,
     )
     deployment = _steps_of(row) if row is not None else None
@@ -399,13 +400,18 @@ async def _decide_step(
 
 def _stale(ask: _StepAsk, deployment: DeploymentSteps, to_step: int) -> bool:
     """Whether a refused move asked for what the deployment already is (not worth an alert)."""
-    if deployment.doer != ask.doer or deployment.ended:
+    if deployment.doer != ask.doer:
         return False
     if ask.action == "pause":
-        return deployment.paused
+        # Held already, ended, or resumed since the canary decided it: nothing to do.
+        decided_before = ask.resumes is not None and ask.resumes < deployment.resumes
+        return deployment.paused or deployment.ended or decided_before
+    if deployment.ended:
+        return False
     if ask.action == "resume":
         return not deployment.paused
-    return to_step <= deployment.step
+    # A canary's step-up decided just before an operator's pause reached it.
+    return to_step <= deployment.step or (ask.action == "step_up" and deployment.paused)
 
 
 def _applied_verdict(ask: _StepAsk, to_step: int) -> str:
@@ -419,11 +425,12 @@ def _applied_verdict(ask: _StepAsk, to_step: int) -> str:
 async def _apply_move(conn: Any, ask: _StepAsk, deployment: DeploymentSteps, to_step: int) -> None:
     """The deployment's row after an applied move (its audit row is written already)."""
     if ask.action == "pause":
+        by = ask.reason if ask.actor == DECISION_ACTOR else f"paused by {ask.actor}: {ask.reason}"
         await conn.execute(
             "UPDATE shadow_deployments SET paused_at = now(), paused_reason = $2 "
             "WHERE deployment_id = $1",
             deployment.deployment_id,
-            f"paused by {ask.actor}: {ask.reason}",
+            by,
         )
     elif ask.action == "resume":
         await conn.execute(
@@ -455,6 +462,7 @@ def _steps_of(row: Any) -> DeploymentSteps:
         ended=row["ended_at"] is not None,
         paused=row["paused_at"] is not None,
         require_approval=row["require_approval"],
+        resumes=row["resumes"],
     )
 
 
@@ -481,53 +489,29 @@ async def step_audit(pool: Any, deployment_id: str) -> list[StepOutcome]:
     return [_step_outcome(row) for row in rows]
 
 
-async def pause_deployment(pool: Any, decision: DecisionMade) -> PolicyChange | None:
-    """Mark a live deployment paused (routing stays as it is); the doer's new state, None if not.
+async def pause_deployment(pool: Any, decision: DecisionMade) -> StepOutcome:
+    """Hold a live deployment at its step as a canary decision asks (routing stays); audited.
 
-    None when the deployment had ended or was paused already (a replayed pause).
+    The canary stage pauses on a sample ratio mismatch or missing data. Like a
+    step-up it is applied once per event id, with a ``deployment_steps`` row,
+    and never after an operator resumed the deployment since it was decided
+    (``learning.promotion.check_decided_pause``): a pause delivered late, or
+    again after a restart, must not undo the resume.
     """
-
-    async def pause(conn: Any, deployment: DeploymentSteps) -> None:
-        await conn.execute(
-            "UPDATE shadow_deployments SET paused_at = $2, paused_reason = $3 "
-            "WHERE deployment_id = $1",
-            deployment.deployment_id,
-            decision.occurred_at,
-            decision.reason,
-        )
-
-    moved = await _change_deployment(
-        pool, decision.doer, decision.deployment_id, check_pause, pause
+    ask = _StepAsk(
+        decision.event_id,
+        decision.doer,
+        decision.deployment_id,
+        "pause",
+        None,
+        DECISION_ACTOR,
+        decision.reason,
+        decision.occurred_at,
+        resumes=decision.resumes,
     )
-    if not moved:
-        return None
-    return await _step_change(
-        pool, decision.doer, decision.event_id, decision.reason, DECISION_ACTOR, "paused"
+    return await _step(
+        pool, ask, lambda deployment: check_decided_pause(deployment, ask.doer, decision.resumes)
     )
-
-
-async def _change_deployment(
-    pool: Any,
-    doer: str,
-    deployment_id: str,
-    rule: Callable[[DeploymentSteps], str | None],
-    change: Callable[[Any, DeploymentSteps], Any],
-) -> bool:
-    """Apply ``change`` under the doer's lock if ``rule`` finds no reason against it."""
-    async with pool.acquire() as conn, conn.transaction():
-        await lock_doer(conn, doer)
-        row = await conn.fetchrow(
-            "SELECT deployment_id, doer, mode, step, steps, ended_at, paused_at, require_approval "
-            "FROM shadow_deployments WHERE deployment_id = $1 FOR UPDATE",
-            deployment_id,
-        )
-        if row is None or row["doer"] != doer:
-            return False
-        deployment = _steps_of(row)
-        if rule(deployment) is not None:
-            return False
-        await change(conn, deployment)
-        return True
 
 
 def _to_step(step: int) -> Callable[[Any, DeploymentSteps], Any]:

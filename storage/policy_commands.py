@@ -292,7 +292,14 @@ async def _move(conn: Any, ask: Ask) -> Outcome:
         return await _refused(conn, ask, Refused(target, "unknown"))
     move = plan(
         state,
-        MoveRequest(ask.action, target, ask.force, ask.reason, ask.deployment_id),
+        MoveRequest(
+            ask.action,
+            target,
+            ask.force,
+            ask.reason,
+            ask.deployment_id,
+            decided=ask.source == "decision",
+        ),
     )
     if not move:
         return await _refused(conn, ask, Refused(move.verdict, "lifecycle"), target)
@@ -417,8 +424,8 @@ async def _doer_state(conn: Any, doer: str) -> DoerState:
     )
     versions = [_version(row) for row in rows]
     live = await conn.fetchrow(
-        "SELECT deployment_id, policy_id, version, mode FROM shadow_deployments "
-        "WHERE doer = $1 AND ended_at IS NULL",
+        "SELECT deployment_id, policy_id, version, mode, paused_at IS NOT NULL AS paused "
+        "FROM shadow_deployments WHERE doer = $1 AND ended_at IS NULL",
         doer,
     )
     return DoerState(

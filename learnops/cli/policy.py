@@ -731,36 +731,29 @@ async def _deployment(pool: Any, text: str) -> dict[str, Any]:
 
 
 async def _wait_for(
-    pool: Any,
-    deployment_id: str,
-    done: Any,
-    timeout: float,
-    what: str,
-    *,
-    step_event: Any = None,
+    pool: Any, deployment_id: str, event_id: Any, timeout: float, what: str
 ) -> dict[str, Any]:
-    """Wait until the deployment's row is ``done``; with ``step_event``, fail at its refusal.
+    """Wait for the policy stage's verdict on operator command ``event_id`` about a deployment.
 
-    An approval the policy stage refuses (a rule, a stale step, a candidate that
-    no longer verifies) leaves a refused ``deployment_steps`` row; one whose
-    signature or role is refused leaves only a ``command_refused`` alert.
+    The verdict is the command's own ``deployment_steps`` row: applied (the
+    deployment as it is then is returned) or refused (exit 1 with the reason).
+    A command whose signature or role is refused leaves no row, only a
+    ``command_refused`` alert. Watching the deployment instead would take a
+    move made meanwhile by someone else (a canary's own pause) for this one.
     """
     deadline = time.monotonic() + timeout
     while True:
-        row = await pool.fetchrow(
-            "SELECT * FROM shadow_deployments WHERE deployment_id = $1", deployment_id
+        verdict = await pool.fetchrow(
+            "SELECT outcome, refusal, verdict FROM deployment_steps WHERE event_id = $1", event_id
         )
-        if row is not None and done(row):
-            return _deployment_report(row)
-        if step_event is not None:
-            refused = await pool.fetchrow(
-                "SELECT refusal, verdict FROM deployment_steps "
-                "WHERE event_id = $1 AND outcome = 'refused'",
-                step_event,
+        if verdict is not None:
+            if verdict["outcome"] != "applied":
+                fail(f"refused ({verdict['refusal']}): {verdict['verdict']}")
+            row = await pool.fetchrow(
+                "SELECT * FROM shadow_deployments WHERE deployment_id = $1", deployment_id
             )
-            if refused is not None:
-                fail(f"refused ({refused['refusal']}): {refused['verdict']}")
-            await _fail_if_refused_on_arrival(pool, step_event)
+            return _deployment_report(row)
+        await _fail_if_refused_on_arrival(pool, event_id)
         if time.monotonic() > deadline:
             fail(
                 f"{deployment_id} not {what} after {timeout:g}s; is a worker running? "
@@ -866,16 +859,7 @@ async def policy_approve(
         event = ApproveStep(
             doer=found["doer"], actor=actor, reason=reason, deployment_id=did, step=step
         )
-        moved = await _send_and_wait(
-            ctx,
-            pool,
-            event,
-            lambda row: row["step"] >= step,
-            f"at step {step}",
-            wait,
-            timeout,
-            as_json,
-        )
+        moved = await _send_and_wait(ctx, pool, event, f"at step {step}", wait, timeout, as_json)
     if moved is None:
         return
     if as_json:
@@ -889,13 +873,12 @@ async def _send_and_wait(
     ctx: CommandContext,
     pool: Any,
     event: Any,
-    done: Any,
     what: str,
     wait: bool,
     timeout: float,
     as_json: bool,
 ) -> dict[str, Any] | None:
-    """Send an operator's command about a deployment; with ``wait``, the answer once it is ``done``.
+    """Send an operator's command about a deployment; with ``wait``, the answer once applied.
 
     The answer is what was sent with the deployment as it is then (``--json``
     prints it); None when not waiting (what was sent is printed here).
@@ -907,9 +890,7 @@ async def _send_and_wait(
         return None
     if not as_json:
         ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
-    changed = await _wait_for(
-        pool, event.deployment_id, done, timeout, what, step_event=event.event_id
-    )
+    changed = await _wait_for(pool, event.deployment_id, event.event_id, timeout, what)
     return {**sent, "deployment": changed}
 
 
@@ -939,13 +920,8 @@ async def _pause_or_resume(
             )
         kind = PauseDeployment if pause else ResumeDeployment
         event = kind(doer=found["doer"], actor=actor, reason=reason, deployment_id=did)
-        resumes = found["resumes"]
-
-        def done(row: Any) -> bool:
-            return row["paused_at"] is not None if pause else row["resumes"] > resumes
-
         what = "paused" if pause else "resumed"
-        answer = await _send_and_wait(ctx, pool, event, done, what, wait, timeout, as_json)
+        answer = await _send_and_wait(ctx, pool, event, what, wait, timeout, as_json)
     if answer is None:
         return
     step = answer["deployment"]["step"]

@@ -317,11 +317,14 @@ async def doer_page(request: Request, doer: str, tenant: str | None = None) -> H
     cards = await dashboard.skill_cards(db, doer, tenant)
     history = await dashboard.policy_history(db, doer)
     experiments = await dashboard.doer_experiments(db, doer)
+    if tenant is not None and not (trend or cards):
+        # Policies and experiments are the doer's, not a tenant's: a tenant with no
+        # run (a typo too) has no page.
+        raise HTTPException(404, f"no runs of {doer} of tenant {tenant}")
     if not (trend or cards or history or experiments):
         # A doer with a policy or an experiment but no run yet has a page (its
         # history); a name nothing is known of has none.
-        whose = f" of tenant {tenant}" if tenant else ""
-        raise HTTPException(404, f"no runs, policies or experiments of {doer}{whose}")
+        raise HTTPException(404, f"no runs, policies or experiments of {doer}")
     phases = await dashboard.doer_trend_by_phase(db, doer, tenant=tenant)
     policies = await dashboard.doer_trend_by_policy(db, doer, tenant=tenant)
     return TEMPLATES.TemplateResponse(

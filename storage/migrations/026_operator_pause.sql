@@ -10,9 +10,9 @@ ALTER TABLE shadow_deployments
     ADD COLUMN resumes    integer NOT NULL DEFAULT 0 CHECK (resumes >= 0),
     ADD COLUMN resumed_at timestamptz;
 
--- deployment_steps audits pauses and resumes by operators beside step-ups and
--- approvals; neither moves the step. (A canary decision's pause is audited in
--- deployment_decisions, where the decision is stored.)
+-- deployment_steps audits pauses (an operator's, or a canary decision's) and
+-- an operator's resumes beside step-ups and approvals; neither moves the step.
+-- An applied row names the step it moved or held.
 ALTER TABLE deployment_steps DROP CONSTRAINT deployment_steps_action_check;
 ALTER TABLE deployment_steps DROP CONSTRAINT deployment_steps_check1;
 ALTER TABLE deployment_steps
@@ -20,8 +20,9 @@ ALTER TABLE deployment_steps
         CHECK (action IN ('step_up', 'approve', 'pause', 'resume')),
     ADD CONSTRAINT deployment_steps_moves_one_step
         CHECK (outcome = 'refused'
-               OR (action IN ('step_up', 'approve') AND to_step = from_step + 1)
-               OR (action IN ('pause', 'resume') AND to_step = from_step));
+               OR (from_step IS NOT NULL
+                   AND ((action IN ('step_up', 'approve') AND to_step = from_step + 1)
+                        OR (action IN ('pause', 'resume') AND to_step = from_step))));
 
 CREATE OR REPLACE FUNCTION check_deployment_step() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -50,6 +51,10 @@ BEGIN
     END IF;
     IF NEW.step IS NOT DISTINCT FROM OLD.step THEN
         RETURN NEW;
+    END IF;
+    IF OLD.paused_at IS NOT NULL THEN
+        RAISE EXCEPTION 'deployment % is paused at step %: resume it before a step moves',
+            OLD.deployment_id, OLD.step USING ERRCODE = 'check_violation';
     END IF;
     IF NEW.step <> OLD.step + 1 THEN
         RAISE EXCEPTION 'deployment % is at step %: only step % may follow, not %',

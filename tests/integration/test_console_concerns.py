@@ -328,7 +328,9 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
             return [client.get(path) for path in paths]
 
     try:
-        page, unknown = await asyncio.to_thread(get, f"/doers/{doer}", f"/doers/Nobody{suffix}")
+        page, unknown, typo = await asyncio.to_thread(
+            get, f"/doers/{doer}", f"/doers/Nobody{suffix}", f"/doers/{doer}?tenant=nobody"
+        )
     finally:
         await drop_database(postgres_server, name)
     assert page.status_code == 200, page.text
@@ -337,6 +339,8 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
     assert 'class="text action">start_canary<' in page.text
     assert unknown.status_code == 404
     assert f"no runs, policies or experiments of Nobody{suffix}" in unknown.text
+    # A tenant is a tenant's runs: one with none (a typo) has no page.
+    assert typo.status_code == 404 and f"no runs of {doer} of tenant nobody" in typo.text
 
 
 async def test_a_doers_trend_of_one_tenant_counts_that_tenants_runs_only(

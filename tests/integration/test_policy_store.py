@@ -786,10 +786,15 @@ async def test_steps_move_up_once_approvals_only_to_the_next_step_and_a_pause_ho
 
     pause = decision(doer, 2, deployment_id, "pause")
     paused = await deployments_store.pause_deployment(db, pause)
-    assert paused is not None and paused.change == "paused"
-    assert paused.deployment is not None and paused.deployment.paused
-    assert await deployments_store.pause_deployment(db, pause) is None  # paused already
-    assert not (await deployments_store.apply_step(db, step_up(doer, deployment_id, 3))).applied
+    assert paused.applied and paused.change is not None and paused.change.change == "paused"
+    assert paused.change.deployment is not None and paused.change.deployment.paused
+    replayed = await deployments_store.pause_deployment(db, pause)  # the same outcome, once
+    assert replayed.replayed and replayed.applied and replayed.change is not None
+    held = await deployments_store.pause_deployment(db, decision(doer, 2, deployment_id, "pause"))
+    assert (held.applied, held.refusal, held.worth_an_alert) == (False, "stale", False)
+    # A step-up decided just before the pause reached the store: stale, no alert.
+    late = await deployments_store.apply_step(db, step_up(doer, deployment_id, 3))
+    assert (late.applied, late.refusal, late.worth_an_alert) == (False, "stale", False)
     assert not (await approve(db, doer, deployment_id, 3)).applied
     row = await db.fetchrow(
         "SELECT step, allocation, paused_reason FROM shadow_deployments WHERE deployment_id = $1",
@@ -804,10 +809,12 @@ async def test_steps_move_up_once_approvals_only_to_the_next_step_and_a_pause_ho
         ("approve", 3, False),
         ("approve", 2, False),
         ("approve", 2, True),
+        ("pause", 2, True),
+        ("pause", 2, False),
         ("step_up", 3, False),
         ("approve", 3, False),
     ]
-    assert audit[5].actor == "ops" and audit[0].actor == "canary"
+    assert audit[5].actor == "ops" and audit[0].actor == "canary" and audit[6].actor == "canary"
 
 
 async def operator(db: Any, doer: str, deployment_id: str, *, pause: bool, **update: Any) -> Any:
@@ -888,7 +895,7 @@ async def test_a_canary_paused_for_missing_data_is_resumed_only_while_its_candid
     doer = unique_doer("OpResume")
     key, deployment_id = await start_canary(db, doer)
     pause = decision(doer, 2, deployment_id, "pause")
-    assert await deployments_store.pause_deployment(db, pause) is not None  # the canary's own
+    assert (await deployments_store.pause_deployment(db, pause)).applied  # the canary's own
     await keys_store.revoke_signing_key(db, key.key_id, actor="tests", note="laptop stolen")
     refused = await operator(db, doer, deployment_id, pause=False)
     assert (refused.applied, refused.refusal, refused.worth_an_alert) == (
@@ -902,6 +909,60 @@ async def test_a_canary_paused_for_missing_data_is_resumed_only_while_its_candid
         deployment_id,
     )
     assert row["paused_at"] is not None and row["resumes"] == 0
+
+
+async def test_a_canary_pause_decided_before_a_resume_never_pauses_it_again(db: Any) -> None:
+    doer = unique_doer("LatePause")
+    _, deployment_id = await start_canary(db, doer)
+    first = decision(doer, 2, deployment_id, "pause")
+    assert (await deployments_store.pause_deployment(db, first)).applied
+    assert (await operator(db, doer, deployment_id, pause=False)).applied
+    # The same pause read again (a restart before its offset was committed): its first
+    # outcome, nothing applied again.
+    again = await deployments_store.pause_deployment(db, first)
+    assert again.replayed and again.applied
+    # Another pause the canary decided before it saw the resume, arriving late.
+    late = await deployments_store.pause_deployment(db, decision(doer, 2, deployment_id, "pause"))
+    assert (late.applied, late.refusal, late.worth_an_alert) == (False, "stale", False)
+    assert late.verdict == (
+        f"{deployment_id} was resumed by an operator after this pause was decided"
+    )
+    assert (
+        await db.fetchval(
+            "SELECT paused_at FROM shadow_deployments WHERE deployment_id = $1", deployment_id
+        )
+        is None
+    )
+    # One decided after it (it names the resume it saw) pauses it.
+    seen = decision(doer, 2, deployment_id, "pause").model_copy(update={"resumes": 1})
+    assert (await deployments_store.pause_deployment(db, seen)).applied
+
+
+async def test_a_canary_decision_promotes_an_operator_paused_canary_only_after_a_resume(
+    db: Any,
+) -> None:
+    doer = unique_doer("HeldPromote")
+    _, deployment_id = await start_canary(db, doer)
+    assert (await operator(db, doer, deployment_id, pause=True)).applied
+    promote = decision(doer, 2, deployment_id, "promote")
+    held = await commands_store.apply_decision(db, promote)
+    assert held is not None and not held.applied
+    assert f"{deployment_id} is paused; a canary decision moves it on only after a resume" in (
+        held.verdict
+    )
+    active = await db.fetchval(
+        "SELECT version FROM policies WHERE doer = $1 AND status = 'active'", doer
+    )
+    assert active == 1
+    assert (await operator(db, doer, deployment_id, pause=False)).applied
+    promoted = await commands_store.apply_decision(db, decision(doer, 2, deployment_id, "promote"))
+    assert promoted is not None and promoted.applied
+    # A rollback decision is never held: stopping a candidate is always allowed.
+    other = unique_doer("HeldRollback")
+    _, second = await start_canary(db, other)
+    assert (await operator(db, other, second, pause=True)).applied
+    rolled_back = await commands_store.apply_decision(db, decision(other, 2, second, "rollback"))
+    assert rolled_back is not None and rolled_back.applied
 
 
 async def test_the_database_refuses_a_resume_without_its_audit_row(db: Any) -> None:
@@ -944,6 +1005,22 @@ async def test_the_database_refuses_a_resume_without_its_audit_row(db: Any) -> N
             deployment_id,
             doer,
         )
+    # No step moves while paused, audited or not.
+    with pytest.raises(asyncpg.CheckViolationError, match="is paused at step 0"):
+        await db.execute(
+            "UPDATE shadow_deployments SET step = 1, allocation = 0.25 WHERE deployment_id = $1",
+            deployment_id,
+        )
+    # An applied row must name the step it held.
+    with pytest.raises(asyncpg.CheckViolationError, match="deployment_steps_moves_one_step"):
+        await db.execute(
+            "INSERT INTO deployment_steps (event_id, deployment_id, doer, action, from_step, "
+            "to_step, outcome, actor, reason, verdict, occurred_at) "
+            "VALUES ($1, $2, $3, 'resume', NULL, 0, 'applied', 'ops', 'x', 'x', now())",
+            uuid.uuid4(),
+            deployment_id,
+            doer,
+        )
     assert (await operator(db, doer, deployment_id, pause=False)).applied
     assert (
         await db.fetchval(
@@ -979,7 +1056,7 @@ async def test_a_step_up_for_another_doers_deployment_changes_nothing(db: Any) -
     paused = await deployments_store.pause_deployment(
         db, decision(forged.doer, 2, deployment_id, "pause")
     )
-    assert paused is None
+    assert (paused.applied, paused.refusal) == (False, "rule")
     assert (
         await db.fetchval(
             "SELECT paused_at FROM shadow_deployments WHERE deployment_id = $1", deployment_id

@@ -973,7 +973,7 @@ async def test_an_operator_resumes_a_canary_paused_for_missing_data_and_it_is_ju
         assert pause.action == "pause" and "missing data" in pause.reason
         # The policy stage applies the pause; the orchestrator's loss is fixed, and an
         # operator resumes the canary. Its PolicyChange is what the stage follows.
-        paused = await pause_deployment(db, pause)
+        paused = (await pause_deployment(db, pause)).change
         assert paused is not None
         resumed = await operator_pause(
             db,
@@ -1003,6 +1003,10 @@ async def test_an_operator_resumes_a_canary_paused_for_missing_data_and_it_is_ju
     decisions: list[DecisionMade] = sent(app, DECISIONS)
     assert [d.action for d in decisions] == ["pause", "pause"]
     assert "missing data" in decisions[1].reason and decisions[1].event_id != pause.event_id
+    # It names the resume it saw: the store applies it (a pause decided before the
+    # resume would not be).
+    assert (pause.resumes, decisions[1].resumes) == (0, 1)
+    assert (await pause_deployment(db, decisions[1])).applied
     assert state_of(stage, doer, deployment_id)["paused"]
     assert sent(app, DLQ) == []
 

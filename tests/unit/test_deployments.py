@@ -475,6 +475,24 @@ def test_a_resume_after_a_sample_ratio_pause_starts_the_sequential_test_afresh()
     assert not pauses(state.judge(START + timedelta(minutes=2)))
 
 
+def test_after_a_resume_a_second_silence_pause_is_another_decision_and_a_final_is_dropped() -> None:
+    state = silent()
+    first = state.judge_silence(START + timedelta(seconds=700))
+    assert first is not None and first.action == "pause"
+    state.final = "promote"  # decided meanwhile, refused by the store while paused
+    state.follow(state.routing.model_copy(update={"paused": True}), "canary")
+    resumed_at = START + timedelta(hours=1)
+    state.follow(
+        state.routing.model_copy(update={"paused": False, "resumes": 1, "resumed_at": resumed_at}),
+        "canary",
+    )
+    assert state.final is None
+    second = state.judge_silence(resumed_at + timedelta(seconds=700))
+    # The same step and result count (a silence counts no result): the id tells them apart.
+    assert second is not None and second.action == "pause" and state.results == 20
+    assert second.event_id != first.event_id
+
+
 def test_silence_counts_from_the_resume() -> None:
     state = silent()  # heard last at START + 9.5 s, max_silence_s 600
     assert pauses(state.judge_silence(START + timedelta(seconds=700)))

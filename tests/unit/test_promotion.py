@@ -85,6 +85,24 @@ def test_promoting_a_canary_archives_the_previous_active_and_ends_its_deployment
     assert move.needs_signature
 
 
+def test_a_paused_deployment_moves_on_by_decision_only_after_a_resume_by_command_any_time() -> None:
+    for mode, action in (("canary", "promote"), ("shadow", "start_canary")):
+        candidate = version(2, mode)
+        paused = replace(live(candidate, mode), paused=True)
+        state = DoerState(DOER, ACTIVE, candidate, paused)
+        asked = MoveRequest(action, candidate, reason="better", deployment_id="dep-1")
+        held = plan(state, replace(asked, decided=True))
+        assert not held.ok
+        assert held.verdict == (
+            "dep-1 is paused; a canary decision moves it on only after a resume "
+            "(`learnops policy resume`)"
+        )
+        assert plan(state, asked).ok  # an operator's own command is theirs to give
+        assert plan(replace(state, deployment=live(candidate, mode)), replace(asked, decided=True))
+        rollback = MoveRequest("rollback", candidate, reason="worse", deployment_id="dep-1")
+        assert plan(state, replace(rollback, decided=True)).ok  # stopping is never held
+
+
 def test_skipping_to_active_needs_force_and_a_reason_and_records_the_skip() -> None:
     draft = version(2, "draft")
     state = DoerState(DOER, ACTIVE)
