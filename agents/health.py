@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -30,6 +32,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agents.faust_internals.introspection import committed_offsets, kafka_client
 from agents.monitor import WorkerMonitor
+
+log = logging.getLogger("learnops.health")
 
 EVENTS_IN = Counter(
     "learnops_events_in_total", "Events a stage took from its input topics.", ["stage"]
@@ -57,7 +61,8 @@ DECISION_SECONDS = Histogram(
 )
 CONSUMER_LAG = Gauge(
     "learnops_consumer_lag",
-    "Records between the partition's end and its committed offset (at the last scrape).",
+    "Records between the partition's end and its committed offset, or its log start "
+    "before the first commit (at the last scrape).",
     ["topic", "partition"],
 )
 RECOVERING = Gauge(
@@ -125,25 +130,53 @@ async def readiness(app: Any) -> list[str]:
     return problems
 
 
-def observe_lag(app: Any) -> None:
-    """Set the lag gauge of every partition this worker has committed on.
+#: How long a scrape waits for the log start of partitions without a commit.
+LOG_START_TIMEOUT_S = 2.0
 
-    A partition it no longer has (a rebalance gave it to another worker) loses
-    its series: left, it would show the lag of the moment it moved, frozen.
+
+async def observe_lag(app: Any) -> None:
+    """Set the lag gauge of every input partition this worker actively owns.
+
+    The lag is the partition's end minus its committed offset; a partition
+    with no commit yet (a new group, or one stuck before its first commit)
+    lags by everything from its log start, where the group begins reading,
+    so it has a series too. A partition it no longer has (a rebalance gave it
+    to another worker) loses its series: left, it would show the lag of the
+    moment it moved, frozen.
     """
     consumer = app.consumer
     # Per app: tests run several in one process, each with its own partitions.
     previous: set[tuple[str, str]] = getattr(app, "_learnops_lag_series", set())
+    positions = dict(committed_offsets(app))
+    uncommitted = [tp for tp in _owned_inputs(app) if tp not in positions]
+    if uncommitted:
+        try:
+            starts = await asyncio.wait_for(
+                consumer.earliest_offsets(*uncommitted), LOG_START_TIMEOUT_S
+            )
+        except (TimeoutError, KafkaError) as exc:  # the next scrape tries again
+            log.debug("lag_log_start_unknown partitions=%d error=%r", len(uncommitted), exc)
+            starts = {}
+        positions.update({tp: start for tp, start in starts.items() if start is not None})
     seen: set[tuple[str, str]] = set()
-    for tp, committed in committed_offsets(app).items():
+    for tp, position in positions.items():
         end = consumer.highwater(tp)
         if end is not None:
             labels = (tp.topic, str(tp.partition))
-            CONSUMER_LAG.labels(*labels).set(max(0, end - committed))
+            CONSUMER_LAG.labels(*labels).set(max(0, end - position))
             seen.add(labels)
     for labels in previous - seen:
         CONSUMER_LAG.remove(*labels)
     app._learnops_lag_series = seen
+
+
+def _owned_inputs(app: Any) -> list[Any]:
+    """The input partitions (no table changelog) this worker is assigned as active."""
+    assignor = getattr(app, "assignor", None)
+    if assignor is None:
+        return []
+    changelogs = app.tables.changelog_topics
+    return [tp for tp in assignor.assigned_actives() if tp.topic not in changelogs]
 
 
 def register_pages(app: Any) -> None:
@@ -167,6 +200,6 @@ def register_pages(app: Any) -> None:
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         RECOVERING.set(1 if app.in_recovery or app.rebalancing else 0)
-        observe_lag(app)
+        await observe_lag(app)
         body = generate_latest(REGISTRY) + generate_latest(faust_registry)
         return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from agents.app import create_app
 from agents.health import readiness
 from agents.settings import Settings
@@ -58,6 +60,17 @@ async def test_a_running_worker_is_live_ready_and_serves_its_metrics(
         assert name in text, name
     # Faust's own sensor is served beside ours.
     assert "messages_received" in text
+    # Every input partition has a lag series, committed on or not yet (a partition
+    # of a quiet topic has no commit: it lags by what lies past its log start).
+    lagging = {
+        (sample.labels["topic"], sample.labels["partition"])
+        for family in text_string_to_metric_families(text)
+        if family.name == "learnops_consumer_lag"
+        for sample in family.samples
+    }
+    for topic in ("learning.run-completed", "learning.decisions", "learning.commands"):
+        assert {p for t, p in lagging if t == topic} == {"0", "1", "2", "3"}, (topic, lagging)
+    assert not any(t.endswith("-changelog") for t, _ in lagging)
 
 
 async def test_readiness_names_what_is_missing_before_the_worker_starts() -> None:
