@@ -186,7 +186,9 @@ def _decision(state: DeploymentState, verdict: Verdict, key: SigningKey | None) 
         reason=verdict.reason,
         step=verdict.step,
         report=verdict.report,
-        resumes=routing.resumes,
+        # As decided, not as the state stands when the batch is sent: a resume
+        # followed later in the same batch must not vouch for an older pause.
+        resumes=verdict.resumes,
     )
     return decision if key is None else signed_decision(decision, key)
 

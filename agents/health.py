@@ -130,8 +130,10 @@ async def readiness(app: Any) -> list[str]:
     return problems
 
 
-#: How long a scrape waits for the log start of partitions without a commit.
-LOG_START_TIMEOUT_S = 2.0
+#: How long a scrape waits for log starts it asked for (it never asks twice at once).
+LOG_START_WAIT_S = 1.0
+#: How long a partition's log start is taken as known (retention moves it slowly).
+LOG_START_TTL_S = 60.0
 
 
 async def observe_lag(app: Any) -> None:
@@ -140,27 +142,26 @@ async def observe_lag(app: Any) -> None:
     The lag is the partition's end minus its committed offset; a partition
     with no commit yet (a new group, or one stuck before its first commit)
     lags by everything from its log start, where the group begins reading,
-    so it has a series too. A partition it no longer has (a rebalance gave it
-    to another worker) loses its series: left, it would show the lag of the
-    moment it moved, frozen.
+    so it has a series too. While the worker rebalances or recovers its
+    tables, Faust has dropped the committed offsets it knew: only committed
+    partitions are shown then, never a log start in place of an offset about
+    to be read from the broker. A partition it no longer has (a rebalance
+    gave it to another worker) loses its series: left, it would show the lag
+    of the moment it moved, frozen.
     """
     consumer = app.consumer
     # Per app: tests run several in one process, each with its own partitions.
     previous: set[tuple[str, str]] = getattr(app, "_learnops_lag_series", set())
     positions = dict(committed_offsets(app))
-    uncommitted = [tp for tp in _owned_inputs(app) if tp not in positions]
-    if uncommitted:
-        try:
-            starts = await asyncio.wait_for(
-                consumer.earliest_offsets(*uncommitted), LOG_START_TIMEOUT_S
-            )
-        except (TimeoutError, KafkaError) as exc:  # the next scrape tries again
-            log.debug("lag_log_start_unknown partitions=%d error=%r", len(uncommitted), exc)
-            starts = {}
-        positions.update({tp: start for tp, start in starts.items() if start is not None})
+    if not (app.rebalancing or app.in_recovery):
+        uncommitted = [tp for tp in _owned_inputs(app) if tp not in positions]
+        positions.update(await _log_starts(app, uncommitted))
     seen: set[tuple[str, str]] = set()
     for tp, position in positions.items():
-        end = consumer.highwater(tp)
+        try:
+            end = consumer.highwater(tp)
+        except (AssertionError, KafkaError):  # aiokafka's: moved away under the scrape
+            continue
         if end is not None:
             labels = (tp.topic, str(tp.partition))
             CONSUMER_LAG.labels(*labels).set(max(0, end - position))
@@ -168,6 +169,39 @@ async def observe_lag(app: Any) -> None:
     for labels in previous - seen:
         CONSUMER_LAG.remove(*labels)
     app._learnops_lag_series = seen
+
+
+async def _log_starts(app: Any, partitions: list[Any]) -> dict[Any, int]:
+    """The known log starts of ``partitions``; asks the broker for the missing or stale.
+
+    One request at a time: Faust runs it on its consumer thread, beside the
+    fetches and commits, so a broker that does not answer holds at most one
+    of that thread's workers, however often Prometheus scrapes; the scrape
+    waits for it up to ``LOG_START_WAIT_S`` and otherwise shows those
+    partitions at a later scrape.
+    """
+    if not partitions:
+        return {}
+    known: dict[Any, tuple[int, float]] = getattr(app, "_learnops_log_starts", {})
+    app._learnops_log_starts = known
+    now = time.monotonic()
+    stale = [tp for tp in partitions if tp not in known or now - known[tp][1] >= LOG_START_TTL_S]
+    asking: asyncio.Task[None] | None = getattr(app, "_learnops_log_start_ask", None)
+    if stale and (asking is None or asking.done()):
+
+        async def ask() -> None:
+            try:
+                starts = await app.consumer.earliest_offsets(*stale)
+            except (KafkaError, AssertionError) as exc:  # the next stale scrape asks again
+                log.debug("lag_log_start_unknown partitions=%d error=%r", len(stale), exc)
+                return
+            at = time.monotonic()
+            known.update({tp: (start, at) for tp, start in starts.items() if start is not None})
+
+        asking = app._learnops_log_start_ask = asyncio.create_task(ask())
+    if asking is not None and not asking.done():
+        await asyncio.wait({asking}, timeout=LOG_START_WAIT_S)
+    return {tp: known[tp][0] for tp in partitions if tp in known}
 
 
 def _owned_inputs(app: Any) -> list[Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from pydantic import JsonValue
 
@@ -80,48 +81,46 @@ class PolicyStage(Stage):
         await self.topics.policy_changes.send(change)
 
     async def handle(self, event: Any) -> None:
-        outcome: Outcome | None
         if event.message.topic == self.topics.decisions.name:
-            decision = await self.decode(event, DecisionMade)
-            if decision is None:
-                return
-            # A report or a continue changes nothing, so only a decision that acts is checked.
-            refused = None
-            if decision.action in ("step_up", "promote", "rollback", "pause"):
-                refused = await durably(
-                    partial(decision_refusal, self.app.pool, decision), what="deployments"
-                )
-            if refused is not None:
-                await self._refuse_decision(decision, *refused)
-                return
-            shadow = decision.report.deployment_mode == "shadow"
-            if decision.action == "pause" or (decision.action == "step_up" and not shadow):
-                await self._step(decision)
-                return
-            outcome = await durably(
-                partial(apply_decision, self.app.pool, decision), what="policies"
-            )
-        else:
-            command = await self.decode_with(event, POLICY_COMMANDS)
-            if command is None or command.command not in REQUIRED_ROLE:
-                return  # undecodable (dead-lettered), or another stage's command
-            verdict = await authorised(self, command)
-            if verdict is None:
-                return
-            # The audit names the verified signer, never the self-declared actor.
-            command = command.model_copy(update={"actor": verdict.operator})
-            if isinstance(command, OperatorStep):
-                await self._operator_step(command)
-            else:
-                outcome = await durably(
-                    partial(apply_command, self.app.pool, command), what="policies"
-                )
-                await self._publish(outcome)
-            await record_applied(self, command, verdict)
+            await self._decision(event)
             return
-        await self._publish(outcome)
+        command = await self.decode_with(event, POLICY_COMMANDS)
+        if command is None or command.command not in REQUIRED_ROLE:
+            return  # undecodable (dead-lettered), or another stage's command
+        verdict = await authorised(self, command)
+        if verdict is None:
+            return
+        # The audit names the verified signer, never the self-declared actor.
+        command = command.model_copy(update={"actor": verdict.operator})
+        if isinstance(command, OperatorStep):
+            await self._operator_step(command)
+        else:
+            outcome = await durably(partial(apply_command, self.app.pool, command), what="policies")
+            await self._publish(outcome)
+        await record_applied(self, command, verdict)
 
-    async def _publish(self, outcome: Outcome | None) -> None:
+    async def _decision(self, event: Any) -> None:
+        """A canary decision: verified, then applied to its deployment or its policy."""
+        decision = await self.decode(event, DecisionMade)
+        if decision is None:
+            return
+        # A report or a continue changes nothing, so only a decision that acts is checked.
+        refused = None
+        if decision.action in ("step_up", "promote", "rollback", "pause"):
+            refused = await durably(
+                partial(decision_refusal, self.app.pool, decision), what="deployments"
+            )
+        if refused is not None:
+            await self._refuse_decision(decision, *refused)
+            return
+        shadow = decision.report.deployment_mode == "shadow"
+        if decision.action == "pause" or (decision.action == "step_up" and not shadow):
+            await self._step(decision)
+            return
+        outcome = await durably(partial(apply_decision, self.app.pool, decision), what="policies")
+        await self._publish(outcome, decided=True)
+
+    async def _publish(self, outcome: Outcome | None, *, decided: bool = False) -> None:
         """Publish the doer's live policy when it changed, or alert a refusal."""
         if outcome is None:  # another stage's command, or a decision that moves no policy
             return
@@ -142,7 +141,7 @@ class PolicyStage(Stage):
             if change is not None:
                 await self._send_change(change)
         elif not outcome.applied:
-            alert = refusal_alert(outcome)
+            alert = refusal_alert(outcome, decided=decided)
             await self.topics.alerts.send(alert)
 
     async def _refuse_decision(self, decision: DecisionMade, refusal: str, reason: str) -> None:
@@ -158,7 +157,7 @@ class PolicyStage(Stage):
         signature = refusal == "signature"
         await self.topics.alerts.send(
             Alert(
-                event_id=caused_event_id("alert", decision.event_id),
+                event_id=refusal_alert_id(decision.event_id, decided=True),
                 doer=decision.doer,
                 kind="signature_refused" if signature else "decision_refused",
                 severity="critical" if signature else "warning",
@@ -174,7 +173,7 @@ class PolicyStage(Stage):
         """A step-up moves the deployment, a pause holds it; both publish the doer's new state."""
         apply = apply_step if decision.action == "step_up" else pause_deployment
         outcome = await durably(partial(apply, self.app.pool, decision), what="deployments")
-        await self._stepped(outcome)
+        await self._stepped(outcome, decided=True)
 
     async def _operator_step(self, command: OperatorStep) -> None:
         """An operator moves a deployment on, holds it or lets it carry on; a refusal is alerted."""
@@ -192,7 +191,7 @@ class PolicyStage(Stage):
             apply = partial(operator_pause, pool, doer, deployment_id, pause=pause, **asked)
         await self._stepped(await durably(apply, what="deployments"))
 
-    async def _stepped(self, outcome: StepOutcome) -> None:
+    async def _stepped(self, outcome: StepOutcome, *, decided: bool = False) -> None:
         """Publish the doer's new state after a step, pause or resume, or alert a refused one."""
         log.info(
             "deployment_step action=%s doer=%s deployment=%s step=%d outcome=%s refusal=%s "
@@ -209,10 +208,21 @@ class PolicyStage(Stage):
         if outcome.change is not None:
             await self._send_change(outcome.change)
         elif outcome.worth_an_alert:
-            await self.topics.alerts.send(step_refusal_alert(outcome))
+            await self.topics.alerts.send(step_refusal_alert(outcome, decided=decided))
 
 
-def step_refusal_alert(outcome: StepOutcome) -> Alert:
+def refusal_alert_id(cause: UUID, *, decided: bool) -> UUID:
+    """The id of the alert of a refused command or canary decision ``cause``.
+
+    A canary decision has an alert of its own (a pause's, a rollback's, an
+    approval request's: ``caused_event_id("alert", decision)``), and alerts are
+    stored once per id, so the alert of its refusal takes another id; neither
+    drops the other.
+    """
+    return caused_event_id("decision-refusal" if decided else "alert", cause)
+
+
+def step_refusal_alert(outcome: StepOutcome, *, decided: bool = False) -> Alert:
     """The alert for a refused step-up or approval; a candidate that fails to verify is critical."""
     signature = outcome.refusal == "signature"
     evidence: dict[str, JsonValue] = {
@@ -223,7 +233,7 @@ def step_refusal_alert(outcome: StepOutcome) -> Alert:
         "step": outcome.to_step,
     }
     return Alert(
-        event_id=caused_event_id("alert", outcome.event_id),
+        event_id=refusal_alert_id(outcome.event_id, decided=decided),
         doer=outcome.doer,
         kind="signature_refused" if signature else "step_refused",
         severity="critical" if signature else "warning",
@@ -237,11 +247,11 @@ def step_refusal_alert(outcome: StepOutcome) -> Alert:
     )
 
 
-def refusal_alert(outcome: Outcome) -> Alert:
+def refusal_alert(outcome: Outcome, *, decided: bool = False) -> Alert:
     """The alert for a refused command or decision; a refused signature is critical."""
     signature = outcome.refusal == "signature"
     return Alert(
-        event_id=caused_event_id("alert", outcome.event_id),
+        event_id=refusal_alert_id(outcome.event_id, decided=decided),
         doer=outcome.doer,
         kind="signature_refused" if signature else "policy_refused",
         severity="critical" if signature else "warning",

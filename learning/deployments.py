@@ -120,6 +120,9 @@ class Verdict:
     srm: SRMResult | None = None
     missing_arm: str | None = None
     silence: Silence | None = None
+    # The operator resumes of the view it was decided on: sent with the decision, so a
+    # pause decided before a resume is refused after it, whenever the decision is sent.
+    resumes: int = 0
 
 
 @dataclass
@@ -255,9 +258,11 @@ class DeploymentState:
         Silence counts from the resume (:meth:`judge_silence`).
         """
         self.paused = routing.paused  # paused again already if the view says so
-        # A promote or rollback decided while paused was refused by the store (a
-        # decision moves a paused deployment on only after a resume): judge again.
-        self.final = None
+        # A promote decided while paused was refused by the store (a decision moves
+        # a paused deployment on only after a resume): judge again. A rollback is
+        # never held, so it stands.
+        if self.final == "promote":
+            self.final = None
         self.missing_since = None
         self.srm_test = SequentialSRM()
         self.pending_step = None
@@ -525,6 +530,7 @@ class DeploymentState:
             srm=srm,
             missing_arm=missing,
             silence=silence,
+            resumes=self.routing.resumes,
         )
 
     def report(

@@ -456,6 +456,11 @@ async def test_forged_unsigned_revoked_and_misaddressed_decisions_are_refused_an
             ),
         )
         assert found, name
+        # Not the id of the canary's own alert about the decision (a pause's, a
+        # rollback's): alerts are stored once per id, and neither may drop the other.
+        assert {a.event_id for a in found} == {
+            ids.caused_event_id("decision-refusal", decision.event_id)
+        }, name
         assert await audit_store.outcome_of(db, decision.event_id) is None, name
     statuses = {
         (r["doer"], r["version"]): r["status"]

@@ -491,6 +491,26 @@ def test_after_a_resume_a_second_silence_pause_is_another_decision_and_a_final_i
     # The same step and result count (a silence counts no result): the id tells them apart.
     assert second is not None and second.action == "pause" and state.results == 20
     assert second.event_id != first.event_id
+    assert (first.resumes, second.resumes) == (0, 1)
+    # A rollback is never held by a pause: it stands through a resume.
+    state.final = "rollback"
+    state.follow(state.routing.model_copy(update={"resumes": 2}), "canary")
+    assert state.final == "rollback"
+
+
+def test_a_pause_sent_after_a_resume_in_its_batch_names_the_resumes_it_was_decided_on() -> None:
+    """A batch behind: the pause is decided, then the pause and the resume are followed."""
+    from agents.canary import _decision
+
+    state = silent()
+    verdict = state.judge_silence(START + timedelta(seconds=700))
+    assert verdict is not None and verdict.action == "pause"
+    state.follow(state.routing.model_copy(update={"paused": True}), "canary")
+    state.follow(state.routing.model_copy(update={"paused": False, "resumes": 1}), "canary")
+    assert not state.paused and state.routing.resumes == 1
+    # Sent at the batch's end: it still says it was decided before the resume, so the
+    # store refuses it instead of pausing the resumed canary again.
+    assert _decision(state, verdict, None).resumes == 0
 
 
 def test_silence_counts_from_the_resume() -> None:
