@@ -65,7 +65,7 @@ _actor = click.option(
     "--actor",
     default=lambda: getpass.getuser(),
     show_default="the current user",
-    help="Who is asking, for the audit.",
+    help="Who is asking, as the command says; the audit names the operator of the signing key.",
 )
 _wait = click.option(
     "--wait/--no-wait", default=True, show_default=True, help="Wait for the agent's verdict."
@@ -624,17 +624,24 @@ async def policy_rollback(
     """End the shadow or canary of REF (or --doer's live candidate); traffic returns to active."""
     from models.commands import RollbackPolicy
 
-    if not ref and not doer:
-        usage_error("name the candidate (REF) or its doer (--doer)")
+    if not ref and not doer and not deployment:
+        usage_error("name the candidate (REF), its doer (--doer) or its deployment (--deployment)")
     async with database(ctx) as pool:
         policy_id: str | None = None
         version: int | None = None
         if ref:
             found = await _find(pool, ref)
             doer, policy_id, version = found.doer, found.policy_id, found.version
-        else:
-            assert doer is not None
+        elif doer is not None:
             doer = await resolve_doer(pool, doer)
+        else:
+            assert deployment is not None
+            live = await _deployment(pool, deployment)
+            if live["ended_at"]:
+                fail(f"{live['deployment_id']} has ended ({live['outcome']}); nothing to roll back")
+            doer, deployment = live["doer"], live["deployment_id"]
+            policy_id, _, candidate = live["candidate"].rpartition("@")
+            version = int(candidate)
         event = RollbackPolicy(
             doer=doer,
             actor=actor,
@@ -722,6 +729,12 @@ async def _deployment(pool: Any, text: str) -> dict[str, Any]:
     live = [r for r in rows if r["ended_at"] is None and r["doer"].lower() == text.lower()]
     if len(live) == 1:
         return _deployment_report(live[0])
+    ended = [r for r in rows if r["doer"].lower() == text.lower()]
+    if ended:
+        fail(
+            f"{ended[0]['doer']} has no live deployment (its latest, {ended[0]['deployment_id']}, "
+            f"{ended[0]['outcome'] or 'ended'}); `learnops policy deployments --all` lists them"
+        )
     names = {r["deployment_id"] for r in rows if r["ended_at"] is None}
     names |= {r["doer"] for r in rows if r["ended_at"] is None}
     fail(
@@ -790,7 +803,7 @@ async def policy_deployments(
             d["outcome"] or "ended"
             if d["ended_at"]
             else ("paused" if d["paused"] else "live")
-            + (" (approval)" if d["require_approval"] else "")
+            + (", needs approval" if d["require_approval"] else "")
         )
         shown.add_row(
             d["deployment_id"],
@@ -805,6 +818,38 @@ async def policy_deployments(
     ctx.console().print(shown)
     if not items:
         ctx.say("no live deployments" if not include_ended else "no deployments")
+
+
+@command(policy, "steps", click.argument("deployment"), json_option)
+async def policy_steps(ctx: CommandContext, deployment: str, as_json: bool) -> None:
+    """DEPLOYMENT's audited moves, oldest first: step-ups, approvals, pauses and resumes."""
+    from rich.markup import escape
+
+    async with database(ctx) as pool:
+        found = await _deployment(pool, deployment)
+        rows = await pool.fetch(
+            "SELECT recorded_at, action, from_step, to_step, outcome, refusal, actor, reason, "
+            "verdict FROM deployment_steps WHERE deployment_id = $1 ORDER BY id",
+            found["deployment_id"],
+        )
+    items = [{**dict(r), "recorded_at": _when(r["recorded_at"])} for r in rows]
+    if as_json:
+        ctx.say(dumps(items))
+        return
+    shown = table("when", "action", "step", "outcome", "actor", "reason", "verdict")
+    for r in items:
+        step = (
+            str(r["to_step"])
+            if r["from_step"] in (None, r["to_step"])
+            else (f"{r['from_step']} → {r['to_step']}")
+        )
+        outcome = r["outcome"] if r["outcome"] == "applied" else f"refused ({r['refusal']})"
+        # Free text: rich would read "[…]" in a reason as markup.
+        said = [escape(str(r[k])) for k in ("actor", "reason", "verdict")]
+        shown.add_row(r["recorded_at"], r["action"], step, outcome, *said)
+    ctx.console().print(shown)
+    if not items:
+        ctx.say(f"no step, approval, pause or resume of {found['deployment_id']} yet")
 
 
 @command(
@@ -913,10 +958,12 @@ async def _pause_or_resume(
         if found["ended_at"]:
             fail(f"{did} has ended ({found['outcome']}); there is nothing to pause or resume")
         if found["paused"] == pause:
+            # Checked here and not sent: nothing to change, so nothing is audited.
             fail(
-                f"{did} is paused already ({found['paused_reason']})"
+                f"{did} is paused already ({found['paused_reason']}); "
+                f"learnops policy resume {did} lets it carry on"
                 if pause
-                else f"{did} is not paused"
+                else f"{did} is not paused; learnops policy pause {did} holds it"
             )
         kind = PauseDeployment if pause else ResumeDeployment
         event = kind(doer=found["doer"], actor=actor, reason=reason, deployment_id=did)

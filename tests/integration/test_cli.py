@@ -569,11 +569,34 @@ async def test_pause_and_resume_reach_the_policy_stage_which_holds_and_releases_
         ("pause", "applied"),
         ("resume", "applied"),
     ]
-    one_line_error(await learnops(settings_env, "policy", "resume", deployment), 1, "is not paused")
+    one_line_error(
+        await learnops(settings_env, "policy", "resume", deployment),
+        1,
+        "is not paused",
+        f"learnops policy pause {deployment} holds it",
+    )
     one_line_error(
         await learnops(settings_env, "policy", "pause", "NoSuchDeploymentAnywhere"),
         1,
         "no such deployment 'NoSuchDeploymentAnywhere'",
+    )
+    steps = await learnops(settings_env, "policy", "steps", doer, "--json")
+    assert steps.returncode == 0, steps.stderr
+    assert [(s["action"], s["outcome"], s["reason"]) for s in json.loads(steps.stdout)] == [
+        ("pause", "applied", "look"),
+        ("resume", "applied", "resumed by an operator"),
+    ]
+    shown = await learnops(settings_env, "policy", "steps", deployment)
+    assert "pause" in shown.stdout and "resumed at step 0" in shown.stdout, shown.stdout
+    # Rolled back by its deployment alone; the doer then has none live.
+    rolled = await learnops(
+        settings_env, "policy", "rollback", "--deployment", deployment, "--reason", "done"
+    )
+    assert rolled.returncode == 0, rolled.stderr + worker.tail()
+    one_line_error(
+        await learnops(settings_env, "policy", "pause", doer),
+        1,
+        f"{doer} has no live deployment (its latest, {deployment}, rolled_back)",
     )
 
 
@@ -600,6 +623,7 @@ async def test_every_printing_command_prints_json_that_parses(
         ("policy", "diff", f"{pid}@1", f"{pid}@2"),
         ("policy", "diff", f"{pid}@1", str(policy_file)),
         ("policy", "deployments", "--doer", doer),
+        ("policy", "steps", deployment),
         ("policy", "keys", "list"),
         ("policy", "keys", "generate", "--out", str(tmp_path / "k.pem")),
         ("dataset", "list"),
