@@ -120,6 +120,16 @@ async def canary_decisions(pool: Any, deployment_id: str) -> list[dict[str, Any]
     )
 
 
+async def canary_moves(pool: Any, deployment_id: str) -> list[dict[str, Any]]:
+    """DEPLOYMENT_ID's audited step-ups, approvals, pauses and resumes, oldest first."""
+    return await _fetch(
+        pool,
+        "SELECT id, recorded_at, action, from_step, to_step, outcome, refusal, actor, reason,"
+        " verdict FROM deployment_steps WHERE deployment_id = $1 ORDER BY id",
+        deployment_id,
+    )
+
+
 async def dead_letters_by_stage(pool: Any) -> list[dict[str, Any]]:
     """Dead letters per stage with how many reasons and the latest time, most letters first."""
     return await _fetch(

@@ -825,14 +825,12 @@ async def policy_steps(ctx: CommandContext, deployment: str, as_json: bool) -> N
     """DEPLOYMENT's audited moves, oldest first: step-ups, approvals, pauses and resumes."""
     from rich.markup import escape
 
+    from storage.dashboard import canary_moves
+
     async with database(ctx) as pool:
         found = await _deployment(pool, deployment)
-        rows = await pool.fetch(
-            "SELECT recorded_at, action, from_step, to_step, outcome, refusal, actor, reason, "
-            "verdict FROM deployment_steps WHERE deployment_id = $1 ORDER BY id",
-            found["deployment_id"],
-        )
-    items = [{**dict(r), "recorded_at": _when(r["recorded_at"])} for r in rows]
+        rows = await canary_moves(pool, found["deployment_id"])
+    items = [{**r, "recorded_at": _when(r["recorded_at"])} for r in rows]
     if as_json:
         ctx.say(dumps(items))
         return

@@ -90,11 +90,27 @@ class CanaryDecision(BaseModel):
     confidence: float | None
 
 
+class CanaryMove(BaseModel):
+    """One audited step-up, approval, pause or resume of a deployment, applied or refused."""
+
+    id: int
+    recorded_at: datetime
+    action: Literal["step_up", "approve", "pause", "resume"]
+    from_step: int | None
+    to_step: int
+    outcome: Literal["applied", "refused"]
+    refusal: str | None
+    actor: str
+    reason: str
+    verdict: str
+
+
 class CanaryDetail(BaseModel):
-    """A deployment and its decision history, oldest first."""
+    """A deployment, its decision history and its audited moves, oldest first."""
 
     deployment: CanarySummary
     decisions: list[CanaryDecision]
+    moves: list[CanaryMove]
 
 
 class DeadLetterStage(BaseModel):
@@ -281,7 +297,11 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         responses={404: {"description": "No deployment has this id"}},
     )
     async def api_canary(request: Request, deployment_id: str) -> dict[str, Any]:
-        """The deployment and every decision about it, with the always-valid interval."""
+        """The deployment, every decision about it with the always-valid interval, and its moves.
+
+        ``moves`` are the step-ups, approvals, pauses and resumes the policy store
+        audited (``deployment_steps``), applied or refused.
+        """
         return await _canary(request, deployment_id)
 
     async def _canary(request: Request, deployment_id: str) -> dict[str, Any]:
@@ -289,7 +309,8 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         if deployment is None:
             raise HTTPException(404, f"no deployment {deployment_id}")
         decisions = await dashboard.canary_decisions(pool(request), deployment_id)
-        return {"deployment": deployment, "decisions": decisions}
+        moves = await dashboard.canary_moves(pool(request), deployment_id)
+        return {"deployment": deployment, "decisions": decisions, "moves": moves}
 
     @app.get("/canaries", response_class=HTMLResponse, include_in_schema=False)
     async def canaries_page(request: Request) -> HTMLResponse:
@@ -309,6 +330,7 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
             {
                 "canary": detail["deployment"],
                 "decisions": detail["decisions"],
+                "moves": detail["moves"],
                 "chart": interval_chart(detail["decisions"]),
             },
         )

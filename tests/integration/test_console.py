@@ -120,6 +120,12 @@ async def seeded_canaries(db: Any) -> dict[str, str]:
     for decision in made:
         if decision.action == "step_up":
             assert (await deployments_store.apply_step(db, decision)).applied
+    # An operator held it and let it go on: audited moves beside the step-ups.
+    for pause in (True, False):
+        held = await deployments_store.operator_pause(
+            db, running_doer, running, pause=pause, event_id=uuid.uuid4(), actor="ops", reason="x"
+        )
+        assert held.applied
     ended_decisions = decisions_made(ended_doer, ended, ["report", "rollback"], start)
     await canary_store.insert_decisions(db, ended_decisions)
     rolled_back = await commands_store.apply_decision(db, ended_decisions[-1])
@@ -216,11 +222,20 @@ async def test_canary_api_and_pages_show_the_database_figures(
     assert [(d["id"], d["results"], d["ci_low"]) for d in detail["decisions"]] == [
         (d["id"], d["results"], d["ci_low"]) for d in decisions
     ]
+    assert [(m["action"], m["to_step"], m["outcome"]) for m in detail["moves"]] == [
+        ("step_up", 1, "applied"),
+        ("step_up", 2, "applied"),
+        ("pause", 2, "applied"),
+        ("resume", 2, "applied"),
+    ]
+    for move in detail["moves"]:
+        assert f'data-move="{move["id"]}"' in got["page"]
+    assert "resumed at step 2" in got["page"] and 'id="no-moves"' not in got["page"]
     assert got["missing"] == 404 and got["missing_page"] == 404
     paths = got["spec"]["paths"]
     assert "/api/canaries" in paths and "/api/canaries/{deployment_id}" in paths
     schemas = got["spec"]["components"]["schemas"]
-    assert {"CanarySummary", "CanaryDecision", "CanaryDetail"} <= set(schemas)
+    assert {"CanarySummary", "CanaryDecision", "CanaryDetail", "CanaryMove"} <= set(schemas)
     assert f'data-deployment="{running}"' in got["list_page"]
     assert f'data-deployment="{seeded_canaries["ended"]}"' in got["list_page"]
     for row in decisions:
