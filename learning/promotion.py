@@ -430,6 +430,29 @@ def check_decided_pause(deployment: DeploymentSteps, doer: str, resumes: int) ->
     return check_pause(deployment)
 
 
+def asked_for_what_is(
+    action: str, deployment: DeploymentSteps, doer: str, to_step: int, resumes: int | None
+) -> bool:
+    """Whether a refused step-up, approval, pause or resume asked for what already is.
+
+    Such a refusal is ``stale``, not worth an alert: a pause of a deployment
+    held already, ended, or resumed since the canary decided it (``resumes``,
+    the count a canary's pause was decided on; None for an operator's); a
+    resume of a running one; a step reached already, or a canary's step-up
+    overtaken by an operator's pause. Never for another doer's deployment.
+    """
+    if deployment.doer != doer:
+        return False
+    if action == "pause":
+        decided_before = resumes is not None and resumes < deployment.resumes
+        return deployment.paused or deployment.ended or decided_before
+    if deployment.ended:
+        return False
+    if action == "resume":
+        return not deployment.paused
+    return to_step <= deployment.step or (action == "step_up" and deployment.paused)
+
+
 def check_step_up(deployment: DeploymentSteps, doer: str, step: int) -> str | None:
     """Return why a canary decision of ``doer`` may not move the deployment to ``step``, or None.
 

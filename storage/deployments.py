@@ -25,6 +25,7 @@ import orjson
 from learning.promotion import (
     CHANGES,
     DeploymentSteps,
+    asked_for_what_is,
     check_approval,
     check_decided_pause,
     check_operator_pause,
@@ -359,7 +360,8 @@ async def _decide_step(
     else:
         verdict = rule(deployment)
         if verdict is not None:
-            refusal = "stale" if _stale(ask, deployment, to_step) else "rule"
+            stale = asked_for_what_is(ask.action, deployment, ask.doer, to_step, ask.resumes)
+            refusal = "stale" if stale else "rule"
         elif ask.action != "pause":
             # Pausing is always safe; anything that lets the candidate move on is
             # checked against the keyring as it is now.
@@ -398,22 +400,6 @@ async def _decide_step(
     return _step_outcome(audit)
 
 
-def _stale(ask: _StepAsk, deployment: DeploymentSteps, to_step: int) -> bool:
-    """Whether a refused move asked for what the deployment already is (not worth an alert)."""
-    if deployment.doer != ask.doer:
-        return False
-    if ask.action == "pause":
-        # Held already, ended, or resumed since the canary decided it: nothing to do.
-        decided_before = ask.resumes is not None and ask.resumes < deployment.resumes
-        return deployment.paused or deployment.ended or decided_before
-    if deployment.ended:
-        return False
-    if ask.action == "resume":
-        return not deployment.paused
-    # A canary's step-up decided just before an operator's pause reached it.
-    return to_step <= deployment.step or (ask.action == "step_up" and deployment.paused)
-
-
 def _applied_verdict(ask: _StepAsk, to_step: int) -> str:
     if ask.action == "pause":
         return f"{ask.deployment_id} paused at step {to_step}"
@@ -439,7 +425,12 @@ async def _apply_move(conn: Any, ask: _StepAsk, deployment: DeploymentSteps, to_
             deployment.deployment_id,
         )
     else:
-        await _to_step(to_step)(conn, deployment)
+        await conn.execute(
+            "UPDATE shadow_deployments SET step = $2, allocation = $3 WHERE deployment_id = $1",
+            deployment.deployment_id,
+            to_step,
+            deployment.steps[to_step],
+        )
 
 
 async def _verify_candidate(conn: Any, deployment: Any) -> VerifyResult:
@@ -512,18 +503,6 @@ async def pause_deployment(pool: Any, decision: DecisionMade) -> StepOutcome:
     return await _step(
         pool, ask, lambda deployment: check_decided_pause(deployment, ask.doer, decision.resumes)
     )
-
-
-def _to_step(step: int) -> Callable[[Any, DeploymentSteps], Any]:
-    async def move(conn: Any, deployment: DeploymentSteps) -> None:
-        await conn.execute(
-            "UPDATE shadow_deployments SET step = $2, allocation = $3 WHERE deployment_id = $1",
-            deployment.deployment_id,
-            step,
-            deployment.steps[step],
-        )
-
-    return move
 
 
 async def _step_change(

@@ -164,6 +164,14 @@ class Feed:
         """Deliver a contract event, keyed by its doer as every producer keys it."""
         return await self.put(topic, event.doer.encode(), event.to_json(), **where)
 
+    async def traffic(self, routings: Sequence[TaskRouted], results: Sequence[CRLComputed]) -> int:
+        """Deliver a canary's routed tasks, then their CRL results; how many records."""
+        for routing in routings:
+            await self.event(ROUTED, routing)
+        for result in results:
+            await self.event(RESULTS, result)
+        return len(routings) + len(results)
+
     async def runs(self, bundles: Sequence[RunCompleted], progress: Progress) -> None:
         """Deliver run bundles; wait until the stage has handled them, and nothing more."""
         handled = progress.events + len(bundles)
@@ -922,11 +930,7 @@ async def test_an_arm_whose_results_stop_arriving_pauses_the_canary_and_alerts_o
         feed = Feed(app, agent)
         for change in (promoted, started):
             await feed.event(CHANGES, change)
-        for routing in routings:
-            await feed.event(ROUTED, routing)
-        for result in results:
-            await feed.event(RESULTS, result)
-        await progress.done(2 + len(routings) + len(results))
+        await progress.done(2 + await feed.traffic(routings, results))
 
     decisions: list[DecisionMade] = sent(app, DECISIONS)
     assert [(d.action, d.deployment_id) for d in decisions] == [("pause", deployment_id)]
@@ -963,11 +967,7 @@ async def test_an_operator_resumes_a_canary_paused_for_missing_data_and_it_is_ju
         feed = Feed(app, agent)
         for change in (promoted, started):
             await feed.event(CHANGES, change)
-        for routing in routings:
-            await feed.event(ROUTED, routing)
-        for result in results:
-            await feed.event(RESULTS, result)
-        fed = 2 + len(routings) + len(results)
+        fed = 2 + await feed.traffic(routings, results)
         await progress.done(fed)
         [pause] = sent(app, DECISIONS)
         assert pause.action == "pause" and "missing data" in pause.reason
@@ -994,11 +994,7 @@ async def test_an_operator_resumes_a_canary_paused_for_missing_data_and_it_is_ju
         # Not fixed after all: the canary is judged again, and pauses again.
         again_at = t0 + timedelta(seconds=len(results) + 60)
         more_routings, more_results, _ = lossy_traffic(app, doer, resumed.change, again_at)
-        for routing in more_routings:
-            await feed.event(ROUTED, routing)
-        for result in more_results:
-            await feed.event(RESULTS, result)
-        await progress.done(fed + 2 + len(more_routings) + len(more_results))
+        await progress.done(fed + 2 + await feed.traffic(more_routings, more_results))
 
     decisions: list[DecisionMade] = sent(app, DECISIONS)
     assert [d.action for d in decisions] == ["pause", "pause"]
