@@ -25,6 +25,12 @@
    so it does at most 1 / (1/bare + 1/validate-and-score) events/s before it
    emits, stores or folds anything.
 
+Beside the rates, CPU per event: the bare agent's process over its measured
+window, and the CRL worker's process and the whole machine (/proc/stat) from
+the worker's first result to its N-th, so start-up is left out. A stage whose
+process is under one core while the machine has cores idle is bound by its
+event loop, not by the machine.
+
 With ``--py-spy PATH`` the worker is recorded with py-spy (raw collapsed
 stacks, one line per thread and stack) while it catches up.
 
@@ -126,19 +132,29 @@ async def count_new(bootstrap: str, start: dict[TopicPartition, int]) -> int:
     return sum(ends[tp] - start[tp] for tp in start)
 
 
+@dataclass
+class Mark:
+    """A moment of the catch-up: when, the worker's CPU seconds, the machine's busy CPU seconds."""
+
+    at: float
+    worker_cpu: float | None
+    machine_busy: float
+
+
 async def wait_for_outputs(
-    bootstrap: str, start: dict[TopicPartition, int], n: int, timeout: float
-) -> tuple[float | None, float]:
-    """Times (perf_counter) of the first and the n-th output appearing on learning.crl-computed."""
+    bootstrap: str, start: dict[TopicPartition, int], n: int, timeout: float, worker: WorkerProcess
+) -> tuple[Mark, Mark]:
+    """The first and the n-th output appearing on learning.crl-computed, with CPU used so far."""
     first = None
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         done = await count_new(bootstrap, start)
-        now = time.perf_counter()
+        mark = Mark(time.perf_counter(), _child_cpu(worker), _machine_busy())
         if done and first is None:
-            first = now
+            first = mark
         if done >= n:
-            return first, now
+            assert first is not None
+            return first, mark
         await asyncio.sleep(0.02)
     raise RuntimeError(f"only {await count_new(bootstrap, start)} of {n} outputs after {timeout}s")
 
@@ -292,7 +308,7 @@ async def main() -> None:
     try:
         ready = time.perf_counter()
         spy = profile(worker, args.py_spy) if args.py_spy else None
-        first, last = await wait_for_outputs(bootstrap, output_start, n, timeout=900)
+        first, last = await wait_for_outputs(bootstrap, output_start, n, 900, worker)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
@@ -313,9 +329,8 @@ async def main() -> None:
         await pool.close()
         await drop_database(server_dsn, database)
 
-    bare_rate = await bare_faust_rate(bootstrap, source_start, n)
-    assert first is not None
-    pipeline_rate = n / (last - first)
+    bare_rate, bare_cpu = await bare_faust_rate(bootstrap, source_start, n)
+    pipeline_rate = n / (last.at - first.at)
     baseline_rate = n / orjson_s
     # One Faust process that validates and scores each event pays both per-event costs
     # in its one loop, before any output, storage or aggregate: no CRL stage is faster.
@@ -348,6 +363,25 @@ async def main() -> None:
         console.print(
             f"worker CPU while catching up: {worker_cpu:.1f} s over {stored - ready:.1f} s wall"
         )
+    # CPU per event, from the first output to the n-th (start-up left out), beside the bare
+    # agent's over its own measured window: on a machine whose cores are all busy, a stage
+    # at half the bare agent's rate must use at most about twice its CPU per event in all.
+    span = last.at - first.at
+    machine_cores = (last.machine_busy - first.machine_busy) / span
+    lines = [
+        f"bare Faust agent: {1e6 * bare_cpu / bare_rate:,.0f} µs of its process's CPU an event"
+    ]
+    if first.worker_cpu is not None and last.worker_cpu is not None:
+        worker_cores = (last.worker_cpu - first.worker_cpu) / span
+        lines.append(
+            f"CRL worker: {1e6 * worker_cores / pipeline_rate:,.0f} µs of its process's CPU an "
+            f"event ({worker_cores:.2f} cores)"
+        )
+    lines.append(
+        f"the whole machine while the CRL worker caught up: {machine_cores:.2f} of "
+        f"{os.cpu_count()} cores busy, {1e6 * machine_cores / pipeline_rate:,.0f} µs an event"
+    )
+    console.print("; ".join(lines))
     lat_table = Table(
         title=f"publish → learning.crl-computed at {args.rate}/s for {args.seconds:.0f} s, "
         f"after {args.settle:.0f} s idle"
@@ -422,8 +456,10 @@ async def gc_pauses(port: str) -> Pauses:
     return Pauses((counts[0], counts[1], counts[2]), seconds, sum(counts) - short)
 
 
-async def bare_faust_rate(bootstrap: str, start: dict[TopicPartition, int], n: int) -> float:
-    """Events/s of a one-agent Faust app that only counts the ``n`` messages from ``start``."""
+async def bare_faust_rate(
+    bootstrap: str, start: dict[TopicPartition, int], n: int
+) -> tuple[float, float]:
+    """A one-agent Faust app counting the ``n`` messages from ``start``: events/s, CPU cores."""
     from bench.faust_throughput import start_child
 
     app_id = f"bench-bare-{uuid.uuid4().hex[:8]}"
@@ -440,7 +476,13 @@ async def bare_faust_rate(bootstrap: str, start: dict[TopicPartition, int], n: i
     }
     child = await start_child(spec, Path(tempfile.mkdtemp(prefix="bench-bare-")))
     figures = await child.figures(timeout=60 + n / 500)
-    return float(figures["eps"])
+    return float(figures["eps"]), float(figures["cpu"])
+
+
+def _machine_busy() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _child_cpu(worker: WorkerProcess) -> float | None:
