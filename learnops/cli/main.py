@@ -7,7 +7,10 @@ commands and what they use, nothing of Faust.  A command is an
 :class:`CommandContext` (settings read on first use, ``ctx.say``).
 
 Errors a user can cause end as one line on stderr naming the cause and the fix:
-exit 2 for usage errors, 1 for the rest; ``--debug`` shows the traceback.
+exit 2 for usage errors, 1 for the rest; ``--debug`` shows the traceback. A
+command line with ``--json`` gets the same line as one JSON object on stderr
+(``{"error", "exit_code"}``, and ``"command"`` for a usage error) and nothing on
+stdout.
 """
 
 from __future__ import annotations
@@ -774,27 +777,56 @@ def _quiet_broken_pipe() -> NoReturn:
     os._exit(EXIT_BROKEN_PIPE)
 
 
-def _usage(exc: click.UsageError) -> int:
+def _usage(exc: click.UsageError, as_json: bool) -> int:
+    command_path = exc.ctx.command_path if exc.ctx is not None else PROG
+    if as_json:
+        _json_error(exc.format_message(), exc.exit_code, command=command_path)
+        return exc.exit_code
     if exc.ctx is not None:
         click.echo(exc.ctx.get_usage(), file=sys.stderr)
-    command_path = exc.ctx.command_path if exc.ctx is not None else PROG
     click.echo(f"{command_path}: {exc.format_message()}", file=sys.stderr)
     return exc.exit_code
+
+
+def _json_error(message: str, code: int, command: str | None = None) -> None:
+    """An error of a command asked for ``--json``: one JSON object on stderr, stdout left empty.
+
+    A script reads the exit status first (2: the command line, 1: anything
+    else) and the object for the reason; the text is the one a terminal shows.
+    """
+    import json  # only on this path: the CLI's start-up imports as little as it can
+
+    record: dict[str, Any] = {"error": message, "exit_code": code}
+    if command is not None:  # a usage error names the command whose line was wrong
+        record["command"] = command
+    sys.stderr.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether the command line asks for JSON (``--json`` before any ``--``)."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `learnops` console script."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    as_json = _wants_json(args)
     try:
         code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except click.UsageError as exc:
-        code = _usage(exc)
+        code = _usage(exc, as_json)
     except click.ClickException as exc:
-        exc.show()
+        if as_json:
+            _json_error(exc.format_message(), exc.exit_code)
+        else:
+            exc.show()
         code = exc.exit_code
     except click.Abort:
-        click.echo(f"{PROG}: aborted", file=sys.stderr)
+        if as_json:
+            _json_error("aborted", 1)
+        else:
+            click.echo(f"{PROG}: aborted", file=sys.stderr)
         code = 1
     except BrokenPipeError:
         _quiet_broken_pipe()
@@ -805,7 +837,10 @@ def main(argv: list[str] | None = None) -> None:
         message = explain(exc, settings)
         if message is None or debug:
             raise
-        click.echo(f"{PROG}: {message}", file=sys.stderr)
+        if as_json:
+            _json_error(message, 1)
+        else:
+            click.echo(f"{PROG}: {message}", file=sys.stderr)
         code = 1
     try:
         sys.stdout.flush()

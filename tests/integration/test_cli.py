@@ -299,6 +299,32 @@ async def test_an_unreachable_postgres_says_so_for_commands_and_the_worker(
     one_line_error(await learnops(env, "worker"), 1, "cannot reach PostgreSQL")
 
 
+async def test_under_json_every_error_is_one_json_object_on_stderr_and_stdout_is_empty(
+    settings_env: dict[str, str], database_url: str
+) -> None:
+    """A script that asked for --json parses the failure too: the usage, runtime and
+    explained-exception paths each give one object naming the reason and the exit code."""
+    unreachable = {**settings_env, "DATABASE_URL": with_port(database_url, free_port())}
+    cases = [
+        (settings_env, ("policy", "list", "--limit", "0", "--json"), 2, "--limit"),
+        (settings_env, ("policy", "show", "NoSuchPolicyAtAll", "--json"), 1, "no such policy"),
+        (unreachable, ("policy", "list", "--json"), 1, "cannot reach PostgreSQL"),
+    ]
+    for env, args, code, fragment in cases:
+        result = await learnops(env, *args)
+        assert result.returncode == code, (args, result.returncode, result.stderr)
+        assert result.stdout == "", (args, result.stdout)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, result.stderr)
+        error = json.loads(lines[0])
+        assert error["exit_code"] == code and fragment in error["error"], (args, error)
+        # The same failure without --json reads as the usual line of text.
+        plain = await learnops(env, *args[:-1])
+        assert plain.returncode == code and error["error"] in plain.stderr, plain.stderr
+    usage = json.loads((await learnops(settings_env, *cases[0][1])).stderr)
+    assert usage["command"] == "learnops policy list", usage
+
+
 async def test_an_unreachable_kafka_says_so_for_commands_and_the_worker(
     settings_env: dict[str, str],
 ) -> None:
