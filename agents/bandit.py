@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +42,9 @@ from models.bandit import BanditAllocations, BanditControl
 from models.events import CRLComputed
 from models.tunables import Tunables, tunables_of
 from storage.claims import Claim, owned_claims
-from storage.policies import find_policy
-from storage.pool import durably
+from storage.experiments import get_experiment
+from storage.policies import find_policy, live_at
+from storage.pool import TRANSIENT_ERRORS, durably
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -83,6 +84,7 @@ class BanditStage(Stage):
         self.declared: dict[tuple[str, int], tuple[dict[str, Any], Tunables | str]] = {}
         # The worker's key signs the allocations, as the policy stage signs policy changes.
         self.key = app.settings.worker_key()
+        self._active: dict[str, tuple[str, int] | None] = {}
 
         async def bandit(stream: Any) -> None:
             """Fold each batch into the books, reallocate, write, publish; ack after all of it."""
@@ -109,6 +111,7 @@ class BanditStage(Stage):
             partial(owned_claims, self.app.pool, CLAIMS, claims), what="fold_claims"
         )
         slots: dict[str, _Slot] = {}
+        self._active = {}  # each doer's active policy, asked at most once a batch
         for event, item in decoded:
             async with self.guarded(event):
                 await self._take(event, item, owned, slots)
@@ -151,14 +154,29 @@ class BanditStage(Stage):
         if offset <= slot.mark:
             slot.publish = True  # redelivered after a crash: its allocation may be unsent
             return
+        slot.mark = offset
+        slot.changed = True
+        starts = counts(item) and not slot.book.follows(item)
+        if starts and not await self._active_or_none(item):
+            # A late run of the version before a promotion (or of any other that is not
+            # the doer's active policy): it must not start that version's bandits again.
+            log.info(
+                "bandit_run_skipped doer=%s run=%s policy=%s@%d: not the active policy",
+                item.doer,
+                item.run_id,
+                item.policy_id,
+                item.policy_version,
+            )
+            return
         declared = await self._tunables(item)
         config = self.app.learning.bandit
         if isinstance(declared, str):
             reason: str | None = declared
         else:
             reason = slot.book.fold(item, declared, config.bandit)
-        slot.mark = offset
-        slot.changed = True
+            # A version's bandits started: their first shares go out now, so the Router
+            # client never goes on with the previous version's for a hundred runs.
+            slot.publish = slot.publish or (starts and reason is None)
         if reason is not None:
             await self.dead_letter(event, error_type="option", reason=reason, doer=item.doer)
 
@@ -183,26 +201,61 @@ class BanditStage(Stage):
         slot.publish = True
         slot.applied.append((control.model_copy(update={"actor": verdict.operator}), verdict))
 
+    async def _active_or_none(self, result: CRLComputed) -> bool:
+        """Whether the run's version is the doer's active policy now, or the doer has none.
+
+        Asked only when a run would start a version's bandits (the first run of a
+        version, rare), once per doer and batch. A doer with no active policy (its
+        versions registered, none promoted) has its runs' version followed as before.
+        """
+        doer = result.doer
+        if doer not in self._active:
+            record = await durably(
+                partial(live_at, self.app.pool, doer, datetime.now(UTC)), what="policy_activations"
+            )
+            self._active[doer] = None if record is None else (record.policy_id, record.version)
+        active = self._active[doer]
+        return active is None or active == (result.policy_id, result.policy_version)
+
     async def _tunables(self, result: CRLComputed) -> Tunables | str:
         """The tunables the run's policy version declares, or why there are none to go by."""
         ref = (result.policy_id, result.policy_version)
+        if await self._artifact(*ref) is None:
+            return f"policy {ref[0]}@{ref[1]} is not in the policy store"
+        return self.declared[ref][1]
+
+    async def _artifact(self, policy_id: str, version: int) -> dict[str, Any] | None:
+        """The version's artifact (its tunables kept beside it), read from the store once.
+
+        None while the store has no such version (not cached: it may be
+        registered later). The proposal after a restart or a partition move
+        reads it here too, when no run of the version came through this worker.
+        """
+        ref = (policy_id, version)
         if ref not in self.declared:
             record = await durably(partial(find_policy, self.app.pool, *ref), what="policies")
             if record is None:
-                # Not cached: the version may be registered later.
-                return f"policy {ref[0]}@{ref[1]} is not in the policy store"
+                return None
             try:
                 found: Tunables | str = tunables_of(record.artifact)
             except ValueError as exc:
                 found = str(exc)
             self.declared[ref] = (dict(record.artifact), found)
-        return self.declared[ref][1]
+        return self.declared[ref][0]
 
     async def _propose(self, doer: str, book: BanditBook, key: str, allocation: Allocation) -> None:
         """Request the experiment fixing a confidently best option (one open request per option)."""
         bandit = book.bandits[key]
         phase, parameter = key.split("/", 1)
-        artifact, _ = self.declared.get((bandit.policy_id, bandit.version), ({}, ""))
+        artifact = await self._artifact(bandit.policy_id, bandit.version)
+        if artifact is None:
+            log.warning(
+                "bandit_proposal_skipped doer=%s policy=%s@%d: not in the policy store",
+                doer,
+                bandit.policy_id,
+                bandit.version,
+            )
+            return
         proposal = tuning_proposal(
             doer=doer,
             policy_id=bandit.policy_id,
@@ -213,7 +266,14 @@ class BanditStage(Stage):
             allocation=allocation,
             runs={o: s.runs for o, s in bandit.state.options.items()},
         )
-        if proposal is None or not artifact:
+        if proposal is None:
+            return
+        filed = await durably(
+            partial(get_experiment, self.app.pool, proposal.experiment_id), what="experiments"
+        )
+        if filed is not None:
+            # Answered already (its id is the proposal's): a request raised again would
+            # stay open for good, since `bandit propose` cannot file the same experiment.
             return
         trigger = ExperimentTrigger(
             doer=doer,
@@ -266,4 +326,12 @@ class BanditStage(Stage):
                 await record_applied(self, control, verdict)
             for key, allocation in proposals:
                 if allocation.confident:
-                    await self._propose(doer, slot.book, key, allocation)
+                    try:
+                        await self._propose(doer, slot.book, key, allocation)
+                    except TRANSIENT_ERRORS:
+                        raise  # PostgreSQL or Kafka away: the batch is taken again
+                    except Exception:
+                        # A proposal is advice, asked again at the next allocation; a bug
+                        # in it must not fail the batch, whose other doers' books are
+                        # still to be written.
+                        log.exception("bandit_proposal_failed doer=%s key=%s", doer, key)

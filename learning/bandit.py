@@ -696,6 +696,17 @@ def _p_best(draws: np.ndarray, names: Sequence[str]) -> dict[str, float]:
     return {n: float(w) / draws.shape[0] for n, w in zip(names, wins, strict=True)}
 
 
+def option_floor(config: BanditConfig, options: int) -> float:
+    """Each option's exploration floor: ``min_share``, or less when the options are many.
+
+    At most half the traffic goes to floors, so a policy declaring more than
+    ``1 / (2 · min_share)`` options (25 at the default 0.02) still leaves the
+    bandit half its traffic to move, instead of failing every allocation (or,
+    at exactly ``1 / min_share``, never moving any).
+    """
+    return min(config.min_share, 0.5 / options)
+
+
 def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator) -> Allocation:
     """Shares = P(best) among the competing options, floored at ``min_share``.
 
@@ -709,8 +720,7 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
     """
     names = list(state.options)
     k = len(names)
-    if k * config.min_share > 1.0:
-        raise ValueError(f"{k} options at min_share {config.min_share} exceed the traffic")
+    floor = option_floor(config, k)
     excluded = {}
     for name, stats in state.options.items():
         metric = stats.harmful(config.guardrail_alpha)
@@ -738,8 +748,8 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
         draws = posterior_draws(state, competing, config, rng)
         p_best.update(_p_best(draws, competing))
         weights.update(_p_best(tempered(draws, config.temper), competing))
-    free = 1.0 - k * config.min_share
-    shares = {n: config.min_share + free * weights[n] for n in names}
+    free = 1.0 - k * floor
+    shares = {n: floor + free * weights[n] for n in names}
     best = max(competing, key=lambda n: p_best[n])
     others = [n for n in eligible if n != best]
     confident = (

@@ -141,6 +141,15 @@ class BanditBook:
     frozen: bool = False
     # The last freeze or unfreeze applied: (issued_at as ISO 8601, event id).
     control: tuple[str, str] | None = None
+    # The policy version whose runs the book follows (the last one a run started);
+    # bandits of another version are kept for their sequence numbers, never published.
+    policy: tuple[str, int] | None = None
+
+    def follows(self, result: CRLComputed) -> bool:
+        """Whether the run is of the version the book follows (no bandit would start afresh)."""
+        return self.policy == (result.policy_id, result.policy_version) and all(
+            parameter_key(result.phase, parameter) in self.bandits for parameter in result.options
+        )
 
     def take_control(self, frozen: bool, issued_at: datetime, event_id: str) -> str | None:
         """Apply a verified freeze or unfreeze; the reason it is refused, or None.
@@ -165,7 +174,9 @@ class BanditBook:
     def fold(self, result: CRLComputed, tunables: Tunables, config: BanditConfig) -> str | None:
         """Fold one scored run of the doer in; the reason it is refused, or None.
 
-        ``tunables`` are those of the run's policy version. A probe
+        ``tunables`` are those of the run's policy version; the caller folds a
+        run of a version the book does not follow (:meth:`follows`) only if that
+        version is the doer's active policy (agents/bandit.py). A probe
         (:func:`probes`) counts its guardrail events toward the probation of
         the one option it names, and nothing else, if the bandit of that policy
         version asks for it (a late probe, of another version or of an option
@@ -192,8 +203,9 @@ class BanditBook:
             ):
                 asked.state.observe_probe(option, events, asked.shares, asked.probe_share, config)
             return None
+        self.policy = (result.policy_id, result.policy_version)
         for parameter, option in sorted(result.options.items()):
-            bandit = self._bandit(result, parameter, tunables)
+            bandit = self._bandit(result, parameter, tunables, config)
             bandit.state.observe(
                 option,
                 result.loss,
@@ -206,8 +218,20 @@ class BanditBook:
             bandit.runs_since_published += 1
         return None
 
-    def _bandit(self, result: CRLComputed, parameter: str, tunables: Tunables) -> ParameterBandit:
-        """The run's bandit, started afresh for a policy version not seen before."""
+    def _bandit(
+        self, result: CRLComputed, parameter: str, tunables: Tunables, config: BanditConfig
+    ) -> ParameterBandit:
+        """The run's bandit, started afresh for a policy version not seen before.
+
+        A fresh bandit's shares in force are the allocation rule's with no runs
+        yet: the baseline (the policy's default) gets what the floors leave, the
+        other options sit at the floor on probation, as a first reallocation
+        would put them. When the new version declares the same options as the
+        old one, each option's guardrail and probe tests carry over (an option
+        held at the floor for its security criticals stays held); the loss
+        statistics and the releases from probation start again, since the new
+        version changes what the options are run with.
+        """
         key = parameter_key(result.phase, parameter)
         bandit = self.bandits.get(key)
         if bandit is None or (bandit.policy_id, bandit.version) != (
@@ -215,12 +239,21 @@ class BanditBook:
             result.policy_version,
         ):
             options = tunables.options(result.phase, parameter) or []
+            state = BanditState.for_options(options)
+            if bandit is not None and list(bandit.state.options) == list(options):
+                for name, before in bandit.state.options.items():
+                    after = state.options[name]
+                    after.guardrails = before.guardrails
+                    after.probe_tests = before.probe_tests
+                    after.probe_runs = before.probe_runs
+            sequence = bandit.sequence if bandit else 0  # sequences only go up per key
+            start = allocate(state, config, np.random.default_rng([0, sequence]))
             bandit = ParameterBandit(
                 policy_id=result.policy_id,
                 version=result.policy_version,
-                state=BanditState.for_options(options),
-                shares=dict.fromkeys(options, 1.0 / len(options)),
-                sequence=bandit.sequence if bandit else 0,  # sequences only go up per key
+                state=state,
+                shares=dict(start.shares),
+                sequence=sequence,
             )
             self.bandits[key] = bandit
         return bandit
@@ -229,7 +262,15 @@ class BanditBook:
         """Keys with at least ``every`` runs since their last allocation; none while frozen."""
         if self.frozen:
             return []
-        return sorted(k for k, b in self.bandits.items() if b.runs_since_published >= every)
+        return sorted(
+            k
+            for k, b in self.bandits.items()
+            if b.runs_since_published >= every and self._current(b)
+        )
+
+    def _current(self, bandit: ParameterBandit) -> bool:
+        """Whether a bandit is of the version the book follows (a book from before it: all are)."""
+        return self.policy is None or (bandit.policy_id, bandit.version) == self.policy
 
     def reallocate(
         self, key: str, config: BanditConfig, seed: int, probe_share: float = 0.0
@@ -254,6 +295,8 @@ class BanditBook:
         """The doer's allocations in force, as published on learning.bandit-allocations."""
         allocations = []
         for key, bandit in sorted(self.bandits.items()):
+            if not self._current(bandit):
+                continue  # a parameter the version the book follows has not named (yet)
             phase, parameter = key.split("/", 1)
             allocations.append(
                 ParameterAllocation(
@@ -270,6 +313,7 @@ class BanditBook:
             )
         return BanditAllocations(
             doer=doer,
+            # Over every bandit kept, published or not: the doer's sequence never goes down.
             sequence=sum(b.sequence for b in self.bandits.values()),
             frozen=self.frozen,
             allocations=allocations,
@@ -281,16 +325,19 @@ class BanditBook:
             "bandits": {k: b.to_dict() for k, b in self.bandits.items()},
             "frozen": self.frozen,
             "control": list(self.control) if self.control is not None else None,
+            "policy": list(self.policy) if self.policy is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BanditBook:
         """Rebuild from :meth:`to_dict` output (an empty mapping is an empty book)."""
         control = data.get("control")
+        policy = data.get("policy")
         return cls(
             bandits={
                 k: ParameterBandit.from_dict(b) for k, b in (data.get("bandits") or {}).items()
             },
             frozen=bool(data.get("frozen", False)),
             control=(str(control[0]), str(control[1])) if control else None,
+            policy=(str(policy[0]), int(policy[1])) if policy else None,
         )

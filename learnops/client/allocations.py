@@ -10,9 +10,17 @@ falls in one option's share. The same task id always gets the same option
 under the same shares, so a replay of the routing agrees without talking.
 
     async with Allocations("kafka:9092", trusted_keys=workers) as allocations:
-        model = allocations.option("PRDWriter", "draft", "router.model", task_id)
+        route = router.route("PRDWriter", task_id)
+        model = allocations.option(
+            "PRDWriter", "draft", "router.model", task_id, policy=(route.policy_id, route.version)
+        ) or default_model
 
 The orchestrator records the option in the bundle (``RunCompleted.options``).
+With ``policy``, an allocation of another version than the routed one gives
+None (the policy's default applies): after a promotion the bandit starts the
+new version's bandits and publishes their shares at its first run, and until
+then the held record is the old version's, whose options the new one may not
+declare.
 
 While options are on probation the allocation may ask for probes:
 ``probes(doer, phase, parameter, task_id, arm=route.arm)`` lists the options to
@@ -50,7 +58,7 @@ from learnops.client.router import pinned_keyring
 
 if TYPE_CHECKING:
     from learning.signing import PublicKey, TrustedKeys
-    from models.bandit import BanditAllocations
+    from models.bandit import BanditAllocations, ParameterAllocation
 
 log = logging.getLogger("learnops.allocations")
 
@@ -172,25 +180,57 @@ class Allocations(TopicFollower):
         """The doer's latest allocations, or None."""
         return self._latest.get(doer)
 
-    def option(self, doer: str, phase: str, parameter: str, task_id: str) -> str | None:
-        """The option for the task by its share; None when the doer has no such allocation."""
+    def option(
+        self,
+        doer: str,
+        phase: str,
+        parameter: str,
+        task_id: str,
+        *,
+        policy: tuple[str, int] | None = None,
+    ) -> str | None:
+        """The option for the task by its share; None when the doer has no such allocation.
+
+        ``policy`` is the (policy id, version) the task is routed under: an
+        allocation of another version (the one before a promotion, until the
+        bandit publishes the new one's) gives None, and the policy's default
+        applies, instead of options the routed version may not declare.
+        """
         allocations = self._latest.get(doer)
-        if allocations is None or allocations.allocation(phase, parameter) is None:
+        if allocations is None:
+            return None
+        allocation = allocations.allocation(phase, parameter)
+        if allocation is None or not _of_policy(allocation, policy):
             return None
         return option_for(allocations, phase, parameter, task_id)
 
     def probes(
-        self, doer: str, phase: str, parameter: str, task_id: str, *, arm: str | None = None
+        self,
+        doer: str,
+        phase: str,
+        parameter: str,
+        task_id: str,
+        *,
+        arm: str | None = None,
+        policy: tuple[str, int] | None = None,
     ) -> list[str]:
         """Options to also run on the task in shadow, as bandit probes; [] when none are asked.
 
         ``arm`` is the task's canary arm from the Router (None without a deployment):
-        a task on the candidate arm is never probed.
+        a task on the candidate arm is never probed. ``policy``: as for :meth:`option`.
         """
         allocations = self._latest.get(doer)
         if allocations is None:
             return []
+        allocation = allocations.allocation(phase, parameter)
+        if allocation is None or not _of_policy(allocation, policy):
+            return []
         return probes_for(allocations, phase, parameter, task_id, arm)
+
+
+def _of_policy(allocation: ParameterAllocation, policy: tuple[str, int] | None) -> bool:
+    """Whether an allocation is of the routed (policy id, version); any, when not told."""
+    return policy is None or (allocation.policy_id, allocation.policy_version) == policy
 
 
 def check_allocations(

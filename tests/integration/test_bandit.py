@@ -27,9 +27,10 @@ from learnops.client import Allocations
 from learnops.simulation.orchestrator import Orchestrator
 from models.bandit import BanditAllocations, BanditControl
 from models.bundle import Security
-from models.commands import RegisterPolicy
+from models.commands import PromotePolicy, RegisterPolicy
 from models.events import Alert, DeadLetter, RunCompleted
 from models.ids import caused_event_id
+from storage import policy_commands as commands_store
 from storage.experiments import get_experiment
 from storage.policies import find_policy
 from storage.skills import open_requests, request_row
@@ -327,6 +328,70 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
     assert applied is not None, f"no applied_commands row for {verb} {event_id}"
     assert (applied["action"], applied["operator"]) == (f"{verb}_bandit", "tests")
     return next(r for r in found[before:] if r.frozen == frozen)
+
+
+async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_runs_skip(
+    bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
+) -> None:
+    """After a promotion, runs of the version before it still arrive for a while (a
+    canary's control runs in flight). They used to start that version's bandits again,
+    wiping the new one's evidence (and its guardrails) back and forth; and the new
+    version's shares went out only after `every` of its runs, so the Router client kept
+    the old version's options meanwhile."""
+    doer = await registered_doer(producer, bandit_worker.env, db, signing_key)
+    body = {"prompts": {"system": "Draft, v2."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
+    register = RegisterPolicy(
+        doer=doer.name,
+        actor="tests",
+        reason="a new prompt, the same models",
+        policy_id=doer.policy,
+        version=2,
+        **signed_artifact(body, signing_key, doer=doer.name, policy_id=doer.policy, version=2),
+    )
+    await doer.send("learning.commands", signed(register))
+    await eventually(lambda: find_policy(db, doer.policy, 2), lambda p: p is not None)
+    # v1 ran first, then v2 became the doer's active policy (as a promotion records it).
+    await doer.send(RUNS, doer.bundle(LARGE))
+    first = await eventually(
+        lambda: _allocations(settings, doer.name),
+        lambda found: any(_runs(a) == 1 for a in found),  # v1's first shares, at its first run
+        timeout=90.0,
+    )
+    assert {a.allocations[0].policy_version for a in first} == {1}
+    promoted = await commands_store.apply_command(
+        db,
+        PromotePolicy(
+            doer=doer.name, actor="tests", reason="v2", policy_id=doer.policy, version=2, force=True
+        ),
+    )
+    assert promoted is not None and promoted.applied, promoted
+
+    def v2(option: str) -> RunCompleted:
+        return doer.bundle(option).model_copy(update={"policy_version": 2})
+
+    await doer.send(RUNS, v2(SMALL))
+    started = await eventually(
+        lambda: _allocations(settings, doer.name),
+        lambda found: any(a.allocations[0].policy_version == 2 for a in found),
+        timeout=90.0,
+    )
+    new = next(a for a in started if a.allocations[0].policy_version == 2)
+    assert _runs(new) == 1 and new.sequence >= max(a.sequence for a in first)
+    # Late runs of v1, then v2's own up to its first reallocation.
+    await doer.run(10)
+    await doer.send(RUNS, *(v2((LARGE, SMALL)[i % 2]) for i in range(EVERY - 1)))
+    history = await eventually(
+        lambda: _allocations(settings, doer.name),
+        lambda found: any(
+            a.allocations[0].policy_version == 2 and _runs(a) == EVERY for a in found
+        ),
+        timeout=90.0,
+    )
+    after = history[history.index(new) :]
+    assert all(a.allocations[0].policy_version == 2 for a in after), [
+        (a.sequence, a.allocations[0].policy_version, _runs(a)) for a in after
+    ]
+    assert "bandit_run_skipped" in bandit_worker.log_path.read_text(errors="replace")
 
 
 async def test_an_unsigned_or_forged_freeze_is_refused_and_the_allocations_keep_moving(

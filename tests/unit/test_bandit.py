@@ -13,6 +13,7 @@ from learning.bandit import (
     BanditState,
     OptionStats,
     allocate,
+    option_floor,
     probed,
     rate_prior,
 )
@@ -525,15 +526,28 @@ def test_shares_sum_to_one_and_respect_the_floor(
         for name, mean in zip(names, means, strict=True):
             state.observe(name, mean, dict.fromkeys(names, 1 / len(names)))
     config = BanditConfig(min_share=min_share, draws=200)
-    if len(names) * min_share > 1:
-        return
     alloc: Allocation = allocate(state, config, np.random.default_rng(seed))
     assert sum(alloc.shares.values()) == pytest.approx(1.0)
-    assert min(alloc.shares.values()) >= min_share - 1e-12
+    floor = option_floor(config, len(names))
+    assert floor <= min_share and len(names) * floor <= 0.5 + 1e-12
+    assert min(alloc.shares.values()) >= floor - 1e-12
     assert sum(alloc.p_best.values()) == pytest.approx(1.0)
 
 
-def test_floors_that_exceed_the_traffic_are_refused() -> None:
-    state = BanditState.for_options(["a", "b", "c"])
-    with pytest.raises(ValueError, match="exceed the traffic"):
-        allocate(state, BanditConfig(min_share=0.4), np.random.default_rng(0))
+@pytest.mark.parametrize(("options", "min_share", "floor"), [(3, 0.4, 1 / 6), (50, 0.02, 0.01)])
+def test_many_options_lower_the_floor_so_half_the_traffic_can_still_move(
+    options: int, min_share: float, floor: float
+) -> None:
+    """Floors that would take all the traffic (or more) used to fail every allocation of
+    the doer, batch after batch; each is lowered so the floors take half at most."""
+    names = [f"o{i}" for i in range(options)]
+    state = BanditState.for_options(names)
+    config = BanditConfig(min_share=min_share, probation_runs=0, draws=500)
+    for _ in range(60):
+        for name in names:
+            state.observe(name, 0.1 if name == "o1" else 1.0, dict.fromkeys(names, 1 / options))
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert option_floor(config, options) == pytest.approx(floor)
+    assert min(alloc.shares.values()) == pytest.approx(floor)
+    assert sum(alloc.shares.values()) == pytest.approx(1.0)
+    assert alloc.best == "o1" and alloc.shares["o1"] > 0.45

@@ -1,5 +1,6 @@
 """One doer's bandits as the stage keeps them: which runs fold in, versions, freezing, sequences."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,7 +32,12 @@ def test_a_live_run_of_the_active_policy_folds_into_its_parameter() -> None:
     bandit = book.bandits["draft/router.model"]
     assert (bandit.policy_id, bandit.version) == ("prd", 3)
     assert bandit.state.options["model-c-small"].runs == 1
-    assert bandit.shares == pytest.approx(dict.fromkeys(bandit.state.options, 1 / 3))
+    # Its shares in force start as a first allocation puts them: the baseline (the
+    # default, first declared) takes what the floors leave, the others are on probation.
+    floor = CONFIG.min_share
+    assert bandit.shares == pytest.approx(
+        {"model-a-large": 1 - 2 * floor, "model-b-medium": floor, "model-c-small": floor}
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,6 +134,70 @@ def test_a_new_policy_version_starts_afresh_and_keeps_the_sequence_going() -> No
     assert bandit.sequence == 1
 
 
+def test_a_new_version_with_the_same_options_keeps_an_option_held_for_its_criticals() -> None:
+    """A promotion (a prompt change, the same options) used to wipe the guardrail evidence:
+    an option held at the floor for its security criticals was soon back in the running."""
+    config = replace(CONFIG, probation_runs=0)
+    book = BanditBook()
+    options = ("model-a-large", "model-b-medium", "model-c-small")
+    for i in range(900):
+        option = options[i % 3]
+        # model-b-medium has the criticals; the others none.
+        criticals = 3 if option == "model-b-medium" else 0
+        run = scored(option)
+        book.fold(
+            run.model_copy(
+                update={
+                    "terms": run.terms.model_copy(
+                        update={"security_criticals": criticals, "api_breakages": 0}
+                    )
+                }
+            ),
+            TUNABLES,
+            config,
+        )
+    before = book.reallocate("draft/router.model", config, seed=1)
+    assert "model-b-medium" in before.excluded
+    clean = scored("model-a-large", policy_version=4)
+    clean = clean.model_copy(
+        update={
+            "terms": clean.terms.model_copy(update={"security_criticals": 0, "api_breakages": 0})
+        }
+    )
+    assert not book.follows(clean)
+    book.fold(clean, TUNABLES, config)
+    assert book.follows(clean) and book.policy == ("prd", 4)
+    after = book.bandits["draft/router.model"]
+    assert after.version == 4 and after.state.options["model-a-large"].runs == 1
+    assert after.state.options["model-b-medium"].runs == 0  # the losses start again
+    allocation = book.reallocate("draft/router.model", config, seed=2)
+    assert "model-b-medium" in allocation.excluded
+    assert allocation.shares["model-b-medium"] == pytest.approx(config.min_share)
+
+
+def test_only_the_followed_versions_bandits_are_published_and_the_sequence_never_drops() -> None:
+    book = BanditBook()
+    book.fold(scored(), TUNABLES, CONFIG)  # v3 names draft/router.model
+    book.fold(scored(phase="review", option="model-a-large"), TUNABLES, CONFIG)
+    for key in ("draft/router.model", "review/router.model"):
+        book.reallocate(key, CONFIG, seed=1)
+    first = book.event("Doer")
+    assert {(a.phase, a.policy_version) for a in first.allocations} == {
+        ("draft", 3),
+        ("review", 3),
+    }
+    # v4 runs only name the draft parameter so far: review's v3 bandit is kept, not sent.
+    book.fold(scored(policy_version=4), TUNABLES, CONFIG)
+    second = book.event("Doer")
+    assert [(a.phase, a.policy_version) for a in second.allocations] == [("draft", 4)]
+    assert second.sequence >= first.sequence
+    assert book.due(every=1) == ["draft/router.model"]  # review's old bandit never falls due
+    # The followed version travels with the book through its table value.
+    again = BanditBook.from_dict(book.to_dict())
+    assert again.policy == ("prd", 4)
+    assert again.event("Doer").allocations == second.allocations
+
+
 def test_allocations_fall_due_every_n_runs_and_never_while_frozen() -> None:
     book = BanditBook()
     for _ in range(4):
@@ -140,11 +210,13 @@ def test_allocations_fall_due_every_n_runs_and_never_while_frozen() -> None:
 
 
 def test_reallocating_numbers_the_allocation_and_puts_it_in_force() -> None:
+    # No probation, so the runs' even spread is the allocation in force from the start.
+    config = replace(CONFIG, probation_runs=0)
     book = BanditBook()
     for i in range(300):
         option = ("model-a-large", "model-b-medium", "model-c-small")[i % 3]
-        book.fold(scored(option, loss=0.2 if option == "model-c-small" else 1.0), TUNABLES, CONFIG)
-    allocation = book.reallocate("draft/router.model", CONFIG, seed=7)
+        book.fold(scored(option, loss=0.2 if option == "model-c-small" else 1.0), TUNABLES, config)
+    allocation = book.reallocate("draft/router.model", config, seed=7)
     bandit = book.bandits["draft/router.model"]
     assert bandit.sequence == 1 and bandit.runs_since_published == 0
     assert bandit.shares == allocation.shares

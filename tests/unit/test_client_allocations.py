@@ -121,6 +121,25 @@ def test_an_older_sequence_never_replaces_a_newer_one() -> None:
     assert client.apply(b"{not json") is None and client.skipped == 1
 
 
+def test_an_allocation_of_another_version_than_the_routed_one_gives_the_default() -> None:
+    """After a promotion the held record is the old version's until the bandit publishes
+    the new one's; its options may not be the new version's, so none is given."""
+    client = Allocations("unused:9092", allow_unverified=True)
+    client.apply(_allocations("Doer", 3, 0.9).to_json())  # of p@1
+    tasks = [f"t{i}" for i in range(50)]
+    assert all(
+        client.option("Doer", "draft", "router.model", t, policy=("p", 2)) is None for t in tasks
+    )
+    assert all(
+        client.option("Doer", "draft", "router.model", t, policy=("q", 1)) is None for t in tasks
+    )
+    assert client.probes("Doer", "draft", "router.model", "t1", policy=("p", 2)) == []
+    routed = [client.option("Doer", "draft", "router.model", t, policy=("p", 1)) for t in tasks]
+    assert set(routed) == {"large", "small"}
+    # Not told the routed version, the client answers as before.
+    assert [client.option("Doer", "draft", "router.model", t) for t in tasks] == routed
+
+
 def test_shares_that_do_not_sum_to_one_are_refused() -> None:
     with pytest.raises(ValueError, match="sum to"):
         ParameterAllocation(
