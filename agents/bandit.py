@@ -175,8 +175,9 @@ class BanditStage(Stage):
         else:
             reason = slot.book.fold(item, declared, config.bandit)
             # A version's bandits started: their first shares go out now, so the Router
-            # client never goes on with the previous version's for a hundred runs.
-            slot.publish = slot.publish or (starts and reason is None)
+            # client never goes on with the previous version's for a hundred runs (not
+            # while frozen: nothing new goes out until the unfreeze, which sends them).
+            slot.publish = slot.publish or (starts and reason is None and not slot.book.frozen)
         if reason is not None:
             await self.dead_letter(event, error_type="option", reason=reason, doer=item.doer)
 
