@@ -23,7 +23,7 @@ from learnops.cli.main import (
     limit_option,
     table,
 )
-from learnops.cli.policy import COMMANDS_TOPIC, _dump, _find, _send, _when
+from learnops.cli.policy import COMMANDS_TOPIC, _dump, _find, _iso, _send
 from storage import experiments as store
 from storage.skills import list_requests, request_row
 
@@ -105,8 +105,8 @@ async def replay_report(
         "attempt": row["attempt"],
         "task_count": row["task_count"],
         "result_hash": row["result_hash"],
-        "started_at": _when(row["started_at"]),
-        "completed_at": _when(row["completed_at"]),
+        "started_at": _iso(row["started_at"]),
+        "completed_at": _iso(row["completed_at"]),
         "control": control,
         "verdict": row["verdict"],
     }
@@ -425,14 +425,14 @@ async def experiment_report(pool: Any, experiment_id: str) -> dict[str, Any] | N
         "replay": replay,
         "request": _request_report(request) if request is not None else None,
         "outcome": row["outcome"],
-        "created_at": _when(row["created_at"]),
-        "concluded_at": _when(row["concluded_at"]),
+        "created_at": _iso(row["created_at"]),
+        "concluded_at": _iso(row["concluded_at"]),
         "history": [
             {
                 "from": h["from_status"],
                 "to": h["to_status"],
                 "reason": h["reason"],
-                "at": _when(h["occurred_at"], "milliseconds"),
+                "at": _iso(h["occurred_at"], "milliseconds"),
                 "evidence": h["evidence"],
             }
             for h in history
@@ -504,7 +504,7 @@ async def experiment_list(
             "status": r["status"],
             "candidate": f"{r['policy_id']}@{r['policy_version']}",
             "request_id": str(r["request_id"]) if r["request_id"] else None,
-            "created_at": _when(r["created_at"]),
+            "created_at": _iso(r["created_at"]),
         }
         for r in rows
     ]
@@ -563,11 +563,11 @@ def _request_report(row: Any) -> dict[str, Any]:
         "hypothesis": row["hypothesis"],
         "message": row["message"],
         "evidence": row["evidence"],
-        "opened_at": _when(row["opened_at"]),
-        "last_triggered_at": _when(row["last_triggered_at"]),
+        "opened_at": _iso(row["opened_at"]),
+        "last_triggered_at": _iso(row["last_triggered_at"]),
         "published": row["published_at"] is not None,
         "experiment_id": row["experiment_id"],
-        "closed_at": _when(row["closed_at"]),
+        "closed_at": _iso(row["closed_at"]),
         "closed_reason": row["closed_reason"],
     }
 

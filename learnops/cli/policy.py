@@ -257,7 +257,13 @@ def _load_artifact(path: Path) -> dict[str, Any]:
 
 
 def _when(value: datetime | None, timespec: str = "seconds") -> str:
+    """A time for a table or a line of text; "-" when there is none."""
     return value.isoformat(timespec=timespec) if value else "-"
+
+
+def _iso(value: datetime | None, timespec: str = "seconds") -> str | None:
+    """A time for a JSON report: ISO 8601, or null when there is none (never a table's "-")."""
+    return value.isoformat(timespec=timespec) if value else None
 
 
 def _dump(value: Any) -> str:
@@ -526,7 +532,7 @@ async def policy_canary(
 def _versioned(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if split_ref(value)[1] is None:
         raise click.BadParameter(
-            f"{value!r} names no version; promote one explicitly, e.g. {value}@2 "
+            f"{value!r} names no version; {ctx.info_name} one explicitly, as POLICY_ID@VERSION "
             f"(`learnops policy list --doer …` shows the versions)"
         )
     return value
@@ -714,8 +720,8 @@ def _deployment_report(row: Any) -> dict[str, Any]:
         "paused": row["paused_at"] is not None,
         "paused_reason": row["paused_reason"],
         "resumes": row["resumes"],
-        "started_at": _when(row["started_at"]),
-        "ended_at": _when(row["ended_at"]) if row["ended_at"] else None,
+        "started_at": _iso(row["started_at"]),
+        "ended_at": _iso(row["ended_at"]),
         "outcome": row["outcome"],
     }
 

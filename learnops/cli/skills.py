@@ -55,9 +55,22 @@ def _policy(card: SkillCard) -> str:
     return "–" if card.policy_id is None else f"{card.policy_id}@{card.policy_version}"
 
 
+def _plain(title: str) -> Table:
+    """A table in the CLI's style (agents' lists too): a rule under the header, no box.
+
+    Piped into a file or another command it stays one line per row, as every
+    other list of the CLI does (learnops.cli.main.table).
+    """
+    from rich import box
+
+    return Table(
+        title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False
+    )
+
+
 def cards_table(cards: list[SkillCard], title: str = "Skill cards (current)") -> Table:
     """One row per card: runs, gate pass rate, CRL and its deltas, and how many findings."""
-    table = Table(title=title, title_justify="left")
+    table = _plain(title=title)
     for name, justify in (
         ("doer", "left"),
         ("tenant", "left"),
@@ -104,7 +117,7 @@ def cards_table(cards: list[SkillCard], title: str = "Skill cards (current)") ->
 
 def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> None:  # type: ignore[assignment]
     """The whole card: figures, findings with measured value and threshold, models, experiments."""
-    summary = Table(
+    summary = _plain(
         title=f"Skill card of {card.doer}, tenant {card.tenant_id}, as of {card.as_of}"
         " (lower CRL is better)"
     )
@@ -126,7 +139,7 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
         summary.add_row(name, value)
     console.print(summary)
 
-    findings = Table(title="Findings (each with its measured figure and threshold)")
+    findings = _plain(title="Findings (each with its measured figure and threshold)")
     for name in ("section", "rule", "subject", "measured", "threshold", "finding"):
         findings.add_column(name)
     for section in ("strengths", "weaknesses", "failure_modes", "resource_issues"):
@@ -143,7 +156,7 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
             )
     console.print(findings)
 
-    models = Table(title="Best models (rank sets and 'distinct' hold jointly at the rules' level)")
+    models = _plain(title="Best models (rank sets and 'distinct' hold jointly at the rules' level)")
     for name in ("rank", "model", "mean CRL", "could rank", "runs", "distinct from next"):
         models.add_column(name)
     for m in card.best_models:
@@ -159,7 +172,7 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
     console.print(models)
 
     if card.experiments:
-        experiments = Table(title="Recent experiments")
+        experiments = _plain(title="Recent experiments")
         for name in ("experiment", "type", "candidate", "status", "answers request", "created"):
             experiments.add_column(name)
         for e in card.experiments:
@@ -181,7 +194,7 @@ def print_card(console: Console, card: SkillCard, requests: list[Any] = ()) -> N
             )
         console.print(experiments)
     if requests:
-        shown = Table(title="Open experiment requests (learning triggers)")
+        shown = _plain(title="Open experiment requests (learning triggers)")
         for name in ("reason", "opened", "message"):
             shown.add_column(name)
         for r in requests:
@@ -218,6 +231,13 @@ async def skills_show(
             if len(folded) == 1:
                 doer = folded[0]
                 mine = await current_cards(pool, tenant, doer=doer)
+        if not mine and tenant is not None and doer in doers:
+            # The doer has cards, not of this tenant: name the tenants that have one.
+            having = sorted(c.tenant_id for c in await current_cards(pool, None, doer=doer))
+            fail(
+                f"no skill card of tenant {tenant!r} for doer {doer!r}; its cards are of "
+                f"{', '.join(map(repr, having))}{closest(tenant, having)}"
+            )
         if not mine:
             whose = f" of tenant {tenant!r}" if tenant else ""
             fail(

@@ -241,12 +241,13 @@ async def test_a_negative_limit_is_a_usage_error(settings_env: dict[str, str]) -
 
 
 async def test_promote_without_a_version_is_a_usage_error(settings_env: dict[str, str]) -> None:
-    one_line_error(
-        await learnops(settings_env, "policy", "promote", "loopdemo"),
-        2,
-        "names no version",
-        "loopdemo@",
-    )
+    for verb in ("promote", "archive"):
+        one_line_error(
+            await learnops(settings_env, "policy", verb, "loopdemo"),
+            2,
+            "names no version",
+            f"{verb} one explicitly, as POLICY_ID@VERSION",
+        )
 
 
 # ------------------------------------------------------------------------ runtime errors (exit 1)
