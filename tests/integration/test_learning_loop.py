@@ -252,6 +252,10 @@ async def test_the_answered_request_is_closed_with_its_experiment(
     assert [(r["status"], r["experiment_id"], r["experiment_status"]) for r in mine] == [
         ("closed", create.experiment_id, "promoted")
     ]
+    assert all(r["closed_at"] is not None for r in mine)
+    # An open request has no closing time: null in JSON, never a table's "-".
+    assert all(r["closed_at"] is None for r in listed if r["status"] == "open")
+    assert all(r["closed_at"] != "-" for r in listed)
     still_open = await asyncio.to_thread(
         learnops_json, settings_env, "experiment", "requests", "--doer", prepared.name
     )

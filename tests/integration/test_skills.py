@@ -358,6 +358,10 @@ async def test_two_tenants_of_one_doer_get_two_cards_each_of_its_own_runs_only(
     assert one.returncode == 0, one.stderr
     shown = SkillCard.model_validate_json(one.stdout)
     assert (shown.tenant_id, shown.runs) == ("globex", 20)
+    # A tenant with no card of the doer: the error names the tenants that have one.
+    wrong = run_learnops(settings_env, "skills", "show", doer, "--tenant", "globx")
+    assert wrong.returncode == 1, wrong
+    assert "'acme', 'globex'" in wrong.stderr and "did you mean 'globex'" in wrong.stderr, wrong
 
 
 async def _cards_of(db: Any, doer: str) -> dict[str, SkillCard]:
