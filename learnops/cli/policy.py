@@ -306,7 +306,11 @@ def _steps(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False)),
     click.option("--doer", required=True, help="The doer this policy is for."),
     policy_key_option,
-    click.option("--policy-id", default=None, help="Policy id (default: the doer)."),
+    click.option(
+        "--policy-id",
+        default=None,
+        help="Policy id (default: the doer's policy if it has one, else the doer's name).",
+    ),
     click.option(
         "--version", type=click.IntRange(min=1), default=None, help="Version (default: next)."
     ),
@@ -342,6 +346,8 @@ async def policy_register(
     if parent and parent_version is None:
         usage_error(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
     async with database(ctx) as pool:
+        if policy_id is None:
+            policy_id = await _policy_of(pool, doer)
         await register_artifact(
             ctx,
             pool,
@@ -349,7 +355,7 @@ async def policy_register(
             key,
             source=str(file),
             doer=doer,
-            policy_id=policy_id or doer,
+            policy_id=policy_id,
             version=version,
             parent=(parent_id, parent_version),
             datasets=list(datasets),
@@ -360,6 +366,22 @@ async def policy_register(
             timeout=timeout,
             as_json=as_json,
         )
+
+
+async def _policy_of(pool: Any, doer: str) -> str:
+    """The policy id a new version of ``doer``'s policy goes under when none is named.
+
+    The doer's one policy line if it has one (its ids may be lower-cased, as the
+    demo's are: registering under the doer's name would start a second line);
+    its name for a first policy; several lines must be told apart.
+    """
+    rows = await pool.fetch(
+        "SELECT DISTINCT policy_id FROM policies WHERE doer = $1 ORDER BY policy_id", doer
+    )
+    lines = [r["policy_id"] for r in rows]
+    if len(lines) > 1:
+        usage_error(f"doer {doer!r} has the policies {', '.join(lines)}: name one with --policy-id")
+    return lines[0] if lines else doer
 
 
 def load_signing_key(key_file: Path) -> SigningKey:

@@ -407,6 +407,36 @@ async def test_the_cli_round_trip_register_promote_inspect(
     key_id = SigningKey.from_pem(key_file.read_bytes()).key_id
     assert key_id in keys and "active" in keys
 
+    # A doer whose policy line has another id (lower-cased, as the demo's are): a new
+    # version without --policy-id joins that line instead of starting a second one.
+    other = f"Low{uuid.uuid4().hex[:8]}"
+    run_cli(
+        env,
+        "register",
+        str(v1),
+        "--doer",
+        other,
+        "--key",
+        str(key_file),
+        "--policy-id",
+        other.lower(),
+    )
+    joined = run_cli(env, "register", str(v2), "--doer", other, "--key", str(key_file))
+    assert f"{other.lower()}@2" in joined.stdout, joined.stdout
+    run_cli(
+        env,
+        "register",
+        str(v2),
+        "--doer",
+        other,
+        "--key",
+        str(key_file),
+        "--policy-id",
+        "second-line",
+    )
+    several = run_cli(env, "register", str(v2), "--doer", other, "--key", str(key_file), ok=False)
+    assert several.returncode == 2 and "name one with --policy-id" in several.stderr, several
+
 
 # ------------------------------------------------------------- decisions, as an attacker would try
 
