@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -36,6 +36,9 @@ from learnops.cli.main import (
     table,
 )
 from learnops.cli.policy import policy_key_option, timeout_option
+
+if TYPE_CHECKING:
+    from learning.signing import SigningKey
 
 CONTROLS = "learning.bandit-controls"
 ALLOCATIONS = "learning.bandit-allocations"
@@ -55,7 +58,9 @@ def bandit() -> None:
     pass
 
 
-async def _control(ctx: GroupedCommand, doer: str, frozen: bool, actor: str, reason: str) -> None:
+async def _control(
+    ctx: GroupedCommand, doer: str, frozen: bool, actor: str, reason: str, as_json: bool
+) -> None:
     from learnops.cli.operator import signed
     from models.bandit import BanditControl
 
@@ -74,6 +79,10 @@ async def _control(ctx: GroupedCommand, doer: str, frozen: bool, actor: str, rea
         await producer.send_and_wait(CONTROLS, key=doer.encode(), value=control.to_json())
     finally:
         await producer.stop()
+    if as_json:
+        sent = {"doer": doer, "frozen": frozen, "event_id": str(control.event_id), "sent": True}
+        ctx.say(orjson.dumps(sent).decode())
+        return
     verb = "frozen" if frozen else "unfrozen"
     ctx.say(
         f"{doer}: {verb} sent as {control.event_id}, signed with your operator key (the bandit "
@@ -81,16 +90,16 @@ async def _control(ctx: GroupedCommand, doer: str, frozen: bool, actor: str, rea
     )
 
 
-@command(bandit, "freeze", _doer, _actor, _reason)
-async def freeze(ctx: GroupedCommand, doer: str, actor: str, reason: str) -> None:
+@command(bandit, "freeze", _doer, _actor, _reason, json_option)
+async def freeze(ctx: GroupedCommand, doer: str, actor: str, reason: str, as_json: bool) -> None:
     """Hold DOER's allocations where they are; the bandit keeps learning meanwhile."""
-    await _control(ctx, doer, True, actor, reason)
+    await _control(ctx, doer, True, actor, reason, as_json)
 
 
-@command(bandit, "unfreeze", _doer, _actor, _reason)
-async def unfreeze(ctx: GroupedCommand, doer: str, actor: str, reason: str) -> None:
+@command(bandit, "unfreeze", _doer, _actor, _reason, json_option)
+async def unfreeze(ctx: GroupedCommand, doer: str, actor: str, reason: str, as_json: bool) -> None:
     """Let DOER's allocations move again (what was learned while frozen counts at once)."""
-    await _control(ctx, doer, False, actor, reason)
+    await _control(ctx, doer, False, actor, reason, as_json)
 
 
 @command(bandit, "show", _doer, json_option)
@@ -180,6 +189,7 @@ def proposal_of(request: Any) -> dict[str, Any]:
     click.option("--deploy", type=click.Choice(("shadow", "canary")), default="shadow"),
     timeout_option,
     _actor,
+    json_option,
 )
 async def propose(
     ctx: GroupedCommand,
@@ -189,6 +199,7 @@ async def propose(
     deploy: str,
     timeout: float,
     actor: str,
+    as_json: bool,
 ) -> None:
     """Sign the bandit's proposal in REQUEST_ID as a policy and file its experiment.
 
@@ -196,12 +207,44 @@ async def propose(
     next version of the doer's policy, then the tool_tuning or rag_optimization
     experiment answering the request replays, shadows and canaries it.
     """
+    from learnops.cli.policy import load_signing_key
+
+    key = load_signing_key(key_file)
+    with ctx.quiet(as_json):
+        event, policy, request = await _propose(
+            ctx, request_id, key, golden, deploy, timeout, actor
+        )
+    if as_json:
+        answered = {
+            "experiment_id": event.experiment_id,
+            "experiment_type": event.experiment_type,
+            "event_id": str(event.event_id),
+            "request_id": str(request["request_id"]),
+            "candidate": f"{policy.policy_id}@{policy.version}",
+        }
+        ctx.say(orjson.dumps(answered).decode())
+        return
+    ctx.say(
+        f"{event.experiment_type} experiment {event.experiment_id} answers request "
+        f"{request['request_id']} with candidate {policy.policy_id}@{policy.version}"
+    )
+
+
+async def _propose(
+    ctx: GroupedCommand,
+    request_id: str,
+    key: SigningKey,
+    golden: str | None,
+    deploy: str,
+    timeout: float,
+    actor: str,
+) -> tuple[Any, Any, Any]:
+    """Register the proposal's candidate (or find it registered) and send its experiment."""
     from learnops.cli.experiments import find_request, send_experiment
-    from learnops.cli.policy import load_signing_key, register_artifact
+    from learnops.cli.policy import register_artifact
     from storage import experiments as experiments_store
     from storage import policies as policies_store
 
-    key = load_signing_key(key_file)
     async with database(ctx) as pool:
         request = await find_request(pool, request_id)
         proposal = proposal_of(request)
@@ -252,7 +295,4 @@ async def propose(
         actor=actor,
         as_json=False,
     )
-    ctx.say(
-        f"{event.experiment_type} experiment {event.experiment_id} answers request "
-        f"{request['request_id']} with candidate {policy.policy_id}@{policy.version}"
-    )
+    return event, policy, request

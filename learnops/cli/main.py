@@ -21,7 +21,7 @@ import importlib
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property, update_wrapper
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -176,6 +176,19 @@ class CommandContext:
     def say(self, message: str = "", file: Any = None, **_: Any) -> None:
         """Print a line of human output (stdout unless ``file`` is given)."""
         print(message, file=file or self.stdout, flush=True)
+
+    @contextmanager
+    def quiet(self, on: bool = True) -> Iterator[None]:
+        """Hold back the lines steps print (a command printing one JSON document at its end)."""
+        if not on:
+            yield
+            return
+        kept, self.stdout = self.stdout, open(os.devnull, "w")  # noqa: SIM115
+        try:
+            yield
+        finally:
+            self.stdout.close()
+            self.stdout = kept
 
     def console(self) -> Any:
         """A rich console on stdout: a wide one when stdout is not a terminal, so nothing is cut."""

@@ -222,9 +222,10 @@ async def keys_add(
     click.argument("doer_pattern"),
     click.argument("role", type=ROLE_CHOICE),
     _actor,
+    json_option,
 )
 async def keys_grant(
-    ctx: CommandContext, key_id: str, doer_pattern: str, role: str, actor: str
+    ctx: CommandContext, key_id: str, doer_pattern: str, role: str, actor: str, as_json: bool
 ) -> None:
     """Give KEY_ID the ROLE on every doer matching DOER_PATTERN (fnmatch; `none` withdraws)."""
     import asyncpg
@@ -236,11 +237,23 @@ async def keys_grant(
             await store.grant_role(pool, key_id, doer_pattern, role, actor=actor)
         except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError):
             fail(f"no operator key {key_id!r} (`learnops operator keys list` shows them)")
+    if as_json:
+        ctx.say(dumps({"key_id": key_id, "doer_pattern": doer_pattern, "role": role}))
+        return
     ctx.say(f"{key_id}: {role} on {doer_pattern}")
 
 
-@command(keys, "revoke", click.argument("key_id"), click.option("--note", default=""), _actor)
-async def keys_revoke(ctx: CommandContext, key_id: str, note: str, actor: str) -> None:
+@command(
+    keys,
+    "revoke",
+    click.argument("key_id"),
+    click.option("--note", default=""),
+    _actor,
+    json_option,
+)
+async def keys_revoke(
+    ctx: CommandContext, key_id: str, note: str, actor: str, as_json: bool
+) -> None:
     """Revoke KEY_ID: no command it signs is applied from now on."""
     import asyncpg
 
@@ -251,6 +264,9 @@ async def keys_revoke(ctx: CommandContext, key_id: str, note: str, actor: str) -
             await store.revoke_operator_key(pool, key_id, actor=actor, note=note)
         except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError):
             fail(f"no operator key {key_id!r} (`learnops operator keys list` shows them)")
+    if as_json:
+        ctx.say(dumps({"key_id": key_id, "revoked": True}))
+        return
     ctx.say(f"operator key {key_id} revoked")
 
 

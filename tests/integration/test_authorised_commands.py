@@ -327,8 +327,13 @@ async def test_operator_keys_cli_adds_grants_lists_and_revokes_with_an_audited_h
     assert key_file.stat().st_mode & 0o777 == 0o600
     again = operator_cli(env, "add", "--operator", name, "--generate", "--out", str(key_file))
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
-    granted = operator_cli(env, "grant", key_id, "Coder", "operator", "--actor", "admin")
+    granted = operator_cli(env, "grant", key_id, "Coder", "operator", "--actor", "admin", "--json")
     assert granted.returncode == 0, granted.stderr
+    assert json.loads(granted.stdout) == {
+        "key_id": key_id,
+        "doer_pattern": "Coder",
+        "role": "operator",
+    }
     unknown = operator_cli(env, "grant", "0123456789abcdef", "*", "owner")
     assert unknown.returncode == 1 and "no operator key" in unknown.stderr
     listed = json.loads(operator_cli(env, "list", "--json").stdout)
@@ -345,8 +350,9 @@ async def test_operator_keys_cli_adds_grants_lists_and_revokes_with_an_audited_h
         name,
         "active",
     ]
-    revoked = operator_cli(env, "revoke", key_id, "--note", "left", "--actor", "admin")
+    revoked = operator_cli(env, "revoke", key_id, "--note", "left", "--actor", "admin", "--json")
     assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout) == {"key_id": key_id, "revoked": True}
     listed = json.loads(operator_cli(env, "list", "--json").stdout)
     assert next(k for k in listed if k["key_id"] == key_id)["status"] == "revoked"
     history = await db.fetch(

@@ -14,6 +14,7 @@ tool_tuning experiment answering it.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -308,12 +309,28 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
     """`learnops bandit freeze|unfreeze DOER`; the allocations record the stage publishes after."""
     before = len(await _allocations(settings, doer.name))
     verb = "freeze" if frozen else "unfreeze"
+    # The freeze as text, the unfreeze as JSON: both name the signed control's id.
+    json_flag = () if frozen else ("--json",)
     done = await asyncio.to_thread(
-        run_learnops, doer.env, "bandit", verb, doer.name, "--actor", "ops", "--reason", "test"
+        run_learnops,
+        doer.env,
+        "bandit",
+        verb,
+        doer.name,
+        "--actor",
+        "ops",
+        "--reason",
+        "test",
+        *json_flag,
     )
     assert done.returncode == 0, done.stderr
-    assert f"{'frozen' if frozen else 'unfrozen'} sent as" in done.stdout
-    event_id = done.stdout.split(" sent as ")[1].split(",")[0]
+    if frozen:
+        assert "frozen sent as" in done.stdout
+        event_id = done.stdout.split(" sent as ")[1].split(",")[0]
+    else:
+        sent = json.loads(done.stdout)
+        assert (sent["doer"], sent["frozen"], sent["sent"]) == (doer.name, False, True), sent
+        event_id = sent["event_id"]
 
     async def probe() -> list[BanditAllocations]:
         return await _allocations(settings, doer.name)
@@ -462,14 +479,26 @@ async def test_an_owner_proposes_the_confident_option_as_a_signed_tool_tuning_ex
     key_file = tmp_path / "owner-policy-key.pem"
     key_file.write_bytes(signing_key.to_pem())
 
-    def propose(request_id: str) -> Any:
+    def propose(request_id: str, *more: str) -> Any:
         return run_learnops(
-            doer.env, "bandit", "propose", request_id, "--key", str(key_file), "--actor", "owner"
+            doer.env,
+            "bandit",
+            "propose",
+            request_id,
+            "--key",
+            str(key_file),
+            "--actor",
+            "owner",
+            *more,
         )
 
-    done = await asyncio.to_thread(propose, str(request["request_id"]))
+    done = await asyncio.to_thread(propose, str(request["request_id"]), "--json")
     assert done.returncode == 0, done.stderr
-    assert f"tool_tuning experiment {evidence['experiment_id']} answers request" in done.stdout
+    answered = json.loads(done.stdout)  # one document: the steps' lines held back
+    assert answered["experiment_id"] == evidence["experiment_id"], answered
+    assert answered["experiment_type"] == "tool_tuning"
+    assert answered["candidate"] == f"{doer.policy}@2"
+    assert answered["request_id"] == str(request["request_id"])
 
     # The candidate: the next version, signed by the owner's policy key, fixing the small model.
     candidate = await find_policy(db, doer.policy, 2)
