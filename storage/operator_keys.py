@@ -117,12 +117,12 @@ async def applied_at(pool: Any, event_id: Any) -> datetime | None:
 
 
 async def record_applied_command(pool: Any, command: SignedCommand, verdict: Verdict) -> None:
-    """Remember that a verified command was applied, so its event id is never applied again."""
+    """Remember that a verified command was applied (signer, reason), never to apply it again."""
     await pool.execute(
         """
         INSERT INTO applied_commands
-            (event_id, action, doer, key_id, operator, approver, issued_at, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            (event_id, action, doer, key_id, operator, approver, issued_at, expires_at, reason)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT (event_id) DO NOTHING
         """,
         command.event_id,
@@ -133,4 +133,5 @@ async def record_applied_command(pool: Any, command: SignedCommand, verdict: Ver
         verdict.approver,
         command.issued_at,
         command.expires_at,
+        command.reason,
     )

@@ -340,10 +340,12 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
     )
     # The audit names the key's operator (tests.operators: "tests"), not the declared actor.
     applied = await db.fetchrow(
-        "SELECT action, operator FROM applied_commands WHERE event_id = $1", uuid.UUID(event_id)
+        "SELECT action, operator, reason FROM applied_commands WHERE event_id = $1",
+        uuid.UUID(event_id),
     )
     assert applied is not None, f"no applied_commands row for {verb} {event_id}"
     assert (applied["action"], applied["operator"]) == (f"{verb}_bandit", "tests")
+    assert applied["reason"] == "test"  # the operator's --reason, kept with the audit
     return next(r for r in found[before:] if r.frozen == frozen)
 
 
