@@ -152,7 +152,8 @@ def check_transition(
         return TransitionCheck(
             False,
             skipped,
-            f"{move} skips {skip_text}: needs force=True and a reason to record",
+            f"{move} skips {skip_text}: needs force and a reason to record "
+            "(the CLI's --force --reason R)",
         )
     if not note:
         return TransitionCheck(

@@ -119,6 +119,9 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
     found = await store.find_policy(pool, policy_id, version)
     if found is not None:
         return found
+    name, at, suffix = ref.rpartition("@")
+    if at and name and not suffix.isdigit():
+        fail(f"{ref!r}: the version after '@' must be a number (POLICY_ID@VERSION)")
     doers, ids = await known_names(pool)
     candidates = [i for i in ids if i.lower() == policy_id.lower()]
     if not candidates:
@@ -728,6 +731,20 @@ LIMIT $3
 """
 
 
+def _deployment_state(row: Any) -> str:
+    """A deployment's state in words: its outcome once ended, else live or paused.
+
+    "needs approval" while a canary that requires it has a step left to approve.
+    """
+    if row["ended_at"] is not None:
+        return str(row["outcome"] or "ended")
+    state = "paused" if row["paused_at"] is not None else "live"
+    steps = list(row["steps"] or [])
+    if row["require_approval"] and row["step"] < len(steps) - 1:
+        state += ", needs approval"
+    return state
+
+
 def _deployment_report(row: Any) -> dict[str, Any]:
     return {
         "deployment_id": row["deployment_id"],
@@ -745,6 +762,7 @@ def _deployment_report(row: Any) -> dict[str, Any]:
         "started_at": _iso(row["started_at"]),
         "ended_at": _iso(row["ended_at"]),
         "outcome": row["outcome"],
+        "state": _deployment_state(row),  # as the table and the console's API say it
     }
 
 
@@ -827,12 +845,6 @@ async def policy_deployments(
         "deployment", "doer", "mode", "candidate", "control", "step", "share", "state", ids=2
     )
     for d in items:
-        state = (
-            d["outcome"] or "ended"
-            if d["ended_at"]
-            else ("paused" if d["paused"] else "live")
-            + (", needs approval" if d["require_approval"] else "")
-        )
         shown.add_row(
             d["deployment_id"],
             d["doer"],
@@ -841,7 +853,7 @@ async def policy_deployments(
             d["control"],
             f"{d['step']}/{max(0, len(d['steps']) - 1)}" if d["steps"] else "-",
             f"{d['allocation']:g}",
-            state,
+            d["state"],
         )
     ctx.console().print(shown)
     if not items:
@@ -919,14 +931,18 @@ async def policy_approve(
                 f"{did} is paused and cannot step up ({found['paused_reason']}); resume it "
                 f"first: learnops policy resume {did}"
             )
-        if step != found["step"] + 1 or step >= len(found["steps"]):
-            last = len(found["steps"]) - 1
-            nxt = (
-                f"the next step is {found['step'] + 1}"
-                if found["step"] < last
-                else "it is at its last step; promote it instead"
+        last = len(found["steps"]) - 1
+        if found["step"] >= last:
+            # Not a wrong command line: the canary has no step left to approve.
+            fail(
+                f"{did} is at its last step ({found['step']} of 0..{last}); promote it instead: "
+                f"learnops policy promote {found['candidate']}"
             )
-            usage_error(f"{did} is at step {found['step']} of 0..{last}; {nxt}")
+        if step != found["step"] + 1:
+            usage_error(
+                f"{did} is at step {found['step']} of 0..{last}; the next step is "
+                f"{found['step'] + 1}"
+            )
         event = ApproveStep(
             doer=found["doer"], actor=actor, reason=reason, deployment_id=did, step=step
         )

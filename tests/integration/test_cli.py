@@ -503,6 +503,13 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
     db: Any,
 ) -> None:
     doer, deployment = await a_doer_with_a_canary(db, "CliApprove")
+
+    async def state() -> str:
+        listed = await learnops(settings_env, "policy", "deployments", "--doer", doer, "--json")
+        (mine,) = [d for d in json.loads(listed.stdout) if d["deployment_id"] == deployment]
+        return str(mine["state"])
+
+    assert await state() == "live, needs approval"
     one_line_error(
         await learnops(settings_env, "policy", "approve", deployment, "--step", "2"),
         2,
@@ -523,6 +530,15 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
         "SELECT step FROM shadow_deployments WHERE deployment_id = $1", deployment
     )
     assert step == 1
+    # At its last step nothing is left to approve: the state says so, and a further
+    # approval is refused as a state of things (exit 1), naming what to do instead.
+    assert await state() == "live"
+    one_line_error(
+        await learnops(settings_env, "policy", "approve", deployment, "--step", "2"),
+        1,
+        "at its last step",
+        "learnops policy promote",
+    )
 
 
 async def test_an_approval_the_stage_refuses_is_reported_at_once_with_its_reason(
