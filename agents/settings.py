@@ -44,11 +44,14 @@ def packaged(name: str) -> Traversable:
 def _default_data_dir() -> Path:
     """Where a worker keeps its local state when LEARNOPS_DATA_DIR is unset.
 
-    In a checkout, ``.local/worker`` beside the code (``make clean`` removes it);
-    in an installed package, the user's state directory, never site-packages.
+    In a checkout, ``worker`` in the local services' state directory
+    (``LEARNOPS_STATE_DIR``, else ``.local`` beside the code, which ``make clean``
+    removes); in an installed package, the user's state directory, never
+    site-packages.
     """
     if (REPO_ROOT / "pyproject.toml").is_file():
-        return REPO_ROOT / ".local" / "worker"
+        local = os.environ.get("LEARNOPS_STATE_DIR")
+        return (Path(local) if local else REPO_ROOT / ".local") / "worker"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "learnops" / "worker"
 

@@ -238,3 +238,15 @@ def test_production_migrations_may_name_only_the_migrating_url(
     for ask in (lambda: settings.database_dsn, lambda: settings.database_dsn_for("default")):
         with pytest.raises(SettingsError, match="DATABASE_URL must be set explicitly"):
             ask()
+
+
+def test_a_checkouts_worker_data_follows_the_local_state_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The local services keep their state in LEARNOPS_STATE_DIR; the worker's table
+    store went to .local/worker regardless, beside another instance's."""
+    monkeypatch.delenv("LEARNOPS_DATA_DIR", raising=False)
+    monkeypatch.setenv("LEARNOPS_STATE_DIR", str(tmp_path))
+    assert Settings().learnops_data_dir == tmp_path / "worker"
+    monkeypatch.setenv("LEARNOPS_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert Settings().learnops_data_dir == tmp_path / "elsewhere"
