@@ -108,11 +108,14 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
     from agents.topics import read_from_start
     from models.bandit import BanditAllocations
 
+    records = await read_from_start(ctx.settings, ALLOCATIONS)
+    doers = {r.key.decode("utf-8", "replace") for r in records if r.key is not None}
+    if doer not in doers:
+        # Doer names are matched as written, then regardless of case when one fits.
+        folded = [d for d in doers if d.lower() == doer.lower()]
+        doer = folded[0] if len(folded) == 1 else doer
     latest: Any = None
-    doers: set[str] = set()
-    for record in await read_from_start(ctx.settings, ALLOCATIONS):
-        if record.key is not None:
-            doers.add(record.key.decode("utf-8", "replace"))
+    for record in records:
         if record.key == doer.encode():
             found = BanditAllocations.from_json(record.value)
             if latest is None or found.sequence >= latest.sequence:

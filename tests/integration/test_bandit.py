@@ -246,6 +246,12 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     )
     assert misspelt.returncode == 1
     assert f"did you mean '{doer.name}'?" in misspelt.stderr, misspelt.stderr
+    # Lower-cased, as policy ids are: the doer is found regardless of case.
+    folded = await asyncio.to_thread(
+        run_learnops, doer.env, "bandit", "show", doer.name.lower(), "--json"
+    )
+    assert folded.returncode == 0, folded.stderr
+    assert BanditAllocations.model_validate_json(folded.stdout).doer == doer.name
     assert len(await open_requests(db, doer.name)) == 1
     letters = await _dead_letters(settings, doer.name)
     assert sorted(d.reason.split("'")[1] for d in letters) == [
