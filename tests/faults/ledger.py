@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -332,6 +332,41 @@ async def check_aggregates(
         row = report.add(Row(f"faust {table}", published=sum(want.values())))
         row.stored = sum(counted.values())
         _compare(row, want, counted)
+
+
+async def check_bandit(
+    report: Report,
+    bootstrap: str,
+    app_id: str,
+    published: Mapping[str, RunCompleted],
+    rows: list[Any],
+    doer: str | None,
+) -> None:
+    """The bandit doer's book counts each stored live run once, under the option it named.
+
+    The book (one Faust table value per doer, with its source mark) keeps each
+    option's run count across change restarts and reallocations, so it must
+    equal the stored runs naming that option: a run folded twice after a kill
+    shows as over, one never folded as under.
+    """
+    if doer is None:
+        return
+    expected: Counter[Any] = Counter()
+    for r in rows:
+        if r["doer"] != doer or r["replay_id"] is not None or r["shadow"]:
+            continue
+        run = published.get(r["run_id"])
+        if run is not None and run.options:
+            for parameter, option in run.options.items():
+                expected[(f"{r['phase']}/{parameter}", option)] += 1
+    book = (await table_state(bootstrap, app_id, "bandit-books")).get(doer) or {}
+    counted: dict[Any, int] = {}
+    for key, bandit in (book.get("bandits") or {}).items():
+        for option, stats in bandit["state"]["options"].items():
+            counted[(key, option)] = int(stats["runs"])
+    row = report.add(Row("faust bandit-books", published=sum(expected.values())))
+    row.stored = sum(counted.values())
+    _compare(row, expected, counted)
 
 
 async def check_canary(

@@ -19,13 +19,14 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from learning.signing import SigningKey, generate_key
+from learning.signing import SigningKey, generate_key, signed_artifact
 from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
 from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
-from models.commands import CanarySettings
+from models.commands import CanarySettings, RegisterPolicy
 from models.events import RunCompleted, TaskRouted
+from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
 
 log = logging.getLogger("faults.traffic")
@@ -35,6 +36,10 @@ log = logging.getLogger("faults.traffic")
 PATIENT = CanarySettings(min_sample_size=100_000, report_every=50)
 #: A canary that steps up once and promotes: neither may happen twice.
 QUICK = CanarySettings(min_sample_size=50, report_every=100)
+#: The bandit doer's declared options: each of its live runs names one, and its book must
+#: count every stored run once per option.
+BANDIT_PHASE, BANDIT_PARAMETER = "draft", "router.model"
+BANDIT_OPTIONS = ("model-a-large", "model-c-small")
 
 
 @dataclass
@@ -81,6 +86,8 @@ class Traffic:
 
     #: Doers whose keys land on every partition, this many per partition (0: no such care).
     per_partition: int = 0
+    #: Bundles per round of a doer whose policy declares options (0: none, no bandit doer).
+    bandit_runs: int = 2
 
     def __post_init__(self) -> None:
         if self.per_partition:
@@ -92,11 +99,41 @@ class Traffic:
             doers=tuple(self.doers),
             run_prefix=f"{self.prefix}-plain",
         )
+        self.bandit_doer: str | None = None
+        self._bandit_runs = 0
 
     @property
     def all_doers(self) -> list[str]:
         """Every doer this traffic publishes for."""
-        return self.doers + [s.doer for s in self.scenarios]
+        bandit = [self.bandit_doer] if self.bandit_doer else []
+        return self.doers + bandit + [s.doer for s in self.scenarios]
+
+    async def _register_bandit_doer(self, key: SigningKey) -> None:
+        """A doer whose signed policy declares two models for its draft phase (store-level)."""
+        doer = f"{self.prefix}Bandit"
+        policy_id = doer.lower()
+        body = {
+            "prompts": {"system": "Draft."},
+            "tunables": {BANDIT_PHASE: {BANDIT_PARAMETER: list(BANDIT_OPTIONS)}},
+        }
+        registered = await commands_store.apply_command(
+            self.pool,
+            RegisterPolicy(
+                doer=doer,
+                actor="faults",
+                reason="two models to choose from",
+                policy_id=policy_id,
+                version=1,
+                **signed_artifact(body, key, doer=doer, policy_id=policy_id, version=1),
+            ),
+        )
+        if registered is None or not registered.applied:
+            raise RuntimeError(f"the bandit doer's policy was not registered: {registered}")
+        self.bandit_doer = doer
+        self.bandit_orchestrator = Orchestrator(
+            seed=int(uuid.uuid4().int % 10_000), doers=(doer,), run_prefix=f"{self.prefix}-bandit"
+        )
+        self.bandit_policy = (policy_id, 1)
 
     async def setup(self, key: SigningKey | None = None) -> None:
         """Register and promote signed policies, and start a patient and a quick canary.
@@ -108,6 +145,8 @@ class Traffic:
         if key is None:
             key = generate_key()
             await keys_store.add_signing_key(self.pool, key.public_key, created_by="faults")
+        if self.bandit_runs:
+            await self._register_bandit_doer(key)
         for name, quality, settings, steps in (
             ("Patient", 0.8, PATIENT, [0.5]),
             ("Quick", 0.95, QUICK, [0.1, 0.5]),
@@ -142,6 +181,14 @@ class Traffic:
         for i in range(bundles):
             at = now - timedelta(days=1) if i % 5 == 0 else now
             events.append(self.orchestrator.bundle(occurred_at=at))
+        if self.bandit_doer is not None and bundles:
+            for _ in range(self.bandit_runs):
+                option = BANDIT_OPTIONS[self._bandit_runs % len(BANDIT_OPTIONS)]
+                self._bandit_runs += 1
+                run = self.bandit_orchestrator.bundle(
+                    self.bandit_doer, policy=self.bandit_policy, phase=BANDIT_PHASE
+                )
+                events.append(run.model_copy(update={"options": {BANDIT_PARAMETER: option}}))
         for scenario in self.scenarios:
             simulation = scenario.simulation  # type: ignore[attr-defined]
             for _ in range(tasks):

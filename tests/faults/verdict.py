@@ -8,6 +8,7 @@ from tests.faults.ledger import (
     Report,
     caught_up,
     check_aggregates,
+    check_bandit,
     check_canary,
     check_logs,
     check_offsets,
@@ -63,6 +64,9 @@ async def finish(
     letters = await dead_letters(found.bootstrap, group.app_id)
     check_runs(report, published.runs, rows, dlq=len(letters))
     await check_aggregates(report, pool, found.bootstrap, group.app_id, rows, set(doers))
+    await check_bandit(
+        report, found.bootstrap, group.app_id, published.runs, rows, traffic.bandit_doer
+    )
     await check_canary(
         report,
         pool,
