@@ -10,10 +10,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from learnops.console import concerns, contract
 from storage import dashboard
@@ -254,6 +256,21 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
 
     app = FastAPI(title="learnops console", version="1", lifespan=lifespan)
     app.state.catalog = load_catalog(topics_file)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A page's error as a page (the API's, and a client asking for JSON, as JSON)."""
+        path = request.url.path
+        wants_html = "text/html" in request.headers.get("accept", "")
+        if path.startswith(("/api/", "/static/", "/schemas/")) or not wants_html:
+            return await http_exception_handler(request, exc)
+        return TEMPLATES.TemplateResponse(
+            request,
+            "error.html",
+            {"status": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code,
+        )
+
     app.include_router(concerns.router)
     app.include_router(contract.router)
 

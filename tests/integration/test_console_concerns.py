@@ -327,9 +327,16 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
         with TestClient(create_console(url)) as client:
             return [client.get(path) for path in paths]
 
+    def browse(*paths: str) -> list[Any]:
+        with TestClient(create_console(url)) as client:
+            return [client.get(path, headers={"accept": "text/html"}) for path in paths]
+
     try:
         page, unknown, typo = await asyncio.to_thread(
             get, f"/doers/{doer}", f"/doers/Nobody{suffix}", f"/doers/{doer}?tenant=nobody"
+        )
+        browsed, api = await asyncio.to_thread(
+            browse, f"/doers/Nobody{suffix}", "/api/canaries/no-such-deployment"
         )
     finally:
         await drop_database(postgres_server, name)
@@ -341,6 +348,11 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
     assert f"no runs, policies or experiments of Nobody{suffix}" in unknown.text
     # A tenant is a tenant's runs: one with none (a typo) has no page.
     assert typo.status_code == 404 and f"no runs of {doer} of tenant nobody" in typo.text
+    # A browser asking for a page gets a page (with the console's links), the API JSON.
+    assert browsed.status_code == 404 and browsed.headers["content-type"].startswith("text/html")
+    assert f"no runs, policies or experiments of Nobody{suffix}" in browsed.text
+    assert 'id="nav"' in browsed.text
+    assert api.status_code == 404 and api.json()["detail"] == "no deployment no-such-deployment"
 
 
 async def test_a_doers_trend_of_one_tenant_counts_that_tenants_runs_only(
