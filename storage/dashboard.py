@@ -396,6 +396,16 @@ async def skill_cards(pool: Any, doer: str, tenant: str | None = None) -> list[d
     )
 
 
+async def doers_named(pool: Any, name: str) -> list[str]:
+    """The doers (with runs or policies) whose name is NAME regardless of case."""
+    rows = await pool.fetch(
+        "SELECT doer FROM learning_progress WHERE lower(doer) = lower($1)"
+        " UNION SELECT doer FROM policies WHERE lower(doer) = lower($1) ORDER BY 1",
+        name,
+    )
+    return [row["doer"] for row in rows]
+
+
 async def policy_history(pool: Any, doer: str, limit: int = 50) -> list[dict[str, Any]]:
     """DOER's applied policy moves (register, shadow, canary, promote, rollback), latest first."""
     return await _fetch(

@@ -8,10 +8,11 @@ from collections import defaultdict
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
@@ -311,7 +312,7 @@ async def skills_page(request: Request, tenant: str | None = None) -> HTMLRespon
 
 
 @router.get("/doers/{doer}", response_class=HTMLResponse, include_in_schema=False)
-async def doer_page(request: Request, doer: str, tenant: str | None = None) -> HTMLResponse:
+async def doer_page(request: Request, doer: str, tenant: str | None = None) -> Response:
     db = pool(request)
     trend = await dashboard.doer_trend(db, doer, tenant=tenant)
     cards = await dashboard.skill_cards(db, doer, tenant)
@@ -322,6 +323,11 @@ async def doer_page(request: Request, doer: str, tenant: str | None = None) -> H
         # run (a typo too) has no page.
         raise HTTPException(404, f"no runs of {doer} of tenant {tenant}")
     if not (trend or cards or history or experiments):
+        named = [d for d in await dashboard.doers_named(db, doer) if d != doer]
+        if len(named) == 1:
+            # The doer's name in another case (policy ids are lower-cased): its page.
+            query = f"?{urlencode({'tenant': tenant})}" if tenant is not None else ""
+            return RedirectResponse(f"/doers/{quote(named[0])}{query}", status_code=307)
         # A doer with a policy or an experiment but no run yet has a page (its
         # history); a name nothing is known of has none.
         raise HTTPException(404, f"no runs, policies or experiments of {doer}")

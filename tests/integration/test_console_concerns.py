@@ -335,8 +335,11 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
         page, unknown, typo = await asyncio.to_thread(
             get, f"/doers/{doer}", f"/doers/Nobody{suffix}", f"/doers/{doer}?tenant=nobody"
         )
-        browsed, api = await asyncio.to_thread(
-            browse, f"/doers/Nobody{suffix}", "/api/canaries/no-such-deployment"
+        browsed, api, folded = await asyncio.to_thread(
+            browse,
+            f"/doers/Nobody{suffix}",
+            "/api/canaries/no-such-deployment",
+            f"/doers/{doer.lower()}",
         )
     finally:
         await drop_database(postgres_server, name)
@@ -353,6 +356,8 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
     assert f"no runs, policies or experiments of Nobody{suffix}" in browsed.text
     assert 'id="nav"' in browsed.text
     assert api.status_code == 404 and api.json()["detail"] == "no deployment no-such-deployment"
+    # The doer's name in another case (as policy ids are written) leads to its page.
+    assert folded.status_code == 200 and folded.url.path == f"/doers/{doer}", folded.url
 
 
 async def test_a_doers_trend_of_one_tenant_counts_that_tenants_runs_only(
