@@ -32,6 +32,17 @@ if [ "${1:-}" = stop-console ]; then
 fi
 mkdir -p "$state"
 
+# The console's port, checked before minutes of demo rather than after them.
+console_port="${LEARNOPS_CONSOLE_PORT:-8080}"
+stop_console  # a previous demo's, which would hold the port
+if "$bin/python" -c '
+import socket, sys
+with socket.socket() as s:
+    sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$console_port"; then
+  echo "port $console_port is taken by another program; LEARNOPS_CONSOLE_PORT=N make demo picks another"
+  exit 1
+fi
+
 step "Kafka and PostgreSQL"
 bash scripts/services.sh up
 eval "$(bash scripts/services.sh env)"
@@ -105,28 +116,7 @@ step "Curated samples: datasets, rejects, redactions, and a PII scan"
 step "The bandit: a cheaper model as good as the large one → request → bandit propose → replay → canary → promotion"
 "$bin/learnops" demo bandit --timeout 240
 
-step "Done"
-echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
-echo "The demo's worker stops with this script; Kafka, PostgreSQL and the console below run on."
-echo "To look around and send commands, in your shell:"
-printf '  cd %q && eval "$(bash scripts/services.sh env)" && export PATH=%q:"$PATH"\n' "$repo" "$bin"
-echo "  learnops topics describe · learnops policy list · learnops skills list · psql \"\$DATABASE_URL\""
-printf '  export LEARNOPS_OPERATOR_KEY=%q   # sign commands as the demo owner\n' "$LEARNOPS_OPERATOR_KEY"
-echo "  # commands (learnops policy …, bandit freeze) take effect only while a worker runs:"
-printf '  DATABASE_URL="$LEARNOPS_WORKER_DATABASE_URL" LEARNOPS_WORKER_KEY=%q LEARNOPS_WORKER_SIGNING_KEY_FILE=%q learnops worker -l info &\n' \
-  "$LEARNOPS_WORKER_KEY" "$worker_key"
-echo "Stop the services and the console with: make down"
-
 step "The operator console (read-only dashboard and JSON API)"
-console_port="${LEARNOPS_CONSOLE_PORT:-8080}"
-stop_console  # a previous demo's, which would hold the port
-if "$bin/python" -c '
-import socket, sys
-with socket.socket() as s:
-    sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$console_port"; then
-  echo "port $console_port is taken by another program; LEARNOPS_CONSOLE_PORT=N make demo picks another"
-  exit 1
-fi
 # As learnops_reader: the dashboard reads and can write nothing.
 DATABASE_URL="$LEARNOPS_READER_DATABASE_URL" nohup "$bin/learnops" serve --host 127.0.0.1 --port "$console_port" >"$state/console.log" 2>&1 &
 echo "$!" >"$console_pid"
@@ -150,3 +140,19 @@ if ! console_up; then
   exit 1
 fi
 echo "Dashboard: http://127.0.0.1:$console_port/  (API: /api/…, OpenAPI: /openapi.json; log $state/console.log; stop: make down)"
+
+step "Done"
+echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
+echo "The demo's worker stops with this script; Kafka, PostgreSQL and the console run on."
+echo "To look around and send commands, in your shell:"
+# The same ports and state directory as this run, or a fresh shell points at the defaults.
+for var in KAFKA_PORT KAFKA_CONTROLLER_PORT PG_PORT LEARNOPS_STATE_DIR; do
+  if [ -n "${!var:-}" ]; then printf '  export %s=%q\n' "$var" "${!var}"; fi
+done
+printf '  cd %q && eval "$(bash scripts/services.sh env)" && export PATH=%q:"$PATH"\n' "$repo" "$bin"
+echo "  learnops topics describe · learnops policy list · learnops skills list · psql \"\$DATABASE_URL\""
+printf '  export LEARNOPS_OPERATOR_KEY=%q   # sign commands as the demo owner\n' "$LEARNOPS_OPERATOR_KEY"
+echo "  # commands (learnops policy …, bandit freeze) take effect only while a worker runs:"
+printf '  DATABASE_URL="$LEARNOPS_WORKER_DATABASE_URL" LEARNOPS_WORKER_KEY=%q LEARNOPS_WORKER_SIGNING_KEY_FILE=%q learnops worker -l info &\n' \
+  "$LEARNOPS_WORKER_KEY" "$worker_key"
+echo "Stop the services and the console with: make down"
