@@ -372,6 +372,11 @@ class ExperimentsStage(Stage):
                 experiment_id, "failed", f"{row['doer']} has no active policy to compare with"
             )
             return
+        if row["dataset_name"] is None:
+            # Created without a golden dataset and killed before it was failed: failed now
+            # (an open lookup would pick any doer's or tenant's newest golden dataset).
+            await self._move(experiment_id, "failed", "the experiment has no golden dataset")
+            return
         control = await self._read(
             store.find_policy_row, row["control_policy_id"], row["control_version"]
         )

@@ -28,6 +28,7 @@ when the worker last started.  Pure logic: no I/O.
 from __future__ import annotations
 
 import base64
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -100,12 +101,28 @@ class RedactedText:
     counts: dict[str, int]
 
 
+def visible_form(text: str) -> str:
+    """``text`` in NFKC with its invisible format characters (Unicode category Cf) removed.
+
+    A zero-width space or a soft hyphen inside ``jane.doe@example.com``, or a
+    fullwidth ``＠``, hid the address from the detectors, and inside words
+    split them for the duplicate guard, so a near-copy read as new text. What
+    is scanned, stored and compared is this form (ASCII text is unchanged).
+    """
+    if text.isascii():
+        return text
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
+
+
 def redact_fully(text: str) -> RedactedText:
     """``text`` redacted until a last scan finds nothing; ``CurationError`` if it never does.
 
-    One round is enough on everything measured (``redact`` is idempotent on the
-    corpus), so the second round is the last scan before anything is stored.
+    The text is taken in its :func:`visible_form` first. One round is enough on
+    everything measured (``redact`` is idempotent on the corpus), so the second
+    round is the last scan before anything is stored.
     """
+    text = visible_form(text)
     found = findings_only(text)
     if not found:
         return RedactedText(text, {})  # most texts and names
@@ -401,7 +418,14 @@ class DoerCuration:
         )
 
     def _check(self, bundle: RunCompleted, draft: _Draft, now: datetime) -> CuratedSample:
-        dataset = dataset_name(bundle.tenant_id, bundle.doer, draft.phase)
+        try:
+            dataset = dataset_name(bundle.tenant_id, bundle.doer, draft.phase)
+        except ValueError as exc:
+            # A phase that reads as PII (an IP address, a card number) is redacted to a
+            # placeholder that is no name: the bundle's problem, not the stage's, so a
+            # dead letter with the reason, never an internal error that counts toward
+            # halting the stage.
+            raise CurationError(f"no dataset for the sample's phase: {exc}") from exc
         guard = self.guard(dataset)
         ours = is_ours(draft.artifact)
         signature = guard.hasher.signature(draft.text)
@@ -495,7 +519,9 @@ class DoerCuration:
             tenant_id=bundle.tenant_id,
             source_event_id=bundle.event_id,
             run_occurred_at=bundle.occurred_at,
-            model=bundle.model,
+            # The model is free text from the orchestrator, stored with the sample:
+            # redacted like the names (a key or an address pasted into it stays out).
+            model=None if bundle.model is None else redact_fully(bundle.model).text,
             curator=self.curator,
         )
 

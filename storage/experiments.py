@@ -91,7 +91,10 @@ async def find_golden(
     ``dataset`` is ``tenant/doer/phase``, or ``doer/phase`` for the latest
     golden dataset of that doer and phase when one tenant has them; a
     ``ValueError`` when several tenants have, rather than pick one of them.
+    Naming nothing finds nothing (never the newest golden dataset of anyone).
     """
+    if name is None and dataset is None:
+        return None
     if dataset is not None and dataset.count("/") == 1:
         tenants = await pool.fetch(
             "SELECT DISTINCT tenant_id FROM golden_datasets"

@@ -180,3 +180,7 @@ async def test_golden_datasets_and_replay_tasks_hold_one_tenants_samples(
         await experiments_store.find_golden(db, None, dataset=f"{doer}/draft")
     named = await experiments_store.find_golden(db, None, dataset=f"{b}/{doer}/draft")
     assert named is not None and named.tenant_id == b
+    # Naming nothing finds nothing: an experiment row without a golden dataset (created,
+    # then killed before it was failed) once got the newest of any tenant on redelivery.
+    assert await experiments_store.find_golden(db, None) is None
+    assert await experiments_store.find_golden(db, None, 1) is None

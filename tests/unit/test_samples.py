@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from learning.contamination import ContaminationAlertRule, GuardConfig
+from learning.contamination import ContaminationAlertRule, ContaminationGuard, GuardConfig
 from learning.curation import contains_pii
 from learning.samples import (
     CurationConfig,
@@ -413,3 +413,55 @@ def test_records_older_than_memory_days_are_expiring_and_a_rebuilt_state_forgets
 def test_memory_days_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="memory_days 0 is below 1"):
         GuardConfig(memory_days=0)
+
+
+@pytest.mark.parametrize("phase", ["10.0.0.1", "123-45-6789", "4111111111111111"])
+def test_a_phase_that_reads_as_pii_is_the_bundles_problem_not_an_internal_error(
+    phase: str,
+) -> None:
+    """Redacted to a placeholder that is no name, such a phase used to raise a plain
+    ValueError: a dead letter as an internal error, twenty of which halt the stage."""
+    bundle = make_bundle(doer="Gamma", run_id=f"pii-phase-{phase}", phase=phase)
+    with pytest.raises(CurationError, match="no dataset for the sample's phase"):
+        DoerCuration("Gamma").curate(bundle, now=NOW)
+
+
+def test_the_model_name_is_stored_redacted() -> None:
+    bundle = make_bundle(
+        doer="Gamma", run_id="model-pii", model="gpt-4o (key for jane.doe@example.com)"
+    )
+    samples = DoerCuration("Gamma").curate(bundle, now=NOW).samples
+    assert samples, "the bundle gives samples"
+    for sample in samples:
+        assert sample.event.model is not None
+        assert "jane.doe@example.com" not in sample.event.model
+        assert sample.event.model.startswith("gpt-4o (key for [")
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        "jane.doe\u200b@example.com",  # a zero-width space
+        "jane.doe\u00ad@example.com",  # a soft hyphen
+        "jane.doe\uff20example.com",  # a fullwidth at sign
+        "jane\u200d.doe@example.com",  # a zero-width joiner
+    ],
+)
+def test_invisible_and_fullwidth_characters_do_not_hide_an_address(hidden: str) -> None:
+    redacted = redact_fully(f"Contact {hidden} about the draft.")
+    assert "example.com" not in redacted.text and redacted.counts, redacted
+
+
+@pytest.mark.parametrize("mark", ["\u200b", "\u00ad", "\u200d"])
+def test_a_copy_with_invisible_characters_inside_words_is_still_a_duplicate(mark: str) -> None:
+    """Inside words they split the guard's tokens, so such a copy read as new text."""
+    text = (
+        "The migration plan moves the orders table to the new cluster in three steps, "
+        "first copying the historical partitions, then dual writing for a week, "
+        "and finally switching reads once the row counts match on both sides."
+    )
+    hidden = " ".join(w[:2] + mark + w[2:] if len(w) > 3 else w for w in text.split(" "))
+    guard = ContaminationGuard(GuardConfig())
+    assert guard.check("first", redact_fully(text).text, ai_generated_by_us=False).accepted
+    copy = guard.check("copy", redact_fully(hidden).text, ai_generated_by_us=False)
+    assert not copy.accepted, copy
