@@ -161,10 +161,14 @@ class ExperimentsStage(Stage):
         # The records name the verified signer, never the self-declared actor.
         command = command.model_copy(update={"actor": verdict.operator})
         if isinstance(command, CreateExperiment):
-            await self._create_experiment(event, command)
+            took_effect = await self._create_experiment(event, command)
         else:
-            await self._run_replay(event, command)
-        await record_applied(self, command, verdict)
+            took_effect = await self._run_replay(event, command)
+        if took_effect:
+            # A command dead-lettered for its content (an unknown policy or golden
+            # dataset) is not applied: the audit must not say so, and the same command
+            # replayed from the DLQ once the cause is fixed must not be refused as a replay.
+            await record_applied(self, command, verdict)
 
     async def _resolve_golden(self, name: str) -> store.Golden | None:
         base, version = split_versioned(name)
@@ -172,7 +176,8 @@ class ExperimentsStage(Stage):
             partial(store.find_golden, self.app.pool, base, version), what="golden"
         )
 
-    async def _run_replay(self, event: Any, command: RunReplay) -> None:
+    async def _run_replay(self, event: Any, command: RunReplay) -> bool:
+        """Start the replay the command asks for; whether it did (False: dead-lettered)."""
         policy = await durably(
             partial(store.find_policy_row, self.app.pool, command.policy_id, command.version),
             what="policies",
@@ -190,7 +195,7 @@ class ExperimentsStage(Stage):
                 else problem
             )
             await self.dead_letter(event, error_type="unknown", reason=reason, doer=command.doer)
-            return
+            return False
         config = self.app.learning.replay
         control = await durably(
             partial(store.active_policy_row, self.app.pool, command.doer), what="pol"
@@ -211,6 +216,7 @@ class ExperimentsStage(Stage):
         for start in starts:
             if start.status != "running":  # answered from the record: judge it now
                 await self._finished(start.replay_id)
+        return True
 
     async def _start(
         self,
@@ -258,7 +264,11 @@ class ExperimentsStage(Stage):
         )
         return start
 
-    async def _create_experiment(self, event: Any, command: CreateExperiment) -> None:
+    async def _create_experiment(self, event: Any, command: CreateExperiment) -> bool:
+        """Create (or find) the experiment; whether the command took effect (False: dead letter).
+
+        One created as failed (no golden dataset) took effect: its record says why.
+        """
         existing = await durably(
             partial(store.get_experiment, self.app.pool, command.experiment_id), what="experiments"
         )
@@ -269,16 +279,14 @@ class ExperimentsStage(Stage):
                     await self._publish(change)
                 if existing["status"] == "created":
                     await self._begin(command.experiment_id)
-            else:
-                await self.dead_letter(
-                    event,
-                    error_type="conflict",
-                    reason=(
-                        f"experiment {command.experiment_id} exists (created by another command)"
-                    ),
-                    doer=command.doer,
-                )
-            return
+                return True
+            await self.dead_letter(
+                event,
+                error_type="conflict",
+                reason=f"experiment {command.experiment_id} exists (created by another command)",
+                doer=command.doer,
+            )
+            return False
         request = None
         if command.request_id is not None:
             request = await durably(
@@ -289,7 +297,7 @@ class ExperimentsStage(Stage):
                 await self.dead_letter(
                     event, error_type="unknown", reason=problem, doer=command.doer
                 )
-                return
+                return False
         config = self.app.learning.replay
         phase = command.phase
         golden: store.Golden | None = None
@@ -352,8 +360,9 @@ class ExperimentsStage(Stage):
             await self._publish(change)
         if problem is not None:
             await self._move(command.experiment_id, "failed", problem)
-            return
+            return True
         await self._begin(command.experiment_id)
+        return True
 
     async def _begin(self, experiment_id: str) -> None:
         """Start an experiment's replays (candidate and control) and move it to ``replaying``."""

@@ -406,7 +406,7 @@ async def test_a_replay_whose_tasks_do_not_return_ends_incomplete_listing_them(
 
 
 async def test_a_replay_of_an_unknown_policy_goes_to_the_dlq(
-    worker: WorkerProcess, producer: Any, settings: Any
+    worker: WorkerProcess, producer: Any, settings: Any, db: Any
 ) -> None:
     doer = f"Nobody{uuid.uuid4().hex[:8]}"
     request = RunReplay(
@@ -434,6 +434,12 @@ async def test_a_replay_of_an_unknown_policy_goes_to_the_dlq(
     found = await eventually(letters, bool, timeout=60)
     assert len(found) == 1 and "not registered" in found[0].reason
     assert found[0].value == sent.to_json()
+    # Dead-lettered, not applied: no audit row says it was, and the same command sent
+    # again from the DLQ (once the policy exists) is not refused as a replay.
+    applied = await db.fetchval(
+        "SELECT count(*) FROM applied_commands WHERE event_id = $1", sent.event_id
+    )
+    assert applied == 0
 
 
 async def test_a_malformed_replay_task_goes_to_the_dlq_and_the_executor_goes_on(
