@@ -509,7 +509,7 @@ class ExperimentsStage(Stage):
                 version=row["policy_version"],
                 canary=canary,
             )
-        await durably(
+        recorded = await durably(
             partial(
                 self.app.pool.execute,
                 "UPDATE experiments SET deploy_command_id = $2, outcome = $3, updated_at = now() "
@@ -520,6 +520,8 @@ class ExperimentsStage(Stage):
             ),
             what="experiments",
         )
+        if recorded != "UPDATE 1":
+            return  # another call judged it first and sent the command
         await self.topics.commands.send(worker_signed(self.app.settings, command))
         log.info(
             "experiment_deploy experiment=%s command=%s policy=%s@%s",
@@ -559,13 +561,26 @@ class ExperimentsStage(Stage):
             )
 
     async def expire_replays(self) -> None:
-        """End overdue replays as incomplete; fail experiments whose deployment was refused."""
+        """End overdue replays as incomplete; fail experiments whose deployment was refused.
+
+        It also takes up what a worker killed between two steps left undone: a
+        replay that ended without a verdict is settled, an experiment whose
+        replay has one is judged (each step is idempotent: a verdict is given
+        once, a move is checked against the lifecycle under a row lock, and a
+        deployment is sent only by the call that records it).
+        """
         if not self.app.pool_open:  # the worker has not opened its pool yet
             return
         pool = self.app.pool
         for rid in await store.expire_replays(pool):
             log.warning("replay_incomplete replay_id=%s", rid)
             await self._finished(rid)
+        for rid in await store.replays_ended_without_verdict(pool):
+            log.warning("replay_settled_late replay_id=%s", rid)
+            await self._finished(rid)
+        for row in await store.judged_but_waiting(pool):
+            log.warning("experiment_judged_late experiment=%s", row["experiment_id"])
+            await self._judge(row)
         for refused in await store.refused_deployments(pool):
             await self._move(
                 refused["experiment_id"],

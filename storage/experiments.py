@@ -852,6 +852,48 @@ async def experiments_waiting_on(pool: Any, rid: str) -> list[Any]:
     )
 
 
+#: How long an unfinished step is left to the path that took it before a timer takes it
+#: up: longer than any batch, so the two never race for the same step.
+SETTLE_AFTER = timedelta(seconds=30)
+
+
+async def replays_ended_without_verdict(pool: Any, now: datetime | None = None) -> list[str]:
+    """Replays that ended (complete or incomplete) a while ago and still have no verdict.
+
+    Left so by a worker killed between recording the result (or the expiry) and
+    settling the verdicts: a redelivered result is already taken, and the expiry
+    timer looks at running replays only, so nothing else would settle them. One
+    whose control is still running has no verdict yet by rule and is skipped by
+    :func:`settle_verdicts`.
+    """
+    cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
+    rows = await pool.fetch(
+        "SELECT replay_id FROM offline_replays WHERE status <> 'running' AND verdict IS NULL "
+        "AND completed_at < $1 ORDER BY completed_at",
+        cutoff,
+    )
+    return [str(r["replay_id"]) for r in rows]
+
+
+async def judged_but_waiting(pool: Any, now: datetime | None = None) -> list[Any]:
+    """Experiments still replaying (nothing deployed) whose replay has had a verdict a while.
+
+    Left so by a worker killed between settling the verdicts and acting on
+    them: the verdict is not settled again, so nothing else would judge them.
+    """
+    cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
+    return list(
+        await pool.fetch(
+            "SELECT e.* FROM experiments e JOIN offline_replays r ON r.replay_id = e.replay_id "
+            "LEFT JOIN offline_replays c ON c.replay_id = e.control_replay_id "
+            "WHERE e.status = 'replaying' AND e.deploy_command_id IS NULL "
+            "AND r.verdict IS NOT NULL AND r.completed_at < $1 "
+            "AND (c.replay_id IS NULL OR c.completed_at < $1) ORDER BY e.updated_at",
+            cutoff,
+        )
+    )
+
+
 async def open_experiments(pool: Any, doer: str) -> list[Any]:
     """A doer's experiments that are not concluded."""
     return list(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -252,3 +252,45 @@ async def test_the_database_refuses_to_rewrite_a_decided_experiment_s_evidence(d
         )
     # Moving on (a status, a timestamp) is still allowed.
     await db.execute("UPDATE experiments SET updated_at = now() WHERE experiment_id = $1", a)
+
+
+async def test_steps_a_killed_worker_left_undone_are_found_for_the_timer(db: Any) -> None:
+    """A kill between recording a replay's last result and settling its verdict (or between
+    the verdict and judging the experiment) left the experiment replaying for good: a
+    redelivered result is already taken, and nothing else settles or judges. The timer's
+    queries find both states, once the path that took the step has had its time."""
+    doer = await make_doer(db)
+    experiment = await doer.experiment(2, 1)
+    r1 = await doer.replay(1, "self", 0.5)
+    policy = await store.find_policy_row(db, doer.name.lower(), 2)
+    start = await store.start_replay(
+        db,
+        policy=policy,
+        golden=doer.golden,
+        seeds=SEEDS,
+        requested_by=uuid.uuid4(),
+        actor="tests",
+        timeout_s=600,
+        force=False,
+        control_replay_id=r1,
+    )
+    r2 = start.replay_id
+    await doer.replaying(experiment, r2, r1)
+    for task in start.tasks:
+        await store.record_result(db, scored(task, 0.3))  # complete; the kill comes here
+    now = datetime.now(UTC)
+    later = now + store.SETTLE_AFTER + timedelta(seconds=1)
+    assert r2 not in await store.replays_ended_without_verdict(db, now)  # its path's turn
+    assert r2 in await store.replays_ended_without_verdict(db, later)
+    assert await store.settle_verdicts(db, r2, RULE) == [r2]
+    assert r2 not in await store.replays_ended_without_verdict(db, later)
+    # Settled, and killed before judging: the experiment waits on a verdict it has.
+    waiting = {row["experiment_id"] for row in await store.judged_but_waiting(db, later)}
+    assert experiment in waiting
+    assert experiment not in {r["experiment_id"] for r in await store.judged_but_waiting(db, now)}
+    await db.execute(
+        "UPDATE experiments SET deploy_command_id = $2 WHERE experiment_id = $1",
+        experiment,
+        uuid.uuid4(),
+    )
+    assert experiment not in {r["experiment_id"] for r in await store.judged_but_waiting(db, later)}
