@@ -185,8 +185,10 @@ class Traffic:
             for _ in range(self.bandit_runs):
                 option = BANDIT_OPTIONS[self._bandit_runs % len(BANDIT_OPTIONS)]
                 self._bandit_runs += 1
+                # At live times, as the plain doers' (the orchestrator's own clock starts
+                # weeks back, where the daily aggregates' 30-day expiry takes days away).
                 run = self.bandit_orchestrator.bundle(
-                    self.bandit_doer, policy=self.bandit_policy, phase=BANDIT_PHASE
+                    self.bandit_doer, occurred_at=now, policy=self.bandit_policy, phase=BANDIT_PHASE
                 )
                 events.append(run.model_copy(update={"options": {BANDIT_PARAMETER: option}}))
         for scenario in self.scenarios:
