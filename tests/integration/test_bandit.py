@@ -180,7 +180,13 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     assert "is not one the policy declares" in letter.reason
     history = await _allocations(settings, doer.name)
     assert history, "no allocation published"
-    assert all(a.allocations[0].shares[SMALL] > 0.5 for a in history)
+    # Published at its first run (when that batch held fewer than `every` runs): the
+    # version's starting shares, the default (first declared) above the floor.
+    started = [a for a in history if a.allocations[0].sequence == 0]
+    assert all(a.allocations[0].shares[LARGE] > a.allocations[0].shares[SMALL] for a in started)
+    moved = [a for a in history if a.allocations[0].sequence >= 1]
+    assert moved, "no reallocation published"
+    assert all(a.allocations[0].shares[SMALL] > 0.5 for a in moved)
     assert [a.sequence for a in history] == sorted(a.sequence for a in history)
     learned = history[-1].allocation("draft", PARAMETER)
     assert learned is not None
@@ -269,11 +275,20 @@ async def test_probes_release_a_clean_option_and_hold_one_with_a_security_critic
     )
     clean = {"security": Security(criticals=0), "api_breakages": 0}
 
+    def reallocations(history: list[BanditAllocations]) -> int:
+        return max((a.allocations[0].sequence for a in history if a.allocations), default=0)
+
     async def live(n: int) -> BanditAllocations:
-        before = len(await _allocations(settings, doer.name))
+        """Send n runs of the default model; the record of the reallocation they bring.
+
+        (Not the record the version's first run publishes: its starting shares.)
+        """
+        before = reallocations(await _allocations(settings, doer.name))
         await doer.send(RUNS, *(doer.bundle(LARGE, **clean) for _ in range(n)))
         history = await eventually(
-            lambda: _allocations(settings, doer.name), lambda h: len(h) > before, timeout=90.0
+            lambda: _allocations(settings, doer.name),
+            lambda h: reallocations(h) > before,
+            timeout=90.0,
         )
         return history[-1]
 
@@ -287,7 +302,11 @@ async def test_probes_release_a_clean_option_and_hold_one_with_a_security_critic
     async with Allocations(
         settings.kafka_bootstrap_servers, trusted_keys=[worker_key.public_key]
     ) as client:
-        await eventually(lambda: _held(client, doer.name), lambda a: a is not None)
+        # The reallocation's record (the start's, sequence 0, asks for no probes).
+        await eventually(
+            lambda: _held(client, doer.name),
+            lambda a: a is not None and a.allocations[0].sequence >= 1,
+        )
         asked = [client.probes(doer.name, "draft", PARAMETER, f"task-{i}") for i in range(2000)]
     assert sum(SMALL in a for a in asked) / len(asked) == pytest.approx(0.5, abs=0.04)
 
@@ -424,8 +443,10 @@ async def test_an_unsigned_or_forged_freeze_is_refused_and_the_allocations_keep_
 ) -> None:
     doer = await registered_doer(producer, bandit_worker.env, db, signing_key)
     await doer.run(EVERY)
-    first = await eventually(
-        lambda: _allocations(settings, doer.name), lambda a: len(a) > 0, timeout=90.0
+    first = await eventually(  # the first reallocation (not only the start's record)
+        lambda: _allocations(settings, doer.name),
+        lambda a: any(x.allocations[0].sequence >= 1 for x in a),
+        timeout=90.0,
     )
     unsigned = BanditControl(doer=doer.name, command="freeze_bandit", actor="ops", reason="hold it")
     # Signed by a registered owner, then altered: the signature no longer matches.
