@@ -151,17 +151,24 @@ async def registered_doer(
     doer = Doer(producer, env)
     declared = list(models or (LARGE, SMALL))
     body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: declared}}}
+    await register_version(doer, db, key, 1, body, "two models to choose from")
+    return doer
+
+
+async def register_version(
+    doer: Doer, db: Any, key: SigningKey, version: int, body: dict[str, Any], reason: str
+) -> None:
+    """Register ``body`` signed as the doer's policy ``version``; wait until it is stored."""
     register = RegisterPolicy(
         doer=doer.name,
         actor="tests",
-        reason="two models to choose from",
+        reason=reason,
         policy_id=doer.policy,
-        version=1,
-        **signed_artifact(body, key, doer=doer.name, policy_id=doer.policy, version=1),
+        version=version,
+        **signed_artifact(body, key, doer=doer.name, policy_id=doer.policy, version=version),
     )
     await doer.send("learning.commands", signed(register))
-    await eventually(lambda: find_policy(db, doer.policy, 1), lambda p: p is not None)
-    return doer
+    await eventually(lambda: find_policy(db, doer.policy, version), lambda p: p is not None)
 
 
 async def test_allocations_move_to_the_better_option_and_survive_freeze_and_restart(
@@ -384,16 +391,7 @@ async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_r
     the old version's options meanwhile."""
     doer = await registered_doer(producer, bandit_worker.env, db, signing_key)
     body = {"prompts": {"system": "Draft, v2."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
-    register = RegisterPolicy(
-        doer=doer.name,
-        actor="tests",
-        reason="a new prompt, the same models",
-        policy_id=doer.policy,
-        version=2,
-        **signed_artifact(body, signing_key, doer=doer.name, policy_id=doer.policy, version=2),
-    )
-    await doer.send("learning.commands", signed(register))
-    await eventually(lambda: find_policy(db, doer.policy, 2), lambda p: p is not None)
+    await register_version(doer, db, signing_key, 2, body, "a new prompt, the same models")
     # v1 ran first, then v2 became the doer's active policy (as a promotion records it).
     await doer.send(RUNS, doer.bundle(LARGE))
     first = await eventually(

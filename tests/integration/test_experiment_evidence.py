@@ -58,11 +58,14 @@ class Doer:
     def __init__(self, db: Any, name: str, golden: store.Golden) -> None:
         self.db, self.name, self.golden = db, name, golden
 
-    async def replay(self, version: int, control_rid: str | None, loss: float | None) -> str:
+    async def replay(
+        self, version: int, control_rid: str | None, loss: float | None, *, settle: bool = True
+    ) -> str:
         """Start the replay of ``version`` against ``control_rid``; finish it at ``loss``.
 
         ``control_rid`` "self" makes the replay its own control, as the experiments
-        stage does for the active policy.
+        stage does for the active policy. ``settle=False`` stops before the verdicts,
+        as a worker killed after recording the last result does.
         """
         policy = await store.find_policy_row(self.db, self.name.lower(), version)
         if control_rid == "self":
@@ -81,7 +84,8 @@ class Doer:
         if loss is not None:
             for task in start.tasks:
                 await store.record_result(self.db, scored(task, loss))
-        await store.settle_verdicts(self.db, start.replay_id, RULE)
+        if settle:
+            await store.settle_verdicts(self.db, start.replay_id, RULE)
         return start.replay_id
 
     async def experiment(self, candidate: int, control: int) -> str:
@@ -262,22 +266,9 @@ async def test_steps_a_killed_worker_left_undone_are_found_for_the_timer(db: Any
     doer = await make_doer(db)
     experiment = await doer.experiment(2, 1)
     r1 = await doer.replay(1, "self", 0.5)
-    policy = await store.find_policy_row(db, doer.name.lower(), 2)
-    start = await store.start_replay(
-        db,
-        policy=policy,
-        golden=doer.golden,
-        seeds=SEEDS,
-        requested_by=uuid.uuid4(),
-        actor="tests",
-        timeout_s=600,
-        force=False,
-        control_replay_id=r1,
-    )
-    r2 = start.replay_id
+    # Complete, with no verdict: the kill came after the last result was recorded.
+    r2 = await doer.replay(2, r1, 0.3, settle=False)
     await doer.replaying(experiment, r2, r1)
-    for task in start.tasks:
-        await store.record_result(db, scored(task, 0.3))  # complete; the kill comes here
     now = datetime.now(UTC)
     later = now + store.SETTLE_AFTER + timedelta(seconds=1)
     assert r2 not in await store.replays_ended_without_verdict(db, now)  # its path's turn
