@@ -53,7 +53,7 @@ from models.commands import (
     StartCanary,
     StartShadow,
 )
-from models.events import Alert, CRLComputed, ExperimentChanged, PolicyChange
+from models.events import Alert, CRLComputed, PolicyChange
 from models.ids import experiment_event_id
 from storage import experiments as store
 from storage.pool import durably
@@ -251,6 +251,8 @@ class ExperimentsStage(Stage):
         )
         for task in start.tasks:
             await self.topics.replay_tasks.send(task)
+        if start.status == "running" and not start.from_record:
+            await self._resume(start.replay_id, start.attempt)
         log.info(
             "replay replay_id=%s policy=%s@%s dataset=%s@%s seeds=%s tasks=%d from_record=%s",
             start.replay_id,
@@ -274,9 +276,8 @@ class ExperimentsStage(Stage):
         )
         if existing is not None:
             if existing["created_by"] == command.event_id:
-                # A redelivery: send what was recorded again (same event ids), then carry on.
-                for change in await self._read(store.history_events, command.experiment_id):
-                    await self._publish(change)
+                # A redelivery: send what the broker has not acknowledged, then carry on.
+                await self._publish_pending(command.experiment_id)
                 if existing["status"] == "created":
                     await self._begin(command.experiment_id)
                 return True
@@ -356,13 +357,27 @@ class ExperimentsStage(Stage):
                 request["reason"],
                 command.experiment_id,
             )
-        for change in await self._read(store.history_events, command.experiment_id):
-            await self._publish(change)
+        await self._publish_pending(command.experiment_id)
         if problem is not None:
             await self._move(command.experiment_id, "failed", problem)
             return True
         await self._begin(command.experiment_id)
         return True
+
+    async def _resume(self, rid: str, attempt: int) -> None:
+        """Move the experiments that ended incomplete on a replay started again back to replaying.
+
+        Their replay runs again (a new attempt of the candidate or of the
+        control), so they are judged again when it finishes; the incomplete
+        verdict stays in their history.
+        """
+        for row in await self._read(store.experiments_waiting_on, rid, "incomplete"):
+            await self._move(
+                row["experiment_id"],
+                "replaying",
+                f"replay {rid} started again (attempt {attempt})",
+                {"replay_id": rid, "attempt": attempt},
+            )
 
     async def _begin(self, experiment_id: str) -> None:
         """Start an experiment's replays (candidate and control) and move it to ``replaying``."""
@@ -482,7 +497,25 @@ class ExperimentsStage(Stage):
         await self._deploy(row, evidence)
 
     async def _deploy(self, row: Any, evidence: dict[str, Any]) -> None:
-        """Send the candidate to shadow (or canary) through the policy agent."""
+        """Record the deployment command of a passing experiment, then send it."""
+        event_id = experiment_event_id("deploy", row["experiment_id"])
+        recorded = await durably(
+            partial(
+                store.record_deploy_command, self.app.pool, row["experiment_id"], event_id, evidence
+            ),
+            what="experiments",
+        )
+        if not recorded:
+            return  # another call judged it first and sent the command
+        await self._send_deploy(row)
+
+    async def _send_deploy(self, row: Any) -> None:
+        """Send the candidate to shadow (or canary) through the policy agent; mark it sent.
+
+        The command derives from the experiment's row (its event id from the
+        experiment id), so the timer's resend of a command a killed worker
+        recorded but never sent is the same command.
+        """
         event_id = experiment_event_id("deploy", row["experiment_id"])
         reason = f"experiment {row['experiment_id']}: offline replay passed"
         plan = row["plan"] or {}
@@ -509,20 +542,10 @@ class ExperimentsStage(Stage):
                 version=row["policy_version"],
                 canary=canary,
             )
-        recorded = await durably(
-            partial(
-                self.app.pool.execute,
-                "UPDATE experiments SET deploy_command_id = $2, outcome = $3, updated_at = now() "
-                "WHERE experiment_id = $1 AND deploy_command_id IS NULL",
-                row["experiment_id"],
-                event_id,
-                evidence,
-            ),
-            what="experiments",
+        await (await self.topics.commands.send(worker_signed(self.app.settings, command)))
+        await durably(
+            partial(store.mark_deploy_sent, self.app.pool, row["experiment_id"]), what="experiments"
         )
-        if recorded != "UPDATE 1":
-            return  # another call judged it first and sent the command
-        await self.topics.commands.send(worker_signed(self.app.settings, command))
         log.info(
             "experiment_deploy experiment=%s command=%s policy=%s@%s",
             row["experiment_id"],
@@ -560,14 +583,18 @@ class ExperimentsStage(Stage):
                 **updates,
             )
 
-    async def expire_replays(self) -> None:
+    async def expire_replays(self, now: datetime | None = None) -> None:
         """End overdue replays as incomplete; fail experiments whose deployment was refused.
 
-        It also takes up what a worker killed between two steps left undone: a
-        replay that ended without a verdict is settled, an experiment whose
-        replay has one is judged (each step is idempotent: a verdict is given
-        once, a move is checked against the lifecycle under a row lock, and a
-        deployment is sent only by the call that records it).
+        It also takes up what a worker killed between two steps left undone,
+        once ``store.SETTLE_AFTER`` has given the path that took the step its
+        turn (``now``: the time to judge that by, for tests): a replay that
+        ended without a verdict is settled, an experiment whose replay has one
+        is judged, transitions never acknowledged by the broker are published,
+        and a recorded deployment command never acknowledged is sent. Each step
+        is idempotent: a verdict is given once, a move is checked against the
+        lifecycle under a row lock, a deployment is recorded once, and what is
+        sent again carries the event id it had.
         """
         if not self.app.pool_open:  # the worker has not opened its pool yet
             return
@@ -575,12 +602,18 @@ class ExperimentsStage(Stage):
         for rid in await store.expire_replays(pool):
             log.warning("replay_incomplete replay_id=%s", rid)
             await self._finished(rid)
-        for rid in await store.replays_ended_without_verdict(pool):
+        for rid in await store.replays_ended_without_verdict(pool, now):
             log.warning("replay_settled_late replay_id=%s", rid)
             await self._finished(rid)
-        for row in await store.judged_but_waiting(pool):
+        for row in await store.judged_but_waiting(pool, now):
             log.warning("experiment_judged_late experiment=%s", row["experiment_id"])
             await self._judge(row)
+        for row in await store.deployments_unsent(pool, now):
+            log.warning("experiment_deploy_sent_late experiment=%s", row["experiment_id"])
+            await self._send_deploy(row)
+        for experiment_id in await store.unpublished_experiments(pool, now):
+            log.warning("experiment_published_late experiment=%s", experiment_id)
+            await self._publish_pending(experiment_id)
         for refused in await store.refused_deployments(pool):
             await self._move(
                 refused["experiment_id"],
@@ -610,19 +643,30 @@ class ExperimentsStage(Stage):
             what="experiments",
         )
         if change is not None:
-            await self._publish(change)
+            await self._publish_pending(experiment_id)
 
-    async def _publish(self, change: ExperimentChanged) -> None:
-        log.info(
-            "experiment experiment=%s status=%s previous=%s reason=%r",
-            change.experiment_id,
-            change.status,
-            change.previous_status,
-            change.reason,
-        )
-        await self.topics.experiments.send(change)
-        if change.status in ENDED_STATUSES:
-            await self._check_failure_rate(change.doer)
+    async def _publish_pending(self, experiment_id: str) -> None:
+        """Publish the experiment's transitions the broker has not acknowledged, in order.
+
+        Each is marked published once the broker acknowledged it, so a kill
+        before that leaves it to the timer (``expire_replays``); one sent twice
+        carries the same event id.
+        """
+        for seq, change in await self._read(store.unpublished_events, experiment_id):
+            log.info(
+                "experiment experiment=%s status=%s previous=%s reason=%r",
+                change.experiment_id,
+                change.status,
+                change.previous_status,
+                change.reason,
+            )
+            await (await self.topics.experiments.send(change))
+            await durably(
+                partial(store.mark_published, self.app.pool, experiment_id, seq),
+                what="experiments",
+            )
+            if change.status in ENDED_STATUSES:
+                await self._check_failure_rate(change.doer)
 
     async def _check_failure_rate(self, doer: str) -> None:
         """Alert when too many of the doer's recent experiments failed (once a doer and day)."""

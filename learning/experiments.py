@@ -15,7 +15,8 @@ control, fixed when the experiment starts)::
   numbers), or the experiment could not start (no golden dataset, no control),
   or the policy store refused the deployment;
 - ``incomplete``: replay tasks did not all return before the timeout (the
-  missing tasks are listed); running the experiment's replay again may resume it;
+  missing tasks are listed); running its replay again (the candidate's, or the
+  control's) resumes it;
 - ``shadow`` / ``canary`` / ``promoted`` / ``rolled_back`` follow the
   candidate's deployment in the policy store, which may skip ``shadow`` (a
   canary-first plan) or end from either.

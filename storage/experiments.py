@@ -31,7 +31,7 @@ from learning.signing import canonical_json
 from models.base import name_problem
 from models.datasets import DEFAULT_TENANT
 from models.events import CRLComputed, ExperimentChanged, ReplayTask
-from models.ids import experiment_event_id
+from models.ids import caused_event_id, experiment_event_id
 from storage.skills import close_request
 
 _LOCK_SPACE = 0x65787072  # "expr": advisory locks on a replay id
@@ -256,6 +256,13 @@ async def start_replay(
             attempt = row["attempt"]
         else:
             attempt = row["attempt"] + 1
+            # The replays judged incomplete for want of this one as their control are
+            # judged again once it finishes (a new comparison; the old one is kept).
+            await conn.execute(
+                "UPDATE offline_replays SET verdict = NULL WHERE control_replay_id = $1 "
+                "AND replay_id <> $1 AND (verdict ->> 'incomplete')::boolean",
+                rid,
+            )
             await conn.execute(
                 """
                 UPDATE offline_replays SET status = 'running', attempt = $2, requested_by = $3,
@@ -789,14 +796,18 @@ def change_event(
     )
 
 
-async def history_events(pool: Any, experiment_id: str) -> list[ExperimentChanged]:
-    """Every recorded transition of an experiment as its event (for re-sending after a crash)."""
+async def unpublished_events(pool: Any, experiment_id: str) -> list[tuple[int, ExperimentChanged]]:
+    """The transitions the broker has not acknowledged yet (after ``published_seq``), in order.
+
+    Each with its history seq, for :func:`mark_published` once it is acknowledged;
+    the event of a row is the same whenever it is made (its id derives from the row).
+    """
     row = await get_experiment(pool, experiment_id)
     if row is None:
         return []
-    events = []
-    for h in await experiment_history(pool, experiment_id):
-        events.append(
+    return [
+        (
+            h["seq"],
             change_event(
                 {**dict(row), "status": h["to_status"]},
                 h["seq"],
@@ -804,9 +815,21 @@ async def history_events(pool: Any, experiment_id: str) -> list[ExperimentChange
                 h["reason"],
                 h["occurred_at"],
                 h["evidence"],
-            )
+            ),
         )
-    return events
+        for h in await experiment_history(pool, experiment_id)
+        if h["seq"] > row["published_seq"]
+    ]
+
+
+async def mark_published(pool: Any, experiment_id: str, seq: int) -> None:
+    """Record that the broker acknowledged the experiment's transitions up to ``seq``."""
+    await pool.execute(
+        "UPDATE experiments SET published_seq = greatest(published_seq, $2) "
+        "WHERE experiment_id = $1",
+        experiment_id,
+        seq,
+    )
 
 
 async def get_experiment(pool: Any, experiment_id: str) -> Any:
@@ -841,13 +864,18 @@ async def list_experiments(
     )
 
 
-async def experiments_waiting_on(pool: Any, rid: str) -> list[Any]:
-    """Experiments replaying ``rid`` (as candidate or control) that have not deployed yet."""
+async def experiments_waiting_on(pool: Any, rid: str, status: str = "replaying") -> list[Any]:
+    """Experiments in ``status`` on ``rid`` (as candidate or control) that have not deployed yet.
+
+    ``replaying``: those a finished replay may decide; ``incomplete``: those a new
+    attempt of the replay resumes.
+    """
     return list(
         await pool.fetch(
-            "SELECT * FROM experiments WHERE status = 'replaying' AND deploy_command_id IS NULL "
+            "SELECT * FROM experiments WHERE status = $2 AND deploy_command_id IS NULL "
             "AND (replay_id = $1 OR control_replay_id = $1)",
             rid,
+            status,
         )
     )
 
@@ -863,13 +891,15 @@ async def replays_ended_without_verdict(pool: Any, now: datetime | None = None) 
     Left so by a worker killed between recording the result (or the expiry) and
     settling the verdicts: a redelivered result is already taken, and the expiry
     timer looks at running replays only, so nothing else would settle them. One
-    whose control is still running has no verdict yet by rule and is skipped by
-    :func:`settle_verdicts`.
+    whose control is running (a first or a new attempt) has no verdict yet by
+    rule and is left out until the control ends.
     """
     cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
     rows = await pool.fetch(
-        "SELECT replay_id FROM offline_replays WHERE status <> 'running' AND verdict IS NULL "
-        "AND completed_at < $1 ORDER BY completed_at",
+        "SELECT r.replay_id FROM offline_replays AS r WHERE r.status <> 'running' "
+        "AND r.verdict IS NULL AND r.completed_at < $1 AND NOT EXISTS (SELECT 1 FROM "
+        "offline_replays AS c WHERE c.replay_id = r.control_replay_id AND c.status = 'running') "
+        "ORDER BY r.completed_at",
         cutoff,
     )
     return [str(r["replay_id"]) for r in rows]
@@ -894,6 +924,63 @@ async def judged_but_waiting(pool: Any, now: datetime | None = None) -> list[Any
     )
 
 
+async def unpublished_experiments(pool: Any, now: datetime | None = None) -> list[str]:
+    """Experiments with transitions recorded a while ago that the broker never acknowledged.
+
+    Left so by a worker killed (or a send that failed) between recording a move
+    and publishing it: nothing else would send them.
+    """
+    cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
+    rows = await pool.fetch(
+        "SELECT e.experiment_id FROM experiments AS e "
+        "WHERE e.updated_at < $1 AND e.published_seq < "
+        "(SELECT max(h.seq) FROM experiment_history AS h WHERE h.experiment_id = e.experiment_id) "
+        "ORDER BY e.updated_at",
+        cutoff,
+    )
+    return [str(r["experiment_id"]) for r in rows]
+
+
+async def record_deploy_command(
+    pool: Any, experiment_id: str, command_id: uuid.UUID, evidence: dict[str, Any]
+) -> bool:
+    """Record the deployment command of a passing experiment; False if one was recorded before."""
+    status = await pool.execute(
+        "UPDATE experiments SET deploy_command_id = $2, outcome = $3, updated_at = now() "
+        "WHERE experiment_id = $1 AND deploy_command_id IS NULL",
+        experiment_id,
+        command_id,
+        evidence,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def mark_deploy_sent(pool: Any, experiment_id: str) -> None:
+    """Record that the broker acknowledged the experiment's deployment command."""
+    await pool.execute(
+        "UPDATE experiments SET deploy_sent_at = now() "
+        "WHERE experiment_id = $1 AND deploy_sent_at IS NULL",
+        experiment_id,
+    )
+
+
+async def deployments_unsent(pool: Any, now: datetime | None = None) -> list[Any]:
+    """Experiments whose recorded deployment command the broker has not acknowledged a while.
+
+    Left so by a worker killed between recording the command and sending it: a
+    redelivered input finds the command recorded and does not send it.
+    """
+    cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
+    return list(
+        await pool.fetch(
+            "SELECT * FROM experiments WHERE status = 'replaying' "
+            "AND deploy_command_id IS NOT NULL AND deploy_sent_at IS NULL AND updated_at < $1 "
+            "ORDER BY updated_at",
+            cutoff,
+        )
+    )
+
+
 async def open_experiments(pool: Any, doer: str) -> list[Any]:
     """A doer's experiments that are not concluded."""
     return list(
@@ -907,8 +994,14 @@ async def open_experiments(pool: Any, doer: str) -> list[Any]:
 
 
 async def refused_deployments(pool: Any) -> list[Any]:
-    """Experiments whose deployment command the policy store refused, with its verdict."""
-    return list(
+    """Experiments whose deployment command was refused: (experiment_id, verdict, refusal).
+
+    Refused by the policy store (its audit row says why), or at its envelope
+    (an unregistered or revoked worker key, an expired signature): the policy
+    stage then records nothing, and its ``command_refused`` alert, whose id
+    derives from the command's, is the record of the refusal.
+    """
+    refused = list(
         await pool.fetch(
             """
             SELECT e.experiment_id, p.verdict, p.refusal
@@ -917,6 +1010,32 @@ async def refused_deployments(pool: Any) -> list[Any]:
             """
         )
     )
+    unanswered = await pool.fetch(
+        """
+        SELECT e.experiment_id, e.deploy_command_id FROM experiments AS e
+        WHERE e.status = 'replaying' AND e.deploy_sent_at IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM policy_promotions AS p
+                          WHERE p.event_id = e.deploy_command_id)
+        """
+    )
+    if not unanswered:
+        return refused
+    alert_ids = {caused_event_id("alert", r["deploy_command_id"]): r for r in unanswered}
+    for alert in await pool.fetch(
+        "SELECT event_id, message, evidence FROM alerts "
+        "WHERE event_id = ANY($1::uuid[]) AND kind = 'command_refused'",
+        list(alert_ids),
+    ):
+        if alert["evidence"].get("refusal") == "replayed":
+            continue  # a resent command the store had applied: its outcome row follows
+        refused.append(
+            {
+                "experiment_id": alert_ids[alert["event_id"]]["experiment_id"],
+                "verdict": alert["message"],
+                "refusal": alert["evidence"].get("refusal"),
+            }
+        )
+    return refused
 
 
 async def policy_status(pool: Any, policy_id: str, version: int) -> str | None:

@@ -67,10 +67,20 @@ class Doer:
         stage does for the active policy. ``settle=False`` stops before the verdicts,
         as a worker killed after recording the last result does.
         """
+        start = await self.start(version, control_rid)
+        if loss is not None:
+            for task in start.tasks:
+                await store.record_result(self.db, scored(task, loss))
+        if settle:
+            await store.settle_verdicts(self.db, start.replay_id, RULE)
+        return start.replay_id
+
+    async def start(self, version: int, control_rid: str | None) -> store.ReplayStart:
+        """Start the replay of ``version`` against ``control_rid`` ("self": its own control)."""
         policy = await store.find_policy_row(self.db, self.name.lower(), version)
         if control_rid == "self":
             control_rid = replay_id(policy["content_hash"], self.golden.manifest_hash, SEEDS)
-        start = await store.start_replay(
+        return await store.start_replay(
             self.db,
             policy=policy,
             golden=self.golden,
@@ -81,12 +91,6 @@ class Doer:
             force=False,
             control_replay_id=control_rid,
         )
-        if loss is not None:
-            for task in start.tasks:
-                await store.record_result(self.db, scored(task, loss))
-        if settle:
-            await store.settle_verdicts(self.db, start.replay_id, RULE)
-        return start.replay_id
 
     async def experiment(self, candidate: int, control: int) -> str:
         experiment_id = f"{self.name}-v{candidate}-vs-v{control}"

@@ -208,9 +208,9 @@ def sent(app: LearnopsApp, topic: str) -> list[Any]:
 def make_app(
     database_url: str, db: Any, tmp_path: Path, worker_key_file: Path
 ) -> Callable[..., LearnopsApp]:
-    """Build an app with the named stages, the session's pool and an outbox."""
+    """Build an app with the named stages, the session's pool and an outbox (``more``: settings)."""
 
-    def build(*stages: str, crl_fold_interval_s: float = 0.0) -> LearnopsApp:
+    def build(*stages: str, crl_fold_interval_s: float = 0.0, **more: Any) -> LearnopsApp:
         # The CRL stage writes its aggregates after every batch unless a test asks for
         # the worker's interval, so a test sees a batch's writes once it has finished.
         settings = Settings(
@@ -221,6 +221,7 @@ def make_app(
             learnops_data_dir=tmp_path,
             learnops_worker_signing_key_file=worker_key_file,
             learnops_crl_fold_interval_s=crl_fold_interval_s,
+            **more,
         )
         app = create_app(settings, stages=stages)
         app.use_pool(db)

@@ -1,0 +1,235 @@
+"""The experiments stage driven in process: what a killed worker left undone, and retries.
+
+The stage records each step in PostgreSQL before it sends what the step
+publishes (an ``ExperimentChanged``, a deployment command), so a worker killed
+between the two leaves a step recorded and unsent. These tests put the
+database in that state with the same store calls the stage makes, then run the
+stage's timer on a fresh app (a restarted worker) and read what it sends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.app import LearnopsApp
+from models.commands import RunReplay, StartShadow
+from models.events import Alert, ExperimentChanged, ReplayTask
+from models.ids import caused_event_id, experiment_event_id
+from storage import experiments as store
+from storage.alerts import insert_alerts
+from tests import operators
+from tests.integration.test_experiment_evidence import SEEDS, Doer, make_doer, scored
+from tests.integration.test_stages_in_process import Feed, Progress, make_app, sent
+from tests.operators import signed
+
+__all__ = ["make_app"]  # the fixture, imported for this module's tests
+
+COMMANDS = "learning.commands"
+EXPERIMENTS = "learning.experiments"
+RESULTS = "learning.crl-computed"
+TASKS = "learning.replay-tasks"
+
+
+@pytest.fixture
+def experiments_app(make_app: Callable[..., LearnopsApp], tmp_path: Path) -> LearnopsApp:
+    """An app with the experiments stage and the worker's operator key (tests.operators)."""
+    key = tmp_path / "worker.pem"
+    key.write_bytes(operators.WORKER.to_pem())
+    return make_app("experiments", learnops_worker_key=key)
+
+
+def after_settling() -> datetime:
+    """A time at which the timer takes up a step recorded now."""
+    return datetime.now(UTC) + store.SETTLE_AFTER + timedelta(seconds=1)
+
+
+async def deployed_unsent(doer: Doer) -> tuple[str, uuid.UUID]:
+    """An experiment whose passing verdict and deployment command are recorded, nothing sent.
+
+    The store calls are the stage's (``_begin``, ``_finished``, ``_deploy``),
+    stopped before each send, as a worker killed there leaves them.
+    """
+    experiment = await doer.experiment(2, 1)
+    control = await doer.replay(1, "self", 0.5)
+    candidate = await doer.replay(2, control, 0.3)
+    await doer.replaying(experiment, candidate, control)
+    command_id = experiment_event_id("deploy", experiment)
+    assert await store.record_deploy_command(
+        doer.db, experiment, command_id, await doer.evidence(experiment)
+    )
+    return experiment, command_id
+
+
+async def test_transitions_and_a_deployment_a_killed_worker_never_sent_are_sent_once(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    doer = await make_doer(db)
+    experiment, command_id = await deployed_unsent(doer)
+    app = experiments_app
+    stage = app.stages["experiments"]
+
+    # The path that recorded the steps has its turn first: nothing is sent yet.
+    await stage.expire_replays(datetime.now(UTC))
+    assert sent(app, COMMANDS) == [] and sent(app, EXPERIMENTS) == []
+
+    later = after_settling()
+    await stage.expire_replays(later)
+    commands = sent(app, COMMANDS)
+    assert [(type(c), c.event_id, c.version) for c in commands] == [(StartShadow, command_id, 2)]
+    assert commands[0].operator_signature is not None, "signed with the worker's key"
+    changes: list[ExperimentChanged] = sent(app, EXPERIMENTS)
+    assert [(c.status, c.previous_status) for c in changes] == [
+        ("created", None),
+        ("replaying", "created"),
+    ]
+    assert [c.event_id for c in changes] == [
+        experiment_event_id("experiment", experiment, seq) for seq in (0, 1)
+    ]
+    row = await store.get_experiment(db, experiment)
+    assert row["published_seq"] == 1 and row["deploy_sent_at"] is not None
+
+    # Once acknowledged, neither is sent again.
+    await stage.expire_replays(later)
+    assert len(sent(app, COMMANDS)) == 1 and len(sent(app, EXPERIMENTS)) == 2
+
+
+async def test_a_later_move_sends_what_a_kill_left_unsent_first_in_order(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """The experiment's creation and start were recorded and never sent; its replay's last
+    result then fails it, and the failure is published after them, in their order."""
+    doer = await make_doer(db)
+    experiment = await doer.experiment(2, 1)
+    control = await doer.replay(1, "self", 0.3)
+    candidate = await doer.start(2, control)
+    await doer.replaying(experiment, candidate.replay_id, control)
+
+    app = experiments_app
+    stage = app.stages["experiments"]
+    progress = Progress(stage)
+    async with app.agents["experiments"].test_context() as agent:
+        feed = Feed(app, agent)
+        for task in candidate.tasks:
+            await feed.event(RESULTS, scored(task, 0.6))
+        await progress.done(len(candidate.tasks), batched=False)
+
+    changes: list[ExperimentChanged] = sent(app, EXPERIMENTS)
+    assert [(c.status, c.previous_status) for c in changes] == [
+        ("created", None),
+        ("replaying", "created"),
+        ("failed", "replaying"),
+    ]
+    assert (await store.get_experiment(db, experiment))["published_seq"] == 2
+
+
+async def test_a_deployment_command_refused_at_its_envelope_fails_the_experiment(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """A refused envelope (the worker's key revoked, say) leaves no row in the policy store:
+    its command_refused alert, whose id derives from the command's, is the refusal. A
+    resent command refused as a replay is not: the store applied the first one."""
+    doer = await make_doer(db)
+    experiment, command_id = await deployed_unsent(doer)
+    replayed, replayed_id = await deployed_unsent(await make_doer(db))
+    for eid in (experiment, replayed):
+        await store.mark_deploy_sent(db, eid)
+    refusals = [(command_id, "key", "critical"), (replayed_id, "replayed", "warning")]
+    await insert_alerts(
+        db,
+        [
+            Alert(
+                event_id=caused_event_id("alert", cid),
+                doer=doer.name,
+                kind="command_refused",
+                severity=severity,
+                message=f"start_shadow refused: {refusal}",
+                evidence={"event_id": str(cid), "refusal": refusal},
+            )
+            for cid, refusal, severity in refusals
+        ],
+    )
+    app = experiments_app
+    await app.stages["experiments"].expire_replays(after_settling())
+
+    row = await store.get_experiment(db, experiment)
+    assert row["status"] == "failed"
+    history = await store.experiment_history(db, experiment)
+    assert history[-1]["reason"] == (
+        "the policy store refused the deployment: start_shadow refused: key"
+    )
+    assert history[-1]["evidence"] == {"refusal": "key"}
+    assert (await store.get_experiment(db, replayed))["status"] == "replaying"
+
+
+async def expired(doer: Doer, rid: str) -> None:
+    """End a running replay as its deadline would, and settle its verdict."""
+    await doer.db.execute(
+        "UPDATE offline_replays SET deadline = now() - interval '1 second' WHERE replay_id = $1",
+        rid,
+    )
+    assert rid in await store.expire_replays(doer.db)
+    await store.settle_verdicts(doer.db, rid, store.ReplayRule())
+
+
+@pytest.mark.parametrize("missing", ["candidate", "control"])
+async def test_an_incomplete_experiment_resumes_when_its_replay_runs_again(
+    experiments_app: LearnopsApp, db: Any, missing: str
+) -> None:
+    """The tasks of one replay (the candidate's, or the control's, which leaves the
+    candidate's verdict incomplete too) did not all return; a replay run of that policy
+    starts the replay's next attempt, the experiment goes back to replaying, and the new
+    results decide it, with the incomplete decision kept in its history."""
+    doer = await make_doer(db)
+    experiment = await doer.experiment(2, 1)
+    control = await doer.replay(1, "self", 0.5 if missing == "candidate" else None)
+    candidate = await doer.replay(2, control, 0.3 if missing == "control" else None)
+    await doer.replaying(experiment, candidate, control)
+    rerun_rid, version, loss = (candidate, 2, 0.3) if missing == "candidate" else (control, 1, 0.5)
+    await expired(doer, rerun_rid)
+    assert (await store.get_replay(db, candidate))["verdict"]["incomplete"] is True
+    assert await store.move_experiment(db, experiment, "incomplete", f"{missing} missing")
+
+    app = experiments_app
+    stage = app.stages["experiments"]
+    progress = Progress(stage)
+    async with app.agents["experiments"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(COMMANDS, signed(rerun(doer, version)))
+        await progress.done(1, batched=False)
+        assert (await store.get_experiment(db, experiment))["status"] == "replaying"
+        assert (await store.get_replay(db, candidate))["verdict"] is None
+        # The active policy is its own control: its run starts the same replay twice.
+        tasks: dict[str, ReplayTask] = {t.task_id: t for t in sent(app, TASKS)}
+        assert {t.replay_id for t in tasks.values()} == {rerun_rid}
+        assert {t.run_id.rsplit(":", 1)[1] for t in tasks.values() if t.run_id} == {"2"}
+        for task in tasks.values():
+            await feed.event(RESULTS, scored(task, loss))
+        await progress.done(1 + len(tasks), batched=False)
+
+    row = await store.get_experiment(db, experiment)
+    assert row["deploy_command_id"] == experiment_event_id("deploy", experiment)
+    assert row["outcome"]["verdict"]["passed"] is True, row["outcome"]
+    assert [type(c) for c in sent(app, COMMANDS)] == [StartShadow]
+    history = await store.experiment_history(db, experiment)
+    assert [h["to_status"] for h in history] == ["created", "replaying", "incomplete", "replaying"]
+    assert history[2]["reason"] == f"{missing} missing"
+    assert history[3]["reason"] == f"replay {rerun_rid} started again (attempt 2)"
+
+
+def rerun(doer: Doer, version: int) -> RunReplay:
+    """An operator's replay run of one of the doer's versions on its golden dataset."""
+    return RunReplay(
+        doer=doer.name,
+        actor="tests",
+        reason="the executor is back",
+        policy_id=doer.name.lower(),
+        version=version,
+        dataset=f"{doer.golden.name}@{doer.golden.version}",
+        seeds=SEEDS,
+    )
