@@ -3,8 +3,11 @@
 The value is one per doer (one changelog record holds everything that must
 change together): per phase and parameter of the active policy, its
 :class:`learning.bandit.BanditState`, the shares in force and the sequence
-number of the last allocation published; and whether an operator froze the
-doer's allocations, with the last freeze or unfreeze applied (to refuse older ones).
+number of the last allocation published, with the few allocations before it
+(a run's guardrail events are tested at the shares of the allocation that
+routed it, ``RunCompleted.allocation_sequences``); and whether an operator froze
+the doer's allocations, with the last freeze or unfreeze applied (to refuse
+older ones).
 
 A scored run folds in when it is live and served by the active policy
 (:func:`counts`): replays, shadow runs and a canary's candidate runs never
@@ -92,6 +95,24 @@ def parameter_key(phase: str, parameter: str) -> str:
     return f"{phase}/{parameter}"
 
 
+#: How many allocations before the one in force a bandit keeps, for the runs routed under
+#: them whose results arrive after a reallocation (``RunCompleted.allocation_sequences``).
+KEPT_ALLOCATIONS = 8
+
+
+@dataclass(frozen=True)
+class InForce:
+    """What an allocation put in force: the shares, and the probes it asked for on what share."""
+
+    shares: dict[str, float]
+    probes: list[str]
+    probe_share: float
+
+    def to_list(self, sequence: int) -> list[Any]:
+        """JSON-ready form under the allocation's sequence."""
+        return [sequence, dict(self.shares), list(self.probes), self.probe_share]
+
+
 @dataclass
 class ParameterBandit:
     """The bandit of one phase and parameter of one policy version."""
@@ -104,6 +125,34 @@ class ParameterBandit:
     runs_since_published: int = 0
     probes: list[str] = field(default_factory=list)  # options asked to be probed
     probe_share: float = 0.0
+    # The last KEPT_ALLOCATIONS allocations before the one in force, by sequence.
+    earlier: dict[int, InForce] = field(default_factory=dict)
+
+    def routed_under(self, sequence: int | None) -> InForce:
+        """What was in force when a run was routed by the allocation numbered ``sequence``.
+
+        The allocation in force when the run names none (an orchestrator that
+        does not report it, or the policy's default chosen without one), or one
+        older than the kept allocations.
+        """
+        if sequence is not None and sequence in self.earlier:
+            return self.earlier[sequence]
+        return InForce(self.shares, self.probes, self.probe_share)
+
+    def put_in_force(
+        self, shares: Mapping[str, float], probes: list[str], probe_share: float
+    ) -> None:
+        """Number a new allocation and put it in force, keeping the one before it."""
+        self.earlier[self.sequence] = InForce(
+            dict(self.shares), list(self.probes), self.probe_share
+        )
+        for old in sorted(self.earlier)[:-KEPT_ALLOCATIONS]:
+            del self.earlier[old]
+        self.shares = dict(shares)
+        self.probes = probes
+        self.probe_share = probe_share
+        self.sequence += 1
+        self.runs_since_published = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
@@ -116,6 +165,7 @@ class ParameterBandit:
             "runs_since_published": self.runs_since_published,
             "probes": list(self.probes),
             "probe_share": self.probe_share,
+            "earlier": [kept.to_list(seq) for seq, kept in sorted(self.earlier.items())],
         }
 
     @classmethod
@@ -130,6 +180,14 @@ class ParameterBandit:
             runs_since_published=int(data["runs_since_published"]),
             probes=[str(o) for o in data.get("probes") or []],
             probe_share=float(data.get("probe_share", 0.0)),
+            earlier={
+                int(seq): InForce(
+                    {o: float(v) for o, v in shares.items()},
+                    [str(o) for o in probes],
+                    float(share),
+                )
+                for seq, shares, probes, share in data.get("earlier") or []
+            },
         )
 
 
@@ -193,27 +251,31 @@ class BanditBook:
             "security_criticals": result.terms.security_criticals,
             "api_breakages": result.terms.api_breakages,
         }
+        routed = result.allocation_sequences
         if probe:
             ((parameter, option),) = result.options.items()  # a probe names exactly one
             asked = self.bandits.get(parameter_key(result.phase, parameter))
-            if (
-                asked is not None
-                and (asked.policy_id, asked.version) == (result.policy_id, result.policy_version)
-                and option in asked.probes
+            if asked is None or (asked.policy_id, asked.version) != (
+                result.policy_id,
+                result.policy_version,
             ):
-                asked.state.observe_probe(option, events, asked.shares, asked.probe_share, config)
+                return None
+            then = asked.routed_under(routed.get(parameter))
+            if option in then.probes:
+                asked.state.observe_probe(option, events, then.shares, then.probe_share, config)
             return None
         self.policy = (result.policy_id, result.policy_version)
         for parameter, option in sorted(result.options.items()):
             bandit = self._bandit(result, parameter, tunables, config)
+            then = bandit.routed_under(routed.get(parameter))
             bandit.state.observe(
                 option,
                 result.loss,
-                bandit.shares,
+                then.shares,
                 events=events,
                 config=config,
-                probe_share=bandit.probe_share,
-                probing=bandit.probes,
+                probe_share=then.probe_share,
+                probing=then.probes,
             )
             bandit.runs_since_published += 1
         return None
@@ -284,11 +346,8 @@ class BanditBook:
         bandit = self.bandits[key]
         rng = np.random.default_rng([seed, bandit.sequence + 1])
         allocation = allocate(bandit.state, config, rng)
-        bandit.shares = dict(allocation.shares)
-        bandit.probes = list(allocation.probes) if probe_share > 0 else []
-        bandit.probe_share = probe_share if bandit.probes else 0.0
-        bandit.sequence += 1
-        bandit.runs_since_published = 0
+        asked = list(allocation.probes) if probe_share > 0 else []
+        bandit.put_in_force(allocation.shares, asked, probe_share if asked else 0.0)
         return allocation
 
     def event(self, doer: str) -> BanditAllocations:

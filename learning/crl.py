@@ -209,6 +209,7 @@ def score_bundle(
         replay_id=bundle.replay_id,
         model=bundle.model,
         options=dict(bundle.options),
+        allocation_sequences=dict(bundle.allocation_sequences),
         terms=terms,
         loss=result.loss,
         contributions=result.contributions,

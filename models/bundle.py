@@ -153,6 +153,10 @@ class RunCompleted(Event):
     model: str | None = None  # the model the doer used
     # The option the run used of each tunable parameter of its policy (models.tunables).
     options: dict[Identifier, Identifier] = Field(default_factory=dict)
+    # For each parameter whose option a bandit allocation chose: that allocation's
+    # sequence (ParameterAllocation.sequence, learnops.client.Allocations.choice), so
+    # the bandit tests the run's guardrail events at the shares it was routed under.
+    allocation_sequences: dict[Identifier, Count] = Field(default_factory=dict)
     artifacts: list[Artifact] = Field(default_factory=list)
     gates: Gates
     qav: QAV | None = None
@@ -171,6 +175,12 @@ class RunCompleted(Event):
             raise ValueError(
                 "a shadow run without a deployment is a bandit probe: options must name "
                 f"exactly the one option it ran, not {len(self.options)}"
+            )
+        unnamed = sorted(set(self.allocation_sequences) - set(self.options))
+        if unnamed:
+            raise ValueError(
+                f"allocation_sequences name {', '.join(unnamed)}, which options do not: "
+                "a sequence goes with the option it chose"
             )
         if self.shadow and self.deployment_id is not None and self.arm != "candidate":
             raise ValueError(

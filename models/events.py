@@ -151,6 +151,7 @@ class CRLComputed(Event):
     replay_id: Identifier | None = None
     model: str | None = None
     options: dict[Identifier, Identifier] = Field(default_factory=dict)  # RunCompleted.options
+    allocation_sequences: dict[Identifier, Count] = Field(default_factory=dict)  # RunCompleted's
     terms: CRLTerms
     loss: NonNegativeFloat
     contributions: dict[str, NonNegativeFloat]

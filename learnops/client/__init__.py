@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from learnops.client.allocations import Allocations
+from learnops.client.allocations import Allocations, Choice
 from learnops.client.router import Router, UnknownDoer
 
 if TYPE_CHECKING:
     from learnops.client.replay_executor import BlobFetcher, TaskError, serve
 
-__all__ = ["Allocations", "BlobFetcher", "Router", "TaskError", "UnknownDoer", "serve"]
+__all__ = ["Allocations", "BlobFetcher", "Choice", "Router", "TaskError", "UnknownDoer", "serve"]
 
 _EXECUTOR_NAMES = frozenset({"BlobFetcher", "TaskError", "serve"})
 

@@ -11,11 +11,18 @@ under the same shares, so a replay of the routing agrees without talking.
 
     async with Allocations("kafka:9092", trusted_keys=workers) as allocations:
         route = router.route("PRDWriter", task_id)
-        model = allocations.option(
+        chosen = allocations.choice(
             "PRDWriter", "draft", "router.model", task_id, policy=(route.policy_id, route.version)
-        ) or default_model
+        )
+        model = chosen.option if chosen else default_model
 
-The orchestrator records the option in the bundle (``RunCompleted.options``).
+The orchestrator records the option in the bundle (``RunCompleted.options``)
+and, when an allocation chose it, that allocation's sequence
+(``RunCompleted.allocation_sequences``: ``{"router.model": chosen.sequence}``):
+the bandit then tests the run's security criticals and API breakages at the
+shares it was routed under, not at those in force when its result arrives,
+which differ for runs in flight across a reallocation. ``option(...)`` is the
+option alone, for an orchestrator that does not report the sequence.
 With ``policy``, an allocation of another version than the routed one gives
 None (the policy's default applies): after a promotion the bandit starts the
 new version's bandits and publishes their shares at its first run, and until
@@ -50,7 +57,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from learning.routing import bucket
 from learnops.client.follower import TopicFollower
@@ -63,6 +70,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("learnops.allocations")
 
 ALLOCATIONS = "learning.bandit-allocations"
+
+
+class Choice(NamedTuple):
+    """The option an allocation gives a task, and that allocation's sequence number."""
+
+    option: str
+    sequence: int
 
 
 def choose(shares: Mapping[str, float], point: float) -> str:
@@ -180,6 +194,29 @@ class Allocations(TopicFollower):
         """The doer's latest allocations, or None."""
         return self._latest.get(doer)
 
+    def choice(
+        self,
+        doer: str,
+        phase: str,
+        parameter: str,
+        task_id: str,
+        *,
+        policy: tuple[str, int] | None = None,
+    ) -> Choice | None:
+        """The option for the task by its share, with the allocation's sequence; None without one.
+
+        ``policy`` is the (policy id, version) the task is routed under: an
+        allocation of another version (the one before a promotion, until the
+        bandit publishes the new one's) gives None, and the policy's default
+        applies, instead of options the routed version may not declare. Put
+        the sequence in the bundle's ``allocation_sequences`` under ``parameter``.
+        """
+        found = self._routed(doer, phase, parameter, policy)
+        if found is None:
+            return None
+        allocations, allocation = found
+        return Choice(option_for(allocations, phase, parameter, task_id), allocation.sequence)
+
     def option(
         self,
         doer: str,
@@ -189,20 +226,9 @@ class Allocations(TopicFollower):
         *,
         policy: tuple[str, int] | None = None,
     ) -> str | None:
-        """The option for the task by its share; None when the doer has no such allocation.
-
-        ``policy`` is the (policy id, version) the task is routed under: an
-        allocation of another version (the one before a promotion, until the
-        bandit publishes the new one's) gives None, and the policy's default
-        applies, instead of options the routed version may not declare.
-        """
-        allocations = self._latest.get(doer)
-        if allocations is None:
-            return None
-        allocation = allocations.allocation(phase, parameter)
-        if allocation is None or not _of_policy(allocation, policy):
-            return None
-        return option_for(allocations, phase, parameter, task_id)
+        """The option of :meth:`choice` alone."""
+        chosen = self.choice(doer, phase, parameter, task_id, policy=policy)
+        return chosen.option if chosen else None
 
     def probes(
         self,
@@ -219,13 +245,22 @@ class Allocations(TopicFollower):
         ``arm`` is the task's canary arm from the Router (None without a deployment):
         a task on the candidate arm is never probed. ``policy``: as for :meth:`option`.
         """
+        found = self._routed(doer, phase, parameter, policy)
+        if found is None:
+            return []
+        return probes_for(found[0], phase, parameter, task_id, arm)
+
+    def _routed(
+        self, doer: str, phase: str, parameter: str, policy: tuple[str, int] | None
+    ) -> tuple[BanditAllocations, ParameterAllocation] | None:
+        """The doer's allocations and the parameter's, if it is of the routed ``policy``."""
         allocations = self._latest.get(doer)
         if allocations is None:
-            return []
+            return None
         allocation = allocations.allocation(phase, parameter)
         if allocation is None or not _of_policy(allocation, policy):
-            return []
-        return probes_for(allocations, phase, parameter, task_id, arm)
+            return None
+        return allocations, allocation
 
 
 def _of_policy(allocation: ParameterAllocation, policy: tuple[str, int] | None) -> bool:

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from learning.signing import generate_key
 from learnops.cli.main import GroupedCommand, command, fail
-from learnops.client import Allocations
+from learnops.client import Allocations, Choice
 from learnops.demo.bandit_scenario import (
     LARGE,
     PARAMETER,
@@ -87,8 +87,8 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
             f"{LARGE} and {SMALL} (as good, cheaper); golden dataset {prepared.golden}"
         )
 
-        def choose(name: str, run_id: str) -> str | None:
-            return allocations.option(name, PHASE, PARAMETER, run_id)
+        def choose(name: str, run_id: str) -> Choice | None:
+            return allocations.choice(name, PHASE, PARAMETER, run_id)
 
         orchestrator = TwoModelOrchestrator(
             choose, {2: SMALL}, seed=stamp % 1000, doers=(doer,), run_prefix=f"bandit-{stamp}"

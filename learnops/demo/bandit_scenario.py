@@ -71,8 +71,9 @@ class DeclaredModelExecutor:
 class TwoModelOrchestrator(Orchestrator):
     """Bundles of the doer whose draft phase runs the model the bandit (or the policy) picks.
 
-    ``choose(doer, run_id)`` is the bandit's option for a run of the version
-    leaving the model open (None: the policy's default, the large one); a
+    ``choose(doer, run_id)`` is the bandit's choice for a run of the version
+    leaving the model open (``Allocations.choice``; None: the policy's default,
+    the large one), named in the bundle with its allocation's sequence; a
     version fixing the model (``fixed``: version → model) runs that one.
     """
 
@@ -87,9 +88,12 @@ class TwoModelOrchestrator(Orchestrator):
         run = super().bundle(doer, **kwargs)
         model = self.fixed.get(run.policy_version)
         update: dict[str, Any] = {}
-        if model is None:  # the bundle names the option it used
-            model = self.choose(run.doer, run.run_id) or LARGE
+        if model is None:  # the bundle names the option it used, and what chose it
+            chosen = self.choose(run.doer, run.run_id)
+            model = chosen.option if chosen else LARGE
             update["options"] = {PARAMETER: model}
+            if chosen:
+                update["allocation_sequences"] = {PARAMETER: chosen.sequence}
         assert run.costs is not None  # the simulated orchestrator always reports its cost
         update["costs"] = run.costs.model_copy(update={"spent": run.costs.spent * COST[model]})
         # Validated again: a bundle the schema refuses must fail here, not in the worker's DLQ.
@@ -114,6 +118,8 @@ class TwoModelOrchestrator(Orchestrator):
                 "run_id": f"{routed.run_id}-probe",
                 "shadow": True,
                 "options": {PARAMETER: option},
+                # Asked for by the allocation the routed run was chosen under.
+                "allocation_sequences": dict(routed.allocation_sequences),
                 "model": option,
                 "costs": run.costs.model_copy(
                     update={"spent": run.costs.spent * COST[option]}

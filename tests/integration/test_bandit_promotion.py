@@ -106,7 +106,7 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
         )
         assert await active_policy(pool, doer) == (prepared.policy_id, 1)
         orchestrator = scenario.TwoModelOrchestrator(
-            lambda name, run_id: client.option(name, scenario.PHASE, scenario.PARAMETER, run_id),
+            lambda name, run_id: client.choice(name, scenario.PHASE, scenario.PARAMETER, run_id),
             {2: scenario.SMALL},
             seed=20,
             doers=(doer,),

@@ -138,6 +138,10 @@ def test_an_allocation_of_another_version_than_the_routed_one_gives_the_default(
     assert set(routed) == {"large", "small"}
     # Not told the routed version, the client answers as before.
     assert [client.option("Doer", "draft", "router.model", t) for t in tasks] == routed
+    # The choice is the same option with the sequence of the allocation that chose it.
+    chosen = [client.choice("Doer", "draft", "router.model", t, policy=("p", 1)) for t in tasks]
+    assert [c.option for c in chosen if c] == routed and {c.sequence for c in chosen if c} == {3}
+    assert client.choice("Doer", "draft", "router.model", "t1", policy=("p", 2)) is None
 
 
 def test_shares_that_do_not_sum_to_one_are_refused() -> None:

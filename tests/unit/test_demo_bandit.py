@@ -8,6 +8,7 @@ import pytest
 
 from learning.crl import compute_crl
 from learning.replay import ReplayTask
+from learnops.client import Choice
 from learnops.demo.bandit_scenario import (
     LARGE,
     PARAMETER,
@@ -59,9 +60,9 @@ def test_the_sandbox_gives_the_small_model_the_same_quality_and_a_lower_loss() -
 
 
 def test_bundles_name_the_chosen_model_and_a_fixed_version_runs_its_own() -> None:
-    chosen = [None, SMALL, LARGE]
+    chosen = [None, Choice(SMALL, 4), Choice(LARGE, 5)]
 
-    def choose(doer: str, run_id: str) -> str | None:
+    def choose(doer: str, run_id: str) -> Choice | None:
         return chosen.pop(0) if chosen else None
 
     def orchestrator() -> TwoModelOrchestrator:
@@ -70,6 +71,9 @@ def test_bundles_name_the_chosen_model_and_a_fixed_version_runs_its_own() -> Non
     first = orchestrator()
     runs = [first.bundle("D", policy=("d", 1)) for _ in range(3)]
     assert [r.options for r in runs] == [{PARAMETER: LARGE}, {PARAMETER: SMALL}, {PARAMETER: LARGE}]
+    # With the allocation that chose it; the default model was chosen by none.
+    assert [r.allocation_sequences for r in runs] == [{}, {PARAMETER: 4}, {PARAMETER: 5}]
+    assert first.probe(runs[1], LARGE).allocation_sequences == {PARAMETER: 4}
     assert all(r.phase == PHASE for r in runs)
     fixed = orchestrator().bundle("D", policy=("d", 2))
     again = orchestrator().bundle("D", policy=("d", 1))  # the same draws, the default model

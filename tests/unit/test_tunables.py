@@ -71,6 +71,17 @@ def test_a_bundle_names_its_options_and_the_crl_event_carries_them() -> None:
     assert CRLComputed.model_validate(event.model_dump()) == event
 
 
+def test_a_sequence_goes_with_an_option_the_bundle_names() -> None:
+    named = bundle_dict(
+        options={"router.model": "model-c-small"}, allocation_sequences={"router.model": 7}
+    )
+    assert RunCompleted.model_validate(named).allocation_sequences == {"router.model": 7}
+    with pytest.raises(ValueError, match=r"rag\.top_k, which options do not"):
+        RunCompleted.model_validate({**named, "allocation_sequences": {"rag.top_k": 1}})
+    with pytest.raises(ValueError, match="allocation_sequences"):
+        RunCompleted.model_validate({**named, "allocation_sequences": {"router.model": -1}})
+
+
 def test_a_bundle_option_that_is_not_text_is_refused() -> None:
     with pytest.raises(ValueError, match="options"):
         RunCompleted.model_validate(bundle_dict(options={"rag.top_k": 8}))
