@@ -58,12 +58,46 @@ def bandit() -> None:
     pass
 
 
+async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set[str]]:
+    """The doer as its allocations name it, its latest record (or None), every doer named.
+
+    Doer names are matched as written, then regardless of case when one fits:
+    the bandit stage keys a doer's book by its name as the runs give it.
+    """
+    from agents.topics import read_from_start
+    from models.bandit import BanditAllocations
+
+    records = await read_from_start(ctx.settings, ALLOCATIONS)
+    doers = {r.key.decode("utf-8", "replace") for r in records if r.key is not None}
+    if doer not in doers:
+        folded = [d for d in doers if d.lower() == doer.lower()]
+        doer = folded[0] if len(folded) == 1 else doer
+    latest: Any = None
+    for record in records:
+        if record.key == doer.encode():
+            found = BanditAllocations.from_json(record.value)
+            if latest is None or found.sequence >= latest.sequence:
+                latest = found
+    return doer, latest, doers
+
+
 async def _control(
     ctx: GroupedCommand, doer: str, frozen: bool, actor: str, reason: str, as_json: bool
 ) -> None:
     from learnops.cli.operator import signed
     from models.bandit import BanditControl
 
+    doer, latest, doers = await _allocations_of(ctx, doer)
+    verb = "frozen" if frozen else "unfrozen"
+    note = None
+    if latest is None:
+        # A freeze ahead of a doer's first allocation is allowed (it holds from then on),
+        # but a misspelt name would freeze nothing anyone routes by: say so.
+        hint = closest(doer, doers).removeprefix("; ")
+        note = (
+            f"{doer} has no allocations on {ALLOCATIONS} yet ({hint or 'no doer of that name'}); "
+            f"it is {verb} from its first allocation on"
+        )
     control = signed(
         ctx,
         BanditControl(
@@ -80,10 +114,18 @@ async def _control(
     finally:
         await producer.stop()
     if as_json:
-        sent = {"doer": doer, "frozen": frozen, "event_id": str(control.event_id), "sent": True}
+        sent = {
+            "doer": doer,
+            "frozen": frozen,
+            "event_id": str(control.event_id),
+            "sent": True,
+            "has_allocations": latest is not None,
+            "note": note,
+        }
         ctx.say(orjson.dumps(sent).decode())
         return
-    verb = "frozen" if frozen else "unfrozen"
+    if note is not None:
+        ctx.say(f"note: {note}", file=ctx.stderr)
     ctx.say(
         f"{doer}: {verb} sent as {control.event_id}, signed with your operator key (the bandit "
         "stage applies it at its next batch if your key holds the operator role on the doer)"
@@ -105,21 +147,7 @@ async def unfreeze(ctx: GroupedCommand, doer: str, actor: str, reason: str, as_j
 @command(bandit, "show", _doer, json_option)
 async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
     """DOER's latest allocations: per phase and parameter, each option's share."""
-    from agents.topics import read_from_start
-    from models.bandit import BanditAllocations
-
-    records = await read_from_start(ctx.settings, ALLOCATIONS)
-    doers = {r.key.decode("utf-8", "replace") for r in records if r.key is not None}
-    if doer not in doers:
-        # Doer names are matched as written, then regardless of case when one fits.
-        folded = [d for d in doers if d.lower() == doer.lower()]
-        doer = folded[0] if len(folded) == 1 else doer
-    latest: Any = None
-    for record in records:
-        if record.key == doer.encode():
-            found = BanditAllocations.from_json(record.value)
-            if latest is None or found.sequence >= latest.sequence:
-                latest = found
+    doer, latest, doers = await _allocations_of(ctx, doer)
     if latest is None:
         hint = closest(doer, doers).removeprefix("; ")
         fail(

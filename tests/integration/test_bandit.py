@@ -341,14 +341,15 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
     """`learnops bandit freeze|unfreeze DOER`; the allocations record the stage publishes after."""
     before = len(await _allocations(settings, doer.name))
     verb = "freeze" if frozen else "unfreeze"
-    # The freeze as text, the unfreeze as JSON: both name the signed control's id.
+    # The freeze as text, the unfreeze as JSON: both name the signed control's id. The
+    # unfreeze names the doer in lower case: the CLI sends it under the name runs give.
     json_flag = () if frozen else ("--json",)
     done = await asyncio.to_thread(
         run_learnops,
         doer.env,
         "bandit",
         verb,
-        doer.name,
+        doer.name if frozen else doer.name.lower(),
         "--actor",
         "ops",
         "--reason",
@@ -362,6 +363,7 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
     else:
         sent = json.loads(done.stdout)
         assert (sent["doer"], sent["frozen"], sent["sent"]) == (doer.name, False, True), sent
+        assert sent["has_allocations"] is True and sent["note"] is None, sent
         event_id = sent["event_id"]
 
     async def probe() -> list[BanditAllocations]:
@@ -379,6 +381,28 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
     assert (applied["action"], applied["operator"]) == (f"{verb}_bandit", "tests")
     assert applied["reason"] == "test"  # the operator's --reason, kept with the audit
     return next(r for r in found[before:] if r.frozen == frozen)
+
+
+async def test_freezing_a_doer_with_no_allocations_sends_it_and_says_so(
+    settings_env: dict[str, str],
+) -> None:
+    """A freeze ahead of a doer's first allocation holds from then on, so it is sent; but a
+    misspelt name would freeze nothing anyone routes by, so the CLI says so on stderr."""
+    name = f"NoBandit{uuid.uuid4().hex[:8]}"
+    text = await asyncio.to_thread(
+        run_learnops, settings_env, "bandit", "freeze", name, "--reason", "ahead of time"
+    )
+    assert text.returncode == 0, text.stderr
+    assert "frozen sent as" in text.stdout
+    assert f"note: {name} has no allocations on learning.bandit-allocations yet" in text.stderr
+    assert "it is frozen from its first allocation on" in text.stderr
+    done = await asyncio.to_thread(
+        run_learnops, settings_env, "bandit", "unfreeze", name, "--reason", "ahead", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)
+    assert (sent["doer"], sent["sent"], sent["has_allocations"]) == (name, True, False), sent
+    assert "unfrozen from its first allocation on" in sent["note"]
 
 
 async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_runs_skip(
