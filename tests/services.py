@@ -264,6 +264,29 @@ class WorkerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+async def start_executor(env: dict[str, str], log_path: Path, doers: str) -> WorkerProcess:
+    """`learnops replay executor` for the doers matching ``doers`` (a regex), as its own process.
+
+    Its consumer group starts at the end of learning.replay-tasks: tasks an
+    earlier session left on a shared broker are not its to run.
+    """
+    group = f"learnops-test-executor-{uuid.uuid4().hex[:8]}"
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    await start_group_at(bootstrap, group, await end_offsets(bootstrap, ("learning.replay-tasks",)))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = WorkerProcess(env=env, log_path=log_path)
+    with log_path.open("ab") as log:
+        process.process = subprocess.Popen(  # noqa: ASYNC220 - started, not awaited
+            [*learnops_command(), "replay", "executor", "--group", group, "--doers", doers],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+    return process
+
+
 # Topics a fresh test worker need not read from the beginning: inputs whose
 # history belongs to earlier sessions on a shared broker. Compacted state
 # topics (learning.policy-changes, learning.skill-cards) are read from the start.

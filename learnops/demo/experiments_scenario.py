@@ -157,6 +157,19 @@ async def prepare(
         ),
     )
     assert promoted.applied, promoted.verdict
+    golden, sample_ids = await freeze_golden(pool, doer, min(versions), actor=actor)
+    return ExperimentDoer(doer, policy_id, golden.name, golden.manifest_hash, sample_ids)
+
+
+async def freeze_golden(
+    pool: Any, doer: str, version: int, *, actor: str, texts: list[str] = SAMPLES
+) -> tuple[Any, list[str]]:
+    """Store ``texts`` as the doer's accepted draft samples and freeze them; the golden dataset.
+
+    The samples are the doer's policy ``version``'s, of the demo's tenant; the
+    golden dataset is named ``golden-<policy id>``. Also the sample ids.
+    """
+    policy_id = doer.lower()
     dataset = f"{DEMO_TENANT}/{doer}/draft"
     samples = [
         SampleCurated(
@@ -165,7 +178,7 @@ async def prepare(
             run_id=f"{doer}-run{i}",
             phase="draft",
             policy_id=policy_id,
-            policy_version=min(versions),
+            policy_version=version,
             artifact_id=f"a{i}",
             kind="prd",
             origin="human",
@@ -176,13 +189,11 @@ async def prepare(
             dataset=dataset,
             tenant_id=DEMO_TENANT,
         )
-        for i, text in enumerate(SAMPLES)
+        for i, text in enumerate(texts)
     ]
     await insert_samples(pool, samples)
     golden = await freeze(pool, DEMO_TENANT, dataset, f"golden-{policy_id}", actor=actor)
-    return ExperimentDoer(
-        doer, policy_id, golden.name, golden.manifest_hash, [s.sample_id for s in samples]
-    )
+    return golden, [s.sample_id for s in samples]
 
 
 async def wait_experiment(

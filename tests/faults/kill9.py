@@ -14,15 +14,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import time
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from learnops.client.router import Router
 from tests.faults.ledger import Report
-from tests.faults.rig import Services, run_script, settings_for, wait_for, workers
+from tests.faults.rig import (
+    Services,
+    Workers,
+    operator_keys,
+    run_script,
+    settings_for,
+    wait_for,
+    workers,
+)
 from tests.faults.traffic import Traffic
 from tests.faults.verdict import finish, stored_runs
+from tests.services import start_executor
 
 
 async def kill9(
@@ -37,13 +49,16 @@ async def kill9(
     max_up_s: float = 6.0,
     starting_share: float = 0.25,
     session_timeout_s: float | None = None,
+    experiment_every: int = 10,
 ) -> Report:
     """Kill the worker ``kills`` times while traffic flows; the report of what was counted.
 
     A killed worker stays in its consumer group until its session times out, and
     the restarted one gets the partitions only then: ``session_timeout_s``
     (LEARNOPS_SESSION_TIMEOUT_S, default the worker's 10 s) sets most of the
-    recovery time, and nothing of what is checked.
+    recovery time, and nothing of what is checked. Every ``experiment_every``
+    rounds an experiment is created (0: none), replayed by a local executor
+    that is never killed.
     """
     report = Report(f"kill9: {kills} kills -9 of one worker (all stages), seed {seed}")
     rng = random.Random(seed)
@@ -51,13 +66,23 @@ async def kill9(
     settings = settings_for(found)
     producer = settings.kafka_producer(linger_ms=5)
     await producer.start()
+    owner, key_env = await operator_keys(found, pool)
+    prefix = f"F{uuid.uuid4().hex[:6]}"
     try:
         async with (
             Router(**settings.kafka_connection(), allow_unverified=True) as router,
-            workers(found, "kill9", extra_env=_session(session_timeout_s)) as group,
+            workers(found, "kill9", extra_env={**_session(session_timeout_s), **key_env}) as group,
+            executor(group, f"{prefix}Exp" if experiment_every else None),
         ):
             await group.start()
-            traffic = Traffic(pool, producer, router)
+            traffic = Traffic(
+                pool,
+                producer,
+                router,
+                prefix=prefix,
+                experiment_every=experiment_every,
+                operator_key=owner,
+            )
             await traffic.setup()
             doers = traffic.all_doers
             stop = asyncio.Event()
@@ -92,6 +117,19 @@ async def kill9(
     finally:
         await producer.stop()
     return report
+
+
+@contextlib.asynccontextmanager
+async def executor(group: Workers, doer: str | None) -> AsyncIterator[None]:
+    """The local replay executor for ``doer`` while the run lasts (None: no executor)."""
+    if doer is None:
+        yield
+        return
+    process = await start_executor(group.env("executor"), group.log_dir / "executor.log", doer)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(process.stop)
 
 
 def _session(timeout_s: float | None) -> dict[str, str]:

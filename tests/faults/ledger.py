@@ -29,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from learning.canary import ArmStats
 from learning.trends import DailyCRL
 from models.events import DeadLetter, RunCompleted
+from models.ids import experiment_event_id
 
 #: Topics a worker consumes with its group (its own outputs included).
 CONSUMED_TOPICS = (
@@ -367,6 +368,90 @@ async def check_bandit(
     row = report.add(Row("faust bandit-books", published=sum(expected.values())))
     row.stored = sum(counted.values())
     _compare(row, expected, counted)
+
+
+#: Where an experiment rests once the fault traffic's steps are all taken: failed at its
+#: replay (or refused by the policy store), or following its candidate's shadow.
+EXPERIMENT_ENDS = ("failed", "shadow", "canary", "promoted", "rolled_back")
+
+
+async def experiment_rows(pool: Any, ids: Iterable[str]) -> list[Any]:
+    """The experiments' rows with their last history seq and their deployment's audit rows."""
+    return list(
+        await pool.fetch(
+            """
+            SELECT e.experiment_id, e.status, e.published_seq, e.deploy_command_id,
+                   e.deploy_sent_at,
+                   (SELECT max(h.seq) FROM experiment_history AS h
+                    WHERE h.experiment_id = e.experiment_id) AS last_seq,
+                   (SELECT count(*) FROM policy_promotions AS p
+                    WHERE p.event_id = e.deploy_command_id) AS deploy_outcomes
+            FROM experiments AS e WHERE e.experiment_id = ANY($1::text[])
+            """,
+            list(ids),
+        )
+    )
+
+
+def experiments_settled(rows: list[Any], expected: int) -> bool:
+    """Every experiment created, at rest, and its transitions acknowledged by the broker."""
+    return len(rows) == expected and all(
+        r["status"] in EXPERIMENT_ENDS and r["published_seq"] == r["last_seq"] for r in rows
+    )
+
+
+async def check_experiments(
+    report: Report, pool: Any, bootstrap: str, published: Mapping[str, Any]
+) -> None:
+    """Each published experiment created once and at rest; every transition on the topic.
+
+    An experiment's transitions are recorded in ``experiment_history`` and each is
+    published on learning.experiments under an id derived from (experiment, seq):
+    one missing from the topic is lost (a kill between the record and the send
+    that nothing sent again); one sent twice carries the same id, which a
+    consumer drops, and is noted, not failed. An experiment left replaying (a
+    deployment command recorded and never sent again, a replay never judged) is
+    under. One whose recorded command never reached the policy store may have
+    moved on with its candidate, deployed by another experiment's command
+    (a kill between recording it and sending it; noted).
+    """
+    if not published:
+        return
+    rows = await experiment_rows(pool, published)
+    row = report.add(Row("experiments", published=len(published), stored=len(rows)))
+    row.lost = len(set(published) - {r["experiment_id"] for r in rows})
+    sent: Counter[str] = Counter()
+    for record in await read_topic(bootstrap, "learning.experiments"):
+        change = json.loads(record.value)
+        if change.get("experiment_id") in published:
+            sent[str(change["event_id"])] += 1
+    expected = {
+        str(experiment_event_id("experiment", r["experiment_id"], seq))
+        for r in rows
+        for seq in range(int(r["last_seq"]) + 1)
+    }
+    missing = expected - set(sent)
+    topic = report.add(
+        Row("learning.experiments", published=len(expected), stored=sum(sent.values()))
+    )
+    topic.lost = len(missing)
+    topic.detail += [f"transition {m} never published" for m in sorted(missing)[:5]]
+    again = sum(n - 1 for n in sent.values() if n > 1)
+    if again:
+        report.notes.append(f"{again} experiment transitions sent again (same event ids)")
+    for r in rows:
+        if r["status"] not in EXPERIMENT_ENDS:
+            row.under += 1
+            row.detail.append(f"{r['experiment_id']} left {r['status']}")
+        if r["deploy_command_id"] is not None and r["deploy_outcomes"] != 1:
+            report.notes.append(
+                f"{r['experiment_id']} is {r['status']}; its own deployment command was "
+                "never applied or refused (its candidate was deployed by another's)"
+            )
+    ends = Counter(r["status"] for r in rows)
+    report.notes.append(
+        "experiments: " + ", ".join(f"{n} {status}" for status, n in sorted(ends.items()))
+    )
 
 
 async def check_canary(

@@ -152,6 +152,27 @@ async def trust_worker_key(found: Services, pool: Any) -> None:
     await add_signing_key(pool, key.public_key, created_by="faults", note="fault-suite workers")
 
 
+async def operator_keys(found: Services, pool: Any) -> tuple[Any, dict[str, str]]:
+    """An owner's key for the traffic's commands and the workers' own operator key, enrolled.
+
+    Fresh keys each run (a shared database may hold others); the owner may do
+    anything on every doer, the workers' key holds the ``operator`` role (it signs
+    the experiments stage's deployment commands). Also the workers' environment.
+    """
+    from learning.signing import generate_key
+    from storage.operator_keys import add_operator_key, grant_role
+
+    owner, worker = generate_key(), generate_key()
+    for key, role in ((owner, "owner"), (worker, "operator")):
+        await add_operator_key(pool, key.public_key, operator=f"faults-{role}", actor="faults")
+        await grant_role(pool, key.key_id, "*", role, actor="faults")
+    found.state_dir.mkdir(parents=True, exist_ok=True)
+    path = found.state_dir / f"operator-{worker.key_id}.pem"
+    path.write_bytes(worker.to_pem())
+    path.chmod(0o600)
+    return owner, {"LEARNOPS_WORKER_KEY": str(path)}
+
+
 @dataclass
 class Workers:
     """``learnops worker`` processes of one consumer group (one app id), started and killed."""

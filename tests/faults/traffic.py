@@ -19,12 +19,14 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from learning.command_signing import sign_command
 from learning.signing import SigningKey, generate_key, signed_artifact
 from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
+from learnops.demo.experiments_scenario import BETTER, CONTROL, SAMPLES, WORSE, freeze_golden
 from learnops.simulation.orchestrator import Orchestrator
 from models.base import Event
-from models.commands import CanarySettings, RegisterPolicy
+from models.commands import CanarySettings, CreateExperiment, PromotePolicy, RegisterPolicy
 from models.events import RunCompleted, TaskRouted
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
@@ -42,12 +44,17 @@ BANDIT_PHASE, BANDIT_PARAMETER = "draft", "router.model"
 BANDIT_OPTIONS = ("model-a-large", "model-c-small")
 
 
+#: The experiments doer's golden dataset: few samples, so each experiment's replays are short.
+EXPERIMENT_SAMPLES = SAMPLES[:4]
+
+
 @dataclass
 class Published:
     """Every event sent, by id (a resend adds nothing here)."""
 
     runs: dict[str, RunCompleted] = field(default_factory=dict)
     routings: dict[str, TaskRouted] = field(default_factory=dict)
+    experiments: dict[str, CreateExperiment] = field(default_factory=dict)
     resent_rounds: int = 0
 
     def note(self, events: list[Event]) -> None:
@@ -56,6 +63,17 @@ class Published:
                 self.runs[event.run_id] = event
             elif isinstance(event, TaskRouted):
                 self.routings[str(event.event_id)] = event
+            elif isinstance(event, CreateExperiment):
+                self.experiments[event.experiment_id] = event
+
+
+def topic_of(event: Event) -> str:
+    """Where the orchestrator (or an operator) publishes an event of this kind."""
+    if isinstance(event, TaskRouted):
+        return "learning.task-routed"
+    if isinstance(event, CreateExperiment):
+        return "learning.commands"
+    return "learning.run-completed"
 
 
 def covering(prefix: str, per_partition: int, partitions: int = 4) -> list[str]:
@@ -88,6 +106,10 @@ class Traffic:
     per_partition: int = 0
     #: Bundles per round of a doer whose policy declares options (0: none, no bandit doer).
     bandit_runs: int = 2
+    #: Rounds between two experiments of the experiments doer (0: none, no such doer), and
+    #: the operator key (owner of every doer) that signs them.
+    experiment_every: int = 0
+    operator_key: SigningKey | None = None
 
     def __post_init__(self) -> None:
         if self.per_partition:
@@ -101,6 +123,8 @@ class Traffic:
         )
         self.bandit_doer: str | None = None
         self._bandit_runs = 0
+        self.experiment_doer: str | None = None
+        self._rounds = 0
 
     @property
     def all_doers(self) -> list[str]:
@@ -135,6 +159,66 @@ class Traffic:
         )
         self.bandit_policy = (policy_id, 1)
 
+    async def _register_experiment_doer(self, key: SigningKey) -> None:
+        """A doer with a control (v1, active), a better (v2) and a worse (v3) candidate."""
+        doer = f"{self.prefix}Exp"
+        policy_id = doer.lower()
+        for version, body in ((1, CONTROL), (2, BETTER), (3, WORSE)):
+            outcome = await commands_store.apply_command(
+                self.pool,
+                RegisterPolicy(
+                    doer=doer,
+                    actor="faults",
+                    reason=f"revision {version}",
+                    policy_id=policy_id,
+                    version=version,
+                    **signed_artifact(body, key, doer=doer, policy_id=policy_id, version=version),
+                ),
+            )
+            if outcome is None or not outcome.applied:
+                raise RuntimeError(f"{doer}@{version} was not registered: {outcome}")
+        promoted = await commands_store.apply_command(
+            self.pool,
+            PromotePolicy(
+                doer=doer,
+                actor="faults",
+                reason="control",
+                policy_id=policy_id,
+                version=1,
+                force=True,
+            ),
+        )
+        if promoted is None or not promoted.applied:
+            raise RuntimeError(f"{doer}@1 was not promoted: {promoted}")
+        golden, _ = await freeze_golden(
+            self.pool, doer, 1, actor="faults", texts=EXPERIMENT_SAMPLES
+        )
+        self.experiment_doer = doer
+        self.experiment_golden = f"{golden.name}@{golden.version}"
+
+    def experiment(self) -> CreateExperiment:
+        """The next experiment: the better candidate every fourth time, else the worse one.
+
+        Seeds of its own, so each starts replays of its own (the same seeds would be
+        answered from the first replay's record). The first better one goes to shadow;
+        the next ones are refused by the policy store (a shadow is live) and fail.
+        """
+        assert self.experiment_doer is not None and self.operator_key is not None
+        n = len(self.published.experiments)
+        command = CreateExperiment(
+            doer=self.experiment_doer,
+            actor="faults",
+            reason="a fault run's experiment",
+            experiment_id=f"{self.prefix}-exp{n}",
+            hypothesis="the candidate beats the control",
+            policy_id=self.experiment_doer.lower(),
+            version=2 if n % 4 == 0 else 3,
+            experiment_type="prompt_synthesis",
+            dataset=self.experiment_golden,
+            seeds=[3 * n, 3 * n + 1, 3 * n + 2],
+        )
+        return sign_command(command, self.operator_key, now=datetime.now(UTC))
+
     async def setup(self, key: SigningKey | None = None) -> None:
         """Register and promote signed policies, and start a patient and a quick canary.
 
@@ -147,6 +231,8 @@ class Traffic:
             await keys_store.add_signing_key(self.pool, key.public_key, created_by="faults")
         if self.bandit_runs:
             await self._register_bandit_doer(key)
+        if self.experiment_every:
+            await self._register_experiment_doer(key)
         for name, quality, settings, steps in (
             ("Patient", 0.8, PATIENT, [0.5]),
             ("Quick", 0.95, QUICK, [0.1, 0.5]),
@@ -196,6 +282,9 @@ class Traffic:
             for _ in range(tasks):
                 events.extend(simulation.task(scenario.doer))
             scenario.published_tasks += tasks
+        self._rounds += 1
+        if self.experiment_doer is not None and self._rounds % self.experiment_every == 0:
+            events.append(self.experiment())
         return events
 
     async def send(self, events: list[Event], *, attempts: int = 30) -> None:
@@ -205,14 +294,9 @@ class Traffic:
             try:
                 futures = []
                 for event in events:
-                    topic = (
-                        "learning.task-routed"
-                        if isinstance(event, TaskRouted)
-                        else "learning.run-completed"
-                    )
                     futures.append(
                         await self.producer.send(
-                            topic, key=event.doer.encode(), value=event.to_json()
+                            topic_of(event), key=event.doer.encode(), value=event.to_json()
                         )
                     )
                 await asyncio.gather(*futures)

@@ -10,12 +10,15 @@ from tests.faults.ledger import (
     check_aggregates,
     check_bandit,
     check_canary,
+    check_experiments,
     check_logs,
     check_offsets,
     check_runs,
     crl_rows,
     dead_letters,
     describe_startups,
+    experiment_rows,
+    experiments_settled,
     settle,
 )
 from tests.faults.rig import Services, Workers
@@ -55,6 +58,15 @@ async def finish(
         # Every stage done with every event (its offsets committed), then a clean stop.
         waited = await caught_up(found.bootstrap, group.app_id, timeout=600)
         report.notes.append(f"caught up {waited:.0f}s after the last run was stored")
+        if published.experiments:
+            # A step a kill left recorded and unsent waits for the stage's timer.
+            expected = len(published.experiments)
+            await settle(
+                lambda: experiment_rows(pool, published.experiments),
+                quiet_s=90,
+                timeout=300,
+                until=lambda rows: experiments_settled(rows, expected),
+            )
     except TimeoutError as exc:
         report.fail(str(exc))
     codes = await group.stop_all()
@@ -67,6 +79,7 @@ async def finish(
     await check_bandit(
         report, found.bootstrap, group.app_id, published.runs, rows, traffic.bandit_doer
     )
+    await check_experiments(report, pool, found.bootstrap, published.experiments)
     await check_canary(
         report,
         pool,

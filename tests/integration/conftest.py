@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,12 +15,9 @@ from learning.signing import SigningKey, generate_key
 from storage import signing_keys as keys_store
 from storage.pool import create_pool
 from tests.services import (
-    REPO,
     WorkerProcess,
     drop_database,
-    end_offsets,
-    learnops_command,
-    start_group_at,
+    start_executor,
 )
 
 
@@ -51,27 +47,7 @@ async def executor(
     topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
     """The local executor as its own process; doers named Unserved* are left to nobody."""
-    group = f"learnops-test-executor-{uuid.uuid4().hex[:8]}"
-    bootstrap = settings_env["KAFKA_BOOTSTRAP_SERVERS"]
-    await start_group_at(bootstrap, group, await end_offsets(bootstrap, ("learning.replay-tasks",)))
     log_path = tmp_path_factory.mktemp("executor") / "executor.log"
-    process = WorkerProcess(env=settings_env, log_path=log_path)
-    with log_path.open("ab") as log:
-        process.process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
-            [
-                *learnops_command(),
-                "replay",
-                "executor",
-                "--group",
-                group,
-                "--doers",
-                "(?!Unserved).*",
-            ],
-            env=settings_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
+    process = await start_executor(settings_env, log_path, "(?!Unserved).*")
     yield process
     await asyncio.to_thread(process.stop)
