@@ -33,6 +33,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from agents.command_auth import authorised, record_applied
 from agents.stage import Stage
@@ -542,7 +543,13 @@ class ExperimentsStage(Stage):
                 version=row["policy_version"],
                 canary=canary,
             )
-        await (await self.topics.commands.send(worker_signed(self.app.settings, command)))
+        try:
+            await (await self.topics.commands.send(worker_signed(self.app.settings, command)))
+        except KafkaError as exc:  # recorded and unsent: the timer sends it again
+            log.warning(
+                "experiment_deploy_unsent experiment=%s error=%r", row["experiment_id"], exc
+            )
+            return
         await durably(
             partial(store.mark_deploy_sent, self.app.pool, row["experiment_id"]), what="experiments"
         )
@@ -660,7 +667,11 @@ class ExperimentsStage(Stage):
                 change.previous_status,
                 change.reason,
             )
-            await (await self.topics.experiments.send(change))
+            try:
+                await (await self.topics.experiments.send(change))
+            except KafkaError as exc:  # recorded and unsent: the next move or the timer sends it
+                log.warning("experiment_unpublished experiment=%s error=%r", experiment_id, exc)
+                return
             await durably(
                 partial(store.mark_published, self.app.pool, experiment_id, seq),
                 what="experiments",

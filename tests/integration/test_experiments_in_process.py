@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from agents.app import LearnopsApp
 from models.commands import RunReplay, StartShadow
@@ -126,6 +127,53 @@ async def test_a_later_move_sends_what_a_kill_left_unsent_first_in_order(
         ("failed", "replaying"),
     ]
     assert (await store.get_experiment(db, experiment))["published_seq"] == 2
+
+
+class RefusingOutbox(list[tuple[str, Any]]):
+    """An app's outbox whose sends to some topics fail as a broker that is down refuses them."""
+
+    def __init__(self, *refused: str) -> None:
+        super().__init__()
+        self.refused = set(refused)
+
+    def append(self, item: tuple[str, Any]) -> None:
+        if item[0] in self.refused:
+            raise KafkaTimeoutError(f"{item[0]}: the broker did not answer")
+        super().append(item)
+
+
+@pytest.mark.parametrize("passes", [True, False])
+async def test_a_send_the_broker_refuses_is_left_to_the_timer_and_the_input_is_not_dead_lettered(
+    experiments_app: LearnopsApp, db: Any, passes: bool
+) -> None:
+    """The candidate's last result decides it while the broker refuses sends: passing, its
+    deployment command is recorded and unsent; failing, its failure is. Neither dead-letters
+    the result (a valid input); the timer sends both once the broker is back."""
+    doer = await make_doer(db)
+    experiment = await doer.experiment(2, 1)
+    control = await doer.replay(1, "self", 0.5)
+    candidate = await doer.start(2, control)
+    await doer.replaying(experiment, candidate.replay_id, control)
+
+    app = experiments_app
+    app.outbox = RefusingOutbox(EXPERIMENTS, COMMANDS)
+    stage = app.stages["experiments"]
+    progress = Progress(stage)
+    async with app.agents["experiments"].test_context() as agent:
+        feed = Feed(app, agent)
+        for task in candidate.tasks:
+            await feed.event(RESULTS, scored(task, 0.3 if passes else 0.7))
+        await progress.done(len(candidate.tasks), batched=False)
+    assert list(app.outbox) == [], "nothing sent, nothing dead-lettered"
+    row = await store.get_experiment(db, experiment)
+    assert row["published_seq"] == -1
+    assert (row["deploy_command_id"] is not None) is passes and row["deploy_sent_at"] is None
+
+    app.outbox = []  # the broker is back
+    await stage.expire_replays(after_settling())
+    statuses = ["created", "replaying"] + ([] if passes else ["failed"])
+    assert [c.status for c in sent(app, EXPERIMENTS)] == statuses
+    assert [type(c) for c in sent(app, COMMANDS)] == ([StartShadow] if passes else [])
 
 
 async def test_a_deployment_command_refused_at_its_envelope_fails_the_experiment(
