@@ -740,8 +740,8 @@ async def move_experiment(
         seq = await conn.fetchval(
             "SELECT max(seq) + 1 FROM experiment_history WHERE experiment_id = $1", experiment_id
         )
-        sets = ["status = $2", "updated_at = now()"]
-        values: list[Any] = [experiment_id, to_status]
+        sets = ["status = $2", "updated_at = now()", "history_seq = $3"]
+        values: list[Any] = [experiment_id, to_status, seq]
         if to_status in ("promoted", "rolled_back", "failed"):
             sets.append("concluded_at = now()")
         for name, value in updates.items():
@@ -932,10 +932,8 @@ async def unpublished_experiments(pool: Any, now: datetime | None = None) -> lis
     """
     cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
     rows = await pool.fetch(
-        "SELECT e.experiment_id FROM experiments AS e "
-        "WHERE e.updated_at < $1 AND e.published_seq < "
-        "(SELECT max(h.seq) FROM experiment_history AS h WHERE h.experiment_id = e.experiment_id) "
-        "ORDER BY e.updated_at",
+        "SELECT experiment_id FROM experiments "
+        "WHERE published_seq < history_seq AND updated_at < $1 ORDER BY updated_at",
         cutoff,
     )
     return [str(r["experiment_id"]) for r in rows]

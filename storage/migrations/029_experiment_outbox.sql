@@ -2,20 +2,27 @@
 -- the broker, so a step recorded by a worker killed before its send is sent
 -- by the stage's timer instead of being lost.
 --
+-- * history_seq: the last experiment_history row's seq (kept by each move);
 -- * published_seq: the last experiment_history row (seq) whose ExperimentChanged
 --   the broker acknowledged on learning.experiments; the rows after it are
 --   sent in order (their event ids derive from the row, so a row sent twice is
---   one event to a consumer that drops repeated ids).
+--   one event to a consumer that drops repeated ids). The timer looks for
+--   published_seq < history_seq through a partial index, so its look each
+--   second costs what is unsent, not every experiment ever run.
 -- * deploy_sent_at: when the broker acknowledged the deployment command
 --   (deploy_command_id); NULL while it has not, so the timer sends it again.
 --
 -- Rows recorded before this migration count as sent: their sends were made (or
 -- lost) by the code before it, which had no record of them.
+ALTER TABLE experiments ADD COLUMN history_seq integer NOT NULL DEFAULT 0;
 ALTER TABLE experiments ADD COLUMN published_seq integer NOT NULL DEFAULT -1;
 ALTER TABLE experiments ADD COLUMN deploy_sent_at timestamptz;
 
 UPDATE experiments AS e
-SET published_seq = coalesce(
-        (SELECT max(h.seq) FROM experiment_history AS h WHERE h.experiment_id = e.experiment_id),
-        -1),
-    deploy_sent_at = CASE WHEN e.deploy_command_id IS NOT NULL THEN e.updated_at END;
+SET history_seq = h.seq, published_seq = h.seq,
+    deploy_sent_at = CASE WHEN e.deploy_command_id IS NOT NULL THEN e.updated_at END
+FROM (SELECT experiment_id, max(seq) AS seq FROM experiment_history GROUP BY experiment_id) AS h
+WHERE h.experiment_id = e.experiment_id;
+
+CREATE INDEX experiments_unpublished ON experiments (updated_at)
+    WHERE published_seq < history_seq;

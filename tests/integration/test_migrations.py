@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,48 @@ async def test_crl_daily_is_rebuilt_per_tenant_from_the_runs_stored_before_migra
         "SELECT runs, mean_crl FROM crl_daily WHERE tenant_id = 'globex'"
     )
     assert (globex["runs"], globex["mean_crl"]) == (2, pytest.approx(0.7))
+
+
+async def test_experiments_recorded_before_the_outbox_count_as_sent(
+    empty_db: Any, tmp_path: Path
+) -> None:
+    """Migration 029: what the stage sent before it had an outbox is not sent again, and
+    the timer's look for unsent transitions finds none of it."""
+    from storage import experiments as store
+    from tests.integration.test_experiment_evidence import make_doer
+
+    await _migrate_before(empty_db, tmp_path, 29)
+    doer = await make_doer(empty_db)
+    waiting, deployed = await doer.experiment(2, 1), await doer.experiment(3, 1)
+    # As the stage of that time moved the second one and recorded its deployment.
+    await empty_db.execute(
+        "INSERT INTO experiment_history (experiment_id, seq, from_status, to_status, reason) "
+        "VALUES ($1, 1, 'created', 'replaying', 'replaying')",
+        deployed,
+    )
+    await empty_db.execute(
+        "UPDATE experiments SET status = 'replaying', deploy_command_id = $2, "
+        "updated_at = now() - interval '1 hour' WHERE experiment_id = $1",
+        deployed,
+        uuid.uuid4(),
+    )
+    await migrate(empty_db)
+    rows = {
+        r["experiment_id"]: r
+        for r in await empty_db.fetch(
+            "SELECT experiment_id, history_seq, published_seq, deploy_sent_at, updated_at "
+            "FROM experiments"
+        )
+    }
+    assert (rows[waiting]["history_seq"], rows[waiting]["published_seq"]) == (0, 0)
+    assert rows[waiting]["deploy_sent_at"] is None
+    assert (rows[deployed]["history_seq"], rows[deployed]["published_seq"]) == (1, 1)
+    assert rows[deployed]["deploy_sent_at"] == rows[deployed]["updated_at"]
+    later = datetime.now(UTC) + timedelta(days=1)
+    assert await store.unpublished_experiments(empty_db, later) == []
+    assert await store.deployments_unsent(empty_db, later) == []
+    # A move from then on is unsent until the stage marks it published.
+    await store.move_experiment(empty_db, waiting, "failed", "withdrawn")
+    assert await store.unpublished_experiments(empty_db, later) == [waiting]
+    await store.mark_published(empty_db, waiting, 1)
+    assert await store.unpublished_experiments(empty_db, later) == []
