@@ -26,3 +26,8 @@ WHERE h.experiment_id = e.experiment_id;
 
 CREATE INDEX experiments_unpublished ON experiments (updated_at)
     WHERE published_seq < history_seq;
+
+-- The same timer settles replays that ended without a verdict (a kill between
+-- the last result and the verdict): indexed too, for the same reason.
+CREATE INDEX offline_replays_unsettled ON offline_replays (completed_at)
+    WHERE verdict IS NULL AND status <> 'running';
