@@ -53,18 +53,28 @@ async def authorised(
             "replayed",
         )
     else:
-        keys, grants = await durably(partial(operator_keyring, pool), what="operator_keys")
-        verdict = authorise(
-            command.model_dump(mode="json"),
-            keys,
-            grants,
-            now=datetime.now(UTC),
-            clock_skew=timedelta(seconds=stage.app.settings.learnops_command_clock_skew_s),
-        )
+        verdict = await envelope_verdict(stage, command)
     if verdict:
         return verdict
     await refuse(stage, command, verdict)
     return None
+
+
+async def envelope_verdict(stage: Stage, command: SignedCommand) -> Verdict:
+    """The verdict on a command's envelope by the keys and grants in this database, now.
+
+    No replay guard, and nothing logged or alerted: what a stage asks before it
+    acts, and what the experiments stage asks of its own deployment command when
+    the policy stage has not answered it.
+    """
+    keys, grants = await durably(partial(operator_keyring, stage.app.pool), what="operator_keys")
+    return authorise(
+        command.model_dump(mode="json"),
+        keys,
+        grants,
+        now=datetime.now(UTC),
+        clock_skew=timedelta(seconds=stage.app.settings.learnops_command_clock_skew_s),
+    )
 
 
 async def refuse(stage: Stage, command: SignedCommand, verdict: Verdict) -> None:

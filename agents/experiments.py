@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiokafka.errors import KafkaError
 
-from agents.command_auth import authorised, record_applied
+from agents.command_auth import authorised, envelope_verdict, record_applied
 from agents.stage import Stage
 from agents.worker_key import worker_signed
 from learning.experiments import (
@@ -370,9 +370,10 @@ class ExperimentsStage(Stage):
 
         Their replay runs again (a new attempt of the candidate or of the
         control), so they are judged again when it finishes; the incomplete
-        verdict stays in their history.
+        verdict stays in their history. One whose other replay is incomplete
+        too, or whose candidate is now compared with another control, stays.
         """
-        for row in await self._read(store.experiments_waiting_on, rid, "incomplete"):
+        for row in await self._read(partial(store.resumable_experiments, rid=rid)):
             await self._move(
                 row["experiment_id"],
                 "replaying",
@@ -510,12 +511,11 @@ class ExperimentsStage(Stage):
             return  # another call judged it first and sent the command
         await self._send_deploy(row)
 
-    async def _send_deploy(self, row: Any) -> None:
-        """Send the candidate to shadow (or canary) through the policy agent; mark it sent.
+    def _deploy_command(self, row: Any) -> StartShadow | StartCanary:
+        """The experiment's deployment command, signed with the worker's key.
 
-        The command derives from the experiment's row (its event id from the
-        experiment id), so the timer's resend of a command a killed worker
-        recorded but never sent is the same command.
+        It derives from the experiment's row (its event id from the experiment
+        id), so a command sent again is the same command, signed afresh.
         """
         event_id = experiment_event_id("deploy", row["experiment_id"])
         reason = f"experiment {row['experiment_id']}: offline replay passed"
@@ -543,8 +543,13 @@ class ExperimentsStage(Stage):
                 version=row["policy_version"],
                 canary=canary,
             )
+        return worker_signed(self.app.settings, command)
+
+    async def _send_deploy(self, row: Any) -> None:
+        """Send the candidate to shadow (or canary) through the policy agent; mark it sent."""
+        command = self._deploy_command(row)
         try:
-            await (await self.topics.commands.send(worker_signed(self.app.settings, command)))
+            await (await self.topics.commands.send(command))
         except KafkaError as exc:  # recorded and unsent: the timer sends it again
             log.warning(
                 "experiment_deploy_unsent experiment=%s error=%r", row["experiment_id"], exc
@@ -560,6 +565,34 @@ class ExperimentsStage(Stage):
             row["policy_id"],
             row["policy_version"],
         )
+
+    async def _unanswered(self, row: Any, now: datetime) -> None:
+        """A deployment command the policy store has not answered: refused, expired, or late.
+
+        The policy store records what it applies or refuses for its content; a
+        command refused at its envelope leaves no row. So the stage asks its
+        own command's envelope of this database: refused (the worker's key
+        unregistered, revoked, without the operator role; no key at all), the
+        experiment fails with the reason. Otherwise a command unanswered for
+        longer than it was valid may have expired unread: it is sent again,
+        signed afresh (the policy store applies its event id once).
+        """
+        verdict = await envelope_verdict(self, self._deploy_command(row))
+        if not verdict:
+            await self._move(
+                row["experiment_id"],
+                "failed",
+                f"the policy stage refuses the deployment command: {verdict.reason}",
+                {"refusal": verdict.refusal},
+            )
+            return
+        settings = self.app.settings
+        valid_for = timedelta(
+            seconds=settings.learnops_command_ttl_s + settings.learnops_command_clock_skew_s
+        )
+        if row["deploy_sent_at"] < now - valid_for:
+            log.warning("experiment_deploy_resent experiment=%s", row["experiment_id"])
+            await self._send_deploy(row)
 
     async def _policy_change(self, event: Any) -> None:
         change = await self.decode(event, PolicyChange)
@@ -615,12 +648,22 @@ class ExperimentsStage(Stage):
         for row in await store.judged_but_waiting(pool, now):
             log.warning("experiment_judged_late experiment=%s", row["experiment_id"])
             await self._judge(row)
+        for row in await store.resumable_experiments(pool, now=now or datetime.now(UTC)):
+            log.warning("experiment_resumed_late experiment=%s", row["experiment_id"])
+            await self._move(
+                row["experiment_id"],
+                "replaying",
+                "its replays run again (taken up by the timer)",
+                {"replay_id": row["replay_id"], "control_replay_id": row["control_replay_id"]},
+            )
         for row in await store.deployments_unsent(pool, now):
             log.warning("experiment_deploy_sent_late experiment=%s", row["experiment_id"])
             await self._send_deploy(row)
         for experiment_id in await store.unpublished_experiments(pool, now):
             log.warning("experiment_published_late experiment=%s", experiment_id)
             await self._publish_pending(experiment_id)
+        for row in await store.deployments_unanswered(pool, now):
+            await self._unanswered(row, now or datetime.now(UTC))
         for refused in await store.refused_deployments(pool):
             await self._move(
                 refused["experiment_id"],
@@ -700,5 +743,9 @@ class ExperimentsStage(Stage):
             threshold=rule.threshold,
             evidence={"ended": ended, "failed": failed, "window_days": rule.window_days},
         )
-        await self.topics.alerts.send(alert)
+        try:
+            await self.topics.alerts.send(alert)
+        except KafkaError as exc:  # an alert, not a step: the next ended experiment raises it
+            log.warning("experiment_failure_rate_unsent doer=%s error=%r", doer, exc)
+            return
         log.warning("experiment_failure_rate doer=%s failed=%d ended=%d", doer, failed, ended)

@@ -31,7 +31,7 @@ from learning.signing import canonical_json
 from models.base import name_problem
 from models.datasets import DEFAULT_TENANT
 from models.events import CRLComputed, ExperimentChanged, ReplayTask
-from models.ids import caused_event_id, experiment_event_id
+from models.ids import experiment_event_id
 from storage.skills import close_request
 
 _LOCK_SPACE = 0x65787072  # "expr": advisory locks on a replay id
@@ -256,11 +256,13 @@ async def start_replay(
             attempt = row["attempt"]
         else:
             attempt = row["attempt"] + 1
-            # The replays judged incomplete for want of this one as their control are
-            # judged again once it finishes (a new comparison; the old one is kept).
+            # The replays judged incomplete only for want of this one as their control
+            # (their own tasks all returned) are judged again once it finishes (a new
+            # comparison; the old one is kept).
             await conn.execute(
                 "UPDATE offline_replays SET verdict = NULL WHERE control_replay_id = $1 "
-                "AND replay_id <> $1 AND (verdict ->> 'incomplete')::boolean",
+                "AND replay_id <> $1 AND status = 'complete' "
+                "AND (verdict ->> 'incomplete')::boolean",
                 rid,
             )
             await conn.execute(
@@ -666,9 +668,10 @@ async def insert_experiment(
             INSERT INTO experiments (
                 experiment_id, created_by, experiment_type, doer, phase, hypothesis, actor,
                 reason, dataset_name, dataset_version, seeds, policy_id, policy_version,
-                control_policy_id, control_version, deploy, plan, status, created_at, request_id
+                control_policy_id, control_version, deploy, plan, status, created_at, request_id,
+                history_seq
             ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                      $17, 'created', $18, $19)
+                      $17, 'created', $18, $19, 0)
             ON CONFLICT DO NOTHING
             """,
             experiment_id,
@@ -864,18 +867,49 @@ async def list_experiments(
     )
 
 
-async def experiments_waiting_on(pool: Any, rid: str, status: str = "replaying") -> list[Any]:
-    """Experiments in ``status`` on ``rid`` (as candidate or control) that have not deployed yet.
-
-    ``replaying``: those a finished replay may decide; ``incomplete``: those a new
-    attempt of the replay resumes.
-    """
+async def experiments_waiting_on(pool: Any, rid: str) -> list[Any]:
+    """Experiments replaying ``rid`` (as candidate or control) that have not deployed yet."""
     return list(
         await pool.fetch(
-            "SELECT * FROM experiments WHERE status = $2 AND deploy_command_id IS NULL "
+            "SELECT * FROM experiments WHERE status = 'replaying' AND deploy_command_id IS NULL "
             "AND (replay_id = $1 OR control_replay_id = $1)",
             rid,
-            status,
+        )
+    )
+
+
+async def resumable_experiments(
+    pool: Any, *, rid: str | None = None, now: datetime | None = None
+) -> list[Any]:
+    """Incomplete experiments whose replays run again: neither is incomplete any more.
+
+    Only while the candidate's replay is still compared with the experiment's own
+    control: a replay row is shared, and one now compared with another control
+    (a later active policy) cannot decide this experiment. With ``rid``, those
+    on that replay (the stage, when it starts a new attempt); with ``now``, those
+    that ended incomplete more than ``SETTLE_AFTER`` before it (the timer's
+    backstop, for a worker killed between the new attempt and the move).
+    """
+    conditions = [
+        "e.status = 'incomplete'",
+        "r.status <> 'incomplete'",
+        "(c.replay_id IS NULL OR c.status <> 'incomplete')",
+        "r.control_replay_id IS NOT DISTINCT FROM e.control_replay_id",
+    ]
+    values: list[Any] = []
+    if rid is not None:
+        values.append(rid)
+        conditions.append(f"(e.replay_id = ${len(values)} OR e.control_replay_id = ${len(values)})")
+    if now is not None:
+        values.append(now - SETTLE_AFTER)
+        conditions.append(f"e.updated_at < ${len(values)}")
+    return list(
+        await pool.fetch(
+            "SELECT e.* FROM experiments AS e "
+            "JOIN offline_replays AS r ON r.replay_id = e.replay_id "
+            "LEFT JOIN offline_replays AS c ON c.replay_id = e.control_replay_id "
+            f"WHERE {' AND '.join(conditions)} ORDER BY e.updated_at",
+            *values,
         )
     )
 
@@ -918,6 +952,7 @@ async def judged_but_waiting(pool: Any, now: datetime | None = None) -> list[Any
             "LEFT JOIN offline_replays c ON c.replay_id = e.control_replay_id "
             "WHERE e.status = 'replaying' AND e.deploy_command_id IS NULL "
             "AND r.verdict IS NOT NULL AND r.completed_at < $1 "
+            "AND r.control_replay_id IS NOT DISTINCT FROM e.control_replay_id "
             "AND (c.replay_id IS NULL OR c.completed_at < $1) ORDER BY e.updated_at",
             cutoff,
         )
@@ -954,11 +989,9 @@ async def record_deploy_command(
 
 
 async def mark_deploy_sent(pool: Any, experiment_id: str) -> None:
-    """Record that the broker acknowledged the experiment's deployment command."""
+    """Record that the broker acknowledged the experiment's deployment command (sent last now)."""
     await pool.execute(
-        "UPDATE experiments SET deploy_sent_at = now() "
-        "WHERE experiment_id = $1 AND deploy_sent_at IS NULL",
-        experiment_id,
+        "UPDATE experiments SET deploy_sent_at = now() WHERE experiment_id = $1", experiment_id
     )
 
 
@@ -992,14 +1025,8 @@ async def open_experiments(pool: Any, doer: str) -> list[Any]:
 
 
 async def refused_deployments(pool: Any) -> list[Any]:
-    """Experiments whose deployment command was refused: (experiment_id, verdict, refusal).
-
-    Refused by the policy store (its audit row says why), or at its envelope
-    (an unregistered or revoked worker key, an expired signature): the policy
-    stage then records nothing, and its ``command_refused`` alert, whose id
-    derives from the command's, is the record of the refusal.
-    """
-    refused = list(
+    """Experiments whose deployment command the policy store refused, with its verdict."""
+    return list(
         await pool.fetch(
             """
             SELECT e.experiment_id, p.verdict, p.refusal
@@ -1008,32 +1035,29 @@ async def refused_deployments(pool: Any) -> list[Any]:
             """
         )
     )
-    unanswered = await pool.fetch(
-        """
-        SELECT e.experiment_id, e.deploy_command_id FROM experiments AS e
-        WHERE e.status = 'replaying' AND e.deploy_sent_at IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM policy_promotions AS p
-                          WHERE p.event_id = e.deploy_command_id)
-        """
-    )
-    if not unanswered:
-        return refused
-    alert_ids = {caused_event_id("alert", r["deploy_command_id"]): r for r in unanswered}
-    for alert in await pool.fetch(
-        "SELECT event_id, message, evidence FROM alerts "
-        "WHERE event_id = ANY($1::uuid[]) AND kind = 'command_refused'",
-        list(alert_ids),
-    ):
-        if alert["evidence"].get("refusal") == "replayed":
-            continue  # a resent command the store had applied: its outcome row follows
-        refused.append(
-            {
-                "experiment_id": alert_ids[alert["event_id"]]["experiment_id"],
-                "verdict": alert["message"],
-                "refusal": alert["evidence"].get("refusal"),
-            }
+
+
+async def deployments_unanswered(pool: Any, now: datetime | None = None) -> list[Any]:
+    """Experiments whose deployment command was sent a while ago and has no outcome yet.
+
+    The policy store records every command it applies or refuses for its
+    content; one refused at its envelope (the worker's key unregistered,
+    revoked or without the role; the command expired before it was read)
+    leaves no row, and neither does one still waiting in a backlog.
+    """
+    cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
+    return list(
+        await pool.fetch(
+            """
+            SELECT e.* FROM experiments AS e
+            WHERE e.status = 'replaying' AND e.deploy_sent_at < $1
+              AND NOT EXISTS (SELECT 1 FROM policy_promotions AS p
+                              WHERE p.event_id = e.deploy_command_id)
+            ORDER BY e.updated_at
+            """,
+            cutoff,
         )
-    return refused
+    )
 
 
 async def policy_status(pool: Any, policy_id: str, version: int) -> str | None:

@@ -2,7 +2,8 @@
 -- the broker, so a step recorded by a worker killed before its send is sent
 -- by the stage's timer instead of being lost.
 --
--- * history_seq: the last experiment_history row's seq (kept by each move);
+-- * history_seq: the last experiment_history row's seq (kept by the insert and
+--   each move; -1 for a row written without history, which has nothing to send);
 -- * published_seq: the last experiment_history row (seq) whose ExperimentChanged
 --   the broker acknowledged on learning.experiments; the rows after it are
 --   sent in order (their event ids derive from the row, so a row sent twice is
@@ -12,17 +13,23 @@
 -- * deploy_sent_at: when the broker acknowledged the deployment command
 --   (deploy_command_id); NULL while it has not, so the timer sends it again.
 --
--- Rows recorded before this migration count as sent: their sends were made (or
--- lost) by the code before it, which had no record of them.
-ALTER TABLE experiments ADD COLUMN history_seq integer NOT NULL DEFAULT 0;
+-- Transitions recorded before this migration count as sent: their sends were
+-- made (or lost) by the code before it, which had no record of them. A
+-- deployment command recorded before it counts as sent only if the policy
+-- store has its outcome; one it has not is sent again (same event id), which
+-- is what a command a kill left unsent needs.
+ALTER TABLE experiments ADD COLUMN history_seq integer NOT NULL DEFAULT -1;
 ALTER TABLE experiments ADD COLUMN published_seq integer NOT NULL DEFAULT -1;
 ALTER TABLE experiments ADD COLUMN deploy_sent_at timestamptz;
 
 UPDATE experiments AS e
-SET history_seq = h.seq, published_seq = h.seq,
-    deploy_sent_at = CASE WHEN e.deploy_command_id IS NOT NULL THEN e.updated_at END
+SET history_seq = h.seq, published_seq = h.seq
 FROM (SELECT experiment_id, max(seq) AS seq FROM experiment_history GROUP BY experiment_id) AS h
 WHERE h.experiment_id = e.experiment_id;
+
+UPDATE experiments AS e SET deploy_sent_at = e.updated_at
+WHERE e.deploy_command_id IS NOT NULL
+  AND EXISTS (SELECT 1 FROM policy_promotions AS p WHERE p.event_id = e.deploy_command_id);
 
 CREATE INDEX experiments_unpublished ON experiments (updated_at)
     WHERE published_seq < history_seq;

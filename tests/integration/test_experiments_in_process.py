@@ -19,13 +19,15 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 
 from agents.app import LearnopsApp
+from learning.signing import generate_key
 from models.commands import RunReplay, StartShadow
-from models.events import Alert, ExperimentChanged, ReplayTask
-from models.ids import caused_event_id, experiment_event_id
+from models.events import ExperimentChanged, ReplayTask
+from models.ids import experiment_event_id
 from storage import experiments as store
-from storage.alerts import insert_alerts
+from storage.policy_commands import apply_command
 from tests import operators
 from tests.integration.test_experiment_evidence import SEEDS, Doer, make_doer, scored
+from tests.integration.test_policy_store import promote
 from tests.integration.test_stages_in_process import Feed, Progress, make_app, sent
 from tests.operators import signed
 
@@ -176,43 +178,57 @@ async def test_a_send_the_broker_refuses_is_left_to_the_timer_and_the_input_is_n
     assert [type(c) for c in sent(app, COMMANDS)] == ([StartShadow] if passes else [])
 
 
+@pytest.fixture
+def keyless_app(make_app: Callable[..., LearnopsApp], tmp_path: Path) -> LearnopsApp:
+    """An app with the experiments stage whose worker key no database has registered."""
+    key = tmp_path / "stranger.pem"
+    key.write_bytes(generate_key().to_pem())
+    return make_app("experiments", learnops_worker_key=key)
+
+
 async def test_a_deployment_command_refused_at_its_envelope_fails_the_experiment(
+    keyless_app: LearnopsApp, db: Any
+) -> None:
+    """A refused envelope (here the worker's key is registered nowhere) leaves no row in the
+    policy store; the stage asks its command's envelope of its own database and fails the
+    experiment with the reason (never from another consumer group's alert on a shared
+    broker, which may refuse what this database accepts)."""
+    doer = await make_doer(db)
+    experiment, _ = await deployed_unsent(doer)
+    await store.mark_deploy_sent(db, experiment)
+    stage = keyless_app.stages["experiments"]
+    await stage.expire_replays(datetime.now(UTC))  # the policy stage's turn first
+    assert (await store.get_experiment(db, experiment))["status"] == "replaying"
+    await stage.expire_replays(after_settling())
+    assert (await store.get_experiment(db, experiment))["status"] == "failed"
+    last = (await store.experiment_history(db, experiment))[-1]
+    assert last["reason"].startswith("the policy stage refuses the deployment command: ")
+    assert "is not a registered operator key" in last["reason"], last["reason"]
+    assert last["evidence"]["refusal"] is not None
+
+
+async def test_a_deployment_command_unanswered_past_its_validity_is_sent_again(
     experiments_app: LearnopsApp, db: Any
 ) -> None:
-    """A refused envelope (the worker's key revoked, say) leaves no row in the policy store:
-    its command_refused alert, whose id derives from the command's, is the refusal. A
-    resent command refused as a replay is not: the store applied the first one."""
+    """Accepted by this database's keys but unanswered: the policy stage may be behind (it
+    is left alone) or may have read it expired (sent again, signed afresh, same event id)."""
     doer = await make_doer(db)
     experiment, command_id = await deployed_unsent(doer)
-    replayed, replayed_id = await deployed_unsent(await make_doer(db))
-    for eid in (experiment, replayed):
-        await store.mark_deploy_sent(db, eid)
-    refusals = [(command_id, "key", "critical"), (replayed_id, "replayed", "warning")]
-    await insert_alerts(
-        db,
-        [
-            Alert(
-                event_id=caused_event_id("alert", cid),
-                doer=doer.name,
-                kind="command_refused",
-                severity=severity,
-                message=f"start_shadow refused: {refusal}",
-                evidence={"event_id": str(cid), "refusal": refusal},
-            )
-            for cid, refusal, severity in refusals
-        ],
+    await store.mark_deploy_sent(db, experiment)
+    stage = experiments_app.stages["experiments"]
+    await stage.expire_replays(after_settling())
+    assert sent(experiments_app, COMMANDS) == []  # behind, not expired: left alone
+    await db.execute(
+        "UPDATE experiments SET deploy_sent_at = now() - interval '1 day' WHERE experiment_id = $1",
+        experiment,
     )
-    app = experiments_app
-    await app.stages["experiments"].expire_replays(after_settling())
-
+    await stage.expire_replays(after_settling())
+    resent = sent(experiments_app, COMMANDS)
+    assert [(type(c), c.event_id) for c in resent] == [(StartShadow, command_id)]
     row = await store.get_experiment(db, experiment)
-    assert row["status"] == "failed"
-    history = await store.experiment_history(db, experiment)
-    assert history[-1]["reason"] == (
-        "the policy store refused the deployment: start_shadow refused: key"
+    assert row["status"] == "replaying" and row["deploy_sent_at"] > datetime.now(UTC) - (
+        timedelta(minutes=1)
     )
-    assert history[-1]["evidence"] == {"refusal": "key"}
-    assert (await store.get_experiment(db, replayed))["status"] == "replaying"
 
 
 async def expired(doer: Doer, rid: str) -> None:
@@ -281,3 +297,55 @@ def rerun(doer: Doer, version: int) -> RunReplay:
         dataset=f"{doer.golden.name}@{doer.golden.version}",
         seeds=SEEDS,
     )
+
+
+async def incomplete_for_its_candidate(doer: Doer) -> tuple[str, str, str]:
+    """An experiment of v2 against v1 that ended incomplete: v2's tasks did not return."""
+    experiment = await doer.experiment(2, 1)
+    control = await doer.replay(1, "self", 0.5)
+    candidate = await doer.replay(2, control, None)
+    await doer.replaying(experiment, candidate, control)
+    await expired(doer, candidate)
+    assert await store.move_experiment(doer.db, experiment, "incomplete", "candidate missing")
+    return experiment, candidate, control
+
+
+async def test_an_incomplete_experiment_whose_replay_is_now_compared_with_another_control_stays(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """Replay rows are shared: after v3 became the doer's active policy, a replay run of v2
+    compares v2's row with v3's. That attempt cannot decide an experiment of v2 against v1,
+    which stays incomplete instead of waiting in replaying for a verdict that never comes."""
+    doer = await make_doer(db)
+    experiment, candidate, _ = await incomplete_for_its_candidate(doer)
+    promoted = await apply_command(db, promote(doer.name, 3, force=True, reason="v3 now"))
+    assert promoted is not None and promoted.applied
+    app = experiments_app
+    progress = Progress(app.stages["experiments"])
+    async with app.agents["experiments"].test_context() as agent:
+        await Feed(app, agent).event(COMMANDS, signed(rerun(doer, 2)))
+        await progress.done(1, batched=False)
+    assert {t.replay_id for t in sent(app, TASKS)} >= {candidate}  # its new attempt ran
+    assert (await store.get_experiment(db, experiment))["status"] == "incomplete"
+    await app.stages["experiments"].expire_replays(after_settling())
+    assert (await store.get_experiment(db, experiment))["status"] == "incomplete"
+
+
+async def test_the_timer_resumes_an_experiment_a_kill_left_incomplete_after_its_rerun(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """Killed between starting the replay's new attempt and moving the experiment: the
+    redelivered command is answered from the record once the attempt ran, so nothing else
+    would resume it."""
+    doer = await make_doer(db)
+    experiment, candidate, control = await incomplete_for_its_candidate(doer)
+    again = await doer.start(2, control)  # the new attempt, as the stage starts it
+    assert (again.replay_id, again.attempt) == (candidate, 2)
+    stage = experiments_app.stages["experiments"]
+    await stage.expire_replays(datetime.now(UTC))  # the stage's own turn first
+    assert (await store.get_experiment(db, experiment))["status"] == "incomplete"
+    await stage.expire_replays(after_settling())
+    row = await store.get_experiment(db, experiment)
+    assert row["status"] == "replaying"
+    last = (await store.experiment_history(db, experiment))[-1]
+    assert last["reason"] == "its replays run again (taken up by the timer)"

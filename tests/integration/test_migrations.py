@@ -142,18 +142,50 @@ async def test_experiments_recorded_before_the_outbox_count_as_sent(
 
     await _migrate_before(empty_db, tmp_path, 29)
     doer = await make_doer(empty_db)
-    waiting, deployed = await doer.experiment(2, 1), await doer.experiment(3, 1)
-    # As the stage of that time moved the second one and recorded its deployment.
+    waiting, deployed, unanswered = (f"{doer.name}-{n}" for n in ("w", "d", "u"))
+    for experiment_id in (waiting, deployed, unanswered):  # as the stage of that time wrote them
+        await empty_db.execute(
+            "INSERT INTO experiments (experiment_id, created_by, experiment_type, doer, phase, "
+            "hypothesis, actor, reason, dataset_name, dataset_version, seeds, policy_id, "
+            "policy_version, control_policy_id, control_version, deploy, status, created_at) "
+            "VALUES ($1, $2, "
+            "'prompt_synthesis', $3, 'draft', 'h', 'tests', 'r', $4, $5, '{1,2,3}', $6, 2, $6, 1, "
+            "'shadow', 'created', now())",
+            experiment_id,
+            uuid.uuid4(),
+            doer.name,
+            doer.golden.name,
+            doer.golden.version,
+            doer.name.lower(),
+        )
+        await empty_db.execute(
+            "INSERT INTO experiment_history (experiment_id, seq, from_status, to_status, reason) "
+            "VALUES ($1, 0, NULL, 'created', 'created')",
+            experiment_id,
+        )
+    # The second and third moved on and recorded their deployment; only the second's
+    # reached the policy store (the third's was lost to a kill, before the outbox).
+    applied = uuid.uuid4()
+    for experiment_id, command_id in ((deployed, applied), (unanswered, uuid.uuid4())):
+        await empty_db.execute(
+            "INSERT INTO experiment_history (experiment_id, seq, from_status, to_status, reason) "
+            "VALUES ($1, 1, 'created', 'replaying', 'replaying')",
+            experiment_id,
+        )
+        await empty_db.execute(
+            "UPDATE experiments SET status = 'replaying', deploy_command_id = $2, "
+            "updated_at = now() - interval '1 hour' WHERE experiment_id = $1",
+            experiment_id,
+            command_id,
+        )
     await empty_db.execute(
-        "INSERT INTO experiment_history (experiment_id, seq, from_status, to_status, reason) "
-        "VALUES ($1, 1, 'created', 'replaying', 'replaying')",
-        deployed,
-    )
-    await empty_db.execute(
-        "UPDATE experiments SET status = 'replaying', deploy_command_id = $2, "
-        "updated_at = now() - interval '1 hour' WHERE experiment_id = $1",
-        deployed,
-        uuid.uuid4(),
+        "INSERT INTO policy_promotions (event_id, source, action, doer, policy_id, version, "
+        "from_status, to_status, requested_status, outcome, actor, reason, verdict, occurred_at) "
+        "VALUES ($1, 'command', 'start_shadow', $2, $3, 2, 'draft', 'shadow', 'shadow', "
+        "'applied', 'experiments', 'r', 'v', now())",
+        applied,
+        doer.name,
+        doer.name.lower(),
     )
     await migrate(empty_db)
     rows = {
@@ -169,7 +201,9 @@ async def test_experiments_recorded_before_the_outbox_count_as_sent(
     assert rows[deployed]["deploy_sent_at"] == rows[deployed]["updated_at"]
     later = datetime.now(UTC) + timedelta(days=1)
     assert await store.unpublished_experiments(empty_db, later) == []
-    assert await store.deployments_unsent(empty_db, later) == []
+    # The command the store never answered is sent again; the applied one is not.
+    unsent = await store.deployments_unsent(empty_db, later)
+    assert [r["experiment_id"] for r in unsent] == [unanswered]
     # A move from then on is unsent until the stage marks it published.
     await store.move_experiment(empty_db, waiting, "failed", "withdrawn")
     assert await store.unpublished_experiments(empty_db, later) == [waiting]
