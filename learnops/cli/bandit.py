@@ -62,8 +62,11 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
     """The doer as its allocations name it, its latest record (or None), every doer named.
 
     Doer names are matched as written, then regardless of case when one fits:
-    the bandit stage keys a doer's book by its name as the runs give it.
+    the bandit stage keys a doer's book by its name as the runs give it. A
+    record that is not a valid allocation is skipped.
     """
+    from pydantic import ValidationError
+
     from agents.topics import read_from_start
     from models.bandit import BanditAllocations
 
@@ -74,8 +77,11 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
         doer = folded[0] if len(folded) == 1 else doer
     latest: Any = None
     for record in records:
-        if record.key == doer.encode():
-            found = BanditAllocations.from_json(record.value)
+        if record.key == doer.encode() and record.value is not None:
+            try:
+                found = BanditAllocations.from_json(record.value)
+            except ValidationError:
+                continue
             if latest is None or found.sequence >= latest.sequence:
                 latest = found
     return doer, latest, doers
@@ -84,13 +90,24 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
 async def _control(
     ctx: GroupedCommand, doer: str, frozen: bool, actor: str, reason: str, as_json: bool
 ) -> None:
+    from aiokafka.errors import KafkaError
+
+    from agents.topics import TopicCatalogError
     from learnops.cli.operator import signed
     from models.bandit import BanditControl
 
-    doer, latest, doers = await _allocations_of(ctx, doer)
     verb = "frozen" if frozen else "unfrozen"
     note = None
-    if latest is None:
+    has_allocations: bool | None = None  # None: the allocations could not be read
+    try:
+        doer, latest, doers = await _allocations_of(ctx, doer)
+    except (KafkaError, TopicCatalogError) as exc:
+        # An emergency control goes out even when the allocations cannot be read
+        # (the topic missing, the broker slow to answer a read): as typed.
+        note = f"could not read {ALLOCATIONS} ({exc}); sent under the name as typed"
+    else:
+        has_allocations = latest is not None
+    if has_allocations is False:
         # A freeze ahead of a doer's first allocation is allowed (it holds from then on),
         # but a misspelt name would freeze nothing anyone routes by: say so.
         hint = closest(doer, doers).removeprefix("; ")
@@ -119,7 +136,7 @@ async def _control(
             "frozen": frozen,
             "event_id": str(control.event_id),
             "sent": True,
-            "has_allocations": latest is not None,
+            "has_allocations": has_allocations,
             "note": note,
         }
         ctx.say(orjson.dumps(sent).decode())

@@ -119,7 +119,9 @@ class TwoModelOrchestrator(Orchestrator):
                 "shadow": True,
                 "options": {PARAMETER: option},
                 # Asked for by the allocation the routed run was chosen under.
-                "allocation_sequences": dict(routed.allocation_sequences),
+                "allocation_sequences": {
+                    p: n for p, n in routed.allocation_sequences.items() if p == PARAMETER
+                },
                 "model": option,
                 "costs": run.costs.model_copy(
                     update={"spent": run.costs.spent * COST[option]}
