@@ -566,18 +566,27 @@ class ExperimentsStage(Stage):
             row["policy_version"],
         )
 
-    async def _unanswered(self, row: Any, now: datetime) -> None:
-        """A deployment command the policy store has not answered: refused, expired, or late.
+    def _valid_for(self) -> timedelta:
+        """How long a command the stage sends can be applied: its TTL and the clock skew."""
+        settings = self.app.settings
+        return timedelta(
+            seconds=settings.learnops_command_ttl_s + settings.learnops_command_clock_skew_s
+        )
+
+    async def _unanswered(self, row: Any) -> None:
+        """A deployment command the policy store left unanswered for longer than it was valid.
 
         The policy store records what it applies or refuses for its content; a
-        command refused at its envelope leaves no row. So the stage asks its
-        own command's envelope of this database: refused (the worker's key
-        unregistered, revoked, without the operator role; no key at all), the
-        experiment fails with the reason. Otherwise a command unanswered for
-        longer than it was valid may have expired unread: it is sent again,
-        signed afresh (the policy store applies its event id once).
+        command refused at its envelope leaves no row, and one read after it
+        expired is refused so too. Past its validity the command sent can no
+        longer be applied, so the stage asks its own command's envelope of this
+        database: refused (the worker's key missing, unregistered, revoked,
+        without the operator role), the experiment fails with the reason;
+        accepted, it is sent again, signed afresh (the policy store applies its
+        event id once).
         """
-        verdict = await envelope_verdict(self, self._deploy_command(row))
+        command = self._deploy_command(row)
+        verdict = await envelope_verdict(self, command)
         if not verdict:
             await self._move(
                 row["experiment_id"],
@@ -586,13 +595,8 @@ class ExperimentsStage(Stage):
                 {"refusal": verdict.refusal},
             )
             return
-        settings = self.app.settings
-        valid_for = timedelta(
-            seconds=settings.learnops_command_ttl_s + settings.learnops_command_clock_skew_s
-        )
-        if row["deploy_sent_at"] < now - valid_for:
-            log.warning("experiment_deploy_resent experiment=%s", row["experiment_id"])
-            await self._send_deploy(row)
+        log.warning("experiment_deploy_resent experiment=%s", row["experiment_id"])
+        await self._send_deploy(row)
 
     async def _policy_change(self, event: Any) -> None:
         change = await self.decode(event, PolicyChange)
@@ -662,8 +666,9 @@ class ExperimentsStage(Stage):
         for experiment_id in await store.unpublished_experiments(pool, now):
             log.warning("experiment_published_late experiment=%s", experiment_id)
             await self._publish_pending(experiment_id)
-        for row in await store.deployments_unanswered(pool, now):
-            await self._unanswered(row, now or datetime.now(UTC))
+        expired = (now or datetime.now(UTC)) - self._valid_for()
+        for row in await store.deployments_unanswered(pool, expired):
+            await self._unanswered(row)
         for refused in await store.refused_deployments(pool):
             await self._move(
                 refused["experiment_id"],

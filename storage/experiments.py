@@ -1037,15 +1037,14 @@ async def refused_deployments(pool: Any) -> list[Any]:
     )
 
 
-async def deployments_unanswered(pool: Any, now: datetime | None = None) -> list[Any]:
-    """Experiments whose deployment command was sent a while ago and has no outcome yet.
+async def deployments_unanswered(pool: Any, sent_before: datetime) -> list[Any]:
+    """Experiments whose deployment command was last sent before ``sent_before``, unanswered.
 
     The policy store records every command it applies or refuses for its
     content; one refused at its envelope (the worker's key unregistered,
     revoked or without the role; the command expired before it was read)
     leaves no row, and neither does one still waiting in a backlog.
     """
-    cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
     return list(
         await pool.fetch(
             """
@@ -1055,7 +1054,7 @@ async def deployments_unanswered(pool: Any, now: datetime | None = None) -> list
                               WHERE p.event_id = e.deploy_command_id)
             ORDER BY e.updated_at
             """,
-            cutoff,
+            sent_before,
         )
     )
 

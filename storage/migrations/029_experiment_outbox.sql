@@ -10,8 +10,9 @@
 --   one event to a consumer that drops repeated ids). The timer looks for
 --   published_seq < history_seq through a partial index, so its look each
 --   second costs what is unsent, not every experiment ever run.
--- * deploy_sent_at: when the broker acknowledged the deployment command
---   (deploy_command_id); NULL while it has not, so the timer sends it again.
+-- * deploy_sent_at: when the broker last acknowledged a send of the deployment
+--   command (deploy_command_id); NULL while it has not, so the timer sends it
+--   again (and again once past its validity with no outcome in the store).
 --
 -- Transitions recorded before this migration count as sent: their sends were
 -- made (or lost) by the code before it, which had no record of them. A
@@ -38,3 +39,6 @@ CREATE INDEX experiments_unpublished ON experiments (updated_at)
 -- the last result and the verdict): indexed too, for the same reason.
 CREATE INDEX offline_replays_unsettled ON offline_replays (completed_at)
     WHERE verdict IS NULL AND status <> 'running';
+
+-- And the incomplete experiments it resumes once their replays run again.
+CREATE INDEX experiments_incomplete ON experiments (updated_at) WHERE status = 'incomplete';

@@ -178,6 +178,14 @@ async def test_a_send_the_broker_refuses_is_left_to_the_timer_and_the_input_is_n
     assert [type(c) for c in sent(app, COMMANDS)] == ([StartShadow] if passes else [])
 
 
+async def sent_a_day_ago(db: Any, experiment_id: str) -> None:
+    """As if the experiment's deployment command went out a day ago, long past its validity."""
+    await db.execute(
+        "UPDATE experiments SET deploy_sent_at = now() - interval '1 day' WHERE experiment_id = $1",
+        experiment_id,
+    )
+
+
 @pytest.fixture
 def keyless_app(make_app: Callable[..., LearnopsApp], tmp_path: Path) -> LearnopsApp:
     """An app with the experiments stage whose worker key no database has registered."""
@@ -197,8 +205,11 @@ async def test_a_deployment_command_refused_at_its_envelope_fails_the_experiment
     experiment, _ = await deployed_unsent(doer)
     await store.mark_deploy_sent(db, experiment)
     stage = keyless_app.stages["experiments"]
-    await stage.expire_replays(datetime.now(UTC))  # the policy stage's turn first
+    # While the command sent can still be applied (signed then with a key that may have
+    # been valid: this worker may have restarted with another), it is left alone.
+    await stage.expire_replays(after_settling())
     assert (await store.get_experiment(db, experiment))["status"] == "replaying"
+    await sent_a_day_ago(db, experiment)
     await stage.expire_replays(after_settling())
     assert (await store.get_experiment(db, experiment))["status"] == "failed"
     last = (await store.experiment_history(db, experiment))[-1]
@@ -218,10 +229,7 @@ async def test_a_deployment_command_unanswered_past_its_validity_is_sent_again(
     stage = experiments_app.stages["experiments"]
     await stage.expire_replays(after_settling())
     assert sent(experiments_app, COMMANDS) == []  # behind, not expired: left alone
-    await db.execute(
-        "UPDATE experiments SET deploy_sent_at = now() - interval '1 day' WHERE experiment_id = $1",
-        experiment,
-    )
+    await sent_a_day_ago(db, experiment)
     await stage.expire_replays(after_settling())
     resent = sent(experiments_app, COMMANDS)
     assert [(type(c), c.event_id) for c in resent] == [(StartShadow, command_id)]
