@@ -53,7 +53,7 @@ _reason = click.option("--reason", required=True, help="Why, for the record.")
 _doer = click.argument("doer")
 
 
-@group("The bandit optimizer: a doer's option shares; freeze and unfreeze them.")
+@group("The bandit optimizer: a doer's option shares; freeze, unfreeze, propose.")
 def bandit() -> None:
     pass
 
@@ -87,6 +87,23 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
     return doer, latest, doers
 
 
+async def _registered_doer(ctx: GroupedCommand, doer: str, allocated: set[str]) -> str:
+    """The doer as the policy store names it (regardless of case); refused when it has none."""
+    async with database(ctx) as pool:
+        known = {r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM policies")}
+    if doer in known:
+        return doer
+    folded = [d for d in known if d.lower() == doer.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    fail(
+        f"no doer {doer!r} in the policy store or on {ALLOCATIONS}"
+        f"{closest(doer, known | allocated)}; nothing sent (a doer's bandit starts from its "
+        "registered policy)"
+    )
+    raise AssertionError  # fail() exits
+
+
 async def _control(
     ctx: GroupedCommand, doer: str, frozen: bool, actor: str, reason: str, as_json: bool
 ) -> None:
@@ -108,12 +125,14 @@ async def _control(
     else:
         has_allocations = latest is not None
     if has_allocations is False:
-        # A freeze ahead of a doer's first allocation is allowed (it holds from then on),
-        # but a misspelt name would freeze nothing anyone routes by: say so.
-        hint = closest(doer, doers).removeprefix("; ")
+        # A freeze ahead of a doer's first allocation is allowed (it holds from then on)
+        # for a doer the policy store knows, under the name it knows; a name nobody
+        # knows would freeze nothing anyone routes by, so it is refused.
+        doer = await _registered_doer(ctx, doer, doers)
+        action = "freeze" if frozen else "unfreeze"
         note = (
-            f"{doer} has no allocations on {ALLOCATIONS} yet ({hint or 'no doer of that name'}); "
-            f"it is {verb} from its first allocation on"
+            f"{doer} has no allocations on {ALLOCATIONS} yet; the {action} holds from its "
+            "first allocation on"
         )
     control = signed(
         ctx,

@@ -112,6 +112,10 @@ async def replay_report(
     }
 
 
+#: Missing tasks a text report lists per side (``--json`` has them all).
+SHOWN_MISSING = 10
+
+
 def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         self.say(_dump(report))
@@ -138,11 +142,14 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
                 f"stability {side['stability']:.3f}"
             )
         if side["missing_tasks"]:
-            self.say(f"{name:10} missing {len(side['missing_tasks'])} tasks:")
-            for task in side["missing_tasks"]:
+            missing = side["missing_tasks"]
+            self.say(f"{name:10} missing {len(missing)} tasks:")
+            for task in missing[:SHOWN_MISSING]:
                 self.say(
                     f"{'':10}   {task['task_id']} sample {task['sample_id']} seed {task['seed']}"
                 )
+            if len(missing) > SHOWN_MISSING:
+                self.say(f"{'':10}   … and {len(missing) - SHOWN_MISSING} more (--json lists all)")
     verdict = report["verdict"]
     if verdict is not None:
         self.say(
@@ -215,14 +222,17 @@ async def replay_run(
             force=force,
             timeout_s=timeout,
         )
-        answered = recorded is not None and not force and _finished(recorded)
+        # An incomplete replay is not an answer: the request starts its next attempt
+        # (which resumes the experiments that ended incomplete on it).
+        restarts = force or recorded is None or recorded["status"] == "incomplete"
+        answered = not restarts and _finished(recorded)
         if not answered:
             await _send(self, request)
         budget = wait_s or (timeout or self.learning.replay.timeout_s) + 30.0
         deadline = time.monotonic() + budget
         while True:
             row = await store.get_replay(pool, rid)
-            fresh = row is not None and (not force or row["requested_by"] == request.event_id)
+            fresh = row is not None and (not restarts or row["requested_by"] == request.event_id)
             if fresh and _finished(row):
                 break
             if time.monotonic() > deadline:
@@ -258,8 +268,20 @@ async def replay_show(self: GroupedCommand, replay_id: str, as_json: bool) -> No
     click.option("--doers", default=".*", show_default=True, help="Regex of doers it serves."),
 )
 async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
-    """Run the local deterministic executor: replay tasks in, learning bundles out."""
+    """Run the local deterministic executor: replay tasks in, learning bundles out.
+
+    It logs on stderr when it is ready and each task it answers (or dead-letters).
+    """
+    import logging
+
     from learnops.client.replay_executor import serve
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    executor_log = logging.getLogger("learnops.replay_executor")
+    executor_log.addHandler(handler)
+    executor_log.setLevel(logging.INFO)
+    executor_log.propagate = False
 
     async with database(self) as pool:
         await serve(
@@ -477,6 +499,29 @@ async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: boo
         self.say(f"  {h['at']}  {h['from'] or '-':>11} → {h['to']:<11} {h['reason']}")
     if report["replay"] is not None:
         _print_replay(self, report["replay"], False)
+    if report["status"] == "incomplete":
+        _resume_hint(self, report)
+
+
+def _resume_hint(self: GroupedCommand, report: dict[str, Any]) -> None:
+    """How to resume an incomplete experiment: run its incomplete replays again."""
+    replay = report["replay"] or {}
+    control = replay.get("control") or {}
+    incomplete = [
+        policy
+        for policy, side in ((report["candidate"], replay), (report["control"], control))
+        if side.get("status") == "incomplete"
+    ]
+    where = f"--dataset {report['dataset']} --seeds {','.join(map(str, report['seeds']))}"
+    self.say(
+        "  to resume: with a replay executor serving the doer (`learnops replay executor`), run"
+    )
+    for policy in incomplete or [report["candidate"]]:
+        self.say(f"    learnops replay run --policy {policy} {where}")
+    self.say(
+        "  (the experiment resumes while its candidate is compared with its own control "
+        f"{report['control']}; after another version became active, create a new experiment)"
+    )
 
 
 @command(

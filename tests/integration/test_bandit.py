@@ -36,6 +36,7 @@ from storage.experiments import get_experiment
 from storage.policies import find_policy
 from storage.skills import open_requests, request_row
 from tests.integration.kafka_io import eventually, publish
+from tests.integration.test_policy_store import bootstrap
 from tests.operators import signed
 from tests.services import (
     REPO,
@@ -384,25 +385,35 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
 
 
 async def test_freezing_a_doer_with_no_allocations_sends_it_and_says_so(
-    settings_env: dict[str, str],
+    settings_env: dict[str, str], db: Any, signing_key: SigningKey
 ) -> None:
-    """A freeze ahead of a doer's first allocation holds from then on, so it is sent; but a
-    misspelt name would freeze nothing anyone routes by, so the CLI says so on stderr."""
+    """A freeze ahead of a doer's first allocation holds from then on, so it is sent, under
+    the name the policy store knows (typed in any case), with a note; a name neither the
+    store nor the allocations know would freeze nothing anyone routes by: refused."""
     name = f"NoBandit{uuid.uuid4().hex[:8]}"
-    text = await asyncio.to_thread(
+    unknown = await asyncio.to_thread(
         run_learnops, settings_env, "bandit", "freeze", name, "--reason", "ahead of time"
     )
+    assert unknown.returncode == 1, unknown.stdout
+    assert f"no doer '{name}' in the policy store or on learning.bandit-allocations" in (
+        unknown.stderr
+    )
+    assert "nothing sent" in unknown.stderr and "sent as" not in unknown.stdout
+    await bootstrap(db, name, signing_key)
+    text = await asyncio.to_thread(
+        run_learnops, settings_env, "bandit", "freeze", name.lower(), "--reason", "ahead"
+    )
     assert text.returncode == 0, text.stderr
-    assert "frozen sent as" in text.stdout
+    assert text.stdout.startswith(f"{name}: frozen sent as"), text.stdout
     assert f"note: {name} has no allocations on learning.bandit-allocations yet" in text.stderr
-    assert "it is frozen from its first allocation on" in text.stderr
+    assert "the freeze holds from its first allocation on" in text.stderr
     done = await asyncio.to_thread(
         run_learnops, settings_env, "bandit", "unfreeze", name, "--reason", "ahead", "--json"
     )
     assert done.returncode == 0, done.stderr
     sent = json.loads(done.stdout)
     assert (sent["doer"], sent["sent"], sent["has_allocations"]) == (name, True, False), sent
-    assert "unfrozen from its first allocation on" in sent["note"]
+    assert "the unfreeze holds from its first allocation on" in sent["note"]
 
 
 async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_runs_skip(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -47,6 +48,7 @@ from tests.services import (
     REPO,
     WorkerProcess,
     learnops_command,
+    start_executor,
 )
 
 COMMANDS = "learning.commands"
@@ -382,6 +384,7 @@ async def test_a_replay_whose_tasks_do_not_return_ends_incomplete_listing_them(
     db: Any,
     signing_key: SigningKey,
     settings_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     doer = await make_doer(db, producer, signing_key, "Unserved")
     code, report = await replay_json(
@@ -403,6 +406,22 @@ async def test_a_replay_whose_tasks_do_not_return_ends_incomplete_listing_them(
     assert {(m["sample_id"], m["seed"]) for m in missing} == {
         (s, seed) for s in doer.sample_ids for seed in (1, 2)
     }
+    # The same request again, once an executor serves the doer, starts the next attempt
+    # (an incomplete replay is no answer; no --force needed) and it completes.
+    served = await start_executor(settings_env, tmp_path / "executor.log", doer.name)
+    try:
+        again, rerun = await replay_json(
+            settings_env,
+            *("--policy", f"{doer.policy_id}@2", "--dataset", doer.golden, "--seeds", "1,2"),
+        )
+    finally:
+        await asyncio.to_thread(served.stop)
+    assert again == 0, rerun
+    assert (rerun["status"], rerun["attempt"], rerun["from_record"]) == ("complete", 2, False)
+    logged = (tmp_path / "executor.log").read_text()  # an operator sees it work
+    assert "replay_executor_ready group=" in logged and f"doers={doer.name}" in logged
+    assert logged.count("replay_task_done") >= 2 * len(SAMPLES), logged[-2000:]
+    assert rerun["replay_id"] == report["replay_id"] and rerun["missing_tasks"] in (None, [])
 
 
 async def test_a_replay_of_an_unknown_policy_goes_to_the_dlq(

@@ -9,6 +9,7 @@ stage's timer on a fresh app (a restarted worker) and read what it sends.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from tests.integration.test_experiment_evidence import SEEDS, Doer, make_doer, s
 from tests.integration.test_policy_store import promote
 from tests.integration.test_stages_in_process import Feed, Progress, make_app, sent
 from tests.operators import signed
+from tests.services import run_learnops
 
 __all__ = ["make_app"]  # the fixture, imported for this module's tests
 
@@ -357,3 +359,19 @@ async def test_the_timer_resumes_an_experiment_a_kill_left_incomplete_after_its_
     assert row["status"] == "replaying"
     last = (await store.experiment_history(db, experiment))[-1]
     assert last["reason"] == "its replays run again (taken up by the timer)"
+
+
+async def test_experiment_show_says_how_to_resume_an_incomplete_experiment(
+    db: Any, settings_env: dict[str, str]
+) -> None:
+    doer = await make_doer(db)
+    experiment, _, _ = await incomplete_for_its_candidate(doer)
+    shown = await asyncio.to_thread(run_learnops, settings_env, "experiment", "show", experiment)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "  to resume: with a replay executor serving the doer" in "\n".join(lines)
+    golden = f"{doer.golden.name}@{doer.golden.version}"
+    command = f"learnops replay run --policy {doer.name.lower()}@2 --dataset {golden} --seeds 1,2,3"
+    assert [line.strip() for line in lines if "replay run" in line] == [command]
+    # Its missing tasks are counted, a few listed: --json has them all.
+    assert "candidate  missing 6 tasks:" in lines
