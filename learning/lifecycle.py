@@ -152,8 +152,9 @@ def check_transition(
         return TransitionCheck(
             False,
             skipped,
-            f"{move} skips {skip_text}: needs force and a reason to record "
-            "(the CLI's --force --reason R)",
+            f"{move} skips {skip_text}: needs force and a reason to record, and a forced "
+            "promotion a second owner's approval (the CLI's --force --reason R "
+            "--approver-key SECOND.pem)",
         )
     if not note:
         return TransitionCheck(

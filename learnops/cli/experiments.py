@@ -125,8 +125,10 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
         f"seeds {','.join(map(str, report['seeds']))}  {report['status']} "
         f"(attempt {report['attempt']}, {report['task_count']} tasks)"
     )
+    # The doer's active policy is its own control: one replay, nothing to compare.
+    own_control = bool(report["control"]) and report["control"]["replay_id"] == report["replay_id"]
     sides = [("candidate", report)] + (
-        [("control", report["control"])] if report["control"] else []
+        [("control", report["control"])] if report["control"] and not own_control else []
     )
     self.say(f"{'':10} {'policy':24} {'seed':>6} {'runs':>5} {'mean CRL':>10}")
     for name, side in sides:
@@ -151,7 +153,9 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
             if len(missing) > SHOWN_MISSING:
                 self.say(f"{'':10}   … and {len(missing) - SHOWN_MISSING} more (--json lists all)")
     verdict = report["verdict"]
-    if verdict is not None:
+    if own_control:
+        self.say(f"verdict: none — {report['policy']} is the doer's active policy, its own control")
+    elif verdict is not None:
         self.say(
             f"verdict: {'PASSED' if verdict['passed'] else 'NOT PASSED'} — {verdict['reason']}"
         )

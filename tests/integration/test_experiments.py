@@ -550,3 +550,22 @@ async def test_a_better_candidate_goes_through_shadow_and_canary_to_promotion_by
     assert performance["promotions"] == 1
     assert performance["ci_low"] < performance["mean_crl"] < performance["ci_high"]
     assert history[-1]["evidence"]["change"] == "promoted"
+
+
+async def test_a_replay_of_the_active_policy_says_it_is_its_own_control(
+    replayed: tuple[ExperimentDoer, dict[str, Any]], settings_env: dict[str, str]
+) -> None:
+    """The doer's active policy is its own control: no comparison, not a failed one."""
+    doer, _ = replayed
+    seeds = ",".join(map(str, SEEDS))
+    shown = await asyncio.to_thread(
+        learnops,
+        settings_env,
+        *("replay", "run", "--policy", f"{doer.policy_id}@1", "--dataset", doer.golden),
+        *("--seeds", seeds),
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    expected = f"verdict: none — {doer.policy_id}@1 is the doer's active policy, its own control"
+    assert lines[-1] == expected, shown.stdout
+    assert not any(line.startswith("control ") for line in lines)
