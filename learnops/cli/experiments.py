@@ -413,7 +413,11 @@ async def send_experiment(
     if as_json:
         ctx.say(_dump({"experiment_id": event.experiment_id, "event_id": str(event.event_id)}))
     else:
-        ctx.say(f"sent experiment {event.experiment_id} ({event.event_id}) to {COMMANDS_TOPIC}")
+        ctx.say(
+            f"sent experiment {event.experiment_id} ({event.event_id}) to {COMMANDS_TOPIC}; "
+            f"follow it with `learnops experiment show {event.experiment_id}` (a worker runs "
+            "it, a replay executor serving the doer answers its replay tasks)"
+        )
     return event
 
 
@@ -543,7 +547,9 @@ async def experiment_list(
     async with database(self) as pool:
         rows = await store.list_experiments(pool, doer=doer, status=status, limit=limit)
         if doer is not None and not rows:
-            await _known_doer(pool, doer)
+            # A doer name typed in another case finds its doer's, as elsewhere in the CLI.
+            doer = await _known_doer(pool, doer)
+            rows = await store.list_experiments(pool, doer=doer, status=status, limit=limit)
     items = [
         {
             "experiment_id": r["experiment_id"],
@@ -575,16 +581,25 @@ async def experiment_list(
         self.say("no experiments" + (f" of {doer}" if doer else ""))
 
 
-async def _known_doer(pool: Any, doer: str) -> None:
-    """Fail with the closest name when ``doer`` has no policy and no experiment request."""
+async def _known_doer(pool: Any, doer: str) -> str:
+    """The doer as written, or the one doer whose name matches regardless of case.
+
+    Fails with the closest name when no doer has a policy or an experiment
+    request under that name.
+    """
     requests = await list_requests(pool, include_closed=True, limit=100000)
     if any(r["doer"] == doer for r in requests):
-        return
+        return doer
     known = {r["doer"] for r in requests}
     rows = await pool.fetch("SELECT DISTINCT doer FROM policies")
     known |= {r["doer"] for r in rows}
-    if doer not in known:
-        fail(f"no such doer {doer!r}{closest(doer, known)} (no policy and no experiment request)")
+    if doer in known:
+        return doer
+    folded = [d for d in known if d.lower() == doer.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    fail(f"no such doer {doer!r}{closest(doer, known)} (no policy and no experiment request)")
+    raise AssertionError  # fail() exits
 
 
 # --------------------------------------------------------------------------- requests
@@ -639,7 +654,8 @@ async def experiment_requests(
     async with database(self) as pool:
         rows = await list_requests(pool, doer=doer, include_closed=include_closed, limit=limit)
         if doer is not None and not rows:
-            await _known_doer(pool, doer)
+            doer = await _known_doer(pool, doer)
+            rows = await list_requests(pool, doer=doer, include_closed=include_closed, limit=limit)
     items = [{**_request_report(r), "experiment_status": r["answered_status"]} for r in rows]
     if as_json:
         self.say(_dump(items))

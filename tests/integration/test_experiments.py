@@ -375,6 +375,12 @@ async def test_an_experiment_follows_its_shadow_to_a_rollback(
     )
     items = json.loads(listed.stdout[listed.stdout.index("[") :])
     assert [(i["experiment_id"], i["status"]) for i in items] == [(experiment_id, "rolled_back")]
+    # Typed in another case, the doer's name finds the same experiments.
+    folded = await asyncio.to_thread(
+        learnops, settings_env, "experiment", "list", "--doer", doer.name.lower(), "--json"
+    )
+    assert folded.returncode == 0, folded.stderr
+    assert json.loads(folded.stdout[folded.stdout.index("[") :]) == items
 
 
 async def test_a_replay_whose_tasks_do_not_return_ends_incomplete_listing_them(
