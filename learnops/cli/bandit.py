@@ -26,6 +26,7 @@ import orjson
 
 from learnops.cli.main import (
     GroupedCommand,
+    as_known,
     closest,
     command,
     database,
@@ -72,9 +73,7 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
 
     records = await read_from_start(ctx.settings, ALLOCATIONS)
     doers = {r.key.decode("utf-8", "replace") for r in records if r.key is not None}
-    if doer not in doers:
-        folded = [d for d in doers if d.lower() == doer.lower()]
-        doer = folded[0] if len(folded) == 1 else doer
+    doer = as_known(doer, doers) or doer
     latest: Any = None
     for record in records:
         if record.key == doer.encode() and record.value is not None:
@@ -91,17 +90,14 @@ async def _registered_doer(ctx: GroupedCommand, doer: str, allocated: set[str]) 
     """The doer as the policy store names it (regardless of case); refused when it has none."""
     async with database(ctx) as pool:
         known = {r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM policies")}
-    if doer in known:
-        return doer
-    folded = [d for d in known if d.lower() == doer.lower()]
-    if len(folded) == 1:
-        return folded[0]
+    found = as_known(doer, known)
+    if found is not None:
+        return found
     fail(
         f"no doer {doer!r} in the policy store or on {ALLOCATIONS}"
         f"{closest(doer, known | allocated)}; nothing sent (a doer's bandit starts from its "
         "registered policy)"
     )
-    raise AssertionError  # fail() exits
 
 
 async def _control(

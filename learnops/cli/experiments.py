@@ -14,6 +14,7 @@ import orjson
 from learning.experiments import STATUSES, parse_seeds, split_versioned
 from learnops.cli.main import (
     GroupedCommand,
+    as_known,
     closest,
     command,
     database,
@@ -593,13 +594,10 @@ async def _known_doer(pool: Any, doer: str) -> str:
     known = {r["doer"] for r in requests}
     rows = await pool.fetch("SELECT DISTINCT doer FROM policies")
     known |= {r["doer"] for r in rows}
-    if doer in known:
-        return doer
-    folded = [d for d in known if d.lower() == doer.lower()]
-    if len(folded) == 1:
-        return folded[0]
+    found = as_known(doer, known)
+    if found is not None:
+        return found
     fail(f"no such doer {doer!r}{closest(doer, known)} (no policy and no experiment request)")
-    raise AssertionError  # fail() exits
 
 
 # --------------------------------------------------------------------------- requests

@@ -20,7 +20,7 @@ import difflib
 import importlib
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property, update_wrapper
 from pathlib import Path
@@ -274,6 +274,15 @@ def split_ref(text: str) -> tuple[str, int | None]:
     if sep and version.isdigit() and name:
         return name, int(version)
     return text, None
+
+
+def as_known(name: str, known: Iterable[str]) -> str | None:
+    """``name`` if it is known, else the one known name equal to it regardless of case, or None."""
+    known = list(known)
+    if name in known:
+        return name
+    folded = {k for k in known if k.lower() == name.lower()}
+    return folded.pop() if len(folded) == 1 else None
 
 
 def closest(name: str, known: Iterator[str] | list[str] | set[str]) -> str:

@@ -24,6 +24,7 @@ import click
 
 from learnops.cli.main import (
     CommandContext,
+    as_known,
     closest,
     command,
     database,
@@ -101,11 +102,9 @@ async def known_names(pool: Any) -> tuple[set[str], set[str]]:
 async def resolve_doer(pool: Any, doer: str) -> str:
     """The doer as stored (case-insensitively); one sentence with the closest name if none."""
     doers, _ = await known_names(pool)
-    if doer in doers:
-        return doer
-    folded = [d for d in doers if d.lower() == doer.lower()]
-    if len(folded) == 1:
-        return folded[0]
+    found = as_known(doer, doers)
+    if found is not None:
+        return found
     fail(f"no such doer {doer!r}{closest(doer, doers)} (`learnops policy list` shows them)")
 
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from learnops.cli.main import (
     GroupedCommand,
+    as_known,
     closest,
     command,
     database,
@@ -227,9 +228,9 @@ async def skills_show(
         doers: list[str] = []
         if not mine:
             doers = await carded_doers(pool)
-            folded = [d for d in doers if d.lower() == doer.lower()]
-            if len(folded) == 1:
-                doer = folded[0]
+            found = as_known(doer, doers)
+            if found is not None and found != doer:
+                doer = found
                 mine = await current_cards(pool, tenant, doer=doer)
         if not mine and tenant is not None and doer in doers:
             # The doer has cards, not of this tenant: name the tenants that have one.
