@@ -132,64 +132,59 @@ class Traffic:
         bandit = [self.bandit_doer] if self.bandit_doer else []
         return self.doers + bandit + [s.doer for s in self.scenarios]
 
+    async def _apply(self, command: RegisterPolicy | PromotePolicy) -> None:
+        """Apply a policy command to the store directly (no worker needed); raise if refused."""
+        outcome = await commands_store.apply_command(self.pool, command)
+        if outcome is None or not outcome.applied:
+            raise RuntimeError(
+                f"{command.command} {command.doer}@{command.version} refused: {outcome}"
+            )
+
+    async def _register(
+        self, key: SigningKey, doer: str, version: int, body: dict[str, Any], reason: str
+    ) -> None:
+        """Register ``body`` as version ``version`` of the doer's policy, signed with ``key``."""
+        policy_id = doer.lower()
+        await self._apply(
+            RegisterPolicy(
+                doer=doer,
+                actor="faults",
+                reason=reason,
+                policy_id=policy_id,
+                version=version,
+                **signed_artifact(body, key, doer=doer, policy_id=policy_id, version=version),
+            )
+        )
+
     async def _register_bandit_doer(self, key: SigningKey) -> None:
         """A doer whose signed policy declares two models for its draft phase (store-level)."""
         doer = f"{self.prefix}Bandit"
-        policy_id = doer.lower()
         body = {
             "prompts": {"system": "Draft."},
             "tunables": {BANDIT_PHASE: {BANDIT_PARAMETER: list(BANDIT_OPTIONS)}},
         }
-        registered = await commands_store.apply_command(
-            self.pool,
-            RegisterPolicy(
-                doer=doer,
-                actor="faults",
-                reason="two models to choose from",
-                policy_id=policy_id,
-                version=1,
-                **signed_artifact(body, key, doer=doer, policy_id=policy_id, version=1),
-            ),
-        )
-        if registered is None or not registered.applied:
-            raise RuntimeError(f"the bandit doer's policy was not registered: {registered}")
+        await self._register(key, doer, 1, body, "two models to choose from")
         self.bandit_doer = doer
         self.bandit_orchestrator = Orchestrator(
             seed=int(uuid.uuid4().int % 10_000), doers=(doer,), run_prefix=f"{self.prefix}-bandit"
         )
-        self.bandit_policy = (policy_id, 1)
+        self.bandit_policy = (doer.lower(), 1)
 
     async def _register_experiment_doer(self, key: SigningKey) -> None:
         """A doer with a control (v1, active), a better (v2) and a worse (v3) candidate."""
         doer = f"{self.prefix}Exp"
-        policy_id = doer.lower()
         for version, body in ((1, CONTROL), (2, BETTER), (3, WORSE)):
-            outcome = await commands_store.apply_command(
-                self.pool,
-                RegisterPolicy(
-                    doer=doer,
-                    actor="faults",
-                    reason=f"revision {version}",
-                    policy_id=policy_id,
-                    version=version,
-                    **signed_artifact(body, key, doer=doer, policy_id=policy_id, version=version),
-                ),
-            )
-            if outcome is None or not outcome.applied:
-                raise RuntimeError(f"{doer}@{version} was not registered: {outcome}")
-        promoted = await commands_store.apply_command(
-            self.pool,
+            await self._register(key, doer, version, body, f"revision {version}")
+        await self._apply(
             PromotePolicy(
                 doer=doer,
                 actor="faults",
                 reason="control",
-                policy_id=policy_id,
+                policy_id=doer.lower(),
                 version=1,
                 force=True,
-            ),
+            )
         )
-        if promoted is None or not promoted.applied:
-            raise RuntimeError(f"{doer}@1 was not promoted: {promoted}")
         golden, _ = await freeze_golden(
             self.pool, doer, 1, actor="faults", texts=EXPERIMENT_SAMPLES
         )

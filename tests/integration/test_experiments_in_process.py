@@ -104,25 +104,35 @@ async def test_transitions_and_a_deployment_a_killed_worker_never_sent_are_sent_
     assert len(sent(app, COMMANDS)) == 1 and len(sent(app, EXPERIMENTS)) == 2
 
 
+async def replaying_unscored(doer: Doer, *, control_loss: float) -> tuple[str, Any]:
+    """An experiment of v2 against v1, replaying: the control scored, the candidate's tasks
+    out; its creation and start recorded and never sent (as a kill before the sends)."""
+    experiment = await doer.experiment(2, 1)
+    control = await doer.replay(1, "self", control_loss)
+    candidate = await doer.start(2, control)
+    await doer.replaying(experiment, candidate.replay_id, control)
+    return experiment, candidate
+
+
+async def score(app: LearnopsApp, replay: Any, loss: float) -> None:
+    """Deliver the CRL results of every task of ``replay`` to the stage; wait until handled."""
+    progress = Progress(app.stages["experiments"])
+    async with app.agents["experiments"].test_context() as agent:
+        feed = Feed(app, agent)
+        for task in replay.tasks:
+            await feed.event(RESULTS, scored(task, loss))
+        await progress.done(len(replay.tasks), batched=False)
+
+
 async def test_a_later_move_sends_what_a_kill_left_unsent_first_in_order(
     experiments_app: LearnopsApp, db: Any
 ) -> None:
     """The experiment's creation and start were recorded and never sent; its replay's last
     result then fails it, and the failure is published after them, in their order."""
     doer = await make_doer(db)
-    experiment = await doer.experiment(2, 1)
-    control = await doer.replay(1, "self", 0.3)
-    candidate = await doer.start(2, control)
-    await doer.replaying(experiment, candidate.replay_id, control)
-
+    experiment, candidate = await replaying_unscored(doer, control_loss=0.3)
     app = experiments_app
-    stage = app.stages["experiments"]
-    progress = Progress(stage)
-    async with app.agents["experiments"].test_context() as agent:
-        feed = Feed(app, agent)
-        for task in candidate.tasks:
-            await feed.event(RESULTS, scored(task, 0.6))
-        await progress.done(len(candidate.tasks), batched=False)
+    await score(app, candidate, 0.6)
 
     changes: list[ExperimentChanged] = sent(app, EXPERIMENTS)
     assert [(c.status, c.previous_status) for c in changes] == [
@@ -154,20 +164,11 @@ async def test_a_send_the_broker_refuses_is_left_to_the_timer_and_the_input_is_n
     deployment command is recorded and unsent; failing, its failure is. Neither dead-letters
     the result (a valid input); the timer sends both once the broker is back."""
     doer = await make_doer(db)
-    experiment = await doer.experiment(2, 1)
-    control = await doer.replay(1, "self", 0.5)
-    candidate = await doer.start(2, control)
-    await doer.replaying(experiment, candidate.replay_id, control)
-
+    experiment, candidate = await replaying_unscored(doer, control_loss=0.5)
     app = experiments_app
     app.outbox = RefusingOutbox(EXPERIMENTS, COMMANDS)
     stage = app.stages["experiments"]
-    progress = Progress(stage)
-    async with app.agents["experiments"].test_context() as agent:
-        feed = Feed(app, agent)
-        for task in candidate.tasks:
-            await feed.event(RESULTS, scored(task, 0.3 if passes else 0.7))
-        await progress.done(len(candidate.tasks), batched=False)
+    await score(app, candidate, 0.3 if passes else 0.7)
     assert list(app.outbox) == [], "nothing sent, nothing dead-lettered"
     row = await store.get_experiment(db, experiment)
     assert row["published_seq"] == -1
