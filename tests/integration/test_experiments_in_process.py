@@ -54,6 +54,16 @@ def after_settling() -> datetime:
     return datetime.now(UTC) + store.SETTLE_AFTER + timedelta(seconds=1)
 
 
+def ours(app: LearnopsApp, topic: str, doer: Doer) -> list[Any]:
+    """What the app sent to ``topic`` about ``doer``'s policy, in order.
+
+    The stage's timer takes up every row of the session's database, and test files
+    running beside this one (or before it) leave experiments of their own doers
+    mid-step, so a test reads only what concerns its doer.
+    """
+    return [event for event in sent(app, topic) if event.policy_id == doer.name.lower()]
+
+
 async def deployed_unsent(doer: Doer) -> tuple[str, uuid.UUID]:
     """An experiment whose passing verdict and deployment command are recorded, nothing sent.
 
@@ -81,14 +91,14 @@ async def test_transitions_and_a_deployment_a_killed_worker_never_sent_are_sent_
 
     # The path that recorded the steps has its turn first: nothing is sent yet.
     await stage.expire_replays(datetime.now(UTC))
-    assert sent(app, COMMANDS) == [] and sent(app, EXPERIMENTS) == []
+    assert ours(app, COMMANDS, doer) == [] and ours(app, EXPERIMENTS, doer) == []
 
     later = after_settling()
     await stage.expire_replays(later)
-    commands = sent(app, COMMANDS)
+    commands = ours(app, COMMANDS, doer)
     assert [(type(c), c.event_id, c.version) for c in commands] == [(StartShadow, command_id, 2)]
     assert commands[0].operator_signature is not None, "signed with the worker's key"
-    changes: list[ExperimentChanged] = sent(app, EXPERIMENTS)
+    changes: list[ExperimentChanged] = ours(app, EXPERIMENTS, doer)
     assert [(c.status, c.previous_status) for c in changes] == [
         ("created", None),
         ("replaying", "created"),
@@ -101,7 +111,7 @@ async def test_transitions_and_a_deployment_a_killed_worker_never_sent_are_sent_
 
     # Once acknowledged, neither is sent again.
     await stage.expire_replays(later)
-    assert len(sent(app, COMMANDS)) == 1 and len(sent(app, EXPERIMENTS)) == 2
+    assert len(ours(app, COMMANDS, doer)) == 1 and len(ours(app, EXPERIMENTS, doer)) == 2
 
 
 async def replaying_unscored(doer: Doer, *, control_loss: float) -> tuple[str, Any]:
@@ -134,7 +144,7 @@ async def test_a_later_move_sends_what_a_kill_left_unsent_first_in_order(
     app = experiments_app
     await score(app, candidate, 0.6)
 
-    changes: list[ExperimentChanged] = sent(app, EXPERIMENTS)
+    changes: list[ExperimentChanged] = ours(app, EXPERIMENTS, doer)
     assert [(c.status, c.previous_status) for c in changes] == [
         ("created", None),
         ("replaying", "created"),
@@ -177,8 +187,8 @@ async def test_a_send_the_broker_refuses_is_left_to_the_timer_and_the_input_is_n
     app.outbox = []  # the broker is back
     await stage.expire_replays(after_settling())
     statuses = ["created", "replaying"] + ([] if passes else ["failed"])
-    assert [c.status for c in sent(app, EXPERIMENTS)] == statuses
-    assert [type(c) for c in sent(app, COMMANDS)] == ([StartShadow] if passes else [])
+    assert [c.status for c in ours(app, EXPERIMENTS, doer)] == statuses
+    assert [type(c) for c in ours(app, COMMANDS, doer)] == ([StartShadow] if passes else [])
 
 
 async def sent_a_day_ago(db: Any, experiment_id: str) -> None:
@@ -231,10 +241,10 @@ async def test_a_deployment_command_unanswered_past_its_validity_is_sent_again(
     await store.mark_deploy_sent(db, experiment)
     stage = experiments_app.stages["experiments"]
     await stage.expire_replays(after_settling())
-    assert sent(experiments_app, COMMANDS) == []  # behind, not expired: left alone
+    assert ours(experiments_app, COMMANDS, doer) == []  # behind, not expired: left alone
     await sent_a_day_ago(db, experiment)
     await stage.expire_replays(after_settling())
-    resent = sent(experiments_app, COMMANDS)
+    resent = ours(experiments_app, COMMANDS, doer)
     assert [(type(c), c.event_id) for c in resent] == [(StartShadow, command_id)]
     row = await store.get_experiment(db, experiment)
     assert row["status"] == "replaying" and row["deploy_sent_at"] > datetime.now(UTC) - (
@@ -280,7 +290,7 @@ async def test_an_incomplete_experiment_resumes_when_its_replay_runs_again(
         assert (await store.get_experiment(db, experiment))["status"] == "replaying"
         assert (await store.get_replay(db, candidate))["verdict"] is None
         # The active policy is its own control: its run starts the same replay twice.
-        tasks: dict[str, ReplayTask] = {t.task_id: t for t in sent(app, TASKS)}
+        tasks: dict[str, ReplayTask] = {t.task_id: t for t in ours(app, TASKS, doer)}
         assert {t.replay_id for t in tasks.values()} == {rerun_rid}
         assert {t.run_id.rsplit(":", 1)[1] for t in tasks.values() if t.run_id} == {"2"}
         for task in tasks.values():
@@ -290,7 +300,7 @@ async def test_an_incomplete_experiment_resumes_when_its_replay_runs_again(
     row = await store.get_experiment(db, experiment)
     assert row["deploy_command_id"] == experiment_event_id("deploy", experiment)
     assert row["outcome"]["verdict"]["passed"] is True, row["outcome"]
-    assert [type(c) for c in sent(app, COMMANDS)] == [StartShadow]
+    assert [type(c) for c in ours(app, COMMANDS, doer)] == [StartShadow]
     history = await store.experiment_history(db, experiment)
     assert [h["to_status"] for h in history] == ["created", "replaying", "incomplete", "replaying"]
     assert history[2]["reason"] == f"{missing} missing"
@@ -336,7 +346,7 @@ async def test_an_incomplete_experiment_whose_replay_is_now_compared_with_anothe
     async with app.agents["experiments"].test_context() as agent:
         await Feed(app, agent).event(COMMANDS, signed(rerun(doer, 2)))
         await progress.done(1, batched=False)
-    assert {t.replay_id for t in sent(app, TASKS)} >= {candidate}  # its new attempt ran
+    assert {t.replay_id for t in ours(app, TASKS, doer)} >= {candidate}  # its new attempt ran
     assert (await store.get_experiment(db, experiment))["status"] == "incomplete"
     await app.stages["experiments"].expire_replays(after_settling())
     assert (await store.get_experiment(db, experiment))["status"] == "incomplete"
