@@ -26,6 +26,7 @@ import orjson
 
 from learnops.cli.main import (
     GroupedCommand,
+    ServiceUnreachable,
     as_known,
     closest,
     command,
@@ -176,6 +177,38 @@ async def unfreeze(ctx: GroupedCommand, doer: str, actor: str, reason: str, as_j
     await _control(ctx, doer, False, actor, reason, as_json)
 
 
+async def _superseded(ctx: GroupedCommand, doer: str, latest: Any) -> str | None:
+    """Why the shown allocations do not route the doer's tasks now, if they do not.
+
+    After a promotion the record still holds the previous version's shares until
+    the stage publishes the new version's first ones (at its first live run); a
+    Router routing under the new version ignores them meanwhile. Read from the
+    policy store; when that cannot be reached the allocations are shown without it.
+    """
+    from storage.skills import active_policy
+
+    try:
+        async with database(ctx) as pool:
+            active = await active_policy(pool, doer)
+    except ServiceUnreachable as exc:
+        return f"the active policy could not be checked ({exc})"
+    stale = sorted(
+        {
+            f"{a.policy_id}@{a.policy_version}"
+            for a in latest.allocations
+            if active is not None and (a.policy_id, a.policy_version) != active
+        }
+    )
+    if not stale or active is None:
+        return None
+    return (
+        f"{doer}'s active policy is {active[0]}@{active[1]}; the shares below are of "
+        f"{', '.join(stale)} and route only tasks routed under it. Tasks under "
+        f"{active[0]}@{active[1]} take its defaults until the bandit stage publishes its "
+        "first shares, at its first live run"
+    )
+
+
 @command(bandit, "show", _doer, json_option)
 async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
     """DOER's latest allocations: per phase and parameter, each option's share."""
@@ -187,6 +220,9 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
             "the bandit stage publishes them once the doer's runs name options its policy "
             "declares (docs/bandits.md)"
         )
+    note = await _superseded(ctx, doer, latest)
+    if note is not None:
+        ctx.say(f"note: {note}", file=ctx.stderr)
     if as_json:
         ctx.say(orjson.dumps(latest.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
         return

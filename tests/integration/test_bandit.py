@@ -442,6 +442,12 @@ async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_r
         ),
     )
     assert promoted is not None and promoted.applied, promoted
+    # Until then the latest record holds v1's shares, which route no task of v2: said.
+    shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name)
+    assert shown.returncode == 0, shown.stderr
+    assert f"active policy is {doer.policy}@2; the shares below are of {doer.policy}@1" in (
+        " ".join(shown.stderr.split())
+    ), shown.stderr
 
     def v2(option: str) -> RunCompleted:
         return doer.bundle(option).model_copy(update={"policy_version": 2})
@@ -454,6 +460,8 @@ async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_r
     )
     new = next(a for a in started if a.allocations[0].policy_version == 2)
     assert _runs(new) == 1 and new.sequence >= max(a.sequence for a in first)
+    shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name)
+    assert shown.returncode == 0 and "note:" not in shown.stderr, shown.stderr
     # Late runs of v1, then v2's own up to its first reallocation.
     await doer.run(10)
     await doer.send(RUNS, *(v2((LARGE, SMALL)[i % 2]) for i in range(EVERY - 1)))
