@@ -152,6 +152,7 @@ done
 printf '  cd %q && eval "$(bash scripts/services.sh env)" && export PATH=%q:"$PATH"\n' "$repo" "$bin"
 echo "  learnops topics describe · learnops policy list · learnops skills list · psql \"\$DATABASE_URL\""
 printf '  export LEARNOPS_OPERATOR_KEY=%q   # sign commands as the demo owner\n' "$LEARNOPS_OPERATOR_KEY"
+printf '  export LEARNOPS_WORKER_SIGNING_KEY_FILE=%q   # the worker'"'"'s key: learnops demo bandit verifies allocations with it\n' "$worker_key"
 echo "  # commands (learnops policy …, bandit freeze) take effect only while a worker runs:"
 printf '  DATABASE_URL="$LEARNOPS_WORKER_DATABASE_URL" LEARNOPS_WORKER_KEY=%q LEARNOPS_WORKER_SIGNING_KEY_FILE=%q learnops worker -l info &\n' \
   "$LEARNOPS_WORKER_KEY" "$worker_key"

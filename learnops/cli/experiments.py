@@ -131,7 +131,10 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
     sides = [("candidate", report)] + (
         [("control", report["control"])] if report["control"] and not own_control else []
     )
-    self.say(f"{'':10} {'policy':24} {'seed':>6} {'runs':>5} {'mean CRL':>10}")
+    if any(side["per_seed"] or side["mean_crl"] is not None for _, side in sides):
+        self.say(f"{'':10} {'policy':24} {'seed':>6} {'runs':>5} {'mean CRL':>10}")
+    else:
+        self.say("no result has come back yet")
     for name, side in sides:
         for seed, figures in side["per_seed"].items():
             self.say(

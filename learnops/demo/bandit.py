@@ -69,7 +69,11 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
     console = self.console()
     worker = settings.worker_key()
     if worker is None:
-        fail("LEARNOPS_WORKER_SIGNING_KEY_FILE is not set: the allocations could not be verified")
+        fail(
+            "LEARNOPS_WORKER_SIGNING_KEY_FILE is not set: the demo verifies the bandit's "
+            "allocations with the public half of the key the worker signs them with; set it "
+            "to the worker's key file (`make demo` prints its path at the end)"
+        )
     stamp = int(time.time())
     doer = f"BanditDemo{stamp}"
     executor = DeclaredModelExecutor()

@@ -386,3 +386,21 @@ async def test_experiment_show_says_how_to_resume_an_incomplete_experiment(
     assert [line.strip() for line in lines if "replay run" in line] == [command]
     # Its missing tasks are counted, a few listed: --json has them all.
     assert "candidate  missing 6 tasks:" in lines
+
+
+async def test_replay_show_of_a_replay_no_result_has_reached_says_so(
+    db: Any, settings_env: dict[str, str]
+) -> None:
+    """A replay just started: no per-seed table with nothing under its header."""
+    doer = await make_doer(db)
+    control = await doer.start(1, "self")
+    shown = await asyncio.to_thread(run_learnops, settings_env, "replay", "show", control.replay_id)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[1] == "no result has come back yet", shown.stdout
+    assert not any("mean CRL" in line for line in lines), shown.stdout
+    # Its results in, the table is back.
+    for task in control.tasks:
+        await store.record_result(db, scored(task, 0.5))
+    shown = await asyncio.to_thread(run_learnops, settings_env, "replay", "show", control.replay_id)
+    assert "mean CRL" in shown.stdout.splitlines()[1], shown.stdout
