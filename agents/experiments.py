@@ -473,14 +473,25 @@ class ExperimentsStage(Stage):
         replay = await self._read(store.get_replay, row["replay_id"])
         if replay is None or replay["verdict"] is None:
             return
-        if replay["control_replay_id"] != row["control_replay_id"]:
-            return  # judged against another control; the experiment's own comparison is pending
         verdict = replay["verdict"]
         evidence = {
             "replay_id": row["replay_id"],
             "control_replay_id": row["control_replay_id"],
             "verdict": verdict,
         }
+        if replay["control_replay_id"] != row["control_replay_id"]:
+            # The replay row is shared: a replay run after the doer's active policy changed
+            # compared it with the new one's replay. That verdict cannot decide this
+            # experiment, and its own comparison would come back only with that control.
+            evidence["compared_with"] = replay["control_replay_id"]
+            reason = (
+                f"its candidate's replay {row['replay_id']} is now compared with "
+                f"{replay['control_replay_id']}, not with this experiment's control "
+                f"{row['control_replay_id']} (the doer's active policy changed); "
+                "create an experiment against the active policy"
+            )
+            await self._move(row["experiment_id"], "incomplete", reason, evidence, outcome=evidence)
+            return
         if verdict.get("incomplete"):
             missing = replay["missing_tasks"]
             if missing is None:

@@ -944,6 +944,8 @@ async def judged_but_waiting(pool: Any, now: datetime | None = None) -> list[Any
 
     Left so by a worker killed between settling the verdicts and acting on
     them: the verdict is not settled again, so nothing else would judge them.
+    Also those whose candidate's replay has a verdict against another control
+    (the stage moves them to incomplete; code before 2026-12-06 left them waiting).
     """
     cutoff = (now or datetime.now(UTC)) - SETTLE_AFTER
     return list(
@@ -952,8 +954,9 @@ async def judged_but_waiting(pool: Any, now: datetime | None = None) -> list[Any
             "LEFT JOIN offline_replays c ON c.replay_id = e.control_replay_id "
             "WHERE e.status = 'replaying' AND e.deploy_command_id IS NULL "
             "AND r.verdict IS NOT NULL AND r.completed_at < $1 "
-            "AND r.control_replay_id IS NOT DISTINCT FROM e.control_replay_id "
-            "AND (c.replay_id IS NULL OR c.completed_at < $1) ORDER BY e.updated_at",
+            "AND (c.replay_id IS NULL OR c.completed_at < $1 "
+            "     OR r.control_replay_id IS DISTINCT FROM e.control_replay_id) "
+            "ORDER BY e.updated_at",
             cutoff,
         )
     )

@@ -352,6 +352,47 @@ async def test_an_incomplete_experiment_whose_replay_is_now_compared_with_anothe
     assert (await store.get_experiment(db, experiment))["status"] == "incomplete"
 
 
+@pytest.mark.parametrize("by", ["result", "timer"])
+async def test_a_replaying_experiment_whose_candidate_is_compared_with_another_control_ends(
+    experiments_app: LearnopsApp, db: Any, by: str
+) -> None:
+    """An experiment of v2 against v1 replays; v3 is promoted meanwhile and a replay run of
+    v2 compares v2's shared row with v3's. That verdict cannot decide the experiment, and
+    its own comparison never comes back: it ends incomplete, saying why, when the verdict
+    is settled (``result``) or, for one a worker left waiting, by the timer (``timer``)."""
+    doer = await make_doer(db)
+    experiment = await doer.experiment(2, 1)
+    control = await doer.replay(1, "self", 0.5)
+    candidate = await doer.start(2, control)
+    await doer.replaying(experiment, candidate.replay_id, control)
+    promoted = await apply_command(db, promote(doer.name, 3, force=True, reason="v3 now"))
+    assert promoted is not None and promoted.applied
+    other = await doer.replay(3, "self", 0.4)
+    assert (await doer.start(2, other)).replay_id == candidate.replay_id  # the shared row
+    app = experiments_app
+    if by == "result":
+        await score(app, candidate, 0.3)
+    else:
+        for task in candidate.tasks:
+            await store.record_result(db, scored(task, 0.3))
+        assert await store.settle_verdicts(db, candidate.replay_id, store.ReplayRule())
+        await app.stages["experiments"].expire_replays(after_settling())
+
+    row = await store.get_experiment(db, experiment)
+    assert row["status"] == "incomplete"
+    last = (await store.experiment_history(db, experiment))[-1]
+    assert last["reason"].startswith(
+        f"its candidate's replay {candidate.replay_id} is now compared with {other}, "
+        f"not with this experiment's control {control}"
+    ), last["reason"]
+    assert last["evidence"]["compared_with"] == other
+    changes: list[ExperimentChanged] = ours(app, EXPERIMENTS, doer)
+    assert [c.status for c in changes][-1] == "incomplete"
+    # Incomplete, it is not resumed by the timer: its row still has the other control.
+    await app.stages["experiments"].expire_replays(after_settling())
+    assert (await store.get_experiment(db, experiment))["status"] == "incomplete"
+
+
 async def test_the_timer_resumes_an_experiment_a_kill_left_incomplete_after_its_rerun(
     experiments_app: LearnopsApp, db: Any
 ) -> None:
