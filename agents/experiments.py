@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from agents.command_auth import authorised, envelope_verdict, record_applied
 from agents.stage import Stage
@@ -46,6 +47,7 @@ from learning.experiments import (
     split_versioned,
 )
 from learning.replay import replay_id
+from models.base import describe_validation_error
 from models.commands import (
     POLICY_COMMANDS,
     CanarySettings,
@@ -204,16 +206,20 @@ class ExperimentsStage(Stage):
         timeout = command.timeout_s or config.timeout_s
         starts = []
         control_id = None
-        if control is not None:
+        try:
+            if control is not None:
+                starts.append(
+                    await self._start(control, golden, command.seeds, command, timeout, False)
+                )
+                control_id = starts[-1].replay_id
             starts.append(
-                await self._start(control, golden, command.seeds, command, timeout, False)
+                await self._start(
+                    policy, golden, command.seeds, command, timeout, command.force, control_id
+                )
             )
-            control_id = starts[-1].replay_id
-        starts.append(
-            await self._start(
-                policy, golden, command.seeds, command, timeout, command.force, control_id
-            )
-        )
+        except store.ReplayError as exc:  # a golden dataset no replay can run on
+            await self.dead_letter(event, error_type="replay", reason=str(exc), doer=command.doer)
+            return False
         for start in starts:
             if start.status != "running":  # answered from the record: judge it now
                 await self._finished(start.replay_id)
@@ -413,21 +419,25 @@ class ExperimentsStage(Stage):
         control_id = replay_id(control["content_hash"], golden.manifest_hash, seeds)
         candidate_id = replay_id(policy["content_hash"], golden.manifest_hash, seeds)
         request = _Request(row["created_by"], row["actor"])
-        starts = [
-            await self._start(
-                control, golden, seeds, request, config.timeout_s, False, phase=row["phase"]
-            ),
-            await self._start(
-                policy,
-                golden,
-                seeds,
-                request,
-                config.timeout_s,
-                False,
-                control_id,
-                phase=row["phase"],
-            ),
-        ]
+        try:
+            starts = [
+                await self._start(
+                    control, golden, seeds, request, config.timeout_s, False, phase=row["phase"]
+                ),
+                await self._start(
+                    policy,
+                    golden,
+                    seeds,
+                    request,
+                    config.timeout_s,
+                    False,
+                    control_id,
+                    phase=row["phase"],
+                ),
+            ]
+        except store.ReplayError as exc:  # a golden dataset no replay can run on
+            await self._move(experiment_id, "failed", str(exc))
+            return
         await self._move(
             experiment_id,
             "replaying",
@@ -557,8 +567,22 @@ class ExperimentsStage(Stage):
         return worker_signed(self.app.settings, command)
 
     async def _send_deploy(self, row: Any) -> None:
-        """Send the candidate to shadow (or canary) through the policy agent; mark it sent."""
-        command = self._deploy_command(row)
+        """Send the candidate to shadow (or canary) through the policy agent; mark it sent.
+
+        An experiment whose plan holds canary settings that are not valid (stored
+        before CreateExperiment checked them) fails, saying why, instead of
+        failing every later look of the timer.
+        """
+        try:
+            command = self._deploy_command(row)
+        except ValidationError as exc:
+            problems = describe_validation_error(exc)
+            await self._move(
+                row["experiment_id"],
+                "failed",
+                f"its plan's canary settings are not valid ({problems}); nothing was deployed",
+            )
+            return
         try:
             await (await self.topics.commands.send(command))
         except KafkaError as exc:  # recorded and unsent: the timer sends it again

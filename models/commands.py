@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import ConfigDict, Field, JsonValue, TypeAdapter, model_validator
+from pydantic import ConfigDict, Field, JsonValue, TypeAdapter, ValidationError, model_validator
 
 from models.base import (
     Count,
@@ -31,6 +31,7 @@ from models.base import (
     UnitFloat,
     UTCDatetime,
     Version,
+    describe_validation_error,
 )
 from models.policy_change import CanarySettings
 
@@ -188,6 +189,23 @@ class CreateExperiment(SignedCommand):
     # learning trigger): the experiments stage links the two and closes the request.
     request_id: TextUUID | None = None
 
+    @model_validator(mode="after")
+    def _plan_canary_is_canary_settings(self) -> Self:
+        # The plan's canary settings become the deployment command's once the replay
+        # passes: refused now, with the reason, rather than then (docs/experiments.md).
+        canary = self.plan.get("canary")
+        if canary is not None:
+            try:
+                CanarySettings.model_validate(canary)
+            except ValidationError as exc:
+                problems = describe_validation_error(exc)
+                raise ValueError(f"plan.canary is not canary settings: {problems}") from None
+        return self
+
+
+#: The longest a replay may wait for its tasks (RunReplay.timeout_s).
+MAX_REPLAY_TIMEOUT_S = 7 * 24 * 3600.0
+
 
 class RunReplay(SignedCommand):
     """Replay a policy and the doer's active policy offline on a golden dataset under seeds.
@@ -203,7 +221,8 @@ class RunReplay(SignedCommand):
     dataset: Identifier  # golden dataset name, or name@version
     seeds: Annotated[list[Int4], Field(min_length=1)]
     force: bool = False
-    timeout_s: Annotated[float, Field(gt=0)] | None = None  # None: the configured timeout
+    # None: the configured timeout; at most a week (a replay's tasks wait no longer).
+    timeout_s: Annotated[float, Field(gt=0, le=MAX_REPLAY_TIMEOUT_S)] | None = None
 
 
 class RequestExperiment(SignedCommand):

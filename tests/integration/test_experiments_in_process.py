@@ -445,3 +445,70 @@ async def test_replay_show_of_a_replay_no_result_has_reached_says_so(
         await store.record_result(db, scored(task, 0.5))
     shown = await asyncio.to_thread(run_learnops, settings_env, "replay", "show", control.replay_id)
     assert "mean CRL" in shown.stdout.splitlines()[1], shown.stdout
+
+
+async def empty_golden(doer: Doer) -> None:
+    """Give the doer a golden dataset with no samples (frozen by hand, not by `freeze`)."""
+    name = f"golden-{doer.name.lower()}-empty"
+    await doer.db.execute(
+        "INSERT INTO golden_datasets (name, version, dataset, frozen_by, manifest, "
+        "manifest_hash, sample_count, tenant_id) VALUES ($1, 1, $2, 'tests', '{}', $3, 0, 'acme')",
+        name,
+        f"acme/{doer.name}/draft",
+        "0" * 64,
+    )
+    golden = await store.find_golden(doer.db, name, 1)
+    assert golden is not None and not golden.samples
+    doer.golden = golden
+
+
+async def test_a_replay_on_a_golden_dataset_no_replay_can_run_on_is_dead_lettered_with_why(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """A replay run and an experiment on a golden dataset with no samples: the run is
+    dead-lettered with the reason (not an internal error that counts towards halting the
+    stage), the experiment fails with it."""
+    doer = await make_doer(db)
+    await empty_golden(doer)
+    experiment = await doer.experiment(2, 1)
+    app = experiments_app
+    progress = Progress(app.stages["experiments"])
+    async with app.agents["experiments"].test_context() as agent:
+        await Feed(app, agent).event(COMMANDS, signed(rerun(doer, 2)))
+        await progress.done(1, batched=False)
+    letters = [d for d in sent(app, "learning.dlq") if d.doer == doer.name]
+    assert [(d.error_type, d.reason) for d in letters] == [
+        (
+            "replay",
+            f"golden dataset {doer.golden.name}@{doer.golden.version} has no samples",
+        )
+    ]
+    await app.stages["experiments"]._begin(experiment)
+    row = await store.get_experiment(db, experiment)
+    assert row["status"] == "failed"
+    last = (await store.experiment_history(db, experiment))[-1]
+    assert last["reason"] == f"golden dataset {doer.golden.name}@1 has no samples", last["reason"]
+
+
+async def test_an_experiment_whose_stored_plan_is_not_canary_settings_fails_at_deployment(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """A plan stored before CreateExperiment checked it: the passing experiment fails with
+    the reason, nothing is sent, and the timer's later looks are not stopped by it."""
+    doer = await make_doer(db)
+    experiment, candidate = await replaying_unscored(doer, control_loss=0.5)
+    await db.execute(
+        "UPDATE experiments SET plan = $2 WHERE experiment_id = $1",
+        experiment,
+        {"canary": {"alpha": 5}},
+    )
+    app = experiments_app
+    await score(app, candidate, 0.3)
+    row = await store.get_experiment(db, experiment)
+    assert row["status"] == "failed"
+    last = (await store.experiment_history(db, experiment))[-1]
+    assert last["reason"].startswith(
+        "its plan's canary settings are not valid (alpha: 5 is not below 1)"
+    ), last["reason"]
+    assert ours(app, COMMANDS, doer) == []
+    await app.stages["experiments"].expire_replays(after_settling())

@@ -187,3 +187,18 @@ def test_an_action_no_role_covers_is_refused_even_when_signed_by_an_owner() -> N
     command["operator_signature"] = sign_payload(command, ALICE)
     verdict = authorise(command, KEYS, GRANTS, now=NOW, clock_skew=SKEW)
     assert verdict.refusal == "role" and "not a command" in verdict.reason
+
+
+def test_an_experiment_plan_and_a_replay_timeout_are_checked_when_the_command_is_read() -> None:
+    """Checked then, not when the replay passes (the plan's canary settings become the
+    deployment command's) or when the deadline is computed (a timeout of 1e12 s overflows)."""
+    from pydantic import ValidationError
+
+    experiment = {**CANDIDATE, "experiment_id": "exp-1", "hypothesis": "h", "dataset": "g"}
+    with pytest.raises(ValidationError, match=r"plan\.canary is not canary settings: alpha"):
+        CreateExperiment(**experiment, plan={"canary": {"alpha": 5}})
+    planned = CreateExperiment(**experiment, plan={"canary": {"alpha": 0.01}, "note": "x"})
+    assert planned.plan["canary"] == {"alpha": 0.01}
+    with pytest.raises(ValidationError, match="timeout_s"):
+        RunReplay(**CANDIDATE, dataset="g", seeds=[1], timeout_s=1e12)
+    assert RunReplay(**CANDIDATE, dataset="g", seeds=[1], timeout_s=3600).timeout_s == 3600
