@@ -14,6 +14,7 @@ from agents.settings import SettingsError, packaged
 from agents.yaml12 import YAMLFileError, load_yaml
 from learning.bandit_book import BookConfig
 from learning.crl import CRLConfigError, LatencyObjectives, WeightBook
+from learning.promotion import CanaryLimits
 from learning.replay import ReplayConfig
 from learning.samples import CurationConfig
 from learning.skills import SkillConfig
@@ -31,6 +32,7 @@ class LearningConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     skills: SkillConfig = field(default_factory=SkillConfig)
     bandit: BookConfig = field(default_factory=BookConfig)
+    canary_limits: CanaryLimits = field(default_factory=CanaryLimits)
 
 
 def load_learning_config(source: Path | Traversable | None = None) -> LearningConfig:
@@ -52,6 +54,18 @@ def load_learning_config(source: Path | Traversable | None = None) -> LearningCo
             replay=ReplayConfig.from_dict(raw.get("replay") or {}),
             skills=SkillConfig.from_dict(raw.get("skills") or {}),
             bandit=BookConfig.from_dict(raw.get("bandit") or {}),
+            canary_limits=_canary_limits(raw.get("canary") or {}),
         )
     except (CRLConfigError, TypeError, ValueError) as exc:
         raise SettingsError(f"LEARNOPS_CONFIG_FILE: {source}: {exc}") from None
+
+
+def _canary_limits(raw: dict[str, object]) -> CanaryLimits:
+    """The ``canary`` section: only ``limits`` for now (learning.promotion.CanaryLimits)."""
+    unknown = sorted(set(raw) - {"limits"})
+    if unknown:
+        raise ValueError(f"canary: unknown settings {', '.join(unknown)}")
+    limits = raw.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise ValueError("canary.limits must be a mapping")
+    return CanaryLimits.from_dict(limits)

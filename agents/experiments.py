@@ -295,6 +295,16 @@ class ExperimentsStage(Stage):
                 doer=command.doer,
             )
             return False
+        planned = CanarySettings.model_validate(command.plan.get("canary") or _default_canary())
+        looser = self.app.learning.canary_limits.refusal(planned, None)
+        if looser is not None:  # its deployment command would be refused when the replay passes
+            await self.dead_letter(
+                event,
+                error_type="limits",
+                reason=f"experiment {command.experiment_id}: {looser}",
+                doer=command.doer,
+            )
+            return False
         request = None
         if command.request_id is not None:
             request = await durably(

@@ -95,7 +95,10 @@ class PolicyStage(Stage):
         if isinstance(command, OperatorStep):
             await self._operator_step(command)
         else:
-            outcome = await durably(partial(apply_command, self.app.pool, command), what="policies")
+            limits = self.app.learning.canary_limits
+            outcome = await durably(
+                partial(apply_command, self.app.pool, command, limits), what="policies"
+            )
             await self._publish(outcome)
         await record_applied(self, command, verdict)
 

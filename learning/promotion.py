@@ -32,10 +32,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from learning.canary import DEFAULT_STEPS
@@ -50,10 +50,11 @@ from learning.signing import (
     policy_payload,
 )
 from models import ids
+from models.policy_change import CanarySettings
 
 Action = Literal["start_shadow", "start_canary", "promote", "rollback", "archive"]
 #: Why the store refused an event, as the audit records it.
-Refusal = Literal["signature", "lifecycle", "unknown", "conflict", "artifact"]
+Refusal = Literal["signature", "lifecycle", "unknown", "conflict", "artifact", "limits"]
 #: The ``PolicyChange.change`` of a move that changes what a doer serves.
 Change = Literal["shadow_started", "canary_started", "promoted", "rolled_back"]
 
@@ -391,6 +392,77 @@ def start_deployment(
         steps=chosen,
         allocation=chosen[0] if chosen else mirror_fraction or 1.0,
     )
+
+
+@dataclass(frozen=True)
+class CanaryLimits:
+    """The loosest shadow or canary a command may ask for: the worker's configuration.
+
+    A start_shadow or start_canary carries the statistics its canary judges by
+    (``CanarySettings``) and its traffic steps, and the canary promotes by them
+    with the worker's key, without another owner. Settings looser than these
+    (config ``canary.limits``) are refused whoever signed the command, so no
+    role can turn a canary into a promotion in disguise (docs/security.md).
+    """
+
+    max_alpha: float = 0.10  # the promotion test's level
+    max_harm_alpha: float = 0.10  # the harm rule's level; it cannot be turned off
+    guardrails: bool = True  # the security and API guardrails stay on
+    max_margin: float = 0.25  # non_inferiority_margin and max_crl_increase (of the control's mean)
+    min_sample_size: int = 30  # runs per arm before any step or promotion
+    max_first_step: float = 0.5  # the candidate's share before any evidence
+
+    def __post_init__(self) -> None:
+        for name in ("max_alpha", "max_harm_alpha", "max_first_step"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value <= 1):
+                raise ValueError(f"canary.limits.{name} {value!r} must be in (0, 1]")
+        if not (isinstance(self.max_margin, int | float) and self.max_margin >= 0):
+            raise ValueError(f"canary.limits.max_margin {self.max_margin!r} must be ≥ 0")
+        if not (isinstance(self.min_sample_size, int) and self.min_sample_size >= 2):
+            raise ValueError(
+                f"canary.limits.min_sample_size {self.min_sample_size!r} must be an integer ≥ 2"
+            )
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CanaryLimits:
+        """From config/learning.yaml's ``canary.limits``; unknown keys are errors."""
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"canary.limits: unknown settings {', '.join(unknown)}")
+        return cls(**raw)
+
+    def problems(self, canary: CanarySettings, steps: Sequence[float] | None) -> list[str]:
+        """What in ``canary`` and ``steps`` (None: the default steps) is looser than these."""
+        found = []
+        if canary.alpha > self.max_alpha:
+            found.append(f"alpha {canary.alpha} is above {self.max_alpha}")
+        if canary.harm_alpha is None:
+            found.append("harm_alpha is off (None)")
+        elif canary.harm_alpha > self.max_harm_alpha:
+            found.append(f"harm_alpha {canary.harm_alpha} is above {self.max_harm_alpha}")
+        if self.guardrails and not canary.guardrails:
+            found.append("guardrails are off")
+        for name in ("non_inferiority_margin", "max_crl_increase"):
+            if getattr(canary, name) > self.max_margin:
+                found.append(f"{name} {getattr(canary, name)} is above {self.max_margin}")
+        if canary.min_sample_size < self.min_sample_size:
+            found.append(
+                f"min_sample_size {canary.min_sample_size} is below {self.min_sample_size}"
+            )
+        if steps and steps[0] > self.max_first_step:
+            found.append(f"the first step {steps[0]} is above {self.max_first_step}")
+        return found
+
+    def refusal(self, canary: CanarySettings, steps: Sequence[float] | None) -> str | None:
+        """The verdict on a command that asks for a looser canary than these, or None."""
+        found = self.problems(canary, steps)
+        if not found:
+            return None
+        return (
+            f"the canary it asks for is looser than this service allows ({'; '.join(found)}); "
+            "the limits are the worker's configuration (canary.limits, docs/canary.md)"
+        )
 
 
 def audited_deployment(move: Move, start: DeploymentStart | None, named: str | None) -> str | None:

@@ -32,6 +32,7 @@ import orjson
 from learning.lifecycle import PolicyStatus
 from learning.promotion import (
     SIGNATURE_FORMAT,
+    CanaryLimits,
     DeploymentStart,
     DoerState,
     LiveDeployment,
@@ -60,6 +61,7 @@ from models.commands import (
     StartShadow,
 )
 from models.events import DecisionMade
+from models.policy_change import CanarySettings
 from storage.audit import DECISION_ACTOR, Ask, Outcome, recall, record_applied, record_refused
 from storage.policies import lock_doer
 from storage.signing_keys import load_keyring
@@ -68,11 +70,15 @@ from storage.verification import STORED_SIGNATURE_COLUMNS, verify_stored
 # --------------------------------------------------------------------------- applying events
 
 
-async def apply_command(pool: Any, command: PolicyCommand) -> Outcome | None:
+async def apply_command(
+    pool: Any, command: PolicyCommand, limits: CanaryLimits | None = None
+) -> Outcome | None:
     """Apply a policy command idempotently; None for commands that are not the store's.
 
     ``approve_step``, ``create_experiment`` and ``request_experiment`` belong to
-    other stages and are not recorded here.
+    other stages and are not recorded here. With ``limits`` (the policy stage's,
+    from its configuration), a shadow or canary asking for looser statistics or
+    a larger first step is refused (``limits``) and audited like any refusal.
     """
     if isinstance(command, RegisterPolicy):
         ask = _ask(command, "register", command.policy_id, command.version)
@@ -103,7 +109,7 @@ async def apply_command(pool: Any, command: PolicyCommand) -> Outcome | None:
         ask = _ask(command, "archive", command.policy_id, command.version)
     else:
         return None
-    return await _in_doer_lock(pool, ask, partial(_move, ask=ask))
+    return await _in_doer_lock(pool, ask, partial(_move, ask=ask, limits=limits))
 
 
 async def apply_decision(pool: Any, decision: DecisionMade) -> Outcome | None:
@@ -285,11 +291,15 @@ async def _signed_for(conn: Any, signature: str, identity: SignedIdentity) -> st
     return f" (this signature was made for {signed})"
 
 
-async def _move(conn: Any, ask: Ask) -> Outcome:
+async def _move(conn: Any, ask: Ask, limits: CanaryLimits | None = None) -> Outcome:
     state = await _doer_state(conn, ask.doer)
     target = await _target(conn, ask, state)
     if isinstance(target, str):
         return await _refused(conn, ask, Refused(target, "unknown"))
+    if limits is not None and ask.canary is not None and ask.source == "command":
+        looser = limits.refusal(CanarySettings.model_validate(ask.canary), ask.steps)
+        if looser is not None:
+            return await _refused(conn, ask, Refused(f"{target}: {looser}", "limits"), target)
     move = plan(
         state,
         MoveRequest(

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from agents.app import LearnopsApp
 from learning.signing import generate_key
-from models.commands import RunReplay, StartShadow
+from models.commands import CreateExperiment, RunReplay, StartShadow
 from models.events import ExperimentChanged, ReplayTask
 from models.ids import experiment_event_id
 from storage import experiments as store
@@ -512,3 +512,31 @@ async def test_an_experiment_whose_stored_plan_is_not_canary_settings_fails_at_d
     ), last["reason"]
     assert ours(app, COMMANDS, doer) == []
     await app.stages["experiments"].expire_replays(after_settling())
+
+
+async def test_an_experiment_planning_a_canary_looser_than_the_limits_is_not_created(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """Its deployment command would be refused when the replay passes: dead-lettered now."""
+    doer = await make_doer(db)
+    create = CreateExperiment(
+        doer=doer.name,
+        actor="tests",
+        reason="loose",
+        experiment_id=f"{doer.name}-loose",
+        hypothesis="v2 is no worse",
+        policy_id=doer.name.lower(),
+        version=2,
+        dataset=f"{doer.golden.name}@{doer.golden.version}",
+        plan={"canary": {"harm_alpha": None, "min_sample_size": 5}},
+    )
+    app = experiments_app
+    progress = Progress(app.stages["experiments"])
+    async with app.agents["experiments"].test_context() as agent:
+        await Feed(app, agent).event(COMMANDS, signed(create))
+        await progress.done(1, batched=False)
+    letters = [d for d in sent(app, "learning.dlq") if d.doer == doer.name]
+    assert [d.error_type for d in letters] == ["limits"]
+    assert "harm_alpha is off (None); min_sample_size 5 is below 30" in letters[0].reason
+    assert await store.get_experiment(db, create.experiment_id) is None
+    assert ours(app, TASKS, doer) == []

@@ -54,6 +54,7 @@ from storage.policy_commands import apply_command
 from tests.integration.kafka_io import unsigned
 from tests.integration.test_policy_agent import register
 from tests.operators import signed
+from tests.unit.test_promotion import DISGUISED
 
 # How long a test waits for an effect before it fails.
 WAIT_S = 10.0
@@ -824,20 +825,27 @@ async def canary_of(
     db: Any, doer: str, version: int, settings: CanarySettings
 ) -> tuple[str, PolicyChange]:
     """Start a canary of ``version`` (one 50 % step); its deployment id and its policy change."""
-    started = await applied(
-        db,
-        StartCanary(
-            doer=doer,
-            actor="tests",
-            reason=f"try v{version}",
-            policy_id=doer.lower(),
-            version=version,
-            force=True,
-            steps=[0.5],
-            canary=settings,
-        ),
-    )
+    started = await applied(db, start_canary(doer, version, settings))
     return started.deployment_id, await live_change(db, doer)
+
+
+def start_canary(
+    doer: str,
+    version: int,
+    settings: CanarySettings,
+    steps: tuple[float, ...] | list[float] = (0.5,),
+) -> StartCanary:
+    """A forced canary of the doer's ``version`` with ``settings``, one 50 % step by default."""
+    return StartCanary(
+        doer=doer,
+        actor="tests",
+        reason=f"try v{version}",
+        policy_id=doer.lower(),
+        version=version,
+        force=True,
+        steps=list(steps),
+        canary=settings,
+    )
 
 
 async def registered(db: Any, key: SigningKey, doer: str, versions: int) -> PolicyChange:
@@ -1179,3 +1187,44 @@ async def test_the_policy_stage_alerts_refused_commands_and_publishes_applied_on
     assert [unsigned(c) for c in changes] == [await current_change(db, doer)]
     letters: list[DeadLetter] = sent(app, DLQ)
     assert [(d.stage, d.error_type, d.offset) for d in letters] == [("policy", "json", 2)]
+
+
+async def test_a_canary_looser_than_the_limits_is_refused_whoever_signed_it(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    """An operator could otherwise promote a worse candidate: a canary serving it all the
+    traffic at once, judged at alpha 0.999999 with the harm rule and the guardrails off,
+    promotes after a few runs with the worker's key and no second owner. The policy stage
+    refuses it (audited, alerted) and starts the same canary within the limits."""
+    app = make_app("policy")
+    stage = app.stages["policy"]
+    doer = f"Loose{tag()}"
+    await registered(db, signing_key, doer, 2)
+
+    refused, allowed = start_canary(doer, 2, DISGUISED, [1.0]), start_canary(doer, 2, PATIENT)
+    progress = Progress(stage)
+    async with app.agents["policy"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(COMMANDS, signed(refused))
+        await feed.event(COMMANDS, signed(allowed))
+        await progress.done(2, batched=False)
+
+    outcome = await outcome_of(db, refused.event_id)
+    assert outcome is not None and not outcome.applied and outcome.refusal == "limits"
+    for problem in (
+        "alpha 0.999999 is above 0.1",
+        "harm_alpha is off",
+        "guardrails are off",
+        "non_inferiority_margin 1000.0 is above 0.25",
+        "min_sample_size 2 is below 30",
+        "the first step 1.0 is above 0.5",
+    ):
+        assert problem in outcome.verdict, outcome.verdict
+    alerts: list[Alert] = sent(app, ALERTS)
+    assert [(a.kind, a.evidence["refusal"]) for a in alerts] == [("policy_refused", "limits")]
+    started = await outcome_of(db, allowed.event_id)
+    assert started is not None and started.applied, started
+    changes: list[PolicyChange] = sent(app, CHANGES)
+    assert [(c.change, c.deployment.steps if c.deployment else None) for c in changes] == [
+        ("canary_started", [0.5])
+    ]

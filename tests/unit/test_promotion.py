@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -54,6 +55,7 @@ from learning.signing import (
     sign,
 )
 from models import ids
+from models.policy_change import CanarySettings
 
 DOER = "PRDWriter"
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -645,3 +647,61 @@ def test_refusals_of_steps_say_why() -> None:
         f"canary-1 belongs to doer '{DOER}', not 'Reviewer'"
     )
     assert check_pause(replace(canary, ended=True)) == "canary-1 has ended"
+
+
+# --------------------------------------------------------------------------- canary limits
+
+#: A canary that is a promotion in disguise: judged so that a clearly worse candidate
+#: passes after a few runs (a review's example; with steps [1.0], all traffic at once).
+DISGUISED = CanarySettings(
+    mode="non_inferiority",
+    alpha=0.999999,
+    non_inferiority_margin=1000,
+    max_crl_increase=1000,
+    min_sample_size=2,
+    harm_alpha=None,
+    guardrails=False,
+)
+
+
+def test_the_packaged_limits_refuse_a_canary_that_is_a_promotion_in_disguise() -> None:
+    from agents.config import load_learning_config
+
+    limits = load_learning_config().canary_limits
+    assert len(limits.problems(DISGUISED, [1.0])) == 7
+    verdict = limits.refusal(DISGUISED, [1.0])
+    assert verdict is not None and verdict.startswith("the canary it asks for is looser")
+    # The defaults, the service's steps, and what the demo and the tests ask for pass.
+    assert limits.problems(CanarySettings(), None) == []
+    assert limits.problems(CanarySettings(), list(DEFAULT_STEPS)) == []
+    demo = CanarySettings(
+        mode="non_inferiority",
+        non_inferiority_margin=0.25,
+        max_crl_increase=0.25,
+        min_sample_size=50,
+    )
+    assert limits.problems(demo, [0.5]) == []
+    assert limits.problems(CanarySettings(harm_alpha=0.2), None) == ["harm_alpha 0.2 is above 0.1"]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"limits": {"max_alpha": 0}}, "canary.limits.max_alpha 0 must be in (0, 1]"),
+        ({"limits": {"min_sample_size": 1}}, "canary.limits.min_sample_size 1 must be"),
+        ({"limits": {"max_alfa": 0.1}}, "canary.limits: unknown settings max_alfa"),
+        ({"limit": {}}, "canary: unknown settings limit"),
+    ],
+)
+def test_canary_limits_in_the_configuration_are_checked_at_start(
+    section: dict[str, Any], message: str, tmp_path: Any
+) -> None:
+    import yaml
+
+    from agents.config import load_learning_config
+    from agents.settings import SettingsError
+
+    path = tmp_path / "learning.yaml"
+    path.write_text(yaml.safe_dump({"canary": section}))
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_learning_config(path)
