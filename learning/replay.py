@@ -467,13 +467,16 @@ def _at_least(value: float, threshold: float) -> bool:
 # --------------------------------------------------------------------------- ids and tasks
 
 
-def task_id(policy_hash: str, manifest_hash: str, sample_id: str, seed: int) -> str:
-    """Return the stable UUIDv5 of one replay task (policy, manifest, sample, seed)."""
-    _require_text(policy_hash, "policy_hash")
-    _require_text(manifest_hash, "manifest_hash")
+def task_id(rid: str, sample_id: str, seed: int) -> str:
+    """Return the stable UUIDv5 of one task of the replay ``rid`` (its sample and seed).
+
+    Of the replay, not of (policy, manifest, sample, seed) alone: replays whose
+    seed sets overlap each have their own task for a shared seed.
+    """
+    _require_text(rid, "replay_id")
     _require_text(sample_id, "sample_id")
     _require_seed(seed)
-    return ids.replay_task_id(policy_hash, manifest_hash, sample_id, seed)
+    return ids.replay_task_id(rid, sample_id, seed)
 
 
 def replay_id(policy_hash: str, manifest_hash: str, seeds: Iterable[int]) -> str:
@@ -517,7 +520,7 @@ def plan_tasks(
     r_id = replay_id(p_hash, m_hash, seed_set)
     return [
         ReplayTask(
-            task_id=task_id(p_hash, m_hash, sid, seed),
+            task_id=task_id(r_id, sid, seed),
             replay_id=r_id,
             policy_hash=p_hash,
             manifest_hash=m_hash,

@@ -514,7 +514,8 @@ class ReplayTask(Event):
     input: str | None = None  # the (redacted) input to replay; None when the sandbox looks it up
     input_hash: Sha256Hex | None = None
     # The run id the result bundle must carry (it names the attempt), and the content
-    # hashes the task id derives from: the policy artifact's (a blob) and the manifest's.
+    # hashes the replay id (from which the task id) derives: the policy artifact's (a
+    # blob) and the manifest's.
     run_id: Identifier | None = None
     policy_hash: Sha256Hex | None = None
     manifest_hash: Sha256Hex | None = None

@@ -95,14 +95,17 @@ def deployment_id(event_id: UUID, mode: str) -> str:
     return f"{mode}-{event_id.hex[:16]}"
 
 
-def replay_task_id(policy_hash: str, manifest_hash: str, sample_id: str, seed: int) -> str:
-    """Return the id of one replay task (policy, manifest, sample, seed).
+def replay_task_id(replay_id: str, sample_id: str, seed: int) -> str:
+    """Return the id of one task of a replay (the replay, its sample and seed).
 
-    The name is the RFC 8785 JSON array of the parts, which names them
-    unambiguously whatever characters they hold. Raises ValueError for a text
-    with a lone surrogate or a seed no JSON number holds exactly.
+    The replay id names the policy, the manifest and the seed *set*, so two
+    replays whose seed sets overlap have tasks of their own (a task of one is
+    never taken for the other's). The name is the RFC 8785 JSON array of the
+    parts, which names them unambiguously whatever characters they hold. Raises
+    ValueError for a text with a lone surrogate or a seed no JSON number holds
+    exactly.
     """
-    name = _json_array(["task", policy_hash, manifest_hash, sample_id, seed])
+    name = _json_array(["replay-task", replay_id, sample_id, seed])
     return str(uuid.uuid5(REPLAY_TASK_NAMESPACE, name))
 
 

@@ -282,12 +282,20 @@ async def start_replay(
                 now,
                 deadline,
             )
+        if row is not None:
+            # Tasks named as before 2026-12-06, of (policy, manifest, sample, seed) alone: a
+            # new attempt gives them their ids of this replay (migration 031 has the why).
+            await conn.execute(
+                "DELETE FROM offline_replay_tasks WHERE replay_id = $1 AND NOT task_id = ANY($2)",
+                rid,
+                [task_id(rid, s, seed) for seed in seed_set for s in golden.samples],
+            )
         tasks = []
         for seed in seed_set:
             for sample_id in sorted(golden.samples):
                 content = golden.samples[sample_id]
                 input_hash = await put_blob(conn, content.encode("utf-8"), "text/plain")
-                tid = task_id(policy_hash, golden.manifest_hash, sample_id, seed)
+                tid = task_id(rid, sample_id, seed)
                 run_id = f"replay:{tid}:{attempt}"
                 await conn.execute(
                     """

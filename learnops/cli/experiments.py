@@ -152,7 +152,8 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
             self.say(f"{name:10} missing {len(missing)} tasks:")
             for task in missing[:SHOWN_MISSING]:
                 self.say(
-                    f"{'':10}   {task['task_id']} sample {task['sample_id']} seed {task['seed']}"
+                    f"{'':10}   {task['task_id'] or '(named at the next attempt)'} "
+                    f"sample {task['sample_id']} seed {task['seed']}"
                 )
             if len(missing) > SHOWN_MISSING:
                 self.say(f"{'':10}   … and {len(missing) - SHOWN_MISSING} more (--json lists all)")

@@ -59,7 +59,13 @@ class Doer:
         self.db, self.name, self.golden = db, name, golden
 
     async def replay(
-        self, version: int, control_rid: str | None, loss: float | None, *, settle: bool = True
+        self,
+        version: int,
+        control_rid: str | None,
+        loss: float | None,
+        *,
+        settle: bool = True,
+        seeds: list[int] = SEEDS,
     ) -> str:
         """Start the replay of ``version`` against ``control_rid``; finish it at ``loss``.
 
@@ -67,7 +73,7 @@ class Doer:
         stage does for the active policy. ``settle=False`` stops before the verdicts,
         as a worker killed after recording the last result does.
         """
-        start = await self.start(version, control_rid)
+        start = await self.start(version, control_rid, seeds)
         if loss is not None:
             for task in start.tasks:
                 await store.record_result(self.db, scored(task, loss))
@@ -75,16 +81,18 @@ class Doer:
             await store.settle_verdicts(self.db, start.replay_id, RULE)
         return start.replay_id
 
-    async def start(self, version: int, control_rid: str | None) -> store.ReplayStart:
+    async def start(
+        self, version: int, control_rid: str | None, seeds: list[int] = SEEDS
+    ) -> store.ReplayStart:
         """Start the replay of ``version`` against ``control_rid`` ("self": its own control)."""
         policy = await store.find_policy_row(self.db, self.name.lower(), version)
         if control_rid == "self":
-            control_rid = replay_id(policy["content_hash"], self.golden.manifest_hash, SEEDS)
+            control_rid = replay_id(policy["content_hash"], self.golden.manifest_hash, seeds)
         return await store.start_replay(
             self.db,
             policy=policy,
             golden=self.golden,
-            seeds=SEEDS,
+            seeds=seeds,
             requested_by=uuid.uuid4(),
             actor="tests",
             timeout_s=600,
@@ -289,3 +297,26 @@ async def test_steps_a_killed_worker_left_undone_are_found_for_the_timer(db: Any
         uuid.uuid4(),
     )
     assert experiment not in {r["experiment_id"] for r in await store.judged_but_waiting(db, later)}
+
+
+async def test_replays_whose_seed_sets_overlap_each_count_every_seed_they_name(db: Any) -> None:
+    """Seeds 2 and 3 are in both replays of v1: each replay has its own tasks for them.
+
+    Task ids were of (policy, manifest, sample, seed) alone: the second replay found
+    those tasks taken by the first, dropped its own results for them and completed on
+    seed 4 alone (a verdict on fewer seeds than it named, nothing said)."""
+    doer = await make_doer(db)
+    first = await doer.replay(1, "self", 0.5)
+    second = await doer.start(1, "self", [2, 3, 4])
+    assert len(second.tasks) == 6
+    first_tasks = {t["task_id"] for t in await store.replay_tasks(db, first)}
+    assert first_tasks.isdisjoint(t.task_id for t in second.tasks)
+    for task in second.tasks:
+        await store.record_result(db, scored(task, 0.25))
+    row = await store.get_replay(db, second.replay_id)
+    assert row["status"] == "complete" and row["runs"] == 6, dict(row)
+    assert sorted(row["per_seed"], key=int) == ["2", "3", "4"]
+    # The first replay's results are its own still.
+    earlier = await store.get_replay(db, first)
+    assert earlier["status"] == "complete" and earlier["runs"] == 6
+    assert all(t["loss"] == 0.5 for t in await store.replay_tasks(db, first))

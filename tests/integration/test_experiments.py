@@ -129,9 +129,7 @@ async def test_a_replay_runs_through_the_topics_and_passes_against_the_control(
     # One task per (sample, seed), each with the id its inputs determine.
     tasks = await experiments_store.replay_tasks(db, report["replay_id"])
     expected = {
-        task_id(policy_hash, doer.manifest_hash, sample, seed)
-        for seed in SEEDS
-        for sample in doer.sample_ids
+        task_id(report["replay_id"], sample, seed) for seed in SEEDS for sample in doer.sample_ids
     }
     assert {t["task_id"] for t in tasks} == expected and len(tasks) == len(SAMPLES) * len(SEEDS)
     assert all(t["loss"] is not None and t["output_hash"] for t in tasks)

@@ -209,3 +209,55 @@ async def test_experiments_recorded_before_the_outbox_count_as_sent(
     assert await store.unpublished_experiments(empty_db, later) == [waiting]
     await store.mark_published(empty_db, waiting, 1)
     assert await store.unpublished_experiments(empty_db, later) == []
+
+
+async def test_replays_cut_short_by_shared_task_ids_are_reopened(
+    empty_db: Any, tmp_path: Path
+) -> None:
+    """Migration 031: a replay that completed without the tasks an earlier replay with
+    overlapping seeds had taken is marked incomplete, listing what it lacks, and its
+    verdict and those of the replays compared with it are cleared for the timer."""
+    from storage import experiments as store
+    from tests.integration.test_experiment_evidence import RULE, make_doer, scored
+
+    await _migrate_before(empty_db, tmp_path, 31)
+    doer = await make_doer(empty_db)
+    whole = await doer.replay(1, "self", 0.5)  # seeds 1-3, every task its own
+    control = await doer.start(1, "self", [2, 3, 4])
+    candidate = await doer.start(2, control.replay_id, [2, 3, 4])
+    # As the old code left the control: no rows of its own for seeds 2 and 3, and its
+    # seed-4 rows under the ids of that time.
+    await empty_db.execute(
+        "DELETE FROM offline_replay_tasks WHERE replay_id = $1 AND seed IN (2, 3)",
+        control.replay_id,
+    )
+    await empty_db.execute(
+        "UPDATE offline_replay_tasks SET task_id = 'old-' || task_id WHERE replay_id = $1",
+        control.replay_id,
+    )
+    for task in [*control.tasks, *candidate.tasks]:
+        await store.record_result(empty_db, scored(task, 0.3))
+    for rid in (control.replay_id, candidate.replay_id):
+        await store.settle_verdicts(empty_db, rid, RULE)
+    before = await store.get_replay(empty_db, control.replay_id)
+    assert before["status"] == "complete" and before["runs"] == 2  # seed 4 alone
+    assert (await store.get_replay(empty_db, candidate.replay_id))["verdict"] is not None
+
+    await migrate(empty_db)
+    after = await store.get_replay(empty_db, control.replay_id)
+    assert after["status"] == "incomplete" and after["mean_crl"] is None
+    assert after["verdict"] is None
+    lacking = {(m["sample_id"], m["seed"]) for m in after["missing_tasks"]}
+    assert lacking == {(s, seed) for s in doer.golden.samples for seed in (2, 3)}
+    assert (await store.get_replay(empty_db, candidate.replay_id))["verdict"] is None
+    untouched = await store.get_replay(empty_db, whole)
+    assert untouched["status"] == "complete" and untouched["verdict"] is not None
+    later = datetime.now(UTC) + store.SETTLE_AFTER + timedelta(seconds=1)
+    assert {control.replay_id, candidate.replay_id} <= set(
+        await store.replays_ended_without_verdict(empty_db, later)
+    )
+    # Its next attempt has a task of its own for every pair, the old-named rows gone.
+    again = await doer.start(1, "self", [2, 3, 4])
+    assert again.attempt == 2 and len(again.tasks) == 6
+    rows = await store.replay_tasks(empty_db, control.replay_id)
+    assert {r["task_id"] for r in rows} == {t.task_id for t in again.tasks}

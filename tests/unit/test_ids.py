@@ -66,12 +66,12 @@ def test_deployment_ids_are_pinned() -> None:
 
 
 def test_replay_task_ids_are_pinned() -> None:
-    assert ids.replay_task_id("sha256:aa", "m" * 64, "sample-1", 7) == (
-        "52543a51-be16-5bab-b22f-96646cfd1190"
+    assert ids.replay_task_id("8f187fb4-2336-5564-8c3b-ba986c0996de", "sample-1", 7) == (
+        "22e2ac70-474d-5790-9c84-38f735d56472"
     )
     # Quotes, backslashes, control characters and non-ASCII go through JCS escaping.
-    assert ids.replay_task_id('p"\\\n\x01\x7fé😀', "m", "s\u2028", -3) == (
-        "de5192b8-ee94-5e05-aedd-6a1f43d15cc5"
+    assert ids.replay_task_id('p"\\\n\x01\x7fé😀', "s\u2028", -3) == (
+        "346eee6f-4bed-54a8-af90-b70ca20da76e"
     )
 
 
@@ -102,7 +102,7 @@ def test_curation_ids_are_pinned() -> None:
 
 def test_a_lone_surrogate_has_no_replay_task_id() -> None:
     with pytest.raises(ValueError, match="lone surrogate"):
-        ids.replay_task_id("p\ud800", "m", "s", 1)
+        ids.replay_task_id("p\ud800", "s", 1)
 
 
 @given(
@@ -116,8 +116,8 @@ def test_replay_names_are_the_canonical_json_that_signing_writes(
     for text in texts:
         if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
             return  # no canonical form; both refuse it
-    name = canonical_json(["task", policy_hash, manifest_hash, sample, seed]).decode()
-    assert ids.replay_task_id(policy_hash, manifest_hash, sample, seed) == str(
+    name = canonical_json(["replay-task", policy_hash, sample, seed]).decode()
+    assert ids.replay_task_id(policy_hash, sample, seed) == str(
         uuid.uuid5(ids.REPLAY_TASK_NAMESPACE, name)
     )
     name = canonical_json(["replay", policy_hash, manifest_hash, [seed]]).decode()

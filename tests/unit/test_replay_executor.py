@@ -37,7 +37,7 @@ WHEN = datetime(2026, 11, 1, tzinfo=UTC)
 
 def task(seed: int, policy: dict[str, Any] = POLICY, sample: str = SAMPLE) -> ReplayTask:
     return ReplayTask(
-        task_id=task_id(content_digest(policy), M_HASH, "s1", seed),
+        task_id=task_id(replay_id(content_digest(policy), M_HASH, [seed]), "s1", seed),
         replay_id=replay_id(content_digest(policy), M_HASH, [seed]),
         policy_hash=content_digest(policy),
         manifest_hash=M_HASH,
@@ -104,10 +104,11 @@ def test_folding_task_losses_ignores_arrival_order(losses: list[float]) -> None:
 
 def test_different_seed_sets_give_different_task_and_replay_ids() -> None:
     samples = ["s1", "s2", "s3"]
-    ids_a = {task_id(P_HASH, M_HASH, s, seed) for s in samples for seed in (42, 43, 44)}
-    ids_b = {task_id(P_HASH, M_HASH, s, seed) for s in samples for seed in (45, 46, 47)}
+    a, b = replay_id(P_HASH, M_HASH, [42, 43, 44]), replay_id(P_HASH, M_HASH, [44, 45, 46])
+    ids_a = {task_id(a, s, seed) for s in samples for seed in (42, 43, 44)}
+    ids_b = {task_id(b, s, seed) for s in samples for seed in (44, 45, 46)}
     assert len(ids_a) == len(ids_b) == 9
-    assert ids_a.isdisjoint(ids_b)
+    assert ids_a.isdisjoint(ids_b)  # seed 44 too: each replay has its own tasks
     assert replay_id(P_HASH, M_HASH, [42, 43, 44]) != replay_id(P_HASH, M_HASH, [45, 46, 47])
     # The same inputs give the same ids, whatever the order of the seeds.
     assert replay_id(P_HASH, M_HASH, [44, 42, 43]) == replay_id(P_HASH, M_HASH, [42, 43, 44])
