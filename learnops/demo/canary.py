@@ -12,10 +12,9 @@ from rich.table import Table
 
 from learning.signing import generate_key
 from learnops.cli.main import GroupedCommand, command
-from learnops.client.router import Router
 from learnops.demo.canary_scenario import CanaryScenario
 from learnops.demo.commands import demo
-from learnops.demo.experiments_scenario import pinned_keys
+from learnops.demo.experiments_scenario import demo_router
 from models.commands import CanarySettings
 from storage import signing_keys as store
 from storage.pool import create_pool
@@ -38,8 +37,7 @@ async def canary(self: GroupedCommand, min_samples: int, timeout: float) -> None
         key = generate_key()
         await store.add_signing_key(pool, key.public_key, created_by="canary-demo")
         tag = int(time.time())
-        pinned = await pinned_keys(settings, pool, key)
-        async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
+        async with await demo_router(settings, pool, key) as router:
             for name, candidate in (("better", 0.95), ("worse", 0.6)):
                 doer = f"CanaryDemo{name.title()}{tag}"
                 scenario = CanaryScenario(pool, producer, router, doer, key, {1: 0.8, 2: candidate})

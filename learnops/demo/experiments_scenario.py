@@ -86,6 +86,15 @@ async def pinned_keys(settings: Any, pool: Any, *signers: SigningKey) -> list[Pu
     return [worker.public_key, *(signer.public_key for signer in signers), *keyring]
 
 
+async def demo_router(settings: Any, pool: Any, *signers: SigningKey) -> Router:
+    """A Router pinned to :func:`pinned_keys`; without a worker key, one that follows
+    unsigned changes (it logs that it is unpinned), as that worker publishes them."""
+    pinned = await pinned_keys(settings, pool, *signers)
+    return Router(
+        **settings.kafka_connection(), trusted_keys=pinned, allow_unverified=pinned is None
+    )
+
+
 async def submit(pool: Any, producer: Any, event: Event, timeout: float = 60.0) -> store.Outcome:
     """Send a policy command and wait until the policy store has handled it."""
     event = await demo_signed(pool, event)
@@ -312,8 +321,7 @@ async def canary_until_decided(
     cheaper model). Gives the start_canary outcome, the scenario (its
     deployment id) and the deployment's decisions.
     """
-    pinned = await pinned_keys(settings, pool, key)
-    async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
+    async with await demo_router(settings, pool, key) as router:
         await router.wait_for(prepared.name, lambda c: c.status == "shadow", timeout=timeout)
         started = await submit(
             pool,

@@ -82,3 +82,14 @@ def test_bundles_name_the_chosen_model_and_a_fixed_version_runs_its_own() -> Non
     assert fixed.gates == again.gates and fixed.qav == again.qav
     assert fixed.costs is not None and again.costs is not None
     assert fixed.costs.spent * 2 == pytest.approx(again.costs.spent)
+
+
+def test_the_demos_follow_unsigned_changes_when_the_worker_signs_none() -> None:
+    """A worker without LEARNOPS_WORKER_SIGNING_KEY_FILE publishes unsigned changes: the
+    demo's Router follows them (it was refused at construction: a traceback)."""
+    from agents.settings import Settings
+    from learnops.demo.experiments_scenario import demo_router
+
+    settings = Settings(_env_file=None, learnops_worker_signing_key_file=None)
+    router = asyncio.run(demo_router(settings, None))
+    assert router._keys is None  # unpinned, by the demo's choice
