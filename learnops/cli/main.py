@@ -781,7 +781,14 @@ def run_worker(settings: Settings, *, loop: asyncio.AbstractEventLoop, **options
 
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    show_default=True,
+    envvar="LEARNOPS_CONSOLE_PORT",
+    show_envvar=True,
+)
 def serve(host: str, port: int) -> None:
     """Start the read-only operator console (dashboard, JSON API)."""
     from learnops.console.__main__ import serve as run

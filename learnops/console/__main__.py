@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvicorn
 
@@ -20,7 +21,9 @@ def serve(host: str, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="learnops-console")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("LEARNOPS_CONSOLE_PORT", 8080))
+    )
     args = parser.parse_args()
     serve(args.host, args.port)
 

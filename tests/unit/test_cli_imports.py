@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from typing import Any
 
 from tests.services import REPO
 
@@ -48,3 +49,18 @@ def test_help_imports_no_command_module() -> None:
     )
     assert result.stderr.strip() == "learnops.cli.main", result.stderr
     assert "policy" in result.stdout and "worker" in result.stdout
+
+
+def test_serve_takes_its_port_from_learnops_console_port(monkeypatch: Any) -> None:
+    """As README says of the local ports (it bound 8080 whatever the variable said)."""
+    from learnops.cli.main import serve
+    from learnops.console.__main__ import main
+
+    monkeypatch.setenv("LEARNOPS_CONSOLE_PORT", "36555")
+    assert serve.make_context("serve", []).params["port"] == 36555
+    assert serve.make_context("serve", ["--port", "9000"]).params["port"] == 9000
+    ran: list[tuple[str, int]] = []
+    monkeypatch.setattr("learnops.console.__main__.serve", lambda h, p: ran.append((h, p)))
+    monkeypatch.setattr(sys, "argv", ["learnops-console"])
+    main()
+    assert ran == [("127.0.0.1", 36555)]
