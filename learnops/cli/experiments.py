@@ -209,15 +209,7 @@ async def replay_run(
     seed_list = _seeds(seeds) if seeds else list(self.learning.replay.seeds)
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
-        try:
-            name, version = split_versioned(dataset)
-        except ValueError as exc:
-            fail(str(exc))
-            raise
-        golden = await store.find_golden(pool, name, version)
-        if golden is None:
-            fail(f"no golden dataset {dataset} (`learnops dataset freeze` makes one)")
-        assert golden is not None
+        golden = await _golden(pool, policy.doer, dataset, None)
         rid = replay_id(policy.content_hash, golden.manifest_hash, seed_list)
         recorded = await store.get_replay(pool, rid)
         request = RunReplay(
@@ -349,8 +341,14 @@ async def experiment_create(
     With --request it answers that experiment request (a learning trigger's),
     which the experiments stage then closes.
     """
+    if dataset is None and phase is None:
+        fail(
+            "name the golden dataset to replay on: --dataset NAME[@VERSION], or --phase PHASE "
+            "for the latest one frozen from the doer's PHASE dataset (nothing sent)"
+        )
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
+        await _golden(pool, policy.doer, dataset, phase)
         request = await find_request(pool, request_id) if request_id else None
     if request is not None:
         if request["doer"] != policy.doer:
@@ -372,6 +370,23 @@ async def experiment_create(
         actor=actor,
         as_json=as_json,
     )
+
+
+async def _golden(pool: Any, doer: str, dataset: str | None, phase: str | None) -> store.Golden:
+    """The golden dataset named (NAME[@VERSION]), or the latest frozen from the doer's PHASE
+    dataset, as the experiments stage will look it up; one sentence and exit 1 if none."""
+    try:
+        if dataset is not None:
+            name, version = split_versioned(dataset)
+            golden = await store.find_golden(pool, name, version)
+        else:
+            golden = await store.find_golden(pool, None, dataset=f"{doer}/{phase}")
+    except ValueError as exc:
+        fail(str(exc))
+    if golden is None:
+        named = dataset or f"frozen from {doer}/{phase}"
+        fail(f"no golden dataset {named} (`learnops dataset freeze` makes one); nothing sent")
+    return golden
 
 
 async def send_experiment(

@@ -540,3 +540,29 @@ async def test_an_experiment_planning_a_canary_looser_than_the_limits_is_not_cre
     assert "harm_alpha is off (None); min_sample_size 5 is below 30" in letters[0].reason
     assert await store.get_experiment(db, create.experiment_id) is None
     assert ours(app, TASKS, doer) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ((), "name the golden dataset to replay on: --dataset NAME[@VERSION], or --phase PHASE"),
+        (("--dataset", "golden-nosuch"), "no golden dataset golden-nosuch"),
+        (("--phase", "review"), "no golden dataset frozen from {doer}/review"),
+    ],
+)
+async def test_experiment_create_without_a_golden_dataset_to_replay_on_sends_nothing(
+    db: Any, settings_env: dict[str, str], where: tuple[str, ...], said: str
+) -> None:
+    """The stage would create it and fail it at once (and close the request it answers)."""
+    doer = await make_doer(db)
+    experiment_id = f"{doer.name}-nogolden"
+    created = await asyncio.to_thread(
+        run_learnops,
+        settings_env,
+        *("experiment", "create", "--policy", f"{doer.name.lower()}@2", "--hypothesis", "h"),
+        *("--id", experiment_id, *where),
+    )
+    assert created.returncode == 1, created.stdout
+    assert said.format(doer=doer.name) in created.stderr, created.stderr
+    assert "nothing sent" in created.stderr
+    assert await store.get_experiment(db, experiment_id) is None
