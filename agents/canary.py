@@ -391,7 +391,7 @@ class CanaryStage(Stage):
         """The event of one of the three inputs; None when bad (dead-lettered) or not ours."""
         topic = event.message.topic
         if topic == self.topics.policy_changes.name:
-            return await self.decode(event, PolicyChange)
+            return await self.signed_change(event)
         if topic == self.topics.task_routed.name:
             return await self.decode(event, TaskRouted)
         result = await self.decode(event, CRLComputed)

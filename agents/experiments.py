@@ -56,7 +56,7 @@ from models.commands import (
     StartCanary,
     StartShadow,
 )
-from models.events import Alert, CRLComputed, PolicyChange
+from models.events import Alert, CRLComputed
 from models.ids import experiment_event_id
 from storage import experiments as store
 from storage.pool import durably
@@ -644,7 +644,7 @@ class ExperimentsStage(Stage):
         await self._send_deploy(row)
 
     async def _policy_change(self, event: Any) -> None:
-        change = await self.decode(event, PolicyChange)
+        change = await self.signed_change(event)
         if change is None:
             return
         for row in await durably(

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from prometheus_client import Counter, Gauge
@@ -30,6 +31,7 @@ from agents.dlq import DEAD_LETTERS_FAILED
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
+from learning.signing import POLICY_CHANGE_KIND, verify_event
 from models.base import (
     Event,
     describe_exception,
@@ -37,8 +39,10 @@ from models.base import (
     duplicate_key_problem,
 )
 from models.keys import key_problem
+from models.policy_change import PolicyChange
 from storage.claims import expire_claims
-from storage.pool import TRANSIENT_ERRORS
+from storage.pool import TRANSIENT_ERRORS, durably
+from storage.signing_keys import load_keyring
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -217,6 +221,35 @@ class Stage:
         across workers (models.keys).
         """
         return await self._validated(event, model, model.model_validate_json)
+
+    async def signed_change(self, event: Any) -> PolicyChange | None:
+        """A record of learning.policy-changes if the policy stage signed it; else None.
+
+        Where this worker's stages sign what they publish (a worker signing key),
+        a change must verify against the trusted keyring as the Router's do: its
+        deployment carries the steps and the statistics the canary decides by,
+        and anyone who can write the topic could otherwise send a forged one.
+        A refused record is dead-lettered with the reason. Without a signing key
+        (a local setup) the policy stage publishes unsigned changes, taken as
+        they are.
+        """
+        change = await self.decode(event, PolicyChange)
+        if change is None or self.app.settings.learnops_worker_signing_key_file is None:
+            return change
+        keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
+        check = verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keyring)
+        if check:
+            return change
+        log.warning(
+            "policy_change_refused stage=%s doer=%s reason=%r", self.name, change.doer, check.reason
+        )
+        await self.dead_letter(
+            event,
+            error_type="signature",
+            reason=f"the policy change's signature is refused: {check.reason}",
+            doer=change.doer,
+        )
+        return None
 
     async def decode_with(self, event: Any, adapter: TypeAdapter[K]) -> K | None:
         """As :meth:`decode`, for a topic whose value is a union of models (``POLICY_COMMANDS``)."""

@@ -31,7 +31,7 @@ from learning.alerting import evidence_link
 from learning.crl import score_bundle
 from learning.deployments import MISSING_GRACE_S, MISSING_MIN_ROUTED
 from learning.routing import route
-from learning.signing import SigningKey
+from learning.signing import POLICY_CHANGE_KIND, SigningKey, generate_key, sign_event
 from learning.trends import DailyCRL
 from learnops.simulation.canary import CanaryOrchestrator
 from learnops.simulation.orchestrator import Orchestrator
@@ -162,7 +162,16 @@ class Feed:
         return message
 
     async def event(self, topic: str, event: Event, **where: int) -> Message:
-        """Deliver a contract event, keyed by its doer as every producer keys it."""
+        """Deliver a contract event, keyed by its doer as every producer keys it.
+
+        A policy change without a signature is signed with the app's worker key first,
+        as the policy stage signs what it publishes (the stages refuse unsigned ones).
+        """
+        if isinstance(event, PolicyChange) and event.signature is None:
+            key = self.app.settings.worker_key()
+            assert key is not None, "the in-process apps sign with the session's worker key"
+            signature = sign_event(POLICY_CHANGE_KIND, event.model_dump(mode="json"), key)
+            event = event.model_copy(update={"signature": signature})
         return await self.put(topic, event.doer.encode(), event.to_json(), **where)
 
     async def traffic(self, routings: Sequence[TaskRouted], results: Sequence[CRLComputed]) -> int:
@@ -1228,3 +1237,38 @@ async def test_a_canary_looser_than_the_limits_is_refused_whoever_signed_it(
     assert [(c.change, c.deployment.steps if c.deployment else None) for c in changes] == [
         ("canary_started", [0.5])
     ]
+
+
+async def test_a_policy_change_no_trusted_key_signed_is_dead_lettered_not_followed(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    """Anyone who can write learning.policy-changes could otherwise hand the canary a
+    deployment of their own: all traffic at once, judged to promote whatever it sees.
+    The canary (and experiments) stage takes a change only when a trusted key signed it."""
+    app = make_app("canary")
+    stage = app.stages["canary"]
+    doer = f"Forged{tag()}"
+    await registered(db, signing_key, doer, 2)
+    deployment_id, started = await canary_of(db, doer, 2, PATIENT)
+    routing = started.deployment
+    assert routing is not None
+    loose = routing.model_copy(update={"steps": [1.0], "canary": DISGUISED})
+    forged = started.model_copy(update={"deployment": loose, "signature": None})
+    stranger = generate_key()  # signs well, but no keyring trusts it
+    forged = forged.model_copy(
+        update={
+            "signature": sign_event(POLICY_CHANGE_KIND, forged.model_dump(mode="json"), stranger)
+        }
+    )
+    progress = Progress(stage)
+    async with app.agents["canary"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(CHANGES, started)
+        await feed.event(CHANGES, forged)
+        await progress.done(2)
+    letters: list[DeadLetter] = sent(app, DLQ)
+    assert [(d.stage, d.error_type, d.offset) for d in letters] == [("canary", "signature", 1)]
+    assert letters[0].reason.startswith("the policy change's signature is refused: ")
+    state = state_of(stage, doer, deployment_id)
+    assert state["routing"]["steps"] == [0.5], state["routing"]
+    assert state["routing"]["canary"]["min_sample_size"] == PATIENT.min_sample_size
