@@ -237,7 +237,12 @@ class Stage:
         if change is None or self.app.settings.learnops_worker_signing_key_file is None:
             return change
         keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
-        check = verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keyring)
+        check = verify_event(
+            POLICY_CHANGE_KIND,
+            change.model_dump(mode="json"),
+            keyring,
+            signed_at=change.occurred_at,
+        )
         if check:
             return change
         log.warning(

@@ -493,12 +493,18 @@ def sign_event(kind: str, event: Mapping[str, Any], key: SigningKey) -> str:
     return str(sign(event_payload(kind, event), key))
 
 
-def verify_event(kind: str, event: Mapping[str, Any], keyring: TrustedKeys) -> VerifyResult:
-    """Whether an event's ``signature`` member verifies against the keyring, and why not."""
+def verify_event(
+    kind: str, event: Mapping[str, Any], keyring: TrustedKeys, *, signed_at: datetime | None = None
+) -> VerifyResult:
+    """Whether an event's ``signature`` member verifies against the keyring, and why not.
+
+    With ``signed_at`` (when the event says it was made, a signed field), a key
+    retired before then is refused, as :meth:`TrustedKeys.verify` says.
+    """
     signature = event.get("signature")
     if not isinstance(signature, str) or not signature:
         return VerifyResult(False, f"the {kind} event is not signed")
-    return keyring.verify(event_payload(kind, event), signature)
+    return keyring.verify(event_payload(kind, event), signature, signed_at=signed_at)
 
 
 def signed_artifact(

@@ -217,7 +217,12 @@ async def decision_refusal(pool: Any, decision: DecisionMade) -> tuple[str, str]
     """
     async with pool.acquire() as conn:
         keyring = await load_keyring(conn)
-        check = verify_event(DECISION_KIND, decision.model_dump(mode="json"), keyring)
+        check = verify_event(
+            DECISION_KIND,
+            decision.model_dump(mode="json"),
+            keyring,
+            signed_at=decision.occurred_at,
+        )
         if not check:
             return "signature", f"the decision's signature is refused: {check.reason}"
         owner = await conn.fetchval(

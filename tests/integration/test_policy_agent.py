@@ -451,12 +451,16 @@ async def test_forged_unsigned_revoked_and_misaddressed_decisions_are_refused_an
     revoked = generate_key()
     await keys_store.add_signing_key(db, revoked.public_key, created_by="tests")
     await keys_store.revoke_signing_key(db, revoked.key_id, actor="tests", note="worker host lost")
+    retired = generate_key()  # a worker key rotated out: it may sign nothing new
+    await keys_store.add_signing_key(db, retired.public_key, created_by="tests")
+    await keys_store.retire_signing_key(db, retired.key_id, actor="tests", note="rotated")
     worker_key = settings.worker_key()
     honest = promote_decision(doer, deployment_id)
     attempts = {
         "forged": signed_decision(honest, generate_key()),  # a key nobody trusts
         "unsigned": promote_decision(doer, deployment_id),
         "revoked": signed_decision(promote_decision(doer, deployment_id), revoked),
+        "retired": signed_decision(promote_decision(doer, deployment_id), retired),
         # Signed by the worker's key, then changed: the signature gives it away.
         "tampered": signed_decision(promote_decision(doer, deployment_id), worker_key).model_copy(
             update={"candidate_version": 1}
@@ -469,6 +473,7 @@ async def test_forged_unsigned_revoked_and_misaddressed_decisions_are_refused_an
         "forged": ("signature_refused", "unknown key id"),
         "unsigned": ("signature_refused", "the decision event is not signed"),
         "revoked": ("signature_refused", f"key {revoked.key_id} revoked"),
+        "retired": ("signature_refused", f"key {retired.key_id} was retired at"),
         "tampered": ("signature_refused", "signature does not match"),
         "misaddressed": (
             "decision_refused",

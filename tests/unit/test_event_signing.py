@@ -92,3 +92,16 @@ def test_a_signature_of_one_event_kind_does_not_verify_as_another() -> None:
     assert verify_event("policy-change", {**event, "signature": signature}, keyring(WORKER))
     assert not verify_event(DECISION_KIND, {**event, "signature": signature}, keyring(WORKER))
     assert event_payload("x", {**event, "signature": "s"}) == event_payload("x", event)
+
+
+def test_a_decision_made_after_its_key_was_retired_is_refused() -> None:
+    """As docs/security.md says: a retired key verifies what it signed before retirement.
+    The decision's own time (a signed field) is when it was signed."""
+    ring = keyring(WORKER)
+    ring.retire(WORKER.key_id, datetime(2026, 2, 1, tzinfo=UTC))
+    late = signed_decision(decision(), WORKER).model_dump(mode="json")  # made 2026-03-01
+    refused = verify_event(DECISION_KIND, late, ring, signed_at=decision().occurred_at)
+    assert not refused.ok and "was retired at 2026-02-01" in refused.reason
+    early = decision(occurred_at=datetime(2026, 1, 15, tzinfo=UTC))
+    before = signed_decision(early, WORKER).model_dump(mode="json")
+    assert verify_event(DECISION_KIND, before, ring, signed_at=early.occurred_at).ok
