@@ -35,7 +35,7 @@ from storage.deployments import (
     approve_step,
     current_change,
     decision_refusal,
-    next_change_sequence,
+    numbered_change,
     operator_pause,
     pause_deployment,
 )
@@ -71,10 +71,10 @@ class PolicyStage(Stage):
 
     async def _send_change(self, change: PolicyChange) -> None:
         """Number the doer's change, sign it with the worker's key and send it."""
-        sequence = await durably(
-            partial(next_change_sequence, self.app.pool, change.doer), what="policies"
-        )
-        change = change.model_copy(update={"sequence": sequence, "signature": None})
+        numbered = await durably(partial(numbered_change, self.app.pool, change), what="policies")
+        if numbered is None:
+            return
+        change = numbered
         if self.key is not None:
             signature = sign_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self.key)
             change = change.model_copy(update={"signature": signature})

@@ -109,6 +109,39 @@ def _policy_signature(key_id: str, signature: str, signature_format: int) -> str
     return str(Signature.from_parts(key_id, signature))
 
 
+#: What a change says of itself rather than of the doer's state.
+_ABOUT_THE_CHANGE = {
+    "event_id",
+    "change",
+    "actor",
+    "reason",
+    "occurred_at",
+    "sequence",
+    "signature",
+}
+
+
+async def numbered_change(pool: Any, change: PolicyChange) -> PolicyChange | None:
+    """``change`` with the doer's next sequence number, or the doer's newer state if it moved.
+
+    Read and numbered in one transaction under the doer's policy lock, which every
+    change of state takes too: a state read earlier (two workers on one doer for
+    a moment in a rebalance) cannot be numbered after a newer one and win at the
+    Router. None when the doer has no active policy any more.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_doer(conn, change.doer)
+        now = await current_change(conn, change.doer)
+        if now is None:
+            return None
+        if now.model_dump(exclude=_ABOUT_THE_CHANGE) != change.model_dump(
+            exclude=_ABOUT_THE_CHANGE
+        ):
+            change = now  # another change moved the doer on since this one was read
+        sequence = await next_change_sequence(conn, change.doer)
+    return change.model_copy(update={"sequence": sequence, "signature": None})
+
+
 async def next_change_sequence(pool: Any, doer: str) -> int:
     """The next sequence number of the doer's published policy changes (1, 2, …), durable."""
     sequence: int = await pool.fetchval(

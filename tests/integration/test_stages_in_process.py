@@ -1272,3 +1272,32 @@ async def test_a_policy_change_no_trusted_key_signed_is_dead_lettered_not_follow
     state = state_of(stage, doer, deployment_id)
     assert state["routing"]["steps"] == [0.5], state["routing"]
     assert state["routing"]["canary"]["min_sample_size"] == PATIENT.min_sample_size
+
+
+async def test_a_state_read_before_a_newer_change_is_not_numbered_after_it(
+    db: Any, signing_key: SigningKey
+) -> None:
+    """Two workers on one doer for a moment (a rebalance): the one that read the state
+    before a newer change numbered it later and its older state won at the Router. The
+    state is read again with its number, under the doer's lock."""
+    from storage.deployments import numbered_change
+
+    doer = f"Race{tag()}"
+    stale = await registered(db, signing_key, doer, 2)  # v1 active, read by worker A
+    promoted = await applied(
+        db,
+        PromotePolicy(
+            doer=doer, actor="tests", reason="v2", policy_id=doer.lower(), version=2, force=True
+        ),
+    )
+    assert promoted.applied
+    newer = await numbered_change(db, await live_change(db, doer))  # worker B: v2
+    late = await numbered_change(db, stale)  # worker A, after it
+    assert newer is not None and late is not None
+    assert (newer.version, late.version) == (2, 2)
+    assert late.sequence is not None and newer.sequence is not None
+    assert late.sequence > newer.sequence
+    # A state still current keeps what it says of itself, numbered.
+    again = await numbered_change(db, newer)
+    assert again is not None and again.event_id == newer.event_id
+    assert again.sequence == late.sequence + 1
