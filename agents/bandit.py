@@ -313,6 +313,10 @@ class BanditStage(Stage):
             ]
             if slot.changed or due:
                 self.books[doer] = marked(slot.book.to_dict(), slot.partition, slot.mark)
+            # Audited with the book's write, before anything is sent: a send that fails
+            # fails the batch, and the freeze it carried must not stand unrecorded.
+            for control, verdict in slot.applied:
+                await record_applied(self, control, verdict)
             if (due or slot.publish) and slot.book.bandits:
                 allocations = self._signed(slot.book.event(doer))
                 await self.topics.bandit_allocations.send(allocations)
@@ -323,8 +327,6 @@ class BanditStage(Stage):
                         allocations.sequence,
                         ",".join(due),
                     )
-            for control, verdict in slot.applied:
-                await record_applied(self, control, verdict)
             for key, allocation in proposals:
                 if allocation.confident:
                     try:
