@@ -17,6 +17,7 @@ it as a RegisterPolicy (as ``learnops policy register``), then files the
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from learnops.cli.main import (
     split_ref,
     table,
 )
-from learnops.cli.policy import policy_key_option, timeout_option
+from learnops.cli.policy import policy_key_option, timeout_option, wait_option
 
 if TYPE_CHECKING:
     from learning.signing import SigningKey
@@ -101,8 +102,44 @@ async def _registered_doer(ctx: GroupedCommand, doer: str, allocated: set[str]) 
     )
 
 
+async def _verdict(ctx: GroupedCommand, control: Any, timeout: float) -> str | None:
+    """Wait until the bandit stage applied ``control``; exit 1 with the reason if refused.
+
+    Applied, it is in ``applied_commands``; refused for its signature or role, it
+    leaves a ``command_refused`` alert. A note (not a failure) is returned when
+    the database cannot be read: the control went out all the same.
+    """
+    import time
+
+    from learnops.cli.policy import fail_if_refused_on_arrival
+    from storage.operator_keys import applied_at
+
+    try:
+        async with database(ctx) as pool:
+            deadline = time.monotonic() + timeout
+            while await applied_at(pool, control.event_id) is None:
+                await fail_if_refused_on_arrival(pool, control.event_id)
+                if time.monotonic() > deadline:
+                    fail(
+                        f"sent {control.event_id}, but no bandit stage applied it within "
+                        f"{timeout:g}s; is a worker running the bandit stage? (it applies it "
+                        "when it runs; `learnops bandit show` says frozen or moving)"
+                    )
+                await asyncio.sleep(0.25)
+    except ServiceUnreachable as exc:
+        return f"sent, but whether it was applied could not be checked ({exc})"
+    return None
+
+
 async def _control(
-    ctx: GroupedCommand, doer: str, frozen: bool, actor: str, reason: str, as_json: bool
+    ctx: GroupedCommand,
+    doer: str,
+    frozen: bool,
+    actor: str,
+    reason: str,
+    as_json: bool,
+    wait: bool = True,
+    timeout: float = 30.0,
 ) -> None:
     from aiokafka.errors import KafkaError
 
@@ -146,12 +183,16 @@ async def _control(
         await producer.send_and_wait(CONTROLS, key=doer.encode(), value=control.to_json())
     finally:
         await producer.stop()
+    unchecked = await _verdict(ctx, control, timeout) if wait else None
+    applied = None if unchecked is not None or not wait else True
+    note = "; ".join(n for n in (note, unchecked) if n) or None
     if as_json:
         sent = {
             "doer": doer,
             "frozen": frozen,
             "event_id": str(control.event_id),
             "sent": True,
+            "applied": applied,
             "has_allocations": has_allocations,
             "note": note,
         }
@@ -159,22 +200,41 @@ async def _control(
         return
     if note is not None:
         ctx.say(f"note: {note}", file=ctx.stderr)
+    if applied:
+        ctx.say(f"{doer}: {verb} (applied {control.event_id}, signed with your operator key)")
+        return
     ctx.say(
         f"{doer}: {verb} sent as {control.event_id}, signed with your operator key (the bandit "
         "stage applies it at its next batch if your key holds the operator role on the doer)"
     )
 
 
-@command(bandit, "freeze", _doer, _actor, _reason, json_option)
-async def freeze(ctx: GroupedCommand, doer: str, actor: str, reason: str, as_json: bool) -> None:
+@command(bandit, "freeze", _doer, _actor, _reason, wait_option, timeout_option, json_option)
+async def freeze(
+    ctx: GroupedCommand,
+    doer: str,
+    actor: str,
+    reason: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Hold DOER's allocations where they are; the bandit keeps learning meanwhile."""
-    await _control(ctx, doer, True, actor, reason, as_json)
+    await _control(ctx, doer, True, actor, reason, as_json, wait, timeout)
 
 
-@command(bandit, "unfreeze", _doer, _actor, _reason, json_option)
-async def unfreeze(ctx: GroupedCommand, doer: str, actor: str, reason: str, as_json: bool) -> None:
+@command(bandit, "unfreeze", _doer, _actor, _reason, wait_option, timeout_option, json_option)
+async def unfreeze(
+    ctx: GroupedCommand,
+    doer: str,
+    actor: str,
+    reason: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Let DOER's allocations move again (what was learned while frozen counts at once)."""
-    await _control(ctx, doer, False, actor, reason, as_json)
+    await _control(ctx, doer, False, actor, reason, as_json, wait, timeout)
 
 
 async def _superseded(ctx: GroupedCommand, doer: str, latest: Any) -> str | None:

@@ -88,6 +88,7 @@ policy_key_option = click.option(
     help="Private key PEM (from `learnops policy keys generate`).",
 )
 timeout_option = _timeout
+wait_option = _wait
 
 # Names that exist, for "did you mean": the doers and policy ids of registered versions.
 _KNOWN = "SELECT DISTINCT doer, policy_id FROM policies"
@@ -166,7 +167,7 @@ async def _send(ctx: CommandContext, event: Event, approver_key: Path | None = N
     return event
 
 
-async def _fail_if_refused_on_arrival(pool: Any, event_id: Any) -> None:
+async def fail_if_refused_on_arrival(pool: Any, event_id: Any) -> None:
     """Stop with the reason when the stage refused the command's signature or role.
 
     Such a command leaves no audit or step row, only a ``command_refused`` alert.
@@ -204,7 +205,7 @@ async def _submit(
         return
     deadline = time.monotonic() + timeout
     while (outcome := await audit_store.outcome_of(pool, event.event_id)) is None:
-        await _fail_if_refused_on_arrival(pool, event.event_id)
+        await fail_if_refused_on_arrival(pool, event.event_id)
         if time.monotonic() > deadline:
             fail(
                 f"no verdict on {event.event_id} after {timeout:g}s; is a worker running? "
@@ -811,7 +812,7 @@ async def _wait_for(
                 "SELECT * FROM shadow_deployments WHERE deployment_id = $1", deployment_id
             )
             return _deployment_report(row)
-        await _fail_if_refused_on_arrival(pool, event_id)
+        await fail_if_refused_on_arrival(pool, event_id)
         if time.monotonic() > deadline:
             fail(
                 f"{deployment_id} not {what} after {timeout:g}s; is a worker running? "

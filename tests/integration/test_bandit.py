@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from agents.topics import read_from_start
-from learning.signing import SigningKey, signed_artifact
+from learning.signing import SigningKey, generate_key, signed_artifact
 from learnops.client import Allocations
 from learnops.simulation.orchestrator import Orchestrator
 from models.bandit import BanditAllocations, BanditControl
@@ -33,6 +33,7 @@ from models.events import Alert, DeadLetter, RunCompleted
 from models.ids import caused_event_id
 from storage import policy_commands as commands_store
 from storage.experiments import get_experiment
+from storage.operator_keys import add_operator_key, grant_role
 from storage.policies import find_policy
 from storage.skills import open_requests, request_row
 from tests.integration.kafka_io import eventually, publish
@@ -63,7 +64,8 @@ RISKY = "model-r-risky"
 async def bandit_worker(
     topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
-    """A worker with the crl, policy, bandit and experiments stages, allocating every 20 runs.
+    """A worker with the crl, policy, bandit, experiments and alerts stages, allocating every 20
+    runs (alerts: the CLI reads a refused freeze's alert from PostgreSQL).
 
     An option is confidently best after 50 runs of it (not 200), so the test
     sees the experiment request, and the small model (not the policy's default)
@@ -80,7 +82,7 @@ async def bandit_worker(
     )
     env = {
         **settings_env,
-        "LEARNOPS_STAGES": "crl,policy,bandit,experiments",
+        "LEARNOPS_STAGES": "crl,policy,bandit,experiments,alerts",
         "LEARNOPS_CONFIG_FILE": str(config),
         "LEARNOPS_WEB_PORT": str(free_port()),
     }
@@ -358,13 +360,15 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
         *json_flag,
     )
     assert done.returncode == 0, done.stderr
+    # The CLI waits until the bandit stage applied it (the row below is there already).
     if frozen:
-        assert "frozen sent as" in done.stdout
-        event_id = done.stdout.split(" sent as ")[1].split(",")[0]
+        assert done.stdout.startswith(f"{doer.name}: frozen (applied "), done.stdout
+        event_id = done.stdout.split("(applied ")[1].split(",")[0]
     else:
         sent = json.loads(done.stdout)
         assert (sent["doer"], sent["frozen"], sent["sent"]) == (doer.name, False, True), sent
-        assert sent["has_allocations"] is True and sent["note"] is None, sent
+        assert sent["applied"] is True and sent["has_allocations"] is True, sent
+        assert sent["note"] is None, sent
         event_id = sent["event_id"]
 
     async def probe() -> list[BanditAllocations]:
@@ -400,15 +404,25 @@ async def test_freezing_a_doer_with_no_allocations_sends_it_and_says_so(
     )
     assert "nothing sent" in unknown.stderr and "sent as" not in unknown.stdout
     await bootstrap(db, name, signing_key)
+    # --no-wait: no bandit stage need run for this doer's name and note to be right.
     text = await asyncio.to_thread(
-        run_learnops, settings_env, "bandit", "freeze", name.lower(), "--reason", "ahead"
+        run_learnops,
+        settings_env,
+        "bandit",
+        "freeze",
+        name.lower(),
+        "--reason",
+        "ahead",
+        "--no-wait",
     )
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith(f"{name}: frozen sent as"), text.stdout
     assert f"note: {name} has no allocations on learning.bandit-allocations yet" in text.stderr
     assert "the freeze holds from its first allocation on" in text.stderr
     done = await asyncio.to_thread(
-        run_learnops, settings_env, "bandit", "unfreeze", name, "--reason", "ahead", "--json"
+        run_learnops,
+        settings_env,
+        *("bandit", "unfreeze", name, "--reason", "ahead", "--json", "--no-wait"),
     )
     assert done.returncode == 0, done.stderr
     sent = json.loads(done.stdout)
@@ -480,7 +494,12 @@ async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_r
 
 
 async def test_an_unsigned_or_forged_freeze_is_refused_and_the_allocations_keep_moving(
-    bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
+    bandit_worker: WorkerProcess,
+    producer: Any,
+    db: Any,
+    settings: Any,
+    signing_key: SigningKey,
+    tmp_path: Path,
 ) -> None:
     doer = await registered_doer(producer, bandit_worker.env, db, signing_key)
     await doer.run(EVERY)
@@ -506,6 +525,21 @@ async def test_an_unsigned_or_forged_freeze_is_refused_and_the_allocations_keep_
             )
             == 0
         )
+
+    # Through the CLI, with a key that may only view: refused, and the CLI says so.
+    viewer = generate_key()
+    await add_operator_key(db, viewer.public_key, operator="auditor", actor="tests")
+    await grant_role(db, viewer.key_id, "*", "viewer", actor="tests")
+    key_file = tmp_path / "viewer.pem"
+    key_file.write_bytes(viewer.to_pem())
+    refused = await asyncio.to_thread(
+        run_learnops,
+        {**bandit_worker.env, "LEARNOPS_OPERATOR_KEY": str(key_file)},
+        *("bandit", "freeze", doer.name, "--reason", "hold it", "--timeout", "60"),
+    )
+    assert refused.returncode == 1, refused.stdout
+    assert "refused: freeze_bandit refused: " in refused.stderr, refused.stderr
+    assert "needs the operator role" in refused.stderr, refused.stderr
 
     # Not frozen: the next runs move the shares again.
     await doer.run(EVERY)
