@@ -209,32 +209,33 @@ async def _control(
     )
 
 
-@command(bandit, "freeze", _doer, _actor, _reason, wait_option, timeout_option, json_option)
-async def freeze(
-    ctx: GroupedCommand,
-    doer: str,
-    actor: str,
-    reason: str,
-    wait: bool,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    """Hold DOER's allocations where they are; the bandit keeps learning meanwhile."""
-    await _control(ctx, doer, True, actor, reason, as_json, wait, timeout)
+def _control_command(name: str, frozen: bool, doc: str) -> None:
+    """Register ``learnops bandit NAME DOER``: send a freeze (or unfreeze) and report it."""
+
+    async def run(
+        ctx: GroupedCommand,
+        doer: str,
+        actor: str,
+        reason: str,
+        wait: bool,
+        timeout: float,
+        as_json: bool,
+    ) -> None:
+        await _control(ctx, doer, frozen, actor, reason, as_json, wait, timeout)
+
+    run.__doc__ = doc
+    options = (_doer, _actor, _reason, wait_option, timeout_option, json_option)
+    command(bandit, name, *options)(run)
 
 
-@command(bandit, "unfreeze", _doer, _actor, _reason, wait_option, timeout_option, json_option)
-async def unfreeze(
-    ctx: GroupedCommand,
-    doer: str,
-    actor: str,
-    reason: str,
-    wait: bool,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    """Let DOER's allocations move again (what was learned while frozen counts at once)."""
-    await _control(ctx, doer, False, actor, reason, as_json, wait, timeout)
+_control_command(
+    "freeze", True, "Hold DOER's allocations where they are; the bandit keeps learning meanwhile."
+)
+_control_command(
+    "unfreeze",
+    False,
+    "Let DOER's allocations move again (what was learned while frozen counts at once).",
+)
 
 
 async def _superseded(ctx: GroupedCommand, doer: str, latest: Any) -> str | None:
