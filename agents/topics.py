@@ -136,6 +136,7 @@ class TopicState:
     name: str
     partitions: int
     configs: dict[str, str]
+    replication_factor: int = 0  # replicas of its least replicated partition
 
 
 #: Topics whose records may hold a person's text: raw bundles (run-completed, and the
@@ -235,6 +236,11 @@ async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, T
         return {}
     metadata = await admin.describe_topics(present)
     partitions = {t["topic"]: len(t["partitions"]) for t in metadata if t["error_code"] == 0}
+    replicas = {
+        t["topic"]: min((len(p["replicas"]) for p in t["partitions"]), default=0)
+        for t in metadata
+        if t["error_code"] == 0
+    }
     responses = await admin.describe_configs(
         [ConfigResource(ConfigResourceType.TOPIC, name) for name in present]
     )
@@ -249,7 +255,12 @@ async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, T
                 if entry.get("config_source") == _DYNAMIC_TOPIC_CONFIG
             }
     return {
-        name: TopicState(name=name, partitions=partitions[name], configs=configs.get(name, {}))
+        name: TopicState(
+            name=name,
+            partitions=partitions[name],
+            configs=configs.get(name, {}),
+            replication_factor=replicas[name],
+        )
         for name in present
         if name in partitions
     }
@@ -320,7 +331,16 @@ async def _ensure(admin: AIOKafkaAdminClient, catalog: TopicCatalog) -> list[Top
             # AlterConfigs replaces the topic's whole dynamic config: the file is the truth.
             alter.append(ConfigResource(ConfigResourceType.TOPIC, name, dict(spec.configs)))
             details.append(f"configs {state.configs}→{spec.configs}")
-        changes.append(TopicChange(name, "updated" if details else "unchanged", "; ".join(details)))
+        action = "updated" if details else "unchanged"
+        if state.replication_factor != spec.replication_factor:
+            # Kafka changes a topic's replicas only by a partition reassignment.
+            action = "differs" if not details else action
+            details.append(
+                f"replication factor {state.replication_factor} on the cluster, "
+                f"{spec.replication_factor} asked: not changed (Kafka moves replicas with "
+                "kafka-reassign-partitions.sh)"
+            )
+        changes.append(TopicChange(name, action, "; ".join(details)))
     if grow:
         await admin.create_partitions(grow)
     if alter:

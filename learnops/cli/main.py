@@ -484,6 +484,8 @@ cli.add_command(schema)
 )
 async def topics_create(ctx: CommandContext, replication_factor: int | None, as_json: bool) -> None:
     """Create missing topics and update partitions and configs to match topics.yaml."""
+    from aiokafka.errors import InvalidReplicationFactorError
+
     from agents.topics import TopicCatalogError, ensure, load_catalog
 
     settings = ctx.settings
@@ -492,6 +494,11 @@ async def topics_create(ctx: CommandContext, replication_factor: int | None, as_
         changes = await ensure(settings, catalog)
     except TopicCatalogError as exc:
         fail(str(exc))
+    except InvalidReplicationFactorError as exc:
+        fail(
+            f"the cluster refused the replication factor ({exc}); it needs at least as many "
+            "brokers: --replication-factor N with N at most the brokers it has"
+        )
     if as_json:
         ctx.say(dumps([{"action": c.action, "topic": c.name, "detail": c.detail} for c in changes]))
         return
@@ -520,20 +527,22 @@ async def topics_describe(ctx: CommandContext, as_json: bool) -> None:
                 "exists": state is not None,
                 "partitions": state.partitions if state else None,
                 "configs": state.configs if state else None,
+                "replication_factor": state.replication_factor if state else None,
                 "matches_file": matches,
             }
         )
     if as_json:
         ctx.say(dumps(rows))
     else:
-        shown = table("topic", "status", "partitions", "in file")
+        shown = table("topic", "status", "partitions", "in file", "replicas")
         for row in rows:
             spec = catalog.topics[str(row["topic"])]
             status = (
                 "ok" if row["matches_file"] else ("MISSING" if not row["exists"] else "DIFFERS")
             )
             partitions = "-" if row["partitions"] is None else str(row["partitions"])
-            shown.add_row(row["topic"], status, partitions, str(spec.partitions))
+            replicas = "-" if row["replication_factor"] is None else str(row["replication_factor"])
+            shown.add_row(row["topic"], status, partitions, str(spec.partitions), replicas)
         ctx.console().print(shown)
     if not all(row["matches_file"] for row in rows):
         fail("the cluster does not match topics.yaml; run `learnops topics create`")

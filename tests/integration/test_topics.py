@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from typing import Any
 
 from agents.topics import TopicCatalog, TopicSpec, describe, ensure
+from tests.services import run_learnops
 
 
 async def test_every_catalogue_topic_exists_with_the_files_partitions_and_configs(
@@ -55,3 +59,32 @@ async def test_a_drifted_topic_config_is_put_back_and_partitions_grow(
 
 def replace_spec(spec: TopicSpec, **changes: Any) -> TopicSpec:
     return spec.model_copy(update=changes)
+
+
+async def test_a_replication_factor_the_cluster_cannot_have_is_said_not_hidden(
+    settings: Any, settings_env: dict[str, str], topics: TopicCatalog, tmp_path: Any
+) -> None:
+    """`topics create --replication-factor 3` on this one-broker cluster: existing topics
+    are reported as differing (Kafka changes replicas only by a reassignment), where it
+    said "unchanged"; a new topic is refused in one sentence, where it was a traceback."""
+    states = await describe(settings, sorted(topics.topics))
+    assert {s.replication_factor for s in states.values()} == {1}
+    existing = await asyncio.to_thread(
+        run_learnops, settings_env, "topics", "create", "--replication-factor", "3", "--json"
+    )
+    assert existing.returncode == 0, existing.stderr
+    changes = json.loads(existing.stdout)
+    assert {c["action"] for c in changes} == {"differs"}
+    assert all("replication factor 1 on the cluster, 3 asked" in c["detail"] for c in changes)
+
+    catalog = tmp_path / "topics.yaml"
+    name = f"learning.scratch-rf-{uuid.uuid4().hex[:8]}"
+    catalog.write_text(f"topics:\n  {name}:\n    partitions: 1\n    key: doer\n    value: x\n")
+    fresh = await asyncio.to_thread(
+        run_learnops,
+        {**settings_env, "LEARNOPS_TOPICS_FILE": str(catalog)},
+        *("topics", "create", "--replication-factor", "3"),
+    )
+    assert fresh.returncode == 1, fresh.stdout
+    lines = fresh.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the cluster refused the replication factor" in lines[0], lines
