@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from aiokafka.admin import AIOKafkaAdminClient
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=Any)  # an aiokafka client: producer, consumer or admin
 
 # config_source values of a DescribeConfigs entry (KIP-226): only a topic's own
 # dynamic config is "set from the file"; everything else is a default.
@@ -216,14 +220,30 @@ def _admin(settings: Settings) -> AIOKafkaAdminClient:
     )
 
 
+@asynccontextmanager
+async def started(client: C) -> AsyncIterator[C]:
+    """An aiokafka client started for the block and stopped after it.
+
+    Stopped too when starting fails (a broker that does not answer): a client
+    left half-started is reported at exit as "Unclosed AIOKafka…", a second
+    message after the CLI's one-line error.
+    """
+    stop = getattr(client, "stop", None) or client.close  # the admin client closes
+    try:
+        await client.start()
+    except BaseException:
+        await stop()
+        raise
+    try:
+        yield client
+    finally:
+        await stop()
+
+
 async def describe(settings: Settings, names: list[str]) -> dict[str, TopicState]:
     """Read the partition count and explicitly set configs of the named topics that exist."""
-    admin = _admin(settings)
-    await admin.start()
-    try:
+    async with started(_admin(settings)) as admin:
         return await _describe(admin, names)
-    finally:
-        await admin.close()
 
 
 async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, TopicState]:
@@ -268,23 +288,15 @@ async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, T
 
 async def missing(settings: Settings, catalog: TopicCatalog) -> list[str]:
     """Names of catalogue topics the cluster does not have."""
-    admin = _admin(settings)
-    await admin.start()
-    try:
+    async with started(_admin(settings)) as admin:
         existing = set(await admin.list_topics())
-    finally:
-        await admin.close()
     return sorted(set(catalog.topics) - existing)
 
 
 async def ensure(settings: Settings, catalog: TopicCatalog) -> list[TopicChange]:
     """Create missing topics and bring existing ones to the catalogue's partitions and configs."""
-    admin = _admin(settings)
-    await admin.start()
-    try:
+    async with started(_admin(settings)) as admin:
         return await _ensure(admin, catalog)
-    finally:
-        await admin.close()
 
 
 async def _ensure(admin: AIOKafkaAdminClient, catalog: TopicCatalog) -> list[TopicChange]:
@@ -389,15 +401,14 @@ async def read_from_start(settings: Settings, topic: str, *, timeout: float = 10
     """Every record now in ``topic``, read from the beginning without a consumer group."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(
+    client = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         **settings.kafka_client_options(),
     )
-    await consumer.start()
-    try:
+    async with started(client) as consumer:
         # Without a group the consumer assigns itself every partition once metadata arrives.
         deadline = asyncio.get_running_loop().time() + timeout
         while not consumer.assignment():
@@ -414,5 +425,3 @@ async def read_from_start(settings: Settings, topic: str, *, timeout: float = 10
             for batch in (await consumer.getmany(timeout_ms=200)).values():
                 records.extend(batch)
         return records
-    finally:
-        await consumer.stop()

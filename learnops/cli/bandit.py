@@ -143,7 +143,7 @@ async def _control(
 ) -> None:
     from aiokafka.errors import KafkaError
 
-    from agents.topics import TopicCatalogError
+    from agents.topics import TopicCatalogError, started
     from learnops.cli.operator import signed
     from models.bandit import BanditControl
 
@@ -177,12 +177,8 @@ async def _control(
             reason=reason,
         ),
     )
-    producer = ctx.settings.kafka_producer()
-    await producer.start()
-    try:
+    async with started(ctx.settings.kafka_producer()) as producer:
         await producer.send_and_wait(CONTROLS, key=doer.encode(), value=control.to_json())
-    finally:
-        await producer.stop()
     unchecked = await _verdict(ctx, control, timeout) if wait else None
     applied = None if unchecked is not None or not wait else True
     note = "; ".join(n for n in (note, unchecked) if n) or None

@@ -155,15 +155,12 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
 
 async def _send(ctx: CommandContext, event: Event, approver_key: Path | None = None) -> Event:
     """Sign the command with the operator's key and send it; the signed command is returned."""
+    from agents.topics import started
     from learnops.cli.operator import signed
 
     event = signed(ctx, event, approver_key)
-    producer = ctx.settings.kafka_producer()
-    await producer.start()
-    try:
+    async with started(ctx.settings.kafka_producer()) as producer:
         await producer.send_and_wait(COMMANDS_TOPIC, key=event.doer.encode(), value=event.to_json())
-    finally:
-        await producer.stop()
     return event
 
 
@@ -1552,12 +1549,10 @@ async def keys_revoke(
 
 
 async def _send_alerts(ctx: CommandContext, alerts: list[Any]) -> None:
-    producer = ctx.settings.kafka_producer()
-    await producer.start()
-    try:
+    from agents.topics import started
+
+    async with started(ctx.settings.kafka_producer()) as producer:
         for alert in alerts:
             await producer.send_and_wait(
                 ALERTS_TOPIC, key=alert.doer.encode(), value=alert.to_json()
             )
-    finally:
-        await producer.stop()

@@ -337,6 +337,11 @@ async def test_an_unreachable_kafka_says_so_for_commands_and_the_worker(
         "KAFKA_BOOTSTRAP_SERVERS",
     )
     one_line_error(await learnops(env, "worker"), 1, "cannot reach Kafka")
+    # Clients that failed to start are closed too: no "Unclosed AIOKafkaConsumer" after
+    # the line (a read of the allocations, then a send).
+    one_line_error(await learnops(env, "bandit", "show", "Foo"), 1, "cannot reach Kafka")
+    freeze = await learnops(env, "bandit", "freeze", "Foo", "--reason", "x", "--no-wait")
+    one_line_error(freeze, 1, "cannot reach Kafka")
 
 
 async def test_invalid_settings_name_the_variable(settings_env: dict[str, str]) -> None:
