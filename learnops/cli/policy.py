@@ -125,7 +125,10 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
     doers, ids = await known_names(pool)
     candidates = [i for i in ids if i.lower() == policy_id.lower()]
     if not candidates:
+        # A doer's name: as written first, then regardless of case.
         rows = await pool.fetch(
+            "SELECT DISTINCT policy_id FROM policies WHERE doer = $1", policy_id
+        ) or await pool.fetch(
             "SELECT DISTINCT policy_id FROM policies WHERE lower(doer) = lower($1)", policy_id
         )
         candidates = [r["policy_id"] for r in rows]
@@ -346,6 +349,7 @@ async def policy_register(
     if parent and parent_version is None:
         usage_error(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
     async with database(ctx) as pool:
+        await _not_a_case_variant(ctx, pool, doer)
         if policy_id is None:
             policy_id = await _policy_of(pool, doer)
         await register_artifact(
@@ -366,6 +370,30 @@ async def policy_register(
             timeout=timeout,
             as_json=as_json,
         )
+
+
+async def _not_a_case_variant(ctx: CommandContext, pool: Any, doer: str) -> None:
+    """Refuse a first policy for a doer whose name another doer has in another case.
+
+    Doer names are case-sensitive keys (Kafka keys, table keys), but every
+    lookup an operator types folds case: `--doer prdwriter` beside PRDWriter is a
+    typo far more often than a new doer, and would leave two doers each lookup
+    has to tell apart. A first policy of a doer nobody knows is noted.
+    """
+    doers, _ = await known_names(pool)
+    if doer in doers:
+        return
+    twins = sorted(d for d in doers if d.lower() == doer.lower())
+    if twins:
+        fail(
+            f"doer {doer!r} has no policy, but {', '.join(map(repr, twins))} has: doer names "
+            f"differ only in case; use --doer {twins[0]} (nothing sent)"
+        )
+    ctx.say(
+        f"note: {doer!r} has no policy yet: this registers the first policy of a new doer"
+        f"{closest(doer, doers)}",
+        file=ctx.stderr,
+    )
 
 
 async def _policy_of(pool: Any, doer: str) -> str:

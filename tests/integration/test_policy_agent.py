@@ -355,6 +355,15 @@ async def test_the_cli_round_trip_register_promote_inspect(
         "carol",
     )
     assert f"{pid}@1" in out.stdout and "applied" in out.stdout
+    assert f"note: {doer!r} has no policy yet: this registers the first policy of a new doer" in (
+        out.stderr
+    )
+    # The doer's name in another case is a typo far more often than a new doer: refused.
+    twin = run_cli(
+        env, "register", str(v2), "--doer", doer.lower(), "--key", str(key_file), ok=False
+    )
+    assert twin.returncode == 1, twin.stdout
+    assert f"doer {doer.lower()!r} has no policy, but {doer!r} has" in twin.stderr, twin.stderr
     out = run_cli(
         env,
         "register",
