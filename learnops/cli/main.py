@@ -720,12 +720,29 @@ async def _preflight(settings: Settings) -> None:
     absent = await missing(settings, load_catalog(settings.learnops_topics_file))
     if absent:
         fail(f"topics missing on the cluster: {', '.join(absent)}; run `learnops topics create`")
+    if settings.learnops_web_enabled:
+        _web_port_free(settings.learnops_web_host, settings.learnops_web_port)
     if settings.learnops_env == "production":
         unkeyed = production_keys_missing(settings)
         if unkeyed:
             fail(
                 f"LEARNOPS_ENV=production: {'; '.join(unkeyed)} "
                 "(docs/operations.md, 'Before the first worker')"
+            )
+
+
+def _web_port_free(host: str, port: int) -> None:
+    """Fail in one sentence when the worker's web port (metrics, health) is taken."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            fail(
+                f"cannot serve the worker's metrics and health on {host}:{port} ({exc.strerror}); "
+                "set LEARNOPS_WEB_PORT to a free port (or LEARNOPS_WEB_ENABLED=false)"
             )
 
 

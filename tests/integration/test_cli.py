@@ -344,6 +344,22 @@ async def test_an_unreachable_kafka_says_so_for_commands_and_the_worker(
     one_line_error(freeze, 1, "cannot reach Kafka")
 
 
+async def test_a_worker_whose_web_port_is_taken_says_so_in_one_line(
+    settings_env: dict[str, str],
+) -> None:
+    """It ended in Faust's traceback of OSError 98 after the worker had started."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**settings_env, "LEARNOPS_WEB_ENABLED": "true", "LEARNOPS_WEB_PORT": str(port)}
+        one_line_error(
+            await learnops(env, "worker"), 1, f"127.0.0.1:{port}", "set LEARNOPS_WEB_PORT"
+        )
+
+
 async def test_invalid_settings_name_the_variable(settings_env: dict[str, str]) -> None:
     env = {**settings_env, "KAFKA_BOOTSTRAP_SERVERS": "no-port-here"}
     one_line_error(
