@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -235,7 +236,7 @@ async def freeze(pool: Any, tenant: str, dataset: str, golden: str, *, actor: st
         )
         copied = await conn.fetch(_COPY, golden, version, dataset, tenant)
         if not copied:
-            raise GoldenError(f"dataset {dataset} has no accepted sample to freeze")
+            raise GoldenError(await _nothing_to_freeze(conn, tenant, dataset))
         manifest = manifest_of((row["sample_id"], row["content_hash"]) for row in copied)
         row = await conn.fetchrow(
             """
@@ -256,6 +257,34 @@ async def freeze(pool: Any, tenant: str, dataset: str, golden: str, *, actor: st
             tenant,
         )
     return GoldenDataset.model_validate(dict(row))
+
+
+async def _nothing_to_freeze(conn: Any, tenant: str, dataset: str) -> str:
+    """Why the tenant's ``dataset`` gave no sample to freeze, and where samples are."""
+    reason = f"dataset {dataset} has no accepted sample to freeze"
+    suffix = dataset.split(DATASET_SEPARATOR, 1)[1] if DATASET_SEPARATOR in dataset else dataset
+    elsewhere = await conn.fetch(
+        "SELECT DISTINCT tenant_id FROM dataset_samples WHERE accepted "
+        "AND substr(dataset, strpos(dataset, '/') + 1) = $1 AND tenant_id <> $2 "
+        "ORDER BY tenant_id",
+        suffix,
+        tenant,
+    )
+    if elsewhere:
+        tenants = ", ".join(r["tenant_id"] for r in elsewhere)
+        return f"{reason} for tenant {tenant}; tenant {tenants} has samples of {suffix} (--tenant)"
+    names = [
+        r["dataset"]
+        for r in await conn.fetch(
+            "SELECT DISTINCT dataset FROM dataset_samples WHERE tenant_id = $1 AND accepted",
+            tenant,
+        )
+    ]
+    close = difflib.get_close_matches(dataset.lower(), [n.lower() for n in names], n=1)
+    if close:
+        match = next(n for n in names if n.lower() == close[0])
+        return f"{reason}; did you mean {match!r}?"
+    return f"{reason} (`learnops dataset list --tenant {tenant}` lists the tenant's datasets)"
 
 
 async def golden_versions(pool: Any, tenant: str, name: str) -> list[GoldenDataset]:

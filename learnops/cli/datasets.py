@@ -249,6 +249,11 @@ async def dataset_freeze(
             frozen = await store.freeze(pool, tenant, name, golden, actor=actor)
         except store.GoldenError as exc:
             fail(str(exc))
+        same = [
+            v.version
+            for v in await store.golden_versions(pool, tenant, golden)
+            if v.version < frozen.version and v.manifest_hash == frozen.manifest_hash
+        ]
     if as_json:
         self.say(_dump(frozen.model_dump(mode="json")))
         return
@@ -256,6 +261,13 @@ async def dataset_freeze(
         f"froze {frozen.sample_count} samples of {frozen.dataset} as "
         f"{frozen.name}@{frozen.version} (manifest sha256 {frozen.manifest_hash})"
     )
+    if same:
+        # A freeze is a record of its own (who, when); replays key on the manifest, so a
+        # replay of either version is the same replay.
+        self.say(
+            f"note: the same samples as {frozen.name}@{same[-1]} (the same manifest)",
+            file=self.stderr,
+        )
 
 
 @command(dataset, "verify", click.argument("golden"), tenant_option(required=True), json_option)

@@ -402,8 +402,20 @@ async def test_golden_dataset_freezes_verifies_and_refuses_any_later_change(
 
     second = await dataset_cli("freeze", dataset, "--as", golden, "--actor", "tester")
     assert second.returncode == 0 and f"as {golden}@2" in second.stdout
+    assert f"note: the same samples as {golden}@1" in second.stderr, second.stderr
     missing = await dataset_cli("freeze", "NoSuchDoer/draft", "--as", golden)
     assert missing.returncode == 1 and "no accepted sample" in missing.stderr
+    # A typo gets a suggestion; another tenant's dataset names that tenant.
+    doer, phase = dataset.split("/")[-2:]
+    typo = await dataset_cli("freeze", f"{doer[:-1]}/{phase}", "--as", golden)
+    assert typo.returncode == 1 and "did you mean" in typo.stderr, typo.stderr
+    elsewhere = await asyncio.to_thread(
+        run_learnops,
+        settings_env,
+        *("dataset", "freeze", f"{doer}/{phase}", "--as", "golden-x", "--tenant", "nobody"),
+    )
+    assert elsewhere.returncode == 1, elsewhere.stdout
+    assert f"has samples of {doer}/{phase} (--tenant)" in elsewhere.stderr, elsewhere.stderr
 
 
 async def test_a_dead_lettered_bundle_leaves_the_doers_guard_state_intact(
