@@ -149,13 +149,13 @@ def check_transition(
     skipped = tuple(s.value for s in FORWARD[i + 1 : j])
     skip_text = ", ".join(skipped)
     if not force:
-        return TransitionCheck(
-            False,
-            skipped,
-            f"{move} skips {skip_text}: needs force and a reason to record, and a forced "
-            "promotion a second owner's approval (the CLI's --force --reason R "
-            "--approver-key SECOND.pem)",
+        how = (
+            "needs force and a reason to record, and a second owner's approval (the CLI's "
+            "--force --reason R --approver-key SECOND.pem)"
+            if target == PolicyStatus.ACTIVE
+            else "needs force and a reason to record (the CLI's --force --reason R)"
         )
+        return TransitionCheck(False, skipped, f"{move} skips {skip_text}: {how}")
     if not note:
         return TransitionCheck(
             False,

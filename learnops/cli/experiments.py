@@ -145,7 +145,7 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
             self.say(
                 f"{name:10} {side['policy']:24} {'all':>6} {side['runs']:>5} "
                 f"{side['mean_crl']:>10.4f}  std {side['std_crl']:.4f}  "
-                f"stability {side['stability']:.3f}"
+                f"seed-mean stability {side['stability']:.3f}"
             )
         if side["missing_tasks"]:
             missing = side["missing_tasks"]

@@ -80,10 +80,10 @@ def explain(exc: BaseException, settings: Settings | None) -> str | None:
             return f"{exc} on the PostgreSQL server; create it, or fix the name in DATABASE_URL"
         if isinstance(exc, asyncpg.InsufficientPrivilegeError):
             return (
-                f"the database role may not do this ({exc}); `db migrate` connects with "
-                "LEARNOPS_MIGRATE_DATABASE_URL and `policy keys` with "
-                "LEARNOPS_KEYADMIN_DATABASE_URL when set, everything else with DATABASE_URL "
-                "(docs/security.md, Database roles)"
+                f"the database role may not do this ({exc}); `db migrate` and `dataset erase` "
+                "connect with LEARNOPS_MIGRATE_DATABASE_URL, `policy keys` and `operator keys` "
+                "with LEARNOPS_KEYADMIN_DATABASE_URL when set, everything else with "
+                "DATABASE_URL (docs/security.md, Database roles)"
             )
         if isinstance(
             exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError

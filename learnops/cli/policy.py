@@ -455,6 +455,15 @@ async def register_artifact(
 
     allowed = (await keys_store.load_keyring(pool)).check_signing_key(key)
     if not allowed:
+        operator = await pool.fetchval(
+            "SELECT operator FROM operator_keys WHERE key_id = $1", key.key_id
+        )
+        if operator is not None:
+            fail(
+                f"key {key.key_id} is {operator}'s operator key (it signs commands, as "
+                "LEARNOPS_OPERATOR_KEY); --key takes a policy signing key from the trusted "
+                "keyring (`learnops policy keys generate --out FILE` makes one)"
+            )
         fail(f"key {key.key_id} cannot sign: {allowed.reason}")
     version = version or await store.next_version(pool, policy_id)
     try:
@@ -1329,6 +1338,8 @@ async def _artifact_of(pool: Any, ref: str) -> Any:
     path = Path(ref)
     if path.is_file():
         return _load_artifact(path)
+    if "/" in ref or path.suffix.lower() in {".json", ".yaml", ".yml"}:
+        fail(f"no such file {ref!r} (nor a policy: a policy id has no '/' or file suffix)")
     return (await _find(pool, ref)).artifact
 
 

@@ -60,7 +60,7 @@ async def canary(self: GroupedCommand, min_samples: int, timeout: float) -> None
                 if change is not None:
                     console.print(
                         f"live policy now: [bold]{change.policy_id}@{change.version}[/bold] "
-                        f"({change.change})"
+                        f"({change.status}; the last change: {change.change.replace('_', ' ')})"
                     )
     finally:
         await producer.stop()

@@ -28,18 +28,34 @@ def demo() -> None:
     pass
 
 
+def _regression(ctx: GroupedCommand, bundles: list[Any], doer: str, last_day: datetime) -> str:
+    """What the summary says of the regressing doer: and whether an alert can follow."""
+    worse = sum(1 for b in bundles if b.doer == doer and b.occurred_at >= last_day)
+    needed = ctx.learning.trends.min_today_count
+    said = f"; {doer} regresses on the last day ({worse} runs)"
+    if worse < needed:
+        said += f", too few for a regression alert (trends.min_today_count {needed}: more --runs)"
+    return said
+
+
 @command(
     demo,
     "simulate",
-    click.option("--runs", type=int, default=1400, show_default=True, help="Bundles to publish."),
-    click.option("--days", type=int, default=14, show_default=True, help="Days they span."),
-    click.option("--bad", type=int, default=12, show_default=True, help="Malformed events."),
+    click.option(
+        "--runs", type=click.IntRange(min=1), default=1400, show_default=True, help="Bundles."
+    ),
+    click.option(
+        "--days", type=click.IntRange(min=1), default=14, show_default=True, help="Days they span."
+    ),
+    click.option(
+        "--bad", type=click.IntRange(min=0), default=12, show_default=True, help="Malformed events."
+    ),
     click.option(
         "--redeliver",
-        type=int,
+        type=click.IntRange(min=0),
         default=25,
         show_default=True,
-        help="Bundles published a second time, as a redelivery would.",
+        help="Bundles published a second time, as a redelivery would (at most --runs).",
     ),
     click.option(
         "--regress",
@@ -99,6 +115,7 @@ async def simulate(
             )
         )
     good = [(b.doer.encode(), b.to_json()) for b in bundles]
+    redeliver = min(redeliver, len(good))
     broken = [(b.key, b.value) for b in bad_inputs(orchestrator, bad)]
     # Spread the bad events and the redeliveries through the stream.
     messages = list(good)
@@ -121,7 +138,7 @@ async def simulate(
         f"{runs} distinct runs ({orchestrator.run_prefix}-…) of {len(orchestrator.doers)} doers "
         f"over {days} days "
         f"(ending today), {redeliver} redelivered, {bad} malformed"
-        + (f"; {regress} regresses on the last day" if regress else "")
+        + (_regression(self, bundles, regress, start + timedelta(days=days - 1)) if regress else "")
         + (
             f"; human notes with PII{f', mostly copies for {contaminate}' if contaminate else ''}"
             if notes

@@ -358,6 +358,13 @@ async def test_the_cli_round_trip_register_promote_inspect(
     assert f"note: {doer!r} has no policy yet: this registers the first policy of a new doer" in (
         out.stderr
     )
+    # An operator key where a policy signing key belongs: said so, not "unknown key id".
+    operator_key = env["LEARNOPS_OPERATOR_KEY"]
+    wrong = run_cli(env, "register", str(v2), "--doer", doer, "--key", operator_key, ok=False)
+    assert wrong.returncode == 1 and "operator key (it signs commands" in wrong.stderr, wrong.stderr
+    # A file that is not there is named as a file, not looked up as a policy.
+    nofile = run_cli(env, "diff", f"{pid}@1", str(tmp_path / "v9.yaml"), ok=False)
+    assert nofile.returncode == 1 and "no such file" in nofile.stderr, nofile.stderr
     # The doer's name in another case is a typo far more often than a new doer: refused.
     twin = run_cli(
         env, "register", str(v2), "--doer", doer.lower(), "--key", str(key_file), ok=False

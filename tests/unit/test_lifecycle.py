@@ -71,6 +71,8 @@ def test_skipping_steps_without_force_is_refused_and_names_the_skipped_steps(
     assert check.skipped_steps == FORCED_SKIPS[source, target]
     assert "needs force and a reason" in check.reason and "--force --reason" in check.reason
     assert ", ".join(FORCED_SKIPS[source, target]) in check.reason
+    # Only a promotion takes a second owner (`policy canary` has no --approver-key).
+    assert ("--approver-key" in check.reason) is (target == "active"), check.reason
 
 
 @pytest.mark.parametrize(("source", "target"), sorted(FORCED_SKIPS))
