@@ -101,3 +101,28 @@ def test_describe_exception_keeps_only_the_type_and_sqlstate() -> None:
     assert describe_exception(FakePostgresError(f'invalid input: "{SECRET}"')) == (
         "FakePostgresError (SQLSTATE 22P02)"
     )
+
+
+def test_a_repeated_kafka_client_error_passes_once_a_while_with_a_count() -> None:
+    """An outage made aiokafka log the same error ~75 times a second; other lines pass."""
+    from agents.logs import RepeatsOnceAWhile
+
+    now = [0.0]
+    repeats = RepeatsOnceAWhile(every_s=30.0, clock=lambda: now[0])
+
+    def record(name: str, msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+    unable = "Unable connect to node with id %s: %s"
+    passed = [repeats.filter(record("aiokafka.client", unable, 1, f"try {i}")) for i in range(100)]
+    assert passed == [True] + [False] * 99
+    assert repeats.filter(record("aiokafka.client", "Unable to update metadata from %s", [1]))
+    assert repeats.filter(record("learnops.crl", "dead_letter stage=crl"))  # not the client's
+    assert repeats.filter(record("aiokafka.conn", "connected", level=logging.INFO))
+    now[0] = 31.0
+    later = record("aiokafka.client", unable, 1, "try 100")
+    assert repeats.filter(later)
+    assert later.getMessage() == (
+        "Unable connect to node with id 1: try 100 (and 99 more like it in 30s, left out)"
+    )
+    assert not repeats.filter(record("aiokafka.client", unable, 1, "try 101"))
