@@ -15,6 +15,7 @@ the commit and the send must not lose it, and consumers can drop the duplicate.
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -24,7 +25,7 @@ from pydantic import JsonValue
 from agents.command_auth import authorised, record_applied
 from agents.stage import Stage
 from learning.command_signing import REQUIRED_ROLE
-from learning.signing import POLICY_CHANGE_KIND, sign_event
+from learning.signing import POLICY_CHANGE_KIND, sign_event, verify_event
 from models.commands import POLICY_COMMANDS, ApproveStep, PauseDeployment, ResumeDeployment
 from models.events import Alert, DecisionMade, PolicyChange
 from models.ids import caused_event_id
@@ -35,12 +36,19 @@ from storage.deployments import (
     approve_step,
     current_change,
     decision_refusal,
+    last_sequence,
     numbered_change,
     operator_pause,
     pause_deployment,
 )
 from storage.policy_commands import apply_command, apply_decision
 from storage.pool import durably
+from storage.signing_keys import load_keyring
+
+#: How often the stage looks at what is last on learning.policy-changes per doer, and how
+#: long a record that is not the doer's newest state may stay last before it is re-asserted.
+STALE_CHECK_S = 5.0
+STALE_AFTER_S = 30.0
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -66,8 +74,13 @@ class PolicyStage(Stage):
                 async with self.guarded(event):
                     await self.handle(event)
 
-        app.agent(topics.source(topics.commands, topics.decisions), name=self.name)(policy)
+        source = topics.source(topics.commands, topics.decisions, topics.policy_changes)
+        app.agent(source, name=self.name)(policy)
         self.key = app.settings.worker_key()
+        # Each doer's last record read on learning.policy-changes: (read at, its sequence,
+        # whether it is a valid change of that doer signed by a trusted key).
+        self.tails: dict[str, tuple[float, int | None, bool]] = {}
+        self.every(STALE_CHECK_S, self.reassert_stale)
 
     async def _send_change(self, change: PolicyChange) -> None:
         """Number the doer's change, sign it with the worker's key and send it."""
@@ -83,6 +96,9 @@ class PolicyStage(Stage):
     async def handle(self, event: Any) -> None:
         if event.message.topic == self.topics.decisions.name:
             await self._decision(event)
+            return
+        if event.message.topic == self.topics.policy_changes.name:
+            await self._tail(event)
             return
         command = await self.decode_with(event, POLICY_COMMANDS)
         if command is None or command.command not in REQUIRED_ROLE:
@@ -101,6 +117,63 @@ class PolicyStage(Stage):
             )
             await self._publish(outcome)
         await record_applied(self, command, verdict)
+
+    async def _tail(self, event: Any) -> None:
+        """Note what is last on learning.policy-changes for the record's doer.
+
+        Compaction keeps the last record per doer, and a Router that starts reads
+        only that one. A record written there by anyone else (an older signed
+        change sent again, a forged or empty one) would be what restarting
+        Routers serve; :meth:`reassert_stale` puts the doer's state back after it.
+        """
+        message = event.message
+        if message.key is None:
+            return
+        doer = message.key.decode("utf-8", "replace")
+        sequence, valid = None, False
+        if message.value is not None:
+            try:
+                change = PolicyChange.model_validate_json(message.value)
+            except ValueError:
+                change = None
+            if change is not None and change.doer == doer:
+                sequence, valid = change.sequence, await self._signed_by_us(change)
+        self.tails[doer] = (time.monotonic(), sequence, valid)
+
+    async def _signed_by_us(self, change: PolicyChange) -> bool:
+        if self.key is None:
+            return True  # a local setup: changes go out unsigned
+        keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
+        signed = change.model_dump(mode="json")
+        return bool(verify_event(POLICY_CHANGE_KIND, signed, keyring, signed_at=change.occurred_at))
+
+    async def reassert_stale(self, now: float | None = None) -> None:
+        """Send a doer's state again when what is last for it on the topic is not it.
+
+        Only once the record has been last for ``STALE_AFTER_S``: the stage reads
+        its own changes back a moment after sending them, and a newer one may be
+        on its way. Sent numbered after everything before, so it wins at Routers
+        and is what compaction keeps.
+        """
+        now = time.monotonic() if now is None else now
+        for doer, (read_at, sequence, valid) in list(self.tails.items()):
+            if now - read_at < STALE_AFTER_S:
+                continue
+            del self.tails[doer]
+            latest = await durably(partial(last_sequence, self.app.pool, doer), what="policies")
+            if valid and sequence is not None and sequence >= (latest or 0):
+                continue  # the doer's newest state is last: nothing to do
+            change = await durably(partial(current_change, self.app.pool, doer), what="policies")
+            if change is None:
+                continue  # no live policy to put back
+            log.warning(
+                "policy_change_reasserted doer=%s last_sequence=%s valid=%s newest=%s",
+                doer,
+                sequence,
+                valid,
+                latest,
+            )
+            await self._send_change(change)
 
     async def _decision(self, event: Any) -> None:
         """A canary decision: verified, then applied to its deployment or its policy."""

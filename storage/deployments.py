@@ -142,6 +142,14 @@ async def numbered_change(pool: Any, change: PolicyChange) -> PolicyChange | Non
     return change.model_copy(update={"sequence": sequence, "signature": None})
 
 
+async def last_sequence(pool: Any, doer: str) -> int | None:
+    """The sequence number of the doer's last published policy change, or None."""
+    sequence: int | None = await pool.fetchval(
+        "SELECT sequence FROM policy_change_sequences WHERE doer = $1", doer
+    )
+    return sequence
+
+
 async def next_change_sequence(pool: Any, doer: str) -> int:
     """The next sequence number of the doer's published policy changes (1, 2, …), durable."""
     sequence: int = await pool.fetchval(

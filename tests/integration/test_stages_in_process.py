@@ -1301,3 +1301,51 @@ async def test_a_state_read_before_a_newer_change_is_not_numbered_after_it(
     again = await numbered_change(db, newer)
     assert again is not None and again.event_id == newer.event_id
     assert again.sequence == late.sequence + 1
+
+
+async def test_what_others_leave_last_on_policy_changes_is_followed_by_the_doers_state(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    """Compaction keeps a doer's last record, and a starting Router serves only that: an
+    older signed change sent again, or an empty record, left last on the topic would be
+    served. The policy stage sends the doer's state again after such a record (once it
+    has stayed last a while), and leaves its own newest record alone."""
+    from agents.policy import STALE_AFTER_S
+
+    app = make_app("policy")
+    stage = app.stages["policy"]
+    doer = f"Tail{tag()}"
+    pid = doer.lower()
+    for n in (1, 2):
+        await applied(db, register(doer, signing_key, n))
+    first = PromotePolicy(doer=doer, actor="ops", reason="v1", policy_id=pid, version=1, force=True)
+    second = PromotePolicy(
+        doer=doer, actor="ops", reason="v2", policy_id=pid, version=2, force=True
+    )
+    progress = Progress(stage)
+    async with app.agents["policy"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(COMMANDS, signed(first))
+        await feed.event(COMMANDS, signed(second))
+        await progress.done(2, batched=False)
+        old, newest = sent(app, CHANGES)
+        assert (old.version, newest.version) == (1, 2)
+        # Its own newest record read back: nothing to do.
+        await feed.event(CHANGES, newest)
+        await progress.done(3, batched=False)
+        await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
+        assert len(sent(app, CHANGES)) == 2
+        # The older record (validly signed) sent again by someone, then an empty one.
+        for replanted in (old, None):
+            if replanted is None:
+                await feed.put(CHANGES, doer.encode(), None)
+            else:
+                await feed.event(CHANGES, replanted)
+            await progress.done(progress.events + 1, batched=False)
+            await stage.reassert_stale(time.monotonic() + 1)  # not yet: it may be on its way
+            before = len(sent(app, CHANGES))
+            await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
+            again: list[PolicyChange] = sent(app, CHANGES)[before:]
+            assert [(c.version, c.status) for c in again] == [(2, "active")], again
+            assert again[0].sequence is not None and newest.sequence is not None
+            assert again[0].sequence > newest.sequence
