@@ -35,6 +35,10 @@ C = TypeVar("C", bound=Event)  # a models.commands command
 COMMAND_SIGNATURE_FORMAT = "learnops.command-signature/1"
 #: How long a signed command stays valid unless the signer says otherwise.
 DEFAULT_COMMAND_TTL = timedelta(minutes=10)
+#: The longest validity a command may carry (LEARNOPS_COMMAND_TTL_S is at most a day):
+#: a signature valid for years would be a standing order anyone who copied it could replay
+#: where the replay guard does not reach (a bandit control is ordered, not remembered).
+MAX_COMMAND_TTL = timedelta(days=1)
 
 Role = Literal["viewer", "operator", "owner"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "owner")
@@ -275,4 +279,9 @@ def _timing(command: Mapping[str, Any], *, now: datetime, clock_skew: timedelta)
         return f"the command expired at {expires_at.isoformat()} (now {now.isoformat()})"
     if issued_at > now + clock_skew:
         return f"the command is issued in the future, at {issued_at.isoformat()}"
+    if expires_at - issued_at > MAX_COMMAND_TTL:
+        return (
+            f"the command is valid from {issued_at.isoformat()} to {expires_at.isoformat()}, "
+            f"longer than {MAX_COMMAND_TTL}; sign it with a shorter expiry"
+        )
     return None

@@ -108,6 +108,13 @@ def test_an_expired_command_is_refused_past_the_clock_skew() -> None:
     assert "expired at" in late.reason
 
 
+def test_a_command_valid_for_longer_than_a_day_is_refused() -> None:
+    """A signature valid for years would be a standing order for whoever copied it."""
+    assert check(sign_command(promote(), ALICE, now=NOW, ttl=timedelta(days=1))).allowed
+    standing = check(sign_command(promote(), ALICE, now=NOW, ttl=timedelta(days=3650)))
+    assert standing.refusal == "expired" and "longer than 1 day" in standing.reason
+
+
 def test_a_command_issued_in_the_future_is_refused() -> None:
     assert check(sign_command(promote(), ALICE, now=NOW + timedelta(minutes=5))).refusal == (
         "expired"
