@@ -196,6 +196,11 @@ async def _refused(
 
 async def _register(conn: Any, ask: Ask, command: RegisterPolicy) -> Outcome:
     ref = f"{command.policy_id}@{command.version}"
+    # The doer's lock is held; a policy id's line belongs to one doer, and two doers'
+    # registrations of one new id hold different doer locks: this one orders them.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('policy-id:' || $1))", command.policy_id
+    )
     line = await conn.fetchrow(
         """
         SELECT doer, bool_or(version = $2) AS taken,

@@ -1134,3 +1134,21 @@ async def test_the_database_refuses_a_step_change_that_skips_the_rules(db: Any) 
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
         await db.execute("DELETE FROM deployment_steps WHERE deployment_id = $1", deployment_id)
     assert await step_of(db, deployment_id) == (1, 0.25)
+
+
+async def test_two_doers_registering_one_new_policy_id_at_once_leave_it_one_doers(
+    db: Any,
+) -> None:
+    """Each registration holds its own doer's lock, so both read "no such line" and a
+    policy id could end up with versions of two doers; the id's own lock orders them."""
+    key = await trusted_key(db)
+    for _ in range(5):
+        shared = f"shared-{uuid.uuid4().hex[:8]}"
+        first, second = unique_doer("Twin"), unique_doer("Twin")
+        outcomes = await asyncio.gather(
+            commands_store.apply_command(db, register(first, key, 1, policy_id=shared)),
+            commands_store.apply_command(db, register(second, key, 2, policy_id=shared)),
+        )
+        assert sorted(bool(o and o.applied) for o in outcomes) == [False, True], outcomes
+        doers = await db.fetch("SELECT DISTINCT doer FROM policies WHERE policy_id = $1", shared)
+        assert len(doers) == 1
