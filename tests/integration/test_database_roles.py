@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -265,3 +266,44 @@ async def test_a_key_the_database_refuses_leaves_no_private_key_file_behind(
         retried = await asyncio.to_thread(run_learnops, settings_env, *command, "--out", str(out))
         assert retried.returncode == 0, retried.stderr
         assert out.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+async def test_the_key_admin_cannot_back_date_a_retirement_or_name_another_role(
+    urls: dict[str, str], db: Any
+) -> None:
+    """Migration 032: the role and the time of a key event are the inserting role's and
+    now, whatever the INSERT says (a retirement back-dated to 2020 would let the key
+    vouch for nothing since then; one dated 2099 for everything until then)."""
+    from storage import operator_keys as operator_store
+
+    admin = await create_pool(urls["keyadmin"], min_size=1, max_size=1)
+    try:
+        key = generate_key()
+        await keys_store.add_signing_key(admin, key.public_key, created_by="alice")
+        await admin.execute(
+            "INSERT INTO signing_key_events (key_id, action, actor, at, db_role) "
+            "VALUES ($1, 'retired', 'mallory', '2020-01-01T00:00:00Z', 'learnops_migrate')",
+            key.key_id,
+        )
+        row = await db.fetchrow(
+            "SELECT at, db_role FROM signing_key_events WHERE key_id = $1 AND action = 'retired'",
+            key.key_id,
+        )
+        assert row["db_role"] == "learnops_keyadmin"
+        assert row["at"] > datetime.now(UTC) - timedelta(minutes=1)
+        retired_at = await db.fetchval(
+            "SELECT retired_at FROM signing_keys WHERE key_id = $1", key.key_id
+        )
+        assert retired_at == row["at"]
+        operator = generate_key()
+        await operator_store.add_operator_key(
+            admin, operator.public_key, operator="oscar", actor="claimed"
+        )
+        assert (
+            await db.fetchval(
+                "SELECT db_role FROM operator_key_events WHERE key_id = $1", operator.key_id
+            )
+            == "learnops_keyadmin"
+        )
+    finally:
+        await admin.close()
