@@ -108,6 +108,14 @@ async def list_operator_keys(pool: Any) -> list[OperatorKeyRecord]:
     ]
 
 
+async def operator_of(pool: Any, key_id: str) -> str | None:
+    """The operator a registered key belongs to, or None."""
+    operator: str | None = await pool.fetchval(
+        "SELECT operator FROM operator_keys WHERE key_id = $1", key_id
+    )
+    return operator
+
+
 async def applied_at(pool: Any, event_id: Any) -> datetime | None:
     """When the command with this event id was applied, or None if it never was."""
     value: datetime | None = await pool.fetchval(

@@ -200,6 +200,13 @@ async def keys_add(
             added = await store.add_operator_key(
                 conn, public_key, operator=name, actor=actor, note=note
             )
+            owner = None if added else await store.operator_of(conn, public_key.key_id)
+            if owner is not None and owner != name:
+                # Granting here would give the role to the other operator's key.
+                fail(
+                    f"key {public_key.key_id} is registered to operator {owner!r}, not {name!r}; "
+                    "nothing granted (`learnops operator keys grant` grants it a role as theirs)"
+                )
             if doer_pattern is not None and role is not None:
                 await store.grant_role(conn, public_key.key_id, doer_pattern, role, actor=actor)
     if as_json:

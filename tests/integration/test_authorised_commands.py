@@ -327,6 +327,23 @@ async def test_operator_keys_cli_adds_grants_lists_and_revokes_with_an_audited_h
     assert key_file.stat().st_mode & 0o777 == 0o600
     again = operator_cli(env, "add", "--operator", name, "--generate", "--out", str(key_file))
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    # Carol's public key added again under another name: it would grant carol's key.
+    public = tmp_path / "carol.pub.pem"
+    public.write_bytes(SigningKey.from_pem(key_file.read_bytes()).public_key.to_pem())
+    stolen = operator_cli(
+        env,
+        "add",
+        "--operator",
+        "mallory",
+        "--public",
+        str(public),
+        "--doer",
+        "*",
+        "--role",
+        "owner",
+    )
+    assert stolen.returncode == 1, stolen.stdout
+    assert f"registered to operator {name!r}, not 'mallory'; nothing granted" in stolen.stderr
     granted = operator_cli(env, "grant", key_id, "Coder", "operator", "--actor", "admin", "--json")
     assert granted.returncode == 0, granted.stderr
     assert json.loads(granted.stdout) == {
