@@ -164,7 +164,7 @@ def check_change(
     """
     from learning.signing import POLICY_CHANGE_KIND, policy_payload, verify_event
 
-    if key is not None and key != change.doer.encode():
+    if key is None or key != change.doer.encode():
         return "key", f"record key {key!r} is not the doer {change.doer!r}"
     signed = verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keys)
     if not signed:

@@ -69,6 +69,9 @@ def test_a_change_under_another_records_key_is_refused_and_the_last_good_one_kep
     router.apply(change(1).to_json(), DOER.encode())
     assert router.apply(change(2, version=2).to_json(), b"Reviewer") is None
     assert router.refused == {"key": 1}
+    # A record with no key at all is refused too (Allocations refuses it as well).
+    assert router.apply(change(3, version=2).to_json(), None) is None
+    assert router.refused == {"key": 2}
     assert router.route(DOER, "task-1").version == 1
 
 
