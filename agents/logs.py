@@ -99,7 +99,7 @@ class ValueFreeTracebacks(logging.Filter):
 
 
 class RepeatsOnceAWhile(logging.Filter):
-    """A handler filter that passes each repeated Kafka client line once per ``every_s``.
+    """A logger filter that passes each repeated Kafka client line once per ``every_s``.
 
     While the broker is away aiokafka logs the same error for every connection
     attempt of every client (about 1,500 lines in a 20 s outage of one worker);
@@ -132,14 +132,28 @@ class RepeatsOnceAWhile(logging.Filter):
         return True
 
 
+def quiet_repeats() -> None:
+    """Give every ``aiokafka`` logger one shared :class:`RepeatsOnceAWhile`.
+
+    On the loggers, not on the handlers: a logger's filters see each record once,
+    before any handler, so the count it adds is written once and every handler
+    prints the same line. aiokafka names a logger per module, all made at import.
+    """
+    import aiokafka  # noqa: F401  (its loggers exist once it is imported)
+
+    repeats = RepeatsOnceAWhile()
+    names = [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] == "aiokafka"]
+    for name in ["aiokafka", *names]:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatsOnceAWhile) for f in logger.filters):
+            logger.addFilter(repeats)
+
+
 def hide_exception_values() -> None:
-    """Make every handler of the root logger print tracebacks without exception messages
-    (and pass a repeated Kafka client error once a while, :class:`RepeatsOnceAWhile`)."""
+    """Make every handler of the root logger print tracebacks without exception messages."""
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, ValueFreeTracebacks) for f in handler.filters):
             handler.addFilter(ValueFreeTracebacks())
-        if not any(isinstance(f, RepeatsOnceAWhile) for f in handler.filters):
-            handler.addFilter(RepeatsOnceAWhile())
 
 
 def use_json_logs() -> None:

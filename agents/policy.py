@@ -14,6 +14,7 @@ the commit and the send must not lose it, and consumers can drop the duplicate.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from functools import partial
@@ -25,7 +26,7 @@ from pydantic import JsonValue
 from agents.command_auth import authorised, record_applied
 from agents.stage import Stage
 from learning.command_signing import REQUIRED_ROLE
-from learning.signing import POLICY_CHANGE_KIND, sign_event, verify_event
+from learning.signing import POLICY_CHANGE_KIND, TrustedKeys, sign_event, verify_event
 from models.commands import POLICY_COMMANDS, ApproveStep, PauseDeployment, ResumeDeployment
 from models.events import Alert, DecisionMade, PolicyChange
 from models.ids import caused_event_id
@@ -81,17 +82,29 @@ class PolicyStage(Stage):
         # whether it is a valid change of that doer signed by a trusted key).
         self.tails: dict[str, tuple[float, int | None, bool]] = {}
         self.every(STALE_CHECK_S, self.reassert_stale)
+        self._sending = asyncio.Lock()
+        self._own = TrustedKeys()
+        if self.key is not None:
+            self._own.add(self.key.public_key)
 
     async def _send_change(self, change: PolicyChange) -> None:
-        """Number the doer's change, sign it with the worker's key and send it."""
-        numbered = await durably(partial(numbered_change, self.app.pool, change), what="policies")
-        if numbered is None:
-            return
-        change = numbered
-        if self.key is not None:
-            signature = sign_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self.key)
-            change = change.model_copy(update={"signature": signature})
-        await self.topics.policy_changes.send(change)
+        """Number the doer's change, sign it with the worker's key and send it.
+
+        One at a time in this worker (the agent and the re-assert timer both send):
+        numbered under the doer's lock, a change must also reach the producer in
+        its number's order, or an older state could be the one compaction keeps.
+        """
+        async with self._sending:
+            numbered = await durably(
+                partial(numbered_change, self.app.pool, change), what="policies"
+            )
+            if numbered is None:
+                return
+            change = numbered
+            if self.key is not None:
+                signature = sign_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self.key)
+                change = change.model_copy(update={"signature": signature})
+            await (await self.topics.policy_changes.send(change))
 
     async def handle(self, event: Any) -> None:
         if event.message.topic == self.topics.decisions.name:
@@ -141,11 +154,19 @@ class PolicyStage(Stage):
         self.tails[doer] = (time.monotonic(), sequence, valid)
 
     async def _signed_by_us(self, change: PolicyChange) -> bool:
+        """Whether this worker, or another whose key the keyring trusts, signed ``change``.
+
+        This worker's own key first: were it missing from the keyring (or retired,
+        or revoked), each of its own changes would read as foreign and be sent
+        again, forever; Routers and the other stages refuse them all the same.
+        """
         if self.key is None:
             return True  # a local setup: changes go out unsigned
-        keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
         signed = change.model_dump(mode="json")
-        return bool(verify_event(POLICY_CHANGE_KIND, signed, keyring, signed_at=change.occurred_at))
+        if verify_event(POLICY_CHANGE_KIND, signed, self._own):
+            return True
+        keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
+        return bool(verify_event(POLICY_CHANGE_KIND, signed, keyring))
 
     async def reassert_stale(self, now: float | None = None) -> None:
         """Send a doer's state again when what is last for it on the topic is not it.
@@ -159,21 +180,24 @@ class PolicyStage(Stage):
         for doer, (read_at, sequence, valid) in list(self.tails.items()):
             if now - read_at < STALE_AFTER_S:
                 continue
-            del self.tails[doer]
             latest = await durably(partial(last_sequence, self.app.pool, doer), what="policies")
-            if valid and sequence is not None and sequence >= (latest or 0):
-                continue  # the doer's newest state is last: nothing to do
-            change = await durably(partial(current_change, self.app.pool, doer), what="policies")
-            if change is None:
-                continue  # no live policy to put back
-            log.warning(
-                "policy_change_reasserted doer=%s last_sequence=%s valid=%s newest=%s",
-                doer,
-                sequence,
-                valid,
-                latest,
-            )
-            await self._send_change(change)
+            change = None
+            if not (valid and sequence is not None and sequence >= (latest or 0)):
+                change = await durably(
+                    partial(current_change, self.app.pool, doer), what="policies"
+                )
+            if change is not None:
+                log.warning(
+                    "policy_change_reasserted doer=%s last_sequence=%s valid=%s newest=%s",
+                    doer,
+                    sequence,
+                    valid,
+                    latest,
+                )
+                await self._send_change(change)
+            # Forgotten only once handled: a send that fails leaves it for the next tick.
+            if self.tails.get(doer, (None,))[0] == read_at:
+                del self.tails[doer]
 
     async def _decision(self, event: Any) -> None:
         """A canary decision: verified, then applied to its deployment or its policy."""

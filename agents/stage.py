@@ -237,12 +237,9 @@ class Stage:
         if change is None or self.app.settings.learnops_worker_signing_key_file is None:
             return change
         keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
-        check = verify_event(
-            POLICY_CHANGE_KIND,
-            change.model_dump(mode="json"),
-            keyring,
-            signed_at=change.occurred_at,
-        )
+        # No signing time: a change's occurred_at is its state's (the last promotion's), not
+        # when it was signed, so a retired key's changes verify (as at the Router).
+        check = verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keyring)
         if check:
             return change
         log.warning(

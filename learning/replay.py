@@ -1,10 +1,11 @@
 """Deterministic offline replay: task ids, a synthetic executor, per-seed summaries, the verdict.
 
-A replay runs a policy over a frozen dataset manifest once per seed. Every
-(policy, manifest, sample, seed) gets a task id that is the same on every
-machine and every retry (UUIDv5, RFC 9562 §5.5), so results are idempotent
-by task id and a replay can be resumed. The replay id depends on the seed
-*set*, not on its order.
+A replay runs a policy over a frozen dataset manifest once per seed. The
+replay id depends on the policy, the manifest and the seed *set* (not its
+order); every (replay, sample, seed) gets a task id that is the same on every
+machine and every retry (UUIDv5, RFC 9562 §5.5), so results are idempotent by
+task id, a replay can be resumed, and replays whose seed sets overlap each
+have their own tasks.
 
 Each seed yields the mean CRL of its runs; :func:`summarize` turns the
 per-seed means into the figures the design fixes (``learning.replay`` in

@@ -381,6 +381,11 @@ async def record_result(pool: Any, result: CRLComputed) -> str | None:
         )
         if open_tasks:
             return None
+        if await conn.fetchval(_SCORED_SHORT, rid):
+            # Fewer tasks of its own than it names: started by the code before tasks were
+            # the replay's (migration 031) while an earlier replay held some. It ends at its
+            # deadline, incomplete, listing them; a complete one would be judged on fewer.
+            return None
         await _complete(conn, rid)
         return str(rid)
 
@@ -423,6 +428,30 @@ async def _complete(conn: Any, rid: str) -> None:
     )
 
 
+# Whether a replay has fewer scored tasks of its own than it names.
+_SCORED_SHORT = """
+SELECT r.task_count > (SELECT count(*) FROM offline_replay_tasks AS t
+                       WHERE t.replay_id = r.replay_id AND t.loss IS NOT NULL)
+FROM offline_replays AS r WHERE r.replay_id = $1
+"""
+
+# A replay's missing tasks: its own without a result, then the (sample, seed) pairs it
+# has no task for (task_id null; see _SCORED_SHORT), by seed and sample.
+_MISSING = """
+SELECT task_id, sample_id, seed FROM offline_replay_tasks WHERE replay_id = $1 AND loss IS NULL
+UNION ALL
+SELECT NULL, g.sample_id, s.seed
+FROM offline_replays AS r
+CROSS JOIN unnest(r.seeds) AS s (seed)
+JOIN golden_dataset_samples AS g
+  ON g.golden_name = r.dataset_name AND g.golden_version = r.dataset_version
+WHERE r.replay_id = $1 AND NOT EXISTS (
+    SELECT 1 FROM offline_replay_tasks AS t
+    WHERE t.replay_id = r.replay_id AND t.sample_id = g.sample_id AND t.seed = s.seed)
+ORDER BY seed, sample_id
+"""
+
+
 async def expire_replays(pool: Any, now: datetime | None = None) -> list[str]:
     """Mark running replays past their deadline incomplete, listing their missing tasks."""
     now = now or datetime.now(UTC)
@@ -434,11 +463,7 @@ async def expire_replays(pool: Any, now: datetime | None = None) -> list[str]:
             now,
         )
         for row in rows:
-            missing = await conn.fetch(
-                "SELECT task_id, sample_id, seed FROM offline_replay_tasks "
-                "WHERE replay_id = $1 AND loss IS NULL ORDER BY seed, sample_id",
-                row["replay_id"],
-            )
+            missing = await conn.fetch(_MISSING, row["replay_id"])
             await conn.execute(
                 "UPDATE offline_replays SET status = 'incomplete', completed_at = $2, "
                 "missing_tasks = $3 WHERE replay_id = $1",

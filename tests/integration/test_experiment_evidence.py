@@ -320,3 +320,30 @@ async def test_replays_whose_seed_sets_overlap_each_count_every_seed_they_name(d
     earlier = await store.get_replay(db, first)
     assert earlier["status"] == "complete" and earlier["runs"] == 6
     assert all(t["loss"] == 0.5 for t in await store.replay_tasks(db, first))
+
+
+async def test_a_replay_short_of_tasks_of_its_own_does_not_complete_and_ends_listing_them(
+    db: Any,
+) -> None:
+    """A replay started by the code before tasks were the replay's, while an earlier one
+    held its shared tasks, has no rows for them: its own results in, it stays running,
+    and its deadline ends it incomplete with the pairs it has no task for."""
+    doer = await make_doer(db)
+    start = await doer.start(1, "self", [2, 3, 4])
+    await db.execute(
+        "DELETE FROM offline_replay_tasks WHERE replay_id = $1 AND seed = 2", start.replay_id
+    )
+    for task in start.tasks:
+        if task.seed != 2:
+            await store.record_result(db, scored(task, 0.25))
+    assert (await store.get_replay(db, start.replay_id))["status"] == "running"
+    await db.execute(
+        "UPDATE offline_replays SET deadline = now() - interval '1 second' WHERE replay_id = $1",
+        start.replay_id,
+    )
+    assert start.replay_id in await store.expire_replays(db)
+    row = await store.get_replay(db, start.replay_id)
+    assert row["status"] == "incomplete"
+    assert [(m["task_id"], m["seed"]) for m in row["missing_tasks"]] == [
+        (None, 2) for _ in doer.golden.samples
+    ]

@@ -511,7 +511,11 @@ async def test_an_experiment_whose_stored_plan_is_not_canary_settings_fails_at_d
         "its plan's canary settings are not valid (alpha: 5 is not below 1)"
     ), last["reason"]
     assert ours(app, COMMANDS, doer) == []
+    # The timer's look goes past it: another experiment's unsent steps still go out.
+    other = await make_doer(db)
+    await replaying_unscored(other, control_loss=0.5)
     await app.stages["experiments"].expire_replays(after_settling())
+    assert [c.status for c in ours(app, EXPERIMENTS, other)] == ["created", "replaying"]
 
 
 async def test_an_experiment_planning_a_canary_looser_than_the_limits_is_not_created(

@@ -256,8 +256,18 @@ async def test_replays_cut_short_by_shared_task_ids_are_reopened(
     assert {control.replay_id, candidate.replay_id} <= set(
         await store.replays_ended_without_verdict(empty_db, later)
     )
+    # Settled again (as the timer does), the new verdicts are recorded beside the old ones
+    # (an attempt of their own), so an experiment decided now cites the incomplete one.
+    assert after["attempt"] == before["attempt"] + 1
+    for rid in (control.replay_id, candidate.replay_id):
+        await store.settle_verdicts(empty_db, rid, RULE)
+    compared = await empty_db.fetch(
+        "SELECT verdict FROM replay_comparisons WHERE replay_id = $1 ORDER BY id",
+        candidate.replay_id,
+    )
+    assert [r["verdict"]["incomplete"] for r in compared] == [False, True]
     # Its next attempt has a task of its own for every pair, the old-named rows gone.
     again = await doer.start(1, "self", [2, 3, 4])
-    assert again.attempt == 2 and len(again.tasks) == 6
+    assert again.attempt == after["attempt"] + 1 and len(again.tasks) == 6
     rows = await store.replay_tasks(empty_db, control.replay_id)
     assert {r["task_id"] for r in rows} == {t.task_id for t in again.tasks}

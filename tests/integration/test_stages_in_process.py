@@ -223,16 +223,16 @@ def make_app(
     def build(*stages: str, crl_fold_interval_s: float = 0.0, **more: Any) -> LearnopsApp:
         # The CRL stage writes its aggregates after every batch unless a test asks for
         # the worker's interval, so a test sees a batch's writes once it has finished.
-        settings = Settings(
-            kafka_bootstrap_servers="127.0.0.1:1",  # never contacted: test_context has no broker
-            database_url=database_url,
-            learnops_app_id=f"inproc-{uuid.uuid4().hex[:8]}",
-            learnops_web_enabled=False,
-            learnops_data_dir=tmp_path,
-            learnops_worker_signing_key_file=worker_key_file,
-            learnops_crl_fold_interval_s=crl_fold_interval_s,
-            **more,
-        )
+        given: dict[str, Any] = {
+            "kafka_bootstrap_servers": "127.0.0.1:1",  # never contacted: no broker in tests
+            "database_url": database_url,
+            "learnops_app_id": f"inproc-{uuid.uuid4().hex[:8]}",
+            "learnops_web_enabled": False,
+            "learnops_data_dir": tmp_path,
+            "learnops_worker_signing_key_file": worker_key_file,
+            "learnops_crl_fold_interval_s": crl_fold_interval_s,
+        }
+        settings = Settings(**{**given, **more})
         app = create_app(settings, stages=stages)
         app.use_pool(db)
         app.outbox = []
@@ -1349,3 +1349,32 @@ async def test_what_others_leave_last_on_policy_changes_is_followed_by_the_doers
             assert [(c.version, c.status) for c in again] == [(2, "active")], again
             assert again[0].sequence is not None and newest.sequence is not None
             assert again[0].sequence > newest.sequence
+
+
+async def test_a_workers_own_changes_are_not_sent_again_when_its_key_is_not_trusted(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey, tmp_path: Path
+) -> None:
+    """A worker whose signing key the keyring does not hold (never added, or revoked) is
+    refused by Routers; its policy stage must not also read each of its own changes back
+    as foreign and send it again every 30 s, forever."""
+    from agents.policy import STALE_AFTER_S
+
+    untrusted = tmp_path / "untrusted.pem"
+    untrusted.write_bytes(generate_key().to_pem())
+    app = make_app("policy", learnops_worker_signing_key_file=untrusted)
+    stage = app.stages["policy"]
+    doer = f"Own{tag()}"
+    await applied(db, register(doer, signing_key, 1))
+    promote = PromotePolicy(
+        doer=doer, actor="ops", reason="v1", policy_id=doer.lower(), version=1, force=True
+    )
+    progress = Progress(stage)
+    async with app.agents["policy"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(COMMANDS, signed(promote))
+        await progress.done(1, batched=False)
+        (own,) = sent(app, CHANGES)
+        await feed.event(CHANGES, own)
+        await progress.done(2, batched=False)
+        await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
+    assert len(sent(app, CHANGES)) == 1

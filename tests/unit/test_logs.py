@@ -126,3 +126,27 @@ def test_a_repeated_kafka_client_error_passes_once_a_while_with_a_count() -> Non
         "Unable connect to node with id 1: try 100 (and 99 more like it in 30s, left out)"
     )
     assert not repeats.filter(record("aiokafka.client", unable, 1, "try 101"))
+
+
+def test_the_repeats_filter_sits_on_the_kafka_loggers_so_every_handler_prints_one_line() -> None:
+    """On the handlers, each handler's own filter counted (and rewrote) the shared record."""
+    import io
+
+    from agents.logs import RepeatsOnceAWhile, quiet_repeats
+
+    quiet_repeats()
+    client = logging.getLogger("aiokafka")  # aiokafka.client logs under "aiokafka"
+    assert sum(isinstance(f, RepeatsOnceAWhile) for f in client.filters) == 1
+    shared = next(f for f in client.filters if isinstance(f, RepeatsOnceAWhile))
+    assert shared in logging.getLogger("aiokafka.conn").filters
+    streams = [io.StringIO(), io.StringIO()]
+    handlers = [logging.StreamHandler(stream) for stream in streams]
+    for handler in handlers:
+        client.addHandler(handler)
+    try:
+        for _ in range(5):
+            client.error("Unable to update metadata from %s (test %s)", [1], id(streams))
+    finally:
+        for handler in handlers:
+            client.removeHandler(handler)
+    assert [s.getvalue().count("Unable to update metadata") for s in streams] == [1, 1]
