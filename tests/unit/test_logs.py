@@ -143,10 +143,13 @@ def test_the_repeats_filter_sits_on_the_kafka_loggers_so_every_handler_prints_on
     handlers = [logging.StreamHandler(stream) for stream in streams]
     for handler in handlers:
         client.addHandler(handler)
+    level = client.level  # a CLI test in this process may have quieted the client's logs
+    client.setLevel(logging.NOTSET)
     try:
         for _ in range(5):
             client.error("Unable to update metadata from %s (test %s)", [1], id(streams))
     finally:
+        client.setLevel(level)
         for handler in handlers:
             client.removeHandler(handler)
     assert [s.getvalue().count("Unable to update metadata") for s in streams] == [1, 1]
