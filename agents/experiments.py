@@ -191,6 +191,9 @@ class ExperimentsStage(Stage):
             golden, problem = None, str(exc)
         else:
             problem = f"no golden dataset {command.dataset}"
+        mismatch = golden.mismatch(command.doer) if golden is not None else None
+        if mismatch is not None:
+            golden, problem = None, mismatch
         if policy is None or policy["doer"] != command.doer or golden is None:
             reason = (
                 f"policy {command.policy_id}@{command.version} of {command.doer} is not registered"
@@ -338,6 +341,9 @@ class ExperimentsStage(Stage):
                 problem = "the experiment names neither a golden dataset nor a phase"
         except ValueError as exc:
             problem = str(exc)
+        mismatch = golden.mismatch(command.doer, phase) if golden is not None else None
+        if mismatch is not None:
+            golden, problem = None, mismatch
         phase = phase or (golden.phase if golden else "unknown")
         control = await durably(
             partial(store.active_policy_row, self.app.pool, command.doer), what="pol"

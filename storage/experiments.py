@@ -82,6 +82,26 @@ class Golden:
         """The phase of the dataset it was frozen from (``{tenant}/{doer}/{phase}``)."""
         return self.dataset.rsplit("/", 1)[-1]
 
+    @property
+    def doer(self) -> str:
+        """The doer of the dataset it was frozen from (``{tenant}/{doer}/{phase}``)."""
+        parts = self.dataset.split("/")
+        return parts[-2] if len(parts) >= 2 else ""
+
+    def mismatch(self, doer: str, phase: str | None = None) -> str | None:
+        """Why this golden dataset cannot test ``doer``'s policy (in ``phase``), or None.
+
+        Its samples are another doer's tasks (a replay of them scores nothing this
+        doer does, and a replay id names no doer: one doer's results would be read
+        as another's), or another phase's.
+        """
+        named = f"golden dataset {self.name}@{self.version}"
+        if self.doer != doer:
+            return f"{named} was frozen from {self.dataset}, {self.doer}'s tasks, not {doer}'s"
+        if phase is not None and phase != self.phase:
+            return f"{named} holds {self.phase} tasks ({self.dataset}), not {phase}"
+        return None
+
 
 async def find_golden(
     pool: Any, name: str | None, version: int | None = None, *, dataset: str | None = None

@@ -32,6 +32,7 @@ from learnops.cli.main import (
     limit_option,
     split_ref,
     table,
+    usage_error,
 )
 from models.base import name_problem
 from storage import datasets as store
@@ -244,6 +245,9 @@ async def dataset_freeze(
     self: GroupedCommand, name: str, tenant: str, golden: str, actor: str, as_json: bool
 ) -> None:
     """Freeze the tenant's dataset NAME's accepted samples as the next version of GOLDEN."""
+    problem = name_problem(golden)
+    if problem is not None:
+        usage_error(f"--as {golden!r}: a golden dataset's name {problem} (letters, digits, ._-)")
     async with database(self) as pool:
         try:
             frozen = await store.freeze(pool, tenant, name, golden, actor=actor)

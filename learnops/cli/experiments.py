@@ -237,7 +237,11 @@ async def replay_run(
             if fresh and _finished(row):
                 break
             if time.monotonic() > deadline:
-                fail(f"replay {rid} not finished after {budget:g}s; is a worker running?")
+                fail(
+                    f"replay {rid} not finished after {budget:g}s; is a worker running, and a "
+                    f"replay executor serving {policy.doer} (`learnops replay executor`)? "
+                    f"(`learnops replay show {rid}` follows it)"
+                )
             await asyncio.sleep(0.25)
         report = await replay_report(pool, rid)
         assert report is not None
@@ -349,7 +353,19 @@ async def experiment_create(
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
         await _golden(pool, policy.doer, dataset, phase)
+        active = await store.active_policy_row(pool, policy.doer)
         request = await find_request(pool, request_id) if request_id else None
+    if active is None:
+        fail(
+            f"{policy.doer} has no active policy to compare {policy.policy_id}@{policy.version} "
+            "with (promote its first policy: `learnops policy promote ID@1 --force …`); "
+            "nothing sent"
+        )
+    if (active["policy_id"], active["version"]) == (policy.policy_id, policy.version):
+        fail(
+            f"{policy.policy_id}@{policy.version} is {policy.doer}'s active policy: an "
+            "experiment compares a candidate with it; nothing sent"
+        )
     if request is not None:
         if request["doer"] != policy.doer:
             fail(f"request {request_id} is for {request['doer']}, not {policy.doer}")
@@ -386,6 +402,9 @@ async def _golden(pool: Any, doer: str, dataset: str | None, phase: str | None) 
     if golden is None:
         named = dataset or f"frozen from {doer}/{phase}"
         fail(f"no golden dataset {named} (`learnops dataset freeze` makes one); nothing sent")
+    mismatch = golden.mismatch(doer, phase)
+    if mismatch is not None:
+        fail(f"{mismatch}; nothing sent")
     return golden
 
 

@@ -179,7 +179,7 @@ async def fail_if_refused_on_arrival(pool: Any, event_id: Any) -> None:
         caused_event_id("alert", event_id),
     )
     if message is not None:
-        fail(f"refused: {message}")
+        fail(message)  # "<action> refused: <reason>"
 
 
 async def _submit(
@@ -349,7 +349,7 @@ async def policy_register(
     if parent and parent_version is None:
         usage_error(f"--parent {parent!r} must name a version, POLICY_ID@VERSION")
     async with database(ctx) as pool:
-        await _not_a_case_variant(ctx, pool, doer)
+        await _not_a_case_variant(ctx, pool, doer, as_json=as_json)
         if policy_id is None:
             policy_id = await _policy_of(pool, doer)
         await register_artifact(
@@ -372,7 +372,7 @@ async def policy_register(
         )
 
 
-async def _not_a_case_variant(ctx: CommandContext, pool: Any, doer: str) -> None:
+async def _not_a_case_variant(ctx: CommandContext, pool: Any, doer: str, *, as_json: bool) -> None:
     """Refuse a first policy for a doer whose name another doer has in another case.
 
     Doer names are case-sensitive keys (Kafka keys, table keys), but every
@@ -383,17 +383,22 @@ async def _not_a_case_variant(ctx: CommandContext, pool: Any, doer: str) -> None
     doers, _ = await known_names(pool)
     if doer in doers:
         return
-    twins = sorted(d for d in doers if d.lower() == doer.lower())
+    # Doers with runs but no policy yet count too: theirs is the name the runs give.
+    running = {r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM learning_progress")}
+    if doer in running:
+        return
+    twins = sorted(d for d in doers | running if d.lower() == doer.lower())
     if twins:
         fail(
-            f"doer {doer!r} has no policy, but {', '.join(map(repr, twins))} has: doer names "
+            f"doer {doer!r} is not known, but {', '.join(map(repr, twins))} is: doer names "
             f"differ only in case; use --doer {twins[0]} (nothing sent)"
         )
-    ctx.say(
-        f"note: {doer!r} has no policy yet: this registers the first policy of a new doer"
-        f"{closest(doer, doers)}",
-        file=ctx.stderr,
-    )
+    if not as_json:
+        ctx.say(
+            f"note: {doer!r} has no policy and no runs yet: this registers the first policy "
+            f"of a new doer{closest(doer, doers | running)}",
+            file=ctx.stderr,
+        )
 
 
 async def _policy_of(pool: Any, doer: str) -> str:

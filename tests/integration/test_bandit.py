@@ -538,7 +538,7 @@ async def test_an_unsigned_or_forged_freeze_is_refused_and_the_allocations_keep_
         *("bandit", "freeze", doer.name, "--reason", "hold it", "--timeout", "60"),
     )
     assert refused.returncode == 1, refused.stdout
-    assert "refused: freeze_bandit refused: " in refused.stderr, refused.stderr
+    assert "learnops: freeze_bandit refused: " in refused.stderr, refused.stderr
     assert "needs the operator role" in refused.stderr, refused.stderr
 
     # Not frozen: the next runs move the shares again.

@@ -403,6 +403,9 @@ async def test_golden_dataset_freezes_verifies_and_refuses_any_later_change(
     second = await dataset_cli("freeze", dataset, "--as", golden, "--actor", "tester")
     assert second.returncode == 0 and f"as {golden}@2" in second.stdout
     assert f"note: the same samples as {golden}@1" in second.stderr, second.stderr
+    misnamed = await dataset_cli("freeze", dataset, "--as", "bad name!")
+    assert misnamed.returncode == 2 and "a golden dataset's name has" in misnamed.stderr
+    assert "Traceback" not in misnamed.stderr
     missing = await dataset_cli("freeze", "NoSuchDoer/draft", "--as", golden)
     assert missing.returncode == 1 and "no accepted sample" in missing.stderr
     # A typo gets a suggestion; another tenant's dataset names that tenant.

@@ -570,3 +570,67 @@ async def test_experiment_create_without_a_golden_dataset_to_replay_on_sends_not
     assert said.format(doer=doer.name) in created.stderr, created.stderr
     assert "nothing sent" in created.stderr
     assert await store.get_experiment(db, experiment_id) is None
+
+
+async def test_experiment_create_refuses_another_doers_tasks_another_phase_and_no_candidate(
+    db: Any, settings_env: dict[str, str]
+) -> None:
+    """A replay id names no doer: another doer's golden dataset would score nothing this
+    doer does, and read that doer's results as this one's. Nor may a phase's tasks stand
+    for another's, or the active policy be its own candidate (the stage's own refusal
+    of the first two: the next test)."""
+    doer, other = await make_doer(db), await make_doer(db)
+    own = f"{doer.golden.name}@{doer.golden.version}"
+    foreign = f"{other.golden.name}@{other.golden.version}"
+
+    async def create(version: int, *where: str) -> Any:
+        return await asyncio.to_thread(
+            run_learnops,
+            settings_env,
+            *("experiment", "create", "--policy", f"{doer.name.lower()}@{version}"),
+            *("--hypothesis", "h", *where),
+        )
+
+    for version, where, said in (
+        (2, ("--dataset", foreign), f"{other.name}'s tasks, not {doer.name}'s"),
+        (2, ("--dataset", own, "--phase", "review"), "holds draft tasks"),
+        (1, ("--dataset", own), f"is {doer.name}'s active policy"),
+    ):
+        refused = await create(version, *where)
+        assert refused.returncode == 1, refused.stdout
+        assert said in refused.stderr and "nothing sent" in refused.stderr, refused.stderr
+    assert other.golden.mismatch(doer.name) is not None
+    assert doer.golden.mismatch(doer.name, "draft") is None
+
+
+async def test_the_stage_fails_an_experiment_and_dead_letters_a_replay_on_another_doers_tasks(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """The same refusal where a command comes from another client than the CLI."""
+    doer, other = await make_doer(db), await make_doer(db)
+    foreign = f"{other.golden.name}@{other.golden.version}"
+    create = CreateExperiment(
+        doer=doer.name,
+        actor="tests",
+        reason="foreign",
+        experiment_id=f"{doer.name}-foreign",
+        hypothesis="h",
+        policy_id=doer.name.lower(),
+        version=2,
+        dataset=foreign,
+    )
+    replay = rerun(doer, 2).model_copy(update={"dataset": foreign})
+    app = experiments_app
+    progress = Progress(app.stages["experiments"])
+    async with app.agents["experiments"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(COMMANDS, signed(create))
+        await feed.event(COMMANDS, signed(replay))
+        await progress.done(2, batched=False)
+    row = await store.get_experiment(db, create.experiment_id)
+    assert row is not None and row["status"] == "failed"
+    reason = (await store.experiment_history(db, create.experiment_id))[-1]["reason"]
+    assert reason.endswith(f"{other.name}'s tasks, not {doer.name}'s"), reason
+    letters = [d for d in sent(app, "learning.dlq") if d.doer == doer.name]
+    assert len(letters) == 1 and letters[0].reason.endswith(f"not {doer.name}'s")
+    assert ours(app, TASKS, doer) == []

@@ -355,7 +355,7 @@ async def test_the_cli_round_trip_register_promote_inspect(
         "carol",
     )
     assert f"{pid}@1" in out.stdout and "applied" in out.stdout
-    assert f"note: {doer!r} has no policy yet: this registers the first policy of a new doer" in (
+    assert f"note: {doer!r} has no policy and no runs yet: this registers the first policy" in (
         out.stderr
     )
     # An operator key where a policy signing key belongs: said so, not "unknown key id".
@@ -370,7 +370,7 @@ async def test_the_cli_round_trip_register_promote_inspect(
         env, "register", str(v2), "--doer", doer.lower(), "--key", str(key_file), ok=False
     )
     assert twin.returncode == 1, twin.stdout
-    assert f"doer {doer.lower()!r} has no policy, but {doer!r} has" in twin.stderr, twin.stderr
+    assert f"doer {doer.lower()!r} is not known, but {doer!r} is" in twin.stderr, twin.stderr
     out = run_cli(
         env,
         "register",
