@@ -518,19 +518,28 @@ async def test_an_experiment_whose_stored_plan_is_not_canary_settings_fails_at_d
     assert [c.status for c in ours(app, EXPERIMENTS, other)] == ["created", "replaying"]
 
 
+def creation(doer: Doer, name: str, **fields: Any) -> CreateExperiment:
+    """A create_experiment of the doer's v2 against its active v1, named ``{doer}-{name}``."""
+    return CreateExperiment(
+        doer=doer.name,
+        actor="tests",
+        reason=name,
+        experiment_id=f"{doer.name}-{name}",
+        hypothesis="v2 is no worse",
+        policy_id=doer.name.lower(),
+        version=2,
+        **fields,
+    )
+
+
 async def test_an_experiment_planning_a_canary_looser_than_the_limits_is_not_created(
     experiments_app: LearnopsApp, db: Any
 ) -> None:
     """Its deployment command would be refused when the replay passes: dead-lettered now."""
     doer = await make_doer(db)
-    create = CreateExperiment(
-        doer=doer.name,
-        actor="tests",
-        reason="loose",
-        experiment_id=f"{doer.name}-loose",
-        hypothesis="v2 is no worse",
-        policy_id=doer.name.lower(),
-        version=2,
+    create = creation(
+        doer,
+        "loose",
         dataset=f"{doer.golden.name}@{doer.golden.version}",
         plan={"canary": {"harm_alpha": None, "min_sample_size": 5}},
     )
@@ -609,16 +618,7 @@ async def test_the_stage_fails_an_experiment_and_dead_letters_a_replay_on_anothe
     """The same refusal where a command comes from another client than the CLI."""
     doer, other = await make_doer(db), await make_doer(db)
     foreign = f"{other.golden.name}@{other.golden.version}"
-    create = CreateExperiment(
-        doer=doer.name,
-        actor="tests",
-        reason="foreign",
-        experiment_id=f"{doer.name}-foreign",
-        hypothesis="h",
-        policy_id=doer.name.lower(),
-        version=2,
-        dataset=foreign,
-    )
+    create = creation(doer, "foreign", dataset=foreign)
     replay = rerun(doer, 2).model_copy(update={"dataset": foreign})
     app = experiments_app
     progress = Progress(app.stages["experiments"])
