@@ -226,8 +226,10 @@ async def freeze(pool: Any, tenant: str, dataset: str, golden: str, *, actor: st
             "SELECT tenant_id FROM golden_datasets WHERE name = $1 LIMIT 1", golden
         )
         if owner is not None and owner != tenant:
+            twin = " (tenant ids are case-sensitive)" if owner.lower() == tenant.lower() else ""
             raise GoldenError(
-                f"golden dataset name {golden} is taken by another tenant; choose another name"
+                f"golden dataset name {golden} is taken by another tenant{twin}; choose another "
+                "name"
             )
         version = int(
             await conn.fetchval(

@@ -102,7 +102,9 @@ async def _registered_doer(ctx: GroupedCommand, doer: str, allocated: set[str]) 
     )
 
 
-async def _verdict(ctx: GroupedCommand, control: Any, timeout: float) -> str | None:
+async def _verdict(
+    ctx: GroupedCommand, control: Any, timeout: float, has_allocations: bool | None
+) -> str | None:
     """Wait until the bandit stage applied ``control``; exit 1 with the reason if refused.
 
     Applied, it is in ``applied_commands``; refused for its signature or role, it
@@ -120,10 +122,15 @@ async def _verdict(ctx: GroupedCommand, control: Any, timeout: float) -> str | N
             while await applied_at(pool, control.event_id) is None:
                 await fail_if_refused_on_arrival(pool, control.event_id)
                 if time.monotonic() > deadline:
+                    later = (
+                        "`learnops bandit show` says frozen or moving"
+                        if has_allocations is not False
+                        else "the doer has no allocations yet: it holds from its first on"
+                    )
                     fail(
                         f"sent {control.event_id}, but no bandit stage applied it within "
                         f"{timeout:g}s; is a worker running the bandit stage? (it applies it "
-                        "when it runs; `learnops bandit show` says frozen or moving)"
+                        f"when it runs; {later})"
                     )
                 await asyncio.sleep(0.25)
     except ServiceUnreachable as exc:
@@ -179,7 +186,7 @@ async def _control(
     )
     async with started(ctx.settings.kafka_producer()) as producer:
         await producer.send_and_wait(CONTROLS, key=doer.encode(), value=control.to_json())
-    unchecked = await _verdict(ctx, control, timeout) if wait else None
+    unchecked = await _verdict(ctx, control, timeout, has_allocations) if wait else None
     applied = None if unchecked is not None or not wait else True
     note = "; ".join(n for n in (note, unchecked) if n) or None
     if as_json:

@@ -259,7 +259,8 @@ async def dataset_freeze(
             if v.version < frozen.version and v.manifest_hash == frozen.manifest_hash
         ]
     if as_json:
-        self.say(_dump(frozen.model_dump(mode="json")))
+        same_as = f"{frozen.name}@{same[-1]}" if same else None
+        self.say(_dump({**frozen.model_dump(mode="json"), "same_samples_as": same_as}))
         return
     self.say(
         f"froze {frozen.sample_count} samples of {frozen.dataset} as "

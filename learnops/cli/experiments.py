@@ -401,7 +401,19 @@ async def _golden(pool: Any, doer: str, dataset: str | None, phase: str | None) 
         fail(str(exc))
     if golden is None:
         named = dataset or f"frozen from {doer}/{phase}"
-        fail(f"no golden dataset {named} (`learnops dataset freeze` makes one); nothing sent")
+        versions = await pool.fetch(
+            "SELECT name, max(version) AS latest FROM golden_datasets GROUP BY name"
+        )
+        latest = {r["name"]: r["latest"] for r in versions}
+        base = split_versioned(dataset)[0] if dataset else ""
+        hint = (
+            f"; {base}'s latest is @{latest[base]}"
+            if base in latest
+            else closest(base, list(latest))
+            if base
+            else ""
+        )
+        fail(f"no golden dataset {named}{hint} (`learnops dataset freeze` makes one); nothing sent")
     mismatch = golden.mismatch(doer, phase)
     if mismatch is not None:
         fail(f"{mismatch}; nothing sent")

@@ -545,7 +545,9 @@ async def topics_describe(ctx: CommandContext, as_json: bool) -> None:
             shown.add_row(row["topic"], status, partitions, str(spec.partitions), replicas)
         ctx.console().print(shown)
     if not all(row["matches_file"] for row in rows):
-        fail("the cluster does not match topics.yaml; run `learnops topics create`")
+        fail(
+            f"the cluster does not match {settings_topics_file(ctx)}; run `learnops topics create`"
+        )
 
 
 @command(db, "migrate", json_option)
@@ -715,8 +717,13 @@ async def _preflight(settings: Settings) -> None:
         raise postgres_unreachable(settings, exc) from exc
     try:
         await conn.fetchval("SELECT 1 FROM schema_migrations LIMIT 1")
+        untrusted = await _signing_key_untrusted(settings, conn)
     finally:
         await conn.close()
+    if untrusted is not None:
+        if settings.learnops_env == "production":
+            fail(untrusted)
+        click.echo(f"learnops: warning: {untrusted}", err=True)
     absent = await missing(settings, load_catalog(settings.learnops_topics_file))
     if absent:
         fail(f"topics missing on the cluster: {', '.join(absent)}; run `learnops topics create`")
@@ -729,6 +736,39 @@ async def _preflight(settings: Settings) -> None:
                 f"LEARNOPS_ENV=production: {'; '.join(unkeyed)} "
                 "(docs/operations.md, 'Before the first worker')"
             )
+
+
+async def _signing_key_untrusted(settings: Settings, conn: Any) -> str | None:
+    """Why what this worker signs would be refused everywhere, or None.
+
+    Its signing key must be in the trusted keyring, neither retired nor revoked:
+    otherwise the policy stage refuses its canary decisions, Routers and the
+    allocations client refuse its policy changes and allocations, and the other
+    stages dead-letter its changes (a failure at start in production, a warning
+    elsewhere).
+    """
+    if settings.learnops_worker_signing_key_file is None:
+        return None
+    key = settings.worker_key()
+    if key is None:
+        return None
+    row = await conn.fetchrow(
+        "SELECT retired_at, revoked_at FROM signing_keys WHERE key_id = $1", key.key_id
+    )
+    if row is not None and row["retired_at"] is None and row["revoked_at"] is None:
+        return None
+    state = (
+        "is not in the trusted keyring"
+        if row is None
+        else "is revoked"
+        if row["revoked_at"] is not None
+        else "is retired"
+    )
+    return (
+        f"LEARNOPS_WORKER_SIGNING_KEY_FILE's key {key.key_id} {state}: what this worker signs "
+        "(canary decisions, policy changes, allocations) would be refused; trust a current "
+        "key (`learnops policy keys generate --out FILE` makes and trusts one)"
+    )
 
 
 def _web_port_free(host: str, port: int) -> None:
@@ -744,6 +784,12 @@ def _web_port_free(host: str, port: int) -> None:
                 f"cannot serve the worker's metrics and health on {host}:{port} ({exc.strerror}); "
                 "set LEARNOPS_WEB_PORT to a free port (or LEARNOPS_WEB_ENABLED=false)"
             )
+
+
+def settings_topics_file(ctx: CommandContext) -> str:
+    """The topic catalogue a command reads: LEARNOPS_TOPICS_FILE's, or the packaged one."""
+    named = ctx.settings.learnops_topics_file
+    return str(named) if named is not None else "topics.yaml"
 
 
 def production_keys_missing(settings: Settings) -> list[str]:

@@ -212,7 +212,7 @@ async def _submit(
                 f"(`learnops policy history {event.doer}` shows it once handled)"
             )
         await asyncio.sleep(0.25)
-    if as_json:
+    if as_json and outcome.applied:  # a refusal is the error object on stderr alone
         ctx.say(
             dumps(
                 {

@@ -360,6 +360,25 @@ async def test_a_worker_whose_web_port_is_taken_says_so_in_one_line(
         )
 
 
+async def test_a_worker_whose_signing_key_is_not_trusted_says_so_before_it_starts(
+    settings_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Everything it signed would be refused downstream (and, before its policy stage
+    checked its own key first, re-sent forever): refused in production, warned elsewhere."""
+    from learning.signing import generate_key
+
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_bytes(generate_key().to_pem())
+    stranger.chmod(0o600)
+    env = {**settings_env, "LEARNOPS_WORKER_SIGNING_KEY_FILE": str(stranger)}
+    one_line_error(
+        await learnops({**env, "LEARNOPS_ENV": "production"}, "worker"),
+        1,
+        "is not in the trusted keyring",
+        "policy keys generate",
+    )
+
+
 async def test_invalid_settings_name_the_variable(settings_env: dict[str, str]) -> None:
     env = {**settings_env, "KAFKA_BOOTSTRAP_SERVERS": "no-port-here"}
     one_line_error(

@@ -561,6 +561,8 @@ async def test_an_experiment_planning_a_canary_looser_than_the_limits_is_not_cre
         ((), "name the golden dataset to replay on: --dataset NAME[@VERSION], or --phase PHASE"),
         (("--dataset", "golden-nosuch"), "no golden dataset golden-nosuch"),
         (("--phase", "review"), "no golden dataset frozen from {doer}/review"),
+        (("--dataset", "{golden}@9"), "no golden dataset {golden}@9; {golden}'s latest is @1"),
+        (("--dataset", "{golden}x"), "did you mean '{golden}'?"),
     ],
 )
 async def test_experiment_create_without_a_golden_dataset_to_replay_on_sends_nothing(
@@ -573,10 +575,10 @@ async def test_experiment_create_without_a_golden_dataset_to_replay_on_sends_not
         run_learnops,
         settings_env,
         *("experiment", "create", "--policy", f"{doer.name.lower()}@2", "--hypothesis", "h"),
-        *("--id", experiment_id, *where),
+        *("--id", experiment_id, *(w.format(golden=doer.golden.name) for w in where)),
     )
     assert created.returncode == 1, created.stdout
-    assert said.format(doer=doer.name) in created.stderr, created.stderr
+    assert said.format(doer=doer.name, golden=doer.golden.name) in created.stderr, created.stderr
     assert "nothing sent" in created.stderr
     assert await store.get_experiment(db, experiment_id) is None
 

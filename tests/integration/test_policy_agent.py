@@ -390,6 +390,11 @@ async def test_the_cli_round_trip_register_promote_inspect(
 
     refused = run_cli(env, "promote", f"{pid}@1", ok=False)
     assert refused.returncode == 1 and "refused (lifecycle)" in refused.stderr
+    # Under --json a refusal is one error object on stderr, and stdout stays empty.
+    refused = run_cli(env, "promote", f"{pid}@1", "--json", ok=False)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stdout
+    error = json.loads(refused.stderr)
+    assert error["exit_code"] == 1 and error["error"].startswith("refused (lifecycle)"), error
     alone = run_cli(env, "promote", f"{pid}@1", "--force", "--reason", "first", ok=False)
     # Refused before anything is sent (the agent's own refusal: test_authorised_commands).
     assert alone.returncode == 2 and "--approver-key" in alone.stderr, alone.stderr
