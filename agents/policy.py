@@ -93,6 +93,9 @@ class PolicyStage(Stage):
         One at a time in this worker (the agent and the re-assert timer both send):
         numbered under the doer's lock, a change must also reach the producer in
         its number's order, or an older state could be the one compaction keeps.
+        Handed to the producer, not awaited: the producer keeps a partition's
+        order, and a send that fails surfaces where the input is committed, so
+        the input is taken again and its change published again.
         """
         async with self._sending:
             numbered = await durably(
@@ -104,7 +107,7 @@ class PolicyStage(Stage):
             if self.key is not None:
                 signature = sign_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self.key)
                 change = change.model_copy(update={"signature": signature})
-            await (await self.topics.policy_changes.send(change))
+            await self.topics.policy_changes.send(change)
 
     async def handle(self, event: Any) -> None:
         if event.message.topic == self.topics.decisions.name:
@@ -194,7 +197,11 @@ class PolicyStage(Stage):
                     valid,
                     latest,
                 )
-                await self._send_change(change)
+                try:
+                    await self._send_change(change)
+                except Exception:  # one doer's failure must not hold up the others
+                    log.exception("policy_change_reassert_failed doer=%s", doer)
+                    continue  # kept for the next tick
             # Forgotten only once handled: a send that fails leaves it for the next tick.
             if self.tails.get(doer, (None,))[0] == read_at:
                 del self.tails[doer]

@@ -403,7 +403,7 @@ async def _propose(
     actor: str,
 ) -> tuple[Any, Any, Any]:
     """Register the proposal's candidate (or find it registered) and send its experiment."""
-    from learnops.cli.experiments import find_request, send_experiment
+    from learnops.cli.experiments import find_request, golden_for, send_experiment
     from learnops.cli.policy import register_artifact
     from storage import experiments as experiments_store
     from storage import policies as policies_store
@@ -414,6 +414,9 @@ async def _propose(
         experiment_id = str(proposal["experiment_id"])
         if await experiments_store.get_experiment(pool, experiment_id) is not None:
             fail(f"experiment {experiment_id} exists already (`learnops experiment show` shows it)")
+        # Checked before anything is registered or sent: the experiment id is the
+        # proposal's, so an experiment failed for its golden dataset could not be filed again.
+        await golden_for(pool, request["doer"], golden, str(proposal["phase"]))
         parent_id, parent_version = split_ref(str(proposal["parent"]))
         # Proposed before but the experiment not filed: the registered candidate is reused.
         version = await pool.fetchval(

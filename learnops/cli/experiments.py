@@ -209,7 +209,7 @@ async def replay_run(
     seed_list = _seeds(seeds) if seeds else list(self.learning.replay.seeds)
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
-        golden = await _golden(pool, policy.doer, dataset, None)
+        golden = await golden_for(pool, policy.doer, dataset, None)
         rid = replay_id(policy.content_hash, golden.manifest_hash, seed_list)
         recorded = await store.get_replay(pool, rid)
         request = RunReplay(
@@ -352,7 +352,7 @@ async def experiment_create(
         )
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
-        await _golden(pool, policy.doer, dataset, phase)
+        await golden_for(pool, policy.doer, dataset, phase)
         active = await store.active_policy_row(pool, policy.doer)
         request = await find_request(pool, request_id) if request_id else None
     if active is None:
@@ -388,7 +388,7 @@ async def experiment_create(
     )
 
 
-async def _golden(pool: Any, doer: str, dataset: str | None, phase: str | None) -> store.Golden:
+async def golden_for(pool: Any, doer: str, dataset: str | None, phase: str | None) -> store.Golden:
     """The golden dataset named (NAME[@VERSION]), or the latest frozen from the doer's PHASE
     dataset, as the experiments stage will look it up; one sentence and exit 1 if none."""
     try:

@@ -757,17 +757,16 @@ async def _signing_key_untrusted(settings: Settings, conn: Any) -> str | None:
     )
     if row is not None and row["retired_at"] is None and row["revoked_at"] is None:
         return None
-    state = (
-        "is not in the trusted keyring"
-        if row is None
-        else "is revoked"
-        if row["revoked_at"] is not None
-        else "is retired"
-    )
+    if row is not None and row["revoked_at"] is None:
+        refused = "its canary decisions would be refused (a retired key signs nothing new)"
+        state = "is retired"
+    else:
+        refused = "what this worker signs (canary decisions, policy changes, allocations) "
+        refused += "would be refused"
+        state = "is not in the trusted keyring" if row is None else "is revoked"
     return (
-        f"LEARNOPS_WORKER_SIGNING_KEY_FILE's key {key.key_id} {state}: what this worker signs "
-        "(canary decisions, policy changes, allocations) would be refused; trust a current "
-        "key (`learnops policy keys generate --out FILE` makes and trusts one)"
+        f"LEARNOPS_WORKER_SIGNING_KEY_FILE's key {key.key_id} {state}: {refused}; trust a "
+        "current key (`learnops policy keys generate --out FILE` makes and trusts one)"
     )
 
 

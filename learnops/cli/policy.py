@@ -230,7 +230,7 @@ async def _submit(
     elif outcome.applied:
         ctx.say(f"applied: {outcome.verdict}")
     if not outcome.applied:
-        fail(f"refused ({outcome.refusal}): {outcome.verdict}")
+        fail(f"refused ({outcome.refusal}): {outcome.verdict} (event {event.event_id})")
 
 
 def _load_artifact(path: Path) -> dict[str, Any]:

@@ -12,12 +12,10 @@
 --
 -- Here: every complete replay with fewer scored tasks of its own than it has
 -- tasks is marked incomplete, listing the (sample, seed) pairs it lacks
--- (task_id null: that task will get its id at the next attempt), as an attempt
--- of its own (attempt + 1: the comparisons recorded on the old attempt stay as
--- they were, and the new verdicts are recorded beside them rather than taken
--- for repeats of them), and its verdict and the verdicts of the replays
--- compared with it are cleared, so the experiments stage settles them again
--- (as incomplete) and the experiments still replaying on them end incomplete. `learnops replay run` starts the next
+-- (task_id null: that task will get its id at the next attempt), and its
+-- verdict and the verdicts of the replays compared with it are cleared, so
+-- the experiments stage settles them again (as incomplete) and the experiments
+-- still replaying on them end incomplete. `learnops replay run` starts the next
 -- attempt. Experiments concluded on such a verdict before this migration keep
 -- their history (docs/experiments.md, "Ids").
 CREATE TEMPORARY TABLE cut_short ON COMMIT DROP AS
@@ -40,8 +38,7 @@ WHERE r.status = 'complete'
        WHERE t.replay_id = r.replay_id AND t.loss IS NOT NULL) < r.task_count;
 
 UPDATE offline_replays AS r
-SET status = 'incomplete', attempt = r.attempt + 1, missing_tasks = c.missing, verdict = NULL,
-    per_seed = NULL,
+SET status = 'incomplete', missing_tasks = c.missing, verdict = NULL, per_seed = NULL,
     mean_crl = NULL, std_crl = NULL, stability = NULL, runs = NULL, result_hash = NULL
 FROM cut_short AS c
 WHERE r.replay_id = c.replay_id;

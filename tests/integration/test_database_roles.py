@@ -295,6 +295,19 @@ async def test_the_key_admin_cannot_back_date_a_retirement_or_name_another_role(
             "SELECT retired_at FROM signing_keys WHERE key_id = $1", key.key_id
         )
         assert retired_at == row["at"]
+        # Migration 033: nor does it choose a new key's times (retired in 2099, say).
+        forged = generate_key()
+        await admin.execute(
+            "INSERT INTO signing_keys (key_id, public_key, created_by, created_at, retired_at) "
+            "VALUES ($1, $2, 'mallory', '2020-01-01T00:00:00Z', '2099-01-01T00:00:00Z')",
+            forged.key_id,
+            forged.public_key.raw,
+        )
+        times = await db.fetchrow(
+            "SELECT created_at, retired_at FROM signing_keys WHERE key_id = $1", forged.key_id
+        )
+        assert times["retired_at"] is None
+        assert times["created_at"] > datetime.now(UTC) - timedelta(minutes=1)
         operator = generate_key()
         await operator_store.add_operator_key(
             admin, operator.public_key, operator="oscar", actor="claimed"
