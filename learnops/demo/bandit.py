@@ -98,9 +98,9 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
         def choose(name: str, run_id: str) -> Choice | None:
             return allocations.choice(name, PHASE, PARAMETER, run_id)
 
-        # One seed for every demo (it was the time's): with seed 722 the small model's
-        # chance guardrail events held it on probation after its probes ran out, and no
-        # request came in 3,000 runs (2026-12-06; not investigated further yet).
+        # One seed for every demo (it was the time's): with seed 722 the small model stayed
+        # on the exploration floor (2 %, no probes asked after 233 probe runs) and no request
+        # came in 3,000 runs (2026-12-06; the cause is not investigated yet).
         orchestrator = TwoModelOrchestrator(
             choose, {2: SMALL}, seed=DEMO_SEED, doers=(doer,), run_prefix=f"bandit-{stamp}"
         )
