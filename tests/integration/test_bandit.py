@@ -37,6 +37,7 @@ from storage.operator_keys import add_operator_key, grant_role
 from storage.policies import find_policy
 from storage.skills import open_requests, request_row
 from tests.integration.kafka_io import eventually, publish
+from tests.integration.test_experiment_evidence import frozen_golden
 from tests.integration.test_policy_store import bootstrap
 from tests.operators import signed
 from tests.services import (
@@ -575,6 +576,7 @@ async def test_an_owner_proposes_the_confident_option_as_a_signed_tool_tuning_ex
     tmp_path: Path,
 ) -> None:
     doer = await registered_doer(producer, bandit_worker.env, db, signing_key)
+    await frozen_golden(db, doer.name)  # propose checks the draft tasks to replay on
     await doer.run(200)
     (request,) = await eventually(
         lambda: open_requests(db, doer.name), lambda r: len(r) == 1, timeout=90.0

@@ -152,6 +152,11 @@ class Doer:
 async def make_doer(db: Any) -> Doer:
     name = f"Evidence{uuid.uuid4().hex[:8]}"
     await bootstrap(db, name, await trusted_key(db), versions=3)
+    return Doer(db, name, await frozen_golden(db, name))
+
+
+async def frozen_golden(db: Any, name: str) -> store.Golden:
+    """Two accepted draft samples of doer ``name`` (acme's), frozen as golden-{name}."""
     dataset = f"acme/{name}/draft"
     texts = ["Write the PRD for search.", "Write the PRD for checkout."]
     await insert_samples(
@@ -180,7 +185,7 @@ async def make_doer(db: Any) -> Doer:
     frozen = await freeze(db, "acme", dataset, f"golden-{name.lower()}", actor="tests")
     golden = await store.find_golden(db, frozen.name, frozen.version)
     assert golden is not None
-    return Doer(db, name, golden)
+    return golden
 
 
 async def test_two_experiments_sharing_a_replay_keep_their_own_control_and_verdict(
