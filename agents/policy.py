@@ -44,7 +44,6 @@ from storage.deployments import (
 )
 from storage.policy_commands import apply_command, apply_decision
 from storage.pool import durably
-from storage.signing_keys import load_keyring
 
 #: How often the stage looks at what is last on learning.policy-changes per doer, and how
 #: long a record that is not the doer's newest state may stay last before it is re-asserted.
@@ -165,11 +164,9 @@ class PolicyStage(Stage):
         """
         if self.key is None:
             return True  # a local setup: changes go out unsigned
-        signed = change.model_dump(mode="json")
-        if verify_event(POLICY_CHANGE_KIND, signed, self._own):
+        if verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self._own):
             return True
-        keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
-        return bool(verify_event(POLICY_CHANGE_KIND, signed, keyring))
+        return bool(await self.change_verifies(change))
 
     async def reassert_stale(self, now: float | None = None) -> None:
         """Send a doer's state again when what is last for it on the topic is not it.

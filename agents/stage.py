@@ -31,7 +31,7 @@ from agents.dlq import DEAD_LETTERS_FAILED
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
-from learning.signing import POLICY_CHANGE_KIND, verify_event
+from learning.signing import POLICY_CHANGE_KIND, VerifyResult, verify_event
 from models.base import (
     Event,
     describe_exception,
@@ -236,10 +236,7 @@ class Stage:
         change = await self.decode(event, PolicyChange)
         if change is None or self.app.settings.learnops_worker_signing_key_file is None:
             return change
-        keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
-        # No signing time: a change's occurred_at is its state's (the last promotion's), not
-        # when it was signed, so a retired key's changes verify (as at the Router).
-        check = verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keyring)
+        check = await self.change_verifies(change)
         if check:
             return change
         log.warning(
@@ -252,6 +249,15 @@ class Stage:
             doer=change.doer,
         )
         return None
+
+    async def change_verifies(self, change: PolicyChange) -> VerifyResult:
+        """Whether ``change``'s signature verifies against the trusted keyring as it is now.
+
+        No signing time: a change's occurred_at is its state's (the last promotion's),
+        not when it was signed, so a retired key's changes verify (as at the Router).
+        """
+        keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
+        return verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keyring)
 
     async def decode_with(self, event: Any, adapter: TypeAdapter[K]) -> K | None:
         """As :meth:`decode`, for a topic whose value is a union of models (``POLICY_COMMANDS``)."""

@@ -457,12 +457,11 @@ async def register_artifact(
     from learning.signing import CanonicalJSONError, signed_artifact
     from models.commands import RegisterPolicy
     from storage import signing_keys as keys_store
+    from storage.operator_keys import operator_of
 
     allowed = (await keys_store.load_keyring(pool)).check_signing_key(key)
     if not allowed:
-        operator = await pool.fetchval(
-            "SELECT operator FROM operator_keys WHERE key_id = $1", key.key_id
-        )
+        operator = await operator_of(pool, key.key_id)
         if operator is not None:
             fail(
                 f"key {key.key_id} is {operator}'s operator key (it signs commands, as "
