@@ -292,28 +292,45 @@ class OptionStats:
     def review_probation(self, probation_runs: int, probes: ProbeStatus = "open") -> None:
         """Release the option from probation, or recall it, from its runs and count tests.
 
-        Released once it has ``probation_runs`` runs (or its probes cleared it,
-        and never while they are held or unexplained:
-        :meth:`BanditState.probe_status`) and, on every
-        guardrail metric, its count test's current wealth (not its running
-        maximum) is at most 1: what events it had are explained by the others'
-        rate at the shares in force. Recalled when a test's wealth rises above ``RECALL``:
-        one event at the floor share does that (wealth about 23), while one
-        event at a large share (wealth about 1.02) does not, so an option
-        holding most of the traffic does not flap back to the floor on the
-        events any option has.
+        Released once it has ``probation_runs`` runs and, on every guardrail
+        metric, its count test's current wealth (not its running maximum) is at
+        most 1 (what events it had are explained by the others' rate at the
+        shares in force) — or once its probes cleared it
+        (:meth:`BanditState.probe_status`), whose tests counted its live runs
+        beside its probes; never while they are held or unexplained.
+        Released by its probes, its live count tests start again: the events
+        of its runs at the floor are in the probe tests that cleared it, and a
+        live test that one event at the floor share left at a wealth of about
+        23 would keep it there for thousands of runs (each event of the others
+        lowers it by about 2 % at that share) while the probes that could
+        explain it are no longer asked for.
+
+        Recalled when a live test's wealth rises above ``RECALL``: one event at
+        the floor share does that (wealth about 23), while one event at a
+        large share (wealth about 1.02) does not, so an option holding most of
+        the traffic does not flap back to the floor on the events any option
+        has. A recalled option's probe tests start again, so its probation is
+        decided by new probes (the old ones cleared it before the live events
+        that recalled it).
         """
         if self.released:
             recall = math.log(RECALL)
             self.released = all(t.log_mixture <= recall for t in self.guardrails.values())
+            if not self.released:
+                self.probe_tests = {}
+                self.probe_runs = 0
         else:
             self.released = self.releasable(probation_runs, probes)
+            if self.released and probes == "cleared":
+                self.guardrails = {}
 
     def releasable(self, probation_runs: int, probes: ProbeStatus = "open") -> bool:
-        """Its probation runs (or cleared probes), probes not against it, no count test above 1."""
+        """Cleared by its probes, or its probation runs with no count test above 1 (not held)."""
         if probes in ("held", "unexplained"):
             return False
-        return (self.runs >= probation_runs or probes == "cleared") and all(
+        if probes == "cleared":
+            return True
+        return self.runs >= probation_runs and all(
             test.log_mixture <= 0.0 for test in self.guardrails.values()
         )
 
@@ -438,9 +455,10 @@ class BanditState:
                 test = other.guardrails.setdefault(metric, EventGuardrail())
                 arm = "candidate" if name == option else "control"
                 test.add(arm, int(count), float(shares.get(name, 0.0)))
-                if name != option and name in probing and probe_share > 0:
+                if name in probing and probe_share > 0:
+                    # The probed option's own live runs are its runs too: a candidate trial.
                     probe_test = other.probe_tests.setdefault(metric, EventGuardrail())
-                    probe_test.add("control", int(count), probed(probe_share, shares, name))
+                    probe_test.add(arm, int(count), probed(probe_share, shares, name))
         self.review(config)
 
     def review(self, config: BanditConfig) -> None:
@@ -546,15 +564,16 @@ class Allocation:
 
 
 def probed(probe_share: float, shares: Mapping[str, float], option: str) -> float:
-    """The share of the runs compared in ``option``'s probe tests that are its probes.
+    """The share of the runs compared in ``option``'s probe tests that are its own runs.
 
-    Per task, ``option`` is probed with probability ``probe_share`` and the other
-    options run live with probability ``1 − share(option)``: if the probes have
-    events at the others' rate, a run with an event is a probe with probability
-    ``probe_share / (probe_share + 1 − share(option))``.
+    Per task, ``option`` is probed with probability ``probe_share``, runs live
+    with probability ``share(option)``, and the other options run live with
+    probability ``1 − share(option)``: if the option's runs (probes and live)
+    have events at the others' rate, a run with an event is one of the option's
+    with probability ``(probe_share + share) / (probe_share + 1)``.
     """
-    others = 1.0 - float(shares.get(option, 0.0))
-    return probe_share / (probe_share + others) if probe_share + others > 0 else 0.0
+    own = float(shares.get(option, 0.0))
+    return (probe_share + own) / (probe_share + 1.0) if probe_share > 0 else 0.0
 
 
 def normal_draws(

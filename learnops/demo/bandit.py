@@ -98,9 +98,11 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
         def choose(name: str, run_id: str) -> Choice | None:
             return allocations.choice(name, PHASE, PARAMETER, run_id)
 
-        # One seed for every demo (it was the time's): with seed 722 the small model stayed
-        # on the exploration floor (2 %, no probes asked after 233 probe runs) and no request
-        # came in 3,000 runs (2026-12-06; the cause is not investigated yet).
+        # One seed for every demo. The routing still differs per demo (the doer's name and
+        # run ids carry the time): in one or two demos in a hundred an API breakage of the
+        # small model at the floor kept it there for good, its probes clean (with seed 722,
+        # 2026-12-06); its probes' test now counts its live runs and releases it
+        # (learning.bandit.OptionStats.review_probation, tests/unit/test_demo_bandit.py).
         orchestrator = TwoModelOrchestrator(
             choose, {2: SMALL}, seed=DEMO_SEED, doers=(doer,), run_prefix=f"bandit-{stamp}"
         )

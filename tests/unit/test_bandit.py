@@ -163,6 +163,54 @@ def test_clean_probes_release_an_option_before_its_live_probation_runs() -> None
     }  # a probe serves nobody: no loss statistics, no live run
 
 
+def test_clean_probes_explain_a_live_event_at_the_floor_and_release_the_option() -> None:
+    # One API breakage of the option's third live run, at its 2 % floor: its live count
+    # test's wealth is about 23, and the others' events lower it by about 2 % each, so the
+    # live rule alone would keep it on the floor for thousands of runs (the demo's small
+    # model on one seed in a hundred). Its probes' test counts that run beside its probes.
+    config = BanditConfig(probation_runs=20, probe_runs=150)
+    state = BanditState.for_options(["default", "clean"])
+    shares = {"default": 0.98, "clean": 0.02}
+
+    def live(option: str, events: dict[str, int]) -> None:
+        state.observe(
+            option, 1.0, shares, events=events, config=config, probe_share=PROBED, probing=["clean"]
+        )
+
+    for run in range(3):
+        events = {"api_breakages": int(run == 2)}
+        live("clean", events)
+    assert state.options["clean"].guardrails["api_breakages"].log_mixture > math.log(3)
+    rng = np.random.default_rng(5)
+    for task in range(300):
+        events = {"api_breakages": int(rng.random() < 0.05)}
+        live("default", events)
+        if task % 2 == 0:
+            probe = {"api_breakages": int(rng.random() < 0.05)}
+            state.observe_probe("clean", probe, shares, PROBED, config)
+    assert state.probe_status("clean", config) == "cleared"
+    assert state.options["clean"].released
+    assert state.options["clean"].guardrails == {}  # its live tests start again
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert alloc.probation == alloc.probes == ()
+
+
+def test_a_recalled_option_is_probed_again() -> None:
+    config = BanditConfig(probation_runs=20, probe_runs=150)
+    state = BanditState.for_options(["default", "clean"])
+    shares = {"default": 0.98, "clean": 0.02}
+    for _ in range(150):
+        state.observe_probe("clean", {}, shares, PROBED, config)
+    state.observe("default", 1.0, shares, config=config)
+    assert state.options["clean"].released
+    # An event at the floor share, before the next allocation gives it more: recalled.
+    state.observe("clean", 1.0, shares, events={"security_criticals": 1}, config=config)
+    assert not state.options["clean"].released
+    assert state.options["clean"].probe_runs == 0
+    assert state.probe_status("clean", config) == "open"
+    assert allocate(state, config, np.random.default_rng(0)).probes == ("clean",)
+
+
 def test_probe_events_the_others_do_not_have_hold_an_option_on_probation() -> None:
     config = BanditConfig(probation_runs=20)
     state = BanditState.for_options(["default", "clean", "flagged"])
@@ -208,38 +256,48 @@ def test_probe_events_at_the_others_rate_are_explained_and_three_times_it_are_he
         assert status == {"cleared": 40}
 
 
-def _held(probe_events: np.ndarray, live_events: np.ndarray, share: float) -> bool:
-    """Whether the probe test crosses its level on one task stream (events flagged by task)."""
-    tasks = np.concatenate([np.flatnonzero(probe_events), np.flatnonzero(live_events)])
-    is_probe = np.concatenate(
-        [np.ones(int(probe_events.sum()), bool), np.zeros(int(live_events.sum()), bool)]
+def _held(own_events: np.ndarray, live_events: np.ndarray, share: float) -> bool:
+    """Whether the probe test crosses its level on one task stream.
+
+    ``own_events`` flags the tasks on which one of the probed option's runs (a
+    probe, or its own live run) had an event, one row per kind of run;
+    ``live_events`` those on which the others' live run had one.
+    """
+    tasks = np.concatenate(
+        [*(np.flatnonzero(row) for row in own_events), np.flatnonzero(live_events)]
     )
-    in_task_order = is_probe[np.argsort(tasks, kind="stable")]
+    own = int(sum(row.sum() for row in own_events))
+    is_own = np.concatenate([np.ones(own, bool), np.zeros(int(live_events.sum()), bool)])
+    in_task_order = is_own[np.argsort(tasks, kind="stable")]
     return bool(first_rollback(in_task_order[None, :], share)[0] >= 0)
 
 
 def test_the_probe_test_holds_an_option_no_worse_at_most_alpha_of_the_time() -> None:
-    # Task by task: the probed option is probed on half the tasks, the others run live on
-    # the 98 % of tasks not routed to it; every run has an event with the same chance.
-    # The event trials are the probe test's, at the share ``probed`` gives.
+    # Task by task: the probed option is probed on half the tasks and runs live on the 2 %
+    # routed to it, the others run live on the other 98 %; every run has an event with the
+    # same chance. The event trials are the probe test's, at the share ``probed`` gives.
     rng = np.random.default_rng(12)
     replications, tasks, chance = 4000, 2000, 0.05
     probe = rng.random((replications, tasks)) < PROBED
     live = rng.random((replications, tasks)) < 0.98
     probe_events = probe & (rng.random((replications, tasks)) < chance)
+    own_events = ~live & (rng.random((replications, tasks)) < chance)
     live_events = live & (rng.random((replications, tasks)) < chance)
     share = probed(PROBED, FLOORS, "flagged")
-    assert share == pytest.approx(0.5 / 1.48)
-    held = sum(_held(probe_events[r], live_events[r], share) for r in range(replications))
+    assert share == pytest.approx(0.52 / 1.5)
+    held = sum(
+        _held((probe_events[r], own_events[r]), live_events[r], share) for r in range(replications)
+    )
     assert held / replications <= DEFAULT_ALPHA + 0.003, held
-    # Power: probes with three times the others' chance are held almost always.
+    # Power: runs with three times the others' chance are held almost always.
     worse = probe & (rng.random((replications, tasks)) < 3 * chance)
-    caught = sum(_held(worse[r], live_events[r], share) for r in range(200))
+    worse_own = ~live & (rng.random((replications, tasks)) < 3 * chance)
+    caught = sum(_held((worse[r], worse_own[r]), live_events[r], share) for r in range(200))
     assert caught >= 190, caught
     # Why the client probes no task on a canary's candidate arm: if half the tasks' live
     # runs are not the bandit's, the share is wrong and options no worse are held often.
     missing = live_events & (rng.random((replications, tasks)) < 0.5)
-    wrong = sum(_held(probe_events[r], missing[r], share) for r in range(200))
+    wrong = sum(_held((probe_events[r], own_events[r]), missing[r], share) for r in range(200))
     assert wrong > 40, wrong
 
 
