@@ -22,6 +22,7 @@ they were issued (the book keeps the last), and recorded in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from agents.command_auth import authorised, record_applied, refuse
 from agents.stage import Stage
 from agents.tables import folded_up_to, marked
+from agents.tails import STALE_CHECK_S, Tails
 from agents.triggers import raise_request
 from learning.bandit import Allocation
 from learning.bandit_book import BanditBook, counts, probes
@@ -93,13 +95,36 @@ class BanditStage(Stage):
                     await self.process(events)
 
         topics = self.topics
-        source = topics.source(topics.crl_computed, topics.bandit_controls)
+        # Its own output too: what compaction will keep last for each doer (reassert_stale).
+        source = topics.source(
+            topics.crl_computed, topics.bandit_controls, topics.bandit_allocations
+        )
         app.agent(source, name=self.name)(bandit)
         # Claims matter while a duplicate could still arrive: the CRL topic keeps 30 days.
         self.expire_claims_every(CLAIMS, 3600.0, timedelta(days=31))
+        # Each doer's last record read back on learning.bandit-allocations: compaction keeps
+        # it, and an orchestrator's client that starts reads only that one, so a record
+        # written there by anyone else (an older signed allocation sent again, with shares
+        # from before an option was excluded, or a forged or empty one) would be what
+        # starting clients route by; reassert_stale sends the allocations in force after it.
+        self.tails = Tails(
+            BanditAllocations,
+            BANDIT_ALLOCATIONS_KIND,
+            self.key,
+            self.keyring,
+        )
+        self.every(STALE_CHECK_S, self.reassert_stale)
+        # A doer's allocations reach the producer in their sequence's order: the batches
+        # and the re-assert timer both send.
+        self._sending = asyncio.Lock()
 
     async def process(self, events: list[Any]) -> None:
         """One batch: decode, claim its runs, take each into its doer's book, write and send."""
+        allocations = self.topics.bandit_allocations.name
+        for event in events:
+            if event.message.topic == allocations:
+                await self.tails.note(event)
+        events = [e for e in events if e.message.topic != allocations]
         decoded: list[tuple[Any, CRLComputed | BanditControl]]
         decoded = await self.decode_each(events, self._decode)
         claims = [
@@ -293,6 +318,31 @@ class BanditStage(Stage):
         )
         await raise_request(self.app, trigger)
 
+    async def reassert_stale(self, now: float | None = None) -> None:
+        """Send a doer's allocations in force again when what is last for it is not them.
+
+        A doer whose book this worker does not hold (its partition moved to
+        another worker) is left to the worker that holds it.
+        """
+        await self.tails.stale(now, self._reassert, "bandit_allocations")
+
+    async def _reassert(self, doer: str, sequence: int | None, valid: bool) -> None:
+        async with self._sending:
+            book = BanditBook.from_dict(self.books.get(doer) or {})
+            if not book.bandits:
+                return
+            held = book.event(doer)
+            if valid and sequence is not None and sequence >= held.sequence:
+                return
+            log.warning(
+                "bandit_allocations_reasserted doer=%s last_sequence=%s valid=%s sequence=%d",
+                doer,
+                sequence,
+                valid,
+                held.sequence,
+            )
+            await self.topics.bandit_allocations.send(self._signed(held))
+
     def _signed(self, allocations: BanditAllocations) -> BanditAllocations:
         """The allocations signed with the worker's key; unsigned when the worker has none."""
         if self.key is None:
@@ -319,7 +369,8 @@ class BanditStage(Stage):
                 await record_applied(self, control, verdict)
             if (due or slot.publish) and slot.book.bandits:
                 allocations = self._signed(slot.book.event(doer))
-                await self.topics.bandit_allocations.send(allocations)
+                async with self._sending:
+                    await self.topics.bandit_allocations.send(allocations)
                 if due:
                     log.info(
                         "bandit_allocation doer=%s sequence=%d parameters=%s",

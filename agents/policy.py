@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -25,8 +24,9 @@ from pydantic import JsonValue
 
 from agents.command_auth import authorised, record_applied
 from agents.stage import Stage
+from agents.tails import STALE_CHECK_S, Tails
 from learning.command_signing import REQUIRED_ROLE
-from learning.signing import POLICY_CHANGE_KIND, TrustedKeys, sign_event, verify_event
+from learning.signing import POLICY_CHANGE_KIND, sign_event
 from models.commands import POLICY_COMMANDS, ApproveStep, PauseDeployment, ResumeDeployment
 from models.events import Alert, DecisionMade, PolicyChange
 from models.ids import caused_event_id
@@ -44,11 +44,6 @@ from storage.deployments import (
 )
 from storage.policy_commands import apply_command, apply_decision
 from storage.pool import durably
-
-#: How often the stage looks at what is last on learning.policy-changes per doer, and how
-#: long a record that is not the doer's newest state may stay last before it is re-asserted.
-STALE_CHECK_S = 5.0
-STALE_AFTER_S = 30.0
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -77,14 +72,18 @@ class PolicyStage(Stage):
         source = topics.source(topics.commands, topics.decisions, topics.policy_changes)
         app.agent(source, name=self.name)(policy)
         self.key = app.settings.worker_key()
-        # Each doer's last record read on learning.policy-changes: (read at, its sequence,
-        # whether it is a valid change of that doer signed by a trusted key).
-        self.tails: dict[str, tuple[float, int | None, bool]] = {}
+        # Each doer's last record read back on learning.policy-changes: compaction keeps it,
+        # and a Router that starts reads only that one, so a record written there by anyone
+        # else (an older signed change sent again, a forged or empty one) would be what
+        # restarting Routers serve; reassert_stale puts the doer's state back after it.
+        self.tails = Tails(
+            PolicyChange,
+            POLICY_CHANGE_KIND,
+            self.key,
+            self.keyring,
+        )
         self.every(STALE_CHECK_S, self.reassert_stale)
         self._sending = asyncio.Lock()
-        self._own = TrustedKeys()
-        if self.key is not None:
-            self._own.add(self.key.public_key)
 
     async def _send_change(self, change: PolicyChange) -> None:
         """Number the doer's change, sign it with the worker's key and send it.
@@ -113,7 +112,7 @@ class PolicyStage(Stage):
             await self._decision(event)
             return
         if event.message.topic == self.topics.policy_changes.name:
-            await self._tail(event)
+            await self.tails.note(event)
             return
         command = await self.decode_with(event, POLICY_COMMANDS)
         if command is None or command.command not in REQUIRED_ROLE:
@@ -133,75 +132,29 @@ class PolicyStage(Stage):
             await self._publish(outcome)
         await record_applied(self, command, verdict)
 
-    async def _tail(self, event: Any) -> None:
-        """Note what is last on learning.policy-changes for the record's doer.
-
-        Compaction keeps the last record per doer, and a Router that starts reads
-        only that one. A record written there by anyone else (an older signed
-        change sent again, a forged or empty one) would be what restarting
-        Routers serve; :meth:`reassert_stale` puts the doer's state back after it.
-        """
-        message = event.message
-        if message.key is None:
-            return
-        doer = message.key.decode("utf-8", "replace")
-        sequence, valid = None, False
-        if message.value is not None:
-            try:
-                change = PolicyChange.model_validate_json(message.value)
-            except ValueError:
-                change = None
-            if change is not None and change.doer == doer:
-                sequence, valid = change.sequence, await self._signed_by_us(change)
-        self.tails[doer] = (time.monotonic(), sequence, valid)
-
-    async def _signed_by_us(self, change: PolicyChange) -> bool:
-        """Whether this worker, or another whose key the keyring trusts, signed ``change``.
-
-        This worker's own key first: were it missing from the keyring (or retired,
-        or revoked), each of its own changes would read as foreign and be sent
-        again, forever; Routers and the other stages refuse them all the same.
-        """
-        if self.key is None:
-            return True  # a local setup: changes go out unsigned
-        if verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self._own):
-            return True
-        return bool(await self.change_verifies(change))
-
     async def reassert_stale(self, now: float | None = None) -> None:
         """Send a doer's state again when what is last for it on the topic is not it.
 
-        Only once the record has been last for ``STALE_AFTER_S``: the stage reads
-        its own changes back a moment after sending them, and a newer one may be
-        on its way. Sent numbered after everything before, so it wins at Routers
-        and is what compaction keeps.
+        Numbered after everything before, so it wins at Routers and is what
+        compaction keeps.
         """
-        now = time.monotonic() if now is None else now
-        for doer, (read_at, sequence, valid) in list(self.tails.items()):
-            if now - read_at < STALE_AFTER_S:
-                continue
-            latest = await durably(partial(last_sequence, self.app.pool, doer), what="policies")
-            change = None
-            if not (valid and sequence is not None and sequence >= (latest or 0)):
-                change = await durably(
-                    partial(current_change, self.app.pool, doer), what="policies"
-                )
-            if change is not None:
-                log.warning(
-                    "policy_change_reasserted doer=%s last_sequence=%s valid=%s newest=%s",
-                    doer,
-                    sequence,
-                    valid,
-                    latest,
-                )
-                try:
-                    await self._send_change(change)
-                except Exception:  # one doer's failure must not hold up the others
-                    log.exception("policy_change_reassert_failed doer=%s", doer)
-                    continue  # kept for the next tick
-            # Forgotten only once handled: a send that fails leaves it for the next tick.
-            if self.tails.get(doer, (None,))[0] == read_at:
-                del self.tails[doer]
+        await self.tails.stale(now, self._reassert, "policy_change")
+
+    async def _reassert(self, doer: str, sequence: int | None, valid: bool) -> None:
+        latest = await durably(partial(last_sequence, self.app.pool, doer), what="policies")
+        if valid and sequence is not None and sequence >= (latest or 0):
+            return
+        change = await durably(partial(current_change, self.app.pool, doer), what="policies")
+        if change is None:
+            return
+        log.warning(
+            "policy_change_reasserted doer=%s last_sequence=%s valid=%s newest=%s",
+            doer,
+            sequence,
+            valid,
+            latest,
+        )
+        await self._send_change(change)
 
     async def _decision(self, event: Any) -> None:
         """A canary decision: verified, then applied to its deployment or its policy."""

@@ -31,7 +31,7 @@ from agents.dlq import DEAD_LETTERS_FAILED
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
-from learning.signing import POLICY_CHANGE_KIND, VerifyResult, verify_event
+from learning.signing import POLICY_CHANGE_KIND, TrustedKeys, VerifyResult, verify_event
 from models.base import (
     Event,
     describe_exception,
@@ -256,8 +256,12 @@ class Stage:
         No signing time: a change's occurred_at is its state's (the last promotion's),
         not when it was signed, so a retired key's changes verify (as at the Router).
         """
-        keyring = await durably(partial(load_keyring, self.app.pool), what="signing_keys")
+        keyring = await self.keyring()
         return verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keyring)
+
+    async def keyring(self) -> TrustedKeys:
+        """The trusted keyring as it is now (the policy signers' and the workers' keys)."""
+        return await durably(partial(load_keyring, self.app.pool), what="signing_keys")
 
     async def decode_with(self, event: Any, adapter: TypeAdapter[K]) -> K | None:
         """As :meth:`decode`, for a topic whose value is a union of models (``POLICY_COMMANDS``)."""

@@ -42,6 +42,7 @@ CONSUMED_TOPICS = (
     "learning.alerts",
     "learning.policy-changes",
     "learning.bandit-controls",
+    "learning.bandit-allocations",
     "learning.dlq",
 )
 

@@ -1310,7 +1310,7 @@ async def test_what_others_leave_last_on_policy_changes_is_followed_by_the_doers
     older signed change sent again, or an empty record, left last on the topic would be
     served. The policy stage sends the doer's state again after such a record (once it
     has stayed last a while), and leaves its own newest record alone."""
-    from agents.policy import STALE_AFTER_S
+    from agents.tails import STALE_AFTER_S
 
     app = make_app("policy")
     stage = app.stages["policy"]
@@ -1357,7 +1357,7 @@ async def test_a_workers_own_changes_are_not_sent_again_when_its_key_is_not_trus
     """A worker whose signing key the keyring does not hold (never added, or revoked) is
     refused by Routers; its policy stage must not also read each of its own changes back
     as foreign and send it again every 30 s, forever."""
-    from agents.policy import STALE_AFTER_S
+    from agents.tails import STALE_AFTER_S
 
     untrusted = tmp_path / "untrusted.pem"
     untrusted.write_bytes(generate_key().to_pem())
@@ -1378,3 +1378,78 @@ async def test_a_workers_own_changes_are_not_sent_again_when_its_key_is_not_trus
         await progress.done(2, batched=False)
         await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
     assert len(sent(app, CHANGES)) == 1
+
+
+# ------------------------------------------------------------------------- bandit
+
+ALLOCATIONS = "learning.bandit-allocations"
+
+
+async def test_what_others_leave_last_on_the_allocations_is_followed_by_the_doers_shares(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    """An orchestrator's client that starts reads only the record compaction kept for a
+    doer: an older signed allocation sent again (shares from before an option was
+    excluded), a forged or an empty record left last would route its tasks. The bandit
+    stage sends the doer's allocations in force again after such a record, once it has
+    stayed last a while, and leaves its own newest record alone."""
+    from agents.tails import STALE_AFTER_S
+    from learnops.demo.bandit_scenario import TwoModelOrchestrator, control_artifact
+    from models.bandit import BanditAllocations
+
+    app = make_app("bandit")
+    stage = app.stages["bandit"]
+    doer = f"Shares{tag()}"
+    await applied(db, register(doer, signing_key, 1, control_artifact()))
+    await applied(
+        db,
+        PromotePolicy(
+            doer=doer, actor="tests", reason="v1", policy_id=doer.lower(), version=1, force=True
+        ),
+    )
+    config = app.learning
+    orchestrator = TwoModelOrchestrator(lambda *_: None, {}, doers=(doer,), run_prefix=tag())
+    results = [
+        score_bundle(orchestrator.bundle(doer, policy=(doer.lower(), 1)), config.weights,
+                     config.objectives)
+        for _ in range(config.bandit.every)
+    ]  # fmt: skip
+    progress = Progress(stage)
+    async with app.agents["bandit"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(RESULTS, results[0])
+        await progress.done(1)
+        for result in results[1:]:
+            await feed.event(RESULTS, result)
+        await progress.done(len(results))
+        first, newest = sent(app, ALLOCATIONS)  # the version's start, its first reallocation
+        assert newest.sequence > first.sequence and newest.signature is not None
+        # Its own newest record read back: nothing to do.
+        await feed.event(ALLOCATIONS, newest)
+        await progress.done(progress.events + 1)
+        await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
+        assert len(sent(app, ALLOCATIONS)) == 2
+        stranger = generate_key()
+        forged = newest.model_copy(update={"sequence": newest.sequence + 5, "signature": None})
+        forged = forged.model_copy(
+            update={
+                "signature": sign_event(
+                    "bandit-allocations", forged.model_dump(mode="json"), stranger
+                )
+            }
+        )
+        for replanted in (first, None, forged):
+            if replanted is None:
+                await feed.put(ALLOCATIONS, doer.encode(), None)
+            else:
+                await feed.event(ALLOCATIONS, replanted)
+            await progress.done(progress.events + 1)
+            await stage.reassert_stale(time.monotonic() + 1)  # not yet: it may be on its way
+            before = len(sent(app, ALLOCATIONS))
+            await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
+            again: list[BanditAllocations] = sent(app, ALLOCATIONS)[before:]
+            fields = {"event_id", "occurred_at", "signature"}
+            assert [a.model_dump(exclude=fields) for a in again] == [
+                newest.model_dump(exclude=fields)
+            ], again
+            assert again[0].signature is not None

@@ -1,0 +1,107 @@
+"""What is last on a compacted topic per doer, as the stage that publishes it reads it back.
+
+Compaction keeps a doer's last record, and a client that starts reads only that
+one. A record written there by anyone else (an older signed record sent again, a
+forged or an empty one) would be what starting clients follow, so the stages
+that publish learning.policy-changes and learning.bandit-allocations also read
+them and send the doer's current state again after such a record has stayed
+last for ``STALE_AFTER_S`` (agents/policy.py, agents/bandit.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from learning.signing import SigningKey, TrustedKeys, verify_event
+from models.base import Event
+
+log = logging.getLogger("learnops.tails")
+
+#: How often a stage looks at what is last for each doer, and how long a record that is not
+#: the doer's current state may stay last before the state is sent again.
+STALE_CHECK_S = 5.0
+STALE_AFTER_S = 30.0
+
+
+class Tails:
+    """Each doer's last record read back: (read at, its sequence, whether it is trusted).
+
+    ``model`` is the topic's event (with ``doer`` and ``sequence``), ``kind`` its
+    signature kind (learning.signing), ``key`` the worker's signing key (None: a
+    local setup that publishes unsigned, where every valid record is trusted)
+    and ``keyring`` reads the trusted keyring, for records other workers signed.
+    """
+
+    def __init__(
+        self,
+        model: type[Event],
+        kind: str,
+        key: SigningKey | None,
+        keyring: Callable[[], Awaitable[TrustedKeys]],
+    ) -> None:
+        self.model = model
+        self.kind = kind
+        self.key = key
+        self.keyring = keyring
+        self.own = TrustedKeys()
+        if key is not None:
+            self.own.add(key.public_key)
+        self.last: dict[str, tuple[float, int | None, bool]] = {}
+
+    async def note(self, event: Any) -> None:
+        """Note the record read back for its doer (a record without a key is no doer's)."""
+        message = event.message
+        if message.key is None:
+            return
+        doer = message.key.decode("utf-8", "replace")
+        sequence, trusted = None, False
+        if message.value is not None:  # an empty one (a tombstone) is neither
+            try:
+                record: Any = self.model.model_validate_json(message.value)
+            except ValueError:
+                record = None
+            if record is not None and record.doer == doer:
+                sequence, trusted = record.sequence, await self.signed_by_us(record)
+        self.last[doer] = (time.monotonic(), sequence, trusted)
+
+    async def signed_by_us(self, record: Event) -> bool:
+        """Whether this worker, or another whose key the keyring trusts, signed ``record``.
+
+        This worker's own key first: were it missing from the keyring (or retired,
+        or revoked), each of its own records would read as foreign and be sent
+        again, forever; clients and the other stages refuse them all the same.
+        """
+        if self.key is None:
+            return True  # a local setup: records go out unsigned
+        payload = record.model_dump(mode="json")
+        if verify_event(self.kind, payload, self.own):
+            return True
+        return bool(verify_event(self.kind, payload, await self.keyring()))
+
+    async def stale(
+        self,
+        now: float | None,
+        handle: Callable[[str, int | None, bool], Awaitable[None]],
+        what: str,
+    ) -> None:
+        """Hand each doer whose record has been last ``STALE_AFTER_S`` to ``handle``.
+
+        Not sooner: the stage reads its own records back a moment after sending
+        them, and a newer one may be on its way. A doer is forgotten once
+        handled; one whose handling failed is kept for the next tick, and does
+        not hold up the others.
+        """
+        now = time.monotonic() if now is None else now
+        for doer, (read_at, sequence, valid) in list(self.last.items()):
+            if now - read_at < STALE_AFTER_S:
+                continue
+            try:
+                await handle(doer, sequence, valid)
+            except Exception:
+                log.exception("%s_reassert_failed doer=%s", what, doer)
+                continue
+            if self.last.get(doer, (None,))[0] == read_at:
+                del self.last[doer]
