@@ -39,7 +39,7 @@ from learning.trends import DailyCRL, baseline, day_of, regression_against
 from models.events import Alert, CRLComputed, RunCompleted
 from models.ids import regression_alert_id
 from storage.crl import Owner, Source, store_crl_results
-from storage.pool import durably
+from storage.pool import durably, refused_for_its_data
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -404,6 +404,8 @@ class CRLStage(Stage):
                 partial(store_crl_results, pool, results, sources), what="crl_results"
             )
         except asyncpg.PostgresError as exc:
+            if not refused_for_its_data(exc):
+                raise  # grants, schema or a bug: no row is to blame (Stage.guarded_batch)
             log.warning(
                 "batch_rejected error=%s rows=%d; storing one by one", _sqlstate(exc), len(scored)
             )
@@ -416,6 +418,8 @@ class CRLStage(Stage):
                     )
                 )
             except asyncpg.PostgresError as row_exc:
+                if not refused_for_its_data(row_exc):
+                    raise
                 await self.dead_letter(
                     event,
                     error_type="storage",

@@ -24,7 +24,7 @@ from agents.stage import Stage
 from models.base import describe_exception
 from models.events import SampleCurated
 from storage.datasets import insert_samples, unstorable
-from storage.pool import durably
+from storage.pool import durably, refused_for_its_data
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -67,6 +67,8 @@ class DatasetsStage(Stage):
         try:
             await durably(partial(insert_samples, pool, batch), what="dataset_samples")
         except asyncpg.PostgresError as exc:
+            if not refused_for_its_data(exc):
+                raise  # grants, schema or a bug: no row is to blame (Stage.guarded_batch)
             # One bad row fails the statement; write row by row to find it.
             log.warning(
                 "batch_rejected error=%r rows=%d; retrying one by one",
@@ -77,6 +79,8 @@ class DatasetsStage(Stage):
                 try:
                     await durably(partial(insert_samples, pool, [sample]), what="row")
                 except asyncpg.PostgresError as row_exc:
+                    if not refused_for_its_data(row_exc):
+                        raise
                     await self.dead_letter(
                         event,
                         error_type="storage",

@@ -105,7 +105,11 @@ def watch_gc_pauses() -> None:
 
 async def readiness(app: Any) -> list[str]:
     """Why the worker is not ready; an empty list when it is."""
-    problems = []
+    problems = [
+        f"the {name} stage has halted (stage_halted in the log)"
+        for name, stage in app.stages.items()
+        if stage.halted
+    ]
     if app.in_recovery or not app.tables.recovery.completed.is_set():
         problems.append("tables are recovering from their changelogs")
     if app.rebalancing:

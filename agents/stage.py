@@ -41,7 +41,7 @@ from models.base import (
 from models.keys import key_problem
 from models.policy_change import PolicyChange
 from storage.claims import expire_claims
-from storage.pool import TRANSIENT_ERRORS, durably
+from storage.pool import TRANSIENT_ERRORS, durably, misconfigured
 from storage.signing_keys import load_keyring
 
 if TYPE_CHECKING:
@@ -107,6 +107,7 @@ class Stage:
         self.topics = app.event_topics
         self.partitions = DoerPartitions()
         self.internal_errors = 0  # in a row; reset by any event handled without one
+        self.halted = False  # stopped for good (stage_halted in the log); /readyz says so
         # 0 from the start, so an alert on == 1 has a series to watch and a missing
         # series means a missing worker (deploy/prometheus/alerts.yml).
         STAGE_HALTED.labels(self.name).set(0)
@@ -308,6 +309,7 @@ class Stage:
         try:
             yield
         except Exception as exc:
+            await self._halt_if_misconfigured(exc)
             log.exception("internal_error stage=%s", self.name)
             await self._internal_error()
             await self.dead_letter(event, error_type="internal", reason=_internal_reason(exc))
@@ -327,11 +329,35 @@ class Stage:
             try:
                 yield
             except Exception as exc:
+                await self._halt_if_misconfigured(exc)
                 log.exception("internal_error stage=%s batch=%d", self.name, len(events))
                 await self._internal_error()
                 reason = _internal_reason(exc)
                 for event in events:
                     await self.dead_letter(event, error_type="internal", reason=reason)
+
+    async def _halt_if_misconfigured(self, exc: BaseException) -> None:
+        """Stop the stage at once when PostgreSQL refused for a reason no input causes.
+
+        A role without its grants or a schema not migrated fails every event the
+        same way: dead-lettering them, even the few before the internal-error
+        limit, would move their offsets past data that is good. The stage waits
+        instead, its events unacked, until a worker with the fault mended takes
+        them.
+        """
+        if not misconfigured(exc):
+            return
+        self.halted = True
+        STAGE_HALTED.labels(self.name).set(1)
+        log.critical(
+            "stage_halted stage=%s error=%s hint='PostgreSQL refused for a reason no input "
+            "causes: check the grants of the worker's role (learnops db migrate grants them to "
+            "learnops_worker) and that the schema is migrated, then restart the worker: its "
+            "input waits, unacked'",
+            self.name,
+            describe_exception(exc),
+        )
+        await asyncio.Event().wait()
 
     async def _internal_error(self) -> None:
         """Count an internal error; past the limit, stop the stage here for good.
@@ -345,6 +371,7 @@ class Stage:
         limit = self.app.settings.learnops_max_internal_errors
         if self.internal_errors < limit:
             return
+        self.halted = True
         STAGE_HALTED.labels(self.name).set(1)
         log.critical(
             "stage_halted stage=%s internal_errors_in_a_row=%d hint='fix the error logged above "

@@ -72,3 +72,27 @@ async def durably(write: Callable[[], Awaitable[T]], *, what: str) -> T:
             log.warning("postgres_unavailable what=%s error=%r retry_in=%.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+#: SQLSTATE classes of a statement PostgreSQL refuses for what a row holds: data exception,
+#: integrity constraint violation, program limit exceeded (a value too large). A stage finds
+#: the row one by one and dead-letters it with the reason.
+ROW_REFUSALS = ("22", "23", "54")
+#: SQLSTATE classes no input causes: insufficient privilege and undefined tables or columns
+#: (42: a role without its grants, a schema not migrated), invalid schema (3F), catalog (3D),
+#: authorization (28). Every event would fail the same way, so the stage stops at once.
+MISCONFIGURED = ("42", "3F", "3D", "28")
+
+
+def _sqlstate_class(exc: BaseException) -> str:
+    return str(getattr(exc, "sqlstate", "") or "")[:2]
+
+
+def refused_for_its_data(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused a statement for what one of its rows holds."""
+    return isinstance(exc, asyncpg.PostgresError) and _sqlstate_class(exc) in ROW_REFUSALS
+
+
+def misconfigured(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused a statement for a reason no input causes (grants, schema)."""
+    return isinstance(exc, asyncpg.PostgresError) and _sqlstate_class(exc) in MISCONFIGURED

@@ -1453,3 +1453,55 @@ async def test_what_others_leave_last_on_the_allocations_is_followed_by_the_doer
                 newest.model_dump(exclude=fields)
             ], again
             assert again[0].signature is not None
+
+
+# ------------------------------------------------------------------------- grants
+
+
+@pytest.mark.parametrize("stage_name", ["crl", "dead_letters"])
+async def test_a_role_without_its_grants_halts_the_stage_and_dead_letters_nothing(
+    make_app: Callable[..., LearnopsApp], role_urls: dict[str, str], stage_name: str
+) -> None:
+    """A worker run as a role that may only read (or after a migration whose grants were not
+    applied) dead-lettered every valid run and committed past them. No input causes that:
+    the stage stops at once, its input unacked, and says what to check."""
+    from agents.health import readiness
+    from storage.pool import create_pool
+
+    assert "reader" in role_urls, "the tests need scripts/postgres.sh's learnops_reader login"
+    reader = await create_pool(role_urls["reader"], min_size=1, max_size=2)
+    try:
+        app = make_app(stage_name)
+        app.use_pool(reader)
+        stage = app.stages[stage_name]
+        doer = f"Grants{tag()}"
+        orchestrator = Orchestrator(seed=3, doers=(doer,), run_prefix=f"grants-{tag()}")
+        progress = Progress(stage)
+        halted = {"stage": stage_name}
+        async with app.agents[stage_name].test_context() as agent:
+            feed = Feed(app, agent)
+            if stage_name == "crl":
+                for bundle in orchestrator.bundles(3, doer=doer):
+                    await feed.event(RUNS, bundle)
+            else:
+                letter = DeadLetter(
+                    doer=doer,
+                    stage="crl",
+                    error_type="schema",
+                    reason="a bad bundle",
+                    value_b64=base64.b64encode(b"{").decode(),
+                    topic=RUNS,
+                    partition=0,
+                    offset=7,
+                )
+                await feed.event(DLQ, letter)
+            await until(
+                lambda: REGISTRY.get_sample_value("learnops_stage_halted", halted) == 1,
+                what=f"the {stage_name} stage to halt",
+            )
+            assert progress.events >= 1 and progress.finished == 0  # taken, never acked
+            problems = await readiness(app)
+            assert f"the {stage_name} stage has halted (stage_halted in the log)" in problems
+        assert sent(app, DLQ) == []
+    finally:
+        await reader.close()
