@@ -418,6 +418,20 @@ async def _propose(
         # proposal's, so an experiment failed for its golden dataset could not be filed again.
         await golden_for(pool, request["doer"], golden, str(proposal["phase"]))
         parent_id, parent_version = split_ref(str(proposal["parent"]))
+        active = await experiments_store.active_policy_row(pool, request["doer"])
+        # The candidate is the parent with one option fixed: filed against another active
+        # version, it would undo what that version changed. (A doer with no active policy
+        # has the bandit follow its runs' version; nothing to be stale against.)
+        if active is not None and (active["policy_id"], active["version"]) != (
+            parent_id,
+            parent_version,
+        ):
+            fail(
+                f"request {request_id} is about {parent_id}@{parent_version}, and "
+                f"{active['policy_id']}@{active['version']} is {request['doer']}'s active "
+                "policy now: its proposal is stale (the bandit of the active version raises "
+                "its own request); nothing registered or sent"
+            )
         # Proposed before but the experiment not filed: the registered candidate is reused.
         version = await pool.fetchval(
             "SELECT max(version) FROM policies WHERE policy_id = $1 AND experiment_id = $2",

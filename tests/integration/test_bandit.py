@@ -598,6 +598,38 @@ async def test_an_owner_proposes_the_confident_option_as_a_signed_tool_tuning_ex
             *more,
         )
 
+    # A request about a version no longer active is stale: its candidate would undo what
+    # the active version changed. Refused, nothing registered. (v1 promoted here: the
+    # bandit followed its runs while the doer had no active policy.)
+    promoted = await commands_store.apply_command(
+        db,
+        PromotePolicy(
+            doer=doer.name, actor="tests", reason="v1", policy_id=doer.policy, version=1,
+            force=True,
+        ),
+    )  # fmt: skip
+    assert promoted is not None and promoted.applied
+    stale_id = uuid.uuid4()
+    stale_evidence = {
+        **evidence,
+        "parent": f"{doer.policy}@7",
+        "experiment_id": f"{evidence['experiment_id']}-stale",
+    }
+    await db.execute(
+        "INSERT INTO experiment_requests (request_id, doer, reason, hypothesis, message,"
+        " evidence) VALUES ($1, $2, $3, $4, $5, $6)",
+        stale_id,
+        doer.name,
+        f"{request['reason']}-stale",
+        request["hypothesis"],
+        request["message"],
+        stale_evidence,
+    )
+    stale = await asyncio.to_thread(propose, str(stale_id))
+    assert stale.returncode == 1
+    assert f"is about {doer.policy}@7, and {doer.policy}@1 is" in stale.stderr, stale.stderr
+    assert await find_policy(db, doer.policy, 2) is None
+
     done = await asyncio.to_thread(propose, str(request["request_id"]), "--json")
     assert done.returncode == 0, done.stderr
     answered = json.loads(done.stdout)  # one document: the steps' lines held back
