@@ -265,7 +265,7 @@ class BanditStage(Stage):
             try:
                 found: Tunables | str = tunables_of(record.artifact)
             except ValueError as exc:
-                found = str(exc)
+                found = f"{policy_id}@{version}: {exc}"  # the DLQ reason names the version
             self.declared[ref] = (dict(record.artifact), found)
         return self.declared[ref][0]
 

@@ -62,6 +62,7 @@ from models.commands import (
 )
 from models.events import DecisionMade
 from models.policy_change import CanarySettings
+from models.tunables import tunables_of
 from storage.audit import DECISION_ACTOR, Ask, Outcome, recall, record_applied, record_refused
 from storage.policies import lock_doer
 from storage.signing_keys import load_keyring
@@ -236,6 +237,12 @@ async def _register(conn: Any, ask: Ask, command: RegisterPolicy) -> Outcome:
     try:
         canonical = canonical_json(command.artifact)
     except CanonicalJSONError as exc:
+        return await _refused(conn, ask, Refused(f"{ref}: {exc}", "artifact"))
+    try:
+        # A malformed declaration of options would fail each run of the version in the
+        # bandit stage, one dead letter at a time, in a version nobody can change.
+        tunables_of(command.artifact)
+    except ValueError as exc:
         return await _refused(conn, ask, Refused(f"{ref}: {exc}", "artifact"))
     now = await conn.fetchval("SELECT clock_timestamp()")
     # Recorded now, so the signature is judged as of now: a key retired before

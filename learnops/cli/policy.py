@@ -456,6 +456,7 @@ async def register_artifact(
     """
     from learning.signing import CanonicalJSONError, signed_artifact
     from models.commands import RegisterPolicy
+    from models.tunables import tunables_of
     from storage import signing_keys as keys_store
     from storage.operator_keys import operator_of
 
@@ -469,6 +470,10 @@ async def register_artifact(
                 "keyring (`learnops policy keys generate --out FILE` makes one)"
             )
         fail(f"key {key.key_id} cannot sign: {allowed.reason}")
+    try:
+        tunables_of(artifact)  # the policy stage refuses a malformed declaration too
+    except ValueError as exc:
+        fail(f"{source}: {exc} (docs/bandits.md: declaring options); nothing signed or sent")
     version = version or await store.next_version(pool, policy_id)
     try:
         # The signature covers the doer, policy id and version with the artifact.

@@ -365,6 +365,14 @@ async def test_the_cli_round_trip_register_promote_inspect(
     # A file that is not there is named as a file, not looked up as a policy.
     nofile = run_cli(env, "diff", f"{pid}@1", str(tmp_path / "v9.yaml"), ok=False)
     assert nofile.returncode == 1 and "no such file" in nofile.stderr, nofile.stderr
+    # A malformed declaration of options is refused before anything is signed: once
+    # registered, every run of the version would be dead-lettered by the bandit stage.
+    bad = tmp_path / "bad-tunables.json"
+    bad.write_text(json.dumps({"prompt": "x", "tunables": {"draft": ["model-a"]}}))
+    malformed = run_cli(env, "register", str(bad), "--doer", doer, "--key", str(key_file), ok=False)
+    assert malformed.returncode == 1, malformed.stdout
+    assert "policy tunables.draft: Input should be a valid dictionary" in malformed.stderr
+    assert "nothing signed or sent" in malformed.stderr
     # The doer's name in another case is a typo far more often than a new doer: refused.
     twin = run_cli(
         env, "register", str(v2), "--doer", doer.lower(), "--key", str(key_file), ok=False

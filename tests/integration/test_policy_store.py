@@ -146,6 +146,29 @@ async def test_a_tampered_artifact_is_refused_at_registration(db: Any) -> None:
     assert await status_of(db, doer) == {}
 
 
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {"draft": {"router.model": ["model-a"]}},  # one option: nothing to choose
+        {"draft": {"router.model": ["model-a", "model-a"]}},
+        {"draft": {"rag.top_k": [4, 8]}},  # options are names
+        {"draft": ["model-a", "model-b"]},
+    ],
+)
+async def test_a_malformed_declaration_of_options_is_refused_at_registration(
+    db: Any, declared: Any
+) -> None:
+    doer = unique_doer("Tunables")
+    key = await trusted_key(db)
+    outcome = await commands_store.apply_command(
+        db, register(doer, key, 1, {**ARTIFACT, "tunables": declared})
+    )
+    assert outcome is not None and not outcome.applied
+    assert outcome.refusal == "artifact"
+    assert outcome.verdict.startswith(f"{doer.lower()}@1: policy tunables"), outcome.verdict
+    assert await status_of(db, doer) == {}
+
+
 async def live_of(db: Any, doer: str) -> list[tuple[str, int, str]]:
     rows = await db.fetch(
         "SELECT policy_id, version, status FROM policies WHERE doer = $1 "
