@@ -198,7 +198,7 @@ class BanditStage(Stage):
         if isinstance(declared, str):
             reason: str | None = declared
         else:
-            reason = slot.book.fold(item, declared, config.bandit)
+            reason = slot.book.fold(item, declared, config.bandit, config.probe_share)
             # A version's bandits started: their first shares go out now, so the Router
             # client never goes on with the previous version's for a hundred runs (not
             # while frozen: nothing new goes out until the unfreeze, which sends them).

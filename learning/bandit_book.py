@@ -229,7 +229,13 @@ class BanditBook:
         self.frozen = frozen
         return None
 
-    def fold(self, result: CRLComputed, tunables: Tunables, config: BanditConfig) -> str | None:
+    def fold(
+        self,
+        result: CRLComputed,
+        tunables: Tunables,
+        config: BanditConfig,
+        probe_share: float = 0.0,
+    ) -> str | None:
         """Fold one scored run of the doer in; the reason it is refused, or None.
 
         ``tunables`` are those of the run's policy version; the caller folds a
@@ -240,6 +246,8 @@ class BanditBook:
         version asks for it (a late probe, of another version or of an option
         no longer asked for, changes nothing); other runs that do not
         :func:`count`, and runs that name no option, change nothing.
+        ``probe_share`` is what a bandit started by this run asks for its
+        options on probation (:meth:`reallocate`).
         """
         probe = probes(result)
         if not (counts(result) or probe) or not result.options:
@@ -266,7 +274,7 @@ class BanditBook:
             return None
         self.policy = (result.policy_id, result.policy_version)
         for parameter, option in sorted(result.options.items()):
-            bandit = self._bandit(result, parameter, tunables, config)
+            bandit = self._bandit(result, parameter, tunables, config, probe_share)
             then = bandit.routed_under(routed.get(parameter))
             bandit.state.observe(
                 option,
@@ -281,14 +289,19 @@ class BanditBook:
         return None
 
     def _bandit(
-        self, result: CRLComputed, parameter: str, tunables: Tunables, config: BanditConfig
+        self,
+        result: CRLComputed,
+        parameter: str,
+        tunables: Tunables,
+        config: BanditConfig,
+        probe_share: float,
     ) -> ParameterBandit:
         """The run's bandit, started afresh for a policy version not seen before.
 
         A fresh bandit's shares in force are the allocation rule's with no runs
         yet: the baseline (the policy's default) gets what the floors leave, the
         other options sit at the floor on probation, as a first reallocation
-        would put them. When the new version declares the same options as the
+        would put them, and with a ``probe_share`` it asks for their probes. When the new version declares the same options as the
         old one, each option's guardrail and probe tests carry over (an option
         held at the floor for its security criticals stays held); the loss
         statistics and the releases from probation start again, since the new
@@ -308,14 +321,19 @@ class BanditBook:
                     after.guardrails = before.guardrails
                     after.probe_tests = before.probe_tests
                     after.probe_runs = before.probe_runs
-            sequence = bandit.sequence if bandit else 0  # sequences only go up per key
+            # Sequences only go up per key: a new version's start is numbered after the
+            # old version's last allocation, so neither can pass for the other.
+            sequence = bandit.sequence + 1 if bandit else 0
             start = allocate(state, config, np.random.default_rng([0, sequence]))
+            asked = list(start.probes) if probe_share > 0 else []
             bandit = ParameterBandit(
                 policy_id=result.policy_id,
                 version=result.policy_version,
                 state=state,
                 shares=dict(start.shares),
                 sequence=sequence,
+                probes=asked,
+                probe_share=probe_share if asked else 0.0,
             )
             self.bandits[key] = bandit
         return bandit

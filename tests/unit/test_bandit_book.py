@@ -128,11 +128,27 @@ def test_a_new_policy_version_starts_afresh_and_keeps_the_sequence_going() -> No
     for _ in range(3):
         book.fold(scored(), TUNABLES, CONFIG)
     book.reallocate("draft/router.model", CONFIG, seed=1)
+    old = book.event("Doer")
     book.fold(scored(policy_version=4), TUNABLES, CONFIG)
     bandit = book.bandits["draft/router.model"]
     assert bandit.version == 4
     assert bandit.state.options["model-c-small"].runs == 1
-    assert bandit.sequence == 1
+    # Numbered after the old version's last allocation: a client holding the new version's
+    # start takes no record of the old one (its stale check is on a strictly lower number).
+    assert bandit.sequence == 2
+    assert book.event("Doer").sequence == old.sequence + 1
+
+
+def test_a_started_bandit_asks_for_probes_from_its_first_shares() -> None:
+    # Its first allocation comes only after ``every`` runs: a hundred runs unprobed.
+    book = BanditBook()
+    book.fold(scored(option="model-a-large"), TUNABLES, CONFIG, probe_share=0.5)
+    published = book.event("Doer").allocations[0]
+    assert published.probes == ["model-b-medium", "model-c-small"]
+    assert published.probe_share == 0.5
+    unasked = BanditBook()
+    unasked.fold(scored(option="model-a-large"), TUNABLES, CONFIG)
+    assert unasked.event("Doer").allocations[0].probes == []
 
 
 def test_a_new_version_with_the_same_options_keeps_an_option_held_for_its_criticals() -> None:

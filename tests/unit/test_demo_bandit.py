@@ -129,7 +129,9 @@ def rounds_to_confident(stamp: int, rounds: int = 30) -> int | None:
                 runs.extend(orchestrator.probe(routed, option) for option in probed)
         for bundle in runs:
             result = score_bundle(bundle, config.weights, config.objectives)
-            assert book.fold(result, tunables, config.bandit.bandit) is None
+            assert (
+                book.fold(result, tunables, config.bandit.bandit, config.bandit.probe_share) is None
+            )
             for key in book.due(config.bandit.every):
                 allocation = book.reallocate(
                     key, config.bandit.bandit, config.bandit.seed, config.bandit.probe_share
