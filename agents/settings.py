@@ -19,6 +19,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,8 +67,17 @@ class SettingsError(RuntimeError):
 
 _PRODUCTION_DATABASE_URL = (
     "DATABASE_URL must be set explicitly when LEARNOPS_ENV=production "
-    "(the development default, learnops:learnops on 127.0.0.1, is refused)"
+    "(the development default's credentials, learnops:learnops, are refused on any host)"
 )
+
+
+def _development_credentials(url: str) -> bool:
+    """Whether a database URL logs in with the local scripts' user and password."""
+    try:
+        parts = urlsplit(url)
+        return (parts.username, parts.password) == ("learnops", "learnops")
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -198,7 +208,7 @@ class Settings(BaseSettings):
         if self.learnops_env != "production":
             return self
         if "database_url" in self.model_fields_set:
-            if self.database_url.get_secret_value() == DEVELOPMENT_DATABASE_URL:
+            if _development_credentials(self.database_url.get_secret_value()):
                 raise ValueError(_PRODUCTION_DATABASE_URL)
         elif self.learnops_migrate_database_url is None and (
             self.learnops_keyadmin_database_url is None

@@ -301,9 +301,10 @@ class BanditBook:
         A fresh bandit's shares in force are the allocation rule's with no runs
         yet: the baseline (the policy's default) gets what the floors leave, the
         other options sit at the floor on probation, as a first reallocation
-        would put them, and with a ``probe_share`` it asks for their probes. When the new version declares the same options as the
-        old one, each option's guardrail and probe tests carry over (an option
-        held at the floor for its security criticals stays held); the loss
+        would put them, and with a ``probe_share`` it asks for their probes.
+        When the new version declares the same options as the old one, each
+        option's guardrail and probe tests carry over (an option held at the
+        floor for its security criticals stays held); the loss
         statistics and the releases from probation start again, since the new
         version changes what the options are run with.
         """
