@@ -662,6 +662,11 @@ def dumps(value: Any) -> str:
     help="Write the log to this file instead of stderr.",
 )
 @click.option(
+    "--restage",
+    is_flag=True,
+    help="Run other stages than this app id ran before (stop its other workers first).",
+)
+@click.option(
     "--blocking-timeout",
     type=click.FloatRange(min=0),
     default=None,
@@ -673,6 +678,7 @@ def worker(
     web_host: str | None,
     without_web: bool,
     logfile: Path | None,
+    restage: bool,
     blocking_timeout: float | None,
 ) -> None:
     """Run the stream stages until stopped (LEARNOPS_STAGES picks them; default all)."""
@@ -692,7 +698,7 @@ def worker(
     asyncio.set_event_loop(loop)
     debug = bool((click.get_current_context().find_root().obj or {}).get("debug"))
     quiet_client_logs(debug)
-    loop.run_until_complete(_preflight(settings))
+    loop.run_until_complete(_preflight(settings, restage=restage))
     import logging
 
     logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # the worker logs at --loglevel
@@ -705,7 +711,7 @@ def worker(
     )
 
 
-async def _preflight(settings: Settings) -> None:
+async def _preflight(settings: Settings, *, restage: bool = False) -> None:
     """Fail in one sentence when PostgreSQL or Kafka does not answer, before Faust starts."""
     import asyncpg
 
@@ -718,6 +724,7 @@ async def _preflight(settings: Settings) -> None:
     try:
         await conn.fetchval("SELECT 1 FROM schema_migrations LIMIT 1")
         untrusted = await _signing_key_untrusted(settings, conn)
+        await _same_stages_as_the_group(settings, conn, restage)
     finally:
         await conn.close()
     if untrusted is not None:
@@ -736,6 +743,33 @@ async def _preflight(settings: Settings) -> None:
                 f"LEARNOPS_ENV=production: {'; '.join(unkeyed)} "
                 "(docs/operations.md, 'Before the first worker')"
             )
+
+
+async def _same_stages_as_the_group(settings: Settings, conn: Any, restage: bool) -> None:
+    """Fail when the app id's workers run other stages (migration 034 says why it matters)."""
+    import socket
+    from datetime import UTC
+
+    from agents.app import selected_stages
+    from storage.stage_sets import claim_stage_set
+
+    stages = selected_stages(settings.stages)
+    app_id = settings.learnops_app_id
+    held = await claim_stage_set(conn, app_id, stages, socket.gethostname(), restage=restage)
+    if held is None:
+        if restage:
+            click.echo(f"learnops: note: app id {app_id} now runs {', '.join(stages)}", err=True)
+        return
+    fail(
+        f"app id {app_id} runs stages {', '.join(held.stages)} (recorded by a worker on "
+        f"{held.host} at {held.recorded_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC), this worker "
+        f"{', '.join(sorted(stages))}: one consumer group commits one offset per partition "
+        "whatever stage read it, so workers of one app id running other stages skip each "
+        "other's input, and an added stage starts where the others left off. Give this "
+        "worker its own LEARNOPS_APP_ID (docs/operations.md, 'Stages and scaling'), or, "
+        "with every worker of the app id stopped and the change meant, start it with "
+        "--restage"
+    )
 
 
 async def _signing_key_untrusted(settings: Settings, conn: Any) -> str | None:

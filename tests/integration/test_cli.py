@@ -360,8 +360,48 @@ async def test_a_worker_whose_web_port_is_taken_says_so_in_one_line(
         )
 
 
+async def test_workers_of_one_app_id_must_run_the_same_stages(
+    settings_env: dict[str, str],
+) -> None:
+    """A platform engineer's walk ran LEARNOPS_STAGES=crl and =curator under one app id:
+    the group split learning.run-completed between them and each committed past what the
+    other's stage never saw (40 of 200 runs never scored). A worker whose stages are not
+    its app id's recorded ones is refused, unless --restage. (A taken web port ends each
+    start after the check, so no worker runs.)"""
+    import socket
+
+    app_id = f"stages-{uuid.uuid4().hex[:8]}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **settings_env,
+            "LEARNOPS_APP_ID": app_id,
+            "LEARNOPS_WEB_ENABLED": "true",
+            "LEARNOPS_WEB_PORT": str(port),
+        }
+        crl = {**env, "LEARNOPS_STAGES": "crl"}
+        curator = {**env, "LEARNOPS_STAGES": "curator,crl"}
+        one_line_error(await learnops(crl, "worker"), 1, "set LEARNOPS_WEB_PORT")
+        one_line_error(await learnops(crl, "worker"), 1, "set LEARNOPS_WEB_PORT")  # the same
+        one_line_error(
+            await learnops(curator, "worker"),
+            1,
+            f"app id {app_id} runs stages crl (recorded by a worker on",
+            "this worker crl, curator",
+            "--restage",
+        )
+        restaged = await learnops(curator, "worker", "--restage")
+        assert restaged.returncode == 1 and "set LEARNOPS_WEB_PORT" in restaged.stderr
+        assert f"note: app id {app_id} now runs crl, curator" in restaged.stderr
+        one_line_error(
+            await learnops(crl, "worker"), 1, f"app id {app_id} runs stages crl, curator"
+        )
+
+
 async def test_a_worker_whose_signing_key_is_not_trusted_says_so_before_it_starts(
-    settings_env: dict[str, str], tmp_path: Path
+    settings_env: dict[str, str], tmp_path: Path, role_urls: dict[str, str]
 ) -> None:
     """Everything it signed would be refused downstream (and, before its policy stage
     checked its own key first, re-sent forever): refused in production, warned elsewhere."""
@@ -371,8 +411,11 @@ async def test_a_worker_whose_signing_key_is_not_trusted_says_so_before_it_start
     stranger.write_bytes(generate_key().to_pem())
     stranger.chmod(0o600)
     env = {**settings_env, "LEARNOPS_WORKER_SIGNING_KEY_FILE": str(stranger)}
+    # Production refuses the development credentials: the worker's role, as deployed.
+    assert "worker" in role_urls, "the tests need scripts/postgres.sh's learnops_worker login"
+    production = {**env, "LEARNOPS_ENV": "production", "DATABASE_URL": role_urls["worker"]}
     one_line_error(
-        await learnops({**env, "LEARNOPS_ENV": "production"}, "worker"),
+        await learnops(production, "worker"),
         1,
         "is not in the trusted keyring",
         "policy keys generate",
