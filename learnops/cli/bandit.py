@@ -349,7 +349,28 @@ def proposal_of(request: Any) -> dict[str, Any]:
     click.argument("request_id"),
     policy_key_option,
     click.option("--golden", default=None, help="Golden dataset NAME or NAME@VERSION to replay."),
-    click.option("--deploy", type=click.Choice(("shadow", "canary")), default="shadow"),
+    click.option(
+        "--deploy",
+        type=click.Choice(("shadow", "canary")),
+        default="shadow",
+        show_default=True,
+        help="Where the candidate goes once its replay passes.",
+    ),
+    click.option(
+        "--canary-mode",
+        type=click.Choice(("non_inferiority", "superiority")),
+        default="non_inferiority",
+        show_default=True,
+        help="How the shadow and canary judge it: the control already runs mostly the "
+        "proposed option, so 'no worse' is what they can show.",
+    ),
+    click.option(
+        "--margin",
+        type=click.FloatRange(min=0.0),
+        default=None,
+        help="Non-inferiority margin, a share of the control's mean CRL (the guard on "
+        "the CRL's increase at least as wide) [default: the canary's, 0.02].",
+    ),
     timeout_option,
     _actor,
     json_option,
@@ -360,6 +381,8 @@ async def propose(
     key_file: Path,
     golden: str | None,
     deploy: str,
+    canary_mode: str,
+    margin: float | None,
     timeout: float,
     actor: str,
     as_json: bool,
@@ -370,12 +393,28 @@ async def propose(
     next version of the doer's policy, then the tool_tuning or rag_optimization
     experiment answering the request replays, shadows and canaries it.
     """
+    from pydantic import ValidationError
+
     from learnops.cli.policy import load_signing_key
+    from models.base import describe_validation_error
+    from models.policy_change import CanarySettings
 
     key = load_signing_key(key_file)
     with ctx.quiet(as_json):
+        canary: dict[str, Any] = {"advance_shadow": True, "mode": canary_mode}
+        if margin is not None:  # the guard on the CRL's increase at least as wide
+            canary["non_inferiority_margin"] = margin
+            canary["max_crl_increase"] = max(margin, CanarySettings().max_crl_increase)
+        # The worker dead-letters an experiment whose canary is looser than its limits.
+        try:
+            settings = CanarySettings.model_validate(canary)
+        except ValidationError as exc:
+            fail(f"--margin: {describe_validation_error(exc)}; nothing registered or sent")
+        looser = ctx.learning.canary_limits.refusal(settings, None)
+        if looser is not None:
+            fail(f"{looser}; nothing registered or sent")
         event, policy, request = await _propose(
-            ctx, request_id, key, golden, deploy, timeout, actor
+            ctx, request_id, key, golden, deploy, {"canary": canary}, timeout, actor
         )
     if as_json:
         answered = {
@@ -399,6 +438,7 @@ async def _propose(
     key: SigningKey,
     golden: str | None,
     deploy: str,
+    plan: dict[str, Any],
     timeout: float,
     actor: str,
 ) -> tuple[Any, Any, Any]:
@@ -474,5 +514,6 @@ async def _propose(
         reason=f"bandit proposal {request['reason']}",
         actor=actor,
         as_json=False,
+        plan=plan,
     )
     return event, policy, request

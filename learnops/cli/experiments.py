@@ -270,7 +270,13 @@ async def replay_show(self: GroupedCommand, replay_id: str, as_json: bool) -> No
     replay,
     "executor",
     click.option("--group", default="learnops-replay-executor", show_default=True),
-    click.option("--doers", default=".*", show_default=True, help="Regex of doers it serves."),
+    click.option(
+        "--doers",
+        default=".*",
+        show_default=True,
+        help="Regex the doers it serves match in full ('Walk.*', not '^Walk'); another "
+        "doer's tasks are left to the executor that serves it (its group commits past them).",
+    ),
 )
 async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
     """Run the local deterministic executor: replay tasks in, learning bundles out.
@@ -435,8 +441,12 @@ async def send_experiment(
     reason: str,
     actor: str,
     as_json: bool,
+    plan: dict[str, Any] | None = None,
 ) -> CreateExperiment:
-    """Send the signed CreateExperiment of candidate ``policy``, answering ``request`` if given."""
+    """Send the signed CreateExperiment of candidate ``policy``, answering ``request`` if given.
+
+    ``plan``: the experiment's plan (``plan.canary``: the shadow's and canary's settings).
+    """
     from models.commands import CreateExperiment
 
     if request is not None:
@@ -458,6 +468,7 @@ async def send_experiment(
             "dataset": dataset,
             "seeds": seeds,
             "deploy": deploy,
+            "plan": plan or {},
         }
     )
     await _send(ctx, event)

@@ -630,6 +630,12 @@ async def test_an_owner_proposes_the_confident_option_as_a_signed_tool_tuning_ex
     assert f"is about {doer.policy}@7, and {doer.policy}@1 is" in stale.stderr, stale.stderr
     assert await find_policy(db, doer.policy, 2) is None
 
+    # A margin looser than the worker's canary limits (0.25): refused before anything is sent.
+    loose = await asyncio.to_thread(propose, str(request["request_id"]), "--margin", "0.3")
+    assert loose.returncode == 1, loose.stderr
+    assert "looser than this service allows" in loose.stderr, loose.stderr
+    assert await find_policy(db, doer.policy, 2) is None
+
     done = await asyncio.to_thread(propose, str(request["request_id"]), "--json")
     assert done.returncode == 0, done.stderr
     answered = json.loads(done.stdout)  # one document: the steps' lines held back
@@ -653,6 +659,8 @@ async def test_an_owner_proposes_the_confident_option_as_a_signed_tool_tuning_ex
     )
     assert experiment["experiment_type"] == "tool_tuning"
     assert experiment["request_id"] == request["request_id"]
+    # Judged "no worse": the control already runs mostly the option the candidate fixes.
+    assert experiment["plan"]["canary"]["mode"] == "non_inferiority", experiment["plan"]
     assert (experiment["policy_id"], experiment["policy_version"]) == (doer.policy, 2)
     answered = await eventually(
         lambda: request_row(db, request["request_id"]),
