@@ -158,6 +158,10 @@ async def serve(
         await producer.stop()
 
 
+#: The doers whose tasks this process left to another executor (logged once each).
+_SKIPPED: set[str] = set()
+
+
 async def _handle(
     executor: Executor,
     fetch_blob: BlobFetcher,
@@ -173,7 +177,17 @@ async def _handle(
     except ValidationError as exc:
         return await _dead_letter(producer, record, describe_validation_error(exc), "schema")
     if not pattern.fullmatch(task.doer):
-        return None  # another sandbox serves this doer
+        # Another sandbox serves this doer; said once per doer, since a pattern that was
+        # meant to match (a prefix without ``.*``) would otherwise drop its tasks unseen.
+        if task.doer not in _SKIPPED:
+            _SKIPPED.add(task.doer)
+            log.info(
+                "replay_task_skipped doer=%s: not matched in full by --doers %r (its tasks are "
+                "left to the executor that serves it)",
+                task.doer,
+                pattern.pattern,
+            )
+        return None
     try:
         value = await run_task(executor, fetch_blob, task)
     except TaskError as exc:

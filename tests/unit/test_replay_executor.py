@@ -160,3 +160,38 @@ async def test_a_replay_tasks_bundle_is_a_run_of_the_golden_datasets_tenant(
     # The golden dataset's tenant, or (a task published before tasks named theirs) the tenant
     # migration 023 gave pre-tenant samples; never a made-up tenant a real one could be called.
     assert (bundle.tenant_id, bundle.replay_id) == (expected, runnable.replay_id)
+
+
+def test_a_doer_the_pattern_does_not_match_in_full_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """'^Walk' matches no doer in full: a new operator's executor dropped every task of
+    WalkPRD with nothing said. Skipped still (another executor may serve it), said once."""
+    import asyncio
+    import re
+    from types import SimpleNamespace
+
+    from learnops.client import replay_executor
+    from models.events import ReplayTask
+
+    task = ReplayTask(
+        doer="WalkPRD",
+        replay_id="r1",
+        task_id="t1",
+        sample_id="s1",
+        seed=1,
+        phase="draft",
+        policy_id="walkprd",
+        policy_version=1,
+    )
+    record = SimpleNamespace(value=task.to_json(), key=b"WalkPRD", offset=3)
+    pattern = re.compile("^Walk")
+    with caplog.at_level("INFO", logger=replay_executor.log.name):
+        for _ in range(2):
+            handled = asyncio.run(
+                replay_executor._handle(None, None, None, record, pattern)  # type: ignore[arg-type]
+            )
+            assert handled is None
+    skipped = [r.getMessage() for r in caplog.records if "replay_task_skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "doer=WalkPRD" in skipped[0], skipped
+    assert "'^Walk'" in skipped[0]
