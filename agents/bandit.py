@@ -183,6 +183,13 @@ class BanditStage(Stage):
         slot.changed = True
         starts = counts(item) and not slot.book.follows(item)
         if starts and not await self._active_or_none(item):
+            if await self._artifact(item.policy_id, item.policy_version) is None:
+                # Not a late run of an older version: one the store has never seen.
+                unknown = (
+                    f"policy {item.policy_id}@{item.policy_version} is not in the policy store"
+                )
+                await self.dead_letter(event, error_type="option", reason=unknown, doer=item.doer)
+                return
             # A late run of the version before a promotion (or of any other that is not
             # the doer's active policy): it must not start that version's bandits again.
             log.info(

@@ -474,7 +474,7 @@ async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_r
         timeout=90.0,
     )
     new = next(a for a in started if a.allocations[0].policy_version == 2)
-    assert _runs(new) == 1 and new.sequence >= max(a.sequence for a in first)
+    assert _runs(new) == 1 and new.sequence > max(a.sequence for a in first)
     shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name)
     assert shown.returncode == 0 and "note:" not in shown.stderr, shown.stderr
     # Late runs of v1, then v2's own up to its first reallocation.
@@ -492,6 +492,12 @@ async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_r
         (a.sequence, a.allocations[0].policy_version, _runs(a)) for a in after
     ]
     assert "bandit_run_skipped" in bandit_worker.log_path.read_text(errors="replace")
+    # A run of a version the store has never seen is no late run: dead-lettered as the
+    # docs say, not skipped (a new operator's walk found it skipped at INFO).
+    await doer.send(RUNS, doer.bundle(SMALL).model_copy(update={"policy_version": 7}))
+    letter = await _dead_letter_naming(settings, doer.name, f"{doer.policy}@7")
+    assert letter.reason == f"policy {doer.policy}@7 is not in the policy store"
+    assert letter.error_type == "option"
 
 
 async def test_an_unsigned_or_forged_freeze_is_refused_and_the_allocations_keep_moving(
