@@ -724,13 +724,16 @@ async def _preflight(settings: Settings, *, restage: bool = False) -> None:
     try:
         await conn.fetchval("SELECT 1 FROM schema_migrations LIMIT 1")
         untrusted = await _signing_key_untrusted(settings, conn)
+        unusable = await _operator_key_unusable(settings, conn)
         await _same_stages_as_the_group(settings, conn, restage)
     finally:
         await conn.close()
-    if untrusted is not None:
+    for problem in (untrusted, unusable):
+        if problem is None:
+            continue
         if settings.learnops_env == "production":
-            fail(untrusted)
-        click.echo(f"learnops: warning: {untrusted}", err=True)
+            fail(problem)
+        click.echo(f"learnops: warning: {problem}", err=True)
     absent = await missing(settings, load_catalog(settings.learnops_topics_file))
     if absent:
         fail(f"topics missing on the cluster: {', '.join(absent)}; run `learnops topics create`")
@@ -769,6 +772,49 @@ async def _same_stages_as_the_group(settings: Settings, conn: Any, restage: bool
         "worker its own LEARNOPS_APP_ID (docs/operations.md, 'Stages and scaling'), or, "
         "with every worker of the app id stopped and the change meant, start it with "
         "--restage"
+    )
+
+
+async def _operator_key_unusable(settings: Settings, conn: Any) -> str | None:
+    """Why the commands this worker sends as an operator would be refused, or None.
+
+    ``LEARNOPS_WORKER_KEY`` signs the pipeline's own commands (an experiment
+    starting its shadow or canary, a trigger's request): a key that is not a
+    registered operator key, is revoked, or holds no role that may send them
+    makes every one of them a refusal, found only when the first is refused.
+    """
+    path = settings.learnops_worker_key
+    if path is None:
+        return None
+    from learning.signing import SigningKey
+
+    try:
+        key = SigningKey.from_pem(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return f"LEARNOPS_WORKER_KEY {path} is not a readable Ed25519 key ({type(exc).__name__})"
+    row = await conn.fetchrow(
+        "SELECT operator, revoked_at FROM operator_keys WHERE key_id = $1", key.key_id
+    )
+    if row is None:
+        state = "is not a registered operator key"
+    elif row["revoked_at"] is not None:
+        state = f"({row['operator']}'s) is revoked"
+    else:
+        roles = {
+            r["role"]
+            for r in await conn.fetch(
+                "SELECT role FROM operator_grants WHERE key_id = $1", key.key_id
+            )
+        }
+        if roles & {"operator", "owner"}:
+            return None
+        held = ", ".join(sorted(roles)) or "no role"
+        state = f"({row['operator']}'s) holds no operator role ({held})"
+    return (
+        f"LEARNOPS_WORKER_KEY's key {key.key_id} {state}: the commands this worker sends "
+        "(an experiment's shadow or canary, its replays) would be refused; register a key "
+        "for it with the operator role (`learnops operator keys add --operator worker "
+        "--role operator …`, docs/operations.md 'Before the first worker')"
     )
 
 

@@ -422,6 +422,33 @@ async def test_a_worker_whose_signing_key_is_not_trusted_says_so_before_it_start
     )
 
 
+async def test_a_worker_whose_operator_key_cannot_send_commands_says_so_before_it_starts(
+    settings_env: dict[str, str], tmp_path: Path, role_urls: dict[str, str]
+) -> None:
+    """A new operator's walk started a production worker with a viewer's key (and with a
+    policy signing key) as LEARNOPS_WORKER_KEY: it started, and each command it sent (an
+    experiment's shadow or canary) would be refused when the first one was."""
+    from learning.signing import generate_key
+
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_bytes(generate_key().to_pem())
+    stranger.chmod(0o600)
+    assert "worker" in role_urls, "the tests need scripts/postgres.sh's learnops_worker login"
+    env = {
+        **settings_env,
+        "LEARNOPS_WORKER_KEY": str(stranger),
+        "LEARNOPS_ENV": "production",
+        "DATABASE_URL": role_urls["worker"],
+    }
+    one_line_error(
+        await learnops(env, "worker"),
+        1,
+        "LEARNOPS_WORKER_KEY's key",
+        "is not a registered operator key",
+        "--role operator",
+    )
+
+
 async def test_invalid_settings_name_the_variable(settings_env: dict[str, str]) -> None:
     env = {**settings_env, "KAFKA_BOOTSTRAP_SERVERS": "no-port-here"}
     one_line_error(
