@@ -28,10 +28,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# EXTRAS: the package's optional extras, e.g. --build-arg EXTRAS=rocksdb for
+# LEARNOPS_TABLE_STORE=rocksdb (docs/operations.md, "Memory and recovery").
+ARG EXTRAS=""
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install /tmp/wheels/learnops-*.whl \
+RUN wheel="$(ls /tmp/wheels/learnops-*.whl)" \
+    && pip install "${wheel}${EXTRAS:+[$EXTRAS]}" \
     && rm -rf /tmp/wheels \
-    && useradd --system --create-home --home-dir /var/lib/learnops learnops
+    && useradd --system --create-home --home-dir /var/lib/learnops learnops \
+    && install -d -o learnops /var/lib/learnops/worker
 
 # Inside a container the web server (health, readiness, metrics) must listen on
 # every interface to be published; the package's default stays loopback.
@@ -41,6 +46,8 @@ ENV LEARNOPS_WEB_HOST=0.0.0.0 \
 
 USER learnops
 WORKDIR /var/lib/learnops
+# A worker's table state (RocksDB files with that store): a volume per worker.
+VOLUME /var/lib/learnops/worker
 EXPOSE 6066
 ENTRYPOINT ["learnops"]
 CMD ["worker", "-l", "info"]

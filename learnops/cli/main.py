@@ -23,6 +23,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property, update_wrapper
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -714,6 +715,13 @@ def worker(
 async def _preflight(settings: Settings, *, restage: bool = False) -> None:
     """Fail in one sentence when PostgreSQL or Kafka does not answer, before Faust starts."""
     import asyncpg
+
+    if settings.learnops_table_store == "rocksdb" and find_spec("rocksdict") is None:
+        fail(
+            "LEARNOPS_TABLE_STORE=rocksdb needs the rocksdict package: "
+            "pip install 'learnops[rocksdb]' (the Docker image: build it with "
+            "--build-arg EXTRAS=rocksdb)"
+        )
 
     from agents.topics import load_catalog, missing
 

@@ -449,6 +449,31 @@ async def test_a_worker_whose_operator_key_cannot_send_commands_says_so_before_i
     )
 
 
+async def test_the_rocksdb_store_without_its_package_says_which_extra_to_install(
+    settings_env: dict[str, str],
+) -> None:
+    """It exited with Faust's ImproperlyConfigured traceback, after creating the changelog
+    topics, naming a package the docs do not. (A taken web port ends a start that passes.)"""
+    import socket
+    from importlib.util import find_spec
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **settings_env,
+            "LEARNOPS_TABLE_STORE": "rocksdb",
+            "LEARNOPS_WEB_ENABLED": "true",
+            "LEARNOPS_WEB_PORT": str(port),
+        }
+        result = await learnops(env, "worker")
+    if find_spec("rocksdict") is None:
+        one_line_error(result, 1, "LEARNOPS_TABLE_STORE=rocksdb", "pip install 'learnops[rocksdb]'")
+    else:  # installed here: the start goes on to the next check
+        one_line_error(result, 1, "set LEARNOPS_WEB_PORT")
+
+
 async def test_invalid_settings_name_the_variable(settings_env: dict[str, str]) -> None:
     env = {**settings_env, "KAFKA_BOOTSTRAP_SERVERS": "no-port-here"}
     one_line_error(

@@ -223,7 +223,15 @@ def test_the_image_builds_the_wheel_then_installs_only_the_wheel() -> None:
     assert runtime[0] == "FROM python:3.11-slim"
     copies = [i for i in runtime if i.startswith(("COPY", "ADD"))]
     assert copies and all(i.startswith("COPY --from=wheel /wheels ") for i in copies), copies
-    assert any(i.startswith("RUN pip install /tmp/wheels/learnops-") for i in runtime)
+    installs = [i for i in runtime if i.startswith("RUN") and "pip install" in i]
+    assert installs and all("/tmp/wheels/learnops-" in i for i in installs), installs
+    # Extras (rocksdb for LEARNOPS_TABLE_STORE=rocksdb) by a build argument, and the
+    # worker's state dir a volume of its own, writable by the image's user.
+    assert 'ARG EXTRAS=""' in runtime
+    assert "[$EXTRAS]" in installs[0]
+    state = _image_env(runtime)["LEARNOPS_DATA_DIR"]
+    assert f"VOLUME {state}" in runtime
+    assert f"install -d -o learnops {state}" in installs[0]
 
 
 def test_the_image_sets_no_path_the_wheel_provides_and_serves_on_every_interface() -> None:
