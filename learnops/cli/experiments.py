@@ -708,7 +708,8 @@ async def experiment_requests(
 ) -> None:
     """Experiment requests the learning triggers raised: open ones (--all: every one), newest first.
 
-    Answer one with `learnops experiment create --request ID --policy CANDIDATE`.
+    Answer one with `learnops experiment create --request ID --policy CANDIDATE`; a
+    bandit's (reason bandit:…) with `learnops bandit propose ID --key POLICY_KEY`.
     """
     async with database(self) as pool:
         rows = await list_requests(pool, doer=doer, include_closed=include_closed, limit=limit)

@@ -416,7 +416,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     ),
     "bandit": (
         "learnops.cli.bandit:bandit",
-        "The bandit optimizer: a doer's option shares; freeze, unfreeze, show.",
+        "The bandit optimizer: a doer's option shares; show, freeze, unfreeze, propose.",
     ),
     "demo": (
         "learnops.demo.commands,learnops.demo.canary,learnops.demo.curation,"

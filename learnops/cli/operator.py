@@ -216,7 +216,9 @@ async def keys_add(
     if generate:
         ctx.say(
             f"private key written to {out} (mode 0600); sign your commands with it: "
-            f"LEARNOPS_OPERATOR_KEY={out} (a worker's: LEARNOPS_WORKER_KEY={out})"
+            f"LEARNOPS_OPERATOR_KEY={out}"
+            # A worker's key holds the operator role: an owner's or a viewer's is no worker's.
+            + (f" (a worker's: LEARNOPS_WORKER_KEY={out})" if role == "operator" else "")
         )
     if doer_pattern is not None:
         ctx.say(f"granted {role} on {doer_pattern}")
