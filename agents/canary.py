@@ -479,6 +479,10 @@ class CanaryStage(Stage):
         if app.in_recovery or app.rebalancing:
             self.catch_up.unsettled()
             return
+        if self.catch_up.settled and not set(self.catch_up.ends) <= set(self._owned_inputs()):
+            # A rebalance came and went between two ticks: partitions it settled on were
+            # revoked (asking their position fails), and it must settle on its new ones.
+            self.catch_up.unsettled()
         if not self.catch_up.settled:
             ends = await self._input_ends()
             if ends is None:

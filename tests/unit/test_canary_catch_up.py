@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from faust.types import TP
 
 from agents.canary import CATCH_UP_MAX_S, CatchUp
@@ -45,3 +48,47 @@ def test_a_rebalance_starts_the_catch_up_again() -> None:
     assert catch_up.ready(1.0, {RESULTS: 5})
     catch_up.unsettled()
     assert not catch_up.settled and not catch_up.ready(1.0, {RESULTS: 5})
+
+
+def test_a_rebalance_between_two_ticks_settles_again_on_the_partitions_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A platform engineer's walk started a second worker of one app id: a rebalance that
+    came and went between two ticks left the timer settled on partitions it no longer
+    owned, and asking their position failed every second (301 tracebacks in 5 minutes)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.errors import IllegalStateError
+
+    import agents.canary as canary
+
+    kept, revoked = TP("learning.crl-computed", 1), RESULTS
+    owned = [kept]
+
+    async def position(tp: TP) -> int:
+        if tp not in owned:
+            raise IllegalStateError(f"Partition {tp} is not assigned")
+        return 7
+
+    async def highwaters(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 7)
+
+    judged: list[set[int]] = []
+
+    async def pause_silent(now: object, partitions: set[int]) -> None:
+        judged.append(partitions)
+
+    consumer = SimpleNamespace(position=position, highwaters=highwaters)
+    stage: Any = object.__new__(canary.CanaryStage)
+    stage.app = SimpleNamespace(
+        pool_open=True, in_recovery=False, rebalancing=False, consumer=consumer
+    )
+    stage.catch_up = CatchUp()
+    stage.catch_up.settle(0.0, {revoked: 5, kept: 7})  # settled before the rebalance
+    stage._owned_inputs = lambda: list(owned)
+    stage.pause_silent = pause_silent
+    monkeypatch.setattr(canary, "committed_offsets", lambda app: {})
+    asyncio.run(stage.pause_silent_deployments())
+    assert stage.catch_up.ends == {kept: 7}
+    assert judged == [{1}]
