@@ -298,12 +298,16 @@ class OptionStats:
         shares in force) — or once its probes cleared it
         (:meth:`BanditState.probe_status`), whose tests counted its live runs
         beside its probes; never while they are held or unexplained.
-        Released by its probes, its live count tests start again: the events
-        of its runs at the floor are in the probe tests that cleared it, and a
-        live test that one event at the floor share left at a wealth of about
-        23 would keep it there for thousands of runs (each event of the others
-        lowers it by about 2 % at that share) while the probes that could
-        explain it are no longer asked for.
+        Released by its probes, its live count tests set their gains aside
+        (:meth:`EventGuardrail.set_aside_gains`): the events of its runs at the
+        floor are in the probe tests that cleared it, and a live test that one
+        event at the floor share left at a wealth of about 23 would keep it
+        there for thousands of runs (each event of the others lowers it by
+        about 2 % at that share) while the probes that could explain it are no
+        longer asked for. What the others' events lowered stays lowered: a test
+        started afresh instead recalled the option after a few of its own
+        events at the large share it was then given (six in a row at 79 %, as
+        likely as one in four, recalled the demo's small model).
 
         Recalled when a live test's wealth rises above ``RECALL``: one event at
         the floor share does that (wealth about 23), while one event at a
@@ -322,7 +326,8 @@ class OptionStats:
         else:
             self.released = self.releasable(probation_runs, probes)
             if self.released and probes == "cleared":
-                self.guardrails = {}
+                for test in self.guardrails.values():
+                    test.set_aside_gains()
 
     def releasable(self, probation_runs: int, probes: ProbeStatus = "open") -> bool:
         """Cleared by its probes, or its probation runs with no count test above 1 (not held)."""

@@ -102,7 +102,8 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
         # run ids carry the time): in one or two demos in a hundred an API breakage of the
         # small model at the floor kept it there for good, its probes clean (with seed 722,
         # 2026-12-06); its probes' test now counts its live runs and releases it
-        # (learning.bandit.OptionStats.review_probation, tests/unit/test_demo_bandit.py).
+        # (learning.bandit.OptionStats.review_probation, tests/unit/test_demo_bandit.py:
+        # 0 of 600 demo times offline, 2 before).
         orchestrator = TwoModelOrchestrator(
             choose, {2: SMALL}, seed=DEMO_SEED, doers=(doer,), run_prefix=f"bandit-{stamp}"
         )

@@ -190,7 +190,10 @@ def test_clean_probes_explain_a_live_event_at_the_floor_and_release_the_option()
             state.observe_probe("clean", probe, shares, PROBED, config)
     assert state.probe_status("clean", config) == "cleared"
     assert state.options["clean"].released
-    assert state.options["clean"].guardrails == {}  # its live tests start again
+    # Its live test's gains set aside, what the others' events lowered kept.
+    live = state.options["clean"].guardrails["api_breakages"]
+    assert live.log_mixture <= 0.0 and min(live.log_wealth) < 0.0
+    assert max(live.log_wealth) == 0.0
     alloc = allocate(state, config, np.random.default_rng(0))
     assert alloc.probation == alloc.probes == ()
 

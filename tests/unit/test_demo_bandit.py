@@ -101,12 +101,13 @@ def test_the_demos_follow_unsigned_changes_when_the_worker_signs_none() -> None:
     assert router._keys is None  # unpinned, by the demo's choice
 
 
-def rounds_to_confident(stamp: int, rounds: int = 30) -> int | None:
+def rounds_to_confident(stamp: int, batch: int, rounds: int = 30) -> int | None:
     """The demo's learn loop without services: rounds of 100 runs, each routed by the shares
     of the allocation in force at the round's start, probes as asked, folded as the stage
-    folds them (every ``bandit.every`` runs a reallocation); the round a confident
-    allocation came in, or None."""
+    folds them, which reallocates what is due (every ``bandit.every`` runs) at the end of
+    each ``batch`` of results; the round the small model's request came in, or None."""
     config = load_learning_config()
+    bandit = config.bandit
     tunables = tunables_of(control_artifact())
     book = BanditBook()
     doer = f"BanditDemo{stamp}"  # as `learnops demo bandit` names them
@@ -127,28 +128,32 @@ def rounds_to_confident(stamp: int, rounds: int = 30) -> int | None:
             if held:
                 probed = probes_for(held[-1], PHASE, PARAMETER, routed.run_id)
                 runs.extend(orchestrator.probe(routed, option) for option in probed)
-        for bundle in runs:
-            result = score_bundle(bundle, config.weights, config.objectives)
-            assert (
-                book.fold(result, tunables, config.bandit.bandit, config.bandit.probe_share) is None
-            )
-            for key in book.due(config.bandit.every):
-                allocation = book.reallocate(
-                    key, config.bandit.bandit, config.bandit.seed, config.bandit.probe_share
-                )
+        for start in range(0, len(runs), batch):
+            for bundle in runs[start : start + batch]:
+                result = score_bundle(bundle, config.weights, config.objectives)
+                assert book.fold(result, tunables, bandit.bandit, bandit.probe_share) is None
+            due = book.due(bandit.every)
+            allocations = [
+                book.reallocate(key, bandit.bandit, bandit.seed, bandit.probe_share) for key in due
+            ]
+            if due or not held:
                 held.append(book.event(doer))
-                if allocation.confident:
-                    return round_
-            if not held and book.bandits:
-                held.append(book.event(doer))
+            if any(a.confident and a.best == SMALL for a in allocations):
+                return round_
     return None
 
 
-@pytest.mark.parametrize("stamp", [1765300922, 1765000000, 1765007919])
-def test_the_demo_learns_the_small_model_within_its_rounds(stamp: int) -> None:
-    # 1765300922: a run of the small model at the floor had an API breakage at its
-    # fifth run, whose live count test then kept it there for good although its probes were
-    # clean (no request in 30 rounds); its probes' test now counts its live runs too and
-    # releases it.
-    found = rounds_to_confident(stamp)
+@pytest.mark.parametrize(
+    ("stamp", "batch"),
+    [(1765300922, 1), (1796555539, 1000), (1765000000, 1), (1765007919, 1000)],
+)
+def test_the_demo_learns_the_small_model_within_its_rounds(stamp: int, batch: int) -> None:
+    # 1765300922: an API breakage of the small model's fifth run at the floor left its live
+    # count test where it kept the model there for good although its probes were clean (no
+    # request in 30 rounds); its probes' test now counts its live runs too and releases it.
+    # 1796555539, a whole round a batch as the live stage often takes it: released by its
+    # probes at 79 % of the traffic, six of its own events in a row recalled it when its
+    # live test had been started afresh (a live demo, 2026-12-06); the test now keeps what
+    # the others' events lowered and sets aside only its gains.
+    found = rounds_to_confident(stamp, batch)
     assert found is not None and found <= 20, found
