@@ -292,50 +292,34 @@ class OptionStats:
     def review_probation(self, probation_runs: int, probes: ProbeStatus = "open") -> None:
         """Release the option from probation, or recall it, from its runs and count tests.
 
-        Released once it has ``probation_runs`` runs and, on every guardrail
-        metric, its count test's current wealth (not its running maximum) is at
-        most 1 (what events it had are explained by the others' rate at the
-        shares in force) — or once its probes cleared it
-        (:meth:`BanditState.probe_status`), whose tests counted its live runs
-        beside its probes; never while they are held or unexplained.
-        Released by its probes, its live count tests set their gains aside
-        (:meth:`EventGuardrail.set_aside_gains`): the events of its runs at the
-        floor are in the probe tests that cleared it, and a live test that one
-        event at the floor share left at a wealth of about 23 would keep it
-        there for thousands of runs (each event of the others lowers it by
-        about 2 % at that share) while the probes that could explain it are no
-        longer asked for. What the others' events lowered stays lowered: a test
-        started afresh instead recalled the option after a few of its own
-        events at the large share it was then given (six in a row at 79 %, as
-        likely as one in four, recalled the demo's small model).
+        Released once it has ``probation_runs`` runs (or its probes cleared it,
+        and never while they are held or unexplained:
+        :meth:`BanditState.probe_status`) and, on every
+        guardrail metric, its count test's current wealth (not its running
+        maximum) is at most 1: what events it had are explained by the others'
+        rate at the shares in force. Recalled when a test's wealth rises above ``RECALL``:
+        one event at the floor share does that (wealth about 23), while one
+        event at a large share (wealth about 1.02) does not, so an option
+        holding most of the traffic does not flap back to the floor on the
+        events any option has.
 
-        Recalled when a live test's wealth rises above ``RECALL``: one event at
-        the floor share does that (wealth about 23), while one event at a
-        large share (wealth about 1.02) does not, so an option holding most of
-        the traffic does not flap back to the floor on the events any option
-        has. A recalled option's probe tests start again, so its probation is
-        decided by new probes (the old ones cleared it before the live events
-        that recalled it).
+        Not released on its probes alone (tried 2026-12-06 and taken back): a
+        clearing is absence of evidence of harm, not evidence of safety, and an
+        option with two or three times the others' rate of events clears half
+        the time or more; released so, it served 1.6–2 times as many runs above
+        the floor as when its live tests must agree (docs/bandits.md, *Probes*).
         """
         if self.released:
             recall = math.log(RECALL)
             self.released = all(t.log_mixture <= recall for t in self.guardrails.values())
-            if not self.released:
-                self.probe_tests = {}
-                self.probe_runs = 0
         else:
             self.released = self.releasable(probation_runs, probes)
-            if self.released and probes == "cleared":
-                for test in self.guardrails.values():
-                    test.set_aside_gains()
 
     def releasable(self, probation_runs: int, probes: ProbeStatus = "open") -> bool:
-        """Cleared by its probes, or its probation runs with no count test above 1 (not held)."""
+        """Its probation runs (or cleared probes), probes not against it, no count test above 1."""
         if probes in ("held", "unexplained"):
             return False
-        if probes == "cleared":
-            return True
-        return self.runs >= probation_runs and all(
+        return (self.runs >= probation_runs or probes == "cleared") and all(
             test.log_mixture <= 0.0 for test in self.guardrails.values()
         )
 
@@ -434,8 +418,9 @@ class BanditState:
         ``shares`` is the allocation in force when the run was routed; ``events``
         maps a guardrail metric to the run's count of it; ``discount`` overrides
         ``config.discount``; ``probe_share`` is the share of tasks on which the
-        options ``probing`` were to be probed when the run was routed (its
-        events are the control of their probes' count tests: :meth:`observe_probe`).
+        options ``probing`` were to be probed when the run was routed: its
+        events go to their probe tests (:meth:`observe_probe`), as the control,
+        or as the candidate when the run is of the probed option itself.
         A change the option's detector signals restarts its loss statistics
         before this run is added (its first of the new regime).
         """
@@ -505,10 +490,11 @@ class BanditState:
     def probe_status(self, option: str, config: BanditConfig) -> ProbeStatus:
         """What ``option``'s probes say about its probation.
 
-        Each guardrail metric has a count test of the option's probes against
-        the other options' live runs (``learning.event_guardrails``, the
-        canary's test): a run with an event is a probe with the probability
-        :func:`probed` if probes have events at the others' rate.
+        Each guardrail metric has a count test of the option's runs while it
+        is probed — its probes and its own live runs — against the other
+        options' live runs (``learning.event_guardrails``, the canary's test):
+        a run with an event is one of the option's with the probability
+        :func:`probed` if its runs have events at the others' rate.
 
         * ``"held"`` — a test crossed ``1/guardrail_alpha``: the option stays on
           probation for good and is not probed again;
@@ -516,7 +502,8 @@ class BanditState:
           events the others' rate does not explain yet): not released by any
           route while so, and probed on;
         * ``"cleared"`` — at least ``config.probe_runs`` probes and nothing
-          unexplained: the probes stand in for its live probation runs;
+          unexplained: the probes stand in for its live probation runs (its live
+          count tests must still be at most 1: :meth:`OptionStats.releasable`);
         * ``"open"`` — fewer probes, nothing unexplained.
 
         The test is anytime-valid (Ville's inequality), so probing as long as it

@@ -321,7 +321,9 @@ class BanditBook:
                     after = state.options[name]
                     after.guardrails = before.guardrails
                     after.probe_tests = before.probe_tests
-                    after.probe_runs = before.probe_runs
+                    # Probed again from none: a "cleared" of the old version would
+                    # otherwise release the option at the new version's first run.
+                    after.probe_runs = 0
             # Sequences only go up per key: a new version's start is numbered after the
             # old version's last allocation, so neither can pass for the other.
             sequence = bandit.sequence + 1 if bandit else 0

@@ -99,11 +99,10 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
             return allocations.choice(name, PHASE, PARAMETER, run_id)
 
         # One seed for every demo. The routing still differs per demo (the doer's name and
-        # run ids carry the time): in one or two demos in a hundred an API breakage of the
-        # small model at the floor kept it there for good, its probes clean (with seed 722,
-        # 2026-12-06); its probes' test now counts its live runs and releases it
-        # (learning.bandit.OptionStats.review_probation, tests/unit/test_demo_bandit.py:
-        # 0 of 600 demo times offline, 2 before).
+        # run ids carry the time): in about one demo in a hundred an early API breakage of
+        # the small model at the floor keeps it there for good (its probes clean; seed 722 on
+        # 2026-12-05). Releasing on the probes alone would fix that and let harmful options
+        # through more often: docs/bandits.md, *Probes*, says what would meet both.
         orchestrator = TwoModelOrchestrator(
             choose, {2: SMALL}, seed=DEMO_SEED, doers=(doer,), run_prefix=f"bandit-{stamp}"
         )

@@ -163,11 +163,11 @@ def test_clean_probes_release_an_option_before_its_live_probation_runs() -> None
     }  # a probe serves nobody: no loss statistics, no live run
 
 
-def test_clean_probes_explain_a_live_event_at_the_floor_and_release_the_option() -> None:
+def test_clean_probes_do_not_release_an_option_whose_live_test_is_against_it() -> None:
     # One API breakage of the option's third live run, at its 2 % floor: its live count
-    # test's wealth is about 23, and the others' events lower it by about 2 % each, so the
-    # live rule alone would keep it on the floor for thousands of runs (the demo's small
-    # model on one seed in a hundred). Its probes' test counts that run beside its probes.
+    # test's wealth is about 23. Its probes clear (their test counts that run too), but a
+    # clearing is absence of evidence of harm: releasing on it alone let options with two
+    # or three times the others' rate serve 1.6-2 times as many runs above the floor.
     config = BanditConfig(probation_runs=20, probe_runs=150)
     state = BanditState.for_options(["default", "clean"])
     shares = {"default": 0.98, "clean": 0.02}
@@ -178,40 +178,17 @@ def test_clean_probes_explain_a_live_event_at_the_floor_and_release_the_option()
         )
 
     for run in range(3):
-        events = {"api_breakages": int(run == 2)}
-        live("clean", events)
-    assert state.options["clean"].guardrails["api_breakages"].log_mixture > math.log(3)
-    rng = np.random.default_rng(5)
-    for task in range(300):
-        events = {"api_breakages": int(rng.random() < 0.05)}
-        live("default", events)
-        if task % 2 == 0:
-            probe = {"api_breakages": int(rng.random() < 0.05)}
-            state.observe_probe("clean", probe, shares, PROBED, config)
-    assert state.probe_status("clean", config) == "cleared"
-    assert state.options["clean"].released
-    # Its live test's gains set aside, what the others' events lowered kept.
-    live = state.options["clean"].guardrails["api_breakages"]
-    assert live.log_mixture <= 0.0 and min(live.log_wealth) < 0.0
-    assert max(live.log_wealth) == 0.0
-    alloc = allocate(state, config, np.random.default_rng(0))
-    assert alloc.probation == alloc.probes == ()
-
-
-def test_a_recalled_option_is_probed_again() -> None:
-    config = BanditConfig(probation_runs=20, probe_runs=150)
-    state = BanditState.for_options(["default", "clean"])
-    shares = {"default": 0.98, "clean": 0.02}
+        live("clean", {"api_breakages": int(run == 2)})
+    own = state.options["clean"].probe_tests["api_breakages"]
+    assert own.trials["candidate"] == 1  # its own live event is a trial of its probe test
+    for _ in range(6):  # a few of the others' events: enough to explain it to the probe test
+        live("default", {"api_breakages": 1})
     for _ in range(150):
         state.observe_probe("clean", {}, shares, PROBED, config)
-    state.observe("default", 1.0, shares, config=config)
-    assert state.options["clean"].released
-    # An event at the floor share, before the next allocation gives it more: recalled.
-    state.observe("clean", 1.0, shares, events={"security_criticals": 1}, config=config)
+    assert state.probe_status("clean", config) == "cleared"
+    assert state.options["clean"].guardrails["api_breakages"].log_mixture > 0.0
     assert not state.options["clean"].released
-    assert state.options["clean"].probe_runs == 0
-    assert state.probe_status("clean", config) == "open"
-    assert allocate(state, config, np.random.default_rng(0)).probes == ("clean",)
+    assert allocate(state, config, np.random.default_rng(0)).probation == ("clean",)
 
 
 def test_probe_events_the_others_do_not_have_hold_an_option_on_probation() -> None:

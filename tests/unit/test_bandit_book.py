@@ -380,3 +380,20 @@ def test_freezes_apply_in_issue_order_and_an_older_one_is_refused_as_a_replay() 
     restored = BanditBook.from_dict(book.to_dict())
     assert restored == book
     assert restored.take_control(True, t0 + timedelta(seconds=30), "freeze-2") is not None
+
+
+def test_a_new_version_probes_again_what_the_old_one_cleared() -> None:
+    """The old version's 'cleared' released the option at the new version's first run,
+    without a probe of the new version (a review of the probe change, 2026-12-06)."""
+    book = BanditBook()
+    book.fold(scored(option="model-a-large"), TUNABLES, CONFIG, probe_share=0.5)
+    bandit = book.bandits["draft/router.model"]
+    floors = dict(bandit.shares)
+    for _ in range(CONFIG.probe_runs):
+        bandit.state.observe_probe("model-c-small", {}, floors, 0.5, CONFIG)
+    assert bandit.state.probe_status("model-c-small", CONFIG) == "cleared"
+    book.fold(scored(option="model-a-large", policy_version=4), TUNABLES, CONFIG, 0.5)
+    new = book.bandits["draft/router.model"]
+    small = new.state.options["model-c-small"]
+    assert new.version == 4 and small.probe_runs == 0 and not small.released
+    assert "model-c-small" in new.probes  # probed again under the new version

