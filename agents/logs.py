@@ -112,24 +112,41 @@ class RepeatsOnceAWhile(logging.Filter):
         super().__init__()
         self.every_s = every_s
         self.clock = clock or time.monotonic
-        self.seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self.seen: dict[tuple[str, int, str], OnceAWhile] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("aiokafka") or record.levelno < logging.WARNING:
             return True
         key = (record.name, record.levelno, str(record.msg))
-        now = self.clock()
-        last = self.seen.get(key)
-        if last is not None and now - last[0] < self.every_s:
-            self.seen[key] = (last[0], last[1] + 1)
+        left_out = self.seen.setdefault(key, OnceAWhile(self.every_s)).due(self.clock())
+        if left_out is None:
             return False
-        left_out = last[1] if last is not None else 0
-        self.seen[key] = (now, 0)
         if left_out:
             record.msg = (
                 f"{record.msg} (and {left_out} more like it in {self.every_s:g}s, left out)"
             )
         return True
+
+
+class OnceAWhile:
+    """Whether a repeated line is due: the first of a run, then one per ``every_s``."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.logged_at: float | None = None
+        self.left_out = 0
+
+    def due(self, now: float) -> int | None:
+        """The lines left out since the last one when this one is due, else None."""
+        if self.logged_at is not None and now - self.logged_at < self.every_s:
+            self.left_out += 1
+            return None
+        left_out, self.left_out, self.logged_at = self.left_out, 0, now
+        return left_out
+
+    def reset(self) -> None:
+        """A success ends the run: the next failure is logged at once."""
+        self.logged_at, self.left_out = None, 0
 
 
 def quiet_repeats() -> None:

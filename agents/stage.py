@@ -29,6 +29,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agents.dlq import DEAD_LETTERS_FAILED
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
+from agents.logs import OnceAWhile
 from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
 from learning.signing import POLICY_CHANGE_KIND, TrustedKeys, VerifyResult, verify_event
@@ -164,31 +165,31 @@ class Stage:
         name = f"{type(self).__qualname__}.{getattr(tick, '__name__', 'tick')}"
         # A tick a second through a PostgreSQL outage logged a line a second: the first of
         # a run of failures is logged, then one per TIMER_LOG_EVERY_S with the count.
-        quiet = _OnceAWhile(TIMER_LOG_EVERY_S)
+        quiet = OnceAWhile(TIMER_LOG_EVERY_S)
+
+        def due() -> str | None:
+            """What to add to the line when one is due (None: left out, and counted)."""
+            left_out = quiet.due(time.monotonic())
+            if left_out is None:
+                return None
+            return f" ({left_out} more since the last line)" if left_out else ""
 
         async def guarded_tick() -> None:
             try:
                 await tick()
             except TRANSIENT_ERRORS as exc:
-                left_out = quiet.due(time.monotonic())
-                if left_out is not None:
+                if (more := due()) is not None:
                     log.warning(
                         "timer_skipped stage=%s timer=%s error=%s%s",
                         self.name,
                         name,
                         describe_exception(exc),
-                        f" ({left_out} more since the last line)" if left_out else "",
+                        more,
                     )
             except Exception:
                 TIMER_ERRORS.labels(self.name).inc()
-                left_out = quiet.due(time.monotonic())
-                if left_out is not None:
-                    log.exception(
-                        "timer_failed stage=%s timer=%s%s",
-                        self.name,
-                        name,
-                        f" ({left_out} more since the last line)" if left_out else "",
-                    )
+                if (more := due()) is not None:
+                    log.exception("timer_failed stage=%s timer=%s%s", self.name, name, more)
             else:
                 quiet.reset()
 
@@ -404,27 +405,6 @@ class Stage:
 
 #: How often a timer that keeps failing logs a line (the first failure always).
 TIMER_LOG_EVERY_S = 30.0
-
-
-class _OnceAWhile:
-    """Whether a repeated line is due: the first of a run, then one per ``every_s``."""
-
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self.logged_at: float | None = None
-        self.left_out = 0
-
-    def due(self, now: float) -> int | None:
-        """The lines left out since the last one when this one is due, else None."""
-        if self.logged_at is not None and now - self.logged_at < self.every_s:
-            self.left_out += 1
-            return None
-        left_out, self.left_out, self.logged_at = self.left_out, 0, now
-        return left_out
-
-    def reset(self) -> None:
-        """A success ends the run: the next failure is logged at once."""
-        self.logged_at, self.left_out = None, 0
 
 
 def _internal_reason(exc: BaseException) -> str:

@@ -794,30 +794,26 @@ async def _operator_key_unusable(settings: Settings, conn: Any) -> str | None:
     path = settings.learnops_worker_key
     if path is None:
         return None
+    from learning.command_signing import ROLES
     from learning.signing import SigningKey
+    from storage.operator_keys import operator_keyring
 
     try:
         key = SigningKey.from_pem(path.read_bytes())
     except (OSError, ValueError) as exc:
         return f"LEARNOPS_WORKER_KEY {path} is not a readable Ed25519 key ({type(exc).__name__})"
-    row = await conn.fetchrow(
-        "SELECT operator, revoked_at FROM operator_keys WHERE key_id = $1", key.key_id
-    )
-    if row is None:
+    keys, grants = await operator_keyring(conn)
+    registered = keys.get(key.key_id)
+    if registered is None:
         state = "is not a registered operator key"
-    elif row["revoked_at"] is not None:
-        state = f"({row['operator']}'s) is revoked"
+    elif registered.revoked:
+        state = f"({registered.operator}'s) is revoked"
     else:
-        roles = {
-            r["role"]
-            for r in await conn.fetch(
-                "SELECT role FROM operator_grants WHERE key_id = $1", key.key_id
-            )
-        }
-        if roles & {"operator", "owner"}:
+        roles = {g.role for g in grants if g.key_id == key.key_id}
+        if roles & set(ROLES[ROLES.index("operator") :]):
             return None
         held = ", ".join(sorted(roles)) or "no role"
-        state = f"({row['operator']}'s) holds no operator role ({held})"
+        state = f"({registered.operator}'s) holds no operator role ({held})"
     return (
         f"LEARNOPS_WORKER_KEY's key {key.key_id} {state}: the commands this worker sends "
         "(an experiment's shadow or canary, its replays) would be refused; register a key "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from agents.stage import _OnceAWhile
+from agents.logs import OnceAWhile
 
 
 def test_a_run_of_failures_logs_its_first_then_one_a_while_with_the_count() -> None:
-    quiet = _OnceAWhile(30.0)
+    quiet = OnceAWhile(30.0)
     assert quiet.due(0.0) == 0  # the first failure: logged
     assert [quiet.due(float(t)) for t in range(1, 30)] == [None] * 29
     assert quiet.due(30.0) == 29  # due again, with what was left out
