@@ -24,6 +24,11 @@ zero-heavy (90 % zeros, else lognormal) — scaled by 1.0, 0.75, 1.25 and 1.5
   also run in shadow beside the routed option on a share of tasks
   (``BanditState.observe_probe``); stationary regret, the harmful option's
   seeds above the floor, and how many shadow runs that took;
+* **relative harm** — every option has a security critical on 2 % of its
+  runs and option-3, the best by loss (factors 1.0, 1.1, 1.2, 0.85), on ρ
+  times that (1: no worse, 2, 3): on how many seeds it left the floor, its
+  runs above the floor, its first release and the regret to uniform's, with
+  probes on half the tasks and without (20,000 runs by ``--relative-runs``);
 * **drift tail** — the drift on more seeds (``--tail-seeds``, from seed 1,000),
   with the packaged probes: the distribution of the runs after the drift until
   the new best holds the majority (median, mean, 90th percentile, worst, and
@@ -82,6 +87,8 @@ FACTORS = (1.0, 0.75, 1.25, 1.5)
 DRIFTED = (0.6, 1.25, 1.0, 1.5)
 HARMFUL = (1.0, 0.6, 1.25, 1.5)
 HARM_RATES = (0.0, 0.05, 0.0, 0.0)
+RELATIVE = (1.0, 1.1, 1.2, 0.85)  # option-3 best by loss, with ρ times the others' events
+BASE_RATE = 0.02  # every option's rate of runs with a security critical
 MISFIT = (1.0, 1.25, 1.5, 1.7)  # option-3 rare_catastrophes: mean ≈ 1.2 × option-0's
 BEFORE = BanditConfig(
     model="normal", discount=0.999, change_threshold=0.0, probation_runs=0, temper=1.0
@@ -322,6 +329,51 @@ def drift_tail_table(seeds: int, runs: int) -> Table:
     return table
 
 
+def _relative_run(job: tuple[str, float, float, int, int]) -> tuple[float, float, int | None]:
+    """One seed of relative harm: regret, option-3's runs above the floor, its first release."""
+    policy, ratio, probe, runs, seed = job
+    env = Environment(RELATIVE, event_rates=(BASE_RATE, BASE_RATE, BASE_RATE, ratio * BASE_RATE))
+    result = simulate(env, policy, runs, seed, probe=probe)  # type: ignore[arg-type]
+    floor = BanditConfig().min_share
+    share = result.shares[:, 3]
+    above = np.flatnonzero(share > floor + 1e-9)
+    over = float((np.maximum(share - floor, 0.0) * result.batch).sum())
+    return result.regret, over, int(above[0]) * result.batch if len(above) else None
+
+
+def relative_harm_table(seeds: int, runs: int) -> Table:
+    """Options every one of which has events: the best by loss with ρ times the others' rate."""
+    table = _table(
+        f"Relative harm: every option a security critical on {BASE_RATE:.0%} of runs, option-3"
+        f" (best by loss) on ρ times that; {seeds} seeds × {runs:,} runs",
+        (
+            "ρ",
+            "probes",
+            "seeds option-3 above the floor",
+            "its runs above the floor (mean)",
+            "first release (median run)",
+            "Thompson / uniform",
+        ),
+    )
+    with ProcessPoolExecutor() as pool:
+        for ratio in (1.0, 2.0, 3.0):
+            jobs = [("uniform", ratio, 0.0, runs, s) for s in range(seeds)]
+            uniform = float(np.mean([r for r, _, _ in pool.map(_relative_run, jobs)]))
+            for probe in (0.5, 0.0):
+                jobs = [("thompson", ratio, probe, runs, s) for s in range(seeds)]
+                results = list(pool.map(_relative_run, jobs, chunksize=4))
+                released = [f for _, _, f in results if f is not None]
+                table.add_row(
+                    f"{ratio:g}",
+                    "half the tasks (packaged)" if probe else "none (live probation)",
+                    f"{len(released)} of {seeds}",
+                    f"{np.mean([o for _, o, _ in results]):,.0f}",
+                    f"{np.median(released):,.0f}" if released else "never",
+                    f"{np.mean([r for r, _, _ in results]) / uniform:.2f}",
+                )
+    return table
+
+
 WHAT_IFS: tuple[tuple[str, tuple[float, float, float | None]], ...] = (
     ("packaged (losses of served runs only)", (0.0, 1.0, None)),
     ("threshold 10", (0.0, 1.0, 10.0)),
@@ -438,6 +490,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5000)
     parser.add_argument("--plots", type=Path, default=Path("docs/bandits"))
     parser.add_argument("--tail-seeds", type=int, default=200, help="seeds of the drift tail")
+    parser.add_argument("--relative-runs", type=int, default=20_000, help="runs of relative harm")
     parser.add_argument("--quick", action="store_true", help="4 seeds, 20 for the drift tail")
     args = parser.parse_args()
     seeds = 4 if args.quick else args.seeds
@@ -449,6 +502,7 @@ def main() -> None:
     console.print(harm)
     console.print(probation_table(seeds, args.runs))
     console.print(probe_table(seeds, args.runs))
+    console.print(relative_harm_table(seeds, args.relative_runs))
     console.print(drift_tail_table(20 if args.quick else args.tail_seeds, args.runs))
     console.print(what_if_table(20 if args.quick else args.tail_seeds, args.runs))
     console.print(misfit_table(seeds, args.runs))

@@ -89,7 +89,7 @@ GUARDRAIL_METRICS: tuple[str, ...] = ("security_criticals", "api_breakages")
 CLIP = 3.0  # the change detector's bound on one run's standardised deviation
 RECALL = 3.0  # count-test wealth that sends a released option back on probation
 RATE_PRIOR_CAP = 10_000.0  # most pseudo-runs at the pooled rate (rates that look equal)
-ProbeStatus = Literal["held", "unexplained", "cleared", "open"]
+ProbeStatus = Literal["held", "unexplained", "undecided", "cleared", "open"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,8 @@ class BanditConfig:
     rate_pooling: bool = True
     guardrail_alpha: float = DEFAULT_ALPHA
     guardrail_metrics: tuple[str, ...] = GUARDRAIL_METRICS
+    release_ratio: float = 2.0
+    release_alpha: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 < self.discount <= 1.0:
@@ -157,6 +159,11 @@ class BanditConfig:
             raise ValueError(f"prior_weight {self.prior_weight} is not positive")
         if not 0.0 < self.guardrail_alpha < 1.0:
             raise ValueError(f"guardrail_alpha {self.guardrail_alpha} is not in (0, 1)")
+        if self.release_ratio <= 1.0 or not 0.0 < self.release_alpha < 1.0:
+            raise ValueError(
+                f"release_ratio {self.release_ratio} must be above 1 and"
+                f" release_alpha {self.release_alpha} in (0, 1)"
+            )
 
 
 @dataclass
@@ -186,6 +193,8 @@ class OptionStats:
     released: bool = False
     probe_runs: int = 0
     probe_tests: dict[str, EventGuardrail] = field(default_factory=dict)
+    no_harm_tests: dict[str, EventGuardrail] = field(default_factory=dict)
+    shown_on: set[str] = field(default_factory=set)  # metrics its no-harm test has decided
     weight2: float = 0.0  # sum of the squared run weights: effective runs = weight² / weight2
 
     def decay(self, factor: float) -> None:
@@ -290,37 +299,79 @@ class OptionStats:
         return None
 
     def review_probation(self, probation_runs: int, probes: ProbeStatus = "open") -> None:
-        """Release the option from probation, or recall it, from its runs and count tests.
+        """Release the option from probation, or recall it, from its probes or its live runs.
 
-        Released once it has ``probation_runs`` runs (or its probes cleared it,
-        and never while they are held or unexplained:
-        :meth:`BanditState.probe_status`) and, on every
-        guardrail metric, its count test's current wealth (not its running
-        maximum) is at most 1: what events it had are explained by the others'
-        rate at the shares in force. Recalled when a test's wealth rises above ``RECALL``:
-        one event at the floor share does that (wealth about 23), while one
-        event at a large share (wealth about 1.02) does not, so an option
-        holding most of the traffic does not flap back to the floor on the
-        events any option has.
+        Released when its probes show it no worse (``probes == "cleared"``:
+        :meth:`BanditState.probe_status`); its live count tests then set their
+        gains aside (:meth:`EventGuardrail.set_aside_gains`): the runs they
+        counted at the floor are in the probe tests that decided, and one event
+        at the floor share would otherwise leave a live test at a wealth of
+        about 23 and the option on the floor for thousands of runs. An option
+        never probed is released by its live runs instead: ``probation_runs``
+        of them and, on every guardrail metric, a count test's current wealth
+        (not its running maximum) of at most 1, so what events it had are
+        explained by the others' rate at the shares in force.
 
-        Not released on its probes alone (tried 2026-12-06 and taken back): a
-        clearing is absence of evidence of harm, not evidence of safety, and an
-        option with two or three times the others' rate of events clears half
-        the time or more; released so, it served 1.6–2 times as many runs above
-        the floor as when its live tests must agree (docs/bandits.md, *Probes*).
+        Recalled when a live test's wealth rises above ``RECALL``: one event at
+        the floor share does that (wealth about 23), while one event at a large
+        share (wealth about 1.02) does not, so an option holding most of the
+        traffic does not flap back to the floor on the events any option has.
+        A recalled option is probed again and must be shown no worse again:
+        its no-harm tests and probe count start afresh; its harm tests go on.
         """
         if self.released:
             recall = math.log(RECALL)
             self.released = all(t.log_mixture <= recall for t in self.guardrails.values())
-        else:
-            self.released = self.releasable(probation_runs, probes)
+            if not self.released:
+                self.probe_runs = 0
+                self.no_harm_tests = {}
+                self.shown_on = set()
+            return
+        self.released = self.releasable(probation_runs, probes)
+        if self.released and probes == "cleared":
+            for test in self.guardrails.values():
+                test.set_aside_gains()
 
     def releasable(self, probation_runs: int, probes: ProbeStatus = "open") -> bool:
-        """Its probation runs (or cleared probes), probes not against it, no count test above 1."""
-        if probes in ("held", "unexplained"):
+        """Shown no worse by its probes; never probed: its probation runs, no count test above 1.
+
+        An option with probes is released by them alone: a live rule beside them
+        let options with two or three times the others' rate of events leave the
+        floor on a run of luck (docs/bandits.md, *Probes*).
+        """
+        if probes == "cleared":
+            return True
+        if probes != "open" or self.probe_runs > 0:
             return False
-        return (self.runs >= probation_runs or probes == "cleared") and all(
+        return self.runs >= probation_runs and all(
             test.log_mixture <= 0.0 for test in self.guardrails.values()
+        )
+
+    def add_probed(
+        self, metric: str, arm: str, events: int, share: float, config: BanditConfig
+    ) -> None:
+        """Count a run with events while the option is probed: its harm and no-harm tests."""
+        self.probe_tests.setdefault(metric, EventGuardrail()).add(arm, events, share)
+        no_harm = self.no_harm_tests.setdefault(
+            metric, EventGuardrail(ratios=(config.release_ratio,))
+        )
+        no_harm.add(arm, events, share)
+        if -no_harm.log_wealth[0] >= math.log(1.0 / config.release_alpha):
+            self.shown_on.add(metric)
+
+    def shown_no_worse(self) -> bool:
+        """Whether, on every guardrail metric, its probed runs had no event or are shown no worse.
+
+        Shown no worse on a metric: its no-harm test's wealth against
+        "``release_ratio`` times the others' rate" has reached
+        ``1 / release_alpha`` (:meth:`BanditState.probe_status`). Each metric's
+        test decides once: for a metric on which the option has that much more
+        harm, the chance it ever does is at most ``release_alpha``, so waiting
+        for the last metric does not need the first to stay above the bar.
+        """
+        return all(
+            test.trials["candidate"] == 0 or metric in self.shown_on
+            for metric, test in self.no_harm_tests.items()
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -342,6 +393,8 @@ class OptionStats:
             "released": self.released,
             "probe_runs": self.probe_runs,
             "probe_tests": {m: g.to_dict() for m, g in self.probe_tests.items()},
+            "no_harm_tests": {m: g.to_dict() for m, g in self.no_harm_tests.items()},
+            "shown_on": sorted(self.shown_on),
         }
 
     @classmethod
@@ -369,6 +422,10 @@ class OptionStats:
             probe_tests={
                 m: EventGuardrail.from_dict(g) for m, g in (data.get("probe_tests") or {}).items()
             },
+            no_harm_tests={
+                m: EventGuardrail.from_dict(g) for m, g in (data.get("no_harm_tests") or {}).items()
+            },
+            shown_on={str(m) for m in data.get("shown_on") or []},
         )
 
 
@@ -447,8 +504,8 @@ class BanditState:
                 test.add(arm, int(count), float(shares.get(name, 0.0)))
                 if name in probing and probe_share > 0:
                     # The probed option's own live runs are its runs too: a candidate trial.
-                    probe_test = other.probe_tests.setdefault(metric, EventGuardrail())
-                    probe_test.add(arm, int(count), probed(probe_share, shares, name))
+                    share = probed(probe_share, shares, name)
+                    other.add_probed(metric, arm, int(count), share, config)
         self.review(config)
 
     def review(self, config: BanditConfig) -> None:
@@ -483,8 +540,8 @@ class BanditState:
         stats.probe_runs += 1
         for metric, count in events.items():
             if count > 0:
-                test = stats.probe_tests.setdefault(metric, EventGuardrail())
-                test.add("candidate", int(count), probed(probe_share, shares, option))
+                share = probed(probe_share, shares, option)
+                stats.add_probed(metric, "candidate", int(count), share, config)
         self.review(config)
 
     def probe_status(self, option: str, config: BanditConfig) -> ProbeStatus:
@@ -499,24 +556,36 @@ class BanditState:
         * ``"held"`` — a test crossed ``1/guardrail_alpha``: the option stays on
           probation for good and is not probed again;
         * ``"unexplained"`` — a test's current wealth is above 1 (its probes had
-          events the others' rate does not explain yet): not released by any
-          route while so, and probed on;
-        * ``"cleared"`` — at least ``config.probe_runs`` probes and nothing
-          unexplained: the probes stand in for its live probation runs (its live
-          count tests must still be at most 1: :meth:`OptionStats.releasable`);
-        * ``"open"`` — fewer probes, nothing unexplained.
+          events the others' rate does not explain yet): not released, probed on;
+        * ``"cleared"`` — at least ``config.probe_runs`` probes, nothing
+          unexplained, and on every metric either no event of its probed runs
+          or evidence that it has fewer than ``config.release_ratio`` times the
+          others' events (:meth:`OptionStats.shown_no_worse`): released;
+        * ``"undecided"`` — enough probes, nothing unexplained, but that
+          evidence not yet: not released, probed on;
+        * ``"open"`` — fewer probes, nothing unexplained: probed on.
 
-        The test is anytime-valid (Ville's inequality), so probing as long as it
-        takes does not raise the chance of holding an option that is no worse.
+        The evidence of no harm is the likelihood ratio of "the others' rate"
+        against "``release_ratio`` times it" on the same trials (a test
+        martingale under any ratio at or above ``release_ratio``, by the
+        monotone likelihood ratio): an option with that much more harm is
+        released with probability at most ``release_alpha``, however long it is
+        probed. A clearing on "nothing unexplained" alone (absence of evidence
+        of harm) let options with two or three times the others' rate leave the
+        floor on about half the seeds (docs/bandits.md, *Probes*).
+
+        The tests are anytime-valid (Ville's inequality), so probing as long as
+        it takes does not raise the chance of holding an option that is no worse.
         """
-        tests = self.options[option].probe_tests.values()
+        stats = self.options[option]
+        tests = stats.probe_tests.values()
         if any(t.harmful(config.guardrail_alpha) for t in tests):
             return "held"
         if any(t.log_mixture > 0.0 for t in tests):
             return "unexplained"
-        if self.options[option].probe_runs >= config.probe_runs:
-            return "cleared"
-        return "open"
+        if stats.probe_runs < config.probe_runs:
+            return "open"
+        return "cleared" if stats.shown_no_worse() else "undecided"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
@@ -773,5 +842,5 @@ def allocate(state: BanditState, config: BanditConfig, rng: np.random.Generator)
         # The canary tests the sample mean: propose only what its model is as sure of.
         normal = _p_best(normal_draws(state, competing, config, rng), competing)
         confident = normal[best] >= config.level
-    probes = tuple(n for n in probation if state.probe_status(n, config) in ("open", "unexplained"))
+    probes = tuple(n for n in probation if state.probe_status(n, config) != "held")
     return Allocation(shares, p_best, excluded, best, confident, probation, model, probes)

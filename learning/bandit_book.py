@@ -321,7 +321,8 @@ class BanditBook:
                     after = state.options[name]
                     after.guardrails = before.guardrails
                     after.probe_tests = before.probe_tests
-                    # Probed again from none: a "cleared" of the old version would
+                    # Probed again from none, and shown no worse afresh (its no-harm
+                    # tests start empty): a "cleared" of the old version would
                     # otherwise release the option at the new version's first run.
                     after.probe_runs = 0
             # Sequences only go up per key: a new version's start is numbered after the

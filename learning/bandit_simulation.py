@@ -106,7 +106,7 @@ def simulate(
     """Route ``runs`` runs in batches of ``batch`` with ``policy`` and report its regret.
 
     ``probe``: the share of tasks on which each option the allocation names to
-    probe (on probation, not yet cleared or held) is also run in shadow
+    probe (on probation, not held) is also run in shadow
     (:meth:`learning.bandit.BanditState.observe_probe`): its guardrail
     events count toward its release, and nobody is served by it, so it adds no
     regret; ``SimulationResult.probe_runs`` counts them.

@@ -83,6 +83,17 @@ class EventGuardrail:
             self.log_wealth[j] += float(_log_factors(cand, share, ratio)[0])
         self.max_log_mixture = max(self.max_log_mixture, self.log_mixture)
 
+    def set_aside_gains(self) -> None:
+        """Bring every harm ratio's wealth above 1 down to 1, keeping what is below.
+
+        For evidence another test has weighed (the bandit's probe tests of an
+        option, which counted the same runs): the mixture is at most 1
+        afterwards. Wealth only taken away keeps each component a
+        supermartingale under no harm, so the test's level holds; the running
+        maximum (:meth:`harmful`) is kept.
+        """
+        self.log_wealth = [min(w, 0.0) for w in self.log_wealth]
+
     @property
     def log_mixture(self) -> float:
         """Log of the mixture martingale (equal weights over the harm ratios)."""

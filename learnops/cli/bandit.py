@@ -298,6 +298,7 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
         "policy",
         "allocation",
         "runs",
+        "probed",
         title=f"{doer}: bandit allocations ({state}, sequence {latest.sequence})",
     )
     for allocation in latest.allocations:
@@ -309,6 +310,8 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
                 f"{allocation.policy_id}@{allocation.policy_version}",
                 str(allocation.sequence),
                 str(allocation.runs),
+                # On probation and not held: run in shadow until shown no worse (docs/bandits.md).
+                f"{allocation.probe_share:.0%} of tasks" if option in allocation.probes else "",
             )
     ctx.console().print(shown)
 

@@ -477,6 +477,9 @@ async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_r
     assert _runs(new) == 1 and new.sequence > max(a.sequence for a in first)
     shown = await asyncio.to_thread(run_learnops, doer.env, "bandit", "show", doer.name)
     assert shown.returncode == 0 and "note:" not in shown.stderr, shown.stderr
+    # Its start asks for the small model's probes, and `bandit show` says so.
+    assert new.allocations[0].probes == [SMALL] and new.allocations[0].probe_share == 0.5
+    assert "50% of tasks" in shown.stdout, shown.stdout
     # Late runs of v1, then v2's own up to its first reallocation.
     await doer.run(10)
     await doer.send(RUNS, *(v2((LARGE, SMALL)[i % 2]) for i in range(EVERY - 1)))

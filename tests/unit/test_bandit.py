@@ -163,11 +163,13 @@ def test_clean_probes_release_an_option_before_its_live_probation_runs() -> None
     }  # a probe serves nobody: no loss statistics, no live run
 
 
-def test_clean_probes_do_not_release_an_option_whose_live_test_is_against_it() -> None:
+def test_an_early_event_at_the_floor_is_released_once_the_probes_show_it_no_worse() -> None:
     # One API breakage of the option's third live run, at its 2 % floor: its live count
-    # test's wealth is about 23. Its probes clear (their test counts that run too), but a
-    # clearing is absence of evidence of harm: releasing on it alone let options with two
-    # or three times the others' rate serve 1.6-2 times as many runs above the floor.
+    # test's wealth is about 23, and its 150 clean probes leave nothing unexplained. That
+    # is absence of evidence of harm, not evidence of none: released on it, options with
+    # two or three times the others' rate served 1.6-2 times as many runs above the
+    # floor. Kept on the floor and probed until the others' events show it has fewer than
+    # twice their rate (the no-harm test); it was stuck on the floor for good before.
     config = BanditConfig(probation_runs=20, probe_runs=150)
     state = BanditState.for_options(["default", "clean"])
     shares = {"default": 0.98, "clean": 0.02}
@@ -185,10 +187,40 @@ def test_clean_probes_do_not_release_an_option_whose_live_test_is_against_it() -
         live("default", {"api_breakages": 1})
     for _ in range(150):
         state.observe_probe("clean", {}, shares, PROBED, config)
-    assert state.probe_status("clean", config) == "cleared"
-    assert state.options["clean"].guardrails["api_breakages"].log_mixture > 0.0
+    assert state.probe_status("clean", config) == "undecided"
     assert not state.options["clean"].released
-    assert allocate(state, config, np.random.default_rng(0)).probation == ("clean",)
+    alloc = allocate(state, config, np.random.default_rng(0))
+    assert alloc.probation == alloc.probes == ("clean",)  # held at the floor, probed on
+    for _ in range(4):
+        live("default", {"api_breakages": 1})
+    assert state.probe_status("clean", config) == "undecided"  # 10 of theirs: not yet
+    for _ in range(6):
+        live("default", {"api_breakages": 1})
+    assert state.probe_status("clean", config) == "cleared"
+    assert state.options["clean"].released
+    # The event its live test counted at the floor is weighed by the probe tests: set aside.
+    assert state.options["clean"].guardrails["api_breakages"].log_mixture <= 0.0
+    assert allocate(state, config, np.random.default_rng(0)).probation == ()
+
+
+def test_a_recalled_option_must_be_shown_no_worse_again() -> None:
+    config = BanditConfig(probation_runs=20, probe_runs=150)
+    state = BanditState.for_options(["default", "clean"])
+    shares = {"default": 0.98, "clean": 0.02}
+    for _ in range(150):
+        state.observe_probe("clean", {}, shares, PROBED, config)
+    assert state.options["clean"].released  # no event of its probed runs at all
+    state.observe("clean", 1.0, shares, events={"security_criticals": 1}, config=config)
+    recalled = state.options["clean"]
+    assert not recalled.released and recalled.probe_runs == 0 and not recalled.no_harm_tests
+    assert not recalled.shown_on
+    assert state.probe_status("clean", config) == "open"
+    for _ in range(149):
+        state.observe_probe("clean", {}, shares, PROBED, config)
+    assert not state.options["clean"].released
+    assert allocate(state, config, np.random.default_rng(0)).probes == ("clean",)
+    state.observe_probe("clean", {}, shares, PROBED, config)
+    assert state.options["clean"].released
 
 
 def test_probe_events_the_others_do_not_have_hold_an_option_on_probation() -> None:
@@ -209,18 +241,24 @@ def test_probe_events_the_others_do_not_have_hold_an_option_on_probation() -> No
     assert alloc.shares["flagged"] == pytest.approx(config.min_share)
 
 
-@pytest.mark.parametrize(("rate", "held_at_least", "held_at_most"), [(0.1, 0, 0), (0.3, 35, 40)])
-def test_probe_events_at_the_others_rate_are_explained_and_three_times_it_are_held(
-    rate: float, held_at_least: int, held_at_most: int
+@pytest.mark.parametrize(
+    ("rate", "tasks", "held_at_least", "cleared_at_least", "cleared_at_most"),
+    [(0.1, 1000, 0, 40, 40), (0.2, 1000, 0, 0, 0), (0.3, 400, 35, 0, 0)],
+)
+def test_probe_events_at_the_others_rate_are_cleared_and_twice_it_never(
+    rate: float, tasks: int, held_at_least: int, cleared_at_least: int, cleared_at_most: int
 ) -> None:
     # The others have a security critical on 10 % of their runs; the flagged option,
-    # probed on half the tasks, on ``rate`` of its probes. 40 seeds of 400 tasks each.
+    # probed on half the tasks, on ``rate`` of its probes. 40 seeds each. At the others'
+    # rate none is held and every one is shown no worse within 1,000 tasks (31 of 40
+    # within 400); at twice it none is (the no-harm test's level is 5 %), at three times
+    # it nearly all are held.
     config = BanditConfig(probation_runs=1000, probe_runs=150)
     status: dict[str, int] = {}
     for seed in range(40):
         rng = np.random.default_rng(seed)
         state = BanditState.for_options(["default", "clean", "flagged"])
-        for _ in range(400):
+        for _ in range(tasks):
             routed = ("default", "clean")[int(rng.random() < 0.02 / 0.98)]
             events = {"security_criticals": int(rng.random() < 0.1)}
             state.observe(
@@ -231,9 +269,10 @@ def test_probe_events_at_the_others_rate_are_explained_and_three_times_it_are_he
                 state.observe_probe("flagged", probe, FLOORS, PROBED, config)
         found = state.probe_status("flagged", config)
         status[found] = status.get(found, 0) + 1
-    assert held_at_least <= status.get("held", 0) <= held_at_most, status
+    assert status.get("held", 0) >= held_at_least, status
+    assert cleared_at_least <= status.get("cleared", 0) <= cleared_at_most, status
     if rate == 0.1:
-        assert status == {"cleared": 40}
+        assert "held" not in status
 
 
 def _held(own_events: np.ndarray, live_events: np.ndarray, share: float) -> bool:
