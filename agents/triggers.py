@@ -51,7 +51,8 @@ async def raise_request(
         what="experiment_requests",
     )
     if opened.published:
-        log.info(
+        # Announced at WARNING when published; a confident bandit asks again every batch.
+        log.debug(
             "experiment_request_open doer=%s reason=%s request=%s",
             trigger.doer,
             trigger.reason,
