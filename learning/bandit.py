@@ -195,6 +195,8 @@ class OptionStats:
     probe_tests: dict[str, EventGuardrail] = field(default_factory=dict)
     no_harm_tests: dict[str, EventGuardrail] = field(default_factory=dict)
     shown_on: set[str] = field(default_factory=set)  # metrics its no-harm test has decided
+    probes_expected: float = 0.0  # probes asked for by the live runs folded while probed
+    probed: bool = False  # probed under this policy version: only its probes release it
     weight2: float = 0.0  # sum of the squared run weights: effective runs = weight² / weight2
 
     def decay(self, factor: float) -> None:
@@ -324,6 +326,7 @@ class OptionStats:
             self.released = all(t.log_mixture <= recall for t in self.guardrails.values())
             if not self.released:
                 self.probe_runs = 0
+                self.probes_expected = 0.0
                 self.no_harm_tests = {}
                 self.shown_on = set()
             return
@@ -335,13 +338,16 @@ class OptionStats:
     def releasable(self, probation_runs: int, probes: ProbeStatus = "open") -> bool:
         """Shown no worse by its probes; never probed: its probation runs, no count test above 1.
 
-        An option with probes is released by them alone: a live rule beside them
-        let options with two or three times the others' rate of events leave the
-        floor on a run of luck (docs/bandits.md, *Probes*).
+        An option that has been probed is released by its probes alone: a live
+        rule beside them let options with two or three times the others' rate
+        of events leave the floor on a run of luck (docs/bandits.md, *Probes*),
+        and after a recall it would release the option again on runs still
+        routed at its large share before the next allocation asks for probes.
+        One never probed (an orchestrator that runs no probes) has the live rule.
         """
         if probes == "cleared":
             return True
-        if probes != "open" or self.probe_runs > 0:
+        if probes != "open" or self.probed:
             return False
         return self.runs >= probation_runs and all(
             test.log_mixture <= 0.0 for test in self.guardrails.values()
@@ -356,11 +362,34 @@ class OptionStats:
             metric, EventGuardrail(ratios=(config.release_ratio,))
         )
         no_harm.add(arm, events, share)
-        if -no_harm.log_wealth[0] >= math.log(1.0 / config.release_alpha):
-            self.shown_on.add(metric)
+
+    def probes_caught_up(self) -> bool:
+        """Whether the probes received keep up with those its folded live runs asked for.
+
+        Each live run folded while the option is probed asks for a probe with
+        probability ``probe_share``; the probes of those tasks arrive later (or,
+        lost, never). While more are missing than the count's noise allows
+        (two standard deviations at the least, ``2·√expected``), the no-harm
+        test is ahead of its candidate trials: the control trials of a batch's
+        live runs are in, its probes not yet, and a crossing then would be a
+        crossing of the order, not of the rates (a review measured 47 % of
+        options with twice the others' rate released when batches of 500 live
+        runs were folded before their probes, and 10 % with a tenth of the
+        probes lost).
+        """
+        return self.probe_runs >= self.probes_expected - 2.0 * math.sqrt(self.probes_expected)
+
+    def record_no_harm(self, config: BanditConfig) -> None:
+        """Note each metric whose no-harm test has reached ``1 / release_alpha``, when caught up."""
+        if not self.probes_caught_up():
+            return
+        bar = math.log(1.0 / config.release_alpha)
+        for metric, test in self.no_harm_tests.items():
+            if -test.log_wealth[0] >= bar:
+                self.shown_on.add(metric)
 
     def shown_no_worse(self) -> bool:
-        """Whether, on every guardrail metric, its probed runs had no event or are shown no worse.
+        """Whether, on every guardrail metric, it is shown no worse or nobody had an event.
 
         Shown no worse on a metric: its no-harm test's wealth against
         "``release_ratio`` times the others' rate" has reached
@@ -368,10 +397,17 @@ class OptionStats:
         test decides once: for a metric on which the option has that much more
         harm, the chance it ever does is at most ``release_alpha``, so waiting
         for the last metric does not need the first to stay above the bar.
+        A metric on which no compared run had an event since the probing
+        (re)started, and none of the option's probed runs ever, passes: that
+        bounds its rate in absolute terms only (about 3 / ``probe_runs``), not
+        against the others'; a review measured that passing on "none of the
+        option's own" alone released 22 % of options with twice the others'
+        rate at a base rate of 0.5 %.
         """
-        return all(
+        decided = all(metric in self.shown_on for metric in self.no_harm_tests)
+        return decided and all(
             test.trials["candidate"] == 0 or metric in self.shown_on
-            for metric, test in self.no_harm_tests.items()
+            for metric, test in self.probe_tests.items()
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -395,12 +431,14 @@ class OptionStats:
             "probe_tests": {m: g.to_dict() for m, g in self.probe_tests.items()},
             "no_harm_tests": {m: g.to_dict() for m, g in self.no_harm_tests.items()},
             "shown_on": sorted(self.shown_on),
+            "probes_expected": self.probes_expected,
+            "probed": self.probed,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OptionStats:
         """Rebuild from :meth:`to_dict` output (a value written before the hurdle parts too)."""
-        return cls(
+        stats = cls(
             weight=float(data["weight"]),
             # Before it was kept: as if undiscounted, which overstates the rates' noise.
             weight2=float(data.get("weight2", data["weight"])),
@@ -426,7 +464,14 @@ class OptionStats:
                 m: EventGuardrail.from_dict(g) for m, g in (data.get("no_harm_tests") or {}).items()
             },
             shown_on={str(m) for m in data.get("shown_on") or []},
+            probes_expected=float(data.get("probes_expected", 0.0)),
+            probed=bool(data.get("probed", int(data.get("probe_runs", 0)) > 0)),
         )
+        if "no_harm_tests" not in data and not stats.released:
+            # Written before the no-harm tests: its probes showed absence of harm at most, so
+            # it is probed again from none (a review saw such a book release at its first look).
+            stats.probe_runs = 0
+        return stats
 
 
 @dataclass
@@ -469,6 +514,7 @@ class BanditState:
         discount: float | None = None,
         probe_share: float = 0.0,
         probing: Collection[str] = (),
+        counted: bool = True,
     ) -> None:
         """Fold one run of ``option`` in: discount, detect a change, add the loss, test the counts.
 
@@ -478,6 +524,9 @@ class BanditState:
         options ``probing`` were to be probed when the run was routed: its
         events go to their probe tests (:meth:`observe_probe`), as the control,
         or as the candidate when the run is of the probed option itself.
+        ``counted``: whether the probes the run's task asked for count toward
+        the probes expected (:meth:`OptionStats.probes_caught_up`); not for a
+        run that names no allocation, whose router may have had none to ask by.
         A change the option's detector signals restarts its loss statistics
         before this run is added (its first of the new regime).
         """
@@ -495,6 +544,10 @@ class BanditState:
         ):
             stats.restart()
         stats.add(loss)
+        if probe_share > 0 and counted:
+            for name in probing:
+                if name in self.options:
+                    self.options[name].probes_expected += probe_share
         for metric, count in (events or {}).items():
             if count <= 0:
                 continue
@@ -512,6 +565,8 @@ class BanditState:
         """Review every option but the baseline for release from probation, or recall."""
         for name, other in self.options.items():
             if name != self.baseline:
+                if not other.released:
+                    other.record_no_harm(config)
                 other.review_probation(config.probation_runs, self.probe_status(name, config))
 
     def observe_probe(
@@ -538,6 +593,7 @@ class BanditState:
         config = config or BanditConfig()
         stats = self.options[option]
         stats.probe_runs += 1
+        stats.probed = True
         for metric, count in events.items():
             if count > 0:
                 share = probed(probe_share, shares, option)
@@ -585,7 +641,7 @@ class BanditState:
             return "unexplained"
         if stats.probe_runs < config.probe_runs:
             return "open"
-        return "cleared" if stats.shown_no_worse() else "undecided"
+        return "cleared" if stats.probes_caught_up() and stats.shown_no_worse() else "undecided"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a table value."""
@@ -608,10 +664,10 @@ class Allocation:
     ``best`` is the competing option with the highest P(best); ``confident`` is
     the "one option is best" rule of :class:`BanditConfig`; ``probation`` the
     options held at the floor until their guardrail events are shown no worse
-    than the baseline's; ``model`` the model of the mean the draws came from;
-    ``probes`` the options on probation whose probes have not yet cleared
-    or held them (:meth:`BanditState.probe_status`): the ones worth running
-    in shadow beside the routed option (``ParameterAllocation.probes``).
+    than the other options' (at the shares in force); ``model`` the model of
+    the mean the draws came from; ``probes`` the options on probation that are
+    not held (:meth:`BanditState.probe_status`): the ones worth running in
+    shadow beside the routed option (``ParameterAllocation.probes``).
     """
 
     shares: dict[str, float]

@@ -284,6 +284,7 @@ class BanditBook:
                 config=config,
                 probe_share=then.probe_share,
                 probing=then.probes,
+                counted=routed.get(parameter) is not None,
             )
             bandit.runs_since_published += 1
         return None

@@ -311,7 +311,9 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
                 str(allocation.sequence),
                 str(allocation.runs),
                 # On probation and not held: run in shadow until shown no worse (docs/bandits.md).
-                f"{allocation.probe_share:.0%} of tasks" if option in allocation.probes else "",
+                f"{100 * allocation.probe_share:g}% of tasks"
+                if option in allocation.probes
+                else "",
             )
     ctx.console().print(shown)
 

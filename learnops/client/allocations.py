@@ -39,7 +39,10 @@ parameter and option: the bandit counts its security criticals and API
 breakages toward that option's probation, and nothing else. Their test
 compares them with the live runs of the same tasks, so only tasks whose live
 run the bandit counts are probed: none routed to a canary's candidate arm
-(pass the Router's arm; ``probes`` returns [] for ``"candidate"``).
+(pass the Router's arm; ``probes`` returns [] for ``"candidate"``). Publish
+a task's probes right after its live run, with the live run's
+``allocation_sequences``: the tests weigh a task's runs together, and an
+option leaves the floor only once the probes its tasks asked for are in.
 
     for probed in allocations.probes("PRDWriter", "draft", "router.model", task_id, arm=arm):
         run_in_shadow(task, {"router.model": probed})  # published with shadow=True

@@ -27,6 +27,11 @@ LARGE, SMALL = "model-a-large", "model-c-small"
 COST = {LARGE: 1.4, SMALL: 0.7}
 #: The policy's quality knob (learning.replay's executor and the simulated orchestrator).
 QUALITY = 0.5
+#: Every model's share of live runs and probes with a security critical, and with an API
+#: breakage: an integration-heavy doer. The bandit's probes need some fifty events of each
+#: to show the small model has fewer than twice the large one's (docs/bandits.md, *Probes*);
+#: at the simulated orchestrator's 1.4 % and 2.6 % for this quality that took 2,500 runs.
+INCIDENTS = 0.05
 
 
 def control_artifact() -> dict[str, Any]:
@@ -96,8 +101,17 @@ class TwoModelOrchestrator(Orchestrator):
                 update["allocation_sequences"] = {PARAMETER: chosen.sequence}
         assert run.costs is not None  # the simulated orchestrator always reports its cost
         update["costs"] = run.costs.model_copy(update={"spent": run.costs.spent * COST[model]})
+        update.update(self._incidents(run))
         # Validated again: a bundle the schema refuses must fail here, not in the worker's DLQ.
         return RunCompleted.model_validate({**run.model_dump(), **update, "model": model})
+
+    def _incidents(self, run: RunCompleted) -> dict[str, Any]:
+        """The run's security criticals and API breakages, drawn at ``INCIDENTS`` for any model."""
+        critical, breakage = self._rng.random(2) < INCIDENTS
+        return {
+            "security": run.security.model_copy(update={"criticals": int(critical)}),
+            "api_breakages": int(breakage),
+        }
 
     def probe(self, routed: RunCompleted, option: str) -> RunCompleted:
         """The bandit probe the allocation asked for: ``option`` run in shadow on the same task.
@@ -126,5 +140,6 @@ class TwoModelOrchestrator(Orchestrator):
                 "costs": run.costs.model_copy(
                     update={"spent": run.costs.spent * COST[option]}
                 ).model_dump(),
+                **self._incidents(run),
             }
         )

@@ -117,7 +117,7 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
         )
         # Up to the demo's 100 rounds: the small model leaves the floor once its probes show
         # it has fewer than twice the large model's events (round 10 of the demo's loop at
-        # the median, past 20 on 21 of 600 demo times; docs/bandits.md, *The demo*).
+        # the median, past 20 on 30 of 400 demo times; docs/bandits.md, *The demo*).
         request = await learn(
             quiet, producer, pool, client, orchestrator, doer, reason, 100, TIMEOUT
         )

@@ -223,6 +223,100 @@ def test_a_recalled_option_must_be_shown_no_worse_again() -> None:
     assert state.options["clean"].released
 
 
+def _others_run(state: BanditState, shares: dict[str, float], critical: bool) -> None:
+    """A live run of the default while "clean" is probed, with a security critical or none."""
+    events = {"security_criticals": int(critical)}
+    state.observe("default", 1.0, shares, events=events, probe_share=PROBED, probing=["clean"])
+
+
+def test_no_event_of_its_own_is_not_enough_when_the_others_have_events() -> None:
+    # 150 clean probes, but the others had 4 security criticals meanwhile: at a base rate
+    # of 0.5 %, 150 runs without an event released 22 % of options with twice the
+    # others' rate (a review). Eleven of the others' events show it no worse.
+    config = BanditConfig(probation_runs=20, probe_runs=150)
+    state = BanditState.for_options(["default", "clean"])
+    shares = {"default": 0.98, "clean": 0.02}
+    for task in range(300):
+        _others_run(state, shares, task % 75 == 0)
+        if task % 2 == 0:
+            state.observe_probe("clean", {}, shares, PROBED, config)
+    assert state.options["clean"].probe_runs == 150
+    assert state.probe_status("clean", config) == "undecided"
+    for _ in range(8):
+        _others_run(state, shares, True)
+        state.observe_probe("clean", {}, shares, PROBED, config)
+    assert state.options["clean"].released
+
+
+def test_a_batch_of_live_runs_does_not_release_an_option_before_its_probes_arrive() -> None:
+    # Live runs first, then their probes (as an orchestrator batching its publishes might):
+    # the others' events would show the option no worse before its own probes are in (a
+    # review measured 47 % of options with twice the others' rate released so).
+    config = BanditConfig(probation_runs=20, probe_runs=150)
+    state = BanditState.for_options(["default", "clean"])
+    shares = {"default": 0.98, "clean": 0.02}
+
+    def live(event: bool) -> None:
+        events = {"security_criticals": int(event)}
+        state.observe("default", 1.0, shares, events=events, probe_share=PROBED, probing=["clean"])
+
+    for task in range(300):  # a probe on every other task: as many as asked for
+        _others_run(state, shares, task == 0)
+        if task % 2:
+            state.observe_probe("clean", {}, shares, PROBED, config)
+    assert state.probe_status("clean", config) == "undecided"  # one of the others' events
+    for task in range(300):  # a batch of 300 live runs, 20 with an event; 150 probes due
+        _others_run(state, shares, task % 15 == 0)
+    clean = state.options["clean"]
+    assert -clean.no_harm_tests["security_criticals"].log_wealth[0] > math.log(20)
+    assert not clean.probes_caught_up() and not clean.released
+    assert state.probe_status("clean", config) == "undecided"
+    for _ in range(150):
+        state.observe_probe("clean", {}, shares, PROBED, config)
+    assert clean.probes_caught_up() and clean.released
+
+
+def test_a_recalled_option_is_not_released_by_its_live_runs() -> None:
+    # Recalled at a large share, its live runs then had the others' events: before the
+    # next allocation asks for probes, the live rule (20 runs, live tests at most 1) would
+    # release it again without evidence (a review found it).
+    config = BanditConfig(probation_runs=20, probe_runs=150)
+    state = BanditState.for_options(["default", "clean"])
+    floors = {"default": 0.98, "clean": 0.02}
+    for _ in range(150):
+        state.observe_probe("clean", {}, floors, PROBED, config)
+        state.observe("default", 1.0, floors, probe_share=PROBED, probing=["clean"])
+    assert state.options["clean"].released
+    large = {"default": 0.3, "clean": 0.7}
+    while state.options["clean"].released:
+        state.observe("clean", 1.0, large, events={"api_breakages": 1}, config=config)
+    for _ in range(40):
+        state.observe("default", 1.0, large, events={"api_breakages": 1}, config=config)
+        state.observe("clean", 1.0, large, config=config)
+    recalled = state.options["clean"]
+    assert recalled.runs >= config.probation_runs
+    assert all(t.log_mixture <= 0.0 for t in recalled.guardrails.values())
+    assert not recalled.released and state.probe_status("clean", config) == "open"
+
+
+def test_a_book_written_before_the_no_harm_tests_probes_its_options_again() -> None:
+    config = BanditConfig(probation_runs=20, probe_runs=150)
+    state = BanditState.for_options(["default", "clean"])
+    floors = {"default": 0.98, "clean": 0.02}
+    state.observe(
+        "default", 1.0, floors, events={"api_breakages": 1}, probe_share=PROBED, probing=["clean"]
+    )
+    old = state.to_dict()
+    for key in ("no_harm_tests", "shown_on", "probes_expected", "probed"):
+        del old["options"]["clean"][key]
+    old["options"]["clean"]["probe_runs"] = 400  # "cleared" by the rule before
+    restored = BanditState.from_dict(old)
+    assert restored.options["clean"].probe_runs == 0 and restored.options["clean"].probed
+    restored.review(config)
+    assert not restored.options["clean"].released
+    assert restored.probe_status("clean", config) == "open"
+
+
 def test_probe_events_the_others_do_not_have_hold_an_option_on_probation() -> None:
     config = BanditConfig(probation_runs=20)
     state = BanditState.for_options(["default", "clean", "flagged"])

@@ -386,7 +386,8 @@ def test_a_new_version_probes_again_what_the_old_one_cleared() -> None:
     """The old version's 'cleared' released the option at the new version's first run,
     without a probe of the new version (a review of the probe change, 2026-12-06)."""
     book = BanditBook()
-    book.fold(scored(option="model-a-large"), TUNABLES, CONFIG, probe_share=0.5)
+    clean = {"security": {"criticals": 0, "highs": 0}, "api_breakages": 0}
+    book.fold(scored(option="model-a-large", **clean), TUNABLES, CONFIG, probe_share=0.5)
     bandit = book.bandits["draft/router.model"]
     floors = dict(bandit.shares)
     for _ in range(CONFIG.probe_runs):
