@@ -82,10 +82,13 @@ class TwoModelOrchestrator(Orchestrator):
     version fixing the model (``fixed``: version → model) runs that one.
     """
 
-    def __init__(self, choose: Any, fixed: dict[int, str], **kwargs: Any) -> None:
+    def __init__(
+        self, choose: Any, fixed: dict[int, str], incidents: float = INCIDENTS, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.choose = choose
         self.fixed = fixed
+        self.incidents = incidents
 
     def bundle(self, doer: str | None = None, **kwargs: Any) -> RunCompleted:
         kwargs["phase"] = PHASE
@@ -106,8 +109,8 @@ class TwoModelOrchestrator(Orchestrator):
         return RunCompleted.model_validate({**run.model_dump(), **update, "model": model})
 
     def _incidents(self, run: RunCompleted) -> dict[str, Any]:
-        """The run's security criticals and API breakages, drawn at ``INCIDENTS`` for any model."""
-        critical, breakage = self._rng.random(2) < INCIDENTS
+        """The run's security criticals and API breakages, drawn at ``incidents`` for any model."""
+        critical, breakage = self._rng.random(2) < self.incidents
         return {
             "security": run.security.model_copy(update={"criticals": int(critical)}),
             "api_breakages": int(breakage),

@@ -108,6 +108,9 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
         orchestrator = scenario.TwoModelOrchestrator(
             lambda name, run_id: client.choice(name, scenario.PHASE, scenario.PARAMETER, run_id),
             {2: scenario.SMALL},
+            # Twice the demo's incidents: the probes show the small model no worse in about
+            # half the runs (the events are the evidence), and this test is about what follows.
+            incidents=2 * scenario.INCIDENTS,
             seed=20,
             doers=(doer,),
             run_prefix=doer.lower(),
@@ -117,7 +120,7 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
         )
         # Up to the demo's 100 rounds: the small model leaves the floor once its probes show
         # it has fewer than twice the large model's events (round 10 of the demo's loop at
-        # the median, past 20 on 30 of 400 demo times; docs/bandits.md, *The demo*).
+        # the median at the demo's incidents, past 20 on 30 of 400 demo times).
         request = await learn(
             quiet, producer, pool, client, orchestrator, doer, reason, 100, TIMEOUT
         )
