@@ -127,6 +127,9 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
         evidence = request["evidence"]
         assert evidence["p_best"][scenario.SMALL] >= 0.85
         experiment_id = str(evidence["experiment_id"])
+        # From here on the canary decides on the CRL: incidents only add noise to it (the
+        # canary's guardrails are tested in test_canary.py).
+        orchestrator.incidents = 0.0
 
         # The owner signs the candidate and files the experiment, as an operator would.
         key_file = tmp_path / "owner-policy.pem"
