@@ -282,6 +282,37 @@ async def seeded_dead_letters(db: Any) -> list[DeadLetterRecord]:
     return records
 
 
+async def test_a_record_two_app_ids_refused_is_counted_once(db: Any) -> None:
+    """Workers of two app ids each refuse a bad record and write their own letter: the
+    console counted that input twice (a platform engineer's walk, 2026-12-06)."""
+    stage = f"twice-{uuid.uuid4().hex[:8]}"
+
+    def letter(consumer: str, offset: int) -> DeadLetterRecord:
+        return DeadLetterRecord(
+            event_id=uuid.uuid4(),
+            doer="PRDWriter",
+            stage=stage,
+            error_type="schema",
+            reason="qav.claims: -1 is below 0",
+            topic="learning.run-completed",
+            partition=1,
+            offset=offset,
+            consumer=consumer,
+            payload_size=100,
+            occurred_at=datetime(2001, 1, 7, 8, tzinfo=UTC),
+        )
+
+    records = [letter("learnops", 7), letter("learnops-b", 7), letter("learnops", 8)]
+    try:
+        assert await insert_dead_letters(db, records) == 3  # every letter is kept
+        by_stage = {row["stage"]: row for row in await dead_letters_by_stage(db)}
+        assert by_stage[stage]["letters"] == 2
+        by_reason = await dead_letters_by_reason(db, 100_000)
+        assert [row["letters"] for row in by_reason if row["stage"] == stage] == [2]
+    finally:  # the other tests here count every letter in the table
+        await db.execute("DELETE FROM dead_letters WHERE stage = $1", stage)
+
+
 async def test_dead_letters_are_counted_by_stage_and_reason_with_the_latest_time(
     db: Any, seeded_dead_letters: list[DeadLetterRecord]
 ) -> None:
