@@ -594,9 +594,9 @@ class BanditState:
         stats = self.options[option]
         stats.probe_runs += 1
         stats.probed = True
+        share = probed(probe_share, shares, option)
         for metric, count in events.items():
             if count > 0:
-                share = probed(probe_share, shares, option)
                 stats.add_probed(metric, "candidate", int(count), share, config)
         self.review(config)
 
@@ -613,10 +613,11 @@ class BanditState:
           probation for good and is not probed again;
         * ``"unexplained"`` — a test's current wealth is above 1 (its probes had
           events the others' rate does not explain yet): not released, probed on;
-        * ``"cleared"`` — at least ``config.probe_runs`` probes, nothing
-          unexplained, and on every metric either no event of its probed runs
-          or evidence that it has fewer than ``config.release_ratio`` times the
-          others' events (:meth:`OptionStats.shown_no_worse`): released;
+        * ``"cleared"`` — at least ``config.probe_runs`` probes, caught up with
+          those asked for (:meth:`OptionStats.probes_caught_up`), nothing
+          unexplained, and on every metric evidence that it has fewer than
+          ``config.release_ratio`` times the others' events, or no event of
+          any compared run (:meth:`OptionStats.shown_no_worse`): released;
         * ``"undecided"`` — enough probes, nothing unexplained, but that
           evidence not yet: not released, probed on;
         * ``"open"`` — fewer probes, nothing unexplained: probed on.
