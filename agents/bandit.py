@@ -43,6 +43,7 @@ from learning.tuning import tuning_proposal
 from models.bandit import BanditAllocations, BanditControl
 from models.events import CRLComputed
 from models.tunables import Tunables, tunables_of
+from storage.bandit import expire_allocations, record_allocations
 from storage.claims import Claim, owned_claims
 from storage.experiments import get_experiment
 from storage.policies import find_policy, live_at
@@ -55,6 +56,7 @@ log = logging.getLogger("learnops.bandit")
 
 BATCH = 1000  # at most this many events per batch (agents/streams.py)
 CLAIMS = "bandit"  # this stage's name in fold_claims
+HISTORY = timedelta(days=30)  # stored allocations kept for the console (storage.bandit)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class BanditStage(Stage):
         app.agent(source, name=self.name)(bandit)
         # Claims matter while a duplicate could still arrive: the CRL topic keeps 30 days.
         self.expire_claims_every(CLAIMS, 3600.0, timedelta(days=31))
+        self.every(3600.0, self.expire_history)
         # Each doer's last record read back on learning.bandit-allocations: compaction keeps
         # it, and an orchestrator's client that starts reads only that one, so a record
         # written there by anyone else (an older signed allocation sent again, with shares
@@ -325,6 +328,14 @@ class BanditStage(Stage):
         )
         await raise_request(self.app, trigger)
 
+    async def expire_history(self) -> None:
+        """Delete stored allocations older than HISTORY, each doer's latest kept."""
+        if not self.app.pool_open:
+            return
+        removed = await expire_allocations(self.app.pool, HISTORY)
+        if removed:
+            log.info("bandit_allocations_expired removed=%d", removed)
+
     async def reassert_stale(self, now: float | None = None) -> None:
         """Send a doer's allocations in force again when what is last for it is not them.
 
@@ -348,6 +359,7 @@ class BanditStage(Stage):
                 valid,
                 held.sequence,
             )
+            await self._record([held])
             await self.topics.bandit_allocations.send(self._signed(held))
 
     def _signed(self, allocations: BanditAllocations) -> BanditAllocations:
@@ -362,10 +374,17 @@ class BanditStage(Stage):
     async def _flush(self, slots: dict[str, _Slot]) -> None:
         """Reallocate what is due, write each changed book once, publish the doers' shares."""
         config = self.app.learning.bandit
+        outgoing: list[tuple[str, BanditAllocations, list[str]]] = []
+        proposals: list[tuple[str, _Slot, str, Allocation]] = []
         for doer, slot in slots.items():
             due = slot.book.due(config.every)
-            proposals = [
-                (key, slot.book.reallocate(key, config.bandit, config.seed, config.probe_share))
+            proposals += [
+                (
+                    doer,
+                    slot,
+                    key,
+                    slot.book.reallocate(key, config.bandit, config.seed, config.probe_share),
+                )
                 for key in due
             ]
             if slot.changed or due:
@@ -375,24 +394,36 @@ class BanditStage(Stage):
             for control, verdict in slot.applied:
                 await record_applied(self, control, verdict)
             if (due or slot.publish) and slot.book.bandits:
-                allocations = self._signed(slot.book.event(doer))
-                async with self._sending:
-                    await self.topics.bandit_allocations.send(allocations)
-                if due:
-                    log.info(
-                        "bandit_allocation doer=%s sequence=%d parameters=%s",
-                        doer,
-                        allocations.sequence,
-                        ",".join(due),
-                    )
-            for key, allocation in proposals:
-                if allocation.confident:
-                    try:
-                        await self._propose(doer, slot.book, key, allocation)
-                    except TRANSIENT_ERRORS:
-                        raise  # PostgreSQL or Kafka away: the batch is taken again
-                    except Exception:
-                        # A proposal is advice, asked again at the next allocation; a bug
-                        # in it must not fail the batch, whose other doers' books are
-                        # still to be written.
-                        log.exception("bandit_proposal_failed doer=%s key=%s", doer, key)
+                outgoing.append((doer, self._signed(slot.book.event(doer)), due))
+        # Stored before they are sent, in one statement: the console's record of what the
+        # Routers were told (storage.bandit; sent again after a crash, it stays one row).
+        await self._record([allocations for _, allocations, _ in outgoing])
+        for doer, allocations, due in outgoing:
+            async with self._sending:
+                await self.topics.bandit_allocations.send(allocations)
+            if due:
+                log.info(
+                    "bandit_allocation doer=%s sequence=%d parameters=%s",
+                    doer,
+                    allocations.sequence,
+                    ",".join(due),
+                )
+        for doer, slot, key, allocation in proposals:
+            if allocation.confident:
+                try:
+                    await self._propose(doer, slot.book, key, allocation)
+                except TRANSIENT_ERRORS:
+                    raise  # PostgreSQL or Kafka away: the batch is taken again
+                except Exception:
+                    # A proposal is advice, asked again at the next allocation; a bug
+                    # in it must not fail the batch, whose other doers' books are
+                    # still to be written.
+                    log.exception("bandit_proposal_failed doer=%s key=%s", doer, key)
+
+    async def _record(self, sent: list[BanditAllocations]) -> None:
+        """Store allocations about to be sent (storage.bandit), for the console."""
+        rows = [
+            (a.doer, a.sequence, a.frozen, [p.model_dump(mode="json") for p in a.allocations])
+            for a in sent
+        ]
+        await durably(partial(record_allocations, self.app.pool, rows), what="bandit_allocations")

@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from learning.canary import ArmStats
 from learning.trends import DailyCRL
+from models.bandit import BanditAllocations
 from models.events import DeadLetter, RunCompleted
 from models.ids import experiment_event_id
 
@@ -339,6 +340,7 @@ async def check_aggregates(
 async def check_bandit(
     report: Report,
     bootstrap: str,
+    pool: Any,
     app_id: str,
     published: Mapping[str, RunCompleted],
     rows: list[Any],
@@ -369,6 +371,37 @@ async def check_bandit(
     row = report.add(Row("faust bandit-books", published=sum(expected.values())))
     row.stored = sum(counted.values())
     _compare(row, expected, counted)
+    await _check_bandit_rows(report, bootstrap, pool, doer)
+
+
+async def _check_bandit_rows(report: Report, bootstrap: str, pool: Any, doer: str) -> None:
+    """Each allocation record sent for the doer is one row of bandit_allocations, and no more.
+
+    The stage stores a record before it sends it, and a record sent again after a
+    kill is the same row: a row missing is lost, a row never sent is over.
+    Compaction may have removed records older than the oldest left on the topic.
+    """
+    sent = {
+        (record.sequence, record.frozen)
+        for record in (
+            BanditAllocations.model_validate_json(r.value)
+            for r in await read_topic(bootstrap, "learning.bandit-allocations")
+            if r.key == doer.encode()
+        )
+    }
+    stored = {
+        (r["sequence"], r["frozen"])
+        for r in await pool.fetch(
+            "SELECT sequence, frozen FROM bandit_allocations WHERE doer = $1", doer
+        )
+    }
+    oldest = min((sequence for sequence, _ in sent), default=0)
+    row = report.add(Row("postgres bandit_allocations", published=len(sent), stored=len(stored)))
+    row.lost = len(sent - stored)
+    row.over = len({s for s in stored - sent if s[0] >= oldest})
+    if row.lost or row.over:
+        row.detail.append(f"sent not stored {sorted(sent - stored)[:5]}")
+        row.detail.append(f"stored not sent {sorted(stored - sent)[:5]}")
 
 
 #: Where an experiment rests once the fault traffic's steps are all taken: failed at its

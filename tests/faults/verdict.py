@@ -77,7 +77,7 @@ async def finish(
     check_runs(report, published.runs, rows, dlq=len(letters))
     await check_aggregates(report, pool, found.bootstrap, group.app_id, rows, set(doers))
     await check_bandit(
-        report, found.bootstrap, group.app_id, published.runs, rows, traffic.bandit_doer
+        report, found.bootstrap, pool, group.app_id, published.runs, rows, traffic.bandit_doer
     )
     await check_experiments(report, pool, found.bootstrap, published.experiments)
     await check_canary(

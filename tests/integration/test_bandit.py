@@ -277,6 +277,31 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
         "model-z-unknown",
     ]
 
+    # Stored for the console (migration 036): one row per record the stage sent, however
+    # often the restart sent it again, and in force the freeze sent last.
+    published = await _allocations(settings, doer.name)
+    rows = await db.fetch(
+        "SELECT sequence, frozen, allocations FROM bandit_allocations WHERE doer = $1", doer.name
+    )
+    assert sorted((r["sequence"], r["frozen"]) for r in rows) == sorted(
+        {(a.sequence, a.frozen) for a in published}
+    )
+    last = published[-1]
+    stored = {(r["sequence"], r["frozen"]): r["allocations"] for r in rows}
+    assert stored[(last.sequence, last.frozen)] == [
+        p.model_dump(mode="json") for p in last.allocations
+    ]
+    (in_force,) = await db.fetch("SELECT * FROM v_bandit_in_force WHERE doer = $1", doer.name)
+    assert in_force["frozen"] and in_force["doer_sequence"] == last.sequence
+    assert in_force["runs"] == 300 + EVERY and in_force["parameter"] == PARAMETER
+    assert in_force["shares"] == last.allocations[0].shares
+    history = await db.fetch(
+        "SELECT sequence FROM v_bandit_history WHERE doer = $1 ORDER BY sent_at", doer.name
+    )
+    assert [r["sequence"] for r in history] == sorted(
+        {a.allocations[0].sequence for a in published}
+    )
+
 
 async def test_probes_release_a_clean_option_and_hold_one_with_a_security_critical(
     bandit_worker: WorkerProcess, producer: Any, db: Any, settings: Any, signing_key: SigningKey
