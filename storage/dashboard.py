@@ -429,3 +429,27 @@ async def doer_experiments(pool: Any, doer: str, limit: int = 50) -> list[dict[s
         doer,
         limit,
     )
+
+
+async def bandits_in_force(pool: Any, doer: str | None = None) -> list[dict[str, Any]]:
+    """Each doer's bandit shares in force, one row per phase and parameter (of DOER, or all)."""
+    where, args = ("WHERE doer = $1", [doer]) if doer is not None else ("", [])
+    return await _fetch(
+        pool,
+        "SELECT doer, phase, parameter, policy_id, policy_version, sequence, runs, shares,"
+        " probes, probe_share, frozen, sent_at FROM v_bandit_in_force"
+        f" {where} ORDER BY doer, phase, parameter",
+        *args,
+    )
+
+
+async def bandit_history(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:
+    """The doer's allocations of the last DAYS days, each when first sent, oldest first."""
+    return await _fetch(
+        pool,
+        "SELECT phase, parameter, policy_id, policy_version, sequence, runs, shares, sent_at"
+        " FROM v_bandit_history WHERE doer = $1 AND sent_at > now() - make_interval(days => $2)"
+        " ORDER BY phase, parameter, sent_at, sequence",
+        doer,
+        days,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -166,6 +166,36 @@ class DoerExperiment(BaseModel):
     improvement: float | None
 
 
+class BanditParameter(BaseModel):
+    """The shares in force for one phase and parameter of a doer (the record sent last)."""
+
+    doer: str
+    phase: str
+    parameter: str
+    policy_id: str
+    policy_version: int
+    sequence: int  # the parameter's allocation number; 0: the version's starting shares
+    runs: int  # live runs of the version folded in
+    shares: dict[str, float]
+    probes: list[str]  # options on probation whose probes the bandit asks for
+    probe_share: float
+    frozen: bool
+    sent_at: datetime
+
+
+class BanditPoint(BaseModel):
+    """One allocation of a phase and parameter, when it was first sent."""
+
+    phase: str
+    parameter: str
+    policy_id: str
+    policy_version: int
+    sequence: int
+    runs: int
+    shares: dict[str, float]
+    sent_at: datetime
+
+
 def pool(request: Request) -> Any:
     return request.app.state.pool
 
@@ -238,6 +268,46 @@ async def api_doer_experiments(
     return await dashboard.doer_experiments(pool(request), doer, limit)
 
 
+@router.get("/api/bandits", response_model=list[BanditParameter])
+async def api_bandits(request: Request, doer: str | None = None) -> list[dict[str, Any]]:
+    """Every doer's bandit shares in force (or ``doer``'s), one row per phase and parameter."""
+    return await dashboard.bandits_in_force(pool(request), doer)
+
+
+@router.get("/api/doers/{doer}/bandits/history", response_model=list[BanditPoint])
+async def api_bandit_history(request: Request, doer: str, days: int = 30) -> list[dict[str, Any]]:
+    """The doer's allocations of the last ``days`` days, each when first sent, oldest first."""
+    return await dashboard.bandit_history(pool(request), doer, days)
+
+
+def share_series(history: list[dict[str, Any]], until: datetime) -> list[dict[str, Any]]:
+    """One chart per phase, parameter and policy version: each option's share at each allocation.
+
+    Shares hold from one allocation to the next, so each series ends at ``until``
+    (the page's time) with the shares of its last allocation.
+    """
+    charts: dict[str, dict[str, Any]] = {}
+    for row in [*history, *_held_until(history, until)]:
+        name = f"{row['phase']}/{row['parameter']} of {row['policy_id']}@{row['policy_version']}"
+        chart = charts.setdefault(name, {"name": name, "times": [], "shares": defaultdict(list)})
+        chart["times"].append(row["sent_at"].isoformat())
+        for option in set(row["shares"]) | set(chart["shares"]):
+            padding = len(chart["times"]) - 1 - len(chart["shares"][option])
+            chart["shares"][option] += [None] * padding + [row["shares"].get(option)]
+    return [
+        {"name": c["name"], "times": c["times"], "shares": dict(sorted(c["shares"].items()))}
+        for c in charts.values()
+    ]
+
+
+def _held_until(history: list[dict[str, Any]], until: datetime) -> list[dict[str, Any]]:
+    """Each series' last allocation again at ``until``: the shares it holds to now."""
+    last: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in history:
+        last[(row["phase"], row["parameter"], row["policy_id"], row["policy_version"])] = row
+    return [{**row, "sent_at": max(until, row["sent_at"])} for row in last.values()]
+
+
 async def _progress(request: Request) -> dict[str, Any]:
     return {
         "by_type": await dashboard.experiment_success_by_type(pool(request)),
@@ -306,6 +376,12 @@ async def policies_page(request: Request) -> HTMLResponse:
     )
 
 
+@router.get("/bandits", response_class=HTMLResponse, include_in_schema=False)
+async def bandits_page(request: Request) -> HTMLResponse:
+    bandits = await dashboard.bandits_in_force(pool(request))
+    return TEMPLATES.TemplateResponse(request, "bandits.html", {"bandits": bandits})
+
+
 @router.get("/skills", response_class=HTMLResponse, include_in_schema=False)
 async def skills_page(request: Request, tenant: str | None = None) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, "skills.html", await _skills(request, tenant))
@@ -333,6 +409,8 @@ async def doer_page(request: Request, doer: str, tenant: str | None = None) -> R
         raise HTTPException(404, f"no runs, policies or experiments of {doer}")
     phases = await dashboard.doer_trend_by_phase(db, doer, tenant=tenant)
     policies = await dashboard.doer_trend_by_policy(db, doer, tenant=tenant)
+    bandits = await dashboard.bandits_in_force(db, doer)
+    bandit_history = await dashboard.bandit_history(db, doer)
     return TEMPLATES.TemplateResponse(
         request,
         "doer.html",
@@ -350,5 +428,7 @@ async def doer_page(request: Request, doer: str, tenant: str | None = None) -> R
             "policy_series": series(policies, "policy_id", "policy_version"),
             "history": history,
             "experiments": experiments,
+            "bandits": bandits,
+            "bandit_charts": share_series(bandit_history, datetime.now(UTC)),
         },
     )

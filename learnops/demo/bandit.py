@@ -44,6 +44,7 @@ from learnops.demo.experiments_scenario import (
 )
 from models.commands import CanarySettings
 from storage import signing_keys as store
+from storage.dashboard import bandit_history
 
 ACTOR = "bandit-demo"
 # Non-inferiority: the live control already runs mostly the small model, so "as good" is
@@ -143,8 +144,14 @@ async def bandit(self: GroupedCommand, rounds: int, timeout: float) -> None:
         if row is None or row["status"] != "promoted":
             fail(f"experiment {experiment_id} was not promoted")
         await updated_card(console, pool, producer, prepared, stamp, experiment_id)
+        allocated = await bandit_history(pool, doer)
+        if not allocated:
+            fail(f"no allocation of {doer} is stored for the console (bandit_allocations)")
         console.print(
-            f"The console shows it: /api/doers/{doer}/experiments and /api/doers/{doer}/skill-card"
+            f"The console shows it: /doers/{doer} (its shares over {len(allocated)} "
+            "allocations, its experiments and skill card) and /bandits; the API "
+            f"/api/doers/{doer}/bandits/history, /api/doers/{doer}/experiments and "
+            f"/api/doers/{doer}/skill-card"
         )
 
 
