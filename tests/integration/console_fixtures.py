@@ -4,10 +4,13 @@ headless Chromium, and a canary started through the policy store."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from learning.signing import SigningKey, signed_artifact
@@ -126,9 +129,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def console_url(database_url: str) -> Any:
-    """The console served by uvicorn on a free loopback port, in a thread, for the browser."""
+@contextmanager
+def serving(database_url: str) -> Iterator[str]:
+    """The console served by uvicorn on a free loopback port, in a thread: its base URL."""
     import threading
     import time
 
@@ -153,10 +156,29 @@ def console_url(database_url: str) -> Any:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"the console did not start on port {port}")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
     assert not thread.is_alive(), "the console did not stop"
+
+
+@contextmanager
+def served(database_url: str) -> Iterator[httpx.Client]:
+    """An HTTP client of the console served over ``database_url`` (what an operator gets)."""
+    with (
+        serving(database_url) as url,
+        httpx.Client(base_url=url, timeout=30.0, follow_redirects=True) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def console_url(database_url: str) -> Any:
+    """The console served on a free loopback port for the module, for the browser."""
+    with serving(database_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from tests.integration.console_fixtures import (
     SCREENSHOTS,
     chart_drawn,
     decisions_made,
+    served,
     start_canary,
     table_rows,
 )
@@ -72,10 +73,6 @@ async def test_experiments_per_day_answers_on_any_data(db: Any) -> None:
 async def test_api_and_overview_show_the_database_figures(db: Any, database_url: str) -> None:
     import asyncio
 
-    from fastapi.testclient import TestClient
-
-    from learnops.console import create_console
-
     await db.execute(
         "INSERT INTO learning_progress (doer, day, runs, mean_crl, m2) VALUES"
         " ('console-c', $1, 5, 0.5, 0)"
@@ -86,7 +83,7 @@ async def test_api_and_overview_show_the_database_figures(db: Any, database_url:
     shown = await crl_trend_overall(db)
 
     def call() -> tuple[Any, str, Any, int]:
-        with TestClient(create_console(database_url)) as client:
+        with served(database_url) as client:
             api = client.get("/api/crl/trend", params={"days": 10000}).json()
             page = client.get("/").text
             spec = client.get("/openapi.json").json()
@@ -193,16 +190,12 @@ async def test_canary_api_and_pages_show_the_database_figures(
 ) -> None:
     import asyncio
 
-    from fastapi.testclient import TestClient
-
-    from learnops.console import create_console
-
     running = seeded_canaries["running"]
     listed = await canaries(db)
     decisions = await canary_decisions(db, running)
 
     def call() -> dict[str, Any]:
-        with TestClient(create_console(database_url)) as client:
+        with served(database_url) as client:
             return {
                 "list": client.get("/api/canaries").json(),
                 "detail": client.get(f"/api/canaries/{running}").json(),
@@ -346,14 +339,10 @@ async def test_dead_letter_api_and_page_show_the_counts_and_no_payload(
 ) -> None:
     import asyncio
 
-    from fastapi.testclient import TestClient
-
-    from learnops.console import create_console
-
     by_reason = await dead_letters_by_reason(db)
 
     def call() -> tuple[Any, str, Any]:
-        with TestClient(create_console(database_url)) as client:
+        with served(database_url) as client:
             return (
                 client.get("/api/dead-letters").json(),
                 client.get("/dead-letters").text,

@@ -25,6 +25,7 @@ from tests.integration.console_fixtures import (
     SCREENSHOTS,
     chart_drawn,
     decisions_made,
+    served,
     start_canary,
     table_rows,
 )
@@ -290,11 +291,7 @@ async def test_skill_cards_rank_doers_and_count_failure_modes_across_doers(
 
 
 def _get(database_url: str, *paths: str) -> list[Any]:
-    from fastapi.testclient import TestClient
-
-    from learnops.console import create_console
-
-    with TestClient(create_console(database_url)) as client:
+    with served(database_url) as client:
         responses = [client.get(path) for path in paths]
     for path, response in zip(paths, responses, strict=True):
         assert response.status_code == 200, (path, response.text)
@@ -304,9 +301,6 @@ def _get(database_url: str, *paths: str) -> list[Any]:
 async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_none(
     postgres_server: str,
 ) -> None:
-    from fastapi.testclient import TestClient
-
-    from learnops.console import create_console
     from storage.pool import create_pool
     from tests.services import create_migrated_database, drop_database
 
@@ -324,11 +318,11 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
         await own.close()
 
     def get(*paths: str) -> list[Any]:
-        with TestClient(create_console(url)) as client:
+        with served(url) as client:
             return [client.get(path) for path in paths]
 
     def browse(*paths: str) -> list[Any]:
-        with TestClient(create_console(url)) as client:
+        with served(url) as client:
             return [client.get(path, headers={"accept": "text/html"}) for path in paths]
 
     try:
@@ -396,12 +390,8 @@ async def test_a_doers_trend_of_one_tenant_counts_that_tenants_runs_only(
         assert listed[doer]["day"] == last
         assert listed[doer]["mean_crl_7d"] == pytest.approx(sum(week) / len(week))
 
-    from fastapi.testclient import TestClient
-
-    from learnops.console import create_console
-
     def fetch() -> Any:
-        with TestClient(create_console(database_url)) as client:
+        with served(database_url) as client:
             return client.get(f"/api/doers/{doer}/trend?tenant=tb-{suffix}&days=30")
 
     response = await asyncio.to_thread(fetch)
@@ -419,12 +409,9 @@ async def test_each_tenant_has_its_card_and_the_api_filters_by_tenant(
     assert await store_card(db, _card(doer, 0.2, {lint: 4}, tenant=t1))
     assert await store_card(db, _card(doer, 0.7, {tests: 1}, tenant=t2))
     assert await store_card(db, _card(f"ConcernU{suffix}", 0.9, {lint: 1}, tenant=t1))
-    from fastapi.testclient import TestClient
-
-    from learnops.console import create_console
 
     def fetch() -> list[Any]:
-        with TestClient(create_console(database_url)) as client:
+        with served(database_url) as client:
             return [
                 client.get(f"/api/doers/{doer}/skill-card"),
                 client.get(f"/api/doers/{doer}/skill-card?tenant={t2}"),

@@ -89,18 +89,21 @@ def test_an_event_validates_against_the_schema_its_channel_references(exported: 
     assert errors, "a severity outside the model's values is refused by the schema"
 
 
-def test_the_console_serves_the_document_and_the_schemas_it_references() -> None:
-    from fastapi.testclient import TestClient
+async def test_the_console_serves_the_document_and_the_schemas_it_references() -> None:
+    import httpx
 
     from learnops.console import create_console
 
-    # No `with`: the lifespan (the database pool) is not needed for the contract.
-    client = TestClient(create_console("postgresql://unused/unused"))
-    document = client.get("/asyncapi.json").json()
-    assert document == asyncapi_document(load_catalog(), "/schemas/")
-    for message in document["components"]["messages"].values():
-        response = client.get(message["payload"]["schema"]["$ref"])
-        assert response.status_code == 200
-        assert response.json()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert client.get("/schemas/nothing.schema.json").status_code == 404
-    assert "/asyncapi.json" in client.get("/openapi.json").json()["paths"]
+    # Over ASGI, whose transport runs no lifespan: the database pool is not needed for the
+    # contract.
+    app = create_console("postgresql://unused/unused")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+        document = (await client.get("/asyncapi.json")).json()
+        assert document == asyncapi_document(load_catalog(), "/schemas/")
+        for message in document["components"]["messages"].values():
+            response = await client.get(message["payload"]["schema"]["$ref"])
+            assert response.status_code == 200
+            assert response.json()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert (await client.get("/schemas/nothing.schema.json")).status_code == 404
+        assert "/asyncapi.json" in (await client.get("/openapi.json")).json()["paths"]
