@@ -425,3 +425,36 @@ async def read_from_start(settings: Settings, topic: str, *, timeout: float = 10
             for batch in (await consumer.getmany(timeout_ms=200)).values():
                 records.extend(batch)
         return records
+
+
+async def read_record(
+    settings: Settings, topic: str, partition: int, offset: int, *, timeout: float = 10.0
+) -> Any | None:
+    """The record at ``offset`` of ``topic``'s ``partition``, or None once it is gone.
+
+    Gone: deleted by the topic's retention or compaction (the offset is below the
+    partition's first, or compaction left a later record in its place), or not
+    written (at or past the end).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    tp = TopicPartition(topic, partition)
+    client = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        **settings.kafka_client_options(),
+    )
+    async with started(client) as consumer:
+        if topic not in await consumer.topics():  # a metadata request for every topic
+            raise TopicCatalogError(f"no topic {topic} on the cluster")
+        consumer.assign([tp])
+        first = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        if not first <= offset < end:
+            return None
+        consumer.seek(tp, offset)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for record in (await consumer.getmany(tp, timeout_ms=200, max_records=1)).get(tp, []):
+                return record if record.offset == offset else None
+        raise TopicCatalogError(f"no record of {topic}[{partition}] at {offset} after {timeout}s")

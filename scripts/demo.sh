@@ -150,7 +150,7 @@ for var in KAFKA_PORT KAFKA_CONTROLLER_PORT PG_PORT LEARNOPS_STATE_DIR; do
   if [ -n "${!var:-}" ]; then printf '  export %s=%q\n' "$var" "${!var}"; fi
 done
 printf '  cd %q && eval "$(bash scripts/services.sh env)" && export PATH=%q:"$PATH"\n' "$repo" "$bin"
-echo "  learnops topics describe · learnops policy list · learnops skills list · psql \"\$DATABASE_URL\""
+echo "  learnops topics describe · learnops policy list · learnops skills list · learnops dlq list · psql \"\$DATABASE_URL\""
 printf '  export LEARNOPS_OPERATOR_KEY=%q   # sign commands as the demo owner\n' "$LEARNOPS_OPERATOR_KEY"
 printf '  export LEARNOPS_WORKER_SIGNING_KEY_FILE=%q   # the worker'"'"'s key: learnops demo bandit verifies allocations with it\n' "$worker_key"
 echo "  # commands (learnops policy …, bandit freeze) take effect only while a worker runs:"

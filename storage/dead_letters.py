@@ -78,3 +78,41 @@ async def insert_dead_letters(pool: Any, records: Sequence[DeadLetterRecord]) ->
         [r.occurred_at for r in unique],
     )
     return int(status.rsplit(" ", 1)[-1])
+
+
+_COLUMNS = (
+    'event_id, doer, stage, error_type, reason, topic, partition, "offset", consumer,'
+    " payload_size, occurred_at"
+)
+
+
+async def list_dead_letters(
+    pool: Any,
+    *,
+    stage: str | None = None,
+    doer: str | None = None,
+    reason: str | None = None,
+    limit: int = 20,
+) -> list[DeadLetterRecord]:
+    """The latest letters first, of ``stage`` and ``doer``, whose reason contains ``reason``."""
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM dead_letters"
+        " WHERE ($1::text IS NULL OR stage = $1) AND ($2::text IS NULL OR doer = $2)"
+        " AND ($3::text IS NULL OR strpos(lower(reason), lower($3)) > 0)"
+        " ORDER BY occurred_at DESC, id DESC LIMIT $4",
+        stage,
+        doer,
+        reason,
+        limit,
+    )
+    return [DeadLetterRecord(**dict(row)) for row in rows]
+
+
+async def find_dead_letters(pool: Any, prefix: str) -> list[DeadLetterRecord]:
+    """The letters whose event id starts with ``prefix`` (a whole id: one), at most two."""
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM dead_letters WHERE event_id::text LIKE $1 || '%'"
+        " ORDER BY event_id LIMIT 2",
+        prefix.lower(),
+    )
+    return [DeadLetterRecord(**dict(row)) for row in rows]

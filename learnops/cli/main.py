@@ -414,6 +414,10 @@ GROUPS: dict[str, tuple[str, str]] = {
         "learnops.cli.skills:skills",
         "Skill cards: what each doer is good and bad at, with the figures.",
     ),
+    "dlq": (
+        "learnops.cli.dlq:dlq",
+        "Dead letters: what the stages refused and why; the refused input itself.",
+    ),
     "bandit": (
         "learnops.cli.bandit:bandit",
         "The bandit optimizer: a doer's option shares; show, freeze, unfreeze, propose.",

@@ -1,0 +1,193 @@
+"""`learnops dlq list` and `learnops dlq show ID`: what the stages refused, and the input itself.
+
+The dead-letter stage keeps each letter's metadata and reason in PostgreSQL
+(``dead_letters``: no payload, no key, since they may hold personal data). `list`
+reads that table. `show` reads the refused record itself from the topic and
+offset the letter names, while the topic's retention keeps it: the whole
+original, where the letter on learning.dlq may hold a prefix of a large one.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from typing import Any
+
+import click
+import orjson
+
+from learnops.cli.main import (
+    GroupedCommand,
+    command,
+    database,
+    fail,
+    group,
+    json_option,
+    limit_option,
+    table,
+)
+from storage.dead_letters import DeadLetterRecord, find_dead_letters, list_dead_letters
+
+#: Bytes of a payload printed as text before `--raw` is needed for the rest.
+SHOWN_BYTES = 20_000
+
+
+@group("Dead letters: what the stages refused and why; the refused input itself.")
+def dlq() -> None:
+    pass
+
+
+def _row(letter: DeadLetterRecord) -> dict[str, Any]:
+    return {
+        "event_id": str(letter.event_id),
+        "occurred_at": letter.occurred_at.isoformat(),
+        "doer": letter.doer,
+        "stage": letter.stage,
+        "error_type": letter.error_type,
+        "reason": letter.reason,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "consumer": letter.consumer,
+        "payload_size": letter.payload_size,
+    }
+
+
+@command(
+    dlq,
+    "list",
+    click.option("--stage", help="Only letters of this stage (crl, curator, canary, …)."),
+    click.option("--doer", help="Only letters of this doer ('unknown': no usable doer)."),
+    click.option("--reason", help="Only letters whose reason contains this text (any case)."),
+    limit_option(20),
+    json_option,
+)
+async def dlq_list(
+    self: GroupedCommand,
+    stage: str | None,
+    doer: str | None,
+    reason: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List dead letters, latest first: which stage refused what, why, and where it was read."""
+    async with database(self) as pool:
+        letters = await list_dead_letters(pool, stage=stage, doer=doer, reason=reason, limit=limit)
+    if as_json:
+        self.say(orjson.dumps([_row(x) for x in letters], option=orjson.OPT_INDENT_2).decode())
+        return
+    if not letters:
+        self.say("no dead letters" + (" match" if stage or doer or reason else " yet"))
+        return
+    shown = table("event id", "when", "stage", "doer", "error", "reason", "read at", "bytes")
+    for x in letters:
+        shown.add_row(
+            str(x.event_id),
+            x.occurred_at.isoformat(timespec="seconds"),
+            x.stage,
+            x.doer,
+            x.error_type,
+            x.reason if len(x.reason) <= 160 else x.reason[:159] + "…",
+            f"{x.topic}[{x.partition}]@{x.offset}",
+            "–" if x.payload_size is None else str(x.payload_size),
+        )
+    self.console().print(shown)
+    self.say("`learnops dlq show ID` shows a letter's whole reason and the refused input.")
+
+
+def _text(data: bytes) -> tuple[str, bool]:
+    """Bytes as printable text: indented JSON when they parse, else UTF-8 with replacements."""
+    try:
+        return orjson.dumps(orjson.loads(data), option=orjson.OPT_INDENT_2).decode(), True
+    except orjson.JSONDecodeError:
+        return data.decode("utf-8", "replace"), False
+
+
+@command(
+    dlq,
+    "show",
+    click.argument("event_id"),
+    click.option(
+        "--raw",
+        is_flag=True,
+        help="Write the refused value's bytes to stdout as they were, and nothing else.",
+    ),
+    json_option,
+)
+async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool) -> None:
+    """Show a dead letter (its event id, or the start of it) and the input it refused.
+
+    The input is read from the topic, partition and offset the letter names,
+    as long as the topic's retention keeps it. It may hold personal data.
+    """
+    from agents.topics import TopicCatalogError, read_record
+
+    if len(event_id) < 8:
+        fail(f"{event_id!r} is too short: give at least 8 characters of the letter's event id")
+    async with database(self) as pool:
+        found = await find_dead_letters(pool, event_id)
+    if not found:
+        fail(
+            f"no dead letter with event id {event_id!r} (`learnops dlq list` shows the latest; "
+            "a letter is in the table once the dead-letter stage of a worker has read it)"
+        )
+    if len(found) > 1:
+        fail(f"{event_id!r} starts more than one letter's event id: give more of it")
+    letter = found[0]
+    try:
+        record = await read_record(self.settings, letter.topic, letter.partition, letter.offset)
+    except TopicCatalogError as exc:
+        fail(f"cannot read the refused input: {exc}")
+    gone = (
+        f"the input is no longer on {letter.topic}[{letter.partition}] at offset "
+        f"{letter.offset} (deleted by the topic's retention or compaction)"
+    )
+    if raw:
+        if record is None or record.value is None:
+            fail(gone if record is None else "the refused record has no value (a tombstone)")
+        sys.stdout.buffer.write(record.value)
+        sys.stdout.buffer.flush()
+        return
+    key = None if record is None or record.key is None else record.key
+    value = None if record is None else record.value
+    if as_json:
+        document: dict[str, Any] = {**_row(letter), "input": None}
+        if record is not None:
+            document["input"] = {
+                "key": None if key is None else key.decode("utf-8", "replace"),
+                "value_b64": None if value is None else base64.b64encode(value).decode(),
+                "timestamp_ms": record.timestamp,
+            }
+        self.say(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return
+    shown = table("", "", ids=1)
+    shown.show_header = False
+    for name, text in (
+        ("event id", str(letter.event_id)),
+        ("when", letter.occurred_at.isoformat()),
+        ("stage", f"{letter.stage} (consumer group {letter.consumer or 'unknown'})"),
+        ("doer", letter.doer),
+        ("error", letter.error_type),
+        ("reason", letter.reason),
+        ("read at", f"{letter.topic}[{letter.partition}] offset {letter.offset}"),
+        ("bytes", "unknown" if letter.payload_size is None else str(letter.payload_size)),
+    ):
+        shown.add_row(name, text)
+    console = self.console()
+    console.print(shown)
+    if record is None:
+        self.say(gone)
+        return
+    self.say(f"key: {'none' if key is None else key.decode('utf-8', 'replace')!s}")
+    if value is None:
+        self.say("value: none (a tombstone)")
+        return
+    if len(value) > SHOWN_BYTES:  # a prefix of JSON does not parse: shown as text
+        text, parsed = value[:SHOWN_BYTES].decode("utf-8", "replace"), False
+    else:
+        text, parsed = _text(value)
+    what = "JSON" if parsed else "not JSON, as UTF-8"
+    self.say(f"value ({len(value)} bytes, {what}; it may hold personal data):")
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    if len(value) > SHOWN_BYTES:
+        self.say(f"… {len(value) - SHOWN_BYTES} more bytes: `learnops dlq show {event_id} --raw`")
