@@ -146,7 +146,7 @@ echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS   PostgreSQL: $DATABASE_URL"
 echo "The demo's worker stops with this script; Kafka, PostgreSQL and the console run on."
 echo "To look around and send commands, in your shell:"
 # The same ports and state directory as this run, or a fresh shell points at the defaults.
-for var in KAFKA_PORT KAFKA_CONTROLLER_PORT PG_PORT LEARNOPS_STATE_DIR; do
+for var in KAFKA_PORT KAFKA_CONTROLLER_PORT PG_PORT LEARNOPS_STATE_DIR LEARNOPS_WEB_PORT LEARNOPS_CONSOLE_PORT; do
   if [ -n "${!var:-}" ]; then printf '  export %s=%q\n' "$var" "${!var}"; fi
 done
 printf '  cd %q && eval "$(bash scripts/services.sh env)" && export PATH=%q:"$PATH"\n' "$repo" "$bin"

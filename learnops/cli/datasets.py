@@ -53,15 +53,39 @@ def _tenant(_: Any, __: Any, value: str | None) -> str | None:
     return value
 
 
-def tenant_option(*, required: bool) -> Any:
-    """``--tenant T``: whose datasets (a name); required where sample text is shown or copied."""
-    return click.option(
-        "--tenant",
-        required=required,
-        callback=_tenant,
-        help="The tenant whose datasets these are"
-        + ("." if required else " (every tenant's counts when left out)."),
-    )
+def tenant_option(*, required: bool, in_name: str | None = None) -> Any:
+    """``--tenant T``: whose datasets (a name); required where sample text is shown or copied.
+
+    ``in_name``: the form of NAME that names its tenant instead (qualified()).
+    """
+    if in_name is not None:
+        help_ = f"The tenant whose datasets these are (or name it {in_name})."
+    elif required:
+        help_ = "The tenant whose datasets these are."
+    else:
+        help_ = "The tenant whose datasets these are (every tenant's counts when left out)."
+    return click.option("--tenant", required=required, callback=_tenant, help=help_)
+
+
+def qualified(name: str, tenant: str | None, slashes: int, form: str) -> tuple[str, str]:
+    """NAME without its tenant, and the tenant: ``--tenant T NAME`` or NAME as ``T/NAME``.
+
+    ``slashes`` is how many ``/`` a name with its tenant has (TENANT/DOER/PHASE: 2,
+    TENANT/GOLDEN: 1); ``form`` names that form in the error.
+    """
+    if name.count("/") == slashes:
+        named, rest = name.split("/", 1)
+        problem = name_problem(named)
+        if problem is not None:
+            usage_error(f"{name!r}: the tenant {problem}")
+        if tenant is not None and tenant != named:
+            usage_error(f"{name!r} is of tenant {named!r}, not --tenant {tenant!r}")
+        return rest, named
+    if tenant is None:
+        usage_error(
+            f"{name!r}: give --tenant T, or name it {form} as `learnops dataset list` shows it"
+        )
+    return name, tenant
 
 
 def _dump(value: Any) -> str:
@@ -128,9 +152,19 @@ async def dataset_list(self: GroupedCommand, tenant: str | None, as_json: bool) 
         console.print(frozen)
 
 
-@command(dataset, "show", click.argument("name"), tenant_option(required=True), json_option)
-async def dataset_show(self: GroupedCommand, name: str, tenant: str, as_json: bool) -> None:
-    """A tenant's dataset's statistics (clean rate, rejects), or its golden dataset's versions."""
+@command(
+    dataset,
+    "show",
+    click.argument("name"),
+    tenant_option(required=False, in_name="TENANT/DOER/PHASE"),
+    json_option,
+)
+async def dataset_show(self: GroupedCommand, name: str, tenant: str | None, as_json: bool) -> None:
+    """A tenant's dataset's statistics (clean rate, rejects), or its golden dataset's versions.
+
+    NAME is DOER/PHASE or GOLDEN[@VERSION] with --tenant, or TENANT/DOER/PHASE.
+    """
+    name, tenant = qualified(name, tenant, 2, "TENANT/DOER/PHASE")
     golden_name, version = split_ref(name)
     async with database(self) as pool:
         summary = await store.dataset_summary(pool, tenant, name)
@@ -174,7 +208,7 @@ async def dataset_show(self: GroupedCommand, name: str, tenant: str, as_json: bo
     dataset,
     "samples",
     click.argument("name"),
-    tenant_option(required=True),
+    tenant_option(required=False, in_name="TENANT/DOER/PHASE"),
     limit_option(20),
     click.option(
         "--only",
@@ -185,9 +219,10 @@ async def dataset_show(self: GroupedCommand, name: str, tenant: str, as_json: bo
     json_option,
 )
 async def dataset_samples(
-    self: GroupedCommand, name: str, tenant: str, limit: int, only: str, as_json: bool
+    self: GroupedCommand, name: str, tenant: str | None, limit: int, only: str, as_json: bool
 ) -> None:
     """A tenant's dataset's latest samples: verdict, reason, labels and the (redacted) content."""
+    name, tenant = qualified(name, tenant, 2, "TENANT/DOER/PHASE")
     accepted = {"all": None, "accepted": True, "rejected": False}[only]
     async with database(self) as pool:
         rows = await store.dataset_samples(pool, tenant, name, limit=limit, accepted=accepted)
@@ -229,7 +264,7 @@ async def dataset_samples(
     dataset,
     "freeze",
     click.argument("name"),
-    tenant_option(required=True),
+    tenant_option(required=False, in_name="TENANT/DOER/PHASE"),
     click.option(
         "--as", "golden", required=True, help="Name of the golden dataset (letters, digits, ._-)."
     ),
@@ -242,9 +277,10 @@ async def dataset_samples(
     json_option,
 )
 async def dataset_freeze(
-    self: GroupedCommand, name: str, tenant: str, golden: str, actor: str, as_json: bool
+    self: GroupedCommand, name: str, tenant: str | None, golden: str, actor: str, as_json: bool
 ) -> None:
     """Freeze the tenant's dataset NAME's accepted samples as the next version of GOLDEN."""
+    name, tenant = qualified(name, tenant, 2, "TENANT/DOER/PHASE")
     problem = name_problem(golden)
     if problem is not None:
         usage_error(f"--as {golden!r}: a golden dataset's name {problem} (letters, digits, ._-)")
@@ -275,9 +311,18 @@ async def dataset_freeze(
         )
 
 
-@command(dataset, "verify", click.argument("golden"), tenant_option(required=True), json_option)
-async def dataset_verify(self: GroupedCommand, golden: str, tenant: str, as_json: bool) -> None:
+@command(
+    dataset,
+    "verify",
+    click.argument("golden"),
+    tenant_option(required=False, in_name="TENANT/GOLDEN[@VERSION]"),
+    json_option,
+)
+async def dataset_verify(
+    self: GroupedCommand, golden: str, tenant: str | None, as_json: bool
+) -> None:
     """Recompute GOLDEN[@VERSION]'s content hashes and manifest hash; exit 1 on any mismatch."""
+    golden, tenant = qualified(golden, tenant, 1, "TENANT/GOLDEN[@VERSION]")
     name, version = split_ref(golden)
     async with database(self) as pool:
         try:

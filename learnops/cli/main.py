@@ -396,7 +396,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     ),
     "dataset": (
         "learnops.cli.datasets:dataset",
-        "Curated datasets (DOER/PHASE) and golden datasets: list, show, freeze, verify.",
+        "Curated datasets (TENANT/DOER/PHASE) and golden datasets: list, show, samples, "
+        "freeze, verify, erase.",
     ),
     "operator": (
         "learnops.cli.operator:operator",
@@ -860,17 +861,24 @@ async def _signing_key_untrusted(settings: Settings, conn: Any) -> str | None:
 
 def _web_port_free(host: str, port: int) -> None:
     """Fail in one sentence when the worker's web port (metrics, health) is taken."""
+    _port_free(
+        host,
+        port,
+        "the worker's metrics and health",
+        "set LEARNOPS_WEB_PORT to a free port (or LEARNOPS_WEB_ENABLED=false)",
+    )
+
+
+def _port_free(host: str, port: int, what: str, fix: str) -> None:
+    """Fail in one sentence, naming ``what`` and the ``fix``, when HOST:PORT cannot be bound."""
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web servers bind
         try:
             probe.bind((host, port))
         except OSError as exc:
-            fail(
-                f"cannot serve the worker's metrics and health on {host}:{port} ({exc.strerror}); "
-                "set LEARNOPS_WEB_PORT to a free port (or LEARNOPS_WEB_ENABLED=false)"
-            )
+            fail(f"cannot serve {what} on {host}:{port} ({exc.strerror}); {fix}")
 
 
 def settings_topics_file(ctx: CommandContext) -> str:
@@ -952,6 +960,7 @@ def serve(host: str, port: int) -> None:
     """Start the read-only operator console (dashboard, JSON API)."""
     from learnops.console.__main__ import serve as run
 
+    _port_free(host, port, "the console", "pass --port N or set LEARNOPS_CONSOLE_PORT")
     run(host, port)
 
 

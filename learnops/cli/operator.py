@@ -30,6 +30,7 @@ from learnops.cli.main import (
     group,
     json_option,
     table,
+    usage_error,
 )
 
 if TYPE_CHECKING:
@@ -172,12 +173,12 @@ async def keys_add(
     except ValidationError as exc:
         fail(f"--operator {name!r}: {exc.errors()[0]['msg']}")
     if generate == (public_pem is not None):
-        fail("give either --generate --out FILE or --public PEM")
+        usage_error("give either --generate --out FILE or --public PEM")
     if (doer_pattern is None) != (role is None):
-        fail("--doer and --role go together")
+        usage_error("--doer and --role go together")
     if generate:
         if out is None:
-            fail("--generate needs --out FILE for the private key")
+            usage_error("--generate needs --out FILE for the private key")
         key = generate_key()
         public_key = key.public_key
     else:

@@ -344,7 +344,7 @@ async def test_an_unreachable_kafka_says_so_for_commands_and_the_worker(
     one_line_error(freeze, 1, "cannot reach Kafka")
 
 
-async def test_a_worker_whose_web_port_is_taken_says_so_in_one_line(
+async def test_a_worker_or_console_whose_port_is_taken_says_so_in_one_line(
     settings_env: dict[str, str],
 ) -> None:
     """It ended in Faust's traceback of OSError 98 after the worker had started."""
@@ -357,6 +357,13 @@ async def test_a_worker_whose_web_port_is_taken_says_so_in_one_line(
         env = {**settings_env, "LEARNOPS_WEB_ENABLED": "true", "LEARNOPS_WEB_PORT": str(port)}
         one_line_error(
             await learnops(env, "worker"), 1, f"127.0.0.1:{port}", "set LEARNOPS_WEB_PORT"
+        )
+        # The console too: it printed uvicorn's log lines and exited 3.
+        one_line_error(
+            await learnops(settings_env, "serve", "--port", str(port)),
+            1,
+            f"cannot serve the console on 127.0.0.1:{port}",
+            "LEARNOPS_CONSOLE_PORT",
         )
 
 

@@ -150,9 +150,10 @@ async def test_erase_removes_the_subject_everywhere_and_keeps_the_others(
     old, checked_old = await store.verify_golden(db, "acme", golden, 1)
     assert checked_old.ok and checked_old.erased == 2, checked_old.problems
     assert old.sample_count == 3
-    shown = run_learnops(settings_env, "dataset", "verify", f"{golden}@1", "--tenant", "acme")
-    assert shown.returncode == 0, shown.stdout + shown.stderr
-    assert f"ok: {golden}@1: 3 samples (2 erased)" in shown.stdout
+    for args in ((f"{golden}@1", "--tenant", "acme"), (f"acme/{golden}@1",)):
+        shown = run_learnops(settings_env, "dataset", "verify", *args)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert f"ok: {golden}@1: 3 samples (2 erased)" in shown.stdout
     # The audit row: counts, actor, reason, and the subject only as a hash.
     audit = await db.fetchrow("SELECT * FROM subject_erasures WHERE id = $1", result["erasure_id"])
     assert (audit["actor"], audit["reason"]) == ("dpo", "request 42")

@@ -116,17 +116,22 @@ async def test_a_tenants_reads_show_nothing_of_the_other(
     assert {s["sample_id"] for s in samples} == {r["sample_id"] for r in two_tenants["rows"][a]}
     shown = json.dumps(samples)
     assert two_tenants["secrets"][a] in shown and two_tenants["secrets"][b] not in shown
-    # B's full dataset name asked for as tenant A: nothing.
-    missing = await asyncio.to_thread(
+    # B's full dataset name asked for as tenant A: refused, nothing shown.
+    refused = await asyncio.to_thread(
         run_learnops, settings_env, "dataset", "samples", f"{b}/{doer}/draft", "--tenant", a
     )
-    assert missing.returncode == 1 and "no such dataset" in missing.stderr
+    assert refused.returncode == 2 and f"not --tenant {a!r}" in refused.stderr
+    assert two_tenants["secrets"][b] not in refused.stdout + refused.stderr
     listed = await asyncio.to_thread(_cli_json, settings_env, "dataset", "list", "--tenant", a)
     assert [d["dataset"] for d in listed["datasets"]] == [f"{a}/{doer}/draft"]
-    summary = await asyncio.to_thread(
-        _cli_json, settings_env, "dataset", "show", f"{doer}/draft", "--tenant", b
+    # The name as the list gives it carries its tenant: the same samples without --tenant.
+    named = await asyncio.to_thread(
+        _cli_json, settings_env, "dataset", "samples", f"{a}/{doer}/draft"
     )
-    assert (summary["dataset"]["tenant_id"], summary["dataset"]["checked"]) == (b, 3)
+    assert {s["sample_id"] for s in named} == {s["sample_id"] for s in samples}
+    for args in ((f"{doer}/draft", "--tenant", b), (f"{b}/{doer}/draft",)):
+        summary = await asyncio.to_thread(_cli_json, settings_env, "dataset", "show", *args)
+        assert (summary["dataset"]["tenant_id"], summary["dataset"]["checked"]) == (b, 3)
 
 
 async def test_samples_text_is_never_shown_without_a_tenant(settings_env: dict[str, str]) -> None:
