@@ -406,6 +406,20 @@ async def doers_named(pool: Any, name: str) -> list[str]:
     return [row["doer"] for row in rows]
 
 
+async def doer_known(pool: Any, doer: str) -> bool:
+    """Whether anything is known of DOER: scored runs, a policy, a card, an experiment, bandits."""
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM learning_progress WHERE doer = $1)"
+            " OR EXISTS (SELECT 1 FROM policies WHERE doer = $1)"
+            " OR EXISTS (SELECT 1 FROM skill_cards WHERE doer = $1)"
+            " OR EXISTS (SELECT 1 FROM experiments WHERE doer = $1)"
+            " OR EXISTS (SELECT 1 FROM bandit_allocations WHERE doer = $1)",
+            doer,
+        )
+    )
+
+
 async def policy_history(pool: Any, doer: str, limit: int = 50) -> list[dict[str, Any]]:
     """DOER's applied policy moves (register, shadow, canary, promote, rollback), latest first."""
     return await _fetch(

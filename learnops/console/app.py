@@ -294,7 +294,9 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         """Every doer with its latest 7-day mean CRL (every tenant's runs, or ``tenant``'s)."""
         return await dashboard.doers(pool(request), tenant)
 
-    @app.get("/api/doers/{doer}/trend", response_model=list[CRLDay])
+    @app.get(
+        "/api/doers/{doer}/trend", response_model=list[CRLDay], dependencies=concerns.KNOWN_DOER
+    )
     async def api_doer_trend(
         request: Request, doer: str, days: int = 30, tenant: str | None = None
     ) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
@@ -200,6 +200,23 @@ def pool(request: Request) -> Any:
     return request.app.state.pool
 
 
+async def known_doer(request: Request, doer: str) -> str:
+    """The API's doer as given, or 404 naming it (and its spelling when only the case differs).
+
+    An unknown name answered 200 with an empty list, which reads as "no runs yet".
+    """
+    db = pool(request)
+    if await dashboard.doer_known(db, doer):
+        return doer
+    named = [d for d in await dashboard.doers_named(db, doer) if d != doer]
+    hint = f"; did you mean {named[0]!r}?" if len(named) == 1 else ""
+    raise HTTPException(404, f"no runs, policies, cards or experiments of doer {doer!r}{hint}")
+
+
+#: For every /api/doers/{doer}/… route.
+KNOWN_DOER = [Depends(known_doer)]
+
+
 def series(rows: list[dict[str, Any]], *key: str) -> list[dict[str, Any]]:
     """Chart series of trend ROWS, one per value of the KEY columns: days, CRL and baseline."""
     grouped: dict[str, dict[str, list[Any]]] = defaultdict(
@@ -221,7 +238,9 @@ async def api_trend_by_phase(
     return await dashboard.crl_trend_by_phase(pool(request), days, tenant)
 
 
-@router.get("/api/doers/{doer}/trend/phases", response_model=list[PhaseDay])
+@router.get(
+    "/api/doers/{doer}/trend/phases", response_model=list[PhaseDay], dependencies=KNOWN_DOER
+)
 async def api_doer_trend_by_phase(
     request: Request, doer: str, days: int = 30, tenant: str | None = None
 ) -> list[dict[str, Any]]:
@@ -229,7 +248,9 @@ async def api_doer_trend_by_phase(
     return await dashboard.doer_trend_by_phase(pool(request), doer, days, tenant)
 
 
-@router.get("/api/doers/{doer}/trend/policies", response_model=list[PolicyDay])
+@router.get(
+    "/api/doers/{doer}/trend/policies", response_model=list[PolicyDay], dependencies=KNOWN_DOER
+)
 async def api_doer_trend_by_policy(
     request: Request, doer: str, days: int = 30, tenant: str | None = None
 ) -> list[dict[str, Any]]:
@@ -237,7 +258,7 @@ async def api_doer_trend_by_policy(
     return await dashboard.doer_trend_by_policy(pool(request), doer, days, tenant)
 
 
-@router.get("/api/doers/{doer}/skill-card")
+@router.get("/api/doers/{doer}/skill-card", dependencies=KNOWN_DOER)
 async def api_skill_card(request: Request, doer: str, tenant: str | None = None) -> dict[str, Any]:
     """The doer's current skill card of ``tenant`` as stored (the SkillCard event).
 
@@ -254,13 +275,17 @@ async def api_skill_card(request: Request, doer: str, tenant: str | None = None)
     return dict(orjson.loads(cards[0]["card"]))
 
 
-@router.get("/api/doers/{doer}/policy-history", response_model=list[PolicyMove])
+@router.get(
+    "/api/doers/{doer}/policy-history", response_model=list[PolicyMove], dependencies=KNOWN_DOER
+)
 async def api_policy_history(request: Request, doer: str, limit: int = 50) -> list[dict[str, Any]]:
     """The doer's applied policy moves, latest first."""
     return await dashboard.policy_history(pool(request), doer, limit)
 
 
-@router.get("/api/doers/{doer}/experiments", response_model=list[DoerExperiment])
+@router.get(
+    "/api/doers/{doer}/experiments", response_model=list[DoerExperiment], dependencies=KNOWN_DOER
+)
 async def api_doer_experiments(
     request: Request, doer: str, limit: int = 50
 ) -> list[dict[str, Any]]:
@@ -274,7 +299,9 @@ async def api_bandits(request: Request, doer: str | None = None) -> list[dict[st
     return await dashboard.bandits_in_force(pool(request), doer)
 
 
-@router.get("/api/doers/{doer}/bandits/history", response_model=list[BanditPoint])
+@router.get(
+    "/api/doers/{doer}/bandits/history", response_model=list[BanditPoint], dependencies=KNOWN_DOER
+)
 async def api_bandit_history(request: Request, doer: str, days: int = 30) -> list[dict[str, Any]]:
     """The doer's allocations of the last ``days`` days, each when first sent, oldest first."""
     return await dashboard.bandit_history(pool(request), doer, days)

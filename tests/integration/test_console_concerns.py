@@ -335,6 +335,25 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
             "/api/canaries/no-such-deployment",
             f"/doers/{doer.lower()}",
         )
+        # The API about a doer: an unknown name is a 404 (it was 200 and an empty list).
+        doer_api = [
+            f"/api/doers/{{}}/{path}"
+            for path in (
+                "trend",
+                "trend/phases",
+                "trend/policies",
+                "policy-history",
+                "experiments",
+                "bandits/history",
+                "skill-card",
+            )
+        ]
+        known, nobody, lowered = await asyncio.to_thread(
+            lambda: [
+                get(*(p.format(name) for p in doer_api))
+                for name in (doer, f"Nobody{suffix}", doer.lower())
+            ]
+        )
     finally:
         await drop_database(postgres_server, name)
     assert page.status_code == 200, page.text
@@ -352,6 +371,12 @@ async def test_a_doer_with_a_policy_but_no_run_has_a_page_and_an_unknown_name_no
     assert api.status_code == 404 and api.json()["detail"] == "no deployment no-such-deployment"
     # The doer's name in another case (as policy ids are written) leads to its page.
     assert folded.status_code == 200 and folded.url.path == f"/doers/{doer}", folded.url
+    # Known with a policy and no run: empty lists (no card yet: its own 404).
+    assert [r.status_code for r in known] == [200] * 6 + [404]
+    assert all(r.json() == [] for r in known[:2]) and known[3].json()
+    assert [r.status_code for r in nobody + lowered] == [404] * 14
+    assert all(f"of doer 'Nobody{suffix}'" in r.json()["detail"] for r in nobody)
+    assert all(f"did you mean {doer!r}?" in r.json()["detail"] for r in lowered)
 
 
 async def test_a_doers_trend_of_one_tenant_counts_that_tenants_runs_only(
