@@ -26,7 +26,7 @@ from agents.faust_internals.transport import (
     broker_urls,
 )
 from agents.health import register_pages, watch_gc_pauses
-from agents.logs import hide_exception_values, quiet_repeats, use_json_logs
+from agents.logs import hide_exception_values, quiet_fast_timers, quiet_repeats, use_json_logs
 from agents.settings import Settings, SettingsError
 from agents.streams import Bodies
 from agents.topics import TopicCatalog, load_catalog, missing
@@ -137,6 +137,7 @@ class LearnopsApp(faust.App):
         tune_gc()
         hide_exception_values()
         quiet_repeats()
+        quiet_fast_timers()
         if self.settings.learnops_log_format == "json":
             use_json_logs()
         # Faust makes only the last directory of its datadir; a fresh checkout or

@@ -166,6 +166,30 @@ def quiet_repeats() -> None:
             logger.addFilter(repeats)
 
 
+class FastTimerOverlaps(logging.Filter):
+    """Leave out mode's "Timer … is overlapping" warning for timers under a second.
+
+    mode warns whenever a timer's tick ran longer than its interval. The stages'
+    fast timers (the CRL stage writes due folds every ~0.1 s) run longer than
+    that whenever their PostgreSQL write waits for a busy loop, which is normal
+    under load: the next tick simply comes later. The warning, a line per tick,
+    read as a fault to operators. Timers of a second or more keep it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Timer %s is overlapping") and len(record.args or ()) >= 2:
+            interval = record.args[1]  # type: ignore[index]
+            return not (isinstance(interval, int | float) and interval < 1.0)
+        return True
+
+
+def quiet_fast_timers() -> None:
+    """Give mode's timer logger :class:`FastTimerOverlaps` (once)."""
+    logger = logging.getLogger("mode.timers")
+    if not any(isinstance(f, FastTimerOverlaps) for f in logger.filters):
+        logger.addFilter(FastTimerOverlaps())
+
+
 def hide_exception_values() -> None:
     """Make every handler of the root logger print tracebacks without exception messages."""
     for handler in logging.getLogger().handlers:

@@ -151,7 +151,7 @@ async def _control(
     from aiokafka.errors import KafkaError
 
     from agents.topics import TopicCatalogError, started
-    from learnops.cli.operator import signed
+    from learnops.cli.operator import refuse_unless_authorised, signed
     from models.bandit import BanditControl
 
     verb = "frozen" if frozen else "unfrozen"
@@ -184,6 +184,7 @@ async def _control(
             reason=reason,
         ),
     )
+    await refuse_unless_authorised(ctx, control)
     async with started(ctx.settings.kafka_producer()) as producer:
         await producer.send_and_wait(CONTROLS, key=doer.encode(), value=control.to_json())
     unchecked = await _verdict(ctx, control, timeout, has_allocations) if wait else None

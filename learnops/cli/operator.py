@@ -123,6 +123,37 @@ def signed(ctx: CommandContext, event: Event, approver_key: Path | None = None) 
     )
 
 
+async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
+    """Fail before sending a signed command the worker would refuse for its key or role.
+
+    The stage that applies it decides, by the same rule over the same keys and
+    grants (learning.command_signing.authorise); asked here first, a key that is
+    not registered, revoked or lacks the role is said at once, with nothing
+    sent, not as a refusal alert from a worker that may not be running. When
+    PostgreSQL cannot be read the command goes out all the same (an emergency
+    freeze must not wait on the console's database) and the worker decides.
+    """
+    from learning.command_signing import authorise
+    from learnops.cli.main import ServiceUnreachable
+    from storage.operator_keys import operator_keyring
+
+    try:
+        async with database(ctx) as pool:
+            keyring, grants = await operator_keyring(pool)
+    except ServiceUnreachable:
+        return
+    verdict = authorise(
+        command.model_dump(mode="json"),
+        keyring,
+        grants,
+        now=datetime.now(UTC),
+        clock_skew=timedelta(seconds=ctx.settings.learnops_command_clock_skew_s),
+    )
+    if not verdict:
+        action = getattr(command, "command", type(command).__name__)
+        fail(f"{action} refused: {verdict.reason} (checked before sending: nothing sent)")
+
+
 @command(
     keys,
     "add",

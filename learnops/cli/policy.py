@@ -159,9 +159,10 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
 async def _send(ctx: CommandContext, event: Event, approver_key: Path | None = None) -> Event:
     """Sign the command with the operator's key and send it; the signed command is returned."""
     from agents.topics import started
-    from learnops.cli.operator import signed
+    from learnops.cli.operator import refuse_unless_authorised, signed
 
     event = signed(ctx, event, approver_key)
+    await refuse_unless_authorised(ctx, event)
     async with started(ctx.settings.kafka_producer()) as producer:
         await producer.send_and_wait(COMMANDS_TOPIC, key=event.doer.encode(), value=event.to_json())
     return event

@@ -837,3 +837,22 @@ async def test_tables_have_headers_and_never_cut_an_identifier(
     assert f"{doer.lower()}@2" in listed.stdout and doer in listed.stdout
     deployments = await learnops(settings_env, "policy", "deployments", "--doer", doer)
     assert deployments.stdout.splitlines()[0].split()[:2] == ["deployment", "doer"]
+
+
+async def test_a_command_signed_by_a_key_the_worker_would_refuse_is_not_sent(
+    settings_env: dict[str, str], db: Any, tmp_path: Path
+) -> None:
+    """With no worker running it said "no stage applied it; is a worker running?"."""
+    doer, deployment = await a_doer_with_a_canary(db, "CliUnregistered")
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_bytes(generate_key().to_pem())
+    env = {**settings_env, "LEARNOPS_OPERATOR_KEY": str(stranger)}
+    for args in (
+        ("bandit", "freeze", doer, "--reason", "hold"),
+        ("policy", "pause", deployment, "--reason", "hold"),
+    ):
+        started = time.monotonic()
+        result = await learnops(env, *args, "--timeout", "60")
+        line = one_line_error(result, 1, "refused", "checked before sending: nothing sent")
+        assert "is not a registered operator key" in line, line
+        assert time.monotonic() - started < 30, line  # said at once, not after the wait

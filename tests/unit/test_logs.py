@@ -153,3 +153,33 @@ def test_the_repeats_filter_sits_on_the_kafka_loggers_so_every_handler_prints_on
         for handler in handlers:
             client.removeHandler(handler)
     assert [s.getvalue().count("Unable to update metadata") for s in streams] == [1, 1]
+
+
+def test_mode_s_overlap_warning_is_left_out_for_sub_second_timers_only() -> None:
+    from mode.timers import Timer
+
+    from agents.logs import quiet_fast_timers
+
+    quiet_fast_timers()
+    quiet_fast_timers()  # once
+    logger = logging.getLogger("mode.timers")
+    assert len([f for f in logger.filters if type(f).__name__ == "FastTimerOverlaps"]) == 1
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        for interval in (0.125, 5.0):
+            times = iter([0.0, 10.0, 10.0, 20.0, 20.0])  # each tick ran 10 s
+            timer = Timer(interval, name=f"t{interval}", clock=times.__next__)
+            timer.tick()
+            timer.on_before_yield()
+            timer.tick()
+    finally:
+        logger.removeHandler(keep)
+    overlaps = [r.getMessage() for r in seen if "is overlapping" in r.getMessage()]
+    assert len(overlaps) == 1 and "Timer t5.0 is overlapping" in overlaps[0], overlaps
