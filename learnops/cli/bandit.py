@@ -38,7 +38,12 @@ from learnops.cli.main import (
     split_ref,
     table,
 )
-from learnops.cli.policy import policy_key_option, timeout_option, wait_option
+from learnops.cli.policy import (
+    fail_if_runs_without_policy,
+    policy_key_option,
+    timeout_option,
+    wait_option,
+)
 
 if TYPE_CHECKING:
     from learning.signing import SigningKey
@@ -95,6 +100,8 @@ async def _registered_doer(ctx: GroupedCommand, doer: str, allocated: set[str]) 
     found = as_known(doer, known)
     if found is not None:
         return found
+    async with database(ctx) as pool:
+        await fail_if_runs_without_policy(pool, doer)
     fail(
         f"no doer {doer!r} in the policy store or on {ALLOCATIONS}"
         f"{closest(doer, known | allocated)}; nothing sent (a doer's bandit starts from its "

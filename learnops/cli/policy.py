@@ -106,7 +106,27 @@ async def resolve_doer(pool: Any, doer: str) -> str:
     found = as_known(doer, doers)
     if found is not None:
         return found
+    await fail_if_runs_without_policy(pool, doer)
     fail(f"no such doer {doer!r}{closest(doer, doers)} (`learnops policy list` shows them)")
+
+
+async def fail_if_runs_without_policy(pool: Any, name: str) -> None:
+    """Fail saying so when NAME is a doer with scored runs and no registered policy.
+
+    Such a doer is listed by `skills list` and the console; "no such doer" for it
+    reads as a typo.
+    """
+    # learning_progress has a row per doer and day of stored runs: small, any case.
+    with_runs = await pool.fetchval(
+        "SELECT doer FROM learning_progress WHERE lower(doer) = lower($1)"
+        " AND NOT EXISTS (SELECT 1 FROM policies WHERE lower(doer) = lower($1)) LIMIT 1",
+        name,
+    )
+    if with_runs is not None:
+        fail(
+            f"doer {with_runs!r} has runs but no policy yet (`learnops policy register FILE "
+            f"--doer {with_runs} --key KEY.pem` registers its first)"
+        )
 
 
 async def _find(pool: Any, ref: str) -> store.PolicyRecord:
@@ -143,15 +163,7 @@ async def _find(pool: Any, ref: str) -> store.PolicyRecord:
         fail(f"no such policy version {ref!r}; {candidates[0]} has {known}")
     if len(candidates) > 1:
         fail(f"{policy_id!r} could be {', '.join(sorted(candidates))}: name one")
-    # learning_progress has a row per doer and day of stored runs: small, any case.
-    with_runs = await pool.fetchval(
-        "SELECT doer FROM learning_progress WHERE lower(doer) = lower($1) LIMIT 1", policy_id
-    )
-    if with_runs is not None:
-        fail(
-            f"doer {with_runs!r} has runs but no policy yet (`learnops policy register FILE "
-            f"--doer {with_runs} --key KEY.pem` registers its first)"
-        )
+    await fail_if_runs_without_policy(pool, policy_id)
     hint = closest(policy_id, ids) or closest(policy_id, doers)
     fail(f"no such policy {policy_id!r}{hint} (`learnops policy list` shows what exists)")
 
@@ -827,6 +839,7 @@ async def _deployment(pool: Any, text: str) -> dict[str, Any]:
         )
     names = {r["deployment_id"] for r in rows if r["ended_at"] is None}
     names |= {r["doer"] for r in rows if r["ended_at"] is None}
+    await fail_if_runs_without_policy(pool, text)
     fail(
         f"no such deployment {text!r}{closest(text, names)} "
         "(`learnops policy deployments` lists the live ones)"

@@ -568,12 +568,20 @@ async def test_an_unknown_doer_or_policy_names_the_closest_and_ids_match_any_cas
         uuid.uuid4(),
         newcomer,
     )
-    one_line_error(
-        await learnops(settings_env, "policy", "show", newcomer.lower()),
-        1,
-        f"doer '{newcomer}' has runs but no policy yet",
-        f"learnops policy register FILE --doer {newcomer}",
-    )
+    # The same answer from every command that takes a doer (they said "no such doer",
+    # "no such deployment" or "not in the policy store").
+    for args in (
+        ("policy", "show", newcomer.lower()),
+        ("policy", "history", newcomer),
+        ("policy", "pause", newcomer),
+        ("bandit", "freeze", newcomer, "--reason", "hold"),
+    ):
+        one_line_error(
+            await learnops(settings_env, *args),
+            1,
+            f"doer '{newcomer}' has runs but no policy yet",
+            f"learnops policy register FILE --doer {newcomer}",
+        )
 
 
 # ------------------------------------------------------------------------ key revocation
