@@ -257,11 +257,14 @@ async def _superseded(ctx: GroupedCommand, doer: str, latest: Any) -> str | None
     Router routing under the new version ignores them meanwhile. Read from the
     policy store; when that cannot be reached the allocations are shown without it.
     """
+    from models.tunables import tunables_of
+    from storage.policies import find_policy
     from storage.skills import active_policy
 
     try:
         async with database(ctx) as pool:
             active = await active_policy(pool, doer)
+            record = None if active is None else await find_policy(pool, *active)
     except ServiceUnreachable as exc:
         return f"the active policy could not be checked ({exc})"
     stale = sorted(
@@ -273,11 +276,22 @@ async def _superseded(ctx: GroupedCommand, doer: str, latest: Any) -> str | None
     )
     if not stale or active is None:
         return None
+    try:
+        declared = tunables_of(record.artifact) if record is not None else None
+    except ValueError:
+        declared = None
+    current = f"{active[0]}@{active[1]}"
+    if declared is not None and not declared.root:
+        # A version that fixes every choice (a bandit's promoted proposal): nothing to share.
+        then = f"Tasks under {current} take what it fixes: it declares no options to allocate"
+    else:
+        then = (
+            f"Tasks under {current} take its defaults until the bandit stage publishes its "
+            "first shares, at its first live run"
+        )
     return (
-        f"{doer}'s active policy is {active[0]}@{active[1]}; the shares below are of "
-        f"{', '.join(stale)} and route only tasks routed under it. Tasks under "
-        f"{active[0]}@{active[1]} take its defaults until the bandit stage publishes its "
-        "first shares, at its first live run"
+        f"{doer}'s active policy is {current}; the shares below are of "
+        f"{', '.join(stale)} and route only tasks routed under it. {then}"
     )
 
 
@@ -305,7 +319,7 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
         "share",
         "policy",
         "allocation",
-        "runs",
+        "runs (all options)",
         "probed",
         title=f"{doer}: bandit allocations ({state}, sequence {latest.sequence})",
     )

@@ -209,3 +209,11 @@ async def test_the_bandits_proposal_walks_replay_shadow_canary_to_promotion(
             return listed.get(experiment_id) == "promoted"
 
         await eventually(card_after_runs, lists_promoted, timeout=TIMEOUT)
+
+    # The last record holds version 1's shares; version 2 fixes the model, so no shares
+    # will follow, and `bandit show` says so (it said "until its first shares").
+    shown = await asyncio.to_thread(run_learnops, settings_env, "bandit", "show", doer)
+    assert shown.returncode == 0, shown.stderr
+    note = " ".join(shown.stderr.split())
+    assert f"active policy is {prepared.policy_id}@2" in note, note
+    assert "take what it fixes: it declares no options to allocate" in note, note
