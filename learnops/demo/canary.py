@@ -95,17 +95,22 @@ def show(console: Console, deployment_id: str, decisions: list[Any], tasks: int)
         f"[{_f(r.get('ci_low'))}, {_f(r.get('ci_high'))}], recommendation "
         f"{r.get('recommendation')}"
     )
-    guards = Table(title="guardrails")
-    for column in ("name", "critical", "value", "threshold", "bound", "passed"):
+    # Each row's value, threshold and bound mean what its statistic and rule say: a
+    # p-value must stay above its threshold, a harm's lower bound below 0.
+    guards = Table(title="guardrails (each row's rule in its last column)")
+    for column in ("name", "critical", "statistic", "value", "threshold", "bound", "passed"):
         guards.add_column(column)
+    guards.add_column("rule", overflow="fold")
     for g in r.get("guardrails", []):
         guards.add_row(
             g["name"],
             str(g.get("critical", False)),
+            g.get("statistic", ""),
             _f(g["value"]),
             _f(g["threshold"]),
             _f(g.get("bound")),
             "yes" if g["passed"] else "[red]NO[/red]",
+            g.get("reason") or "",
         )
     console.print(guards)
 
