@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,8 @@ async def learn(
     for _ in range(rounds):
         runs = []
         for _ in range(100):
-            run = orchestrator.bundle(doer, policy=(doer.lower(), 1))
+            # Dated now: the skill card at the end counts the last 30 days' runs.
+            run = orchestrator.bundle(doer, occurred_at=datetime.now(UTC), policy=(doer.lower(), 1))
             assert run.options is not None
             used[run.options[PARAMETER]] += 1
             runs.append(run)

@@ -124,6 +124,7 @@ class TwoModelOrchestrator(Orchestrator):
         """
         run = super().bundle(
             routed.doer,
+            occurred_at=routed.occurred_at,  # the same task, at the same time
             policy=(routed.policy_id, routed.policy_version),
             phase=PHASE,
             quality=QUALITY,
