@@ -51,7 +51,8 @@ TIMEOUT = 90.0
 async def bandit_stage(
     topics: Any, settings_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
-    """A worker running only the bandit stage: probation 2 runs, P(best) 0.85 after 50 runs.
+    """A worker running only the bandit stage: probation 2 runs, P(best) 0.85 after 50 runs,
+    released on evidence of no harm at 25 %.
 
     It allocates every 100 runs, as packaged: the rounds of 100 runs below wait for each
     round's allocation (one allocation per batch at most, so a smaller ``every`` may
@@ -64,8 +65,14 @@ async def bandit_stage(
         packaged.replace("  min_runs: 200 ", "  min_runs: 50 ")
         .replace("  probation_runs: 20 ", "  probation_runs: 2 ")
         .replace("  level: 0.95 ", "  level: 0.85 ")
+        # Evidence of no harm at 25 % instead of 5 %: about half the probes' events (the
+        # level itself is the unit tests' and bench/bandit_sim.py's; this test is the walk).
+        .replace("  release_alpha: 0.05 ", "  release_alpha: 0.25 ")
     )
-    assert small != packaged, "the packaged bandit settings moved: update this fixture"
+    for setting in ("min_runs: 50 ", "probation_runs: 2 ", "level: 0.85 ", "release_alpha: 0.25 "):
+        assert setting in small, (
+            f"the packaged bandit settings moved: update this fixture ({setting})"
+        )
     config.write_text(small)
     env = {
         **settings_env,
