@@ -512,6 +512,29 @@ async def register_artifact(
     return event
 
 
+async def _note_failed_experiments(ctx: CommandContext, pool: Any, found: Any) -> None:
+    """Say on stderr when the version's own experiments failed: starting it is allowed.
+
+    A version whose replay failed (or whose canary rolled it back) may still be
+    started by an operator, as any registered version may; it used to start
+    with no word of that.
+    """
+    rows = await pool.fetch(
+        "SELECT experiment_id, status FROM experiments WHERE policy_id = $1"
+        " AND policy_version = $2 AND status IN ('failed', 'incomplete', 'rolled_back')"
+        " ORDER BY created_at",
+        found.policy_id,
+        found.version,
+    )
+    for row in rows:
+        ctx.say(
+            f"note: experiment {row['experiment_id']} of {found.policy_id}@{found.version} "
+            f"ended {row['status']} (`learnops experiment show {row['experiment_id']}`); "
+            "starting it anyway",
+            file=ctx.stderr,
+        )
+
+
 @command(
     policy,
     "shadow",
@@ -545,6 +568,7 @@ async def policy_shadow(
 
     async with database(ctx) as pool:
         found = await _find(pool, ref)
+        await _note_failed_experiments(ctx, pool, found)
         event = StartShadow(
             doer=found.doer,
             actor=actor,
@@ -597,6 +621,7 @@ async def policy_canary(
         usage_error("--force needs --reason: a skipped step is recorded with why")
     async with database(ctx) as pool:
         found = await _find(pool, ref)
+        await _note_failed_experiments(ctx, pool, found)
         event = StartCanary(
             doer=found.doer,
             actor=actor,

@@ -236,6 +236,7 @@ async def test_a_worse_candidate_ends_failed_at_replay_with_its_numbers(
     db: Any,
     signing_key: SigningKey,
     settings: Any,
+    settings_env: dict[str, str],
 ) -> None:
     doer = await make_doer(db, producer, signing_key, "Worse")
     create = experiment(doer, 3)
@@ -266,6 +267,14 @@ async def test_a_worse_candidate_ends_failed_at_replay_with_its_numbers(
     rates = await db.fetchrow("SELECT * FROM v_experiment_success_rate WHERE doer = $1", doer.name)
     assert (rates["experiments"], rates["concluded"], rates["promoted"]) == (1, 1, 0)
     assert rates["success_rate"] == 0
+    # An operator may still start it, and is told its experiment failed (nothing was said).
+    started = await asyncio.to_thread(
+        learnops, settings_env, "policy", "shadow", f"{doer.policy_id}@3", "--no-wait"
+    )
+    assert started.returncode == 0, started.stderr
+    assert f"note: experiment {create.experiment_id} of {doer.policy_id}@3 ended failed" in (
+        " ".join(started.stderr.split())
+    ), started.stderr
 
 
 async def test_a_forged_or_unsigned_experiment_or_replay_is_refused_and_nothing_starts(
