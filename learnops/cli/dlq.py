@@ -122,8 +122,10 @@ async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool
     """
     from agents.topics import TopicCatalogError, read_record
 
-    if len(event_id) < 8:
-        fail(f"{event_id!r} is too short: give at least 8 characters of the letter's event id")
+    if not all(c in "0123456789abcdefABCDEF-" for c in event_id):
+        fail(f"{event_id!r} is not (the start of) an event id: hex digits and dashes")
+    if len(event_id.replace("-", "")) < 8:
+        fail(f"{event_id!r} is too short: give at least 8 hex digits of the letter's event id")
     async with database(self) as pool:
         found = await find_dead_letters(pool, event_id)
     if not found:

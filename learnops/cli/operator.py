@@ -11,6 +11,7 @@ naming who made it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import os
@@ -123,6 +124,10 @@ def signed(ctx: CommandContext, event: Event, approver_key: Path | None = None) 
     )
 
 
+#: Seconds the CLI gives PostgreSQL to answer its check of a command's key and role.
+PRECHECK_S = 10.0
+
+
 async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
     """Fail before sending a signed command the worker would refuse for its key or role.
 
@@ -130,17 +135,20 @@ async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
     grants (learning.command_signing.authorise); asked here first, a key that is
     not registered, revoked or lacks the role is said at once, with nothing
     sent, not as a refusal alert from a worker that may not be running. When
-    PostgreSQL cannot be read the command goes out all the same (an emergency
-    freeze must not wait on the console's database) and the worker decides.
+    PostgreSQL cannot be read within PRECHECK_S the command goes out all the
+    same (an emergency freeze must not wait on it) and the worker decides.
     """
     from learning.command_signing import authorise
     from learnops.cli.main import ServiceUnreachable
     from storage.operator_keys import operator_keyring
 
-    try:
+    async def read() -> Any:
         async with database(ctx) as pool:
-            keyring, grants = await operator_keyring(pool)
-    except ServiceUnreachable:
+            return await operator_keyring(pool)
+
+    try:
+        keyring, grants = await asyncio.wait_for(read(), PRECHECK_S)
+    except (ServiceUnreachable, TimeoutError):
         return
     verdict = authorise(
         command.model_dump(mode="json"),

@@ -307,14 +307,18 @@ async def api_bandit_history(request: Request, doer: str, days: int = 30) -> lis
     return await dashboard.bandit_history(pool(request), doer, days)
 
 
-def share_series(history: list[dict[str, Any]], until: datetime) -> list[dict[str, Any]]:
+def share_series(
+    history: list[dict[str, Any]], until: datetime, in_force: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """One chart per phase, parameter and policy version: each option's share at each allocation.
 
-    Shares hold from one allocation to the next, so each series ends at ``until``
-    (the page's time) with the shares of its last allocation.
+    Shares hold from one allocation to the next, so a series whose version is
+    in force (``in_force``: the doer's rows of ``v_bandit_in_force``) ends at
+    ``until`` (the page's time) with the shares of its last allocation; one a
+    newer version replaced ends at its last allocation.
     """
     charts: dict[str, dict[str, Any]] = {}
-    for row in [*history, *_held_until(history, until)]:
+    for row in [*history, *_held_until(history, until, in_force)]:
         name = f"{row['phase']}/{row['parameter']} of {row['policy_id']}@{row['policy_version']}"
         chart = charts.setdefault(name, {"name": name, "times": [], "shares": defaultdict(list)})
         chart["times"].append(row["sent_at"].isoformat())
@@ -327,11 +331,16 @@ def share_series(history: list[dict[str, Any]], until: datetime) -> list[dict[st
     ]
 
 
-def _held_until(history: list[dict[str, Any]], until: datetime) -> list[dict[str, Any]]:
-    """Each series' last allocation again at ``until``: the shares it holds to now."""
-    last: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in history:
-        last[(row["phase"], row["parameter"], row["policy_id"], row["policy_version"])] = row
+def _held_until(
+    history: list[dict[str, Any]], until: datetime, in_force: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each series in force: its last allocation again at ``until``, the shares it holds now."""
+
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row["phase"], row["parameter"], row["policy_id"], row["policy_version"])
+
+    held = {key(row) for row in in_force}
+    last = {key(row): row for row in history if key(row) in held}
     return [{**row, "sent_at": max(until, row["sent_at"])} for row in last.values()]
 
 
@@ -456,6 +465,6 @@ async def doer_page(request: Request, doer: str, tenant: str | None = None) -> R
             "history": history,
             "experiments": experiments,
             "bandits": bandits,
-            "bandit_charts": share_series(bandit_history, datetime.now(UTC)),
+            "bandit_charts": share_series(bandit_history, datetime.now(UTC), bandits),
         },
     )

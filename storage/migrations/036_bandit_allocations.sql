@@ -6,9 +6,10 @@
 -- it sends here first. A record is a doer's allocation number (`sequence`, which only
 -- rises) and whether an operator froze it; a freeze or an unfreeze sends the same
 -- sequence again with the other flag, and a restart may send a record again: the
--- same key, so the row stays one and only `last_sent_at` moves (the state in force
--- is the row sent last). The stage deletes rows older than its retention, never a
--- doer's latest.
+-- same key, so the row stays one: `last_sent_at` moves and it holds what was sent
+-- last. In force is the doer's highest sequence, sent last (a doer's sequence only
+-- rises; a freeze keeps it). The stage deletes rows older than its retention, never
+-- a doer's latest.
 CREATE TABLE bandit_allocations (
     doer text NOT NULL,
     sequence integer NOT NULL CHECK (sequence >= 0),
@@ -22,12 +23,13 @@ CREATE TABLE bandit_allocations (
 );
 CREATE INDEX bandit_allocations_first_sent ON bandit_allocations (first_sent_at);
 
--- Each doer's allocations in force (its row sent last), one row per phase and parameter.
+-- Each doer's allocations in force (its highest sequence, sent last), one row per phase
+-- and parameter.
 CREATE VIEW v_bandit_in_force AS
 WITH latest AS (
     SELECT DISTINCT ON (doer) doer, sequence, frozen, allocations, last_sent_at
     FROM bandit_allocations
-    ORDER BY doer, last_sent_at DESC, sequence DESC
+    ORDER BY doer, sequence DESC, last_sent_at DESC
 )
 SELECT l.doer, l.sequence AS doer_sequence, l.frozen, l.last_sent_at AS sent_at,
        p->>'phase' AS phase, p->>'parameter' AS parameter,

@@ -63,7 +63,13 @@ async def test_an_operator_lists_the_letters_and_reads_the_refused_input_back(
     document = json.loads(shown.stdout)
     assert document["reason"] == earlier["reason"] and document["input"]["key"] == doer
     assert base64.b64decode(document["input"]["value_b64"]) == invalid
+    # The start of the id, or the whole id without its dashes.
     raw = await learnops(settings_env, "dlq", "show", later["event_id"][:12], "--raw")
+    assert raw.returncode == 0, raw.stderr
+    assert raw.stdout == garbage
+    raw = await learnops(
+        settings_env, "dlq", "show", later["event_id"].replace("-", "").upper(), "--raw"
+    )
     assert raw.returncode == 0, raw.stderr
     assert raw.stdout == garbage
     text = await learnops(settings_env, "dlq", "show", earlier["event_id"])
@@ -92,6 +98,7 @@ async def test_an_operator_lists_the_letters_and_reads_the_refused_input_back(
     for args, fragment in (
         (("dlq", "show", "0123"), b"too short"),
         (("dlq", "show", "00000000-dead"), b"no dead letter with event id"),
+        (("dlq", "show", "%%%%%%%%"), b"hex digits and dashes"),
     ):
         refused = await learnops(settings_env, *args)
         assert refused.returncode == 1, refused

@@ -224,3 +224,27 @@ async def test_bandits_page_to_the_doers_shares_over_time_in_chromium(
     assert options == sorted(OPTIONS)
     # Each allocation, then the last one's shares held to the page's time.
     assert smalls == pytest.approx([*seeded["smalls"], seeded["smalls"][-1]])
+
+
+async def test_a_record_sent_again_with_other_contents_is_what_the_row_holds(db: Any) -> None:
+    doer = f"BanditTwo{uuid.uuid4().hex[:6]}"
+    # A second parameter's first allocation keeps the doer's sequence (0 + 0).
+    await record_allocations(db, [(doer, 0, False, [_parameter(doer, 0, 1 / 3)])])
+    await record_allocations(db, [(doer, 0, False, [_parameter(doer, 0, 1 / 3), _rag(doer, 0)])])
+    in_force = await dashboard.bandits_in_force(db, doer)
+    assert [r["parameter"] for r in in_force] == ["router.model", "rag.top_k"]
+    history = await dashboard.bandit_history(db, doer)
+    assert sorted(r["parameter"] for r in history) == ["rag.top_k", "router.model"]
+    # An older record sent after a newer one (a retried write) is not what is in force.
+    await record_allocations(db, [(doer, 2, False, [_parameter(doer, 2, 0.5), _rag(doer, 0)])])
+    await record_allocations(db, [(doer, 1, False, [_parameter(doer, 1, 0.2), _rag(doer, 0)])])
+    model = (await dashboard.bandits_in_force(db, doer))[0]
+    assert model["sequence"] == 2 and model["shares"][OPTIONS[2]] == pytest.approx(0.5)
+    # And expiry keeps that row, not the one sent last.
+    await db.execute(
+        "UPDATE bandit_allocations SET first_sent_at = now() - interval '40 days' WHERE doer = $1",
+        doer,
+    )
+    assert await expire_allocations(db, timedelta(days=30)) == 2
+    left = await db.fetch("SELECT sequence FROM bandit_allocations WHERE doer = $1", doer)
+    assert [r["sequence"] for r in left] == [2]
