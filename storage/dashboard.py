@@ -446,15 +446,31 @@ async def doer_experiments(pool: Any, doer: str, limit: int = 50) -> list[dict[s
 
 
 async def bandits_in_force(pool: Any, doer: str | None = None) -> list[dict[str, Any]]:
-    """Each doer's bandit shares in force, one row per phase and parameter (of DOER, or all)."""
-    where, args = ("WHERE doer = $1", [doer]) if doer is not None else ("", [])
-    return await _fetch(
+    """Each doer's last bandit shares sent, one row per phase and parameter (of DOER, or all).
+
+    With the doer's active policy version (``active_policy_id``, ``active_version``;
+    None when it has none) and ``replaced``, true when the shares are of another
+    version: they route only the tasks still routed under it, and a version that
+    fixes every choice never sends shares of its own, so its doer's last record
+    stays the version before it.
+    """
+    where, args = ("WHERE b.doer = $1", [doer]) if doer is not None else ("", [])
+    rows = await _fetch(
         pool,
-        "SELECT doer, phase, parameter, policy_id, policy_version, sequence, runs, shares,"
-        " probes, probe_share, frozen, sent_at FROM v_bandit_in_force"
-        f" {where} ORDER BY doer, phase, parameter",
+        "SELECT b.doer, b.phase, b.parameter, b.policy_id, b.policy_version, b.sequence,"
+        " b.runs, b.shares, b.probes, b.probe_share, b.frozen, b.sent_at,"
+        " a.policy_id AS active_policy_id, a.version AS active_version"
+        " FROM v_bandit_in_force b LEFT JOIN v_active_policies a USING (doer)"
+        f" {where} ORDER BY b.doer, b.phase, b.parameter",
         *args,
     )
+    for row in rows:
+        active = (row["active_policy_id"], row["active_version"])
+        row["replaced"] = active[0] is not None and active != (
+            row["policy_id"],
+            row["policy_version"],
+        )
+    return rows
 
 
 async def bandit_history(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:

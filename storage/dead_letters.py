@@ -94,11 +94,19 @@ async def list_dead_letters(
     reason: str | None = None,
     limit: int = 20,
 ) -> list[DeadLetterRecord]:
-    """The latest letters first, of ``stage`` and ``doer``, whose reason contains ``reason``."""
+    """The latest letters first, of ``stage`` and ``doer``, whose reason contains ``reason``.
+
+    Stage and doer are matched regardless of case; ``reason`` (any case) also
+    matches a reason as the console groups it, positions written "line … column …"
+    (migration 028), so text copied from the dead-letter page finds its letters.
+    """
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM dead_letters"
-        " WHERE ($1::text IS NULL OR stage = $1) AND ($2::text IS NULL OR doer = $2)"
-        " AND ($3::text IS NULL OR strpos(lower(reason), lower($3)) > 0)"
+        " WHERE ($1::text IS NULL OR lower(stage) = lower($1))"
+        " AND ($2::text IS NULL OR lower(doer) = lower($2))"
+        " AND ($3::text IS NULL OR strpos(lower(reason), lower($3)) > 0"
+        "      OR strpos(lower(regexp_replace(reason, 'line [0-9]+ column [0-9]+',"
+        "                 'line … column …', 'g')), lower($3)) > 0)"
         " ORDER BY occurred_at DESC, id DESC LIMIT $4",
         stage,
         doer,
@@ -120,3 +128,9 @@ async def find_dead_letters(pool: Any, prefix: str) -> list[DeadLetterRecord]:
         digits,
     )
     return [DeadLetterRecord(**dict(row)) for row in rows]
+
+
+async def letter_names(pool: Any) -> tuple[set[str], set[str]]:
+    """The stages and doers that have letters, for "did you mean"."""
+    rows = await pool.fetch("SELECT DISTINCT stage, doer FROM dead_letters")
+    return {r["stage"] for r in rows}, {r["doer"] for r in rows}

@@ -162,9 +162,14 @@ async def dataset_list(self: GroupedCommand, tenant: str | None, as_json: bool) 
 async def dataset_show(self: GroupedCommand, name: str, tenant: str | None, as_json: bool) -> None:
     """A tenant's dataset's statistics (clean rate, rejects), or its golden dataset's versions.
 
-    NAME is DOER/PHASE or GOLDEN[@VERSION] with --tenant, or TENANT/DOER/PHASE.
+    NAME is DOER/PHASE or GOLDEN[@VERSION] with --tenant, or TENANT/DOER/PHASE or
+    TENANT/GOLDEN[@VERSION] without.
     """
-    name, tenant = qualified(name, tenant, 2, "TENANT/DOER/PHASE")
+    if tenant is None and name.count("/") == 1:
+        # Without --tenant a DOER/PHASE cannot be meant: TENANT/GOLDEN[@VERSION], as verify.
+        name, tenant = qualified(name, tenant, 1, "TENANT/GOLDEN[@VERSION]")
+    else:
+        name, tenant = qualified(name, tenant, 2, "TENANT/DOER/PHASE")
     golden_name, version = split_ref(name)
     async with database(self) as pool:
         summary = await store.dataset_summary(pool, tenant, name)

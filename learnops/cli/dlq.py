@@ -18,6 +18,7 @@ import orjson
 
 from learnops.cli.main import (
     GroupedCommand,
+    closest,
     command,
     database,
     fail,
@@ -26,7 +27,12 @@ from learnops.cli.main import (
     limit_option,
     table,
 )
-from storage.dead_letters import DeadLetterRecord, find_dead_letters, list_dead_letters
+from storage.dead_letters import (
+    DeadLetterRecord,
+    find_dead_letters,
+    letter_names,
+    list_dead_letters,
+)
 
 #: Bytes of a payload printed as text before `--raw` is needed for the rest.
 SHOWN_BYTES = 20_000
@@ -73,11 +79,18 @@ async def dlq_list(
     """List dead letters, latest first: which stage refused what, why, and where it was read."""
     async with database(self) as pool:
         letters = await list_dead_letters(pool, stage=stage, doer=doer, reason=reason, limit=limit)
+        empty: tuple[set[str], set[str]] = (set(), set())
+        stages, doers = await letter_names(pool) if not letters and (stage or doer) else empty
     if as_json:
         self.say(orjson.dumps([_row(x) for x in letters], option=orjson.OPT_INDENT_2).decode())
         return
     if not letters:
-        self.say("no dead letters" + (" match" if stage or doer or reason else " yet"))
+        unknown = [
+            f"no letters of {what} {name!r}{closest(name, known)}"
+            for what, name, known in (("stage", stage, stages), ("doer", doer, doers))
+            if name is not None and name.lower() not in {k.lower() for k in known}
+        ]
+        self.say("; ".join(unknown) or "no dead letters" + (" match" if reason else " yet"))
         return
     shown = table("event id", "when", "stage", "doer", "error", "reason", "read at", "bytes")
     for x in letters:
@@ -92,7 +105,8 @@ async def dlq_list(
             "–" if x.payload_size is None else str(x.payload_size),
         )
     self.console().print(shown)
-    self.say("`learnops dlq show ID` shows a letter's whole reason and the refused input.")
+    more = f"the latest {limit} (--limit shows more); " if len(letters) == limit else ""
+    self.say(f"{more}`learnops dlq show ID` shows a letter's whole reason and the refused input.")
 
 
 def _text(data: bytes) -> tuple[str, bool]:
@@ -122,6 +136,7 @@ async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool
     """
     from agents.topics import TopicCatalogError, read_record
 
+    event_id = event_id.strip()  # as pasted
     if not all(c in "0123456789abcdefABCDEF-" for c in event_id):
         fail(f"{event_id!r} is not (the start of) an event id: hex digits and dashes")
     if len(event_id.replace("-", "")) < 8:
@@ -130,8 +145,9 @@ async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool
         found = await find_dead_letters(pool, event_id)
     if not found:
         fail(
-            f"no dead letter with event id {event_id!r} (`learnops dlq list` shows the latest; "
-            "a letter is in the table once the dead-letter stage of a worker has read it)"
+            f"no dead letter with event id {event_id!r} (`learnops dlq list` shows the latest: "
+            "the letter's own id, not the refused event's; a letter is in the table once "
+            "the dead-letter stage of a worker has read it)"
         )
     if len(found) > 1:
         fail(f"{event_id!r} starts more than one letter's event id: give more of it")

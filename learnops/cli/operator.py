@@ -159,7 +159,10 @@ async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
     )
     if not verdict:
         action = getattr(command, "command", type(command).__name__)
-        fail(f"{action} refused: {verdict.reason} (checked before sending: nothing sent)")
+        fail(
+            f"{action} refused: {verdict.reason} (checked before sending: nothing sent; "
+            "`learnops operator keys list` shows the registered keys and their roles)"
+        )
 
 
 @command(

@@ -279,13 +279,15 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
 
     @app.get("/api/crl/trend", response_model=list[CRLDay])
     async def api_crl_trend(
-        request: Request, days: int = 30, tenant: str | None = None
+        request: Request, days: concerns.Days = 30, tenant: str | None = None
     ) -> list[dict[str, Any]]:
         """CRL over all doers per day (every tenant, or ``tenant``'s), with the 7-day baseline."""
         return await dashboard.crl_trend_overall(pool(request), days, tenant)
 
     @app.get("/api/experiments/per-day", response_model=list[ExperimentsDay])
-    async def api_experiments_per_day(request: Request, days: int = 30) -> list[dict[str, Any]]:
+    async def api_experiments_per_day(
+        request: Request, days: concerns.Days = 30
+    ) -> list[dict[str, Any]]:
         """Experiments started per day and type, concluded and promoted."""
         return await dashboard.experiments_per_day(pool(request), days)
 
@@ -298,14 +300,14 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         "/api/doers/{doer}/trend", response_model=list[CRLDay], dependencies=concerns.KNOWN_DOER
     )
     async def api_doer_trend(
-        request: Request, doer: str, days: int = 30, tenant: str | None = None
+        request: Request, doer: str, days: concerns.Days = 30, tenant: str | None = None
     ) -> list[dict[str, Any]]:
         """The doer's CRL per day (of every tenant, or ``tenant``'s), with the 7-day baseline."""
         return await dashboard.doer_trend(pool(request), doer, days, tenant)
 
     @app.get("/api/canaries", response_model=list[CanarySummary])
     async def api_canaries(
-        request: Request, limit: int = 100, in_flight: bool | None = None
+        request: Request, limit: concerns.Limit = 100, in_flight: bool | None = None
     ) -> list[dict[str, Any]]:
         """Shadow and canary deployments, in flight first, with their latest decision."""
         return await dashboard.canaries(pool(request), limit, in_flight=in_flight)
@@ -355,7 +357,7 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         )
 
     @app.get("/api/dead-letters", response_model=DeadLetterSummary)
-    async def api_dead_letters(request: Request, limit: int = 200) -> dict[str, Any]:
+    async def api_dead_letters(request: Request, limit: concerns.Limit = 200) -> dict[str, Any]:
         """The dead-letter queue by stage, and by stage, error type and reason (latest first)."""
         return {
             "by_stage": await dashboard.dead_letters_by_stage(pool(request)),

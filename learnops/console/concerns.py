@@ -7,11 +7,11 @@ import asyncio
 from collections import defaultdict
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
@@ -181,6 +181,11 @@ class BanditParameter(BaseModel):
     probe_share: float
     frozen: bool
     sent_at: datetime
+    active_policy_id: str | None  # the doer's active policy version, None if it has none
+    active_version: int | None
+    # Shares of a version other than the active one: they route only tasks still routed
+    # under it (a version that fixes every choice sends no shares of its own).
+    replaced: bool
 
 
 class BanditPoint(BaseModel):
@@ -194,6 +199,12 @@ class BanditPoint(BaseModel):
     runs: int
     shares: dict[str, float]
     sent_at: datetime
+
+
+#: A window in days (1 to 100 years): out of range is a 422, not a database error's 500.
+Days = Annotated[int, Query(ge=1, le=36_600, description="How many days back, 1 to 36600.")]
+#: How many rows (1 to 10,000).
+Limit = Annotated[int, Query(ge=1, le=10_000, description="At most this many rows.")]
 
 
 def pool(request: Request) -> Any:
@@ -232,7 +243,7 @@ def series(rows: list[dict[str, Any]], *key: str) -> list[dict[str, Any]]:
 
 @router.get("/api/crl/trend/phases", response_model=list[PhaseDay])
 async def api_trend_by_phase(
-    request: Request, days: int = 30, tenant: str | None = None
+    request: Request, days: Days = 30, tenant: str | None = None
 ) -> list[dict[str, Any]]:
     """CRL per phase and day over all doers (or ``tenant``'s runs), with each phase's baseline."""
     return await dashboard.crl_trend_by_phase(pool(request), days, tenant)
@@ -242,7 +253,7 @@ async def api_trend_by_phase(
     "/api/doers/{doer}/trend/phases", response_model=list[PhaseDay], dependencies=KNOWN_DOER
 )
 async def api_doer_trend_by_phase(
-    request: Request, doer: str, days: int = 30, tenant: str | None = None
+    request: Request, doer: str, days: Days = 30, tenant: str | None = None
 ) -> list[dict[str, Any]]:
     """The doer's CRL per phase and day (or ``tenant``'s runs), with each phase's baseline."""
     return await dashboard.doer_trend_by_phase(pool(request), doer, days, tenant)
@@ -252,7 +263,7 @@ async def api_doer_trend_by_phase(
     "/api/doers/{doer}/trend/policies", response_model=list[PolicyDay], dependencies=KNOWN_DOER
 )
 async def api_doer_trend_by_policy(
-    request: Request, doer: str, days: int = 30, tenant: str | None = None
+    request: Request, doer: str, days: Days = 30, tenant: str | None = None
 ) -> list[dict[str, Any]]:
     """The doer's CRL per policy version and day (or ``tenant``'s runs), with each baseline."""
     return await dashboard.doer_trend_by_policy(pool(request), doer, days, tenant)
@@ -278,7 +289,9 @@ async def api_skill_card(request: Request, doer: str, tenant: str | None = None)
 @router.get(
     "/api/doers/{doer}/policy-history", response_model=list[PolicyMove], dependencies=KNOWN_DOER
 )
-async def api_policy_history(request: Request, doer: str, limit: int = 50) -> list[dict[str, Any]]:
+async def api_policy_history(
+    request: Request, doer: str, limit: Limit = 50
+) -> list[dict[str, Any]]:
     """The doer's applied policy moves, latest first."""
     return await dashboard.policy_history(pool(request), doer, limit)
 
@@ -287,7 +300,7 @@ async def api_policy_history(request: Request, doer: str, limit: int = 50) -> li
     "/api/doers/{doer}/experiments", response_model=list[DoerExperiment], dependencies=KNOWN_DOER
 )
 async def api_doer_experiments(
-    request: Request, doer: str, limit: int = 50
+    request: Request, doer: str, limit: Limit = 50
 ) -> list[dict[str, Any]]:
     """The doer's experiments, latest first, with the improvement of the promoted ones."""
     return await dashboard.doer_experiments(pool(request), doer, limit)
@@ -296,13 +309,15 @@ async def api_doer_experiments(
 @router.get("/api/bandits", response_model=list[BanditParameter])
 async def api_bandits(request: Request, doer: str | None = None) -> list[dict[str, Any]]:
     """Every doer's bandit shares in force (or ``doer``'s), one row per phase and parameter."""
+    if doer is not None:
+        await known_doer(request, doer)  # 404 for a name nothing is known of
     return await dashboard.bandits_in_force(pool(request), doer)
 
 
 @router.get(
     "/api/doers/{doer}/bandits/history", response_model=list[BanditPoint], dependencies=KNOWN_DOER
 )
-async def api_bandit_history(request: Request, doer: str, days: int = 30) -> list[dict[str, Any]]:
+async def api_bandit_history(request: Request, doer: str, days: Days = 30) -> list[dict[str, Any]]:
     """The doer's allocations of the last ``days`` days, each when first sent, oldest first."""
     return await dashboard.bandit_history(pool(request), doer, days)
 
@@ -313,9 +328,9 @@ def share_series(
     """One chart per phase, parameter and policy version: each option's share at each allocation.
 
     Shares hold from one allocation to the next, so a series whose version is
-    in force (``in_force``: the doer's rows of ``v_bandit_in_force``) ends at
-    ``until`` (the page's time) with the shares of its last allocation; one a
-    newer version replaced ends at its last allocation.
+    in force (``in_force``: the doer's rows of ``dashboard.bandits_in_force``, of
+    the active version) ends at ``until`` (the page's time) with the shares of its
+    last allocation; one a newer version replaced ends at its last allocation.
     """
     charts: dict[str, dict[str, Any]] = {}
     for row in [*history, *_held_until(history, until, in_force)]:
@@ -339,7 +354,7 @@ def _held_until(
     def key(row: dict[str, Any]) -> tuple[Any, ...]:
         return (row["phase"], row["parameter"], row["policy_id"], row["policy_version"])
 
-    held = {key(row) for row in in_force}
+    held = {key(row) for row in in_force if not row.get("replaced")}
     last = {key(row): row for row in history if key(row) in held}
     return [{**row, "sent_at": max(until, row["sent_at"])} for row in last.values()]
 

@@ -56,6 +56,24 @@ async def test_an_operator_lists_the_letters_and_reads_the_refused_input_back(
     assert table.returncode == 0, table.stderr
     assert later["event_id"].encode() in table.stdout
     assert earlier["event_id"].encode() not in table.stdout  # its reason is a missing field
+    # A reason as the console's dead-letter page groups it ("line … column …"), any case
+    # of the stage and doer: the same letter.
+    grouped = await db.fetchval(
+        "SELECT reason FROM v_dead_letters_by_reason WHERE stage = 'crl' AND reason LIKE '%…%'"
+        " AND reason = regexp_replace($1, 'line [0-9]+ column [0-9]+', 'line … column …', 'g')",
+        later["reason"],
+    )
+    assert grouped is not None and grouped != later["reason"], later["reason"]
+    pasted = await learnops(
+        settings_env,
+        *("dlq", "list", "--stage", "CRL", "--doer", doer.lower(), "--reason", grouped),
+        "--json",
+    )
+    assert [x["event_id"] for x in json.loads(pasted.stdout)] == [later["event_id"]]
+    nosuch = await learnops(settings_env, "dlq", "list", "--stage", "crll", "--doer", doer)
+    assert nosuch.returncode == 0 and b"no letters of stage 'crll'; did you mean 'crl'?" in (
+        nosuch.stdout
+    )
 
     # The whole input, read back from its topic at the letter's offset.
     shown = await learnops(settings_env, "dlq", "show", earlier["event_id"], "--json")
@@ -63,8 +81,8 @@ async def test_an_operator_lists_the_letters_and_reads_the_refused_input_back(
     document = json.loads(shown.stdout)
     assert document["reason"] == earlier["reason"] and document["input"]["key"] == doer
     assert base64.b64decode(document["input"]["value_b64"]) == invalid
-    # The start of the id, or the whole id without its dashes.
-    raw = await learnops(settings_env, "dlq", "show", later["event_id"][:12], "--raw")
+    # The start of the id (as pasted, with spaces), or the whole id without its dashes.
+    raw = await learnops(settings_env, "dlq", "show", f"  {later['event_id'][:12]} ", "--raw")
     assert raw.returncode == 0, raw.stderr
     assert raw.stdout == garbage
     raw = await learnops(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -169,6 +169,16 @@ async def test_the_api_and_pages_show_the_stored_allocations(
         doer_page = (await client.get(f"/doers/{a}")).text
         empty = (await client.get("/doers/" + b)).text
         spec = (await client.get("/openapi.json")).json()
+        # A window or a limit out of range is the client's error (it was a 500).
+        ranges = [
+            (await client.get(path)).status_code
+            for path in (
+                f"/api/doers/{a}/bandits/history?days=99999999999",
+                f"/api/doers/{a}/bandits/history?days=0",
+                "/api/crl/trend?days=3000000",
+                f"/api/doers/{a}/policy-history?limit=-1",
+            )
+        ]
     assert {(r["doer"], r["parameter"]) for r in every} >= {
         (a, "router.model"),
         (a, "rag.top_k"),
@@ -179,6 +189,7 @@ async def test_the_api_and_pages_show_the_stored_allocations(
         (r["parameter"], r["shares"], r["frozen"]) for r in stored
     ]
     assert [r["sequence"] for r in history if r["parameter"] == "router.model"] == [0, 1, 2, 3, 4]
+    assert ranges == [422] * 4
     assert "/api/bandits" in spec["paths"] and "/api/doers/{doer}/bandits/history" in spec["paths"]
     assert f'data-key="{a}/draft/router.model"' in page
     assert f'data-key="{b}/draft/router.model"' in page
@@ -248,3 +259,39 @@ async def test_a_record_sent_again_with_other_contents_is_what_the_row_holds(db:
     assert await expire_allocations(db, timedelta(days=30)) == 2
     left = await db.fetch("SELECT sequence FROM bandit_allocations WHERE doer = $1", doer)
     assert [r["sequence"] for r in left] == [2]
+
+
+async def test_shares_of_a_version_the_active_one_replaced_are_shown_as_such(
+    db: Any, console_url: str
+) -> None:
+    """A version that fixes every choice sends no shares: the last record stays its parent's."""
+    from learning.signing import generate_key
+    from storage import signing_keys as keys_store
+    from tests.integration.console_fixtures import start_canary
+
+    doer = f"BanditGone{uuid.uuid4().hex[:6]}"
+    key = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="replaced")
+    await start_canary(db, key, doer)  # version 1 active, version 2 in a canary
+    await record_allocations(
+        db, [(doer, n, False, [_parameter(doer, n, 0.3 * n, version=2)]) for n in (1, 2)]
+    )
+    (row,) = await dashboard.bandits_in_force(db, doer)
+    assert row["replaced"] and (row["active_policy_id"], row["active_version"]) == (
+        doer.lower(),
+        1,
+    )
+    async with httpx.AsyncClient(base_url=console_url) as client:
+        (api,) = (await client.get("/api/bandits", params={"doer": doer})).json()
+        page = (await client.get(f"/doers/{doer}")).text
+        unknown = await client.get("/api/bandits", params={"doer": doer.lower()})
+    assert api["replaced"] and api["active_version"] == 1
+    assert f"replaced: {doer.lower()}@1 is active" in page
+    # Its chart ends at its last allocation: not held to the page's time as if in force.
+    assert page.count('class="share-chart"') == 1
+    history = await dashboard.bandit_history(db, doer)
+    from learnops.console.concerns import share_series
+
+    (chart,) = share_series(history, datetime.now(UTC), [row])
+    assert len(chart["times"]) == 2
+    assert unknown.status_code == 404 and "did you mean" in unknown.json()["detail"]

@@ -154,6 +154,10 @@ async def test_erase_removes_the_subject_everywhere_and_keeps_the_others(
         shown = run_learnops(settings_env, "dataset", "verify", *args)
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert f"ok: {golden}@1: 3 samples (2 erased)" in shown.stdout
+        # `show` takes a golden dataset's name the same ways.
+        described = run_learnops(settings_env, "dataset", "show", *args)
+        assert described.returncode == 0, described.stdout + described.stderr
+        assert f"golden             {golden}@1" in described.stdout
     # The audit row: counts, actor, reason, and the subject only as a hash.
     audit = await db.fetchrow("SELECT * FROM subject_erasures WHERE id = $1", result["erasure_id"])
     assert (audit["actor"], audit["reason"]) == ("dpo", "request 42")
