@@ -540,6 +540,20 @@ async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: boo
         if report is None:
             rows = await store.list_experiments(pool, doer=None, status=None, limit=100000)
             known = {r["experiment_id"] for r in rows}
+            # The start of an id, as skill cards and tables shorten them (6+ characters).
+            starting = sorted(k for k in known if k.startswith(experiment_id))
+            if len(experiment_id) >= 6 and len(starting) == 1:
+                report = await experiment_report(pool, starting[0])
+            elif len(experiment_id) >= 6 and await pool.fetchval(
+                "SELECT 1 FROM experiment_requests WHERE request_id::text LIKE $1 || '%'",
+                experiment_id.lower().replace("%", "").replace("_", ""),
+            ):
+                fail(
+                    f"{experiment_id!r} is an experiment request, not an experiment "
+                    "(`learnops experiment requests --all` lists them, with the experiment "
+                    "that answered each)"
+                )
+        if report is None:
             fail(
                 f"no such experiment {experiment_id!r}{closest(experiment_id, known)} "
                 "(`learnops experiment list` shows them)"

@@ -245,6 +245,25 @@ async def test_the_answered_request_is_closed_with_its_experiment(
     assert shown["request"]["reason"] == "crl_regression"
     assert shown["request"]["evidence"]["threshold"] == request["evidence"]["threshold"]
     assert shown["request"]["status"] == "closed"
+    # The start of the id (skill cards shorten them) shows the same; a request's id is
+    # said to be a request's.
+    short = await asyncio.to_thread(
+        learnops_json, settings_env, "experiment", "show", create.experiment_id[:10]
+    )
+    assert short["experiment_id"] == create.experiment_id
+    asked = await asyncio.to_thread(
+        subprocess.run,
+        [*learnops_command(), "experiment", "show", str(request["request_id"])[:8]],
+        env=settings_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert asked.returncode == 1 and "is an experiment request, not an experiment" in (
+        asked.stderr
+    ), asked.stderr
     listed = await asyncio.to_thread(
         learnops_json, settings_env, "experiment", "requests", "--doer", prepared.name, "--all"
     )
