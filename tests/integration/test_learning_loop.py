@@ -51,10 +51,10 @@ QUICK = CanarySettings(min_sample_size=50, report_every=100, missing_grace_s=LAG
 ACTOR = "synthesizer"
 
 
-def learnops_json(settings_env: dict[str, str], *args: str) -> Any:
-    """Run a learnops command with --json; its parsed output."""
-    done = subprocess.run(
-        [*learnops_command(), *args, "--json"],
+def learnops_run(settings_env: dict[str, str], *args: str) -> Any:
+    """Run a learnops command; the finished process (exit code, stdout, stderr as text)."""
+    return subprocess.run(
+        [*learnops_command(), *args],
         env=settings_env,
         capture_output=True,
         text=True,
@@ -62,6 +62,11 @@ def learnops_json(settings_env: dict[str, str], *args: str) -> Any:
         cwd=REPO,
         check=False,
     )
+
+
+def learnops_json(settings_env: dict[str, str], *args: str) -> Any:
+    """Run a learnops command with --json; its parsed output."""
+    done = learnops_run(settings_env, *args, "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     start = min(i for i in (done.stdout.find("{"), done.stdout.find("[")) if i >= 0)
     return json.loads(done.stdout[start:])
@@ -252,14 +257,7 @@ async def test_the_answered_request_is_closed_with_its_experiment(
     )
     assert short["experiment_id"] == create.experiment_id
     asked = await asyncio.to_thread(
-        subprocess.run,
-        [*learnops_command(), "experiment", "show", str(request["request_id"])[:8]],
-        env=settings_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
+        learnops_run, settings_env, "experiment", "show", str(request["request_id"])[:8]
     )
     assert asked.returncode == 1 and "is an experiment request, not an experiment" in (
         asked.stderr
