@@ -455,22 +455,17 @@ async def bandits_in_force(pool: Any, doer: str | None = None) -> list[dict[str,
     stays the version before it.
     """
     where, args = ("WHERE b.doer = $1", [doer]) if doer is not None else ("", [])
-    rows = await _fetch(
+    return await _fetch(
         pool,
         "SELECT b.doer, b.phase, b.parameter, b.policy_id, b.policy_version, b.sequence,"
         " b.runs, b.shares, b.probes, b.probe_share, b.frozen, b.sent_at,"
-        " a.policy_id AS active_policy_id, a.version AS active_version"
+        " a.policy_id AS active_policy_id, a.version AS active_version,"
+        " coalesce((a.policy_id, a.version) <> (b.policy_id, b.policy_version), false)"
+        " AS replaced"
         " FROM v_bandit_in_force b LEFT JOIN v_active_policies a USING (doer)"
         f" {where} ORDER BY b.doer, b.phase, b.parameter",
         *args,
     )
-    for row in rows:
-        active = (row["active_policy_id"], row["active_version"])
-        row["replaced"] = active[0] is not None and active != (
-            row["policy_id"],
-            row["policy_version"],
-        )
-    return rows
 
 
 async def bandit_history(pool: Any, doer: str, days: int = 30) -> list[dict[str, Any]]:

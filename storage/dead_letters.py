@@ -117,15 +117,11 @@ async def list_dead_letters(
 
 
 async def find_dead_letters(pool: Any, prefix: str) -> list[DeadLetterRecord]:
-    """The letters whose event id starts with ``prefix`` (hex digits; dashes ignored), at most two.
-
-    The caller passes hex digits and dashes only: nothing of it is a LIKE wildcard.
-    """
-    digits = prefix.replace("-", "").lower()
+    """The letters whose event id starts with ``prefix`` (dashes ignored), at most two."""
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM dead_letters"
-        " WHERE replace(event_id::text, '-', '') LIKE $1 || '%' ORDER BY event_id LIMIT 2",
-        digits,
+        " WHERE starts_with(replace(event_id::text, '-', ''), $1) ORDER BY event_id LIMIT 2",
+        prefix.replace("-", "").lower(),
     )
     return [DeadLetterRecord(**dict(row)) for row in rows]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import sys
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -44,18 +45,11 @@ def dlq() -> None:
 
 
 def _row(letter: DeadLetterRecord) -> dict[str, Any]:
+    """The letter's record as JSON-ready values."""
     return {
+        **asdict(letter),
         "event_id": str(letter.event_id),
         "occurred_at": letter.occurred_at.isoformat(),
-        "doer": letter.doer,
-        "stage": letter.stage,
-        "error_type": letter.error_type,
-        "reason": letter.reason,
-        "topic": letter.topic,
-        "partition": letter.partition,
-        "offset": letter.offset,
-        "consumer": letter.consumer,
-        "payload_size": letter.payload_size,
     }
 
 
@@ -166,7 +160,7 @@ async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool
         sys.stdout.buffer.write(record.value)
         sys.stdout.buffer.flush()
         return
-    key = None if record is None or record.key is None else record.key
+    key = None if record is None else record.key
     value = None if record is None else record.value
     if as_json:
         document: dict[str, Any] = {**_row(letter), "input": None}

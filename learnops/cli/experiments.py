@@ -545,8 +545,8 @@ async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: boo
             if len(experiment_id) >= 6 and len(starting) == 1:
                 report = await experiment_report(pool, starting[0])
             elif len(experiment_id) >= 6 and await pool.fetchval(
-                "SELECT 1 FROM experiment_requests WHERE request_id::text LIKE $1 || '%'",
-                experiment_id.lower().replace("%", "").replace("_", ""),
+                "SELECT 1 FROM experiment_requests WHERE starts_with(request_id::text, $1)",
+                experiment_id.lower(),
             ):
                 fail(
                     f"{experiment_id!r} is an experiment request, not an experiment "

@@ -24,6 +24,7 @@ import click
 
 from learnops.cli.main import (
     CommandContext,
+    ServiceUnreachable,
     command,
     database,
     dumps,
@@ -139,7 +140,6 @@ async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
     same (an emergency freeze must not wait on it) and the worker decides.
     """
     from learning.command_signing import authorise
-    from learnops.cli.main import ServiceUnreachable
     from storage.operator_keys import operator_keyring
 
     async def read() -> Any:
