@@ -68,6 +68,21 @@ def test_learnops_stages_registers_only_the_named_stages() -> None:
     assert {t.split("-")[0] for t in app.tables} == {"crl"}
 
 
+@pytest.mark.parametrize("session_s", [6.0, 10.0, 90.0, 300.0])
+def test_every_accepted_session_timeout_is_one_faust_starts_with(session_s: float) -> None:
+    # Faust's consumer refuses a session timeout above the request timeout (90 s by default).
+    app = create_app(
+        Settings(
+            learnops_stages="crl",
+            learnops_app_id=f"session-{session_s:g}",
+            learnops_session_timeout_s=session_s,
+        )
+    )
+    assert app.conf.broker_session_timeout == session_s
+    assert app.conf.broker_request_timeout >= session_s + 30.0
+    assert app.conf.broker_heartbeat_interval == session_s / 5
+
+
 def test_all_stages_is_the_default() -> None:
     assert Settings().stages is None
     app = create_app(Settings(learnops_app_id="stages-all"))
