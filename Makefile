@@ -66,8 +66,9 @@ demo: $(STAMP)
 
 ## make faults: kill -9, broker and PostgreSQL outages, two workers, a fuzz corpus; exact counts.
 ## Each script starts its own Kafka and PostgreSQL on free ports (docs/operations.md, "Fault suite").
+## kill9 runs twice: as a plain group member, and as a static one (LEARNOPS_GROUP_INSTANCE_ID).
 faults: $(STAMP)
-	@status=0; for f in kill9 outages two_workers fuzz; do \
+	@status=0; for f in kill9 "kill9 --static" outages two_workers fuzz; do \
 		echo "== tests.faults.$$f"; $(BIN)/python -m tests.faults.$$f || status=1; \
 	done; exit $$status
 

@@ -234,6 +234,7 @@ def create_app(
         broker_heartbeat_interval=settings.learnops_session_timeout_s / 5,
         # Faust refuses a session timeout above its request timeout (90 s by default).
         broker_request_timeout=max(90.0, settings.learnops_session_timeout_s + 30.0),
+        consumer_group_instance_id=settings.learnops_group_instance_id,
         producer_acks=-1,
         # aiokafka sends one batch per partition per round trip: let batches fill.
         producer_linger=PRODUCER_LINGER_S,

@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     # A worker that stops heart-beating loses its partitions after this long (Kafka's
     # session timeout); the broker accepts 6-300 s by default. Faust's default is 60 s.
     learnops_session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
+    # Kafka's static membership (group.instance.id): a worker restarted under the same id
+    # takes its partitions back at once, without waiting out the session timeout of the
+    # process it replaces and without a rebalance. One id per worker process, stable
+    # across its restarts (a StatefulSet pod's name); never two live workers with one id.
+    learnops_group_instance_id: str | None = Field(
+        default=None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$"
+    )
     # A stage whose events fail this many times in a row for an internal error (a
     # bug, not bad input) stops instead of emptying its input into the DLQ.
     learnops_max_internal_errors: int = Field(default=20, ge=1)

@@ -91,6 +91,8 @@ _CONSUMER = "faust.transport.consumer:Consumer"
 _TRANSPORT = "agents/faust_internals/transport.py"
 _INTROSPECTION = "agents/faust_internals/introspection.py"
 _SUBSCRIPTIONS = "aiokafka.consumer.subscription_state"
+_COORDINATOR = "aiokafka.consumer.group_coordinator:GroupCoordinator"
+_MEMBERSHIP = "agents/faust_internals/membership.py"
 
 #: Every private (or internal) name the overrides and helpers use, with what they expect.
 NAMES: tuple[Method | State | Attribute, ...] = (
@@ -184,6 +186,18 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     State(
         FAUST, "faust.transport.consumer:ThreadDelegateConsumer", "_thread", "__init__", _TRANSPORT
     ),
+    # membership.py: the group coordinator whose answers and task it watches.
+    State(
+        AIOKAFKA,
+        "aiokafka.consumer.consumer:AIOKafkaConsumer",
+        "_coordinator",
+        "start",
+        _MEMBERSHIP,
+    ),
+    Method(AIOKAFKA, _COORDINATOR, "_send_req", ("self", "request"), _MEMBERSHIP),
+    State(AIOKAFKA, _COORDINATOR, "_coordination_task", "__init__", _MEMBERSHIP),
+    State(AIOKAFKA, _COORDINATOR, "_closing", "__init__", _MEMBERSHIP),
+    State(AIOKAFKA, _COORDINATOR, "group_id", "__init__", _MEMBERSHIP),
     # transport.py: the producer buffer whose flush waits for acknowledgements.
     Method(FAUST, "faust.transport.producer:ProducerBuffer", "put", ("self", "fut"), _TRANSPORT),
     Method(FAUST, "faust.transport.producer:ProducerBuffer", "flush", ("self",), _TRANSPORT),

@@ -159,6 +159,7 @@ from faust.types import TP
 from mode import Service
 from mode.services import WaitResults
 
+from agents.faust_internals.membership import guard_membership
 from agents.faust_internals.offsets import OffsetGuard, Verdict
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 f"aiokafka's Fetcher lacks {', '.join(missing)}; "
                 "agents/faust_internals/transport.py needs updating for this aiokafka version"
             )
+        # A worker that lost its place in the group exits instead of fetching nothing or
+        # sharing its partitions with a worker of the same group instance id.
+        guard_membership(self._ensure_consumer(), self.app.conf.consumer_group_instance_id)
 
     async def _fetch_records(
         self,

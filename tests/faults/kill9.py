@@ -50,17 +50,21 @@ async def kill9(
     starting_share: float = 0.25,
     session_timeout_s: float | None = None,
     experiment_every: int = 10,
+    static: bool = False,
 ) -> Report:
     """Kill the worker ``kills`` times while traffic flows; the report of what was counted.
 
     A killed worker stays in its consumer group until its session times out, and
     the restarted one gets the partitions only then: ``session_timeout_s``
     (LEARNOPS_SESSION_TIMEOUT_S, default the worker's 10 s) sets most of the
-    recovery time, and nothing of what is checked. Every ``experiment_every``
+    recovery time, and nothing of what is checked, unless ``static``: then the
+    worker is a static member of its group (LEARNOPS_GROUP_INSTANCE_ID) and its
+    restart takes the partitions back at once. Every ``experiment_every``
     rounds an experiment is created (0: none), replayed by a local executor
     that is never killed.
     """
-    report = Report(f"kill9: {kills} kills -9 of one worker (all stages), seed {seed}")
+    member = ", a static group member" if static else ""
+    report = Report(f"kill9: {kills} kills -9 of one worker (all stages{member}), seed {seed}")
     rng = random.Random(seed)
     in_start = 0
     settings = settings_for(found)
@@ -71,7 +75,12 @@ async def kill9(
     try:
         async with (
             Router(**settings.kafka_connection(), allow_unverified=True) as router,
-            workers(found, "kill9", extra_env={**_session(session_timeout_s), **key_env}) as group,
+            workers(
+                found,
+                "kill9-static" if static else "kill9",
+                extra_env={**_session(session_timeout_s), **key_env},
+                static=static,
+            ) as group,
             executor(group, f"{prefix}Exp" if experiment_every else None),
         ):
             await group.start()
@@ -144,6 +153,11 @@ def main() -> None:
     parser.add_argument("--bundles", type=int, default=3, help="plain bundles per round")
     parser.add_argument("--tasks", type=int, default=1, help="tasks per canary per round")
     parser.add_argument("--every", type=float, default=0.5, help="seconds between rounds")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="the worker joins as a static member (LEARNOPS_GROUP_INSTANCE_ID)",
+    )
     args = parser.parse_args()
 
     async def scenario(found: Services, pool: Any) -> Report:
@@ -155,9 +169,10 @@ def main() -> None:
             bundles=args.bundles,
             tasks=args.tasks,
             every=args.every,
+            static=args.static,
         )
 
-    run_script("kill9", scenario)
+    run_script("kill9-static" if args.static else "kill9", scenario)
 
 
 if __name__ == "__main__":

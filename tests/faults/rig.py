@@ -182,18 +182,28 @@ class Workers:
     log_dir: Path
     app_id: str = field(default_factory=lambda: f"learnops-faults-{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Each slot's worker joins as a static member (LEARNOPS_GROUP_INSTANCE_ID, one per slot):
+    #: a restarted one takes its partitions back without waiting out the killed one's session.
+    static: bool = False
     started: int = 0
     running: dict[str, WorkerProcess] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
     def env(self, slot: str) -> dict[str, str]:
-        """The environment of one worker slot (its own web port and data dir)."""
+        """The environment of one worker slot (its own web port and data dir).
+
+        A slot keeps its web port across restarts, as a static member must (Faust's
+        assignment names the worker's URL).
+        """
         data_dir = self.log_dir / f"data-{slot}"
         data_dir.mkdir(parents=True, exist_ok=True)
+        port = self.ports.setdefault(slot, free_port())
         return {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.found.bootstrap,
             "DATABASE_URL": self.found.database_url,
-            "LEARNOPS_WEB_PORT": str(free_port()),
+            "LEARNOPS_WEB_PORT": str(port),
+            **({"LEARNOPS_GROUP_INSTANCE_ID": f"{self.app_id}-{slot}"} if self.static else {}),
             "LEARNOPS_WEB_HOST": "127.0.0.1",
             "LEARNOPS_DATA_DIR": str(data_dir),
             **(

@@ -39,13 +39,21 @@ async def pool(database_url: str) -> AsyncIterator[Any]:
 
 
 async def test_three_kills_lose_nothing_and_count_nothing_twice(found: Services, pool: Any) -> None:
-    # The broker's shortest session (group.min.session.timeout.ms, 6 s): each restart
-    # waits out the killed worker's session; `make faults` kills with the default 10 s.
-    # No experiments here: a kill between two of their steps leaves the next to the
+    # A static group member (LEARNOPS_GROUP_INSTANCE_ID): each restart takes the
+    # partitions back at once instead of waiting out the killed worker's session (6 s
+    # here, the broker's shortest); `make faults` kills both kinds of member, 20 times
+    # each. No experiments here: a kill between two of their steps leaves the next to the
     # stage's timer 30 s later (tests/integration/test_experiments_in_process.py covers
     # those paths); `make faults` runs them under its 20 kills.
     report = await kill9(
-        found, pool, kills=3, seed=7, max_up_s=2.0, session_timeout_s=6.0, experiment_every=0
+        found,
+        pool,
+        kills=3,
+        seed=7,
+        max_up_s=2.0,
+        session_timeout_s=6.0,
+        experiment_every=0,
+        static=True,
     )
     assert report.ok, report.render()
 

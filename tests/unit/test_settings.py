@@ -83,6 +83,27 @@ def test_every_accepted_session_timeout_is_one_faust_starts_with(session_s: floa
     assert app.conf.broker_heartbeat_interval == session_s / 5
 
 
+def test_a_group_instance_id_makes_the_worker_a_static_member() -> None:
+    app = create_app(Settings(learnops_stages="crl", learnops_app_id="static-a"))
+    assert app.conf.consumer_group_instance_id is None
+    app = create_app(
+        Settings(
+            learnops_stages="crl",
+            learnops_app_id="static-b",
+            learnops_group_instance_id="learnops-worker-0",
+        )
+    )
+    assert app.conf.consumer_group_instance_id == "learnops-worker-0"
+
+
+def test_a_group_instance_id_kafka_would_refuse_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LEARNOPS_GROUP_INSTANCE_ID", "worker 0/a")
+    with pytest.raises(SettingsError, match="LEARNOPS_GROUP_INSTANCE_ID"):
+        load_settings()
+
+
 def test_all_stages_is_the_default() -> None:
     assert Settings().stages is None
     app = create_app(Settings(learnops_app_id="stages-all"))

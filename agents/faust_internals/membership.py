@@ -1,0 +1,113 @@
+"""A worker that has lost its place in its consumer group exits instead of lingering.
+
+Two cases, both found by trying them on a real broker (aiokafka 0.14, Kafka 4.1):
+
+* **Static membership** (``LEARNOPS_GROUP_INSTANCE_ID``, Kafka's
+  ``group.instance.id``). A worker started under the id of a live one takes its
+  place: the broker hands it the stored assignment, and the first worker's next
+  heartbeat is answered ``UNKNOWN_MEMBER_ID``. aiokafka then rejoins under the
+  same id and takes the partitions back, and the two workers go on replacing each
+  other, both holding the same partitions in turn: every table would count twice.
+  Here a worker with a group instance id whose heartbeat, group sync or offset
+  commit is answered ``UNKNOWN_MEMBER_ID`` or ``FENCED_INSTANCE_ID`` exits at
+  once. Its session may also simply have expired (the worker stalled for longer
+  than the session timeout, and its partitions went to others); exiting is right
+  then too: its supervisor starts it again and it rejoins as a new member.
+* **A dead group coordinator task.** When aiokafka's coordination task ends with
+  an error (above, the newcomer's Faust assignor asserts that the stored
+  assignment names its own URL, and it names the first worker's), the consumer
+  fetches nothing again while the process stays up and looks healthy. The worker
+  exits instead, saying why.
+
+It exits with :func:`os._exit`, as a kill would stop it: offsets not committed
+are read again and every effect is idempotent (docs/operations.md, "Exactly
+once"), which the fault suite proves by kills at random points. A graceful stop
+could block on the very group that no longer answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from aiokafka.protocol.commit import OffsetCommitRequest
+from aiokafka.protocol.group import HeartbeatRequest, SyncGroupRequest
+
+log = logging.getLogger(__name__)
+
+#: Kafka's error codes that tell a member it is no longer the one the group knows.
+UNKNOWN_MEMBER_ID = 25
+FENCED_INSTANCE_ID = 82
+#: The worker's exit status when it leaves for either reason (EX_TEMPFAIL: start it again).
+EXIT_STATUS = 75
+
+_GUARDED_REQUESTS = (HeartbeatRequest, SyncGroupRequest, OffsetCommitRequest)
+
+
+def response_errors(response: Any) -> set[int]:
+    """The error codes of a heartbeat, group sync or offset commit response."""
+    codes: set[int] = set()
+    code = getattr(response, "error_code", None)
+    if isinstance(code, int):
+        codes.add(code)
+    # OffsetCommitResponse: topics = [(topic, [(partition, error_code), …]), …]
+    for _topic, partitions in getattr(response, "topics", None) or ():
+        codes.update(error for _partition, error in partitions)
+    return codes
+
+
+def _exit_now(message: str) -> NoReturn:
+    log.critical(message)
+    logging.shutdown()  # flushes the log's handlers
+    os._exit(EXIT_STATUS)
+
+
+def guard_membership(
+    consumer: Any, instance_id: str | None, *, leave: Callable[[str], Any] = _exit_now
+) -> None:
+    """Make ``consumer`` (a started AIOKafkaConsumer of a group) ``leave`` once it loses its place.
+
+    ``leave`` is called with the reason; the worker's logs it and exits at once.
+    """
+    coordinator = consumer._coordinator
+    group = coordinator.group_id
+    if instance_id:
+        send = coordinator._send_req
+
+        async def guarded_send(request: Any) -> Any:
+            response = await send(request)
+            if isinstance(request, _GUARDED_REQUESTS):
+                lost = response_errors(response) & {UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID}
+                if lost:
+                    leave(
+                        f"the broker no longer knows this worker as group instance "
+                        f"{instance_id!r} of group {group!r} (error {min(lost)} on "
+                        f"{type(request).__name__}): another worker started with the same "
+                        "LEARNOPS_GROUP_INSTANCE_ID, or this one stalled past its session "
+                        "timeout. Exiting so that it is not counted twice; give every live "
+                        "worker its own id"
+                    )
+            return response
+
+        coordinator._send_req = guarded_send
+
+    def coordination_ended(task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or coordinator._closing.done():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        hint = ""
+        if instance_id and isinstance(error.__cause__, AssertionError):
+            hint = (
+                f"; as group instance {instance_id!r} it was handed an assignment made for "
+                "another worker's URL: keep a static worker's LEARNOPS_WEB_HOST and "
+                "LEARNOPS_WEB_PORT across restarts, or start it again after the session "
+                "timeout, or check that no other live worker has its id"
+            )
+        leave(f"the consumer of group {group!r} stopped coordinating ({error!r}){hint}")
+
+    coordinator._coordination_task.add_done_callback(coordination_ended)
