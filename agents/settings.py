@@ -142,6 +142,7 @@ class Settings(BaseSettings):
     # takes its partitions back at once, without waiting out the session timeout of the
     # process it replaces and without a rebalance. One id per worker process, stable
     # across its restarts (a StatefulSet pod's name); never two live workers with one id.
+    # Kafka's rule for the id, as for topic names: these characters, not "." or "..".
     learnops_group_instance_id: str | None = Field(
         default=None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$"
     )
@@ -185,6 +186,13 @@ class Settings(BaseSettings):
             from learning.alerting import parse_webhooks
 
             parse_webhooks(value)  # WebhookConfigError is a ValueError: named by pydantic
+        return value
+
+    @field_validator("learnops_group_instance_id")
+    @classmethod
+    def _not_dots(cls, value: str | None) -> str | None:
+        if value in {".", ".."}:
+            raise ValueError(f"{value!r} is not a group instance id Kafka accepts")
         return value
 
     @field_validator("kafka_bootstrap_servers")

@@ -198,6 +198,41 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     State(AIOKAFKA, _COORDINATOR, "_coordination_task", "__init__", _MEMBERSHIP),
     State(AIOKAFKA, _COORDINATOR, "_closing", "__init__", _MEMBERSHIP),
     State(AIOKAFKA, _COORDINATOR, "group_id", "__init__", _MEMBERSHIP),
+    State(AIOKAFKA, _COORDINATOR, "member_id", "__init__", _MEMBERSHIP),
+    State(
+        AIOKAFKA, "aiokafka.protocol.group:HeartbeatRequest", "_member_id", "__init__", _MEMBERSHIP
+    ),
+    State(
+        AIOKAFKA,
+        "aiokafka.protocol.group:HeartbeatRequest",
+        "_generation_id",
+        "__init__",
+        _MEMBERSHIP,
+    ),
+    State(
+        AIOKAFKA, "aiokafka.protocol.group:SyncGroupRequest", "_member_id", "__init__", _MEMBERSHIP
+    ),
+    State(
+        AIOKAFKA,
+        "aiokafka.protocol.group:SyncGroupRequest",
+        "_generation_id",
+        "__init__",
+        _MEMBERSHIP,
+    ),
+    State(
+        AIOKAFKA,
+        "aiokafka.protocol.commit:OffsetCommitRequest",
+        "_consumer_id",
+        "__init__",
+        _MEMBERSHIP,
+    ),
+    State(
+        AIOKAFKA,
+        "aiokafka.protocol.commit:OffsetCommitRequest",
+        "_consumer_group_generation_id",
+        "__init__",
+        _MEMBERSHIP,
+    ),
     # transport.py: the producer buffer whose flush waits for acknowledgements.
     Method(FAUST, "faust.transport.producer:ProducerBuffer", "put", ("self", "fut"), _TRANSPORT),
     Method(FAUST, "faust.transport.producer:ProducerBuffer", "flush", ("self",), _TRANSPORT),

@@ -9,12 +9,13 @@ Two cases, both found by trying them on a real broker (aiokafka 0.14, Kafka 4.1)
   same id and takes the partitions back, and the two workers go on replacing each
   other, both holding the same partitions in turn: every table would count twice.
   Here a worker with a group instance id whose heartbeat, group sync or offset
-  commit is answered ``UNKNOWN_MEMBER_ID`` or ``FENCED_INSTANCE_ID`` exits at
-  once. Its session may also simply have expired (the worker stalled for longer
-  than the session timeout, and its partitions went to others); exiting is right
-  then too: its supervisor starts it again and it rejoins as a new member.
+  commit, sent with the member id and generation it still holds, is answered
+  ``UNKNOWN_MEMBER_ID`` or ``FENCED_INSTANCE_ID`` exits at once. Its session may
+  also simply have expired (the worker stalled for longer than the session
+  timeout, and its partitions went to others); exiting is right then too: its
+  supervisor starts it again and it rejoins as a new member.
 * **A dead group coordinator task.** When aiokafka's coordination task ends with
-  an error (above, the newcomer's Faust assignor asserts that the stored
+  an unexpected error (above, the newcomer's Faust assignor asserts that the stored
   assignment names its own URL, and it names the first worker's), the consumer
   fetches nothing again while the process stays up and looks healthy. The worker
   exits instead, saying why.
@@ -47,6 +48,13 @@ EXIT_STATUS = 75
 _GUARDED_REQUESTS = (HeartbeatRequest, SyncGroupRequest, OffsetCommitRequest)
 
 
+def sent_as(request: Any) -> tuple[str, int]:
+    """The member id and generation a heartbeat, group sync or offset commit request carries."""
+    if isinstance(request, OffsetCommitRequest):
+        return request._consumer_id, request._consumer_group_generation_id
+    return request._member_id, request._generation_id
+
+
 def response_errors(response: Any) -> set[int]:
     """The error codes of a heartbeat, group sync or offset commit response."""
     codes: set[int] = set()
@@ -57,6 +65,24 @@ def response_errors(response: Any) -> set[int]:
     for _topic, partitions in getattr(response, "topics", None) or ():
         codes.update(error for _partition, error in partitions)
     return codes
+
+
+def lost_place(request: Any, response: Any, member_id: str) -> int | None:
+    """The error code by which ``response`` tells the member ``member_id`` it is no longer in
+    its group, or None.
+
+    Only an answer to a request sent as that member counts: after aiokafka resets
+    the membership (an ILLEGAL_GENERATION, say), Faust's commit on revocation goes
+    out with no member id and is refused UNKNOWN_MEMBER_ID, as a plain member's is;
+    and a request built before the worker rejoined carries an id it no longer holds.
+    """
+    if not isinstance(request, _GUARDED_REQUESTS):
+        return None
+    lost = response_errors(response) & {UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID}
+    sent_member, generation = sent_as(request)
+    if lost and sent_member and generation >= 0 and sent_member == member_id:
+        return min(lost)
+    return None
 
 
 def _exit_now(message: str) -> NoReturn:
@@ -79,17 +105,16 @@ def guard_membership(
 
         async def guarded_send(request: Any) -> Any:
             response = await send(request)
-            if isinstance(request, _GUARDED_REQUESTS):
-                lost = response_errors(response) & {UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID}
-                if lost:
-                    leave(
-                        f"the broker no longer knows this worker as group instance "
-                        f"{instance_id!r} of group {group!r} (error {min(lost)} on "
-                        f"{type(request).__name__}): another worker started with the same "
-                        "LEARNOPS_GROUP_INSTANCE_ID, or this one stalled past its session "
-                        "timeout. Exiting so that it is not counted twice; give every live "
-                        "worker its own id"
-                    )
+            error = lost_place(request, response, coordinator.member_id)
+            if error is not None:
+                leave(
+                    f"the broker no longer knows this worker as group instance "
+                    f"{instance_id!r} of group {group!r} (error {error} on "
+                    f"{type(request).__name__}): another worker started with the same "
+                    "LEARNOPS_GROUP_INSTANCE_ID, or this one stalled past its session "
+                    "timeout. Exiting so that it is not counted twice; give every live "
+                    "worker its own id"
+                )
             return response
 
         coordinator._send_req = guarded_send
@@ -99,7 +124,7 @@ def guard_membership(
             return
         error = task.exception()
         if error is None:
-            return
+            return  # aiokafka hands Kafka errors to the consumer: this is an unexpected one
         hint = ""
         if instance_id and isinstance(error.__cause__, AssertionError):
             hint = (

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -173,6 +175,20 @@ async def operator_keys(found: Services, pool: Any) -> tuple[Any, dict[str, str]
     return owner, {"LEARNOPS_WORKER_KEY": str(path)}
 
 
+def slot_port() -> int:
+    """A free loopback port below Linux's ephemeral range (32768-60999).
+
+    Outgoing connections draw their ports from that range: a port a worker slot
+    keeps across restarts, picked there, could be taken while the slot is down.
+    """
+    for _ in range(500):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError("no free loopback port in 20000-32000")
+
+
 @dataclass
 class Workers:
     """``learnops worker`` processes of one consumer group (one app id), started and killed."""
@@ -197,7 +213,7 @@ class Workers:
         """
         data_dir = self.log_dir / f"data-{slot}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        port = self.ports.setdefault(slot, free_port())
+        port = self.ports.setdefault(slot, slot_port())
         return {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.found.bootstrap,

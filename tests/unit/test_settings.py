@@ -294,3 +294,9 @@ def test_a_checkouts_worker_data_follows_the_local_state_directory(
     assert Settings().learnops_data_dir == tmp_path / "worker"
     monkeypatch.setenv("LEARNOPS_DATA_DIR", str(tmp_path / "elsewhere"))
     assert Settings().learnops_data_dir == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("refused", [".", "..", "a b", "a/b", "x" * 250])
+def test_group_instance_ids_kafka_refuses_are_refused(refused: str) -> None:
+    with pytest.raises(ValueError, match="learnops_group_instance_id"):
+        Settings(learnops_group_instance_id=refused)
