@@ -212,10 +212,15 @@ async def learn(
             ", ".join(latest.probes) or "none",
             str(probed),
         )
-        request = await wait_request(pool, doer, reason, timeout=5.0)
+        # The stage files its request right after sending the allocation that made it
+        # confident (agents/bandit.py, _flush): a second is plenty, and a request missed
+        # here is found after the next round, since it stays open.
+        request = await wait_request(pool, doer, reason, timeout=1.0)
         if request is not None:
             break
     console.print(table)
+    if request is None:  # the last round's, if it made the bandit confident
+        request = await wait_request(pool, doer, reason, timeout=timeout)
     if request is None:
         fail(f"no experiment request {reason!r} after {sum(used.values())} runs")
     console.rule("[bold]2. the bandit is confident: one experiment request")
