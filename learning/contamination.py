@@ -36,13 +36,18 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from datasketch import MinHash
 
 from learning.curation import content_hash
+
+if TYPE_CHECKING:
+    # Imported where it is used: datasketch's package imports its LSH, and that
+    # scipy.integrate, about 0.3 s of every process that reads the learning
+    # configuration (each CLI command that does, each worker without the curator).
+    from datasketch import MinHash
 
 Signature = npt.NDArray[np.uint32]
 
@@ -107,6 +112,8 @@ class MinHasher:
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.seed = seed
+        from datasketch import MinHash
+
         self._template = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME)
         self.permutations = self._template.permutations
         self._a = np.asarray(self.permutations[0], dtype=np.uint32)
@@ -161,6 +168,8 @@ class MinHasher:
 
     def minhash(self, signature: Signature) -> MinHash:
         """A datasketch MinHash holding ``signature`` (for datasketch's LSH and ``jaccard``)."""
+        from datasketch import MinHash
+
         return MinHash(
             seed=self.seed, hashvalues=signature, permutations=self.permutations, scheme=SCHEME
         )

@@ -36,6 +36,21 @@ def test_the_command_modules_import_no_faust_kafka_client_or_scipy() -> None:
     assert result.stdout.strip() == ""
 
 
+def test_reading_the_learning_configuration_imports_no_datasketch() -> None:
+    # Commands that read config/learning.yaml (experiment replays, bandit refusals) and
+    # workers without the curator: datasketch's package imports scipy.integrate (~0.3 s).
+    probe = (
+        "import sys\n"
+        "from agents.config import load_learning_config\n"
+        "load_learning_config(None)\n"
+        "print(','.join(sorted(m for m in ('datasketch', 'scipy.integrate') if m in sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
 def test_help_imports_no_command_module() -> None:
     probe = (
         "import sys\n"
