@@ -75,6 +75,16 @@ GC_PAUSES = Histogram(
     ["generation"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+READY = Gauge(
+    "learnops_ready",
+    "1 when the worker is ready as /readyz says (checked at every scrape), else 0.",
+)
+DEPENDENCY_UP = Gauge(
+    "learnops_dependency_up",
+    "1 when PostgreSQL or Kafka answered the readiness check within 2 s (at the last "
+    "scrape or /readyz), else 0: an outage shows here with no traffic flowing.",
+    ["dependency"],
+)
 READY_CHECK_S = 2.0  # how long /readyz waits for PostgreSQL or Kafka
 
 
@@ -117,20 +127,26 @@ async def readiness(app: Any) -> list[str]:
     if not app.pool_open:
         problems.append("the PostgreSQL pool is not open yet")
     else:
+        answered = False
         try:
             await asyncio.wait_for(app.pool.fetchval("SELECT 1"), READY_CHECK_S)
+            answered = True
         except (OSError, TimeoutError) as exc:
             problems.append(f"PostgreSQL does not answer ({type(exc).__name__})")
         except Exception as exc:  # noqa: BLE001 - any driver error means "not ready", named
             problems.append(f"PostgreSQL refused a query ({type(exc).__name__})")
+        DEPENDENCY_UP.labels("postgres").set(1 if answered else 0)
     client = kafka_client(app)
     if client is None:
         problems.append("the Kafka producer has not started")
     else:
+        answered = False
         try:
             await asyncio.wait_for(client.fetch_all_metadata(), READY_CHECK_S)
+            answered = True
         except Exception as exc:  # noqa: BLE001 - any client error means "not ready", named
             problems.append(f"Kafka does not answer ({type(exc).__name__})")
+        DEPENDENCY_UP.labels("kafka").set(1 if answered else 0)
     return problems
 
 
@@ -238,6 +254,9 @@ def register_pages(app: Any) -> None:
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         RECOVERING.set(1 if app.in_recovery or app.rebalancing else 0)
+        # Readiness too, so that an outage with no traffic flowing (nothing retried,
+        # nothing dead-lettered) still shows: /readyz itself is no scrape target.
+        READY.set(0 if await readiness(app) else 1)
         await observe_lag(app)
         body = generate_latest(REGISTRY) + generate_latest(faust_registry)
         return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -58,6 +58,18 @@ async def test_a_running_worker_is_live_ready_and_serves_its_metrics(
         "learnops_postgres_retries_total",
     ):
         assert name in text, name
+    # Readiness, checked at the scrape: an outage shows with no traffic flowing.
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name in ("learnops_ready", "learnops_dependency_up")
+        for sample in family.samples
+    }
+    assert samples == {
+        ("learnops_ready", ()): 1.0,
+        ("learnops_dependency_up", (("dependency", "kafka"),)): 1.0,
+        ("learnops_dependency_up", (("dependency", "postgres"),)): 1.0,
+    }, samples
     # Faust's own sensor is served beside ours.
     assert "messages_received" in text
     # Every input partition has a lag series, committed on or not yet (a partition
@@ -79,3 +91,30 @@ async def test_readiness_names_what_is_missing_before_the_worker_starts() -> Non
     assert "the PostgreSQL pool is not open yet" in reasons
     assert "the Kafka producer has not started" in reasons
     assert any("recovering" in reason for reason in reasons)
+
+
+async def test_postgresql_that_does_not_answer_is_down_in_the_metrics(database_url: str) -> None:
+    import asyncpg
+    from prometheus_client import REGISTRY
+
+    from tests.services import free_port
+
+    app = create_app(Settings(learnops_app_id="readiness-down"), stages=["crl"])
+    up = {"dependency": "postgres"}
+    # A real pool whose server is gone (nothing listens on the port): each check is refused.
+    gone = await asyncpg.create_pool(f"postgresql://nobody@127.0.0.1:{free_port()}/x", min_size=0)
+    app.use_pool(gone)
+    try:
+        reasons = await readiness(app)
+        assert any(r.startswith("PostgreSQL does not answer") for r in reasons), reasons
+        assert REGISTRY.get_sample_value("learnops_dependency_up", up) == 0
+    finally:
+        await gone.close()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    app.use_pool(pool)
+    try:
+        reasons = await readiness(app)
+        assert not any(r.startswith("PostgreSQL") for r in reasons), reasons
+        assert REGISTRY.get_sample_value("learnops_dependency_up", up) == 1
+    finally:
+        await pool.close()
