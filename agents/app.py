@@ -30,7 +30,7 @@ from agents.logs import hide_exception_values, quiet_fast_timers, quiet_repeats,
 from agents.settings import Settings, SettingsError
 from agents.streams import Bodies
 from agents.topics import TopicCatalog, load_catalog, missing
-from storage.pool import create_pool
+from storage.pool import create_pool, schema_owner_role
 
 log = logging.getLogger("learnops")
 
@@ -134,6 +134,14 @@ class LearnopsApp(faust.App):
             min_size=self.settings.database_pool_min,
             max_size=self.settings.database_pool_max,
         )
+        async with self._pool.acquire() as conn:
+            owner = await schema_owner_role(conn)
+        if owner is not None:
+            log.warning(
+                "database_role_is_owner role=%s hint='the worker needs only learnops_worker's "
+                "grants; give it that role's DATABASE_URL (docs/security.md#database-roles)'",
+                owner,
+            )
         tune_gc()
         hide_exception_values()
         quiet_repeats()

@@ -96,3 +96,16 @@ def refused_for_its_data(exc: BaseException) -> bool:
 def misconfigured(exc: BaseException) -> bool:
     """Whether PostgreSQL refused a statement for a reason no input causes (grants, schema)."""
     return isinstance(exc, asyncpg.PostgresError) and _sqlstate_class(exc) in MISCONFIGURED
+
+
+async def schema_owner_role(conn: Any) -> str | None:
+    """The role this connection logs in as when it owns the schema's tables, else None.
+
+    A worker needs only learnops_worker's grants (docs/security.md, "Database
+    roles"); as the owner it could also rewrite the append-only audit tables.
+    """
+    role: str | None = await conn.fetchval(
+        "SELECT current_user FROM pg_tables WHERE tablename = 'crl_results' "
+        "AND schemaname = current_schema() AND tableowner = current_user"
+    )
+    return role

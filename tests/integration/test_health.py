@@ -72,6 +72,8 @@ async def test_a_running_worker_is_live_ready_and_serves_its_metrics(
     }, samples
     # Faust's own sensor is served beside ours.
     assert "messages_received" in text
+    # The session worker logs in as learnops_worker: no owner warning (see test_cli.py).
+    assert "database_role_is_owner" not in worker.log_path.read_text(errors="replace")
     # Every input partition has a lag series, committed on or not yet (a partition
     # of a quiet topic has no commit: it lags by what lies past its log start).
     lagging = {
@@ -118,3 +120,22 @@ async def test_postgresql_that_does_not_answer_is_down_in_the_metrics(database_u
         assert REGISTRY.get_sample_value("learnops_dependency_up", up) == 1
     finally:
         await pool.close()
+
+
+async def test_the_schema_owner_is_told_from_the_worker_role(
+    db: Any, role_urls: dict[str, str]
+) -> None:
+    """What a worker checks at start: a production worker refuses to run as the owner."""
+    import asyncpg
+
+    from storage.pool import schema_owner_role
+
+    async with db.acquire() as conn:
+        owner = await schema_owner_role(conn)
+        assert owner == await conn.fetchval("SELECT current_user")
+    assert "worker" in role_urls, "the tests need scripts/postgres.sh's learnops_worker login"
+    conn = await asyncpg.connect(role_urls["worker"])
+    try:
+        assert await schema_owner_role(conn) is None
+    finally:
+        await conn.close()

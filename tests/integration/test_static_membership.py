@@ -90,6 +90,9 @@ async def test_two_live_workers_never_share_one_group_instance_id(
         )
         await scored()
         assert second.process is not None and second.process.poll() is None, second.tail()
+        # These workers log in as the schema's owner (the session worker as learnops_worker,
+        # tests/integration/test_health.py): said once at start.
+        assert "database_role_is_owner" in second.log_path.read_text(errors="replace")
 
         # A newcomer on another URL is handed the assignment made for the live worker's:
         # it leaves saying so, and the worker it displaced leaves too.
