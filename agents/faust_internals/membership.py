@@ -124,7 +124,8 @@ def guard_membership(
             return
         error = task.exception()
         if error is None:
-            return  # aiokafka hands Kafka errors to the consumer: this is an unexpected one
+            return
+        # The errors aiokafka expects reach the consumer; the task itself ends on the others.
         hint = ""
         if instance_id and isinstance(error.__cause__, AssertionError):
             hint = (
