@@ -134,20 +134,21 @@ class LearnopsApp(faust.App):
             min_size=self.settings.database_pool_min,
             max_size=self.settings.database_pool_max,
         )
-        async with self._pool.acquire() as conn:
-            owner = await schema_owner_role(conn)
-        if owner is not None:
-            log.warning(
-                "database_role_is_owner role=%s hint='the worker needs only learnops_worker's "
-                "grants; give it that role's DATABASE_URL (docs/security.md#database-roles)'",
-                owner,
-            )
         tune_gc()
         hide_exception_values()
         quiet_repeats()
         quiet_fast_timers()
         if self.settings.learnops_log_format == "json":
             use_json_logs()
+        async with self._pool.acquire() as conn:
+            owner = await schema_owner_role(conn)
+        if owner is not None:
+            log.warning(
+                "database_role_is_owner role=%s hint='the worker needs only the grants of "
+                "learnops_worker: give it the DATABASE_URL of that role "
+                "(docs/security.md#database-roles)'",
+                owner,
+            )
         # Faust makes only the last directory of its datadir; a fresh checkout or
         # state directory has no parents yet (LEARNOPS_DATA_DIR=/new/path/worker).
         self.settings.learnops_data_dir.mkdir(parents=True, exist_ok=True)

@@ -124,30 +124,42 @@ async def readiness(app: Any) -> list[str]:
         problems.append("tables are recovering from their changelogs")
     if app.rebalancing:
         problems.append("a rebalance is under way")
+    # Both at once: a scrape during an outage waits for one timeout, not two.
+    for found in await asyncio.gather(_postgres_problem(app), _kafka_problem(app)):
+        if found is not None:
+            problems.append(found)
+    return problems
+
+
+async def _postgres_problem(app: Any) -> str | None:
+    """Why PostgreSQL is not usable (setting ``learnops_dependency_up``), or None."""
     if not app.pool_open:
-        problems.append("the PostgreSQL pool is not open yet")
-    else:
-        answered = False
-        try:
-            await asyncio.wait_for(app.pool.fetchval("SELECT 1"), READY_CHECK_S)
-            answered = True
-        except (OSError, TimeoutError) as exc:
-            problems.append(f"PostgreSQL does not answer ({type(exc).__name__})")
-        except Exception as exc:  # noqa: BLE001 - any driver error means "not ready", named
-            problems.append(f"PostgreSQL refused a query ({type(exc).__name__})")
-        DEPENDENCY_UP.labels("postgres").set(1 if answered else 0)
+        return "the PostgreSQL pool is not open yet"
+    problem = None
+    try:
+        # Through the stages' pool: a pool whose every connection stays busy for the
+        # whole wait reads as not answering too.
+        await asyncio.wait_for(app.pool.fetchval("SELECT 1"), READY_CHECK_S)
+    except (OSError, TimeoutError) as exc:
+        problem = f"PostgreSQL does not answer ({type(exc).__name__})"
+    except Exception as exc:  # noqa: BLE001 - any driver error means "not ready", named
+        problem = f"PostgreSQL refused a query ({type(exc).__name__})"
+    DEPENDENCY_UP.labels("postgres").set(0 if problem else 1)
+    return problem
+
+
+async def _kafka_problem(app: Any) -> str | None:
+    """Why Kafka is not usable (setting ``learnops_dependency_up``), or None."""
     client = kafka_client(app)
     if client is None:
-        problems.append("the Kafka producer has not started")
-    else:
-        answered = False
-        try:
-            await asyncio.wait_for(client.fetch_all_metadata(), READY_CHECK_S)
-            answered = True
-        except Exception as exc:  # noqa: BLE001 - any client error means "not ready", named
-            problems.append(f"Kafka does not answer ({type(exc).__name__})")
-        DEPENDENCY_UP.labels("kafka").set(1 if answered else 0)
-    return problems
+        return "the Kafka producer has not started"
+    problem = None
+    try:
+        await asyncio.wait_for(client.fetch_all_metadata(), READY_CHECK_S)
+    except Exception as exc:  # noqa: BLE001 - any client error means "not ready", named
+        problem = f"Kafka does not answer ({type(exc).__name__})"
+    DEPENDENCY_UP.labels("kafka").set(0 if problem else 1)
+    return problem
 
 
 #: How long a scrape waits for log starts it asked for (it never asks twice at once).

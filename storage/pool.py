@@ -99,13 +99,29 @@ def misconfigured(exc: BaseException) -> bool:
 
 
 async def schema_owner_role(conn: Any) -> str | None:
-    """The role this connection logs in as when it owns the schema's tables, else None.
+    """The role this connection logs in as when it can act as the schema's owner, else None.
 
-    A worker needs only learnops_worker's grants (docs/security.md, "Database
-    roles"); as the owner it could also rewrite the append-only audit tables.
+    The owner of the table the worker's queries name (``crl_results``, found by
+    the search path as they find it), a member of that role, or a superuser: any
+    of them can drop a trigger or rewrite an append-only audit table, which a
+    worker needs none of (learnops_worker's grants, docs/security.md).
     """
     role: str | None = await conn.fetchval(
-        "SELECT current_user FROM pg_tables WHERE tablename = 'crl_results' "
-        "AND schemaname = current_schema() AND tableowner = current_user"
+        "SELECT current_user FROM pg_class WHERE oid = to_regclass('crl_results') "
+        "AND pg_has_role(current_user, relowner, 'MEMBER')"
     )
     return role
+
+
+def owner_refusal(env: str, owner: str | None) -> str | None:
+    """Why a worker logging in as ``owner`` (:func:`schema_owner_role`) must not start, or None.
+
+    Refused with ``LEARNOPS_ENV=production``; elsewhere the worker logs a warning.
+    """
+    if owner is None or env != "production":
+        return None
+    return (
+        f"LEARNOPS_ENV=production: DATABASE_URL logs in as {owner}, which can act as the "
+        "schema's owner (the owner, a member of it, or a superuser); the worker needs only "
+        "learnops_worker's grants: give it that role's URL (docs/security.md#database-roles)"
+    )

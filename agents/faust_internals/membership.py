@@ -1,28 +1,25 @@
 """A worker that has lost its place in its consumer group exits instead of lingering.
 
-Two cases, both found by trying them on a real broker (aiokafka 0.14, Kafka 4.1):
-
 * **Static membership** (``LEARNOPS_GROUP_INSTANCE_ID``, Kafka's
-  ``group.instance.id``). A worker started under the id of a live one takes its
-  place: the broker hands it the stored assignment, and the first worker's next
-  heartbeat is answered ``UNKNOWN_MEMBER_ID``. aiokafka then rejoins under the
-  same id and takes the partitions back, and the two workers go on replacing each
-  other, both holding the same partitions in turn: every table would count twice.
-  Here a worker with a group instance id whose heartbeat, group sync or offset
-  commit, sent with the member id and generation it still holds, is answered
-  ``UNKNOWN_MEMBER_ID`` or ``FENCED_INSTANCE_ID`` exits at once. Its session may
-  also simply have expired (the worker stalled for longer than the session
-  timeout, and its partitions went to others); exiting is right then too: its
-  supervisor starts it again and it rejoins as a new member.
-* **A dead group coordinator task.** When aiokafka's coordination task ends with
-  an unexpected error (above, the newcomer's Faust assignor asserts that the stored
-  assignment names its own URL, and it names the first worker's), the consumer
-  fetches nothing again while the process stays up and looks healthy. The worker
-  exits instead, saying why.
+  ``group.instance.id``). A process started under the id of a live worker takes
+  its place, and the replaced worker's next heartbeat is answered
+  ``UNKNOWN_MEMBER_ID``; left to aiokafka it would rejoin under the same id and
+  take the partitions back, the two trading them for as long as both run, every
+  table counting twice. So a worker with an id whose heartbeat, group sync or
+  offset commit, sent with the member id and generation it still holds, is
+  answered ``UNKNOWN_MEMBER_ID`` or ``FENCED_INSTANCE_ID`` exits at once. A
+  worker whose session expired (it stalled for longer than the session timeout,
+  and its partitions went to others) exits the same way; its supervisor starts
+  it again and it rejoins as a new member.
+* **A dead coordination task.** aiokafka hands the errors it expects to the
+  consumer; its coordination task ends only on others (a newcomer's Faust
+  assignor asserting that a stored assignment names its own URL, for one), and
+  the consumer then fetches nothing while the process stays up and looks
+  healthy. The worker exits instead, saying why.
 
 It exits with :func:`os._exit`, as a kill would stop it: offsets not committed
 are read again and every effect is idempotent (docs/operations.md, "Exactly
-once"), which the fault suite proves by kills at random points. A graceful stop
+once", where "Static membership" also tells what was measured); a graceful stop
 could block on the very group that no longer answers.
 """
 

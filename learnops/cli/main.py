@@ -729,7 +729,7 @@ async def _preflight(settings: Settings, *, restage: bool = False) -> None:
         )
 
     from agents.topics import load_catalog, missing
-    from storage.pool import schema_owner_role
+    from storage.pool import owner_refusal, schema_owner_role
 
     try:
         conn = await asyncpg.connect(settings.database_dsn, timeout=10)
@@ -737,20 +737,16 @@ async def _preflight(settings: Settings, *, restage: bool = False) -> None:
         raise postgres_unreachable(settings, exc) from exc
     try:
         await conn.fetchval("SELECT 1 FROM schema_migrations LIMIT 1")
-        owner = await schema_owner_role(conn)
+        # Before anything is written (the stage set's claim below). Outside production the
+        # worker logs it once it runs (agents/app.py).
+        refused = owner_refusal(settings.learnops_env, await schema_owner_role(conn))
+        if refused is not None:
+            fail(refused)
         untrusted = await _signing_key_untrusted(settings, conn)
         unusable = await _operator_key_unusable(settings, conn)
         await _same_stages_as_the_group(settings, conn, restage)
     finally:
         await conn.close()
-    if owner is not None and settings.learnops_env == "production":
-        # Elsewhere the worker logs it once it runs (agents/app.py): a warning here would be
-        # one more line before every start of a development worker.
-        fail(
-            f"LEARNOPS_ENV=production: DATABASE_URL logs in as {owner}, the owner of the "
-            "schema; the worker needs only learnops_worker's grants: give it that role's URL "
-            "(docs/security.md#database-roles)"
-        )
     for problem in (untrusted, unusable):
         if problem is None:
             continue

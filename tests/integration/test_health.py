@@ -96,22 +96,26 @@ async def test_readiness_names_what_is_missing_before_the_worker_starts() -> Non
 
 
 async def test_postgresql_that_does_not_answer_is_down_in_the_metrics(database_url: str) -> None:
+    import socket
+
     import asyncpg
     from prometheus_client import REGISTRY
 
-    from tests.services import free_port
-
     app = create_app(Settings(learnops_app_id="readiness-down"), stages=["crl"])
     up = {"dependency": "postgres"}
-    # A real pool whose server is gone (nothing listens on the port): each check is refused.
-    gone = await asyncpg.create_pool(f"postgresql://nobody@127.0.0.1:{free_port()}/x", min_size=0)
-    app.use_pool(gone)
-    try:
-        reasons = await readiness(app)
-        assert any(r.startswith("PostgreSQL does not answer") for r in reasons), reasons
-        assert REGISTRY.get_sample_value("learnops_dependency_up", up) == 0
-    finally:
-        await gone.close()
+    # A real pool whose server is gone: a port held here and never listened on refuses
+    # every connection.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        gone = await asyncpg.create_pool(f"postgresql://nobody@127.0.0.1:{port}/x", min_size=0)
+        app.use_pool(gone)
+        try:
+            reasons = await readiness(app)
+            assert any(r.startswith("PostgreSQL does not answer") for r in reasons), reasons
+            assert REGISTRY.get_sample_value("learnops_dependency_up", up) == 0
+        finally:
+            await gone.close()
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     app.use_pool(pool)
     try:
@@ -125,7 +129,9 @@ async def test_postgresql_that_does_not_answer_is_down_in_the_metrics(database_u
 async def test_the_schema_owner_is_told_from_the_worker_role(
     db: Any, role_urls: dict[str, str]
 ) -> None:
-    """What a worker checks at start: a production worker refuses to run as the owner."""
+    """What a worker checks at start (a production worker refuses to run as the owner:
+    tests/unit/test_settings.py). A member of the owner role or a superuser counts as the
+    owner too; the tests' server lets no test login create such a role."""
     import asyncpg
 
     from storage.pool import schema_owner_role

@@ -300,3 +300,13 @@ def test_a_checkouts_worker_data_follows_the_local_state_directory(
 def test_group_instance_ids_kafka_refuses_are_refused(refused: str) -> None:
     with pytest.raises(ValueError, match="learnops_group_instance_id"):
         Settings(learnops_group_instance_id=refused)
+
+
+def test_only_a_production_worker_is_refused_for_logging_in_as_the_schema_owner() -> None:
+    from storage.pool import owner_refusal
+
+    refused = owner_refusal("production", "learnops")
+    assert refused is not None
+    assert "logs in as learnops" in refused and "docs/security.md#database-roles" in refused
+    assert owner_refusal("development", "learnops") is None  # logged as a warning instead
+    assert owner_refusal("production", None) is None
