@@ -140,6 +140,13 @@ class LearnopsApp(faust.App):
         quiet_fast_timers()
         if self.settings.learnops_log_format == "json":
             use_json_logs()
+        if "canary" in self.stages and self.settings.worker_key() is None:
+            # Said here, not when the stage is built: before the worker's logging is set
+            # up a warning had no timestamp.
+            log.warning(
+                "canary_unsigned LEARNOPS_WORKER_SIGNING_KEY_FILE is unset: decisions go out "
+                "unsigned and the policy stage refuses them"
+            )
         async with self._pool.acquire() as conn:
             owner = await schema_owner_role(conn)
         if owner is not None:

@@ -330,12 +330,8 @@ class CanaryStage(Stage):
 
     def __init__(self, app: LearnopsApp) -> None:
         super().__init__(app)
+        # None: decisions go out unsigned (the app logs canary_unsigned when it starts).
         self.key = app.settings.worker_key()
-        if self.key is None:
-            log.warning(
-                "canary_unsigned LEARNOPS_WORKER_SIGNING_KEY_FILE is unset: decisions go out "
-                "unsigned and the policy stage refuses them"
-            )
         self.states = self.table(
             "canary-deployments", default=dict, help_="Canary state per doer/deployment"
         )
