@@ -140,7 +140,8 @@ class LearnopsApp(faust.App):
         quiet_fast_timers()
         if self.settings.learnops_log_format == "json":
             use_json_logs()
-        if "canary" in self.stages and self.settings.worker_key() is None:
+        canary = self.stages.get("canary")
+        if canary is not None and canary.key is None:
             # Said here, not when the stage is built: before the worker's logging is set
             # up a warning had no timestamp.
             log.warning(

@@ -111,17 +111,3 @@ async def schema_owner_role(conn: Any) -> str | None:
         "AND pg_has_role(current_user, relowner, 'MEMBER')"
     )
     return role
-
-
-def owner_refusal(env: str, owner: str | None) -> str | None:
-    """Why a worker logging in as ``owner`` (:func:`schema_owner_role`) must not start, or None.
-
-    Refused with ``LEARNOPS_ENV=production``; elsewhere the worker logs a warning.
-    """
-    if owner is None or env != "production":
-        return None
-    return (
-        f"LEARNOPS_ENV=production: DATABASE_URL logs in as {owner}, which can act as the "
-        "schema's owner (the owner, a member of it, or a superuser); the worker needs only "
-        "learnops_worker's grants: give it that role's URL (docs/security.md#database-roles)"
-    )

@@ -729,7 +729,7 @@ async def _preflight(settings: Settings, *, restage: bool = False) -> None:
         )
 
     from agents.topics import load_catalog, missing
-    from storage.pool import owner_refusal, schema_owner_role
+    from storage.pool import schema_owner_role
 
     try:
         conn = await asyncpg.connect(settings.database_dsn, timeout=10)
@@ -830,6 +830,21 @@ async def _operator_key_unusable(settings: Settings, conn: Any) -> str | None:
         "(an experiment's shadow or canary, its replays) would be refused; register a key "
         "for it with the operator role (`learnops operator keys add --operator worker "
         "--role operator …`, docs/operations.md 'Before the first worker')"
+    )
+
+
+def owner_refusal(env: str, owner: str | None) -> str | None:
+    """Why a worker logging in as ``owner`` must not start, or None.
+
+    ``owner`` is what :func:`storage.pool.schema_owner_role` found. Refused with
+    ``LEARNOPS_ENV=production``; elsewhere the worker logs a warning.
+    """
+    if owner is None or env != "production":
+        return None
+    return (
+        f"LEARNOPS_ENV=production: DATABASE_URL logs in as {owner}, which can act as the "
+        "schema's owner (the owner, a member of it, or a superuser); the worker needs only "
+        "learnops_worker's grants: give it that role's URL (docs/security.md#database-roles)"
     )
 
 

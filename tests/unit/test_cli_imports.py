@@ -23,15 +23,16 @@ print(",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
 
 
+def in_a_fresh_interpreter(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a new Python process of this environment; its output, checked."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+
+
 def test_the_command_modules_import_no_faust_kafka_client_or_scipy() -> None:
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(heavy=HEAVY)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    result = in_a_fresh_interpreter(PROBE.format(heavy=HEAVY))
     print(f"importing every command module: {time.perf_counter() - started:.2f} s")
     assert result.stdout.strip() == ""
 
@@ -45,9 +46,7 @@ def test_reading_the_learning_configuration_imports_no_datasketch() -> None:
         "load_learning_config(None)\n"
         "print(','.join(sorted(m for m in ('datasketch', 'scipy.integrate') if m in sys.modules)))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    result = in_a_fresh_interpreter(probe)
     assert result.stdout.strip() == ""
 
 
@@ -59,9 +58,7 @@ def test_help_imports_no_command_module() -> None:
         "print(','.join(sorted(m for m in sys.modules if m.startswith(('learnops.cli.', "
         "'learnops.demo', 'agents', 'storage', 'pydantic')))), file=sys.stderr)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    result = in_a_fresh_interpreter(probe)
     assert result.stderr.strip() == "learnops.cli.main", result.stderr
     assert "policy" in result.stdout and "worker" in result.stdout
 

@@ -303,7 +303,7 @@ def test_group_instance_ids_kafka_refuses_are_refused(refused: str) -> None:
 
 
 def test_only_a_production_worker_is_refused_for_logging_in_as_the_schema_owner() -> None:
-    from storage.pool import owner_refusal
+    from learnops.cli.main import owner_refusal
 
     refused = owner_refusal("production", "learnops")
     assert refused is not None
