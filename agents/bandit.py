@@ -344,13 +344,23 @@ class BanditStage(Stage):
         """
         await self.tails.stale(now, self._reassert, "bandit_allocations")
 
-    async def _reassert(self, doer: str, sequence: int | None, valid: bool) -> None:
+    async def _reassert(self, doer: str, record: BanditAllocations | None, valid: bool) -> None:
         async with self._sending:
             book = BanditBook.from_dict(self.books.get(doer) or {})
             if not book.bandits:
                 return
             held = book.event(doer)
-            if valid and sequence is not None and sequence >= held.sequence:
+            sequence = None if record is None else record.sequence
+            if (
+                valid
+                and record is not None
+                and (
+                    record.sequence > held.sequence
+                    # A freeze or an unfreeze keeps the sequence: the same number with the
+                    # other flag is the record from before it, sent again.
+                    or (record.sequence == held.sequence and record.frozen == held.frozen)
+                )
+            ):
                 return
             log.warning(
                 "bandit_allocations_reasserted doer=%s last_sequence=%s valid=%s sequence=%d",

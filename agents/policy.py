@@ -140,8 +140,9 @@ class PolicyStage(Stage):
         """
         await self.tails.stale(now, self._reassert, "policy_change")
 
-    async def _reassert(self, doer: str, sequence: int | None, valid: bool) -> None:
+    async def _reassert(self, doer: str, record: PolicyChange | None, valid: bool) -> None:
         latest = await durably(partial(last_sequence, self.app.pool, doer), what="policies")
+        sequence = None if record is None else record.sequence
         if valid and sequence is not None and sequence >= (latest or 0):
             return
         change = await durably(partial(current_change, self.app.pool, doer), what="policies")

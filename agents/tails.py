@@ -4,8 +4,11 @@ Compaction keeps a doer's last record, and a client that starts reads only that
 one. A record written there by anyone else (an older signed record sent again, a
 forged or an empty one) would be what starting clients follow, so the stages
 that publish learning.policy-changes and learning.bandit-allocations also read
-them and send the doer's current state again after such a record has stayed
-last for ``STALE_AFTER_S`` (agents/policy.py, agents/bandit.py).
+them and send the doer's current state again once the doer's last records
+have not been the current state for ``STALE_AFTER_S`` (agents/policy.py,
+agents/bandit.py). The time counts from the first such record, not the latest:
+a record sent again every few seconds would otherwise never stay last long
+enough to be answered.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ STALE_AFTER_S = 30.0
 
 
 class Tails:
-    """Each doer's last record read back: (read at, its sequence, whether it is trusted).
+    """Each doer's last record read back, not yet judged: since when, the record, trusted.
 
     ``model`` is the topic's event (with ``doer`` and ``sequence``), ``kind`` its
     signature kind (learning.signing), ``key`` the worker's signing key (None: a
@@ -49,7 +52,9 @@ class Tails:
         self.own = TrustedKeys()
         if key is not None:
             self.own.add(key.public_key)
-        self.last: dict[str, tuple[float, int | None, bool]] = {}
+        self.clock: Callable[[], float] = time.monotonic  # a test may set it
+        # doer -> (pending since, notes so far, its last record or None, whether trusted)
+        self.last: dict[str, tuple[float, int, Any, bool]] = {}
 
     async def note(self, event: Any) -> None:
         """Note the record read back for its doer (a record without a key is no doer's)."""
@@ -57,15 +62,21 @@ class Tails:
         if message.key is None:
             return
         doer = message.key.decode("utf-8", "replace")
-        sequence, trusted = None, False
+        record: Any = None
+        trusted = False
         if message.value is not None:  # an empty one (a tombstone) is neither
             try:
-                record: Any = self.model.model_validate_json(message.value)
+                record = self.model.model_validate_json(message.value)
             except ValueError:
                 record = None
-            if record is not None and record.doer == doer:
-                sequence, trusted = record.sequence, await self.signed_by_us(record)
-        self.last[doer] = (time.monotonic(), sequence, trusted)
+            if record is not None and record.doer != doer:
+                record = None
+            if record is not None:
+                trusted = await self.signed_by_us(record)
+        pending = self.last.get(doer)
+        # Pending since the first record not yet judged: later ones do not restart the wait.
+        since, notes = (self.clock(), 0) if pending is None else pending[:2]
+        self.last[doer] = (since, notes + 1, record, trusted)
 
     async def signed_by_us(self, record: Event) -> bool:
         """Whether this worker, or another whose key the keyring trusts, signed ``record``.
@@ -84,24 +95,26 @@ class Tails:
     async def stale(
         self,
         now: float | None,
-        handle: Callable[[str, int | None, bool], Awaitable[None]],
+        handle: Callable[[str, Any, bool], Awaitable[None]],
         what: str,
     ) -> None:
-        """Hand each doer whose record has been last ``STALE_AFTER_S`` to ``handle``.
+        """Hand each doer's last record to ``handle`` once it is ``STALE_AFTER_S`` pending.
 
-        Not sooner: the stage reads its own records back a moment after sending
-        them, and a newer one may be on its way. A doer is forgotten once
-        handled; one whose handling failed is kept for the next tick, and does
-        not hold up the others.
+        ``handle(doer, record, trusted)`` gets the last record read (None: empty,
+        invalid or another doer's) and decides whether it is the doer's current
+        state. Not sooner: the stage reads its own records back a moment after
+        sending them, and a newer one may be on its way. A doer is forgotten once
+        handled, unless another record came meanwhile; one whose handling failed
+        is kept for the next tick, and does not hold up the others.
         """
-        now = time.monotonic() if now is None else now
-        for doer, (read_at, sequence, valid) in list(self.last.items()):
-            if now - read_at < STALE_AFTER_S:
+        now = self.clock() if now is None else now
+        for doer, (since, notes, record, trusted) in list(self.last.items()):
+            if now - since < STALE_AFTER_S:
                 continue
             try:
-                await handle(doer, sequence, valid)
+                await handle(doer, record, trusted)
             except Exception:
                 log.exception("%s_reassert_failed doer=%s", what, doer)
                 continue
-            if self.last.get(doer, (None,))[0] == read_at:
+            if self.last.get(doer, (None, None))[1] == notes:
                 del self.last[doer]

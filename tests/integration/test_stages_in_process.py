@@ -1438,7 +1438,12 @@ async def test_what_others_leave_last_on_the_allocations_is_followed_by_the_doer
                 )
             }
         )
-        for replanted in (first, None, forged):
+        # The same sequence with the other freeze flag, signed by the worker: what a
+        # record from before a freeze (which keeps the sequence) looks like sent again.
+        flipped = stage._signed(
+            newest.model_copy(update={"frozen": not newest.frozen, "signature": None})
+        )
+        for replanted in (first, None, forged, flipped):
             if replanted is None:
                 await feed.put(ALLOCATIONS, doer.encode(), None)
             else:
