@@ -80,6 +80,34 @@ async def test_the_worker_cannot_rewrite_the_audit_log_or_the_key_history(
         await conn.close()
 
 
+async def test_the_worker_cannot_move_a_sequence_of_policy_changes_back_or_far(
+    urls: dict[str, str],
+) -> None:
+    """Found by a red-team trial: as the worker, deleting a doer's row restarted its
+    numbering at 1 (and setting it high jumped it), so running Routers refused the doer's
+    later changes, an emergency rollback among them. The number now only rises by one."""
+    from storage.deployments import next_change_sequence
+
+    doer = f"Seq{datetime.now(UTC).strftime('%H%M%S%f')}"
+    conn = await _as(urls["worker"])
+    try:
+        assert [await next_change_sequence(conn, doer) for _ in range(3)] == [1, 2, 3]
+        for statement, match in (
+            ("DELETE FROM policy_change_sequences WHERE doer = $1", "is kept"),
+            ("UPDATE policy_change_sequences SET sequence = 1 WHERE doer = $1", "only 4"),
+            ("UPDATE policy_change_sequences SET sequence = 2147483647 WHERE doer = $1", "only 4"),
+        ):
+            with pytest.raises(asyncpg.PostgresError, match=match):
+                await conn.execute(statement, doer)
+        with pytest.raises(asyncpg.CheckViolationError, match="starts at 1"):
+            await conn.execute(
+                "INSERT INTO policy_change_sequences (doer, sequence) VALUES ($1, 9)", doer + "x"
+            )
+        assert await next_change_sequence(conn, doer) == 4
+    finally:
+        await conn.close()
+
+
 async def test_the_worker_cannot_drop_truncate_or_create(urls: dict[str, str]) -> None:
     conn = await _as(urls["worker"])
     try:

@@ -586,14 +586,26 @@ async def test_concurrent_promotions_of_two_candidates_leave_exactly_one_active(
         assert earlier.active_to is not None and earlier.active_to <= later.active_from
 
 
+#: An applied audit row moving the doer's version $2 from $3 to $4 (what the store writes).
+AUDIT_ROW = """
+    INSERT INTO policy_promotions (event_id, source, action, doer, policy_id, version,
+        from_status, to_status, requested_status, outcome, actor, reason, verdict, occurred_at)
+    VALUES (gen_random_uuid(), 'command', 'promote', $1, lower($1), $2, $3, $4, $4, 'applied',
+        'tests', 'a test', 'a test', now())
+"""
+
+
 async def test_the_database_itself_refuses_a_second_active_policy(db: Any) -> None:
     doer = unique_doer("Guard")
     key = await trusted_key(db)
     await bootstrap(db, doer, key)
+    # Even with the audit row the status trigger asks for, the unique index holds.
     with pytest.raises(asyncpg.UniqueViolationError, match="policies_one_active_per_doer"):
-        await db.execute(
-            "UPDATE policies SET status = 'active' WHERE doer = $1 AND version = 2", doer
-        )
+        async with db.acquire() as conn, conn.transaction():
+            await conn.execute(AUDIT_ROW, doer, 2, "draft", "active")
+            await conn.execute(
+                "UPDATE policies SET status = 'active' WHERE doer = $1 AND version = 2", doer
+            )
     live = await db.fetchrow(
         "SELECT * FROM policy_activations WHERE doer = $1 AND active_to IS NULL", doer
     )
@@ -607,6 +619,35 @@ async def test_the_database_itself_refuses_a_second_active_policy(db: Any) -> No
             live["active_from"] + timedelta(hours=1),
             live["promoted_by"],
         )
+
+
+async def test_a_status_moves_only_with_its_audit_row_written_in_the_same_transaction(
+    db: Any,
+) -> None:
+    """Found by a red-team trial: one UPDATE of the status made a rolled-back version
+    active, with no command and no audit row, and the next policy change published it."""
+    doer = unique_doer("Audited")
+    key = await trusted_key(db)
+    await bootstrap(db, doer, key)
+    flip = "UPDATE policies SET status = $2 WHERE doer = $1 AND version = $3"
+    with pytest.raises(asyncpg.CheckViolationError, match="only with its applied"):
+        await db.execute(flip, doer, "archived", 1)
+    # An audit row of an earlier transaction does not cover a later move.
+    await db.execute(AUDIT_ROW, doer, 2, "draft", "shadow")
+    with pytest.raises(asyncpg.CheckViolationError, match="only with its applied"):
+        await db.execute(flip, doer, "shadow", 2)
+    # Nor does a row for another move of the same version, in the same transaction.
+    with pytest.raises(asyncpg.CheckViolationError, match="only with its applied"):
+        async with db.acquire() as conn, conn.transaction():
+            await conn.execute(AUDIT_ROW, doer, 2, "draft", "shadow")
+            await conn.execute(flip, doer, "canary", 2)
+    statuses = dict(await db.fetch("SELECT version, status FROM policies WHERE doer = $1", doer))
+    assert statuses == {1: "active", 2: "draft"}
+    # The store's own moves write the row first: they go through.
+    shadow = await commands_store.apply_command(
+        db, StartShadow(doer=doer, actor="bob", reason="try", policy_id=doer.lower(), version=2)
+    )
+    assert shadow is not None and shadow.applied, shadow
 
 
 async def test_a_write_around_the_lock_is_refused_by_the_database_and_recorded(db: Any) -> None:
