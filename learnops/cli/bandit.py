@@ -70,26 +70,48 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
     """The doer as its allocations name it, its latest record (or None), every doer named.
 
     Doer names are matched as written, then regardless of case when one fits:
-    the bandit stage keys a doer's book by its name as the runs give it. A
-    record that is not a valid allocation is skipped.
+    the bandit stage keys a doer's book by its name as the runs give it. Only
+    records signed by a key of the trusted keyring count, names included, so a
+    record anyone wrote under a look-alike name (another case) can neither be
+    shown nor take a freeze meant for the doer (a red-team trial froze such a
+    decoy while the doer's shares moved on). The policy store's spelling comes
+    first. When the database cannot be read, every valid record counts, as the
+    topic has them. A record that is not a valid allocation is skipped.
     """
     from pydantic import ValidationError
 
     from agents.topics import read_from_start
+    from learnops.client.allocations import check_allocations
     from models.bandit import BanditAllocations
+    from storage.signing_keys import load_keyring
 
     records = await read_from_start(ctx.settings, ALLOCATIONS)
-    doers = {r.key.decode("utf-8", "replace") for r in records if r.key is not None}
-    doer = as_known(doer, doers) or doer
-    latest: Any = None
+    valid: list[tuple[bytes, BanditAllocations]] = []
     for record in records:
-        if record.key == doer.encode() and record.value is not None:
+        if record.key is not None and record.value is not None:
             try:
-                found = BanditAllocations.from_json(record.value)
+                valid.append((record.key, BanditAllocations.from_json(record.value)))
             except ValidationError:
                 continue
-            if latest is None or found.sequence >= latest.sequence:
-                latest = found
+    registered: set[str] = set()
+    try:
+        async with database(ctx) as pool:
+            keyring = await load_keyring(pool)
+            registered = {r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM policies")}
+    except ServiceUnreachable:
+        keyring = None
+    if keyring is not None and len(keyring):
+        valid = [
+            (key, found)
+            for key, found in valid
+            if check_allocations(found, key, keyring, stale=False) is None
+        ]
+    doers = {found.doer for _, found in valid}
+    doer = as_known(doer, registered) or as_known(doer, doers) or doer
+    latest: Any = None
+    for key, found in valid:
+        if key == doer.encode() and (latest is None or found.sequence >= latest.sequence):
+            latest = found
     return doer, latest, doers
 
 

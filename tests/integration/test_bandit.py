@@ -263,12 +263,25 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     )
     assert misspelt.returncode == 1
     assert f"did you mean '{doer.name}'?" in misspelt.stderr, misspelt.stderr
-    # Lower-cased, as policy ids are: the doer is found regardless of case.
+    # Lower-cased, as policy ids are: the doer is found regardless of case, even beside
+    # a record anyone wrote under the lower-cased name (unsigned, "moving", a higher
+    # sequence): a red-team trial froze such a decoy while the doer moved on.
+    held = BanditAllocations.model_validate_json(shown.stdout)
+    decoy = held.model_copy(
+        update={
+            "doer": doer.name.lower(),
+            "frozen": False,
+            "sequence": held.sequence + 100,
+            "signature": None,
+        }
+    )
+    await publish(doer.producer, ALLOCATIONS, [(decoy.doer.encode(), decoy.to_json())])
     folded = await asyncio.to_thread(
         run_learnops, doer.env, "bandit", "show", doer.name.lower(), "--json"
     )
     assert folded.returncode == 0, folded.stderr
     assert BanditAllocations.model_validate_json(folded.stdout).doer == doer.name
+    assert BanditAllocations.model_validate_json(folded.stdout).frozen
     assert len(await open_requests(db, doer.name)) == 1
     letters = await _dead_letters(settings, doer.name)
     assert sorted(d.reason.split("'")[1] for d in letters) == [
