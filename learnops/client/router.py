@@ -17,7 +17,11 @@ Kafka key is its doer, the policy stage's signature verifies, its sequence
 number is not below the doer's last, and the live version's (and the
 candidate's) own signature verifies; anything else is refused with a reason,
 counted in ``refused`` and logged, and the doer keeps its last good state
-(docs/security.md, "Signed policy changes").
+(docs/security.md, "Signed policy changes"). With ``worker_keys`` as well (the
+workers' keys alone), the change itself must be signed by one of those: a
+policy signer's key then signs versions, never changes.
+
+    async with Router("kafka:9092", trusted_keys=signers, worker_keys=workers) as router: ...
 
 It needs only the event contract (``models``), the routing rules
 (``learning.routing``) and aiokafka: an orchestrator embeds it without the
@@ -59,6 +63,7 @@ class Router(TopicFollower):
         bootstrap_servers: str,
         *,
         trusted_keys: TrustedKeys | Iterable[PublicKey] | None = None,
+        worker_keys: TrustedKeys | Iterable[PublicKey] | None = None,
         allow_unverified: bool = False,
         **client_options: Any,
     ) -> None:
@@ -66,7 +71,11 @@ class Router(TopicFollower):
 
         ``trusted_keys`` pins the keys whose signatures the Router accepts, and
         is required: a Router without them would serve whatever anyone who can
-        write the topic sends. Only ``allow_unverified=True`` (a test bench, a
+        write the topic sends. ``worker_keys``, when given, are the only keys a
+        change itself may be signed by (the versions' own signatures are still
+        checked against ``trusted_keys``); without them any pinned key may sign
+        a change, a policy signer's too, and the Router says so at start.
+        Only ``allow_unverified=True`` (a test bench, a
         local experiment) serves every valid record unverified, with a warning
         at start. ``client_options`` go to aiokafka's consumer as they are: its
         security (``security_protocol``, ``ssl_context``, ``sasl_mechanism``,
@@ -79,8 +88,11 @@ class Router(TopicFollower):
                 "allow_unverified=True only where unsigned changes may be served "
                 "(docs/security.md, Signed policy changes)"
             )
+        if worker_keys is not None and trusted_keys is None:
+            raise ValueError("worker_keys go with trusted_keys: the versions' signers")
         super().__init__(bootstrap_servers, **client_options)
         self._keys = pinned_keyring(trusted_keys)
+        self._worker_keys = pinned_keyring(worker_keys)
         self._sequences: dict[str, int] = {}
         self.refused: Counter[str] = Counter()  # refused records by reason kind
         self._live: dict[str, PolicyChange] = {}
@@ -91,6 +103,11 @@ class Router(TopicFollower):
         """Read every doer's latest state, then keep following the topic."""
         if self._keys is None:
             log.warning("router_unpinned policy changes are served without verification")
+        elif self._worker_keys is None:
+            log.warning(
+                "router_change_keys_shared any pinned key may sign a policy change, a policy "
+                "signer's too; pin the workers' keys as worker_keys (docs/security.md)"
+            )
         await super().start()
 
     def apply(self, value: bytes, key: bytes | None = None) -> PolicyChange | None:
@@ -114,7 +131,13 @@ class Router(TopicFollower):
             log.warning("router_skipped_record error_count=%d", exc.error_count())
             return None
         if self._keys is not None:
-            refusal = check_change(change, key, self._keys, self._sequences.get(change.doer))
+            refusal = check_change(
+                change,
+                key,
+                self._keys,
+                self._sequences.get(change.doer),
+                worker_keys=self._worker_keys,
+            )
             if refusal is not None:
                 kind, reason = refusal
                 self.refused[kind] += 1
@@ -153,12 +176,18 @@ class Router(TopicFollower):
 
 
 def check_change(
-    change: PolicyChange, key: bytes | None, keys: TrustedKeys, last_sequence: int | None
+    change: PolicyChange,
+    key: bytes | None,
+    keys: TrustedKeys,
+    last_sequence: int | None,
+    *,
+    worker_keys: TrustedKeys | None = None,
 ) -> tuple[str, str] | None:
     """Why a record may not be served, as (kind, reason); None when it verifies.
 
     Kinds: ``key`` (the record's Kafka key is not its doer), ``signature``
-    (the policy stage's signature), ``sequence`` (missing, or below the
+    (the policy stage's signature, by one of ``worker_keys`` when given, else
+    by any of ``keys``), ``sequence`` (missing, or below the
     doer's last), ``policy`` (the live version's or the candidate's own
     signature, by :func:`learning.signing.policy_payload`).
     """
@@ -166,7 +195,11 @@ def check_change(
 
     if key is None or key != change.doer.encode():
         return "key", f"record key {key!r} is not the doer {change.doer!r}"
-    signed = verify_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), keys)
+    signed = verify_event(
+        POLICY_CHANGE_KIND,
+        change.model_dump(mode="json"),
+        keys if worker_keys is None else worker_keys,
+    )
     if not signed:
         return "signature", f"the change's signature is refused: {signed.reason}"
     if change.sequence is None:

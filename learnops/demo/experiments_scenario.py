@@ -87,11 +87,16 @@ async def pinned_keys(settings: Any, pool: Any, *signers: SigningKey) -> list[Pu
 
 
 async def demo_router(settings: Any, pool: Any, *signers: SigningKey) -> Router:
-    """A Router pinned to :func:`pinned_keys`; without a worker key, one that follows
-    unsigned changes (it logs that it is unpinned), as that worker publishes them."""
+    """A Router pinned to :func:`pinned_keys`, the worker's key alone signing changes;
+    without a worker key, one that follows unsigned changes (it logs that it is
+    unpinned), as that worker publishes them."""
     pinned = await pinned_keys(settings, pool, *signers)
+    worker = settings.worker_key()
     return Router(
-        **settings.kafka_connection(), trusted_keys=pinned, allow_unverified=pinned is None
+        **settings.kafka_connection(),
+        trusted_keys=pinned,
+        worker_keys=None if pinned is None or worker is None else [worker.public_key],
+        allow_unverified=pinned is None,
     )
 
 

@@ -555,7 +555,9 @@ async def test_the_router_serves_signed_changes_and_keeps_the_last_good_one_agai
     pid = doer.lower()
     worker_key = settings.worker_key()
     pinned = [worker_key.public_key, key.public_key]
-    async with Router(**settings.kafka_connection(), trusted_keys=pinned) as router:
+    async with Router(
+        **settings.kafka_connection(), trusted_keys=pinned, worker_keys=[worker_key.public_key]
+    ) as router:
         setup: list[Event] = [
             register(doer, key, 1),
             register(doer, key, 2),
@@ -579,11 +581,23 @@ async def test_the_router_serves_signed_changes_and_keeps_the_last_good_one_agai
                 )
             }
         )
+        # Signed by the policy signer's key, numbered far ahead: a signer signs versions,
+        # not changes, when the Router pins the workers' keys apart.
+        by_signer = live.model_copy(update={"version": 2, "sequence": 2**31 - 1})
+        by_signer = by_signer.model_copy(
+            update={
+                "signature": sign_event(POLICY_CHANGE_KIND, by_signer.model_dump(mode="json"), key)
+            }
+        )
         elsewhere = live.model_copy(update={"event_id": uuid.uuid4()})
         await publish(
             producer,
             CHANGES,
-            [(doer.encode(), forged.to_json()), (b"SomeoneElse", elsewhere.to_json())],
+            [
+                (doer.encode(), forged.to_json()),
+                (doer.encode(), by_signer.to_json()),
+                (b"SomeoneElse", elsewhere.to_json()),
+            ],
         )
         # The worker's own next change (a promotion of version 2) still gets through.
         promote = PromotePolicy(
@@ -594,7 +608,7 @@ async def test_the_router_serves_signed_changes_and_keeps_the_last_good_one_agai
         await router.wait_for(doer, lambda c: c.version == 2)
         await eventually(
             lambda: asyncio.sleep(0.2, dict(router.refused)),
-            lambda got: got.get("signature", 0) >= 1 and got.get("key", 0) >= 1,
+            lambda got: got.get("signature", 0) >= 2 and got.get("key", 0) >= 1,
         )
         stale = live  # version 1's record again, signed, with its old sequence number
         await publish(producer, CHANGES, [(doer.encode(), stale.to_json())])

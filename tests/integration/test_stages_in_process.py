@@ -1335,8 +1335,19 @@ async def test_what_others_leave_last_on_policy_changes_is_followed_by_the_doers
         await progress.done(3, batched=False)
         await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
         assert len(sent(app, CHANGES)) == 2
-        # The older record (validly signed) sent again by someone, then an empty one.
-        for replanted in (old, None):
+        # The older record (validly signed) sent again by someone, then an empty one, then
+        # one numbered past the doer's last, signed by a policy signer's (trusted) key: no
+        # worker published it, since numbers come from PostgreSQL first.
+        assert newest.sequence is not None
+        ahead = newest.model_copy(update={"sequence": newest.sequence + 5, "signature": None})
+        ahead = ahead.model_copy(
+            update={
+                "signature": sign_event(
+                    POLICY_CHANGE_KIND, ahead.model_dump(mode="json"), signing_key
+                )
+            }
+        )
+        for replanted in (old, None, ahead):
             if replanted is None:
                 await feed.put(CHANGES, doer.encode(), None)
             else:
@@ -1347,8 +1358,9 @@ async def test_what_others_leave_last_on_policy_changes_is_followed_by_the_doers
             await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
             again: list[PolicyChange] = sent(app, CHANGES)[before:]
             assert [(c.version, c.status) for c in again] == [(2, "active")], again
-            assert again[0].sequence is not None and newest.sequence is not None
+            assert again[0].sequence is not None
             assert again[0].sequence > newest.sequence
+            newest = again[0]
 
 
 async def test_a_workers_own_changes_are_not_sent_again_when_its_key_is_not_trusted(

@@ -131,6 +131,28 @@ def test_a_version_whose_own_signature_fails_is_not_served() -> None:
     assert router.route(DOER, "task-1").version == 1
 
 
+def test_with_worker_keys_pinned_a_policy_signers_key_cannot_sign_a_change() -> None:
+    """Found by a red-team trial: with one ring for both, a policy signer's key signed a
+    change making a rolled-back version active, numbered far ahead of the doer's."""
+    shared = pinned()
+    separate = Router(
+        "127.0.0.1:9", trusted_keys=[SIGNER.public_key], worker_keys=[WORKER.public_key]
+    )
+    for router in (shared, separate):
+        assert router.apply(change(1).to_json(), DOER.encode()) is not None
+    forged = change(2**31 - 1, version=2, worker=SIGNER)
+    assert shared.apply(forged.to_json(), DOER.encode()) is not None  # what the trial did
+    assert separate.apply(forged.to_json(), DOER.encode()) is None
+    assert separate.refused == {"signature": 1}
+    # The workers' own changes still go through, and versions still need a signer's key.
+    assert separate.apply(change(2, version=2).to_json(), DOER.encode()) is not None
+    by_worker = change(3, version=3, signer=WORKER)
+    assert separate.apply(by_worker.to_json(), DOER.encode()) is None
+    assert separate.refused == {"signature": 1, "policy": 1}
+    with pytest.raises(ValueError, match="worker_keys go with trusted_keys"):
+        Router("127.0.0.1:9", worker_keys=[WORKER.public_key], allow_unverified=True)
+
+
 def test_a_router_without_pinned_keys_is_refused_unless_unverified_is_asked_for() -> None:
     with pytest.raises(ValueError, match="Router needs trusted_keys"):
         Router("127.0.0.1:9")
