@@ -47,6 +47,14 @@ guard expected nothing, a restarted worker's first fetch handed over
 records 64… while 3…63 had been fetched and dropped during start-up, and
 the CRL aggregates' source marks jumped past runs they never folded.
 
+A partition with no commit has no committed offset to seek back to when Faust
+seeks every partition after a recovery: records delivered before it and
+dropped with the streams' queues were then never fetched again, and the
+partition's commit stood behind them until a restart (an upgrade trial found
+it on a topic the group had never committed, read with a backlog). The guard
+keeps where such a partition's first fetch began (:meth:`OffsetGuard.origin`),
+and the transport seeks it back there, as a commit at that offset would.
+
 No record is judged while a seek of every partition (Faust's ``perform_seek``)
 is under way: the transport waits for it to end, so the guard knows which
 partitions it moved. The guard is pure bookkeeping; agents/faust_internals/transport.py feeds
@@ -95,6 +103,8 @@ class OffsetGuard(Generic[P]):
         self._judged: dict[P, int] = {}
         # Where the latest poll's fetch of each partition began (None: unknown).
         self._start: dict[P, int | None] = {}
+        # Where the first fetch of a partition with no commit began.
+        self._origin: dict[P, int] = {}
 
     def sought(self, positions: Mapping[P, int | None]) -> None:
         """These partitions will be fetched from these offsets (None: position unchanged)."""
@@ -126,6 +136,11 @@ class OffsetGuard(Generic[P]):
         self._start[tp] = start
         if start is not None and start >= 0 and tp not in self._expected:
             self._expected[tp] = start
+            self._origin.setdefault(tp, start)
+
+    def origin(self, tp: P) -> int | None:
+        """Where the first fetch of ``tp`` began, if the guard had no commit of it then."""
+        return self._origin.get(tp)
 
     def judge(self, tp: P, offset: int, fetched: Mapping[P, int]) -> Decision:
         """What to do with the record at ``offset`` of ``tp``, from a fetch begun at ``fetched``."""
@@ -185,6 +200,7 @@ class OffsetGuard(Generic[P]):
             self._fetched.pop(tp, None)
             self._judged.pop(tp, None)
             self._start.pop(tp, None)
+            self._origin.pop(tp, None)
 
     def _rewind(self, tp: P, expected: int) -> Decision:
         """Seek back to ``expected``; the records of earlier fetches are stale from now on."""

@@ -378,15 +378,32 @@ class Consumer(faust_aiokafka.Consumer):
         return thread
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
-        """Seek every assigned partition to its committed offset; tell the guard which moved."""
+        """Seek every assigned partition to its committed offset; tell the guard which moved.
+
+        A partition with no commit goes back to where its first fetch began
+        (agents/faust_internals/offsets.py), so what was delivered before this
+        seek and dropped with the streams' queues is fetched again.
+        """
         self._seeking += 1
         self._seek_done.clear()
         try:
             found: Mapping[Any, int] = await super().seek_to_committed()
             # aiokafka seeks only the partitions committed above zero, but one
             # committed at 0 is read from 0 too: the guard expects every commit.
-            committed = {tp: offset for tp, offset in found.items() if offset is not None}
+            committed = {
+                tp: offset for tp, offset in found.items() if offset is not None and offset >= 0
+            }
             self._guard.sought(committed)
+            for tp in found:
+                origin = None if tp in committed else self._guard.origin(tp)
+                if origin is not None:
+                    log.info(
+                        "seek_uncommitted topic=%s partition=%d to=%d",
+                        tp.topic,
+                        tp.partition,
+                        origin,
+                    )
+                    await self.seek(tp, origin)
             return found
         finally:
             self._seeking -= 1

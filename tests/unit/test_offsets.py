@@ -111,6 +111,17 @@ def test_a_partition_never_committed_is_expected_from_its_first_fetch() -> None:
     assert [d.verdict for d in fresh(guard, [0, 1, 2])] == [Verdict.DELIVER] * 3
 
 
+def test_the_origin_of_a_partition_is_its_first_fetch_without_a_commit_until_revoked() -> None:
+    guard: OffsetGuard[object] = OffsetGuard()
+    guard.sought({OTHER: 40})
+    fresh(guard, [7, 8], start=7)
+    fresh(guard, [9], start=9)
+    fresh(guard, [40], tp=OTHER)
+    assert (guard.origin(TP), guard.origin(OTHER)) == (7, None)  # OTHER has a commit
+    guard.forget({TP})
+    assert guard.origin(TP) is None
+
+
 def test_a_jump_is_no_gap_when_records_of_its_fetch_before_it_were_not_judged() -> None:
     guard: OffsetGuard[object] = OffsetGuard()
     guard.sought({TP: 100})

@@ -279,3 +279,31 @@ async def test_a_stop_waits_for_a_stage_body_that_still_holds_events(
     consumer._waiting_for_ack.set_result(None)
     await asyncio.wait_for(waiting, timeout=30)
     assert not consumer._unacked_messages
+
+
+async def test_a_partition_never_committed_goes_back_to_its_first_fetch_at_the_seek(
+    consumer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an upgrade trial: records of a never-committed partition delivered before
+    Faust's seek after recovery, and dropped with the streams' queues, were never fetched
+    again (aiokafka seeks nothing without a commit), and the commit stood behind them."""
+    committed, fresh, unseen = (TP("allocations", n) for n in range(3))
+    found: dict[Any, int | None] = {committed: 5, fresh: None, unseen: None}
+
+    async def seek_to_committed(self: Any) -> dict[Any, int | None]:
+        return found
+
+    sought: list[tuple[Any, int]] = []
+
+    async def seek(partition: Any, offset: int) -> None:
+        sought.append((partition, offset))
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_to_committed", seek_to_committed)
+    monkeypatch.setattr(consumer, "seek", seek)
+    guard = consumer._guard
+    fetched = guard.epochs()
+    guard.fetched(fresh, [0, 1, 2], fetched, 0)  # its first fetch, from the reset position
+    assert [guard.judge(fresh, n, fetched).verdict.value for n in (0, 1, 2)] == ["deliver"] * 3
+    assert await consumer.seek_to_committed() is found
+    assert sought == [(fresh, 0)], "only the partition that was read and has no commit"
+    assert guard.expected(committed) == 5
