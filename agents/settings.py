@@ -69,6 +69,11 @@ _PRODUCTION_DATABASE_URL = (
     "DATABASE_URL must be set explicitly when LEARNOPS_ENV=production "
     "(the development default's credentials, learnops:learnops, are refused on any host)"
 )
+_PRODUCTION_DEVELOPMENT_LOGIN = (
+    "DATABASE_URL logs in as learnops:learnops, the local scripts' development owner, which "
+    "LEARNOPS_ENV=production refuses on any host: give the worker the URL of its own role "
+    "(learnops_worker, docs/security.md#database-roles)"
+)
 
 
 def _development_credentials(url: str) -> bool:
@@ -224,7 +229,7 @@ class Settings(BaseSettings):
             return self
         if "database_url" in self.model_fields_set:
             if _development_credentials(self.database_url.get_secret_value()):
-                raise ValueError(_PRODUCTION_DATABASE_URL)
+                raise ValueError(_PRODUCTION_DEVELOPMENT_LOGIN)
         elif self.learnops_migrate_database_url is None and (
             self.learnops_keyadmin_database_url is None
         ):
