@@ -20,6 +20,7 @@ from agents.config import LearningConfig, load_learning_config
 from agents.dlq import DeadLetters
 from agents.event_topics import EventTopics
 from agents.faust_internals import compat
+from agents.faust_internals.membership import exit_now
 from agents.faust_internals.transport import (
     PRODUCER_LINGER_S,
     PRODUCER_MAX_BATCH_BYTES,
@@ -29,7 +30,13 @@ from agents.health import register_pages, watch_gc_pauses
 from agents.logs import hide_exception_values, quiet_fast_timers, quiet_repeats, use_json_logs
 from agents.settings import Settings, SettingsError
 from agents.streams import Bodies
-from agents.topics import TopicCatalog, load_catalog, missing
+from agents.topics import (
+    REPARTITION_DOC,
+    TopicCatalog,
+    load_catalog,
+    missing,
+    state_partition_problem,
+)
 from storage.pool import create_pool, schema_owner_role
 
 log = logging.getLogger("learnops")
@@ -93,9 +100,32 @@ class LearnopsApp(faust.App):
         self.fetch_min_bytes = settings.learnops_fetch_min_bytes
         #: Stage bodies holding events they will still ack (the consumer's wait_empty reads it).
         self.bodies = Bodies()
+        #: The input topics' partition count when the worker started (on_first_start).
+        self._partitions: int | None = None
         super().__init__(settings.learnops_app_id, **options)
         self.event_topics = EventTopics(self)
         self.dead_letters = DeadLetters(self)
+        self.on_partitions_assigned.connect(self._partitions_unchanged)
+
+    def _partitions_unchanged(self, *args: Any, **kwargs: Any) -> None:
+        """Stop the worker when it is assigned a partition its table changelogs lack.
+
+        A partition count raised while the worker runs reaches it at the next
+        metadata refresh; a table write there would go to a changelog partition
+        that does not exist (Faust crashed on it, and again after every restart).
+        """
+        assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())  # (sender, assigned)
+        count = self._partitions
+        beyond = sorted(
+            {tp.partition for tp in assigned if tp.topic in self.catalog.topics}
+            - set(range(count if count is not None else 1 << 30))
+        )
+        if beyond:
+            exit_now(
+                f"partition_count_changed assigned={beyond} started_with={count} hint='the "
+                f"learning topics now have more partitions than this worker's table state; "
+                f"see {REPARTITION_DOC}'"
+            )
 
     @property
     def pool(self) -> Any:
@@ -129,6 +159,11 @@ class LearnopsApp(faust.App):
                 f"learnops: topics missing on the cluster: {', '.join(absent)}. "
                 "Run `learnops topics create` first."
             )
+        problem, partitions = await state_partition_problem(self.settings, self.catalog)
+        if problem is not None:
+            log.error("partition_counts_differ hint=%r", problem)
+            sys.exit(f"learnops: {problem}")
+        self._partitions = partitions
         self._pool = await create_pool(
             self.settings.database_dsn,
             min_size=self.settings.database_pool_min,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
@@ -293,13 +293,82 @@ async def missing(settings: Settings, catalog: TopicCatalog) -> list[str]:
     return sorted(set(catalog.topics) - existing)
 
 
-async def ensure(settings: Settings, catalog: TopicCatalog) -> list[TopicChange]:
-    """Create missing topics and bring existing ones to the catalogue's partitions and configs."""
+#: Where docs/operations.md says what a change of the partition count asks for.
+REPARTITION_DOC = 'docs/operations.md, "Changing the partition count"'
+
+
+def changelog_topics(names: Iterable[str], app_id: str) -> list[str]:
+    """The Faust table changelogs of ``app_id`` among topic ``names``."""
+    return sorted(n for n in names if n.startswith(f"{app_id}-") and n.endswith("-changelog"))
+
+
+def partition_problem(
+    inputs: Mapping[str, TopicState], changelogs: Mapping[str, TopicState]
+) -> str | None:
+    """Why these topics cannot hold one app's state: their partition counts differ.
+
+    Every input is keyed by doer and a doer's table values live in the changelog
+    partition of its input partition, so all of them must have one count. Once
+    tables exist, a count changed under them moves doers to partitions whose
+    changelogs do not hold their state (an operator trial raised 4 to 8: the
+    worker crash-looped on writes to a changelog partition that did not exist,
+    and once those were grown by hand, doers' daily counts were lost).
+    """
+    counts = {name: state.partitions for name, state in inputs.items()}
+    if len(set(counts.values())) > 1:
+        found = ", ".join(f"{n} {c}" for n, c in sorted(counts.items()))
+        return f"the learning topics must share one partition count, found: {found}"
+    if not counts:
+        return None
+    count = next(iter(counts.values()))
+    odd = {
+        name: state.partitions for name, state in changelogs.items() if state.partitions != count
+    }
+    if not odd:
+        return None
+    found = ", ".join(f"{n} {c}" for n, c in sorted(odd.items()))
+    return (
+        f"the learning topics have {count} partitions but this app id's table changelogs do "
+        f"not ({found}): the partition count changed under existing table state, which "
+        f"would move doers away from their state. See {REPARTITION_DOC}"
+    )
+
+
+async def state_partition_problem(
+    settings: Settings, catalog: TopicCatalog
+) -> tuple[str | None, int | None]:
+    """:func:`partition_problem` of the cluster's topics for this app id; and their count."""
     async with started(_admin(settings)) as admin:
-        return await _ensure(admin, catalog)
+        names = await admin.list_topics()
+        inputs = await _describe(admin, sorted(set(catalog.topics) & set(names)))
+        changelogs = await _describe(admin, changelog_topics(names, settings.learnops_app_id))
+    counts = {state.partitions for state in inputs.values()}
+    return partition_problem(inputs, changelogs), (min(counts) if counts else None)
 
 
-async def _ensure(admin: AIOKafkaAdminClient, catalog: TopicCatalog) -> list[TopicChange]:
+async def ensure(
+    settings: Settings, catalog: TopicCatalog, *, with_state: bool = False
+) -> list[TopicChange]:
+    """Create missing topics and bring existing ones to the catalogue's partitions and configs.
+
+    Growing a topic's partitions is refused while Faust changelogs of its partition
+    count exist (table state keyed by its partitions: :func:`partition_problem`),
+    unless ``with_state``.
+    """
+    async with started(_admin(settings)) as admin:
+        return await _ensure(admin, catalog, with_state=with_state)
+
+
+async def _state_of(admin: AIOKafkaAdminClient, partitions: int) -> list[str]:
+    """Faust changelogs on the cluster with ``partitions`` partitions."""
+    names = [n for n in await admin.list_topics() if n.endswith("-changelog")]
+    states = await _describe(admin, names)
+    return sorted(n for n, state in states.items() if state.partitions == partitions)
+
+
+async def _ensure(
+    admin: AIOKafkaAdminClient, catalog: TopicCatalog, *, with_state: bool = False
+) -> list[TopicChange]:
     from aiokafka.admin import NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
     from aiokafka.admin.new_partitions import NewPartitions
@@ -353,6 +422,18 @@ async def _ensure(admin: AIOKafkaAdminClient, catalog: TopicCatalog) -> list[Top
                 "kafka-reassign-partitions.sh)"
             )
         changes.append(TopicChange(name, action, "; ".join(details)))
+    if grow and not with_state:
+        for name in sorted(grow):
+            stateful = await _state_of(admin, current[name].partitions)
+            if stateful:
+                shown = ", ".join(stateful[:3]) + (" …" if len(stateful) > 3 else "")
+                raise TopicCatalogError(
+                    f"{name} would grow from {current[name].partitions} to "
+                    f"{catalog[name].partitions} partitions, but table state is kept by "
+                    f"partition in {len(stateful)} changelog(s) of that count ({shown}): "
+                    "doers would move away from their state. Nothing was changed. See "
+                    f"{REPARTITION_DOC}"
+                )
     if grow:
         await admin.create_partitions(grow)
     if alter:

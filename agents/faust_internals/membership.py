@@ -82,14 +82,15 @@ def lost_place(request: Any, response: Any, member_id: str) -> int | None:
     return None
 
 
-def _exit_now(message: str) -> NoReturn:
+def exit_now(message: str) -> NoReturn:
+    """Log ``message`` as critical and end the process at once, as a kill would (75)."""
     log.critical(message)
     logging.shutdown()  # flushes the log's handlers
     os._exit(EXIT_STATUS)
 
 
 def guard_membership(
-    consumer: Any, instance_id: str | None, *, leave: Callable[[str], Any] = _exit_now
+    consumer: Any, instance_id: str | None, *, leave: Callable[[str], Any] = exit_now
 ) -> None:
     """Make ``consumer`` (a started AIOKafkaConsumer of a group) ``leave`` once it loses its place.
 

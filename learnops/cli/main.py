@@ -486,9 +486,17 @@ cli.add_command(schema)
         default=None,
         help="Override every topic's replication factor (e.g. 3 on a real cluster).",
     ),
+    click.option(
+        "--with-state",
+        is_flag=True,
+        help="Grow partitions even though table changelogs of their count exist (docs/"
+        "operations.md, 'Changing the partition count': the tables' state must be moved).",
+    ),
     json_option,
 )
-async def topics_create(ctx: CommandContext, replication_factor: int | None, as_json: bool) -> None:
+async def topics_create(
+    ctx: CommandContext, replication_factor: int | None, with_state: bool, as_json: bool
+) -> None:
     """Create missing topics and update partitions and configs to match topics.yaml."""
     from aiokafka.errors import InvalidReplicationFactorError
 
@@ -497,7 +505,7 @@ async def topics_create(ctx: CommandContext, replication_factor: int | None, as_
     settings = ctx.settings
     try:
         catalog = load_catalog(settings.learnops_topics_file, replication_factor=replication_factor)
-        changes = await ensure(settings, catalog)
+        changes = await ensure(settings, catalog, with_state=with_state)
     except TopicCatalogError as exc:
         fail(str(exc))
     except InvalidReplicationFactorError as exc:

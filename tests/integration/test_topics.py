@@ -7,8 +7,10 @@ import json
 import uuid
 from typing import Any
 
-from agents.topics import TopicCatalog, TopicSpec, describe, ensure
-from tests.services import run_learnops
+import pytest
+
+from agents.topics import TopicCatalog, TopicCatalogError, TopicSpec, describe, ensure
+from tests.services import free_port, run_learnops
 
 
 async def test_every_catalogue_topic_exists_with_the_files_partitions_and_configs(
@@ -88,3 +90,44 @@ async def test_a_replication_factor_the_cluster_cannot_have_is_said_not_hidden(
     assert fresh.returncode == 1, fresh.stdout
     lines = fresh.stderr.strip().splitlines()
     assert len(lines) == 1 and "the cluster refused the replication factor" in lines[0], lines
+
+
+async def _make(settings: Any, name: str, partitions: int) -> None:
+    spec = TopicSpec(name=name, partitions=partitions, replication_factor=1, key="doer", value="x")
+    assert [c.action for c in await ensure(settings, TopicCatalog({name: spec}))] == ["created"]
+
+
+async def test_partitions_do_not_grow_under_table_state_unless_asked(settings: Any) -> None:
+    """Found by an operator trial: topics.yaml raised from 4 to 8 grew the inputs but not
+    the tables' changelogs; the worker then crash-looped, and once the changelogs were
+    grown by hand doers' daily counts were lost (their state stayed on the old partition)."""
+    tag = uuid.uuid4().hex[:8]
+    name, changelog = f"grow-{tag}", f"grow-{tag}-app-table-changelog"
+    await _make(settings, name, 2)
+    await _make(settings, changelog, 2)
+    wider = TopicSpec(name=name, partitions=3, replication_factor=1, key="doer", value="x")
+    with pytest.raises(TopicCatalogError, match=r"would grow from 2 to 3 partitions.*"):
+        await ensure(settings, TopicCatalog({name: wider}))
+    assert (await describe(settings, [name]))[name].partitions == 2, "nothing changed"
+    changes = await ensure(settings, TopicCatalog({name: wider}), with_state=True)
+    assert [c.action for c in changes] == ["updated"]
+    assert (await describe(settings, [name]))[name].partitions == 3
+
+
+async def test_a_worker_refuses_to_start_when_its_changelogs_lost_the_inputs_count(
+    settings: Any, settings_env: dict[str, str], tmp_path: Any
+) -> None:
+    app_id = f"repart{uuid.uuid4().hex[:8]}"
+    await _make(settings, f"{app_id}-crl-daily-doer-changelog", 2)  # the inputs have 4
+    env = {
+        **settings_env,
+        "LEARNOPS_APP_ID": app_id,
+        "LEARNOPS_STAGES": "crl",
+        "LEARNOPS_DATA_DIR": str(tmp_path / "data"),
+        "LEARNOPS_WEB_PORT": str(free_port()),
+    }
+    started = await asyncio.to_thread(run_learnops, env, "worker")
+    assert started.returncode != 0
+    assert "this app id's table changelogs do not" in started.stderr, started.stderr[-2000:]
+    assert f"{app_id}-crl-daily-doer-changelog 2" in started.stderr
+    assert "Changing the partition count" in started.stderr
