@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import date
+from functools import wraps
 from typing import TYPE_CHECKING, Any
+
+from faust.exceptions import SameNode
 
 from agents.tables import history
 from learning.trends import DailyCRL, trend
@@ -21,12 +25,39 @@ def _describe(daily: DailyCRL) -> dict[str, Any]:
     }
 
 
+View = Callable[..., Awaitable[Any]]
+
+
+def doer_route(app: Any, table: Any) -> Callable[[View], View]:
+    """Serve the view on the worker that holds the doer's partition of ``table``.
+
+    Faust's ``table_route`` hashes the key as the table serialises it (JSON:
+    ``"PRDWriter"`` with its quotes), but a doer's state lives in the partition
+    its name hashes to as the input topics key it (the raw bytes): an operator
+    trial with two workers got another worker's empty answer for some doers.
+    """
+    name = getattr(table, "table", table).name  # a windowed table's wrapper names its table
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        async def routed(web_view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            doer = request.match_info["doer"]
+            try:
+                return await app.router.route_req(name, doer.encode(), web_view.web, request)
+            except SameNode:
+                return await view(web_view, request, *args, **kwargs)
+
+        return routed
+
+    return decorator
+
+
 def register_views(app: Any, stage: CRLStage) -> None:
     """Serve ``/crl/{doer}/`` on the worker's web server, routed to the doer's partition."""
     by_doer, by_phase, by_policy = stage.by_doer, stage.by_phase, stage.by_policy
 
     @app.page("/crl/{doer}/")
-    @app.table_route(table=by_doer, match_info="doer")
+    @doer_route(app, by_doer)
     async def crl_view(web: Any, request: Any, doer: str) -> Any:
         """A doer's daily aggregates for 30 days and its trend (?day=, ?phase= or ?policy=id@v)."""
         query = request.query
