@@ -159,7 +159,11 @@ class LearnopsApp(faust.App):
                 f"learnops: topics missing on the cluster: {', '.join(absent)}. "
                 "Run `learnops topics create` first."
             )
-        problem, partitions = await state_partition_problem(self.settings, self.catalog)
+        problem, partitions = await state_partition_problem(
+            self.settings,
+            self.catalog,
+            [table.changelog_topic.get_topic_name() for table in self.tables.values()],
+        )
         if problem is not None:
             log.error("partition_counts_differ hint=%r", problem)
             sys.exit(f"learnops: {problem}")
@@ -203,6 +207,12 @@ class LearnopsApp(faust.App):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+def state_tables(settings: Settings) -> list[str]:
+    """The names of every stage's tables (their changelogs: ``<app id>-<name>-changelog``)."""
+    app = create_app(settings, stages=list(STAGES))
+    return sorted(table.name for table in app.tables.values())
 
 
 def selected_stages(names: Iterable[str] | None) -> list[str]:

@@ -35,7 +35,7 @@ from agents.tables import folded_up_to, marked
 from agents.tails import STALE_CHECK_S, Tails
 from agents.triggers import raise_request
 from learning.bandit import Allocation
-from learning.bandit_book import BanditBook, counts, probes
+from learning.bandit_book import BanditBook, BookConfig, counts, probes
 from learning.command_signing import Verdict
 from learning.signing import BANDIT_ALLOCATIONS_KIND, sign_event
 from learning.skills import ExperimentTrigger
@@ -114,7 +114,6 @@ class BanditStage(Stage):
             BanditAllocations,
             BANDIT_ALLOCATIONS_KIND,
             self.key,
-            self.keyring,
         )
         self.every(STALE_CHECK_S, self.reassert_stale)
         # A doer's allocations reach the producer in their sequence's order: the batches
@@ -344,11 +343,14 @@ class BanditStage(Stage):
         """
         await self.tails.stale(now, self._reassert, "bandit_allocations")
 
-    async def _reassert(self, doer: str, record: BanditAllocations | None, valid: bool) -> None:
+    async def _reassert(
+        self, doer: str, record: BanditAllocations | None, valid: bool, now: float
+    ) -> bool:
+        """Send the doer's allocations in force again unless ``record`` is them."""
         async with self._sending:
             book = BanditBook.from_dict(self.books.get(doer) or {})
             if not book.bandits:
-                return
+                return False
             held = book.event(doer)
             sequence = None if record is None else record.sequence
             if (
@@ -361,7 +363,7 @@ class BanditStage(Stage):
                     or (record.sequence == held.sequence and record.frozen == held.frozen)
                 )
             ):
-                return
+                return False
             log.warning(
                 "bandit_allocations_reasserted doer=%s last_sequence=%s valid=%s sequence=%d",
                 doer,
@@ -371,6 +373,7 @@ class BanditStage(Stage):
             )
             await self._record([held])
             await self.topics.bandit_allocations.send(self._signed(held))
+        return False
 
     def _signed(self, allocations: BanditAllocations) -> BanditAllocations:
         """The allocations signed with the worker's key; unsigned when the worker has none."""
@@ -384,8 +387,31 @@ class BanditStage(Stage):
     async def _flush(self, slots: dict[str, _Slot]) -> None:
         """Reallocate what is due, write each changed book once, publish the doers' shares."""
         config = self.app.learning.bandit
-        outgoing: list[tuple[str, BanditAllocations, list[str]]] = []
         proposals: list[tuple[str, _Slot, str, Allocation]] = []
+        # One hold from the books' writes to the sends: the re-assert timer, which reads
+        # the books, must not send a freeze whose audit row is not written yet.
+        async with self._sending:
+            await self._write_and_send(slots, config, proposals)
+        for doer, slot, key, allocation in proposals:
+            if allocation.confident:
+                try:
+                    await self._propose(doer, slot.book, key, allocation)
+                except TRANSIENT_ERRORS:
+                    raise  # PostgreSQL or Kafka away: the batch is taken again
+                except Exception:
+                    # A proposal is advice, asked again at the next allocation; a bug
+                    # in it must not fail the batch, whose other doers' books are
+                    # still to be written.
+                    log.exception("bandit_proposal_failed doer=%s key=%s", doer, key)
+
+    async def _write_and_send(
+        self,
+        slots: dict[str, _Slot],
+        config: BookConfig,
+        proposals: list[tuple[str, _Slot, str, Allocation]],
+    ) -> None:
+        """Reallocate, write each changed book, audit its controls, store and send its shares."""
+        outgoing: list[tuple[str, BanditAllocations, list[str]]] = []
         for doer, slot in slots.items():
             due = slot.book.due(config.every)
             proposals += [
@@ -409,8 +435,7 @@ class BanditStage(Stage):
         # Routers were told (storage.bandit; sent again after a crash, it stays one row).
         await self._record([allocations for _, allocations, _ in outgoing])
         for doer, allocations, due in outgoing:
-            async with self._sending:
-                await self.topics.bandit_allocations.send(allocations)
+            await self.topics.bandit_allocations.send(allocations)
             if due:
                 log.info(
                     "bandit_allocation doer=%s sequence=%d parameters=%s",
@@ -418,17 +443,6 @@ class BanditStage(Stage):
                     allocations.sequence,
                     ",".join(due),
                 )
-        for doer, slot, key, allocation in proposals:
-            if allocation.confident:
-                try:
-                    await self._propose(doer, slot.book, key, allocation)
-                except TRANSIENT_ERRORS:
-                    raise  # PostgreSQL or Kafka away: the batch is taken again
-                except Exception:
-                    # A proposal is advice, asked again at the next allocation; a bug
-                    # in it must not fail the batch, whose other doers' books are
-                    # still to be written.
-                    log.exception("bandit_proposal_failed doer=%s key=%s", doer, key)
 
     async def _record(self, sent: list[BanditAllocations]) -> None:
         """Store allocations about to be sent (storage.bandit), for the console."""

@@ -48,6 +48,9 @@ from storage.pool import durably
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
 
+#: How long after sending a doer's change its read-back may still be on its way.
+READ_BACK_S = 10.0
+
 log = logging.getLogger("learnops.policy")
 
 #: An operator's command about a live deployment (not a policy move).
@@ -80,10 +83,10 @@ class PolicyStage(Stage):
             PolicyChange,
             POLICY_CHANGE_KIND,
             self.key,
-            self.keyring,
         )
         self.every(STALE_CHECK_S, self.reassert_stale)
         self._sending = asyncio.Lock()
+        self._sent_at: dict[str, float] = {}  # doer -> when its last change was sent
 
     async def _send_change(self, change: PolicyChange) -> None:
         """Number the doer's change, sign it with the worker's key and send it.
@@ -106,6 +109,7 @@ class PolicyStage(Stage):
                 signature = sign_event(POLICY_CHANGE_KIND, change.model_dump(mode="json"), self.key)
                 change = change.model_copy(update={"signature": signature})
             await self.topics.policy_changes.send(change)
+            self._sent_at[change.doer] = self.tails.clock()
 
     async def handle(self, event: Any) -> None:
         if event.message.topic == self.topics.decisions.name:
@@ -140,16 +144,23 @@ class PolicyStage(Stage):
         """
         await self.tails.stale(now, self._reassert, "policy_change")
 
-    async def _reassert(self, doer: str, record: PolicyChange | None, valid: bool) -> None:
+    async def _reassert(
+        self, doer: str, record: PolicyChange | None, valid: bool, now: float
+    ) -> bool:
+        """Send the doer's state again unless ``record`` is it; True: ask again later."""
+        if now - self._sent_at.get(doer, now - READ_BACK_S) < READ_BACK_S:
+            # Its last change may not be read back yet: judged again at the next tick,
+            # not answered with a number more (a review found repeats every 5 s).
+            return True
         latest = await durably(partial(last_sequence, self.app.pool, doer), what="policies")
         sequence = None if record is None else record.sequence
         # Numbers are taken from PostgreSQL before a change is sent, so one above the
         # doer's last was never published by a worker, however it is signed.
         if valid and sequence is not None and sequence == (latest or 0):
-            return
+            return False
         change = await durably(partial(current_change, self.app.pool, doer), what="policies")
         if change is None:
-            return
+            return False
         log.warning(
             "policy_change_reasserted doer=%s last_sequence=%s valid=%s newest=%s",
             doer,
@@ -158,6 +169,7 @@ class PolicyStage(Stage):
             latest,
         )
         await self._send_change(change)
+        return False
 
     async def _decision(self, event: Any) -> None:
         """A canary decision: verified, then applied to its deployment or its policy."""

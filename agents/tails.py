@@ -33,22 +33,14 @@ class Tails:
     """Each doer's last record read back, not yet judged: since when, the record, trusted.
 
     ``model`` is the topic's event (with ``doer`` and ``sequence``), ``kind`` its
-    signature kind (learning.signing), ``key`` the worker's signing key (None: a
-    local setup that publishes unsigned, where every valid record is trusted)
-    and ``keyring`` reads the trusted keyring, for records other workers signed.
+    signature kind (learning.signing) and ``key`` the worker's signing key (None:
+    a local setup that publishes unsigned, where every valid record is trusted).
     """
 
-    def __init__(
-        self,
-        model: type[Event],
-        kind: str,
-        key: SigningKey | None,
-        keyring: Callable[[], Awaitable[TrustedKeys]],
-    ) -> None:
+    def __init__(self, model: type[Event], kind: str, key: SigningKey | None) -> None:
         self.model = model
         self.kind = kind
         self.key = key
-        self.keyring = keyring
         self.own = TrustedKeys()
         if key is not None:
             self.own.add(key.public_key)
@@ -79,42 +71,44 @@ class Tails:
         self.last[doer] = (since, notes + 1, record, trusted)
 
     async def signed_by_us(self, record: Event) -> bool:
-        """Whether this worker, or another whose key the keyring trusts, signed ``record``.
+        """Whether this worker's own key signed ``record``.
 
-        This worker's own key first: were it missing from the keyring (or retired,
-        or revoked), each of its own records would read as foreign and be sent
-        again, forever; clients and the other stages refuse them all the same.
+        Not any key of the keyring: it holds the policy signers' keys too, and a
+        review found a record one of them signed (numbered at the doer's last, or
+        past it) left last for good. A record another worker of the app id signed
+        with a key of its own is sent again once, numbered after it (workers of
+        one app id share a key: docs/security.md). The worker's own key counts
+        even when the keyring lacks it (or retired, or revoked it): otherwise each
+        of its own records would read as foreign and be sent again, forever.
         """
         if self.key is None:
             return True  # a local setup: records go out unsigned
-        payload = record.model_dump(mode="json")
-        if verify_event(self.kind, payload, self.own):
-            return True
-        return bool(verify_event(self.kind, payload, await self.keyring()))
+        return bool(verify_event(self.kind, record.model_dump(mode="json"), self.own))
 
     async def stale(
         self,
         now: float | None,
-        handle: Callable[[str, Any, bool], Awaitable[None]],
+        handle: Callable[[str, Any, bool, float], Awaitable[bool | None]],
         what: str,
     ) -> None:
         """Hand each doer's last record to ``handle`` once it is ``STALE_AFTER_S`` pending.
 
-        ``handle(doer, record, trusted)`` gets the last record read (None: empty,
+        ``handle(doer, record, trusted, now)`` gets the last record read (None: empty,
         invalid or another doer's) and decides whether it is the doer's current
-        state. Not sooner: the stage reads its own records back a moment after
-        sending them, and a newer one may be on its way. A doer is forgotten once
-        handled, unless another record came meanwhile; one whose handling failed
-        is kept for the next tick, and does not hold up the others.
+        state; it returns True to be asked again at the next tick (a record of its
+        own is on its way). Not sooner: the stage reads its own records back a
+        moment after sending them, and a newer one may be on its way. A doer is
+        forgotten once handled, unless another record came meanwhile; one whose
+        handling failed is kept for the next tick, and does not hold up the others.
         """
         now = self.clock() if now is None else now
         for doer, (since, notes, record, trusted) in list(self.last.items()):
             if now - since < STALE_AFTER_S:
                 continue
             try:
-                await handle(doer, record, trusted)
+                again = await handle(doer, record, trusted, now)
             except Exception:
                 log.exception("%s_reassert_failed doer=%s", what, doer)
                 continue
-            if self.last.get(doer, (None, None))[1] == notes:
+            if not again and self.last.get(doer, (None, None))[1] == notes:
                 del self.last[doer]

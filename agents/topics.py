@@ -297,33 +297,37 @@ async def missing(settings: Settings, catalog: TopicCatalog) -> list[str]:
 REPARTITION_DOC = 'docs/operations.md, "Changing the partition count"'
 
 
-def changelog_topics(names: Iterable[str], app_id: str) -> list[str]:
-    """The Faust table changelogs of ``app_id`` among topic ``names``."""
-    return sorted(n for n in names if n.startswith(f"{app_id}-") and n.endswith("-changelog"))
+#: Kafka's error for a topic the principal may not describe.
+TOPIC_AUTHORIZATION_FAILED = 29
 
 
 def partition_problem(
-    inputs: Mapping[str, TopicState], changelogs: Mapping[str, TopicState]
+    inputs: Mapping[str, int], changelogs: Mapping[str, int], expected: int | None = None
 ) -> str | None:
     """Why these topics cannot hold one app's state: their partition counts differ.
 
-    Every input is keyed by doer and a doer's table values live in the changelog
-    partition of its input partition, so all of them must have one count. Once
-    tables exist, a count changed under them moves doers to partitions whose
-    changelogs do not hold their state (an operator trial raised 4 to 8: the
-    worker crash-looped on writes to a changelog partition that did not exist,
-    and once those were grown by hand, doers' daily counts were lost).
+    ``inputs`` and ``changelogs`` map topic names to partition counts;
+    ``expected`` is the count topics.yaml gives. Every input is keyed by doer and a
+    doer's table values live in the changelog partition of its input partition,
+    so all of them must have one count. Once tables exist, a count changed under
+    them moves doers to partitions whose changelogs do not hold their state (an
+    operator trial raised 4 to 8: the worker crash-looped on writes to a
+    changelog partition that did not exist, and once those were grown by hand,
+    doers' daily counts were lost).
     """
-    counts = {name: state.partitions for name, state in inputs.items()}
-    if len(set(counts.values())) > 1:
-        found = ", ".join(f"{n} {c}" for n, c in sorted(counts.items()))
+    if len(set(inputs.values())) > 1:
+        found = ", ".join(f"{n} {c}" for n, c in sorted(inputs.items()))
         return f"the learning topics must share one partition count, found: {found}"
-    if not counts:
+    if not inputs:
         return None
-    count = next(iter(counts.values()))
-    odd = {
-        name: state.partitions for name, state in changelogs.items() if state.partitions != count
-    }
+    count = next(iter(inputs.values()))
+    if expected is not None and expected != count:
+        return (
+            f"topics.yaml gives {expected} partitions but the learning topics have {count}: "
+            f"run `learnops topics create` (it grows them only where no table state is "
+            f"kept by partition; see {REPARTITION_DOC})"
+        )
+    odd = {n: c for n, c in changelogs.items() if c != count}
     if not odd:
         return None
     found = ", ".join(f"{n} {c}" for n, c in sorted(odd.items()))
@@ -334,40 +338,95 @@ def partition_problem(
     )
 
 
+async def _partition_counts(admin: AIOKafkaAdminClient, names: Iterable[str]) -> dict[str, int]:
+    """Partition counts of the named topics that exist and may be described.
+
+    Only ``DescribeTopics`` (the ``Describe`` ACL a worker has), not the topics'
+    configs (``DescribeConfigs``, which the documented ACLs give the admin alone).
+    Raises for a topic the principal may not describe: state it cannot see is not
+    state it may assume absent.
+    """
+    from aiokafka.errors import for_code
+
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    counts: dict[str, int] = {}
+    for topic in await admin.describe_topics(wanted):
+        code = topic["error_code"]
+        if code == 0:
+            counts[topic["topic"]] = len(topic["partitions"])
+        elif code == TOPIC_AUTHORIZATION_FAILED:
+            raise for_code(code)(
+                f"may not describe {topic['topic']}: give this principal Describe on it "
+                "(docs/security.md, Kafka: authentication and ACLs)"
+            )
+    return counts
+
+
 async def state_partition_problem(
-    settings: Settings, catalog: TopicCatalog
+    settings: Settings, catalog: TopicCatalog, changelogs: Iterable[str]
 ) -> tuple[str | None, int | None]:
-    """:func:`partition_problem` of the cluster's topics for this app id; and their count."""
+    """:func:`partition_problem` of the cluster's learning topics and ``changelogs``
+    (the app's own, by name); and the learning topics' partition count."""
     async with started(_admin(settings)) as admin:
-        names = await admin.list_topics()
-        inputs = await _describe(admin, sorted(set(catalog.topics) & set(names)))
-        changelogs = await _describe(admin, changelog_topics(names, settings.learnops_app_id))
-    counts = {state.partitions for state in inputs.values()}
-    return partition_problem(inputs, changelogs), (min(counts) if counts else None)
+        existing = set(await admin.list_topics())
+        inputs = await _partition_counts(admin, set(catalog.topics) & existing)
+        kept = await _partition_counts(admin, set(changelogs) & existing)
+    problem = partition_problem(inputs, kept, catalog.partitions)
+    return problem, (min(inputs.values()) if inputs else None)
 
 
 async def ensure(
-    settings: Settings, catalog: TopicCatalog, *, with_state: bool = False
+    settings: Settings,
+    catalog: TopicCatalog,
+    *,
+    with_state: bool = False,
+    tables: Iterable[str] = (),
 ) -> list[TopicChange]:
     """Create missing topics and bring existing ones to the catalogue's partitions and configs.
 
-    Growing a topic's partitions is refused while Faust changelogs of its partition
-    count exist (table state keyed by its partitions: :func:`partition_problem`),
-    unless ``with_state``.
+    Growing a topic's partitions is refused while changelogs of learnops ``tables``
+    (any app id's ``<app id>-<table>-changelog``) of its partition count exist: table
+    state kept by partition (:func:`partition_problem`), unless ``with_state``.
     """
     async with started(_admin(settings)) as admin:
-        return await _ensure(admin, catalog, with_state=with_state)
+        return await _ensure(
+            admin,
+            catalog,
+            with_state=with_state,
+            scan=_StateScan(tuple(tables)),
+        )
 
 
-async def _state_of(admin: AIOKafkaAdminClient, partitions: int) -> list[str]:
-    """Faust changelogs on the cluster with ``partitions`` partitions."""
-    names = [n for n in await admin.list_topics() if n.endswith("-changelog")]
-    states = await _describe(admin, names)
-    return sorted(n for n, state in states.items() if state.partitions == partitions)
+@dataclass(frozen=True)
+class _StateScan:
+    """Which changelogs hold learnops table state: names ending ``-<table>-changelog``."""
+
+    tables: tuple[str, ...]
+
+    async def kept_at(self, admin: AIOKafkaAdminClient, partitions: int) -> list[str]:
+        """The learnops changelogs with ``partitions`` partitions the cluster lists.
+
+        Only listed topics are described: asking for one by name may create it where
+        the broker auto-creates topics. So the principal needs Describe on the
+        changelogs (docs/security.md's ACL table gives the admin the ``learnops-``
+        prefix) for this to see them.
+        """
+        if not self.tables:
+            return []
+        suffixes = tuple(f"-{table}-changelog" for table in self.tables)
+        listed = [n for n in await admin.list_topics() if n.endswith(suffixes)]
+        counts = await _partition_counts(admin, listed)
+        return sorted(n for n, count in counts.items() if count == partitions)
 
 
 async def _ensure(
-    admin: AIOKafkaAdminClient, catalog: TopicCatalog, *, with_state: bool = False
+    admin: AIOKafkaAdminClient,
+    catalog: TopicCatalog,
+    *,
+    with_state: bool = False,
+    scan: _StateScan | None = None,
 ) -> list[TopicChange]:
     from aiokafka.admin import NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -422,9 +481,9 @@ async def _ensure(
                 "kafka-reassign-partitions.sh)"
             )
         changes.append(TopicChange(name, action, "; ".join(details)))
-    if grow and not with_state:
+    if grow and not with_state and scan is not None:
         for name in sorted(grow):
-            stateful = await _state_of(admin, current[name].partitions)
+            stateful = await scan.kept_at(admin, current[name].partitions)
             if stateful:
                 shown = ", ".join(stateful[:3]) + (" …" if len(stateful) > 3 else "")
                 raise TopicCatalogError(

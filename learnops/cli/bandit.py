@@ -74,9 +74,11 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
     records signed by a key of the trusted keyring count, names included, so a
     record anyone wrote under a look-alike name (another case) can neither be
     shown nor take a freeze meant for the doer (a red-team trial froze such a
-    decoy while the doer's shares moved on). The policy store's spelling comes
-    first. When the database cannot be read, every valid record counts, as the
-    topic has them. A record that is not a valid allocation is skipped.
+    decoy while the doer's shares moved on). A name as typed among those records
+    comes first, then the policy store's spelling. When the database cannot be
+    read, or no record is signed (a worker without a signing key), every valid
+    record counts, as the topic has them. A record that is not a valid
+    allocation is skipped.
     """
     from pydantic import ValidationError
 
@@ -101,13 +103,17 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
     except ServiceUnreachable:
         keyring = None
     if keyring is not None and len(keyring):
-        valid = [
+        signed = [
             (key, found)
             for key, found in valid
             if check_allocations(found, key, keyring, stale=False) is None
         ]
+        # None signed: a worker without a signing key publishes them unsigned (a local
+        # setup), and every valid record counts, as the stage's own clients take them.
+        valid = signed or valid
     doers = {found.doer for _, found in valid}
-    doer = as_known(doer, registered) or as_known(doer, doers) or doer
+    # A book is keyed as the runs name the doer: an exact name among the records first.
+    doer = doer if doer in doers else as_known(doer, registered) or as_known(doer, doers) or doer
     latest: Any = None
     for key, found in valid:
         if key == doer.encode() and (latest is None or found.sequence >= latest.sequence):

@@ -500,12 +500,14 @@ async def topics_create(
     """Create missing topics and update partitions and configs to match topics.yaml."""
     from aiokafka.errors import InvalidReplicationFactorError
 
+    from agents.app import state_tables
     from agents.topics import TopicCatalogError, ensure, load_catalog
 
     settings = ctx.settings
     try:
         catalog = load_catalog(settings.learnops_topics_file, replication_factor=replication_factor)
-        changes = await ensure(settings, catalog, with_state=with_state)
+        tables = [] if with_state else state_tables(settings)
+        changes = await ensure(settings, catalog, with_state=with_state, tables=tables)
     except TopicCatalogError as exc:
         fail(str(exc))
     except InvalidReplicationFactorError as exc:

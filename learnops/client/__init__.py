@@ -2,7 +2,7 @@
 
     from learnops.client import Router, UnknownDoer
 
-    async with Router("kafka:9092", trusted_keys=pinned) as router:
+    async with Router("kafka:9092", trusted_keys=signers, worker_keys=workers) as router:
         route = router.route("PRDWriter", task_id)
 
 :class:`Allocations` follows the bandit's shares the same way and picks a

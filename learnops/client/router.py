@@ -8,8 +8,8 @@ network call per task. The orchestrator then runs the task under the route's
 policy and publishes a ``TaskRouted`` on ``learning.task-routed``
 (``learnops.simulation.canary`` shows how).
 
-    async with Router("kafka:9092", trusted_keys=pinned) as router:  # plus aiokafka options
-        found = router.route("PRDWriter", task_id)
+    async with Router("kafka:9092", trusted_keys=signers, worker_keys=workers) as router:
+        found = router.route("PRDWriter", task_id)  # plus aiokafka options above
 
 With ``trusted_keys`` (the public keys the orchestrator pins: the learnops
 workers' keys and the policy signers' keys), a record is served only when its

@@ -94,10 +94,12 @@ async def bandit_worker(
 
 
 async def _allocations(settings: Any, doer: str) -> list[BanditAllocations]:
+    """The doer's records the stage sent (signed: the tests' workers have a key)."""
     return [
-        BanditAllocations.from_json(r.value)
+        found
         for r in await read_from_start(settings, ALLOCATIONS)
         if r.key == doer.encode()
+        and (found := BanditAllocations.from_json(r.value)).signature is not None
     ]
 
 
@@ -275,7 +277,13 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
             "signature": None,
         }
     )
-    await publish(doer.producer, ALLOCATIONS, [(decoy.doer.encode(), decoy.to_json())])
+    # And one under the doer's own name: unsigned, it is not the latest however numbered.
+    impostor = decoy.model_copy(update={"doer": doer.name})
+    await publish(
+        doer.producer,
+        ALLOCATIONS,
+        [(decoy.doer.encode(), decoy.to_json()), (doer.name.encode(), impostor.to_json())],
+    )
     folded = await asyncio.to_thread(
         run_learnops, doer.env, "bandit", "show", doer.name.lower(), "--json"
     )

@@ -1335,19 +1335,29 @@ async def test_what_others_leave_last_on_policy_changes_is_followed_by_the_doers
         await progress.done(3, batched=False)
         await stage.reassert_stale(time.monotonic() + STALE_AFTER_S + 1)
         assert len(sent(app, CHANGES)) == 2
+
         # The older record (validly signed) sent again by someone, then an empty one, then
-        # one numbered past the doer's last, signed by a policy signer's (trusted) key: no
-        # worker published it, since numbers come from PostgreSQL first.
-        assert newest.sequence is not None
-        ahead = newest.model_copy(update={"sequence": newest.sequence + 5, "signature": None})
-        ahead = ahead.model_copy(
-            update={
-                "signature": sign_event(
-                    POLICY_CHANGE_KIND, ahead.model_dump(mode="json"), signing_key
-                )
-            }
-        )
-        for replanted in (old, None, ahead):
+        # two signed by a policy signer's key (trusted for versions, not for changes): one
+        # numbered past the doer's last (no worker published it: numbers come from
+        # PostgreSQL first), one at the doer's last number, as a review found.
+        def by_signer(record: PolicyChange, step: int) -> PolicyChange:
+            assert record.sequence is not None
+            unsigned = record.model_copy(
+                update={"sequence": record.sequence + step, "signature": None}
+            )
+            signature = sign_event(
+                POLICY_CHANGE_KIND, unsigned.model_dump(mode="json"), signing_key
+            )
+            return unsigned.model_copy(update={"signature": signature})
+
+        makers: list[Callable[[PolicyChange], PolicyChange | None]] = [
+            lambda _: old,
+            lambda _: None,
+            lambda last: by_signer(last, 5),
+            lambda last: by_signer(last, 0),
+        ]
+        for make in makers:
+            replanted = make(newest)
             if replanted is None:
                 await feed.put(CHANGES, doer.encode(), None)
             else:

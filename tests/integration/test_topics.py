@@ -102,16 +102,24 @@ async def test_partitions_do_not_grow_under_table_state_unless_asked(settings: A
     the tables' changelogs; the worker then crash-looped, and once the changelogs were
     grown by hand doers' daily counts were lost (their state stayed on the old partition)."""
     tag = uuid.uuid4().hex[:8]
-    name, changelog = f"grow-{tag}", f"grow-{tag}-app-table-changelog"
+    name, table = f"grow-{tag}", f"table{tag}"
     await _make(settings, name, 2)
-    await _make(settings, changelog, 2)
+    await _make(settings, f"someapp-{table}-changelog", 2)
+    # Another system's changelog of that count is not learnops state.
+    await _make(settings, f"streams-{tag}-other-changelog", 2)
     wider = TopicSpec(name=name, partitions=3, replication_factor=1, key="doer", value="x")
     with pytest.raises(TopicCatalogError, match=r"would grow from 2 to 3 partitions.*"):
-        await ensure(settings, TopicCatalog({name: wider}))
+        await ensure(settings, TopicCatalog({name: wider}), tables=[table])
     assert (await describe(settings, [name]))[name].partitions == 2, "nothing changed"
-    changes = await ensure(settings, TopicCatalog({name: wider}), with_state=True)
-    assert [c.action for c in changes] == ["updated"]
+    assert await ensure(settings, TopicCatalog({name: wider}), tables=[f"no{tag}"])
     assert (await describe(settings, [name]))[name].partitions == 3
+    wider = TopicSpec(name=name, partitions=4, replication_factor=1, key="doer", value="x")
+    await _make(settings, f"someapp-{table}x-changelog", 3)
+    changes = await ensure(
+        settings, TopicCatalog({name: wider}), with_state=True, tables=[f"{table}x"]
+    )
+    assert [c.action for c in changes] == ["updated"]
+    assert (await describe(settings, [name]))[name].partitions == 4
 
 
 async def test_a_worker_refuses_to_start_when_its_changelogs_lost_the_inputs_count(
