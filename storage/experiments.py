@@ -10,6 +10,7 @@ appending one history row.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from models.datasets import DEFAULT_TENANT
 from models.events import CRLComputed, ExperimentChanged, ReplayTask
 from models.ids import experiment_event_id
 from storage.skills import close_request
+
+log = logging.getLogger("learnops.experiments")
 
 _LOCK_SPACE = 0x65787072  # "expr": advisory locks on a replay id
 
@@ -796,6 +799,12 @@ async def move_experiment(
         seq = await conn.fetchval(
             "SELECT max(seq) + 1 FROM experiment_history WHERE experiment_id = $1", experiment_id
         )
+        if seq is None:
+            # Every experiment learnops creates has its history from seq 0: one without
+            # is a row written around it (a red-team trial's forgery). Left as it is,
+            # rather than failing every move of its doer's deployments (NOT NULL seq).
+            log.warning("experiment_without_history experiment=%s not moved", experiment_id)
+            return None
         sets = ["status = $2", "updated_at = now()", "history_seq = $3"]
         values: list[Any] = [experiment_id, to_status, seq]
         if to_status in ("promoted", "rolled_back", "failed"):

@@ -74,11 +74,13 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
     records signed by a key of the trusted keyring count, names included, so a
     record anyone wrote under a look-alike name (another case) can neither be
     shown nor take a freeze meant for the doer (a red-team trial froze such a
-    decoy while the doer's shares moved on). A name as typed among those records
-    comes first, then the policy store's spelling. When the database cannot be
-    read, or no record is signed (a worker without a signing key), every valid
-    record counts, as the topic has them. A record that is not a valid
-    allocation is skipped.
+    decoy while the doer's shares moved on); and of a doer the stage has stored
+    allocations for, only the records it stored as sent (the keyring holds the
+    policy signers' keys too). A name as typed among those records comes first,
+    then the policy store's spelling. When the database cannot be read, or no
+    record is signed (a worker without a signing key), every valid record
+    counts, as the topic has them. A record that is not a valid allocation is
+    skipped.
     """
     from pydantic import ValidationError
 
@@ -96,10 +98,17 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
             except ValidationError:
                 continue
     registered: set[str] = set()
+    sent: dict[tuple[str, int, bool], Any] = {}
     try:
         async with database(ctx) as pool:
             keyring = await load_keyring(pool)
             registered = {r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM policies")}
+            for row in await pool.fetch(
+                "SELECT doer, sequence, frozen, allocations FROM bandit_allocations "
+                "WHERE doer = ANY($1::text[])",
+                sorted({found.doer for _, found in valid}),
+            ):
+                sent[(row["doer"], row["sequence"], row["frozen"])] = row["allocations"]
     except ServiceUnreachable:
         keyring = None
     if keyring is not None and len(keyring):
@@ -111,6 +120,17 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
         # None signed: a worker without a signing key publishes them unsigned (a local
         # setup), and every valid record counts, as the stage's own clients take them.
         valid = signed or valid
+    # The keyring holds the policy signers' keys too, and a red-team trial showed a
+    # record one of them signed: what the stage sent, it stored first (storage.bandit).
+    # A doer with nothing stored (allocations sent before migration 036) keeps its own.
+    stored_doers = {doer for doer, _, _ in sent}
+    valid = [
+        (key, found)
+        for key, found in valid
+        if found.doer not in stored_doers
+        or sent.get((found.doer, found.sequence, found.frozen))
+        == [p.model_dump(mode="json") for p in found.allocations]
+    ]
     doers = {found.doer for _, found in valid}
     # A book is keyed as the runs name the doer: an exact name among the records first.
     doer = doer if doer in doers else as_known(doer, registered) or as_known(doer, doers) or doer

@@ -23,8 +23,16 @@ from typing import Any
 import pytest
 
 from agents.topics import read_from_start
-from learning.signing import SigningKey, generate_key, signed_artifact
+from learning.signing import (
+    BANDIT_ALLOCATIONS_KIND,
+    SigningKey,
+    TrustedKeys,
+    generate_key,
+    sign_event,
+    signed_artifact,
+)
 from learnops.client import Allocations
+from learnops.client.allocations import check_allocations
 from learnops.simulation.orchestrator import Orchestrator
 from models.bandit import BanditAllocations, BanditControl
 from models.bundle import Security
@@ -94,12 +102,19 @@ async def bandit_worker(
 
 
 async def _allocations(settings: Any, doer: str) -> list[BanditAllocations]:
-    """The doer's records the stage sent (signed: the tests' workers have a key)."""
+    """The doer's records the stage sent: signed with the worker's key (the tests' have one)."""
+    worker = settings.worker_key()
+    assert worker is not None
+    ring = TrustedKeys()
+    ring.add(worker.public_key)
     return [
         found
         for r in await read_from_start(settings, ALLOCATIONS)
         if r.key == doer.encode()
-        and (found := BanditAllocations.from_json(r.value)).signature is not None
+        and check_allocations(
+            found := BanditAllocations.from_json(r.value), r.key, ring, stale=False
+        )
+        is None
     ]
 
 
@@ -277,12 +292,25 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
             "signature": None,
         }
     )
-    # And one under the doer's own name: unsigned, it is not the latest however numbered.
+    # And under the doer's own name: unsigned, and signed by a policy signer's key (in the
+    # keyring, never the stage's): neither is the latest however numbered.
     impostor = decoy.model_copy(update={"doer": doer.name})
+    by_signer = impostor.model_copy(update={"sequence": held.sequence + 200})
+    by_signer = by_signer.model_copy(
+        update={
+            "signature": sign_event(
+                BANDIT_ALLOCATIONS_KIND, by_signer.model_dump(mode="json"), signing_key
+            )
+        }
+    )
     await publish(
         doer.producer,
         ALLOCATIONS,
-        [(decoy.doer.encode(), decoy.to_json()), (doer.name.encode(), impostor.to_json())],
+        [
+            (decoy.doer.encode(), decoy.to_json()),
+            (doer.name.encode(), impostor.to_json()),
+            (doer.name.encode(), by_signer.to_json()),
+        ],
     )
     folded = await asyncio.to_thread(
         run_learnops, doer.env, "bandit", "show", doer.name.lower(), "--json"

@@ -352,3 +352,27 @@ async def test_a_replay_short_of_tasks_of_its_own_does_not_complete_and_ends_lis
     assert [(m["task_id"], m["seed"]) for m in row["missing_tasks"]] == [
         (None, 2) for _ in doer.golden.samples
     ]
+
+
+async def test_an_experiment_row_without_history_is_left_alone_not_failed_on(db: Any) -> None:
+    """Found by a red-team trial: an experiments row written around learnops (no history)
+    made every move of its doer's deployments fail in the experiments stage (a NOT NULL
+    history seq), each an internal error toward halting the stage."""
+    doer = await make_doer(db)
+    real = await doer.experiment(2, 1)
+    forged = f"{real}-forged"
+    async with db.acquire() as conn, conn.transaction():  # one session: the temp table
+        await conn.execute(
+            "CREATE TEMP TABLE forged ON COMMIT DROP AS "
+            "SELECT * FROM experiments WHERE experiment_id = $1",
+            real,
+        )
+        await conn.execute(
+            "UPDATE forged SET experiment_id = $1, created_by = gen_random_uuid()", forged
+        )
+        await conn.execute("INSERT INTO experiments SELECT * FROM forged")
+    assert await store.move_experiment(db, forged, "replaying", "replaying") is None
+    row = await db.fetchrow("SELECT status FROM experiments WHERE experiment_id = $1", forged)
+    assert row["status"] == "created"
+    # A real one moves as ever.
+    assert await store.move_experiment(db, real, "failed", "stopped") is not None
