@@ -484,22 +484,32 @@ class CanaryStage(Stage):
             if ends is None:
                 return
             self.catch_up.settle(time.monotonic(), ends)
-        if not self.catch_up.ready(time.monotonic(), await self._reached()):
+        reached = await self._reached()
+        if reached is None or not self.catch_up.ready(time.monotonic(), reached):
             return
         await self.pause_silent(datetime.now(UTC), self._owned_partitions())
 
-    async def _reached(self) -> dict[Any, int]:
+    async def _reached(self) -> dict[Any, int] | None:
         """How far each partition to catch up on is read: its commit, or its position before one.
 
         A partition this group never committed on (an empty one, or one it has not
-        been given a record of yet) has nothing committed to compare.
+        been given a record of yet) has nothing committed to compare. None when a
+        partition is no longer assigned (a rebalance since the catch-up settled: an
+        operator trial saw a traceback at every start of two workers); it settles
+        again on the partitions it has at the next tick.
         """
+        from aiokafka.errors import IllegalStateError
+
         committed = committed_offsets(self.app)
         reached: dict[Any, int] = {}
         for tp in self.catch_up.ends:
             offset = committed.get(tp)
             if offset is None:
-                offset = await self.app.consumer.position(tp)
+                try:
+                    offset = await self.app.consumer.position(tp)
+                except IllegalStateError:
+                    self.catch_up.unsettled()
+                    return None
             if offset is not None:
                 reached[tp] = offset
         return reached

@@ -92,3 +92,27 @@ def test_a_rebalance_between_two_ticks_settles_again_on_the_partitions_kept(
     asyncio.run(stage.pause_silent_deployments())
     assert stage.catch_up.ends == {kept: 7}
     assert judged == [{1}]
+
+
+async def test_a_partition_revoked_since_settling_unsettles_it_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an operator trial with two workers: the silence timer asked the position
+    of a partition no longer assigned and logged timer_failed with a traceback."""
+    from aiokafka.errors import IllegalStateError
+
+    from agents.app import create_app
+    from agents.canary import CanaryStage
+    from agents.settings import Settings
+
+    settings = Settings(learnops_app_id="catch-up-test", learnops_web_enabled=False)
+    stage = CanaryStage(create_app(settings, stages=[]))
+
+    async def position(tp: Any) -> int:
+        raise IllegalStateError(f"No current assignment for partition {tp}")
+
+    monkeypatch.setattr(stage.app.consumer, "position", position)
+    stage.catch_up.settle(0.0, {RESULTS: 10})
+    assert stage.catch_up.settled
+    assert await stage._reached() is None
+    assert not stage.catch_up.settled
