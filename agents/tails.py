@@ -64,13 +64,13 @@ class Tails:
             if record is not None and record.doer != doer:
                 record = None
             if record is not None:
-                trusted = await self.signed_by_us(record)
+                trusted = self.signed_by_us(record)
         pending = self.last.get(doer)
         # Pending since the first record not yet judged: later ones do not restart the wait.
         since, notes = (self.clock(), 0) if pending is None else pending[:2]
         self.last[doer] = (since, notes + 1, record, trusted)
 
-    async def signed_by_us(self, record: Event) -> bool:
+    def signed_by_us(self, record: Event) -> bool:
         """Whether this worker's own key signed ``record``.
 
         Not any key of the keyring: it holds the policy signers' keys too, and a

@@ -297,10 +297,6 @@ async def missing(settings: Settings, catalog: TopicCatalog) -> list[str]:
 REPARTITION_DOC = 'docs/operations.md, "Changing the partition count"'
 
 
-#: Kafka's error for a topic the principal may not describe.
-TOPIC_AUTHORIZATION_FAILED = 29
-
-
 def partition_problem(
     inputs: Mapping[str, int], changelogs: Mapping[str, int], expected: int | None = None
 ) -> str | None:
@@ -346,7 +342,7 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: Iterable[str]) ->
     Raises for a topic the principal may not describe: state it cannot see is not
     state it may assume absent.
     """
-    from aiokafka.errors import for_code
+    from aiokafka.errors import TopicAuthorizationFailedError
 
     wanted = sorted(set(names))
     if not wanted:
@@ -356,8 +352,8 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: Iterable[str]) ->
         code = topic["error_code"]
         if code == 0:
             counts[topic["topic"]] = len(topic["partitions"])
-        elif code == TOPIC_AUTHORIZATION_FAILED:
-            raise for_code(code)(
+        elif code == TopicAuthorizationFailedError.errno:
+            raise TopicAuthorizationFailedError(
                 f"may not describe {topic['topic']}: give this principal Describe on it "
                 "(docs/security.md, Kafka: authentication and ACLs)"
             )
@@ -391,34 +387,26 @@ async def ensure(
     state kept by partition (:func:`partition_problem`), unless ``with_state``.
     """
     async with started(_admin(settings)) as admin:
-        return await _ensure(
-            admin,
-            catalog,
-            with_state=with_state,
-            scan=_StateScan(tuple(tables)),
-        )
+        return await _ensure(admin, catalog, with_state=with_state, tables=tuple(tables))
 
 
-@dataclass(frozen=True)
-class _StateScan:
-    """Which changelogs hold learnops table state: names ending ``-<table>-changelog``."""
+async def _state_kept_at(
+    admin: AIOKafkaAdminClient, tables: tuple[str, ...], partitions: int
+) -> list[str]:
+    """The changelogs of learnops ``tables`` (``<any app id>-<table>-changelog``) the
+    cluster lists with ``partitions`` partitions.
 
-    tables: tuple[str, ...]
-
-    async def kept_at(self, admin: AIOKafkaAdminClient, partitions: int) -> list[str]:
-        """The learnops changelogs with ``partitions`` partitions the cluster lists.
-
-        Only listed topics are described: asking for one by name may create it where
-        the broker auto-creates topics. So the principal needs Describe on the
-        changelogs (docs/security.md's ACL table gives the admin the ``learnops-``
-        prefix) for this to see them.
-        """
-        if not self.tables:
-            return []
-        suffixes = tuple(f"-{table}-changelog" for table in self.tables)
-        listed = [n for n in await admin.list_topics() if n.endswith(suffixes)]
-        counts = await _partition_counts(admin, listed)
-        return sorted(n for n, count in counts.items() if count == partitions)
+    Only listed topics are described: asking for one by name may create it where
+    the broker auto-creates topics. So the principal needs Describe on the
+    changelogs (docs/security.md's ACL table gives the admin the ``learnops-``
+    prefix) for this to see them.
+    """
+    if not tables:
+        return []
+    suffixes = tuple(f"-{table}-changelog" for table in tables)
+    listed = [n for n in await admin.list_topics() if n.endswith(suffixes)]
+    counts = await _partition_counts(admin, listed)
+    return sorted(n for n, count in counts.items() if count == partitions)
 
 
 async def _ensure(
@@ -426,7 +414,7 @@ async def _ensure(
     catalog: TopicCatalog,
     *,
     with_state: bool = False,
-    scan: _StateScan | None = None,
+    tables: tuple[str, ...] = (),
 ) -> list[TopicChange]:
     from aiokafka.admin import NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -481,9 +469,9 @@ async def _ensure(
                 "kafka-reassign-partitions.sh)"
             )
         changes.append(TopicChange(name, action, "; ".join(details)))
-    if grow and not with_state and scan is not None:
+    if grow and not with_state:
         for name in sorted(grow):
-            stateful = await scan.kept_at(admin, current[name].partitions)
+            stateful = await _state_kept_at(admin, tables, current[name].partitions)
             if stateful:
                 shown = ", ".join(stateful[:3]) + (" …" if len(stateful) > 3 else "")
                 raise TopicCatalogError(

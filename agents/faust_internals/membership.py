@@ -31,13 +31,15 @@ import os
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from aiokafka.errors import UnknownMemberIdError
 from aiokafka.protocol.commit import OffsetCommitRequest
 from aiokafka.protocol.group import HeartbeatRequest, SyncGroupRequest
 
 log = logging.getLogger(__name__)
 
-#: Kafka's error codes that tell a member it is no longer the one the group knows.
-UNKNOWN_MEMBER_ID = 25
+#: Kafka's error codes that tell a member it is no longer the one the group knows
+#: (aiokafka has no error class for FENCED_INSTANCE_ID).
+UNKNOWN_MEMBER_ID = UnknownMemberIdError.errno
 FENCED_INSTANCE_ID = 82
 #: The worker's exit status when it leaves for either reason (EX_TEMPFAIL: start it again).
 EXIT_STATUS = 75
