@@ -214,10 +214,20 @@ class LearnopsApp(faust.App):
             self._pool = None
 
 
-def state_tables(settings: Settings) -> list[str]:
-    """The names of every stage's tables (their changelogs: ``<app id>-<name>-changelog``)."""
-    app = create_app(settings, stages=list(STAGES))
-    return sorted(table.name for table in app.tables.values())
+def state_tables(settings: Settings) -> dict[str, bool]:
+    """Every stage's table, by name (changelog ``<app id>-<name>-changelog``), sorted.
+
+    Each name maps to whether the table's values name a source partition
+    (``DoerTable.holds_partition``), which moving the state rewrites.
+    """
+    # The names are the code's: any topics file (a scratch one too) gives the same.
+    app = create_app(
+        settings.model_copy(update={"learnops_topics_file": None}), stages=list(STAGES)
+    )
+    return {
+        table.name: bool(getattr(table, "holds_partition", False))
+        for table in sorted(app.tables.values(), key=lambda t: t.name)
+    }
 
 
 def selected_stages(names: Iterable[str] | None) -> list[str]:

@@ -338,7 +338,9 @@ class CanaryStage(Stage):
         self.live = self.table("canary-live", default=str, help_="Live deployment per doer")
         # The partition each doer's events arrive on, plus one (0: never seen): the
         # silence timer judges the deployments of the partitions this worker owns.
-        self.doers = self.table("canary-doers", default=int, help_="Doer → source partition")
+        self.doers = self.table(
+            "canary-doers", default=int, help_="Doer → source partition", holds_partition=True
+        )
         # The agent and the timer both load, judge and write deployment states.
         self.judging = asyncio.Lock()
         self.catch_up = CatchUp()

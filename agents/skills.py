@@ -76,7 +76,10 @@ class SkillsStage(Stage):
         # Every card (doer/tenant) with statistics, and the partition its results arrive
         # on: the timer rebuilds the cards whose partition this worker owns.
         self.cards = self.table(
-            "skills-doers", default=int, help_="Card key (doer/tenant) → source partition"
+            "skills-doers",
+            default=int,
+            help_="Card key (doer/tenant) → source partition",
+            holds_partition=True,
         )
         self.schedule = RefreshSchedule(app.learning.skills.refresh)
         self.published: set[str] = set()  # cards (doer/tenant) this process has published

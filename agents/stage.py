@@ -142,8 +142,12 @@ class Stage:
         help_: str,
         window: timedelta | None = None,
         expires: timedelta | None = None,
+        holds_partition: bool = False,
     ) -> Any:
-        """A table keyed by doer (agents.tables), on this stage's partitions."""
+        """A table keyed by doer (agents.tables), on this stage's partitions.
+
+        ``holds_partition``: its values are a source partition plus one (DoerTable).
+        """
         return doer_table(
             self.app,
             name,
@@ -152,6 +156,7 @@ class Stage:
             help_=help_,
             window=window,
             expires=expires,
+            holds_partition=holds_partition,
         )
 
     def every(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:

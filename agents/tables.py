@@ -11,13 +11,17 @@ and the table uses it, whatever partitioner the producer used.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from faust.tables.table import Table
+from prometheus_client import Counter
 
 from learning.moments import Moments
 from learning.trends import DailyCRL, days_back
+
+log = logging.getLogger("learnops.tables")
 
 SEPARATOR = "/"
 HISTORY_DAYS = 30  # how long daily aggregates are kept
@@ -79,15 +83,45 @@ def doer_of(key: Any) -> str:
     return str(key).split(SEPARATOR, 1)[0]
 
 
+PARTITION_CHANGES = Counter(
+    "learnops_doer_partition_changes_total",
+    "Events of a doer on another partition than its earlier ones in this worker: a producer "
+    "placing doers by another partition count or partitioner (docs/operations.md, "
+    '"Changing the partition count")',
+)
+
+
 class DoerPartitions:
-    """Which source partition each doer's events arrived on, as the agent saw them."""
+    """Which source partition each doer's events arrived on, as the agent saw them.
+
+    A doer's partition never changes while a worker runs (every topic is keyed by
+    doer); when it does, a producer places it by another count or partitioner
+    (one whose metadata predates a repartition), and its table state is read and
+    written on two partitions: counted and logged, once per doer.
+    """
 
     def __init__(self) -> None:
         self._partitions: dict[str, int] = {}
+        self._warned: set[str] = set()
 
     def seen(self, doer: str, partition: int) -> None:
         """Record the partition of an event of this doer."""
-        self._partitions[doer] = partition
+        was = self._partitions.get(doer)
+        if was != partition:
+            if was is not None:
+                PARTITION_CHANGES.inc()
+                if doer not in self._warned:
+                    self._warned.add(doer)
+                    log.warning(
+                        "doer_partition_changed doer=%r was=%d now=%d hint='a producer places "
+                        "this doer by another partition count or partitioner: restart the "
+                        "orchestrator's producers (after a repartition: docs/operations.md, "
+                        "Changing the partition count)'",
+                        doer,
+                        was,
+                        partition,
+                    )
+            self._partitions[doer] = partition
 
     def of(self, key: Any) -> int:
         """The partition of the doer a key belongs to; an error if none was seen."""
@@ -104,6 +138,9 @@ class DoerTable(Table):
     """A table whose changelog partition follows the doer in the key."""
 
     partitions_of: DoerPartitions
+    #: Its values name the doer's source partition (plus one, 0 for none): what
+    #: ``learnops topics repartition`` rewrites when it moves the doer (agents/repartition.py).
+    holds_partition: bool = False
 
     def partition_for_key(self, key: Any) -> int | None:
         """The partition of the key's doer (so batch bodies can write)."""
@@ -119,11 +156,13 @@ def doer_table(
     help_: str,
     window: timedelta | None = None,
     expires: timedelta | None = None,
+    holds_partition: bool = False,
 ) -> Any:
     """Register a DoerTable on the app; tumbling-windowed when ``window`` is given."""
     table = DoerTable(
         app, name=name, default=default, partitions=app.catalog.partitions, help=help_
     )
     table.partitions_of = partitions
+    table.holds_partition = holds_partition
     app.tables.add(table)
     return table.tumbling(window, expires=expires) if window else table

@@ -320,8 +320,9 @@ def partition_problem(
     if expected is not None and expected != count:
         return (
             f"topics.yaml gives {expected} partitions but the learning topics have {count}: "
-            f"run `learnops topics create` (it grows them only where no table state is "
-            f"kept by partition; see {REPARTITION_DOC})"
+            "stop every worker and run `learnops topics repartition --to-app-id <new app id>`, "
+            f"which grows them and moves the tables' state (see {REPARTITION_DOC}), or put "
+            "topics.yaml back"
         )
     odd = {n: c for n, c in changelogs.items() if c != count}
     if not odd:
@@ -330,7 +331,9 @@ def partition_problem(
     return (
         f"the learning topics have {count} partitions but this app id's table changelogs do "
         f"not ({found}): the partition count changed under existing table state, which "
-        f"would move doers away from their state. See {REPARTITION_DOC}"
+        "would move doers away from their state: move it to a new app id with `learnops "
+        f"topics repartition --from-app-id <this app id> --to-app-id <new>` (moved already? "
+        f"start the workers with the new LEARNOPS_APP_ID). See {REPARTITION_DOC}"
     )
 
 
@@ -478,8 +481,9 @@ async def _ensure(
                     f"{name} would grow from {current[name].partitions} to "
                     f"{catalog[name].partitions} partitions, but table state is kept by "
                     f"partition in {len(stateful)} changelog(s) of that count ({shown}): "
-                    "doers would move away from their state. Nothing was changed. See "
-                    f"{REPARTITION_DOC}"
+                    "doers would move away from their state. Nothing was changed. Stop the "
+                    "workers and run `learnops topics repartition --to-app-id <new app id>`, "
+                    f"which moves the state with them (see {REPARTITION_DOC})"
                 )
     if grow:
         await admin.create_partitions(grow)

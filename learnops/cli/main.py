@@ -506,7 +506,7 @@ async def topics_create(
     settings = ctx.settings
     try:
         catalog = load_catalog(settings.learnops_topics_file, replication_factor=replication_factor)
-        tables = [] if with_state else state_tables(settings)
+        tables = [] if with_state else list(state_tables(settings))
         changes = await ensure(settings, catalog, with_state=with_state, tables=tables)
     except TopicCatalogError as exc:
         fail(str(exc))
@@ -522,6 +522,85 @@ async def topics_create(
         ctx.say(
             f"{change.action:9} {change.name}" + (f"  ({change.detail})" if change.detail else "")
         )
+
+
+@command(
+    topics,
+    "repartition",
+    click.option(
+        "--to-app-id",
+        "to_app",
+        required=True,
+        help="The app id the workers will run under: its changelogs get the moved state.",
+    ),
+    click.option(
+        "--from-app-id",
+        "from_app",
+        default=None,
+        help="The app id whose state moves (default: LEARNOPS_APP_ID).",
+    ),
+    click.option("--dry-run", is_flag=True, help="Check and show the plan; change nothing."),
+    json_option,
+)
+async def topics_repartition(
+    ctx: CommandContext, to_app: str, from_app: str | None, dry_run: bool, as_json: bool
+) -> None:
+    """Grow the topics to topics.yaml's count and move the tables' state to a new app id.
+
+    Stop every worker of the old app id first. Then start the workers with
+    LEARNOPS_APP_ID set to the new one (docs/operations.md, "Changing the
+    partition count").
+    """
+    from agents.app import state_tables
+    from agents.repartition import RepartitionError, plan_repartition, repartition
+    from agents.topics import TopicCatalogError
+
+    settings = ctx.settings
+    source = from_app or settings.learnops_app_id
+    try:
+        catalog = ctx.catalog
+        plan = await plan_repartition(settings, catalog, state_tables(settings), source, to_app)
+        report = None if dry_run else await repartition(settings, catalog, plan)
+    except (RepartitionError, TopicCatalogError) as exc:
+        fail(str(exc))
+    summary = {
+        "from_app_id": plan.from_app,
+        "to_app_id": plan.to_app,
+        "partitions": {"from": plan.old_count, "to": plan.new_count},
+        "grow": list(plan.grow),
+        "changelogs": [{"from": old, "to": new} for old, new, _ in plan.changelogs],
+        "offsets": len(plan.offsets),
+        "resumed": list(plan.resumed),
+        "waiting_records_kept_in_place": plan.waiting_kept,
+        "done": report is not None,
+        "copied": [
+            {"changelog": c.to, "keys": c.keys, "moved": c.moved, "deleted": c.deleted}
+            for c in (report.copied if report else [])
+        ],
+    }
+    if as_json:
+        ctx.say(dumps(summary))
+        return
+    ctx.say(
+        f"{plan.from_app} → {plan.to_app}: {plan.old_count} → {plan.new_count} partitions, "
+        f"{len(plan.changelogs)} changelogs, {len(plan.offsets)} committed offsets"
+        + (f"; resuming ({len(plan.resumed)} changelogs exist)" if plan.resumed else "")
+    )
+    if report is None:
+        grow = ", ".join(plan.grow) or "none (already grown)"
+        ctx.say(f"would grow: {grow}")
+        ctx.say("dry run: nothing changed")
+        return
+    for copied in report.copied:
+        ctx.say(
+            f"copied    {copied.to}  ({copied.keys} keys, {copied.moved} moved partition, "
+            f"{copied.deleted} deleted left out)"
+        )
+    ctx.say(
+        f"done: start the workers with LEARNOPS_APP_ID={plan.to_app}, and make sure every "
+        "producer of the learning topics knows the new count (restart it, or wait its "
+        "metadata.max.age.ms, 5 min by default) before it publishes again"
+    )
 
 
 @command(topics, "describe", json_option)
