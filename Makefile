@@ -64,11 +64,12 @@ integration: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
-## make faults: kill -9, broker and PostgreSQL outages, two workers, a fuzz corpus; exact counts.
+## make faults: kill -9, broker and PostgreSQL outages, two workers, a partition count raised
+## under traffic, a fuzz corpus; exact counts.
 ## Each script starts its own Kafka and PostgreSQL on free ports (docs/operations.md, "Fault suite").
 ## kill9 runs twice: as a plain group member, and as a static one (LEARNOPS_GROUP_INSTANCE_ID).
 faults: $(STAMP)
-	@status=0; for f in kill9 "kill9 --static" outages two_workers fuzz; do \
+	@status=0; for f in kill9 "kill9 --static" outages two_workers repartition fuzz; do \
 		echo "== tests.faults.$$f"; $(BIN)/python -m tests.faults.$$f || status=1; \
 	done; exit $$status
 

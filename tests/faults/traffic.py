@@ -104,6 +104,8 @@ class Traffic:
 
     #: Doers whose keys land on every partition, this many per partition (0: no such care).
     per_partition: int = 0
+    #: The partition count ``per_partition`` covers (a multiple of the topics' count covers it too).
+    partitions: int = 4
     #: Bundles per round of a doer whose policy declares options (0: none, no bandit doer).
     bandit_runs: int = 2
     #: Rounds between two experiments of the experiments doer (0: none, no such doer), and
@@ -113,7 +115,7 @@ class Traffic:
 
     def __post_init__(self) -> None:
         if self.per_partition:
-            self.doers = covering(self.prefix, self.per_partition)
+            self.doers = covering(self.prefix, self.per_partition, self.partitions)
         else:
             self.doers = [f"{self.prefix}Plain{i}" for i in range(self.plain_doers)]
         self.orchestrator = Orchestrator(
