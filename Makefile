@@ -67,9 +67,13 @@ demo: $(STAMP)
 ## make faults: kill -9, broker and PostgreSQL outages, two workers, a partition count raised
 ## under traffic, a fuzz corpus; exact counts.
 ## Each script starts its own Kafka and PostgreSQL on free ports (docs/operations.md, "Fault suite").
-## kill9 runs twice: as a plain group member, and as a static one (LEARNOPS_GROUP_INSTANCE_ID).
+## kill9 runs as a plain group member, as a static one (LEARNOPS_GROUP_INSTANCE_ID), and with
+## RocksDB tables; repartition with the memory and the RocksDB store.
 faults: $(STAMP)
-	@status=0; for f in kill9 "kill9 --static" outages two_workers repartition fuzz; do \
+	@# The RocksDB table store's runs need its extra (rocksdict, from PyPI).
+	$(BIN)/python -m pip install --quiet -e '.[dev,rocksdb]'
+	@status=0; for f in kill9 "kill9 --static" "kill9 --store rocksdb --kills 8" outages \
+		two_workers repartition "repartition --store rocksdb" fuzz; do \
 		echo "== tests.faults.$$f"; $(BIN)/python -m tests.faults.$$f || status=1; \
 	done; exit $$status
 

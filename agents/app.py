@@ -21,6 +21,7 @@ from agents.dlq import DeadLetters
 from agents.event_topics import EventTopics
 from agents.faust_internals import compat
 from agents.faust_internals.membership import exit_now
+from agents.faust_internals.stores import store_url
 from agents.faust_internals.transport import (
     PRODUCER_LINGER_S,
     PRODUCER_MAX_BATCH_BYTES,
@@ -230,6 +231,15 @@ def state_tables(settings: Settings) -> dict[str, bool]:
     }
 
 
+def consumed_topics(settings: Settings, stages: Iterable[str] | None) -> set[str]:
+    """The topics the agents of ``stages`` (None: every stage) read."""
+    app = create_app(
+        settings.model_copy(update={"learnops_topics_file": None}),
+        stages=list(STAGES) if stages is None else [s for s in stages if s in STAGES],
+    )
+    return {name for agent in app.agents.values() for name in agent.channel.topics}
+
+
 def selected_stages(names: Iterable[str] | None) -> list[str]:
     """The stages to run, in a fixed order; ``None`` means all; an unknown name is an error.
 
@@ -295,8 +305,11 @@ def create_app(
         # (agents/faust_internals/transport.py).
         broker=broker_urls(settings.kafka_hosts),
         broker_credentials=_broker_credentials(settings),
-        store=f"{settings.learnops_table_store}://",
-        datadir=str(settings.learnops_data_dir),
+        # RocksDB through agents/faust_internals/stores.py (batch bodies write there too).
+        store=store_url(settings.learnops_table_store),
+        # One directory per app id: RocksDB tables keep the offsets of their own
+        # changelogs, which another app id's (a repartition's new one) do not share.
+        datadir=str(settings.learnops_data_dir / settings.learnops_app_id),
         # Every topic is keyed by doer and co-partitioned with the tables.
         topic_partitions=catalog.partitions,
         topic_replication_factor=catalog[next(iter(catalog.topics))].replication_factor,

@@ -1,6 +1,6 @@
 """Every private name of Faust and aiokafka that learnops relies on, and a check that it holds.
 
-The overrides in this subpackage (transport.py, offsets.py, introspection.py)
+The overrides in this subpackage (transport.py, offsets.py, introspection.py, stores.py)
 and the stage helpers (agents/streams.py, agents/tables.py) subclass private
 classes, override private methods and read private state of the exact
 versions in :data:`PINNED` (pyproject.toml pins the same). A new release can
@@ -90,6 +90,7 @@ _DRIVER = "faust.transport.drivers.aiokafka"
 _CONSUMER = "faust.transport.consumer:Consumer"
 _TRANSPORT = "agents/faust_internals/transport.py"
 _INTROSPECTION = "agents/faust_internals/introspection.py"
+_STORES = "agents/faust_internals/stores.py"
 _SUBSCRIPTIONS = "aiokafka.consumer.subscription_state"
 _COORDINATOR = "aiokafka.consumer.group_coordinator:GroupCoordinator"
 _MEMBERSHIP = "agents/faust_internals/membership.py"
@@ -288,6 +289,17 @@ NAMES: tuple[Method | State | Attribute, ...] = (
         ("self", "size", "expires", "key_index"),
         "agents/tables.py",
     ),
+    # stores.py: the RocksDB store, writing each key to its doer's partition database.
+    Attribute(FAUST, "faust.stores", "STORES", _STORES),
+    Method(FAUST, "faust.stores.rocksdb:Store", "_set", ("self", "key", "value"), _STORES),
+    Method(
+        FAUST, "faust.stores.rocksdb:Store", "_db_for_partition", ("self", "partition"), _STORES
+    ),
+    Method(FAUST, "faust.stores.rocksdb:Store", "_get", ("self", "key"), _STORES),
+    Method(FAUST, "faust.stores.rocksdb:Store", "_contains", ("self", "key"), _STORES),
+    Method(FAUST, "faust.stores.rocksdb:Store", "_get_bucket_for_key", ("self", "key"), _STORES),
+    State(FAUST, "faust.stores.rocksdb:Store", "_key_index", "__init__", _STORES),
+    State(FAUST, "faust.stores.base:Store", "table", "__init__", _STORES),
 )
 
 

@@ -51,6 +51,7 @@ async def kill9(
     session_timeout_s: float | None = None,
     experiment_every: int = 10,
     static: bool = False,
+    store: str = "memory",
 ) -> Report:
     """Kill the worker ``kills`` times while traffic flows; the report of what was counted.
 
@@ -64,7 +65,10 @@ async def kill9(
     that is never killed.
     """
     member = ", a static group member" if static else ""
-    report = Report(f"kill9: {kills} kills -9 of one worker (all stages{member}), seed {seed}")
+    tables = "" if store == "memory" else f", {store} tables"
+    report = Report(
+        f"kill9: {kills} kills -9 of one worker (all stages{member}{tables}), seed {seed}"
+    )
     rng = random.Random(seed)
     in_start = 0
     settings = settings_for(found)
@@ -78,7 +82,11 @@ async def kill9(
             workers(
                 found,
                 "kill9-static" if static else "kill9",
-                extra_env={**_session(session_timeout_s), **key_env},
+                extra_env={
+                    **_session(session_timeout_s),
+                    **key_env,
+                    "LEARNOPS_TABLE_STORE": store,
+                },
                 static=static,
             ) as group,
             executor(group, f"{prefix}Exp" if experiment_every else None),
@@ -158,6 +166,12 @@ def main() -> None:
         action="store_true",
         help="the worker joins as a static member (LEARNOPS_GROUP_INSTANCE_ID)",
     )
+    parser.add_argument(
+        "--store",
+        choices=["memory", "rocksdb"],
+        default="memory",
+        help="LEARNOPS_TABLE_STORE (rocksdb: each restart keeps its data directory)",
+    )
     args = parser.parse_args()
 
     async def scenario(found: Services, pool: Any) -> Report:
@@ -170,6 +184,7 @@ def main() -> None:
             tasks=args.tasks,
             every=args.every,
             static=args.static,
+            store=args.store,
         )
 
     run_script("kill9-static" if args.static else "kill9", scenario)

@@ -1,0 +1,100 @@
+"""agents/faust_internals/stores.py: RocksDB tables written from batch bodies and timers.
+
+The databases are stand-ins (rocksdict is an optional extra); what is checked is
+which partition's database a key is written to and read from.
+`python -m tests.faults.repartition --store rocksdb` runs the real store.
+"""
+
+from __future__ import annotations
+
+import weakref
+from types import SimpleNamespace
+from typing import Any
+
+import faust.streams
+import orjson
+import pytest
+
+from agents.faust_internals.stores import DoerStore
+from agents.tables import DoerPartitions
+
+
+class Database:
+    """A partition's database: the calls Faust's RocksDB store makes on rocksdict."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes | None] = {}
+
+    def put(self, key: bytes, value: bytes | None) -> None:
+        self.rows[key] = value
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.rows.get(key)
+
+    def key_may_exist(self, key: bytes) -> bool:
+        return key in self.rows
+
+
+class Event:
+    """The event in hand, as the store sees it: its message's partition."""
+
+    message = SimpleNamespace(partition=0)
+
+
+class Table:
+    def __init__(self) -> None:
+        self.partitions = DoerPartitions()
+
+    def partition_for_key(self, key: Any) -> int:
+        return self.partitions.of(key)
+
+
+@pytest.fixture
+def store() -> Any:
+    made: Any = object.__new__(DoerStore)  # no RocksDB behind it
+    made.table = Table()
+    made._dbs = {p: Database() for p in range(4)}
+    made._key_index = {}
+    made.use_rocksdict = True
+    return made
+
+
+def test_a_batch_write_goes_to_the_doers_partition_and_reads_back_from_anywhere(
+    store: Any,
+) -> None:
+    store.table.partitions.seen("PRDWriter", 2)
+    store.table.partitions.seen("Reviewer", 1)
+    day = orjson.dumps("PRDWriter/2026-12-06")
+    windowed = orjson.dumps(["Reviewer/plan", [0.0, 86399.9]])
+    store._set(day, b"1")  # no current event: Faust's store failed an assertion here
+    store._set(windowed, b"2")
+    assert store._dbs[2].rows == {day: b"1"}
+    assert store._dbs[1].rows == {windowed: b"2"}
+    store._key_index.clear()  # a restart: the index is empty, the databases are not
+    assert store._get(day) == b"1" and store._get(windowed) == b"2"
+    assert store._contains(day) and not store._contains(orjson.dumps("PRDWriter/other"))
+    assert store._get(orjson.dumps("PRDWriter/other")) is None
+
+
+def test_a_read_finds_the_key_while_another_doers_event_is_in_hand(store: Any) -> None:
+    store.table.partitions.seen("PRDWriter", 2)
+    day = orjson.dumps("PRDWriter/2026-12-06")
+    store._set(day, b"1")
+    # A batch body after iterating events: the last one (partition 0) is still current.
+    other = Event()
+    token = faust.streams._current_event.set(weakref.ref(other))  # type: ignore[arg-type]
+    try:
+        store.table.is_global = store.table.use_partitioner = False
+        assert faust.streams.current_event() is other
+        assert store._get(day) == b"1"  # Faust's store looked in partition 0's database
+        assert store._contains(day)
+    finally:
+        faust.streams._current_event.reset(token)
+
+
+def test_a_doer_no_event_placed_yet_is_an_error_not_a_write_to_a_guessed_partition(
+    store: Any,
+) -> None:
+    with pytest.raises(RuntimeError, match="no event of doer 'Nobody' seen yet"):
+        store._set(orjson.dumps("Nobody/x"), b"1")
+    assert all(not db.rows for db in store._dbs.values())
