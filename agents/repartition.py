@@ -1,41 +1,46 @@
-"""Move an app id's table state to a new partition count: ``learnops topics repartition``.
+"""Move table state to a new partition count: ``learnops topics repartition``.
 
 Each doer's table state lives in the changelog partition of the input partition
 its name hashes to. Raising the partition count moves most doers to other
 partitions, where none of their state is, so the count may only change with
 the state moved along (docs/operations.md, "Changing the partition count").
 
-What :func:`repartition` does, once :func:`plan_repartition` found nothing in
-the way (every check runs before anything changes):
+:func:`plan_repartition` checks everything and reads every changelog once;
+nothing changes unless all of it holds. :func:`repartition` then:
 
 1. grows the learning topics to topics.yaml's count;
-2. creates the changelogs of a **new app id** with the new count and the old
-   changelogs' configs, and copies each table's latest value per key into them, at
+2. creates each **new app id**'s changelogs with the new count and the old ones'
+   configs, and copies every record of the old changelogs there, in order, at
    the partition the key's doer now hashes to, with the record's timestamp (a
    windowed changelog's retention counts from it); values that name a source
    partition (``DoerTable.holds_partition``) are rewritten to the new one;
-3. commits the old group's offsets for the new group (the new app id), last:
-   their presence says the move finished.
+3. checks that nothing of the old app ids moved meanwhile, records their stage
+   sets for the new app ids, and commits the old groups' offsets for the new
+   groups, last: their presence says the move finished.
 
-A new app id, not the old one's changelogs rewritten in place: a tombstone left
-on a doer's old partition could be applied after its new value and delete it,
-and the old app id stays as it was, to go back to. Copying is idempotent (the
-latest value per key, written again, is the same value), so an interrupted run
-is run again and finishes; once the new group has offsets, the new app id is
-refused as used.
+A new app id, not the old changelogs rewritten in place: a tombstone left on a
+doer's old partition could be applied after its new value and delete it, and
+the old app id stays as it was. Every app id whose table state is kept at the
+old count moves in the same run: growing the topics moves its doers too. A run
+interrupted after the growth is run again with the same arguments: each key's
+records are copied again in their order, so its last record, the value the
+table recovers, is the same; once a new group has offsets, it is refused as
+used.
 
-What must hold first: no worker of the old app id is running, and no record of
-a doer that moves waits unprocessed on an old partition (it would be processed
-where that doer's state no longer is). Records of doers that stay may wait.
-Placement is Kafka's default partitioner (murmur2 of the key, the doer's name),
-which every Kafka client and ``learnops.client`` use.
+What must hold first: no worker of the old app ids runs, and no record of a doer
+that moves waits unprocessed on an old partition of a topic its stages read (it
+would be processed where that doer's state no longer is). Records of doers that
+keep their partition may wait. Placement is the producers' partitioner,
+``murmur2`` (Kafka's Java client, aiokafka, ``learnops.client``) or ``crc32``
+(librdkafka's ``consistent``); the plan refuses state it does not explain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,16 +66,27 @@ if TYPE_CHECKING:
 
 #: Unprocessed records read to find the waiting ones; more than this is "drain first".
 MAX_SCAN = 200_000
+#: A read that gets no record for this long while records remain is stuck.
+IDLE_S = 60.0
 #: Kafka's legal topic characters: an app id names the changelogs and the group.
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+#: How producers place a key: Kafka's default (murmur2) or librdkafka's ``consistent``.
+PARTITIONERS = ("murmur2", "crc32")
 
 
 class RepartitionError(ValueError):
-    """Why the state cannot be moved now, and what to do; nothing was changed."""
+    """Why the state cannot be moved, and what to do."""
 
 
-def partition_of(key: bytes, count: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` among ``count``."""
+def partition_of(key: bytes, count: int, partitioner: str = "murmur2") -> int:
+    """The partition ``partitioner`` gives ``key`` among ``count``.
+
+    murmur2: Kafka's default partitioner (``Utils.toPositive(murmur2(key)) %
+    count``, as aiokafka's DefaultPartitioner). crc32: librdkafka's
+    ``consistent`` partitioner (``rd_crc32(key) % count``).
+    """
+    if partitioner == "crc32":
+        return zlib.crc32(key) % count
     from aiokafka.partitioner import murmur2
 
     return (int(murmur2(key)) & 0x7FFFFFFF) % count
@@ -105,31 +121,43 @@ class Waiting:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What :func:`repartition` will do, checked against the cluster."""
+class Move:
+    """One app id's state and offsets, to a new app id."""
 
     from_app: str
     to_app: str
-    old_count: int
-    new_count: int
     #: (old changelog, new changelog, whether its values name a partition), by table.
     changelogs: tuple[tuple[str, str, bool], ...]
-    grow: tuple[str, ...]  # learning topics still below the new count
-    #: The old group's committed offsets on the learning topics, for the new group.
+    consumed: tuple[str, ...]  # the learning topics its stages read
+    stages: tuple[str, ...] | None  # its recorded stage set, for the new app id
+    #: Its committed offsets on the learning topics (old partitions), for the new group.
     offsets: Mapping[TopicPartition, int]
+    #: Its changelogs' end offsets when checked: what is copied.
+    ends: Mapping[TopicPartition, int]
     resumed: tuple[str, ...] = ()  # new changelogs an interrupted run created
     waiting_kept: int = 0  # unprocessed records of doers that keep their partition
+    records: int = 0  # changelog records checked
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`repartition` will do, checked against the cluster."""
+
+    old_count: int
+    new_count: int
+    partitioner: str
+    grow: tuple[str, ...]  # learning topics still below the new count
+    moves: tuple[Move, ...]
 
 
 @dataclass
 class Copied:
-    """One table's move: keys copied, and how many of them changed partition."""
+    """One changelog's copy: records written, and how many changed partition."""
 
     changelog: str
     to: str
-    keys: int = 0
+    records: int = 0
     moved: int = 0
-    deleted: int = 0  # keys whose last record was a tombstone: not copied
 
 
 @dataclass
@@ -147,54 +175,64 @@ def _changelog(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
+def _check_ids(moves: Mapping[str, str]) -> None:
+    if not moves:
+        raise RepartitionError("no app id to move")
+    for new in moves.values():
+        if not _APP_ID.match(new):
+            raise RepartitionError(
+                f"the new app id {new!r} may hold only letters, digits, '.', '_' and '-' "
+                "(it names Kafka topics and a consumer group)"
+            )
+    if set(moves) & set(moves.values()):
+        raise RepartitionError(
+            "a new app id must differ from every old one: the state is copied to the new "
+            "app id's changelogs, and the old app id stays as it was"
+        )
+    if len(set(moves.values())) != len(moves):
+        raise RepartitionError("two old app ids cannot move to one new app id")
+
+
 async def plan_repartition(
     settings: Settings,
     catalog: TopicCatalog,
     tables: Mapping[str, bool],
-    from_app: str,
-    to_app: str,
+    moves: Mapping[str, str],
+    consumed: Mapping[str, Collection[str]],
+    *,
+    stages: Mapping[str, tuple[str, ...] | None] | None = None,
+    partitioner: str = "murmur2",
 ) -> Plan:
-    """Check that ``from_app``'s state can move to ``to_app`` at topics.yaml's count.
+    """Check that each old app id's state in ``moves`` (old → new) can move to topics.yaml's count.
 
     ``tables`` maps every table name to whether its values name a partition
-    (``agents.app.state_tables``). Raises :class:`RepartitionError` naming what
-    is in the way.
+    (``agents.app.state_tables``); ``consumed`` gives the learning topics each old
+    app id's stages read; ``stages`` their recorded stage sets. Raises
+    :class:`RepartitionError` naming what is in the way; changes nothing.
     """
-    if not _APP_ID.match(to_app):
-        raise RepartitionError(
-            f"the new app id {to_app!r} may hold only letters, digits, '.', '_' and '-' "
-            "(it names Kafka topics and a consumer group)"
-        )
-    if to_app == from_app:
-        raise RepartitionError(
-            "the new app id must differ from the old one: the state is copied to the "
-            "new app id's changelogs, and the old app id stays to go back to"
-        )
+    _check_ids(moves)
+    if partitioner not in PARTITIONERS:
+        raise RepartitionError(f"unknown partitioner {partitioner!r}; known: murmur2, crc32")
     new_count = catalog.partitions
+    suffixes = {f"-{t}-changelog": t for t in tables}
     async with started(_admin(settings)) as admin:
         listed = set(await admin.list_topics())
-        old = {t: _changelog(from_app, t) for t in tables if _changelog(from_app, t) in listed}
-        if not old:
-            raise RepartitionError(
-                f"app id {from_app!r} has no table changelogs on this cluster: there is no "
-                "state to move (check --from-app-id)"
-            )
-        old_counts = await _partition_counts(admin, old.values())
-        counts = set(old_counts.values())
-        if len(counts) != 1:
+        old = {
+            app: {t: _changelog(app, t) for t in tables if _changelog(app, t) in listed}
+            for app in moves
+        }
+        for app, tables_found in old.items():
+            if not tables_found:
+                raise RepartitionError(
+                    f"app id {app!r} has no table changelogs on this cluster: there is no "
+                    "state to move (check the old app id)"
+                )
+        old_counts = await _partition_counts(admin, [n for t in old.values() for n in t.values()])
+        if len(set(old_counts.values())) != 1:
             found = ", ".join(f"{n} {c}" for n, c in sorted(old_counts.items()))
-            raise RepartitionError(f"the changelogs of {from_app!r} differ in count: {found}")
-        old_count = counts.pop()
-        if new_count == old_count:
-            raise RepartitionError(
-                f"topics.yaml gives {new_count} partitions, the count the state of "
-                f"{from_app!r} has: set the new count in topics.yaml (LEARNOPS_TOPICS_FILE) first"
-            )
-        if new_count < old_count:
-            raise RepartitionError(
-                f"topics.yaml gives {new_count} partitions, fewer than the {old_count} the "
-                "state has: Kafka cannot remove partitions"
-            )
+            raise RepartitionError(f"the old changelogs differ in partition count: {found}")
+        old_count = next(iter(old_counts.values()))
+        _check_counts(old_count, new_count)
         inputs = await _partition_counts(admin, set(catalog.topics) & listed)
         odd = {n: c for n, c in inputs.items() if c not in (old_count, new_count)}
         if odd:
@@ -203,70 +241,192 @@ async def plan_repartition(
                 f"learning topics with neither the state's {old_count} partitions nor "
                 f"topics.yaml's {new_count}: {found}"
             )
-        grow = tuple(sorted(n for n, c in inputs.items() if c < new_count))
-        new = {t: _changelog(to_app, t) for t in old}
-        existing = await _partition_counts(admin, set(new.values()) & listed)
+        await _no_other_state(admin, listed, suffixes, set(moves) | set(moves.values()), old_count)
+        new_names = [_changelog(moves[app], t) for app, kept in old.items() for t in kept]
+        existing = await _partition_counts(admin, set(new_names) & listed)
         wrong = {n: c for n, c in existing.items() if c != new_count}
         if wrong:
             found = ", ".join(f"{n} {c}" for n, c in sorted(wrong.items()))
             raise RepartitionError(
-                f"app id {to_app!r} already has changelogs of another count ({found}): "
+                f"a new app id already has changelogs of another count ({found}): "
                 "choose another new app id"
             )
-        await _no_members(admin, from_app, "stop every worker of it first")
-        await _no_members(admin, to_app, "it is in use: choose another new app id")
-        if await admin.list_consumer_group_offsets(to_app):
-            raise RepartitionError(
-                f"app id {to_app!r} has committed offsets: it has been used (a finished "
-                "move, or workers ran under it); choose another new app id"
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for app, new in moves.items():
+            await _no_members(admin, app, "stop every worker of it first")
+            await _no_members(admin, new, "it is in use: choose another new app id")
+            if await admin.list_consumer_group_offsets(new):
+                raise RepartitionError(
+                    f"app id {new!r} has committed offsets: it has been used (a finished "
+                    "move, or workers ran under it); choose another new app id"
+                )
+            committed[app] = await _committed(admin, app, catalog, old_count)
+    planned = []
+    for app, new in moves.items():
+        topics = tuple(sorted(set(consumed[app]) & set(catalog.topics)))
+        kept = await _check_waiting(
+            settings, topics, committed[app], old_count, new_count, partitioner
+        )
+        ends, records = await _check_changelogs(settings, old[app], tables, old_count, partitioner)
+        planned.append(
+            Move(
+                from_app=app,
+                to_app=new,
+                changelogs=tuple(
+                    (old[app][t], _changelog(new, t), tables[t]) for t in sorted(old[app])
+                ),
+                consumed=topics,
+                stages=(stages or {}).get(app),
+                offsets=committed[app],
+                ends=ends,
+                resumed=tuple(sorted(n for n in existing if n.startswith(f"{new}-"))),
+                waiting_kept=kept,
+                records=records,
             )
-        committed = {
-            tp: meta.offset
-            for tp, meta in (await admin.list_consumer_group_offsets(from_app)).items()
-            if tp.topic in catalog.topics and tp.partition < old_count and meta.offset >= 0
-        }
-    kept = await _check_waiting(settings, committed, old_count, new_count)
+        )
     return Plan(
-        from_app=from_app,
-        to_app=to_app,
         old_count=old_count,
         new_count=new_count,
-        changelogs=tuple((old[t], new[t], tables[t]) for t in sorted(old)),
-        grow=grow,
-        offsets=committed,
-        resumed=tuple(sorted(existing)),
-        waiting_kept=kept,
+        partitioner=partitioner,
+        grow=tuple(sorted(n for n, c in inputs.items() if c < new_count)),
+        moves=tuple(planned),
     )
 
 
+def _check_counts(old_count: int, new_count: int) -> None:
+    if new_count == old_count:
+        raise RepartitionError(
+            f"topics.yaml gives {new_count} partitions, the count the state has: set the "
+            "new count in topics.yaml (LEARNOPS_TOPICS_FILE) first"
+        )
+    if new_count < old_count:
+        raise RepartitionError(
+            f"topics.yaml gives {new_count} partitions, fewer than the {old_count} the state "
+            "has: Kafka cannot remove partitions"
+        )
+
+
+async def _no_other_state(
+    admin: AIOKafkaAdminClient,
+    listed: set[str],
+    suffixes: Mapping[str, str],
+    named: set[str],
+    old_count: int,
+) -> None:
+    """Refuse when an app id not named keeps table state at the old count: growth moves it."""
+    others: dict[str, str] = {}
+    for name in sorted(listed):
+        for suffix in suffixes:
+            app = name.removesuffix(suffix)
+            if app != name and app not in named:
+                others.setdefault(app, name)
+    if not others:
+        return
+    counts = await _partition_counts(admin, others.values())
+    stranded = sorted(app for app, name in others.items() if counts.get(name) == old_count)
+    if stranded:
+        shown = ", ".join(f"{app} ({others[app]})" for app in stranded[:5])
+        raise RepartitionError(
+            f"app id(s) {shown} also keep table state at {old_count} partitions: growing the "
+            "topics would move their doers too. Move them in the same run (--move "
+            "<old app id>=<new app id>), or, if nothing runs under them any more, delete "
+            "their changelogs first"
+        )
+
+
 async def _no_members(admin: AIOKafkaAdminClient, group: str, then: str) -> None:
+    from aiokafka.errors import for_code
+
     for response in await admin.describe_consumer_groups([group]):
         for described in response.to_object()["groups"]:
+            code = described.get("error_code", 0)
+            if code:
+                raise RepartitionError(
+                    f"consumer group {group!r} could not be described: "
+                    f"{for_code(code).__name__} (the admin needs Describe on the group)"
+                )
             members = described.get("members") or []
             if members:
                 hosts = sorted({str(m.get("client_host", "?")) for m in members})
                 raise RepartitionError(
                     f"consumer group {group!r} has {len(members)} member(s) "
-                    f"({', '.join(hosts)}): {then}"
+                    f"({', '.join(hosts)}): {then}. A static member "
+                    "(LEARNOPS_GROUP_INSTANCE_ID) stays one for its session timeout after "
+                    "it stops (LEARNOPS_SESSION_TIMEOUT_S)"
                 )
 
 
+async def _committed(
+    admin: AIOKafkaAdminClient, group: str, catalog: TopicCatalog, old_count: int
+) -> dict[TopicPartition, int]:
+    committed = {
+        tp: meta.offset
+        for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
+        if tp.topic in catalog.topics and tp.partition < old_count and meta.offset >= 0
+    }
+    if not committed:
+        raise RepartitionError(
+            f"app id {group!r} has no committed offsets on the learning topics: its workers "
+            "never committed, or the offsets expired (offsets.retention.minutes); the new "
+            "app id would read every topic from its start. Run its workers until they catch "
+            "up, stop them, and run this again"
+        )
+    return committed
+
+
+async def _records(
+    consumer: Any, tp: TopicPartition, start: int, end: int
+) -> AsyncIterator[list[Any]]:
+    """Batches of ``tp``'s records from ``start`` up to ``end`` (exclusive), as they arrive."""
+    consumer.seek(tp, start)
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while await consumer.position(tp) < end:
+        batch = [
+            r
+            for r in (await consumer.getmany(tp, timeout_ms=500, max_records=10_000)).get(tp, [])
+            if r.offset < end
+        ]
+        if batch:
+            quiet_since = loop.time()
+            yield batch
+        elif loop.time() - quiet_since > IDLE_S:
+            raise RepartitionError(
+                f"{tp.topic}[{tp.partition}] gave no record for {IDLE_S:.0f} s before "
+                f"offset {end}; is the broker up?"
+            )
+
+
+def _consumer(settings: Settings) -> Any:
+    from aiokafka import AIOKafkaConsumer
+
+    # "earliest": an offset deleted by retention under the read resumes at the log's
+    # start, never silently at its end.
+    return AIOKafkaConsumer(
+        enable_auto_commit=False, auto_offset_reset="earliest", **settings.kafka_connection()
+    )
+
+
 async def _check_waiting(
-    settings: Settings, committed: Mapping[TopicPartition, int], old_count: int, new_count: int
+    settings: Settings,
+    topics: tuple[str, ...],
+    committed: Mapping[TopicPartition, int],
+    old_count: int,
+    new_count: int,
+    partitioner: str,
 ) -> int:
     """Raise if a moving doer's record waits unprocessed; the number of others that wait."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    topics = sorted({tp.topic for tp in committed})
     if not topics:
         return 0
     tps = [TopicPartition(t, p) for t in topics for p in range(old_count)]
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.kafka_connection())
-    async with started(consumer):
+    async with started(_consumer(settings)) as consumer:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         firsts = await consumer.beginning_offsets(tps)
-        starts = {tp: committed.get(tp, firsts[tp]) for tp in tps}
+        # A partition never committed is read from its start by the new group too.
+        starts = {tp: max(committed.get(tp, firsts[tp]), firsts[tp]) for tp in tps}
         behind = {tp: ends[tp] - starts[tp] for tp in tps if ends[tp] > starts[tp]}
         total = sum(behind.values())
         if total > MAX_SCAN:
@@ -278,81 +438,119 @@ async def _check_waiting(
         waiting: list[Waiting] = []
         kept = 0
         for tp in sorted(behind):
-            consumer.seek(tp, starts[tp])
-            for record in await _read_to(consumer, tp, ends[tp]):
-                if record.key is not None and partition_of(record.key, new_count) != tp.partition:
-                    doer = record.key.decode("utf-8", "replace")
-                    waiting.append(Waiting(tp.topic, tp.partition, record.offset, doer))
-                else:
-                    kept += 1
+            async for batch in _records(consumer, tp, starts[tp], ends[tp]):
+                for record in batch:
+                    key = record.key
+                    if (
+                        key is not None
+                        and partition_of(key, new_count, partitioner) != tp.partition
+                    ):
+                        doer = key.decode("utf-8", "replace")
+                        waiting.append(Waiting(tp.topic, tp.partition, record.offset, doer))
+                    else:
+                        kept += 1
     if waiting:
         first = waiting[0]
         raise RepartitionError(
             f"{len(waiting)} record(s) of doers that move wait unprocessed on their old "
             f"partitions (first: {first.topic}[{first.partition}] offset {first.offset}, doer "
             f"{first.doer!r}): they would be processed where those doers' state no longer is. "
-            "Start the workers of the old app id with topics.yaml at the old count, let them "
-            "catch up with the orchestrator paused, stop them, and run this again"
+            "If the topics are not grown yet: start the workers of the old app id, let them "
+            "catch up with the orchestrator paused, stop them, and run this again. If they "
+            "are (a producer kept publishing with the old count), those records cannot be "
+            "placed: docs/operations.md, 'Changing the partition count'"
         )
     return kept
 
 
-async def _read_to(
-    consumer: Any, tp: TopicPartition, end: int, timeout_s: float = 60.0
-) -> list[Any]:
-    """Every record of ``tp`` from the consumer's position up to ``end`` (exclusive)."""
-    records: list[Any] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while await consumer.position(tp) < end:
-        if loop.time() > deadline:
-            raise RepartitionError(
-                f"{tp.topic}[{tp.partition}] not read up to offset {end} in {timeout_s:.0f} s"
-            )
-        batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
-        records.extend(r for r in batch.get(tp, []) if r.offset < end)
-    return records
+async def _check_changelogs(
+    settings: Settings,
+    changelogs: Mapping[str, str],
+    tables: Mapping[str, bool],
+    old_count: int,
+    partitioner: str,
+) -> tuple[dict[TopicPartition, int], int]:
+    """Read every record of the changelogs: each must name a doer placed where it is.
+
+    Returns the changelogs' end offsets (what will be copied) and the records read.
+    """
+    from aiokafka import TopicPartition
+
+    tps = [TopicPartition(name, p) for name in changelogs.values() for p in range(old_count)]
+    holds = {changelogs[t] for t in changelogs if tables[t]}
+    read = 0
+    async with started(_consumer(settings)) as consumer:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        firsts = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            async for batch in _records(consumer, tp, firsts[tp], ends[tp]):
+                for record in batch:
+                    _check_record(record, tp, tp.topic in holds, old_count, partitioner)
+                read += len(batch)
+    return dict(ends), read
 
 
-async def repartition(settings: Settings, catalog: TopicCatalog, plan: Plan) -> Report:
-    """Grow the topics, copy the state to the new app id, commit its offsets (module doc)."""
+def _check_record(
+    record: Any, tp: TopicPartition, holds_partition: bool, count: int, partitioner: str
+) -> None:
+    where = f"{tp.topic}[{tp.partition}] offset {record.offset}"
+    try:
+        doer = doer_of_record(record.key)
+        if holds_partition and record.value is not None:
+            moved_value(record.value, 0)
+    except ValueError as exc:
+        raise RepartitionError(f"{where}: {exc}") from None
+    placed = partition_of(doer.encode(), count, partitioner)
+    if placed != tp.partition:
+        other = next(p for p in PARTITIONERS if p != partitioner)
+        hint = (
+            f"; the {other} partitioner explains it: --partitioner {other}"
+            if partition_of(doer.encode(), count, other) == tp.partition
+            else ""
+        )
+        raise RepartitionError(
+            f"{where}: doer {doer!r}'s state is on partition {tp.partition}, where the "
+            f"{partitioner} partitioner puts it on {placed}: its producers place it "
+            f"another way, and the move would put it where they do not{hint}"
+        )
+
+
+async def repartition(
+    settings: Settings,
+    catalog: TopicCatalog,
+    plan: Plan,
+    *,
+    record_stages: Callable[[Move], Awaitable[None]] | None = None,
+) -> Report:
+    """Grow the topics, copy the state to the new app ids, commit their offsets (module doc).
+
+    ``record_stages`` records a move's stage set for its new app id (PostgreSQL's
+    ``worker_stage_sets``), before the offsets that say the move is done.
+    """
     report = Report(plan)
     async with started(_admin(settings)) as admin:
         if plan.grow:
             await _ensure(admin, catalog, with_state=True)
             report.grown = list(plan.grow)
-        report.created = await _create_changelogs(admin, plan)
-    for old, new, holds_partition in plan.changelogs:
-        report.copied.append(
-            await _copy(settings, old, new, plan.old_count, plan.new_count, holds_partition)
-        )
-    await _unmoved(settings, plan)
-    report.offsets = await _commit_offsets(settings, plan)
+        for move in plan.moves:
+            report.created += await _create_changelogs(admin, move, plan.new_count)
+    for move in plan.moves:
+        for old, new, holds_partition in move.changelogs:
+            report.copied.append(await _copy(settings, plan, move, old, new, holds_partition))
+    for move in plan.moves:
+        await _unmoved(settings, plan, move)
+    for move in plan.moves:
+        if record_stages is not None and move.stages is not None:
+            await record_stages(move)
+        report.offsets += await _commit_offsets(settings, move)
     return report
 
 
-async def _unmoved(settings: Settings, plan: Plan) -> None:
-    """Raise if a worker of the old app id ran while the state was copied (offsets not given)."""
-    async with started(_admin(settings)) as admin:
-        await _no_members(admin, plan.from_app, "a worker started during the move")
-        topics = {tp.topic for tp in plan.offsets}
-        now = {
-            tp: meta.offset
-            for tp, meta in (await admin.list_consumer_group_offsets(plan.from_app)).items()
-            if tp.topic in topics and tp.partition < plan.old_count
-        }
-    if now != dict(plan.offsets):
-        raise RepartitionError(
-            f"the old app id {plan.from_app!r} committed offsets during the move (a worker "
-            "ran): the copy may lack its last changes. Stop it and run this again (the "
-            "new app id was given no offsets)"
-        )
-
-
-async def _create_changelogs(admin: AIOKafkaAdminClient, plan: Plan) -> list[str]:
+async def _create_changelogs(admin: AIOKafkaAdminClient, move: Move, count: int) -> list[str]:
     from aiokafka.admin import NewTopic
 
-    missing = [(old, new) for old, new, _ in plan.changelogs if new not in plan.resumed]
+    missing = [(old, new) for old, new, _ in move.changelogs if new not in move.resumed]
     if not missing:
         return []
     states = await _describe(admin, [old for old, _ in missing])
@@ -360,7 +558,7 @@ async def _create_changelogs(admin: AIOKafkaAdminClient, plan: Plan) -> list[str
         [
             NewTopic(
                 name=new,
-                num_partitions=plan.new_count,
+                num_partitions=count,
                 replication_factor=states[old].replication_factor,
                 topic_configs=dict(states[old].configs),
             )
@@ -374,78 +572,85 @@ async def _create_changelogs(admin: AIOKafkaAdminClient, plan: Plan) -> list[str
 
 
 async def _copy(
-    settings: Settings,
-    old: str,
-    new: str,
-    old_count: int,
-    new_count: int,
-    holds_partition: bool,
+    settings: Settings, plan: Plan, move: Move, old: str, new: str, holds_partition: bool
 ) -> Copied:
-    """Each key's latest record of ``old``, written to ``new`` at its doer's new partition."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    """Every record of ``old`` up to the planned end, in order, to ``new`` at its doer's
+    partition."""
+    from aiokafka import TopicPartition
 
-    tps = [TopicPartition(old, p) for p in range(old_count)]
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.kafka_connection())
-    latest: dict[bytes, tuple[int, Any]] = {}  # key -> (old partition, record)
-    async with started(consumer):
+    copied = Copied(old, new)
+    producer = settings.kafka_producer(enable_idempotence=True, linger_ms=20)
+    async with started(_consumer(settings)) as consumer, started(producer):
+        tps = [TopicPartition(old, p) for p in range(plan.old_count)]
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
         firsts = await consumer.beginning_offsets(tps)
         for tp in tps:
-            consumer.seek(tp, firsts[tp])
-            for record in await _read_to(consumer, tp, ends[tp]):
-                seen = latest.get(record.key)
-                if seen is not None and seen[0] != tp.partition:
-                    raise RepartitionError(
-                        f"{old}: key {record.key[:80]!r} is on partitions {seen[0]} and "
-                        f"{tp.partition}; a doer's state must be on one (was a doer's input "
-                        "placed by another partitioner?)"
+            sends = []
+            async for batch in _records(consumer, tp, firsts[tp], move.ends[tp]):
+                for record in batch:
+                    doer = doer_of_record(record.key).encode()
+                    partition = partition_of(doer, plan.new_count, plan.partitioner)
+                    value = record.value
+                    if holds_partition and value is not None:
+                        value = moved_value(value, partition)
+                    sends.append(
+                        await producer.send(
+                            new,
+                            value=value,
+                            key=record.key,
+                            partition=partition,
+                            timestamp_ms=record.timestamp,
+                            headers=list(record.headers or ()),
+                        )
                     )
-                latest[record.key] = (tp.partition, record)
-    copied = Copied(old, new)
-    # Everything is decoded before anything is written: a key with no doer stops the
-    # copy of this table with nothing of it written.
-    placed: list[tuple[int, Any, bytes]] = []
-    for key, (was, record) in latest.items():
-        if record.value is None:
-            copied.deleted += 1
-            continue
-        try:
-            partition = partition_of(doer_of_record(key).encode(), new_count)
-            value = moved_value(record.value, partition) if holds_partition else record.value
-        except ValueError as exc:
-            raise RepartitionError(f"{old}[{was}] offset {record.offset}: {exc}") from None
-        placed.append((partition, record, value))
-        copied.moved += partition != was
-    producer = settings.kafka_producer(enable_idempotence=True, linger_ms=20)
-    async with started(producer):
-        sends = [
-            await producer.send(
-                new,
-                value=value,
-                key=record.key,
-                partition=partition,
-                timestamp_ms=record.timestamp,
-                headers=list(record.headers or ()),
-            )
-            for partition, record, value in placed
-        ]
-        for sent in sends:
-            await sent  # every record acknowledged before the offsets say "done"
-    copied.keys = len(placed)
+                    copied.moved += partition != tp.partition
+                copied.records += len(batch)
+                # Acknowledged batch by batch: a large changelog is never held whole.
+                await asyncio.gather(*sends)
+                sends.clear()
     return copied
 
 
-async def _commit_offsets(settings: Settings, plan: Plan) -> int:
+async def _unmoved(settings: Settings, plan: Plan, move: Move) -> None:
+    """Raise if a worker of the old app id ran, or input came, while the state was copied."""
+    from aiokafka import TopicPartition
+
+    after = "The topics are grown and the new app id has no offsets: stop it, run this again"
+    async with started(_admin(settings)) as admin:
+        await _no_members(admin, move.from_app, f"a worker started during the move. {after}")
+        topics = {tp.topic for tp in move.offsets}
+        now = {
+            tp: meta.offset
+            for tp, meta in (await admin.list_consumer_group_offsets(move.from_app)).items()
+            if tp.topic in topics and tp.partition < plan.old_count
+        }
+    if now != dict(move.offsets):
+        raise RepartitionError(
+            f"the old app id {move.from_app!r} committed offsets during the move (a worker "
+            f"ran): the copy may lack its last changes. {after}"
+        )
+    async with started(_consumer(settings)) as consumer:
+        tps = [
+            TopicPartition(old, p) for old, _, _ in move.changelogs for p in range(plan.old_count)
+        ]
+        ends = await consumer.end_offsets(tps)
+    if ends != dict(move.ends):
+        raise RepartitionError(
+            f"the changelogs of {move.from_app!r} grew during the move (a worker ran): {after}"
+        )
+    await _check_waiting(
+        settings, move.consumed, move.offsets, plan.old_count, plan.new_count, plan.partitioner
+    )
+
+
+async def _commit_offsets(settings: Settings, move: Move) -> int:
     """Commit the old group's offsets for the new group; partitions it never read start at 0."""
     from aiokafka import AIOKafkaConsumer
 
-    if not plan.offsets:
-        return 0
     consumer = AIOKafkaConsumer(
-        group_id=plan.to_app, enable_auto_commit=False, **settings.kafka_connection()
+        group_id=move.to_app, enable_auto_commit=False, **settings.kafka_connection()
     )
     async with started(consumer):
-        consumer.assign(list(plan.offsets))
-        await consumer.commit(dict(plan.offsets))
-    return len(plan.offsets)
+        consumer.assign(list(move.offsets))
+        await consumer.commit(dict(move.offsets))
+    return len(move.offsets)

@@ -47,3 +47,14 @@ async def claim_stage_set(
             host,
         )
     return None
+
+
+async def stage_set_of(conn: Any, app_id: str) -> StageSet | None:
+    """The stage set recorded for ``app_id``, or None if no worker recorded one."""
+    row = await conn.fetchrow(
+        "SELECT app_id, stages, host, recorded_at FROM worker_stage_sets WHERE app_id = $1",
+        app_id,
+    )
+    if row is None:
+        return None
+    return StageSet(row["app_id"], tuple(row["stages"]), row["host"], row["recorded_at"])

@@ -530,77 +530,158 @@ async def topics_create(
     click.option(
         "--to-app-id",
         "to_app",
-        required=True,
+        default=None,
         help="The app id the workers will run under: its changelogs get the moved state.",
     ),
     click.option(
         "--from-app-id",
         "from_app",
         default=None,
-        help="The app id whose state moves (default: LEARNOPS_APP_ID).",
+        help="The app id whose state moves to --to-app-id (default: LEARNOPS_APP_ID).",
+    ),
+    click.option(
+        "--move",
+        "more",
+        multiple=True,
+        metavar="OLD=NEW",
+        help="Another app id to move in the same run (stages split over app ids); repeatable.",
+    ),
+    click.option(
+        "--partitioner",
+        type=click.Choice(["murmur2", "crc32"]),
+        default="murmur2",
+        show_default=True,
+        help="How the producers place doers: Kafka's default, or librdkafka's 'consistent'.",
     ),
     click.option("--dry-run", is_flag=True, help="Check and show the plan; change nothing."),
     json_option,
 )
 async def topics_repartition(
-    ctx: CommandContext, to_app: str, from_app: str | None, dry_run: bool, as_json: bool
+    ctx: CommandContext,
+    to_app: str | None,
+    from_app: str | None,
+    more: tuple[str, ...],
+    partitioner: str,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
-    """Grow the topics to topics.yaml's count and move the tables' state to a new app id.
+    """Grow the topics to topics.yaml's count and move the tables' state to new app ids.
 
-    Stop every worker of the old app id first. Then start the workers with
+    Stop every worker of the old app ids first. Then start the workers with
     LEARNOPS_APP_ID set to the new one (docs/operations.md, "Changing the
     partition count").
     """
-    from agents.app import state_tables
-    from agents.repartition import RepartitionError, plan_repartition, repartition
+    from agents.app import consumed_topics, state_tables
+    from agents.repartition import Move, RepartitionError, plan_repartition, repartition
     from agents.topics import TopicCatalogError
+    from storage.stage_sets import claim_stage_set, stage_set_of
 
     settings = ctx.settings
-    source = from_app or settings.learnops_app_id
+    moves = _moves(settings.learnops_app_id, from_app, to_app, more)
+    async with database(ctx) as pool:
+        recorded = {}
+        for app in moves:
+            async with pool.acquire() as conn:
+                found = await stage_set_of(conn, app)
+            recorded[app] = None if found is None else found.stages
+    consumed = {app: consumed_topics(settings, stages) for app, stages in recorded.items()}
+
+    async def record_stages(move: Move) -> None:
+        import socket
+
+        async with database(ctx) as pool, pool.acquire() as conn:
+            assert move.stages is not None
+            await claim_stage_set(
+                conn, move.to_app, move.stages, socket.gethostname(), restage=True
+            )
+
+    catalog = ctx.catalog
     try:
-        catalog = ctx.catalog
-        plan = await plan_repartition(settings, catalog, state_tables(settings), source, to_app)
-        report = None if dry_run else await repartition(settings, catalog, plan)
+        plan = await plan_repartition(
+            settings,
+            catalog,
+            state_tables(settings),
+            moves,
+            consumed,
+            stages=recorded,
+            partitioner=partitioner,
+        )
     except (RepartitionError, TopicCatalogError) as exc:
         fail(str(exc))
+    report = None
+    if not dry_run:
+        try:
+            report = await repartition(settings, catalog, plan, record_stages=record_stages)
+        except (RepartitionError, TopicCatalogError) as exc:
+            fail(f"{exc} (the move did not finish; run this command again to finish it)")
     summary = {
-        "from_app_id": plan.from_app,
-        "to_app_id": plan.to_app,
         "partitions": {"from": plan.old_count, "to": plan.new_count},
+        "partitioner": plan.partitioner,
         "grow": list(plan.grow),
-        "changelogs": [{"from": old, "to": new} for old, new, _ in plan.changelogs],
-        "offsets": len(plan.offsets),
-        "resumed": list(plan.resumed),
-        "waiting_records_kept_in_place": plan.waiting_kept,
+        "moves": [
+            {
+                "from_app_id": m.from_app,
+                "to_app_id": m.to_app,
+                "changelogs": [{"from": old, "to": new} for old, new, _ in m.changelogs],
+                "records": m.records,
+                "offsets": len(m.offsets),
+                "consumed": list(m.consumed),
+                "resumed": list(m.resumed),
+                "waiting_records_kept_in_place": m.waiting_kept,
+            }
+            for m in plan.moves
+        ],
         "done": report is not None,
         "copied": [
-            {"changelog": c.to, "keys": c.keys, "moved": c.moved, "deleted": c.deleted}
+            {"changelog": c.to, "records": c.records, "moved": c.moved}
             for c in (report.copied if report else [])
         ],
     }
     if as_json:
         ctx.say(dumps(summary))
         return
-    ctx.say(
-        f"{plan.from_app} → {plan.to_app}: {plan.old_count} → {plan.new_count} partitions, "
-        f"{len(plan.changelogs)} changelogs, {len(plan.offsets)} committed offsets"
-        + (f"; resuming ({len(plan.resumed)} changelogs exist)" if plan.resumed else "")
-    )
+    for m in plan.moves:
+        ctx.say(
+            f"{m.from_app} → {m.to_app}: {plan.old_count} → {plan.new_count} partitions, "
+            f"{len(m.changelogs)} changelogs ({m.records} records), {len(m.offsets)} "
+            "committed offsets"
+            + (f"; resuming ({len(m.resumed)} changelogs exist)" if m.resumed else "")
+        )
     if report is None:
-        grow = ", ".join(plan.grow) or "none (already grown)"
-        ctx.say(f"would grow: {grow}")
+        ctx.say(f"would grow: {', '.join(plan.grow) or 'none (already grown)'}")
         ctx.say("dry run: nothing changed")
         return
     for copied in report.copied:
         ctx.say(
-            f"copied    {copied.to}  ({copied.keys} keys, {copied.moved} moved partition, "
-            f"{copied.deleted} deleted left out)"
+            f"copied    {copied.to}  ({copied.records} records, {copied.moved} moved partition)"
         )
+    apps = ", ".join(m.to_app for m in plan.moves)
     ctx.say(
-        f"done: start the workers with LEARNOPS_APP_ID={plan.to_app}, and make sure every "
-        "producer of the learning topics knows the new count (restart it, or wait its "
+        f"done: start the workers with LEARNOPS_APP_ID={apps}, and make sure every producer "
+        "of the learning topics knows the new count (restart it, or wait its "
         "metadata.max.age.ms, 5 min by default) before it publishes again"
     )
+
+
+def _moves(
+    default: str, from_app: str | None, to_app: str | None, more: tuple[str, ...]
+) -> dict[str, str]:
+    """Old app id → new app id, from the options (a usage error when none or malformed)."""
+    moves: dict[str, str] = {}
+    if to_app is not None:
+        moves[from_app or default] = to_app
+    elif from_app is not None:
+        raise click.UsageError("--from-app-id needs --to-app-id")
+    for pair in more:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise click.UsageError(f"--move {pair!r}: give OLD=NEW")
+        if old in moves:
+            raise click.UsageError(f"app id {old!r} is moved twice")
+        moves[old] = new
+    if not moves:
+        raise click.UsageError("give --to-app-id NEW (and --move OLD=NEW for more app ids)")
+    return moves
 
 
 @command(topics, "describe", json_option)

@@ -1,6 +1,6 @@
 """Raise the partition count from 4 to 8 under live traffic: every count and decision carries over.
 
-    python -m tests.faults.repartition [--seconds 25]
+    python -m tests.faults.repartition [--seconds 25] [--store rocksdb]
 
 One worker runs every stage under the fault traffic (plain doers on every one
 of the 8 partitions-to-be, two canaries, a bandit doer, experiments). The
@@ -52,7 +52,13 @@ async def _half(traffic: Traffic, seconds: float, *, bundles: int, tasks: int) -
 
 
 async def repartition(
-    found: Services, pool: Any, *, seconds: float = 25.0, bundles: int = 3, tasks: int = 1
+    found: Services,
+    pool: Any,
+    *,
+    seconds: float = 25.0,
+    bundles: int = 3,
+    tasks: int = 1,
+    store: str = "memory",
 ) -> Report:
     """One worker at 4 partitions, the move, two workers at 8; the usual checks at the end."""
     report = Report(
@@ -67,6 +73,8 @@ async def repartition(
             Router(**settings.kafka_connection(), allow_unverified=True) as router,
             workers(found, "repartition") as group,
         ):
+            # Slot a keeps its data directory across the move, as a host would.
+            group.extra_env["LEARNOPS_TABLE_STORE"] = store
             await group.start("a")
             traffic = Traffic(pool, producer, router, per_partition=1, partitions=NEW)
             await traffic.setup()
@@ -132,10 +140,13 @@ def moved_lines(output: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=25.0, help="traffic before and after")
+    parser.add_argument(
+        "--store", choices=["memory", "rocksdb"], default="memory", help="LEARNOPS_TABLE_STORE"
+    )
     args = parser.parse_args()
 
     async def scenario(found: Services, pool: Any) -> Report:
-        return await repartition(found, pool, seconds=args.seconds)
+        return await repartition(found, pool, seconds=args.seconds, store=args.store)
 
     run_script("repartition", scenario)
 

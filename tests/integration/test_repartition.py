@@ -30,6 +30,7 @@ from agents.topics import (
     TopicCatalog,
     TopicSpec,
     _admin,
+    _partition_counts,
     describe,
     ensure,
     read_from_start,
@@ -38,7 +39,9 @@ from agents.topics import (
 from tests.services import run_learnops
 
 OLD, NEW = 2, 4
-TABLES = {"daily": False, "doers": True}  # the second's values name a partition
+#: Table names, each with the test's tag (a plan looks for every app id's state by the
+#: tables' names: another test's leftovers must not be in it); "doers" names a partition.
+TABLES = {"daily": False, "doers": True}
 
 
 def _catalog(names: list[str], partitions: int) -> TopicCatalog:
@@ -64,13 +67,18 @@ class Cluster:
     old_app: str
     new_app: str
     doers: list[str]
+    tag: str
 
     @property
     def wider(self) -> TopicCatalog:
         return _catalog(self.inputs, NEW)
 
+    @property
+    def tables(self) -> dict[str, bool]:
+        return {f"{name}{self.tag}": holds for name, holds in TABLES.items()}
+
     def changelog(self, app: str, table: str) -> str:
-        return f"{app}-{table}-changelog"
+        return f"{app}-{table}{self.tag}-changelog"
 
     def moving(self) -> list[str]:
         return [
@@ -83,9 +91,24 @@ class Cluster:
     async def send(self, topic: str, key: bytes, value: bytes | None, partition: int) -> Any:
         return await (await self.producer.send(topic, key=key, value=value, partition=partition))
 
-    async def commit_all(self) -> dict[TopicPartition, int]:
-        """The old group's offsets at every input partition's end: nothing waits."""
-        consumer = AIOKafkaConsumer(group_id=self.old_app, **self.settings.kafka_connection())
+    async def plan(self, catalog: TopicCatalog | None = None, **moves: str) -> Any:
+        """The plan of moving the old app id (or ``moves``, old=new) to ``catalog``'s count."""
+        moves = moves or {self.old_app: self.new_app}
+        return await plan_repartition(
+            self.settings,
+            catalog or self.wider,
+            self.tables,
+            moves,
+            {app: self.inputs for app in moves},
+        )
+
+    async def commit_all(self, group: str | None = None) -> dict[TopicPartition, int]:
+        """The old group's (or ``group``'s) offsets at every input partition's end."""
+        consumer = AIOKafkaConsumer(
+            group_id=group or self.old_app,
+            enable_auto_commit=False,  # its own commit at stop would race the one here
+            **self.settings.kafka_connection(),
+        )
         async with started(consumer):
             tps = [TopicPartition(t, p) for t in self.inputs for p in range(OLD)]
             consumer.assign(tps)
@@ -111,14 +134,14 @@ async def cluster(settings: Any) -> AsyncIterator[Cluster]:
                 value="v",
                 configs=compacted,
             )
-            for name in (f"{old_app}-{t}-changelog" for t in TABLES)
+            for name in (f"{old_app}-{t}{tag}-changelog" for t in TABLES)
         }
     )
     await ensure(settings, changelogs)
     producer = AIOKafkaProducer(**settings.kafka_connection())
     async with started(producer):
         yield Cluster(
-            settings, producer, inputs, old_app, new_app, [f"doer-{i}" for i in range(24)]
+            settings, producer, inputs, old_app, new_app, [f"doer-{i}" for i in range(24)], tag
         )
 
 
@@ -160,6 +183,17 @@ async def _state(cluster: Cluster) -> dict[str, dict[bytes, tuple[int, bytes | N
     return expected
 
 
+def _latest(records: list[Any]) -> dict[bytes, tuple[int, bytes | None, int]]:
+    """Each key's last record (what a table recovers), tombstoned keys left out."""
+    latest: dict[bytes, tuple[int, bytes | None, int]] = {}
+    for r in records:
+        if r.value is None:
+            latest.pop(r.key, None)
+        else:
+            latest[r.key] = (r.partition, r.value, r.timestamp)
+    return latest
+
+
 async def test_the_state_moves_to_each_doers_new_partition_and_the_offsets_follow(
     cluster: Cluster,
 ) -> None:
@@ -167,12 +201,12 @@ async def test_the_state_moves_to_each_doers_new_partition_and_the_offsets_follo
     committed = await cluster.commit_all()
     assert cluster.moving() and cluster.staying(), "the doers must include both kinds"
 
-    plan = await plan_repartition(
-        cluster.settings, cluster.wider, TABLES, cluster.old_app, cluster.new_app
-    )
+    plan = await cluster.plan()
     assert (plan.old_count, plan.new_count) == (OLD, NEW)
     assert sorted(plan.grow) == sorted(cluster.inputs)
-    assert dict(plan.offsets) == committed
+    (move,) = plan.moves
+    assert dict(move.offsets) == committed
+    assert move.records == 6 * len(cluster.doers)  # every changelog record checked
     report = await repartition(cluster.settings, cluster.wider, plan)
 
     states = await describe(cluster.settings, cluster.inputs)
@@ -181,49 +215,44 @@ async def test_the_state_moves_to_each_doers_new_partition_and_the_offsets_follo
         new = cluster.changelog(cluster.new_app, table)
         state = (await describe(cluster.settings, [new]))[new]
         assert state.partitions == NEW and state.configs == {"cleanup.policy": "compact"}
-        found = {
-            r.key: (r.partition, r.value, r.timestamp)
-            for r in await read_from_start(cluster.settings, new)
-        }
-        assert found == want, table
+        records = await read_from_start(cluster.settings, new)
+        assert _latest(records) == want, table
+        for r in records:  # every record, tombstones too, at its doer's new partition
+            doer = orjson.loads(r.key)
+            doer = (doer[0] if isinstance(doer, list) else doer).split("/")[0]
+            assert r.partition == partition_of(doer.encode(), NEW)
     copied = {c.to: c for c in report.copied}
     daily = copied[cluster.changelog(cluster.new_app, "daily")]
-    assert daily.deleted == len(cluster.doers)  # each doer's tombstoned day is left out
-    assert daily.moved == 2 * len(cluster.moving())
+    assert daily.records == 5 * len(cluster.doers)
+    assert daily.moved == 5 * len(cluster.moving())
 
     async with started(_admin(cluster.settings)) as admin:
         offsets = await admin.list_consumer_group_offsets(cluster.new_app)
     assert {tp: meta.offset for tp, meta in offsets.items()} == committed
 
     with pytest.raises(RepartitionError, match="has committed offsets: it has been used"):
-        await plan_repartition(
-            cluster.settings, cluster.wider, TABLES, cluster.old_app, cluster.new_app
-        )
+        await cluster.plan()
 
 
 async def test_an_interrupted_move_is_run_again_to_the_same_state(cluster: Cluster) -> None:
     expected = await _state(cluster)
     await cluster.commit_all()
-    plan = await plan_repartition(
-        cluster.settings, cluster.wider, TABLES, cluster.old_app, cluster.new_app
-    )
-    # Killed after creating the new changelogs and copying one table, before the offsets.
+    plan = await cluster.plan()
+    (move,) = plan.moves
+    # Killed after growing, creating the new changelogs and copying one table.
     async with started(_admin(cluster.settings)) as admin:
         await ensure(cluster.settings, cluster.wider, with_state=True)
-        await _create_changelogs(admin, plan)
-    old, new, holds = plan.changelogs[0]
-    await _copy(cluster.settings, old, new, OLD, NEW, holds)
+        await _create_changelogs(admin, move, NEW)
+    old, new, holds = move.changelogs[0]
+    await _copy(cluster.settings, plan, move, old, new, holds)
 
-    again = await plan_repartition(
-        cluster.settings, cluster.wider, TABLES, cluster.old_app, cluster.new_app
-    )
-    assert set(again.resumed) == {n for _, n, _ in plan.changelogs}
+    again = await cluster.plan()
+    assert set(again.moves[0].resumed) == {n for _, n, _ in move.changelogs}
     assert again.grow == ()
     await repartition(cluster.settings, cluster.wider, again)
     for table, want in expected.items():
         records = await read_from_start(cluster.settings, cluster.changelog(cluster.new_app, table))
-        latest = {r.key: (r.partition, r.value, r.timestamp) for r in records}
-        assert latest == want, table
+        assert _latest(records) == want, table
 
 
 async def test_nothing_moves_while_a_worker_runs_or_a_moving_doers_record_waits(
@@ -231,87 +260,190 @@ async def test_nothing_moves_while_a_worker_runs_or_a_moving_doers_record_waits(
 ) -> None:
     await _state(cluster)
     await cluster.commit_all()
-    settings, wider = cluster.settings, cluster.wider
+    settings = cluster.settings
 
     member = AIOKafkaConsumer(
-        cluster.inputs[0], group_id=cluster.old_app, **settings.kafka_connection()
+        cluster.inputs[0],
+        group_id=cluster.old_app,
+        enable_auto_commit=False,
+        **settings.kafka_connection(),
     )
     async with started(member):
         await member.getmany(timeout_ms=3000)  # joined: partitions assigned
         assert member.assignment()
         with pytest.raises(RepartitionError, match=r"has 1 member\(s\).*stop every worker"):
-            await plan_repartition(settings, wider, TABLES, cluster.old_app, cluster.new_app)
+            await cluster.plan()
     await cluster.commit_all()  # the member's leave must not have moved anything
 
     staying = cluster.staying()[0]
     await cluster.send(
         cluster.inputs[1], staying.encode(), b"{}", partition_of(staying.encode(), OLD)
     )
-    plan = await plan_repartition(settings, wider, TABLES, cluster.old_app, cluster.new_app)
-    assert plan.waiting_kept == 1  # its doer keeps its partition: processed there later
+    plan = await cluster.plan()
+    assert plan.moves[0].waiting_kept == 1  # its doer keeps its partition: processed there later
 
     moving = cluster.moving()[0]
     was = partition_of(moving.encode(), OLD)
     record = await cluster.send(cluster.inputs[0], moving.encode(), b"{}", was)
     with pytest.raises(RepartitionError) as refused:
-        await plan_repartition(settings, wider, TABLES, cluster.old_app, cluster.new_app)
+        await cluster.plan()
     assert f"{cluster.inputs[0]}[{was}] offset {record.offset}, doer {moving!r}" in str(
         refused.value
     )
 
     with pytest.raises(RepartitionError, match="must differ"):
-        await plan_repartition(settings, wider, TABLES, cluster.old_app, cluster.old_app)
-    with pytest.raises(RepartitionError, match="the count the state of"):
-        await plan_repartition(
-            settings, _catalog(cluster.inputs, OLD), TABLES, cluster.old_app, cluster.new_app
-        )
+        await cluster.plan(**{cluster.old_app: cluster.old_app})
+    with pytest.raises(RepartitionError, match="the count the state has"):
+        await cluster.plan(_catalog(cluster.inputs, OLD))
     with pytest.raises(RepartitionError, match="no table changelogs"):
-        await plan_repartition(settings, wider, TABLES, f"x{cluster.old_app}", cluster.new_app)
+        await cluster.plan(**{f"x{cluster.old_app}": cluster.new_app})
     assert {s.partitions for s in (await describe(settings, cluster.inputs)).values()} == {OLD}
 
 
-async def test_the_command_shows_its_plan_changes_nothing_in_a_dry_run_and_then_moves(
-    cluster: Cluster, settings_env: dict[str, str], tmp_path: Any
+async def test_a_topic_its_stages_read_but_never_committed_is_read_from_its_start(
+    cluster: Cluster,
 ) -> None:
-    settings = cluster.settings
-    table = "crl-daily-doer"  # a table of the worker's: the command asks the app for them
-    old = cluster.changelog(cluster.old_app, table)
-    await ensure(settings, _catalog([old], OLD))
-    doer = cluster.moving()[0]
-    await cluster.send(
-        old, _key([f"{doer}/all", [0.0, 86399.9]]), b'{"count":1}', partition_of(doer.encode(), OLD)
-    )
+    await _state(cluster)
     await cluster.commit_all()
+    unread = f"{cluster.inputs[0]}-unread"
+    await ensure(cluster.settings, _catalog([unread], OLD))
+    moving = cluster.moving()[0]
+    await cluster.send(unread, moving.encode(), b"{}", partition_of(moving.encode(), OLD))
+    catalog = _catalog([*cluster.inputs, unread], NEW)
+    with pytest.raises(RepartitionError, match=f"first: {unread}"):
+        await plan_repartition(
+            cluster.settings,
+            catalog,
+            cluster.tables,
+            {cluster.old_app: cluster.new_app},
+            {cluster.old_app: [*cluster.inputs, unread]},
+        )
+    # A topic its stages do not read is not its backlog.
+    plan = await plan_repartition(
+        cluster.settings,
+        catalog,
+        cluster.tables,
+        {cluster.old_app: cluster.new_app},
+        {cluster.old_app: cluster.inputs},
+    )
+    assert plan.moves[0].consumed == tuple(sorted(cluster.inputs))
+
+
+async def test_state_the_partitioner_does_not_explain_and_other_app_ids_state_stop_the_plan(
+    cluster: Cluster,
+) -> None:
+    await _state(cluster)
+    await cluster.commit_all()
+    daily = cluster.changelog(cluster.old_app, "daily")
+    doer = cluster.doers[0]
+    elsewhere = 1 - partition_of(doer.encode(), OLD)
+    record = await cluster.send(daily, _key(f"{doer}/2026-12-02"), b'{"n":1}', elsewhere)
+    with pytest.raises(RepartitionError) as refused:
+        await cluster.plan()
+    assert f"{daily}[{elsewhere}] offset {record.offset}: doer {doer!r}" in str(refused.value)
+    assert "murmur2 partitioner puts it on" in str(refused.value)
+    await cluster.send(daily, _key(f"{doer}/2026-12-02"), None, elsewhere)  # not enough:
+    with pytest.raises(RepartitionError, match="murmur2 partitioner puts it on"):
+        await cluster.plan()  # every record is placed, the tombstone too
+
+    other = f"rpother{uuid.uuid4().hex[:8]}"
+    await ensure(cluster.settings, _catalog([cluster.changelog(other, "doers")], OLD))
+    with pytest.raises(RepartitionError, match=f"app id.s. {other} .* also keep table state"):
+        await cluster.plan(**{cluster.old_app: cluster.new_app})
+    assert {s.partitions for s in (await describe(cluster.settings, cluster.inputs)).values()} == {
+        OLD
+    }
+
+
+async def test_two_app_ids_move_in_one_run(cluster: Cluster) -> None:
+    expected = await _state(cluster)
+    await cluster.commit_all()
+    second, second_new = f"rpsecond{uuid.uuid4().hex[:8]}", f"rpsecondnew{uuid.uuid4().hex[:8]}"
+    changelog = cluster.changelog(second, "doers")
+    await ensure(cluster.settings, _catalog([changelog], OLD))
+    doer = cluster.moving()[0]
+    await cluster.send(changelog, _key(doer), b"1", partition_of(doer.encode(), OLD))
+    await cluster.commit_all(second)
+
+    plan = await cluster.plan(**{cluster.old_app: cluster.new_app, second: second_new})
+    await repartition(cluster.settings, cluster.wider, plan)
+    moved = await read_from_start(cluster.settings, cluster.changelog(second_new, "doers"))
+    new_partition = partition_of(doer.encode(), NEW)
+    assert _latest(moved) == {
+        _key(doer): (new_partition, orjson.dumps(new_partition + 1), moved[0].timestamp)
+    }
+    records = await read_from_start(cluster.settings, cluster.changelog(cluster.new_app, "doers"))
+    assert _latest(records) == expected["doers"]
+
+
+async def test_the_command_shows_its_plan_changes_nothing_in_a_dry_run_and_then_moves(
+    settings: Any, settings_env: dict[str, str], tmp_path: Any
+) -> None:
+    # A count no worker-table changelog on the broker has: the command looks for every app
+    # id's state by the worker's table names, and other tests leave such changelogs.
+    async with started(_admin(settings)) as admin:
+        listed = [n for n in await admin.list_topics() if n.endswith("-crl-daily-doer-changelog")]
+        taken = set((await _partition_counts(admin, listed)).values())
+    old_count = min(set(range(3, 64)) - taken)
+    new_count = 2 * old_count
+    tag = uuid.uuid4().hex[:8]
+    inputs, old_app, new_app = [f"rpcli{tag}.run-completed"], f"rpcliold{tag}", f"rpclinew{tag}"
+    await ensure(settings, _catalog(inputs, old_count))
+    table = "crl-daily-doer"  # a table of the worker's: the command asks the app for them
+    old = f"{old_app}-{table}-changelog"
+    await ensure(settings, _catalog([old], old_count))
+    doer = next(
+        f"doer-{i}"
+        for i in range(100)
+        if partition_of(f"doer-{i}".encode(), old_count)
+        != partition_of(f"doer-{i}".encode(), new_count)
+    )
+    producer = AIOKafkaProducer(**settings.kafka_connection())
+    consumer = AIOKafkaConsumer(
+        group_id=old_app, enable_auto_commit=False, **settings.kafka_connection()
+    )
+    async with started(producer), started(consumer):
+        await producer.send_and_wait(
+            old,
+            key=_key([f"{doer}/all", [0.0, 86399.9]]),
+            value=b'{"count":1}',
+            partition=partition_of(doer.encode(), old_count),
+        )
+        tp = TopicPartition(inputs[0], 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: 0})
     catalog = tmp_path / "topics.yaml"
     catalog.write_text(
-        f"defaults:\n  partitions: {NEW}\ntopics:\n"
-        + "".join(f"  {n}:\n    key: doer\n    value: x\n" for n in cluster.inputs)
+        f"defaults:\n  partitions: {new_count}\ntopics:\n"
+        + "".join(f"  {n}:\n    key: doer\n    value: x\n" for n in inputs)
     )
-    env = {**settings_env, "LEARNOPS_TOPICS_FILE": str(catalog), "LEARNOPS_APP_ID": cluster.old_app}
-    command = ("topics", "repartition", "--to-app-id", cluster.new_app)
+    env = {**settings_env, "LEARNOPS_TOPICS_FILE": str(catalog), "LEARNOPS_APP_ID": old_app}
+    command = ("topics", "repartition", "--to-app-id", new_app)
 
     dry = await asyncio.to_thread(run_learnops, env, *command, "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
-    assert plan["partitions"] == {"from": OLD, "to": NEW} and plan["done"] is False
-    assert sorted(plan["grow"]) == sorted(cluster.inputs)
-    assert {c["from"] for c in plan["changelogs"]} >= {old}
-    assert {s.partitions for s in (await describe(settings, cluster.inputs)).values()} == {OLD}
+    assert plan["partitions"] == {"from": old_count, "to": new_count} and plan["done"] is False
+    assert plan["grow"] == inputs
+    (move,) = plan["moves"]
+    assert [c["from"] for c in move["changelogs"]] == [old] and move["records"] == 1
+    assert (await describe(settings, inputs))[inputs[0]].partitions == old_count
 
     same = await asyncio.to_thread(
-        run_learnops, env, "topics", "repartition", "--to-app-id", cluster.old_app
+        run_learnops, env, "topics", "repartition", "--to-app-id", old_app
     )
     assert same.returncode == 1
     assert same.stderr.strip().count("\n") == 0 and "must differ" in same.stderr, same.stderr
 
     moved = await asyncio.to_thread(run_learnops, env, *command)
     assert moved.returncode == 0, moved.stderr
-    new = cluster.changelog(cluster.new_app, table)
-    assert f"copied    {new}  (1 keys, 1 moved partition" in moved.stdout
-    assert f"LEARNOPS_APP_ID={cluster.new_app}" in moved.stdout
+    new = f"{new_app}-{table}-changelog"
+    assert f"copied    {new}  (1 records, 1 moved partition)" in moved.stdout
+    assert f"LEARNOPS_APP_ID={new_app}" in moved.stdout
     assert [(r.partition, r.value) for r in await read_from_start(settings, new)] == [
-        (partition_of(doer.encode(), NEW), b'{"count":1}')
+        (partition_of(doer.encode(), new_count), b'{"count":1}')
     ]
+    assert (await describe(settings, inputs))[inputs[0]].partitions == new_count
 
 
 async def test_a_worker_that_commits_during_the_move_leaves_the_new_app_id_without_offsets(
@@ -319,13 +451,13 @@ async def test_a_worker_that_commits_during_the_move_leaves_the_new_app_id_witho
 ) -> None:
     await _state(cluster)
     ends = await cluster.commit_all()
-    plan = await plan_repartition(
-        cluster.settings, cluster.wider, TABLES, cluster.old_app, cluster.new_app
-    )
+    plan = await cluster.plan()
     # A worker of the old app id took one more record after the plan was made.
     tp = next(iter(ends))
     await cluster.send(tp.topic, b"late", b"{}", tp.partition)
-    consumer = AIOKafkaConsumer(group_id=cluster.old_app, **cluster.settings.kafka_connection())
+    consumer = AIOKafkaConsumer(
+        group_id=cluster.old_app, enable_auto_commit=False, **cluster.settings.kafka_connection()
+    )
     async with started(consumer):
         consumer.assign([tp])
         await consumer.commit({tp: ends[tp] + 1})

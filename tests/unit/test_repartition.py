@@ -6,19 +6,34 @@ import logging
 
 import orjson
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import REGISTRY
 
 from agents.repartition import doer_of_record, moved_value, partition_of
 from agents.tables import DoerPartitions
 
+#: Kafka's own murmur2 vectors (the Java client's UtilsTest), as signed 32-bit ints.
+KAFKA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
 
 @pytest.mark.parametrize("count", [1, 2, 4, 8, 12, 64])
-def test_a_doer_lands_where_kafkas_default_partitioner_puts_its_bundles(count: int) -> None:
-    partitions = list(range(count))
-    for i in range(200):
-        key = f"doer-{i}-PRDWriter".encode()
-        assert partition_of(key, count) == DefaultPartitioner()(key, partitions, partitions)
+def test_a_doer_lands_where_kafkas_java_client_puts_its_key(count: int) -> None:
+    for key, hashed in KAFKA_MURMUR2.items():
+        # Utils.toPositive(murmur2(key)) % numPartitions
+        assert partition_of(key, count) == (hashed & 0x7FFFFFFF) % count, key
+        assert partition_of(key, count, "murmur2") == partition_of(key, count)
+
+
+@pytest.mark.parametrize("count", [1, 3, 8])
+def test_the_crc32_partitioner_is_librdkafkas_consistent_one(count: int) -> None:
+    # rd_crc32 is the standard CRC-32: its check value for "123456789" is 0xCBF43926.
+    assert partition_of(b"123456789", count, "crc32") == 0xCBF43926 % count
 
 
 def test_the_doer_of_a_plain_and_of_a_windowed_table_key() -> None:
