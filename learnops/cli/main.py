@@ -589,10 +589,21 @@ async def topics_repartition(
     async def record_stages(move: Move) -> None:
         import socket
 
-        async with database(ctx) as pool, pool.acquire() as conn:
-            assert move.stages is not None
-            await claim_stage_set(
-                conn, move.to_app, move.stages, socket.gethostname(), restage=True
+        import asyncpg
+
+        assert move.stages is not None
+        try:
+            async with database(ctx) as pool, pool.acquire() as conn:
+                await claim_stage_set(
+                    conn, move.to_app, move.stages, socket.gethostname(), restage=True
+                )
+        except asyncpg.InsufficientPrivilegeError:
+            # A read-only login: the new app id's first worker records its own set.
+            click.echo(
+                f"learnops: note: the stages of {move.to_app} ({', '.join(move.stages)}) "
+                "were not recorded (this login may not write worker_stage_sets): start its "
+                "workers with those stages",
+                err=True,
             )
 
     catalog = ctx.catalog
