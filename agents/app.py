@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -21,7 +22,7 @@ from agents.dlq import DeadLetters
 from agents.event_topics import EventTopics
 from agents.faust_internals import compat
 from agents.faust_internals.membership import exit_now
-from agents.faust_internals.stores import store_url
+from agents.faust_internals.stores import mark_clean_stop, store_url, tables_at_start
 from agents.faust_internals.transport import (
     PRODUCER_LINGER_S,
     PRODUCER_MAX_BATCH_BYTES,
@@ -205,6 +206,16 @@ class LearnopsApp(faust.App):
         # Faust makes only the last directory of its datadir; a fresh checkout or
         # state directory has no parents yet (LEARNOPS_DATA_DIR=/new/path/worker).
         self.settings.learnops_data_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.learnops_table_store == "rocksdb":
+            kept = tables_at_start(Path(self.conf.datadir), Path(self.conf.tabledir))
+            if kept == "deleted":
+                log.warning(
+                    "rocksdb_tables_deleted hint='the last stop was not clean (killed, or "
+                    "changelog records unacknowledged): the tables are read from the "
+                    "changelogs'"
+                )
+            elif kept == "kept":
+                log.info("rocksdb_tables_kept (a clean stop)")
         await super().on_first_start()
 
     async def on_stop(self) -> None:
@@ -213,6 +224,15 @@ class LearnopsApp(faust.App):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def on_shutdown(self) -> None:
+        """After every service stopped: say whether RocksDB's tables may be kept (stores.py)."""
+        await super().on_shutdown()
+        if self.settings.learnops_table_store == "rocksdb" and self._partitions is not None:
+            if mark_clean_stop(Path(self.conf.datadir), self.producer):
+                log.info("rocksdb_clean_stop tables kept for the next start")
+            else:
+                log.warning("rocksdb_unclean_stop the next start reads the changelogs")
 
 
 def state_tables(settings: Settings) -> dict[str, bool]:

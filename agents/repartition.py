@@ -137,6 +137,7 @@ class Move:
     resumed: tuple[str, ...] = ()  # new changelogs an interrupted run created
     waiting_kept: int = 0  # unprocessed records of doers that keep their partition
     records: int = 0  # changelog records checked
+    finished: bool = False  # done by an earlier run of the same moves: nothing to do
 
 
 @dataclass(frozen=True)
@@ -252,17 +253,33 @@ async def plan_repartition(
                 "choose another new app id"
             )
         committed: dict[str, dict[TopicPartition, int]] = {}
+        finished: set[str] = set()
         for app, new in moves.items():
             await _no_members(admin, app, "stop every worker of it first")
             await _no_members(admin, new, "it is in use: choose another new app id")
-            if await admin.list_consumer_group_offsets(new):
-                raise RepartitionError(
-                    f"app id {new!r} has committed offsets: it has been used (a finished "
-                    "move, or workers ran under it); choose another new app id"
-                )
             committed[app] = await _committed(admin, app, catalog, old_count)
+            given = {
+                tp: meta.offset
+                for tp, meta in (await admin.list_consumer_group_offsets(new)).items()
+            }
+            if not given:
+                continue
+            made = {n for n in existing if n.startswith(f"{new}-")}
+            if given == committed[app] and len(made) == len(old[app]):
+                # An earlier run of these moves finished this one and stopped before the
+                # next: its offsets are the old group's, and nothing ran under it since.
+                finished.add(app)
+                continue
+            raise RepartitionError(
+                f"app id {new!r} has committed offsets: it has been used (a finished "
+                "move, or workers ran under it); choose another new app id"
+            )
     planned = []
     for app, new in moves.items():
+        changelogs = tuple((old[app][t], _changelog(new, t), tables[t]) for t in sorted(old[app]))
+        if app in finished:
+            planned.append(Move(app, new, changelogs, (), None, committed[app], {}, finished=True))
+            continue
         topics = tuple(sorted(set(consumed[app]) & set(catalog.topics)))
         kept = await _check_waiting(
             settings, topics, committed[app], old_count, new_count, partitioner
@@ -272,9 +289,7 @@ async def plan_repartition(
             Move(
                 from_app=app,
                 to_app=new,
-                changelogs=tuple(
-                    (old[app][t], _changelog(new, t), tables[t]) for t in sorted(old[app])
-                ),
+                changelogs=changelogs,
                 consumed=topics,
                 stages=(stages or {}).get(app),
                 offsets=committed[app],
@@ -529,20 +544,22 @@ async def repartition(
     ``worker_stage_sets``), before the offsets that say the move is done.
     """
     report = Report(plan)
+    todo = [move for move in plan.moves if not move.finished]
     async with started(_admin(settings)) as admin:
         if plan.grow:
             await _ensure(admin, catalog, with_state=True)
             report.grown = list(plan.grow)
-        for move in plan.moves:
+        for move in todo:
             report.created += await _create_changelogs(admin, move, plan.new_count)
-    for move in plan.moves:
+    for move in todo:
         for old, new, holds_partition in move.changelogs:
             report.copied.append(await _copy(settings, plan, move, old, new, holds_partition))
-    for move in plan.moves:
+    for move in todo:
         await _unmoved(settings, plan, move)
-    for move in plan.moves:
+    for move in todo:
         if record_stages is not None and move.stages is not None:
             await record_stages(move)
+    for move in todo:
         report.offsets += await _commit_offsets(settings, move)
     return report
 

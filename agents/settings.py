@@ -121,7 +121,11 @@ class Settings(BaseSettings):
     database_pool_min: int = Field(default=1, ge=0)
     database_pool_max: int = Field(default=10, ge=1)
 
-    learnops_app_id: str = Field(default="learnops", min_length=1)
+    # The consumer group, the prefix of the tables' changelog topics and a directory
+    # under learnops_data_dir: Kafka's topic characters, and never "." or "..".
+    learnops_app_id: str = Field(
+        default="learnops", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$"
+    )
     # Which stages (agents) this worker runs, comma-separated: "all", or e.g.
     # "crl,policy" to give a heavy stage its own workers (docs/operations.md).
     learnops_stages: str = Field(default="all", min_length=1)
@@ -198,6 +202,13 @@ class Settings(BaseSettings):
     def _not_dots(cls, value: str | None) -> str | None:
         if value in {".", ".."}:
             raise ValueError(f"{value!r} is not a group instance id Kafka accepts")
+        return value
+
+    @field_validator("learnops_app_id")
+    @classmethod
+    def _app_id_not_dots(cls, value: str) -> str:
+        if value in {".", ".."}:
+            raise ValueError(f"{value!r} cannot name topics or a data directory")
         return value
 
     @field_validator("kafka_bootstrap_servers")

@@ -17,11 +17,15 @@ Selected by :func:`store_url` (scheme ``learnops-rocksdb``).
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import orjson
 from faust.stores import STORES
 from faust.stores import rocksdb as faust_rocksdb
+
+from agents.faust_internals.transport import AcknowledgedBuffer
 
 #: The store URL scheme that selects :class:`DoerStore`.
 SCHEME = "learnops-rocksdb"
@@ -60,6 +64,49 @@ class DoerStore(faust_rocksdb.Store):
         # The table's keys are JSON (Faust's default key serializer for tables).
         partition = place(orjson.loads(key))
         return None if partition is None else int(partition)
+
+
+#: Written in the app's data directory by a stop that left every table write's
+#: changelog record acknowledged; removed at start.
+CLEAN_STOP = "clean-stop"
+
+
+def tables_at_start(datadir: Path, tabledir: Path) -> str:
+    """Keep the RocksDB tables after a clean stop, delete them after any other: what was done.
+
+    A table write reaches RocksDB at once and its changelog record when the
+    broker acknowledges it. A worker killed in between leaves RocksDB ahead of
+    the changelog: the value and its source mark (agents/tables.py) say a run is
+    folded that the changelog lacks, the redelivered run is skipped, and the
+    run is lost wherever the partition is next recovered from the changelog.
+    Only a stop that saw every record acknowledged (:func:`mark_clean_stop`)
+    leaves tables the changelogs agree with; after any other the worker reads
+    its changelogs from the start, as the memory store always does.
+    Returns ``"kept"``, ``"deleted"`` or ``"none"`` (no tables yet).
+    """
+    marker = datadir / CLEAN_STOP
+    if marker.exists():
+        marker.unlink()
+        return "kept"
+    if tabledir.is_dir() and any(tabledir.iterdir()):
+        shutil.rmtree(tabledir)
+        return "deleted"
+    return "none"
+
+
+def mark_clean_stop(datadir: Path, producer: Any) -> bool:
+    """Leave the marker that keeps the tables (:func:`tables_at_start`) if all was acknowledged."""
+    buffer = getattr(producer, "buffer", None)
+    if (
+        not isinstance(buffer, AcknowledgedBuffer)
+        or buffer.unacknowledged
+        or buffer.failures
+        or not buffer.pending.empty()
+    ):
+        return False
+    datadir.mkdir(parents=True, exist_ok=True)
+    (datadir / CLEAN_STOP).write_text("every changelog record was acknowledged\n")
+    return True
 
 
 # Faust picks the store class from the store URL's scheme through this registry.

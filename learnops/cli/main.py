@@ -624,7 +624,12 @@ async def topics_repartition(
         try:
             report = await repartition(settings, catalog, plan, record_stages=record_stages)
         except (RepartitionError, TopicCatalogError) as exc:
-            fail(f"{exc} (the move did not finish; run this command again to finish it)")
+            said = str(exc)
+            fail(
+                said
+                if "run this again" in said
+                else f"{said} (the move did not finish; run this command again to finish it)"
+            )
     summary = {
         "partitions": {"from": plan.old_count, "to": plan.new_count},
         "partitioner": plan.partitioner,
@@ -639,6 +644,7 @@ async def topics_repartition(
                 "consumed": list(m.consumed),
                 "resumed": list(m.resumed),
                 "waiting_records_kept_in_place": m.waiting_kept,
+                "finished_before": m.finished,
             }
             for m in plan.moves
         ],
@@ -652,6 +658,9 @@ async def topics_repartition(
         ctx.say(dumps(summary))
         return
     for m in plan.moves:
+        if m.finished:
+            ctx.say(f"{m.from_app} → {m.to_app}: finished by an earlier run")
+            continue
         ctx.say(
             f"{m.from_app} → {m.to_app}: {plan.old_count} → {plan.new_count} partitions, "
             f"{len(m.changelogs)} changelogs ({m.records} records), {len(m.offsets)} "

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+import agents.repartition as repartition_module
 from agents.repartition import (
     RepartitionError,
     _copy,
@@ -230,6 +231,21 @@ async def test_the_state_moves_to_each_doers_new_partition_and_the_offsets_follo
         offsets = await admin.list_consumer_group_offsets(cluster.new_app)
     assert {tp: meta.offset for tp, meta in offsets.items()} == committed
 
+    # Run again: nothing to do. Once a worker of the new app id committed, it is "used".
+    again = await cluster.plan()
+    assert (
+        again.moves[0].finished
+        and (await repartition(cluster.settings, cluster.wider, again)).copied == []
+    )
+    tp = next(iter(committed))
+    await cluster.commit_all(cluster.new_app)  # a worker of it read to the end
+    await cluster.send(tp.topic, b"doer-0", b"{}", tp.partition)
+    consumer = AIOKafkaConsumer(
+        group_id=cluster.new_app, enable_auto_commit=False, **cluster.settings.kafka_connection()
+    )
+    async with started(consumer):
+        consumer.assign([tp])
+        await consumer.commit({tp: committed[tp] + 1})
     with pytest.raises(RepartitionError, match="has committed offsets: it has been used"):
         await cluster.plan()
 
@@ -355,7 +371,9 @@ async def test_state_the_partitioner_does_not_explain_and_other_app_ids_state_st
     }
 
 
-async def test_two_app_ids_move_in_one_run(cluster: Cluster) -> None:
+async def test_two_app_ids_move_in_one_run_even_when_it_dies_between_their_offsets(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     expected = await _state(cluster)
     await cluster.commit_all()
     second, second_new = f"rpsecond{uuid.uuid4().hex[:8]}", f"rpsecondnew{uuid.uuid4().hex[:8]}"
@@ -363,17 +381,40 @@ async def test_two_app_ids_move_in_one_run(cluster: Cluster) -> None:
     await ensure(cluster.settings, _catalog([changelog], OLD))
     doer = cluster.moving()[0]
     await cluster.send(changelog, _key(doer), b"1", partition_of(doer.encode(), OLD))
-    await cluster.commit_all(second)
+    second_offsets = await cluster.commit_all(second)
+    moves = {cluster.old_app: cluster.new_app, second: second_new}
 
-    plan = await cluster.plan(**{cluster.old_app: cluster.new_app, second: second_new})
-    await repartition(cluster.settings, cluster.wider, plan)
+    # Killed after the first new group got its offsets, before the second did.
+    committed = []
+    commit = repartition_module._commit_offsets
+
+    async def killed_after_one(settings: Any, move: Any) -> int:
+        if committed:
+            raise KeyboardInterrupt
+        committed.append(move.to_app)
+        return await commit(settings, move)
+
+    monkeypatch.setattr(repartition_module, "_commit_offsets", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        await repartition(cluster.settings, cluster.wider, await cluster.plan(**moves))
+    monkeypatch.undo()
+
+    again = await cluster.plan(**moves)
+    assert [(m.to_app, m.finished) for m in again.moves] == [
+        (cluster.new_app, True),
+        (second_new, False),
+    ]
+    await repartition(cluster.settings, cluster.wider, again)
     moved = await read_from_start(cluster.settings, cluster.changelog(second_new, "doers"))
     new_partition = partition_of(doer.encode(), NEW)
     assert _latest(moved) == {
-        _key(doer): (new_partition, orjson.dumps(new_partition + 1), moved[0].timestamp)
+        _key(doer): (new_partition, orjson.dumps(new_partition + 1), moved[-1].timestamp)
     }
     records = await read_from_start(cluster.settings, cluster.changelog(cluster.new_app, "doers"))
     assert _latest(records) == expected["doers"]
+    async with started(_admin(cluster.settings)) as admin:
+        given = await admin.list_consumer_group_offsets(second_new)
+    assert {tp: meta.offset for tp, meta in given.items()} == second_offsets
 
 
 async def test_the_command_shows_its_plan_changes_nothing_in_a_dry_run_and_then_moves(

@@ -7,7 +7,9 @@ which partition's database a key is written to and read from.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +17,8 @@ import faust.streams
 import orjson
 import pytest
 
-from agents.faust_internals.stores import DoerStore
+from agents.faust_internals.stores import DoerStore, mark_clean_stop, tables_at_start
+from agents.faust_internals.transport import AcknowledgedBuffer
 from agents.tables import DoerPartitions
 
 
@@ -98,3 +101,47 @@ def test_a_doer_no_event_placed_yet_is_an_error_not_a_write_to_a_guessed_partiti
     with pytest.raises(RuntimeError, match="no event of doer 'Nobody' seen yet"):
         store._set(orjson.dumps("Nobody/x"), b"1")
     assert all(not db.rows for db in store._dbs.values())
+
+
+def _buffer(**state: Any) -> Any:
+    buffer: Any = object.__new__(AcknowledgedBuffer)  # its producer is not needed here
+    buffer.unacknowledged = state.get("unacknowledged", set())
+    buffer.failures = state.get("failures", [])
+    buffer.pending = asyncio.Queue()
+    for item in state.get("pending", ()):
+        buffer.pending.put_nowait(item)
+    return buffer
+
+
+def test_tables_are_kept_only_after_a_stop_that_saw_every_record_acknowledged(
+    tmp_path: Path,
+) -> None:
+    data, tables = tmp_path / "learnops", tmp_path / "learnops" / "v1" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "crl-daily-doer-0.db").write_text("values")
+    producer = SimpleNamespace(buffer=_buffer())
+    assert mark_clean_stop(data, producer)
+    assert tables_at_start(data, tables) == "kept"
+    assert (tables / "crl-daily-doer-0.db").exists()
+    # Killed this time: no marker, since the one above was taken at the start.
+    assert tables_at_start(data, tables) == "deleted"
+    assert not tables.exists()
+    assert tables_at_start(data, tables) == "none"
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"unacknowledged": {object()}},
+        {"failures": [RuntimeError("broker gone")]},
+        {"pending": [object()]},
+    ],
+)
+def test_a_stop_with_a_record_not_acknowledged_is_not_clean(
+    tmp_path: Path, state: dict[str, Any]
+) -> None:
+    tables = tmp_path / "v1" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "x.db").write_text("ahead of its changelog")
+    assert not mark_clean_stop(tmp_path, SimpleNamespace(buffer=_buffer(**state)))
+    assert tables_at_start(tmp_path, tables) == "deleted"
