@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 MAX_SCAN = 200_000
 #: A read that gets no record for this long while records remain is stuck.
 IDLE_S = 60.0
+#: The longest topic name Kafka accepts.
+MAX_TOPIC_NAME = 249
 #: Kafka's legal topic characters: an app id names the changelogs and the group.
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 #: How producers place a key: Kafka's default (murmur2) or librdkafka's ``consistent``.
@@ -226,7 +228,7 @@ async def plan_repartition(
             if not tables_found:
                 raise RepartitionError(
                     f"app id {app!r} has no table changelogs on this cluster: there is no "
-                    "state to move (check the old app id)"
+                    "state to move (the old app id is --from-app-id, or LEARNOPS_APP_ID)"
                 )
         old_counts = await _partition_counts(admin, [n for t in old.values() for n in t.values()])
         if len(set(old_counts.values())) != 1:
@@ -244,6 +246,12 @@ async def plan_repartition(
             )
         await _no_other_state(admin, listed, suffixes, set(moves) | set(moves.values()), old_count)
         new_names = [_changelog(moves[app], t) for app, kept in old.items() for t in kept]
+        longest = max(new_names, key=len)
+        if len(longest) > MAX_TOPIC_NAME:
+            raise RepartitionError(
+                f"the new app id makes changelog names longer than Kafka's {MAX_TOPIC_NAME} "
+                f"characters ({longest!r} has {len(longest)}): choose a shorter one"
+            )
         existing = await _partition_counts(admin, set(new_names) & listed)
         wrong = {n: c for n, c in existing.items() if c != new_count}
         if wrong:
@@ -537,14 +545,21 @@ async def repartition(
     plan: Plan,
     *,
     record_stages: Callable[[Move], Awaitable[None]] | None = None,
+    record_started: Callable[[Move], Awaitable[None]] | None = None,
+    record_finished: Callable[[Move], Awaitable[None]] | None = None,
 ) -> Report:
     """Grow the topics, copy the state to the new app ids, commit their offsets (module doc).
 
-    ``record_stages`` records a move's stage set for its new app id (PostgreSQL's
-    ``worker_stage_sets``), before the offsets that say the move is done.
+    ``record_started`` records each move before anything changes (a worker refuses
+    to start under a new app id whose move has not finished), ``record_stages`` its
+    stage set for its new app id (PostgreSQL's ``worker_stage_sets``) before the
+    offsets, and ``record_finished`` each move once every new group has them.
     """
     report = Report(plan)
     todo = [move for move in plan.moves if not move.finished]
+    for move in todo:
+        if record_started is not None:
+            await record_started(move)
     async with started(_admin(settings)) as admin:
         if plan.grow:
             await _ensure(admin, catalog, with_state=True)
@@ -561,6 +576,9 @@ async def repartition(
             await record_stages(move)
     for move in todo:
         report.offsets += await _commit_offsets(settings, move)
+    for move in plan.moves:
+        if record_finished is not None:
+            await record_finished(move)
     return report
 
 

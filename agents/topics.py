@@ -321,8 +321,9 @@ def partition_problem(
         return (
             f"topics.yaml gives {expected} partitions but the learning topics have {count}: "
             "stop every worker and run `learnops topics repartition --to-app-id <new app id>`, "
-            f"which grows them and moves the tables' state (see {REPARTITION_DOC}), or put "
-            "topics.yaml back"
+            f"which grows them and moves the tables' state (see {REPARTITION_DOC}); if the "
+            "topics are already larger than topics.yaml says, the state was moved: give this "
+            "worker the new topics.yaml and LEARNOPS_APP_ID"
         )
     odd = {n: c for n, c in changelogs.items() if c != count}
     if not odd:

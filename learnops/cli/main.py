@@ -574,17 +574,40 @@ async def topics_repartition(
     from agents.app import consumed_topics, state_tables
     from agents.repartition import Move, RepartitionError, plan_repartition, repartition
     from agents.topics import TopicCatalogError
+    from storage.repartitions import record_finished, record_started, repartition_of
     from storage.stage_sets import claim_stage_set, stage_set_of
 
     settings = ctx.settings
     moves = _moves(settings.learnops_app_id, from_app, to_app, more)
     async with database(ctx) as pool:
         recorded = {}
-        for app in moves:
+        for app, new in moves.items():
             async with pool.acquire() as conn:
                 found = await stage_set_of(conn, app)
+                earlier = await repartition_of(conn, new)
             recorded[app] = None if found is None else found.stages
+            if earlier is not None and earlier.from_app_id != app:
+                fail(
+                    f"app id {new!r} is the target of a move from {earlier.from_app_id!r} "
+                    f"(started {earlier.started_at:%Y-%m-%d %H:%M} UTC): choose another new "
+                    "app id"
+                )
     consumed = {app: consumed_topics(settings, stages) for app, stages in recorded.items()}
+
+    async def journal(move: Move, done: bool) -> None:
+        async with database(ctx) as pool, pool.acquire() as conn:
+            if done:
+                await record_finished(conn, move.to_app)
+            else:
+                await record_started(
+                    conn, move.to_app, move.from_app, plan.old_count, plan.new_count
+                )
+
+    async def started_move(move: Move) -> None:
+        await journal(move, done=False)
+
+    async def finished_move(move: Move) -> None:
+        await journal(move, done=True)
 
     async def record_stages(move: Move) -> None:
         import socket
@@ -622,7 +645,14 @@ async def topics_repartition(
     report = None
     if not dry_run:
         try:
-            report = await repartition(settings, catalog, plan, record_stages=record_stages)
+            report = await repartition(
+                settings,
+                catalog,
+                plan,
+                record_stages=record_stages,
+                record_started=started_move,
+                record_finished=finished_move,
+            )
         except (RepartitionError, TopicCatalogError) as exc:
             said = str(exc)
             fail(
@@ -666,6 +696,12 @@ async def topics_repartition(
             f"{len(m.changelogs)} changelogs ({m.records} records), {len(m.offsets)} "
             "committed offsets"
             + (f"; resuming ({len(m.resumed)} changelogs exist)" if m.resumed else "")
+            + (
+                f"; {m.waiting_kept} unprocessed records of doers that keep their partition "
+                "stay for the new app id"
+                if m.waiting_kept
+                else ""
+            )
         )
     if report is None:
         ctx.say(f"would grow: {', '.join(plan.grow) or 'none (already grown)'}")
@@ -935,6 +971,7 @@ async def _preflight(settings: Settings, *, restage: bool = False) -> None:
         untrusted = await _signing_key_untrusted(settings, conn)
         unusable = await _operator_key_unusable(settings, conn)
         await _same_stages_as_the_group(settings, conn, restage)
+        await _no_unfinished_move(settings, conn)
     finally:
         await conn.close()
     for problem in (untrusted, unusable):
@@ -955,6 +992,26 @@ async def _preflight(settings: Settings, *, restage: bool = False) -> None:
                 f"LEARNOPS_ENV=production: {'; '.join(unkeyed)} "
                 "(docs/operations.md, 'Before the first worker')"
             )
+
+
+async def _no_unfinished_move(settings: Settings, conn: Any) -> None:
+    """Fail under an app id that `topics repartition` is moving state to and has not finished."""
+    from datetime import UTC
+
+    from storage.repartitions import repartition_of
+
+    move = await repartition_of(conn, settings.learnops_app_id)
+    if move is None or move.finished_at is not None:
+        return
+    fail(
+        f"app id {move.to_app_id} is the target of a move of {move.from_app_id}'s table state "
+        f"({move.old_partitions} → {move.new_partitions} partitions, started "
+        f"{move.started_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC) that has not finished: a "
+        "worker now would read every topic from its start with part of the state. Run "
+        f"`learnops topics repartition --from-app-id {move.from_app_id} --to-app-id "
+        f"{move.to_app_id}` again to finish it (docs/operations.md, 'Changing the partition "
+        "count')"
+    )
 
 
 async def _same_stages_as_the_group(settings: Settings, conn: Any, restage: bool) -> None:

@@ -37,6 +37,7 @@ from agents.topics import (
     read_from_start,
     started,
 )
+from storage.repartitions import record_started, repartition_of
 from tests.services import run_learnops
 
 OLD, NEW = 2, 4
@@ -418,7 +419,7 @@ async def test_two_app_ids_move_in_one_run_even_when_it_dies_between_their_offse
 
 
 async def test_the_command_shows_its_plan_changes_nothing_in_a_dry_run_and_then_moves(
-    settings: Any, settings_env: dict[str, str], tmp_path: Any
+    settings: Any, settings_env: dict[str, str], tmp_path: Any, db: Any
 ) -> None:
     # A count no worker-table changelog on the broker has: the command looks for every app
     # id's state by the worker's table names, and other tests leave such changelogs.
@@ -485,6 +486,28 @@ async def test_the_command_shows_its_plan_changes_nothing_in_a_dry_run_and_then_
         (partition_of(doer.encode(), new_count), b'{"count":1}')
     ]
     assert (await describe(settings, inputs))[inputs[0]].partitions == new_count
+    async with db.acquire() as conn:
+        move = await repartition_of(conn, new_app)
+        assert move is not None and move.from_app_id == old_app
+        assert move.finished_at is not None  # its workers may start
+
+        # A move that died midway: a worker under its new app id is refused, not let read
+        # every topic from its start with part of the state.
+        unfinished = f"rpcliunfinished{tag}"
+        await record_started(conn, unfinished, old_app, old_count, new_count)
+    worker = await asyncio.to_thread(
+        run_learnops,
+        {**env, "LEARNOPS_APP_ID": unfinished, "LEARNOPS_DATA_DIR": str(tmp_path / "data")},
+        "worker",
+    )
+    assert worker.returncode == 1
+    assert f"app id {unfinished} is the target of a move of {old_app}'s" in worker.stderr
+    assert f"--from-app-id {old_app} --to-app-id {unfinished}` again" in worker.stderr
+    elsewhere = await asyncio.to_thread(
+        run_learnops, {**env, "LEARNOPS_APP_ID": f"x{old_app}"}, *command
+    )
+    assert elsewhere.returncode == 1
+    assert f"app id {new_app!r} is the target of a move from {old_app!r}" in elsewhere.stderr
 
 
 async def test_a_worker_that_commits_during_the_move_leaves_the_new_app_id_without_offsets(
