@@ -140,10 +140,6 @@ class Move:
     waiting_kept: int = 0  # unprocessed records of doers that keep their partition
     records: int = 0  # changelog records checked
     finished: bool = False  # done by an earlier run of the same moves: nothing to do
-    #: Old partitions whose waiting records are published again at their doers' new
-    #: partitions (--forward-waiting): (from, to) offsets; the new group starts at "to".
-    forward: Mapping[TopicPartition, tuple[int, int]] = field(default_factory=dict)
-    forwarded: int = 0  # waiting records of moving doers among them
 
 
 @dataclass(frozen=True)
@@ -176,7 +172,6 @@ class Report:
     created: list[str] = field(default_factory=list)
     copied: list[Copied] = field(default_factory=list)
     offsets: int = 0
-    forwarded: int = 0  # records published again at their doers' new partitions
 
 
 def _changelog(app_id: str, table: str) -> str:
@@ -210,15 +205,12 @@ async def plan_repartition(
     *,
     stages: Mapping[str, tuple[str, ...] | None] | None = None,
     partitioner: str = "murmur2",
-    forward: bool = False,
 ) -> Plan:
     """Check that each old app id's state in ``moves`` (old → new) can move to topics.yaml's count.
 
     ``tables`` maps every table name to whether its values name a partition
     (``agents.app.state_tables``); ``consumed`` gives the learning topics each old
-    app id's stages read; ``stages`` their recorded stage sets. With ``forward``, the
-    records of moving doers waiting on old partitions are planned to be published
-    again at their new partitions instead of refused. Raises
+    app id's stages read; ``stages`` their recorded stage sets. Raises
     :class:`RepartitionError` naming what is in the way; changes nothing.
     """
     _check_ids(moves)
@@ -297,8 +289,8 @@ async def plan_repartition(
             planned.append(Move(app, new, changelogs, (), None, committed[app], {}, finished=True))
             continue
         topics = tuple(sorted(set(consumed[app]) & set(catalog.topics)))
-        backlog = await _check_waiting(
-            settings, topics, committed[app], old_count, new_count, partitioner, forward=forward
+        kept = await _check_waiting(
+            settings, topics, committed[app], old_count, new_count, partitioner
         )
         ends, records = await _check_changelogs(settings, old[app], tables, old_count, partitioner)
         planned.append(
@@ -311,10 +303,8 @@ async def plan_repartition(
                 offsets=committed[app],
                 ends=ends,
                 resumed=tuple(sorted(n for n in existing if n.startswith(f"{new}-"))),
-                waiting_kept=backlog.kept,
+                waiting_kept=kept,
                 records=records,
-                forward=backlog.moving,
-                forwarded=backlog.records,
             )
         )
     return Plan(
@@ -440,17 +430,6 @@ def _consumer(settings: Settings) -> Any:
     )
 
 
-@dataclass(frozen=True)
-class Backlog:
-    """Records waiting unprocessed on the old partitions of the topics an app id reads."""
-
-    kept: int  # of doers that keep their partition
-    #: Per old partition holding a waiting record of a doer that moves: the range
-    #: (from the old group's position to the end when read) that forwarding re-publishes.
-    moving: Mapping[TopicPartition, tuple[int, int]]
-    records: int  # records of doers that move
-
-
 async def _check_waiting(
     settings: Settings,
     topics: tuple[str, ...],
@@ -458,14 +437,12 @@ async def _check_waiting(
     old_count: int,
     new_count: int,
     partitioner: str,
-    *,
-    forward: bool = False,
-) -> Backlog:
-    """What waits unprocessed; raises on a moving doer's record unless ``forward``."""
+) -> int:
+    """Raise if a moving doer's record waits unprocessed; the number of others that wait."""
     from aiokafka import TopicPartition
 
     if not topics:
-        return Backlog(0, {}, 0)
+        return 0
     tps = [TopicPartition(t, p) for t in topics for p in range(old_count)]
     async with started(_consumer(settings)) as consumer:
         consumer.assign(tps)
@@ -495,20 +472,18 @@ async def _check_waiting(
                         waiting.append(Waiting(tp.topic, tp.partition, record.offset, doer))
                     else:
                         kept += 1
-    if waiting and not forward:
+    if waiting:
         first = waiting[0]
         raise RepartitionError(
             f"{len(waiting)} record(s) of doers that move wait unprocessed on their old "
             f"partitions (first: {first.topic}[{first.partition}] offset {first.offset}, doer "
             f"{first.doer!r}): they would be processed where those doers' state no longer is. "
-            "Let the old app id's workers process them first (topics not grown yet), or "
-            "run this with --forward-waiting, which publishes them again at their doers' "
-            "new partitions"
+            "If the topics are not grown yet: start the workers of the old app id, let them "
+            "catch up with the orchestrator paused, stop them, and run this again. If they "
+            "are (a producer kept publishing with the old count), those records cannot be "
+            "placed: docs/operations.md, 'Changing the partition count'"
         )
-    moving = {
-        tp: (starts[tp], ends[tp]) for tp in {TopicPartition(w.topic, w.partition) for w in waiting}
-    }
-    return Backlog(kept, moving, len(waiting))
+    return kept
 
 
 async def _check_changelogs(
@@ -596,8 +571,6 @@ async def repartition(
             report.copied.append(await _copy(settings, plan, move, old, new, holds_partition))
     for move in todo:
         await _unmoved(settings, plan, move)
-    for move in todo:
-        report.forwarded += await _forward(settings, plan, move)
     for move in todo:
         if record_stages is not None and move.stages is not None:
             await record_stages(move)
@@ -700,15 +673,8 @@ async def _unmoved(settings: Settings, plan: Plan, move: Move) -> None:
         raise RepartitionError(
             f"the changelogs of {move.from_app!r} grew during the move (a worker ran): {after}"
         )
-    # Records forwarded are those up to the planned end; a moving doer's record after it
-    # (a producer still placing by the old count) would be processed where it is not.
     await _check_waiting(
-        settings,
-        move.consumed,
-        _starts(move),
-        plan.old_count,
-        plan.new_count,
-        plan.partitioner,
+        settings, move.consumed, move.offsets, plan.old_count, plan.new_count, plan.partitioner
     )
 
 
@@ -719,54 +685,7 @@ async def _commit_offsets(settings: Settings, move: Move) -> int:
     consumer = AIOKafkaConsumer(
         group_id=move.to_app, enable_auto_commit=False, **settings.kafka_connection()
     )
-    offsets = _starts(move)
     async with started(consumer):
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    return len(offsets)
-
-
-def _starts(move: Move) -> dict[TopicPartition, int]:
-    """Where the new group starts on each old partition: past what was forwarded."""
-    return {**move.offsets, **{tp: end for tp, (_, end) in move.forward.items()}}
-
-
-async def _forward(settings: Settings, plan: Plan, move: Move) -> int:
-    """Publish the waiting records of ``move.forward`` again, each at its doer's new partition.
-
-    Every record of such a range goes (those of doers that stay too, at the end of
-    their own partition), so the new group, starting past the range, takes each of
-    them once, in order per doer. A run interrupted after this and run again
-    publishes them again: each stage takes a record again by its ids, as it does a
-    producer's retry.
-    """
-    if not move.forward:
-        return 0
-    sent = 0
-    producer = settings.kafka_producer(enable_idempotence=True, linger_ms=20)
-    async with started(_consumer(settings)) as consumer, started(producer):
-        consumer.assign(list(move.forward))
-        for tp, (start, end) in sorted(move.forward.items()):
-            acks = []
-            async for batch in _records(consumer, tp, start, end):
-                for record in batch:
-                    key = record.key
-                    partition = (
-                        tp.partition
-                        if key is None
-                        else partition_of(key, plan.new_count, plan.partitioner)
-                    )
-                    acks.append(
-                        await producer.send(
-                            tp.topic,
-                            value=record.value,
-                            key=key,
-                            partition=partition,
-                            timestamp_ms=record.timestamp,
-                            headers=list(record.headers or ()),
-                        )
-                    )
-                await asyncio.gather(*acks)
-                sent += len(acks)
-                acks.clear()
-    return sent
+        consumer.assign(list(move.offsets))
+        await consumer.commit(dict(move.offsets))
+    return len(move.offsets)

@@ -553,13 +553,6 @@ async def topics_create(
         show_default=True,
         help="How the producers place doers: Kafka's default, or librdkafka's 'consistent'.",
     ),
-    click.option(
-        "--forward-waiting",
-        "forward",
-        is_flag=True,
-        help="Publish unprocessed records of doers that move again at their new partitions "
-        "(instead of refusing while they wait).",
-    ),
     click.option("--dry-run", is_flag=True, help="Check and show the plan; change nothing."),
     json_option,
 )
@@ -569,7 +562,6 @@ async def topics_repartition(
     from_app: str | None,
     more: tuple[str, ...],
     partitioner: str,
-    forward: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -647,7 +639,6 @@ async def topics_repartition(
             consumed,
             stages=recorded,
             partitioner=partitioner,
-            forward=forward,
         )
     except (RepartitionError, TopicCatalogError) as exc:
         fail(str(exc))
@@ -684,7 +675,6 @@ async def topics_repartition(
                 "resumed": list(m.resumed),
                 "waiting_records_kept_in_place": m.waiting_kept,
                 "finished_before": m.finished,
-                "forward_records_of_moving_doers": m.forwarded,
             }
             for m in plan.moves
         ],
@@ -712,20 +702,11 @@ async def topics_repartition(
                 if m.waiting_kept
                 else ""
             )
-            + (
-                f"; {m.forwarded} unprocessed records of doers that move are published again "
-                f"at their new partitions (with the other records of {len(m.forward)} "
-                "partitions)"
-                if m.forward
-                else ""
-            )
         )
     if report is None:
         ctx.say(f"would grow: {', '.join(plan.grow) or 'none (already grown)'}")
         ctx.say("dry run: nothing changed")
         return
-    if report.forwarded:
-        ctx.say(f"forwarded {report.forwarded} waiting records to their doers' partitions")
     for copied in report.copied:
         ctx.say(
             f"copied    {copied.to}  ({copied.records} records, {copied.moved} moved partition)"

@@ -317,49 +317,6 @@ async def test_nothing_moves_while_a_worker_runs_or_a_moving_doers_record_waits(
     assert {s.partitions for s in (await describe(settings, cluster.inputs)).values()} == {OLD}
 
 
-async def test_waiting_records_of_moving_doers_are_forwarded_when_asked(
-    cluster: Cluster,
-) -> None:
-    await _state(cluster)
-    committed = await cluster.commit_all()
-    topic = cluster.inputs[0]
-    moving = cluster.moving()[0]
-    was = partition_of(moving.encode(), OLD)
-    staying_too = next(d for d in cluster.staying() if partition_of(d.encode(), OLD) == was)
-    # A producer kept the old count: a moving doer's record, then a staying one's, wait.
-    late = await cluster.send(topic, moving.encode(), b'{"late":1}', was)
-    after = await cluster.send(topic, staying_too.encode(), b'{"late":2}', was)
-    with pytest.raises(RepartitionError, match="--forward-waiting"):
-        await cluster.plan()
-    plan = await plan_repartition(
-        cluster.settings,
-        cluster.wider,
-        cluster.tables,
-        {cluster.old_app: cluster.new_app},
-        {cluster.old_app: cluster.inputs},
-        forward=True,
-    )
-    (move,) = plan.moves
-    tp = TopicPartition(topic, was)
-    assert move.forward == {tp: (committed[tp], after.offset + 1)} and move.forwarded == 1
-    report = await repartition(cluster.settings, cluster.wider, plan)
-    assert report.forwarded == 2  # the range: the staying doer's record goes too, in order
-
-    records = await read_from_start(cluster.settings, topic)
-    copies = [r for r in records if r.offset > after.offset or r.partition != was]
-    copies = [r for r in copies if r.value in (b'{"late":1}', b'{"late":2}')]
-    assert sorted((r.key, r.partition, r.timestamp) for r in copies) == sorted(
-        [
-            (moving.encode(), partition_of(moving.encode(), NEW), late.timestamp),
-            (staying_too.encode(), was, after.timestamp),
-        ]
-    )
-    async with started(_admin(cluster.settings)) as admin:
-        given = await admin.list_consumer_group_offsets(cluster.new_app)
-    # The new group starts past the forwarded range there, elsewhere where the old one was.
-    assert {t: m.offset for t, m in given.items()} == {**committed, tp: after.offset + 1}
-
-
 async def test_a_topic_its_stages_read_but_never_committed_is_read_from_its_start(
     cluster: Cluster,
 ) -> None:
