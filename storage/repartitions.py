@@ -22,13 +22,12 @@ class Repartition:
 async def record_started(
     conn: Any, to_app_id: str, from_app_id: str, old_partitions: int, new_partitions: int
 ) -> None:
-    """Record that the move to ``to_app_id`` is under way (again, for a run that resumes it)."""
+    """Record that the move to ``to_app_id`` is under way (a run that resumes it finds it so)."""
     await conn.execute(
         """
         INSERT INTO repartitions (to_app_id, from_app_id, old_partitions, new_partitions)
         VALUES ($1, $2, $3, $4)
-        ON CONFLICT (to_app_id) DO UPDATE SET finished_at = NULL
-        WHERE repartitions.from_app_id = EXCLUDED.from_app_id
+        ON CONFLICT (to_app_id) DO NOTHING
         """,
         to_app_id,
         from_app_id,
@@ -40,7 +39,8 @@ async def record_started(
 async def record_finished(conn: Any, to_app_id: str) -> None:
     """Mark the move to ``to_app_id`` finished: its workers may start."""
     await conn.execute(
-        "UPDATE repartitions SET finished_at = now() WHERE to_app_id = $1", to_app_id
+        "UPDATE repartitions SET finished_at = now() WHERE to_app_id = $1 AND finished_at IS NULL",
+        to_app_id,
     )
 
 

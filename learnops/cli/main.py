@@ -579,6 +579,7 @@ async def topics_repartition(
 
     settings = ctx.settings
     moves = _moves(settings.learnops_app_id, from_app, to_app, more)
+    finished: dict[str, str] = {}  # old → new app id whose move the journal says finished
     async with database(ctx) as pool:
         recorded = {}
         for app, new in moves.items():
@@ -591,6 +592,20 @@ async def topics_repartition(
                     f"app id {new!r} is the target of a move from {earlier.from_app_id!r} "
                     f"(started {earlier.started_at:%Y-%m-%d %H:%M} UTC): choose another new "
                     "app id"
+                )
+            if earlier is not None and earlier.finished_at is not None:
+                finished[app] = new
+        if not dry_run:
+            async with pool.acquire() as conn:
+                may_write = await conn.fetchval(
+                    "SELECT has_table_privilege(current_user, 'repartitions', 'INSERT, UPDATE')"
+                )
+            if not may_write:
+                fail(
+                    "this login may not write the table repartitions, where the move is "
+                    "recorded so that no worker starts on a half-moved app id: run the command "
+                    "with the DATABASE_URL of the schema owner (LEARNOPS_MIGRATE_DATABASE_URL) "
+                    "or the worker role"
                 )
     consumed = {app: consumed_topics(settings, stages) for app, stages in recorded.items()}
 
@@ -642,6 +657,15 @@ async def topics_repartition(
         )
     except (RepartitionError, TopicCatalogError) as exc:
         fail(str(exc))
+    for m in plan.moves:
+        if m.from_app in finished and not m.finished:
+            # Its new group's offsets are gone or moved on (expired, deleted): copying the
+            # old state again would overwrite what the new app id has done since.
+            fail(
+                f"the move of {m.from_app} to {m.to_app} finished earlier, but {m.to_app}'s "
+                "offsets are not what it was given: it has run since. Choose another new "
+                "app id to move the old state again"
+            )
     report = None
     if not dry_run:
         try:
@@ -970,8 +994,9 @@ async def _preflight(settings: Settings, *, restage: bool = False) -> None:
             fail(refused)
         untrusted = await _signing_key_untrusted(settings, conn)
         unusable = await _operator_key_unusable(settings, conn)
-        await _same_stages_as_the_group(settings, conn, restage)
+        # Before the stage set is claimed: a refused worker must leave nothing recorded.
         await _no_unfinished_move(settings, conn)
+        await _same_stages_as_the_group(settings, conn, restage)
     finally:
         await conn.close()
     for problem in (untrusted, unusable):

@@ -38,6 +38,7 @@ from agents.topics import (
     started,
 )
 from storage.repartitions import record_started, repartition_of
+from storage.stage_sets import stage_set_of
 from tests.services import run_learnops
 
 OLD, NEW = 2, 4
@@ -419,7 +420,11 @@ async def test_two_app_ids_move_in_one_run_even_when_it_dies_between_their_offse
 
 
 async def test_the_command_shows_its_plan_changes_nothing_in_a_dry_run_and_then_moves(
-    settings: Any, settings_env: dict[str, str], tmp_path: Any, db: Any
+    settings: Any,
+    settings_env: dict[str, str],
+    tmp_path: Any,
+    db: Any,
+    role_urls: dict[str, str],
 ) -> None:
     # A count no worker-table changelog on the broker has: the command looks for every app
     # id's state by the worker's table names, and other tests leave such changelogs.
@@ -503,11 +508,23 @@ async def test_the_command_shows_its_plan_changes_nothing_in_a_dry_run_and_then_
     assert worker.returncode == 1
     assert f"app id {unfinished} is the target of a move of {old_app}'s" in worker.stderr
     assert f"--from-app-id {old_app} --to-app-id {unfinished}` again" in worker.stderr
+    async with db.acquire() as conn:
+        assert await stage_set_of(conn, unfinished) is None  # refused before it recorded
     elsewhere = await asyncio.to_thread(
         run_learnops, {**env, "LEARNOPS_APP_ID": f"x{old_app}"}, *command
     )
     assert elsewhere.returncode == 1
     assert f"app id {new_app!r} is the target of a move from {old_app!r}" in elsewhere.stderr
+    read_only = await asyncio.to_thread(
+        run_learnops,
+        {**env, "DATABASE_URL": role_urls["reader"]},  # scripts/postgres.sh makes the role
+        "topics",
+        "repartition",
+        "--to-app-id",
+        f"rpclireader{tag}",
+    )
+    assert read_only.returncode == 1
+    assert "may not write the table repartitions" in read_only.stderr, read_only.stderr
 
 
 async def test_a_worker_that_commits_during_the_move_leaves_the_new_app_id_without_offsets(
