@@ -63,7 +63,7 @@ async def repartition(
     """One worker at 4 partitions, the move, two workers at 8; the usual checks at the end."""
     report = Report(
         f"repartition: {OLD} → {NEW} partitions between two halves of {seconds:g} s of "
-        "traffic; one worker before, two after"
+        f"traffic; one worker before, two after; {store} tables"
     )
     settings = settings_for(found)
     producer = settings.kafka_producer(linger_ms=5)
