@@ -246,7 +246,7 @@ def state_tables(settings: Settings) -> dict[str, bool]:
         settings.model_copy(update={"learnops_topics_file": None}), stages=list(STAGES)
     )
     return {
-        table.name: bool(getattr(table, "holds_partition", False))
+        table.name: table.holds_partition
         for table in sorted(app.tables.values(), key=lambda t: t.name)
     }
 

@@ -41,7 +41,7 @@ import asyncio
 import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -163,17 +163,6 @@ class Copied:
     moved: int = 0
 
 
-@dataclass
-class Report:
-    """What :func:`repartition` changed."""
-
-    plan: Plan
-    grown: list[str] = field(default_factory=list)
-    created: list[str] = field(default_factory=list)
-    copied: list[Copied] = field(default_factory=list)
-    offsets: int = 0
-
-
 def _changelog(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
@@ -217,7 +206,7 @@ async def plan_repartition(
     if partitioner not in PARTITIONERS:
         raise RepartitionError(f"unknown partitioner {partitioner!r}; known: murmur2, crc32")
     new_count = catalog.partitions
-    suffixes = {f"-{t}-changelog": t for t in tables}
+    suffixes = tuple(f"-{t}-changelog" for t in tables)
     async with started(_admin(settings)) as admin:
         listed = set(await admin.list_topics())
         old = {
@@ -260,6 +249,17 @@ async def plan_repartition(
                 f"a new app id already has changelogs of another count ({found}): "
                 "choose another new app id"
             )
+        # Per move, the new changelogs an interrupted run of it created.
+        resumed = {
+            app: tuple(
+                sorted(
+                    _changelog(moves[app], t)
+                    for t in old[app]
+                    if _changelog(moves[app], t) in existing
+                )
+            )
+            for app in moves
+        }
         committed: dict[str, dict[TopicPartition, int]] = {}
         finished: set[str] = set()
         for app, new in moves.items():
@@ -272,8 +272,7 @@ async def plan_repartition(
             }
             if not given:
                 continue
-            made = {n for n in existing if n.startswith(f"{new}-")}
-            if given == committed[app] and len(made) == len(old[app]):
+            if given == committed[app] and len(resumed[app]) == len(old[app]):
                 # An earlier run of these moves finished this one and stopped before the
                 # next: its offsets are the old group's, and nothing ran under it since.
                 finished.add(app)
@@ -302,7 +301,7 @@ async def plan_repartition(
                 stages=(stages or {}).get(app),
                 offsets=committed[app],
                 ends=ends,
-                resumed=tuple(sorted(n for n in existing if n.startswith(f"{new}-"))),
+                resumed=resumed[app],
                 waiting_kept=kept,
                 records=records,
             )
@@ -332,7 +331,7 @@ def _check_counts(old_count: int, new_count: int) -> None:
 async def _no_other_state(
     admin: AIOKafkaAdminClient,
     listed: set[str],
-    suffixes: Mapping[str, str],
+    suffixes: tuple[str, ...],
     named: set[str],
     old_count: int,
 ) -> None:
@@ -547,15 +546,15 @@ async def repartition(
     record_stages: Callable[[Move], Awaitable[None]] | None = None,
     record_started: Callable[[Move], Awaitable[None]] | None = None,
     record_finished: Callable[[Move], Awaitable[None]] | None = None,
-) -> Report:
-    """Grow the topics, copy the state to the new app ids, commit their offsets (module doc).
+) -> list[Copied]:
+    """Grow the topics, copy the state to the new app ids, commit their offsets (module doc);
+    what each changelog's copy wrote.
 
     ``record_started`` records each move before anything changes (a worker refuses
     to start under a new app id whose move has not finished), ``record_stages`` its
     stage set for its new app id (PostgreSQL's ``worker_stage_sets``) before the
     offsets, and ``record_finished`` each move once every new group has them.
     """
-    report = Report(plan)
     todo = [move for move in plan.moves if not move.finished]
     for move in todo:
         if record_started is not None:
@@ -563,31 +562,32 @@ async def repartition(
     async with started(_admin(settings)) as admin:
         if plan.grow:
             await _ensure(admin, catalog, with_state=True)
-            report.grown = list(plan.grow)
         for move in todo:
-            report.created += await _create_changelogs(admin, move, plan.new_count)
-    for move in todo:
-        for old, new, holds_partition in move.changelogs:
-            report.copied.append(await _copy(settings, plan, move, old, new, holds_partition))
+            await _create_changelogs(admin, move, plan.new_count)
+    copied = [
+        await _copy(settings, plan, move, old, new, holds_partition)
+        for move in todo
+        for old, new, holds_partition in move.changelogs
+    ]
     for move in todo:
         await _unmoved(settings, plan, move)
     for move in todo:
         if record_stages is not None and move.stages is not None:
             await record_stages(move)
     for move in todo:
-        report.offsets += await _commit_offsets(settings, move)
+        await _commit_offsets(settings, move)
     for move in plan.moves:
         if record_finished is not None:
             await record_finished(move)
-    return report
+    return copied
 
 
-async def _create_changelogs(admin: AIOKafkaAdminClient, move: Move, count: int) -> list[str]:
+async def _create_changelogs(admin: AIOKafkaAdminClient, move: Move, count: int) -> None:
     from aiokafka.admin import NewTopic
 
     missing = [(old, new) for old, new, _ in move.changelogs if new not in move.resumed]
     if not missing:
-        return []
+        return
     states = await _describe(admin, [old for old, _ in missing])
     response = await admin.create_topics(
         [
@@ -601,9 +601,7 @@ async def _create_changelogs(admin: AIOKafkaAdminClient, move: Move, count: int)
         ]
     )
     _raise_topic_errors(response.to_object())
-    created = [new for _, new in missing]
-    await _wait_visible(admin, created)
-    return created
+    await _wait_visible(admin, [new for _, new in missing])
 
 
 async def _copy(
@@ -678,7 +676,7 @@ async def _unmoved(settings: Settings, plan: Plan, move: Move) -> None:
     )
 
 
-async def _commit_offsets(settings: Settings, move: Move) -> int:
+async def _commit_offsets(settings: Settings, move: Move) -> None:
     """Commit the old group's offsets for the new group; partitions it never read start at 0."""
     from aiokafka import AIOKafkaConsumer
 
@@ -688,4 +686,3 @@ async def _commit_offsets(settings: Settings, move: Move) -> int:
     async with started(consumer):
         consumer.assign(list(move.offsets))
         await consumer.commit(dict(move.offsets))
-    return len(move.offsets)

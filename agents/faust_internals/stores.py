@@ -58,11 +58,8 @@ class DoerStore(faust_rocksdb.Store):
         return self._get_bucket_for_key(key) is not None
 
     def _partition_of(self, key: bytes) -> int | None:
-        place: Any = getattr(self.table, "partition_for_key", None)
-        if place is None:
-            return None
         # The table's keys are JSON (Faust's default key serializer for tables).
-        partition = place(orjson.loads(key))
+        partition = self.table.partition_for_key(orjson.loads(key))
         return None if partition is None else int(partition)
 
 

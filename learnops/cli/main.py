@@ -579,7 +579,7 @@ async def topics_repartition(
 
     settings = ctx.settings
     moves = _moves(settings.learnops_app_id, from_app, to_app, more)
-    finished: dict[str, str] = {}  # old → new app id whose move the journal says finished
+    finished: set[str] = set()  # old app ids whose move the journal says finished
     async with database(ctx) as pool:
         recorded = {}
         for app, new in moves.items():
@@ -594,7 +594,7 @@ async def topics_repartition(
                     "app id"
                 )
             if earlier is not None and earlier.finished_at is not None:
-                finished[app] = new
+                finished.add(app)
         if not dry_run:
             async with pool.acquire() as conn:
                 may_write = await conn.fetchval(
@@ -609,20 +609,13 @@ async def topics_repartition(
                 )
     consumed = {app: consumed_topics(settings, stages) for app, stages in recorded.items()}
 
-    async def journal(move: Move, done: bool) -> None:
-        async with database(ctx) as pool, pool.acquire() as conn:
-            if done:
-                await record_finished(conn, move.to_app)
-            else:
-                await record_started(
-                    conn, move.to_app, move.from_app, plan.old_count, plan.new_count
-                )
-
     async def started_move(move: Move) -> None:
-        await journal(move, done=False)
+        async with database(ctx) as pool, pool.acquire() as conn:
+            await record_started(conn, move.to_app, move.from_app, plan.old_count, plan.new_count)
 
     async def finished_move(move: Move) -> None:
-        await journal(move, done=True)
+        async with database(ctx) as pool, pool.acquire() as conn:
+            await record_finished(conn, move.to_app)
 
     async def record_stages(move: Move) -> None:
         import socket
@@ -666,10 +659,10 @@ async def topics_repartition(
                 "offsets are not what it was given: it has run since. Choose another new "
                 "app id to move the old state again"
             )
-    report = None
+    copied = None
     if not dry_run:
         try:
-            report = await repartition(
+            copied = await repartition(
                 settings,
                 catalog,
                 plan,
@@ -702,10 +695,9 @@ async def topics_repartition(
             }
             for m in plan.moves
         ],
-        "done": report is not None,
+        "done": copied is not None,
         "copied": [
-            {"changelog": c.to, "records": c.records, "moved": c.moved}
-            for c in (report.copied if report else [])
+            {"changelog": c.to, "records": c.records, "moved": c.moved} for c in (copied or [])
         ],
     }
     if as_json:
@@ -727,14 +719,12 @@ async def topics_repartition(
                 else ""
             )
         )
-    if report is None:
+    if copied is None:
         ctx.say(f"would grow: {', '.join(plan.grow) or 'none (already grown)'}")
         ctx.say("dry run: nothing changed")
         return
-    for copied in report.copied:
-        ctx.say(
-            f"copied    {copied.to}  ({copied.records} records, {copied.moved} moved partition)"
-        )
+    for c in copied:
+        ctx.say(f"copied    {c.to}  ({c.records} records, {c.moved} moved partition)")
     apps = ", ".join(m.to_app for m in plan.moves)
     ctx.say(
         f"done: start the workers with LEARNOPS_APP_ID={apps}, and make sure every producer "

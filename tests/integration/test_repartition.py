@@ -105,6 +105,15 @@ class Cluster:
             {app: self.inputs for app in moves},
         )
 
+    async def commit_at(self, group: str, tp: TopicPartition, offset: int) -> None:
+        """Commit ``offset`` on ``tp`` for ``group``: as a worker of it would."""
+        consumer = AIOKafkaConsumer(
+            group_id=group, enable_auto_commit=False, **self.settings.kafka_connection()
+        )
+        async with started(consumer):
+            consumer.assign([tp])
+            await consumer.commit({tp: offset})
+
     async def commit_all(self, group: str | None = None) -> dict[TopicPartition, int]:
         """The old group's (or ``group``'s) offsets at every input partition's end."""
         consumer = AIOKafkaConsumer(
@@ -210,7 +219,7 @@ async def test_the_state_moves_to_each_doers_new_partition_and_the_offsets_follo
     (move,) = plan.moves
     assert dict(move.offsets) == committed
     assert move.records == 6 * len(cluster.doers)  # every changelog record checked
-    report = await repartition(cluster.settings, cluster.wider, plan)
+    copies = await repartition(cluster.settings, cluster.wider, plan)
 
     states = await describe(cluster.settings, cluster.inputs)
     assert {s.partitions for s in states.values()} == {NEW}
@@ -224,7 +233,7 @@ async def test_the_state_moves_to_each_doers_new_partition_and_the_offsets_follo
             doer = orjson.loads(r.key)
             doer = (doer[0] if isinstance(doer, list) else doer).split("/")[0]
             assert r.partition == partition_of(doer.encode(), NEW)
-    copied = {c.to: c for c in report.copied}
+    copied = {c.to: c for c in copies}
     daily = copied[cluster.changelog(cluster.new_app, "daily")]
     assert daily.records == 5 * len(cluster.doers)
     assert daily.moved == 5 * len(cluster.moving())
@@ -236,18 +245,12 @@ async def test_the_state_moves_to_each_doers_new_partition_and_the_offsets_follo
     # Run again: nothing to do. Once a worker of the new app id committed, it is "used".
     again = await cluster.plan()
     assert (
-        again.moves[0].finished
-        and (await repartition(cluster.settings, cluster.wider, again)).copied == []
+        again.moves[0].finished and await repartition(cluster.settings, cluster.wider, again) == []
     )
     tp = next(iter(committed))
     await cluster.commit_all(cluster.new_app)  # a worker of it read to the end
     await cluster.send(tp.topic, b"doer-0", b"{}", tp.partition)
-    consumer = AIOKafkaConsumer(
-        group_id=cluster.new_app, enable_auto_commit=False, **cluster.settings.kafka_connection()
-    )
-    async with started(consumer):
-        consumer.assign([tp])
-        await consumer.commit({tp: committed[tp] + 1})
+    await cluster.commit_at(cluster.new_app, tp, committed[tp] + 1)
     with pytest.raises(RepartitionError, match="has committed offsets: it has been used"):
         await cluster.plan()
 
@@ -536,12 +539,7 @@ async def test_a_worker_that_commits_during_the_move_leaves_the_new_app_id_witho
     # A worker of the old app id took one more record after the plan was made.
     tp = next(iter(ends))
     await cluster.send(tp.topic, b"late", b"{}", tp.partition)
-    consumer = AIOKafkaConsumer(
-        group_id=cluster.old_app, enable_auto_commit=False, **cluster.settings.kafka_connection()
-    )
-    async with started(consumer):
-        consumer.assign([tp])
-        await consumer.commit({tp: ends[tp] + 1})
+    await cluster.commit_at(cluster.old_app, tp, ends[tp] + 1)
     with pytest.raises(RepartitionError, match="committed offsets during the move"):
         await repartition(cluster.settings, cluster.wider, plan)
     async with started(_admin(cluster.settings)) as admin:
