@@ -422,13 +422,21 @@ async def text_columns(pool: Any, tables: Sequence[str] = CURATION_TABLES) -> li
     return [(r["table_name"], r["column_name"]) for r in rows]
 
 
-async def column_texts(pool: Any, table: str, column: str) -> list[str]:
-    """Every non-null value of one column as text (JSON and arrays in their text form)."""
+async def column_texts(
+    pool: Any, table: str, column: str, run_prefix: str | None = None
+) -> list[str]:
+    """Every non-null value of one column as text (JSON and arrays in their text form).
+
+    With ``run_prefix``, only the rows whose ``run_id`` starts with it (the
+    table must have that column).
+    """
     # Names come from information_schema (text_columns), quoted as identifiers.
     query = 'SELECT "{c}"::text AS v FROM "{t}" WHERE "{c}" IS NOT NULL'.format(
         c=column.replace('"', '""'), t=table.replace('"', '""')
     )
-    return [r["v"] for r in await pool.fetch(query)]
+    if run_prefix is None:
+        return [r["v"] for r in await pool.fetch(query)]
+    return [r["v"] for r in await pool.fetch(query + " AND starts_with(run_id, $1)", run_prefix)]
 
 
 async def run_verdicts(pool: Any, run_prefix: str) -> dict[str, dict[str, int]]:
