@@ -32,13 +32,17 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 ## make test: lint, type-check, unit tests, then integration tests on real Kafka and PostgreSQL.
-## Two pytest-xdist processes share the files out (whole files, so module workers stay
-## shared); each starts its own Kafka and PostgreSQL (tests/services.py). Files go out in
+## Three pytest-xdist processes share the files out (whole files, so module workers stay
+## shared); each starts its own Kafka and PostgreSQL (tests/services.py). On two cores the
+## suite uses about 530 s of CPU; with two processes they spent a third of the run waiting
+## (for workers, timers and rebalances), so a third fills those waits: 357 s of pytest
+## against 413 s with two, back to back on one clone; a fourth gave the same 357 s (the
+## cores are then full, and each process adds a broker). Files go out in
 ## collection order (faults, integration, then the many short unit files that even out
 ## the end); xdist's default sends the files with most tests first, which left the long
 ## few-test files (the fault subset, the bandit's promotion walk) to the end, and one
 ## process idle for the last 38 s of a clean-clone run.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 test: lint typecheck
 	@# Byte-compile our own modules (pip compiles the installed packages, not an editable
 	@# project): with PYTHONDONTWRITEBYTECODE set, as on this machine, every worker and CLI
