@@ -5,7 +5,7 @@ Where each service comes from, in order:
 2. testcontainers, when ``docker info`` answers;
 3. the project's own scripts (scripts/kafka.sh, scripts/postgres.sh), on test-only
    ports and state directories so they never clash with `make demo`'s; under
-   pytest-xdist (`make test` runs ``-n 2``) each worker process starts its own pair,
+   pytest-xdist (`make test` runs ``-n 3``) each worker process starts its own pair,
    so two session workers never read each other's topics.
 """
 
