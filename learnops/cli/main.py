@@ -604,8 +604,8 @@ async def topics_repartition(
                 fail(
                     "this login may not write the table repartitions, where the move is "
                     "recorded so that no worker starts on a half-moved app id: run the command "
-                    "with the DATABASE_URL of the schema owner (LEARNOPS_MIGRATE_DATABASE_URL) "
-                    "or the worker role"
+                    "with the DATABASE_URL of the schema owner (LEARNOPS_MIGRATE_DATABASE_URL), "
+                    "not the worker's or the reader's"
                 )
     consumed = {app: consumed_topics(settings, stages) for app, stages in recorded.items()}
 

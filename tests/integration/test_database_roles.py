@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from learning.signing import generate_key
+from storage import repartitions
 from storage import signing_keys as keys_store
 from storage.migrate import MIGRATIONS_DIR, migrate
 from storage.pool import create_pool
@@ -187,6 +189,29 @@ async def test_the_worker_cannot_touch_the_keyring(urls: dict[str, str]) -> None
             await keys_store.add_signing_key(worker, generate_key().public_key, created_by="w")
     finally:
         await worker.close()
+
+
+async def test_the_worker_reads_the_repartition_journal_and_cannot_write_it(
+    urls: dict[str, str], db: Any
+) -> None:
+    # A worker that could mark a move finished, or delete its row, could start under the
+    # new app id with part of the state (038; 039 takes the writes away).
+    moved = f"roles-move-{uuid.uuid4().hex[:8]}"
+    await repartitions.record_started(db, moved, "roles-old", 4, 8)
+    worker = await _as(urls["worker"])
+    try:
+        seen = await repartitions.repartition_of(worker, moved)
+        assert seen is not None and seen.finished_at is None
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await repartitions.record_finished(worker, moved)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await repartitions.record_started(worker, f"{moved}-2", "roles-old", 4, 8)
+        await _refused(worker, f"DELETE FROM repartitions WHERE to_app_id = '{moved}'")
+    finally:
+        await worker.close()
+    await repartitions.record_finished(db, moved)
+    done = await repartitions.repartition_of(db, moved)
+    assert done is not None and done.finished_at is not None
 
 
 def _on(url: str, database: str) -> str:

@@ -518,16 +518,19 @@ async def test_the_command_shows_its_plan_changes_nothing_in_a_dry_run_and_then_
     )
     assert elsewhere.returncode == 1
     assert f"app id {new_app!r} is the target of a move from {old_app!r}" in elsewhere.stderr
-    read_only = await asyncio.to_thread(
-        run_learnops,
-        {**env, "DATABASE_URL": role_urls["reader"]},  # scripts/postgres.sh makes the role
-        "topics",
-        "repartition",
-        "--to-app-id",
-        f"rpclireader{tag}",
-    )
-    assert read_only.returncode == 1
-    assert "may not write the table repartitions" in read_only.stderr, read_only.stderr
+    # The reader, and the worker since migration 039: a worker login must not mark moves.
+    for role in ("reader", "worker"):
+        refused = await asyncio.to_thread(
+            run_learnops,
+            {**env, "DATABASE_URL": role_urls[role]},  # scripts/postgres.sh makes the roles
+            "topics",
+            "repartition",
+            "--to-app-id",
+            f"rpcli{role}{tag}",
+        )
+        assert refused.returncode == 1, (role, refused.stdout)
+        assert "may not write the table repartitions" in refused.stderr, (role, refused.stderr)
+        assert "Traceback" not in refused.stderr, refused.stderr
 
 
 async def test_a_worker_that_commits_during_the_move_leaves_the_new_app_id_without_offsets(
