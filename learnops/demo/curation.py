@@ -5,9 +5,10 @@ samples curated per dataset with their clean and contamination rates, rejects
 by reason, redactions by kind, the contamination alerts, and a PII scan. The
 scan takes every PII value the detectors find in the simulation's own bundles
 on learning.run-completed (the input) and looks for each, verbatim, in every
-text column of the curation tables (the rows of the simulation's runs where a
-table names runs, every row of the others) and in every learning.samples
-message of the simulation; it also runs the detectors over all of them. It prints counts
+text column of the curation tables (the simulation's rows of
+``dataset_samples``, every row of the golden tables) and in every
+learning.samples message of the simulation; it also runs the detectors over
+all of them. It prints counts
 only, never a value, and exits 1 if anything is found.
 """
 
@@ -64,8 +65,10 @@ async def curation(
         verdicts = await store.run_verdicts(pool, run_prefix)
         redactions = await store.run_redactions(pool, run_prefix)
         columns = await store.text_columns(pool)
-        # Rows that name a run: this simulation's only (the store may hold others').
-        per_run = {table for table, column in columns if column == "run_id"}
+        # The samples table grows with every run the store has seen: this simulation's
+        # rows only. The golden copies stay whole: small by design, and replayed to
+        # executors, so any PII there is a finding whoever's run it came from.
+        per_run = {"dataset_samples"}
         texts = {
             (table, column): await store.column_texts(
                 pool, table, column, run_prefix if table in per_run else None
