@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench faults up down status clean
+.PHONY: demo test lint typecheck unit integration bench faults screenshots up down status clean
 
 ## The virtualenv is filled by uv (from PyPI, into the venv) when it installs, else by pip:
 ## the same packages at the same versions, in 16 s instead of pip's 41 s on this machine
@@ -57,6 +57,13 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+## make screenshots: the console's browser tests, saving their screenshots into docs/screenshots
+## (`make test` saves them under .local/screenshots, so that it leaves the checkout clean).
+screenshots: $(STAMP)
+	LEARNOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/integration/test_console.py tests/integration/test_console_concerns.py \
+		tests/integration/test_console_bandits.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

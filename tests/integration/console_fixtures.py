@@ -4,6 +4,7 @@ headless Chromium, and a canary started through the policy store."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -118,7 +119,12 @@ def decisions_made(doer: str, deployment_id: str, actions: list[str], start: dat
 
 # --------------------------------------------------------------------------- in a real browser
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+REPOSITORY = Path(__file__).resolve().parents[2]
+# Where the browser tests save their screenshots: under .local/ (not tracked), so that
+# `make test` leaves the checkout clean; `make screenshots` refreshes docs/screenshots.
+SCREENSHOTS = Path(
+    os.environ.get("LEARNOPS_SCREENSHOTS_DIR") or REPOSITORY / ".local" / "screenshots"
+)
 
 
 def _free_port() -> int:
@@ -188,9 +194,7 @@ def browser() -> Any:
 
     from selenium import webdriver
 
-    subprocess.run(
-        ["bash", str(SCREENSHOTS.parents[1] / "scripts" / "chromium.sh")], check=True, timeout=600
-    )
+    subprocess.run(["bash", str(REPOSITORY / "scripts" / "chromium.sh")], check=True, timeout=600)
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for arg in (
