@@ -300,6 +300,26 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     Method(FAUST, "faust.stores.rocksdb:Store", "_get_bucket_for_key", ("self", "key"), _STORES),
     State(FAUST, "faust.stores.rocksdb:Store", "_key_index", "__init__", _STORES),
     State(FAUST, "faust.stores.base:Store", "table", "__init__", _STORES),
+    # stores.py: kept windows handed to Faust's expiry when a partition becomes active.
+    Method(
+        FAUST,
+        "faust.stores.base:Store",
+        "on_recovery_completed",
+        ("self", "active_tps", "standby_tps"),
+        _STORES,
+    ),
+    Method(FAUST, "faust.stores.base:Store", "_decode_key", ("self", "key"), _STORES),
+    Method(FAUST, "faust.stores.rocksdb:Store", "_visible_keys", ("self", "db"), _STORES),
+    State(FAUST, "faust.stores.rocksdb:Store", "_dbs", "__init__", _STORES),
+    Method(
+        FAUST,
+        "faust.tables.base:Collection",
+        "_maybe_set_key_ttl",
+        ("self", "key", "partition"),
+        _STORES,
+    ),
+    Method(FAUST, "faust.tables.base:Collection", "_should_expire_keys", ("self",), _STORES),
+    Method(FAUST, "faust.tables.base:Collection", "_to_key", ("self", "k"), _STORES),
 )
 
 

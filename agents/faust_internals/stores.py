@@ -12,11 +12,14 @@ changelog record goes too), falling back to Faust's choice for a table that
 gives none; and reads a key from the database that holds it (Faust's reads look
 in the partition of the event in hand when there is one, and a batch's or a
 timer's event may be another doer's). Deletes already search every database.
+And it hands the windows a kept table holds to Faust's expiry when a partition
+becomes active (:meth:`DoerStore.on_recovery_completed`).
 Selected by :func:`store_url` (scheme ``learnops-rocksdb``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,9 @@ from faust.stores import STORES
 from faust.stores import rocksdb as faust_rocksdb
 
 from agents.faust_internals.transport import AcknowledgedBuffer
+
+#: Kept windows registered for expiry between two yields to the event loop.
+WINDOW_CHUNK = 5_000
 
 #: The store URL scheme that selects :class:`DoerStore`.
 SCHEME = "learnops-rocksdb"
@@ -38,6 +44,8 @@ def store_url(kind: str) -> str:
 
 class DoerStore(faust_rocksdb.Store):
     """Faust's RocksDB store, placing each written key in its doer's partition database."""
+
+    _windows_registered: set[int] | None = None  # partitions whose kept windows expire
 
     def _set(self, key: bytes, value: bytes | None) -> None:
         partition = self._partition_of(key)
@@ -56,6 +64,40 @@ class DoerStore(faust_rocksdb.Store):
 
     def _contains(self, key: bytes) -> bool:
         return self._get_bucket_for_key(key) is not None
+
+    async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
+        """Hand the kept windows of newly active partitions to Faust's expiry.
+
+        Faust expires a windowed key only if it was written since the process
+        started (``Collection._maybe_set_key_ttl``, called on a write). Windows a
+        kept RocksDB table holds from before a restart were never expired:
+        about one key per doer, day and windowed table stayed on disk for good.
+        Each newly active partition's keys are registered once (again after it
+        left and came back), a chunk at a time so that heartbeats go on; keys
+        written later register themselves.
+        """
+        await super().on_recovery_completed(active_tps, standby_tps)
+        # The concrete faust.tables.base.Collection (CollectionT declares none of these).
+        table: Any = self.table
+        if not table._should_expire_keys():
+            return
+        if self._windows_registered is None:
+            self._windows_registered = set()
+        topic = table.changelog_topic_name
+        # A partition that left and came back holds what its other owner wrote meanwhile.
+        self._windows_registered &= {tp.partition for tp in active_tps if tp.topic == topic}
+        registered = self._windows_registered
+        for tp in sorted(active_tps):
+            if tp.topic != topic or tp.partition in registered:
+                continue
+            db = self._dbs.get(tp.partition)
+            if db is None:
+                continue
+            registered.add(tp.partition)
+            for n, raw in enumerate(self._visible_keys(db), start=1):
+                table._maybe_set_key_ttl(table._to_key(self._decode_key(raw)), tp.partition)
+                if n % WINDOW_CHUNK == 0:
+                    await asyncio.sleep(0)
 
     def _partition_of(self, key: bytes) -> int | None:
         # The table's keys are JSON (Faust's default key serializer for tables).

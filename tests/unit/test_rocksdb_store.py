@@ -8,6 +8,7 @@ which partition's database a key is written to and read from.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
@@ -145,3 +146,77 @@ def test_a_stop_with_a_record_not_acknowledged_is_not_clean(
     (tables / "x.db").write_text("ahead of its changelog")
     assert not mark_clean_stop(tmp_path, SimpleNamespace(buffer=_buffer(**state)))
     assert tables_at_start(tmp_path, tables) == "deleted"
+
+
+class Kept(Database):
+    """A partition's database a clean stop kept: iterable and deletable, as rocksdict is."""
+
+    def keys(self) -> list[bytes]:
+        return list(self.rows)
+
+    def iter(self) -> Any:
+        return SimpleNamespace(seek_to_first=lambda: None)
+
+    def delete(self, key: bytes) -> None:
+        self.rows.pop(key, None)
+
+
+async def test_windows_kept_from_before_a_restart_expire_like_those_written_since() -> None:
+    """Faust expires only windows written since start; a kept table's older ones stayed for good.
+
+    A real Faust windowed table (daily windows kept 30 days) over the store, whose
+    partition databases hold what a clean stop left: a window 40 days old and one
+    from yesterday in partition 1, another stale one in partition 3, which this
+    worker does not have active. Once partition 1 is recovered, Faust's own
+    expiry (``_del_old_keys``) deletes its stale window and keeps the fresh one.
+    """
+    import time
+    from datetime import timedelta
+
+    from faust import App
+    from faust.types import TP
+
+    app = App(f"learnops-test-{uuid.uuid4().hex[:8]}", store="memory://")
+    table = (
+        app.Table("daily", default=int)
+        .tumbling(timedelta(days=1), expires=timedelta(days=30))
+        .table
+    )
+    made: Any = object.__new__(DoerStore)
+    made.app, made.table, made.use_rocksdict = app, table, True
+    made.key_type, made.key_serializer = table.key_type, table.key_serializer  # as Faust's
+    made.value_type, made.value_serializer = table.value_type, table.value_serializer
+    made.offset_key = b"__faust\0offset__"
+    made._key_index = {}
+    made._dbs = {1: Kept(), 3: Kept()}
+    day = 86_400.0
+    today = (time.time() // day) * day
+
+    def window(doer: str, start: float) -> bytes:
+        return orjson.dumps([doer, [start, start + day - 0.1]])
+
+    stale, fresh, elsewhere = (
+        window("PRDWriter/draft", today - 40 * day),
+        window("PRDWriter/draft", today - day),
+        window("Reviewer/plan", today - 40 * day),
+    )
+    made._dbs[1].rows.update({stale: b"7", fresh: b"3", made.offset_key: b"12"})
+    made._dbs[3].rows[elsewhere] = b"5"
+    table._data = made  # the table reads and deletes through this store
+
+    await made.on_recovery_completed(
+        {TP(table.changelog_topic_name, 1), TP("learnops-other-changelog", 3)}, set()
+    )
+    await made.on_recovery_completed({TP(table.changelog_topic_name, 1)}, set())  # once only
+    assert sum(len(keys) for keys in table._partition_timestamp_keys.values()) == 2
+    await table._del_old_keys()
+    assert set(made._dbs[1].rows) == {fresh, made.offset_key}  # the stale window is gone
+    assert made._dbs[3].rows == {elsewhere: b"5"}  # not active here: left to its owner
+    assert len(table._partition_timestamps[1]) == 1  # registered once, not per recovery
+    # Partition 1 leaves and comes back: what its other owner wrote is registered too.
+    later = window("PRDWriter/draft", today - 35 * day)
+    made._dbs[1].rows[later] = b"1"
+    await made.on_recovery_completed(set(), set())
+    await made.on_recovery_completed({TP(table.changelog_topic_name, 1)}, set())
+    await table._del_old_keys()
+    assert set(made._dbs[1].rows) == {fresh, made.offset_key}
