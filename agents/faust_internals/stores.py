@@ -20,6 +20,7 @@ Selected by :func:`store_url` (scheme ``learnops-rocksdb``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from faust.stores import STORES
 from faust.stores import rocksdb as faust_rocksdb
 
 from agents.faust_internals.transport import AcknowledgedBuffer
+
+log = logging.getLogger(__name__)
 
 #: Kept windows registered for expiry between two yields to the event loop.
 WINDOW_CHUNK = 5_000
@@ -94,10 +97,22 @@ class DoerStore(faust_rocksdb.Store):
             if db is None:
                 continue
             registered.add(tp.partition)
+            unwindowed = 0
             for n, raw in enumerate(self._visible_keys(db), start=1):
-                table._maybe_set_key_ttl(table._to_key(self._decode_key(raw)), tp.partition)
+                try:
+                    table._maybe_set_key_ttl(table._to_key(self._decode_key(raw)), tp.partition)
+                except (TypeError, ValueError):
+                    unwindowed += 1  # not (key, (start, end)): left as it is, never a crash
                 if n % WINDOW_CHUNK == 0:
                     await asyncio.sleep(0)
+            if unwindowed:
+                log.warning(
+                    "rocksdb_unwindowed_keys table=%s partition=%d keys=%d hint='a windowed "
+                    "table holds keys without a window: they are kept, never expired'",
+                    table.name,
+                    tp.partition,
+                    unwindowed,
+                )
 
     def _partition_of(self, key: bytes) -> int | None:
         # The table's keys are JSON (Faust's default key serializer for tables).

@@ -161,7 +161,9 @@ class Kept(Database):
         self.rows.pop(key, None)
 
 
-async def test_windows_kept_from_before_a_restart_expire_like_those_written_since() -> None:
+async def test_windows_kept_from_before_a_restart_expire_like_those_written_since(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Faust expires only windows written since start; a kept table's older ones stayed for good.
 
     A real Faust windowed table (daily windows kept 30 days) over the store, whose
@@ -200,7 +202,8 @@ async def test_windows_kept_from_before_a_restart_expire_like_those_written_sinc
         window("PRDWriter/draft", today - day),
         window("Reviewer/plan", today - 40 * day),
     )
-    made._dbs[1].rows.update({stale: b"7", fresh: b"3", made.offset_key: b"12"})
+    odd = orjson.dumps("PRDWriter/no-window")  # not (key, window): kept, not a crash
+    made._dbs[1].rows.update({stale: b"7", fresh: b"3", odd: b"1", made.offset_key: b"12"})
     made._dbs[3].rows[elsewhere] = b"5"
     table._data = made  # the table reads and deletes through this store
 
@@ -209,8 +212,9 @@ async def test_windows_kept_from_before_a_restart_expire_like_those_written_sinc
     )
     await made.on_recovery_completed({TP(table.changelog_topic_name, 1)}, set())  # once only
     assert sum(len(keys) for keys in table._partition_timestamp_keys.values()) == 2
+    assert "rocksdb_unwindowed_keys table=daily partition=1 keys=1" in caplog.text
     await table._del_old_keys()
-    assert set(made._dbs[1].rows) == {fresh, made.offset_key}  # the stale window is gone
+    assert set(made._dbs[1].rows) == {fresh, odd, made.offset_key}  # the stale window is gone
     assert made._dbs[3].rows == {elsewhere: b"5"}  # not active here: left to its owner
     assert len(table._partition_timestamps[1]) == 1  # registered once, not per recovery
     # Partition 1 leaves and comes back: what its other owner wrote is registered too.
@@ -219,4 +223,4 @@ async def test_windows_kept_from_before_a_restart_expire_like_those_written_sinc
     await made.on_recovery_completed(set(), set())
     await made.on_recovery_completed({TP(table.changelog_topic_name, 1)}, set())
     await table._del_old_keys()
-    assert set(made._dbs[1].rows) == {fresh, made.offset_key}
+    assert set(made._dbs[1].rows) == {fresh, odd, made.offset_key}
