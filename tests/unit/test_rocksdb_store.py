@@ -8,8 +8,10 @@ which partition's database a key is written to and read from.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 import weakref
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 import faust.streams
 import orjson
 import pytest
+from faust import App
+from faust.types import TP
 
 from agents.faust_internals.stores import DoerStore, mark_clean_stop, tables_at_start
 from agents.faust_internals.transport import AcknowledgedBuffer
@@ -172,12 +176,6 @@ async def test_windows_kept_from_before_a_restart_expire_like_those_written_sinc
     worker does not have active. Once partition 1 is recovered, Faust's own
     expiry (``_del_old_keys``) deletes its stale window and keeps the fresh one.
     """
-    import time
-    from datetime import timedelta
-
-    from faust import App
-    from faust.types import TP
-
     app = App(f"learnops-test-{uuid.uuid4().hex[:8]}", store="memory://")
     table = (
         app.Table("daily", default=int)
