@@ -342,6 +342,57 @@ def _mixture_p_value(estimate: FloatArray, variance: FloatArray, tau2: FloatArra
         return np.where(variance > 0, p, np.where(estimate == 0, 1.0, 0.0))
 
 
+_SCALARS = (int, float, np.integer, np.floating)
+
+
+def _scalar_contrast(
+    n_c: float,
+    mean_c: float,
+    var_c: float,
+    n_t: float,
+    mean_t: float,
+    var_t: float,
+    ratio: float,
+    alpha: float,
+    mixing_sd: float,
+    variance_guard: bool,
+) -> tuple[float, float, float, float] | None:
+    """:func:`contrast_interval` of one look, in ``math`` instead of numpy arrays.
+
+    The same operations in the same order (so the same bounds and p-value, to
+    the last bit or so), at about 3 µs instead of 60: the canary stage judges
+    every result of a doer under a canary on eight such contrasts, and the CRL
+    stage checks its regressions on one per doer and day. ``None`` for any look
+    the array code handles specially (fewer than two runs, a non-finite
+    variance or term, an overflow): that code then answers.
+    """
+    nc, nt = float(n_c), float(n_t)
+    mc, mt = float(mean_c), float(mean_t)
+    vc, vt = float(var_c), float(var_t)
+    if not (nc >= 2 and nt >= 2):
+        return None
+    try:
+        tau2 = mixing_sd**2 * (((nc - 1) * vc + (nt - 1) * vt) / (nc + nt - 2))
+        if variance_guard:
+            vc = vt = max(vc, vt)
+        variance = vt / nt + ratio * ratio * (vc / nc)
+        estimate = mt - ratio * mc
+        if variance == 0 and math.isfinite(estimate):  # both arms constant: a point
+            return estimate, estimate, estimate, 1.0 if estimate == 0 else 0.0
+        if not (variance > 0 and tau2 > 0 and math.isfinite(variance + tau2 + estimate)):
+            return None
+        rho = tau2 / variance
+        width2 = variance * (1.0 + 1.0 / rho) * (math.log1p(rho) + 2.0 * math.log(1.0 / alpha))
+        half = math.sqrt(width2)
+        log_lr = -0.5 * math.log1p(rho) + estimate**2 / (2.0 * variance) * rho / (1.0 + rho)
+        p_value = min(1.0, math.exp(-log_lr))
+    except (ArithmeticError, ValueError):  # an overflow: the array code gives inf or 0
+        return None
+    if not math.isfinite(half):
+        return None
+    return estimate, estimate - half, estimate + half, p_value
+
+
 def contrast_interval(
     n_c: npt.ArrayLike,
     mean_c: npt.ArrayLike,
@@ -364,22 +415,67 @@ def contrast_interval(
     ``variance_guard`` each arm's variance term uses the larger of the two
     sample variances (module notes).
     """
-    nc = np.asarray(n_c, dtype=np.float64)
-    nt = np.asarray(n_t, dtype=np.float64)
-    mc = np.asarray(mean_c, dtype=np.float64)
-    mt = np.asarray(mean_t, dtype=np.float64)
-    vc = np.asarray(var_c, dtype=np.float64)
-    vt = np.asarray(var_t, dtype=np.float64)
-    enough = (nc >= 2) & (nt >= 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tau2 = mixing_sd**2 * _pooled_variance(nc, vc, nt, vt)
+    arms = (n_c, mean_c, var_c, n_t, mean_t, var_t)
+    if all(isinstance(x, _SCALARS) for x in arms):
+        one = _scalar_contrast(*arms, ratio, alpha, mixing_sd, variance_guard)  # type: ignore[arg-type]
+        if one is not None:
+            return one  # type: ignore[return-value]
+    looks = _Looks.of(arms, mixing_sd=mixing_sd, variance_guard=variance_guard)
+    estimate, low, high, p_value = looks.contrast(ratio, alpha, p_value=True)
+    assert p_value is not None
+    return estimate, low, high, p_value
+
+
+@dataclass(frozen=True)
+class _Looks:
+    """Arrays of looks as float arrays, with what every contrast of them shares.
+
+    :func:`look_statistics` takes four contrasts of the same looks; converting
+    the counts, pooling the variances and the p-values of the three contrasts
+    it reads only a bound of were done four times over in the simulations.
+    """
+
+    nc: FloatArray
+    nt: FloatArray
+    mc: FloatArray
+    mt: FloatArray
+    vc: FloatArray  # with the variance guard, the larger of the two arms' variances
+    vt: FloatArray
+    enough: npt.NDArray[np.bool_]
+    tau2: FloatArray
+
+    @classmethod
+    def of(
+        cls, arms: tuple[npt.ArrayLike, ...], *, mixing_sd: float, variance_guard: bool
+    ) -> _Looks:
+        """From (n_c, mean_c, var_c, n_t, mean_t, var_t), as contrast_interval takes them."""
+        n_c, mean_c, var_c, n_t, mean_t, var_t = arms
+        nc = np.asarray(n_c, dtype=np.float64)
+        nt = np.asarray(n_t, dtype=np.float64)
+        vc = np.asarray(var_c, dtype=np.float64)
+        vt = np.asarray(var_t, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tau2 = mixing_sd**2 * _pooled_variance(nc, vc, nt, vt)
         if variance_guard:
             vc = vt = np.maximum(vc, vt)
-        variance = vt / nt + ratio * ratio * (vc / nc)
-    estimate = mt - ratio * mc
-    half = np.where(enough, _mixture_half_width(variance, tau2, alpha), np.inf)
-    p_value = np.where(enough, _mixture_p_value(estimate, variance, tau2), 1.0)
-    return estimate, estimate - half, estimate + half, p_value
+        mc = np.asarray(mean_c, dtype=np.float64)
+        mt = np.asarray(mean_t, dtype=np.float64)
+        return cls(nc, nt, mc, mt, vc, vt, (nc >= 2) & (nt >= 2), tau2)
+
+    def contrast(
+        self, ratio: float, alpha: float, *, p_value: bool
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]:
+        """Estimate, bounds and (if asked) p-value of ``mean_t − ratio · mean_c``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            variance = self.vt / self.nt + ratio * ratio * (self.vc / self.nc)
+        estimate = self.mt - ratio * self.mc
+        half = np.where(self.enough, _mixture_half_width(variance, self.tau2, alpha), np.inf)
+        p = (
+            np.where(self.enough, _mixture_p_value(estimate, variance, self.tau2), 1.0)
+            if p_value
+            else None
+        )
+        return estimate, estimate - half, estimate + half, p
 
 
 @dataclass(frozen=True)
@@ -414,25 +510,25 @@ def look_statistics(
     """
     arms = (n_c, mean_c, var_c, n_t, mean_t, var_t)
     guard, tau = config.variance_guard, config.mixing_sd
-    delta, ci_low, ci_high, p_value = contrast_interval(
-        *arms, ratio=1.0, alpha=config.alpha, mixing_sd=tau, variance_guard=guard
-    )
-    _, rollback_low, _, _ = contrast_interval(
-        *arms, ratio=config.rollback_ratio, alpha=config.alpha, mixing_sd=tau, variance_guard=guard
-    )
-    _, _, promote_high, _ = contrast_interval(
-        *arms, ratio=config.promote_ratio, alpha=config.alpha, mixing_sd=tau, variance_guard=guard
-    )
+    if all(isinstance(x, _SCALARS) for x in arms):  # one look: contrast_interval in math
+
+        def bounds(ratio: float, alpha: float, p_value: bool = False) -> tuple[Any, Any, Any, Any]:
+            return contrast_interval(
+                *arms, ratio=ratio, alpha=alpha, mixing_sd=tau, variance_guard=guard
+            )
+    else:
+        looks = _Looks.of(arms, mixing_sd=tau, variance_guard=guard)
+
+        def bounds(ratio: float, alpha: float, p_value: bool = False) -> tuple[Any, Any, Any, Any]:
+            return looks.contrast(ratio, alpha, p_value=p_value)
+
+    delta, ci_low, ci_high, p_value = bounds(1.0, config.alpha, p_value=True)
+    _, rollback_low, _, _ = bounds(config.rollback_ratio, config.alpha)
+    _, _, promote_high, _ = bounds(config.promote_ratio, config.alpha)
     if config.harm_alpha is None:
         harm_low = np.full_like(rollback_low, -np.inf)
     else:
-        _, harm_low, _, _ = contrast_interval(
-            *arms,
-            ratio=config.harm_ratio,
-            alpha=config.harm_alpha,
-            mixing_sd=tau,
-            variance_guard=guard,
-        )
+        _, harm_low, _, _ = bounds(config.harm_ratio, config.harm_alpha)
     ready = (np.asarray(n_c) >= config.min_sample_size) & (
         np.asarray(n_t) >= config.min_sample_size
     )

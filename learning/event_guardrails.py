@@ -58,6 +58,11 @@ class EventGuardrail:
     log_wealth: list[float] = field(default_factory=list)
     trials: dict[str, int] = field(default_factory=lambda: {"control": 0, "candidate": 0})
     max_log_mixture: float = 0.0
+    # log_mixture of the wealth it was computed from: the bandit asks each option's
+    # tests after every run, and 20 exponentials a test were a tenth of its fold.
+    _mixture: tuple[tuple[float, ...], float] = field(
+        default=((), 0.0), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.ratios = tuple(float(r) for r in self.ratios)
@@ -77,10 +82,12 @@ class EventGuardrail:
         if events == 0 or not 0.0 < allocation < 1.0:
             return  # no event, or no comparison possible: nothing to learn
         self.trials[arm] += 1
-        cand = np.array([arm == "candidate"])
-        share = np.array([allocation])
+        # _log_factors of one trial, in math: numpy on one-element arrays cost ~8 µs a
+        # ratio, 160 µs a run with an event, in the canary and the bandit's probe tests.
+        candidate = arm == "candidate"
         for j, ratio in enumerate(self.ratios):
-            self.log_wealth[j] += float(_log_factors(cand, share, ratio)[0])
+            log_norm = math.log(ratio * allocation + 1.0 - allocation)
+            self.log_wealth[j] += (math.log(ratio) if candidate else 0.0) - log_norm
         self.max_log_mixture = max(self.max_log_mixture, self.log_mixture)
 
     def set_aside_gains(self) -> None:
@@ -97,9 +104,15 @@ class EventGuardrail:
     @property
     def log_mixture(self) -> float:
         """Log of the mixture martingale (equal weights over the harm ratios)."""
-        top = max(self.log_wealth)
-        total = sum(math.exp(w - top) for w in self.log_wealth)
-        return top + math.log(total / len(self.ratios))
+        wealth = tuple(self.log_wealth)
+        known, value = self._mixture
+        if known == wealth:
+            return value
+        top = max(wealth)
+        total = sum(math.exp(w - top) for w in wealth)
+        value = top + math.log(total / len(self.ratios))
+        self._mixture = (wealth, value)
+        return value
 
     @property
     def p_value(self) -> float:

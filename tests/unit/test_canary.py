@@ -133,6 +133,44 @@ def test_interval_excludes_zero_exactly_when_p_is_at_most_alpha(
         assert excludes == (float(p) <= 0.05)
 
 
+@settings(max_examples=300)
+@given(
+    n_c=st.integers(0, 200_000),
+    n_t=st.integers(0, 200_000),
+    mean_c=st.one_of(st.just(0.0), st.floats(0.0, 1e3)),
+    mean_t=st.one_of(st.just(0.0), st.floats(0.0, 1e3)),
+    var_c=st.one_of(st.just(0.0), st.floats(0.0, 1e4)),
+    var_t=st.one_of(st.just(0.0), st.floats(0.0, 1e4)),
+    ratio=st.sampled_from([1.0, 0.98, 1.1, 1.25]),
+    alpha=st.sampled_from([0.05, 0.005, 0.2]),
+    mixing_sd=st.sampled_from([0.1, 0.5, 0.0]),
+    guard=st.booleans(),
+)
+def test_one_look_in_math_gives_the_arrays_answer(
+    n_c: int, n_t: int, mean_c: float, mean_t: float, var_c: float, var_t: float,
+    ratio: float, alpha: float, mixing_sd: float, guard: bool,
+) -> None:  # fmt: skip
+    # A look of scalars is computed with math (the canary stage's per-result path), a
+    # look of arrays with numpy (the simulations): both must give the same numbers.
+    options = {"ratio": ratio, "alpha": alpha, "mixing_sd": mixing_sd, "variance_guard": guard}
+    scalar = contrast_interval(n_c, mean_c, var_c, n_t, mean_t, var_t, **options)
+    arrays = contrast_interval(
+        *(np.array([x], dtype=np.float64) for x in (n_c, mean_c, var_c, n_t, mean_t, var_t)),
+        **options,
+    )
+    for one, many in zip(scalar, arrays, strict=True):
+        assert float(one) == pytest.approx(float(many[0]), rel=1e-12, abs=1e-300, nan_ok=True)
+
+
+def test_a_look_of_scalars_takes_the_math_path() -> None:
+    # The comparison above would pass if scalars went through numpy too.
+    control, candidate = arm(0.30, 0.15, 400, 1), arm(0.28, 0.14, 300, 2)
+    stats_ = (400, control.mean, control.variance, 300, candidate.mean, candidate.variance)
+    assert all(type(x) is float for x in contrast_interval(*stats_, ratio=1.0, alpha=0.05))
+    constant = contrast_interval(400, 0.0, 0.0, 300, 0.0, 0.0, ratio=1.0, alpha=0.05)
+    assert all(type(x) is float for x in constant) and constant[3] == 1.0
+
+
 def test_interval_narrows_as_runs_accumulate() -> None:
     widths = []
     for n in (100, 1_000, 10_000, 100_000):
