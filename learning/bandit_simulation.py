@@ -136,6 +136,8 @@ def simulate(
     probing: tuple[str, ...] = ()
     score_rng = np.random.default_rng([seed, 1])
     scored_runs = 0
+    in_effect: tuple[float, ...] | None = None
+    gaps: list[float] = []
     for start in range(0, runs, batch):
         size = min(batch, runs - start)
         if policy == "thompson":
@@ -160,9 +162,13 @@ def simulate(
             losses = np.array([env.shapes[o](rng, (1, 1))[0, 0] for o in chosen])
         for i, option in enumerate(chosen):
             run = start + i
-            expected = unit_means * np.asarray(env.factors_at(run))
-            loss = float(losses[i] * env.factors_at(run)[option])
-            regret += float(expected[option] - expected.min())
+            factors = env.factors_at(run)
+            if factors is not in_effect:  # once per regime: numpy per run was a tenth of it
+                in_effect = factors
+                expected = unit_means * np.asarray(factors)
+                gaps = [float(e - expected.min()) for e in expected]
+            loss = float(losses[i] * factors[option])
+            regret += gaps[option]
             sums[option] += loss
             counts[option] += 1
             if policy != "thompson":
