@@ -378,7 +378,8 @@ def _scalar_contrast(
         variance = vt / nt + ratio * ratio * (vc / nc)
         estimate = mt - ratio * mc
         if variance == 0 and math.isfinite(estimate):  # both arms constant: a point
-            return estimate, estimate, estimate, 1.0 if estimate == 0 else 0.0
+            # ± a half-width of 0.0, as the arrays do (so -0.0 + 0.0 is +0.0 here too)
+            return estimate, estimate - 0.0, estimate + 0.0, 1.0 if estimate == 0 else 0.0
         if not (variance > 0 and tau2 > 0 and math.isfinite(variance + tau2 + estimate)):
             return None
         rho = tau2 / variance

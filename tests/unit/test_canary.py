@@ -138,7 +138,7 @@ def test_interval_excludes_zero_exactly_when_p_is_at_most_alpha(
     n_c=st.integers(0, 200_000),
     n_t=st.integers(0, 200_000),
     mean_c=st.one_of(st.just(0.0), st.floats(0.0, 1e3)),
-    mean_t=st.one_of(st.just(0.0), st.floats(0.0, 1e3)),
+    mean_t=st.one_of(st.just(0.0), st.just(-0.0), st.floats(0.0, 1e3)),
     var_c=st.one_of(st.just(0.0), st.floats(0.0, 1e4)),
     var_t=st.one_of(st.just(0.0), st.floats(0.0, 1e4)),
     ratio=st.sampled_from([1.0, 0.98, 1.1, 1.25]),
@@ -160,6 +160,7 @@ def test_one_look_in_math_gives_the_arrays_answer(
     )
     for one, many in zip(scalar, arrays, strict=True):
         assert float(one) == pytest.approx(float(many[0]), rel=1e-12, abs=1e-300, nan_ok=True)
+        assert math.copysign(1.0, float(one)) == math.copysign(1.0, float(many[0]))  # ±0 too
 
 
 def test_a_look_of_scalars_takes_the_math_path() -> None:
