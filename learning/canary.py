@@ -511,17 +511,16 @@ def look_statistics(
     """
     arms = (n_c, mean_c, var_c, n_t, mean_t, var_t)
     guard, tau = config.variance_guard, config.mixing_sd
-    if all(isinstance(x, _SCALARS) for x in arms):  # one look: contrast_interval in math
+    # One look of scalars: contrast_interval in math; arrays share their conversions.
+    one = all(isinstance(x, _SCALARS) for x in arms)
+    looks = None if one else _Looks.of(arms, mixing_sd=tau, variance_guard=guard)
 
-        def bounds(ratio: float, alpha: float, p_value: bool = False) -> tuple[Any, Any, Any, Any]:
+    def bounds(ratio: float, alpha: float, p_value: bool = False) -> tuple[Any, Any, Any, Any]:
+        if looks is None:
             return contrast_interval(
                 *arms, ratio=ratio, alpha=alpha, mixing_sd=tau, variance_guard=guard
             )
-    else:
-        looks = _Looks.of(arms, mixing_sd=tau, variance_guard=guard)
-
-        def bounds(ratio: float, alpha: float, p_value: bool = False) -> tuple[Any, Any, Any, Any]:
-            return looks.contrast(ratio, alpha, p_value=p_value)
+        return looks.contrast(ratio, alpha, p_value=p_value)
 
     delta, ci_low, ci_high, p_value = bounds(1.0, config.alpha, p_value=True)
     _, rollback_low, _, _ = bounds(config.rollback_ratio, config.alpha)
