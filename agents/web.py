@@ -36,12 +36,15 @@ def doer_route(app: Any, table: Any) -> Callable[[View], View]:
     its name hashes to as the input topics key it (the raw bytes): an operator
     trial with two workers got another worker's empty answer for some doers.
     """
-    name = getattr(table, "table", table).name  # a windowed table's wrapper names its table
+    base = getattr(table, "table", table)  # a windowed table's wrapper names its table
+    name = base.name
 
     def decorator(view: View) -> View:
         @wraps(view)
         async def routed(web_view: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
             doer = request.match_info["doer"]
+            # The router hashes by the producer's metadata of the table's changelog.
+            await app.producer.know_topic(base.changelog_topic.get_topic_name())
             try:
                 return await app.router.route_req(name, doer.encode(), web_view.web, request)
             except SameNode:

@@ -704,6 +704,18 @@ class Producer(faust_aiokafka.Producer):
         # DefaultPartitioner indexes the sorted partition ids, which are 0..n-1.
         return _key_hash(key) % len(partitions)
 
+    async def know_topic(self, topic: str) -> None:
+        """Fetch ``topic``'s metadata unless the producer has it (nothing before it started).
+
+        Faust's router hashes a key with ``key_partition``, which reads the
+        producer's metadata and raised a TypeError for a topic the producer had
+        not sent to yet: a table's web view then answered 500 until the first
+        changelog write (seen in `make test` on a replay-only doer).
+        """
+        producer = self._producer
+        if producer is not None:
+            await producer.partitions_for(topic)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Faust fills in aiokafka's DefaultPartitioner when none is configured.

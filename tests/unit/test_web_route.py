@@ -19,15 +19,23 @@ async def test_the_route_hashes_the_doers_name_not_its_json() -> None:
     app = create_app(Settings(learnops_app_id="route-test", learnops_web_enabled=False), stages=[])
     asked: list[tuple[str, Any]] = []
     local: list[str] = []
+    known: list[str] = []
 
     async def route_req(table: str, key: Any, web: Any, request: Any) -> Any:
+        assert len(known) == len(asked) + 1  # the changelog's metadata first
         asked.append((table, key))
         if key == b"Here":
             raise SameNode()
         return "routed"
 
     app.router.route_req = route_req  # type: ignore[method-assign]
-    table = SimpleNamespace(table=SimpleNamespace(name="crl-daily-doer"))
+
+    async def know_topic(topic: str) -> None:
+        known.append(topic)
+
+    app.producer.know_topic = know_topic  # type: ignore[method-assign]
+    changelog = SimpleNamespace(get_topic_name=lambda: "route-test-crl-daily-doer-changelog")
+    table = SimpleNamespace(table=SimpleNamespace(name="crl-daily-doer", changelog_topic=changelog))
 
     async def view(web_view: Any, request: Any, doer: str) -> Any:
         local.append(doer)
@@ -40,3 +48,6 @@ async def test_the_route_hashes_the_doers_name_not_its_json() -> None:
         assert await routed(web_view, request, doer=doer) == answer
     assert asked == [("crl-daily-doer", b"SchemaMigrator"), ("crl-daily-doer", b"Here")]
     assert local == ["Here"]
+    # The router reads the producer's metadata of the changelog: fetched before each
+    # routing, or a producer that had not sent to it yet raised a TypeError (a 500).
+    assert known == ["route-test-crl-daily-doer-changelog"] * 2
