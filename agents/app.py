@@ -92,6 +92,12 @@ class LearnopsApp(faust.App):
     ) -> None:
         self.settings = settings
         self.catalog = catalog
+        #: The topics whose records must sit on their key's partition (agents.stage.misplaced).
+        self.placed_topics = frozenset(
+            name
+            for name, spec in catalog.topics.items()
+            if "compact" not in spec.configs.get("cleanup.policy", "delete")
+        )
         self.learning = learning
         self._pool: Any = None
         #: Where sends go instead of the broker, when set (in-process tests).
@@ -133,6 +139,11 @@ class LearnopsApp(faust.App):
                 f"learning topics now have more partitions than this worker's table state; "
                 f"see {REPARTITION_DOC}'"
             )
+
+    @property
+    def partition_count(self) -> int | None:
+        """The learning topics' partition count, checked when the worker started (else None)."""
+        return self._partitions
 
     @property
     def pool(self) -> Any:

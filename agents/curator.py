@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from agents.stage import Stage, remember_validated, validated_before
+from agents.stage import Stage, misplaced, remember_validated, validated_before
 from agents.tables import SEPARATOR, doer_of
 from learning.contamination import reason_kind
 from learning.samples import CurationError, DoerCuration
@@ -130,7 +130,7 @@ class CuratorMemory:
         return dict(grouped)
 
 
-def _parse(event: Any) -> RunCompleted | None:
+def _parse(app: LearnopsApp, event: Any) -> RunCompleted | None:
     """The bundle, or None for what the crl stage dead-letters (so it is not sent twice)."""
     message = event.message
     if message.value is None:
@@ -147,7 +147,7 @@ def _parse(event: Any) -> RunCompleted | None:
             SKIPPED.labels("invalid").inc()
             return None
         remember_validated(message, RunCompleted, bundle)
-    if key_problem(message.key, bundle) is not None:
+    if key_problem(message.key, bundle) is not None or misplaced(app, message) is not None:
         SKIPPED.labels("invalid").inc()
         return None
     return bundle
@@ -180,7 +180,7 @@ class CuratorStage(Stage):
             """Curate each bundle's artifacts into samples; keep verdicts; emit samples, alerts."""
             async for event in self.each(stream):
                 async with self.guarded(event):
-                    bundle = _parse(event)
+                    bundle = _parse(self.app, event)
                     if bundle is not None:
                         await self.curate(event, bundle)
 

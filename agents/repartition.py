@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from agents.placement import key_hash
 from agents.tables import doer_of
 from agents.topics import (
     TopicCatalog,
@@ -89,9 +90,7 @@ def partition_of(key: bytes, count: int, partitioner: str = "murmur2") -> int:
     """
     if partitioner == "crc32":
         return zlib.crc32(key) % count
-    from aiokafka.partitioner import murmur2
-
-    return (int(murmur2(key)) & 0x7FFFFFFF) % count
+    return key_hash(key) % count
 
 
 def doer_of_record(key: bytes | None) -> str:

@@ -30,6 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 from agents.dlq import DEAD_LETTERS_FAILED
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from agents.logs import OnceAWhile
+from agents.placement import placement_problem
 from agents.streams import batches, each, unacked_if_cut_short
 from agents.tables import DoerPartitions, doer_table
 from learning.signing import POLICY_CHANGE_KIND, TrustedKeys, VerifyResult, verify_event
@@ -96,6 +97,21 @@ def remember_validated(message: Any, schema: object, result: Any) -> None:
     except TypeError:
         return
     seen[schema] = result
+
+
+def misplaced(app: LearnopsApp, message: Any) -> str | None:
+    """Why ``message`` (its key checked) is not on its key's partition; None if it is.
+
+    Known once the worker has started (the learning topics' one partition
+    count); a record on another partition would split its doer's table state
+    (agents.placement). Compacted topics are not checked: after a repartition
+    each doer's last record stays on its old partition until its next one
+    (docs/operations.md), and is the current value there, not a new fact.
+    """
+    count = app.partition_count
+    if count is None or message.topic not in app.placed_topics:
+        return None
+    return placement_problem(message.topic, message.partition, message.key, count)
 
 
 class Stage:
@@ -245,7 +261,8 @@ class Stage:
         an object that repeats a key is refused first (models.base.duplicate_key_problem).
         An event with no key, or a key that is not its doer, is refused too: it
         would land in another doer's partition and split that doer's state
-        across workers (models.keys).
+        across workers (models.keys); and so is one on another partition than
+        its key's (:func:`misplaced`).
         """
         return await self._validated(event, model, model.model_validate_json)
 
@@ -317,9 +334,13 @@ class Stage:
                 )
                 return None
             remember_validated(message, schema, decoded)
-        problem = key_problem(event.message.key, decoded)
+        problem = key_problem(message.key, decoded)
         if problem is not None:
             await self.dead_letter(event, error_type="key", reason=problem, doer=decoded.doer)
+            return None
+        problem = misplaced(self.app, message)
+        if problem is not None:
+            await self.dead_letter(event, error_type="partition", reason=problem, doer=decoded.doer)
             return None
         return decoded
 

@@ -143,7 +143,6 @@ The transport is chosen by the broker URL scheme ``learnops-kafka://host:port``
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -151,7 +150,7 @@ from types import MappingProxyType
 from typing import Any
 
 from aiokafka.errors import IllegalStateError
-from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
@@ -161,6 +160,7 @@ from mode.services import WaitResults
 
 from agents.faust_internals.membership import guard_membership
 from agents.faust_internals.offsets import OffsetGuard, Verdict
+from agents.placement import key_hash
 
 log = logging.getLogger(__name__)
 
@@ -659,12 +659,6 @@ class AcknowledgedBuffer(ProducerBuffer):
             ) from failure
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _key_hash(key: bytes) -> int:
-    """The non-negative murmur2 hash by which Kafka's default partitioners place ``key``."""
-    return int(murmur2(key)) & 0x7FFFFFFF
-
-
 class Producer(faust_aiokafka.Producer):
     """Faust's aiokafka producer whose flush waits for every buffered record's acknowledgement."""
 
@@ -702,7 +696,7 @@ class Producer(faust_aiokafka.Producer):
         if not partitions:
             return None
         # DefaultPartitioner indexes the sorted partition ids, which are 0..n-1.
-        return _key_hash(key) % len(partitions)
+        return key_hash(key) % len(partitions)
 
     async def know_topic(self, topic: str) -> None:
         """Fetch ``topic``'s metadata unless the producer has it (nothing before it started).

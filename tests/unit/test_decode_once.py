@@ -53,7 +53,7 @@ async def test_the_crl_and_curator_stages_share_one_parse_of_a_record(
 ) -> None:
     message = _message(_bundle())
     first = await crl.decode(_Event(message), RunCompleted)
-    second = _parse(_Event(message))
+    second = _parse(crl.app, _Event(message))
     assert first is not None
     assert second is first
     assert len(parses) == 1
@@ -84,14 +84,14 @@ async def test_a_refused_record_is_not_kept_and_each_reader_refuses_it(
     assert await crl.decode(_Event(repeated), RunCompleted) is None
     assert [kind for kind, _ in letters] == ["json", "json"]
     assert "repeats a key" in letters[0][1]
-    assert _parse(_Event(repeated)) is None
+    assert _parse(crl.app, _Event(repeated)) is None
     assert parses == []  # the duplicate key is refused before any parse
 
     # A record whose key is not its doer is refused by each reader, also when
     # an earlier reader parsed it.
     wrong_key = _message(_bundle(), key=b"SomeoneElse")
     assert await crl.decode(_Event(wrong_key), RunCompleted) is None
-    assert _parse(_Event(wrong_key)) is None
+    assert _parse(crl.app, _Event(wrong_key)) is None
     assert [kind for kind, _ in letters] == ["json", "json", "key"]
 
 
