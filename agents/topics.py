@@ -569,25 +569,81 @@ async def read_record(
     partition's first, or compaction left a later record in its place), or not
     written (at or past the end).
     """
+    origin = (topic, partition, offset)
+    return (await read_records(settings, [origin], timeout=timeout))[origin]
+
+
+#: Offsets further apart than this are reached by a seek rather than read through.
+SEEK_GAP = 2_000
+
+
+async def read_records(
+    settings: Settings, origins: Iterable[tuple[str, int, int]], *, timeout: float = 10.0
+) -> dict[tuple[str, int, int], Any | None]:
+    """The record at each (topic, partition, offset) of ``origins``, or None where it is gone.
+
+    One consumer for all of them, each partition read forward from its first
+    wanted offset (seeking across gaps over ``SEEK_GAP``); gone as in
+    :func:`read_record`. An error when a topic is missing, or when a partition
+    yields nothing for ``timeout`` seconds before its wanted offsets are read.
+    """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    tp = TopicPartition(topic, partition)
+    wanted: dict[Any, list[int]] = {}
+    for topic, partition, offset in origins:
+        wanted.setdefault(TopicPartition(topic, partition), []).append(offset)
+    found: dict[tuple[str, int, int], Any | None] = {}
+    if not wanted:
+        return found
     client = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_auto_commit=False,
         **settings.kafka_client_options(),
     )
     async with started(client) as consumer:
-        if topic not in await consumer.topics():  # a metadata request for every topic
-            raise TopicCatalogError(f"no topic {topic} on the cluster")
-        consumer.assign([tp])
-        first = (await consumer.beginning_offsets([tp]))[tp]
-        end = (await consumer.end_offsets([tp]))[tp]
-        if not first <= offset < end:
-            return None
-        consumer.seek(tp, offset)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            for record in (await consumer.getmany(tp, timeout_ms=200, max_records=1)).get(tp, []):
-                return record if record.offset == offset else None
-        raise TopicCatalogError(f"no record of {topic}[{partition}] at {offset} after {timeout}s")
+        absent = sorted({tp.topic for tp in wanted} - await consumer.topics())
+        if absent:  # (a metadata request for every topic)
+            raise TopicCatalogError(f"no topic {', '.join(absent)} on the cluster")
+        consumer.assign(list(wanted))
+        firsts = await consumer.beginning_offsets(list(wanted))
+        ends = await consumer.end_offsets(list(wanted))
+        for tp, offsets in wanted.items():
+            readable = sorted({o for o in offsets if firsts[tp] <= o < ends[tp]})
+            found.update({(tp.topic, tp.partition, o): None for o in offsets})
+            await _read_forward(consumer, tp, readable, ends[tp], timeout, found)
+    return found
+
+
+async def _read_forward(
+    consumer: Any,
+    tp: Any,
+    offsets: list[int],
+    end: int,
+    timeout: float,
+    found: dict[tuple[str, int, int], Any | None],
+) -> None:
+    """Fill ``found`` with the records at ``offsets`` (sorted, each below ``end``) of ``tp``."""
+    loop = asyncio.get_running_loop()
+    i = 0
+    while i < len(offsets):
+        consumer.seek(tp, offsets[i])
+        deadline = loop.time() + timeout
+        while i < len(offsets):
+            batch = (await consumer.getmany(tp, timeout_ms=200, max_records=500)).get(tp, [])
+            if not batch:
+                if loop.time() > deadline:
+                    raise TopicCatalogError(
+                        f"no record of {tp.topic}[{tp.partition}] at {offsets[i]} after {timeout}s"
+                    )
+                continue
+            deadline = loop.time() + timeout
+            for record in batch:
+                while i < len(offsets) and offsets[i] < record.offset:
+                    i += 1  # compaction left a later record in its place: gone
+                if i < len(offsets) and offsets[i] == record.offset:
+                    found[(tp.topic, tp.partition, record.offset)] = record
+                    i += 1
+            if batch[-1].offset + 1 >= end:
+                return  # the rest were not there (transaction markers, compaction)
+            if i < len(offsets) and offsets[i] - batch[-1].offset > SEEK_GAP:
+                break  # seek ahead

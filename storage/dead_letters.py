@@ -130,3 +130,83 @@ async def letter_names(pool: Any) -> tuple[set[str], set[str]]:
     """The stages and doers that have letters, for "did you mean"."""
     rows = await pool.fetch("SELECT DISTINCT stage, doer FROM dead_letters")
     return {r["stage"] for r in rows}, {r["doer"] for r in rows}
+
+
+async def letters_to_replay(
+    pool: Any,
+    *,
+    error_type: str | None = None,
+    stage: str | None = None,
+    doer: str | None = None,
+    event_ids: Sequence[str] = (),
+) -> list[DeadLetterRecord]:
+    """The letters that match, oldest origin first, whose refused record was never replayed.
+
+    Every given filter must match; ``event_ids`` are starts of letters' event ids
+    (dashes ignored), any of which matches.
+    """
+    prefixes = [e.replace("-", "").lower() for e in event_ids]
+    rows = await pool.fetch(
+        f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))}"
+        " FROM dead_letters l"
+        " WHERE ($1::text IS NULL OR lower(l.error_type) = lower($1))"
+        " AND ($2::text IS NULL OR lower(l.stage) = lower($2))"
+        " AND ($3::text IS NULL OR lower(l.doer) = lower($3))"
+        " AND (cardinality($4::text[]) = 0"
+        "      OR EXISTS (SELECT 1 FROM unnest($4::text[]) p"
+        "                 WHERE starts_with(replace(l.event_id::text, '-', ''), p)))"
+        " AND NOT EXISTS (SELECT 1 FROM dead_letter_replays r WHERE r.topic = l.topic"
+        '                 AND r.partition = l.partition AND r."offset" = l."offset")'
+        ' ORDER BY l.topic, l.partition, l."offset", l.id',
+        error_type,
+        stage,
+        doer,
+        prefixes,
+    )
+    return [DeadLetterRecord(**dict(row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A refused record published again: where it was, where its copy landed, and who did it."""
+
+    topic: str
+    partition: int
+    offset: int
+    doer: str
+    error_types: tuple[str, ...]
+    new_partition: int
+    new_offset: int
+    actor: str
+
+
+#: One replay at a time, across processes: the check that a record was never replayed
+#: and the row that records its replay hold the lock between them.
+REPLAY_LOCK = "SELECT pg_advisory_xact_lock(hashtext('learnops dlq replay'))"
+
+
+async def was_replayed(conn: Any, topic: str, partition: int, offset: int) -> bool:
+    """Whether the record at (topic, partition, offset) was published again already."""
+    found = await conn.fetchval(
+        'SELECT 1 FROM dead_letter_replays WHERE topic = $1 AND partition = $2 AND "offset" = $3',
+        topic,
+        partition,
+        offset,
+    )
+    return found is not None
+
+
+async def record_replay(conn: Any, replay: Replay) -> None:
+    """Record ``replay`` (append-only; the origin once)."""
+    await conn.execute(
+        'INSERT INTO dead_letter_replays (topic, partition, "offset", doer, error_types,'
+        " new_partition, new_offset, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        replay.topic,
+        replay.partition,
+        replay.offset,
+        replay.doer,
+        list(replay.error_types),
+        replay.new_partition,
+        replay.new_offset,
+        replay.actor,
+    )

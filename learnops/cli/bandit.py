@@ -18,7 +18,6 @@ it as a RegisterPolicy (as ``learnops policy register``), then files the
 from __future__ import annotations
 
 import asyncio
-import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ import orjson
 from learnops.cli.main import (
     GroupedCommand,
     ServiceUnreachable,
+    actor_option,
     as_known,
     closest,
     command,
@@ -51,12 +51,7 @@ if TYPE_CHECKING:
 CONTROLS = "learning.bandit-controls"
 ALLOCATIONS = "learning.bandit-allocations"
 
-_actor = click.option(
-    "--actor",
-    default=lambda: getpass.getuser(),
-    show_default="the current user",
-    help="Who is asking, as declared (the record names the key's operator).",
-)
+_actor = actor_option("Who is asking, as declared (the record names the key's operator).")
 _reason = click.option("--reason", required=True, help="Why, for the record.")
 _doer = click.argument("doer")
 

@@ -14,7 +14,6 @@ database refuses any later change to what it froze.
 from __future__ import annotations
 
 import asyncio
-import getpass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +21,7 @@ import click
 
 from learnops.cli.main import (
     GroupedCommand,
+    actor_option,
     closest,
     command,
     database,
@@ -273,12 +273,7 @@ async def dataset_samples(
     click.option(
         "--as", "golden", required=True, help="Name of the golden dataset (letters, digits, ._-)."
     ),
-    click.option(
-        "--actor",
-        default=lambda: getpass.getuser(),
-        show_default="the current user",
-        help="Who froze it, for the record.",
-    ),
+    actor_option("Who froze it, for the record."),
     json_option,
 )
 async def dataset_freeze(
@@ -369,12 +364,7 @@ async def dataset_verify(
         help="The person's identifier as it appears in sample text (user id, name, handle).",
     ),
     click.option("--reason", default="", help="Why, for the audit record (e.g. a request id)."),
-    click.option(
-        "--actor",
-        default=lambda: getpass.getuser(),
-        show_default="the current user",
-        help="Who erased it, for the audit record.",
-    ),
+    actor_option("Who erased it, for the audit record."),
     click.option("--dry-run", is_flag=True, help="Count what would be erased; change nothing."),
     json_option,
 )

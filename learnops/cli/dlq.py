@@ -1,10 +1,12 @@
-"""`learnops dlq list` and `learnops dlq show ID`: what the stages refused, and the input itself.
+"""`learnops dlq list|show|replay`: what the stages refused, the input itself, and its replay.
 
 The dead-letter stage keeps each letter's metadata and reason in PostgreSQL
 (``dead_letters``: no payload, no key, since they may hold personal data). `list`
 reads that table. `show` reads the refused record itself from the topic and
 offset the letter names, while the topic's retention keeps it: the whole
 original, where the letter on learning.dlq may hold a prefix of a large one.
+`replay` publishes refused records of the orchestrator's topics again, once
+each, where their key belongs, once what refused them is mended.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 
 from learnops.cli.main import (
     GroupedCommand,
+    actor_option,
     closest,
     command,
     database,
@@ -29,10 +32,15 @@ from learnops.cli.main import (
     table,
 )
 from storage.dead_letters import (
+    REPLAY_LOCK,
     DeadLetterRecord,
+    Replay,
     find_dead_letters,
     letter_names,
+    letters_to_replay,
     list_dead_letters,
+    record_replay,
+    was_replayed,
 )
 
 #: Bytes of a payload printed as text before `--raw` is needed for the rest.
@@ -203,3 +211,185 @@ async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if len(value) > SHOWN_BYTES:
         self.say(f"… {len(value) - SHOWN_BYTES} more bytes: `learnops dlq show {event_id} --raw`")
+
+
+#: The topics whose refused records `replay` publishes again: the orchestrator's, which
+#: hold the runs and routings every stage counts once by their ids. What the worker
+#: publishes (CRL results, samples, decisions) is made again from these; a command is
+#: issued again with its own CLI command, signed, never replayed out of its order.
+REPLAYABLE = ("learning.run-completed", "learning.task-routed")
+
+#: The header a replayed copy carries: where the refused original was.
+REPLAYED_FROM = "learnops-replayed-from"
+
+Origin = tuple[str, int, int]
+
+
+def _origins(letters: list[DeadLetterRecord]) -> dict[Origin, list[DeadLetterRecord]]:
+    """The letters by the record they refused (the crl and curator stages both refuse one)."""
+    grouped: dict[Origin, list[DeadLetterRecord]] = {}
+    for letter in letters:
+        grouped.setdefault((letter.topic, letter.partition, letter.offset), []).append(letter)
+    return grouped
+
+
+@command(
+    dlq,
+    "replay",
+    click.argument("event_ids", nargs=-1),
+    click.option(
+        "--error-type",
+        help="Replay the letters of this error type (partition: placed on the wrong partition).",
+    ),
+    click.option("--stage", help="Only letters of this stage."),
+    click.option("--doer", help="Only letters of this doer."),
+    click.option("--dry-run", is_flag=True, help="Say what would be published; publish nothing."),
+    actor_option("Who replays, for the audit (dead_letter_replays)."),
+    json_option,
+)
+async def dlq_replay(
+    self: GroupedCommand,
+    event_ids: tuple[str, ...],
+    error_type: str | None,
+    stage: str | None,
+    doer: str | None,
+    dry_run: bool,
+    actor: str,
+    as_json: bool,
+) -> None:
+    """Publish refused records again, once each, where their key belongs.
+
+    For after the cause is mended: a producer restarted after `learnops topics
+    repartition` (error type `partition`), a bug fixed (`internal`). Give
+    letters by EVENT_IDS (starts of their event ids) or --error-type. Each
+    refused record of learning.run-completed or learning.task-routed is read
+    from the offset its letters name (while the topic's retention keeps it)
+    and published to the same topic with its key and value, placed by the
+    key, with a header naming the original; the stages count each run and
+    routing once by its id. It is recorded in dead_letter_replays after the
+    broker acknowledged it, so replaying the same letters again publishes
+    nothing.
+    """
+    from aiokafka.errors import KafkaError
+
+    from agents.topics import TopicCatalogError, read_records
+
+    if not event_ids and error_type is None:
+        fail(
+            "name the letters: EVENT_ID … or --error-type (partition, internal, …); "
+            "`learnops dlq list` shows them. Replaying every letter at once is refused"
+        )
+    async with database(self) as pool:
+        letters = await letters_to_replay(
+            pool, error_type=error_type, stage=stage, doer=doer, event_ids=event_ids
+        )
+        grouped = _origins(letters)
+        others = sorted({o[0] for o in grouped} - set(REPLAYABLE))
+        todo = {o: ls for o, ls in grouped.items() if o[0] in REPLAYABLE}
+        try:
+            records = await read_records(self.settings, todo)
+        except TopicCatalogError as exc:
+            fail(f"cannot read the refused records: {exc}")
+        gone = sorted(o for o in todo if records[o] is None)
+        keyless = sorted(o for o in todo if getattr(records[o], "key", b"") is None)
+        ready = [o for o in todo if o not in gone and o not in keyless]
+        replays: list[Replay] = []
+        if ready and not dry_run:
+            producer = self.settings.kafka_producer(enable_idempotence=True)
+            await producer.start()
+            try:
+                for origin in ready:
+                    replay = await _replay(pool, producer, origin, records[origin], todo, actor)
+                    if replay is not None:
+                        replays.append(replay)
+            except KafkaError as exc:
+                fail(
+                    f"the broker refused a copy ({type(exc).__name__}: {exc}); "
+                    f"{len(replays)} published and recorded before it; run the command again "
+                    "for the rest"
+                )
+            finally:
+                await producer.stop()
+    skipped = {
+        "not_replayable": [f"{t} ({sum(o[0] == t for o in grouped)})" for t in others],
+        "gone": [f"{t}[{p}]@{o}" for t, p, o in gone],
+        "no_key": [f"{t}[{p}]@{o}" for t, p, o in keyless],
+    }
+    if as_json:
+        document: dict[str, Any] = {"dry_run": dry_run, "letters": len(letters)}
+        if dry_run:
+            document["would_publish"] = [f"{t}[{p}]@{o}" for t, p, o in ready]
+        else:
+            document["published"] = [asdict(r) for r in replays]
+        document.update(skipped)
+        self.say(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not letters:
+        self.say("no letters to replay match (a replayed record's letters are left out)")
+        return
+    self.say(f"{len(letters)} letter(s) of {len(grouped)} refused record(s)")
+    if dry_run:
+        self.say(f"would publish {len(ready)} record(s) again (--dry-run: nothing published)")
+    else:
+        shown = table("doer", "refused at", "why", "published at", ids=1)
+        for r in replays:
+            shown.add_row(
+                r.doer,
+                f"{r.topic}[{r.partition}]@{r.offset}",
+                ", ".join(r.error_types),
+                f"{r.topic}[{r.new_partition}]@{r.new_offset}",
+            )
+        if replays:
+            self.console().print(shown)
+        self.say(f"published {len(replays)} record(s) again; each is recorded, never sent twice")
+    if others:
+        self.say(
+            f"left alone, not replayable: letters of {', '.join(skipped['not_replayable'])}; "
+            f"only the orchestrator's topics ({', '.join(REPLAYABLE)}) are replayed"
+        )
+    if gone:
+        self.say(
+            f"gone from their topic (retention): {len(gone)} record(s), e.g. {skipped['gone'][0]}"
+        )
+    if keyless:
+        self.say(
+            f"left alone, no key (every stage would refuse them again): {len(keyless)} "
+            f"record(s), e.g. {skipped['no_key'][0]}"
+        )
+
+
+async def _replay(
+    pool: Any,
+    producer: Any,
+    origin: Origin,
+    record: Any,
+    todo: dict[Origin, list[DeadLetterRecord]],
+    actor: str,
+) -> Replay | None:
+    """Publish ``record`` again and record it, unless another replay did first; its replay."""
+    topic, partition, offset = origin
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(REPLAY_LOCK)
+        if await was_replayed(conn, topic, partition, offset):
+            return None
+        # Recorded only once the broker has the copy: a crash in between sends it again
+        # at the next run, a duplicate the stages count once by its run or task id.
+        sent = await producer.send_and_wait(
+            topic,
+            key=record.key,
+            value=record.value,
+            headers=[(REPLAYED_FROM, f"{topic}/{partition}/{offset}".encode())],
+        )
+        letters = todo[origin]
+        replay = Replay(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            doer=letters[0].doer,
+            error_types=tuple(sorted({x.error_type for x in letters})),
+            new_partition=sent.partition,
+            new_offset=sent.offset,
+            actor=actor,
+        )
+        await record_replay(conn, replay)
+    return replay

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ import orjson
 from learning.experiments import STATUSES, parse_seeds, split_versioned
 from learnops.cli.main import (
     GroupedCommand,
+    actor_option,
     as_known,
     closest,
     command,
@@ -45,9 +45,7 @@ def experiment() -> None:
     pass
 
 
-_actor = click.option(
-    "--actor", default=lambda: getpass.getuser(), show_default="the current user", help="Who asks."
-)
+_actor = actor_option("Who asks.")
 
 
 def _seeds(text: str) -> list[int]:

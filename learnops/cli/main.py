@@ -298,6 +298,15 @@ def closest(name: str, known: Iterator[str] | list[str] | set[str]) -> str:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
+def actor_option(help: str) -> Any:
+    """``--actor``: who runs the command, as declared (the current user unless given)."""
+    import getpass
+
+    return click.option(
+        "--actor", default=lambda: getpass.getuser(), show_default="the current user", help=help
+    )
+
+
 def limit_option(default: int) -> Callable[[Any], Any]:
     """``--limit N``, a positive number of rows."""
     return click.option(

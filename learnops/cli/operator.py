@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ import click
 from learnops.cli.main import (
     CommandContext,
     ServiceUnreachable,
+    actor_option,
     command,
     database,
     dumps,
@@ -54,12 +54,7 @@ def keys() -> None:
 
 operator.add_command(keys)
 
-_actor = click.option(
-    "--actor",
-    default=lambda: getpass.getuser(),
-    show_default="the current user",
-    help="Who makes this change, for the key history.",
-)
+_actor = actor_option("Who makes this change, for the key history.")
 
 
 @contextlib.contextmanager

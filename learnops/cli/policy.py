@@ -13,7 +13,6 @@ latest version.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import time
 from datetime import datetime
@@ -24,6 +23,7 @@ import click
 
 from learnops.cli.main import (
     CommandContext,
+    actor_option,
     as_known,
     closest,
     command,
@@ -62,11 +62,8 @@ policy.add_command(keys)
 
 # --------------------------------------------------------------------------- shared options
 
-_actor = click.option(
-    "--actor",
-    default=lambda: getpass.getuser(),
-    show_default="the current user",
-    help="Who is asking, as the command says; the audit names the operator of the signing key.",
+_actor = actor_option(
+    "Who is asking, as the command says; the audit names the operator of the signing key."
 )
 _wait = click.option(
     "--wait/--no-wait", default=True, show_default=True, help="Wait for the agent's verdict."

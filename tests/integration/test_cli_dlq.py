@@ -1,5 +1,6 @@
-"""`learnops dlq list|show`: the letters the session worker wrote, and the refused input read
-back from its topic, as an operator meets them."""
+"""`learnops dlq list|show|replay`: the letters the session worker wrote, the refused input
+read back from its topic, and misplaced runs replayed where they belong, as an operator
+meets them."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import base64
 import json
 import subprocess
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+from aiokafka import TopicPartition
+
+from agents.placement import key_hash
+from learnops.simulation.orchestrator import Orchestrator
 from tests.integration.kafka_io import eventually
-from tests.services import REPO, WorkerProcess, learnops_command
+from tests.services import REPO, WorkerProcess, end_offsets, learnops_command
 
 RUNS = "learning.run-completed"
 
@@ -121,3 +128,111 @@ async def test_an_operator_lists_the_letters_and_reads_the_refused_input_back(
         refused = await learnops(settings_env, *args)
         assert refused.returncode == 1, refused
         assert fragment in refused.stderr and b"Traceback" not in refused.stderr
+
+
+async def _today_count(settings_env: dict[str, str], doer: str) -> int:
+    url = f"http://127.0.0.1:{settings_env['LEARNOPS_WEB_PORT']}/crl/{doer}/"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200, await response.text()
+        return int((await response.json())["trend"]["today_count"])
+
+
+async def test_a_misplaced_run_waits_in_the_dlq_and_its_replay_is_counted_once(
+    worker: WorkerProcess, producer: Any, db: Any, settings_env: dict[str, str]
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    doer = f"Misplaced{tag}"
+    count = len(await producer.partitions_for(RUNS))
+    home = key_hash(doer.encode()) % count
+    away = (home + 1) % count
+    orchestrator = Orchestrator(seed=47, doers=(doer,), run_prefix=f"misplaced-{tag}")
+    now = datetime.now(UTC)
+    placed = [orchestrator.bundle(doer, occurred_at=now) for _ in range(3)]
+    # A producer whose metadata predates a repartition puts the doer on another partition.
+    stale = [orchestrator.bundle(doer, occurred_at=now) for _ in range(2)]
+    for bundle in placed:
+        await producer.send_and_wait(RUNS, key=doer.encode(), value=bundle.to_json())
+    for bundle in stale:
+        await producer.send_and_wait(
+            RUNS, key=doer.encode(), value=bundle.to_json(), partition=away
+        )
+
+    letters = await eventually(
+        lambda: db.fetch(
+            "SELECT stage, reason, partition FROM dead_letters"
+            " WHERE doer = $1 AND error_type = 'partition'",
+            doer,
+        ),
+        lambda found: len(found) == len(stale),
+    )
+    # One letter a record: the curator reads the same records and leaves them to the crl stage.
+    assert {(x["stage"], x["partition"]) for x in letters} == {("crl", away)}
+    assert f"belongs on partition {home} of {count}" in letters[0]["reason"]
+    stored = "SELECT run_id FROM crl_results WHERE doer = $1"
+    await eventually(lambda: db.fetch(stored, doer), lambda rows: len(rows) == len(placed))
+    assert await eventually(
+        lambda: _today_count(settings_env, doer), lambda n: n == len(placed), timeout=30
+    )
+    # Neither stored nor counted anywhere: not a row, not a sample.
+    assert {r["run_id"] for r in await db.fetch(stored, doer)} == {str(b.run_id) for b in placed}
+    samples = await db.fetchval(
+        "SELECT count(*) FROM dataset_samples WHERE run_id = ANY($1::text[])",
+        [str(b.run_id) for b in stale],
+    )
+    assert samples == 0
+
+    async def home_end() -> int:
+        ends = await end_offsets(settings_env["KAFKA_BOOTSTRAP_SERVERS"], (RUNS,))
+        return ends[TopicPartition(RUNS, home)]
+
+    before = await home_end()
+    dry = await learnops(
+        settings_env,
+        "dlq",
+        "replay",
+        "--error-type",
+        "partition",
+        "--doer",
+        doer,
+        "--dry-run",
+        "--json",
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert len(json.loads(dry.stdout)["would_publish"]) == len(stale)
+    assert await home_end() == before  # a dry run publishes nothing
+
+    replayed = await learnops(
+        settings_env,
+        *("dlq", "replay", "--error-type", "partition", "--doer", doer),
+        *("--actor", "oncall", "--json"),
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    published = json.loads(replayed.stdout)["published"]
+    assert sorted(p["offset"] for p in published) == sorted(
+        x["offset"]
+        for x in await db.fetch(
+            "SELECT \"offset\" FROM dead_letters WHERE doer = $1 AND error_type = 'partition'",
+            doer,
+        )
+    )
+    assert {(p["new_partition"], p["actor"], tuple(p["error_types"])) for p in published} == {
+        (home, "oncall", ("partition",))
+    }
+    await eventually(lambda: db.fetch(stored, doer), lambda rows: len(rows) == 5)
+    assert await eventually(lambda: _today_count(settings_env, doer), lambda n: n == 5, timeout=30)
+
+    # Again: every refused record was replayed once, so nothing is published.
+    after = await home_end()
+    again = await learnops(
+        settings_env, "dlq", "replay", "--error-type", "partition", "--doer", doer, "--json"
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["published"] == []
+    assert await home_end() == after == before + len(stale)
+    audit = await db.fetch(
+        "SELECT actor, new_partition FROM dead_letter_replays WHERE doer = $1", doer
+    )
+    assert [tuple(r) for r in audit] == [("oncall", home)] * len(stale)
+
+    refused = await learnops(settings_env, "dlq", "replay", "--doer", doer)
+    assert refused.returncode == 1 and b"name the letters" in refused.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from learning.signing import generate_key
 from storage import repartitions
 from storage import signing_keys as keys_store
+from storage.dead_letters import Replay, record_replay, was_replayed
 from storage.migrate import MIGRATIONS_DIR, migrate
 from storage.pool import create_pool
 from tests.services import run_learnops
@@ -212,6 +214,40 @@ async def test_the_worker_reads_the_repartition_journal_and_cannot_write_it(
     await repartitions.record_finished(db, moved)
     done = await repartitions.repartition_of(db, moved)
     assert done is not None and done.finished_at is not None
+
+
+async def test_the_replay_journal_is_append_only_and_no_worker_writes_it(
+    urls: dict[str, str], db: Any
+) -> None:
+    # A worker that could write it could mark a refused run replayed, and it would wait in
+    # the dead-letter queue for good (040). Nobody rewrites or removes a row of it.
+    replay = Replay(
+        topic="learning.run-completed",
+        partition=2,
+        offset=10_000_000 + uuid.uuid4().int % 1_000_000,
+        doer="RolesReplay",
+        error_types=("partition",),
+        new_partition=1,
+        new_offset=7,
+        actor="oncall",
+    )
+    async with db.acquire() as conn:
+        await record_replay(conn, replay)
+        assert await was_replayed(conn, replay.topic, replay.partition, replay.offset)
+        where = f"WHERE topic = '{replay.topic}' AND \"offset\" = {replay.offset}"
+        for statement in (
+            f"UPDATE dead_letter_replays SET actor = 'someone' {where}",
+            f"DELETE FROM dead_letter_replays {where}",
+        ):
+            with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+                await conn.execute(statement)
+    worker = await _as(urls["worker"])
+    try:
+        assert await was_replayed(worker, replay.topic, replay.partition, replay.offset)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await record_replay(worker, replace(replay, offset=replay.offset + 1))
+    finally:
+        await worker.close()
 
 
 def _on(url: str, database: str) -> str:

@@ -139,3 +139,35 @@ async def test_a_worker_refuses_to_start_when_its_changelogs_lost_the_inputs_cou
     assert "this app id's table changelogs do not" in started.stderr, started.stderr[-2000:]
     assert f"{app_id}-crl-daily-doer-changelog 2" in started.stderr
     assert "Changing the partition count" in started.stderr
+
+
+@pytest.mark.parametrize("seek_gap", [1, 2_000])
+async def test_records_are_read_back_at_their_offsets_across_gaps_and_past_the_end(
+    settings: Any, producer: Any, monkeypatch: pytest.MonkeyPatch, seek_gap: int
+) -> None:
+    # `learnops dlq replay` reads every refused record with one consumer, seeking across
+    # gaps wider than SEEK_GAP and reading through narrower ones.
+    import agents.topics as topics_module
+
+    monkeypatch.setattr(topics_module, "SEEK_GAP", seek_gap)
+    name = f"learning.scratch-read-{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name=name, partitions=2, replication_factor=1, key="doer", value="x")
+    await ensure(settings, TopicCatalog({name: spec}))
+    sent = {}
+    for i in range(12):
+        partition = i % 2
+        meta = await producer.send_and_wait(
+            name, key=b"k%d" % i, value=b"v%d" % i, partition=partition
+        )
+        sent[(name, partition, meta.offset)] = b"v%d" % i
+    wanted = [o for o in sent if o[2] in (0, 2, 5)] + [(name, 0, 6), (name, 1, 99)]
+    found = await topics_module.read_records(settings, wanted)
+    assert set(found) == set(wanted)
+    for origin in wanted:
+        if origin in sent:
+            assert found[origin] is not None and found[origin].value == sent[origin], origin
+        else:
+            assert found[origin] is None, origin  # at or past the partition's end
+    assert await topics_module.read_record(settings, name, 1, 3) is not None
+    with pytest.raises(TopicCatalogError, match="no topic"):
+        await topics_module.read_records(settings, [("learning.no-such-topic", 0, 0)])
