@@ -84,7 +84,7 @@ faults: $(STAMP)
 	@# The RocksDB table store's runs need its extra (rocksdict, from PyPI).
 	$(BIN)/python -m pip install --quiet -e '.[dev,rocksdb]'
 	@status=0; for f in kill9 "kill9 --static" "kill9 --store rocksdb --kills 8" outages \
-		two_workers repartition "repartition --store rocksdb" fuzz; do \
+		two_workers repartition "repartition --store rocksdb" "repartition --stale-producer" fuzz; do \
 		echo "== tests.faults.$$f"; $(BIN)/python -m tests.faults.$$f || status=1; \
 	done; exit $$status
 

@@ -10,6 +10,14 @@ new app id; a producer that knows the new count resumes, and two workers run
 under the new app id. The same checks as every fault script then compare the
 new app id's tables with PostgreSQL: each daily aggregate counts every run of
 both halves once, the canaries' evidence and the bandit's books are whole.
+
+With ``--stale-producer`` the orchestrator's producer and Router are not
+restarted after the move (the step an operator trial skipped): they keep
+placing doers by the old count for the whole second half. The workers refuse
+those records into learning.dlq (error type ``partition``) instead of
+splitting the moved doers' state over two partitions; once the half is over,
+`learnops dlq replay --error-type partition` publishes them where they
+belong, and the same checks must hold.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import asyncio
 import time
 import uuid
 from typing import Any
+
+import orjson
 
 from agents.repartition import partition_of
 from agents.settings import packaged
@@ -59,11 +69,13 @@ async def repartition(
     bundles: int = 3,
     tasks: int = 1,
     store: str = "memory",
+    stale_producer: bool = False,
 ) -> Report:
     """One worker at 4 partitions, the move, two workers at 8; the usual checks at the end."""
     report = Report(
         f"repartition: {OLD} → {NEW} partitions between two halves of {seconds:g} s of "
         f"traffic; one worker before, two after; {store} tables"
+        + ("; the producers keep the old count, then a replay" if stale_producer else "")
     )
     settings = settings_for(found)
     producer = settings.kafka_producer(linger_ms=5)
@@ -116,20 +128,54 @@ async def repartition(
             )
             print(moved.stdout, flush=True)
 
-            # Under the new app id and count; a producer that knows the new count.
+            # Under the new app id and count; a producer that knows the new count, unless
+            # the scenario keeps the one (and the Router) that knew the old.
             group.app_id = new_app
             group.extra_env["LEARNOPS_TOPICS_FILE"] = str(wider)
-            await producer.stop()
-            producer = settings.kafka_producer(linger_ms=5)
-            await producer.start()
-            traffic.producer = producer
+            if not stale_producer:
+                await producer.stop()
+                producer = settings.kafka_producer(linger_ms=5)
+                await producer.start()
+                traffic.producer = producer
             await group.start("a")
             await group.start("b")
             await _half(traffic, seconds, bundles=bundles, tasks=tasks)
+            if stale_producer and not await _replay_misplaced(report, found, pool, group, env):
+                return report
             await finish(report, found, pool, group, traffic)
     finally:
         await producer.stop()
     return report
+
+
+async def _replay_misplaced(
+    report: Report, found: Services, pool: Any, group: Any, env: dict[str, str]
+) -> bool:
+    """Once the workers refused every misplaced record, replay them; False if none were."""
+    await caught_up(found.bootstrap, group.app_id, timeout=300)
+    letters = await pool.fetch(
+        'SELECT DISTINCT topic, partition, "offset" FROM dead_letters'
+        " WHERE error_type = 'partition' AND consumer = $1",
+        group.app_id,
+    )
+    topics = sorted({r["topic"] for r in letters})
+    replay = await asyncio.to_thread(
+        run_learnops,
+        {**env, "LEARNOPS_APP_ID": group.app_id},
+        *("dlq", "replay", "--error-type", "partition", "--json", "--actor", "faults"),
+    )
+    if replay.returncode != 0:
+        report.fail(f"dlq replay exited {replay.returncode}: {replay.stderr.strip()}")
+        return False
+    published = orjson.loads(replay.stdout)["published"]
+    report.notes.append(
+        f"stale producers: {len(letters)} records refused as misplaced ({', '.join(topics)}); "
+        f"`dlq replay` published {len(published)} again"
+    )
+    if not letters or len(published) != len(letters):
+        report.fail("the stale producers' misplaced records were not all refused and replayed")
+        return False
+    return True
 
 
 def moved_lines(output: str) -> list[str]:
@@ -143,10 +189,17 @@ def main() -> None:
     parser.add_argument(
         "--store", choices=["memory", "rocksdb"], default="memory", help="LEARNOPS_TABLE_STORE"
     )
+    parser.add_argument(
+        "--stale-producer",
+        action="store_true",
+        help="keep the producers that know the old count; refused records are replayed",
+    )
     args = parser.parse_args()
 
     async def scenario(found: Services, pool: Any) -> Report:
-        return await repartition(found, pool, seconds=args.seconds, store=args.store)
+        return await repartition(
+            found, pool, seconds=args.seconds, store=args.store, stale_producer=args.stale_producer
+        )
 
     run_script("repartition", scenario)
 
