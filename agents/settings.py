@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     # stages want latency, e.g. the canary alone (docs/operations.md, "Fetches that wait
     # for a batch"). Capped at 1 MB, a policy: more would hold a fetch its whole 25 ms.
     learnops_fetch_min_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
+    # Refuse a record read from another partition than its key's (agents/placement.py).
+    # Off only to keep running a deployment whose orchestrator places keys by crc32
+    # until it is moved to murmur2 (docs/operations.md, "Upgrading"): its doers' state
+    # then splits over two partitions at any change of the partition count.
+    learnops_placement_check: bool = True
     # Where alerts go besides learning.alerts: FORMAT=URL entries, comma-separated,
     # FORMAT one of json, alertmanager, slack (agents/notify.py).
     learnops_alert_webhooks: str = ""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
 
-from agents.dlq import DEAD_LETTERS_FAILED
+from agents.dlq import DEAD_LETTERS, DEAD_LETTERS_FAILED
 from agents.health import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from agents.logs import OnceAWhile
 from agents.placement import placement_problem
@@ -128,8 +128,10 @@ class Stage:
         # 0 from the start, so an alert on == 1 has a series to watch and a missing
         # series means a missing worker (deploy/prometheus/alerts.yml).
         STAGE_HALTED.labels(self.name).set(0)
-        # Likewise a failed dead letter's counter: an alert on its increase needs a 0 first.
+        # Likewise a failed dead letter's counter, and the misplaced records' (alert
+        # LearnopsRecordsMisplaced): an alert on its increase needs a 0 first.
         DEAD_LETTERS_FAILED.labels(self.name)
+        DEAD_LETTERS.labels(self.name, "partition")
 
     async def batches(
         self, stream: Any, max_events: int, *, ack: bool = True

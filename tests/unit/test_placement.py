@@ -122,9 +122,33 @@ def test_compacted_topics_are_not_checked(crl: CRLStage) -> None:
     assert "learning.policy-changes" in compacted and "learning.bandit-controls" in compacted
     assert "learning.run-completed" in app.placed_topics
     assert not compacted & app.placed_topics
+    assert "learning.dlq" not in app.placed_topics  # letters: no doer state to split
     away = (key_hash(b"PlacedDoer") % COUNT + 1) % COUNT
     for topic in compacted:
         message = Message(topic, away, 0, 0.0, 0, None, b"PlacedDoer", b"{}", None)
         assert misplaced(app, message) is None
     message = Message("learning.task-routed", away, 0, 0.0, 0, None, b"PlacedDoer", b"{}", None)
     assert misplaced(app, message) is not None
+
+
+def test_the_misplaced_records_series_exists_at_zero_before_the_first(crl: CRLStage) -> None:
+    # increase() over a series born with its first increment misses that increment: the
+    # alert LearnopsRecordsMisplaced needs the series at 0 from the stage's start.
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "learnops_dead_letters_total", {"stage": "crl", "error_type": "partition"}
+    )
+    assert value is not None
+
+
+def test_the_check_can_be_switched_off_for_a_crc32_orchestrator() -> None:
+    settings = Settings(
+        learnops_app_id="placement-off", learnops_web_enabled=False, learnops_placement_check=False
+    )
+    app = create_app(settings, stages=[])
+    app._partitions = COUNT
+    away = (key_hash(b"PlacedDoer") % COUNT + 1) % COUNT
+    message = Message("learning.run-completed", away, 0, 0.0, 0, None, b"PlacedDoer", b"{}", None)
+    assert app.placed_topics == frozenset()
+    assert misplaced(app, message) is None
