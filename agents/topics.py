@@ -598,19 +598,23 @@ async def read_records(
     client = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_auto_commit=False,
+        # An offset retention deleted between the look at the log start and the read is
+        # an error here (gone, below), not a silent jump to the end.
+        auto_offset_reset="none",
         **settings.kafka_client_options(),
     )
     async with started(client) as consumer:
         absent = sorted({tp.topic for tp in wanted} - await consumer.topics())
         if absent:  # (a metadata request for every topic)
             raise TopicCatalogError(f"no topic {', '.join(absent)} on the cluster")
-        consumer.assign(list(wanted))
         firsts = await consumer.beginning_offsets(list(wanted))
         ends = await consumer.end_offsets(list(wanted))
         for tp, offsets in wanted.items():
             readable = sorted({o for o in offsets if firsts[tp] <= o < ends[tp]})
             found.update({(tp.topic, tp.partition, o): None for o in offsets})
-            await _read_forward(consumer, tp, readable, ends[tp], timeout, found)
+            if readable:
+                consumer.assign([tp])  # one at a time: no other partition's fetch in the way
+                await _read_forward(consumer, tp, readable, ends[tp], timeout, found)
     return found
 
 
@@ -623,14 +627,25 @@ async def _read_forward(
     found: dict[tuple[str, int, int], Any | None],
 ) -> None:
     """Fill ``found`` with the records at ``offsets`` (sorted, each below ``end``) of ``tp``."""
+    from aiokafka.errors import OffsetOutOfRangeError
+
     loop = asyncio.get_running_loop()
     i = 0
     while i < len(offsets):
         consumer.seek(tp, offsets[i])
         deadline = loop.time() + timeout
         while i < len(offsets):
-            batch = (await consumer.getmany(tp, timeout_ms=200, max_records=500)).get(tp, [])
+            try:
+                batch = (await consumer.getmany(tp, timeout_ms=200, max_records=500)).get(tp, [])
+            except OffsetOutOfRangeError:
+                # Retention deleted the start meanwhile: what lies below the new start is gone.
+                first = (await consumer.beginning_offsets([tp]))[tp]
+                while i < len(offsets) and offsets[i] < first:
+                    i += 1
+                break  # seek to the next wanted offset
             if not batch:
+                if await consumer.position(tp) >= end:
+                    return  # read to the end: the rest were control records (transactions)
                 if loop.time() > deadline:
                     raise TopicCatalogError(
                         f"no record of {tp.topic}[{tp.partition}] at {offsets[i]} after {timeout}s"

@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from models.events import DeadLetter
 
 # One statement per batch; unnest turns the column arrays back into rows.
@@ -210,3 +212,33 @@ async def record_replay(conn: Any, replay: Replay) -> None:
         replay.new_offset,
         replay.actor,
     )
+
+
+async def counted_already(conn: Any, topic: str, value: bytes | None) -> bool:
+    """Whether PostgreSQL holds the run or routing of a refused record (a copy would not count).
+
+    A bundle's run id in ``crl_results`` or a routing's event id in
+    ``deployment_routings``: a worker stored it from the original, which then
+    owns it (its folds and claims). Bytes that do not parse hold neither.
+    """
+    try:
+        document = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(document, dict):
+        return False
+    if topic == "learning.run-completed" and isinstance(document.get("run_id"), str):
+        found = await conn.fetchval(
+            "SELECT 1 FROM crl_results WHERE run_id = $1", document["run_id"]
+        )
+        return found is not None
+    if topic == "learning.task-routed" and isinstance(document.get("event_id"), str):
+        try:
+            event_id = UUID(document["event_id"])
+        except ValueError:
+            return False
+        found = await conn.fetchval(
+            "SELECT 1 FROM deployment_routings WHERE event_id = $1", event_id
+        )
+        return found is not None
+    return False

@@ -29,12 +29,14 @@ from learnops.cli.main import (
     group,
     json_option,
     limit_option,
+    require_writes,
     table,
 )
 from storage.dead_letters import (
     REPLAY_LOCK,
     DeadLetterRecord,
     Replay,
+    counted_already,
     find_dead_letters,
     letter_names,
     letters_to_replay,
@@ -119,6 +121,16 @@ def _text(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8", "replace"), False
 
 
+def _event_id_start(text: str) -> str:
+    """``text`` as (the start of) a letter's event id, as pasted; an error if it cannot be one."""
+    event_id = text.strip()
+    if not all(c in "0123456789abcdefABCDEF-" for c in event_id):
+        fail(f"{event_id!r} is not (the start of) an event id: hex digits and dashes")
+    if len(event_id.replace("-", "")) < 8:
+        fail(f"{event_id!r} is too short: give at least 8 hex digits of the letter's event id")
+    return event_id
+
+
 @command(
     dlq,
     "show",
@@ -138,11 +150,7 @@ async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool
     """
     from agents.topics import TopicCatalogError, read_record
 
-    event_id = event_id.strip()  # as pasted
-    if not all(c in "0123456789abcdefABCDEF-" for c in event_id):
-        fail(f"{event_id!r} is not (the start of) an event id: hex digits and dashes")
-    if len(event_id.replace("-", "")) < 8:
-        fail(f"{event_id!r} is too short: give at least 8 hex digits of the letter's event id")
+    event_id = _event_id_start(event_id)
     async with database(self) as pool:
         found = await find_dead_letters(pool, event_id)
     if not found:
@@ -219,6 +227,13 @@ async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool
 #: issued again with its own CLI command, signed, never replayed out of its order.
 REPLAYABLE = ("learning.run-completed", "learning.task-routed")
 
+#: The error types whose records `replay` publishes again: refused before any stage
+#: stored, claimed or folded anything of them, so a copy is a first delivery. A record
+#: refused later (``internal``: a batch that failed part-way; ``run_id``) is owned by
+#: the original where it was stored, and a copy would never be counted; one refused for
+#: its bytes (``json``, ``key``) would be refused again.
+REPLAYED_ERRORS = ("partition", "schema")
+
 #: The header a replayed copy carries: where the refused original was.
 REPLAYED_FROM = "learnops-replayed-from"
 
@@ -239,7 +254,9 @@ def _origins(letters: list[DeadLetterRecord]) -> dict[Origin, list[DeadLetterRec
     click.argument("event_ids", nargs=-1),
     click.option(
         "--error-type",
-        help="Replay the letters of this error type (partition: placed on the wrong partition).",
+        type=click.Choice(REPLAYED_ERRORS),
+        help="Replay the letters of this error type (partition: placed on the wrong partition; "
+        "schema: refused by an earlier version of the contract).",
     ),
     click.option("--stage", help="Only letters of this stage."),
     click.option("--doer", help="Only letters of this doer."),
@@ -260,15 +277,16 @@ async def dlq_replay(
     """Publish refused records again, once each, where their key belongs.
 
     For after the cause is mended: a producer restarted after `learnops topics
-    repartition` (error type `partition`), a bug fixed (`internal`). Give
-    letters by EVENT_IDS (starts of their event ids) or --error-type. Each
-    refused record of learning.run-completed or learning.task-routed is read
-    from the offset its letters name (while the topic's retention keeps it)
-    and published to the same topic with its key and value, placed by the
-    key, with a header naming the original; the stages count each run and
-    routing once by its id. It is recorded in dead_letter_replays after the
-    broker acknowledged it, so replaying the same letters again publishes
-    nothing.
+    repartition` (error type `partition`), a contract that now accepts what an
+    earlier one refused (`schema`). Give letters by EVENT_IDS (starts of their
+    event ids) or --error-type. Each refused record of learning.run-completed
+    or learning.task-routed is read from the offset its letters name (while
+    the topic's retention keeps it) and published to the same topic with its
+    key and value, placed by the key, with a header naming the original; a
+    run or routing PostgreSQL already holds (counted by a worker that took
+    the original) is left alone. Each is recorded in dead_letter_replays
+    after the broker acknowledged it, so replaying the same letters again
+    publishes nothing.
     """
     from aiokafka.errors import KafkaError
 
@@ -276,23 +294,42 @@ async def dlq_replay(
 
     if not event_ids and error_type is None:
         fail(
-            "name the letters: EVENT_ID … or --error-type (partition, internal, …); "
+            "name the letters: EVENT_ID … or --error-type (partition, schema); "
             "`learnops dlq list` shows them. Replaying every letter at once is refused"
         )
+    event_ids = tuple(_event_id_start(e) for e in event_ids)
     async with database(self) as pool:
+        if not dry_run:
+            await require_writes(
+                pool,
+                "dead_letter_replays",
+                "INSERT",
+                "where each replay is recorded so that it is never published twice",
+            )
         letters = await letters_to_replay(
             pool, error_type=error_type, stage=stage, doer=doer, event_ids=event_ids
         )
         grouped = _origins(letters)
         others = sorted({o[0] for o in grouped} - set(REPLAYABLE))
-        todo = {o: ls for o, ls in grouped.items() if o[0] in REPLAYABLE}
+        refused_late = sorted(
+            o
+            for o, ls in grouped.items()
+            if o[0] in REPLAYABLE and any(x.error_type not in REPLAYED_ERRORS for x in ls)
+        )
+        todo = {o: ls for o, ls in grouped.items() if o[0] in REPLAYABLE and o not in refused_late}
         try:
             records = await read_records(self.settings, todo)
         except TopicCatalogError as exc:
             fail(f"cannot read the refused records: {exc}")
-        gone = sorted(o for o in todo if records[o] is None)
-        keyless = sorted(o for o in todo if getattr(records[o], "key", b"") is None)
-        ready = [o for o in todo if o not in gone and o not in keyless]
+        found = {o: r for o, r in records.items() if r is not None}
+        gone = sorted(o for o in todo if o not in found)
+        keyless = sorted(o for o, r in found.items() if r.key is None)
+        candidates = [o for o in todo if o in found and o not in keyless]
+        async with pool.acquire() as conn:
+            counted = sorted(
+                [o for o in candidates if await counted_already(conn, o[0], found[o].value)]
+            )
+        ready = [o for o in candidates if o not in counted]
         replays: list[Replay] = []
         if ready and not dry_run:
             producer = self.settings.kafka_producer(enable_idempotence=True)
@@ -312,8 +349,10 @@ async def dlq_replay(
                 await producer.stop()
     skipped = {
         "not_replayable": [f"{t} ({sum(o[0] == t for o in grouped)})" for t in others],
+        "refused_late": [f"{t}[{p}]@{o}" for t, p, o in refused_late],
         "gone": [f"{t}[{p}]@{o}" for t, p, o in gone],
         "no_key": [f"{t}[{p}]@{o}" for t, p, o in keyless],
+        "counted_already": [f"{t}[{p}]@{o}" for t, p, o in counted],
     }
     if as_json:
         document: dict[str, Any] = {"dry_run": dry_run, "letters": len(letters)}
@@ -346,6 +385,18 @@ async def dlq_replay(
         self.say(
             f"left alone, not replayable: letters of {', '.join(skipped['not_replayable'])}; "
             f"only the orchestrator's topics ({', '.join(REPLAYABLE)}) are replayed"
+        )
+    if refused_late:
+        self.say(
+            f"left alone, refused for another error than {' or '.join(REPLAYED_ERRORS)}: "
+            f"{len(refused_late)} record(s), e.g. {skipped['refused_late'][0]} (a stage may "
+            "have stored it before it failed, and then owns it: a copy would not be counted)"
+        )
+    if counted:
+        self.say(
+            f"left alone, already in PostgreSQL: {len(counted)} record(s), e.g. "
+            f"{skipped['counted_already'][0]} (a worker took the original before it was refused "
+            "here, e.g. under the app id before a partition change; a copy would not be counted)"
         )
     if gone:
         self.say(

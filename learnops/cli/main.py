@@ -269,6 +269,20 @@ async def database(
         await pool.close()
 
 
+async def require_writes(pool: Any, table: str, privileges: str, why: str) -> None:
+    """Stop the command before it changes anything when its login may not write ``table``."""
+    async with pool.acquire() as conn:
+        may = await conn.fetchval(
+            "SELECT has_table_privilege(current_user, $1, $2)", table, privileges
+        )
+    if not may:
+        fail(
+            f"this login may not write the table {table}, {why}: run the command with the "
+            "DATABASE_URL of the schema owner (LEARNOPS_MIGRATE_DATABASE_URL), not the "
+            "worker's or the reader's"
+        )
+
+
 def split_ref(text: str) -> tuple[str, int | None]:
     """Split ``NAME@VERSION``; ``NAME`` alone, or a non-numeric suffix, gives version None."""
     name, sep, version = text.rpartition("@")
@@ -560,7 +574,9 @@ async def topics_create(
         type=click.Choice(["murmur2", "crc32"]),
         default="murmur2",
         show_default=True,
-        help="How the producers place doers: Kafka's default, or librdkafka's 'consistent'.",
+        help="How the producers place doers: Kafka's default, or librdkafka's 'consistent' "
+        "(only for a deployment run with LEARNOPS_PLACEMENT_CHECK=false: the worker refuses "
+        "records that murmur2 does not place).",
     ),
     click.option("--dry-run", is_flag=True, help="Check and show the plan; change nothing."),
     json_option,
@@ -605,17 +621,12 @@ async def topics_repartition(
             if earlier is not None and earlier.finished_at is not None:
                 finished.add(app)
         if not dry_run:
-            async with pool.acquire() as conn:
-                may_write = await conn.fetchval(
-                    "SELECT has_table_privilege(current_user, 'repartitions', 'INSERT, UPDATE')"
-                )
-            if not may_write:
-                fail(
-                    "this login may not write the table repartitions, where the move is "
-                    "recorded so that no worker starts on a half-moved app id: run the command "
-                    "with the DATABASE_URL of the schema owner (LEARNOPS_MIGRATE_DATABASE_URL), "
-                    "not the worker's or the reader's"
-                )
+            await require_writes(
+                pool,
+                "repartitions",
+                "INSERT, UPDATE",
+                "where the move is recorded so that no worker starts on a half-moved app id",
+            )
     consumed = {app: consumed_topics(settings, stages) for app, stages in recorded.items()}
 
     async def started_move(move: Move) -> None:

@@ -138,7 +138,11 @@ async def _today_count(settings_env: dict[str, str], doer: str) -> int:
 
 
 async def test_a_misplaced_run_waits_in_the_dlq_and_its_replay_is_counted_once(
-    worker: WorkerProcess, producer: Any, db: Any, settings_env: dict[str, str]
+    worker: WorkerProcess,
+    producer: Any,
+    db: Any,
+    settings_env: dict[str, str],
+    role_urls: dict[str, str],
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     doer = f"Misplaced{tag}"
@@ -186,6 +190,14 @@ async def test_a_misplaced_run_waits_in_the_dlq_and_its_replay_is_counted_once(
         return ends[TopicPartition(RUNS, home)]
 
     before = await home_end()
+    # A login that may not record the replay is refused before anything is published.
+    assert "worker" in role_urls, "no learnops_worker login (scripts/postgres.sh makes one)"
+    as_worker = {**settings_env, "DATABASE_URL": role_urls["worker"]}
+    denied = await learnops(as_worker, "dlq", "replay", "--error-type", "partition")
+    assert denied.returncode == 1 and b"may not write the table dead_letter_replays" in (
+        denied.stderr
+    )
+    assert await home_end() == before
     dry = await learnops(
         settings_env,
         "dlq",
@@ -234,5 +246,29 @@ async def test_a_misplaced_run_waits_in_the_dlq_and_its_replay_is_counted_once(
     )
     assert [tuple(r) for r in audit] == [("oncall", home)] * len(stale)
 
-    refused = await learnops(settings_env, "dlq", "replay", "--doer", doer)
-    assert refused.returncode == 1 and b"name the letters" in refused.stderr
+    # The same run misplaced again (a stale producer's retry): PostgreSQL holds it, so a
+    # copy would never be counted; it is left alone and said so.
+    await producer.send_and_wait(RUNS, key=doer.encode(), value=stale[0].to_json(), partition=away)
+    await eventually(
+        lambda: db.fetchval(
+            "SELECT count(*) FROM dead_letters WHERE doer = $1 AND error_type = 'partition'", doer
+        ),
+        lambda n: n == len(stale) + 1,
+    )
+    retried = await learnops(
+        settings_env, "dlq", "replay", "--error-type", "partition", "--doer", doer, "--json"
+    )
+    assert retried.returncode == 0, retried.stderr
+    document = json.loads(retried.stdout)
+    assert document["published"] == [] and len(document["counted_already"]) == 1
+    assert await home_end() == before + len(stale)
+
+    for args, fragment in (
+        (("dlq", "replay", "--doer", doer), b"name the letters"),
+        (("dlq", "replay", ""), b"too short"),
+        (("dlq", "replay", "--", "-"), b"too short"),
+        (("dlq", "replay", "--error-type", "internal"), b"'internal' is not one of"),
+    ):
+        refused = await learnops(settings_env, *args)
+        assert refused.returncode != 0, args
+        assert fragment in refused.stderr and b"Traceback" not in refused.stderr, refused.stderr

@@ -171,3 +171,43 @@ async def test_records_are_read_back_at_their_offsets_across_gaps_and_past_the_e
     assert await topics_module.read_record(settings, name, 1, 3) is not None
     with pytest.raises(TopicCatalogError, match="no topic"):
         await topics_module.read_records(settings, [("learning.no-such-topic", 0, 0)])
+
+
+async def test_records_deleted_by_retention_during_the_read_are_gone_not_an_error(
+    settings: Any, producer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Retention can delete the log's start between the look at it and the read; the
+    # consumer then meets an offset out of range, which must mean "gone" for what lies
+    # below the new start, and the rest is still read.
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    import agents.topics as topics_module
+
+    name = f"learning.scratch-race-{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name=name, partitions=1, replication_factor=1, key="doer", value="x")
+    await ensure(settings, TopicCatalog({name: spec}))
+    for i in range(8):
+        await producer.send_and_wait(name, key=b"k", value=b"v%d" % i, partition=0)
+    tp = TopicPartition(name, 0)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=5)})
+    finally:
+        await admin.close()
+    real = AIOKafkaConsumer.beginning_offsets
+    stale = {"left": 1}
+
+    async def seen_before_the_deletion(self: Any, partitions: Any) -> Any:
+        starts = await real(self, partitions)
+        if stale["left"]:  # the first look predates the deletion
+            stale["left"] -= 1
+            return {p: 0 for p in starts}
+        return starts
+
+    monkeypatch.setattr(AIOKafkaConsumer, "beginning_offsets", seen_before_the_deletion)
+    found = await topics_module.read_records(settings, [(name, 0, 2), (name, 0, 6)])
+    assert found[(name, 0, 2)] is None
+    record = found[(name, 0, 6)]
+    assert record is not None and record.value == b"v6"
