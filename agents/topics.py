@@ -640,6 +640,11 @@ async def _read_forward(
             except OffsetOutOfRangeError:
                 # Retention deleted the start meanwhile: what lies below the new start is gone.
                 first = (await consumer.beginning_offsets([tp]))[tp]
+                if offsets[i] >= first:  # not retention: the log was cut or made anew
+                    raise TopicCatalogError(
+                        f"{tp.topic}[{tp.partition}] has no offset {offsets[i]} any more (its "
+                        f"log now starts at {first}); was the topic deleted and made again?"
+                    ) from None
                 while i < len(offsets) and offsets[i] < first:
                     i += 1
                 break  # seek to the next wanted offset

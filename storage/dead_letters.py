@@ -217,9 +217,10 @@ async def record_replay(conn: Any, replay: Replay) -> None:
 async def counted_already(conn: Any, topic: str, value: bytes | None) -> bool:
     """Whether PostgreSQL holds the run or routing of a refused record (a copy would not count).
 
-    A bundle's run id in ``crl_results`` or a routing's event id in
-    ``deployment_routings``: a worker stored it from the original, which then
-    owns it (its folds and claims). Bytes that do not parse hold neither.
+    A bundle's run id in ``crl_results`` (the crl stage folds a run from the
+    record that first stored it), or a routing's claim by the canary
+    (``fold_claims``): a worker took the original, which then owns it. Bytes
+    that do not parse hold neither.
     """
     try:
         document = orjson.loads(value or b"")
@@ -233,12 +234,26 @@ async def counted_already(conn: Any, topic: str, value: bytes | None) -> bool:
         )
         return found is not None
     if topic == "learning.task-routed" and isinstance(document.get("event_id"), str):
-        try:
-            event_id = UUID(document["event_id"])
-        except ValueError:
-            return False
+        # The canary claims a routing (fold_claims) before it stores it, and stores only
+        # those of a deployment it knows: the claim is what a copy would meet.
         found = await conn.fetchval(
-            "SELECT 1 FROM deployment_routings WHERE event_id = $1", event_id
+            "SELECT 1 FROM fold_claims WHERE consumer = 'canary' AND item_id = $1",
+            f"task/{document['event_id']}",
         )
         return found is not None
     return False
+
+
+async def letters_of(pool: Any, origins: Sequence[tuple[str, int, int]]) -> list[DeadLetterRecord]:
+    """Every letter of the records at these (topic, partition, offset)s, whatever refused them."""
+    if not origins:
+        return []
+    rows = await pool.fetch(
+        f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))}"
+        " FROM dead_letters l JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS o(t, p, f)"
+        ' ON l.topic = o.t AND l.partition = o.p AND l."offset" = o.f',
+        [o[0] for o in origins],
+        [o[1] for o in origins],
+        [o[2] for o in origins],
+    )
+    return [DeadLetterRecord(**dict(row)) for row in rows]

@@ -39,6 +39,7 @@ from storage.dead_letters import (
     counted_already,
     find_dead_letters,
     letter_names,
+    letters_of,
     letters_to_replay,
     list_dead_letters,
     record_replay,
@@ -240,6 +241,22 @@ REPLAYED_FROM = "learnops-replayed-from"
 Origin = tuple[str, int, int]
 
 
+def _accepted(topic: str, value: bytes | None) -> bool:
+    """Whether this version's contract accepts ``value`` on ``topic`` (a replayable one)."""
+    from pydantic import ValidationError
+
+    from models.base import duplicate_key_problem
+    from models.registry import adapter
+
+    if value is None or duplicate_key_problem(value) is not None:
+        return False
+    try:
+        adapter(topic).validate_json(value)
+    except ValidationError:
+        return False
+    return True
+
+
 def _origins(letters: list[DeadLetterRecord]) -> dict[Origin, list[DeadLetterRecord]]:
     """The letters by the record they refused (the crl and curator stages both refuse one)."""
     grouped: dict[Origin, list[DeadLetterRecord]] = {}
@@ -309,7 +326,9 @@ async def dlq_replay(
         letters = await letters_to_replay(
             pool, error_type=error_type, stage=stage, doer=doer, event_ids=event_ids
         )
-        grouped = _origins(letters)
+        # Every letter of the selected records, not only those the filters matched: a
+        # record some stage refused late (after storing it) is owned by its original.
+        grouped = _origins(await letters_of(pool, list(_origins(letters))))
         others = sorted({o[0] for o in grouped} - set(REPLAYABLE))
         refused_late = sorted(
             o
@@ -329,7 +348,12 @@ async def dlq_replay(
             counted = sorted(
                 [o for o in candidates if await counted_already(conn, o[0], found[o].value)]
             )
-        ready = [o for o in candidates if o not in counted]
+        # A copy the contract still refuses would be a new letter at a new offset, which
+        # the next replay would publish again: what this version refuses stays.
+        invalid = sorted(
+            o for o in candidates if o not in counted and not _accepted(o[0], found[o].value)
+        )
+        ready = [o for o in candidates if o not in counted and o not in invalid]
         replays: list[Replay] = []
         if ready and not dry_run:
             producer = self.settings.kafka_producer(enable_idempotence=True)
@@ -353,6 +377,7 @@ async def dlq_replay(
         "gone": [f"{t}[{p}]@{o}" for t, p, o in gone],
         "no_key": [f"{t}[{p}]@{o}" for t, p, o in keyless],
         "counted_already": [f"{t}[{p}]@{o}" for t, p, o in counted],
+        "still_refused": [f"{t}[{p}]@{o}" for t, p, o in invalid],
     }
     if as_json:
         document: dict[str, Any] = {"dry_run": dry_run, "letters": len(letters)}
@@ -397,6 +422,11 @@ async def dlq_replay(
             f"left alone, already in PostgreSQL: {len(counted)} record(s), e.g. "
             f"{skipped['counted_already'][0]} (a worker took the original before it was refused "
             "here, e.g. under the app id before a partition change; a copy would not be counted)"
+        )
+    if invalid:
+        self.say(
+            f"left alone, still refused by this version's contract: {len(invalid)} record(s), "
+            f"e.g. {skipped['still_refused'][0]} (`learnops dlq show` gives the reason)"
         )
     if gone:
         self.say(

@@ -263,6 +263,42 @@ async def test_a_misplaced_run_waits_in_the_dlq_and_its_replay_is_counted_once(
     assert document["published"] == [] and len(document["counted_already"]) == 1
     assert await home_end() == before + len(stale)
 
+    # A bundle this version's contract refuses (a schema letter) is not published again:
+    # its copy would be refused at a new offset, which the next replay would publish.
+    bad = stale[1].model_dump(mode="json") | {"run_id": ""}
+    await producer.send_and_wait(RUNS, key=doer.encode(), value=json.dumps(bad).encode())
+    schema_letter = await eventually(
+        lambda: db.fetchval(
+            "SELECT event_id FROM dead_letters WHERE doer = $1 AND error_type = 'schema'", doer
+        ),
+        lambda found: found is not None,
+    )
+    settled = await home_end()  # the refused bundle itself is on the doer's partition
+    still = await learnops(settings_env, "dlq", "replay", str(schema_letter), "--json")
+    assert still.returncode == 0, still.stderr
+    document = json.loads(still.stdout)
+    assert document["published"] == [] and len(document["still_refused"]) == 1
+    # A record that another stage refused late (after storing it, say) is owned by its
+    # original, whatever the letter asked for says: left alone.
+    late = 20_000_000 + uuid.uuid4().int % 1_000_000
+    for error_type in ("partition", "internal"):
+        await db.execute(
+            "INSERT INTO dead_letters (event_id, doer, stage, error_type, reason, topic,"
+            " partition, \"offset\", occurred_at) VALUES ($1, $2, $3, $4, 'r', $5, 0, $6, now())",
+            uuid.uuid4(),
+            doer,
+            "crl" if error_type == "partition" else "curator",
+            error_type,
+            RUNS,
+            late,
+        )
+    mixed = await learnops(
+        settings_env, "dlq", "replay", "--error-type", "partition", "--doer", doer, "--json"
+    )
+    assert mixed.returncode == 0, mixed.stderr
+    assert json.loads(mixed.stdout)["refused_late"] == [f"{RUNS}[0]@{late}"]
+    assert await home_end() == settled
+
     for args, fragment in (
         (("dlq", "replay", "--doer", doer), b"name the letters"),
         (("dlq", "replay", ""), b"too short"),
