@@ -257,3 +257,23 @@ async def letters_of(pool: Any, origins: Sequence[tuple[str, int, int]]) -> list
         [o[2] for o in origins],
     )
     return [DeadLetterRecord(**dict(row)) for row in rows]
+
+
+async def replays_of(
+    pool: Any, origins: Sequence[tuple[str, int, int]]
+) -> dict[tuple[str, int, int], tuple[int, int]]:
+    """Where the replayed ones of these records' copies landed: (partition, offset) by origin."""
+    if not origins:
+        return {}
+    rows = await pool.fetch(
+        'SELECT r.topic, r.partition, r."offset", r.new_partition, r.new_offset'
+        " FROM dead_letter_replays r JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS o(t, p, f)"
+        ' ON r.topic = o.t AND r.partition = o.p AND r."offset" = o.f',
+        [o[0] for o in origins],
+        [o[1] for o in origins],
+        [o[2] for o in origins],
+    )
+    return {
+        (r["topic"], r["partition"], r["offset"]): (r["new_partition"], r["new_offset"])
+        for r in rows
+    }

@@ -43,6 +43,7 @@ from storage.dead_letters import (
     letters_to_replay,
     list_dead_letters,
     record_replay,
+    replays_of,
     was_replayed,
 )
 
@@ -84,10 +85,17 @@ async def dlq_list(
     """List dead letters, latest first: which stage refused what, why, and where it was read."""
     async with database(self) as pool:
         letters = await list_dead_letters(pool, stage=stage, doer=doer, reason=reason, limit=limit)
+        replayed = await replays_of(pool, [(x.topic, x.partition, x.offset) for x in letters])
         empty: tuple[set[str], set[str]] = (set(), set())
         stages, doers = await letter_names(pool) if not letters and (stage or doer) else empty
+
+    def copy_of(x: DeadLetterRecord) -> str | None:
+        found = replayed.get((x.topic, x.partition, x.offset))
+        return None if found is None else f"{x.topic}[{found[0]}]@{found[1]}"
+
     if as_json:
-        self.say(orjson.dumps([_row(x) for x in letters], option=orjson.OPT_INDENT_2).decode())
+        rows = [_row(x) | {"replayed_to": copy_of(x)} for x in letters]
+        self.say(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
     if not letters:
         unknown = [
@@ -97,7 +105,8 @@ async def dlq_list(
         ]
         self.say("; ".join(unknown) or "no dead letters" + (" match" if reason else " yet"))
         return
-    shown = table("event id", "when", "stage", "doer", "error", "reason", "read at", "bytes")
+    columns = ["event id", "when", "stage", "doer", "error", "reason", "read at", "bytes"]
+    shown = table(*columns, *(["replayed to"] if replayed else []))
     for x in letters:
         shown.add_row(
             str(x.event_id),
@@ -108,6 +117,7 @@ async def dlq_list(
             x.reason if len(x.reason) <= 160 else x.reason[:159] + "…",
             f"{x.topic}[{x.partition}]@{x.offset}",
             "–" if x.payload_size is None else str(x.payload_size),
+            *([copy_of(x) or "–"] if replayed else []),
         )
     self.console().print(shown)
     more = f"the latest {limit} (--limit shows more); " if len(letters) == limit else ""

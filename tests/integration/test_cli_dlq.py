@@ -230,6 +230,13 @@ async def test_a_misplaced_run_waits_in_the_dlq_and_its_replay_is_counted_once(
     assert {(p["new_partition"], p["actor"], tuple(p["error_types"])) for p in published} == {
         (home, "oncall", ("partition",))
     }
+    # The letters now say where their record's copy went.
+    listed = await learnops(settings_env, "dlq", "list", "--doer", doer, "--json")
+    assert listed.returncode == 0, listed.stderr
+    copies = {x["offset"]: x["replayed_to"] for x in json.loads(listed.stdout)}
+    assert copies == {p["offset"]: f"{RUNS}[{home}]@{p['new_offset']}" for p in published}
+    table = await learnops(settings_env, "dlq", "list", "--doer", doer)
+    assert b"replayed to" in table.stdout
     await eventually(lambda: db.fetch(stored, doer), lambda rows: len(rows) == 5)
     assert await eventually(lambda: _today_count(settings_env, doer), lambda n: n == 5, timeout=30)
 
