@@ -95,12 +95,15 @@ class LearnopsApp(faust.App):
         #: The topics whose records must sit on their key's partition (agents.stage.misplaced):
         #: not the compacted ones, whose last record of a moved doer stays on its old partition,
         #: nor learning.dlq, whose stage records letters in PostgreSQL and keeps no doer state.
-        self.placed_topics = frozenset(
-            name
-            for name, spec in catalog.topics.items()
-            if "compact" not in spec.configs.get("cleanup.policy", "delete")
-            and name != "learning.dlq"
-            and settings.learnops_placement_check
+        self.placed_topics = (
+            frozenset(
+                name
+                for name, spec in catalog.topics.items()
+                if "compact" not in spec.configs.get("cleanup.policy", "delete")
+                and name != "learning.dlq"
+            )
+            if settings.learnops_placement_check
+            else frozenset()
         )
         self.learning = learning
         self._pool: Any = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,6 +86,19 @@ _COLUMNS = (
     'event_id, doer, stage, error_type, reason, topic, partition, "offset", consumer,'
     " payload_size, occurred_at"
 )
+#: The same, of a table aliased ``l``.
+_L_COLUMNS = ", ".join("l." + c.strip() for c in _COLUMNS.split(","))
+
+#: A record's place in its topic: (topic, partition, offset).
+Origin = tuple[str, int, int]
+
+#: The rows of ``origins`` passed as $1–$3, for a join: ``JOIN {_ORIGINS} ON …o.t, o.p, o.f``.
+_ORIGINS = "unnest($1::text[], $2::int[], $3::bigint[]) AS o(t, p, f)"
+
+
+def _origin_arrays(origins: Sequence[Origin]) -> tuple[list[str], list[int], list[int]]:
+    """The topics, partitions and offsets of ``origins``, as $1–$3 of :data:`_ORIGINS`."""
+    return [o[0] for o in origins], [o[1] for o in origins], [o[2] for o in origins]
 
 
 async def list_dead_letters(
@@ -149,8 +162,7 @@ async def letters_to_replay(
     """
     prefixes = [e.replace("-", "").lower() for e in event_ids]
     rows = await pool.fetch(
-        f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))}"
-        " FROM dead_letters l"
+        f"SELECT {_L_COLUMNS} FROM dead_letters l"
         " WHERE ($1::text IS NULL OR lower(l.error_type) = lower($1))"
         " AND ($2::text IS NULL OR lower(l.stage) = lower($2))"
         " AND ($3::text IS NULL OR lower(l.doer) = lower($3))"
@@ -214,64 +226,67 @@ async def record_replay(conn: Any, replay: Replay) -> None:
     )
 
 
-async def counted_already(conn: Any, topic: str, value: bytes | None) -> bool:
-    """Whether PostgreSQL holds the run or routing of a refused record (a copy would not count).
+async def counted_already(conn: Any, values: Mapping[Origin, bytes | None]) -> set[Origin]:
+    """The refused records whose run or routing PostgreSQL holds (a copy would not count).
 
     A bundle's run id in ``crl_results`` (the crl stage folds a run from the
     record that first stored it), or a routing's claim by the canary
     (``fold_claims``): a worker took the original, which then owns it. Bytes
-    that do not parse hold neither.
+    that do not parse hold neither. One query per kind, however many records.
     """
-    try:
-        document = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return False
-    if not isinstance(document, dict):
-        return False
-    if topic == "learning.run-completed" and isinstance(document.get("run_id"), str):
-        found = await conn.fetchval(
-            "SELECT 1 FROM crl_results WHERE run_id = $1", document["run_id"]
+    runs: dict[str, list[Origin]] = {}
+    routings: dict[str, list[Origin]] = {}
+    for origin, value in values.items():
+        try:
+            document = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(document, dict):
+            continue
+        if origin[0] == "learning.run-completed" and isinstance(document.get("run_id"), str):
+            runs.setdefault(document["run_id"], []).append(origin)
+        elif origin[0] == "learning.task-routed" and isinstance(document.get("event_id"), str):
+            # The canary claims a routing (fold_claims) before it stores it, and stores
+            # only those of a deployment it knows: the claim is what a copy would meet.
+            routings.setdefault(f"task/{document['event_id']}", []).append(origin)
+    held = {
+        row["run_id"]
+        for row in await conn.fetch(
+            "SELECT run_id FROM crl_results WHERE run_id = ANY($1::text[])", list(runs)
         )
-        return found is not None
-    if topic == "learning.task-routed" and isinstance(document.get("event_id"), str):
-        # The canary claims a routing (fold_claims) before it stores it, and stores only
-        # those of a deployment it knows: the claim is what a copy would meet.
-        found = await conn.fetchval(
-            "SELECT 1 FROM fold_claims WHERE consumer = 'canary' AND item_id = $1",
-            f"task/{document['event_id']}",
+    }
+    claimed = {
+        row["item_id"]
+        for row in await conn.fetch(
+            "SELECT item_id FROM fold_claims WHERE consumer = 'canary'"
+            " AND item_id = ANY($1::text[])",
+            list(routings),
         )
-        return found is not None
-    return False
+    }
+    return {o for i in held for o in runs[i]} | {o for i in claimed for o in routings[i]}
 
 
-async def letters_of(pool: Any, origins: Sequence[tuple[str, int, int]]) -> list[DeadLetterRecord]:
+async def letters_of(pool: Any, origins: Sequence[Origin]) -> list[DeadLetterRecord]:
     """Every letter of the records at these (topic, partition, offset)s, whatever refused them."""
     if not origins:
         return []
     rows = await pool.fetch(
-        f"SELECT {', '.join('l.' + c.strip() for c in _COLUMNS.split(','))}"
-        " FROM dead_letters l JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS o(t, p, f)"
+        f"SELECT {_L_COLUMNS} FROM dead_letters l JOIN {_ORIGINS}"
         ' ON l.topic = o.t AND l.partition = o.p AND l."offset" = o.f',
-        [o[0] for o in origins],
-        [o[1] for o in origins],
-        [o[2] for o in origins],
+        *_origin_arrays(origins),
     )
     return [DeadLetterRecord(**dict(row)) for row in rows]
 
 
-async def replays_of(
-    pool: Any, origins: Sequence[tuple[str, int, int]]
-) -> dict[tuple[str, int, int], tuple[int, int]]:
+async def replays_of(pool: Any, origins: Sequence[Origin]) -> dict[Origin, tuple[int, int]]:
     """Where the replayed ones of these records' copies landed: (partition, offset) by origin."""
     if not origins:
         return {}
     rows = await pool.fetch(
         'SELECT r.topic, r.partition, r."offset", r.new_partition, r.new_offset'
-        " FROM dead_letter_replays r JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS o(t, p, f)"
+        f" FROM dead_letter_replays r JOIN {_ORIGINS}"
         ' ON r.topic = o.t AND r.partition = o.p AND r."offset" = o.f',
-        [o[0] for o in origins],
-        [o[1] for o in origins],
-        [o[2] for o in origins],
+        *_origin_arrays(origins),
     )
     return {
         (r["topic"], r["partition"], r["offset"]): (r["new_partition"], r["new_offset"])

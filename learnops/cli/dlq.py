@@ -35,6 +35,7 @@ from learnops.cli.main import (
 from storage.dead_letters import (
     REPLAY_LOCK,
     DeadLetterRecord,
+    Origin,
     Replay,
     counted_already,
     find_dead_letters,
@@ -91,7 +92,7 @@ async def dlq_list(
 
     def copy_of(x: DeadLetterRecord) -> str | None:
         found = replayed.get((x.topic, x.partition, x.offset))
-        return None if found is None else f"{x.topic}[{found[0]}]@{found[1]}"
+        return None if found is None else _at((x.topic, *found))
 
     if as_json:
         rows = [_row(x) | {"replayed_to": copy_of(x)} for x in letters]
@@ -248,7 +249,35 @@ REPLAYED_ERRORS = ("partition", "schema")
 #: The header a replayed copy carries: where the refused original was.
 REPLAYED_FROM = "learnops-replayed-from"
 
-Origin = tuple[str, int, int]
+
+def _at(origin: Origin) -> str:
+    """``topic[partition]@offset``."""
+    topic, partition, offset = origin
+    return f"{topic}[{partition}]@{offset}"
+
+
+#: What `replay` leaves alone, each said as "left alone, WHAT: N record(s), e.g. X (WHY)".
+LEFT_ALONE = (
+    (
+        "refused_late",
+        f"refused for another error than {' or '.join(REPLAYED_ERRORS)}",
+        "a stage may have stored it before it failed, and then owns it: a copy would not be "
+        "counted",
+    ),
+    (
+        "counted_already",
+        "already in PostgreSQL",
+        "a worker took the original before it was refused here, e.g. under the app id before "
+        "a partition change; a copy would not be counted",
+    ),
+    (
+        "still_refused",
+        "still refused by this version's contract",
+        "`learnops dlq show` gives the reason",
+    ),
+    ("gone", "gone from their topic", "retention deleted it"),
+    ("no_key", "no key", "every stage would refuse it again"),
+)
 
 
 def _accepted(topic: str, value: bytes | None) -> bool:
@@ -355,9 +384,7 @@ async def dlq_replay(
         keyless = sorted(o for o, r in found.items() if r.key is None)
         candidates = [o for o in todo if o in found and o not in keyless]
         async with pool.acquire() as conn:
-            counted = sorted(
-                [o for o in candidates if await counted_already(conn, o[0], found[o].value)]
-            )
+            counted = sorted(await counted_already(conn, {o: found[o].value for o in candidates}))
         # A copy the contract still refuses would be a new letter at a new offset, which
         # the next replay would publish again: what this version refuses stays.
         invalid = sorted(
@@ -370,7 +397,7 @@ async def dlq_replay(
             await producer.start()
             try:
                 for origin in ready:
-                    replay = await _replay(pool, producer, origin, records[origin], todo, actor)
+                    replay = await _replay(pool, producer, origin, found[origin], todo, actor)
                     if replay is not None:
                         replays.append(replay)
             except KafkaError as exc:
@@ -383,16 +410,16 @@ async def dlq_replay(
                 await producer.stop()
     skipped = {
         "not_replayable": [f"{t} ({sum(o[0] == t for o in grouped)})" for t in others],
-        "refused_late": [f"{t}[{p}]@{o}" for t, p, o in refused_late],
-        "gone": [f"{t}[{p}]@{o}" for t, p, o in gone],
-        "no_key": [f"{t}[{p}]@{o}" for t, p, o in keyless],
-        "counted_already": [f"{t}[{p}]@{o}" for t, p, o in counted],
-        "still_refused": [f"{t}[{p}]@{o}" for t, p, o in invalid],
+        "refused_late": [_at(o) for o in refused_late],
+        "gone": [_at(o) for o in gone],
+        "no_key": [_at(o) for o in keyless],
+        "counted_already": [_at(o) for o in counted],
+        "still_refused": [_at(o) for o in invalid],
     }
     if as_json:
         document: dict[str, Any] = {"dry_run": dry_run, "letters": len(letters)}
         if dry_run:
-            document["would_publish"] = [f"{t}[{p}]@{o}" for t, p, o in ready]
+            document["would_publish"] = [_at(o) for o in ready]
         else:
             document["published"] = [asdict(r) for r in replays]
         document.update(skipped)
@@ -409,9 +436,9 @@ async def dlq_replay(
         for r in replays:
             shown.add_row(
                 r.doer,
-                f"{r.topic}[{r.partition}]@{r.offset}",
+                _at((r.topic, r.partition, r.offset)),
                 ", ".join(r.error_types),
-                f"{r.topic}[{r.new_partition}]@{r.new_offset}",
+                _at((r.topic, r.new_partition, r.new_offset)),
             )
         if replays:
             self.console().print(shown)
@@ -421,32 +448,11 @@ async def dlq_replay(
             f"left alone, not replayable: letters of {', '.join(skipped['not_replayable'])}; "
             f"only the orchestrator's topics ({', '.join(REPLAYABLE)}) are replayed"
         )
-    if refused_late:
-        self.say(
-            f"left alone, refused for another error than {' or '.join(REPLAYED_ERRORS)}: "
-            f"{len(refused_late)} record(s), e.g. {skipped['refused_late'][0]} (a stage may "
-            "have stored it before it failed, and then owns it: a copy would not be counted)"
-        )
-    if counted:
-        self.say(
-            f"left alone, already in PostgreSQL: {len(counted)} record(s), e.g. "
-            f"{skipped['counted_already'][0]} (a worker took the original before it was refused "
-            "here, e.g. under the app id before a partition change; a copy would not be counted)"
-        )
-    if invalid:
-        self.say(
-            f"left alone, still refused by this version's contract: {len(invalid)} record(s), "
-            f"e.g. {skipped['still_refused'][0]} (`learnops dlq show` gives the reason)"
-        )
-    if gone:
-        self.say(
-            f"gone from their topic (retention): {len(gone)} record(s), e.g. {skipped['gone'][0]}"
-        )
-    if keyless:
-        self.say(
-            f"left alone, no key (every stage would refuse them again): {len(keyless)} "
-            f"record(s), e.g. {skipped['no_key'][0]}"
-        )
+    for key, what, why in LEFT_ALONE:
+        if skipped[key]:
+            self.say(
+                f"left alone, {what}: {len(skipped[key])} record(s), e.g. {skipped[key][0]} ({why})"
+            )
 
 
 async def _replay(
