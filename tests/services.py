@@ -24,8 +24,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import urlsplit, urlunsplit
+
+from tests.forkserver import ForkServer
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_STATE_DIR = REPO / ".local" / "test"
@@ -353,15 +355,45 @@ async def start_after_inputs(process: WorkerProcess) -> None:
     await asyncio.to_thread(process.start)
 
 
-def run_learnops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `learnops ARGS…` in the repository with ``env``; its output as text, never raising."""
+_FORK_SERVER: ForkServer | None = None
+
+
+def _fork_server() -> ForkServer | None:
+    """This pytest process's CLI fork server, unless LEARNOPS_TEST_CLI_FORK=0."""
+    global _FORK_SERVER
+    if os.environ.get("LEARNOPS_TEST_CLI_FORK", "1") == "0":
+        return None
+    if _FORK_SERVER is None:
+        _FORK_SERVER = ForkServer(learnops_command()[0], REPO)
+    return _FORK_SERVER
+
+
+@overload
+def run_learnops(
+    env: dict[str, str], *args: str, timeout: float = ..., text: Literal[True] = ...
+) -> subprocess.CompletedProcess[str]: ...
+@overload
+def run_learnops(
+    env: dict[str, str], *args: str, timeout: float = ..., text: Literal[False]
+) -> subprocess.CompletedProcess[bytes]: ...
+def run_learnops(
+    env: dict[str, str], *args: str, timeout: float = 120, text: bool = True
+) -> subprocess.CompletedProcess[Any]:
+    """Run `learnops ARGS…` in the repository with ``env``, never raising on its exit code.
+
+    A process of its own, forked from this session's CLI fork server
+    (tests/forkserver.py) where that behaves as an exec'd one would, else exec'd.
+    """
+    server = _fork_server()
+    if server is not None and server.can_fork(env):
+        return server.run(args, env, text=text, timeout=timeout)
     return subprocess.run(
         [*learnops_command(), *args],
         env=env,
         cwd=REPO,
         capture_output=True,
-        text=True,
-        timeout=120,
+        text=text,
+        timeout=timeout,
         check=False,
     )
 

@@ -22,7 +22,14 @@ from models.commands import PromotePolicy, RegisterPolicy, StartCanary
 from models.ids import caused_event_id
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
-from tests.services import REPO, WorkerProcess, end_offsets, free_port, learnops_command
+from tests.services import (
+    REPO,
+    WorkerProcess,
+    end_offsets,
+    free_port,
+    learnops_command,
+    run_learnops,
+)
 
 #: What made `learnops --help` and read-only commands slow to start (issue 14): the
 #: worker's stack and the numeric libraries. bench/startup.py measures the start-up
@@ -30,20 +37,8 @@ from tests.services import REPO, WorkerProcess, end_offsets, free_port, learnops
 HEAVY_IMPORTS = ("faust", "mode", "aiokafka", "numpy", "scipy", "pandas", "matplotlib")
 
 
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*learnops_command(), *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 async def learnops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(run, env, *args)
+    return await asyncio.to_thread(run_learnops, env, *args)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:

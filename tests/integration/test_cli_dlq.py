@@ -18,19 +18,13 @@ from aiokafka import TopicPartition
 from agents.placement import key_hash
 from learnops.simulation.orchestrator import Orchestrator
 from tests.integration.kafka_io import eventually
-from tests.services import REPO, WorkerProcess, end_offsets, learnops_command
+from tests.services import WorkerProcess, end_offsets, run_learnops
 
 RUNS = "learning.run-completed"
 
 
-def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [*learnops_command(), *args], env=env, cwd=REPO, capture_output=True, timeout=120
-    )
-
-
 async def learnops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
-    return await asyncio.to_thread(_run, env, *args)
+    return await asyncio.to_thread(lambda: run_learnops(env, *args, text=False))
 
 
 async def test_an_operator_lists_the_letters_and_reads_the_refused_input_back(

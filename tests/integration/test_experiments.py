@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -44,12 +43,7 @@ from tests.integration.kafka_io import LAG_S, eventually, publish
 from tests.integration.test_authorised_commands import raw, refusal
 from tests.integration.test_policy_agent import verdict
 from tests.operators import signed
-from tests.services import (
-    REPO,
-    WorkerProcess,
-    learnops_command,
-    start_executor,
-)
+from tests.services import WorkerProcess, run_learnops, start_executor
 
 COMMANDS = "learning.commands"
 
@@ -68,15 +62,7 @@ async def make_doer(db: Any, producer: Any, key: SigningKey, prefix: str) -> Exp
 
 
 def learnops(settings_env: dict[str, str], *args: str, timeout: float = 120) -> Any:
-    return subprocess.run(
-        [*learnops_command(), *args],
-        env=settings_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        check=False,
-    )
+    return run_learnops(settings_env, *args, timeout=timeout)
 
 
 async def replay_json(settings_env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:

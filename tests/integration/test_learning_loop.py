@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +43,7 @@ from storage import experiments as experiments_store
 from storage.skills import current_card
 from tests.integration.kafka_io import LAG_S, eventually, publish
 from tests.operators import signed
-from tests.services import REPO, WorkerProcess, learnops_command
+from tests.services import WorkerProcess, run_learnops
 
 RUNS = "learning.run-completed"
 QUICK = CanarySettings(min_sample_size=50, report_every=100, missing_grace_s=LAG_S)
@@ -53,15 +52,7 @@ ACTOR = "synthesizer"
 
 def learnops_run(settings_env: dict[str, str], *args: str) -> Any:
     """Run a learnops command; the finished process (exit code, stdout, stderr as text)."""
-    return subprocess.run(
-        [*learnops_command(), *args],
-        env=settings_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
+    return run_learnops(settings_env, *args)
 
 
 def learnops_json(settings_env: dict[str, str], *args: str) -> Any:
