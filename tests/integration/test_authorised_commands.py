@@ -22,7 +22,13 @@ from models.commands import PauseDeployment, PromotePolicy, StartCanary
 from models.ids import caused_event_id
 from storage.operator_keys import add_operator_key, grant_role, revoke_operator_key
 from tests.integration.kafka_io import eventually, publish
-from tests.integration.test_policy_agent import COMMANDS, register, send, verdict
+from tests.integration.test_policy_agent import (
+    COMMANDS,
+    applied_command,
+    register,
+    send,
+    verdict,
+)
 from tests.operators import APPROVER, OWNER, signed
 from tests.services import WorkerProcess
 
@@ -105,7 +111,7 @@ async def test_the_audit_names_the_verified_signer_not_the_declared_actor(
         doer,
     )
     assert {r["actor"] for r in actors} == {"tests"}
-    row = await db.fetchrow("SELECT * FROM applied_commands WHERE event_id = $1", canary.event_id)
+    row = await applied_command(db, canary.event_id)
     assert (row["operator"], row["key_id"], row["action"]) == (
         "tests",
         OWNER.key_id,

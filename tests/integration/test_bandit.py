@@ -46,6 +46,7 @@ from storage.policies import find_policy
 from storage.skills import open_requests, request_row
 from tests.integration.kafka_io import eventually, publish
 from tests.integration.test_experiment_evidence import frozen_golden
+from tests.integration.test_policy_agent import applied_command
 from tests.integration.test_policy_store import bootstrap
 from tests.operators import signed
 from tests.services import (
@@ -453,11 +454,7 @@ async def freeze(doer: Doer, settings: Any, db: Any, frozen: bool) -> BanditAllo
         probe, lambda a: any(r.frozen == frozen for r in a[before:]), timeout=90.0
     )
     # The audit names the key's operator (tests.operators: "tests"), not the declared actor.
-    applied = await db.fetchrow(
-        "SELECT action, operator, reason FROM applied_commands WHERE event_id = $1",
-        uuid.UUID(event_id),
-    )
-    assert applied is not None, f"no applied_commands row for {verb} {event_id}"
+    applied = await applied_command(db, uuid.UUID(event_id))
     assert (applied["action"], applied["operator"]) == (f"{verb}_bandit", "tests")
     assert applied["reason"] == "test"  # the operator's --reason, kept with the audit
     return next(r for r in found[before:] if r.frozen == frozen)

@@ -75,6 +75,21 @@ async def verdict(db: Any, event: Event, timeout: float = 60.0) -> audit_store.O
     return outcome
 
 
+async def applied_command(db: Any, event_id: Any, timeout: float = 60.0) -> Any:
+    """The command's applied_commands row, waited for.
+
+    A stage records a command as applied after its effects (agents/command_auth.py),
+    so the row can follow the audit row or the published state by a moment.
+    """
+
+    async def probe() -> Any:
+        return await db.fetchrow("SELECT * FROM applied_commands WHERE event_id = $1", event_id)
+
+    row = await eventually(probe, lambda found: found is not None, timeout=timeout)
+    assert row is not None, f"no applied_commands row for {event_id} after {timeout} s"
+    return row
+
+
 async def latest_changes(settings: Any) -> dict[str, PolicyChange]:
     """learning.policy-changes read from the beginning, folded by key: the last record wins.
 
