@@ -15,11 +15,13 @@ a Unix socket), working directory, environment and arguments, runs
 code; the server sends the caller the child's pid, then its exit status
 (``-N`` for signal N, as ``subprocess`` reports it).
 
-What a fork cannot give, an exec still does (``run``'s ``exec`` argument,
-`tests.services.run_learnops`): an environment whose ``PYTHON*`` variables
-differ from the server's (they act when an interpreter starts, e.g.
-``PYTHONPROFILEIMPORTTIME``), and tests of the console script itself.
-``LEARNOPS_TEST_CLI_FORK=0`` makes every command an exec.
+What a fork cannot give, an exec still does (`tests.services.run_learnops`
+chooses): an environment that differs from the server's in what acts as an
+interpreter starts or the preloaded modules import (``PYTHON*``, the
+locale's, ``TZ``, e.g. ``PYTHONPROFILEIMPORTTIME`` in the CLI's import
+check), and the console script's own tests (a closed pipe, the wheel). A
+fork also cannot show a command's missing import that the preload happens to
+satisfy: ``LEARNOPS_TEST_CLI_FORK=0`` makes every command an exec, to check.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import importlib
 import io
 import json
 import locale
-import logging
 import os
 import pkgutil
 import random
@@ -42,7 +43,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ from typing import Any
 # environment or starts a thread at import: the server checks the latter).
 PRELOAD_PACKAGES = ("models", "learning", "storage", "learnops.cli")
 PRELOAD_MODULES = ("agents.settings", "agents.config", "agents.topics", "agents.app")
+_READ_AT_IMPORT = frozenset(
+    {"LANG", "TZ", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "PROMETHEUS_MULTIPROC_DIR"}
+)
 _LENGTH = 8  # bytes of the request's length prefix
 _MAX_REQUEST = 1 << 22
 
@@ -61,65 +64,53 @@ def _preload() -> None:
         path = importlib.import_module(package).__path__
         for found in pkgutil.walk_packages(path, f"{package}."):
             importlib.import_module(found.name)
+    # A Python thread's locks would reach a forked child in whatever state they were.
+    # (numpy's OpenBLAS starts native threads, which it re-creates after a fork.)
     if threading.active_count() != 1:
-        raise RuntimeError(
-            f"the fork server's imports started threads ({threading.enumerate()}): "
-            "a forked child would inherit their locks in whatever state they were"
-        )
+        raise RuntimeError(f"the fork server's imports started threads: {threading.enumerate()}")
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """A request's JSON and its three descriptors (closed again if the request is refused)."""
     data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
-    if len(data) < _LENGTH:
-        raise ValueError("short request")
-    length = int.from_bytes(data[:_LENGTH], "big")
-    if length > _MAX_REQUEST:
-        raise ValueError(f"request of {length} bytes")
-    body = bytearray(data[_LENGTH:])
-    while len(body) < length:
-        chunk = conn.recv(length - len(body))
-        if not chunk:
-            raise ValueError("request cut short")
-        body += chunk
-    return json.loads(body), list(fds)
-
-
-def _child(request: dict[str, Any], fds: list[int]) -> None:
-    """Become the command's process: its streams, directory, environment and argv; never returns."""
-    code = 1
     try:
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
+        if len(fds) != 3 or len(data) < _LENGTH:
+            raise ValueError(f"a request needs three descriptors and a length, got {len(fds)}")
+        length = int.from_bytes(data[:_LENGTH], "big")
+        if length > _MAX_REQUEST:
+            raise ValueError(f"request of {length} bytes")
+        body = bytearray(data[_LENGTH:])
+        while len(body) < length:
+            chunk = conn.recv(length - len(body))
+            if not chunk:
+                raise ValueError("request cut short")
+            body += chunk
+        return json.loads(body), list(fds)
+    except (OSError, ValueError):
+        for fd in fds:
             os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        random.seed()  # the server's generator state is every child's otherwise
-        sys.argv = [request["argv0"], *request["args"]]
-        from learnops.cli.main import main
+        raise
 
-        try:
-            sys.exit(main())  # as the console script ends
-        except SystemExit as done:
-            if done.code is None:
-                code = 0
-            elif isinstance(done.code, int):
-                code = done.code
-            else:  # as the interpreter does with sys.exit("message")
-                print(done.code, file=sys.stderr)
-                code = 1
-        except BaseException:  # noqa: BLE001 - what an uncaught exception does to a process
-            traceback.print_exc()
-            code = 1
-        # What the interpreter does at exit, in its order: join the threads, atexit, flush.
-        threading._shutdown()  # type: ignore[attr-defined]
-        atexit._run_exitfuncs()
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):  # a closed pipe: the output is not wanted
-                stream.flush()
-    finally:
-        os._exit(code)
+
+def _become(request: dict[str, Any], fds: list[int]) -> None:
+    """Turn this forked child into the command's process and run it; never returns.
+
+    The command ends as the console script's process does, by ``SystemExit``
+    (or an uncaught exception) leaving the interpreter, which then joins
+    threads, runs atexit, flushes the streams and reports what it reports at
+    shutdown; nothing in the server's frames above catches either.
+    """
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    random.seed()  # what a fresh interpreter's generator would be
+    sys.argv = [request["argv0"], *request["args"]]
+    from learnops.cli.main import main
+
+    sys.exit(main())  # as the console script ends
 
 
 def serve(path: str) -> None:
@@ -149,7 +140,11 @@ def serve(path: str) -> None:
                     print(f"forkserver: refused a request: {error}", file=sys.stderr)
                     conn.close()
                     continue
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError as error:
+                    print(f"forkserver: cannot fork: {error}", file=sys.stderr)
+                    pid = -1
                 if pid == 0:
                     signal.set_wakeup_fd(-1)
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -159,11 +154,15 @@ def serve(path: str) -> None:
                         os.close(fd)
                     for other in (conn, *waiting.values()):
                         other.close()
-                    _child(request, fds)
+                    _become(request, fds)
                 for fd in fds:
                     os.close(fd)
+                if pid < 0:
+                    conn.close()  # the caller reads no pid and says so
+                    continue
                 waiting[pid] = conn
-                conn.sendall(f"{pid}\n".encode())
+                with contextlib.suppress(OSError):  # a caller gone: its child is still reaped
+                    conn.sendall(f"{pid}\n".encode())
             else:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_read, 4096)
@@ -253,8 +252,11 @@ class ForkServer:
             header = len(request).to_bytes(_LENGTH, "big")
             socket.send_fds(conn, [header], [stdin.fileno(), stdout.fileno(), stderr.fileno()])
             conn.sendall(request)
-            conn.settimeout(timeout)
-            pid = int(_line(conn))
+            conn.settimeout(30)  # the server answers with the pid as it forks
+            answer = _line(conn)
+            if not answer:
+                raise RuntimeError(f"the CLI fork server refused or dropped {command}")
+            pid = int(answer)
             try:
                 conn.settimeout(max(0.001, deadline - time.monotonic()))
                 line = _line(conn)
@@ -274,11 +276,16 @@ class ForkServer:
 
 
 def _at_start(env: dict[str, str]) -> dict[str, str]:
-    """The variables an interpreter reads as it starts: ``PYTHON*`` and the locale's."""
+    """The variables read as an interpreter starts or the server's modules import.
+
+    ``PYTHON*`` and the locale's (the interpreter), ``TZ`` (the time module),
+    the numeric libraries' thread counts and prometheus_client's multiprocess
+    directory (read as they import).
+    """
     return {
         name: value
         for name, value in env.items()
-        if name.startswith(("PYTHON", "LC_")) or name == "LANG"
+        if name.startswith(("PYTHON", "LC_")) or name in _READ_AT_IMPORT
     }
 
 
@@ -298,8 +305,10 @@ def _read(file: Any, text: bool) -> Any:
     data = file.read()
     if not text:
         return data
-    # As subprocess.run(text=True) reads: the locale's encoding, universal newlines.
-    return io.TextIOWrapper(io.BytesIO(data), encoding=locale.getencoding(), newline=None).read()
+    # As subprocess.run(text=True) reads: the locale's preferred encoding (UTF-8 in
+    # Python's UTF-8 mode, which LC_ALL=C turns on), universal newlines.
+    encoding = locale.getpreferredencoding(False)
+    return io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline=None).read()
 
 
 if __name__ == "__main__":

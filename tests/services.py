@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -356,6 +357,7 @@ async def start_after_inputs(process: WorkerProcess) -> None:
 
 
 _FORK_SERVER: ForkServer | None = None
+_FORK_SERVER_LOCK = threading.Lock()  # commands run from asyncio.to_thread
 
 
 def _fork_server() -> ForkServer | None:
@@ -363,9 +365,10 @@ def _fork_server() -> ForkServer | None:
     global _FORK_SERVER
     if os.environ.get("LEARNOPS_TEST_CLI_FORK", "1") == "0":
         return None
-    if _FORK_SERVER is None:
-        _FORK_SERVER = ForkServer(learnops_command()[0], REPO)
-    return _FORK_SERVER
+    with _FORK_SERVER_LOCK:
+        if _FORK_SERVER is None:
+            _FORK_SERVER = ForkServer(learnops_command()[0], REPO)
+        return _FORK_SERVER
 
 
 @overload

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -79,3 +82,42 @@ def test_an_interpreter_setting_that_differs_is_run_by_exec(server: ForkServer) 
     assert not server.can_fork({**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     other_locale = "POSIX" if os.environ.get("LC_ALL") == "C" else "C"
     assert not server.can_fork({**os.environ, "LC_ALL": other_locale})
+
+
+def test_output_decodes_as_subprocess_decodes_it_under_the_c_locale() -> None:
+    # LC_ALL=C turns on Python's UTF-8 mode, where the locale's own codec is ASCII.
+    probe = (
+        "import os, subprocess\n"
+        "from tests.forkserver import ForkServer\n"
+        "from tests.services import REPO, learnops_command\n"
+        "server = ForkServer(learnops_command()[0], REPO)\n"
+        "env = dict(os.environ)\n"
+        "assert server.can_fork(env)\n"
+        "forked = server.run(('policy', '--help'), env, text=True, timeout=60)\n"
+        "execd = subprocess.run([*learnops_command(), 'policy', '--help'], env=env,\n"
+        "    capture_output=True, text=True, timeout=60)\n"
+        "server.stop()\n"
+        "assert forked.stdout == execd.stdout and forked.returncode == execd.returncode == 0\n"
+        "assert any(ord(c) > 127 for c in forked.stdout), 'no non-ASCII text to decode'\n"
+    )
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LC_")}
+    env.update(LC_ALL="C", LANG="C")
+    command = [sys.executable, "-c", probe]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_caller_gone_before_its_answer_leaves_the_server_serving(server: ForkServer) -> None:
+    assert server.can_fork(dict(os.environ))  # started
+    request = {"argv0": "learnops", "args": ["--version"], "env": dict(os.environ), "cwd": "/"}
+    body = json.dumps(request).encode()
+    with open(os.devnull, "rb") as stdin, tempfile.TemporaryFile() as out:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(server.path)
+        streams = [stdin.fileno(), out.fileno(), out.fileno()]
+        socket.send_fds(conn, [len(body).to_bytes(8, "big")], streams)
+        conn.sendall(body)
+        conn.close()  # before the server's answer
+    for _ in range(3):
+        again = server.run(("--version",), dict(os.environ), text=True, timeout=60)
+        assert again.returncode == 0 and again.stdout.startswith("learnops ")
