@@ -13,7 +13,10 @@ child per command: the child takes the caller's standard streams (passed over
 a Unix socket), working directory, environment and arguments, runs
 ``learnops.cli.main.main`` as the console script does, and exits with its
 code; the server sends the caller the child's pid, then its exit status
-(``-N`` for signal N, as ``subprocess`` reports it).
+(``-N`` for signal N, as ``subprocess`` reports it). The tests' workers and
+replay executors start the same way (`ForkServer.start`: a child in a session
+of its own, as ``Popen(start_new_session=True)`` makes it), so their ~0.9 s of
+imports is paid once too.
 
 What a fork cannot give, an exec still does (`tests.services.run_learnops`
 chooses): an environment that differs from the server's in what acts as an
@@ -100,6 +103,8 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     threads, runs atexit, flushes the streams and reports what it reports at
     shutdown; nothing in the server's frames above catches either.
     """
+    if request.get("new_session"):
+        os.setsid()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -191,6 +196,11 @@ class ForkServer:
         assert self._dir is not None
         return str(Path(self._dir.name) / "forkserver.sock")
 
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._start()
+
     def _start(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="learnops-forkserver-")
         self._environment = dict(os.environ)
@@ -219,10 +229,46 @@ class ForkServer:
 
     def can_fork(self, env: dict[str, str]) -> bool:
         """Whether a forked child would behave as an exec'd one with ``env``."""
-        with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._start()
+        self._ensure_started()
         return _at_start(self._environment) == _at_start(env)
+
+    def start(
+        self,
+        args: tuple[str, ...],
+        env: dict[str, str],
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        new_session: bool = False,
+    ) -> ForkedProcess:
+        """Start ``learnops ARGS…`` in a forked child with these descriptors as its streams.
+
+        ``new_session``: the child calls setsid(), as Popen's ``start_new_session``.
+        """
+        request = {
+            "argv0": self.argv0,
+            "args": list(args),
+            "env": env,
+            "cwd": str(self.cwd),
+            "new_session": new_session,
+        }
+        body = json.dumps(request).encode()
+        command = [self.argv0, *args]
+        self._ensure_started()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self.path)
+            socket.send_fds(conn, [len(body).to_bytes(_LENGTH, "big")], [stdin, stdout, stderr])
+            conn.sendall(body)
+            conn.settimeout(30)  # the server answers with the pid as it forks
+            answer = _line(conn)
+            if not answer:
+                raise RuntimeError(f"the CLI fork server refused or dropped {command}")
+        except BaseException:
+            conn.close()
+            raise
+        return ForkedProcess(command, int(answer), conn)
 
     def run(
         self,
@@ -234,45 +280,78 @@ class ForkServer:
         input: bytes | None = None,
     ) -> subprocess.CompletedProcess[Any]:
         """Run ``learnops ARGS…`` in a forked child; what ``subprocess.run`` would return."""
-        request = json.dumps(
-            {"argv0": self.argv0, "args": list(args), "env": env, "cwd": str(self.cwd)}
-        ).encode()
-        command = [self.argv0, *args]
-        deadline = time.monotonic() + timeout
         with (
             tempfile.TemporaryFile() as stdin,
             tempfile.TemporaryFile() as stdout,
             tempfile.TemporaryFile() as stderr,
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn,
         ):
             if input:
                 stdin.write(input)
                 stdin.seek(0)
-            conn.connect(self.path)
-            header = len(request).to_bytes(_LENGTH, "big")
-            socket.send_fds(conn, [header], [stdin.fileno(), stdout.fileno(), stderr.fileno()])
-            conn.sendall(request)
-            conn.settimeout(30)  # the server answers with the pid as it forks
-            answer = _line(conn)
-            if not answer:
-                raise RuntimeError(f"the CLI fork server refused or dropped {command}")
-            pid = int(answer)
-            try:
-                conn.settimeout(max(0.001, deadline - time.monotonic()))
-                line = _line(conn)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                conn.settimeout(30)
-                _line(conn)
-                raise subprocess.TimeoutExpired(
-                    command, timeout, output=_read(stdout, text), stderr=_read(stderr, text)
-                ) from None
-            if not line:
-                raise RuntimeError(f"the CLI fork server went away while running {command}")
-            return subprocess.CompletedProcess(
-                command, int(line), stdout=_read(stdout, text), stderr=_read(stderr, text)
+            process = self.start(
+                args, env, stdin=stdin.fileno(), stdout=stdout.fileno(), stderr=stderr.fileno()
             )
+            try:
+                code = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(30)
+                raise subprocess.TimeoutExpired(
+                    process.args, timeout, output=_read(stdout, text), stderr=_read(stderr, text)
+                ) from None
+            return subprocess.CompletedProcess(
+                process.args, code, stdout=_read(stdout, text), stderr=_read(stderr, text)
+            )
+
+
+class ForkedProcess:
+    """A child of the fork server, as much of ``subprocess.Popen`` as the tests use."""
+
+    def __init__(self, args: list[str], pid: int, conn: socket.socket) -> None:
+        self.args = args
+        self.pid = pid
+        self.returncode: int | None = None
+        self._conn = conn
+        self._reply = bytearray()
+
+    def _status(self, timeout: float | None) -> int | None:
+        """The exit status once the server reports it; None if it has not after ``timeout``."""
+        if self.returncode is not None:
+            return self.returncode
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._reply.endswith(b"\n"):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._conn.settimeout(left)
+            try:
+                chunk = self._conn.recv(64)
+            except (TimeoutError, BlockingIOError):
+                return None
+            if not chunk:
+                self._conn.close()
+                raise RuntimeError(f"the CLI fork server went away while running {self.args}")
+            self._reply += chunk
+        self.returncode = int(self._reply)
+        self._conn.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        """The exit status, or None while the child runs."""
+        return self._status(0.0001)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status, waited for; ``subprocess.TimeoutExpired`` after ``timeout``."""
+        code = self._status(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the child (a no-op once it has been reported gone)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
 
 def _at_start(env: dict[str, str]) -> dict[str, str]:

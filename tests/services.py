@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.forkserver import ForkServer
+from tests.forkserver import ForkedProcess, ForkServer
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_STATE_DIR = REPO / ".local" / "test"
@@ -222,21 +222,13 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     app_id: str = field(default_factory=lambda: f"learnops-test-{uuid.uuid4().hex[:8]}")
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
 
     def start(self, ready_timeout: float = 90.0) -> None:
         """Start the worker and wait until Faust reports it ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
         env = {**self.env, "LEARNOPS_APP_ID": self.app_id}
-        self.process = subprocess.Popen(
-            [*learnops_command(), "worker", "-l", "info"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
+        self.process = start_learnops(env, ("worker", "-l", "info"), self.log_path)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -278,15 +270,8 @@ async def start_executor(env: dict[str, str], log_path: Path, doers: str) -> Wor
     await start_group_at(bootstrap, group, await end_offsets(bootstrap, ("learning.replay-tasks",)))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     process = WorkerProcess(env=env, log_path=log_path)
-    with log_path.open("ab") as log:
-        process.process = subprocess.Popen(  # noqa: ASYNC220 - started, not awaited
-            [*learnops_command(), "replay", "executor", "--group", group, "--doers", doers],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
+    args = ("replay", "executor", "--group", group, "--doers", doers)
+    process.process = start_learnops(env, args, log_path)
     return process
 
 
@@ -369,6 +354,37 @@ def _fork_server() -> ForkServer | None:
         if _FORK_SERVER is None:
             _FORK_SERVER = ForkServer(learnops_command()[0], REPO)
         return _FORK_SERVER
+
+
+def start_learnops(
+    env: dict[str, str], args: tuple[str, ...], log_path: Path
+) -> subprocess.Popen[bytes] | ForkedProcess:
+    """Start `learnops ARGS…` in a session of its own, its output appended to ``log_path``.
+
+    Forked from this session's CLI fork server where that behaves as an exec'd
+    process would (tests/forkserver.py), else exec'd; either way a process the
+    tests signal, kill and reap by its pid.
+    """
+    server = _fork_server()
+    with log_path.open("ab") as log:
+        if server is not None and server.can_fork(env):
+            with open(os.devnull, "rb") as devnull:
+                return server.start(
+                    args,
+                    env,
+                    stdin=devnull.fileno(),
+                    stdout=log.fileno(),
+                    stderr=log.fileno(),
+                    new_session=True,
+                )
+        return subprocess.Popen(
+            [*learnops_command(), *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
 
 
 @overload

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +123,31 @@ def test_a_caller_gone_before_its_answer_leaves_the_server_serving(server: ForkS
     for _ in range(3):
         again = server.run(("--version",), dict(os.environ), text=True, timeout=60)
         assert again.returncode == 0 and again.stdout.startswith("learnops ")
+
+
+def test_a_started_child_leads_its_own_session_and_a_killpg_is_reported(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    # As the tests start workers: a session of its own, output to a log, killed by group.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        env = {**os.environ, "DATABASE_URL": f"postgresql://someone@127.0.0.1:{port}/db"}
+        log = tmp_path / "child.log"
+        with open(os.devnull, "rb") as stdin, log.open("ab") as out:
+            child = server.start(
+                ("policy", "list"),
+                env,
+                stdin=stdin.fileno(),
+                stdout=out.fileno(),
+                stderr=out.fileno(),
+                new_session=True,
+            )
+        assert child.poll() is None  # waiting for PostgreSQL's greeting
+        assert os.getsid(child.pid) == child.pid and os.getpgid(child.pid) == child.pid
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)
+        os.killpg(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+        assert child.returncode == -signal.SIGKILL and child.poll() == -signal.SIGKILL
