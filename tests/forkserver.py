@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import importlib
 import io
 import json
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,7 @@ def _preload() -> None:
         path = importlib.import_module(package).__path__
         for found in pkgutil.walk_packages(path, f"{package}."):
             importlib.import_module(found.name)
+    gc.freeze()  # the children's collections then skip what every child shares
     # A Python thread's locks would reach a forked child in whatever state they were.
     # (numpy's OpenBLAS starts native threads, which it re-creates after a fork.)
     if threading.active_count() != 1:
@@ -95,27 +98,62 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
         raise
 
 
-def _become(request: dict[str, Any], fds: list[int]) -> None:
+def _become(request: dict[str, Any], fds: list[int], settled: int) -> None:
     """Turn this forked child into the command's process and run it; never returns.
 
-    The command ends as the console script's process does, by ``SystemExit``
-    (or an uncaught exception) leaving the interpreter, which then joins
-    threads, runs atexit, flushes the streams and reports what it reports at
-    shutdown; nothing in the server's frames above catches either.
+    It ends as the interpreter ends the console script's process: the exit
+    code of ``SystemExit`` (or 1 and the traceback for an uncaught exception),
+    then the threads joined, the atexit functions, a collection (the command's
+    garbage finalised, with what that prints) and the streams flushed (120 if
+    that fails). It skips the interpreter's teardown of every module, which
+    here would cost each command ~0.23 s of CPU freeing the server's preloaded
+    objects.
     """
-    if request.get("new_session"):
-        os.setsid()
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    random.seed()  # what a fresh interpreter's generator would be
-    sys.argv = [request["argv0"], *request["args"]]
-    from learnops.cli.main import main
+    code = 1
+    try:
+        if request.get("new_session"):
+            os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        random.seed()  # what a fresh interpreter's generator would be
+        sys.argv = [request["argv0"], *request["args"]]
+        os.write(settled, b".")
+        os.close(settled)
+        code = _run_main()
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+        gc.collect()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - the interpreter's rule: any failure to flush
+            code = 120
+    except BaseException:  # noqa: BLE001 - never back into the server's loop
+        traceback.print_exc()
+    finally:
+        os._exit(code)
 
-    sys.exit(main())  # as the console script ends
+
+def _run_main() -> int:
+    """Run the console script's ``main``; the exit code its process would have."""
+    try:
+        from learnops.cli.main import main
+
+        sys.exit(main())
+    except SystemExit as done:
+        if done.code is None:
+            return 0
+        if isinstance(done.code, int):
+            return done.code
+        print(done.code, file=sys.stderr)  # sys.exit("message"), as the interpreter does
+        return 1
+    except BaseException:  # noqa: BLE001 - what an uncaught exception does to a process
+        traceback.print_exc()
+        return 1
 
 
 def serve(path: str) -> None:
@@ -145,6 +183,9 @@ def serve(path: str) -> None:
                     print(f"forkserver: refused a request: {error}", file=sys.stderr)
                     conn.close()
                     continue
+                # The child says when it has its session and streams: only then is its
+                # pid sent, so a caller's killpg(pid) right away reaches its group.
+                settled_read, settled_write = os.pipe()
                 try:
                     pid = os.fork()
                 except OSError as error:
@@ -155,11 +196,15 @@ def serve(path: str) -> None:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     selector.close()
                     listener.close()
-                    for fd in (wake_read, wake_write):
+                    for fd in (wake_read, wake_write, settled_read):
                         os.close(fd)
                     for other in (conn, *waiting.values()):
                         other.close()
-                    _become(request, fds)
+                    _become(request, fds, settled_write)
+                os.close(settled_write)
+                if pid > 0:
+                    os.read(settled_read, 1)  # b"" if the child died first: still reported
+                os.close(settled_read)
                 for fd in fds:
                     os.close(fd)
                 if pid < 0:
