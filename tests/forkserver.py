@@ -247,6 +247,7 @@ class ForkServer:
                 self._start()
 
     def _start(self) -> None:
+        self.stop()  # a server that died: its socket's directory goes with it
         self._dir = tempfile.TemporaryDirectory(prefix="learnops-forkserver-")
         self._environment = dict(os.environ)
         self._process = subprocess.Popen(
@@ -260,6 +261,7 @@ class ForkServer:
         if line.strip() != b"ready":
             self._process.kill()
             raise RuntimeError(f"the CLI fork server did not start (exit {self._process.wait()})")
+        atexit.unregister(self.stop)  # once, however often it was started
         atexit.register(self.stop)
 
     def stop(self) -> None:

@@ -345,15 +345,16 @@ _FORK_SERVER: ForkServer | None = None
 _FORK_SERVER_LOCK = threading.Lock()  # commands run from asyncio.to_thread
 
 
-def _fork_server() -> ForkServer | None:
-    """This pytest process's CLI fork server, unless LEARNOPS_TEST_CLI_FORK=0."""
+def _fork_server_for(env: dict[str, str]) -> ForkServer | None:
+    """This pytest process's CLI fork server, if a child forked by it would behave as an
+    exec'd process with ``env`` would, and unless LEARNOPS_TEST_CLI_FORK=0."""
     global _FORK_SERVER
     if os.environ.get("LEARNOPS_TEST_CLI_FORK", "1") == "0":
         return None
     with _FORK_SERVER_LOCK:
         if _FORK_SERVER is None:
             _FORK_SERVER = ForkServer(learnops_command()[0], REPO)
-        return _FORK_SERVER
+    return _FORK_SERVER if _FORK_SERVER.can_fork(env) else None
 
 
 def start_learnops(
@@ -365,9 +366,9 @@ def start_learnops(
     process would (tests/forkserver.py), else exec'd; either way a process the
     tests signal, kill and reap by its pid.
     """
-    server = _fork_server()
+    server = _fork_server_for(env)
     with log_path.open("ab") as log:
-        if server is not None and server.can_fork(env):
+        if server is not None:
             with open(os.devnull, "rb") as devnull:
                 return server.start(
                     args,
@@ -403,8 +404,8 @@ def run_learnops(
     A process of its own, forked from this session's CLI fork server
     (tests/forkserver.py) where that behaves as an exec'd one would, else exec'd.
     """
-    server = _fork_server()
-    if server is not None and server.can_fork(env):
+    server = _fork_server_for(env)
+    if server is not None:
         return server.run(args, env, text=text, timeout=timeout)
     return subprocess.run(
         [*learnops_command(), *args],

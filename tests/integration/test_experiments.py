@@ -61,12 +61,8 @@ async def make_doer(db: Any, producer: Any, key: SigningKey, prefix: str) -> Exp
     return await prepare(db, producer, key, name, {1: CONTROL, 2: BETTER, 3: WORSE}, actor="tests")
 
 
-def learnops(settings_env: dict[str, str], *args: str, timeout: float = 120) -> Any:
-    return run_learnops(settings_env, *args, timeout=timeout)
-
-
 async def replay_json(settings_env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
-    result = await asyncio.to_thread(learnops, settings_env, "replay", "run", *args, "--json")
+    result = await asyncio.to_thread(run_learnops, settings_env, "replay", "run", *args, "--json")
     assert result.stdout.strip(), result.stderr[-3000:]
     return result.returncode, json.loads(result.stdout[result.stdout.index("{") :])
 
@@ -146,7 +142,7 @@ async def test_the_same_replay_twice_gives_byte_identical_per_seed_results(
     )
     assert all(r["run_id"].endswith(":2") for r in runs)  # the second attempt's results
     shown = await asyncio.to_thread(
-        learnops, settings_env, "replay", "show", first["replay_id"], "--json"
+        run_learnops, settings_env, "replay", "show", first["replay_id"], "--json"
     )
     assert shown.returncode == 0, shown.stderr
     report = json.loads(shown.stdout[shown.stdout.index("{") :])
@@ -255,7 +251,7 @@ async def test_a_worse_candidate_ends_failed_at_replay_with_its_numbers(
     assert rates["success_rate"] == 0
     # An operator may still start it, and is told its experiment failed (nothing was said).
     started = await asyncio.to_thread(
-        learnops, settings_env, "policy", "shadow", f"{doer.policy_id}@3", "--no-wait"
+        run_learnops, settings_env, "policy", "shadow", f"{doer.policy_id}@3", "--no-wait"
     )
     assert started.returncode == 0, started.stderr
     assert f"note: experiment {create.experiment_id} of {doer.policy_id}@3 ended failed" in (
@@ -316,7 +312,7 @@ async def test_an_experiment_follows_its_shadow_to_a_rollback(
     doer = await make_doer(db, producer, signing_key, "RolledBack")
     experiment_id = f"exp-{uuid.uuid4().hex[:10]}"
     created = await asyncio.to_thread(
-        learnops,
+        run_learnops,
         settings_env,
         "experiment",
         "create",
@@ -357,20 +353,20 @@ async def test_an_experiment_follows_its_shadow_to_a_rollback(
     )
     assert (performance["promotions"], performance["rollbacks"]) == (0, 1)
     shown = await asyncio.to_thread(
-        learnops, settings_env, "experiment", "show", experiment_id, "--json"
+        run_learnops, settings_env, "experiment", "show", experiment_id, "--json"
     )
     report = json.loads(shown.stdout[shown.stdout.index("{") :])
     assert [h["to"] for h in report["history"]] == ["created", "replaying", "shadow", "rolled_back"]
     assert report["replay"]["verdict"]["passed"] is True
     assert report["control"] == f"{doer.policy_id}@1"
     listed = await asyncio.to_thread(
-        learnops, settings_env, "experiment", "list", "--doer", doer.name, "--json"
+        run_learnops, settings_env, "experiment", "list", "--doer", doer.name, "--json"
     )
     items = json.loads(listed.stdout[listed.stdout.index("[") :])
     assert [(i["experiment_id"], i["status"]) for i in items] == [(experiment_id, "rolled_back")]
     # Typed in another case, the doer's name finds the same experiments.
     folded = await asyncio.to_thread(
-        learnops, settings_env, "experiment", "list", "--doer", doer.name.lower(), "--json"
+        run_learnops, settings_env, "experiment", "list", "--doer", doer.name.lower(), "--json"
     )
     assert folded.returncode == 0, folded.stderr
     assert json.loads(folded.stdout[folded.stdout.index("[") :]) == items
@@ -558,7 +554,7 @@ async def test_a_replay_of_the_active_policy_says_it_is_its_own_control(
     doer, _ = replayed
     seeds = ",".join(map(str, SEEDS))
     shown = await asyncio.to_thread(
-        learnops,
+        run_learnops,
         settings_env,
         *("replay", "run", "--policy", f"{doer.policy_id}@1", "--dataset", doer.golden),
         *("--seeds", seeds),

@@ -50,14 +50,9 @@ QUICK = CanarySettings(min_sample_size=50, report_every=100, missing_grace_s=LAG
 ACTOR = "synthesizer"
 
 
-def learnops_run(settings_env: dict[str, str], *args: str) -> Any:
-    """Run a learnops command; the finished process (exit code, stdout, stderr as text)."""
-    return run_learnops(settings_env, *args)
-
-
 def learnops_json(settings_env: dict[str, str], *args: str) -> Any:
     """Run a learnops command with --json; its parsed output."""
-    done = learnops_run(settings_env, *args, "--json")
+    done = run_learnops(settings_env, *args, "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     start = min(i for i in (done.stdout.find("{"), done.stdout.find("[")) if i >= 0)
     return json.loads(done.stdout[start:])
@@ -248,7 +243,7 @@ async def test_the_answered_request_is_closed_with_its_experiment(
     )
     assert short["experiment_id"] == create.experiment_id
     asked = await asyncio.to_thread(
-        learnops_run, settings_env, "experiment", "show", str(request["request_id"])[:8]
+        run_learnops, settings_env, "experiment", "show", str(request["request_id"])[:8]
     )
     assert asked.returncode == 1 and "is an experiment request, not an experiment" in (
         asked.stderr
