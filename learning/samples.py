@@ -41,6 +41,7 @@ from learning.contamination import (
     DatasetStats,
     GuardConfig,
     GuardVerdict,
+    MinHasher,
     SelfLoopGuard,
 )
 from learning.curation import content_hash, findings_only, label_sample, replace_findings
@@ -224,9 +225,23 @@ class Curation:
     skipped: str | None = None  # "replay" or "shadow": the bundle gives no samples
 
 
+# --------------------------------------------------------------------------------------
+# What a bundle's text gives without any state: prepared beside the event loop
+# --------------------------------------------------------------------------------------
+
+#: A live bundle's text as :func:`prepare_bundle` takes it (plain values, cheap to
+#: send to another process): tenant, doer, run id, phase, model, and for each
+#: artifact with content (``(artifact_id, kind, content)``) in the bundle's order.
+BundleText = tuple[str, str, str, str, str | None, tuple[tuple[str, str, str], ...]]
+
+#: The MinHash settings a signature was computed with: num_perm, shingle_size, seed.
+Hashing = tuple[int, int, int]
+
+
 @dataclass(frozen=True)
-class _Draft:
-    artifact: Artifact
+class PreparedArtifact:
+    """One artifact's redacted text, hashes, cleaned names and MinHash signature."""
+
     sample_id: str
     text: str
     digest: str
@@ -234,10 +249,105 @@ class _Draft:
     raw_hash: str
     # The orchestrator's ids and names, scanned too, so a careless id
     # ("notes-jane@example.com") cannot carry PII past the curator.
-    run_id: str
-    phase: str
     artifact_id: str
     kind: str
+    signature: bytes  # MinHasher.to_bytes of the text's signature
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """One artifact of a live bundle about to be checked: the artifact and its prepared text."""
+
+    artifact: Artifact
+    prepared: PreparedArtifact
+    run_id: str  # the bundle's, redacted
+    phase: str
+
+    @property
+    def sample_id(self) -> str:
+        return self.prepared.sample_id
+
+
+@dataclass(frozen=True)
+class PreparedBundle:
+    """What curating a live bundle computes from its text alone: the same whoever computes it.
+
+    The curator stage has it computed in its curation processes
+    (``agents/curation_pool.py``) while the event loop does other work, and
+    :meth:`DoerCuration.curate` takes it instead of computing it again;
+    ``error`` is the :class:`CurationError` reason preparing raised (PII that
+    redaction did not clear), raised again by ``curate``.
+    """
+
+    hashing: Hashing
+    run_id: str
+    phase: str
+    model: str | None
+    artifacts: tuple[PreparedArtifact, ...]
+    error: str | None = None
+
+
+def bundle_text(bundle: RunCompleted) -> BundleText:
+    """The part of a bundle :func:`prepare_bundle` reads."""
+    return (
+        bundle.tenant_id,
+        bundle.doer,
+        bundle.run_id,
+        bundle.phase,
+        bundle.model,
+        tuple(
+            (a.artifact_id, a.kind, a.content)
+            for a in bundle.artifacts
+            if a.content and a.content.strip()
+        ),
+    )
+
+
+_HASHERS: dict[Hashing, MinHasher] = {}
+
+
+def _hasher(hashing: Hashing) -> MinHasher:
+    found = _HASHERS.get(hashing)
+    if found is None:
+        num_perm, shingle_size, seed = hashing
+        found = _HASHERS[hashing] = MinHasher(num_perm, shingle_size, seed)
+    return found
+
+
+def prepare_bundle(text: BundleText, hashing: Hashing) -> PreparedBundle:
+    """Redact, hash, name and sign a live bundle's artifacts (pure: no state, no I/O)."""
+    tenant, doer, run, bundle_phase, model, artifacts = text
+    try:
+        (run_id, phase), bundle_counts = _clean_names(run, bundle_phase)
+        hasher = _hasher(hashing)
+        prepared = []
+        for artifact_id, kind, content in artifacts:
+            redacted = redact_fully(content)
+            (clean_id, clean_kind), counts = _clean_names(artifact_id, kind)
+            counts.update(bundle_counts)
+            counts.update(redacted.counts)
+            prepared.append(
+                PreparedArtifact(
+                    sample_id=sample_id(tenant, doer, run, artifact_id),
+                    text=redacted.text,
+                    digest=content_hash(redacted.text),
+                    redactions=dict(counts),
+                    raw_hash=sha256_hex(content),
+                    artifact_id=clean_id,
+                    kind=clean_kind,
+                    signature=hasher.to_bytes(hasher.signature(redacted.text)),
+                )
+            )
+        # Only a sample carries the model (DoerCuration._event).
+        clean_model = None if model is None or not artifacts else redact_fully(model).text
+    except CurationError as exc:
+        return PreparedBundle(hashing, "", "", None, (), error=exc.reason)
+    return PreparedBundle(hashing, run_id, phase, clean_model, tuple(prepared))
+
+
+def prepare_bundles(texts: list[BundleText], hashing: Hashing) -> list[PreparedBundle]:
+    """:func:`prepare_bundle` of each (what a curation process is sent: one call per chunk)."""
+    return [prepare_bundle(text, hashing) for text in texts]
 
 
 def _clean_names(*values: str) -> tuple[list[str], Counter[str]]:
@@ -312,8 +422,13 @@ class DoerCuration:
         *,
         now: datetime,
         previous: Callable[[str], Mapping[str, Any] | None] = lambda _: None,
+        prepared: PreparedBundle | None = None,
     ) -> Curation:
         """The samples of one bundle, in artifact order; ``previous`` finds a stored verdict.
+
+        ``prepared`` is :func:`prepare_bundle` of the bundle when the caller
+        has it already (computed in another process); without it, or for other
+        MinHash settings, it is computed here.
 
         A sample whose verdict is already stored (a redelivery) gets that
         verdict again and no new record.  A stored verdict for other content
@@ -324,19 +439,17 @@ class DoerCuration:
             raise ValueError(f"bundle of {bundle.doer!r} given to the curation of {self.doer!r}")
         live = bundle.replay_id is None and not bundle.shadow
         drafts: list[_Draft] = []
+        model: str | None = None
         if live:
-            (run_id, phase), bundle_counts = _clean_names(bundle.run_id, bundle.phase)
-            drafts = [
-                self._draft(bundle, a, run_id, phase, bundle_counts)
-                for a in bundle.artifacts
-                if a.content and a.content.strip()
-            ]
+            if prepared is None or prepared.hashing != self.hashing:
+                prepared = prepare_bundle(bundle_text(bundle), self.hashing)
+            drafts, model = self._drafts(bundle, prepared)
         priors = {d.sample_id: previous(d.sample_id) for d in drafts}
         if len(priors) != len(drafts):
             raise CurationError("two artifacts of the bundle share one artifact id")
         for draft in drafts:
             prior = priors[draft.sample_id]
-            if prior is not None and prior["hash"] != draft.digest:
+            if prior is not None and prior["hash"] != draft.prepared.digest:
                 raise CurationError(
                     f"artifact {draft.sample_id} (sample id) of this run was curated before "
                     "with other content; artifact ids must not be reused"
@@ -349,9 +462,9 @@ class DoerCuration:
         for draft in drafts:
             prior = priors[draft.sample_id]
             if prior is not None:
-                samples.append(self._again(bundle, draft, prior, now))
+                samples.append(self._again(bundle, draft, model, prior, now))
             else:
-                samples.append(self._check(bundle, draft, now))
+                samples.append(self._check(bundle, draft, model, now))
         return Curation(samples, own)
 
     def _own_outputs(self, bundle: RunCompleted, day: str) -> dict[str, dict[str, Any]]:
@@ -391,33 +504,31 @@ class DoerCuration:
             self_loop.record_signature(key, record["hash"], base64.b64decode(record["sig"]))
         self_loop.record_hash(key, record["raw"])
 
-    def _draft(
-        self,
-        bundle: RunCompleted,
-        artifact: Artifact,
-        run_id: str,
-        phase: str,
-        bundle_counts: Counter[str],
-    ) -> _Draft:
-        assert artifact.content is not None
-        redacted = redact_fully(artifact.content)
-        (artifact_id, kind), counts = _clean_names(artifact.artifact_id, artifact.kind)
-        counts.update(bundle_counts)
-        counts.update(redacted.counts)
-        return _Draft(
-            artifact=artifact,
-            sample_id=sample_id(bundle.tenant_id, bundle.doer, bundle.run_id, artifact.artifact_id),
-            text=redacted.text,
-            digest=content_hash(redacted.text),
-            redactions=dict(counts),
-            raw_hash=sha256_hex(artifact.content),
-            run_id=run_id,
-            phase=phase,
-            artifact_id=artifact_id,
-            kind=kind,
-        )
+    @property
+    def hashing(self) -> Hashing:
+        """The MinHash settings of this doer's guards (what a prepared bundle must match)."""
+        g = self.config.guard
+        return (g.num_perm, g.shingle_size, g.seed)
 
-    def _check(self, bundle: RunCompleted, draft: _Draft, now: datetime) -> CuratedSample:
+    @staticmethod
+    def _drafts(bundle: RunCompleted, prepared: PreparedBundle) -> tuple[list[_Draft], str | None]:
+        if prepared.error is not None:
+            raise CurationError(prepared.error)
+        with_content = [a for a in bundle.artifacts if a.content and a.content.strip()]
+        if len(with_content) != len(prepared.artifacts):
+            raise ValueError(
+                f"prepared for {len(prepared.artifacts)} artifacts, the bundle has "
+                f"{len(with_content)} with content"
+            )
+        drafts = [
+            _Draft(artifact, p, prepared.run_id, prepared.phase)
+            for artifact, p in zip(with_content, prepared.artifacts, strict=True)
+        ]
+        return drafts, prepared.model
+
+    def _check(
+        self, bundle: RunCompleted, draft: _Draft, model: str | None, now: datetime
+    ) -> CuratedSample:
         try:
             dataset = dataset_name(bundle.tenant_id, bundle.doer, draft.phase)
         except ValueError as exc:
@@ -428,13 +539,12 @@ class DoerCuration:
             raise CurationError(f"no dataset for the sample's phase: {exc}") from exc
         guard = self.guard(dataset)
         ours = is_ours(draft.artifact)
-        signature = guard.hasher.signature(draft.text)
         verdict = guard.check(
             draft.sample_id,
-            draft.text,
+            draft.prepared.text,
             ai_generated_by_us=ours,
-            also_hashes=() if ours else (draft.raw_hash,),
-            signature=signature,
+            also_hashes=() if ours else (draft.prepared.raw_hash,),
+            signature=draft.prepared.signature,
         )
         alert = self._maybe_alert(bundle, draft.phase, dataset, guard.stats)
         record: dict[str, Any] = {
@@ -451,22 +561,28 @@ class DoerCuration:
             "ours": ours,
             # Only what a restore needs: accepted samples enter the index and
             # window, ours the self-loop memory; others' rejects need no signature.
-            "sig": _b64(guard.hasher.to_bytes(signature)) if verdict.accepted or ours else None,
+            "sig": _b64(draft.prepared.signature) if verdict.accepted or ours else None,
             "alert": alert.model_dump(mode="json") if alert else None,
         }
         self.kept[("sample", draft.sample_id)] = record["day"]
-        return CuratedSample(self._event(bundle, draft, dataset, verdict, now), record, alert)
+        event = self._event(bundle, draft, model, dataset, verdict, now)
+        return CuratedSample(event, record, alert)
 
     def _next_seq(self, dataset: str) -> int:
         seq = self._last_seq[dataset] = self._last_seq.get(dataset, 0) + 1
         return seq
 
     def _again(
-        self, bundle: RunCompleted, draft: _Draft, prior: Mapping[str, Any], now: datetime
+        self,
+        bundle: RunCompleted,
+        draft: _Draft,
+        model: str | None,
+        prior: Mapping[str, Any],
+        now: datetime,
     ) -> CuratedSample:
         verdict = _verdict_of(prior)
         alert = Alert.model_validate(prior["alert"]) if prior.get("alert") else None
-        event = self._event(bundle, draft, str(prior["dataset"]), verdict, now)
+        event = self._event(bundle, draft, model, str(prior["dataset"]), verdict, now)
         return CuratedSample(event, None, alert)
 
     def _maybe_alert(
@@ -487,13 +603,14 @@ class DoerCuration:
         self,
         bundle: RunCompleted,
         draft: _Draft,
+        model: str | None,
         dataset: str,
         verdict: GuardVerdict,
         now: datetime,
     ) -> SampleCurated:
         artifact = draft.artifact
         matches_ours = verdict.self_loop_of is not None and not is_ours(artifact)
-        labels = labels_for(bundle, artifact, draft.text, matches_our_output=matches_ours)
+        labels = labels_for(bundle, artifact, draft.prepared.text, matches_our_output=matches_ours)
         return SampleCurated(
             event_id=sample_event_id(draft.sample_id),
             occurred_at=now,
@@ -503,14 +620,14 @@ class DoerCuration:
             phase=draft.phase,
             policy_id=bundle.policy_id,
             policy_version=bundle.policy_version,
-            artifact_id=draft.artifact_id,
-            kind=draft.kind,
+            artifact_id=draft.prepared.artifact_id,
+            kind=draft.prepared.kind,
             origin=labels.origin,  # as reported, except that ours is never "human"
             accepted=verdict.accepted,
             reject_reason=verdict.reason,
-            content=draft.text,
+            content=draft.prepared.text,
             content_hash=verdict.content_hash,
-            redactions=draft.redactions,
+            redactions=draft.prepared.redactions,
             labels=labels,
             near_duplicate_of=verdict.near_duplicates,
             self_loop_of=verdict.self_loop_of,
@@ -521,7 +638,7 @@ class DoerCuration:
             run_occurred_at=bundle.occurred_at,
             # The model is free text from the orchestrator, stored with the sample:
             # redacted like the names (a key or an address pasted into it stays out).
-            model=None if bundle.model is None else redact_fully(bundle.model).text,
+            model=model,
             curator=self.curator,
         )
 

@@ -8,14 +8,14 @@ optimised, and ``bench/curation_pipeline.py`` times the same bundles.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from learning.contamination import ContaminationAlertRule
-from learning.samples import CurationConfig, DoerCuration
+from learning.samples import CurationConfig, DoerCuration, PreparedBundle
 from learnops.simulation.orchestrator import NoteMix, Orchestrator
 from models.events import RunCompleted
 
@@ -56,11 +56,14 @@ def _timeless(alert: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def curate_corpus(
-    bundles: list[RunCompleted], config: CurationConfig = ALERTING
+    bundles: list[RunCompleted],
+    config: CurationConfig = ALERTING,
+    prepare: Callable[[RunCompleted], PreparedBundle | None] = lambda _: None,
 ) -> tuple[str, dict[str, int]]:
     """The digest of every output of curating ``bundles`` (each 25th twice), and what was seen.
 
     What was seen counts the verdicts (by reason) and the samples that came with an alert.
+    ``prepare`` gives each bundle's prepared text (None: curate computes it).
     """
     states: dict[str, DoerCuration] = {}
     stored: dict[tuple[str, str], dict[str, Any]] = {}
@@ -69,9 +72,11 @@ def curate_corpus(
     redelivered = [b for i, b in enumerate(bundles) if i % 25 == 24]
     for bundle in bundles + redelivered:
         state = states.setdefault(bundle.doer, DoerCuration(bundle.doer, config, curator="c-1"))
-        curation = state.curate(
-            bundle, now=NOW, previous=lambda s, d=bundle.doer: stored.get((d, s))
-        )
+
+        def previous(sample: str, doer: str = bundle.doer) -> dict[str, Any] | None:
+            return stored.get((doer, sample))
+
+        curation = state.curate(bundle, now=NOW, previous=previous, prepared=prepare(bundle))
         digest.update(_json([curation.skipped, curation.own_outputs]))
         for sample in curation.samples:
             digest.update(sample.event.to_json())
