@@ -237,8 +237,10 @@ class LearnopsApp(faust.App):
         await super().on_first_start()
 
     async def on_stop(self) -> None:
-        """Close the pool after Faust has stopped its agents."""
+        """Close the stages' processes and the pool after Faust has stopped its agents."""
         await super().on_stop()
+        for stage in self.stages.values():
+            stage.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

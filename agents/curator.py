@@ -32,19 +32,24 @@ dead-letters itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from asyncio import CancelledError
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, date, datetime
+from pickle import PickleError
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from agents.curation_pool import PREPARED, CurationPool, PreparedBatch
 from agents.stage import Stage, misplaced, remember_validated, validated_before
 from agents.tables import SEPARATOR, doer_of
 from learning.contamination import reason_kind
-from learning.samples import CurationError, DoerCuration
+from learning.samples import CurationError, DoerCuration, PreparedBundle, bundle_text
 from models.base import duplicate_key_problem
 from models.events import RunCompleted
 from models.keys import key_problem
@@ -53,6 +58,9 @@ if TYPE_CHECKING:
     from agents.app import LearnopsApp
 
 log = logging.getLogger("learnops.curator")
+
+#: Bundles curated per batch at most (a batch is what is queued when the stage is free).
+BATCH = 200
 
 SAMPLES = Counter(
     "learnops_samples_curated_total",
@@ -130,6 +138,10 @@ class CuratorMemory:
         return dict(grouped)
 
 
+def _is_live(bundle: RunCompleted) -> bool:
+    return bundle.replay_id is None and not bundle.shadow
+
+
 def _parse(app: LearnopsApp, event: Any) -> RunCompleted | None:
     """The bundle, or None for what the crl stage dead-letters (so it is not sent twice)."""
     message = event.message
@@ -176,17 +188,72 @@ class CuratorStage(Stage):
         app.on_partitions_revoked.connect(self.memory.forget)
         app.on_partitions_assigned.connect(self.memory.forget)
 
+        hashing = DoerCuration("-", app.learning.curation).hashing
+        self.pool = CurationPool(app.settings.learnops_curation_processes, hashing)
+
         async def curator(stream: Any) -> None:
             """Curate each bundle's artifacts into samples; keep verdicts; emit samples, alerts."""
-            async for event in self.each(stream):
-                async with self.guarded(event):
-                    bundle = _parse(self.app, event)
-                    if bundle is not None:
-                        await self.curate(event, bundle)
+            async for events in self.batches(stream, BATCH):
+                async with self.guarded_batch(events):
+                    await self.curate_batch(events)
 
         app.agent(self.topics.run_completed.channel, name=self.name)(curator)
 
-    async def curate(self, event: Any, bundle: RunCompleted) -> None:
+    def close(self) -> None:
+        """Stop the curation processes."""
+        self.pool.close()
+
+    async def curate_batch(self, events: list[Any]) -> None:
+        """Curate a batch's bundles in order, their text prepared by the curation processes.
+
+        Each event is guarded on its own: an error dead-letters that event
+        only. The batch is acked once the last one is curated.
+        """
+        parsed: list[tuple[Any, RunCompleted | None]] = []
+        for event in events:
+            async with self.guarded(event):
+                parsed.append((event, _parse(self.app, event)))
+        live = [bundle for _, bundle in parsed if bundle is not None and _is_live(bundle)]
+        batch = self.pool.prepare([bundle_text(bundle) for bundle in live])
+        n = 0  # live bundles seen so far
+        for event, bundle in parsed:
+            if bundle is None:
+                continue
+            prepared = None
+            if _is_live(bundle):
+                if batch is not None:
+                    prepared, batch = await self._prepared(batch, n)
+                n += 1
+                PREPARED.labels("loop" if prepared is None else "pool").inc()
+            async with self.guarded(event):
+                await self.curate(event, bundle, prepared)
+
+    async def _prepared(
+        self, batch: PreparedBatch, n: int
+    ) -> tuple[PreparedBundle | None, PreparedBatch | None]:
+        """The n-th live bundle's prepared text, and the batch (None once the processes failed).
+
+        A failure of the processes (one died, the pool was shut down) leaves
+        the rest of the batch to be prepared in the loop.
+        """
+        try:
+            return await batch.get(n), batch
+        except CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker is stopping the stage, not the processes failing
+            error: BaseException = CancelledError()
+        except (BrokenProcessPool, RuntimeError, OSError, PickleError) as exc:
+            # A process died, the pool was shut down or a value did not cross: not the
+            # bundle's fault. An error of preparing itself (a bug) fails the batch.
+            error = exc
+        batch.cancel()
+        self.pool.failed(error)
+        return None, None
+
+    async def curate(
+        self, event: Any, bundle: RunCompleted, prepared: PreparedBundle | None = None
+    ) -> None:
         """Curate one bundle; a curation refusal is a dead letter and leaves the state as it was."""
         doer = bundle.doer
         self.partitions.seen(doer, event.message.partition)
@@ -196,7 +263,7 @@ class CuratorStage(Stage):
             state = self.prune(doer, state, today)
             self._pruned[doer] = today
         try:
-            await self._apply(state, bundle)
+            await self._apply(state, bundle, prepared)
         except CurationError as exc:
             # Refused before anything changed (DoerCuration.curate): the state stays.
             await self.dead_letter(event, error_type="curation", reason=exc.reason, doer=doer)
@@ -241,10 +308,15 @@ class CuratorStage(Stage):
         log.info("curator_expired doer=%s records=%d kept=%d", doer, len(expired), len(fresh.kept))
         return fresh
 
-    async def _apply(self, state: DoerCuration, bundle: RunCompleted) -> None:
+    async def _apply(
+        self, state: DoerCuration, bundle: RunCompleted, prepared: PreparedBundle | None
+    ) -> None:
         doer = bundle.doer
         curation = state.curate(
-            bundle, now=self.clock(), previous=lambda s: self.verdicts.get(_key(doer, s))
+            bundle,
+            now=self.clock(),
+            previous=lambda s: self.verdicts.get(_key(doer, s)),
+            prepared=prepared,
         )
         if curation.skipped:
             SKIPPED.labels(curation.skipped).inc()

@@ -169,6 +169,10 @@ class Settings(BaseSettings):
     # stages want latency, e.g. the canary alone (docs/operations.md, "Fetches that wait
     # for a batch"). Capped at 1 MB, a policy: more would hold a fetch its whole 25 ms.
     learnops_fetch_min_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
+    # Processes that redact, hash and sign the curator's bundles beside the event loop
+    # (agents/curation_pool.py), started at the first batch of 4 or more live bundles;
+    # 0 does that work in the loop.
+    learnops_curation_processes: int = Field(default=1, ge=0, le=64)
     # Refuse a record read from another partition than its key's (agents/placement.py).
     # Off only to keep running a deployment whose orchestrator places keys by crc32
     # until it is moved to murmur2 (docs/operations.md, "Upgrading"): its doers' state

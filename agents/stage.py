@@ -133,6 +133,9 @@ class Stage:
         DEAD_LETTERS_FAILED.labels(self.name)
         DEAD_LETTERS.labels(self.name, "partition")
 
+    def close(self) -> None:
+        """Release what the stage holds outside the app (its processes) once its agent stopped."""
+
     async def batches(
         self, stream: Any, max_events: int, *, ack: bool = True
     ) -> AsyncIterator[list[Any]]:

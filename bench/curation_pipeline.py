@@ -15,7 +15,11 @@ simulate`` makes them), encoded as the topic carries them.
 2. ``DoerCuration.curate`` of every bundle, one fresh state per doer per
    pass: bundles/s (wall) and CPU µs per bundle (process time), best of
    ``--repeat`` passes, and the digest of the outputs (equal across versions
-   of the code that curate identically).
+   of the code that curate identically). Beside it, its two parts as the
+   worker splits them with ``LEARNOPS_CURATION_PROCESSES`` (agents/curation_pool.py):
+   ``prepare_bundle`` (redaction, hashes, ids, MinHash signatures: done in a
+   curation process), pickling the texts there and the results back, and
+   ``curate`` given the prepared text (what stays in the event loop).
 3. With ``--profile N``: cProfile of one pass, the N functions with the most
    own time.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import pickle
 import pstats
 import sys
 import time
@@ -38,7 +43,13 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the corpus lives with the tests
 
-from learning.samples import CurationConfig, DoerCuration  # noqa: E402
+from learning.samples import (  # noqa: E402
+    CurationConfig,
+    DoerCuration,
+    PreparedBundle,
+    bundle_text,
+    prepare_bundles,
+)
 from models.events import RunCompleted  # noqa: E402
 from tests.unit.curation_corpus import NOW, corpus, curate_corpus  # noqa: E402
 
@@ -54,16 +65,23 @@ def timed(work: Callable[[], object], repeat: int) -> tuple[float, float]:
     return best_wall, best_cpu
 
 
-def curate_all(bundles: list[RunCompleted]) -> None:
+def curate_all(
+    bundles: list[RunCompleted], prepared: list[PreparedBundle | None] | None = None
+) -> None:
     """Curate every bundle with one fresh state per doer, keeping verdicts as the stage does."""
     config = CurationConfig()
     states: dict[str, DoerCuration] = {}
     stored: dict[str, object] = {}
-    for bundle in bundles:
+    for i, bundle in enumerate(bundles):
         state = states.get(bundle.doer)
         if state is None:
             state = states[bundle.doer] = DoerCuration(bundle.doer, config, curator="bench")
-        curation = state.curate(bundle, now=NOW, previous=stored.get)  # type: ignore[arg-type]
+        curation = state.curate(
+            bundle,
+            now=NOW,
+            previous=stored.get,  # type: ignore[arg-type]
+            prepared=prepared[i] if prepared else None,
+        )
         for sample in curation.samples:
             if sample.record is not None:
                 stored[sample.event.sample_id] = sample.record
@@ -85,6 +103,19 @@ def main() -> None:
         f"{samples} samples) built in {time.perf_counter() - started:.1f}s\n"
     )
 
+    # What LEARNOPS_CURATION_PROCESSES moves out of the worker's loop (agents/curation_pool.py):
+    # prepare_bundle in a curation process, the loop curating with its result.
+    hashing = DoerCuration("-", CurationConfig()).hashing
+    live = [b for b in bundles if b.replay_id is None and not b.shadow]
+    texts = [bundle_text(b) for b in live]
+    made = prepare_bundles(texts, hashing)
+    by_event = dict(zip((b.event_id for b in live), made, strict=True))
+    ready: list[PreparedBundle | None] = [by_event.get(b.event_id) for b in bundles]
+
+    def crossed() -> object:
+        """The texts pickled to a process and its results back (both ends' work)."""
+        return pickle.loads(pickle.dumps(texts)), pickle.loads(pickle.dumps(made))
+
     rows = [
         ("orjson.loads (baseline)", timed(lambda: [orjson.loads(r) for r in raw], args.repeat)),
         (
@@ -92,6 +123,15 @@ def main() -> None:
             timed(lambda: [RunCompleted.model_validate_json(r) for r in raw], args.repeat),
         ),
         ("DoerCuration.curate", timed(lambda: curate_all(bundles), args.repeat)),
+        (
+            "  of which prepare_bundle (pure)",
+            timed(lambda: prepare_bundles(texts, hashing), args.repeat),
+        ),
+        ("  pickled there and back (a process's cost)", timed(crossed, args.repeat)),
+        (
+            "  the rest: curate with the text prepared",
+            timed(lambda: curate_all(bundles, ready), args.repeat),
+        ),
     ]
     validate_cpu = rows[1][1][1]
     print(f"{'':44} {'bundles/s':>10} {'CPU µs/bundle':>14} {'× validate':>11}")

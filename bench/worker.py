@@ -197,24 +197,38 @@ def _pct(values: list[float], q: float) -> str:
 
 
 class Proc:
-    """CPU seconds and RSS of a process, from /proc."""
+    """CPU seconds and RSS of a process and its live children (curation processes), from /proc."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.ticks = os.sysconf("SC_CLK_TCK")
 
+    def _pids(self) -> list[int]:
+        children = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError):
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) == self.pid:
+                        children.append(int(entry.name))
+        return [self.pid, *children]
+
     def cpu_s(self) -> float:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / self.ticks
-        return 0.0
+        total = 0.0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / self.ticks
+        return total
 
     def rss_mb(self) -> float:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        total = 0.0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
 
 class Bench:

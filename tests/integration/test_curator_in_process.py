@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from agents.app import LearnopsApp
+from agents.curation_pool import CHUNK
 from agents.tables import SEPARATOR
-from learnops.simulation.orchestrator import Orchestrator
-from tests.integration.test_stages_in_process import RUNS, Feed, Progress, make_app, tag
+from learnops.simulation.orchestrator import NoteMix, Orchestrator
+from models.events import RunCompleted
+from tests.integration.test_stages_in_process import RUNS, Feed, Progress, make_app, sent, tag
+from tests.unit.test_curation_pool import ready
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +55,7 @@ async def test_records_older_than_memory_days_are_deleted_on_the_doers_next_bund
         feed = Feed(app, agent)
         stage.clock = lambda: start
         await feed.event(RUNS, bundles[0])
-        await progress.done(1, batched=False)
+        await progress.done(1)
         first = writes(app)
         old = {key for table, key, deleted in first if not deleted}
         assert old and not any(deleted for *_, deleted in first)
@@ -58,14 +64,14 @@ async def test_records_older_than_memory_days_are_deleted_on_the_doers_next_bund
         # memory_days later the records are still kept...
         stage.clock = lambda: start + timedelta(days=days)
         await feed.event(RUNS, bundles[1])
-        await progress.done(2, batched=False)
+        await progress.done(2)
         assert not any(deleted for *_, deleted in writes(app))
         assert old <= {k for t in TABLES for k in app.tables[t]}
 
         # ...one day more and the doer's next bundle deletes exactly them.
         stage.clock = lambda: start + timedelta(days=days + 1)
         await feed.event(RUNS, bundles[2])
-        await progress.done(3, batched=False)
+        await progress.done(3)
         deleted = {key for _, key, is_deletion in writes(app) if is_deletion}
         assert deleted == old
         left = {k for t in TABLES for k in app.tables[t]}
@@ -73,3 +79,66 @@ async def test_records_older_than_memory_days_are_deleted_on_the_doers_next_bund
         state = stage.memory.of(doer)
         assert not {sample for _, sample in state.kept} & old_ids
         assert state.kept, "the later bundles' records are kept"
+
+
+SAMPLES = "learning.samples"
+
+
+def prepared(where: str) -> float:
+    return REGISTRY.get_sample_value("learnops_curation_prepared_total", {"where": where}) or 0.0
+
+
+async def curated(
+    app: LearnopsApp, bundles: list[RunCompleted], *, kill_processes: bool = False
+) -> list[dict[str, Any]]:
+    """The samples the app's curator sends for ``bundles``, delivered at once (one batch)."""
+    stage: Any = app.stages["curator"]
+    stage.clock = lambda: datetime(2026, 3, 2, 9, tzinfo=UTC)
+    progress = Progress(stage)
+    try:
+        if stage.pool.processes:
+            await ready(stage.pool)
+            if kill_processes:
+                for pid in stage.pool.pids:
+                    os.kill(pid, signal.SIGKILL)
+        async with app.agents["curator"].test_context() as agent:
+            feed = Feed(app, agent)
+            for bundle in bundles:
+                await feed.event(RUNS, bundle)
+            await progress.done(len(bundles))
+    finally:
+        stage.close()
+    # The curator's id is the app's own; everything else is the bundle's and the clock's.
+    return [e.model_dump(mode="json", exclude={"curator"}) for e in sent(app, SAMPLES)]
+
+
+def noted_bundles(n: int) -> list[RunCompleted]:
+    doer = f"Pooled{tag()}"
+    orchestrator = Orchestrator(seed=5, doers=(doer,), run_prefix=f"pool-{tag()}")
+    return [orchestrator.bundle(doer, notes=NoteMix()) for _ in range(n)]
+
+
+async def test_a_batch_prepared_in_the_curation_processes_is_curated_as_in_the_loop(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    bundles = noted_bundles(3 * CHUNK)
+    in_loop = await curated(make_app("curator", learnops_curation_processes=0), bundles)
+    before = prepared("pool")
+    in_processes = await curated(make_app("curator", learnops_curation_processes=1), bundles)
+    assert prepared("pool") - before == len(bundles)
+    assert len(in_loop) >= len(bundles)
+    assert {s["reject_reason"] for s in in_loop} > {None}  # duplicates and copies among them
+    assert in_processes == in_loop
+
+
+async def test_a_batch_whose_curation_process_died_is_curated_in_the_loop(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    bundles = noted_bundles(2 * CHUNK)
+    in_loop = await curated(make_app("curator", learnops_curation_processes=0), bundles)
+    failures = REGISTRY.get_sample_value("learnops_curation_pool_failures_total") or 0.0
+    killed = await curated(
+        make_app("curator", learnops_curation_processes=1), bundles, kill_processes=True
+    )
+    assert REGISTRY.get_sample_value("learnops_curation_pool_failures_total") == failures + 1
+    assert killed == in_loop

@@ -729,7 +729,7 @@ async def test_a_record_with_no_value_is_dead_lettered_as_such_by_crl_and_skippe
             await feed.put(RUNS, doer.encode(), None)
             await feed.event(RUNS, good)
         await progress.done(2)
-        await curated.done(2, batched=False)
+        await curated.done(2)
         letters: list[DeadLetter] = sent(app, DLQ)
         # One letter, the crl stage's: the curator skips what crl dead-letters, without an error.
         assert [(d.stage, d.offset, d.error_type) for d in letters] == [("crl", 0, "json")]

@@ -1,0 +1,120 @@
+"""The curator's processes (agents/curation_pool.py): the same text as the loop, and no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from agents import curation_pool
+from agents.curation_pool import CHUNK, MIN_BUNDLES, CurationPool
+from learning.samples import DoerCuration, bundle_text, prepare_bundles
+from tests.unit.curation_corpus import ALERTING, corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+HASHING = DoerCuration("-", ALERTING).hashing
+START_S = 60.0  # a spawned process imports numpy, datasketch and the redaction rules
+
+
+async def ready(pool: CurationPool) -> None:
+    """Start the pool with a batch and wait until its processes answered the first call."""
+    texts = [bundle_text(b) for b in list(corpus())[:MIN_BUNDLES]]
+    assert pool.prepare(texts) is None  # not up yet: this batch is prepared in the loop
+    deadline = time.monotonic() + START_S
+    while not pool.ready:
+        assert time.monotonic() < deadline, f"the curation processes not up after {START_S} s"
+        await asyncio.sleep(0.05)
+
+
+def failed() -> float:
+    return REGISTRY.get_sample_value("learnops_curation_pool_failures_total") or 0.0
+
+
+async def test_the_processes_prepare_what_the_loop_would() -> None:
+    pool = CurationPool(1, HASHING)
+    try:
+        texts = [bundle_text(b) for b in list(corpus())[: 2 * CHUNK + 5]]
+        assert pool.prepare(texts[: MIN_BUNDLES - 1]) is None  # too few: never starts them
+        assert pool.pids == []
+        await ready(pool)
+        batch = pool.prepare(texts)
+        assert batch is not None and len(batch) == 4  # 4, 16, 16, 1
+        prepared = [await batch.get(n) for n in range(len(texts))]
+        assert prepared == prepare_bundles(texts, HASHING)
+        assert [p.artifacts[0].signature for p in prepared] != [b""] * len(prepared)
+    finally:
+        pool.close()
+
+
+async def test_a_killed_process_is_counted_and_the_processes_start_again_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(curation_pool, "RETRY_S", 1.0)
+    pool = CurationPool(1, HASHING)
+    try:
+        await ready(pool)
+        texts = [bundle_text(b) for b in list(corpus())[: 3 * CHUNK]]
+        (child,) = pool.pids
+        os.kill(child, signal.SIGKILL)
+        failures = failed()
+        batch = pool.prepare(texts)
+        if batch is not None:  # the kill was not yet seen at the submit: the calls fail
+            with pytest.raises(BrokenProcessPool):
+                await batch.get(0)
+            pool.failed()
+        assert failed() == failures + 1
+        assert not pool.ready
+        # For RETRY_S batches are prepared in the loop and nothing is started...
+        assert pool.prepare(texts) is None and pool.pids == []
+        await asyncio.sleep(1.0)
+        await ready(pool)  # ...then a batch starts the processes afresh
+        batch = pool.prepare(texts)
+        assert batch is not None
+        assert [await batch.get(n) for n in range(len(texts))] == prepare_bundles(texts, HASHING)
+    finally:
+        pool.close()
+
+
+def test_a_process_ends_with_the_worker_that_started_it() -> None:
+    # A worker killed with SIGKILL cannot shut its pool down; each process sees its
+    # parent gone and ends by itself.
+    script = (
+        "import asyncio, os, sys, time\n"
+        "from agents.curation_pool import CurationPool\n"
+        "from tests.unit.test_curation_pool import HASHING, ready\n"
+        "pool = CurationPool(1, HASHING)\n"
+        "asyncio.run(ready(pool))\n"
+        "print(*pool.pids, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert Path(f"/proc/{child}").exists()
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(child):
+            assert time.monotonic() < deadline, "the curation process outlived its worker by 10 s"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; its new parent reaps it
