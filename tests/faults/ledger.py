@@ -31,7 +31,7 @@ from learning.canary import ArmStats
 from learning.trends import DailyCRL
 from models.bandit import BanditAllocations
 from models.events import DeadLetter, RunCompleted
-from models.ids import experiment_event_id
+from models.ids import experiment_event_id, sample_id
 
 #: Topics a worker consumes with its group (its own outputs included).
 CONSUMED_TOPICS = (
@@ -267,21 +267,61 @@ def check_runs(
     report: Report, runs: dict[str, RunCompleted], rows: list[Any], dlq: int = 0
 ) -> None:
     """crl_results holds each published run once, and nothing else."""
-    stored = Counter(r["run_id"] for r in rows)
-    lost = sorted(set(runs) - set(stored))
-    unexpected = sorted(set(stored) - set(runs))
-    twice = sorted(k for k, n in stored.items() if n > 1)
+    _once_each(report, "crl_results", "run", set(runs), [r["run_id"] for r in rows], dlq=dlq)
+
+
+def _once_each(
+    report: Report,
+    check: str,
+    what: str,
+    expected: set[str],
+    stored: list[str],
+    *,
+    dlq: int | str = "-",
+) -> None:
+    """A row of ``check``: every expected key stored once, and no other key."""
+    found = Counter(stored)
+    lost = sorted(expected - set(found))
+    unexpected = sorted(set(found) - expected)
+    twice = sorted(k for k, n in found.items() if n > 1)
     row = report.add(
         Row(
-            "crl_results",
-            published=len(runs),
-            stored=len(rows),
+            check,
+            published=len(expected),
+            stored=len(stored),
             lost=len(lost),
             duplicated=len(twice) + len(unexpected),
             dead_letters=dlq,
         )
     )
-    row.detail += [f"lost run {r}" for r in lost] + [f"unexpected run {r}" for r in unexpected]
+    row.detail += [f"lost {what} {k}" for k in lost] + [
+        f"unexpected {what} {k}" for k in unexpected
+    ]
+
+
+async def sample_ids(pool: Any, doers: Iterable[str]) -> list[str]:
+    """This run's dataset_samples rows, by sample id."""
+    rows = await pool.fetch(
+        "SELECT sample_id FROM dataset_samples WHERE doer = ANY($1::text[])", list(doers)
+    )
+    return [r["sample_id"] for r in rows]
+
+
+def check_samples(report: Report, runs: dict[str, RunCompleted], stored: list[str]) -> None:
+    """dataset_samples holds one curated sample per artifact with content of each live run.
+
+    The curator's verdict rows and the datasets stage's inserts are keyed by
+    sample id, so a run curated twice shows as nothing more here; what this
+    catches is a bundle a kill made the curator skip, or a sample not stored.
+    """
+    expected = {
+        sample_id(run.tenant_id, run.doer, run.run_id, artifact.artifact_id)
+        for run in runs.values()
+        if run.replay_id is None and not run.shadow
+        for artifact in run.artifacts
+        if artifact.content and artifact.content.strip()
+    }
+    _once_each(report, "dataset_samples", "sample", expected, stored)
 
 
 def _compare(row: Row, expected: Counter[Any], found: dict[Any, int]) -> None:

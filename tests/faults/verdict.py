@@ -14,11 +14,13 @@ from tests.faults.ledger import (
     check_logs,
     check_offsets,
     check_runs,
+    check_samples,
     crl_rows,
     dead_letters,
     describe_startups,
     experiment_rows,
     experiments_settled,
+    sample_ids,
     settle,
 )
 from tests.faults.rig import Services, Workers
@@ -82,6 +84,7 @@ async def finish(
     }
     letters = [d for d in letters if (d.topic, d.partition, d.offset) not in replayed]
     check_runs(report, published.runs, rows, dlq=len(letters))
+    check_samples(report, published.runs, await sample_ids(pool, doers))
     await check_aggregates(report, pool, found.bootstrap, group.app_id, rows, set(doers))
     await check_bandit(
         report, found.bootstrap, pool, group.app_id, published.runs, rows, traffic.bandit_doer
