@@ -219,13 +219,16 @@ class CuratorStage(Stage):
         for event, bundle in parsed:
             if bundle is None:
                 continue
-            prepared = None
+            live_index = None
             if _is_live(bundle):
-                if batch is not None:
-                    prepared, batch = await self._prepared(batch, n)
-                n += 1
-                PREPARED.labels("loop" if prepared is None else "pool").inc()
+                live_index, n = n, n + 1
+            # Guarded as a whole: a bundle whose preparing raised is its own dead letter.
             async with self.guarded(event):
+                prepared = None
+                if live_index is not None:
+                    if batch is not None:
+                        prepared, batch = await self._prepared(batch, live_index)
+                    PREPARED.labels("loop" if prepared is None else "pool").inc()
                 await self.curate(event, bundle, prepared)
 
     async def _prepared(
@@ -245,7 +248,7 @@ class CuratorStage(Stage):
             error: BaseException = CancelledError()
         except (BrokenProcessPool, RuntimeError, OSError, PickleError) as exc:
             # A process died, the pool was shut down or a value did not cross: not the
-            # bundle's fault. An error of preparing itself (a bug) fails the batch.
+            # bundle's fault. An error of preparing itself reaches the bundle's guard.
             error = exc
         batch.cancel()
         self.pool.failed(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Callable
@@ -13,11 +14,20 @@ import pytest
 from prometheus_client import REGISTRY
 
 from agents.app import LearnopsApp
-from agents.curation_pool import CHUNK
+from agents.curation_pool import CHUNK, PreparedBatch
 from agents.tables import SEPARATOR
+from learning.samples import BundleText, prepare_bundles
 from learnops.simulation.orchestrator import NoteMix, Orchestrator
 from models.events import RunCompleted
-from tests.integration.test_stages_in_process import RUNS, Feed, Progress, make_app, sent, tag
+from tests.integration.test_stages_in_process import (
+    DLQ,
+    RUNS,
+    Feed,
+    Progress,
+    make_app,
+    sent,
+    tag,
+)
 from tests.unit.test_curation_pool import ready
 
 pytestmark = pytest.mark.integration
@@ -142,3 +152,33 @@ async def test_a_batch_whose_curation_process_died_is_curated_in_the_loop(
     )
     assert REGISTRY.get_sample_value("learnops_curation_pool_failures_total") == failures + 1
     assert killed == in_loop
+
+
+async def test_a_bundle_whose_preparing_raised_is_its_own_dead_letter(
+    make_app: Callable[..., LearnopsApp],
+) -> None:
+    # An error in preparing one bundle's text (not the processes failing) reaches that
+    # bundle's guard; the rest of the batch is curated.
+    bundles = noted_bundles(6)
+    app = make_app("curator", learnops_curation_processes=1)
+    stage: Any = app.stages["curator"]
+    hashing = stage.pool.hashing
+
+    def one_fails(texts: list[BundleText]) -> PreparedBatch:
+        loop = asyncio.get_running_loop()
+        failed, rest = loop.create_future(), loop.create_future()
+        failed.set_exception(ValueError("preparing failed"))
+        rest.set_result(prepare_bundles(texts[1:], hashing))
+        return PreparedBatch([(0, failed), (1, rest)])
+
+    stage.pool.prepare = one_fails
+    progress = Progress(stage)
+    async with app.agents["curator"].test_context() as agent:
+        feed = Feed(app, agent)
+        for bundle in bundles:
+            await feed.event(RUNS, bundle)
+        await progress.done(len(bundles))
+    letters = sent(app, DLQ)
+    assert [(d.stage, d.error_type, d.offset) for d in letters] == [("curator", "internal", 0)]
+    curated_runs = {s.run_id for s in sent(app, SAMPLES)}
+    assert curated_runs == {b.run_id for b in bundles[1:]}
