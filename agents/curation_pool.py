@@ -10,9 +10,14 @@ core of a machine that has more. The curator stage hands it to
 loop as before) and keeps in the loop only what needs the doer's state: the
 guards, the verdicts, the table writes and the sends.
 
-* The processes start when the first batch of at least :data:`MIN_BUNDLES`
-  live bundles arrives, so a worker that only ever sees a trickle never starts
-  them; until they answer their first call, batches are prepared in the loop.
+* The processes start at the first batch of :data:`START_BUNDLES` live
+  bundles or more, when the curator has fallen that far behind: a worker that
+  keeps up never starts them (each costs about a second of CPU to start and
+  100–150 MB). Until they answer a first call, batches are prepared in the
+  loop; if that call fails (the worker's main module cannot be imported
+  again, say), they are not started again and the loop does the work.
+* Batches of :data:`MIN_BUNDLES` or more go to the processes once they are
+  up; smaller ones are prepared in the loop.
 * A batch is sent in chunks, all at once: a first one of :data:`MIN_BUNDLES`
   bundles, then :data:`CHUNK` each. The stage curates each bundle as soon as
   its chunk is back, so the processes prepare the next chunks while the loop
@@ -74,8 +79,10 @@ class PreparedBatch:
             chunk.cancel()
 
 
-#: A batch with fewer live bundles than this is prepared in the loop (and starts no process).
+#: A batch with fewer live bundles than this is prepared in the loop.
 MIN_BUNDLES: Final = 4
+#: The first batch this large (the curator has fallen behind) starts the processes.
+START_BUNDLES: Final = 32
 #: Bundles sent to a curation process in one call.
 CHUNK: Final = 16
 #: How often a curation process checks that the worker that started it is still there.
@@ -137,13 +144,14 @@ class CurationPool:
     def prepare(self, texts: Sequence[BundleText]) -> PreparedBatch | None:
         """The texts, sent to the processes in chunks; None: prepare them in the loop.
 
-        None while there is no pool to use: none configured, a batch too small
-        to start one, or processes still starting (they are started here).
+        None while there is no pool to use: none configured, a batch too small,
+        or processes not up yet (a batch of :data:`START_BUNDLES` starts them).
         """
         if self.processes == 0 or len(texts) < MIN_BUNDLES:
             return None
         if not self.ready:
-            self._start()
+            if len(texts) >= START_BUNDLES or self._executor is not None:
+                self._start()
             return None
         executor = self._executor
         assert executor is not None
@@ -185,7 +193,17 @@ class CurationPool:
         if self._executor is not None:
             warm = self._warm
             if warm is not None and warm.done() and warm.exception() is not None:
-                self.failed()  # it never came up; try again next time
+                # They never came up: that does not mend itself (a main module that
+                # starts a worker when imported, a missing module). The loop does it.
+                POOL_FAILURES.inc()
+                log.error(
+                    "curation_pool_unavailable processes=%d error=%r: the curator prepares "
+                    "its bundles in the event loop from now on",
+                    self.processes,
+                    warm.exception(),
+                )
+                self.close()
+                self.processes = 0
             return
         # spawn, not fork: the worker has threads (aiokafka's, the producer's), and a
         # forked child of a threaded process may inherit a held lock.

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from agents import curation_pool
-from agents.curation_pool import CHUNK, MIN_BUNDLES, CurationPool
+from agents.curation_pool import CHUNK, MIN_BUNDLES, START_BUNDLES, CurationPool
 from learning.samples import DoerCuration, bundle_text, prepare_bundles
 from tests.unit.curation_corpus import ALERTING, corpus
 
@@ -26,7 +26,7 @@ START_S = 60.0  # a spawned process imports numpy, datasketch and the redaction 
 
 async def ready(pool: CurationPool) -> None:
     """Start the pool with a batch and wait until its processes answered the first call."""
-    texts = [bundle_text(b) for b in list(corpus())[:MIN_BUNDLES]]
+    texts = [bundle_text(b) for b in list(corpus())[:START_BUNDLES]]
     assert pool.prepare(texts) is None  # not up yet: this batch is prepared in the loop
     deadline = time.monotonic() + START_S
     while not pool.ready:
@@ -42,7 +42,8 @@ async def test_the_processes_prepare_what_the_loop_would() -> None:
     pool = CurationPool(1, HASHING)
     try:
         texts = [bundle_text(b) for b in list(corpus())[: 2 * CHUNK + 5]]
-        assert pool.prepare(texts[: MIN_BUNDLES - 1]) is None  # too few: never starts them
+        assert pool.prepare(texts[: MIN_BUNDLES - 1]) is None  # too few to use them
+        assert pool.prepare(texts[: START_BUNDLES - 1]) is None  # too few to start them
         assert pool.pids == []
         await ready(pool)
         batch = pool.prepare(texts)
@@ -118,3 +119,32 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has ended; its new parent reaps it
+
+
+async def test_processes_that_cannot_start_leave_the_work_to_the_loop_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A first call that fails (here: a module the processes cannot import) does not mend
+    # itself; the pool stops trying instead of spawning a failing process every batch.
+    monkeypatch.setattr(curation_pool, "WARM_UP", ("t", "d", "r", "p", None, Unpicklable()))
+    pool = CurationPool(1, HASHING)
+    texts = [bundle_text(b) for b in list(corpus())[:START_BUNDLES]]
+    failures = failed()
+    try:
+        assert pool.prepare(texts) is None
+        deadline = time.monotonic() + START_S
+        while pool.processes:
+            assert time.monotonic() < deadline, "the failed start not seen"
+            await asyncio.sleep(0.05)
+            assert pool.prepare(texts) is None
+        assert failed() == failures + 1
+        assert pool.prepare(texts) is None and pool.pids == []
+    finally:
+        pool.close()
+
+
+class Unpicklable(tuple):
+    """A value that cannot cross to a curation process."""
+
+    def __reduce__(self) -> str:
+        raise TypeError("this value cannot be pickled")
