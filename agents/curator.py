@@ -49,7 +49,13 @@ from agents.curation_pool import PREPARED, CurationPool, PreparedBatch
 from agents.stage import Stage, misplaced, remember_validated, validated_before
 from agents.tables import SEPARATOR, doer_of
 from learning.contamination import reason_kind
-from learning.samples import CurationError, DoerCuration, PreparedBundle, bundle_text
+from learning.samples import (
+    CurationError,
+    DoerCuration,
+    PreparedBundle,
+    bundle_text,
+    is_live,
+)
 from models.base import duplicate_key_problem
 from models.events import RunCompleted
 from models.keys import key_problem
@@ -138,10 +144,6 @@ class CuratorMemory:
         return dict(grouped)
 
 
-def _is_live(bundle: RunCompleted) -> bool:
-    return bundle.replay_id is None and not bundle.shadow
-
-
 def _parse(app: LearnopsApp, event: Any) -> RunCompleted | None:
     """The bundle, or None for what the crl stage dead-letters (so it is not sent twice)."""
     message = event.message
@@ -188,8 +190,9 @@ class CuratorStage(Stage):
         app.on_partitions_revoked.connect(self.memory.forget)
         app.on_partitions_assigned.connect(self.memory.forget)
 
-        hashing = DoerCuration("-", app.learning.curation).hashing
-        self.pool = CurationPool(app.settings.learnops_curation_processes, hashing)
+        self.pool = CurationPool(
+            app.settings.learnops_curation_processes, app.learning.curation.hashing
+        )
 
         async def curator(stream: Any) -> None:
             """Curate each bundle's artifacts into samples; keep verdicts; emit samples, alerts."""
@@ -213,14 +216,14 @@ class CuratorStage(Stage):
         for event in events:
             async with self.guarded(event):
                 parsed.append((event, _parse(self.app, event)))
-        live = [bundle for _, bundle in parsed if bundle is not None and _is_live(bundle)]
+        live = [bundle for _, bundle in parsed if bundle is not None and is_live(bundle)]
         batch = self.pool.prepare([bundle_text(bundle) for bundle in live])
         n = 0  # live bundles seen so far
         for event, bundle in parsed:
             if bundle is None:
                 continue
             live_index = None
-            if _is_live(bundle):
+            if is_live(bundle):
                 live_index, n = n, n + 1
             # Guarded as a whole: a bundle whose preparing raised is its own dead letter.
             async with self.guarded(event):

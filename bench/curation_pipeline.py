@@ -48,6 +48,7 @@ from learning.samples import (  # noqa: E402
     DoerCuration,
     PreparedBundle,
     bundle_text,
+    is_live,
     prepare_bundles,
 )
 from models.events import RunCompleted  # noqa: E402
@@ -105,8 +106,8 @@ def main() -> None:
 
     # What LEARNOPS_CURATION_PROCESSES moves out of the worker's loop (agents/curation_pool.py):
     # prepare_bundle in a curation process, the loop curating with its result.
-    hashing = DoerCuration("-", CurationConfig()).hashing
-    live = [b for b in bundles if b.replay_id is None and not b.shadow]
+    hashing = CurationConfig().hashing
+    live = [b for b in bundles if is_live(b)]
     texts = [bundle_text(b) for b in live]
     made = prepare_bundles(texts, hashing)
     by_event = dict(zip((b.event_id for b in live), made, strict=True))

@@ -84,6 +84,16 @@ def dataset_name(tenant: str, doer: str, phase: str) -> str:
     return DATASET_SEPARATOR.join((tenant, doer, phase))
 
 
+def is_live(bundle: RunCompleted) -> bool:
+    """Whether the bundle is a served run (no replay, no shadow run): only those give samples."""
+    return bundle.replay_id is None and not bundle.shadow
+
+
+def with_content(bundle: RunCompleted) -> list[Artifact]:
+    """The bundle's artifacts that carry text: each becomes a sample of a live bundle."""
+    return [a for a in bundle.artifacts if a.content and a.content.strip()]
+
+
 def is_ours(artifact: Artifact) -> bool:
     """Whether one of our policies generated the artifact (the bundle names the policy)."""
     return artifact.policy_id is not None
@@ -178,6 +188,11 @@ class CurationConfig:
 
     guard: GuardConfig = field(default_factory=GuardConfig)
     alert: ContaminationAlertRule = field(default_factory=ContaminationAlertRule)
+
+    @property
+    def hashing(self) -> Hashing:
+        """The guards' MinHash settings: what a prepared bundle's signatures are made with."""
+        return (self.guard.num_perm, self.guard.shingle_size, self.guard.seed)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CurationConfig:
@@ -295,11 +310,7 @@ def bundle_text(bundle: RunCompleted) -> BundleText:
         bundle.run_id,
         bundle.phase,
         bundle.model,
-        tuple(
-            (a.artifact_id, a.kind, a.content)
-            for a in bundle.artifacts
-            if a.content and a.content.strip()
-        ),
+        tuple((a.artifact_id, a.kind, a.content or "") for a in with_content(bundle)),
     )
 
 
@@ -437,7 +448,7 @@ class DoerCuration:
         """
         if bundle.doer != self.doer:
             raise ValueError(f"bundle of {bundle.doer!r} given to the curation of {self.doer!r}")
-        live = bundle.replay_id is None and not bundle.shadow
+        live = is_live(bundle)
         drafts: list[_Draft] = []
         model: str | None = None
         if live:
@@ -470,7 +481,7 @@ class DoerCuration:
     def _own_outputs(self, bundle: RunCompleted, day: str) -> dict[str, dict[str, Any]]:
         # Artifacts of ours that are not offered as samples: all of them in a
         # replay or shadow bundle, and those known by hash only in a live one.
-        live = bundle.replay_id is None and not bundle.shadow
+        live = is_live(bundle)
         records: dict[str, dict[str, Any]] = {}
         for artifact in bundle.artifacts:
             if not is_ours(artifact) or (live and artifact.content):
@@ -507,22 +518,21 @@ class DoerCuration:
     @property
     def hashing(self) -> Hashing:
         """The MinHash settings of this doer's guards (what a prepared bundle must match)."""
-        g = self.config.guard
-        return (g.num_perm, g.shingle_size, g.seed)
+        return self.config.hashing
 
     @staticmethod
     def _drafts(bundle: RunCompleted, prepared: PreparedBundle) -> tuple[list[_Draft], str | None]:
         if prepared.error is not None:
             raise CurationError(prepared.error)
-        with_content = [a for a in bundle.artifacts if a.content and a.content.strip()]
-        if len(with_content) != len(prepared.artifacts):
+        artifacts = with_content(bundle)
+        if len(artifacts) != len(prepared.artifacts):
             raise ValueError(
                 f"prepared for {len(prepared.artifacts)} artifacts, the bundle has "
-                f"{len(with_content)} with content"
+                f"{len(artifacts)} with content"
             )
         drafts = [
             _Draft(artifact, p, prepared.run_id, prepared.phase)
-            for artifact, p in zip(with_content, prepared.artifacts, strict=True)
+            for artifact, p in zip(artifacts, prepared.artifacts, strict=True)
         ]
         return drafts, prepared.model
 

@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.tables import HISTORY_DAYS
 from learning.canary import ArmStats
+from learning.samples import is_live, with_content
 from learning.trends import DailyCRL
 from models.bandit import BanditAllocations
 from models.events import DeadLetter, RunCompleted
@@ -317,9 +318,8 @@ def check_samples(report: Report, runs: dict[str, RunCompleted], stored: list[st
     expected = {
         sample_id(run.tenant_id, run.doer, run.run_id, artifact.artifact_id)
         for run in runs.values()
-        if run.replay_id is None and not run.shadow
-        for artifact in run.artifacts
-        if artifact.content and artifact.content.strip()
+        if is_live(run)
+        for artifact in with_content(run)
     }
     _once_each(report, "dataset_samples", "sample", expected, stored)
 

@@ -34,7 +34,7 @@ def test_text_prepared_in_another_process_gives_the_same_outputs() -> None:
     # What the curator stage's curation processes send back (agents/curation_pool.py):
     # prepared from plain values, pickled both ways, then curated with.
     bundles = list(corpus())
-    hashing = DoerCuration(bundles[0].doer, ALERTING).hashing
+    hashing = ALERTING.hashing
     sent = pickle.loads(pickle.dumps([bundle_text(b) for b in bundles]))
     prepared = pickle.loads(pickle.dumps(prepare_bundles(sent, hashing)))
     by_event = {b.event_id: p for b, p in zip(bundles, prepared, strict=True)}

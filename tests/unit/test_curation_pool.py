@@ -16,11 +16,11 @@ from prometheus_client import REGISTRY
 
 from agents import curation_pool
 from agents.curation_pool import CHUNK, MIN_BUNDLES, START_BUNDLES, CurationPool
-from learning.samples import DoerCuration, bundle_text, prepare_bundles
+from learning.samples import bundle_text, prepare_bundles
 from tests.unit.curation_corpus import ALERTING, corpus
 
 ROOT = Path(__file__).resolve().parents[2]
-HASHING = DoerCuration("-", ALERTING).hashing
+HASHING = ALERTING.hashing
 START_S = 60.0  # a spawned process imports numpy, datasketch and the redaction rules
 
 
