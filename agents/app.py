@@ -22,6 +22,7 @@ from agents.dlq import DeadLetters
 from agents.event_topics import EventTopics
 from agents.faust_internals import compat
 from agents.faust_internals.membership import exit_now
+from agents.faust_internals.recovery import TableManager
 from agents.faust_internals.stores import mark_clean_stop, store_url, tables_at_start
 from agents.faust_internals.transport import (
     PRODUCER_LINGER_S,
@@ -347,6 +348,8 @@ def create_app(
         broker_credentials=_broker_credentials(settings),
         # RocksDB through agents/faust_internals/stores.py (batch bodies write there too).
         store=store_url(settings.learnops_table_store),
+        # Changelog recovery a batch at a time (agents/faust_internals/recovery.py).
+        TableManager=TableManager,
         # One directory per app id: RocksDB tables keep the offsets of their own
         # changelogs, which another app id's (a repartition's new one) do not share.
         datadir=str(settings.learnops_data_dir / settings.learnops_app_id),

@@ -1,7 +1,7 @@
 """Every private name of Faust and aiokafka that learnops relies on, and a check that it holds.
 
-The overrides in this subpackage (transport.py, offsets.py, introspection.py, stores.py)
-and the stage helpers (agents/streams.py, agents/tables.py) subclass private
+The overrides in this subpackage (transport.py, offsets.py, introspection.py, stores.py,
+recovery.py) and the stage helpers (agents/streams.py, agents/tables.py) subclass private
 classes, override private methods and read private state of the exact
 versions in :data:`PINNED` (pyproject.toml pins the same). A new release can
 rename any of it without notice; an override of a method that no longer
@@ -94,6 +94,8 @@ _STORES = "agents/faust_internals/stores.py"
 _SUBSCRIPTIONS = "aiokafka.consumer.subscription_state"
 _COORDINATOR = "aiokafka.consumer.group_coordinator:GroupCoordinator"
 _MEMBERSHIP = "agents/faust_internals/membership.py"
+_RECOVERY = "agents/faust_internals/recovery.py"
+_RECOVERY_CLS = "faust.tables.recovery:Recovery"
 
 #: Every private (or internal) name the overrides and helpers use, with what they expect.
 NAMES: tuple[Method | State | Attribute, ...] = (
@@ -320,6 +322,59 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     ),
     Method(FAUST, "faust.tables.base:Collection", "_should_expire_keys", ("self",), _STORES),
     Method(FAUST, "faust.tables.base:Collection", "_to_key", ("self", "k"), _STORES),
+    # recovery.py: the changelog reading loop, replaced; what it reads and sets as Faust's does.
+    Attribute(FAUST, "faust.tables.manager:TableManager", "recovery", _RECOVERY),
+    Attribute(FAUST, "faust.tables.manager:TableManager", "_recovery", _RECOVERY),
+    Attribute(FAUST, "faust.tables.manager:TableManager", "changelog_queue", _RECOVERY),
+    State(FAUST, "faust.tables.manager:TableManager", "standbys_ready", "__init__", _RECOVERY),
+    Method(FAUST, "faust.tables.manager:TableManager", "on_standbys_ready", ("self",), _RECOVERY),
+    Attribute(FAUST, _RECOVERY_CLS, "_slurp_changelogs", _RECOVERY),
+    Method(FAUST, _RECOVERY_CLS, "need_recovery", ("self",), _RECOVERY),
+    Method(FAUST, _RECOVERY_CLS, "standby_remaining", ("self",), _RECOVERY),
+    Method(FAUST, _RECOVERY_CLS, "flush_buffers", ("self",), _RECOVERY),
+    Method(FAUST, _RECOVERY_CLS, "_set_recovery_ended", ("self",), _RECOVERY),
+    *(
+        Attribute(FAUST, _RECOVERY_CLS, name, _RECOVERY)
+        for name in (
+            "num_samples_required_for_estimate",
+            "signal_recovery_end",
+            "_actives_span",
+            "_standbys_span",
+            "_last_flush_at",
+        )
+    ),
+    *(
+        State(FAUST, _RECOVERY_CLS, name, "__init__", _RECOVERY)
+        for name in (
+            "tables",
+            "active_tps",
+            "standby_tps",
+            "tp_to_table",
+            "active_offsets",
+            "standby_offsets",
+            "active_highwaters",
+            "standby_highwaters",
+            "buffers",
+            "buffer_sizes",
+            "_active_events_received_at",
+            "_standby_events_received_at",
+            "_processing_times",
+        )
+    ),
+    State(FAUST, _RECOVERY_CLS, "in_recovery", "_set_recovery_ended", _RECOVERY),
+    State(
+        FAUST, _RECOVERY_CLS, "_last_active_event_processed_at", "_set_recovery_ended", _RECOVERY
+    ),
+    Method(
+        FAUST, "faust.tables.base:Collection", "on_changelog_event", ("self", "event"), _RECOVERY
+    ),
+    Method(
+        FAUST,
+        "faust.tables.base:Collection",
+        "apply_changelog_batch",
+        ("self", "batch"),
+        _RECOVERY,
+    ),
 )
 
 
