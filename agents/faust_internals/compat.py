@@ -63,12 +63,16 @@ class State:
 
 @dataclass(frozen=True)
 class Attribute:
-    """A module- or class-level attribute we use: ``owner`` (``module`` or ``module:Class``)."""
+    """A module- or class-level attribute we use: ``owner`` (``module`` or ``module:Class``).
+
+    With ``kind`` (``module:Class``), the class's own attribute must be an instance of it.
+    """
 
     dist: str
     owner: str
     name: str
     used_by: str
+    kind: str | None = None
 
     @property
     def target(self) -> str:
@@ -328,9 +332,19 @@ NAMES: tuple[Method | State | Attribute, ...] = (
     Attribute(FAUST, "faust.tables.manager:TableManager", "changelog_queue", _RECOVERY),
     State(FAUST, "faust.tables.manager:TableManager", "standbys_ready", "__init__", _RECOVERY),
     Method(FAUST, "faust.tables.manager:TableManager", "on_standbys_ready", ("self",), _RECOVERY),
-    Attribute(FAUST, _RECOVERY_CLS, "_slurp_changelogs", _RECOVERY),
+    # Replaced as the one background task that reads the changelog queue: were Faust's loop
+    # no longer that task, both would read it.
+    Attribute(
+        FAUST, _RECOVERY_CLS, "_slurp_changelogs", _RECOVERY, kind="mode.services:ServiceTask"
+    ),
+    Method(FAUST, _RECOVERY_CLS, "__init__", ("self", "app", "tables", "kwargs"), _RECOVERY),
     Method(FAUST, _RECOVERY_CLS, "need_recovery", ("self",), _RECOVERY),
-    Method(FAUST, _RECOVERY_CLS, "standby_remaining", ("self",), _RECOVERY),
+    Attribute(FAUST, "faust.app.base:App", "in_transaction", _RECOVERY),
+    State(FAUST, "faust.tables.base:Collection", "recovery_buffer_size", "__init__", _RECOVERY),
+    State(FAUST, "faust.tables.base:Collection", "standby_buffer_size", "__init__", _RECOVERY),
+    # No table of ours sets a changelog callback: were one to suspend, a batch's records
+    # could be applied across a rebalance's clearing of the queue (recovery.py).
+    State(FAUST, "faust.tables.base:Collection", "_on_changelog_event", "__init__", _RECOVERY),
     Method(FAUST, _RECOVERY_CLS, "flush_buffers", ("self",), _RECOVERY),
     Method(FAUST, _RECOVERY_CLS, "_set_recovery_ended", ("self",), _RECOVERY),
     *(
@@ -408,7 +422,15 @@ def _problem(name: Method | State | Attribute) -> str | None:
     except (ImportError, AttributeError):
         return f"{name.owner.replace(':', '.')} is missing"
     if isinstance(name, Attribute):
-        return None if hasattr(owner, name.name) else "is missing"
+        if not hasattr(owner, name.name):
+            return "is missing"
+        if name.kind is None:
+            return None
+        found = inspect.getattr_static(owner, name.name)
+        kind = _resolve(name.kind)
+        if isinstance(kind, type) and isinstance(found, kind):
+            return None
+        return f"is no longer a {name.kind.replace(':', '.')}: {type(found).__name__}"
     if isinstance(name, Method):
         function = getattr(owner, name.name, None)
         if not callable(function):

@@ -75,6 +75,12 @@ class Recovery(faust_recovery.Recovery):
             raise RuntimeError(
                 "agents.faust_internals.recovery supports at-least-once processing only"
             )
+        # A batch is applied without a suspension, so a rebalance (which clears the queue)
+        # never runs halfway through it; a changelog callback that awaited would break that.
+        if any(getattr(t, "_on_changelog_event", None) for t in self.tables.values()):
+            raise RuntimeError(
+                "agents.faust_internals.recovery: a table has an on_changelog_event callback"
+            )
         queue = self.tables.changelog_queue
         take: Callable[[], Any] = queue.get_nowait
         while not self.should_stop:
@@ -92,6 +98,8 @@ class Recovery(faust_recovery.Recovery):
                     events = [first, *_drain(take, BATCH - 1)]
                 started, actives = monotonic(), 0
                 for event in events:
+                    if self.should_stop:  # stopping: what is left is read at the next start
+                        break
                     try:
                         actives += await self._apply(event, started)
                     except Exception as exc:  # noqa: BLE001 - as Faust's loop: logged, it goes on
@@ -165,7 +173,12 @@ class Recovery(faust_recovery.Recovery):
 
 
 def _drain(take: Callable[[], Any], most: int = BATCH) -> list[Any]:
-    """Up to ``most`` records already queued, without waiting."""
+    """Up to ``most`` records already queued, without waiting.
+
+    An error thrown into the queue (Faust throws a changelog record it cannot
+    decode there) comes out of ``take`` once; it is logged as Faust's loop logs
+    it, and the records taken before it are returned, not dropped with it.
+    """
     events: list[Any] = []
     append = events.append
     try:
@@ -173,6 +186,8 @@ def _drain(take: Callable[[], Any], most: int = BATCH) -> list[Any]:
             append(take())
     except asyncio.QueueEmpty:
         pass
+    except Exception as exc:  # noqa: BLE001 - as Faust's loop: logged, and it goes on
+        log.warning("Error in recovery %r", exc)
     return events
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
 import tomllib
 from typing import Any
 
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
+from faust.tables import recovery as faust_recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from agents.faust_internals import compat, transport
+from agents.faust_internals import compat, recovery, transport
 from tests.services import REPO
 
 
@@ -184,3 +187,31 @@ async def test_a_record_sent_past_the_buffer_holds_the_commit_until_acknowledged
     future.set_exception(OSError("broker went away"))
     with pytest.raises(transport.ChangelogFlushError, match="1 buffered records failed"):
         await asyncio.wait_for(flush, 1.0)
+
+
+def test_a_replaced_background_task_that_is_no_longer_one_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def slurp(self: Any) -> None:  # a plain method: mode would not start it as a task
+        return None
+
+    monkeypatch.setattr(faust_recovery.Recovery, "_slurp_changelogs", slurp)
+    assert (
+        "faust.tables.recovery.Recovery._slurp_changelogs is no longer a "
+        "mode.services.ServiceTask: function"
+    ) in _raised()
+
+
+async def test_a_record_in_hand_when_an_error_is_thrown_into_the_queue_is_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The loop's first record is taken; Faust then throws an undecodable record's error."""
+    queue: ThrowableQueue[str] = ThrowableQueue(flow_control=FlowControlEvent())
+    for record in ("a", "b", "c"):
+        queue.put_nowait(record)
+    first = await queue.get()
+    await queue.throw(ValueError("undecodable changelog record"))
+    with caplog.at_level(logging.WARNING):
+        assert [first, *recovery._drain(queue.get_nowait)] == ["a"]
+    assert "undecodable changelog record" in caplog.text
+    assert recovery._drain(queue.get_nowait) == ["b", "c"]
