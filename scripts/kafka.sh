@@ -27,8 +27,6 @@
 #   KAFKA_JVM_OPTS         more JVM options for the broker, e.g. the tests' short-lived
 #                          profile "-XX:TieredStopAtLevel=1" (tests/services.py)  (none)
 #   KAFKA_START_TIMEOUT    seconds `up` waits for the broker to answer  (60)
-#   KAFKA_EXTRA_PROPERTIES more server.properties lines, appended (they win), e.g. the
-#                          tests' quieter idle broker (tests/services.py)  (none)
 #   KAFKA_SASL             "scram" for SASL/SCRAM-SHA-256 on the client listener, else none
 #   LEARNOPS_CACHE_DIR     downloaded jars            ($HOME/.cache/learnops)
 #   LEARNOPS_STATE_DIR     data, config, log and pid  (<repo>/.local), this script uses ./kafka in it
@@ -43,7 +41,6 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
 KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
-KAFKA_EXTRA_PROPERTIES="${KAFKA_EXTRA_PROPERTIES:-}"
 # Kafka 4.x logs through SLF4J 1.7 to Log4j 2 but leaves the binding to the
 # distribution; log4j-slf4j-impl (not -slf4j2-impl) is the one for SLF4J 1.7.
 # Keep it at the log4j-core version kafka-server depends on.
@@ -257,9 +254,6 @@ share.coordinator.state.topic.min.isr=1
 # Tests start consumers often; do not hold the first rebalance back 3 s.
 group.initial.rebalance.delay.ms=0
 EOF
-    if [[ -n "$KAFKA_EXTRA_PROPERTIES" ]]; then
-        printf '\n# KAFKA_EXTRA_PROPERTIES\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$SERVER_PROPERTIES"
-    fi
     cat >"$BROKER_LOG4J" <<'EOF'
 # Broker log: INFO to stdout, which kafka.sh sends to kafka.log.
 status = warn
