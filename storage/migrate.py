@@ -102,7 +102,14 @@ async def migrate(pool: Any, directory: Path = MIGRATIONS_DIR) -> MigrationRepor
             already = [m.path.name for m in migrations if m.version in recorded]
             return MigrationReport(applied=applied, already=already)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            # A session lock, held across the migrations' transactions. The pool no longer
+            # resets a released connection (storage.pool), so one whose unlock did not run
+            # (cancelled, the server gone) is closed rather than returned holding it.
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            except BaseException:
+                conn.terminate()
+                raise
 
 
 _CREATE_LEDGER = """

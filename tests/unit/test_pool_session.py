@@ -1,0 +1,84 @@
+"""No statement learnops sends leaves session state on a pooled connection.
+
+storage.pool.create_pool returns connections to the pool without asyncpg's
+reset query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``).
+That holds only while no code takes a session-level advisory lock, LISTENs,
+runs a session SET, declares a cursor WITH HOLD, prepares a statement in SQL or
+makes a temporary table. This reads every string constant of the packages.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("agents", "learning", "learnops", "models", "storage")
+
+# SQL keywords as the code writes them, upper case (prose in docstrings is not SQL).
+SESSION_STATE = re.compile(
+    r"\bpg_(try_)?advisory_lock(_shared)?\s*\("  # the _xact_ forms end with the transaction
+    r"|(^|;)\s*(LISTEN|SET(?!\s+(LOCAL|CONSTRAINTS|TRANSACTION)\b)|PREPARE|DECLARE)\s"
+    r"|\bCREATE\s+(GLOBAL\s+|LOCAL\s+)?TEMP(ORARY)?\s+TABLE\b",
+)
+#: The one session lock: migrate() holds it across the migrations' transactions, unlocks it in
+#: a finally, and closes the connection when the unlock did not run.
+ALLOWED = {("storage/migrate.py", "SELECT pg_advisory_lock($1)")}
+SESSION_CALLS = ("add_listener", "add_log_listener")
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.append(node.value)
+        elif isinstance(node, ast.JoinedStr):
+            found.append("".join(v.value for v in node.values if isinstance(v, ast.Constant)))
+    return found
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_advisory_lock(1)",
+        "SELECT pg_try_advisory_lock_shared (1, 2)",
+        "LISTEN policy_changes",
+        "SET search_path = learnops",
+        "SELECT 1; SET ROLE learnops_worker",
+        "PREPARE q AS SELECT 1",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "CREATE TEMP TABLE t (n int)",
+    ],
+)
+def test_the_scan_finds_session_state(sql: str) -> None:
+    assert SESSION_STATE.search(sql), sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        "UPDATE policies SET status = $3 WHERE policy_id = $1",
+        "INSERT INTO t VALUES (1) ON CONFLICT (k) DO UPDATE SET n = EXCLUDED.n",
+        "SET LOCAL statement_timeout = 1000",
+    ],
+)
+def test_the_scan_passes_transaction_scoped_statements(sql: str) -> None:
+    assert not SESSION_STATE.search(sql), sql
+
+
+def test_no_module_leaves_session_state_on_a_pooled_connection() -> None:
+    offenders = []
+    files = [path for package in PACKAGES for path in sorted((REPO / package).rglob("*.py"))]
+    assert len(files) > 100  # the packages were found
+    for path in files:
+        source = path.read_text()
+        for text in _strings(ast.parse(source)):
+            if SESSION_STATE.search(text) and (str(path.relative_to(REPO)), text) not in ALLOWED:
+                offenders.append(f"{path.relative_to(REPO)}: {text.strip()[:80]!r}")
+        calls = [call for call in SESSION_CALLS if f".{call}(" in source]
+        offenders += [f"{path.relative_to(REPO)}: {call}(" for call in calls]
+    assert not offenders, "session state on a pooled connection:\n" + "\n".join(offenders)
