@@ -1075,8 +1075,13 @@ def label_sample(
     artifact_origin: Origin,
     produced_by_our_policy: bool,
     matches_our_output: bool = False,
+    specificity_of_text: float | None = None,
 ) -> SampleLabels:
     """Labels of one sample, from plain values the caller maps from the run bundle.
+
+    ``specificity_of_text`` is :func:`specificity` of ``text`` when the caller
+    has it already (the curator computes it with the redacted text, in its
+    curation processes).
 
     Rules:
 
@@ -1122,7 +1127,7 @@ def label_sample(
     return SampleLabels(
         grounding=grounding,
         contradiction=contradiction,
-        specificity=specificity(text),
+        specificity=specificity(text) if specificity_of_text is None else specificity_of_text,
         correctness=correctness,
         origin=origin,
         synthetic_confidence=synthetic,

@@ -44,7 +44,13 @@ from learning.contamination import (
     MinHasher,
     SelfLoopGuard,
 )
-from learning.curation import content_hash, findings_only, label_sample, replace_findings
+from learning.curation import (
+    content_hash,
+    findings_only,
+    label_sample,
+    replace_findings,
+    specificity,
+)
 from models.base import name_problem, sha256_hex
 from models.datasets import DATASET_SEPARATOR, DEFAULT_TENANT, tenant_of
 from models.events import Alert, Artifact, CurationLabels, RunCompleted, SampleCurated
@@ -151,7 +157,12 @@ def redact_fully(text: str) -> RedactedText:
 
 
 def labels_for(
-    bundle: RunCompleted, artifact: Artifact, text: str, *, matches_our_output: bool
+    bundle: RunCompleted,
+    artifact: Artifact,
+    text: str,
+    *,
+    matches_our_output: bool,
+    specificity_of_text: float | None = None,
 ) -> CurationLabels:
     """The labels of one artifact of a bundle (rules in docs/curation.md, "Labels").
 
@@ -170,6 +181,7 @@ def labels_for(
         artifact_origin=artifact.origin,
         produced_by_our_policy=is_ours(artifact),
         matches_our_output=matches_our_output,
+        specificity_of_text=specificity_of_text,
     )
     values = dict(vars(labels))  # flat values: no need for asdict's deep copy
     if qav is None:
@@ -267,6 +279,7 @@ class PreparedArtifact:
     artifact_id: str
     kind: str
     signature: bytes  # MinHasher.to_bytes of the text's signature
+    specificity: float  # learning.curation.specificity of the text, a label
 
 
 @dataclass(frozen=True)
@@ -347,6 +360,7 @@ def prepare_bundle(text: BundleText, hashing: Hashing) -> PreparedBundle:
                     artifact_id=clean_id,
                     kind=clean_kind,
                     signature=hasher.to_bytes(hasher.signature(redacted.text)),
+                    specificity=specificity(redacted.text),
                 )
             )
         # Only a sample carries the model (DoerCuration._event).
@@ -620,7 +634,13 @@ class DoerCuration:
     ) -> SampleCurated:
         artifact = draft.artifact
         matches_ours = verdict.self_loop_of is not None and not is_ours(artifact)
-        labels = labels_for(bundle, artifact, draft.prepared.text, matches_our_output=matches_ours)
+        labels = labels_for(
+            bundle,
+            artifact,
+            draft.prepared.text,
+            matches_our_output=matches_ours,
+            specificity_of_text=draft.prepared.specificity,
+        )
         return SampleCurated(
             event_id=sample_event_id(draft.sample_id),
             occurred_at=now,
