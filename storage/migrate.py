@@ -10,6 +10,7 @@ migration adds is usable by the worker and readable by the reader.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -83,9 +84,11 @@ async def migrate(pool: Any, directory: Path = MIGRATIONS_DIR) -> MigrationRepor
     """Apply every pending migration; refuse if an applied file no longer matches its checksum."""
     migrations = discover(directory)
     async with pool.acquire() as conn:
-        # Serialise concurrent migrators (two workers starting at once).
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        failed = True
         try:
+            # Serialise concurrent migrators (two workers starting at once). Inside the try:
+            # a lock granted just as the call is cancelled is still released below.
+            await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
             await conn.execute(_CREATE_LEDGER)
             rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
             recorded = {row["version"]: row["checksum"] for row in rows}
@@ -100,16 +103,30 @@ async def migrate(pool: Any, directory: Path = MIGRATIONS_DIR) -> MigrationRepor
             if await conn.fetchval("SELECT to_regprocedure('learnops_grant_roles()')"):
                 await conn.execute("SELECT learnops_grant_roles()")
             already = [m.path.name for m in migrations if m.version in recorded]
+            failed = False
             return MigrationReport(applied=applied, already=already)
         finally:
-            # A session lock, held across the migrations' transactions. The pool no longer
-            # resets a released connection (storage.pool), so one whose unlock did not run
-            # (cancelled, the server gone) is closed rather than returned holding it.
-            try:
-                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
-            except BaseException:
-                conn.terminate()
-                raise
+            await _unlock(conn, raise_errors=not failed)
+
+
+async def _unlock(conn: Any, *, raise_errors: bool) -> None:
+    """Release migrate's session lock, or close the connection when that cannot be done.
+
+    The lock outlives the migrations' transactions, and the pool no longer resets
+    a released connection (storage.pool): one whose unlock did not run
+    (cancelled, the server gone) must not go back to the pool holding it.
+    Unlocking a lock this session does not hold (its lock call failed) is a
+    server warning, not an error. While migrate's own error propagates, an error
+    of the unlock is not raised over it.
+    """
+    try:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    except BaseException:
+        # A connection the server dropped is already out of the pool: nothing to close.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.terminate()
+        if raise_errors:
+            raise
 
 
 _CREATE_LEDGER = """

@@ -41,17 +41,19 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
 
     A released connection goes back without asyncpg's default reset query
     (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``), one more
-    round trip per acquisition: 3.5 % of a worker's main thread at 170 runs/s,
+    round trip per release: 3.5 % of a worker's main thread at 170 runs/s,
     beside PostgreSQL's own work for it. asyncpg still rolls back a
-    transaction left open and drops listeners before calling ``reset``.
-    Skipping the query is sound because learnops keeps no session state on a
-    pooled connection: its advisory locks are transaction-scoped (but for
-    migrate's, which it unlocks in a finally and closes the connection when it
-    could not), and it never runs LISTEN, a session SET, SQL PREPARE or a
-    temporary table (tests/unit/test_pool_session.py reads every statement to
-    hold that). Measured on this machine, an acquire, a one-row query and a
-    release took 350–490 µs of wall and 240–290 µs of the client's CPU without
-    the reset query, 700–710 µs and 400–440 µs with it.
+    transaction left open (a failed one, or one begun with a raw BEGIN, too)
+    before calling ``reset``. What the query undid and nothing else does is a
+    session advisory lock, a cursor WITH HOLD, a server-side LISTEN and a
+    session setting; learnops leaves none of them on a pooled connection: its
+    advisory locks are transaction-scoped but for migrate's, which it unlocks
+    in a finally and closes the connection when it could not, and it runs no
+    LISTEN, session SET or ``set_config(…, false)``
+    (tests/unit/test_pool_session.py reads the packages' string constants and
+    the migrations to hold that). Measured on this machine, an acquire, a
+    one-row query and a release took 350–490 µs of wall and 240–290 µs of the
+    client's CPU without the reset query, 700–710 µs and 400–440 µs with it.
     """
     kwargs.setdefault("reset", _keep_session)
     return await asyncpg.create_pool(

@@ -14,9 +14,16 @@ from storage import signing_keys as keys_store
 from storage.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
 from storage.verification import verify_live
 
+ADVISORY_LOCKS_HELD = """
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+WHERE l.locktype = 'advisory' AND a.datname = current_database()
+"""
+
 
 async def test_migrations_apply_once_and_are_recorded_with_checksums(empty_db: Any) -> None:
     first = await migrate(empty_db)
+    # migrate's session lock is released: the pool sends no reset query (storage.pool).
+    assert await empty_db.fetchval(ADVISORY_LOCKS_HELD) == 0
     assert first.applied == [m.path.name for m in discover()]
     second = await migrate(empty_db)
     assert second.applied == []
@@ -48,6 +55,7 @@ async def test_a_failing_migration_leaves_nothing_behind(empty_db: Any, tmp_path
         await migrate(empty_db, tmp_path)
     assert await empty_db.fetchval("SELECT to_regclass('half_done')") is None
     assert await empty_db.fetchval("SELECT max(version) FROM schema_migrations") == next_version - 1
+    assert await empty_db.fetchval(ADVISORY_LOCKS_HELD) == 0
 
 
 def test_two_files_with_one_version_are_refused(tmp_path: Path) -> None:

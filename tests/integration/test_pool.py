@@ -36,6 +36,7 @@ async def test_a_release_sends_no_reset_query_and_rolls_back_what_was_left_open(
             await conn.execute("SET application_name = 'left-by-a-caller'")
         async with pool.acquire() as conn:
             assert await conn.fetchval("SHOW application_name") == "left-by-a-caller"
-            await conn.execute("DROP TABLE pool_release_probe")
     finally:
+        async with pool.acquire() as conn:
+            await conn.execute("DROP TABLE IF EXISTS pool_release_probe")
         await pool.close()

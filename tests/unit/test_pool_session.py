@@ -3,8 +3,10 @@
 storage.pool.create_pool returns connections to the pool without asyncpg's
 reset query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``).
 That holds only while no code takes a session-level advisory lock, LISTENs,
-runs a session SET, declares a cursor WITH HOLD, prepares a statement in SQL or
-makes a temporary table. This reads every string constant of the packages.
+runs a session SET or ``set_config(…, false)``, or declares a cursor (WITH HOLD
+outlives its transaction). This reads every string constant of the packages
+and of bench/, and the SQL migrations (run on a pooled connection by migrate);
+SQL keywords are matched as the code writes them, in upper case.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("agents", "learning", "learnops", "models", "storage")
+PACKAGES = ("agents", "bench", "learning", "learnops", "models", "storage")
+MIGRATIONS = REPO / "storage" / "migrations"
 
-# SQL keywords as the code writes them, upper case (prose in docstrings is not SQL).
 SESSION_STATE = re.compile(
     r"\bpg_(try_)?advisory_lock(_shared)?\s*\("  # the _xact_ forms end with the transaction
-    r"|(^|;)\s*(LISTEN|SET(?!\s+(LOCAL|CONSTRAINTS|TRANSACTION)\b)|PREPARE|DECLARE)\s"
-    r"|\bCREATE\s+(GLOBAL\s+|LOCAL\s+)?TEMP(ORARY)?\s+TABLE\b",
+    r"|\bset_config\s*\([^;]*?,\s*false\s*\)"  # true: local to the transaction
+    # A statement's start: the string's, or after a semicolon and any -- comments.
+    r"|(^|;)\s*(--[^\n]*\n\s*)*"
+    r"(LISTEN|SET(?!\s+(LOCAL|CONSTRAINTS|TRANSACTION)\b)|PREPARE|DECLARE)\b"
+    r"|\bCREATE\s+(GLOBAL\s+|LOCAL\s+)?TEMP(ORARY)?\s+\w+\b(?![^;]*\bON\s+COMMIT\s+DROP\b)",
 )
 #: The one session lock: migrate() holds it across the migrations' transactions, unlocks it in
 #: a finally, and closes the connection when the unlock did not run.
@@ -31,10 +36,19 @@ SESSION_CALLS = ("add_listener", "add_log_listener")
 
 
 def _strings(tree: ast.AST) -> list[str]:
+    """The module's string constants and f-strings (their literal parts joined), not docstrings."""
+    documented = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            skipped.update(id(part) for part in node.values)
+        elif isinstance(node, documented) and node.body and isinstance(node.body[0], ast.Expr):
+            skipped.add(id(node.body[0].value))
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            found.append(node.value)
+            if id(node) not in skipped:
+                found.append(node.value)
         elif isinstance(node, ast.JoinedStr):
             found.append("".join(v.value for v in node.values if isinstance(v, ast.Constant)))
     return found
@@ -51,6 +65,9 @@ def _strings(tree: ast.AST) -> list[str]:
         "PREPARE q AS SELECT 1",
         "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
         "CREATE TEMP TABLE t (n int)",
+        "SELECT set_config('search_path', 'x', false)",
+        "-- why\nSET ROLE learnops_worker",
+        "SELECT 1;\n  -- a comment\n  SET search_path = x",
     ],
 )
 def test_the_scan_finds_session_state(sql: str) -> None:
@@ -64,6 +81,10 @@ def test_the_scan_finds_session_state(sql: str) -> None:
         "UPDATE policies SET status = $3 WHERE policy_id = $1",
         "INSERT INTO t VALUES (1) ON CONFLICT (k) DO UPDATE SET n = EXCLUDED.n",
         "SET LOCAL statement_timeout = 1000",
+        "PERFORM set_config('learnops.erasing', 'on', true)",
+        "BEGIN; CREATE TEMP TABLE erasing ON COMMIT DROP AS SELECT 1; END",
+        "CREATE FUNCTION f() RETURNS void SECURITY DEFINER SET search_path = pg_catalog AS $$",
+        "Set the lag gauge of every input partition",
     ],
 )
 def test_the_scan_passes_transaction_scoped_statements(sql: str) -> None:
@@ -82,3 +103,14 @@ def test_no_module_leaves_session_state_on_a_pooled_connection() -> None:
         calls = [call for call in SESSION_CALLS if f".{call}(" in source]
         offenders += [f"{path.relative_to(REPO)}: {call}(" for call in calls]
     assert not offenders, "session state on a pooled connection:\n" + "\n".join(offenders)
+
+
+def test_no_migration_leaves_session_state_on_migrates_connection() -> None:
+    migrations = sorted(MIGRATIONS.glob("*.sql"))
+    assert len(migrations) > 30  # the migrations were found
+    offenders = [
+        f"{path.name}: {found.group(0).strip()[:80]!r}"
+        for path in migrations
+        for found in SESSION_STATE.finditer(path.read_text())
+    ]
+    assert not offenders, "session state left by a migration:\n" + "\n".join(offenders)
