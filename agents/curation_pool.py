@@ -62,6 +62,8 @@ class PreparedBatch:
 
     def __init__(self, chunks: list[tuple[int, asyncio.Future[list[PreparedBundle]]]]) -> None:
         self._chunks = chunks  # (index of the chunk's first bundle, its future), in order
+        for _, chunk in chunks:
+            chunk.add_done_callback(_retrieved)
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -77,6 +79,20 @@ class PreparedBatch:
         """Cancel the chunks not yet prepared."""
         for _, chunk in self._chunks:
             chunk.cancel()
+
+
+def _retrieved(chunk: asyncio.Future[list[PreparedBundle]]) -> None:
+    """Mark a chunk's error as seen: the stage reads the first one and gives up the rest.
+
+    When a process dies every chunk in flight fails, and only the first read
+    reaches :meth:`CurationPool.failed`. Unread, each of the others would log
+    "Future exception was never retrieved" with its traceback when collected,
+    and on CPython 3.11.7 that traceback's formatting, run by the garbage
+    collector inside another ``ast.parse``, breaks it (gh-106905: "AST
+    constructor recursion depth mismatch").
+    """
+    if not chunk.cancelled():
+        chunk.exception()
 
 
 #: A batch with fewer live bundles than this is prepared in the loop.

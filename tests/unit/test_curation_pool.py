@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from agents import curation_pool
-from agents.curation_pool import CHUNK, MIN_BUNDLES, START_BUNDLES, CurationPool
+from agents.curation_pool import CHUNK, MIN_BUNDLES, START_BUNDLES, CurationPool, PreparedBatch
 from learning.samples import bundle_text, prepare_bundles
 from tests.unit.curation_corpus import ALERTING, corpus
 
@@ -82,6 +83,26 @@ async def test_a_killed_process_is_counted_and_the_processes_start_again_later(
         assert [await batch.get(n) for n in range(len(texts))] == prepare_bundles(texts, HASHING)
     finally:
         pool.close()
+
+
+async def test_a_failed_batch_leaves_no_unread_error_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A process that dies fails every chunk in flight and the first error read ends
+    # the batch. The others must not be logged as never retrieved when collected,
+    # whether or not the reader cancels the batch (the curator does; a stage
+    # cancelled while it waits does not).
+    loop = asyncio.get_running_loop()
+    chunks = [(start, loop.create_future()) for start in (0, MIN_BUNDLES, MIN_BUNDLES + CHUNK)]
+    batch = PreparedBatch(chunks)
+    for _, chunk in chunks:
+        chunk.set_exception(BrokenProcessPool("a process died"))
+    with pytest.raises(BrokenProcessPool):
+        await batch.get(0)
+    del batch, chunks, chunk
+    await asyncio.sleep(0)  # the chunks' done callbacks run
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 def test_a_process_ends_with_the_worker_that_started_it() -> None:
