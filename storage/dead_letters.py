@@ -199,31 +199,51 @@ class Replay:
 REPLAY_LOCK = "SELECT pg_advisory_xact_lock(hashtext('learnops dlq replay'))"
 
 
+async def replayed_among(conn: Any, origins: Sequence[Origin]) -> set[Origin]:
+    """Those of ``origins`` (topic, partition, offset) published again already; one query."""
+    if not origins:
+        return set()
+    topics, partitions, offsets = zip(*origins, strict=True)
+    rows = await conn.fetch(
+        'SELECT r.topic, r.partition, r."offset" FROM dead_letter_replays r'
+        " JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS o(topic, partition, at)"
+        ' ON r.topic = o.topic AND r.partition = o.partition AND r."offset" = o.at',
+        list(topics),
+        list(partitions),
+        list(offsets),
+    )
+    return {(row["topic"], row["partition"], row["offset"]) for row in rows}
+
+
 async def was_replayed(conn: Any, topic: str, partition: int, offset: int) -> bool:
     """Whether the record at (topic, partition, offset) was published again already."""
-    found = await conn.fetchval(
-        'SELECT 1 FROM dead_letter_replays WHERE topic = $1 AND partition = $2 AND "offset" = $3',
-        topic,
-        partition,
-        offset,
+    return bool(await replayed_among(conn, [(topic, partition, offset)]))
+
+
+async def record_replays(conn: Any, replays: Sequence[Replay]) -> None:
+    """Record ``replays`` (append-only; each origin once), in one pipelined round trip."""
+    await conn.executemany(
+        'INSERT INTO dead_letter_replays (topic, partition, "offset", doer, error_types,'
+        " new_partition, new_offset, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        [
+            (
+                r.topic,
+                r.partition,
+                r.offset,
+                r.doer,
+                list(r.error_types),
+                r.new_partition,
+                r.new_offset,
+                r.actor,
+            )
+            for r in replays
+        ],
     )
-    return found is not None
 
 
 async def record_replay(conn: Any, replay: Replay) -> None:
     """Record ``replay`` (append-only; the origin once)."""
-    await conn.execute(
-        'INSERT INTO dead_letter_replays (topic, partition, "offset", doer, error_types,'
-        " new_partition, new_offset, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        replay.topic,
-        replay.partition,
-        replay.offset,
-        replay.doer,
-        list(replay.error_types),
-        replay.new_partition,
-        replay.new_offset,
-        replay.actor,
-    )
+    await record_replays(conn, [replay])
 
 
 async def counted_already(conn: Any, values: Mapping[Origin, bytes | None]) -> set[Origin]:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, NamedTuple, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from tests.forkserver import ForkedProcess, ForkServer
@@ -468,3 +468,32 @@ async def create_migrated_database(server_dsn: str, name: str, *, operators: boo
     finally:
         await pool.close()
     return dsn
+
+
+class ReadBack(NamedTuple):
+    """What `learnops dlq replay` uses of a refused record read back from its topic."""
+
+    key: bytes
+    value: bytes
+
+
+def partition_letter(origin: tuple[str, int, int], doer: str = "Replayed") -> Any:
+    """A dead letter of error type ``partition`` for the record at ``origin``, as stored."""
+    from datetime import UTC, datetime
+
+    from storage.dead_letters import DeadLetterRecord
+
+    topic, partition, offset = origin
+    return DeadLetterRecord(
+        event_id=uuid.uuid4(),
+        doer=doer,
+        stage="crl",
+        error_type="partition",
+        reason="belongs on another partition",
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        consumer=None,
+        payload_size=None,
+        occurred_at=datetime.now(UTC),
+    )

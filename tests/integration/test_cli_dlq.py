@@ -13,12 +13,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from aiokafka import TopicPartition
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from agents.placement import key_hash
+from agents.topics import read_records
+from learnops.cli.dlq import REPLAYED_FROM, _replay
 from learnops.simulation.orchestrator import Orchestrator
+from storage.dead_letters import Replay, record_replays
 from tests.integration.kafka_io import eventually
-from tests.services import WorkerProcess, end_offsets, run_learnops
+from tests.services import ReadBack, WorkerProcess, end_offsets, partition_letter, run_learnops
 
 RUNS = "learning.run-completed"
 
@@ -309,3 +315,55 @@ async def test_a_misplaced_run_waits_in_the_dlq_and_its_replay_is_counted_once(
         refused = await learnops(settings_env, *args)
         assert refused.returncode != 0, args
         assert fragment in refused.stderr and b"Traceback" not in refused.stderr, refused.stderr
+
+
+async def test_a_replay_batch_publishes_what_no_replay_did_and_records_nothing_if_a_copy_fails(
+    kafka_bootstrap: str, db: Any, settings: Any
+) -> None:
+    # `dlq replay` publishes and records a batch (dlq.REPLAY_BATCH) per transaction. Here on a
+    # topic of the test's own, whose records take at most 2,000 bytes: no worker reads the
+    # copies, and the broker refuses a larger one.
+    name = f"test.replay-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, 2, 1, topic_configs={"max.message.bytes": "2000"})]
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        found: dict[tuple[str, int, int], ReadBack] = {}
+        for n in range(6):
+            key, value = b"k%d" % n, b"value %d" % n
+            sent = await producer.send_and_wait(name, key=key, value=value)
+            found[(name, sent.partition, sent.offset)] = ReadBack(key, value)
+        origins = list(found)
+        big = (name, 1, 10_000)  # its copy is over the topic's limit
+        found[big] = ReadBack(b"big", b"x" * 5_000)
+        todo = {o: [partition_letter(o)] for o in found}
+        first = origins[0]  # published and recorded by another replay already
+        await record_replays(db, [Replay(*first, "Replayed", ("partition",), 0, 0, "other")])
+
+        replays = await _replay(db, producer, origins[:4], found, todo, "tests")
+        assert [(r.topic, r.partition, r.offset) for r in replays] == origins[1:4]
+        at = [(name, r.new_partition, r.new_offset) for r in replays]
+        copies = await read_records(settings, at)
+        assert [
+            (copies[c].key, copies[c].value, dict(copies[c].headers)[REPLAYED_FROM]) for c in at
+        ] == [(*found[o], f"{o[0]}/{o[1]}/{o[2]}".encode()) for o in origins[1:4]]
+        assert {r.actor for r in replays} == {"tests"}
+        assert await _replay(db, producer, origins[:4], found, todo, "tests") == []
+
+        # A copy the broker refuses fails its batch: none of the batch is recorded, so the
+        # next replay publishes them again (the stages count a run or routing once).
+        with pytest.raises(KafkaError):
+            await _replay(db, producer, [origins[4], big, origins[5]], found, todo, "tests")
+        recorded = await db.fetch(
+            'SELECT topic, partition, "offset" FROM dead_letter_replays WHERE topic = $1', name
+        )
+        assert sorted(tuple(r) for r in recorded) == sorted(origins[:4])
+    finally:
+        await producer.stop()
