@@ -227,9 +227,13 @@ class Settings(BaseSettings):
         if not hosts:
             raise ValueError("needs at least one host:port")
         for host in hosts:
-            _, sep, port = host.rpartition(":")
-            if not sep or not port.isdigit():
+            name, sep, port = host.rpartition(":")
+            if not sep or not port.isdigit() or not name:
                 raise ValueError(f"{host!r} is not host:port")
+            if "/" in name:  # kafka://host:port, a URL where a bare host:port belongs
+                raise ValueError(f"{host!r} is not host:port (no scheme: just host:port)")
+            if not 0 < int(port) < 65536:
+                raise ValueError(f"{host!r}: the port is not between 1 and 65535")
         return ",".join(hosts)
 
     @field_validator(
@@ -237,10 +241,17 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _database_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(
-            ("postgresql://", "postgres://")
-        ):
+        if value is None:
+            return value
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (or postgres://)")
+        hosts = urlsplit(url).netloc.rpartition("@")[2]
+        for host in hosts.split(","):  # libpq's several hosts: host1:5432,host2:5432
+            port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                # Not the URL itself: it may hold a password.
+                raise ValueError(f"port {port!r} is not a number between 1 and 65535")
         return value
 
     @model_validator(mode="after")

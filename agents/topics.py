@@ -535,15 +535,22 @@ async def read_from_start(settings: Settings, topic: str, *, timeout: float = 10
     from aiokafka import AIOKafkaConsumer
 
     client = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         **settings.kafka_client_options(),
     )
     async with started(client) as consumer:
-        # Without a group the consumer assigns itself every partition once metadata arrives.
         deadline = asyncio.get_running_loop().time() + timeout
+        # Looked up first: a consumer of a missing topic retries its metadata for 40 s
+        # and then raises UnknownTopicOrPartitionError with no word of what to do.
+        if topic not in await consumer.topics():
+            raise TopicCatalogError(
+                f"no topic {topic} on the cluster at {settings.kafka_bootstrap_servers}: "
+                "`learnops topics create` creates the catalogue's topics"
+            )
+        # Without a group the consumer assigns itself every partition once metadata arrives.
+        consumer.subscribe([topic])
         while not consumer.assignment():
             if asyncio.get_running_loop().time() > deadline:
                 raise TopicCatalogError(f"no partitions of {topic} after {timeout}s")

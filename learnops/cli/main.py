@@ -92,7 +92,15 @@ def explain(exc: BaseException, settings: Settings | None) -> str | None:
             return (
                 f"PostgreSQL refused the login ({exc}); check the user and password in DATABASE_URL"
             )
+    topics = sys.modules.get("agents.topics")
+    if topics is not None and isinstance(exc, topics.TopicCatalogError):
+        return str(exc)
     kafka_errors = sys.modules.get("aiokafka.errors")
+    if kafka_errors is not None and isinstance(exc, kafka_errors.UnknownTopicOrPartitionError):
+        return (
+            f"a topic this command reads is not on the cluster ({exc}); "
+            "`learnops topics create` creates the catalogue's topics"
+        )
     if kafka_errors is not None and isinstance(exc, kafka_errors.KafkaConnectionError):
         where = settings.kafka_bootstrap_servers if settings else "KAFKA_BOOTSTRAP_SERVERS"
         return (
@@ -110,8 +118,10 @@ def _database_host(dsn: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(dsn)
-    host = parts.hostname or "localhost"
-    return f"{host}:{parts.port or 5432}{parts.path}"
+    hosts = parts.netloc.rpartition("@")[2] or "localhost"  # one, or libpq's h1:p1,h2:p2
+    if "," not in hosts and ":" not in hosts.rpartition("]")[2]:
+        hosts += ":5432"
+    return f"{hosts}{parts.path}"
 
 
 def postgres_unreachable(settings: Settings, exc: BaseException) -> ServiceUnreachable:

@@ -293,6 +293,14 @@ async def test_an_unreachable_postgres_says_so_for_commands_and_the_worker(
     )
     one_line_error(await learnops(env, "db", "migrate"), 1, "cannot reach PostgreSQL")
     one_line_error(await learnops(env, "worker"), 1, "cannot reach PostgreSQL")
+    # libpq's several hosts, none answering: named as given (urlsplit's port raised here).
+    first, second = free_port(), free_port()
+    several = with_port(database_url, first).replace(f":{first}/", f":{first},127.0.0.1:{second}/")
+    one_line_error(
+        await learnops({**env, "DATABASE_URL": several}, "policy", "list"),
+        1,
+        f"cannot reach PostgreSQL at 127.0.0.1:{first},127.0.0.1:{second}/",
+    )
 
 
 async def test_under_json_every_error_is_one_json_object_on_stderr_and_stdout_is_empty(

@@ -173,6 +173,34 @@ async def test_records_are_read_back_at_their_offsets_across_gaps_and_past_the_e
         await topics_module.read_records(settings, [("learning.no-such-topic", 0, 0)])
 
 
+async def test_a_topic_is_read_from_its_start_and_a_missing_one_is_named_at_once(
+    settings: Any, producer: Any
+) -> None:
+    import time
+
+    from agents.topics import read_from_start
+    from learnops.cli.main import explain
+
+    name = f"learning.scratch-start-{uuid.uuid4().hex[:8]}"
+    spec = TopicSpec(name=name, partitions=3, replication_factor=1, key="doer", value="x")
+    await ensure(settings, TopicCatalog({name: spec}))
+    for i in range(9):
+        await producer.send_and_wait(name, key=b"k%d" % i, value=b"v%d" % i, partition=i % 3)
+    assert sorted(r.value for r in await read_from_start(settings, name)) == [
+        b"v%d" % i for i in range(9)
+    ]
+    # A command run before `learnops topics create` (e.g. `bandit show`) waited 40 s for
+    # the metadata and then printed UnknownTopicOrPartitionError's traceback.
+    began = time.monotonic()
+    with pytest.raises(TopicCatalogError) as refused:
+        await read_from_start(settings, "learning.no-such-topic")
+    assert time.monotonic() - began < 10
+    assert explain(refused.value, settings) == (
+        f"no topic learning.no-such-topic on the cluster at {settings.kafka_bootstrap_servers}:"
+        " `learnops topics create` creates the catalogue's topics"
+    )
+
+
 async def test_records_deleted_by_retention_during_the_read_are_gone_not_an_error(
     settings: Any, producer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,6 +30,49 @@ def test_a_bad_bootstrap_server_names_the_variable(monkeypatch: pytest.MonkeyPat
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("servers", "said"),
+    [
+        ("127.0.0.1:99999", "the port is not between 1 and 65535"),
+        ("a:1,b:0", "'b:0': the port is not between 1 and 65535"),
+        ("kafka://127.0.0.1:9092", "no scheme: just host:port"),
+        (":9092", "':9092' is not host:port"),
+    ],
+)
+def test_a_bootstrap_server_no_client_could_reach_is_refused(
+    monkeypatch: pytest.MonkeyPatch, servers: str, said: str
+) -> None:
+    # These reached the clients before: a port over 65535 raised OverflowError from
+    # connect() with a traceback, a kafka:// URL failed later as "cannot reach Kafka".
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+    with pytest.raises(SettingsError, match="KAFKA_BOOTSTRAP_SERVERS") as info:
+        load_settings()
+    assert said in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("postgresql://u:hunter2@db:99999/x", "port '99999'"),
+        ("postgresql://u:hunter2@db:port/x", "port 'port'"),
+        ("postgresql://u:hunter2@db:5432/x", None),
+        ("postgresql://u:hunter2@db/x", None),
+        ("postgresql://u:hunter2@[::1]:5432/x", None),
+        ("postgresql://u:hunter2@h1:5432,h2:5433/x", None),  # libpq's several hosts
+    ],
+)
+def test_a_database_port_out_of_range_is_refused_without_echoing_the_secret(
+    monkeypatch: pytest.MonkeyPatch, url: str, refused: str | None
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    if refused is None:
+        assert load_settings().database_dsn == url
+        return
+    with pytest.raises(SettingsError, match="DATABASE_URL") as info:
+        load_settings()
+    assert refused in str(info.value) and "hunter2" not in str(info.value)
+
+
 def test_a_bad_database_url_is_named_without_echoing_the_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
