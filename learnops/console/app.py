@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import asyncpg
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
@@ -19,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from learnops.console import concerns, contract
 from storage import dashboard
+
+log = logging.getLogger("learnops.console")
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -241,6 +245,17 @@ def plotly_bundle() -> Path | None:
     return path if path.exists() else None
 
 
+#: What a query raises when PostgreSQL cannot be reached or dropped the connection.
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
 def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAPI:
     """The read-only console over the database at DATABASE_DSN (topics: TOPICS_FILE or packaged)."""
     from agents.topics import load_catalog
@@ -271,6 +286,23 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
             status_code=exc.status_code,
         )
 
+    async def database_down(request: Request, exc: Exception) -> Response:
+        """PostgreSQL did not answer: 503 with the reason (a plain 500 and a traceback before)."""
+        log.warning(
+            "console_database_unavailable path=%s error=%s: %s",
+            request.url.path,
+            type(exc).__name__,
+            exc,
+        )
+        unavailable = StarletteHTTPException(
+            503,
+            f"PostgreSQL does not answer ({type(exc).__name__}); the console shows what it "
+            "holds, so try again once the database is back",
+        )
+        return await http_error(request, unavailable)
+
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, database_down)
     app.include_router(concerns.router)
     app.include_router(contract.router)
 
@@ -437,7 +469,7 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> dict[str, str]:
-        """PostgreSQL answers a SELECT 1 (503 from the error handler if it does not)."""
+        """PostgreSQL answers a SELECT 1 (503 from ``database_down`` if it does not)."""
         await pool(request).fetchval("SELECT 1")
         return {"status": "ready"}
 

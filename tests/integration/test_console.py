@@ -608,3 +608,36 @@ async def test_the_live_page_in_chromium_appends_a_new_alert_without_a_reload(
     assert decision_rows == [
         (str(row["id"]), row["action"], str(row["results"])) for row in reversed(decisions)
     ]
+
+
+async def test_a_database_that_stops_answering_gives_503_with_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The console started, then PostgreSQL went away: its pool now connects to a loopback
+    # port nothing listens on. Every page and API route said a bare 500 before, and
+    # logged a traceback per request.
+    import httpx
+
+    from learnops.console import create_console
+    from storage.pool import create_pool
+    from tests.services import free_port
+
+    app = create_console("postgresql://unused/unused")
+    app.state.pool = await create_pool(
+        f"postgresql://learnops:learnops@127.0.0.1:{free_port()}/learnops", min_size=0
+    )
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+            api = await client.get("/api/doers")
+            page = await client.get("/", headers={"accept": "text/html"})
+            ready = await client.get("/readyz")
+    finally:
+        await app.state.pool.close()
+    assert api.status_code == 503
+    assert api.json()["detail"].startswith("PostgreSQL does not answer (ConnectionRefusedError)")
+    assert page.status_code == 503 and "PostgreSQL does not answer" in page.text
+    assert "<html" in page.text.lower()
+    assert ready.status_code == 503
+    warnings = [r for r in caplog.records if r.name == "learnops.console"]
+    assert len(warnings) == 3 and all(r.exc_info is None for r in warnings)
