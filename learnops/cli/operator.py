@@ -136,13 +136,14 @@ async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
     """
     from learning.command_signing import authorise
     from storage.operator_keys import operator_keyring
+    from storage.signing_keys import load_keyring
 
     async def read() -> Any:
         async with database(ctx) as pool:
-            return await operator_keyring(pool)
+            return *(await operator_keyring(pool)), await load_keyring(pool)
 
     try:
-        keyring, grants = await asyncio.wait_for(read(), PRECHECK_S)
+        keyring, grants, policy_keys = await asyncio.wait_for(read(), PRECHECK_S)
     except (ServiceUnreachable, TimeoutError):
         return
     verdict = authorise(
@@ -154,10 +155,26 @@ async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
     )
     if not verdict:
         action = getattr(command, "command", type(command).__name__)
+        if verdict.refusal == "unknown_key" and _signing_key_id(command) in policy_keys:
+            fail(
+                f"{action} refused: LEARNOPS_OPERATOR_KEY is a policy signing key (it signs "
+                "policy artifacts, as `policy register --key`), not an operator key; nothing "
+                "sent (`learnops operator keys add --generate --out FILE` makes one)"
+            )
         fail(
             f"{action} refused: {verdict.reason} (checked before sending: nothing sent; "
             "`learnops operator keys list` shows the registered keys and their roles)"
         )
+
+
+def _signing_key_id(command: Event) -> str | None:
+    """The key id of the command's operator signature, if it carries one that parses."""
+    from learning.signing import Signature
+
+    try:
+        return Signature.parse(getattr(command, "operator_signature", None) or "").key_id
+    except (TypeError, ValueError):
+        return None
 
 
 @command(

@@ -201,11 +201,18 @@ async def _submit(
     timeout: float,
     as_json: bool = False,
     approver_key: Path | None = None,
+    first: str | None = None,
 ) -> None:
-    """Send a command; with ``wait``, report the agent's verdict (exit 1 when refused)."""
+    """Send a command; with ``wait``, report the agent's verdict (exit 1 when refused).
+
+    ``first`` is said once the command is signed and sent (not before: a command
+    the operator's key cannot sign is refused with nothing said to look done).
+    """
     from storage import audit as audit_store
 
     await _send(ctx, event, approver_key)
+    if first is not None and not as_json:
+        ctx.say(first)
     sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}  # type: ignore[attr-defined]
     if not as_json:
         ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
@@ -503,9 +510,15 @@ async def register_artifact(
         experiment_id=experiment,
     )
     ref = f"{event.policy_id}@{event.version}"
-    if not as_json:
-        ctx.say(f"{ref} sha256:{event.content_hash} signed by key {key.key_id}")
-    await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+    await _submit(
+        ctx,
+        pool,
+        event,
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
+        first=f"{ref} sha256:{event.content_hash} signed by key {key.key_id}",
+    )
     return event
 
 

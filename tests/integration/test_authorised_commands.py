@@ -407,4 +407,13 @@ async def test_the_cli_refuses_to_send_a_command_without_an_operator_key(
     )
     assert result.returncode == 1
     assert "set LEARNOPS_OPERATOR_KEY" in result.stderr
+    assert "signed by key" not in result.stdout  # said before the refusal, as if done
+    # The policy signing key given as the operator's: said so, not only "not registered".
+    mixed = run_learnops(
+        {**env, "LEARNOPS_OPERATOR_KEY": str(signer)},
+        *("policy", "register", str(body), "--doer", doer, "--key", str(signer), "--no-wait"),
+    )
+    assert mixed.returncode == 1
+    assert "LEARNOPS_OPERATOR_KEY is a policy signing key" in mixed.stderr, mixed.stderr
+    assert "nothing sent" in mixed.stderr and "signed by key" not in mixed.stdout
     assert await db.fetchval("SELECT count(*) FROM policies WHERE doer = $1", doer) == 0
