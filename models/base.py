@@ -570,6 +570,9 @@ def _message(item: Any) -> str:
         tags = ", ".join(str(t).strip("'") for t in str(ctx.get("expected_tags", "")).split(", "))
         field = shown_name(str(ctx.get("discriminator", "")).strip("'"))
         return f"{field} must be one of {tags}"
+    if kind == "union_tag_not_found":  # the field that says which kind of event it is
+        field = shown_name(str(ctx.get("discriminator", "")).strip("'"))
+        return f"{field} is required: it names which kind this is"
     if kind == "uuid_parsing":
         return "must be a UUID as text (e.g. 123e4567-e89b-12d3-a456-426614174000)"
     if kind == "string_unicode":

@@ -338,12 +338,23 @@ async def _superseded(ctx: GroupedCommand, doer: str, latest: Any) -> str | None
     )
 
 
+async def _registered_hint(ctx: GroupedCommand, doer: str) -> str:
+    """``did you mean 'X'? …`` for the closest doer the policy store knows, or ''."""
+    try:
+        async with database(ctx) as pool:
+            registered = [r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM policies")]
+    except ServiceUnreachable:
+        return ""
+    hint = closest(doer, [d for d in registered if d != doer]).removeprefix("; ")
+    return f"{hint} It has a policy but no allocations either" if hint else ""
+
+
 @command(bandit, "show", _doer, json_option)
 async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
     """DOER's latest allocations: per phase and parameter, each option's share."""
     doer, latest, doers = await _allocations_of(ctx, doer)
     if latest is None:
-        hint = closest(doer, doers).removeprefix("; ")
+        hint = closest(doer, doers).removeprefix("; ") or await _registered_hint(ctx, doer)
         fail(
             f"no allocations of {doer!r} on {ALLOCATIONS} ({hint or 'none under that name'}); "
             "the bandit stage publishes them once the doer's runs name options its policy "

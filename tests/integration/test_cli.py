@@ -560,6 +560,13 @@ async def test_an_unknown_doer_or_policy_names_the_closest_and_ids_match_any_cas
         1,
         f"no skill card for doer '{doer}x'",
     )
+    # A doer with a policy and no allocations: its misspelling was "none under that name".
+    one_line_error(
+        await learnops(settings_env, "bandit", "show", f"{doer}x"),
+        1,
+        f"no allocations of '{doer}x'",
+        f"did you mean '{doer}'? It has a policy but no allocations either",
+    )
     # A doer that has runs but no policy is named as such, with how to register one.
     newcomer = f"Newcomer{uuid.uuid4().hex[:6]}"
     await db.execute(

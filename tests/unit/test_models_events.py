@@ -212,6 +212,15 @@ def test_unknown_command_names_the_expected_ones() -> None:
     assert "approve_step" in text
 
 
+def test_a_command_without_its_command_field_says_so() -> None:
+    # pydantic's "Unable to extract tag using discriminator 'command'" reached the DLQ.
+    with pytest.raises(ValidationError) as caught:
+        POLICY_COMMANDS.validate_json(b'{"type": "promote", "doer": "d"}')
+    assert describe_validation_error(caught.value) == (
+        "command is required: it names which kind this is"
+    )
+
+
 def test_register_policy_requires_a_signature_and_hash() -> None:
     text = reason(
         RegisterPolicy,
