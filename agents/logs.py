@@ -20,7 +20,7 @@ import re
 import time
 import traceback
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -98,14 +98,21 @@ class ValueFreeTracebacks(logging.Filter):
         return True
 
 
+#: The client libraries whose repeated warnings and errors pass once a while.
+CLIENT_LOGGERS: Final = ("aiokafka", "asyncpg.pool")
+
+
 class RepeatsOnceAWhile(logging.Filter):
-    """A logger filter that passes each repeated Kafka client line once per ``every_s``.
+    """A logger filter that passes each repeated client line once per ``every_s``.
 
     While the broker is away aiokafka logs the same error for every connection
     attempt of every client (about 1,500 lines in a 20 s outage of one worker);
     the first of each kind passes, then one per interval saying how many like it
     were left out. Only the ``aiokafka`` loggers' lines are counted, by their
-    format string (``Unable connect to node with id %s: %s``), not their values.
+    format string (``Unable connect to node with id %s: %s``), not their values;
+    and asyncpg's pool, which logs a traceback each time it fails to reconnect
+    its floor of connections while PostgreSQL is away: that line loses its
+    traceback for the exception's type.
     """
 
     def __init__(self, every_s: float = 30.0, clock: Any = None) -> None:
@@ -115,8 +122,14 @@ class RepeatsOnceAWhile(logging.Filter):
         self.seen: dict[tuple[str, int, str], OnceAWhile] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("aiokafka") or record.levelno < logging.WARNING:
+        if not record.name.startswith(CLIENT_LOGGERS) or record.levelno < logging.WARNING:
             return True
+        if record.name == "asyncpg.pool" and record.exc_info and record.exc_info[1] is not None:
+            # "Failed to restore the pool connection floor; retrying" carries the refused
+            # connect's whole traceback, at every retry while PostgreSQL is away: its type
+            # says as much (the readiness page and the stages' own lines say the rest).
+            record.msg = f"{record.msg} ({type(record.exc_info[1]).__name__})"
+            record.exc_info = record.exc_text = None
         key = (record.name, record.levelno, str(record.msg))
         left_out = self.seen.setdefault(key, OnceAWhile(self.every_s)).due(self.clock())
         if left_out is None:
@@ -150,7 +163,7 @@ class OnceAWhile:
 
 
 def quiet_repeats() -> None:
-    """Give every ``aiokafka`` logger one shared :class:`RepeatsOnceAWhile`.
+    """Give every ``aiokafka`` logger and asyncpg's pool one shared :class:`RepeatsOnceAWhile`.
 
     On the loggers, not on the handlers: a logger's filters see each record once,
     before any handler, so the count it adds is written once and every handler
@@ -160,7 +173,7 @@ def quiet_repeats() -> None:
 
     repeats = RepeatsOnceAWhile()
     names = [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] == "aiokafka"]
-    for name in ["aiokafka", *names]:
+    for name in ["aiokafka", *names, "asyncpg.pool"]:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RepeatsOnceAWhile) for f in logger.filters):
             logger.addFilter(repeats)

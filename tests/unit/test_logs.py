@@ -128,6 +128,32 @@ def test_a_repeated_kafka_client_error_passes_once_a_while_with_a_count() -> Non
     assert not repeats.filter(record("aiokafka.client", unable, 1, "try 101"))
 
 
+def test_asyncpgs_pool_floor_retries_pass_once_a_while_without_their_traceback() -> None:
+    """While PostgreSQL was away each reconnect of the pool's floor logged a full traceback."""
+    from agents.logs import RepeatsOnceAWhile
+
+    now = [0.0]
+    repeats = RepeatsOnceAWhile(every_s=30.0, clock=lambda: now[0])
+    floor = "Failed to restore the pool connection floor; retrying"
+
+    def retry() -> logging.LogRecord:
+        try:
+            raise ConnectionRefusedError(111, f"Connect call failed {SECRET}")
+        except ConnectionRefusedError as refused:
+            info = (type(refused), refused, refused.__traceback__)
+        return logging.LogRecord("asyncpg.pool", logging.WARNING, __file__, 1, floor, (), info)
+
+    first = retry()
+    assert repeats.filter(first)
+    assert first.getMessage() == f"{floor} (ConnectionRefusedError)"
+    assert first.exc_info is None and SECRET not in logging.Formatter().format(first)
+    assert [repeats.filter(retry()) for _ in range(3)] == [False] * 3
+    now[0] = 31.0
+    later = retry()
+    assert repeats.filter(later)
+    assert later.getMessage().endswith("(and 3 more like it in 30s, left out)")
+
+
 def test_the_repeats_filter_sits_on_the_kafka_loggers_so_every_handler_prints_one_line() -> None:
     """On the handlers, each handler's own filter counted (and rewrote) the shared record."""
     import io
