@@ -32,6 +32,7 @@ from learnops.cli.main import (
     limit_option,
     require_writes,
     table,
+    usage_error,
 )
 from storage.dead_letters import (
     REPLAY_LOCK,
@@ -138,9 +139,11 @@ def _event_id_start(text: str) -> str:
     """``text`` as (the start of) a letter's event id, as pasted; an error if it cannot be one."""
     event_id = text.strip()
     if not all(c in "0123456789abcdefABCDEF-" for c in event_id):
-        fail(f"{event_id!r} is not (the start of) an event id: hex digits and dashes")
+        usage_error(f"{event_id!r} is not (the start of) an event id: hex digits and dashes")
     if len(event_id.replace("-", "")) < 8:
-        fail(f"{event_id!r} is too short: give at least 8 hex digits of the letter's event id")
+        usage_error(
+            f"{event_id!r} is too short: give at least 8 hex digits of the letter's event id"
+        )
     return event_id
 
 
@@ -354,7 +357,7 @@ async def dlq_replay(
     from agents.topics import TopicCatalogError, read_records
 
     if not event_ids and error_type is None:
-        fail(
+        usage_error(
             "name the letters: EVENT_ID … or --error-type (partition, schema); "
             "`learnops dlq list` shows them. Replaying every letter at once is refused"
         )

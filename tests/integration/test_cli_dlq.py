@@ -120,13 +120,13 @@ async def test_an_operator_lists_the_letters_and_reads_the_refused_input_back(
     assert failed.returncode == 1 and failed.stdout == b""
     assert b"no longer on" in failed.stderr and b"Traceback" not in failed.stderr
 
-    for args, fragment in (
-        (("dlq", "show", "0123"), b"too short"),
-        (("dlq", "show", "00000000-dead"), b"no dead letter with event id"),
-        (("dlq", "show", "%%%%%%%%"), b"hex digits and dashes"),
+    for args, fragment, code in (
+        (("dlq", "show", "0123"), b"too short", 2),  # a wrong command line
+        (("dlq", "show", "00000000-dead"), b"no dead letter with event id", 1),
+        (("dlq", "show", "%%%%%%%%"), b"hex digits and dashes", 2),
     ):
         refused = await learnops(settings_env, *args)
-        assert refused.returncode == 1, refused
+        assert refused.returncode == code, refused
         assert fragment in refused.stderr and b"Traceback" not in refused.stderr
 
 
@@ -313,7 +313,8 @@ async def test_a_misplaced_run_waits_in_the_dlq_and_its_replay_is_counted_once(
         (("dlq", "replay", "--error-type", "internal"), b"'internal' is not one of"),
     ):
         refused = await learnops(settings_env, *args)
-        assert refused.returncode != 0, args
+        assert refused.returncode == 2, args  # a wrong command line, after its usage line
+        assert b"Usage: learnops dlq replay" in refused.stderr, refused.stderr
         assert fragment in refused.stderr and b"Traceback" not in refused.stderr, refused.stderr
 
 
