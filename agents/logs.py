@@ -124,6 +124,15 @@ class RepeatsOnceAWhile(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(CLIENT_LOGGERS) or record.levelno < logging.WARNING:
             return True
+        if record.msg == _COORDINATOR_LOOKUP and _coordinator_starting(record.args):
+            # The first consumer of a fresh cluster asks before the broker has made its
+            # offsets topic; aiokafka retries, and an ERROR read as a fault to operators.
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = (
+                f"{_COORDINATOR_LOOKUP} (the broker is still starting the group's "
+                "coordinator; retried)"
+            )
+            return True
         if record.name == "asyncpg.pool" and record.exc_info and record.exc_info[1] is not None:
             # "Failed to restore the pool connection floor; retrying" carries the refused
             # connect's whole traceback, at every retry while PostgreSQL is away: its type
@@ -139,6 +148,17 @@ class RepeatsOnceAWhile(logging.Filter):
                 f"{record.msg} (and {left_out} more like it in {self.every_s:g}s, left out)"
             )
         return True
+
+
+_COORDINATOR_LOOKUP: Final = "Group Coordinator Request failed: %s"
+
+
+def _coordinator_starting(args: Any) -> bool:
+    """Whether aiokafka's failed coordinator lookup is a retriable 'not available yet'."""
+    from aiokafka.errors import CoordinatorNotAvailableError
+
+    error = args[0] if isinstance(args, tuple) and args else None
+    return isinstance(error, CoordinatorNotAvailableError) and bool(error.retriable)
 
 
 class OnceAWhile:

@@ -154,6 +154,25 @@ def test_asyncpgs_pool_floor_retries_pass_once_a_while_without_their_traceback()
     assert later.getMessage().endswith("(and 3 more like it in 30s, left out)")
 
 
+def test_a_fresh_clusters_coordinator_lookup_is_info_and_other_lookup_errors_stay_errors() -> None:
+    """A new operator's first worker logged [ERROR] … GroupCoordinatorNotAvailableError."""
+    from aiokafka.errors import CoordinatorNotAvailableError, GroupAuthorizationFailedError
+
+    from agents.logs import RepeatsOnceAWhile
+
+    repeats = RepeatsOnceAWhile()
+    name, lookup = "aiokafka.consumer.group_coordinator", "Group Coordinator Request failed: %s"
+
+    def record(error: Exception) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, lookup, (error,), None)
+
+    starting = record(CoordinatorNotAvailableError())
+    assert repeats.filter(starting) and starting.levelno == logging.INFO
+    assert starting.levelname == "INFO" and "still starting" in starting.getMessage()
+    refused = record(GroupAuthorizationFailedError())
+    assert repeats.filter(refused) and refused.levelno == logging.ERROR
+
+
 def test_the_repeats_filter_sits_on_the_kafka_loggers_so_every_handler_prints_one_line() -> None:
     """On the handlers, each handler's own filter counted (and rewrote) the shared record."""
     import io
