@@ -215,11 +215,6 @@ async def replayed_among(conn: Any, origins: Sequence[Origin]) -> set[Origin]:
     return {(row["topic"], row["partition"], row["offset"]) for row in rows}
 
 
-async def was_replayed(conn: Any, topic: str, partition: int, offset: int) -> bool:
-    """Whether the record at (topic, partition, offset) was published again already."""
-    return bool(await replayed_among(conn, [(topic, partition, offset)]))
-
-
 async def record_replays(conn: Any, replays: Sequence[Replay]) -> None:
     """Record ``replays`` (append-only; each origin once), in one pipelined round trip."""
     await conn.executemany(
@@ -239,11 +234,6 @@ async def record_replays(conn: Any, replays: Sequence[Replay]) -> None:
             for r in replays
         ],
     )
-
-
-async def record_replay(conn: Any, replay: Replay) -> None:
-    """Record ``replay`` (append-only; the origin once)."""
-    await record_replays(conn, [replay])
 
 
 async def counted_already(conn: Any, values: Mapping[Origin, bytes | None]) -> set[Origin]:

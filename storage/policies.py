@@ -25,6 +25,11 @@ async def lock_doer(conn: Any, doer: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_SPACE, doer)
 
 
+async def registered_doers(pool: Any) -> set[str]:
+    """Every doer with a policy in the store, as the store names it."""
+    return {row["doer"] for row in await pool.fetch("SELECT DISTINCT doer FROM policies")}
+
+
 def record_of(kind: type[Any], row: Any) -> Any:
     """Build the dataclass ``kind`` from the row columns of its field names."""
     return kind(**{name: row[name] for name in kind.__dataclass_fields__})

@@ -82,6 +82,7 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
     from agents.topics import read_from_start
     from learnops.client.allocations import check_allocations
     from models.bandit import BanditAllocations
+    from storage.policies import registered_doers
     from storage.signing_keys import load_keyring
 
     records = await read_from_start(ctx.settings, ALLOCATIONS)
@@ -97,7 +98,7 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
     try:
         async with database(ctx) as pool:
             keyring = await load_keyring(pool)
-            registered = {r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM policies")}
+            registered = await registered_doers(pool)
             for row in await pool.fetch(
                 "SELECT doer, sequence, frozen, allocations FROM bandit_allocations "
                 "WHERE doer = ANY($1::text[])",
@@ -138,8 +139,10 @@ async def _allocations_of(ctx: GroupedCommand, doer: str) -> tuple[str, Any, set
 
 async def _registered_doer(ctx: GroupedCommand, doer: str, allocated: set[str]) -> str:
     """The doer as the policy store names it (regardless of case); refused when it has none."""
+    from storage.policies import registered_doers
+
     async with database(ctx) as pool:
-        known = {r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM policies")}
+        known = await registered_doers(pool)
     found = as_known(doer, known)
     if found is not None:
         return found
@@ -340,12 +343,14 @@ async def _superseded(ctx: GroupedCommand, doer: str, latest: Any) -> str | None
 
 async def _registered_hint(ctx: GroupedCommand, doer: str) -> str:
     """``did you mean 'X'? …`` for the closest doer the policy store knows, or ''."""
+    from storage.policies import registered_doers
+
     try:
         async with database(ctx) as pool:
-            registered = [r["doer"] for r in await pool.fetch("SELECT DISTINCT doer FROM policies")]
+            registered = await registered_doers(pool)
     except ServiceUnreachable:
         return ""
-    hint = closest(doer, [d for d in registered if d != doer]).removeprefix("; ")
+    hint = closest(doer, registered - {doer}).removeprefix("; ")
     return f"{hint} It has a policy but no allocations either" if hint else ""
 
 

@@ -484,12 +484,12 @@ async def _replay(
         # again at the next run, duplicates the stages count once by their run or task id.
         pending = [
             await producer.send(
-                topic,
-                key=found[(topic, partition, offset)].key,
-                value=found[(topic, partition, offset)].value,
-                headers=[(REPLAYED_FROM, f"{topic}/{partition}/{offset}".encode())],
+                origin[0],
+                key=found[origin].key,
+                value=found[origin].value,
+                headers=[(REPLAYED_FROM, "/".join(map(str, origin)).encode())],
             )
-            for topic, partition, offset in origins
+            for origin in origins
         ]
         results = await asyncio.gather(*pending, return_exceptions=True)  # every one read
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -498,16 +498,14 @@ async def _replay(
         acks: list[Any] = list(results)
         replays = [
             Replay(
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                doer=todo[(topic, partition, offset)][0].doer,
-                error_types=tuple(sorted({x.error_type for x in todo[(topic, partition, offset)]})),
+                *origin,
+                doer=todo[origin][0].doer,
+                error_types=tuple(sorted({x.error_type for x in todo[origin]})),
                 new_partition=ack.partition,
                 new_offset=ack.offset,
                 actor=actor,
             )
-            for (topic, partition, offset), ack in zip(origins, acks, strict=True)
+            for origin, ack in zip(origins, acks, strict=True)
         ]
         await record_replays(conn, replays)
     return replays

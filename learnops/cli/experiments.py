@@ -661,12 +661,13 @@ async def _known_doer(pool: Any, doer: str) -> str:
     Fails with the closest name when no doer has a policy or an experiment
     request under that name.
     """
+    from storage.policies import registered_doers
+
     requests = await list_requests(pool, include_closed=True, limit=100000)
     if any(r["doer"] == doer for r in requests):
         return doer
     known = {r["doer"] for r in requests}
-    rows = await pool.fetch("SELECT DISTINCT doer FROM policies")
-    known |= {r["doer"] for r in rows}
+    known |= await registered_doers(pool)
     found = as_known(doer, known)
     if found is not None:
         return found

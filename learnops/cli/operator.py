@@ -140,7 +140,8 @@ async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
 
     async def read() -> Any:
         async with database(ctx) as pool:
-            return *(await operator_keyring(pool)), await load_keyring(pool)
+            keyring, grants = await operator_keyring(pool)
+            return keyring, grants, await load_keyring(pool)
 
     try:
         keyring, grants, policy_keys = await asyncio.wait_for(read(), PRECHECK_S)

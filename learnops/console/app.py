@@ -11,7 +11,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import asyncpg
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
@@ -245,21 +244,10 @@ def plotly_bundle() -> Path | None:
     return path if path.exists() else None
 
 
-#: What a query raises when PostgreSQL cannot be reached or dropped the connection.
-DATABASE_DOWN: tuple[type[Exception], ...] = (
-    ConnectionRefusedError,
-    ConnectionResetError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-)
-
-
 def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAPI:
     """The read-only console over the database at DATABASE_DSN (topics: TOPICS_FILE or packaged)."""
     from agents.topics import load_catalog
-    from storage.pool import create_pool
+    from storage.pool import TRANSIENT_ERRORS, create_pool
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -301,7 +289,7 @@ def create_console(database_dsn: str, topics_file: Path | None = None) -> FastAP
         )
         return await http_error(request, unavailable)
 
-    for error in DATABASE_DOWN:
+    for error in TRANSIENT_ERRORS:  # what storage.pool.durably waits out in a worker
         app.add_exception_handler(error, database_down)
     app.include_router(concerns.router)
     app.include_router(contract.router)

@@ -17,7 +17,7 @@ import pytest
 from learning.signing import generate_key
 from storage import repartitions
 from storage import signing_keys as keys_store
-from storage.dead_letters import Replay, record_replay, was_replayed
+from storage.dead_letters import Replay, record_replays, replayed_among
 from storage.migrate import MIGRATIONS_DIR, migrate
 from storage.pool import create_pool
 from tests.services import run_learnops
@@ -232,8 +232,8 @@ async def test_the_replay_journal_is_append_only_and_no_worker_writes_it(
         actor="oncall",
     )
     async with db.acquire() as conn:
-        await record_replay(conn, replay)
-        assert await was_replayed(conn, replay.topic, replay.partition, replay.offset)
+        await record_replays(conn, [replay])
+        assert await replayed_among(conn, [(replay.topic, replay.partition, replay.offset)])
         where = f"WHERE topic = '{replay.topic}' AND \"offset\" = {replay.offset}"
         for statement in (
             f"UPDATE dead_letter_replays SET actor = 'someone' {where}",
@@ -243,9 +243,9 @@ async def test_the_replay_journal_is_append_only_and_no_worker_writes_it(
                 await conn.execute(statement)
     worker = await _as(urls["worker"])
     try:
-        assert await was_replayed(worker, replay.topic, replay.partition, replay.offset)
+        assert await replayed_among(worker, [(replay.topic, replay.partition, replay.offset)])
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await record_replay(worker, replace(replay, offset=replay.offset + 1))
+            await record_replays(worker, [replace(replay, offset=replay.offset + 1)])
     finally:
         await worker.close()
 
