@@ -69,6 +69,10 @@ async def finish(
                 timeout=300,
                 until=lambda rows: experiments_settled(rows, expected),
             )
+            # Settling, the experiments stage may publish one more alert (a failure
+            # rate) that the worker's own alert stages read: caught up again before
+            # the stop, or the stop races that record's commit.
+            await caught_up(found.bootstrap, group.app_id, timeout=600)
     except TimeoutError as exc:
         report.fail(str(exc))
     codes = await group.stop_all()
