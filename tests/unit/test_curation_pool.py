@@ -85,6 +85,26 @@ async def test_a_killed_process_is_counted_and_the_processes_start_again_later(
         pool.close()
 
 
+async def test_a_stop_signalled_to_the_process_group_leaves_the_processes_working() -> None:
+    # systemd (KillMode=control-group) or Ctrl-C signal every process of the worker's
+    # group; the worker drains its batch while stopping, so its processes must not die.
+    pool = CurationPool(1, HASHING)
+    try:
+        await ready(pool)
+        (child,) = pool.pids
+        failures = failed()
+        os.kill(child, signal.SIGTERM)
+        os.kill(child, signal.SIGINT)
+        await asyncio.sleep(0.5)  # a default handler would have ended it by now
+        texts = [bundle_text(b) for b in list(corpus())[: 2 * CHUNK]]
+        batch = pool.prepare(texts)
+        assert batch is not None
+        assert [await batch.get(n) for n in range(len(texts))] == prepare_bundles(texts, HASHING)
+        assert pool.pids == [child] and failed() == failures
+    finally:
+        pool.close()
+
+
 async def test_a_failed_batch_leaves_no_unread_error_behind(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
