@@ -11,6 +11,7 @@ from uuid import UUID
 import orjson
 
 from models.events import DeadLetter
+from storage.pool import rows_by_event_id_start
 
 # One statement per batch; unnest turns the column arrays back into rows.
 _INSERT = """
@@ -133,11 +134,7 @@ async def list_dead_letters(
 
 async def find_dead_letters(pool: Any, prefix: str) -> list[DeadLetterRecord]:
     """The letters whose event id starts with ``prefix`` (dashes ignored), at most two."""
-    rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM dead_letters"
-        " WHERE starts_with(replace(event_id::text, '-', ''), $1) ORDER BY event_id LIMIT 2",
-        prefix.replace("-", "").lower(),
-    )
+    rows = await rows_by_event_id_start(pool, "dead_letters", _COLUMNS, prefix)
     return [DeadLetterRecord(**dict(row)) for row in rows]
 
 

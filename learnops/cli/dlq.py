@@ -23,13 +23,15 @@ import orjson
 from learnops.cli.main import (
     GroupedCommand,
     actor_option,
-    closest,
     command,
     database,
+    event_id_start,
     fail,
     group,
     json_option,
     limit_option,
+    listed_note,
+    nothing_listed,
     require_writes,
     table,
     usage_error,
@@ -101,12 +103,8 @@ async def dlq_list(
         self.say(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
     if not letters:
-        unknown = [
-            f"no letters of {what} {name!r}{closest(name, known)}"
-            for what, name, known in (("stage", stage, stages), ("doer", doer, doers))
-            if name is not None and name.lower() not in {k.lower() for k in known}
-        ]
-        self.say("; ".join(unknown) or "no dead letters" + (" match" if reason else " yet"))
+        filters = (("stage", stage, stages), ("doer", doer, doers))
+        self.say(nothing_listed("letters", filters, bool(reason), "dead letters"))
         return
     columns = ["event id", "when", "stage", "doer", "error", "reason", "read at", "bytes"]
     shown = table(*columns, *(["replayed to"] if replayed else []))
@@ -123,8 +121,8 @@ async def dlq_list(
             *([copy_of(x) or "–"] if replayed else []),
         )
     self.console().print(shown)
-    more = f"the latest {limit} (--limit shows more); " if len(letters) == limit else ""
-    self.say(f"{more}`learnops dlq show ID` shows a letter's whole reason and the refused input.")
+    hint = "`learnops dlq show ID` shows a letter's whole reason and the refused input."
+    self.say(listed_note(len(letters), limit, hint))
 
 
 def _text(data: bytes) -> tuple[str, bool]:
@@ -133,18 +131,6 @@ def _text(data: bytes) -> tuple[str, bool]:
         return orjson.dumps(orjson.loads(data), option=orjson.OPT_INDENT_2).decode(), True
     except orjson.JSONDecodeError:
         return data.decode("utf-8", "replace"), False
-
-
-def _event_id_start(text: str) -> str:
-    """``text`` as (the start of) a letter's event id, as pasted; an error if it cannot be one."""
-    event_id = text.strip()
-    if not all(c in "0123456789abcdefABCDEF-" for c in event_id):
-        usage_error(f"{event_id!r} is not (the start of) an event id: hex digits and dashes")
-    if len(event_id.replace("-", "")) < 8:
-        usage_error(
-            f"{event_id!r} is too short: give at least 8 hex digits of the letter's event id"
-        )
-    return event_id
 
 
 @command(
@@ -166,7 +152,7 @@ async def dlq_show(self: GroupedCommand, event_id: str, raw: bool, as_json: bool
     """
     from agents.topics import TopicCatalogError, read_record
 
-    event_id = _event_id_start(event_id)
+    event_id = event_id_start(event_id, "letter")
     async with database(self) as pool:
         found = await find_dead_letters(pool, event_id)
     if not found:
@@ -361,7 +347,7 @@ async def dlq_replay(
             "name the letters: EVENT_ID … or --error-type (partition, schema); "
             "`learnops dlq list` shows them. Replaying every letter at once is refused"
         )
-    event_ids = tuple(_event_id_start(e) for e in event_ids)
+    event_ids = tuple(event_id_start(e, "letter") for e in event_ids)
     async with database(self) as pool:
         if not dry_run:
             await require_writes(

@@ -301,6 +301,18 @@ def split_ref(text: str) -> tuple[str, int | None]:
     return text, None
 
 
+def event_id_start(text: str, what: str) -> str:
+    """``text`` as (the start of) a ``what``'s event id, as pasted; a usage error if not one."""
+    event_id = text.strip()
+    if not all(c in "0123456789abcdefABCDEF-" for c in event_id):
+        usage_error(f"{event_id!r} is not (the start of) an event id: hex digits and dashes")
+    if len(event_id.replace("-", "")) < 8:
+        usage_error(
+            f"{event_id!r} is too short: give at least 8 hex digits of the {what}'s event id"
+        )
+    return event_id
+
+
 def as_known(name: str, known: Iterable[str]) -> str | None:
     """``name`` if it is known, else the one known name equal to it regardless of case, or None."""
     known = list(known)
@@ -316,6 +328,30 @@ def closest(name: str, known: Iterator[str] | list[str] | set[str]) -> str:
     by_lower = {k.lower(): k for k in known}
     match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
     return f"; did you mean {by_lower[match[0]]!r}?" if match else ""
+
+
+def nothing_listed(
+    noun: str,
+    filters: Iterable[tuple[str, str | None, set[str]]],
+    filtered: bool,
+    everything: str | None = None,
+) -> str:
+    """Why a list of ``noun`` is empty: each filter naming nothing known, with the closest.
+
+    ``filters`` holds (what, the name given or None, the names that have rows);
+    else "no EVERYTHING match" or "… yet" (``everything`` defaults to ``noun``).
+    """
+    unknown = [
+        f"no {noun} of {what} {name!r}{closest(name, known)}"
+        for what, name, known in filters
+        if name is not None and name.lower() not in {k.lower() for k in known}
+    ]
+    return "; ".join(unknown) or f"no {everything or noun}" + (" match" if filtered else " yet")
+
+
+def listed_note(shown: int, limit: int, hint: str) -> str:
+    """The line under a list: whether ``--limit`` cut it, then ``hint``."""
+    return (f"the latest {limit} (--limit shows more); " if shown == limit else "") + hint
 
 
 #: ``--json`` for commands that can print JSON instead of tables.
@@ -451,6 +487,10 @@ GROUPS: dict[str, tuple[str, str]] = {
     "dlq": (
         "learnops.cli.dlq:dlq",
         "Dead letters: what the stages refused and why; the refused input itself.",
+    ),
+    "alerts": (
+        "learnops.cli.alerts:alerts",
+        "Alerts the stages raised (regressions, rollbacks, contamination, refusals): list, show.",
     ),
     "bandit": (
         "learnops.cli.bandit:bandit",

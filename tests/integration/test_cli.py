@@ -833,6 +833,7 @@ async def test_every_printing_command_prints_json_that_parses(
         ("experiment", "list"),
         ("experiment", "requests", "--all"),
         ("skills", "list"),
+        ("alerts", "list"),
     ]
     for args in commands:
         result = await learnops(settings_env, *args, "--json")
