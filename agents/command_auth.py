@@ -10,7 +10,11 @@ and the stage does nothing else with the command.
 
 The stage records the command as applied (:func:`record_applied`) only after
 its effect, so a redelivery after a crash before that point is applied again,
-idempotently, and publishes what the crash may have lost.
+idempotently, and publishes what the crash may have lost. A redelivery after
+that point (the worker stopped, or lost the partition, before it committed the
+offset) is the same record read again at the place recorded with it: it is
+skipped with an INFO line, not refused as a replay. The same command anywhere
+else is a replay.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from learning.command_signing import Verdict, authorise
 from models.commands import SignedCommand
 from models.events import Alert
 from models.ids import caused_event_id
-from storage.operator_keys import applied_at, operator_keyring, record_applied_command
+from storage.operator_keys import Source, applied_at, operator_keyring, record_applied_command
 from storage.pool import durably
 
 if TYPE_CHECKING:
@@ -33,20 +37,44 @@ if TYPE_CHECKING:
 log = logging.getLogger("learnops.commands")
 
 
+def source_of(event: Any) -> Source:
+    """Where a stage read ``event``: its message's topic, partition and offset."""
+    message = event.message
+    return message.topic, message.partition, message.offset
+
+
 async def authorised(
-    stage: Stage, command: SignedCommand, *, replays: bool = True
+    stage: Stage, command: SignedCommand, *, replays: bool = True, source: Source | None = None
 ) -> Verdict | None:
-    """The verdict on a command's envelope; None, and an alert, when it is refused.
+    """The verdict on a command's envelope; None when the stage must do nothing with it.
 
     With ``replays``, a command already applied (its event id is in
-    ``applied_commands``) is refused as a replay; a stage whose effect lives in
-    a Faust table orders its commands itself instead (agents/bandit.py).
+    ``applied_commands``) is refused as a replay (None, logged and alerted),
+    unless it was applied from ``source``, the place it is read from now: then
+    it is this record's redelivery, already in effect (None, an INFO line). A
+    stage whose effect lives in a Faust table orders its commands itself instead
+    (agents/bandit.py).
     """
     pool = stage.app.pool
-    when = None
+    applied = None
     if replays:
-        when = await durably(partial(applied_at, pool, command.event_id), what="applied_commands")
-    if when is not None:
+        applied = await durably(
+            partial(applied_at, pool, command.event_id), what="applied_commands"
+        )
+    if applied is not None and source is not None and applied[1] == source:
+        log.info(
+            "command_redelivered stage=%s action=%s doer=%s event=%s at=%s:%d@%d: applied "
+            "at %s, before the offset was committed; nothing to do",
+            stage.name,
+            getattr(command, "command", "?"),
+            command.doer,
+            command.event_id,
+            *source,
+            applied[0].isoformat(),
+        )
+        return None
+    if applied is not None:
+        when = applied[0]
         verdict = Verdict(
             False,
             f"replayed: the command {command.event_id} was already applied at {when.isoformat()}",
@@ -92,10 +120,16 @@ async def refuse(stage: Stage, command: SignedCommand, verdict: Verdict) -> None
     await stage.topics.alerts.send(command_refusal_alert(command, verdict))
 
 
-async def record_applied(stage: Stage, command: SignedCommand, verdict: Verdict) -> None:
-    """Record a verified command as applied, with its signer: the audit and the replay guard."""
+async def record_applied(
+    stage: Stage, command: SignedCommand, verdict: Verdict, source: Source | None = None
+) -> None:
+    """Record a verified command as applied, with its signer and where it was read.
+
+    The audit and the replay guard: ``source`` tells this record's redelivery
+    from a replay (:func:`authorised`).
+    """
     await durably(
-        partial(record_applied_command, stage.app.pool, command, verdict),
+        partial(record_applied_command, stage.app.pool, command, verdict, source),
         what="applied_commands",
     )
 

@@ -36,7 +36,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from agents.command_auth import authorised, envelope_verdict, record_applied
+from agents.command_auth import authorised, envelope_verdict, record_applied, source_of
 from agents.stage import Stage
 from agents.worker_key import worker_signed
 from learning.experiments import (
@@ -158,7 +158,7 @@ class ExperimentsStage(Stage):
         command = await self.decode_with(event, POLICY_COMMANDS)
         if not isinstance(command, CreateExperiment | RunReplay):
             return
-        verdict = await authorised(self, command)
+        verdict = await authorised(self, command, source=source_of(event))
         if verdict is None:
             return  # refused and alerted: nothing is created, replayed or deployed
         # The records name the verified signer, never the self-declared actor.
@@ -171,7 +171,7 @@ class ExperimentsStage(Stage):
             # A command dead-lettered for its content (an unknown policy or golden
             # dataset) is not applied: the audit must not say so, and the same command
             # replayed from the DLQ once the cause is fixed must not be refused as a replay.
-            await record_applied(self, command, verdict)
+            await record_applied(self, command, verdict, source_of(event))
 
     async def _resolve_golden(self, name: str) -> store.Golden | None:
         base, version = split_versioned(name)

@@ -22,7 +22,7 @@ from uuid import UUID
 
 from pydantic import JsonValue
 
-from agents.command_auth import authorised, record_applied
+from agents.command_auth import authorised, record_applied, source_of
 from agents.stage import Stage
 from agents.tails import STALE_CHECK_S, Tails
 from learning.command_signing import REQUIRED_ROLE
@@ -121,7 +121,7 @@ class PolicyStage(Stage):
         command = await self.decode_with(event, POLICY_COMMANDS)
         if command is None or command.command not in REQUIRED_ROLE:
             return  # undecodable (dead-lettered), or another stage's command
-        verdict = await authorised(self, command)
+        verdict = await authorised(self, command, source=source_of(event))
         if verdict is None:
             return
         # The audit names the verified signer, never the self-declared actor.
@@ -134,7 +134,7 @@ class PolicyStage(Stage):
                 partial(apply_command, self.app.pool, command, limits), what="policies"
             )
             await self._publish(outcome)
-        await record_applied(self, command, verdict)
+        await record_applied(self, command, verdict, source_of(event))
 
     async def reassert_stale(self, now: float | None = None) -> None:
         """Send a doer's state again when what is last for it on the topic is not it.

@@ -116,21 +116,41 @@ async def operator_of(pool: Any, key_id: str) -> str | None:
     return operator
 
 
-async def applied_at(pool: Any, event_id: Any) -> datetime | None:
-    """When the command with this event id was applied, or None if it never was."""
-    value: datetime | None = await pool.fetchval(
-        "SELECT applied_at FROM applied_commands WHERE event_id = $1", event_id
+#: Where a command was read: topic, partition, offset.
+Source = tuple[str, int, int]
+
+
+async def applied_at(pool: Any, event_id: Any) -> tuple[datetime, Source | None] | None:
+    """When the command with this event id was applied and where it was read; None if never.
+
+    The place is None for commands recorded before migration 041 (or without one).
+    """
+    row = await pool.fetchrow(
+        "SELECT applied_at, source_topic, source_partition, source_offset"
+        " FROM applied_commands WHERE event_id = $1",
+        event_id,
     )
-    return value
+    if row is None:
+        return None
+    place = (row["source_topic"], row["source_partition"], row["source_offset"])
+    return row["applied_at"], (None if None in place else place)
 
 
-async def record_applied_command(pool: Any, command: SignedCommand, verdict: Verdict) -> None:
-    """Remember that a verified command was applied (signer, reason), never to apply it again."""
+async def record_applied_command(
+    pool: Any, command: SignedCommand, verdict: Verdict, source: Source | None = None
+) -> None:
+    """Remember that a verified command was applied (signer, reason, where it was read).
+
+    Never to apply it again: a record read again at ``source`` is its redelivery,
+    anywhere else a replay.
+    """
+    topic, partition, offset = source if source is not None else (None, None, None)
     await pool.execute(
         """
         INSERT INTO applied_commands
-            (event_id, action, doer, key_id, operator, approver, issued_at, expires_at, reason)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            (event_id, action, doer, key_id, operator, approver, issued_at, expires_at, reason,
+             source_topic, source_partition, source_offset)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
         ON CONFLICT (event_id) DO NOTHING
         """,
         command.event_id,
@@ -142,4 +162,7 @@ async def record_applied_command(pool: Any, command: SignedCommand, verdict: Ver
         command.issued_at,
         command.expires_at,
         command.reason,
+        topic,
+        partition,
+        offset,
     )

@@ -1198,6 +1198,44 @@ async def test_the_policy_stage_alerts_refused_commands_and_publishes_applied_on
     assert [(d.stage, d.error_type, d.offset) for d in letters] == [("policy", "json", 2)]
 
 
+async def test_a_command_read_again_where_it_was_applied_is_a_redelivery_not_a_replay(
+    make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
+) -> None:
+    """A worker that stops after applying a command and before committing its offset reads
+    the same record again: nothing to do, and no `command_refused` alert, which an operator
+    would read as a replay attack. The same command at another offset is one."""
+    app = make_app("policy")
+    stage = app.stages["policy"]
+    doer = f"Redelivered{tag()}"
+    promote = signed(
+        PromotePolicy(
+            doer=doer, actor="ops", reason="first", policy_id=doer.lower(), version=1, force=True
+        )
+    )
+    progress = Progress(stage)
+    async with app.agents["policy"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(COMMANDS, signed(register(doer, signing_key, 1)))
+        first = await feed.event(COMMANDS, promote)
+        await progress.done(2, batched=False)
+        await feed.event(COMMANDS, promote, offset=first.offset)  # the same record again
+        await progress.done(3, batched=False)
+        assert sent(app, ALERTS) == []
+        await feed.event(COMMANDS, promote)  # a copy published again: a replay
+        await progress.done(4, batched=False)
+
+    alerts: list[Alert] = sent(app, ALERTS)
+    assert [(a.kind, a.evidence["refusal"]) for a in alerts] == [("command_refused", "replayed")]
+    row = await db.fetchrow(
+        "SELECT source_topic, source_partition, source_offset FROM applied_commands"
+        " WHERE event_id = $1",
+        promote.event_id,
+    )
+    assert row is not None and tuple(row) == (COMMANDS, 0, first.offset)
+    changes: list[PolicyChange] = sent(app, CHANGES)
+    assert [(c.change, c.version) for c in changes] == [("promoted", 1)]
+
+
 async def test_a_canary_looser_than_the_limits_is_refused_whoever_signed_it(
     make_app: Callable[..., LearnopsApp], db: Any, signing_key: SigningKey
 ) -> None:
