@@ -561,11 +561,19 @@ def _not_the_doers(deployment: DeploymentSteps, doer: str) -> str:
     return f"{deployment.deployment_id} belongs to doer {deployment.doer!r}, not {doer!r}"
 
 
-def check_approval(deployment: DeploymentSteps, doer: str, step: int) -> str | None:
+def check_approval(
+    deployment: DeploymentSteps, doer: str, step: int, asked: bool = False
+) -> str | None:
     """Return why an operator's approval may not move the deployment to ``step``, or None.
 
     An approval is for the doer's own live, unpaused canary and for its next
-    step only, so approving twice or out of turn changes nothing.
+    step only. A canary that requires approvals moves only once it has asked
+    for that step (``asked``: a decision "awaiting approval of step N", made
+    once step N − 1 has its evidence): there the approval is a person's answer
+    to the canary's recommendation, not a way around its evidence (promote and
+    roll back are). A canary that steps itself up may be moved a step early by
+    an operator, as it may be promoted. So approving twice, out of turn or
+    before the evidence of an approval-gated canary changes nothing.
     """
     if deployment.doer != doer:
         return _not_the_doers(deployment, doer)
@@ -576,6 +584,12 @@ def check_approval(deployment: DeploymentSteps, doer: str, step: int) -> str | N
         return (
             f"{deployment.deployment_id} is at step {deployment.step}; only step "
             f"{deployment.step + 1} can be approved"
+        )
+    if deployment.require_approval and not asked:
+        return (
+            f"{deployment.deployment_id} has not asked for step {step}: the canary asks (an "
+            f"approval_needed alert, 'awaiting approval of step {step}' in its decisions) once "
+            f"step {deployment.step} has its evidence"
         )
     return None
 

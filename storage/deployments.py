@@ -329,7 +329,24 @@ async def approve_step(
         reason,
         occurred_at or datetime.now(UTC),
     )
-    return await _step(pool, ask, lambda deployment: check_approval(deployment, doer, step))
+    asked = step in await approvals_asked(pool, deployment_id)
+    return await _step(pool, ask, lambda deployment: check_approval(deployment, doer, step, asked))
+
+
+#: The steps a canary asked an operator to approve and has not reached: its "report"
+#: decisions recommending a step-up (learning.deployments, ``awaiting approval of step N``)
+#: carry the step asked for; its periodic reports carry the step it is at.
+APPROVALS_ASKED = (
+    "SELECT DISTINCT dd.step FROM deployment_decisions dd"
+    " JOIN shadow_deployments d ON d.deployment_id = dd.deployment_id"
+    " WHERE dd.deployment_id = $1 AND dd.action = 'report'"
+    " AND dd.report->>'recommendation' = 'step_up' AND dd.step > d.step"
+)
+
+
+async def approvals_asked(pool: Any, deployment_id: str) -> set[int]:
+    """The steps the canary of ``deployment_id`` asked an operator to approve, not yet reached."""
+    return {row["step"] for row in await pool.fetch(APPROVALS_ASKED, deployment_id)}
 
 
 async def operator_pause(

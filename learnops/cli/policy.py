@@ -814,8 +814,11 @@ async def policy_archive(
 _DEPLOYMENTS = """
 SELECT deployment_id, doer, policy_id, version, control_policy_id, control_version, mode,
        allocation, step, steps, require_approval, started_at, ended_at, outcome,
-       paused_at, paused_reason, resumes
-FROM shadow_deployments
+       paused_at, paused_reason, resumes,
+       (SELECT max(dd.step) FROM deployment_decisions dd
+        WHERE dd.deployment_id = d.deployment_id AND dd.action = 'report'
+          AND dd.report->>'recommendation' = 'step_up' AND dd.step > d.step) AS awaiting_step
+FROM shadow_deployments d
 WHERE ($1::text IS NULL OR doer = $1) AND ($2 OR ended_at IS NULL)
 ORDER BY started_at DESC
 LIMIT $3
@@ -825,14 +828,21 @@ LIMIT $3
 def _deployment_state(row: Any) -> str:
     """A deployment's state in words: its outcome once ended, else live or paused.
 
-    "needs approval" while a canary that requires it has a step left to approve.
+    "awaiting approval of step N" once a canary that requires approvals has
+    asked for step N (its decision "awaiting approval of step N"), and "steps
+    on approval" before it asks, while it has a step left.
     """
     if row["ended_at"] is not None:
         return str(row["outcome"] or "ended")
     state = "paused" if row["paused_at"] is not None else "live"
     steps = list(row["steps"] or [])
     if row["require_approval"] and row["step"] < len(steps) - 1:
-        state += ", needs approval"
+        awaiting = row.get("awaiting_step")  # not in every query
+        state += (
+            f", awaiting approval of step {awaiting}"
+            if awaiting is not None
+            else ", steps on approval"
+        )
     return state
 
 
@@ -847,6 +857,7 @@ def _deployment_report(row: Any) -> dict[str, Any]:
         "step": row["step"],
         "steps": list(row["steps"]),
         "require_approval": row["require_approval"],
+        "awaiting_approval_of_step": row.get("awaiting_step"),
         "paused": row["paused_at"] is not None,
         "paused_reason": row["paused_reason"],
         "resumes": row["resumes"],
@@ -863,6 +874,12 @@ async def _deployment(pool: Any, text: str) -> dict[str, Any]:
     for row in rows:
         if row["deployment_id"] == text:
             return _deployment_report(row)
+    # The start of an id, as the other commands take ids (at least its kind and 4 more).
+    started = [r for r in rows if len(text) >= 10 and r["deployment_id"].startswith(text)]
+    if len(started) == 1:
+        return _deployment_report(started[0])
+    if len(started) > 1:
+        fail(f"{text!r} starts more than one deployment's id: give more of it")
     live = [r for r in rows if r["ended_at"] is None and r["doer"].lower() == text.lower()]
     if len(live) == 1:
         return _deployment_report(live[0])
@@ -943,7 +960,8 @@ async def policy_deployments(
             d["mode"],
             d["candidate"],
             d["control"],
-            f"{d['step']}/{max(0, len(d['steps']) - 1)}" if d["steps"] else "-",
+            # "1 of 0..2": step indices, as approve --step and the console name them.
+            f"{d['step']} of 0..{len(d['steps']) - 1}" if d["steps"] else "0 (shadow)",
             f"{d['allocation']:g}",
             d["state"],
         )
@@ -1008,7 +1026,14 @@ async def policy_approve(
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Let canary DEPLOYMENT (or a doer's live one), waiting for approval, move to --step."""
+    """Let canary DEPLOYMENT (or a doer's live one), once it asked for approval, move to --step.
+
+    A canary started with --require-approval asks for each next step once the
+    step it is at has its evidence (an approval_needed alert; `learnops policy
+    deployments` says "awaiting approval of step N"); before it asks, nothing
+    is sent. Any other canary steps itself up, and an approval moves it a step
+    early.
+    """
     from models.commands import ApproveStep
 
     async with database(ctx) as pool:
@@ -1024,6 +1049,9 @@ async def policy_approve(
                 f"first: learnops policy resume {did}"
             )
         last = len(found["steps"]) - 1
+        if step <= found["step"]:
+            # Not a wrong command line: done already (twice, or by someone else).
+            fail(f"{did} is at step {found['step']} already; there is nothing to approve")
         if found["step"] >= last:
             # Not a wrong command line: the canary has no step left to approve.
             fail(
@@ -1034,6 +1062,12 @@ async def policy_approve(
             usage_error(
                 f"{did} is at step {found['step']} of 0..{last}; the next step is "
                 f"{found['step'] + 1}"
+            )
+        if found["require_approval"] and found["awaiting_approval_of_step"] != step:
+            fail(
+                f"{did} has not asked for step {step} yet: the canary asks (an approval_needed "
+                f"alert; `learnops policy deployments` then says 'awaiting approval of step "
+                f"{step}') once step {found['step']} has its evidence; nothing sent"
             )
         event = ApproveStep(
             doer=found["doer"], actor=actor, reason=reason, deployment_id=did, step=step

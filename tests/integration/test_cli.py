@@ -22,6 +22,7 @@ from models.commands import PromotePolicy, RegisterPolicy, StartCanary
 from models.ids import caused_event_id
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
+from tests.integration.test_policy_store import asks_for_approval
 from tests.services import (
     REPO,
     WorkerProcess,
@@ -669,14 +670,27 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
         (mine,) = [d for d in json.loads(listed.stdout) if d["deployment_id"] == deployment]
         return str(mine["state"])
 
-    assert await state() == "live, needs approval"
+    assert await state() == "live, steps on approval"
     one_line_error(
         await learnops(settings_env, "policy", "approve", deployment, "--step", "2"),
         2,
         "at step 0",
         "the next step is 1",
     )
+    # Before the canary asks (step 0 has no evidence yet), nothing is sent.
     since = await end_offsets(kafka_bootstrap, ("learning.commands",))
+    one_line_error(
+        await learnops(settings_env, "policy", "approve", deployment, "--step", "1"),
+        1,
+        "has not asked for step 1 yet",
+        "nothing sent",
+    )
+    assert await end_offsets(kafka_bootstrap, ("learning.commands",)) == since
+    await asks_for_approval(db, doer, deployment, 1)
+    assert await state() == "live, awaiting approval of step 1"
+    # By the start of its id, as other ids are taken.
+    listed = await learnops(settings_env, "policy", "steps", deployment[:14])
+    assert listed.returncode == 0, listed.stderr
     approved = await learnops(
         settings_env, "policy", "approve", deployment, "--step", "1", "--json"
     )
@@ -690,6 +704,12 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
         "SELECT step FROM shadow_deployments WHERE deployment_id = $1", deployment
     )
     assert step == 1
+    # Approved again: done already, not a wrong command line.
+    one_line_error(
+        await learnops(settings_env, "policy", "approve", deployment, "--step", "1"),
+        1,
+        "at step 1 already",
+    )
     # At its last step nothing is left to approve: the state says so, and a further
     # approval is refused as a state of things (exit 1), naming what to do instead.
     assert await state() == "live"
@@ -711,6 +731,7 @@ async def test_an_approval_the_stage_refuses_is_reported_at_once_with_its_reason
     )
     revoked = await learnops(settings_env, "policy", "keys", "revoke", key_id, "--reason", "lost")
     assert revoked.returncode == 0, revoked.stderr
+    await asks_for_approval(db, doer, deployment, 1)
     started = time.monotonic()
     refused = await learnops(
         settings_env, "policy", "approve", deployment, "--step", "1", "--timeout", "60"

@@ -11,6 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from agents.canary import _decision as decision_of
+from learning.deployments import DeploymentState
 from learning.promotion import IDENTITY_RULE
 from learning.signing import SigningKey, content_digest, generate_key, signed_artifact
 from models.commands import (
@@ -23,12 +25,15 @@ from models.commands import (
 )
 from models.events import DecisionMade, DecisionReport
 from storage import audit as audit_store
+from storage import canary as canary_store
 from storage import deployments as deployments_store
 from storage import policies as store
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
 from storage import verification
 from tests.integration.kafka_io import eventually
+from tests.unit.test_deployments import feed as feed_canary
+from tests.unit.test_deployments import routing as deployment_routing
 
 ARTIFACT = {
     "prompts": {"system": "You write product requirement documents. Be precise. ✍️"},
@@ -803,6 +808,20 @@ def step_up(doer: str, deployment_id: str, step: int, **update: Any) -> Decision
     )
 
 
+async def asks_for_approval(db: Any, doer: str, deployment_id: str, step: int) -> None:
+    """The canary's decision asking an operator to approve ``step``, stored as its stage does."""
+    ask = decision(doer, 2, deployment_id, "report")
+    ask = ask.model_copy(
+        update={
+            "event_id": uuid.uuid4(),
+            "step": step,
+            "reason": f"awaiting approval of step {step}: candidate better",
+            "report": ask.report.model_copy(update={"recommendation": "step_up"}),
+        }
+    )
+    assert await canary_store.insert_decisions(db, [ask]) == 1
+
+
 async def approve(db: Any, doer: str, deployment_id: str, step: int) -> Any:
     return await deployments_store.approve_step(
         db, doer, deployment_id, step, event_id=uuid.uuid4(), actor="ops", reason="ok"
@@ -1135,8 +1154,39 @@ async def test_a_step_up_without_the_required_approval_is_refused(db: Any) -> No
     assert (outcome.applied, outcome.refusal) == (False, "rule")
     assert "requires an operator's approval" in outcome.verdict
     assert await step_of(db, deployment_id) == (0, 0.1)
+    # Approved before the canary asked (step 0 without its evidence): refused, audited.
+    early = await approve(db, doer, deployment_id, 1)
+    assert (early.applied, early.refusal) == (False, "rule")
+    assert "has not asked for step 1" in early.verdict
+    assert await step_of(db, deployment_id) == (0, 0.1)
+    await asks_for_approval(db, doer, deployment_id, 1)
     approved = await approve(db, doer, deployment_id, 1)
     assert approved.applied and await step_of(db, deployment_id) == (1, 0.25)
+    # Its ask for step 1 does not stand for step 2.
+    assert "has not asked for step 2" in (await approve(db, doer, deployment_id, 2)).verdict
+
+
+async def test_the_canary_stages_own_ask_is_what_lets_an_approval_through(db: Any) -> None:
+    # The contract between the canary stage's decisions and the approval rule: the
+    # decision it makes and stores when a gated step has its evidence is an ask.
+    doer = unique_doer("AskedFor")
+    _, deployment_id = await start_canary(db, doer, require_approval=True)
+    state = DeploymentState(
+        "Doer",
+        deployment_routing(require_approval=True),
+        "canary",
+    )
+    asks = [v for v in feed_canary(state, 0.2, 3000) if v.report.recommendation == "step_up"]
+    assert asks and asks[0].action == "report" and asks[0].step == 1
+    assert await deployments_store.approvals_asked(db, deployment_id) == set()
+    # Fed with the unit tests' results (doer "Doer", policy "p", their deployment id):
+    # stored as this doer's deployment's.
+    named = {"doer": doer, "candidate_policy_id": doer.lower(), "deployment_id": deployment_id}
+    made = [decision_of(state, v, None).model_copy(update=named) for v in asks]
+    assert await canary_store.insert_decisions(db, made)
+    assert await deployments_store.approvals_asked(db, deployment_id) == {1}
+    assert (await approve(db, doer, deployment_id, 1)).applied
+    assert await deployments_store.approvals_asked(db, deployment_id) == set()  # answered
 
 
 async def test_a_revoked_keys_candidate_is_not_stepped_up(db: Any) -> None:
@@ -1193,6 +1243,7 @@ async def test_the_database_refuses_a_step_change_that_skips_the_rules(db: Any) 
             "UPDATE shadow_deployments SET require_approval = false WHERE deployment_id = $1",
             deployment_id,
         )
+    await asks_for_approval(db, doer, deployment_id, 1)
     approved = await approve(db, doer, deployment_id, 1)
     assert approved.applied
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
