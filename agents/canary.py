@@ -244,12 +244,11 @@ def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> 
             **common,
         )
     if verdict.action == "report" and state.awaiting_approval is not None:
-        return Alert(
-            kind="approval_needed",
-            severity="info",
-            evidence={"step": state.awaiting_approval},
-            **common,
-        )
+        step = state.awaiting_approval
+        asking = f"awaiting approval of step {step}"
+        if not verdict.reason.startswith(asking):  # a later report while it waits
+            common["message"] = f"{decision.deployment_id}: {asking}; {verdict.reason}"
+        return Alert(kind="approval_needed", severity="info", evidence={"step": step}, **common)
     return None
 
 

@@ -580,6 +580,11 @@ def _pct(x: float) -> str:
     return f"{x * 100:+.1f} %"
 
 
+def _share(x: float) -> str:
+    """A share of the traffic, as a percentage without a sign (0.25 → "25 %")."""
+    return f"{x * 100:.4g} %"
+
+
 def evaluate(
     control: Moments,
     candidate: Moments,
@@ -1063,7 +1068,8 @@ def advance(
         return move(
             "continue",
             f"{why}; waiting for {config.min_sample_size} runs per arm at step "
-            f"{state.step_index} ({_pct(steps[state.step_index])} traffic; have {in_step})",
+            f"{state.step_index} ({_share(steps[state.step_index])} of the traffic; "
+            f"have {in_step})",
         )
     if here is None:
         return move("promote", decision.reason)
@@ -1074,7 +1080,7 @@ def advance(
     )
     return move(
         "step_up",
-        f"step {state.step_index} → {here} ({_pct(steps[here])} traffic): {because}",
+        f"step {state.step_index} → {here} ({_share(steps[here])} of the traffic): {because}",
         here,
     )
 

@@ -93,6 +93,8 @@ def test_a_better_candidate_steps_up_then_is_promoted() -> None:
     verdicts = feed(state, 0.2, 3000)
     step_ups = [v for v in verdicts if v.action == "step_up"]
     assert step_ups and step_ups[0].step == 1
+    # The share the step gives the candidate, not a change of it ("+50.0 %" before).
+    assert step_ups[0].reason.startswith("step 0 → 1 (50 % of the traffic)"), step_ups[0].reason
     assert not any(v.action == "promote" for v in verdicts)  # not before the step is applied
     state.follow(routing(step=1), "canary")
     assert state.step_runs == {"control": 0, "candidate": 0} and state.pending_step is None
@@ -327,8 +329,28 @@ def test_approval_is_asked_once_instead_of_stepping_up() -> None:
     verdicts = feed(state, 0.2, 3000)
     asked = [v for v in verdicts if v.report.recommendation == "step_up"]
     assert asked and asked[0].action == "report" and "approval" in asked[0].reason
+    assert "(50 % of the traffic)" in asked[0].reason, asked[0].reason
     assert not any(v.action == "step_up" for v in verdicts)
     assert state.awaiting_approval == 1
+
+
+def test_every_approval_alert_while_it_waits_says_which_step_waits() -> None:
+    # The first report asks; later ones while it waits are about the evidence, and the
+    # operator reading the alert must still see that an approval is what is awaited.
+    from agents.canary import _alert as canary_alert
+    from agents.canary import _decision as canary_decision
+
+    state = DeploymentState("Doer", routing(require_approval=True), "canary")
+    verdicts = [v for v in feed(state, 0.2, 6000) if v.action == "report"]
+    waiting = [v for v in verdicts if state.awaiting_approval is not None]
+    assert len(waiting) >= 2, [v.reason for v in verdicts]
+    messages = [
+        alert.message
+        for alert in (canary_alert(state, v, canary_decision(state, v, None)) for v in waiting)
+        if alert is not None and alert.kind == "approval_needed"
+    ]
+    assert len(messages) >= 2
+    assert all("awaiting approval of step 1" in m for m in messages), messages
 
 
 def test_the_state_survives_the_table_round_trip() -> None:
