@@ -434,7 +434,7 @@ async def _start(
         ask.require_approval,
         ask.event_id,
         now,
-        orjson.dumps(ask.canary or {}).decode(),
+        ask.canary or {},  # the pool's jsonb codec encodes it (once)
     )
 
 

@@ -107,7 +107,7 @@ def signed(ctx: CommandContext, event: Event, approver_key: Path | None = None) 
     if path is None:
         fail(
             "commands are signed: set LEARNOPS_OPERATOR_KEY to your operator key file "
-            "(`learnops operator keys add --generate --out FILE` makes one)"
+            "(`learnops operator keys add --operator NAME --generate --out FILE` makes one)"
         )
     key = read_private_key(path, "operator key (LEARNOPS_OPERATOR_KEY)")
     approver = read_private_key(approver_key, "approver key") if approver_key else None
@@ -160,7 +160,8 @@ async def refuse_unless_authorised(ctx: CommandContext, command: Event) -> None:
             fail(
                 f"{action} refused: LEARNOPS_OPERATOR_KEY is a policy signing key (it signs "
                 "policy artifacts, as `policy register --key`), not an operator key; nothing "
-                "sent (`learnops operator keys add --generate --out FILE` makes one)"
+                "sent (`learnops operator keys add --operator NAME --generate --out FILE` "
+                "makes one)"
             )
         fail(
             f"{action} refused: {verdict.reason} (checked before sending: nothing sent; "

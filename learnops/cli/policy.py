@@ -42,7 +42,7 @@ from storage import policies as store
 if TYPE_CHECKING:
     from learning.signing import SigningKey
     from models.base import Event
-    from models.commands import RegisterPolicy
+    from models.commands import CanarySettings, RegisterPolicy
 
 COMMANDS_TOPIC = "learning.commands"
 ALERTS_TOPIC = "learning.alerts"
@@ -317,6 +317,50 @@ def _steps(ctx: click.Context, param: click.Parameter, value: str | None) -> lis
     return shares
 
 
+def _settings(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    """``--setting KEY=VALUE`` (repeated) as CanarySettings fields; a value is JSON or text."""
+    import orjson
+    from pydantic import ValidationError
+
+    from models.commands import CanarySettings
+
+    given: dict[str, Any] = {}
+    for text in values:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{text!r} is not KEY=VALUE, e.g. min_sample_size=500")
+        if key not in CanarySettings.model_fields:
+            known = sorted(CanarySettings.model_fields)
+            raise click.BadParameter(
+                f"no setting {key!r}{closest(key, known)} (the settings: {', '.join(known)})"
+            )
+        try:
+            given[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            given[key] = raw.strip()
+    try:
+        return CanarySettings.model_validate(given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.BadParameter(problems) from None
+
+
+#: ``--setting``: how the canary stage judges a shadow or canary (docs/canary.md).
+_setting_option = click.option(
+    "--setting",
+    "settings",
+    multiple=True,
+    callback=_settings,
+    metavar="KEY=VALUE",
+    help="A canary setting (repeat it): min_sample_size=500, mode=non_inferiority, alpha=0.05, "
+    "max_silence_s=null, … (docs/canary.md, 'Starting a deployment'); the worker refuses "
+    "settings looser than its canary.limits.",
+)
+
+
 # --------------------------------------------------------------------------- changes
 
 
@@ -558,6 +602,7 @@ async def _note_failed_experiments(ctx: CommandContext, pool: Any, found: Any) -
         help="Share of the doer's tasks mirrored, in (0, 1].",
     ),
     click.option("--reason", default="start shadow", show_default=True),
+    _setting_option,
     _actor,
     _wait,
     _timeout,
@@ -568,6 +613,7 @@ async def policy_shadow(
     ref: str,
     fraction: float,
     reason: str,
+    settings: CanarySettings,
     actor: str,
     wait: bool,
     timeout: float,
@@ -586,6 +632,7 @@ async def policy_shadow(
             policy_id=found.policy_id,
             version=found.version,
             mirror_fraction=fraction,
+            canary=settings,
         )
         await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
 
@@ -598,7 +645,7 @@ async def policy_shadow(
         "--steps",
         default=None,
         callback=_steps,
-        help="Growing traffic shares in (0, 1], e.g. 0.05,0.25,0.5 (default: configured).",
+        help="Growing traffic shares in (0, 1], e.g. 0.05,0.25,0.5 (default: 0.05,0.1,0.25,0.5).",
     ),
     click.option(
         "--require-approval",
@@ -607,6 +654,7 @@ async def policy_shadow(
     ),
     click.option("--force", is_flag=True, help="Start from draft, skipping shadow."),
     click.option("--reason", default=None, help="Why (required with --force)."),
+    _setting_option,
     _actor,
     _wait,
     _timeout,
@@ -619,6 +667,7 @@ async def policy_canary(
     require_approval: bool,
     force: bool,
     reason: str | None,
+    settings: CanarySettings,
     actor: str,
     wait: bool,
     timeout: float,
@@ -641,6 +690,7 @@ async def policy_canary(
             steps=steps,
             require_approval=require_approval,
             force=force,
+            canary=settings,
         )
         await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
 

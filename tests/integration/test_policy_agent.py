@@ -429,6 +429,23 @@ async def test_the_cli_round_trip_register_promote_inspect(
 
     listing = run_cli(env, "list", "--doer", doer).stdout
     assert f"{pid}@2" in listing and "active" in listing and "archived" in listing
+
+    # A canary judged by the operator's settings (repeatable --setting KEY=VALUE).
+    run_cli(env, "register", str(v2), "--doer", doer, "--key", str(key_file))
+    started = run_cli(
+        env,
+        *("canary", f"{pid}@3", "--force", "--reason", "try", "--steps", "0.1,0.5"),
+        *("--setting", "min_sample_size=50", "--setting", "mode=non_inferiority", "--json"),
+    )
+    assert json.loads(started.stdout)["command"] == "start_canary"
+    deployment_id, judged, fields = await db.fetchrow(
+        "SELECT deployment_id, canary, canary->>'min_sample_size' FROM shadow_deployments"
+        " WHERE doer = $1 AND version = 3",
+        doer,
+    )
+    assert fields == "50", fields  # an object SQL can read, not a JSON string
+    assert (judged["min_sample_size"], judged["mode"]) == (50, "non_inferiority"), judged
+    run_cli(env, "rollback", "--deployment", deployment_id, "--reason", "done")
     shown = run_cli(env, "show", f"{pid}@2", "--json").stdout
     document = json.loads(shown)
     assert document["policy"]["parent_policy_id"] == pid
