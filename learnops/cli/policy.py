@@ -126,6 +126,38 @@ async def fail_if_runs_without_policy(pool: Any, name: str) -> None:
         )
 
 
+#: What ``policy shadow|canary POLICY_ID`` starts without a version: the latest version
+#: that can go that way (a shadow from draft; a canary from draft, with --force, or shadow).
+ROLLOUT_FROM = {"shadow": ("draft",), "canary": ("draft", "shadow")}
+
+
+async def _rollout_candidate(pool: Any, ref: str, how: str) -> store.PolicyRecord:
+    """The version REF names, or for a REF without one, its latest that can start ``how``.
+
+    "Latest" would otherwise pick a version that is archived or rolled back, whose
+    rollout the policy stage refuses (a version number typed too high and then
+    archived stood in front of every later one).
+    """
+    found = await _find(pool, ref)
+    if split_ref(ref)[1] is not None or found.status in ROLLOUT_FROM[how]:
+        return found
+    rows = await pool.fetch(
+        "SELECT version FROM policies WHERE policy_id = $1 AND status = ANY($2::text[])"
+        " ORDER BY version DESC LIMIT 1",
+        found.policy_id,
+        list(ROLLOUT_FROM[how]),
+    )
+    if not rows:
+        fail(
+            f"{found.policy_id} has no version that can start a {how} (its latest, "
+            f"{found.policy_id}@{found.version}, is {found.status}); `learnops policy register` "
+            "makes a new draft"
+        )
+    chosen = await store.find_policy(pool, found.policy_id, rows[0]["version"])
+    assert chosen is not None
+    return chosen
+
+
 async def _find(pool: Any, ref: str) -> store.PolicyRecord:
     """The version REF names: ``POLICY_ID@VERSION`` or ``POLICY_ID`` (its latest).
 
@@ -413,6 +445,17 @@ async def policy_register(
         await _not_a_case_variant(ctx, pool, doer, as_json=as_json)
         if policy_id is None:
             policy_id = await _policy_of(pool, doer)
+        if version is not None:
+            following = await store.next_version(pool, policy_id)
+            if version > following and not as_json:
+                skipped = (
+                    f"{following}" if version == following + 1 else f"{following}–{version - 1}"
+                )
+                ctx.say(
+                    f"note: {policy_id}@{version} leaves version(s) {skipped} unused (the next "
+                    f"is {following}); versions only grow, so later ones follow {version}",
+                    file=ctx.stderr,
+                )
         await register_artifact(
             ctx,
             pool,
@@ -623,7 +666,7 @@ async def policy_shadow(
     from models.commands import StartShadow
 
     async with database(ctx) as pool:
-        found = await _find(pool, ref)
+        found = await _rollout_candidate(pool, ref, "shadow")
         await _note_failed_experiments(ctx, pool, found)
         event = StartShadow(
             doer=found.doer,
@@ -679,7 +722,7 @@ async def policy_canary(
     if force and not reason:
         usage_error("--force needs --reason: a skipped step is recorded with why")
     async with database(ctx) as pool:
-        found = await _find(pool, ref)
+        found = await _rollout_candidate(pool, ref, "canary")
         await _note_failed_experiments(ctx, pool, found)
         event = StartCanary(
             doer=found.doer,

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from learning.signing import SigningKey, generate_key, signed_artifact
-from models.commands import PromotePolicy, RegisterPolicy, StartCanary
+from models.commands import ArchivePolicy, PromotePolicy, RegisterPolicy, StartCanary
 from models.ids import caused_event_id
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
@@ -652,6 +652,59 @@ async def test_revoking_a_key_lists_and_alerts_its_live_versions_and_verify_then
     assert {v["key_status"] for v in report["versions"]} == {"revoked"}
     shown = await learnops(settings_env, "policy", "show", f"{pid}@1")
     assert f"signed by   key {key_id} (revoked at " in shown.stdout, shown.stdout
+
+
+async def test_without_a_version_a_rollout_starts_the_latest_version_that_can_start_it(
+    settings_env: dict[str, str], kafka_bootstrap: str, db: Any, tmp_path: Path
+) -> None:
+    # v1 active, v2 a draft, v7 registered by a typo and archived: "latest" must not
+    # mean v7, whose rollout the policy stage would refuse.
+    doer = f"CliLatest{uuid.uuid4().hex[:8]}"
+    pid = doer.lower()
+    key: SigningKey = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="cli tests")
+    for version in (1, 2, 7):
+        artifact = signed_artifact(
+            {**ARTIFACT, "revision": version}, key, doer=doer, policy_id=pid, version=version
+        )
+        command = RegisterPolicy(
+            doer=doer, actor="alice", reason="t", policy_id=pid, version=version, **artifact
+        )
+        assert (await commands_store.apply_command(db, command)).applied  # type: ignore[union-attr]
+    for command in (
+        PromotePolicy(doer=doer, actor="alice", reason="t", policy_id=pid, version=1, force=True),
+        ArchivePolicy(doer=doer, actor="alice", reason="typo", policy_id=pid, version=7),
+    ):
+        assert (await commands_store.apply_command(db, command)).applied  # type: ignore[union-attr]
+
+    for args in (("shadow", doer), ("canary", doer, "--force", "--reason", "t")):
+        since = await end_offsets(kafka_bootstrap, ("learning.commands",))
+        sent = await learnops(settings_env, "policy", *args, "--no-wait", "--json")
+        assert sent.returncode == 0, sent.stderr
+        command = await record_on_topic(kafka_bootstrap, since, json.loads(sent.stdout)["event_id"])
+        assert (command["policy_id"], command["version"]) == (pid, 2), (args, command)
+
+    archive = ArchivePolicy(doer=doer, actor="alice", reason="t", policy_id=pid, version=2)
+    assert (await commands_store.apply_command(db, archive)).applied  # type: ignore[union-attr]
+    one_line_error(
+        await learnops(settings_env, "policy", "shadow", doer),
+        1,
+        f"{pid} has no version that can start a shadow",
+        f"{pid}@7, is archived",
+    )
+
+    # A version typed past the next is noted: the numbers it skips stay unused.
+    pem = tmp_path / "signer.pem"
+    pem.write_bytes(key.to_pem())
+    artifact_file = tmp_path / "v.json"
+    artifact_file.write_text(json.dumps(ARTIFACT))
+    registered = await learnops(
+        settings_env,
+        *("policy", "register", str(artifact_file), "--doer", doer, "--key", str(pem)),
+        *("--version", "11", "--no-wait"),
+    )
+    assert registered.returncode == 0, registered.stderr
+    assert f"note: {pid}@11 leaves version(s) 8–10 unused (the next is 8)" in registered.stderr
 
 
 # ------------------------------------------------------------------------ approve, pause, resume
