@@ -98,6 +98,8 @@ class PromotionRecord:
     decision_report: Any
     occurred_at: datetime
     recorded_at: datetime
+    # A forced promotion's second owner, verified (applied_commands); None otherwise.
+    approver: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,11 +248,12 @@ async def promotions(
     """Audit rows, oldest first, of a doer or of a policy (and version)."""
     rows = await pool.fetch(
         """
-        SELECT * FROM policy_promotions
-        WHERE ($1::text IS NULL OR doer = $1)
-          AND ($2::text IS NULL OR policy_id = $2)
-          AND ($3::integer IS NULL OR version = $3)
-        ORDER BY id
+        SELECT p.*, c.approver FROM policy_promotions p
+        LEFT JOIN applied_commands c ON c.event_id = p.event_id
+        WHERE ($1::text IS NULL OR p.doer = $1)
+          AND ($2::text IS NULL OR p.policy_id = $2)
+          AND ($3::integer IS NULL OR p.version = $3)
+        ORDER BY p.id
         """,
         doer,
         policy_id,

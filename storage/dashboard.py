@@ -424,9 +424,10 @@ async def policy_history(pool: Any, doer: str, limit: int = 50) -> list[dict[str
     """DOER's applied policy moves (register, shadow, canary, promote, rollback), latest first."""
     return await _fetch(
         pool,
-        "SELECT id, action, policy_id, version, from_status, to_status, actor, reason,"
-        " deployment_id, occurred_at FROM policy_promotions"
-        " WHERE doer = $1 AND outcome = 'applied' ORDER BY id DESC LIMIT $2",
+        "SELECT p.id, p.action, p.policy_id, p.version, p.from_status, p.to_status, p.actor,"
+        " c.approver, p.reason, p.deployment_id, p.occurred_at FROM policy_promotions p"
+        " LEFT JOIN applied_commands c ON c.event_id = p.event_id"
+        " WHERE p.doer = $1 AND p.outcome = 'applied' ORDER BY p.id DESC LIMIT $2",
         doer,
         limit,
     )

@@ -1435,7 +1435,7 @@ def _audit_table(trail: list[Any], title: str, with_ref: bool = False) -> Any:
             row.action,
             row.outcome,
             f"{row.from_status or '-'} → {row.to_status or '-'}",
-            row.actor,
+            row.actor if row.approver is None else f"{row.actor} + {row.approver}",
             row.source,
             row.verdict,
         ]

@@ -148,6 +148,7 @@ class PolicyMove(BaseModel):
     from_status: str | None
     to_status: str | None
     actor: str
+    approver: str | None = None  # a forced promotion's second owner
     reason: str
     deployment_id: str | None
     occurred_at: datetime

@@ -429,6 +429,23 @@ async def test_the_cli_round_trip_register_promote_inspect(
 
     listing = run_cli(env, "list", "--doer", doer).stdout
     assert f"{pid}@2" in listing and "active" in listing and "archived" in listing
+    # Each forced promotion names its verified second owner beside the first.
+    trail = json.loads(run_cli(env, "history", doer, "--json").stdout)["promotions"]
+    forced = [
+        (p["version"], p["actor"], p["approver"])
+        for p in trail
+        if p["action"] == "promote" and p["outcome"] == "applied"
+    ]
+    approver_name = await db.fetchval(
+        "SELECT approver FROM applied_commands WHERE doer = $1 AND approver IS NOT NULL LIMIT 1",
+        doer,
+    )
+    assert approver_name and [(v, a) for v, _, a in forced] == [
+        (1, approver_name),
+        (2, approver_name),
+    ], forced
+    assert all(actor != approver_name for _, actor, _ in forced)
+    assert f"+ {approver_name}" in run_cli(env, "history", doer).stdout
 
     # A canary judged by the operator's settings (repeatable --setting KEY=VALUE).
     run_cli(env, "register", str(v2), "--doer", doer, "--key", str(key_file))
