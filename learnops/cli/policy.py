@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1091,6 +1092,48 @@ async def policy_steps(ctx: CommandContext, deployment: str, as_json: bool) -> N
     ctx.console().print(shown)
     if not items:
         ctx.say(f"no step, approval, pause or resume of {found['deployment_id']} yet")
+
+
+@command(policy, "decisions", click.argument("deployment"), limit_option(20), json_option)
+async def policy_decisions(ctx: CommandContext, deployment: str, limit: int, as_json: bool) -> None:
+    """DEPLOYMENT's canary decisions and reports, latest first: the evidence behind each move.
+
+    What the canary stage decided at each look (report, step_up, promote,
+    rollback, pause, or "awaiting approval of step N"), with both arms' runs and
+    mean CRL, the difference, its always-valid interval and p-value.
+    """
+    from rich.markup import escape
+
+    from storage.canary import decisions
+
+    async with database(ctx) as pool:
+        found = await _deployment(pool, deployment)
+        made = (await decisions(pool, found["deployment_id"]))[::-1][:limit]
+    if as_json:
+        ctx.say(dumps([{**asdict(d), "decided_at": _when(d.decided_at)} for d in made]))
+        return
+    shown = table(
+        "when", "action", "step", "runs (control/candidate)", "delta", "interval", "p", "reason"
+    )
+    for d in made:
+        report = d.report
+        low, high = report.get("ci_low"), report.get("ci_high")
+        shown.add_row(
+            _when(d.decided_at),
+            d.action,
+            str(d.step),
+            f"{report['control_count']}/{report['candidate_count']}",
+            f"{report['delta']:+.4f}",
+            "–" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]",
+            f"{report['p_value']:.3g}",
+            escape(d.reason),  # free text: "[…]" would read as markup
+        )
+    ctx.console().print(shown)
+    if not made:
+        ctx.say(
+            f"no decision of {found['deployment_id']} yet (the canary stage decides once "
+            "both arms have results)"
+        )
 
 
 @command(

@@ -741,6 +741,13 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
     assert await end_offsets(kafka_bootstrap, ("learning.commands",)) == since
     await asks_for_approval(db, doer, deployment, 1)
     assert await state() == "live, awaiting approval of step 1"
+    # The evidence behind the ask, from a terminal.
+    made = await learnops(settings_env, "policy", "decisions", deployment, "--json")
+    assert made.returncode == 0, made.stderr
+    (ask,) = json.loads(made.stdout)
+    assert (ask["action"], ask["step"], ask["report"]["recommendation"]) == ("report", 1, "step_up")
+    shown = await learnops(settings_env, "policy", "decisions", doer)
+    assert "awaiting approval of step 1" in shown.stdout and "900/880" in shown.stdout
     # By the start of its id, as other ids are taken.
     listed = await learnops(settings_env, "policy", "steps", deployment[:14])
     assert listed.returncode == 0, listed.stderr
@@ -901,6 +908,7 @@ async def test_every_printing_command_prints_json_that_parses(
         ("policy", "diff", f"{pid}@1", str(policy_file)),
         ("policy", "deployments", "--doer", doer),
         ("policy", "steps", deployment),
+        ("policy", "decisions", deployment),
         ("policy", "keys", "list"),
         ("policy", "keys", "generate", "--out", str(tmp_path / "k.pem")),
         ("dataset", "list"),
