@@ -186,6 +186,13 @@ def plan(state: DoerState, request: MoveRequest) -> Move:
             f"{target} is {state.doer}'s active policy; it is archived only when another "
             "version is promoted"
         )
+    if request.action in ("start_shadow", "start_canary") and state.active is None:
+        # Said first: a hint about forcing the skip of shadow would lead nowhere.
+        return refuse(
+            f"{state.doer} has no active policy to compare {target} against; promote "
+            "its first policy with force, a reason and a second owner's approval "
+            "(`learnops policy promote ID@1 --force --reason R --approver-key SECOND.pem`)"
+        )
     check = check_transition(target.status, wanted, force=request.force, reason=request.reason)
     if not check:
         return refuse(f"{target}: {check.reason}")
@@ -219,12 +226,6 @@ def plan(state: DoerState, request: MoveRequest) -> Move:
             return refuse(
                 f"{other} is already in {other.status} for {state.doer}; roll it back or "
                 "promote it first (one candidate at a time)"
-            )
-        if state.active is None:
-            return refuse(
-                f"{state.doer} has no active policy to compare {target} against; promote "
-                "its first policy with force, a reason and a second owner's approval "
-                "(`learnops policy promote ID@1 --force --reason R --approver-key SECOND.pem`)"
             )
         return replace(
             move,

@@ -123,6 +123,11 @@ def test_a_doers_first_policy_becomes_active_only_by_a_forced_promotion() -> Non
     empty = DoerState(DOER)
     shadow = plan(empty, MoveRequest("start_shadow", draft))
     assert not shadow.ok and "no active policy to compare" in shadow.verdict
+    # A canary straight from draft says the same first, not "needs force", which a new
+    # operator followed only to be refused for the missing active policy.
+    for forced in (False, True):
+        canary = plan(empty, MoveRequest("start_canary", draft, force=forced, reason="r"))
+        assert not canary.ok and "no active policy to compare" in canary.verdict, canary.verdict
     first = plan(empty, MoveRequest("promote", draft, force=True, reason="first policy"))
     assert first.ok and first.archive is None
 
