@@ -22,7 +22,7 @@ the database's own guard should anything write around the lock.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -84,33 +84,57 @@ async def apply_command(
     if isinstance(command, RegisterPolicy):
         ask = _ask(command, "register", command.policy_id, command.version)
         return await _in_doer_lock(pool, ask, partial(_register, ask=ask, command=command))
+    moving = _move_ask(command)
+    if moving is None:
+        return None
+    return await _in_doer_lock(pool, moving, partial(_move, ask=moving, limits=limits))
+
+
+async def refusal_of(
+    pool: Any, command: PolicyCommand, limits: CanaryLimits | None = None
+) -> Refused | None:
+    """Why the store would refuse a move command now, by the rules :func:`apply_command` applies.
+
+    Read-only, and asked by the CLI before it sends: a move the store would
+    refuse as things stand (unknown version, lifecycle, one candidate at a time,
+    limits) is said at once with nothing sent, instead of as an audited refusal
+    and a ``policy_refused`` alert. None: it may apply (the policy stage still
+    decides, signatures included, when it arrives). Registrations are not asked.
+    """
+    ask = _move_ask(command)
+    if ask is None:
+        return None
+    async with pool.acquire() as conn:
+        return (await _planned(conn, ask, limits)).refused
+
+
+def _move_ask(command: PolicyCommand) -> Ask | None:
+    """The audit's terms of a move command (shadow, canary, promote, rollback, archive)."""
     if isinstance(command, StartShadow):
         ask = _ask(command, "start_shadow", command.policy_id, command.version)
-        ask = replace(
+        return replace(
             ask,
             allocation=command.mirror_fraction,
             canary=command.canary.model_dump(mode="json"),
         )
-    elif isinstance(command, StartCanary):
+    if isinstance(command, StartCanary):
         ask = _ask(command, "start_canary", command.policy_id, command.version)
-        ask = replace(
+        return replace(
             ask,
             force=command.force,
             steps=command.steps,
             require_approval=command.require_approval,
             canary=command.canary.model_dump(mode="json"),
         )
-    elif isinstance(command, PromotePolicy):
+    if isinstance(command, PromotePolicy):
         ask = _ask(command, "promote", command.policy_id, command.version)
-        ask = replace(ask, force=command.force, deployment_id=command.deployment_id)
-    elif isinstance(command, RollbackPolicy):
+        return replace(ask, force=command.force, deployment_id=command.deployment_id)
+    if isinstance(command, RollbackPolicy):
         ask = _ask(command, "rollback", command.policy_id, command.version)
-        ask = replace(ask, deployment_id=command.deployment_id)
-    elif isinstance(command, ArchivePolicy):
-        ask = _ask(command, "archive", command.policy_id, command.version)
-    else:
-        return None
-    return await _in_doer_lock(pool, ask, partial(_move, ask=ask, limits=limits))
+        return replace(ask, deployment_id=command.deployment_id)
+    if isinstance(command, ArchivePolicy):
+        return _ask(command, "archive", command.policy_id, command.version)
+    return None
 
 
 async def apply_decision(pool: Any, decision: DecisionMade) -> Outcome | None:
@@ -303,15 +327,26 @@ async def _signed_for(conn: Any, signature: str, identity: SignedIdentity) -> st
     return f" (this signature was made for {signed})"
 
 
-async def _move(conn: Any, ask: Ask, limits: CanaryLimits | None = None) -> Outcome:
+@dataclass(frozen=True)
+class _Plan:
+    """A move as things stand, by the rules alone: refused (with the target, if known) or not."""
+
+    refused: Refused | None
+    state: DoerState
+    target: PolicyVersion | None = None
+    move: Any = None
+    start: DeploymentStart | None = None
+
+
+async def _planned(conn: Any, ask: Ask, limits: CanaryLimits | None) -> _Plan:
     state = await _doer_state(conn, ask.doer)
     target = await _target(conn, ask, state)
     if isinstance(target, str):
-        return await _refused(conn, ask, Refused(target, "unknown"))
+        return _Plan(Refused(target, "unknown"), state)
     if limits is not None and ask.canary is not None and ask.source == "command":
         looser = limits.refusal(CanarySettings.model_validate(ask.canary), ask.steps)
         if looser is not None:
-            return await _refused(conn, ask, Refused(f"{target}: {looser}", "limits"), target)
+            return _Plan(Refused(f"{target}: {looser}", "limits"), state, target)
     move = plan(
         state,
         MoveRequest(
@@ -324,12 +359,21 @@ async def _move(conn: Any, ask: Ask, limits: CanaryLimits | None = None) -> Outc
         ),
     )
     if not move:
-        return await _refused(conn, ask, Refused(move.verdict, "lifecycle"), target)
+        return _Plan(Refused(move.verdict, "lifecycle"), state, target)
     start = start_deployment(
         move, target, ask.event_id, steps=ask.steps, mirror_fraction=ask.allocation
     )
     if isinstance(start, Refused):
-        return await _refused(conn, ask, start, target)
+        return _Plan(start, state, target)
+    return _Plan(None, state, target, move, start)
+
+
+async def _move(conn: Any, ask: Ask, limits: CanaryLimits | None = None) -> Outcome:
+    planned = await _planned(conn, ask, limits)
+    if planned.refused is not None:
+        return await _refused(conn, ask, planned.refused, planned.target)
+    state, target, move, start = planned.state, planned.target, planned.move, planned.start
+    assert target is not None
     if move.needs_signature:
         check = await _verify_stored(conn, target)
         if not check:

@@ -242,7 +242,13 @@ async def _submit(
     the operator's key cannot sign is refused with nothing said to look done).
     """
     from storage import audit as audit_store
+    from storage.policy_commands import refusal_of
 
+    refused = await refusal_of(pool, event, ctx.learning.canary_limits)  # type: ignore[arg-type]
+    if refused is not None:
+        # What the policy stage would refuse as things stand: said now, nothing sent (it
+        # would be an audited refusal and a policy_refused alert for a typo).
+        fail(f"refused ({refused.refusal}): {refused.verdict} (nothing sent)")
     await _send(ctx, event, approver_key)
     if first is not None and not as_json:
         ctx.say(first)

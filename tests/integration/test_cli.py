@@ -654,29 +654,46 @@ async def test_revoking_a_key_lists_and_alerts_its_live_versions_and_verify_then
     assert f"signed by   key {key_id} (revoked at " in shown.stdout, shown.stdout
 
 
-async def test_without_a_version_a_rollout_starts_the_latest_version_that_can_start_it(
-    settings_env: dict[str, str], kafka_bootstrap: str, db: Any, tmp_path: Path
-) -> None:
-    # v1 active, v2 a draft, v7 registered by a typo and archived: "latest" must not
-    # mean v7, whose rollout the policy stage would refuse.
-    doer = f"CliLatest{uuid.uuid4().hex[:8]}"
+async def registered_versions(
+    db: Any, key: SigningKey, prefix: str, versions: tuple[int, ...], archived: tuple[int, ...]
+) -> str:
+    """A doer with ``versions`` registered, the first promoted, ``archived`` archived."""
+    doer = f"{prefix}{uuid.uuid4().hex[:8]}"
     pid = doer.lower()
-    key: SigningKey = generate_key()
-    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="cli tests")
-    for version in (1, 2, 7):
+    commands: list[Any] = []
+    for version in versions:
         artifact = signed_artifact(
             {**ARTIFACT, "revision": version}, key, doer=doer, policy_id=pid, version=version
         )
-        command = RegisterPolicy(
-            doer=doer, actor="alice", reason="t", policy_id=pid, version=version, **artifact
+        commands.append(
+            RegisterPolicy(
+                doer=doer, actor="alice", reason="t", policy_id=pid, version=version, **artifact
+            )
         )
-        assert (await commands_store.apply_command(db, command)).applied  # type: ignore[union-attr]
-    for command in (
-        PromotePolicy(doer=doer, actor="alice", reason="t", policy_id=pid, version=1, force=True),
-        ArchivePolicy(doer=doer, actor="alice", reason="typo", policy_id=pid, version=7),
-    ):
-        assert (await commands_store.apply_command(db, command)).applied  # type: ignore[union-attr]
+    commands.append(
+        PromotePolicy(
+            doer=doer, actor="alice", reason="t", policy_id=pid, version=versions[0], force=True
+        )
+    )
+    commands += [
+        ArchivePolicy(doer=doer, actor="alice", reason="typo", policy_id=pid, version=version)
+        for version in archived
+    ]
+    for command in commands:
+        outcome = await commands_store.apply_command(db, command)
+        assert outcome is not None and outcome.applied, outcome
+    return doer
 
+
+async def test_without_a_version_a_rollout_starts_the_latest_version_that_can_start_it(
+    settings_env: dict[str, str], kafka_bootstrap: str, db: Any, tmp_path: Path
+) -> None:
+    key: SigningKey = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="cli tests")
+    # v1 active, v2 a draft, v7 registered by a typo and archived: "latest" must not
+    # mean v7, whose rollout the policy stage would refuse.
+    doer = await registered_versions(db, key, "CliLatest", (1, 2, 7), archived=(7,))
+    pid = doer.lower()
     for args in (("shadow", doer), ("canary", doer, "--force", "--reason", "t")):
         since = await end_offsets(kafka_bootstrap, ("learning.commands",))
         sent = await learnops(settings_env, "policy", *args, "--no-wait", "--json")
@@ -684,13 +701,13 @@ async def test_without_a_version_a_rollout_starts_the_latest_version_that_can_st
         command = await record_on_topic(kafka_bootstrap, since, json.loads(sent.stdout)["event_id"])
         assert (command["policy_id"], command["version"]) == (pid, 2), (args, command)
 
-    archive = ArchivePolicy(doer=doer, actor="alice", reason="t", policy_id=pid, version=2)
-    assert (await commands_store.apply_command(db, archive)).applied  # type: ignore[union-attr]
+    # Nothing left that can start one: said, nothing sent.
+    spent = await registered_versions(db, key, "CliSpent", (1, 2), archived=(2,))
     one_line_error(
-        await learnops(settings_env, "policy", "shadow", doer),
+        await learnops(settings_env, "policy", "shadow", spent),
         1,
-        f"{pid} has no version that can start a shadow",
-        f"{pid}@7, is archived",
+        f"{spent.lower()} has no version that can start a shadow",
+        f"{spent.lower()}@2, is archived",
     )
 
     # A version typed past the next is noted: the numbers it skips stay unused.
@@ -705,6 +722,28 @@ async def test_without_a_version_a_rollout_starts_the_latest_version_that_can_st
     )
     assert registered.returncode == 0, registered.stderr
     assert f"note: {pid}@11 leaves version(s) 8–10 unused (the next is 8)" in registered.stderr
+
+
+async def test_a_move_the_store_would_refuse_is_said_at_once_with_nothing_sent(
+    settings_env: dict[str, str], kafka_bootstrap: str, db: Any
+) -> None:
+    # Each of these went to the worker and came back as an audited refusal and a
+    # policy_refused alert, most of them typos.
+    key: SigningKey = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="cli tests")
+    doer = await registered_versions(db, key, "CliTypo", (1, 2, 3), archived=(3,))
+    pid = doer.lower()
+    since = await end_offsets(kafka_bootstrap, ("learning.commands",))
+    for args, why in (
+        (("shadow", f"{pid}@1"), "refused (lifecycle)"),  # the active version
+        (("archive", f"{pid}@3", "--reason", "again"), "refused (lifecycle)"),
+        (("promote", f"{pid}@2"), "draft → active skips shadow, canary"),
+        (("canary", f"{pid}@2", "--steps", "0.9"), "refused (limits)"),
+    ):
+        one_line_error(await learnops(settings_env, "policy", *args), 1, why, "nothing sent")
+    assert await end_offsets(kafka_bootstrap, ("learning.commands",)) == since
+    audited = await db.fetchval("SELECT count(*) FROM policy_promotions WHERE doer = $1", doer)
+    assert audited == 5  # three registrations, the promotion, the archive: no refusal
 
 
 # ------------------------------------------------------------------------ approve, pause, resume
