@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -249,7 +249,7 @@ async def _submit(
         # What the policy stage would refuse as things stand: said now, nothing sent (it
         # would be an audited refusal and a policy_refused alert for a typo).
         fail(f"refused ({refused.refusal}): {refused.verdict} (nothing sent)")
-    await _send(ctx, event, approver_key)
+    signed = await _send(ctx, event, approver_key)
     if first is not None and not as_json:
         ctx.say(first)
     sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}  # type: ignore[attr-defined]
@@ -263,10 +263,7 @@ async def _submit(
     while (outcome := await audit_store.outcome_of(pool, event.event_id)) is None:
         await fail_if_refused_on_arrival(pool, event.event_id)
         if time.monotonic() > deadline:
-            fail(
-                f"no verdict on {event.event_id} after {timeout:g}s; is a worker running? "
-                f"(`learnops policy history {event.doer}` shows it once handled)"
-            )
+            fail(_unanswered(signed, timeout, f"`learnops policy history {event.doer}`"))
         await asyncio.sleep(0.25)
     if as_json and outcome.applied:  # a refusal is the error object on stderr alone
         ctx.say(
@@ -1023,10 +1020,7 @@ async def _wait_for(
             return _deployment_report(row)
         await fail_if_refused_on_arrival(pool, event_id)
         if time.monotonic() > deadline:
-            fail(
-                f"{deployment_id} not {what} after {timeout:g}s; is a worker running? "
-                "(a refused request raises an alert on learning.alerts)"
-            )
+            raise TimeoutError(f"{deployment_id} not {what} after {timeout:g}s")
         await asyncio.sleep(0.25)
 
 
@@ -1238,15 +1232,28 @@ async def _send_and_wait(
     The answer is what was sent with the deployment as it is then (``--json``
     prints it); None when not waiting (what was sent is printed here).
     """
-    await _send(ctx, event)
+    signed = await _send(ctx, event)
     sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}
     if not wait:
         ctx.say(dumps(sent) if as_json else f"sent {event.event_id} to {COMMANDS_TOPIC}")
         return None
     if not as_json:
         ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
-    changed = await _wait_for(pool, event.deployment_id, event.event_id, timeout, what)
+    try:
+        changed = await _wait_for(pool, event.deployment_id, event.event_id, timeout, what)
+    except TimeoutError:
+        fail(_unanswered(signed, timeout, f"`learnops policy steps {event.deployment_id}`"))
     return {**sent, "deployment": changed}
+
+
+def _unanswered(command: Any, timeout: float, where: str) -> str:
+    """Why a sent command has no verdict yet, and what becomes of it (it is not lost)."""
+    expires = command.expires_at.astimezone(UTC).strftime("%H:%M:%S UTC")
+    return (
+        f"sent {command.event_id}, but no worker answered within {timeout:g}s: is one running? "
+        f"The command waits on {COMMANDS_TOPIC}; a worker that reads it before it expires at "
+        f"{expires} applies it ({where} shows it then), after that refuses it as expired"
+    )
 
 
 async def _pause_or_resume(
