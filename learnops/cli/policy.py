@@ -636,6 +636,22 @@ async def _note_failed_experiments(ctx: CommandContext, pool: Any, found: Any) -
         )
 
 
+async def _note_ending_a_paused_shadow(ctx: CommandContext, pool: Any, doer: str) -> None:
+    """Say on stderr when the canary about to start ends a shadow someone paused."""
+    paused = await pool.fetchrow(
+        "SELECT deployment_id, paused_reason FROM shadow_deployments WHERE doer = $1"
+        " AND mode = 'shadow' AND ended_at IS NULL AND paused_at IS NOT NULL",
+        doer,
+    )
+    if paused is not None:
+        ctx.say(
+            f"note: this ends {paused['deployment_id']}, which is paused "
+            f"({paused['paused_reason']}); the canary starts unpaused "
+            "(`learnops policy pause` holds it again)",
+            file=ctx.stderr,
+        )
+
+
 @command(
     policy,
     "shadow",
@@ -728,6 +744,7 @@ async def policy_canary(
     async with database(ctx) as pool:
         found = await _rollout_candidate(pool, ref, "canary")
         await _note_failed_experiments(ctx, pool, found)
+        await _note_ending_a_paused_shadow(ctx, pool, found.doer)
         event = StartCanary(
             doer=found.doer,
             actor=actor,

@@ -18,8 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from learning.signing import SigningKey, generate_key, signed_artifact
-from models.commands import ArchivePolicy, PromotePolicy, RegisterPolicy, StartCanary
+from models.commands import (
+    ArchivePolicy,
+    PromotePolicy,
+    RegisterPolicy,
+    StartCanary,
+    StartShadow,
+)
 from models.ids import caused_event_id
+from storage import deployments as deployments_store
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
 from tests.integration.test_policy_store import asks_for_approval
@@ -722,6 +729,35 @@ async def test_without_a_version_a_rollout_starts_the_latest_version_that_can_st
     )
     assert registered.returncode == 0, registered.stderr
     assert f"note: {pid}@11 leaves version(s) 8–10 unused (the next is 8)" in registered.stderr
+
+
+async def test_a_canary_that_ends_a_paused_shadow_says_so(
+    settings_env: dict[str, str], db: Any
+) -> None:
+    key: SigningKey = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="cli tests")
+    doer = await registered_versions(db, key, "CliPausedShadow", (1, 2), archived=())
+    pid = doer.lower()
+    shadow = await commands_store.apply_command(
+        db, StartShadow(doer=doer, actor="alice", reason="t", policy_id=pid, version=2)
+    )
+    assert shadow is not None and shadow.applied and shadow.deployment_id
+    paused = await deployments_store.operator_pause(
+        db,
+        doer,
+        shadow.deployment_id,
+        pause=True,
+        event_id=uuid.uuid4(),
+        actor="alice",
+        reason="checking a spike",
+    )
+    assert paused.applied
+    started = await learnops(settings_env, "policy", "canary", f"{pid}@2", "--no-wait")
+    assert started.returncode == 0, started.stderr
+    assert (
+        f"note: this ends {shadow.deployment_id}, which is paused (paused by alice: checking "
+        "a spike); the canary starts unpaused"
+    ) in started.stderr
 
 
 async def test_a_move_the_store_would_refuse_is_said_at_once_with_nothing_sent(
