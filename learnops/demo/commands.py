@@ -147,6 +147,104 @@ async def simulate(
     )
 
 
+def _quality(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"{value:g} is not a quality in [0, 1]")
+    return value
+
+
+@command(
+    demo,
+    "traffic",
+    click.argument("doer"),
+    click.option(
+        "--tasks", type=click.IntRange(min=1), default=500, show_default=True, help="Tasks."
+    ),
+    click.option(
+        "--candidate-quality",
+        type=float,
+        default=None,
+        callback=_quality,
+        help="How good the live deployment's candidate is, in [0, 1] (default 0.8).",
+    ),
+    click.option(
+        "--control-quality",
+        type=float,
+        default=None,
+        callback=_quality,
+        help="How good the doer's active version is, in [0, 1] (default 0.8).",
+    ),
+    click.option("--seed", type=int, default=11, show_default=True),
+)
+async def traffic(
+    self: GroupedCommand,
+    doer: str,
+    tasks: int,
+    candidate_quality: float | None,
+    control_quality: float | None,
+    seed: int,
+) -> None:
+    """Route and run DOER's tasks as its orchestrator would, under its live shadow or canary.
+
+    Each task is routed by the doer's live state in the policy store (what the
+    policy stage last published on learning.policy-changes), its routing goes to
+    learning.task-routed and its run's bundle to learning.run-completed, with a
+    CRL set by the quality of the version that ran it: a way to drive a rollout
+    started with `learnops policy shadow|canary` without an orchestrator.
+    """
+    from learning.routing import route
+    from learnops.cli.policy import resolve_doer
+    from learnops.simulation.canary import CanaryOrchestrator
+    from storage.deployments import current_change
+
+    pool = await create_pool(self.settings.database_dsn, min_size=1, max_size=2)
+    try:
+        doer = await resolve_doer(pool, doer)
+        change = await current_change(pool, doer)
+    finally:
+        await pool.close()
+    if change is None:
+        fail(f"{doer} has no active policy: nothing routes its tasks yet")
+    quality = {}
+    if control_quality is not None:
+        quality[(change.policy_id, change.version)] = control_quality
+    live = change.deployment
+    if live is not None and candidate_quality is not None:
+        quality[(live.candidate_policy_id, live.candidate_version)] = candidate_quality
+    simulator = CanaryOrchestrator(
+        route=lambda _doer, task_id: route(change, task_id),
+        quality=quality,
+        orchestrator=Orchestrator(seed=seed, run_prefix=f"traffic-{int(time.time())}"),
+        seed=seed,
+    )
+    messages: list[tuple[str, Any]] = []
+    arms: Counter[str] = Counter()
+    for _ in range(tasks):
+        for event in simulator.task(doer):
+            routed = type(event).__name__ == "TaskRouted"
+            messages.append(("learning.task-routed" if routed else "learning.run-completed", event))
+            if routed:
+                arms[event.arm] += 1  # type: ignore[attr-defined]
+    producer = self.settings.kafka_producer(linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, key=e.doer.encode(), value=e.to_json())
+            for topic, e in messages
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    where = (
+        f"under {live.deployment_id} ({'mirrored' if route(change, 't').mirror else 'routed'}: "
+        + ", ".join(f"{arm} {n}" for arm, n in sorted(arms.items()))
+        + ")"
+        if live is not None
+        else f"all to {change.policy_id}@{change.version} (no live shadow or canary)"
+    )
+    self.say(f"published {tasks} tasks of {doer} {where}; {len(messages)} events")
+
+
 # Mostly duplicates, near duplicates and pasted copies of our documents: enough to
 # pass the contamination alert rule (config/learning.yaml, curation.alert).
 _CONTAMINATED = NoteMix(duplicate=0.3, near_duplicate=0.2, self_loop=0.2)

@@ -29,6 +29,7 @@ from models.ids import caused_event_id
 from storage import deployments as deployments_store
 from storage import policy_commands as commands_store
 from storage import signing_keys as keys_store
+from tests.integration.kafka_io import eventually
 from tests.integration.test_policy_store import asks_for_approval
 from tests.services import (
     REPO,
@@ -758,6 +759,46 @@ async def test_a_canary_that_ends_a_paused_shadow_says_so(
         f"note: this ends {shadow.deployment_id}, which is paused (paused by alice: checking "
         "a spike); the canary starts unpaused"
     ) in started.stderr
+
+
+async def test_demo_traffic_drives_a_doers_live_canary_as_its_orchestrator_would(
+    worker: WorkerProcess, settings_env: dict[str, str], db: Any
+) -> None:
+    # An operator trying a rollout of their own doer has no orchestrator: demo traffic
+    # routes its tasks by the live state and the canary stage counts them.
+    key: SigningKey = generate_key()
+    await keys_store.add_signing_key(db, key.public_key, created_by="tests", note="cli tests")
+    doer = await registered_versions(db, key, "CliTraffic", (1, 2), archived=())
+    canary = await commands_store.apply_command(
+        db,
+        StartCanary(
+            doer=doer,
+            actor="alice",
+            reason="t",
+            policy_id=doer.lower(),
+            version=2,
+            steps=[0.5],
+            force=True,
+        ),
+    )
+    assert canary is not None and canary.applied and canary.deployment_id
+    sent = await learnops(
+        settings_env,
+        *("demo", "traffic", doer.lower(), "--tasks", "120"),
+        *("--candidate-quality", "0.95", "--control-quality", "0.5"),
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert f"published 120 tasks of {doer} under {canary.deployment_id} (routed:" in sent.stdout
+    routed = await eventually(
+        lambda: db.fetchval(
+            "SELECT count(*) FROM deployment_routings WHERE deployment_id = $1",
+            canary.deployment_id,
+        ),
+        lambda n: n == 120,
+    )
+    assert routed == 120
+    refused = await learnops(settings_env, "demo", "traffic", doer, "--candidate-quality", "2")
+    assert refused.returncode == 2 and "not a quality in [0, 1]" in refused.stderr
 
 
 async def test_a_move_the_store_would_refuse_is_said_at_once_with_nothing_sent(
