@@ -31,10 +31,10 @@ guards, the verdicts, the table writes and the sends.
   hand is prepared in the loop, the pool is shut down and started again at a
   batch :data:`RETRY_S` later or more, and
   ``learnops_curation_pool_failures_total`` counts it.
-* Each process ignores SIGINT and SIGTERM (the worker decides when to stop:
-  a stop signalled to its whole process group must not break the batch it
-  drains) and ends by itself when its parent is gone, so a worker killed with
-  SIGKILL leaves no process behind.
+* Each process runs in a process group of its own, ignores SIGINT (the
+  worker decides when to stop: a stop signalled to its process group must not
+  break the batch it drains) and ends by itself when its parent is gone, so a
+  worker killed with SIGKILL leaves no process behind.
 """
 
 from __future__ import annotations
@@ -119,14 +119,16 @@ POOL_FAILURES = Counter(
 
 
 def _child_start(parent: int) -> None:
-    """In each curation process: leave SIGINT and SIGTERM to the worker, end with it.
+    """In each curation process: out of the worker's process group, ending with the worker.
 
-    A supervisor that stops the worker's whole process group (systemd's
-    default, a shell's Ctrl-C) signals these processes too; dying then would
-    break the batch in hand while the worker drains it.
+    A stop signalled to the worker's process group (a shell's Ctrl-C, `kill
+    -TERM -PGID`) would otherwise end these processes at once and break the
+    batch the worker drains while it stops. In a group of their own they get
+    only the signals sent to them: the executor's own SIGTERM still ends the
+    others when one dies (it waits for them; ignoring SIGTERM would hang it).
     """
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent:

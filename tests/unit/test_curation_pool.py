@@ -85,24 +85,86 @@ async def test_a_killed_process_is_counted_and_the_processes_start_again_later(
         pool.close()
 
 
-async def test_a_stop_signalled_to_the_process_group_leaves_the_processes_working() -> None:
-    # systemd (KillMode=control-group) or Ctrl-C signal every process of the worker's
-    # group; the worker drains its batch while stopping, so its processes must not die.
-    pool = CurationPool(1, HASHING)
+def test_a_stop_signalled_to_the_workers_process_group_leaves_its_processes_working() -> None:
+    # Ctrl-C or `kill -TERM -PGID` signal every process of the worker's group; the
+    # worker drains its batch while it stops (here: it ignores the signal), so its
+    # processes must not die with the signal.
+    script = (
+        "import asyncio, signal, sys, time\n"
+        "from agents.curation_pool import CHUNK, CurationPool\n"
+        "from learning.samples import bundle_text, prepare_bundles\n"
+        "from tests.unit.test_curation_pool import HASHING, corpus, ready\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "pool = CurationPool(1, HASHING)\n"
+        "asyncio.run(ready(pool))\n"
+        "print(*pool.pids, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "async def again():\n"
+        "    texts = [bundle_text(b) for b in list(corpus())[: 2 * CHUNK]]\n"
+        "    batch = pool.prepare(texts)\n"
+        "    got = [await batch.get(n) for n in range(len(texts))]\n"
+        "    return got == prepare_bundles(texts, HASHING)\n"
+        "print(asyncio.run(again()), *pool.pids, flush=True)\n"
+        "pool.close()\n"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a worker under a supervisor
+    )
+    try:
+        assert worker.stdout is not None and worker.stdin is not None
+        (child,) = map(int, worker.stdout.readline().split())
+        assert os.getpgid(child) != worker.pid
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            os.killpg(worker.pid, sig)
+        time.sleep(0.5)  # a default handler would have ended it by now
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        same, *pids = worker.stdout.readline().split()
+        assert same == "True" and list(map(int, pids)) == [child]
+        assert worker.wait(timeout=START_S) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+async def test_when_one_of_two_processes_dies_the_other_is_ended_too() -> None:
+    # The executor ends the survivors with SIGTERM and waits for them: a survivor that
+    # ignored it would hang the executor and, at exit, the worker.
+    pool = CurationPool(2, HASHING)
     try:
         await ready(pool)
-        (child,) = pool.pids
-        failures = failed()
-        os.kill(child, signal.SIGTERM)
-        os.kill(child, signal.SIGINT)
-        await asyncio.sleep(0.5)  # a default handler would have ended it by now
-        texts = [bundle_text(b) for b in list(corpus())[: 2 * CHUNK]]
+        texts = [bundle_text(b) for b in list(corpus())[: 4 * CHUNK]]
+        warm = pool.prepare(texts)  # both processes take chunks
+        assert warm is not None
+        [await warm.get(n) for n in range(len(texts))]
+        children = pool.pids
+        assert len(children) == 2
+        os.kill(children[0], signal.SIGKILL)
         batch = pool.prepare(texts)
-        assert batch is not None
-        assert [await batch.get(n) for n in range(len(texts))] == prepare_bundles(texts, HASHING)
-        assert pool.pids == [child] and failed() == failures
+        if batch is not None:
+            with pytest.raises(BrokenProcessPool):
+                await batch.get(0)
+        pool.failed()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children):
+            assert time.monotonic() < deadline, f"processes left: {children}"
+            await asyncio.sleep(0.1)
     finally:
         pool.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
 
 
 async def test_a_failed_batch_leaves_no_unread_error_behind(
