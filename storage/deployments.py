@@ -335,12 +335,18 @@ async def approve_step(
 
 #: The steps a canary asked an operator to approve and has not reached: its "report"
 #: decisions recommending a step-up (learning.deployments, ``awaiting approval of step N``)
-#: carry the step asked for; its periodic reports carry the step it is at.
+#: carry the step asked for; its periodic reports carry the step it is at. An ask made
+#: before the last resume no longer stands: on a resume the canary drops it, counts the
+#: step afresh and asks again on new evidence.
+ASKED = (
+    "dd.deployment_id = d.deployment_id AND dd.action = 'report'"
+    " AND dd.report->>'recommendation' = 'step_up' AND dd.step > d.step"
+    " AND dd.decided_at >= coalesce(d.resumed_at, '-infinity')"
+)
 APPROVALS_ASKED = (
     "SELECT DISTINCT dd.step FROM deployment_decisions dd"
     " JOIN shadow_deployments d ON d.deployment_id = dd.deployment_id"
-    " WHERE dd.deployment_id = $1 AND dd.action = 'report'"
-    " AND dd.report->>'recommendation' = 'step_up' AND dd.step > d.step"
+    f" WHERE dd.deployment_id = $1 AND {ASKED}"
 )
 
 

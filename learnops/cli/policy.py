@@ -925,13 +925,21 @@ async def policy_archive(
 
 # --------------------------------------------------------------------------- deployments
 
+
+def _deployments_query() -> str:
+    """Deployments, newest first, with the step a gated canary awaits approval of."""
+    from storage.deployments import ASKED
+
+    return _DEPLOYMENTS.format(asked=ASKED)
+
+
 _DEPLOYMENTS = """
 SELECT deployment_id, doer, policy_id, version, control_policy_id, control_version, mode,
        allocation, step, steps, require_approval, started_at, ended_at, outcome,
        paused_at, paused_reason, resumes,
-       (SELECT max(dd.step) FROM deployment_decisions dd
-        WHERE dd.deployment_id = d.deployment_id AND dd.action = 'report'
-          AND dd.report->>'recommendation' = 'step_up' AND dd.step > d.step) AS awaiting_step
+       CASE WHEN d.ended_at IS NULL AND d.require_approval THEN
+           (SELECT max(dd.step) FROM deployment_decisions dd WHERE {asked})
+       END AS awaiting_step
 FROM shadow_deployments d
 WHERE ($1::text IS NULL OR doer = $1) AND ($2 OR ended_at IS NULL)
 ORDER BY started_at DESC
@@ -984,7 +992,7 @@ def _deployment_report(row: Any) -> dict[str, Any]:
 
 async def _deployment(pool: Any, text: str) -> dict[str, Any]:
     """The deployment TEXT names: its id, or a doer whose live deployment it is."""
-    rows = await pool.fetch(_DEPLOYMENTS, None, True, 100000)
+    rows = await pool.fetch(_deployments_query(), None, True, 100000)
     for row in rows:
         if row["deployment_id"] == text:
             return _deployment_report(row)
@@ -1056,7 +1064,7 @@ async def policy_deployments(
     async with database(ctx) as pool:
         if doer is not None:
             doer = await resolve_doer(pool, doer)
-        rows = await pool.fetch(_DEPLOYMENTS, doer, include_ended, limit)
+        rows = await pool.fetch(_deployments_query(), doer, include_ended, limit)
     items = [_deployment_report(r) for r in rows]
     if as_json:
         ctx.say(dumps(items))

@@ -1166,6 +1166,22 @@ async def test_a_step_up_without_the_required_approval_is_refused(db: Any) -> No
     assert "has not asked for step 2" in (await approve(db, doer, deployment_id, 2)).verdict
 
 
+async def test_an_ask_made_before_a_resume_no_longer_lets_an_approval_through(db: Any) -> None:
+    # On a resume the canary drops its ask, counts the step afresh and asks again on
+    # new evidence: the ask of before must not move it at once.
+    doer = unique_doer("AskResumed")
+    _, deployment_id = await start_canary(db, doer, require_approval=True)
+    await asks_for_approval(db, doer, deployment_id, 1)
+    assert await deployments_store.approvals_asked(db, deployment_id) == {1}
+    assert (await operator(db, doer, deployment_id, pause=True)).applied
+    assert (await operator(db, doer, deployment_id, pause=False)).applied
+    assert await deployments_store.approvals_asked(db, deployment_id) == set()
+    stale = await approve(db, doer, deployment_id, 1)
+    assert not stale.applied and "has not asked for step 1" in stale.verdict
+    await asks_for_approval(db, doer, deployment_id, 1)  # asked again after the resume
+    assert (await approve(db, doer, deployment_id, 1)).applied
+
+
 async def test_the_canary_stages_own_ask_is_what_lets_an_approval_through(db: Any) -> None:
     # The contract between the canary stage's decisions and the approval rule: the
     # decision it makes and stores when a gated step has its evidence is an ask.
