@@ -243,8 +243,16 @@ def _alert(state: DeploymentState, verdict: Verdict, decision: DecisionMade) -> 
             },
             **common,
         )
-    if verdict.action == "report" and state.awaiting_approval is not None:
-        step = state.awaiting_approval
+    report = verdict.report
+    if (
+        verdict.action == "report"
+        and state.routing.require_approval
+        and report.recommendation == "step_up"
+        and report.step is not None
+    ):
+        # Judged by this verdict, not by the state at the batch's end: the ask (its step
+        # the one asked for) and each report while it waits (its step the one it is at).
+        step = report.step + 1
         asking = f"awaiting approval of step {step}"
         if not verdict.reason.startswith(asking):  # a later report while it waits
             common["message"] = f"{decision.deployment_id}: {asking}; {verdict.reason}"

@@ -44,10 +44,16 @@ def alerts() -> None:
 
 
 def since_time(text: str, now: datetime) -> datetime:
-    """``--since``: an age (``90m``, ``12h``, ``7d``, ``2w``) before ``now``, or an ISO time."""
+    """``--since``: an age (``90m``, ``12h``, ``7d``, ``2w``) before ``now``, or an ISO time.
+
+    A time without a timezone is read as UTC, the times the table shows.
+    """
     ago = _AGO.fullmatch(text.strip().lower())
     if ago:
-        return now - timedelta(**{_UNITS[ago[2]]: int(ago[1])})
+        try:
+            return now - timedelta(**{_UNITS[ago[2]]: int(ago[1])})
+        except OverflowError:
+            usage_error(f"--since {text!r} reaches before the year 1")
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -107,17 +113,20 @@ async def alerts_list(
         filtered = severity is not None or start is not None or bool(doer or kind)
         self.say(nothing_listed("alerts", filters, filtered))
         return
+    from rich.markup import escape
+
     shown = table("event id", "when", "doer", "kind", "severity", "value", "threshold", "message")
     for a in found:
+        message = a.message if len(a.message) <= 160 else a.message[:159] + "…"
         shown.add_row(
             str(a.event_id),
             a.occurred_at.isoformat(timespec="seconds"),
-            a.doer,
-            a.kind,
+            escape(a.doer),
+            escape(a.kind),
             a.severity,
             _figure(a.value),
             _figure(a.threshold),
-            a.message if len(a.message) <= 160 else a.message[:159] + "…",
+            escape(message),  # free text: "[…]" would read as markup
         )
     self.console().print(shown)
     hint = "`learnops alerts show ID` shows an alert whole, with its evidence."

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,13 @@ _actor = actor_option(
 )
 _wait = click.option(
     "--wait/--no-wait", default=True, show_default=True, help="Wait for the agent's verdict."
+)
+_check = click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Refuse here, with nothing sent, a move the policy store would refuse as things "
+    "stand now; --no-check sends it anyway (after commands still queued, the worker decides).",
 )
 _timeout = click.option(
     "--timeout",
@@ -128,7 +136,8 @@ async def fail_if_runs_without_policy(pool: Any, name: str) -> None:
 
 
 #: What ``policy shadow|canary POLICY_ID`` starts without a version: the latest version
-#: that can go that way (a shadow from draft; a canary from draft, with --force, or shadow).
+#: that can go that way (a shadow from draft; a canary from the live shadow, else from the
+#: latest draft, with --force).
 ROLLOUT_FROM = {"shadow": ("draft",), "canary": ("draft", "shadow")}
 
 
@@ -142,9 +151,10 @@ async def _rollout_candidate(pool: Any, ref: str, how: str) -> store.PolicyRecor
     found = await _find(pool, ref)
     if split_ref(ref)[1] is not None or found.status in ROLLOUT_FROM[how]:
         return found
+    # The live shadow first: a canary without --force goes on from it, not from a newer draft.
     rows = await pool.fetch(
         "SELECT version FROM policies WHERE policy_id = $1 AND status = ANY($2::text[])"
-        " ORDER BY version DESC LIMIT 1",
+        " ORDER BY status = 'shadow' DESC, version DESC LIMIT 1",
         found.policy_id,
         list(ROLLOUT_FROM[how]),
     )
@@ -225,6 +235,15 @@ async def fail_if_refused_on_arrival(pool: Any, event_id: Any) -> None:
         fail(message)  # "<action> refused: <reason>"
 
 
+def _limits_of(ctx: CommandContext, event: Event) -> Any:
+    """The canary limits a shadow or canary is checked by here (this CLI's configuration,
+    ``LEARNOPS_CONFIG_FILE``; the worker applies its own); None for other moves, which
+    then load no learning configuration."""
+    from models.commands import StartCanary, StartShadow
+
+    return ctx.learning.canary_limits if isinstance(event, StartCanary | StartShadow) else None
+
+
 async def _submit(
     ctx: CommandContext,
     pool: Any,
@@ -235,21 +254,31 @@ async def _submit(
     as_json: bool = False,
     approver_key: Path | None = None,
     first: str | None = None,
+    check: bool = True,
+    notes: Sequence[str] = (),
 ) -> None:
     """Send a command; with ``wait``, report the agent's verdict (exit 1 when refused).
 
-    ``first`` is said once the command is signed and sent (not before: a command
-    the operator's key cannot sign is refused with nothing said to look done).
+    With ``check``, a move the policy store would refuse as things stand is
+    refused here with nothing sent. ``notes`` go to stderr once it is sent;
+    ``first`` is said then too (not before: a command the operator's key cannot
+    sign is refused with nothing said to look done).
     """
     from storage import audit as audit_store
     from storage.policy_commands import refusal_of
 
-    refused = await refusal_of(pool, event, ctx.learning.canary_limits)  # type: ignore[arg-type]
-    if refused is not None:
-        # What the policy stage would refuse as things stand: said now, nothing sent (it
-        # would be an audited refusal and a policy_refused alert for a typo).
-        fail(f"refused ({refused.refusal}): {refused.verdict} (nothing sent)")
+    if check:
+        refused = await refusal_of(pool, event, _limits_of(ctx, event))  # type: ignore[arg-type]
+        if refused is not None:
+            # What the policy stage would refuse as things stand: said now, nothing sent
+            # (it would be an audited refusal and a policy_refused alert for a typo).
+            fail(
+                f"refused ({refused.refusal}): {refused.verdict} (checked against the store as "
+                "it is now: nothing sent; --no-check sends it for the worker to decide)"
+            )
     signed = await _send(ctx, event, approver_key)
+    for note in notes:
+        ctx.say(f"note: {note}", file=ctx.stderr)
     if first is not None and not as_json:
         ctx.say(first)
     sent = {"event_id": str(event.event_id), "command": event.command, "doer": event.doer}  # type: ignore[attr-defined]
@@ -613,12 +642,12 @@ async def register_artifact(
     return event
 
 
-async def _note_failed_experiments(ctx: CommandContext, pool: Any, found: Any) -> None:
-    """Say on stderr when the version's own experiments failed: starting it is allowed.
+async def _failed_experiments(pool: Any, found: Any) -> list[str]:
+    """Notes for the version's own experiments that failed: starting it is allowed.
 
     A version whose replay failed (or whose canary rolled it back) may still be
     started by an operator, as any registered version may; it used to start
-    with no word of that.
+    with no word of that. Said once the command is sent (:func:`_submit`).
     """
     rows = await pool.fetch(
         "SELECT experiment_id, status FROM experiments WHERE policy_id = $1"
@@ -627,29 +656,26 @@ async def _note_failed_experiments(ctx: CommandContext, pool: Any, found: Any) -
         found.policy_id,
         found.version,
     )
-    for row in rows:
-        ctx.say(
-            f"note: experiment {row['experiment_id']} of {found.policy_id}@{found.version} "
-            f"ended {row['status']} (`learnops experiment show {row['experiment_id']}`); "
-            "starting it anyway",
-            file=ctx.stderr,
-        )
+    return [
+        f"experiment {row['experiment_id']} of {found.policy_id}@{found.version} ended "
+        f"{row['status']} (`learnops experiment show {row['experiment_id']}`); started anyway"
+        for row in rows
+    ]
 
 
-async def _note_ending_a_paused_shadow(ctx: CommandContext, pool: Any, doer: str) -> None:
-    """Say on stderr when the canary about to start ends a shadow someone paused."""
+async def _ending_a_paused_shadow(pool: Any, doer: str) -> list[str]:
+    """A note when the canary about to start ends a shadow someone paused."""
     paused = await pool.fetchrow(
         "SELECT deployment_id, paused_reason FROM shadow_deployments WHERE doer = $1"
         " AND mode = 'shadow' AND ended_at IS NULL AND paused_at IS NOT NULL",
         doer,
     )
-    if paused is not None:
-        ctx.say(
-            f"note: this ends {paused['deployment_id']}, which is paused "
-            f"({paused['paused_reason']}); the canary starts unpaused "
-            "(`learnops policy pause` holds it again)",
-            file=ctx.stderr,
-        )
+    if paused is None:
+        return []
+    return [
+        f"this ends {paused['deployment_id']}, which is paused ({paused['paused_reason']}); "
+        "the canary starts unpaused (`learnops policy pause` holds it again)"
+    ]
 
 
 @command(
@@ -668,6 +694,7 @@ async def _note_ending_a_paused_shadow(ctx: CommandContext, pool: Any, doer: str
     _setting_option,
     _actor,
     _wait,
+    _check,
     _timeout,
     json_option,
 )
@@ -679,6 +706,7 @@ async def policy_shadow(
     settings: CanarySettings,
     actor: str,
     wait: bool,
+    check: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -687,7 +715,7 @@ async def policy_shadow(
 
     async with database(ctx) as pool:
         found = await _rollout_candidate(pool, ref, "shadow")
-        await _note_failed_experiments(ctx, pool, found)
+        notes = await _failed_experiments(pool, found)
         event = StartShadow(
             doer=found.doer,
             actor=actor,
@@ -697,7 +725,9 @@ async def policy_shadow(
             mirror_fraction=fraction,
             canary=settings,
         )
-        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+        await _submit(
+            ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json, check=check, notes=notes
+        )
 
 
 @command(
@@ -720,6 +750,7 @@ async def policy_shadow(
     _setting_option,
     _actor,
     _wait,
+    _check,
     _timeout,
     json_option,
 )
@@ -733,6 +764,7 @@ async def policy_canary(
     settings: CanarySettings,
     actor: str,
     wait: bool,
+    check: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -743,8 +775,8 @@ async def policy_canary(
         usage_error("--force needs --reason: a skipped step is recorded with why")
     async with database(ctx) as pool:
         found = await _rollout_candidate(pool, ref, "canary")
-        await _note_failed_experiments(ctx, pool, found)
-        await _note_ending_a_paused_shadow(ctx, pool, found.doer)
+        notes = await _failed_experiments(pool, found)
+        notes += await _ending_a_paused_shadow(pool, found.doer)
         event = StartCanary(
             doer=found.doer,
             actor=actor,
@@ -756,7 +788,9 @@ async def policy_canary(
             force=force,
             canary=settings,
         )
-        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+        await _submit(
+            ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json, check=check, notes=notes
+        )
 
 
 def _versioned(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -783,6 +817,7 @@ def _versioned(ctx: click.Context, param: click.Parameter, value: str) -> str:
     ),
     _actor,
     _wait,
+    _check,
     _timeout,
     json_option,
 )
@@ -795,6 +830,7 @@ async def policy_promote(
     approver_key: Path | None,
     actor: str,
     wait: bool,
+    check: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -830,6 +866,7 @@ async def policy_promote(
             wait=wait,
             timeout=timeout,
             as_json=as_json,
+            check=check,
             approver_key=approver_key,
         )
 
@@ -843,6 +880,7 @@ async def policy_promote(
     click.option("--reason", required=True, help="Why."),
     _actor,
     _wait,
+    _check,
     _timeout,
     json_option,
 )
@@ -854,6 +892,7 @@ async def policy_rollback(
     reason: str,
     actor: str,
     wait: bool,
+    check: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -886,7 +925,7 @@ async def policy_rollback(
             version=version,
             deployment_id=deployment,
         )
-        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json, check=check)
 
 
 @command(
@@ -896,6 +935,7 @@ async def policy_rollback(
     click.option("--reason", required=True, help="Why."),
     _actor,
     _wait,
+    _check,
     _timeout,
     json_option,
 )
@@ -905,6 +945,7 @@ async def policy_archive(
     reason: str,
     actor: str,
     wait: bool,
+    check: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -920,7 +961,7 @@ async def policy_archive(
             policy_id=found.policy_id,
             version=found.version,
         )
-        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json)
+        await _submit(ctx, pool, event, wait=wait, timeout=timeout, as_json=as_json, check=check)
 
 
 # --------------------------------------------------------------------------- deployments
@@ -996,8 +1037,9 @@ async def _deployment(pool: Any, text: str) -> dict[str, Any]:
     for row in rows:
         if row["deployment_id"] == text:
             return _deployment_report(row)
-    # The start of an id, as the other commands take ids (at least its kind and 4 more).
-    started = [r for r in rows if len(text) >= 10 and r["deployment_id"].startswith(text)]
+    # The start of an id, as the other commands take ids: its kind and 8 more characters.
+    long_enough = len(text.partition("-")[2]) >= 8
+    started = [r for r in rows if long_enough and r["deployment_id"].startswith(text)]
     if len(started) == 1:
         return _deployment_report(started[0])
     if len(started) > 1:
@@ -1045,7 +1087,7 @@ async def _wait_for(
             return _deployment_report(row)
         await fail_if_refused_on_arrival(pool, event_id)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{deployment_id} not {what} after {timeout:g}s")
+            raise _NoAnswer(f"{deployment_id} not {what} after {timeout:g}s")
         await asyncio.sleep(0.25)
 
 
@@ -1266,9 +1308,13 @@ async def _send_and_wait(
         ctx.say(f"sent {event.event_id} to {COMMANDS_TOPIC}")
     try:
         changed = await _wait_for(pool, event.deployment_id, event.event_id, timeout, what)
-    except TimeoutError:
+    except _NoAnswer:
         fail(_unanswered(signed, timeout, f"`learnops policy steps {event.deployment_id}`"))
     return {**sent, "deployment": changed}
+
+
+class _NoAnswer(Exception):
+    """No verdict on a sent command within the wait (a database timeout is not one)."""
 
 
 def _unanswered(command: Any, timeout: float, where: str) -> str:
@@ -1277,7 +1323,8 @@ def _unanswered(command: Any, timeout: float, where: str) -> str:
     return (
         f"sent {command.event_id}, but no worker answered within {timeout:g}s: is one running? "
         f"The command waits on {COMMANDS_TOPIC}; a worker that reads it before it expires at "
-        f"{expires} applies it ({where} shows it then), after that refuses it as expired"
+        f"{expires} decides it, applied or refused with its reason ({where} shows it then), "
+        "and after that refuses it as expired"
     )
 
 

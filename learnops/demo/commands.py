@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -214,7 +215,9 @@ async def traffic(
     simulator = CanaryOrchestrator(
         route=lambda _doer, task_id: route(change, task_id),
         quality=quality,
-        orchestrator=Orchestrator(seed=seed, run_prefix=f"traffic-{int(time.time())}"),
+        # Task and run ids unique to this call, whatever the seed: a second call would
+        # otherwise repeat the first's ids and be counted once.
+        orchestrator=Orchestrator(seed=seed, run_prefix=f"traffic-{uuid.uuid4().hex[:10]}"),
         seed=seed,
     )
     messages: list[tuple[str, Any]] = []
@@ -235,14 +238,21 @@ async def traffic(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    where = (
-        f"under {live.deployment_id} ({'mirrored' if route(change, 't').mirror else 'routed'}: "
-        + ", ".join(f"{arm} {n}" for arm, n in sorted(arms.items()))
-        + ")"
-        if live is not None
-        else f"all to {change.policy_id}@{change.version} (no live shadow or canary)"
-    )
+    if live is None:
+        where = f"all to {change.policy_id}@{change.version} (no live shadow or canary)"
+    elif change.status == "shadow":
+        mirrored = sum(1 for _, e in messages if getattr(e, "shadow", False))
+        where = f"under {live.deployment_id} (shadow: {mirrored} of them mirrored)"
+    else:
+        arms_said = ", ".join(f"{arm} {n}" for arm, n in sorted(arms.items()))
+        where = f"under {live.deployment_id} (canary: {arms_said})"
     self.say(f"published {tasks} tasks of {doer} {where}; {len(messages)} events")
+    self.say(
+        f"note: these are simulated runs of {doer}: they count in its CRL trends, skill card "
+        "and curated samples like any other (their run ids start "
+        f"{simulator.orchestrator.run_prefix})",
+        file=self.stderr,
+    )
 
 
 # Mostly duplicates, near duplicates and pasted copies of our documents: enough to

@@ -788,7 +788,8 @@ async def test_demo_traffic_drives_a_doers_live_canary_as_its_orchestrator_would
         *("--candidate-quality", "0.95", "--control-quality", "0.5"),
     )
     assert sent.returncode == 0, sent.stderr
-    assert f"published 120 tasks of {doer} under {canary.deployment_id} (routed:" in sent.stdout
+    assert f"published 120 tasks of {doer} under {canary.deployment_id} (canary:" in sent.stdout
+    assert "note: these are simulated runs" in sent.stderr
     routed = await eventually(
         lambda: db.fetchval(
             "SELECT count(*) FROM deployment_routings WHERE deployment_id = $1",
@@ -865,7 +866,7 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
     shown = await learnops(settings_env, "policy", "decisions", doer)
     assert "awaiting approval of step 1" in shown.stdout and "900/880" in shown.stdout
     # By the start of its id, as other ids are taken.
-    listed = await learnops(settings_env, "policy", "steps", deployment[:14])
+    listed = await learnops(settings_env, "policy", "steps", deployment[:15])
     assert listed.returncode == 0, listed.stderr
     approved = await learnops(
         settings_env, "policy", "approve", deployment, "--step", "1", "--json"

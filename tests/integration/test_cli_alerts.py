@@ -48,7 +48,7 @@ async def test_an_operator_lists_alerts_by_doer_kind_severity_and_age_and_shows_
         doer=doer,
         kind="canary_rollback",
         severity="critical",
-        message="the candidate is worse: rolled back",
+        message="the candidate is worse [/bold] [red]: rolled back",  # text, never markup
         deployment_id=f"dep-{doer}",
         occurred_at=now - timedelta(minutes=5),
     )
@@ -81,6 +81,7 @@ async def test_an_operator_lists_alerts_by_doer_kind_severity_and_age_and_shows_
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split()[:4] == ["event", "id", "when", "doer"]
     assert str(old.event_id) in table.stdout and "canary_rollback" in table.stdout
+    assert "the candidate is worse [/bold] [red]: rolled back" in table.stdout
 
     # The start of an id, dashes or not, shows it whole with its evidence.
     shown = await learnops(settings_env, "alerts", "show", str(old.event_id).replace("-", "")[:12])
@@ -119,6 +120,7 @@ async def test_mistakes_get_one_line_naming_the_fix(
     assert f"did you mean '{doer}'?" in typo.stdout
     for args, needle, code in (
         (("alerts", "list", "--since", "yesterday"), "neither an age", 2),
+        (("alerts", "list", "--since", "999999999w"), "reaches before the year 1", 2),
         (("alerts", "list", "--severity", "urgent"), "'urgent' is not one of", 2),
         (("alerts", "show", "12ab"), "too short", 2),
         (("alerts", "show", "not-hex!"), "hex digits and dashes", 2),

@@ -341,16 +341,16 @@ def test_every_approval_alert_while_it_waits_says_which_step_waits() -> None:
     from agents.canary import _decision as canary_decision
 
     state = DeploymentState("Doer", routing(require_approval=True), "canary")
-    verdicts = [v for v in feed(state, 0.2, 6000) if v.action == "report"]
-    waiting = [v for v in verdicts if state.awaiting_approval is not None]
-    assert len(waiting) >= 2, [v.reason for v in verdicts]
-    messages = [
-        alert.message
-        for alert in (canary_alert(state, v, canary_decision(state, v, None)) for v in waiting)
-        if alert is not None and alert.kind == "approval_needed"
-    ]
-    assert len(messages) >= 2
-    assert all("awaiting approval of step 1" in m for m in messages), messages
+    reports = [v for v in feed(state, 0.2, 6000) if v.action == "report"]
+    first_ask = next(i for i, v in enumerate(reports) if v.reason.startswith("awaiting"))
+    alerts = [canary_alert(state, v, canary_decision(state, v, None)) for v in reports]
+    # Reports before the ask are no request (judged by each verdict, not by the state
+    # the batch ends in); the ask and every report after it are.
+    assert not any(a is not None and a.kind == "approval_needed" for a in alerts[:first_ask])
+    asking = [a for a in alerts[first_ask:] if a is not None and a.kind == "approval_needed"]
+    assert len(asking) == len(reports) - first_ask >= 2, [v.reason for v in reports]
+    assert all("awaiting approval of step 1" in a.message for a in asking)
+    assert all(a.evidence == {"step": 1} for a in asking)
 
 
 def test_the_state_survives_the_table_round_trip() -> None:
