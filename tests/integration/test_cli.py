@@ -822,6 +822,21 @@ async def test_a_move_the_store_would_refuse_is_said_at_once_with_nothing_sent(
     assert await end_offsets(kafka_bootstrap, ("learning.commands",)) == since
     audited = await db.fetchval("SELECT count(*) FROM policy_promotions WHERE doer = $1", doer)
     assert audited == 5  # three registrations, the promotion, the archive: no refusal
+    # The store as it is now may be behind commands still queued: --no-check sends it.
+    sent = await learnops(
+        settings_env,
+        "policy",
+        "archive",
+        f"{pid}@3",
+        "--reason",
+        "again",
+        "--no-check",
+        "--no-wait",
+        "--json",
+    )
+    assert sent.returncode == 0, sent.stderr
+    command = await record_on_topic(kafka_bootstrap, since, json.loads(sent.stdout)["event_id"])
+    assert (command["command"], command["version"]) == ("archive", 3)
 
 
 # ------------------------------------------------------------------------ approve, pause, resume
