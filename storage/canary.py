@@ -29,15 +29,15 @@ ON CONFLICT (event_id) DO NOTHING
 _INSERT_DECISIONS = """
 INSERT INTO deployment_decisions (
     event_id, deployment_id, doer, candidate_policy_id, candidate_version, action, reason,
-    step, report, decided_at
+    step, report, decided_at, resumes
 )
 SELECT d.event_id, d.deployment_id, d.doer, d.candidate_policy_id, d.candidate_version,
-       d.action, d.reason, d.step, d.report::jsonb, d.decided_at
+       d.action, d.reason, d.step, d.report::jsonb, d.decided_at, d.resumes
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
-    $8::int[], $9::text[], $10::timestamptz[]
+    $8::int[], $9::text[], $10::timestamptz[], $11::int[]
 ) AS d(event_id, deployment_id, doer, candidate_policy_id, candidate_version, action, reason,
-       step, report, decided_at)
+       step, report, decided_at, resumes)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -85,6 +85,7 @@ async def insert_decisions(pool: Any, decisions: Sequence[DecisionMade]) -> int:
         # JSON travels as text: asyncpg would read a list inside jsonb[] as a sub-array.
         [orjson.dumps(d.report.model_dump(mode="json")).decode() for d in unique],
         [d.occurred_at for d in unique],
+        [d.resumes for d in unique],
     )
     return _count(status)
 

@@ -337,11 +337,13 @@ async def approve_step(
 #: decisions recommending a step-up (learning.deployments, ``awaiting approval of step N``)
 #: carry the step asked for; its periodic reports carry the step it is at. An ask made
 #: before the last resume no longer stands: on a resume the canary drops it, counts the
-#: step afresh and asks again on new evidence.
+#: step afresh and asks again on new evidence. Each decision carries the resumes it saw
+#: (migration 043), the deployment's own clock: not the time, which mixes the canary
+#: worker's clock with PostgreSQL's and dates an ask on old evidence by when it was sent.
 ASKED = (
     "dd.deployment_id = d.deployment_id AND dd.action = 'report'"
     " AND dd.report->>'recommendation' = 'step_up' AND dd.step > d.step"
-    " AND dd.decided_at >= coalesce(d.resumed_at, '-infinity')"
+    " AND dd.resumes = d.resumes"
 )
 APPROVALS_ASKED = (
     "SELECT DISTINCT dd.step FROM deployment_decisions dd"

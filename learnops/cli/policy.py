@@ -149,7 +149,8 @@ async def _rollout_candidate(pool: Any, ref: str, how: str) -> store.PolicyRecor
     archived stood in front of every later one).
     """
     found = await _find(pool, ref)
-    if split_ref(ref)[1] is not None or found.status in ROLLOUT_FROM[how]:
+    # Named, or the latest can go; for a canary only the live shadow goes before the rest.
+    if split_ref(ref)[1] is not None or found.status == ROLLOUT_FROM[how][-1]:
         return found
     # The live shadow first: a canary without --force goes on from it, not from a newer draft.
     rows = await pool.fetch(

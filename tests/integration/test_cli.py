@@ -709,6 +709,18 @@ async def test_without_a_version_a_rollout_starts_the_latest_version_that_can_st
         command = await record_on_topic(kafka_bootstrap, since, json.loads(sent.stdout)["event_id"])
         assert (command["policy_id"], command["version"]) == (pid, 2), (args, command)
 
+    # A canary goes on from the live shadow, not from a newer draft (which needs --force).
+    staged = await registered_versions(db, key, "CliStaged", (1, 2, 3), archived=())
+    shadow = StartShadow(
+        doer=staged, actor="alice", reason="t", policy_id=staged.lower(), version=2
+    )
+    assert (await commands_store.apply_command(db, shadow)).applied  # type: ignore[union-attr]
+    since = await end_offsets(kafka_bootstrap, ("learning.commands",))
+    sent = await learnops(settings_env, "policy", "canary", staged, "--no-wait", "--json")
+    assert sent.returncode == 0, sent.stderr
+    command = await record_on_topic(kafka_bootstrap, since, json.loads(sent.stdout)["event_id"])
+    assert command["version"] == 2, command
+
     # Nothing left that can start one: said, nothing sent.
     spent = await registered_versions(db, key, "CliSpent", (1, 2), archived=(2,))
     one_line_error(
@@ -880,9 +892,12 @@ async def test_approve_reaches_the_policy_stage_and_moves_the_canary(
     assert (ask["action"], ask["step"], ask["report"]["recommendation"]) == ("report", 1, "step_up")
     shown = await learnops(settings_env, "policy", "decisions", doer)
     assert "awaiting approval of step 1" in shown.stdout and "900/880" in shown.stdout
-    # By the start of its id, as other ids are taken.
+    # By the start of its id, as other ids are taken: its kind and 8 more characters.
     listed = await learnops(settings_env, "policy", "steps", deployment[:15])
     assert listed.returncode == 0, listed.stderr
+    one_line_error(
+        await learnops(settings_env, "policy", "steps", deployment[:14]), 1, "no such deployment"
+    )
     approved = await learnops(
         settings_env, "policy", "approve", deployment, "--step", "1", "--json"
     )

@@ -808,13 +808,19 @@ def step_up(doer: str, deployment_id: str, step: int, **update: Any) -> Decision
     )
 
 
-async def asks_for_approval(db: Any, doer: str, deployment_id: str, step: int) -> None:
-    """The canary's decision asking an operator to approve ``step``, stored as its stage does."""
+async def asks_for_approval(
+    db: Any, doer: str, deployment_id: str, step: int, resumes: int = 0
+) -> None:
+    """The canary's decision asking an operator to approve ``step``, stored as its stage does.
+
+    ``resumes``: the operator resumes of the deployment the canary had seen.
+    """
     ask = decision(doer, 2, deployment_id, "report")
     ask = ask.model_copy(
         update={
             "event_id": uuid.uuid4(),
             "step": step,
+            "resumes": resumes,
             "reason": f"awaiting approval of step {step}: candidate better",
             "report": ask.report.model_copy(update={"recommendation": "step_up"}),
         }
@@ -1178,7 +1184,11 @@ async def test_an_ask_made_before_a_resume_no_longer_lets_an_approval_through(db
     assert await deployments_store.approvals_asked(db, deployment_id) == set()
     stale = await approve(db, doer, deployment_id, 1)
     assert not stale.applied and "has not asked for step 1" in stale.verdict
-    await asks_for_approval(db, doer, deployment_id, 1)  # asked again after the resume
+    # An ask sent after the resume by a canary that had not seen it (behind on the
+    # policy changes, or a batch delivered again): pre-resume evidence, whatever its time.
+    await asks_for_approval(db, doer, deployment_id, 1, resumes=0)
+    assert await deployments_store.approvals_asked(db, deployment_id) == set()
+    await asks_for_approval(db, doer, deployment_id, 1, resumes=1)  # asked again after it
     assert (await approve(db, doer, deployment_id, 1)).applied
 
 
