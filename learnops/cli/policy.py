@@ -907,6 +907,11 @@ async def policy_rollback(
         version: int | None = None
         if ref:
             found = await _find(pool, ref)
+            if doer is not None and doer.lower() != found.doer.lower():
+                # Two names for the candidate that disagree: which one was meant?
+                usage_error(
+                    f"{ref} is a version of {found.doer}, not of --doer {doer}: name one of them"
+                )
             doer, policy_id, version = found.doer, found.policy_id, found.version
         elif doer is not None:
             doer = await resolve_doer(pool, doer)

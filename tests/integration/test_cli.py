@@ -834,6 +834,14 @@ async def test_a_move_the_store_would_refuse_is_said_at_once_with_nothing_sent(
     assert await end_offsets(kafka_bootstrap, ("learning.commands",)) == since
     audited = await db.fetchval("SELECT count(*) FROM policy_promotions WHERE doer = $1", doer)
     assert audited == 5  # three registrations, the promotion, the archive: no refusal
+    # A version and a --doer that name different doers: which was meant is asked.
+    one_line_error(
+        await learnops(
+            settings_env, "policy", "rollback", f"{pid}@2", "--doer", "SomeoneElse", "--reason", "r"
+        ),
+        2,
+        f"is a version of {doer}, not of --doer SomeoneElse",
+    )
     # The store as it is now may be behind commands still queued: --no-check sends it.
     sent = await learnops(
         settings_env,
