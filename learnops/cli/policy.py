@@ -149,8 +149,7 @@ async def _rollout_candidate(pool: Any, ref: str, how: str) -> store.PolicyRecor
     archived stood in front of every later one).
     """
     found = await _find(pool, ref)
-    # Named, or the latest can go; for a canary only the live shadow goes before the rest.
-    if split_ref(ref)[1] is not None or found.status == ROLLOUT_FROM[how][-1]:
+    if split_ref(ref)[1] is not None:
         return found
     # The live shadow first: a canary without --force goes on from it, not from a newer draft.
     rows = await pool.fetch(
@@ -237,9 +236,11 @@ async def fail_if_refused_on_arrival(pool: Any, event_id: Any) -> None:
 
 
 def _limits_of(ctx: CommandContext, event: Event) -> Any:
-    """The canary limits a shadow or canary is checked by here (this CLI's configuration,
-    ``LEARNOPS_CONFIG_FILE``; the worker applies its own); None for other moves, which
-    then load no learning configuration."""
+    """The canary limits a shadow or canary is checked by here; None for other moves.
+
+    They are this CLI's configuration's (``LEARNOPS_CONFIG_FILE``; the worker
+    applies its own). Other moves load no learning configuration.
+    """
     from models.commands import StartCanary, StartShadow
 
     return ctx.learning.canary_limits if isinstance(event, StartCanary | StartShadow) else None

@@ -19,7 +19,7 @@ from rich.table import Table
 from agents.topics import read_from_start
 from learnops.cli.main import GroupedCommand, command, fail, group
 from learnops.simulation.orchestrator import DOERS, NoteMix, Orchestrator, bad_inputs
-from models.events import Alert, DeadLetter
+from models.events import Alert, DeadLetter, TaskRouted
 from storage.crl import count_results
 from storage.pool import create_pool
 
@@ -37,6 +37,19 @@ def _regression(ctx: GroupedCommand, bundles: list[Any], doer: str, last_day: da
     if worse < needed:
         said += f", too few for a regression alert (trends.min_today_count {needed}: more --runs)"
     return said
+
+
+async def _publish(settings: Any, records: list[tuple[str, bytes, bytes]]) -> None:
+    """Send (topic, key, value) records in order and wait for every acknowledgement."""
+    producer = settings.kafka_producer(linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, key=key, value=value) for topic, key, value in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
 
 
 @command(
@@ -122,17 +135,8 @@ async def simulate(
     messages = list(good)
     for i, item in enumerate(broken + good[:redeliver]):
         messages.insert((i * 37) % max(1, len(messages)), item)
-    producer = settings.kafka_producer(linger_ms=5)
-    await producer.start()
     started = time.perf_counter()
-    try:
-        futures = [
-            await producer.send("learning.run-completed", key=key, value=value)
-            for key, value in messages
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await _publish(settings, [("learning.run-completed", key, value) for key, value in messages])
     elapsed = time.perf_counter() - started
     self.say(
         f"published {len(messages)} events to learning.run-completed in {elapsed:.2f}s: "
@@ -224,20 +228,12 @@ async def traffic(
     arms: Counter[str] = Counter()
     for _ in range(tasks):
         for event in simulator.task(doer):
-            routed = type(event).__name__ == "TaskRouted"
-            messages.append(("learning.task-routed" if routed else "learning.run-completed", event))
-            if routed:
-                arms[event.arm] += 1  # type: ignore[attr-defined]
-    producer = self.settings.kafka_producer(linger_ms=5)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(topic, key=e.doer.encode(), value=e.to_json())
-            for topic, e in messages
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+            if isinstance(event, TaskRouted):
+                messages.append(("learning.task-routed", event))
+                arms[event.arm] += 1
+            else:
+                messages.append(("learning.run-completed", event))
+    await _publish(self.settings, [(t, e.doer.encode(), e.to_json()) for t, e in messages])
     if live is None:
         where = f"all to {change.policy_id}@{change.version} (no live shadow or canary)"
     elif change.status == "shadow":
