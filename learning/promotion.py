@@ -239,6 +239,20 @@ def plan(state: DoerState, request: MoveRequest) -> Move:
                 f"{other} is in {other.status} for {state.doer}; roll it back or promote it "
                 f"before promoting {target}"
             )
+        if target.status == PolicyStatus.CANARY and not request.decided:
+            # canary → active is one step, but a person's promote of a canary overrides the
+            # canary's evidence: unforced, one owner could take any draft live through
+            # shadow and canary in three commands, with no run counted and no second owner.
+            if not (request.force and (request.reason or "").strip()):
+                return refuse(
+                    f"{target} is in canary: the canary promotes it when its evidence "
+                    "says so; promoting it before that overrides the canary and needs "
+                    "force, a reason and a second owner's approval (`learnops policy "
+                    f"promote {target} --force --reason R --approver-key SECOND.pem`)"
+                )
+            move = replace(
+                move, forced=True, verdict=f"{verdict} (forced ahead of the canary's decision)"
+            )
         previous = state.active if state.active and not target.same(state.active) else None
         return replace(
             move,
@@ -571,9 +585,10 @@ def check_approval(
     step only. A canary that requires approvals moves only once it has asked
     for that step (``asked``: a decision "awaiting approval of step N", made
     once step N − 1 has its evidence): there the approval is a person's answer
-    to the canary's recommendation, not a way around its evidence (promote and
-    roll back are). A canary that steps itself up may be moved a step early by
-    an operator, as it may be promoted. So approving twice, out of turn or
+    to the canary's recommendation, not a way around its evidence (a rollback
+    is, and a forced promote with a second owner). A canary that steps itself
+    up may be moved a step early by an operator: a step gathers more evidence,
+    it decides nothing. So approving twice, out of turn or
     before the evidence of an approval-gated canary changes nothing.
     """
     if deployment.doer != doer:

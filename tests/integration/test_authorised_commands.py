@@ -18,7 +18,7 @@ import pytest
 from learning.command_signing import approve_command, sign_command
 from learning.signing import SigningKey, generate_key
 from models.base import Event
-from models.commands import PauseDeployment, PromotePolicy, StartCanary
+from models.commands import PauseDeployment, PromotePolicy, StartCanary, StartShadow
 from models.ids import caused_event_id
 from storage.operator_keys import add_operator_key, grant_role, revoke_operator_key
 from tests.integration.kafka_io import eventually, publish
@@ -299,6 +299,36 @@ async def test_a_forced_promotion_without_a_second_approver_is_refused(
     await raw(producer, approved)
     assert (await verdict(db, approved)).applied
     assert await live_version(db, doer) == 2
+
+
+async def test_one_owner_cannot_take_a_draft_live_through_shadow_and_canary_alone(
+    worker: WorkerProcess, producer: Any, db: Any, key: SigningKey
+) -> None:
+    """Each single step is allowed, so unforced the promote would have put v2 live with no
+    run counted and no second owner: the skip a forced promotion guards, in three commands."""
+    doer = await doer_with_v1_live(producer, db, key)
+    shadow = StartShadow(doer=doer, actor="mallory", reason="a", policy_id=doer.lower(), version=2)
+    canary = StartCanary(doer=doer, actor="mallory", reason="b", policy_id=doer.lower(), version=2)
+    await send(producer, COMMANDS, shadow, canary)
+    assert (await verdict(db, canary)).applied
+    early = promote_v2(doer)
+    await send(producer, COMMANDS, early)
+    refused = await verdict(db, early)
+    assert not refused.applied and refused.refusal == "lifecycle", refused
+    assert "overrides the canary and needs force, a reason and a second owner" in refused.verdict
+    alone = sign_command(promote_v2(doer, force=True), OWNER, now=datetime.now(UTC))
+    await raw(producer, alone)
+    assert (await refusal(db, alone))["evidence"]["refusal"] == "second_approver"
+    assert await live_version(db, doer) == 1
+    approved = promote_v2(doer, force=True)
+    await send(producer, COMMANDS, approved)  # signed by both owners
+    outcome = await verdict(db, approved)
+    assert outcome.applied, outcome
+    assert await live_version(db, doer) == 2
+    forced = await db.fetchval(
+        "SELECT forced FROM policy_promotions WHERE event_id = $1", approved.event_id
+    )
+    assert forced is True
 
 
 async def test_operator_key_history_is_append_only(db: Any) -> None:

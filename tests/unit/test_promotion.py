@@ -78,13 +78,41 @@ def live(policy: PolicyVersion, mode: str, deployment_id: str = "dep-1") -> Live
 def test_promoting_a_canary_archives_the_previous_active_and_ends_its_deployment() -> None:
     candidate = version(2, "canary")
     state = DoerState(DOER, ACTIVE, candidate, live(candidate, "canary"))
-    move = plan(state, MoveRequest("promote", candidate, reason="better", deployment_id="dep-1"))
+    asked = MoveRequest("promote", candidate, reason="better", deployment_id="dep-1")
+    move = plan(state, replace(asked, decided=True))
     assert move.ok, move.verdict
+    assert not move.forced
     assert (move.from_status, move.to_status) == ("canary", "active")
     assert move.archive == ACTIVE
     assert (move.end_deployment, move.end_outcome) == ("dep-1", "promoted")
     assert move.change == "promoted"
     assert move.needs_signature
+
+
+def test_a_persons_promote_of_a_canary_overrides_its_evidence_so_it_is_a_forced_move() -> None:
+    """Unforced, one owner could take a draft live through shadow and canary in three
+    commands, with no run counted and no second owner (the forced promote's signature
+    check keys on the command's force, so forcing here brings the second owner in)."""
+    candidate = version(2, "canary")
+    state = DoerState(DOER, ACTIVE, candidate, live(candidate, "canary"))
+    asked = MoveRequest("promote", candidate, reason="looks fine", deployment_id="dep-1")
+    for request in (asked, replace(asked, force=True, reason="  ")):
+        refused = plan(state, request)
+        assert not refused.ok
+        assert "overrides the canary and needs force, a reason and a second owner" in (
+            refused.verdict
+        )
+        assert "learnops policy promote prd@2 --force --reason R --approver-key" in (
+            refused.verdict
+        )
+    forced = plan(state, replace(asked, force=True))
+    assert forced.ok and forced.forced, forced.verdict
+    assert forced.verdict.endswith("(forced ahead of the canary's decision)")
+    assert (forced.end_deployment, forced.end_outcome, forced.archive) == (
+        "dep-1",
+        "promoted",
+        ACTIVE,
+    )
 
 
 def test_a_paused_deployment_moves_on_by_decision_only_after_a_resume_by_command_any_time() -> None:
@@ -99,7 +127,8 @@ def test_a_paused_deployment_moves_on_by_decision_only_after_a_resume_by_command
             "dep-1 is paused; a canary decision moves it on only after a resume "
             "(`learnops policy resume`)"
         )
-        assert plan(state, asked).ok  # an operator's own command is theirs to give
+        # an operator's own command is theirs to give (a canary's promote, forced)
+        assert plan(state, replace(asked, force=mode == "canary")).ok
         assert plan(replace(state, deployment=live(candidate, mode)), replace(asked, decided=True))
         rollback = MoveRequest("rollback", candidate, reason="worse", deployment_id="dep-1")
         assert plan(state, replace(rollback, decided=True)).ok  # stopping is never held
@@ -493,9 +522,11 @@ EVENT = uuid.UUID("11111111-2222-3333-4444-555555555555")
 
 
 def allowed(action: str, target: PolicyVersion) -> Move:
+    """The move a canary's decision (a promote) or an operator's command (the rest) asks."""
     candidate = target if target.status in ("shadow", "canary") else None
     deployment = live(target, target.status) if candidate else None
-    move = plan(DoerState(DOER, ACTIVE, candidate, deployment), MoveRequest(action, target))
+    request = MoveRequest(action, target, decided=action == "promote")
+    move = plan(DoerState(DOER, ACTIVE, candidate, deployment), request)
     assert move.ok, move.verdict
     return move
 
