@@ -672,6 +672,17 @@ async def experiment_comparison(pool: Any, experiment_id: str) -> Any:
     )
 
 
+async def latest_comparison(pool: Any, rid: str) -> Any:
+    """The last verdict given on a replay (both replays, attempts, result blobs), or None.
+
+    The shared row's ``verdict`` is that one's; the control's row may have moved on
+    since (a forced attempt rewrites its figures), so what the verdict stood on is here.
+    """
+    return await pool.fetchrow(
+        "SELECT * FROM replay_comparisons WHERE replay_id = $1 ORDER BY id DESC LIMIT 1", rid
+    )
+
+
 async def replay_tasks(pool: Any, rid: str) -> list[Any]:
     """A replay's tasks, by seed and sample."""
     return list(

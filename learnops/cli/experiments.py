@@ -89,10 +89,23 @@ async def replay_report(
     control = None
     if row["control_replay_id"] is not None:
         control_hash = row.get("control_result_hash") if comparison_id is not None else None
+        last = None
+        if comparison_id is None and row["verdict"] is not None:
+            # The verdict is the last comparison's: show the control as it stood for it,
+            # not a later attempt of the control's that the verdict never saw.
+            last = await store.latest_comparison(pool, rid)
+            if last is not None and last["control_replay_id"] == row["control_replay_id"]:
+                control_hash = last["control_result_hash"]
         control_row = await store.get_replay(
             pool, row["control_replay_id"], result_hash=control_hash
         )
         control = _side(control_row) if control_row else None
+        if control is not None and control_hash is not None and control_row is not None:
+            current = await store.get_replay(pool, row["control_replay_id"])
+            compared = last["control_attempt"] if last is not None else control_row["attempt"]
+            control["attempt"] = compared
+            if current is not None and current["result_hash"] != control_hash:
+                control["replaced_by_attempt"] = current["attempt"]
     return {
         **_side(row),
         "doer": row["doer"],
@@ -162,6 +175,13 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
         self.say(
             f"verdict: {'PASSED' if verdict['passed'] else 'NOT PASSED'} — {verdict['reason']}"
         )
+        replaced = (report["control"] or {}).get("replaced_by_attempt")
+        if replaced is not None:
+            self.say(
+                f"note: the control {report['control']['policy']} was replayed again since "
+                f"this verdict (attempt {replaced}; the figures above are the attempt it was "
+                "given on); `--force` compares the candidate with it"
+            )
 
 
 @command(

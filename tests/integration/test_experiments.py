@@ -564,3 +564,61 @@ async def test_a_replay_of_the_active_policy_says_it_is_its_own_control(
     expected = f"verdict: none — {doer.policy_id}@1 is the doer's active policy, its own control"
     assert lines[-1] == expected, shown.stdout
     assert not any(line.startswith("control ") for line in lines)
+
+
+async def test_a_verdict_from_the_record_shows_the_control_it_was_given_on(
+    replayed: tuple[ExperimentDoer, dict[str, Any]], settings_env: dict[str, str], db: Any
+) -> None:
+    """The control replayed again since (a forced attempt from another executor, other
+    figures) left the candidate's recorded verdict beside the control's new figures."""
+    doer, first = replayed
+    control_id = first["control"]["replay_id"]
+    before = await db.fetchrow(
+        "SELECT attempt, result_hash, per_seed, mean_crl, std_crl, stability, runs"
+        " FROM offline_replays WHERE replay_id = $1",
+        control_id,
+    )
+    figures = {
+        "per_seed": {str(s): {"runs": 3, "mean_crl": 9.0} for s in SEEDS},
+        "mean_crl": 9.0,
+        "std_crl": 0.5,
+        "stability": 1.0,
+        "runs": 3 * len(SEEDS),
+    }
+    digest = await experiments_store.put_blob(db, json.dumps(figures).encode())
+    await db.execute(
+        "UPDATE offline_replays SET attempt = attempt + 1, result_hash = $2, per_seed = $3,"
+        " mean_crl = 9.0, std_crl = 0.5, stability = 1.0, runs = $4 WHERE replay_id = $1",
+        control_id,
+        digest,
+        figures["per_seed"],
+        figures["runs"],
+    )
+    try:
+        args = ["--policy", f"{doer.policy_id}@2", "--dataset", doer.golden]
+        code, recorded = await replay_json(
+            settings_env, *args, "--seeds", ",".join(map(str, SEEDS))
+        )
+        assert code == 0 and recorded["from_record"] is True, recorded
+        control = recorded["control"]
+        assert control["mean_crl"] == recorded["verdict"]["numbers"]["control_mean_crl"]
+        assert control["mean_crl"] == first["control"]["mean_crl"] != 9.0
+        assert (control["attempt"], control["replaced_by_attempt"]) == (
+            before["attempt"],
+            before["attempt"] + 1,
+        )
+        shown = await asyncio.to_thread(
+            run_learnops, settings_env, "replay", "show", first["replay_id"]
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert (
+            f"note: the control {doer.policy_id}@1 was replayed again since this verdict "
+            f"(attempt {before['attempt'] + 1};"
+        ) in shown.stdout, shown.stdout
+    finally:
+        await db.execute(
+            "UPDATE offline_replays SET attempt = $2, result_hash = $3, per_seed = $4,"
+            " mean_crl = $5, std_crl = $6, stability = $7, runs = $8 WHERE replay_id = $1",
+            control_id,
+            *before.values(),
+        )
