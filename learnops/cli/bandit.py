@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
+from learnops.cli.experiments import canary_mode_option, canary_plan, margin_option
 from learnops.cli.main import (
     GroupedCommand,
     ServiceUnreachable,
@@ -442,21 +443,12 @@ def proposal_of(request: Any) -> dict[str, Any]:
         show_default=True,
         help="Where the candidate goes once its replay passes.",
     ),
-    click.option(
-        "--canary-mode",
-        type=click.Choice(("non_inferiority", "superiority")),
-        default="non_inferiority",
-        show_default=True,
-        help="How the shadow and canary judge it: the control already runs mostly the "
+    canary_mode_option(
+        "non_inferiority",
+        "How the shadow and canary judge it: the control already runs mostly the "
         "proposed option, so 'no worse' is what they can show.",
     ),
-    click.option(
-        "--margin",
-        type=click.FloatRange(min=0.0),
-        default=None,
-        help="Non-inferiority margin, a share of the control's mean CRL (the guard on "
-        "the CRL's increase at least as wide) [default: the canary's, 0.02].",
-    ),
+    margin_option,
     timeout_option,
     _actor,
     json_option,
@@ -479,26 +471,11 @@ async def propose(
     next version of the doer's policy, then the tool_tuning or rag_optimization
     experiment answering the request replays, shadows and canaries it.
     """
-    from pydantic import ValidationError
-
     from learnops.cli.policy import load_signing_key
-    from models.base import describe_validation_error
-    from models.policy_change import CanarySettings
 
     key = load_signing_key(key_file)
     with ctx.quiet(as_json):
-        canary: dict[str, Any] = {"advance_shadow": True, "mode": canary_mode}
-        if margin is not None:  # the guard on the CRL's increase at least as wide
-            canary["non_inferiority_margin"] = margin
-            canary["max_crl_increase"] = max(margin, CanarySettings().max_crl_increase)
-        # The worker dead-letters an experiment whose canary is looser than its limits.
-        try:
-            settings = CanarySettings.model_validate(canary)
-        except ValidationError as exc:
-            fail(f"--margin: {describe_validation_error(exc)}; nothing registered or sent")
-        looser = ctx.learning.canary_limits.refusal(settings, None)
-        if looser is not None:
-            fail(f"{looser}; nothing registered or sent")
+        canary = canary_plan(ctx, canary_mode, margin, what="nothing registered or sent")
         event, policy, request = await _propose(
             ctx, request_id, key, golden, deploy, {"canary": canary}, timeout, actor
         )

@@ -35,6 +35,58 @@ if TYPE_CHECKING:
 TYPES = ("prompt_synthesis", "adapter_training", "tool_tuning", "rag_optimization")
 
 
+def canary_mode_option(default: str, help_text: str) -> Any:
+    """``--canary-mode``: how the experiment's shadow and canary judge the candidate."""
+    return click.option(
+        "--canary-mode",
+        type=click.Choice(("non_inferiority", "superiority")),
+        default=default,
+        show_default=True,
+        help=help_text,
+    )
+
+
+margin_option = click.option(
+    "--margin",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Non-inferiority margin, a share of the control's mean CRL (the guard on "
+    "the CRL's increase at least as wide) [default: the canary's, 0.02].",
+)
+
+
+def canary_plan(
+    ctx: GroupedCommand, mode: str, margin: float | None, *, what: str
+) -> dict[str, Any]:
+    """The experiment plan's ``canary`` for a mode and margin, checked as the worker will.
+
+    The worker dead-letters an experiment whose canary is looser than its limits, so
+    that is said here, before anything is sent (``what``: what is then not done).
+    """
+    from pydantic import ValidationError
+
+    from models.base import describe_validation_error
+    from models.policy_change import CanarySettings
+
+    if margin is not None and mode != "non_inferiority":
+        fail(
+            "--margin is the non-inferiority margin: give it with --canary-mode "
+            f"non_inferiority; {what}"
+        )
+    canary: dict[str, Any] = {"advance_shadow": True, "mode": mode}
+    if margin is not None:  # the guard on the CRL's increase at least as wide
+        canary["non_inferiority_margin"] = margin
+        canary["max_crl_increase"] = max(margin, CanarySettings().max_crl_increase)
+    try:
+        settings = CanarySettings.model_validate(canary)
+    except ValidationError as exc:
+        fail(f"--margin: {describe_validation_error(exc)}; {what}")
+    looser = ctx.learning.canary_limits.refusal(settings, None)
+    if looser is not None:
+        fail(f"{looser}; {what}")
+    return canary
+
+
 @group("Deterministic offline replays of a policy on a golden dataset, against the control.")
 def replay() -> None:
     pass
@@ -345,6 +397,13 @@ async def replay_executor(self: GroupedCommand, group: str, doers: str) -> None:
     click.option("--dataset", default=None, help="Golden dataset NAME or NAME@VERSION."),
     click.option("--seeds", default=None, help="Comma-separated seeds (default: configured)."),
     click.option("--deploy", type=click.Choice(("shadow", "canary")), default="shadow"),
+    canary_mode_option(
+        "superiority",
+        "How the shadow and canary judge it: 'non_inferiority' (no worse by --margin) for a "
+        "candidate that should match the control, e.g. one fixing the option a bandit routes "
+        "most tasks to already.",
+    ),
+    margin_option,
     click.option("--reason", default="learnops experiment create", show_default=True),
     _actor,
     json_option,
@@ -360,6 +419,8 @@ async def experiment_create(
     dataset: str | None,
     seeds: str | None,
     deploy: str,
+    canary_mode: str,
+    margin: float | None,
     reason: str,
     actor: str,
     as_json: bool,
@@ -374,6 +435,10 @@ async def experiment_create(
             "name the golden dataset to replay on: --dataset NAME[@VERSION], or --phase PHASE "
             "for the latest one frozen from the doer's PHASE dataset (nothing sent)"
         )
+    # The default plan is as before (the canary's own settings); a mode asked for is checked.
+    plan = None
+    if canary_mode != "superiority" or margin is not None:
+        plan = {"canary": canary_plan(self, canary_mode, margin, what="nothing sent")}
     async with database(self) as pool:
         policy = await _find(pool, policy_ref)
         await golden_for(pool, policy.doer, dataset, phase)
@@ -409,6 +474,7 @@ async def experiment_create(
         reason=reason,
         actor=actor,
         as_json=as_json,
+        plan=plan,
     )
 
 

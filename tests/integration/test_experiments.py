@@ -328,11 +328,21 @@ async def test_an_experiment_follows_its_shadow_to_a_rollback(
         doer.golden,
         "--seeds",
         "42,43,44",
+        "--canary-mode",
+        "non_inferiority",
+        "--margin",
+        "0.05",
     )
     assert created.returncode == 0, created.stderr
     row = await wait_experiment(db, experiment_id, {"shadow"})
     assert row["experiment_type"] == "rag_optimization" and row["phase"] == "draft"
     assert row["deployment_id"] is not None
+    # The shadow judges it as asked: no worse than the control by 5 %.
+    canary = await db.fetchval(
+        "SELECT canary FROM shadow_deployments WHERE deployment_id = $1", row["deployment_id"]
+    )
+    assert (canary["mode"], canary["non_inferiority_margin"]) == ("non_inferiority", 0.05)
+    assert row["plan"]["canary"]["mode"] == "non_inferiority"
     assert row["outcome"]["verdict"]["passed"] is True
     shadow = await audit_store.outcome_of(db, row["deploy_command_id"])
     assert shadow is not None and shadow.applied and shadow.action == "start_shadow"

@@ -583,6 +583,29 @@ async def test_experiment_create_without_a_golden_dataset_to_replay_on_sends_not
     assert await store.get_experiment(db, experiment_id) is None
 
 
+async def test_experiment_create_checks_the_canary_it_asks_for_before_sending(
+    db: Any, settings_env: dict[str, str]
+) -> None:
+    """A margin without its mode, or a canary looser than the worker's limits, would be
+    dead-lettered by the stage; the CLI says so and sends nothing."""
+    doer = await make_doer(db)
+    for asked, said in (
+        (("superiority", "0.05"), "give it with --canary-mode non_inferiority; nothing sent"),
+        (("non_inferiority", "0.9"), "non_inferiority_margin 0.9 is above 0.25"),
+    ):
+        experiment_id = f"{doer.name}-{asked[0]}"
+        refused = await asyncio.to_thread(
+            run_learnops,
+            settings_env,
+            *("experiment", "create", "--policy", f"{doer.name.lower()}@2", "--hypothesis", "h"),
+            *("--id", experiment_id, "--dataset", doer.golden.name),
+            *("--canary-mode", asked[0], "--margin", asked[1]),
+        )
+        assert refused.returncode == 1, refused.stdout
+        assert said in refused.stderr and "nothing sent" in refused.stderr, refused.stderr
+        assert await store.get_experiment(db, experiment_id) is None
+
+
 async def test_experiment_create_refuses_another_doers_tasks_another_phase_and_no_candidate(
     db: Any, settings_env: dict[str, str]
 ) -> None:
