@@ -20,7 +20,7 @@ policy's, for the DLQ.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import Field, RootModel, ValidationError, model_validator
 
@@ -32,8 +32,11 @@ FIXED_KEY = "fixed"
 Options = Annotated[list[Identifier], Field(min_length=2, max_length=50)]
 
 
-class Tunables(RootModel[dict[Identifier, dict[Identifier, Options]]]):
-    """Phase → parameter → its options (at least two, no repeats)."""
+Parameters = Annotated[dict[Identifier, Options], Field(min_length=1)]
+
+
+class Tunables(RootModel[dict[Identifier, Parameters]]):
+    """Phase → parameter → its options (at least two, no repeats); a phase names one or more."""
 
     model_config = {"frozen": True, "strict": True}
 
@@ -54,21 +57,52 @@ class Tunables(RootModel[dict[Identifier, dict[Identifier, Options]]]):
         return self.root.get(phase, {}).get(parameter)
 
 
+class Fixed(RootModel[dict[Identifier, dict[Identifier, Identifier]]]):
+    """Phase → parameter → the option a policy has settled on."""
+
+    model_config = {"frozen": True, "strict": True}
+
+
+_M = TypeVar("_M", Tunables, Fixed)
+
+
 def tunables_of(artifact: Mapping[str, Any]) -> Tunables:
     """The artifact's declared tunables (none when it has no ``"tunables"`` key).
 
-    Raises ``ValueError`` naming what is wrong with a malformed declaration.
+    Raises ``ValueError`` naming what is wrong with a malformed declaration: a
+    malformed ``"tunables"`` or ``"fixed"``, or a parameter that is both (a run
+    of such a policy could not say which it used).
     """
-    declared = artifact.get(TUNABLES_KEY)
+    tunables = _validated(Tunables, artifact, TUNABLES_KEY)
+    fixed = _validated(Fixed, artifact, FIXED_KEY)
+    for phase, parameters in sorted(fixed.root.items()):
+        for parameter, option in sorted(parameters.items()):
+            declared = tunables.options(phase, parameter)
+            if declared is not None:
+                raise ValueError(
+                    f"policy parameter {parameter!r} of phase {phase!r} is both tunable "
+                    f"({', '.join(declared)}) and fixed ({option}): a policy leaves a "
+                    f"parameter open under {TUNABLES_KEY!r} or settles it under {FIXED_KEY!r}"
+                )
+    return tunables
+
+
+def _validated(model: type[_M], artifact: Mapping[str, Any], key: str) -> _M:
+    declared = artifact.get(key)
     if declared is None:
-        return Tunables({})
+        return model({})
     try:
-        return Tunables.model_validate(declared)
+        return model.model_validate(declared)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        hint = (
+            ' (options are names: quote a number, as "4")'
+            if first["type"] == "string_type" and isinstance(first.get("input"), int | float)
+            else ""
+        )
         raise ValueError(
-            f"policy {TUNABLES_KEY}{'.' + where if where else ''}: {first['msg']}"
+            f"policy {key}{'.' + where if where else ''}: {first['msg']}{hint}"
         ) from None
 
 

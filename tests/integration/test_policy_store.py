@@ -174,6 +174,22 @@ async def test_a_malformed_declaration_of_options_is_refused_at_registration(
     assert await status_of(db, doer) == {}
 
 
+async def test_a_parameter_both_open_and_fixed_is_refused_at_registration(db: Any) -> None:
+    doer = unique_doer("Tunables")
+    key = await trusted_key(db)
+    both = {
+        **ARTIFACT,
+        "tunables": {"draft": {"router.model": ["a", "b"]}},
+        "fixed": {"draft": {"router.model": "c"}},
+    }
+    outcome = await commands_store.apply_command(db, register(doer, key, 1, both))
+    assert outcome is not None and not outcome.applied and outcome.refusal == "artifact"
+    assert "'router.model' of phase 'draft' is both tunable (a, b) and fixed (c)" in (
+        outcome.verdict
+    )
+    assert await status_of(db, doer) == {}
+
+
 async def live_of(db: Any, doer: str) -> list[tuple[str, int, str]]:
     rows = await db.fetch(
         "SELECT policy_id, version, status FROM policies WHERE doer = $1 "

@@ -26,8 +26,9 @@ def test_declared_options_are_looked_up_by_phase_and_parameter() -> None:
     [
         ({"draft": {"router.model": ["only-one"]}}, "tunables.draft.router.model: List should"),
         ({"draft": {"router.model": ["a", "a"]}}, "option a is listed twice"),
-        ({"draft": {"rag.top_k": [4, 8]}}, "tunables.draft.rag.top_k.0: Input should be"),
+        ({"draft": {"rag.top_k": [4, 8]}}, "should be a valid string (options are names: quote"),
         ({"draft": ["a", "b"]}, "tunables.draft: Input should be a valid dictionary"),
+        ({"draft": {}}, "tunables.draft: Dictionary should have at least 1 item"),
     ],
 )
 def test_a_malformed_declaration_is_refused_with_where_and_why(
@@ -36,6 +37,21 @@ def test_a_malformed_declaration_is_refused_with_where_and_why(
     with pytest.raises(ValueError, match="policy tunables") as err:
         tunables_of({"tunables": declared})
     assert reason in str(err.value)
+
+
+def test_a_parameter_both_open_and_fixed_or_a_malformed_fixed_one_is_refused() -> None:
+    """A run of such a policy could not say which it used: the policy stage refuses it."""
+    both = {
+        "tunables": {"draft": {"router.model": ["a", "b"]}},
+        "fixed": {"draft": {"router.model": "c"}, "review": {"router.model": "a"}},
+    }
+    with pytest.raises(ValueError, match="'router.model' of phase 'draft' is both tunable") as err:
+        tunables_of(both)
+    assert "(a, b) and fixed (c)" in str(err.value)
+    settled = {**both, "fixed": {"review": {"router.model": "a"}}}
+    assert tunables_of(settled).options("draft", "router.model") == ["a", "b"]
+    with pytest.raises(ValueError, match=r"policy fixed\.draft\.router\.model: Input should"):
+        tunables_of({"fixed": {"draft": {"router.model": ["a"]}}})
 
 
 def test_a_run_of_declared_options_is_accepted() -> None:
