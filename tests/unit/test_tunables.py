@@ -45,7 +45,9 @@ def test_a_parameter_both_open_and_fixed_or_a_malformed_fixed_one_is_refused() -
         "tunables": {"draft": {"router.model": ["a", "b"]}},
         "fixed": {"draft": {"router.model": "c"}, "review": {"router.model": "a"}},
     }
-    with pytest.raises(ValueError, match="'router.model' of phase 'draft' is both tunable") as err:
+    with pytest.raises(
+        ValueError, match=r"'router\.model' of phase 'draft' is both tunable"
+    ) as err:
         tunables_of(both)
     assert "(a, b) and fixed (c)" in str(err.value)
     settled = {**both, "fixed": {"review": {"router.model": "a"}}}
