@@ -229,6 +229,13 @@ async def _control(
             f"{doer} has no allocations on {ALLOCATIONS} yet; the {action} holds from its "
             "first allocation on"
         )
+        declaration = await _declaration(ctx, doer)
+        if declaration is not None and not declaration[1]:
+            # Nothing to hold now; it would carry over to a later version that declares some.
+            note = (
+                f"{doer}: {declaration[0]}; the {action} holds from the first allocation of a "
+                "later version that declares some"
+            )
     control = signed(
         ctx,
         BanditControl(
@@ -342,6 +349,35 @@ async def _superseded(ctx: GroupedCommand, doer: str, latest: Any) -> str | None
     )
 
 
+async def _declaration(ctx: GroupedCommand, doer: str) -> tuple[str, bool] | None:
+    """What DOER's active policy leaves to the bandit, and whether it leaves anything;
+    None when the doer has no active policy or the store cannot be read."""
+    from models.tunables import tunables_of
+    from storage.policies import find_policy
+    from storage.skills import active_policy
+
+    try:
+        async with database(ctx) as pool:
+            active = await active_policy(pool, doer)
+            record = None if active is None else await find_policy(pool, *active)
+    except ServiceUnreachable:
+        return None
+    if active is None or record is None:
+        return None
+    ref = f"{active[0]}@{active[1]}"
+    try:
+        declared = tunables_of(record.artifact)
+    except ValueError as exc:
+        return f"its active policy {ref} declares its options wrongly ({exc})", False
+    open_ = [f"{phase}/{name}" for phase, names in sorted(declared.root.items()) for name in names]
+    if not open_:
+        return (
+            f"its active policy {ref} declares no tunables, so the bandit has nothing to allocate",
+            False,
+        )
+    return f"its active policy {ref} leaves {', '.join(open_)} open", True
+
+
 async def _registered_hint(ctx: GroupedCommand, doer: str) -> str:
     """``did you mean 'X'? …`` for the closest doer the policy store knows, or ''."""
     from storage.policies import registered_doers
@@ -351,6 +387,8 @@ async def _registered_hint(ctx: GroupedCommand, doer: str) -> str:
             registered = await registered_doers(pool)
     except ServiceUnreachable:
         return ""
+    if doer in registered:
+        return f"{doer} is registered but has no active policy yet"
     hint = closest(doer, registered - {doer}).removeprefix("; ")
     return f"{hint} It has a policy but no allocations either" if hint else ""
 
@@ -360,6 +398,16 @@ async def show(ctx: GroupedCommand, doer: str, as_json: bool) -> None:
     """DOER's latest allocations: per phase and parameter, each option's share."""
     doer, latest, doers = await _allocations_of(ctx, doer)
     if latest is None:
+        declaration = await _declaration(ctx, doer)
+        if declaration is not None:  # the doer is known: say what it is waiting for
+            said, open_ = declaration
+            later = (
+                "; the bandit stage publishes shares once its runs name the options they "
+                "used (docs/bandits.md)"
+                if open_
+                else ""
+            )
+            fail(f"no allocations of {doer!r} on {ALLOCATIONS} yet: {said}{later}")
         hint = closest(doer, doers).removeprefix("; ") or await _registered_hint(ctx, doer)
         fail(
             f"no allocations of {doer!r} on {ALLOCATIONS} ({hint or 'none under that name'}); "

@@ -47,7 +47,7 @@ from storage.skills import open_requests, request_row
 from tests.integration.kafka_io import eventually, publish
 from tests.integration.test_experiment_evidence import frozen_golden
 from tests.integration.test_policy_agent import applied_command
-from tests.integration.test_policy_store import bootstrap
+from tests.integration.test_policy_store import bootstrap, register
 from tests.operators import signed
 from tests.services import (
     REPO,
@@ -489,16 +489,35 @@ async def test_freezing_a_doer_with_no_allocations_sends_it_and_says_so(
     )
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith(f"{name}: frozen sent as"), text.stdout
-    assert f"note: {name} has no allocations on learning.bandit-allocations yet" in text.stderr
-    assert "the freeze holds from its first allocation on" in text.stderr
+    # Its active policy declares nothing to allocate: the freeze can only hold a later version.
+    declares = f"its active policy {name.lower()}@1 declares no tunables"
+    assert f"note: {name}: {declares}" in text.stderr, text.stderr
+    assert "holds from the first allocation of a later version that declares some" in text.stderr
+    shown = await asyncio.to_thread(run_learnops, settings_env, "bandit", "show", name)
+    assert shown.returncode == 1 and f"no allocations of '{name}'" in shown.stderr, shown
+    assert declares in shown.stderr and "did you mean" not in shown.stderr, shown.stderr
+    # A doer whose active policy leaves options open: the freeze holds from its first shares.
+    tuned = f"Tuned{uuid.uuid4().hex[:8]}"
+    body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
+    registered = await commands_store.apply_command(db, register(tuned, signing_key, 1, body))
+    assert registered is not None and registered.applied, registered
+    first = PromotePolicy(
+        doer=tuned, actor="tests", reason="first", policy_id=tuned.lower(), version=1, force=True
+    )
+    promoted = await commands_store.apply_command(db, first)
+    assert promoted is not None and promoted.applied, promoted
+    shown = await asyncio.to_thread(run_learnops, settings_env, "bandit", "show", tuned)
+    assert shown.returncode == 1, shown.stdout
+    assert f"its active policy {tuned.lower()}@1 leaves draft/{PARAMETER} open" in shown.stderr
     done = await asyncio.to_thread(
         run_learnops,
         settings_env,
-        *("bandit", "unfreeze", name, "--reason", "ahead", "--json", "--no-wait"),
+        *("bandit", "unfreeze", tuned, "--reason", "ahead", "--json", "--no-wait"),
     )
     assert done.returncode == 0, done.stderr
     sent = json.loads(done.stdout)
-    assert (sent["doer"], sent["sent"], sent["has_allocations"]) == (name, True, False), sent
+    assert (sent["doer"], sent["sent"], sent["has_allocations"]) == (tuned, True, False), sent
+    assert f"{tuned} has no allocations on learning.bandit-allocations yet" in sent["note"]
     assert "the unfreeze holds from its first allocation on" in sent["note"]
 
 
