@@ -197,6 +197,23 @@ class Settings(BaseSettings):
     # (docs/security.md, "Signed decisions"). Unset: decisions go out unsigned, refused.
     learnops_worker_signing_key_file: Path | None = None
 
+    @field_validator(
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "learnops_topics_file",
+        "learnops_config_file",
+        "learnops_operator_key",
+        "learnops_worker_key",
+        "learnops_worker_signing_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_file_is_unset(cls, value: object) -> object:
+        # `VAR=` (set, empty) is a shell's way of unsetting: Path("") would be "." and read
+        # as a directory ("cannot read the operator key .: Is a directory").
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("learnops_alert_webhooks")
     @classmethod
     def _webhooks_parse(cls, value: str) -> str:

@@ -135,15 +135,17 @@ async def schema_owner_role(conn: Any) -> str | None:
     return role
 
 
-async def rows_by_event_id_start(pool: Any, table: str, columns: str, start: str) -> list[Any]:
-    """The rows of ``table`` whose event id starts with ``start`` (dashes ignored), at most two.
+async def rows_by_event_id_start(
+    pool: Any, table: str, columns: str, start: str, id_column: str = "event_id"
+) -> list[Any]:
+    """The rows of ``table`` whose id (a UUID) starts with ``start`` (dashes ignored), at most two.
 
-    Two are enough for a command to say "give more of it"; ``table`` and
-    ``columns`` are the caller's constants, never user input.
+    Two are enough for a command to say "give more of it"; ``table``, ``columns``
+    and ``id_column`` are the caller's constants, never user input.
     """
     rows: list[Any] = await pool.fetch(
         f"SELECT {columns} FROM {table}"
-        " WHERE starts_with(replace(event_id::text, '-', ''), $1) ORDER BY event_id LIMIT 2",
+        f" WHERE starts_with(replace({id_column}::text, '-', ''), $1) ORDER BY {id_column} LIMIT 2",
         start.replace("-", "").lower(),
     )
     return rows

@@ -205,6 +205,15 @@ async def request_row(pool: Any, request_id: UUID) -> Any:
     )
 
 
+async def find_requests(pool: Any, prefix: str) -> list[Any]:
+    """The requests whose id starts with ``prefix`` (dashes ignored), at most two."""
+    from storage.pool import rows_by_event_id_start
+
+    return await rows_by_event_id_start(
+        pool, "experiment_requests", "*", prefix, id_column="request_id"
+    )
+
+
 async def mark_published(pool: Any, request_id: UUID) -> None:
     """Record that the request's event was acknowledged by Kafka."""
     await pool.execute(

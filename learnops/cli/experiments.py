@@ -18,6 +18,7 @@ from learnops.cli.main import (
     closest,
     command,
     database,
+    event_id_start,
     fail,
     group,
     json_option,
@@ -764,15 +765,17 @@ async def _known_doer(pool: Any, doer: str) -> str:
 
 
 async def find_request(pool: Any, request_id: str) -> Any:
-    try:
-        parsed = uuid.UUID(request_id)
-    except ValueError:
-        fail(f"{request_id!r} is not a request id (a UUID)")
-        raise
-    row = await request_row(pool, parsed)
-    if row is None:
-        fail(f"no experiment request {request_id} (`learnops experiment requests` lists them)")
-    return row
+    """The request whose id is or starts with ``request_id`` (8 hex digits at least, as
+    `experiment requests` shows them); one sentence and exit 1 if none or several."""
+    from storage.skills import find_requests
+
+    start = event_id_start(request_id, "request")
+    rows = await find_requests(pool, start)
+    if not rows:
+        fail(f"no experiment request {start} (`learnops experiment requests` lists them)")
+    if len(rows) > 1:
+        fail(f"more than one experiment request starts with {start}: give more of its id")
+    return rows[0]
 
 
 def _request_report(row: Any) -> dict[str, Any]:

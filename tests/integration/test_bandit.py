@@ -772,5 +772,8 @@ async def test_an_owner_proposes_the_confident_option_as_a_signed_tool_tuning_ex
     assert again.returncode == 1
     assert evidence["experiment_id"] in again.stderr
     assert await find_policy(db, doer.policy, 3) is None
+    # By the start of its id, as `experiment requests` shows it: the same request.
+    short = await asyncio.to_thread(propose, str(request["request_id"])[:8])
+    assert short.returncode == 1 and evidence["experiment_id"] in short.stderr, short.stderr
     unknown = await asyncio.to_thread(propose, str(uuid.uuid4()))
     assert unknown.returncode == 1 and "no experiment request" in unknown.stderr

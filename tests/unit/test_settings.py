@@ -22,6 +22,18 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.learnops_web_port == 7000
 
 
+def test_a_key_or_file_variable_set_empty_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LEARNOPS_OPERATOR_KEY=` gave Path('.'): "cannot read the operator key .: Is a
+    directory" instead of how to set one."""
+    for name in ("LEARNOPS_OPERATOR_KEY", "KAFKA_SSL_CAFILE", "LEARNOPS_CONFIG_FILE"):
+        monkeypatch.setenv(name, " ")
+    settings = load_settings()
+    assert settings.learnops_operator_key is None
+    assert settings.kafka_ssl_cafile is settings.learnops_config_file is None
+    monkeypatch.setenv("LEARNOPS_OPERATOR_KEY", "/keys/alice.pem")
+    assert load_settings().learnops_operator_key == Path("/keys/alice.pem")
+
+
 def test_a_bad_bootstrap_server_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "localhost")
     with pytest.raises(
