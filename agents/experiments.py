@@ -46,7 +46,7 @@ from learning.experiments import (
     follow_policy,
     split_versioned,
 )
-from learning.replay import replay_id
+from learning.replay import decide_non_inferiority, replay_id
 from models.base import describe_validation_error
 from models.commands import (
     POLICY_COMMANDS,
@@ -528,12 +528,46 @@ class ExperimentsStage(Stage):
                 row["experiment_id"], "incomplete", verdict["reason"], evidence, outcome=evidence
             )
             return
+        gate = await self._no_worse(row)
+        if gate is not None:
+            # Its shadow and canary judge it "no worse": so does its replay. The replay's own
+            # verdict (the worker's rule, "better") stays on the shared row and here beside it.
+            evidence["replay_verdict"] = verdict
+            evidence["verdict"] = verdict = gate
         if not verdict["passed"]:
             await self._move(
                 row["experiment_id"], "failed", verdict["reason"], evidence, outcome=evidence
             )
             return
         await self._deploy(row, evidence)
+
+    async def _no_worse(self, row: Any) -> dict[str, Any] | None:
+        """The non-inferiority verdict of an experiment planned "no worse", else None.
+
+        An experiment whose plan judges its shadow and canary in non-inferiority mode
+        (a bandit's proposal by default) is a candidate meant to match the control;
+        the worker's replay rule asks it to be better, which a match shows about
+        alpha of the time. Its replay is judged at the plan's margin instead, from the
+        two replays' stored task losses (the same figures every time it is judged).
+        """
+        plan = (row["plan"] or {}).get("canary") or {}
+        if plan.get("mode") != "non_inferiority":
+            return None
+        try:
+            margin = CanarySettings.model_validate(plan).non_inferiority_margin
+        except ValidationError:
+            return None  # the deployment fails it with its reason (_send_deploy)
+        losses = await self._read(
+            store.paired_task_losses, row["replay_id"], row["control_replay_id"]
+        )
+        decided = decide_non_inferiority(*losses, self.app.learning.replay.rule, margin)
+        return {
+            "passed": decided.passed,
+            "incomplete": False,
+            "reason": decided.reason,
+            "numbers": decided.numbers,
+            "rule": "non_inferiority",
+        }
 
     async def _deploy(self, row: Any, evidence: dict[str, Any]) -> None:
         """Record the deployment command of a passing experiment, then send it."""

@@ -284,8 +284,10 @@ def paired_improvement(
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha {alpha} is not between 0 and 1")
-    if not (math.isfinite(min_improvement_pct) and 0.0 <= min_improvement_pct < 1.0):
-        raise ValueError(f"min_improvement_pct {min_improvement_pct} is not in [0, 1)")
+    # Negative: a non-inferiority margin (:func:`decide_non_inferiority`), the contrast
+    # ``(1 + margin)·control − candidate``.
+    if not (math.isfinite(min_improvement_pct) and -1.0 < min_improvement_pct < 1.0):
+        raise ValueError(f"min_improvement_pct {min_improvement_pct} is not in (-1, 1)")
     cand = {(int(seed), str(sample)): float(loss) for seed, sample, loss in candidate}
     ctrl = {(int(seed), str(sample)): float(loss) for seed, sample, loss in control}
     pairs = sorted(set(cand) & set(ctrl))
@@ -322,7 +324,7 @@ def paired_improvement(
 
     mean, lower = bound(base - loss)
     excess_lower = lower
-    if min_improvement_pct > 0:
+    if min_improvement_pct != 0:
         excess_lower = bound((1.0 - min_improvement_pct) * base - loss)[1]
     # The candidate's within-sample variance, over samples run under two seeds or more.
     several = count >= 2
@@ -402,6 +404,24 @@ def decide(
         f"under ≥ {paired.seeds} seeds, {1 - paired.alpha:.0%} lower bound "
         f"{paired.lower:.4f}{share}; required > 0 and ≥ {required:.4f}"
     )
+    shown = (
+        paired.lower > 0
+        and _at_least(paired.lower, rule.min_improvement)
+        and _at_least(paired.excess_lower, 0.0)
+    )
+    return _judged(rule, candidate, control, paired, shown, bound_text, numbers)
+
+
+def _judged(
+    rule: ReplayRule,
+    candidate: ReplaySummary,
+    control: ReplaySummary,
+    paired: PairedImprovement,
+    shown: bool,
+    bound_text: str,
+    numbers: dict[str, float | int | None],
+) -> ReplayVerdict:
+    """The verdict: the bound ``shown`` (said by ``bound_text``) and the rule's seed checks."""
     stability_text = (
         f"candidate seed stability {paired.seed_stability:.3f} vs minimum "
         f"{rule.min_seed_stability:.3f}"
@@ -417,11 +437,6 @@ def decide(
             f"a sample paired under {paired.seeds} seed(s), fewer than the {rule.min_seeds} "
             "required"
         )
-    shown = (
-        paired.lower > 0
-        and _at_least(paired.lower, rule.min_improvement)
-        and _at_least(paired.excess_lower, 0.0)
-    )
     if not shown:
         failures.append(bound_text)
     if not _at_least(paired.seed_stability, rule.min_seed_stability):
@@ -439,12 +454,9 @@ def decide_from_losses(
     """The verdict of two replays from their task losses, (seed, sample id, loss) each."""
     rule = rule or ReplayRule()
     candidate, control = list(candidate), list(control)
-    if not {(s, x) for s, x, _ in candidate} & {(s, x) for s, x, _ in control}:
-        return ReplayVerdict(
-            False,
-            "failed: no (seed, sample) ran in both replays, so there is nothing to pair",
-            {"candidate_tasks": len(candidate), "control_tasks": len(control)},
-        )
+    unpaired = _unpaired(candidate, control)
+    if unpaired is not None:
+        return unpaired
     paired = paired_improvement(
         candidate, control, alpha=rule.alpha, min_improvement_pct=rule.min_improvement_pct
     )
@@ -453,6 +465,70 @@ def decide_from_losses(
         summarize(fold_task_losses(control)),
         rule,
         paired=paired,
+    )
+
+
+def decide_non_inferiority(
+    candidate: Iterable[tuple[int, str, float]],
+    control: Iterable[tuple[int, str, float]],
+    rule: ReplayRule,
+    margin: float,
+) -> ReplayVerdict:
+    """Whether the candidate's replay is *no worse* than the control's by more than ``margin``.
+
+    For a candidate meant to match the control (a bandit's proposal fixes the
+    option the control's bandit already routes most tasks to; the local
+    executor scores them alike): the one-sided level-(1 − alpha) lower bound of
+    the paired contrast ``(1 + margin)·control − candidate`` (:func:`paired_improvement`
+    at ``min_improvement_pct = −margin``) must be at least 0, rejecting "worse by
+    more than the margin" at level alpha. The rule's seed requirements apply as
+    in :func:`decide`; its improvement thresholds do not.
+    """
+    if not (math.isfinite(margin) and 0.0 <= margin < 1.0):
+        raise ValueError(f"non-inferiority margin {margin} is not in [0, 1)")
+    candidate, control = list(candidate), list(control)
+    unpaired = _unpaired(candidate, control)
+    if unpaired is not None:
+        return unpaired
+    paired = paired_improvement(candidate, control, alpha=rule.alpha, min_improvement_pct=-margin)
+    cand = summarize(fold_task_losses(candidate))
+    ctrl = summarize(fold_task_losses(control))
+    numbers: dict[str, float | int | None] = {
+        "candidate_mean_crl": cand.mean_crl,
+        "control_mean_crl": ctrl.mean_crl,
+        "improvement": ctrl.mean_crl - cand.mean_crl,
+        "non_inferiority_margin": margin,
+        "paired_improvement_mean": paired.mean,
+        "paired_improvement_lower": _finite_or_none(paired.lower),
+        "paired_margin_lower": _finite_or_none(paired.excess_lower),
+        "paired_alpha": paired.alpha,
+        "paired_samples": paired.samples,
+        "paired_seeds": paired.seeds,
+        "candidate_seed_stability": paired.seed_stability,
+        "min_seed_stability": rule.min_seed_stability,
+        "seeds": len(cand.seeds),
+        "min_seeds": rule.min_seeds,
+    }
+    bound_text = (
+        f"no worse than the control by {margin:.1%}: candidate mean CRL {cand.mean_crl:.4f} vs "
+        f"control {ctrl.mean_crl:.4f}; paired over {paired.samples} samples, each under ≥ "
+        f"{paired.seeds} seeds, {1 - paired.alpha:.0%} lower bound of control × "
+        f"{1 + margin:g} − candidate {paired.excess_lower:.4f}; required ≥ 0"
+    )
+    shown = _at_least(paired.excess_lower, 0.0)
+    return _judged(rule, cand, ctrl, paired, shown, bound_text, numbers)
+
+
+def _unpaired(
+    candidate: list[tuple[int, str, float]], control: list[tuple[int, str, float]]
+) -> ReplayVerdict | None:
+    """The failed verdict of two replays that share no (seed, sample), or None."""
+    if {(s, x) for s, x, _ in candidate} & {(s, x) for s, x, _ in control}:
+        return None
+    return ReplayVerdict(
+        False,
+        "failed: no (seed, sample) ran in both replays, so there is nothing to pair",
+        {"candidate_tasks": len(candidate), "control_tasks": len(control)},
     )
 
 

@@ -552,6 +552,14 @@ async def task_losses(conn: Any, rid: str) -> list[tuple[int, str, float]]:
     return [(r["seed"], r["sample_id"], r["loss"]) for r in rows]
 
 
+async def paired_task_losses(
+    pool: Any, rid: str, control_rid: str
+) -> tuple[list[tuple[int, str, float]], list[tuple[int, str, float]]]:
+    """A replay's and its control's scored tasks, (seed, sample id, loss) each."""
+    async with pool.acquire() as conn:
+        return await task_losses(conn, rid), await task_losses(conn, control_rid)
+
+
 async def settle_verdicts(pool: Any, finished: str, rule: ReplayRule) -> list[str]:
     """Give a verdict to every replay that waited on ``finished`` (itself or as its control).
 

@@ -668,8 +668,24 @@ async def experiment_show(self: GroupedCommand, experiment_id: str, as_json: boo
         self.say(f"  {h['at']}  {h['from'] or '-':>11} → {h['to']:<11} {h['reason']}")
     if report["replay"] is not None:
         _print_replay(self, report["replay"], False)
+    gate = _gate(report)
+    if gate is not None:
+        self.say(
+            f"gate: {'PASSED' if gate['passed'] else 'NOT PASSED'} — {gate['reason']} (the "
+            "plan judges it no worse, so its replay is judged so too; the verdict above is "
+            "the replay rule's 'better')"
+        )
     if report["status"] == "incomplete":
         _resume_hint(self, report)
+
+
+def _gate(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The non-inferiority verdict that decided an experiment planned "no worse", or None."""
+    for evidence in (report["outcome"], *(h["evidence"] for h in report["history"])):
+        if isinstance(evidence, dict) and "replay_verdict" in evidence:
+            gate: dict[str, Any] = evidence["verdict"]
+            return gate
+    return None
 
 
 def _resume_hint(self: GroupedCommand, report: dict[str, Any]) -> None:

@@ -632,3 +632,42 @@ async def test_a_verdict_from_the_record_shows_the_control_it_was_given_on(
             control_id,
             *before.values(),
         )
+
+
+async def test_a_candidate_planned_no_worse_is_replayed_no_worse_and_goes_on_to_shadow(
+    worker: WorkerProcess,
+    executor: WorkerProcess,
+    producer: Any,
+    db: Any,
+    signing_key: SigningKey,
+    settings_env: dict[str, str],
+) -> None:
+    """A bandit's proposal (the control with its best option fixed) matches the control:
+    the replay rule's "better" fails it, so with the local executor every such experiment
+    ended failed at replay. Planned "no worse", its replay is judged so at its margin."""
+    name = f"NoWorse{uuid.uuid4().hex[:8]}"
+    same = {**CONTROL, "fixed": {"draft": {"router.model": "model-c-small"}}}
+    doer = await prepare(db, producer, signing_key, name, {1: CONTROL, 2: same}, actor="tests")
+    experiment_id = f"exp-{uuid.uuid4().hex[:10]}"
+    created = await asyncio.to_thread(
+        run_learnops,
+        settings_env,
+        *("experiment", "create", "--policy", f"{doer.policy_id}@2", "--hypothesis", "as good"),
+        *("--type", "tool_tuning", "--id", experiment_id, "--dataset", doer.golden),
+        *("--seeds", ",".join(map(str, SEEDS)), "--canary-mode", "non_inferiority"),
+        *("--margin", "0.1"),
+    )
+    assert created.returncode == 0, created.stderr
+    row = await wait_experiment(db, experiment_id, {"shadow", "failed"})
+    outcome = row["outcome"]
+    assert outcome["verdict"]["rule"] == "non_inferiority", outcome
+    assert outcome["verdict"]["passed"] is True, outcome["verdict"]["reason"]
+    assert outcome["replay_verdict"]["passed"] is False, outcome["replay_verdict"]["reason"]
+    assert row["status"] == "shadow", row["status"]
+    shown = await asyncio.to_thread(run_learnops, settings_env, "experiment", "show", experiment_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "gate: PASSED — passed: no worse than the control by 10.0%" in shown.stdout, shown.stdout
+    assert "verdict: NOT PASSED" in shown.stdout  # the replay rule's own, beside it
+    rollback = RollbackPolicy(doer=doer.name, actor="ops", reason="done")
+    await send(producer, rollback)
+    assert (await verdict(db, rollback)).applied
