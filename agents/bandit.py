@@ -59,6 +59,18 @@ CLAIMS = "bandit"  # this stage's name in fold_claims
 HISTORY = timedelta(days=30)  # stored allocations kept for the console (storage.bandit)
 
 
+@dataclass(frozen=True)
+class _Unusable:
+    """Why a run's policy version gives the bandit nothing to go by: its DLQ type and reason."""
+
+    error_type: str  # "unknown_policy": not in the store; "policy": its declaration is wrong
+    reason: str
+
+
+def _unknown_policy(policy_id: str, version: int) -> _Unusable:
+    return _Unusable("unknown_policy", f"policy {policy_id}@{version} is not in the policy store")
+
+
 @dataclass
 class _Slot:
     """One doer's book as a batch changes it: its source mark and what to write and send."""
@@ -85,7 +97,7 @@ class BanditStage(Stage):
             help_="Each doer's bandits (learning.bandit_book.BanditBook) and source marks",
         )
         # A registered version's artifact never changes: it and its tunables are read once.
-        self.declared: dict[tuple[str, int], tuple[dict[str, Any], Tunables | str]] = {}
+        self.declared: dict[tuple[str, int], tuple[dict[str, Any], Tunables | _Unusable]] = {}
         # The worker's key signs the allocations, as the policy stage signs policy changes.
         self.key = app.settings.worker_key()
         self._active: dict[str, tuple[str, int] | None] = {}
@@ -187,10 +199,10 @@ class BanditStage(Stage):
         if starts and not await self._active_or_none(item):
             if await self._artifact(item.policy_id, item.policy_version) is None:
                 # Not a late run of an older version: one the store has never seen.
-                unknown = (
-                    f"policy {item.policy_id}@{item.policy_version} is not in the policy store"
+                unknown = _unknown_policy(item.policy_id, item.policy_version)
+                await self.dead_letter(
+                    event, error_type=unknown.error_type, reason=unknown.reason, doer=item.doer
                 )
-                await self.dead_letter(event, error_type="option", reason=unknown, doer=item.doer)
                 return
             # A late run of the version before a promotion (or of any other that is not
             # the doer's active policy): it must not start that version's bandits again.
@@ -204,14 +216,16 @@ class BanditStage(Stage):
             return
         declared = await self._tunables(item)
         config = self.app.learning.bandit
-        if isinstance(declared, str):
-            reason: str | None = declared
-        else:
-            reason = slot.book.fold(item, declared, config.bandit, config.probe_share)
-            # A version's bandits started: their first shares go out now, so the Router
-            # client never goes on with the previous version's for a hundred runs (not
-            # while frozen: nothing new goes out until the unfreeze, which sends them).
-            slot.publish = slot.publish or (starts and reason is None and not slot.book.frozen)
+        if isinstance(declared, _Unusable):
+            await self.dead_letter(
+                event, error_type=declared.error_type, reason=declared.reason, doer=item.doer
+            )
+            return
+        reason = slot.book.fold(item, declared, config.bandit, config.probe_share)
+        # A version's bandits started: their first shares go out now, so the Router
+        # client never goes on with the previous version's for a hundred runs (not
+        # while frozen: nothing new goes out until the unfreeze, which sends them).
+        slot.publish = slot.publish or (starts and reason is None and not slot.book.frozen)
         if reason is not None:
             await self.dead_letter(event, error_type="option", reason=reason, doer=item.doer)
 
@@ -252,11 +266,11 @@ class BanditStage(Stage):
         active = self._active[doer]
         return active is None or active == (result.policy_id, result.policy_version)
 
-    async def _tunables(self, result: CRLComputed) -> Tunables | str:
+    async def _tunables(self, result: CRLComputed) -> Tunables | _Unusable:
         """The tunables the run's policy version declares, or why there are none to go by."""
         ref = (result.policy_id, result.policy_version)
         if await self._artifact(*ref) is None:
-            return f"policy {ref[0]}@{ref[1]} is not in the policy store"
+            return _unknown_policy(*ref)
         return self.declared[ref][1]
 
     async def _artifact(self, policy_id: str, version: int) -> dict[str, Any] | None:
@@ -272,9 +286,9 @@ class BanditStage(Stage):
             if record is None:
                 return None
             try:
-                found: Tunables | str = tunables_of(record.artifact)
-            except ValueError as exc:
-                found = f"{policy_id}@{version}: {exc}"  # the DLQ reason names the version
+                found: Tunables | _Unusable = tunables_of(record.artifact)
+            except ValueError as exc:  # the DLQ reason names the version
+                found = _Unusable("policy", f"{policy_id}@{version}: {exc}")
             self.declared[ref] = (dict(record.artifact), found)
         return self.declared[ref][0]
 

@@ -590,7 +590,7 @@ async def test_a_new_active_version_is_published_at_its_first_run_and_late_old_r
     await doer.send(RUNS, doer.bundle(SMALL).model_copy(update={"policy_version": 7}))
     letter = await _dead_letter_naming(settings, doer.name, f"{doer.policy}@7")
     assert letter.reason == f"policy {doer.policy}@7 is not in the policy store"
-    assert letter.error_type == "option"
+    assert letter.error_type == "unknown_policy"  # not "option": no option of it is wrong
 
 
 async def test_an_unsigned_or_forged_freeze_is_refused_and_the_allocations_keep_moving(
