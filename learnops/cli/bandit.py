@@ -219,6 +219,13 @@ async def _control(
         note = f"could not read {ALLOCATIONS} ({exc}); sent under the name as typed"
     else:
         has_allocations = latest is not None
+        if latest is not None and latest.frozen == frozen:
+            # Sent all the same (it changes nothing); said, so a second freeze is not read
+            # as the one that held them.
+            note = (
+                f"{doer}'s allocations are {verb} already (sequence {latest.sequence}); "
+                "sent again, it changes nothing"
+            )
     if has_allocations is False:
         # A freeze ahead of a doer's first allocation is allowed (it holds from then on)
         # for a doer the policy store knows, under the name it knows; a name nobody

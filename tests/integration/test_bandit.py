@@ -238,6 +238,13 @@ async def test_allocations_move_to_the_better_option_and_survive_freeze_and_rest
     await doer.send(RUNS, doer.bundle("model-y-unknown"))
     await _dead_letter_naming(settings, doer.name, "model-y-unknown")  # the 100 are folded
     assert (await _allocations(settings, doer.name))[-1] == frozen
+    # Frozen again: said, so it is not read as the freeze that held them.
+    again = await asyncio.to_thread(
+        run_learnops, doer.env, *("bandit", "freeze", doer.name, "--reason", "t", "--no-wait")
+    )
+    assert again.returncode == 0, again.stderr
+    said = f"note: {doer.name}'s allocations are frozen already (sequence {frozen.sequence})"
+    assert said in again.stderr, again.stderr
 
     # Unfrozen: the runs folded while frozen count at once.
     thawed = await freeze(doer, settings, db, False)
