@@ -18,7 +18,15 @@ from rich.table import Table
 
 from agents.topics import read_from_start
 from learnops.cli.main import GroupedCommand, command, fail, group
+from learnops.demo.options import (
+    OptionCosts,
+    latest_allocations,
+    parse_option_costs,
+    with_options,
+)
 from learnops.simulation.orchestrator import DOERS, NoteMix, Orchestrator, bad_inputs
+from models.bandit import BanditAllocations
+from models.bundle import RunCompleted
 from models.events import Alert, DeadLetter, TaskRouted
 from storage.crl import count_results
 from storage.pool import create_pool
@@ -179,6 +187,16 @@ def _quality(ctx: click.Context, param: click.Parameter, value: float | None) ->
         callback=_quality,
         help="How good the doer's active version is, in [0, 1] (default 0.8).",
     ),
+    click.option(
+        "--option-cost",
+        "option_costs",
+        multiple=True,
+        metavar="PARAMETER=OPTION:FACTOR",
+        help="Runs of the active version name the option each used of PARAMETER, one its "
+        "policy leaves open, as the bandit's latest allocation picks it (with its probes), "
+        "and cost FACTOR × their simulated cost with OPTION (1 for an option not given); "
+        "repeat per option: --option-cost router.model=model-c-small:0.6.",
+    ),
     click.option("--seed", type=int, default=11, show_default=True),
 )
 async def traffic(
@@ -187,6 +205,7 @@ async def traffic(
     tasks: int,
     candidate_quality: float | None,
     control_quality: float | None,
+    option_costs: tuple[str, ...],
     seed: int,
 ) -> None:
     """Route and run DOER's tasks as its orchestrator would, under its live shadow or canary.
@@ -206,6 +225,7 @@ async def traffic(
     try:
         doer = await resolve_doer(pool, doer)
         change = await current_change(pool, doer)
+        named = await _named_options(pool, doer, option_costs) if option_costs else None
     finally:
         await pool.close()
     if change is None:
@@ -226,11 +246,18 @@ async def traffic(
     )
     messages: list[tuple[str, Any]] = []
     arms: Counter[str] = Counter()
+    chosen: Counter[str] = Counter()
     for _ in range(tasks):
         for event in simulator.task(doer):
             if isinstance(event, TaskRouted):
                 messages.append(("learning.task-routed", event))
                 arms[event.arm] += 1
+            elif (
+                isinstance(event, RunCompleted) and named is not None and _of_active(event, change)
+            ):
+                for run in with_options(event, *named):
+                    messages.append(("learning.run-completed", run))
+                    chosen[("probe " if run.shadow else "") + run.options[named[0].parameter]] += 1
             else:
                 messages.append(("learning.run-completed", event))
     await _publish(self.settings, [(t, e.doer.encode(), e.to_json()) for t, e in messages])
@@ -243,11 +270,49 @@ async def traffic(
         arms_said = ", ".join(f"{arm} {n}" for arm, n in sorted(arms.items()))
         where = f"under {live.deployment_id} (canary: {arms_said})"
     self.say(f"published {tasks} tasks of {doer} {where}; {len(messages)} events")
+    if named is not None:
+        costs, allocations = named
+        by = (
+            f"allocation {allocations.sequence}"
+            if allocations is not None and allocations.allocation(costs.phase, costs.parameter)
+            else f"the policy's default {costs.options[0]} (no allocation yet)"
+        )
+        said = ", ".join(f"{option} {n}" for option, n in sorted(chosen.items()))
+        self.say(f"{costs.phase}/{costs.parameter} by {by}: {said}")
     self.say(
         f"note: these are simulated runs of {doer}: they count in its CRL trends, skill card "
         "and curated samples like any other (their run ids start "
         f"{simulator.orchestrator.run_prefix})",
         file=self.stderr,
+    )
+
+
+async def _named_options(
+    pool: Any, doer: str, texts: tuple[str, ...]
+) -> tuple[OptionCosts, BanditAllocations | None]:
+    """The --option-cost of the doer's active policy and its latest allocation; exit 1 if bad."""
+    from models.tunables import tunables_of
+    from storage.bandit import latest_sent
+    from storage.policies import find_policy
+    from storage.skills import active_policy
+
+    active = await active_policy(pool, doer)
+    record = None if active is None else await find_policy(pool, *active)
+    if active is None or record is None:
+        fail(f"{doer} has no active policy: no option to name")
+    assert record is not None
+    try:
+        costs = parse_option_costs(texts, tunables_of(record.artifact), f"{active[0]}@{active[1]}")
+    except ValueError as exc:
+        fail(f"--option-cost: {exc}; nothing published")
+    return costs, latest_allocations(await latest_sent(pool, doer))
+
+
+def _of_active(run: RunCompleted, change: Any) -> bool:
+    """A live run of the doer's active version (not the candidate's, not mirrored)."""
+    return not run.shadow and (run.policy_id, run.policy_version) == (
+        change.policy_id,
+        change.version,
     )
 
 

@@ -177,6 +177,20 @@ async def registered_doer(
     return doer
 
 
+async def active_tuned_doer(db: Any, key: SigningKey, prefix: str) -> str:
+    """A fresh doer whose active v1 leaves the two models open (applied in the store)."""
+    doer = f"{prefix}{uuid.uuid4().hex[:8]}"
+    body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
+    registered = await commands_store.apply_command(db, register(doer, key, 1, body))
+    assert registered is not None and registered.applied, registered
+    first = PromotePolicy(
+        doer=doer, actor="tests", reason="first", policy_id=doer.lower(), version=1, force=True
+    )
+    promoted = await commands_store.apply_command(db, first)
+    assert promoted is not None and promoted.applied, promoted
+    return doer
+
+
 async def register_version(
     doer: Doer, db: Any, key: SigningKey, version: int, body: dict[str, Any], reason: str
 ) -> None:
@@ -504,15 +518,7 @@ async def test_freezing_a_doer_with_no_allocations_sends_it_and_says_so(
     assert shown.returncode == 1 and f"no allocations of '{name}'" in shown.stderr, shown
     assert declares in shown.stderr and "did you mean" not in shown.stderr, shown.stderr
     # A doer whose active policy leaves options open: the freeze holds from its first shares.
-    tuned = f"Tuned{uuid.uuid4().hex[:8]}"
-    body = {"prompts": {"system": "Draft."}, "tunables": {"draft": {PARAMETER: [LARGE, SMALL]}}}
-    registered = await commands_store.apply_command(db, register(tuned, signing_key, 1, body))
-    assert registered is not None and registered.applied, registered
-    first = PromotePolicy(
-        doer=tuned, actor="tests", reason="first", policy_id=tuned.lower(), version=1, force=True
-    )
-    promoted = await commands_store.apply_command(db, first)
-    assert promoted is not None and promoted.applied, promoted
+    tuned = await active_tuned_doer(db, signing_key, "Tuned")
     shown = await asyncio.to_thread(run_learnops, settings_env, "bandit", "show", tuned)
     assert shown.returncode == 1, shown.stdout
     assert f"its active policy {tuned.lower()}@1 leaves draft/{PARAMETER} open" in shown.stderr
@@ -784,3 +790,74 @@ async def test_an_owner_proposes_the_confident_option_as_a_signed_tool_tuning_ex
     assert short.returncode == 1 and evidence["experiment_id"] in short.stderr, short.stderr
     unknown = await asyncio.to_thread(propose, str(uuid.uuid4()))
     assert unknown.returncode == 1 and "no experiment request" in unknown.stderr
+
+
+async def _stored_runs(db: Any, doer: str) -> dict[bool, int]:
+    """The doer's stored runs by ``shadow``."""
+    rows = await db.fetch(
+        "SELECT shadow, count(*) AS runs FROM crl_results WHERE doer = $1 GROUP BY shadow", doer
+    )
+    return {r["shadow"]: r["runs"] for r in rows}
+
+
+async def test_demo_traffic_names_each_runs_option_as_the_latest_allocation_picks_it(
+    bandit_worker: WorkerProcess, db: Any, settings: Any, signing_key: SigningKey
+) -> None:
+    """A new operator had no way from the CLI to feed runs naming options (demo traffic
+    named none): it wrote a producer of its own. With --option-cost, runs of the active
+    version name the policy's default before any allocation, then the allocation's picks,
+    with the probes it asks for, each at its option's cost."""
+    doer = await active_tuned_doer(db, signing_key, "Traffic")
+
+    async def traffic(tasks: int) -> Any:
+        sent = await asyncio.to_thread(
+            run_learnops,
+            bandit_worker.env,
+            *("demo", "traffic", doer, "--tasks", str(tasks)),
+            *("--option-cost", f"{PARAMETER}={SMALL}:0.5"),
+        )
+        assert sent.returncode == 0, sent.stderr
+        return sent.stdout
+
+    said = await traffic(40)
+    assert f"draft/{PARAMETER} by the policy's default {LARGE} (no allocation yet): " in said
+    assert f"{LARGE} 40" in said
+    allocated = await eventually(
+        lambda: db.fetchrow(
+            "SELECT sequence, allocations FROM bandit_allocations WHERE doer = $1"
+            " ORDER BY sequence DESC, last_sent_at DESC LIMIT 1",
+            doer,
+        ),
+        lambda row: row is not None,
+    )
+    assert allocated is not None
+    said = await traffic(200)
+    assert f"draft/{PARAMETER} by allocation {allocated['sequence']}: " in said, said
+    assert f"probe {SMALL}" in said, said  # on probation at the floor: probed in shadow
+
+    # Every run stored, the probes as shadow runs (guardrail evidence only); the bandit
+    # folded the live ones (its last allocation counts all but the runs since it, < EVERY),
+    # and dead-lettered none for its option.
+    def stored(counts: dict[bool, int]) -> bool:
+        return counts.get(False) == 240 and counts.get(True, 0) > 0
+
+    counts = await eventually(lambda: _stored_runs(db, doer), stored)
+    assert stored(counts), counts
+    folded = await eventually(
+        lambda: db.fetchval(
+            "SELECT max((a->>'runs')::int) FROM bandit_allocations,"
+            " jsonb_array_elements(allocations) AS a WHERE doer = $1",
+            doer,
+        ),
+        lambda runs: runs > 240 - EVERY,
+    )
+    assert 240 - EVERY < folded <= 240
+    assert not await _dead_letters(settings, doer)
+    refused = await asyncio.to_thread(
+        run_learnops,
+        bandit_worker.env,
+        *("demo", "traffic", doer, "--option-cost", f"{PARAMETER}=model-z:0.5"),
+    )
+    assert refused.returncode == 1 and "'model-z' is not an option of router.model" in (
+        refused.stderr
+    )
