@@ -109,6 +109,10 @@ class _Request:
 # --------------------------------------------------------------------------- results
 
 
+#: What :meth:`ExperimentsStage._no_worse` says while a replay it needs is running again.
+_NOT_YET: dict[str, Any] = {"not yet": True}
+
+
 def _default_canary() -> dict[str, Any]:
     # A shadow that passes moves on to canary by itself when the canary stage supports it.
     return {"advance_shadow": True} if "advance_shadow" in CanarySettings.model_fields else {}
@@ -529,6 +533,8 @@ class ExperimentsStage(Stage):
             )
             return
         gate = await self._no_worse(row)
+        if gate is _NOT_YET:
+            return  # judged when the replay running again completes (_finished)
         if gate is not None:
             # Its shadow and canary judge it "no worse": so does its replay. The replay's own
             # verdict (the worker's rule, "better") stays on the shared row and here beside it.
@@ -548,7 +554,9 @@ class ExperimentsStage(Stage):
         (a bandit's proposal by default) is a candidate meant to match the control;
         the worker's replay rule asks it to be better, which a match shows about
         alpha of the time. Its replay is judged at the plan's margin instead, from the
-        two replays' stored task losses (the same figures every time it is judged).
+        two replays' task losses as they are when both are complete (read together;
+        the verdict names the attempts and result blobs it judged). While either is
+        running again (a forced attempt) it is ``_NOT_YET``: judged when that completes.
         """
         plan = (row["plan"] or {}).get("canary") or {}
         if plan.get("mode") != "non_inferiority":
@@ -557,16 +565,24 @@ class ExperimentsStage(Stage):
             margin = CanarySettings.model_validate(plan).non_inferiority_margin
         except ValidationError:
             return None  # the deployment fails it with its reason (_send_deploy)
-        losses = await self._read(
-            store.paired_task_losses, row["replay_id"], row["control_replay_id"]
+        pair = await self._read(
+            store.complete_pair_losses, row["replay_id"], row["control_replay_id"]
         )
-        decided = decide_non_inferiority(*losses, self.app.learning.replay.rule, margin)
+        if pair is None:
+            return _NOT_YET
+        try:
+            decided = decide_non_inferiority(
+                pair.candidate, pair.control, self.app.learning.replay.rule, margin
+            )
+        except ValueError as exc:  # a margin no test can use: said, not raised per event
+            return {"passed": False, "incomplete": False, "reason": f"failed: {exc}", "numbers": {}}
         return {
             "passed": decided.passed,
             "incomplete": False,
             "reason": decided.reason,
             "numbers": decided.numbers,
             "rule": "non_inferiority",
+            "judged": pair.attempts,
         }
 
     async def _deploy(self, row: Any, evidence: dict[str, Any]) -> None:

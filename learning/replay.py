@@ -286,8 +286,8 @@ def paired_improvement(
         raise ValueError(f"alpha {alpha} is not between 0 and 1")
     # Negative: a non-inferiority margin (:func:`decide_non_inferiority`), the contrast
     # ``(1 + margin)·control − candidate``.
-    if not (math.isfinite(min_improvement_pct) and -1.0 < min_improvement_pct < 1.0):
-        raise ValueError(f"min_improvement_pct {min_improvement_pct} is not in (-1, 1)")
+    if not (math.isfinite(min_improvement_pct) and min_improvement_pct < 1.0):
+        raise ValueError(f"min_improvement_pct {min_improvement_pct} is not finite and below 1")
     cand = {(int(seed), str(sample)): float(loss) for seed, sample, loss in candidate}
     ctrl = {(int(seed), str(sample)): float(loss) for seed, sample, loss in control}
     pairs = sorted(set(cand) & set(ctrl))
@@ -484,8 +484,8 @@ def decide_non_inferiority(
     more than the margin" at level alpha. The rule's seed requirements apply as
     in :func:`decide`; its improvement thresholds do not.
     """
-    if not (math.isfinite(margin) and 0.0 <= margin < 1.0):
-        raise ValueError(f"non-inferiority margin {margin} is not in [0, 1)")
+    if not (math.isfinite(margin) and margin >= 0.0):
+        raise ValueError(f"non-inferiority margin {margin} is not finite and ≥ 0")
     candidate, control = list(candidate), list(control)
     unpaired = _unpaired(candidate, control)
     if unpaired is not None:

@@ -552,12 +552,41 @@ async def task_losses(conn: Any, rid: str) -> list[tuple[int, str, float]]:
     return [(r["seed"], r["sample_id"], r["loss"]) for r in rows]
 
 
-async def paired_task_losses(
-    pool: Any, rid: str, control_rid: str
-) -> tuple[list[tuple[int, str, float]], list[tuple[int, str, float]]]:
-    """A replay's and its control's scored tasks, (seed, sample id, loss) each."""
-    async with pool.acquire() as conn:
-        return await task_losses(conn, rid), await task_losses(conn, control_rid)
+@dataclass(frozen=True)
+class CompletePair:
+    """Two complete replays' task losses, read together, and which attempts they are."""
+
+    candidate: list[tuple[int, str, float]]
+    control: list[tuple[int, str, float]]
+    attempts: dict[str, Any]  # each side's attempt and result blob: what was judged
+
+
+async def complete_pair_losses(pool: Any, rid: str, control_rid: str) -> CompletePair | None:
+    """Both replays' task losses if both are complete now, else None (one is running again).
+
+    Read in one transaction with both rows locked against a new attempt (which
+    resets a replay's task losses before its tasks come back), so the losses are
+    those of the attempts named, every task of each answered.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT replay_id, status, attempt, result_hash FROM offline_replays"
+            " WHERE replay_id = ANY($1::text[]) FOR SHARE",
+            [rid, control_rid],
+        )
+        found = {r["replay_id"]: r for r in rows}
+        if len(found) != len({rid, control_rid}) or any(r["status"] != "complete" for r in rows):
+            return None
+        return CompletePair(
+            await task_losses(conn, rid),
+            await task_losses(conn, control_rid),
+            {
+                "candidate_attempt": found[rid]["attempt"],
+                "candidate_result_hash": found[rid]["result_hash"],
+                "control_attempt": found[control_rid]["attempt"],
+                "control_result_hash": found[control_rid]["result_hash"],
+            },
+        )
 
 
 async def settle_verdicts(pool: Any, finished: str, rule: ReplayRule) -> list[str]:
@@ -643,6 +672,7 @@ async def get_replay(
             control_replay_id=comparison["control_replay_id"],
             verdict=comparison["verdict"],
             attempt=comparison["attempt"],
+            control_attempt=comparison["control_attempt"],
             control_result_hash=comparison["control_result_hash"],
         )
         result_hash = comparison["result_hash"]

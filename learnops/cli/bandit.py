@@ -224,7 +224,8 @@ async def _control(
             # as the one that held them.
             note = (
                 f"{doer}'s allocations are {verb} already (sequence {latest.sequence}); "
-                "sent again, it changes nothing"
+                "sent again, it changes nothing unless another operator's "
+                f"{'unfreeze' if frozen else 'freeze'} is on its way"
             )
     if has_allocations is False:
         # A freeze ahead of a doer's first allocation is allowed (it holds from then on)

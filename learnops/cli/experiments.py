@@ -155,9 +155,14 @@ async def replay_report(
         control = _side(control_row) if control_row else None
         if control is not None and control_hash is not None and control_row is not None:
             current = await store.get_replay(pool, row["control_replay_id"])
-            compared = last["control_attempt"] if last is not None else control_row["attempt"]
+            if comparison_id is not None:
+                compared = row["control_attempt"]
+            else:
+                compared = last["control_attempt"] if last is not None else control_row["attempt"]
             control["attempt"] = compared
-            if current is not None and current["result_hash"] != control_hash:
+            if current is not None and current["status"] == "running":
+                control["running_attempt"] = current["attempt"]
+            elif current is not None and current["result_hash"] != control_hash:
                 control["replaced_by_attempt"] = current["attempt"]
     return {
         **_side(row),
@@ -228,12 +233,18 @@ def _print_replay(self: GroupedCommand, report: dict[str, Any], as_json: bool) -
         self.say(
             f"verdict: {'PASSED' if verdict['passed'] else 'NOT PASSED'} — {verdict['reason']}"
         )
-        replaced = (report["control"] or {}).get("replaced_by_attempt")
+        control = report["control"] or {}
+        replaced, running = control.get("replaced_by_attempt"), control.get("running_attempt")
         if replaced is not None:
             self.say(
-                f"note: the control {report['control']['policy']} was replayed again since "
+                f"note: the control {control['policy']} was replayed again since "
                 f"this verdict (attempt {replaced}; the figures above are the attempt it was "
                 "given on); `--force` compares the candidate with it"
+            )
+        elif running is not None:
+            self.say(
+                f"note: the control {control['policy']} is being replayed again (attempt "
+                f"{running}); the figures above are the attempt this verdict was given on"
             )
 
 

@@ -808,7 +808,12 @@ def _versioned(ctx: click.Context, param: click.Parameter, value: str) -> str:
     policy,
     "promote",
     click.argument("ref", callback=_versioned),
-    click.option("--force", is_flag=True, help="Skip steps (draft or shadow → active)."),
+    click.option(
+        "--force",
+        is_flag=True,
+        help="Skip steps (draft or shadow → active), or promote a canary ahead of its own "
+        "decision; needs --reason and a second owner's --approver-key.",
+    ),
     click.option("--reason", default=None, help="Why (required with --force)."),
     click.option("--deployment", default=None, help="Only promote out of this deployment."),
     click.option(
@@ -1265,8 +1270,10 @@ async def policy_approve(
         if found["step"] >= last:
             # Not a wrong command line: the canary has no step left to approve.
             fail(
-                f"{did} is at its last step ({found['step']} of 0..{last}); promote it instead: "
-                f"learnops policy promote {found['candidate']}"
+                f"{did} is at its last step ({found['step']} of 0..{last}): the canary promotes "
+                "it on its evidence; to promote it before that (a forced move, with a second "
+                f"owner): learnops policy promote {found['candidate']} --force --reason R "
+                "--approver-key SECOND.pem"
             )
         if step != found["step"] + 1:
             usage_error(

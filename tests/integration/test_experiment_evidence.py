@@ -82,9 +82,15 @@ class Doer:
         return start.replay_id
 
     async def start(
-        self, version: int, control_rid: str | None, seeds: list[int] = SEEDS
+        self,
+        version: int,
+        control_rid: str | None,
+        seeds: list[int] = SEEDS,
+        *,
+        force: bool = False,
     ) -> store.ReplayStart:
-        """Start the replay of ``version`` against ``control_rid`` ("self": its own control)."""
+        """Start the replay of ``version`` against ``control_rid`` ("self": its own control);
+        ``force``: its next attempt, as `replay run --force` asks."""
         policy = await store.find_policy_row(self.db, self.name.lower(), version)
         if control_rid == "self":
             control_rid = replay_id(policy["content_hash"], self.golden.manifest_hash, seeds)
@@ -96,11 +102,13 @@ class Doer:
             requested_by=uuid.uuid4(),
             actor="tests",
             timeout_s=600,
-            force=False,
+            force=force,
             control_replay_id=control_rid,
         )
 
-    async def experiment(self, candidate: int, control: int) -> str:
+    async def experiment(
+        self, candidate: int, control: int, plan: dict[str, Any] | None = None
+    ) -> str:
         experiment_id = f"{self.name}-v{candidate}-vs-v{control}"
         created = await store.insert_experiment(
             self.db,
@@ -118,7 +126,7 @@ class Doer:
             policy_version=candidate,
             control=await store.find_policy_row(self.db, self.name.lower(), control),
             deploy="shadow",
-            plan={},
+            plan=plan or {},
             created_at=datetime.now(UTC),
         )
         assert created

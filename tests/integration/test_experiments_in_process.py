@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from agents.app import LearnopsApp
 from learning.signing import generate_key
+from learnops.cli.experiments import experiment_report
 from models.commands import CreateExperiment, RunReplay, StartShadow
 from models.events import ExperimentChanged, ReplayTask
 from models.ids import experiment_event_id
@@ -151,6 +152,43 @@ async def test_a_later_move_sends_what_a_kill_left_unsent_first_in_order(
         ("failed", "replaying"),
     ]
     assert (await store.get_experiment(db, experiment))["published_seq"] == 2
+
+
+async def test_a_no_worse_replay_waits_for_a_control_running_again_and_names_what_it_judged(
+    experiments_app: LearnopsApp, db: Any
+) -> None:
+    """A review found the no-worse gate reading the control's task losses while a forced
+    attempt was refilling them: it paired the few back so far (a candidate twice as bad on
+    half the samples passed). It now waits until both replays are complete again."""
+    doer = await make_doer(db)
+    margin = {"non_inferiority_margin": 0.1, "max_crl_increase": 0.1}
+    plan = {"canary": {"mode": "non_inferiority", **margin}}
+    experiment = await doer.experiment(2, 1, plan)
+    control = await doer.replay(1, "self", 0.5)
+    candidate = await doer.replay(2, control, 0.5)  # a match: "better" fails, "no worse" passes
+    await doer.replaying(experiment, candidate, control)
+    again = await doer.start(1, control, force=True)  # `replay run --force` of the control
+    assert again.tasks, "the forced attempt publishes its tasks again"
+    for task in again.tasks[:2]:  # two of its results are back, the rest are not
+        await store.record_result(db, scored(task, 0.5))
+    stage = experiments_app.stages["experiments"]
+    await stage._judge(await store.get_experiment(db, experiment))
+    row = await store.get_experiment(db, experiment)
+    assert (row["status"], row["deploy_command_id"]) == ("replaying", None), row["outcome"]
+    for task in again.tasks[2:]:
+        await store.record_result(db, scored(task, 0.5))
+    await stage._judge(await store.get_experiment(db, experiment))
+    row = await store.get_experiment(db, experiment)
+    assert row["deploy_command_id"] is not None, dict(row)
+    gate = row["outcome"]["verdict"]
+    assert gate["rule"] == "non_inferiority" and gate["passed"], gate
+    assert row["outcome"]["replay_verdict"]["passed"] is False
+    assert gate["judged"]["control_attempt"] == 2 and gate["judged"]["candidate_attempt"] == 1
+    assert gate["numbers"]["paired_samples"] == len(doer.golden.samples)
+    # The replay's own verdict, as `experiment show` prints it, against the control's attempt
+    # it was given on (the review found it printing the control's current attempt).
+    report = await experiment_report(db, experiment)
+    assert report is not None and report["replay"]["control"]["attempt"] == 1, report["replay"]
 
 
 class RefusingOutbox(list[tuple[str, Any]]):
