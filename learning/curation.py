@@ -589,7 +589,10 @@ def _find_cards(text: str) -> list[Finding]:
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})"
-    r"(?![A-Za-z0-9-]|\.[A-Za-z0-9])"
+    # Not followed by more of a name (a letter: the TLD goes on; ".x": the domain goes on).
+    # A hyphen or digit right after ("…@acme-corp.com-0" in an id) ends it: until
+    # 2026-12-08 such an address was left whole.
+    r"(?![A-Za-z]|\.[A-Za-z0-9])"
 )
 _LOCAL_PART_MAX: Final = 64
 # Asset names such as ``icon@2x.png`` look like addresses; these endings are no TLD.
@@ -744,6 +747,8 @@ def _find_phones(
         level = leniency[0] if international else leniency[1]
         for region in regions[:1] if international else regions:
             for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=level):
+                if not _written_as_phone(match):
+                    continue
                 start, end = lo + match.start, lo + match.end
                 if text[start] == "(" and ")" not in text[start:end]:
                     start += 1  # libphonenumber keeps an unbalanced opening bracket
@@ -757,6 +762,23 @@ def _find_phones(
             if covered >= digits_in_window:
                 break
     return out
+
+
+_PHONE_SEPARATORS: Final = frozenset(" \t-./()")
+
+
+def _written_as_phone(match: phonenumbers.PhoneNumberMatch) -> bool:
+    """Whether a match is a valid number, or one written as a number is (grouped).
+
+    A number in a range libphonenumber does not list as assigned (new ranges, or
+    reserved ones such as the UK's 07700 900xxx) is only *possible* for it; at
+    the VALID leniency "+44 7700 900123" was kept while "07700 900123" was
+    redacted. Possible numbers count when grouped like a phone number, so a
+    "+1234567" (a delta, a count) is not taken for one.
+    """
+    if phonenumbers.is_valid_number(match.number):
+        return True
+    return any(c in _PHONE_SEPARATORS for c in match.raw_string.lstrip("+(").rstrip(")"))
 
 
 # What a candidate of libphonenumber's matcher starts with: an opening bracket,
@@ -867,7 +889,7 @@ class Redactor:
     def __init__(
         self,
         phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
-        international_leniency: int = phonenumbers.Leniency.VALID,
+        international_leniency: int = phonenumbers.Leniency.POSSIBLE,
         national_leniency: int = phonenumbers.Leniency.STRICT_GROUPING,
     ) -> None:
         unknown = [r for r in phone_regions if r not in phonenumbers.SUPPORTED_REGIONS]
