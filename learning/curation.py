@@ -34,6 +34,8 @@ from typing import Final, Literal
 
 import phonenumbers
 
+from models.addresses import email_spans
+
 # --------------------------------------------------------------------------------------
 # Kinds, placeholders and the priority that settles overlapping findings
 # --------------------------------------------------------------------------------------
@@ -584,32 +586,8 @@ def _find_cards(text: str) -> list[Finding]:
     return out
 
 
-# RFC 5322's dot-atom local part (the common subset) at a DNS name with an
-# alphabetic TLD.
-_EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24})"
-    # Not followed by more of a name (a letter: the TLD goes on; ".x": the domain goes on).
-    # A hyphen or digit right after ("…@acme-corp.com-0" in an id) ends it: until
-    # 2026-12-08 such an address was left whole.
-    r"(?![A-Za-z]|\.[A-Za-z0-9])"
-)
-_LOCAL_PART_MAX: Final = 64
-# Asset names such as ``icon@2x.png`` look like addresses; these endings are no TLD.
-_FILE_ENDINGS: Final = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "pdf"})
-
-
 def _find_emails(text: str) -> list[Finding]:
-    at = text.find("@")
-    if at < 0:
-        return []
-    # A local part has at most 64 characters: no address starts before that much
-    # ahead of the first "@" (the look-behind still sees what precedes the start).
-    return [
-        Finding("EMAIL", m.start(), m.end())
-        for m in _EMAIL.finditer(text, max(0, at - _LOCAL_PART_MAX))
-        if m.group(1).lower() not in _FILE_ENDINGS and ".." not in m.group()
-    ]
+    return [Finding("EMAIL", start, end) for start, end in email_spans(text)]
 
 
 # Not the tail or head of a longer group sequence ("+55 800 12 3604").

@@ -7,10 +7,12 @@ are optional here); ``learning.crl.terms_from_bundle`` decides what that means.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
+from models.addresses import holds_email
 from models.base import (
     ContractModel,
     Count,
@@ -187,3 +189,38 @@ class RunCompleted(Event):
                 "a shadow run of a deployment is a candidate run: arm must be 'candidate'"
             )
         return self
+
+    @model_validator(mode="after")
+    def _no_address_in_names(self) -> Self:
+        # Ids and names are stored and shown in clear (crl_results, fold claims, skill
+        # cards, the console, learning.crl-computed), unlike text, which the curator
+        # redacts: a new operator's run id, model, gate and option holding addresses
+        # reached all of them. The reason names the field, never the value.
+        for field, value in self._names():
+            if holds_email(value):
+                raise ValueError(
+                    f"{field} holds an email address: ids and names of a run are stored and "
+                    "shown in clear, so they must not carry personal data (use an opaque id)"
+                )
+        return self
+
+    def _names(self) -> Iterator[tuple[str, str]]:
+        """Every id and name of the bundle that is stored or shown as it is."""
+        yield "run_id", self.run_id
+        if self.deployment_id is not None:
+            yield "deployment_id", self.deployment_id
+        if self.model is not None:
+            yield "model", self.model
+        for parameter, option in self.options.items():
+            yield "options", parameter
+            yield f"options.{parameter}", option
+        for which, names in (("passed", self.gates.passed), ("failed", self.gates.failed)):
+            for name in names:
+                yield f"gates.{which}", name
+        for i, artifact in enumerate(self.artifacts):
+            yield f"artifacts.{i}.artifact_id", artifact.artifact_id
+            yield f"artifacts.{i}.kind", artifact.kind
+        for i, finding in enumerate(self.security.findings):
+            yield f"security.findings.{i}.finding_id", finding.finding_id
+        for name in self.metrics:
+            yield "metrics", name

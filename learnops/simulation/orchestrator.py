@@ -175,7 +175,7 @@ class BadInput:
 
     key: bytes
     value: bytes
-    fault: str  # "json" | "schema" | "nan" | "key"
+    fault: str  # "json" | "schema" | "nan" | "address" | "key"
 
 
 def bad_inputs(orchestrator: Orchestrator, n: int) -> list[BadInput]:
@@ -184,7 +184,7 @@ def bad_inputs(orchestrator: Orchestrator, n: int) -> list[BadInput]:
     for i in range(n):
         good = orchestrator.bundle()
         record = good.model_dump(mode="json")
-        kind = i % 4
+        kind = i % 5
         if kind == 0:
             value = good.to_json()[: 40 + i % 50]  # truncated JSON
             out.append(BadInput(good.doer.encode(), value, "json"))
@@ -194,6 +194,9 @@ def bad_inputs(orchestrator: Orchestrator, n: int) -> list[BadInput]:
         elif kind == 2:
             raw = orjson.dumps(record).replace(b'"budget":1.0', b'"budget":NaN')
             out.append(BadInput(good.doer.encode(), raw, "nan"))
+        elif kind == 3:  # an id holding an address: stored and shown in clear, so refused
+            record["run_id"] = f"{good.run_id}-for-jane.doe{i}@example.com"
+            out.append(BadInput(good.doer.encode(), orjson.dumps(record), "address"))
         else:
             out.append(BadInput(b"SomeoneElse", good.to_json(), "key"))
     return out

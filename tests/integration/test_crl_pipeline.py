@@ -133,6 +133,11 @@ async def test_one_dead_letter_per_bad_event_with_its_reason(
     assert all("qav" in reason for reason in bundle_reasons), bundle_reasons
     originals = {b.value for b in published["bad"]}
     assert {d.value for d in found if d.error_type != "bundle"} == originals
+    # A run id holding an address: refused naming the field, the address not quoted.
+    address = {b.value for b in published["bad"] if b.fault == "address"}
+    reasons = [d.reason for d in found if d.value in address]
+    assert len(reasons) == len(address) > 0
+    assert all(r.startswith("run_id holds an email address") and "@" not in r for r in reasons)
 
 
 def _expected_days(published: dict[str, Any], doer: str) -> dict[date, DailyCRL]:

@@ -405,3 +405,31 @@ def test_a_repeated_key_at_any_depth_is_found_without_naming_it() -> None:
     bundle = orjson.dumps(bundle_dict())
     assert duplicate_key_problem(bundle) is None
     assert duplicate_key_problem(bundle[:-1] + b', "run_id": "again"}') is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "update"),
+    [
+        ("run_id", {"run_id": "h2b-meta2-carol.white@acme-corp.com"}),
+        ("model", {"model": "ft:gpt-4o:grace.hopper@acme-corp.com"}),
+        ("options.reviewer", {"options": {"reviewer": "kate.moss@acme-corp.com"}}),
+        ("gates.failed", {"gates": {"passed": [], "failed": ["reviewed_by_dave@acme.io"]}}),
+        ("metrics", {"metrics": {"latency_of_bob@corp.com": 1.0}}),
+        ("run_id", {"run_id": "run-carol\uff20acme.com"}),  # a fullwidth at sign
+    ],
+)
+def test_a_bundle_whose_ids_or_names_hold_an_address_is_refused_naming_the_field(
+    field: str, update: dict[str, Any]
+) -> None:
+    """Ids and names are stored and shown in clear (crl_results, skill cards, the console):
+    a new operator's run id, model, gate and option holding addresses reached all of them."""
+    with pytest.raises(ValidationError) as err:
+        RunCompleted.model_validate({**bundle_dict(), **update})
+    message = err.value.errors()[0]["msg"]
+    assert message.startswith(f"Value error, {field} holds an email address"), message
+    assert "@" not in message and "\uff20" not in message  # the reason never quotes it
+
+
+def test_at_signs_that_are_no_address_pass() -> None:
+    for run_id in ("prd@2", "logo@2x.png", "pkg@1.2.3", "deploy@sha256:ab12"):
+        assert RunCompleted.model_validate({**bundle_dict(), "run_id": run_id}).run_id == run_id

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from learning.contamination import ContaminationAlertRule, ContaminationGuard, GuardConfig
 from learning.curation import contains_pii
@@ -303,15 +304,23 @@ def test_content_under_a_reused_artifact_id_is_refused_before_anything_changes()
 
 
 def test_pii_in_the_orchestrators_ids_does_not_pass_either() -> None:
-    bundle = make_bundle(
-        artifacts=[
-            {
-                "artifact_id": "jane.doe@example.com/notes",
-                "kind": "note",
-                "content": "nothing personal here at all",
-                "origin": "human",
-            }
-        ]
+    """The contract refuses an address in a run's ids (below); a bundle that got past it
+    (built without validation) still has it redacted in its samples."""
+    artifact = {
+        "artifact_id": "jane.doe@example.com/notes",
+        "kind": "note",
+        "content": "nothing personal here at all",
+        "origin": "human",
+    }
+    with pytest.raises(ValidationError, match=r"artifacts\.0\.artifact_id holds an email"):
+        make_bundle(artifacts=[artifact])
+    valid = make_bundle(artifacts=[{**artifact, "artifact_id": "notes"}])
+    bundle = valid.model_copy(
+        update={
+            "artifacts": [
+                valid.artifacts[0].model_copy(update={"artifact_id": artifact["artifact_id"]})
+            ]
+        }
     )
     [sample] = DoerCuration("PRDWriter").curate(bundle, now=NOW).samples
     assert sample.event.artifact_id == "[EMAIL]/notes"
@@ -427,9 +436,12 @@ def test_a_phase_that_reads_as_pii_is_the_bundles_problem_not_an_internal_error(
 
 
 def test_the_model_name_is_stored_redacted() -> None:
-    bundle = make_bundle(
-        doer="Gamma", run_id="model-pii", model="gpt-4o (key for jane.doe@example.com)"
-    )
+    """Refused by the contract (an address in a run's names); redacted in samples if a
+    bundle got past it."""
+    named = "gpt-4o (key for jane.doe@example.com)"
+    with pytest.raises(ValidationError, match="model holds an email address"):
+        make_bundle(doer="Gamma", run_id="model-pii", model=named)
+    bundle = make_bundle(doer="Gamma", run_id="model-pii").model_copy(update={"model": named})
     samples = DoerCuration("Gamma").curate(bundle, now=NOW).samples
     assert samples, "the bundle gives samples"
     for sample in samples:
