@@ -3,9 +3,13 @@
 Per alert, per receiver (``LEARNOPS_ALERT_WEBHOOKS``): skip it if this receiver
 already got this event id (a redelivered or re-sent alert), else POST its
 payload (learning.alerting), retrying passing trouble (no answer, 408, 429,
-5xx) with backoff. A receiver that stays down, or refuses the request, turns
-the alert into a dead letter naming the receiver and the last status, and the
-stage goes on: one broken receiver never holds back the others or the stream.
+5xx) with backoff. The receivers are tried side by side. A receiver that stays
+down, or refuses the request, turns the alert into a dead letter naming the
+receiver and the last status, and the stage goes on. One that stayed down is
+not tried again for ``COOL_OFF_S`` (its alerts meanwhile are dead letters at
+once): its retries held every later alert back before, so that one dead
+receiver delivered the others' alerts 7.5 s apart (a new operator's trial saw
+a regression alert reach a healthy receiver 71 s late).
 
 Which ids each receiver got lives in a table value per doer (the last
 ``DEDUP_KEEP`` per receiver). Delivery is at least once: a crash between a POST
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -38,6 +43,7 @@ DELIVERIES = Counter(
 )
 DEDUP_KEEP = 256  # event ids remembered per doer and receiver
 TIMEOUT_S = 5.0  # per request
+COOL_OFF_S = 30.0  # how long a receiver that stayed down is not tried
 
 
 class NotifyStage(Stage):
@@ -53,6 +59,9 @@ class NotifyStage(Stage):
             DELIVERIES.labels(hook.format, "failed")
         self.dashboard_url = settings.learnops_dashboard_url
         self.retry = RetryPolicy()
+        self.cool_off_s = COOL_OFF_S
+        # Receiver name → (loop time until which it is not tried, when it went down, why).
+        self.down: dict[str, tuple[float, str, str]] = {}
         self.sent = self.table("notify-sent", default=dict, help_="Alert ids sent per receiver")
 
         async def notify(stream: Any) -> None:
@@ -72,27 +81,46 @@ class NotifyStage(Stage):
             return
         self.partitions.seen(alert.doer, event.message.partition)
         memory = dict(self.sent[alert.doer] or {})
-        changed = False
+        loop = asyncio.get_running_loop()
+        pending, resting = [], []
+        for hook in self.hooks:
+            if str(alert.event_id) in recent_ids(memory.get(hook.name), DEDUP_KEEP):
+                DELIVERIES.labels(hook.format, "duplicate").inc()
+            elif self.down.get(hook.name, (0.0, "", ""))[0] > loop.time():
+                resting.append(hook)
+            else:
+                pending.append(hook)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
-            for hook in self.hooks:
+            statuses = await asyncio.gather(*(self._deliver(http, h, alert) for h in pending))
+        changed = False
+        for hook, status in zip(pending, statuses, strict=True):
+            if status is not None and 200 <= status < 300:
                 ids = recent_ids(memory.get(hook.name), DEDUP_KEEP)
-                if str(alert.event_id) in ids:
-                    DELIVERIES.labels(hook.format, "duplicate").inc()
-                    continue
-                status = await self._deliver(http, hook, alert)
-                if status is not None and 200 <= status < 300:
-                    memory[hook.name] = {"sent": [*ids, str(alert.event_id)][-DEDUP_KEEP:]}
-                    changed = True
-                    continue
-                await self.dead_letter(
-                    event,
-                    error_type="delivery",
-                    reason=(
-                        f"webhook {hook.name} did not take the alert after "
-                        f"{self.retry.attempts} tries (last status: {status or 'no answer'})"
-                    ),
-                    doer=alert.doer,
+                memory[hook.name] = {"sent": [*ids, str(alert.event_id)][-DEDUP_KEEP:]}
+                self.down.pop(hook.name, None)
+                changed = True
+                continue
+            if retryable(status):  # down, not refusing: rest it
+                since = datetime.now(UTC).isoformat(timespec="seconds")
+                self.down[hook.name] = (
+                    loop.time() + self.cool_off_s,
+                    since,
+                    str(status or "no answer"),
                 )
+            reason = (
+                f"webhook {hook.name} did not take the alert after "
+                f"{self.retry.attempts} tries (last status: {status or 'no answer'})"
+            )
+            await self.dead_letter(event, error_type="delivery", reason=reason, doer=alert.doer)
+        for hook in resting:
+            DELIVERIES.labels(hook.format, "failed").inc()
+            _, since, last = self.down[hook.name]
+            reason = (
+                f"webhook {hook.name} was down (last status: {last}, after {self.retry.attempts} "
+                f"tries at {since}); not tried again for {self.cool_off_s:g} s, so that it "
+                "holds no other receiver's alerts back"
+            )
+            await self.dead_letter(event, error_type="delivery", reason=reason, doer=alert.doer)
         if changed:
             self.sent[alert.doer] = memory
 

@@ -83,21 +83,61 @@ async def test_each_receiver_gets_an_alert_once_in_its_format_and_a_dead_receive
         # The same alert again (a redelivery, or a re-send after a restart).
         await agent.put(alert.to_json(), key=b"NotifyDoer", wait=False)
         letters = lambda: [e for t, e in app.outbox if t == "learning.dlq"]  # noqa: E731
-        await _until(lambda: len(letters()) == 2 and len(down.bodies) == 6)
+        await _until(lambda: len(letters()) == 2)
 
     assert [b["event_id"] for b in json_hook.bodies] == [str(alert.event_id)]
     assert json_hook.bodies[0]["evidence_url"] == "http://127.0.0.1:8080/doers/NotifyDoer"
     (message,) = am_hook.bodies
     assert message["alerts"][0]["fingerprint"] == str(alert.event_id)
     assert message["alerts"][0]["labels"]["alertname"] == "crl_regression"
-    # The receiver that stays down was tried three times per delivery, then dead-lettered,
-    # naming the receiver by host only: the path of a webhook URL is its secret.
+    # The receiver that stays down was tried three times, then dead-lettered, naming the
+    # receiver by host only (the path of a webhook URL is its secret); then rested: the
+    # second delivery is a letter at once.
+    assert len(down.bodies) == 3
     assert all(b["text"].startswith("[warning] crl_regression NotifyDoer") for b in down.bodies)
-    for letter in letters():
+    first, second = letters()
+    assert "did not take the alert after 3 tries (last status: 503)" in first.reason
+    assert "was down (last status: 503, after 3 tries at " in second.reason
+    for letter in (first, second):
         assert isinstance(letter, DeadLetter)
         assert letter.error_type == "delivery"
-        assert "slack:127.0.0.1" in letter.reason and "503" in letter.reason
+        assert "slack:127.0.0.1" in letter.reason
         assert "secret-path" not in letter.reason
+
+
+async def test_a_receiver_that_stays_down_holds_no_other_receivers_alerts_back(
+    receivers: Callable[[int], Any],
+) -> None:
+    """A new operator's trial: with a dead Slack URL beside a live one, each alert waited for
+    the dead one's five tries (7.5 s), and a regression alert reached the live one 71 s late.
+    The receivers are tried side by side, and one that stayed down rests a while: of ten
+    alerts it is tried for the first only (three tries, not thirty), the live one gets all."""
+    live, dead = await receivers(200), await receivers(503)
+    settings = Settings(
+        learnops_app_id="notify-test-down",
+        learnops_web_enabled=False,
+        learnops_alert_webhooks=f"json={live.url},slack={dead.url}",
+    )
+    app = create_app(settings, stages=["notify"])
+    app.outbox = []
+    stage = app.stages["notify"]
+    stage.retry = RetryPolicy(attempts=3, first_delay_s=0.01, max_delay_s=0.02)
+    alerts = [_alert("DownDoer", kind=f"k{i}") for i in range(10)]
+    async with app.agents["notify"].test_context() as agent:
+        for alert in alerts:
+            await agent.put(alert.to_json(), key=b"DownDoer", wait=False)
+        letters = lambda: [e for t, e in app.outbox if t == "learning.dlq"]  # noqa: E731
+        await _until(lambda: len(live.bodies) == len(alerts) and len(letters()) == len(alerts))
+    assert [b["event_id"] for b in live.bodies] == [str(a.event_id) for a in alerts]
+    assert len(dead.bodies) == 3
+    assert sum("was down" in letter.reason for letter in letters()) == len(alerts) - 1
+    # Rested for cool_off_s, then tried again with its full tries.
+    stage.cool_off_s = 0.0
+    stage.down = {name: (0.0, since, last) for name, (_, since, last) in stage.down.items()}
+    again = _alert("DownDoer", kind="after")
+    async with app.agents["notify"].test_context() as agent:
+        await agent.put(again.to_json(), key=b"DownDoer", wait=False)
+        await _until(lambda: len(dead.bodies) == 6)
 
 
 async def test_a_refused_request_is_not_retried(receivers: Callable[[int], Any]) -> None:
