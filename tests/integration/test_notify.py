@@ -55,6 +55,22 @@ async def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
             await asyncio.sleep(0.02)
 
 
+def notify_app(app_id: str, webhooks: str, **settings: Any) -> Any:
+    """An app with the notify stage alone, sending to ``webhooks``, three quick tries each."""
+    app = create_app(
+        Settings(
+            learnops_app_id=app_id,
+            learnops_web_enabled=False,
+            learnops_alert_webhooks=webhooks,
+            **settings,
+        ),
+        stages=["notify"],
+    )
+    app.outbox = []
+    app.stages["notify"].retry = RetryPolicy(attempts=3, first_delay_s=0.01, max_delay_s=0.02)
+    return app
+
+
 def _alert(doer: str, kind: str = "crl_regression") -> Alert:
     return Alert(doer=doer, kind=kind, severity="warning", message="m", value=1.0, threshold=0.5)
 
@@ -65,18 +81,11 @@ async def test_each_receiver_gets_an_alert_once_in_its_format_and_a_dead_receive
     json_hook = await receivers(200)
     am_hook = await receivers(202)
     down = await receivers(503)
-    settings = Settings(
-        learnops_app_id="notify-test",
-        learnops_web_enabled=False,
-        learnops_alert_webhooks=(
-            f"json={json_hook.url},alertmanager={am_hook.url},slack={down.url}"
-        ),
+    app = notify_app(
+        "notify-test",
+        f"json={json_hook.url},alertmanager={am_hook.url},slack={down.url}",
         learnops_dashboard_url="http://127.0.0.1:8080",
     )
-    app = create_app(settings, stages=["notify"])
-    app.outbox = []
-    stage = app.stages["notify"]
-    stage.retry = RetryPolicy(attempts=3, first_delay_s=0.01, max_delay_s=0.02)
     alert = _alert("NotifyDoer")
     async with app.agents["notify"].test_context() as agent:
         await agent.put(alert.to_json(), key=b"NotifyDoer", wait=False)
@@ -113,15 +122,8 @@ async def test_a_receiver_that_stays_down_holds_no_other_receivers_alerts_back(
     The receivers are tried side by side, and one that stayed down rests a while: of ten
     alerts it is tried for the first only (three tries, not thirty), the live one gets all."""
     live, dead = await receivers(200), await receivers(503)
-    settings = Settings(
-        learnops_app_id="notify-test-down",
-        learnops_web_enabled=False,
-        learnops_alert_webhooks=f"json={live.url},slack={dead.url}",
-    )
-    app = create_app(settings, stages=["notify"])
-    app.outbox = []
+    app = notify_app("notify-test-down", f"json={live.url},slack={dead.url}")
     stage = app.stages["notify"]
-    stage.retry = RetryPolicy(attempts=3, first_delay_s=0.01, max_delay_s=0.02)
     alerts = [_alert("DownDoer", kind=f"k{i}") for i in range(10)]
     async with app.agents["notify"].test_context() as agent:
         for alert in alerts:
@@ -142,13 +144,7 @@ async def test_a_receiver_that_stays_down_holds_no_other_receivers_alerts_back(
 
 async def test_a_refused_request_is_not_retried(receivers: Callable[[int], Any]) -> None:
     refusing = await receivers(400)
-    settings = Settings(
-        learnops_app_id="notify-test-400",
-        learnops_web_enabled=False,
-        learnops_alert_webhooks=f"json={refusing.url}",
-    )
-    app = create_app(settings, stages=["notify"])
-    app.outbox = []
+    app = notify_app("notify-test-400", f"json={refusing.url}")
     async with app.agents["notify"].test_context() as agent:
         await agent.put(_alert("RefusedDoer").to_json(), key=b"RefusedDoer", wait=False)
         await _until(lambda: any(t == "learning.dlq" for t, _ in app.outbox))
