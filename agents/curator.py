@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, date, datetime
+from functools import partial
 from pickle import PickleError
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,8 @@ from pydantic import ValidationError
 from agents.curation_pool import PREPARED, CurationPool, PreparedBatch
 from agents.stage import Stage, misplaced, remember_validated, validated_before
 from agents.tables import SEPARATOR, doer_of
-from learning.contamination import reason_kind
+from learning.contamination import GoldenSet, MinHasher, Signature, reason_kind
+from learning.curation import content_hash
 from learning.samples import (
     CurationError,
     DoerCuration,
@@ -59,6 +61,8 @@ from learning.samples import (
 from models.base import duplicate_key_problem
 from models.events import RunCompleted
 from models.keys import key_problem
+from storage.datasets import golden_sets, golden_texts
+from storage.pool import durably
 
 if TYPE_CHECKING:
     from agents.app import LearnopsApp
@@ -67,6 +71,8 @@ log = logging.getLogger("learnops.curator")
 
 #: Bundles curated per batch at most (a batch is what is queued when the stage is free).
 BATCH = 200
+#: How often the curator reads the golden datasets frozen since it last looked.
+GOLDEN_REFRESH_S = 30.0
 
 SAMPLES = Counter(
     "learnops_samples_curated_total",
@@ -82,6 +88,11 @@ SKIPPED = Counter(
     "Bundles the curator gave no samples: invalid (dead-lettered by crl), replay, shadow.",
     ["reason"],
 )
+
+
+def _hashed(texts: list[tuple[str, str]], hasher: MinHasher) -> list[tuple[str, str, Signature]]:
+    """(sample id, content hash, signature) of golden samples: the guard's keys of each."""
+    return [(sample, content_hash(text), hasher.signature(text)) for sample, text in texts]
 
 
 def _key(doer: str, sample: str) -> str:
@@ -193,6 +204,12 @@ class CuratorStage(Stage):
         self.pool = CurationPool(
             app.settings.learnops_curation_processes, app.learning.curation.hashing
         )
+        # Each tenant's golden samples, which no sample may copy (evaluation data kept out
+        # of training data): read at the first batch, then every GOLDEN_REFRESH_S.
+        self.golden: dict[str, GoldenSet] = {}
+        self._golden_read: set[tuple[str, int]] = set()  # (name, version) in self.golden
+        self._golden_loaded = False
+        self.every(GOLDEN_REFRESH_S, self.refresh_golden)
 
         async def curator(stream: Any) -> None:
             """Curate each bundle's artifacts into samples; keep verdicts; emit samples, alerts."""
@@ -212,6 +229,8 @@ class CuratorStage(Stage):
         Each event is guarded on its own: an error dead-letters that event
         only. The batch is acked once the last one is curated.
         """
+        if not self._golden_loaded:
+            await self.refresh_golden()
         parsed: list[tuple[Any, RunCompleted | None]] = []
         for event in events:
             async with self.guarded(event):
@@ -233,6 +252,35 @@ class CuratorStage(Stage):
                         prepared, batch = await self._prepared(batch, live_index)
                     PREPARED.labels("loop" if prepared is None else "pool").inc()
                 await self.curate(event, bundle, prepared)
+
+    async def refresh_golden(self) -> None:
+        """Read the golden dataset versions frozen since the last look into ``self.golden``.
+
+        Their texts are hashed off the event loop; a version is read once (a
+        frozen version never changes). PostgreSQL down: retried (``durably``).
+        """
+        config = self.app.learning.curation.guard
+        versions = await durably(partial(golden_sets, self.app.pool), what="golden datasets")
+        for name, version, tenant in sorted(versions):
+            if (name, version) in self._golden_read:
+                continue
+            texts = await durably(
+                partial(golden_texts, self.app.pool, name, version), what="golden datasets"
+            )
+            golden = self.golden.setdefault(tenant, GoldenSet(config))
+            hasher = golden.index.hasher
+            hashed = await asyncio.to_thread(_hashed, texts, hasher)
+            for sample, digest, signature in hashed:
+                golden.add_signature(f"{name}@{version}/{sample}", digest, signature)
+            self._golden_read.add((name, version))
+            log.info(
+                "curator_golden name=%s version=%d tenant=%s samples=%d",
+                name,
+                version,
+                tenant,
+                len(hashed),
+            )
+        self._golden_loaded = True
 
     async def _prepared(
         self, batch: PreparedBatch, n: int
@@ -323,6 +371,7 @@ class CuratorStage(Stage):
             now=self.clock(),
             previous=lambda s: self.verdicts.get(_key(doer, s)),
             prepared=prepared,
+            golden=self.golden.get(bundle.tenant_id),
         )
         if curation.skipped:
             SKIPPED.labels(curation.skipped).inc()

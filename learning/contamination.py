@@ -600,6 +600,7 @@ class DiversityWindow:
 # --------------------------------------------------------------------------------------
 
 REASONS: Final[tuple[str, ...]] = (
+    "golden_copy",
     "self_loop",
     "exact_duplicate",
     "near_duplicate",
@@ -607,7 +608,7 @@ REASONS: Final[tuple[str, ...]] = (
 )
 #: Reasons that count as contamination (low diversity is a quality signal, not contamination).
 CONTAMINATION_REASONS: Final[frozenset[str]] = frozenset(
-    {"self_loop", "exact_duplicate", "near_duplicate"}
+    {"golden_copy", "self_loop", "exact_duplicate", "near_duplicate"}
 )
 
 
@@ -742,13 +743,53 @@ class GuardConfig:
             raise ValueError(f"min_diversity {self.min_diversity} is not in [0, 1]")
 
 
+class GoldenSet:
+    """The evaluation samples of one tenant's golden datasets, for the guard to keep out.
+
+    A sample that copies one (the same NFC content hash, or an estimated
+    Jaccard at or above the near-duplicate threshold) is evaluation data: in a
+    training set it would leak into what a later replay measures. Keyed by
+    ``golden_name@version/sample_id`` of the copied sample.
+    """
+
+    def __init__(self, config: GuardConfig) -> None:
+        self.index = NearDuplicateIndex(
+            threshold=config.near_duplicate_threshold,
+            num_perm=config.num_perm,
+            shingle_size=config.shingle_size,
+            seed=config.seed,
+        )
+        self._hashes: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def add(self, ref: str, text: str) -> None:
+        """Keep a golden sample's (redacted) text under ``ref``."""
+        self.add_signature(ref, content_hash(text), self.index.hasher.signature(text))
+
+    def add_signature(self, ref: str, digest: str, signature: Signature) -> None:
+        """Keep a golden sample by its content hash and signature (computed elsewhere)."""
+        self._hashes.setdefault(digest, ref)
+        self.index.add_signature(ref, signature)
+
+    def match(self, digest: str, signature: Signature) -> str | None:
+        """The golden sample a text copies (``digest``: its content hash), or None."""
+        exact = self._hashes.get(digest)
+        if exact is not None:
+            return exact
+        near = self.index.similar_to_signature(signature)
+        return near[0][0] if near else None
+
+
 @dataclass(frozen=True)
 class GuardVerdict:
     """Whether a sample goes into the dataset and, if not, why.
 
-    ``reason`` is one of ``self_loop``, ``exact_duplicate``,
-    ``near_duplicate:<id of the closest stored sample>``, ``low_diversity``
-    (checked in that order), or ``None`` when accepted.
+    ``reason`` is one of ``golden_copy:<golden name@version/sample id>``,
+    ``self_loop``, ``exact_duplicate``, ``near_duplicate:<id of the closest
+    stored sample>``, ``low_diversity`` (checked in that order), or ``None``
+    when accepted.
     """
 
     accepted: bool
@@ -821,12 +862,14 @@ class ContaminationGuard:
         ai_generated_by_us: bool,
         also_hashes: Iterable[str] = (),
         signature: bytes | Signature | None = None,
+        golden: GoldenSet | None = None,
     ) -> GuardVerdict:
         """The verdict on one sample; an accepted sample is added to the dataset's state.
 
         ``also_hashes`` are other exact keys of the sample looked up in the
         self-loop memory (see :meth:`SelfLoopGuard.record_hash`);
-        ``signature`` is the text's signature when the caller has it already.
+        ``signature`` is the text's signature when the caller has it already;
+        ``golden`` the tenant's golden samples, which no sample may copy.
         """
         digest = content_hash(text)
         replay = self._recent.get(sample_id)
@@ -844,9 +887,12 @@ class ContaminationGuard:
         near = self.index.similar_to_signature(signature)
         diversity = self.window.score_signature(signature)
         exact_of = self._accepted_hashes.get(digest)
+        golden_of = golden.match(digest, signature) if golden else None
 
         reason: str | None = None
-        if self_loop_of is not None:
+        if golden_of is not None:
+            reason = f"golden_copy:{golden_of}"
+        elif self_loop_of is not None:
             reason = "self_loop"
         elif exact_of is not None:
             reason = "exact_duplicate"

@@ -39,6 +39,7 @@ from learning.contamination import (
     ContaminationAlertRule,
     ContaminationGuard,
     DatasetStats,
+    GoldenSet,
     GuardConfig,
     GuardVerdict,
     MinHasher,
@@ -448,12 +449,14 @@ class DoerCuration:
         now: datetime,
         previous: Callable[[str], Mapping[str, Any] | None] = lambda _: None,
         prepared: PreparedBundle | None = None,
+        golden: GoldenSet | None = None,
     ) -> Curation:
         """The samples of one bundle, in artifact order; ``previous`` finds a stored verdict.
 
         ``prepared`` is :func:`prepare_bundle` of the bundle when the caller
         has it already (computed in another process); without it, or for other
-        MinHash settings, it is computed here.
+        MinHash settings, it is computed here. ``golden`` holds the bundle's
+        tenant's golden samples, which a sample may not copy (``golden_copy``).
 
         A sample whose verdict is already stored (a redelivery) gets that
         verdict again and no new record.  A stored verdict for other content
@@ -489,7 +492,7 @@ class DoerCuration:
             if prior is not None:
                 samples.append(self._again(bundle, draft, model, prior, now))
             else:
-                samples.append(self._check(bundle, draft, model, now))
+                samples.append(self._check(bundle, draft, model, now, golden))
         return Curation(samples, own)
 
     def _own_outputs(self, bundle: RunCompleted, day: str) -> dict[str, dict[str, Any]]:
@@ -551,7 +554,12 @@ class DoerCuration:
         return drafts, prepared.model
 
     def _check(
-        self, bundle: RunCompleted, draft: _Draft, model: str | None, now: datetime
+        self,
+        bundle: RunCompleted,
+        draft: _Draft,
+        model: str | None,
+        now: datetime,
+        golden: GoldenSet | None = None,
     ) -> CuratedSample:
         try:
             dataset = dataset_name(bundle.tenant_id, bundle.doer, draft.phase)
@@ -569,6 +577,7 @@ class DoerCuration:
             ai_generated_by_us=ours,
             also_hashes=() if ours else (draft.prepared.raw_hash,),
             signature=draft.prepared.signature,
+            golden=golden,
         )
         alert = self._maybe_alert(bundle, draft.phase, dataset, guard.stats)
         record: dict[str, Any] = {

@@ -474,3 +474,20 @@ async def count_run_samples(pool: Any, run_prefix: str) -> int:
             "SELECT count(*) FROM dataset_samples WHERE starts_with(run_id, $1)", run_prefix
         )
     )
+
+
+async def golden_sets(pool: Any) -> list[tuple[str, int, str]]:
+    """Every golden dataset version as (name, version, tenant), for the curator's guard."""
+    rows = await pool.fetch("SELECT name, version, tenant_id FROM golden_datasets")
+    return [(r["name"], r["version"], r["tenant_id"]) for r in rows]
+
+
+async def golden_texts(pool: Any, name: str, version: int) -> list[tuple[str, str]]:
+    """A golden dataset version's samples as (sample id, redacted content)."""
+    rows = await pool.fetch(
+        "SELECT sample_id, content FROM golden_dataset_samples"
+        " WHERE golden_name = $1 AND golden_version = $2 ORDER BY sample_id",
+        name,
+        version,
+    )
+    return [(r["sample_id"], r["content"]) for r in rows]

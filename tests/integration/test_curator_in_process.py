@@ -182,3 +182,49 @@ async def test_a_bundle_whose_preparing_raised_is_its_own_dead_letter(
     assert [(d.stage, d.error_type, d.offset) for d in letters] == [("curator", "internal", 0)]
     curated_runs = {s.run_id for s in sent(app, SAMPLES)}
     assert curated_runs == {b.run_id for b in bundles[1:]}
+
+
+async def test_a_copy_of_a_golden_sample_in_another_phase_or_doer_is_rejected(
+    make_app: Callable[..., LearnopsApp], db: Any
+) -> None:
+    """A new operator's trial: samples copying a golden (evaluation) dataset's, verbatim or
+    with a word changed, into another phase or doer of the tenant were accepted as
+    training data. The curator reads the tenant's golden sets and rejects them."""
+    from storage.datasets import freeze, insert_samples
+    from tests.unit.sample_bundles import make_bundle
+
+    app = make_app("curator", learnops_curation_processes=0)
+    stage: Any = app.stages["curator"]
+    doer, other, tenant = f"Gold{tag()}", f"Copier{tag()}", f"t{tag()}".lower()
+    text = (
+        f"Evaluation prompt {tag()}: summarise the incident timeline from the first page to "
+        "the all clear, name the first alert that fired and the one that should have, say "
+        "how long the paging took and why, describe the fix that was shipped and the one "
+        "that was rolled back, estimate the customers affected per region from the request "
+        "logs, and list two follow-ups with owners and dates, the riskier one first, in a "
+        "table a new engineer on the rotation could read in five minutes."
+    )
+
+    def note(run: str, who: str, phase: str, content: str) -> RunCompleted:
+        artifact = {"artifact_id": "note", "kind": "note", "content": content, "origin": "human"}
+        return make_bundle(
+            doer=who, run_id=run, phase=phase, tenant_id=tenant, artifacts=[artifact]
+        )
+
+    progress = Progress(stage)
+    async with app.agents["curator"].test_context() as agent:
+        feed = Feed(app, agent)
+        await feed.event(RUNS, note(f"r1-{tag()}", doer, "draft", text))
+        await progress.done(1)
+        first = [e for e in sent(app, SAMPLES) if e.doer == doer]
+        assert [e.reject_reason for e in first] == [None]
+        assert await insert_samples(db, first) == 1  # as the datasets stage stores them
+        golden = await freeze(db, tenant, f"{doer}/draft", f"eval-{tag()}", actor="tests")
+        await stage.refresh_golden()
+        edited = text.replace("riskier", "costlier")  # a word changed in the middle
+        await feed.event(RUNS, note(f"r2-{tag()}", doer, "review", text))
+        await feed.event(RUNS, note(f"r3-{tag()}", other, "draft", edited))
+        await progress.done(3)
+    copies = [e for e in sent(app, SAMPLES) if e.run_id.startswith(("r2-", "r3-"))]
+    ref = f"golden_copy:{golden.name}@{golden.version}/{first[0].sample_id}"
+    assert [e.reject_reason for e in copies] == [ref, ref]

@@ -16,6 +16,7 @@ from learning.contamination import (
     ContaminationGuard,
     DatasetStats,
     DiversityWindow,
+    GoldenSet,
     GuardConfig,
     MinHasher,
     NearDuplicateIndex,
@@ -466,3 +467,34 @@ def test_our_output_known_by_hash_only_is_recognised_exactly() -> None:
     assert plain.accepted
     copied = guard.check("s2", text + " again", ai_generated_by_us=False, also_hashes=["ab" * 32])
     assert (copied.reason, copied.self_loop_of) == ("self_loop", "run-1/diff")
+
+
+# ------------------------------------------------------------------ golden copies
+
+GOLDEN_TEXT = (
+    "Acceptance criteria for the export feature: the report lists every invoice of the "
+    "quarter, totals match the ledger to the cent, and the file opens in a spreadsheet."
+)
+
+
+def test_a_copy_of_a_golden_sample_is_kept_out_of_training_data_even_edited() -> None:
+    """A new operator's trial: golden (evaluation) samples copied into another phase or
+    doer, verbatim or with a word changed, were accepted as training samples."""
+    config = GuardConfig()
+    golden = GoldenSet(config)
+    golden.add("eval@1/s-7", GOLDEN_TEXT)
+    guard = ContaminationGuard(config)
+    verbatim = guard.check("a", GOLDEN_TEXT, ai_generated_by_us=False, golden=golden)
+    assert (verbatim.accepted, verbatim.reason) == (False, "golden_copy:eval@1/s-7")
+    edited = GOLDEN_TEXT.replace("spreadsheet", "spreadsheet program")
+    near = guard.check("b", edited, ai_generated_by_us=False, golden=golden)
+    assert (near.accepted, near.reason) == (False, "golden_copy:eval@1/s-7")
+    other = "Release notes: the importer now skips empty rows and logs each file it reads."
+    assert guard.check("c", other, ai_generated_by_us=False, golden=golden).accepted
+    # Without the golden set (another tenant's), the same text is a sample like any other.
+    assert ContaminationGuard(config).check("d", GOLDEN_TEXT, ai_generated_by_us=False).accepted
+    assert guard.stats.rejected == {"golden_copy": 2}
+    assert guard.stats.contaminated == 2  # counted toward the contamination alert
+    # A redelivery gets its first verdict again.
+    again = guard.check("a", GOLDEN_TEXT, ai_generated_by_us=False, golden=golden)
+    assert again == verbatim
