@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -491,3 +492,44 @@ async def golden_texts(pool: Any, name: str, version: int) -> list[tuple[str, st
         version,
     )
     return [(r["sample_id"], r["content"]) for r in rows]
+
+
+#: What `learnops dataset export` writes of each sample: everything a training job needs to
+#: trace it back (never a bundle's unredacted text: dataset_samples holds none).
+EXPORT_COLUMNS = (
+    "sample_id, tenant_id, dataset, doer, phase, run_id, policy_id, policy_version, model, "
+    "artifact_id, kind, origin, content, content_hash, redactions, labels, accepted, "
+    "reject_reason, near_duplicate_of, self_loop_of, diversity, run_occurred_at, curated_at"
+)
+_GOLDEN_EXPORT = (
+    "sample_id, doer, run_id, artifact_id, kind, origin, content, content_hash, redactions, labels"
+)
+
+
+async def export_samples(
+    conn: Any, tenant: str, dataset: str, *, accepted_only: bool, since: datetime | None
+) -> AsyncIterator[dict[str, Any]]:
+    """The tenant's dataset's samples, oldest first, as rows streamed from a cursor.
+
+    ``conn`` must be in a transaction (a cursor lives in one); ``since`` keeps
+    samples curated at or after it.
+    """
+    query = (
+        f"SELECT {EXPORT_COLUMNS} FROM dataset_samples WHERE tenant_id = $1 AND dataset = $2"
+        " AND (NOT $3 OR accepted) AND ($4::timestamptz IS NULL OR curated_at >= $4)"
+        " ORDER BY curated_at, sample_id"
+    )
+    async for row in conn.cursor(
+        query, tenant, tenant_dataset(tenant, dataset), accepted_only, since
+    ):
+        yield dict(row)
+
+
+async def export_golden(conn: Any, name: str, version: int) -> AsyncIterator[dict[str, Any]]:
+    """A golden dataset version's samples, by sample id, streamed (``conn`` in a transaction)."""
+    query = (
+        f"SELECT {_GOLDEN_EXPORT} FROM golden_dataset_samples"
+        " WHERE golden_name = $1 AND golden_version = $2 ORDER BY sample_id"
+    )
+    async for row in conn.cursor(query, name, version):
+        yield dict(row)

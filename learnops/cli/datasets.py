@@ -14,10 +14,16 @@ database refuses any later change to what it froze.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import click
+import orjson
 
 from learnops.cli.main import (
     GroupedCommand,
@@ -39,8 +45,8 @@ from storage import datasets as store
 
 
 @group(
-    "Curated datasets (TENANT/DOER/PHASE) and golden datasets: list, show, samples, freeze, "
-    "verify, erase."
+    "Curated datasets (TENANT/DOER/PHASE) and golden datasets: list, show, samples, export, "
+    "freeze, verify, erase."
 )
 def dataset() -> None:
     pass
@@ -96,7 +102,17 @@ async def _no_such(pool: Any, tenant: str, name: str) -> None:
     """Fail naming the closest of the tenant's datasets or golden datasets."""
     known = {d.dataset for d in await store.list_datasets(pool, tenant)}
     known |= {d.split("/", 1)[1] for d in known}
-    known |= {g.name for g in await store.list_golden(pool, tenant)}
+    goldens = {g.name: g.version for g in await store.list_golden(pool, tenant)}
+    bare = name.split("@", 1)[0]
+    if bare in goldens and "@" not in name:
+        # Suggested as itself before ("did you mean 'mydoer-eval'?"): a golden dataset is
+        # read by version.
+        fail(
+            f"{bare!r} is a golden dataset of tenant {tenant}, not a dataset: `learnops "
+            f"dataset show {tenant}/{bare}` lists its versions, `learnops dataset export "
+            f"{tenant}/{bare}@{goldens[bare]}` writes its samples"
+        )
+    known |= set(goldens)
     fail(
         f"no such dataset {name!r} of tenant {tenant}{closest(name, known)} "
         f"(`learnops dataset list --tenant {tenant}` shows them)"
@@ -309,6 +325,97 @@ async def dataset_freeze(
             f"note: the same samples as {frozen.name}@{same[-1]} (the same manifest)",
             file=self.stderr,
         )
+
+
+@command(
+    dataset,
+    "export",
+    click.argument("name"),
+    tenant_option(required=False, in_name="TENANT/DOER/PHASE or TENANT/GOLDEN@VERSION"),
+    click.option(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write to FILE (default: standard output).",
+    ),
+    click.option(
+        "--since",
+        type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+        default=None,
+        help="Only samples curated at or after this time (UTC unless it says).",
+    ),
+    click.option("--include-rejected", is_flag=True, help="Rejected samples too, with why."),
+)
+async def dataset_export(
+    self: GroupedCommand,
+    name: str,
+    tenant: str | None,
+    out: Path | None,
+    since: datetime | None,
+    include_rejected: bool,
+) -> None:
+    """Write a dataset's accepted samples, or a golden dataset version's, as JSON Lines.
+
+    One object per line, oldest first (a golden version: by sample id): the
+    redacted content with its labels, redactions, content hash and where it
+    came from (run, policy version, model). What was written is said on stderr.
+    """
+    golden_ref = "@" in name
+    if golden_ref:
+        name, tenant = qualified(name, tenant, 1, "TENANT/GOLDEN@VERSION")
+        if since is not None or include_rejected:
+            usage_error("--since and --include-rejected are for a dataset, not a golden version")
+    else:
+        name, tenant = qualified(name, tenant, 2, "TENANT/DOER/PHASE")
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    digest, count = hashlib.sha256(), 0
+    frozen = None
+    async with database(self) as pool:
+        if golden_ref:
+            golden_name, version = split_ref(name)
+            frozen = await store.golden(pool, tenant, golden_name, version)
+            if frozen is None:
+                await _no_such(pool, tenant, name)
+            assert frozen is not None
+            what = f"{tenant}/{frozen.name}@{frozen.version}"
+        elif await store.dataset_summary(pool, tenant, name) is None:
+            await _no_such(pool, tenant, name)
+        else:
+            what = f"{tenant}/{name}"
+        with _output(out) as sink:
+            async with pool.acquire() as conn, conn.transaction(readonly=True):
+                rows = (
+                    store.export_golden(conn, frozen.name, frozen.version)
+                    if frozen is not None
+                    else store.export_samples(
+                        conn, tenant, name, accepted_only=not include_rejected, since=since
+                    )
+                )
+                async for row in rows:
+                    line = orjson.dumps(row) + b"\n"
+                    sink.write(line)
+                    digest.update(line)
+                    count += 1
+    where = str(out) if out is not None else "standard output"
+    kind = "samples" if include_rejected or golden_ref else "accepted samples"
+    self.say(
+        f"exported {count} {kind} of {what} to {where} (JSON Lines, sha256 {digest.hexdigest()})",
+        file=self.stderr,
+    )
+
+
+@contextmanager
+def _output(out: Path | None) -> Iterator[BinaryIO]:
+    """The file to write (replaced only once it is complete), or standard output."""
+    if out is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    partial = out.with_name(f".{out.name}.partial")
+    with partial.open("wb") as sink:
+        yield sink
+    partial.replace(out)
 
 
 @command(

@@ -17,11 +17,14 @@ consumer groups, which cost the run a worker start and the CPU of the second.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import subprocess
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -419,6 +422,58 @@ async def test_golden_dataset_freezes_verifies_and_refuses_any_later_change(
     )
     assert elsewhere.returncode == 1, elsewhere.stdout
     assert f"has samples of {doer}/{phase} (--tenant)" in elsewhere.stderr, elsewhere.stderr
+
+
+async def test_a_dataset_and_a_golden_version_export_as_json_lines(
+    published: dict[str, Any], db: Any, settings_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A new operator found no way to get the curated samples out but `dataset samples
+    --limit 100000 --json` (latest first, no phase, model or policy version)."""
+    await _stored(published, db)
+    dataset = f"acme/{published['heavy']}/draft"
+    counts = await db.fetchrow(
+        "SELECT count(*) FILTER (WHERE accepted) AS accepted, count(*) AS every"
+        " FROM dataset_samples WHERE dataset = $1",
+        dataset,
+    )
+    out = tmp_path / "samples.jsonl"
+
+    async def export(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(run_learnops, settings_env, "dataset", "export", *args)
+
+    done = await export(dataset, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == counts["accepted"] > 0
+    rows = [json.loads(line) for line in lines]
+    assert all(r["accepted"] and r["dataset"] == dataset and r["phase"] == "draft" for r in rows)
+    assert {"content", "labels", "redactions", "policy_version", "model", "run_id"} <= set(rows[0])
+    stamps = [r["curated_at"] for r in rows]
+    assert stamps == sorted(stamps)  # oldest first
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    said = f"exported {len(lines)} accepted samples of {dataset} to {out} (JSON Lines, sha256 "
+    assert said + digest in done.stderr, done.stderr
+    every = await export(dataset, "--include-rejected")  # to standard output
+    assert every.returncode == 0, every.stderr
+    assert len(every.stdout.splitlines()) == counts["every"]
+    golden = f"export-{published['heavy'].lower()}"
+    frozen = await asyncio.to_thread(
+        run_learnops, settings_env, "dataset", "freeze", dataset, "--as", golden
+    )
+    assert frozen.returncode == 0, frozen.stderr
+    version = await export(f"acme/{golden}@1")
+    assert version.returncode == 0, version.stderr
+    golden_ids = {json.loads(line)["sample_id"] for line in version.stdout.splitlines()}
+    assert golden_ids == {r["sample_id"] for r in rows}
+    missing = await export("acme/NoSuchDoer/draft")
+    assert missing.returncode == 1 and "no such dataset" in missing.stderr, missing.stderr
+    # A golden dataset's name where a dataset's goes: said what it is, not "did you mean" it.
+    named = await asyncio.to_thread(
+        run_learnops, settings_env, "dataset", "samples", golden, "--tenant", "acme"
+    )
+    assert named.returncode == 1, named.stdout
+    assert f"'{golden}' is a golden dataset of tenant acme, not a dataset" in named.stderr
+    assert f"learnops dataset export acme/{golden}@1" in named.stderr
 
 
 async def test_a_dead_lettered_bundle_leaves_the_doers_guard_state_intact(
