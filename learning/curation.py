@@ -746,7 +746,8 @@ _PHONE_SEPARATORS: Final = frozenset(" \t-./()")
 
 
 def _written_as_phone(match: phonenumbers.PhoneNumberMatch) -> bool:
-    """Whether a match is a valid number, or one written as a number is (grouped).
+    """Whether a match is a valid number, or one written as a number is (grouped after its
+    country code).
 
     A number in a range libphonenumber does not list as assigned (new ranges, or
     reserved ones such as the UK's 07700 900xxx) is only *possible* for it; at
@@ -756,7 +757,11 @@ def _written_as_phone(match: phonenumbers.PhoneNumberMatch) -> bool:
     """
     if phonenumbers.is_valid_number(match.number):
         return True
-    return any(c in _PHONE_SEPARATORS for c in match.raw_string.lstrip("+(").rstrip(")"))
+    # Grouped after its country code ("+44 7700 …"), not just somewhere: "+2024-01-15" (a
+    # changelog line of a diff), "+4096 8192" or "+12 345 678" tokens are no phone numbers.
+    raw = match.raw_string.lstrip("+(")
+    code = str(match.number.country_code)
+    return raw.startswith(code) and raw[len(code) : len(code) + 1] in _PHONE_SEPARATORS
 
 
 # What a candidate of libphonenumber's matcher starts with: an opening bracket,

@@ -390,6 +390,21 @@ def _b64(signature: bytes) -> str:
     return base64.b64encode(signature).decode("ascii")
 
 
+def _reused(prior: Mapping[str, Any], prepared: Any) -> bool:
+    """Whether a stored verdict is of other content under the same sample id (a reused
+    artifact id), not of this content redelivered.
+
+    Compared by the raw content's hash where the record has it: the redacted text's hash
+    changes with the redaction rules, and an upgrade that redacts more (2026-12-08) made
+    every redelivered bundle curated before it look reused. A record from before the raw
+    hash was kept cannot tell the two apart and is taken for a redelivery.
+    """
+    if prior["hash"] == prepared.digest:
+        return False
+    raw = prior.get("raw")
+    return raw is not None and raw != prepared.raw_hash
+
+
 class DoerCuration:
     """The curation state of one doer: a guard per dataset, one memory of our outputs per tenant.
 
@@ -477,7 +492,7 @@ class DoerCuration:
             raise CurationError("two artifacts of the bundle share one artifact id")
         for draft in drafts:
             prior = priors[draft.sample_id]
-            if prior is not None and prior["hash"] != draft.prepared.digest:
+            if prior is not None and _reused(prior, draft.prepared):
                 raise CurationError(
                     f"artifact {draft.sample_id} (sample id) of this run was curated before "
                     "with other content; artifact ids must not be reused"
@@ -586,6 +601,9 @@ class DoerCuration:
             "seq": self._next_seq(dataset),
             "day": now.date().isoformat(),
             "hash": verdict.content_hash,
+            # The artifact's own bytes' hash: what tells a reused artifact id from a
+            # redelivery once the redaction rules (and so "hash") have changed.
+            "raw": draft.prepared.raw_hash,
             "accepted": verdict.accepted,
             "reason": verdict.reason,
             "diversity": verdict.diversity,

@@ -209,6 +209,8 @@ class RunCompleted(Event):
         yield "run_id", self.run_id
         if self.deployment_id is not None:
             yield "deployment_id", self.deployment_id
+        if self.replay_id is not None:
+            yield "replay_id", self.replay_id
         if self.model is not None:
             yield "model", self.model
         for parameter, option in self.options.items():

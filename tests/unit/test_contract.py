@@ -416,6 +416,13 @@ def test_a_repeated_key_at_any_depth_is_found_without_naming_it() -> None:
         ("gates.failed", {"gates": {"passed": [], "failed": ["reviewed_by_dave@acme.io"]}}),
         ("metrics", {"metrics": {"latency_of_bob@corp.com": 1.0}}),
         ("run_id", {"run_id": "run-carol\uff20acme.com"}),  # a fullwidth at sign
+        # Glued after more id than a local part holds, and after its address.
+        (
+            "run_id",
+            {"run_id": "run-7f3c2a1b-9d4e-4f6a-8b2c-1e5d3f7a9c0b-20240601T1200-c.w@acme.com"},
+        ),
+        ("run_id", {"run_id": "n-h2b-carol.white@acme-corp.com-0"}),
+        ("replay_id", {"replay_id": "replay-for-jane@example.com"}),
     ],
 )
 def test_a_bundle_whose_ids_or_names_hold_an_address_is_refused_naming_the_field(
@@ -431,5 +438,22 @@ def test_a_bundle_whose_ids_or_names_hold_an_address_is_refused_naming_the_field
 
 
 def test_at_signs_that_are_no_address_pass() -> None:
-    for run_id in ("prd@2", "logo@2x.png", "pkg@1.2.3", "deploy@sha256:ab12"):
+    """A review listed names a stricter rule must let through: a refused bundle loses its
+    CRL result and its evidence, not just a word."""
+    for run_id in (
+        "prd@2",
+        "logo@2x.png",
+        "pkg@1.2.3",
+        "deploy@sha256:ab12",
+        "checkout@prod.eu-west-1",
+        "model@vertex.us-central1",
+        "build@node.js-20",
+        "ckpt@epoch.step1000",
+        "git@github.com:acme/app.git",
+        "svc@cluster.local",
+        "llama3@vllm.internal",
+        "pkg@file.tar.gz",
+        "claude-3-opus@20240229",
+        "@scope/pkg@1.2.3",
+    ):
         assert RunCompleted.model_validate({**bundle_dict(), "run_id": run_id}).run_id == run_id

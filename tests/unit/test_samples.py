@@ -477,3 +477,25 @@ def test_a_copy_with_invisible_characters_inside_words_is_still_a_duplicate(mark
     assert guard.check("first", redact_fully(text).text, ai_generated_by_us=False).accepted
     copy = guard.check("copy", redact_fully(hidden).text, ai_generated_by_us=False)
     assert not copy.accepted, copy
+
+
+def test_a_bundle_redelivered_after_the_redaction_rules_changed_gets_its_stored_verdict() -> None:
+    """A review: a bundle curated before an upgrade that redacts more, redelivered after
+    it (a crash before the commit, a rebalance in a rolling deploy), had a new redacted
+    hash and was dead-lettered as a reused artifact id. The raw hash tells them apart."""
+    text = "Reach me at bob.lee@example.org--old about the rollout."
+    bundle = make_bundle(
+        doer="Upgraded",
+        artifacts=[{"artifact_id": "n", "kind": "note", "content": text, "origin": "human"}],
+    )
+    state = DoerCuration("Upgraded")
+    [first] = state.curate(bundle, now=NOW).samples
+    assert first.record is not None and first.record["raw"]
+    before = {**first.record, "hash": "0" * 64}  # as the rules before the upgrade hashed it
+    [again] = state.curate(bundle, now=NOW, previous=lambda _: before).samples
+    assert again.record is None and again.event.sample_id == first.event.sample_id
+    legacy = {k: v for k, v in before.items() if k != "raw"}  # stored before "raw" was kept
+    assert state.curate(bundle, now=NOW, previous=lambda _: legacy).samples[0].record is None
+    reused = {**before, "raw": "f" * 64}  # another artifact's bytes under the same id
+    with pytest.raises(CurationError, match="artifact ids must not be reused"):
+        state.curate(bundle, now=NOW, previous=lambda _: reused)
