@@ -259,6 +259,8 @@ class CuratorStage(Stage):
         Their texts are hashed off the event loop; a version is read once (a
         frozen version never changes). PostgreSQL down: retried (``durably``).
         """
+        if not self.app.pool_open:  # the worker has not opened its pool yet (or closed it)
+            return
         config = self.app.learning.curation.guard
         versions = await durably(partial(golden_sets, self.app.pool), what="golden datasets")
         for name, version, tenant in sorted(versions):

@@ -769,8 +769,14 @@ class GoldenSet:
         self.add_signature(ref, content_hash(text), self.index.hasher.signature(text))
 
     def add_signature(self, ref: str, digest: str, signature: Signature) -> None:
-        """Keep a golden sample by its content hash and signature (computed elsewhere)."""
-        self._hashes.setdefault(digest, ref)
+        """Keep a golden sample by its content hash and signature (computed elsewhere).
+
+        A text already kept (the same sample in a later version of its golden dataset)
+        keeps its first ref: the index holds one row per distinct text.
+        """
+        if digest in self._hashes:
+            return
+        self._hashes[digest] = ref
         self.index.add_signature(ref, signature)
 
     def match(self, digest: str, signature: Signature) -> str | None:

@@ -484,10 +484,14 @@ async def golden_sets(pool: Any) -> list[tuple[str, int, str]]:
 
 
 async def golden_texts(pool: Any, name: str, version: int) -> list[tuple[str, str]]:
-    """A golden dataset version's samples as (sample id, redacted content)."""
+    """A golden dataset version's samples as (sample id, redacted content), erased ones left
+    out (their content is a tombstone)."""
     rows = await pool.fetch(
-        "SELECT sample_id, content FROM golden_dataset_samples"
-        " WHERE golden_name = $1 AND golden_version = $2 ORDER BY sample_id",
+        "SELECT s.sample_id, s.content FROM golden_dataset_samples AS s"
+        " WHERE s.golden_name = $1 AND s.golden_version = $2 AND NOT EXISTS ("
+        "   SELECT 1 FROM erased_golden_samples AS e WHERE e.golden_name = s.golden_name"
+        "   AND e.golden_version = s.golden_version AND e.sample_id = s.sample_id)"
+        " ORDER BY s.sample_id",
         name,
         version,
     )
@@ -499,7 +503,8 @@ async def golden_texts(pool: Any, name: str, version: int) -> list[tuple[str, st
 EXPORT_COLUMNS = (
     "sample_id, tenant_id, dataset, doer, phase, run_id, policy_id, policy_version, model, "
     "artifact_id, kind, origin, content, content_hash, redactions, labels, accepted, "
-    "reject_reason, near_duplicate_of, self_loop_of, diversity, run_occurred_at, curated_at"
+    "reject_reason, near_duplicate_of, self_loop_of, diversity, run_occurred_at, curated_at, "
+    "created_at"
 )
 _GOLDEN_EXPORT = (
     "sample_id, doer, run_id, artifact_id, kind, origin, content, content_hash, redactions, labels"
@@ -507,21 +512,32 @@ _GOLDEN_EXPORT = (
 
 
 async def export_samples(
-    conn: Any, tenant: str, dataset: str, *, accepted_only: bool, since: datetime | None
+    conn: Any,
+    tenant: str,
+    dataset: str,
+    *,
+    accepted_only: bool,
+    since: datetime | None,
+    golden: bool = False,
 ) -> AsyncIterator[dict[str, Any]]:
-    """The tenant's dataset's samples, oldest first, as rows streamed from a cursor.
+    """The tenant's dataset's samples, in the order they were stored, streamed from a cursor.
 
     ``conn`` must be in a transaction (a cursor lives in one); ``since`` keeps
-    samples curated at or after it.
+    samples stored at or after it. Samples frozen into one of the tenant's golden
+    datasets (evaluation data: the same content hash) are left out unless
+    ``golden``: the samples a freeze copies stay accepted in their dataset.
     """
     query = (
-        f"SELECT {EXPORT_COLUMNS} FROM dataset_samples WHERE tenant_id = $1 AND dataset = $2"
-        " AND (NOT $3 OR accepted) AND ($4::timestamptz IS NULL OR curated_at >= $4)"
-        " ORDER BY curated_at, sample_id"
+        f"SELECT {EXPORT_COLUMNS} FROM dataset_samples AS d WHERE tenant_id = $1"
+        " AND dataset = $2 AND (NOT $3 OR accepted)"
+        " AND ($4::timestamptz IS NULL OR created_at >= $4)"
+        " AND ($5 OR NOT EXISTS (SELECT 1 FROM golden_dataset_samples AS g"
+        "   JOIN golden_datasets AS v ON v.name = g.golden_name AND v.version = g.golden_version"
+        "   WHERE v.tenant_id = d.tenant_id AND g.content_hash = d.content_hash))"
+        " ORDER BY created_at, sample_id"
     )
-    async for row in conn.cursor(
-        query, tenant, tenant_dataset(tenant, dataset), accepted_only, since
-    ):
+    rows = conn.cursor(query, tenant, tenant_dataset(tenant, dataset), accepted_only, since, golden)
+    async for row in rows:
         yield dict(row)
 
 

@@ -342,9 +342,15 @@ async def dataset_freeze(
         "--since",
         type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
         default=None,
-        help="Only samples curated at or after this time (UTC unless it says).",
+        help="Only samples stored at or after this time (UTC unless it says); for an "
+        "incremental export give the last one's start less a minute, and keep a sample id once.",
     ),
     click.option("--include-rejected", is_flag=True, help="Rejected samples too, with why."),
+    click.option(
+        "--include-golden",
+        is_flag=True,
+        help="Samples frozen into a golden (evaluation) dataset too; left out by default.",
+    ),
 )
 async def dataset_export(
     self: GroupedCommand,
@@ -353,18 +359,20 @@ async def dataset_export(
     out: Path | None,
     since: datetime | None,
     include_rejected: bool,
+    include_golden: bool,
 ) -> None:
     """Write a dataset's accepted samples, or a golden dataset version's, as JSON Lines.
 
-    One object per line, oldest first (a golden version: by sample id): the
+    One object per line, in the order they were stored (a golden version: by sample
+    id), samples frozen into a golden dataset left out unless asked for: the
     redacted content with its labels, redactions, content hash and where it
     came from (run, policy version, model). What was written is said on stderr.
     """
     golden_ref = "@" in name
     if golden_ref:
         name, tenant = qualified(name, tenant, 1, "TENANT/GOLDEN@VERSION")
-        if since is not None or include_rejected:
-            usage_error("--since and --include-rejected are for a dataset, not a golden version")
+        if since is not None or include_rejected or include_golden:
+            usage_error("--since and --include-* are for a dataset, not a golden version")
     else:
         name, tenant = qualified(name, tenant, 2, "TENANT/DOER/PHASE")
     if since is not None and since.tzinfo is None:
@@ -389,7 +397,12 @@ async def dataset_export(
                     store.export_golden(conn, frozen.name, frozen.version)
                     if frozen is not None
                     else store.export_samples(
-                        conn, tenant, name, accepted_only=not include_rejected, since=since
+                        conn,
+                        tenant,
+                        name,
+                        accepted_only=not include_rejected,
+                        since=since,
+                        golden=include_golden,
                     )
                 )
                 async for row in rows:

@@ -441,19 +441,31 @@ async def test_a_dataset_and_a_golden_version_export_as_json_lines(
     async def export(*args: str) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(run_learnops, settings_env, "dataset", "export", *args)
 
-    done = await export(dataset, "--out", str(out))
+    # Evaluation data stays out of training data: what a freeze copied is left out (a test
+    # above froze this dataset), unless asked for.
+    frozen_hashes = await db.fetchval(
+        "SELECT count(*) FROM dataset_samples AS d WHERE dataset = $1 AND accepted AND EXISTS"
+        " (SELECT 1 FROM golden_dataset_samples AS g JOIN golden_datasets AS v"
+        "  ON v.name = g.golden_name AND v.version = g.golden_version"
+        "  WHERE v.tenant_id = 'acme' AND g.content_hash = d.content_hash)",
+        dataset,
+    )
+    done = await export(dataset, "--out", str(out), "--include-golden")
     assert done.returncode == 0, done.stderr
     lines = out.read_bytes().splitlines()
     assert len(lines) == counts["accepted"] > 0
     rows = [json.loads(line) for line in lines]
     assert all(r["accepted"] and r["dataset"] == dataset and r["phase"] == "draft" for r in rows)
     assert {"content", "labels", "redactions", "policy_version", "model", "run_id"} <= set(rows[0])
-    stamps = [r["curated_at"] for r in rows]
-    assert stamps == sorted(stamps)  # oldest first
+    stamps = [r["created_at"] for r in rows]
+    assert stamps == sorted(stamps)  # in the order they were stored
+    training = await export(dataset)
+    assert training.returncode == 0, training.stderr
+    assert len(training.stdout.splitlines()) == counts["accepted"] - frozen_hashes
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     said = f"exported {len(lines)} accepted samples of {dataset} to {out} (JSON Lines, sha256 "
     assert said + digest in done.stderr, done.stderr
-    every = await export(dataset, "--include-rejected")  # to standard output
+    every = await export(dataset, "--include-rejected", "--include-golden")  # to stdout
     assert every.returncode == 0, every.stderr
     assert len(every.stdout.splitlines()) == counts["every"]
     golden = f"export-{published['heavy'].lower()}"
@@ -465,6 +477,9 @@ async def test_a_dataset_and_a_golden_version_export_as_json_lines(
     assert version.returncode == 0, version.stderr
     golden_ids = {json.loads(line)["sample_id"] for line in version.stdout.splitlines()}
     assert golden_ids == {r["sample_id"] for r in rows}
+    after = await export(dataset)  # every accepted sample is in a golden version now
+    assert after.returncode == 0 and after.stdout == "", after.stdout[:300]
+    assert f"exported 0 accepted samples of {dataset}" in after.stderr
     missing = await export("acme/NoSuchDoer/draft")
     assert missing.returncode == 1 and "no such dataset" in missing.stderr, missing.stderr
     # A golden dataset's name where a dataset's goes: said what it is, not "did you mean" it.

@@ -228,3 +228,10 @@ async def test_a_copy_of_a_golden_sample_in_another_phase_or_doer_is_rejected(
     copies = [e for e in sent(app, SAMPLES) if e.run_id.startswith(("r2-", "r3-"))]
     ref = f"golden_copy:{golden.name}@{golden.version}/{first[0].sample_id}"
     assert [e.reject_reason for e in copies] == [ref, ref]
+    # Stored, they count as contamination in the datasets' statistics (migration 044).
+    assert await insert_samples(db, copies) == 2
+    rates = await db.fetch(
+        "SELECT contamination_rate FROM v_dataset_stats WHERE dataset = ANY($1::text[])",
+        [f"{tenant}/{doer}/review", f"{tenant}/{other}/draft"],
+    )
+    assert [r["contamination_rate"] for r in rates] == [1.0, 1.0]
