@@ -12,9 +12,10 @@ receiver delivered the others' alerts 7.5 s apart (a new operator's trial saw
 a regression alert reach a healthy receiver 71 s late).
 
 Which ids each receiver got lives in a table value per doer (the last
-``DEDUP_KEEP`` per receiver). Delivery is at least once: a crash between a POST
-and the table write sends that alert again, with the same event id (the
-Alertmanager payload's fingerprint) for the receiver to drop.
+``DEDUP_KEEP`` per receiver, by ``Webhook.key``: two receivers on one host
+are two). Delivery is at least once: a crash between a POST and the table
+write sends that alert again, with the same event id (the Alertmanager
+payload's fingerprint) for the receiver to drop.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ class NotifyStage(Stage):
         loop = asyncio.get_running_loop()
         pending, resting = [], []
         for hook in self.hooks:
-            if str(alert.event_id) in recent_ids(memory.get(hook.name), DEDUP_KEEP):
+            if str(alert.event_id) in recent_ids(memory.get(hook.key), DEDUP_KEEP):
                 DELIVERIES.labels(hook.format, "duplicate").inc()
-            elif self.down.get(hook.name, (0.0, "", ""))[0] > loop.time():
+            elif self.down.get(hook.key, (0.0, "", ""))[0] > loop.time():
                 resting.append(hook)
             else:
                 pending.append(hook)
@@ -95,14 +96,14 @@ class NotifyStage(Stage):
         changed = False
         for hook, status in zip(pending, statuses, strict=True):
             if status is not None and 200 <= status < 300:
-                ids = recent_ids(memory.get(hook.name), DEDUP_KEEP)
-                memory[hook.name] = {"sent": [*ids, str(alert.event_id)][-DEDUP_KEEP:]}
-                self.down.pop(hook.name, None)
+                ids = recent_ids(memory.get(hook.key), DEDUP_KEEP)
+                memory[hook.key] = {"sent": [*ids, str(alert.event_id)][-DEDUP_KEEP:]}
+                self.down.pop(hook.key, None)
                 changed = True
                 continue
             if retryable(status):  # down, not refusing: rest it
                 since = datetime.now(UTC).isoformat(timespec="seconds")
-                self.down[hook.name] = (
+                self.down[hook.key] = (
                     loop.time() + self.cool_off_s,
                     since,
                     str(status or "no answer"),
@@ -114,7 +115,7 @@ class NotifyStage(Stage):
             await self.dead_letter(event, error_type="delivery", reason=reason, doer=alert.doer)
         for hook in resting:
             DELIVERIES.labels(hook.format, "failed").inc()
-            _, since, last = self.down[hook.name]
+            _, since, last = self.down[hook.key]
             reason = (
                 f"webhook {hook.name} was down (last status: {last}, after {self.retry.attempts} "
                 f"tries at {since}); not tried again for {self.cool_off_s:g} s, so that it "

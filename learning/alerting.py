@@ -16,6 +16,7 @@ Every alert carries its figure, its threshold and a link to its evidence
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,6 +48,12 @@ class Webhook:
         """
         host = self.url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
         return f"{self.format}:{host}"
+
+    @property
+    def key(self) -> str:
+        """What tells two receivers apart where their names are the same (two Slack hooks
+        are both ``slack:hooks.slack.com``): the name and a digest of the whole URL."""
+        return f"{self.name}#{hashlib.sha256(self.url.encode()).hexdigest()[:12]}"
 
 
 def parse_webhooks(text: str) -> tuple[Webhook, ...]:

@@ -149,3 +149,40 @@ async def test_a_refused_request_is_not_retried(receivers: Callable[[int], Any])
         await agent.put(_alert("RefusedDoer").to_json(), key=b"RefusedDoer", wait=False)
         await _until(lambda: any(t == "learning.dlq" for t, _ in app.outbox))
     assert len(refusing.bodies) == 1
+
+
+async def test_two_receivers_on_one_host_are_two() -> None:
+    """A review: receivers were told apart by format and host, so two Slack hooks (both
+    slack:hooks.slack.com) shared one dedup memory and one rest: the live one's delivery
+    marked the alert sent for the dead one, and a 503 from one rested the other."""
+    got: dict[str, int] = {"live": 0, "dead": 0}
+
+    async def live(request: web.Request) -> web.Response:
+        got["live"] += 1
+        return web.Response(status=200)
+
+    async def dead(request: web.Request) -> web.Response:
+        got["dead"] += 1
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/live", live)
+    app.router.add_post("/dead", dead)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        notify = notify_app("notify-test-same-host", f"slack={base}/dead,slack={base}/live")
+        hooks = notify.stages["notify"].hooks
+        assert hooks[0].name == hooks[1].name and hooks[0].key != hooks[1].key
+        alerts = [_alert("SameHost", kind=f"k{i}") for i in range(3)]
+        async with notify.agents["notify"].test_context() as agent:
+            for alert in alerts:
+                await agent.put(alert.to_json(), key=b"SameHost", wait=False)
+            letters = lambda: [e for t, e in notify.outbox if t == "learning.dlq"]  # noqa: E731
+            await _until(lambda: got["live"] == 3 and len(letters()) == 3)
+        assert got["dead"] == 3  # tried for the first alert only (three tries), then rested
+    finally:
+        await runner.cleanup()
