@@ -49,8 +49,7 @@ from pydantic import ValidationError
 from agents.curation_pool import PREPARED, CurationPool, PreparedBatch
 from agents.stage import Stage, misplaced, remember_validated, validated_before
 from agents.tables import SEPARATOR, doer_of
-from learning.contamination import GoldenSet, MinHasher, Signature, reason_kind
-from learning.curation import content_hash
+from learning.contamination import GoldenSet, reason_kind
 from learning.samples import (
     CurationError,
     DoerCuration,
@@ -88,11 +87,6 @@ SKIPPED = Counter(
     "Bundles the curator gave no samples: invalid (dead-lettered by crl), replay, shadow.",
     ["reason"],
 )
-
-
-def _hashed(texts: list[tuple[str, str]], hasher: MinHasher) -> list[tuple[str, str, Signature]]:
-    """(sample id, content hash, signature) of golden samples: the guard's keys of each."""
-    return [(sample, content_hash(text), hasher.signature(text)) for sample, text in texts]
 
 
 def _key(doer: str, sample: str) -> str:
@@ -270,8 +264,7 @@ class CuratorStage(Stage):
                 partial(golden_texts, self.app.pool, name, version), what="golden datasets"
             )
             golden = self.golden.setdefault(tenant, GoldenSet(config))
-            hasher = golden.index.hasher
-            hashed = await asyncio.to_thread(_hashed, texts, hasher)
+            hashed = await asyncio.to_thread(golden.keys, texts)
             for sample, digest, signature in hashed:
                 golden.add_signature(f"{name}@{version}/{sample}", digest, signature)
             self._golden_read.add((name, version))

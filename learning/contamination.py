@@ -766,7 +766,14 @@ class GoldenSet:
 
     def add(self, ref: str, text: str) -> None:
         """Keep a golden sample's (redacted) text under ``ref``."""
-        self.add_signature(ref, content_hash(text), self.index.hasher.signature(text))
+        ((_, digest, signature),) = self.keys([(ref, text)])
+        self.add_signature(ref, digest, signature)
+
+    def keys(self, texts: Sequence[tuple[str, str]]) -> list[tuple[str, str, Signature]]:
+        """(id, content hash, signature) of ``(id, text)`` pairs: what :meth:`add_signature`
+        keeps. Reads nothing of the set's state, so it may run in another thread."""
+        hasher = self.index.hasher
+        return [(key, content_hash(text), hasher.signature(text)) for key, text in texts]
 
     def add_signature(self, ref: str, digest: str, signature: Signature) -> None:
         """Keep a golden sample by its content hash and signature (computed elsewhere).

@@ -54,12 +54,3 @@ async def expire_allocations(pool: Any, older_than: timedelta) -> int:
         older_than,
     )
     return int(status.rsplit(" ", 1)[-1])
-
-
-async def latest_sent(pool: Any, doer: str) -> Any:
-    """The doer's allocations in force as sent last (the highest sequence, then sent last)."""
-    return await pool.fetchrow(
-        "SELECT doer, sequence, frozen, allocations FROM bandit_allocations WHERE doer = $1"
-        " ORDER BY sequence DESC, last_sent_at DESC LIMIT 1",
-        doer,
-    )

@@ -459,7 +459,7 @@ async def bandits_in_force(pool: Any, doer: str | None = None) -> list[dict[str,
     return await _fetch(
         pool,
         "SELECT b.doer, b.phase, b.parameter, b.policy_id, b.policy_version, b.sequence,"
-        " b.runs, b.shares, b.probes, b.probe_share, b.frozen, b.sent_at,"
+        " b.runs, b.shares, b.probes, b.probe_share, b.frozen, b.sent_at, b.doer_sequence,"
         " a.policy_id AS active_policy_id, a.version AS active_version,"
         " coalesce((a.policy_id, a.version) <> (b.policy_id, b.policy_version), false)"
         " AS replaced"

@@ -292,7 +292,7 @@ async def _named_options(
 ) -> tuple[OptionCosts, BanditAllocations | None]:
     """The --option-cost of the doer's active policy and its latest allocation; exit 1 if bad."""
     from models.tunables import tunables_of
-    from storage.bandit import latest_sent
+    from storage.dashboard import bandits_in_force
     from storage.policies import find_policy
     from storage.skills import active_policy
 
@@ -305,7 +305,7 @@ async def _named_options(
         costs = parse_option_costs(texts, tunables_of(record.artifact), f"{active[0]}@{active[1]}")
     except ValueError as exc:
         fail(f"--option-cost: {exc}; nothing published")
-    return costs, latest_allocations(await latest_sent(pool, doer))
+    return costs, latest_allocations(await bandits_in_force(pool, doer))
 
 
 def _of_active(run: RunCompleted, change: Any) -> bool:

@@ -77,16 +77,25 @@ def parse_option_costs(texts: Sequence[str], tunables: Tunables, policy: str) ->
     return OptionCosts(phase, parameter, tuple(options), costs)
 
 
-def latest_allocations(row: Mapping[str, Any] | None) -> BanditAllocations | None:
-    """The allocations record a ``bandit_allocations`` row holds (as the stage sent it)."""
-    if row is None:
+def latest_allocations(rows: Sequence[Mapping[str, Any]]) -> BanditAllocations | None:
+    """The doer's allocations record in force, from its rows of ``v_bandit_in_force``
+    (``storage.dashboard.bandits_in_force``: one per phase and parameter), or None."""
+    if not rows:
         return None
+    fields = ("phase", "parameter", "policy_id", "policy_version", "shares", "sequence", "runs")
     return BanditAllocations.model_validate(
         {
-            "doer": row["doer"],
-            "sequence": row["sequence"],
-            "frozen": row["frozen"],
-            "allocations": row["allocations"],
+            "doer": rows[0]["doer"],
+            "sequence": rows[0]["doer_sequence"],
+            "frozen": rows[0]["frozen"],
+            "allocations": [
+                {
+                    **{name: row[name] for name in fields},
+                    "probes": row["probes"],
+                    "probe_share": row["probe_share"],
+                }
+                for row in rows
+            ],
         }
     )
 

@@ -43,23 +43,22 @@ def test_before_an_allocation_runs_name_the_default_and_then_its_picks_and_probe
     )
     assert default.event_id == run.event_id and default.costs == run.costs
     allocations = latest_allocations(
-        {
-            "doer": "PRDWriter",
-            "sequence": 4,
-            "frozen": False,
-            "allocations": [
-                {
-                    "phase": "draft",
-                    "parameter": "router.model",
-                    "policy_id": "p",
-                    "policy_version": 1,
-                    "shares": {"large": 0.0, "small": 1.0},
-                    "sequence": 4,
-                    "probes": ["large"],
-                    "probe_share": 1.0,
-                }
-            ],
-        }
+        [
+            {  # a row of v_bandit_in_force (storage.dashboard.bandits_in_force)
+                "doer": "PRDWriter",
+                "doer_sequence": 4,
+                "frozen": False,
+                "phase": "draft",
+                "parameter": "router.model",
+                "policy_id": "p",
+                "policy_version": 1,
+                "shares": {"large": 0.0, "small": 1.0},
+                "sequence": 4,
+                "runs": 0,
+                "probes": ["large"],
+                "probe_share": 1.0,
+            }
+        ]
     )
     routed, probe = with_options(run, costs, allocations)
     assert routed.options == {"router.model": "small"} and not routed.shadow
